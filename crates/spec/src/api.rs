@@ -1,0 +1,304 @@
+//! The agent's API: every request the agent accepts is one variant of [`Request`].
+//!
+//! The agent serves it over HTTPS with mutual TLS; this module only maps requests to and from
+//! HTTP method, path, query and body, so the server and the CLI's client share one definition.
+//!
+//! | request | HTTP | allowed |
+//! |---|---|---|
+//! | [`Request::Status`] | `GET /v1/status` | always |
+//! | [`Request::Logs`] | `GET /v1/logs?lines=N&follow=BOOL` | always (empty before the first version) |
+//! | [`Request::ApplyManifest`] | `PUT /v1/manifest` | when no rollout to another version is under way |
+//! | [`Request::Restart`] | `POST /v1/restart` | when a version is installed and no rollout is under way |
+//! | [`Request::Stop`] | `POST /v1/stop` | when no rollout is under way |
+
+use serde::{Deserialize, Serialize};
+
+use crate::manifest::Manifest;
+
+/// Lines of log `logs` returns when the request does not say.
+pub const DEFAULT_LOG_LINES: usize = 100;
+/// The most lines one `logs` request may ask for.
+pub const MAX_LOG_LINES: usize = 100_000;
+
+/// A request to the agent.
+#[derive(Clone, Debug, PartialEq)]
+pub enum Request {
+    /// The machine's identity, the binary's state and health, the installed version and the
+    /// last rollout. Answers [`AgentStatus`].
+    Status,
+    /// The last `lines` lines of the binary's log; with `follow`, then every new line as it is
+    /// written until the client disconnects. Answers `text/plain`.
+    Logs { lines: usize, follow: bool },
+    /// Install and start this version: download and verify the artifacts into a new version
+    /// directory (the old one stays), stop the old binary, start the new one and hold it to the
+    /// health deadline; on failure restore and restart the previous version. Answers
+    /// [`ApplyResponse`] at once; the outcome appears in [`AgentStatus::rollout`].
+    ApplyManifest(Box<Manifest>),
+    /// Stop and start the installed version (restart count and backoff are reset).
+    Restart,
+    /// Stop the binary (SIGTERM to its process group, SIGKILL after the grace period) and keep
+    /// it stopped until `Restart` or `ApplyManifest`.
+    Stop,
+}
+
+/// What the agent answers to `ApplyManifest`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "result", rename_all = "kebab-case")]
+pub enum ApplyResponse {
+    /// A rollout to `version` started (or was already under way).
+    Accepted { version: String },
+    /// `version` is already installed and was healthy when last applied: nothing to do.
+    Unchanged { version: String },
+}
+
+/// An error answer: HTTP status plus this JSON body.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiError {
+    pub error: String,
+}
+
+/// Why an HTTP request does not map to a [`Request`].
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum RequestError {
+    #[error("no such endpoint: {method} {path}")]
+    NotFound { method: String, path: String },
+    #[error("bad query parameter `{name}`: {message}")]
+    BadQuery { name: String, message: String },
+    #[error("bad manifest: {0}")]
+    BadManifest(String),
+}
+
+impl Request {
+    /// Maps an HTTP request (method, path, raw query, body) to a request.
+    pub fn from_http(
+        method: &str,
+        path: &str,
+        query: Option<&str>,
+        body: &[u8],
+    ) -> Result<Request, RequestError> {
+        match (method, path) {
+            ("GET", "/v1/status") => Ok(Request::Status),
+            ("GET", "/v1/logs") => {
+                let mut lines = DEFAULT_LOG_LINES;
+                let mut follow = false;
+                for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+                    let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    let bad = |message: &str| RequestError::BadQuery {
+                        name: name.to_owned(),
+                        message: message.to_owned(),
+                    };
+                    match name {
+                        "lines" => {
+                            lines = value
+                                .parse::<usize>()
+                                .ok()
+                                .filter(|n| *n <= MAX_LOG_LINES)
+                                .ok_or_else(|| bad("expected a number from 0 to 100000"))?;
+                        }
+                        "follow" => {
+                            follow = match value {
+                                "true" | "1" | "" => true,
+                                "false" | "0" => false,
+                                _ => return Err(bad("expected true or false")),
+                            }
+                        }
+                        _ => return Err(bad("unknown parameter")),
+                    }
+                }
+                Ok(Request::Logs { lines, follow })
+            }
+            ("PUT", "/v1/manifest") => serde_json::from_slice::<Manifest>(body)
+                .map(|m| Request::ApplyManifest(Box::new(m)))
+                .map_err(|e| RequestError::BadManifest(e.to_string())),
+            ("POST", "/v1/restart") => Ok(Request::Restart),
+            ("POST", "/v1/stop") => Ok(Request::Stop),
+            _ => Err(RequestError::NotFound { method: method.to_owned(), path: path.to_owned() }),
+        }
+    }
+
+    /// The HTTP method, path with query, and JSON body for this request.
+    pub fn to_http(&self) -> (&'static str, String, Option<Vec<u8>>) {
+        match self {
+            Request::Status => ("GET", "/v1/status".to_owned(), None),
+            Request::Logs { lines, follow } => {
+                ("GET", format!("/v1/logs?lines={lines}&follow={follow}"), None)
+            }
+            Request::ApplyManifest(manifest) => (
+                "PUT",
+                "/v1/manifest".to_owned(),
+                Some(serde_json::to_vec(manifest).expect("a manifest serializes to JSON")),
+            ),
+            Request::Restart => ("POST", "/v1/restart".to_owned(), None),
+            Request::Stop => ("POST", "/v1/stop".to_owned(), None),
+        }
+    }
+}
+
+/// The binary's state as the agent sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BinaryState {
+    /// No version installed yet (the agent waits for a manifest).
+    Idle,
+    /// Running, not yet healthy.
+    Starting,
+    Healthy,
+    /// Was healthy, now fails its health check.
+    Unhealthy,
+    /// Exited repeatedly; waiting out the restart backoff.
+    CrashLooping,
+    /// Not running and not going to be restarted (stopped by request, or exited under
+    /// `on-failure` with status 0).
+    Stopped,
+}
+
+impl BinaryState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BinaryState::Idle => "idle",
+            BinaryState::Starting => "starting",
+            BinaryState::Healthy => "healthy",
+            BinaryState::Unhealthy => "unhealthy",
+            BinaryState::CrashLooping => "crash-looping",
+            BinaryState::Stopped => "stopped",
+        }
+    }
+}
+
+impl std::fmt::Display for BinaryState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// How the binary last ended.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ExitInfo {
+    /// Exit code, when it exited.
+    pub code: Option<i32>,
+    /// Signal number, when a signal ended it.
+    pub signal: Option<i32>,
+    /// Unix time, seconds.
+    pub at: u64,
+}
+
+/// Where a rollout stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RolloutPhase {
+    /// Downloading and verifying artifacts.
+    Downloading,
+    /// The new version is running and held to the health deadline.
+    Starting,
+    /// The new version became healthy: done.
+    Healthy,
+    /// The new version failed; the previous version was restored and restarted.
+    RolledBack,
+    /// The new version failed and there was no previous version to restore (first install),
+    /// or restoring it failed too.
+    Failed,
+}
+
+impl RolloutPhase {
+    /// Whether the rollout has finished, one way or the other.
+    pub fn is_done(self) -> bool {
+        matches!(self, RolloutPhase::Healthy | RolloutPhase::RolledBack | RolloutPhase::Failed)
+    }
+}
+
+/// The last rollout the agent ran.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollout {
+    /// The version being installed.
+    pub version: String,
+    /// The version installed before, if any.
+    pub previous: Option<String>,
+    pub phase: RolloutPhase,
+    /// Why it failed, when it did.
+    pub reason: Option<String>,
+    /// The failed version's last log lines, when it failed.
+    #[serde(default)]
+    pub log_tail: Vec<String>,
+    /// Unix time, seconds.
+    pub started_at: u64,
+    pub finished_at: Option<u64>,
+}
+
+/// The answer to [`Request::Status`].
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentStatus {
+    pub name: String,
+    pub tag: String,
+    pub region: String,
+    pub public_ip: std::net::IpAddr,
+    pub private_ip: std::net::IpAddr,
+    /// The agent's own version (flotilla's crate version).
+    pub agent_version: String,
+    pub state: BinaryState,
+    /// The binary's process id, while it runs.
+    pub pid: Option<u32>,
+    /// Restarts of the current version since it was installed or last restarted by request.
+    pub restarts: u64,
+    /// Installed version id.
+    pub version: Option<String>,
+    /// Seconds the binary has been running, while it runs.
+    pub uptime_secs: Option<u64>,
+    /// Seconds the agent has been running.
+    pub agent_uptime_secs: u64,
+    pub last_exit: Option<ExitInfo>,
+    /// The last failed health check, while not healthy.
+    pub health_error: Option<String>,
+    pub rollout: Option<Rollout>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_request_round_trips_through_http() {
+        let manifest: Manifest = serde_json::from_str(
+            r#"{"binary":{"url":"file:///b","sha256":"aa","size":1},
+                "config":{"url":"file:///c","sha256":"bb","size":1},
+                "hosts":{"url":"file:///h","sha256":"cc","size":1},
+                "health_deadline":"30s"}"#,
+        )
+        .unwrap();
+        for request in [
+            Request::Status,
+            Request::Logs { lines: 7, follow: true },
+            Request::ApplyManifest(Box::new(manifest)),
+            Request::Restart,
+            Request::Stop,
+        ] {
+            let (method, path_and_query, body) = request.to_http();
+            let (path, query) = match path_and_query.split_once('?') {
+                Some((p, q)) => (p, Some(q)),
+                None => (path_and_query.as_str(), None),
+            };
+            let back =
+                Request::from_http(method, path, query, body.as_deref().unwrap_or(b"")).unwrap();
+            assert_eq!(back, request);
+        }
+    }
+
+    #[test]
+    fn refuses_what_it_does_not_know() {
+        assert!(matches!(
+            Request::from_http("DELETE", "/v1/status", None, b""),
+            Err(RequestError::NotFound { .. })
+        ));
+        assert_eq!(
+            Request::from_http("GET", "/v1/logs", Some("lines=abc"), b"").unwrap_err().to_string(),
+            "bad query parameter `lines`: expected a number from 0 to 100000"
+        );
+        assert!(matches!(
+            Request::from_http("PUT", "/v1/manifest", None, b"{}"),
+            Err(RequestError::BadManifest(_))
+        ));
+        assert_eq!(
+            Request::from_http("GET", "/v1/logs", None, b"").unwrap(),
+            Request::Logs { lines: DEFAULT_LOG_LINES, follow: false }
+        );
+    }
+}

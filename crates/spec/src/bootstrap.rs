@@ -1,0 +1,172 @@
+//! The agent's bootstrap config: the one file `flotilla agent --bootstrap FILE` reads at start.
+//!
+//! It says where the agent keeps its state, which address it serves on and where its identity
+//! bundle will appear. It carries no secret: the identity (key and certificate) is a separate
+//! bundle that the deployer writes after it knows the machine's addresses, in a place only that
+//! machine can read. Unknown keys are refused, so a typo is an error and not a silent default.
+
+use std::net::IpAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Default port of the agent's mTLS API.
+pub const DEFAULT_API_PORT: u16 = 7443;
+/// Default port of the agent's own Prometheus metrics (plain HTTP).
+pub const DEFAULT_METRICS_PORT: u16 = 9101;
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(title = "flotilla agent bootstrap config")]
+pub struct AgentBootstrap {
+    /// Deployment tag this machine belongs to; an identity bundle for another tag is refused.
+    pub tag: String,
+    /// The instance's directory: versions, work directory, logs, agent state. Created 0700.
+    pub dir: PathBuf,
+    /// Address the API and metrics listen on (`0.0.0.0` on a cloud machine, its 127.x.y.z here).
+    pub listen: IpAddr,
+    /// Port of the mTLS API.
+    #[serde(default = "default_api_port")]
+    pub api_port: u16,
+    /// Port of the plain-HTTP metrics endpoint.
+    #[serde(default = "default_metrics_port")]
+    pub metrics_port: u16,
+    /// Where the identity bundle is: a path, a `file://` URL, or (on AWS) an `s3://` URL. The
+    /// agent waits for it to appear, up to `identity_timeout`.
+    pub identity: String,
+    /// How long to wait for the identity bundle before giving up, e.g. `10m`.
+    #[serde(default = "default_identity_timeout", with = "crate::duration_serde")]
+    #[schemars(with = "String")]
+    pub identity_timeout: Duration,
+    /// How long the binary has to exit after SIGTERM before SIGKILL, e.g. `10s`.
+    #[serde(default = "default_stop_grace", with = "crate::duration_serde")]
+    #[schemars(with = "String")]
+    pub stop_grace: Duration,
+    /// Size-based rotation of the binary's log.
+    #[serde(default)]
+    pub logs: LogRotation,
+}
+
+/// Size-based log rotation: `binary.log` is rotated to `binary.log.1` … `binary.log.<keep>`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LogRotation {
+    /// Rotate when the current file reaches this many bytes.
+    #[serde(default = "default_log_max_bytes")]
+    pub max_bytes: u64,
+    /// Rotated files kept.
+    #[serde(default = "default_log_keep")]
+    pub keep: u32,
+}
+
+impl Default for LogRotation {
+    fn default() -> Self {
+        LogRotation { max_bytes: default_log_max_bytes(), keep: default_log_keep() }
+    }
+}
+
+fn default_api_port() -> u16 {
+    DEFAULT_API_PORT
+}
+fn default_metrics_port() -> u16 {
+    DEFAULT_METRICS_PORT
+}
+fn default_identity_timeout() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_stop_grace() -> Duration {
+    Duration::from_secs(10)
+}
+fn default_log_max_bytes() -> u64 {
+    16 * 1024 * 1024
+}
+fn default_log_keep() -> u32 {
+    4
+}
+
+/// Why a bootstrap config was refused.
+#[derive(Debug, thiserror::Error)]
+pub enum BootstrapError {
+    #[error("{path}: {source}")]
+    Json { path: String, source: serde_json::Error },
+    #[error("{path}: `{field}`: {message}")]
+    Invalid { path: String, field: &'static str, message: String },
+}
+
+impl AgentBootstrap {
+    /// Parses and checks a bootstrap config. `path` only names the file in errors.
+    pub fn parse(text: &str, path: &str) -> Result<AgentBootstrap, BootstrapError> {
+        let bootstrap: AgentBootstrap = serde_json::from_str(text)
+            .map_err(|source| BootstrapError::Json { path: path.to_owned(), source })?;
+        bootstrap.check(path)?;
+        Ok(bootstrap)
+    }
+
+    fn check(&self, path: &str) -> Result<(), BootstrapError> {
+        let invalid = |field, message: &str| BootstrapError::Invalid {
+            path: path.to_owned(),
+            field,
+            message: message.to_owned(),
+        };
+        if !crate::validate::is_valid_name(&self.tag) {
+            return Err(invalid("tag", "must match [A-Za-z0-9_-]+"));
+        }
+        if !self.dir.is_absolute() {
+            return Err(invalid("dir", "must be an absolute path"));
+        }
+        if self.api_port == 0 || self.metrics_port == 0 {
+            return Err(invalid("api_port", "ports must be between 1 and 65535"));
+        }
+        if self.api_port == self.metrics_port {
+            return Err(invalid("metrics_port", "must differ from api_port"));
+        }
+        if self.identity.is_empty() {
+            return Err(invalid("identity", "must name a path, file:// or s3:// URL"));
+        }
+        if self.logs.max_bytes < 4096 {
+            return Err(invalid("logs", "max_bytes must be at least 4096"));
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_with_defaults() {
+        let b = AgentBootstrap::parse(
+            r#"{"tag":"t1","dir":"/tmp/x","listen":"127.1.0.1","identity":"/tmp/x/identity.json"}"#,
+            "bootstrap.json",
+        )
+        .unwrap();
+        assert_eq!(b.api_port, DEFAULT_API_PORT);
+        assert_eq!(b.identity_timeout, Duration::from_secs(600));
+        assert_eq!(b.logs, LogRotation::default());
+    }
+
+    #[test]
+    fn refuses_unknown_keys_and_bad_values() {
+        let err = AgentBootstrap::parse(
+            r#"{"tag":"t1","dir":"/tmp/x","listen":"127.1.0.1","identity":"i","lisen":"x"}"#,
+            "b.json",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `lisen`"), "{err}");
+        let err = AgentBootstrap::parse(
+            r#"{"tag":"t1","dir":"relative","listen":"127.1.0.1","identity":"i"}"#,
+            "b.json",
+        )
+        .unwrap_err();
+        assert_eq!(err.to_string(), "b.json: `dir`: must be an absolute path");
+        let err = AgentBootstrap::parse(
+            r#"{"tag":"t1","dir":"/x","listen":"not-an-ip","identity":"i"}"#,
+            "b.json",
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("invalid IP address syntax"), "{err}");
+    }
+}

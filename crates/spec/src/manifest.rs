@@ -1,0 +1,130 @@
+//! A manifest: one version of what a machine runs, as the deployer sends it to the agent.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::fleet::{HealthCheck, RestartSpec};
+
+/// An artifact the agent downloads and verifies before it uses it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Artifact {
+    /// Where to fetch it: `file://` (local provider) or `s3://bucket/key` (AWS).
+    pub url: String,
+    /// Lower-case hex SHA-256 of the content; the agent refuses anything else.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+}
+
+/// What one machine runs: the binary, its config and hosts.yaml, and how to run them.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub binary: Artifact,
+    /// Lands as `config.conf`.
+    pub config: Artifact,
+    /// Lands as `hosts.yaml`.
+    pub hosts: Artifact,
+    /// Arguments after `--hosts=… --config=…`.
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub health: HealthCheck,
+    #[serde(default)]
+    pub restart: RestartSpec,
+    /// How long the new version has to become healthy before the agent rolls back.
+    #[serde(with = "crate::duration_serde")]
+    #[schemars(with = "String")]
+    pub health_deadline: Duration,
+}
+
+impl Manifest {
+    /// The version id: SHA-256 (hex) over what the binary sees (artifact digests, args, env,
+    /// health and restart policy). URLs and the deadline do not count, so the same content
+    /// served from another place is the same version, and applying it again is a no-op.
+    pub fn version(&self) -> String {
+        #[derive(Serialize)]
+        struct Content<'a> {
+            binary: &'a str,
+            config: &'a str,
+            hosts: &'a str,
+            args: &'a [String],
+            env: &'a BTreeMap<String, String>,
+            health: &'a HealthCheck,
+            restart: &'a RestartSpec,
+        }
+        let content = Content {
+            binary: &self.binary.sha256,
+            config: &self.config.sha256,
+            hosts: &self.hosts.sha256,
+            args: &self.args,
+            env: &self.env,
+            health: &self.health,
+            restart: &self.restart,
+        };
+        let json = serde_json::to_vec(&content).expect("a struct of strings serializes to JSON");
+        hex::encode(Sha256::digest(&json))
+    }
+}
+
+/// The first 12 hex digits of a version id, for tables and messages.
+pub fn short_version(version: &str) -> &str {
+    &version[..version.len().min(12)]
+}
+
+/// Checks that `digest` looks like a lower-case hex SHA-256.
+pub fn is_sha256_hex(digest: &str) -> bool {
+    digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn artifact(url: &str, sha: char) -> Artifact {
+        Artifact { url: url.into(), sha256: sha.to_string().repeat(64), size: 1 }
+    }
+
+    fn manifest() -> Manifest {
+        Manifest {
+            binary: artifact("file:///a", 'a'),
+            config: artifact("file:///b", 'b'),
+            hosts: artifact("file:///c", 'c'),
+            args: vec![],
+            env: BTreeMap::new(),
+            health: HealthCheck::None,
+            restart: RestartSpec::default(),
+            health_deadline: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn version_ignores_urls_and_deadline_but_not_content() {
+        let a = manifest();
+        let mut b = manifest();
+        b.binary.url = "s3://bucket/x".into();
+        b.health_deadline = Duration::from_secs(5);
+        assert_eq!(a.version(), b.version());
+        b.config.sha256 = "d".repeat(64);
+        assert_ne!(a.version(), b.version());
+        let mut c = manifest();
+        c.args.push("--fast".into());
+        assert_ne!(a.version(), c.version());
+    }
+
+    #[test]
+    fn round_trips_through_json() {
+        let m = manifest();
+        let json = serde_json::to_string(&m).unwrap();
+        assert!(json.contains(r#""health_deadline":"1m""#), "{json}");
+        let back: Manifest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, m);
+    }
+}
