@@ -1,0 +1,165 @@
+//! The gossip loop: every interval, increment the own counter and push the whole view to every
+//! peer; each reply carries the peer's view, which is merged too (push-pull).
+//!
+//! Sends to all peers run at once and each has its own deadline ([`send_timeout`]), so a round
+//! lasts at most one deadline and a dead peer delays nobody. A failed send (peer not up yet,
+//! timeout, bad reply) is counted in `fleet_app_gossip_errors_total` and shown in the next status
+//! line; it is never fatal. Every [`STATUS_EVERY`] one status line tells who is seen.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full, Limited};
+use hyper::Request;
+use hyper::header::{CONTENT_TYPE, HOST};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
+
+use crate::app::App;
+use crate::log::log;
+use crate::server::{FROM_HEADER, MAX_GOSSIP_BYTES};
+use crate::view::decode;
+
+/// How often the status line is logged.
+pub const STATUS_EVERY: Duration = Duration::from_secs(5);
+
+/// Deadline of one send (connect, request, reply): the interval, kept within 200 ms..2 s.
+pub fn send_timeout(interval: Duration) -> Duration {
+    interval.clamp(Duration::from_millis(200), Duration::from_secs(2))
+}
+
+/// Gossips until the task is aborted.
+pub async fn run(app: Arc<App>) {
+    let timeout = send_timeout(app.interval);
+    let mut ticker = tokio::time::interval(app.interval);
+    ticker.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    // Why each peer's last send failed; cleared by a success.
+    let mut failures: BTreeMap<String, String> = BTreeMap::new();
+    let mut next_status = Instant::now() + STATUS_EVERY;
+    loop {
+        ticker.tick().await;
+        app.metrics.gossip_rounds.inc();
+        let body = {
+            let mut view = app.view();
+            view.tick();
+            Bytes::from(view.encode())
+        };
+        let mut sends = JoinSet::new();
+        for peer in &app.peers {
+            let address = SocketAddr::new(peer.ip, app.port);
+            let (peer_name, from, body) = (peer.name.clone(), app.name.clone(), body.clone());
+            sends.spawn(async move {
+                let result = tokio::time::timeout(timeout, exchange(address, &from, body))
+                    .await
+                    .unwrap_or_else(|_| Err(format!("no reply within {} ms", timeout.as_millis())));
+                (peer_name, result)
+            });
+        }
+        while let Some(joined) = sends.join_next().await {
+            let Ok((peer_name, result)) = joined else {
+                app.metrics.gossip_errors.inc();
+                continue;
+            };
+            match result {
+                Ok(pairs) => {
+                    let mut view = app.view();
+                    view.merge(&pairs);
+                    view.heard_from(&peer_name, Instant::now());
+                    failures.remove(&peer_name);
+                }
+                Err(error) => {
+                    app.metrics.gossip_errors.inc();
+                    failures.insert(peer_name, error);
+                }
+            }
+        }
+        if Instant::now() >= next_status {
+            log!("{}", status_line(&app, &failures));
+            next_status = Instant::now() + STATUS_EVERY;
+        }
+    }
+}
+
+/// `node-0 greeting="hello" sees 2/3 peers: node-1 node-2; not seen: node-3 (why)`.
+fn status_line(app: &App, failures: &BTreeMap<String, String>) -> String {
+    let view = app.view();
+    let now = Instant::now();
+    let seen = view.peers_seen(now, app.seen_window());
+    let mut line = format!(
+        "{} greeting={:?} sees {}/{} peers",
+        app.name,
+        app.greeting,
+        seen.len(),
+        app.peers.len()
+    );
+    if !seen.is_empty() {
+        line.push_str(": ");
+        line.push_str(&seen.join(" "));
+    }
+    let missing: Vec<String> = view
+        .peers(now)
+        .filter(|peer| !seen.contains(&peer.name))
+        .map(|peer| match failures.get(peer.name) {
+            Some(why) => format!("{} ({why})", peer.name),
+            None => peer.name.to_owned(),
+        })
+        .collect();
+    if !missing.is_empty() {
+        line.push_str("; not seen: ");
+        line.push_str(&missing.join(", "));
+    }
+    line
+}
+
+/// POSTs this node's view to `address` and returns the view in the reply.
+async fn exchange(
+    address: SocketAddr,
+    from: &str,
+    body: Bytes,
+) -> Result<Vec<(String, u64)>, String> {
+    let stream = TcpStream::connect(address).await.map_err(|error| error.to_string())?;
+    let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
+        .await
+        .map_err(|error| error.to_string())?;
+    let request = Request::post("/gossip")
+        .header(HOST, address.to_string())
+        .header(CONTENT_TYPE, "text/plain; charset=utf-8")
+        .header(FROM_HEADER, from)
+        .body(Full::new(body))
+        .map_err(|error| error.to_string())?;
+    // The request owns `sender`; dropping it when done lets `connection` finish, so both end
+    // together and nothing outlives the caller's timeout.
+    let request_and_reply = async move {
+        let response = sender.send_request(request).await.map_err(|error| error.to_string())?;
+        let status = response.status();
+        let body = Limited::new(response.into_body(), MAX_GOSSIP_BYTES)
+            .collect()
+            .await
+            .map_err(|error| format!("reading the reply: {error}"))?
+            .to_bytes();
+        let text = String::from_utf8_lossy(&body);
+        if !status.is_success() {
+            return Err(format!("HTTP {status}: {}", text.trim()));
+        }
+        decode(&text).map_err(|error| format!("bad reply: {error}"))
+    };
+    let (result, _connection_end) = tokio::join!(request_and_reply, connection);
+    result
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_send_timeout_follows_the_interval_within_bounds() {
+        assert_eq!(send_timeout(Duration::from_millis(10)), Duration::from_millis(200));
+        assert_eq!(send_timeout(Duration::from_millis(1000)), Duration::from_millis(1000));
+        assert_eq!(send_timeout(Duration::from_secs(60)), Duration::from_secs(2));
+    }
+}
