@@ -1,1 +1,268 @@
-//! placeholder
+//! The flotilla agent: the daemon on every machine of a fleet. It supervises the user's binary,
+//! installs new versions and rolls back the ones that fail, and serves an mTLS API and
+//! Prometheus metrics.
+//!
+//! The components, in the order a machine lives through them:
+//!
+//! 1. **Entry** ([`run`]): reads the bootstrap config, builds a current-thread tokio runtime
+//!    (the idle agent stays small), and runs until SIGTERM or SIGINT, then stops the binary
+//!    gracefully. [`start`] does the same inside a caller's runtime and returns an
+//!    [`AgentHandle`].
+//! 2. **Instance directory** (`instance_dir`): creates `dir` 0700, takes an exclusive flock on
+//!    `agent.lock` (a second agent is refused with the holder's pid) and writes `agent.pid`.
+//! 3. **Identity** (`identity`): waits for the identity bundle the deployer writes, through the
+//!    [`Fetchers`] (`fetch`), and refuses a bundle of another deployment.
+//! 4. **API** (`api`, `tls`): HTTPS with client certificates required, over the deployment CA;
+//!    one closed set of requests, [`flotilla_spec::api::Request`].
+//! 5. **Metrics** (`metrics`): plain HTTP `GET /metrics`.
+//! 6. **State** (`state`): `agent-state.json` says which version is installed; the agent starts
+//!    it (`agent::Agent::restore`).
+//! 7. **Supervision** (`supervisor`, `spawner`, `binary_log`, `backoff`): runs the binary in
+//!    its own process group, dying with the agent, logs its output with rotation, restarts it
+//!    with capped exponential backoff.
+//! 8. **Health** (`health`): http, tcp or none, every second.
+//! 9. **Rollouts** (`agent`, `artifacts`): download, verify, start, hold to the health
+//!    deadline, then keep the new version or roll back.
+//! 10. **Errors** ([`AgentError`]): what stops the agent, with what to check.
+//!
+//! Architecture Invariant: the agent is the only thing that runs user binaries, under every
+//! provider; a provider only adds [`Fetcher`]s (such as `s3://`).
+
+mod agent;
+mod api;
+mod artifacts;
+mod backoff;
+mod binary_log;
+mod error;
+mod fetch;
+mod health;
+mod identity;
+mod instance_dir;
+mod metrics;
+mod spawner;
+mod state;
+mod supervisor;
+mod tls;
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use flotilla_spec::bootstrap::AgentBootstrap;
+use tokio::net::TcpListener;
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+
+pub use error::AgentError;
+pub use fetch::{FetchError, FetchFuture, Fetcher, Fetchers, LocalFileFetcher};
+
+use crate::agent::{Agent, RolloutSlot};
+use crate::binary_log::BinaryLog;
+use crate::instance_dir::{InstanceDir, InstanceLock, create_private_dir};
+use crate::metrics::AgentMetrics;
+use crate::spawner::Spawner;
+use crate::state::AgentState;
+use crate::supervisor::{BinaryEnvironment, Order, start_supervisor};
+
+/// Time the servers get to finish after shutdown was signalled.
+const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
+/// Time the supervisor gets beyond the stop grace period to stop the binary.
+const SUPERVISOR_STOP_MARGIN: Duration = Duration::from_secs(10);
+
+/// Runs the agent for the bootstrap config at `bootstrap_path` until SIGTERM or SIGINT, then
+/// stops the binary gracefully and returns. Builds its own current-thread runtime.
+pub fn run(bootstrap_path: &Path, fetchers: Fetchers) -> Result<(), AgentError> {
+    let text = fs_err::read_to_string(bootstrap_path).map_err(|source| {
+        AgentError::ReadBootstrap { path: bootstrap_path.to_path_buf(), source }
+    })?;
+    let bootstrap = AgentBootstrap::parse(&text, &bootstrap_path.display().to_string())?;
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        // Hashing artifacts and reading logs are the only blocking work: a few threads do.
+        .max_blocking_threads(4)
+        .thread_name("flotilla-agent")
+        .build()
+        .map_err(AgentError::Runtime)?;
+    runtime.block_on(async move {
+        let listen = |kind: SignalKind, name: &'static str| {
+            signal(kind).map_err(|source| AgentError::Signal { signal: name, source })
+        };
+        let mut terminate = listen(SignalKind::terminate(), "SIGTERM")?;
+        let mut interrupt = listen(SignalKind::interrupt(), "SIGINT")?;
+        // A signal while waiting for the identity ends the agent too: nothing runs yet.
+        let handle = tokio::select! {
+            handle = start(bootstrap, fetchers) => handle?,
+            _ = terminate.recv() => return Ok(()),
+            _ = interrupt.recv() => return Ok(()),
+        };
+        tokio::select! {
+            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
+            _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
+        }
+        handle.shutdown().await
+    })
+}
+
+/// Starts the agent inside the current tokio runtime: takes the instance directory, waits for
+/// the identity, binds the API and metrics, restores the installed version and serves. Returns
+/// once all of that is done; [`AgentHandle::shutdown`] stops it.
+pub async fn start(
+    bootstrap: AgentBootstrap,
+    fetchers: Fetchers,
+) -> Result<AgentHandle, AgentError> {
+    let dir = InstanceDir::new(bootstrap.dir.clone());
+    create_private_dir(dir.root())?;
+    let lock = InstanceLock::acquire(&dir)?;
+    for path in [dir.versions(), dir.work(), dir.logs()] {
+        create_private_dir(&path)?;
+    }
+    let log = BinaryLog::open(&dir.logs(), bootstrap.logs)
+        .map_err(|source| AgentError::InstanceDir { path: dir.logs(), source })?;
+    let log = Arc::new(log);
+    log.event(&format!(
+        "agent {} started (pid {}); identity from {}",
+        env!("CARGO_PKG_VERSION"),
+        std::process::id(),
+        bootstrap.identity
+    ));
+
+    let identity = identity::wait_for_identity(&bootstrap, &fetchers).await?;
+    let tls = tls::server_config(&identity, &bootstrap.identity)?;
+    let api_address = SocketAddr::new(bootstrap.listen, bootstrap.api_port);
+    let metrics_address = SocketAddr::new(bootstrap.listen, bootstrap.metrics_port);
+    let bind = |what: &'static str, address: SocketAddr| async move {
+        TcpListener::bind(address).await.map_err(|source| AgentError::Listen {
+            what,
+            address,
+            source,
+        })
+    };
+    let api_listener = bind("mTLS API", api_address).await?;
+    let metrics_listener = bind("metrics", metrics_address).await?;
+    let state = AgentState::load(&dir.state_file())?;
+
+    let spawner =
+        Spawner::start(tokio::runtime::Handle::current()).map_err(AgentError::SpawnerThread)?;
+    let metrics = Arc::new(AgentMetrics::new());
+    let environment = BinaryEnvironment {
+        dir: dir.clone(),
+        tag: identity.tag.clone(),
+        name: identity.name.clone(),
+        region: identity.region.clone(),
+        public_ip: identity.public_ip,
+        private_ip: identity.private_ip,
+    };
+    let (supervisor, supervisor_task) =
+        start_supervisor(spawner, log.clone(), metrics.clone(), environment, bootstrap.stop_grace);
+    let stop_grace = bootstrap.stop_grace;
+    let agent = Arc::new(Agent {
+        identity,
+        dir,
+        log,
+        metrics,
+        supervisor,
+        fetchers,
+        state: Mutex::new(state),
+        rollout: Mutex::new(RolloutSlot::default()),
+        started_at: tokio::time::Instant::now(),
+    });
+
+    let (shutdown, shutdown_receiver) = watch::channel(false);
+    let servers = vec![
+        tokio::spawn(api::serve_api(api_listener, tls, agent.clone(), shutdown_receiver.clone())),
+        tokio::spawn(metrics::serve_metrics(metrics_listener, agent.clone(), shutdown_receiver)),
+    ];
+    agent.restore().await;
+    tracing::info!("agent serving: API on {api_address}, metrics on {metrics_address}");
+    Ok(AgentHandle {
+        agent,
+        shutdown,
+        servers,
+        supervisor_task: Some(supervisor_task),
+        lock: Some(lock),
+        api_address,
+        metrics_address,
+        stop_grace,
+    })
+}
+
+/// Resolves once `shutdown` turns true (or its sender is gone).
+pub(crate) async fn shutdown_signalled(shutdown: &mut watch::Receiver<bool>) {
+    // The guard `wait_for` returns is not `Send`: drop it here, not in the caller's future.
+    let _ = shutdown.wait_for(|stop| *stop).await;
+}
+
+/// A running agent started with [`start`].
+pub struct AgentHandle {
+    agent: Arc<Agent>,
+    shutdown: watch::Sender<bool>,
+    servers: Vec<JoinHandle<()>>,
+    supervisor_task: Option<JoinHandle<()>>,
+    lock: Option<InstanceLock>,
+    api_address: SocketAddr,
+    metrics_address: SocketAddr,
+    stop_grace: Duration,
+}
+
+impl std::fmt::Debug for AgentHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentHandle")
+            .field("dir", &self.agent.dir.root())
+            .field("api_address", &self.api_address)
+            .field("metrics_address", &self.metrics_address)
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentHandle {
+    /// Where the mTLS API listens.
+    pub fn api_address(&self) -> SocketAddr {
+        self.api_address
+    }
+
+    /// Where the metrics listen.
+    pub fn metrics_address(&self) -> SocketAddr {
+        self.metrics_address
+    }
+
+    /// Stops serving, abandons a rollout under way (the state file still names the version
+    /// before it), stops the binary (SIGTERM, SIGKILL after the stop grace period) and releases
+    /// the instance directory.
+    pub async fn shutdown(mut self) -> Result<(), AgentError> {
+        let _ = self.shutdown.send(true);
+        self.agent.abandon_rollout().await;
+        let stopped = self.agent.supervisor.order(Order::Shutdown);
+        let limit = self.stop_grace + SUPERVISOR_STOP_MARGIN;
+        if tokio::time::timeout(limit, stopped.wait()).await.is_err() {
+            tracing::warn!("the binary did not stop within {limit:?}");
+        }
+        if let Some(task) = self.supervisor_task.take()
+            && tokio::time::timeout(SUPERVISOR_STOP_MARGIN, task).await.is_err()
+        {
+            tracing::warn!("the supervisor did not end within {SUPERVISOR_STOP_MARGIN:?}");
+        }
+        for server in self.servers.drain(..) {
+            if tokio::time::timeout(SERVER_STOP_TIMEOUT, server).await.is_err() {
+                tracing::warn!("a server did not stop within {SERVER_STOP_TIMEOUT:?}");
+            }
+        }
+        self.agent.log.event("agent stopped");
+        if let Some(lock) = self.lock.take() {
+            lock.release();
+        }
+        Ok(())
+    }
+}
+
+impl Drop for AgentHandle {
+    /// Without [`AgentHandle::shutdown`], the servers stop and the binary is told to stop, but
+    /// nobody waits for it.
+    fn drop(&mut self) {
+        let _ = self.shutdown.send(true);
+        if self.supervisor_task.is_some() {
+            drop(self.agent.supervisor.order(Order::Shutdown));
+        }
+    }
+}

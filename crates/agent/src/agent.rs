@@ -1,0 +1,506 @@
+//! The running agent: what the API's requests do, rollouts, and restoring the installed version
+//! at start.
+//!
+//! A rollout (on `ApplyManifest`) runs in the background:
+//! 1. `downloading`: the artifacts go into `versions/<version>.partial/`, are verified and the
+//!    directory is renamed into place. A failure here leaves the running version untouched.
+//! 2. `starting`: the supervisor stops the old binary and starts the new one, which has until
+//!    the manifest's `health_deadline` to become healthy; three exits before that, or an exit
+//!    with status 0 under `on-failure`, fail it early.
+//! 3. Success: `agent-state.json` records {installed: new, previous: old} (the only point where
+//!    the state file changes), versions older than the previous one are removed, phase
+//!    `healthy`. Failure: the reason and the new version's last log lines go into the rollout
+//!    record, and the previous version is restored and restarted (`rolled-back`), or, on a
+//!    first install, nothing runs (`failed`).
+//!
+//! Requests are allowed as [`flotilla_spec::api::Request`] documents; others get 409 Conflict.
+
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
+
+use flotilla_spec::HealthCheck;
+use flotilla_spec::api::{AgentStatus, ApplyResponse, BinaryState, Rollout, RolloutPhase};
+use flotilla_spec::identity::IdentityBundle;
+use flotilla_spec::manifest::{Manifest, is_sha256_hex, short_version};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::artifacts;
+use crate::backoff::CRASH_LOOP_EXITS;
+use crate::binary_log::BinaryLog;
+use crate::fetch::Fetchers;
+use crate::instance_dir::InstanceDir;
+use crate::metrics::{AgentMetrics, MetricsSnapshot};
+use crate::state::AgentState;
+use crate::supervisor::{Order, SupervisorHandle, format_duration, unix_now};
+
+/// Why a request was not carried out; the API turns it into a status code and an `ApiError`.
+#[derive(Debug)]
+pub(crate) enum Refusal {
+    /// 409: not allowed now.
+    Conflict(String),
+    /// 400: the request itself is wrong.
+    BadRequest(String),
+    /// 500: the agent could not do it.
+    Internal(String),
+}
+
+/// The last rollout, and whether one is under way.
+#[derive(Debug, Default)]
+pub(crate) struct RolloutSlot {
+    last: Option<Rollout>,
+    under_way: bool,
+    task: Option<JoinHandle<()>>,
+}
+
+/// Everything the API, the metrics and rollouts share.
+#[derive(Debug)]
+pub(crate) struct Agent {
+    pub(crate) identity: IdentityBundle,
+    pub(crate) dir: InstanceDir,
+    pub(crate) log: Arc<BinaryLog>,
+    pub(crate) metrics: Arc<AgentMetrics>,
+    pub(crate) supervisor: SupervisorHandle,
+    pub(crate) fetchers: Fetchers,
+    pub(crate) state: Mutex<AgentState>,
+    pub(crate) rollout: Mutex<RolloutSlot>,
+    pub(crate) started_at: Instant,
+}
+
+/// Locks a mutex whose data stays consistent even if a holder panicked (plain values).
+fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+impl Agent {
+    /// The answer to `Status`.
+    pub(crate) fn status(&self) -> AgentStatus {
+        let supervisor = self.supervisor.status();
+        let version = lock(&self.state).installed.clone();
+        let rollout = lock(&self.rollout).last.clone();
+        AgentStatus {
+            name: self.identity.name.clone(),
+            tag: self.identity.tag.clone(),
+            region: self.identity.region.clone(),
+            public_ip: self.identity.public_ip,
+            private_ip: self.identity.private_ip,
+            agent_version: env!("CARGO_PKG_VERSION").to_owned(),
+            state: supervisor.state,
+            pid: supervisor.pid,
+            restarts: supervisor.restarts,
+            version,
+            uptime_secs: supervisor.started_at.map(|started| started.elapsed().as_secs()),
+            agent_uptime_secs: self.started_at.elapsed().as_secs(),
+            last_exit: supervisor.last_exit,
+            health_error: supervisor
+                .health_error
+                .filter(|_| supervisor.state != BinaryState::Healthy),
+            rollout,
+        }
+    }
+
+    /// The metrics page.
+    pub(crate) fn metrics_text(&self) -> String {
+        let supervisor = self.supervisor.status();
+        let snapshot = MetricsSnapshot {
+            running: supervisor.pid.is_some(),
+            state: supervisor.state,
+            version: lock(&self.state).installed.clone(),
+            agent_uptime: self.started_at.elapsed(),
+            binary_uptime: supervisor.started_at.map(|started| started.elapsed()),
+        };
+        self.metrics.render(&snapshot)
+    }
+
+    /// `ApplyManifest`: answers at once; the rollout runs in the background.
+    pub(crate) fn apply(self: &Arc<Self>, manifest: Manifest) -> Result<ApplyResponse, Refusal> {
+        check_manifest(&manifest, &self.fetchers).map_err(Refusal::BadRequest)?;
+        let version = manifest.version();
+        let mut slot = lock(&self.rollout);
+        if slot.under_way {
+            let current = slot.last.as_ref().expect("a rollout under way has a record");
+            if current.version == version {
+                return Ok(ApplyResponse::Accepted { version });
+            }
+            return Err(Refusal::Conflict(format!(
+                "a rollout to version {} is under way (phase {:?}); apply again when it is done",
+                short_version(&current.version),
+                current.phase
+            )));
+        }
+        let installed = lock(&self.state).installed.clone();
+        if installed.as_deref() == Some(version.as_str()) {
+            return Ok(ApplyResponse::Unchanged { version });
+        }
+        slot.under_way = true;
+        slot.last = Some(Rollout {
+            version: version.clone(),
+            previous: installed,
+            phase: RolloutPhase::Downloading,
+            reason: None,
+            log_tail: Vec::new(),
+            started_at: unix_now(),
+            finished_at: None,
+        });
+        let agent = self.clone();
+        let rollout_version = version.clone();
+        slot.task = Some(tokio::spawn(async move {
+            agent.roll_out(rollout_version, Arc::new(manifest)).await;
+        }));
+        Ok(ApplyResponse::Accepted { version })
+    }
+
+    /// `Restart`: allowed when a version is installed and no rollout is under way.
+    pub(crate) async fn restart(&self) -> Result<AgentStatus, Refusal> {
+        let completion = {
+            let slot = lock(&self.rollout);
+            refuse_during_rollout(&slot, "restart")?;
+            let mut state = lock(&self.state);
+            if state.installed.is_none() {
+                return Err(Refusal::Conflict(
+                    "no version is installed, so there is nothing to restart: apply a manifest first"
+                        .to_owned(),
+                ));
+            }
+            if state.stopped {
+                let started = AgentState { stopped: false, ..state.clone() };
+                self.save_state(&started)?;
+                *state = started;
+            }
+            self.log.event("restart requested");
+            self.supervisor.order(Order::Restart)
+        };
+        completion.wait().await;
+        Ok(self.status())
+    }
+
+    /// `Stop`: allowed when no rollout is under way; the binary stays stopped, also across
+    /// agent restarts, until `Restart` or a new version.
+    pub(crate) async fn stop(&self) -> Result<AgentStatus, Refusal> {
+        let completion = {
+            let slot = lock(&self.rollout);
+            refuse_during_rollout(&slot, "stop")?;
+            let mut state = lock(&self.state);
+            if state.installed.is_some() && !state.stopped {
+                let stopped = AgentState { stopped: true, ..state.clone() };
+                self.save_state(&stopped)?;
+                *state = stopped;
+            }
+            self.supervisor.order(Order::Stop)
+        };
+        completion.wait().await;
+        Ok(self.status())
+    }
+
+    fn save_state(&self, state: &AgentState) -> Result<(), Refusal> {
+        state.save(&self.dir.state_file()).map_err(|error| {
+            Refusal::Internal(format!("could not record the agent state: {error}"))
+        })
+    }
+
+    /// Stops a rollout under way (the agent is shutting down); the state file still names the
+    /// version installed before it, so the next start runs that one.
+    pub(crate) async fn abandon_rollout(&self) {
+        let task = lock(&self.rollout).task.take();
+        if let Some(task) = task {
+            task.abort();
+            // A cancelled task is the expected outcome.
+            let _ = task.await;
+        }
+    }
+
+    /// Starts the installed version at agent start. A version that no longer verifies is
+    /// replaced by the previous one when that one does, and the reason is reported as a rollout.
+    pub(crate) async fn restore(self: &Arc<Self>) {
+        let state = lock(&self.state).clone();
+        let keep: Vec<&str> =
+            state.installed.iter().chain(state.previous.iter()).map(String::as_str).collect();
+        artifacts::remove_versions_except(&self.dir, &keep);
+        let Some(installed) = state.installed.clone() else {
+            self.log.event("no version installed yet: waiting for a manifest");
+            return;
+        };
+        let order = |version: String, manifest: Manifest| {
+            let manifest = Arc::new(manifest);
+            if state.stopped {
+                Order::Hold { version, manifest }
+            } else {
+                Order::Run { version, manifest }
+            }
+        };
+        let error = match artifacts::load_version(&self.dir, &installed).await {
+            Ok(manifest) => {
+                self.supervisor.order(order(installed, manifest)).wait().await;
+                return;
+            }
+            Err(error) => error,
+        };
+        let mut reason =
+            format!("version {} could not be restored: {error}", short_version(&installed));
+        let mut fallback = None;
+        if let Some(previous) = &state.previous {
+            match artifacts::load_version(&self.dir, previous).await {
+                Ok(manifest) => fallback = Some((previous.clone(), manifest)),
+                Err(error) => reason.push_str(&format!(
+                    "; the previous version {} could not be restored either: {error}",
+                    short_version(previous)
+                )),
+            }
+        }
+        let new_state = AgentState {
+            installed: fallback.as_ref().map(|(version, _)| version.clone()),
+            previous: None,
+            stopped: state.stopped,
+        };
+        if let Err(Refusal::Internal(message)) = self.save_state(&new_state) {
+            self.log.event(&message);
+        }
+        *lock(&self.state) = new_state;
+        artifacts::remove_version(&self.dir, &installed).await;
+        let phase = match fallback {
+            Some((previous, manifest)) => {
+                self.log.event(&format!(
+                    "{reason}; running version {} instead",
+                    short_version(&previous)
+                ));
+                self.supervisor.order(order(previous, manifest)).wait().await;
+                RolloutPhase::RolledBack
+            }
+            None => {
+                self.log.event(&format!("{reason}; nothing runs until a manifest is applied"));
+                RolloutPhase::Failed
+            }
+        };
+        let now = unix_now();
+        lock(&self.rollout).last = Some(Rollout {
+            version: installed,
+            previous: lock(&self.state).installed.clone(),
+            phase,
+            reason: Some(reason),
+            log_tail: Vec::new(),
+            started_at: now,
+            finished_at: Some(now),
+        });
+    }
+
+    async fn roll_out(self: Arc<Self>, version: String, manifest: Arc<Manifest>) {
+        let state = lock(&self.state).clone();
+        let short = short_version(&version).to_owned();
+        let previous_description = match &state.installed {
+            Some(previous) => format!("version {}", short_version(previous)),
+            None => "no version".to_owned(),
+        };
+        self.log.event(&format!(
+            "rollout of version {short} started: downloading (installed: {previous_description})"
+        ));
+        if let Err(reason) =
+            artifacts::install_version(&self.fetchers, &self.dir, &version, &manifest).await
+        {
+            artifacts::remove_version(&self.dir, &version).await;
+            let phase = match state.installed {
+                Some(_) => RolloutPhase::RolledBack,
+                None => RolloutPhase::Failed,
+            };
+            self.log.event(&format!(
+                "rollout of version {short} failed while downloading: {reason}; {previous_description} is left as it was"
+            ));
+            self.finish_rollout(phase, reason, Vec::new());
+            return;
+        }
+        self.set_phase(RolloutPhase::Starting);
+        let run = Order::Run { version: version.clone(), manifest: manifest.clone() };
+        let Some(generation) = self.supervisor.order(run).wait().await else {
+            return;
+        };
+        let outcome = self.hold_to_deadline(generation, manifest.health_deadline).await;
+        let outcome = outcome.and_then(|()| {
+            let installed = AgentState {
+                installed: Some(version.clone()),
+                previous: state.installed.clone(),
+                stopped: false,
+            };
+            self.save_state(&installed).map_err(|refusal| match refusal {
+                Refusal::Internal(message)
+                | Refusal::Conflict(message)
+                | Refusal::BadRequest(message) => message,
+            })?;
+            *lock(&self.state) = installed;
+            Ok(())
+        });
+        match outcome {
+            Ok(()) => {
+                let keep: Vec<&str> = [Some(version.as_str()), state.installed.as_deref()]
+                    .into_iter()
+                    .flatten()
+                    .collect();
+                artifacts::remove_versions_except(&self.dir, &keep);
+                self.log.event(&format!(
+                    "rollout of version {short} succeeded: it is installed (previous: {previous_description})"
+                ));
+                self.finish_rollout(RolloutPhase::Healthy, String::new(), Vec::new());
+            }
+            Err(reason) => self.roll_back(&version, &state, reason).await,
+        }
+    }
+
+    /// Watches the new version until it is healthy, fails, or the deadline passes.
+    async fn hold_to_deadline(
+        &self,
+        generation: u64,
+        health_deadline: Duration,
+    ) -> Result<(), String> {
+        let deadline = Instant::now() + health_deadline;
+        let mut watch = self.supervisor.watch();
+        loop {
+            {
+                let status = watch.borrow_and_update();
+                let last_exit = status.last_exit_description.clone().unwrap_or_default();
+                if status.generation != generation {
+                    return Err("the rollout was interrupted by another order".to_owned());
+                }
+                if status.became_healthy {
+                    return Ok(());
+                }
+                if status.exits_before_healthy >= CRASH_LOOP_EXITS {
+                    return Err(format!(
+                        "the new version exited {} times without becoming healthy; the last time it {last_exit}",
+                        status.exits_before_healthy
+                    ));
+                }
+                if status.state == BinaryState::Stopped {
+                    return Err(format!(
+                        "the new version {last_exit} before it became healthy, and its restart policy on-failure does not restart it"
+                    ));
+                }
+            }
+            tokio::select! {
+                changed = watch.changed() => if changed.is_err() {
+                    return Err("the agent is stopping".to_owned());
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    let status = watch.borrow();
+                    let mut reason = format!(
+                        "the new version did not become healthy within its health deadline of {}",
+                        format_duration(health_deadline)
+                    );
+                    if let Some(error) = &status.health_error {
+                        reason.push_str(&format!("; last health check: {error}"));
+                    } else if let Some(exit) = &status.last_exit_description {
+                        reason.push_str(&format!("; the last time it {exit}"));
+                    }
+                    return Err(reason);
+                }
+            }
+        }
+    }
+
+    async fn roll_back(&self, version: &str, state: &AgentState, reason: String) {
+        let log_tail = self.log.recent_lines();
+        let short = short_version(version);
+        let mut reason = reason;
+        let phase = match &state.installed {
+            Some(previous) => match artifacts::load_version(&self.dir, previous).await {
+                Ok(manifest) => {
+                    let manifest = Arc::new(manifest);
+                    let version = previous.clone();
+                    let order = if state.stopped {
+                        Order::Hold { version, manifest }
+                    } else {
+                        Order::Run { version, manifest }
+                    };
+                    self.log.event(&format!(
+                        "rollout of version {short} failed: {reason}; rolling back to version {}",
+                        short_version(previous)
+                    ));
+                    self.supervisor.order(order).wait().await;
+                    RolloutPhase::RolledBack
+                }
+                Err(error) => {
+                    reason.push_str(&format!(
+                        "; the previous version {} could not be restored: {error}",
+                        short_version(previous)
+                    ));
+                    self.log.event(&format!("rollout of version {short} failed: {reason}"));
+                    self.supervisor.order(Order::Clear).wait().await;
+                    RolloutPhase::Failed
+                }
+            },
+            None => {
+                self.log.event(&format!(
+                    "rollout of version {short} failed: {reason}; there is no previous version to go back to"
+                ));
+                self.supervisor.order(Order::Clear).wait().await;
+                RolloutPhase::Failed
+            }
+        };
+        artifacts::remove_version(&self.dir, version).await;
+        self.finish_rollout(phase, reason, log_tail);
+    }
+
+    fn set_phase(&self, phase: RolloutPhase) {
+        if let Some(rollout) = lock(&self.rollout).last.as_mut() {
+            rollout.phase = phase;
+        }
+    }
+
+    fn finish_rollout(&self, phase: RolloutPhase, reason: String, log_tail: Vec<String>) {
+        let mut slot = lock(&self.rollout);
+        slot.under_way = false;
+        slot.task = None;
+        if let Some(rollout) = slot.last.as_mut() {
+            rollout.phase = phase;
+            rollout.reason = (!reason.is_empty()).then_some(reason);
+            rollout.log_tail = log_tail;
+            rollout.finished_at = Some(unix_now());
+        }
+    }
+}
+
+fn refuse_during_rollout(slot: &RolloutSlot, what: &str) -> Result<(), Refusal> {
+    match slot.last.as_ref().filter(|_| slot.under_way) {
+        Some(rollout) => Err(Refusal::Conflict(format!(
+            "cannot {what} while the rollout to version {} is under way (phase {:?}); try again when it is done",
+            short_version(&rollout.version),
+            rollout.phase
+        ))),
+        None => Ok(()),
+    }
+}
+
+/// Refuses a manifest the agent could not run as asked, before anything changes.
+fn check_manifest(manifest: &Manifest, fetchers: &Fetchers) -> Result<(), String> {
+    for (name, artifact) in
+        [("binary", &manifest.binary), ("config", &manifest.config), ("hosts", &manifest.hosts)]
+    {
+        if !is_sha256_hex(&artifact.sha256) {
+            return Err(format!("`{name}.sha256` must be 64 lower-case hex digits"));
+        }
+        fetchers.fetcher_for(&artifact.url).map_err(|error| format!("`{name}.url`: {error}"))?;
+    }
+    for (key, value) in &manifest.env {
+        if key.is_empty() || key.contains(['=', '\0']) || value.contains('\0') {
+            return Err(format!(
+                "`env.{key}`: names must be non-empty without `=` or NUL, values without NUL"
+            ));
+        }
+    }
+    if manifest.args.iter().any(|arg| arg.contains('\0')) {
+        return Err("`args` must not contain NUL".to_owned());
+    }
+    if manifest.health_deadline.is_zero() {
+        return Err("`health_deadline` must be longer than 0s".to_owned());
+    }
+    let restart = &manifest.restart;
+    if restart.initial_backoff.is_zero() || restart.max_backoff < restart.initial_backoff {
+        return Err(
+            "`restart`: initial_backoff must be longer than 0s and max_backoff at least initial_backoff"
+                .to_owned(),
+        );
+    }
+    if let HealthCheck::Http { path, .. } = &manifest.health
+        && (!path.starts_with('/') || path.contains(|c: char| c.is_whitespace() || c.is_control()))
+    {
+        return Err(format!("`health.path` {path:?} must start with `/` and have no spaces"));
+    }
+    Ok(())
+}

@@ -1,0 +1,249 @@
+//! The mTLS API: HTTPS on `listen:api_port`, every request mapped by
+//! [`flotilla_spec::api::Request::from_http`] and answered by [`crate::agent::Agent`].
+//!
+//! | request | answer |
+//! |---|---|
+//! | `Status` | 200, [`flotilla_spec::api::AgentStatus`] |
+//! | `Logs` | 200, `text/plain`; with `follow`, streamed until the client disconnects |
+//! | `ApplyManifest` | 202 `accepted` or 200 `unchanged`, [`flotilla_spec::api::ApplyResponse`] |
+//! | `Restart`, `Stop` | 200, the `AgentStatus` after the binary restarted or stopped |
+//!
+//! Errors answer an [`ApiError`] JSON body: 400 for a bad request, 404 for an unknown endpoint,
+//! 409 when the request is not allowed now (a rollout under way, nothing installed), 413 for a
+//! manifest over [`MAX_MANIFEST_BYTES`], 500 when the agent failed.
+//!
+//! Connections: at most [`MAX_CONNECTIONS`] at once, [`HANDSHAKE_TIMEOUT`] for the TLS
+//! handshake and for the request head.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flotilla_spec::api::{ApiError, ApplyResponse, Request, RequestError};
+use http_body_util::combinators::UnsyncBoxBody;
+use http_body_util::{BodyExt, Full, Limited, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::{Response, StatusCode};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use tokio::net::TcpListener;
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::{Semaphore, watch};
+use tokio_rustls::TlsAcceptor;
+
+use crate::agent::{Agent, Refusal};
+use crate::binary_log::EVENT_PREFIX;
+
+/// The largest manifest `ApplyManifest` accepts.
+pub(crate) const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
+/// Connections served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 64;
+/// Time for the TLS handshake, and for the head of each request.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+type ApiBody = UnsyncBoxBody<Bytes, Infallible>;
+
+/// Serves the API on `listener` until `shutdown` turns true.
+pub(crate) async fn serve_api(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    agent: Arc<Agent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    let acceptor = TlsAcceptor::from(tls);
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = crate::shutdown_signalled(&mut shutdown) => return,
+        };
+        let (stream, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => accepted,
+                Err(error) => {
+                    tracing::warn!("API: could not accept a connection: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = crate::shutdown_signalled(&mut shutdown) => return,
+        };
+        let acceptor = acceptor.clone();
+        let agent = agent.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let _permit = permit;
+            let stream =
+                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                    Ok(Ok(stream)) => stream,
+                    Ok(Err(error)) => {
+                        tracing::info!("API: refused a connection from {peer}: {error}");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::info!(
+                            "API: no TLS handshake from {peer} within {HANDSHAKE_TIMEOUT:?}"
+                        );
+                        return;
+                    }
+                };
+            let service_shutdown = shutdown.clone();
+            let service = hyper::service::service_fn(move |request| {
+                let agent = agent.clone();
+                let shutdown = service_shutdown.clone();
+                async move { Ok::<_, Infallible>(answer(agent, request, shutdown).await) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(HANDSHAKE_TIMEOUT)
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                result = connection => if let Err(error) = result {
+                    tracing::debug!("API connection from {peer}: {error}");
+                },
+                _ = crate::shutdown_signalled(&mut shutdown) => {}
+            }
+        });
+    }
+}
+
+async fn answer(
+    agent: Arc<Agent>,
+    request: hyper::Request<Incoming>,
+    shutdown: watch::Receiver<bool>,
+) -> Response<ApiBody> {
+    let method = request.method().as_str().to_owned();
+    let path = request.uri().path().to_owned();
+    let query = request.uri().query().map(str::to_owned);
+    let body = if method == "PUT" {
+        match Limited::new(request.into_body(), MAX_MANIFEST_BYTES).collect().await {
+            Ok(collected) => collected.to_bytes(),
+            Err(error) if error.is::<http_body_util::LengthLimitError>() => {
+                return error_response(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    format!("the manifest is larger than {MAX_MANIFEST_BYTES} bytes"),
+                );
+            }
+            Err(error) => {
+                return error_response(
+                    StatusCode::BAD_REQUEST,
+                    format!("could not read the request body: {error}"),
+                );
+            }
+        }
+    } else {
+        Bytes::new()
+    };
+    let request = match Request::from_http(&method, &path, query.as_deref(), &body) {
+        Ok(request) => request,
+        Err(error @ RequestError::NotFound { .. }) => {
+            return error_response(StatusCode::NOT_FOUND, error.to_string());
+        }
+        Err(error) => return error_response(StatusCode::BAD_REQUEST, error.to_string()),
+    };
+    match request {
+        Request::Status => json_response(StatusCode::OK, &agent.status()),
+        Request::Logs { lines, follow } => logs(&agent, lines, follow, shutdown).await,
+        Request::ApplyManifest(manifest) => match agent.apply(*manifest) {
+            Ok(answer @ ApplyResponse::Accepted { .. }) => {
+                json_response(StatusCode::ACCEPTED, &answer)
+            }
+            Ok(answer @ ApplyResponse::Unchanged { .. }) => json_response(StatusCode::OK, &answer),
+            Err(refusal) => refusal_response(refusal),
+        },
+        Request::Restart => match agent.restart().await {
+            Ok(status) => json_response(StatusCode::OK, &status),
+            Err(refusal) => refusal_response(refusal),
+        },
+        Request::Stop => match agent.stop().await {
+            Ok(status) => json_response(StatusCode::OK, &status),
+            Err(refusal) => refusal_response(refusal),
+        },
+    }
+}
+
+/// The last `lines` lines; with `follow`, then every new line until the client disconnects or
+/// the agent stops.
+async fn logs(
+    agent: &Agent,
+    lines: usize,
+    follow: bool,
+    shutdown: watch::Receiver<bool>,
+) -> Response<ApiBody> {
+    let (snapshot, receiver) = agent.log.snapshot(follow);
+    let path = agent.log.path().display().to_string();
+    let tail = match tokio::task::spawn_blocking(move || snapshot.last_lines(lines)).await {
+        Ok(Ok(tail)) => tail,
+        Ok(Err(error)) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("could not read {path}: {error}"),
+            );
+        }
+        Err(error) => {
+            return error_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                format!("reading {path} stopped: {error}"),
+            );
+        }
+    };
+    let mut text = String::new();
+    for line in tail {
+        text.push_str(&line);
+        text.push('\n');
+    }
+    let builder = Response::builder()
+        .status(StatusCode::OK)
+        .header("content-type", "text/plain; charset=utf-8");
+    let Some(receiver) = receiver else {
+        let body = Full::new(Bytes::from(text)).boxed_unsync();
+        return builder.body(body).expect("a response with static headers builds");
+    };
+    let first = (!text.is_empty()).then(|| Bytes::from(text));
+    let stream = futures_util::stream::unfold(
+        (first, receiver, shutdown),
+        |(first, mut receiver, mut shutdown)| async move {
+            if let Some(first) = first {
+                return Some((Ok(Frame::data(first)), (None, receiver, shutdown)));
+            }
+            let chunk = tokio::select! {
+                line = receiver.recv() => match line {
+                    Ok(line) => format!("{line}\n"),
+                    Err(RecvError::Lagged(skipped)) => format!(
+                        "{EVENT_PREFIX}{skipped} lines skipped here: this client reads more slowly than the binary writes\n"
+                    ),
+                    Err(RecvError::Closed) => return None,
+                },
+                _ = crate::shutdown_signalled(&mut shutdown) => return None,
+            };
+            Some((Ok(Frame::data(Bytes::from(chunk))), (None, receiver, shutdown)))
+        },
+    );
+    builder
+        .body(StreamBody::new(stream).boxed_unsync())
+        .expect("a response with static headers builds")
+}
+
+fn json_response(status: StatusCode, value: &impl serde::Serialize) -> Response<ApiBody> {
+    let json = serde_json::to_vec(value).expect("API answers serialize to JSON");
+    Response::builder()
+        .status(status)
+        .header("content-type", "application/json")
+        .body(Full::new(Bytes::from(json)).boxed_unsync())
+        .expect("a response with static headers builds")
+}
+
+fn error_response(status: StatusCode, error: String) -> Response<ApiBody> {
+    json_response(status, &ApiError { error })
+}
+
+fn refusal_response(refusal: Refusal) -> Response<ApiBody> {
+    match refusal {
+        Refusal::Conflict(message) => error_response(StatusCode::CONFLICT, message),
+        Refusal::BadRequest(message) => error_response(StatusCode::BAD_REQUEST, message),
+        Refusal::Internal(message) => error_response(StatusCode::INTERNAL_SERVER_ERROR, message),
+    }
+}

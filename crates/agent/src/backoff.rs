@@ -1,0 +1,81 @@
+//! The agent's wait schedules, written down in one place.
+//!
+//! - Restarting the binary: capped exponential backoff. The n-th consecutive failure waits
+//!   `initial_backoff × 2^(n-1)`, capped at `max_backoff`, then multiplied by a random factor in
+//!   0.8..=1.2 (±20 % jitter) so that a fleet restarted by the same event does not restart in
+//!   step. The count resets once the binary stayed up [`STABLE_RUN`] or became healthy.
+//! - Waiting for the identity bundle: polls after 100 ms, doubling to at most 2 s, until the
+//!   bootstrap's `identity_timeout`.
+
+use std::time::Duration;
+
+use flotilla_spec::RestartSpec;
+use rand::Rng;
+
+/// A run at least this long resets the consecutive-failure count.
+pub(crate) const STABLE_RUN: Duration = Duration::from_secs(10);
+
+/// Consecutive exits without becoming healthy after which the binary counts as crash-looping.
+pub(crate) const CRASH_LOOP_EXITS: u32 = 3;
+
+/// First wait between two polls for the identity bundle.
+pub(crate) const IDENTITY_POLL_INITIAL: Duration = Duration::from_millis(100);
+/// Longest wait between two polls for the identity bundle.
+pub(crate) const IDENTITY_POLL_MAX: Duration = Duration::from_secs(2);
+
+/// The delay before restarting after the `consecutive_failures`-th failure in a row (1 for the
+/// first), with `jitter` the random factor (0.8..=1.2, see [`restart_jitter`]).
+pub(crate) fn restart_delay(
+    spec: &RestartSpec,
+    consecutive_failures: u32,
+    jitter: f64,
+) -> Duration {
+    let doublings = consecutive_failures.saturating_sub(1).min(32);
+    let uncapped = spec.initial_backoff.saturating_mul(2u32.saturating_pow(doublings));
+    uncapped.min(spec.max_backoff).mul_f64(jitter.clamp(0.8, 1.2))
+}
+
+/// A random jitter factor in 0.8..=1.2.
+pub(crate) fn restart_jitter() -> f64 {
+    rand::rng().random_range(0.8..=1.2)
+}
+
+/// The wait after `previous` between two polls for the identity bundle.
+pub(crate) fn next_identity_poll(previous: Duration) -> Duration {
+    previous.saturating_mul(2).min(IDENTITY_POLL_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_spec::RestartPolicy;
+
+    #[test]
+    fn restart_delays_double_up_to_the_cap_with_bounded_jitter() {
+        let spec = RestartSpec {
+            policy: RestartPolicy::Always,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(2),
+        };
+        let delays: Vec<_> = (1..=6).map(|n| restart_delay(&spec, n, 1.0)).collect();
+        assert_eq!(delays, [250, 500, 1000, 2000, 2000, 2000].map(Duration::from_millis).to_vec());
+        assert_eq!(restart_delay(&spec, 1, 0.8), Duration::from_millis(200));
+        assert_eq!(restart_delay(&spec, 1, 1.2), Duration::from_millis(300));
+        assert_eq!(restart_delay(&spec, 1, 5.0), Duration::from_millis(300));
+        assert_eq!(restart_delay(&spec, 1000, 1.0), Duration::from_secs(2));
+        for _ in 0..100 {
+            assert!((0.8..=1.2).contains(&restart_jitter()));
+        }
+    }
+
+    #[test]
+    fn identity_polls_back_off_to_two_seconds() {
+        let mut delay = IDENTITY_POLL_INITIAL;
+        let mut seen = vec![delay];
+        for _ in 0..6 {
+            delay = next_identity_poll(delay);
+            seen.push(delay);
+        }
+        assert_eq!(seen, [100, 200, 400, 800, 1600, 2000, 2000].map(Duration::from_millis));
+    }
+}

@@ -1,0 +1,225 @@
+//! The agent's own Prometheus metrics, served as plain HTTP on `GET /metrics` (OpenMetrics text).
+//!
+//! | metric | type | meaning |
+//! |---|---|---|
+//! | `flotilla_binary_up` | gauge | 1 while the binary runs |
+//! | `flotilla_binary_restarts_total` | counter | restarts after an exit, since the agent started |
+//! | `flotilla_binary_health_state{state}` | gauge | 1 for the current state, 0 for the others |
+//! | `flotilla_binary_version_info{version}` | gauge | 1 for the installed version |
+//! | `flotilla_agent_uptime_seconds` | gauge | seconds since the agent started |
+//! | `flotilla_binary_uptime_seconds` | gauge | seconds since the binary started (0 when down) |
+//!
+//! Everything but the restart counter is read from the agent's state at scrape time.
+
+use std::convert::Infallible;
+use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
+use std::time::Duration;
+
+use bytes::Bytes;
+use flotilla_spec::api::BinaryState;
+use http_body_util::Full;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use prometheus_client::encoding::text::encode;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+use crate::agent::Agent;
+
+/// Every state, for the per-state gauge.
+const STATES: [BinaryState; 6] = [
+    BinaryState::Idle,
+    BinaryState::Starting,
+    BinaryState::Healthy,
+    BinaryState::Unhealthy,
+    BinaryState::CrashLooping,
+    BinaryState::Stopped,
+];
+
+type Labels = Vec<(&'static str, String)>;
+
+/// What a scrape reports, read from the agent.
+#[derive(Debug)]
+pub(crate) struct MetricsSnapshot {
+    pub(crate) running: bool,
+    pub(crate) state: BinaryState,
+    pub(crate) version: Option<String>,
+    pub(crate) agent_uptime: Duration,
+    pub(crate) binary_uptime: Option<Duration>,
+}
+
+#[derive(Debug)]
+pub(crate) struct AgentMetrics {
+    registry: Registry,
+    binary_up: Gauge,
+    restarts: Counter,
+    health_state: Family<Labels, Gauge>,
+    version_info: Family<Labels, Gauge>,
+    agent_uptime: Gauge<f64, AtomicU64>,
+    binary_uptime: Gauge<f64, AtomicU64>,
+}
+
+impl AgentMetrics {
+    pub(crate) fn new() -> AgentMetrics {
+        let mut registry = Registry::with_prefix("flotilla");
+        let binary_up = Gauge::default();
+        let restarts = Counter::default();
+        let health_state = Family::<Labels, Gauge>::default();
+        let version_info = Family::<Labels, Gauge>::default();
+        let agent_uptime = Gauge::<f64, AtomicU64>::default();
+        let binary_uptime = Gauge::<f64, AtomicU64>::default();
+        registry.register("binary_up", "Whether the binary runs (1) or not (0)", binary_up.clone());
+        registry.register(
+            "binary_restarts",
+            "Restarts of the binary after it exited, since the agent started",
+            restarts.clone(),
+        );
+        registry.register(
+            "binary_health_state",
+            "The binary's state: 1 for the current one",
+            health_state.clone(),
+        );
+        registry.register("binary_version_info", "The installed version id", version_info.clone());
+        registry.register(
+            "agent_uptime_seconds",
+            "Seconds since the agent started",
+            agent_uptime.clone(),
+        );
+        registry.register(
+            "binary_uptime_seconds",
+            "Seconds since the binary started, 0 while it is not running",
+            binary_uptime.clone(),
+        );
+        AgentMetrics {
+            registry,
+            binary_up,
+            restarts,
+            health_state,
+            version_info,
+            agent_uptime,
+            binary_uptime,
+        }
+    }
+
+    /// Counts one restart after an exit.
+    pub(crate) fn count_restart(&self) {
+        self.restarts.inc();
+    }
+
+    /// The OpenMetrics text for `snapshot`.
+    pub(crate) fn render(&self, snapshot: &MetricsSnapshot) -> String {
+        self.binary_up.set(i64::from(snapshot.running));
+        for state in STATES {
+            let value = i64::from(state == snapshot.state);
+            self.health_state.get_or_create(&vec![("state", state.as_str().to_owned())]).set(value);
+        }
+        self.version_info.clear();
+        if let Some(version) = &snapshot.version {
+            self.version_info.get_or_create(&vec![("version", version.clone())]).set(1);
+        }
+        self.agent_uptime.set(snapshot.agent_uptime.as_secs_f64());
+        self.binary_uptime.set(snapshot.binary_uptime.unwrap_or_default().as_secs_f64());
+        let mut text = String::new();
+        encode(&mut text, &self.registry).expect("writing to a String cannot fail");
+        text
+    }
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` turns true.
+pub(crate) async fn serve_metrics(
+    listener: TcpListener,
+    agent: Arc<Agent>,
+    mut shutdown: watch::Receiver<bool>,
+) {
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(error) => {
+                    tracing::warn!("metrics: could not accept a connection: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+            _ = crate::shutdown_signalled(&mut shutdown) => return,
+        };
+        let agent = agent.clone();
+        let mut shutdown = shutdown.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |request| {
+                let agent = agent.clone();
+                async move { Ok::<_, Infallible>(answer(&agent, request)) }
+            });
+            let connection = hyper::server::conn::http1::Builder::new()
+                .timer(TokioTimer::new())
+                .header_read_timeout(Duration::from_secs(10))
+                .serve_connection(TokioIo::new(stream), service);
+            tokio::select! {
+                result = connection => if let Err(error) = result {
+                    tracing::debug!("metrics connection: {error}");
+                },
+                _ = crate::shutdown_signalled(&mut shutdown) => {}
+            }
+        });
+    }
+}
+
+fn answer(agent: &Agent, request: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+    let builder = hyper::Response::builder();
+    let response = if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
+        let text = agent.metrics_text();
+        builder
+            .status(200)
+            .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
+            .body(Full::new(Bytes::from(text)))
+    } else {
+        builder
+            .status(404)
+            .header("content-type", "text/plain; charset=utf-8")
+            .body(Full::new(Bytes::from_static(b"not found: the metrics are at GET /metrics\n")))
+    };
+    response.expect("a response with static headers builds")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn renders_every_metric() {
+        let metrics = AgentMetrics::new();
+        metrics.count_restart();
+        let text = metrics.render(&MetricsSnapshot {
+            running: true,
+            state: BinaryState::Healthy,
+            version: Some("abc".to_owned()),
+            agent_uptime: Duration::from_secs(5),
+            binary_uptime: Some(Duration::from_secs(3)),
+        });
+        for expected in [
+            "flotilla_binary_up 1\n",
+            "flotilla_binary_restarts_total 1\n",
+            "flotilla_binary_health_state{state=\"healthy\"} 1\n",
+            "flotilla_binary_health_state{state=\"crash-looping\"} 0\n",
+            "flotilla_binary_version_info{version=\"abc\"} 1\n",
+            "flotilla_agent_uptime_seconds 5.0\n",
+            "flotilla_binary_uptime_seconds 3.0\n",
+        ] {
+            assert!(text.contains(expected), "{expected:?} missing from\n{text}");
+        }
+        let text = metrics.render(&MetricsSnapshot {
+            running: false,
+            state: BinaryState::Idle,
+            version: None,
+            agent_uptime: Duration::from_secs(6),
+            binary_uptime: None,
+        });
+        assert!(!text.contains("version=\"abc\""), "{text}");
+        assert!(text.contains("flotilla_binary_health_state{state=\"idle\"} 1\n"), "{text}");
+    }
+}

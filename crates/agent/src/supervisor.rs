@@ -1,0 +1,856 @@
+//! The supervisor: runs the selected version of the binary, captures its output, checks its
+//! health, restarts it when it exits, and stops it.
+//!
+//! It is one task that owns the child process and obeys [`Order`]s sent through a
+//! [`SupervisorHandle`], one at a time and in the order they were sent; it publishes what it
+//! sees as a [`SupervisorStatus`] on a watch channel, which the API, the metrics and rollouts
+//! read.
+//!
+//! The binary runs as `<dir>/versions/<version>/binary --hosts=… --config=… <args…>` in
+//! `<dir>/work`, with the agent's environment plus `FLOTILLA_TAG`, `FLOTILLA_NAME`,
+//! `FLOTILLA_REGION`, `FLOTILLA_IP`, `FLOTILLA_PRIVATE_IP`, then the manifest's `env`. It leads
+//! its own process group. Stopping it sends SIGTERM to the group and SIGKILL after the
+//! bootstrap's `stop_grace`; members of the group that outlive the binary are killed as well
+//! (as systemd's `KillMode=control-group` does), so nothing holds its ports when it restarts.
+//!
+//! After an exit it restarts per the manifest's `RestartSpec` (schedule in [`crate::backoff`]);
+//! `on-failure` does not restart after exit status 0. Three exits in a row without becoming
+//! healthy make the state `crash-looping` while the backoff runs out.
+
+use std::ffi::OsString;
+use std::future::Future;
+use std::io;
+use std::net::IpAddr;
+use std::os::unix::process::ExitStatusExt;
+use std::pin::Pin;
+use std::process::ExitStatus;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use flotilla_spec::api::{BinaryState, ExitInfo};
+use flotilla_spec::manifest::{Manifest, short_version};
+use flotilla_spec::{HealthCheck, RestartPolicy};
+use rustix::process::{Pid, Signal};
+use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use crate::artifacts::{BINARY_FILE, CONFIG_FILE, HOSTS_FILE};
+use crate::backoff::{CRASH_LOOP_EXITS, STABLE_RUN, restart_delay, restart_jitter};
+use crate::binary_log::{BinaryLog, MAX_LINE_BYTES};
+use crate::health::{self, CHECK_INTERVAL, FIRST_CHECK_AFTER, NONE_HEALTHY_AFTER};
+use crate::instance_dir::InstanceDir;
+use crate::metrics::AgentMetrics;
+use crate::spawner::{ProcessSpec, Spawner};
+
+/// How long the agent waits for the binary's output to drain after it exited.
+const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
+/// How long the agent waits for the binary to go after SIGKILL.
+const AFTER_KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How often the agent looks whether the rest of the process group has gone.
+const GROUP_POLL_INTERVAL: Duration = Duration::from_millis(50);
+
+/// Who the binary runs as: the machine's identity and its instance directory.
+#[derive(Clone, Debug)]
+pub(crate) struct BinaryEnvironment {
+    pub(crate) dir: InstanceDir,
+    pub(crate) tag: String,
+    pub(crate) name: String,
+    pub(crate) region: String,
+    pub(crate) public_ip: IpAddr,
+    pub(crate) private_ip: IpAddr,
+}
+
+/// What the supervisor sees, published after every change.
+#[derive(Clone, Debug)]
+pub(crate) struct SupervisorStatus {
+    /// The selected version (running, restarting, or stopped).
+    pub(crate) version: Option<String>,
+    /// Counts orders: a rollout knows from it that what it sees is about its own start.
+    pub(crate) generation: u64,
+    pub(crate) state: BinaryState,
+    pub(crate) pid: Option<u32>,
+    pub(crate) started_at: Option<Instant>,
+    /// Restarts after an exit since the version was selected or restarted by request.
+    pub(crate) restarts: u64,
+    /// Exits since the version was selected or restarted, while it never became healthy.
+    pub(crate) exits_before_healthy: u32,
+    /// Whether the binary became healthy since the version was selected or restarted.
+    pub(crate) became_healthy: bool,
+    pub(crate) last_exit: Option<ExitInfo>,
+    /// How the last run ended, in words ("exited with code 1").
+    pub(crate) last_exit_description: Option<String>,
+    pub(crate) health_error: Option<String>,
+}
+
+impl SupervisorStatus {
+    fn idle() -> SupervisorStatus {
+        SupervisorStatus {
+            version: None,
+            generation: 0,
+            state: BinaryState::Idle,
+            pid: None,
+            started_at: None,
+            restarts: 0,
+            exits_before_healthy: 0,
+            became_healthy: false,
+            last_exit: None,
+            last_exit_description: None,
+            health_error: None,
+        }
+    }
+}
+
+/// What the supervisor is told to do. Each order first stops the binary if it runs.
+#[derive(Debug)]
+pub(crate) enum Order {
+    /// Select this version and start it (restart count and backoff reset).
+    Run { version: String, manifest: Arc<Manifest> },
+    /// Select this version but leave it stopped (it was stopped by request before).
+    Hold { version: String, manifest: Arc<Manifest> },
+    /// Start the selected version again (restart count and backoff reset).
+    Restart,
+    /// Stop the binary and keep it stopped.
+    Stop,
+    /// Stop the binary and forget the version: nothing is installed.
+    Clear,
+    /// Stop the binary and end the supervisor.
+    Shutdown,
+}
+
+#[derive(Debug)]
+struct Command {
+    order: Order,
+    done: oneshot::Sender<u64>,
+}
+
+/// Resolves once an order has been carried out.
+#[derive(Debug)]
+pub(crate) struct Completion(oneshot::Receiver<u64>);
+
+impl Completion {
+    /// The generation after the order, or `None` when the supervisor has ended.
+    pub(crate) async fn wait(self) -> Option<u64> {
+        self.0.await.ok()
+    }
+}
+
+/// Sends orders to the supervisor and reads its status.
+#[derive(Clone, Debug)]
+pub(crate) struct SupervisorHandle {
+    orders: mpsc::UnboundedSender<Command>,
+    status: watch::Receiver<SupervisorStatus>,
+}
+
+impl SupervisorHandle {
+    /// Queues `order` at once (so orders keep the order of the calls); await the completion
+    /// for it to be carried out.
+    pub(crate) fn order(&self, order: Order) -> Completion {
+        let (done, completion) = oneshot::channel();
+        // When the supervisor has ended, `done` is dropped and the completion resolves to None.
+        let _ = self.orders.send(Command { order, done });
+        Completion(completion)
+    }
+
+    pub(crate) fn status(&self) -> SupervisorStatus {
+        self.status.borrow().clone()
+    }
+
+    pub(crate) fn watch(&self) -> watch::Receiver<SupervisorStatus> {
+        self.status.clone()
+    }
+}
+
+/// Starts the supervisor task.
+pub(crate) fn start_supervisor(
+    spawner: Spawner,
+    log: Arc<BinaryLog>,
+    metrics: Arc<AgentMetrics>,
+    environment: BinaryEnvironment,
+    stop_grace: Duration,
+) -> (SupervisorHandle, JoinHandle<()>) {
+    let (orders, receiver) = mpsc::unbounded_channel();
+    let (status, status_receiver) = watch::channel(SupervisorStatus::idle());
+    let supervisor = Supervisor {
+        orders: receiver,
+        status,
+        spawner,
+        log,
+        metrics,
+        environment,
+        stop_grace,
+        selected: None,
+        consecutive_failures: 0,
+        warned_about_parent_death_signal: false,
+    };
+    let task = tokio::spawn(supervisor.run());
+    (SupervisorHandle { orders, status: status_receiver }, task)
+}
+
+#[derive(Debug)]
+struct Selected {
+    version: String,
+    manifest: Arc<Manifest>,
+}
+
+struct Supervisor {
+    orders: mpsc::UnboundedReceiver<Command>,
+    status: watch::Sender<SupervisorStatus>,
+    spawner: Spawner,
+    log: Arc<BinaryLog>,
+    metrics: Arc<AgentMetrics>,
+    environment: BinaryEnvironment,
+    stop_grace: Duration,
+    selected: Option<Selected>,
+    consecutive_failures: u32,
+    warned_about_parent_death_signal: bool,
+}
+
+type HealthCheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+
+/// The binary while it runs.
+struct RunningBinary {
+    child: tokio::process::Child,
+    pid: u32,
+    started_at: Instant,
+    capture: Vec<JoinHandle<()>>,
+    check: Option<HealthCheckFuture>,
+    check_started_at: Instant,
+    next_check_at: Instant,
+    /// False once `none` has declared the binary healthy: nothing more to check.
+    checking: bool,
+    check_failures: u32,
+    became_healthy: bool,
+}
+
+enum Activity {
+    /// Nothing runs: waiting for an order.
+    Waiting,
+    /// The binary exited; it starts again at `until` unless an order comes first.
+    BackingOff {
+        until: Instant,
+    },
+    Running(Box<RunningBinary>),
+    Finished,
+}
+
+enum RunningEvent {
+    Exited(io::Result<ExitStatus>),
+    CheckDone(Result<(), String>),
+    CheckDue,
+    Order(Option<Command>),
+}
+
+impl Supervisor {
+    async fn run(mut self) {
+        let mut activity = Activity::Waiting;
+        loop {
+            activity = match activity {
+                Activity::Finished => break,
+                Activity::Waiting => {
+                    let command = self.orders.recv().await;
+                    self.obey(command, None).await
+                }
+                Activity::BackingOff { until } => {
+                    tokio::select! {
+                        () = tokio::time::sleep_until(until) => {
+                            self.metrics.count_restart();
+                            self.status.send_modify(|status| status.restarts += 1);
+                            self.start_selected().await
+                        }
+                        command = self.orders.recv() => self.obey(command, None).await,
+                    }
+                }
+                Activity::Running(mut running) => {
+                    let event = next_event(&mut running, &mut self.orders).await;
+                    self.on_event(running, event).await
+                }
+            };
+        }
+    }
+
+    fn short_selected(&self) -> String {
+        self.selected.as_ref().map(|s| short_version(&s.version).to_owned()).unwrap_or_default()
+    }
+
+    /// Carries out one order (`None`: every handle is gone, the agent is going away).
+    async fn obey(
+        &mut self,
+        command: Option<Command>,
+        running: Option<Box<RunningBinary>>,
+    ) -> Activity {
+        let Some(Command { order, done }) = command else {
+            if let Some(running) = running {
+                self.stop_binary(running, "the agent is going away").await;
+            }
+            return Activity::Finished;
+        };
+        if let Some(running) = running {
+            let reason = match &order {
+                Order::Run { version, .. } | Order::Hold { version, .. } => {
+                    format!("switching to version {}", short_version(version))
+                }
+                Order::Restart => "restart requested".to_owned(),
+                Order::Stop => "stop requested".to_owned(),
+                Order::Clear => "its version is being removed".to_owned(),
+                Order::Shutdown => "the agent is stopping".to_owned(),
+            };
+            self.stop_binary(running, &reason).await;
+        }
+        let next = match order {
+            Order::Run { version, manifest } => {
+                self.selected = Some(Selected { version, manifest });
+                self.begin_run();
+                self.start_selected().await
+            }
+            Order::Hold { version, manifest } => {
+                self.selected = Some(Selected { version, manifest });
+                self.begin_run();
+                self.status.send_modify(|status| status.state = BinaryState::Stopped);
+                self.log.event(&format!(
+                    "version {} stays stopped: it was stopped by request",
+                    self.short_selected()
+                ));
+                Activity::Waiting
+            }
+            Order::Restart if self.selected.is_some() => {
+                self.begin_run();
+                self.start_selected().await
+            }
+            Order::Restart => Activity::Waiting,
+            Order::Stop => {
+                let state =
+                    if self.selected.is_some() { BinaryState::Stopped } else { BinaryState::Idle };
+                self.status.send_modify(|status| {
+                    status.generation += 1;
+                    status.state = state;
+                });
+                Activity::Waiting
+            }
+            Order::Clear => {
+                self.selected = None;
+                self.status.send_modify(|status| {
+                    status.generation += 1;
+                    status.version = None;
+                    status.state = BinaryState::Idle;
+                    status.health_error = None;
+                });
+                Activity::Waiting
+            }
+            Order::Shutdown => {
+                if self.selected.is_some() {
+                    self.status.send_modify(|status| status.state = BinaryState::Stopped);
+                }
+                Activity::Finished
+            }
+        };
+        // The requester may have stopped waiting; the order is carried out all the same.
+        let _ = done.send(self.status.borrow().generation);
+        next
+    }
+
+    /// Resets the counters for a new run of the selected version.
+    fn begin_run(&mut self) {
+        self.log.begin_run();
+        self.consecutive_failures = 0;
+        let version = self.selected.as_ref().map(|s| s.version.clone());
+        self.status.send_modify(|status| {
+            status.generation += 1;
+            status.version = version;
+            status.restarts = 0;
+            status.exits_before_healthy = 0;
+            status.became_healthy = false;
+            status.health_error = None;
+        });
+    }
+
+    fn process_spec(&self, selected: &Selected) -> ProcessSpec {
+        let environment = &self.environment;
+        let version_dir = environment.dir.version(&selected.version);
+        let flag = |name: &str, file: &str| {
+            let mut flag = OsString::from(name);
+            flag.push(version_dir.join(file));
+            flag
+        };
+        let mut args = vec![flag("--hosts=", HOSTS_FILE), flag("--config=", CONFIG_FILE)];
+        args.extend(selected.manifest.args.iter().map(OsString::from));
+        let mut env: Vec<(OsString, OsString)> = [
+            ("FLOTILLA_TAG", environment.tag.clone()),
+            ("FLOTILLA_NAME", environment.name.clone()),
+            ("FLOTILLA_REGION", environment.region.clone()),
+            ("FLOTILLA_IP", environment.public_ip.to_string()),
+            ("FLOTILLA_PRIVATE_IP", environment.private_ip.to_string()),
+        ]
+        .into_iter()
+        .map(|(name, value)| (OsString::from(name), OsString::from(value)))
+        .collect();
+        env.extend(
+            selected.manifest.env.iter().map(|(n, v)| (OsString::from(n), OsString::from(v))),
+        );
+        ProcessSpec {
+            program: version_dir.join(BINARY_FILE),
+            args,
+            cwd: environment.dir.work(),
+            env,
+        }
+    }
+
+    /// Starts the selected version; a failure to start counts as an exit.
+    async fn start_selected(&mut self) -> Activity {
+        let Some(selected) = self.selected.as_ref() else {
+            return Activity::Waiting;
+        };
+        let spec = self.process_spec(selected);
+        let check = selected.manifest.health.clone();
+        let short = short_version(&selected.version).to_owned();
+        if !self.spawner.has_parent_death_signal() && !self.warned_about_parent_death_signal {
+            self.warned_about_parent_death_signal = true;
+            self.log.event(
+                "setpriv (util-linux) was not found: the binary will not die with the agent if the agent is killed with SIGKILL",
+            );
+        }
+        match self.spawner.spawn(&spec).await {
+            Ok(mut child) => {
+                let pid = child.id().unwrap_or_default();
+                let mut capture = Vec::with_capacity(2);
+                if let Some(stdout) = child.stdout.take() {
+                    capture.push(tokio::spawn(capture_lines(stdout, self.log.clone())));
+                }
+                if let Some(stderr) = child.stderr.take() {
+                    capture.push(tokio::spawn(capture_lines(stderr, self.log.clone())));
+                }
+                self.log.event(&format!("started version {short} pid {pid}"));
+                let now = Instant::now();
+                self.status.send_modify(|status| {
+                    status.state = BinaryState::Starting;
+                    status.pid = Some(pid);
+                    status.started_at = Some(now);
+                });
+                let first_check = match check {
+                    HealthCheck::None => NONE_HEALTHY_AFTER,
+                    HealthCheck::Http { .. } | HealthCheck::Tcp { .. } => FIRST_CHECK_AFTER,
+                };
+                Activity::Running(Box::new(RunningBinary {
+                    child,
+                    pid,
+                    started_at: now,
+                    capture,
+                    check: None,
+                    check_started_at: now,
+                    next_check_at: now + first_check,
+                    checking: true,
+                    check_failures: 0,
+                    became_healthy: false,
+                }))
+            }
+            Err(error) => {
+                let description = format!("could not be started: {error}");
+                self.log.event(&format!("version {short} {description}"));
+                let exit = ExitInfo { code: None, signal: None, at: unix_now() };
+                self.after_exit(exit, description, Duration::ZERO, false, None)
+            }
+        }
+    }
+
+    async fn on_event(&mut self, mut running: Box<RunningBinary>, event: RunningEvent) -> Activity {
+        match event {
+            RunningEvent::Order(command) => self.obey(command, Some(running)).await,
+            RunningEvent::Exited(result) => self.on_exit(running, result).await,
+            RunningEvent::CheckDue => {
+                let check = self.selected.as_ref().map(|s| s.manifest.health.clone());
+                match check {
+                    Some(HealthCheck::None) | None => {
+                        running.checking = false;
+                        self.on_check_result(&mut running, Ok(()));
+                    }
+                    Some(check) => {
+                        running.check_started_at = Instant::now();
+                        running.check =
+                            Some(Box::pin(health::probe(check, self.environment.private_ip)));
+                    }
+                }
+                Activity::Running(running)
+            }
+            RunningEvent::CheckDone(result) => {
+                running.check = None;
+                running.next_check_at = running.check_started_at + CHECK_INTERVAL;
+                self.on_check_result(&mut running, result);
+                Activity::Running(running)
+            }
+        }
+    }
+
+    fn on_check_result(&mut self, running: &mut RunningBinary, result: Result<(), String>) {
+        let succeeded = result.is_ok();
+        match &result {
+            Ok(()) => running.check_failures = 0,
+            Err(_) => running.check_failures += 1,
+        }
+        let before = self.status.borrow().state;
+        let after = health::state_after_check(before, succeeded, running.check_failures);
+        if after == BinaryState::Healthy {
+            running.became_healthy = true;
+            self.consecutive_failures = 0;
+        }
+        self.status.send_modify(|status| {
+            status.state = after;
+            status.health_error = result.clone().err();
+            if after == BinaryState::Healthy {
+                status.became_healthy = true;
+            }
+        });
+        let short = self.short_selected();
+        let pid = running.pid;
+        match (before, after) {
+            (BinaryState::Starting, BinaryState::Healthy) => {
+                self.log.event(&format!("version {short} pid {pid} is healthy"));
+            }
+            (BinaryState::Unhealthy, BinaryState::Healthy) => {
+                self.log.event(&format!("version {short} pid {pid} is healthy again"));
+            }
+            (BinaryState::Healthy, BinaryState::Unhealthy) => {
+                let error = result.err().unwrap_or_default();
+                self.log.event(&format!("version {short} pid {pid} is unhealthy: {error}"));
+            }
+            _ => {}
+        }
+    }
+
+    async fn on_exit(
+        &mut self,
+        running: Box<RunningBinary>,
+        result: io::Result<ExitStatus>,
+    ) -> Activity {
+        let RunningBinary { pid, started_at, capture, became_healthy, .. } = *running;
+        let ran_for = started_at.elapsed();
+        // What is left of the group goes too, so that the next start finds its ports free and
+        // the output pipes close.
+        signal_group(pid, Signal::KILL);
+        drain_output(capture).await;
+        let (exit, description) = describe_exit(&result);
+        self.log.event(&format!(
+            "version {} pid {pid} {description} after {}",
+            self.short_selected(),
+            format_duration(ran_for)
+        ));
+        let code = result.ok().and_then(|status| status.code());
+        self.after_exit(exit, description, ran_for, became_healthy, code)
+    }
+
+    /// Decides what follows an exit (or a failed start): restart after the backoff, or stay
+    /// stopped under `on-failure` after status 0.
+    fn after_exit(
+        &mut self,
+        exit: ExitInfo,
+        description: String,
+        ran_for: Duration,
+        became_healthy: bool,
+        code: Option<i32>,
+    ) -> Activity {
+        if became_healthy || ran_for >= STABLE_RUN {
+            self.consecutive_failures = 0;
+        }
+        self.consecutive_failures += 1;
+        self.status.send_modify(|status| {
+            status.pid = None;
+            status.started_at = None;
+            status.last_exit = Some(exit);
+            status.last_exit_description = Some(description);
+            if !status.became_healthy {
+                status.exits_before_healthy += 1;
+            }
+        });
+        let Some(selected) = self.selected.as_ref() else {
+            self.status.send_modify(|status| status.state = BinaryState::Idle);
+            return Activity::Waiting;
+        };
+        let restart = selected.manifest.restart;
+        if restart.policy == RestartPolicy::OnFailure && code == Some(0) {
+            self.log.event(
+                "not restarting: the binary exited with status 0 and the restart policy is on-failure",
+            );
+            self.status.send_modify(|status| status.state = BinaryState::Stopped);
+            return Activity::Waiting;
+        }
+        let delay = restart_delay(&restart, self.consecutive_failures, restart_jitter());
+        let crash_looping = self.consecutive_failures >= CRASH_LOOP_EXITS;
+        let state = if crash_looping { BinaryState::CrashLooping } else { BinaryState::Starting };
+        self.status.send_modify(|status| status.state = state);
+        self.log.event(&format!(
+            "restarting in {} (exit {} in a row without becoming healthy{})",
+            format_duration(delay),
+            self.consecutive_failures,
+            if crash_looping { ": crash-looping" } else { "" }
+        ));
+        Activity::BackingOff { until: Instant::now() + delay }
+    }
+
+    /// Stops the binary: SIGTERM to its group, SIGKILL after the grace period, and SIGKILL to
+    /// members of the group still there when the grace period is over.
+    async fn stop_binary(&mut self, running: Box<RunningBinary>, reason: &str) {
+        let RunningBinary { mut child, pid, started_at, capture, .. } = *running;
+        let short = self.short_selected();
+        let grace = self.stop_grace;
+        let deadline = Instant::now() + grace;
+        self.log.event(&format!(
+            "stopping version {short} pid {pid} ({reason}): SIGTERM to its process group"
+        ));
+        signal_group(pid, Signal::TERM);
+        let result = match tokio::time::timeout_at(deadline, child.wait()).await {
+            Ok(result) => result,
+            Err(_) => {
+                self.log.event(&format!(
+                    "pid {pid} did not exit within {}: SIGKILL to its process group",
+                    format_duration(grace)
+                ));
+                signal_group(pid, Signal::KILL);
+                match tokio::time::timeout(AFTER_KILL_TIMEOUT, child.wait()).await {
+                    Ok(result) => result,
+                    Err(_) => Err(io::Error::other("it did not exit even after SIGKILL")),
+                }
+            }
+        };
+        if !wait_for_group_to_end(pid, deadline).await {
+            self.log.event(&format!(
+                "processes of pid {pid}'s group were still there after {}: SIGKILL to the group",
+                format_duration(grace)
+            ));
+            signal_group(pid, Signal::KILL);
+        }
+        drain_output(capture).await;
+        let (exit, description) = describe_exit(&result);
+        self.log.event(&format!(
+            "version {short} pid {pid} {description} after {}",
+            format_duration(started_at.elapsed())
+        ));
+        self.status.send_modify(|status| {
+            status.pid = None;
+            status.started_at = None;
+            status.last_exit = Some(exit);
+            status.last_exit_description = Some(description);
+        });
+    }
+}
+
+/// Waits for whatever happens first while the binary runs.
+async fn next_event(
+    running: &mut RunningBinary,
+    orders: &mut mpsc::UnboundedReceiver<Command>,
+) -> RunningEvent {
+    let RunningBinary { child, check, next_check_at, checking, .. } = running;
+    let check_pending = check.is_none();
+    tokio::select! {
+        result = child.wait() => RunningEvent::Exited(result),
+        result = async {
+            match check.as_mut() {
+                Some(check) => check.await,
+                None => std::future::pending().await,
+            }
+        } => RunningEvent::CheckDone(result),
+        () = tokio::time::sleep_until(*next_check_at), if *checking && check_pending => {
+            RunningEvent::CheckDue
+        }
+        command = orders.recv() => RunningEvent::Order(command),
+    }
+}
+
+/// Copies lines of one output stream into the log until it closes.
+async fn capture_lines(stream: impl AsyncRead + Unpin, log: Arc<BinaryLog>) {
+    let mut reader = BufReader::new(stream);
+    let mut line = Vec::new();
+    loop {
+        line.clear();
+        match read_line_capped(&mut reader, &mut line, MAX_LINE_BYTES).await {
+            Ok(0) => break,
+            Ok(_) => {
+                if line.last() == Some(&b'\n') {
+                    line.pop();
+                }
+                if line.last() == Some(&b'\r') {
+                    line.pop();
+                }
+                log.binary_line(&String::from_utf8_lossy(&line));
+            }
+            Err(error) => {
+                log.event(&format!("could not read the binary's output: {error}"));
+                break;
+            }
+        }
+    }
+}
+
+/// Reads up to and including the next newline, or `cap` bytes, whichever comes first.
+async fn read_line_capped(
+    reader: &mut (impl AsyncBufRead + Unpin),
+    line: &mut Vec<u8>,
+    cap: usize,
+) -> io::Result<usize> {
+    let mut total = 0;
+    loop {
+        let available = reader.fill_buf().await?;
+        if available.is_empty() {
+            return Ok(total);
+        }
+        let room = cap - line.len();
+        let take = match available.iter().position(|&byte| byte == b'\n') {
+            Some(index) => (index + 1).min(room),
+            None => available.len().min(room),
+        };
+        line.extend_from_slice(&available[..take]);
+        reader.consume(take);
+        total += take;
+        if line.last() == Some(&b'\n') || line.len() >= cap {
+            return Ok(total);
+        }
+    }
+}
+
+/// Waits for the capture tasks to reach the end of the output, then gives up on them.
+async fn drain_output(capture: Vec<JoinHandle<()>>) {
+    let deadline = Instant::now() + OUTPUT_DRAIN_TIMEOUT;
+    for mut task in capture {
+        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
+            task.abort();
+        }
+    }
+}
+
+/// Sends `signal` to the process group led by `pid`; a group that is gone is not an error.
+fn signal_group(pid: u32, signal: Signal) {
+    let Some(group) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return;
+    };
+    match rustix::process::kill_process_group(group, signal) {
+        Ok(()) | Err(rustix::io::Errno::SRCH) => {}
+        Err(error) => tracing::warn!("could not signal process group {pid}: {error}"),
+    }
+}
+
+/// Waits until no live process is left in the group led by `pid`, up to `deadline`; says
+/// whether the group is gone.
+async fn wait_for_group_to_end(pid: u32, deadline: Instant) -> bool {
+    loop {
+        if !group_has_live_members(pid) {
+            return true;
+        }
+        if Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(GROUP_POLL_INTERVAL).await;
+    }
+}
+
+/// Whether a process other than a zombie is in process group `group`. Zombies do not count:
+/// they have ended, and only their parent (often init) can remove them.
+fn group_has_live_members(group: u32) -> bool {
+    let Ok(entries) = fs_err::read_dir("/proc") else {
+        // Without /proc, ask the kernel whether the group exists at all (zombies included).
+        return i32::try_from(group)
+            .ok()
+            .and_then(Pid::from_raw)
+            .is_some_and(|pid| rustix::process::test_kill_process_group(pid).is_ok());
+    };
+    entries.flatten().any(|entry| {
+        let name = entry.file_name();
+        let Some(name) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
+            return false;
+        };
+        let Ok(stat) = fs_err::read_to_string(format!("/proc/{name}/stat")) else {
+            return false;
+        };
+        // After the command name in parentheses: state, ppid, pgrp, …
+        let Some((_, fields)) = stat.rsplit_once(')') else {
+            return false;
+        };
+        let mut fields = fields.split_whitespace();
+        let state = fields.next().unwrap_or("Z");
+        let process_group = fields.nth(1).and_then(|field| field.parse::<u32>().ok());
+        process_group == Some(group) && state != "Z" && state != "X"
+    })
+}
+
+fn describe_exit(result: &io::Result<ExitStatus>) -> (ExitInfo, String) {
+    let at = unix_now();
+    match result {
+        Ok(status) => match (status.code(), status.signal()) {
+            (Some(code), _) => (
+                ExitInfo { code: Some(code), signal: None, at },
+                format!("exited with code {code}"),
+            ),
+            (None, Some(signal)) => (
+                ExitInfo { code: None, signal: Some(signal), at },
+                format!("was ended by signal {signal}{}", signal_name(signal)),
+            ),
+            (None, None) => (ExitInfo { code: None, signal: None, at }, format!("ended: {status}")),
+        },
+        Err(error) => {
+            (ExitInfo { code: None, signal: None, at }, format!("could not be waited for: {error}"))
+        }
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        1 => " (SIGHUP)",
+        2 => " (SIGINT)",
+        3 => " (SIGQUIT)",
+        4 => " (SIGILL)",
+        6 => " (SIGABRT)",
+        7 => " (SIGBUS)",
+        8 => " (SIGFPE)",
+        9 => " (SIGKILL)",
+        11 => " (SIGSEGV)",
+        13 => " (SIGPIPE)",
+        15 => " (SIGTERM)",
+        _ => "",
+    }
+}
+
+pub(crate) fn unix_now() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
+}
+
+/// A duration for people, to the millisecond.
+pub(crate) fn format_duration(duration: Duration) -> String {
+    let rounded = Duration::from_millis(duration.as_millis().try_into().unwrap_or(u64::MAX));
+    humantime::format_duration(rounded).to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn lines_are_read_up_to_the_cap() {
+        let input: &[u8] = b"short\nlonger line\r\nno newline at the end";
+        let mut reader = BufReader::with_capacity(4, input);
+        let mut line = Vec::new();
+        let mut lines = Vec::new();
+        loop {
+            line.clear();
+            if read_line_capped(&mut reader, &mut line, 8).await.unwrap() == 0 {
+                break;
+            }
+            lines.push(String::from_utf8(line.clone()).unwrap());
+        }
+        let expected = ["short\n", "longer l", "ine\r\n", "no newli", "ne at th", "e end"];
+        assert_eq!(lines, expected.map(String::from).to_vec());
+    }
+
+    #[test]
+    fn exits_are_described() {
+        let (info, text) = describe_exit(&Ok(ExitStatus::from_raw(1 << 8)));
+        assert_eq!((info.code, info.signal, text.as_str()), (Some(1), None, "exited with code 1"));
+        let (info, text) = describe_exit(&Ok(ExitStatus::from_raw(9)));
+        assert_eq!(info.signal, Some(9));
+        assert_eq!(text, "was ended by signal 9 (SIGKILL)");
+    }
+
+    #[test]
+    fn this_process_group_has_live_members() {
+        let group = rustix::process::getpgrp().as_raw_pid() as u32;
+        assert!(group_has_live_members(group));
+        assert!(!group_has_live_members(u32::MAX - 1));
+    }
+}
