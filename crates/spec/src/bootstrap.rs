@@ -38,11 +38,11 @@ pub struct AgentBootstrap {
     pub identity: String,
     /// How long to wait for the identity bundle before giving up, e.g. `10m`.
     #[serde(default = "default_identity_timeout", with = "crate::duration_serde")]
-    #[schemars(with = "String")]
+    #[schemars(with = "crate::duration_serde::DurationText")]
     pub identity_timeout: Duration,
     /// How long the binary has to exit after SIGTERM before SIGKILL, e.g. `10s`.
     #[serde(default = "default_stop_grace", with = "crate::duration_serde")]
-    #[schemars(with = "String")]
+    #[schemars(with = "crate::duration_serde::DurationText")]
     pub stop_grace: Duration,
     /// Size-based rotation of the binary's log.
     #[serde(default)]

@@ -8,13 +8,21 @@
 //! These types are produced by [`crate::parse_fleet_spec`], which decodes a located YAML tree so
 //! that every error names its line and column; they derive `JsonSchema` so `flotilla schema` and
 //! the committed `schema/fleet.schema.json` come from the same definitions.
+//!
+//! The schema describes the YAML, not the Rust values: where the two differ (the `restart`
+//! shorthand, `N%`, durations written `30s`) a `schema_with`/`with` attribute gives the YAML
+//! shape. Every key carries `x-origin` (`deployer` or `flotilla`), which the generated
+//! reference (docs/spec-reference.md) shows; a test checks that the decoder's keys, their
+//! required-ness and origin equal the schema's.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use schemars::JsonSchema;
+use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Serialize;
+
+use crate::duration_serde::DurationText;
 
 /// Which provider runs the fleet. A config without `provider` means `aws`, as the deployer does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, JsonSchema)]
@@ -41,103 +49,162 @@ impl std::fmt::Display for ProviderKind {
     }
 }
 
-/// A fleet spec (the deployer's `Config` plus flotilla's additions).
+/// A fleet spec: the commonware deployer's config file, accepted unchanged, plus flotilla's keys.
 #[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 #[schemars(title = "flotilla fleet spec")]
 pub struct FleetSpec {
-    /// Deployment id: names the state directory and tags every resource. `[A-Za-z0-9_-]+`.
+    /// Deployment id: names the state directory and tags every resource. Letters, digits, `_` and `-` only.
+    #[schemars(pattern(r"^[A-Za-z0-9_-]+$"), extend("x-origin" = "deployer"))]
     pub tag: String,
     /// The monitoring instance (always created; listed in every host's hosts.yaml).
+    #[schemars(extend("x-origin" = "deployer"))]
     pub monitoring: MonitoringSpec,
     /// The binary instances. May be empty.
+    #[schemars(extend("x-origin" = "deployer"))]
     pub instances: Vec<InstanceSpec>,
     /// Ports opened to the given CIDRs on binary instances. Required, may be `[]`.
+    #[schemars(extend("x-origin" = "deployer"))]
     pub ports: Vec<PortSpec>,
-    /// flotilla: where the fleet runs. Absent means `aws`; `--provider` overrides it.
-    #[serde(skip_serializing_if = "Option::is_none")]
+    /// Where the fleet runs. Absent means `aws`; `--provider` overrides it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-origin" = "flotilla", "default" = "aws"))]
     pub provider: Option<ProviderKind>,
-    /// flotilla: how `update` rolls a new version out.
+    /// How `update` rolls a new version out.
     #[serde(default)]
+    #[schemars(extend("x-origin" = "flotilla"))]
     pub update: UpdateSpec,
 }
 
-/// The deployer's `MonitoringConfig`.
+/// The deployer's `MonitoringConfig`: the instance that runs Prometheus, Loki, Grafana,
+/// Pyroscope and Tempo for the fleet.
 #[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct MonitoringSpec {
+    /// EC2 instance type, e.g. `t4g.small` (arm64) or `t3.small` (x86_64).
+    #[schemars(extend("x-origin" = "deployer"))]
     pub instance_type: String,
-    /// Root volume size in GiB.
+    /// Root volume size in GiB, at least 1.
+    #[schemars(extend("x-origin" = "deployer"))]
     pub storage_size: i32,
-    /// EBS volume type: gp2, gp3, io1, io2, sc1, st1 or standard.
+    /// EBS volume type of the root volume.
+    #[schemars(extend("x-origin" = "deployer", "enum" = STORAGE_CLASSES))]
     pub storage_class: String,
+    /// Provisioned IOPS: required for io1 and io2, allowed for gp3 (3000 to 500 per GiB, at most 80000), refused for other classes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-origin" = "deployer"))]
     pub storage_iops: Option<i32>,
+    /// Throughput in MiB/s, gp3 only: 125 to 2000 and at most a quarter of the IOPS (3000 when `storage_iops` is absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-origin" = "deployer"))]
     pub storage_throughput: Option<i32>,
     /// Path to a Grafana dashboard JSON, relative to the current directory.
+    #[schemars(extend("x-origin" = "deployer"))]
     pub dashboard: String,
 }
+
+/// The EBS volume types the deployer accepts for `storage_class`.
+pub const STORAGE_CLASSES: [&str; 7] = ["gp2", "gp3", "io1", "io2", "sc1", "st1", "standard"];
 
 /// The deployer's `InstanceConfig` plus flotilla's per-instance keys.
 #[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct InstanceSpec {
-    /// `[A-Za-z0-9_-]+`, unique ignoring case, not `monitoring`.
+    /// Instance name: letters, digits, `_` and `-`; unique ignoring case (after `count` expansion); not `monitoring`.
+    #[schemars(pattern(r"^[A-Za-z0-9_-]+$"), extend("x-origin" = "deployer"))]
     pub name: String,
+    /// AWS region, e.g. `us-east-1`. It must be enabled in the account.
+    #[schemars(extend("x-origin" = "deployer"))]
     pub region: String,
     /// Instances with the same group in the same region share one availability zone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-origin" = "deployer"))]
     pub availability_zone_group: Option<String>,
+    /// EC2 instance type, e.g. `c7g.large`.
+    #[schemars(extend("x-origin" = "deployer"))]
     pub instance_type: String,
-    /// Root volume size in GiB.
+    /// Root volume size in GiB, at least 1.
+    #[schemars(extend("x-origin" = "deployer"))]
     pub storage_size: i32,
+    /// EBS volume type of the root volume.
+    #[schemars(extend("x-origin" = "deployer", "enum" = STORAGE_CLASSES))]
     pub storage_class: String,
+    /// Provisioned IOPS: required for io1 (100 to 50 per GiB, at most 64000) and io2 (100 to 1000 per GiB, at most 256000), allowed for gp3 (3000 to 500 per GiB, at most 80000), refused for other classes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-origin" = "deployer"))]
     pub storage_iops: Option<i32>,
+    /// Throughput in MiB/s, gp3 only: 125 to 2000 and at most a quarter of the IOPS (3000 when `storage_iops` is absent).
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-origin" = "deployer"))]
     pub storage_throughput: Option<i32>,
     /// Path to the binary, relative to the current directory.
+    #[schemars(extend("x-origin" = "deployer"))]
     pub binary: String,
     /// Path to the binary's config, relative to the current directory. Lands as `config.conf`.
+    #[schemars(extend("x-origin" = "deployer"))]
     pub config: String,
+    /// Whether to profile the binary with perf and send the profiles to Pyroscope.
+    #[schemars(extend("x-origin" = "deployer"))]
     pub profiling: bool,
-    /// flotilla: run this many replicas, named `name-0` … `name-(count-1)`.
+    /// Run this many replicas, named `name-0` … `name-(count-1)`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(range(min = 1))]
+    #[schemars(range(min = 1, max = 10000), extend("x-origin" = "flotilla"))]
     pub count: Option<u32>,
-    /// flotilla: extra arguments after `--hosts=… --config=…`.
+    /// Extra arguments after `--hosts=… --config=…`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-origin" = "flotilla"))]
     pub args: Vec<String>,
-    /// flotilla: extra environment for the binary.
+    /// Extra environment for the binary. Names are letters, digits and `_`, not starting with a digit.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(
+        extend("x-origin" = "flotilla", "propertyNames" = {"pattern": "^[A-Za-z_][A-Za-z0-9_]*$"})
+    )]
     pub env: BTreeMap<String, String>,
-    /// flotilla: how the agent decides the binary is healthy. Absent means `none`.
+    /// How the agent decides the binary is healthy.
     #[serde(default)]
+    #[schemars(extend("x-origin" = "flotilla"))]
     pub health: HealthCheck,
-    /// flotilla: when the agent restarts the binary.
+    /// When the agent restarts the binary: `always`, `on-failure`, or a mapping with the backoff.
     #[serde(default)]
+    #[schemars(schema_with = "restart_setting_schema", extend("x-origin" = "flotilla"))]
     pub restart: RestartSpec,
 }
+
+/// Most replicas one `instances` entry may ask for with `count`.
+pub const MAX_COUNT: u32 = 10_000;
 
 /// The deployer's `PortConfig`: one ingress rule on binary instances.
 #[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 pub struct PortSpec {
     /// IP protocol, passed to EC2 as written (`tcp`, `udp`, …).
+    #[schemars(extend("x-origin" = "deployer"))]
     pub protocol: String,
+    /// The port opened (a single port, not a range).
+    #[schemars(range(min = 1), extend("x-origin" = "deployer"))]
     pub port: u16,
+    /// IPv4 or IPv6 CIDR block allowed in, e.g. `0.0.0.0/0`.
+    #[schemars(extend("x-origin" = "deployer"))]
     pub cidr: String,
 }
 
-/// How the agent decides that the binary is healthy.
+/// How the agent decides that the binary is healthy: `none`, `{http: {port, path}}` or
+/// `{tcp: {port}}`.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase", deny_unknown_fields)]
 pub enum HealthCheck {
     /// `GET http://<ip>:<port><path>` answers 2xx.
     Http {
+        /// The port the binary serves HTTP on.
+        #[schemars(range(min = 1))]
         port: u16,
+        /// The path to request; it starts with `/`.
         #[serde(default = "default_health_path")]
+        #[schemars(pattern("^/"))]
         path: String,
     },
     /// A TCP connection to `<ip>:<port>` succeeds.
-    Tcp { port: u16 },
+    Tcp {
+        /// The port the binary listens on.
+        #[schemars(range(min = 1))]
+        port: u16,
+    },
     /// No check: the binary counts as healthy once it has stayed up for 2 s.
     #[default]
     None,
@@ -162,18 +229,56 @@ pub enum RestartPolicy {
 
 /// The `restart` key: a policy and its capped exponential backoff (with jitter).
 ///
-/// Written either as a bare policy (`restart: on-failure`) or as a mapping.
+/// Written either as a bare policy (`restart: on-failure`) or as a mapping. This type's own
+/// schema (used by manifests) has every field; the fleet schema describes the YAML forms with
+/// [`restart_setting_schema`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
 pub struct RestartSpec {
+    /// When to restart.
     pub policy: RestartPolicy,
     /// First delay before a restart, e.g. `250ms`. Doubles after each quick exit.
     #[serde(with = "crate::duration_serde")]
-    #[schemars(with = "String")]
+    #[schemars(with = "DurationText")]
     pub initial_backoff: Duration,
     /// Largest delay between restarts, e.g. `30s`.
     #[serde(with = "crate::duration_serde")]
-    #[schemars(with = "String")]
+    #[schemars(with = "DurationText")]
     pub max_backoff: Duration,
+}
+
+/// The schema of the `restart` key as YAML accepts it: a bare policy, or a mapping whose keys
+/// are all optional (defaults: `always`, `250ms`, `30s`).
+fn restart_setting_schema(generator: &mut SchemaGenerator) -> Schema {
+    let policy = generator.subschema_for::<RestartPolicy>();
+    let duration = generator.subschema_for::<DurationText>();
+    json_schema!({
+        "oneOf": [
+            policy,
+            {
+                "type": "object",
+                "description": "A policy with its backoff. Every key is optional.",
+                "properties": {
+                    "policy": {
+                        "allOf": [policy],
+                        "description": "When to restart.",
+                        "default": "always"
+                    },
+                    "initial_backoff": {
+                        "allOf": [duration],
+                        "description": "First delay before a restart. Doubles after each quick exit; must be more than 0 and at most `max_backoff`.",
+                        "default": "250ms"
+                    },
+                    "max_backoff": {
+                        "allOf": [duration],
+                        "description": "Largest delay between restarts.",
+                        "default": "30s"
+                    }
+                },
+                "additionalProperties": false
+            }
+        ]
+    })
 }
 
 impl Default for RestartSpec {
@@ -189,28 +294,62 @@ impl Default for RestartSpec {
 /// The top-level `update` key: how a new version rolls out. Mirrors the YAML; use
 /// [`UpdateSpec::batch`] for the resolved batch size.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(
+    description = "How `update` rolls a new version out: in batches, each instance held to a health deadline and rolled back when it fails."
+)]
 pub struct UpdateSpec {
     /// Instances updated at once (at least 1). Exclusive with `max_unavailable`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1))]
     pub batch_size: Option<u32>,
-    /// Share of the fleet updated at once, as `N%` (1..=100). Default `25%`.
+    /// Share of the fleet updated at once, written `N%` (1% to 100%). Exclusive with `batch_size`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("default" = "25%"))]
     pub max_unavailable: Option<Percent>,
-    /// How long each instance of a batch has to become healthy on the new version. Default `60s`.
+    /// How long each instance of a batch has to become healthy on the new version; more than 0.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
         with = "crate::duration_serde::option"
     )]
-    #[schemars(with = "Option<String>")]
+    #[schemars(with = "Option<DurationText>", extend("default" = "1m"))]
     pub health_deadline: Option<Duration>,
 }
 
 /// A percentage written `N%`, 1..=100.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
-#[schemars(with = "String")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct Percent(pub u8);
+
+impl std::fmt::Display for Percent {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}%", self.0)
+    }
+}
+
+/// Serialized as written in YAML, `25%`, so that a serialized spec reads back the same.
+impl Serialize for Percent {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.collect_str(self)
+    }
+}
+
+impl JsonSchema for Percent {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Percent".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_generator: &mut SchemaGenerator) -> Schema {
+        json_schema!({
+            "type": "string",
+            "pattern": "^(100|[1-9][0-9]?)%$"
+        })
+    }
+}
 
 /// Default health deadline per instance during `update`.
 pub const DEFAULT_HEALTH_DEADLINE: Duration = Duration::from_secs(60);

@@ -2,20 +2,36 @@
 //! keys), the agent's bootstrap config, identity bundles, manifests and the agent API's
 //! messages. Parsing, validation and JSON Schema generation live here.
 //!
+//! The fleet spec is read in three layers: [`yaml`] builds a located tree that keeps each
+//! scalar as written; `decode` reads that tree into [`FleetSpec`] the way the deployer's
+//! parser reads its config, and applies every validation rule, collecting all diagnostics;
+//! [`document`] ties them together as [`parse_fleet_spec`] and [`load_fleet_spec`].
+//! [`schema`] and [`reference`] generate the JSON Schemas and the Markdown reference from the
+//! same types.
+//!
 //! Architecture Invariant: this crate is pure. It does no network IO and reads no clock; the
 //! only file it reads is the spec passed to [`load_fleet_spec`].
 
 pub mod api;
 pub mod bootstrap;
+mod decode;
 pub mod diagnostic;
+pub mod document;
 pub mod duration_serde;
 pub mod fleet;
 pub mod identity;
 pub mod manifest;
+pub mod reference;
+pub mod schema;
 pub mod secret;
+mod suggest;
 pub mod validate;
+pub mod yaml;
 
 pub use diagnostic::{Diagnostic, Location, Severity, SpecErrors};
+pub use document::{SpecDocument, load_fleet_spec, parse_fleet_spec};
 pub use fleet::{FleetSpec, HealthCheck, InstanceSpec, ProviderKind, RestartPolicy, RestartSpec};
 pub use manifest::{Artifact, Manifest};
+pub use reference::spec_reference_markdown;
+pub use schema::{bootstrap_schema, fleet_schema, manifest_schema};
 pub use secret::Secret;

@@ -41,7 +41,7 @@ pub struct Manifest {
     pub restart: RestartSpec,
     /// How long the new version has to become healthy before the agent rolls back.
     #[serde(with = "crate::duration_serde")]
-    #[schemars(with = "String")]
+    #[schemars(with = "crate::duration_serde::DurationText")]
     pub health_deadline: Duration,
 }
 

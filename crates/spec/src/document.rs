@@ -1,0 +1,155 @@
+//! Loading a fleet spec: [`parse_fleet_spec`] and [`load_fleet_spec`], and the
+//! [`SpecDocument`] they return, which remembers where each key was so that checks made later
+//! (in other crates, e.g. "binary file not found") can point at the right line.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use crate::decode::Decoder;
+use crate::diagnostic::{Diagnostic, Location, Severity, SpecErrors};
+use crate::fleet::FleetSpec;
+use crate::yaml::parse_single_document;
+
+/// A fleet spec that decoded without errors, with its warnings and the place of every key.
+#[derive(Clone, Debug, PartialEq)]
+pub struct SpecDocument {
+    pub spec: FleetSpec,
+    /// The file the spec came from, as given to the parser.
+    pub path: PathBuf,
+    /// Findings that do not stop the spec from being used (unknown keys), in file order.
+    pub warnings: Vec<Diagnostic>,
+    /// The location of each key's value, by field path (`instances[3].binary`); the root is `""`.
+    locations: BTreeMap<String, Location>,
+}
+
+impl SpecDocument {
+    /// Where the value of `field` (e.g. `instances[3].binary`, `ports[0]`, `monitoring`) starts,
+    /// when the key is in the file.
+    pub fn location(&self, field: &str) -> Option<Location> {
+        self.locations.get(field).copied()
+    }
+
+    /// A diagnostic about `field`, placed at its value; when the key is not in the file (an
+    /// optional key left out), at the closest enclosing key that is (`instances[3]`).
+    pub fn diagnostic(&self, severity: Severity, field: &str, message: String) -> Diagnostic {
+        let location = enclosing_fields(field).find_map(|candidate| self.location(candidate));
+        Diagnostic {
+            severity,
+            file: self.path.clone(),
+            location,
+            field: field.to_owned(),
+            message,
+            help: None,
+        }
+    }
+}
+
+/// `field`, then each enclosing field: `a[1].b.c`, `a[1].b`, `a[1]`, `a`, ``.
+fn enclosing_fields(field: &str) -> impl Iterator<Item = &str> {
+    let mut next = Some(field);
+    std::iter::from_fn(move || {
+        let current = next?;
+        next = match current.rfind(['.', '[']) {
+            Some(position) => Some(&current[..position]),
+            None if current.is_empty() => None,
+            None => Some(""),
+        };
+        Some(current)
+    })
+}
+
+/// Parses and validates a fleet spec. `file` names the file in diagnostics; nothing is read.
+///
+/// On error, every problem of the file is reported at once, in file order, warnings included.
+pub fn parse_fleet_spec(source: &str, file: &Path) -> Result<SpecDocument, SpecErrors> {
+    let root = parse_single_document(source).map_err(|syntax| SpecErrors {
+        diagnostics: vec![
+            Diagnostic::error(file, Some(syntax.location), "", syntax.message)
+                .with_help(syntax.help),
+        ],
+    })?;
+    let mut decoder = Decoder::new(file);
+    let spec = decoder.decode_fleet(&root);
+    let (mut diagnostics, locations) = decoder.finish();
+    let has_errors = diagnostics.iter().any(|d| d.severity == Severity::Error);
+    match spec {
+        Some(spec) if !has_errors => {
+            Ok(SpecDocument { spec, path: file.to_path_buf(), warnings: diagnostics, locations })
+        }
+        _ => {
+            if !has_errors {
+                // Every decoder step that gives up reports an error first; this is a safety net
+                // so that a bug there cannot turn into an empty error list.
+                diagnostics.push(
+                    Diagnostic::error(file, None, "", "the spec could not be decoded".to_owned())
+                        .with_help("this is a bug in flotilla: please report it with the file"),
+                );
+            }
+            Err(SpecErrors { diagnostics })
+        }
+    }
+}
+
+/// Reads `file` and parses it with [`parse_fleet_spec`]. A file that cannot be read, or is not
+/// UTF-8, is one diagnostic naming the file.
+pub fn load_fleet_spec(file: &Path) -> Result<SpecDocument, SpecErrors> {
+    let bytes = fs_err::read(file).map_err(|error| {
+        let cause = innermost_cause(&error);
+        SpecErrors {
+            diagnostics: vec![
+                Diagnostic::error(file, None, "", format!("cannot read the fleet spec: {cause}"))
+                    .with_help("check the path given with --config"),
+            ],
+        }
+    })?;
+    let source = String::from_utf8(bytes).map_err(|error| {
+        let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
+        let valid = std::str::from_utf8(valid).expect("the bytes before valid_up_to are UTF-8");
+        let line = valid.matches('\n').count() + 1;
+        let column = valid.rsplit('\n').next().map_or(0, |last| last.chars().count()) + 1;
+        SpecErrors {
+            diagnostics: vec![
+                Diagnostic::error(
+                    file,
+                    Some(Location { line, column }),
+                    "",
+                    "the file is not valid UTF-8".to_owned(),
+                )
+                .with_help("save the file as UTF-8"),
+            ],
+        }
+    })?;
+    parse_fleet_spec(&source, file)
+}
+
+/// The message of the deepest error in a chain: fs_err's own message repeats the path, which
+/// the diagnostic already names.
+fn innermost_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut current = error;
+    while let Some(source) = current.source() {
+        current = source;
+    }
+    current.to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn enclosing_fields_walk_up_to_the_root() {
+        let fields: Vec<&str> = enclosing_fields("instances[3].health.http.port").collect();
+        assert_eq!(
+            fields,
+            [
+                "instances[3].health.http.port",
+                "instances[3].health.http",
+                "instances[3].health",
+                "instances[3]",
+                "instances",
+                ""
+            ]
+        );
+        assert_eq!(enclosing_fields("").collect::<Vec<_>>(), [""]);
+    }
+}

@@ -1,0 +1,572 @@
+//! A located YAML tree: every node knows its line and column, and every scalar keeps its raw
+//! text, quoting style and tag.
+//!
+//! The tree is built from `saphyr-parser`'s events. Scalars are not resolved to numbers or
+//! booleans while loading: the decoder reads each scalar the way serde_yaml 0.9 (the commonware
+//! deployer's YAML library) would for the Rust type of the field, so `tag: 12345` stays the
+//! string `12345` and `storage_size: '10'` is refused. The readers for those types live here too
+//! ([`YamlScalar::as_integer`], [`YamlScalar::as_bool`], [`YamlScalar::is_null`]).
+//!
+//! What the loader refuses, as serde_yaml 0.9 does: a UTF-8 byte order mark, tabs used for
+//! indentation (the scanner's own error), and more than one document. Mapping keys are kept in
+//! file order with duplicates, so the decoder can name both places of a repeated key. Aliases
+//! are expanded (a copy of the anchored node, keeping the anchor's locations), with a budget
+//! against "billion laughs" documents. Merge keys (`<<`) are not applied: they stay an ordinary
+//! key, which is what the deployer's parser does.
+
+use saphyr_parser::{Event, Parser, ScanError, Span};
+
+pub use saphyr_parser::ScalarStyle;
+
+use crate::diagnostic::Location;
+
+/// The most nodes that alias expansion may copy in one document.
+const ALIAS_EXPANSION_BUDGET: usize = 100_000;
+/// The deepest nesting of sequences and mappings accepted (serde_yaml's limit too).
+const MAX_NESTING_DEPTH: usize = 128;
+
+/// One node of the tree and where it starts in the file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct YamlNode {
+    pub value: YamlValue,
+    /// Where the node starts: its first character (or its tag or anchor, when it has one).
+    pub location: Location,
+}
+
+/// The content of a node.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum YamlValue {
+    Scalar(YamlScalar),
+    Sequence(Vec<YamlNode>),
+    /// Entries in file order. A key may appear more than once: the loader keeps every entry.
+    Mapping(Vec<YamlEntry>),
+}
+
+/// One `key: value` entry of a mapping.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct YamlEntry {
+    pub key: YamlNode,
+    pub value: YamlNode,
+}
+
+/// A scalar as written: its text after YAML unescaping and folding, its style and its tag.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct YamlScalar {
+    pub text: String,
+    pub style: ScalarStyle,
+    /// The tag as written in short form: `!!str` for a core-schema tag, `!name` for a local one.
+    pub tag: Option<String>,
+}
+
+/// Why a file is not one well-formed YAML document.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct YamlSyntaxError {
+    pub location: Location,
+    pub message: String,
+    pub help: String,
+}
+
+/// An integer read the way serde_yaml 0.9 reads one: its sign and its magnitude.
+///
+/// The magnitude is kept apart from the sign so that `-0` can be told from `0` (serde_yaml
+/// refuses any leading `-` for an unsigned type) and so that huge values are "out of range"
+/// rather than "not an integer".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct YamlInteger {
+    pub negative: bool,
+    /// `None` when the digits do not fit in 128 bits.
+    pub magnitude: Option<u128>,
+}
+
+impl YamlInteger {
+    /// The value as an `i128`, when it fits.
+    pub fn value(self) -> Option<i128> {
+        let magnitude = i128::try_from(self.magnitude?).ok()?;
+        Some(if self.negative { -magnitude } else { magnitude })
+    }
+}
+
+impl YamlNode {
+    /// The scalar, when this node is one.
+    pub fn as_scalar(&self) -> Option<&YamlScalar> {
+        match &self.value {
+            YamlValue::Scalar(scalar) => Some(scalar),
+            _ => None,
+        }
+    }
+
+    /// A short description of the node for messages: "`10.0`", "the quoted string '10'",
+    /// "a sequence", "a mapping".
+    pub fn describe(&self) -> String {
+        match &self.value {
+            YamlValue::Scalar(scalar) => scalar.describe(),
+            YamlValue::Sequence(_) => "a sequence".to_owned(),
+            YamlValue::Mapping(_) => "a mapping".to_owned(),
+        }
+    }
+}
+
+impl YamlScalar {
+    fn has_core_tag(&self, suffix: &str) -> bool {
+        self.tag.as_deref().and_then(|tag| tag.strip_prefix("!!")) == Some(suffix)
+    }
+
+    /// Whether serde_yaml 0.9 would read this scalar as a number or boolean at all: plain, or a
+    /// literal block scalar carrying the matching core tag (`!!int |`).
+    fn is_plain_or_tagged_literal(&self, core_tag_suffix: &str) -> bool {
+        match self.style {
+            ScalarStyle::Plain => true,
+            ScalarStyle::Literal => self.has_core_tag(core_tag_suffix),
+            _ => false,
+        }
+    }
+
+    /// Whether an `Option` field holding this scalar is `None`, as serde_yaml 0.9 decides it:
+    /// a plain, untagged `~`, `null`, `Null`, `NULL` or empty value, or one of those with the
+    /// `!!null` tag. Quoted scalars and scalars with any other tag are values.
+    pub fn is_null(&self) -> bool {
+        if self.style != ScalarStyle::Plain {
+            return false;
+        }
+        match &self.tag {
+            Some(_) if self.has_core_tag("null") => is_null_word(&self.text),
+            Some(_) => false,
+            None => self.text.is_empty() || is_null_word(&self.text),
+        }
+    }
+
+    /// The scalar as serde_yaml 0.9 reads a `bool`: only `true`, `True`, `TRUE`, `false`,
+    /// `False` and `FALSE` (YAML 1.2), and only unquoted.
+    pub fn as_bool(&self) -> Option<bool> {
+        if !self.is_plain_or_tagged_literal("bool") {
+            return None;
+        }
+        match self.text.as_str() {
+            "true" | "True" | "TRUE" => Some(true),
+            "false" | "False" | "FALSE" => Some(false),
+            _ => None,
+        }
+    }
+
+    /// The scalar as serde_yaml 0.9 reads an integer: unquoted, decimal without leading zeros
+    /// or `0x`/`0o`/`0b` with lower-case prefix, an optional `+` or `-` sign, no `_` separators.
+    /// Range checks for the target type are the caller's.
+    pub fn as_integer(&self) -> Option<YamlInteger> {
+        if !self.is_plain_or_tagged_literal("int") {
+            return None;
+        }
+        parse_integer_text(&self.text)
+    }
+
+    /// The scalar for messages: "`text`" when plain, "the quoted string 'text'" otherwise.
+    pub fn describe(&self) -> String {
+        match self.style {
+            ScalarStyle::Plain if self.text.is_empty() => "an empty value".to_owned(),
+            ScalarStyle::Plain if self.text == "null" => "null".to_owned(),
+            ScalarStyle::Plain if self.is_null() => format!("null (`{}`)", self.text),
+            ScalarStyle::Plain => format!("`{}`", self.text),
+            ScalarStyle::SingleQuoted => format!("the quoted string '{}'", self.text),
+            ScalarStyle::DoubleQuoted => format!("the quoted string \"{}\"", self.text),
+            ScalarStyle::Literal | ScalarStyle::Folded => {
+                format!("the block string \"{}\"", self.text.escape_debug())
+            }
+        }
+    }
+}
+
+fn is_null_word(text: &str) -> bool {
+    matches!(text, "~" | "null" | "Null" | "NULL")
+}
+
+/// Reads integer text with serde_yaml 0.9's grammar (see [`YamlScalar::as_integer`]).
+fn parse_integer_text(text: &str) -> Option<YamlInteger> {
+    let (negative, unsigned) = match text.strip_prefix('-') {
+        Some(rest) => (true, rest),
+        None => (false, text.strip_prefix('+').unwrap_or(text)),
+    };
+    let (radix, digits) = if let Some(rest) = unsigned.strip_prefix("0x") {
+        (16, rest)
+    } else if let Some(rest) = unsigned.strip_prefix("0o") {
+        (8, rest)
+    } else if let Some(rest) = unsigned.strip_prefix("0b") {
+        (2, rest)
+    } else {
+        (10, unsigned)
+    };
+    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
+        return None;
+    }
+    // YAML 1.2 reads a decimal with a leading zero (`010`) as a string, and so does serde_yaml.
+    if radix == 10 && digits.len() > 1 && digits.starts_with('0') {
+        return None;
+    }
+    Some(YamlInteger { negative, magnitude: u128::from_str_radix(digits, radix).ok() })
+}
+
+/// Parses `source` as exactly one YAML document.
+///
+/// An empty file, or one holding only comments, is a document whose root is an empty plain
+/// scalar, so the decoder reports it as "expected a mapping".
+pub fn parse_single_document(source: &str) -> Result<YamlNode, YamlSyntaxError> {
+    if source.starts_with('\u{feff}') {
+        return Err(YamlSyntaxError {
+            location: Location { line: 1, column: 1 },
+            message: "the file starts with a UTF-8 byte order mark (BOM)".to_owned(),
+            help: "the deployer's YAML parser refuses a BOM: save the file as UTF-8 without one"
+                .to_owned(),
+        });
+    }
+    let mut builder = TreeBuilder::default();
+    for event in Parser::new_from_str(source) {
+        let (event, span) = event.map_err(scan_error)?;
+        builder.on_event(event, span)?;
+    }
+    Ok(builder.root.unwrap_or(YamlNode {
+        value: YamlValue::Scalar(YamlScalar {
+            text: String::new(),
+            style: ScalarStyle::Plain,
+            tag: None,
+        }),
+        location: Location { line: 1, column: 1 },
+    }))
+}
+
+fn location_of(span: Span) -> Location {
+    Location { line: span.start.line(), column: span.start.col() + 1 }
+}
+
+fn scan_error(error: ScanError) -> YamlSyntaxError {
+    let marker = error.marker();
+    let info = error.info();
+    let help = if info.contains("tab") {
+        "indent with spaces: YAML does not allow tabs for indentation"
+    } else if info.contains("':' must be followed") {
+        "put a space after the `:` of a key"
+    } else if info.contains("unknown anchor") {
+        "define the anchor (`&name`) before the alias (`*name`) that uses it"
+    } else {
+        "fix the YAML syntax at this place"
+    };
+    YamlSyntaxError {
+        location: Location { line: marker.line(), column: marker.col() + 1 },
+        message: format!("invalid YAML: {info}"),
+        help: help.to_owned(),
+    }
+}
+
+/// A sequence or mapping being built.
+enum OpenCollection {
+    Sequence {
+        items: Vec<YamlNode>,
+        location: Location,
+        anchor: usize,
+    },
+    Mapping {
+        entries: Vec<YamlEntry>,
+        pending_key: Option<YamlNode>,
+        location: Location,
+        anchor: usize,
+    },
+}
+
+/// Builds the tree from parser events.
+#[derive(Default)]
+struct TreeBuilder {
+    open: Vec<OpenCollection>,
+    anchors: std::collections::HashMap<usize, YamlNode>,
+    root: Option<YamlNode>,
+    documents: usize,
+    alias_budget_used: usize,
+}
+
+impl TreeBuilder {
+    fn on_event(&mut self, event: Event<'_>, span: Span) -> Result<(), YamlSyntaxError> {
+        let location = location_of(span);
+        match event {
+            Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
+            Event::DocumentStart(_) => {
+                self.documents += 1;
+                if self.documents > 1 {
+                    return Err(YamlSyntaxError {
+                        location,
+                        message: "a second YAML document starts here".to_owned(),
+                        help: "a fleet spec is one document: remove this `---` and what follows, \
+                               or move it to a file of its own"
+                            .to_owned(),
+                    });
+                }
+            }
+            Event::Scalar(text, style, anchor, tag) => {
+                let tag = tag.map(|tag| {
+                    if tag.is_yaml_core_schema() {
+                        format!("!!{}", tag.suffix)
+                    } else {
+                        format!("{}{}", tag.handle, tag.suffix)
+                    }
+                });
+                let node = YamlNode {
+                    value: YamlValue::Scalar(YamlScalar { text: text.into_owned(), style, tag }),
+                    location,
+                };
+                self.complete(node, anchor)?;
+            }
+            Event::SequenceStart(anchor, _tag) => {
+                self.check_depth(location)?;
+                self.open.push(OpenCollection::Sequence { items: Vec::new(), location, anchor });
+            }
+            Event::MappingStart(anchor, _tag) => {
+                self.check_depth(location)?;
+                self.open.push(OpenCollection::Mapping {
+                    entries: Vec::new(),
+                    pending_key: None,
+                    location,
+                    anchor,
+                });
+            }
+            Event::SequenceEnd | Event::MappingEnd => {
+                let (node, anchor) = match self.open.pop() {
+                    Some(OpenCollection::Sequence { items, location, anchor }) => {
+                        (YamlNode { value: YamlValue::Sequence(items), location }, anchor)
+                    }
+                    Some(OpenCollection::Mapping { entries, location, anchor, .. }) => {
+                        (YamlNode { value: YamlValue::Mapping(entries), location }, anchor)
+                    }
+                    None => {
+                        return Err(YamlSyntaxError {
+                            location,
+                            message: "invalid YAML: a collection ends that never started"
+                                .to_owned(),
+                            help: "fix the YAML syntax at this place".to_owned(),
+                        });
+                    }
+                };
+                self.complete(node, anchor)?;
+            }
+            Event::Alias(anchor) => {
+                let Some(target) = self.anchors.get(&anchor) else {
+                    return Err(YamlSyntaxError {
+                        location,
+                        message: "invalid YAML: this alias names no anchor".to_owned(),
+                        help: "define the anchor (`&name`) before the alias (`*name`) that uses it"
+                            .to_owned(),
+                    });
+                };
+                self.alias_budget_used += count_nodes(target);
+                if self.alias_budget_used > ALIAS_EXPANSION_BUDGET {
+                    return Err(YamlSyntaxError {
+                        location,
+                        message: format!(
+                            "aliases expand to more than {ALIAS_EXPANSION_BUDGET} nodes"
+                        ),
+                        help: "a fleet spec needs far fewer: use fewer nested aliases".to_owned(),
+                    });
+                }
+                let copy = target.clone();
+                self.complete(copy, 0)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_depth(&self, location: Location) -> Result<(), YamlSyntaxError> {
+        if self.open.len() >= MAX_NESTING_DEPTH {
+            return Err(YamlSyntaxError {
+                location,
+                message: format!("sequences and mappings nest deeper than {MAX_NESTING_DEPTH}"),
+                help: "a fleet spec nests only a few levels: check the indentation".to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Places a finished node in the open collection (or as the root) and records its anchor.
+    fn complete(&mut self, node: YamlNode, anchor: usize) -> Result<(), YamlSyntaxError> {
+        if anchor != 0 {
+            self.anchors.insert(anchor, node.clone());
+        }
+        match self.open.last_mut() {
+            None => self.root = Some(node),
+            Some(OpenCollection::Sequence { items, .. }) => items.push(node),
+            Some(OpenCollection::Mapping { entries, pending_key, .. }) => {
+                match pending_key.take() {
+                    None => *pending_key = Some(node),
+                    Some(key) => entries.push(YamlEntry { key, value: node }),
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn count_nodes(node: &YamlNode) -> usize {
+    match &node.value {
+        YamlValue::Scalar(_) => 1,
+        YamlValue::Sequence(items) => 1 + items.iter().map(count_nodes).sum::<usize>(),
+        YamlValue::Mapping(entries) => {
+            1 + entries
+                .iter()
+                .map(|entry| count_nodes(&entry.key) + count_nodes(&entry.value))
+                .sum::<usize>()
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scalar(text: &str, style: ScalarStyle, tag: Option<&str>) -> YamlScalar {
+        YamlScalar { text: text.to_owned(), style, tag: tag.map(str::to_owned) }
+    }
+
+    fn plain(text: &str) -> YamlScalar {
+        scalar(text, ScalarStyle::Plain, None)
+    }
+
+    #[test]
+    fn integers_follow_serde_yaml_grammar() {
+        let value = |text: &str| plain(text).as_integer().and_then(YamlInteger::value);
+        for (text, expected) in [
+            ("10", Some(10)),
+            ("0", Some(0)),
+            ("-0", Some(0)),
+            ("+7", Some(7)),
+            ("-5", Some(-5)),
+            ("0x10", Some(16)),
+            ("0xFF", Some(255)),
+            ("+0x10", Some(16)),
+            ("-0x10", Some(-16)),
+            ("0o17", Some(15)),
+            ("0b101", Some(5)),
+            ("-0b1", Some(-1)),
+            ("0x010", Some(16)),
+            ("010", None),
+            ("-010", None),
+            ("00", None),
+            ("0X10", None),
+            ("0x", None),
+            ("0x-5", None),
+            ("+-5", None),
+            ("--5", None),
+            ("1_000", None),
+            ("10.0", None),
+            ("1e3", None),
+            ("1000-2000", None),
+            ("", None),
+            ("ten", None),
+        ] {
+            assert_eq!(value(text), expected, "{text:?}");
+        }
+        let huge = plain("999999999999999999999999999999999999999999").as_integer().unwrap();
+        assert_eq!(huge.magnitude, None);
+        let minus_zero = plain("-0").as_integer().unwrap();
+        assert!(minus_zero.negative);
+    }
+
+    #[test]
+    fn integers_must_be_unquoted_unless_a_tagged_literal() {
+        assert_eq!(scalar("10", ScalarStyle::SingleQuoted, None).as_integer(), None);
+        assert_eq!(scalar("10", ScalarStyle::DoubleQuoted, Some("!!int")).as_integer(), None);
+        assert!(scalar("10", ScalarStyle::Plain, Some("!!str")).as_integer().is_some());
+        assert!(scalar("10", ScalarStyle::Literal, Some("!!int")).as_integer().is_some());
+        assert_eq!(scalar("10", ScalarStyle::Literal, None).as_integer(), None);
+    }
+
+    #[test]
+    fn booleans_are_yaml_1_2_words_only() {
+        for text in ["true", "True", "TRUE"] {
+            assert_eq!(plain(text).as_bool(), Some(true), "{text}");
+        }
+        for text in ["false", "False", "FALSE"] {
+            assert_eq!(plain(text).as_bool(), Some(false), "{text}");
+        }
+        for text in ["yes", "no", "on", "tRUE", "1", ""] {
+            assert_eq!(plain(text).as_bool(), None, "{text}");
+        }
+        assert_eq!(scalar("true", ScalarStyle::SingleQuoted, None).as_bool(), None);
+    }
+
+    #[test]
+    fn null_is_decided_like_serde_yaml_options() {
+        for text in ["~", "null", "Null", "NULL", ""] {
+            assert!(plain(text).is_null(), "{text:?}");
+        }
+        assert!(!plain("nil").is_null());
+        assert!(!scalar("null", ScalarStyle::SingleQuoted, None).is_null());
+        assert!(!scalar("null", ScalarStyle::Plain, Some("!!str")).is_null());
+        assert!(scalar("null", ScalarStyle::Plain, Some("!!null")).is_null());
+    }
+
+    #[test]
+    fn tree_keeps_raw_text_style_tags_and_one_based_locations() {
+        let root = parse_single_document("a: 0x10\nb: !!str 123\n'c': \"x\"\n").unwrap();
+        let YamlValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
+        assert_eq!(entries.len(), 3);
+        assert_eq!(entries[0].value.as_scalar().unwrap(), &plain("0x10"));
+        assert_eq!(entries[0].value.location, Location { line: 1, column: 4 });
+        assert_eq!(
+            entries[1].value.as_scalar().unwrap(),
+            &scalar("123", ScalarStyle::Plain, Some("!!str"))
+        );
+        assert_eq!(entries[2].key.as_scalar().unwrap().style, ScalarStyle::SingleQuoted);
+        assert_eq!(entries[2].key.location, Location { line: 3, column: 1 });
+    }
+
+    #[test]
+    fn duplicate_keys_are_kept_for_the_decoder() {
+        let root = parse_single_document("a: 1\na: 2\n").unwrap();
+        let YamlValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
+        assert_eq!(entries.len(), 2);
+    }
+
+    #[test]
+    fn aliases_copy_the_anchored_node_and_merge_keys_stay_keys() {
+        let root = parse_single_document("base: &b {x: 1}\nm:\n  <<: *b\n  y: *b\n").unwrap();
+        let YamlValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
+        let YamlValue::Mapping(merged) = &entries[1].value.value else { panic!("{root:?}") };
+        assert_eq!(merged[0].key.as_scalar().unwrap().text, "<<");
+        assert_eq!(merged[1].value, entries[0].value);
+    }
+
+    #[test]
+    fn refuses_bom_tabs_second_document_and_alias_bombs() {
+        let error = parse_single_document("\u{feff}tag: x\n").unwrap_err();
+        assert_eq!(error.location, Location { line: 1, column: 1 });
+        assert!(error.message.contains("byte order mark"));
+
+        let error = parse_single_document("monitoring:\n\tinstance_type: x\n").unwrap_err();
+        assert_eq!(error.location.line, 2);
+        assert!(error.help.contains("tabs"), "{error:?}");
+
+        let error = parse_single_document("tag: a\n---\ntag: b\n").unwrap_err();
+        assert_eq!(error.location, Location { line: 2, column: 1 });
+        assert_eq!(error.message, "a second YAML document starts here");
+
+        let mut bomb = String::from("a: &a [x, x, x, x, x, x, x, x, x, x]\n");
+        for level in 1..8 {
+            let previous = level - 1;
+            bomb.push_str(&format!(
+                "l{level}: &l{level} [*{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}, *{p}]\n",
+                p = if previous == 0 { "a".to_owned() } else { format!("l{previous}") }
+            ));
+        }
+        let error = parse_single_document(&bomb).unwrap_err();
+        assert!(error.message.contains("aliases expand"), "{error:?}");
+    }
+
+    #[test]
+    fn refuses_deep_nesting() {
+        let deep = format!("{}{}", "[".repeat(200), "]".repeat(200));
+        let error = parse_single_document(&deep).unwrap_err();
+        assert!(error.message.contains("nest deeper"), "{error:?}");
+    }
+
+    #[test]
+    fn empty_file_is_an_empty_scalar_and_flow_documents_parse() {
+        let root = parse_single_document("# only a comment\n").unwrap();
+        assert_eq!(root.as_scalar().unwrap(), &plain(""));
+        let root = parse_single_document("{\"tag\": \"x\", \"ports\": []}").unwrap();
+        assert!(matches!(root.value, YamlValue::Mapping(ref entries) if entries.len() == 2));
+    }
+}
