@@ -301,11 +301,18 @@ impl<'f> Decoder<'f> {
         unknown_keys: UnknownKeys,
     ) -> Option<Fields<'n>> {
         let YamlValue::Mapping(entries) = &node.value else {
+            let help = if path.is_empty() {
+                "a fleet spec is a mapping with the keys `tag`, `monitoring`, `instances` and \
+                 `ports`"
+                    .to_owned()
+            } else {
+                format!("write the keys of `{}` indented under it", last_segment(path))
+            };
             self.error(
                 node.location,
                 path,
                 format!("expected a mapping, found {}", node.describe()),
-                format!("write the keys of `{}` indented under it", last_segment(path)),
+                help,
             );
             return None;
         };
@@ -669,7 +676,7 @@ impl<'f> Decoder<'f> {
         let fields = self.open_mapping(root, "", FLEET_KEYS, UnknownKeys::Warn)?;
         let tag = self.required(&fields, "tag", |decoder, node, field| {
             let tag = decoder.read_string(node, field)?;
-            decoder.check_name(node.location, field, &tag, "tag").then_some(tag)
+            decoder.check_name(node.location, field, &tag, "tag", "my-fleet").then_some(tag)
         });
         let monitoring = self.required(&fields, "monitoring", Self::decode_monitoring);
         let instances = self.required(&fields, "instances", |decoder, node, field| {
@@ -715,7 +722,9 @@ impl<'f> Decoder<'f> {
         let fields = self.open_mapping(node, field, INSTANCE_KEYS, UnknownKeys::Warn)?;
         let name = self.required(&fields, "name", |decoder, node, field| {
             let name = decoder.read_string(node, field)?;
-            decoder.check_name(node.location, field, &name, "instance name").then_some(name)
+            decoder
+                .check_name(node.location, field, &name, "instance name", "node-0")
+                .then_some(name)
         });
         let region = self.required(&fields, "region", |decoder, node, field| {
             decoder.read_non_empty_string(node, field, "an AWS region, e.g. `us-east-1`")
@@ -1113,13 +1122,20 @@ impl<'f> Decoder<'f> {
     // Rules that span keys.
 
     /// Checks a tag or instance name against `[A-Za-z0-9_-]+` (commonware-deployer 2026.10.0).
-    fn check_name(&mut self, location: Location, field: &str, name: &str, what: &str) -> bool {
+    fn check_name(
+        &mut self,
+        location: Location,
+        field: &str,
+        name: &str,
+        what: &str,
+        example: &str,
+    ) -> bool {
         if name.is_empty() {
             self.error(
                 location,
                 field,
                 format!("the {what} is empty"),
-                "use letters, digits, `_` and `-`, e.g. `node-0`",
+                format!("use letters, digits, `_` and `-`, e.g. `{example}`"),
             );
             return false;
         }
@@ -1142,7 +1158,8 @@ impl<'f> Decoder<'f> {
     /// Names must be unique ignoring case after `count` expansion, and not `monitoring`.
     fn check_instance_names(&mut self) {
         let names = std::mem::take(&mut self.instance_names);
-        let mut seen: HashMap<String, (usize, usize, String)> = HashMap::new();
+        // Lower-cased expanded name → the entry that first produced it, and the name as written.
+        let mut seen: HashMap<String, (&InstanceName, String)> = HashMap::new();
         for entry in &names {
             let field = format!("instances[{}].name", entry.index);
             let expanded: Vec<String> = match entry.count {
@@ -1162,26 +1179,43 @@ impl<'f> Decoder<'f> {
             for name in expanded {
                 let lowered = name.to_ascii_lowercase();
                 match seen.get(&lowered) {
-                    Some((other_index, other_line, other_name)) if !reported => {
-                        let produced = match entry.count {
-                            Some(count) => format!(" (`{}` with count {count})", entry.name),
-                            None => String::new(),
+                    Some((other, other_name)) if !reported => {
+                        let this = match entry.count {
+                            Some(count) => format!(
+                                "instance name `{name}` (from `{}` with count {count})",
+                                entry.name
+                            ),
+                            None => format!("instance name `{name}`"),
                         };
+                        let that = match other.count {
+                            Some(count) => format!(
+                                "instances[{}] (line {}) runs `{}` with count {count}, which \
+                                 includes `{other_name}`",
+                                other.index, other.location.line, other.name
+                            ),
+                            None => format!(
+                                "instances[{}] (line {}) is named `{other_name}`",
+                                other.index, other.location.line
+                            ),
+                        };
+                        let mut help =
+                            "rename one of them: names must be unique ignoring case".to_owned();
+                        if entry.count.is_some() || other.count.is_some() {
+                            help.push_str(
+                                "; an entry named `x` with `count: N` runs as `x-0` … `x-(N-1)`",
+                            );
+                        }
                         self.error(
                             entry.location,
                             &field,
-                            format!(
-                                "instance name `{name}`{produced} is already used by \
-                                 instances[{other_index}] (line {other_line}) as `{other_name}`"
-                            ),
-                            "names must be unique ignoring case; an entry named `x` with \
-                             `count: N` runs as `x-0` … `x-(N-1)`",
+                            format!("{this} is already taken: {that}"),
+                            help,
                         );
                         reported = true;
                     }
                     Some(_) => {}
                     None => {
-                        seen.insert(lowered, (entry.index, entry.location.line, name));
+                        seen.insert(lowered, (entry, name));
                     }
                 }
             }

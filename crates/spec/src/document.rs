@@ -94,7 +94,13 @@ pub fn parse_fleet_spec(source: &str, file: &Path) -> Result<SpecDocument, SpecE
 /// UTF-8, is one diagnostic naming the file.
 pub fn load_fleet_spec(file: &Path) -> Result<SpecDocument, SpecErrors> {
     let bytes = fs_err::read(file).map_err(|error| {
-        let cause = innermost_cause(&error);
+        // fs_err's message repeats the path, which the diagnostic already names.
+        let cause = match error.kind() {
+            std::io::ErrorKind::NotFound => "the file does not exist".to_owned(),
+            std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+            std::io::ErrorKind::IsADirectory => "it is a directory".to_owned(),
+            _ => error.to_string(),
+        };
         SpecErrors {
             diagnostics: vec![
                 Diagnostic::error(file, None, "", format!("cannot read the fleet spec: {cause}"))
@@ -120,16 +126,6 @@ pub fn load_fleet_spec(file: &Path) -> Result<SpecDocument, SpecErrors> {
         }
     })?;
     parse_fleet_spec(&source, file)
-}
-
-/// The message of the deepest error in a chain: fs_err's own message repeats the path, which
-/// the diagnostic already names.
-fn innermost_cause(error: &(dyn std::error::Error + 'static)) -> String {
-    let mut current = error;
-    while let Some(source) = current.source() {
-        current = source;
-    }
-    current.to_string()
 }
 
 #[cfg(test)]

@@ -10,8 +10,8 @@
 //! What the loader refuses, as serde_yaml 0.9 does: a UTF-8 byte order mark, tabs used for
 //! indentation (the scanner's own error), and more than one document. Mapping keys are kept in
 //! file order with duplicates, so the decoder can name both places of a repeated key. Aliases
-//! are expanded (a copy of the anchored node, keeping the anchor's locations), with a budget
-//! against "billion laughs" documents. Merge keys (`<<`) are not applied: they stay an ordinary
+//! are expanded (a copy of the anchored node, placed at the alias), with a budget against
+//! "billion laughs" documents. Merge keys (`<<`) are not applied: they stay an ordinary
 //! key, which is what the deployer's parser does.
 
 use saphyr_parser::{Event, Parser, ScanError, Span};
@@ -362,7 +362,10 @@ impl TreeBuilder {
                         help: "a fleet spec needs far fewer: use fewer nested aliases".to_owned(),
                     });
                 }
-                let copy = target.clone();
+                // The copy takes the alias's place, so that a problem in it is reported where
+                // this use of the anchor is, not where the anchor was defined.
+                let mut copy = target.clone();
+                relocate(&mut copy, location);
                 self.complete(copy, 0)?;
             }
         }
@@ -396,6 +399,18 @@ impl TreeBuilder {
             }
         }
         Ok(())
+    }
+}
+
+fn relocate(node: &mut YamlNode, location: Location) {
+    node.location = location;
+    match &mut node.value {
+        YamlValue::Scalar(_) => {}
+        YamlValue::Sequence(items) => items.iter_mut().for_each(|item| relocate(item, location)),
+        YamlValue::Mapping(entries) => entries.iter_mut().for_each(|entry| {
+            relocate(&mut entry.key, location);
+            relocate(&mut entry.value, location);
+        }),
     }
 }
 
@@ -526,7 +541,11 @@ mod tests {
         let YamlValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
         let YamlValue::Mapping(merged) = &entries[1].value.value else { panic!("{root:?}") };
         assert_eq!(merged[0].key.as_scalar().unwrap().text, "<<");
-        assert_eq!(merged[1].value, entries[0].value);
+        let YamlValue::Mapping(copy) = &merged[1].value.value else { panic!("{root:?}") };
+        assert_eq!(copy[0].value.as_scalar().unwrap().text, "1");
+        // The copy is placed at the alias, where this use of the anchor is.
+        assert_eq!(merged[1].value.location, Location { line: 4, column: 6 });
+        assert_eq!(copy[0].value.location, Location { line: 4, column: 6 });
     }
 
     #[test]

@@ -315,7 +315,7 @@ fn rows() -> Vec<Row> {
                 .replace("ports: []", "  - *node\nports: []"),
             Rejected {
                 field: "instances[2].name",
-                message: "instance name `node` is already used by instances[0]",
+                message: "instance name `node` is already taken: instances[0] (line 9)",
             },
         ),
         row(

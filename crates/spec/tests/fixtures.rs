@@ -1,0 +1,171 @@
+//! Fixture folders: every `fixtures/valid/*.yaml` must parse with no error and no warning;
+//! every `fixtures/invalid/NAME.yaml` must fail with exactly the diagnostics in
+//! `fixtures/invalid/NAME.expected` (the Display of `SpecErrors`). Run with `FLOTILLA_BLESS=1`
+//! to rewrite the `.expected` files after a deliberate change, then review the diff.
+
+use std::path::{Path, PathBuf};
+
+use flotilla_spec::{ProviderKind, parse_fleet_spec};
+
+fn fixtures(folder: &str) -> Vec<PathBuf> {
+    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(folder);
+    let mut files: Vec<PathBuf> = fs_err::read_dir(&directory)
+        .expect("the fixture folder exists")
+        .map(|entry| entry.expect("the fixture folder is readable").path())
+        .filter(|path| path.extension().is_some_and(|extension| extension == "yaml"))
+        .collect();
+    files.sort();
+    assert!(!files.is_empty(), "no fixtures in {}", directory.display());
+    files
+}
+
+/// The fixture's path as diagnostics name it: relative, so the expected files are portable.
+fn display_path(folder: &str, file: &Path) -> PathBuf {
+    Path::new("fixtures").join(folder).join(file.file_name().expect("a fixture has a name"))
+}
+
+/// Reads a fixture as text. Fixtures are UTF-8 (a byte order mark is part of the text).
+fn source_of(file: &Path) -> String {
+    fs_err::read_to_string(file).expect("fixtures are readable UTF-8")
+}
+
+fn bless_mode() -> bool {
+    std::env::var_os("FLOTILLA_BLESS").is_some_and(|value| !value.is_empty() && value != "0")
+}
+
+#[test]
+fn valid_fixtures_parse_without_errors_or_warnings() {
+    let mut failures = Vec::new();
+    for file in fixtures("valid") {
+        match parse_fleet_spec(&source_of(&file), &display_path("valid", &file)) {
+            Ok(document) if document.warnings.is_empty() => {}
+            Ok(document) => failures.push(format!(
+                "{}: unexpected warnings:\n{}",
+                file.display(),
+                document.warnings.iter().map(ToString::to_string).collect::<Vec<_>>().join("\n")
+            )),
+            Err(errors) => failures.push(format!("{}:\n{errors}", file.display())),
+        }
+    }
+    assert!(failures.is_empty(), "{}", failures.join("\n\n"));
+}
+
+#[test]
+fn invalid_fixtures_report_exactly_the_expected_diagnostics() {
+    let mut failures = Vec::new();
+    for file in fixtures("invalid") {
+        let rendered = match parse_fleet_spec(&source_of(&file), &display_path("invalid", &file)) {
+            Ok(document) => {
+                failures.push(format!(
+                    "{}: parsed, but must fail: {:?}",
+                    file.display(),
+                    document.spec
+                ));
+                continue;
+            }
+            Err(errors) => format!("{errors}\n"),
+        };
+        let expected_file = file.with_extension("expected");
+        if bless_mode() {
+            fs_err::write(&expected_file, &rendered).unwrap();
+            continue;
+        }
+        let expected = fs_err::read_to_string(&expected_file).unwrap_or_default();
+        if rendered != expected {
+            failures.push(format!(
+                "{}\n--- expected ({})\n{expected}--- actual\n{rendered}",
+                file.display(),
+                expected_file.display()
+            ));
+        }
+    }
+    assert!(
+        failures.is_empty(),
+        "{}\n\nif the change is deliberate, run `FLOTILLA_BLESS=1 cargo test -p flotilla-spec --test fixtures` and review the diff",
+        failures.join("\n\n")
+    );
+}
+
+#[test]
+fn every_invalid_fixture_has_an_expected_file_and_no_expected_file_is_orphaned() {
+    let directory = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/invalid");
+    for entry in fs_err::read_dir(&directory).unwrap() {
+        let path = entry.unwrap().path();
+        let extension = path.extension().and_then(|e| e.to_str()).unwrap_or_default();
+        let partner = match extension {
+            "yaml" => path.with_extension("expected"),
+            "expected" => path.with_extension("yaml"),
+            _ => panic!("unexpected file in the fixtures: {}", path.display()),
+        };
+        assert!(
+            partner.exists() || bless_mode(),
+            "{} has no partner {}",
+            path.display(),
+            partner.display()
+        );
+    }
+}
+
+fn valid(name: &str) -> flotilla_spec::SpecDocument {
+    let file = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/valid").join(name);
+    parse_fleet_spec(&source_of(&file), &display_path("valid", &file))
+        .expect("valid fixtures parse (checked by valid_fixtures_parse_without_errors_or_warnings)")
+}
+
+#[test]
+fn every_flotilla_key_decodes_to_its_value() {
+    use std::time::Duration;
+
+    use flotilla_spec::fleet::{BatchSize, Percent};
+    use flotilla_spec::{HealthCheck, RestartPolicy};
+
+    let spec = valid("every-flotilla-key.yaml").spec;
+    assert_eq!(spec.provider, Some(ProviderKind::Local));
+    assert_eq!(spec.update.max_unavailable, Some(Percent(50)));
+    assert_eq!(spec.update.batch(), BatchSize::Percent(50));
+    assert_eq!(spec.update.health_deadline(), Duration::from_secs(90));
+    assert_eq!(spec.monitoring.storage_size, 16);
+    assert_eq!(spec.monitoring.storage_iops, None);
+    let web = &spec.instances[0];
+    assert!(web.profiling);
+    assert_eq!(web.count, Some(3));
+    assert_eq!(web.args, ["--listen", "0.0.0.0:8080", "--greeting=hello world", "42"]);
+    assert_eq!(web.env["RUST_LOG"], "info,fleet_app=debug");
+    assert_eq!(web.env["_FEATURE"], "on");
+    assert_eq!(web.env["EMPTY"], "");
+    assert_eq!(web.health, HealthCheck::Http { port: 8080, path: "/ready".to_owned() });
+    assert_eq!(web.restart.policy, RestartPolicy::OnFailure);
+    assert_eq!(web.restart.initial_backoff, Duration::from_millis(500));
+    assert_eq!(web.restart.max_backoff, Duration::from_secs(60));
+    let worker = &spec.instances[1];
+    assert_eq!(worker.health, HealthCheck::Tcp { port: 9000 });
+    assert_eq!(worker.restart, flotilla_spec::RestartSpec::default());
+    let batch = &spec.instances[2];
+    assert_eq!(batch.health, HealthCheck::None);
+    assert_eq!(batch.restart.policy, RestartPolicy::OnFailure);
+    assert_eq!(batch.restart.max_backoff, Duration::from_secs(30));
+    let names: Vec<String> = spec.nodes().into_iter().map(|(name, _)| name).collect();
+    assert_eq!(names, ["web-0", "web-1", "web-2", "worker-0", "batch"]);
+}
+
+#[test]
+fn serde_yaml_style_and_anchors_decode_as_the_deployer_reads_them() {
+    let flood = valid("flood-serde-yaml.yaml").spec;
+    assert_eq!(flood.instances.len(), 3);
+    assert!(flood.instances.iter().all(|instance| instance.name.len() == 64));
+    assert_eq!(flood.instances[1].availability_zone_group.as_deref(), Some("group-a"));
+    assert_eq!(flood.instances[1].storage_throughput, Some(500));
+    assert_eq!(
+        flood.instances[2].name,
+        "1234567890123456789012345678901234567890123456789012345678901234"
+    );
+    assert_eq!(flood.provider_kind(None), ProviderKind::Aws);
+
+    let anchored = valid("anchors-and-flow.yaml").spec;
+    let observer = &anchored.instances[1];
+    assert_eq!(observer.region, "us-east-1");
+    assert_eq!(observer.storage_size, 20);
+    assert_eq!(observer.storage_class, "io2");
+    assert_eq!(observer.binary, "target/release/validator");
+    assert_eq!(anchored.ports[1].cidr, "::/0");
+}
