@@ -168,7 +168,7 @@ impl<T> Slot<T> {
     }
 
     /// The value of a required key: `None` when missing or refused (both already reported).
-    fn required(self) -> Option<T> {
+    fn into_required(self) -> Option<T> {
         match self {
             Slot::Present(value, _) => Some(value),
             _ => None,
@@ -176,7 +176,7 @@ impl<T> Slot<T> {
     }
 
     /// The value of an optional key: `Some(None)` when absent, `None` when refused.
-    fn optional(self) -> Option<Option<T>> {
+    fn into_optional(self) -> Option<Option<T>> {
         match self {
             Slot::Absent => Some(None),
             Slot::Invalid => None,
@@ -689,12 +689,12 @@ impl<'f> Decoder<'f> {
         let provider = self.optional_or_null(&fields, "provider", Self::read_provider);
         let update = self.optional(&fields, "update", Self::decode_update);
         Some(FleetSpec {
-            tag: tag.required()?,
-            monitoring: monitoring.required()?,
-            instances: instances.required()?,
-            ports: ports.required()?,
-            provider: provider.optional()?,
-            update: update.optional()?.unwrap_or_default(),
+            tag: tag.into_required()?,
+            monitoring: monitoring.into_required()?,
+            instances: instances.into_required()?,
+            ports: ports.into_required()?,
+            provider: provider.into_optional()?,
+            update: update.into_optional()?.unwrap_or_default(),
         })
     }
 
@@ -709,12 +709,12 @@ impl<'f> Decoder<'f> {
         });
         let storage = storage?;
         Some(MonitoringSpec {
-            instance_type: instance_type.required()?,
+            instance_type: instance_type.into_required()?,
             storage_size: storage.size,
             storage_class: storage.class,
             storage_iops: storage.iops,
             storage_throughput: storage.throughput,
-            dashboard: dashboard.required()?,
+            dashboard: dashboard.into_required()?,
         })
     }
 
@@ -761,22 +761,22 @@ impl<'f> Decoder<'f> {
 
         let storage = storage?;
         Some(InstanceSpec {
-            name: name.required()?,
-            region: region.required()?,
-            availability_zone_group: availability_zone_group.optional()?,
-            instance_type: instance_type.required()?,
+            name: name.into_required()?,
+            region: region.into_required()?,
+            availability_zone_group: availability_zone_group.into_optional()?,
+            instance_type: instance_type.into_required()?,
             storage_size: storage.size,
             storage_class: storage.class,
             storage_iops: storage.iops,
             storage_throughput: storage.throughput,
-            binary: binary.required()?,
-            config: config.required()?,
-            profiling: profiling.required()?,
-            count: count.optional()?,
-            args: args.optional()?.unwrap_or_default(),
-            env: env.optional()?.unwrap_or_default(),
-            health: health.optional()?.unwrap_or_default(),
-            restart: restart.optional()?.unwrap_or_default(),
+            binary: binary.into_required()?,
+            config: config.into_required()?,
+            profiling: profiling.into_required()?,
+            count: count.into_optional()?,
+            args: args.into_optional()?.unwrap_or_default(),
+            env: env.into_optional()?.unwrap_or_default(),
+            health: health.into_optional()?.unwrap_or_default(),
+            restart: restart.into_optional()?.unwrap_or_default(),
         })
     }
 
@@ -801,9 +801,9 @@ impl<'f> Decoder<'f> {
             }
         });
         Some(PortSpec {
-            protocol: protocol.required()?,
-            port: port.required()?,
-            cidr: cidr.required()?,
+            protocol: protocol.into_required()?,
+            port: port.into_required()?,
+            cidr: cidr.into_required()?,
         })
     }
 
@@ -954,14 +954,14 @@ impl<'f> Decoder<'f> {
                 Some(path)
             });
             Some(HealthCheck::Http {
-                port: port.required()?,
-                path: path.optional()?.unwrap_or_else(|| "/health".to_owned()),
+                port: port.into_required()?,
+                path: path.into_optional()?.unwrap_or_else(|| "/health".to_owned()),
             })
         });
         let tcp = self.optional(&fields, "tcp", |decoder, node, field| {
             let fields = decoder.open_mapping(node, field, HEALTH_TCP_KEYS, UnknownKeys::Refuse)?;
             let port = decoder.required(&fields, "port", Self::read_port);
-            Some(HealthCheck::Tcp { port: port.required()? })
+            Some(HealthCheck::Tcp { port: port.into_required()? })
         });
         match (http, tcp) {
             (Slot::Absent, Slot::Absent) => {
@@ -1002,7 +1002,7 @@ impl<'f> Decoder<'f> {
         let max = self.optional(&fields, "max_backoff", Self::read_duration);
         let defaults = RestartSpec::default();
         let spec = RestartSpec {
-            policy: policy.optional()?.unwrap_or(defaults.policy),
+            policy: policy.into_optional()?.unwrap_or(defaults.policy),
             initial_backoff: initial.value().copied().unwrap_or(defaults.initial_backoff),
             max_backoff: max.value().copied().unwrap_or(defaults.max_backoff),
         };
@@ -1085,9 +1085,9 @@ impl<'f> Decoder<'f> {
             return None;
         }
         Some(UpdateSpec {
-            batch_size: batch_size.optional()?,
-            max_unavailable: max_unavailable.optional()?,
-            health_deadline: health_deadline.optional()?,
+            batch_size: batch_size.into_optional()?,
+            max_unavailable: max_unavailable.into_optional()?,
+            health_deadline: health_deadline.into_optional()?,
         })
     }
 
@@ -1386,10 +1386,10 @@ impl<'f> Decoder<'f> {
         }
 
         let storage = Storage {
-            size: size.required()?,
-            class: class.required()?,
-            iops: iops.optional()?,
-            throughput: throughput.optional()?,
+            size: size.into_required()?,
+            class: class.into_required()?,
+            iops: iops.into_optional()?,
+            throughput: throughput.into_optional()?,
         };
         valid.then_some(storage)
     }

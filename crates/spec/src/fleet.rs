@@ -230,10 +230,13 @@ pub enum RestartPolicy {
 /// The `restart` key: a policy and its capped exponential backoff (with jitter).
 ///
 /// Written either as a bare policy (`restart: on-failure`) or as a mapping. This type's own
-/// schema (used by manifests) has every field; the fleet schema describes the YAML forms with
-/// [`restart_setting_schema`].
+/// schema (used by manifests) has every field; the fleet schema describes both YAML forms
+/// (see `restart_setting_schema` in this module).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
+#[schemars(
+    description = "When the agent restarts the binary, with a capped exponential backoff (with jitter)."
+)]
 pub struct RestartSpec {
     /// When to restart.
     pub policy: RestartPolicy,

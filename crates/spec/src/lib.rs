@@ -6,7 +6,7 @@
 //! scalar as written; `decode` reads that tree into [`FleetSpec`] the way the deployer's
 //! parser reads its config, and applies every validation rule, collecting all diagnostics;
 //! [`document`] ties them together as [`parse_fleet_spec`] and [`load_fleet_spec`].
-//! [`schema`] and [`reference`] generate the JSON Schemas and the Markdown reference from the
+//! [`schema`] and [`mod@reference`] generate the JSON Schemas and the Markdown reference from the
 //! same types.
 //!
 //! Architecture Invariant: this crate is pure. It does no network IO and reads no clock; the
