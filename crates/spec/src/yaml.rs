@@ -8,7 +8,8 @@
 //! ([`YamlScalar::as_integer`], [`YamlScalar::as_bool`], [`YamlScalar::is_null`]).
 //!
 //! What the loader refuses, as serde_yaml 0.9 does: a UTF-8 byte order mark, tabs used for
-//! indentation (the scanner's own error), and more than one document. Mapping keys are kept in
+//! indentation (the scanner's own error), and more than one document. What it accepts although
+//! saphyr's scanner does not, as libyaml does: a tab after a key's `:`. Mapping keys are kept in
 //! file order with duplicates, so the decoder can name both places of a repeated key. Aliases
 //! are expanded (a copy of the anchored node, placed at the alias), with a budget against
 //! "billion laughs" documents. Merge keys (`<<`) are not applied: they stay an ordinary
@@ -217,11 +218,17 @@ pub fn parse_single_document(source: &str) -> Result<YamlNode, YamlSyntaxError> 
                 .to_owned(),
         });
     }
-    let mut builder = TreeBuilder::default();
-    for event in Parser::new_from_str(source) {
-        let (event, span) = event.map_err(scan_error)?;
-        builder.on_event(event, span)?;
-    }
+    let mut source = std::borrow::Cow::Borrowed(source);
+    let builder = loop {
+        match build_tree(&source) {
+            Ok(builder) => break builder,
+            Err(BuildError::Syntax(error)) => return Err(error),
+            Err(BuildError::Scan(error)) => match separate_value_with_space(&source, &error) {
+                Some(fixed) => source = std::borrow::Cow::Owned(fixed),
+                None => return Err(scan_error(error)),
+            },
+        }
+    };
     Ok(builder.root.unwrap_or(YamlNode {
         value: YamlValue::Scalar(YamlScalar {
             text: String::new(),
@@ -230,6 +237,45 @@ pub fn parse_single_document(source: &str) -> Result<YamlNode, YamlSyntaxError> 
         }),
         location: Location { line: 1, column: 1 },
     }))
+}
+
+/// Why building the tree stopped: the scanner's error, or one of the loader's own.
+enum BuildError {
+    Scan(ScanError),
+    Syntax(YamlSyntaxError),
+}
+
+fn build_tree(source: &str) -> Result<TreeBuilder, BuildError> {
+    let mut builder = TreeBuilder::default();
+    for event in Parser::new_from_str(source) {
+        let (event, span) = event.map_err(BuildError::Scan)?;
+        builder.on_event(event, span).map_err(BuildError::Syntax)?;
+    }
+    Ok(builder)
+}
+
+/// libyaml (under serde_yaml, so the deployer) accepts a tab as the separator after a key's
+/// `:` (`key:<tab>value`); saphyr's scanner refuses it. When that is the scanner's error, this
+/// returns the source with that one tab replaced by a space, which changes no value and no
+/// position (a tab and a space are one character each), so the caller can parse again.
+fn separate_value_with_space(source: &str, error: &ScanError) -> Option<String> {
+    if !error.info().contains("':' must be followed by a valid YAML whitespace") {
+        return None;
+    }
+    // The marker is on the first character after the tabs; walk back to the `:`.
+    let characters: Vec<(usize, char)> = source.char_indices().collect();
+    let mut position = error.marker().index();
+    while position > 0 && characters.get(position - 1).is_some_and(|(_, c)| *c == '\t') {
+        position -= 1;
+    }
+    let (_, before) = characters.get(position.checked_sub(1)?)?;
+    let (tab_offset, tab) = characters.get(position)?;
+    if *before != ':' || *tab != '\t' {
+        return None;
+    }
+    let mut fixed = source.to_owned();
+    fixed.replace_range(*tab_offset..*tab_offset + 1, " ");
+    Some(fixed)
 }
 
 fn location_of(span: Span) -> Location {
@@ -572,6 +618,26 @@ mod tests {
         }
         let error = parse_single_document(&bomb).unwrap_err();
         assert!(error.message.contains("aliases expand"), "{error:?}");
+    }
+
+    #[test]
+    fn accepts_a_tab_after_a_colon_as_libyaml_does() {
+        let root = parse_single_document("é: x\nb:\t\t1\nc: {d:\t2}\ne: \"f:\tg\"\n").unwrap();
+        let YamlValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
+        assert_eq!(entries[1].value.as_scalar().unwrap().text, "1");
+        assert_eq!(entries[1].value.location, Location { line: 2, column: 5 });
+        assert_eq!(entries[3].value.as_scalar().unwrap().text, "f:\tg");
+        // A tab inside a plain scalar is still the scanner's error, as in libyaml.
+        assert!(parse_single_document("a: x:\ty\n").is_err());
+    }
+
+    #[test]
+    fn one_document_may_have_markers_and_crlf_line_ends() {
+        let root = parse_single_document("%YAML 1.2\r\n---\r\na: 1\r\nb: two\r\n...\r\n").unwrap();
+        let YamlValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
+        assert_eq!(entries[0].value.as_scalar().unwrap().text, "1");
+        assert_eq!(entries[1].value.as_scalar().unwrap().text, "two");
+        assert_eq!(entries[1].key.location, Location { line: 4, column: 1 });
     }
 
     #[test]

@@ -349,6 +349,11 @@ fn rows() -> Vec<Row> {
             edited(&[("  instance_type: t4g.small", "\tinstance_type: t4g.small")]),
             Rejected { field: "", message: "invalid YAML: tabs disallowed" },
         ),
+        row(
+            "a tab between a key's `:` and its value (libyaml accepts it)",
+            edited(&[("  storage_size: 20", "  storage_size:\t20")]),
+            accepted(|spec| spec.monitoring.storage_size == 20),
+        ),
         // Values the deployer's parser accepts and AWS judges later.
         row(
             "unknown instance type (left to the provider)",
