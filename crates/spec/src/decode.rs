@@ -965,7 +965,8 @@ impl<'f> Decoder<'f> {
         });
         match (http, tcp) {
             (Slot::Absent, Slot::Absent) => {
-                if fields.found.is_empty() && fields.misspellings.is_empty() {
+                // Other keys were reported as unknown; an empty mapping gets its own error.
+                if matches!(&node.value, YamlValue::Mapping(entries) if entries.is_empty()) {
                     self.error(
                         node.location,
                         field,

@@ -344,11 +344,12 @@ impl TreeBuilder {
                 }
             }
             Event::Scalar(text, style, anchor, tag) => {
+                // `!!int` and the verbatim `!<tag:yaml.org,2002:int>` are the same tag.
                 let tag = tag.map(|tag| {
-                    if tag.is_yaml_core_schema() {
-                        format!("!!{}", tag.suffix)
-                    } else {
-                        format!("{}{}", tag.handle, tag.suffix)
+                    let full = format!("{}{}", tag.handle, tag.suffix);
+                    match full.strip_prefix("tag:yaml.org,2002:") {
+                        Some(core) => format!("!!{core}"),
+                        None => full,
                     }
                 });
                 let node = YamlNode {
@@ -572,6 +573,20 @@ mod tests {
         );
         assert_eq!(entries[2].key.as_scalar().unwrap().style, ScalarStyle::SingleQuoted);
         assert_eq!(entries[2].key.location, Location { line: 3, column: 1 });
+    }
+
+    #[test]
+    fn core_tags_read_the_same_in_short_and_verbatim_form() {
+        for source in ["a: !!null ~\n", "a: !<tag:yaml.org,2002:null> ~\n"] {
+            let root = parse_single_document(source).unwrap();
+            let YamlValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
+            let value = entries[0].value.as_scalar().unwrap();
+            assert_eq!(value.tag.as_deref(), Some("!!null"), "{source}");
+            assert!(value.is_null());
+        }
+        let root = parse_single_document("a: !local x\n").unwrap();
+        let YamlValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
+        assert_eq!(entries[0].value.as_scalar().unwrap().tag.as_deref(), Some("!local"));
     }
 
     #[test]
