@@ -392,6 +392,15 @@ fleet.yaml:16:13: error: instances[0].health: expected `none` or a mapping, foun
 "#,
         ),
         (
+            "health kinds are http and tcp, and an unknown one is one error",
+            edited(&[("    profiling: false", "    profiling: false\n    health: {grpc: {port: 1}}")]),
+            r#"
+fleet.yaml:16:14: error: instances[0].health.grpc: unknown key `grpc`
+  help: the keys here are: `http`, `tcp`
+1 error in fleet.yaml
+"#,
+        ),
+        (
             "health tcp refuses unknown keys",
             edited(&[("    profiling: false", "    profiling: false\n    health: {tcp: {port: 1, timeout: 3s}}")]),
             r#"
