@@ -118,8 +118,8 @@ async fn verify_artifact(
         let size = file.metadata().map_err(|e| e.to_string())?.len();
         if size != artifact.size {
             return Err(format!(
-                "the {file_name} from {} has {size} bytes, but the manifest says {}; the artifact changed after the manifest was made, or the copy is incomplete",
-                artifact.url, artifact.size
+                "the {file_name} at {} (from {}) has {size} bytes, but the manifest says {}; the artifact changed after the manifest was made, or the copy is incomplete",
+                path.display(), artifact.url, artifact.size
             ));
         }
         let mut hasher = Sha256::new();
@@ -134,8 +134,8 @@ async fn verify_artifact(
         let digest = hex::encode(hasher.finalize());
         if digest != artifact.sha256 {
             return Err(format!(
-                "the {file_name} from {} has sha256 {digest}, but the manifest says {}; the artifact changed after the manifest was made, or it is corrupt",
-                artifact.url, artifact.sha256
+                "the {file_name} at {} (from {}) has sha256 {digest}, but the manifest says {}; the artifact changed after the manifest was made, or it is corrupt",
+                path.display(), artifact.url, artifact.sha256
             ));
         }
         Ok(digest)

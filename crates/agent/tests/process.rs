@@ -1,0 +1,117 @@
+//! The agent as its own process, entered through [`flotilla_agent::run`] as the CLI does: the
+//! binary dies with an agent killed by SIGKILL (parent-death signal), SIGTERM stops both
+//! gracefully, and the idle agent's memory is measured.
+//!
+//! The agent process is this test binary run again with `--ignored` on
+//! `agent_process_entry_point` and the bootstrap path in [`BOOTSTRAP_VARIABLE`].
+
+mod common;
+
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use common::{Deployment, IDLE, Version, kill, process_alive, wait_until};
+use flotilla_agent::Fetchers;
+use rustix::process::Signal;
+
+const BOOTSTRAP_VARIABLE: &str = "FLOTILLA_AGENT_TEST_BOOTSTRAP";
+
+/// Not a test: the entry point of the agent processes the tests below start.
+#[test]
+#[ignore = "the entry point of the agent process that the other tests start"]
+fn agent_process_entry_point() {
+    let Some(bootstrap) = std::env::var_os(BOOTSTRAP_VARIABLE) else {
+        return;
+    };
+    flotilla_agent::run(Path::new(&bootstrap), Fetchers::default()).expect("the agent runs");
+}
+
+fn spawn_agent_process(deployment: &Deployment, bootstrap: &Path) -> Child {
+    let stderr = fs_err::File::create(deployment.temp.path().join("agent-stderr.txt"))
+        .expect("a file for the agent's stderr");
+    Command::new(std::env::current_exe().expect("the test binary's path"))
+        .args(["agent_process_entry_point", "--exact", "--ignored", "--nocapture"])
+        .env(BOOTSTRAP_VARIABLE, bootstrap)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stderr.into_parts().0))
+        .spawn()
+        .expect("the agent process starts")
+}
+
+async fn wait_for_api(deployment: &Deployment, agent: &mut Child) {
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    loop {
+        if deployment.http.get(deployment.url("/v1/status")).send().await.is_ok() {
+            return;
+        }
+        let stderr = || fs_err::read_to_string(deployment.temp.path().join("agent-stderr.txt"));
+        if let Some(exit) = agent.try_wait().expect("the agent process can be waited for") {
+            panic!("the agent process ended ({exit}): {}", stderr().unwrap_or_default());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("the agent process did not serve in time: {}", stderr().unwrap_or_default());
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+fn resident_kilobytes(pid: u32) -> u64 {
+    let status = fs_err::read_to_string(format!("/proc/{pid}/status")).expect("a live process");
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix("VmRSS:"))
+        .and_then(|value| value.trim().trim_end_matches("kB").trim().parse().ok())
+        .expect("VmRSS in /proc/<pid>/status")
+}
+
+#[tokio::test]
+async fn the_binary_dies_with_the_agent_and_sigterm_stops_both() {
+    let deployment = Deployment::new("127.200.5.1");
+    let bootstrap = deployment.temp.path().join("bootstrap.json");
+    let json = serde_json::json!({
+        "tag": deployment.tag,
+        "dir": deployment.dir,
+        "listen": deployment.address,
+        "identity": deployment.identity_path,
+        "stop_grace": "2s",
+    });
+    fs_err::write(&bootstrap, json.to_string()).unwrap();
+
+    let mut agent = spawn_agent_process(&deployment, &bootstrap);
+    wait_for_api(&deployment, &mut agent).await;
+    let manifest = deployment.publish(&Version::script(IDLE));
+    let binary = deployment.install(&manifest).await.pid.unwrap();
+
+    // Idle: the binary runs and is healthy, nobody asks anything.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss = resident_kilobytes(agent.id());
+    eprintln!("idle agent process (debug build, inside the test harness): VmRSS {rss} kB");
+    assert!(rss < 15 * 1024, "the idle agent uses {rss} kB");
+
+    // SIGKILL leaves the agent no chance to stop the binary: the parent-death signal does.
+    kill(agent.id(), Signal::KILL);
+    agent.wait().unwrap();
+    wait_until("the binary to die with its agent", || !process_alive(binary)).await;
+
+    // The next agent restores the version; SIGTERM stops the binary, then the agent.
+    let mut agent = spawn_agent_process(&deployment, &bootstrap);
+    wait_for_api(&deployment, &mut agent).await;
+    let binary = deployment.wait_healthy(&manifest).await.pid.unwrap();
+    kill(agent.id(), Signal::TERM);
+    let deadline = std::time::Instant::now() + common::WAIT;
+    let exit = loop {
+        if let Some(exit) = agent.try_wait().unwrap() {
+            break exit;
+        }
+        assert!(std::time::Instant::now() < deadline, "the agent did not stop after SIGTERM");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert!(exit.success(), "{exit}");
+    assert!(!process_alive(binary));
+    let log = deployment.log_text();
+    assert!(log.contains("got SIGTERM"), "{log}");
+    assert!(log.trim_end().ends_with("agent stopped"), "{log}");
+    assert!(!deployment.dir.join("agent.pid").exists());
+}
