@@ -1,1 +1,395 @@
-//! placeholder
+//! The local provider: every machine is a flotilla agent process on its own loopback address.
+//!
+//! ```text
+//! <deployment>/local/                 0700
+//!   machines.json                     name → address, region, role; written before any agent starts
+//!   artifacts/<sha256>                the content-addressed store agents fetch from (file:// URLs)
+//!   instances/<name>/                 0700, the agent's directory (see the agent's layout)
+//!     bootstrap.json                  the agent's bootstrap config
+//!     identity.json                   0600, the machine's key and certificate
+//!     agent.log                       the agent's own output
+//! ```
+//!
+//! Agents are started detached (each makes itself a session leader) and outlive the CLI;
+//! `launch` adopts agents that run and starts those that do not, and the agent's own lock on its
+//! directory makes a second agent for one machine exit at once, so no machine ever runs twice.
+//! Addresses come from machine-wide leases ([`lease`]).
+
+pub mod lease;
+pub mod process;
+
+use fs_err::os::unix::fs::OpenOptionsExt;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use flotilla_core::plan::DeploymentPlan;
+use flotilla_core::progress::Progress;
+use flotilla_core::provider::{
+    LocalArtifact, Machine, MachineState, Provider, ProviderError, Role,
+};
+use flotilla_core::state::{Deployment, ensure_private_dir, write_private};
+use flotilla_spec::bootstrap::{
+    AgentBootstrap, DEFAULT_API_PORT, DEFAULT_METRICS_PORT, LogRotation,
+};
+use flotilla_spec::identity::IdentityBundle;
+use serde::{Deserialize, Serialize};
+
+use crate::lease::{Block, Leases};
+
+/// How long an agent has to stop its binary and exit after SIGTERM before it is killed.
+const AGENT_STOP_GRACE: Duration = Duration::from_secs(15);
+/// How long the binary has after SIGTERM (the agent's `stop_grace`).
+const BINARY_STOP_GRACE: Duration = Duration::from_secs(10);
+
+/// One machine's record in `machines.json`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct MachineRecord {
+    name: String,
+    role: Role,
+    region: String,
+    address: Ipv4Addr,
+}
+
+/// `machines.json`.
+#[derive(Clone, Debug, Default, Serialize, Deserialize)]
+struct Records {
+    blocks: Vec<Block>,
+    machines: Vec<MachineRecord>,
+}
+
+/// The local provider for one deployment.
+#[derive(Debug)]
+pub struct LocalProvider {
+    tag: String,
+    root: PathBuf,
+    agent_program: PathBuf,
+    lease_dir: PathBuf,
+}
+
+fn io_error(context: String) -> impl FnOnce(std::io::Error) -> ProviderError {
+    move |error| ProviderError::with_source(format!("{context}: {error}"), error)
+}
+
+impl LocalProvider {
+    /// The provider for `deployment`, starting agents with `agent_program agent --bootstrap F`
+    /// (normally the running `flotilla` executable).
+    pub fn new(
+        deployment: &Deployment,
+        agent_program: PathBuf,
+        lease_dir: PathBuf,
+    ) -> Result<LocalProvider, ProviderError> {
+        let root = deployment.provider_dir("local").map_err(|e| {
+            ProviderError::with_source(format!("local state of {}", deployment.tag()), e)
+        })?;
+        Ok(LocalProvider { tag: deployment.tag().to_owned(), root, agent_program, lease_dir })
+    }
+
+    fn records_path(&self) -> PathBuf {
+        self.root.join("machines.json")
+    }
+
+    fn records(&self) -> Result<Records, ProviderError> {
+        let path = self.records_path();
+        match fs_err::read(&path) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
+                ProviderError::with_source(format!("{} is corrupt", path.display()), e)
+            }),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Records::default()),
+            Err(error) => Err(io_error(format!("reading {}", path.display()))(error)),
+        }
+    }
+
+    fn save_records(&self, records: &Records) -> Result<(), ProviderError> {
+        let json = serde_json::to_vec_pretty(records).expect("records serialize to JSON");
+        write_private(&self.records_path(), &json)
+            .map_err(|e| ProviderError::with_source("writing machines.json", e))
+    }
+
+    fn instance_dir(&self, name: &str) -> PathBuf {
+        self.root.join("instances").join(name)
+    }
+
+    fn bootstrap_path(&self, name: &str) -> PathBuf {
+        self.instance_dir(name).join("bootstrap.json")
+    }
+
+    fn machine(&self, record: &MachineRecord, state: MachineState) -> Machine {
+        let address = IpAddr::V4(record.address);
+        Machine {
+            name: record.name.clone(),
+            role: record.role,
+            region: record.region.clone(),
+            id: format!("local:{}", record.name),
+            public_ip: address,
+            private_ip: address,
+            agent_endpoint: SocketAddr::new(address, DEFAULT_API_PORT),
+            state,
+        }
+    }
+
+    /// Assigns an address to every machine of `plan` that has none, leasing blocks as needed.
+    fn assign_addresses(&self, plan: &DeploymentPlan) -> Result<Records, ProviderError> {
+        let mut records = self.records()?;
+        let leases = Leases::lock(&self.lease_dir).map_err(io_error(format!(
+            "locking the lease directory {}",
+            self.lease_dir.display()
+        )))?;
+        // Our blocks stay ours (their lease files may have been cleaned from /tmp).
+        for block in &records.blocks {
+            let owner = leases
+                .reassert(&self.root, &self.tag, *block)
+                .map_err(io_error("renewing address leases".into()))?;
+            if let Some(other) = owner {
+                return Err(ProviderError::new(format!(
+                    "addresses {block} of deployment `{}` are now leased by {}; destroy one of the two deployments",
+                    self.tag,
+                    other.display()
+                )));
+            }
+        }
+        let mut used: Vec<Ipv4Addr> = records.machines.iter().map(|m| m.address).collect();
+        let mut rejected: Vec<Block> = Vec::new();
+        for machine in &plan.machines {
+            if let Some(existing) = records.machines.iter_mut().find(|m| m.name == machine.name) {
+                existing.region = machine.region.clone();
+                existing.role = machine.role;
+                continue;
+            }
+            let address = loop {
+                let free = records
+                    .blocks
+                    .iter()
+                    .flat_map(|block| (1..=254u8).map(|h| block.address(h)))
+                    .find(|a| {
+                        !used.contains(a)
+                            && lease::is_free(*a, DEFAULT_API_PORT)
+                            && lease::is_free(*a, DEFAULT_METRICS_PORT)
+                    });
+                if let Some(address) = free {
+                    break address;
+                }
+                let mut skip = records.blocks.clone();
+                skip.extend(&rejected);
+                let block = leases
+                    .lease_block(&self.root, &self.tag, &skip)
+                    .map_err(io_error("leasing loopback addresses".into()))?;
+                if lease::is_free(block.address(1), DEFAULT_API_PORT) {
+                    records.blocks.push(block);
+                } else {
+                    // Something outside flotilla's leases uses this block.
+                    leases
+                        .release(&self.root, &[block])
+                        .map_err(io_error("releasing a lease".into()))?;
+                    rejected.push(block);
+                }
+            };
+            used.push(address);
+            records.machines.push(MachineRecord {
+                name: machine.name.clone(),
+                role: machine.role,
+                region: machine.region.clone(),
+                address,
+            });
+        }
+        self.save_records(&records)?;
+        Ok(records)
+    }
+
+    fn write_bootstrap(&self, record: &MachineRecord) -> Result<(), ProviderError> {
+        let dir = self.instance_dir(&record.name);
+        ensure_private_dir(&dir)
+            .map_err(|e| ProviderError::with_source(format!("creating {}", dir.display()), e))?;
+        let bootstrap = AgentBootstrap {
+            tag: self.tag.clone(),
+            dir: dir.clone(),
+            listen: IpAddr::V4(record.address),
+            api_port: DEFAULT_API_PORT,
+            metrics_port: DEFAULT_METRICS_PORT,
+            identity: dir.join("identity.json").display().to_string(),
+            identity_timeout: Duration::from_secs(600),
+            stop_grace: BINARY_STOP_GRACE,
+            logs: LogRotation::default(),
+        };
+        let json = serde_json::to_vec_pretty(&bootstrap).expect("a bootstrap config serializes");
+        write_private(&self.bootstrap_path(&record.name), &json).map_err(|e| {
+            ProviderError::with_source(format!("writing the bootstrap of {}", record.name), e)
+        })
+    }
+
+    fn agent_pid(&self, name: &str) -> Option<u32> {
+        process::running_agent(&self.instance_dir(name), &self.bootstrap_path(name))
+    }
+
+    fn artifacts_dir(&self) -> PathBuf {
+        self.root.join("artifacts")
+    }
+}
+
+impl Provider for LocalProvider {
+    async fn prepare(
+        &self,
+        plan: &DeploymentPlan,
+        progress: &dyn Progress,
+    ) -> Result<(), ProviderError> {
+        let _stage = progress.stage("assigning loopback addresses", 0);
+        self.assign_addresses(plan)?;
+        ensure_private_dir(&self.artifacts_dir())
+            .map_err(|e| ProviderError::with_source("creating the artifact store", e))?;
+        Ok(())
+    }
+
+    async fn launch(
+        &self,
+        plan: &DeploymentPlan,
+        progress: &dyn Progress,
+    ) -> Result<Vec<Machine>, ProviderError> {
+        let records = self.assign_addresses(plan)?;
+        let stage = progress.stage("starting agents", plan.machines.len() as u64);
+        let mut machines = Vec::with_capacity(plan.machines.len());
+        for planned in &plan.machines {
+            let record = records
+                .machines
+                .iter()
+                .find(|m| m.name == planned.name)
+                .expect("assign_addresses gives every planned machine a record");
+            if self.agent_pid(&record.name).is_none() {
+                self.write_bootstrap(record)?;
+                let dir = self.instance_dir(&record.name);
+                let pid = process::spawn_agent(
+                    &self.agent_program,
+                    &self.bootstrap_path(&record.name),
+                    &dir,
+                )
+                .map_err(io_error(format!("starting the agent of {}", record.name)))?;
+                tracing::debug!(machine = %record.name, pid, address = %record.address, "agent started");
+            } else {
+                tracing::debug!(machine = %record.name, "agent already runs; adopted");
+            }
+            machines.push(self.machine(record, MachineState::Running));
+            stage.advance(1);
+        }
+        Ok(machines)
+    }
+
+    async fn install_identity(
+        &self,
+        machine: &Machine,
+        bundle: &IdentityBundle,
+    ) -> Result<(), ProviderError> {
+        let path = self.instance_dir(&machine.name).join("identity.json");
+        let json = serde_json::to_vec(bundle).expect("an identity bundle serializes");
+        write_private(&path, &json).map_err(|e| {
+            ProviderError::with_source(format!("writing the identity of {}", machine.name), e)
+        })
+    }
+
+    async fn publish(&self, artifact: &LocalArtifact) -> Result<String, ProviderError> {
+        let dir = self.artifacts_dir();
+        let target = dir.join(&artifact.sha256);
+        if !target.exists() {
+            let source = artifact.path.clone();
+            let expected = artifact.sha256.clone();
+            let target_for_copy = target.clone();
+            tokio::task::spawn_blocking(move || {
+                copy_verified(&source, &target_for_copy, &expected)
+            })
+            .await
+            .map_err(|e| {
+                ProviderError::new(format!("publishing {}: {e}", artifact.path.display()))
+            })??;
+        }
+        Ok(format!("file://{}", target.display()))
+    }
+
+    async fn machines(&self) -> Result<Vec<Machine>, ProviderError> {
+        let records = self.records()?;
+        Ok(records
+            .machines
+            .iter()
+            .map(|record| {
+                let state = if self.agent_pid(&record.name).is_some() {
+                    MachineState::Running
+                } else {
+                    MachineState::Stopped
+                };
+                self.machine(record, state)
+            })
+            .collect())
+    }
+
+    async fn destroy(&self, progress: &dyn Progress) -> Result<(), ProviderError> {
+        let records = self.records()?;
+        let stage = progress.stage("stopping agents", records.machines.len() as u64);
+        let pids: Vec<u32> =
+            records.machines.iter().filter_map(|m| self.agent_pid(&m.name)).collect();
+        let root = self.root.clone();
+        let killed = tokio::task::spawn_blocking(move || {
+            let stubborn = process::terminate(&pids, AGENT_STOP_GRACE);
+            // Whatever still runs in the deployment's directories (a binary whose agent was
+            // killed, a child that left its process group) ends now.
+            let stragglers = process::kill_all_under(&root);
+            (stubborn, stragglers)
+        })
+        .await
+        .map_err(|e| ProviderError::new(format!("stopping agents: {e}")))?;
+        if !killed.0.is_empty() {
+            tracing::warn!(pids = ?killed.0, "agents did not stop within the grace period and were killed");
+        }
+        if !killed.1.is_empty() {
+            tracing::warn!(processes = ?killed.1, "processes left in the deployment's directories were killed");
+        }
+        stage.advance(records.machines.len() as u64);
+        drop(stage);
+        for dir in [self.root.join("instances"), self.artifacts_dir()] {
+            match fs_err::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(io_error(format!("removing {}", dir.display()))(error)),
+            }
+        }
+        let leases = Leases::lock(&self.lease_dir)
+            .map_err(io_error("locking the lease directory".into()))?;
+        leases
+            .release(&self.root, &records.blocks)
+            .map_err(io_error("releasing address leases".into()))?;
+        let _ = fs_err::remove_file(self.records_path());
+        Ok(())
+    }
+}
+
+/// Copies `source` to `target` (mode 0500, read-only) while hashing; refuses a copy whose hash
+/// differs from `expected` (the file changed after it was hashed).
+fn copy_verified(source: &Path, target: &Path, expected: &str) -> Result<(), ProviderError> {
+    let temp = target.with_extension(format!("tmp{}", std::process::id()));
+    let result = (|| -> std::io::Result<String> {
+        let mut input = fs_err::File::open(source)?;
+        let mut output = fs_err::OpenOptions::new()
+            .create(true)
+            .truncate(true)
+            .write(true)
+            .mode(0o600)
+            .open(&temp)?;
+        let (digest, _size) = flotilla_core::artifacts::copy_hashing(&mut input, &mut output)?;
+        output.sync_all()?;
+        output.set_permissions(std::fs::Permissions::from_mode(0o500))?;
+        Ok(digest)
+    })();
+    let digest = match result {
+        Ok(digest) => digest,
+        Err(error) => {
+            let _ = fs_err::remove_file(&temp);
+            return Err(io_error(format!("publishing {}", source.display()))(error));
+        }
+    };
+    if digest != expected {
+        let _ = fs_err::remove_file(&temp);
+        return Err(ProviderError::new(format!(
+            "{} changed while it was being published (sha256 {digest}, expected {expected}); run the command again",
+            source.display()
+        )));
+    }
+    fs_err::rename(&temp, target).map_err(io_error(format!("publishing {}", source.display())))?;
+    Ok(())
+}

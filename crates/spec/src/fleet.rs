@@ -25,7 +25,7 @@ use serde::Serialize;
 use crate::duration_serde::DurationText;
 
 /// Which provider runs the fleet. A config without `provider` means `aws`, as the deployer does.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, JsonSchema)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize, JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum ProviderKind {
     /// Each instance is an agent process on its own 127.0.x.y address on this machine.

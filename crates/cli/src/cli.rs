@@ -1,0 +1,185 @@
+//! The command line: clap types only. Commands live in `commands/`.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use flotilla_spec::ProviderKind;
+
+/// Deploy and operate fleets of your binaries: on AWS EC2 across regions, or on this machine.
+///
+/// Exit status: 0 success; 1 the command ran but the fleet did not reach the desired state
+/// (an update was rolled back, machines are unhealthy); 2 the command could not run (bad
+/// arguments or spec, state or provider errors).
+#[derive(Debug, Parser)]
+#[command(name = "flotilla", version, max_term_width = 100)]
+pub struct Cli {
+    /// More log output on stderr (-v info, -vv debug, -vvv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create the fleet a spec describes (or converge an existing one) and start every binary.
+    Create(CreateArgs),
+    /// Roll a new version out in health-gated batches; a failed batch is rolled back.
+    Update(UpdateArgs),
+    /// Stop every machine and remove every resource of a deployment.
+    Destroy(TargetArgs),
+    /// Show each machine's state, health, version and restarts.
+    Status(StatusArgs),
+    /// Show a machine's binary log.
+    Logs(LogsArgs),
+    /// List deployments in the state directory.
+    List(OutputArgs),
+    /// Check a spec and the files it names, without changing anything.
+    Validate(ValidateArgs),
+    /// Print a JSON Schema.
+    Schema(SchemaArgs),
+    /// Run the agent (started on each machine by the provider).
+    #[command(hide = true)]
+    Agent(AgentArgs),
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    /// Aligned columns for people.
+    #[default]
+    Table,
+    /// JSON for scripts.
+    Json,
+}
+
+#[derive(Debug, Args)]
+pub struct OutputArgs {
+    /// Output format on stdout.
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum ProviderArg {
+    Local,
+    Aws,
+}
+
+impl From<ProviderArg> for ProviderKind {
+    fn from(value: ProviderArg) -> Self {
+        match value {
+            ProviderArg::Local => ProviderKind::Local,
+            ProviderArg::Aws => ProviderKind::Aws,
+        }
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct CreateArgs {
+    /// The fleet spec (a commonware deployer config, optionally with flotilla's keys).
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Where the fleet runs; overrides the spec's `provider` (default: aws).
+    #[arg(long, value_enum)]
+    pub provider: Option<ProviderArg>,
+    /// Re-create a tag that was destroyed.
+    #[arg(long)]
+    pub force: bool,
+    /// Machines handled at once.
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
+    pub concurrency: u64,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct UpdateArgs {
+    /// The fleet spec with the new version.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Must match the deployment's provider when given.
+    #[arg(long, value_enum)]
+    pub provider: Option<ProviderArg>,
+    /// Machines per batch, instead of the spec's `update` policy (1 = one at a time).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub concurrency: Option<u64>,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+/// A deployment, named by its spec or its tag.
+#[derive(Debug, Args)]
+#[group(required = true, multiple = false)]
+pub struct Target {
+    /// The fleet spec (only its tag is used).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// The deployment's tag.
+    #[arg(long)]
+    pub tag: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct TargetArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct StatusArgs {
+    #[command(flatten)]
+    pub target: Target,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct LogsArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The machine (e.g. `node-3`).
+    pub name: String,
+    /// Keep printing new lines as they are written.
+    #[arg(short, long)]
+    pub follow: bool,
+    /// Lines of history to print first.
+    #[arg(long, default_value_t = 100)]
+    pub lines: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ValidateArgs {
+    /// The fleet spec to check.
+    #[arg(long)]
+    pub config: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum SchemaKind {
+    /// The fleet spec.
+    #[default]
+    Fleet,
+    /// The agent's bootstrap config.
+    AgentBootstrap,
+    /// A manifest (one version of what a machine runs).
+    Manifest,
+}
+
+#[derive(Debug, Args)]
+pub struct SchemaArgs {
+    /// Which schema.
+    #[arg(value_enum, default_value_t)]
+    pub kind: SchemaKind,
+}
+
+#[derive(Debug, Args)]
+pub struct AgentArgs {
+    /// The agent's bootstrap config (JSON; see `flotilla schema agent-bootstrap`).
+    #[arg(long)]
+    pub bootstrap: PathBuf,
+}

@@ -1,0 +1,322 @@
+//! Dispatch: each subcommand resolves its inputs, calls a workflow of `flotilla_core` with the
+//! deployment's provider, and prints the result (stdout) or the error (stderr, and stdout as
+//! JSON with `--output json`).
+
+use std::io::Write;
+use std::path::Path;
+use std::process::ExitCode;
+
+use flotilla_core::CoreError;
+use flotilla_core::client::error_chain;
+use flotilla_core::error::exit;
+use flotilla_core::state::Home;
+use flotilla_core::workflows::{self, CreateRequest, DestroyOutcome, UpdateRequest};
+use flotilla_spec::{SpecDocument, SpecErrors};
+use tracing_subscriber::EnvFilter;
+
+use crate::cli::{Cli, Command, OutputFormat, SchemaKind, Target};
+use crate::output;
+use crate::progress::Bars;
+use crate::providers;
+
+/// How long agents have to answer after the local provider starts them.
+const LOCAL_AGENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Runs the command line; returns the exit status.
+pub fn run(cli: Cli) -> ExitCode {
+    match cli.command {
+        Command::Agent(args) => {
+            init_tracing(cli.verbose, "info");
+            run_agent(&args.bootstrap)
+        }
+        command => {
+            init_tracing(cli.verbose, "warn");
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(runtime) => runtime,
+                Err(error) => {
+                    report(
+                        &CoreError::Io(format!("cannot start the async runtime: {error}")),
+                        None,
+                    );
+                    return ExitCode::from(exit::ERROR);
+                }
+            };
+            let output = output_format(&command);
+            match runtime.block_on(dispatch(command)) {
+                Ok(code) => ExitCode::from(code),
+                Err(error) => {
+                    report(&error, output);
+                    ExitCode::from(error.exit_code())
+                }
+            }
+        }
+    }
+}
+
+fn init_tracing(verbose: u8, default_level: &str) {
+    let level = match verbose {
+        0 => default_level,
+        1 => "info",
+        2 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+fn output_format(command: &Command) -> Option<OutputFormat> {
+    match command {
+        Command::Create(a) => Some(a.output.output),
+        Command::Update(a) => Some(a.output.output),
+        Command::Destroy(a) => Some(a.output.output),
+        Command::Status(a) => Some(a.output.output),
+        Command::List(a) => Some(a.output),
+        Command::Validate(a) => Some(a.output.output),
+        _ => None,
+    }
+}
+
+/// Prints an error on stderr and, for `--output json`, as JSON on stdout.
+fn report(error: &CoreError, output: Option<OutputFormat>) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = match error {
+        CoreError::Invalid(errors) => writeln!(stderr, "{errors}"),
+        other => writeln!(stderr, "error: {}", error_chain(other)),
+    };
+    if output == Some(OutputFormat::Json) {
+        let failures = match error {
+            CoreError::Failed { failures, .. } => serde_json::to_value(failures).ok(),
+            CoreError::Invalid(errors) => serde_json::to_value(&errors.diagnostics).ok(),
+            _ => None,
+        };
+        let summary = match error {
+            CoreError::Failed { summary, .. } => summary.clone(),
+            other => error_chain(other),
+        };
+        output::print_json(&serde_json::json!({ "error": summary, "details": failures }));
+    }
+}
+
+fn run_agent(bootstrap: &Path) -> ExitCode {
+    // Detach from the starting process's session, so the agent outlives it and a terminal's
+    // signals. Fails harmlessly when already a session leader (e.g. under systemd).
+    let _ = rustix::process::setsid();
+    match flotilla_agent::run(bootstrap, flotilla_agent::Fetchers::default()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!("{}", error_chain(&error));
+            ExitCode::from(exit::ERROR)
+        }
+    }
+}
+
+fn load_spec(path: &Path) -> Result<SpecDocument, CoreError> {
+    let document = flotilla_spec::load_fleet_spec(path).map_err(CoreError::Invalid)?;
+    let mut stderr = std::io::stderr().lock();
+    for warning in &document.warnings {
+        let _ = writeln!(stderr, "{warning}");
+    }
+    Ok(document)
+}
+
+fn current_dir() -> Result<std::path::PathBuf, CoreError> {
+    std::env::current_dir()
+        .map_err(|e| CoreError::Io(format!("cannot read the current directory: {e}")))
+}
+
+/// The tag a `--config | --tag` target names.
+fn target_tag(target: &Target) -> Result<String, CoreError> {
+    match (&target.config, &target.tag) {
+        (_, Some(tag)) => Ok(tag.clone()),
+        (Some(config), None) => Ok(load_spec(config)?.spec.tag),
+        (None, None) => unreachable!("clap requires --config or --tag"),
+    }
+}
+
+async fn dispatch(command: Command) -> Result<u8, CoreError> {
+    let home = || Home::from_env().map_err(CoreError::from);
+    match command {
+        Command::Create(args) => {
+            let document = load_spec(&args.config)?;
+            let kind = document.spec.provider_kind(args.provider.map(Into::into));
+            let bars = Bars::new();
+            let rows = workflows::create(
+                &home()?,
+                CreateRequest {
+                    document: &document,
+                    provider: kind,
+                    force: args.force,
+                    concurrency: args.concurrency as usize,
+                    agent_timeout: LOCAL_AGENT_TIMEOUT,
+                    cwd: current_dir()?,
+                },
+                &bars,
+                |deployment| providers::make(kind, deployment),
+            )
+            .await?;
+            print_rows(&rows, args.output.output);
+            Ok(exit::OK)
+        }
+        Command::Update(args) => {
+            let document = load_spec(&args.config)?;
+            let bars = Bars::new();
+            let home = home()?;
+            let kind = home.open(&document.spec.tag)?.metadata()?.provider;
+            let rows = workflows::update(
+                &home,
+                UpdateRequest {
+                    document: &document,
+                    provider: args.provider.map(Into::into),
+                    batch_size: args.concurrency.map(|c| c as usize),
+                    cwd: current_dir()?,
+                },
+                &bars,
+                |deployment| providers::make(kind, deployment),
+            )
+            .await?;
+            print_rows(&rows, args.output.output);
+            Ok(exit::OK)
+        }
+        Command::Destroy(args) => {
+            let tag = target_tag(&args.target)?;
+            let home = home()?;
+            let kind = home.open(&tag)?.metadata()?.provider;
+            let bars = Bars::new();
+            let outcome =
+                workflows::destroy(&home, &tag, &bars, |d| providers::make(kind, d)).await?;
+            let state = match outcome {
+                DestroyOutcome::Destroyed => "destroyed",
+                DestroyOutcome::AlreadyDestroyed => "already-destroyed",
+            };
+            match args.output.output {
+                OutputFormat::Json => {
+                    output::print_json(&serde_json::json!({ "tag": tag, "result": state }))
+                }
+                OutputFormat::Table => {
+                    tracing::info!(tag, state, "destroy finished");
+                    let mut stderr = std::io::stderr().lock();
+                    let _ = writeln!(stderr, "deployment {tag}: {}", state.replace('-', " "));
+                }
+            }
+            Ok(exit::OK)
+        }
+        Command::Status(args) => {
+            let tag = target_tag(&args.target)?;
+            let home = home()?;
+            let kind = home.open(&tag)?.metadata()?.provider;
+            let rows = workflows::status(&home, &tag, workflows::DEFAULT_CONCURRENCY, |d| {
+                providers::make(kind, d)
+            })
+            .await?;
+            print_rows(&rows, args.output.output);
+            let healthy = rows.iter().all(|r| {
+                r.error.is_none() && matches!(r.health.as_deref(), Some("healthy") | Some("idle"))
+            });
+            Ok(if healthy { exit::OK } else { exit::FAILED })
+        }
+        Command::Logs(args) => {
+            let tag = target_tag(&args.target)?;
+            let home = home()?;
+            let kind = home.open(&tag)?.metadata()?.provider;
+            let mut stdout = std::io::stdout();
+            workflows::logs(&home, &tag, &args.name, args.lines, args.follow, &mut stdout, |d| {
+                providers::make(kind, d)
+            })
+            .await?;
+            Ok(exit::OK)
+        }
+        Command::List(args) => {
+            let found = workflows::list(&home()?)?;
+            let mut deployments = Vec::new();
+            for entry in found {
+                match entry {
+                    Ok(metadata) => deployments.push(metadata),
+                    Err(error) => tracing::warn!("skipping a deployment: {error}"),
+                }
+            }
+            match args.output {
+                OutputFormat::Json => output::print_json(&deployments),
+                OutputFormat::Table => output::print_list(&deployments),
+            }
+            Ok(exit::OK)
+        }
+        Command::Validate(args) => validate(&args.config, args.output.output),
+        Command::Schema(args) => {
+            let schema = match args.kind {
+                SchemaKind::Fleet => flotilla_spec::schema::fleet_schema(),
+                SchemaKind::AgentBootstrap => flotilla_spec::schema::bootstrap_schema(),
+                SchemaKind::Manifest => flotilla_spec::schema::manifest_schema(),
+            };
+            output::print_json(&schema);
+            Ok(exit::OK)
+        }
+        Command::Agent(_) => unreachable!("the agent runs without the CLI's runtime"),
+    }
+}
+
+fn print_rows(rows: &[workflows::StatusRow], format: OutputFormat) {
+    match format {
+        OutputFormat::Json => output::print_json(rows),
+        OutputFormat::Table => output::print_status(rows),
+    }
+}
+
+/// `validate`: the spec's own rules, then the files it names. Diagnostics are the output.
+fn validate(path: &Path, format: OutputFormat) -> Result<u8, CoreError> {
+    let result = flotilla_spec::load_fleet_spec(path).and_then(|document| {
+        let cwd = current_dir().map_err(|e| SpecErrors {
+            diagnostics: vec![flotilla_spec::Diagnostic::error(path, None, "", e.to_string())],
+        })?;
+        match workflows::check_files(&document, &cwd) {
+            Ok(()) => Ok(document),
+            Err(CoreError::Invalid(errors)) => Err(errors),
+            Err(other) => Err(SpecErrors {
+                diagnostics: vec![flotilla_spec::Diagnostic::error(
+                    path,
+                    None,
+                    "",
+                    other.to_string(),
+                )],
+            }),
+        }
+    });
+    let (valid, diagnostics) = match &result {
+        Ok(document) => (true, document.warnings.clone()),
+        Err(errors) => (false, errors.diagnostics.clone()),
+    };
+    match format {
+        OutputFormat::Json => output::print_json(&serde_json::json!({
+            "file": path,
+            "valid": valid,
+            "diagnostics": diagnostics,
+        })),
+        OutputFormat::Table => {
+            let mut stdout = std::io::stdout().lock();
+            for diagnostic in &diagnostics {
+                let _ = writeln!(stdout, "{diagnostic}");
+            }
+            let errors =
+                diagnostics.iter().filter(|d| d.severity == flotilla_spec::Severity::Error).count();
+            let warnings = diagnostics.len() - errors;
+            let _ = writeln!(
+                stdout,
+                "{}: {}",
+                path.display(),
+                if valid {
+                    format!("valid ({warnings} warning{})", if warnings == 1 { "" } else { "s" })
+                } else {
+                    format!(
+                        "{errors} error{}, {warnings} warning{}",
+                        if errors == 1 { "" } else { "s" },
+                        if warnings == 1 { "" } else { "s" }
+                    )
+                }
+            );
+        }
+    }
+    Ok(if valid { exit::OK } else { exit::ERROR })
+}

@@ -1,0 +1,133 @@
+//! What commands print on stdout: aligned tables for people, JSON for scripts.
+//!
+//! stdout carries only data; logs, progress and error messages go to stderr.
+
+#![allow(clippy::print_stdout)] // This module is where data is written to stdout.
+
+use std::io::Write;
+
+use flotilla_core::state::Metadata;
+use flotilla_core::workflows::StatusRow;
+use serde::Serialize;
+
+/// Prints rows as columns separated by two spaces, the header first.
+pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
+    for row in rows {
+        for (width, cell) in widths.iter_mut().zip(row) {
+            *width = (*width).max(cell.chars().count());
+        }
+    }
+    let mut out = std::io::stdout().lock();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
+        for (i, (cell, width)) in cells.zip(&widths).enumerate() {
+            if i > 0 {
+                text.push_str("  ");
+            }
+            text.push_str(cell);
+            text.extend(std::iter::repeat_n(' ', width.saturating_sub(cell.chars().count())));
+        }
+        let _ = writeln!(out, "{}", text.trim_end());
+    };
+    line(&mut header.iter().copied());
+    for row in rows {
+        line(&mut row.iter().map(String::as_str));
+    }
+}
+
+/// Prints a value as pretty JSON.
+pub fn print_json<T: Serialize + ?Sized>(value: &T) {
+    let json = serde_json::to_string_pretty(value).expect("output values serialize to JSON");
+    println!("{json}");
+}
+
+fn or_dash(value: Option<impl ToString>) -> String {
+    value.map(|v| v.to_string()).unwrap_or_else(|| "-".to_owned())
+}
+
+/// A duration in seconds as `3d4h`, `5h2m`, `4m10s` or `9s`.
+pub fn short_duration(seconds: u64) -> String {
+    let (d, h, m, s) = (seconds / 86400, seconds / 3600 % 24, seconds / 60 % 60, seconds % 60);
+    match (d, h, m) {
+        (0, 0, 0) => format!("{s}s"),
+        (0, 0, _) => format!("{m}m{s}s"),
+        (0, _, _) => format!("{h}h{m}m"),
+        _ => format!("{d}d{h}h"),
+    }
+}
+
+/// The `status` table.
+pub fn print_status(rows: &[StatusRow]) {
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            let note = row
+                .error
+                .clone()
+                .or_else(|| row.health_error.clone())
+                .or_else(|| {
+                    row.rollout.as_ref().and_then(|r| {
+                        r.reason.as_ref().map(|reason| {
+                            format!(
+                                "version {} {}: {reason}",
+                                flotilla_spec::manifest::short_version(&r.version),
+                                match r.phase {
+                                    flotilla_spec::api::RolloutPhase::RolledBack => "rolled back",
+                                    _ => "failed",
+                                }
+                            )
+                        })
+                    })
+                })
+                .unwrap_or_default();
+            vec![
+                row.name.clone(),
+                row.region.clone(),
+                row.ip.to_string(),
+                row.state.clone(),
+                or_dash(row.health.as_ref()),
+                or_dash(row.version.as_ref()),
+                or_dash(row.restarts),
+                or_dash(row.uptime_secs.map(short_duration)),
+                note,
+            ]
+        })
+        .collect();
+    print_table(
+        &["NAME", "REGION", "IP", "STATE", "HEALTH", "VERSION", "RESTARTS", "UPTIME", "NOTE"],
+        &table,
+    );
+}
+
+/// The `list` table.
+pub fn print_list(deployments: &[Metadata]) {
+    let rows: Vec<Vec<String>> = deployments
+        .iter()
+        .map(|m| {
+            let created = std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.created_at);
+            vec![
+                m.tag.clone(),
+                m.provider.to_string(),
+                humantime::format_rfc3339_seconds(created).to_string(),
+                m.instance_count.to_string(),
+                m.status.as_str().to_owned(),
+                m.regions.join(","),
+            ]
+        })
+        .collect();
+    print_table(&["TAG", "PROVIDER", "CREATED", "INSTANCES", "STATE", "REGIONS"], &rows);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_are_short() {
+        assert_eq!(short_duration(9), "9s");
+        assert_eq!(short_duration(250), "4m10s");
+        assert_eq!(short_duration(3 * 3600 + 120), "3h2m");
+        assert_eq!(short_duration(2 * 86400 + 3600), "2d1h");
+    }
+}

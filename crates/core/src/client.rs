@@ -1,0 +1,200 @@
+//! The CLI's client for agents' mTLS API.
+//!
+//! It trusts only the deployment CA, presents the CLI's client certificate, and addresses each
+//! agent by the DNS name in its certificate (`<name>.<tag>.flotilla`) while connecting to the
+//! endpoint the provider reports. So an agent that presents another machine's certificate, or
+//! one from another deployment, is refused even when it answers on the expected address.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes_stream::BytesStream;
+use flotilla_spec::Manifest;
+use flotilla_spec::api::{AgentStatus, ApiError, ApplyResponse, Request};
+use flotilla_spec::identity::agent_dns_name;
+
+use crate::pki::{self, IssuedCert, PkiError};
+use crate::provider::Machine;
+
+/// How long a connection attempt may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+/// How long a request other than a followed log may take.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("no machine named `{0}` in this deployment")]
+    UnknownMachine(String),
+    #[error("agent on {name} ({endpoint}) is unreachable: {detail}")]
+    Unreachable { name: String, endpoint: SocketAddr, detail: String },
+    #[error("agent on {name} refused the request ({status}): {message}")]
+    Refused { name: String, status: u16, message: String },
+    #[error("agent on {name} sent an answer that could not be read: {detail}")]
+    BadAnswer { name: String, detail: String },
+    #[error(transparent)]
+    Pki(#[from] PkiError),
+    #[error("could not build the HTTPS client: {0}")]
+    Build(String),
+}
+
+impl ClientError {
+    /// The agent answered, refusing (HTTP 4xx/5xx), as opposed to not answering at all.
+    pub fn is_refusal(&self) -> bool {
+        matches!(self, ClientError::Refused { .. })
+    }
+}
+
+/// Renders an error with its chain of causes: `a: b: c`.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}
+
+/// A client for every agent of one deployment.
+#[derive(Clone, Debug)]
+pub struct AgentClient {
+    http: reqwest::Client,
+    tag: String,
+    endpoints: HashMap<String, SocketAddr>,
+}
+
+impl AgentClient {
+    pub fn new(
+        tag: &str,
+        ca_pem: &str,
+        identity: &IssuedCert,
+        machines: &[Machine],
+    ) -> Result<AgentClient, ClientError> {
+        let tls = pki::client_config(ca_pem, identity)?;
+        let mut builder = reqwest::Client::builder()
+            .use_preconfigured_tls(tls)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .pool_idle_timeout(Duration::from_secs(30))
+            .no_proxy();
+        let mut endpoints = HashMap::new();
+        for machine in machines {
+            builder = builder.resolve(&agent_dns_name(&machine.name, tag), machine.agent_endpoint);
+            endpoints.insert(machine.name.clone(), machine.agent_endpoint);
+        }
+        let http = builder.build().map_err(|e| ClientError::Build(error_chain(&e)))?;
+        Ok(AgentClient { http, tag: tag.to_owned(), endpoints })
+    }
+
+    fn endpoint(&self, name: &str) -> Result<SocketAddr, ClientError> {
+        self.endpoints.get(name).copied().ok_or_else(|| ClientError::UnknownMachine(name.into()))
+    }
+
+    async fn send(
+        &self,
+        name: &str,
+        request: &Request,
+        timeout: Option<Duration>,
+    ) -> Result<reqwest::Response, ClientError> {
+        let endpoint = self.endpoint(name)?;
+        let (method, path, body) = request.to_http();
+        let url = format!("https://{}:{}{path}", agent_dns_name(name, &self.tag), endpoint.port());
+        let method = reqwest::Method::from_bytes(method.as_bytes()).expect("API methods are valid");
+        let mut builder = self.http.request(method, url);
+        if let Some(timeout) = timeout {
+            builder = builder.timeout(timeout);
+        }
+        if let Some(body) = body {
+            builder = builder.header("content-type", "application/json").body(body);
+        }
+        let response = builder.send().await.map_err(|e| ClientError::Unreachable {
+            name: name.to_owned(),
+            endpoint,
+            detail: error_chain(&e),
+        })?;
+        let status = response.status();
+        if status.is_success() {
+            return Ok(response);
+        }
+        let text = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ApiError>(&text).map(|e| e.error).unwrap_or(text);
+        Err(ClientError::Refused { name: name.to_owned(), status: status.as_u16(), message })
+    }
+
+    async fn json<T: serde::de::DeserializeOwned>(
+        &self,
+        name: &str,
+        request: &Request,
+    ) -> Result<T, ClientError> {
+        let response = self.send(name, request, Some(REQUEST_TIMEOUT)).await?;
+        let bytes = response.bytes().await.map_err(|e| ClientError::BadAnswer {
+            name: name.to_owned(),
+            detail: error_chain(&e),
+        })?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::BadAnswer { name: name.to_owned(), detail: e.to_string() })
+    }
+
+    pub async fn status(&self, name: &str) -> Result<AgentStatus, ClientError> {
+        self.json(name, &Request::Status).await
+    }
+
+    pub async fn apply(
+        &self,
+        name: &str,
+        manifest: &Manifest,
+    ) -> Result<ApplyResponse, ClientError> {
+        self.json(name, &Request::ApplyManifest(Box::new(manifest.clone()))).await
+    }
+
+    pub async fn restart(&self, name: &str) -> Result<(), ClientError> {
+        self.send(name, &Request::Restart, Some(REQUEST_TIMEOUT)).await.map(drop)
+    }
+
+    pub async fn stop(&self, name: &str) -> Result<(), ClientError> {
+        self.send(name, &Request::Stop, Some(REQUEST_TIMEOUT)).await.map(drop)
+    }
+
+    /// The last `lines` lines of the binary's log and, with `follow`, every new line until the
+    /// returned stream is dropped.
+    pub async fn logs(
+        &self,
+        name: &str,
+        lines: usize,
+        follow: bool,
+    ) -> Result<BytesStream, ClientError> {
+        let timeout = if follow { None } else { Some(REQUEST_TIMEOUT) };
+        let response = self.send(name, &Request::Logs { lines, follow }, timeout).await?;
+        Ok(BytesStream::new(name, response))
+    }
+}
+
+mod bytes_stream {
+    //! A log stream from an agent, chunk by chunk.
+
+    use super::{ClientError, error_chain};
+
+    /// Chunks of a log answer.
+    #[derive(Debug)]
+    pub struct BytesStream {
+        name: String,
+        response: reqwest::Response,
+    }
+
+    impl BytesStream {
+        pub(super) fn new(name: &str, response: reqwest::Response) -> Self {
+            BytesStream { name: name.to_owned(), response }
+        }
+
+        /// The next chunk, `None` at the end.
+        pub async fn next_chunk(&mut self) -> Result<Option<Vec<u8>>, ClientError> {
+            self.response.chunk().await.map(|c| c.map(|c| c.to_vec())).map_err(|e| {
+                ClientError::BadAnswer { name: self.name.clone(), detail: error_chain(&e) }
+            })
+        }
+    }
+}

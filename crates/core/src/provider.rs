@@ -1,0 +1,147 @@
+//! The interface between the workflows and where machines run (`local`, `aws`).
+//!
+//! A provider makes machines exist and tells where they are; everything that happens on a
+//! machine goes through its agent, the same way under every provider. The workflows call a
+//! provider in this order:
+//!
+//! 1. [`Provider::prepare`]: shared resources (addresses, network, security groups, buckets,
+//!    roles). Idempotent.
+//! 2. [`Provider::launch`]: machines that do not exist are started, those that do are adopted;
+//!    each boots an agent that waits for its identity.
+//! 3. [`Provider::install_identity`]: the machine's key and certificate (issued by the workflow
+//!    once the machine's addresses are known), stored where only that machine can read it.
+//! 4. [`Provider::publish`]: artifacts, content-addressed, where agents can fetch them.
+//! 5. [`Provider::machines`] at any time; [`Provider::destroy`] at the end.
+//!
+//! Architecture Invariant: every method is safe to call again after a crash at any point: it
+//! finds what exists (by its records or tags) and creates nothing twice.
+
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::path::PathBuf;
+
+use flotilla_spec::identity::IdentityBundle;
+
+use crate::plan::DeploymentPlan;
+use crate::progress::Progress;
+
+/// A provider's failure, with the context that helps.
+#[derive(Debug, thiserror::Error)]
+#[error("{message}")]
+pub struct ProviderError {
+    pub message: String,
+    #[source]
+    pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
+}
+
+impl ProviderError {
+    pub fn new(message: impl Into<String>) -> Self {
+        ProviderError { message: message.into(), source: None }
+    }
+
+    pub fn with_source(
+        message: impl Into<String>,
+        source: impl std::error::Error + Send + Sync + 'static,
+    ) -> Self {
+        ProviderError { message: message.into(), source: Some(Box::new(source)) }
+    }
+}
+
+/// What a machine is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Runs the user's binary.
+    Binary,
+    /// The monitoring instance.
+    Monitoring,
+}
+
+/// A machine's lifecycle as the provider sees it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MachineState {
+    /// Launched, not running yet.
+    Pending,
+    Running,
+    /// Its agent (local) or instance (cloud) is stopped.
+    Stopped,
+    ShuttingDown,
+    Terminated,
+}
+
+impl MachineState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MachineState::Pending => "pending",
+            MachineState::Running => "running",
+            MachineState::Stopped => "stopped",
+            MachineState::ShuttingDown => "shutting-down",
+            MachineState::Terminated => "terminated",
+        }
+    }
+}
+
+/// A machine of the deployment.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct Machine {
+    pub name: String,
+    pub role: Role,
+    pub region: String,
+    /// The provider's id (an EC2 instance id; the agent's directory name locally).
+    pub id: String,
+    /// The address hosts.yaml gives for the machine.
+    pub public_ip: IpAddr,
+    pub private_ip: IpAddr,
+    /// Where the CLI reaches the agent's API.
+    pub agent_endpoint: SocketAddr,
+    pub state: MachineState,
+}
+
+/// An artifact on this machine, to be published for agents.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LocalArtifact {
+    pub path: PathBuf,
+    pub sha256: String,
+    pub size: u64,
+}
+
+/// A place machines run. See the module documentation for the call order.
+pub trait Provider: Sync {
+    /// Creates or adopts the resources the machines share.
+    fn prepare(
+        &self,
+        plan: &DeploymentPlan,
+        progress: &dyn Progress,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+
+    /// Starts the machines of `plan` that do not exist and adopts those that do. Returns every
+    /// machine of the plan, in plan order, once each is running with its addresses known.
+    fn launch(
+        &self,
+        plan: &DeploymentPlan,
+        progress: &dyn Progress,
+    ) -> impl Future<Output = Result<Vec<Machine>, ProviderError>> + Send;
+
+    /// Stores `bundle` where only `machine` can read it; its agent is waiting for it.
+    fn install_identity(
+        &self,
+        machine: &Machine,
+        bundle: &IdentityBundle,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+
+    /// Stores an artifact once per digest; returns the URL agents fetch it from.
+    fn publish(
+        &self,
+        artifact: &LocalArtifact,
+    ) -> impl Future<Output = Result<String, ProviderError>> + Send;
+
+    /// The deployment's machines that exist now (not terminated).
+    fn machines(&self) -> impl Future<Output = Result<Vec<Machine>, ProviderError>> + Send;
+
+    /// Removes every machine and resource of the deployment. Idempotent.
+    fn destroy(
+        &self,
+        progress: &dyn Progress,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+}

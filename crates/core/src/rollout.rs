@@ -1,0 +1,153 @@
+//! Rolling a version out to machines: batch planning (pure) and the apply-and-wait loop.
+//!
+//! The agent does the work on each machine (download, verify, swap, health gate, rollback);
+//! this module decides the order and waits for each agent's verdict. The waiting has a written
+//! schedule: status polls start at 100 ms and grow by half up to 1 s, with ±20 % jitter, until
+//! the agent reports an outcome or the deadline (the health deadline plus
+//! [`DOWNLOAD_ALLOWANCE`]) passes.
+
+use std::time::Duration;
+
+use flotilla_spec::Manifest;
+use flotilla_spec::api::{ApplyResponse, RolloutPhase};
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::client::{AgentClient, ClientError};
+use crate::error::MachineFailure;
+
+/// Time an agent has to download and verify artifacts, on top of the health deadline.
+pub const DOWNLOAD_ALLOWANCE: Duration = Duration::from_secs(120);
+const FIRST_POLL: Duration = Duration::from_millis(100);
+const LONGEST_POLL: Duration = Duration::from_secs(1);
+
+/// Splits machine names into batches of at most `batch` (at least one per batch), in order.
+pub fn plan_batches(names: &[String], batch: usize) -> Vec<Vec<String>> {
+    names.chunks(batch.max(1)).map(<[String]>::to_vec).collect()
+}
+
+/// A poll schedule: 100 ms growing by half up to 1 s, each ±20 % jitter.
+#[derive(Debug)]
+pub struct PollSchedule {
+    next: Duration,
+}
+
+impl Default for PollSchedule {
+    fn default() -> Self {
+        PollSchedule { next: FIRST_POLL }
+    }
+}
+
+impl PollSchedule {
+    /// The next delay.
+    pub fn next_delay(&mut self) -> Duration {
+        let base = self.next;
+        self.next = (self.next * 3 / 2).min(LONGEST_POLL);
+        let jitter = rand::rng().random_range(0.8..1.2);
+        base.mul_f64(jitter)
+    }
+}
+
+/// How one machine's rollout ended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Applied {
+    /// The machine already ran this version.
+    Unchanged,
+    /// The machine now runs this version, healthy.
+    Updated,
+}
+
+/// Asks `name`'s agent to run `manifest` and waits for its verdict.
+pub async fn apply_and_wait(
+    client: &AgentClient,
+    name: &str,
+    manifest: &Manifest,
+) -> Result<Applied, MachineFailure> {
+    let version = manifest.version();
+    let deadline = Instant::now() + manifest.health_deadline + DOWNLOAD_ALLOWANCE;
+    let failure = |reason: String| MachineFailure {
+        name: name.to_owned(),
+        reason,
+        log_tail: Vec::new(),
+        rolled_back: false,
+    };
+    let mut schedule = PollSchedule::default();
+    // Apply, retrying while the agent is unreachable or busy with another rollout.
+    loop {
+        match client.apply(name, manifest).await {
+            Ok(ApplyResponse::Unchanged { .. }) => return Ok(Applied::Unchanged),
+            Ok(ApplyResponse::Accepted { .. }) => break,
+            Err(error @ ClientError::Refused { status, .. }) if status != 409 => {
+                return Err(failure(error.to_string()));
+            }
+            Err(error) => {
+                if Instant::now() >= deadline {
+                    return Err(failure(format!("could not hand the new version over: {error}")));
+                }
+                tracing::debug!(machine = name, %error, "apply not accepted yet; retrying");
+            }
+        }
+        tokio::time::sleep(schedule.next_delay()).await;
+    }
+    let mut schedule = PollSchedule::default();
+    loop {
+        tokio::time::sleep(schedule.next_delay()).await;
+        let last_error = match client.status(name).await {
+            Ok(status) => match status.rollout.filter(|r| r.version == version) {
+                Some(rollout) if rollout.phase == RolloutPhase::Healthy => {
+                    return Ok(Applied::Updated);
+                }
+                Some(rollout) if rollout.phase.is_done() => {
+                    return Err(MachineFailure {
+                        name: name.to_owned(),
+                        reason: rollout
+                            .reason
+                            .unwrap_or_else(|| "the new version failed".to_owned()),
+                        rolled_back: rollout.phase == RolloutPhase::RolledBack,
+                        log_tail: rollout.log_tail,
+                    });
+                }
+                // Not started or still under way.
+                _ => None,
+            },
+            Err(error) => Some(error),
+        };
+        if Instant::now() >= deadline {
+            let detail = last_error.map(|e| format!(": {e}")).unwrap_or_default();
+            return Err(failure(format!(
+                "no verdict from the agent within {}{detail}",
+                humantime::format_duration(manifest.health_deadline + DOWNLOAD_ALLOWANCE)
+            )));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn names(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("n-{i}")).collect()
+    }
+
+    #[test]
+    fn batches_keep_order_and_cover_everything() {
+        let batches = plan_batches(&names(5), 2);
+        assert_eq!(batches.len(), 3);
+        assert_eq!(batches[0], ["n-0", "n-1"]);
+        assert_eq!(batches[2], ["n-4"]);
+        assert_eq!(plan_batches(&names(3), 0).len(), 3, "a zero batch means one at a time");
+        assert!(plan_batches(&[], 4).is_empty());
+    }
+
+    #[test]
+    fn poll_schedule_grows_to_its_cap_with_bounded_jitter() {
+        let mut schedule = PollSchedule::default();
+        let delays: Vec<Duration> = (0..12).map(|_| schedule.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(80) && delays[0] <= Duration::from_millis(120));
+        for delay in &delays {
+            assert!(*delay <= LONGEST_POLL.mul_f64(1.2), "{delay:?}");
+        }
+        assert!(delays[11] >= LONGEST_POLL.mul_f64(0.8));
+    }
+}

@@ -1,0 +1,285 @@
+//! The commands' workflows, one file each, generic over the [`Provider`].
+//!
+//! They share the steps in this file: checking the files a spec names, issuing identities,
+//! publishing artifacts and building each machine's manifest, and waiting for agents.
+
+mod create;
+mod destroy;
+mod list;
+mod status;
+mod update;
+
+use std::collections::{BTreeMap, HashMap};
+use std::net::IpAddr;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+pub use create::{CreateRequest, create};
+pub use destroy::{DestroyOutcome, destroy};
+use flotilla_spec::diagnostic::{Diagnostic, Severity, SpecErrors};
+use flotilla_spec::fleet::resolve_path;
+use flotilla_spec::identity::IdentityBundle;
+use flotilla_spec::{Artifact, FleetSpec, Manifest, SpecDocument};
+use futures_util::StreamExt;
+pub use list::list;
+pub use status::{StatusRow, logs, status};
+use tokio::time::Instant;
+pub use update::{UpdateRequest, update};
+
+use crate::artifacts::{HostEntry, hash_file, render_hosts_yaml};
+use crate::client::{AgentClient, ClientError};
+use crate::error::CoreError;
+use crate::pki::CertificateAuthority;
+use crate::progress::Progress;
+use crate::provider::{LocalArtifact, Machine, Provider, Role};
+use crate::rollout::PollSchedule;
+use crate::state::Deployment;
+
+/// Requests in flight at once when a command talks to many agents.
+pub const DEFAULT_CONCURRENCY: usize = 128;
+
+/// Checks what the spec names on this machine: the files exist and the binary is executable.
+/// Every problem is reported, at the line of the field that names the file.
+pub fn check_files(document: &SpecDocument, cwd: &Path) -> Result<(), CoreError> {
+    let spec = &document.spec;
+    let mut diagnostics = Vec::new();
+    let mut check = |field: String, path: &str, executable: bool| {
+        let resolved = resolve_path(cwd, path);
+        let problem = match fs_err::metadata(&resolved) {
+            Err(_) => Some((
+                format!("{} does not exist", resolved.display()),
+                "build it, or fix the path (relative paths start at the current directory, as in the deployer)",
+            )),
+            Ok(meta) if !meta.is_file() => {
+                Some((format!("{} is not a file", resolved.display()), "point it at a file"))
+            }
+            Ok(meta) if executable && meta.permissions().mode() & 0o111 == 0 => Some((
+                format!("{} is not executable", resolved.display()),
+                "chmod +x it, or point at the built binary",
+            )),
+            Ok(_) => None,
+        };
+        if let Some((message, help)) = problem {
+            diagnostics.push(document.diagnostic(Severity::Error, &field, message).with_help(help));
+        }
+    };
+    check("monitoring.dashboard".to_owned(), &spec.monitoring.dashboard, false);
+    for (index, instance) in spec.instances.iter().enumerate() {
+        check(format!("instances[{index}].binary"), &instance.binary, true);
+        check(format!("instances[{index}].config"), &instance.config, false);
+    }
+    if diagnostics.is_empty() {
+        return Ok(());
+    }
+    diagnostics.extend(document.warnings.iter().cloned());
+    diagnostics.sort_by_key(|d| d.location);
+    Err(CoreError::Invalid(SpecErrors { diagnostics }))
+}
+
+/// Issues each machine's identity and installs it (concurrently, `concurrency` at a time).
+async fn install_identities<P: Provider>(
+    provider: &P,
+    ca: &CertificateAuthority,
+    tag: &str,
+    machines: &[Machine],
+    concurrency: usize,
+    progress: &dyn Progress,
+) -> Result<(), CoreError> {
+    let stage = progress.stage("issuing identities", machines.len() as u64);
+    let mut installs = futures_util::stream::iter(machines.iter().map(|machine| async move {
+        let addresses: Vec<IpAddr> = vec![machine.public_ip, machine.private_ip];
+        let issued = ca.issue_agent(&machine.name, tag, &addresses)?;
+        let bundle = IdentityBundle {
+            name: machine.name.clone(),
+            tag: tag.to_owned(),
+            region: machine.region.clone(),
+            public_ip: machine.public_ip,
+            private_ip: machine.private_ip,
+            ca_cert: ca.cert_pem().to_owned(),
+            cert: issued.cert_pem,
+            key: issued.key_pem,
+        };
+        provider.install_identity(machine, &bundle).await?;
+        Ok::<(), CoreError>(())
+    }))
+    .buffer_unordered(concurrency.max(1));
+    while let Some(result) = installs.next().await {
+        result?;
+        stage.advance(1);
+    }
+    Ok(())
+}
+
+/// Waits until every machine's agent answers `Status`, or says which did not within `timeout`.
+async fn wait_for_agents(
+    client: &AgentClient,
+    machines: &[Machine],
+    timeout: Duration,
+    concurrency: usize,
+    progress: &dyn Progress,
+) -> Result<(), CoreError> {
+    let stage = progress.stage("waiting for agents", machines.len() as u64);
+    let deadline = Instant::now() + timeout;
+    let mut waits = futures_util::stream::iter(machines.iter().map(|machine| async move {
+        let mut schedule = PollSchedule::default();
+        loop {
+            match client.status(&machine.name).await {
+                Ok(_) => return Ok(()),
+                Err(error) if Instant::now() >= deadline => return Err(error),
+                Err(error @ ClientError::Refused { .. }) => return Err(error),
+                Err(_) => tokio::time::sleep(schedule.next_delay()).await,
+            }
+        }
+    }))
+    .buffer_unordered(concurrency.max(1));
+    let mut failures = Vec::new();
+    while let Some(result) = waits.next().await {
+        match result {
+            Ok(()) => stage.advance(1),
+            Err(error) => failures.push(error),
+        }
+    }
+    if failures.is_empty() {
+        return Ok(());
+    }
+    let count = failures.len();
+    Err(CoreError::Failed {
+        summary: format!(
+            "{count} agent{} did not answer within {}",
+            if count == 1 { "" } else { "s" },
+            humantime::format_duration(timeout)
+        ),
+        failures: failures
+            .into_iter()
+            .map(|error| crate::error::MachineFailure {
+                name: match &error {
+                    ClientError::Unreachable { name, .. }
+                    | ClientError::Refused { name, .. }
+                    | ClientError::BadAnswer { name, .. } => name.clone(),
+                    _ => String::new(),
+                },
+                reason: error.to_string(),
+                log_tail: Vec::new(),
+                rolled_back: false,
+            })
+            .collect(),
+    })
+}
+
+/// The manifests of the binary machines, after publishing every artifact they need once.
+async fn build_manifests<P: Provider>(
+    provider: &P,
+    deployment: &Deployment,
+    spec: &FleetSpec,
+    cwd: &Path,
+    machines: &[Machine],
+    progress: &dyn Progress,
+) -> Result<BTreeMap<String, Manifest>, CoreError> {
+    let monitoring = machines
+        .iter()
+        .find(|m| m.role == Role::Monitoring)
+        .ok_or_else(|| CoreError::Refused("the provider reported no monitoring machine".into()))?;
+    let hosts: Vec<HostEntry> = machines
+        .iter()
+        .filter(|m| m.role == Role::Binary)
+        .map(|m| HostEntry { name: m.name.clone(), region: m.region.clone(), ip: m.public_ip })
+        .collect();
+    let hosts_yaml = render_hosts_yaml(monitoring.public_ip, monitoring.private_ip, &hosts);
+    deployment.write_file("hosts.yaml", hosts_yaml.as_bytes())?;
+    let hosts_artifact = hash_file(&deployment.dir().join("hosts.yaml"))?;
+
+    // Hash each distinct file once (many replicas share one binary).
+    let mut paths: Vec<PathBuf> = Vec::new();
+    for instance in &spec.instances {
+        for path in [&instance.binary, &instance.config] {
+            let resolved = resolve_path(cwd, path);
+            if !paths.contains(&resolved) {
+                paths.push(resolved);
+            }
+        }
+    }
+    let hashed = tokio::task::spawn_blocking(move || {
+        paths.into_iter().map(|p| hash_file(&p)).collect::<Result<Vec<_>, _>>()
+    })
+    .await
+    .map_err(|e| CoreError::Io(format!("hashing artifacts: {e}")))??;
+    let mut by_path: HashMap<PathBuf, LocalArtifact> =
+        hashed.into_iter().map(|a| (a.path.clone(), a)).collect();
+    by_path.insert(hosts_artifact.path.clone(), hosts_artifact.clone());
+
+    // Publish each distinct digest once.
+    let mut by_digest: BTreeMap<String, LocalArtifact> = BTreeMap::new();
+    for artifact in by_path.values() {
+        by_digest.entry(artifact.sha256.clone()).or_insert_with(|| artifact.clone());
+    }
+    let stage = progress.stage("publishing artifacts", by_digest.len() as u64);
+    let mut urls: HashMap<String, String> = HashMap::new();
+    for (digest, artifact) in &by_digest {
+        let url = provider.publish(artifact).await?;
+        urls.insert(digest.clone(), url);
+        stage.advance(1);
+    }
+    drop(stage);
+    let artifact_for = |artifact: &LocalArtifact| Artifact {
+        url: urls[&artifact.sha256].clone(),
+        sha256: artifact.sha256.clone(),
+        size: artifact.size,
+    };
+
+    let mut manifests = BTreeMap::new();
+    let nodes = spec.nodes();
+    for machine in machines.iter().filter(|m| m.role == Role::Binary) {
+        let Some((_, index)) = nodes.iter().find(|(name, _)| *name == machine.name) else {
+            continue;
+        };
+        let instance = &spec.instances[*index];
+        let binary = &by_path[&resolve_path(cwd, &instance.binary)];
+        let config = &by_path[&resolve_path(cwd, &instance.config)];
+        manifests.insert(
+            machine.name.clone(),
+            Manifest {
+                binary: artifact_for(binary),
+                config: artifact_for(config),
+                hosts: artifact_for(&hosts_artifact),
+                args: instance.args.clone(),
+                env: instance.env.clone(),
+                health: instance.health.clone(),
+                restart: instance.restart,
+                health_deadline: spec.update.health_deadline(),
+            },
+        );
+    }
+    Ok(manifests)
+}
+
+/// Builds a client for the deployment's agents.
+fn connect(deployment: &Deployment, machines: &[Machine]) -> Result<AgentClient, CoreError> {
+    let (ca_pem, identity) = deployment.client_credentials()?;
+    Ok(AgentClient::new(deployment.tag(), &ca_pem, &identity, machines)?)
+}
+
+/// The manifests machines run, as recorded after the last successful rollout of each.
+const MANIFESTS_FILE: &str = "manifests.json";
+
+fn saved_manifests(deployment: &Deployment) -> Result<BTreeMap<String, Manifest>, CoreError> {
+    Ok(deployment.read_json(MANIFESTS_FILE)?.unwrap_or_default())
+}
+
+fn save_spec(deployment: &Deployment, document: &SpecDocument) -> Result<(), CoreError> {
+    let source = fs_err::read(&document.path)?;
+    deployment.write_file("spec.yaml", &source)?;
+    Ok(())
+}
+
+/// Diagnostics of a spec that was refused for a reason outside the file's syntax.
+pub fn spec_refusal(
+    document: &SpecDocument,
+    field: &str,
+    message: String,
+    help: &str,
+) -> CoreError {
+    let diagnostic: Diagnostic =
+        document.diagnostic(Severity::Error, field, message).with_help(help.to_owned());
+    CoreError::Invalid(SpecErrors { diagnostics: vec![diagnostic] })
+}

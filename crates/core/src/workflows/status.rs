@@ -1,0 +1,146 @@
+//! `status` and `logs`: what each machine runs and how it is doing, asked of its agent.
+
+use std::io::Write;
+use std::net::IpAddr;
+
+use flotilla_spec::api::{AgentStatus, Rollout};
+use futures_util::StreamExt;
+use serde::Serialize;
+
+use super::connect;
+use crate::client::{AgentClient, ClientError};
+use crate::error::CoreError;
+use crate::provider::{Machine, Provider, ProviderError, Role};
+use crate::state::{Deployment, Home};
+
+/// One machine's status, as `status` prints it (`--output json` prints these fields).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+pub struct StatusRow {
+    pub name: String,
+    pub role: Role,
+    pub region: String,
+    /// The address hosts.yaml gives for the machine.
+    pub ip: IpAddr,
+    pub private_ip: IpAddr,
+    /// The machine's state: the provider's (`pending`, `running`, …) or `unreachable` when it
+    /// runs but its agent does not answer.
+    pub state: String,
+    /// The binary's state as its agent reports it: `idle`, `starting`, `healthy`,
+    /// `unhealthy`, `crash-looping`, `stopped`.
+    pub health: Option<String>,
+    /// The installed version id (first 12 hex digits).
+    pub version: Option<String>,
+    pub restarts: Option<u64>,
+    pub pid: Option<u32>,
+    pub uptime_secs: Option<u64>,
+    /// The last failed health check, while not healthy.
+    pub health_error: Option<String>,
+    /// The last rollout the agent ran.
+    pub rollout: Option<Rollout>,
+    /// Why the agent could not be asked.
+    pub error: Option<String>,
+}
+
+impl StatusRow {
+    fn new(machine: &Machine, answer: Result<AgentStatus, ClientError>) -> StatusRow {
+        let mut row = StatusRow {
+            name: machine.name.clone(),
+            role: machine.role,
+            region: machine.region.clone(),
+            ip: machine.public_ip,
+            private_ip: machine.private_ip,
+            state: machine.state.as_str().to_owned(),
+            health: None,
+            version: None,
+            restarts: None,
+            pid: None,
+            uptime_secs: None,
+            health_error: None,
+            rollout: None,
+            error: None,
+        };
+        match answer {
+            Ok(status) => {
+                row.health = Some(status.state.as_str().to_owned());
+                row.version =
+                    status.version.map(|v| flotilla_spec::manifest::short_version(&v).to_owned());
+                row.restarts = Some(status.restarts);
+                row.pid = status.pid;
+                row.uptime_secs = status.uptime_secs;
+                row.health_error = status.health_error;
+                row.rollout = status.rollout;
+            }
+            Err(error) => {
+                if machine.state == crate::provider::MachineState::Running {
+                    row.state = "unreachable".to_owned();
+                }
+                row.error = Some(error.to_string());
+            }
+        }
+        row
+    }
+}
+
+/// Asks every machine's agent for its status, `concurrency` at a time, in machine order.
+pub(super) async fn rows(
+    client: &AgentClient,
+    machines: &[Machine],
+    concurrency: usize,
+) -> Result<Vec<StatusRow>, CoreError> {
+    let answers: Vec<StatusRow> = futures_util::stream::iter(
+        machines
+            .iter()
+            .map(|machine| async { StatusRow::new(machine, client.status(&machine.name).await) }),
+    )
+    .buffered(concurrency.max(1))
+    .collect()
+    .await;
+    Ok(answers)
+}
+
+/// The status of every machine of deployment `tag`.
+pub async fn status<P: Provider>(
+    home: &Home,
+    tag: &str,
+    concurrency: usize,
+    make_provider: impl FnOnce(&Deployment) -> Result<P, ProviderError>,
+) -> Result<Vec<StatusRow>, CoreError> {
+    let deployment = home.open(tag)?;
+    let provider = make_provider(&deployment)?;
+    let machines = provider.machines().await?;
+    if machines.is_empty() {
+        return Ok(Vec::new());
+    }
+    let client = connect(&deployment, &machines)?;
+    rows(&client, &machines, concurrency).await
+}
+
+/// Writes machine `name`'s log to `out`: the last `lines` lines, then with `follow` every new
+/// line until the agent closes the stream.
+pub async fn logs<P: Provider>(
+    home: &Home,
+    tag: &str,
+    name: &str,
+    lines: usize,
+    follow: bool,
+    out: &mut (dyn Write + Send),
+    make_provider: impl FnOnce(&Deployment) -> Result<P, ProviderError>,
+) -> Result<(), CoreError> {
+    let deployment = home.open(tag)?;
+    let provider = make_provider(&deployment)?;
+    let machines = provider.machines().await?;
+    let Some(machine) = machines.iter().find(|m| m.name == name) else {
+        let known: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+        return Err(CoreError::Refused(format!(
+            "no machine named `{name}` in deployment `{tag}`; its machines are: {}",
+            known.join(", ")
+        )));
+    };
+    let client = connect(&deployment, std::slice::from_ref(machine))?;
+    let mut stream = client.logs(name, lines, follow).await?;
+    while let Some(chunk) = stream.next_chunk().await? {
+        out.write_all(&chunk)?;
+        out.flush()?;
+    }
+    Ok(())
+}
