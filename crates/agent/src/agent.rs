@@ -123,9 +123,9 @@ impl Agent {
                 return Ok(ApplyResponse::Accepted { version });
             }
             return Err(Refusal::Conflict(format!(
-                "a rollout to version {} is under way (phase {:?}); apply again when it is done",
+                "a rollout to version {} is under way (phase {}); apply again when it is done",
                 short_version(&current.version),
-                current.phase
+                phase_name(current.phase)
             )));
         }
         let installed = lock(&self.state).installed.clone();
@@ -459,11 +459,22 @@ impl Agent {
 fn refuse_during_rollout(slot: &RolloutSlot, what: &str) -> Result<(), Refusal> {
     match slot.last.as_ref().filter(|_| slot.under_way) {
         Some(rollout) => Err(Refusal::Conflict(format!(
-            "cannot {what} while the rollout to version {} is under way (phase {:?}); try again when it is done",
+            "cannot {what} while the rollout to version {} is under way (phase {}); try again when it is done",
             short_version(&rollout.version),
-            rollout.phase
+            phase_name(rollout.phase)
         ))),
         None => Ok(()),
+    }
+}
+
+/// A phase as the API writes it.
+fn phase_name(phase: RolloutPhase) -> &'static str {
+    match phase {
+        RolloutPhase::Downloading => "downloading",
+        RolloutPhase::Starting => "starting",
+        RolloutPhase::Healthy => "healthy",
+        RolloutPhase::RolledBack => "rolled-back",
+        RolloutPhase::Failed => "failed",
     }
 }
 

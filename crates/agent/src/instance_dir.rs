@@ -168,8 +168,16 @@ impl InstanceLock {
         Ok(InstanceLock { _file: file, pid_file })
     }
 
-    /// Removes `agent.pid` and lets the lock go.
+    /// Removes `agent.pid` and lets the lock go (dropping the lock does the same).
     pub(crate) fn release(self) {
+        drop(self);
+    }
+}
+
+impl Drop for InstanceLock {
+    fn drop(&mut self) {
+        // The pid file goes first, while the lock is still held: a new agent never finds the
+        // lock free and its own pid file removed.
         if let Err(error) = fs_err::remove_file(&self.pid_file) {
             tracing::warn!("could not remove the pid file: {error}");
         }

@@ -16,7 +16,8 @@
 //!    one closed set of requests, [`flotilla_spec::api::Request`].
 //! 5. **Metrics** (`metrics`): plain HTTP `GET /metrics`.
 //! 6. **State** (`state`): `agent-state.json` says which version is installed; the agent starts
-//!    it (`agent::Agent::restore`).
+//!    it (`agent::Agent::restore`). Both listeners are bound before (so a taken port fails the
+//!    start at once) but answer only after, so no request races the restore.
 //! 7. **Supervision** (`supervisor`, `spawner`, `binary_log`, `backoff`): runs the binary in
 //!    its own process group, dying with the agent, logs its output with rotation, restarts it
 //!    with capped exponential backoff.
@@ -169,12 +170,14 @@ pub async fn start(
         started_at: tokio::time::Instant::now(),
     });
 
+    // The installed version is ordered to start before the API answers: a manifest applied at
+    // once cannot race the restore.
+    agent.restore().await;
     let (shutdown, shutdown_receiver) = watch::channel(false);
     let servers = vec![
         tokio::spawn(api::serve_api(api_listener, tls, agent.clone(), shutdown_receiver.clone())),
         tokio::spawn(metrics::serve_metrics(metrics_listener, agent.clone(), shutdown_receiver)),
     ];
-    agent.restore().await;
     tracing::info!("agent serving: API on {api_address}, metrics on {metrics_address}");
     Ok(AgentHandle {
         agent,

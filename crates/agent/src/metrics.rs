@@ -27,9 +27,12 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::watch;
+use tokio::sync::{Semaphore, watch};
 
 use crate::agent::Agent;
+
+/// Scrapes served at once; more wait to be accepted.
+const MAX_CONNECTIONS: usize = 16;
 
 /// Every state, for the per-state gauge.
 const STATES: [BinaryState; 6] = [
@@ -136,7 +139,15 @@ pub(crate) async fn serve_metrics(
     agent: Arc<Agent>,
     mut shutdown: watch::Receiver<bool>,
 ) {
+    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            permit = connections.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => return,
+            },
+            _ = crate::shutdown_signalled(&mut shutdown) => return,
+        };
         let stream = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
@@ -151,6 +162,7 @@ pub(crate) async fn serve_metrics(
         let agent = agent.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
+            let _permit = permit;
             let service = hyper::service::service_fn(move |request| {
                 let agent = agent.clone();
                 async move { Ok::<_, Infallible>(answer(&agent, request)) }

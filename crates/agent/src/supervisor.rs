@@ -578,10 +578,10 @@ impl Supervisor {
         let state = if crash_looping { BinaryState::CrashLooping } else { BinaryState::Starting };
         self.status.send_modify(|status| status.state = state);
         self.log.event(&format!(
-            "restarting in {} (exit {} in a row without becoming healthy{})",
+            "restarting in {} (failure {} in a row{})",
             format_duration(delay),
             self.consecutive_failures,
-            if crash_looping { ": crash-looping" } else { "" }
+            if crash_looping { ", none of them healthy: crash-looping" } else { "" }
         ));
         Activity::BackingOff { until: Instant::now() + delay }
     }

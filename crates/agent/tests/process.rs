@@ -87,7 +87,8 @@ async fn the_binary_dies_with_the_agent_and_sigterm_stops_both() {
     // Idle: the binary runs and is healthy, nobody asks anything.
     tokio::time::sleep(Duration::from_secs(2)).await;
     let rss = resident_kilobytes(agent.id());
-    eprintln!("idle agent process (debug build, inside the test harness): VmRSS {rss} kB");
+    let build = if cfg!(debug_assertions) { "debug" } else { "release" };
+    eprintln!("idle agent process ({build} build, inside the test harness): VmRSS {rss} kB");
     assert!(rss < 15 * 1024, "the idle agent uses {rss} kB");
 
     // SIGKILL leaves the agent no chance to stop the binary: the parent-death signal does.

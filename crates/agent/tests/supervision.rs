@@ -169,7 +169,7 @@ async fn a_killed_binary_is_restarted_with_backoff_and_counted() {
         .and_then(|ms| ms.parse::<u64>().ok())
         .expect("the restart delay is logged in ms");
     assert!((80..=120).contains(&delay), "{delay} ms");
-    assert!(log.contains("(exit 1 in a row without becoming healthy)"), "{log}");
+    assert!(log.contains("(failure 1 in a row)"), "{log}");
 
     let metrics = deployment.metrics().await;
     assert!(metrics.contains("flotilla_binary_restarts_total 1\n"), "{metrics}");
