@@ -15,7 +15,8 @@ use crate::settings::{ENV_IP, ENV_PRIVATE_IP, Settings};
 use crate::view::View;
 use crate::{gossip, server};
 
-/// A peer counts as seen when it was heard from within this many gossip intervals.
+/// A peer counts as seen when it was heard from, or its counter advanced, within this many
+/// gossip intervals.
 pub const SEEN_INTERVALS: u32 = 5;
 
 /// What the server and the gossip loop share.
@@ -26,6 +27,8 @@ pub struct App {
     /// The port every node listens on (all nodes read the same config).
     pub port: u16,
     pub interval: Duration,
+    /// Peers contacted per gossip round.
+    pub fanout: usize,
     /// Every node in hosts.yaml but this one.
     pub peers: Vec<Host>,
     view: Mutex<View>,
@@ -72,6 +75,7 @@ pub async fn run(settings: Settings) -> Result<(), String> {
         greeting: config.greeting,
         port: config.port,
         interval: config.interval,
+        fanout: config.fanout,
         peers,
     });
     let server = tokio::spawn(server::serve(listener, Arc::clone(&app)));

@@ -10,6 +10,7 @@
 //! | `port` | TCP port of the HTTP server (the same on every node) | `9090` |
 //! | `greeting` | a string shown in logs, `/health` and `fleet_app_info` | required |
 //! | `interval` | milliseconds between gossip rounds | `1000` |
+//! | `fanout` | peers contacted per round, taken in turn (all of them when there are fewer) | `8` |
 
 use std::time::Duration;
 
@@ -17,19 +18,24 @@ use crate::error::FileError;
 
 pub const DEFAULT_PORT: u16 = 9090;
 pub const DEFAULT_INTERVAL: Duration = Duration::from_millis(1000);
+/// Peers contacted per round: enough that a counter reaches a 200-node fleet in about three
+/// rounds (each exchange is push-pull), few enough that the fleet's traffic grows as n, not n².
+pub const DEFAULT_FANOUT: usize = 8;
+pub const MAX_FANOUT: usize = 10_000;
 /// Bounds of `interval`: faster would flood the fleet, slower makes "seen" meaningless.
 pub const MIN_INTERVAL_MS: u64 = 10;
 pub const MAX_INTERVAL_MS: u64 = 3_600_000;
 /// Longest greeting, in bytes: it is a metric label and part of every status line.
 pub const MAX_GREETING_BYTES: usize = 200;
 
-const KNOWN_KEYS: [&str; 3] = ["port", "greeting", "interval"];
+const KNOWN_KEYS: [&str; 4] = ["port", "greeting", "interval", "fanout"];
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Config {
     pub port: u16,
     pub greeting: String,
     pub interval: Duration,
+    pub fanout: usize,
 }
 
 /// Parses the text of a `config.conf`.
@@ -37,6 +43,7 @@ pub fn parse_config(text: &str) -> Result<Config, FileError> {
     let mut port = None;
     let mut greeting = None;
     let mut interval = None;
+    let mut fanout = None;
     for (index, raw_line) in text.lines().enumerate() {
         let line_number = index + 1;
         let line = raw_line.trim();
@@ -64,7 +71,8 @@ pub fn parse_config(text: &str) -> Result<Config, FileError> {
         match key {
             "port" => fill_once(&mut port, parse_port(&value), key, line_number)?,
             "greeting" => fill_once(&mut greeting, check_greeting(value), key, line_number)?,
-            _ => fill_once(&mut interval, parse_interval(&value), key, line_number)?,
+            "interval" => fill_once(&mut interval, parse_interval(&value), key, line_number)?,
+            _ => fill_once(&mut fanout, parse_fanout(&value), key, line_number)?,
         }
     }
     let greeting = greeting.ok_or_else(|| {
@@ -74,6 +82,7 @@ pub fn parse_config(text: &str) -> Result<Config, FileError> {
         port: port.unwrap_or(DEFAULT_PORT),
         greeting,
         interval: interval.unwrap_or(DEFAULT_INTERVAL),
+        fanout: fanout.unwrap_or(DEFAULT_FANOUT),
     })
 }
 
@@ -148,6 +157,13 @@ fn parse_port(value: &str) -> Result<u16, String> {
     }
 }
 
+fn parse_fanout(value: &str) -> Result<usize, String> {
+    match value.parse::<usize>() {
+        Ok(fanout) if (1..=MAX_FANOUT).contains(&fanout) => Ok(fanout),
+        _ => Err(format!("{value:?} is not a number of peers between 1 and {MAX_FANOUT}")),
+    }
+}
+
 fn parse_interval(value: &str) -> Result<Duration, String> {
     let range = MIN_INTERVAL_MS..=MAX_INTERVAL_MS;
     match value.parse::<u64>() {
@@ -181,13 +197,14 @@ mod tests {
 
     #[test]
     fn a_full_config_with_comments_parses() {
-        let text = "# the example config\n\nport = 9191\ngreeting = \"hello # not a comment\" # a comment\ninterval = 250  # ms\n";
+        let text = "# the example config\n\nport = 9191\ngreeting = \"hello # not a comment\" # a comment\ninterval = 250  # ms\nfanout = 3\n";
         assert_eq!(
             parse_config(text).unwrap(),
             Config {
                 port: 9191,
                 greeting: "hello # not a comment".to_owned(),
                 interval: Duration::from_millis(250),
+                fanout: 3,
             }
         );
     }
@@ -197,6 +214,7 @@ mod tests {
         let config = parse_config("greeting = hi there").unwrap();
         assert_eq!(config.port, DEFAULT_PORT);
         assert_eq!(config.interval, DEFAULT_INTERVAL);
+        assert_eq!(config.fanout, DEFAULT_FANOUT);
         assert_eq!(config.greeting, "hi there");
     }
 
@@ -214,7 +232,7 @@ mod tests {
         let cases = [
             (
                 "greeting = a\nprot = 1\n",
-                r#"line 2: unknown key "prot" (known keys: port, greeting, interval)"#,
+                r#"line 2: unknown key "prot" (known keys: port, greeting, interval, fanout)"#,
             ),
             ("greeting = a\nport = 0\n", r#"line 2: port: "0" is not a port number (1-65535)"#),
             (
@@ -264,7 +282,7 @@ mod tests {
         let error = parse_config("greeting = a\nfoo = 1\n").unwrap_err();
         assert_eq!(
             error.in_file(std::path::Path::new("dir/config.conf")),
-            r#"dir/config.conf:2: unknown key "foo" (known keys: port, greeting, interval)"#
+            r#"dir/config.conf:2: unknown key "foo" (known keys: port, greeting, interval, fanout)"#
         );
     }
 

@@ -1,5 +1,8 @@
-//! The gossip loop: every interval, increment the own counter and push the whole view to every
-//! peer; each reply carries the peer's view, which is merged too (push-pull).
+//! The gossip loop: every interval, increment the own counter and push the whole view to
+//! `fanout` peers, taken in turn so every peer is contacted every ⌈peers / fanout⌉ rounds; each
+//! reply carries the peer's view, which is merged too (push-pull). Counters so spread through
+//! the fleet in a few rounds while each node sends `fanout` requests a round, whatever the
+//! fleet's size.
 //!
 //! Sends to all peers run at once and each has its own deadline ([`send_timeout`]), so a round
 //! lasts at most one deadline and a dead peer delays nobody. A failed send (peer not up yet,
@@ -41,6 +44,7 @@ pub async fn run(app: Arc<App>) {
     // Why each peer's last send failed; cleared by a success.
     let mut failures: BTreeMap<String, String> = BTreeMap::new();
     let mut next_status = Instant::now() + STATUS_EVERY;
+    let mut round: usize = 0;
     loop {
         ticker.tick().await;
         app.metrics.gossip_rounds.inc();
@@ -50,7 +54,7 @@ pub async fn run(app: Arc<App>) {
             Bytes::from(view.encode())
         };
         let mut sends = JoinSet::new();
-        for peer in &app.peers {
+        for peer in peers_for_round(&app.peers, app.fanout, round) {
             let address = SocketAddr::new(peer.ip, app.port);
             let (peer_name, from, body) = (peer.name.clone(), app.name.clone(), body.clone());
             sends.spawn(async move {
@@ -68,8 +72,9 @@ pub async fn run(app: Arc<App>) {
             match result {
                 Ok(pairs) => {
                     let mut view = app.view();
-                    view.merge(&pairs);
-                    view.heard_from(&peer_name, Instant::now());
+                    let now = Instant::now();
+                    view.merge(&pairs, now);
+                    view.heard_from(&peer_name, now);
                     failures.remove(&peer_name);
                 }
                 Err(error) => {
@@ -78,11 +83,19 @@ pub async fn run(app: Arc<App>) {
                 }
             }
         }
+        round = round.wrapping_add(1);
         if Instant::now() >= next_status {
             log!("{}", status_line(&app, &failures));
             next_status = Instant::now() + STATUS_EVERY;
         }
     }
+}
+
+/// The peers to contact in `round`: `fanout` of them, continuing where the last round stopped.
+fn peers_for_round<T>(peers: &[T], fanout: usize, round: usize) -> impl Iterator<Item = &T> {
+    let count = fanout.min(peers.len());
+    let start = if peers.is_empty() { 0 } else { round.wrapping_mul(count) % peers.len() };
+    (0..count).map(move |i| &peers[(start + i) % peers.len()])
 }
 
 /// `node-0 greeting="hello" sees 2/3 peers: node-1 node-2; not seen: node-3 (why)`.
@@ -155,6 +168,17 @@ async fn exchange(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn rounds_take_peers_in_turn_and_cover_all() {
+        let peers: Vec<u32> = (0..5).collect();
+        let round = |r| peers_for_round(&peers, 2, r).copied().collect::<Vec<_>>();
+        assert_eq!(round(0), vec![0, 1]);
+        assert_eq!(round(1), vec![2, 3]);
+        assert_eq!(round(2), vec![4, 0]);
+        assert_eq!(peers_for_round(&peers, 8, 3).count(), 5, "never more than all peers");
+        assert_eq!(peers_for_round(&Vec::<u32>::new(), 8, 3).count(), 0);
+    }
 
     #[test]
     fn the_send_timeout_follows_the_interval_within_bounds() {

@@ -112,7 +112,7 @@ mod tests {
         let now = Instant::now();
         let mut view = View::new("a", ["a", "b", "c"]);
         view.tick();
-        view.merge(&[("b".to_owned(), 4)]);
+        view.merge(&[("b".to_owned(), 4)], now);
         view.heard_from("b", now);
         metrics.gossip_rounds.inc();
         let text = metrics.render(&view, now, Duration::from_secs(5));

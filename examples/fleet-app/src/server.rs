@@ -103,13 +103,14 @@ async fn receive_gossip(request: Request<Incoming>, app: &App) -> Response<Full<
         Err(error) => return text(StatusCode::BAD_REQUEST, format!("bad gossip body: {error}\n")),
     };
     let mut view = app.view();
-    if !view.heard_from(&from, Instant::now()) {
+    let now = Instant::now();
+    if !view.heard_from(&from, now) {
         return text(
             StatusCode::FORBIDDEN,
             format!("{from:?} is not a peer of {} in hosts.yaml\n", app.name),
         );
     }
-    view.merge(&pairs);
+    view.merge(&pairs, now);
     text(StatusCode::OK, view.encode())
 }
 

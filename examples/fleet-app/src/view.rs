@@ -1,4 +1,5 @@
-//! One node's view of the fleet: every node's gossiped counter and when each peer was last heard.
+//! One node's view of the fleet: every node's gossiped counter, when each peer was last heard
+//! from directly, and when its counter last advanced (directly or through others' gossip).
 //!
 //! Pure state, no IO: the clock is a parameter. Views merge by taking, for every node, the larger
 //! counter, so merging is idempotent and order does not matter; a node merges its own entry too,
@@ -7,6 +8,7 @@
 //! Wire format (the body of `POST /gossip` and of its reply): one `name counter` pair per line,
 //! e.g. `node-0 17\nnode-1 15\n`. The sender names itself in the `fleet-app-from` header.
 
+use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
 /// Most pairs accepted in one gossip body: far more than any example fleet, small enough that
@@ -18,6 +20,8 @@ pub struct View {
     me: String,
     /// Every node in hosts.yaml, this one included, in hosts.yaml order.
     nodes: Vec<NodeState>,
+    /// Name → index in `nodes`: merges stay linear in the body even for large fleets.
+    index: HashMap<String, usize>,
 }
 
 #[derive(Debug)]
@@ -26,6 +30,8 @@ struct NodeState {
     counter: u64,
     /// When this node was last heard from (never for this node itself).
     last_heard: Option<Instant>,
+    /// When its counter last grew in this view, by a merge.
+    last_advanced: Option<Instant>,
 }
 
 /// One peer as `/peers` shows it.
@@ -39,16 +45,22 @@ pub struct PeerStatus<'a> {
 impl View {
     /// A view of `nodes` (all of hosts.yaml) held by the node called `me`, all counters at 0.
     pub fn new<'a>(me: &str, nodes: impl IntoIterator<Item = &'a str>) -> View {
-        let nodes = nodes
+        let nodes: Vec<NodeState> = nodes
             .into_iter()
-            .map(|name| NodeState { name: name.to_owned(), counter: 0, last_heard: None })
+            .map(|name| NodeState {
+                name: name.to_owned(),
+                counter: 0,
+                last_heard: None,
+                last_advanced: None,
+            })
             .collect();
-        View { me: me.to_owned(), nodes }
+        let index = nodes.iter().enumerate().map(|(i, node)| (node.name.clone(), i)).collect();
+        View { me: me.to_owned(), nodes, index }
     }
 
     /// Starts a gossip round: increments this node's own counter and returns its new value.
     pub fn tick(&mut self) -> u64 {
-        match self.nodes.iter_mut().find(|node| node.name == self.me) {
+        match self.index.get(&self.me).map(|i| &mut self.nodes[*i]) {
             Some(own) => {
                 own.counter += 1;
                 own.counter
@@ -57,12 +69,18 @@ impl View {
         }
     }
 
-    /// Merges received pairs by max. Names not in hosts.yaml are ignored; returns how many.
-    pub fn merge(&mut self, pairs: &[(String, u64)]) -> usize {
+    /// Merges received pairs by max at `now`. Names not in hosts.yaml are ignored; returns
+    /// how many.
+    pub fn merge(&mut self, pairs: &[(String, u64)], now: Instant) -> usize {
         let mut unknown = 0;
         for (name, counter) in pairs {
-            match self.nodes.iter_mut().find(|node| &node.name == name) {
-                Some(node) => node.counter = node.counter.max(*counter),
+            match self.index.get(name).map(|i| &mut self.nodes[*i]) {
+                Some(node) => {
+                    if *counter > node.counter {
+                        node.counter = *counter;
+                        node.last_advanced = Some(now);
+                    }
+                }
                 None => unknown += 1,
             }
         }
@@ -74,7 +92,7 @@ impl View {
         if peer == self.me {
             return false;
         }
-        match self.nodes.iter_mut().find(|node| node.name == peer) {
+        match self.index.get(peer).map(|i| &mut self.nodes[*i]) {
             Some(node) => {
                 node.last_heard = Some(now);
                 true
@@ -106,11 +124,17 @@ impl View {
         })
     }
 
-    /// Names of the peers heard from within `window` before `now`.
+    /// Names of the peers seen within `window` before `now`: heard from directly, or whose
+    /// counter advanced (so they are alive and gossiping, even if this node has not talked to
+    /// them lately).
     pub fn peers_seen(&self, now: Instant, window: Duration) -> Vec<&str> {
-        self.peers(now)
-            .filter(|peer| peer.last_heard_ago.is_some_and(|ago| ago <= window))
-            .map(|peer| peer.name)
+        let recent =
+            |at: Option<Instant>| at.is_some_and(|at| now.saturating_duration_since(at) <= window);
+        self.nodes
+            .iter()
+            .filter(|node| node.name != self.me)
+            .filter(|node| recent(node.last_heard) || recent(node.last_advanced))
+            .map(|node| node.name.as_str())
             .collect()
     }
 }
@@ -149,11 +173,24 @@ mod tests {
     fn merge_takes_the_max_and_ignores_strangers() {
         let mut view = View::new("a", ["a", "b", "c"]);
         assert_eq!(view.tick(), 1);
-        assert_eq!(view.merge(&pairs(&[("b", 5), ("c", 2), ("zed", 9)])), 1);
-        assert_eq!(view.merge(&pairs(&[("b", 3), ("a", 7)])), 0);
+        let now = Instant::now();
+        assert_eq!(view.merge(&pairs(&[("b", 5), ("c", 2), ("zed", 9)]), now), 1);
+        assert_eq!(view.merge(&pairs(&[("b", 3), ("a", 7)]), now), 0);
         assert_eq!(view.counters().collect::<Vec<_>>(), vec![("a", 7), ("b", 5), ("c", 2)]);
         assert_eq!(view.tick(), 8);
         assert_eq!(view.own_counter(), 8);
+    }
+
+    #[test]
+    fn a_peer_whose_counter_advances_through_others_counts_as_seen() {
+        let start = Instant::now();
+        let mut view = View::new("a", ["a", "b", "c"]);
+        let window = Duration::from_secs(5);
+        view.merge(&pairs(&[("c", 4)]), start);
+        assert_eq!(view.peers_seen(start + Duration::from_secs(1), window), vec!["c"]);
+        // The same counter again is no sign of life.
+        view.merge(&pairs(&[("c", 4)]), start + Duration::from_secs(4));
+        assert!(view.peers_seen(start + Duration::from_secs(6), window).is_empty());
     }
 
     #[test]
