@@ -6,6 +6,7 @@
 //!   agent.lock                   0600  flock held for the agent's whole life
 //!   agent.pid                    0600  the holder's pid, named when a second agent is refused
 //!   agent-state.json             0600  {installed, previous, stopped}; replaced atomically
+//!   binary.pgid                  0600  the running binary's process group (see process_group)
 //!   versions/                    0700
 //!     <version>/                 0700  one verified version, renamed into place when complete
 //!       binary                   0700
@@ -59,6 +60,11 @@ impl InstanceDir {
 
     pub(crate) fn state_file(&self) -> PathBuf {
         self.root.join("agent-state.json")
+    }
+
+    /// The running binary's process group, for cleaning up after an agent killed with SIGKILL.
+    pub(crate) fn binary_process_group(&self) -> PathBuf {
+        self.root.join("binary.pgid")
     }
 
     pub(crate) fn versions(&self) -> PathBuf {

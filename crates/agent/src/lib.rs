@@ -18,9 +18,10 @@
 //! 6. **State** (`state`): `agent-state.json` says which version is installed; the agent starts
 //!    it (`agent::Agent::restore`). Both listeners are bound before (so a taken port fails the
 //!    start at once) but answer only after, so no request races the restore.
-//! 7. **Supervision** (`supervisor`, `spawner`, `binary_log`, `backoff`): runs the binary in
-//!    its own process group, dying with the agent, logs its output with rotation, restarts it
-//!    with capped exponential backoff.
+//! 7. **Supervision** (`supervisor`, `spawner`, `process_group`, `binary_log`, `backoff`): runs
+//!    the binary in its own process group, dying with the agent (and what a killed agent's
+//!    binary left behind is cleaned up at the next start), logs its output with rotation,
+//!    restarts it with capped exponential backoff.
 //! 8. **Health** (`health`): http, tcp or none, every second.
 //! 9. **Rollouts** (`agent`, `artifacts`): download, verify, start, hold to the health
 //!    deadline, then keep the new version or roll back.
@@ -40,6 +41,7 @@ mod health;
 mod identity;
 mod instance_dir;
 mod metrics;
+mod process_group;
 mod spawner;
 mod state;
 mod supervisor;
@@ -143,6 +145,13 @@ pub async fn start(
     let api_listener = bind("mTLS API", api_address).await?;
     let metrics_listener = bind("metrics", metrics_address).await?;
     let state = AgentState::load(&dir.state_file())?;
+    let leftovers =
+        process_group::kill_leftovers(&dir.binary_process_group(), &identity.tag, &identity.name);
+    if !leftovers.is_empty() {
+        log.event(&format!(
+            "killed processes the previous agent's binary left behind: pids {leftovers:?}"
+        ));
+    }
 
     let spawner =
         Spawner::start(tokio::runtime::Handle::current()).map_err(AgentError::SpawnerThread)?;

@@ -30,7 +30,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use flotilla_spec::api::{BinaryState, ExitInfo};
 use flotilla_spec::manifest::{Manifest, short_version};
 use flotilla_spec::{HealthCheck, RestartPolicy};
-use rustix::process::{Pid, Signal};
+use rustix::process::Signal;
 use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
@@ -42,6 +42,7 @@ use crate::binary_log::{BinaryLog, MAX_LINE_BYTES};
 use crate::health::{self, CHECK_INTERVAL, FIRST_CHECK_AFTER, NONE_HEALTHY_AFTER};
 use crate::instance_dir::InstanceDir;
 use crate::metrics::AgentMetrics;
+use crate::process_group::{self, signal_group};
 use crate::spawner::{ProcessSpec, Spawner};
 
 /// How long the agent waits for the binary's output to drain after it exited.
@@ -421,6 +422,7 @@ impl Supervisor {
                     capture.push(tokio::spawn(capture_lines(stderr, self.log.clone())));
                 }
                 self.log.event(&format!("started version {short} pid {pid}"));
+                process_group::record(&self.environment.dir.binary_process_group(), pid);
                 let now = Instant::now();
                 self.status.send_modify(|status| {
                     status.state = BinaryState::Starting;
@@ -528,6 +530,7 @@ impl Supervisor {
         // the output pipes close.
         signal_group(pid, Signal::KILL);
         drain_output(capture).await;
+        process_group::forget(&self.environment.dir.binary_process_group());
         let (exit, description) = describe_exit(&result);
         self.log.event(&format!(
             "version {} pid {pid} {description} after {}",
@@ -619,6 +622,7 @@ impl Supervisor {
             signal_group(pid, Signal::KILL);
         }
         drain_output(capture).await;
+        process_group::forget(&self.environment.dir.binary_process_group());
         let (exit, description) = describe_exit(&result);
         self.log.event(&format!(
             "version {short} pid {pid} {description} after {}",
@@ -716,22 +720,11 @@ async fn drain_output(capture: Vec<JoinHandle<()>>) {
     }
 }
 
-/// Sends `signal` to the process group led by `pid`; a group that is gone is not an error.
-fn signal_group(pid: u32, signal: Signal) {
-    let Some(group) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
-        return;
-    };
-    match rustix::process::kill_process_group(group, signal) {
-        Ok(()) | Err(rustix::io::Errno::SRCH) => {}
-        Err(error) => tracing::warn!("could not signal process group {pid}: {error}"),
-    }
-}
-
 /// Waits until no live process is left in the group led by `pid`, up to `deadline`; says
 /// whether the group is gone.
 async fn wait_for_group_to_end(pid: u32, deadline: Instant) -> bool {
     loop {
-        if !group_has_live_members(pid) {
+        if !process_group::has_live_members(pid) {
             return true;
         }
         if Instant::now() >= deadline {
@@ -739,35 +732,6 @@ async fn wait_for_group_to_end(pid: u32, deadline: Instant) -> bool {
         }
         tokio::time::sleep(GROUP_POLL_INTERVAL).await;
     }
-}
-
-/// Whether a process other than a zombie is in process group `group`. Zombies do not count:
-/// they have ended, and only their parent (often init) can remove them.
-fn group_has_live_members(group: u32) -> bool {
-    let Ok(entries) = fs_err::read_dir("/proc") else {
-        // Without /proc, ask the kernel whether the group exists at all (zombies included).
-        return i32::try_from(group)
-            .ok()
-            .and_then(Pid::from_raw)
-            .is_some_and(|pid| rustix::process::test_kill_process_group(pid).is_ok());
-    };
-    entries.flatten().any(|entry| {
-        let name = entry.file_name();
-        let Some(name) = name.to_str().filter(|n| n.bytes().all(|b| b.is_ascii_digit())) else {
-            return false;
-        };
-        let Ok(stat) = fs_err::read_to_string(format!("/proc/{name}/stat")) else {
-            return false;
-        };
-        // After the command name in parentheses: state, ppid, pgrp, …
-        let Some((_, fields)) = stat.rsplit_once(')') else {
-            return false;
-        };
-        let mut fields = fields.split_whitespace();
-        let state = fields.next().unwrap_or("Z");
-        let process_group = fields.nth(1).and_then(|field| field.parse::<u32>().ok());
-        process_group == Some(group) && state != "Z" && state != "X"
-    })
 }
 
 fn describe_exit(result: &io::Result<ExitStatus>) -> (ExitInfo, String) {
@@ -845,12 +809,5 @@ mod tests {
         let (info, text) = describe_exit(&Ok(ExitStatus::from_raw(9)));
         assert_eq!(info.signal, Some(9));
         assert_eq!(text, "was ended by signal 9 (SIGKILL)");
-    }
-
-    #[test]
-    fn this_process_group_has_live_members() {
-        let group = rustix::process::getpgrp().as_raw_pid() as u32;
-        assert!(group_has_live_members(group));
-        assert!(!group_has_live_members(u32::MAX - 1));
     }
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Deployment, IDLE, Version, kill, process_alive, wait_until};
+use common::{Deployment, Version, kill, process_alive, read_pid, wait_until};
 use flotilla_agent::Fetchers;
 use rustix::process::Signal;
 
@@ -81,8 +81,16 @@ async fn the_binary_dies_with_the_agent_and_sigterm_stops_both() {
 
     let mut agent = spawn_agent_process(&deployment, &bootstrap);
     wait_for_api(&deployment, &mut agent).await;
-    let manifest = deployment.publish(&Version::script(IDLE));
+    // The binary's child records its pid, to be found after the agent is killed.
+    let manifest = deployment.publish(&Version::script(
+        r#"trap 'echo "got SIGTERM"; exit 0' TERM
+sleep 100000 &
+echo $! > child.pid
+wait $!
+"#,
+    ));
     let binary = deployment.install(&manifest).await.pid.unwrap();
+    let child = read_pid(&deployment.work().join("child.pid")).await;
 
     // Idle: the binary runs and is healthy, nobody asks anything.
     tokio::time::sleep(Duration::from_secs(2)).await;
@@ -95,10 +103,15 @@ async fn the_binary_dies_with_the_agent_and_sigterm_stops_both() {
     kill(agent.id(), Signal::KILL);
     agent.wait().unwrap();
     wait_until("the binary to die with its agent", || !process_alive(binary)).await;
+    // Its child has no parent-death signal: it outlives both, until the next agent starts.
+    assert!(process_alive(child));
 
-    // The next agent restores the version; SIGTERM stops the binary, then the agent.
+    // The next agent kills what the old binary left, restores the version; SIGTERM stops the
+    // binary, then the agent.
     let mut agent = spawn_agent_process(&deployment, &bootstrap);
     wait_for_api(&deployment, &mut agent).await;
+    assert!(!process_alive(child), "the next agent killed the old binary's child");
+    assert!(deployment.log_text().contains(&format!("left behind: pids [{child}]")));
     let binary = deployment.wait_healthy(&manifest).await.pid.unwrap();
     kill(agent.id(), Signal::TERM);
     let deadline = std::time::Instant::now() + common::WAIT;
@@ -115,4 +128,5 @@ async fn the_binary_dies_with_the_agent_and_sigterm_stops_both() {
     assert!(log.contains("got SIGTERM"), "{log}");
     assert!(log.trim_end().ends_with("agent stopped"), "{log}");
     assert!(!deployment.dir.join("agent.pid").exists());
+    assert!(!deployment.dir.join("binary.pgid").exists());
 }
