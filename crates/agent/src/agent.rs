@@ -164,7 +164,7 @@ impl Agent {
             }
             if state.stopped {
                 let started = AgentState { stopped: false, ..state.clone() };
-                self.save_state(&started)?;
+                self.save_state(&started).map_err(Refusal::Internal)?;
                 *state = started;
             }
             self.log.event("restart requested");
@@ -183,7 +183,7 @@ impl Agent {
             let mut state = lock(&self.state);
             if state.installed.is_some() && !state.stopped {
                 let stopped = AgentState { stopped: true, ..state.clone() };
-                self.save_state(&stopped)?;
+                self.save_state(&stopped).map_err(Refusal::Internal)?;
                 *state = stopped;
             }
             self.supervisor.order(Order::Stop)
@@ -192,10 +192,10 @@ impl Agent {
         Ok(self.status())
     }
 
-    fn save_state(&self, state: &AgentState) -> Result<(), Refusal> {
-        state.save(&self.dir.state_file()).map_err(|error| {
-            Refusal::Internal(format!("could not record the agent state: {error}"))
-        })
+    fn save_state(&self, state: &AgentState) -> Result<(), String> {
+        state
+            .save(&self.dir.state_file())
+            .map_err(|error| format!("could not record the agent state: {error}"))
     }
 
     /// Stops a rollout under way (the agent is shutting down); the state file still names the
@@ -252,7 +252,7 @@ impl Agent {
             previous: None,
             stopped: state.stopped,
         };
-        if let Err(Refusal::Internal(message)) = self.save_state(&new_state) {
+        if let Err(message) = self.save_state(&new_state) {
             self.log.event(&message);
         }
         *lock(&self.state) = new_state;
@@ -319,11 +319,7 @@ impl Agent {
                 previous: state.installed.clone(),
                 stopped: false,
             };
-            self.save_state(&installed).map_err(|refusal| match refusal {
-                Refusal::Internal(message)
-                | Refusal::Conflict(message)
-                | Refusal::BadRequest(message) => message,
-            })?;
+            self.save_state(&installed)?;
             *lock(&self.state) = installed;
             Ok(())
         });

@@ -50,6 +50,9 @@ impl Spawner {
     /// Starts the spawner thread; children are registered with `runtime`, which reaps them.
     pub(crate) fn start(runtime: tokio::runtime::Handle) -> io::Result<Spawner> {
         let (requests, receiver) = mpsc::channel::<SpawnRequest>();
+        // This thread forks every child and must live as long as the agent: the kernel sends a
+        // child its parent-death signal when the thread that forked it exits. It ends only when
+        // the supervisor (the only sender) is gone, after the binary was stopped.
         std::thread::Builder::new()
             .name("flotilla-spawner".to_owned())
             .stack_size(256 * 1024)

@@ -49,6 +49,8 @@ use crate::spawner::{ProcessSpec, Spawner};
 const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the agent waits for the binary to go after SIGKILL.
 const AFTER_KILL_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the rest of the group may take to end once the binary was killed.
+const GROUP_AFTER_KILL_WAIT: Duration = Duration::from_millis(500);
 /// How often the agent looks whether the rest of the process group has gone.
 const GROUP_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
@@ -614,7 +616,10 @@ impl Supervisor {
                 }
             }
         };
-        if !wait_for_group_to_end(pid, deadline).await {
+        // The rest of the group gets what is left of the grace period, and at least a moment to
+        // end after a SIGKILL.
+        let group_deadline = deadline.max(Instant::now() + GROUP_AFTER_KILL_WAIT);
+        if !wait_for_group_to_end(pid, group_deadline).await {
             self.log.event(&format!(
                 "processes of pid {pid}'s group were still there after {}: SIGKILL to the group",
                 format_duration(grace)
