@@ -12,12 +12,9 @@ fn every_example_spec_parses_cleanly() {
             continue;
         }
         match flotilla_spec::load_fleet_spec(&path) {
-            Ok(document) => assert!(
-                document.warnings.is_empty(),
-                "{}: {:?}",
-                path.display(),
-                document.warnings
-            ),
+            Ok(document) => {
+                assert!(document.warnings.is_empty(), "{}: {:?}", path.display(), document.warnings)
+            }
             Err(errors) => panic!("{errors}"),
         }
         checked += 1;
