@@ -61,6 +61,16 @@ fn a_fleet_lives_through_updates_failures_and_destroy() {
         assert!(body.contains("greeting=bonjour"), "{body}");
     }
 
+    // logs: the binary's output and the agent's events, the last N lines.
+    let output = fleet.run_ok(&["logs", "--tag", "lifecycle", "node-1", "--lines", "40"]);
+    let logs = String::from_utf8_lossy(&output.stdout);
+    assert!(logs.contains("greeting=\"bonjour\""), "{logs}");
+    assert!(logs.contains("[flotilla-agent]"), "{logs}");
+    assert!(logs.lines().count() <= 40, "{logs}");
+    let output = fleet.run(&["logs", "--tag", "lifecycle", "node-9"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("node-0, node-1, node-2"));
+
     // The same spec again changes nothing: no binary restarts.
     let pids_before: Vec<_> = rows.iter().map(|r| r["pid"].clone()).collect();
     fleet.run_ok(&["update", "--config", &v2.display().to_string()]);
