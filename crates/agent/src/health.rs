@@ -1,9 +1,12 @@
 //! Health checks of the binary, and the rule that turns their results into a state.
 //!
-//! - `http`: `GET http://<private_ip>:<port><path>` answers 2xx (a plain HTTP/1.0 request over a
+//! - `http`: `GET http://<address>:<port><path>` answers 2xx (a plain HTTP/1.0 request over a
 //!   TCP stream: no HTTP client library in the agent for one status line).
-//! - `tcp`: a connection to `<private_ip>:<port>` succeeds.
+//! - `tcp`: a connection to `<address>:<port>` succeeds.
 //! - `none`: healthy once the binary has stayed up [`NONE_HEALTHY_AFTER`].
+//!
+//! `<address>` is the agent's listen address when it is a specific one, else the machine's
+//! private address (see `BinaryEnvironment::health_address`).
 //!
 //! A check runs every [`CHECK_INTERVAL`] and gives up after [`CHECK_TIMEOUT`]. `starting`
 //! becomes `healthy` at the first success; `healthy` becomes `unhealthy` after

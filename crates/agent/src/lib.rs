@@ -163,6 +163,11 @@ pub async fn start(
         region: identity.region.clone(),
         public_ip: identity.public_ip,
         private_ip: identity.private_ip,
+        health_address: if bootstrap.listen.is_unspecified() {
+            identity.private_ip
+        } else {
+            bootstrap.listen
+        },
     };
     let (supervisor, supervisor_task) =
         start_supervisor(spawner, log.clone(), metrics.clone(), environment, bootstrap.stop_grace);

@@ -63,6 +63,10 @@ pub(crate) struct BinaryEnvironment {
     pub(crate) region: String,
     pub(crate) public_ip: IpAddr,
     pub(crate) private_ip: IpAddr,
+    /// Where health checks connect: the agent's own listen address when it is a specific one
+    /// (a machine whose public address is its own, as on loopback), else the private address
+    /// (on EC2 the public address is NATed and belongs to no interface).
+    pub(crate) health_address: IpAddr,
 }
 
 /// What the supervisor sees, published after every change.
@@ -471,7 +475,7 @@ impl Supervisor {
                     Some(check) => {
                         running.check_started_at = Instant::now();
                         running.check =
-                            Some(Box::pin(health::probe(check, self.environment.private_ip)));
+                            Some(Box::pin(health::probe(check, self.environment.health_address)));
                     }
                 }
                 Activity::Running(running)

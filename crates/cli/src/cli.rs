@@ -29,6 +29,10 @@ pub enum Command {
     Update(UpdateArgs),
     /// Stop every machine and remove every resource of a deployment.
     Destroy(TargetArgs),
+    /// Let an address reach the agents of an AWS deployment (or, with --revoke, stop letting it).
+    Authorize(AuthorizeArgs),
+    /// Delete the S3 bucket flotilla keeps artifacts in (AWS).
+    Clean(CleanArgs),
     /// Show each machine's state, health, version and restarts.
     Status(StatusArgs),
     /// Show a machine's binary log.
@@ -89,8 +93,31 @@ pub struct CreateArgs {
     /// Machines handled at once.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(1..))]
     pub concurrency: u64,
+    /// This machine's public IPv4 address, let through to the agents (AWS). Found by asking
+    /// https://ipv4.icanhazip.com when absent, as the deployer does.
+    #[arg(long)]
+    pub ip: Option<std::net::Ipv4Addr>,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct AuthorizeArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The address to let in (default: this machine's public IPv4 address).
+    #[arg(long, conflicts_with = "revoke")]
+    pub ip: Option<std::net::Ipv4Addr>,
+    /// Remove this address's access instead.
+    #[arg(long, value_name = "IP")]
+    pub revoke: Option<std::net::Ipv4Addr>,
+}
+
+#[derive(Debug, Args)]
+pub struct CleanArgs {
+    /// Delete the bucket even while deployments that use it exist.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Debug, Args)]

@@ -11,16 +11,22 @@ use flotilla_core::client::error_chain;
 use flotilla_core::error::exit;
 use flotilla_core::state::Home;
 use flotilla_core::workflows::{self, CreateRequest, DestroyOutcome, UpdateRequest};
-use flotilla_spec::{SpecDocument, SpecErrors};
+use flotilla_spec::{ProviderKind, SpecDocument, SpecErrors};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command, OutputFormat, SchemaKind, Target};
 use crate::output;
 use crate::progress::Bars;
-use crate::providers;
+use crate::providers::{self, ProviderContext};
 
-/// How long agents have to answer after the local provider starts them.
-const LOCAL_AGENT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+/// How long agents have to answer after their machines run: a local agent starts at once; a
+/// cloud machine boots, runs its user data and downloads its agent first.
+fn agent_timeout(kind: ProviderKind) -> std::time::Duration {
+    match kind {
+        ProviderKind::Local => std::time::Duration::from_secs(60),
+        ProviderKind::Aws => std::time::Duration::from_secs(900),
+    }
+}
 
 /// Runs the command line; returns the exit status.
 pub fn run(cli: Cli) -> ExitCode {
@@ -105,7 +111,8 @@ fn run_agent(bootstrap: &Path) -> ExitCode {
     // Detach from the starting process's session, so the agent outlives it and a terminal's
     // signals. Fails harmlessly when already a session leader (e.g. under systemd).
     let _ = rustix::process::setsid();
-    match flotilla_agent::run(bootstrap, flotilla_agent::Fetchers::default()) {
+    let fetchers = flotilla_agent::Fetchers::default().with("s3", flotilla_aws::S3Fetcher::new());
+    match flotilla_agent::run(bootstrap, fetchers) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{}", error_chain(&error));
@@ -144,18 +151,20 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             let document = load_spec(&args.config)?;
             let kind = document.spec.provider_kind(args.provider.map(Into::into));
             let bars = Bars::new();
+            let home = home()?;
+            let context = ProviderContext::new(kind, &home, args.ip).await;
             let rows = workflows::create(
-                &home()?,
+                &home,
                 CreateRequest {
                     document: &document,
                     provider: kind,
                     force: args.force,
                     concurrency: args.concurrency as usize,
-                    agent_timeout: LOCAL_AGENT_TIMEOUT,
+                    agent_timeout: agent_timeout(kind),
                     cwd: current_dir()?,
                 },
                 &bars,
-                |deployment| providers::make(kind, deployment),
+                |deployment| context.make(deployment),
             )
             .await?;
             print_rows(&rows, args.output.output);
@@ -166,6 +175,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             let bars = Bars::new();
             let home = home()?;
             let kind = home.open(&document.spec.tag)?.metadata()?.provider;
+            let context = ProviderContext::new(kind, &home, None).await;
             let rows = workflows::update(
                 &home,
                 UpdateRequest {
@@ -175,7 +185,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
                     cwd: current_dir()?,
                 },
                 &bars,
-                |deployment| providers::make(kind, deployment),
+                |deployment| context.make(deployment),
             )
             .await?;
             print_rows(&rows, args.output.output);
@@ -185,9 +195,9 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             let tag = target_tag(&args.target)?;
             let home = home()?;
             let kind = home.open(&tag)?.metadata()?.provider;
+            let context = ProviderContext::new(kind, &home, None).await;
             let bars = Bars::new();
-            let outcome =
-                workflows::destroy(&home, &tag, &bars, |d| providers::make(kind, d)).await?;
+            let outcome = workflows::destroy(&home, &tag, &bars, |d| context.make(d)).await?;
             let state = match outcome {
                 DestroyOutcome::Destroyed => "destroyed",
                 DestroyOutcome::AlreadyDestroyed => "already-destroyed",
@@ -208,10 +218,10 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             let tag = target_tag(&args.target)?;
             let home = home()?;
             let kind = home.open(&tag)?.metadata()?.provider;
-            let rows = workflows::status(&home, &tag, workflows::DEFAULT_CONCURRENCY, |d| {
-                providers::make(kind, d)
-            })
-            .await?;
+            let context = ProviderContext::new(kind, &home, None).await;
+            let rows =
+                workflows::status(&home, &tag, workflows::DEFAULT_CONCURRENCY, |d| context.make(d))
+                    .await?;
             print_rows(&rows, args.output.output);
             let healthy = rows.iter().all(|r| {
                 r.error.is_none() && matches!(r.health.as_deref(), Some("healthy") | Some("idle"))
@@ -222,11 +232,69 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             let tag = target_tag(&args.target)?;
             let home = home()?;
             let kind = home.open(&tag)?.metadata()?.provider;
+            let context = ProviderContext::new(kind, &home, None).await;
             let mut stdout = std::io::stdout();
             workflows::logs(&home, &tag, &args.name, args.lines, args.follow, &mut stdout, |d| {
-                providers::make(kind, d)
+                context.make(d)
             })
             .await?;
+            Ok(exit::OK)
+        }
+        Command::Authorize(args) => {
+            let tag = target_tag(&args.target)?;
+            let home = home()?;
+            let deployment = home.open(&tag)?;
+            let kind = deployment.metadata()?.provider;
+            if kind != ProviderKind::Aws {
+                return Err(CoreError::Refused(format!(
+                    "deployment `{tag}` runs on the {kind} provider; authorize applies to aws deployments, whose agents only admit listed addresses"
+                )));
+            }
+            let context = ProviderContext::new(kind, &home, args.ip).await;
+            let providers::AnyProvider::Aws(provider) = context.make(&deployment)? else {
+                unreachable!("the context was built for aws")
+            };
+            let (ip, revoke) = match args.revoke {
+                Some(ip) => (ip, true),
+                None => (provider.current_deployer_ip().await?, false),
+            };
+            let changed = provider.authorize(ip, revoke).await?;
+            let mut stderr = std::io::stderr().lock();
+            let verb = if revoke { "revoked from" } else { "authorized in" };
+            let _ = writeln!(
+                stderr,
+                "{ip}: {verb} {changed} security group{}",
+                if changed == 1 { "" } else { "s" }
+            );
+            Ok(exit::OK)
+        }
+        Command::Clean(args) => {
+            let home = home()?;
+            let live: Vec<String> = workflows::list(&home)?
+                .into_iter()
+                .filter_map(Result::ok)
+                .filter(|m| {
+                    m.provider == ProviderKind::Aws
+                        && m.status != flotilla_core::state::DeploymentStatus::Destroyed
+                })
+                .map(|m| m.tag)
+                .collect();
+            if !live.is_empty() && !args.force {
+                return Err(CoreError::Refused(format!(
+                    "deployments still use the bucket: {}; destroy them first, or clean --force",
+                    live.join(", ")
+                )));
+            }
+            let clients = flotilla_aws::Clients::from_env().await;
+            let mut stderr = std::io::stderr().lock();
+            match flotilla_aws::clean(&clients, home.root()).await? {
+                Some((bucket, objects)) => {
+                    let _ = writeln!(stderr, "deleted bucket {bucket} ({objects} objects)");
+                }
+                None => {
+                    let _ = writeln!(stderr, "no bucket to clean");
+                }
+            }
             Ok(exit::OK)
         }
         Command::List(args) => {

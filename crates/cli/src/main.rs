@@ -12,6 +12,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
+    // One TLS crypto provider for the whole process (the AWS SDK's, aws-lc-rs).
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
     let cli = cli::Cli::parse();
     commands::run(cli)
 }

@@ -1,9 +1,12 @@
 //! Choosing a provider at run time: one enum over the concrete providers.
 
+use std::net::Ipv4Addr;
+
+use flotilla_aws::{AwsOptions, AwsProvider, Clients};
 use flotilla_core::plan::DeploymentPlan;
 use flotilla_core::progress::Progress;
 use flotilla_core::provider::{LocalArtifact, Machine, Provider, ProviderError};
-use flotilla_core::state::Deployment;
+use flotilla_core::state::{Deployment, Home};
 use flotilla_local::LocalProvider;
 use flotilla_spec::ProviderKind;
 use flotilla_spec::identity::IdentityBundle;
@@ -12,22 +15,52 @@ use flotilla_spec::identity::IdentityBundle;
 #[derive(Debug)]
 pub enum AnyProvider {
     Local(LocalProvider),
+    Aws(Box<AwsProvider>),
 }
 
-/// Builds the provider of `kind` for `deployment`.
-pub fn make(kind: ProviderKind, deployment: &Deployment) -> Result<AnyProvider, ProviderError> {
-    match kind {
-        ProviderKind::Local => {
-            let program = std::env::current_exe().map_err(|e| {
-                ProviderError::with_source("cannot find the flotilla executable to start agents", e)
-            })?;
-            let lease_dir = flotilla_local::lease::default_lease_dir();
-            Ok(AnyProvider::Local(LocalProvider::new(deployment, program, lease_dir)?))
+/// What building a provider needs beyond the deployment: for AWS, SDK clients (loaded
+/// asynchronously, before the workflow starts) and the deployer's address if given.
+#[derive(Debug)]
+pub struct ProviderContext {
+    kind: ProviderKind,
+    home: Home,
+    aws: Option<Clients>,
+    deployer_ip: Option<Ipv4Addr>,
+}
+
+impl ProviderContext {
+    pub async fn new(
+        kind: ProviderKind,
+        home: &Home,
+        deployer_ip: Option<Ipv4Addr>,
+    ) -> ProviderContext {
+        let aws = match kind {
+            ProviderKind::Aws => Some(Clients::from_env().await),
+            ProviderKind::Local => None,
+        };
+        ProviderContext { kind, home: home.clone(), aws, deployer_ip }
+    }
+
+    /// Builds the provider for `deployment`.
+    pub fn make(self, deployment: &Deployment) -> Result<AnyProvider, ProviderError> {
+        let program = std::env::current_exe().map_err(|e| {
+            ProviderError::with_source("cannot find the flotilla executable to start agents", e)
+        })?;
+        match (self.kind, self.aws) {
+            (ProviderKind::Local, _) => {
+                let lease_dir = flotilla_local::lease::default_lease_dir();
+                Ok(AnyProvider::Local(LocalProvider::new(deployment, program, lease_dir)?))
+            }
+            (ProviderKind::Aws, Some(clients)) => {
+                let options = AwsOptions {
+                    deployer_ip: self.deployer_ip,
+                    home: self.home.root().to_path_buf(),
+                    this_executable: program,
+                };
+                Ok(AnyProvider::Aws(Box::new(AwsProvider::new(deployment, clients, options)?)))
+            }
+            (ProviderKind::Aws, None) => Err(ProviderError::new("AWS clients were not loaded")),
         }
-        ProviderKind::Aws => Err(ProviderError::new(
-            "this build of flotilla has no AWS provider yet; run the fleet on this machine with \
-             `--provider local` (or `provider: local` in the spec)",
-        )),
     }
 }
 
@@ -39,6 +72,7 @@ impl Provider for AnyProvider {
     ) -> Result<(), ProviderError> {
         match self {
             AnyProvider::Local(p) => p.prepare(plan, progress).await,
+            AnyProvider::Aws(p) => p.prepare(plan, progress).await,
         }
     }
 
@@ -49,6 +83,7 @@ impl Provider for AnyProvider {
     ) -> Result<Vec<Machine>, ProviderError> {
         match self {
             AnyProvider::Local(p) => p.launch(plan, progress).await,
+            AnyProvider::Aws(p) => p.launch(plan, progress).await,
         }
     }
 
@@ -59,24 +94,28 @@ impl Provider for AnyProvider {
     ) -> Result<(), ProviderError> {
         match self {
             AnyProvider::Local(p) => p.install_identity(machine, bundle).await,
+            AnyProvider::Aws(p) => p.install_identity(machine, bundle).await,
         }
     }
 
     async fn publish(&self, artifact: &LocalArtifact) -> Result<String, ProviderError> {
         match self {
             AnyProvider::Local(p) => p.publish(artifact).await,
+            AnyProvider::Aws(p) => p.publish(artifact).await,
         }
     }
 
     async fn machines(&self) -> Result<Vec<Machine>, ProviderError> {
         match self {
             AnyProvider::Local(p) => p.machines().await,
+            AnyProvider::Aws(p) => p.machines().await,
         }
     }
 
     async fn destroy(&self, progress: &dyn Progress) -> Result<(), ProviderError> {
         match self {
             AnyProvider::Local(p) => p.destroy(progress).await,
+            AnyProvider::Aws(p) => p.destroy(progress).await,
         }
     }
 }

@@ -38,6 +38,8 @@ use crate::state::Deployment;
 
 /// Requests in flight at once when a command talks to many agents.
 pub const DEFAULT_CONCURRENCY: usize = 128;
+/// Artifacts uploaded at once.
+const PUBLISH_CONCURRENCY: usize = 8;
 
 /// Checks what the spec names on this machine: the files exist and the binary is executable.
 /// Every problem is reported, at the line of the field that names the file.
@@ -208,18 +210,24 @@ async fn build_manifests<P: Provider>(
         hashed.into_iter().map(|a| (a.path.clone(), a)).collect();
     by_path.insert(hosts_artifact.path.clone(), hosts_artifact.clone());
 
-    // Publish each distinct digest once.
     let mut by_digest: BTreeMap<String, LocalArtifact> = BTreeMap::new();
     for artifact in by_path.values() {
         by_digest.entry(artifact.sha256.clone()).or_insert_with(|| artifact.clone());
     }
+    // Publish each distinct digest once, several at a time.
     let stage = progress.stage("publishing artifacts", by_digest.len() as u64);
     let mut urls: HashMap<String, String> = HashMap::new();
-    for (digest, artifact) in &by_digest {
-        let url = provider.publish(artifact).await?;
-        urls.insert(digest.clone(), url);
+    let mut uploads =
+        futures_util::stream::iter(by_digest.iter().map(|(digest, artifact)| async move {
+            provider.publish(artifact).await.map(|url| (digest.clone(), url))
+        }))
+        .buffer_unordered(PUBLISH_CONCURRENCY);
+    while let Some(result) = uploads.next().await {
+        let (digest, url) = result?;
+        urls.insert(digest, url);
         stage.advance(1);
     }
+    drop(uploads);
     drop(stage);
     let artifact_for = |artifact: &LocalArtifact| Artifact {
         url: urls[&artifact.sha256].clone(),

@@ -1,0 +1,103 @@
+//! SDK clients: one EC2 client per region, S3 in the bucket's region, IAM (global).
+//!
+//! Configuration comes from the standard chain (environment, profiles, SSO, IMDS). An endpoint
+//! in `AWS_ENDPOINT_URL` (an emulator) is honoured, and S3 then uses path-style addressing.
+//! Retries: the SDK's standard mode with 6 attempts (exponential backoff with jitter from
+//! 200 ms, capped at 5 s) for throttling, 5xx and timeouts; `RunInstances` has SDK retries off
+//! because a capacity error must move to another zone, not repeat (see `instances`).
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::Duration;
+
+use aws_config::retry::RetryConfig;
+use aws_config::timeout::TimeoutConfig;
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+
+/// The region of the artifact bucket and of IAM calls.
+pub const HOME_REGION: &str = "us-east-1";
+
+/// Clients for every service the provider uses.
+#[derive(Debug)]
+pub struct Clients {
+    config: SdkConfig,
+    ec2: Mutex<HashMap<String, aws_sdk_ec2::Client>>,
+    s3: aws_sdk_s3::Client,
+    iam: aws_sdk_iam::Client,
+    /// Set when an emulator (or another endpoint) stands in for AWS.
+    endpoint: Option<String>,
+}
+
+impl Clients {
+    /// Loads the configuration from the environment and profiles.
+    pub async fn from_env() -> Clients {
+        let endpoint = std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.is_empty());
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .region(
+                aws_config::meta::region::RegionProviderChain::default_provider()
+                    .or_else(HOME_REGION),
+            )
+            .retry_config(
+                RetryConfig::standard()
+                    .with_max_attempts(6)
+                    .with_initial_backoff(Duration::from_millis(200))
+                    .with_max_backoff(Duration::from_secs(5)),
+            )
+            .timeout_config(
+                TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(Duration::from_secs(30))
+                    .operation_timeout(Duration::from_secs(120))
+                    .build(),
+            );
+        if let Some(endpoint) = &endpoint {
+            loader = loader.endpoint_url(endpoint);
+        }
+        let config = loader.load().await;
+        let s3_config = aws_sdk_s3::config::Builder::from(&config)
+            .region(Region::new(HOME_REGION))
+            .force_path_style(endpoint.is_some())
+            .build();
+        let iam_config =
+            aws_sdk_iam::config::Builder::from(&config).region(Region::new(HOME_REGION)).build();
+        Clients {
+            s3: aws_sdk_s3::Client::from_conf(s3_config),
+            iam: aws_sdk_iam::Client::from_conf(iam_config),
+            ec2: Mutex::new(HashMap::new()),
+            config,
+            endpoint,
+        }
+    }
+
+    /// The EC2 client of `region`.
+    pub fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
+        let mut clients = self.ec2.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        clients
+            .entry(region.to_owned())
+            .or_insert_with(|| {
+                let config = aws_sdk_ec2::config::Builder::from(&self.config)
+                    .region(Region::new(region.to_owned()))
+                    .build();
+                aws_sdk_ec2::Client::from_conf(config)
+            })
+            .clone()
+    }
+
+    pub fn s3(&self) -> &aws_sdk_s3::Client {
+        &self.s3
+    }
+
+    pub fn iam(&self) -> &aws_sdk_iam::Client {
+        &self.iam
+    }
+
+    /// The endpoint standing in for AWS, if any.
+    pub fn endpoint(&self) -> Option<&str> {
+        self.endpoint.as_deref()
+    }
+}
+
+/// The SDK configuration override that turns retries off for one call.
+pub fn no_retries() -> aws_sdk_ec2::config::Builder {
+    aws_sdk_ec2::config::Builder::default().retry_config(RetryConfig::disabled())
+}

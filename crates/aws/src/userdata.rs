@@ -1,0 +1,207 @@
+//! The user data every machine boots with: a short POSIX shell script, the same for every
+//! instance of a deployment and architecture, that carries no secret.
+//!
+//! It asks IMDS (v2) for the instance id and, with the instance role's temporary credentials,
+//! downloads the agent from S3 and checks its SHA-256, writes the agent's bootstrap config (whose
+//! identity URL names this instance) and starts the agent under systemd. The credentials reach
+//! curl on stdin, never on a command line.
+//!
+//! Knobs for the emulator, unset on a real machine (cloud-init runs the script as root with a
+//! bare environment): `FLOTILLA_ROOT` (prefix of every path written), `FLOTILLA_IMDS_ENDPOINT`,
+//! `FLOTILLA_S3_ENDPOINT` (path-style S3 base URL), `FLOTILLA_LISTEN` (the agent's address),
+//! `FLOTILLA_SERVICE=foreground` (exec the agent instead of systemd) and `FLOTILLA_AGENT_SEED`
+//! (a local copy of the agent used when its digest matches, like an image with the agent baked in).
+
+use flotilla_spec::bootstrap::{DEFAULT_API_PORT, DEFAULT_METRICS_PORT};
+
+/// What the script needs to know.
+#[derive(Clone, Debug)]
+pub struct UserData<'a> {
+    pub tag: &'a str,
+    pub bucket: &'a str,
+    pub bucket_region: &'a str,
+    /// SHA-256 of the agent executable for this architecture; it lives at `agents/<sha256>`.
+    pub agent_sha256: &'a str,
+    /// The IAM role id: identities are at `deployments/<tag>/identities/<role id>:<instance id>.json`.
+    pub role_id: &'a str,
+}
+
+/// Where a machine's identity bundle lives.
+pub fn identity_key(tag: &str, role_id: &str, instance_id: &str) -> String {
+    format!("deployments/{tag}/identities/{role_id}:{instance_id}.json")
+}
+
+/// The script. Values are validated names, digests and ids, quoted for the shell anyway.
+pub fn render(data: &UserData<'_>) -> String {
+    let quote = |value: &str| format!("'{}'", value.replace('\'', "'\\''"));
+    let identity_prefix = format!("deployments/{}/identities/{}:", data.tag, data.role_id);
+    format!(
+        r#"#!/bin/sh
+# flotilla bootstrap, deployment {tag_comment}. No secret is in this script: the machine reads
+# its agent and its own identity from S3 with its instance role.
+set -eu
+umask 077
+
+root="${{FLOTILLA_ROOT:-}}"
+imds="${{FLOTILLA_IMDS_ENDPOINT:-http://169.254.169.254}}"
+s3="${{FLOTILLA_S3_ENDPOINT:-https://s3.{region_plain}.amazonaws.com}}"
+listen="${{FLOTILLA_LISTEN:-0.0.0.0}}"
+service="${{FLOTILLA_SERVICE:-systemd}}"
+
+tag={tag}
+bucket={bucket}
+region={region}
+agent_sha256={sha}
+identity_prefix={identity_prefix}
+
+# Retries a command up to 30 times, 2 s apart (IMDS or S3 may not answer at once after boot).
+retry() {{
+  attempt=0
+  until "$@"; do
+    attempt=$((attempt + 1))
+    if [ "$attempt" -ge 30 ]; then
+      echo "flotilla bootstrap: giving up on: $*" >&2
+      return 1
+    fi
+    sleep 2
+  done
+}}
+
+new_token() {{
+  token=$(curl -sf -X PUT "$imds/latest/api/token" -H 'X-aws-ec2-metadata-token-ttl-seconds: 900')
+}}
+metadata() {{
+  curl -sf -H "X-aws-ec2-metadata-token: $token" "$imds/latest/meta-data/$1"
+}}
+read_instance_id() {{
+  instance_id=$(metadata instance-id)
+}}
+
+matches() {{
+  [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d ' ' -f 1)" = "$agent_sha256" ]
+}}
+
+download_agent() {{
+  role=$(metadata iam/security-credentials/) || return 1
+  credentials=$(metadata "iam/security-credentials/$role") || return 1
+  field() {{
+    printf '%s\n' "$credentials" | sed -n "s/.*\"$1\" *: *\"\([^\"]*\)\".*/\1/p" | head -n 1
+  }}
+  # The temporary keys reach curl on stdin, never on its command line.
+  printf 'user = "%s:%s"\nheader = "x-amz-security-token: %s"\n' \
+    "$(field AccessKeyId)" "$(field SecretAccessKey)" "$(field Token)" |
+    curl -sf --config - --aws-sigv4 "aws:amz:$region:s3" \
+      -o "$agent.new" "$s3/$bucket/agents/$agent_sha256"
+}}
+
+retry new_token
+retry read_instance_id
+
+agent="$root/usr/local/bin/flotilla"
+mkdir -p "$root/usr/local/bin" "$root/etc/flotilla" "$root/var/lib/flotilla"
+if ! matches "$agent"; then
+  if [ -n "${{FLOTILLA_AGENT_SEED:-}}" ] && matches "$FLOTILLA_AGENT_SEED"; then
+    cp "$FLOTILLA_AGENT_SEED" "$agent.new"
+  else
+    retry download_agent
+  fi
+  if ! matches "$agent.new"; then
+    echo "flotilla bootstrap: the agent's SHA-256 is not $agent_sha256" >&2
+    exit 1
+  fi
+  chmod 0755 "$agent.new"
+  mv "$agent.new" "$agent"
+fi
+
+cat > "$root/etc/flotilla/bootstrap.json" <<EOF
+{{"tag": "$tag", "dir": "$root/var/lib/flotilla/agent", "listen": "$listen", "api_port": {api_port}, "metrics_port": {metrics_port}, "identity": "s3://$bucket/$identity_prefix$instance_id.json", "identity_timeout": "30m"}}
+EOF
+
+{{
+  echo "AWS_REGION=$region"
+  if [ -n "${{FLOTILLA_S3_ENDPOINT:-}}" ]; then echo "AWS_ENDPOINT_URL=$s3"; fi
+  if [ -n "${{FLOTILLA_IMDS_ENDPOINT:-}}" ]; then echo "AWS_EC2_METADATA_SERVICE_ENDPOINT=$imds"; fi
+}} > "$root/etc/flotilla/agent.env"
+
+if [ "$service" = foreground ]; then
+  set -a
+  # shellcheck source=/dev/null
+  . "$root/etc/flotilla/agent.env"
+  set +a
+  exec "$agent" agent --bootstrap "$root/etc/flotilla/bootstrap.json"
+fi
+
+cat > "$root/etc/systemd/system/flotilla-agent.service" <<EOF
+[Unit]
+Description=flotilla agent (deployment $tag)
+Wants=network-online.target
+After=network-online.target
+
+[Service]
+EnvironmentFile=/etc/flotilla/agent.env
+ExecStart=/usr/local/bin/flotilla agent --bootstrap /etc/flotilla/bootstrap.json
+Restart=always
+RestartSec=2
+TimeoutStopSec=30
+LimitNOFILE=1048576
+
+[Install]
+WantedBy=multi-user.target
+EOF
+systemctl daemon-reload
+systemctl enable --now flotilla-agent.service
+"#,
+        tag_comment = data.tag,
+        region_plain = data.bucket_region,
+        tag = quote(data.tag),
+        bucket = quote(data.bucket),
+        region = quote(data.bucket_region),
+        sha = quote(data.agent_sha256),
+        identity_prefix = quote(&identity_prefix),
+        api_port = DEFAULT_API_PORT,
+        metrics_port = DEFAULT_METRICS_PORT,
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> String {
+        render(&UserData {
+            tag: "demo_1",
+            bucket: "flotilla-0123456789abcdef",
+            bucket_region: "us-east-1",
+            agent_sha256: &"a".repeat(64),
+            role_id: "AROAEXAMPLE",
+        })
+    }
+
+    #[test]
+    fn the_script_carries_no_secret() {
+        let script = sample();
+        for secret in ["PRIVATE KEY", "AKIA", "X-Amz-Signature", "aws_secret_access_key"] {
+            assert!(!script.contains(secret), "{secret}");
+        }
+        assert!(script.contains("identities/AROAEXAMPLE:"));
+        assert!(script.len() < 16 * 1024, "user data is limited to 16 KiB");
+    }
+
+    /// shellcheck is a real peer here: the test fails, naming how to install it, if it is absent.
+    #[test]
+    fn shellcheck_accepts_the_script() {
+        let temp = tempfile::tempdir().unwrap();
+        let path = temp.path().join("user-data.sh");
+        fs_err::write(&path, sample()).unwrap();
+        let output = std::process::Command::new("shellcheck")
+            .args(["--shell=sh", "--severity=style"])
+            .arg(&path)
+            .output()
+            .unwrap_or_else(|e| panic!("shellcheck is not installed ({e}): apt-get install shellcheck (scripts/test does)"));
+        assert!(
+            output.status.success(),
+            "shellcheck:\n{}",
+            String::from_utf8_lossy(&output.stdout)
+        );
+    }
+}
