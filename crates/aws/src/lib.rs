@@ -403,47 +403,52 @@ impl Provider for AwsProvider {
         plan: &DeploymentPlan,
         progress: &dyn Progress,
     ) -> Result<(), ProviderError> {
+        // Reads that check the account, all at once, before anything changes.
         let stage = progress.stage("checking the account", 0);
         let regions = plan.regions();
-        self.check_regions(&regions).await?;
         let mut types: Vec<String> =
             plan.machines.iter().map(|m| m.instance_type.clone()).collect();
         types.sort();
         types.dedup();
-        let architectures = self.architectures(&types).await?;
-        let needed: BTreeSet<String> = architectures.values().cloned().collect();
-        let agents = self.agents(&needed)?;
-        let deployer_ip = self.deployer_ip().await?;
-        let mut offerings: HashMap<String, HashMap<String, Vec<String>>> = HashMap::new();
-        {
+        let offerings_lookup = async {
             let tasks: Vec<_> = regions
                 .iter()
                 .map(|region| {
-                    let region_types: Vec<String> = {
-                        let mut t: Vec<String> = plan
-                            .machines
-                            .iter()
-                            .filter(|m| &m.region == region)
-                            .map(|m| m.instance_type.clone())
-                            .collect();
-                        t.sort();
-                        t.dedup();
-                        t
-                    };
+                    let mut region_types: Vec<String> = plan
+                        .machines
+                        .iter()
+                        .filter(|m| &m.region == region)
+                        .map(|m| m.instance_type.clone())
+                        .collect();
+                    region_types.sort();
+                    region_types.dedup();
                     async move { (region.clone(), self.offerings(region, &region_types).await) }
                 })
                 .collect();
-            let mut lookups = futures_util::stream::iter(tasks).buffer_unordered(8);
+            let mut offerings: HashMap<String, HashMap<String, Vec<String>>> = HashMap::new();
+            let mut lookups = futures_util::stream::iter(tasks).buffer_unordered(16);
             while let Some((region, result)) = lookups.next().await {
                 offerings.insert(region, result?);
             }
-        }
+            Ok::<_, ProviderError>(offerings)
+        };
+        let (enabled, architectures, deployer_ip, offerings) = tokio::join!(
+            self.check_regions(&regions),
+            self.architectures(&types),
+            self.deployer_ip(),
+            offerings_lookup
+        );
+        enabled?;
+        let architectures = architectures?;
+        let deployer_ip = deployer_ip?;
+        let offerings = offerings?;
+        let needed: BTreeSet<String> = architectures.values().cloned().collect();
+        let agents = self.agents(&needed)?;
         let zones =
             instances::assign_zones(&plan.machines, &offerings).map_err(ProviderError::new)?;
         drop(stage);
 
         // From here on, calls change the account.
-        let stage = progress.stage("creating bucket and role", 0);
         let bucket = match self.journal.read().bucket {
             Some(bucket) => bucket,
             None => s3::bucket_name(&self.options.home)?,
@@ -452,14 +457,6 @@ impl Provider for AwsProvider {
             r.bucket = Some(bucket.clone());
             r.deployer_ip = Some(deployer_ip);
         })?;
-        s3::ensure_bucket(&self.clients, &bucket).await?;
-        let role_id = iam::ensure_role(&self.clients, &self.tag, &bucket).await?;
-        self.journal.update(|r| {
-            r.role_name = Some(iam::role_name(&self.tag));
-            r.role_id = Some(role_id.clone());
-        })?;
-        drop(stage);
-
         let region_plans: HashMap<String, RegionPlan> = regions
             .iter()
             .enumerate()
@@ -491,9 +488,10 @@ impl Provider for AwsProvider {
             })
             .collect();
 
-        let settings = NetworkSettings { tag: &self.tag, deployer_ip, ports: &plan.ports };
+        // Three independent chains: bucket then agent upload; the role; networks then peering.
         let stage = progress.stage("creating networks", regions.len() as u64);
-        let uploads = async {
+        let storage = async {
+            s3::ensure_bucket(&self.clients, &bucket).await?;
             for (architecture, agent) in &agents {
                 s3::put_file_once(
                     &self.clients,
@@ -508,6 +506,15 @@ impl Provider for AwsProvider {
             }
             Ok::<(), ProviderError>(())
         };
+        let role = async {
+            let role_id = iam::ensure_role(&self.clients, &self.tag, &bucket).await?;
+            self.journal.update(|r| {
+                r.role_name = Some(iam::role_name(&self.tag));
+                r.role_id = Some(role_id.clone());
+            })?;
+            Ok::<String, ProviderError>(role_id)
+        };
+        let settings = NetworkSettings { tag: &self.tag, deployer_ip, ports: &plan.ports };
         let networks = async {
             let tasks: Vec<_> = region_plans
                 .values()
@@ -524,20 +531,12 @@ impl Provider for AwsProvider {
                 result?;
                 stage.advance(1);
             }
-            Ok::<(), ProviderError>(())
-        };
-        let (uploaded, networked) = tokio::join!(uploads, networks);
-        uploaded?;
-        networked?;
-        drop(stage);
-
-        let hub = AWS_MONITORING_REGION;
-        let hub_index = region_plans[hub].index;
-        let spokes: Vec<&RegionPlan> = region_plans.values().filter(|p| p.region != hub).collect();
-        if !spokes.is_empty() {
-            let stage = progress.stage("peering regions", spokes.len() as u64);
-            let tasks: Vec<_> = spokes
-                .iter()
+            drop(tasks);
+            let hub = AWS_MONITORING_REGION;
+            let hub_index = region_plans[hub].index;
+            let peerings: Vec<_> = region_plans
+                .values()
+                .filter(|p| p.region != hub)
                 .map(|spoke| async move {
                     network::ensure_peering(
                         &self.clients,
@@ -549,12 +548,14 @@ impl Provider for AwsProvider {
                     .await
                 })
                 .collect();
-            let mut tasks = futures_util::stream::iter(tasks).buffer_unordered(16);
-            while let Some(result) = tasks.next().await {
-                result?;
-                stage.advance(1);
-            }
-        }
+            futures_util::future::try_join_all(peerings).await?;
+            Ok::<(), ProviderError>(())
+        };
+        let (stored, role_id, networked) = tokio::join!(storage, role, networks);
+        stored?;
+        let role_id = role_id?;
+        networked?;
+        drop(stage);
 
         let user_data = agents
             .iter()

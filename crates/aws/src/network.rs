@@ -144,188 +144,207 @@ pub async fn ensure_region(
         }
     };
 
-    // Internet gateway, attached.
-    let igw_id = match record.internet_gateway_id {
-        Some(id) => id,
-        None => {
-            let mut attached = false;
-            let mut existing = None;
-            if !fresh {
-                let found = ec2
-                    .describe_internet_gateways()
-                    .filters(tag_filter(tag))
-                    .send()
-                    .await
-                    .map_err(|e| {
-                        AwsError::from_sdk(region, "DescribeInternetGateways", &vpc_id, e)
-                    })?;
-                if let Some(igw) = found.internet_gateways().first() {
-                    attached =
-                        igw.attachments().iter().any(|a| a.vpc_id() == Some(vpc_id.as_str()));
-                    existing = igw.internet_gateway_id().map(str::to_owned);
+    // After the VPC, four independent chains run at once: the gateway and default route, the
+    // subnets, the security groups, the images.
+    let routing = async {
+        // Internet gateway, attached.
+        let igw_id = match record.internet_gateway_id {
+            Some(id) => id,
+            None => {
+                let mut attached = false;
+                let mut existing = None;
+                if !fresh {
+                    let found = ec2
+                        .describe_internet_gateways()
+                        .filters(tag_filter(tag))
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            AwsError::from_sdk(region, "DescribeInternetGateways", &vpc_id, e)
+                        })?;
+                    if let Some(igw) = found.internet_gateways().first() {
+                        attached =
+                            igw.attachments().iter().any(|a| a.vpc_id() == Some(vpc_id.as_str()));
+                        existing = igw.internet_gateway_id().map(str::to_owned);
+                    }
                 }
-            }
-            let id = match existing {
-                Some(id) => id,
-                None => ec2
-                    .create_internet_gateway()
-                    .tag_specifications(tag_spec(
-                        ResourceType::InternetGateway,
-                        tag,
-                        &format!("flotilla-{tag}"),
-                        &[],
-                    ))
-                    .send()
-                    .await
-                    .map_err(|e| AwsError::from_sdk(region, "CreateInternetGateway", &vpc_id, e))?
-                    .internet_gateway()
-                    .and_then(|g| g.internet_gateway_id())
-                    .ok_or_else(|| {
-                        AwsError::other(
-                            region,
-                            "CreateInternetGateway",
-                            &vpc_id,
-                            "no id in the answer",
-                        )
-                    })?
-                    .to_owned(),
-            };
-            if !attached {
-                match ec2
-                    .attach_internet_gateway()
-                    .internet_gateway_id(&id)
-                    .vpc_id(&vpc_id)
-                    .send()
-                    .await
-                {
-                    Ok(_) => {}
-                    Err(e) => {
-                        let error = AwsError::from_sdk(region, "AttachInternetGateway", &id, e);
-                        if !error.code_is("Resource.AlreadyAssociated") {
-                            return Err(error.into());
+                let id = match existing {
+                    Some(id) => id,
+                    None => ec2
+                        .create_internet_gateway()
+                        .tag_specifications(tag_spec(
+                            ResourceType::InternetGateway,
+                            tag,
+                            &format!("flotilla-{tag}"),
+                            &[],
+                        ))
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            AwsError::from_sdk(region, "CreateInternetGateway", &vpc_id, e)
+                        })?
+                        .internet_gateway()
+                        .and_then(|g| g.internet_gateway_id())
+                        .ok_or_else(|| {
+                            AwsError::other(
+                                region,
+                                "CreateInternetGateway",
+                                &vpc_id,
+                                "no id in the answer",
+                            )
+                        })?
+                        .to_owned(),
+                };
+                if !attached {
+                    match ec2
+                        .attach_internet_gateway()
+                        .internet_gateway_id(&id)
+                        .vpc_id(&vpc_id)
+                        .send()
+                        .await
+                    {
+                        Ok(_) => {}
+                        Err(e) => {
+                            let error = AwsError::from_sdk(region, "AttachInternetGateway", &id, e);
+                            if !error.code_is("Resource.AlreadyAssociated") {
+                                return Err(error.into());
+                            }
                         }
                     }
                 }
+                journal.update(|r| r.region(region).internet_gateway_id = Some(id.clone()))?;
+                id
             }
-            journal.update(|r| r.region(region).internet_gateway_id = Some(id.clone()))?;
-            id
+        };
+        // The main route table's default route.
+        if record.route_table_id.is_none() {
+            let tables = ec2
+                .describe_route_tables()
+                .filters(filter("vpc-id", &vpc_id))
+                .filters(filter("association.main", "true"))
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk(region, "DescribeRouteTables", &vpc_id, e))?;
+            let table = tables
+                .route_tables()
+                .first()
+                .and_then(|t| t.route_table_id())
+                .ok_or_else(|| {
+                    AwsError::other(
+                        region,
+                        "DescribeRouteTables",
+                        &vpc_id,
+                        "the VPC has no main route table",
+                    )
+                })?
+                .to_owned();
+            create_route(&ec2, region, &table, "0.0.0.0/0", Route::Gateway(&igw_id)).await?;
+            journal.update(|r| r.region(region).route_table_id = Some(table.clone()))?;
         }
+        Ok::<(), ProviderError>(())
     };
-
-    // The main route table's default route.
-    if record.route_table_id.is_none() {
-        let tables = ec2
-            .describe_route_tables()
-            .filters(filter("vpc-id", &vpc_id))
-            .filters(filter("association.main", "true"))
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk(region, "DescribeRouteTables", &vpc_id, e))?;
-        let table = tables
-            .route_tables()
-            .first()
-            .and_then(|t| t.route_table_id())
-            .ok_or_else(|| {
-                AwsError::other(
-                    region,
-                    "DescribeRouteTables",
-                    &vpc_id,
-                    "the VPC has no main route table",
-                )
-            })?
-            .to_owned();
-        create_route(&ec2, region, &table, "0.0.0.0/0", Route::Gateway(&igw_id)).await?;
-        journal.update(|r| r.region(region).route_table_id = Some(table.clone()))?;
-    }
-
-    // Subnets in the zones in use.
-    let mut known = record.subnets.clone();
-    let missing: Vec<&String> =
-        plan.zones_in_use.iter().filter(|z| !known.contains_key(*z)).collect();
-    if !missing.is_empty() && !fresh {
-        let found = ec2
-            .describe_subnets()
-            .filters(tag_filter(tag))
-            .filters(filter("vpc-id", &vpc_id))
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk(region, "DescribeSubnets", &vpc_id, e))?;
-        for subnet in found.subnets() {
-            if let (Some(zone), Some(id)) = (subnet.availability_zone(), subnet.subnet_id()) {
-                known.insert(zone.to_owned(), id.to_owned());
+    let subnets = async {
+        // Subnets in the zones in use.
+        let mut known = record.subnets.clone();
+        let missing: Vec<&String> =
+            plan.zones_in_use.iter().filter(|z| !known.contains_key(*z)).collect();
+        if !missing.is_empty() && !fresh {
+            let found = ec2
+                .describe_subnets()
+                .filters(tag_filter(tag))
+                .filters(filter("vpc-id", &vpc_id))
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk(region, "DescribeSubnets", &vpc_id, e))?;
+            for subnet in found.subnets() {
+                if let (Some(zone), Some(id)) = (subnet.availability_zone(), subnet.subnet_id()) {
+                    known.insert(zone.to_owned(), id.to_owned());
+                }
             }
+            let adopted = known.clone();
+            journal.update(|r| r.region(region).subnets.extend(adopted))?;
         }
-        let adopted = known.clone();
-        journal.update(|r| r.region(region).subnets.extend(adopted))?;
-    }
-    for zone in &plan.zones_in_use {
-        if known.contains_key(zone) {
-            continue;
+        let creations =
+            plan.zones_in_use.iter().filter(|zone| !known.contains_key(*zone)).map(|zone| {
+                let vpc_id = &vpc_id;
+                async move {
+                    let id = create_subnet(clients, region, tag, vpc_id, plan, zone).await?;
+                    journal.update(|r| r.region(region).subnets.insert(zone.clone(), id))?;
+                    Ok::<(), ProviderError>(())
+                }
+            });
+        futures_util::future::try_join_all(creations).await?;
+        Ok::<(), ProviderError>(())
+    };
+    let groups = async {
+        // Security groups: the agent's port from the deployer only, and the spec's ports.
+        let deployer = format!("{}/32", settings.deployer_ip);
+        if plan.binary_group && record.binary_group_id.is_none() {
+            let mut rules = vec![(
+                String::from("tcp"),
+                DEFAULT_API_PORT,
+                deployer.clone(),
+                "flotilla agent API (deployer)".to_owned(),
+            )];
+            for port in settings.ports {
+                rules.push((
+                    port.protocol.clone(),
+                    port.port,
+                    port.cidr.clone(),
+                    "spec ports".to_owned(),
+                ));
+            }
+            let id = ensure_group(
+                &ec2,
+                region,
+                tag,
+                &vpc_id,
+                &format!("{tag}-binary"),
+                "flotilla binary instances",
+                &rules,
+                fresh,
+            )
+            .await?;
+            journal.update(|r| r.region(region).binary_group_id = Some(id))?;
         }
-        let id = create_subnet(clients, region, tag, &vpc_id, plan, zone).await?;
-        journal.update(|r| r.region(region).subnets.insert(zone.clone(), id.clone()))?;
-        known.insert(zone.clone(), id);
-    }
-
-    // Security groups: the agent's port from the deployer only, and the spec's ports.
-    let deployer = format!("{}/32", settings.deployer_ip);
-    if plan.binary_group && record.binary_group_id.is_none() {
-        let mut rules = vec![(
-            String::from("tcp"),
-            DEFAULT_API_PORT,
-            deployer.clone(),
-            "flotilla agent API (deployer)".to_owned(),
-        )];
-        for port in settings.ports {
-            rules.push((
-                port.protocol.clone(),
-                port.port,
-                port.cidr.clone(),
-                "spec ports".to_owned(),
-            ));
+        if plan.monitoring_group && record.monitoring_group_id.is_none() {
+            let rules = vec![(
+                String::from("tcp"),
+                DEFAULT_API_PORT,
+                deployer.clone(),
+                "flotilla agent API (deployer)".to_owned(),
+            )];
+            let id = ensure_group(
+                &ec2,
+                region,
+                tag,
+                &vpc_id,
+                &format!("{tag}-monitoring"),
+                "flotilla monitoring instance",
+                &rules,
+                fresh,
+            )
+            .await?;
+            journal.update(|r| r.region(region).monitoring_group_id = Some(id))?;
         }
-        let id = ensure_group(
-            &ec2,
-            region,
-            tag,
-            &vpc_id,
-            &format!("{tag}-binary"),
-            "flotilla binary instances",
-            &rules,
-            fresh,
-        )
-        .await?;
-        journal.update(|r| r.region(region).binary_group_id = Some(id))?;
-    }
-    if plan.monitoring_group && record.monitoring_group_id.is_none() {
-        let rules = vec![(
-            String::from("tcp"),
-            DEFAULT_API_PORT,
-            deployer.clone(),
-            "flotilla agent API (deployer)".to_owned(),
-        )];
-        let id = ensure_group(
-            &ec2,
-            region,
-            tag,
-            &vpc_id,
-            &format!("{tag}-monitoring"),
-            "flotilla monitoring instance",
-            &rules,
-            fresh,
-        )
-        .await?;
-        journal.update(|r| r.region(region).monitoring_group_id = Some(id))?;
-    }
-
-    // Ubuntu 24.04 images.
-    for architecture in &plan.architectures {
-        if record.images.contains_key(architecture) {
-            continue;
+        Ok::<(), ProviderError>(())
+    };
+    let images = async {
+        // Ubuntu 24.04 images.
+        for architecture in &plan.architectures {
+            if record.images.contains_key(architecture) {
+                continue;
+            }
+            let image = find_image(&ec2, region, architecture).await?;
+            journal.update(|r| r.region(region).images.insert(architecture.clone(), image))?;
         }
-        let image = find_image(&ec2, region, architecture).await?;
-        journal.update(|r| r.region(region).images.insert(architecture.clone(), image))?;
-    }
+        Ok::<(), ProviderError>(())
+    };
+    let (routing, subnets, groups, images) = tokio::join!(routing, subnets, groups, images);
+    routing?;
+    subnets?;
+    groups?;
+    images?;
     Ok(())
 }
 

@@ -4,6 +4,8 @@
 #![allow(dead_code)] // Each test file uses a different part of this module.
 #![allow(clippy::unwrap_used)] // Test support: a failure here is a test failure.
 
+pub mod aws;
+
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
