@@ -1,0 +1,1123 @@
+"""flotilla's AWS emulator: moto 5.2.5 served in-process, with what flotilla's tests need added.
+
+`flotilla-emulator up` writes this file into its state directory and runs it with the pinned
+moto's Python. It serves moto's WSGI app with werkzeug (threaded) on 127.0.0.1 and adds, per
+*scope* (the access key id of a request's SigV4 credential; `*` means every scope):
+
+- latency before each request;
+- injected errors by service and Action, and for RunInstances by pool (instance type, AZ,
+  on-demand or spot), rendered the way each AWS protocol renders errors;
+- request counts by service and Action (S3 by operation);
+- instance state timing: `pending` and `shutting-down`/`stopping` last a while, and the public
+  IP appears when the instance is running;
+- the dependency checks moto skips (DeleteSubnet, DeleteSecurityGroup, DeleteVpc);
+- public IPs from a pool of loopback addresses the Rust side leased, recycled on termination;
+- a JSON control API under `/_flotilla/`.
+
+Why in-process patches rather than a proxy in front of moto: the features above need moto's
+state, not just its traffic. A pool rule needs the AZ of a subnet, a dependency check needs
+the instances that use a group, and state timing and loopback addresses change what every
+later Describe call reports. A proxy would have to keep its own copy of that state and rewrite
+moto's XML in every response that shows it; a patch changes the model once, and moto renders
+it (errors included) in every protocol. moto is pinned to 5.2.5, so the patched internals do
+not move underneath us.
+
+Environment (set by the Rust side): FLOTILLA_EMULATOR_PORT (0 picks a free port; the chosen
+one is printed as `{"port": N}` on stdout), FLOTILLA_EMULATOR_PUBLIC_BLOCKS (`127.A.B,...`),
+FLOTILLA_EMULATOR_PENDING_MS, FLOTILLA_EMULATOR_SHUTTING_DOWN_MS, FLOTILLA_EMULATOR_LATENCY_MS,
+and MOTO_AMIS_PATH (read by moto at import).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import io
+import json
+import os
+import random
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qs
+
+from moto.core import DEFAULT_ACCOUNT_ID
+from moto.ec2.exceptions import DependencyViolationError, EC2ClientError
+from moto.ec2.models import ec2_backends
+from moto.ec2.models import elastic_ip_addresses as moto_eips
+from moto.ec2.models.elastic_ip_addresses import ElasticAddressBackend
+from moto.ec2.models.elastic_network_interfaces import NetworkInterface
+from moto.ec2.models.instances import Instance, InstanceBackend
+from moto.ec2.models.security_groups import SecurityGroupBackend
+from moto.ec2.models.subnets import SubnetBackend
+from moto.ec2.models.vpcs import VPCBackend
+from moto.iam.models import get_account_id_from
+from moto.moto_server.werkzeug_app import (
+    DomainDispatcherApplication,
+    MotoRequestHandler,
+    create_backend_app,
+)
+from werkzeug.serving import make_server
+
+Environ = dict[str, Any]
+StartResponse = Callable[..., Any]
+ANY = "*"
+
+
+def env_int(name: str, default: int) -> int:
+    value = os.environ.get(name, "")
+    return int(value) if value else default
+
+
+# --- Who is asking: scope, service, region, Action ------------------------------------------
+
+
+@dataclass
+class Call:
+    scope: str
+    service: str
+    region: str
+    action: str
+    params: dict[str, str]
+    method: str
+    json_protocol: bool
+
+
+def read_form_body(environ: Environ) -> str:
+    """The form-encoded body (query protocols), put back for moto to read again."""
+    if not environ.get("CONTENT_TYPE", "").startswith("application/x-www-form-urlencoded"):
+        return ""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+    except ValueError:
+        return ""
+    if not length:
+        return ""
+    raw = environ["wsgi.input"].read(length)
+    environ["wsgi.input"] = io.BytesIO(raw)
+    return raw.decode("utf-8", "replace")
+
+
+def credential(environ: Environ, query: dict[str, str]) -> list[str]:
+    """`[access key id, date, region, service, ...]` from the SigV4 header or a presigned URL."""
+    auth = environ.get("HTTP_AUTHORIZATION", "")
+    if "Credential=" in auth:
+        return auth.split("Credential=", 1)[1].split(",", 1)[0].strip().split("/")
+    if auth.startswith("AWS "):  # SigV2, S3 only
+        return [auth[4:].split(":", 1)[0], "", "us-east-1", "s3"]
+    if "X-Amz-Credential" in query:
+        return query["X-Amz-Credential"].split("/")
+    if "AWSAccessKeyId" in query:
+        return [query["AWSAccessKeyId"], "", "us-east-1", "s3"]
+    return []
+
+
+def identify(environ: Environ) -> Call:
+    query = {
+        k: v[0]
+        for k, v in parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True).items()
+    }
+    params = dict(query)
+    params.update(
+        {k: v[0] for k, v in parse_qs(read_form_body(environ), keep_blank_values=True).items()}
+    )
+    parts = credential(environ, query)
+    scope = parts[0] if parts and parts[0] else "-"
+    region = parts[2] if len(parts) > 2 and parts[2] else "us-east-1"
+    service = parts[3] if len(parts) > 3 and parts[3] else "s3"
+    method = environ.get("REQUEST_METHOD", "GET")
+    path = environ.get("PATH_INFO", "/")
+    target = environ.get("HTTP_X_AMZ_TARGET", "")
+    if target:
+        action = target.rsplit(".", 1)[-1]
+    elif "Action" in params:
+        action = params["Action"]
+    elif service == "s3":
+        action = s3_operation(method, path, query, environ)
+    elif service == "route53":
+        action = route53_operation(method, path)
+    else:
+        action = f"{method} {path}"
+    return Call(scope, service, region, action, params, method, bool(target))
+
+
+S3_BUCKET_SUBRESOURCES = {
+    "acl": "BucketAcl",
+    "cors": "BucketCors",
+    "encryption": "BucketEncryption",
+    "lifecycle": "BucketLifecycleConfiguration",
+    "location": "BucketLocation",
+    "logging": "BucketLogging",
+    "notification": "BucketNotificationConfiguration",
+    "object-lock": "ObjectLockConfiguration",
+    "ownershipControls": "BucketOwnershipControls",
+    "policy": "BucketPolicy",
+    "publicAccessBlock": "PublicAccessBlock",
+    "replication": "BucketReplication",
+    "tagging": "BucketTagging",
+    "versioning": "BucketVersioning",
+    "website": "BucketWebsite",
+}
+S3_OBJECT_SUBRESOURCES = {
+    "acl": "ObjectAcl",
+    "tagging": "ObjectTagging",
+    "retention": "ObjectRetention",
+    "legal-hold": "ObjectLegalHold",
+    "attributes": "ObjectAttributes",
+}
+VERBS = {"GET": "Get", "PUT": "Put", "DELETE": "Delete"}
+
+
+def s3_operation(method: str, path: str, query: dict[str, str], environ: Environ) -> str:
+    """The S3 operation name of a path-style request, as the S3 API reference names it."""
+    bucket, _, key = path.lstrip("/").partition("/")
+    if not bucket:
+        return "ListBuckets" if method == "GET" else f"{method} /"
+    if not key:
+        for sub, name in S3_BUCKET_SUBRESOURCES.items():
+            if sub in query and method in VERBS:
+                return VERBS[method] + name
+        if method == "GET":
+            if query.get("list-type") == "2":
+                return "ListObjectsV2"
+            if "versions" in query:
+                return "ListObjectVersions"
+            if "uploads" in query:
+                return "ListMultipartUploads"
+            return "ListObjects"
+        return {"HEAD": "HeadBucket", "PUT": "CreateBucket", "DELETE": "DeleteBucket"}.get(
+            method, "DeleteObjects" if "delete" in query else f"{method}Bucket"
+        )
+    if "uploadId" in query:
+        if method == "PUT":
+            return "UploadPartCopy" if "HTTP_X_AMZ_COPY_SOURCE" in environ else "UploadPart"
+        return {"POST": "CompleteMultipartUpload", "DELETE": "AbortMultipartUpload"}.get(
+            method, "ListParts"
+        )
+    if "uploads" in query and method == "POST":
+        return "CreateMultipartUpload"
+    for sub, name in S3_OBJECT_SUBRESOURCES.items():
+        if sub in query and method in VERBS:
+            return VERBS[method] + name
+    if method == "PUT":
+        return "CopyObject" if "HTTP_X_AMZ_COPY_SOURCE" in environ else "PutObject"
+    return {"GET": "GetObject", "HEAD": "HeadObject", "DELETE": "DeleteObject"}.get(
+        method, f"{method}Object"
+    )
+
+
+def route53_operation(method: str, path: str) -> str:
+    segments = path.strip("/").split("/")[1:]  # after the API version
+    shape = tuple(s if i % 2 == 0 else "{id}" for i, s in enumerate(segments))
+    names = {
+        ("POST", ("hostedzone",)): "CreateHostedZone",
+        ("GET", ("hostedzone",)): "ListHostedZones",
+        ("GET", ("hostedzone", "{id}")): "GetHostedZone",
+        ("DELETE", ("hostedzone", "{id}")): "DeleteHostedZone",
+        ("POST", ("hostedzone", "{id}", "rrset")): "ChangeResourceRecordSets",
+        ("GET", ("hostedzone", "{id}", "rrset")): "ListResourceRecordSets",
+        ("GET", ("change", "{id}")): "GetChange",
+        ("GET", ("hostedzonesbyname",)): "ListHostedZonesByName",
+    }
+    return names.get((method, shape), f"{method} /{'/'.join(segments[:1])}")
+
+
+# --- Per-scope settings: latency, state timing, counts ------------------------------------------
+
+
+class Scoped:
+    """Values per scope, where `*` is the default for scopes without their own."""
+
+    def __init__(self, default: dict[str, int]) -> None:
+        self.values: dict[str, dict[str, int]] = {ANY: dict(default)}
+        self.lock = threading.Lock()
+
+    def get(self, scope: str) -> dict[str, int]:
+        with self.lock:
+            merged = dict(self.values[ANY])
+            merged.update(self.values.get(scope, {}))
+            return merged
+
+    def set(self, scope: str, values: dict[str, int]) -> None:
+        with self.lock:
+            self.values.setdefault(scope, {}).update(values)
+
+    def clear(self, scope: str, default: dict[str, int]) -> None:
+        with self.lock:
+            if scope == ANY:
+                self.values[ANY] = dict(default)
+            else:
+                self.values.pop(scope, None)
+
+
+LATENCY_DEFAULT = {"ms": env_int("FLOTILLA_EMULATOR_LATENCY_MS", 0)}
+TIMING_DEFAULT = {
+    "pending_ms": env_int("FLOTILLA_EMULATOR_PENDING_MS", 0),
+    "shutting_down_ms": env_int("FLOTILLA_EMULATOR_SHUTTING_DOWN_MS", 0),
+}
+LATENCY = Scoped(LATENCY_DEFAULT)
+TIMING = Scoped(TIMING_DEFAULT)
+
+
+class Counts:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_scope: dict[str, dict[str, dict[str, int]]] = {}
+
+    def add(self, call: Call) -> None:
+        with self.lock:
+            actions = self.by_scope.setdefault(call.scope, {}).setdefault(call.service, {})
+            actions[call.action] = actions.get(call.action, 0) + 1
+
+    def get(self, scope: str) -> dict[str, dict[str, int]]:
+        with self.lock:
+            return json.loads(json.dumps(self.by_scope.get(scope, {})))
+
+    def reset(self, scope: str) -> None:
+        with self.lock:
+            self.by_scope.pop(scope, None)
+
+
+COUNTS = Counts()
+
+
+# --- Injected errors --------------------------------------------------------------------------
+
+# code: (HTTP status, message). Statuses follow AWS: capacity and internal errors are 500,
+# throttling and unavailability 503, authorization 403, other client errors 400.
+KNOWN_ERRORS = {
+    "InsufficientInstanceCapacity": (
+        500,
+        "We currently do not have sufficient {type} capacity in the Availability Zone you"
+        " requested ({az}). Our system will be working on provisioning additional capacity.",
+    ),
+    "InsufficientHostCapacity": (
+        500,
+        "There is not enough capacity to fulfill your Dedicated Host request.",
+    ),
+    "InsufficientCapacity": (500, "There is not enough capacity to fulfill your request."),
+    "InsufficientAddressCapacity": (
+        500,
+        "Not enough available addresses to satisfy your minimum request.",
+    ),
+    "InternalError": (500, "An internal error has occurred."),
+    "InternalFailure": (
+        500,
+        "The request processing has failed because of an unknown error, exception, or failure.",
+    ),
+    "RequestLimitExceeded": (503, "Request limit exceeded."),
+    "Unavailable": (503, "The server is overloaded and can't handle the request."),
+    "ServiceUnavailable": (503, "The request has failed due to a temporary failure of the server."),
+    "SlowDown": (503, "Please reduce your request rate."),
+    "UnauthorizedOperation": (403, "You are not authorized to perform this operation."),
+    "AccessDenied": (403, "Access Denied"),
+    "Throttling": (400, "Rate exceeded"),
+    "InstanceLimitExceeded": (
+        400,
+        "You have requested more instances than your current instance limit allows.",
+    ),
+    "VcpuLimitExceeded": (
+        400,
+        "You have requested more vCPU capacity than your current vCPU limit allows.",
+    ),
+    "MaxSpotInstanceCountExceeded": (400, "Max spot instance count exceeded."),
+}
+
+QUERY_NAMESPACES = {
+    "iam": "https://iam.amazonaws.com/doc/2010-05-08/",
+    "sts": "https://sts.amazonaws.com/doc/2011-06-15/",
+    "sns": "http://sns.amazonaws.com/doc/2010-03-31/",
+    "sqs": "http://queue.amazonaws.com/doc/2012-11-05/",
+    "route53": "https://route53.amazonaws.com/doc/2013-04-01/",
+}
+
+
+class BadRequest(Exception):
+    """A control request the emulator refuses; the message says what to fix."""
+
+
+@dataclass
+class Pool:
+    instance_type: str
+    availability_zone: str
+    market: str  # "spot" or "on-demand"
+
+
+@dataclass
+class Rule:
+    code: str
+    service: str = ANY
+    action: str = ANY
+    probability: float = 1.0
+    count: int | None = None
+    instance_type: str | None = None
+    availability_zone: str | None = None
+    market: str | None = None
+    status: int | None = None
+    message: str | None = None
+    hits: int = 0
+
+    @staticmethod
+    def parse(value: Any) -> Rule:
+        fields = {"code", "service", "action", "probability", "count", "pool", "status", "message"}
+        obj = expect_object(value, fields, "a fault rule")
+        if not isinstance(obj.get("code"), str) or not obj["code"]:
+            raise BadRequest('a fault rule needs `code`, e.g. "InsufficientInstanceCapacity"')
+        probability = obj.get("probability", 1.0)
+        if not isinstance(probability, (int, float)) or not 0.0 <= probability <= 1.0:
+            raise BadRequest(f"`probability` must be a number in 0..1, not {probability!r}")
+        count = obj.get("count")
+        if count is not None and (not isinstance(count, int) or count < 1):
+            raise BadRequest(f"`count` must be a positive integer or null, not {count!r}")
+        pool = expect_object(
+            obj.get("pool") or {}, {"instance_type", "availability_zone", "market"}, "`pool`"
+        )
+        if pool.get("market") not in (None, "spot", "on-demand"):
+            raise BadRequest('`pool.market` must be "spot" or "on-demand"')
+        status = obj.get("status")
+        if status is not None and (not isinstance(status, int) or not 400 <= status <= 599):
+            raise BadRequest("`status` must be an HTTP error status (400..599)")
+        return Rule(
+            code=obj["code"],
+            service=str(obj.get("service") or ANY).lower(),
+            action=str(obj.get("action") or ANY),
+            probability=float(probability),
+            count=count,
+            instance_type=pool.get("instance_type"),
+            availability_zone=pool.get("availability_zone"),
+            market=pool.get("market"),
+            status=status,
+            message=obj.get("message"),
+        )
+
+    def has_pool(self) -> bool:
+        return any(v is not None for v in (self.instance_type, self.availability_zone, self.market))
+
+    def matches(self, call: Call, pool: Callable[[], Pool | None]) -> bool:
+        if self.service not in (ANY, call.service) or self.action not in (ANY, call.action):
+            return False
+        if not self.has_pool():
+            return True
+        launch = pool()
+        return launch is not None and all(
+            want is None or want == have
+            for want, have in (
+                (self.instance_type, launch.instance_type),
+                (self.availability_zone, launch.availability_zone),
+                (self.market, launch.market),
+            )
+        )
+
+    def to_json(self) -> dict[str, Any]:
+        pool = {
+            "instance_type": self.instance_type,
+            "availability_zone": self.availability_zone,
+            "market": self.market,
+        }
+        return {
+            "code": self.code,
+            "service": self.service,
+            "action": self.action,
+            "probability": self.probability,
+            "count": self.count,
+            "pool": {k: v for k, v in pool.items() if v is not None} or None,
+            "status": self.status,
+            "message": self.message,
+            "hits": self.hits,
+        }
+
+
+class Faults:
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.rules: dict[str, list[Rule]] = {}
+        self.random = random.Random()  # not moto's global one, which /moto-api/seed reseeds
+
+    def pick(self, call: Call) -> tuple[Rule, Pool | None] | None:
+        """The first rule of the call's scope, then of `*`, that matches and whose draw hits."""
+        cached: list[Pool | None] = []
+
+        def pool() -> Pool | None:
+            if not cached:
+                cached.append(launch_pool(call))
+            return cached[0]
+
+        with self.lock:
+            for scope in (call.scope, ANY):
+                for rule in self.rules.get(scope, []):
+                    if rule.count == 0 or not rule.matches(call, pool):
+                        continue
+                    if self.random.random() >= rule.probability:
+                        continue
+                    rule.hits += 1
+                    if rule.count is not None:
+                        rule.count -= 1
+                    return rule, pool()
+        return None
+
+    def get(self, scope: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [rule.to_json() for rule in self.rules.get(scope, [])]
+
+    def set(self, scope: str, rules: list[Rule]) -> None:
+        with self.lock:
+            self.rules[scope] = rules
+
+    def add(self, scope: str, rule: Rule) -> None:
+        with self.lock:
+            self.rules.setdefault(scope, []).append(rule)
+
+
+FAULTS = Faults()
+
+
+def launch_pool(call: Call) -> Pool | None:
+    """The capacity pool a RunInstances call asks for: type, AZ and market."""
+    if call.service != "ec2" or call.action != "RunInstances":
+        return None
+    p = call.params
+    try:
+        backend = ec2_backends[get_account_id_from(call.scope)][call.region]
+    except KeyError:  # an unknown region: moto answers that itself
+        return None
+    instance_type = p.get("InstanceType")
+    if not instance_type and (
+        "LaunchTemplate.LaunchTemplateId" in p or "LaunchTemplate.LaunchTemplateName" in p
+    ):
+        try:
+            template = backend._get_template_from_args(
+                {k.split(".", 1)[1]: v for k, v in p.items() if k.startswith("LaunchTemplate.")}
+            )
+            instance_type = template.data.get("InstanceType")
+        except Exception:  # an unknown template: moto answers that error itself
+            instance_type = None
+    subnet_id = p.get("SubnetId") or p.get("NetworkInterface.1.SubnetId")
+    zone = p.get("Placement.AvailabilityZone")
+    if subnet_id:
+        # An unknown subnet: moto answers InvalidSubnetID.NotFound itself.
+        with contextlib.suppress(Exception):
+            zone = backend.get_subnet(subnet_id).availability_zone
+    market = "spot" if p.get("InstanceMarketOptions.MarketType") == "spot" else "on-demand"
+    return Pool(instance_type or "m1.small", zone or f"{call.region}a", market)
+
+
+def fault_response(
+    call: Call, rule: Rule, pool: Pool | None
+) -> tuple[int, list[tuple[str, str]], bytes]:
+    """The error as the called service's protocol renders it."""
+    status, message = KNOWN_ERRORS.get(
+        rule.code, (400, f"{rule.code} (injected by flotilla-emulator)")
+    )
+    status = rule.status or status
+    message = rule.message or message.format(
+        type=pool.instance_type if pool else "the requested",
+        az=pool.availability_zone if pool else f"{call.region}a",
+    )
+    request_id = str(uuid.uuid4())
+    code, text = xml_escape(rule.code), xml_escape(message)
+    if call.json_protocol:
+        body = json.dumps({"__type": rule.code, "message": message}).encode()
+        return (
+            status,
+            [
+                ("Content-Type", "application/x-amz-json-1.0"),
+                ("x-amzn-ErrorType", rule.code),
+                ("x-amzn-RequestId", request_id),
+            ],
+            body,
+        )
+    error = f"<Code>{code}</Code><Message>{text}</Message>"
+    if call.service == "ec2":
+        xml = f"<Response><Errors><Error>{error}</Error></Errors>"
+        xml += f"<RequestID>{request_id}</RequestID></Response>"
+    elif call.service == "s3":
+        xml = f"<Error>{error}<RequestId>{request_id}</RequestId></Error>"
+    else:
+        kind = "Sender" if status < 500 else "Receiver"
+        namespace = QUERY_NAMESPACES.get(call.service, f"https://{call.service}.amazonaws.com/doc/")
+        xml = f'<ErrorResponse xmlns="{namespace}"><Error><Type>{kind}</Type>{error}</Error>'
+        xml += f"<RequestId>{request_id}</RequestId></ErrorResponse>"
+    body = (
+        b""
+        if call.method == "HEAD"
+        else ('<?xml version="1.0" encoding="UTF-8"?>\n' + xml).encode()
+    )
+    return status, [("Content-Type", "text/xml"), ("x-amzn-RequestId", request_id)], body
+
+
+def xml_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+# --- Loopback public IPs ------------------------------------------------------------------------
+
+
+class AddressPoolExhausted(EC2ClientError):
+    def __init__(self) -> None:
+        super().__init__(
+            "InsufficientAddressCapacity",
+            "flotilla-emulator's loopback public-IP pool is exhausted: terminate instances"
+            " or start it with more --public-ip-blocks",
+        )
+
+
+class AddressPool:
+    """Public IPs from the /24 blocks the Rust side leased; freed addresses are reused last."""
+
+    def __init__(self, blocks: Iterable[str]) -> None:
+        self.lock = threading.Lock()
+        self.free: deque[str] = deque(
+            f"{block}.{host}" for block in blocks for host in range(1, 255)
+        )
+        self.size = len(self.free)
+        self.in_use: dict[str, Any] = {}
+
+    def take(self, holder: Any) -> str:
+        with self.lock:
+            if not self.free:
+                raise AddressPoolExhausted()
+            address = self.free.popleft()
+            self.in_use[address] = holder
+            return address
+
+    def give(self, address: str | None) -> None:
+        with self.lock:
+            if address is not None and self.in_use.pop(address, None) is not None:
+                self.free.append(address)
+
+    def reset(self) -> None:
+        """After /moto-api/reset every instance and address is gone: all are free again."""
+        with self.lock:
+            self.free.extend(self.in_use)
+            self.in_use.clear()
+
+    def to_json(self) -> dict[str, Any]:
+        with self.lock:
+            holders = {ip: holder_name(holder) for ip, holder in self.in_use.items()}
+            return {"size": self.size, "free": len(self.free), "in_use": holders}
+
+
+def holder_name(holder: Any) -> str:
+    instance = getattr(holder, "instance", None)
+    return getattr(instance, "id", None) or getattr(holder, "id", None) or str(holder)
+
+
+POOL = AddressPool(b for b in os.environ.get("FLOTILLA_EMULATOR_PUBLIC_BLOCKS", "").split(",") if b)
+
+
+def nic_check_auto_public_ip(self: Any) -> None:
+    """moto picks 54.214.x.y; take a leased loopback address instead."""
+    if self.public_ip_auto_assign and str(self.public_ip_auto_assign).lower() == "true":
+        release_nic_address(self)
+        self._flotilla_ip = POOL.take(self)
+        self.public_ip = self._flotilla_ip
+
+
+def release_nic_address(nic: Any) -> None:
+    address = getattr(nic, "_flotilla_ip", None)
+    if address is not None:
+        if nic.public_ip == address:
+            nic.public_ip = None
+        nic._flotilla_ip = None
+        nic._flotilla_hidden = False
+        POOL.give(address)
+
+
+def hide_public_ips(instance: Any) -> None:
+    for nic in instance.nics.values():
+        if getattr(nic, "_flotilla_ip", None) and nic.public_ip == nic._flotilla_ip:
+            nic.public_ip = None
+            nic._flotilla_hidden = True
+
+
+def show_public_ips(instance: Any) -> None:
+    for nic in instance.nics.values():
+        if getattr(nic, "_flotilla_hidden", False):
+            nic.public_ip = nic._flotilla_ip
+            nic._flotilla_hidden = False
+
+
+def visible_public_ips(instance: Any) -> list[tuple[NetworkInterface, str]]:
+    return [(nic, nic.public_ip) for nic in instance.nics.values() if nic.public_ip]
+
+
+def eip_address() -> str:
+    return POOL.take("elastic-ip")
+
+
+original_release_address = ElasticAddressBackend.release_address
+
+
+def release_address(
+    self: Any, address: str | None = None, allocation_id: str | None = None
+) -> None:
+    eips = self.address_by_ip([address]) if address else self.address_by_allocation([allocation_id])
+    released = eips[0].public_ip if eips else None
+    original_release_address(self, address=address, allocation_id=allocation_id)
+    POOL.give(released)
+
+
+# --- Instance state timing ----------------------------------------------------------------------
+
+STATE_CODES = {
+    "pending": 0,
+    "running": 16,
+    "shutting-down": 32,
+    "terminated": 48,
+    "stopping": 64,
+    "stopped": 80,
+}
+
+
+class Lifecycle:
+    """Transitions due later (pending → running, shutting-down → terminated, stopping → stopped).
+
+    They are applied when a request arrives (every request checks; the booter polls often),
+    so nothing runs in the background.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.RLock()
+        self.due: dict[str, tuple[float, Instance, str]] = {}
+        self.next_deadline = float("inf")
+        self.generation = 0
+
+    def changed(self) -> None:
+        self.generation += 1
+
+    def schedule(self, instance: Any, after_ms: int, target: str) -> None:
+        with self.lock:
+            deadline = time.monotonic() + after_ms / 1000.0
+            self.due[instance.id] = (deadline, instance, target)
+            self.next_deadline = min(self.next_deadline, deadline)
+
+    def cancel(self, instance: Any) -> None:
+        with self.lock:
+            self.due.pop(instance.id, None)
+
+    def advance(self) -> None:
+        now = time.monotonic()
+        if now < self.next_deadline:
+            return
+        with self.lock:
+            for instance_id, (deadline, instance, target) in list(self.due.items()):
+                if deadline <= now:
+                    del self.due[instance_id]
+                    finish(instance, target)
+                    self.changed()
+            self.next_deadline = min((d for d, _, _ in self.due.values()), default=float("inf"))
+
+
+LIFECYCLE = Lifecycle()
+
+
+def set_state(instance: Any, name: str) -> None:
+    instance._state.name = name
+    instance._state.code = STATE_CODES[name]
+
+
+def finish(instance: Any, target: str) -> None:
+    set_state(instance, target)
+    if target == "running":
+        show_public_ips(instance)
+    else:  # stopped or terminated: the instance gives its auto-assigned addresses back
+        for nic in instance.nics.values():
+            release_nic_address(nic)
+
+
+def timing_ms(instance: Any, key: str) -> int:
+    return TIMING.get(getattr(instance, "_flotilla_scope", ANY))[key]
+
+
+def begin_pending(instance: Any) -> None:
+    delay = timing_ms(instance, "pending_ms")
+    if delay > 0:
+        set_state(instance, "pending")
+        hide_public_ips(instance)
+        LIFECYCLE.schedule(instance, delay, "running")
+    else:
+        LIFECYCLE.cancel(instance)
+    LIFECYCLE.changed()
+
+
+def wind_down(
+    original: Callable[[Instance], Any], passing: str, final: str
+) -> Callable[[Instance], Any]:
+    """Wraps Instance.stop/terminate: moto ends in `final` at once; this passes `passing` first."""
+
+    def wrapped(self: Any) -> Any:
+        if self._state.name == final:
+            return original(self)
+        if self._state.name == passing:
+            return copy.copy(self._state)
+        shown = visible_public_ips(self)
+        previous = original(self)  # moto clears the public IPs and sets `final`
+        delay = timing_ms(self, "shutting_down_ms")
+        if delay > 0:
+            set_state(self, passing)
+            for nic, address in shown:  # still visible while shutting down, as on AWS
+                nic.public_ip = address
+            LIFECYCLE.schedule(self, delay, final)
+        else:
+            LIFECYCLE.cancel(self)
+            finish(self, final)
+        LIFECYCLE.changed()
+        return previous
+
+    return wrapped
+
+
+original_start = Instance.start
+
+
+def instance_start(self: Any) -> Any:
+    previous = original_start(self)  # moto assigns new public IPs and says running
+    begin_pending(self)
+    return previous
+
+
+original_run_instances = InstanceBackend.run_instances
+CURRENT = threading.local()
+
+
+def run_instances(
+    self: Any, image_id: str, count: int, user_data: Any, security_group_names: Any, **kwargs: Any
+) -> Any:
+    reservation = original_run_instances(
+        self, image_id, count, user_data, security_group_names, **kwargs
+    )
+    # moto associates the instance profile with the first instance of a reservation only.
+    name, arn = kwargs.get("iam_instance_profile_name"), kwargs.get("iam_instance_profile_arn")
+    for instance in reservation.instances[1:] if (name or arn) else []:
+        self.associate_iam_instance_profile(
+            instance.id, iam_instance_profile_name=name, iam_instance_profile_arn=arn
+        )
+    launched: list[Any] = reservation.instances
+    for instance in launched:
+        instance._flotilla_scope = getattr(CURRENT, "scope", "-")
+        begin_pending(instance)
+    return reservation
+
+
+# --- Dependency checks moto skips ---------------------------------------------------------------
+
+
+def live_instances(backend: Any) -> list[Instance]:
+    return [
+        instance
+        for reservation in list(backend.reservations.values())
+        for instance in reservation.instances
+        if instance._state.name != "terminated"
+    ]
+
+
+def instance_group_ids(instance: Any) -> set[str]:
+    groups = list(instance.security_groups)
+    for nic in instance.nics.values():
+        groups.extend(nic.group_set)
+    return {getattr(group, "id", group) for group in groups}
+
+
+original_delete_subnet = SubnetBackend.delete_subnet
+
+
+def delete_subnet(self: Any, subnet_id: str) -> Any:
+    for instance in live_instances(self):
+        subnets = {instance.subnet_id} | {nic.subnet.id for nic in instance.nics.values()}
+        if subnet_id in subnets:
+            raise DependencyViolationError(
+                f"The subnet '{subnet_id}' has dependencies and cannot be deleted."
+            )
+    return original_delete_subnet(self, subnet_id)
+
+
+original_delete_security_group = SecurityGroupBackend.delete_security_group
+
+
+def delete_security_group(self: Any, name: str | None = None, group_id: str | None = None) -> Any:
+    group = (
+        self.get_security_group_from_id(group_id)
+        if group_id
+        else self.get_security_group_by_name_or_id(name)
+    )
+    if group is not None:
+        if any(group.id in instance_group_ids(instance) for instance in live_instances(self)):
+            raise DependencyViolationError(f"resource {group.id} has a dependent object")
+        for groups in list(self.groups.values()):
+            for other in list(groups.values()):
+                if other.id != group.id and any(
+                    references(rule.source_group, group)
+                    for rule in other.ingress_rules + other.egress_rules
+                ):
+                    raise DependencyViolationError(f"resource {group.id} has a dependent object")
+    return original_delete_security_group(self, name=name, group_id=group_id)
+
+
+def references(source: dict[str, str], group: Any) -> bool:
+    return bool(source) and (
+        source.get("GroupId") == group.id
+        or (source.get("GroupName") == group.name and "GroupId" not in source)
+    )
+
+
+original_delete_vpc = VPCBackend.delete_vpc
+
+
+def delete_vpc(self: Any, vpc_id: str) -> Any:
+    if any(instance.vpc_id == vpc_id for instance in live_instances(self)):
+        raise DependencyViolationError(
+            f"The vpc '{vpc_id}' has dependencies and cannot be deleted."
+        )
+    for pcx in list(self.vpc_pcxs.values()):
+        if vpc_id in (pcx.vpc.id, pcx.peer_vpc.id) and pcx._status.code in (
+            "active",
+            "pending-acceptance",
+        ):
+            raise DependencyViolationError(
+                f"The vpc '{vpc_id}' has dependencies and cannot be deleted."
+            )
+    return original_delete_vpc(self, vpc_id)
+
+
+def install_patches() -> None:
+    patches: list[tuple[Any, str, Any]] = [
+        (NetworkInterface, "check_auto_public_ip", nic_check_auto_public_ip),
+        (moto_eips, "random_ip", eip_address),
+        (ElasticAddressBackend, "release_address", release_address),
+        (Instance, "start", instance_start),
+        (Instance, "stop", wind_down(Instance.stop, "stopping", "stopped")),
+        (Instance, "terminate", wind_down(Instance.terminate, "shutting-down", "terminated")),
+        (InstanceBackend, "run_instances", run_instances),
+        (SubnetBackend, "delete_subnet", delete_subnet),
+        (SecurityGroupBackend, "delete_security_group", delete_security_group),
+        (VPCBackend, "delete_vpc", delete_vpc),
+    ]
+    for owner, name, replacement in patches:
+        setattr(owner, name, replacement)
+
+
+# --- Instances, as the booter sees them ---------------------------------------------------------
+
+
+def list_instances() -> list[dict[str, Any]]:
+    out: list[dict[str, Any]] = []
+    for account_id, regions in list(ec2_backends.items()):
+        for region, backend in list(regions.items()):
+            for reservation in list(backend.reservations.values()):
+                out.extend(
+                    describe(account_id, region, backend, instance)
+                    for instance in reservation.instances
+                )
+    return out
+
+
+def describe(account_id: str, region: str, backend: Any, instance: Any) -> dict[str, Any]:
+    association = backend.iam_instance_profile_associations.get(instance.id)
+    profile = association.iam_instance_profile if association else None
+    roles = getattr(profile, "roles", []) if profile else []
+    user_data = instance.user_data.as_bytes().decode("ascii") if instance.user_data else None
+    nic = instance.nics.get(0)
+    return {
+        "id": instance.id,
+        "account_id": account_id,
+        "region": region,
+        "state": instance._state.name,
+        "public_ip": instance.public_ip,
+        "private_ip": instance.private_ip,
+        "private_dns_name": instance.private_dns_name,
+        "mac": nic.mac_address if nic else None,
+        "instance_type": instance.instance_type,
+        "availability_zone": instance.availability_zone,
+        "image_id": instance.image_id,
+        "architecture": instance.architecture,
+        "ami_launch_index": instance.ami_launch_index,
+        "user_data": user_data,
+        "tags": dict(backend.tags.get(instance.id, {})),
+        "iam_instance_profile": profile.arn if profile else None,
+        "iam_role": roles[0].name if roles else None,
+        "scope": getattr(instance, "_flotilla_scope", "-"),
+        "lifecycle": "spot" if instance.lifecycle == "spot" else "on-demand",
+        "launch_time": instance.launch_time.strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "subnet_id": instance.subnet_id,
+        "vpc_id": instance.vpc_id,
+    }
+
+
+# --- Control API: /_flotilla/... ----------------------------------------------------------------
+
+
+def expect_object(value: Any, fields: set[str], what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be a JSON object")
+    unknown = sorted(set(value) - fields)
+    if unknown:
+        raise BadRequest(
+            f"{what}: unknown field(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}"
+        )
+    return value
+
+
+def non_negative_ints(value: Any, fields: set[str], what: str) -> dict[str, int]:
+    obj = expect_object(value, fields, what)
+    for key, number in obj.items():
+        if not isinstance(number, int) or isinstance(number, bool) or number < 0:
+            raise BadRequest(f"{what}: `{key}` must be a non-negative integer (milliseconds)")
+    return obj
+
+
+def control(method: str, path: str, query: dict[str, str], body: Any) -> tuple[int, Any]:
+    parts = path.strip("/").split("/")[1:]
+    if parts == ["health"]:
+        return 200, {"ok": True, "moto": "5.2.5"}
+    if parts == ["instances"] and method == "GET":
+        with LIFECYCLE.lock:
+            LIFECYCLE.advance()
+            generation = LIFECYCLE.generation
+            if query.get("since") == str(generation):
+                return 200, {"generation": generation, "unchanged": True}
+            return 200, {"generation": generation, "instances": list_instances()}
+    if parts == ["public-ips"] and method == "GET":
+        return 200, POOL.to_json()
+    if len(parts) != 3 or parts[0] != "scopes":
+        return 404, {"error": f"no control route {method} {path}"}
+    scope, what = parts[1], parts[2]
+    if what == "faults":
+        if method == "PUT":
+            rules = expect_object(body, {"rules"}, "the body").get("rules", [])
+            if not isinstance(rules, list):
+                raise BadRequest("`rules` must be a list")
+            FAULTS.set(scope, [Rule.parse(rule) for rule in rules])
+        elif method == "POST":
+            FAULTS.add(scope, Rule.parse(body))
+        elif method == "DELETE":
+            FAULTS.set(scope, [])
+        return 200, {"rules": FAULTS.get(scope)}
+    if what == "counts":
+        if method == "DELETE":
+            COUNTS.reset(scope)
+        return 200, {"counts": COUNTS.get(scope)}
+    if what == "latency":
+        if method == "PUT":
+            LATENCY.set(scope, non_negative_ints(body, {"ms"}, "latency"))
+        elif method == "DELETE":
+            LATENCY.clear(scope, LATENCY_DEFAULT)
+        return 200, LATENCY.get(scope)
+    if what == "timing":
+        if method == "PUT":
+            TIMING.set(scope, non_negative_ints(body, {"pending_ms", "shutting_down_ms"}, "timing"))
+        elif method == "DELETE":
+            TIMING.clear(scope, TIMING_DEFAULT)
+        return 200, TIMING.get(scope)
+    return 404, {"error": f"no control route {method} {path}"}
+
+
+def serve_control(environ: Environ, start_response: StartResponse) -> list[bytes]:
+    method = environ.get("REQUEST_METHOD", "GET")
+    path = environ.get("PATH_INFO", "")
+    query = {k: v[0] for k, v in parse_qs(environ.get("QUERY_STRING", "")).items()}
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length) if length else b""
+        body = json.loads(raw) if raw.strip() else None
+        status, answer = control(method, path, query, body)
+    except (BadRequest, ValueError) as error:
+        status, answer = 400, {"error": str(error)}
+    data = json.dumps(answer).encode()
+    reason = {200: "OK", 400: "Bad Request", 404: "Not Found"}.get(status, "")
+    start_response(
+        f"{status} {reason}",
+        [("Content-Type", "application/json"), ("Content-Length", str(len(data)))],
+    )
+    return [data]
+
+
+# --- The middleware around moto's app -----------------------------------------------------------
+
+# EC2 requests run one at a time: the patches above read and change instances, addresses and
+# pending transitions across calls. Other services (S3, SQS long polls) stay concurrent.
+EC2_LOCK = LIFECYCLE.lock
+READ_ONLY_PREFIXES = ("Describe", "Get", "List")
+
+
+class Middleware:
+    def __init__(self, moto_app: Callable[[Environ, StartResponse], Iterable[bytes]]) -> None:
+        self.moto_app = moto_app
+
+    def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
+        path = environ.get("PATH_INFO", "")
+        if path.startswith("/_flotilla/"):
+            return serve_control(environ, start_response)
+        if path.startswith("/moto-api"):
+            with EC2_LOCK:
+                LIFECYCLE.changed()
+                if path.rstrip("/") == "/moto-api/reset":
+                    LIFECYCLE.due.clear()
+                    POOL.reset()
+                return self.moto_app(environ, start_response)
+        call = identify(environ)
+        COUNTS.add(call)
+        delay = LATENCY.get(call.scope)["ms"]
+        if delay:
+            time.sleep(delay / 1000.0)
+        if call.service == "ec2":
+            with EC2_LOCK:
+                LIFECYCLE.advance()
+                return self.dispatch(call, environ, start_response)
+        return self.dispatch(call, environ, start_response)
+
+    def dispatch(
+        self, call: Call, environ: Environ, start_response: StartResponse
+    ) -> Iterable[bytes]:
+        injected = FAULTS.pick(call)
+        if injected is not None:
+            status, headers, body = fault_response(call, *injected)
+            start_response(f"{status} Injected", [*headers, ("Content-Length", str(len(body)))])
+            return [body]
+        CURRENT.scope = call.scope
+        try:
+            return self.moto_app(environ, start_response)
+        finally:
+            CURRENT.scope = "-"
+            if call.service == "ec2" and not call.action.startswith(READ_ONLY_PREFIXES):
+                LIFECYCLE.changed()
+
+
+# --- Start ---------------------------------------------------------------------------------------
+
+
+def warm_up() -> None:
+    """Load the default region's EC2 backend (AMIs, instance types) before announcing the port,
+    so the first test does not pay about two seconds for it."""
+    ec2_backends[DEFAULT_ACCOUNT_ID]["us-east-1"].describe_images(owners=["099720109477"])
+
+
+def exit_with_parent() -> None:
+    """Exit when the process that started this one (flotilla-emulator) is gone, however it ended."""
+    parent = os.getppid()
+    while os.getppid() == parent:
+        time.sleep(0.5)
+    os._exit(0)
+
+
+def main() -> None:
+    install_patches()
+    warm_up()
+    app = Middleware(DomainDispatcherApplication(create_backend_app))
+    server = make_server(
+        "127.0.0.1",
+        env_int("FLOTILLA_EMULATOR_PORT", 0),
+        app,
+        threaded=True,
+        request_handler=MotoRequestHandler,
+    )
+    threading.Thread(target=exit_with_parent, name="parent-watch", daemon=True).start()
+    print(json.dumps({"port": server.server_port}), flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
