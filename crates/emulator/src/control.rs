@@ -1,0 +1,563 @@
+//! The typed client tests use to drive a running emulator stack: faults, counts, latency and
+//! state timing per scope (moto's `/_flotilla/` API), instances, and IMDS events (the booter's
+//! control API).
+//!
+//! A *scope* is an access key id. Each test uses its own ([`Emulator::fresh_scope`]) and signs
+//! its requests with it, so tests running in parallel against the one shared stack see only
+//! their own faults, counts, latency and timing. Scope `*` applies to every scope without its
+//! own setting (faults: in addition to the scope's own rules, checked after them).
+//!
+//! moto's control API (under `AWS_ENDPOINT_URL`), JSON:
+//!
+//! | request | answer |
+//! |---|---|
+//! | `GET /_flotilla/health` | `{"ok": true, "moto": "5.2.5"}` |
+//! | `GET\|PUT\|POST\|DELETE /_flotilla/scopes/{scope}/faults` (PUT `{"rules": [Rule]}` replaces, POST `Rule` appends, DELETE clears) | `{"rules": [Rule + "hits"]}` |
+//! | `GET\|DELETE /_flotilla/scopes/{scope}/counts` | `{"counts": {service: {Action: n}}}` |
+//! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/latency` (PUT `{"ms": n}`) | `{"ms": n}` |
+//! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/timing` (PUT `{"pending_ms"?, "shutting_down_ms"?}`) | both values |
+//! | `GET /_flotilla/instances[?since=G]` | `{"generation": G, "instances": [InstanceInfo]}` or `{"generation": G, "unchanged": true}` |
+//! | `GET /_flotilla/public-ips` | `{"size": n, "free": n, "in_use": {ip: instance id}}` |
+//!
+//! A `Rule` is `{"code", "service"?, "action"?, "probability"?, "count"?, "pool"?:
+//! {"instance_type"?, "availability_zone"?, "market"?: "spot"|"on-demand"}, "status"?,
+//! "message"?}` ([`FaultRule`]). The booter's API is described in `booter_api.rs`.
+
+use std::collections::BTreeMap;
+use std::net::Ipv4Addr;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
+use serde_json::json;
+
+use crate::env;
+pub use crate::instance::{
+    AgentSeedSwitch, BootState, BootedInstance, InstanceInfo, RebalanceRecommendation,
+    ScheduledEvent, ScheduledEvents, SpotAction, SpotInterruption,
+};
+
+/// What a test gets when the stack is not running.
+pub const NOT_RUNNING: &str = "the emulator is not running: start it with `scripts/test` or `eval \"$(target/debug/flotilla-emulator up --env-file …)\"`";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("{NOT_RUNNING} (${0} is not set)")]
+    NotRunning(&'static str),
+    #[error("{method} {url}: {message}")]
+    Request { method: &'static str, url: String, message: String },
+    #[error("{method} {url} answered {status}: {body}")]
+    Status { method: &'static str, url: String, status: u16, body: String },
+    #[error("{0}")]
+    Timeout(String),
+}
+
+/// A running stack, found through the environment `up` printed.
+#[derive(Clone, Debug)]
+pub struct Emulator {
+    http: reqwest::Client,
+    endpoint: String,
+    control: String,
+}
+
+/// One scope (access key id) of a stack.
+#[derive(Clone, Debug)]
+pub struct Scope {
+    emulator: Emulator,
+    access_key_id: String,
+}
+
+/// An injected error. Builders set the optional parts.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct FaultRule {
+    /// The AWS error code, e.g. `InsufficientInstanceCapacity`.
+    pub code: String,
+    /// `ec2`, `s3`, `iam`, … (the SigV4 service name), or `*`.
+    pub service: String,
+    /// The Action (S3: the operation, e.g. `PutObject`), or `*`.
+    pub action: String,
+    pub probability: f64,
+    /// Hits left; `None` is unlimited.
+    pub count: Option<u32>,
+    pub pool: Option<PoolFilter>,
+    /// Default: AWS's status for the code (500 capacity/internal, 503 throttling, 403 auth, else 400).
+    pub status: Option<u16>,
+    pub message: Option<String>,
+}
+
+/// Which RunInstances calls a rule hits: each given field must match.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PoolFilter {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub availability_zone: Option<String>,
+    /// `spot` or `on-demand`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub market: Option<String>,
+}
+
+/// A rule as the emulator reports it, with how often it hit.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct FaultRuleStatus {
+    pub code: String,
+    pub service: String,
+    pub action: String,
+    pub probability: f64,
+    pub count: Option<u32>,
+    pub pool: Option<PoolFilter>,
+    pub status: Option<u16>,
+    pub message: Option<String>,
+    pub hits: u64,
+}
+
+/// Requests by service, then Action.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+#[serde(transparent)]
+pub struct Counts(pub BTreeMap<String, BTreeMap<String, u64>>);
+
+impl Counts {
+    pub fn get(&self, service: &str, action: &str) -> u64 {
+        self.0.get(service).and_then(|actions| actions.get(action)).copied().unwrap_or(0)
+    }
+}
+
+/// How long instances stay pending and shutting-down (or stopping).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct StateTiming {
+    pub pending: Duration,
+    pub shutting_down: Duration,
+}
+
+/// The public-IP pool.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct PublicIps {
+    pub size: usize,
+    pub free: usize,
+    /// Address → the instance (or `elastic-ip`) holding it.
+    pub in_use: BTreeMap<Ipv4Addr, String>,
+}
+
+impl FaultRule {
+    /// A rule that always hits `service`'s `action` (`*` for any).
+    pub fn new(service: &str, action: &str, code: &str) -> FaultRule {
+        FaultRule {
+            code: code.to_owned(),
+            service: service.to_owned(),
+            action: action.to_owned(),
+            probability: 1.0,
+            count: None,
+            pool: None,
+            status: None,
+            message: None,
+        }
+    }
+
+    pub fn probability(mut self, probability: f64) -> FaultRule {
+        self.probability = probability;
+        self
+    }
+
+    pub fn count(mut self, count: u32) -> FaultRule {
+        self.count = Some(count);
+        self
+    }
+
+    pub fn pool(mut self, pool: PoolFilter) -> FaultRule {
+        self.pool = Some(pool);
+        self
+    }
+
+    pub fn status(mut self, status: u16) -> FaultRule {
+        self.status = Some(status);
+        self
+    }
+
+    pub fn message(mut self, message: &str) -> FaultRule {
+        self.message = Some(message.to_owned());
+        self
+    }
+}
+
+impl PoolFilter {
+    /// A pool of one instance type in one AZ, in one market (`spot` or `on-demand`).
+    pub fn new(instance_type: &str, availability_zone: &str, market: &str) -> PoolFilter {
+        PoolFilter {
+            instance_type: Some(instance_type.to_owned()),
+            availability_zone: Some(availability_zone.to_owned()),
+            market: Some(market.to_owned()),
+        }
+    }
+}
+
+/// A reqwest client for loopback HTTP. reqwest is built without a default TLS provider in
+/// this workspace and refuses to build a client without one, so install ours first.
+pub(crate) fn http_client() -> Result<reqwest::Client, String> {
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .map_err(|e| e.to_string())
+}
+
+impl Emulator {
+    /// The stack named by `AWS_ENDPOINT_URL` and `FLOTILLA_EMULATOR_CONTROL`.
+    pub fn from_env() -> Result<Emulator, ControlError> {
+        let endpoint = read_env(env::AWS_ENDPOINT_URL)?;
+        let control = read_env(env::CONTROL_URL)?;
+        Emulator::new(&endpoint, &control)
+    }
+
+    /// [`Emulator::from_env`], panicking with [`NOT_RUNNING`] when the stack is not there: what a
+    /// test wants.
+    pub fn require() -> Emulator {
+        match Emulator::from_env() {
+            Ok(emulator) => emulator,
+            Err(error) => panic!("{error}"),
+        }
+    }
+
+    pub fn new(endpoint: &str, control: &str) -> Result<Emulator, ControlError> {
+        let http = http_client().map_err(|message| ControlError::Request {
+            method: "build",
+            url: endpoint.to_owned(),
+            message,
+        })?;
+        Ok(Emulator {
+            http,
+            endpoint: endpoint.trim_end_matches('/').to_owned(),
+            control: control.trim_end_matches('/').to_owned(),
+        })
+    }
+
+    /// moto's URL (`AWS_ENDPOINT_URL`).
+    pub fn endpoint(&self) -> &str {
+        &self.endpoint
+    }
+
+    /// The booter's control URL.
+    pub fn control_url(&self) -> &str {
+        &self.control
+    }
+
+    pub fn scope(&self, access_key_id: &str) -> Scope {
+        Scope { emulator: self.clone(), access_key_id: access_key_id.to_owned() }
+    }
+
+    /// A scope no other test (or run) uses: `AKIA` + `label` (letters and digits, upper-cased)
+    /// + this process's id and a counter.
+    pub fn fresh_scope(&self, label: &str) -> Scope {
+        static NEXT: AtomicU32 = AtomicU32::new(0);
+        let label: String = label
+            .chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_uppercase())
+            .collect();
+        let serial = NEXT.fetch_add(1, Ordering::Relaxed);
+        let nanos = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+        self.scope(&format!("AKIA{label}{}X{serial}X{nanos:x}", std::process::id()))
+    }
+
+    /// The scope every scope falls back to (`*`).
+    pub fn all_scopes(&self) -> Scope {
+        self.scope("*")
+    }
+
+    /// Every instance moto knows.
+    pub async fn instances(&self) -> Result<Vec<InstanceInfo>, ControlError> {
+        #[derive(Deserialize)]
+        struct Listing {
+            instances: Vec<InstanceInfo>,
+        }
+        let listing: Listing = self.moto("GET", "instances", None).await?;
+        Ok(listing.instances)
+    }
+
+    /// One instance as moto knows it.
+    pub async fn instance(&self, id: &str) -> Result<Option<InstanceInfo>, ControlError> {
+        Ok(self.instances().await?.into_iter().find(|i| i.id == id))
+    }
+
+    pub async fn public_ips(&self) -> Result<PublicIps, ControlError> {
+        self.moto("GET", "public-ips", None).await
+    }
+
+    /// Every instance the booter booted.
+    pub async fn booted(&self) -> Result<Vec<BootedInstance>, ControlError> {
+        #[derive(Deserialize)]
+        struct Booted {
+            instances: Vec<BootedInstance>,
+        }
+        let booted: Booted = self.booter("GET", "instances", None).await?;
+        Ok(booted.instances)
+    }
+
+    /// Waits until the booter reports instance `id` in a state `accept` likes.
+    pub async fn wait_booted(
+        &self,
+        id: &str,
+        timeout: Duration,
+        accept: impl Fn(&BootedInstance) -> bool,
+    ) -> Result<BootedInstance, ControlError> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let booted = self.booted().await?;
+            let found = booted.into_iter().find(|b| b.id == id);
+            if let Some(found) = found.as_ref().filter(|b| accept(b)) {
+                return Ok(found.clone());
+            }
+            if Instant::now() > deadline {
+                return Err(ControlError::Timeout(format!(
+                    "instance {id} not in the expected boot state within {timeout:?}; last seen: {found:?}"
+                )));
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    pub async fn trigger_spot_interruption(
+        &self,
+        instance_id: &str,
+        interruption: &SpotInterruption,
+    ) -> Result<(), ControlError> {
+        let body = serde_json::to_value(interruption).unwrap_or_default();
+        self.booter_event("PUT", instance_id, "spot-interruption", Some(body)).await
+    }
+
+    pub async fn clear_spot_interruption(&self, instance_id: &str) -> Result<(), ControlError> {
+        self.booter_event("DELETE", instance_id, "spot-interruption", None).await
+    }
+
+    pub async fn trigger_rebalance(
+        &self,
+        instance_id: &str,
+        recommendation: &RebalanceRecommendation,
+    ) -> Result<(), ControlError> {
+        let body = serde_json::to_value(recommendation).unwrap_or_default();
+        self.booter_event("PUT", instance_id, "rebalance", Some(body)).await
+    }
+
+    pub async fn clear_rebalance(&self, instance_id: &str) -> Result<(), ControlError> {
+        self.booter_event("DELETE", instance_id, "rebalance", None).await
+    }
+
+    pub async fn set_scheduled_events(
+        &self,
+        instance_id: &str,
+        events: &[ScheduledEvent],
+    ) -> Result<(), ControlError> {
+        let body = json!({ "events": events });
+        self.booter_event("PUT", instance_id, "scheduled-events", Some(body)).await
+    }
+
+    pub async fn clear_scheduled_events(&self, instance_id: &str) -> Result<(), ControlError> {
+        self.booter_event("DELETE", instance_id, "scheduled-events", None).await
+    }
+
+    async fn booter_event(
+        &self,
+        method: &'static str,
+        instance_id: &str,
+        event: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<(), ControlError> {
+        let _: serde_json::Value =
+            self.booter(method, &format!("instances/{instance_id}/{event}"), body).await?;
+        Ok(())
+    }
+
+    async fn moto<T: DeserializeOwned>(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, ControlError> {
+        let url = format!("{}/_flotilla/{path}", self.endpoint);
+        self.call(method, url, body).await
+    }
+
+    async fn booter<T: DeserializeOwned>(
+        &self,
+        method: &'static str,
+        path: &str,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, ControlError> {
+        let url = format!("{}/{path}", self.control);
+        self.call(method, url, body).await
+    }
+
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: &'static str,
+        url: String,
+        body: Option<serde_json::Value>,
+    ) -> Result<T, ControlError> {
+        let verb = reqwest::Method::from_bytes(method.as_bytes()).unwrap_or(reqwest::Method::GET);
+        let mut request = self.http.request(verb, &url);
+        if let Some(body) = body {
+            request = request.json(&body);
+        }
+        let failed = |e: reqwest::Error| ControlError::Request {
+            method,
+            url: url.clone(),
+            message: e.to_string(),
+        };
+        let response = request.send().await.map_err(failed)?;
+        let status = response.status();
+        let text = response.text().await.map_err(failed)?;
+        if !status.is_success() {
+            return Err(ControlError::Status { method, url, status: status.as_u16(), body: text });
+        }
+        serde_json::from_str(&text).map_err(|e| ControlError::Request {
+            method,
+            url: url.clone(),
+            message: format!("unexpected answer {text:?}: {e}"),
+        })
+    }
+}
+
+impl Scope {
+    pub fn access_key_id(&self) -> &str {
+        &self.access_key_id
+    }
+
+    pub fn emulator(&self) -> &Emulator {
+        &self.emulator
+    }
+
+    fn path(&self, what: &str) -> String {
+        format!("scopes/{}/{what}", self.access_key_id)
+    }
+
+    /// Replaces the scope's fault rules.
+    pub async fn set_faults(&self, rules: &[FaultRule]) -> Result<(), ControlError> {
+        let body = json!({ "rules": rules.iter().map(rule_json).collect::<Vec<_>>() });
+        let _: serde_json::Value =
+            self.emulator.moto("PUT", &self.path("faults"), Some(body)).await?;
+        Ok(())
+    }
+
+    /// Adds a rule after the scope's others.
+    pub async fn add_fault(&self, rule: &FaultRule) -> Result<(), ControlError> {
+        let _: serde_json::Value =
+            self.emulator.moto("POST", &self.path("faults"), Some(rule_json(rule))).await?;
+        Ok(())
+    }
+
+    pub async fn clear_faults(&self) -> Result<(), ControlError> {
+        let _: serde_json::Value = self.emulator.moto("DELETE", &self.path("faults"), None).await?;
+        Ok(())
+    }
+
+    /// The scope's rules, with their remaining counts and hits.
+    pub async fn faults(&self) -> Result<Vec<FaultRuleStatus>, ControlError> {
+        #[derive(Deserialize)]
+        struct Rules {
+            rules: Vec<FaultRuleStatus>,
+        }
+        let rules: Rules = self.emulator.moto("GET", &self.path("faults"), None).await?;
+        Ok(rules.rules)
+    }
+
+    pub async fn counts(&self) -> Result<Counts, ControlError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            counts: Counts,
+        }
+        let answer: Answer = self.emulator.moto("GET", &self.path("counts"), None).await?;
+        Ok(answer.counts)
+    }
+
+    pub async fn reset_counts(&self) -> Result<(), ControlError> {
+        let _: serde_json::Value = self.emulator.moto("DELETE", &self.path("counts"), None).await?;
+        Ok(())
+    }
+
+    /// Latency before each of this scope's requests (for `*`: every scope without its own).
+    pub async fn set_latency(&self, latency: Duration) -> Result<(), ControlError> {
+        let body = json!({ "ms": millis(latency) });
+        let _: serde_json::Value =
+            self.emulator.moto("PUT", &self.path("latency"), Some(body)).await?;
+        Ok(())
+    }
+
+    /// Back to `*`'s latency (for `*`: back to `up`'s `--latency-ms`).
+    pub async fn clear_latency(&self) -> Result<(), ControlError> {
+        let _: serde_json::Value =
+            self.emulator.moto("DELETE", &self.path("latency"), None).await?;
+        Ok(())
+    }
+
+    /// State timing of the instances this scope launches.
+    pub async fn set_timing(&self, timing: StateTiming) -> Result<(), ControlError> {
+        let body = json!({
+            "pending_ms": millis(timing.pending),
+            "shutting_down_ms": millis(timing.shutting_down),
+        });
+        let _: serde_json::Value =
+            self.emulator.moto("PUT", &self.path("timing"), Some(body)).await?;
+        Ok(())
+    }
+
+    pub async fn clear_timing(&self) -> Result<(), ControlError> {
+        let _: serde_json::Value = self.emulator.moto("DELETE", &self.path("timing"), None).await?;
+        Ok(())
+    }
+
+    /// Whether this scope's instances get `FLOTILLA_AGENT_SEED` (when `up` has `--agent-seed`).
+    pub async fn set_agent_seed(&self, enabled: bool) -> Result<(), ControlError> {
+        let body = json!({ "enabled": enabled });
+        let _: serde_json::Value =
+            self.emulator.booter("PUT", &self.path("agent-seed"), Some(body)).await?;
+        Ok(())
+    }
+}
+
+fn rule_json(rule: &FaultRule) -> serde_json::Value {
+    json!({
+        "code": rule.code,
+        "service": rule.service,
+        "action": rule.action,
+        "probability": rule.probability,
+        "count": rule.count,
+        "pool": rule.pool,
+        "status": rule.status,
+        "message": rule.message,
+    })
+}
+
+fn millis(duration: Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+fn read_env(name: &'static str) -> Result<String, ControlError> {
+    std::env::var(name).ok().filter(|v| !v.is_empty()).ok_or(ControlError::NotRunning(name))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_stack_says_how_to_start_it() {
+        let message = ControlError::NotRunning(env::CONTROL_URL).to_string();
+        assert!(message.starts_with("the emulator is not running: start it with `scripts/test`"));
+        assert!(message.contains("flotilla-emulator up --env-file"));
+        assert!(message.contains("FLOTILLA_EMULATOR_CONTROL"));
+    }
+
+    #[test]
+    fn fresh_scopes_are_distinct_access_key_ids() {
+        let emulator = Emulator::new("http://127.0.0.1:1", "http://127.0.0.1:2").unwrap();
+        let a = emulator.fresh_scope("my-test");
+        let b = emulator.fresh_scope("my-test");
+        assert_ne!(a.access_key_id(), b.access_key_id());
+        assert!(a.access_key_id().starts_with("AKIAMYTEST"), "{}", a.access_key_id());
+        assert!(a.access_key_id().chars().all(|c| c.is_ascii_alphanumeric()));
+    }
+}

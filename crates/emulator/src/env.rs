@@ -1,0 +1,34 @@
+//! Every environment variable the emulator reads, prints or hands to instances, in one place.
+
+/// Where moto listens (path-style S3 too); printed by `up`, read by [`crate::control`].
+pub const AWS_ENDPOINT_URL: &str = "AWS_ENDPOINT_URL";
+/// The booter's control API; printed by `up`, read by [`crate::control`].
+pub const CONTROL_URL: &str = "FLOTILLA_EMULATOR_CONTROL";
+/// The emulator's state directory; printed by `up`.
+pub const STATE_DIR: &str = "FLOTILLA_EMULATOR_STATE";
+/// The Python virtual environment holding the pinned moto; read by `up`.
+pub const VENV: &str = "FLOTILLA_EMULATOR_VENV";
+
+/// The access key id `up` prints for a person; tests use their own, one per test (a scope).
+pub const DEFAULT_ACCESS_KEY_ID: &str = "AKIAFLOTILLAEMULATOR";
+/// The secret that goes with every access key id (moto does not check signatures).
+pub const SECRET_ACCESS_KEY: &str = "flotilla-emulator-secret-access-key";
+/// The region `up` prints.
+pub const DEFAULT_REGION: &str = "us-east-1";
+
+/// The contract with the user-data script the AWS provider generates. On a real machine,
+/// under cloud-init, all of these are unset and the script uses its defaults.
+pub mod user_data {
+    /// Prefix of every path the script writes (unset on AWS: `/`).
+    pub const ROOT: &str = "FLOTILLA_ROOT";
+    /// The instance's IMDS (unset on AWS: `http://169.254.169.254`).
+    pub const IMDS_ENDPOINT: &str = "FLOTILLA_IMDS_ENDPOINT";
+    /// Path-style S3 base URL (unset on AWS: the regional endpoint).
+    pub const S3_ENDPOINT: &str = "FLOTILLA_S3_ENDPOINT";
+    /// The address the agent binds (unset on AWS: all addresses).
+    pub const LISTEN: &str = "FLOTILLA_LISTEN";
+    /// `foreground`: exec the agent instead of installing a systemd unit.
+    pub const SERVICE: &str = "FLOTILLA_SERVICE";
+    /// A flotilla binary to use instead of downloading it when its sha256 matches.
+    pub const AGENT_SEED: &str = "FLOTILLA_AGENT_SEED";
+}
