@@ -1,0 +1,138 @@
+//! The booter runs a running instance's user data with the contract's environment, in its own
+//! process group, and stops it when the instance terminates.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::time::Duration;
+
+use common::{Aws, eventually};
+use flotilla_emulator::control::{BootState, BootedInstance};
+
+const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Writes its environment and process group, says hello, then stays (as an exec'd agent would).
+const USER_DATA: &str = r#"#!/bin/sh
+env > "$FLOTILLA_ROOT/env.txt.tmp" && mv "$FLOTILLA_ROOT/env.txt.tmp" "$FLOTILLA_ROOT/env.txt"
+echo "hello from user data"
+exec sleep 600
+"#;
+
+fn encode(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in text.as_bytes().chunks(3) {
+        let bytes = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let bits = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(bits >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+async fn boot(aws: &Aws) -> (String, BootedInstance, BTreeMap<String, String>) {
+    aws.instant_states().await;
+    let id = aws.launch(1, &[("UserData", &encode(USER_DATA))]).await.remove(0);
+    let booted = aws
+        .emulator
+        .wait_booted(&id, BOOT_TIMEOUT, |b| b.state == BootState::Running)
+        .await
+        .expect("booted");
+    let env_file = booted.root.join("env.txt");
+    let text = eventually("the user data's env.txt", BOOT_TIMEOUT, || {
+        let env_file = env_file.clone();
+        async move { fs_err::read_to_string(&env_file).ok() }
+    })
+    .await;
+    let env = text
+        .lines()
+        .filter_map(|line| line.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect();
+    (id, booted, env)
+}
+
+fn alive(pid: u32) -> bool {
+    fs_err::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| !rest.starts_with('Z')))
+        .unwrap_or(false)
+}
+
+fn process_group(pid: u32) -> Option<u32> {
+    let stat = fs_err::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(") ")?.1.split(' ').nth(2)?.parse().ok()
+}
+
+#[tokio::test]
+async fn user_data_runs_with_the_contracts_environment_and_stops_on_terminate() {
+    let aws = Aws::new("booter");
+    let (id, booted, env) = boot(&aws).await;
+    let ip = booted.public_ip.to_string();
+    assert_eq!(booted.imds_endpoint, format!("http://{ip}:1338"));
+    assert_eq!(env["FLOTILLA_ROOT"], booted.root.display().to_string());
+    assert_eq!(env["FLOTILLA_IMDS_ENDPOINT"], booted.imds_endpoint);
+    assert_eq!(env["FLOTILLA_S3_ENDPOINT"], aws.emulator.endpoint());
+    assert_eq!(env["FLOTILLA_LISTEN"], ip);
+    assert_eq!(env["FLOTILLA_SERVICE"], "foreground");
+    assert!(
+        env["PATH"].starts_with(&format!("{}/usr/local/bin:", booted.root.display())),
+        "{}",
+        env["PATH"]
+    );
+    assert!(
+        !env.contains_key("AWS_ACCESS_KEY_ID"),
+        "the booter's own credentials must not leak: {env:?}"
+    );
+    assert!(!env.contains_key("AWS_ENDPOINT_URL"));
+    let health: serde_json::Value = reqwest::get(format!("{}/health", aws.emulator.control_url()))
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    match health["agent_seed"].as_str() {
+        Some(seed) => assert_eq!(env["FLOTILLA_AGENT_SEED"], seed),
+        None => assert!(!env.contains_key("FLOTILLA_AGENT_SEED")),
+    }
+
+    let pid = booted.pid.expect("the script's pid");
+    assert!(alive(pid));
+    assert_eq!(process_group(pid), Some(pid), "the script leads its own process group");
+    let log = booted.root.join("var/log/cloud-init-output.log");
+    eventually("the script's output in cloud-init-output.log", BOOT_TIMEOUT, || {
+        let log = log.clone();
+        async move { fs_err::read_to_string(&log).ok().filter(|t| t.contains("hello from user data")) }
+    })
+    .await;
+
+    aws.terminate(std::slice::from_ref(&id)).await;
+    let stopped = aws
+        .emulator
+        .wait_booted(&id, BOOT_TIMEOUT, |b| b.state == BootState::Stopped)
+        .await
+        .unwrap();
+    assert_eq!(stopped.pid, Some(pid));
+    assert!(!alive(pid), "the user data's process is gone");
+    let imds = reqwest::Client::new()
+        .put(format!("{}/latest/api/token", booted.imds_endpoint))
+        .send()
+        .await;
+    assert!(imds.is_err(), "its IMDS is closed");
+    assert!(Path::new(&booted.root).exists(), "the root stays for post-mortems");
+}
+
+#[tokio::test]
+async fn the_agent_seed_can_be_switched_off_per_scope() {
+    let aws = Aws::new("noseed");
+    aws.scope.set_agent_seed(false).await.unwrap();
+    let (id, _, env) = boot(&aws).await;
+    assert!(!env.contains_key("FLOTILLA_AGENT_SEED"), "{env:?}");
+    aws.terminate(&[id]).await;
+}
