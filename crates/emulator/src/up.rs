@@ -2,7 +2,8 @@
 //!
 //! Order: state directory → Python environment (created on first use) → public-IP blocks →
 //! moto (our module, the AMI catalogue) → booter and its control API → the environment, on
-//! stdout as `export NAME=value` lines (and into `--env-file`, written atomically) → wait for
+//! stdout as `export NAME=value` lines (and into `--env-file`, written atomically, removed at
+//! start and exit so a stale one never points at a dead stack) → wait for
 //! SIGINT, SIGTERM, the end of `--parent-pid`, or moto's exit → stop every instance's
 //! processes, moto, release the blocks → exit 0 (non-zero only if moto died on its own).
 //!
@@ -92,6 +93,8 @@ pub fn run(options: UpOptions) -> Result<(), UpError> {
 }
 
 fn run_in(options: &UpOptions, state: &Path, started: Instant) -> Result<(), UpError> {
+    // A stale file from an earlier run must not pass for this one, before or after it.
+    let _env_file = options.env_file.as_deref().map(RemovedFile::new);
     let venv_dir = options.venv.clone().unwrap_or_else(venv::default_dir);
     let python = venv::ensure(&venv_dir)?;
     let module = state.join("flotilla_moto.py");
@@ -290,6 +293,23 @@ fn write_atomically(path: &Path, bytes: &[u8]) -> Result<(), UpError> {
 fn find_program(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
     std::env::split_paths(&path).map(|dir| dir.join(name)).find(|candidate| candidate.is_file())
+}
+
+/// A file removed now and again when dropped.
+#[derive(Debug)]
+struct RemovedFile(PathBuf);
+
+impl RemovedFile {
+    fn new(path: &Path) -> RemovedFile {
+        let _ = fs_err::remove_file(path);
+        RemovedFile(path.to_path_buf())
+    }
+}
+
+impl Drop for RemovedFile {
+    fn drop(&mut self) {
+        let _ = fs_err::remove_file(&self.0);
+    }
 }
 
 /// The state directory, and whether `up` made it up (then it is removed at exit).
