@@ -61,7 +61,10 @@ pub(crate) fn ensure(dir: &Path) -> Result<PathBuf, VenvError> {
     };
     let parent = dir.parent().unwrap_or(Path::new("/"));
     fs_err::create_dir_all(parent).map_err(io(parent))?;
-    let lock_path = dir.with_extension("lock");
+    // `<dir>.lock`: with_extension would cut the `.5` of `…-5.2.5`.
+    let mut lock_name = dir.file_name().unwrap_or(dir.as_os_str()).to_os_string();
+    lock_name.push(".lock");
+    let lock_path = dir.with_file_name(lock_name);
     let lock = fs_err::File::create(&lock_path).map_err(io(&lock_path))?;
     if rustix::fs::flock(&lock, rustix::fs::FlockOperation::NonBlockingLockExclusive).is_err() {
         tracing::info!(
