@@ -98,8 +98,10 @@ impl AwsError {
         }
     }
 
+    /// Whether AWS answered with `code`. Case-insensitive: AWS documents
+    /// `InvalidVpcPeeringConnectionID.NotFound` and emulators answer `…Id.NotFound`.
     pub fn code_is(&self, code: &str) -> bool {
-        self.code.as_deref() == Some(code)
+        self.code.as_deref().is_some_and(|c| c.eq_ignore_ascii_case(code))
     }
 
     /// The pool has no capacity now (move to another zone or type).

@@ -614,13 +614,17 @@ pub async fn ensure_peering(
                 .map_err(|e| {
                     AwsError::from_sdk(hub_region, "DescribeVpcPeeringConnections", &spoke_vpc, e)
                 })?;
+            // The VPC filters are checked here too: an emulator may ignore them, and adopting
+            // another spoke's peering would never be accepted.
             let live = found.vpc_peering_connections().iter().find(|p| {
-                p.status().and_then(|s| s.code()).is_some_and(|c| {
-                    !matches!(
-                        c.as_str(),
-                        "deleted" | "deleting" | "rejected" | "failed" | "expired"
-                    )
-                })
+                p.requester_vpc_info().and_then(|v| v.vpc_id()) == Some(hub_vpc.as_str())
+                    && p.accepter_vpc_info().and_then(|v| v.vpc_id()) == Some(spoke_vpc.as_str())
+                    && p.status().and_then(|s| s.code()).is_some_and(|c| {
+                        !matches!(
+                            c.as_str(),
+                            "deleted" | "deleting" | "rejected" | "failed" | "expired"
+                        )
+                    })
             });
             let id = match live.and_then(|p| p.vpc_peering_connection_id()) {
                 Some(id) => id.to_owned(),

@@ -47,7 +47,7 @@ where
     loop {
         match delete().await {
             Ok(()) => return Ok(()),
-            Err(error) if error.code.as_deref().is_some_and(|c| GONE.contains(&c)) => return Ok(()),
+            Err(error) if GONE.iter().any(|gone| error.code_is(gone)) => return Ok(()),
             Err(error)
                 if (error.code_is("DependencyViolation") || error.transient)
                     && Instant::now() < deadline =>

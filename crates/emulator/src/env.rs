@@ -10,7 +10,7 @@ pub const STATE_DIR: &str = "FLOTILLA_EMULATOR_STATE";
 pub const VENV: &str = "FLOTILLA_EMULATOR_VENV";
 
 /// The access key id `up` prints for a person; tests use their own, one per test (a scope).
-pub const DEFAULT_ACCESS_KEY_ID: &str = "AKIAFLOTILLAEMULATOR";
+pub const DEFAULT_ACCESS_KEY_ID: &str = "FLOTILLAEMULATORDEFAULTKEY";
 /// The secret that goes with every access key id (moto does not check signatures).
 pub const SECRET_ACCESS_KEY: &str = "flotilla-emulator-secret-access-key";
 /// The region `up` prints.

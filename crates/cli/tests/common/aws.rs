@@ -109,7 +109,13 @@ impl AwsFleet {
         aws_config::defaults(BehaviorVersion::latest())
             .endpoint_url(endpoint)
             .region(Region::new("us-east-1"))
-            .credentials_provider(aws_sdk_ec2::config::Credentials::new(&self.scope, "emulated", None, None, "test"))
+            .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                &self.scope,
+                "emulated",
+                None,
+                None,
+                "test",
+            ))
             .load()
             .await
     }
@@ -118,7 +124,8 @@ impl AwsFleet {
     /// each region: `(kind, region, count)`, only the non-zero ones.
     pub async fn leftovers(&self, regions: &[&str]) -> Vec<(String, String, usize)> {
         let config = self.sdk().await;
-        let tag_filter = || Filter::builder().name("tag:flotilla:deployment").values(&self.tag).build();
+        let tag_filter =
+            || Filter::builder().name("tag:flotilla:deployment").values(&self.tag).build();
         let mut found = Vec::new();
         let mut note = |kind: &str, region: &str, count: usize| {
             if count > 0 {
@@ -127,42 +134,91 @@ impl AwsFleet {
         };
         for region in regions {
             let ec2 = aws_sdk_ec2::Client::from_conf(
-                aws_sdk_ec2::config::Builder::from(&config).region(Region::new(region.to_string())).build(),
+                aws_sdk_ec2::config::Builder::from(&config)
+                    .region(Region::new(region.to_string()))
+                    .build(),
             );
             let instances = ec2.describe_instances().filters(tag_filter()).send().await.unwrap();
             let live = instances
                 .reservations()
                 .iter()
                 .flat_map(|r| r.instances())
-                .filter(|i| i.state().and_then(|s| s.name()).is_some_and(|n| n.as_str() != "terminated"))
+                .filter(|i| {
+                    i.state().and_then(|s| s.name()).is_some_and(|n| n.as_str() != "terminated")
+                })
                 .count();
             note("instances (not terminated)", region, live);
-            note("vpcs", region, ec2.describe_vpcs().filters(tag_filter()).send().await.unwrap().vpcs().len());
-            note("subnets", region, ec2.describe_subnets().filters(tag_filter()).send().await.unwrap().subnets().len());
+            note(
+                "vpcs",
+                region,
+                ec2.describe_vpcs().filters(tag_filter()).send().await.unwrap().vpcs().len(),
+            );
+            note(
+                "subnets",
+                region,
+                ec2.describe_subnets().filters(tag_filter()).send().await.unwrap().subnets().len(),
+            );
             note(
                 "internet gateways",
                 region,
-                ec2.describe_internet_gateways().filters(tag_filter()).send().await.unwrap().internet_gateways().len(),
+                ec2.describe_internet_gateways()
+                    .filters(tag_filter())
+                    .send()
+                    .await
+                    .unwrap()
+                    .internet_gateways()
+                    .len(),
             );
             note(
                 "route tables",
                 region,
-                ec2.describe_route_tables().filters(tag_filter()).send().await.unwrap().route_tables().len(),
+                ec2.describe_route_tables()
+                    .filters(tag_filter())
+                    .send()
+                    .await
+                    .unwrap()
+                    .route_tables()
+                    .len(),
             );
             note(
                 "security groups",
                 region,
-                ec2.describe_security_groups().filters(tag_filter()).send().await.unwrap().security_groups().len(),
+                ec2.describe_security_groups()
+                    .filters(tag_filter())
+                    .send()
+                    .await
+                    .unwrap()
+                    .security_groups()
+                    .len(),
             );
-            let peerings = ec2.describe_vpc_peering_connections().filters(tag_filter()).send().await.unwrap();
+            let peerings =
+                ec2.describe_vpc_peering_connections().filters(tag_filter()).send().await.unwrap();
             let live_peerings = peerings
                 .vpc_peering_connections()
                 .iter()
-                .filter(|p| p.status().and_then(|s| s.code()).is_some_and(|c| !matches!(c.as_str(), "deleted" | "rejected" | "failed")))
+                .filter(|p| {
+                    p.status()
+                        .and_then(|s| s.code())
+                        .is_some_and(|c| !matches!(c.as_str(), "deleted" | "rejected" | "failed"))
+                })
                 .count();
             note("peering connections", region, live_peerings);
-            note("key pairs", region, ec2.describe_key_pairs().filters(tag_filter()).send().await.unwrap().key_pairs().len());
-            note("volumes", region, ec2.describe_volumes().filters(tag_filter()).send().await.unwrap().volumes().len());
+            note(
+                "key pairs",
+                region,
+                ec2.describe_key_pairs()
+                    .filters(tag_filter())
+                    .send()
+                    .await
+                    .unwrap()
+                    .key_pairs()
+                    .len(),
+            );
+            note(
+                "volumes",
+                region,
+                ec2.describe_volumes().filters(tag_filter()).send().await.unwrap().volumes().len(),
+            );
         }
         let iam = aws_sdk_iam::Client::new(&config);
         let role = format!("flotilla-{}", self.tag);
@@ -172,9 +228,15 @@ impl AwsFleet {
         note(
             "instance profiles",
             "global",
-            profiles.instance_profiles().iter().filter(|p| p.instance_profile_name() == role).count(),
+            profiles
+                .instance_profiles()
+                .iter()
+                .filter(|p| p.instance_profile_name() == role)
+                .count(),
         );
-        let s3 = aws_sdk_s3::Client::from_conf(aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build());
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build(),
+        );
         if let Ok(bucket) = fs_err::read_to_string(self.home.path().join("aws-bucket")) {
             let listed = s3
                 .list_objects_v2()

@@ -1,0 +1,443 @@
+//! End to end on the AWS path, against the shared emulator stack (moto with flotilla's
+//! additions, the booter and per-instance IMDS): the real `flotilla` binary creates networks and
+//! instances through the AWS SDK, instances boot from their user data into agents that fetch
+//! their identity and artifacts from S3, and the CLI reaches them over mTLS on loopback.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant};
+
+use common::aws::AwsFleet;
+use common::*;
+use flotilla_emulator::control::{Emulator, FaultRule, PoolFilter};
+
+/// The regions of the five-region fleet.
+const FIVE_REGIONS: [&str; 5] =
+    ["ap-northeast-1", "eu-central-1", "eu-west-1", "us-east-1", "us-west-2"];
+
+/// A commonware deployer config, as the deployer writes it (serde_yaml style, no flotilla key):
+/// six instances in five regions, two of them sharing a zone.
+fn deployer_config(tag: &str, config: &str) -> String {
+    let binary = fleet_app_bin();
+    let binary = binary.display();
+    let instance = |name: &str, region: &str, instance_type: &str, group: Option<&str>| {
+        let group = group.map(|g| format!("  availability_zone_group: {g}\n")).unwrap_or_default();
+        format!(
+            "- name: {name}\n  region: {region}\n{group}  instance_type: {instance_type}\n  storage_size: 10\n  storage_class: gp3\n  binary: {binary}\n  config: {config}\n  profiling: false\n"
+        )
+    };
+    let instances = [
+        instance("east-a", "us-east-1", "c7g.large", Some("pair")),
+        instance("east-b", "us-east-1", "c7i.large", Some("pair")),
+        instance("west", "us-west-2", "c7g.large", None),
+        instance("dublin", "eu-west-1", "t3.small", None),
+        instance("frankfurt", "eu-central-1", "c7i.large", None),
+        instance("tokyo", "ap-northeast-1", "c7g.large", None),
+    ]
+    .concat();
+    format!(
+        "tag: {tag}\nmonitoring:\n  instance_type: t4g.small\n  storage_size: 10\n  storage_class: gp3\n  dashboard: dashboard.json\ninstances:\n{instances}ports:\n- protocol: tcp\n  port: 9090\n  cidr: 0.0.0.0/0\n"
+    )
+}
+
+fn app_config(greeting: &str) -> String {
+    format!("port = 9090\ngreeting = \"{greeting}\"\ninterval = 300\n")
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// create → every agent healthy over mTLS → every machine's hosts.yaml lists every host →
+/// update → destroy → nothing left of any kind.
+#[test]
+fn a_deployer_config_in_five_regions_lives_and_leaves_nothing() {
+    let fleet = AwsFleet::new("five-regions");
+    let emulator = Emulator::require();
+    fleet.write("app.conf", &app_config("hello"));
+    let spec = fleet.write("deployer.yaml", &deployer_config(&fleet.tag, "app.conf"));
+    let spec = spec.display().to_string();
+
+    let output =
+        fleet.run_ok(&["create", "--config", &spec, "--ip", "198.51.100.7", "--output", "json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rows.len(), 7, "{rows:?}");
+    for row in &rows {
+        let expected = if row["role"] == "monitoring" { "idle" } else { "healthy" };
+        assert_eq!(row["health"], expected, "{row}");
+        assert!(ip_of(row).is_loopback(), "the emulator hands out loopback addresses: {row}");
+    }
+    let regions: BTreeSet<&str> = rows.iter().filter_map(|r| r["region"].as_str()).collect();
+    assert_eq!(regions, FIVE_REGIONS.iter().copied().collect());
+
+    // The instances as EC2 (the emulator) knows them, in this test's scope.
+    let instances: Vec<_> = runtime()
+        .block_on(emulator.instances())
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.scope == fleet.scope && i.state == "running")
+        .collect();
+    assert_eq!(instances.len(), 7);
+    let zone_of = |name_ip: std::net::IpAddr| {
+        instances
+            .iter()
+            .find(|i| i.public_ip.map(std::net::IpAddr::V4) == Some(name_ip))
+            .and_then(|i| i.availability_zone.clone())
+            .unwrap()
+    };
+    assert_eq!(
+        zone_of(ip_of(row(&rows, "east-a"))),
+        zone_of(ip_of(row(&rows, "east-b"))),
+        "availability_zone_group puts both in one zone"
+    );
+    // No secret in user data, decoded.
+    for instance in &instances {
+        let script = decode_base64(instance.user_data.as_deref().expect("user data"));
+        for secret in ["PRIVATE KEY", "BEGIN", "\"key\"", "X-Amz-Signature", "emulated"] {
+            assert!(!script.contains(secret), "user data carries {secret}:\n{script}");
+        }
+        assert!(script.starts_with("#!/bin/sh"), "{script}");
+    }
+
+    // Every binary machine's hosts.yaml lists every host, with the addresses status shows.
+    let booted = runtime().block_on(emulator.booted()).unwrap();
+    for row in rows.iter().filter(|r| r["role"] == "binary") {
+        let ip = ip_of(row);
+        let machine =
+            booted.iter().find(|b| std::net::IpAddr::V4(b.public_ip) == ip).expect("booted");
+        let versions = machine.root.join("var/lib/flotilla/agent/versions");
+        let hosts = fs_err::read_dir(&versions)
+            .unwrap()
+            .flatten()
+            .map(|v| v.path().join("hosts.yaml"))
+            .find(|p| p.exists())
+            .expect("a version with hosts.yaml");
+        let hosts = fs_err::read_to_string(hosts).unwrap();
+        for other in rows.iter().filter(|r| r["role"] == "binary") {
+            let entry = format!(
+                "- name: {}\n  region: {}\n  ip: {}\n",
+                other["name"].as_str().unwrap(),
+                other["region"].as_str().unwrap(),
+                ip_of(other)
+            );
+            assert!(hosts.contains(&entry), "{} lacks {entry}:\n{hosts}", row["name"]);
+        }
+        assert!(
+            hosts.starts_with(&format!(
+                "monitoring:\n  public: {}\n",
+                ip_of(row_named(&rows, "monitoring"))
+            )),
+            "{hosts}"
+        );
+    }
+
+    // The agent port admits only the given /32; the spec's port is open as written.
+    runtime().block_on(async {
+        let config = fleet.sdk().await;
+        for region in FIVE_REGIONS {
+            let ec2 = aws_sdk_ec2::Client::from_conf(
+                aws_sdk_ec2::config::Builder::from(&config)
+                    .region(aws_config::Region::new(region))
+                    .build(),
+            );
+            let groups = ec2
+                .describe_security_groups()
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("tag:flotilla:deployment")
+                        .values(&fleet.tag)
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+            assert!(!groups.security_groups().is_empty(), "{region}");
+            for group in groups.security_groups() {
+                for permission in group.ip_permissions() {
+                    let cidrs: Vec<&str> =
+                        permission.ip_ranges().iter().filter_map(|r| r.cidr_ip()).collect();
+                    match permission.from_port() {
+                        Some(7443) => assert_eq!(
+                            cidrs,
+                            ["198.51.100.7/32"],
+                            "{region} {:?}",
+                            group.group_name()
+                        ),
+                        Some(9090) => assert_eq!(cidrs, ["0.0.0.0/0"]),
+                        other => panic!("{region}: unexpected rule on port {other:?}"),
+                    }
+                }
+            }
+        }
+    });
+
+    // Update with a new config: every machine runs the new version and serves the new greeting.
+    fleet.write("app-v2.conf", &app_config("bonjour"));
+    let v2 = fleet.write("deployer-v2.yaml", &deployer_config(&fleet.tag, "app-v2.conf"));
+    let output =
+        fleet.run_ok(&["update", "--config", &v2.display().to_string(), "--output", "json"]);
+    let updated: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    for row in updated.iter().filter(|r| r["role"] == "binary") {
+        assert_eq!(row["health"], "healthy", "{row}");
+        assert_ne!(row["version"], row_named(&rows, row["name"].as_str().unwrap())["version"]);
+        let body = http_get(ip_of(row), 9090, "/health").expect("health answers");
+        assert!(body.contains("greeting=bonjour"), "{body}");
+    }
+
+    fleet.run_ok(&["destroy", "--tag", &fleet.tag]);
+    let left = runtime().block_on(fleet.leftovers(&FIVE_REGIONS));
+    assert!(left.is_empty(), "destroy left: {left:?}");
+    // Idempotent.
+    fleet.run_ok(&["destroy", "--tag", &fleet.tag]);
+}
+
+fn row_named<'a>(rows: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
+    row(rows, name)
+}
+
+fn decode_base64(text: &str) -> String {
+    const ALPHABET: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut bits = 0u32;
+    let mut count = 0;
+    let mut out = Vec::new();
+    for byte in text.bytes().filter(|b| *b != b'=' && !b.is_ascii_whitespace()) {
+        let value = ALPHABET.iter().position(|c| *c == byte).expect("base64") as u32;
+        bits = (bits << 6) | value;
+        count += 6;
+        if count >= 8 {
+            count -= 8;
+            out.push((bits >> count) as u8);
+        }
+    }
+    String::from_utf8(out).expect("a text script")
+}
+
+/// A smaller fleet for the tests below: three regions, four machines.
+fn small_config(tag: &str) -> String {
+    let binary = fleet_app_bin();
+    let instance = |name: &str, region: &str| {
+        format!(
+            "- name: {name}\n  region: {region}\n  instance_type: c7i.large\n  storage_size: 10\n  storage_class: gp3\n  binary: {}\n  config: app.conf\n  profiling: false\n",
+            binary.display()
+        )
+    };
+    format!(
+        "tag: {tag}\nmonitoring:\n  instance_type: t3.small\n  storage_size: 10\n  storage_class: gp3\n  dashboard: dashboard.json\ninstances:\n{}{}{}ports: []\n",
+        instance("n0", "us-east-1"),
+        instance("n1", "us-west-2"),
+        instance("n2", "eu-west-1")
+    )
+}
+
+const SMALL_REGIONS: [&str; 3] = ["eu-west-1", "us-east-1", "us-west-2"];
+
+/// Counts of live instances and VPCs per region, by direct queries.
+fn instance_and_vpc_counts(fleet: &AwsFleet) -> Vec<(String, usize, usize)> {
+    runtime().block_on(async {
+        let config = fleet.sdk().await;
+        let mut counts = Vec::new();
+        for region in SMALL_REGIONS {
+            let ec2 = aws_sdk_ec2::Client::from_conf(
+                aws_sdk_ec2::config::Builder::from(&config)
+                    .region(aws_config::Region::new(region))
+                    .build(),
+            );
+            let filter = || {
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("tag:flotilla:deployment")
+                    .values(&fleet.tag)
+                    .build()
+            };
+            let instances = ec2.describe_instances().filters(filter()).send().await.unwrap();
+            let live = instances
+                .reservations()
+                .iter()
+                .flat_map(|r| r.instances())
+                .filter(|i| {
+                    i.state().and_then(|s| s.name()).is_some_and(|n| n.as_str() != "terminated")
+                })
+                .count();
+            let vpcs = ec2.describe_vpcs().filters(filter()).send().await.unwrap().vpcs().len();
+            counts.push((region.to_owned(), live, vpcs));
+        }
+        counts
+    })
+}
+
+/// The CLI killed at several points of create and of destroy, then run again: no duplicate
+/// instance or VPC, full convergence, nothing left.
+#[test]
+fn create_and_destroy_converge_after_the_cli_is_killed() {
+    let fleet = AwsFleet::new("crash");
+    let emulator = Emulator::require();
+    let scope = emulator.scope(&fleet.scope);
+    // Slow every call a little, so the kills land inside create's phases.
+    runtime().block_on(scope.set_latency(Duration::from_millis(40))).unwrap();
+    fleet.write("app.conf", &app_config("hello"));
+    let spec = fleet.write("spec.yaml", &small_config(&fleet.tag)).display().to_string();
+    for delay_ms in [300u64, 900, 1800, 3500] {
+        let mut child =
+            fleet.command(&["create", "--config", &spec, "--ip", "127.0.0.1"]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    let output =
+        fleet.run_ok(&["create", "--config", &spec, "--ip", "127.0.0.1", "--output", "json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rows.len(), 4);
+    for row in rows.iter().filter(|r| r["role"] == "binary") {
+        assert_eq!(row["health"], "healthy", "{row}");
+    }
+    let counts = instance_and_vpc_counts(&fleet);
+    assert_eq!(
+        counts,
+        vec![
+            ("eu-west-1".to_owned(), 1, 1),
+            ("us-east-1".to_owned(), 2, 1),
+            ("us-west-2".to_owned(), 1, 1)
+        ],
+        "one instance per machine, one VPC per region"
+    );
+
+    for delay_ms in [200u64, 1200] {
+        let mut child = fleet.command(&["destroy", "--tag", &fleet.tag]).spawn().unwrap();
+        std::thread::sleep(Duration::from_millis(delay_ms));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+    fleet.run_ok(&["destroy", "--tag", &fleet.tag]);
+    let left = runtime().block_on(fleet.leftovers(&SMALL_REGIONS));
+    assert!(left.is_empty(), "destroy left: {left:?}");
+    runtime().block_on(scope.clear_latency()).unwrap();
+}
+
+/// 10 % throttling and internal errors on every call, and no capacity for the type in one
+/// zone: create still converges within its deadline, and destroy still leaves nothing.
+#[test]
+fn create_converges_through_throttling_errors_and_a_zone_without_capacity() {
+    let fleet = AwsFleet::new("faults");
+    let emulator = Emulator::require();
+    let scope = emulator.scope(&fleet.scope);
+    fleet.write("app.conf", &app_config("hello"));
+    let spec = fleet.write("spec.yaml", &small_config(&fleet.tag)).display().to_string();
+    runtime()
+        .block_on(
+            scope.set_faults(&[
+                FaultRule::new("*", "*", "RequestLimitExceeded").probability(0.05),
+                FaultRule::new("*", "*", "InternalError").probability(0.05),
+                // No c7i.large capacity in half of us-east-1's zones, n0's first choice among them.
+                FaultRule::new("ec2", "RunInstances", "InsufficientInstanceCapacity")
+                    .pool(PoolFilter::new("c7i.large", "us-east-1a", "on-demand")),
+                FaultRule::new("ec2", "RunInstances", "InsufficientInstanceCapacity")
+                    .pool(PoolFilter::new("c7i.large", "us-east-1b", "on-demand")),
+                FaultRule::new("ec2", "RunInstances", "InsufficientInstanceCapacity")
+                    .pool(PoolFilter::new("c7i.large", "us-east-1c", "on-demand")),
+            ]),
+        )
+        .unwrap();
+    let started = Instant::now();
+    let output =
+        fleet.run_ok(&["create", "--config", &spec, "--ip", "127.0.0.1", "--output", "json"]);
+    let elapsed = started.elapsed();
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    for row in rows.iter().filter(|r| r["role"] == "binary") {
+        assert_eq!(row["health"], "healthy", "{row}");
+    }
+    let faults = runtime().block_on(scope.faults()).unwrap();
+    assert!(faults.iter().map(|f| f.hits).sum::<u64>() > 0, "faults were injected: {faults:?}");
+    let capacity_errors: u64 =
+        faults.iter().filter(|f| f.code == "InsufficientInstanceCapacity").map(|f| f.hits).sum();
+    assert!(capacity_errors >= 1, "the launch met the capacity error: {faults:?}");
+    let instances = runtime().block_on(emulator.instances()).unwrap();
+    let n0 = instances
+        .iter()
+        .find(|i| {
+            i.scope == fleet.scope
+                && i.instance_type == "c7i.large"
+                && i.region == "us-east-1"
+                && i.state == "running"
+        })
+        .expect("n0 runs");
+    let zone = n0.availability_zone.as_deref().unwrap_or_default();
+    assert!(
+        !["us-east-1a", "us-east-1b", "us-east-1c"].contains(&zone),
+        "n0 moved to a zone with capacity: {zone}"
+    );
+    assert!(elapsed < Duration::from_secs(600), "within the launch deadline: {elapsed:?}");
+
+    fleet.run_ok(&["destroy", "--tag", &fleet.tag]);
+    runtime().block_on(scope.clear_faults()).unwrap();
+    let left = runtime().block_on(fleet.leftovers(&SMALL_REGIONS));
+    assert!(left.is_empty(), "destroy left: {left:?}");
+}
+
+/// A permanent error fails fast with a clear message, and destroy removes what was made.
+#[test]
+fn a_permanent_error_fails_fast_and_destroy_cleans_up() {
+    let fleet = AwsFleet::new("unauthorized");
+    let emulator = Emulator::require();
+    let scope = emulator.scope(&fleet.scope);
+    fleet.write("app.conf", &app_config("hello"));
+    let spec = fleet.write("spec.yaml", &small_config(&fleet.tag)).display().to_string();
+    runtime()
+        .block_on(
+            scope.set_faults(&[FaultRule::new("ec2", "RunInstances", "UnauthorizedOperation")
+                .message("You are not authorized to perform this operation.")]),
+        )
+        .unwrap();
+    let started = Instant::now();
+    let output = fleet.run(&["create", "--config", &spec, "--ip", "127.0.0.1"]);
+    let elapsed = started.elapsed();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("UnauthorizedOperation"), "{stderr}");
+    assert!(stderr.contains("RunInstances"), "names the call: {stderr}");
+    assert!(
+        stderr.contains("us-east-1")
+            || stderr.contains("us-west-2")
+            || stderr.contains("eu-west-1"),
+        "names the region: {stderr}"
+    );
+    assert!(elapsed < Duration::from_secs(30), "fails fast: {elapsed:?}");
+    runtime().block_on(scope.clear_faults()).unwrap();
+
+    fleet.run_ok(&["destroy", "--tag", &fleet.tag]);
+    let left = runtime().block_on(fleet.leftovers(&SMALL_REGIONS));
+    assert!(left.is_empty(), "destroy left: {left:?}");
+}
+
+/// Without an agent baked into the image, a machine downloads it from S3 with its instance
+/// role (curl with SigV4, keys on stdin) and checks its digest.
+#[test]
+fn machines_download_their_agent_with_the_instance_role() {
+    let fleet = AwsFleet::new("download");
+    let emulator = Emulator::require();
+    let scope = emulator.scope(&fleet.scope);
+    runtime().block_on(scope.set_agent_seed(false)).unwrap();
+    fleet.write("app.conf", &app_config("hello"));
+    let binary = fleet_app_bin();
+    let spec = fleet.write(
+        "spec.yaml",
+        &format!(
+            "tag: {}\nmonitoring: {{instance_type: t3.small, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- {{name: only, region: us-east-1, instance_type: t3.small, storage_size: 10, storage_class: gp3, binary: {}, config: app.conf, profiling: false}}\nports: []\n",
+            fleet.tag,
+            binary.display()
+        ),
+    );
+    let output = fleet.run_ok(&[
+        "create",
+        "--config",
+        &spec.display().to_string(),
+        "--ip",
+        "127.0.0.1",
+        "--output",
+        "json",
+    ]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(row(&rows, "only")["health"], "healthy");
+    let counts = runtime().block_on(scope.counts()).unwrap();
+    assert!(counts.get("s3", "GetObject") >= 2, "agents and identities came from S3: {counts:?}");
+    fleet.run_ok(&["destroy", "--tag", &fleet.tag]);
+}
