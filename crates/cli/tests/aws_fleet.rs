@@ -3,6 +3,8 @@
 //! instances through the AWS SDK, instances boot from their user data into agents that fetch
 //! their identity and artifacts from S3, and the CLI reaches them over mTLS on loopback.
 
+#![allow(clippy::unwrap_used)] // Helpers of these tests fail the test when a step fails.
+
 mod common;
 
 use std::collections::BTreeSet;
