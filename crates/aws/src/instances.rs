@@ -455,7 +455,8 @@ fn root_volume(machine: &MachinePlan) -> BlockDeviceMapping {
 }
 
 /// Waits until every instance in `ids` of `region` runs with a public address; returns them.
-/// Polls 2 s after the launch, then every 1.5× longer up to 5 s, ±20 % jitter.
+/// Polls 3 s after the launch (an instance is rarely running sooner), then every 1.5× longer up
+/// to 5 s, ±20 % jitter.
 pub async fn wait_running(
     clients: &Clients,
     region: &str,
@@ -463,7 +464,7 @@ pub async fn wait_running(
     ids: &[String],
 ) -> Result<Vec<Found>, ProviderError> {
     let deadline = Instant::now() + RUNNING_DEADLINE;
-    let mut delay = Duration::from_secs(2);
+    let mut delay = Duration::from_secs(3);
     loop {
         sleep_with_jitter(delay).await;
         let mut found = Vec::new();

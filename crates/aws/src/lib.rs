@@ -521,14 +521,24 @@ impl Provider for AwsProvider {
                 .map(|region_plan| {
                     let settings = &settings;
                     async move {
-                        network::ensure_region(&self.clients, &self.journal, settings, region_plan)
-                            .await
+                        let fresh = network::ensure_region(
+                            &self.clients,
+                            &self.journal,
+                            settings,
+                            region_plan,
+                        )
+                        .await?;
+                        Ok::<_, ProviderError>((region_plan.region.clone(), fresh))
                     }
                 })
                 .collect();
+            let mut fresh_regions = BTreeSet::new();
             let mut tasks = futures_util::stream::iter(tasks).buffer_unordered(16);
             while let Some(result) = tasks.next().await {
-                result?;
+                let (region, fresh) = result?;
+                if fresh {
+                    fresh_regions.insert(region);
+                }
                 stage.advance(1);
             }
             drop(tasks);
@@ -537,15 +547,19 @@ impl Provider for AwsProvider {
             let peerings: Vec<_> = region_plans
                 .values()
                 .filter(|p| p.region != hub)
-                .map(|spoke| async move {
-                    network::ensure_peering(
-                        &self.clients,
-                        &self.journal,
-                        &self.tag,
-                        (hub, hub_index),
-                        (&spoke.region, spoke.index),
-                    )
-                    .await
+                .map(|spoke| {
+                    let spoke_fresh = fresh_regions.contains(&spoke.region);
+                    async move {
+                        network::ensure_peering(
+                            &self.clients,
+                            &self.journal,
+                            &self.tag,
+                            (hub, hub_index),
+                            (&spoke.region, spoke.index),
+                            spoke_fresh,
+                        )
+                        .await
+                    }
                 })
                 .collect();
             futures_util::future::try_join_all(peerings).await?;
@@ -595,8 +609,12 @@ impl Provider for AwsProvider {
         // What exists already, named by batch and launch index.
         let mut existing: HashMap<String, Found> = HashMap::new();
         {
+            // Only regions where this deployment launched before can hold its instances.
+            let launched_before: BTreeSet<String> =
+                self.journal.read().batches.iter().map(|b| b.region.clone()).collect();
             let tasks: Vec<_> = regions
                 .iter()
+                .filter(|region| launched_before.contains(*region))
                 .map(|region| instances::describe(&self.clients, region, &self.tag, None, None))
                 .collect();
             let mut lookups = futures_util::stream::iter(tasks).buffer_unordered(16);

@@ -81,13 +81,14 @@ fn filter(name: &str, value: &str) -> Filter {
 /// Canonical's account, which publishes the Ubuntu images.
 const CANONICAL: &str = "099720109477";
 
-/// Creates or adopts `plan.region`'s network.
+/// Creates or adopts `plan.region`'s network. Returns whether the region was fresh: never
+/// touched by this deployment before this run, so nothing of it existed there.
 pub async fn ensure_region(
     clients: &Clients,
     journal: &Journal,
     settings: &NetworkSettings<'_>,
     plan: &RegionPlan,
-) -> Result<(), ProviderError> {
+) -> Result<bool, ProviderError> {
     let region = plan.region.as_str();
     let ec2 = clients.ec2(region);
     let tag = settings.tag;
@@ -345,7 +346,7 @@ pub async fn ensure_region(
     subnets?;
     groups?;
     images?;
-    Ok(())
+    Ok(fresh)
 }
 
 /// Creates a subnet for `zone` (used for zones in use and for capacity fallback).
@@ -573,13 +574,15 @@ async fn find_image(
 /// How long a spoke region's peering has to reach `pending-acceptance`.
 const PEERING_DEADLINE: Duration = Duration::from_secs(120);
 
-/// Peers `spoke` with the monitoring region `hub` and routes both ways.
+/// Peers `spoke` with the monitoring region `hub` and routes both ways. `spoke_fresh`: the
+/// spoke's VPC was made in this run, so no peering to it can exist yet.
 pub async fn ensure_peering(
     clients: &Clients,
     journal: &Journal,
     tag: &str,
     hub: (&str, u8),
     spoke: (&str, u8),
+    spoke_fresh: bool,
 ) -> Result<(), ProviderError> {
     let (hub_region, hub_index) = hub;
     let (spoke_region, spoke_index) = spoke;
@@ -604,27 +607,41 @@ pub async fn ensure_peering(
     let id = match spoke_record.peering_id {
         Some(id) => id,
         None => {
-            let found = hub_ec2
-                .describe_vpc_peering_connections()
-                .filters(tag_filter(tag))
-                .filters(filter("requester-vpc-info.vpc-id", &hub_vpc))
-                .filters(filter("accepter-vpc-info.vpc-id", &spoke_vpc))
-                .send()
-                .await
-                .map_err(|e| {
-                    AwsError::from_sdk(hub_region, "DescribeVpcPeeringConnections", &spoke_vpc, e)
-                })?;
+            let found = if spoke_fresh {
+                None
+            } else {
+                Some(
+                    hub_ec2
+                        .describe_vpc_peering_connections()
+                        .filters(tag_filter(tag))
+                        .filters(filter("requester-vpc-info.vpc-id", &hub_vpc))
+                        .filters(filter("accepter-vpc-info.vpc-id", &spoke_vpc))
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            AwsError::from_sdk(
+                                hub_region,
+                                "DescribeVpcPeeringConnections",
+                                &spoke_vpc,
+                                e,
+                            )
+                        })?,
+                )
+            };
             // The VPC filters are checked here too: an emulator may ignore them, and adopting
             // another spoke's peering would never be accepted.
-            let live = found.vpc_peering_connections().iter().find(|p| {
-                p.requester_vpc_info().and_then(|v| v.vpc_id()) == Some(hub_vpc.as_str())
-                    && p.accepter_vpc_info().and_then(|v| v.vpc_id()) == Some(spoke_vpc.as_str())
-                    && p.status().and_then(|s| s.code()).is_some_and(|c| {
-                        !matches!(
-                            c.as_str(),
-                            "deleted" | "deleting" | "rejected" | "failed" | "expired"
-                        )
-                    })
+            let live = found.as_ref().and_then(|found| {
+                found.vpc_peering_connections().iter().find(|p| {
+                    p.requester_vpc_info().and_then(|v| v.vpc_id()) == Some(hub_vpc.as_str())
+                        && p.accepter_vpc_info().and_then(|v| v.vpc_id())
+                            == Some(spoke_vpc.as_str())
+                        && p.status().and_then(|s| s.code()).is_some_and(|c| {
+                            !matches!(
+                                c.as_str(),
+                                "deleted" | "deleting" | "rejected" | "failed" | "expired"
+                            )
+                        })
+                })
             });
             let id = match live.and_then(|p| p.vpc_peering_connection_id()) {
                 Some(id) => id.to_owned(),

@@ -101,13 +101,14 @@ agent="$root/usr/local/bin/flotilla"
 mkdir -p "$root/usr/local/bin" "$root/etc/flotilla" "$root/var/lib/flotilla"
 if ! matches "$agent"; then
   if [ -n "${{FLOTILLA_AGENT_SEED:-}}" ] && matches "$FLOTILLA_AGENT_SEED"; then
-    cp "$FLOTILLA_AGENT_SEED" "$agent.new"
+    # Checked just above: link it rather than copy and hash it again.
+    ln -f "$FLOTILLA_AGENT_SEED" "$agent.new" 2>/dev/null || cp "$FLOTILLA_AGENT_SEED" "$agent.new"
   else
     retry download_agent
-  fi
-  if ! matches "$agent.new"; then
-    echo "flotilla bootstrap: the agent's SHA-256 is not $agent_sha256" >&2
-    exit 1
+    if ! matches "$agent.new"; then
+      echo "flotilla bootstrap: the agent's SHA-256 is not $agent_sha256" >&2
+      exit 1
+    fi
   fi
   chmod 0755 "$agent.new"
   mv "$agent.new" "$agent"

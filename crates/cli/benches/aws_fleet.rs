@@ -50,13 +50,22 @@ fn main() {
     let shapes = if shapes.is_empty() { vec![(50, 5), (500, 10)] } else { shapes };
     let emulator = Emulator::require();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    println!("machine: {} cores; latency injected on every call: {} ms", cores(), LATENCY.as_millis());
+    println!(
+        "machine: {} cores; latency injected on every call: {} ms",
+        cores(),
+        LATENCY.as_millis()
+    );
     for (instances, regions) in shapes {
         bench(&emulator, &runtime, instances, regions);
     }
 }
 
-fn bench(emulator: &Emulator, runtime: &tokio::runtime::Runtime, instances: usize, region_count: usize) {
+fn bench(
+    emulator: &Emulator,
+    runtime: &tokio::runtime::Runtime,
+    instances: usize,
+    region_count: usize,
+) {
     let flotilla = PathBuf::from(env!("CARGO_BIN_EXE_flotilla"));
     let home = tempfile::tempdir().unwrap();
     let work = tempfile::tempdir().unwrap();
@@ -98,9 +107,17 @@ fn bench(emulator: &Emulator, runtime: &tokio::runtime::Runtime, instances: usiz
             .output()
             .unwrap();
         let elapsed = started.elapsed();
-        assert!(output.status.success(), "flotilla {args:?}: {}", String::from_utf8_lossy(&output.stderr));
+        assert!(
+            output.status.success(),
+            "flotilla {args:?}: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
         elapsed
     };
+
+    // The deployer makes a subnet in every zone that offers a needed type: count them.
+    let zones = runtime.block_on(zones_offering(&scope_name, regions));
+    runtime.block_on(scope.reset_counts()).unwrap();
 
     let create = run(&["create", "--config", "spec.yaml", "--ip", "127.0.0.1"]);
     let create_counts = runtime.block_on(scope.counts()).unwrap();
@@ -113,23 +130,71 @@ fn bench(emulator: &Emulator, runtime: &tokio::runtime::Runtime, instances: usiz
     report(&shape, "create → all healthy", create, &create_counts.0);
     report(&shape, "destroy", destroy, &destroy_counts.0);
     // The deployer's structural count for this shape (refs §11), with one type, P = 1,
-    // W_r = 2, W_s = 8 and S = the zones that offer the type, as flotilla saw them.
-    let zones = zones_offering(&create_counts.0, region_count);
+    // W_r = 2, W_s = 8 and S = the zones that offer the type.
     let r = region_count;
     let b = r - 1;
-    let deployer = 1 + 2 + r + 5 * r + 2 * zones + 2 + r + 2 * r + b * 5 + r + (instances + 1) + 2 * r + 1 + r + b + 1;
+    let deployer = 1
+        + 2
+        + r
+        + 5 * r
+        + 2 * zones
+        + 2
+        + r
+        + 2 * r
+        + b * 5
+        + r
+        + (instances + 1)
+        + 2 * r
+        + 1
+        + r
+        + b
+        + 1;
     println!(
         "{shape:>22}  deployer (structural)    {deployer} calls + {} DescribeInstanceStatus (one per instance per 15 s poll, ≈ 8 polls), launches serial per region",
         (instances + 1) * 8
     );
 }
 
-fn zones_offering(_counts: &BTreeMap<String, BTreeMap<String, u64>>, regions: usize) -> usize {
-    // moto offers m5.large in every zone of these regions: 6 in us-east-1, 3 to 4 elsewhere.
-    6 + 3 * (regions - 1)
+/// Zones offering the benchmark's type, summed over `regions` (the deployer's S).
+async fn zones_offering(scope: &str, regions: &[&str]) -> usize {
+    let config = aws_config::defaults(aws_config::BehaviorVersion::latest())
+        .endpoint_url(std::env::var("AWS_ENDPOINT_URL").unwrap())
+        .region(aws_config::Region::new("us-east-1"))
+        .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+            scope, "bench", None, None, "bench",
+        ))
+        .load()
+        .await;
+    let mut zones = 0;
+    for region in regions {
+        let ec2 = aws_sdk_ec2::Client::from_conf(
+            aws_sdk_ec2::config::Builder::from(&config)
+                .region(aws_config::Region::new(region.to_string()))
+                .build(),
+        );
+        let offerings = ec2
+            .describe_instance_type_offerings()
+            .location_type(aws_sdk_ec2::types::LocationType::AvailabilityZone)
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("instance-type")
+                    .values(INSTANCE_TYPE)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        zones += offerings.instance_type_offerings().len();
+    }
+    zones
 }
 
-fn report(shape: &str, what: &str, elapsed: Duration, counts: &BTreeMap<String, BTreeMap<String, u64>>) {
+fn report(
+    shape: &str,
+    what: &str,
+    elapsed: Duration,
+    counts: &BTreeMap<String, BTreeMap<String, u64>>,
+) {
     let total = |service: &str| counts.get(service).map(|a| a.values().sum::<u64>()).unwrap_or(0);
     println!(
         "{shape:>22}  {what:<22} {:>7.2} s   EC2 {} calls, S3 {}, IAM {}",
