@@ -50,6 +50,11 @@ pub use crate::s3::S3Fetcher;
 pub const AGENT_ENV: [(&str, &str); 2] =
     [("x86_64", "FLOTILLA_AGENT_X86_64"), ("arm64", "FLOTILLA_AGENT_ARM64")];
 
+/// Where the deployer's public address is asked, as the commonware deployer asks it.
+pub const IP_DISCOVERY_URL: &str = "https://ipv4.icanhazip.com";
+/// Environment variable that replaces [`IP_DISCOVERY_URL`] (an internal echo service; tests).
+pub const IP_DISCOVERY_ENV: &str = "FLOTILLA_IP_DISCOVERY_URL";
+
 /// What the CLI decides for the provider.
 #[derive(Clone, Debug)]
 pub struct AwsOptions {
@@ -227,23 +232,21 @@ impl AwsProvider {
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| ProviderError::with_source("building an HTTP client", e))?;
+        let url = std::env::var(IP_DISCOVERY_ENV).unwrap_or_else(|_| IP_DISCOVERY_URL.to_owned());
         let answer = async {
-            let text = client
-                .get("https://ipv4.icanhazip.com")
-                .send()
-                .await?
-                .error_for_status()?
-                .text()
-                .await?;
+            let text = client.get(&url).send().await?.error_for_status()?.text().await?;
             Ok::<_, reqwest::Error>(text)
         }
         .await;
         match answer {
             Ok(text) => text.trim().parse().map_err(|_| {
-                ProviderError::new(format!("https://ipv4.icanhazip.com answered {:?}, not an IPv4 address; pass your address with --ip", text.trim()))
+                ProviderError::new(format!(
+                    "{url} answered {:?}, not an IPv4 address; pass your address with --ip",
+                    text.trim()
+                ))
             }),
             Err(error) => Err(ProviderError::new(format!(
-                "cannot find this machine's public IPv4 address (https://ipv4.icanhazip.com: {}); pass it with --ip",
+                "cannot find this machine's public IPv4 address ({url}: {}); pass it with --ip",
                 flotilla_core::client::error_chain(&error)
             ))),
         }

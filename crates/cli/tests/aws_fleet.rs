@@ -174,6 +174,13 @@ fn a_deployer_config_in_five_regions_lives_and_leaves_nothing() {
         }
     });
 
+    // authorize adds an address to every group of the deployment; --revoke takes it away.
+    fleet.run_ok(&["authorize", "--tag", &fleet.tag, "--ip", "203.0.113.9"]);
+    assert_eq!(agent_port_cidrs(&fleet, "203.0.113.9/32"), 6, "every group of the five regions");
+    fleet.run_ok(&["authorize", "--tag", &fleet.tag, "--revoke", "203.0.113.9"]);
+    assert_eq!(agent_port_cidrs(&fleet, "203.0.113.9/32"), 0);
+    assert_eq!(agent_port_cidrs(&fleet, "198.51.100.7/32"), 6, "the create-time address stays");
+
     // Update with a new config: every machine runs the new version and serves the new greeting.
     fleet.write("app-v2.conf", &app_config("bonjour"));
     let v2 = fleet.write("deployer-v2.yaml", &deployer_config(&fleet.tag, "app-v2.conf"));
@@ -192,6 +199,43 @@ fn a_deployer_config_in_five_regions_lives_and_leaves_nothing() {
     assert!(left.is_empty(), "destroy left: {left:?}");
     // Idempotent.
     fleet.run_ok(&["destroy", "--tag", &fleet.tag]);
+}
+
+/// Security groups of the deployment whose agent-port rule admits `cidr`.
+fn agent_port_cidrs(fleet: &AwsFleet, cidr: &str) -> usize {
+    runtime().block_on(async {
+        let config = fleet.sdk().await;
+        let mut count = 0;
+        for region in FIVE_REGIONS {
+            let ec2 = aws_sdk_ec2::Client::from_conf(
+                aws_sdk_ec2::config::Builder::from(&config)
+                    .region(aws_config::Region::new(region))
+                    .build(),
+            );
+            let groups = ec2
+                .describe_security_groups()
+                .filters(
+                    aws_sdk_ec2::types::Filter::builder()
+                        .name("tag:flotilla:deployment")
+                        .values(&fleet.tag)
+                        .build(),
+                )
+                .send()
+                .await
+                .unwrap();
+            count += groups
+                .security_groups()
+                .iter()
+                .filter(|g| {
+                    g.ip_permissions().iter().any(|p| {
+                        p.from_port() == Some(7443)
+                            && p.ip_ranges().iter().any(|r| r.cidr_ip() == Some(cidr))
+                    })
+                })
+                .count();
+        }
+        count
+    })
 }
 
 fn row_named<'a>(rows: &'a [serde_json::Value], name: &str) -> &'a serde_json::Value {
@@ -369,7 +413,22 @@ fn create_converges_through_throttling_errors_and_a_zone_without_capacity() {
     );
     assert!(elapsed < Duration::from_secs(600), "within the launch deadline: {elapsed:?}");
 
+    // Destroy meets dependencies that AWS releases a moment late, and waits them out.
+    runtime()
+        .block_on(
+            scope.add_fault(&FaultRule::new("ec2", "DeleteSubnet", "DependencyViolation").count(2)),
+        )
+        .unwrap();
+    runtime()
+        .block_on(scope.add_fault(
+            &FaultRule::new("ec2", "DeleteSecurityGroup", "DependencyViolation").count(2),
+        ))
+        .unwrap();
     fleet.run_ok(&["destroy", "--tag", &fleet.tag]);
+    let faults = runtime().block_on(scope.faults()).unwrap();
+    let violations: u64 =
+        faults.iter().filter(|f| f.code == "DependencyViolation").map(|f| f.hits).sum();
+    assert_eq!(violations, 4, "each injected violation was met and retried: {faults:?}");
     runtime().block_on(scope.clear_faults()).unwrap();
     let left = runtime().block_on(fleet.leftovers(&SMALL_REGIONS));
     assert!(left.is_empty(), "destroy left: {left:?}");
@@ -441,5 +500,116 @@ fn machines_download_their_agent_with_the_instance_role() {
     assert_eq!(row(&rows, "only")["health"], "healthy");
     let counts = runtime().block_on(scope.counts()).unwrap();
     assert!(counts.get("s3", "GetObject") >= 2, "agents and identities came from S3: {counts:?}");
+
+    // clean refuses while a deployment uses the bucket, and deletes it afterwards.
+    let output = fleet.run(&["clean"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("download"), "names the deployment");
+    fleet.run_ok(&["destroy", "--tag", &fleet.tag]);
+    let bucket = fs_err::read_to_string(fleet.home.path().join("aws-bucket")).unwrap();
+    let output = fleet.run_ok(&["clean"]);
+    assert!(String::from_utf8_lossy(&output.stderr).contains(bucket.trim()));
+    assert!(!fleet.home.path().join("aws-bucket").exists());
+    let exists = runtime().block_on(async {
+        let config = fleet.sdk().await;
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build(),
+        );
+        s3.head_bucket().bucket(bucket.trim()).send().await.is_ok()
+    });
+    assert!(!exists, "the bucket is gone");
+}
+
+/// Serves one HTTP answer with `body` to every connection, on loopback, until dropped.
+struct EchoServer {
+    address: std::net::SocketAddr,
+}
+
+impl EchoServer {
+    fn start(body: &'static str) -> EchoServer {
+        use std::io::{Read, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let address = listener.local_addr().unwrap();
+        std::thread::spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let mut stream = stream;
+                let mut request = [0u8; 1024];
+                let _ = stream.read(&mut request);
+                let _ = write!(
+                    stream,
+                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+            }
+        });
+        EchoServer { address }
+    }
+}
+
+/// Without --ip, the deployer's address is asked of an echo service, as the deployer does; when
+/// it cannot be found, create stops before changing anything and says to pass --ip.
+#[test]
+fn the_deployer_address_is_discovered_or_the_error_says_how_to_give_it() {
+    let fleet = AwsFleet::new("discovery");
+    fleet.write("app.conf", &app_config("hello"));
+    let spec = fleet.write(
+        "spec.yaml",
+        &format!(
+            "tag: {}\nmonitoring: {{instance_type: t3.small, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- {{name: only, region: us-east-1, instance_type: t3.small, storage_size: 10, storage_class: gp3, binary: {}, config: app.conf, profiling: false}}\nports: []\n",
+            fleet.tag,
+            fleet_app_bin().display()
+        ),
+    );
+    let spec = spec.display().to_string();
+
+    let output = fleet
+        .command(&["create", "--config", &spec])
+        .env("FLOTILLA_IP_DISCOVERY_URL", "http://127.0.0.1:1/")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("cannot find this machine's public IPv4 address")
+            && stderr.contains("--ip"),
+        "{stderr}"
+    );
+    let left = runtime().block_on(fleet.leftovers(&["us-east-1"]));
+    assert!(left.is_empty(), "nothing was created before the address was known: {left:?}");
+
+    let echo = EchoServer::start("203.0.113.44\n");
+    let output = fleet
+        .command(&["create", "--config", &spec])
+        .env("FLOTILLA_IP_DISCOVERY_URL", format!("http://{}/", echo.address))
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
+    let admitted = runtime().block_on(async {
+        let config = fleet.sdk().await;
+        let ec2 = aws_sdk_ec2::Client::new(&config);
+        let groups = ec2
+            .describe_security_groups()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("tag:flotilla:deployment")
+                    .values(&fleet.tag)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        groups
+            .security_groups()
+            .iter()
+            .flat_map(|g| g.ip_permissions())
+            .filter(|p| p.from_port() == Some(7443))
+            .flat_map(|p| p.ip_ranges())
+            .filter_map(|r| r.cidr_ip().map(str::to_owned))
+            .collect::<Vec<_>>()
+    });
+    assert!(
+        !admitted.is_empty() && admitted.iter().all(|c| c == "203.0.113.44/32"),
+        "{admitted:?}"
+    );
     fleet.run_ok(&["destroy", "--tag", &fleet.tag]);
 }
