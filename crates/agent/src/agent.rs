@@ -64,6 +64,8 @@ pub(crate) struct Agent {
     pub(crate) fetchers: Fetchers,
     pub(crate) state: Mutex<AgentState>,
     pub(crate) rollout: Mutex<RolloutSlot>,
+    /// Woken whenever a rollout finishes, for `WaitRollout`.
+    pub(crate) rollout_finished: tokio::sync::Notify,
     pub(crate) started_at: Instant,
 }
 
@@ -399,6 +401,7 @@ impl Agent {
                 Ok(manifest) => {
                     let manifest = Arc::new(manifest);
                     let version = previous.clone();
+                    let health_deadline = manifest.health_deadline;
                     let order = if state.stopped {
                         Order::Hold { version, manifest }
                     } else {
@@ -408,7 +411,15 @@ impl Agent {
                         "rollout of version {short} failed: {reason}; rolling back to version {}",
                         short_version(previous)
                     ));
-                    self.supervisor.order(order).wait().await;
+                    let generation = self.supervisor.order(order).wait().await;
+                    // The rollout ends when the previous version serves again (or its own
+                    // health deadline passed), so whoever waits for the verdict finds it serving.
+                    if let Some(generation) = generation.filter(|_| !state.stopped)
+                        && let Err(error) = self.hold_to_deadline(generation, health_deadline).await
+                    {
+                        let error = error.replacen("the new version", "the previous version", 1);
+                        reason.push_str(&format!("; after the rollback, {error}"));
+                    }
                     RolloutPhase::RolledBack
                 }
                 Err(error) => {
@@ -440,14 +451,39 @@ impl Agent {
     }
 
     fn finish_rollout(&self, phase: RolloutPhase, reason: String, log_tail: Vec<String>) {
-        let mut slot = lock(&self.rollout);
-        slot.under_way = false;
-        slot.task = None;
-        if let Some(rollout) = slot.last.as_mut() {
-            rollout.phase = phase;
-            rollout.reason = (!reason.is_empty()).then_some(reason);
-            rollout.log_tail = log_tail;
-            rollout.finished_at = Some(unix_now());
+        {
+            let mut slot = lock(&self.rollout);
+            slot.under_way = false;
+            slot.task = None;
+            if let Some(rollout) = slot.last.as_mut() {
+                rollout.phase = phase;
+                rollout.reason = (!reason.is_empty()).then_some(reason);
+                rollout.log_tail = log_tail;
+                rollout.finished_at = Some(unix_now());
+            }
+        }
+        self.rollout_finished.notify_waiters();
+    }
+
+    /// `WaitRollout`: the status once the rollout of `version` has finished, or when `timeout`
+    /// has passed, whichever comes first.
+    pub(crate) async fn wait_rollout(&self, version: &str, timeout: Duration) -> AgentStatus {
+        let deadline = Instant::now() + timeout;
+        loop {
+            // Registered before looking, so a rollout finishing in between still wakes us.
+            let finished = self.rollout_finished.notified();
+            tokio::pin!(finished);
+            finished.as_mut().enable();
+            let done = lock(&self.rollout)
+                .last
+                .as_ref()
+                .is_some_and(|r| r.version == version && r.phase.is_done());
+            if done || Instant::now() >= deadline {
+                return self.status();
+            }
+            if tokio::time::timeout_at(deadline, finished).await.is_err() {
+                return self.status();
+            }
         }
     }
 }

@@ -147,6 +147,10 @@ async fn answer(
     match request {
         Request::Status => json_response(StatusCode::OK, &agent.status()),
         Request::Logs { lines, follow } => logs(&agent, lines, follow, shutdown).await,
+        Request::WaitRollout { version, timeout_ms } => json_response(
+            StatusCode::OK,
+            &agent.wait_rollout(&version, std::time::Duration::from_millis(timeout_ms)).await,
+        ),
         Request::ApplyManifest(manifest) => match agent.apply(*manifest) {
             Ok(answer @ ApplyResponse::Accepted { .. }) => {
                 json_response(StatusCode::ACCEPTED, &answer)

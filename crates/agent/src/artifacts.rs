@@ -53,25 +53,31 @@ pub(crate) async fn install_version(
     let partial = dir.partial_version(version);
     remove_dir_if_present(&partial).await.map_err(|e| e.to_string())?;
     create_private_dir(&partial).map_err(|e| e.to_string())?;
-    for (artifact, file_name, mode) in artifacts(manifest) {
+    // The artifacts are independent: fetch and verify them at once.
+    let downloads = artifacts(manifest).into_iter().map(|(artifact, file_name, mode)| {
         let path = partial.join(file_name);
-        let fetch = fetchers.fetch_to_file(&artifact.url, &path);
-        match tokio::time::timeout(DOWNLOAD_TIMEOUT, fetch).await {
-            Ok(Ok(())) => {}
-            Ok(Err(error)) => return Err(format!("could not download the {file_name}: {error}")),
-            Err(_) => {
-                return Err(format!(
-                    "could not download the {file_name} from {} within {}",
-                    artifact.url,
-                    humantime::format_duration(DOWNLOAD_TIMEOUT)
-                ));
+        async move {
+            let fetch = fetchers.fetch_to_file(&artifact.url, &path);
+            match tokio::time::timeout(DOWNLOAD_TIMEOUT, fetch).await {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    return Err(format!("could not download the {file_name}: {error}"));
+                }
+                Err(_) => {
+                    return Err(format!(
+                        "could not download the {file_name} from {} within {}",
+                        artifact.url,
+                        humantime::format_duration(DOWNLOAD_TIMEOUT)
+                    ));
+                }
             }
+            fs_err::tokio::set_permissions(&path, std::fs::Permissions::from_mode(mode))
+                .await
+                .map_err(|e| e.to_string())?;
+            verify_artifact(path, artifact.clone(), file_name).await
         }
-        fs_err::tokio::set_permissions(&path, std::fs::Permissions::from_mode(mode))
-            .await
-            .map_err(|e| e.to_string())?;
-        verify_artifact(path, artifact.clone(), file_name).await?;
-    }
+    });
+    futures_util::future::try_join_all(downloads).await?;
     let manifest_json = serde_json::to_vec_pretty(manifest).expect("a manifest serializes");
     write_file_atomically(&partial.join(MANIFEST_FILE), &manifest_json, PRIVATE_FILE_MODE)
         .map_err(|e| e.to_string())?;

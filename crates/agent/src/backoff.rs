@@ -4,7 +4,7 @@
 //!   `initial_backoff × 2^(n-1)`, capped at `max_backoff`, then multiplied by a random factor in
 //!   0.8..=1.2 (±20 % jitter) so that a fleet restarted by the same event does not restart in
 //!   step. The count resets once the binary stayed up [`STABLE_RUN`] or became healthy.
-//! - Waiting for the identity bundle: polls after 100 ms, doubling to at most 2 s, until the
+//! - Waiting for the identity bundle: polls after 100 ms, doubling to at most 1 s, until the
 //!   bootstrap's `identity_timeout`.
 
 use std::time::Duration;
@@ -21,7 +21,7 @@ pub(crate) const CRASH_LOOP_EXITS: u32 = 3;
 /// First wait between two polls for the identity bundle.
 pub(crate) const IDENTITY_POLL_INITIAL: Duration = Duration::from_millis(100);
 /// Longest wait between two polls for the identity bundle.
-pub(crate) const IDENTITY_POLL_MAX: Duration = Duration::from_secs(2);
+pub(crate) const IDENTITY_POLL_MAX: Duration = Duration::from_secs(1);
 
 /// The delay before restarting after the `consecutive_failures`-th failure in a row (1 for the
 /// first), with `jitter` the random factor (0.8..=1.2, see [`restart_jitter`]).
@@ -69,13 +69,13 @@ mod tests {
     }
 
     #[test]
-    fn identity_polls_back_off_to_two_seconds() {
+    fn identity_polls_back_off_to_one_second() {
         let mut delay = IDENTITY_POLL_INITIAL;
         let mut seen = vec![delay];
         for _ in 0..6 {
             delay = next_identity_poll(delay);
             seen.push(delay);
         }
-        assert_eq!(seen, [100, 200, 400, 800, 1600, 2000, 2000].map(Duration::from_millis));
+        assert_eq!(seen, [100, 200, 400, 800, 1000, 1000, 1000].map(Duration::from_millis));
     }
 }

@@ -181,6 +181,7 @@ pub async fn start(
         fetchers,
         state: Mutex::new(state),
         rollout: Mutex::new(RolloutSlot::default()),
+        rollout_finished: tokio::sync::Notify::new(),
         started_at: tokio::time::Instant::now(),
     });
 

@@ -40,6 +40,8 @@ use crate::records::{Batch, TAG_BATCH, TAG_ROLE};
 
 /// How long a batch may keep looking for capacity.
 pub const LAUNCH_DEADLINE: Duration = Duration::from_secs(600);
+/// When the first look at launched instances happens.
+const FIRST_RUNNING_POLL: Duration = Duration::from_secs(3);
 /// How long instances may take to run with a public address.
 pub const RUNNING_DEADLINE: Duration = Duration::from_secs(600);
 
@@ -455,8 +457,8 @@ fn root_volume(machine: &MachinePlan) -> BlockDeviceMapping {
 }
 
 /// Waits until every instance in `ids` of `region` runs with a public address; returns them.
-/// Polls 3 s after the launch (an instance is rarely running sooner), then every 1.5× longer up
-/// to 5 s, ±20 % jitter.
+/// Polls 3 s after the launch (an instance is rarely running sooner), then 1 s later, then
+/// every 1.5× longer up to 5 s, ±20 % jitter.
 pub async fn wait_running(
     clients: &Clients,
     region: &str,
@@ -464,7 +466,7 @@ pub async fn wait_running(
     ids: &[String],
 ) -> Result<Vec<Found>, ProviderError> {
     let deadline = Instant::now() + RUNNING_DEADLINE;
-    let mut delay = Duration::from_secs(3);
+    let mut delay = FIRST_RUNNING_POLL;
     loop {
         sleep_with_jitter(delay).await;
         let mut found = Vec::new();
@@ -499,7 +501,11 @@ pub async fn wait_running(
                 humantime::format_duration(RUNNING_DEADLINE)
             )));
         }
-        delay = (delay * 3 / 2).min(Duration::from_secs(5));
+        delay = if delay == FIRST_RUNNING_POLL {
+            Duration::from_secs(1)
+        } else {
+            (delay * 3 / 2).min(Duration::from_secs(5))
+        };
     }
 }
 

@@ -10,7 +10,8 @@
 //! bare environment): `FLOTILLA_ROOT` (prefix of every path written), `FLOTILLA_IMDS_ENDPOINT`,
 //! `FLOTILLA_S3_ENDPOINT` (path-style S3 base URL), `FLOTILLA_LISTEN` (the agent's address),
 //! `FLOTILLA_SERVICE=foreground` (exec the agent instead of systemd) and `FLOTILLA_AGENT_SEED`
-//! (a local copy of the agent used when its digest matches, like an image with the agent baked in).
+//! (a local copy of the agent used when its digest matches, like an image with the agent baked in;
+//! `FLOTILLA_AGENT_SEED_SHA256` gives its digest when known, so it need not be hashed again).
 
 use flotilla_spec::bootstrap::{DEFAULT_API_PORT, DEFAULT_METRICS_PORT};
 
@@ -100,9 +101,10 @@ retry read_instance_id
 agent="$root/usr/local/bin/flotilla"
 mkdir -p "$root/usr/local/bin" "$root/etc/flotilla" "$root/var/lib/flotilla"
 if ! matches "$agent"; then
-  if [ -n "${{FLOTILLA_AGENT_SEED:-}}" ] && matches "$FLOTILLA_AGENT_SEED"; then
+  seed="${{FLOTILLA_AGENT_SEED:-}}"
+  if [ -n "$seed" ] && {{ [ "${{FLOTILLA_AGENT_SEED_SHA256:-}}" = "$agent_sha256" ] || matches "$seed"; }}; then
     # Checked just above: link it rather than copy and hash it again.
-    ln -f "$FLOTILLA_AGENT_SEED" "$agent.new" 2>/dev/null || cp "$FLOTILLA_AGENT_SEED" "$agent.new"
+    ln -f "$seed" "$agent.new" 2>/dev/null || cp "$seed" "$agent.new"
   else
     retry download_agent
     if ! matches "$agent.new"; then

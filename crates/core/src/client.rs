@@ -143,6 +143,24 @@ impl AgentClient {
         self.json(name, &Request::Status).await
     }
 
+    /// The status once the rollout of `version` has finished, or after `wait` at most.
+    pub async fn wait_rollout(
+        &self,
+        name: &str,
+        version: &str,
+        wait: Duration,
+    ) -> Result<AgentStatus, ClientError> {
+        let timeout_ms = wait.as_millis().min(u128::from(flotilla_spec::api::MAX_WAIT_MS)) as u64;
+        let request = Request::WaitRollout { version: version.to_owned(), timeout_ms };
+        let response = self.send(name, &request, Some(wait + REQUEST_TIMEOUT)).await?;
+        let bytes = response.bytes().await.map_err(|e| ClientError::BadAnswer {
+            name: name.to_owned(),
+            detail: error_chain(&e),
+        })?;
+        serde_json::from_slice(&bytes)
+            .map_err(|e| ClientError::BadAnswer { name: name.to_owned(), detail: e.to_string() })
+    }
+
     pub async fn apply(
         &self,
         name: &str,

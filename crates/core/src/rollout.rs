@@ -1,10 +1,11 @@
 //! Rolling a version out to machines: batch planning (pure) and the apply-and-wait loop.
 //!
 //! The agent does the work on each machine (download, verify, swap, health gate, rollback);
-//! this module decides the order and waits for each agent's verdict. The waiting has a written
-//! schedule: status polls start at 100 ms and grow by half up to 1 s, with ±20 % jitter, until
-//! the agent reports an outcome or the deadline (the health deadline plus
-//! [`DOWNLOAD_ALLOWANCE`]) passes.
+//! this module decides the order and waits for each agent's verdict: a long poll
+//! (`WaitRollout`, up to 30 s at a time) that the agent answers the moment the rollout ends.
+//! Retries after an unanswered request, and agents without long polls, follow a written
+//! schedule: 100 ms growing by half up to 1 s, ±20 % jitter. Everything stops at the deadline:
+//! the health deadline plus [`DOWNLOAD_ALLOWANCE`].
 
 use std::time::Duration;
 
@@ -19,6 +20,8 @@ use crate::error::MachineFailure;
 /// Time an agent has to download and verify artifacts, on top of the health deadline.
 pub const DOWNLOAD_ALLOWANCE: Duration = Duration::from_secs(120);
 const FIRST_POLL: Duration = Duration::from_millis(100);
+/// The longest single wait asked of an agent.
+const LONG_POLL: Duration = Duration::from_secs(30);
 const LONGEST_POLL: Duration = Duration::from_secs(1);
 
 /// Splits machine names into batches of at most `batch` (at least one per batch), in order.
@@ -89,10 +92,32 @@ pub async fn apply_and_wait(
         }
         tokio::time::sleep(schedule.next_delay()).await;
     }
+    // Wait for the verdict: long polls (the agent answers the moment the rollout ends); an
+    // agent that does not know them is polled on the schedule instead.
     let mut schedule = PollSchedule::default();
+    let mut long_poll = true;
     loop {
-        tokio::time::sleep(schedule.next_delay()).await;
-        let last_error = match client.status(name).await {
+        let now = Instant::now();
+        if now >= deadline {
+            return Err(failure(format!(
+                "no verdict from the agent within {}",
+                humantime::format_duration(manifest.health_deadline + DOWNLOAD_ALLOWANCE)
+            )));
+        }
+        let answer = if long_poll {
+            let wait = (deadline - now).min(LONG_POLL);
+            match client.wait_rollout(name, &version, wait).await {
+                Err(ClientError::Refused { status: 404, .. }) => {
+                    long_poll = false;
+                    continue;
+                }
+                answer => answer,
+            }
+        } else {
+            tokio::time::sleep(schedule.next_delay()).await;
+            client.status(name).await
+        };
+        let last_error = match answer {
             Ok(status) => match status.rollout.filter(|r| r.version == version) {
                 Some(rollout) if rollout.phase == RolloutPhase::Healthy => {
                     return Ok(Applied::Updated);
@@ -107,17 +132,18 @@ pub async fn apply_and_wait(
                         log_tail: rollout.log_tail,
                     });
                 }
-                // Not started or still under way.
+                // Not finished yet: wait again.
                 _ => None,
             },
             Err(error) => Some(error),
         };
-        if Instant::now() >= deadline {
-            let detail = last_error.map(|e| format!(": {e}")).unwrap_or_default();
-            return Err(failure(format!(
-                "no verdict from the agent within {}{detail}",
-                humantime::format_duration(manifest.health_deadline + DOWNLOAD_ALLOWANCE)
-            )));
+        if let Some(error) = last_error {
+            // The agent did not answer: try again after a pause, until the deadline.
+            tracing::debug!(machine = name, %error, "no answer about the rollout yet");
+            if Instant::now() + LONGEST_POLL >= deadline {
+                return Err(failure(format!("no verdict from the agent: {error}")));
+            }
+            tokio::time::sleep(schedule.next_delay()).await;
         }
     }
 }

@@ -18,6 +18,7 @@
 //! process that left the group). Each boot runs the user data again: on AWS cloud-init runs it
 //! once and systemd restarts the agent, which `FLOTILLA_SERVICE=foreground` leaves to us.
 
+use sha2::Digest;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::os::unix::ffi::OsStrExt;
@@ -77,6 +78,8 @@ pub(crate) struct Booter {
     pub(crate) config: BooterConfig,
     machines: Mutex<BTreeMap<String, Machine>>,
     seed_disabled: Mutex<BTreeSet<String>>,
+    /// The seed's SHA-256, with the modification time and size it was computed for.
+    seed_digest: Mutex<Option<(std::time::SystemTime, u64, String)>>,
     /// Set when a stop finished: the next poll reads the whole listing again.
     relist: AtomicBool,
 }
@@ -108,8 +111,36 @@ impl Booter {
             config,
             machines: Mutex::new(BTreeMap::new()),
             seed_disabled: Mutex::new(BTreeSet::new()),
+            seed_digest: Mutex::new(None),
             relist: AtomicBool::new(false),
         }
+    }
+
+    /// The seed's SHA-256, computed once per build of it: a hundred instances booting at once
+    /// would otherwise each hash the same large file, which a real fleet does on a hundred CPUs.
+    fn seed_digest(&self, seed: &std::path::Path) -> Option<String> {
+        let metadata = fs_err::metadata(seed).ok()?;
+        let (modified, size) = (metadata.modified().ok()?, metadata.len());
+        let mut cached = self.seed_digest.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((at, bytes, digest)) = cached.as_ref()
+            && *at == modified
+            && *bytes == size
+        {
+            return Some(digest.clone());
+        }
+        let mut file = fs_err::File::open(seed).ok()?;
+        let mut hasher = sha2::Sha256::new();
+        let mut buffer = vec![0u8; 1 << 20];
+        loop {
+            let read = std::io::Read::read(&mut file, &mut buffer).ok()?;
+            if read == 0 {
+                break;
+            }
+            hasher.update(&buffer[..read]);
+        }
+        let digest = hex::encode(hasher.finalize());
+        *cached = Some((modified, size, digest.clone()));
+        Some(digest)
     }
 
     fn machines(&self) -> MutexGuard<'_, BTreeMap<String, Machine>> {
@@ -342,6 +373,9 @@ impl Booter {
             && self.agent_seed_enabled(&instance.scope)
         {
             command.env(contract::AGENT_SEED, seed);
+            if let Some(digest) = self.seed_digest(seed) {
+                command.env(contract::AGENT_SEED_SHA256, digest);
+            }
         }
         if let Some(filter) = std::env::var_os("RUST_LOG") {
             command.env("RUST_LOG", filter);

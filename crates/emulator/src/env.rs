@@ -31,4 +31,6 @@ pub mod user_data {
     pub const SERVICE: &str = "FLOTILLA_SERVICE";
     /// A flotilla binary to use instead of downloading it when its sha256 matches.
     pub const AGENT_SEED: &str = "FLOTILLA_AGENT_SEED";
+    /// The seed's SHA-256, computed once by the booter, so instances need not hash it.
+    pub const AGENT_SEED_SHA256: &str = "FLOTILLA_AGENT_SEED_SHA256";
 }

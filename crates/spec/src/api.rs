@@ -7,6 +7,7 @@
 //! |---|---|---|
 //! | [`Request::Status`] | `GET /v1/status` | always |
 //! | [`Request::Logs`] | `GET /v1/logs?lines=N&follow=BOOL` | always (empty before the first version) |
+//! | [`Request::WaitRollout`] | `GET /v1/rollouts/<version>?timeout_ms=N` | always |
 //! | [`Request::ApplyManifest`] | `PUT /v1/manifest` | when no rollout to another version is under way |
 //! | [`Request::Restart`] | `POST /v1/restart` | when a version is installed and no rollout is under way |
 //! | [`Request::Stop`] | `POST /v1/stop` | when no rollout is under way |
@@ -19,6 +20,8 @@ use crate::manifest::Manifest;
 pub const DEFAULT_LOG_LINES: usize = 100;
 /// The most lines one `logs` request may ask for.
 pub const MAX_LOG_LINES: usize = 100_000;
+/// The longest one `WaitRollout` request may wait.
+pub const MAX_WAIT_MS: u64 = 60_000;
 
 /// A request to the agent.
 #[derive(Clone, Debug, PartialEq)]
@@ -29,6 +32,10 @@ pub enum Request {
     /// The last `lines` lines of the binary's log; with `follow`, then every new line as it is
     /// written until the client disconnects. Answers `text/plain`.
     Logs { lines: usize, follow: bool },
+    /// Wait until the rollout of `version` has finished (any outcome), or `timeout_ms` (at
+    /// most [`MAX_WAIT_MS`]) has passed, then answer [`AgentStatus`]. Lets the CLI learn an
+    /// outcome the moment it happens instead of polling `Status`.
+    WaitRollout { version: String, timeout_ms: u64 },
     /// Install and start this version: download and verify the artifacts into a new version
     /// directory (the old one stays), stop the old binary, start the new one and hold it to the
     /// health deadline; on failure restore and restart the previous version. Answers
@@ -107,6 +114,40 @@ impl Request {
                 }
                 Ok(Request::Logs { lines, follow })
             }
+            ("GET", path) if path.starts_with("/v1/rollouts/") => {
+                let version = &path["/v1/rollouts/".len()..];
+                if version.is_empty() || !version.bytes().all(|b| b.is_ascii_hexdigit()) {
+                    return Err(RequestError::NotFound {
+                        method: method.to_owned(),
+                        path: path.to_owned(),
+                    });
+                }
+                let mut timeout_ms = MAX_WAIT_MS;
+                for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+                    let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    match name {
+                        "timeout_ms" => {
+                            timeout_ms = value
+                                .parse::<u64>()
+                                .ok()
+                                .filter(|t| *t <= MAX_WAIT_MS)
+                                .ok_or_else(|| RequestError::BadQuery {
+                                    name: name.to_owned(),
+                                    message: format!(
+                                        "expected milliseconds from 0 to {MAX_WAIT_MS}"
+                                    ),
+                                })?;
+                        }
+                        _ => {
+                            return Err(RequestError::BadQuery {
+                                name: name.to_owned(),
+                                message: "unknown parameter".to_owned(),
+                            });
+                        }
+                    }
+                }
+                Ok(Request::WaitRollout { version: version.to_owned(), timeout_ms })
+            }
             ("PUT", "/v1/manifest") => serde_json::from_slice::<Manifest>(body)
                 .map(|m| Request::ApplyManifest(Box::new(m)))
                 .map_err(|e| RequestError::BadManifest(e.to_string())),
@@ -122,6 +163,9 @@ impl Request {
             Request::Status => ("GET", "/v1/status".to_owned(), None),
             Request::Logs { lines, follow } => {
                 ("GET", format!("/v1/logs?lines={lines}&follow={follow}"), None)
+            }
+            Request::WaitRollout { version, timeout_ms } => {
+                ("GET", format!("/v1/rollouts/{version}?timeout_ms={timeout_ms}"), None)
             }
             Request::ApplyManifest(manifest) => (
                 "PUT",
@@ -267,6 +311,7 @@ mod tests {
         for request in [
             Request::Status,
             Request::Logs { lines: 7, follow: true },
+            Request::WaitRollout { version: "ab12".into(), timeout_ms: 2500 },
             Request::ApplyManifest(Box::new(manifest)),
             Request::Restart,
             Request::Stop,
@@ -292,6 +337,14 @@ mod tests {
             Request::from_http("GET", "/v1/logs", Some("lines=abc"), b"").unwrap_err().to_string(),
             "bad query parameter `lines`: expected a number from 0 to 100000"
         );
+        assert!(matches!(
+            Request::from_http("GET", "/v1/rollouts/../etc", None, b""),
+            Err(RequestError::NotFound { .. })
+        ));
+        assert!(matches!(
+            Request::from_http("GET", "/v1/rollouts/ab", Some("timeout_ms=999999"), b""),
+            Err(RequestError::BadQuery { .. })
+        ));
         assert!(matches!(
             Request::from_http("PUT", "/v1/manifest", None, b"{}"),
             Err(RequestError::BadManifest(_))
