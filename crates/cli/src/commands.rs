@@ -174,8 +174,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             let document = load_spec(&args.config)?;
             let bars = Bars::new();
             let home = home()?;
-            let kind = home.open(&document.spec.tag)?.metadata()?.provider;
-            let context = ProviderContext::new(kind, &home, None).await;
+            let context = existing_context(&home, &document.spec.tag).await?;
             let rows = workflows::update(
                 &home,
                 UpdateRequest {
@@ -194,8 +193,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
         Command::Destroy(args) => {
             let tag = target_tag(&args.target)?;
             let home = home()?;
-            let kind = home.open(&tag)?.metadata()?.provider;
-            let context = ProviderContext::new(kind, &home, None).await;
+            let context = existing_context(&home, &tag).await?;
             let bars = Bars::new();
             let outcome = workflows::destroy(&home, &tag, &bars, |d| context.make(d)).await?;
             let state = match outcome {
@@ -217,8 +215,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
         Command::Status(args) => {
             let tag = target_tag(&args.target)?;
             let home = home()?;
-            let kind = home.open(&tag)?.metadata()?.provider;
-            let context = ProviderContext::new(kind, &home, None).await;
+            let context = existing_context(&home, &tag).await?;
             let rows =
                 workflows::status(&home, &tag, workflows::DEFAULT_CONCURRENCY, |d| context.make(d))
                     .await?;
@@ -231,8 +228,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
         Command::Logs(args) => {
             let tag = target_tag(&args.target)?;
             let home = home()?;
-            let kind = home.open(&tag)?.metadata()?.provider;
-            let context = ProviderContext::new(kind, &home, None).await;
+            let context = existing_context(&home, &tag).await?;
             let mut stdout = std::io::stdout();
             workflows::logs(&home, &tag, &args.name, args.lines, args.follow, &mut stdout, |d| {
                 context.make(d)
@@ -324,6 +320,12 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
         }
         Command::Agent(_) => unreachable!("the agent runs without the CLI's runtime"),
     }
+}
+
+/// The provider context of an existing deployment, whose metadata names its provider.
+async fn existing_context(home: &Home, tag: &str) -> Result<ProviderContext, CoreError> {
+    let kind = home.open(tag)?.metadata()?.provider;
+    Ok(ProviderContext::new(kind, home, None).await)
 }
 
 fn print_rows(rows: &[workflows::StatusRow], format: OutputFormat) {

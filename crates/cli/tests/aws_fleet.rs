@@ -136,26 +136,10 @@ fn a_deployer_config_in_five_regions_lives_and_leaves_nothing() {
 
     // The agent port admits only the given /32; the spec's port is open as written.
     runtime().block_on(async {
-        let config = fleet.sdk().await;
         for region in FIVE_REGIONS {
-            let ec2 = aws_sdk_ec2::Client::from_conf(
-                aws_sdk_ec2::config::Builder::from(&config)
-                    .region(aws_config::Region::new(region))
-                    .build(),
-            );
-            let groups = ec2
-                .describe_security_groups()
-                .filters(
-                    aws_sdk_ec2::types::Filter::builder()
-                        .name("tag:flotilla:deployment")
-                        .values(&fleet.tag)
-                        .build(),
-                )
-                .send()
-                .await
-                .unwrap();
-            assert!(!groups.security_groups().is_empty(), "{region}");
-            for group in groups.security_groups() {
+            let groups = fleet.security_groups(region).await;
+            assert!(!groups.is_empty(), "{region}");
+            for group in &groups {
                 for permission in group.ip_permissions() {
                     let cidrs: Vec<&str> =
                         permission.ip_ranges().iter().filter_map(|r| r.cidr_ip()).collect();
@@ -204,27 +188,11 @@ fn a_deployer_config_in_five_regions_lives_and_leaves_nothing() {
 /// Security groups of the deployment whose agent-port rule admits `cidr`.
 fn agent_port_cidrs(fleet: &AwsFleet, cidr: &str) -> usize {
     runtime().block_on(async {
-        let config = fleet.sdk().await;
         let mut count = 0;
         for region in FIVE_REGIONS {
-            let ec2 = aws_sdk_ec2::Client::from_conf(
-                aws_sdk_ec2::config::Builder::from(&config)
-                    .region(aws_config::Region::new(region))
-                    .build(),
-            );
-            let groups = ec2
-                .describe_security_groups()
-                .filters(
-                    aws_sdk_ec2::types::Filter::builder()
-                        .name("tag:flotilla:deployment")
-                        .values(&fleet.tag)
-                        .build(),
-                )
-                .send()
+            count += fleet
+                .security_groups(region)
                 .await
-                .unwrap();
-            count += groups
-                .security_groups()
                 .iter()
                 .filter(|g| {
                     g.ip_permissions().iter().any(|p| {
@@ -281,21 +249,11 @@ const SMALL_REGIONS: [&str; 3] = ["eu-west-1", "us-east-1", "us-west-2"];
 /// Counts of live instances and VPCs per region, by direct queries.
 fn instance_and_vpc_counts(fleet: &AwsFleet) -> Vec<(String, usize, usize)> {
     runtime().block_on(async {
-        let config = fleet.sdk().await;
         let mut counts = Vec::new();
         for region in SMALL_REGIONS {
-            let ec2 = aws_sdk_ec2::Client::from_conf(
-                aws_sdk_ec2::config::Builder::from(&config)
-                    .region(aws_config::Region::new(region))
-                    .build(),
-            );
-            let filter = || {
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("tag:flotilla:deployment")
-                    .values(&fleet.tag)
-                    .build()
-            };
-            let instances = ec2.describe_instances().filters(filter()).send().await.unwrap();
+            let ec2 = fleet.ec2(region).await;
+            let instances =
+                ec2.describe_instances().filters(fleet.tag_filter()).send().await.unwrap();
             let live = instances
                 .reservations()
                 .iter()
@@ -304,7 +262,8 @@ fn instance_and_vpc_counts(fleet: &AwsFleet) -> Vec<(String, usize, usize)> {
                     i.state().and_then(|s| s.name()).is_some_and(|n| n.as_str() != "terminated")
                 })
                 .count();
-            let vpcs = ec2.describe_vpcs().filters(filter()).send().await.unwrap().vpcs().len();
+            let vpcs =
+                ec2.describe_vpcs().filters(fleet.tag_filter()).send().await.unwrap().vpcs().len();
             counts.push((region.to_owned(), live, vpcs));
         }
         counts
@@ -584,29 +543,14 @@ fn the_deployer_address_is_discovered_or_the_error_says_how_to_give_it() {
         .output()
         .unwrap();
     assert!(output.status.success(), "{}", String::from_utf8_lossy(&output.stderr));
-    let admitted = runtime().block_on(async {
-        let config = fleet.sdk().await;
-        let ec2 = aws_sdk_ec2::Client::new(&config);
-        let groups = ec2
-            .describe_security_groups()
-            .filters(
-                aws_sdk_ec2::types::Filter::builder()
-                    .name("tag:flotilla:deployment")
-                    .values(&fleet.tag)
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap();
-        groups
-            .security_groups()
-            .iter()
-            .flat_map(|g| g.ip_permissions())
-            .filter(|p| p.from_port() == Some(7443))
-            .flat_map(|p| p.ip_ranges())
-            .filter_map(|r| r.cidr_ip().map(str::to_owned))
-            .collect::<Vec<_>>()
-    });
+    let admitted: Vec<String> = runtime()
+        .block_on(fleet.security_groups("us-east-1"))
+        .iter()
+        .flat_map(|g| g.ip_permissions())
+        .filter(|p| p.from_port() == Some(7443))
+        .flat_map(|p| p.ip_ranges())
+        .filter_map(|r| r.cidr_ip().map(str::to_owned))
+        .collect();
     assert!(
         !admitted.is_empty() && admitted.iter().all(|c| c == "203.0.113.44/32"),
         "{admitted:?}"

@@ -85,15 +85,7 @@ impl AwsFleet {
     }
 
     pub fn run_ok(&self, args: &[&str]) -> Output {
-        let output = self.run(args);
-        assert!(
-            output.status.success(),
-            "flotilla {args:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output
+        super::succeeded(args, self.run(args))
     }
 
     pub fn status(&self) -> Vec<serde_json::Value> {
@@ -120,12 +112,34 @@ impl AwsFleet {
             .await
     }
 
+    /// An EC2 client of `region` in this test's scope.
+    pub async fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
+        let config = self.sdk().await;
+        aws_sdk_ec2::Client::from_conf(
+            aws_sdk_ec2::config::Builder::from(&config)
+                .region(Region::new(region.to_owned()))
+                .build(),
+        )
+    }
+
+    /// The filter on this deployment's tag.
+    pub fn tag_filter(&self) -> Filter {
+        Filter::builder().name("tag:flotilla:deployment").values(&self.tag).build()
+    }
+
+    /// The deployment's security groups in `region`.
+    pub async fn security_groups(&self, region: &str) -> Vec<aws_sdk_ec2::types::SecurityGroup> {
+        let ec2 = self.ec2(region).await;
+        let answer =
+            ec2.describe_security_groups().filters(self.tag_filter()).send().await.unwrap();
+        answer.security_groups().to_vec()
+    }
+
     /// Every kind of resource the deployment could leave behind, counted by direct queries in
     /// each region: `(kind, region, count)`, only the non-zero ones.
     pub async fn leftovers(&self, regions: &[&str]) -> Vec<(String, String, usize)> {
         let config = self.sdk().await;
-        let tag_filter =
-            || Filter::builder().name("tag:flotilla:deployment").values(&self.tag).build();
+        let tag_filter = || self.tag_filter();
         let mut found = Vec::new();
         let mut note = |kind: &str, region: &str, count: usize| {
             if count > 0 {
@@ -133,11 +147,7 @@ impl AwsFleet {
             }
         };
         for region in regions {
-            let ec2 = aws_sdk_ec2::Client::from_conf(
-                aws_sdk_ec2::config::Builder::from(&config)
-                    .region(Region::new(region.to_string()))
-                    .build(),
-            );
+            let ec2 = self.ec2(region).await;
             let instances = ec2.describe_instances().filters(tag_filter()).send().await.unwrap();
             let live = instances
                 .reservations()

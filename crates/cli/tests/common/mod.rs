@@ -107,15 +107,7 @@ impl TestFleet {
 
     /// Runs and requires success, showing stderr otherwise.
     pub fn run_ok(&self, args: &[&str]) -> Output {
-        let output = self.run(args);
-        assert!(
-            output.status.success(),
-            "flotilla {args:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
-            output.status,
-            String::from_utf8_lossy(&output.stdout),
-            String::from_utf8_lossy(&output.stderr)
-        );
-        output
+        succeeded(args, self.run(args))
     }
 
     pub fn spec_arg(&self) -> String {
@@ -151,6 +143,18 @@ impl Drop for TestFleet {
             let _ = self.run(&["destroy", "--tag", &self.tag]);
         }
     }
+}
+
+/// `output` of `flotilla args`, which must have succeeded (its stdout and stderr shown if not).
+pub fn succeeded(args: &[&str], output: Output) -> Output {
+    assert!(
+        output.status.success(),
+        "flotilla {args:?} failed with {}\nstdout:\n{}\nstderr:\n{}",
+        output.status,
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    );
+    output
 }
 
 /// Polls `check` every 50 ms until it returns `Some`, or panics naming `what` after `timeout`.
