@@ -45,7 +45,7 @@ fn the_local_fleet_specs_name_existing_files_and_agree_on_the_port() {
         assert_eq!(instances.len(), 1, "{name}: one entry, replicated with count");
         let node = &instances[0];
         assert_eq!(node["count"].as_integer(), Some(5), "{name}");
-        assert_eq!(node["binary"].as_str(), Some("target/release/fleet-app"), "{name}");
+        assert_eq!(node["binary"].as_str(), Some("target/debug/fleet-app"), "{name}");
         assert_eq!(node["config"].as_str(), Some(config), "{name}");
         assert!(repository_root().join(config).is_file(), "{name}: {config} exists");
         let config_text = fs_err::read_to_string(repository_root().join(config)).unwrap();
