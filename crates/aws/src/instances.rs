@@ -133,7 +133,15 @@ pub async fn describe(
             AwsError::from_sdk(region, "DescribeInstances", format!("deployment {tag}"), e)
         })?;
         for reservation in page.reservations() {
-            found.extend(reservation.instances().iter().filter_map(|i| found_from(region, i)));
+            // The tag is checked here too: terminating another deployment's instance because a
+            // filter was ignored must not be possible.
+            found.extend(
+                reservation
+                    .instances()
+                    .iter()
+                    .filter(|i| crate::teardown::tagged(i.tags(), tag))
+                    .filter_map(|i| found_from(region, i)),
+            );
         }
         token = page.next_token().map(str::to_owned).filter(|t| !t.is_empty());
         if token.is_none() {

@@ -311,7 +311,9 @@ impl AwsProvider {
                         e,
                     )
                 })?;
-            for group in groups.security_groups() {
+            for group in
+                groups.security_groups().iter().filter(|g| teardown::tagged(g.tags(), &self.tag))
+            {
                 let Some(id) = group.group_id() else { continue };
                 let present = group.ip_permissions().iter().any(|p| {
                     p.from_port() == Some(i32::from(DEFAULT_API_PORT))

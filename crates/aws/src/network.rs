@@ -114,7 +114,11 @@ pub async fn ensure_region(
                     .send()
                     .await
                     .map_err(|e| AwsError::from_sdk(region, "DescribeVpcs", &cidr, e))?;
-                found.vpcs().iter().find_map(|v| v.vpc_id().map(str::to_owned))
+                found
+                    .vpcs()
+                    .iter()
+                    .filter(|v| crate::teardown::tagged(v.tags(), tag))
+                    .find_map(|v| v.vpc_id().map(str::to_owned))
             };
             let id = match existing {
                 Some(id) => id,
@@ -163,7 +167,11 @@ pub async fn ensure_region(
                         .map_err(|e| {
                             AwsError::from_sdk(region, "DescribeInternetGateways", &vpc_id, e)
                         })?;
-                    if let Some(igw) = found.internet_gateways().first() {
+                    if let Some(igw) = found
+                        .internet_gateways()
+                        .iter()
+                        .find(|g| crate::teardown::tagged(g.tags(), tag))
+                    {
                         attached =
                             igw.attachments().iter().any(|a| a.vpc_id() == Some(vpc_id.as_str()));
                         existing = igw.internet_gateway_id().map(str::to_owned);
@@ -257,7 +265,8 @@ pub async fn ensure_region(
                 .send()
                 .await
                 .map_err(|e| AwsError::from_sdk(region, "DescribeSubnets", &vpc_id, e))?;
-            for subnet in found.subnets() {
+            for subnet in found.subnets().iter().filter(|s| crate::teardown::tagged(s.tags(), tag))
+            {
                 if let (Some(zone), Some(id)) = (subnet.availability_zone(), subnet.subnet_id()) {
                     known.insert(zone.to_owned(), id.to_owned());
                 }
@@ -635,6 +644,7 @@ pub async fn ensure_peering(
                     p.requester_vpc_info().and_then(|v| v.vpc_id()) == Some(hub_vpc.as_str())
                         && p.accepter_vpc_info().and_then(|v| v.vpc_id())
                             == Some(spoke_vpc.as_str())
+                        && crate::teardown::tagged(p.tags(), tag)
                         && p.status().and_then(|s| s.code()).is_some_and(|c| {
                             !matches!(
                                 c.as_str(),

@@ -6,6 +6,10 @@
 //!    volumes left behind, then the VPC (its main route table goes with it);
 //! 4. the deployment's S3 prefix, the IAM role and instance profile.
 //!
+//! Every resource is checked for the deployment's tag before it is deleted, on top of the tag
+//! filter of the Describe call: deleting another deployment's resource because an API (or an
+//! emulator) ignored a filter must not be possible.
+//!
 //! A `DependencyViolation` (an ENI or route that AWS releases a moment after its instance) is
 //! retried: 1 s, doubling to 10 s, ±20 % jitter, for up to [`DEPENDENCY_DEADLINE`]. Anything
 //! already gone is fine, so a second `destroy` after a crash finishes the job.
@@ -21,6 +25,7 @@ use tokio::time::Instant;
 use crate::clients::Clients;
 use crate::error::AwsError;
 use crate::network::tag_filter;
+use crate::records::TAG_DEPLOYMENT;
 
 /// How long deletions blocked by a dependency are retried.
 pub const DEPENDENCY_DEADLINE: Duration = Duration::from_secs(300);
@@ -35,6 +40,11 @@ const GONE: &[&str] = &[
     "InvalidVolume.NotFound",
     "Gateway.NotAttached",
 ];
+
+/// Whether `tags` carry deployment `tag`.
+pub fn tagged(tags: &[aws_sdk_ec2::types::Tag], tag: &str) -> bool {
+    tags.iter().any(|t| t.key() == Some(TAG_DEPLOYMENT) && t.value() == Some(tag))
+}
 
 /// Runs `delete` until it succeeds, the resource is gone, or the dependency deadline passes.
 async fn delete_with_retries<F, Fut>(mut delete: F) -> Result<(), ProviderError>
@@ -82,7 +92,11 @@ pub async fn delete_peerings(
         let live = peering.status().and_then(|s| s.code()).is_some_and(|c| {
             !matches!(c.as_str(), "deleted" | "deleting" | "rejected" | "failed" | "expired")
         });
-        let Some(id) = peering.vpc_peering_connection_id().filter(|_| live) else { continue };
+        let Some(id) =
+            peering.vpc_peering_connection_id().filter(|_| live && tagged(peering.tags(), tag))
+        else {
+            continue;
+        };
         delete_with_retries(|| async {
             ec2.delete_vpc_peering_connection()
                 .vpc_peering_connection_id(id)
@@ -109,7 +123,7 @@ pub async fn delete_network(
         ec2.describe_security_groups().filters(tag_filter(tag)).send().await.map_err(|e| {
             AwsError::from_sdk(region, "DescribeSecurityGroups", format!("deployment {tag}"), e)
         })?;
-    for group in groups.security_groups() {
+    for group in groups.security_groups().iter().filter(|g| tagged(g.tags(), tag)) {
         let Some(id) = group.group_id() else { continue };
         delete_with_retries(|| async {
             ec2.delete_security_group()
@@ -125,7 +139,7 @@ pub async fn delete_network(
     let subnets = ec2.describe_subnets().filters(tag_filter(tag)).send().await.map_err(|e| {
         AwsError::from_sdk(region, "DescribeSubnets", format!("deployment {tag}"), e)
     })?;
-    for subnet in subnets.subnets() {
+    for subnet in subnets.subnets().iter().filter(|s| tagged(s.tags(), tag)) {
         let Some(id) = subnet.subnet_id() else { continue };
         delete_with_retries(|| async {
             ec2.delete_subnet()
@@ -142,7 +156,7 @@ pub async fn delete_network(
         ec2.describe_internet_gateways().filters(tag_filter(tag)).send().await.map_err(|e| {
             AwsError::from_sdk(region, "DescribeInternetGateways", format!("deployment {tag}"), e)
         })?;
-    for gateway in gateways.internet_gateways() {
+    for gateway in gateways.internet_gateways().iter().filter(|g| tagged(g.tags(), tag)) {
         let Some(id) = gateway.internet_gateway_id() else { continue };
         for attachment in gateway.attachments() {
             let Some(vpc) = attachment.vpc_id() else { continue };
@@ -178,7 +192,7 @@ pub async fn delete_network(
         .map_err(|e| {
             AwsError::from_sdk(region, "DescribeVolumes", format!("deployment {tag}"), e)
         })?;
-    for volume in volumes.volumes() {
+    for volume in volumes.volumes().iter().filter(|v| tagged(v.tags(), tag)) {
         let Some(id) = volume.volume_id() else { continue };
         delete_with_retries(|| async {
             ec2.delete_volume()
@@ -195,7 +209,7 @@ pub async fn delete_network(
         ec2.describe_vpcs().filters(tag_filter(tag)).send().await.map_err(|e| {
             AwsError::from_sdk(region, "DescribeVpcs", format!("deployment {tag}"), e)
         })?;
-    for vpc in vpcs.vpcs() {
+    for vpc in vpcs.vpcs().iter().filter(|v| tagged(v.tags(), tag)) {
         let Some(id) = vpc.vpc_id() else { continue };
         delete_with_retries(|| async {
             ec2.delete_vpc()

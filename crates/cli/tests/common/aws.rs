@@ -127,12 +127,19 @@ impl AwsFleet {
         Filter::builder().name("tag:flotilla:deployment").values(&self.tag).build()
     }
 
+    /// Whether `tags` name this deployment. Counts check it themselves: moto ignores some
+    /// Describe filters (DescribeVpcPeeringConnections' among them), and tests run side by side.
+    pub fn tagged(&self, tags: &[aws_sdk_ec2::types::Tag]) -> bool {
+        tags.iter()
+            .any(|t| t.key() == Some("flotilla:deployment") && t.value() == Some(self.tag.as_str()))
+    }
+
     /// The deployment's security groups in `region`.
     pub async fn security_groups(&self, region: &str) -> Vec<aws_sdk_ec2::types::SecurityGroup> {
         let ec2 = self.ec2(region).await;
         let answer =
             ec2.describe_security_groups().filters(self.tag_filter()).send().await.unwrap();
-        answer.security_groups().to_vec()
+        answer.security_groups().iter().filter(|g| self.tagged(g.tags())).cloned().collect()
     }
 
     /// Every kind of resource the deployment could leave behind, counted by direct queries in
@@ -153,6 +160,7 @@ impl AwsFleet {
                 .reservations()
                 .iter()
                 .flat_map(|r| r.instances())
+                .filter(|i| self.tagged(i.tags()))
                 .filter(|i| {
                     i.state().and_then(|s| s.name()).is_some_and(|n| n.as_str() != "terminated")
                 })
@@ -161,12 +169,28 @@ impl AwsFleet {
             note(
                 "vpcs",
                 region,
-                ec2.describe_vpcs().filters(tag_filter()).send().await.unwrap().vpcs().len(),
+                ec2.describe_vpcs()
+                    .filters(tag_filter())
+                    .send()
+                    .await
+                    .unwrap()
+                    .vpcs()
+                    .iter()
+                    .filter(|x| self.tagged(x.tags()))
+                    .count(),
             );
             note(
                 "subnets",
                 region,
-                ec2.describe_subnets().filters(tag_filter()).send().await.unwrap().subnets().len(),
+                ec2.describe_subnets()
+                    .filters(tag_filter())
+                    .send()
+                    .await
+                    .unwrap()
+                    .subnets()
+                    .iter()
+                    .filter(|x| self.tagged(x.tags()))
+                    .count(),
             );
             note(
                 "internet gateways",
@@ -177,7 +201,9 @@ impl AwsFleet {
                     .await
                     .unwrap()
                     .internet_gateways()
-                    .len(),
+                    .iter()
+                    .filter(|x| self.tagged(x.tags()))
+                    .count(),
             );
             note(
                 "route tables",
@@ -188,7 +214,9 @@ impl AwsFleet {
                     .await
                     .unwrap()
                     .route_tables()
-                    .len(),
+                    .iter()
+                    .filter(|x| self.tagged(x.tags()))
+                    .count(),
             );
             note(
                 "security groups",
@@ -199,13 +227,16 @@ impl AwsFleet {
                     .await
                     .unwrap()
                     .security_groups()
-                    .len(),
+                    .iter()
+                    .filter(|x| self.tagged(x.tags()))
+                    .count(),
             );
             let peerings =
                 ec2.describe_vpc_peering_connections().filters(tag_filter()).send().await.unwrap();
             let live_peerings = peerings
                 .vpc_peering_connections()
                 .iter()
+                .filter(|p| self.tagged(p.tags()))
                 .filter(|p| {
                     p.status()
                         .and_then(|s| s.code())
@@ -222,12 +253,22 @@ impl AwsFleet {
                     .await
                     .unwrap()
                     .key_pairs()
-                    .len(),
+                    .iter()
+                    .filter(|x| self.tagged(x.tags()))
+                    .count(),
             );
             note(
                 "volumes",
                 region,
-                ec2.describe_volumes().filters(tag_filter()).send().await.unwrap().volumes().len(),
+                ec2.describe_volumes()
+                    .filters(tag_filter())
+                    .send()
+                    .await
+                    .unwrap()
+                    .volumes()
+                    .iter()
+                    .filter(|x| self.tagged(x.tags()))
+                    .count(),
             );
         }
         let iam = aws_sdk_iam::Client::new(&config);
