@@ -145,6 +145,9 @@ pub async fn describe(
         }
         token = page.next_token().map(str::to_owned).filter(|t| !t.is_empty());
         if token.is_none() {
+            if let Some(batch) = batch {
+                found.retain(|f| f.batch.as_deref() == Some(batch));
+            }
             return Ok(found);
         }
     }
