@@ -59,6 +59,16 @@ pub struct Found {
     pub launch_time: i64,
 }
 
+impl Found {
+    /// The machine this instance is: its batch's name at its launch index, when known.
+    pub fn name_in<'r>(
+        &self,
+        records: &'r crate::records::Records,
+    ) -> Option<(&'r Batch, &'r str)> {
+        records.name_of(self.batch.as_deref()?, self.launch_index)
+    }
+}
+
 fn machine_state(state: Option<&InstanceStateName>) -> MachineState {
     match state {
         Some(InstanceStateName::Running) => MachineState::Running,

@@ -626,11 +626,7 @@ impl Provider for AwsProvider {
             let records = self.journal.read();
             while let Some(found) = lookups.next().await {
                 for instance in found? {
-                    let Some((_, name)) = instance
-                        .batch
-                        .as_deref()
-                        .and_then(|b| records.name_of(b, instance.launch_index))
-                    else {
+                    let Some((_, name)) = instance.name_in(&records) else {
                         tracing::warn!(instance = %instance.id, region = %instance.region, "an instance of this deployment has no known name; destroy removes it");
                         continue;
                     };
@@ -691,28 +687,21 @@ impl Provider for AwsProvider {
                 waiting.entry(found.region.clone()).or_default().push(found.id.clone());
             }
         }
-        let records = {
-            let tasks: Vec<_> = waiting
-                .iter()
-                .map(|(region, ids)| instances::wait_running(&self.clients, region, &self.tag, ids))
-                .collect();
-            let mut waits = futures_util::stream::iter(tasks).buffer_unordered(16);
-            let records = self.journal.read();
-            while let Some(result) = waits.next().await {
-                for instance in result? {
-                    if let Some((_, name)) = instance
-                        .batch
-                        .as_deref()
-                        .and_then(|b| records.name_of(b, instance.launch_index))
-                    {
-                        existing.insert(name.to_owned(), instance);
-                    }
+        let tasks: Vec<_> = waiting
+            .iter()
+            .map(|(region, ids)| instances::wait_running(&self.clients, region, &self.tag, ids))
+            .collect();
+        let mut waits = futures_util::stream::iter(tasks).buffer_unordered(16);
+        let records = self.journal.read();
+        while let Some(result) = waits.next().await {
+            for instance in result? {
+                if let Some((_, name)) = instance.name_in(&records) {
+                    existing.insert(name.to_owned(), instance);
                 }
             }
-            records
-        };
+        }
+        drop(waits);
         stage.advance(plan.machines.len() as u64);
-        drop(records);
 
         plan.machines
             .iter()
@@ -765,11 +754,7 @@ impl Provider for AwsProvider {
         let mut lookups = futures_util::stream::iter(tasks).buffer_unordered(16);
         while let Some(found) = lookups.next().await {
             for instance in found? {
-                if let Some((batch, name)) = instance
-                    .batch
-                    .as_deref()
-                    .and_then(|b| records.name_of(b, instance.launch_index))
-                {
+                if let Some((batch, name)) = instance.name_in(&records) {
                     let machine = machine_from(&instance, name, batch.role);
                     check_reachable(self.clients.endpoint(), &machine)?;
                     machines.push(machine);

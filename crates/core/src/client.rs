@@ -131,12 +131,7 @@ impl AgentClient {
         request: &Request,
     ) -> Result<T, ClientError> {
         let response = self.send(name, request, Some(REQUEST_TIMEOUT)).await?;
-        let bytes = response.bytes().await.map_err(|e| ClientError::BadAnswer {
-            name: name.to_owned(),
-            detail: error_chain(&e),
-        })?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError::BadAnswer { name: name.to_owned(), detail: e.to_string() })
+        read_json(name, response).await
     }
 
     pub async fn status(&self, name: &str) -> Result<AgentStatus, ClientError> {
@@ -153,12 +148,7 @@ impl AgentClient {
         let timeout_ms = wait.as_millis().min(u128::from(flotilla_spec::api::MAX_WAIT_MS)) as u64;
         let request = Request::WaitRollout { version: version.to_owned(), timeout_ms };
         let response = self.send(name, &request, Some(wait + REQUEST_TIMEOUT)).await?;
-        let bytes = response.bytes().await.map_err(|e| ClientError::BadAnswer {
-            name: name.to_owned(),
-            detail: error_chain(&e),
-        })?;
-        serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError::BadAnswer { name: name.to_owned(), detail: e.to_string() })
+        read_json(name, response).await
     }
 
     pub async fn apply(
@@ -189,6 +179,19 @@ impl AgentClient {
         let response = self.send(name, &Request::Logs { lines, follow }, timeout).await?;
         Ok(BytesStream::new(name, response))
     }
+}
+
+/// Reads a JSON answer from agent `name`.
+async fn read_json<T: serde::de::DeserializeOwned>(
+    name: &str,
+    response: reqwest::Response,
+) -> Result<T, ClientError> {
+    let bytes = response
+        .bytes()
+        .await
+        .map_err(|e| ClientError::BadAnswer { name: name.to_owned(), detail: error_chain(&e) })?;
+    serde_json::from_slice(&bytes)
+        .map_err(|e| ClientError::BadAnswer { name: name.to_owned(), detail: e.to_string() })
 }
 
 mod bytes_stream {

@@ -184,10 +184,6 @@ impl Home {
                         requested: metadata.provider,
                     });
                 }
-                let destroyed = matches!(
-                    existing.status,
-                    DeploymentStatus::Destroyed | DeploymentStatus::Destroying
-                );
                 if existing.status == DeploymentStatus::Destroyed && !force {
                     return Err(StateError::Destroyed { tag });
                 }
@@ -199,12 +195,14 @@ impl Home {
                         ),
                     });
                 }
-                let status = if existing.status == DeploymentStatus::Created && !destroyed {
-                    DeploymentStatus::Created
-                } else {
-                    DeploymentStatus::Creating
+                // A forced re-creation of a destroyed tag is a new deployment.
+                let (status, created_at) = match existing.status {
+                    DeploymentStatus::Created => (DeploymentStatus::Created, existing.created_at),
+                    DeploymentStatus::Creating => (DeploymentStatus::Creating, existing.created_at),
+                    DeploymentStatus::Destroying | DeploymentStatus::Destroyed => {
+                        (DeploymentStatus::Creating, metadata.created_at)
+                    }
                 };
-                let created_at = if destroyed { metadata.created_at } else { existing.created_at };
                 deployment.write_metadata(&Metadata {
                     created_at,
                     updated_at: unix_now(),

@@ -245,15 +245,18 @@ impl Provider for LocalProvider {
         plan: &DeploymentPlan,
         progress: &dyn Progress,
     ) -> Result<Vec<Machine>, ProviderError> {
-        let records = self.assign_addresses(plan)?;
+        // `prepare` assigned every planned machine its address.
+        let records = self.records()?;
         let stage = progress.stage("starting agents", plan.machines.len() as u64);
         let mut machines = Vec::with_capacity(plan.machines.len());
         for planned in &plan.machines {
-            let record = records
-                .machines
-                .iter()
-                .find(|m| m.name == planned.name)
-                .expect("assign_addresses gives every planned machine a record");
+            let record =
+                records.machines.iter().find(|m| m.name == planned.name).ok_or_else(|| {
+                    ProviderError::new(format!(
+                        "{} has no address: prepare must run before launch",
+                        planned.name
+                    ))
+                })?;
             if self.agent_pid(&record.name).is_none() {
                 self.write_bootstrap(record)?;
                 let dir = self.instance_dir(&record.name);
