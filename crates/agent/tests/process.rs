@@ -2,37 +2,39 @@
 //! binary dies with an agent killed by SIGKILL (parent-death signal), SIGTERM stops both
 //! gracefully, and the idle agent's memory is measured.
 //!
-//! The agent process is this test binary run again with `--ignored` on
-//! `agent_process_entry_point` and the bootstrap path in [`BOOTSTRAP_VARIABLE`].
+//! The agent process is the crate's `agent_process` example, which cargo builds with the tests.
 
 mod common;
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use common::{Deployment, Version, kill, process_alive, read_pid, wait_until};
-use flotilla_agent::Fetchers;
 use rustix::process::Signal;
 
-const BOOTSTRAP_VARIABLE: &str = "FLOTILLA_AGENT_TEST_BOOTSTRAP";
-
-/// Not a test: the entry point of the agent processes the tests below start.
-#[test]
-#[ignore = "the entry point of the agent process that the other tests start"]
-fn agent_process_entry_point() {
-    let Some(bootstrap) = std::env::var_os(BOOTSTRAP_VARIABLE) else {
-        return;
-    };
-    flotilla_agent::run(Path::new(&bootstrap), Fetchers::default()).expect("the agent runs");
+/// The `agent_process` example beside this test binary (`target/<profile>/deps/..`).
+fn agent_process_binary() -> PathBuf {
+    let test_binary = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = test_binary
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
+    let binary = profile_dir.join("examples").join("agent_process");
+    assert!(
+        binary.is_file(),
+        "{} is missing: build it with `cargo build -p flotilla-agent --examples` \
+         (cargo test and cargo nextest build it with the tests)",
+        binary.display()
+    );
+    binary
 }
 
 fn spawn_agent_process(deployment: &Deployment, bootstrap: &Path) -> Child {
     let stderr = fs_err::File::create(deployment.temp.path().join("agent-stderr.txt"))
         .expect("a file for the agent's stderr");
-    Command::new(std::env::current_exe().expect("the test binary's path"))
-        .args(["agent_process_entry_point", "--exact", "--ignored", "--nocapture"])
-        .env(BOOTSTRAP_VARIABLE, bootstrap)
+    Command::new(agent_process_binary())
+        .arg(bootstrap)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(stderr.into_parts().0))
