@@ -4,21 +4,25 @@
 //! 1. check the files the spec names (no side effect before this passes);
 //! 2. record the deployment (metadata, status `creating`) and its CA, before the first
 //!    mutating call;
-//! 3. provider: prepare shared resources, launch or adopt machines;
-//! 4. identities for the machines whose agents do not answer yet;
-//! 5. hosts.yaml, artifacts and manifests, published once per digest;
-//! 6. every binary machine's agent installs its version and holds it to the health deadline;
-//! 7. status `created`.
+//! 3. provider: prepare shared resources, then launch or adopt machines while the spec's
+//!    binaries and configs are published (once per digest);
+//! 4. an identity for every machine, while hosts.yaml (which names every machine's address)
+//!    is published and the manifests are built;
+//! 5. as soon as its agent answers, each binary machine installs its version and holds it to
+//!    the health deadline;
+//! 6. status `created`.
 
 use std::path::PathBuf;
 use std::time::Duration;
+
+use tokio::time::Instant;
 
 use flotilla_spec::{ProviderKind, SpecDocument};
 use futures_util::StreamExt;
 
 use super::{
-    MANIFESTS_FILE, build_manifests, check_files, connect, install_identities, save_spec,
-    saved_manifests, wait_for_agents,
+    MANIFESTS_FILE, build_manifests, check_files, connect, install_identities, publish_files,
+    save_spec, saved_manifests, wait_for_agent,
 };
 use crate::error::{CoreError, MachineFailure};
 use crate::plan::DeploymentPlan;
@@ -73,49 +77,56 @@ pub async fn create<P: Provider>(
     let provider = make_provider(&deployment)?;
 
     provider.prepare(&plan, progress).await?;
-    let machines = provider.launch(&plan, progress).await?;
+    // The spec's files need no machine: they are published while instances launch.
+    let (machines, files) = tokio::try_join!(
+        async { provider.launch(&plan, progress).await.map_err(CoreError::from) },
+        publish_files(&provider, spec, &request.cwd, progress),
+    )?;
     let client = connect(&deployment, &machines)?;
 
-    // Agents that already answer (a re-run) keep their identity; the others get one.
-    let mut waiting = Vec::new();
-    {
-        let mut probes = futures_util::stream::iter(machines.iter().map(|machine| {
-            let client = &client;
-            async move { (machine, client.status(&machine.name).await.is_ok()) }
-        }))
-        .buffer_unordered(request.concurrency.max(1));
-        while let Some((machine, answers)) = probes.next().await {
-            if !answers {
-                waiting.push(machine.clone());
-            }
-        }
-    }
-    install_identities(&provider, &ca, &spec.tag, &waiting, request.concurrency, progress).await?;
-    wait_for_agents(&client, &machines, request.agent_timeout, request.concurrency, progress)
-        .await?;
+    // hosts.yaml (it names every address) is published while the agents get their identities.
+    let (manifests, ()) = tokio::try_join!(
+        build_manifests(&provider, &deployment, spec, &request.cwd, &machines, &files, progress),
+        // Every machine gets one, also on a re-run: no probe of agents that are not up yet
+        // (on a cloud, a connect timeout each). A running agent keeps the identity it loaded;
+        // the new one, from the same CA for the same name and addresses, serves its restarts.
+        install_identities(&provider, &ca, &spec.tag, &machines, request.concurrency, progress),
+    )?;
 
-    let manifests =
-        build_manifests(&provider, &deployment, spec, &request.cwd, &machines, progress).await?;
+    // Each machine goes on as soon as its agent answers: none waits for the slowest agent.
     let mut recorded = saved_manifests(&deployment)?;
-    let stage = progress.stage("starting binaries", manifests.len() as u64);
+    let agents = progress.stage("waiting for agents", machines.len() as u64);
+    let binaries = progress.stage("starting binaries", manifests.len() as u64);
+    let deadline = Instant::now() + request.agent_timeout;
     let mut failures: Vec<MachineFailure> = Vec::new();
     {
-        let mut rollouts = futures_util::stream::iter(manifests.iter().map(|(name, manifest)| {
-            let client = &client;
-            async move { (name, manifest, apply_and_wait(client, name, manifest).await) }
+        let mut runs = futures_util::stream::iter(machines.iter().map(|machine| {
+            let (client, agents, binaries) = (&client, &agents, &binaries);
+            let manifest = manifests.get(&machine.name);
+            async move {
+                wait_for_agent(client, &machine.name, deadline, request.agent_timeout).await?;
+                agents.advance(1);
+                let Some(manifest) = manifest else {
+                    return Ok(None);
+                };
+                let result = apply_and_wait(client, &machine.name, manifest).await;
+                binaries.advance(1);
+                result.map(|_| Some((machine.name.clone(), manifest.clone())))
+            }
         }))
         .buffer_unordered(request.concurrency.max(1));
-        while let Some((name, manifest, result)) = rollouts.next().await {
-            stage.advance(1);
+        while let Some(result) = runs.next().await {
             match result {
-                Ok(_) => {
-                    recorded.insert(name.clone(), manifest.clone());
+                Ok(Some((name, manifest))) => {
+                    recorded.insert(name, manifest);
                 }
+                Ok(None) => {}
                 Err(failure) => failures.push(failure),
             }
         }
     }
-    drop(stage);
+    drop(binaries);
+    drop(agents);
     recorded.retain(|name, _| manifests.contains_key(name));
     deployment.write_json(MANIFESTS_FILE, &recorded)?;
 
@@ -125,7 +136,7 @@ pub async fn create<P: Provider>(
         return Err(CoreError::Failed {
             summary: format!(
                 "{count} of {} machines did not become healthy; fix the spec and run create again, or destroy",
-                manifests.len()
+                machines.len()
             ),
             failures,
         });

@@ -29,7 +29,7 @@ pub use update::{UpdateRequest, update};
 
 use crate::artifacts::{HostEntry, hash_file, render_hosts_yaml};
 use crate::client::{AgentClient, ClientError};
-use crate::error::CoreError;
+use crate::error::{CoreError, MachineFailure};
 use crate::pki::CertificateAuthority;
 use crate::progress::Progress;
 use crate::provider::{LocalArtifact, Machine, Provider, Role};
@@ -113,84 +113,62 @@ async fn install_identities<P: Provider>(
     Ok(())
 }
 
-/// Waits until every machine's agent answers `Status`, or says which did not within `timeout`.
-async fn wait_for_agents(
+/// Waits until `name`'s agent answers `Status`, polling on a [`PollSchedule`] until
+/// `deadline` (`timeout` after the wait began, named in the failure).
+async fn wait_for_agent(
     client: &AgentClient,
-    machines: &[Machine],
+    name: &str,
+    deadline: Instant,
     timeout: Duration,
-    concurrency: usize,
-    progress: &dyn Progress,
-) -> Result<(), CoreError> {
-    let stage = progress.stage("waiting for agents", machines.len() as u64);
-    let deadline = Instant::now() + timeout;
-    let mut waits = futures_util::stream::iter(machines.iter().map(|machine| async move {
-        let mut schedule = PollSchedule::default();
-        loop {
-            match client.status(&machine.name).await {
-                Ok(_) => return Ok(()),
-                Err(error) if Instant::now() >= deadline => return Err(error),
-                Err(error @ ClientError::Refused { .. }) => return Err(error),
-                Err(_) => tokio::time::sleep(schedule.next_delay()).await,
+) -> Result<(), MachineFailure> {
+    let mut schedule = PollSchedule::default();
+    let error = loop {
+        match client.status(name).await {
+            Ok(_) => return Ok(()),
+            Err(error @ ClientError::Refused { .. }) => break error.to_string(),
+            Err(error) if Instant::now() >= deadline => {
+                break format!(
+                    "the agent did not answer within {}: {error}",
+                    humantime::format_duration(timeout)
+                );
             }
+            Err(_) => tokio::time::sleep(schedule.next_delay()).await,
         }
-    }))
-    .buffer_unordered(concurrency.max(1));
-    let mut failures = Vec::new();
-    while let Some(result) = waits.next().await {
-        match result {
-            Ok(()) => stage.advance(1),
-            Err(error) => failures.push(error),
-        }
-    }
-    if failures.is_empty() {
-        return Ok(());
-    }
-    let count = failures.len();
-    Err(CoreError::Failed {
-        summary: format!(
-            "{count} agent{} did not answer within {}",
-            if count == 1 { "" } else { "s" },
-            humantime::format_duration(timeout)
-        ),
-        failures: failures
-            .into_iter()
-            .map(|error| crate::error::MachineFailure {
-                name: match &error {
-                    ClientError::Unreachable { name, .. }
-                    | ClientError::Refused { name, .. }
-                    | ClientError::BadAnswer { name, .. } => name.clone(),
-                    _ => String::new(),
-                },
-                reason: error.to_string(),
-                log_tail: Vec::new(),
-                rolled_back: false,
-            })
-            .collect(),
+    };
+    Err(MachineFailure {
+        name: name.to_owned(),
+        reason: error,
+        log_tail: Vec::new(),
+        rolled_back: false,
     })
 }
 
-/// The manifests of the binary machines, after publishing every artifact they need once.
-async fn build_manifests<P: Provider>(
+/// The spec's files (binaries and configs), each hashed once and published once per digest.
+struct PublishedFiles {
+    /// Every file by its resolved path.
+    by_path: HashMap<PathBuf, LocalArtifact>,
+    /// The URL agents fetch each digest from.
+    urls: HashMap<String, String>,
+}
+
+impl PublishedFiles {
+    fn artifact(&self, artifact: &LocalArtifact) -> Artifact {
+        Artifact {
+            url: self.urls[&artifact.sha256].clone(),
+            sha256: artifact.sha256.clone(),
+            size: artifact.size,
+        }
+    }
+}
+
+/// Hashes and publishes every binary and config the spec names. It needs no machine, so
+/// `create` runs it while instances launch.
+async fn publish_files<P: Provider>(
     provider: &P,
-    deployment: &Deployment,
     spec: &FleetSpec,
     cwd: &Path,
-    machines: &[Machine],
     progress: &dyn Progress,
-) -> Result<BTreeMap<String, Manifest>, CoreError> {
-    let monitoring = machines
-        .iter()
-        .find(|m| m.role == Role::Monitoring)
-        .ok_or_else(|| CoreError::Refused("the provider reported no monitoring machine".into()))?;
-    let hosts: Vec<HostEntry> = machines
-        .iter()
-        .filter(|m| m.role == Role::Binary)
-        .map(|m| HostEntry { name: m.name.clone(), region: m.region.clone(), ip: m.public_ip })
-        .collect();
-    let hosts_yaml = render_hosts_yaml(monitoring.public_ip, monitoring.private_ip, &hosts);
-    deployment.write_file("hosts.yaml", hosts_yaml.as_bytes())?;
-    let hosts_artifact = hash_file(&deployment.dir().join("hosts.yaml"))?;
-
+) -> Result<PublishedFiles, CoreError> {
     // Hash each distinct file once (many replicas share one binary).
     let mut paths: Vec<PathBuf> = Vec::new();
     for instance in &spec.instances {
@@ -206,33 +184,69 @@ async fn build_manifests<P: Provider>(
     })
     .await
     .map_err(|e| CoreError::Io(format!("hashing artifacts: {e}")))??;
-    let mut by_path: HashMap<PathBuf, LocalArtifact> =
+    let by_path: HashMap<PathBuf, LocalArtifact> =
         hashed.into_iter().map(|a| (a.path.clone(), a)).collect();
-    by_path.insert(hosts_artifact.path.clone(), hosts_artifact.clone());
-
-    let mut by_digest: BTreeMap<String, LocalArtifact> = BTreeMap::new();
+    let mut by_digest: BTreeMap<&str, &LocalArtifact> = BTreeMap::new();
     for artifact in by_path.values() {
-        by_digest.entry(artifact.sha256.clone()).or_insert_with(|| artifact.clone());
+        by_digest.entry(artifact.sha256.as_str()).or_insert(artifact);
     }
-    // Publish each distinct digest once, several at a time.
-    let stage = progress.stage("publishing artifacts", by_digest.len() as u64);
+    let urls = publish(provider, "publishing artifacts", by_digest.into_values(), progress).await?;
+    Ok(PublishedFiles { by_path, urls })
+}
+
+/// Publishes artifacts, several at a time; returns the URL of each digest.
+async fn publish<'a, P: Provider>(
+    provider: &P,
+    label: &str,
+    artifacts: impl ExactSizeIterator<Item = &'a LocalArtifact>,
+    progress: &dyn Progress,
+) -> Result<HashMap<String, String>, CoreError> {
+    let stage = progress.stage(label, artifacts.len() as u64);
     let mut urls: HashMap<String, String> = HashMap::new();
-    let mut uploads =
-        futures_util::stream::iter(by_digest.iter().map(|(digest, artifact)| async move {
-            provider.publish(artifact).await.map(|url| (digest.clone(), url))
-        }))
-        .buffer_unordered(PUBLISH_CONCURRENCY);
+    let mut uploads = futures_util::stream::iter(artifacts.map(|artifact| async move {
+        provider.publish(artifact).await.map(|url| (artifact.sha256.clone(), url))
+    }))
+    .buffer_unordered(PUBLISH_CONCURRENCY);
     while let Some(result) = uploads.next().await {
         let (digest, url) = result?;
         urls.insert(digest, url);
         stage.advance(1);
     }
-    drop(uploads);
-    drop(stage);
-    let artifact_for = |artifact: &LocalArtifact| Artifact {
-        url: urls[&artifact.sha256].clone(),
-        sha256: artifact.sha256.clone(),
-        size: artifact.size,
+    Ok(urls)
+}
+
+/// The manifests of the binary machines: writes and publishes hosts.yaml (it names every
+/// machine's address), then pairs it with the published files of each machine's instance.
+async fn build_manifests<P: Provider>(
+    provider: &P,
+    deployment: &Deployment,
+    spec: &FleetSpec,
+    cwd: &Path,
+    machines: &[Machine],
+    files: &PublishedFiles,
+    progress: &dyn Progress,
+) -> Result<BTreeMap<String, Manifest>, CoreError> {
+    let monitoring = machines
+        .iter()
+        .find(|m| m.role == Role::Monitoring)
+        .ok_or_else(|| CoreError::Refused("the provider reported no monitoring machine".into()))?;
+    let hosts: Vec<HostEntry> = machines
+        .iter()
+        .filter(|m| m.role == Role::Binary)
+        .map(|m| HostEntry { name: m.name.clone(), region: m.region.clone(), ip: m.public_ip })
+        .collect();
+    let hosts_yaml = render_hosts_yaml(monitoring.public_ip, monitoring.private_ip, &hosts);
+    deployment.write_file("hosts.yaml", hosts_yaml.as_bytes())?;
+    let hosts_artifact = hash_file(&deployment.dir().join("hosts.yaml"))?;
+    let hosts_url =
+        publish(provider, "publishing hosts.yaml", [&hosts_artifact].into_iter(), progress)
+            .await?
+            .remove(&hosts_artifact.sha256)
+            .ok_or_else(|| CoreError::Io("hosts.yaml was not published".into()))?;
+    let hosts = Artifact {
+        url: hosts_url,
+        sha256: hosts_artifact.sha256.clone(),
+        size: hosts_artifact.size,
     };
 
     let mut manifests = BTreeMap::new();
@@ -242,14 +256,14 @@ async fn build_manifests<P: Provider>(
             continue;
         };
         let instance = &spec.instances[*index];
-        let binary = &by_path[&resolve_path(cwd, &instance.binary)];
-        let config = &by_path[&resolve_path(cwd, &instance.config)];
+        let binary = &files.by_path[&resolve_path(cwd, &instance.binary)];
+        let config = &files.by_path[&resolve_path(cwd, &instance.config)];
         manifests.insert(
             machine.name.clone(),
             Manifest {
-                binary: artifact_for(binary),
-                config: artifact_for(config),
-                hosts: artifact_for(&hosts_artifact),
+                binary: files.artifact(binary),
+                config: files.artifact(config),
+                hosts: hosts.clone(),
                 args: instance.args.clone(),
                 env: instance.env.clone(),
                 health: instance.health.clone(),

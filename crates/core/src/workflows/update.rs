@@ -12,7 +12,8 @@ use flotilla_spec::{Manifest, ProviderKind, SpecDocument};
 use futures_util::StreamExt;
 
 use super::{
-    MANIFESTS_FILE, build_manifests, check_files, connect, save_spec, saved_manifests, spec_refusal,
+    MANIFESTS_FILE, build_manifests, check_files, connect, publish_files, save_spec,
+    saved_manifests, spec_refusal,
 };
 use crate::error::{CoreError, MachineFailure};
 use crate::plan::DeploymentPlan;
@@ -92,8 +93,10 @@ pub async fn update<P: Provider>(
     }
 
     let client = connect(&deployment, &machines)?;
+    let files = publish_files(&provider, spec, &request.cwd, progress).await?;
     let manifests =
-        build_manifests(&provider, &deployment, spec, &request.cwd, &machines, progress).await?;
+        build_manifests(&provider, &deployment, spec, &request.cwd, &machines, &files, progress)
+            .await?;
     let mut recorded = saved_manifests(&deployment)?;
     let names: Vec<String> =
         machines.iter().filter(|m| m.role == Role::Binary).map(|m| m.name.clone()).collect();
