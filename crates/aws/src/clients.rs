@@ -26,12 +26,20 @@ pub struct Clients {
     iam: aws_sdk_iam::Client,
     /// Set when an emulator (or another endpoint) stands in for AWS.
     endpoint: Option<String>,
+    /// An emulator's address map ([`ADDRESS_MAP_VARIABLE`]): the only addresses machines may
+    /// have.
+    address_map: Option<String>,
 }
+
+/// The emulator's address map: the CIDR blocks (`127.A.B.0/24,…`) its instances' public
+/// addresses come from, reached as they are. `flotilla-emulator up` prints it.
+pub const ADDRESS_MAP_VARIABLE: &str = "FLOTILLA_EMULATOR_PUBLIC_IPS";
 
 impl Clients {
     /// Loads the configuration from the environment and profiles.
     pub async fn from_env() -> Clients {
         let endpoint = std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.is_empty());
+        let address_map = std::env::var(ADDRESS_MAP_VARIABLE).ok().filter(|m| !m.is_empty());
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(
                 aws_config::meta::region::RegionProviderChain::default_provider()
@@ -66,6 +74,7 @@ impl Clients {
             ec2: Mutex::new(HashMap::new()),
             config,
             endpoint,
+            address_map,
         }
     }
 
@@ -89,6 +98,11 @@ impl Clients {
 
     pub fn iam(&self) -> &aws_sdk_iam::Client {
         &self.iam
+    }
+
+    /// The emulator's address map, if one was given.
+    pub fn address_map(&self) -> Option<&str> {
+        self.address_map.as_deref()
     }
 
     /// The endpoint standing in for AWS, if any.

@@ -478,8 +478,8 @@ fn root_volume(machine: &MachinePlan) -> BlockDeviceMapping {
 }
 
 /// Waits until every instance in `ids` of `region` runs with a public address; returns them.
-/// Polls 3 s after the launch (an instance is rarely running sooner), then 1 s later, then
-/// every 1.5× longer up to 5 s, ±20 % jitter.
+/// Polls 3 s after the launch (an instance is rarely running sooner; +0–10 % jitter), then 1 s
+/// later, then every 1.5× longer up to 5 s, ±20 % jitter.
 pub async fn wait_running(
     clients: &Clients,
     region: &str,
@@ -489,7 +489,13 @@ pub async fn wait_running(
     let deadline = Instant::now() + RUNNING_DEADLINE;
     let mut delay = FIRST_RUNNING_POLL;
     loop {
-        sleep_with_jitter(delay).await;
+        if delay == FIRST_RUNNING_POLL {
+            // Jitter only later: an early first look finds instances still pending.
+            let first = delay.mul_f64(rand::rng().random_range(1.0..1.1));
+            tokio::time::sleep(first).await;
+        } else {
+            sleep_with_jitter(delay).await;
+        }
         let mut found = Vec::new();
         for chunk in ids.chunks(1000) {
             found.extend(describe(clients, region, tag, None, Some(chunk)).await?);

@@ -39,7 +39,7 @@ use flotilla_spec::identity::IdentityBundle;
 use futures_util::StreamExt;
 
 pub use crate::clients::Clients;
-use crate::clients::HOME_REGION;
+use crate::clients::{ADDRESS_MAP_VARIABLE, HOME_REGION};
 use crate::error::AwsError;
 use crate::instances::{Found, LaunchSettings};
 use crate::journal::Journal;
@@ -370,22 +370,57 @@ pub async fn clean(
     Ok(Some((bucket, deleted)))
 }
 
-/// Under an emulator on this machine, refuses any machine address that is not loopback: the
-/// CLI must never send traffic to an address an emulator invented.
-fn check_reachable(endpoint: Option<&str>, machine: &Machine) -> Result<(), ProviderError> {
+/// Under an emulator, refuses machine addresses the CLI must not send traffic to: outside the
+/// emulator's address map when one is given, else any address that is not loopback when the
+/// endpoint is on this machine. An emulator's invented public addresses are never contacted.
+fn check_reachable(
+    endpoint: Option<&str>,
+    address_map: Option<&str>,
+    machine: &Machine,
+) -> Result<(), ProviderError> {
+    let address = machine.public_ip;
+    if address.is_unspecified() {
+        return Ok(()); // Not running yet: nothing to contact.
+    }
+    if let Some(map) = address_map {
+        let mut inside = false;
+        for block in map.split(',').map(str::trim).filter(|b| !b.is_empty()) {
+            inside |= cidr_contains(block, address).ok_or_else(|| {
+                ProviderError::new(format!(
+                    "{ADDRESS_MAP_VARIABLE}: `{block}` is not a CIDR block such as 127.201.0.0/24"
+                ))
+            })?;
+        }
+        if !inside {
+            return Err(ProviderError::new(format!(
+                "{}: machine {} has the address {address}, outside the emulator's address map ({ADDRESS_MAP_VARIABLE}={map}); refusing to connect",
+                machine.region, machine.name
+            )));
+        }
+        return Ok(());
+    }
     let Some(endpoint) = endpoint else { return Ok(()) };
     let host =
         endpoint.split("://").nth(1).unwrap_or(endpoint).split(['/', ':']).next().unwrap_or("");
     let local_endpoint =
         host == "localhost" || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
-    let address = machine.public_ip;
-    if local_endpoint && !address.is_loopback() && !address.is_unspecified() {
+    if local_endpoint && !address.is_loopback() {
         return Err(ProviderError::new(format!(
-            "{}: the emulator at {endpoint} gave machine {} the address {address}, which is not on this machine;              refusing to connect (start the emulator with `flotilla-emulator up`, which hands out loopback addresses)",
+            "{}: the emulator at {endpoint} gave machine {} the address {address}, which is not on this machine; refusing to connect (start the emulator with `flotilla-emulator up`, which hands out loopback addresses)",
             machine.region, machine.name
         )));
     }
     Ok(())
+}
+
+/// Whether the IPv4 block `cidr` (`a.b.c.d/n`) holds `address`; `None` if `cidr` is malformed.
+fn cidr_contains(cidr: &str, address: IpAddr) -> Option<bool> {
+    let (network, bits) = cidr.split_once('/')?;
+    let network: Ipv4Addr = network.parse().ok()?;
+    let bits: u32 = bits.parse().ok().filter(|b| *b <= 32)?;
+    let IpAddr::V4(address) = address else { return Some(false) };
+    let mask = u32::MAX.checked_shl(32 - bits).unwrap_or(0);
+    Some(u32::from(address) & mask == u32::from(network) & mask)
 }
 
 fn machine_from(found: &Found, name: &str, role: Role) -> Machine {
@@ -713,7 +748,7 @@ impl Provider for AwsProvider {
                     ))
                 })?;
                 let machine = machine_from(found, &machine.name, machine.role);
-                check_reachable(self.clients.endpoint(), &machine)?;
+                check_reachable(self.clients.endpoint(), self.clients.address_map(), &machine)?;
                 Ok(machine)
             })
             .collect()
@@ -756,7 +791,7 @@ impl Provider for AwsProvider {
             for instance in found? {
                 if let Some((batch, name)) = instance.name_in(&records) {
                     let machine = machine_from(&instance, name, batch.role);
-                    check_reachable(self.clients.endpoint(), &machine)?;
+                    check_reachable(self.clients.endpoint(), self.clients.address_map(), &machine)?;
                     machines.push(machine);
                 }
             }
@@ -833,12 +868,36 @@ mod tests {
     #[test]
     fn an_emulator_on_loopback_may_only_hand_out_loopback_addresses() {
         let emulator = Some("http://127.0.0.1:5000");
-        assert!(check_reachable(emulator, &machine("127.150.0.7")).is_ok());
-        assert!(check_reachable(emulator, &machine("0.0.0.0")).is_ok(), "not yet running");
-        let refused = check_reachable(emulator, &machine("54.214.1.2")).unwrap_err();
-        assert!(refused.to_string().contains("refusing to connect"), "{refused}");
-        assert!(check_reachable(Some("http://localhost:5000/"), &machine("54.214.1.2")).is_err());
-        assert!(check_reachable(None, &machine("54.214.1.2")).is_ok(), "real AWS");
-        assert!(check_reachable(Some("https://ec2.example.com"), &machine("54.214.1.2")).is_ok());
+        assert!(check_reachable(emulator, None, &machine("127.150.0.7")).is_ok());
+        assert!(check_reachable(emulator, None, &machine("0.0.0.0")).is_ok(), "not yet running");
+        let refused = check_reachable(emulator, None, &machine("54.214.1.2")).unwrap_err();
+        assert!(
+            refused.to_string().contains("not on this machine; refusing to connect"),
+            "{refused}"
+        );
+        assert!(
+            check_reachable(Some("http://localhost:5000/"), None, &machine("54.214.1.2")).is_err()
+        );
+        assert!(check_reachable(None, None, &machine("54.214.1.2")).is_ok(), "real AWS");
+        assert!(
+            check_reachable(Some("https://ec2.example.com"), None, &machine("54.214.1.2")).is_ok()
+        );
+    }
+
+    #[test]
+    fn an_address_map_admits_only_its_blocks() {
+        let map = Some("127.201.3.0/24, 127.202.0.0/16");
+        let emulator = Some("http://127.0.0.1:5000");
+        assert!(check_reachable(emulator, map, &machine("127.201.3.9")).is_ok());
+        assert!(check_reachable(emulator, map, &machine("127.202.77.1")).is_ok());
+        assert!(check_reachable(emulator, map, &machine("0.0.0.0")).is_ok(), "not yet running");
+        let refused = check_reachable(emulator, map, &machine("127.201.4.9")).unwrap_err();
+        assert!(refused.to_string().contains("outside the emulator's address map"), "{refused}");
+        assert!(check_reachable(None, map, &machine("54.214.1.2")).is_err());
+        let bad = check_reachable(emulator, Some("127.201.3.0"), &machine("127.201.3.9"));
+        assert!(bad.unwrap_err().to_string().contains("is not a CIDR block"));
+        assert_eq!(cidr_contains("0.0.0.0/0", "8.8.8.8".parse().unwrap()), Some(true));
+        assert_eq!(cidr_contains("10.0.0.1/32", "10.0.0.1".parse().unwrap()), Some(true));
+        assert_eq!(cidr_contains("10.0.0.1/33", "10.0.0.1".parse().unwrap()), None);
     }
 }

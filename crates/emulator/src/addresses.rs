@@ -40,6 +40,15 @@ impl PublicBlocks {
         prefixes.join(",")
     }
 
+    /// `127.A.B.0/24,127.A.C.0/24,…`: the address map a CLI is told. The public addresses
+    /// instances get are in these loopback blocks and are reached as they are (the map from
+    /// public address to local address is the identity).
+    pub(crate) fn cidrs(&self) -> String {
+        let cidrs: Vec<String> =
+            self.blocks.iter().map(|b| format!("127.{}.{}.0/24", b.a, b.b)).collect();
+        cidrs.join(",")
+    }
+
     pub(crate) fn address_count(&self) -> usize {
         self.blocks.len() * 254
     }

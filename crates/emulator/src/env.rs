@@ -6,6 +6,9 @@ pub const AWS_ENDPOINT_URL: &str = "AWS_ENDPOINT_URL";
 pub const CONTROL_URL: &str = "FLOTILLA_EMULATOR_CONTROL";
 /// The emulator's state directory; printed by `up`.
 pub const STATE_DIR: &str = "FLOTILLA_EMULATOR_STATE";
+/// The address map: the loopback blocks (`127.A.B.0/24,…`) that instances' public addresses
+/// come from, reached as they are; printed by `up`.
+pub const PUBLIC_IPS: &str = "FLOTILLA_EMULATOR_PUBLIC_IPS";
 /// The Python virtual environment holding the pinned moto; read by `up`.
 pub const VENV: &str = "FLOTILLA_EMULATOR_VENV";
 

@@ -178,7 +178,7 @@ async fn serve(
 
     wait_ready(&http, "moto", &format!("{moto_url}/_flotilla/health")).await?;
     wait_ready(&http, "the booter's control API", &format!("{control_url}/health")).await?;
-    let lines = environment_lines(&moto_url, &control_url, &files.state);
+    let lines = environment_lines(&moto_url, &control_url, &files.state, &blocks.cidrs());
     let mut stdout = std::io::stdout().lock();
     let _ = stdout.write_all(lines.as_bytes()).and_then(|()| stdout.flush());
     drop(stdout);
@@ -239,7 +239,7 @@ async fn wait_ready(http: &reqwest::Client, what: &'static str, url: &str) -> Re
 }
 
 /// The `export NAME=value` lines a CLI or test needs.
-fn environment_lines(moto_url: &str, control_url: &str, state: &Path) -> String {
+fn environment_lines(moto_url: &str, control_url: &str, state: &Path, public_ips: &str) -> String {
     let state = state.display().to_string();
     let variables = [
         (env::AWS_ENDPOINT_URL, moto_url),
@@ -250,6 +250,7 @@ fn environment_lines(moto_url: &str, control_url: &str, state: &Path) -> String 
         ("AWS_EC2_METADATA_DISABLED", "true"),
         (env::CONTROL_URL, control_url),
         (env::STATE_DIR, state.as_str()),
+        (env::PUBLIC_IPS, public_ips),
     ];
     variables
         .iter()
@@ -354,7 +355,12 @@ mod tests {
 
     #[test]
     fn the_environment_names_everything_a_cli_needs() {
-        let lines = environment_lines("http://127.0.0.1:1", "http://127.0.0.1:2", Path::new("/s"));
+        let lines = environment_lines(
+            "http://127.0.0.1:1",
+            "http://127.0.0.1:2",
+            Path::new("/s"),
+            "127.201.0.0/24,127.201.1.0/24",
+        );
         for name in [
             "AWS_ENDPOINT_URL",
             "AWS_ACCESS_KEY_ID",
@@ -363,6 +369,7 @@ mod tests {
             "AWS_EC2_METADATA_DISABLED=true",
             "FLOTILLA_EMULATOR_CONTROL",
             "FLOTILLA_EMULATOR_STATE=/s",
+            "FLOTILLA_EMULATOR_PUBLIC_IPS=127.201.0.0/24,127.201.1.0/24",
         ] {
             assert!(lines.contains(&format!("export {name}")), "{name} missing from\n{lines}");
         }
