@@ -6,6 +6,8 @@
 //! cargo run -p flotilla-agent --example agent_process -- BOOTSTRAP.json
 //! ```
 
+#![allow(clippy::print_stderr)] // A command-line entry point reports on stderr.
+
 use std::path::PathBuf;
 use std::process::ExitCode;
 

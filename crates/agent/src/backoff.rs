@@ -4,7 +4,8 @@
 //!   `initial_backoff × 2^(n-1)`, capped at `max_backoff`, then multiplied by a random factor in
 //!   0.8..=1.2 (±20 % jitter) so that a fleet restarted by the same event does not restart in
 //!   step. The count resets once the binary stayed up [`STABLE_RUN`] or became healthy.
-//! - Waiting for the identity bundle: polls after 100 ms, doubling to at most 1 s, until the
+//! - Waiting for the identity bundle: polls after 100 ms, doubling to at most 500 ms (a GET
+//!   of a small object: cheap, and the binary starts sooner), until the
 //!   bootstrap's `identity_timeout`.
 
 use std::time::Duration;
@@ -21,7 +22,7 @@ pub(crate) const CRASH_LOOP_EXITS: u32 = 3;
 /// First wait between two polls for the identity bundle.
 pub(crate) const IDENTITY_POLL_INITIAL: Duration = Duration::from_millis(100);
 /// Longest wait between two polls for the identity bundle.
-pub(crate) const IDENTITY_POLL_MAX: Duration = Duration::from_secs(1);
+pub(crate) const IDENTITY_POLL_MAX: Duration = Duration::from_millis(500);
 
 /// The delay before restarting after the `consecutive_failures`-th failure in a row (1 for the
 /// first), with `jitter` the random factor (0.8..=1.2, see [`restart_jitter`]).
@@ -69,13 +70,13 @@ mod tests {
     }
 
     #[test]
-    fn identity_polls_back_off_to_one_second() {
+    fn identity_polls_back_off_to_half_a_second() {
         let mut delay = IDENTITY_POLL_INITIAL;
         let mut seen = vec![delay];
         for _ in 0..6 {
             delay = next_identity_poll(delay);
             seen.push(delay);
         }
-        assert_eq!(seen, [100, 200, 400, 800, 1000, 1000, 1000].map(Duration::from_millis));
+        assert_eq!(seen, [100, 200, 400, 500, 500, 500, 500].map(Duration::from_millis));
     }
 }

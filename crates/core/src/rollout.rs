@@ -4,7 +4,7 @@
 //! this module decides the order and waits for each agent's verdict: a long poll
 //! (`WaitRollout`, up to 30 s at a time) that the agent answers the moment the rollout ends.
 //! Retries after an unanswered request, and agents without long polls, follow a written
-//! schedule: 100 ms growing by half up to 1 s, ±20 % jitter. Everything stops at the deadline:
+//! schedule: 100 ms growing by half up to 500 ms, ±20 % jitter. Everything stops at the deadline:
 //! the health deadline plus [`DOWNLOAD_ALLOWANCE`].
 
 use std::time::Duration;
@@ -22,14 +22,14 @@ pub const DOWNLOAD_ALLOWANCE: Duration = Duration::from_secs(120);
 const FIRST_POLL: Duration = Duration::from_millis(100);
 /// The longest single wait asked of an agent.
 const LONG_POLL: Duration = Duration::from_secs(30);
-const LONGEST_POLL: Duration = Duration::from_secs(1);
+const LONGEST_POLL: Duration = Duration::from_millis(500);
 
 /// Splits machine names into batches of at most `batch` (at least one per batch), in order.
 pub fn plan_batches(names: &[String], batch: usize) -> Vec<Vec<String>> {
     names.chunks(batch.max(1)).map(<[String]>::to_vec).collect()
 }
 
-/// A poll schedule: 100 ms growing by half up to 1 s, each ±20 % jitter.
+/// A poll schedule: 100 ms growing by half up to 500 ms, each ±20 % jitter.
 #[derive(Debug)]
 pub struct PollSchedule {
     next: Duration,
