@@ -94,10 +94,13 @@ fn bench(
     spec.push_str("ports: []\n");
     fs_err::write(work.path().join("spec.yaml"), spec).unwrap();
 
+    // FLOTILLA_BENCH_LOGS=DIR keeps each command's log (with -v: every stage, timed) in DIR.
+    let logs = std::env::var_os("FLOTILLA_BENCH_LOGS").map(PathBuf::from);
     let run = |args: &[&str]| {
         let started = Instant::now();
         let output = Command::new(&flotilla)
             .args(args)
+            .args(logs.as_ref().map(|_| "-v"))
             .current_dir(work.path())
             .env("FLOTILLA_HOME", home.path())
             .env("AWS_ACCESS_KEY_ID", &scope_name)
@@ -107,6 +110,10 @@ fn bench(
             .output()
             .unwrap();
         let elapsed = started.elapsed();
+        if let Some(dir) = &logs {
+            let file = dir.join(format!("{instances}x{}-{}.log", regions.len(), args[0]));
+            fs_err::write(file, &output.stderr).unwrap();
+        }
         assert!(
             output.status.success(),
             "flotilla {args:?}: {}",
