@@ -7,8 +7,9 @@
 # Arguments are passed to `flotilla-emulator up`; give --parent-pid so the stack (moto, every
 # instance's processes) stops by itself when the test run ends, however it ends. The binary is
 # target/debug/flotilla-emulator (under $CARGO_TARGET_DIR when set): build it first. The state
-# directory, with the emulator's log (emulator.log), moto's log and each instance's root, is
-# printed as FLOTILLA_EMULATOR_STATE; the emulator's pid as FLOTILLA_EMULATOR_PID.
+# directory, with the emulator's log (emulator.log), moto's log and each instance's root (removed
+# when the stack stops, unless --keep-instances is given), is printed as FLOTILLA_EMULATOR_STATE;
+# the emulator's pid as FLOTILLA_EMULATOR_PID.
 # The first run creates the Python environment with moto (about 35 s, needs PyPI).
 set -euo pipefail
 

@@ -46,8 +46,8 @@ struct UpArgs {
     /// How long instances stay shutting-down or stopping (per scope at run time too).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     shutting_down: Duration,
-    /// Where instances' roots, logs and moto's files go (kept); default: a temporary directory
-    /// removed at exit.
+    /// Where instances' roots, logs and moto's files go; kept at exit, except the instances'
+    /// roots (see --keep-instances). Default: a temporary directory removed at exit.
     #[arg(long)]
     state_dir: Option<PathBuf>,
     /// Stop everything when this process is gone.
@@ -69,6 +69,10 @@ struct UpArgs {
     /// Time an instance's processes get between SIGTERM and SIGKILL.
     #[arg(long, default_value = "5s", value_parser = humantime::parse_duration)]
     stop_grace: Duration,
+    /// Keep the instances' root directories under --state-dir at exit (each holds the agent and
+    /// every version its machine ran).
+    #[arg(long)]
+    keep_instances: bool,
     /// More logging on stderr (RUST_LOG overrides).
     #[arg(short, long, action = clap::ArgAction::Count)]
     verbose: u8,
@@ -97,6 +101,7 @@ fn main() -> ExitCode {
         venv: args.venv,
         public_ip_blocks: args.public_ip_blocks,
         stop_grace: args.stop_grace,
+        keep_instances: args.keep_instances,
     };
     match run(options) {
         Ok(()) => ExitCode::SUCCESS,

@@ -41,7 +41,8 @@ pub struct UpOptions {
     pub pending: Duration,
     /// How long instances stay `shutting-down` (and `stopping`).
     pub shutting_down: Duration,
-    /// Kept after exit when given; otherwise a fresh temporary directory, removed at exit.
+    /// Kept after exit when given (without the instances' roots unless `keep_instances`);
+    /// otherwise a fresh temporary directory, removed at exit.
     pub state_dir: Option<PathBuf>,
     /// Stop when this process is gone.
     pub parent_pid: Option<u32>,
@@ -55,6 +56,9 @@ pub struct UpOptions {
     pub public_ip_blocks: u16,
     /// SIGTERM to SIGKILL, for instances' processes.
     pub stop_grace: Duration,
+    /// Keep instances' root directories at exit (they hold a copy or link of the agent, and
+    /// each version a machine ran: hundreds of megabytes per test run).
+    pub keep_instances: bool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,6 +92,14 @@ pub fn run(options: UpOptions) -> Result<(), UpError> {
     let result = run_in(&options, &state.path, started);
     if state.temporary {
         let _ = fs_err::remove_dir_all(&state.path);
+    } else if !options.keep_instances {
+        // Every instance's processes are stopped by now; logs of the stack itself stay.
+        let instances = state.path.join("instances");
+        if let Err(error) = fs_err::remove_dir_all(&instances)
+            && error.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!("removing the instances' roots: {error}");
+        }
     }
     result
 }
