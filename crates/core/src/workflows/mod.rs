@@ -190,29 +190,21 @@ async fn publish_files<P: Provider>(
     for artifact in by_path.values() {
         by_digest.entry(artifact.sha256.as_str()).or_insert(artifact);
     }
-    let urls = publish(provider, "publishing artifacts", by_digest.into_values(), progress).await?;
-    Ok(PublishedFiles { by_path, urls })
-}
-
-/// Publishes artifacts, several at a time; returns the URL of each digest.
-async fn publish<'a, P: Provider>(
-    provider: &P,
-    label: &str,
-    artifacts: impl ExactSizeIterator<Item = &'a LocalArtifact>,
-    progress: &dyn Progress,
-) -> Result<HashMap<String, String>, CoreError> {
-    let stage = progress.stage(label, artifacts.len() as u64);
+    // Publish each distinct digest once, several at a time.
+    let stage = progress.stage("publishing artifacts", by_digest.len() as u64);
     let mut urls: HashMap<String, String> = HashMap::new();
-    let mut uploads = futures_util::stream::iter(artifacts.map(|artifact| async move {
-        provider.publish(artifact).await.map(|url| (artifact.sha256.clone(), url))
-    }))
-    .buffer_unordered(PUBLISH_CONCURRENCY);
+    let mut uploads =
+        futures_util::stream::iter(by_digest.into_values().map(|artifact| async move {
+            provider.publish(artifact).await.map(|url| (artifact.sha256.clone(), url))
+        }))
+        .buffer_unordered(PUBLISH_CONCURRENCY);
     while let Some(result) = uploads.next().await {
         let (digest, url) = result?;
         urls.insert(digest, url);
         stage.advance(1);
     }
-    Ok(urls)
+    drop(uploads);
+    Ok(PublishedFiles { by_path, urls })
 }
 
 /// The manifests of the binary machines: writes and publishes hosts.yaml (it names every
@@ -238,16 +230,14 @@ async fn build_manifests<P: Provider>(
     let hosts_yaml = render_hosts_yaml(monitoring.public_ip, monitoring.private_ip, &hosts);
     deployment.write_file("hosts.yaml", hosts_yaml.as_bytes())?;
     let hosts_artifact = hash_file(&deployment.dir().join("hosts.yaml"))?;
-    let hosts_url =
-        publish(provider, "publishing hosts.yaml", [&hosts_artifact].into_iter(), progress)
-            .await?
-            .remove(&hosts_artifact.sha256)
-            .ok_or_else(|| CoreError::Io("hosts.yaml was not published".into()))?;
+    let stage = progress.stage("publishing hosts.yaml", 1);
     let hosts = Artifact {
-        url: hosts_url,
-        sha256: hosts_artifact.sha256.clone(),
+        url: provider.publish(&hosts_artifact).await?,
+        sha256: hosts_artifact.sha256,
         size: hosts_artifact.size,
     };
+    stage.advance(1);
+    drop(stage);
 
     let mut manifests = BTreeMap::new();
     let nodes = spec.nodes();
