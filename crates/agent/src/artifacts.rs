@@ -77,7 +77,12 @@ pub(crate) async fn install_version(
             verify_artifact(path, artifact.clone(), file_name).await
         }
     });
-    futures_util::future::try_join_all(downloads).await?;
+    // Every download ends before an error is returned: one still under way would write into
+    // the directory the caller removes next (file operations run on blocking threads that a
+    // dropped future does not stop).
+    for result in futures_util::future::join_all(downloads).await {
+        result?;
+    }
     let manifest_json = serde_json::to_vec_pretty(manifest).expect("a manifest serializes");
     write_file_atomically(&partial.join(MANIFEST_FILE), &manifest_json, PRIVATE_FILE_MODE)
         .map_err(|e| e.to_string())?;
