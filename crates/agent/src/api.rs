@@ -53,23 +53,10 @@ pub(crate) async fn serve_api(
     let acceptor = TlsAcceptor::from(tls);
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-            _ = crate::shutdown_signalled(&mut shutdown) => return,
-        };
-        let (stream, peer) = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok(accepted) => accepted,
-                Err(error) => {
-                    tracing::warn!("API: could not accept a connection: {error}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = crate::shutdown_signalled(&mut shutdown) => return,
+        let Some((permit, (stream, peer))) =
+            crate::next_connection(&listener, &connections, &mut shutdown, "API").await
+        else {
+            return;
         };
         let acceptor = acceptor.clone();
         let agent = agent.clone();

@@ -207,6 +207,32 @@ pub async fn start(
 }
 
 /// Resolves once `shutdown` turns true (or its sender is gone).
+/// The next connection of a server, with a permit from its connection limit; `None` once
+/// `shutdown` turns true. An accept error is logged and retried 100 ms later.
+pub(crate) async fn next_connection(
+    listener: &TcpListener,
+    connections: &Arc<tokio::sync::Semaphore>,
+    shutdown: &mut watch::Receiver<bool>,
+    server: &str,
+) -> Option<(tokio::sync::OwnedSemaphorePermit, (tokio::net::TcpStream, SocketAddr))> {
+    let permit = tokio::select! {
+        permit = connections.clone().acquire_owned() => permit.ok()?,
+        _ = shutdown_signalled(shutdown) => return None,
+    };
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(accepted) => return Some((permit, accepted)),
+                Err(error) => {
+                    tracing::warn!("{server}: could not accept a connection: {error}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            },
+            _ = shutdown_signalled(shutdown) => return None,
+        }
+    }
+}
+
 pub(crate) async fn shutdown_signalled(shutdown: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`: drop it here, not in the caller's future.
     let _ = shutdown.wait_for(|stop| *stop).await;

@@ -141,23 +141,10 @@ pub(crate) async fn serve_metrics(
 ) {
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
-        let permit = tokio::select! {
-            permit = connections.clone().acquire_owned() => match permit {
-                Ok(permit) => permit,
-                Err(_) => return,
-            },
-            _ = crate::shutdown_signalled(&mut shutdown) => return,
-        };
-        let stream = tokio::select! {
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(error) => {
-                    tracing::warn!("metrics: could not accept a connection: {error}");
-                    tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
-                }
-            },
-            _ = crate::shutdown_signalled(&mut shutdown) => return,
+        let Some((permit, (stream, _))) =
+            crate::next_connection(&listener, &connections, &mut shutdown, "metrics").await
+        else {
+            return;
         };
         let agent = agent.clone();
         let mut shutdown = shutdown.clone();
