@@ -23,9 +23,11 @@ use std::time::Duration;
 
 use crate::diagnostic::{Diagnostic, Location, Severity};
 use crate::fleet::{
-    FleetSpec, HealthCheck, InstanceSpec, MAX_COUNT, MonitoringSpec, Percent, PortSpec,
-    ProviderKind, RestartPolicy, RestartSpec, STORAGE_CLASSES, UpdateSpec,
+    FleetSpec, HealthCheck, InstanceSpec, MAX_COUNT, MAX_HEALTH_DEADLINE, MAX_RESTART_BACKOFF,
+    MonitoringSpec, Percent, PortSpec, ProviderKind, RestartPolicy, RestartSpec, STORAGE_CLASSES,
+    UpdateSpec,
 };
+use crate::names::MAX_TAG_BYTES;
 use crate::suggest::closest_match;
 use crate::validate::is_valid_name;
 use crate::yaml::{ScalarStyle, YamlEntry, YamlNode, YamlValue};
@@ -603,8 +605,9 @@ impl<'f> Decoder<'f> {
         value
     }
 
-    /// A duration written as `humantime` reads it (`250ms`, `30s`, `1m 30s`), more than 0.
-    fn read_duration(&mut self, node: &YamlNode, field: &str) -> Option<Duration> {
+    /// A duration written as `humantime` reads it (`250ms`, `30s`, `1m 30s`), more than 0 and
+    /// at most `max`.
+    fn read_duration(&mut self, node: &YamlNode, field: &str, max: Duration) -> Option<Duration> {
         let Some(scalar) = node.as_scalar() else {
             self.error(
                 node.location,
@@ -621,6 +624,16 @@ impl<'f> Decoder<'f> {
                     field,
                     format!("`{}` must be longer than 0", last_segment(field)),
                     "write a duration such as `250ms` or `30s`",
+                );
+                None
+            }
+            Ok(duration) if duration > max => {
+                let max = humantime::format_duration(max);
+                self.error(
+                    node.location,
+                    field,
+                    format!("`{}` is longer than {max}, its most", scalar.text),
+                    format!("write a duration from 1ms to {max}"),
                 );
                 None
             }
@@ -687,6 +700,14 @@ impl<'f> Decoder<'f> {
             decoder.read_sequence(node, field, Self::decode_port)
         });
         let provider = self.optional_or_null(&fields, "provider", Self::read_provider);
+        if let (Slot::Present(instances, location), false) =
+            (&instances, matches!(provider, Slot::Invalid))
+        {
+            let kind = provider.value().copied().unwrap_or(ProviderKind::Aws);
+            if let Some((message, help)) = machine_total_problem(instances, kind) {
+                self.error(*location, "instances", message, help);
+            }
+        }
         let update = self.optional(&fields, "update", Self::decode_update);
         Some(FleetSpec {
             tag: tag.into_required()?,
@@ -824,17 +845,8 @@ impl<'f> Decoder<'f> {
     }
 
     fn read_count(&mut self, node: &YamlNode, field: &str) -> Option<u32> {
-        let count = self.read_u32(node, field)?;
-        if !(1..=MAX_COUNT).contains(&count) {
-            self.error(
-                node.location,
-                field,
-                format!("count {count} is out of range (1 to {MAX_COUNT})"),
-                "remove `count` for one instance, or give the number of replicas",
-            );
-            return None;
-        }
-        Some(count)
+        let count = self.read_integer(node, field, IntegerKind::Count)?;
+        Some(u32::try_from(count).expect("read_integer checked the count range"))
     }
 
     fn read_args(&mut self, node: &YamlNode, field: &str) -> Option<Vec<String>> {
@@ -999,8 +1011,11 @@ impl<'f> Decoder<'f> {
         }
         let fields = self.open_mapping(node, field, RESTART_KEYS, UnknownKeys::Refuse)?;
         let policy = self.optional(&fields, "policy", Self::read_restart_policy);
-        let initial = self.optional(&fields, "initial_backoff", Self::read_duration);
-        let max = self.optional(&fields, "max_backoff", Self::read_duration);
+        let backoff = |decoder: &mut Self, node: &YamlNode, field: &str| {
+            decoder.read_duration(node, field, MAX_RESTART_BACKOFF)
+        };
+        let initial = self.optional(&fields, "initial_backoff", backoff);
+        let max = self.optional(&fields, "max_backoff", backoff);
         let defaults = RestartSpec::default();
         let spec = RestartSpec {
             policy: policy.into_optional()?.unwrap_or(defaults.policy),
@@ -1066,7 +1081,9 @@ impl<'f> Decoder<'f> {
         });
         let max_unavailable = self.optional_or_null(&fields, "max_unavailable", Self::read_percent);
         let health_deadline =
-            self.optional_or_null(&fields, "health_deadline", Self::read_duration);
+            self.optional_or_null(&fields, "health_deadline", |decoder, node, field| {
+                decoder.read_duration(node, field, MAX_HEALTH_DEADLINE)
+            });
         if let (Some(batch_location), Some(share_location)) =
             (batch_size.location(), max_unavailable.location())
         {
@@ -1122,7 +1139,8 @@ impl<'f> Decoder<'f> {
     // ---------------------------------------------------------------------------------------
     // Rules that span keys.
 
-    /// Checks a tag or instance name against `[A-Za-z0-9_-]+` (commonware-deployer 2026.10.0).
+    /// Checks a tag or instance name against `[A-Za-z0-9_-]+` (commonware-deployer 2026.10.0),
+    /// and a tag's length: it names a directory, so it is at most [`MAX_TAG_BYTES`] bytes.
     fn check_name(
         &mut self,
         location: Location,
@@ -1141,15 +1159,23 @@ impl<'f> Decoder<'f> {
             return false;
         }
         if !is_valid_name(name) {
-            let fixed: String = name
-                .chars()
-                .map(|c| if c.is_ascii_alphanumeric() || c == '_' { c } else { '-' })
-                .collect();
             self.error(
                 location,
                 field,
                 format!("the {what} `{name}` may only contain ASCII letters, digits, `_` and `-`"),
-                format!("rename it, e.g. to `{fixed}`"),
+                format!("rename it, e.g. to `{}`", suggest_name(name, example)),
+            );
+            return false;
+        }
+        if what == "tag" && name.len() > MAX_TAG_BYTES {
+            self.error(
+                location,
+                field,
+                format!(
+                    "the tag is {} bytes long; a tag names the deployment's state directory, and a file name has at most {MAX_TAG_BYTES} bytes",
+                    name.len()
+                ),
+                format!("shorten it to at most {MAX_TAG_BYTES} characters"),
             );
             return false;
         }
@@ -1453,6 +1479,8 @@ enum IntegerKind {
     U32,
     /// A `u16` port, which flotilla also refuses when 0.
     Port,
+    /// An instance entry's `count`: 1 to [`MAX_COUNT`].
+    Count,
 }
 
 impl IntegerKind {
@@ -1461,6 +1489,7 @@ impl IntegerKind {
             IntegerKind::I32 => (i128::from(i32::MIN), i128::from(i32::MAX)),
             IntegerKind::U32 => (0, i128::from(u32::MAX)),
             IntegerKind::Port => (1, i128::from(u16::MAX)),
+            IntegerKind::Count => (1, i128::from(MAX_COUNT)),
         }
     }
 
@@ -1483,6 +1512,10 @@ impl IntegerKind {
             IntegerKind::Port => (
                 format!("`{text}` is not a port number (1 to 65535)"),
                 "use a single port from 1 to 65535 (ranges are not supported)",
+            ),
+            IntegerKind::Count => (
+                format!("count {text} is out of range (1 to {MAX_COUNT})"),
+                "remove `count` for one instance, or give the number of replicas, from 1 to 10000",
             ),
         }
     }
@@ -1533,6 +1566,41 @@ fn check_cidr(cidr: &str) -> Result<(), CidrProblem> {
             help: format!("write an address and a prefix length, {EXAMPLES}"),
         }),
     }
+}
+
+/// Why `instances` asks for more machines than `provider` allows, if it does.
+pub(crate) fn machine_total_problem(
+    instances: &[InstanceSpec],
+    provider: ProviderKind,
+) -> Option<(String, String)> {
+    let total: usize = instances.iter().map(|i| i.count.map_or(1, |n| n as usize)).sum();
+    let max = crate::fleet::max_machines(provider);
+    (total > max).then(|| {
+        (
+            format!(
+                "the instances add up to {total} machines; a deployment on the {provider} provider has at most {max}"
+            ),
+            format!(
+                "lower the counts to {max} machines in all, or split the fleet into several deployments (tags)"
+            ),
+        )
+    })
+}
+
+/// A valid name close to `name`, for a suggestion: every run of other characters becomes one
+/// `-`, dashes at either end are dropped, and `example` stands in when nothing is left.
+fn suggest_name(name: &str, example: &str) -> String {
+    let mut fixed = String::new();
+    for c in name.chars() {
+        if c.is_ascii_alphanumeric() || c == '_' {
+            fixed.push(c);
+        } else if !fixed.is_empty() && !fixed.ends_with('-') {
+            fixed.push('-');
+        }
+    }
+    let fixed = fixed.trim_end_matches('-');
+    let fixed: String = fixed.chars().take(MAX_TAG_BYTES).collect();
+    if fixed.is_empty() { example.to_owned() } else { fixed }
 }
 
 /// `[A-Za-z_][A-Za-z0-9_]*`: the names a shell and `env` accept.

@@ -1,5 +1,7 @@
 //! Diagnostics: errors and warnings about an input file, each with its place and its fix.
 
+use std::borrow::Cow;
+use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
@@ -58,11 +60,43 @@ impl Diagnostic {
     }
 }
 
+/// Whether `c` would change how a terminal shows the text around it: control characters
+/// (escape sequences, carriage returns, newlines) and the Unicode marks that reorder or hide
+/// text (bidirectional overrides and isolates, zero-width characters, the BOM).
+fn is_unsafe_for_terminal(c: char) -> bool {
+    c.is_control()
+        || matches!(c,
+            '\u{061C}' | '\u{200B}'..='\u{200F}' | '\u{2028}'..='\u{202E}'
+            | '\u{2060}'..='\u{2069}' | '\u{FEFF}')
+}
+
+/// `text` as it may be shown on a terminal: characters that could move the cursor, recolour
+/// the screen or reorder what is read ([`is_unsafe_for_terminal`]) are written as Rust escapes
+/// (`\n`, `\u{1b}`, `\u{202e}`). Values from files and command lines are shown through it.
+pub fn escape_for_terminal(text: &str) -> Cow<'_, str> {
+    if !text.chars().any(is_unsafe_for_terminal) {
+        return Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => escaped.push_str("\\n"),
+            '\r' => escaped.push_str("\\r"),
+            '\t' => escaped.push_str("\\t"),
+            c if is_unsafe_for_terminal(c) => {
+                let _ = write!(escaped, "\\u{{{:x}}}", u32::from(c));
+            }
+            c => escaped.push(c),
+        }
+    }
+    Cow::Owned(escaped)
+}
+
 impl std::fmt::Display for Diagnostic {
     /// `fleet.yaml:12:5: error: instances[3].storage_iops: <message>` and, on the next line,
-    /// `  help: <fix>`.
+    /// `  help: <fix>`. Every part is shown through [`escape_for_terminal`].
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}", self.file.display())?;
+        write!(f, "{}", escape_for_terminal(&self.file.display().to_string()))?;
         if let Some(Location { line, column }) = self.location {
             write!(f, ":{line}:{column}")?;
         }
@@ -72,11 +106,11 @@ impl std::fmt::Display for Diagnostic {
         };
         write!(f, ": {severity}: ")?;
         if !self.field.is_empty() {
-            write!(f, "{}: ", self.field)?;
+            write!(f, "{}: ", escape_for_terminal(&self.field))?;
         }
-        write!(f, "{}", self.message)?;
+        write!(f, "{}", escape_for_terminal(&self.message))?;
         if let Some(help) = &self.help {
-            write!(f, "\n  help: {help}")?;
+            write!(f, "\n  help: {}", escape_for_terminal(help))?;
         }
         Ok(())
     }
@@ -101,7 +135,10 @@ impl std::fmt::Display for SpecErrors {
             writeln!(f, "{diagnostic}")?;
         }
         let errors = self.errors().count();
-        let file = self.diagnostics.first().map(|d| d.file.display().to_string());
+        let file = self
+            .diagnostics
+            .first()
+            .map(|d| escape_for_terminal(&d.file.display().to_string()).into_owned());
         write!(
             f,
             "{errors} error{} in {}",
@@ -112,3 +149,18 @@ impl std::fmt::Display for SpecErrors {
 }
 
 impl std::error::Error for SpecErrors {}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn terminal_tricks_are_escaped() {
+        assert_eq!(escape_for_terminal("node-0"), "node-0");
+        assert_eq!(escape_for_terminal("a\u{1b}[31mred"), "a\\u{1b}[31mred");
+        assert_eq!(escape_for_terminal("evil\u{202e}lmth.exe"), "evil\\u{202e}lmth.exe");
+        assert_eq!(escape_for_terminal("two\nlines\r"), "two\\nlines\\r");
+        assert_eq!(escape_for_terminal("zero\u{200b}width"), "zero\\u{200b}width");
+        assert_eq!(escape_for_terminal("é ünicode ✓"), "é ünicode ✓");
+    }
+}

@@ -90,23 +90,53 @@ pub fn parse_fleet_spec(source: &str, file: &Path) -> Result<SpecDocument, SpecE
     }
 }
 
-/// Reads `file` and parses it with [`parse_fleet_spec`]. A file that cannot be read, or is not
-/// UTF-8, is one diagnostic naming the file.
-pub fn load_fleet_spec(file: &Path) -> Result<SpecDocument, SpecErrors> {
-    let bytes = fs_err::read(file).map_err(|error| {
-        // fs_err's message repeats the path, which the diagnostic already names.
-        let cause = match error.kind() {
-            std::io::ErrorKind::NotFound => "the file does not exist".to_owned(),
-            std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
-            std::io::ErrorKind::IsADirectory => "it is a directory".to_owned(),
-            _ => error.to_string(),
-        };
-        SpecErrors {
+/// Checks the spec's machine total against `provider`'s limit (`--provider` may name another
+/// provider than the spec, whose own limit [`parse_fleet_spec`] already checked).
+pub fn check_machine_total(
+    document: &SpecDocument,
+    provider: crate::ProviderKind,
+) -> Result<(), SpecErrors> {
+    match crate::decode::machine_total_problem(&document.spec.instances, provider) {
+        None => Ok(()),
+        Some((message, help)) => Err(SpecErrors {
             diagnostics: vec![
-                Diagnostic::error(file, None, "", format!("cannot read the fleet spec: {cause}"))
-                    .with_help("check the path given with --config"),
+                document.diagnostic(Severity::Error, "instances", message).with_help(help),
             ],
+        }),
+    }
+}
+
+/// The largest fleet spec read: 16 MiB, far above 10,000 machines written out one by one.
+pub const MAX_SPEC_BYTES: u64 = 16 * 1024 * 1024;
+
+/// Reads `file` and parses it with [`parse_fleet_spec`]. Only a regular file of at most
+/// [`MAX_SPEC_BYTES`] is read (not a FIFO, which would block, nor `/dev/zero`, which never
+/// ends); a file that cannot be read, or is not UTF-8, is one diagnostic naming the file.
+pub fn load_fleet_spec(file: &Path) -> Result<SpecDocument, SpecErrors> {
+    let refuse = |cause: String, help: &str| SpecErrors {
+        diagnostics: vec![
+            Diagnostic::error(file, None, "", format!("cannot read the fleet spec: {cause}"))
+                .with_help(help.to_owned()),
+        ],
+    };
+    let bytes = read_regular_file(file, MAX_SPEC_BYTES).map_err(|problem| match problem {
+        ReadProblem::Io(error) => {
+            // fs_err's message repeats the path, which the diagnostic already names.
+            let cause = match error.kind() {
+                std::io::ErrorKind::NotFound => "the file does not exist".to_owned(),
+                std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
+                _ => error.to_string(),
+            };
+            refuse(cause, "check the path given with --config")
         }
+        ReadProblem::NotRegular(kind) => refuse(
+            format!("it is {kind}, not a regular file"),
+            "give the path of a YAML file with --config",
+        ),
+        ReadProblem::TooLarge => refuse(
+            format!("it is larger than {} MiB", MAX_SPEC_BYTES / (1024 * 1024)),
+            "a fleet spec is a small YAML file: check the path given with --config",
+        ),
     })?;
     let source = String::from_utf8(bytes).map_err(|error| {
         let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
@@ -126,6 +156,49 @@ pub fn load_fleet_spec(file: &Path) -> Result<SpecDocument, SpecErrors> {
         }
     })?;
     parse_fleet_spec(&source, file)
+}
+
+/// Why [`read_regular_file`] read nothing.
+#[derive(Debug)]
+pub enum ReadProblem {
+    Io(std::io::Error),
+    /// What the path is instead (`a directory`, `a FIFO`, …).
+    NotRegular(&'static str),
+    TooLarge,
+}
+
+/// Reads `path` when it is a regular file (after symbolic links) of at most `max_bytes`.
+/// Anything else is refused before it is opened, so a FIFO cannot block and a device cannot
+/// feed bytes forever; the size is checked again while reading, in case the file grows.
+pub fn read_regular_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, ReadProblem> {
+    use std::io::Read;
+    use std::os::unix::fs::FileTypeExt;
+
+    let metadata = fs_err::metadata(path).map_err(ReadProblem::Io)?;
+    let kind = metadata.file_type();
+    if !kind.is_file() {
+        return Err(ReadProblem::NotRegular(if kind.is_dir() {
+            "a directory"
+        } else if kind.is_fifo() {
+            "a FIFO"
+        } else if kind.is_socket() {
+            "a socket"
+        } else if kind.is_char_device() || kind.is_block_device() {
+            "a device"
+        } else {
+            "not a file"
+        }));
+    }
+    if metadata.len() > max_bytes {
+        return Err(ReadProblem::TooLarge);
+    }
+    let file = fs_err::File::open(path).map_err(ReadProblem::Io)?;
+    let mut bytes = Vec::with_capacity(usize::try_from(metadata.len()).unwrap_or(0));
+    file.take(max_bytes + 1).read_to_end(&mut bytes).map_err(ReadProblem::Io)?;
+    if bytes.len() as u64 > max_bytes {
+        return Err(ReadProblem::TooLarge);
+    }
+    Ok(bytes)
 }
 
 #[cfg(test)]

@@ -53,8 +53,8 @@ impl std::fmt::Display for ProviderKind {
 #[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
 #[schemars(title = "flotilla fleet spec")]
 pub struct FleetSpec {
-    /// Deployment id: names the state directory and tags every resource. Letters, digits, `_` and `-` only.
-    #[schemars(pattern(r"^[A-Za-z0-9_-]+$"), extend("x-origin" = "deployer"))]
+    /// Deployment id: names the state directory and tags every resource. Letters, digits, `_` and `-` only, at most 255 characters.
+    #[schemars(pattern(r"^[A-Za-z0-9_-]+$"), length(max = 255), extend("x-origin" = "deployer"))]
     pub tag: String,
     /// The monitoring instance (always created; listed in every host's hosts.yaml).
     #[schemars(extend("x-origin" = "deployer"))]
@@ -143,7 +143,7 @@ pub struct InstanceSpec {
     /// Whether to profile the binary with perf and send the profiles to Pyroscope.
     #[schemars(extend("x-origin" = "deployer"))]
     pub profiling: bool,
-    /// Run this many replicas, named `name-0` … `name-(count-1)`.
+    /// Run this many replicas, named `name-0` … `name-(count-1)`. A deployment has at most 10000 machines on aws and 1000 on local, counted over every entry.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 1, max = 10000), extend("x-origin" = "flotilla"))]
     pub count: Option<u32>,
@@ -169,6 +169,12 @@ pub struct InstanceSpec {
 
 /// Most replicas one `instances` entry may ask for with `count`.
 pub const MAX_COUNT: u32 = 10_000;
+
+/// The longest restart backoff (`initial_backoff`, `max_backoff`): a binary that has been down
+/// for an hour is retried at least hourly.
+pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(3600);
+/// The longest `health_deadline`: a rollout waits at most this long for one machine.
+pub const MAX_HEALTH_DEADLINE: Duration = Duration::from_secs(6 * 3600);
 
 /// The deployer's `PortConfig`: one ingress rule on binary instances.
 #[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]
@@ -240,11 +246,11 @@ pub enum RestartPolicy {
 pub struct RestartSpec {
     /// When to restart.
     pub policy: RestartPolicy,
-    /// First delay before a restart, e.g. `250ms`. Doubles after each quick exit.
+    /// First delay before a restart, e.g. `250ms`. Doubles after each quick exit. At most 1h.
     #[serde(with = "crate::duration_serde")]
     #[schemars(with = "DurationText")]
     pub initial_backoff: Duration,
-    /// Largest delay between restarts, e.g. `30s`.
+    /// Largest delay between restarts, e.g. `30s`. At most 1h.
     #[serde(with = "crate::duration_serde")]
     #[schemars(with = "DurationText")]
     pub max_backoff: Duration,
@@ -269,12 +275,12 @@ fn restart_setting_schema(generator: &mut SchemaGenerator) -> Schema {
                     },
                     "initial_backoff": {
                         "allOf": [duration],
-                        "description": "First delay before a restart. Doubles after each quick exit; must be more than 0 and at most `max_backoff`.",
+                        "description": "First delay before a restart. Doubles after each quick exit; more than 0, at most `max_backoff` and at most 1h.",
                         "default": "250ms"
                     },
                     "max_backoff": {
                         "allOf": [duration],
-                        "description": "Largest delay between restarts.",
+                        "description": "Largest delay between restarts, at most 1h.",
                         "default": "30s"
                     }
                 },
@@ -310,7 +316,7 @@ pub struct UpdateSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("default" = "25%"))]
     pub max_unavailable: Option<Percent>,
-    /// How long each instance of a batch has to become healthy on the new version; more than 0.
+    /// How long each instance of a batch has to become healthy on the new version; more than 0, at most 6h.
     #[serde(
         default,
         skip_serializing_if = "Option::is_none",
@@ -411,7 +417,22 @@ pub fn node_names(instance: &InstanceSpec) -> Vec<String> {
     }
 }
 
+/// The most machines one deployment may have on `provider`, monitoring not counted: 10,000 on
+/// AWS (what one EC2 Fleet request may launch, and far beyond the default vCPU quotas), 1,000
+/// locally (each machine is an agent and a binary process on this one computer).
+pub fn max_machines(provider: ProviderKind) -> usize {
+    match provider {
+        ProviderKind::Aws => 10_000,
+        ProviderKind::Local => 1_000,
+    }
+}
+
 impl FleetSpec {
+    /// Binary machines after `count` expansion (monitoring not counted).
+    pub fn machine_count(&self) -> usize {
+        self.instances.iter().map(|instance| instance.count.map_or(1, |n| n as usize)).sum()
+    }
+
     /// The provider: `override_kind` (from `--provider`) wins, then `provider`, then `aws`.
     pub fn provider_kind(&self, override_kind: Option<ProviderKind>) -> ProviderKind {
         override_kind.or(self.provider).unwrap_or(ProviderKind::Aws)

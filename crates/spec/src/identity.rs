@@ -30,10 +30,4 @@ pub struct IdentityBundle {
     pub key: Secret,
 }
 
-/// The DNS name an agent's certificate carries and the CLI verifies: `<name>.<tag>.flotilla`.
-///
-/// The CLI connects to whatever address the provider reports but verifies this name, so a
-/// certificate issued to one machine is refused when presented by another.
-pub fn agent_dns_name(name: &str, tag: &str) -> String {
-    format!("{}.{}.flotilla", name.to_ascii_lowercase(), tag.to_ascii_lowercase())
-}
+pub use crate::names::agent_dns_name;

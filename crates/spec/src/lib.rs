@@ -21,6 +21,7 @@ pub mod duration_serde;
 pub mod fleet;
 pub mod identity;
 pub mod manifest;
+pub mod names;
 pub mod reference;
 pub mod schema;
 pub mod secret;

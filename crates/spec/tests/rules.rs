@@ -203,7 +203,7 @@ fleet.yaml:17:11: error: instances[1].name: instance name `node-1` is already ta
             edited(&[("    profiling: false", "    profiling: false\n    count: 0")]),
             r#"
 fleet.yaml:16:12: error: instances[0].count: count 0 is out of range (1 to 10000)
-  help: remove `count` for one instance, or give the number of replicas
+  help: remove `count` for one instance, or give the number of replicas, from 1 to 10000
 1 error in fleet.yaml
 "#,
         ),
@@ -212,7 +212,7 @@ fleet.yaml:16:12: error: instances[0].count: count 0 is out of range (1 to 10000
             edited(&[("    profiling: false", "    profiling: false\n    count: 20000")]),
             r#"
 fleet.yaml:16:12: error: instances[0].count: count 20000 is out of range (1 to 10000)
-  help: remove `count` for one instance, or give the number of replicas
+  help: remove `count` for one instance, or give the number of replicas, from 1 to 10000
 1 error in fleet.yaml
 "#,
         ),
