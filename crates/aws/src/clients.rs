@@ -32,14 +32,15 @@ pub struct Clients {
 }
 
 /// The emulator's address map: the CIDR blocks (`127.A.B.0/24,…`) its instances' public
-/// addresses come from, reached as they are. `flotilla-emulator up` prints it.
+/// addresses come from, reached as they are. `flotilla-emulator up` prints it; the CLI reads
+/// it and passes it to [`Clients::load`].
 pub const ADDRESS_MAP_VARIABLE: &str = "FLOTILLA_EMULATOR_PUBLIC_IPS";
 
 impl Clients {
-    /// Loads the configuration from the environment and profiles.
-    pub async fn from_env() -> Clients {
-        let endpoint = std::env::var("AWS_ENDPOINT_URL").ok().filter(|e| !e.is_empty());
-        let address_map = std::env::var(ADDRESS_MAP_VARIABLE).ok().filter(|m| !m.is_empty());
+    /// Loads the configuration from the SDK's standard chain (environment, profiles, SSO).
+    /// `endpoint` (`AWS_ENDPOINT_URL`) stands in for AWS; `address_map` is an emulator's
+    /// [`ADDRESS_MAP_VARIABLE`].
+    pub async fn load(endpoint: Option<String>, address_map: Option<String>) -> Clients {
         let mut loader = aws_config::defaults(BehaviorVersion::latest())
             .region(
                 aws_config::meta::region::RegionProviderChain::default_provider()

@@ -46,14 +46,13 @@ use crate::journal::Journal;
 use crate::network::{NetworkSettings, RegionPlan};
 pub use crate::s3::S3Fetcher;
 
-/// Environment variables naming agent builds for architectures other than this machine's.
+/// Environment variables naming agent builds for architectures other than this machine's (the
+/// CLI reads them into [`AwsOptions::agent_builds`]).
 pub const AGENT_ENV: [(&str, &str); 2] =
     [("x86_64", "FLOTILLA_AGENT_X86_64"), ("arm64", "FLOTILLA_AGENT_ARM64")];
 
 /// Where the deployer's public address is asked, as the commonware deployer asks it.
 pub const IP_DISCOVERY_URL: &str = "https://ipv4.icanhazip.com";
-/// Environment variable that replaces [`IP_DISCOVERY_URL`] (an internal echo service; tests).
-pub const IP_DISCOVERY_ENV: &str = "FLOTILLA_IP_DISCOVERY_URL";
 
 /// What the CLI decides for the provider.
 #[derive(Clone, Debug)]
@@ -64,6 +63,10 @@ pub struct AwsOptions {
     pub home: PathBuf,
     /// This executable: the agent for machines of this machine's architecture.
     pub this_executable: PathBuf,
+    /// Agent builds for other architectures (`x86_64`, `arm64`), from [`AGENT_ENV`].
+    pub agent_builds: BTreeMap<String, PathBuf>,
+    /// Where to ask this machine's public address instead of [`IP_DISCOVERY_URL`].
+    pub ip_discovery_url: Option<String>,
 }
 
 /// The AWS provider of one deployment.
@@ -203,8 +206,8 @@ impl AwsProvider {
                     .find(|(a, _)| a == architecture)
                     .map(|(_, v)| *v)
                     .unwrap_or("FLOTILLA_AGENT");
-                match std::env::var_os(variable) {
-                    Some(path) => PathBuf::from(path),
+                match self.options.agent_builds.get(architecture.as_str()) {
+                    Some(path) => path.clone(),
                     None => {
                         return Err(ProviderError::new(format!(
                             "machines of this spec are {architecture} but this flotilla is {}: build flotilla for {architecture} (linux) and name it in {variable}",
@@ -232,7 +235,8 @@ impl AwsProvider {
             .timeout(Duration::from_secs(10))
             .build()
             .map_err(|e| ProviderError::with_source("building an HTTP client", e))?;
-        let url = std::env::var(IP_DISCOVERY_ENV).unwrap_or_else(|_| IP_DISCOVERY_URL.to_owned());
+        let url =
+            self.options.ip_discovery_url.clone().unwrap_or_else(|| IP_DISCOVERY_URL.to_owned());
         let answer = async {
             let text = client.get(&url).send().await?.error_for_status()?.text().await?;
             Ok::<_, reqwest::Error>(text)
@@ -434,6 +438,7 @@ fn machine_from(found: &Found, name: &str, role: Role) -> Machine {
         private_ip: found.private_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         agent_endpoint: SocketAddr::new(public_ip, DEFAULT_API_PORT),
         state: found.state,
+        state_reason: None,
     }
 }
 
@@ -862,6 +867,7 @@ mod tests {
             private_ip: public_ip,
             agent_endpoint: SocketAddr::new(public_ip, DEFAULT_API_PORT),
             state: MachineState::Running,
+            state_reason: None,
         }
     }
 

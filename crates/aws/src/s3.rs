@@ -216,11 +216,15 @@ pub fn parse_s3_url(url: &str) -> Option<(&str, &str)> {
 #[derive(Debug, Default)]
 pub struct S3Fetcher {
     client: tokio::sync::OnceCell<aws_sdk_s3::Client>,
+    /// Path-style addressing, for an endpoint standing in for S3 (`AWS_ENDPOINT_URL`).
+    path_style: bool,
 }
 
 impl S3Fetcher {
-    pub fn new() -> Arc<S3Fetcher> {
-        Arc::new(S3Fetcher::default())
+    /// `path_style`: an endpoint stands in for S3 (the agent was started with
+    /// `AWS_ENDPOINT_URL`), which serves buckets as paths.
+    pub fn new(path_style: bool) -> Arc<S3Fetcher> {
+        Arc::new(S3Fetcher { client: tokio::sync::OnceCell::new(), path_style })
     }
 
     async fn client(&self) -> &aws_sdk_s3::Client {
@@ -228,7 +232,7 @@ impl S3Fetcher {
             .get_or_init(|| async {
                 let config =
                     aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
-                let path_style = std::env::var_os("AWS_ENDPOINT_URL").is_some();
+                let path_style = self.path_style;
                 let config =
                     aws_sdk_s3::config::Builder::from(&config).force_path_style(path_style).build();
                 aws_sdk_s3::Client::from_conf(config)

@@ -15,6 +15,7 @@ use flotilla_spec::{ProviderKind, SpecDocument, SpecErrors};
 use tracing_subscriber::EnvFilter;
 
 use crate::cli::{Cli, Command, OutputFormat, SchemaKind, Target};
+use crate::env::Environment;
 use crate::output;
 use crate::progress::Bars;
 use crate::providers::{self, ProviderContext};
@@ -66,7 +67,8 @@ fn init_tracing(verbose: u8, default_level: &str) {
         2 => "debug",
         _ => "trace",
     };
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(level));
+    let filter =
+        EnvFilter::try_from_env(crate::env::RUST_LOG).unwrap_or_else(|_| EnvFilter::new(level));
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
@@ -111,7 +113,9 @@ fn run_agent(bootstrap: &Path) -> ExitCode {
     // Detach from the starting process's session, so the agent outlives it and a terminal's
     // signals. Fails harmlessly when already a session leader (e.g. under systemd).
     let _ = rustix::process::setsid();
-    let fetchers = flotilla_agent::Fetchers::default().with("s3", flotilla_aws::S3Fetcher::new());
+    let path_style = Environment::from_process().aws_endpoint_url.is_some();
+    let fetchers =
+        flotilla_agent::Fetchers::default().with("s3", flotilla_aws::S3Fetcher::new(path_style));
     match flotilla_agent::run(bootstrap, fetchers) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
@@ -145,14 +149,15 @@ fn target_tag(target: &Target) -> Result<String, CoreError> {
 }
 
 async fn dispatch(command: Command) -> Result<u8, CoreError> {
-    let home = || Home::from_env().map_err(CoreError::from);
+    let environment = Environment::from_process();
+    let home = || environment.home().map_err(CoreError::from);
     match command {
         Command::Create(args) => {
             let document = load_spec(&args.config)?;
             let kind = document.spec.provider_kind(args.provider.map(Into::into));
             let bars = Bars::new();
             let home = home()?;
-            let context = ProviderContext::new(kind, &home, args.ip).await;
+            let context = ProviderContext::new(kind, &home, &environment, args.ip).await;
             let rows = workflows::create(
                 &home,
                 CreateRequest {
@@ -174,7 +179,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             let document = load_spec(&args.config)?;
             let bars = Bars::new();
             let home = home()?;
-            let context = existing_context(&home, &document.spec.tag).await?;
+            let context = existing_context(&home, &environment, &document.spec.tag).await?;
             let rows = workflows::update(
                 &home,
                 UpdateRequest {
@@ -193,7 +198,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
         Command::Destroy(args) => {
             let tag = target_tag(&args.target)?;
             let home = home()?;
-            let context = existing_context(&home, &tag).await?;
+            let context = existing_context(&home, &environment, &tag).await?;
             let bars = Bars::new();
             let outcome = workflows::destroy(&home, &tag, &bars, |d| context.make(d)).await?;
             let state = match outcome {
@@ -215,7 +220,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
         Command::Status(args) => {
             let tag = target_tag(&args.target)?;
             let home = home()?;
-            let context = existing_context(&home, &tag).await?;
+            let context = existing_context(&home, &environment, &tag).await?;
             let rows =
                 workflows::status(&home, &tag, workflows::DEFAULT_CONCURRENCY, |d| context.make(d))
                     .await?;
@@ -228,7 +233,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
         Command::Logs(args) => {
             let tag = target_tag(&args.target)?;
             let home = home()?;
-            let context = existing_context(&home, &tag).await?;
+            let context = existing_context(&home, &environment, &tag).await?;
             let mut stdout = std::io::stdout();
             workflows::logs(&home, &tag, &args.name, args.lines, args.follow, &mut stdout, |d| {
                 context.make(d)
@@ -246,7 +251,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
                     "deployment `{tag}` runs on the {kind} provider; authorize applies to aws deployments, whose agents only admit listed addresses"
                 )));
             }
-            let context = ProviderContext::new(kind, &home, args.ip).await;
+            let context = ProviderContext::new(kind, &home, &environment, args.ip).await;
             let providers::AnyProvider::Aws(provider) = context.make(&deployment)? else {
                 unreachable!("the context was built for aws")
             };
@@ -281,7 +286,11 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
                     live.join(", ")
                 )));
             }
-            let clients = flotilla_aws::Clients::from_env().await;
+            let clients = flotilla_aws::Clients::load(
+                environment.aws_endpoint_url.clone(),
+                environment.emulator_public_ips.clone(),
+            )
+            .await;
             let mut stderr = std::io::stderr().lock();
             match flotilla_aws::clean(&clients, home.root()).await? {
                 Some((bucket, objects)) => {
@@ -323,9 +332,13 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
 }
 
 /// The provider context of an existing deployment, whose metadata names its provider.
-async fn existing_context(home: &Home, tag: &str) -> Result<ProviderContext, CoreError> {
+async fn existing_context(
+    home: &Home,
+    environment: &Environment,
+    tag: &str,
+) -> Result<ProviderContext, CoreError> {
     let kind = home.open(tag)?.metadata()?.provider;
-    Ok(ProviderContext::new(kind, home, None).await)
+    Ok(ProviderContext::new(kind, home, environment, None).await)
 }
 
 fn print_rows(rows: &[workflows::StatusRow], format: OutputFormat) {

@@ -3,6 +3,7 @@
 
 mod cli;
 mod commands;
+mod env;
 mod output;
 mod progress;
 mod providers;

@@ -11,6 +11,8 @@ use flotilla_local::LocalProvider;
 use flotilla_spec::ProviderKind;
 use flotilla_spec::identity::IdentityBundle;
 
+use crate::env::Environment;
+
 /// The provider a deployment uses.
 #[derive(Debug)]
 pub enum AnyProvider {
@@ -24,6 +26,7 @@ pub enum AnyProvider {
 pub struct ProviderContext {
     kind: ProviderKind,
     home: Home,
+    environment: Environment,
     aws: Option<Clients>,
     deployer_ip: Option<Ipv4Addr>,
 }
@@ -32,13 +35,26 @@ impl ProviderContext {
     pub async fn new(
         kind: ProviderKind,
         home: &Home,
+        environment: &Environment,
         deployer_ip: Option<Ipv4Addr>,
     ) -> ProviderContext {
         let aws = match kind {
-            ProviderKind::Aws => Some(Clients::from_env().await),
+            ProviderKind::Aws => Some(
+                Clients::load(
+                    environment.aws_endpoint_url.clone(),
+                    environment.emulator_public_ips.clone(),
+                )
+                .await,
+            ),
             ProviderKind::Local => None,
         };
-        ProviderContext { kind, home: home.clone(), aws, deployer_ip }
+        ProviderContext {
+            kind,
+            home: home.clone(),
+            environment: environment.clone(),
+            aws,
+            deployer_ip,
+        }
     }
 
     /// Builds the provider for `deployment`.
@@ -48,7 +64,7 @@ impl ProviderContext {
         })?;
         match (self.kind, self.aws) {
             (ProviderKind::Local, _) => {
-                let lease_dir = flotilla_local::lease::default_lease_dir();
+                let lease_dir = self.environment.lease_dir();
                 Ok(AnyProvider::Local(LocalProvider::new(deployment, program, lease_dir)?))
             }
             (ProviderKind::Aws, Some(clients)) => {
@@ -56,6 +72,8 @@ impl ProviderContext {
                     deployer_ip: self.deployer_ip,
                     home: self.home.root().to_path_buf(),
                     this_executable: program,
+                    agent_builds: self.environment.agent_builds(),
+                    ip_discovery_url: self.environment.ip_discovery_url.clone(),
                 };
                 Ok(AnyProvider::Aws(Box::new(AwsProvider::new(deployment, clients, options)?)))
             }

@@ -217,11 +217,15 @@ mod tests {
         let leaf_der = parse_certs(&leaf.cert_pem).unwrap().remove(0);
         let now = rustls_pki_types::UnixTime::now();
         use rustls::client::danger::ServerCertVerifier;
-        let name = rustls_pki_types::ServerName::try_from("node_a-0.t1.flotilla").unwrap();
+        // `node_a-0` has an underscore, which no DNS label may have: its name is derived.
+        let dns = agent_dns_name("node_a-0", "t1");
+        assert!(dns.starts_with("node-a-0--") && dns.ends_with(".t1.flotilla"), "{dns}");
+        let name = rustls_pki_types::ServerName::try_from(dns.as_str()).unwrap();
         verifier.verify_server_cert(&leaf_der, &[], &name, &[], now).unwrap();
         let ip = rustls_pki_types::ServerName::try_from("127.1.0.5").unwrap();
         verifier.verify_server_cert(&leaf_der, &[], &ip, &[], now).unwrap();
-        let other = rustls_pki_types::ServerName::try_from("node_a-1.t1.flotilla").unwrap();
+        let other_dns = agent_dns_name("node_a-1", "t1");
+        let other = rustls_pki_types::ServerName::try_from(other_dns.as_str()).unwrap();
         assert!(verifier.verify_server_cert(&leaf_der, &[], &other, &[], now).is_err());
         // The client certificate lacks server auth, so it cannot pose as an agent.
         let client_der = parse_certs(&client.cert_pem).unwrap().remove(0);

@@ -96,6 +96,11 @@ pub struct Machine {
     /// Where the CLI reaches the agent's API.
     pub agent_endpoint: SocketAddr,
     pub state: MachineState,
+    /// Why the machine is in its state, when the provider knows (EC2's state reason: a spot
+    /// reclaim, a failed boot): a machine that stops before its agent answers is reported with
+    /// it instead of being waited for.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<String>,
 }
 
 /// An artifact on this machine, to be published for agents.

@@ -28,7 +28,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::pki::{CertificateAuthority, IssuedCert, PkiError};
 
-/// The environment variable that moves the state directory.
+/// The environment variable that moves the state directory (read by the CLI, which passes its
+/// value to [`Home::resolve`]).
 pub const HOME_ENV: &str = "FLOTILLA_HOME";
 
 #[derive(Debug, thiserror::Error)]
@@ -113,14 +114,16 @@ pub fn unix_now() -> u64 {
 }
 
 impl Home {
-    /// `$FLOTILLA_HOME`, else `$HOME/.flotilla`. Created 0700 on first use.
-    pub fn from_env() -> Result<Home, StateError> {
-        let root = match std::env::var_os(HOME_ENV) {
-            Some(path) if !path.is_empty() => PathBuf::from(path),
-            _ => {
-                let home = std::env::var_os("HOME").filter(|h| !h.is_empty());
-                PathBuf::from(home.ok_or(StateError::NoHome)?).join(".flotilla")
-            }
+    /// `flotilla_home` (`$FLOTILLA_HOME`), else `<user_home>/.flotilla` (`$HOME`). Created 0700
+    /// on first use.
+    pub fn resolve(
+        flotilla_home: Option<&Path>,
+        user_home: Option<&Path>,
+    ) -> Result<Home, StateError> {
+        let root = match (flotilla_home, user_home) {
+            (Some(root), _) => root.to_path_buf(),
+            (None, Some(home)) => home.join(".flotilla"),
+            (None, None) => return Err(StateError::NoHome),
         };
         Ok(Home { root })
     }

@@ -4,9 +4,9 @@
 //! The lease's owner is `/proc/<this pid>`: it exists exactly as long as this process, so the
 //! blocks become free by themselves if the emulator is killed, and are released at a clean exit.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
-use flotilla_local::lease::{Block, Leases, default_lease_dir};
+use flotilla_local::lease::{Block, Leases, lease_dir};
 
 /// The tag recorded in each lease file.
 const LEASE_TAG: &str = "flotilla-emulator";
@@ -22,7 +22,8 @@ pub(crate) struct PublicBlocks {
 impl PublicBlocks {
     /// Leases `count` blocks of 254 addresses.
     pub(crate) fn lease(count: u16) -> std::io::Result<PublicBlocks> {
-        let lease_dir = default_lease_dir();
+        let configured = std::env::var_os(crate::env::LEASE_DIR).filter(|dir| !dir.is_empty());
+        let lease_dir = lease_dir(configured.as_deref().map(Path::new));
         let owner = PathBuf::from(format!("/proc/{}", std::process::id()));
         let leases = Leases::lock(&lease_dir)?;
         let mut blocks = Vec::with_capacity(usize::from(count));

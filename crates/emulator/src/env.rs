@@ -9,6 +9,9 @@ pub const STATE_DIR: &str = "FLOTILLA_EMULATOR_STATE";
 /// The address map: the loopback blocks (`127.A.B.0/24,…`) that instances' public addresses
 /// come from, reached as they are; printed by `up`.
 pub const PUBLIC_IPS: &str = "FLOTILLA_EMULATOR_PUBLIC_IPS";
+/// The machine-wide directory of loopback address leases, shared with the local provider
+/// (`flotilla_local::lease`); read by `up`.
+pub const LEASE_DIR: &str = "FLOTILLA_LEASE_DIR";
 /// The Python virtual environment holding the pinned moto; read by `up`.
 pub const VENV: &str = "FLOTILLA_EMULATOR_VENV";
 

@@ -14,7 +14,8 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
-/// Environment variable naming the lease directory.
+/// Environment variable naming the lease directory (read by the commands, which pass its value
+/// to [`lease_dir`]).
 pub const LEASE_DIR_ENV: &str = "FLOTILLA_LEASE_DIR";
 /// Second octets of leased blocks.
 const FIRST_OCTET_RANGE: std::ops::RangeInclusive<u8> = 100..=199;
@@ -26,11 +27,11 @@ struct LeaseRecord {
     tag: String,
 }
 
-/// The lease directory from the environment, or the default for this user.
-pub fn default_lease_dir() -> PathBuf {
-    match std::env::var_os(LEASE_DIR_ENV) {
-        Some(dir) if !dir.is_empty() => PathBuf::from(dir),
-        _ => std::env::temp_dir()
+/// The lease directory: `configured` (`$FLOTILLA_LEASE_DIR`), or the default for this user.
+pub fn lease_dir(configured: Option<&Path>) -> PathBuf {
+    match configured {
+        Some(dir) => dir.to_path_buf(),
+        None => std::env::temp_dir()
             .join(format!("flotilla-{}", rustix::process::getuid().as_raw()))
             .join("leases"),
     }

@@ -126,6 +126,7 @@ impl LocalProvider {
             private_ip: address,
             agent_endpoint: SocketAddr::new(address, DEFAULT_API_PORT),
             state,
+            state_reason: None,
         }
     }
 

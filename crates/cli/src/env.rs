@@ -1,0 +1,86 @@
+//! Every environment variable the `flotilla` command reads, in one place.
+//!
+//! They are read once, at start, into [`Environment`]; the libraries get the values as
+//! arguments and read no environment themselves. The AWS SDK's own chain (`AWS_PROFILE`,
+//! `AWS_REGION`, `AWS_ACCESS_KEY_ID`, …) is aws-config's and documented by AWS; `RUST_LOG`
+//! is tracing's filter.
+
+use std::ffi::OsString;
+use std::path::PathBuf;
+
+/// The state directory (default `~/.flotilla`).
+pub const FLOTILLA_HOME: &str = flotilla_core::state::HOME_ENV;
+/// The user's home, under which the default state directory lives.
+pub const HOME: &str = "HOME";
+/// Where the local provider leases loopback address blocks, machine-wide (default
+/// `/tmp/flotilla-<uid>/leases`).
+pub const LEASE_DIR: &str = flotilla_local::lease::LEASE_DIR_ENV;
+/// An endpoint standing in for AWS (the emulator); S3 then uses path-style addressing.
+pub const AWS_ENDPOINT_URL: &str = "AWS_ENDPOINT_URL";
+/// The emulator's address map: the only addresses its machines may have (printed by
+/// `flotilla-emulator up`).
+pub const EMULATOR_PUBLIC_IPS: &str = "FLOTILLA_EMULATOR_PUBLIC_IPS";
+/// Where `create` and `authorize` ask this machine's public address when `--ip` is absent.
+pub const IP_DISCOVERY_URL: &str = "FLOTILLA_IP_DISCOVERY_URL";
+/// A Linux arm64 build of flotilla, the agent of arm64 machines when this one is not arm64.
+pub const AGENT_ARM64: &str = "FLOTILLA_AGENT_ARM64";
+/// A Linux x86_64 build of flotilla, the agent of x86_64 machines when this one is not.
+pub const AGENT_X86_64: &str = "FLOTILLA_AGENT_X86_64";
+/// The log filter; overrides `-v`.
+pub const RUST_LOG: &str = "RUST_LOG";
+
+/// The values of the variables above, as this process started with them. An empty value counts
+/// as unset.
+#[derive(Clone, Debug, Default)]
+pub struct Environment {
+    pub flotilla_home: Option<PathBuf>,
+    pub home: Option<PathBuf>,
+    pub lease_dir: Option<PathBuf>,
+    pub aws_endpoint_url: Option<String>,
+    pub emulator_public_ips: Option<String>,
+    pub ip_discovery_url: Option<String>,
+    pub agent_arm64: Option<PathBuf>,
+    pub agent_x86_64: Option<PathBuf>,
+}
+
+fn value(name: &str) -> Option<OsString> {
+    std::env::var_os(name).filter(|value| !value.is_empty())
+}
+
+fn text(name: &str) -> Option<String> {
+    value(name).map(|value| value.to_string_lossy().into_owned())
+}
+
+impl Environment {
+    /// Reads every variable of this module once.
+    pub fn from_process() -> Environment {
+        Environment {
+            flotilla_home: value(FLOTILLA_HOME).map(PathBuf::from),
+            home: value(HOME).map(PathBuf::from),
+            lease_dir: value(LEASE_DIR).map(PathBuf::from),
+            aws_endpoint_url: text(AWS_ENDPOINT_URL),
+            emulator_public_ips: text(EMULATOR_PUBLIC_IPS),
+            ip_discovery_url: text(IP_DISCOVERY_URL),
+            agent_arm64: value(AGENT_ARM64).map(PathBuf::from),
+            agent_x86_64: value(AGENT_X86_64).map(PathBuf::from),
+        }
+    }
+
+    /// The state directory these variables name.
+    pub fn home(&self) -> Result<flotilla_core::state::Home, flotilla_core::state::StateError> {
+        flotilla_core::state::Home::resolve(self.flotilla_home.as_deref(), self.home.as_deref())
+    }
+
+    /// Agent builds for other architectures, by architecture name.
+    pub fn agent_builds(&self) -> std::collections::BTreeMap<String, PathBuf> {
+        [("arm64", &self.agent_arm64), ("x86_64", &self.agent_x86_64)]
+            .into_iter()
+            .filter_map(|(architecture, path)| Some((architecture.to_owned(), path.clone()?)))
+            .collect()
+    }
+
+    /// The local provider's lease directory.
+    pub fn lease_dir(&self) -> PathBuf {
+        flotilla_local::lease::lease_dir(self.lease_dir.as_deref())
+    }
+}
