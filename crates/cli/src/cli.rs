@@ -28,7 +28,7 @@ pub enum Command {
     /// Roll a new version out in health-gated batches; a failed batch is rolled back.
     Update(UpdateArgs),
     /// Stop every machine and remove every resource of a deployment.
-    Destroy(TargetArgs),
+    Destroy(DestroyArgs),
     /// Let an address reach the agents of an AWS deployment (or, with --revoke, stop letting it).
     Authorize(AuthorizeArgs),
     /// Delete the S3 bucket flotilla keeps artifacts in (AWS).
@@ -142,9 +142,21 @@ pub struct Target {
     /// The fleet spec (only its tag is used).
     #[arg(long)]
     pub config: Option<PathBuf>,
-    /// The deployment's tag.
-    #[arg(long)]
+    /// The deployment's tag (taken as written, even when it starts with `-`).
+    #[arg(long, allow_hyphen_values = true)]
     pub tag: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct DestroyArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The deployment's provider, when its state directory cannot tell (metadata lost; an AWS
+    /// deployment is then found by its resources' tags). Must match the state when both say.
+    #[arg(long, value_enum)]
+    pub provider: Option<ProviderArg>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]

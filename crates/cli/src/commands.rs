@@ -11,6 +11,7 @@ use flotilla_core::client::error_chain;
 use flotilla_core::error::exit;
 use flotilla_core::state::Home;
 use flotilla_core::workflows::{self, CreateRequest, DestroyOutcome, UpdateRequest};
+use flotilla_spec::diagnostic::escape_for_terminal;
 use flotilla_spec::{ProviderKind, SpecDocument, SpecErrors};
 use tracing_subscriber::EnvFilter;
 
@@ -91,9 +92,15 @@ fn output_format(command: &Command) -> Option<OutputFormat> {
 /// Prints an error on stderr and, for `--output json`, as JSON on stdout.
 fn report(error: &CoreError, output: Option<OutputFormat>) {
     let mut stderr = std::io::stderr().lock();
+    // Diagnostics escape what they quote themselves; other errors are escaped line by line
+    // (names and paths can hold anything a file or command line can).
     let _ = match error {
         CoreError::Invalid(errors) => writeln!(stderr, "{errors}"),
-        other => writeln!(stderr, "error: {}", error_chain(other)),
+        other => {
+            let text = error_chain(other);
+            let lines: Vec<_> = text.lines().map(escape_for_terminal).collect();
+            writeln!(stderr, "error: {}", lines.join("\n"))
+        }
     };
     if output == Some(OutputFormat::Json) {
         let failures = match error {
@@ -155,7 +162,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
         Command::Create(args) => {
             let document = load_spec(&args.config)?;
             let kind = document.spec.provider_kind(args.provider.map(Into::into));
-            let bars = Bars::new();
+            let bars = Bars::new(environment.halt_at.clone());
             let home = home()?;
             let context = ProviderContext::new(kind, &home, &environment, args.ip).await;
             let rows = workflows::create(
@@ -177,7 +184,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
         }
         Command::Update(args) => {
             let document = load_spec(&args.config)?;
-            let bars = Bars::new();
+            let bars = Bars::new(environment.halt_at.clone());
             let home = home()?;
             let context = existing_context(&home, &environment, &document.spec.tag).await?;
             let rows = workflows::update(
@@ -198,9 +205,13 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
         Command::Destroy(args) => {
             let tag = target_tag(&args.target)?;
             let home = home()?;
-            let context = existing_context(&home, &environment, &tag).await?;
-            let bars = Bars::new();
-            let outcome = workflows::destroy(&home, &tag, &bars, |d| context.make(d)).await?;
+            let asked = args.provider.map(ProviderKind::from);
+            // Whatever state is left names the provider (or --provider does): see recover.
+            let (_, _, kind) = home.recover(&tag, asked)?;
+            let context = ProviderContext::new(kind, &home, &environment, None).await;
+            let bars = Bars::new(environment.halt_at.clone());
+            let outcome =
+                workflows::destroy(&home, &tag, asked, &bars, |d| context.make(d)).await?;
             let state = match outcome {
                 DestroyOutcome::Destroyed => "destroyed",
                 DestroyOutcome::AlreadyDestroyed => "already-destroyed",
@@ -303,14 +314,8 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             Ok(exit::OK)
         }
         Command::List(args) => {
-            let found = workflows::list(&home()?)?;
-            let mut deployments = Vec::new();
-            for entry in found {
-                match entry {
-                    Ok(metadata) => deployments.push(metadata),
-                    Err(error) => tracing::warn!("skipping a deployment: {error}"),
-                }
-            }
+            let deployments: Vec<output::ListRow> =
+                workflows::list(&home()?)?.into_iter().map(output::ListRow::new).collect();
             match args.output {
                 OutputFormat::Json => output::print_json(&deployments),
                 OutputFormat::Table => output::print_list(&deployments),

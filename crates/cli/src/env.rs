@@ -28,6 +28,10 @@ pub const AGENT_ARM64: &str = "FLOTILLA_AGENT_ARM64";
 pub const AGENT_X86_64: &str = "FLOTILLA_AGENT_X86_64";
 /// The log filter; overrides `-v`.
 pub const RUST_LOG: &str = "RUST_LOG";
+/// For crash tests only: a checkpoint (`flotilla_core::progress::checkpoints`) at which the
+/// command kills itself with SIGKILL, as a crash or a `kill -9` would, so that tests choose the
+/// moment by what the command has done rather than by a delay. Not for users.
+pub const TEST_HALT_AT: &str = "FLOTILLA_TEST_HALT_AT";
 
 /// The values of the variables above, as this process started with them. An empty value counts
 /// as unset.
@@ -41,6 +45,7 @@ pub struct Environment {
     pub ip_discovery_url: Option<String>,
     pub agent_arm64: Option<PathBuf>,
     pub agent_x86_64: Option<PathBuf>,
+    pub halt_at: Option<String>,
 }
 
 fn value(name: &str) -> Option<OsString> {
@@ -63,6 +68,7 @@ impl Environment {
             ip_discovery_url: text(IP_DISCOVERY_URL),
             agent_arm64: value(AGENT_ARM64).map(PathBuf::from),
             agent_x86_64: value(AGENT_X86_64).map(PathBuf::from),
+            halt_at: text(TEST_HALT_AT),
         }
     }
 

@@ -6,12 +6,19 @@
 
 use std::io::Write;
 
-use flotilla_core::state::Metadata;
+use flotilla_core::state::{Listed, Metadata};
 use flotilla_core::workflows::StatusRow;
+use flotilla_spec::diagnostic::escape_for_terminal;
 use serde::Serialize;
 
-/// Prints rows as columns separated by two spaces, the header first.
+/// Prints rows as columns separated by two spaces, the header first. Cells are shown through
+/// [`escape_for_terminal`]: a note may quote a binary's output.
 pub fn print_table(header: &[&str], rows: &[Vec<String>]) {
+    let rows: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| row.iter().map(|cell| escape_for_terminal(cell).into_owned()).collect())
+        .collect();
+    let rows = rows.as_slice();
     let mut widths: Vec<usize> = header.iter().map(|h| h.len()).collect();
     for row in rows {
         for (width, cell) in widths.iter_mut().zip(row) {
@@ -100,23 +107,67 @@ pub fn print_status(rows: &[StatusRow]) {
     );
 }
 
-/// The `list` table.
-pub fn print_list(deployments: &[Metadata]) {
+/// One deployment as `list` shows it: its metadata, or, when that cannot be read, its tag,
+/// `status: unreadable` and why (`--output json` prints these fields).
+#[derive(Debug, Serialize)]
+pub struct ListRow {
+    pub tag: String,
+    #[serde(flatten)]
+    pub metadata: Option<Metadata>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+impl ListRow {
+    pub fn new(entry: Listed) -> ListRow {
+        match entry {
+            Ok(metadata) => ListRow {
+                tag: metadata.tag.clone(),
+                metadata: Some(metadata),
+                status: None,
+                error: None,
+            },
+            Err((tag, error)) => ListRow {
+                tag,
+                metadata: None,
+                status: Some("unreadable"),
+                error: Some(error.to_string()),
+            },
+        }
+    }
+}
+
+/// The `list` table; an unreadable deployment's error is its note.
+pub fn print_list(deployments: &[ListRow]) {
     let rows: Vec<Vec<String>> = deployments
         .iter()
-        .map(|m| {
-            let created = std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.created_at);
-            vec![
-                m.tag.clone(),
-                m.provider.to_string(),
-                humantime::format_rfc3339_seconds(created).to_string(),
-                m.instance_count.to_string(),
-                m.status.as_str().to_owned(),
-                m.regions.join(","),
-            ]
+        .map(|row| match &row.metadata {
+            Some(m) => {
+                let created = std::time::UNIX_EPOCH + std::time::Duration::from_secs(m.created_at);
+                vec![
+                    m.tag.clone(),
+                    m.provider.to_string(),
+                    humantime::format_rfc3339_seconds(created).to_string(),
+                    m.instance_count.to_string(),
+                    m.status.as_str().to_owned(),
+                    m.regions.join(","),
+                    String::new(),
+                ]
+            }
+            None => vec![
+                row.tag.clone(),
+                "-".to_owned(),
+                "-".to_owned(),
+                "-".to_owned(),
+                "unreadable".to_owned(),
+                "-".to_owned(),
+                row.error.clone().unwrap_or_default(),
+            ],
         })
         .collect();
-    print_table(&["TAG", "PROVIDER", "CREATED", "INSTANCES", "STATE", "REGIONS"], &rows);
+    print_table(&["TAG", "PROVIDER", "CREATED", "INSTANCES", "STATE", "REGIONS", "NOTE"], &rows);
 }
 
 #[cfg(test)]

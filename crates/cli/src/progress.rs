@@ -10,11 +10,13 @@ use indicatif::{MultiProgress, ProgressBar, ProgressDrawTarget, ProgressStyle};
 #[derive(Debug)]
 pub struct Bars {
     multi: MultiProgress,
+    /// The checkpoint at which to kill this process ([`crate::env::TEST_HALT_AT`]).
+    halt_at: Option<String>,
 }
 
 impl Bars {
-    pub fn new() -> Bars {
-        Bars { multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()) }
+    pub fn new(halt_at: Option<String>) -> Bars {
+        Bars { multi: MultiProgress::with_draw_target(ProgressDrawTarget::stderr()), halt_at }
     }
 }
 
@@ -42,6 +44,18 @@ impl Drop for Bar {
 }
 
 impl Progress for Bars {
+    fn checkpoint(&self, point: &str) {
+        tracing::debug!(point, "checkpoint");
+        if self.halt_at.as_deref() == Some(point) {
+            // A crash at exactly this point, as `kill -9` would make it: nothing is flushed or
+            // cleaned up.
+            let _ = rustix::process::kill_process(
+                rustix::process::getpid(),
+                rustix::process::Signal::KILL,
+            );
+        }
+    }
+
     fn stage(&self, label: &str, total: u64) -> Box<dyn Stage + '_> {
         tracing::info!(stage = label, total, "starting");
         let bar = if total == 0 {

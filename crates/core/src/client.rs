@@ -27,7 +27,13 @@ pub enum ClientError {
     #[error("no machine named `{0}` in this deployment")]
     UnknownMachine(String),
     #[error("agent on {name} ({endpoint}) is unreachable: {detail}")]
-    Unreachable { name: String, endpoint: SocketAddr, detail: String },
+    Unreachable {
+        name: String,
+        endpoint: SocketAddr,
+        detail: String,
+        /// The failure cannot heal by waiting (see [`is_permanent_failure`]).
+        permanent: bool,
+    },
     #[error("agent on {name} refused the request ({status}): {message}")]
     Refused { name: String, status: u16, message: String },
     #[error("agent on {name} sent an answer that could not be read: {detail}")]
@@ -43,6 +49,58 @@ impl ClientError {
     pub fn is_refusal(&self) -> bool {
         matches!(self, ClientError::Refused { .. })
     }
+
+    /// Waiting will not mend this: the agent refused the request, or the TLS handshake failed
+    /// on a certificate (another deployment's agent, a certificate for another name).
+    pub fn is_permanent(&self) -> bool {
+        match self {
+            ClientError::Refused { status, .. } => *status != 409,
+            ClientError::Unreachable { permanent, .. } => *permanent,
+            ClientError::UnknownMachine(_) | ClientError::Pki(_) | ClientError::Build(_) => true,
+            ClientError::BadAnswer { .. } => false,
+        }
+    }
+}
+
+/// Whether `error`'s causes hold a TLS failure that no retry mends: a certificate that does
+/// not verify (unknown issuer, wrong name, wrong usage, expired), a server name that is not a
+/// valid DNS name, or the peer refusing our certificate. A refused or reset connection, a
+/// timeout or an agent that is not listening yet are not permanent: a booting machine shows
+/// all of them.
+pub fn is_permanent_failure(error: &(dyn std::error::Error + 'static)) -> bool {
+    use rustls::AlertDescription as Alert;
+    let mut next = Some(error);
+    while let Some(cause) = next {
+        let tls = cause.downcast_ref::<rustls::Error>().or_else(|| {
+            cause
+                .downcast_ref::<std::io::Error>()
+                .and_then(|io| io.get_ref())
+                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+        });
+        if let Some(tls) = tls {
+            return matches!(
+                tls,
+                rustls::Error::InvalidCertificate(_)
+                    | rustls::Error::NoCertificatesPresented
+                    | rustls::Error::UnsupportedNameType
+                    | rustls::Error::AlertReceived(
+                        Alert::BadCertificate
+                            | Alert::UnsupportedCertificate
+                            | Alert::CertificateRevoked
+                            | Alert::CertificateExpired
+                            | Alert::CertificateUnknown
+                            | Alert::UnknownCA
+                            | Alert::AccessDenied
+                            | Alert::CertificateRequired
+                    )
+            );
+        }
+        if cause.downcast_ref::<rustls_pki_types::InvalidDnsNameError>().is_some() {
+            return true;
+        }
+        next = cause.source();
+    }
+    false
 }
 
 /// Renders an error with its chain of causes: `a: b: c`.
@@ -115,6 +173,7 @@ impl AgentClient {
             name: name.to_owned(),
             endpoint,
             detail: error_chain(&e),
+            permanent: is_permanent_failure(&e),
         })?;
         let status = response.status();
         if status.is_success() {

@@ -6,11 +6,15 @@
 //! Retries after an unanswered request, and agents without long polls, follow a written
 //! schedule: 100 ms growing by half up to 500 ms, ±20 % jitter. Everything stops at the deadline:
 //! the health deadline plus [`DOWNLOAD_ALLOWANCE`].
+//!
+//! A machine that already runs the version (`unchanged`) is held to the same promise: it must
+//! be healthy, or become healthy within the health deadline (an agent restored after a crash
+//! restarts its binary, which may then crash-loop), polled on the same schedule.
 
 use std::time::Duration;
 
 use flotilla_spec::Manifest;
-use flotilla_spec::api::{ApplyResponse, RolloutPhase};
+use flotilla_spec::api::{AgentStatus, ApplyResponse, BinaryState, RolloutPhase};
 use rand::Rng;
 use tokio::time::Instant;
 
@@ -27,6 +31,12 @@ const LONGEST_POLL: Duration = Duration::from_millis(500);
 /// Splits machine names into batches of at most `batch` (at least one per batch), in order.
 pub fn plan_batches(names: &[String], batch: usize) -> Vec<Vec<String>> {
     names.chunks(batch.max(1)).map(<[String]>::to_vec).collect()
+}
+
+/// `now + wait`, or a point far enough away to never come when the sum would overflow (a
+/// duration from a file can be anything).
+pub fn deadline_after(now: Instant, wait: Duration) -> Instant {
+    now.checked_add(wait).unwrap_or_else(|| now + Duration::from_secs(100 * 365 * 24 * 3600))
 }
 
 /// A poll schedule: 100 ms growing by half up to 500 ms, each ±20 % jitter.
@@ -60,14 +70,17 @@ pub enum Applied {
     Updated,
 }
 
-/// Asks `name`'s agent to run `manifest` and waits for its verdict.
+/// Asks `name`'s agent to run `manifest` and waits for its verdict; `accepted` is called when
+/// the agent has taken the new version (a rollout is under way).
 pub async fn apply_and_wait(
     client: &AgentClient,
     name: &str,
     manifest: &Manifest,
+    accepted: &(dyn Fn() + Sync),
 ) -> Result<Applied, MachineFailure> {
     let version = manifest.version();
-    let deadline = Instant::now() + manifest.health_deadline + DOWNLOAD_ALLOWANCE;
+    let deadline =
+        deadline_after(Instant::now(), manifest.health_deadline.saturating_add(DOWNLOAD_ALLOWANCE));
     let failure = |reason: String| MachineFailure {
         name: name.to_owned(),
         reason,
@@ -78,8 +91,13 @@ pub async fn apply_and_wait(
     // Apply, retrying while the agent is unreachable or busy with another rollout.
     loop {
         match client.apply(name, manifest).await {
-            Ok(ApplyResponse::Unchanged { .. }) => return Ok(Applied::Unchanged),
-            Ok(ApplyResponse::Accepted { .. }) => break,
+            Ok(ApplyResponse::Unchanged { .. }) => {
+                return hold_unchanged(client, name, manifest.health_deadline).await;
+            }
+            Ok(ApplyResponse::Accepted { .. }) => {
+                accepted();
+                break;
+            }
             Err(error @ ClientError::Refused { status, .. }) if status != 409 => {
                 return Err(failure(error.to_string()));
             }
@@ -101,7 +119,9 @@ pub async fn apply_and_wait(
         if now >= deadline {
             return Err(failure(format!(
                 "no verdict from the agent within {}",
-                humantime::format_duration(manifest.health_deadline + DOWNLOAD_ALLOWANCE)
+                humantime::format_duration(
+                    manifest.health_deadline.saturating_add(DOWNLOAD_ALLOWANCE)
+                )
             )));
         }
         let answer = if long_poll {
@@ -148,6 +168,54 @@ pub async fn apply_and_wait(
     }
 }
 
+/// Waits until `name`, which already runs the version asked for, is healthy, for at most
+/// `health_deadline`: `unchanged` is a success only for a machine that serves.
+async fn hold_unchanged(
+    client: &AgentClient,
+    name: &str,
+    health_deadline: Duration,
+) -> Result<Applied, MachineFailure> {
+    let deadline = deadline_after(Instant::now(), health_deadline);
+    let mut schedule = PollSchedule::default();
+    loop {
+        let last = match client.status(name).await {
+            Ok(status) if status.state == BinaryState::Healthy => return Ok(Applied::Unchanged),
+            Ok(status) => describe_unhealthy(&status),
+            Err(error) => format!("its agent does not answer: {error}"),
+        };
+        if Instant::now() >= deadline {
+            return Err(MachineFailure {
+                name: name.to_owned(),
+                reason: format!(
+                    "it already runs this version, but did not become healthy within its health deadline of {}: {last}",
+                    humantime::format_duration(health_deadline)
+                ),
+                log_tail: Vec::new(),
+                rolled_back: false,
+            });
+        }
+        tokio::time::sleep(schedule.next_delay()).await;
+    }
+}
+
+/// Why a machine that runs its version is not healthy, in words.
+fn describe_unhealthy(status: &AgentStatus) -> String {
+    let mut text = format!("it is {}", status.state.as_str());
+    if let Some(error) = &status.health_error {
+        text.push_str(&format!(" (last health check: {error})"));
+    } else if let Some(exit) = &status.last_exit {
+        match (exit.code, exit.signal) {
+            (Some(code), _) => text.push_str(&format!(" (its last exit: code {code})")),
+            (None, Some(signal)) => text.push_str(&format!(" (its last exit: signal {signal})")),
+            (None, None) => {}
+        }
+    }
+    if status.restarts > 0 {
+        text.push_str(&format!(" after {} restarts", status.restarts));
+    }
+    text
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -164,6 +232,15 @@ mod tests {
         assert_eq!(batches[2], ["n-4"]);
         assert_eq!(plan_batches(&names(3), 0).len(), 3, "a zero batch means one at a time");
         assert!(plan_batches(&[], 4).is_empty());
+    }
+
+    #[test]
+    fn deadlines_never_overflow() {
+        let now = Instant::now();
+        assert_eq!(deadline_after(now, Duration::from_secs(5)), now + Duration::from_secs(5));
+        // 300000000000y, as a hostile spec once wrote: no panic, a deadline that never comes.
+        let far = deadline_after(now, Duration::MAX);
+        assert!(far > now + Duration::from_secs(50 * 365 * 24 * 3600));
     }
 
     #[test]

@@ -23,7 +23,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use flotilla_spec::ProviderKind;
 use flotilla_spec::Secret;
-use flotilla_spec::validate::is_valid_name;
+use flotilla_spec::validate::is_valid_tag;
 use serde::{Deserialize, Serialize};
 
 use crate::pki::{CertificateAuthority, IssuedCert, PkiError};
@@ -40,6 +40,13 @@ pub enum StateError {
     NoHome,
     #[error("{path}: {message}")]
     Corrupt { path: PathBuf, message: String },
+    /// A state file that cannot be read; `fix` says what to do.
+    #[error("{path} cannot be read ({cause}); {fix}")]
+    Unreadable { path: PathBuf, cause: String, fix: String },
+    #[error(
+        "cannot tell which provider deployment `{tag}` used: its metadata.json is unreadable and it has no provider records; run `flotilla destroy --tag {tag} --provider local|aws`"
+    )]
+    UnknownProvider { tag: String },
     #[error("deployment `{tag}` does not exist in {home}; check the tag, or {HOME_ENV}")]
     NotFound { tag: String, home: PathBuf },
     #[error(
@@ -56,7 +63,7 @@ pub enum StateError {
         "another flotilla command is working on deployment `{tag}`{holder}; wait for it to finish"
     )]
     Locked { tag: String, holder: String },
-    #[error("invalid tag `{0}`: a tag must match [A-Za-z0-9_-]+")]
+    #[error("invalid tag `{0}`: a tag is 1 to 255 of the characters [A-Za-z0-9_-]")]
     InvalidTag(String),
     #[error(transparent)]
     Pki(#[from] PkiError),
@@ -147,7 +154,7 @@ impl Home {
 
     /// An existing deployment.
     pub fn open(&self, tag: &str) -> Result<Deployment, StateError> {
-        if !is_valid_name(tag) {
+        if !is_valid_tag(tag) {
             return Err(StateError::InvalidTag(tag.to_owned()));
         }
         let dir = self.deployment_dir(tag);
@@ -157,6 +164,44 @@ impl Home {
         let deployment = Deployment { tag: tag.to_owned(), dir };
         deployment.metadata()?;
         Ok(deployment)
+    }
+
+    /// Deployment `tag` for `destroy`, from whatever is readable: its metadata when it reads,
+    /// else its directory alone, with the provider named by `provider` (`--provider`), by the
+    /// metadata, or by the provider records in the directory (`local/`, `aws/`). A deployment
+    /// with no directory at all is found only with `provider` (AWS resources are found by
+    /// their tags); its directory and metadata are then made afresh.
+    pub fn recover(
+        &self,
+        tag: &str,
+        provider: Option<ProviderKind>,
+    ) -> Result<(Deployment, Option<Metadata>, ProviderKind), StateError> {
+        if !is_valid_tag(tag) {
+            return Err(StateError::InvalidTag(tag.to_owned()));
+        }
+        let dir = self.deployment_dir(tag);
+        let deployment = Deployment { tag: tag.to_owned(), dir };
+        let metadata = match deployment.metadata_if_any() {
+            Ok(metadata) => metadata,
+            Err(error) => {
+                tracing::warn!("{error}; destroying from what else is left");
+                None
+            }
+        };
+        let from_records = [ProviderKind::Local, ProviderKind::Aws]
+            .into_iter()
+            .find(|kind| deployment.dir.join(kind.as_str()).is_dir());
+        let kind = match (provider, metadata.as_ref().map(|m| m.provider), from_records) {
+            (Some(kind), _, _) | (None, Some(kind), _) | (None, None, Some(kind)) => kind,
+            (None, None, None) if !deployment.dir.exists() => {
+                return Err(StateError::NotFound { tag: tag.to_owned(), home: self.root.clone() });
+            }
+            (None, None, None) => return Err(StateError::UnknownProvider { tag: tag.to_owned() }),
+        };
+        ensure_private_dir(&self.root)?;
+        ensure_private_dir(&self.deployments_dir())?;
+        ensure_private_dir(&deployment.dir)?;
+        Ok((deployment, metadata, kind))
     }
 
     /// Opens deployment `tag` for `create`, making its directory and metadata if it is new.
@@ -169,7 +214,7 @@ impl Home {
         force: bool,
     ) -> Result<(Deployment, DeploymentLock), StateError> {
         let tag = metadata.tag.clone();
-        if !is_valid_name(&tag) {
+        if !is_valid_tag(&tag) {
             return Err(StateError::InvalidTag(tag));
         }
         ensure_private_dir(&self.root)?;
@@ -218,9 +263,9 @@ impl Home {
         Ok((deployment, lock))
     }
 
-    /// Every deployment with readable metadata, newest first. Unreadable ones are returned as
-    /// errors so `list` can report them instead of hiding them.
-    pub fn deployments(&self) -> Result<Vec<Result<Metadata, StateError>>, StateError> {
+    /// Every deployment, newest first: its metadata, or, for one whose metadata cannot be read,
+    /// its tag and the error, so `list` can show it instead of hiding it.
+    pub fn deployments(&self) -> Result<Vec<Listed>, StateError> {
         let dir = self.deployments_dir();
         if !dir.exists() {
             return Ok(Vec::new());
@@ -238,13 +283,17 @@ impl Home {
             match deployment.metadata_if_any() {
                 Ok(Some(metadata)) => found.push(Ok(metadata)),
                 Ok(None) => {}
-                Err(error) => found.push(Err(error)),
+                Err(error) => found.push(Err((deployment.tag, error))),
             }
         }
         found.sort_by_key(|m| std::cmp::Reverse(m.as_ref().map(|m| m.created_at).unwrap_or(0)));
         Ok(found)
     }
 }
+
+/// A deployment found in the state directory: its metadata, or its tag and why the metadata
+/// cannot be read.
+pub type Listed = Result<Metadata, (String, StateError)>;
 
 /// One deployment's directory.
 #[derive(Clone, Debug)]
@@ -305,13 +354,27 @@ impl Deployment {
     }
 
     fn metadata_if_any(&self) -> Result<Option<Metadata>, StateError> {
-        self.read_json("metadata.json")
+        self.read_json("metadata.json").map_err(|error| match error {
+            StateError::Corrupt { path, message } => StateError::Unreadable {
+                path,
+                cause: message,
+                fix: format!(
+                    "run `flotilla destroy --tag {}` to remove what the deployment left (it works without this file), then create it again",
+                    self.tag
+                ),
+            },
+            other => other,
+        })
     }
 
     pub fn metadata(&self) -> Result<Metadata, StateError> {
-        self.metadata_if_any()?.ok_or_else(|| StateError::Corrupt {
+        self.metadata_if_any()?.ok_or_else(|| StateError::Unreadable {
             path: self.dir.join("metadata.json"),
-            message: "missing".into(),
+            cause: "it is missing".into(),
+            fix: format!(
+                "run `flotilla destroy --tag {}` to remove what the deployment left, then create it again",
+                self.tag
+            ),
         })
     }
 
@@ -444,6 +507,8 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> Result<(), StateError> {
         file.sync_all()?;
     }
     fs_err::rename(&temp, path)?;
+    // The rename is durable only once the directory's entry is.
+    fs_err::File::open(dir)?.sync_all()?;
     Ok(())
 }
 
@@ -523,6 +588,8 @@ mod tests {
         let all = home.deployments().unwrap();
         assert_eq!(all.len(), 2);
         assert!(all.iter().any(|m| m.as_ref().is_ok_and(|m| m.tag == "good")));
-        assert!(all.iter().any(|m| m.is_err()));
+        let (tag, error) = all.iter().find_map(|m| m.as_ref().err()).expect("bad is listed");
+        assert_eq!(tag, "bad");
+        assert!(error.to_string().contains("flotilla destroy --tag bad"), "{error}");
     }
 }

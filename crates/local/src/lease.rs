@@ -55,6 +55,14 @@ impl Block {
         format!("127.{}.{}", self.a, self.b)
     }
 
+    /// The block a lease file is named after (`127.A.B`).
+    fn from_file_name(name: &str) -> Option<Block> {
+        let rest = name.strip_prefix("127.")?;
+        let (a, b) = rest.split_once('.')?;
+        let block = Block { a: a.parse().ok()?, b: b.parse().ok()? };
+        (FIRST_OCTET_RANGE.contains(&block.a) && block.file_name() == name).then_some(block)
+    }
+
     pub fn address(self, host: u8) -> Ipv4Addr {
         Ipv4Addr::new(127, self.a, self.b, host)
     }
@@ -72,9 +80,10 @@ pub struct Leases {
 }
 
 impl Leases {
-    /// Takes the lease directory's lock (blocking: allocation is quick).
+    /// Takes the lease directory's lock (blocking: allocation is quick). The directory is made
+    /// 0700 (with its parent, the per-user `flotilla-<uid>`, when it is the default).
     pub fn lock(dir: &Path) -> std::io::Result<Leases> {
-        fs_err::create_dir_all(dir)?;
+        create_private_dirs(dir)?;
         let lock = fs_err::OpenOptions::new()
             .create(true)
             .truncate(false)
@@ -102,8 +111,7 @@ impl Leases {
                 tracing::debug!(block = %block.file_name(), owner = %record.owner.display(), "taking over a stale lease");
             }
             let record = LeaseRecord { owner: owner.to_path_buf(), tag: tag.to_owned() };
-            let json = serde_json::to_vec(&record).map_err(std::io::Error::other)?;
-            fs_err::write(&path, json)?;
+            write_record(&path, &record)?;
             return Ok(block);
         }
         Err(std::io::Error::other(
@@ -124,10 +132,28 @@ impl Leases {
             Some(record) if record.owner.exists() => Ok(Some(record.owner)),
             _ => {
                 let record = LeaseRecord { owner: owner.to_path_buf(), tag: tag.to_owned() };
-                fs_err::write(&path, serde_json::to_vec(&record).map_err(std::io::Error::other)?)?;
+                write_record(&path, &record)?;
                 Ok(None)
             }
         }
+    }
+
+    /// Every block leased to `owner`, read from the lease files (so that a deployment whose
+    /// records are lost still finds its leases).
+    pub fn owned_by(&self, owner: &Path) -> std::io::Result<Vec<Block>> {
+        let mut blocks = Vec::new();
+        for entry in fs_err::read_dir(&self.dir)? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let Some(block) = name.to_str().and_then(Block::from_file_name) else {
+                continue;
+            };
+            if read_record(&entry.path()).is_some_and(|record| record.owner == owner) {
+                blocks.push(block);
+            }
+        }
+        blocks.sort();
+        Ok(blocks)
     }
 
     /// Releases `owner`'s blocks.
@@ -140,6 +166,27 @@ impl Leases {
         }
         Ok(())
     }
+}
+
+/// Writes a lease file, 0600.
+fn write_record(path: &Path, record: &LeaseRecord) -> std::io::Result<()> {
+    use std::io::Write;
+    let json = serde_json::to_vec(record).map_err(std::io::Error::other)?;
+    let mut file = fs_err::OpenOptions::new()
+        .create(true)
+        .truncate(true)
+        .write(true)
+        .mode(0o600)
+        .open(path)?;
+    file.write_all(&json)
+}
+
+/// Creates `dir` and its missing parents 0700.
+fn create_private_dirs(dir: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|error| {
+        std::io::Error::new(error.kind(), format!("creating {}: {error}", dir.display()))
+    })
 }
 
 fn read_record(path: &Path) -> Option<LeaseRecord> {

@@ -4,16 +4,28 @@
 //! <deployment>/local/                 0700
 //!   machines.json                     name → address, region, role; written before any agent starts
 //!   artifacts/<sha256>                the content-addressed store agents fetch from (file:// URLs)
-//!   instances/<name>/                 0700, the agent's directory (see the agent's layout)
-//!     bootstrap.json                  the agent's bootstrap config
-//!     identity.json                   0600, the machine's key and certificate
-//!     agent.log                       the agent's own output
+//!   instances/                        0700
+//!     <machine>/                      0700, the agent's directory (see the agent's layout),
+//!                                     named by `names::machine_file_name`
+//!       bootstrap.json                0600  the agent's bootstrap config
+//!       identity.json                 0600  the machine's key and certificate
+//!       agent.log                     0600  the agent's own output
 //! ```
+//!
+//! Every file is 0600 and every directory 0700: local binaries run with the operator's rights
+//! (same user), so the operator's other files are theirs to read, but nothing of flotilla's is
+//! readable by other users.
 //!
 //! Agents are started detached (each makes itself a session leader) and outlive the CLI;
 //! `launch` adopts agents that run and starts those that do not, and the agent's own lock on its
 //! directory makes a second agent for one machine exit at once, so no machine ever runs twice.
-//! Addresses come from machine-wide leases ([`lease`]).
+//! Agents get a cleared environment plus an allowlist ([`process::INHERITED_VARIABLES`]) and
+//! the most generous resource limits this user may have ([`raise_resource_limits`]), so nothing
+//! of the shell that ran `create` (a secret, `FLOTILLA_HOME`, a low file-size limit) reaches
+//! them or their binaries. Addresses come from machine-wide leases ([`lease`]).
+//!
+//! `destroy` works from whatever is left: corrupt or missing records do not stop it, since the
+//! agents are found from /proc by their command lines and the leases by their owner.
 
 pub mod lease;
 pub mod process;
@@ -24,8 +36,9 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use flotilla_core::client::error_chain;
 use flotilla_core::plan::DeploymentPlan;
-use flotilla_core::progress::Progress;
+use flotilla_core::progress::{Progress, checkpoints};
 use flotilla_core::provider::{
     LocalArtifact, Machine, MachineState, Provider, ProviderError, Role,
 };
@@ -34,6 +47,7 @@ use flotilla_spec::bootstrap::{
     AgentBootstrap, DEFAULT_API_PORT, DEFAULT_METRICS_PORT, LogRotation,
 };
 use flotilla_spec::identity::IdentityBundle;
+use flotilla_spec::names::machine_file_name;
 use serde::{Deserialize, Serialize};
 
 use crate::lease::{Block, Leases};
@@ -94,7 +108,14 @@ impl LocalProvider {
         let path = self.records_path();
         match fs_err::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| {
-                ProviderError::with_source(format!("{} is corrupt", path.display()), e)
+                ProviderError::with_source(
+                    format!(
+                        "{} is corrupt; run `flotilla destroy --tag {}` (it finds the machines without it), then create again",
+                        path.display(),
+                        self.tag
+                    ),
+                    e,
+                )
             }),
             Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(Records::default()),
             Err(error) => Err(io_error(format!("reading {}", path.display()))(error)),
@@ -107,8 +128,12 @@ impl LocalProvider {
             .map_err(|e| ProviderError::with_source("writing machines.json", e))
     }
 
+    fn instances_dir(&self) -> PathBuf {
+        self.root.join("instances")
+    }
+
     fn instance_dir(&self, name: &str) -> PathBuf {
-        self.root.join("instances").join(name)
+        self.instances_dir().join(machine_file_name(name))
     }
 
     fn bootstrap_path(&self, name: &str) -> PathBuf {
@@ -200,8 +225,11 @@ impl LocalProvider {
 
     fn write_bootstrap(&self, record: &MachineRecord) -> Result<(), ProviderError> {
         let dir = self.instance_dir(&record.name);
-        ensure_private_dir(&dir)
-            .map_err(|e| ProviderError::with_source(format!("creating {}", dir.display()), e))?;
+        for dir in [self.instances_dir(), dir.clone()] {
+            ensure_private_dir(&dir).map_err(|e| {
+                ProviderError::with_source(format!("creating {}", dir.display()), e)
+            })?;
+        }
         let bootstrap = AgentBootstrap {
             tag: self.tag.clone(),
             dir: dir.clone(),
@@ -249,6 +277,7 @@ impl Provider for LocalProvider {
         // `prepare` assigned every planned machine its address.
         let records = self.records()?;
         let stage = progress.stage("starting agents", plan.machines.len() as u64);
+        raise_resource_limits();
         let mut machines = Vec::with_capacity(plan.machines.len());
         for planned in &plan.machines {
             let record =
@@ -261,10 +290,13 @@ impl Provider for LocalProvider {
             if self.agent_pid(&record.name).is_none() {
                 self.write_bootstrap(record)?;
                 let dir = self.instance_dir(&record.name);
+                let output = open_private_append(&dir.join("agent.log"))
+                    .map_err(io_error(format!("opening the agent log of {}", record.name)))?;
                 let pid = process::spawn_agent(
                     &self.agent_program,
                     &self.bootstrap_path(&record.name),
                     &dir,
+                    output,
                 )
                 .map_err(io_error(format!("starting the agent of {}", record.name)))?;
                 tracing::debug!(machine = %record.name, pid, address = %record.address, "agent started");
@@ -309,32 +341,55 @@ impl Provider for LocalProvider {
 
     async fn machines(&self) -> Result<Vec<Machine>, ProviderError> {
         let records = self.records()?;
+        // One look at /proc for every agent: an agent that has not written its pid file yet
+        // still counts as running.
+        let running = process::agent_bootstraps_under(&self.root);
         Ok(records
             .machines
             .iter()
             .map(|record| {
-                let state = if self.agent_pid(&record.name).is_some() {
-                    MachineState::Running
-                } else {
-                    MachineState::Stopped
-                };
-                self.machine(record, state)
+                let bootstrap = self.bootstrap_path(&record.name);
+                if running.contains(&bootstrap) {
+                    return self.machine(record, MachineState::Running);
+                }
+                let mut machine = self.machine(record, MachineState::Stopped);
+                machine.state_reason = Some(format!(
+                    "its agent is not running; its log is {}",
+                    self.instance_dir(&record.name).join("agent.log").display()
+                ));
+                machine
             })
             .collect())
     }
 
     async fn destroy(&self, progress: &dyn Progress) -> Result<(), ProviderError> {
-        let records = self.records()?;
-        let stage = progress.stage("stopping agents", records.machines.len() as u64);
-        let pids: Vec<u32> =
-            records.machines.iter().filter_map(|m| self.agent_pid(&m.name)).collect();
+        // Whatever is readable: corrupt records must not strand the machines.
+        let records = match self.records() {
+            Ok(records) => Some(records),
+            Err(error) => {
+                tracing::warn!("{}; finding the machines without it", error_chain(&error));
+                None
+            }
+        };
+        let expected = records.as_ref().map_or(0, |r| r.machines.len());
+        let stage = progress.stage("stopping agents", expected as u64);
+        let mut agents: Vec<u32> = records
+            .iter()
+            .flat_map(|r| &r.machines)
+            .filter_map(|m| self.agent_pid(&m.name))
+            .collect();
+        // Agents whose records or pid files are gone are found by their command lines.
+        agents.extend(process::agents_under(&self.root));
+        agents.sort_unstable();
+        agents.dedup();
         let root = self.root.clone();
+        let tag = self.tag.clone();
         let killed = tokio::task::spawn_blocking(move || {
-            let stubborn = process::terminate(&pids, AGENT_STOP_GRACE);
-            // Whatever still runs in the deployment's directories (a binary whose agent was
-            // killed, a child that left its process group) ends now.
-            let stragglers = process::kill_all_under(&root);
-            (stubborn, stragglers)
+            // Each agent leads its own session, which its binaries share.
+            let sessions = agents.clone();
+            let stubborn = process::terminate(&agents, AGENT_STOP_GRACE);
+            let leftovers = process::kill_leftovers(&root, &tag, &sessions);
+            (stubborn, leftovers)
         })
         .await
         .map_err(|e| ProviderError::new(format!("stopping agents: {e}")))?;
@@ -342,11 +397,12 @@ impl Provider for LocalProvider {
             tracing::warn!(pids = ?killed.0, "agents did not stop within the grace period and were killed");
         }
         if !killed.1.is_empty() {
-            tracing::warn!(processes = ?killed.1, "processes left in the deployment's directories were killed");
+            tracing::warn!(pids = ?killed.1, "processes the deployment's agents and binaries left were killed");
         }
-        stage.advance(records.machines.len() as u64);
+        stage.advance(expected as u64);
+        progress.checkpoint(checkpoints::DESTROY_AGENTS_STOPPED);
         drop(stage);
-        for dir in [self.root.join("instances"), self.artifacts_dir()] {
+        for dir in [self.instances_dir(), self.artifacts_dir()] {
             match fs_err::remove_dir_all(&dir) {
                 Ok(()) => {}
                 Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
@@ -355,11 +411,48 @@ impl Provider for LocalProvider {
         }
         let leases = Leases::lock(&self.lease_dir)
             .map_err(io_error("locking the lease directory".into()))?;
-        leases
-            .release(&self.root, &records.blocks)
-            .map_err(io_error("releasing address leases".into()))?;
-        let _ = fs_err::remove_file(self.records_path());
-        Ok(())
+        let mut blocks =
+            leases.owned_by(&self.root).map_err(io_error("reading the address leases".into()))?;
+        blocks.extend(records.iter().flat_map(|r| r.blocks.iter().copied()));
+        blocks.sort();
+        blocks.dedup();
+        leases.release(&self.root, &blocks).map_err(io_error("releasing address leases".into()))?;
+        match fs_err::remove_file(self.records_path()) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(io_error("removing machines.json".into())(error)),
+        }
+    }
+}
+
+/// Opens `path` for appending, creating it 0600 (and making an older file 0600).
+fn open_private_append(path: &Path) -> std::io::Result<fs_err::File> {
+    let file = fs_err::OpenOptions::new().create(true).append(true).mode(0o600).open(path)?;
+    file.set_permissions(std::fs::Permissions::from_mode(0o600))?;
+    Ok(file)
+}
+
+/// Raises this process's soft resource limits to its hard ones (open files to at most 65536),
+/// before agents are started: they inherit them, and a low limit of the shell that ran `create`
+/// (a file size limit, say) would otherwise break every binary until a destroy.
+fn raise_resource_limits() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    for resource in [Resource::Fsize, Resource::Data, Resource::As, Resource::Stack] {
+        let limit = getrlimit(resource);
+        if limit.current != limit.maximum {
+            let raised = rustix::process::Rlimit { current: limit.maximum, ..limit };
+            if let Err(error) = setrlimit(resource, raised) {
+                tracing::debug!(?resource, %error, "could not raise a resource limit");
+            }
+        }
+    }
+    let files = getrlimit(Resource::Nofile);
+    let wanted = files.maximum.map_or(65_536, |maximum| maximum.min(65_536));
+    if files.current.is_some_and(|current| current < wanted) {
+        let raised = rustix::process::Rlimit { current: Some(wanted), ..files };
+        if let Err(error) = setrlimit(Resource::Nofile, raised) {
+            tracing::debug!(%error, "could not raise the open file limit");
+        }
     }
 }
 

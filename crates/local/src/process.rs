@@ -1,35 +1,62 @@
 //! Agent processes: starting them detached, finding them again, ending them.
 //!
-//! An agent is recognised by its pid file *and* its command line (which names its bootstrap
-//! file), so a recycled pid is never mistaken for an agent. The last sweep of `destroy` does not
-//! trust pid files at all: it ends every process whose working directory lies under the
-//! deployment's directory (agents run in their instance directory, binaries in its `work/`).
+//! An agent is recognised by its command line, which names its bootstrap file inside the
+//! deployment's directory, and by its owner, this user: a recycled pid, another user's process
+//! or a program that merely works in the deployment's directories (a shell, `tail -f` on a log)
+//! is never mistaken for one. Each agent leads its own session (it calls `setsid` first thing),
+//! and the binaries it starts stay in that session, so `destroy` ends exactly the sessions of
+//! the deployment's agents; binaries a killed agent left behind are found by the environment
+//! the agent gave them (`FLOTILLA_TAG` of this deployment) together with their working
+//! directory under the deployment's.
+//!
+//! Agents start with a cleared environment plus [`INHERITED_VARIABLES`]: nothing else of the
+//! operator's shell (credentials, `FLOTILLA_HOME` with the deployment's CA key, `RUST_LOG`)
+//! reaches them or the binaries they run; the spec's `env` is the way to give a binary more.
 
+use std::ffi::{OsStr, OsString};
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use rustix::process::{Pid, Signal};
 
-/// Starts `program agent --bootstrap <bootstrap>` in `dir`, output appended to `dir/agent.log`.
+/// The variables of the operator's environment an agent (and so the binary) keeps: what
+/// programs need to find tools, their user and their locale.
+pub const INHERITED_VARIABLES: &[&str] =
+    &["PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR"];
+
+/// Whether the variable `name` is passed to agents: [`INHERITED_VARIABLES`] and the locale's
+/// `LC_*`.
+pub fn is_inherited(name: &OsStr) -> bool {
+    let name = name.to_string_lossy();
+    INHERITED_VARIABLES.contains(&name.as_ref()) || name.starts_with("LC_")
+}
+
+/// Starts `program agent --bootstrap <bootstrap>` in `dir` with only the inherited variables of
+/// this process's environment; the agent's early output (before it opens its own log) goes to
+/// `output`.
 ///
 /// The agent makes itself a session leader at start (`setsid`), so it outlives this process and
 /// a terminal's signals; this process does not wait for it.
-pub fn spawn_agent(program: &Path, bootstrap: &Path, dir: &Path) -> std::io::Result<u32> {
-    let log = fs_err::OpenOptions::new()
-        .create(true)
-        .append(true)
-        .open(dir.join("agent.log"))?
-        .into_parts()
-        .0;
+pub fn spawn_agent(
+    program: &Path,
+    bootstrap: &Path,
+    dir: &Path,
+    output: fs_err::File,
+) -> std::io::Result<u32> {
+    let environment: Vec<(OsString, OsString)> =
+        std::env::vars_os().filter(|(name, _)| is_inherited(name)).collect();
     let child = Command::new(program)
         .arg("agent")
         .arg("--bootstrap")
         .arg(bootstrap)
         .current_dir(dir)
+        .env_clear()
+        .envs(environment)
         .stdin(Stdio::null())
-        .stdout(Stdio::from(log.try_clone()?))
-        .stderr(Stdio::from(log))
+        .stdout(Stdio::from(output.try_clone()?.into_parts().0))
+        .stderr(Stdio::from(output.into_parts().0))
         .spawn()
         .map_err(|e| {
             std::io::Error::new(e.kind(), format!("starting agent {}: {e}", program.display()))
@@ -37,25 +64,103 @@ pub fn spawn_agent(program: &Path, bootstrap: &Path, dir: &Path) -> std::io::Res
     Ok(child.id())
 }
 
-/// The pid in `dir/agent.pid` if that process is alive and is the agent for `bootstrap`.
-pub fn running_agent(dir: &Path, bootstrap: &Path) -> Option<u32> {
-    let pid: u32 = fs_err::read_to_string(dir.join("agent.pid")).ok()?.trim().parse().ok()?;
-    let cmdline = fs_err::read(format!("/proc/{pid}/cmdline")).ok()?;
-    let bootstrap = bootstrap.as_os_str().as_encoded_bytes();
-    let is_agent = cmdline.split(|b| *b == 0).any(|arg| arg == bootstrap);
-    (is_agent && !is_zombie(pid)).then_some(pid)
+/// What /proc says about one process of this user.
+#[derive(Debug)]
+struct ProcessInfo {
+    pid: u32,
+    session: u32,
+    cwd: Option<PathBuf>,
+    cmdline: Vec<Vec<u8>>,
 }
 
-fn is_zombie(pid: u32) -> bool {
-    fs_err::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|stat| stat.rsplit_once(") ").map(|(_, rest)| rest.starts_with('Z')))
-        .unwrap_or(true)
+fn own_uid() -> u32 {
+    rustix::process::getuid().as_raw()
+}
+
+/// The process `pid` when it is alive (not a zombie) and this user's.
+fn read_process(pid: u32) -> Option<ProcessInfo> {
+    use std::os::unix::fs::MetadataExt;
+    let proc_dir = PathBuf::from(format!("/proc/{pid}"));
+    if fs_err::metadata(&proc_dir).ok()?.uid() != own_uid() {
+        return None;
+    }
+    let stat = fs_err::read_to_string(proc_dir.join("stat")).ok()?;
+    // After the command name in parentheses: state, ppid, pgrp, session, …
+    let (_, fields) = stat.rsplit_once(')')?;
+    let mut fields = fields.split_whitespace();
+    let state = fields.next()?;
+    if state == "Z" || state == "X" {
+        return None;
+    }
+    let session = fields.nth(2)?.parse().ok()?;
+    let cmdline = fs_err::read(proc_dir.join("cmdline")).unwrap_or_default();
+    Some(ProcessInfo {
+        pid,
+        session,
+        cwd: std::fs::read_link(proc_dir.join("cwd")).ok(),
+        cmdline: cmdline.split(|b| *b == 0).map(<[u8]>::to_vec).collect(),
+    })
+}
+
+/// Every live process of this user, except this one.
+fn own_processes() -> Vec<ProcessInfo> {
+    let Ok(entries) = fs_err::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let own = std::process::id();
+    entries
+        .filter_map(Result::ok)
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| *pid != own)
+        .filter_map(read_process)
+        .collect()
+}
+
+/// The bootstrap file a process was started with as an agent (`… agent --bootstrap FILE`).
+fn agent_bootstrap(info: &ProcessInfo) -> Option<&[u8]> {
+    let agent = info.cmdline.iter().position(|arg| arg == b"agent")?;
+    let flag = info.cmdline.get(agent + 1)?;
+    (flag == b"--bootstrap").then(|| info.cmdline.get(agent + 2).map(Vec::as_slice))?
+}
+
+/// The pid in `dir/agent.pid` if that process is alive, this user's, and the agent for
+/// `bootstrap`.
+pub fn running_agent(dir: &Path, bootstrap: &Path) -> Option<u32> {
+    let pid: u32 = fs_err::read_to_string(dir.join("agent.pid")).ok()?.trim().parse().ok()?;
+    let info = read_process(pid)?;
+    (agent_bootstrap(&info)? == bootstrap.as_os_str().as_encoded_bytes()).then_some(pid)
+}
+
+/// Every agent of this user whose bootstrap file lies under `root`, found from /proc alone (so
+/// it works when pid files or records are lost).
+pub fn agents_under(root: &Path) -> Vec<u32> {
+    own_processes()
+        .into_iter()
+        .filter(|info| agent_bootstrap_under(info, root).is_some())
+        .map(|info| info.pid)
+        .collect()
+}
+
+/// The bootstrap files of the running agents of this user under `root`.
+pub fn agent_bootstraps_under(root: &Path) -> std::collections::HashSet<PathBuf> {
+    own_processes()
+        .iter()
+        .filter_map(|info| agent_bootstrap_under(info, root).map(Path::to_path_buf))
+        .collect()
+}
+
+/// The bootstrap file of `info` when it is an agent whose bootstrap lies under `root`.
+fn agent_bootstrap_under<'a>(info: &'a ProcessInfo, root: &Path) -> Option<&'a Path> {
+    let bootstrap = Path::new(OsStr::from_bytes(agent_bootstrap(info)?));
+    bootstrap.starts_with(root).then_some(bootstrap)
 }
 
 /// Whether process `pid` exists and is not a zombie.
 pub fn is_alive(pid: u32) -> bool {
-    Path::new(&format!("/proc/{pid}")).exists() && !is_zombie(pid)
+    match fs_err::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => stat.rsplit_once(") ").is_some_and(|(_, rest)| !rest.starts_with(['Z', 'X'])),
+        Err(_) => false,
+    }
 }
 
 fn signal(pid: u32, signal: Signal) {
@@ -83,36 +188,80 @@ pub fn terminate(pids: &[u32], grace: Duration) -> Vec<u32> {
     stubborn
 }
 
-/// Every live process whose working directory is `root` or under it.
-pub fn processes_under(root: &Path) -> Vec<(u32, PathBuf)> {
-    let Ok(entries) = fs_err::read_dir("/proc") else {
-        return Vec::new();
+/// Whether `info` is something flotilla started for the deployment at `root` (tag `tag`): a
+/// member of one of the agents' `sessions`, or a process the deployment's binaries left behind
+/// (this deployment's `FLOTILLA_TAG` in its environment, working under `root`).
+fn started_by_flotilla(info: &ProcessInfo, root: &Path, tag: &str, sessions: &[u32]) -> bool {
+    if sessions.contains(&info.session) {
+        return true;
+    }
+    if !info.cwd.as_deref().is_some_and(|cwd| cwd.starts_with(root)) {
+        return false;
+    }
+    let Ok(environment) = fs_err::read(format!("/proc/{}/environ", info.pid)) else {
+        return false;
     };
-    let own = std::process::id();
-    entries
-        .filter_map(Result::ok)
-        .filter_map(|entry| entry.file_name().to_str()?.parse::<u32>().ok())
-        .filter(|pid| *pid != own)
-        .filter_map(|pid| {
-            let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok()?;
-            (cwd.starts_with(root) && !is_zombie(pid)).then_some((pid, cwd))
-        })
-        .collect()
+    let wanted = format!("FLOTILLA_TAG={tag}");
+    environment.split(|b| *b == 0).any(|entry| entry == wanted.as_bytes())
 }
 
-/// SIGKILLs every process under `root` until none is left (bounded), returning what was found.
-pub fn kill_all_under(root: &Path) -> Vec<(u32, PathBuf)> {
+/// SIGKILLs what is left of the deployment at `root` once its agents were told to stop: the
+/// members of the agents' `sessions` (their binaries and the binaries' children) and the
+/// leftovers [`started_by_flotilla`] recognises, until none is left (bounded). Returns what
+/// was killed.
+pub fn kill_leftovers(root: &Path, tag: &str, sessions: &[u32]) -> Vec<u32> {
     let mut killed = Vec::new();
     for _ in 0..50 {
-        let found = processes_under(root);
+        let found: Vec<u32> = own_processes()
+            .into_iter()
+            .filter(|info| {
+                started_by_flotilla(info, root, tag, sessions)
+                    || agent_bootstrap_under(info, root).is_some()
+            })
+            .map(|info| info.pid)
+            .collect();
         if found.is_empty() {
             break;
         }
-        for (pid, _) in &found {
+        for pid in &found {
             signal(*pid, Signal::KILL);
         }
         killed.extend(found);
         std::thread::sleep(Duration::from_millis(20));
     }
+    killed.sort_unstable();
+    killed.dedup();
     killed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_the_allowlisted_variables_reach_agents() {
+        for kept in ["PATH", "HOME", "LANG", "LC_ALL", "LC_MESSAGES", "TZ"] {
+            assert!(is_inherited(OsStr::new(kept)), "{kept}");
+        }
+        for dropped in [
+            "FLOTILLA_HOME",
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_ACCESS_KEY_ID",
+            "RUST_LOG",
+            "SSH_AUTH_SOCK",
+            "MY_TOKEN",
+            "LD_PRELOAD",
+        ] {
+            assert!(!is_inherited(OsStr::new(dropped)), "{dropped}");
+        }
+    }
+
+    #[test]
+    fn this_process_is_read_from_proc_with_its_session() {
+        // The test's own parent is a process of this user; it is alive and has a session.
+        let parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32);
+        let info = read_process(parent.expect("tests have a parent")).expect("readable");
+        assert!(info.session > 0);
+        assert!(!info.cmdline.is_empty());
+    }
 }

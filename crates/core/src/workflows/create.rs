@@ -21,14 +21,14 @@ use flotilla_spec::{ProviderKind, SpecDocument};
 use futures_util::StreamExt;
 
 use super::{
-    MANIFESTS_FILE, build_manifests, check_files, connect, install_identities, publish_files,
-    save_spec, saved_manifests, wait_for_agent,
+    Departures, MANIFESTS_FILE, build_manifests, check_files, connect, install_identities,
+    publish_files, save_spec, saved_manifests, wait_for_agent,
 };
 use crate::error::{CoreError, MachineFailure};
 use crate::plan::DeploymentPlan;
-use crate::progress::Progress;
+use crate::progress::{Progress, checkpoints};
 use crate::provider::{Provider, ProviderError};
-use crate::rollout::apply_and_wait;
+use crate::rollout::{apply_and_wait, deadline_after};
 use crate::state::{Deployment, DeploymentStatus, Home, Metadata, unix_now};
 use crate::workflows::StatusRow;
 
@@ -56,6 +56,10 @@ pub async fn create<P: Provider>(
 ) -> Result<Vec<StatusRow>, CoreError> {
     let document = request.document;
     let spec = &document.spec;
+    // The spec's own provider's machine limit was checked when it was read; `--provider` may
+    // name another.
+    flotilla_spec::document::check_machine_total(document, request.provider)
+        .map_err(CoreError::Invalid)?;
     check_files(document, &request.cwd)?;
     let plan = DeploymentPlan::from_spec(spec, request.provider);
 
@@ -74,6 +78,7 @@ pub async fn create<P: Provider>(
     )?;
     let ca = deployment.certificate_authority()?;
     deployment.client_identity(&ca)?;
+    progress.checkpoint(checkpoints::CREATE_RECORDED);
     let provider = make_provider(&deployment)?;
 
     provider.prepare(&plan, progress).await?;
@@ -82,6 +87,7 @@ pub async fn create<P: Provider>(
         async { provider.launch(&plan, progress).await.map_err(CoreError::from) },
         publish_files(&provider, spec, &request.cwd, progress),
     )?;
+    progress.checkpoint(checkpoints::CREATE_LAUNCHED);
     let client = connect(&deployment, &machines)?;
 
     // hosts.yaml (it names every address) is published while the agents get their identities.
@@ -97,32 +103,44 @@ pub async fn create<P: Provider>(
     let mut recorded = saved_manifests(&deployment)?;
     let agents = progress.stage("waiting for agents", machines.len() as u64);
     let binaries = progress.stage("starting binaries", manifests.len() as u64);
-    let deadline = Instant::now() + request.agent_timeout;
+    let deadline = deadline_after(Instant::now(), request.agent_timeout);
     let mut failures: Vec<MachineFailure> = Vec::new();
+    let departures = Departures::default();
+    let rollout_started = || progress.checkpoint(checkpoints::CREATE_ROLLOUT_STARTED);
     {
+        let departures = &departures;
+        let rollout_started = &rollout_started;
         let mut runs = futures_util::stream::iter(machines.iter().map(|machine| {
             let (client, agents, binaries) = (&client, &agents, &binaries);
             let manifest = manifests.get(&machine.name);
             async move {
-                wait_for_agent(client, &machine.name, deadline, request.agent_timeout).await?;
+                wait_for_agent(client, &machine.name, deadline, request.agent_timeout, departures)
+                    .await?;
                 agents.advance(1);
                 let Some(manifest) = manifest else {
                     return Ok(None);
                 };
-                let result = apply_and_wait(client, &machine.name, manifest).await;
+                let result = apply_and_wait(client, &machine.name, manifest, rollout_started).await;
                 binaries.advance(1);
                 result.map(|_| Some((machine.name.clone(), manifest.clone())))
             }
         }))
         .buffer_unordered(request.concurrency.max(1));
-        while let Some(result) = runs.next().await {
-            match result {
-                Ok(Some((name, manifest))) => {
-                    recorded.insert(name, manifest);
+        let collect = async {
+            while let Some(result) = runs.next().await {
+                match result {
+                    Ok(Some((name, manifest))) => {
+                        recorded.insert(name, manifest);
+                    }
+                    Ok(None) => {}
+                    Err(failure) => failures.push(failure),
                 }
-                Ok(None) => {}
-                Err(failure) => failures.push(failure),
             }
+        };
+        // The provider is asked about machines whose agents have not answered until all have.
+        tokio::select! {
+            () = collect => {}
+            () = departures.watch(&provider) => {}
         }
     }
     drop(binaries);

@@ -28,11 +28,11 @@ use tokio::time::Instant;
 pub use update::{UpdateRequest, update};
 
 use crate::artifacts::{HostEntry, hash_file, render_hosts_yaml};
-use crate::client::{AgentClient, ClientError};
+use crate::client::AgentClient;
 use crate::error::{CoreError, MachineFailure};
 use crate::pki::CertificateAuthority;
 use crate::progress::Progress;
-use crate::provider::{LocalArtifact, Machine, Provider, Role};
+use crate::provider::{LocalArtifact, Machine, MachineState, Provider, Role};
 use crate::rollout::PollSchedule;
 use crate::state::Deployment;
 
@@ -113,28 +113,101 @@ async fn install_identities<P: Provider>(
     Ok(())
 }
 
+/// How often the provider is asked whether machines whose agents have not answered yet still
+/// exist, and how many sightings in a row of a machine that is down make it gone.
+const MACHINE_STATE_POLL: Duration = Duration::from_secs(5);
+const DOWN_SIGHTINGS: u32 = 2;
+
+/// Machines the provider reports down (stopped, shutting down, terminated) while their agents
+/// are waited for: a machine that died before its agent answered is reported at once, with
+/// the provider's reason, instead of being waited for until the deadline.
+#[derive(Debug, Default)]
+struct Departures {
+    /// Name → (sightings in a row, what the provider said).
+    down: std::sync::Mutex<HashMap<String, (u32, String)>>,
+    /// Agents being waited for now: the provider is asked only while there are some.
+    waiting: std::sync::atomic::AtomicUsize,
+}
+
+impl Departures {
+    fn record(&self, machines: &[Machine]) {
+        let mut down = self.down.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let mut seen = HashMap::new();
+        for machine in machines {
+            if !matches!(
+                machine.state,
+                MachineState::Stopped | MachineState::ShuttingDown | MachineState::Terminated
+            ) {
+                continue;
+            }
+            let sightings = down.get(&machine.name).map_or(0, |(count, _)| *count) + 1;
+            let mut what = format!("the machine is {}", machine.state.as_str());
+            if let Some(reason) = &machine.state_reason {
+                what.push_str(&format!(": {reason}"));
+            }
+            seen.insert(machine.name.clone(), (sightings, what));
+        }
+        *down = seen;
+    }
+
+    /// Why `name` is gone, once it was seen down often enough.
+    fn gone(&self, name: &str) -> Option<String> {
+        let down = self.down.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        down.get(name).filter(|(count, _)| *count >= DOWN_SIGHTINGS).map(|(_, what)| what.clone())
+    }
+
+    /// Asks `provider` for its machines every [`MACHINE_STATE_POLL`], forever (the caller
+    /// drops it when the agents have answered).
+    async fn watch<P: Provider>(&self, provider: &P) {
+        loop {
+            tokio::time::sleep(MACHINE_STATE_POLL).await;
+            if self.waiting.load(std::sync::atomic::Ordering::Relaxed) == 0 {
+                continue;
+            }
+            match provider.machines().await {
+                Ok(machines) => self.record(&machines),
+                Err(error) => tracing::debug!("asking for the machines' states: {error}"),
+            }
+        }
+    }
+}
+
 /// Waits until `name`'s agent answers `Status`, polling on a [`PollSchedule`] until
-/// `deadline` (`timeout` after the wait began, named in the failure).
+/// `deadline` (`timeout` after the wait began, named in the failure). Gives up at once on a
+/// failure no wait mends ([`crate::client::ClientError::is_permanent`]) and on a machine the
+/// provider reports gone.
 async fn wait_for_agent(
     client: &AgentClient,
     name: &str,
     deadline: Instant,
     timeout: Duration,
+    departures: &Departures,
 ) -> Result<(), MachineFailure> {
+    use std::sync::atomic::Ordering;
     let mut schedule = PollSchedule::default();
+    departures.waiting.fetch_add(1, Ordering::Relaxed);
     let error = loop {
         match client.status(name).await {
-            Ok(_) => return Ok(()),
-            Err(error @ ClientError::Refused { .. }) => break error.to_string(),
+            Ok(_) => {
+                departures.waiting.fetch_sub(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            Err(error) if error.is_permanent() => break error.to_string(),
             Err(error) if Instant::now() >= deadline => {
                 break format!(
                     "the agent did not answer within {}: {error}",
                     humantime::format_duration(timeout)
                 );
             }
-            Err(_) => tokio::time::sleep(schedule.next_delay()).await,
+            Err(error) => {
+                if let Some(gone) = departures.gone(name) {
+                    break format!("{gone}; its agent never answered ({error})");
+                }
+                tokio::time::sleep(schedule.next_delay()).await;
+            }
         }
     };
+    departures.waiting.fetch_sub(1, Ordering::Relaxed);
     Err(MachineFailure {
         name: name.to_owned(),
         reason: error,

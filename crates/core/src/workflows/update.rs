@@ -17,7 +17,7 @@ use super::{
 };
 use crate::error::{CoreError, MachineFailure};
 use crate::plan::DeploymentPlan;
-use crate::progress::Progress;
+use crate::progress::{Progress, checkpoints};
 use crate::provider::{Provider, ProviderError, Role};
 use crate::rollout::{Applied, apply_and_wait, plan_batches};
 use crate::state::{Deployment, DeploymentStatus, Home};
@@ -72,6 +72,9 @@ pub async fn update<P: Provider>(
     let _lock = deployment.lock()?;
     let provider = make_provider(&deployment)?;
     let plan = DeploymentPlan::from_spec(spec, metadata.provider);
+    // Shared resources converge to the spec too (a changed `ports` reaches the security
+    // groups); prepare is idempotent and creates nothing that exists.
+    provider.prepare(&plan, progress).await?;
     let machines = provider.machines().await?;
 
     // Membership cannot change in an update: hosts.yaml would change under running machines.
@@ -103,6 +106,8 @@ pub async fn update<P: Provider>(
     let batch = request.batch_size.unwrap_or_else(|| spec.update.batch().for_total(names.len()));
     let batches = plan_batches(&names, batch);
     let stage = progress.stage("updating", names.len() as u64);
+    let rollout_started = || progress.checkpoint(checkpoints::UPDATE_ROLLOUT_STARTED);
+    let no_checkpoint = || {};
 
     for (number, batch) in batches.iter().enumerate() {
         stage.note(&format!("batch {} of {}", number + 1, batches.len()));
@@ -110,7 +115,10 @@ pub async fn update<P: Provider>(
             futures_util::stream::iter(batch.iter().map(|name| {
                 let client = &client;
                 let manifest = &manifests[name];
-                async move { (name.clone(), apply_and_wait(client, name, manifest).await) }
+                let rollout_started = &rollout_started;
+                async move {
+                    (name.clone(), apply_and_wait(client, name, manifest, rollout_started).await)
+                }
             }))
             .buffer_unordered(batch.len().max(1))
             .collect()
@@ -141,9 +149,12 @@ pub async fn update<P: Provider>(
         let rollback_results: Vec<(String, Result<(), MachineFailure>)> =
             futures_util::stream::iter(rollbacks.into_iter().map(|(name, previous)| {
                 let client = &client;
+                let no_checkpoint = &no_checkpoint;
                 async move {
                     let result = match previous {
-                        Some(previous) => apply_and_wait(client, &name, &previous).await.map(drop),
+                        Some(previous) => {
+                            apply_and_wait(client, &name, &previous, no_checkpoint).await.map(drop)
+                        }
                         None => Err(MachineFailure {
                             name: name.clone(),
                             reason: "no record of its previous version; it keeps the new one"
