@@ -393,7 +393,7 @@ fn validate(path: &Path, format: OutputFormat) -> Result<u8, CoreError> {
             let _ = writeln!(
                 stdout,
                 "{}: {}",
-                path.display(),
+                escape_for_terminal(&path.display().to_string()),
                 if valid {
                     format!("valid ({warnings} warning{})", if warnings == 1 { "" } else { "s" })
                 } else {

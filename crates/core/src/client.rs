@@ -71,12 +71,15 @@ pub fn is_permanent_failure(error: &(dyn std::error::Error + 'static)) -> bool {
     use rustls::AlertDescription as Alert;
     let mut next = Some(error);
     while let Some(cause) = next {
-        let tls = cause.downcast_ref::<rustls::Error>().or_else(|| {
-            cause
-                .downcast_ref::<std::io::Error>()
-                .and_then(|io| io.get_ref())
-                .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-        });
+        // tokio-rustls wraps the TLS error in an io::Error, which a connector may wrap again;
+        // an io::Error's `source` skips its inner error, so the layers are opened here.
+        let mut tls = cause.downcast_ref::<rustls::Error>();
+        let mut io = cause.downcast_ref::<std::io::Error>();
+        while let (None, Some(layer)) = (tls, io) {
+            let inner = layer.get_ref();
+            tls = inner.and_then(|inner| inner.downcast_ref::<rustls::Error>());
+            io = inner.and_then(|inner| inner.downcast_ref::<std::io::Error>());
+        }
         if let Some(tls) = tls {
             return matches!(
                 tls,
@@ -276,5 +279,96 @@ mod bytes_stream {
                 ClientError::BadAnswer { name: self.name.clone(), detail: error_chain(&e) }
             })
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr};
+    use std::sync::Arc;
+
+    use super::*;
+    use crate::pki::{CertificateAuthority, crypto_provider, parse_certs, parse_key};
+    use crate::provider::{MachineState, Role};
+
+    fn machine(name: &str, endpoint: SocketAddr) -> Machine {
+        Machine {
+            name: name.to_owned(),
+            role: Role::Binary,
+            region: "local".to_owned(),
+            id: name.to_owned(),
+            public_ip: endpoint.ip(),
+            private_ip: endpoint.ip(),
+            agent_endpoint: endpoint,
+            state: MachineState::Running,
+            state_reason: None,
+        }
+    }
+
+    /// Serves TLS with `name`'s certificate from `ca` on a loopback port, for handshakes only.
+    async fn serve_as(ca: &CertificateAuthority, name: &str) -> SocketAddr {
+        let issued = ca.issue_agent(name, "t1", &[IpAddr::V4(Ipv4Addr::LOCALHOST)]).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(crypto_provider())
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(
+                parse_certs(&issued.cert_pem).unwrap(),
+                parse_key(&issued.key_pem).unwrap(),
+            )
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).await.unwrap();
+        let address = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    let _ = acceptor.accept(stream).await;
+                });
+            }
+        });
+        address
+    }
+
+    #[tokio::test]
+    async fn a_certificate_for_another_machine_is_a_permanent_failure() {
+        let ca = CertificateAuthority::generate("t1").unwrap();
+        let client_identity = ca.issue_client("t1").unwrap();
+        let address = serve_as(&ca, "node-1").await;
+        let client =
+            AgentClient::new("t1", ca.cert_pem(), &client_identity, &[machine("node-0", address)])
+                .unwrap();
+        let error = client.status("node-0").await.unwrap_err();
+        assert!(error.is_permanent(), "{error:?}");
+        assert!(error.to_string().contains("certificate"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn another_deployments_agent_is_a_permanent_failure() {
+        let ours = CertificateAuthority::generate("t1").unwrap();
+        let theirs = CertificateAuthority::generate("t1").unwrap();
+        let address = serve_as(&theirs, "node-0").await;
+        let identity = ours.issue_client("t1").unwrap();
+        let client =
+            AgentClient::new("t1", ours.cert_pem(), &identity, &[machine("node-0", address)])
+                .unwrap();
+        let error = client.status("node-0").await.unwrap_err();
+        assert!(error.is_permanent(), "{error:?}");
+    }
+
+    #[tokio::test]
+    async fn an_agent_not_listening_yet_is_not_permanent() {
+        let ca = CertificateAuthority::generate("t1").unwrap();
+        let identity = ca.issue_client("t1").unwrap();
+        // A port nothing listens on: connection refused, as a booting machine answers.
+        let listener = std::net::TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).unwrap();
+        let address = listener.local_addr().unwrap();
+        drop(listener);
+        let client =
+            AgentClient::new("t1", ca.cert_pem(), &identity, &[machine("node-0", address)])
+                .unwrap();
+        let error = client.status("node-0").await.unwrap_err();
+        assert!(!error.is_permanent(), "{error:?}");
     }
 }

@@ -90,6 +90,21 @@ impl TestFleet {
         path
     }
 
+    /// A fleet whose spec is `spec` as written, in a work directory with `config.conf`,
+    /// `dashboard.json` and the example app as `fleet-app`.
+    pub fn with_spec(tag: &str, spec: &str) -> TestFleet {
+        let home = tempfile::tempdir().expect("temp home");
+        let work = tempfile::tempdir().expect("temp work dir");
+        let mut fleet = TestFleet { home, work, tag: tag.to_owned(), spec: PathBuf::new() };
+        fleet.write_config("config.conf", "hello");
+        fs_err::write(fleet.work.path().join("dashboard.json"), "{}").unwrap();
+        let path = fleet.work.path().join("fleet.yaml");
+        fs_err::write(&path, spec.replace("{fleet_app}", &fleet_app_bin().display().to_string()))
+            .unwrap();
+        fleet.spec = path;
+        fleet
+    }
+
     /// A `flotilla` command with this fleet's state directory, run in the work directory.
     pub fn command(&self, args: &[&str]) -> Command {
         let mut command = Command::new(flotilla_bin());
@@ -134,6 +149,62 @@ impl TestFleet {
     pub fn instance_dir(&self, name: &str) -> PathBuf {
         self.deployment_dir().join("local").join("instances").join(name)
     }
+
+    /// The local provider's directory of this deployment: what its address leases name as
+    /// their owner.
+    pub fn local_root(&self) -> PathBuf {
+        self.deployment_dir().join("local")
+    }
+}
+
+/// The machine-wide lease directory the local provider uses in this test run.
+pub fn lease_dir() -> PathBuf {
+    match std::env::var_os("FLOTILLA_LEASE_DIR").filter(|dir| !dir.is_empty()) {
+        Some(dir) => PathBuf::from(dir),
+        None => std::env::temp_dir()
+            .join(format!("flotilla-{}", rustix::process::getuid().as_raw()))
+            .join("leases"),
+    }
+}
+
+/// The address blocks leased to `owner` (a deployment's local provider directory).
+pub fn leases_of(owner: &Path) -> Vec<String> {
+    let Ok(entries) = fs_err::read_dir(lease_dir()) else {
+        return Vec::new();
+    };
+    let mut found = Vec::new();
+    for entry in entries.flatten() {
+        let Ok(text) = fs_err::read_to_string(entry.path()) else { continue };
+        let Ok(record) = serde_json::from_str::<Value>(&text) else { continue };
+        if record["owner"].as_str().is_some_and(|o| Path::new(o) == owner) {
+            found.push(entry.file_name().to_string_lossy().into_owned());
+        }
+    }
+    found
+}
+
+/// Every file and directory under `root` (itself included) with its mode, in path order.
+pub fn modes_under(root: &Path) -> Vec<(PathBuf, u32)> {
+    use std::os::unix::fs::PermissionsExt;
+    let mut found = Vec::new();
+    let mut pending = vec![root.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        let Ok(metadata) = fs_err::symlink_metadata(&path) else { continue };
+        found.push((path.clone(), metadata.permissions().mode() & 0o777));
+        if metadata.is_dir() {
+            for entry in fs_err::read_dir(&path).unwrap().flatten() {
+                pending.push(entry.path());
+            }
+        }
+    }
+    found.sort();
+    found
+}
+
+/// The value of `name` in process `pid`'s environment.
+pub fn environment_of(pid: u32) -> Vec<String> {
+    let bytes = fs_err::read(format!("/proc/{pid}/environ")).unwrap_or_default();
+    bytes.split(|b| *b == 0).map(|e| String::from_utf8_lossy(e).into_owned()).collect()
 }
 
 impl Drop for TestFleet {

@@ -368,3 +368,49 @@ pub fn spec_refusal(
         document.diagnostic(Severity::Error, field, message).with_help(help.to_owned());
     CoreError::Invalid(SpecErrors { diagnostics: vec![diagnostic] })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+
+    use super::*;
+
+    fn machine(name: &str, state: MachineState, reason: Option<&str>) -> Machine {
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        Machine {
+            name: name.to_owned(),
+            role: Role::Binary,
+            region: "r".to_owned(),
+            id: name.to_owned(),
+            public_ip: ip,
+            private_ip: ip,
+            agent_endpoint: SocketAddr::new(ip, 7443),
+            state,
+            state_reason: reason.map(str::to_owned),
+        }
+    }
+
+    #[test]
+    fn a_machine_seen_down_twice_in_a_row_is_gone_with_its_reason() {
+        let departures = Departures::default();
+        let reason = Some("Server.InternalError: cannot boot");
+        departures.record(&[
+            machine("a", MachineState::Terminated, reason),
+            machine("b", MachineState::Running, None),
+        ]);
+        assert_eq!(departures.gone("a"), None, "one sighting may be a machine still starting");
+        departures.record(&[
+            machine("a", MachineState::Terminated, reason),
+            machine("b", MachineState::Stopped, None),
+        ]);
+        assert_eq!(
+            departures.gone("a").as_deref(),
+            Some("the machine is terminated: Server.InternalError: cannot boot")
+        );
+        assert_eq!(departures.gone("b"), None);
+        // Up again in between: the count starts over.
+        departures.record(&[machine("b", MachineState::Running, None)]);
+        departures.record(&[machine("b", MachineState::Stopped, None)]);
+        assert_eq!(departures.gone("b"), None);
+    }
+}
