@@ -632,7 +632,11 @@ impl<'f> Decoder<'f> {
                 self.error(
                     node.location,
                     field,
-                    format!("`{}` is longer than {max}, its most", scalar.text),
+                    format!(
+                        "`{}` is longer than {max}, the longest `{}` may be",
+                        scalar.text,
+                        last_segment(field)
+                    ),
                     format!("write a duration from 1ms to {max}"),
                 );
                 None

@@ -285,7 +285,12 @@ fn location_of(span: Span) -> Location {
 fn scan_error(error: ScanError) -> YamlSyntaxError {
     let marker = error.marker();
     let info = error.info();
-    let help = if info.contains("tab") {
+    let help = if info.contains("unprintable") {
+        "the file holds control characters or binary data, which YAML does not allow: is it the \
+         right file?"
+    } else if info.contains("recursion limit") {
+        "sequences and mappings nest far deeper than a fleet spec needs: is it the right file?"
+    } else if info.contains("tab") {
         "indent with spaces: YAML does not allow tabs for indentation"
     } else if info.contains("':' must be followed") {
         "put a space after the `:` of a key"
