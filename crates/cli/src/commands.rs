@@ -282,14 +282,15 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
         }
         Command::Clean(args) => {
             let home = home()?;
+            // A deployment whose metadata cannot be read may be an AWS one: it counts as live.
             let live: Vec<String> = workflows::list(&home)?
                 .into_iter()
-                .filter_map(Result::ok)
-                .filter(|m| {
-                    m.provider == ProviderKind::Aws
-                        && m.status != flotilla_core::state::DeploymentStatus::Destroyed
+                .filter_map(|entry| match entry {
+                    Ok(m) => (m.provider == ProviderKind::Aws
+                        && m.status != flotilla_core::state::DeploymentStatus::Destroyed)
+                        .then_some(m.tag),
+                    Err((tag, _)) => Some(format!("{tag} (unreadable metadata)")),
                 })
-                .map(|m| m.tag)
                 .collect();
             if !live.is_empty() && !args.force {
                 return Err(CoreError::Refused(format!(
