@@ -14,6 +14,7 @@
 
 pub mod api;
 pub mod bootstrap;
+pub mod capacity;
 mod decode;
 pub mod diagnostic;
 pub mod document;
