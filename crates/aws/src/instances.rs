@@ -27,7 +27,7 @@ use aws_sdk_ec2::types::{
     InstanceNetworkInterfaceSpecification, InstanceStateName, Placement, ResourceType,
     ShutdownBehavior, VolumeType,
 };
-use flotilla_core::plan::MachinePlan;
+use flotilla_core::plan::{DeploymentPlan, MachinePlan};
 use flotilla_core::provider::{MachineState, ProviderError, Role};
 use rand::Rng;
 use tokio::time::Instant;
@@ -193,7 +193,7 @@ pub fn assign_zones(
             group_types
                 .entry((machine.region.clone(), group.clone()))
                 .or_default()
-                .push(machine.instance_type.clone());
+                .push(DeploymentPlan::first_type(machine).to_owned());
         }
     }
     for ((region, group), types) in group_types {
@@ -213,12 +213,13 @@ pub fn assign_zones(
             None => {
                 let eligible = offerings
                     .get(&machine.region)
-                    .and_then(|o| o.get(&machine.instance_type))
+                    .and_then(|o| o.get(DeploymentPlan::first_type(machine)))
                     .filter(|z| !z.is_empty())
                     .ok_or_else(|| {
                         format!(
                             "{}: no availability zone offers {}",
-                            machine.region, machine.instance_type
+                            machine.region,
+                            DeploymentPlan::first_type(machine)
                         )
                     })?;
                 eligible[index % eligible.len()].clone()
@@ -244,7 +245,7 @@ pub fn plan_batches(machines: &[&MachinePlan], zones: &HashMap<String, String>) 
                         id,
                         region: machine.region.clone(),
                         role: machine.role,
-                        instance_type: machine.instance_type.clone(),
+                        instance_type: DeploymentPlan::first_type(machine).to_owned(),
                         availability_zone: zones[&machine.name].clone(),
                         names: vec![machine.name.clone()],
                     },
@@ -269,7 +270,7 @@ impl BatchKey {
         BatchKey {
             region: machine.region.clone(),
             role: machine.role,
-            instance_type: machine.instance_type.clone(),
+            instance_type: DeploymentPlan::first_type(machine).to_owned(),
             zone: zone.to_owned(),
             storage: (
                 machine.storage_size,
@@ -595,7 +596,10 @@ mod tests {
             name: name.into(),
             role: Role::Binary,
             region: region.into(),
-            instance_type: instance_type.into(),
+            instance_types: vec![instance_type.into()],
+            requirements: None,
+            market: flotilla_spec::capacity::Market::OnDemand,
+            zones: Vec::new(),
             storage_size: 10,
             storage_class: "gp3".into(),
             storage_iops: None,

@@ -452,7 +452,7 @@ impl Provider for AwsProvider {
         let stage = progress.stage("checking the account", 0);
         let regions = plan.regions();
         let mut types: Vec<String> =
-            plan.machines.iter().map(|m| m.instance_type.clone()).collect();
+            plan.machines.iter().map(|m| DeploymentPlan::first_type(m).to_owned()).collect();
         types.sort();
         types.dedup();
         let offerings_lookup = async {
@@ -463,7 +463,7 @@ impl Provider for AwsProvider {
                         .machines
                         .iter()
                         .filter(|m| &m.region == region)
-                        .map(|m| m.instance_type.clone())
+                        .map(|m| DeploymentPlan::first_type(m).to_owned())
                         .collect();
                     region_types.sort();
                     region_types.dedup();
@@ -516,8 +516,10 @@ impl Provider for AwsProvider {
                     machines.iter().map(|m| zones[&m.name].clone()).collect();
                 in_use.sort();
                 in_use.dedup();
-                let mut region_architectures: Vec<String> =
-                    machines.iter().map(|m| architectures[&m.instance_type].clone()).collect();
+                let mut region_architectures: Vec<String> = machines
+                    .iter()
+                    .map(|m| architectures[DeploymentPlan::first_type(m)].clone())
+                    .collect();
                 region_architectures.sort();
                 region_architectures.dedup();
                 let plan = RegionPlan {

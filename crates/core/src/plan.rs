@@ -1,5 +1,6 @@
 //! The deployment plan: the machines a spec asks for, in a provider-neutral form.
 
+use flotilla_spec::capacity::{InstanceRequirements, Market};
 use flotilla_spec::fleet::PortSpec;
 use flotilla_spec::{FleetSpec, ProviderKind};
 
@@ -13,12 +14,18 @@ pub const AWS_MONITORING_REGION: &str = "us-east-1";
 pub const LOCAL_REGION: &str = "local";
 
 /// One machine to run.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MachinePlan {
     pub name: String,
     pub role: Role,
     pub region: String,
-    pub instance_type: String,
+    /// The listed instance types in preference order (`instance_type`, then `instance_types`);
+    /// empty when only `requirements` choose.
+    pub instance_types: Vec<String>,
+    pub requirements: Option<InstanceRequirements>,
+    pub market: Market,
+    /// Allowed zones; empty means every zone.
+    pub zones: Vec<String>,
     pub storage_size: i32,
     pub storage_class: String,
     pub storage_iops: Option<i32>,
@@ -48,7 +55,10 @@ impl DeploymentPlan {
             name: MONITORING_NAME.to_owned(),
             role: Role::Monitoring,
             region: monitoring_region.to_owned(),
-            instance_type: monitoring.instance_type.clone(),
+            instance_types: vec![monitoring.instance_type.clone()],
+            requirements: None,
+            market: Market::OnDemand,
+            zones: Vec::new(),
             storage_size: monitoring.storage_size,
             storage_class: monitoring.storage_class.clone(),
             storage_iops: monitoring.storage_iops,
@@ -62,7 +72,10 @@ impl DeploymentPlan {
                 name,
                 role: Role::Binary,
                 region: instance.region.clone(),
-                instance_type: instance.instance_type.clone(),
+                instance_types: instance.listed_types(),
+                requirements: instance.requirements.clone(),
+                market: instance.market,
+                zones: instance.zones.clone(),
                 storage_size: instance.storage_size,
                 storage_class: instance.storage_class.clone(),
                 storage_iops: instance.storage_iops,
@@ -80,6 +93,11 @@ impl DeploymentPlan {
         regions.sort();
         regions.dedup();
         regions
+    }
+
+    /// The first listed instance type of `machine`, for paths that launch one type.
+    pub fn first_type(machine: &MachinePlan) -> &str {
+        machine.instance_types.first().map_or("", String::as_str)
     }
 
     /// Binary machines (not monitoring).
