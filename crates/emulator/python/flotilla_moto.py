@@ -11,6 +11,8 @@ moto's Python. It serves moto's WSGI app with werkzeug (threaded) on 127.0.0.1 a
 - instance state timing: `pending` and `shutting-down`/`stopping` last a while, and the public
   IP appears when the instance is running;
 - the dependency checks moto skips (DeleteSubnet, DeleteSecurityGroup, DeleteVpc);
+- RunInstances root volumes with their mapping's IOPS and throughput (moto drops them, and
+  then refuses io1 and io2);
 - public IPs from a pool of loopback addresses the Rust side leased, recycled on termination;
 - a JSON control API under `/_flotilla/`.
 
@@ -55,6 +57,7 @@ from moto.ec2.models.instances import Instance, InstanceBackend
 from moto.ec2.models.security_groups import SecurityGroupBackend
 from moto.ec2.models.subnets import SubnetBackend
 from moto.ec2.models.vpcs import VPCBackend
+from moto.ec2.responses.instances import InstanceResponse
 from moto.iam.models import get_account_id_from
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -787,9 +790,13 @@ CURRENT = threading.local()
 def run_instances(
     self: Any, image_id: str, count: int, user_data: Any, security_group_names: Any, **kwargs: Any
 ) -> Any:
-    reservation = original_run_instances(
-        self, image_id, count, user_data, security_group_names, **kwargs
-    )
+    CURRENT.block_devices = launch_block_devices(self, kwargs)
+    try:
+        reservation = original_run_instances(
+            self, image_id, count, user_data, security_group_names, **kwargs
+        )
+    finally:
+        CURRENT.block_devices = {}
     # moto associates the instance profile with the first instance of a reservation only.
     name, arn = kwargs.get("iam_instance_profile_name"), kwargs.get("iam_instance_profile_arn")
     for instance in reservation.instances[1:] if (name or arn) else []:
@@ -801,6 +808,66 @@ def run_instances(
         instance._flotilla_scope = getattr(CURRENT, "scope", "-")
         begin_pending(instance)
     return reservation
+
+
+# --- Root volumes with their IOPS and throughput ------------------------------------------------
+
+# AWS's gp3 baseline: what DescribeVolumes reports when a launch gives no IOPS or throughput.
+GP3_BASELINE_THROUGHPUT = 125
+original_parse_block_device_mapping = InstanceResponse._parse_block_device_mapping
+
+
+def parse_block_device_mapping(self: Any) -> list[dict[str, Any]]:
+    """moto keeps a mapping's `Ebs.Iops` but drops `Ebs.Throughput`: keep both."""
+    mappings = original_parse_block_device_mapping(self)
+    given = self._get_param("BlockDeviceMappings", [])
+    for mapping, request in zip(mappings, given):
+        mapping["Ebs"]["Throughput"] = (request.get("Ebs") or {}).get("Throughput")
+    return mappings
+
+
+def launch_block_devices(backend: Any, kwargs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each device's `Ebs` of a RunInstances call, from the call or its launch template, as
+    moto's run_instances picks them."""
+    mappings = kwargs.get("block_device_mappings")
+    if mappings is None and kwargs.get("launch_template"):
+        with contextlib.suppress(Exception):  # an unknown template: moto answers that itself
+            template = backend._get_template_from_args(kwargs["launch_template"])
+            mappings = template.data.get("BlockDeviceMappings")
+    return {
+        mapping["DeviceName"]: mapping.get("Ebs") or {}
+        for mapping in mappings or []
+        if mapping.get("DeviceName")
+    }
+
+
+def add_block_device(
+    self: Any,
+    size: int,
+    device_path: str,
+    snapshot_id: str | None,
+    encrypted: bool,
+    delete_on_termination: bool,
+    kms_key_id: str | None,
+    volume_type: str | None,
+) -> None:
+    """moto's, with the mapping's IOPS and throughput: without them it creates the volume
+    with none, and then refuses io1 and io2 (which need IOPS)."""
+    ebs = getattr(CURRENT, "block_devices", {}).get(device_path, {})
+    throughput = ebs.get("Throughput")
+    if volume_type == "gp3" and not throughput:
+        throughput = GP3_BASELINE_THROUGHPUT
+    volume = self.ec2_backend.create_volume(
+        size=size,
+        zone_name=self._placement.zone,
+        snapshot_id=snapshot_id,
+        encrypted=encrypted,
+        kms_key_id=kms_key_id,
+        volume_type=volume_type,
+        iops=ebs.get("Iops"),
+        throughput=throughput,
+    )
+    self.ec2_backend.attach_volume(volume.id, self.id, device_path, delete_on_termination)
 
 
 # --- Dependency checks moto skips ---------------------------------------------------------------
@@ -892,6 +959,8 @@ def install_patches() -> None:
         (Instance, "stop", wind_down(Instance.stop, "stopping", "stopped")),
         (Instance, "terminate", wind_down(Instance.terminate, "shutting-down", "terminated")),
         (InstanceBackend, "run_instances", run_instances),
+        (InstanceResponse, "_parse_block_device_mapping", parse_block_device_mapping),
+        (Instance, "add_block_device", add_block_device),
         (SubnetBackend, "delete_subnet", delete_subnet),
         (SecurityGroupBackend, "delete_security_group", delete_security_group),
         (VPCBackend, "delete_vpc", delete_vpc),
