@@ -13,7 +13,8 @@ moto's Python. It serves moto's WSGI app with werkzeug (threaded) on 127.0.0.1 a
 - the dependency checks moto skips (DeleteSubnet, DeleteSecurityGroup, DeleteVpc);
 - RunInstances root volumes with their mapping's IOPS and throughput (moto drops them, and
   then refuses io1 and io2);
-- public IPs from a pool of loopback addresses the Rust side leased, recycled on termination;
+- public IPs from a pool of loopback addresses the Rust side leased, recycled on termination,
+  skipping an address whose agent or IMDS port something else on this machine holds;
 - a JSON control API under `/_flotilla/`.
 
 Why in-process patches rather than a proxy in front of moto: the features above need moto's
@@ -24,8 +25,9 @@ moto's XML in every response that shows it; a patch changes the model once, and 
 it (errors included) in every protocol. moto is pinned to 5.2.5, so the patched internals do
 not move underneath us.
 
-Environment (set by the Rust side): FLOTILLA_EMULATOR_PORT (0 picks a free port; the chosen
-one is printed as `{"port": N}` on stdout), FLOTILLA_EMULATOR_PUBLIC_BLOCKS (`127.A.B,...`),
+Environment (set by the Rust side, listed in `src/env.rs`): FLOTILLA_EMULATOR_PORT (0 picks a
+free port; the chosen one is printed as `{"port": N}` on stdout), FLOTILLA_EMULATOR_PUBLIC_BLOCKS
+(`127.A.B,...`), FLOTILLA_EMULATOR_PROBE_PORTS (`7443,9101,1338`),
 FLOTILLA_EMULATOR_PENDING_MS, FLOTILLA_EMULATOR_SHUTTING_DOWN_MS, FLOTILLA_EMULATOR_LATENCY_MS,
 and MOTO_AMIS_PATH (read by moto at import).
 """
@@ -35,9 +37,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import itertools
 import json
 import os
 import random
+import socket
+import sys
 import threading
 import time
 import uuid
@@ -560,16 +565,44 @@ def xml_escape(text: str) -> str:
 
 
 class AddressPoolExhausted(EC2ClientError):
-    def __init__(self) -> None:
+    def __init__(self, busy: int) -> None:
+        because = (
+            f" ({busy} free addresses were skipped: something on this machine listens on"
+            f" port {', '.join(map(str, PROBE_PORTS))} of them)"
+            if busy
+            else ""
+        )
         super().__init__(
             "InsufficientAddressCapacity",
-            "flotilla-emulator's loopback public-IP pool is exhausted: terminate instances"
-            " or start it with more --public-ip-blocks",
+            f"flotilla-emulator's loopback public-IP pool is exhausted{because}: terminate"
+            " instances or start it with more --public-ip-blocks",
         )
 
 
+# The ports an instance's address must have free: the agent's API and metrics ports, and its
+# IMDS (given by the Rust side).
+PROBE_PORTS = [
+    int(port) for port in os.environ.get("FLOTILLA_EMULATOR_PROBE_PORTS", "").split(",") if port
+]
+
+
+def busy_port(address: str) -> int | None:
+    """The first of PROBE_PORTS that cannot be bound on `address`, probed as the agent binds
+    (with SO_REUSEADDR, as Rust's listeners do): another local fleet, another emulator's
+    instance or any program may hold it, and the booter could not boot the instance there."""
+    for port in PROBE_PORTS:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError:
+                return port
+    return None
+
+
 class AddressPool:
-    """Public IPs from the /24 blocks the Rust side leased; freed addresses are reused last."""
+    """Public IPs from the /24 blocks the Rust side leased; freed addresses are reused last.
+    An address on which something else listens is skipped (and tried again later)."""
 
     def __init__(self, blocks: Iterable[str]) -> None:
         self.lock = threading.Lock()
@@ -581,11 +614,18 @@ class AddressPool:
 
     def take(self, holder: Any) -> str:
         with self.lock:
-            if not self.free:
-                raise AddressPoolExhausted()
-            address = self.free.popleft()
-            self.in_use[address] = holder
-            return address
+            for _ in range(len(self.free)):
+                address = self.free.popleft()
+                port = busy_port(address)
+                if port is None:
+                    self.in_use[address] = holder
+                    return address
+                print(
+                    f"flotilla-emulator: skipping {address}: port {port} is in use there",
+                    file=sys.stderr,
+                )
+                self.free.append(address)
+            raise AddressPoolExhausted(busy=len(self.free))
 
     def give(self, address: str | None) -> None:
         with self.lock:
@@ -601,7 +641,16 @@ class AddressPool:
     def to_json(self) -> dict[str, Any]:
         with self.lock:
             holders = {ip: holder_name(holder) for ip, holder in self.in_use.items()}
-            return {"size": self.size, "free": len(self.free), "in_use": holders}
+            return {
+                "size": self.size,
+                "free": len(self.free),
+                "in_use": holders,
+                "next": list(itertools.islice(self.free, NEXT_SHOWN)),
+            }
+
+
+# How many of the next free addresses `/_flotilla/public-ips` shows, in the order they go out.
+NEXT_SHOWN = 16
 
 
 def holder_name(holder: Any) -> str:

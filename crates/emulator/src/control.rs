@@ -17,7 +17,7 @@
 //! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/latency` (PUT `{"ms": n}`) | `{"ms": n}` |
 //! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/timing` (PUT `{"pending_ms"?, "shutting_down_ms"?}`) | both values |
 //! | `GET /_flotilla/instances[?since=G]` | `{"generation": G, "instances": [InstanceInfo]}` or `{"generation": G, "unchanged": true}` |
-//! | `GET /_flotilla/public-ips` | `{"size": n, "free": n, "in_use": {ip: instance id}}` |
+//! | `GET /_flotilla/public-ips` | `{"size": n, "free": n, "in_use": {ip: instance id}, "next": [ip]}` |
 //!
 //! A `Rule` is `{"code", "service"?, "action"?, "probability"?, "count"?, "pool"?:
 //! {"instance_type"?, "availability_zone"?, "market"?: "spot"|"on-demand"}, "status"?,
@@ -137,6 +137,10 @@ pub struct PublicIps {
     pub free: usize,
     /// Address → the instance (or `elastic-ip`) holding it.
     pub in_use: BTreeMap<Ipv4Addr, String>,
+    /// The next free addresses (up to 16), in the order they are handed out; one where
+    /// something else listens on port 7443, 9101 or 1338 is skipped and goes to the back.
+    #[serde(default)]
+    pub next: Vec<Ipv4Addr>,
 }
 
 impl FaultRule {

@@ -29,6 +29,9 @@ pub mod moto {
     pub const PORT: &str = "FLOTILLA_EMULATOR_PORT";
     /// The leased blocks public IPs come from: `127.A.B,127.A.C,…`.
     pub const PUBLIC_BLOCKS: &str = "FLOTILLA_EMULATOR_PUBLIC_BLOCKS";
+    /// The ports an address must have free to be handed out: `7443,9101,1338`
+    /// ([`crate::addresses::PROBED_PORTS`]).
+    pub const PROBE_PORTS: &str = "FLOTILLA_EMULATOR_PROBE_PORTS";
     /// Latency before every request, in milliseconds (scope `*`'s default).
     pub const LATENCY_MS: &str = "FLOTILLA_EMULATOR_LATENCY_MS";
     /// How long instances stay `pending`, in milliseconds (scope `*`'s default).

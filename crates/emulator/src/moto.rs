@@ -61,6 +61,7 @@ impl Moto {
             .env(env::AMIS_PATH, config.amis)
             .env(env::PORT, config.port.to_string())
             .env(env::PUBLIC_BLOCKS, &config.public_blocks)
+            .env(env::PROBE_PORTS, crate::addresses::probed_ports())
             .env(env::LATENCY_MS, millis(config.latency))
             .env(env::PENDING_MS, millis(config.pending))
             .env(env::SHUTTING_DOWN_MS, millis(config.shutting_down))
