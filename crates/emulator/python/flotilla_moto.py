@@ -15,7 +15,8 @@ moto's Python. It serves moto's WSGI app with werkzeug (threaded) on 127.0.0.1 a
   then refuses io1 and io2);
 - public IPs from a pool of loopback addresses the Rust side leased, recycled on termination,
   skipping an address whose agent or IMDS port something else on this machine holds;
-- a JSON control API under `/_flotilla/`.
+- a JSON control API under `/_flotilla/`, which also lets the booter end an instance it cannot
+  boot, with an EC2 StateReason saying why.
 
 Why in-process patches rather than a proxy in front of moto: the features above need moto's
 state, not just its traffic. A pool rule needs the AZ of a subnet, a dependency check needs
@@ -58,7 +59,7 @@ from moto.ec2.models import ec2_backends
 from moto.ec2.models import elastic_ip_addresses as moto_eips
 from moto.ec2.models.elastic_ip_addresses import ElasticAddressBackend
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface
-from moto.ec2.models.instances import Instance, InstanceBackend
+from moto.ec2.models.instances import Instance, InstanceBackend, StateReason
 from moto.ec2.models.security_groups import SecurityGroupBackend
 from moto.ec2.models.subnets import SubnetBackend
 from moto.ec2.models.vpcs import VPCBackend
@@ -1062,7 +1063,48 @@ def describe(account_id: str, region: str, backend: Any, instance: Any) -> dict[
         "launch_time": instance.launch_time.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "subnet_id": instance.subnet_id,
         "vpc_id": instance.vpc_id,
+        "state_reason": (
+            {"code": instance.state_reason.code, "message": instance.state_reason.message}
+            if instance.state_reason.code
+            else None
+        ),
     }
+
+
+def find_instance(instance_id: str) -> tuple[str, str, Any, Any] | None:
+    """(account, region, backend, instance) of an instance id, in any account and region."""
+    for account_id, regions in list(ec2_backends.items()):
+        for region, backend in list(regions.items()):
+            for reservation in list(backend.reservations.values()):
+                for instance in reservation.instances:
+                    if instance.id == instance_id:
+                        return account_id, region, backend, instance
+    return None
+
+
+def terminate_with_reason(instance_id: str, body: Any) -> tuple[int, Any]:
+    """The service ends an instance, as AWS does when a launch fails or a spot instance is
+    reclaimed: through `shutting-down` (the scope's timing) to `terminated`, with the given
+    StateReason; its StateTransitionReason is the reason's message, as AWS shows it then.
+    An instance already on its way down keeps its state and reason."""
+    reason = expect_object(body, {"code", "message"}, "the body")
+    for field in ("code", "message"):
+        if not isinstance(reason.get(field), str) or not reason[field]:
+            raise BadRequest(
+                f"`{field}` must be a non-empty string, e.g. "
+                '{"code": "Server.InternalError", "message": "Server.InternalError: ..."}'
+            )
+    with LIFECYCLE.lock:
+        found = find_instance(instance_id)
+        if found is None:
+            return 404, {"error": f"no instance {instance_id}"}
+        account_id, region, backend, instance = found
+        if instance._state.name in ("pending", "running"):
+            instance.terminate()  # wind_down's: shutting-down first when the scope says so
+            instance._reason = reason["message"]
+            instance.state_reason = StateReason(reason["message"], reason["code"])
+            LIFECYCLE.changed()
+        return 200, describe(account_id, region, backend, instance)
 
 
 # --- Control API: /_flotilla/... ----------------------------------------------------------------
@@ -1100,6 +1142,10 @@ def control(method: str, path: str, query: dict[str, str], body: Any) -> tuple[i
             return 200, {"generation": generation, "instances": list_instances()}
     if parts == ["public-ips"] and method == "GET":
         return 200, POOL.to_json()
+    if len(parts) == 3 and parts[0] == "instances" and parts[2] == "terminate":
+        if method != "POST":
+            return 404, {"error": f"no control route {method} {path}; use POST"}
+        return terminate_with_reason(parts[1], body)
     if len(parts) != 3 or parts[0] != "scopes":
         return 404, {"error": f"no control route {method} {path}"}
     scope, what = parts[1], parts[2]
