@@ -21,7 +21,9 @@ const LEASE_TAG: &str = "flotilla-emulator";
 /// them by binding before it hands an address out, as the local provider probes its own
 /// ([`flotilla_local::lease::is_free`]), and skips an address where one is taken: another
 /// local fleet, another emulator's instance or any program may listen there.
-pub(crate) const PROBED_PORTS: [u16; 3] = [DEFAULT_API_PORT, DEFAULT_METRICS_PORT, IMDS_PORT];
+pub(crate) const PROBED_PORTS: [u16; 3] = [AGENT_PORTS[0], AGENT_PORTS[1], IMDS_PORT];
+/// The agent's API and metrics ports; the booter probes them again before it runs user data.
+pub(crate) const AGENT_PORTS: [u16; 2] = [DEFAULT_API_PORT, DEFAULT_METRICS_PORT];
 
 /// [`PROBED_PORTS`] as moto reads them: `7443,9101,1338`.
 pub(crate) fn probed_ports() -> String {
