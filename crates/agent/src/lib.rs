@@ -35,6 +35,7 @@ mod api;
 mod artifacts;
 mod backoff;
 mod binary_log;
+mod deadline;
 mod error;
 mod fetch;
 mod health;
@@ -278,7 +279,7 @@ impl AgentHandle {
         let _ = self.shutdown.send(true);
         self.agent.abandon_rollout().await;
         let stopped = self.agent.supervisor.order(Order::Shutdown);
-        let limit = self.stop_grace + SUPERVISOR_STOP_MARGIN;
+        let limit = self.stop_grace.saturating_add(SUPERVISOR_STOP_MARGIN);
         if tokio::time::timeout(limit, stopped.wait()).await.is_err() {
             tracing::warn!("the binary did not stop within {limit:?}");
         }

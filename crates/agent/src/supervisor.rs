@@ -39,6 +39,7 @@ use tokio::time::Instant;
 use crate::artifacts::{BINARY_FILE, CONFIG_FILE, HOSTS_FILE};
 use crate::backoff::{CRASH_LOOP_EXITS, STABLE_RUN, restart_delay, restart_jitter};
 use crate::binary_log::{BinaryLog, MAX_LINE_BYTES};
+use crate::deadline;
 use crate::health::{self, CHECK_INTERVAL, FIRST_CHECK_AFTER, NONE_HEALTHY_AFTER};
 use crate::instance_dir::InstanceDir;
 use crate::metrics::AgentMetrics;
@@ -446,7 +447,7 @@ impl Supervisor {
                     capture,
                     check: None,
                     check_started_at: now,
-                    next_check_at: now + first_check,
+                    next_check_at: deadline::after(now, first_check),
                     checking: true,
                     check_failures: 0,
                     became_healthy: false,
@@ -482,7 +483,7 @@ impl Supervisor {
             }
             RunningEvent::CheckDone(result) => {
                 running.check = None;
-                running.next_check_at = running.check_started_at + CHECK_INTERVAL;
+                running.next_check_at = deadline::after(running.check_started_at, CHECK_INTERVAL);
                 self.on_check_result(&mut running, result);
                 Activity::Running(running)
             }
@@ -592,7 +593,7 @@ impl Supervisor {
             self.consecutive_failures,
             if crash_looping { ", none of them healthy: crash-looping" } else { "" }
         ));
-        Activity::BackingOff { until: Instant::now() + delay }
+        Activity::BackingOff { until: deadline::from_now(delay) }
     }
 
     /// Stops the binary: SIGTERM to its group, SIGKILL after the grace period, and SIGKILL to
@@ -601,7 +602,7 @@ impl Supervisor {
         let RunningBinary { mut child, pid, started_at, capture, .. } = *running;
         let short = self.short_selected();
         let grace = self.stop_grace;
-        let deadline = Instant::now() + grace;
+        let deadline = deadline::from_now(grace);
         self.log.event(&format!(
             "stopping version {short} pid {pid} ({reason}): SIGTERM to its process group"
         ));
@@ -622,7 +623,7 @@ impl Supervisor {
         };
         // The rest of the group gets what is left of the grace period, and at least a moment to
         // end after a SIGKILL.
-        let group_deadline = deadline.max(Instant::now() + GROUP_AFTER_KILL_WAIT);
+        let group_deadline = deadline.max(deadline::from_now(GROUP_AFTER_KILL_WAIT));
         if !wait_for_group_to_end(pid, group_deadline).await {
             self.log.event(&format!(
                 "processes of pid {pid}'s group were still there after {}: SIGKILL to the group",
@@ -721,7 +722,7 @@ async fn read_line_capped(
 
 /// Waits for the capture tasks to reach the end of the output, then gives up on them.
 async fn drain_output(capture: Vec<JoinHandle<()>>) {
-    let deadline = Instant::now() + OUTPUT_DRAIN_TIMEOUT;
+    let deadline = deadline::from_now(OUTPUT_DRAIN_TIMEOUT);
     for mut task in capture {
         if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
             task.abort();

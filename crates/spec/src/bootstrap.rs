@@ -16,6 +16,11 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_API_PORT: u16 = 7443;
 /// Default port of the agent's own Prometheus metrics (plain HTTP).
 pub const DEFAULT_METRICS_PORT: u16 = 9101;
+/// The longest `identity_timeout`: a day covers the slowest boot and the longest deployer
+/// outage worth waiting through; an agent past it exits and its service manager decides.
+pub const MAX_IDENTITY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The longest `stop_grace`: a binary that needs more than an hour to stop is killed.
+pub const MAX_STOP_GRACE: Duration = Duration::from_secs(3600);
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -36,11 +41,11 @@ pub struct AgentBootstrap {
     /// Where the identity bundle is: a path, a `file://` URL, or (on AWS) an `s3://` URL. The
     /// agent waits for it to appear, up to `identity_timeout`.
     pub identity: String,
-    /// How long to wait for the identity bundle before giving up, e.g. `10m`.
+    /// How long to wait for the identity bundle before giving up, e.g. `10m`; at most `24h`.
     #[serde(default = "default_identity_timeout", with = "crate::duration_serde")]
     #[schemars(with = "crate::duration_serde::DurationText")]
     pub identity_timeout: Duration,
-    /// How long the binary has to exit after SIGTERM before SIGKILL, e.g. `10s`.
+    /// How long the binary has to exit after SIGTERM before SIGKILL, e.g. `10s`; at most `1h`.
     #[serde(default = "default_stop_grace", with = "crate::duration_serde")]
     #[schemars(with = "crate::duration_serde::DurationText")]
     pub stop_grace: Duration,
@@ -125,6 +130,12 @@ impl AgentBootstrap {
         if self.identity.is_empty() {
             return Err(invalid("identity", "must name a path, file:// or s3:// URL"));
         }
+        if self.identity_timeout > MAX_IDENTITY_TIMEOUT {
+            return Err(invalid("identity_timeout", "must be at most 24h"));
+        }
+        if self.stop_grace > MAX_STOP_GRACE {
+            return Err(invalid("stop_grace", "must be at most 1h"));
+        }
         if self.logs.max_bytes < 4096 {
             return Err(invalid("logs", "max_bytes must be at least 4096"));
         }
@@ -168,5 +179,31 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("invalid IP address syntax"), "{err}");
+    }
+
+    #[test]
+    fn refuses_durations_past_their_bounds() {
+        let parse = |extra: &str| {
+            AgentBootstrap::parse(
+                &format!(
+                    r#"{{"tag":"t1","dir":"/x","listen":"127.1.0.1","identity":"i",{extra}}}"#
+                ),
+                "b.json",
+            )
+        };
+        let bounded = parse(r#""identity_timeout":"24h","stop_grace":"1h""#).unwrap();
+        assert_eq!(bounded.identity_timeout, MAX_IDENTITY_TIMEOUT);
+        assert_eq!(bounded.stop_grace, MAX_STOP_GRACE);
+        for (extra, expected) in [
+            (r#""identity_timeout":"24h 1s""#, "b.json: `identity_timeout`: must be at most 24h"),
+            (
+                r#""identity_timeout":"580000000000y""#,
+                "b.json: `identity_timeout`: must be at most 24h",
+            ),
+            (r#""stop_grace":"1h 1ms""#, "b.json: `stop_grace`: must be at most 1h"),
+            (r#""stop_grace":"300000000000y""#, "b.json: `stop_grace`: must be at most 1h"),
+        ] {
+            assert_eq!(parse(extra).unwrap_err().to_string(), expected, "{extra}");
+        }
     }
 }
