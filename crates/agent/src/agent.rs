@@ -105,14 +105,9 @@ impl Agent {
 
     /// The metrics page.
     pub(crate) fn metrics_text(&self) -> String {
-        let supervisor = self.supervisor.status();
-        let snapshot = MetricsSnapshot {
-            running: supervisor.pid.is_some(),
-            state: supervisor.state,
-            version: lock(&self.state).installed.clone(),
-            agent_uptime: self.started_at.elapsed(),
-            binary_uptime: supervisor.started_at.map(|started| started.elapsed()),
-        };
+        let version = lock(&self.state).installed.clone();
+        let snapshot =
+            MetricsSnapshot::new(&self.supervisor.status(), version, self.started_at.elapsed());
         self.metrics.render(&snapshot)
     }
 

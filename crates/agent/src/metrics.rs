@@ -9,7 +9,10 @@
 //! | `flotilla_agent_uptime_seconds` | gauge | seconds since the agent started |
 //! | `flotilla_binary_uptime_seconds` | gauge | seconds since the binary started (0 when down) |
 //!
-//! Everything but the restart counter is read from the agent's state at scrape time.
+//! Everything but the restart counter is read from the agent's state at scrape time, and the
+//! binary's gauges from one reading of the supervisor's status: `binary_up` and the health state
+//! cannot disagree (a state that claims a running binary comes with its pid, see
+//! `SupervisorStatus::into_reported`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -30,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::agent::Agent;
+use crate::supervisor::SupervisorStatus;
 
 /// Scrapes served at once; more wait to be accepted.
 const MAX_CONNECTIONS: usize = 16;
@@ -49,11 +53,29 @@ type Labels = Vec<(&'static str, String)>;
 /// What a scrape reports, read from the agent.
 #[derive(Debug)]
 pub(crate) struct MetricsSnapshot {
-    pub(crate) running: bool,
-    pub(crate) state: BinaryState,
-    pub(crate) version: Option<String>,
-    pub(crate) agent_uptime: Duration,
-    pub(crate) binary_uptime: Option<Duration>,
+    running: bool,
+    state: BinaryState,
+    version: Option<String>,
+    agent_uptime: Duration,
+    binary_uptime: Option<Duration>,
+}
+
+impl MetricsSnapshot {
+    /// The snapshot of one reported supervisor status, the installed version and the agent's
+    /// uptime.
+    pub(crate) fn new(
+        binary: &SupervisorStatus,
+        version: Option<String>,
+        agent_uptime: Duration,
+    ) -> MetricsSnapshot {
+        MetricsSnapshot {
+            running: binary.pid.is_some(),
+            state: binary.state,
+            version,
+            agent_uptime,
+            binary_uptime: binary.started_at.map(|started| started.elapsed()),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -220,5 +242,34 @@ mod tests {
         });
         assert!(!text.contains("version=\"abc\""), "{text}");
         assert!(text.contains("flotilla_binary_health_state{state=\"idle\"} 1\n"), "{text}");
+    }
+
+    #[test]
+    fn binary_up_and_the_health_state_come_from_one_status() {
+        let metrics = AgentMetrics::new();
+        let status = |state, pid| SupervisorStatus {
+            state,
+            pid,
+            started_at: pid.map(|_| tokio::time::Instant::now()),
+            ..SupervisorStatus::idle()
+        };
+        let render = |status: SupervisorStatus| {
+            metrics.render(&MetricsSnapshot::new(&status, None, Duration::from_secs(1)))
+        };
+        let healthy = render(status(BinaryState::Healthy, Some(7)).into_reported(true));
+        assert!(healthy.contains("flotilla_binary_up 1\n"), "{healthy}");
+        assert!(healthy.contains("{state=\"healthy\"} 1\n"), "{healthy}");
+        // The exit was published, the next state was not (a supervisor that panicked in
+        // between), or the supervisor has ended: down, and not healthy.
+        for reported in [
+            status(BinaryState::Healthy, None).into_reported(true),
+            status(BinaryState::Healthy, Some(7)).into_reported(false),
+        ] {
+            let text = render(reported);
+            assert!(text.contains("flotilla_binary_up 0\n"), "{text}");
+            assert!(text.contains("{state=\"healthy\"} 0\n"), "{text}");
+            assert!(text.contains("{state=\"stopped\"} 1\n"), "{text}");
+            assert!(text.contains("flotilla_binary_uptime_seconds 0.0\n"), "{text}");
+        }
     }
 }
