@@ -29,6 +29,7 @@ use tokio::time::Instant;
 use crate::artifacts;
 use crate::backoff::CRASH_LOOP_EXITS;
 use crate::binary_log::BinaryLog;
+use crate::components::{Components, Lifetime};
 use crate::deadline;
 use crate::fetch::Fetchers;
 use crate::instance_dir::InstanceDir;
@@ -69,6 +70,8 @@ pub(crate) struct Agent {
     /// Woken whenever a rollout finishes, for `WaitRollout`.
     pub(crate) rollout_finished: tokio::sync::Notify,
     pub(crate) started_at: Instant,
+    /// Spawns rollouts, so that a rollout that panics takes the agent down.
+    pub(crate) components: Components,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (plain values).
@@ -143,7 +146,8 @@ impl Agent {
         });
         let agent = self.clone();
         let rollout_version = version.clone();
-        slot.task = Some(tokio::spawn(async move {
+        let component = format!("rollout of version {}", short_version(&version));
+        slot.task = Some(self.components.spawn(component, Lifetime::UntilDone, async move {
             agent.roll_out(rollout_version, Arc::new(manifest)).await;
         }));
         Ok(ApplyResponse::Accepted { version })

@@ -33,6 +33,7 @@ use tokio_rustls::TlsAcceptor;
 
 use crate::agent::{Agent, Refusal};
 use crate::binary_log::EVENT_PREFIX;
+use crate::failpoint::{Failpoint, Failpoints};
 
 /// The largest manifest `ApplyManifest` accepts.
 pub(crate) const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
@@ -49,6 +50,7 @@ pub(crate) async fn serve_api(
     tls: Arc<rustls::ServerConfig>,
     agent: Arc<Agent>,
     mut shutdown: watch::Receiver<bool>,
+    failpoints: Failpoints,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
@@ -58,6 +60,9 @@ pub(crate) async fn serve_api(
         else {
             return;
         };
+        if failpoints.is_armed(Failpoint::ApiServerPanicsOnAccept) {
+            panic!("failpoint {:?}", Failpoint::ApiServerPanicsOnAccept);
+        }
         let acceptor = acceptor.clone();
         let agent = agent.clone();
         let mut shutdown = shutdown.clone();

@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use flotilla_spec::bootstrap::BootstrapError;
 
+use crate::components::ComponentDeath;
 use crate::fetch::FetchError;
 
 #[derive(Debug, thiserror::Error)]
@@ -69,4 +70,9 @@ pub enum AgentError {
 
     #[error("could not listen for {signal}: {source}")]
     Signal { signal: &'static str, source: io::Error },
+
+    #[error(
+        "{0}; the agent stopped its binary and exits with an error so that it is restarted; the agent's log and the binary's log say more"
+    )]
+    ComponentDied(ComponentDeath),
 }

@@ -25,7 +25,12 @@
 //! 8. **Health** (`health`): http, tcp or none, every second.
 //! 9. **Rollouts** (`agent`, `artifacts`): download, verify, start, hold to the health
 //!    deadline, then keep the new version or roll back.
-//! 10. **Errors** ([`AgentError`]): what stops the agent, with what to check.
+//! 10. **Components** (`components`): the supervisor, the servers and each rollout run as
+//!     tasks whose panic (or, for the whole-life ones, return) is noticed; [`run`] then writes
+//!     why into both logs, stops the binary and returns [`AgentError::ComponentDied`], so the
+//!     agent exits non-zero and its service manager restarts it. `failpoint` holds the test
+//!     seams that make components die (cargo feature `failpoints`, tests only).
+//! 11. **Errors** ([`AgentError`]): what stops the agent, with what to check.
 //!
 //! Architecture Invariant: the agent is the only thing that runs user binaries, under every
 //! provider; a provider only adds [`Fetcher`]s (such as `s3://`).
@@ -35,8 +40,13 @@ mod api;
 mod artifacts;
 mod backoff;
 mod binary_log;
+mod components;
 mod deadline;
 mod error;
+#[cfg(feature = "failpoints")]
+pub mod failpoint;
+#[cfg(not(feature = "failpoints"))]
+mod failpoint;
 mod fetch;
 mod health;
 mod identity;
@@ -59,16 +69,19 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use components::ComponentDeath;
 pub use error::AgentError;
 pub use fetch::{FetchError, FetchFuture, Fetcher, Fetchers, LocalFileFetcher};
 
 use crate::agent::{Agent, RolloutSlot};
 use crate::binary_log::BinaryLog;
+use crate::components::{Components, Lifetime};
+use crate::failpoint::Failpoints;
 use crate::instance_dir::{InstanceDir, InstanceLock, create_private_dir};
 use crate::metrics::AgentMetrics;
 use crate::spawner::Spawner;
 use crate::state::AgentState;
-use crate::supervisor::{BinaryEnvironment, Order, start_supervisor};
+use crate::supervisor::{BinaryEnvironment, Order, supervisor};
 
 /// Time the servers get to finish after shutdown was signalled.
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -77,7 +90,30 @@ const SUPERVISOR_STOP_MARGIN: Duration = Duration::from_secs(10);
 
 /// Runs the agent for the bootstrap config at `bootstrap_path` until SIGTERM or SIGINT, then
 /// stops the binary gracefully and returns. Builds its own current-thread runtime.
+///
+/// When a component dies (see [`ComponentDeath`]), the agent writes why into the binary's log
+/// and its own, stops the binary and returns [`AgentError::ComponentDied`]: the caller exits
+/// non-zero, so that a service manager restarts the agent.
 pub fn run(bootstrap_path: &Path, fetchers: Fetchers) -> Result<(), AgentError> {
+    run_armed(bootstrap_path, fetchers, Failpoints::default())
+}
+
+/// [`run`] with `failpoints` armed: only for the agent's own tests (see `failpoint`).
+#[cfg(feature = "failpoints")]
+#[doc(hidden)]
+pub fn run_with_failpoints(
+    bootstrap_path: &Path,
+    fetchers: Fetchers,
+    failpoints: &[failpoint::Failpoint],
+) -> Result<(), AgentError> {
+    run_armed(bootstrap_path, fetchers, Failpoints::armed(failpoints))
+}
+
+fn run_armed(
+    bootstrap_path: &Path,
+    fetchers: Fetchers,
+    failpoints: Failpoints,
+) -> Result<(), AgentError> {
     let text = fs_err::read_to_string(bootstrap_path).map_err(|source| {
         AgentError::ReadBootstrap { path: bootstrap_path.to_path_buf(), source }
     })?;
@@ -96,16 +132,30 @@ pub fn run(bootstrap_path: &Path, fetchers: Fetchers) -> Result<(), AgentError> 
         let mut terminate = listen(SignalKind::terminate(), "SIGTERM")?;
         let mut interrupt = listen(SignalKind::interrupt(), "SIGINT")?;
         // A signal while waiting for the identity ends the agent too: nothing runs yet.
-        let handle = tokio::select! {
-            handle = start(bootstrap, fetchers) => handle?,
+        let mut handle = tokio::select! {
+            handle = start_armed(bootstrap, fetchers, failpoints) => handle?,
             _ = terminate.recv() => return Ok(()),
             _ = interrupt.recv() => return Ok(()),
         };
-        tokio::select! {
-            _ = terminate.recv() => tracing::info!("SIGTERM: stopping"),
-            _ = interrupt.recv() => tracing::info!("SIGINT: stopping"),
-        }
-        handle.shutdown().await
+        let death = tokio::select! {
+            _ = terminate.recv() => {
+                tracing::info!("SIGTERM: stopping");
+                None
+            }
+            _ = interrupt.recv() => {
+                tracing::info!("SIGINT: stopping");
+                None
+            }
+            death = handle.component_death() => Some(death),
+        };
+        let Some(death) = death else {
+            return handle.shutdown().await;
+        };
+        handle.agent.log.event(&format!(
+            "{death}: stopping the agent, which exits with an error so that it is restarted"
+        ));
+        handle.shutdown().await?;
+        Err(AgentError::ComponentDied(death))
     })
 }
 
@@ -115,6 +165,25 @@ pub fn run(bootstrap_path: &Path, fetchers: Fetchers) -> Result<(), AgentError> 
 pub async fn start(
     bootstrap: AgentBootstrap,
     fetchers: Fetchers,
+) -> Result<AgentHandle, AgentError> {
+    start_armed(bootstrap, fetchers, Failpoints::default()).await
+}
+
+/// [`start`] with `failpoints` armed: only for the agent's own tests (see `failpoint`).
+#[cfg(feature = "failpoints")]
+#[doc(hidden)]
+pub async fn start_with_failpoints(
+    bootstrap: AgentBootstrap,
+    fetchers: Fetchers,
+    failpoints: &[failpoint::Failpoint],
+) -> Result<AgentHandle, AgentError> {
+    start_armed(bootstrap, fetchers, Failpoints::armed(failpoints)).await
+}
+
+async fn start_armed(
+    bootstrap: AgentBootstrap,
+    fetchers: Fetchers,
+    failpoints: Failpoints,
 ) -> Result<AgentHandle, AgentError> {
     let dir = InstanceDir::new(bootstrap.dir.clone());
     create_private_dir(dir.root())?;
@@ -170,8 +239,17 @@ pub async fn start(
             bootstrap.listen
         },
     };
-    let (supervisor, supervisor_task) =
-        start_supervisor(spawner, log.clone(), metrics.clone(), environment, bootstrap.stop_grace);
+    let (shutdown, shutdown_receiver) = watch::channel(false);
+    let (components, deaths) = Components::new(shutdown_receiver.clone());
+    let (supervisor, supervisor_task) = supervisor(
+        spawner,
+        log.clone(),
+        metrics.clone(),
+        environment,
+        bootstrap.stop_grace,
+        failpoints.clone(),
+    );
+    let supervisor_task = components.spawn("supervisor", Lifetime::Agent, supervisor_task);
     let stop_grace = bootstrap.stop_grace;
     let agent = Arc::new(Agent {
         identity,
@@ -184,15 +262,24 @@ pub async fn start(
         rollout: Mutex::new(RolloutSlot::default()),
         rollout_finished: tokio::sync::Notify::new(),
         started_at: tokio::time::Instant::now(),
+        components: components.clone(),
     });
 
     // The installed version is ordered to start before the API answers: a manifest applied at
     // once cannot race the restore.
     agent.restore().await;
-    let (shutdown, shutdown_receiver) = watch::channel(false);
+    let api = api::serve_api(
+        api_listener,
+        tls,
+        agent.clone(),
+        shutdown_receiver.clone(),
+        failpoints.clone(),
+    );
+    let metrics =
+        metrics::serve_metrics(metrics_listener, agent.clone(), shutdown_receiver, failpoints);
     let servers = vec![
-        tokio::spawn(api::serve_api(api_listener, tls, agent.clone(), shutdown_receiver.clone())),
-        tokio::spawn(metrics::serve_metrics(metrics_listener, agent.clone(), shutdown_receiver)),
+        components.spawn("API server", Lifetime::Agent, api),
+        components.spawn("metrics server", Lifetime::Agent, metrics),
     ];
     tracing::info!("agent serving: API on {api_address}, metrics on {metrics_address}");
     Ok(AgentHandle {
@@ -200,6 +287,7 @@ pub async fn start(
         shutdown,
         servers,
         supervisor_task: Some(supervisor_task),
+        deaths,
         lock: Some(lock),
         api_address,
         metrics_address,
@@ -245,6 +333,7 @@ pub struct AgentHandle {
     shutdown: watch::Sender<bool>,
     servers: Vec<JoinHandle<()>>,
     supervisor_task: Option<JoinHandle<()>>,
+    deaths: tokio::sync::mpsc::UnboundedReceiver<ComponentDeath>,
     lock: Option<InstanceLock>,
     api_address: SocketAddr,
     metrics_address: SocketAddr,
@@ -272,16 +361,42 @@ impl AgentHandle {
         self.metrics_address
     }
 
+    /// Resolves when a component of the agent has died (see [`ComponentDeath`]); never while
+    /// all is well. [`run`] then shuts the agent down and exits with an error.
+    pub async fn component_death(&mut self) -> ComponentDeath {
+        match self.deaths.recv().await {
+            Some(death) => death,
+            // Every component holds a sender, and so does the agent this handle keeps.
+            None => std::future::pending().await,
+        }
+    }
+
     /// Stops serving, abandons a rollout under way (the state file still names the version
     /// before it), stops the binary (SIGTERM, SIGKILL after the stop grace period) and releases
-    /// the instance directory.
+    /// the instance directory. When the supervisor has died, what is left of the binary's
+    /// process group is killed instead.
     pub async fn shutdown(mut self) -> Result<(), AgentError> {
         let _ = self.shutdown.send(true);
         self.agent.abandon_rollout().await;
         let stopped = self.agent.supervisor.order(Order::Shutdown);
         let limit = self.stop_grace.saturating_add(SUPERVISOR_STOP_MARGIN);
-        if tokio::time::timeout(limit, stopped.wait()).await.is_err() {
-            tracing::warn!("the binary did not stop within {limit:?}");
+        match tokio::time::timeout(limit, stopped.wait()).await {
+            Ok(Some(_)) => {}
+            Ok(None) => {
+                // The supervisor had ended without stopping the binary: the binary died with
+                // its spawner thread (parent-death signal), its children did not.
+                let agent = &self.agent;
+                let group = agent.dir.binary_process_group();
+                let killed = process_group::kill_leftovers(
+                    &group,
+                    &agent.identity.tag,
+                    &agent.identity.name,
+                );
+                agent.log.event(&format!(
+                    "the supervisor had ended: killed what was left of the binary's process group: pids {killed:?}"
+                ));
+            }
+            Err(_) => tracing::warn!("the binary did not stop within {limit:?}"),
         }
         if let Some(task) = self.supervisor_task.take()
             && tokio::time::timeout(SUPERVISOR_STOP_MARGIN, task).await.is_err()

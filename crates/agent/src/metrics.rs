@@ -33,6 +33,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, watch};
 
 use crate::agent::Agent;
+use crate::failpoint::{Failpoint, Failpoints};
 use crate::supervisor::SupervisorStatus;
 
 /// Scrapes served at once; more wait to be accepted.
@@ -160,6 +161,7 @@ pub(crate) async fn serve_metrics(
     listener: TcpListener,
     agent: Arc<Agent>,
     mut shutdown: watch::Receiver<bool>,
+    failpoints: Failpoints,
 ) {
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     loop {
@@ -168,6 +170,9 @@ pub(crate) async fn serve_metrics(
         else {
             return;
         };
+        if failpoints.is_armed(Failpoint::MetricsServerReturnsOnAccept) {
+            return;
+        }
         let agent = agent.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {

@@ -40,6 +40,7 @@ use crate::artifacts::{BINARY_FILE, CONFIG_FILE, HOSTS_FILE};
 use crate::backoff::{CRASH_LOOP_EXITS, STABLE_RUN, restart_delay, restart_jitter};
 use crate::binary_log::{BinaryLog, MAX_LINE_BYTES};
 use crate::deadline;
+use crate::failpoint::{Failpoint, Failpoints};
 use crate::health::{self, CHECK_INTERVAL, FIRST_CHECK_AFTER, NONE_HEALTHY_AFTER};
 use crate::instance_dir::InstanceDir;
 use crate::metrics::AgentMetrics;
@@ -194,14 +195,16 @@ impl SupervisorHandle {
     }
 }
 
-/// Starts the supervisor task.
-pub(crate) fn start_supervisor(
+/// The supervisor: its handle, and the task to spawn (it runs until `Order::Shutdown` or until
+/// every handle is gone).
+pub(crate) fn supervisor(
     spawner: Spawner,
     log: Arc<BinaryLog>,
     metrics: Arc<AgentMetrics>,
     environment: BinaryEnvironment,
     stop_grace: Duration,
-) -> (SupervisorHandle, JoinHandle<()>) {
+    failpoints: Failpoints,
+) -> (SupervisorHandle, impl Future<Output = ()> + Send + 'static) {
     let (orders, receiver) = mpsc::unbounded_channel();
     let (status, status_receiver) = watch::channel(SupervisorStatus::idle());
     let supervisor = Supervisor {
@@ -215,9 +218,9 @@ pub(crate) fn start_supervisor(
         selected: None,
         consecutive_failures: 0,
         warned_about_parent_death_signal: false,
+        failpoints,
     };
-    let task = tokio::spawn(supervisor.run());
-    (SupervisorHandle { orders, status: status_receiver }, task)
+    (SupervisorHandle { orders, status: status_receiver }, supervisor.run())
 }
 
 #[derive(Debug)]
@@ -237,6 +240,7 @@ struct Supervisor {
     selected: Option<Selected>,
     consecutive_failures: u32,
     warned_about_parent_death_signal: bool,
+    failpoints: Failpoints,
 }
 
 type HealthCheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -318,6 +322,11 @@ impl Supervisor {
             }
             return Activity::Finished;
         };
+        if matches!(order, Order::Restart)
+            && self.failpoints.is_armed(Failpoint::SupervisorPanicsOnRestart)
+        {
+            panic!("failpoint {:?}", Failpoint::SupervisorPanicsOnRestart);
+        }
         if let Some(running) = running {
             let reason = match &order {
                 Order::Run { version, .. } | Order::Hold { version, .. } => {
