@@ -14,7 +14,10 @@
 //!    [`Fetchers`] (`fetch`), and refuses a bundle of another deployment.
 //! 4. **API** (`api`, `tls`): HTTPS with client certificates required, over the deployment CA;
 //!    one closed set of requests, [`flotilla_spec::api::Request`].
-//! 5. **Metrics** (`metrics`): plain HTTP `GET /metrics`.
+//! 5. **Metrics** (`metrics`): plain HTTP `GET /metrics`, one request per connection. On both
+//!    ports a connection that has not proven itself yet (TLS handshake, request head) is
+//!    *pending*, with a budget of its own where the newest pushes out the oldest (`admission`),
+//!    so a flood of trickling connections cannot keep clients out.
 //! 6. **State** (`state`): `agent-state.json` says which version is installed; the agent starts
 //!    it (`agent::Agent::restore`). Both listeners are bound before (so a taken port fails the
 //!    start at once) but answer only after, so no request races the restore.
@@ -35,6 +38,7 @@
 //! Architecture Invariant: the agent is the only thing that runs user binaries, under every
 //! provider; a provider only adds [`Fetcher`]s (such as `s3://`).
 
+mod admission;
 mod agent;
 mod api;
 mod artifacts;
@@ -295,23 +299,17 @@ async fn start_armed(
     })
 }
 
-/// Resolves once `shutdown` turns true (or its sender is gone).
-/// The next connection of a server, with a permit from its connection limit; `None` once
-/// `shutdown` turns true. An accept error is logged and retried 100 ms later.
+/// The next connection of a server; `None` once `shutdown` turns true. Accepting never waits
+/// for room (see `admission`). An accept error is logged and retried 100 ms later.
 pub(crate) async fn next_connection(
     listener: &TcpListener,
-    connections: &Arc<tokio::sync::Semaphore>,
     shutdown: &mut watch::Receiver<bool>,
     server: &str,
-) -> Option<(tokio::sync::OwnedSemaphorePermit, (tokio::net::TcpStream, SocketAddr))> {
-    let permit = tokio::select! {
-        permit = connections.clone().acquire_owned() => permit.ok()?,
-        _ = shutdown_signalled(shutdown) => return None,
-    };
+) -> Option<(tokio::net::TcpStream, SocketAddr)> {
     loop {
         tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok(accepted) => return Some((permit, accepted)),
+                Ok(accepted) => return Some(accepted),
                 Err(error) => {
                     tracing::warn!("{server}: could not accept a connection: {error}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -322,6 +320,7 @@ pub(crate) async fn next_connection(
     }
 }
 
+/// Resolves once `shutdown` turns true (or its sender is gone).
 pub(crate) async fn shutdown_signalled(shutdown: &mut watch::Receiver<bool>) {
     // The guard `wait_for` returns is not `Send`: drop it here, not in the caller's future.
     let _ = shutdown.wait_for(|stop| *stop).await;

@@ -30,14 +30,19 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
+use crate::admission::{PendingConnections, PendingPolicy};
 use crate::agent::Agent;
 use crate::failpoint::{Failpoint, Failpoints};
 use crate::supervisor::SupervisorStatus;
 
-/// Scrapes served at once; more wait to be accepted.
-const MAX_CONNECTIONS: usize = 16;
+/// Connections that have not yet sent a complete request head (see `admission`).
+const PENDING_REQUESTS: PendingPolicy = PendingPolicy { capacity: 32, per_peer: 8 };
+/// Time for the request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a connection lives: a scrape is answered at once, after its head.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every state, for the per-state gauge.
 const STATES: [BinaryState; 6] = [
@@ -163,32 +168,45 @@ pub(crate) async fn serve_metrics(
     mut shutdown: watch::Receiver<bool>,
     failpoints: Failpoints,
 ) {
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let pending = PendingConnections::new(PENDING_REQUESTS);
     loop {
-        let Some((permit, (stream, _))) =
-            crate::next_connection(&listener, &connections, &mut shutdown, "metrics").await
+        let Some((stream, peer)) =
+            crate::next_connection(&listener, &mut shutdown, "metrics").await
         else {
             return;
         };
         if failpoints.is_armed(Failpoint::MetricsServerReturnsOnAccept) {
             return;
         }
+        let (ticket, mut eviction) = pending.admit(peer.ip());
         let agent = agent.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let service = hyper::service::service_fn(move |request| {
+                // The request head is complete: the connection is no longer pending.
+                ticket.release();
                 let agent = agent.clone();
                 async move { Ok::<_, Infallible>(answer(&agent, request)) }
             });
+            // One request per connection: answered at once, then closed, so a connection is
+            // pending (see `admission`) for as long as it costs anything.
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(HEAD_TIMEOUT)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
             tokio::select! {
-                result = connection => if let Err(error) = result {
-                    tracing::debug!("metrics connection: {error}");
+                result = tokio::time::timeout(CONNECTION_TIMEOUT, connection) => match result {
+                    Ok(Ok(())) => {}
+                    Ok(Err(error)) if error.is_timeout() => {
+                        tracing::info!("metrics: no complete request head from {peer} within {HEAD_TIMEOUT:?}");
+                    }
+                    Ok(Err(error)) => tracing::debug!("metrics connection from {peer}: {error}"),
+                    Err(_) => tracing::debug!("metrics connection from {peer}: open for {CONNECTION_TIMEOUT:?}: closed"),
                 },
+                () = eviction.wait() => tracing::info!(
+                    "metrics: closed {peer} before its request head was complete: newer connections needed the room"
+                ),
                 _ = crate::shutdown_signalled(&mut shutdown) => {}
             }
         });
