@@ -15,7 +15,8 @@
 //! Connections: a connection is pending until its TLS handshake is complete, with a budget of
 //! its own ([`PENDING_HANDSHAKES`], policy in `admission`) and [`HANDSHAKE_TIMEOUT`]; then it
 //! takes one of [`MAX_CONNECTIONS`] slots for authenticated connections, and has
-//! [`HANDSHAKE_TIMEOUT`] for the head of each request.
+//! [`HANDSHAKE_TIMEOUT`] for the head of each request. Refused connections are logged at most
+//! once per 10 s (`refusal_log`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -37,6 +38,7 @@ use crate::admission::{PendingConnections, PendingPolicy};
 use crate::agent::{Agent, Refusal};
 use crate::binary_log::EVENT_PREFIX;
 use crate::failpoint::{Failpoint, Failpoints};
+use crate::refusal_log::{REFUSAL_LOG_INTERVAL, RefusalLog};
 
 /// The largest manifest `ApplyManifest` accepts.
 pub(crate) const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
@@ -60,9 +62,12 @@ pub(crate) async fn serve_api(
     let acceptor = TlsAcceptor::from(tls);
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let pending = PendingConnections::new(PENDING_HANDSHAKES);
+    let refusals = Arc::new(RefusalLog::new("API"));
+    let mut refusals_due = tokio::time::interval(REFUSAL_LOG_INTERVAL);
     loop {
-        let Some((stream, peer)) = crate::next_connection(&listener, &mut shutdown, "API").await
-        else {
+        let next =
+            crate::next_connection(&listener, &mut shutdown, "API", &refusals, &mut refusals_due);
+        let Some((stream, peer)) = next.await else {
             return;
         };
         if failpoints.is_armed(Failpoint::ApiServerPanicsOnAccept) {
@@ -71,6 +76,7 @@ pub(crate) async fn serve_api(
         let (ticket, mut eviction) = pending.admit(peer.ip());
         let acceptor = acceptor.clone();
         let connections = connections.clone();
+        let refusals = refusals.clone();
         let agent = agent.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
@@ -79,8 +85,9 @@ pub(crate) async fn serve_api(
                     handshake
                 }
                 () = eviction.wait() => {
-                    tracing::info!(
-                        "API: closed {peer} before its TLS handshake completed: newer connections needed the room"
+                    refusals.refused(
+                        peer,
+                        "closed before its TLS handshake completed: newer connections needed the room",
                     );
                     return;
                 }
@@ -89,27 +96,21 @@ pub(crate) async fn serve_api(
             drop(ticket);
             let stream = match handshake {
                 Ok(Ok(stream)) => stream,
-                Ok(Err(error)) => {
-                    tracing::info!("API: refused a connection from {peer}: {error}");
-                    return;
-                }
+                Ok(Err(error)) => return refusals.refused(peer, error),
                 Err(_) => {
-                    tracing::info!(
-                        "API: no TLS handshake from {peer} within {HANDSHAKE_TIMEOUT:?}"
-                    );
-                    return;
+                    let reason = format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
+                    return refusals.refused(peer, reason);
                 }
             };
-            let _permit = match tokio::time::timeout(HANDSHAKE_TIMEOUT, connections.acquire_owned())
-                .await
-            {
+            let slot = tokio::time::timeout(HANDSHAKE_TIMEOUT, connections.acquire_owned());
+            let _permit = match slot.await {
                 Ok(Ok(permit)) => permit,
                 Ok(Err(_)) => return,
                 Err(_) => {
-                    tracing::warn!(
-                        "API: closed {peer}: all {MAX_CONNECTIONS} connection slots stayed taken for {HANDSHAKE_TIMEOUT:?}"
+                    let reason = format!(
+                        "all {MAX_CONNECTIONS} connection slots stayed taken for {HANDSHAKE_TIMEOUT:?}"
                     );
-                    return;
+                    return refusals.refused(peer, reason);
                 }
             };
             let service_shutdown = shutdown.clone();

@@ -57,6 +57,7 @@ mod identity;
 mod instance_dir;
 mod metrics;
 mod process_group;
+mod refusal_log;
 mod spawner;
 mod state;
 mod supervisor;
@@ -83,6 +84,7 @@ use crate::components::{Components, Lifetime};
 use crate::failpoint::Failpoints;
 use crate::instance_dir::{InstanceDir, InstanceLock, create_private_dir};
 use crate::metrics::AgentMetrics;
+use crate::refusal_log::RefusalLog;
 use crate::spawner::Spawner;
 use crate::state::AgentState;
 use crate::supervisor::{BinaryEnvironment, Order, supervisor};
@@ -300,14 +302,18 @@ async fn start_armed(
 }
 
 /// The next connection of a server; `None` once `shutdown` turns true. Accepting never waits
-/// for room (see `admission`). An accept error is logged and retried 100 ms later.
+/// for room (see `admission`). An accept error is logged and retried 100 ms later. While it
+/// waits, the server's refusals not logged yet are logged at each tick of `refusals_due`.
 pub(crate) async fn next_connection(
     listener: &TcpListener,
     shutdown: &mut watch::Receiver<bool>,
     server: &str,
+    refusals: &RefusalLog,
+    refusals_due: &mut tokio::time::Interval,
 ) -> Option<(tokio::net::TcpStream, SocketAddr)> {
     loop {
         tokio::select! {
+            _ = refusals_due.tick() => refusals.flush(),
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => return Some(accepted),
                 Err(error) => {

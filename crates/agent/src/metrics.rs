@@ -35,6 +35,7 @@ use tokio::sync::watch;
 use crate::admission::{PendingConnections, PendingPolicy};
 use crate::agent::Agent;
 use crate::failpoint::{Failpoint, Failpoints};
+use crate::refusal_log::{REFUSAL_LOG_INTERVAL, RefusalLog};
 use crate::supervisor::SupervisorStatus;
 
 /// Connections that have not yet sent a complete request head (see `admission`).
@@ -169,10 +170,17 @@ pub(crate) async fn serve_metrics(
     failpoints: Failpoints,
 ) {
     let pending = PendingConnections::new(PENDING_REQUESTS);
+    let refusals = Arc::new(RefusalLog::new("metrics"));
+    let mut refusals_due = tokio::time::interval(REFUSAL_LOG_INTERVAL);
     loop {
-        let Some((stream, peer)) =
-            crate::next_connection(&listener, &mut shutdown, "metrics").await
-        else {
+        let next = crate::next_connection(
+            &listener,
+            &mut shutdown,
+            "metrics",
+            &refusals,
+            &mut refusals_due,
+        );
+        let Some((stream, peer)) = next.await else {
             return;
         };
         if failpoints.is_armed(Failpoint::MetricsServerReturnsOnAccept) {
@@ -180,6 +188,7 @@ pub(crate) async fn serve_metrics(
         }
         let (ticket, mut eviction) = pending.admit(peer.ip());
         let agent = agent.clone();
+        let refusals = refusals.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
@@ -188,26 +197,29 @@ pub(crate) async fn serve_metrics(
                 let agent = agent.clone();
                 async move { Ok::<_, Infallible>(answer(&agent, request)) }
             });
-            // One request per connection: answered at once, then closed, so a connection is
-            // pending (see `admission`) for as long as it costs anything.
+            // One request per connection: answered at once, then closed, so a connection costs
+            // something only while it is pending (see `admission`).
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HEAD_TIMEOUT)
                 .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                result = tokio::time::timeout(CONNECTION_TIMEOUT, connection) => match result {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) if error.is_timeout() => {
-                        tracing::info!("metrics: no complete request head from {peer} within {HEAD_TIMEOUT:?}");
-                    }
-                    Ok(Err(error)) => tracing::debug!("metrics connection from {peer}: {error}"),
-                    Err(_) => tracing::debug!("metrics connection from {peer}: open for {CONNECTION_TIMEOUT:?}: closed"),
-                },
-                () = eviction.wait() => tracing::info!(
-                    "metrics: closed {peer} before its request head was complete: newer connections needed the room"
-                ),
-                _ = crate::shutdown_signalled(&mut shutdown) => {}
+            let result = tokio::select! {
+                result = tokio::time::timeout(CONNECTION_TIMEOUT, connection) => result,
+                () = eviction.wait() => {
+                    let reason = "closed before its request head was complete: newer connections needed the room";
+                    return refusals.refused(peer, reason);
+                }
+                _ = crate::shutdown_signalled(&mut shutdown) => return,
+            };
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) if error.is_timeout() => {
+                    let reason = format!("no complete request head within {HEAD_TIMEOUT:?}");
+                    refusals.refused(peer, reason);
+                }
+                Ok(Err(error)) => tracing::debug!("metrics connection from {peer}: {error}"),
+                Err(_) => tracing::debug!("metrics: closed {peer} after {CONNECTION_TIMEOUT:?}"),
             }
         });
     }
