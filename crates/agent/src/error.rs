@@ -62,6 +62,11 @@ pub enum AgentError {
     )]
     BadState { path: PathBuf, message: String },
 
+    #[error(
+        "could not open the agent's log {path}: {source}; check `logs.agent_log` in the bootstrap config and that the agent may write there"
+    )]
+    AgentLog { path: PathBuf, source: io::Error },
+
     #[error("could not start the agent's runtime: {0}")]
     Runtime(io::Error),
 

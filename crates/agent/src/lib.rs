@@ -4,10 +4,11 @@
 //!
 //! The components, in the order a machine lives through them:
 //!
-//! 1. **Entry** ([`run`]): reads the bootstrap config, builds a current-thread tokio runtime
-//!    (the idle agent stays small), and runs until SIGTERM or SIGINT, then stops the binary
-//!    gracefully. [`start`] does the same inside a caller's runtime and returns an
-//!    [`AgentHandle`].
+//! 1. **Entry** ([`run`]): reads the bootstrap config, sends the agent's own log lines where it
+//!    says (`agent_log`: a file rotated like the binary's log, or stderr), builds a
+//!    current-thread tokio runtime (the idle agent stays small), and runs until SIGTERM or
+//!    SIGINT, then stops the binary gracefully. [`start`] does the same inside a caller's
+//!    runtime, without touching logging, and returns an [`AgentHandle`].
 //! 2. **Instance directory** (`instance_dir`): creates `dir` 0700, takes an exclusive flock on
 //!    `agent.lock` (a second agent is refused with the holder's pid) and writes `agent.pid`.
 //! 3. **Identity** (`identity`): waits for the identity bundle the deployer writes, through the
@@ -21,10 +22,11 @@
 //! 6. **State** (`state`): `agent-state.json` says which version is installed; the agent starts
 //!    it (`agent::Agent::restore`). Both listeners are bound before (so a taken port fails the
 //!    start at once) but answer only after, so no request races the restore.
-//! 7. **Supervision** (`supervisor`, `spawner`, `process_group`, `binary_log`, `backoff`): runs
-//!    the binary in its own process group, dying with the agent (and what a killed agent's
-//!    binary left behind is cleaned up at the next start), logs its output with rotation,
-//!    restarts it with capped exponential backoff.
+//! 7. **Supervision** (`supervisor`, `spawner`, `process_group`, `binary_log`, `log_file`,
+//!    `backoff`, `deadline`): runs the binary in its own process group, dying with the agent
+//!    (and what a killed agent's binary left behind is cleaned up at the next start), logs its
+//!    output with rotation, restarts it with capped exponential backoff; every deadline
+//!    saturates instead of overflowing.
 //! 8. **Health** (`health`): http, tcp or none, every second.
 //! 9. **Rollouts** (`agent`, `artifacts`): download, verify, start, hold to the health
 //!    deadline, then keep the new version or roll back.
@@ -40,6 +42,7 @@
 
 mod admission;
 mod agent;
+mod agent_log;
 mod api;
 mod artifacts;
 mod backoff;
@@ -55,6 +58,7 @@ mod fetch;
 mod health;
 mod identity;
 mod instance_dir;
+mod log_file;
 mod metrics;
 mod process_group;
 mod refusal_log;
@@ -74,6 +78,7 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
+pub use agent_log::LogFilter;
 pub use components::ComponentDeath;
 pub use error::AgentError;
 pub use fetch::{FetchError, FetchFuture, Fetcher, Fetchers, LocalFileFetcher};
@@ -97,11 +102,19 @@ const SUPERVISOR_STOP_MARGIN: Duration = Duration::from_secs(10);
 /// Runs the agent for the bootstrap config at `bootstrap_path` until SIGTERM or SIGINT, then
 /// stops the binary gracefully and returns. Builds its own current-thread runtime.
 ///
+/// Installs the process's log subscriber first (see `agent_log`): `log_filter` says which lines,
+/// the bootstrap's `logs.agent_log` where (a rotated file, or stderr without it). An error that
+/// stops the agent is returned, not logged: the caller logs it, and it lands in the same place.
+///
 /// When a component dies (see [`ComponentDeath`]), the agent writes why into the binary's log
 /// and its own, stops the binary and returns [`AgentError::ComponentDied`]: the caller exits
 /// non-zero, so that a service manager restarts the agent.
-pub fn run(bootstrap_path: &Path, fetchers: Fetchers) -> Result<(), AgentError> {
-    run_armed(bootstrap_path, fetchers, Failpoints::default())
+pub fn run(
+    bootstrap_path: &Path,
+    fetchers: Fetchers,
+    log_filter: &LogFilter,
+) -> Result<(), AgentError> {
+    run_armed(bootstrap_path, fetchers, log_filter, Failpoints::default())
 }
 
 /// [`run`] with `failpoints` armed: only for the agent's own tests (see `failpoint`).
@@ -110,20 +123,26 @@ pub fn run(bootstrap_path: &Path, fetchers: Fetchers) -> Result<(), AgentError> 
 pub fn run_with_failpoints(
     bootstrap_path: &Path,
     fetchers: Fetchers,
+    log_filter: &LogFilter,
     failpoints: &[failpoint::Failpoint],
 ) -> Result<(), AgentError> {
-    run_armed(bootstrap_path, fetchers, Failpoints::armed(failpoints))
+    run_armed(bootstrap_path, fetchers, log_filter, Failpoints::armed(failpoints))
 }
 
 fn run_armed(
     bootstrap_path: &Path,
     fetchers: Fetchers,
+    log_filter: &LogFilter,
     failpoints: Failpoints,
 ) -> Result<(), AgentError> {
-    let text = fs_err::read_to_string(bootstrap_path).map_err(|source| {
-        AgentError::ReadBootstrap { path: bootstrap_path.to_path_buf(), source }
-    })?;
-    let bootstrap = AgentBootstrap::parse(&text, &bootstrap_path.display().to_string())?;
+    let bootstrap = match read_bootstrap(bootstrap_path) {
+        Ok(bootstrap) => bootstrap,
+        Err(error) => {
+            agent_log::log_to_stderr(log_filter);
+            return Err(error);
+        }
+    };
+    agent_log::log_as_configured(log_filter, &bootstrap.logs)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         // Hashing artifacts and reading logs are the only blocking work: a few threads do.
@@ -165,6 +184,12 @@ fn run_armed(
     })
 }
 
+fn read_bootstrap(path: &Path) -> Result<AgentBootstrap, AgentError> {
+    let text = fs_err::read_to_string(path)
+        .map_err(|source| AgentError::ReadBootstrap { path: path.to_path_buf(), source })?;
+    Ok(AgentBootstrap::parse(&text, &path.display().to_string())?)
+}
+
 /// Starts the agent inside the current tokio runtime: takes the instance directory, waits for
 /// the identity, binds the API and metrics, restores the installed version and serves. Returns
 /// once all of that is done; [`AgentHandle::shutdown`] stops it.
@@ -197,7 +222,7 @@ async fn start_armed(
     for path in [dir.versions(), dir.work(), dir.logs()] {
         create_private_dir(&path)?;
     }
-    let log = BinaryLog::open(&dir.logs(), bootstrap.logs)
+    let log = BinaryLog::open(&dir.logs(), &bootstrap.logs)
         .map_err(|source| AgentError::InstanceDir { path: dir.logs(), source })?;
     let log = Arc::new(log);
     log.event(&format!(

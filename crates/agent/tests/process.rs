@@ -73,3 +73,52 @@ wait $!
     assert!(!deployment.dir.join("agent.pid").exists());
     assert!(!deployment.dir.join("binary.pgid").exists());
 }
+
+#[tokio::test]
+async fn the_agents_own_log_goes_to_a_rotated_private_file_when_the_bootstrap_says_so() {
+    let deployment = Deployment::new("127.200.5.2");
+    let directory = deployment.temp.path().join("agent-logs");
+    let agent_log = directory.join("agent.log");
+    let logs = serde_json::json!({"max_bytes": 4096, "keep": 2, "agent_log": agent_log});
+    let bootstrap = write_bootstrap(&deployment, serde_json::json!({ "logs": logs }));
+    let mut agent = spawn_agent_process(&deployment, &bootstrap, &["-vvv"]);
+    wait_for_api(&deployment, &mut agent).await;
+    let rotated = |n: u32| directory.join(format!("agent.log.{n}"));
+    let everything = || {
+        [rotated(2), rotated(1), agent_log.clone()]
+            .map(|path| fs_err::read_to_string(path).unwrap_or_default())
+            .concat()
+    };
+    let started = everything();
+    assert!(started.contains("agent serving: API on 127.200.5.2:7443"), "{started}");
+
+    // At trace level every TLS handshake writes lines: fresh connections rotate the log.
+    let tls = flotilla_core::pki::client_config(deployment.ca.cert_pem(), &deployment.client_cert)
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while !rotated(2).exists() {
+        assert!(tokio::time::Instant::now() < deadline, "no second rotation: {}", everything());
+        client.get(deployment.url("/v1/status")).send().await.unwrap();
+    }
+    kill(agent.id(), Signal::TERM);
+    assert!(wait_for_exit(&mut agent).await.success());
+
+    assert_eq!(common::mode(&directory), 0o700);
+    for path in [agent_log.clone(), rotated(1), rotated(2)] {
+        assert_eq!(common::mode(&path), 0o600, "{}", path.display());
+        let size = fs_err::metadata(&path).unwrap().len();
+        assert!(size <= 4096, "{} has {size} bytes", path.display());
+    }
+    assert!(!rotated(3).exists());
+    let last = fs_err::read_to_string(&agent_log).unwrap();
+    assert!(last.contains("INFO SIGTERM: stopping"), "{last}");
+    assert!(last.trim_end().ends_with("INFO agent stopped"), "{last}");
+    assert!(!last.contains('\u{1b}'), "no terminal colours in a file: {last}");
+    // Nothing went to stderr.
+    assert_eq!(common::agent_stderr(&deployment), "");
+}

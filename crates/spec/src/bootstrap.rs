@@ -49,13 +49,15 @@ pub struct AgentBootstrap {
     #[serde(default = "default_stop_grace", with = "crate::duration_serde")]
     #[schemars(with = "crate::duration_serde::DurationText")]
     pub stop_grace: Duration,
-    /// Size-based rotation of the binary's log.
+    /// The logs the agent writes, and their rotation.
     #[serde(default)]
     pub logs: LogRotation,
 }
 
-/// Size-based log rotation: `binary.log` is rotated to `binary.log.1` … `binary.log.<keep>`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// The logs the agent writes, all rotated by size: the binary's log (`<dir>/logs/binary.log`)
+/// and, with `agent_log`, the agent's own log. A file `<log>` is rotated to `<log>.1` …
+/// `<log>.<keep>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogRotation {
     /// Rotate when the current file reaches this many bytes.
@@ -64,11 +66,20 @@ pub struct LogRotation {
     /// Rotated files kept.
     #[serde(default = "default_log_keep")]
     pub keep: u32,
+    /// Where the agent writes its own log (an absolute path; the file is 0600, a missing
+    /// directory is created 0700), rotated like the binary's log. Without it the agent writes
+    /// its log to stderr (on a cloud machine, systemd's journal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_log: Option<PathBuf>,
 }
 
 impl Default for LogRotation {
     fn default() -> Self {
-        LogRotation { max_bytes: default_log_max_bytes(), keep: default_log_keep() }
+        LogRotation {
+            max_bytes: default_log_max_bytes(),
+            keep: default_log_keep(),
+            agent_log: None,
+        }
     }
 }
 
@@ -139,6 +150,9 @@ impl AgentBootstrap {
         if self.logs.max_bytes < 4096 {
             return Err(invalid("logs", "max_bytes must be at least 4096"));
         }
+        if self.logs.agent_log.as_ref().is_some_and(|path| !path.is_absolute()) {
+            return Err(invalid("logs", "agent_log must be an absolute path"));
+        }
         Ok(())
     }
 }
@@ -157,6 +171,26 @@ mod tests {
         assert_eq!(b.api_port, DEFAULT_API_PORT);
         assert_eq!(b.identity_timeout, Duration::from_secs(600));
         assert_eq!(b.logs, LogRotation::default());
+        assert_eq!(b.logs.agent_log, None);
+        // Without `agent_log`, the config is written as before.
+        assert!(!serde_json::to_string(&b).unwrap().contains("agent_log"));
+    }
+
+    #[test]
+    fn the_agents_own_log_is_an_absolute_path() {
+        let parse = |logs: &str| {
+            AgentBootstrap::parse(
+                &format!(
+                    r#"{{"tag":"t1","dir":"/x","listen":"127.1.0.1","identity":"i","logs":{logs}}}"#
+                ),
+                "b.json",
+            )
+        };
+        let b = parse(r#"{"agent_log":"/x/agent.log","max_bytes":4096}"#).unwrap();
+        assert_eq!(b.logs.agent_log.as_deref(), Some(std::path::Path::new("/x/agent.log")));
+        assert_eq!((b.logs.max_bytes, b.logs.keep), (4096, 4));
+        let err = parse(r#"{"agent_log":"agent.log"}"#).unwrap_err();
+        assert_eq!(err.to_string(), "b.json: `logs`: agent_log must be an absolute path");
     }
 
     #[test]
