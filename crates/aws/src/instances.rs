@@ -14,8 +14,12 @@
 //! (`InsufficientInstanceCapacity` and kin) moves the batch to the type's next eligible zone
 //! (creating its subnet); after every zone failed, it waits 1 s, doubling to 15 s, ±20 %
 //! jitter, and scans again, until [`LAUNCH_DEADLINE`]. A throttling or 5xx answer may hide a
-//! launch that happened, so before trying again the batch's tag is looked up. A permanent error
-//! (`UnauthorizedOperation`, a bad parameter) fails at once.
+//! launch that happened, so before trying again the batch's tag is looked up; so may an instance
+//! profile EC2 does not see yet, for up to [`PROPAGATION_DEADLINE`]. `Unsupported` in every zone
+//! of the type is not a shortage and fails. Waits for instances retry throttling and ids not yet
+//! visible until their deadline. An error that cannot heal (`UnauthorizedOperation`, a bad
+//! parameter or image, a quota: [`Healing::Never`]) ends any of these loops at once, with its
+//! code and ids.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -33,13 +37,16 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::clients::Clients;
-use crate::error::AwsError;
+use crate::error::{AwsError, Healing};
 use crate::journal::Journal;
 use crate::network::{self, RegionPlan, tag_filter, tag_spec};
 use crate::records::{Batch, TAG_BATCH, TAG_ROLE};
 
 /// How long a batch may keep looking for capacity.
 pub const LAUNCH_DEADLINE: Duration = Duration::from_secs(600);
+/// How long an error of eventual consistency (see [`Healing::Propagating`]) may keep a launch
+/// waiting: AWS documents such delays in seconds.
+pub const PROPAGATION_DEADLINE: Duration = Duration::from_secs(120);
 /// When the first look at launched instances happens.
 const FIRST_RUNNING_POLL: Duration = Duration::from_secs(3);
 /// How long instances may take to run with a public address.
@@ -113,7 +120,7 @@ pub async fn describe(
     tag: &str,
     batch: Option<&str>,
     ids: Option<&[String]>,
-) -> Result<Vec<Found>, ProviderError> {
+) -> Result<Vec<Found>, AwsError> {
     let ec2 = clients.ec2(region);
     let mut found = Vec::new();
     let mut token: Option<String> = None;
@@ -299,6 +306,9 @@ pub async fn run_batch(
     let mut backoff = Duration::from_secs(1);
     let mut zone = batch.availability_zone.clone();
     let mut failed_zones: Vec<String> = Vec::new();
+    // Whether every zone of this scan refused with `Unsupported` (not a shortage: the type).
+    let mut only_unsupported = true;
+    let mut propagating_since: Option<Instant> = None;
     loop {
         let subnet = subnet_for(clients, journal, settings, plan, &zone).await?;
         let records = journal.read();
@@ -368,6 +378,10 @@ pub async fn run_batch(
                 e,
             ),
         };
+        let healing = error.healing();
+        if healing == Healing::Never {
+            return Err(error.into());
+        }
         if Instant::now() >= deadline {
             return Err(ProviderError::with_source(
                 format!(
@@ -378,9 +392,10 @@ pub async fn run_batch(
                 error,
             ));
         }
-        if error.is_capacity() {
+        if healing == Healing::Capacity {
             tracing::warn!(%error, "no capacity; trying another zone");
             failed_zones.push(zone.clone());
+            only_unsupported &= error.code_is("Unsupported");
             let next = if grouped {
                 None
             } else {
@@ -388,11 +403,24 @@ pub async fn run_batch(
             };
             match next {
                 Some(next) => zone = next,
+                None if only_unsupported => {
+                    // Every zone said the type is not supported there: waiting will not help.
+                    return Err(ProviderError::with_source(
+                        format!(
+                            "{region}: no zone supports launching {} × {} ({}); choose another type or region",
+                            count,
+                            batch.instance_type,
+                            failed_zones.join(", ")
+                        ),
+                        error,
+                    ));
+                }
                 None => {
                     // Every zone refused: wait, then scan again from the batch's own zone.
                     sleep_with_jitter(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(15));
                     failed_zones.clear();
+                    only_unsupported = true;
                     zone = batch.availability_zone.clone();
                 }
             }
@@ -403,20 +431,28 @@ pub async fn run_batch(
             })?;
             continue;
         }
-        let profile_not_ready =
-            error.code_is("InvalidParameterValue") && error.detail.contains("iamInstanceProfile");
-        if error.transient || profile_not_ready {
-            // The launch may have happened: look before trying again.
-            let launched = describe(clients, region, &settings.tag, Some(&batch.id), None).await?;
-            if !launched.is_empty() {
-                return Ok(launched.into_iter().map(|f| f.id).collect());
+        // Transient or propagating. A new instance profile EC2 does not see yet heals within
+        // seconds; one that stays invisible for PROPAGATION_DEADLINE is not coming.
+        if healing == Healing::Propagating {
+            let since = *propagating_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= PROPAGATION_DEADLINE {
+                return Err(ProviderError::with_source(
+                    format!(
+                        "{region}: still refused after {}: {error}",
+                        humantime::format_duration(PROPAGATION_DEADLINE)
+                    ),
+                    error,
+                ));
             }
-            tracing::warn!(%error, "RunInstances failed; trying again");
-            sleep_with_jitter(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(15));
-            continue;
         }
-        return Err(error.into());
+        // The launch may have happened: look before trying again.
+        let launched = describe(clients, region, &settings.tag, Some(&batch.id), None).await?;
+        if !launched.is_empty() {
+            return Ok(launched.into_iter().map(|f| f.id).collect());
+        }
+        tracing::warn!(%error, "RunInstances failed; trying again");
+        sleep_with_jitter(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(15));
     }
 }
 
@@ -497,8 +533,24 @@ pub async fn wait_running(
             sleep_with_jitter(delay).await;
         }
         let mut found = Vec::new();
+        let mut looked = Ok(());
         for chunk in ids.chunks(1000) {
-            found.extend(describe(clients, region, tag, None, Some(chunk)).await?);
+            match describe(clients, region, tag, None, Some(chunk)).await {
+                Ok(some) => found.extend(some),
+                Err(error) => {
+                    looked = Err(error);
+                    break;
+                }
+            }
+        }
+        if let Err(error) = looked {
+            // New ids are not visible to every call at once; throttling passes.
+            if !can_wait_out(&error) || Instant::now() >= deadline {
+                return Err(error.into());
+            }
+            tracing::debug!(%error, "describing new instances; trying again");
+            delay = next_running_poll(delay);
+            continue;
         }
         if let Some(gone) = found
             .iter()
@@ -528,12 +580,23 @@ pub async fn wait_running(
                 humantime::format_duration(RUNNING_DEADLINE)
             )));
         }
-        delay = if delay == FIRST_RUNNING_POLL {
-            Duration::from_secs(1)
-        } else {
-            (delay * 3 / 2).min(Duration::from_secs(5))
-        };
+        delay = next_running_poll(delay);
     }
+}
+
+/// The poll after one `delay` long: 1 s after the first, then 1.5× longer up to 5 s.
+fn next_running_poll(delay: Duration) -> Duration {
+    if delay == FIRST_RUNNING_POLL {
+        Duration::from_secs(1)
+    } else {
+        (delay * 3 / 2).min(Duration::from_secs(5))
+    }
+}
+
+/// Whether a wait may call again after `error`: throttling and eventual consistency pass, an
+/// error that cannot heal ends the wait at once.
+fn can_wait_out(error: &AwsError) -> bool {
+    matches!(error.healing(), Healing::Transient | Healing::Propagating)
 }
 
 /// Terminates every instance of the deployment in `region` and waits until they are gone.
@@ -571,7 +634,15 @@ pub async fn terminate_all(
     let mut delay = Duration::from_secs(1);
     loop {
         sleep_with_jitter(delay).await;
-        let left = describe(clients, region, tag, None, None).await?;
+        let left = match describe(clients, region, tag, None, None).await {
+            Ok(left) => left,
+            Err(error) if can_wait_out(&error) && Instant::now() < deadline => {
+                tracing::debug!(%error, "describing terminating instances; trying again");
+                delay = (delay * 3 / 2).min(Duration::from_secs(5));
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
         if left.is_empty() {
             return Ok(ids.len());
         }

@@ -18,7 +18,7 @@ use flotilla_spec::fleet::PortSpec;
 use tokio::time::Instant;
 
 use crate::clients::Clients;
-use crate::error::AwsError;
+use crate::error::{AwsError, Healing};
 use crate::journal::Journal;
 use crate::records::TAG_DEPLOYMENT;
 
@@ -702,8 +702,8 @@ pub async fn ensure_peering(
                     // Already active (a re-run), or accepted by an earlier attempt.
                     break;
                 }
-                let arriving =
-                    error.code_is("InvalidVpcPeeringConnectionID.NotFound") || error.transient;
+                // The request not arrived yet, or throttling: wait. Anything else is final.
+                let arriving = matches!(error.healing(), Healing::Propagating | Healing::Transient);
                 if !arriving || Instant::now() >= deadline {
                     return Err(error.into());
                 }
