@@ -64,6 +64,9 @@ pub struct Found {
     pub role: Option<Role>,
     pub launch_index: i32,
     pub launch_time: i64,
+    /// EC2's reason for the last state change (`StateReason`), e.g.
+    /// `Server.SpotInstanceTermination: Spot instance termination`, when it gives one.
+    pub state_reason: Option<String>,
 }
 
 impl Found {
@@ -109,7 +112,21 @@ fn found_from(region: &str, instance: &aws_sdk_ec2::types::Instance) -> Option<F
         }),
         launch_index: instance.ami_launch_index().unwrap_or(0),
         launch_time: instance.launch_time().map(|t| t.secs()).unwrap_or(0),
+        state_reason: instance.state_reason().and_then(state_reason),
     })
+}
+
+/// `<code>: <message>` of EC2's state reason, or whichever of the two it gave.
+fn state_reason(reason: &aws_sdk_ec2::types::StateReason) -> Option<String> {
+    let code = reason.code().map(str::trim).filter(|c| !c.is_empty());
+    let message = reason.message().map(str::trim).filter(|m| !m.is_empty());
+    match (code, message) {
+        // EC2's messages usually repeat the code: `Client.UserInitiatedShutdown: User …`.
+        (Some(code), Some(message)) if message.starts_with(code) => Some(message.to_owned()),
+        (Some(code), Some(message)) => Some(format!("{code}: {message}")),
+        (Some(only), None) | (None, Some(only)) => Some(only.to_owned()),
+        (None, None) => None,
+    }
 }
 
 /// Every instance of deployment `tag` in `region` that is not terminated, optionally only those
@@ -556,9 +573,11 @@ pub async fn wait_running(
             .iter()
             .find(|f| matches!(f.state, MachineState::ShuttingDown | MachineState::Terminated))
         {
+            let reason = gone.state_reason.as_deref().unwrap_or("EC2 gave no reason");
             return Err(ProviderError::new(format!(
-                "{region}: instance {} ended while starting",
-                gone.id
+                "{region}: instance {} ended while starting ({}: {reason})",
+                gone.id,
+                gone.state.as_str()
             )));
         }
         let ready = found.len() == ids.len()
@@ -685,6 +704,36 @@ mod tests {
                 ("b.large".to_owned(), zones(&["r-b", "r-c"])),
             ]),
         )])
+    }
+
+    #[test]
+    fn an_instance_carries_ec2s_state_reason() {
+        use aws_sdk_ec2::types::{Instance, InstanceState, StateReason, Tag};
+        let instance = |reason: Option<StateReason>| {
+            Instance::builder()
+                .instance_id("i-0123")
+                .state(InstanceState::builder().name(InstanceStateName::Stopped).build())
+                .set_state_reason(reason)
+                .tags(Tag::builder().key(TAG_BATCH).value("b1").build())
+                .build()
+        };
+        let spot = StateReason::builder()
+            .code("Server.SpotInstanceTermination")
+            .message("Server.SpotInstanceTermination: Spot instance termination")
+            .build();
+        let found = found_from("r", &instance(Some(spot))).unwrap();
+        assert_eq!(
+            found.state_reason.as_deref(),
+            Some("Server.SpotInstanceTermination: Spot instance termination")
+        );
+        assert_eq!(found.state, MachineState::Stopped);
+        let bare =
+            StateReason::builder().code("Server.InternalError").message("boot failed").build();
+        let found = found_from("r", &instance(Some(bare))).unwrap();
+        assert_eq!(found.state_reason.as_deref(), Some("Server.InternalError: boot failed"));
+        let empty = StateReason::builder().code("").message("").build();
+        assert_eq!(found_from("r", &instance(Some(empty))).unwrap().state_reason, None);
+        assert_eq!(found_from("r", &instance(None)).unwrap().state_reason, None);
     }
 
     #[test]

@@ -438,7 +438,7 @@ fn machine_from(found: &Found, name: &str, role: Role) -> Machine {
         private_ip: found.private_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         agent_endpoint: SocketAddr::new(public_ip, DEFAULT_API_PORT),
         state: found.state,
-        state_reason: None,
+        state_reason: found.state_reason.clone(),
     }
 }
 
@@ -869,6 +869,28 @@ mod tests {
             state: MachineState::Running,
             state_reason: None,
         }
+    }
+
+    #[test]
+    fn a_machine_says_why_ec2_stopped_it() {
+        let found = Found {
+            id: "i-1".into(),
+            region: "us-east-1".into(),
+            state: MachineState::Stopped,
+            public_ip: None,
+            private_ip: None,
+            batch: Some("b1".into()),
+            role: Some(Role::Binary),
+            launch_index: 0,
+            launch_time: 0,
+            state_reason: Some("Server.SpotInstanceTermination: Spot instance termination".into()),
+        };
+        let machine = machine_from(&found, "n0", Role::Binary);
+        assert_eq!(machine.state, MachineState::Stopped);
+        assert_eq!(
+            machine.state_reason.as_deref(),
+            Some("Server.SpotInstanceTermination: Spot instance termination")
+        );
     }
 
     #[test]
