@@ -36,6 +36,7 @@ use flotilla_core::provider::{
 use flotilla_core::state::Deployment;
 use flotilla_spec::bootstrap::DEFAULT_API_PORT;
 use flotilla_spec::identity::IdentityBundle;
+use flotilla_spec::names::iam_role_name;
 use futures_util::StreamExt;
 
 pub use crate::clients::Clients;
@@ -477,13 +478,15 @@ impl Provider for AwsProvider {
             }
             Ok::<_, ProviderError>(offerings)
         };
-        let (enabled, architectures, deployer_ip, offerings) = tokio::join!(
+        let (enabled, architectures, deployer_ip, offerings, role_owner) = tokio::join!(
             self.check_regions(&regions),
             self.architectures(&types),
             self.deployer_ip(),
-            offerings_lookup
+            offerings_lookup,
+            iam::check_ownership(&self.clients, &self.tag)
         );
         enabled?;
+        role_owner?;
         let architectures = architectures?;
         let deployer_ip = deployer_ip?;
         let offerings = offerings?;
@@ -554,7 +557,7 @@ impl Provider for AwsProvider {
         let role = async {
             let role_id = iam::ensure_role(&self.clients, &self.tag, &bucket).await?;
             self.journal.update(|r| {
-                r.role_name = Some(iam::role_name(&self.tag));
+                r.role_name = Some(iam_role_name(&self.tag));
                 r.role_id = Some(role_id.clone());
             })?;
             Ok::<String, ProviderError>(role_id)
@@ -632,7 +635,7 @@ impl Provider for AwsProvider {
         *self.prepared.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some(LaunchSettings {
                 tag: self.tag.clone(),
-                profile_name: iam::role_name(&self.tag),
+                profile_name: iam_role_name(&self.tag),
                 regions: region_plans,
                 architectures,
                 user_data,

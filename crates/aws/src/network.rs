@@ -15,6 +15,7 @@ use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, ResourceType, Tag, TagSp
 use flotilla_core::provider::ProviderError;
 use flotilla_spec::bootstrap::DEFAULT_API_PORT;
 use flotilla_spec::fleet::PortSpec;
+use flotilla_spec::names::{ec2_name_tag, security_group_name};
 use tokio::time::Instant;
 
 use crate::clients::Clients;
@@ -52,7 +53,8 @@ pub fn vpc_cidr(index: u8) -> String {
     format!("10.{index}.0.0/16")
 }
 
-/// A tag specification with the deployment tag and a Name.
+/// A tag specification with the deployment tag and a Name (`name`, shortened with a hash when it
+/// is longer than a tag value may be).
 pub fn tag_spec(
     resource: ResourceType,
     tag: &str,
@@ -62,7 +64,7 @@ pub fn tag_spec(
     let mut spec = TagSpecification::builder()
         .resource_type(resource)
         .tags(Tag::builder().key(TAG_DEPLOYMENT).value(tag).build())
-        .tags(Tag::builder().key("Name").value(name).build());
+        .tags(Tag::builder().key("Name").value(ec2_name_tag(name)).build());
     for (key, value) in extra {
         spec = spec.tags(Tag::builder().key(*key).value(*value).build());
     }
@@ -309,7 +311,7 @@ pub async fn ensure_region(
                 region,
                 tag,
                 &vpc_id,
-                &format!("{tag}-binary"),
+                &security_group_name(tag, "binary"),
                 "flotilla binary instances",
                 &rules,
                 fresh,
@@ -329,7 +331,7 @@ pub async fn ensure_region(
                 region,
                 tag,
                 &vpc_id,
-                &format!("{tag}-monitoring"),
+                &security_group_name(tag, "monitoring"),
                 "flotilla monitoring instance",
                 &rules,
                 fresh,
@@ -718,4 +720,21 @@ pub async fn ensure_peering(
         .await?;
     journal.update(|r| r.region(spoke_region).peering_routed = true)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_sent_to_ec2_fits_for_the_longest_tag() {
+        let tag = "t".repeat(flotilla_spec::names::MAX_TAG_BYTES);
+        let spec = tag_spec(ResourceType::Subnet, &tag, &format!("flotilla-{tag}-us-east-1a"), &[]);
+        for t in spec.tags() {
+            assert!(t.value().unwrap_or_default().len() <= 256, "{:?}", t.key());
+        }
+        for role in ["binary", "monitoring"] {
+            assert!(security_group_name(&tag, role).len() <= 255);
+        }
+    }
 }

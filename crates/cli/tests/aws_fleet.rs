@@ -557,3 +557,161 @@ fn the_deployer_address_is_discovered_or_the_error_says_how_to_give_it() {
     );
     fleet.run_ok(&["destroy", "--tag", &fleet.tag]);
 }
+
+/// One machine in us-east-1 and the monitoring instance, with `ports` (YAML flow list) open.
+fn one_machine_config(tag: &str, ports: &str) -> String {
+    format!(
+        "tag: '{tag}'\nmonitoring: {{instance_type: t3.small, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- {{name: only, region: us-east-1, instance_type: t3.small, storage_size: 10, storage_class: gp3, binary: {}, config: app.conf, profiling: false}}\nports: {ports}\n",
+        fleet_app_bin().display()
+    )
+}
+
+/// Creates `fleet` from [`one_machine_config`] with the deployer address 127.0.0.1.
+fn create_one_machine(fleet: &AwsFleet, ports: &str) -> Vec<serde_json::Value> {
+    fleet.write("app.conf", &app_config("hello"));
+    let spec = fleet.write("spec.yaml", &one_machine_config(&fleet.tag, ports));
+    let spec = spec.display().to_string();
+    let output =
+        fleet.run_ok(&["create", "--config", &spec, "--ip", "127.0.0.1", "--output", "json"]);
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The deployment tag an IAM role carries, or `None` when the role does not exist.
+fn role_owner(fleet: &AwsFleet, role: &str) -> Option<Option<String>> {
+    runtime().block_on(async {
+        let iam = fleet.iam().await;
+        match iam.get_role().role_name(role).send().await {
+            Ok(found) => Some(found.role().and_then(|r| {
+                r.tags()
+                    .iter()
+                    .find(|t| t.key() == "flotilla:deployment")
+                    .map(|t| t.value().to_owned())
+            })),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_entity_exception()) => None,
+            Err(e) => panic!("GetRole {role}: {e:?}"),
+        }
+    })
+}
+
+/// The role's inline policy document (URL-decoded as IAM returns it), if it has one.
+fn role_policy(fleet: &AwsFleet, role: &str) -> Option<String> {
+    runtime().block_on(async {
+        let iam = fleet.iam().await;
+        let answer = iam
+            .get_role_policy()
+            .role_name(role)
+            .policy_name("flotilla-agent")
+            .send()
+            .await
+            .ok()?;
+        Some(percent_decode(answer.policy_document()))
+    })
+}
+
+/// `text` with its `%XX` escapes decoded (IAM returns policy documents URL-encoded).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).expect("a UTF-8 policy")
+}
+
+/// How many roles IAM lists under `name`.
+fn roles_named(fleet: &AwsFleet, name: &str) -> usize {
+    runtime().block_on(async {
+        let iam = fleet.iam().await;
+        let mut count = 0;
+        let mut marker = None;
+        loop {
+            let page = iam.list_roles().set_marker(marker).send().await.unwrap();
+            count += page.roles().iter().filter(|r| r.role_name() == name).count();
+            marker = page.marker().map(str::to_owned);
+            if !page.is_truncated() {
+                return count;
+            }
+        }
+    })
+}
+
+/// Two deployments whose 70-character tags share their first 60 characters (and start with
+/// `-`, which the deployer accepts) get two roles, each tagged with its deployment; destroying
+/// one leaves the other's role and policy as they were. A role of the deployment's name that is
+/// not its own is refused before anything is created, and destroy leaves it alone.
+#[test]
+fn long_tags_get_their_own_roles_and_a_foreign_role_is_refused() {
+    let shared = format!("-long{}", "x".repeat(55));
+    let first = AwsFleet::new(&format!("{shared}-first-001"));
+    let second = AwsFleet::new(&format!("{shared}-second-02"));
+    assert_eq!((first.tag.len(), second.tag.len()), (70, 70));
+    let (first_role, second_role) = (first.role_name(), second.role_name());
+    assert_ne!(first_role, second_role);
+
+    for fleet in [&first, &second] {
+        let rows = create_one_machine(fleet, "[]");
+        assert_eq!(row(&rows, "only")["health"], "healthy", "{rows:?}");
+    }
+    for (fleet, role) in [(&first, &first_role), (&second, &second_role)] {
+        assert_eq!(roles_named(fleet, role), 1, "{role}");
+        assert_eq!(role_owner(fleet, role), Some(Some(fleet.tag.clone())), "{role}");
+        let policy = role_policy(fleet, role).expect("the role has its policy");
+        assert!(policy.contains(&format!("deployments/{}/artifacts/*", fleet.tag)), "{policy}");
+    }
+    let second_policy = role_policy(&second, &second_role);
+
+    first.run_ok(&["destroy", &first.tag_arg()]);
+    assert_eq!(roles_named(&first, &first_role), 0, "the first deployment's role is gone");
+    assert_eq!(roles_named(&second, &second_role), 1, "the second deployment's role stays");
+    assert_eq!(role_policy(&second, &second_role), second_policy, "with its policy as it was");
+    assert_eq!(row(&second.status(), "only")["health"], "healthy");
+    second.run_ok(&["destroy", &second.tag_arg()]);
+    let left = runtime().block_on(second.leftovers(&["us-east-1"]));
+    assert!(left.is_empty(), "destroy left: {left:?}");
+
+    // A role with the name flotilla would give this deployment's, not tagged for it.
+    let foreign = AwsFleet::new("foreign-role");
+    let role = foreign.role_name();
+    runtime().block_on(async {
+        let iam = foreign.iam().await;
+        iam.create_role()
+            .role_name(&role)
+            .assume_role_policy_document(r#"{"Version":"2012-10-17","Statement":[]}"#)
+            .send()
+            .await
+            .unwrap();
+    });
+    foreign.write("app.conf", &app_config("hello"));
+    let spec = foreign.write("spec.yaml", &one_machine_config(&foreign.tag, "[]"));
+    let output =
+        foreign.run(&["create", "--config", &spec.display().to_string(), "--ip", "127.0.0.1"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&role) && stderr.contains("is not deployment `foreign-role`'s"),
+        "{stderr}"
+    );
+    let left: Vec<_> = runtime()
+        .block_on(foreign.leftovers(&["us-east-1"]))
+        .into_iter()
+        .filter(|(kind, _, _)| kind != "iam roles")
+        .collect();
+    assert!(left.is_empty(), "nothing was created: {left:?}");
+    assert_eq!(role_policy(&foreign, &role), None, "the foreign role was not touched");
+    foreign.run_ok(&["destroy", &foreign.tag_arg()]);
+    assert_eq!(role_owner(&foreign, &role), Some(None), "destroy leaves a role it does not own");
+    runtime().block_on(async {
+        foreign.iam().await.delete_role().role_name(&role).send().await.unwrap();
+    });
+}
