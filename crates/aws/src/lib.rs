@@ -228,6 +228,17 @@ impl AwsProvider {
         Ok(agents)
     }
 
+    /// The deployer address `prepare` admits to the agent port: `--ip`, else the one recorded
+    /// by an earlier run (a re-run or an `update` keeps the address the deployment was made
+    /// with; `authorize` adds others), else this machine's public address, asked as the deployer
+    /// asks it.
+    async fn prepare_deployer_ip(&self) -> Result<Ipv4Addr, ProviderError> {
+        match (self.options.deployer_ip, self.journal.read().deployer_ip) {
+            (Some(ip), _) | (None, Some(ip)) => Ok(ip),
+            (None, None) => self.deployer_ip().await,
+        }
+    }
+
     async fn deployer_ip(&self) -> Result<Ipv4Addr, ProviderError> {
         if let Some(ip) = self.options.deployer_ip {
             return Ok(ip);
@@ -297,9 +308,20 @@ impl AwsProvider {
     }
 
     /// Adds (or with `revoke`, removes) the agent port rule for `ip` on every security group of
-    /// the deployment. Returns the groups changed.
+    /// the deployment, and records it among the addresses `prepare` keeps (or forgets it). The
+    /// record changes first, so a crash in between leaves the intent, which the next `authorize`
+    /// or `prepare` carries out. Returns the groups changed.
     pub async fn authorize(&self, ip: Ipv4Addr, revoke: bool) -> Result<usize, ProviderError> {
+        self.journal.update(|r| {
+            if revoke {
+                r.authorized.remove(&ip);
+            } else {
+                r.authorized.insert(ip);
+            }
+        })?;
         let cidr = format!("{ip}/32");
+        let port = Some(i32::from(DEFAULT_API_PORT));
+        let rule = network::Rule::new("tcp", port, port, &cidr);
         let mut changed = 0;
         for region in self.known_regions() {
             let ec2 = self.clients.ec2(&region);
@@ -321,36 +343,24 @@ impl AwsProvider {
             {
                 let Some(id) = group.group_id() else { continue };
                 let present = group.ip_permissions().iter().any(|p| {
-                    p.from_port() == Some(i32::from(DEFAULT_API_PORT))
-                        && p.ip_ranges().iter().any(|r| r.cidr_ip() == Some(cidr.as_str()))
+                    let protocol = p.ip_protocol().unwrap_or("-1");
+                    p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).any(|c| {
+                        network::Rule::new(protocol, p.from_port(), p.to_port(), c) == rule
+                    })
                 });
-                let rule = network::permission(
+                let change = match (revoke, present) {
+                    (true, true) => network::Change::Revoke,
+                    (false, false) => network::Change::Authorize,
+                    _ => continue,
+                };
+                let permission = network::permission(
                     "tcp",
                     DEFAULT_API_PORT,
                     &cidr,
-                    "flotilla agent API (deployer)",
+                    network::AGENT_RULE_DESCRIPTION,
                 );
-                if revoke && present {
-                    ec2.revoke_security_group_ingress()
-                        .group_id(id)
-                        .ip_permissions(rule)
-                        .send()
-                        .await
-                        .map_err(|e| {
-                            AwsError::from_sdk(&region, "RevokeSecurityGroupIngress", id, e)
-                        })?;
-                    changed += 1;
-                } else if !revoke && !present {
-                    ec2.authorize_security_group_ingress()
-                        .group_id(id)
-                        .ip_permissions(rule)
-                        .send()
-                        .await
-                        .map_err(|e| {
-                            AwsError::from_sdk(&region, "AuthorizeSecurityGroupIngress", id, e)
-                        })?;
-                    changed += 1;
-                }
+                network::change_ingress(&ec2, &region, id, change, vec![permission]).await?;
+                changed += 1;
             }
         }
         Ok(changed)
@@ -481,7 +491,7 @@ impl Provider for AwsProvider {
         let (enabled, architectures, deployer_ip, offerings, role_owner) = tokio::join!(
             self.check_regions(&regions),
             self.architectures(&types),
-            self.deployer_ip(),
+            self.prepare_deployer_ip(),
             offerings_lookup,
             iam::check_ownership(&self.clients, &self.tag)
         );
@@ -562,7 +572,13 @@ impl Provider for AwsProvider {
             })?;
             Ok::<String, ProviderError>(role_id)
         };
-        let settings = NetworkSettings { tag: &self.tag, deployer_ip, ports: &plan.ports };
+        let authorized = self.journal.read().authorized;
+        let settings = NetworkSettings {
+            tag: &self.tag,
+            deployer_ip,
+            authorized: &authorized,
+            ports: &plan.ports,
+        };
         let networks = async {
             let tasks: Vec<_> = region_plans
                 .values()
@@ -850,6 +866,8 @@ impl Provider for AwsProvider {
             r.regions.clear();
             r.batches.clear();
             r.role_id = None;
+            r.authorized.clear();
+            r.deployer_ip = None;
         })?;
         Ok(())
     }

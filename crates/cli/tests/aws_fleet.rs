@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::aws::AwsFleet;
@@ -714,4 +714,94 @@ fn long_tags_get_their_own_roles_and_a_foreign_role_is_refused() {
     runtime().block_on(async {
         foreign.iam().await.delete_role().role_name(&role).send().await.unwrap();
     });
+}
+
+/// `(protocol, port, cidr)` of one ingress rule.
+type IngressRule = (String, i32, String);
+
+/// The ingress rules of each security group of the deployment in `region`, by group name, IPv4
+/// and IPv6 alike, as DescribeSecurityGroups reports them.
+fn ingress_rules(fleet: &AwsFleet, region: &str) -> BTreeMap<String, BTreeSet<IngressRule>> {
+    runtime().block_on(async {
+        let mut groups = BTreeMap::new();
+        for group in fleet.security_groups(region).await {
+            let mut rules = BTreeSet::new();
+            for permission in group.ip_permissions() {
+                let protocol = permission.ip_protocol().unwrap_or_default().to_owned();
+                let port = permission.from_port().unwrap_or(-1);
+                let v4 = permission.ip_ranges().iter().filter_map(|r| r.cidr_ip());
+                let v6 = permission.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6());
+                for cidr in v4.chain(v6) {
+                    rules.insert((protocol.clone(), port, cidr.to_owned()));
+                }
+                assert!(permission.user_id_group_pairs().is_empty(), "{permission:?}");
+            }
+            let name = group.group_name().unwrap().to_owned();
+            assert!(groups.insert(name, rules).is_none(), "two groups of one name");
+        }
+        groups
+    })
+}
+
+fn rules(list: &[(&str, i32, &str)]) -> BTreeSet<IngressRule> {
+    list.iter().map(|(p, port, c)| ((*p).to_owned(), *port, (*c).to_owned())).collect()
+}
+
+/// Security groups reconcile both ways. A re-run after a crash between creating the groups and
+/// journaling them adopts them, IPv6 rule included, without `InvalidPermission.Duplicate`;
+/// changed `ports` are applied exactly when `create` (and so `prepare`) runs again; an address
+/// let in with `authorize` survives both, and `authorize --revoke` removes it for good.
+#[test]
+fn security_groups_converge_on_the_spec_and_keep_authorized_addresses() {
+    let fleet = AwsFleet::new("sg-reconcile");
+    let first_ports = "[{protocol: tcp, port: 9090, cidr: 0.0.0.0/0}, {protocol: tcp, port: 9090, cidr: '::/0'}, {protocol: udp, port: 9000, cidr: 10.0.0.0/8}]";
+    create_one_machine(&fleet, first_ports);
+    fleet.run_ok(&["authorize", &fleet.tag_arg(), "--ip", "203.0.113.9"]);
+    let agent = [("tcp", 7443, "127.0.0.1/32"), ("tcp", 7443, "203.0.113.9/32")];
+    let binary_group = "sg-reconcile-binary".to_owned();
+    let monitoring_group = "sg-reconcile-monitoring".to_owned();
+    let expected = |ports: &[(&str, i32, &str)]| {
+        let binary: Vec<_> = agent.iter().chain(ports).copied().collect();
+        BTreeMap::from([
+            (binary_group.clone(), rules(&binary)),
+            (monitoring_group.clone(), rules(&agent)),
+        ])
+    };
+    let first_rules =
+        expected(&[("tcp", 9090, "0.0.0.0/0"), ("tcp", 9090, "::/0"), ("udp", 9000, "10.0.0.0/8")]);
+    assert_eq!(ingress_rules(&fleet, "us-east-1"), first_rules);
+
+    // The CLI died after CreateSecurityGroup and its rules, before the journal said so.
+    let records_path =
+        fleet.home.path().join("deployments").join(&fleet.tag).join("aws/records.json");
+    let mut records: serde_json::Value =
+        serde_json::from_str(&fs_err::read_to_string(&records_path).unwrap()).unwrap();
+    let region = records["regions"]["us-east-1"].as_object_mut().unwrap();
+    assert!(
+        region.remove("binary_group_id").is_some()
+            && region.remove("monitoring_group_id").is_some()
+    );
+    fs_err::write(&records_path, serde_json::to_vec(&records).unwrap()).unwrap();
+    let spec = fleet.path("spec.yaml").display().to_string();
+    fleet.run_ok(&["create", "--config", &spec, "--ip", "127.0.0.1"]);
+    assert_eq!(ingress_rules(&fleet, "us-east-1"), first_rules, "adopted as they were");
+
+    // The spec's ports change: create runs prepare again, which makes the rules exactly so.
+    fleet.write(
+        "spec.yaml",
+        &one_machine_config(&fleet.tag, "[{protocol: tcp, port: 9191, cidr: '::/0'}]"),
+    );
+    fleet.run_ok(&["create", "--config", &spec, "--ip", "127.0.0.1"]);
+    assert_eq!(ingress_rules(&fleet, "us-east-1"), expected(&[("tcp", 9191, "::/0")]));
+
+    // A revoked address is gone, and stays gone when prepare runs again.
+    fleet.run_ok(&["authorize", &fleet.tag_arg(), "--revoke", "203.0.113.9"]);
+    fleet.run_ok(&["create", "--config", &spec, "--ip", "127.0.0.1"]);
+    let groups = ingress_rules(&fleet, "us-east-1");
+    assert_eq!(groups[&binary_group], rules(&[agent[0], ("tcp", 9191, "::/0")]));
+    assert_eq!(groups[&monitoring_group], rules(&[agent[0]]));
+
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+    let left = runtime().block_on(fleet.leftovers(&["us-east-1"]));
+    assert!(left.is_empty(), "destroy left: {left:?}");
 }
