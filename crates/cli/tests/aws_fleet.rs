@@ -805,3 +805,79 @@ fn security_groups_converge_on_the_spec_and_keep_authorized_addresses() {
     let left = runtime().block_on(fleet.leftovers(&["us-east-1"]));
     assert!(left.is_empty(), "destroy left: {left:?}");
 }
+
+/// Retry loops keep going through eventual consistency and stop at once at an error that cannot
+/// heal, naming its code and call: instance ids not visible yet to DescribeInstances are waited
+/// out; `Unsupported` in every zone of a type fails the launch instead of waiting out its
+/// deadline; `UnauthorizedOperation` ends destroy's dependency retries at once.
+#[test]
+fn retries_wait_out_eventual_consistency_and_stop_at_errors_that_cannot_heal() {
+    let fleet = AwsFleet::new("healing");
+    let emulator = Emulator::require();
+    let scope = emulator.scope(&fleet.scope);
+    fleet.write("app.conf", &app_config("hello"));
+    let spec = fleet.write("spec.yaml", &one_machine_config(&fleet.tag, "[]"));
+    let spec = spec.display().to_string();
+
+    // New instance ids that DescribeInstances does not know yet.
+    runtime()
+        .block_on(scope.set_faults(&[
+            FaultRule::new("ec2", "DescribeInstances", "InvalidInstanceID.NotFound").count(2),
+        ]))
+        .unwrap();
+    let output =
+        fleet.run_ok(&["create", "--config", &spec, "--ip", "127.0.0.1", "--output", "json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(row(&rows, "only")["health"], "healthy");
+    let faults = runtime().block_on(scope.faults()).unwrap();
+    assert_eq!(faults.iter().map(|f| f.hits).sum::<u64>(), 2, "both were met: {faults:?}");
+
+    runtime()
+        .block_on(scope.set_faults(&[FaultRule::new(
+            "ec2",
+            "DeleteSubnet",
+            "UnauthorizedOperation",
+        )]))
+        .unwrap();
+    let started = Instant::now();
+    let output = fleet.run(&["destroy", &fleet.tag_arg()]);
+    let elapsed = started.elapsed();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("UnauthorizedOperation")
+            && stderr.contains("DeleteSubnet")
+            && stderr.contains("subnet-"),
+        "names the code, the call and the subnet: {stderr}"
+    );
+    assert!(elapsed < Duration::from_secs(30), "fails fast: {elapsed:?}");
+    runtime().block_on(scope.clear_faults()).unwrap();
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+    let left = runtime().block_on(fleet.leftovers(&["us-east-1"]));
+    assert!(left.is_empty(), "destroy left: {left:?}");
+
+    // A type no zone supports: a fresh deployment, so that its launch is the first.
+    let fleet = AwsFleet::new("unsupported");
+    let scope = emulator.scope(&fleet.scope);
+    fleet.write("app.conf", &app_config("hello"));
+    let spec = fleet.write("spec.yaml", &one_machine_config(&fleet.tag, "[]"));
+    let spec = spec.display().to_string();
+    runtime()
+        .block_on(
+            scope.set_faults(&[FaultRule::new("ec2", "RunInstances", "Unsupported")
+                .message("The requested configuration is currently not supported.")]),
+        )
+        .unwrap();
+    let started = Instant::now();
+    let output = fleet.run(&["create", "--config", &spec, "--ip", "127.0.0.1"]);
+    let elapsed = started.elapsed();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Unsupported") && stderr.contains("no zone supports"), "{stderr}");
+    assert!(elapsed < Duration::from_secs(60), "fails without waiting: {elapsed:?}");
+
+    runtime().block_on(scope.clear_faults()).unwrap();
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+    let left = runtime().block_on(fleet.leftovers(&["us-east-1"]));
+    assert!(left.is_empty(), "destroy left: {left:?}");
+}
