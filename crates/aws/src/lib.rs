@@ -307,6 +307,30 @@ impl AwsProvider {
         Ok(offered)
     }
 
+    /// The user data of each architecture's machines (base64), as `prepare` hands them to
+    /// `launch`: the boot script with this deployment's bucket, role id and agent digest, and
+    /// nothing else of what the provider holds (see [`userdata`]).
+    fn user_data(
+        &self,
+        bucket: &str,
+        role_id: &str,
+        agents: &BTreeMap<String, LocalArtifact>,
+    ) -> HashMap<String, String> {
+        agents
+            .iter()
+            .map(|(architecture, agent)| {
+                let script = userdata::render(&userdata::UserData {
+                    tag: &self.tag,
+                    bucket,
+                    bucket_region: HOME_REGION,
+                    agent_sha256: &agent.sha256,
+                    role_id,
+                });
+                (architecture.clone(), aws_smithy_types::base64::encode(script))
+            })
+            .collect()
+    }
+
     /// Adds (or with `revoke`, removes) the agent port rule for `ip` on every security group of
     /// the deployment, and records it among the addresses `prepare` keeps (or forgets it). The
     /// record changes first, so a crash in between leaves the intent, which the next `authorize`
@@ -635,19 +659,7 @@ impl Provider for AwsProvider {
         networked?;
         drop(stage);
 
-        let user_data = agents
-            .iter()
-            .map(|(architecture, agent)| {
-                let script = userdata::render(&userdata::UserData {
-                    tag: &self.tag,
-                    bucket: &bucket,
-                    bucket_region: HOME_REGION,
-                    agent_sha256: &agent.sha256,
-                    role_id: &role_id,
-                });
-                (architecture.clone(), aws_smithy_types::base64::encode(script))
-            })
-            .collect();
+        let user_data = self.user_data(&bucket, &role_id, &agents);
         *self.prepared.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some(LaunchSettings {
                 tag: self.tag.clone(),
@@ -889,6 +901,123 @@ mod tests {
             agent_endpoint: SocketAddr::new(public_ip, DEFAULT_API_PORT),
             state: MachineState::Running,
             state_reason: None,
+        }
+    }
+
+    /// The user data is rendered by the provider's own function from a provider that holds
+    /// every secret it ever holds: the CA's and the CLI's private keys in its state directory, a
+    /// machine's identity bundle with its private key, and AWS credentials (access key id,
+    /// secret, session token) in its clients. None of them may reach the script, which EC2
+    /// shows to anyone who can describe the instance.
+    #[test]
+    fn the_user_data_carries_no_secret_the_provider_holds() {
+        use aws_sdk_ec2::config::{Credentials, SharedCredentialsProvider};
+        use flotilla_core::state::{DeploymentStatus, Home, Metadata};
+
+        let temp = tempfile::tempdir().unwrap();
+        let home = Home::at(temp.path().join("home"));
+        let tag = "-rf";
+        let (deployment, _lock) = home
+            .create_or_adopt(
+                Metadata {
+                    tag: tag.into(),
+                    provider: flotilla_spec::ProviderKind::Aws,
+                    created_at: 0,
+                    updated_at: 0,
+                    regions: vec!["us-east-1".into()],
+                    instance_count: 1,
+                    status: DeploymentStatus::Creating,
+                },
+                false,
+            )
+            .unwrap();
+        let ca = deployment.certificate_authority().unwrap();
+        let cli = deployment.client_identity(&ca).unwrap();
+        let address: IpAddr = "127.0.0.1".parse().unwrap();
+        let agent = ca.issue_agent("node-1", tag, &[address]).unwrap();
+        let bundle = IdentityBundle {
+            name: "node-1".into(),
+            tag: tag.into(),
+            region: "us-east-1".into(),
+            public_ip: address,
+            private_ip: address,
+            ca_cert: ca.cert_pem().to_owned(),
+            cert: agent.cert_pem.clone(),
+            key: agent.key_pem.clone(),
+        };
+
+        let (access_key_id, secret_key, session_token) = (
+            "AKIAIOSFODNN7EXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "FwoGZXIvYXdzEBYaDExampleSessionTokenValue0123456789",
+        );
+        let config = aws_config::SdkConfig::builder()
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                access_key_id,
+                secret_key,
+                Some(session_token.into()),
+                None,
+                "test",
+            )))
+            .region(aws_config::Region::new(HOME_REGION))
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let clients = Clients::from_config(config, Some("http://127.0.0.1:1".into()), None);
+        let options = AwsOptions {
+            deployer_ip: Some(Ipv4Addr::new(198, 51, 100, 7)),
+            home: home.root().to_path_buf(),
+            this_executable: PathBuf::from("/usr/local/bin/flotilla"),
+            agent_builds: BTreeMap::new(),
+            ip_discovery_url: None,
+        };
+        let provider = AwsProvider::new(&deployment, clients, options).unwrap();
+        // The bundle as install_identity is handed it, kept where the provider can read it.
+        deployment.write_json("aws/identity-node-1.json", &bundle).unwrap();
+        let agents = BTreeMap::from([
+            ("x86_64".to_owned(), artifact('a')),
+            ("arm64".to_owned(), artifact('b')),
+        ]);
+
+        let user_data =
+            provider.user_data("flotilla-0123456789abcdef", "AROAEXAMPLEROLEID", &agents);
+
+        let mut secrets: Vec<String> = vec![
+            access_key_id.into(),
+            secret_key.into(),
+            session_token.into(),
+            serde_json::to_string(&bundle).unwrap(),
+        ];
+        for pem in [ca.key_pem(), cli.key_pem.clone(), bundle.key.clone()] {
+            // Each line of a key's body is unique to that key.
+            secrets.extend(
+                pem.expose().lines().filter(|l| !l.starts_with("-----")).map(str::to_owned),
+            );
+        }
+        assert!(secrets.len() > 6, "{} secret values", secrets.len());
+        assert_eq!(user_data.len(), 2);
+        for (architecture, encoded) in &user_data {
+            let bytes = aws_smithy_types::base64::decode(encoded).unwrap();
+            let script = String::from_utf8(bytes).unwrap();
+            assert!(script.contains("identities/AROAEXAMPLEROLEID:"), "{architecture}");
+            assert!(script.contains(&agents[architecture].sha256), "{architecture}");
+            for marker in ["PRIVATE KEY", "BEGIN", "X-Amz-Signature", "X-Amz-Credential"] {
+                assert!(!script.contains(marker), "{architecture}: {marker}");
+            }
+            for secret in &secrets {
+                assert!(
+                    !script.contains(secret.as_str()),
+                    "{architecture}: a secret leaked: {secret}"
+                );
+            }
+            assert!(encoded.len() < 16 * 1024, "user data is limited to 16 KiB");
+        }
+    }
+
+    fn artifact(digit: char) -> LocalArtifact {
+        LocalArtifact {
+            path: PathBuf::from("/usr/local/bin/flotilla"),
+            sha256: digit.to_string().repeat(64),
+            size: 1,
         }
     }
 
