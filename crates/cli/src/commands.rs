@@ -266,6 +266,9 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
                     "deployment `{tag}` runs on the {kind} provider; authorize applies to aws deployments, whose agents only admit listed addresses"
                 )));
             }
+            // authorize writes the provider's records, which a create running at the same time
+            // would overwrite: it works under the deployment's lock like every other change.
+            let _lock = deployment.lock()?;
             let context = ProviderContext::new(kind, &home, &environment, args.ip).await;
             let providers::AnyProvider::Aws(provider) = context.make(&deployment)? else {
                 unreachable!("the context was built for aws")
