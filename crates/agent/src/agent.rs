@@ -20,6 +20,7 @@ use std::time::Duration;
 
 use flotilla_spec::HealthCheck;
 use flotilla_spec::api::{AgentStatus, ApplyResponse, BinaryState, Rollout, RolloutPhase};
+use flotilla_spec::fleet::{MAX_HEALTH_DEADLINE, MAX_RESTART_BACKOFF};
 use flotilla_spec::identity::IdentityBundle;
 use flotilla_spec::manifest::{Manifest, is_sha256_hex, short_version};
 use tokio::task::JoinHandle;
@@ -28,6 +29,8 @@ use tokio::time::Instant;
 use crate::artifacts;
 use crate::backoff::CRASH_LOOP_EXITS;
 use crate::binary_log::BinaryLog;
+use crate::components::{Components, Lifetime};
+use crate::deadline;
 use crate::fetch::Fetchers;
 use crate::instance_dir::InstanceDir;
 use crate::metrics::{AgentMetrics, MetricsSnapshot};
@@ -67,6 +70,8 @@ pub(crate) struct Agent {
     /// Woken whenever a rollout finishes, for `WaitRollout`.
     pub(crate) rollout_finished: tokio::sync::Notify,
     pub(crate) started_at: Instant,
+    /// Spawns rollouts, so that a rollout that panics takes the agent down.
+    pub(crate) components: Components,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (plain values).
@@ -103,14 +108,9 @@ impl Agent {
 
     /// The metrics page.
     pub(crate) fn metrics_text(&self) -> String {
-        let supervisor = self.supervisor.status();
-        let snapshot = MetricsSnapshot {
-            running: supervisor.pid.is_some(),
-            state: supervisor.state,
-            version: lock(&self.state).installed.clone(),
-            agent_uptime: self.started_at.elapsed(),
-            binary_uptime: supervisor.started_at.map(|started| started.elapsed()),
-        };
+        let version = lock(&self.state).installed.clone();
+        let snapshot =
+            MetricsSnapshot::new(&self.supervisor.status(), version, self.started_at.elapsed());
         self.metrics.render(&snapshot)
     }
 
@@ -146,7 +146,8 @@ impl Agent {
         });
         let agent = self.clone();
         let rollout_version = version.clone();
-        slot.task = Some(tokio::spawn(async move {
+        let component = format!("rollout of version {}", short_version(&version));
+        slot.task = Some(self.components.spawn(component, Lifetime::UntilDone, async move {
             agent.roll_out(rollout_version, Arc::new(manifest)).await;
         }));
         Ok(ApplyResponse::Accepted { version })
@@ -347,7 +348,7 @@ impl Agent {
         generation: u64,
         health_deadline: Duration,
     ) -> Result<(), String> {
-        let deadline = Instant::now() + health_deadline;
+        let deadline = deadline::from_now(health_deadline);
         let mut watch = self.supervisor.watch();
         loop {
             {
@@ -468,7 +469,7 @@ impl Agent {
     /// `WaitRollout`: the status once the rollout of `version` has finished, or when `timeout`
     /// has passed, whichever comes first.
     pub(crate) async fn wait_rollout(&self, version: &str, timeout: Duration) -> AgentStatus {
-        let deadline = Instant::now() + timeout;
+        let deadline = deadline::from_now(timeout);
         loop {
             // Registered before looking, so a rollout finishing in between still wakes us.
             let finished = self.rollout_finished.notified();
@@ -530,8 +531,11 @@ fn check_manifest(manifest: &Manifest, fetchers: &Fetchers) -> Result<(), String
     if manifest.args.iter().any(|arg| arg.contains('\0')) {
         return Err("`args` must not contain NUL".to_owned());
     }
-    if manifest.health_deadline.is_zero() {
-        return Err("`health_deadline` must be longer than 0s".to_owned());
+    if manifest.health_deadline.is_zero() || manifest.health_deadline > MAX_HEALTH_DEADLINE {
+        return Err(format!(
+            "`health_deadline` must be longer than 0s and at most {}",
+            format_duration(MAX_HEALTH_DEADLINE)
+        ));
     }
     let restart = &manifest.restart;
     if restart.initial_backoff.is_zero() || restart.max_backoff < restart.initial_backoff {
@@ -540,10 +544,75 @@ fn check_manifest(manifest: &Manifest, fetchers: &Fetchers) -> Result<(), String
                 .to_owned(),
         );
     }
+    if restart.max_backoff > MAX_RESTART_BACKOFF {
+        return Err(format!(
+            "`restart`: initial_backoff and max_backoff must be at most {}",
+            format_duration(MAX_RESTART_BACKOFF)
+        ));
+    }
     if let HealthCheck::Http { path, .. } = &manifest.health
         && (!path.starts_with('/') || path.contains(|c: char| c.is_whitespace() || c.is_control()))
     {
         return Err(format!("`health.path` {path:?} must start with `/` and have no spaces"));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use flotilla_spec::manifest::Artifact;
+    use flotilla_spec::{RestartPolicy, RestartSpec};
+
+    fn manifest() -> Manifest {
+        let artifact = |name: &str| Artifact {
+            url: format!("file:///artifacts/{name}"),
+            sha256: "a".repeat(64),
+            size: 1,
+        };
+        Manifest {
+            binary: artifact("binary"),
+            config: artifact("config"),
+            hosts: artifact("hosts"),
+            args: Vec::new(),
+            env: Default::default(),
+            health: HealthCheck::None,
+            restart: RestartSpec::default(),
+            health_deadline: Duration::from_secs(60),
+        }
+    }
+
+    #[test]
+    fn manifests_with_durations_past_the_spec_bounds_are_refused() {
+        let fetchers = Fetchers::default();
+        assert_eq!(check_manifest(&manifest(), &fetchers), Ok(()));
+        let huge = Duration::from_secs(580_000_000_000 * 31_557_600);
+
+        let mut bounded = manifest();
+        bounded.health_deadline = MAX_HEALTH_DEADLINE;
+        bounded.restart = RestartSpec {
+            policy: RestartPolicy::Always,
+            initial_backoff: MAX_RESTART_BACKOFF,
+            max_backoff: MAX_RESTART_BACKOFF,
+        };
+        assert_eq!(check_manifest(&bounded, &fetchers), Ok(()));
+
+        for deadline in [huge, Duration::MAX, MAX_HEALTH_DEADLINE + Duration::from_millis(1)] {
+            let mut long = manifest();
+            long.health_deadline = deadline;
+            let error = check_manifest(&long, &fetchers).unwrap_err();
+            assert_eq!(error, "`health_deadline` must be longer than 0s and at most 6h");
+        }
+        for (initial, max) in [
+            (huge, huge),
+            (Duration::from_secs(1), Duration::MAX),
+            (Duration::from_secs(1), MAX_RESTART_BACKOFF + Duration::from_millis(1)),
+        ] {
+            let mut long = manifest();
+            long.restart.initial_backoff = initial;
+            long.restart.max_backoff = max;
+            let error = check_manifest(&long, &fetchers).unwrap_err();
+            assert_eq!(error, "`restart`: initial_backoff and max_backoff must be at most 1h");
+        }
+    }
 }

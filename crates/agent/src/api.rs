@@ -12,8 +12,11 @@
 //! 409 when the request is not allowed now (a rollout under way, nothing installed), 413 for a
 //! manifest over [`MAX_MANIFEST_BYTES`], 500 when the agent failed.
 //!
-//! Connections: at most [`MAX_CONNECTIONS`] at once, [`HANDSHAKE_TIMEOUT`] for the TLS
-//! handshake and for the request head.
+//! Connections: a connection is pending until its TLS handshake is complete, with a budget of
+//! its own ([`PENDING_HANDSHAKES`], policy in `admission`) and [`HANDSHAKE_TIMEOUT`]; then it
+//! takes one of [`MAX_CONNECTIONS`] slots for authenticated connections, and has
+//! [`HANDSHAKE_TIMEOUT`] for the head of each request. Refused connections are logged at most
+//! once per 10 s (`refusal_log`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -31,14 +34,19 @@ use tokio::sync::broadcast::error::RecvError;
 use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
+use crate::admission::{PendingConnections, PendingPolicy};
 use crate::agent::{Agent, Refusal};
 use crate::binary_log::EVENT_PREFIX;
+use crate::failpoint::{Failpoint, Failpoints};
+use crate::refusal_log::{REFUSAL_LOG_INTERVAL, RefusalLog};
 
 /// The largest manifest `ApplyManifest` accepts.
 pub(crate) const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
-/// Connections served at once; more wait to be accepted.
+/// Authenticated connections served at once; more wait up to [`HANDSHAKE_TIMEOUT`] for a slot.
 const MAX_CONNECTIONS: usize = 64;
-/// Time for the TLS handshake, and for the head of each request.
+/// Connections whose TLS handshake is under way (see `admission`).
+const PENDING_HANDSHAKES: PendingPolicy = PendingPolicy { capacity: 64, per_peer: 16 };
+/// Time for the TLS handshake, for a slot after it, and for the head of each request.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
 type ApiBody = UnsyncBoxBody<Bytes, Infallible>;
@@ -49,34 +57,62 @@ pub(crate) async fn serve_api(
     tls: Arc<rustls::ServerConfig>,
     agent: Arc<Agent>,
     mut shutdown: watch::Receiver<bool>,
+    failpoints: Failpoints,
 ) {
     let acceptor = TlsAcceptor::from(tls);
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let pending = PendingConnections::new(PENDING_HANDSHAKES);
+    let refusals = Arc::new(RefusalLog::new("API"));
+    let mut refusals_due = tokio::time::interval(REFUSAL_LOG_INTERVAL);
     loop {
-        let Some((permit, (stream, peer))) =
-            crate::next_connection(&listener, &connections, &mut shutdown, "API").await
-        else {
+        let next =
+            crate::next_connection(&listener, &mut shutdown, "API", &refusals, &mut refusals_due);
+        let Some((stream, peer)) = next.await else {
             return;
         };
+        if failpoints.is_armed(Failpoint::ApiServerPanicsOnAccept) {
+            panic!("failpoint {:?}", Failpoint::ApiServerPanicsOnAccept);
+        }
+        let (ticket, mut eviction) = pending.admit(peer.ip());
         let acceptor = acceptor.clone();
+        let connections = connections.clone();
+        let refusals = refusals.clone();
         let agent = agent.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _permit = permit;
-            let stream =
-                match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
-                    Ok(Ok(stream)) => stream,
-                    Ok(Err(error)) => {
-                        tracing::info!("API: refused a connection from {peer}: {error}");
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::info!(
-                            "API: no TLS handshake from {peer} within {HANDSHAKE_TIMEOUT:?}"
-                        );
-                        return;
-                    }
-                };
+            let handshake = tokio::select! {
+                handshake = tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(stream)) => {
+                    handshake
+                }
+                () = eviction.wait() => {
+                    refusals.refused(
+                        peer,
+                        "closed before its TLS handshake completed: newer connections needed the room",
+                    );
+                    return;
+                }
+                _ = crate::shutdown_signalled(&mut shutdown) => return,
+            };
+            drop(ticket);
+            let stream = match handshake {
+                Ok(Ok(stream)) => stream,
+                Ok(Err(error)) => return refusals.refused(peer, error),
+                Err(_) => {
+                    let reason = format!("no TLS handshake within {HANDSHAKE_TIMEOUT:?}");
+                    return refusals.refused(peer, reason);
+                }
+            };
+            let slot = tokio::time::timeout(HANDSHAKE_TIMEOUT, connections.acquire_owned());
+            let _permit = match slot.await {
+                Ok(Ok(permit)) => permit,
+                Ok(Err(_)) => return,
+                Err(_) => {
+                    let reason = format!(
+                        "all {MAX_CONNECTIONS} connection slots stayed taken for {HANDSHAKE_TIMEOUT:?}"
+                    );
+                    return refusals.refused(peer, reason);
+                }
+            };
             let service_shutdown = shutdown.clone();
             let service = hyper::service::service_fn(move |request| {
                 let agent = agent.clone();

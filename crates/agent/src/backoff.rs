@@ -3,7 +3,10 @@
 //! - Restarting the binary: capped exponential backoff. The n-th consecutive failure waits
 //!   `initial_backoff × 2^(n-1)`, capped at `max_backoff`, then multiplied by a random factor in
 //!   0.8..=1.2 (±20 % jitter) so that a fleet restarted by the same event does not restart in
-//!   step. The count resets once the binary stayed up [`STABLE_RUN`] or became healthy.
+//!   step. The count resets once the binary stayed up [`STABLE_RUN`] or became healthy. The
+//!   arithmetic saturates: a backoff too long to compute is the longest `Duration` (the agent
+//!   refuses manifests with backoffs over `flotilla_spec::fleet::MAX_RESTART_BACKOFF`, but a
+//!   version installed before that rule must not make the supervisor panic).
 //! - Waiting for the identity bundle: polls after 100 ms, doubling to at most 500 ms (a GET
 //!   of a small object: cheap, and the binary starts sooner), until the
 //!   bootstrap's `identity_timeout`.
@@ -33,7 +36,14 @@ pub(crate) fn restart_delay(
 ) -> Duration {
     let doublings = consecutive_failures.saturating_sub(1).min(32);
     let uncapped = spec.initial_backoff.saturating_mul(2u32.saturating_pow(doublings));
-    uncapped.min(spec.max_backoff).mul_f64(jitter.clamp(0.8, 1.2))
+    let jitter = if jitter.is_nan() { 1.0 } else { jitter.clamp(0.8, 1.2) };
+    scale(uncapped.min(spec.max_backoff), jitter)
+}
+
+/// `duration × factor` for a factor in 0.8..=1.2, saturating at the longest `Duration`
+/// (`Duration::mul_f64` panics when the product does not fit).
+fn scale(duration: Duration, factor: f64) -> Duration {
+    Duration::try_from_secs_f64(duration.as_secs_f64() * factor).unwrap_or(Duration::MAX)
 }
 
 /// A random jitter factor in 0.8..=1.2.
@@ -67,6 +77,33 @@ mod tests {
         for _ in 0..100 {
             assert!((0.8..=1.2).contains(&restart_jitter()));
         }
+    }
+
+    #[test]
+    fn extreme_backoffs_saturate_instead_of_panicking() {
+        // `initial_backoff: 580000000000y` made every supervisor panic at its first restart.
+        let huge = Duration::from_secs(580_000_000_000 * 31_557_600);
+        for (initial, max) in [(huge, huge), (Duration::MAX, Duration::MAX), (huge, Duration::MAX)]
+        {
+            let spec = RestartSpec {
+                policy: RestartPolicy::Always,
+                initial_backoff: initial,
+                max_backoff: max,
+            };
+            for failures in [0, 1, 2, 33, u32::MAX] {
+                for jitter in [0.8, 1.0, 1.2, f64::NAN, f64::INFINITY, -1.0] {
+                    let delay = restart_delay(&spec, failures, jitter);
+                    assert!(delay >= initial.min(max).mul_f64(0.5), "{delay:?}");
+                }
+            }
+        }
+        let spec = RestartSpec {
+            policy: RestartPolicy::Always,
+            initial_backoff: Duration::from_millis(250),
+            max_backoff: Duration::from_secs(2),
+        };
+        assert_eq!(restart_delay(&spec, 1, f64::NAN), Duration::from_millis(250));
+        assert_eq!(restart_delay(&spec, u32::MAX, 1.0), Duration::from_secs(2));
     }
 
     #[test]

@@ -1,25 +1,22 @@
 //! The binary's log: `<dir>/logs/binary.log`, rotated by size.
 //!
 //! Every line the binary writes to stdout or stderr lands here as it is, one write per line, and
-//! so do the agent's lifecycle events (`[flotilla-agent] <time> started version … pid …`). When a
-//! line would take the file past `max_bytes`, `binary.log` becomes `binary.log.1`, the older
-//! ones move up one number, and the one past `keep` is removed.
+//! so do the agent's lifecycle events (`[flotilla-agent] <time> started version … pid …`). It is
+//! rotated by size (`log_file`): `binary.log` becomes `binary.log.1`, and so on up to `keep`.
 //!
 //! Besides the file, the log keeps the last [`RECENT_LINES`] lines of the current run in memory
 //! (for a failed rollout's report) and hands every new line to followers of the `Logs` request
 //! through a broadcast channel, so a follower never has to find its place again after a rotation.
 
 use std::collections::VecDeque;
-use std::io::{self, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::PermissionsExt;
+use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 
 use flotilla_spec::bootstrap::LogRotation;
-use fs_err::os::unix::fs::OpenOptionsExt;
 use tokio::sync::broadcast;
 
-use crate::instance_dir::PRIVATE_FILE_MODE;
+use crate::log_file::RotatingFile;
 
 /// Lines of the current run kept in memory.
 pub(crate) const RECENT_LINES: usize = 50;
@@ -36,16 +33,13 @@ pub(crate) const EVENT_PREFIX: &str = "[flotilla-agent] ";
 #[derive(Debug)]
 pub(crate) struct BinaryLog {
     path: PathBuf,
-    rotation: LogRotation,
     inner: Mutex<LogFile>,
     followers: broadcast::Sender<Arc<str>>,
 }
 
 #[derive(Debug)]
 struct LogFile {
-    /// `None` after a failed rotation until a reopen succeeds.
-    file: Option<fs_err::File>,
-    size: u64,
+    file: RotatingFile,
     recent: VecDeque<String>,
     /// Whether the last write failed: reported once, not for every line.
     failing: bool,
@@ -61,20 +55,13 @@ pub(crate) struct LogSnapshot {
 
 impl BinaryLog {
     /// Opens (appends to) `<logs_dir>/binary.log`.
-    pub(crate) fn open(logs_dir: &Path, rotation: LogRotation) -> io::Result<BinaryLog> {
+    pub(crate) fn open(logs_dir: &Path, rotation: &LogRotation) -> io::Result<BinaryLog> {
         let path = logs_dir.join("binary.log");
-        let file = open_for_append(&path)?;
-        let size = file.metadata()?.len();
+        let file = RotatingFile::open(path.clone(), rotation.max_bytes, rotation.keep)?;
         let (followers, _) = broadcast::channel(FOLLOW_BUFFER_LINES);
         Ok(BinaryLog {
             path,
-            rotation,
-            inner: Mutex::new(LogFile {
-                file: Some(file),
-                size,
-                recent: VecDeque::new(),
-                failing: false,
-            }),
+            inner: Mutex::new(LogFile { file, recent: VecDeque::new(), failing: false }),
             followers,
         })
     }
@@ -113,9 +100,9 @@ impl BinaryLog {
     ) -> (LogSnapshot, Option<broadcast::Receiver<Arc<str>>>) {
         let inner = self.lock();
         let receiver = follow.then(|| self.followers.subscribe());
-        let current = fs_err::File::open(&self.path).ok().map(|file| (file, inner.size));
+        let current = fs_err::File::open(&self.path).ok().map(|file| (file, inner.file.size()));
         let rotated =
-            (1..=self.rotation.keep).map_while(|n| fs_err::File::open(self.rotated(n)).ok());
+            (1..=inner.file.keep()).map_while(|n| fs_err::File::open(inner.file.rotated(n)).ok());
         let snapshot = LogSnapshot { current, rotated: rotated.collect() };
         drop(inner);
         (snapshot, receiver)
@@ -124,12 +111,6 @@ impl BinaryLog {
     fn lock(&self) -> MutexGuard<'_, LogFile> {
         // A panic while holding the lock leaves plain data behind; keep logging.
         self.inner.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    fn rotated(&self, n: u32) -> PathBuf {
-        let mut path = self.path.as_os_str().to_owned();
-        path.push(format!(".{n}"));
-        PathBuf::from(path)
     }
 
     fn append(&self, line: &str) {
@@ -150,24 +131,11 @@ impl BinaryLog {
 
     fn append_piece(&self, line: &str) {
         let mut inner = self.lock();
-        let bytes = line.len() as u64 + 1;
-        if inner.file.is_none() || (inner.size > 0 && inner.size + bytes > self.rotation.max_bytes)
-        {
-            self.rotate(&mut inner);
-        }
-        let mut result = Ok(());
-        if let Some(file) = inner.file.as_mut() {
-            let mut buffer = Vec::with_capacity(line.len() + 1);
-            buffer.extend_from_slice(line.as_bytes());
-            buffer.push(b'\n');
-            result = file.write_all(&buffer);
-        }
-        match result {
-            Ok(()) if inner.file.is_some() => {
-                inner.size += bytes;
-                inner.failing = false;
-            }
-            Ok(()) => {}
+        let mut buffer = Vec::with_capacity(line.len() + 1);
+        buffer.extend_from_slice(line.as_bytes());
+        buffer.push(b'\n');
+        match inner.file.append(&buffer) {
+            Ok(()) => inner.failing = false,
             Err(error) => {
                 if !inner.failing {
                     tracing::warn!("could not write to the binary's log: {error}");
@@ -182,34 +150,6 @@ impl BinaryLog {
         drop(inner);
         // No follower is not an error.
         let _ = self.followers.send(Arc::from(line));
-    }
-
-    /// Moves the files up one number and starts an empty `binary.log`.
-    fn rotate(&self, inner: &mut LogFile) {
-        inner.file = None;
-        let result = (|| -> io::Result<fs_err::File> {
-            if self.rotation.keep == 0 {
-                return open_truncated(&self.path);
-            }
-            remove_if_present(&self.rotated(self.rotation.keep))?;
-            for n in (1..self.rotation.keep).rev() {
-                rename_if_present(&self.rotated(n), &self.rotated(n + 1))?;
-            }
-            rename_if_present(&self.path, &self.rotated(1))?;
-            open_for_append(&self.path)
-        })();
-        match result {
-            Ok(file) => {
-                inner.file = Some(file);
-                inner.size = 0;
-            }
-            Err(error) => {
-                if !inner.failing {
-                    tracing::warn!("could not rotate the binary's log: {error}");
-                }
-                inner.failing = true;
-            }
-        }
     }
 }
 
@@ -279,42 +219,14 @@ fn last_lines_of(
     Ok((lines[skip..].iter().map(|line| (*line).to_owned()).collect(), read))
 }
 
-fn open_for_append(path: &Path) -> io::Result<fs_err::File> {
-    let file =
-        fs_err::OpenOptions::new().create(true).append(true).mode(PRIVATE_FILE_MODE).open(path)?;
-    file.set_permissions(std::fs::Permissions::from_mode(PRIVATE_FILE_MODE))?;
-    Ok(file)
-}
-
-fn open_truncated(path: &Path) -> io::Result<fs_err::File> {
-    fs_err::OpenOptions::new()
-        .create(true)
-        .write(true)
-        .truncate(true)
-        .mode(PRIVATE_FILE_MODE)
-        .open(path)
-}
-
-fn remove_if_present(path: &Path) -> io::Result<()> {
-    match fs_err::remove_file(path) {
-        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
-        _ => Ok(()),
-    }
-}
-
-fn rename_if_present(from: &Path, to: &Path) -> io::Result<()> {
-    match fs_err::rename(from, to) {
-        Err(error) if error.kind() != io::ErrorKind::NotFound => Err(error),
-        _ => Ok(()),
-    }
-}
-
 #[cfg(test)]
 mod tests {
+    use std::os::unix::fs::PermissionsExt;
+
     use super::*;
 
     fn log(dir: &Path, max_bytes: u64, keep: u32) -> BinaryLog {
-        BinaryLog::open(dir, LogRotation { max_bytes, keep }).unwrap()
+        BinaryLog::open(dir, &LogRotation { max_bytes, keep, agent_log: None }).unwrap()
     }
 
     #[test]

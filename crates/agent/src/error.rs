@@ -11,6 +11,7 @@ use std::path::PathBuf;
 
 use flotilla_spec::bootstrap::BootstrapError;
 
+use crate::components::ComponentDeath;
 use crate::fetch::FetchError;
 
 #[derive(Debug, thiserror::Error)]
@@ -61,6 +62,11 @@ pub enum AgentError {
     )]
     BadState { path: PathBuf, message: String },
 
+    #[error(
+        "could not open the agent's log {path}: {source}; check `logs.agent_log` in the bootstrap config and that the agent may write there"
+    )]
+    AgentLog { path: PathBuf, source: io::Error },
+
     #[error("could not start the agent's runtime: {0}")]
     Runtime(io::Error),
 
@@ -69,4 +75,9 @@ pub enum AgentError {
 
     #[error("could not listen for {signal}: {source}")]
     Signal { signal: &'static str, source: io::Error },
+
+    #[error(
+        "{0}; the agent stopped its binary and exits with an error so that it is restarted; the agent's log and the binary's log say more"
+    )]
+    ComponentDied(ComponentDeath),
 }

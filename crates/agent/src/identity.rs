@@ -7,6 +7,7 @@ use flotilla_spec::identity::IdentityBundle;
 use tokio::time::Instant;
 
 use crate::backoff::{IDENTITY_POLL_INITIAL, next_identity_poll};
+use crate::deadline;
 use crate::error::AgentError;
 use crate::fetch::Fetchers;
 
@@ -19,7 +20,7 @@ pub(crate) async fn wait_for_identity(
     fetchers: &Fetchers,
 ) -> Result<IdentityBundle, AgentError> {
     let location = bootstrap.identity.as_str();
-    let deadline = Instant::now() + bootstrap.identity_timeout;
+    let deadline = deadline::from_now(bootstrap.identity_timeout);
     let mut delay = IDENTITY_POLL_INITIAL;
     let mut logged_wait = false;
     loop {
@@ -55,7 +56,7 @@ pub(crate) async fn wait_for_identity(
             tracing::info!("waiting for the identity bundle at {location}: {last_error}");
             logged_wait = true;
         }
-        tokio::time::sleep(delay.min(deadline - now)).await;
+        tokio::time::sleep(delay.min(deadline.saturating_duration_since(now))).await;
         delay = next_identity_poll(delay);
     }
 }

@@ -9,7 +9,10 @@
 //! | `flotilla_agent_uptime_seconds` | gauge | seconds since the agent started |
 //! | `flotilla_binary_uptime_seconds` | gauge | seconds since the binary started (0 when down) |
 //!
-//! Everything but the restart counter is read from the agent's state at scrape time.
+//! Everything but the restart counter is read from the agent's state at scrape time, and the
+//! binary's gauges from one reading of the supervisor's status: `binary_up` and the health state
+//! cannot disagree (a state that claims a running binary comes with its pid, see
+//! `SupervisorStatus::into_reported`).
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -27,12 +30,20 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 use tokio::net::TcpListener;
-use tokio::sync::{Semaphore, watch};
+use tokio::sync::watch;
 
+use crate::admission::{PendingConnections, PendingPolicy};
 use crate::agent::Agent;
+use crate::failpoint::{Failpoint, Failpoints};
+use crate::refusal_log::{REFUSAL_LOG_INTERVAL, RefusalLog};
+use crate::supervisor::SupervisorStatus;
 
-/// Scrapes served at once; more wait to be accepted.
-const MAX_CONNECTIONS: usize = 16;
+/// Connections that have not yet sent a complete request head (see `admission`).
+const PENDING_REQUESTS: PendingPolicy = PendingPolicy { capacity: 32, per_peer: 8 };
+/// Time for the request head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(10);
+/// The longest a connection lives: a scrape is answered at once, after its head.
+const CONNECTION_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Every state, for the per-state gauge.
 const STATES: [BinaryState; 6] = [
@@ -49,11 +60,29 @@ type Labels = Vec<(&'static str, String)>;
 /// What a scrape reports, read from the agent.
 #[derive(Debug)]
 pub(crate) struct MetricsSnapshot {
-    pub(crate) running: bool,
-    pub(crate) state: BinaryState,
-    pub(crate) version: Option<String>,
-    pub(crate) agent_uptime: Duration,
-    pub(crate) binary_uptime: Option<Duration>,
+    running: bool,
+    state: BinaryState,
+    version: Option<String>,
+    agent_uptime: Duration,
+    binary_uptime: Option<Duration>,
+}
+
+impl MetricsSnapshot {
+    /// The snapshot of one reported supervisor status, the installed version and the agent's
+    /// uptime.
+    pub(crate) fn new(
+        binary: &SupervisorStatus,
+        version: Option<String>,
+        agent_uptime: Duration,
+    ) -> MetricsSnapshot {
+        MetricsSnapshot {
+            running: binary.pid.is_some(),
+            state: binary.state,
+            version,
+            agent_uptime,
+            binary_uptime: binary.started_at.map(|started| started.elapsed()),
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -138,31 +167,59 @@ pub(crate) async fn serve_metrics(
     listener: TcpListener,
     agent: Arc<Agent>,
     mut shutdown: watch::Receiver<bool>,
+    failpoints: Failpoints,
 ) {
-    let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
+    let pending = PendingConnections::new(PENDING_REQUESTS);
+    let refusals = Arc::new(RefusalLog::new("metrics"));
+    let mut refusals_due = tokio::time::interval(REFUSAL_LOG_INTERVAL);
     loop {
-        let Some((permit, (stream, _))) =
-            crate::next_connection(&listener, &connections, &mut shutdown, "metrics").await
-        else {
+        let next = crate::next_connection(
+            &listener,
+            &mut shutdown,
+            "metrics",
+            &refusals,
+            &mut refusals_due,
+        );
+        let Some((stream, peer)) = next.await else {
             return;
         };
+        if failpoints.is_armed(Failpoint::MetricsServerReturnsOnAccept) {
+            return;
+        }
+        let (ticket, mut eviction) = pending.admit(peer.ip());
         let agent = agent.clone();
+        let refusals = refusals.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
-            let _permit = permit;
             let service = hyper::service::service_fn(move |request| {
+                // The request head is complete: the connection is no longer pending.
+                ticket.release();
                 let agent = agent.clone();
                 async move { Ok::<_, Infallible>(answer(&agent, request)) }
             });
+            // One request per connection: answered at once, then closed, so a connection costs
+            // something only while it is pending (see `admission`).
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
-                .header_read_timeout(Duration::from_secs(10))
+                .header_read_timeout(HEAD_TIMEOUT)
+                .keep_alive(false)
                 .serve_connection(TokioIo::new(stream), service);
-            tokio::select! {
-                result = connection => if let Err(error) = result {
-                    tracing::debug!("metrics connection: {error}");
-                },
-                _ = crate::shutdown_signalled(&mut shutdown) => {}
+            let result = tokio::select! {
+                result = tokio::time::timeout(CONNECTION_TIMEOUT, connection) => result,
+                () = eviction.wait() => {
+                    let reason = "closed before its request head was complete: newer connections needed the room";
+                    return refusals.refused(peer, reason);
+                }
+                _ = crate::shutdown_signalled(&mut shutdown) => return,
+            };
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) if error.is_timeout() => {
+                    let reason = format!("no complete request head within {HEAD_TIMEOUT:?}");
+                    refusals.refused(peer, reason);
+                }
+                Ok(Err(error)) => tracing::debug!("metrics connection from {peer}: {error}"),
+                Err(_) => tracing::debug!("metrics: closed {peer} after {CONNECTION_TIMEOUT:?}"),
             }
         });
     }
@@ -220,5 +277,34 @@ mod tests {
         });
         assert!(!text.contains("version=\"abc\""), "{text}");
         assert!(text.contains("flotilla_binary_health_state{state=\"idle\"} 1\n"), "{text}");
+    }
+
+    #[test]
+    fn binary_up_and_the_health_state_come_from_one_status() {
+        let metrics = AgentMetrics::new();
+        let status = |state, pid| SupervisorStatus {
+            state,
+            pid,
+            started_at: pid.map(|_| tokio::time::Instant::now()),
+            ..SupervisorStatus::idle()
+        };
+        let render = |status: SupervisorStatus| {
+            metrics.render(&MetricsSnapshot::new(&status, None, Duration::from_secs(1)))
+        };
+        let healthy = render(status(BinaryState::Healthy, Some(7)).into_reported(true));
+        assert!(healthy.contains("flotilla_binary_up 1\n"), "{healthy}");
+        assert!(healthy.contains("{state=\"healthy\"} 1\n"), "{healthy}");
+        // The exit was published, the next state was not (a supervisor that panicked in
+        // between), or the supervisor has ended: down, and not healthy.
+        for reported in [
+            status(BinaryState::Healthy, None).into_reported(true),
+            status(BinaryState::Healthy, Some(7)).into_reported(false),
+        ] {
+            let text = render(reported);
+            assert!(text.contains("flotilla_binary_up 0\n"), "{text}");
+            assert!(text.contains("{state=\"healthy\"} 0\n"), "{text}");
+            assert!(text.contains("{state=\"stopped\"} 1\n"), "{text}");
+            assert!(text.contains("flotilla_binary_uptime_seconds 0.0\n"), "{text}");
+        }
     }
 }

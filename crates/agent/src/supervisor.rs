@@ -39,6 +39,8 @@ use tokio::time::Instant;
 use crate::artifacts::{BINARY_FILE, CONFIG_FILE, HOSTS_FILE};
 use crate::backoff::{CRASH_LOOP_EXITS, STABLE_RUN, restart_delay, restart_jitter};
 use crate::binary_log::{BinaryLog, MAX_LINE_BYTES};
+use crate::deadline;
+use crate::failpoint::{Failpoint, Failpoints};
 use crate::health::{self, CHECK_INTERVAL, FIRST_CHECK_AFTER, NONE_HEALTHY_AFTER};
 use crate::instance_dir::InstanceDir;
 use crate::metrics::AgentMetrics;
@@ -92,7 +94,7 @@ pub(crate) struct SupervisorStatus {
 }
 
 impl SupervisorStatus {
-    fn idle() -> SupervisorStatus {
+    pub(crate) fn idle() -> SupervisorStatus {
         SupervisorStatus {
             version: None,
             generation: 0,
@@ -106,6 +108,26 @@ impl SupervisorStatus {
             last_exit_description: None,
             health_error: None,
         }
+    }
+
+    /// The status as the API and the metrics report it. A state that claims a running binary
+    /// (`healthy`, `unhealthy`) comes with its pid or not at all: without one it reads
+    /// `stopped`. Once the supervisor has ended (`supervising` false), nothing runs or will be
+    /// restarted: no pid, and `stopped` unless nothing was installed.
+    pub(crate) fn into_reported(mut self, supervising: bool) -> SupervisorStatus {
+        if !supervising {
+            self.pid = None;
+        }
+        let claims_a_process = matches!(self.state, BinaryState::Healthy | BinaryState::Unhealthy);
+        let waits_for_a_restart =
+            matches!(self.state, BinaryState::Starting | BinaryState::CrashLooping);
+        if self.pid.is_none() && (claims_a_process || (!supervising && waits_for_a_restart)) {
+            self.state = BinaryState::Stopped;
+        }
+        if self.pid.is_none() {
+            self.started_at = None;
+        }
+        self
     }
 }
 
@@ -160,8 +182,12 @@ impl SupervisorHandle {
         Completion(completion)
     }
 
+    /// The status to report (see [`SupervisorStatus::into_reported`]), read once, so that the
+    /// state, the pid and the uptime all come from the same moment.
     pub(crate) fn status(&self) -> SupervisorStatus {
-        self.status.borrow().clone()
+        // The sender lives as long as the supervisor task: closed means it has ended.
+        let supervising = self.status.has_changed().is_ok();
+        self.status.borrow().clone().into_reported(supervising)
     }
 
     pub(crate) fn watch(&self) -> watch::Receiver<SupervisorStatus> {
@@ -169,14 +195,16 @@ impl SupervisorHandle {
     }
 }
 
-/// Starts the supervisor task.
-pub(crate) fn start_supervisor(
+/// The supervisor: its handle, and the task to spawn (it runs until `Order::Shutdown` or until
+/// every handle is gone).
+pub(crate) fn supervisor(
     spawner: Spawner,
     log: Arc<BinaryLog>,
     metrics: Arc<AgentMetrics>,
     environment: BinaryEnvironment,
     stop_grace: Duration,
-) -> (SupervisorHandle, JoinHandle<()>) {
+    failpoints: Failpoints,
+) -> (SupervisorHandle, impl Future<Output = ()> + Send + 'static) {
     let (orders, receiver) = mpsc::unbounded_channel();
     let (status, status_receiver) = watch::channel(SupervisorStatus::idle());
     let supervisor = Supervisor {
@@ -190,9 +218,9 @@ pub(crate) fn start_supervisor(
         selected: None,
         consecutive_failures: 0,
         warned_about_parent_death_signal: false,
+        failpoints,
     };
-    let task = tokio::spawn(supervisor.run());
-    (SupervisorHandle { orders, status: status_receiver }, task)
+    (SupervisorHandle { orders, status: status_receiver }, supervisor.run())
 }
 
 #[derive(Debug)]
@@ -212,6 +240,7 @@ struct Supervisor {
     selected: Option<Selected>,
     consecutive_failures: u32,
     warned_about_parent_death_signal: bool,
+    failpoints: Failpoints,
 }
 
 type HealthCheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
@@ -293,6 +322,11 @@ impl Supervisor {
             }
             return Activity::Finished;
         };
+        if matches!(order, Order::Restart)
+            && self.failpoints.is_armed(Failpoint::SupervisorPanicsOnRestart)
+        {
+            panic!("failpoint {:?}", Failpoint::SupervisorPanicsOnRestart);
+        }
         if let Some(running) = running {
             let reason = match &order {
                 Order::Run { version, .. } | Order::Hold { version, .. } => {
@@ -446,7 +480,7 @@ impl Supervisor {
                     capture,
                     check: None,
                     check_started_at: now,
-                    next_check_at: now + first_check,
+                    next_check_at: deadline::after(now, first_check),
                     checking: true,
                     check_failures: 0,
                     became_healthy: false,
@@ -456,7 +490,12 @@ impl Supervisor {
                 let description = format!("could not be started: {error}");
                 self.log.event(&format!("version {short} {description}"));
                 let exit = ExitInfo { code: None, signal: None, at: unix_now() };
-                self.after_exit(exit, description, Duration::ZERO, false, None)
+                let (next, decision) =
+                    self.after_exit(exit, description, Duration::ZERO, false, None);
+                if let Some(decision) = decision {
+                    self.log.event(&decision);
+                }
+                next
             }
         }
     }
@@ -482,7 +521,7 @@ impl Supervisor {
             }
             RunningEvent::CheckDone(result) => {
                 running.check = None;
-                running.next_check_at = running.check_started_at + CHECK_INTERVAL;
+                running.next_check_at = deadline::after(running.check_started_at, CHECK_INTERVAL);
                 self.on_check_result(&mut running, result);
                 Activity::Running(running)
             }
@@ -535,20 +574,28 @@ impl Supervisor {
         // What is left of the group goes too, so that the next start finds its ports free and
         // the output pipes close.
         signal_group(pid, Signal::KILL);
+        let (exit, description) = describe_exit(&result);
+        let code = result.ok().and_then(|status| status.code());
+        // Published before the output drains: nothing may report the pid that exited.
+        let (next, decision) =
+            self.after_exit(exit, description.clone(), ran_for, became_healthy, code);
         drain_output(capture).await;
         process_group::forget(&self.environment.dir.binary_process_group());
-        let (exit, description) = describe_exit(&result);
         self.log.event(&format!(
             "version {} pid {pid} {description} after {}",
             self.short_selected(),
             format_duration(ran_for)
         ));
-        let code = result.ok().and_then(|status| status.code());
-        self.after_exit(exit, description, ran_for, became_healthy, code)
+        if let Some(decision) = decision {
+            self.log.event(&decision);
+        }
+        next
     }
 
     /// Decides what follows an exit (or a failed start): restart after the backoff, or stay
-    /// stopped under `on-failure` after status 0.
+    /// stopped under `on-failure` after status 0. Publishes the exit and the state that follows
+    /// it in one change, so that no reader sees a state that claims a process without its pid;
+    /// returns the decision in words, for the log.
     fn after_exit(
         &mut self,
         exit: ExitInfo,
@@ -556,43 +603,46 @@ impl Supervisor {
         ran_for: Duration,
         became_healthy: bool,
         code: Option<i32>,
-    ) -> Activity {
+    ) -> (Activity, Option<String>) {
         if became_healthy || ran_for >= STABLE_RUN {
             self.consecutive_failures = 0;
         }
-        self.consecutive_failures += 1;
+        self.consecutive_failures = self.consecutive_failures.saturating_add(1);
+        let (state, next, decision) = match self.selected.as_ref() {
+            None => (BinaryState::Idle, Activity::Waiting, None),
+            Some(selected)
+                if selected.manifest.restart.policy == RestartPolicy::OnFailure
+                    && code == Some(0) =>
+            {
+                let decision = "not restarting: the binary exited with status 0 and the restart policy is on-failure";
+                (BinaryState::Stopped, Activity::Waiting, Some(decision.to_owned()))
+            }
+            Some(selected) => {
+                let restart = selected.manifest.restart;
+                let delay = restart_delay(&restart, self.consecutive_failures, restart_jitter());
+                let crash_looping = self.consecutive_failures >= CRASH_LOOP_EXITS;
+                let state =
+                    if crash_looping { BinaryState::CrashLooping } else { BinaryState::Starting };
+                let decision = format!(
+                    "restarting in {} (failure {} in a row{})",
+                    format_duration(delay),
+                    self.consecutive_failures,
+                    if crash_looping { ", none of them healthy: crash-looping" } else { "" }
+                );
+                (state, Activity::BackingOff { until: deadline::from_now(delay) }, Some(decision))
+            }
+        };
         self.status.send_modify(|status| {
+            status.state = state;
             status.pid = None;
             status.started_at = None;
             status.last_exit = Some(exit);
             status.last_exit_description = Some(description);
             if !status.became_healthy {
-                status.exits_before_healthy += 1;
+                status.exits_before_healthy = status.exits_before_healthy.saturating_add(1);
             }
         });
-        let Some(selected) = self.selected.as_ref() else {
-            self.status.send_modify(|status| status.state = BinaryState::Idle);
-            return Activity::Waiting;
-        };
-        let restart = selected.manifest.restart;
-        if restart.policy == RestartPolicy::OnFailure && code == Some(0) {
-            self.log.event(
-                "not restarting: the binary exited with status 0 and the restart policy is on-failure",
-            );
-            self.status.send_modify(|status| status.state = BinaryState::Stopped);
-            return Activity::Waiting;
-        }
-        let delay = restart_delay(&restart, self.consecutive_failures, restart_jitter());
-        let crash_looping = self.consecutive_failures >= CRASH_LOOP_EXITS;
-        let state = if crash_looping { BinaryState::CrashLooping } else { BinaryState::Starting };
-        self.status.send_modify(|status| status.state = state);
-        self.log.event(&format!(
-            "restarting in {} (failure {} in a row{})",
-            format_duration(delay),
-            self.consecutive_failures,
-            if crash_looping { ", none of them healthy: crash-looping" } else { "" }
-        ));
-        Activity::BackingOff { until: Instant::now() + delay }
+        (next, decision)
     }
 
     /// Stops the binary: SIGTERM to its group, SIGKILL after the grace period, and SIGKILL to
@@ -601,7 +651,7 @@ impl Supervisor {
         let RunningBinary { mut child, pid, started_at, capture, .. } = *running;
         let short = self.short_selected();
         let grace = self.stop_grace;
-        let deadline = Instant::now() + grace;
+        let deadline = deadline::from_now(grace);
         self.log.event(&format!(
             "stopping version {short} pid {pid} ({reason}): SIGTERM to its process group"
         ));
@@ -620,9 +670,20 @@ impl Supervisor {
                 }
             }
         };
+        // Published the moment the binary is gone, before the rest of its group is waited for
+        // and its output drained: nothing may report the pid that exited, or call it healthy.
+        // The order being carried out sets the state that follows.
+        let (exit, description) = describe_exit(&result);
+        self.status.send_modify(|status| {
+            status.state = BinaryState::Stopped;
+            status.pid = None;
+            status.started_at = None;
+            status.last_exit = Some(exit);
+            status.last_exit_description = Some(description.clone());
+        });
         // The rest of the group gets what is left of the grace period, and at least a moment to
         // end after a SIGKILL.
-        let group_deadline = deadline.max(Instant::now() + GROUP_AFTER_KILL_WAIT);
+        let group_deadline = deadline.max(deadline::from_now(GROUP_AFTER_KILL_WAIT));
         if !wait_for_group_to_end(pid, group_deadline).await {
             self.log.event(&format!(
                 "processes of pid {pid}'s group were still there after {}: SIGKILL to the group",
@@ -632,17 +693,10 @@ impl Supervisor {
         }
         drain_output(capture).await;
         process_group::forget(&self.environment.dir.binary_process_group());
-        let (exit, description) = describe_exit(&result);
         self.log.event(&format!(
             "version {short} pid {pid} {description} after {}",
             format_duration(started_at.elapsed())
         ));
-        self.status.send_modify(|status| {
-            status.pid = None;
-            status.started_at = None;
-            status.last_exit = Some(exit);
-            status.last_exit_description = Some(description);
-        });
     }
 }
 
@@ -721,7 +775,7 @@ async fn read_line_capped(
 
 /// Waits for the capture tasks to reach the end of the output, then gives up on them.
 async fn drain_output(capture: Vec<JoinHandle<()>>) {
-    let deadline = Instant::now() + OUTPUT_DRAIN_TIMEOUT;
+    let deadline = deadline::from_now(OUTPUT_DRAIN_TIMEOUT);
     for mut task in capture {
         if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
             task.abort();
@@ -809,6 +863,52 @@ mod tests {
         }
         let expected = ["short\n", "longer l", "ine\r\n", "no newli", "ne at th", "e end"];
         assert_eq!(lines, expected.map(String::from).to_vec());
+    }
+
+    #[test]
+    fn a_state_that_claims_a_process_comes_with_its_pid() {
+        let status = |state, pid| SupervisorStatus {
+            state,
+            pid,
+            started_at: pid.map(|_| Instant::now()),
+            ..SupervisorStatus::idle()
+        };
+        let reported = |state, pid, supervising| {
+            let reported = status(state, pid).into_reported(supervising);
+            assert_eq!(reported.pid.is_some(), reported.started_at.is_some());
+            (reported.state, reported.pid)
+        };
+        use BinaryState::*;
+        // A healthy binary whose exit was published without the state that follows (as
+        // `after_exit` did before a panic in `restart_delay`) is not reported healthy.
+        assert_eq!(reported(Healthy, None, true), (Stopped, None));
+        assert_eq!(reported(Unhealthy, None, true), (Stopped, None));
+        for state in [Healthy, Unhealthy, Starting] {
+            assert_eq!(reported(state, Some(7), true), (state, Some(7)));
+        }
+        for state in [Starting, CrashLooping, Stopped, Idle] {
+            assert_eq!(reported(state, None, true), (state, None), "{state}");
+        }
+        // A supervisor that has ended supervises nothing.
+        for state in [Healthy, Unhealthy, Starting, CrashLooping, Stopped] {
+            assert_eq!(reported(state, Some(7), false), (Stopped, None), "{state}");
+        }
+        assert_eq!(reported(Idle, None, false), (Idle, None));
+    }
+
+    #[tokio::test]
+    async fn an_ended_supervisor_reports_no_binary() {
+        let (sender, receiver) = watch::channel(SupervisorStatus {
+            state: BinaryState::Healthy,
+            pid: Some(7),
+            started_at: Some(Instant::now()),
+            ..SupervisorStatus::idle()
+        });
+        let (orders, _) = mpsc::unbounded_channel();
+        let handle = SupervisorHandle { orders, status: receiver };
+        assert_eq!((handle.status().state, handle.status().pid), (BinaryState::Healthy, Some(7)));
+        drop(sender);
+        assert_eq!((handle.status().state, handle.status().pid), (BinaryState::Stopped, None));
     }
 
     #[test]

@@ -113,6 +113,21 @@ async fn bad_requests_get_clear_errors() {
     assert_eq!(code, StatusCode::BAD_REQUEST);
     assert!(answer["error"].as_str().unwrap().contains("`env.BAD=NAME`"), "{answer}");
 
+    // Durations past the spec's bounds: `580000000000y` made the supervisor panic at the first
+    // restart, `300000000000y` the rollout's deadline.
+    let years = |n: u64| std::time::Duration::from_secs(n * 31_557_600);
+    let mut manifest = deployment.publish(&Version::script(IDLE));
+    manifest.restart.initial_backoff = years(580_000_000_000);
+    manifest.restart.max_backoff = years(580_000_000_000);
+    let (code, answer) = deployment.apply(&manifest).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("must be at most 1h"), "{answer}");
+    let mut manifest = deployment.publish(&Version::script(IDLE));
+    manifest.health_deadline = years(300_000_000_000);
+    let (code, answer) = deployment.apply(&manifest).await;
+    assert_eq!(code, StatusCode::BAD_REQUEST, "{answer}");
+    assert!(answer["error"].as_str().unwrap().contains("at most 6h"), "{answer}");
+
     // Logs before any version: empty, not an error.
     assert_eq!(
         deployment.logs(5).await.lines().filter(|l| !l.contains("[flotilla-agent]")).count(),

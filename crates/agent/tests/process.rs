@@ -2,62 +2,18 @@
 //! binary dies with an agent killed by SIGKILL (parent-death signal), SIGTERM stops both
 //! gracefully, and the idle agent's memory is measured.
 //!
-//! The agent process is the crate's `agent_process` example, which cargo builds with the tests.
+//! The agent process is the crate's `agent_process` example, which cargo builds with the tests
+//! (see `common::spawn_agent_process`).
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
-use common::{Deployment, Version, kill, process_alive, read_pid, wait_until};
+use common::{
+    Deployment, Version, kill, process_alive, read_pid, spawn_agent_process, wait_for_api,
+    wait_for_exit, wait_until, write_bootstrap,
+};
 use rustix::process::Signal;
-
-/// The `agent_process` example beside this test binary (`target/<profile>/deps/..`).
-fn agent_process_binary() -> PathBuf {
-    let test_binary = std::env::current_exe().expect("the test binary's path");
-    let profile_dir = test_binary
-        .parent()
-        .and_then(Path::parent)
-        .expect("test binaries live in target/<profile>/deps");
-    let binary = profile_dir.join("examples").join("agent_process");
-    assert!(
-        binary.is_file(),
-        "{} is missing: build it with `cargo build -p flotilla-agent --examples` \
-         (cargo test and cargo nextest build it with the tests)",
-        binary.display()
-    );
-    binary
-}
-
-fn spawn_agent_process(deployment: &Deployment, bootstrap: &Path) -> Child {
-    let stderr = fs_err::File::create(deployment.temp.path().join("agent-stderr.txt"))
-        .expect("a file for the agent's stderr");
-    Command::new(agent_process_binary())
-        .arg(bootstrap)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(stderr.into_parts().0))
-        .spawn()
-        .expect("the agent process starts")
-}
-
-async fn wait_for_api(deployment: &Deployment, agent: &mut Child) {
-    let deadline = tokio::time::Instant::now() + common::WAIT;
-    loop {
-        if deployment.http.get(deployment.url("/v1/status")).send().await.is_ok() {
-            return;
-        }
-        let stderr = || fs_err::read_to_string(deployment.temp.path().join("agent-stderr.txt"));
-        if let Some(exit) = agent.try_wait().expect("the agent process can be waited for") {
-            panic!("the agent process ended ({exit}): {}", stderr().unwrap_or_default());
-        }
-        if tokio::time::Instant::now() >= deadline {
-            panic!("the agent process did not serve in time: {}", stderr().unwrap_or_default());
-        }
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
 
 fn resident_kilobytes(pid: u32) -> u64 {
     let status = fs_err::read_to_string(format!("/proc/{pid}/status")).expect("a live process");
@@ -71,17 +27,9 @@ fn resident_kilobytes(pid: u32) -> u64 {
 #[tokio::test]
 async fn the_binary_dies_with_the_agent_and_sigterm_stops_both() {
     let deployment = Deployment::new("127.200.5.1");
-    let bootstrap = deployment.temp.path().join("bootstrap.json");
-    let json = serde_json::json!({
-        "tag": deployment.tag,
-        "dir": deployment.dir,
-        "listen": deployment.address,
-        "identity": deployment.identity_path,
-        "stop_grace": "2s",
-    });
-    fs_err::write(&bootstrap, json.to_string()).unwrap();
+    let bootstrap = write_bootstrap(&deployment, serde_json::json!({}));
 
-    let mut agent = spawn_agent_process(&deployment, &bootstrap);
+    let mut agent = spawn_agent_process(&deployment, &bootstrap, &[]);
     wait_for_api(&deployment, &mut agent).await;
     // The binary's child records its pid, to be found after the agent is killed.
     let manifest = deployment.publish(&Version::script(
@@ -110,20 +58,13 @@ wait $!
 
     // The next agent kills what the old binary left, restores the version; SIGTERM stops the
     // binary, then the agent.
-    let mut agent = spawn_agent_process(&deployment, &bootstrap);
+    let mut agent = spawn_agent_process(&deployment, &bootstrap, &[]);
     wait_for_api(&deployment, &mut agent).await;
     assert!(!process_alive(child), "the next agent killed the old binary's child");
     assert!(deployment.log_text().contains(&format!("left behind: pids [{child}]")));
     let binary = deployment.wait_healthy(&manifest).await.pid.unwrap();
     kill(agent.id(), Signal::TERM);
-    let deadline = std::time::Instant::now() + common::WAIT;
-    let exit = loop {
-        if let Some(exit) = agent.try_wait().unwrap() {
-            break exit;
-        }
-        assert!(std::time::Instant::now() < deadline, "the agent did not stop after SIGTERM");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
+    let exit = wait_for_exit(&mut agent).await;
     assert!(exit.success(), "{exit}");
     assert!(!process_alive(binary));
     let log = deployment.log_text();
@@ -131,4 +72,53 @@ wait $!
     assert!(log.trim_end().ends_with("agent stopped"), "{log}");
     assert!(!deployment.dir.join("agent.pid").exists());
     assert!(!deployment.dir.join("binary.pgid").exists());
+}
+
+#[tokio::test]
+async fn the_agents_own_log_goes_to_a_rotated_private_file_when_the_bootstrap_says_so() {
+    let deployment = Deployment::new("127.200.5.2");
+    let directory = deployment.temp.path().join("agent-logs");
+    let agent_log = directory.join("agent.log");
+    let logs = serde_json::json!({"max_bytes": 4096, "keep": 2, "agent_log": agent_log});
+    let bootstrap = write_bootstrap(&deployment, serde_json::json!({ "logs": logs }));
+    let mut agent = spawn_agent_process(&deployment, &bootstrap, &["-vvv"]);
+    wait_for_api(&deployment, &mut agent).await;
+    let rotated = |n: u32| directory.join(format!("agent.log.{n}"));
+    let everything = || {
+        [rotated(2), rotated(1), agent_log.clone()]
+            .map(|path| fs_err::read_to_string(path).unwrap_or_default())
+            .concat()
+    };
+    let started = everything();
+    assert!(started.contains("agent serving: API on 127.200.5.2:7443"), "{started}");
+
+    // At trace level every TLS handshake writes lines: fresh connections rotate the log.
+    let tls = flotilla_core::pki::client_config(deployment.ca.cert_pem(), &deployment.client_cert)
+        .unwrap();
+    let client = reqwest::Client::builder()
+        .tls_backend_preconfigured(tls)
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap();
+    let deadline = tokio::time::Instant::now() + common::WAIT;
+    while !rotated(2).exists() {
+        assert!(tokio::time::Instant::now() < deadline, "no second rotation: {}", everything());
+        client.get(deployment.url("/v1/status")).send().await.unwrap();
+    }
+    kill(agent.id(), Signal::TERM);
+    assert!(wait_for_exit(&mut agent).await.success());
+
+    assert_eq!(common::mode(&directory), 0o700);
+    for path in [agent_log.clone(), rotated(1), rotated(2)] {
+        assert_eq!(common::mode(&path), 0o600, "{}", path.display());
+        let size = fs_err::metadata(&path).unwrap().len();
+        assert!(size <= 4096, "{} has {size} bytes", path.display());
+    }
+    assert!(!rotated(3).exists());
+    let last = fs_err::read_to_string(&agent_log).unwrap();
+    assert!(last.contains("INFO SIGTERM: stopping"), "{last}");
+    assert!(last.trim_end().ends_with("INFO agent stopped"), "{last}");
+    assert!(!last.contains('\u{1b}'), "no terminal colours in a file: {last}");
+    // Nothing went to stderr.
+    assert_eq!(common::agent_stderr(&deployment), "");
 }

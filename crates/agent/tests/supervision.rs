@@ -336,3 +336,44 @@ while :; do sleep 0.05; done
     assert!(log.contains(&format!("pid {binary} did not exit within 1s: SIGKILL")), "{log}");
     assert!(log.contains("agent stopped"), "{log}");
 }
+
+#[tokio::test]
+async fn a_binary_that_is_gone_is_never_reported_running_or_healthy() {
+    let deployment = Deployment::new("127.200.1.8");
+    let bootstrap = deployment.bootstrap_with(serde_json::json!({"stop_grace": "3s"}));
+    let agent = deployment.start_with(bootstrap).await;
+    // The binary exits at SIGTERM; a child of it ignores SIGTERM and holds the group for the
+    // whole grace period.
+    let manifest = deployment.publish(&Version::script(
+        r#"sh -c 'trap "" TERM; while :; do sleep 0.05; done' &
+trap 'echo "got SIGTERM"; exit 0' TERM
+while :; do sleep 0.05; done
+"#,
+    ));
+    let binary = deployment.install(&manifest).await.pid.unwrap();
+
+    let stop = deployment.post("/v1/stop");
+    let watch = async {
+        wait_until("the binary to exit", || !process_alive(binary)).await;
+        let gone = std::time::Instant::now();
+        let status = deployment
+            .wait_for("the status to drop the pid", |status| status.pid != Some(binary))
+            .await;
+        let metrics = deployment.metrics().await;
+        // Before, the pid and `healthy` stayed until the group had ended (3 s later).
+        assert!(gone.elapsed() < Duration::from_millis(1500), "{:?}", gone.elapsed());
+        assert_eq!(
+            (status.state, status.pid, status.uptime_secs),
+            (BinaryState::Stopped, None, None)
+        );
+        assert!(metrics.contains("flotilla_binary_up 0\n"), "{metrics}");
+        assert!(
+            metrics.contains("flotilla_binary_health_state{state=\"healthy\"} 0\n"),
+            "{metrics}"
+        );
+    };
+    let ((code, body), ()) = tokio::join!(stop, watch);
+    assert_eq!(code, StatusCode::OK, "{body}");
+    assert_eq!(body["state"], "stopped");
+    agent.shutdown().await.unwrap();
+}

@@ -62,7 +62,15 @@ impl Clients {
         if let Some(endpoint) = &endpoint {
             loader = loader.endpoint_url(endpoint);
         }
-        let config = loader.load().await;
+        Clients::from_config(loader.load().await, endpoint, address_map)
+    }
+
+    /// Clients from a loaded configuration (its credentials, region, retries and endpoint).
+    pub fn from_config(
+        config: SdkConfig,
+        endpoint: Option<String>,
+        address_map: Option<String>,
+    ) -> Clients {
         let s3_config = aws_sdk_s3::config::Builder::from(&config)
             .region(Region::new(HOME_REGION))
             .force_path_style(endpoint.is_some())

@@ -106,12 +106,143 @@ impl AwsError {
 
     /// The pool has no capacity now (move to another zone or type).
     pub fn is_capacity(&self) -> bool {
-        self.code.as_deref().is_some_and(|c| CAPACITY_CODES.contains(&c))
+        self.healing() == Healing::Capacity
     }
+
+    /// What trying this call again can achieve: see [`classify`].
+    pub fn healing(&self) -> Healing {
+        classify(self.code.as_deref(), &self.detail, self.transient)
+    }
+}
+
+/// What trying a failed call again can achieve. Every loop of the provider that retries until a
+/// deadline decides by this, and ends at once on [`Healing::Never`] with the error's code and ids.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Healing {
+    /// Throttling, a 5xx, a timeout, a dropped connection: the same call may succeed shortly.
+    Transient,
+    /// The pool (type, zone, market) has no capacity now: another zone, or the same one later.
+    Capacity,
+    /// AWS has not caught up with a change yet: an id just made is not visible to every call,
+    /// a new instance profile is not yet usable by EC2, an ENI is still being released.
+    Propagating,
+    /// The same call fails the same way every time (permissions, a bad parameter or image, a
+    /// quota, a malformed request): the cause must be fixed, waiting does not help.
+    Never,
+}
+
+/// Codes that fail the same way on every try, whatever HTTP status carries them.
+const NEVER_CODES: &[&str] = &[
+    "UnauthorizedOperation",
+    "AccessDenied",
+    "AccessDeniedException",
+    "AuthFailure",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "OptInRequired",
+    "Blocked",
+    "InvalidParameterValue",
+    "InvalidParameter",
+    "InvalidParameterCombination",
+    "MissingParameter",
+    "MalformedQueryString",
+    "InvalidAction",
+    "ValidationError",
+    "InvalidBlockDeviceMapping",
+    "InvalidInstanceType",
+    "InstanceLimitExceeded",
+    "VcpuLimitExceeded",
+    "MaxSpotInstanceCountExceeded",
+];
+
+/// Code prefixes that fail the same way on every try (`InvalidAMIID.NotFound`, `.Malformed`…).
+const NEVER_PREFIXES: &[&str] = &["InvalidAMIID.", "InvalidKeyPair."];
+
+/// Codes of eventual consistency: a resource flotilla just made is not visible to every call
+/// yet, or one that goes with a deleted resource is not released yet.
+const PROPAGATING_CODES: &[&str] = &[
+    "DependencyViolation",
+    "InvalidInstanceID.NotFound",
+    "InvalidVpcPeeringConnectionID.NotFound",
+    "InvalidVpcID.NotFound",
+    "InvalidSubnetID.NotFound",
+    "InvalidGroup.NotFound",
+    "InvalidInternetGatewayID.NotFound",
+    "InvalidRouteTableID.NotFound",
+];
+
+/// Classifies an AWS error by its code, its message and whether the transport or status said it
+/// was transient. Capacity first (its 500 status is not a transient fault of the call), then a
+/// new instance profile EC2 does not see yet (an `InvalidParameterValue` about
+/// `iamInstanceProfile`), then codes that never heal whatever their status, then eventual
+/// consistency, then throttling and 5xx; anything else never heals.
+pub fn classify(code: Option<&str>, detail: &str, transient: bool) -> Healing {
+    let is = |list: &[&str]| code.is_some_and(|c| list.iter().any(|l| l.eq_ignore_ascii_case(c)));
+    if is(CAPACITY_CODES) {
+        return Healing::Capacity;
+    }
+    if code == Some("InvalidParameterValue") && detail.contains("iamInstanceProfile") {
+        return Healing::Propagating;
+    }
+    if is(NEVER_CODES) || code.is_some_and(|c| NEVER_PREFIXES.iter().any(|p| c.starts_with(p))) {
+        return Healing::Never;
+    }
+    if is(PROPAGATING_CODES) {
+        return Healing::Propagating;
+    }
+    if transient || is(TRANSIENT_CODES) {
+        return Healing::Transient;
+    }
+    Healing::Never
 }
 
 impl From<AwsError> for ProviderError {
     fn from(error: AwsError) -> Self {
         ProviderError::with_source(error.to_string(), error)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn errors_that_cannot_heal_are_never_retried() {
+        for code in [
+            "UnauthorizedOperation",
+            "AccessDenied",
+            "InvalidParameterValue",
+            "InvalidAMIID.NotFound",
+            "InvalidAMIID.Malformed",
+            "MalformedQueryString",
+            "VcpuLimitExceeded",
+            "SomethingNobodyKnows",
+        ] {
+            assert_eq!(classify(Some(code), "", false), Healing::Never, "{code}");
+        }
+        // Whatever status carries them: an authorization error is never a 5xx to wait out.
+        assert_eq!(classify(Some("UnauthorizedOperation"), "", true), Healing::Never);
+        assert_eq!(classify(None, "", false), Healing::Never, "no code, no transient status");
+    }
+
+    #[test]
+    fn throttling_capacity_and_eventual_consistency_are_retried() {
+        for code in ["RequestLimitExceeded", "Throttling", "InternalError", "ServiceUnavailable"] {
+            assert_eq!(classify(Some(code), "", false), Healing::Transient, "{code}");
+        }
+        assert_eq!(classify(None, "", true), Healing::Transient, "a timeout or a 5xx");
+        for code in ["InsufficientInstanceCapacity", "InsufficientFreeAddressesInSubnet"] {
+            // Capacity errors come with a 500 status.
+            assert_eq!(classify(Some(code), "", true), Healing::Capacity, "{code}");
+        }
+        for code in [
+            "DependencyViolation",
+            "InvalidInstanceID.NotFound",
+            "InvalidVpcPeeringConnectionId.NotFound",
+        ] {
+            assert_eq!(classify(Some(code), "", false), Healing::Propagating, "{code}");
+        }
+        let profile = "Value (flotilla-x) for parameter iamInstanceProfile.name is invalid. Invalid IAM Instance Profile name";
+        assert_eq!(classify(Some("InvalidParameterValue"), profile, false), Healing::Propagating);
     }
 }

@@ -1,23 +1,26 @@
 //! IAM: one role and instance profile per deployment, with least privilege.
 //!
-//! The role (`flotilla-<tag>`) can be assumed by EC2 only. Its one inline policy lets a machine
-//! read the agent executables, its deployment's artifacts, and *its own* identity bundle: the
-//! bundle's key is `<role id>:<instance id>`, which is `${aws:userid}` for the instance's
-//! credentials, so one machine cannot read another's key.
+//! The role and its profile are named [`iam_role_name`] (`flotilla-<tag>`, or a prefix and a
+//! hash of the tag when that is longer than IAM's 64 characters), and both carry the
+//! deployment's tag (`flotilla:deployment=<tag>`). A role of that name without this
+//! deployment's tag is not ours: `create` refuses before changing anything, and `destroy` leaves
+//! it alone.
+//!
+//! The role can be assumed by EC2 only. Its one inline policy lets a machine read the agent
+//! executables, its deployment's artifacts, and *its own* identity bundle: the bundle's key is
+//! `<role id>:<instance id>`, which is `${aws:userid}` for the instance's credentials, so one
+//! machine cannot read another's key.
 
+use aws_sdk_iam::types::{InstanceProfile, Role, Tag};
 use flotilla_core::provider::ProviderError;
+use flotilla_spec::names::iam_role_name;
 
 use crate::clients::Clients;
 use crate::error::AwsError;
+use crate::records::TAG_DEPLOYMENT;
 
 const REGION: &str = "global";
 const POLICY_NAME: &str = "flotilla-agent";
-
-/// The role and profile name of deployment `tag` (IAM names allow `[\w+=,.@-]`, 64 chars).
-pub fn role_name(tag: &str) -> String {
-    let name = format!("flotilla-{tag}");
-    name.chars().take(64).collect()
-}
 
 /// The role's trust policy: EC2 only.
 fn trust_policy() -> String {
@@ -57,32 +60,104 @@ pub fn agent_policy(bucket: &str, tag: &str) -> String {
     .to_string()
 }
 
-/// Creates or adopts the role and the profile holding it; returns the role id.
+/// Whether IAM `tags` name deployment `tag`.
+fn tagged(tags: &[Tag], tag: &str) -> bool {
+    tags.iter().any(|t| t.key() == TAG_DEPLOYMENT && t.value() == tag)
+}
+
+/// The deployment tag IAM `tags` carry, for messages.
+fn owner(tags: &[Tag]) -> String {
+    tags.iter()
+        .find(|t| t.key() == TAG_DEPLOYMENT)
+        .map(|t| format!("it belongs to deployment `{}`", t.value()))
+        .unwrap_or_else(|| format!("it has no {TAG_DEPLOYMENT} tag"))
+}
+
+/// The role `name`, if it exists.
+async fn find_role(clients: &Clients, name: &str) -> Result<Option<Role>, AwsError> {
+    match clients.iam().get_role().role_name(name).send().await {
+        Ok(found) => Ok(found.role().cloned()),
+        Err(e) => {
+            let error = AwsError::from_sdk(REGION, "GetRole", name, e);
+            if error.code_is("NoSuchEntity") { Ok(None) } else { Err(error) }
+        }
+    }
+}
+
+/// The instance profile `name`, if it exists.
+async fn find_profile(clients: &Clients, name: &str) -> Result<Option<InstanceProfile>, AwsError> {
+    match clients.iam().get_instance_profile().instance_profile_name(name).send().await {
+        Ok(found) => Ok(found.instance_profile().cloned()),
+        Err(e) => {
+            let error = AwsError::from_sdk(REGION, "GetInstanceProfile", name, e);
+            if error.code_is("NoSuchEntity") { Ok(None) } else { Err(error) }
+        }
+    }
+}
+
+/// Refuses a role or profile named for deployment `tag` that another deployment (or anyone
+/// else) owns: a role without this deployment's tag, a profile tagged for another deployment
+/// or holding another role. Read-only, so `prepare` runs it before its first change.
+pub async fn check_ownership(clients: &Clients, tag: &str) -> Result<(), ProviderError> {
+    let name = iam_role_name(tag);
+    let (role, profile) = tokio::join!(find_role(clients, &name), find_profile(clients, &name));
+    if let Some(role) = role?
+        && !tagged(role.tags(), tag)
+    {
+        return Err(not_ours("GetRole", &name, tag, &owner(role.tags())));
+    }
+    if let Some(profile) = profile? {
+        let foreign_tag =
+            profile.tags().iter().any(|t| t.key() == TAG_DEPLOYMENT && t.value() != tag);
+        if foreign_tag {
+            return Err(not_ours("GetInstanceProfile", &name, tag, &owner(profile.tags())));
+        }
+        if let Some(other) = profile.roles().iter().find(|r| r.role_name() != name) {
+            let holds = format!("it holds the role {}", other.role_name());
+            return Err(not_ours("GetInstanceProfile", &name, tag, &holds));
+        }
+    }
+    Ok(())
+}
+
+fn not_ours(operation: &'static str, name: &str, tag: &str, why: &str) -> ProviderError {
+    let kind = if operation == "GetRole" { "role" } else { "instance profile" };
+    AwsError::other(
+        REGION,
+        operation,
+        name,
+        format!(
+            "the IAM {kind} {name} exists but is not deployment `{tag}`'s ({why}); flotilla changed nothing. Delete or rename it if it is left over, or choose another tag"
+        ),
+    )
+    .into()
+}
+
+/// Creates or adopts the role and the profile holding it; returns the role id. A role or profile
+/// of another owner is refused ([`check_ownership`]) before anything is changed.
 pub async fn ensure_role(
     clients: &Clients,
     tag: &str,
     bucket: &str,
 ) -> Result<String, ProviderError> {
     let iam = clients.iam();
-    let name = role_name(tag);
-    let role_id = match iam.get_role().role_name(&name).send().await {
-        Ok(found) => found.role().map(|r| r.role_id().to_owned()),
-        Err(e) => {
-            let error = AwsError::from_sdk(REGION, "GetRole", &name, e);
-            if !error.code_is("NoSuchEntity") {
-                return Err(error.into());
-            }
-            None
-        }
+    let name = iam_role_name(tag);
+    check_ownership(clients, tag).await?;
+    let deployment_tag = || {
+        Tag::builder()
+            .key(TAG_DEPLOYMENT)
+            .value(tag)
+            .build()
+            .map_err(|e| ProviderError::with_source("an IAM tag", e))
     };
-    let role_id = match role_id {
-        Some(id) => id,
+    let role_id = match find_role(clients, &name).await? {
+        Some(role) => role.role_id().to_owned(),
         None => iam
             .create_role()
             .role_name(&name)
             .assume_role_policy_document(trust_policy())
             .description(format!("flotilla deployment {tag}: lets its machines read their agent, artifacts and identity"))
-            .tags(aws_sdk_iam::types::Tag::builder().key(crate::records::TAG_DEPLOYMENT).value(tag).build().map_err(|e| ProviderError::with_source("tag", e))?)
+            .tags(deployment_tag()?)
             .send()
             .await
             .map_err(|e| AwsError::from_sdk(REGION, "CreateRole", &name, e))?
@@ -97,17 +172,12 @@ pub async fn ensure_role(
         .send()
         .await
         .map_err(|e| AwsError::from_sdk(REGION, "PutRolePolicy", &name, e))?;
-    let has_role = match iam.get_instance_profile().instance_profile_name(&name).send().await {
-        Ok(found) => found
-            .instance_profile()
-            .is_some_and(|p| p.roles().iter().any(|r| r.role_name() == name)),
-        Err(e) => {
-            let error = AwsError::from_sdk(REGION, "GetInstanceProfile", &name, e);
-            if !error.code_is("NoSuchEntity") {
-                return Err(error.into());
-            }
+    let has_role = match find_profile(clients, &name).await? {
+        Some(profile) => profile.roles().iter().any(|r| r.role_name() == name),
+        None => {
             iam.create_instance_profile()
                 .instance_profile_name(&name)
+                .tags(deployment_tag()?)
                 .send()
                 .await
                 .map_err(|e| AwsError::from_sdk(REGION, "CreateInstanceProfile", &name, e))?;
@@ -134,31 +204,56 @@ pub async fn ensure_role(
     Ok(role_id)
 }
 
-/// Removes the profile, the role's policy and the role. Missing pieces are fine.
+/// Removes the profile, the role's policy and the role of deployment `tag`, when they are its
+/// own: a role without the deployment's tag is left alone (with a warning), and so is a profile
+/// that is neither tagged for the deployment nor holds only its role. Missing pieces are fine.
 pub async fn delete_role(clients: &Clients, tag: &str) -> Result<(), ProviderError> {
     let iam = clients.iam();
-    let name = role_name(tag);
+    let name = iam_role_name(tag);
+    let role_ours = match find_role(clients, &name).await? {
+        Some(role) if !tagged(role.tags(), tag) => {
+            tracing::warn!(role = %name, "the IAM role is not this deployment's ({}); leaving it", owner(role.tags()));
+            return Ok(());
+        }
+        Some(_) => true,
+        None => false,
+    };
     let ignore_missing = |result: Result<(), AwsError>| match result {
         Err(error) if error.code_is("NoSuchEntity") => Ok(()),
         other => other,
     };
-    ignore_missing(
-        iam.remove_role_from_instance_profile()
-            .instance_profile_name(&name)
-            .role_name(&name)
-            .send()
-            .await
-            .map(drop)
-            .map_err(|e| AwsError::from_sdk(REGION, "RemoveRoleFromInstanceProfile", &name, e)),
-    )?;
-    ignore_missing(
-        iam.delete_instance_profile()
-            .instance_profile_name(&name)
-            .send()
-            .await
-            .map(drop)
-            .map_err(|e| AwsError::from_sdk(REGION, "DeleteInstanceProfile", &name, e)),
-    )?;
+    if let Some(profile) = find_profile(clients, &name).await? {
+        let holds_only_ours = profile.roles().iter().all(|r| r.role_name() == name);
+        let profile_ours = holds_only_ours && (tagged(profile.tags(), tag) || role_ours);
+        if profile_ours {
+            for role in profile.roles() {
+                ignore_missing(
+                    iam.remove_role_from_instance_profile()
+                        .instance_profile_name(&name)
+                        .role_name(role.role_name())
+                        .send()
+                        .await
+                        .map(drop)
+                        .map_err(|e| {
+                            AwsError::from_sdk(REGION, "RemoveRoleFromInstanceProfile", &name, e)
+                        }),
+                )?;
+            }
+            ignore_missing(
+                iam.delete_instance_profile()
+                    .instance_profile_name(&name)
+                    .send()
+                    .await
+                    .map(drop)
+                    .map_err(|e| AwsError::from_sdk(REGION, "DeleteInstanceProfile", &name, e)),
+            )?;
+        } else {
+            tracing::warn!(profile = %name, "the instance profile is not this deployment's; leaving it");
+        }
+    }
+    if !role_ours {
+        return Ok(());
+    }
     ignore_missing(
         iam.delete_role_policy()
             .role_name(&name)
@@ -181,19 +276,98 @@ pub async fn delete_role(clients: &Clients, tag: &str) -> Result<(), ProviderErr
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeSet;
+
     use super::*;
+
+    /// Whether IAM's wildcard `pattern` (`*` is any run of characters, `/` included) matches
+    /// `text`.
+    fn glob(pattern: &str, text: &str) -> bool {
+        match pattern.split_once('*') {
+            None => pattern == text,
+            Some((head, rest)) => {
+                let Some(text) = text.strip_prefix(head) else { return false };
+                (0..=text.len()).any(|i| text.is_char_boundary(i) && glob(rest, &text[i..]))
+            }
+        }
+    }
+
+    /// The values of a policy field that may be a string or an array of strings.
+    fn values(field: &serde_json::Value) -> Vec<String> {
+        match field {
+            serde_json::Value::String(one) => vec![one.clone()],
+            serde_json::Value::Array(many) => {
+                many.iter().map(|v| v.as_str().expect("a string").to_owned()).collect()
+            }
+            other => panic!("not a string or an array: {other}"),
+        }
+    }
 
     #[test]
     fn the_policy_reads_only_what_a_machine_needs() {
-        let policy: serde_json::Value = serde_json::from_str(&agent_policy("b", "t")).unwrap();
-        let statements = policy["Statement"].as_array().unwrap();
-        for statement in statements {
-            assert_eq!(statement["Action"], "s3:GetObject", "read only");
+        let bucket = "flotilla-0123456789abcdef";
+        let long = "t".repeat(flotilla_spec::names::MAX_TAG_BYTES);
+        for tag in ["demo", "-rf", "demo-", long.as_str()] {
+            let policy: serde_json::Value =
+                serde_json::from_str(&agent_policy(bucket, tag)).unwrap();
+            assert_eq!(policy["Version"], "2012-10-17");
+            let mut resources = BTreeSet::new();
+            for statement in policy["Statement"].as_array().unwrap() {
+                let keys: BTreeSet<&str> =
+                    statement.as_object().unwrap().keys().map(String::as_str).collect();
+                assert!(
+                    keys.is_subset(&BTreeSet::from(["Sid", "Effect", "Action", "Resource"])),
+                    "no NotAction, NotResource, Principal or Condition: {keys:?}"
+                );
+                assert_eq!(statement["Effect"], "Allow");
+                assert_eq!(values(&statement["Action"]), ["s3:GetObject"], "read only, no `*`");
+                resources.extend(values(&statement["Resource"]));
+            }
+            let arn = |key: &str| format!("arn:aws:s3:::{bucket}/{key}");
+            let expected = BTreeSet::from([
+                arn("agents/*"),
+                arn(&format!("deployments/{tag}/artifacts/*")),
+                arn(&format!("deployments/{tag}/identities/${{aws:userid}}.json")),
+            ]);
+            assert_eq!(resources, expected, "exactly the agents, the artifacts, its own identity");
+
+            // What a machine of this deployment can read, with its own user id substituted.
+            let me = "AROAROLEID:i-0aaa";
+            let readable = |key: &str| {
+                resources.iter().any(|r| glob(&r.replace("${aws:userid}", me), &arn(key)))
+            };
+            assert!(readable("agents/abc"));
+            assert!(readable(&format!("deployments/{tag}/artifacts/abc")));
+            assert!(readable(&format!("deployments/{tag}/identities/{me}.json")));
+            assert!(!readable(&format!("deployments/{tag}/identities/AROAROLEID:i-0bbb.json")));
+            assert!(!readable(&format!("deployments/{tag}x/artifacts/abc")), "a longer tag");
+            assert!(!readable(&format!("deployments/{tag}-2/identities/{me}.json")));
+            assert!(!readable(&format!("deployments/{tag}/other/abc")));
+            assert!(!readable("deployments/other/artifacts/abc"));
         }
-        assert_eq!(
-            statements[1]["Resource"], "arn:aws:s3:::b/deployments/t/identities/${aws:userid}.json",
-            "a machine reads its own identity only"
-        );
-        assert!(!agent_policy("b", "t").contains("s3:*"));
+    }
+
+    #[test]
+    fn only_ec2_may_assume_the_role() {
+        let policy: serde_json::Value = serde_json::from_str(&trust_policy()).unwrap();
+        let statements = policy["Statement"].as_array().unwrap();
+        assert_eq!(statements.len(), 1);
+        assert_eq!(statements[0]["Principal"], serde_json::json!({"Service": "ec2.amazonaws.com"}));
+        assert_eq!(statements[0]["Action"], "sts:AssumeRole");
+    }
+
+    #[test]
+    fn long_tags_get_their_own_role_within_iams_limit() {
+        // Two deployer-valid tags of 70 characters that share their first 60.
+        let shared = "a".repeat(60);
+        let (first, second) = (format!("{shared}-first-001"), format!("{shared}-second-02"));
+        assert_eq!((first.len(), second.len()), (70, 70));
+        let (a, b) = (iam_role_name(&first), iam_role_name(&second));
+        assert_ne!(a, b);
+        for name in [&a, &b, &iam_role_name(&"x".repeat(255)), &iam_role_name("-rf")] {
+            assert!(name.len() <= 64, "{name}");
+            let iam_characters = |c: char| c.is_ascii_alphanumeric() || "+=,.@_-".contains(c);
+            assert!(name.chars().all(iam_characters), "{name}");
+        }
     }
 }

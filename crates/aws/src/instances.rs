@@ -14,8 +14,12 @@
 //! (`InsufficientInstanceCapacity` and kin) moves the batch to the type's next eligible zone
 //! (creating its subnet); after every zone failed, it waits 1 s, doubling to 15 s, ±20 %
 //! jitter, and scans again, until [`LAUNCH_DEADLINE`]. A throttling or 5xx answer may hide a
-//! launch that happened, so before trying again the batch's tag is looked up. A permanent error
-//! (`UnauthorizedOperation`, a bad parameter) fails at once.
+//! launch that happened, so before trying again the batch's tag is looked up; so may an instance
+//! profile EC2 does not see yet, for up to [`PROPAGATION_DEADLINE`]. `Unsupported` in every zone
+//! of the type is not a shortage and fails. Waits for instances retry throttling and ids not yet
+//! visible until their deadline. An error that cannot heal (`UnauthorizedOperation`, a bad
+//! parameter or image, a quota: [`Healing::Never`]) ends any of these loops at once, with its
+//! code and ids.
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -33,13 +37,16 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::clients::Clients;
-use crate::error::AwsError;
+use crate::error::{AwsError, Healing};
 use crate::journal::Journal;
 use crate::network::{self, RegionPlan, tag_filter, tag_spec};
 use crate::records::{Batch, TAG_BATCH, TAG_ROLE};
 
 /// How long a batch may keep looking for capacity.
 pub const LAUNCH_DEADLINE: Duration = Duration::from_secs(600);
+/// How long an error of eventual consistency (see [`Healing::Propagating`]) may keep a launch
+/// waiting: AWS documents such delays in seconds.
+pub const PROPAGATION_DEADLINE: Duration = Duration::from_secs(120);
 /// When the first look at launched instances happens.
 const FIRST_RUNNING_POLL: Duration = Duration::from_secs(3);
 /// How long instances may take to run with a public address.
@@ -57,6 +64,9 @@ pub struct Found {
     pub role: Option<Role>,
     pub launch_index: i32,
     pub launch_time: i64,
+    /// EC2's reason for the last state change (`StateReason`), e.g.
+    /// `Server.SpotInstanceTermination: Spot instance termination`, when it gives one.
+    pub state_reason: Option<String>,
 }
 
 impl Found {
@@ -102,7 +112,21 @@ fn found_from(region: &str, instance: &aws_sdk_ec2::types::Instance) -> Option<F
         }),
         launch_index: instance.ami_launch_index().unwrap_or(0),
         launch_time: instance.launch_time().map(|t| t.secs()).unwrap_or(0),
+        state_reason: instance.state_reason().and_then(state_reason),
     })
+}
+
+/// `<code>: <message>` of EC2's state reason, or whichever of the two it gave.
+fn state_reason(reason: &aws_sdk_ec2::types::StateReason) -> Option<String> {
+    let code = reason.code().map(str::trim).filter(|c| !c.is_empty());
+    let message = reason.message().map(str::trim).filter(|m| !m.is_empty());
+    match (code, message) {
+        // EC2's messages usually repeat the code: `Client.UserInitiatedShutdown: User …`.
+        (Some(code), Some(message)) if message.starts_with(code) => Some(message.to_owned()),
+        (Some(code), Some(message)) => Some(format!("{code}: {message}")),
+        (Some(only), None) | (None, Some(only)) => Some(only.to_owned()),
+        (None, None) => None,
+    }
 }
 
 /// Every instance of deployment `tag` in `region` that is not terminated, optionally only those
@@ -113,7 +137,7 @@ pub async fn describe(
     tag: &str,
     batch: Option<&str>,
     ids: Option<&[String]>,
-) -> Result<Vec<Found>, ProviderError> {
+) -> Result<Vec<Found>, AwsError> {
     let ec2 = clients.ec2(region);
     let mut found = Vec::new();
     let mut token: Option<String> = None;
@@ -300,6 +324,9 @@ pub async fn run_batch(
     let mut backoff = Duration::from_secs(1);
     let mut zone = batch.availability_zone.clone();
     let mut failed_zones: Vec<String> = Vec::new();
+    // Whether every zone of this scan refused with `Unsupported` (not a shortage: the type).
+    let mut only_unsupported = true;
+    let mut propagating_since: Option<Instant> = None;
     loop {
         let subnet = subnet_for(clients, journal, settings, plan, &zone).await?;
         let records = journal.read();
@@ -369,6 +396,10 @@ pub async fn run_batch(
                 e,
             ),
         };
+        let healing = error.healing();
+        if healing == Healing::Never {
+            return Err(error.into());
+        }
         if Instant::now() >= deadline {
             return Err(ProviderError::with_source(
                 format!(
@@ -379,9 +410,10 @@ pub async fn run_batch(
                 error,
             ));
         }
-        if error.is_capacity() {
+        if healing == Healing::Capacity {
             tracing::warn!(%error, "no capacity; trying another zone");
             failed_zones.push(zone.clone());
+            only_unsupported &= error.code_is("Unsupported");
             let next = if grouped {
                 None
             } else {
@@ -389,11 +421,24 @@ pub async fn run_batch(
             };
             match next {
                 Some(next) => zone = next,
+                None if only_unsupported => {
+                    // Every zone said the type is not supported there: waiting will not help.
+                    return Err(ProviderError::with_source(
+                        format!(
+                            "{region}: no zone supports launching {} × {} ({}); choose another type or region",
+                            count,
+                            batch.instance_type,
+                            failed_zones.join(", ")
+                        ),
+                        error,
+                    ));
+                }
                 None => {
                     // Every zone refused: wait, then scan again from the batch's own zone.
                     sleep_with_jitter(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(15));
                     failed_zones.clear();
+                    only_unsupported = true;
                     zone = batch.availability_zone.clone();
                 }
             }
@@ -404,20 +449,28 @@ pub async fn run_batch(
             })?;
             continue;
         }
-        let profile_not_ready =
-            error.code_is("InvalidParameterValue") && error.detail.contains("iamInstanceProfile");
-        if error.transient || profile_not_ready {
-            // The launch may have happened: look before trying again.
-            let launched = describe(clients, region, &settings.tag, Some(&batch.id), None).await?;
-            if !launched.is_empty() {
-                return Ok(launched.into_iter().map(|f| f.id).collect());
+        // Transient or propagating. A new instance profile EC2 does not see yet heals within
+        // seconds; one that stays invisible for PROPAGATION_DEADLINE is not coming.
+        if healing == Healing::Propagating {
+            let since = *propagating_since.get_or_insert_with(Instant::now);
+            if since.elapsed() >= PROPAGATION_DEADLINE {
+                return Err(ProviderError::with_source(
+                    format!(
+                        "{region}: still refused after {}: {error}",
+                        humantime::format_duration(PROPAGATION_DEADLINE)
+                    ),
+                    error,
+                ));
             }
-            tracing::warn!(%error, "RunInstances failed; trying again");
-            sleep_with_jitter(backoff).await;
-            backoff = (backoff * 2).min(Duration::from_secs(15));
-            continue;
         }
-        return Err(error.into());
+        // The launch may have happened: look before trying again.
+        let launched = describe(clients, region, &settings.tag, Some(&batch.id), None).await?;
+        if !launched.is_empty() {
+            return Ok(launched.into_iter().map(|f| f.id).collect());
+        }
+        tracing::warn!(%error, "RunInstances failed; trying again");
+        sleep_with_jitter(backoff).await;
+        backoff = (backoff * 2).min(Duration::from_secs(15));
     }
 }
 
@@ -498,16 +551,34 @@ pub async fn wait_running(
             sleep_with_jitter(delay).await;
         }
         let mut found = Vec::new();
+        let mut looked = Ok(());
         for chunk in ids.chunks(1000) {
-            found.extend(describe(clients, region, tag, None, Some(chunk)).await?);
+            match describe(clients, region, tag, None, Some(chunk)).await {
+                Ok(some) => found.extend(some),
+                Err(error) => {
+                    looked = Err(error);
+                    break;
+                }
+            }
+        }
+        if let Err(error) = looked {
+            // New ids are not visible to every call at once; throttling passes.
+            if !can_wait_out(&error) || Instant::now() >= deadline {
+                return Err(error.into());
+            }
+            tracing::debug!(%error, "describing new instances; trying again");
+            delay = next_running_poll(delay);
+            continue;
         }
         if let Some(gone) = found
             .iter()
             .find(|f| matches!(f.state, MachineState::ShuttingDown | MachineState::Terminated))
         {
+            let reason = gone.state_reason.as_deref().unwrap_or("EC2 gave no reason");
             return Err(ProviderError::new(format!(
-                "{region}: instance {} ended while starting",
-                gone.id
+                "{region}: instance {} ended while starting ({}: {reason})",
+                gone.id,
+                gone.state.as_str()
             )));
         }
         let ready = found.len() == ids.len()
@@ -529,12 +600,23 @@ pub async fn wait_running(
                 humantime::format_duration(RUNNING_DEADLINE)
             )));
         }
-        delay = if delay == FIRST_RUNNING_POLL {
-            Duration::from_secs(1)
-        } else {
-            (delay * 3 / 2).min(Duration::from_secs(5))
-        };
+        delay = next_running_poll(delay);
     }
+}
+
+/// The poll after one `delay` long: 1 s after the first, then 1.5× longer up to 5 s.
+fn next_running_poll(delay: Duration) -> Duration {
+    if delay == FIRST_RUNNING_POLL {
+        Duration::from_secs(1)
+    } else {
+        (delay * 3 / 2).min(Duration::from_secs(5))
+    }
+}
+
+/// Whether a wait may call again after `error`: throttling and eventual consistency pass, an
+/// error that cannot heal ends the wait at once.
+fn can_wait_out(error: &AwsError) -> bool {
+    matches!(error.healing(), Healing::Transient | Healing::Propagating)
 }
 
 /// Terminates every instance of the deployment in `region` and waits until they are gone.
@@ -572,7 +654,15 @@ pub async fn terminate_all(
     let mut delay = Duration::from_secs(1);
     loop {
         sleep_with_jitter(delay).await;
-        let left = describe(clients, region, tag, None, None).await?;
+        let left = match describe(clients, region, tag, None, None).await {
+            Ok(left) => left,
+            Err(error) if can_wait_out(&error) && Instant::now() < deadline => {
+                tracing::debug!(%error, "describing terminating instances; trying again");
+                delay = (delay * 3 / 2).min(Duration::from_secs(5));
+                continue;
+            }
+            Err(error) => return Err(error.into()),
+        };
         if left.is_empty() {
             return Ok(ids.len());
         }
@@ -618,6 +708,36 @@ mod tests {
                 ("b.large".to_owned(), zones(&["r-b", "r-c"])),
             ]),
         )])
+    }
+
+    #[test]
+    fn an_instance_carries_ec2s_state_reason() {
+        use aws_sdk_ec2::types::{Instance, InstanceState, StateReason, Tag};
+        let instance = |reason: Option<StateReason>| {
+            Instance::builder()
+                .instance_id("i-0123")
+                .state(InstanceState::builder().name(InstanceStateName::Stopped).build())
+                .set_state_reason(reason)
+                .tags(Tag::builder().key(TAG_BATCH).value("b1").build())
+                .build()
+        };
+        let spot = StateReason::builder()
+            .code("Server.SpotInstanceTermination")
+            .message("Server.SpotInstanceTermination: Spot instance termination")
+            .build();
+        let found = found_from("r", &instance(Some(spot))).unwrap();
+        assert_eq!(
+            found.state_reason.as_deref(),
+            Some("Server.SpotInstanceTermination: Spot instance termination")
+        );
+        assert_eq!(found.state, MachineState::Stopped);
+        let bare =
+            StateReason::builder().code("Server.InternalError").message("boot failed").build();
+        let found = found_from("r", &instance(Some(bare))).unwrap();
+        assert_eq!(found.state_reason.as_deref(), Some("Server.InternalError: boot failed"));
+        let empty = StateReason::builder().code("").message("").build();
+        assert_eq!(found_from("r", &instance(Some(empty))).unwrap().state_reason, None);
+        assert_eq!(found_from("r", &instance(None)).unwrap().state_reason, None);
     }
 
     #[test]

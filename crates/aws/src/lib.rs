@@ -36,6 +36,7 @@ use flotilla_core::provider::{
 use flotilla_core::state::Deployment;
 use flotilla_spec::bootstrap::DEFAULT_API_PORT;
 use flotilla_spec::identity::IdentityBundle;
+use flotilla_spec::names::iam_role_name;
 use futures_util::StreamExt;
 
 pub use crate::clients::Clients;
@@ -227,6 +228,17 @@ impl AwsProvider {
         Ok(agents)
     }
 
+    /// The deployer address `prepare` admits to the agent port: `--ip`, else the one recorded
+    /// by an earlier run (a re-run or an `update` keeps the address the deployment was made
+    /// with; `authorize` adds others), else this machine's public address, asked as the deployer
+    /// asks it.
+    async fn prepare_deployer_ip(&self) -> Result<Ipv4Addr, ProviderError> {
+        match (self.options.deployer_ip, self.journal.read().deployer_ip) {
+            (Some(ip), _) | (None, Some(ip)) => Ok(ip),
+            (None, None) => self.deployer_ip().await,
+        }
+    }
+
     async fn deployer_ip(&self) -> Result<Ipv4Addr, ProviderError> {
         if let Some(ip) = self.options.deployer_ip {
             return Ok(ip);
@@ -295,10 +307,45 @@ impl AwsProvider {
         Ok(offered)
     }
 
+    /// The user data of each architecture's machines (base64), as `prepare` hands them to
+    /// `launch`: the boot script with this deployment's bucket, role id and agent digest, and
+    /// nothing else of what the provider holds (see [`userdata`]).
+    fn user_data(
+        &self,
+        bucket: &str,
+        role_id: &str,
+        agents: &BTreeMap<String, LocalArtifact>,
+    ) -> HashMap<String, String> {
+        agents
+            .iter()
+            .map(|(architecture, agent)| {
+                let script = userdata::render(&userdata::UserData {
+                    tag: &self.tag,
+                    bucket,
+                    bucket_region: HOME_REGION,
+                    agent_sha256: &agent.sha256,
+                    role_id,
+                });
+                (architecture.clone(), aws_smithy_types::base64::encode(script))
+            })
+            .collect()
+    }
+
     /// Adds (or with `revoke`, removes) the agent port rule for `ip` on every security group of
-    /// the deployment. Returns the groups changed.
+    /// the deployment, and records it among the addresses `prepare` keeps (or forgets it). The
+    /// record changes first, so a crash in between leaves the intent, which the next `authorize`
+    /// or `prepare` carries out. Returns the groups changed.
     pub async fn authorize(&self, ip: Ipv4Addr, revoke: bool) -> Result<usize, ProviderError> {
+        self.journal.update(|r| {
+            if revoke {
+                r.authorized.remove(&ip);
+            } else {
+                r.authorized.insert(ip);
+            }
+        })?;
         let cidr = format!("{ip}/32");
+        let port = Some(i32::from(DEFAULT_API_PORT));
+        let rule = network::Rule::new("tcp", port, port, &cidr);
         let mut changed = 0;
         for region in self.known_regions() {
             let ec2 = self.clients.ec2(&region);
@@ -320,36 +367,24 @@ impl AwsProvider {
             {
                 let Some(id) = group.group_id() else { continue };
                 let present = group.ip_permissions().iter().any(|p| {
-                    p.from_port() == Some(i32::from(DEFAULT_API_PORT))
-                        && p.ip_ranges().iter().any(|r| r.cidr_ip() == Some(cidr.as_str()))
+                    let protocol = p.ip_protocol().unwrap_or("-1");
+                    p.ip_ranges().iter().filter_map(|r| r.cidr_ip()).any(|c| {
+                        network::Rule::new(protocol, p.from_port(), p.to_port(), c) == rule
+                    })
                 });
-                let rule = network::permission(
+                let change = match (revoke, present) {
+                    (true, true) => network::Change::Revoke,
+                    (false, false) => network::Change::Authorize,
+                    _ => continue,
+                };
+                let permission = network::permission(
                     "tcp",
                     DEFAULT_API_PORT,
                     &cidr,
-                    "flotilla agent API (deployer)",
+                    network::AGENT_RULE_DESCRIPTION,
                 );
-                if revoke && present {
-                    ec2.revoke_security_group_ingress()
-                        .group_id(id)
-                        .ip_permissions(rule)
-                        .send()
-                        .await
-                        .map_err(|e| {
-                            AwsError::from_sdk(&region, "RevokeSecurityGroupIngress", id, e)
-                        })?;
-                    changed += 1;
-                } else if !revoke && !present {
-                    ec2.authorize_security_group_ingress()
-                        .group_id(id)
-                        .ip_permissions(rule)
-                        .send()
-                        .await
-                        .map_err(|e| {
-                            AwsError::from_sdk(&region, "AuthorizeSecurityGroupIngress", id, e)
-                        })?;
-                    changed += 1;
-                }
+                network::change_ingress(&ec2, &region, id, change, vec![permission]).await?;
+                changed += 1;
             }
         }
         Ok(changed)
@@ -438,7 +473,7 @@ fn machine_from(found: &Found, name: &str, role: Role) -> Machine {
         private_ip: found.private_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         agent_endpoint: SocketAddr::new(public_ip, DEFAULT_API_PORT),
         state: found.state,
-        state_reason: None,
+        state_reason: found.state_reason.clone(),
     }
 }
 
@@ -477,13 +512,15 @@ impl Provider for AwsProvider {
             }
             Ok::<_, ProviderError>(offerings)
         };
-        let (enabled, architectures, deployer_ip, offerings) = tokio::join!(
+        let (enabled, architectures, deployer_ip, offerings, role_owner) = tokio::join!(
             self.check_regions(&regions),
             self.architectures(&types),
-            self.deployer_ip(),
-            offerings_lookup
+            self.prepare_deployer_ip(),
+            offerings_lookup,
+            iam::check_ownership(&self.clients, &self.tag)
         );
         enabled?;
+        role_owner?;
         let architectures = architectures?;
         let deployer_ip = deployer_ip?;
         let offerings = offerings?;
@@ -556,12 +593,18 @@ impl Provider for AwsProvider {
         let role = async {
             let role_id = iam::ensure_role(&self.clients, &self.tag, &bucket).await?;
             self.journal.update(|r| {
-                r.role_name = Some(iam::role_name(&self.tag));
+                r.role_name = Some(iam_role_name(&self.tag));
                 r.role_id = Some(role_id.clone());
             })?;
             Ok::<String, ProviderError>(role_id)
         };
-        let settings = NetworkSettings { tag: &self.tag, deployer_ip, ports: &plan.ports };
+        let authorized = self.journal.read().authorized;
+        let settings = NetworkSettings {
+            tag: &self.tag,
+            deployer_ip,
+            authorized: &authorized,
+            ports: &plan.ports,
+        };
         let networks = async {
             let tasks: Vec<_> = region_plans
                 .values()
@@ -618,23 +661,11 @@ impl Provider for AwsProvider {
         networked?;
         drop(stage);
 
-        let user_data = agents
-            .iter()
-            .map(|(architecture, agent)| {
-                let script = userdata::render(&userdata::UserData {
-                    tag: &self.tag,
-                    bucket: &bucket,
-                    bucket_region: HOME_REGION,
-                    agent_sha256: &agent.sha256,
-                    role_id: &role_id,
-                });
-                (architecture.clone(), aws_smithy_types::base64::encode(script))
-            })
-            .collect();
+        let user_data = self.user_data(&bucket, &role_id, &agents);
         *self.prepared.lock().unwrap_or_else(std::sync::PoisonError::into_inner) =
             Some(LaunchSettings {
                 tag: self.tag.clone(),
-                profile_name: iam::role_name(&self.tag),
+                profile_name: iam_role_name(&self.tag),
                 regions: region_plans,
                 architectures,
                 user_data,
@@ -849,6 +880,8 @@ impl Provider for AwsProvider {
             r.regions.clear();
             r.batches.clear();
             r.role_id = None;
+            r.authorized.clear();
+            r.deployer_ip = None;
         })?;
         Ok(())
     }
@@ -871,6 +904,145 @@ mod tests {
             state: MachineState::Running,
             state_reason: None,
         }
+    }
+
+    /// The user data is rendered by the provider's own function from a provider that holds
+    /// every secret it ever holds: the CA's and the CLI's private keys in its state directory, a
+    /// machine's identity bundle with its private key, and AWS credentials (access key id,
+    /// secret, session token) in its clients. None of them may reach the script, which EC2
+    /// shows to anyone who can describe the instance.
+    #[test]
+    fn the_user_data_carries_no_secret_the_provider_holds() {
+        use aws_sdk_ec2::config::{Credentials, SharedCredentialsProvider};
+        use flotilla_core::state::{DeploymentStatus, Home, Metadata};
+
+        let temp = tempfile::tempdir().unwrap();
+        let home = Home::at(temp.path().join("home"));
+        let tag = "-rf";
+        let (deployment, _lock) = home
+            .create_or_adopt(
+                Metadata {
+                    tag: tag.into(),
+                    provider: flotilla_spec::ProviderKind::Aws,
+                    created_at: 0,
+                    updated_at: 0,
+                    regions: vec!["us-east-1".into()],
+                    instance_count: 1,
+                    status: DeploymentStatus::Creating,
+                },
+                false,
+            )
+            .unwrap();
+        let ca = deployment.certificate_authority().unwrap();
+        let cli = deployment.client_identity(&ca).unwrap();
+        let address: IpAddr = "127.0.0.1".parse().unwrap();
+        let agent = ca.issue_agent("node-1", tag, &[address]).unwrap();
+        let bundle = IdentityBundle {
+            name: "node-1".into(),
+            tag: tag.into(),
+            region: "us-east-1".into(),
+            public_ip: address,
+            private_ip: address,
+            ca_cert: ca.cert_pem().to_owned(),
+            cert: agent.cert_pem.clone(),
+            key: agent.key_pem.clone(),
+        };
+
+        let (access_key_id, secret_key, session_token) = (
+            "AKIAIOSFODNN7EXAMPLE",
+            "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",
+            "FwoGZXIvYXdzEBYaDExampleSessionTokenValue0123456789",
+        );
+        let config = aws_config::SdkConfig::builder()
+            .credentials_provider(SharedCredentialsProvider::new(Credentials::new(
+                access_key_id,
+                secret_key,
+                Some(session_token.into()),
+                None,
+                "test",
+            )))
+            .region(aws_config::Region::new(HOME_REGION))
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .build();
+        let clients = Clients::from_config(config, Some("http://127.0.0.1:1".into()), None);
+        let options = AwsOptions {
+            deployer_ip: Some(Ipv4Addr::new(198, 51, 100, 7)),
+            home: home.root().to_path_buf(),
+            this_executable: PathBuf::from("/usr/local/bin/flotilla"),
+            agent_builds: BTreeMap::new(),
+            ip_discovery_url: None,
+        };
+        let provider = AwsProvider::new(&deployment, clients, options).unwrap();
+        // The bundle as install_identity is handed it, kept where the provider can read it.
+        deployment.write_json("aws/identity-node-1.json", &bundle).unwrap();
+        let agents = BTreeMap::from([
+            ("x86_64".to_owned(), artifact('a')),
+            ("arm64".to_owned(), artifact('b')),
+        ]);
+
+        let user_data =
+            provider.user_data("flotilla-0123456789abcdef", "AROAEXAMPLEROLEID", &agents);
+
+        let mut secrets: Vec<String> = vec![
+            access_key_id.into(),
+            secret_key.into(),
+            session_token.into(),
+            serde_json::to_string(&bundle).unwrap(),
+        ];
+        for pem in [ca.key_pem(), cli.key_pem.clone(), bundle.key.clone()] {
+            // Each line of a key's body is unique to that key.
+            secrets.extend(
+                pem.expose().lines().filter(|l| !l.starts_with("-----")).map(str::to_owned),
+            );
+        }
+        assert!(secrets.len() > 6, "{} secret values", secrets.len());
+        assert_eq!(user_data.len(), 2);
+        for (architecture, encoded) in &user_data {
+            let bytes = aws_smithy_types::base64::decode(encoded).unwrap();
+            let script = String::from_utf8(bytes).unwrap();
+            assert!(script.contains("identities/AROAEXAMPLEROLEID:"), "{architecture}");
+            assert!(script.contains(&agents[architecture].sha256), "{architecture}");
+            for marker in ["PRIVATE KEY", "BEGIN", "X-Amz-Signature", "X-Amz-Credential"] {
+                assert!(!script.contains(marker), "{architecture}: {marker}");
+            }
+            for secret in &secrets {
+                assert!(
+                    !script.contains(secret.as_str()),
+                    "{architecture}: a secret leaked: {secret}"
+                );
+            }
+            assert!(encoded.len() < 16 * 1024, "user data is limited to 16 KiB");
+        }
+    }
+
+    fn artifact(digit: char) -> LocalArtifact {
+        LocalArtifact {
+            path: PathBuf::from("/usr/local/bin/flotilla"),
+            sha256: digit.to_string().repeat(64),
+            size: 1,
+        }
+    }
+
+    #[test]
+    fn a_machine_says_why_ec2_stopped_it() {
+        let found = Found {
+            id: "i-1".into(),
+            region: "us-east-1".into(),
+            state: MachineState::Stopped,
+            public_ip: None,
+            private_ip: None,
+            batch: Some("b1".into()),
+            role: Some(Role::Binary),
+            launch_index: 0,
+            launch_time: 0,
+            state_reason: Some("Server.SpotInstanceTermination: Spot instance termination".into()),
+        };
+        let machine = machine_from(&found, "n0", Role::Binary);
+        assert_eq!(machine.state, MachineState::Stopped);
+        assert_eq!(
+            machine.state_reason.as_deref(),
+            Some("Server.SpotInstanceTermination: Spot instance termination")
+        );
     }
 
     #[test]

@@ -8,17 +8,21 @@
 //! touched is created without looking first (no resource of ours can exist there); a region it
 //! touched before is looked up by tags first, so a re-run after a crash adopts what exists.
 
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{Filter, IpPermission, IpRange, ResourceType, Tag, TagSpecification};
+use aws_sdk_ec2::types::{
+    Filter, IpPermission, IpRange, ResourceType, SecurityGroup, Tag, TagSpecification,
+};
 use flotilla_core::provider::ProviderError;
 use flotilla_spec::bootstrap::DEFAULT_API_PORT;
 use flotilla_spec::fleet::PortSpec;
+use flotilla_spec::names::{ec2_name_tag, security_group_name};
 use tokio::time::Instant;
 
 use crate::clients::Clients;
-use crate::error::AwsError;
+use crate::error::{AwsError, Healing};
 use crate::journal::Journal;
 use crate::records::TAG_DEPLOYMENT;
 
@@ -44,6 +48,8 @@ pub struct RegionPlan {
 pub struct NetworkSettings<'a> {
     pub tag: &'a str,
     pub deployer_ip: Ipv4Addr,
+    /// Addresses `authorize` let in: they stay in the agent port's rules.
+    pub authorized: &'a BTreeSet<Ipv4Addr>,
     pub ports: &'a [PortSpec],
 }
 
@@ -52,7 +58,8 @@ pub fn vpc_cidr(index: u8) -> String {
     format!("10.{index}.0.0/16")
 }
 
-/// A tag specification with the deployment tag and a Name.
+/// A tag specification with the deployment tag and a Name (`name`, shortened with a hash when it
+/// is longer than a tag value may be).
 pub fn tag_spec(
     resource: ResourceType,
     tag: &str,
@@ -62,7 +69,7 @@ pub fn tag_spec(
     let mut spec = TagSpecification::builder()
         .resource_type(resource)
         .tags(Tag::builder().key(TAG_DEPLOYMENT).value(tag).build())
-        .tags(Tag::builder().key("Name").value(name).build());
+        .tags(Tag::builder().key("Name").value(ec2_name_tag(name)).build());
     for (key, value) in extra {
         spec = spec.tags(Tag::builder().key(*key).value(*value).build());
     }
@@ -287,55 +294,37 @@ pub async fn ensure_region(
         Ok::<(), ProviderError>(())
     };
     let groups = async {
-        // Security groups: the agent's port from the deployer only, and the spec's ports.
-        let deployer = format!("{}/32", settings.deployer_ip);
-        if plan.binary_group && record.binary_group_id.is_none() {
-            let mut rules = vec![(
-                String::from("tcp"),
-                DEFAULT_API_PORT,
-                deployer.clone(),
-                "flotilla agent API (deployer)".to_owned(),
-            )];
-            for port in settings.ports {
-                rules.push((
-                    port.protocol.clone(),
-                    port.port,
-                    port.cidr.clone(),
-                    "spec ports".to_owned(),
-                ));
-            }
-            let id = ensure_group(
-                &ec2,
-                region,
-                tag,
-                &vpc_id,
-                &format!("{tag}-binary"),
-                "flotilla binary instances",
-                &rules,
-                fresh,
-            )
-            .await?;
-            journal.update(|r| r.region(region).binary_group_id = Some(id))?;
+        // Security groups: the agent's port from the deployer and the addresses `authorize`
+        // let in, and the spec's ports; reconciled both ways on every run.
+        let agent_rules = agent_rules(settings);
+        let mut wanted = Vec::new();
+        if plan.binary_group {
+            let mut rules = agent_rules.clone();
+            rules.extend(port_rules(settings.ports));
+            wanted.push((GroupRole::Binary, rules));
         }
-        if plan.monitoring_group && record.monitoring_group_id.is_none() {
-            let rules = vec![(
-                String::from("tcp"),
-                DEFAULT_API_PORT,
-                deployer.clone(),
-                "flotilla agent API (deployer)".to_owned(),
-            )];
-            let id = ensure_group(
-                &ec2,
-                region,
-                tag,
-                &vpc_id,
-                &format!("{tag}-monitoring"),
-                "flotilla monitoring instance",
-                &rules,
-                fresh,
-            )
-            .await?;
-            journal.update(|r| r.region(region).monitoring_group_id = Some(id))?;
+        if plan.monitoring_group {
+            wanted.push((GroupRole::Monitoring, agent_rules));
+        }
+        let names: Vec<String> = wanted.iter().map(|(role, _)| role.name(tag)).collect();
+        let found = if fresh {
+            Vec::new() // No group of ours can exist in a VPC made in this run.
+        } else {
+            find_groups(&ec2, region, &vpc_id, &names).await?
+        };
+        for (role, rules) in &wanted {
+            let name = role.name(tag);
+            let existing = found.iter().find(|g| g.group_name() == Some(name.as_str()));
+            // A group just created has no ingress rules; one adopted has what it has.
+            let (id, existing) = match existing.and_then(|g| Some((g.group_id()?, g))) {
+                Some((id, group)) => (id.to_owned(), group.clone()),
+                None => create_group(&ec2, region, tag, &vpc_id, &name, role.description()).await?,
+            };
+            journal.update(|r| match role {
+                GroupRole::Binary => r.region(region).binary_group_id = Some(id.clone()),
+                GroupRole::Monitoring => r.region(region).monitoring_group_id = Some(id.clone()),
+            })?;
+            reconcile_group(&ec2, region, &id, &existing, rules).await?;
         }
         Ok::<(), ProviderError>(())
     };
@@ -422,96 +411,330 @@ pub async fn create_subnet(
     }
 }
 
-/// `(protocol, port, cidr, description)`.
-type Rule = (String, u16, String, String);
+/// The two kinds of security group of a region.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum GroupRole {
+    Binary,
+    Monitoring,
+}
 
-#[allow(clippy::too_many_arguments)] // One call site per group kind; a struct would only rename them.
-async fn ensure_group(
+impl GroupRole {
+    fn name(self, tag: &str) -> String {
+        match self {
+            GroupRole::Binary => security_group_name(tag, "binary"),
+            GroupRole::Monitoring => security_group_name(tag, "monitoring"),
+        }
+    }
+
+    fn description(self) -> &'static str {
+        match self {
+            GroupRole::Binary => "flotilla binary instances",
+            GroupRole::Monitoring => "flotilla monitoring instance",
+        }
+    }
+}
+
+/// The description of the agent port's rules.
+pub const AGENT_RULE_DESCRIPTION: &str = "flotilla agent API (deployer)";
+
+/// One ingress rule: a protocol, a port range (absent for all protocols) and one source block,
+/// in the form EC2 describes them (see [`Rule::new`]), so rules compare equal when EC2 would
+/// call them the same.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Rule {
+    pub protocol: String,
+    pub from_port: Option<i32>,
+    pub to_port: Option<i32>,
+    /// An IPv4 or IPv6 CIDR block, its address masked to the prefix.
+    pub cidr: String,
+}
+
+impl Rule {
+    /// The rule for `port` of `protocol` from `cidr`, normalized as EC2 reports it: protocol
+    /// names in lower case (numbers of tcp, udp, icmp and icmpv6 as names), no ports for all
+    /// protocols (`-1`), the block's address masked to its prefix.
+    pub fn new(protocol: &str, from_port: Option<i32>, to_port: Option<i32>, cidr: &str) -> Rule {
+        let protocol = match protocol.to_ascii_lowercase().as_str() {
+            "6" => "tcp".to_owned(),
+            "17" => "udp".to_owned(),
+            "1" => "icmp".to_owned(),
+            "58" => "icmpv6".to_owned(),
+            "all" => "-1".to_owned(),
+            other => other.to_owned(),
+        };
+        let (from_port, to_port) =
+            if protocol == "-1" { (None, None) } else { (from_port, to_port) };
+        Rule { protocol, from_port, to_port, cidr: canonical_cidr(cidr) }
+    }
+
+    /// This rule as an EC2 permission.
+    fn permission(&self, description: Option<&str>) -> IpPermission {
+        let mut permission = IpPermission::builder()
+            .ip_protocol(&self.protocol)
+            .set_from_port(self.from_port)
+            .set_to_port(self.to_port);
+        if self.cidr.contains(':') {
+            permission = permission.ipv6_ranges(
+                aws_sdk_ec2::types::Ipv6Range::builder()
+                    .cidr_ipv6(&self.cidr)
+                    .set_description(description.map(str::to_owned))
+                    .build(),
+            );
+        } else {
+            permission = permission.ip_ranges(
+                IpRange::builder()
+                    .cidr_ip(&self.cidr)
+                    .set_description(description.map(str::to_owned))
+                    .build(),
+            );
+        }
+        permission.build()
+    }
+}
+
+/// `cidr` with its address masked to its prefix (`10.1.2.3/8` → `10.0.0.0/8`, IPv6 in its
+/// canonical lower-case form); as written when it is not a CIDR block.
+fn canonical_cidr(cidr: &str) -> String {
+    let Some((address, prefix)) = cidr.trim().split_once('/') else {
+        return cidr.trim().to_owned();
+    };
+    let (Ok(address), Ok(prefix)) = (address.parse::<std::net::IpAddr>(), prefix.parse::<u32>())
+    else {
+        return cidr.trim().to_owned();
+    };
+    match address {
+        std::net::IpAddr::V4(v4) if prefix <= 32 => {
+            let mask = u32::MAX.checked_shl(32 - prefix).unwrap_or(0);
+            format!("{}/{prefix}", Ipv4Addr::from(u32::from(v4) & mask))
+        }
+        std::net::IpAddr::V6(v6) if prefix <= 128 => {
+            let mask = u128::MAX.checked_shl(128 - prefix).unwrap_or(0);
+            format!("{}/{prefix}", std::net::Ipv6Addr::from(u128::from(v6) & mask))
+        }
+        _ => cidr.trim().to_owned(),
+    }
+}
+
+/// Desired rules with their descriptions.
+type Rules = BTreeMap<Rule, &'static str>;
+
+/// The agent port from the deployer's address and from every address `authorize` let in.
+fn agent_rules(settings: &NetworkSettings<'_>) -> Rules {
+    let port = Some(i32::from(DEFAULT_API_PORT));
+    std::iter::once(settings.deployer_ip)
+        .chain(settings.authorized.iter().copied())
+        .map(|ip| (Rule::new("tcp", port, port, &format!("{ip}/32")), AGENT_RULE_DESCRIPTION))
+        .collect()
+}
+
+/// The spec's `ports`.
+fn port_rules(ports: &[PortSpec]) -> Rules {
+    ports
+        .iter()
+        .map(|p| {
+            let port = Some(i32::from(p.port));
+            (Rule::new(&p.protocol, port, port, &p.cidr), "spec ports")
+        })
+        .collect()
+}
+
+/// The ingress rules `group` has: its CIDR rules, and permissions of other kinds (other groups,
+/// prefix lists) that flotilla never makes, which do not belong in the set and are revoked.
+fn ingress_of(group: &SecurityGroup) -> (BTreeSet<Rule>, Vec<IpPermission>) {
+    let mut rules = BTreeSet::new();
+    let mut others = Vec::new();
+    for permission in group.ip_permissions() {
+        let protocol = permission.ip_protocol().unwrap_or("-1");
+        let (from, to) = (permission.from_port(), permission.to_port());
+        for range in permission.ip_ranges() {
+            if let Some(cidr) = range.cidr_ip() {
+                rules.insert(Rule::new(protocol, from, to, cidr));
+            }
+        }
+        for range in permission.ipv6_ranges() {
+            if let Some(cidr) = range.cidr_ipv6() {
+                rules.insert(Rule::new(protocol, from, to, cidr));
+            }
+        }
+        if !permission.user_id_group_pairs().is_empty() || !permission.prefix_list_ids().is_empty()
+        {
+            others.push(
+                IpPermission::builder()
+                    .ip_protocol(protocol)
+                    .set_from_port(from)
+                    .set_to_port(to)
+                    .set_user_id_group_pairs(Some(permission.user_id_group_pairs().to_vec()))
+                    .set_prefix_list_ids(Some(permission.prefix_list_ids().to_vec()))
+                    .build(),
+            );
+        }
+    }
+    (rules, others)
+}
+
+/// The security groups named `names` in `vpc_id`.
+async fn find_groups(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    vpc_id: &str,
+    names: &[String],
+) -> Result<Vec<SecurityGroup>, ProviderError> {
+    let found = ec2
+        .describe_security_groups()
+        .filters(filter("vpc-id", vpc_id))
+        .filters(Filter::builder().name("group-name").set_values(Some(names.to_vec())).build())
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(region, "DescribeSecurityGroups", names.join(", "), e))?;
+    // The filters are checked here too: an emulator may ignore them.
+    Ok(found
+        .security_groups()
+        .iter()
+        .filter(|g| {
+            g.vpc_id() == Some(vpc_id)
+                && g.group_name().is_some_and(|n| names.iter().any(|name| name == n))
+        })
+        .cloned()
+        .collect())
+}
+
+/// Creates the group `name` in `vpc_id`; one that exists already (a crash after its creation,
+/// or a run at the same time) is adopted. Returns its id and what it is now.
+async fn create_group(
     ec2: &aws_sdk_ec2::Client,
     region: &str,
     tag: &str,
     vpc_id: &str,
     name: &str,
     description: &str,
-    rules: &[Rule],
-    fresh: bool,
-) -> Result<String, ProviderError> {
-    let mut existing_rules: Vec<(String, u16, String)> = Vec::new();
-    let mut id = None;
-    if !fresh {
-        let found = ec2
-            .describe_security_groups()
-            .filters(filter("vpc-id", vpc_id))
-            .filters(filter("group-name", name))
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk(region, "DescribeSecurityGroups", name, e))?;
-        if let Some(group) = found.security_groups().first() {
-            id = group.group_id().map(str::to_owned);
-            for permission in group.ip_permissions() {
-                for range in permission.ip_ranges() {
-                    existing_rules.push((
-                        permission.ip_protocol().unwrap_or_default().to_owned(),
-                        permission.from_port().unwrap_or_default() as u16,
-                        range.cidr_ip().unwrap_or_default().to_owned(),
-                    ));
-                }
-            }
-        }
-    }
-    let id = match id {
-        Some(id) => id,
-        None => ec2
-            .create_security_group()
-            .group_name(name)
-            .description(description)
-            .vpc_id(vpc_id)
-            .tag_specifications(tag_spec(ResourceType::SecurityGroup, tag, name, &[]))
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk(region, "CreateSecurityGroup", name, e))?
-            .group_id()
-            .ok_or_else(|| {
+) -> Result<(String, SecurityGroup), ProviderError> {
+    let created = ec2
+        .create_security_group()
+        .group_name(name)
+        .description(description)
+        .vpc_id(vpc_id)
+        .tag_specifications(tag_spec(ResourceType::SecurityGroup, tag, name, &[]))
+        .send()
+        .await;
+    let error = match created {
+        Ok(answer) => {
+            let id = answer.group_id().ok_or_else(|| {
                 AwsError::other(region, "CreateSecurityGroup", name, "no id in the answer")
-            })?
-            .to_owned(),
+            })?;
+            // New: no ingress rules yet.
+            let group = SecurityGroup::builder().group_id(id).group_name(name).build();
+            return Ok((id.to_owned(), group));
+        }
+        Err(e) => AwsError::from_sdk(region, "CreateSecurityGroup", name, e),
     };
-    let missing: Vec<IpPermission> = rules
-        .iter()
-        .filter(|(protocol, port, cidr, _)| {
-            !existing_rules.iter().any(|(p, from, c)| p == protocol && from == port && c == cidr)
-        })
-        .map(|(protocol, port, cidr, description)| permission(protocol, *port, cidr, description))
-        .collect();
-    if !missing.is_empty() {
-        ec2.authorize_security_group_ingress()
-            .group_id(&id)
-            .set_ip_permissions(Some(missing))
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk(region, "AuthorizeSecurityGroupIngress", &id, e))?;
+    if !error.code_is("InvalidGroup.Duplicate") {
+        return Err(error.into());
     }
-    Ok(id)
+    let found = find_groups(ec2, region, vpc_id, &[name.to_owned()]).await?;
+    match found.into_iter().find_map(|g| Some((g.group_id()?.to_owned(), g))) {
+        Some(adopted) => Ok(adopted),
+        None => Err(error.into()),
+    }
+}
+
+/// Makes the ingress rules of group `id` exactly `desired`: authorizes what is missing first
+/// (so the deployer is never locked out in between), then revokes what is not desired.
+async fn reconcile_group(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    id: &str,
+    existing: &SecurityGroup,
+    desired: &Rules,
+) -> Result<(), ProviderError> {
+    let (missing, extra) = ingress_changes(existing, desired);
+    change_ingress(ec2, region, id, Change::Authorize, missing).await?;
+    change_ingress(ec2, region, id, Change::Revoke, extra).await
+}
+
+/// What turns the ingress rules of `existing` into exactly `desired`: the permissions to
+/// authorize and those to revoke.
+fn ingress_changes(
+    existing: &SecurityGroup,
+    desired: &Rules,
+) -> (Vec<IpPermission>, Vec<IpPermission>) {
+    let (present, others) = ingress_of(existing);
+    let missing = desired
+        .iter()
+        .filter(|(rule, _)| !present.contains(rule))
+        .map(|(rule, description)| rule.permission(Some(description)))
+        .collect();
+    let mut extra: Vec<IpPermission> = present
+        .iter()
+        .filter(|rule| !desired.contains_key(rule))
+        .map(|rule| rule.permission(None))
+        .collect();
+    extra.extend(others);
+    (missing, extra)
+}
+
+/// Adding or removing ingress rules.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Change {
+    Authorize,
+    Revoke,
+}
+
+/// Authorizes or revokes `permissions` on group `id` in one call. When the call is refused
+/// because one of them is there already (or gone already: another run got there first), each
+/// is sent alone and those are skipped.
+pub async fn change_ingress(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    id: &str,
+    change: Change,
+    permissions: Vec<IpPermission>,
+) -> Result<(), ProviderError> {
+    if permissions.is_empty() {
+        return Ok(());
+    }
+    let (operation, done_already) = match change {
+        Change::Authorize => ("AuthorizeSecurityGroupIngress", "InvalidPermission.Duplicate"),
+        Change::Revoke => ("RevokeSecurityGroupIngress", "InvalidPermission.NotFound"),
+    };
+    let send = |permissions: Vec<IpPermission>| async move {
+        let result = match change {
+            Change::Authorize => ec2
+                .authorize_security_group_ingress()
+                .group_id(id)
+                .set_ip_permissions(Some(permissions))
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| AwsError::from_sdk(region, operation, id, e)),
+            Change::Revoke => ec2
+                .revoke_security_group_ingress()
+                .group_id(id)
+                .set_ip_permissions(Some(permissions))
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| AwsError::from_sdk(region, operation, id, e)),
+        };
+        match result {
+            Err(error) if error.code_is(done_already) => Ok(false),
+            Err(error) => Err(error),
+            Ok(()) => Ok(true),
+        }
+    };
+    if permissions.len() > 1 && send(permissions.clone()).await? {
+        return Ok(());
+    }
+    // One permission, or a batch refused as a whole because one of them was done already.
+    for permission in permissions {
+        send(vec![permission]).await?;
+    }
+    Ok(())
 }
 
 /// An ingress rule for one port from one CIDR.
 pub fn permission(protocol: &str, port: u16, cidr: &str, description: &str) -> IpPermission {
-    let range = IpRange::builder().cidr_ip(cidr).description(description).build();
-    let mut permission = IpPermission::builder()
-        .ip_protocol(protocol)
-        .from_port(i32::from(port))
-        .to_port(i32::from(port));
-    if cidr.contains(':') {
-        permission = permission.ipv6_ranges(
-            aws_sdk_ec2::types::Ipv6Range::builder()
-                .cidr_ipv6(cidr)
-                .description(description)
-                .build(),
-        );
-    } else {
-        permission = permission.ip_ranges(range);
-    }
-    permission.build()
+    let port = Some(i32::from(port));
+    Rule::new(protocol, port, port, cidr).permission(Some(description))
 }
 
 /// Where a route goes.
@@ -702,8 +925,8 @@ pub async fn ensure_peering(
                     // Already active (a re-run), or accepted by an earlier attempt.
                     break;
                 }
-                let arriving =
-                    error.code_is("InvalidVpcPeeringConnectionID.NotFound") || error.transient;
+                // The request not arrived yet, or throttling: wait. Anything else is final.
+                let arriving = matches!(error.healing(), Healing::Propagating | Healing::Transient);
                 if !arriving || Instant::now() >= deadline {
                     return Err(error.into());
                 }
@@ -718,4 +941,117 @@ pub async fn ensure_peering(
         .await?;
     journal.update(|r| r.region(spoke_region).peering_routed = true)?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use aws_sdk_ec2::types::{Ipv6Range, UserIdGroupPair};
+
+    use super::*;
+
+    fn port(protocol: &str, port: u16, cidr: &str) -> PortSpec {
+        PortSpec { protocol: protocol.into(), port, cidr: cidr.into() }
+    }
+
+    /// `(protocol, from, cidr)` of each range of `permissions`.
+    fn summary(permissions: &[IpPermission]) -> Vec<(String, Option<i32>, String)> {
+        let mut rules: Vec<_> = permissions
+            .iter()
+            .flat_map(|p| {
+                let v4 = p.ip_ranges().iter().filter_map(|r| r.cidr_ip());
+                let v6 = p.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6());
+                v4.chain(v6).map(|c| {
+                    (p.ip_protocol().unwrap_or_default().to_owned(), p.from_port(), c.to_owned())
+                })
+            })
+            .collect();
+        rules.sort();
+        rules
+    }
+
+    #[test]
+    fn rules_compare_as_ec2_reports_them() {
+        let tcp = Some(9090);
+        assert_eq!(
+            Rule::new("TCP", tcp, tcp, "10.1.2.3/8"),
+            Rule::new("6", tcp, tcp, "10.0.0.0/8")
+        );
+        assert_eq!(
+            Rule::new("tcp", tcp, tcp, "2001:DB8:0:0::1/32").cidr,
+            "2001:db8::/32",
+            "IPv6 in EC2's canonical form"
+        );
+        assert_eq!(Rule::new("-1", tcp, tcp, "::/0"), Rule::new("-1", None, None, "::/0"));
+        assert_ne!(Rule::new("udp", tcp, tcp, "::/0"), Rule::new("tcp", tcp, tcp, "::/0"));
+    }
+
+    /// A group left by a crash after its creation (its IPv6 rule included), whose spec then
+    /// changed: what is there is kept, the rest added, what the spec dropped revoked, and an
+    /// address `authorize` let in stays.
+    #[test]
+    fn a_group_converges_on_the_desired_rules_both_ways() {
+        let authorized = BTreeSet::from([Ipv4Addr::new(203, 0, 113, 9)]);
+        let ports = [port("tcp", 9090, "0.0.0.0/0"), port("tcp", 9090, "::/0")];
+        let settings = NetworkSettings {
+            tag: "t",
+            deployer_ip: Ipv4Addr::new(198, 51, 100, 7),
+            authorized: &authorized,
+            ports: &ports,
+        };
+        let mut desired = agent_rules(&settings);
+        desired.extend(port_rules(settings.ports));
+        let existing = SecurityGroup::builder()
+            .ip_permissions(
+                IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(9090)
+                    .to_port(9090)
+                    .ip_ranges(IpRange::builder().cidr_ip("0.0.0.0/0").build())
+                    .ipv6_ranges(Ipv6Range::builder().cidr_ipv6("::/0").build())
+                    .build(),
+            )
+            .ip_permissions(
+                IpPermission::builder()
+                    .ip_protocol("udp")
+                    .from_port(9000)
+                    .to_port(9000)
+                    .ip_ranges(IpRange::builder().cidr_ip("10.0.0.0/8").build())
+                    .build(),
+            )
+            .ip_permissions(
+                IpPermission::builder()
+                    .ip_protocol("tcp")
+                    .from_port(7443)
+                    .to_port(7443)
+                    .ip_ranges(IpRange::builder().cidr_ip("198.51.100.7/32").build())
+                    .user_id_group_pairs(UserIdGroupPair::builder().group_id("sg-other").build())
+                    .build(),
+            )
+            .build();
+        let (missing, extra) = ingress_changes(&existing, &desired);
+        assert_eq!(
+            summary(&missing),
+            [("tcp".to_owned(), Some(7443), "203.0.113.9/32".to_owned())],
+            "only the authorized address is missing; the IPv6 rule is not sent again"
+        );
+        assert_eq!(summary(&extra), [("udp".to_owned(), Some(9000), "10.0.0.0/8".to_owned())]);
+        assert_eq!(extra.len(), 2, "the other group's rule goes too: {extra:?}");
+        assert_eq!(extra[1].user_id_group_pairs().len(), 1);
+
+        let (missing, extra) = ingress_changes(&SecurityGroup::builder().build(), &desired);
+        assert_eq!(missing.len(), desired.len());
+        assert!(extra.is_empty());
+    }
+
+    #[test]
+    fn every_name_sent_to_ec2_fits_for_the_longest_tag() {
+        let tag = "t".repeat(flotilla_spec::names::MAX_TAG_BYTES);
+        let spec = tag_spec(ResourceType::Subnet, &tag, &format!("flotilla-{tag}-us-east-1a"), &[]);
+        for t in spec.tags() {
+            assert!(t.value().unwrap_or_default().len() <= 256, "{:?}", t.key());
+        }
+        for role in ["binary", "monitoring"] {
+            assert!(security_group_name(&tag, role).len() <= 255);
+        }
+    }
 }

@@ -5,7 +5,7 @@
 //! instance can be named: a batch's names are written here *before* its `RunInstances`, and an
 //! instance's name is its batch's name at its `AmiLaunchIndex`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 
 use serde::{Deserialize, Serialize};
@@ -63,6 +63,11 @@ pub struct Records {
     /// The IAM role's id: the identity keys are `<role id>:<instance id>`, which is what the
     /// role's policy lets each instance read (`${aws:userid}`).
     pub role_id: Option<String>,
+    /// Addresses `flotilla authorize` let in to the agent port, besides `deployer_ip`: every
+    /// run of `prepare` keeps them in the security groups' rules; `authorize --revoke` removes
+    /// them.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub authorized: BTreeSet<Ipv4Addr>,
     #[serde(default)]
     pub regions: BTreeMap<String, RegionRecord>,
     #[serde(default)]

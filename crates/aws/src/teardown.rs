@@ -10,9 +10,11 @@
 //! filter of the Describe call: deleting another deployment's resource because an API (or an
 //! emulator) ignored a filter must not be possible.
 //!
-//! A `DependencyViolation` (an ENI or route that AWS releases a moment after its instance) is
-//! retried: 1 s, doubling to 10 s, ±20 % jitter, for up to [`DEPENDENCY_DEADLINE`]. Anything
-//! already gone is fine, so a second `destroy` after a crash finishes the job.
+//! A `DependencyViolation` (an ENI or route that AWS releases a moment after its instance) and
+//! throttling are retried: 1 s, doubling to 10 s, ±20 % jitter, for up to
+//! [`DEPENDENCY_DEADLINE`]; an error that cannot heal (`UnauthorizedOperation`…) ends the
+//! deletion at once. Anything already gone is fine, so a second `destroy` after a crash finishes
+//! the job.
 
 use std::future::Future;
 use std::time::Duration;
@@ -23,7 +25,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use crate::clients::Clients;
-use crate::error::AwsError;
+use crate::error::{AwsError, Healing};
 use crate::network::tag_filter;
 use crate::records::TAG_DEPLOYMENT;
 
@@ -59,7 +61,7 @@ where
             Ok(()) => return Ok(()),
             Err(error) if GONE.iter().any(|gone| error.code_is(gone)) => return Ok(()),
             Err(error)
-                if (error.code_is("DependencyViolation") || error.transient)
+                if matches!(error.healing(), Healing::Propagating | Healing::Transient)
                     && Instant::now() < deadline =>
             {
                 tracing::debug!(%error, "waiting for dependencies to go");

@@ -181,21 +181,50 @@ mod tests {
     }
 
     #[test]
-    fn the_script_carries_no_secret() {
+    fn the_script_names_only_this_instances_identity() {
         let script = sample();
-        for secret in ["PRIVATE KEY", "AKIA", "X-Amz-Signature", "aws_secret_access_key"] {
-            assert!(!script.contains(secret), "{secret}");
-        }
-        assert!(script.contains("identities/AROAEXAMPLE:"));
+        assert!(script.contains("identity_prefix='deployments/demo_1/identities/AROAEXAMPLE:'"));
+        assert!(
+            script.contains("\"identity\": \"s3://$bucket/$identity_prefix$instance_id.json\"")
+        );
         assert!(script.len() < 16 * 1024, "user data is limited to 16 KiB");
+        // Whether it carries a secret is checked on the provider's own user data
+        // (`the_user_data_carries_no_secret_the_provider_holds` in lib.rs).
+    }
+
+    /// Tags the deployer accepts that a shell would take for options, or split: every value is
+    /// one quoted word wherever the script uses it.
+    #[test]
+    fn hostile_tags_stay_quoted_words() {
+        for tag in ["-rf", "demo-", "--help", "_", "a b"] {
+            let script = render(&UserData {
+                tag,
+                bucket: "flotilla-0123456789abcdef",
+                bucket_region: "us-east-1",
+                agent_sha256: &"a".repeat(64),
+                role_id: "AROAEXAMPLE",
+            });
+            assert!(script.contains(&format!("\ntag='{tag}'\n")), "{tag}");
+            assert!(
+                script.contains(&format!(
+                    "\nidentity_prefix='deployments/{tag}/identities/AROAEXAMPLE:'\n"
+                )),
+                "{tag}"
+            );
+            shellcheck(&script);
+        }
     }
 
     /// shellcheck is a real peer here: the test fails, naming how to install it, if it is absent.
     #[test]
     fn shellcheck_accepts_the_script() {
+        shellcheck(&sample());
+    }
+
+    fn shellcheck(script: &str) {
         let temp = tempfile::tempdir().unwrap();
         let path = temp.path().join("user-data.sh");
-        fs_err::write(&path, sample()).unwrap();
+        fs_err::write(&path, script).unwrap();
         let output = std::process::Command::new("shellcheck")
             .args(["--shell=sh", "--severity=style"])
             .arg(&path)

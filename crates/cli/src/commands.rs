@@ -33,10 +33,8 @@ fn agent_timeout(kind: ProviderKind) -> std::time::Duration {
 /// Runs the command line; returns the exit status.
 pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
-        Command::Agent(args) => {
-            init_tracing(cli.verbose, "info");
-            run_agent(&args.bootstrap)
-        }
+        // The agent sets up its own log once its bootstrap config says where it goes.
+        Command::Agent(args) => run_agent(&args.bootstrap, cli.verbose),
         command => {
             init_tracing(cli.verbose, "warn");
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -116,14 +114,20 @@ fn report(error: &CoreError, output: Option<OutputFormat>) {
     }
 }
 
-fn run_agent(bootstrap: &Path) -> ExitCode {
+/// Runs the agent; exits 2 when it stops on an error (its bootstrap config, its identity, a
+/// component of it that died), after logging the error where the agent logs.
+fn run_agent(bootstrap: &Path, verbose: u8) -> ExitCode {
     // Detach from the starting process's session, so the agent outlives it and a terminal's
     // signals. Fails harmlessly when already a session leader (e.g. under systemd).
     let _ = rustix::process::setsid();
     let path_style = Environment::from_process().aws_endpoint_url.is_some();
     let fetchers =
         flotilla_agent::Fetchers::default().with("s3", flotilla_aws::S3Fetcher::new(path_style));
-    match flotilla_agent::run(bootstrap, fetchers) {
+    let log_filter = flotilla_agent::LogFilter {
+        verbosity: verbose,
+        directives: std::env::var(crate::env::RUST_LOG).ok().filter(|value| !value.is_empty()),
+    };
+    match flotilla_agent::run(bootstrap, fetchers, &log_filter) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!("{}", error_chain(&error));
@@ -262,6 +266,9 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
                     "deployment `{tag}` runs on the {kind} provider; authorize applies to aws deployments, whose agents only admit listed addresses"
                 )));
             }
+            // authorize writes the provider's records, which a create running at the same time
+            // would overwrite: it works under the deployment's lock like every other change.
+            let _lock = deployment.lock()?;
             let context = ProviderContext::new(kind, &home, &environment, args.ip).await;
             let providers::AnyProvider::Aws(provider) = context.make(&deployment)? else {
                 unreachable!("the context was built for aws")

@@ -70,8 +70,10 @@ pub fn print_status(rows: &[StatusRow]) {
         .iter()
         .map(|row| {
             let note = row
-                .error
+                .state_reason
                 .clone()
+                .filter(|_| row.state != "running")
+                .or_else(|| row.error.clone())
                 .or_else(|| row.health_error.clone())
                 .or_else(|| {
                     row.rollout.as_ref().and_then(|r| {

@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::aws::AwsFleet;
@@ -556,4 +556,328 @@ fn the_deployer_address_is_discovered_or_the_error_says_how_to_give_it() {
         "{admitted:?}"
     );
     fleet.run_ok(&["destroy", "--tag", &fleet.tag]);
+}
+
+/// One machine in us-east-1 and the monitoring instance, with `ports` (YAML flow list) open.
+fn one_machine_config(tag: &str, ports: &str) -> String {
+    format!(
+        "tag: '{tag}'\nmonitoring: {{instance_type: t3.small, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- {{name: only, region: us-east-1, instance_type: t3.small, storage_size: 10, storage_class: gp3, binary: {}, config: app.conf, profiling: false}}\nports: {ports}\n",
+        fleet_app_bin().display()
+    )
+}
+
+/// Creates `fleet` from [`one_machine_config`] with the deployer address 127.0.0.1.
+fn create_one_machine(fleet: &AwsFleet, ports: &str) -> Vec<serde_json::Value> {
+    fleet.write("app.conf", &app_config("hello"));
+    let spec = fleet.write("spec.yaml", &one_machine_config(&fleet.tag, ports));
+    let spec = spec.display().to_string();
+    let output =
+        fleet.run_ok(&["create", "--config", &spec, "--ip", "127.0.0.1", "--output", "json"]);
+    serde_json::from_slice(&output.stdout).unwrap()
+}
+
+/// The deployment tag an IAM role carries, or `None` when the role does not exist.
+fn role_owner(fleet: &AwsFleet, role: &str) -> Option<Option<String>> {
+    runtime().block_on(async {
+        let iam = fleet.iam().await;
+        match iam.get_role().role_name(role).send().await {
+            Ok(found) => Some(found.role().and_then(|r| {
+                r.tags()
+                    .iter()
+                    .find(|t| t.key() == "flotilla:deployment")
+                    .map(|t| t.value().to_owned())
+            })),
+            Err(e) if e.as_service_error().is_some_and(|s| s.is_no_such_entity_exception()) => None,
+            Err(e) => panic!("GetRole {role}: {e:?}"),
+        }
+    })
+}
+
+/// The role's inline policy document (URL-decoded as IAM returns it), if it has one.
+fn role_policy(fleet: &AwsFleet, role: &str) -> Option<String> {
+    runtime().block_on(async {
+        let iam = fleet.iam().await;
+        let answer = iam
+            .get_role_policy()
+            .role_name(role)
+            .policy_name("flotilla-agent")
+            .send()
+            .await
+            .ok()?;
+        Some(percent_decode(answer.policy_document()))
+    })
+}
+
+/// `text` with its `%XX` escapes decoded (IAM returns policy documents URL-encoded).
+fn percent_decode(text: &str) -> String {
+    let bytes = text.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        let hex = bytes.get(i + 1..i + 3).and_then(|h| std::str::from_utf8(h).ok());
+        match (bytes[i], hex.and_then(|h| u8::from_str_radix(h, 16).ok())) {
+            (b'%', Some(byte)) => {
+                out.push(byte);
+                i += 3;
+            }
+            (byte, _) => {
+                out.push(byte);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).expect("a UTF-8 policy")
+}
+
+/// How many roles IAM lists under `name`.
+fn roles_named(fleet: &AwsFleet, name: &str) -> usize {
+    runtime().block_on(async {
+        let iam = fleet.iam().await;
+        let mut count = 0;
+        let mut marker = None;
+        loop {
+            let page = iam.list_roles().set_marker(marker).send().await.unwrap();
+            count += page.roles().iter().filter(|r| r.role_name() == name).count();
+            marker = page.marker().map(str::to_owned);
+            if !page.is_truncated() {
+                return count;
+            }
+        }
+    })
+}
+
+/// Two deployments whose 70-character tags share their first 60 characters (and start with
+/// `-`, which the deployer accepts) get two roles, each tagged with its deployment; destroying
+/// one leaves the other's role and policy as they were. A role of the deployment's name that is
+/// not its own is refused before anything is created, and destroy leaves it alone.
+#[test]
+fn long_tags_get_their_own_roles_and_a_foreign_role_is_refused() {
+    let shared = format!("-long{}", "x".repeat(55));
+    let first = AwsFleet::new(&format!("{shared}-first-001"));
+    let second = AwsFleet::new(&format!("{shared}-second-02"));
+    assert_eq!((first.tag.len(), second.tag.len()), (70, 70));
+    let (first_role, second_role) = (first.role_name(), second.role_name());
+    assert_ne!(first_role, second_role);
+
+    for fleet in [&first, &second] {
+        let rows = create_one_machine(fleet, "[]");
+        assert_eq!(row(&rows, "only")["health"], "healthy", "{rows:?}");
+    }
+    for (fleet, role) in [(&first, &first_role), (&second, &second_role)] {
+        assert_eq!(roles_named(fleet, role), 1, "{role}");
+        assert_eq!(role_owner(fleet, role), Some(Some(fleet.tag.clone())), "{role}");
+        let policy = role_policy(fleet, role).expect("the role has its policy");
+        assert!(policy.contains(&format!("deployments/{}/artifacts/*", fleet.tag)), "{policy}");
+    }
+    let second_policy = role_policy(&second, &second_role);
+
+    first.run_ok(&["destroy", &first.tag_arg()]);
+    assert_eq!(roles_named(&first, &first_role), 0, "the first deployment's role is gone");
+    assert_eq!(roles_named(&second, &second_role), 1, "the second deployment's role stays");
+    assert_eq!(role_policy(&second, &second_role), second_policy, "with its policy as it was");
+    assert_eq!(row(&second.status(), "only")["health"], "healthy");
+    second.run_ok(&["destroy", &second.tag_arg()]);
+    let left = runtime().block_on(second.leftovers(&["us-east-1"]));
+    assert!(left.is_empty(), "destroy left: {left:?}");
+
+    // A role with the name flotilla would give this deployment's, not tagged for it.
+    let foreign = AwsFleet::new("foreign-role");
+    let role = foreign.role_name();
+    runtime().block_on(async {
+        let iam = foreign.iam().await;
+        iam.create_role()
+            .role_name(&role)
+            .assume_role_policy_document(r#"{"Version":"2012-10-17","Statement":[]}"#)
+            .send()
+            .await
+            .unwrap();
+    });
+    foreign.write("app.conf", &app_config("hello"));
+    let spec = foreign.write("spec.yaml", &one_machine_config(&foreign.tag, "[]"));
+    let output =
+        foreign.run(&["create", "--config", &spec.display().to_string(), "--ip", "127.0.0.1"]);
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains(&role) && stderr.contains("is not deployment `foreign-role`'s"),
+        "{stderr}"
+    );
+    let left: Vec<_> = runtime()
+        .block_on(foreign.leftovers(&["us-east-1"]))
+        .into_iter()
+        .filter(|(kind, _, _)| kind != "iam roles")
+        .collect();
+    assert!(left.is_empty(), "nothing was created: {left:?}");
+    assert_eq!(role_policy(&foreign, &role), None, "the foreign role was not touched");
+    foreign.run_ok(&["destroy", &foreign.tag_arg()]);
+    assert_eq!(role_owner(&foreign, &role), Some(None), "destroy leaves a role it does not own");
+    runtime().block_on(async {
+        foreign.iam().await.delete_role().role_name(&role).send().await.unwrap();
+    });
+}
+
+/// `(protocol, port, cidr)` of one ingress rule.
+type IngressRule = (String, i32, String);
+
+/// The ingress rules of each security group of the deployment in `region`, by group name, IPv4
+/// and IPv6 alike, as DescribeSecurityGroups reports them.
+fn ingress_rules(fleet: &AwsFleet, region: &str) -> BTreeMap<String, BTreeSet<IngressRule>> {
+    runtime().block_on(async {
+        let mut groups = BTreeMap::new();
+        for group in fleet.security_groups(region).await {
+            let mut rules = BTreeSet::new();
+            for permission in group.ip_permissions() {
+                let protocol = permission.ip_protocol().unwrap_or_default().to_owned();
+                let port = permission.from_port().unwrap_or(-1);
+                let v4 = permission.ip_ranges().iter().filter_map(|r| r.cidr_ip());
+                let v6 = permission.ipv6_ranges().iter().filter_map(|r| r.cidr_ipv6());
+                for cidr in v4.chain(v6) {
+                    rules.insert((protocol.clone(), port, cidr.to_owned()));
+                }
+                assert!(permission.user_id_group_pairs().is_empty(), "{permission:?}");
+            }
+            let name = group.group_name().unwrap().to_owned();
+            assert!(groups.insert(name, rules).is_none(), "two groups of one name");
+        }
+        groups
+    })
+}
+
+fn rules(list: &[(&str, i32, &str)]) -> BTreeSet<IngressRule> {
+    list.iter().map(|(p, port, c)| ((*p).to_owned(), *port, (*c).to_owned())).collect()
+}
+
+/// Security groups reconcile both ways. A re-run after a crash between creating the groups and
+/// journaling them adopts them, IPv6 rule included, without `InvalidPermission.Duplicate`;
+/// changed `ports` are applied exactly when `create` (and so `prepare`) runs again; an address
+/// let in with `authorize` survives both, and `authorize --revoke` removes it for good.
+#[test]
+fn security_groups_converge_on_the_spec_and_keep_authorized_addresses() {
+    let fleet = AwsFleet::new("sg-reconcile");
+    let first_ports = "[{protocol: tcp, port: 9090, cidr: 0.0.0.0/0}, {protocol: tcp, port: 9090, cidr: '::/0'}, {protocol: udp, port: 9000, cidr: 10.0.0.0/8}]";
+    create_one_machine(&fleet, first_ports);
+    fleet.run_ok(&["authorize", &fleet.tag_arg(), "--ip", "203.0.113.9"]);
+    let agent = [("tcp", 7443, "127.0.0.1/32"), ("tcp", 7443, "203.0.113.9/32")];
+    let binary_group = "sg-reconcile-binary".to_owned();
+    let monitoring_group = "sg-reconcile-monitoring".to_owned();
+    let expected = |ports: &[(&str, i32, &str)]| {
+        let binary: Vec<_> = agent.iter().chain(ports).copied().collect();
+        BTreeMap::from([
+            (binary_group.clone(), rules(&binary)),
+            (monitoring_group.clone(), rules(&agent)),
+        ])
+    };
+    let first_rules =
+        expected(&[("tcp", 9090, "0.0.0.0/0"), ("tcp", 9090, "::/0"), ("udp", 9000, "10.0.0.0/8")]);
+    assert_eq!(ingress_rules(&fleet, "us-east-1"), first_rules);
+
+    // The CLI died after CreateSecurityGroup and its rules, before the journal said so.
+    let records_path =
+        fleet.home.path().join("deployments").join(&fleet.tag).join("aws/records.json");
+    let mut records: serde_json::Value =
+        serde_json::from_str(&fs_err::read_to_string(&records_path).unwrap()).unwrap();
+    let region = records["regions"]["us-east-1"].as_object_mut().unwrap();
+    assert!(
+        region.remove("binary_group_id").is_some()
+            && region.remove("monitoring_group_id").is_some()
+    );
+    fs_err::write(&records_path, serde_json::to_vec(&records).unwrap()).unwrap();
+    let spec = fleet.path("spec.yaml").display().to_string();
+    fleet.run_ok(&["create", "--config", &spec, "--ip", "127.0.0.1"]);
+    assert_eq!(ingress_rules(&fleet, "us-east-1"), first_rules, "adopted as they were");
+
+    // The spec's ports change: create runs prepare again, which makes the rules exactly so.
+    fleet.write(
+        "spec.yaml",
+        &one_machine_config(&fleet.tag, "[{protocol: tcp, port: 9191, cidr: '::/0'}]"),
+    );
+    fleet.run_ok(&["create", "--config", &spec, "--ip", "127.0.0.1"]);
+    assert_eq!(ingress_rules(&fleet, "us-east-1"), expected(&[("tcp", 9191, "::/0")]));
+
+    // A revoked address is gone, and stays gone when prepare runs again.
+    fleet.run_ok(&["authorize", &fleet.tag_arg(), "--revoke", "203.0.113.9"]);
+    fleet.run_ok(&["create", "--config", &spec, "--ip", "127.0.0.1"]);
+    let groups = ingress_rules(&fleet, "us-east-1");
+    assert_eq!(groups[&binary_group], rules(&[agent[0], ("tcp", 9191, "::/0")]));
+    assert_eq!(groups[&monitoring_group], rules(&[agent[0]]));
+
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+    let left = runtime().block_on(fleet.leftovers(&["us-east-1"]));
+    assert!(left.is_empty(), "destroy left: {left:?}");
+}
+
+/// Retry loops keep going through eventual consistency and stop at once at an error that cannot
+/// heal, naming its code and call: instance ids not visible yet to DescribeInstances are waited
+/// out; `Unsupported` in every zone of a type fails the launch instead of waiting out its
+/// deadline; `UnauthorizedOperation` ends destroy's dependency retries at once.
+#[test]
+fn retries_wait_out_eventual_consistency_and_stop_at_errors_that_cannot_heal() {
+    let fleet = AwsFleet::new("healing");
+    let emulator = Emulator::require();
+    let scope = emulator.scope(&fleet.scope);
+    fleet.write("app.conf", &app_config("hello"));
+    let spec = fleet.write("spec.yaml", &one_machine_config(&fleet.tag, "[]"));
+    let spec = spec.display().to_string();
+
+    // New instance ids that DescribeInstances does not know yet.
+    runtime()
+        .block_on(scope.set_faults(&[
+            FaultRule::new("ec2", "DescribeInstances", "InvalidInstanceID.NotFound").count(2),
+        ]))
+        .unwrap();
+    let output =
+        fleet.run_ok(&["create", "--config", &spec, "--ip", "127.0.0.1", "--output", "json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(row(&rows, "only")["health"], "healthy");
+    let faults = runtime().block_on(scope.faults()).unwrap();
+    assert_eq!(faults.iter().map(|f| f.hits).sum::<u64>(), 2, "both were met: {faults:?}");
+
+    runtime()
+        .block_on(scope.set_faults(&[FaultRule::new(
+            "ec2",
+            "DeleteSubnet",
+            "UnauthorizedOperation",
+        )]))
+        .unwrap();
+    let started = Instant::now();
+    let output = fleet.run(&["destroy", &fleet.tag_arg()]);
+    let elapsed = started.elapsed();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("UnauthorizedOperation")
+            && stderr.contains("DeleteSubnet")
+            && stderr.contains("subnet-"),
+        "names the code, the call and the subnet: {stderr}"
+    );
+    assert!(elapsed < Duration::from_secs(30), "fails fast: {elapsed:?}");
+    runtime().block_on(scope.clear_faults()).unwrap();
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+    let left = runtime().block_on(fleet.leftovers(&["us-east-1"]));
+    assert!(left.is_empty(), "destroy left: {left:?}");
+
+    // A type no zone supports: a fresh deployment, so that its launch is the first.
+    let fleet = AwsFleet::new("unsupported");
+    let scope = emulator.scope(&fleet.scope);
+    fleet.write("app.conf", &app_config("hello"));
+    let spec = fleet.write("spec.yaml", &one_machine_config(&fleet.tag, "[]"));
+    let spec = spec.display().to_string();
+    runtime()
+        .block_on(
+            scope.set_faults(&[FaultRule::new("ec2", "RunInstances", "Unsupported")
+                .message("The requested configuration is currently not supported.")]),
+        )
+        .unwrap();
+    let started = Instant::now();
+    let output = fleet.run(&["create", "--config", &spec, "--ip", "127.0.0.1"]);
+    let elapsed = started.elapsed();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("Unsupported") && stderr.contains("no zone supports"), "{stderr}");
+    assert!(elapsed < Duration::from_secs(60), "fails without waiting: {elapsed:?}");
+
+    runtime().block_on(scope.clear_faults()).unwrap();
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+    let left = runtime().block_on(fleet.leftovers(&["us-east-1"]));
+    assert!(left.is_empty(), "destroy left: {left:?}");
 }

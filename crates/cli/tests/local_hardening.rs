@@ -442,3 +442,36 @@ fn control_characters_never_reach_the_terminal_raw() {
     assert!(text.contains("\\u{1b}[31m\\u{202e}lmay.yaml"), "{text}");
     assert!(text.contains("bad\\u{202e}tag"), "{text}");
 }
+
+/// 200 connections that trickle a TLS handshake, and 200 that trickle an HTTP request head on
+/// the metrics port, while the CLI keeps working: status answers and scrapes are served.
+#[test]
+fn the_cli_keeps_working_through_a_connection_flood() {
+    use std::io::Write;
+
+    let fleet = TestFleet::new("flood", FleetOptions { count: 1, ..FleetOptions::default() });
+    fleet.create();
+    let ip = ip_of(row(&fleet.status(), "node-0"));
+    let mut flood = Vec::new();
+    for _ in 0..200 {
+        // The first bytes of a TLS ClientHello record, then nothing.
+        if let Ok(mut stream) = std::net::TcpStream::connect((ip, 7443)) {
+            let _ = stream.write_all(&[0x16, 0x03, 0x01, 0x02]);
+            flood.push(stream);
+        }
+        if let Ok(mut stream) = std::net::TcpStream::connect((ip, 9101)) {
+            let _ = stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n");
+            flood.push(stream);
+        }
+    }
+    assert!(flood.len() >= 390, "the flood connected: {}", flood.len());
+    for _ in 0..3 {
+        let started = Instant::now();
+        let status = fleet.status();
+        assert_eq!(row(&status, "node-0")["health"], "healthy", "{status:?}");
+        assert!(started.elapsed() < Duration::from_secs(5), "status took {:?}", started.elapsed());
+        let metrics = http_get(ip, 9101, "/metrics").expect("a scrape is served during the flood");
+        assert!(metrics.contains("flotilla_binary_up 1"), "{metrics}");
+    }
+    drop(flood);
+}

@@ -11,8 +11,12 @@ moto's Python. It serves moto's WSGI app with werkzeug (threaded) on 127.0.0.1 a
 - instance state timing: `pending` and `shutting-down`/`stopping` last a while, and the public
   IP appears when the instance is running;
 - the dependency checks moto skips (DeleteSubnet, DeleteSecurityGroup, DeleteVpc);
-- public IPs from a pool of loopback addresses the Rust side leased, recycled on termination;
-- a JSON control API under `/_flotilla/`.
+- RunInstances root volumes with their mapping's IOPS and throughput (moto drops them, and
+  then refuses io1 and io2);
+- public IPs from a pool of loopback addresses the Rust side leased, recycled on termination,
+  skipping an address whose agent or IMDS port something else on this machine holds;
+- a JSON control API under `/_flotilla/`, which also lets the booter end an instance it cannot
+  boot, with an EC2 StateReason saying why.
 
 Why in-process patches rather than a proxy in front of moto: the features above need moto's
 state, not just its traffic. A pool rule needs the AZ of a subnet, a dependency check needs
@@ -22,8 +26,9 @@ moto's XML in every response that shows it; a patch changes the model once, and 
 it (errors included) in every protocol. moto is pinned to 5.2.5, so the patched internals do
 not move underneath us.
 
-Environment (set by the Rust side): FLOTILLA_EMULATOR_PORT (0 picks a free port; the chosen
-one is printed as `{"port": N}` on stdout), FLOTILLA_EMULATOR_PUBLIC_BLOCKS (`127.A.B,...`),
+Environment (set by the Rust side, listed in `src/env.rs`): FLOTILLA_EMULATOR_PORT (0 picks a
+free port; the chosen one is printed as `{"port": N}` on stdout), FLOTILLA_EMULATOR_PUBLIC_BLOCKS
+(`127.A.B,...`), FLOTILLA_EMULATOR_PROBE_PORTS (`7443,9101,1338`),
 FLOTILLA_EMULATOR_PENDING_MS, FLOTILLA_EMULATOR_SHUTTING_DOWN_MS, FLOTILLA_EMULATOR_LATENCY_MS,
 and MOTO_AMIS_PATH (read by moto at import).
 """
@@ -33,9 +38,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import itertools
 import json
 import os
 import random
+import socket
+import sys
 import threading
 import time
 import uuid
@@ -51,10 +59,11 @@ from moto.ec2.models import ec2_backends
 from moto.ec2.models import elastic_ip_addresses as moto_eips
 from moto.ec2.models.elastic_ip_addresses import ElasticAddressBackend
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface
-from moto.ec2.models.instances import Instance, InstanceBackend
+from moto.ec2.models.instances import Instance, InstanceBackend, StateReason
 from moto.ec2.models.security_groups import SecurityGroupBackend
 from moto.ec2.models.subnets import SubnetBackend
 from moto.ec2.models.vpcs import VPCBackend
+from moto.ec2.responses.instances import InstanceResponse
 from moto.iam.models import get_account_id_from
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -557,16 +566,44 @@ def xml_escape(text: str) -> str:
 
 
 class AddressPoolExhausted(EC2ClientError):
-    def __init__(self) -> None:
+    def __init__(self, busy: int) -> None:
+        because = (
+            f" ({busy} free addresses were skipped: something on this machine listens on"
+            f" port {', '.join(map(str, PROBE_PORTS))} of them)"
+            if busy
+            else ""
+        )
         super().__init__(
             "InsufficientAddressCapacity",
-            "flotilla-emulator's loopback public-IP pool is exhausted: terminate instances"
-            " or start it with more --public-ip-blocks",
+            f"flotilla-emulator's loopback public-IP pool is exhausted{because}: terminate"
+            " instances or start it with more --public-ip-blocks",
         )
 
 
+# The ports an instance's address must have free: the agent's API and metrics ports, and its
+# IMDS (given by the Rust side).
+PROBE_PORTS = [
+    int(port) for port in os.environ.get("FLOTILLA_EMULATOR_PROBE_PORTS", "").split(",") if port
+]
+
+
+def busy_port(address: str) -> int | None:
+    """The first of PROBE_PORTS that cannot be bound on `address`, probed as the agent binds
+    (with SO_REUSEADDR, as Rust's listeners do): another local fleet, another emulator's
+    instance or any program may hold it, and the booter could not boot the instance there."""
+    for port in PROBE_PORTS:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind((address, port))
+            except OSError:
+                return port
+    return None
+
+
 class AddressPool:
-    """Public IPs from the /24 blocks the Rust side leased; freed addresses are reused last."""
+    """Public IPs from the /24 blocks the Rust side leased; freed addresses are reused last.
+    An address on which something else listens is skipped (and tried again later)."""
 
     def __init__(self, blocks: Iterable[str]) -> None:
         self.lock = threading.Lock()
@@ -578,11 +615,18 @@ class AddressPool:
 
     def take(self, holder: Any) -> str:
         with self.lock:
-            if not self.free:
-                raise AddressPoolExhausted()
-            address = self.free.popleft()
-            self.in_use[address] = holder
-            return address
+            for _ in range(len(self.free)):
+                address = self.free.popleft()
+                port = busy_port(address)
+                if port is None:
+                    self.in_use[address] = holder
+                    return address
+                print(
+                    f"flotilla-emulator: skipping {address}: port {port} is in use there",
+                    file=sys.stderr,
+                )
+                self.free.append(address)
+            raise AddressPoolExhausted(busy=len(self.free))
 
     def give(self, address: str | None) -> None:
         with self.lock:
@@ -598,7 +642,16 @@ class AddressPool:
     def to_json(self) -> dict[str, Any]:
         with self.lock:
             holders = {ip: holder_name(holder) for ip, holder in self.in_use.items()}
-            return {"size": self.size, "free": len(self.free), "in_use": holders}
+            return {
+                "size": self.size,
+                "free": len(self.free),
+                "in_use": holders,
+                "next": list(itertools.islice(self.free, NEXT_SHOWN)),
+            }
+
+
+# How many of the next free addresses `/_flotilla/public-ips` shows, in the order they go out.
+NEXT_SHOWN = 16
 
 
 def holder_name(holder: Any) -> str:
@@ -787,9 +840,13 @@ CURRENT = threading.local()
 def run_instances(
     self: Any, image_id: str, count: int, user_data: Any, security_group_names: Any, **kwargs: Any
 ) -> Any:
-    reservation = original_run_instances(
-        self, image_id, count, user_data, security_group_names, **kwargs
-    )
+    CURRENT.block_devices = launch_block_devices(self, kwargs)
+    try:
+        reservation = original_run_instances(
+            self, image_id, count, user_data, security_group_names, **kwargs
+        )
+    finally:
+        CURRENT.block_devices = {}
     # moto associates the instance profile with the first instance of a reservation only.
     name, arn = kwargs.get("iam_instance_profile_name"), kwargs.get("iam_instance_profile_arn")
     for instance in reservation.instances[1:] if (name or arn) else []:
@@ -801,6 +858,66 @@ def run_instances(
         instance._flotilla_scope = getattr(CURRENT, "scope", "-")
         begin_pending(instance)
     return reservation
+
+
+# --- Root volumes with their IOPS and throughput ------------------------------------------------
+
+# AWS's gp3 baseline: what DescribeVolumes reports when a launch gives no IOPS or throughput.
+GP3_BASELINE_THROUGHPUT = 125
+original_parse_block_device_mapping = InstanceResponse._parse_block_device_mapping
+
+
+def parse_block_device_mapping(self: Any) -> list[dict[str, Any]]:
+    """moto keeps a mapping's `Ebs.Iops` but drops `Ebs.Throughput`: keep both."""
+    mappings = original_parse_block_device_mapping(self)
+    given = self._get_param("BlockDeviceMappings", [])
+    for mapping, request in zip(mappings, given):
+        mapping["Ebs"]["Throughput"] = (request.get("Ebs") or {}).get("Throughput")
+    return mappings
+
+
+def launch_block_devices(backend: Any, kwargs: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Each device's `Ebs` of a RunInstances call, from the call or its launch template, as
+    moto's run_instances picks them."""
+    mappings = kwargs.get("block_device_mappings")
+    if mappings is None and kwargs.get("launch_template"):
+        with contextlib.suppress(Exception):  # an unknown template: moto answers that itself
+            template = backend._get_template_from_args(kwargs["launch_template"])
+            mappings = template.data.get("BlockDeviceMappings")
+    return {
+        mapping["DeviceName"]: mapping.get("Ebs") or {}
+        for mapping in mappings or []
+        if mapping.get("DeviceName")
+    }
+
+
+def add_block_device(
+    self: Any,
+    size: int,
+    device_path: str,
+    snapshot_id: str | None,
+    encrypted: bool,
+    delete_on_termination: bool,
+    kms_key_id: str | None,
+    volume_type: str | None,
+) -> None:
+    """moto's, with the mapping's IOPS and throughput: without them it creates the volume
+    with none, and then refuses io1 and io2 (which need IOPS)."""
+    ebs = getattr(CURRENT, "block_devices", {}).get(device_path, {})
+    throughput = ebs.get("Throughput")
+    if volume_type == "gp3" and not throughput:
+        throughput = GP3_BASELINE_THROUGHPUT
+    volume = self.ec2_backend.create_volume(
+        size=size,
+        zone_name=self._placement.zone,
+        snapshot_id=snapshot_id,
+        encrypted=encrypted,
+        kms_key_id=kms_key_id,
+        volume_type=volume_type,
+        iops=ebs.get("Iops"),
+        throughput=throughput,
+    )
+    self.ec2_backend.attach_volume(volume.id, self.id, device_path, delete_on_termination)
 
 
 # --- Dependency checks moto skips ---------------------------------------------------------------
@@ -892,6 +1009,8 @@ def install_patches() -> None:
         (Instance, "stop", wind_down(Instance.stop, "stopping", "stopped")),
         (Instance, "terminate", wind_down(Instance.terminate, "shutting-down", "terminated")),
         (InstanceBackend, "run_instances", run_instances),
+        (InstanceResponse, "_parse_block_device_mapping", parse_block_device_mapping),
+        (Instance, "add_block_device", add_block_device),
         (SubnetBackend, "delete_subnet", delete_subnet),
         (SecurityGroupBackend, "delete_security_group", delete_security_group),
         (VPCBackend, "delete_vpc", delete_vpc),
@@ -944,7 +1063,48 @@ def describe(account_id: str, region: str, backend: Any, instance: Any) -> dict[
         "launch_time": instance.launch_time.strftime("%Y-%m-%dT%H:%M:%SZ"),
         "subnet_id": instance.subnet_id,
         "vpc_id": instance.vpc_id,
+        "state_reason": (
+            {"code": instance.state_reason.code, "message": instance.state_reason.message}
+            if instance.state_reason.code
+            else None
+        ),
     }
+
+
+def find_instance(instance_id: str) -> tuple[str, str, Any, Any] | None:
+    """(account, region, backend, instance) of an instance id, in any account and region."""
+    for account_id, regions in list(ec2_backends.items()):
+        for region, backend in list(regions.items()):
+            for reservation in list(backend.reservations.values()):
+                for instance in reservation.instances:
+                    if instance.id == instance_id:
+                        return account_id, region, backend, instance
+    return None
+
+
+def terminate_with_reason(instance_id: str, body: Any) -> tuple[int, Any]:
+    """The service ends an instance, as AWS does when a launch fails or a spot instance is
+    reclaimed: through `shutting-down` (the scope's timing) to `terminated`, with the given
+    StateReason; its StateTransitionReason is the reason's message, as AWS shows it then.
+    An instance already on its way down keeps its state and reason."""
+    reason = expect_object(body, {"code", "message"}, "the body")
+    for field in ("code", "message"):
+        if not isinstance(reason.get(field), str) or not reason[field]:
+            raise BadRequest(
+                f"`{field}` must be a non-empty string, e.g. "
+                '{"code": "Server.InternalError", "message": "Server.InternalError: ..."}'
+            )
+    with LIFECYCLE.lock:
+        found = find_instance(instance_id)
+        if found is None:
+            return 404, {"error": f"no instance {instance_id}"}
+        account_id, region, backend, instance = found
+        if instance._state.name in ("pending", "running"):
+            instance.terminate()  # wind_down's: shutting-down first when the scope says so
+            instance._reason = reason["message"]
+            instance.state_reason = StateReason(reason["message"], reason["code"])
+            LIFECYCLE.changed()
+        return 200, describe(account_id, region, backend, instance)
 
 
 # --- Control API: /_flotilla/... ----------------------------------------------------------------
@@ -982,6 +1142,10 @@ def control(method: str, path: str, query: dict[str, str], body: Any) -> tuple[i
             return 200, {"generation": generation, "instances": list_instances()}
     if parts == ["public-ips"] and method == "GET":
         return 200, POOL.to_json()
+    if len(parts) == 3 and parts[0] == "instances" and parts[2] == "terminate":
+        if method != "POST":
+            return 404, {"error": f"no control route {method} {path}; use POST"}
+        return terminate_with_reason(parts[1], body)
     if len(parts) != 3 or parts[0] != "scopes":
         return 404, {"error": f"no control route {method} {path}"}
     scope, what = parts[1], parts[2]

@@ -1,15 +1,34 @@
 //! The public-IP pool's address blocks, leased machine-wide with [`flotilla_local::lease`] so
 //! the emulator's instances never share an address with local fleets or another emulator.
 //!
+//! Each address is also probed before moto hands it out ([`PROBED_PORTS`]).
+//!
 //! The lease's owner is `/proc/<this pid>`: it exists exactly as long as this process, so the
 //! blocks become free by themselves if the emulator is killed, and are released at a clean exit.
 
 use std::path::{Path, PathBuf};
 
 use flotilla_local::lease::{Block, Leases, lease_dir};
+use flotilla_spec::bootstrap::{DEFAULT_API_PORT, DEFAULT_METRICS_PORT};
+
+use crate::imds::IMDS_PORT;
 
 /// The tag recorded in each lease file.
 const LEASE_TAG: &str = "flotilla-emulator";
+
+/// The ports an instance's address must have free: the agent's API and metrics ports (the AWS
+/// provider's user data gives the agent the defaults) and the instance's IMDS. moto probes
+/// them by binding before it hands an address out, as the local provider probes its own
+/// ([`flotilla_local::lease::is_free`]), and skips an address where one is taken: another
+/// local fleet, another emulator's instance or any program may listen there.
+pub(crate) const PROBED_PORTS: [u16; 3] = [AGENT_PORTS[0], AGENT_PORTS[1], IMDS_PORT];
+/// The agent's API and metrics ports; the booter probes them again before it runs user data.
+pub(crate) const AGENT_PORTS: [u16; 2] = [DEFAULT_API_PORT, DEFAULT_METRICS_PORT];
+
+/// [`PROBED_PORTS`] as moto reads them: `7443,9101,1338`.
+pub(crate) fn probed_ports() -> String {
+    PROBED_PORTS.map(|port| port.to_string()).join(",")
+}
 
 /// Blocks leased for this process's lifetime.
 #[derive(Debug)]

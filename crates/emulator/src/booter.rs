@@ -12,6 +12,16 @@
 //!    environment holding only the contract of [`crate::env::user_data`], `PATH`
 //!    (`<root>/usr/local/bin` first) and `RUST_LOG` when set.
 //!
+//! An instance that cannot be booted (its agent's or IMDS port is taken on its address, its
+//! user data is not base64, its root cannot be prepared, `/bin/sh` cannot start), or whose
+//! user data ends with a failure while it runs (the script, or the agent it exec'd: with
+//! `FLOTILLA_SERVICE=foreground` nothing would restart it), is ended in moto through
+//! `POST /_flotilla/instances/{id}/terminate`, with the StateReason
+//! [`StateReason::boot_failure`] (`Server.InternalError: flotilla-emulator: <cause>`), so a
+//! caller waiting for it sees why at its next DescribeInstances instead of waiting to its
+//! deadline. The booter's own report keeps the cause in `error`. A script that exits 0 leaves
+//! the instance running, as cloud-init does.
+//!
 //! When the instance leaves `running` (shutting-down, stopping, stopped, terminated) or
 //! disappears, it closes that IMDS and stops the process group: SIGTERM, SIGKILL after the
 //! grace period, then SIGKILL to anything still running in, or started for, that root (a
@@ -20,7 +30,7 @@
 
 use sha2::Digest;
 use std::collections::{BTreeMap, BTreeSet};
-use std::net::Ipv4Addr;
+use std::net::{Ipv4Addr, SocketAddrV4};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::process::ExitStatusExt;
 use std::path::{Path, PathBuf};
@@ -35,19 +45,30 @@ use std::os::unix::fs::DirBuilderExt;
 use tokio::process::Command;
 use tokio::sync::watch;
 
+use crate::addresses::AGENT_PORTS;
+use crate::control::{ControlError, Emulator};
 use crate::env::user_data as contract;
 use crate::imds::{IMDS_PORT, Imds, serve_imds};
-use crate::instance::{BootState, BootedInstance, InstanceInfo, InstanceListing};
+use crate::instance::{BootState, BootedInstance, InstanceInfo, InstanceListing, StateReason};
 
 /// How often moto is asked for its instances.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// States in which an instance's processes must not run.
 const DOWN_STATES: [&str; 4] = ["shutting-down", "stopping", "stopped", "terminated"];
+/// Telling moto that an instance cannot boot: 5 attempts, 100 ms apart doubling (1.5 s in
+/// all); moto answers at once unless it is gone, and then the stack stops anyway.
+const REPORT_ATTEMPTS: u32 = 5;
+const REPORT_FIRST_RETRY: Duration = Duration::from_millis(100);
+/// How much of the user data's last output line goes into a StateReason.
+const LAST_LINE_CHARS: usize = 300;
 
+/// Why an instance cannot boot; shown after `cannot boot: `.
 #[derive(Debug, thiserror::Error)]
 enum BootError {
-    #[error("binding its IMDS on {address}: {source}")]
-    Bind { address: String, source: std::io::Error },
+    #[error("address {address} is in use")]
+    InUse { address: SocketAddrV4 },
+    #[error("cannot bind {address}: {source}")]
+    Bind { address: SocketAddrV4, source: std::io::Error },
     #[error("preparing {path}: {source}")]
     Io { path: PathBuf, source: std::io::Error },
     #[error("its user data is not valid base64")]
@@ -76,6 +97,9 @@ pub(crate) struct BooterConfig {
 #[derive(Debug)]
 pub(crate) struct Booter {
     pub(crate) config: BooterConfig,
+    http: reqwest::Client,
+    /// moto's control API (only its routes are used).
+    moto: Emulator,
     machines: Mutex<BTreeMap<String, Machine>>,
     seed_disabled: Mutex<BTreeSet<String>>,
     /// The seed's SHA-256, with the modification time and size it was computed for.
@@ -106,8 +130,10 @@ impl Machine {
 }
 
 impl Booter {
-    pub(crate) fn new(config: BooterConfig) -> Booter {
+    pub(crate) fn new(config: BooterConfig, http: reqwest::Client) -> Booter {
         Booter {
+            moto: Emulator::with_client(http.clone(), &config.moto_url, ""),
+            http,
             config,
             machines: Mutex::new(BTreeMap::new()),
             seed_disabled: Mutex::new(BTreeSet::new()),
@@ -171,18 +197,14 @@ impl Booter {
     }
 
     /// Polls moto until `shutdown` turns true.
-    pub(crate) async fn run(
-        self: Arc<Self>,
-        http: reqwest::Client,
-        mut shutdown: watch::Receiver<bool>,
-    ) {
+    pub(crate) async fn run(self: Arc<Self>, mut shutdown: watch::Receiver<bool>) {
         let mut generation: Option<u64> = None;
         let mut last_error = String::new();
         loop {
             if self.relist.swap(false, Ordering::SeqCst) {
                 generation = None;
             }
-            match self.fetch(&http, generation).await {
+            match self.fetch(generation).await {
                 Ok(listing) => {
                     last_error.clear();
                     if !listing.unchanged {
@@ -205,16 +227,12 @@ impl Booter {
         }
     }
 
-    async fn fetch(
-        &self,
-        http: &reqwest::Client,
-        since: Option<u64>,
-    ) -> reqwest::Result<InstanceListing> {
+    async fn fetch(&self, since: Option<u64>) -> reqwest::Result<InstanceListing> {
         let mut url = format!("{}/_flotilla/instances", self.config.moto_url);
         if let Some(since) = since {
             url.push_str(&format!("?since={since}"));
         }
-        http.get(url).send().await?.error_for_status()?.json().await
+        self.http.get(url).send().await?.error_for_status()?.json().await
     }
 
     fn reconcile(self: &Arc<Self>, instances: Vec<InstanceInfo>) {
@@ -287,10 +305,36 @@ impl Booter {
                 );
             }
             Err(error) => {
-                tracing::warn!(instance = %instance.id, "boot failed: {error}");
-                report.error = Some(error.to_string());
+                let cause = format!("cannot boot: {error}");
+                tracing::warn!(instance = %instance.id, "{cause}");
+                report.error = Some(cause.clone());
                 self.machines()
                     .insert(instance.id.clone(), Machine { report, imds, imds_shutdown });
+                tokio::spawn(self.clone().end_in_moto(instance.id.clone(), cause));
+            }
+        }
+    }
+
+    /// Ends instance `id` in moto with [`StateReason::boot_failure`]`(cause)`, so whoever waits
+    /// for it learns why; retried on the schedule of [`REPORT_ATTEMPTS`].
+    async fn end_in_moto(self: Arc<Self>, id: String, cause: String) {
+        let reason = StateReason::boot_failure(&cause);
+        let mut delay = REPORT_FIRST_RETRY;
+        for attempt in 1..=REPORT_ATTEMPTS {
+            match self.moto.terminate_instance(&id, &reason).await {
+                Ok(instance) => {
+                    tracing::info!(instance = %id, state = %instance.state, "ended: {}", reason.message);
+                    return;
+                }
+                // Gone already (a /moto-api/reset): nobody waits for it.
+                Err(ControlError::Status { status: 404, .. }) => return,
+                Err(error) if attempt == REPORT_ATTEMPTS => {
+                    tracing::warn!(instance = %id, "telling moto it cannot boot ({cause}): {error}");
+                }
+                Err(_) => {
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
             }
         }
     }
@@ -317,11 +361,16 @@ impl Booter {
             .mode(0o700)
             .create(&log_dir)
             .map_err(io(&log_dir))?;
-        let address = format!("{ip}:{IMDS_PORT}");
-        let listener = std::net::TcpListener::bind((ip, IMDS_PORT))
+        // moto probed these when it handed the address out; something may have taken one since.
+        for port in AGENT_PORTS {
+            let address = SocketAddrV4::new(ip, port);
+            std::net::TcpListener::bind(address).map_err(bind_error(address))?;
+        }
+        let address = SocketAddrV4::new(ip, IMDS_PORT);
+        let listener = std::net::TcpListener::bind(address)
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .and_then(tokio::net::TcpListener::from_std)
-            .map_err(|source| BootError::Bind { address: address.clone(), source })?;
+            .map_err(bind_error(address))?;
         let imds = Arc::new(Imds::new(instance.clone(), user_data.clone()));
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(serve_imds(listener, imds.clone(), shutdown_rx));
@@ -387,13 +436,29 @@ impl Booter {
         tokio::spawn(async move {
             let status = child.wait().await;
             let code = status.ok().and_then(|s| s.code().or_else(|| s.signal().map(|n| 128 + n)));
-            if let Some(machine) = booter.machines().get_mut(&id)
-                && machine.report.pid == pid
-            {
+            let failed = {
+                let mut machines = booter.machines();
+                let Some(machine) = machines.get_mut(&id).filter(|m| m.report.pid == pid) else {
+                    return;
+                };
                 machine.report.exit_code = code;
-                if machine.report.state == BootState::Running {
+                // Running: neither the booter nor moto asked it to stop.
+                let on_its_own = machine.report.state == BootState::Running;
+                if on_its_own {
                     machine.report.state = BootState::Exited;
                 }
+                match code {
+                    Some(code) if code != 0 && on_its_own => {
+                        let cause = exit_cause(code, &log_path);
+                        machine.report.error = Some(cause.clone());
+                        Some(cause)
+                    }
+                    _ => None,
+                }
+            };
+            if let Some(cause) = failed {
+                tracing::warn!(instance = %id, "{cause}");
+                booter.end_in_moto(id, cause).await;
             }
         });
         Ok(Started { imds, imds_shutdown: shutdown, pid })
@@ -439,6 +504,58 @@ impl Booter {
         // One pass over /proc for every instance, rather than one per instance.
         kill_stragglers(&self.config.instances_dir);
     }
+}
+
+/// A bind error: [`BootError::InUse`] when something holds the address, else the error.
+fn bind_error(address: SocketAddrV4) -> impl FnOnce(std::io::Error) -> BootError {
+    move |source| match source.kind() {
+        std::io::ErrorKind::AddrInUse => BootError::InUse { address },
+        _ => BootError::Bind { address, source },
+    }
+}
+
+/// Why user data that exited with `code` by itself failed: the status and its last output
+/// line (the script's, or the agent's it exec'd), which usually names the cause.
+fn exit_cause(code: i32, log: &Path) -> String {
+    match last_line(log) {
+        Some(line) => format!("user data exited with status {code}; its last output: {line}"),
+        None => format!("user data exited with status {code}"),
+    }
+}
+
+/// The last non-blank line of `path` (within its last 4 KiB), as plain text: terminal escapes
+/// (an agent's coloured log lines) and control characters dropped, at most
+/// [`LAST_LINE_CHARS`] characters.
+fn last_line(path: &Path) -> Option<String> {
+    use std::io::{Read, Seek, SeekFrom};
+    const TAIL: u64 = 4096;
+    let mut file = fs_err::File::open(path).ok()?;
+    let length = file.metadata().ok()?.len();
+    file.seek(SeekFrom::Start(length.saturating_sub(TAIL))).ok()?;
+    let mut tail = Vec::new();
+    file.read_to_end(&mut tail).ok()?;
+    let text = String::from_utf8_lossy(&tail);
+    text.lines()
+        .rev()
+        .map(|line| plain_text(line).trim().chars().take(LAST_LINE_CHARS).collect::<String>())
+        .find(|line| !line.is_empty())
+}
+
+/// `text` without ANSI CSI sequences (`ESC [ … final byte`) and other control characters.
+fn plain_text(text: &str) -> String {
+    let mut plain = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.clone().next() == Some('[') {
+                chars.next();
+                chars.by_ref().find(|c| ('@'..='~').contains(c));
+            }
+        } else if !c.is_control() {
+            plain.push(c);
+        }
+    }
+    plain
 }
 
 /// Whether a stop looks for stragglers itself, or leaves that to one pass after many stops.
@@ -518,7 +635,26 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::decode_base64;
+    use super::{decode_base64, last_line, plain_text};
+
+    #[test]
+    fn the_last_output_line_is_plain_text() {
+        assert_eq!(
+            plain_text("\u{1b}[2m2026-01-01\u{1b}[0m \u{1b}[31mERROR\u{1b}[0m bind:\tin use\r"),
+            "2026-01-01 ERROR bind:in use"
+        );
+        let dir = std::env::temp_dir().join(format!("flotilla-last-line-{}", std::process::id()));
+        fs_err::create_dir_all(&dir).unwrap();
+        let log = dir.join("cloud-init-output.log");
+        fs_err::write(&log, format!("{}\nfirst\n  last one  \n\n \n", "x".repeat(5000))).unwrap();
+        assert_eq!(last_line(&log).as_deref(), Some("last one"));
+        fs_err::write(&log, "y".repeat(500)).unwrap();
+        assert_eq!(last_line(&log).map(|l| l.len()), Some(300));
+        fs_err::write(&log, "\n\n").unwrap();
+        assert_eq!(last_line(&log), None);
+        assert_eq!(last_line(&dir.join("missing")), None);
+        fs_err::remove_dir_all(&dir).unwrap();
+    }
 
     #[test]
     fn base64_decodes_with_and_without_padding() {

@@ -17,7 +17,8 @@
 //! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/latency` (PUT `{"ms": n}`) | `{"ms": n}` |
 //! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/timing` (PUT `{"pending_ms"?, "shutting_down_ms"?}`) | both values |
 //! | `GET /_flotilla/instances[?since=G]` | `{"generation": G, "instances": [InstanceInfo]}` or `{"generation": G, "unchanged": true}` |
-//! | `GET /_flotilla/public-ips` | `{"size": n, "free": n, "in_use": {ip: instance id}}` |
+//! | `POST /_flotilla/instances/{id}/terminate` `{"code", "message"}` (the booter, when it cannot boot an instance) | `InstanceInfo`: `shutting-down` then `terminated` with that `StateReason`; 404 for an unknown id |
+//! | `GET /_flotilla/public-ips` | `{"size": n, "free": n, "in_use": {ip: instance id}, "next": [ip]}` |
 //!
 //! A `Rule` is `{"code", "service"?, "action"?, "probability"?, "count"?, "pool"?:
 //! {"instance_type"?, "availability_zone"?, "market"?: "spot"|"on-demand"}, "status"?,
@@ -34,8 +35,9 @@ use serde_json::json;
 
 use crate::env;
 pub use crate::instance::{
-    AgentSeedSwitch, BootState, BootedInstance, InstanceInfo, RebalanceRecommendation,
-    ScheduledEvent, ScheduledEvents, SpotAction, SpotInterruption,
+    AgentSeedSwitch, BOOT_FAILURE_CODE, BootState, BootedInstance, InstanceInfo,
+    RebalanceRecommendation, ScheduledEvent, ScheduledEvents, SpotAction, SpotInterruption,
+    StateReason,
 };
 
 /// What a test gets when the stack is not running.
@@ -137,6 +139,10 @@ pub struct PublicIps {
     pub free: usize,
     /// Address → the instance (or `elastic-ip`) holding it.
     pub in_use: BTreeMap<Ipv4Addr, String>,
+    /// The next free addresses (up to 16), in the order they are handed out; one where
+    /// something else listens on port 7443, 9101 or 1338 is skipped and goes to the back.
+    #[serde(default)]
+    pub next: Vec<Ipv4Addr>,
 }
 
 impl FaultRule {
@@ -225,11 +231,16 @@ impl Emulator {
             url: endpoint.to_owned(),
             message,
         })?;
-        Ok(Emulator {
+        Ok(Emulator::with_client(http, endpoint, control))
+    }
+
+    /// A client sharing `http`'s connections (the booter's own use).
+    pub(crate) fn with_client(http: reqwest::Client, endpoint: &str, control: &str) -> Emulator {
+        Emulator {
             http,
             endpoint: endpoint.trim_end_matches('/').to_owned(),
             control: control.trim_end_matches('/').to_owned(),
-        })
+        }
     }
 
     /// moto's URL (`AWS_ENDPOINT_URL`).
@@ -281,6 +292,18 @@ impl Emulator {
     /// One instance as moto knows it.
     pub async fn instance(&self, id: &str) -> Result<Option<InstanceInfo>, ControlError> {
         Ok(self.instances().await?.into_iter().find(|i| i.id == id))
+    }
+
+    /// Ends instance `id` as the service would (a failed launch, a reclaimed spot instance):
+    /// `shutting-down` (the scope's timing), then `terminated`, with `reason` as its
+    /// `StateReason`. An instance already stopping or terminated keeps its state and reason.
+    pub async fn terminate_instance(
+        &self,
+        id: &str,
+        reason: &StateReason,
+    ) -> Result<InstanceInfo, ControlError> {
+        let body = serde_json::to_value(reason).unwrap_or_default();
+        self.moto("POST", &format!("instances/{id}/terminate"), Some(body)).await
     }
 
     pub async fn public_ips(&self) -> Result<PublicIps, ControlError> {

@@ -22,6 +22,26 @@ pub const SECRET_ACCESS_KEY: &str = "flotilla-emulator-secret-access-key";
 /// The region `up` prints.
 pub const DEFAULT_REGION: &str = "us-east-1";
 
+/// What `up` hands to moto's process: read by `python/flotilla_moto.py` (`MOTO_AMIS_PATH` by
+/// moto itself).
+pub mod moto {
+    /// The port to listen on; 0 picks one, announced as `{"port": N}` on stdout.
+    pub const PORT: &str = "FLOTILLA_EMULATOR_PORT";
+    /// The leased blocks public IPs come from: `127.A.B,127.A.C,…`.
+    pub const PUBLIC_BLOCKS: &str = "FLOTILLA_EMULATOR_PUBLIC_BLOCKS";
+    /// The ports an address must have free to be handed out: `7443,9101,1338`
+    /// ([`crate::addresses::PROBED_PORTS`]).
+    pub const PROBE_PORTS: &str = "FLOTILLA_EMULATOR_PROBE_PORTS";
+    /// Latency before every request, in milliseconds (scope `*`'s default).
+    pub const LATENCY_MS: &str = "FLOTILLA_EMULATOR_LATENCY_MS";
+    /// How long instances stay `pending`, in milliseconds (scope `*`'s default).
+    pub const PENDING_MS: &str = "FLOTILLA_EMULATOR_PENDING_MS";
+    /// How long instances stay `shutting-down` or `stopping`, in milliseconds.
+    pub const SHUTTING_DOWN_MS: &str = "FLOTILLA_EMULATOR_SHUTTING_DOWN_MS";
+    /// The AMI catalogue moto loads at import.
+    pub const AMIS_PATH: &str = "MOTO_AMIS_PATH";
+}
+
 /// The contract with the user-data script the AWS provider generates. On a real machine,
 /// under cloud-init, all of these are unset and the script uses its defaults.
 pub mod user_data {

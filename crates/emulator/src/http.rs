@@ -17,6 +17,8 @@ use tokio::sync::watch;
 
 pub(crate) type Body = Full<Bytes>;
 
+/// How long to wait after a failed accept before the next.
+const ACCEPT_PAUSE: std::time::Duration = std::time::Duration::from_millis(100);
 /// The largest request body read (control requests are small JSON documents).
 const MAX_BODY: usize = 1024 * 1024;
 
@@ -43,7 +45,10 @@ pub(crate) async fn serve<H, F>(
             accepted = listener.accept() => match accepted {
                 Ok((stream, _)) => stream,
                 Err(error) => {
-                    tracing::debug!("accept failed: {error}");
+                    // Out of file descriptors, usually: the error repeats at once, so pause
+                    // rather than spin, and say so (an IMDS that does not answer fails boots).
+                    tracing::warn!("accepting a connection: {error}");
+                    tokio::time::sleep(ACCEPT_PAUSE).await;
                     continue;
                 }
             },

@@ -40,7 +40,36 @@ pub struct InstanceInfo {
     pub launch_time: String,
     pub subnet_id: Option<String>,
     pub vpc_id: Option<String>,
+    /// Why the instance is in its state (EC2's `StateReason`), when moto or the emulator said.
+    #[serde(default)]
+    pub state_reason: Option<StateReason>,
 }
+
+/// EC2's `StateReason` of an instance: a code and a message that starts with the code, as AWS
+/// shapes them (`Server.InternalError: Internal error on launch`).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StateReason {
+    pub code: String,
+    pub message: String,
+}
+
+impl StateReason {
+    /// The code, and `text` after it in the message.
+    pub fn new(code: &str, text: &str) -> StateReason {
+        StateReason { code: code.to_owned(), message: format!("{code}: {text}") }
+    }
+
+    /// How the emulator ends an instance it cannot boot, or whose user data failed:
+    /// `Server.InternalError` (AWS's code for an instance that fails at launch), with a message
+    /// `Server.InternalError: flotilla-emulator: <cause>`.
+    pub fn boot_failure(cause: &str) -> StateReason {
+        StateReason::new(BOOT_FAILURE_CODE, &format!("flotilla-emulator: {cause}"))
+    }
+}
+
+/// The StateReason code of an instance the emulator could not boot.
+pub const BOOT_FAILURE_CODE: &str = "Server.InternalError";
 
 /// `GET /_flotilla/instances[?since=G]`: everything, or `unchanged` when nothing changed since
 /// generation `G`.

@@ -8,6 +8,8 @@ use std::time::Duration;
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, ChildStdout, Command};
 
+use crate::env::moto as env;
+
 /// The Python side: moto's WSGI app with flotilla's middleware and model patches.
 pub(crate) const MODULE: &str = include_str!("../python/flotilla_moto.py");
 /// How long moto may take to import, warm up and bind.
@@ -56,12 +58,13 @@ impl Moto {
         let log = fs_err::File::create(config.log).map_err(spawn_error)?.into_parts().0;
         let mut child = Command::new(config.python)
             .arg(config.module)
-            .env("MOTO_AMIS_PATH", config.amis)
-            .env("FLOTILLA_EMULATOR_PORT", config.port.to_string())
-            .env("FLOTILLA_EMULATOR_PUBLIC_BLOCKS", &config.public_blocks)
-            .env("FLOTILLA_EMULATOR_LATENCY_MS", millis(config.latency))
-            .env("FLOTILLA_EMULATOR_PENDING_MS", millis(config.pending))
-            .env("FLOTILLA_EMULATOR_SHUTTING_DOWN_MS", millis(config.shutting_down))
+            .env(env::AMIS_PATH, config.amis)
+            .env(env::PORT, config.port.to_string())
+            .env(env::PUBLIC_BLOCKS, &config.public_blocks)
+            .env(env::PROBE_PORTS, crate::addresses::probed_ports())
+            .env(env::LATENCY_MS, millis(config.latency))
+            .env(env::PENDING_MS, millis(config.pending))
+            .env(env::SHUTTING_DOWN_MS, millis(config.shutting_down))
             .env("PYTHONUNBUFFERED", "1")
             // botocore inside moto must not read a person's AWS profile.
             .env_remove("AWS_PROFILE")

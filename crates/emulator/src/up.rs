@@ -171,21 +171,25 @@ async fn serve(
         .mode(0o700)
         .create(&instances_dir)
         .map_err(|source| UpError::Io { what: "creating", path: instances_dir.clone(), source })?;
-    let booter = Arc::new(Booter::new(BooterConfig {
-        moto_url: moto_url.clone(),
-        instances_dir,
-        agent_seed: options.agent_seed.clone(),
-        stop_grace: options.stop_grace,
-        setpriv: find_program("setpriv"),
-        path: std::env::var("PATH").unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned()),
-    }));
+    let booter = Arc::new(Booter::new(
+        BooterConfig {
+            moto_url: moto_url.clone(),
+            instances_dir,
+            agent_seed: options.agent_seed.clone(),
+            stop_grace: options.stop_grace,
+            setpriv: find_program("setpriv"),
+            path: std::env::var("PATH")
+                .unwrap_or_else(|_| "/usr/local/bin:/usr/bin:/bin".to_owned()),
+        },
+        http.clone(),
+    ));
     if booter.config.setpriv.is_none() {
         tracing::warn!(
             "setpriv (util-linux) not found: instances' processes will not die with the emulator if it is killed with -9"
         );
     }
     let (shutdown, shutdown_rx) = watch::channel(false);
-    let poller = tokio::spawn(booter.clone().run(http.clone(), shutdown_rx.clone()));
+    let poller = tokio::spawn(booter.clone().run(shutdown_rx.clone()));
     let api = tokio::spawn(serve_api(control_listener, booter.clone(), shutdown_rx));
 
     wait_ready(&http, "moto", &format!("{moto_url}/_flotilla/health")).await?;

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::Duration;
 
-use common::{Aws, eventually};
+use common::{Aws, base64, eventually};
 use flotilla_emulator::control::{BootState, BootedInstance};
 
 const BOOT_TIMEOUT: Duration = Duration::from_secs(20);
@@ -19,26 +19,9 @@ echo "hello from user data"
 exec sleep 600
 "#;
 
-fn encode(text: &str) -> String {
-    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
-    let mut out = String::new();
-    for chunk in text.as_bytes().chunks(3) {
-        let bytes = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
-        let bits = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]);
-        for i in 0..4 {
-            if i <= chunk.len() {
-                out.push(ALPHABET[(bits >> (18 - 6 * i) & 63) as usize] as char);
-            } else {
-                out.push('=');
-            }
-        }
-    }
-    out
-}
-
 async fn boot(aws: &Aws) -> (String, BootedInstance, BTreeMap<String, String>) {
     aws.instant_states().await;
-    let id = aws.launch(1, &[("UserData", &encode(USER_DATA))]).await.remove(0);
+    let id = aws.launch(1, &[("UserData", &base64(USER_DATA))]).await.remove(0);
     let booted = aws
         .emulator
         .wait_booted(&id, BOOT_TIMEOUT, |b| b.state == BootState::Running)

@@ -9,7 +9,10 @@
 //!                                     named by `names::machine_file_name`
 //!       bootstrap.json                0600  the agent's bootstrap config
 //!       identity.json                 0600  the machine's key and certificate
-//!       agent.log                     0600  the agent's own output
+//!       agent.log                     0600  the agent's own log, rotated by the agent like
+//!                                           its binary's log (`logs.agent_log`)
+//!       agent.out                     0600  what the agent writes outside its log (a panic
+//!                                           before its log is open), kept under 1 MiB
 //! ```
 //!
 //! Every file is 0600 and every directory 0700: local binaries run with the operator's rights
@@ -239,7 +242,7 @@ impl LocalProvider {
             identity: dir.join("identity.json").display().to_string(),
             identity_timeout: Duration::from_secs(600),
             stop_grace: BINARY_STOP_GRACE,
-            logs: LogRotation::default(),
+            logs: LogRotation { agent_log: Some(dir.join("agent.log")), ..LogRotation::default() },
         };
         let json = serde_json::to_vec_pretty(&bootstrap).expect("a bootstrap config serializes");
         write_private(&self.bootstrap_path(&record.name), &json).map_err(|e| {
@@ -290,8 +293,8 @@ impl Provider for LocalProvider {
             if self.agent_pid(&record.name).is_none() {
                 self.write_bootstrap(record)?;
                 let dir = self.instance_dir(&record.name);
-                let output = open_private_append(&dir.join("agent.log"))
-                    .map_err(io_error(format!("opening the agent log of {}", record.name)))?;
+                let output = open_agent_output(&dir.join("agent.out"))
+                    .map_err(io_error(format!("opening the agent output of {}", record.name)))?;
                 let pid = process::spawn_agent(
                     &self.agent_program,
                     &self.bootstrap_path(&record.name),
@@ -353,9 +356,11 @@ impl Provider for LocalProvider {
                     return self.machine(record, MachineState::Running);
                 }
                 let mut machine = self.machine(record, MachineState::Stopped);
+                let dir = self.instance_dir(&record.name);
                 machine.state_reason = Some(format!(
-                    "its agent is not running; its log is {}",
-                    self.instance_dir(&record.name).join("agent.log").display()
+                    "its agent is not running; see {} and {}",
+                    dir.join("agent.log").display(),
+                    dir.join("agent.out").display()
                 ));
                 machine
             })
@@ -423,6 +428,21 @@ impl Provider for LocalProvider {
             Err(error) => Err(io_error("removing machines.json".into())(error)),
         }
     }
+}
+
+/// The most an agent's output file keeps: it holds only what the agent writes outside its own
+/// rotated log, so one earlier file is kept beside it when it grows past this.
+const AGENT_OUTPUT_MAX_BYTES: u64 = 1024 * 1024;
+
+/// Opens the agent's output file for appending, 0600; a file past [`AGENT_OUTPUT_MAX_BYTES`]
+/// is moved to `<path>.1` first.
+fn open_agent_output(path: &Path) -> std::io::Result<fs_err::File> {
+    if fs_err::metadata(path).is_ok_and(|m| m.len() > AGENT_OUTPUT_MAX_BYTES) {
+        let mut previous = path.as_os_str().to_owned();
+        previous.push(".1");
+        fs_err::rename(path, PathBuf::from(previous))?;
+    }
+    open_private_append(path)
 }
 
 /// Opens `path` for appending, creating it 0600 (and making an older file 0600).

@@ -16,6 +16,11 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_API_PORT: u16 = 7443;
 /// Default port of the agent's own Prometheus metrics (plain HTTP).
 pub const DEFAULT_METRICS_PORT: u16 = 9101;
+/// The longest `identity_timeout`: a day covers the slowest boot and the longest deployer
+/// outage worth waiting through; an agent past it exits and its service manager decides.
+pub const MAX_IDENTITY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+/// The longest `stop_grace`: a binary that needs more than an hour to stop is killed.
+pub const MAX_STOP_GRACE: Duration = Duration::from_secs(3600);
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -36,21 +41,23 @@ pub struct AgentBootstrap {
     /// Where the identity bundle is: a path, a `file://` URL, or (on AWS) an `s3://` URL. The
     /// agent waits for it to appear, up to `identity_timeout`.
     pub identity: String,
-    /// How long to wait for the identity bundle before giving up, e.g. `10m`.
+    /// How long to wait for the identity bundle before giving up, e.g. `10m`; at most `24h`.
     #[serde(default = "default_identity_timeout", with = "crate::duration_serde")]
     #[schemars(with = "crate::duration_serde::DurationText")]
     pub identity_timeout: Duration,
-    /// How long the binary has to exit after SIGTERM before SIGKILL, e.g. `10s`.
+    /// How long the binary has to exit after SIGTERM before SIGKILL, e.g. `10s`; at most `1h`.
     #[serde(default = "default_stop_grace", with = "crate::duration_serde")]
     #[schemars(with = "crate::duration_serde::DurationText")]
     pub stop_grace: Duration,
-    /// Size-based rotation of the binary's log.
+    /// The logs the agent writes, and their rotation.
     #[serde(default)]
     pub logs: LogRotation,
 }
 
-/// Size-based log rotation: `binary.log` is rotated to `binary.log.1` … `binary.log.<keep>`.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+/// The logs the agent writes, all rotated by size: the binary's log (`<dir>/logs/binary.log`)
+/// and, with `agent_log`, the agent's own log. A file `<log>` is rotated to `<log>.1` …
+/// `<log>.<keep>`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogRotation {
     /// Rotate when the current file reaches this many bytes.
@@ -59,11 +66,20 @@ pub struct LogRotation {
     /// Rotated files kept.
     #[serde(default = "default_log_keep")]
     pub keep: u32,
+    /// Where the agent writes its own log (an absolute path; the file is 0600, a missing
+    /// directory is created 0700), rotated like the binary's log. Without it the agent writes
+    /// its log to stderr (on a cloud machine, systemd's journal).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_log: Option<PathBuf>,
 }
 
 impl Default for LogRotation {
     fn default() -> Self {
-        LogRotation { max_bytes: default_log_max_bytes(), keep: default_log_keep() }
+        LogRotation {
+            max_bytes: default_log_max_bytes(),
+            keep: default_log_keep(),
+            agent_log: None,
+        }
     }
 }
 
@@ -125,8 +141,17 @@ impl AgentBootstrap {
         if self.identity.is_empty() {
             return Err(invalid("identity", "must name a path, file:// or s3:// URL"));
         }
+        if self.identity_timeout > MAX_IDENTITY_TIMEOUT {
+            return Err(invalid("identity_timeout", "must be at most 24h"));
+        }
+        if self.stop_grace > MAX_STOP_GRACE {
+            return Err(invalid("stop_grace", "must be at most 1h"));
+        }
         if self.logs.max_bytes < 4096 {
             return Err(invalid("logs", "max_bytes must be at least 4096"));
+        }
+        if self.logs.agent_log.as_ref().is_some_and(|path| !path.is_absolute()) {
+            return Err(invalid("logs", "agent_log must be an absolute path"));
         }
         Ok(())
     }
@@ -146,6 +171,26 @@ mod tests {
         assert_eq!(b.api_port, DEFAULT_API_PORT);
         assert_eq!(b.identity_timeout, Duration::from_secs(600));
         assert_eq!(b.logs, LogRotation::default());
+        assert_eq!(b.logs.agent_log, None);
+        // Without `agent_log`, the config is written as before.
+        assert!(!serde_json::to_string(&b).unwrap().contains("agent_log"));
+    }
+
+    #[test]
+    fn the_agents_own_log_is_an_absolute_path() {
+        let parse = |logs: &str| {
+            AgentBootstrap::parse(
+                &format!(
+                    r#"{{"tag":"t1","dir":"/x","listen":"127.1.0.1","identity":"i","logs":{logs}}}"#
+                ),
+                "b.json",
+            )
+        };
+        let b = parse(r#"{"agent_log":"/x/agent.log","max_bytes":4096}"#).unwrap();
+        assert_eq!(b.logs.agent_log.as_deref(), Some(std::path::Path::new("/x/agent.log")));
+        assert_eq!((b.logs.max_bytes, b.logs.keep), (4096, 4));
+        let err = parse(r#"{"agent_log":"agent.log"}"#).unwrap_err();
+        assert_eq!(err.to_string(), "b.json: `logs`: agent_log must be an absolute path");
     }
 
     #[test]
@@ -168,5 +213,31 @@ mod tests {
         )
         .unwrap_err();
         assert!(err.to_string().contains("invalid IP address syntax"), "{err}");
+    }
+
+    #[test]
+    fn refuses_durations_past_their_bounds() {
+        let parse = |extra: &str| {
+            AgentBootstrap::parse(
+                &format!(
+                    r#"{{"tag":"t1","dir":"/x","listen":"127.1.0.1","identity":"i",{extra}}}"#
+                ),
+                "b.json",
+            )
+        };
+        let bounded = parse(r#""identity_timeout":"24h","stop_grace":"1h""#).unwrap();
+        assert_eq!(bounded.identity_timeout, MAX_IDENTITY_TIMEOUT);
+        assert_eq!(bounded.stop_grace, MAX_STOP_GRACE);
+        for (extra, expected) in [
+            (r#""identity_timeout":"24h 1s""#, "b.json: `identity_timeout`: must be at most 24h"),
+            (
+                r#""identity_timeout":"580000000000y""#,
+                "b.json: `identity_timeout`: must be at most 24h",
+            ),
+            (r#""stop_grace":"1h 1ms""#, "b.json: `stop_grace`: must be at most 1h"),
+            (r#""stop_grace":"300000000000y""#, "b.json: `stop_grace`: must be at most 1h"),
+        ] {
+            assert_eq!(parse(extra).unwrap_err().to_string(), expected, "{extra}");
+        }
     }
 }

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
@@ -335,4 +336,89 @@ pub fn mode(path: &Path) -> u32 {
 pub fn kill(pid: u32, signal: rustix::process::Signal) {
     let pid = rustix::process::Pid::from_raw(pid as i32).expect("a pid");
     rustix::process::kill_process(pid, signal).expect("the signal is sent");
+}
+
+/// The `agent_process` example beside this test binary (`target/<profile>/deps/..`): the agent
+/// as its own process, entered through `flotilla_agent::run` as the CLI does.
+pub fn agent_process_binary() -> PathBuf {
+    let test_binary = std::env::current_exe().expect("the test binary's path");
+    let profile_dir = test_binary
+        .parent()
+        .and_then(Path::parent)
+        .expect("test binaries live in target/<profile>/deps");
+    let binary = profile_dir.join("examples").join("agent_process");
+    assert!(
+        binary.is_file(),
+        "{} is missing: build it with `cargo build -p flotilla-agent --examples` \
+         (cargo test and cargo nextest build it with the tests)",
+        binary.display()
+    );
+    binary
+}
+
+/// Starts the agent process on `bootstrap`, with `args` after it; its stderr goes to
+/// [`agent_stderr`].
+pub fn spawn_agent_process(deployment: &Deployment, bootstrap: &Path, args: &[&str]) -> Child {
+    let stderr = fs_err::File::create(deployment.temp.path().join("agent-stderr.txt"))
+        .expect("a file for the agent's stderr");
+    Command::new(agent_process_binary())
+        .arg(bootstrap)
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(stderr.into_parts().0))
+        .spawn()
+        .expect("the agent process starts")
+}
+
+/// What the agent process wrote to stderr so far.
+pub fn agent_stderr(deployment: &Deployment) -> String {
+    fs_err::read_to_string(deployment.temp.path().join("agent-stderr.txt")).unwrap_or_default()
+}
+
+/// Waits until the agent process answers `Status`; panics if it ends or after [`WAIT`].
+pub async fn wait_for_api(deployment: &Deployment, agent: &mut Child) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if deployment.http.get(deployment.url("/v1/status")).send().await.is_ok() {
+            return;
+        }
+        if let Some(exit) = agent.try_wait().expect("the agent process can be waited for") {
+            panic!("the agent process ended ({exit}): {}", agent_stderr(deployment));
+        }
+        if tokio::time::Instant::now() >= deadline {
+            panic!("the agent process did not serve in time: {}", agent_stderr(deployment));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// Waits until `process` exits; panics after [`WAIT`].
+pub async fn wait_for_exit(process: &mut Child) -> ExitStatus {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(exit) = process.try_wait().expect("the process can be waited for") {
+            return exit;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the process did not exit in time");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// Writes a bootstrap config for the agent process (stop grace 2 s, `extra` keys on top) to
+/// `bootstrap.json` in the deployment's directory and returns its path.
+pub fn write_bootstrap(deployment: &Deployment, extra: serde_json::Value) -> PathBuf {
+    let path = deployment.temp.path().join("bootstrap.json");
+    let mut json = serde_json::json!({
+        "tag": deployment.tag,
+        "dir": deployment.dir,
+        "listen": deployment.address,
+        "identity": deployment.identity_path,
+        "stop_grace": "2s",
+    });
+    for (key, value) in extra.as_object().expect("extra keys are an object") {
+        json[key] = value.clone();
+    }
+    fs_err::write(&path, json.to_string()).expect("the bootstrap config is written");
+    path
 }

@@ -88,8 +88,13 @@ impl AwsFleet {
         super::succeeded(args, self.run(args))
     }
 
+    /// `--tag=<tag>`: one argument, so that a tag starting with `-` is not read as an option.
+    pub fn tag_arg(&self) -> String {
+        format!("--tag={}", self.tag)
+    }
+
     pub fn status(&self) -> Vec<serde_json::Value> {
-        let output = self.run(&["status", "--tag", &self.tag, "--output", "json"]);
+        let output = self.run(&["status", &self.tag_arg(), "--output", "json"]);
         serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
             panic!("status JSON: {e}\nstderr: {}", String::from_utf8_lossy(&output.stderr))
         })
@@ -120,6 +125,16 @@ impl AwsFleet {
                 .region(Region::new(region.to_owned()))
                 .build(),
         )
+    }
+
+    /// An IAM client in this test's scope.
+    pub async fn iam(&self) -> aws_sdk_iam::Client {
+        aws_sdk_iam::Client::new(&self.sdk().await)
+    }
+
+    /// The IAM role (and instance profile) name of this deployment.
+    pub fn role_name(&self) -> String {
+        flotilla_spec::names::iam_role_name(&self.tag)
     }
 
     /// The filter on this deployment's tag.
@@ -272,7 +287,7 @@ impl AwsFleet {
             );
         }
         let iam = aws_sdk_iam::Client::new(&config);
-        let role = format!("flotilla-{}", self.tag);
+        let role = self.role_name();
         let roles = iam.list_roles().send().await.unwrap();
         note("iam roles", "global", roles.roles().iter().filter(|r| r.role_name() == role).count());
         let profiles = iam.list_instance_profiles().send().await.unwrap();
@@ -305,7 +320,7 @@ impl AwsFleet {
 impl Drop for AwsFleet {
     fn drop(&mut self) {
         if self.home.path().join("deployments").join(&self.tag).join("metadata.json").exists() {
-            let _ = self.run(&["destroy", "--tag", &self.tag]);
+            let _ = self.run(&["destroy", &self.tag_arg()]);
         }
     }
 }

@@ -39,6 +39,10 @@ pub struct StatusRow {
     pub rollout: Option<Rollout>,
     /// Why the agent could not be asked.
     pub error: Option<String>,
+    /// Why the machine is in its state, when the provider says (a spot reclaim, a failed boot,
+    /// an agent that is not running).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub state_reason: Option<String>,
 }
 
 impl StatusRow {
@@ -58,6 +62,7 @@ impl StatusRow {
             health_error: None,
             rollout: None,
             error: None,
+            state_reason: machine.state_reason.clone(),
         };
         match answer {
             Ok(status) => {

@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use flotilla_emulator::control::{Emulator, Scope, StateTiming};
+use flotilla_emulator::control::{Emulator, Scope, StateReason, StateTiming};
 
 /// EC2's Query API version.
 const EC2_VERSION: &str = "2016-11-15";
@@ -178,6 +178,15 @@ impl Aws {
         (state, reply.value("ipAddress"))
     }
 
+    /// The StateReason of one instance, from DescribeInstances, once it has one.
+    pub async fn state_reason(&self, id: &str) -> Option<StateReason> {
+        let reply = self.ec2("DescribeInstances", &[("InstanceId.1", id)]).await.ok();
+        let reason = values(&reply.body, "stateReason").into_iter().next()?;
+        let code = values(&reason, "code").into_iter().next().filter(|c| !c.is_empty())?;
+        let message = values(&reason, "message").into_iter().next().unwrap_or_default();
+        Some(StateReason { code, message })
+    }
+
     /// Waits until DescribeInstances says `state`; returns the public IP then.
     pub async fn wait_state(&self, id: &str, state: &str, timeout: Duration) -> Option<String> {
         let deadline = Instant::now() + timeout;
@@ -239,6 +248,24 @@ async fn send(request: reqwest::RequestBuilder) -> Reply {
     let status = response.status().as_u16();
     let body = response.text().await.expect("a body");
     Reply { status, body, elapsed: started.elapsed() }
+}
+
+/// Standard base64 with padding, as EC2 carries user data.
+pub fn base64(text: &str) -> String {
+    const ALPHABET: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+    let mut out = String::new();
+    for chunk in text.as_bytes().chunks(3) {
+        let bytes = [chunk[0], *chunk.get(1).unwrap_or(&0), *chunk.get(2).unwrap_or(&0)];
+        let bits = u32::from_be_bytes([0, bytes[0], bytes[1], bytes[2]]);
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(ALPHABET[(bits >> (18 - 6 * i) & 63) as usize] as char);
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
 }
 
 /// Polls `check` until it gives a value, failing after `timeout`.
