@@ -17,6 +17,7 @@ pub mod journal;
 pub mod network;
 pub mod records;
 pub mod s3;
+pub mod survey;
 pub mod teardown;
 pub mod userdata;
 
@@ -473,7 +474,18 @@ fn machine_from(found: &Found, name: &str, role: Role) -> Machine {
         private_ip: found.private_ip.unwrap_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED)),
         agent_endpoint: SocketAddr::new(public_ip, DEFAULT_API_PORT),
         state: found.state,
+        placement: None,
         state_reason: found.state_reason.clone(),
+    }
+}
+
+impl flotilla_core::provider::Surveyor for AwsProvider {
+    async fn survey(
+        &self,
+        regions: &[String],
+        progress: &dyn Progress,
+    ) -> Result<flotilla_core::provider::Survey, ProviderError> {
+        survey::survey(&self.clients, &self.options.home, regions, progress).await
     }
 }
 
@@ -903,6 +915,7 @@ mod tests {
             agent_endpoint: SocketAddr::new(public_ip, DEFAULT_API_PORT),
             state: MachineState::Running,
             state_reason: None,
+            placement: None,
         }
     }
 

@@ -66,6 +66,24 @@ impl std::fmt::Display for Architecture {
     }
 }
 
+/// The architecture of instance type `name` from its name alone, for checks made without the
+/// catalog: Mac families (`mac1` x86-64, others Apple silicon), `a1`, and families whose
+/// letters after the generation number hold a `g` (Graviton: `m7g`, `c6gn`, `t4g`, `x2gd`,
+/// `is4gen`, `g5g`, `hpc7g`) are arm64; other families are x86-64. `None` for a name that is
+/// not `<family>.<size>`.
+pub fn guess_architecture(name: &str) -> Option<Architecture> {
+    let family = name.split_once('.')?.0;
+    if let Some(rest) = family.strip_prefix("mac") {
+        return Some(if rest.starts_with('1') { Architecture::X86_64Mac } else { Architecture::Arm64Mac });
+    }
+    if family == "a1" {
+        return Some(Architecture::Arm64);
+    }
+    let digits = family.find(|c: char| c.is_ascii_digit())?;
+    let after = family[digits..].trim_start_matches(|c: char| c.is_ascii_digit());
+    Some(if after.contains('g') { Architecture::Arm64 } else { Architecture::X86_64 })
+}
+
 /// One accelerator kind on an instance type.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Accelerator {
@@ -398,6 +416,20 @@ mod tests {
         let mac = &types[1];
         assert_eq!(mac.architectures, [Architecture::Arm64Mac]);
         assert!(mac.bare_metal && !mac.spot);
+    }
+
+    #[test]
+    fn architectures_are_guessed_from_names_as_the_catalog_says() {
+        let catalog = crate::testdata::catalog();
+        let mut wrong = Vec::new();
+        for t in catalog.types.values() {
+            let guessed = guess_architecture(&t.name);
+            if guessed.is_none_or(|g| !t.architectures.contains(&g)) {
+                wrong.push(format!("{} {guessed:?} {:?}", t.name, t.architectures));
+            }
+        }
+        // Every type moto knows (over 1300, AWS's own data) is guessed right.
+        assert!(wrong.is_empty(), "{}", wrong.join("\n"));
     }
 
     #[test]

@@ -479,9 +479,12 @@ impl Deployment {
     }
 }
 
-/// Creates `dir` (and parents) and makes sure it is 0700.
+/// Creates `dir` (and its missing parents, 0700 too) and makes sure it is 0700.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), StateError> {
-    fs_err::create_dir_all(dir)?;
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|error| {
+        std::io::Error::new(error.kind(), format!("creating {}: {error}", dir.display()))
+    })?;
     let metadata = fs_err::metadata(dir)?;
     if metadata.permissions().mode() & 0o777 != 0o700 {
         fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;

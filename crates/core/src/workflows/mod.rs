@@ -387,6 +387,7 @@ mod tests {
             agent_endpoint: SocketAddr::new(ip, 7443),
             state,
             state_reason: reason.map(str::to_owned),
+            placement: None,
         }
     }
 
