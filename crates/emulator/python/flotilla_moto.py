@@ -15,6 +15,8 @@ moto's Python. It serves moto's WSGI app with werkzeug (threaded) on 127.0.0.1 a
   then refuses io1 and io2);
 - public IPs from a pool of loopback addresses the Rust side leased, recycled on termination,
   skipping an address whose agent or IMDS port something else on this machine holds;
+- spot prices per zone and type, below on-demand (DescribeSpotPriceHistory), from the
+  on-demand prices `up` hands over (flotilla-capacity's built-in table and region factors);
 - a JSON control API under `/_flotilla/`, which also lets the booter end an instance it cannot
   boot, with an EC2 StateReason saying why.
 
@@ -35,11 +37,16 @@ and MOTO_AMIS_PATH (read by moto at import).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
+import datetime
+import fnmatch
+import hashlib
 import io
 import itertools
 import json
+import math
 import os
 import random
 import socket
@@ -54,16 +61,19 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.responses import ActionResult
 from moto.ec2.exceptions import DependencyViolationError, EC2ClientError
 from moto.ec2.models import ec2_backends
 from moto.ec2.models import elastic_ip_addresses as moto_eips
 from moto.ec2.models.elastic_ip_addresses import ElasticAddressBackend
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface
+from moto.ec2.models.instance_types import INSTANCE_TYPE_OFFERINGS
 from moto.ec2.models.instances import Instance, InstanceBackend, StateReason
 from moto.ec2.models.security_groups import SecurityGroupBackend
 from moto.ec2.models.subnets import SubnetBackend
 from moto.ec2.models.vpcs import VPCBackend
 from moto.ec2.responses.instances import InstanceResponse
+from moto.ec2.responses.spot_instances import SpotInstances
 from moto.iam.models import get_account_id_from
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -1014,9 +1024,256 @@ def install_patches() -> None:
         (SubnetBackend, "delete_subnet", delete_subnet),
         (SecurityGroupBackend, "delete_security_group", delete_security_group),
         (VPCBackend, "delete_vpc", delete_vpc),
+        (SpotInstances, "describe_spot_price_history", describe_spot_price_history),
     ]
     for owner, name, replacement in patches:
         setattr(owner, name, replacement)
+
+
+# --- Tables from the Rust side: on-demand prices and EC2's throttling buckets --------------------
+
+
+class Tables:
+    """The numbers the client computes with, handed over by `up` once moto answers
+    (`GET /_flotilla/catalogue` tells it moto's EC2 actions and regions, `PUT /_flotilla/tables`
+    brings them back with flotilla-capacity's numbers), so the emulator models exactly what the
+    client expects rather than a copy that could drift:
+
+    - `prices`: `{"date", "us_east_1": {type: USD per hour}, "region_factors": {region: f}}`,
+      flotilla-capacity's built-in table and `region_factor` for every region moto knows;
+    - `throttle`: `{"classes": {class: {"capacity", "refill_per_second"}}, "actions": {Action:
+      {"unfiltered": class, "filtered": class}}, "instances": {Action: {"capacity",
+      "refill_per_second"}}}`, flotilla-capacity's `ActionClass` of every EC2 action and its
+      request and instance buckets.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.loaded = False
+        self.date = ""
+        self.us_east_1: dict[str, float] = {}
+        self.region_factors: dict[str, float] = {}
+        self.classes: dict[str, tuple[float, float]] = {}
+        self.actions: dict[str, tuple[str, str]] = {}
+        self.instances: dict[str, tuple[float, float]] = {}
+
+    def load(self, body: Any) -> dict[str, Any]:
+        obj = expect_object(body, {"prices", "throttle"}, "the tables")
+        prices = expect_object(obj.get("prices"), {"date", "us_east_1", "region_factors"}, "`prices`")
+        throttle = expect_object(obj.get("throttle"), {"classes", "actions", "instances"}, "`throttle`")
+        us_east_1 = numbers(prices.get("us_east_1"), "`prices.us_east_1`")
+        factors = numbers(prices.get("region_factors"), "`prices.region_factors`")
+        classes = {
+            name: bucket(value, f"`throttle.classes.{name}`")
+            for name, value in expect_mapping(throttle.get("classes"), "`throttle.classes`").items()
+        }
+        instances = {
+            name: bucket(value, f"`throttle.instances.{name}`")
+            for name, value in expect_mapping(throttle.get("instances"), "`throttle.instances`").items()
+        }
+        actions: dict[str, tuple[str, str]] = {}
+        for name, value in expect_mapping(throttle.get("actions"), "`throttle.actions`").items():
+            pair = expect_object(value, {"unfiltered", "filtered"}, f"`throttle.actions.{name}`")
+            if pair.get("unfiltered") not in classes or pair.get("filtered") not in classes:
+                raise BadRequest(f"`throttle.actions.{name}` names a class not in `throttle.classes`")
+            actions[name] = (pair["unfiltered"], pair["filtered"])
+        with self.lock:
+            self.date = str(prices.get("date") or "")
+            self.us_east_1, self.region_factors = us_east_1, factors
+            self.classes, self.actions, self.instances = classes, actions, instances
+            self.loaded = True
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "loaded": self.loaded,
+                "price_date": self.date,
+                "instance_types": len(self.us_east_1),
+                "regions": len(self.region_factors),
+                "actions": len(self.actions),
+            }
+
+
+def expect_mapping(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be a JSON object")
+    return value
+
+
+def numbers(value: Any, what: str) -> dict[str, float]:
+    if not isinstance(value, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in value.values()
+    ):
+        raise BadRequest(f"{what} must be an object of non-negative numbers")
+    return {str(k): float(v) for k, v in value.items()}
+
+
+def bucket(value: Any, what: str) -> tuple[float, float]:
+    obj = numbers(expect_object(value, {"capacity", "refill_per_second"}, what), what)
+    if "capacity" not in obj or "refill_per_second" not in obj or obj["refill_per_second"] <= 0:
+        raise BadRequest(f"{what} needs `capacity` and a positive `refill_per_second`")
+    return obj["capacity"], obj["refill_per_second"]
+
+
+TABLES = Tables()
+
+
+def catalogue() -> dict[str, Any]:
+    """What `up` needs to compute the tables: every EC2 action (botocore's model of the API moto
+    serves) and every region moto knows."""
+    from botocore.session import get_session
+
+    model = get_session().get_service_model("ec2")
+    return {
+        "ec2_actions": sorted(model.operation_names),
+        "regions": sorted(ec2_backends[DEFAULT_ACCOUNT_ID].regions),
+    }
+
+
+def round_price(price: float) -> float:
+    """To 6 decimal places, half away from zero, as flotilla-capacity rounds
+    (`(price * 1e6).round() / 1e6`)."""
+    scaled = price * 1e6
+    whole = math.floor(scaled)
+    return (whole + 1 if scaled - whole >= 0.5 else whole) / 1e6
+
+
+def on_demand_price(region: str, instance_type: str) -> float | None:
+    """Linux, shared tenancy, USD per hour: flotilla-capacity's us-east-1 figure times the
+    region's factor, rounded as it rounds (`PriceBook::on_demand` of the built-in table)."""
+    with TABLES.lock:
+        base = TABLES.us_east_1.get(instance_type)
+        factor = TABLES.region_factors.get(region)
+    if base is None or factor is None:
+        return None
+    return round_price(base * factor)
+
+
+# The spot price of a pool is its type's on-demand price times a factor in [SPOT_LOW, SPOT_HIGH)
+# drawn from a hash of zone and type: below on-demand, different per zone and type, the same in
+# every run.
+SPOT_LOW, SPOT_HIGH = 0.25, 0.75
+
+
+def spot_factor(zone: str, instance_type: str) -> float:
+    digest = hashlib.sha256(f"{zone}/{instance_type}".encode()).digest()
+    return SPOT_LOW + (SPOT_HIGH - SPOT_LOW) * int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def spot_price(region: str, zone: str, instance_type: str) -> float | None:
+    on_demand = on_demand_price(region, instance_type)
+    if on_demand is None:
+        return None
+    return round_price(on_demand * spot_factor(zone, instance_type))
+
+
+# --- DescribeSpotPriceHistory ---------------------------------------------------------------------
+
+# What a Linux spot price is listed as; the VPC variant only when asked for by name.
+SPOT_PRODUCTS = ("Linux/UNIX", "Linux/UNIX (Amazon VPC)")
+SPOT_PAGE_DEFAULT = 1000
+
+
+def describe_spot_price_history(self: Any) -> ActionResult:
+    """One entry per zone, instance type (offered there and priced) and product description,
+    with spot_price(). Prices never change, so the entry in effect at EndTime (default now) is
+    the only one, dated the start of that UTC day: a client asking for the current price
+    (StartTime now) gets it, as AWS answers the price in effect at StartTime. Honoured:
+    InstanceTypes, AvailabilityZone, ProductDescriptions (Linux/UNIX by default), the filters
+    availability-zone, instance-type, product-description, spot-price and timestamp (with `*`
+    and `?`), MaxResults and NextToken."""
+    region = self.region
+    types = set(self._get_param("InstanceTypes", []) or [])
+    zone_param = self._get_param("AvailabilityZone")
+    products = list(self._get_param("ProductDescriptions", []) or [])
+    filters: dict[str, list[str]] = self._filters_from_querystring()
+    products += filters.get("product-description", [])
+    wanted_products = [
+        p for p in SPOT_PRODUCTS if not products or any(fnmatch.fnmatchcase(p, q) for q in products)
+    ]
+    if not products:
+        wanted_products = [SPOT_PRODUCTS[0]]
+    end = self._get_param("EndTime")
+    moment = end if isinstance(end, datetime.datetime) else parse_timestamp(end)
+    if moment is not None and moment.tzinfo is None:  # moto parses timestamps as naive UTC
+        moment = moment.replace(tzinfo=datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.timezone.utc)
+    moment = min(moment or now, now)
+    stamp = moment.strftime("%Y-%m-%dT00:00:00.000Z")
+
+    def allowed(name: str, value: str) -> bool:
+        patterns = filters.get(name)
+        return not patterns or any(fnmatch.fnmatchcase(value, p) for p in patterns)
+
+    entries = []
+    offerings = INSTANCE_TYPE_OFFERINGS["availability-zone"].get(region, [])
+    for offering in sorted(offerings, key=lambda o: (o["Location"], o["InstanceType"])):
+        zone, instance_type = offering["Location"], offering["InstanceType"]
+        if (types and instance_type not in types) or (zone_param and zone != zone_param):
+            continue
+        if not allowed("availability-zone", zone) or not allowed("instance-type", instance_type):
+            continue
+        price = spot_price(region, zone, instance_type)
+        if price is None:
+            continue
+        text = f"{price:.6f}"
+        if not allowed("spot-price", text) or not allowed("timestamp", stamp):
+            continue
+        entries.extend(
+            {
+                "AvailabilityZone": zone,
+                "InstanceType": instance_type,
+                "ProductDescription": product,
+                "SpotPrice": text,
+                "Timestamp": stamp,
+            }
+            for product in wanted_products
+        )
+    start, size = page_bounds(self._get_param("NextToken"), self._get_param("MaxResults"))
+    result: dict[str, Any] = {"SpotPriceHistory": entries[start : start + size]}
+    if start + size < len(entries):
+        result["NextToken"] = encode_token(start + size)
+    return ActionResult(result)
+
+
+def parse_timestamp(value: Any) -> datetime.datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            parsed = datetime.datetime.fromtimestamp(float(value), datetime.timezone.utc)
+        except ValueError:
+            raise EC2ClientError("InvalidParameterValue", f"Invalid time: {value}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+
+
+def page_bounds(token: Any, max_results: Any) -> tuple[int, int]:
+    start = decode_token(token) if token else 0
+    try:
+        size = int(max_results) if max_results not in (None, "") else SPOT_PAGE_DEFAULT
+    except ValueError:
+        raise EC2ClientError("InvalidParameterValue", f"Invalid MaxResults: {max_results}") from None
+    if size < 1:
+        raise EC2ClientError("InvalidParameterValue", "MaxResults must be positive")
+    return start, size
+
+
+def encode_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"flotilla:{offset}".encode()).decode()
+
+
+def decode_token(token: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+        prefix, _, offset = text.partition(":")
+        if prefix != "flotilla":
+            raise ValueError(text)
+        return int(offset)
+    except ValueError:
+        raise EC2ClientError("InvalidPaginationToken", f"The token '{token}' is invalid.") from None
 
 
 # --- Instances, as the booter sees them ---------------------------------------------------------
@@ -1142,6 +1399,12 @@ def control(method: str, path: str, query: dict[str, str], body: Any) -> tuple[i
             return 200, {"generation": generation, "instances": list_instances()}
     if parts == ["public-ips"] and method == "GET":
         return 200, POOL.to_json()
+    if parts == ["catalogue"] and method == "GET":
+        return 200, catalogue()
+    if parts == ["tables"]:
+        if method == "PUT":
+            return 200, TABLES.load(body)
+        return 200, TABLES.summary()
     if len(parts) == 3 and parts[0] == "instances" and parts[2] == "terminate":
         if method != "POST":
             return 404, {"error": f"no control route {method} {path}; use POST"}

@@ -28,4 +28,5 @@ mod booter_api;
 mod http;
 mod imds;
 mod moto;
+mod tables;
 mod venv;
