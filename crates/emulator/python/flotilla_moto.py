@@ -17,6 +17,8 @@ moto's Python. It serves moto's WSGI app with werkzeug (threaded) on 127.0.0.1 a
   skipping an address whose agent or IMDS port something else on this machine holds;
 - spot prices per zone and type, below on-demand (DescribeSpotPriceHistory), from the
   on-demand prices `up` hands over (flotilla-capacity's built-in table and region factors);
+- the Pricing API moto lacks (`AWSPriceListService.GetProducts` and `DescribeServices`, JSON
+  1.1 on the same endpoint): EC2 Linux on-demand prices from those tables;
 - a JSON control API under `/_flotilla/`, which also lets the booter end an instance it cannot
   boot, with an EC2 StateReason saying why.
 
@@ -67,7 +69,7 @@ from moto.ec2.models import ec2_backends
 from moto.ec2.models import elastic_ip_addresses as moto_eips
 from moto.ec2.models.elastic_ip_addresses import ElasticAddressBackend
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface
-from moto.ec2.models.instance_types import INSTANCE_TYPE_OFFERINGS
+from moto.ec2.models.instance_types import INSTANCE_TYPE_OFFERINGS, INSTANCE_TYPES
 from moto.ec2.models.instances import Instance, InstanceBackend, StateReason
 from moto.ec2.models.security_groups import SecurityGroupBackend
 from moto.ec2.models.subnets import SubnetBackend
@@ -1059,8 +1061,12 @@ class Tables:
 
     def load(self, body: Any) -> dict[str, Any]:
         obj = expect_object(body, {"prices", "throttle"}, "the tables")
-        prices = expect_object(obj.get("prices"), {"date", "us_east_1", "region_factors"}, "`prices`")
-        throttle = expect_object(obj.get("throttle"), {"classes", "actions", "instances"}, "`throttle`")
+        prices = expect_object(
+            obj.get("prices"), {"date", "us_east_1", "region_factors"}, "`prices`"
+        )
+        throttle = expect_object(
+            obj.get("throttle"), {"classes", "actions", "instances"}, "`throttle`"
+        )
         us_east_1 = numbers(prices.get("us_east_1"), "`prices.us_east_1`")
         factors = numbers(prices.get("region_factors"), "`prices.region_factors`")
         classes = {
@@ -1069,13 +1075,17 @@ class Tables:
         }
         instances = {
             name: bucket(value, f"`throttle.instances.{name}`")
-            for name, value in expect_mapping(throttle.get("instances"), "`throttle.instances`").items()
+            for name, value in expect_mapping(
+                throttle.get("instances"), "`throttle.instances`"
+            ).items()
         }
         actions: dict[str, tuple[str, str]] = {}
         for name, value in expect_mapping(throttle.get("actions"), "`throttle.actions`").items():
             pair = expect_object(value, {"unfiltered", "filtered"}, f"`throttle.actions.{name}`")
             if pair.get("unfiltered") not in classes or pair.get("filtered") not in classes:
-                raise BadRequest(f"`throttle.actions.{name}` names a class not in `throttle.classes`")
+                raise BadRequest(
+                    f"`throttle.actions.{name}` names a class not in `throttle.classes`"
+                )
             actions[name] = (pair["unfiltered"], pair["filtered"])
         with self.lock:
             self.date = str(prices.get("date") or "")
@@ -1197,8 +1207,8 @@ def describe_spot_price_history(self: Any) -> ActionResult:
     end = self._get_param("EndTime")
     moment = end if isinstance(end, datetime.datetime) else parse_timestamp(end)
     if moment is not None and moment.tzinfo is None:  # moto parses timestamps as naive UTC
-        moment = moment.replace(tzinfo=datetime.timezone.utc)
-    now = datetime.datetime.now(datetime.timezone.utc)
+        moment = moment.replace(tzinfo=datetime.UTC)
+    now = datetime.datetime.now(datetime.UTC)
     moment = min(moment or now, now)
     stamp = moment.strftime("%Y-%m-%dT00:00:00.000Z")
 
@@ -1244,10 +1254,10 @@ def parse_timestamp(value: Any) -> datetime.datetime | None:
         parsed = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
     except ValueError:
         try:
-            parsed = datetime.datetime.fromtimestamp(float(value), datetime.timezone.utc)
+            parsed = datetime.datetime.fromtimestamp(float(value), datetime.UTC)
         except ValueError:
             raise EC2ClientError("InvalidParameterValue", f"Invalid time: {value}") from None
-    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.timezone.utc)
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
 
 
 def page_bounds(token: Any, max_results: Any) -> tuple[int, int]:
@@ -1255,7 +1265,9 @@ def page_bounds(token: Any, max_results: Any) -> tuple[int, int]:
     try:
         size = int(max_results) if max_results not in (None, "") else SPOT_PAGE_DEFAULT
     except ValueError:
-        raise EC2ClientError("InvalidParameterValue", f"Invalid MaxResults: {max_results}") from None
+        raise EC2ClientError(
+            "InvalidParameterValue", f"Invalid MaxResults: {max_results}"
+        ) from None
     if size < 1:
         raise EC2ClientError("InvalidParameterValue", "MaxResults must be positive")
     return start, size
@@ -1274,6 +1286,287 @@ def decode_token(token: str) -> int:
         return int(offset)
     except ValueError:
         raise EC2ClientError("InvalidPaginationToken", f"The token '{token}' is invalid.") from None
+
+
+# --- The Pricing API (AWSPriceListService), which moto lacks -----------------------------------
+
+# Per region: AWS's name in price documents (`location`) and its `usagetype` prefix; other
+# regions show their code as both.
+REGION_NAMES = {
+    "us-east-1": ("US East (N. Virginia)", ""),
+    "us-east-2": ("US East (Ohio)", "USE2-"),
+    "us-west-1": ("US West (N. California)", "USW1-"),
+    "us-west-2": ("US West (Oregon)", "USW2-"),
+    "ca-central-1": ("Canada (Central)", "CAN1-"),
+    "ca-west-1": ("Canada West (Calgary)", "CAW1-"),
+    "eu-west-1": ("EU (Ireland)", "EU-"),
+    "eu-west-2": ("EU (London)", "EUW2-"),
+    "eu-west-3": ("EU (Paris)", "EUW3-"),
+    "eu-central-1": ("EU (Frankfurt)", "EUC1-"),
+    "eu-central-2": ("EU (Zurich)", "EUC2-"),
+    "eu-north-1": ("EU (Stockholm)", "EUN1-"),
+    "eu-south-1": ("EU (Milan)", "EUS1-"),
+    "eu-south-2": ("EU (Spain)", "EUS2-"),
+    "ap-south-1": ("Asia Pacific (Mumbai)", "APS3-"),
+    "ap-northeast-1": ("Asia Pacific (Tokyo)", "APN1-"),
+    "ap-northeast-2": ("Asia Pacific (Seoul)", "APN2-"),
+    "ap-northeast-3": ("Asia Pacific (Osaka)", "APN3-"),
+    "ap-southeast-1": ("Asia Pacific (Singapore)", "APS1-"),
+    "ap-southeast-2": ("Asia Pacific (Sydney)", "APS2-"),
+    "ap-east-1": ("Asia Pacific (Hong Kong)", "APE1-"),
+    "sa-east-1": ("South America (Sao Paulo)", "SAE1-"),
+    "me-south-1": ("Middle East (Bahrain)", "MES1-"),
+    "af-south-1": ("Africa (Cape Town)", "AFS1-"),
+}
+# AWS's codes of the on-demand offer term and of its hourly price dimension.
+ON_DEMAND_TERM = "JRTCKXETXF"
+HOURLY_DIMENSION = "6YS6EN2CT7"
+PRICING_PAGE_MAX = 100
+FILTER_TYPES = ("TERM_MATCH", "EQUALS", "CONTAINS", "ANY_OF", "NONE_OF")
+EC2_ATTRIBUTES = [
+    "capacitystatus",
+    "instanceFamily",
+    "instanceType",
+    "licenseModel",
+    "location",
+    "locationType",
+    "marketoption",
+    "memory",
+    "operatingSystem",
+    "operation",
+    "preInstalledSw",
+    "productFamily",
+    "regionCode",
+    "servicecode",
+    "tenancy",
+    "usagetype",
+    "vcpu",
+]
+
+
+class PricingError(Exception):
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def serve_pricing(call: Call, environ: Environ, start_response: StartResponse) -> list[bytes]:
+    """`AWSPriceListService.GetProducts` and `DescribeServices` (JSON 1.1), on any endpoint:
+    the SDK sends them to the endpoint URL it is given, signed for `pricing` in us-east-1."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length) if length else b""
+        try:
+            request = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            raise PricingError("SerializationException", "The request body is not JSON") from None
+        if not isinstance(request, dict):
+            raise PricingError("SerializationException", "The request body is not a JSON object")
+        if call.action == "GetProducts":
+            status, answer = 200, get_products(request)
+        elif call.action == "DescribeServices":
+            status, answer = 200, describe_services(request)
+        else:
+            raise PricingError(
+                "UnknownOperationException",
+                f"flotilla-emulator answers GetProducts and DescribeServices, not {call.action}",
+            )
+        headers = [("Content-Type", "application/x-amz-json-1.1")]
+    except PricingError as error:
+        status = error.status
+        answer = {"__type": error.code, "message": error.message}
+        headers = [("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-ErrorType", error.code)]
+    data = json.dumps(answer).encode()
+    headers += [("x-amzn-RequestId", str(uuid.uuid4())), ("Content-Length", str(len(data)))]
+    start_response(f"{status} {'OK' if status == 200 else 'Error'}", headers)
+    return [data]
+
+
+def pricing_page(request: dict[str, Any], query: str) -> tuple[int, int]:
+    """(first index, page size) from NextToken and MaxResults; a token only fits its query."""
+    size = request.get("MaxResults", PRICING_PAGE_MAX)
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= PRICING_PAGE_MAX:
+        raise PricingError(
+            "InvalidParameterException", f"MaxResults must be 1..{PRICING_PAGE_MAX}, not {size!r}"
+        )
+    token = request.get("NextToken")
+    if not token:
+        return 0, size
+    try:
+        text = base64.urlsafe_b64decode(str(token).encode()).decode()
+        offset, _, digest = text.partition(":")
+        if digest != query:
+            raise ValueError(text)
+        return int(offset), size
+    except ValueError:
+        raise PricingError("InvalidNextTokenException", "The NextToken is invalid") from None
+
+
+def pricing_token(offset: int, query: str) -> str:
+    return base64.urlsafe_b64encode(f"{offset}:{query}".encode()).decode()
+
+
+def parse_price_filters(request: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(type, field lower-cased, value) of each filter."""
+    filters = request.get("Filters") or []
+    if not isinstance(filters, list):
+        raise PricingError("InvalidParameterException", "Filters must be a list")
+    parsed = []
+    for f in filters:
+        if not isinstance(f, dict) or not all(
+            isinstance(f.get(k), str) for k in ("Field", "Value")
+        ):
+            raise PricingError("InvalidParameterException", "each filter needs Field and Value")
+        kind = f.get("Type", "TERM_MATCH")
+        if kind not in FILTER_TYPES:
+            raise PricingError(
+                "InvalidParameterException",
+                f"filter type {kind!r} is not one of {', '.join(FILTER_TYPES)}",
+            )
+        parsed.append((kind, f["Field"].lower(), f["Value"]))
+    return parsed
+
+
+def filter_matches(kind: str, have: str | None, want: str) -> bool:
+    """Field names and values compare without regard to case."""
+    if have is None:
+        return kind == "NONE_OF"
+    have = have.lower()
+    if kind in ("TERM_MATCH", "EQUALS"):
+        return have == want.lower()
+    if kind == "CONTAINS":
+        return want.lower() in have
+    listed = {v.strip().lower() for v in want.split(",")}
+    return (have in listed) if kind == "ANY_OF" else (have not in listed)
+
+
+def ec2_product_attributes(region: str, instance_type: str) -> dict[str, str]:
+    info = INSTANCE_TYPES.get(instance_type, {})
+    vcpus = (info.get("VCpuInfo") or {}).get("DefaultVCpus")
+    mib = (info.get("MemoryInfo") or {}).get("SizeInMiB")
+    family = instance_type.split(".", 1)[0]
+    location, prefix = REGION_NAMES.get(region, (region, f"{region}-"))
+    attributes = {
+        "servicecode": "AmazonEC2",
+        "servicename": "Amazon Elastic Compute Cloud",
+        "productFamily": "Compute Instance (bare metal)"
+        if instance_type.endswith(".metal") or ".metal-" in instance_type
+        else "Compute Instance",
+        "location": location,
+        "locationType": "AWS Region",
+        "regionCode": region,
+        "instanceType": instance_type,
+        "instanceFamily": family,
+        "operatingSystem": "Linux",
+        "tenancy": "Shared",
+        "preInstalledSw": "NA",
+        "licenseModel": "No License required",
+        "capacitystatus": "Used",
+        "marketoption": "OnDemand",
+        "operation": "RunInstances",
+        "usagetype": f"{prefix}BoxUsage:{instance_type}",
+    }
+    if vcpus is not None:
+        attributes["vcpu"] = str(vcpus)
+    if mib is not None:
+        attributes["memory"] = f"{mib / 1024:g} GiB"
+    return attributes
+
+
+def product_document(attributes: dict[str, str], price: float) -> str:
+    """One `PriceList` entry, a JSON string shaped like AWS's price document."""
+    region, instance_type = attributes["regionCode"], attributes["instanceType"]
+    sku = base64.b32encode(hashlib.sha256(f"{region}/{instance_type}".encode()).digest())
+    sku_text = sku.decode()[:16]
+    term = f"{sku_text}.{ON_DEMAND_TERM}"
+    rate = f"{term}.{HOURLY_DIMENSION}"
+    published = f"{TABLES.date}T00:00:00Z"
+    product = {k: v for k, v in attributes.items() if k != "productFamily"}
+    return json.dumps(
+        {
+            "product": {
+                "productFamily": attributes["productFamily"],
+                "attributes": product,
+                "sku": sku_text,
+            },
+            "serviceCode": "AmazonEC2",
+            "terms": {
+                "OnDemand": {
+                    term: {
+                        "priceDimensions": {
+                            rate: {
+                                "unit": "Hrs",
+                                "endRange": "Inf",
+                                "description": f"${price:g} per On Demand Linux {instance_type}"
+                                " Instance Hour",
+                                "appliesTo": [],
+                                "rateCode": rate,
+                                "beginRange": "0",
+                                "pricePerUnit": {"USD": f"{price:.10f}"},
+                            }
+                        },
+                        "sku": sku_text,
+                        "effectiveDate": published,
+                        "offerTermCode": ON_DEMAND_TERM,
+                        "termAttributes": {},
+                    }
+                }
+            },
+            "version": TABLES.date.replace("-", "") + "000000",
+            "publicationDate": published,
+        }
+    )
+
+
+def get_products(request: dict[str, Any]) -> dict[str, Any]:
+    """EC2 on-demand Linux prices (shared tenancy, capacity status Used, no pre-installed
+    software) of every region moto knows: flotilla-capacity's us-east-1 table scaled by each
+    region's factor (on_demand_price). Filters on any attribute of the document (and
+    `productFamily`, `servicecode`); a filter the data cannot satisfy gives an empty list."""
+    if not isinstance(request.get("ServiceCode"), str) or not request["ServiceCode"]:
+        raise PricingError("InvalidParameterException", "ServiceCode is required")
+    filters = parse_price_filters(request)
+    query = hashlib.sha256(
+        json.dumps([request["ServiceCode"], filters], sort_keys=True).encode()
+    ).hexdigest()[:16]
+    start, size = pricing_page(request, query)
+    if request["ServiceCode"] != "AmazonEC2":
+        return {"FormatVersion": "aws_v1", "PriceList": []}
+    exact = {field: value for kind, field, value in filters if kind in ("TERM_MATCH", "EQUALS")}
+    with TABLES.lock:
+        regions = sorted(TABLES.region_factors)
+        types = sorted(TABLES.us_east_1)
+    if "regioncode" in exact:
+        regions = [r for r in regions if r.lower() == exact["regioncode"].lower()]
+    if "instancetype" in exact:
+        types = [t for t in types if t.lower() == exact["instancetype"].lower()]
+    matched: list[tuple[dict[str, str], float]] = []
+    for region in regions:
+        for instance_type in types:
+            attributes = ec2_product_attributes(region, instance_type)
+            lowered = {k.lower(): v for k, v in attributes.items()}
+            if not all(filter_matches(k, lowered.get(f), v) for k, f, v in filters):
+                continue
+            price = on_demand_price(region, instance_type)
+            if price is not None:
+                matched.append((attributes, price))
+    page = matched[start : start + size]
+    answer: dict[str, Any] = {
+        "FormatVersion": "aws_v1",
+        "PriceList": [product_document(a, p) for a, p in page],
+    }
+    if start + size < len(matched):
+        answer["NextToken"] = pricing_token(start + size, query)
+    return answer
+
+
+def describe_services(request: dict[str, Any]) -> dict[str, Any]:
+    code = request.get("ServiceCode")
+    services = [{"ServiceCode": "AmazonEC2", "AttributeNames": EC2_ATTRIBUTES}]
+    return {
+        "Services": [s for s in services if not code or s["ServiceCode"] == code],
+        "FormatVersion": "aws_v1",
+    }
 
 
 # --- Instances, as the booter sees them ---------------------------------------------------------
@@ -1504,6 +1797,10 @@ class Middleware:
             status, headers, body = fault_response(call, *injected)
             start_response(f"{status} Injected", [*headers, ("Content-Length", str(len(body)))])
             return [body]
+        if call.service == "pricing" or environ.get("HTTP_X_AMZ_TARGET", "").startswith(
+            "AWSPriceListService."
+        ):
+            return serve_pricing(call, environ, start_response)
         CURRENT.scope = call.scope
         try:
             return self.moto_app(environ, start_response)

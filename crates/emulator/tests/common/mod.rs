@@ -130,6 +130,18 @@ impl Aws {
         send(request).await
     }
 
+    /// A JSON 1.1 call (`X-Amz-Target: {target}`), as the SDK sends the Pricing API's.
+    pub async fn json(&self, service: &str, target: &str, body: &serde_json::Value) -> Reply {
+        let request = self
+            .http
+            .post(self.emulator.endpoint())
+            .header("Authorization", self.authorization(service))
+            .header("Content-Type", "application/x-amz-json-1.1")
+            .header("X-Amz-Target", target)
+            .body(body.to_string());
+        send(request).await
+    }
+
     /// A path-style S3 call.
     pub async fn s3(&self, method: reqwest::Method, path: &str, body: &[u8]) -> Reply {
         let url = format!("{}{path}", self.emulator.endpoint());
