@@ -5,8 +5,13 @@ moto's Python. It serves moto's WSGI app with werkzeug (threaded) on 127.0.0.1 a
 *scope* (the access key id of a request's SigV4 credential; `*` means every scope):
 
 - latency before each request;
-- injected errors by service and Action, and for RunInstances by pool (instance type, AZ,
+- injected errors by service and Action, and for launches by pool (instance type, AZ,
   on-demand or spot), rendered the way each AWS protocol renders errors;
+- CreateFleet of type instant as AWS answers it (moto never fails one and puts everything on
+  the first override): a dry pool's override is an `Errors` entry, the capacity goes to the open
+  ones by the allocation strategy (spot prices below), and the instances launch through
+  RunInstances' path with the launch template's user data, profile, groups, interfaces, block
+  devices and tags, so the booter boots them alike;
 - request counts by service and Action (S3 by operation);
 - instance state timing: `pending` and `shutting-down`/`stopping` last a while, and the public
   IP appears when the instance is running;
@@ -69,13 +74,16 @@ from moto.ec2.models import ec2_backends
 from moto.ec2.models import elastic_ip_addresses as moto_eips
 from moto.ec2.models.elastic_ip_addresses import ElasticAddressBackend
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface
+from moto.ec2.models.fleets import Fleet, FleetsBackend
 from moto.ec2.models.instance_types import INSTANCE_TYPE_OFFERINGS, INSTANCE_TYPES
 from moto.ec2.models.instances import Instance, InstanceBackend, StateReason
 from moto.ec2.models.security_groups import SecurityGroupBackend
 from moto.ec2.models.subnets import SubnetBackend
 from moto.ec2.models.vpcs import VPCBackend
+from moto.ec2.responses.fleets import Fleets
 from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2.responses.spot_instances import SpotInstances
+from moto.ec2.utils import convert_tag_spec, filter_iam_instance_profiles
 from moto.iam.models import get_account_id_from
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -424,12 +432,15 @@ class Rule:
         if not self.has_pool():
             return True
         launch = pool()
-        return launch is not None and all(
+        return launch is not None and self.matches_pool(launch)
+
+    def matches_pool(self, pool: Pool) -> bool:
+        return all(
             want is None or want == have
             for want, have in (
-                (self.instance_type, launch.instance_type),
-                (self.availability_zone, launch.availability_zone),
-                (self.market, launch.market),
+                (self.instance_type, pool.instance_type),
+                (self.availability_zone, pool.availability_zone),
+                (self.market, pool.market),
             )
         )
 
@@ -478,6 +489,25 @@ class Faults:
                     if rule.count is not None:
                         rule.count -= 1
                     return rule, pool()
+        return None
+
+    def pick_pool(self, scope: str, action: str, pool: Pool) -> Rule | None:
+        """The first EC2 pool rule of `scope`, then of `*`, whose action is `*` or `action`,
+        whose pool matches `pool` and whose draw hits: one launch attempt in that pool (a
+        CreateFleet override) refused. Rules without a pool fail whole requests (pick())."""
+        with self.lock:
+            for key in (scope, ANY):
+                for rule in self.rules.get(key, []):
+                    if rule.count == 0 or not rule.has_pool():
+                        continue
+                    if rule.service not in (ANY, "ec2") or rule.action not in (ANY, action):
+                        continue
+                    if not rule.matches_pool(pool) or self.random.random() >= rule.probability:
+                        continue
+                    rule.hits += 1
+                    if rule.count is not None:
+                        rule.count -= 1
+                    return rule
         return None
 
     def get(self, scope: str) -> list[dict[str, Any]]:
@@ -849,9 +879,43 @@ original_run_instances = InstanceBackend.run_instances
 CURRENT = threading.local()
 
 
+class InsufficientFreeAddresses(EC2ClientError):
+    def __init__(self, subnet_id: str) -> None:
+        super().__init__(
+            "InsufficientFreeAddressesInSubnet",
+            f"There are not enough free addresses in subnet '{subnet_id}' to satisfy the"
+            " requested number of instances.",
+        )
+
+
+def launch_subnet(backend: Any, kwargs: dict[str, Any]) -> Any:
+    """The subnet a launch takes its private addresses from, if it names one."""
+    subnet_id = kwargs.get("subnet_id") or next(
+        (
+            nic.get("SubnetId")
+            for nic in kwargs.get("nics") or []
+            if int(nic.get("DeviceIndex", 0)) == 0
+        ),
+        None,
+    )
+    if not subnet_id:
+        return None
+    with contextlib.suppress(Exception):  # an unknown subnet: moto answers that itself
+        return backend.get_subnet(subnet_id)
+    return None
+
+
+def free_addresses(subnet: Any) -> int:
+    return max(0, subnet.available_ip_address_count)
+
+
 def run_instances(
     self: Any, image_id: str, count: int, user_data: Any, security_group_names: Any, **kwargs: Any
 ) -> Any:
+    # moto fails with a KeyError (HTTP 500) when a subnet runs out of addresses; AWS refuses.
+    subnet = launch_subnet(self, kwargs)
+    if subnet is not None and count > free_addresses(subnet):
+        raise InsufficientFreeAddresses(subnet.id)
     CURRENT.block_devices = launch_block_devices(self, kwargs)
     try:
         reservation = original_run_instances(
@@ -1027,6 +1091,9 @@ def install_patches() -> None:
         (SecurityGroupBackend, "delete_security_group", delete_security_group),
         (VPCBackend, "delete_vpc", delete_vpc),
         (SpotInstances, "describe_spot_price_history", describe_spot_price_history),
+        (FleetsBackend, "create_fleet", create_fleet),
+        (Fleet, "instances", property(fleet_instances)),
+        (Fleets, "create_fleet", create_fleet_response),
     ]
     for owner, name, replacement in patches:
         setattr(owner, name, replacement)
@@ -1567,6 +1634,371 @@ def describe_services(request: dict[str, Any]) -> dict[str, Any]:
         "Services": [s for s in services if not code or s["ServiceCode"] == code],
         "FormatVersion": "aws_v1",
     }
+
+
+# --- CreateFleet of type instant: errors for dry pools, allocation over the open ones ------------
+
+
+@dataclass
+class Override:
+    """One launch template override of a CreateFleet request, resolved."""
+
+    index: int
+    template: Any  # moto's LaunchTemplateVersion
+    spec: dict[str, Any]  # the LaunchTemplateSpecification the answer names
+    given: dict[str, Any]  # the override as asked, for the answer
+    instance_type: str
+    subnet_id: str | None
+    zone: str
+    image_id: str | None
+    priority: float
+    weight: float
+
+    def pool(self, market: str) -> Pool:
+        return Pool(self.instance_type, self.zone, market)
+
+    def answer(self) -> dict[str, Any]:
+        """`LaunchTemplateAndOverrides` as AWS names it."""
+        return {"LaunchTemplateSpecification": self.spec, "Overrides": self.given}
+
+
+# Spot strategies that spread capacity over pools, and price-capacity-optimized's reach: the open
+# pools priced within this factor of the cheapest open one.
+SPREAD_STRATEGIES = ("price-capacity-optimized", "capacity-optimized", "diversified")
+PRICE_CAPACITY_REACH = 1.2
+
+
+def resolve_overrides(backend: Any, configs: list[dict[str, Any]]) -> list[Override]:
+    overrides: list[Override] = []
+    for config in configs or []:
+        asked = dict(config.get("LaunchTemplateSpecification") or {})
+        template = backend._get_template_from_args(asked)  # unknown: moto's NotFound errors
+        spec = {"LaunchTemplateId": template.template.id, "Version": str(template.number)}
+        if asked.get("LaunchTemplateName"):
+            spec["LaunchTemplateName"] = asked["LaunchTemplateName"]
+        data = template.data
+        nics = data.get("NetworkInterfaces") or []
+        for given in config.get("Overrides") or [{}]:
+            instance_type = given.get("InstanceType") or data.get("InstanceType")
+            if not instance_type:
+                raise EC2ClientError(
+                    "InvalidParameterValue",
+                    "Each override or its launch template must give an InstanceType",
+                )
+            subnet_id = given.get("SubnetId") or next(
+                (n.get("SubnetId") for n in nics if int(n.get("DeviceIndex", 0)) == 0), None
+            )
+            zone = (
+                backend.get_subnet(subnet_id).availability_zone  # unknown: NotFound
+                if subnet_id
+                else given.get("AvailabilityZone")
+                or (data.get("Placement") or {}).get("AvailabilityZone")
+                or f"{backend.region_name}a"
+            )
+            priority = given.get("Priority")
+            overrides.append(
+                Override(
+                    index=len(overrides),
+                    template=template,
+                    spec=spec,
+                    given=dict(given),
+                    instance_type=instance_type,
+                    subnet_id=subnet_id,
+                    zone=zone,
+                    image_id=given.get("ImageId") or data.get("ImageId"),
+                    priority=float(priority) if priority is not None else math.inf,
+                    weight=float(given.get("WeightedCapacity") or 1.0),
+                )
+            )
+    return overrides
+
+
+def allocate(
+    open_pools: list[Override], capacity: float, market: str, options: dict[str, Any], region: str
+) -> list[tuple[Override, int]]:
+    """How many instances each open override gets, in launch order, for `capacity` units.
+
+    Spot: `price-capacity-optimized` spreads evenly over the open pools priced within
+    PRICE_CAPACITY_REACH of the cheapest (cheapest first); `lowest-price` (AWS's default) fills
+    the cheapest, or spreads over the `InstancePoolsToUseCount` cheapest; `diversified` and
+    `capacity-optimized` (there is no capacity model) spread over every open pool in list
+    order; `capacity-optimized-prioritized` fills the lowest `Priority`. On-demand:
+    `lowest-price` (the default) fills the cheapest by on-demand price, `prioritized` the
+    lowest `Priority`. Ties keep list order; an unpriced type sorts last."""
+    if not open_pools or capacity <= 0:
+        return []
+    strategy = options.get("AllocationStrategy") or "lowest-price"
+
+    def price(o: Override) -> float:
+        found = (
+            spot_price(region, o.zone, o.instance_type)
+            if market == "spot"
+            else on_demand_price(region, o.instance_type)
+        )
+        return math.inf if found is None else found / o.weight
+
+    by_price = sorted(open_pools, key=lambda o: (price(o), o.index))
+    by_priority = sorted(open_pools, key=lambda o: (o.priority, o.index))
+    if market == "spot" and strategy == "price-capacity-optimized":
+        cheapest = price(by_price[0])
+        chosen = [o for o in by_price if price(o) <= cheapest * PRICE_CAPACITY_REACH] or by_price
+    elif market == "spot" and strategy in SPREAD_STRATEGIES:
+        chosen = open_pools
+    elif market == "spot" and strategy == "lowest-price":
+        chosen = by_price[: max(1, int(options.get("InstancePoolsToUseCount") or 1))]
+    elif strategy in ("prioritized", "capacity-optimized-prioritized"):
+        chosen = by_priority[:1]
+    else:
+        chosen = by_price[:1]
+    counts = [0] * len(chosen)
+    left, turn = capacity, 0
+    while left > 0:
+        counts[turn % len(chosen)] += 1
+        left -= chosen[turn % len(chosen)].weight
+        turn += 1
+    return [(o, n) for o, n in zip(chosen, counts, strict=True) if n]
+
+
+def fleet_tags(tag_specifications: list[dict[str, Any]], resource: str) -> dict[str, str]:
+    return convert_tag_spec(tag_specifications or []).get(resource, {})
+
+
+def launch_override(
+    backend: Any,
+    fleet: Any,
+    override: Override,
+    count: int,
+    market: str,
+    tag_specifications: list[dict[str, Any]],
+) -> list[Any]:
+    """Runs `count` instances of `override` through RunInstances' path (the patched
+    run_instances): the template's user data, instance profile, security groups (on the
+    instance, as AWS shows them, and on its interface), network interfaces with the override's
+    subnet, block devices, metadata options and tags, as RunInstances with that template
+    would."""
+    data = override.template.data
+    nics = copy.deepcopy(data.get("NetworkInterfaces") or [])
+    group_ids = list(data.get("SecurityGroupIds") or [])
+    for nic in nics:
+        if int(nic.get("DeviceIndex", 0)) == 0 and override.subnet_id:
+            nic["SubnetId"] = override.subnet_id
+        group_ids.extend(nic.pop("Groups", None) or [])
+    template_tags = convert_tag_spec(data.get("TagSpecifications") or [])
+    tags = {
+        "instance": {
+            **fleet_tags(tag_specifications, "instance"),
+            "aws:ec2:fleet-id": fleet.id,
+        },
+        "volume": {
+            **template_tags.get("volume", {}),
+            **fleet_tags(tag_specifications, "volume"),
+        },
+    }
+    profile = data.get("IamInstanceProfile") or {}
+    kwargs: dict[str, Any] = {
+        "instance_type": override.instance_type,
+        "is_instance_type_default": False,
+        "placement": None if override.subnet_id else override.zone,
+        "region_name": backend.region_name,
+        "subnet_id": None if nics else override.subnet_id,
+        "key_name": data.get("KeyName"),
+        "security_group_ids": list(dict.fromkeys(group_ids)),
+        "nics": nics,
+        "tags": tags,
+        "ebs_optimized": bool(data.get("EbsOptimized")),
+        "instance_market_options": "spot" if market == "spot" else {},
+        "instance_initiated_shutdown_behavior": data.get("InstanceInitiatedShutdownBehavior"),
+        "launch_template": {
+            "LaunchTemplateId": override.template.template.id,
+            "Version": str(override.template.number),
+        },
+        "iam_instance_profile_name": profile.get("Name"),
+        "iam_instance_profile_arn": profile.get("Arn"),
+        "monitoring_state": "enabled"
+        if (data.get("Monitoring") or {}).get("Enabled")
+        else "disabled",
+        "metadata_options": data.get("MetadataOptions") or {},
+        "fleet_id": fleet.id,
+    }
+    mappings = [m for m in data.get("BlockDeviceMappings") or [] if m.get("Ebs")]
+    if mappings:
+        # Given, so moto does not add its default 8 GiB root volume beside the template's.
+        kwargs["block_device_mappings"] = mappings
+    reservation = backend.run_instances(override.image_id, count, None, [], **kwargs)
+    if profile.get("Name") or profile.get("Arn"):
+        # The patched run_instances gives the profile to all but the first, as RunInstances'
+        # response gives it to the first.
+        backend.associate_iam_instance_profile(
+            reservation.instances[0].id,
+            iam_instance_profile_name=profile.get("Name"),
+            iam_instance_profile_arn=profile.get("Arn"),
+        )
+    fleet.on_demand_instances.extend(
+        {"id": reservation.id, "instance": instance, "launch_spec": None}
+        for instance in reservation.instances
+    )
+    return reservation.instances
+
+
+def check_instance_profiles(backend: Any, overrides: list[Override]) -> None:
+    """An unknown instance profile fails the whole request before anything launches."""
+    for template in {id(o.template): o.template for o in overrides}.values():
+        profile = template.data.get("IamInstanceProfile") or {}
+        if not (profile.get("Name") or profile.get("Arn")):
+            continue
+        try:
+            found = filter_iam_instance_profiles(
+                backend.account_id,
+                partition=backend.partition,
+                iam_instance_profile_arn=profile.get("Arn"),
+                iam_instance_profile_name=profile.get("Name"),
+            )
+        except Exception:
+            found = None
+        if found is None:
+            name = profile.get("Arn") or profile.get("Name")
+            raise EC2ClientError(
+                "InvalidParameterValue",
+                f"Value ({name}) for parameter iamInstanceProfile is invalid."
+                " Invalid IAM Instance Profile name",
+            )
+
+
+original_create_fleet = FleetsBackend.create_fleet
+
+
+def create_fleet(self: Any, **kwargs: Any) -> Any:
+    """moto's for `maintain` and `request`; for `instant`, flotilla's: each override's pool (type,
+    the subnet's zone, market) may be dry by a pool fault rule (evaluated once per override and
+    market asked for, action `*` or `CreateFleet`): dry ones become `Errors`, and the target
+    capacity is allocated over the open ones (allocate()) and launched like RunInstances."""
+    if kwargs.get("fleet_type") != "instant":
+        return original_create_fleet(self, **kwargs)
+    target = kwargs.get("target_capacity_specification") or {}
+    total = float(target.get("TotalTargetCapacity") or 0)
+    on_demand_part = float(target.get("OnDemandTargetCapacity") or 0)
+    spot_part = float(target.get("SpotTargetCapacity") or 0)
+    default = target.get("DefaultTargetCapacityType") or "on-demand"
+    rest = max(0.0, total - on_demand_part - spot_part)
+    parts = {"on-demand": on_demand_part, "spot": spot_part}
+    parts[default if default in parts else "on-demand"] += rest
+    overrides = resolve_overrides(self, kwargs.get("launch_template_configs") or [])
+    check_instance_profiles(self, overrides)
+    empty = {**kwargs, "target_capacity_specification": {"TotalTargetCapacity": 0}}
+    fleet = original_create_fleet(self, **{**empty, "launch_template_configs": []})
+    fleet.target_capacity_specification = target
+    fleet.launch_template_configs = kwargs.get("launch_template_configs") or []
+    fleet.target_capacity = int(total)
+    instances: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    scope = getattr(CURRENT, "scope", "-")
+    for market in ("on-demand", "spot"):
+        if parts[market] <= 0:
+            continue
+        open_pools = []
+        for override in overrides:
+            refusal = unsupported(self.region_name, override)
+            if refusal is None:
+                hit = FAULTS.pick_pool(scope, "CreateFleet", override.pool(market))
+                if hit is None:
+                    open_pools.append(override)
+                    continue
+                refusal = pool_error(hit, override.pool(market))
+            code, message = refusal
+            errors.append(
+                {
+                    "LaunchTemplateAndOverrides": override.answer(),
+                    "Lifecycle": market,
+                    "ErrorCode": code,
+                    "ErrorMessage": message,
+                }
+            )
+        options = (
+            kwargs.get("spot_options") if market == "spot" else kwargs.get("on_demand_options")
+        )
+        for override, wanted in allocate(
+            open_pools, parts[market], market, options or {}, self.region_name
+        ):
+            subnet = self.get_subnet(override.subnet_id) if override.subnet_id else None
+            count = min(wanted, free_addresses(subnet)) if subnet is not None else wanted
+            if count < wanted:
+                error = InsufficientFreeAddresses(override.subnet_id or "")
+                errors.append(
+                    {
+                        "LaunchTemplateAndOverrides": override.answer(),
+                        "Lifecycle": market,
+                        "ErrorCode": error.code,
+                        "ErrorMessage": error.message,
+                    }
+                )
+            if count == 0:
+                continue
+            launched = launch_override(
+                self, fleet, override, count, market, kwargs.get("tag_specifications") or []
+            )
+            entry: dict[str, Any] = {
+                "LaunchTemplateAndOverrides": override.answer(),
+                "Lifecycle": market,
+                "InstanceIds": [i.id for i in launched],
+                "InstanceType": override.instance_type,
+            }
+            instances.append(entry)
+            units = count * override.weight
+            fleet.fulfilled_capacity += units
+            if market == "spot":
+                fleet.fulfilled_spot_capacity += units
+            else:
+                fleet.fulfilled_on_demand_capacity += units
+    fleet._flotilla_instances = instances
+    fleet._flotilla_errors = errors
+    return fleet
+
+
+def unsupported(region: str, override: Override) -> tuple[str, str] | None:
+    """AWS's error for a type its zone does not offer (moto's offerings data, which
+    DescribeInstanceTypeOfferings answers); None when offered, or when moto has no data."""
+    offerings = INSTANCE_TYPE_OFFERINGS["availability-zone"].get(region)
+    if not offerings:
+        return None
+    zones = sorted(o["Location"] for o in offerings if o["InstanceType"] == override.instance_type)
+    if override.zone in zones:
+        return None
+    return (
+        "Unsupported",
+        f"Your requested instance type ({override.instance_type}) is not supported in your"
+        f" requested Availability Zone ({override.zone}). Please retry your request by not"
+        f" specifying an Availability Zone or choosing {', '.join(zones) or 'another region'}.",
+    )
+
+
+def pool_error(rule: Rule, pool: Pool) -> tuple[str, str]:
+    """The code and message a dry pool answers, as fault_response words them."""
+    _, message = KNOWN_ERRORS.get(rule.code, (400, f"{rule.code} (injected by flotilla-emulator)"))
+    text = rule.message or message.format(type=pool.instance_type, az=pool.availability_zone)
+    return rule.code, text
+
+
+original_fleet_instances = Fleet.instances
+
+
+def fleet_instances(self: Any) -> Any:
+    """An instant fleet's `Instances`: one entry per override launched, as AWS groups them."""
+    if hasattr(self, "_flotilla_instances"):
+        return self._flotilla_instances
+    return original_fleet_instances.fget(self)
+
+
+original_create_fleet_response = Fleets.create_fleet
+
+
+def create_fleet_response(self: Any) -> Any:
+    """moto's answer, with the instant fleet's `Errors` (moto always leaves them out)."""
+    result = original_create_fleet_response(self)
+    fleet = self.ec2_backend.get_fleet(result.result["FleetId"])
+    errors = getattr(fleet, "_flotilla_errors", None)
+    if errors is not None:
+        result.result["Errors"] = errors
+    return result
 
 
 # --- Instances, as the booter sees them ---------------------------------------------------------

@@ -24,7 +24,11 @@
 //!
 //! A `Rule` is `{"code", "service"?, "action"?, "probability"?, "count"?, "pool"?:
 //! {"instance_type"?, "availability_zone"?, "market"?: "spot"|"on-demand"}, "status"?,
-//! "message"?}` ([`FaultRule`]). The booter's API is described in `booter_api.rs`.
+//! "message"?}` ([`FaultRule`]). A rule with a `pool` makes that pool dry: a `RunInstances` in
+//! it (action `RunInstances` or `*`) fails with the error; in a `CreateFleet` of type `instant`
+//! (action `CreateFleet` or `*`) each override in it (type, its subnet's zone, the market asked
+//! for) becomes an `Errors` entry with the rule's code, one hit per override, and the target
+//! capacity goes to the open overrides. The booter's API is described in `booter_api.rs`.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -90,7 +94,8 @@ pub struct FaultRule {
     pub message: Option<String>,
 }
 
-/// Which RunInstances calls a rule hits: each given field must match.
+/// Which launches a rule refuses: RunInstances calls, and CreateFleet overrides, in a pool
+/// where each given field matches.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PoolFilter {
     #[serde(skip_serializing_if = "Option::is_none")]
