@@ -24,6 +24,9 @@ moto's Python. It serves moto's WSGI app with werkzeug (threaded) on 127.0.0.1 a
   on-demand prices `up` hands over (flotilla-capacity's built-in table and region factors);
 - the Pricing API moto lacks (`AWSPriceListService.GetProducts` and `DescribeServices`, JSON
   1.1 on the same endpoint): EC2 Linux on-demand prices from those tables;
+- spot reclaim, on request or at random per scope (a seeded rate per minute): the instance's
+  notice (served by its IMDS through the booter) at once, termination with EC2's spot
+  StateReason after a delay;
 - a JSON control API under `/_flotilla/`, which also lets the booter end an instance it cannot
   boot, with an EC2 StateReason saying why.
 
@@ -816,9 +819,13 @@ def set_state(instance: Any, name: str) -> None:
 
 
 def finish(instance: Any, target: str) -> None:
+    if target in (NOTICE, RECLAIM):
+        reclaim_due(instance, target)
+        return
     set_state(instance, target)
     if target == "running":
         show_public_ips(instance)
+        RECLAIMS.arm(instance)
     else:  # stopped or terminated: the instance gives its auto-assigned addresses back
         for nic in instance.nics.values():
             release_nic_address(nic)
@@ -836,6 +843,7 @@ def begin_pending(instance: Any) -> None:
         LIFECYCLE.schedule(instance, delay, "running")
     else:
         LIFECYCLE.cancel(instance)
+        RECLAIMS.arm(instance)
     LIFECYCLE.changed()
 
 
@@ -934,6 +942,186 @@ def run_instances(
         instance._flotilla_scope = getattr(CURRENT, "scope", "-")
         begin_pending(instance)
     return reservation
+
+
+# --- Spot reclaim: a notice in the instance's IMDS, then termination ----------------------------
+
+# EC2's StateReason of a reclaimed spot instance.
+SPOT_RECLAIM_CODE = "Server.SpotInstanceTermination"
+SPOT_RECLAIM_MESSAGE = "Server.SpotInstanceTermination: Spot instance termination"
+# AWS warns two minutes ahead.
+SPOT_WARNING_MS = 120_000
+# LIFECYCLE targets: when a random reclaim gives notice, and when a noticed instance goes.
+NOTICE, RECLAIM = "spot-notice", "spot-reclaim"
+
+
+@dataclass
+class ReclaimSetting:
+    """A scope's random reclaims: each of its running spot instances is interrupted within a
+    minute with `probability_per_minute` (a memoryless draw: its notice comes after an
+    exponential time with that rate), from a `seed`ed generator, so the same launches in the
+    same order draw the same times; `delay_ms` from notice to termination (also the default of
+    explicit reclaims of the scope's instances)."""
+
+    probability_per_minute: float = 0.0
+    seed: int | None = None
+    delay_ms: int = SPOT_WARNING_MS
+    draws: random.Random | None = None
+
+    @staticmethod
+    def parse(value: Any) -> ReclaimSetting:
+        obj = expect_object(value, {"probability_per_minute", "seed", "delay_ms"}, "spot-reclaim")
+        p = obj.get("probability_per_minute", 0.0)
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
+            raise BadRequest(f"`probability_per_minute` must be a number in 0..1, not {p!r}")
+        seed = obj.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise BadRequest(f"`seed` must be an integer or null, not {seed!r}")
+        delay = non_negative_ints(
+            {"delay_ms": obj.get("delay_ms", SPOT_WARNING_MS)}, {"delay_ms"}, "spot-reclaim"
+        )
+        return ReclaimSetting(float(p), seed, delay["delay_ms"], random.Random(seed))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "probability_per_minute": self.probability_per_minute,
+            "seed": self.seed,
+            "delay_ms": self.delay_ms,
+        }
+
+    def draw_ms(self) -> int:
+        """Milliseconds until the next notice: exponential with rate -ln(1 - p) per minute, so
+        one comes within a minute with probability p (p = 1: at once)."""
+        if self.probability_per_minute >= 1.0:
+            return 0
+        rate = -math.log1p(-self.probability_per_minute)
+        draws = self.draws or random.Random(self.seed)
+        return int(draws.expovariate(rate) * 60_000)
+
+
+class Reclaims:
+    """Per-scope random reclaim settings (`*`: scopes without their own)."""
+
+    def __init__(self) -> None:
+        self.settings: dict[str, ReclaimSetting] = {}
+
+    def setting(self, scope: str) -> ReclaimSetting | None:
+        return self.settings.get(scope) or self.settings.get(ANY)
+
+    def delay_ms(self, instance: Any) -> int:
+        setting = self.setting(getattr(instance, "_flotilla_scope", ANY))
+        return setting.delay_ms if setting else SPOT_WARNING_MS
+
+    def arm(self, instance: Any) -> None:
+        """Plans the random notice of a spot instance that just started running."""
+        setting = self.setting(getattr(instance, "_flotilla_scope", ANY))
+        instance._flotilla_reclaim_after_ms = None
+        if instance.lifecycle != "spot" or setting is None or setting.probability_per_minute <= 0:
+            return
+        if getattr(instance, "_flotilla_spot_notice", None):
+            return
+        after = setting.draw_ms()
+        instance._flotilla_reclaim_after_ms = after
+        LIFECYCLE.schedule(instance, after, NOTICE)
+
+    def set(self, scope: str, setting: ReclaimSetting | None) -> None:
+        """Replaces a scope's setting and plans again the notices of the running spot instances
+        it governs, in launch order."""
+        with LIFECYCLE.lock:
+            if setting is None:
+                self.settings.pop(scope, None)
+            else:
+                self.settings[scope] = setting
+            governed = [
+                instance
+                for _, _, _, instance in all_instances()
+                if instance.lifecycle == "spot"
+                and instance._state.name == "running"
+                and self.governs(scope, getattr(instance, "_flotilla_scope", ANY))
+            ]
+            governed.sort(key=lambda i: (i.launch_time, i.ami_launch_index, i.id))
+            for instance in governed:
+                due = LIFECYCLE.due.get(instance.id)
+                if due is not None and due[2] == NOTICE:
+                    LIFECYCLE.cancel(instance)
+                if instance.id not in LIFECYCLE.due:
+                    self.arm(instance)
+            LIFECYCLE.changed()
+
+    def governs(self, scope: str, instance_scope: str) -> bool:
+        return instance_scope == scope or (scope == ANY and instance_scope not in self.settings)
+
+
+RECLAIMS = Reclaims()
+
+
+def give_notice(instance: Any, delay_ms: int) -> None:
+    """`spot/instance-action` says terminate at now + delay; the instance goes then."""
+    when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(milliseconds=delay_ms)
+    instance._flotilla_spot_notice = {
+        "action": "terminate",
+        "time": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    LIFECYCLE.schedule(instance, delay_ms, RECLAIM)
+    LIFECYCLE.changed()
+
+
+def reclaim_due(instance: Any, target: str) -> None:
+    """A reclaim's step came due (LIFECYCLE): the random notice, or the termination."""
+    if instance._state.name not in ("pending", "running"):
+        return
+    if target == NOTICE:
+        give_notice(instance, RECLAIMS.delay_ms(instance))
+        return
+    instance.terminate()  # wind_down's: shutting-down first when the scope says so
+    instance._reason = SPOT_RECLAIM_MESSAGE
+    instance.state_reason = StateReason(SPOT_RECLAIM_MESSAGE, SPOT_RECLAIM_CODE)
+
+
+def reclaim(body: Any) -> tuple[int, Any]:
+    """`POST /_flotilla/instances/reclaim`: interrupts the given spot instances, all or none."""
+    obj = expect_object(body, {"instance_ids", "delay_ms"}, "the body")
+    ids = obj.get("instance_ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise BadRequest("`instance_ids` must be a non-empty list of instance ids")
+    delay = obj.get("delay_ms")
+    if delay is not None:
+        delay = non_negative_ints({"delay_ms": delay}, {"delay_ms"}, "the body")["delay_ms"]
+    with LIFECYCLE.lock:
+        LIFECYCLE.advance()
+        found = []
+        for instance_id in ids:
+            hit = find_instance(instance_id)
+            if hit is None:
+                return 404, {"error": f"no instance {instance_id}"}
+            instance = hit[3]
+            if instance.lifecycle != "spot":
+                raise BadRequest(
+                    f"{instance_id} is an on-demand instance: only spot instances are reclaimed"
+                )
+            if instance._state.name not in ("pending", "running") and not getattr(
+                instance, "_flotilla_spot_notice", None
+            ):
+                raise BadRequest(
+                    f"{instance_id} is {instance._state.name}: only a pending or running spot"
+                    " instance is reclaimed"
+                )
+            found.append(hit)
+        for _, _, _, instance in found:
+            if not getattr(instance, "_flotilla_spot_notice", None):
+                give_notice(instance, RECLAIMS.delay_ms(instance) if delay is None else delay)
+        return 200, {"instances": [describe(*hit) for hit in found]}
+
+
+def all_instances() -> list[tuple[str, str, Any, Any]]:
+    """(account, region, backend, instance) of every instance."""
+    return [
+        (account_id, region, backend, instance)
+        for account_id, regions in list(ec2_backends.items())
+        for region, backend in list(regions.items())
+        for reservation in list(backend.reservations.values())
+        for instance in reservation.instances
+    ]
 
 
 # --- Root volumes with their IOPS and throughput ------------------------------------------------
@@ -2050,6 +2238,8 @@ def describe(account_id: str, region: str, backend: Any, instance: Any) -> dict[
             if instance.state_reason.code
             else None
         ),
+        "spot_interruption": getattr(instance, "_flotilla_spot_notice", None),
+        "spot_reclaim_after_ms": getattr(instance, "_flotilla_reclaim_after_ms", None),
     }
 
 
@@ -2130,6 +2320,10 @@ def control(method: str, path: str, query: dict[str, str], body: Any) -> tuple[i
         if method == "PUT":
             return 200, TABLES.load(body)
         return 200, TABLES.summary()
+    if parts == ["instances", "reclaim"]:
+        if method != "POST":
+            return 404, {"error": f"no control route {method} {path}; use POST"}
+        return reclaim(body)
     if len(parts) == 3 and parts[0] == "instances" and parts[2] == "terminate":
         if method != "POST":
             return 404, {"error": f"no control route {method} {path}; use POST"}
@@ -2158,6 +2352,13 @@ def control(method: str, path: str, query: dict[str, str], body: Any) -> tuple[i
         elif method == "DELETE":
             LATENCY.clear(scope, LATENCY_DEFAULT)
         return 200, LATENCY.get(scope)
+    if what == "spot-reclaim":
+        if method == "PUT":
+            RECLAIMS.set(scope, ReclaimSetting.parse(body))
+        elif method == "DELETE":
+            RECLAIMS.set(scope, None)
+        setting = RECLAIMS.setting(scope)
+        return 200, setting.to_json() if setting else {"probability_per_minute": 0.0}
     if what == "timing":
         if method == "PUT":
             TIMING.set(scope, non_negative_ints(body, {"pending_ms", "shutting_down_ms"}, "timing"))

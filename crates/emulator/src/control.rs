@@ -18,6 +18,8 @@
 //! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/timing` (PUT `{"pending_ms"?, "shutting_down_ms"?}`) | both values |
 //! | `GET /_flotilla/instances[?since=G]` | `{"generation": G, "instances": [InstanceInfo]}` or `{"generation": G, "unchanged": true}` |
 //! | `POST /_flotilla/instances/{id}/terminate` `{"code", "message"}` (the booter, when it cannot boot an instance) | `InstanceInfo`: `shutting-down` then `terminated` with that `StateReason`; 404 for an unknown id |
+//! | `POST /_flotilla/instances/reclaim` `{"instance_ids": [id], "delay_ms"?}` ([`Emulator::reclaim_spot`]) | `{"instances": [InstanceInfo]}` with `spot_interruption` `{"action": "terminate", "time"}`; terminated after the delay with `Server.SpotInstanceTermination`; 400 for an on-demand instance, 404 for an unknown id |
+//! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/spot-reclaim` (PUT `{"probability_per_minute", "seed"?, "delay_ms"?}`, [`Scope::set_spot_reclaim`]) | the setting in force |
 //! | `GET /_flotilla/public-ips` | `{"size": n, "free": n, "in_use": {ip: instance id}, "next": [ip]}` |
 //! | `GET /_flotilla/catalogue` (`up`, once moto answers) | `{"ec2_actions": [Action], "regions": [region]}` |
 //! | `PUT /_flotilla/tables` (`up`: flotilla-capacity's prices and throttling buckets, `crate::tables`) / `GET` | `{"loaded", "price_date", "instance_types", "regions", "actions"}` |
@@ -42,8 +44,8 @@ use serde_json::json;
 use crate::env;
 pub use crate::instance::{
     AgentSeedSwitch, BOOT_FAILURE_CODE, BootState, BootedInstance, InstanceInfo,
-    RebalanceRecommendation, ScheduledEvent, ScheduledEvents, SpotAction, SpotInterruption,
-    StateReason,
+    RebalanceRecommendation, SPOT_RECLAIM_CODE, ScheduledEvent, ScheduledEvents, SpotAction,
+    SpotInterruption, StateReason,
 };
 
 /// What a test gets when the stack is not running.
@@ -138,6 +140,35 @@ pub struct StateTiming {
     pub pending: Duration,
     pub shutting_down: Duration,
 }
+
+/// A scope's random spot reclaims ([`Scope::set_spot_reclaim`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SpotReclaim {
+    /// The chance that a running spot instance of the scope is interrupted within a minute
+    /// (each draws an exponential time to its notice with that rate; 1 is at once).
+    pub probability_per_minute: f64,
+    /// Seeds the draws: the same launches in the same order get the same times. `None`: a
+    /// fresh seed.
+    pub seed: Option<u64>,
+    /// From notice to termination (AWS: two minutes); also the default of
+    /// [`Emulator::reclaim_spot`] for the scope's instances.
+    pub delay: Duration,
+}
+
+impl SpotReclaim {
+    /// Interruptions with `probability_per_minute`, seeded, two minutes' warning.
+    pub fn new(probability_per_minute: f64, seed: u64) -> SpotReclaim {
+        SpotReclaim { probability_per_minute, seed: Some(seed), delay: SPOT_WARNING }
+    }
+
+    pub fn delay(mut self, delay: Duration) -> SpotReclaim {
+        self.delay = delay;
+        self
+    }
+}
+
+/// How long AWS warns before it reclaims a spot instance.
+pub const SPOT_WARNING: Duration = Duration::from_secs(120);
 
 /// The public-IP pool.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -311,6 +342,39 @@ impl Emulator {
     ) -> Result<InstanceInfo, ControlError> {
         let body = serde_json::to_value(reason).unwrap_or_default();
         self.moto("POST", &format!("instances/{id}/terminate"), Some(body)).await
+    }
+
+    /// Reclaims spot instances as EC2 does: each one's IMDS serves `spot/instance-action`
+    /// (`{"action": "terminate", "time": now + delay}`) at once, and after `delay` (`None`: its
+    /// scope's [`SpotReclaim::delay`], else two minutes) it goes `shutting-down` (the scope's
+    /// timing), then `terminated`, with [`StateReason::spot_reclaim`]. All or none: an
+    /// on-demand instance, or one no longer pending or running, is refused (400, naming it); an
+    /// unknown id is 404. An instance already noticed keeps its notice.
+    pub async fn reclaim_spot(
+        &self,
+        ids: &[String],
+        delay: Option<Duration>,
+    ) -> Result<Vec<InstanceInfo>, ControlError> {
+        #[derive(Deserialize)]
+        struct Reclaimed {
+            instances: Vec<InstanceInfo>,
+        }
+        let mut body = json!({ "instance_ids": ids });
+        if let Some(delay) = delay {
+            body["delay_ms"] = json!(millis(delay));
+        }
+        let reclaimed: Reclaimed = self.moto("POST", "instances/reclaim", Some(body)).await?;
+        // The booter would read the notice at its next poll; tell the booted instances' IMDS
+        // now. One not booted yet reads it from moto when it boots.
+        for instance in &reclaimed.instances {
+            if let Some(notice) = &instance.spot_interruption {
+                match self.trigger_spot_interruption(&instance.id, notice).await {
+                    Ok(()) | Err(ControlError::Status { status: 404, .. }) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(reclaimed.instances)
     }
 
     pub async fn public_ips(&self) -> Result<PublicIps, ControlError> {
@@ -536,6 +600,27 @@ impl Scope {
 
     pub async fn clear_timing(&self) -> Result<(), ControlError> {
         let _: serde_json::Value = self.emulator.moto("DELETE", &self.path("timing"), None).await?;
+        Ok(())
+    }
+
+    /// Interrupts this scope's running spot instances at random (for `*`: every scope without
+    /// its own setting); replaces the previous setting and draws again for the instances
+    /// running now, in launch order. See [`Emulator::reclaim_spot`] for what a reclaim does.
+    pub async fn set_spot_reclaim(&self, reclaim: &SpotReclaim) -> Result<(), ControlError> {
+        let body = json!({
+            "probability_per_minute": reclaim.probability_per_minute,
+            "seed": reclaim.seed,
+            "delay_ms": millis(reclaim.delay),
+        });
+        let _: serde_json::Value =
+            self.emulator.moto("PUT", &self.path("spot-reclaim"), Some(body)).await?;
+        Ok(())
+    }
+
+    /// No more random reclaims (back to `*`'s setting); notices already given stand.
+    pub async fn clear_spot_reclaim(&self) -> Result<(), ControlError> {
+        let _: serde_json::Value =
+            self.emulator.moto("DELETE", &self.path("spot-reclaim"), None).await?;
         Ok(())
     }
 
