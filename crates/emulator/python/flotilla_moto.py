@@ -27,6 +27,9 @@ moto's Python. It serves moto's WSGI app with werkzeug (threaded) on 127.0.0.1 a
 - spot reclaim, on request or at random per scope (a seeded rate per minute): the instance's
   notice (served by its IMDS through the booter) at once, termination with EC2's spot
   StateReason after a delay;
+- EC2's request throttling when a scope switches it on: flotilla-capacity's token buckets per
+  scope and region (request buckets by action class, instance buckets), a request beyond its
+  bucket answered `RequestLimitExceeded` and counted;
 - a JSON control API under `/_flotilla/`, which also lets the booter end an instance it cannot
   boot, with an EC2 StateReason saying why.
 
@@ -59,6 +62,7 @@ import json
 import math
 import os
 import random
+import re
 import socket
 import sys
 import threading
@@ -2189,6 +2193,137 @@ def create_fleet_response(self: Any) -> Any:
     return result
 
 
+# --- EC2 throttling: token buckets per scope and region, off unless switched on -----------------
+
+
+class TokenBucket:
+    """flotilla-capacity's `TokenBucket`: holds up to `capacity` tokens, refills
+    `refill_per_second`; a take of more than the capacity needs a full bucket and takes it all;
+    a refused take takes nothing."""
+
+    def __init__(self, capacity: float, refill_per_second: float, now: float) -> None:
+        self.capacity, self.refill_per_second = capacity, refill_per_second
+        self.tokens, self.last = capacity, now
+
+    def take(self, tokens: float, now: float) -> float:
+        """The tokens taken (`min(tokens, capacity)`), or 0 when they are not there yet."""
+        elapsed = max(0.0, now - self.last)
+        self.tokens = min(self.capacity, self.tokens + elapsed * self.refill_per_second)
+        self.last = max(self.last, now)
+        wanted = min(tokens, self.capacity)
+        if self.tokens >= wanted:
+            self.tokens -= wanted
+            return wanted
+        return 0.0
+
+    def give_back(self, tokens: float) -> None:
+        self.tokens = min(self.capacity, self.tokens + tokens)
+
+
+class RegionBuckets:
+    """flotilla-capacity's `RegionBuckets` of one scope (account) and region: a request bucket
+    per action class, and the instance buckets (RunInstances, TerminateInstances), numbers and
+    classes from TABLES. The instance bucket is asked first; when the request bucket then
+    refuses, the instances go back (all that were taken; flotilla-capacity gives back the
+    number asked for, which can overfill a bucket asked for more than it holds)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, TokenBucket] = {}
+        self.instances: dict[str, TokenBucket] = {}
+
+    def take(self, action: str, filtered: bool, instances: int, now: float) -> bool:
+        classes = TABLES.actions.get(action, ("Mutating", "Mutating"))
+        name = classes[1] if filtered else classes[0]
+        taken = 0.0
+        if instances > 0 and action in TABLES.instances:
+            bucket = self.instances.setdefault(action, TokenBucket(*TABLES.instances[action], now))
+            taken = bucket.take(instances, now)
+            if not taken:
+                return False
+        requests = self.requests.setdefault(name, TokenBucket(*TABLES.classes[name], now))
+        if requests.take(1, now):
+            return True
+        if taken:
+            self.instances[action].give_back(taken)
+        return False
+
+
+def filtered(params: dict[str, str]) -> bool:
+    """Filters, ids or pagination: what moves a Describe call to the larger bucket."""
+    return any(
+        key.startswith("Filter.") or key in ("MaxResults", "NextToken") or LIST_KEY.match(key)
+        for key in params
+    )
+
+
+LIST_KEY = re.compile(r"^\w+(Id|Name)\.\d+$")
+
+
+def instance_count(call: Call) -> int:
+    """What a call counts in instances: RunInstances' MaxCount, TerminateInstances' ids."""
+    if call.action == "RunInstances":
+        try:
+            return max(1, int(call.params.get("MaxCount") or call.params.get("MinCount") or 1))
+        except ValueError:
+            return 1
+    if call.action == "TerminateInstances":
+        return sum(1 for key in call.params if re.match(r"^InstanceId\.\d+$", key))
+    return 0
+
+
+class Throttling:
+    """Per scope (`*`: scopes without their own setting), whether EC2's buckets apply; the
+    buckets per scope and region; and the requests refused, per scope, region and Action."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.enabled: dict[str, bool] = {}
+        self.buckets: dict[tuple[str, str], RegionBuckets] = {}
+        self.throttled: dict[str, dict[str, dict[str, int]]] = {}
+
+    def on(self, scope: str) -> bool:
+        return self.enabled.get(scope, self.enabled.get(ANY, False))
+
+    def admit(self, call: Call) -> bool:
+        """Takes the call's tokens, or counts it as throttled (taking nothing)."""
+        if call.service != "ec2":
+            return True
+        with self.lock:
+            if not self.on(call.scope) or not TABLES.loaded:
+                return True
+            buckets = self.buckets.setdefault((call.scope, call.region), RegionBuckets())
+            if buckets.take(
+                call.action, filtered(call.params), instance_count(call), time.monotonic()
+            ):
+                return True
+            actions = self.throttled.setdefault(call.scope, {}).setdefault(call.region, {})
+            actions[call.action] = actions.get(call.action, 0) + 1
+            return False
+
+    def set(self, scope: str, enabled: bool | None) -> None:
+        """Switches a scope's model (None: back to `*`'s); its buckets start full again."""
+        with self.lock:
+            if enabled is None:
+                self.enabled.pop(scope, None)
+                self.throttled.pop(scope, None)
+            else:
+                self.enabled[scope] = enabled
+            for key in [k for k in self.buckets if scope in (k[0], ANY)]:
+                del self.buckets[key]
+
+    def to_json(self, scope: str) -> dict[str, Any]:
+        with self.lock:
+            by_region = json.loads(json.dumps(self.throttled.get(scope, {})))
+        total: dict[str, int] = {}
+        for actions in by_region.values():
+            for action, n in actions.items():
+                total[action] = total.get(action, 0) + n
+        return {"enabled": self.on(scope), "throttled": total, "by_region": by_region}
+
+
+THROTTLING = Throttling()
+
+
 # --- Instances, as the booter sees them ---------------------------------------------------------
 
 
@@ -2352,6 +2487,17 @@ def control(method: str, path: str, query: dict[str, str], body: Any) -> tuple[i
         elif method == "DELETE":
             LATENCY.clear(scope, LATENCY_DEFAULT)
         return 200, LATENCY.get(scope)
+    if what == "throttling":
+        if method == "PUT":
+            switch = expect_object(body, {"enabled"}, "throttling")
+            if not isinstance(switch.get("enabled"), bool):
+                raise BadRequest('throttling needs `{"enabled": true}` or false')
+            if switch["enabled"] and not TABLES.loaded:
+                raise BadRequest("the throttling table is not loaded yet (up hands it over)")
+            THROTTLING.set(scope, switch["enabled"])
+        elif method == "DELETE":
+            THROTTLING.set(scope, None)
+        return 200, THROTTLING.to_json(scope)
     if what == "spot-reclaim":
         if method == "PUT":
             RECLAIMS.set(scope, ReclaimSetting.parse(body))
@@ -2416,6 +2562,10 @@ class Middleware:
         delay = LATENCY.get(call.scope)["ms"]
         if delay:
             time.sleep(delay / 1000.0)
+        if not THROTTLING.admit(call):
+            status, headers, body = fault_response(call, Rule(code="RequestLimitExceeded"), None)
+            start_response(f"{status} Throttled", [*headers, ("Content-Length", str(len(body)))])
+            return [body]
         if call.service == "ec2":
             with EC2_LOCK:
                 LIFECYCLE.advance()

@@ -1,6 +1,6 @@
-//! The typed client tests use to drive a running emulator stack: faults, counts, latency and
-//! state timing per scope (moto's `/_flotilla/` API), instances, and IMDS events (the booter's
-//! control API).
+//! The typed client tests use to drive a running emulator stack: faults (dry pools included),
+//! counts, latency, state timing, throttling and random spot reclaims per scope (moto's
+//! `/_flotilla/` API), instances and spot reclaims, and IMDS events (the booter's control API).
 //!
 //! A *scope* is an access key id. Each test uses its own ([`Emulator::fresh_scope`]) and signs
 //! its requests with it, so tests running in parallel against the one shared stack see only
@@ -19,6 +19,7 @@
 //! | `GET /_flotilla/instances[?since=G]` | `{"generation": G, "instances": [InstanceInfo]}` or `{"generation": G, "unchanged": true}` |
 //! | `POST /_flotilla/instances/{id}/terminate` `{"code", "message"}` (the booter, when it cannot boot an instance) | `InstanceInfo`: `shutting-down` then `terminated` with that `StateReason`; 404 for an unknown id |
 //! | `POST /_flotilla/instances/reclaim` `{"instance_ids": [id], "delay_ms"?}` ([`Emulator::reclaim_spot`]) | `{"instances": [InstanceInfo]}` with `spot_interruption` `{"action": "terminate", "time"}`; terminated after the delay with `Server.SpotInstanceTermination`; 400 for an on-demand instance, 404 for an unknown id |
+//! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/throttling` (PUT `{"enabled": bool}`; DELETE: back to `*`'s, counts cleared) | `{"enabled", "throttled": {Action: n}, "by_region": {region: {Action: n}}}` |
 //! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/spot-reclaim` (PUT `{"probability_per_minute", "seed"?, "delay_ms"?}`, [`Scope::set_spot_reclaim`]) | the setting in force |
 //! | `GET /_flotilla/public-ips` | `{"size": n, "free": n, "in_use": {ip: instance id}, "next": [ip]}` |
 //! | `GET /_flotilla/catalogue` (`up`, once moto answers) | `{"ec2_actions": [Action], "regions": [region]}` |
@@ -131,6 +132,22 @@ pub struct Counts(pub BTreeMap<String, BTreeMap<String, u64>>);
 impl Counts {
     pub fn get(&self, service: &str, action: &str) -> u64 {
         self.0.get(service).and_then(|actions| actions.get(action)).copied().unwrap_or(0)
+    }
+}
+
+/// A scope's EC2 throttling ([`Scope::set_throttling`]) and what it refused.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct Throttling {
+    pub enabled: bool,
+    /// Requests answered `RequestLimitExceeded`, by Action, over all regions.
+    pub throttled: BTreeMap<String, u64>,
+    /// The same by region, then Action.
+    pub by_region: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl Throttling {
+    pub fn get(&self, action: &str) -> u64 {
+        self.throttled.get(action).copied().unwrap_or(0)
     }
 }
 
@@ -600,6 +617,30 @@ impl Scope {
 
     pub async fn clear_timing(&self) -> Result<(), ControlError> {
         let _: serde_json::Value = self.emulator.moto("DELETE", &self.path("timing"), None).await?;
+        Ok(())
+    }
+
+    /// Switches EC2's request throttling on or off for this scope (for `*`: every scope without
+    /// its own setting; off by default): flotilla-capacity's token buckets
+    /// (`flotilla_capacity::throttle`) per scope and region, a request beyond its bucket answered
+    /// `RequestLimitExceeded` (HTTP 503, EC2's XML) without taking a token. The buckets start
+    /// full.
+    pub async fn set_throttling(&self, enabled: bool) -> Result<(), ControlError> {
+        let body = json!({ "enabled": enabled });
+        let _: serde_json::Value =
+            self.emulator.moto("PUT", &self.path("throttling"), Some(body)).await?;
+        Ok(())
+    }
+
+    /// Whether throttling applies to this scope, and what it refused.
+    pub async fn throttling(&self) -> Result<Throttling, ControlError> {
+        self.emulator.moto("GET", &self.path("throttling"), None).await
+    }
+
+    /// Back to `*`'s throttling setting, with the counts cleared.
+    pub async fn clear_throttling(&self) -> Result<(), ControlError> {
+        let _: serde_json::Value =
+            self.emulator.moto("DELETE", &self.path("throttling"), None).await?;
         Ok(())
     }
 
