@@ -2026,7 +2026,7 @@ def launch_override(
             iam_instance_profile_arn=profile.get("Arn"),
         )
     fleet.on_demand_instances.extend(
-        {"id": reservation.id, "instance": instance, "launch_spec": None}
+        {"id": None, "instance": instance, "launch_spec": None}
         for instance in reservation.instances
     )
     return reservation.instances
