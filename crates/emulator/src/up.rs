@@ -2,7 +2,7 @@
 //!
 //! Order: state directory → Python environment (created on first use) → public-IP blocks →
 //! moto (our module, the AMI catalogue) → booter and its control API → moto's price and
-//! throttling tables ([`crate::tables`], once it answers) → the environment, on
+//! throttling tables (`tables.rs`, once it answers) → the environment, on
 //! stdout as `export NAME=value` lines (and into `--env-file`, written atomically, removed at
 //! start and exit so a stale one never points at a dead stack) → wait for
 //! SIGINT, SIGTERM, the end of `--parent-pid`, or moto's exit → stop every instance's
