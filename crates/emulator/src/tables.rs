@@ -13,10 +13,9 @@
 //! in `<state>/tables.json` for people.
 
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
 
 use flotilla_capacity::prices;
-use flotilla_capacity::throttle::{ActionClass, RegionBuckets};
+use flotilla_capacity::throttle::ActionClass;
 use serde::{Deserialize, Serialize};
 
 /// What moto serves: `GET /_flotilla/catalogue`.
@@ -112,22 +111,10 @@ fn class_name(class: ActionClass) -> &'static str {
     }
 }
 
-/// The bucket `RegionBuckets` counts `action`'s instances in, read off its behaviour (it does
-/// not expose the numbers): a fresh region's buckets are full, and a request for more
-/// instances than a bucket holds takes all of it; then one more instance waits 1/refill s and a
-/// whole bucket capacity/refill s. `None` when `action` has no instance bucket.
+/// The bucket `action`'s instances are counted in, `None` when it has none.
 fn instance_bucket(action: &str) -> Option<Bucket> {
-    let now = Instant::now();
-    let mut buckets = RegionBuckets::new(now);
-    buckets.take(action, true, u32::MAX, now).ok()?;
-    let one = buckets.take(action, true, 1, now).err()?;
-    let all = buckets.take(action, true, u32::MAX, now).err()?;
-    if one == Duration::ZERO {
-        return None;
-    }
-    let refill_per_second = 1.0 / one.as_secs_f64();
-    let capacity = (all.as_secs_f64() * refill_per_second * 1e6).round() / 1e6;
-    Some(Bucket { capacity, refill_per_second })
+    flotilla_capacity::throttle::instance_bucket(action)
+        .map(|(capacity, refill_per_second)| Bucket { capacity, refill_per_second })
 }
 
 /// Asks moto for its catalogue, hands it the tables, and writes them to `copy`.
