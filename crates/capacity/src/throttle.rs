@@ -106,6 +106,16 @@ impl ActionClass {
     }
 }
 
+/// (capacity, refill per second) of the instance bucket of `action`, counted in instances:
+/// `RunInstances` and `TerminateInstances` have one; other actions none.
+pub fn instance_bucket(action: &str) -> Option<(f64, f64)> {
+    match action {
+        "RunInstances" => Some((1000.0, 2.0)),
+        "TerminateInstances" => Some((1000.0, 20.0)),
+        _ => None,
+    }
+}
+
 /// The request buckets of one account and region, and the instance buckets of `RunInstances`
 /// and `TerminateInstances`.
 #[derive(Clone, Debug)]
@@ -117,10 +127,15 @@ pub struct RegionBuckets {
 
 impl RegionBuckets {
     pub fn new(now: Instant) -> RegionBuckets {
+        let bucket = |action| {
+            let (capacity, refill) =
+                instance_bucket(action).expect("the action has an instance bucket");
+            TokenBucket::new(capacity, refill, now)
+        };
         RegionBuckets {
             requests: BTreeMap::new(),
-            run_instances: TokenBucket::new(1000.0, 2.0, now),
-            terminate_instances: TokenBucket::new(1000.0, 20.0, now),
+            run_instances: bucket("RunInstances"),
+            terminate_instances: bucket("TerminateInstances"),
         }
     }
 
@@ -152,15 +167,16 @@ impl RegionBuckets {
         match bucket.take(1.0, now) {
             Ok(()) => Ok(()),
             Err(wait) => {
-                // The instances were taken: give them back so the retry takes them again.
-                if instances > 0 {
-                    match action {
-                        "RunInstances" => self.run_instances.tokens += f64::from(instances),
-                        "TerminateInstances" => {
-                            self.terminate_instances.tokens += f64::from(instances)
-                        }
-                        _ => {}
-                    }
+                // The instances were taken: give back what was taken (at most the bucket's
+                // capacity) so the retry takes them again.
+                let resource = match action {
+                    "RunInstances" => Some(&mut self.run_instances),
+                    "TerminateInstances" => Some(&mut self.terminate_instances),
+                    _ => None,
+                };
+                if let Some(bucket) = resource.filter(|_| instances > 0) {
+                    let taken = f64::from(instances).min(bucket.capacity);
+                    bucket.tokens = (bucket.tokens + taken).min(bucket.capacity);
                 }
                 Err(wait)
             }
@@ -197,6 +213,23 @@ mod tests {
         assert_eq!(ActionClass::of("DescribeInstances", true), ActionClass::NonMutating);
         assert_eq!(ActionClass::of("DescribeSpotPriceHistory", false), ActionClass::NonMutating);
         assert_eq!(ActionClass::of("CreateTags", false), ActionClass::Tags);
+    }
+
+    #[test]
+    fn a_refused_request_gives_back_only_what_it_took() {
+        let t0 = Instant::now();
+        let mut buckets = RegionBuckets::new(t0);
+        for _ in 0..5 {
+            assert_eq!(buckets.take("RunInstances", true, 0, t0), Ok(()));
+        }
+        // The request bucket is empty: 5000 instances take the whole instance bucket (1000),
+        // are refused, and exactly those 1000 go back.
+        assert!(buckets.take("RunInstances", true, 5000, t0).is_err());
+        assert!(
+            (buckets.run_instances.tokens - 1000.0).abs() < 1e-9,
+            "{}",
+            buckets.run_instances.tokens
+        );
     }
 
     #[test]

@@ -5,8 +5,13 @@ moto's Python. It serves moto's WSGI app with werkzeug (threaded) on 127.0.0.1 a
 *scope* (the access key id of a request's SigV4 credential; `*` means every scope):
 
 - latency before each request;
-- injected errors by service and Action, and for RunInstances by pool (instance type, AZ,
+- injected errors by service and Action, and for launches by pool (instance type, AZ,
   on-demand or spot), rendered the way each AWS protocol renders errors;
+- CreateFleet of type instant as AWS answers it (moto never fails one and puts everything on
+  the first override): a dry pool's override is an `Errors` entry, the capacity goes to the open
+  ones by the allocation strategy (spot prices below), and the instances launch through
+  RunInstances' path with the launch template's user data, profile, groups, interfaces, block
+  devices and tags, so the booter boots them alike;
 - request counts by service and Action (S3 by operation);
 - instance state timing: `pending` and `shutting-down`/`stopping` last a while, and the public
   IP appears when the instance is running;
@@ -15,6 +20,16 @@ moto's Python. It serves moto's WSGI app with werkzeug (threaded) on 127.0.0.1 a
   then refuses io1 and io2);
 - public IPs from a pool of loopback addresses the Rust side leased, recycled on termination,
   skipping an address whose agent or IMDS port something else on this machine holds;
+- spot prices per zone and type, below on-demand (DescribeSpotPriceHistory), from the
+  on-demand prices `up` hands over (flotilla-capacity's built-in table and region factors);
+- the Pricing API moto lacks (`AWSPriceListService.GetProducts` and `DescribeServices`, JSON
+  1.1 on the same endpoint): EC2 Linux on-demand prices from those tables;
+- spot reclaim, on request or at random per scope (a seeded rate per minute): the instance's
+  notice (served by its IMDS through the booter) at once, termination with EC2's spot
+  StateReason after a delay;
+- EC2's request throttling when a scope switches it on: flotilla-capacity's token buckets per
+  scope and region (request buckets by action class, instance buckets), a request beyond its
+  bucket answered `RequestLimitExceeded` and counted;
 - a JSON control API under `/_flotilla/`, which also lets the booter end an instance it cannot
   boot, with an EC2 StateReason saying why.
 
@@ -35,13 +50,19 @@ and MOTO_AMIS_PATH (read by moto at import).
 
 from __future__ import annotations
 
+import base64
 import contextlib
 import copy
+import datetime
+import fnmatch
+import hashlib
 import io
 import itertools
 import json
+import math
 import os
 import random
+import re
 import socket
 import sys
 import threading
@@ -54,16 +75,22 @@ from typing import Any
 from urllib.parse import parse_qs
 
 from moto.core import DEFAULT_ACCOUNT_ID
+from moto.core.responses import ActionResult
 from moto.ec2.exceptions import DependencyViolationError, EC2ClientError
 from moto.ec2.models import ec2_backends
 from moto.ec2.models import elastic_ip_addresses as moto_eips
 from moto.ec2.models.elastic_ip_addresses import ElasticAddressBackend
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface
+from moto.ec2.models.fleets import Fleet, FleetsBackend
+from moto.ec2.models.instance_types import INSTANCE_TYPE_OFFERINGS, INSTANCE_TYPES
 from moto.ec2.models.instances import Instance, InstanceBackend, StateReason
 from moto.ec2.models.security_groups import SecurityGroupBackend
 from moto.ec2.models.subnets import SubnetBackend
 from moto.ec2.models.vpcs import VPCBackend
+from moto.ec2.responses.fleets import Fleets
 from moto.ec2.responses.instances import InstanceResponse
+from moto.ec2.responses.spot_instances import SpotInstances
+from moto.ec2.utils import convert_tag_spec, filter_iam_instance_profiles
 from moto.iam.models import get_account_id_from
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
@@ -412,12 +439,15 @@ class Rule:
         if not self.has_pool():
             return True
         launch = pool()
-        return launch is not None and all(
+        return launch is not None and self.matches_pool(launch)
+
+    def matches_pool(self, pool: Pool) -> bool:
+        return all(
             want is None or want == have
             for want, have in (
-                (self.instance_type, launch.instance_type),
-                (self.availability_zone, launch.availability_zone),
-                (self.market, launch.market),
+                (self.instance_type, pool.instance_type),
+                (self.availability_zone, pool.availability_zone),
+                (self.market, pool.market),
             )
         )
 
@@ -466,6 +496,25 @@ class Faults:
                     if rule.count is not None:
                         rule.count -= 1
                     return rule, pool()
+        return None
+
+    def pick_pool(self, scope: str, action: str, pool: Pool) -> Rule | None:
+        """The first EC2 pool rule of `scope`, then of `*`, whose action is `*` or `action`,
+        whose pool matches `pool` and whose draw hits: one launch attempt in that pool (a
+        CreateFleet override) refused. Rules without a pool fail whole requests (pick())."""
+        with self.lock:
+            for key in (scope, ANY):
+                for rule in self.rules.get(key, []):
+                    if rule.count == 0 or not rule.has_pool():
+                        continue
+                    if rule.service not in (ANY, "ec2") or rule.action not in (ANY, action):
+                        continue
+                    if not rule.matches_pool(pool) or self.random.random() >= rule.probability:
+                        continue
+                    rule.hits += 1
+                    if rule.count is not None:
+                        rule.count -= 1
+                    return rule
         return None
 
     def get(self, scope: str) -> list[dict[str, Any]]:
@@ -774,9 +823,13 @@ def set_state(instance: Any, name: str) -> None:
 
 
 def finish(instance: Any, target: str) -> None:
+    if target in (NOTICE, RECLAIM):
+        reclaim_due(instance, target)
+        return
     set_state(instance, target)
     if target == "running":
         show_public_ips(instance)
+        RECLAIMS.arm(instance)
     else:  # stopped or terminated: the instance gives its auto-assigned addresses back
         for nic in instance.nics.values():
             release_nic_address(nic)
@@ -794,6 +847,7 @@ def begin_pending(instance: Any) -> None:
         LIFECYCLE.schedule(instance, delay, "running")
     else:
         LIFECYCLE.cancel(instance)
+        RECLAIMS.arm(instance)
     LIFECYCLE.changed()
 
 
@@ -837,9 +891,43 @@ original_run_instances = InstanceBackend.run_instances
 CURRENT = threading.local()
 
 
+class InsufficientFreeAddresses(EC2ClientError):
+    def __init__(self, subnet_id: str) -> None:
+        super().__init__(
+            "InsufficientFreeAddressesInSubnet",
+            f"There are not enough free addresses in subnet '{subnet_id}' to satisfy the"
+            " requested number of instances.",
+        )
+
+
+def launch_subnet(backend: Any, kwargs: dict[str, Any]) -> Any:
+    """The subnet a launch takes its private addresses from, if it names one."""
+    subnet_id = kwargs.get("subnet_id") or next(
+        (
+            nic.get("SubnetId")
+            for nic in kwargs.get("nics") or []
+            if int(nic.get("DeviceIndex", 0)) == 0
+        ),
+        None,
+    )
+    if not subnet_id:
+        return None
+    with contextlib.suppress(Exception):  # an unknown subnet: moto answers that itself
+        return backend.get_subnet(subnet_id)
+    return None
+
+
+def free_addresses(subnet: Any) -> int:
+    return max(0, subnet.available_ip_address_count)
+
+
 def run_instances(
     self: Any, image_id: str, count: int, user_data: Any, security_group_names: Any, **kwargs: Any
 ) -> Any:
+    # moto fails with a KeyError (HTTP 500) when a subnet runs out of addresses; AWS refuses.
+    subnet = launch_subnet(self, kwargs)
+    if subnet is not None and count > free_addresses(subnet):
+        raise InsufficientFreeAddresses(subnet.id)
     CURRENT.block_devices = launch_block_devices(self, kwargs)
     try:
         reservation = original_run_instances(
@@ -858,6 +946,186 @@ def run_instances(
         instance._flotilla_scope = getattr(CURRENT, "scope", "-")
         begin_pending(instance)
     return reservation
+
+
+# --- Spot reclaim: a notice in the instance's IMDS, then termination ----------------------------
+
+# EC2's StateReason of a reclaimed spot instance.
+SPOT_RECLAIM_CODE = "Server.SpotInstanceTermination"
+SPOT_RECLAIM_MESSAGE = "Server.SpotInstanceTermination: Spot instance termination"
+# AWS warns two minutes ahead.
+SPOT_WARNING_MS = 120_000
+# LIFECYCLE targets: when a random reclaim gives notice, and when a noticed instance goes.
+NOTICE, RECLAIM = "spot-notice", "spot-reclaim"
+
+
+@dataclass
+class ReclaimSetting:
+    """A scope's random reclaims: each of its running spot instances is interrupted within a
+    minute with `probability_per_minute` (a memoryless draw: its notice comes after an
+    exponential time with that rate), from a `seed`ed generator, so the same launches in the
+    same order draw the same times; `delay_ms` from notice to termination (also the default of
+    explicit reclaims of the scope's instances)."""
+
+    probability_per_minute: float = 0.0
+    seed: int | None = None
+    delay_ms: int = SPOT_WARNING_MS
+    draws: random.Random | None = None
+
+    @staticmethod
+    def parse(value: Any) -> ReclaimSetting:
+        obj = expect_object(value, {"probability_per_minute", "seed", "delay_ms"}, "spot-reclaim")
+        p = obj.get("probability_per_minute", 0.0)
+        if not isinstance(p, (int, float)) or isinstance(p, bool) or not 0.0 <= p <= 1.0:
+            raise BadRequest(f"`probability_per_minute` must be a number in 0..1, not {p!r}")
+        seed = obj.get("seed")
+        if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool)):
+            raise BadRequest(f"`seed` must be an integer or null, not {seed!r}")
+        delay = non_negative_ints(
+            {"delay_ms": obj.get("delay_ms", SPOT_WARNING_MS)}, {"delay_ms"}, "spot-reclaim"
+        )
+        return ReclaimSetting(float(p), seed, delay["delay_ms"], random.Random(seed))
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "probability_per_minute": self.probability_per_minute,
+            "seed": self.seed,
+            "delay_ms": self.delay_ms,
+        }
+
+    def draw_ms(self) -> int:
+        """Milliseconds until the next notice: exponential with rate -ln(1 - p) per minute, so
+        one comes within a minute with probability p (p = 1: at once)."""
+        if self.probability_per_minute >= 1.0:
+            return 0
+        rate = -math.log1p(-self.probability_per_minute)
+        draws = self.draws or random.Random(self.seed)
+        return int(draws.expovariate(rate) * 60_000)
+
+
+class Reclaims:
+    """Per-scope random reclaim settings (`*`: scopes without their own)."""
+
+    def __init__(self) -> None:
+        self.settings: dict[str, ReclaimSetting] = {}
+
+    def setting(self, scope: str) -> ReclaimSetting | None:
+        return self.settings.get(scope) or self.settings.get(ANY)
+
+    def delay_ms(self, instance: Any) -> int:
+        setting = self.setting(getattr(instance, "_flotilla_scope", ANY))
+        return setting.delay_ms if setting else SPOT_WARNING_MS
+
+    def arm(self, instance: Any) -> None:
+        """Plans the random notice of a spot instance that just started running."""
+        setting = self.setting(getattr(instance, "_flotilla_scope", ANY))
+        instance._flotilla_reclaim_after_ms = None
+        if instance.lifecycle != "spot" or setting is None or setting.probability_per_minute <= 0:
+            return
+        if getattr(instance, "_flotilla_spot_notice", None):
+            return
+        after = setting.draw_ms()
+        instance._flotilla_reclaim_after_ms = after
+        LIFECYCLE.schedule(instance, after, NOTICE)
+
+    def set(self, scope: str, setting: ReclaimSetting | None) -> None:
+        """Replaces a scope's setting and plans again the notices of the running spot instances
+        it governs, in launch order."""
+        with LIFECYCLE.lock:
+            if setting is None:
+                self.settings.pop(scope, None)
+            else:
+                self.settings[scope] = setting
+            governed = [
+                instance
+                for _, _, _, instance in all_instances()
+                if instance.lifecycle == "spot"
+                and instance._state.name == "running"
+                and self.governs(scope, getattr(instance, "_flotilla_scope", ANY))
+            ]
+            governed.sort(key=lambda i: (i.launch_time, i.ami_launch_index, i.id))
+            for instance in governed:
+                due = LIFECYCLE.due.get(instance.id)
+                if due is not None and due[2] == NOTICE:
+                    LIFECYCLE.cancel(instance)
+                if instance.id not in LIFECYCLE.due:
+                    self.arm(instance)
+            LIFECYCLE.changed()
+
+    def governs(self, scope: str, instance_scope: str) -> bool:
+        return instance_scope == scope or (scope == ANY and instance_scope not in self.settings)
+
+
+RECLAIMS = Reclaims()
+
+
+def give_notice(instance: Any, delay_ms: int) -> None:
+    """`spot/instance-action` says terminate at now + delay; the instance goes then."""
+    when = datetime.datetime.now(datetime.UTC) + datetime.timedelta(milliseconds=delay_ms)
+    instance._flotilla_spot_notice = {
+        "action": "terminate",
+        "time": when.strftime("%Y-%m-%dT%H:%M:%SZ"),
+    }
+    LIFECYCLE.schedule(instance, delay_ms, RECLAIM)
+    LIFECYCLE.changed()
+
+
+def reclaim_due(instance: Any, target: str) -> None:
+    """A reclaim's step came due (LIFECYCLE): the random notice, or the termination."""
+    if instance._state.name not in ("pending", "running"):
+        return
+    if target == NOTICE:
+        give_notice(instance, RECLAIMS.delay_ms(instance))
+        return
+    instance.terminate()  # wind_down's: shutting-down first when the scope says so
+    instance._reason = SPOT_RECLAIM_MESSAGE
+    instance.state_reason = StateReason(SPOT_RECLAIM_MESSAGE, SPOT_RECLAIM_CODE)
+
+
+def reclaim(body: Any) -> tuple[int, Any]:
+    """`POST /_flotilla/instances/reclaim`: interrupts the given spot instances, all or none."""
+    obj = expect_object(body, {"instance_ids", "delay_ms"}, "the body")
+    ids = obj.get("instance_ids")
+    if not isinstance(ids, list) or not ids or not all(isinstance(i, str) for i in ids):
+        raise BadRequest("`instance_ids` must be a non-empty list of instance ids")
+    delay = obj.get("delay_ms")
+    if delay is not None:
+        delay = non_negative_ints({"delay_ms": delay}, {"delay_ms"}, "the body")["delay_ms"]
+    with LIFECYCLE.lock:
+        LIFECYCLE.advance()
+        found = []
+        for instance_id in ids:
+            hit = find_instance(instance_id)
+            if hit is None:
+                return 404, {"error": f"no instance {instance_id}"}
+            instance = hit[3]
+            if instance.lifecycle != "spot":
+                raise BadRequest(
+                    f"{instance_id} is an on-demand instance: only spot instances are reclaimed"
+                )
+            if instance._state.name not in ("pending", "running") and not getattr(
+                instance, "_flotilla_spot_notice", None
+            ):
+                raise BadRequest(
+                    f"{instance_id} is {instance._state.name}: only a pending or running spot"
+                    " instance is reclaimed"
+                )
+            found.append(hit)
+        for _, _, _, instance in found:
+            if not getattr(instance, "_flotilla_spot_notice", None):
+                give_notice(instance, RECLAIMS.delay_ms(instance) if delay is None else delay)
+        return 200, {"instances": [describe(*hit) for hit in found]}
+
+
+def all_instances() -> list[tuple[str, str, Any, Any]]:
+    """(account, region, backend, instance) of every instance."""
+    return [
+        (account_id, region, backend, instance)
+        for account_id, regions in list(ec2_backends.items())
+        for region, backend in list(regions.items())
+        for reservation in list(backend.reservations.values())
+        for instance in reservation.instances
+    ]
 
 
 # --- Root volumes with their IOPS and throughput ------------------------------------------------
@@ -1014,9 +1282,1046 @@ def install_patches() -> None:
         (SubnetBackend, "delete_subnet", delete_subnet),
         (SecurityGroupBackend, "delete_security_group", delete_security_group),
         (VPCBackend, "delete_vpc", delete_vpc),
+        (SpotInstances, "describe_spot_price_history", describe_spot_price_history),
+        (FleetsBackend, "create_fleet", create_fleet),
+        (Fleet, "instances", property(fleet_instances)),
+        (Fleets, "create_fleet", create_fleet_response),
     ]
     for owner, name, replacement in patches:
         setattr(owner, name, replacement)
+
+
+# --- Tables from the Rust side: on-demand prices and EC2's throttling buckets --------------------
+
+
+class Tables:
+    """The numbers the client computes with, handed over by `up` once moto answers
+    (`GET /_flotilla/catalogue` tells it moto's EC2 actions and regions, `PUT /_flotilla/tables`
+    brings them back with flotilla-capacity's numbers), so the emulator models exactly what the
+    client expects rather than a copy that could drift:
+
+    - `prices`: `{"date", "us_east_1": {type: USD per hour}, "region_factors": {region: f}}`,
+      flotilla-capacity's built-in table and `region_factor` for every region moto knows;
+    - `throttle`: `{"classes": {class: {"capacity", "refill_per_second"}}, "actions": {Action:
+      {"unfiltered": class, "filtered": class}}, "instances": {Action: {"capacity",
+      "refill_per_second"}}}`, flotilla-capacity's `ActionClass` of every EC2 action and its
+      request and instance buckets.
+    """
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.loaded = False
+        self.date = ""
+        self.us_east_1: dict[str, float] = {}
+        self.region_factors: dict[str, float] = {}
+        self.classes: dict[str, tuple[float, float]] = {}
+        self.actions: dict[str, tuple[str, str]] = {}
+        self.instances: dict[str, tuple[float, float]] = {}
+
+    def load(self, body: Any) -> dict[str, Any]:
+        obj = expect_object(body, {"prices", "throttle"}, "the tables")
+        prices = expect_object(
+            obj.get("prices"), {"date", "us_east_1", "region_factors"}, "`prices`"
+        )
+        throttle = expect_object(
+            obj.get("throttle"), {"classes", "actions", "instances"}, "`throttle`"
+        )
+        us_east_1 = numbers(prices.get("us_east_1"), "`prices.us_east_1`")
+        factors = numbers(prices.get("region_factors"), "`prices.region_factors`")
+        classes = {
+            name: bucket(value, f"`throttle.classes.{name}`")
+            for name, value in expect_mapping(throttle.get("classes"), "`throttle.classes`").items()
+        }
+        instances = {
+            name: bucket(value, f"`throttle.instances.{name}`")
+            for name, value in expect_mapping(
+                throttle.get("instances"), "`throttle.instances`"
+            ).items()
+        }
+        actions: dict[str, tuple[str, str]] = {}
+        for name, value in expect_mapping(throttle.get("actions"), "`throttle.actions`").items():
+            pair = expect_object(value, {"unfiltered", "filtered"}, f"`throttle.actions.{name}`")
+            if pair.get("unfiltered") not in classes or pair.get("filtered") not in classes:
+                raise BadRequest(
+                    f"`throttle.actions.{name}` names a class not in `throttle.classes`"
+                )
+            actions[name] = (pair["unfiltered"], pair["filtered"])
+        with self.lock:
+            self.date = str(prices.get("date") or "")
+            self.us_east_1, self.region_factors = us_east_1, factors
+            self.classes, self.actions, self.instances = classes, actions, instances
+            self.loaded = True
+        return self.summary()
+
+    def summary(self) -> dict[str, Any]:
+        with self.lock:
+            return {
+                "loaded": self.loaded,
+                "price_date": self.date,
+                "instance_types": len(self.us_east_1),
+                "regions": len(self.region_factors),
+                "actions": len(self.actions),
+            }
+
+
+def expect_mapping(value: Any, what: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise BadRequest(f"{what} must be a JSON object")
+    return value
+
+
+def numbers(value: Any, what: str) -> dict[str, float]:
+    if not isinstance(value, dict) or not all(
+        isinstance(v, (int, float)) and not isinstance(v, bool) and v >= 0 for v in value.values()
+    ):
+        raise BadRequest(f"{what} must be an object of non-negative numbers")
+    return {str(k): float(v) for k, v in value.items()}
+
+
+def bucket(value: Any, what: str) -> tuple[float, float]:
+    obj = numbers(expect_object(value, {"capacity", "refill_per_second"}, what), what)
+    if "capacity" not in obj or "refill_per_second" not in obj or obj["refill_per_second"] <= 0:
+        raise BadRequest(f"{what} needs `capacity` and a positive `refill_per_second`")
+    return obj["capacity"], obj["refill_per_second"]
+
+
+TABLES = Tables()
+
+
+def catalogue() -> dict[str, Any]:
+    """What `up` needs to compute the tables: every EC2 action (botocore's model of the API moto
+    serves) and every region moto knows."""
+    from botocore.session import get_session
+
+    model = get_session().get_service_model("ec2")
+    return {
+        "ec2_actions": sorted(model.operation_names),
+        "regions": sorted(ec2_backends[DEFAULT_ACCOUNT_ID].regions),
+    }
+
+
+def round_price(price: float) -> float:
+    """To 6 decimal places, half away from zero, as flotilla-capacity rounds
+    (`(price * 1e6).round() / 1e6`)."""
+    scaled = price * 1e6
+    whole = math.floor(scaled)
+    return (whole + 1 if scaled - whole >= 0.5 else whole) / 1e6
+
+
+def on_demand_price(region: str, instance_type: str) -> float | None:
+    """Linux, shared tenancy, USD per hour: flotilla-capacity's us-east-1 figure times the
+    region's factor, rounded as it rounds (`PriceBook::on_demand` of the built-in table)."""
+    with TABLES.lock:
+        base = TABLES.us_east_1.get(instance_type)
+        factor = TABLES.region_factors.get(region)
+    if base is None or factor is None:
+        return None
+    return round_price(base * factor)
+
+
+# The spot price of a pool is its type's on-demand price times a factor in [SPOT_LOW, SPOT_HIGH)
+# drawn from a hash of zone and type: below on-demand, different per zone and type, the same in
+# every run.
+SPOT_LOW, SPOT_HIGH = 0.25, 0.75
+
+
+def spot_factor(zone: str, instance_type: str) -> float:
+    digest = hashlib.sha256(f"{zone}/{instance_type}".encode()).digest()
+    return SPOT_LOW + (SPOT_HIGH - SPOT_LOW) * int.from_bytes(digest[:8], "big") / 2.0**64
+
+
+def spot_price(region: str, zone: str, instance_type: str) -> float | None:
+    on_demand = on_demand_price(region, instance_type)
+    if on_demand is None:
+        return None
+    return round_price(on_demand * spot_factor(zone, instance_type))
+
+
+# --- DescribeSpotPriceHistory ---------------------------------------------------------------------
+
+# What a Linux spot price is listed as; the VPC variant only when asked for by name.
+SPOT_PRODUCTS = ("Linux/UNIX", "Linux/UNIX (Amazon VPC)")
+SPOT_PAGE_DEFAULT = 1000
+
+
+def describe_spot_price_history(self: Any) -> ActionResult:
+    """One entry per zone, instance type (offered there and priced) and product description,
+    with spot_price(). Prices never change, so the entry in effect at EndTime (default now) is
+    the only one, dated the start of that UTC day: a client asking for the current price
+    (StartTime now) gets it, as AWS answers the price in effect at StartTime. Honoured:
+    InstanceTypes, AvailabilityZone, ProductDescriptions (Linux/UNIX by default), the filters
+    availability-zone, instance-type, product-description, spot-price and timestamp (with `*`
+    and `?`), MaxResults and NextToken."""
+    region = self.region
+    types = set(self._get_param("InstanceTypes", []) or [])
+    zone_param = self._get_param("AvailabilityZone")
+    products = list(self._get_param("ProductDescriptions", []) or [])
+    filters: dict[str, list[str]] = self._filters_from_querystring()
+    products += filters.get("product-description", [])
+    wanted_products = [
+        p for p in SPOT_PRODUCTS if not products or any(fnmatch.fnmatchcase(p, q) for q in products)
+    ]
+    if not products:
+        wanted_products = [SPOT_PRODUCTS[0]]
+    end = self._get_param("EndTime")
+    moment = end if isinstance(end, datetime.datetime) else parse_timestamp(end)
+    if moment is not None and moment.tzinfo is None:  # moto parses timestamps as naive UTC
+        moment = moment.replace(tzinfo=datetime.UTC)
+    now = datetime.datetime.now(datetime.UTC)
+    moment = min(moment or now, now)
+    stamp = moment.strftime("%Y-%m-%dT00:00:00.000Z")
+
+    def allowed(name: str, value: str) -> bool:
+        patterns = filters.get(name)
+        return not patterns or any(fnmatch.fnmatchcase(value, p) for p in patterns)
+
+    entries = []
+    offerings = INSTANCE_TYPE_OFFERINGS["availability-zone"].get(region, [])
+    for offering in sorted(offerings, key=lambda o: (o["Location"], o["InstanceType"])):
+        zone, instance_type = offering["Location"], offering["InstanceType"]
+        if (types and instance_type not in types) or (zone_param and zone != zone_param):
+            continue
+        if not allowed("availability-zone", zone) or not allowed("instance-type", instance_type):
+            continue
+        price = spot_price(region, zone, instance_type)
+        if price is None:
+            continue
+        text = f"{price:.6f}"
+        if not allowed("spot-price", text) or not allowed("timestamp", stamp):
+            continue
+        entries.extend(
+            {
+                "AvailabilityZone": zone,
+                "InstanceType": instance_type,
+                "ProductDescription": product,
+                "SpotPrice": text,
+                "Timestamp": stamp,
+            }
+            for product in wanted_products
+        )
+    start, size = page_bounds(self._get_param("NextToken"), self._get_param("MaxResults"))
+    result: dict[str, Any] = {"SpotPriceHistory": entries[start : start + size]}
+    if start + size < len(entries):
+        result["NextToken"] = encode_token(start + size)
+    return ActionResult(result)
+
+
+def parse_timestamp(value: Any) -> datetime.datetime | None:
+    if not value:
+        return None
+    try:
+        parsed = datetime.datetime.fromisoformat(str(value).replace("Z", "+00:00"))
+    except ValueError:
+        try:
+            parsed = datetime.datetime.fromtimestamp(float(value), datetime.UTC)
+        except ValueError:
+            raise EC2ClientError("InvalidParameterValue", f"Invalid time: {value}") from None
+    return parsed if parsed.tzinfo else parsed.replace(tzinfo=datetime.UTC)
+
+
+def page_bounds(token: Any, max_results: Any) -> tuple[int, int]:
+    start = decode_token(token) if token else 0
+    try:
+        size = int(max_results) if max_results not in (None, "") else SPOT_PAGE_DEFAULT
+    except ValueError:
+        raise EC2ClientError(
+            "InvalidParameterValue", f"Invalid MaxResults: {max_results}"
+        ) from None
+    if size < 1:
+        raise EC2ClientError("InvalidParameterValue", "MaxResults must be positive")
+    return start, size
+
+
+def encode_token(offset: int) -> str:
+    return base64.urlsafe_b64encode(f"flotilla:{offset}".encode()).decode()
+
+
+def decode_token(token: str) -> int:
+    try:
+        text = base64.urlsafe_b64decode(token.encode()).decode()
+        prefix, _, offset = text.partition(":")
+        if prefix != "flotilla":
+            raise ValueError(text)
+        return int(offset)
+    except ValueError:
+        raise EC2ClientError("InvalidPaginationToken", f"The token '{token}' is invalid.") from None
+
+
+# --- The Pricing API (AWSPriceListService), which moto lacks -----------------------------------
+
+# Per region: AWS's name in price documents (`location`) and its `usagetype` prefix; other
+# regions show their code as both.
+REGION_NAMES = {
+    "us-east-1": ("US East (N. Virginia)", ""),
+    "us-east-2": ("US East (Ohio)", "USE2-"),
+    "us-west-1": ("US West (N. California)", "USW1-"),
+    "us-west-2": ("US West (Oregon)", "USW2-"),
+    "ca-central-1": ("Canada (Central)", "CAN1-"),
+    "ca-west-1": ("Canada West (Calgary)", "CAW1-"),
+    "eu-west-1": ("EU (Ireland)", "EU-"),
+    "eu-west-2": ("EU (London)", "EUW2-"),
+    "eu-west-3": ("EU (Paris)", "EUW3-"),
+    "eu-central-1": ("EU (Frankfurt)", "EUC1-"),
+    "eu-central-2": ("EU (Zurich)", "EUC2-"),
+    "eu-north-1": ("EU (Stockholm)", "EUN1-"),
+    "eu-south-1": ("EU (Milan)", "EUS1-"),
+    "eu-south-2": ("EU (Spain)", "EUS2-"),
+    "ap-south-1": ("Asia Pacific (Mumbai)", "APS3-"),
+    "ap-northeast-1": ("Asia Pacific (Tokyo)", "APN1-"),
+    "ap-northeast-2": ("Asia Pacific (Seoul)", "APN2-"),
+    "ap-northeast-3": ("Asia Pacific (Osaka)", "APN3-"),
+    "ap-southeast-1": ("Asia Pacific (Singapore)", "APS1-"),
+    "ap-southeast-2": ("Asia Pacific (Sydney)", "APS2-"),
+    "ap-east-1": ("Asia Pacific (Hong Kong)", "APE1-"),
+    "sa-east-1": ("South America (Sao Paulo)", "SAE1-"),
+    "me-south-1": ("Middle East (Bahrain)", "MES1-"),
+    "af-south-1": ("Africa (Cape Town)", "AFS1-"),
+}
+# AWS's codes of the on-demand offer term and of its hourly price dimension.
+ON_DEMAND_TERM = "JRTCKXETXF"
+HOURLY_DIMENSION = "6YS6EN2CT7"
+PRICING_PAGE_MAX = 100
+FILTER_TYPES = ("TERM_MATCH", "EQUALS", "CONTAINS", "ANY_OF", "NONE_OF")
+EC2_ATTRIBUTES = [
+    "capacitystatus",
+    "instanceFamily",
+    "instanceType",
+    "licenseModel",
+    "location",
+    "locationType",
+    "marketoption",
+    "memory",
+    "operatingSystem",
+    "operation",
+    "preInstalledSw",
+    "productFamily",
+    "regionCode",
+    "servicecode",
+    "tenancy",
+    "usagetype",
+    "vcpu",
+]
+
+
+class PricingError(Exception):
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.code, self.message, self.status = code, message, status
+
+
+def serve_pricing(call: Call, environ: Environ, start_response: StartResponse) -> list[bytes]:
+    """`AWSPriceListService.GetProducts` and `DescribeServices` (JSON 1.1), on any endpoint:
+    the SDK sends them to the endpoint URL it is given, signed for `pricing` in us-east-1."""
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length) if length else b""
+        try:
+            request = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            raise PricingError("SerializationException", "The request body is not JSON") from None
+        if not isinstance(request, dict):
+            raise PricingError("SerializationException", "The request body is not a JSON object")
+        if call.action == "GetProducts":
+            status, answer = 200, get_products(request)
+        elif call.action == "DescribeServices":
+            status, answer = 200, describe_services(request)
+        else:
+            raise PricingError(
+                "UnknownOperationException",
+                f"flotilla-emulator answers GetProducts and DescribeServices, not {call.action}",
+            )
+        headers = [("Content-Type", "application/x-amz-json-1.1")]
+    except PricingError as error:
+        status = error.status
+        answer = {"__type": error.code, "message": error.message}
+        headers = [("Content-Type", "application/x-amz-json-1.1"), ("x-amzn-ErrorType", error.code)]
+    data = json.dumps(answer).encode()
+    headers += [("x-amzn-RequestId", str(uuid.uuid4())), ("Content-Length", str(len(data)))]
+    start_response(f"{status} {'OK' if status == 200 else 'Error'}", headers)
+    return [data]
+
+
+def pricing_page(request: dict[str, Any], query: str) -> tuple[int, int]:
+    """(first index, page size) from NextToken and MaxResults; a token only fits its query."""
+    size = request.get("MaxResults", PRICING_PAGE_MAX)
+    if not isinstance(size, int) or isinstance(size, bool) or not 1 <= size <= PRICING_PAGE_MAX:
+        raise PricingError(
+            "InvalidParameterException", f"MaxResults must be 1..{PRICING_PAGE_MAX}, not {size!r}"
+        )
+    token = request.get("NextToken")
+    if not token:
+        return 0, size
+    try:
+        text = base64.urlsafe_b64decode(str(token).encode()).decode()
+        offset, _, digest = text.partition(":")
+        if digest != query:
+            raise ValueError(text)
+        return int(offset), size
+    except ValueError:
+        raise PricingError("InvalidNextTokenException", "The NextToken is invalid") from None
+
+
+def pricing_token(offset: int, query: str) -> str:
+    return base64.urlsafe_b64encode(f"{offset}:{query}".encode()).decode()
+
+
+def parse_price_filters(request: dict[str, Any]) -> list[tuple[str, str, str]]:
+    """(type, field lower-cased, value) of each filter."""
+    filters = request.get("Filters") or []
+    if not isinstance(filters, list):
+        raise PricingError("InvalidParameterException", "Filters must be a list")
+    parsed = []
+    for f in filters:
+        if not isinstance(f, dict) or not all(
+            isinstance(f.get(k), str) for k in ("Field", "Value")
+        ):
+            raise PricingError("InvalidParameterException", "each filter needs Field and Value")
+        kind = f.get("Type", "TERM_MATCH")
+        if kind not in FILTER_TYPES:
+            raise PricingError(
+                "InvalidParameterException",
+                f"filter type {kind!r} is not one of {', '.join(FILTER_TYPES)}",
+            )
+        parsed.append((kind, f["Field"].lower(), f["Value"]))
+    return parsed
+
+
+def filter_matches(kind: str, have: str | None, want: str) -> bool:
+    """Field names and values compare without regard to case."""
+    if have is None:
+        return kind == "NONE_OF"
+    have = have.lower()
+    if kind in ("TERM_MATCH", "EQUALS"):
+        return have == want.lower()
+    if kind == "CONTAINS":
+        return want.lower() in have
+    listed = {v.strip().lower() for v in want.split(",")}
+    return (have in listed) if kind == "ANY_OF" else (have not in listed)
+
+
+def ec2_product_attributes(region: str, instance_type: str) -> dict[str, str]:
+    info = INSTANCE_TYPES.get(instance_type, {})
+    vcpus = (info.get("VCpuInfo") or {}).get("DefaultVCpus")
+    mib = (info.get("MemoryInfo") or {}).get("SizeInMiB")
+    family = instance_type.split(".", 1)[0]
+    location, prefix = REGION_NAMES.get(region, (region, f"{region}-"))
+    attributes = {
+        "servicecode": "AmazonEC2",
+        "servicename": "Amazon Elastic Compute Cloud",
+        "productFamily": "Compute Instance (bare metal)"
+        if instance_type.endswith(".metal") or ".metal-" in instance_type
+        else "Compute Instance",
+        "location": location,
+        "locationType": "AWS Region",
+        "regionCode": region,
+        "instanceType": instance_type,
+        "instanceFamily": family,
+        "operatingSystem": "Linux",
+        "tenancy": "Shared",
+        "preInstalledSw": "NA",
+        "licenseModel": "No License required",
+        "capacitystatus": "Used",
+        "marketoption": "OnDemand",
+        "operation": "RunInstances",
+        "usagetype": f"{prefix}BoxUsage:{instance_type}",
+    }
+    if vcpus is not None:
+        attributes["vcpu"] = str(vcpus)
+    if mib is not None:
+        attributes["memory"] = f"{mib / 1024:g} GiB"
+    return attributes
+
+
+def product_document(attributes: dict[str, str], price: float) -> str:
+    """One `PriceList` entry, a JSON string shaped like AWS's price document."""
+    region, instance_type = attributes["regionCode"], attributes["instanceType"]
+    sku = base64.b32encode(hashlib.sha256(f"{region}/{instance_type}".encode()).digest())
+    sku_text = sku.decode()[:16]
+    term = f"{sku_text}.{ON_DEMAND_TERM}"
+    rate = f"{term}.{HOURLY_DIMENSION}"
+    published = f"{TABLES.date}T00:00:00Z"
+    product = {k: v for k, v in attributes.items() if k != "productFamily"}
+    return json.dumps(
+        {
+            "product": {
+                "productFamily": attributes["productFamily"],
+                "attributes": product,
+                "sku": sku_text,
+            },
+            "serviceCode": "AmazonEC2",
+            "terms": {
+                "OnDemand": {
+                    term: {
+                        "priceDimensions": {
+                            rate: {
+                                "unit": "Hrs",
+                                "endRange": "Inf",
+                                "description": f"${price:g} per On Demand Linux {instance_type}"
+                                " Instance Hour",
+                                "appliesTo": [],
+                                "rateCode": rate,
+                                "beginRange": "0",
+                                "pricePerUnit": {"USD": f"{price:.10f}"},
+                            }
+                        },
+                        "sku": sku_text,
+                        "effectiveDate": published,
+                        "offerTermCode": ON_DEMAND_TERM,
+                        "termAttributes": {},
+                    }
+                }
+            },
+            "version": TABLES.date.replace("-", "") + "000000",
+            "publicationDate": published,
+        }
+    )
+
+
+def get_products(request: dict[str, Any]) -> dict[str, Any]:
+    """EC2 on-demand Linux prices (shared tenancy, capacity status Used, no pre-installed
+    software) of every region moto knows: flotilla-capacity's us-east-1 table scaled by each
+    region's factor (on_demand_price). Filters on any attribute of the document (and
+    `productFamily`, `servicecode`); a filter the data cannot satisfy gives an empty list."""
+    if not isinstance(request.get("ServiceCode"), str) or not request["ServiceCode"]:
+        raise PricingError("InvalidParameterException", "ServiceCode is required")
+    filters = parse_price_filters(request)
+    query = hashlib.sha256(
+        json.dumps([request["ServiceCode"], filters], sort_keys=True).encode()
+    ).hexdigest()[:16]
+    start, size = pricing_page(request, query)
+    if request["ServiceCode"] != "AmazonEC2":
+        return {"FormatVersion": "aws_v1", "PriceList": []}
+    exact = {field: value for kind, field, value in filters if kind in ("TERM_MATCH", "EQUALS")}
+    with TABLES.lock:
+        regions = sorted(TABLES.region_factors)
+        types = sorted(TABLES.us_east_1)
+    if "regioncode" in exact:
+        regions = [r for r in regions if r.lower() == exact["regioncode"].lower()]
+    if "instancetype" in exact:
+        types = [t for t in types if t.lower() == exact["instancetype"].lower()]
+    matched: list[tuple[dict[str, str], float]] = []
+    for region in regions:
+        for instance_type in types:
+            attributes = ec2_product_attributes(region, instance_type)
+            lowered = {k.lower(): v for k, v in attributes.items()}
+            if not all(filter_matches(k, lowered.get(f), v) for k, f, v in filters):
+                continue
+            price = on_demand_price(region, instance_type)
+            if price is not None:
+                matched.append((attributes, price))
+    page = matched[start : start + size]
+    answer: dict[str, Any] = {
+        "FormatVersion": "aws_v1",
+        "PriceList": [product_document(a, p) for a, p in page],
+    }
+    if start + size < len(matched):
+        answer["NextToken"] = pricing_token(start + size, query)
+    return answer
+
+
+def describe_services(request: dict[str, Any]) -> dict[str, Any]:
+    code = request.get("ServiceCode")
+    services = [{"ServiceCode": "AmazonEC2", "AttributeNames": EC2_ATTRIBUTES}]
+    return {
+        "Services": [s for s in services if not code or s["ServiceCode"] == code],
+        "FormatVersion": "aws_v1",
+    }
+
+
+# --- CreateFleet of type instant: errors for dry pools, allocation over the open ones ------------
+
+
+@dataclass
+class Override:
+    """One launch template override of a CreateFleet request, resolved."""
+
+    index: int
+    template: Any  # moto's LaunchTemplateVersion
+    spec: dict[str, Any]  # the LaunchTemplateSpecification the answer names
+    given: dict[str, Any]  # the override as asked, for the answer
+    instance_type: str
+    subnet_id: str | None
+    zone: str
+    image_id: str | None
+    priority: float
+    weight: float
+
+    def pool(self, market: str) -> Pool:
+        return Pool(self.instance_type, self.zone, market)
+
+    def answer(self) -> dict[str, Any]:
+        """`LaunchTemplateAndOverrides` as AWS names it."""
+        return {"LaunchTemplateSpecification": self.spec, "Overrides": self.given}
+
+
+# Spot strategies that spread capacity over pools, and price-capacity-optimized's reach: the open
+# pools priced within this factor of the cheapest open one.
+SPREAD_STRATEGIES = ("price-capacity-optimized", "capacity-optimized", "diversified")
+PRICE_CAPACITY_REACH = 1.2
+
+
+def resolve_overrides(backend: Any, configs: list[dict[str, Any]]) -> list[Override]:
+    overrides: list[Override] = []
+    for config in configs or []:
+        asked = dict(config.get("LaunchTemplateSpecification") or {})
+        template = backend._get_template_from_args(asked)  # unknown: moto's NotFound errors
+        spec = {"LaunchTemplateId": template.template.id, "Version": str(template.number)}
+        if asked.get("LaunchTemplateName"):
+            spec["LaunchTemplateName"] = asked["LaunchTemplateName"]
+        data = template.data
+        nics = data.get("NetworkInterfaces") or []
+        for given in config.get("Overrides") or [{}]:
+            instance_type = given.get("InstanceType") or data.get("InstanceType")
+            if not instance_type:
+                raise EC2ClientError(
+                    "InvalidParameterValue",
+                    "Each override or its launch template must give an InstanceType",
+                )
+            subnet_id = given.get("SubnetId") or next(
+                (n.get("SubnetId") for n in nics if int(n.get("DeviceIndex", 0)) == 0), None
+            )
+            zone = (
+                backend.get_subnet(subnet_id).availability_zone  # unknown: NotFound
+                if subnet_id
+                else given.get("AvailabilityZone")
+                or (data.get("Placement") or {}).get("AvailabilityZone")
+                or f"{backend.region_name}a"
+            )
+            priority = given.get("Priority")
+            overrides.append(
+                Override(
+                    index=len(overrides),
+                    template=template,
+                    spec=spec,
+                    given=dict(given),
+                    instance_type=instance_type,
+                    subnet_id=subnet_id,
+                    zone=zone,
+                    image_id=given.get("ImageId") or data.get("ImageId"),
+                    priority=float(priority) if priority is not None else math.inf,
+                    weight=float(given.get("WeightedCapacity") or 1.0),
+                )
+            )
+    return overrides
+
+
+def allocate(
+    open_pools: list[Override], capacity: float, market: str, options: dict[str, Any], region: str
+) -> list[tuple[Override, int]]:
+    """How many instances each open override gets, in launch order, for `capacity` units.
+
+    Spot: `price-capacity-optimized` spreads evenly over the open pools priced within
+    PRICE_CAPACITY_REACH of the cheapest (cheapest first); `lowest-price` (AWS's default) fills
+    the cheapest, or spreads over the `InstancePoolsToUseCount` cheapest; `diversified` and
+    `capacity-optimized` (there is no capacity model) spread over every open pool in list
+    order; `capacity-optimized-prioritized` fills the lowest `Priority`. On-demand:
+    `lowest-price` (the default) fills the cheapest by on-demand price, `prioritized` the
+    lowest `Priority`. Ties keep list order; an unpriced type sorts last."""
+    if not open_pools or capacity <= 0:
+        return []
+    strategy = options.get("AllocationStrategy") or "lowest-price"
+
+    def price(o: Override) -> float:
+        found = (
+            spot_price(region, o.zone, o.instance_type)
+            if market == "spot"
+            else on_demand_price(region, o.instance_type)
+        )
+        return math.inf if found is None else found / o.weight
+
+    by_price = sorted(open_pools, key=lambda o: (price(o), o.index))
+    by_priority = sorted(open_pools, key=lambda o: (o.priority, o.index))
+    if market == "spot" and strategy == "price-capacity-optimized":
+        cheapest = price(by_price[0])
+        chosen = [o for o in by_price if price(o) <= cheapest * PRICE_CAPACITY_REACH] or by_price
+    elif market == "spot" and strategy in SPREAD_STRATEGIES:
+        chosen = open_pools
+    elif market == "spot" and strategy == "lowest-price":
+        chosen = by_price[: max(1, int(options.get("InstancePoolsToUseCount") or 1))]
+    elif strategy in ("prioritized", "capacity-optimized-prioritized"):
+        chosen = by_priority[:1]
+    else:
+        chosen = by_price[:1]
+    counts = [0] * len(chosen)
+    left, turn = capacity, 0
+    while left > 0:
+        counts[turn % len(chosen)] += 1
+        left -= chosen[turn % len(chosen)].weight
+        turn += 1
+    return [(o, n) for o, n in zip(chosen, counts, strict=True) if n]
+
+
+def fleet_tags(tag_specifications: list[dict[str, Any]], resource: str) -> dict[str, str]:
+    return convert_tag_spec(tag_specifications or []).get(resource, {})
+
+
+def launch_override(
+    backend: Any,
+    fleet: Any,
+    override: Override,
+    count: int,
+    market: str,
+    tag_specifications: list[dict[str, Any]],
+) -> list[Any]:
+    """Runs `count` instances of `override` through RunInstances' path (the patched
+    run_instances): the template's user data, instance profile, security groups (on the
+    instance, as AWS shows them, and on its interface), network interfaces with the override's
+    subnet, block devices, metadata options and tags, as RunInstances with that template
+    would."""
+    data = override.template.data
+    nics = copy.deepcopy(data.get("NetworkInterfaces") or [])
+    group_ids = list(data.get("SecurityGroupIds") or [])
+    for nic in nics:
+        if int(nic.get("DeviceIndex", 0)) == 0 and override.subnet_id:
+            nic["SubnetId"] = override.subnet_id
+        group_ids.extend(nic.pop("Groups", None) or [])
+    template_tags = convert_tag_spec(data.get("TagSpecifications") or [])
+    tags = {
+        "instance": {
+            **fleet_tags(tag_specifications, "instance"),
+            "aws:ec2:fleet-id": fleet.id,
+        },
+        "volume": {
+            **template_tags.get("volume", {}),
+            **fleet_tags(tag_specifications, "volume"),
+        },
+    }
+    profile = data.get("IamInstanceProfile") or {}
+    kwargs: dict[str, Any] = {
+        "instance_type": override.instance_type,
+        "is_instance_type_default": False,
+        "placement": None if override.subnet_id else override.zone,
+        "region_name": backend.region_name,
+        "subnet_id": None if nics else override.subnet_id,
+        "key_name": data.get("KeyName"),
+        "security_group_ids": list(dict.fromkeys(group_ids)),
+        "nics": nics,
+        "tags": tags,
+        "ebs_optimized": bool(data.get("EbsOptimized")),
+        "instance_market_options": "spot" if market == "spot" else {},
+        "instance_initiated_shutdown_behavior": data.get("InstanceInitiatedShutdownBehavior"),
+        "launch_template": {
+            "LaunchTemplateId": override.template.template.id,
+            "Version": str(override.template.number),
+        },
+        "iam_instance_profile_name": profile.get("Name"),
+        "iam_instance_profile_arn": profile.get("Arn"),
+        "monitoring_state": "enabled"
+        if (data.get("Monitoring") or {}).get("Enabled")
+        else "disabled",
+        "metadata_options": data.get("MetadataOptions") or {},
+        "fleet_id": fleet.id,
+    }
+    mappings = [m for m in data.get("BlockDeviceMappings") or [] if m.get("Ebs")]
+    if mappings:
+        # Given, so moto does not add its default 8 GiB root volume beside the template's.
+        kwargs["block_device_mappings"] = mappings
+    reservation = backend.run_instances(override.image_id, count, None, [], **kwargs)
+    if profile.get("Name") or profile.get("Arn"):
+        # The patched run_instances gives the profile to all but the first, as RunInstances'
+        # response gives it to the first.
+        backend.associate_iam_instance_profile(
+            reservation.instances[0].id,
+            iam_instance_profile_name=profile.get("Name"),
+            iam_instance_profile_arn=profile.get("Arn"),
+        )
+    fleet.on_demand_instances.extend(
+        {"id": None, "instance": instance, "launch_spec": None}
+        for instance in reservation.instances
+    )
+    return reservation.instances
+
+
+def check_instance_profiles(backend: Any, overrides: list[Override]) -> None:
+    """An unknown instance profile fails the whole request before anything launches."""
+    for template in {id(o.template): o.template for o in overrides}.values():
+        profile = template.data.get("IamInstanceProfile") or {}
+        if not (profile.get("Name") or profile.get("Arn")):
+            continue
+        try:
+            found = filter_iam_instance_profiles(
+                backend.account_id,
+                partition=backend.partition,
+                iam_instance_profile_arn=profile.get("Arn"),
+                iam_instance_profile_name=profile.get("Name"),
+            )
+        except Exception:
+            found = None
+        if found is None:
+            name = profile.get("Arn") or profile.get("Name")
+            raise EC2ClientError(
+                "InvalidParameterValue",
+                f"Value ({name}) for parameter iamInstanceProfile is invalid."
+                " Invalid IAM Instance Profile name",
+            )
+
+
+original_create_fleet = FleetsBackend.create_fleet
+
+
+def create_fleet(self: Any, **kwargs: Any) -> Any:
+    """moto's for `maintain` and `request`; for `instant`, flotilla's: each override's pool (type,
+    the subnet's zone, market) may be dry by a pool fault rule (evaluated once per override and
+    market asked for, action `*` or `CreateFleet`): dry ones become `Errors`, and the target
+    capacity is allocated over the open ones (allocate()) and launched like RunInstances."""
+    if kwargs.get("fleet_type") != "instant":
+        return original_create_fleet(self, **kwargs)
+    target = kwargs.get("target_capacity_specification") or {}
+    total = float(target.get("TotalTargetCapacity") or 0)
+    on_demand_part = float(target.get("OnDemandTargetCapacity") or 0)
+    spot_part = float(target.get("SpotTargetCapacity") or 0)
+    default = target.get("DefaultTargetCapacityType") or "on-demand"
+    rest = max(0.0, total - on_demand_part - spot_part)
+    parts = {"on-demand": on_demand_part, "spot": spot_part}
+    parts[default if default in parts else "on-demand"] += rest
+    overrides = resolve_overrides(self, kwargs.get("launch_template_configs") or [])
+    check_instance_profiles(self, overrides)
+    empty = {**kwargs, "target_capacity_specification": {"TotalTargetCapacity": 0}}
+    fleet = original_create_fleet(self, **{**empty, "launch_template_configs": []})
+    fleet.target_capacity_specification = target
+    fleet.launch_template_configs = kwargs.get("launch_template_configs") or []
+    fleet.target_capacity = int(total)
+    instances: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
+    scope = getattr(CURRENT, "scope", "-")
+    for market in ("on-demand", "spot"):
+        if parts[market] <= 0:
+            continue
+        open_pools = []
+        for override in overrides:
+            refusal = unsupported(self.region_name, override)
+            if refusal is None:
+                hit = FAULTS.pick_pool(scope, "CreateFleet", override.pool(market))
+                if hit is None:
+                    open_pools.append(override)
+                    continue
+                refusal = pool_error(hit, override.pool(market))
+            code, message = refusal
+            errors.append(
+                {
+                    "LaunchTemplateAndOverrides": override.answer(),
+                    "Lifecycle": market,
+                    "ErrorCode": code,
+                    "ErrorMessage": message,
+                }
+            )
+        options = (
+            kwargs.get("spot_options") if market == "spot" else kwargs.get("on_demand_options")
+        )
+        for override, wanted in allocate(
+            open_pools, parts[market], market, options or {}, self.region_name
+        ):
+            subnet = self.get_subnet(override.subnet_id) if override.subnet_id else None
+            count = min(wanted, free_addresses(subnet)) if subnet is not None else wanted
+            if count < wanted:
+                error = InsufficientFreeAddresses(override.subnet_id or "")
+                errors.append(
+                    {
+                        "LaunchTemplateAndOverrides": override.answer(),
+                        "Lifecycle": market,
+                        "ErrorCode": error.code,
+                        "ErrorMessage": error.message,
+                    }
+                )
+            if count == 0:
+                continue
+            launched = launch_override(
+                self, fleet, override, count, market, kwargs.get("tag_specifications") or []
+            )
+            entry: dict[str, Any] = {
+                "LaunchTemplateAndOverrides": override.answer(),
+                "Lifecycle": market,
+                "InstanceIds": [i.id for i in launched],
+                "InstanceType": override.instance_type,
+            }
+            instances.append(entry)
+            units = count * override.weight
+            fleet.fulfilled_capacity += units
+            if market == "spot":
+                fleet.fulfilled_spot_capacity += units
+            else:
+                fleet.fulfilled_on_demand_capacity += units
+    fleet._flotilla_instances = instances
+    fleet._flotilla_errors = errors
+    return fleet
+
+
+def unsupported(region: str, override: Override) -> tuple[str, str] | None:
+    """AWS's error for a type its zone does not offer (moto's offerings data, which
+    DescribeInstanceTypeOfferings answers); None when offered, or when moto has no data."""
+    offerings = INSTANCE_TYPE_OFFERINGS["availability-zone"].get(region)
+    if not offerings:
+        return None
+    zones = sorted(o["Location"] for o in offerings if o["InstanceType"] == override.instance_type)
+    if override.zone in zones:
+        return None
+    return (
+        "Unsupported",
+        f"Your requested instance type ({override.instance_type}) is not supported in your"
+        f" requested Availability Zone ({override.zone}). Please retry your request by not"
+        f" specifying an Availability Zone or choosing {', '.join(zones) or 'another region'}.",
+    )
+
+
+def pool_error(rule: Rule, pool: Pool) -> tuple[str, str]:
+    """The code and message a dry pool answers, as fault_response words them."""
+    _, message = KNOWN_ERRORS.get(rule.code, (400, f"{rule.code} (injected by flotilla-emulator)"))
+    text = rule.message or message.format(type=pool.instance_type, az=pool.availability_zone)
+    return rule.code, text
+
+
+original_fleet_instances = Fleet.instances
+
+
+def fleet_instances(self: Any) -> Any:
+    """An instant fleet's `Instances`: one entry per override launched, as AWS groups them."""
+    if hasattr(self, "_flotilla_instances"):
+        return self._flotilla_instances
+    return original_fleet_instances.fget(self)
+
+
+original_create_fleet_response = Fleets.create_fleet
+
+
+def create_fleet_response(self: Any) -> Any:
+    """moto's answer, with the instant fleet's `Errors` (moto always leaves them out)."""
+    result = original_create_fleet_response(self)
+    fleet = self.ec2_backend.get_fleet(result.result["FleetId"])
+    errors = getattr(fleet, "_flotilla_errors", None)
+    if errors is not None:
+        result.result["Errors"] = errors
+    return result
+
+
+# --- EC2 throttling: token buckets per scope and region, off unless switched on -----------------
+
+
+class TokenBucket:
+    """flotilla-capacity's `TokenBucket`: holds up to `capacity` tokens, refills
+    `refill_per_second`; a take of more than the capacity needs a full bucket and takes it all;
+    a refused take takes nothing."""
+
+    def __init__(self, capacity: float, refill_per_second: float, now: float) -> None:
+        self.capacity, self.refill_per_second = capacity, refill_per_second
+        self.tokens, self.last = capacity, now
+
+    def take(self, tokens: float, now: float) -> float:
+        """The tokens taken (`min(tokens, capacity)`), or 0 when they are not there yet."""
+        elapsed = max(0.0, now - self.last)
+        self.tokens = min(self.capacity, self.tokens + elapsed * self.refill_per_second)
+        self.last = max(self.last, now)
+        wanted = min(tokens, self.capacity)
+        if self.tokens >= wanted:
+            self.tokens -= wanted
+            return wanted
+        return 0.0
+
+    def give_back(self, tokens: float) -> None:
+        self.tokens = min(self.capacity, self.tokens + tokens)
+
+
+class RegionBuckets:
+    """flotilla-capacity's `RegionBuckets` of one scope (account) and region: a request bucket
+    per action class, and the instance buckets (RunInstances, TerminateInstances), numbers and
+    classes from TABLES. The instance bucket is asked first; when the request bucket then
+    refuses, the instances go back (all that were taken; flotilla-capacity gives back the
+    number asked for, which can overfill a bucket asked for more than it holds)."""
+
+    def __init__(self) -> None:
+        self.requests: dict[str, TokenBucket] = {}
+        self.instances: dict[str, TokenBucket] = {}
+
+    def take(self, action: str, filtered: bool, instances: int, now: float) -> bool:
+        classes = TABLES.actions.get(action, ("Mutating", "Mutating"))
+        name = classes[1] if filtered else classes[0]
+        taken = 0.0
+        if instances > 0 and action in TABLES.instances:
+            bucket = self.instances.setdefault(action, TokenBucket(*TABLES.instances[action], now))
+            taken = bucket.take(instances, now)
+            if not taken:
+                return False
+        requests = self.requests.setdefault(name, TokenBucket(*TABLES.classes[name], now))
+        if requests.take(1, now):
+            return True
+        if taken:
+            self.instances[action].give_back(taken)
+        return False
+
+
+def filtered(params: dict[str, str]) -> bool:
+    """Filters, ids or pagination: what moves a Describe call to the larger bucket."""
+    return any(
+        key.startswith("Filter.") or key in ("MaxResults", "NextToken") or LIST_KEY.match(key)
+        for key in params
+    )
+
+
+LIST_KEY = re.compile(r"^\w+(Id|Name)\.\d+$")
+
+
+def instance_count(call: Call) -> int:
+    """What a call counts in instances: RunInstances' MaxCount, TerminateInstances' ids."""
+    if call.action == "RunInstances":
+        try:
+            return max(1, int(call.params.get("MaxCount") or call.params.get("MinCount") or 1))
+        except ValueError:
+            return 1
+    if call.action == "TerminateInstances":
+        return sum(1 for key in call.params if re.match(r"^InstanceId\.\d+$", key))
+    return 0
+
+
+class Throttling:
+    """Per scope (`*`: scopes without their own setting), whether EC2's buckets apply; the
+    buckets per scope and region; and the requests refused, per scope, region and Action."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.enabled: dict[str, bool] = {}
+        self.buckets: dict[tuple[str, str], RegionBuckets] = {}
+        self.throttled: dict[str, dict[str, dict[str, int]]] = {}
+
+    def on(self, scope: str) -> bool:
+        return self.enabled.get(scope, self.enabled.get(ANY, False))
+
+    def admit(self, call: Call) -> bool:
+        """Takes the call's tokens, or counts it as throttled (taking nothing)."""
+        if call.service != "ec2":
+            return True
+        with self.lock:
+            if not self.on(call.scope) or not TABLES.loaded:
+                return True
+            buckets = self.buckets.setdefault((call.scope, call.region), RegionBuckets())
+            if buckets.take(
+                call.action, filtered(call.params), instance_count(call), time.monotonic()
+            ):
+                return True
+            actions = self.throttled.setdefault(call.scope, {}).setdefault(call.region, {})
+            actions[call.action] = actions.get(call.action, 0) + 1
+            return False
+
+    def set(self, scope: str, enabled: bool | None) -> None:
+        """Switches a scope's model (None: back to `*`'s); its buckets start full again."""
+        with self.lock:
+            if enabled is None:
+                self.enabled.pop(scope, None)
+                self.throttled.pop(scope, None)
+            else:
+                self.enabled[scope] = enabled
+            for key in [k for k in self.buckets if scope in (k[0], ANY)]:
+                del self.buckets[key]
+
+    def to_json(self, scope: str) -> dict[str, Any]:
+        with self.lock:
+            by_region = json.loads(json.dumps(self.throttled.get(scope, {})))
+        total: dict[str, int] = {}
+        for actions in by_region.values():
+            for action, n in actions.items():
+                total[action] = total.get(action, 0) + n
+        return {"enabled": self.on(scope), "throttled": total, "by_region": by_region}
+
+
+THROTTLING = Throttling()
 
 
 # --- Instances, as the booter sees them ---------------------------------------------------------
@@ -1068,6 +2373,8 @@ def describe(account_id: str, region: str, backend: Any, instance: Any) -> dict[
             if instance.state_reason.code
             else None
         ),
+        "spot_interruption": getattr(instance, "_flotilla_spot_notice", None),
+        "spot_reclaim_after_ms": getattr(instance, "_flotilla_reclaim_after_ms", None),
     }
 
 
@@ -1142,6 +2449,16 @@ def control(method: str, path: str, query: dict[str, str], body: Any) -> tuple[i
             return 200, {"generation": generation, "instances": list_instances()}
     if parts == ["public-ips"] and method == "GET":
         return 200, POOL.to_json()
+    if parts == ["catalogue"] and method == "GET":
+        return 200, catalogue()
+    if parts == ["tables"]:
+        if method == "PUT":
+            return 200, TABLES.load(body)
+        return 200, TABLES.summary()
+    if parts == ["instances", "reclaim"]:
+        if method != "POST":
+            return 404, {"error": f"no control route {method} {path}; use POST"}
+        return reclaim(body)
     if len(parts) == 3 and parts[0] == "instances" and parts[2] == "terminate":
         if method != "POST":
             return 404, {"error": f"no control route {method} {path}; use POST"}
@@ -1170,6 +2487,24 @@ def control(method: str, path: str, query: dict[str, str], body: Any) -> tuple[i
         elif method == "DELETE":
             LATENCY.clear(scope, LATENCY_DEFAULT)
         return 200, LATENCY.get(scope)
+    if what == "throttling":
+        if method == "PUT":
+            switch = expect_object(body, {"enabled"}, "throttling")
+            if not isinstance(switch.get("enabled"), bool):
+                raise BadRequest('throttling needs `{"enabled": true}` or false')
+            if switch["enabled"] and not TABLES.loaded:
+                raise BadRequest("the throttling table is not loaded yet (up hands it over)")
+            THROTTLING.set(scope, switch["enabled"])
+        elif method == "DELETE":
+            THROTTLING.set(scope, None)
+        return 200, THROTTLING.to_json(scope)
+    if what == "spot-reclaim":
+        if method == "PUT":
+            RECLAIMS.set(scope, ReclaimSetting.parse(body))
+        elif method == "DELETE":
+            RECLAIMS.set(scope, None)
+        setting = RECLAIMS.setting(scope)
+        return 200, setting.to_json() if setting else {"probability_per_minute": 0.0}
     if what == "timing":
         if method == "PUT":
             TIMING.set(scope, non_negative_ints(body, {"pending_ms", "shutting_down_ms"}, "timing"))
@@ -1227,6 +2562,10 @@ class Middleware:
         delay = LATENCY.get(call.scope)["ms"]
         if delay:
             time.sleep(delay / 1000.0)
+        if not THROTTLING.admit(call):
+            status, headers, body = fault_response(call, Rule(code="RequestLimitExceeded"), None)
+            start_response(f"{status} Throttled", [*headers, ("Content-Length", str(len(body)))])
+            return [body]
         if call.service == "ec2":
             with EC2_LOCK:
                 LIFECYCLE.advance()
@@ -1241,6 +2580,10 @@ class Middleware:
             status, headers, body = fault_response(call, *injected)
             start_response(f"{status} Injected", [*headers, ("Content-Length", str(len(body)))])
             return [body]
+        if call.service == "pricing" or environ.get("HTTP_X_AMZ_TARGET", "").startswith(
+            "AWSPriceListService."
+        ):
+            return serve_pricing(call, environ, start_response)
         CURRENT.scope = call.scope
         try:
             return self.moto_app(environ, start_response)

@@ -1,6 +1,6 @@
-//! The typed client tests use to drive a running emulator stack: faults, counts, latency and
-//! state timing per scope (moto's `/_flotilla/` API), instances, and IMDS events (the booter's
-//! control API).
+//! The typed client tests use to drive a running emulator stack: faults (dry pools included),
+//! counts, latency, state timing, throttling and random spot reclaims per scope (moto's
+//! `/_flotilla/` API), instances and spot reclaims, and IMDS events (the booter's control API).
 //!
 //! A *scope* is an access key id. Each test uses its own ([`Emulator::fresh_scope`]) and signs
 //! its requests with it, so tests running in parallel against the one shared stack see only
@@ -18,11 +18,20 @@
 //! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/timing` (PUT `{"pending_ms"?, "shutting_down_ms"?}`) | both values |
 //! | `GET /_flotilla/instances[?since=G]` | `{"generation": G, "instances": [InstanceInfo]}` or `{"generation": G, "unchanged": true}` |
 //! | `POST /_flotilla/instances/{id}/terminate` `{"code", "message"}` (the booter, when it cannot boot an instance) | `InstanceInfo`: `shutting-down` then `terminated` with that `StateReason`; 404 for an unknown id |
+//! | `POST /_flotilla/instances/reclaim` `{"instance_ids": [id], "delay_ms"?}` ([`Emulator::reclaim_spot`]) | `{"instances": [InstanceInfo]}` with `spot_interruption` `{"action": "terminate", "time"}`; terminated after the delay with `Server.SpotInstanceTermination`; 400 for an on-demand instance, 404 for an unknown id |
+//! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/throttling` (PUT `{"enabled": bool}`; DELETE: back to `*`'s, counts cleared) | `{"enabled", "throttled": {Action: n}, "by_region": {region: {Action: n}}}` |
+//! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/spot-reclaim` (PUT `{"probability_per_minute", "seed"?, "delay_ms"?}`, [`Scope::set_spot_reclaim`]) | the setting in force |
 //! | `GET /_flotilla/public-ips` | `{"size": n, "free": n, "in_use": {ip: instance id}, "next": [ip]}` |
+//! | `GET /_flotilla/catalogue` (`up`, once moto answers) | `{"ec2_actions": [Action], "regions": [region]}` |
+//! | `PUT /_flotilla/tables` (`up`: flotilla-capacity's prices and throttling buckets, `crate::tables`) / `GET` | `{"loaded", "price_date", "instance_types", "regions", "actions"}` |
 //!
 //! A `Rule` is `{"code", "service"?, "action"?, "probability"?, "count"?, "pool"?:
 //! {"instance_type"?, "availability_zone"?, "market"?: "spot"|"on-demand"}, "status"?,
-//! "message"?}` ([`FaultRule`]). The booter's API is described in `booter_api.rs`.
+//! "message"?}` ([`FaultRule`]). A rule with a `pool` makes that pool dry: a `RunInstances` in
+//! it (action `RunInstances` or `*`) fails with the error; in a `CreateFleet` of type `instant`
+//! (action `CreateFleet` or `*`) each override in it (type, its subnet's zone, the market asked
+//! for) becomes an `Errors` entry with the rule's code, one hit per override, and the target
+//! capacity goes to the open overrides. The booter's API is described in `booter_api.rs`.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -36,8 +45,8 @@ use serde_json::json;
 use crate::env;
 pub use crate::instance::{
     AgentSeedSwitch, BOOT_FAILURE_CODE, BootState, BootedInstance, InstanceInfo,
-    RebalanceRecommendation, ScheduledEvent, ScheduledEvents, SpotAction, SpotInterruption,
-    StateReason,
+    RebalanceRecommendation, SPOT_RECLAIM_CODE, ScheduledEvent, ScheduledEvents, SpotAction,
+    SpotInterruption, StateReason,
 };
 
 /// What a test gets when the stack is not running.
@@ -88,7 +97,8 @@ pub struct FaultRule {
     pub message: Option<String>,
 }
 
-/// Which RunInstances calls a rule hits: each given field must match.
+/// Which launches a rule refuses: RunInstances calls, and CreateFleet overrides, in a pool
+/// where each given field matches.
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
 pub struct PoolFilter {
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -125,12 +135,57 @@ impl Counts {
     }
 }
 
+/// A scope's EC2 throttling ([`Scope::set_throttling`]) and what it refused.
+#[derive(Clone, Debug, Default, PartialEq, Deserialize)]
+pub struct Throttling {
+    pub enabled: bool,
+    /// Requests answered `RequestLimitExceeded`, by Action, over all regions.
+    pub throttled: BTreeMap<String, u64>,
+    /// The same by region, then Action.
+    pub by_region: BTreeMap<String, BTreeMap<String, u64>>,
+}
+
+impl Throttling {
+    pub fn get(&self, action: &str) -> u64 {
+        self.throttled.get(action).copied().unwrap_or(0)
+    }
+}
+
 /// How long instances stay pending and shutting-down (or stopping).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub struct StateTiming {
     pub pending: Duration,
     pub shutting_down: Duration,
 }
+
+/// A scope's random spot reclaims ([`Scope::set_spot_reclaim`]).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct SpotReclaim {
+    /// The chance that a running spot instance of the scope is interrupted within a minute
+    /// (each draws an exponential time to its notice with that rate; 1 is at once).
+    pub probability_per_minute: f64,
+    /// Seeds the draws: the same launches in the same order get the same times. `None`: a
+    /// fresh seed.
+    pub seed: Option<u64>,
+    /// From notice to termination (AWS: two minutes); also the default of
+    /// [`Emulator::reclaim_spot`] for the scope's instances.
+    pub delay: Duration,
+}
+
+impl SpotReclaim {
+    /// Interruptions with `probability_per_minute`, seeded, two minutes' warning.
+    pub fn new(probability_per_minute: f64, seed: u64) -> SpotReclaim {
+        SpotReclaim { probability_per_minute, seed: Some(seed), delay: SPOT_WARNING }
+    }
+
+    pub fn delay(mut self, delay: Duration) -> SpotReclaim {
+        self.delay = delay;
+        self
+    }
+}
+
+/// How long AWS warns before it reclaims a spot instance.
+pub const SPOT_WARNING: Duration = Duration::from_secs(120);
 
 /// The public-IP pool.
 #[derive(Clone, Debug, PartialEq, Deserialize)]
@@ -304,6 +359,39 @@ impl Emulator {
     ) -> Result<InstanceInfo, ControlError> {
         let body = serde_json::to_value(reason).unwrap_or_default();
         self.moto("POST", &format!("instances/{id}/terminate"), Some(body)).await
+    }
+
+    /// Reclaims spot instances as EC2 does: each one's IMDS serves `spot/instance-action`
+    /// (`{"action": "terminate", "time": now + delay}`) at once, and after `delay` (`None`: its
+    /// scope's [`SpotReclaim::delay`], else two minutes) it goes `shutting-down` (the scope's
+    /// timing), then `terminated`, with [`StateReason::spot_reclaim`]. All or none: an
+    /// on-demand instance, or one no longer pending or running, is refused (400, naming it); an
+    /// unknown id is 404. An instance already noticed keeps its notice.
+    pub async fn reclaim_spot(
+        &self,
+        ids: &[String],
+        delay: Option<Duration>,
+    ) -> Result<Vec<InstanceInfo>, ControlError> {
+        #[derive(Deserialize)]
+        struct Reclaimed {
+            instances: Vec<InstanceInfo>,
+        }
+        let mut body = json!({ "instance_ids": ids });
+        if let Some(delay) = delay {
+            body["delay_ms"] = json!(millis(delay));
+        }
+        let reclaimed: Reclaimed = self.moto("POST", "instances/reclaim", Some(body)).await?;
+        // The booter would read the notice at its next poll; tell the booted instances' IMDS
+        // now. One not booted yet reads it from moto when it boots.
+        for instance in &reclaimed.instances {
+            if let Some(notice) = &instance.spot_interruption {
+                match self.trigger_spot_interruption(&instance.id, notice).await {
+                    Ok(()) | Err(ControlError::Status { status: 404, .. }) => {}
+                    Err(error) => return Err(error),
+                }
+            }
+        }
+        Ok(reclaimed.instances)
     }
 
     pub async fn public_ips(&self) -> Result<PublicIps, ControlError> {
@@ -529,6 +617,51 @@ impl Scope {
 
     pub async fn clear_timing(&self) -> Result<(), ControlError> {
         let _: serde_json::Value = self.emulator.moto("DELETE", &self.path("timing"), None).await?;
+        Ok(())
+    }
+
+    /// Switches EC2's request throttling on or off for this scope (for `*`: every scope without
+    /// its own setting; off by default): flotilla-capacity's token buckets
+    /// (`flotilla_capacity::throttle`) per scope and region, a request beyond its bucket answered
+    /// `RequestLimitExceeded` (HTTP 503, EC2's XML) without taking a token. The buckets start
+    /// full.
+    pub async fn set_throttling(&self, enabled: bool) -> Result<(), ControlError> {
+        let body = json!({ "enabled": enabled });
+        let _: serde_json::Value =
+            self.emulator.moto("PUT", &self.path("throttling"), Some(body)).await?;
+        Ok(())
+    }
+
+    /// Whether throttling applies to this scope, and what it refused.
+    pub async fn throttling(&self) -> Result<Throttling, ControlError> {
+        self.emulator.moto("GET", &self.path("throttling"), None).await
+    }
+
+    /// Back to `*`'s throttling setting, with the counts cleared.
+    pub async fn clear_throttling(&self) -> Result<(), ControlError> {
+        let _: serde_json::Value =
+            self.emulator.moto("DELETE", &self.path("throttling"), None).await?;
+        Ok(())
+    }
+
+    /// Interrupts this scope's running spot instances at random (for `*`: every scope without
+    /// its own setting); replaces the previous setting and draws again for the instances
+    /// running now, in launch order. See [`Emulator::reclaim_spot`] for what a reclaim does.
+    pub async fn set_spot_reclaim(&self, reclaim: &SpotReclaim) -> Result<(), ControlError> {
+        let body = json!({
+            "probability_per_minute": reclaim.probability_per_minute,
+            "seed": reclaim.seed,
+            "delay_ms": millis(reclaim.delay),
+        });
+        let _: serde_json::Value =
+            self.emulator.moto("PUT", &self.path("spot-reclaim"), Some(body)).await?;
+        Ok(())
+    }
+
+    /// No more random reclaims (back to `*`'s setting); notices already given stand.
+    pub async fn clear_spot_reclaim(&self) -> Result<(), ControlError> {
+        let _: serde_json::Value =
+            self.emulator.moto("DELETE", &self.path("spot-reclaim"), None).await?;
         Ok(())
     }
 

@@ -12,7 +12,9 @@
 //!   `events/maintenance/scheduled` are 404 until a test triggers them through the booter's
 //!   control API; then they answer `{"action","time"}`, `{"noticeTime"}` and a list of
 //!   `{Code,Description,EventId,NotBefore,NotAfter,State}`. Their times are fixed when triggered
-//!   (AEMM recomputes the spot time on every request; a notice does not move on AWS).
+//!   (AEMM recomputes the spot time on every request; a notice does not move on AWS). A spot
+//!   instance moto reclaimed (`POST /_flotilla/instances/reclaim`, or a scope's random
+//!   reclaims) serves moto's notice (`InstanceInfo::spot_interruption`) the same way.
 //!
 //! The instance's role credentials carry the instance's scope as `AccessKeyId`, so what the
 //! agent does with them is counted, and faulted, in the scope of the test that launched it.
@@ -278,7 +280,7 @@ impl Imds {
         if instance.public_ip.is_some() {
             entries.push("public-ipv4");
         }
-        if instance.lifecycle == "spot" || self.events().spot.is_some() {
+        if instance.lifecycle == "spot" || self.spot_notice(instance).is_some() {
             entries.push("spot/");
         }
         entries.sort_unstable();
@@ -308,7 +310,7 @@ impl Imds {
                 Some(instance.tags.keys().map(String::as_str).collect::<Vec<_>>().join("\n"))
             }
             "spot" => Some(listing(&["instance-action", "termination-time"])),
-            "spot/instance-action" => self.events().spot.map(|(action, time)| {
+            "spot/instance-action" => self.spot_notice(instance).map(|(action, time)| {
                 let action = match action {
                     SpotAction::Terminate => "terminate",
                     SpotAction::Stop => "stop",
@@ -316,7 +318,7 @@ impl Imds {
                 };
                 pretty(&json!({ "action": action, "time": rfc3339(time) }))
             }),
-            "spot/termination-time" => self.events().spot.map(|(_, time)| rfc3339(time)),
+            "spot/termination-time" => self.spot_notice(instance).map(|(_, time)| rfc3339(time)),
             "events" => Some(listing(&["maintenance/", "recommendations/"])),
             "events/maintenance" => Some(listing(&["scheduled"])),
             "events/maintenance/scheduled" => self.events().scheduled.as_ref().map(|events| {
@@ -347,6 +349,15 @@ impl Imds {
                 instance.tags.get(tag).cloned()
             }
         }
+    }
+
+    /// The spot notice a test triggered, else the one moto gave when it reclaimed the instance.
+    fn spot_notice(&self, instance: &InstanceInfo) -> Option<(SpotAction, SystemTime)> {
+        self.events().spot.or_else(|| {
+            let notice = instance.spot_interruption.as_ref()?;
+            let time = humantime::parse_rfc3339_weak(notice.time.as_deref()?).ok()?;
+            Some((notice.action, time))
+        })
     }
 
     fn iam_info(&self, arn: &str) -> String {

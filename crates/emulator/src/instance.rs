@@ -43,6 +43,14 @@ pub struct InstanceInfo {
     /// Why the instance is in its state (EC2's `StateReason`), when moto or the emulator said.
     #[serde(default)]
     pub state_reason: Option<StateReason>,
+    /// The notice of a reclaimed spot instance, as its IMDS serves it (`spot/instance-action`):
+    /// it is terminated at `time` with [`StateReason::spot_reclaim`].
+    #[serde(default)]
+    pub spot_interruption: Option<SpotInterruption>,
+    /// Under its scope's random reclaims: how long after it started running (or after the
+    /// setting changed) its notice was drawn to come, in milliseconds.
+    #[serde(default)]
+    pub spot_reclaim_after_ms: Option<u64>,
 }
 
 /// EC2's `StateReason` of an instance: a code and a message that starts with the code, as AWS
@@ -70,6 +78,17 @@ impl StateReason {
 
 /// The StateReason code of an instance the emulator could not boot.
 pub const BOOT_FAILURE_CODE: &str = "Server.InternalError";
+
+/// The StateReason code of a reclaimed spot instance.
+pub const SPOT_RECLAIM_CODE: &str = "Server.SpotInstanceTermination";
+
+impl StateReason {
+    /// How EC2 ends a reclaimed spot instance: `Server.SpotInstanceTermination: Spot instance
+    /// termination`.
+    pub fn spot_reclaim() -> StateReason {
+        StateReason::new(SPOT_RECLAIM_CODE, "Spot instance termination")
+    }
+}
 
 /// `GET /_flotilla/instances[?since=G]`: everything, or `unchanged` when nothing changed since
 /// generation `G`.

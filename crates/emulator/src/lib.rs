@@ -4,7 +4,11 @@
 //! ```text
 //!  CLI / tests ──SigV4 query/REST──► moto 5.2.5 (Python, in-process patches: python/flotilla_moto.py)
 //!                                      │  latency · faults · counts · state timing ·
-//!                                      │  dependency checks · loopback public IPs · /_flotilla/ API
+//!                                      │  dependency checks · loopback public IPs ·
+//!                                      │  CreateFleet instant · spot prices · Pricing API ·
+//!                                      │  spot reclaim · throttling · /_flotilla/ API
+//!                                      │  ▲ prices and throttling buckets from flotilla-capacity,
+//!                                      │    handed over by `up` at start (tables.rs)
 //!                                      ▼ GET /_flotilla/instances every 250 ms
 //!  tests ──► booter control API ──► booter (this process)
 //!                                      ├─ per running instance: IMDS on <public ip>:1338
@@ -28,4 +32,5 @@ mod booter_api;
 mod http;
 mod imds;
 mod moto;
+mod tables;
 mod venv;

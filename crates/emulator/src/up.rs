@@ -1,7 +1,8 @@
 //! `flotilla-emulator up`: starts the stack, prints its environment, runs until stopped.
 //!
 //! Order: state directory → Python environment (created on first use) → public-IP blocks →
-//! moto (our module, the AMI catalogue) → booter and its control API → the environment, on
+//! moto (our module, the AMI catalogue) → booter and its control API → moto's price and
+//! throttling tables (`tables.rs`, once it answers) → the environment, on
 //! stdout as `export NAME=value` lines (and into `--env-file`, written atomically, removed at
 //! start and exit so a stale one never points at a dead stack) → wait for
 //! SIGINT, SIGTERM, the end of `--parent-pid`, or moto's exit → stop every instance's
@@ -83,6 +84,8 @@ pub enum UpError {
     NotReady { what: &'static str, url: String, seconds: u64 },
     #[error("moto exited on its own ({0}); its log is moto.log in the state directory")]
     MotoDied(String),
+    #[error("handing moto the price and throttling tables: {0}")]
+    Tables(String),
 }
 
 /// Runs the stack until it is told to stop.
@@ -193,6 +196,9 @@ async fn serve(
     let api = tokio::spawn(serve_api(control_listener, booter.clone(), shutdown_rx));
 
     wait_ready(&http, "moto", &format!("{moto_url}/_flotilla/health")).await?;
+    crate::tables::hand_to_moto(&http, &moto_url, &files.state.join("tables.json"))
+        .await
+        .map_err(UpError::Tables)?;
     wait_ready(&http, "the booter's control API", &format!("{control_url}/health")).await?;
     let lines = environment_lines(&moto_url, &control_url, &files.state, &blocks.cidrs());
     let mut stdout = std::io::stdout().lock();

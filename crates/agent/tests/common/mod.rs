@@ -357,18 +357,21 @@ pub fn agent_process_binary() -> PathBuf {
 }
 
 /// Starts the agent process on `bootstrap`, with `args` after it; its stderr goes to
-/// [`agent_stderr`].
+/// [`agent_stderr`]. It runs under `setpriv --pdeathsig KILL` (util-linux, as the agent itself
+/// uses for binaries), so a test that fails part-way leaves no agent holding its address.
 pub fn spawn_agent_process(deployment: &Deployment, bootstrap: &Path, args: &[&str]) -> Child {
     let stderr = fs_err::File::create(deployment.temp.path().join("agent-stderr.txt"))
         .expect("a file for the agent's stderr");
-    Command::new(agent_process_binary())
+    Command::new("setpriv")
+        .args(["--pdeathsig", "KILL", "--"])
+        .arg(agent_process_binary())
         .arg(bootstrap)
         .args(args)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::from(stderr.into_parts().0))
         .spawn()
-        .expect("the agent process starts")
+        .expect("the agent process starts under setpriv (util-linux: apt-get install util-linux)")
 }
 
 /// What the agent process wrote to stderr so far.

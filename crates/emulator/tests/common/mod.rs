@@ -79,6 +79,35 @@ pub fn values(xml: &str, tag: &str) -> Vec<String> {
     found
 }
 
+/// The contents of each outermost `<tag>…</tag>` in `xml`, where `tag` may nest in itself (EC2's
+/// `<item>`s do).
+pub fn outer(xml: &str, tag: &str) -> Vec<String> {
+    let (open, close) = (format!("<{tag}>"), format!("</{tag}>"));
+    let mut found = Vec::new();
+    let mut rest = xml;
+    while let Some(start) = rest.find(&open) {
+        let body = &rest[start + open.len()..];
+        let (mut depth, mut at) = (1, 0);
+        while depth > 0 {
+            let (next_open, next_close) = (body[at..].find(&open), body[at..].find(&close));
+            match (next_open, next_close) {
+                (Some(o), Some(c)) if o < c => {
+                    depth += 1;
+                    at += o + open.len();
+                }
+                (_, Some(c)) => {
+                    depth -= 1;
+                    at += c + if depth == 0 { 0 } else { close.len() };
+                }
+                (_, None) => return found,
+            }
+        }
+        found.push(body[..at].to_owned());
+        rest = &body[at + close.len()..];
+    }
+    found
+}
+
 impl Aws {
     /// A fresh scope in us-east-1.
     pub fn new(label: &str) -> Aws {
@@ -127,6 +156,18 @@ impl Aws {
             .header("Authorization", self.authorization(service))
             .header("Content-Type", "application/x-www-form-urlencoded; charset=utf-8")
             .body(body.join("&"));
+        send(request).await
+    }
+
+    /// A JSON 1.1 call (`X-Amz-Target: {target}`), as the SDK sends the Pricing API's.
+    pub async fn json(&self, service: &str, target: &str, body: &serde_json::Value) -> Reply {
+        let request = self
+            .http
+            .post(self.emulator.endpoint())
+            .header("Authorization", self.authorization(service))
+            .header("Content-Type", "application/x-amz-json-1.1")
+            .header("X-Amz-Target", target)
+            .body(body.to_string());
         send(request).await
     }
 
