@@ -17,7 +17,8 @@ use aws_config::{BehaviorVersion, Region, SdkConfig};
 /// The region of the artifact bucket and of IAM calls.
 pub const HOME_REGION: &str = "us-east-1";
 
-/// Clients for every service the provider uses.
+/// Clients for every service the provider uses. Cloning is cheap: SDK clients share their
+/// configuration and connections.
 #[derive(Debug)]
 pub struct Clients {
     config: SdkConfig,
@@ -29,6 +30,19 @@ pub struct Clients {
     /// An emulator's address map ([`ADDRESS_MAP_VARIABLE`]): the only addresses machines may
     /// have.
     address_map: Option<String>,
+}
+
+impl Clone for Clients {
+    fn clone(&self) -> Clients {
+        Clients {
+            config: self.config.clone(),
+            ec2: Mutex::new(self.ec2.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            s3: self.s3.clone(),
+            iam: self.iam.clone(),
+            endpoint: self.endpoint.clone(),
+            address_map: self.address_map.clone(),
+        }
+    }
 }
 
 /// The emulator's address map: the CIDR blocks (`127.A.B.0/24,…`) its instances' public

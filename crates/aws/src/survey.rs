@@ -95,7 +95,8 @@ async fn describe_instance_types(clients: &Clients) -> Result<Vec<InstanceType>,
         .send();
     let mut types = Vec::new();
     while let Some(item) = pages.next().await {
-        let info = item.map_err(|e| AwsError::from_sdk(HOME_REGION, "DescribeInstanceTypes", "", e))?;
+        let info =
+            item.map_err(|e| AwsError::from_sdk(HOME_REGION, "DescribeInstanceTypes", "", e))?;
         if let Some(instance_type) = from_sdk(&info) {
             types.push(instance_type);
         }
@@ -132,7 +133,12 @@ pub fn from_sdk(info: &InstanceTypeInfo) -> Option<InstanceType> {
     let name = info.instance_type()?.as_str().to_owned();
     let processor = info.processor_info();
     let architectures = processor
-        .map(|p| p.supported_architectures().iter().filter_map(|a| Architecture::parse(a.as_str())).collect())
+        .map(|p| {
+            p.supported_architectures()
+                .iter()
+                .filter_map(|a| Architecture::parse(a.as_str()))
+                .collect()
+        })
         .unwrap_or_default();
     let cpu_manufacturer = processor.and_then(|p| p.manufacturer()).and_then(|m| match m {
         "Intel" => Some(CpuManufacturer::Intel),
@@ -220,11 +226,16 @@ fn read_cache<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
     serde_json::from_slice(&bytes).ok()
 }
 
-fn write_cache<T: serde::Serialize>(dir: &Path, name: &str, value: &T) -> Result<(), ProviderError> {
+fn write_cache<T: serde::Serialize>(
+    dir: &Path,
+    name: &str,
+    value: &T,
+) -> Result<(), ProviderError> {
     let write = || -> Result<(), flotilla_core::state::StateError> {
         ensure_private_dir(dir)?;
         let json = serde_json::to_vec(value).map_err(std::io::Error::other)?;
         write_private(&dir.join(name), &json)
     };
-    write().map_err(|e| ProviderError::with_source(format!("caching {name} in {}", dir.display()), e))
+    write()
+        .map_err(|e| ProviderError::with_source(format!("caching {name} in {}", dir.display()), e))
 }

@@ -74,7 +74,11 @@ impl std::fmt::Display for Architecture {
 pub fn guess_architecture(name: &str) -> Option<Architecture> {
     let family = name.split_once('.')?.0;
     if let Some(rest) = family.strip_prefix("mac") {
-        return Some(if rest.starts_with('1') { Architecture::X86_64Mac } else { Architecture::Arm64Mac });
+        return Some(if rest.starts_with('1') {
+            Architecture::X86_64Mac
+        } else {
+            Architecture::Arm64Mac
+        });
     }
     if family == "a1" {
         return Some(Architecture::Arm64);
@@ -308,6 +312,37 @@ impl Catalog {
             types: types.into_iter().map(|t| (t.name.clone(), t)).collect(),
             offerings: BTreeMap::new(),
         }
+    }
+
+    /// A catalog from names alone, for estimates without access to the account: each type's
+    /// architecture from its name ([`guess_architecture`]), its other attributes unknown (0),
+    /// and each of `regions` one unnamed zone (the region's own name) offering every type.
+    pub fn from_names<'a>(names: impl IntoIterator<Item = &'a str>, regions: &[String]) -> Catalog {
+        let types = names.into_iter().filter_map(|name| {
+            Some(InstanceType {
+                name: name.to_owned(),
+                architectures: vec![guess_architecture(name)?],
+                vcpus: 0,
+                memory_mib: 0,
+                cpu_manufacturer: None,
+                current_generation: true,
+                burstable: false,
+                bare_metal: false,
+                local_storage: false,
+                accelerators: Vec::new(),
+                network_bandwidth_gbps: None,
+                spot: true,
+                on_demand: true,
+            })
+        });
+        let mut catalog = Catalog::with_types(types);
+        let names: Vec<String> = catalog.types.keys().cloned().collect();
+        for region in regions {
+            for name in &names {
+                catalog.offer(region, region, name);
+            }
+        }
+        catalog
     }
 
     /// Records that `zone` of `region` offers `instance_type`.

@@ -24,7 +24,9 @@ use serde::Serialize;
 pub const UNAVAILABLE_TTL: Duration = Duration::from_secs(180);
 
 /// A capacity market as EC2 fleets name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Lifecycle {
     Spot,

@@ -83,6 +83,7 @@ fn output_format(command: &Command) -> Option<OutputFormat> {
         Command::Status(a) => Some(a.output.output),
         Command::List(a) => Some(a.output),
         Command::Validate(a) => Some(a.output.output),
+        Command::Plan(a) => Some(a.output.output),
         _ => None,
     }
 }
@@ -180,10 +181,25 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
                     cwd: current_dir()?,
                 },
                 &bars,
+                &context,
                 |deployment| context.make(deployment),
             )
             .await?;
             print_rows(&rows, args.output.output);
+            Ok(exit::OK)
+        }
+        Command::Plan(args) => {
+            let document = load_spec(&args.config)?;
+            let kind = document.spec.provider_kind(args.provider.map(Into::into));
+            let home = home()?;
+            let context = ProviderContext::new(kind, &home, &environment, None).await;
+            let bars = Bars::new(None);
+            let report = workflows::plan(&document, kind, &current_dir()?, &context, &bars).await?;
+            drop(bars);
+            match args.output.output {
+                OutputFormat::Json => output::print_json(&report),
+                OutputFormat::Table => output::print_plan(&report),
+            }
             Ok(exit::OK)
         }
         Command::Update(args) => {

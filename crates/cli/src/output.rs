@@ -109,6 +109,55 @@ pub fn print_status(rows: &[StatusRow]) {
     );
 }
 
+/// The `plan` table: one row per placement of each group, then the total, the warnings and
+/// the notes.
+pub fn print_plan(report: &flotilla_core::workflows::PlanReport) {
+    let money = |usd: Option<f64>| usd.map_or_else(|| "?".to_owned(), |usd| format!("{usd:.4}"));
+    let mut rows = Vec::new();
+    for group in &report.groups {
+        let types = if group.eligible_types.len() > 3 {
+            format!(
+                "{}, … ({} types)",
+                group.eligible_types[..3].join(", "),
+                group.eligible_types.len()
+            )
+        } else {
+            group.eligible_types.join(", ")
+        };
+        for (i, placement) in group.placements.iter().enumerate() {
+            let first = i == 0;
+            rows.push(vec![
+                if first { group.name.clone() } else { String::new() },
+                if first { group.region.clone() } else { String::new() },
+                if first { group.market.to_string() } else { String::new() },
+                if first { types.clone() } else { String::new() },
+                placement.zone.clone(),
+                format!("{} × {} {}", placement.count, placement.instance_type, placement.market),
+                money(placement.usd_per_hour.map(|usd| usd * placement.count as f64)),
+            ]);
+        }
+    }
+    rows.push(vec![
+        "TOTAL".to_owned(),
+        String::new(),
+        String::new(),
+        format!("{} machines", report.machines),
+        String::new(),
+        String::new(),
+        format!("{:.4} (${:.2}/month)", report.usd_per_hour, report.usd_per_month),
+    ]);
+    print_table(&["GROUP", "REGION", "MARKET", "TYPES", "ZONE", "MACHINES", "USD/HOUR"], &rows);
+    let mut out = std::io::stdout().lock();
+    for group in &report.groups {
+        for warning in &group.warnings {
+            let _ = writeln!(out, "warning: {}: {}", group.name, escape_for_terminal(warning));
+        }
+    }
+    for note in &report.notes {
+        let _ = writeln!(out, "note: {}", escape_for_terminal(note));
+    }
+}
+
 /// One deployment as `list` shows it: its metadata, or, when that cannot be read, its tag,
 /// `status: unreadable` and why (`--output json` prints these fields).
 #[derive(Debug, Serialize)]

@@ -58,11 +58,11 @@ impl ProviderContext {
     }
 
     /// Builds the provider for `deployment`.
-    pub fn make(self, deployment: &Deployment) -> Result<AnyProvider, ProviderError> {
+    pub fn make(&self, deployment: &Deployment) -> Result<AnyProvider, ProviderError> {
         let program = std::env::current_exe().map_err(|e| {
             ProviderError::with_source("cannot find the flotilla executable to start agents", e)
         })?;
-        match (self.kind, self.aws) {
+        match (self.kind, self.aws.clone()) {
             (ProviderKind::Local, _) => {
                 let lease_dir = self.environment.lease_dir();
                 Ok(AnyProvider::Local(LocalProvider::new(deployment, program, lease_dir)?))

@@ -2,8 +2,8 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use flotilla_capacity::select::{Problem, Wants, eligible};
 use flotilla_capacity::Architecture;
+use flotilla_capacity::select::{Problem, Wants, eligible};
 use flotilla_spec::capacity::{InstanceRequirements, Market};
 use flotilla_spec::fleet::{PortSpec, node_names};
 use flotilla_spec::{FleetSpec, ProviderKind};
@@ -193,7 +193,10 @@ impl DeploymentPlan {
                                 .types
                                 .iter()
                                 .filter(|name| {
-                                    survey.catalog.zones_offering(&group.region, name).contains(&zone.as_str())
+                                    survey
+                                        .catalog
+                                        .zones_offering(&group.region, name)
+                                        .contains(&zone.as_str())
                                 })
                                 .cloned()
                                 .collect();
@@ -203,7 +206,9 @@ impl DeploymentPlan {
                         .collect();
                 }
                 Err(found) => {
-                    problems.extend(found.into_iter().map(|problem| CapacityProblem { group: index, problem }));
+                    problems.extend(
+                        found.into_iter().map(|problem| CapacityProblem { group: index, problem }),
+                    );
                 }
             }
         }

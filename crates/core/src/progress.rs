@@ -9,6 +9,11 @@ pub trait Progress: Sync {
     /// A stage of `total` steps (0 when unknown), finished when the returned value drops.
     fn stage(&self, label: &str, total: u64) -> Box<dyn Stage + '_>;
 
+    /// A line for the person at the terminal (not data): what is about to happen.
+    fn notice(&self, text: &str) {
+        tracing::info!("{text}");
+    }
+
     /// The workflow has just done what `point` names (see [`checkpoints`]). Nothing to show;
     /// the CLI uses it to stop itself at a chosen point in its crash tests.
     fn checkpoint(&self, point: &str) {

@@ -49,25 +49,59 @@ pub trait Surveyor: Sync {
     ) -> impl Future<Output = Result<Survey, ProviderError>> + Send;
 }
 
+/// What kind of failure a provider met, for callers that act on it (a capacity failure is
+/// reported with the pools tried, a permission failure is not retried, …) rather than parse
+/// messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// Anything else.
+    #[default]
+    Other,
+    /// No capacity in the pools that may be used (before the launch deadline).
+    Capacity,
+    /// An account quota (vCPUs, spot instances, …) is reached.
+    Quota,
+    /// The cloud's API kept refusing for its request rate.
+    Throttled,
+    /// The credentials may not do what was asked.
+    Permission,
+    /// Something the deployment needs does not exist (an image, a region, a resource).
+    NotFound,
+    /// The request is wrong for the cloud (a bad parameter, an unsupported combination).
+    Invalid,
+}
+
 /// A provider's failure, with the context that helps.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ProviderError {
     pub message: String,
+    pub kind: ErrorKind,
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl ProviderError {
     pub fn new(message: impl Into<String>) -> Self {
-        ProviderError { message: message.into(), source: None }
+        ProviderError { message: message.into(), kind: ErrorKind::Other, source: None }
     }
 
     pub fn with_source(
         message: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        ProviderError { message: message.into(), source: Some(Box::new(source)) }
+        ProviderError {
+            message: message.into(),
+            kind: ErrorKind::Other,
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// The same error, of `kind`.
+    pub fn of_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
     }
 }
 

@@ -21,13 +21,12 @@ use flotilla_spec::{ProviderKind, SpecDocument};
 use futures_util::StreamExt;
 
 use super::{
-    Departures, MANIFESTS_FILE, build_manifests, check_files, connect, install_identities,
-    publish_files, save_spec, saved_manifests, wait_for_agent,
+    Departures, MANIFESTS_FILE, build_manifests, connect, install_identities, publish_files,
+    save_spec, saved_manifests, wait_for_agent,
 };
 use crate::error::{CoreError, MachineFailure};
-use crate::plan::DeploymentPlan;
 use crate::progress::{Progress, checkpoints};
-use crate::provider::{Provider, ProviderError};
+use crate::provider::{Provider, ProviderError, Surveyor};
 use crate::rollout::{apply_and_wait, deadline_after};
 use crate::state::{Deployment, DeploymentStatus, Home, Metadata, unix_now};
 use crate::workflows::StatusRow;
@@ -47,21 +46,22 @@ pub struct CreateRequest<'a> {
     pub cwd: PathBuf,
 }
 
-/// Creates (or converges) the deployment; returns every machine's status.
+/// Creates (or converges) the deployment; returns every machine's status. `surveyor` reads
+/// the provider's catalog and prices before anything is made (it needs no deployment).
 pub async fn create<P: Provider>(
     home: &Home,
     request: CreateRequest<'_>,
     progress: &dyn Progress,
+    surveyor: &impl Surveyor,
     make_provider: impl FnOnce(&Deployment) -> Result<P, ProviderError>,
 ) -> Result<Vec<StatusRow>, CoreError> {
     let document = request.document;
     let spec = &document.spec;
-    // The spec's own provider's machine limit was checked when it was read; `--provider` may
-    // name another.
-    flotilla_spec::document::check_machine_total(document, request.provider)
-        .map_err(CoreError::Invalid)?;
-    check_files(document, &request.cwd)?;
-    let plan = DeploymentPlan::from_spec(spec, request.provider);
+    // Every check that needs no change anywhere: the machine limit of `--provider`, the files,
+    // the binaries' architectures, and the capacity keys against the provider's catalog.
+    let (plan, survey) =
+        super::resolve(document, request.provider, &request.cwd, surveyor, progress, false).await?;
+    progress.notice(&super::plan_summary(&super::estimate(&plan, &survey)));
 
     let now = unix_now();
     let (deployment, _lock) = home.create_or_adopt(
