@@ -142,10 +142,12 @@ pub async fn describe(
     let mut found = Vec::new();
     let mut token: Option<String> = None;
     loop {
-        let mut request = ec2
-            .describe_instances()
-            .filters(tag_filter(tag))
-            .filters(
+        let mut request =
+            ec2.describe_instances().filters(tag_filter(tag)).set_next_token(token.clone());
+        // Terminated instances linger in answers for an hour: leave them out of a search, but
+        // not of a look at given ids, whose waiter must see an instance that ended (and why).
+        if ids.is_none() {
+            request = request.filters(
                 Filter::builder()
                     .name("instance-state-name")
                     .values("pending")
@@ -154,8 +156,8 @@ pub async fn describe(
                     .values("stopped")
                     .values("shutting-down")
                     .build(),
-            )
-            .set_next_token(token.clone());
+            );
+        }
         if let Some(batch) = batch {
             request = request
                 .filters(Filter::builder().name(format!("tag:{TAG_BATCH}")).values(batch).build());
