@@ -942,6 +942,7 @@ mod tests {
                     regions: vec!["us-east-1".into()],
                     instance_count: 1,
                     status: DeploymentStatus::Creating,
+                    usd_per_hour: None,
                 },
                 false,
             )

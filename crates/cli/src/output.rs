@@ -64,8 +64,9 @@ pub fn short_duration(seconds: u64) -> String {
     }
 }
 
-/// The `status` table.
+/// The `status` table; cloud machines also show their type, zone, market and price.
 pub fn print_status(rows: &[StatusRow]) {
+    let placed = rows.iter().any(|row| row.instance_type.is_some());
     let table: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
@@ -90,7 +91,7 @@ pub fn print_status(rows: &[StatusRow]) {
                     })
                 })
                 .unwrap_or_default();
-            vec![
+            let mut cells = vec![
                 row.name.clone(),
                 row.region.clone(),
                 row.ip.to_string(),
@@ -99,14 +100,26 @@ pub fn print_status(rows: &[StatusRow]) {
                 or_dash(row.version.as_ref()),
                 or_dash(row.restarts),
                 or_dash(row.uptime_secs.map(short_duration)),
-                note,
-            ]
+            ];
+            if placed {
+                cells.extend([
+                    or_dash(row.instance_type.as_ref()),
+                    or_dash(row.zone.as_ref()),
+                    or_dash(row.market.map(|m| m.as_str())),
+                    or_dash(row.usd_per_hour.map(|usd| format!("{usd:.4}"))),
+                ]);
+            }
+            cells.push(note);
+            cells
         })
         .collect();
-    print_table(
-        &["NAME", "REGION", "IP", "STATE", "HEALTH", "VERSION", "RESTARTS", "UPTIME", "NOTE"],
-        &table,
-    );
+    let mut header =
+        vec!["NAME", "REGION", "IP", "STATE", "HEALTH", "VERSION", "RESTARTS", "UPTIME"];
+    if placed {
+        header.extend(["TYPE", "ZONE", "MARKET", "USD/HOUR"]);
+    }
+    header.push("NOTE");
+    print_table(&header, &table);
 }
 
 /// The `plan` table: one row per placement of each group, then the total, the warnings and
@@ -204,6 +217,7 @@ pub fn print_list(deployments: &[ListRow]) {
                     m.instance_count.to_string(),
                     m.status.as_str().to_owned(),
                     m.regions.join(","),
+                    or_dash(m.usd_per_hour.map(|usd| format!("{usd:.4}"))),
                     String::new(),
                 ]
             }
@@ -214,11 +228,15 @@ pub fn print_list(deployments: &[ListRow]) {
                 "-".to_owned(),
                 "unreadable".to_owned(),
                 "-".to_owned(),
+                "-".to_owned(),
                 row.error.clone().unwrap_or_default(),
             ],
         })
         .collect();
-    print_table(&["TAG", "PROVIDER", "CREATED", "INSTANCES", "STATE", "REGIONS", "NOTE"], &rows);
+    print_table(
+        &["TAG", "PROVIDER", "CREATED", "INSTANCES", "STATE", "REGIONS", "USD/HOUR", "NOTE"],
+        &rows,
+    );
 }
 
 #[cfg(test)]

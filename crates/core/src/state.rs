@@ -100,7 +100,7 @@ impl DeploymentStatus {
 }
 
 /// `metadata.json`: enough to find and destroy the deployment without its spec.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
     pub tag: String,
     pub provider: ProviderKind,
@@ -113,6 +113,9 @@ pub struct Metadata {
     /// Binary instances (after `count` expansion), not counting monitoring.
     pub instance_count: usize,
     pub status: DeploymentStatus,
+    /// What its machines cost per hour, as of the last create or update (cloud deployments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_per_hour: Option<f64>,
 }
 
 /// Seconds since the Unix epoch.
@@ -528,6 +531,7 @@ mod tests {
             regions: vec!["local".into()],
             instance_count: 2,
             status: DeploymentStatus::Creating,
+            usd_per_hour: None,
         }
     }
 

@@ -73,6 +73,7 @@ pub async fn create<P: Provider>(
             regions: plan.regions(),
             instance_count: plan.binary_count(),
             status: DeploymentStatus::Creating,
+            usd_per_hour: None,
         },
         request.force,
     )?;
@@ -160,6 +161,9 @@ pub async fn create<P: Provider>(
         });
     }
     save_spec(&deployment, document)?;
-    deployment.set_status(DeploymentStatus::Created)?;
-    super::status::rows(&client, &machines, request.concurrency).await
+    let rows = super::status::rows(&client, &machines, request.concurrency).await?;
+    let mut metadata = deployment.set_status(DeploymentStatus::Created)?;
+    metadata.usd_per_hour = super::status::price_per_hour(&rows);
+    deployment.write_metadata(&metadata)?;
+    Ok(rows)
 }

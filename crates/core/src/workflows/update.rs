@@ -192,5 +192,9 @@ pub async fn update<P: Provider>(
     }
     drop(stage);
     save_spec(&deployment, document)?;
-    super::status::rows(&client, &machines, super::DEFAULT_CONCURRENCY).await
+    let rows = super::status::rows(&client, &machines, super::DEFAULT_CONCURRENCY).await?;
+    let mut metadata = deployment.metadata()?;
+    metadata.usd_per_hour = super::status::price_per_hour(&rows);
+    deployment.write_metadata(&metadata)?;
+    Ok(rows)
 }
