@@ -383,7 +383,16 @@ fn validate(path: &Path, format: OutputFormat) -> Result<u8, CoreError> {
         let cwd = current_dir().map_err(|e| SpecErrors {
             diagnostics: vec![flotilla_spec::Diagnostic::error(path, None, "", e.to_string())],
         })?;
-        match workflows::check_files(&document, &cwd) {
+        // The files, then what needs no catalog: the binaries' architectures against the
+        // listed types' (by name), for a spec that names AWS.
+        let checked = workflows::check_files(&document, &cwd).and_then(|()| {
+            let architectures = flotilla_core::capacity::binary_architectures(&document, &cwd)?;
+            if document.spec.provider_kind(None) == ProviderKind::Aws {
+                flotilla_core::capacity::check_listed_architectures(&document, &architectures)?;
+            }
+            Ok(())
+        });
+        match checked {
             Ok(()) => Ok(document),
             Err(CoreError::Invalid(errors)) => Err(errors),
             Err(other) => Err(SpecErrors {
