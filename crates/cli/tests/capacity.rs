@@ -2,6 +2,8 @@
 //! wrong architecture for the binary, and `plan` answers from built-in data when it cannot
 //! reach the account, saying so.
 
+#![allow(clippy::unwrap_used)] // Helpers of these tests fail the test when a step fails.
+
 mod common;
 
 use std::process::Command;
