@@ -140,7 +140,10 @@ pub fn capacity_errors(
                 Problem::UnknownType { name, suggestion } => (
                     type_field(name),
                     match suggestion {
-                        Some(close) => format!("did you mean `{close}`?"),
+                        Some(close) => format!(
+                            "write `{close}`, or another type EC2 offers in {}",
+                            group.region
+                        ),
                         None => format!(
                             "check the name against the types EC2 offers in {}",
                             group.region

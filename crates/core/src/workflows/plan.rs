@@ -365,3 +365,136 @@ pub fn summary(report: &PlanReport) -> String {
     }
     text
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::Path;
+
+    use flotilla_capacity::catalog::{Architecture, Catalog, InstanceType};
+    use flotilla_capacity::prices::{Price, PriceSource};
+
+    use super::*;
+
+    fn instance_type(name: &str, architecture: Architecture) -> InstanceType {
+        InstanceType {
+            name: name.to_owned(),
+            architectures: vec![architecture],
+            vcpus: 2,
+            memory_mib: 8192,
+            cpu_manufacturer: None,
+            current_generation: true,
+            burstable: false,
+            bare_metal: false,
+            local_storage: false,
+            accelerators: Vec::new(),
+            network_bandwidth_gbps: None,
+            spot: true,
+            on_demand: true,
+        }
+    }
+
+    /// us-east-1 with three zones offering m7i.large and m6i.large, and t3.small in zone a.
+    fn survey() -> Survey {
+        let mut catalog = Catalog::with_types([
+            instance_type("m7i.large", Architecture::X86_64),
+            instance_type("m6i.large", Architecture::X86_64),
+            instance_type("t3.small", Architecture::X86_64),
+            instance_type("c7g.large", Architecture::Arm64),
+        ]);
+        for zone in ["us-east-1a", "us-east-1b", "us-east-1c"] {
+            catalog.offer("us-east-1", zone, "m7i.large");
+            catalog.offer("us-east-1", zone, "m6i.large");
+            catalog.offer("us-east-1", zone, "c7g.large");
+        }
+        catalog.offer("us-east-1", "us-east-1a", "t3.small");
+        let mut prices = PriceBook::builtin_only();
+        let spot = |usd| Price {
+            usd_per_hour: usd,
+            source: PriceSource::SpotPriceHistory { as_of: "2026-12-01T00:00:00Z".into() },
+        };
+        for (zone, m7i, m6i) in
+            [("us-east-1a", 0.05, 0.04), ("us-east-1b", 0.03, 0.045), ("us-east-1c", 0.06, 0.05)]
+        {
+            prices.set_spot("us-east-1", zone, "m7i.large", spot(m7i));
+            prices.set_spot("us-east-1", zone, "m6i.large", spot(m6i));
+        }
+        Survey { catalog, prices, notes: Vec::new() }
+    }
+
+    fn document(worker: &str) -> SpecDocument {
+        let source = format!(
+            "tag: t\nprovider: aws\nmonitoring:\n  instance_type: t3.small\n  storage_size: 10\n  storage_class: gp3\n  dashboard: d.json\ninstances:\n- name: worker\n  count: 7\n  region: us-east-1\n{worker}  storage_size: 10\n  storage_class: gp3\n  binary: b\n  config: c\n  profiling: false\nports: []\n"
+        );
+        flotilla_spec::parse_fleet_spec(&source, Path::new("fleet.yaml"))
+            .expect("the test spec parses")
+    }
+
+    #[test]
+    fn spot_lands_balanced_on_each_zones_cheapest_pool_and_warns_about_flexibility() {
+        let document = document("  instance_types: [m7i.large, m6i.large]\n  market: spot\n");
+        let mut plan = DeploymentPlan::from_spec(&document.spec, ProviderKind::Aws);
+        let survey = survey();
+        plan.resolve_capacity(&survey).unwrap();
+        let report = estimate(&plan, &survey);
+        let worker = report.groups.iter().find(|g| g.name == "worker").unwrap();
+        let placed: Vec<(&str, &str, usize)> = worker
+            .placements
+            .iter()
+            .map(|p| (p.zone.as_str(), p.instance_type.as_str(), p.count))
+            .collect();
+        assert_eq!(
+            placed,
+            [
+                ("us-east-1a", "m6i.large", 3),
+                ("us-east-1b", "m7i.large", 2),
+                ("us-east-1c", "m6i.large", 2)
+            ]
+        );
+        assert!((worker.usd_per_hour - (3.0 * 0.04 + 2.0 * 0.03 + 2.0 * 0.05)).abs() < 1e-9);
+        assert!(
+            worker.warnings[0].starts_with("spot with 2 instance types"),
+            "{:?}",
+            worker.warnings
+        );
+        // The monitoring machine: on-demand, its zone, built-in price.
+        let monitoring = &report.groups[0];
+        assert_eq!(monitoring.placements[0].zone, "us-east-1a");
+        assert!(matches!(monitoring.placements[0].price_source, Some(PriceSource::BuiltIn { .. })));
+        assert_eq!(report.machines, 8);
+        assert!((report.usd_per_month - report.usd_per_hour * HOURS_PER_MONTH).abs() < 0.01);
+        let line = summary(&report);
+        assert!(
+            line.starts_with("8 machines in 1 region (worker: 7 spot in 3 zones), about $"),
+            "{line}"
+        );
+    }
+
+    #[test]
+    fn capacity_problems_point_at_the_keys_that_cause_them() {
+        let document = document(
+            "  instance_types: [m7i.larg, c7g.large]\n  zones: [us-east-1a, us-east-1z]\n",
+        );
+        let mut plan = DeploymentPlan::from_spec(&document.spec, ProviderKind::Aws);
+        plan.groups[1].architecture = Some(Architecture::X86_64);
+        let problems = plan.resolve_capacity(&survey()).unwrap_err();
+        let CoreError::Invalid(errors) =
+            crate::capacity::capacity_errors(&document, &plan, &problems)
+        else {
+            panic!("capacity problems are spec errors");
+        };
+        let rendered: Vec<String> = errors.diagnostics.iter().map(ToString::to_string).collect();
+        assert_eq!(rendered.len(), 3, "{rendered:#?}");
+        assert!(rendered[0].starts_with("fleet.yaml:12:20: error: instances[0].instance_types[0]: unknown instance type `m7i.larg`; did you mean `m7i.large`?"), "{rendered:#?}");
+        assert!(
+            rendered[1].contains(
+                "instances[0].instance_types[1]: `c7g.large` is arm64, but the binary is x86_64"
+            ),
+            "{rendered:#?}"
+        );
+        assert!(
+            rendered[2]
+                .contains("instances[0].zones[1]: zone `us-east-1z` is not a zone of us-east-1"),
+            "{rendered:#?}"
+        );
+    }
+}
