@@ -116,45 +116,59 @@ pub async fn delete_fleets(
             break;
         }
     }
-    // At most 25 instant fleets per request.
+    // At most 25 instant fleets per request. moto refuses a request whose fleets have no
+    // instance left to terminate, after marking the first fleet deleted: such a chunk goes
+    // again one fleet at a time.
     for chunk in ids.chunks(25) {
-        delete_with_retries(|| async {
-            ec2.delete_fleets()
-                .set_fleet_ids(Some(chunk.to_vec()))
-                .terminate_instances(true)
-                .send()
-                .await
-                .map(drop)
-                .or_else(|e| {
-                    let error = AwsError::from_sdk(region, "DeleteFleets", chunk.join(", "), e);
-                    // Fleets whose instances are all gone already (moto says so; the fleets
-                    // are marked deleted all the same).
-                    if error.code_is("InvalidParameterCombination")
-                        && error.detail.contains("No instances")
+        let delete = |fleets: Vec<String>| {
+            let ec2 = &ec2;
+            async move {
+                delete_with_retries(|| async {
+                    match ec2
+                        .delete_fleets()
+                        .set_fleet_ids(Some(fleets.clone()))
+                        .terminate_instances(true)
+                        .send()
+                        .await
                     {
-                        Ok(())
-                    } else {
-                        Err(error)
+                        Ok(_) => Ok(true),
+                        Err(e) => {
+                            let error =
+                                AwsError::from_sdk(region, "DeleteFleets", fleets.join(", "), e);
+                            if error.code_is("InvalidParameterCombination")
+                                && error.detail.contains("No instances")
+                            {
+                                Ok(false)
+                            } else {
+                                Err(error)
+                            }
+                        }
                     }
                 })
-        })
-        .await?;
+                .await
+            }
+        };
+        if !delete(chunk.to_vec()).await? && chunk.len() > 1 {
+            for id in chunk {
+                delete(vec![id.clone()]).await?;
+            }
+        }
     }
     Ok(ids.len())
 }
 
 /// Runs `delete` until it succeeds, the resource is gone, or the dependency deadline passes.
-async fn delete_with_retries<F, Fut>(mut delete: F) -> Result<(), ProviderError>
+async fn delete_with_retries<T: Default, F, Fut>(mut delete: F) -> Result<T, ProviderError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), AwsError>>,
+    Fut: Future<Output = Result<T, AwsError>>,
 {
     let deadline = Instant::now() + DEPENDENCY_DEADLINE;
     let mut delay = Duration::from_secs(1);
     loop {
         match delete().await {
-            Ok(()) => return Ok(()),
-            Err(error) if GONE.iter().any(|gone| error.code_is(gone)) => return Ok(()),
+            Ok(done) => return Ok(done),
+            Err(error) if GONE.iter().any(|gone| error.code_is(gone)) => return Ok(T::default()),
             Err(error)
                 if matches!(error.healing(), Healing::Propagating | Healing::Transient)
                     && Instant::now() < deadline =>
