@@ -283,14 +283,15 @@ pub async fn terminate_all(
     tag: &str,
 ) -> Result<usize, ProviderError> {
     let found = describe(clients, region, tag, None, None).await?;
-    let ids: Vec<String> = found
-        .iter()
-        .filter(|f| f.state != MachineState::Terminated)
-        .map(|f| f.id.clone())
-        .collect();
-    if ids.is_empty() {
+    if found.is_empty() {
         return Ok(0);
     }
+    // Those already ending (a deleted fleet's, a reclaimed spot machine) are only waited for.
+    let ids: Vec<String> = found
+        .iter()
+        .filter(|f| !matches!(f.state, MachineState::Terminated | MachineState::ShuttingDown))
+        .map(|f| f.id.clone())
+        .collect();
     for chunk in ids.chunks(1000) {
         clients
             .ec2(region)
@@ -321,7 +322,7 @@ pub async fn terminate_all(
             Err(error) => return Err(error.into()),
         };
         if left.is_empty() {
-            return Ok(ids.len());
+            return Ok(found.len());
         }
         if Instant::now() >= deadline {
             return Err(ProviderError::new(format!(
