@@ -1,25 +1,26 @@
-//! The read-only survey of an account: the instance catalog of some regions (what each type
-//! is, and which zones offer it) and the prices, for the capacity policy and `flotilla plan`.
+//! The read-only survey of an account: which regions are enabled, the instance catalog of some
+//! regions (what each type is, its architectures, and which zones offer it) and the prices, for
+//! the capacity policy, `prepare`'s checks and `flotilla plan`.
 //!
 //! The catalog comes from `DescribeInstanceTypes` (every type, paginated) and, per region,
 //! `DescribeInstanceTypeOfferings` by availability zone (paginated). Both are cached for 24 h
 //! under `$FLOTILLA_HOME/cache/aws/<endpoint>/`: a catalog changes when AWS launches a type,
-//! not between two commands. Prices start from the built-in table (`flotilla_capacity::prices`).
+//! not between two commands. Prices are [`crate::prices`]', cached beside it for 12 h.
 
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
-use aws_sdk_ec2::types::{InstanceTypeInfo, LocationType};
+use aws_sdk_ec2::types::{Filter, InstanceTypeInfo, LocationType};
 use flotilla_capacity::catalog::{Accelerator, Architecture, Catalog, InstanceType};
 use flotilla_core::progress::Progress;
 use flotilla_core::provider::{ProviderError, Survey};
 use flotilla_core::state::{ensure_private_dir, write_private};
 use flotilla_spec::capacity::{AcceleratorManufacturer, AcceleratorType, CpuManufacturer};
-use futures_util::StreamExt;
 use sha2::{Digest, Sha256};
 
 use crate::clients::{Clients, HOME_REGION};
 use crate::error::AwsError;
+use crate::fanout::{Concurrency, fan_out};
 
 /// How long a cached catalog is used.
 pub const CATALOG_TTL: Duration = Duration::from_secs(24 * 3600);
@@ -39,9 +40,24 @@ pub async fn survey(
     regions: &[String],
     progress: &dyn Progress,
 ) -> Result<Survey, ProviderError> {
+    let stage = progress.stage("reading the instance catalog and prices", regions.len() as u64 + 1);
+    let catalog = catalog(clients, home, regions).await?;
+    stage.advance(1);
+    let (prices, notes) =
+        crate::prices::price_book(clients, &cache_dir(home, clients), regions, &catalog).await?;
+    stage.advance(regions.len() as u64);
+    Ok(Survey { catalog, prices, notes })
+}
+
+/// The instance catalog of `regions`, from the cache when it is fresh.
+pub async fn catalog(
+    clients: &Clients,
+    home: &Path,
+    regions: &[String],
+) -> Result<Catalog, ProviderError> {
     let dir = cache_dir(home, clients);
-    let stage = progress.stage("reading the instance catalog", regions.len() as u64 + 1);
-    let types = match read_cache::<Vec<InstanceType>>(&dir.join("instance-types.json")) {
+    let types = match read_cache::<Vec<InstanceType>>(&dir.join("instance-types.json"), CATALOG_TTL)
+    {
         Some(types) => types,
         None => {
             let types = describe_instance_types(clients).await?;
@@ -49,39 +65,85 @@ pub async fn survey(
             types
         }
     };
-    stage.advance(1);
     let mut catalog = Catalog::with_types(types);
-    let mut offerings = futures_util::stream::iter(regions.iter().cloned().map(|region| {
-        let dir = dir.clone();
-        async move {
-            let file = format!("offerings-{region}.json");
-            let offered = match read_cache::<Vec<(String, String)>>(&dir.join(&file)) {
-                Some(offered) => offered,
-                None => {
-                    let offered = describe_offerings(clients, &region).await?;
-                    write_cache(&dir, &file, &offered)?;
-                    offered
-                }
-            };
-            Ok::<_, ProviderError>((region, offered))
-        }
-    }))
-    .buffer_unordered(8);
-    while let Some(result) = offerings.next().await {
-        let (region, offered) = result?;
+    let offerings = fan_out(
+        Concurrency::REGIONS,
+        regions.iter().cloned().map(|region| {
+            let dir = dir.clone();
+            async move {
+                let file = format!("offerings-{region}.json");
+                let offered =
+                    match read_cache::<Vec<(String, String)>>(&dir.join(&file), CATALOG_TTL) {
+                        Some(offered) => offered,
+                        None => {
+                            let offered = describe_offerings(clients, &region).await?;
+                            write_cache(&dir, &file, &offered)?;
+                            offered
+                        }
+                    };
+                Ok::<_, ProviderError>((region, offered))
+            }
+        }),
+    )
+    .await?;
+    for (region, offered) in offerings {
         for (instance_type, zone) in offered {
             catalog.offer(&region, &zone, &instance_type);
         }
-        stage.advance(1);
     }
-    Ok(Survey {
-        catalog,
-        prices: flotilla_capacity::PriceBook::builtin_only(),
-        notes: vec![format!(
-            "on-demand prices from flotilla's built-in table of {}",
-            flotilla_capacity::prices::BUILTIN_DATE
-        )],
-    })
+    Ok(catalog)
+}
+
+/// Fails, naming them, when some of `regions` are not enabled in the account.
+pub async fn check_regions(clients: &Clients, regions: &[String]) -> Result<(), ProviderError> {
+    let answer = clients
+        .ec2(HOME_REGION)
+        .describe_regions()
+        .all_regions(true)
+        .filters(
+            Filter::builder()
+                .name("opt-in-status")
+                .values("opt-in-not-required")
+                .values("opted-in")
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(HOME_REGION, "DescribeRegions", "enabled regions", e))?;
+    let enabled: std::collections::BTreeSet<&str> =
+        answer.regions().iter().filter_map(|r| r.region_name()).collect();
+    let missing: Vec<&str> =
+        regions.iter().map(String::as_str).filter(|r| !enabled.contains(r)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ProviderError::new(format!(
+        "regions not enabled in this account (or misspelt): {}; enable them in the AWS console or fix the spec",
+        missing.join(", ")
+    ))
+    .of_kind(flotilla_core::provider::ErrorKind::Invalid))
+}
+
+/// The architecture of machines of `instance_type` (`x86_64` or `arm64`, the names of the
+/// agent builds and images), by the catalog, else by its name.
+pub fn machine_architecture(
+    catalog: &Catalog,
+    instance_type: &str,
+) -> Result<&'static str, ProviderError> {
+    let architectures: Vec<Architecture> = match catalog.instance_type(instance_type) {
+        Some(known) if !known.architectures.is_empty() => known.architectures.clone(),
+        _ => flotilla_capacity::guess_architecture(instance_type).into_iter().collect(),
+    };
+    if architectures.contains(&Architecture::Arm64) {
+        Ok("arm64")
+    } else if architectures.iter().any(|a| matches!(a, Architecture::X86_64 | Architecture::I386)) {
+        Ok("x86_64")
+    } else {
+        Err(ProviderError::new(format!(
+            "{instance_type} runs macOS on dedicated hosts, which flotilla does not launch yet; choose a Linux type"
+        ))
+        .of_kind(flotilla_core::provider::ErrorKind::Invalid))
+    }
 }
 
 /// Every instance type of the account, as the capacity policy reads them.
@@ -215,18 +277,18 @@ pub fn from_sdk(info: &InstanceTypeInfo) -> Option<InstanceType> {
     })
 }
 
-/// A cached value, when its file is younger than [`CATALOG_TTL`] and reads.
-fn read_cache<T: serde::de::DeserializeOwned>(path: &Path) -> Option<T> {
+/// A cached value, when its file is younger than `ttl` and reads.
+pub(crate) fn read_cache<T: serde::de::DeserializeOwned>(path: &Path, ttl: Duration) -> Option<T> {
     let metadata = fs_err::metadata(path).ok()?;
     let age = SystemTime::now().duration_since(metadata.modified().ok()?).unwrap_or_default();
-    if age > CATALOG_TTL {
+    if age > ttl {
         return None;
     }
     let bytes = fs_err::read(path).ok()?;
     serde_json::from_slice(&bytes).ok()
 }
 
-fn write_cache<T: serde::Serialize>(
+pub(crate) fn write_cache<T: serde::Serialize>(
     dir: &Path,
     name: &str,
     value: &T,

@@ -74,6 +74,7 @@ impl ProviderContext {
                     this_executable: program,
                     agent_builds: self.environment.agent_builds(),
                     ip_discovery_url: self.environment.ip_discovery_url.clone(),
+                    launch_deadline: self.environment.launch_deadline,
                 };
                 Ok(AnyProvider::Aws(Box::new(AwsProvider::new(deployment, clients, options)?)))
             }
