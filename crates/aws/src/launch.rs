@@ -46,10 +46,6 @@ use crate::prepare::LaunchSettings;
 use crate::records::{MachineRecord, Records};
 use crate::tags::{TAG_MACHINE, tag_of};
 
-/// The checkpoint passed right after a `CreateFleet` launched instances, before their names are
-/// journaled: a crash there leaves instances only their tags can find.
-pub const CREATE_FLEET_ANSWERED: &str = "create:fleet-answered";
-
 /// How long tagging an instance with its name may wait for EC2 to see the instance.
 const TAGGING_DEADLINE: Duration = Duration::from_secs(60);
 
@@ -372,7 +368,7 @@ async fn launch_group(
                         if answer.launched.is_empty() {
                             return Ok::<_, ProviderError>((request, answer, Vec::new()));
                         }
-                        progress.checkpoint(CREATE_FLEET_ANSWERED);
+                        progress.checkpoint(flotilla_core::progress::checkpoints::CREATE_FLEET_ANSWERED);
                         let taken: Vec<(String, Launched)> = {
                             let mut names =
                                 names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
@@ -650,6 +646,7 @@ mod tests {
             missing: 2,
             tried: vec![(pool("m5.large"), "InsufficientInstanceCapacity".into())],
             fatal: None,
+            nothing_left: false,
         };
         let error = failure_error(&failure);
         assert_eq!(error.kind, ErrorKind::Capacity);

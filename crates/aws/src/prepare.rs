@@ -80,32 +80,8 @@ pub async fn prepare(
     role_owner?;
     let catalog: Catalog = catalog?;
     let deployer_ip = deployer_ip?;
-    // `update` hands over a plan whose capacity was not resolved: resolve it here, from the
-    // same catalog (and the cached prices), as `create` resolves it.
-    let resolved;
-    let plan = if plan.groups.iter().any(|g| g.offered.is_empty()) {
-        let mut unresolved = plan.clone();
-        let survey = flotilla_core::provider::Survey {
-            catalog: catalog.clone(),
-            prices: crate::prices::cached_book(&survey::cache_dir(home, clients), &regions),
-            notes: Vec::new(),
-        };
-        unresolved.resolve_capacity(&survey).map_err(|problems| {
-            let text: Vec<String> = problems
-                .iter()
-                .map(|p| format!("{}: {}", unresolved.groups[p.group].name, p.problem))
-                .collect();
-            ProviderError::new(format!(
-                "the spec's capacity keys cannot be met: {}; run `flotilla plan` for details",
-                text.join("; ")
-            ))
-            .of_kind(flotilla_core::provider::ErrorKind::Invalid)
-        })?;
-        resolved = unresolved;
-        &resolved
-    } else {
-        plan
-    };
+    // Core resolves every group's capacity against the survey before `prepare` (create and
+    // update alike); a group without a zone would be a bug there.
     for group in &plan.groups {
         if group.offered.is_empty() {
             return Err(ProviderError::new(format!(

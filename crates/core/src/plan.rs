@@ -251,11 +251,6 @@ impl DeploymentPlan {
         regions
     }
 
-    /// The first listed instance type of `machine`, for paths that launch one type.
-    pub fn first_type(machine: &MachinePlan) -> &str {
-        machine.instance_types.first().map_or("", String::as_str)
-    }
-
     /// Binary machines (not monitoring).
     pub fn binary_count(&self) -> usize {
         self.machines.iter().filter(|m| m.role == Role::Binary).count()
