@@ -3,32 +3,59 @@
 //! Configuration comes from the standard chain (environment, profiles, SSO, IMDS). An endpoint
 //! in `AWS_ENDPOINT_URL` (an emulator) is honoured, and S3 then uses path-style addressing.
 //! Retries: the SDK's standard mode with 6 attempts (exponential backoff with jitter from
-//! 200 ms, capped at 5 s) for throttling, 5xx and timeouts; `RunInstances` has SDK retries off
-//! because a capacity error must move to another zone, not repeat (see `instances`).
+//! 200 ms, capped at 5 s) for throttling, 5xx and timeouts; `CreateFleet` has SDK retries off
+//! because a retried launch may launch twice (see `fleet`). Every EC2 request of a region first
+//! takes its tokens from the region's client-side buckets ([`crate::throttle`]). The Pricing API
+//! is asked in us-east-1 (at `AWS_ENDPOINT_URL` under an emulator).
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use aws_config::retry::RetryConfig;
 use aws_config::timeout::TimeoutConfig;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_smithy_runtime_api::client::http::SharedHttpClient;
+
+use crate::throttle::{RegionThrottle, throttled_http_client};
 
 /// The region of the artifact bucket and of IAM calls.
 pub const HOME_REGION: &str = "us-east-1";
 
-/// Clients for every service the provider uses.
+/// Clients for every service the provider uses. Cloning is cheap: SDK clients share their
+/// configuration and connections.
 #[derive(Debug)]
 pub struct Clients {
     config: SdkConfig,
     ec2: Mutex<HashMap<String, aws_sdk_ec2::Client>>,
+    /// Each region's EC2 token buckets, shared by its clients.
+    throttles: Mutex<HashMap<String, Arc<RegionThrottle>>>,
+    /// The HTTP client the throttled EC2 clients wrap.
+    http: SharedHttpClient,
     s3: aws_sdk_s3::Client,
     iam: aws_sdk_iam::Client,
+    pricing: aws_sdk_pricing::Client,
     /// Set when an emulator (or another endpoint) stands in for AWS.
     endpoint: Option<String>,
     /// An emulator's address map ([`ADDRESS_MAP_VARIABLE`]): the only addresses machines may
     /// have.
     address_map: Option<String>,
+}
+
+impl Clone for Clients {
+    fn clone(&self) -> Clients {
+        Clients {
+            config: self.config.clone(),
+            ec2: Mutex::new(self.ec2.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            throttles: Mutex::new(self.throttles.lock().unwrap_or_else(|p| p.into_inner()).clone()),
+            http: self.http.clone(),
+            s3: self.s3.clone(),
+            iam: self.iam.clone(),
+            pricing: self.pricing.clone(),
+            endpoint: self.endpoint.clone(),
+            address_map: self.address_map.clone(),
+        }
+    }
 }
 
 /// The emulator's address map: the CIDR blocks (`127.A.B.0/24,…`) its instances' public
@@ -77,28 +104,54 @@ impl Clients {
             .build();
         let iam_config =
             aws_sdk_iam::config::Builder::from(&config).region(Region::new(HOME_REGION)).build();
+        let pricing_config = aws_sdk_pricing::config::Builder::from(&config)
+            .region(Region::new(HOME_REGION))
+            .build();
+        let http = config.http_client().unwrap_or_else(|| {
+            use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+            aws_smithy_http_client::Builder::new()
+                .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+                .build_https()
+        });
         Clients {
             s3: aws_sdk_s3::Client::from_conf(s3_config),
             iam: aws_sdk_iam::Client::from_conf(iam_config),
+            pricing: aws_sdk_pricing::Client::from_conf(pricing_config),
             ec2: Mutex::new(HashMap::new()),
+            throttles: Mutex::new(HashMap::new()),
+            http,
             config,
             endpoint,
             address_map,
         }
     }
 
-    /// The EC2 client of `region`.
+    /// The EC2 client of `region`, throttled by the region's buckets.
     pub fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
         let mut clients = self.ec2.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         clients
             .entry(region.to_owned())
             .or_insert_with(|| {
+                let http = throttled_http_client(self.http.clone(), self.throttle(region));
                 let config = aws_sdk_ec2::config::Builder::from(&self.config)
                     .region(Region::new(region.to_owned()))
+                    .http_client(http)
                     .build();
                 aws_sdk_ec2::Client::from_conf(config)
             })
             .clone()
+    }
+
+    /// The EC2 token buckets of `region`.
+    pub fn throttle(&self, region: &str) -> Arc<RegionThrottle> {
+        let mut throttles =
+            self.throttles.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        throttles.entry(region.to_owned()).or_default().clone()
+    }
+
+    /// The Pricing API client (us-east-1).
+    pub fn pricing(&self) -> &aws_sdk_pricing::Client {
+        &self.pricing
     }
 
     pub fn s3(&self) -> &aws_sdk_s3::Client {

@@ -3,7 +3,7 @@
 
 use aws_sdk_ec2::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
-use flotilla_core::provider::ProviderError;
+use flotilla_core::provider::{ErrorKind, ProviderError};
 
 /// A failed AWS call.
 #[derive(Debug, thiserror::Error)]
@@ -196,9 +196,87 @@ pub fn classify(code: Option<&str>, detail: &str, transient: bool) -> Healing {
     Healing::Never
 }
 
+/// Codes of an account limit: waiting does not raise it, a quota increase or a smaller fleet
+/// does.
+const QUOTA_CODES: &[&str] = &[
+    "VcpuLimitExceeded",
+    "MaxSpotInstanceCountExceeded",
+    "InstanceLimitExceeded",
+    "MaxFleetCountExceeded",
+    "VpcLimitExceeded",
+    "SecurityGroupLimitExceeded",
+    "RulesPerSecurityGroupLimitExceeded",
+    "AddressLimitExceeded",
+    "InternetGatewayLimitExceeded",
+    "LimitExceeded",
+    "LimitExceededException",
+    "TooManyBuckets",
+];
+
+/// Codes of a request the credentials may not make.
+const PERMISSION_CODES: &[&str] = &[
+    "UnauthorizedOperation",
+    "AccessDenied",
+    "AccessDeniedException",
+    "AuthFailure",
+    "InvalidClientTokenId",
+    "SignatureDoesNotMatch",
+    "OptInRequired",
+    "Blocked",
+    "ExpiredToken",
+];
+
+/// The kind of failure `code` means, for callers that act on it (see [`ErrorKind`]).
+pub fn kind_of_code(code: &str) -> ErrorKind {
+    let is = |list: &[&str]| list.iter().any(|l| l.eq_ignore_ascii_case(code));
+    if is(PERMISSION_CODES) {
+        return ErrorKind::Permission;
+    }
+    if is(QUOTA_CODES) {
+        return ErrorKind::Quota;
+    }
+    match flotilla_capacity::classify(code) {
+        flotilla_capacity::ErrorClass::Pool | flotilla_capacity::ErrorClass::Subnet => {
+            return ErrorKind::Capacity;
+        }
+        flotilla_capacity::ErrorClass::Quota => return ErrorKind::Quota,
+        flotilla_capacity::ErrorClass::Throttle if code != "InternalError" => {
+            return ErrorKind::Throttled;
+        }
+        _ => {}
+    }
+    if code.ends_with(".NotFound")
+        || code.ends_with("NotFoundException")
+        || code.starts_with("NoSuch")
+        || code == "NotFound"
+    {
+        return ErrorKind::NotFound;
+    }
+    if code.starts_with("Invalid")
+        || code.ends_with(".Malformed")
+        || code.starts_with("Missing")
+        || code == "ValidationError"
+        || code == "MalformedQueryString"
+    {
+        return ErrorKind::Invalid;
+    }
+    ErrorKind::Other
+}
+
+impl AwsError {
+    /// The kind of failure this is (by its code; throttling by its transport, too).
+    pub fn kind(&self) -> ErrorKind {
+        match self.code.as_deref() {
+            Some(code) => kind_of_code(code),
+            None => ErrorKind::Other,
+        }
+    }
+}
+
 impl From<AwsError> for ProviderError {
     fn from(error: AwsError) -> Self {
-        ProviderError::with_source(error.to_string(), error)
+        let kind = error.kind();
+        ProviderError::with_source(error.to_string(), error).of_kind(kind)
     }
 }
 
@@ -223,6 +301,33 @@ mod tests {
         // Whatever status carries them: an authorization error is never a 5xx to wait out.
         assert_eq!(classify(Some("UnauthorizedOperation"), "", true), Healing::Never);
         assert_eq!(classify(None, "", false), Healing::Never, "no code, no transient status");
+    }
+
+    #[test]
+    fn codes_map_to_the_kinds_callers_act_on() {
+        for (code, kind) in [
+            ("InsufficientInstanceCapacity", ErrorKind::Capacity),
+            ("InsufficientFreeAddressesInSubnet", ErrorKind::Capacity),
+            ("VcpuLimitExceeded", ErrorKind::Quota),
+            ("MaxSpotInstanceCountExceeded", ErrorKind::Quota),
+            ("VpcLimitExceeded", ErrorKind::Quota),
+            ("RequestLimitExceeded", ErrorKind::Throttled),
+            ("Throttling", ErrorKind::Throttled),
+            ("UnauthorizedOperation", ErrorKind::Permission),
+            ("AccessDenied", ErrorKind::Permission),
+            ("InvalidAMIID.NotFound", ErrorKind::NotFound),
+            ("InvalidVpcID.NotFound", ErrorKind::NotFound),
+            ("NoSuchBucket", ErrorKind::NotFound),
+            ("InvalidParameterValue", ErrorKind::Invalid),
+            ("InvalidAMIID.Malformed", ErrorKind::Invalid),
+            ("MissingParameter", ErrorKind::Invalid),
+            ("InternalError", ErrorKind::Other),
+            ("SomethingNobodyKnows", ErrorKind::Other),
+        ] {
+            assert_eq!(kind_of_code(code), kind, "{code}");
+        }
+        let error = AwsError::other("us-east-1", "CreateFleet", "x", "refused");
+        assert_eq!(ProviderError::from(error).kind, ErrorKind::Other);
     }
 
     #[test]

@@ -17,7 +17,7 @@ use flotilla_spec::names::iam_role_name;
 
 use crate::clients::Clients;
 use crate::error::AwsError;
-use crate::records::TAG_DEPLOYMENT;
+use crate::tags::TAG_DEPLOYMENT;
 
 const REGION: &str = "global";
 const POLICY_NAME: &str = "flotilla-agent";

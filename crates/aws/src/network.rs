@@ -1,8 +1,10 @@
 //! One region's network, created or adopted: VPC `10.<i>.0.0/16` (`i` = the region's index in
 //! the sorted region set), an internet gateway, a default route on the VPC's main route table
 //! (so subnets need no association), a subnet `10.<i>.<z>.0/24` per availability zone in use
-//! (`z` = the zone's index among the region's zones that offer a needed type), and security
-//! groups; then hub-and-spoke peering between the monitoring region and every other region.
+//! (`z` = the zone's index among the region's zones, so a zone's subnet is the same whatever
+//! the spec asks), and security groups; then hub-and-spoke peering between the monitoring
+//! region and every other region. A zone the launch planner moves machines to gets its subnet
+//! when it is first asked for ([`create_subnet`]).
 //!
 //! Everything is tagged at creation (TagSpecifications). A region this deployment never
 //! touched is created without looking first (no resource of ours can exist there); a region it
@@ -12,19 +14,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
 use std::time::Duration;
 
-use aws_sdk_ec2::types::{
-    Filter, IpPermission, IpRange, ResourceType, SecurityGroup, Tag, TagSpecification,
-};
+use aws_sdk_ec2::types::{IpPermission, IpRange, ResourceType, SecurityGroup};
 use flotilla_core::provider::ProviderError;
 use flotilla_spec::bootstrap::DEFAULT_API_PORT;
 use flotilla_spec::fleet::PortSpec;
-use flotilla_spec::names::{ec2_name_tag, security_group_name};
+use flotilla_spec::names::security_group_name;
 use tokio::time::Instant;
 
 use crate::clients::Clients;
 use crate::error::{AwsError, Healing};
 use crate::journal::Journal;
-use crate::records::TAG_DEPLOYMENT;
+use crate::tags::{filter, tag_filter, tag_spec, tagged};
 
 /// What one region needs.
 #[derive(Clone, Debug)]
@@ -32,8 +32,8 @@ pub struct RegionPlan {
     pub region: String,
     /// Index of the region in the sorted region set: the VPC is `10.<index>.0.0/16`.
     pub index: u8,
-    /// Every zone of the region that offers a needed type, sorted: a zone's index here is the
-    /// third octet of its subnet.
+    /// Every zone of the region, sorted: a zone's index here is the third octet of its
+    /// subnet.
     pub zones: Vec<String>,
     /// Zones that get a subnet now.
     pub zones_in_use: Vec<String>,
@@ -56,33 +56,6 @@ pub struct NetworkSettings<'a> {
 /// The VPC CIDR of a region index.
 pub fn vpc_cidr(index: u8) -> String {
     format!("10.{index}.0.0/16")
-}
-
-/// A tag specification with the deployment tag and a Name (`name`, shortened with a hash when it
-/// is longer than a tag value may be).
-pub fn tag_spec(
-    resource: ResourceType,
-    tag: &str,
-    name: &str,
-    extra: &[(&str, &str)],
-) -> TagSpecification {
-    let mut spec = TagSpecification::builder()
-        .resource_type(resource)
-        .tags(Tag::builder().key(TAG_DEPLOYMENT).value(tag).build())
-        .tags(Tag::builder().key("Name").value(ec2_name_tag(name)).build());
-    for (key, value) in extra {
-        spec = spec.tags(Tag::builder().key(*key).value(*value).build());
-    }
-    spec.build()
-}
-
-/// The filter matching resources of deployment `tag`.
-pub fn tag_filter(tag: &str) -> Filter {
-    Filter::builder().name(format!("tag:{TAG_DEPLOYMENT}")).values(tag).build()
-}
-
-fn filter(name: &str, value: &str) -> Filter {
-    Filter::builder().name(name).values(value).build()
 }
 
 /// Canonical's account, which publishes the Ubuntu images.
@@ -124,7 +97,7 @@ pub async fn ensure_region(
                 found
                     .vpcs()
                     .iter()
-                    .filter(|v| crate::teardown::tagged(v.tags(), tag))
+                    .filter(|v| tagged(v.tags(), tag))
                     .find_map(|v| v.vpc_id().map(str::to_owned))
             };
             let id = match existing {
@@ -174,10 +147,8 @@ pub async fn ensure_region(
                         .map_err(|e| {
                             AwsError::from_sdk(region, "DescribeInternetGateways", &vpc_id, e)
                         })?;
-                    if let Some(igw) = found
-                        .internet_gateways()
-                        .iter()
-                        .find(|g| crate::teardown::tagged(g.tags(), tag))
+                    if let Some(igw) =
+                        found.internet_gateways().iter().find(|g| tagged(g.tags(), tag))
                     {
                         attached =
                             igw.attachments().iter().any(|a| a.vpc_id() == Some(vpc_id.as_str()));
@@ -272,8 +243,7 @@ pub async fn ensure_region(
                 .send()
                 .await
                 .map_err(|e| AwsError::from_sdk(region, "DescribeSubnets", &vpc_id, e))?;
-            for subnet in found.subnets().iter().filter(|s| crate::teardown::tagged(s.tags(), tag))
-            {
+            for subnet in found.subnets().iter().filter(|s| tagged(s.tags(), tag)) {
                 if let (Some(zone), Some(id)) = (subnet.availability_zone(), subnet.subnet_id()) {
                     known.insert(zone.to_owned(), id.to_owned());
                 }
@@ -582,7 +552,12 @@ async fn find_groups(
     let found = ec2
         .describe_security_groups()
         .filters(filter("vpc-id", vpc_id))
-        .filters(Filter::builder().name("group-name").set_values(Some(names.to_vec())).build())
+        .filters(
+            aws_sdk_ec2::types::Filter::builder()
+                .name("group-name")
+                .set_values(Some(names.to_vec()))
+                .build(),
+        )
         .send()
         .await
         .map_err(|e| AwsError::from_sdk(region, "DescribeSecurityGroups", names.join(", "), e))?;
@@ -867,7 +842,7 @@ pub async fn ensure_peering(
                     p.requester_vpc_info().and_then(|v| v.vpc_id()) == Some(hub_vpc.as_str())
                         && p.accepter_vpc_info().and_then(|v| v.vpc_id())
                             == Some(spoke_vpc.as_str())
-                        && crate::teardown::tagged(p.tags(), tag)
+                        && tagged(p.tags(), tag)
                         && p.status().and_then(|s| s.code()).is_some_and(|c| {
                             !matches!(
                                 c.as_str(),

@@ -1,9 +1,11 @@
 //! The provider's journal in the deployment's state directory (`aws/records.json`).
 //!
 //! Tags on AWS resources are the truth; the journal only says what this machine has started,
-//! so a first `create` can skip looking for resources that cannot exist yet, and so a launched
-//! instance can be named: a batch's names are written here *before* its `RunInstances`, and an
-//! instance's name is its batch's name at its `AmiLaunchIndex`.
+//! so a first `create` can skip looking for resources that cannot exist yet, and which instance
+//! is which machine: a launched instance's name is written here *before* the instance is tagged
+//! with it ([`crate::tags::TAG_MACHINE`]), and a region is marked `launching` before its first
+//! fleet request, so a re-run after a crash knows where to look for instances of its groups
+//! that were never named.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::Ipv4Addr;
@@ -11,13 +13,6 @@ use std::net::Ipv4Addr;
 use serde::{Deserialize, Serialize};
 
 use flotilla_core::provider::Role;
-
-/// Tag key naming the deployment on every resource.
-pub const TAG_DEPLOYMENT: &str = "flotilla:deployment";
-/// Tag key naming the launch batch on instances and volumes.
-pub const TAG_BATCH: &str = "flotilla:batch";
-/// Tag key naming the role (`binary` or `monitoring`) on instances.
-pub const TAG_ROLE: &str = "flotilla:role";
 
 /// What one region holds.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -40,18 +35,23 @@ pub struct RegionRecord {
     /// The peering's routes exist on both sides.
     #[serde(default)]
     pub peering_routed: bool,
+    /// Launch templates: name → id.
+    #[serde(default)]
+    pub templates: BTreeMap<String, String>,
+    /// Set before the first fleet request in the region: instances of the deployment may
+    /// exist there.
+    #[serde(default)]
+    pub launching: bool,
 }
 
-/// One `RunInstances` call's worth of machines.
+/// Which instance a machine is.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Batch {
-    pub id: String,
+pub struct MachineRecord {
     pub region: String,
     pub role: Role,
-    pub instance_type: String,
-    pub availability_zone: String,
-    /// Names in launch-index order.
-    pub names: Vec<String>,
+    /// The capacity group (instance entry, or `monitoring`).
+    pub group: String,
+    pub instance_id: String,
 }
 
 /// `aws/records.json`.
@@ -70,8 +70,9 @@ pub struct Records {
     pub authorized: BTreeSet<Ipv4Addr>,
     #[serde(default)]
     pub regions: BTreeMap<String, RegionRecord>,
+    /// Machine name → its instance.
     #[serde(default)]
-    pub batches: Vec<Batch>,
+    pub machines: BTreeMap<String, MachineRecord>,
 }
 
 impl Records {
@@ -79,10 +80,11 @@ impl Records {
         self.regions.entry(region.to_owned()).or_default()
     }
 
-    /// The machine name of an instance of `batch` at `launch_index`.
-    pub fn name_of(&self, batch: &str, launch_index: i32) -> Option<(&Batch, &str)> {
-        let batch = self.batches.iter().find(|b| b.id == batch)?;
-        let name = batch.names.get(usize::try_from(launch_index).ok()?)?;
-        Some((batch, name.as_str()))
+    /// The machine instance `instance_id` is, by the journal.
+    pub fn name_of(&self, instance_id: &str) -> Option<&str> {
+        self.machines
+            .iter()
+            .find(|(_, machine)| machine.instance_id == instance_id)
+            .map(|(name, _)| name.as_str())
     }
 }

@@ -1,10 +1,12 @@
 //! `destroy`: everything of a deployment, found by its tag, deleted in dependency order.
 //!
-//! 1. every region at once: terminate instances and wait until they are gone;
+//! 1. every region at once: delete the instant fleets (which terminates their instances),
+//!    terminate the other instances and wait until they are gone;
 //! 2. the monitoring region: delete the peering connections;
-//! 3. every region at once: security groups, subnets, the internet gateway (detached first),
-//!    volumes left behind, then the VPC (its main route table goes with it);
-//! 4. the deployment's S3 prefix, the IAM role and instance profile.
+//! 3. every region at once: the launch templates, security
+//!    groups, subnets, the internet gateway (detached first), volumes left behind, then the VPC
+//!    (its main route table goes with it);
+//! 4. the deployment's S3 prefix, the IAM role and instance profile (by the provider).
 //!
 //! Every resource is checked for the deployment's tag before it is deleted, on top of the tag
 //! filter of the Describe call: deleting another deployment's resource because an API (or an
@@ -24,10 +26,14 @@ use flotilla_core::provider::ProviderError;
 use rand::Rng;
 use tokio::time::Instant;
 
+use flotilla_core::progress::Progress;
+
+use crate::AwsProvider;
 use crate::clients::Clients;
 use crate::error::{AwsError, Healing};
-use crate::network::tag_filter;
-use crate::records::TAG_DEPLOYMENT;
+use crate::fanout::{Concurrency, fan_out};
+use crate::instances::terminate_all;
+use crate::tags::{tag_filter, tagged};
 
 /// How long deletions blocked by a dependency are retried.
 pub const DEPENDENCY_DEADLINE: Duration = Duration::from_secs(300);
@@ -43,23 +49,126 @@ const GONE: &[&str] = &[
     "Gateway.NotAttached",
 ];
 
-/// Whether `tags` carry deployment `tag`.
-pub fn tagged(tags: &[aws_sdk_ec2::types::Tag], tag: &str) -> bool {
-    tags.iter().any(|t| t.key() == Some(TAG_DEPLOYMENT) && t.value() == Some(tag))
+/// Steps 1 to 3 of the module documentation, in every region the deployment may have used.
+pub async fn destroy(provider: &AwsProvider, progress: &dyn Progress) -> Result<(), ProviderError> {
+    let clients = &provider.clients;
+    let tag = provider.tag.as_str();
+    let regions = provider.known_regions();
+    let stage = progress.stage("terminating instances", regions.len() as u64);
+    let stage_ref = &stage;
+    fan_out(
+        Concurrency::REGIONS,
+        regions.iter().map(|region| async move {
+            // Deleting an instant fleet terminates its instances; the rest go next.
+            delete_fleets(clients, region, tag).await?;
+            terminate_all(clients, region, tag).await?;
+            stage_ref.advance(1);
+            Ok::<(), ProviderError>(())
+        }),
+    )
+    .await?;
+    drop(stage);
+
+    let stage = progress.stage("deleting networks", regions.len() as u64);
+    delete_peerings(clients, flotilla_core::plan::AWS_MONITORING_REGION, tag).await?;
+    let stage_ref = &stage;
+    fan_out(
+        Concurrency::REGIONS,
+        regions.iter().map(|region| async move {
+            crate::templates::delete_all(clients, region, tag).await?;
+            delete_network(clients, region, tag).await?;
+            stage_ref.advance(1);
+            Ok::<(), ProviderError>(())
+        }),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Deletes the deployment's instant fleets in `region`, terminating their instances (EC2 wants
+/// `TerminateInstances` for an instant fleet).
+pub async fn delete_fleets(
+    clients: &Clients,
+    region: &str,
+    tag: &str,
+) -> Result<usize, ProviderError> {
+    let ec2 = clients.ec2(region);
+    let mut ids = Vec::new();
+    let mut token: Option<String> = None;
+    loop {
+        let page = ec2
+            .describe_fleets()
+            .max_results(1000)
+            .set_next_token(token.clone())
+            .send()
+            .await
+            .map_err(|e| {
+                AwsError::from_sdk(region, "DescribeFleets", format!("deployment {tag}"), e)
+            })?;
+        for fleet in page.fleets() {
+            let live = fleet.fleet_state().is_some_and(|s| !s.as_str().starts_with("deleted"));
+            if live && tagged(fleet.tags(), tag) {
+                ids.extend(fleet.fleet_id().map(str::to_owned));
+            }
+        }
+        token = page.next_token().map(str::to_owned).filter(|t| !t.is_empty());
+        if token.is_none() {
+            break;
+        }
+    }
+    // At most 25 instant fleets per request. moto refuses a request whose fleets have no
+    // instance left to terminate, after marking the first fleet deleted: such a chunk goes
+    // again one fleet at a time.
+    for chunk in ids.chunks(25) {
+        let delete = |fleets: Vec<String>| {
+            let ec2 = &ec2;
+            async move {
+                delete_with_retries(|| async {
+                    match ec2
+                        .delete_fleets()
+                        .set_fleet_ids(Some(fleets.clone()))
+                        .terminate_instances(true)
+                        .send()
+                        .await
+                    {
+                        Ok(_) => Ok(true),
+                        Err(e) => {
+                            let error =
+                                AwsError::from_sdk(region, "DeleteFleets", fleets.join(", "), e);
+                            if error.code_is("InvalidParameterCombination")
+                                && error.detail.contains("No instances")
+                            {
+                                Ok(false)
+                            } else {
+                                Err(error)
+                            }
+                        }
+                    }
+                })
+                .await
+            }
+        };
+        if !delete(chunk.to_vec()).await? && chunk.len() > 1 {
+            for id in chunk {
+                delete(vec![id.clone()]).await?;
+            }
+        }
+    }
+    Ok(ids.len())
 }
 
 /// Runs `delete` until it succeeds, the resource is gone, or the dependency deadline passes.
-async fn delete_with_retries<F, Fut>(mut delete: F) -> Result<(), ProviderError>
+async fn delete_with_retries<T: Default, F, Fut>(mut delete: F) -> Result<T, ProviderError>
 where
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<(), AwsError>>,
+    Fut: Future<Output = Result<T, AwsError>>,
 {
     let deadline = Instant::now() + DEPENDENCY_DEADLINE;
     let mut delay = Duration::from_secs(1);
     loop {
         match delete().await {
-            Ok(()) => return Ok(()),
-            Err(error) if GONE.iter().any(|gone| error.code_is(gone)) => return Ok(()),
+            Ok(done) => return Ok(done),
+            Err(error) if GONE.iter().any(|gone| error.code_is(gone)) => return Ok(T::default()),
             Err(error)
                 if matches!(error.healing(), Healing::Propagating | Healing::Transient)
                     && Instant::now() < deadline =>

@@ -17,7 +17,8 @@
 //!    fewest machines that has an open pool: capacity forced the imbalance, and the summary
 //!    says so.
 //! 5. When no zone has an open pool, the planner waits for the first mark to expire, and fails
-//!    at the deadline, naming every pool it tried and why.
+//!    at the deadline, naming every pool it tried and why; when no mark will ever expire (every
+//!    pool left is unsupported), it fails at once.
 //!
 //! Throttling answers mark nothing; the planner waits 1 s, doubling to 8 s, before asking
 //! again. Time is passed in, never read.
@@ -175,6 +176,8 @@ pub struct LaunchFailure {
     pub tried: Vec<(Pool, String)>,
     /// The error that stopped the launch outright, when one did.
     pub fatal: Option<FleetError>,
+    /// The launch stopped before its deadline because no pool set aside will come back.
+    pub nothing_left: bool,
 }
 
 impl LaunchFailure {
@@ -187,15 +190,15 @@ impl LaunchFailure {
             text.push_str(&format!(": {}: {}", fatal.code, fatal.message));
             return text;
         }
-        if self.tried.is_empty() {
-            text.push_str(" before the launch deadline");
+        text.push_str(if self.nothing_left {
+            ": no pool that may run them is left"
         } else {
+            " before the launch deadline"
+        });
+        if !self.tried.is_empty() {
             let tried: Vec<String> =
                 self.tried.iter().map(|(pool, code)| format!("{pool} ({code})")).collect();
-            text.push_str(&format!(
-                " before the launch deadline; pools tried: {}",
-                tried.join(", ")
-            ));
+            text.push_str(&format!("; pools tried: {}", tried.join(", ")));
         }
         text
     }
@@ -220,6 +223,8 @@ pub struct LaunchPlanner {
     fatal: Option<FleetError>,
     throttle_wait: Duration,
     throttled_until: Option<Instant>,
+    /// Set when the launch stopped because nothing set aside will come back.
+    nothing_left: bool,
     events: Vec<Event>,
     /// Zones that fell back from spot to on-demand.
     fell_back: BTreeSet<String>,
@@ -249,6 +254,7 @@ impl LaunchPlanner {
             fatal: None,
             throttle_wait: FIRST_THROTTLE_WAIT,
             throttled_until: None,
+            nothing_left: false,
             events: Vec::new(),
             fell_back: BTreeSet::new(),
             moved: 0,
@@ -384,8 +390,12 @@ impl LaunchPlanner {
         if now >= self.deadline {
             return Step::Failed;
         }
-        let until =
-            cache.next_expiry(now).map_or(self.deadline, |expiry| expiry.min(self.deadline));
+        let Some(expiry) = cache.next_expiry(now) else {
+            // Nothing set aside will come back: waiting cannot help.
+            self.nothing_left = true;
+            return Step::Failed;
+        };
+        let until = expiry.min(self.deadline);
         self.events.push(Event::Waiting { wait_ms: millis(until.saturating_duration_since(now)) });
         Step::Wait(until)
     }
@@ -494,6 +504,7 @@ impl LaunchPlanner {
             missing: self.need.values().sum(),
             tried: self.tried.iter().map(|(pool, code)| (pool.clone(), code.clone())).collect(),
             fatal: self.fatal.clone(),
+            nothing_left: self.nothing_left,
         }
     }
 
@@ -784,6 +795,34 @@ mod tests {
         assert!(matches!(planner.next(&cache, start), Step::Wait(_)));
         assert_eq!(planner.next(&cache, start + Duration::from_secs(2)), Step::Failed);
         assert!(planner.failure().tried.iter().all(|(pool, _)| pool.instance_type == "m7i.large"));
+    }
+
+    #[test]
+    fn a_group_whose_types_no_zone_runs_fails_at_once() {
+        let start = Instant::now();
+        let mut planner =
+            LaunchPlanner::new(group(Market::OnDemand, 3), start + Duration::from_secs(600));
+        let mut cache = UnavailableOfferings::default();
+        let Step::Launch(requests) = planner.next(&cache, start) else { panic!() };
+        for request in &requests {
+            let answer = FleetAnswer {
+                launched: Vec::new(),
+                errors: request
+                    .instance_types
+                    .iter()
+                    .map(|t| FleetError {
+                        instance_type: Some(t.clone()),
+                        code: "Unsupported".into(),
+                        message: String::new(),
+                    })
+                    .collect(),
+            };
+            planner.record(request, &answer, &mut cache, start);
+        }
+        assert_eq!(planner.next(&cache, start), Step::Failed, "no wait for the deadline");
+        let failure = planner.failure();
+        assert_eq!(failure.tried.len(), 9);
+        assert!(failure.to_string().contains("could not be launched: no pool that may run them is left; pools tried: on-demand m5.large in us-east-1a (Unsupported)"), "{failure}");
     }
 
     #[test]

@@ -20,7 +20,7 @@ mod testdata;
 pub mod throttle;
 pub mod unavailable;
 
-pub use catalog::{Architecture, Catalog, InstanceType};
+pub use catalog::{Architecture, Catalog, InstanceType, guess_architecture};
 pub use launch::{
     FleetAnswer, FleetError, FleetRequest, GroupLaunch, LaunchPlanner, Launched, Step,
 };

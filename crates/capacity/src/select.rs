@@ -63,6 +63,10 @@ pub enum Problem {
         "no instance type in {region} meets every requirement; `{attribute}` rules out the most ({excluded} of {total})"
     )]
     NothingMatches { region: String, attribute: &'static str, excluded: usize, total: usize },
+    #[error(
+        "the entries of availability_zone_group `{group}` have no zone of {region} in common that offers a type to each"
+    )]
+    NoCommonZone { group: String, region: String },
 }
 
 fn zones_hint(zones: &[String]) -> String {

@@ -13,7 +13,10 @@
 //! - **fatal**: anything else (a bad parameter, a permission): the launch stops with it.
 //!
 //! Only the first three feed the cache. A mark lasts [`UNAVAILABLE_TTL`] (3 min, Karpenter's
-//! figure); marking again refreshes it. Time is passed in, never read.
+//! figure); marking again refreshes it. `Unsupported` (the zone does not run the type at all) is
+//! the exception: it marks the type in the zone for both markets and does not expire, so a
+//! launch that has nothing else left fails at once instead of waiting for it. Time is passed
+//! in, never read.
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -24,7 +27,9 @@ use serde::Serialize;
 pub const UNAVAILABLE_TTL: Duration = Duration::from_secs(180);
 
 /// A capacity market as EC2 fleets name it.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Lifecycle {
     Spot,
@@ -142,6 +147,8 @@ pub struct UnavailableOfferings {
     quotas: BTreeMap<(String, Lifecycle, &'static str), Mark>,
     /// Zones whose subnet is full.
     zones: BTreeMap<String, Mark>,
+    /// (type, zone) that the zone does not run at all, with the code: for good, both markets.
+    unsupported: BTreeMap<(String, String), String>,
 }
 
 impl UnavailableOfferings {
@@ -157,6 +164,10 @@ impl UnavailableOfferings {
         let class = classify(code);
         let mark = Mark { until: now + UNAVAILABLE_TTL, code: code.to_owned() };
         match class {
+            ErrorClass::Pool if code == "Unsupported" => {
+                self.unsupported
+                    .insert((pool.instance_type.clone(), pool.zone.clone()), code.to_owned());
+            }
             ErrorClass::Pool => {
                 self.pools.insert(pool.clone(), mark);
             }
@@ -176,6 +187,9 @@ impl UnavailableOfferings {
     pub fn unavailable(&self, region: &str, pool: &Pool, now: Instant) -> Option<&str> {
         fn live(mark: &Mark, now: Instant) -> Option<&str> {
             (mark.until > now).then_some(mark.code.as_str())
+        }
+        if let Some(code) = self.unsupported.get(&(pool.instance_type.clone(), pool.zone.clone())) {
+            return Some(code);
         }
         self.pools
             .get(pool)
@@ -315,6 +329,19 @@ mod tests {
             ),
             None
         );
+    }
+
+    #[test]
+    fn an_unsupported_type_is_marked_for_good_in_both_markets() {
+        let t0 = Instant::now();
+        let mut cache = UnavailableOfferings::default();
+        let spot = pool(Lifecycle::Spot, "m7i.large", "us-east-1e");
+        assert_eq!(cache.record_error("us-east-1", &spot, "Unsupported", t0), ErrorClass::Pool);
+        let later = t0 + UNAVAILABLE_TTL * 10;
+        assert_eq!(cache.unavailable("us-east-1", &spot, later), Some("Unsupported"));
+        let on_demand = pool(Lifecycle::OnDemand, "m7i.large", "us-east-1e");
+        assert_eq!(cache.unavailable("us-east-1", &on_demand, later), Some("Unsupported"));
+        assert_eq!(cache.next_expiry(t0), None, "nothing to wait for");
     }
 
     #[test]

@@ -41,6 +41,8 @@ pub enum Command {
     List(OutputArgs),
     /// Check a spec and the files it names, without changing anything.
     Validate(ValidateArgs),
+    /// Show where a spec's machines would land and what they would cost; changes nothing.
+    Plan(PlanArgs),
     /// Print a JSON Schema.
     Schema(SchemaArgs),
     /// Run the agent (started on each machine by the provider).
@@ -187,6 +189,18 @@ pub struct LogsArgs {
     /// Lines of history to print first.
     #[arg(long, default_value_t = 100)]
     pub lines: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct PlanArgs {
+    /// The fleet spec.
+    #[arg(long)]
+    pub config: PathBuf,
+    /// Where the fleet would run; overrides the spec's `provider` (default: aws).
+    #[arg(long, value_enum)]
+    pub provider: Option<ProviderArg>,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]

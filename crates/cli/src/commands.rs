@@ -83,6 +83,7 @@ fn output_format(command: &Command) -> Option<OutputFormat> {
         Command::Status(a) => Some(a.output.output),
         Command::List(a) => Some(a.output),
         Command::Validate(a) => Some(a.output.output),
+        Command::Plan(a) => Some(a.output.output),
         _ => None,
     }
 }
@@ -180,10 +181,25 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
                     cwd: current_dir()?,
                 },
                 &bars,
+                &context,
                 |deployment| context.make(deployment),
             )
             .await?;
             print_rows(&rows, args.output.output);
+            Ok(exit::OK)
+        }
+        Command::Plan(args) => {
+            let document = load_spec(&args.config)?;
+            let kind = document.spec.provider_kind(args.provider.map(Into::into));
+            let home = home()?;
+            let context = ProviderContext::new(kind, &home, &environment, None).await;
+            let bars = Bars::new(None);
+            let report = workflows::plan(&document, kind, &current_dir()?, &context, &bars).await?;
+            drop(bars);
+            match args.output.output {
+                OutputFormat::Json => output::print_json(&report),
+                OutputFormat::Table => output::print_plan(&report),
+            }
             Ok(exit::OK)
         }
         Command::Update(args) => {
@@ -367,7 +383,16 @@ fn validate(path: &Path, format: OutputFormat) -> Result<u8, CoreError> {
         let cwd = current_dir().map_err(|e| SpecErrors {
             diagnostics: vec![flotilla_spec::Diagnostic::error(path, None, "", e.to_string())],
         })?;
-        match workflows::check_files(&document, &cwd) {
+        // The files, then what needs no catalog: the binaries' architectures against the
+        // listed types' (by name), for a spec that names AWS.
+        let checked = workflows::check_files(&document, &cwd).and_then(|()| {
+            let architectures = flotilla_core::capacity::binary_architectures(&document, &cwd)?;
+            if document.spec.provider_kind(None) == ProviderKind::Aws {
+                flotilla_core::capacity::check_listed_architectures(&document, &architectures)?;
+            }
+            Ok(())
+        });
+        match checked {
             Ok(()) => Ok(document),
             Err(CoreError::Invalid(errors)) => Err(errors),
             Err(other) => Err(SpecErrors {

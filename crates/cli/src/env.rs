@@ -32,6 +32,10 @@ pub const RUST_LOG: &str = "RUST_LOG";
 /// command kills itself with SIGKILL, as a crash or a `kill -9` would, so that tests choose the
 /// moment by what the command has done rather than by a delay. Not for users.
 pub const TEST_HALT_AT: &str = "FLOTILLA_TEST_HALT_AT";
+/// For tests only: how long each capacity group's AWS launch may look for capacity (a duration
+/// such as `20s`), instead of 10 minutes, so that a test of capacity that never comes ends
+/// soon. Not for users.
+pub const TEST_LAUNCH_DEADLINE: &str = "FLOTILLA_TEST_LAUNCH_DEADLINE";
 
 /// The values of the variables above, as this process started with them. An empty value counts
 /// as unset.
@@ -46,6 +50,8 @@ pub struct Environment {
     pub agent_arm64: Option<PathBuf>,
     pub agent_x86_64: Option<PathBuf>,
     pub halt_at: Option<String>,
+    /// [`TEST_LAUNCH_DEADLINE`], when it parses as a duration.
+    pub launch_deadline: Option<std::time::Duration>,
 }
 
 fn value(name: &str) -> Option<OsString> {
@@ -69,6 +75,8 @@ impl Environment {
             agent_arm64: value(AGENT_ARM64).map(PathBuf::from),
             agent_x86_64: value(AGENT_X86_64).map(PathBuf::from),
             halt_at: text(TEST_HALT_AT),
+            launch_deadline: text(TEST_LAUNCH_DEADLINE)
+                .and_then(|value| humantime::parse_duration(&value).ok()),
         }
     }
 

@@ -64,8 +64,9 @@ pub fn short_duration(seconds: u64) -> String {
     }
 }
 
-/// The `status` table.
+/// The `status` table; cloud machines also show their type, zone, market and price.
 pub fn print_status(rows: &[StatusRow]) {
+    let placed = rows.iter().any(|row| row.instance_type.is_some());
     let table: Vec<Vec<String>> = rows
         .iter()
         .map(|row| {
@@ -90,7 +91,7 @@ pub fn print_status(rows: &[StatusRow]) {
                     })
                 })
                 .unwrap_or_default();
-            vec![
+            let mut cells = vec![
                 row.name.clone(),
                 row.region.clone(),
                 row.ip.to_string(),
@@ -99,14 +100,75 @@ pub fn print_status(rows: &[StatusRow]) {
                 or_dash(row.version.as_ref()),
                 or_dash(row.restarts),
                 or_dash(row.uptime_secs.map(short_duration)),
-                note,
-            ]
+            ];
+            if placed {
+                cells.extend([
+                    or_dash(row.instance_type.as_ref()),
+                    or_dash(row.zone.as_ref()),
+                    or_dash(row.market.map(|m| m.as_str())),
+                    or_dash(row.usd_per_hour.map(|usd| format!("{usd:.4}"))),
+                ]);
+            }
+            cells.push(note);
+            cells
         })
         .collect();
-    print_table(
-        &["NAME", "REGION", "IP", "STATE", "HEALTH", "VERSION", "RESTARTS", "UPTIME", "NOTE"],
-        &table,
-    );
+    let mut header =
+        vec!["NAME", "REGION", "IP", "STATE", "HEALTH", "VERSION", "RESTARTS", "UPTIME"];
+    if placed {
+        header.extend(["TYPE", "ZONE", "MARKET", "USD/HOUR"]);
+    }
+    header.push("NOTE");
+    print_table(&header, &table);
+}
+
+/// The `plan` table: one row per placement of each group, then the total, the warnings and
+/// the notes.
+pub fn print_plan(report: &flotilla_core::workflows::PlanReport) {
+    let money = |usd: Option<f64>| usd.map_or_else(|| "?".to_owned(), |usd| format!("{usd:.4}"));
+    let mut rows = Vec::new();
+    for group in &report.groups {
+        let types = if group.eligible_types.len() > 3 {
+            format!(
+                "{}, … ({} types)",
+                group.eligible_types[..3].join(", "),
+                group.eligible_types.len()
+            )
+        } else {
+            group.eligible_types.join(", ")
+        };
+        for (i, placement) in group.placements.iter().enumerate() {
+            let first = i == 0;
+            rows.push(vec![
+                if first { group.name.clone() } else { String::new() },
+                if first { group.region.clone() } else { String::new() },
+                if first { group.market.to_string() } else { String::new() },
+                if first { types.clone() } else { String::new() },
+                placement.zone.clone(),
+                format!("{} × {} {}", placement.count, placement.instance_type, placement.market),
+                money(placement.usd_per_hour.map(|usd| usd * placement.count as f64)),
+            ]);
+        }
+    }
+    rows.push(vec![
+        "TOTAL".to_owned(),
+        String::new(),
+        String::new(),
+        format!("{} machines", report.machines),
+        String::new(),
+        String::new(),
+        format!("{:.4} (${:.2}/month)", report.usd_per_hour, report.usd_per_month),
+    ]);
+    print_table(&["GROUP", "REGION", "MARKET", "TYPES", "ZONE", "MACHINES", "USD/HOUR"], &rows);
+    let mut out = std::io::stdout().lock();
+    for group in &report.groups {
+        for warning in &group.warnings {
+            let _ = writeln!(out, "warning: {}: {}", group.name, escape_for_terminal(warning));
+        }
+    }
+    for note in &report.notes {
+        let _ = writeln!(out, "note: {}", escape_for_terminal(note));
+    }
 }
 
 /// One deployment as `list` shows it: its metadata, or, when that cannot be read, its tag,
@@ -155,6 +217,7 @@ pub fn print_list(deployments: &[ListRow]) {
                     m.instance_count.to_string(),
                     m.status.as_str().to_owned(),
                     m.regions.join(","),
+                    or_dash(m.usd_per_hour.map(|usd| format!("{usd:.4}"))),
                     String::new(),
                 ]
             }
@@ -165,11 +228,15 @@ pub fn print_list(deployments: &[ListRow]) {
                 "-".to_owned(),
                 "unreadable".to_owned(),
                 "-".to_owned(),
+                "-".to_owned(),
                 row.error.clone().unwrap_or_default(),
             ],
         })
         .collect();
-    print_table(&["TAG", "PROVIDER", "CREATED", "INSTANCES", "STATE", "REGIONS", "NOTE"], &rows);
+    print_table(
+        &["TAG", "PROVIDER", "CREATED", "INSTANCES", "STATE", "REGIONS", "USD/HOUR", "NOTE"],
+        &rows,
+    );
 }
 
 #[cfg(test)]

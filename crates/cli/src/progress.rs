@@ -44,6 +44,17 @@ impl Drop for Bar {
 }
 
 impl Progress for Bars {
+    fn notice(&self, text: &str) {
+        tracing::info!("{text}");
+        // A line for people, above the bars, whether or not stderr is a terminal.
+        if self.multi.is_hidden() {
+            let mut stderr = std::io::stderr().lock();
+            let _ = std::io::Write::write_all(&mut stderr, format!("{text}\n").as_bytes());
+        } else {
+            let _ = self.multi.println(text);
+        }
+    }
+
     fn checkpoint(&self, point: &str) {
         tracing::debug!(point, "checkpoint");
         if self.halt_at.as_deref() == Some(point) {

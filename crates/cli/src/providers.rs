@@ -5,7 +5,7 @@ use std::net::Ipv4Addr;
 use flotilla_aws::{AwsOptions, AwsProvider, Clients};
 use flotilla_core::plan::DeploymentPlan;
 use flotilla_core::progress::Progress;
-use flotilla_core::provider::{LocalArtifact, Machine, Provider, ProviderError};
+use flotilla_core::provider::{LocalArtifact, Machine, Provider, ProviderError, Survey, Surveyor};
 use flotilla_core::state::{Deployment, Home};
 use flotilla_local::LocalProvider;
 use flotilla_spec::ProviderKind;
@@ -58,11 +58,11 @@ impl ProviderContext {
     }
 
     /// Builds the provider for `deployment`.
-    pub fn make(self, deployment: &Deployment) -> Result<AnyProvider, ProviderError> {
+    pub fn make(&self, deployment: &Deployment) -> Result<AnyProvider, ProviderError> {
         let program = std::env::current_exe().map_err(|e| {
             ProviderError::with_source("cannot find the flotilla executable to start agents", e)
         })?;
-        match (self.kind, self.aws) {
+        match (self.kind, self.aws.clone()) {
             (ProviderKind::Local, _) => {
                 let lease_dir = self.environment.lease_dir();
                 Ok(AnyProvider::Local(LocalProvider::new(deployment, program, lease_dir)?))
@@ -74,8 +74,39 @@ impl ProviderContext {
                     this_executable: program,
                     agent_builds: self.environment.agent_builds(),
                     ip_discovery_url: self.environment.ip_discovery_url.clone(),
+                    launch_deadline: self.environment.launch_deadline,
                 };
                 Ok(AnyProvider::Aws(Box::new(AwsProvider::new(deployment, clients, options)?)))
+            }
+            (ProviderKind::Aws, None) => Err(ProviderError::new("AWS clients were not loaded")),
+        }
+    }
+}
+
+impl Surveyor for AnyProvider {
+    async fn survey(
+        &self,
+        regions: &[String],
+        progress: &dyn Progress,
+    ) -> Result<Survey, ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.survey(regions, progress).await,
+            AnyProvider::Aws(p) => p.survey(regions, progress).await,
+        }
+    }
+}
+
+/// The survey without a deployment (for `plan`, which creates nothing).
+impl Surveyor for ProviderContext {
+    async fn survey(
+        &self,
+        regions: &[String],
+        progress: &dyn Progress,
+    ) -> Result<Survey, ProviderError> {
+        match (&self.kind, &self.aws) {
+            (ProviderKind::Local, _) => Ok(flotilla_local::survey().await),
+            (ProviderKind::Aws, Some(clients)) => {
+                flotilla_aws::survey::survey(clients, self.home.root(), regions, progress).await
             }
             (ProviderKind::Aws, None) => Err(ProviderError::new("AWS clients were not loaded")),
         }

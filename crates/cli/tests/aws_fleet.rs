@@ -19,7 +19,9 @@ const FIVE_REGIONS: [&str; 5] =
     ["ap-northeast-1", "eu-central-1", "eu-west-1", "us-east-1", "us-west-2"];
 
 /// A commonware deployer config, as the deployer writes it (serde_yaml style, no flotilla key):
-/// six instances in five regions, two of them sharing a zone.
+/// six instances in five regions, two of them sharing a zone. The binary is the x86-64 fleet
+/// app, so the binary machines are x86-64 (create refuses an arm64 type for it); the monitoring
+/// machine (no binary) is arm64, so both architectures' images, agents and templates are used.
 fn deployer_config(tag: &str, config: &str) -> String {
     let binary = fleet_app_bin();
     let binary = binary.display();
@@ -30,12 +32,12 @@ fn deployer_config(tag: &str, config: &str) -> String {
         )
     };
     let instances = [
-        instance("east-a", "us-east-1", "c7g.large", Some("pair")),
+        instance("east-a", "us-east-1", "m7i.large", Some("pair")),
         instance("east-b", "us-east-1", "c7i.large", Some("pair")),
-        instance("west", "us-west-2", "c7g.large", None),
+        instance("west", "us-west-2", "m7i.large", None),
         instance("dublin", "eu-west-1", "t3.small", None),
         instance("frankfurt", "eu-central-1", "c7i.large", None),
-        instance("tokyo", "ap-northeast-1", "c7g.large", None),
+        instance("tokyo", "ap-northeast-1", "m7i.large", None),
     ]
     .concat();
     format!(
@@ -333,11 +335,11 @@ fn create_converges_through_throttling_errors_and_a_zone_without_capacity() {
                 FaultRule::new("*", "*", "RequestLimitExceeded").probability(0.05),
                 FaultRule::new("*", "*", "InternalError").probability(0.05),
                 // No c7i.large capacity in half of us-east-1's zones, n0's first choice among them.
-                FaultRule::new("ec2", "RunInstances", "InsufficientInstanceCapacity")
+                FaultRule::new("ec2", "CreateFleet", "InsufficientInstanceCapacity")
                     .pool(PoolFilter::new("c7i.large", "us-east-1a", "on-demand")),
-                FaultRule::new("ec2", "RunInstances", "InsufficientInstanceCapacity")
+                FaultRule::new("ec2", "CreateFleet", "InsufficientInstanceCapacity")
                     .pool(PoolFilter::new("c7i.large", "us-east-1b", "on-demand")),
-                FaultRule::new("ec2", "RunInstances", "InsufficientInstanceCapacity")
+                FaultRule::new("ec2", "CreateFleet", "InsufficientInstanceCapacity")
                     .pool(PoolFilter::new("c7i.large", "us-east-1c", "on-demand")),
             ]),
         )
@@ -403,7 +405,7 @@ fn a_permanent_error_fails_fast_and_destroy_cleans_up() {
     let spec = fleet.write("spec.yaml", &small_config(&fleet.tag)).display().to_string();
     runtime()
         .block_on(
-            scope.set_faults(&[FaultRule::new("ec2", "RunInstances", "UnauthorizedOperation")
+            scope.set_faults(&[FaultRule::new("ec2", "CreateFleet", "UnauthorizedOperation")
                 .message("You are not authorized to perform this operation.")]),
         )
         .unwrap();
@@ -413,7 +415,7 @@ fn a_permanent_error_fails_fast_and_destroy_cleans_up() {
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("UnauthorizedOperation"), "{stderr}");
-    assert!(stderr.contains("RunInstances"), "names the call: {stderr}");
+    assert!(stderr.contains("CreateFleet"), "names the call: {stderr}");
     assert!(
         stderr.contains("us-east-1")
             || stderr.contains("us-west-2")
@@ -808,8 +810,8 @@ fn security_groups_converge_on_the_spec_and_keep_authorized_addresses() {
 
 /// Retry loops keep going through eventual consistency and stop at once at an error that cannot
 /// heal, naming its code and call: instance ids not visible yet to DescribeInstances are waited
-/// out; `Unsupported` in every zone of a type fails the launch instead of waiting out its
-/// deadline; `UnauthorizedOperation` ends destroy's dependency retries at once.
+/// out; `Unsupported` in every zone of a type fails the launch at once, naming the pools;
+/// `UnauthorizedOperation` ends destroy's dependency retries at once.
 #[test]
 fn retries_wait_out_eventual_consistency_and_stop_at_errors_that_cannot_heal() {
     let fleet = AwsFleet::new("healing");
@@ -856,7 +858,9 @@ fn retries_wait_out_eventual_consistency_and_stop_at_errors_that_cannot_heal() {
     let left = runtime().block_on(fleet.leftovers(&["us-east-1"]));
     assert!(left.is_empty(), "destroy left: {left:?}");
 
-    // A type no zone supports: a fresh deployment, so that its launch is the first.
+    // A type no zone supports: a fresh deployment, so that its launch is the first. Every pool
+    // is marked unavailable, nothing is open, and the launch fails at its deadline (shortened
+    // for the test) naming every pool it tried.
     let fleet = AwsFleet::new("unsupported");
     let scope = emulator.scope(&fleet.scope);
     fleet.write("app.conf", &app_config("hello"));
@@ -864,19 +868,364 @@ fn retries_wait_out_eventual_consistency_and_stop_at_errors_that_cannot_heal() {
     let spec = spec.display().to_string();
     runtime()
         .block_on(
-            scope.set_faults(&[FaultRule::new("ec2", "RunInstances", "Unsupported")
+            scope.set_faults(&[FaultRule::new("ec2", "CreateFleet", "Unsupported")
                 .message("The requested configuration is currently not supported.")]),
         )
         .unwrap();
     let started = Instant::now();
-    let output = fleet.run(&["create", "--config", &spec, "--ip", "127.0.0.1"]);
+    // No short test deadline: the launch must not wait for its 10 minutes.
+    let output =
+        fleet.command(&["create", "--config", &spec, "--ip", "127.0.0.1"]).output().unwrap();
     let elapsed = started.elapsed();
     assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
-    assert!(stderr.contains("Unsupported") && stderr.contains("no zone supports"), "{stderr}");
-    assert!(elapsed < Duration::from_secs(60), "fails without waiting: {elapsed:?}");
+    assert!(
+        stderr.contains("could not be launched: no pool that may run them is left")
+            && stderr.contains("on-demand t3.small in us-east-1a (Unsupported)"),
+        "{stderr}"
+    );
+    assert!(elapsed < Duration::from_secs(60), "fails at once: {elapsed:?}");
 
     runtime().block_on(scope.clear_faults()).unwrap();
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+    let left = runtime().block_on(fleet.leftovers(&["us-east-1"]));
+    assert!(left.is_empty(), "destroy left: {left:?}");
+}
+
+/// A spec of capacity entries: `(name, region, count, extra keys)` each, the fleet app's binary
+/// and config, a small monitoring machine. `extra` is YAML flow-mapping text
+/// (`market: spot, instance_types: [...]`).
+fn capacity_config(tag: &str, entries: &[(&str, &str, usize, &str)]) -> String {
+    let binary = fleet_app_bin();
+    let mut spec = format!(
+        "tag: {tag}\nprovider: aws\nmonitoring: {{instance_type: t3.small, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n"
+    );
+    for (name, region, count, extra) in entries {
+        spec.push_str(&format!(
+            "- {{name: {name}, region: {region}, count: {count}, {extra}, storage_size: 10, storage_class: gp3, binary: {}, config: app.conf, profiling: false}}\n",
+            binary.display()
+        ));
+    }
+    spec.push_str("ports: []\n");
+    spec
+}
+
+/// The scope's instances as the emulator knows them, not terminated.
+fn live_instances(fleet: &AwsFleet) -> Vec<flotilla_emulator::control::InstanceInfo> {
+    runtime()
+        .block_on(Emulator::require().instances())
+        .unwrap()
+        .into_iter()
+        .filter(|i| i.scope == fleet.scope && !matches!(i.state.as_str(), "terminated"))
+        .collect()
+}
+
+const PREFER_SPOT_TYPES: &str = "instance_types: [m5.large, m6i.large, c5.large, c6i.large]";
+
+/// `prefer-spot` over 4 types, 20 machines in 3 regions, with every spot pool dry in 2 of the 3
+/// zones of each region: all 20 run and are healthy, spot wherever a spot pool was open and
+/// on-demand in the dry zones, balanced over the zones, each named once.
+#[test]
+fn prefer_spot_falls_back_to_on_demand_zone_by_zone_and_stays_balanced() {
+    let fleet = AwsFleet::new("prefer-spot");
+    let emulator = Emulator::require();
+    let scope = emulator.scope(&fleet.scope);
+    fleet.write("app.conf", &app_config("hello"));
+    let regions = [("us-east-1", 7), ("us-west-2", 7), ("eu-west-1", 6)];
+    let entries: Vec<(String, String)> = regions
+        .iter()
+        .map(|(region, _)| {
+            let zones = format!("zones: [{region}a, {region}b, {region}c]");
+            (format!("w-{region}"), format!("market: prefer-spot, {PREFER_SPOT_TYPES}, {zones}"))
+        })
+        .collect();
+    let entries: Vec<(&str, &str, usize, &str)> = regions
+        .iter()
+        .zip(&entries)
+        .map(|((region, count), (name, extra))| (name.as_str(), *region, *count, extra.as_str()))
+        .collect();
+    let spec = fleet.write("spec.yaml", &capacity_config(&fleet.tag, &entries));
+    let mut rules = Vec::new();
+    for (region, _) in regions {
+        for zone in ["a", "b"] {
+            rules.push(FaultRule::new("ec2", "CreateFleet", "InsufficientInstanceCapacity").pool(
+                PoolFilter {
+                    availability_zone: Some(format!("{region}{zone}")),
+                    market: Some("spot".into()),
+                    ..PoolFilter::default()
+                },
+            ));
+        }
+    }
+    runtime().block_on(scope.set_faults(&rules)).unwrap();
+
+    let output = fleet.run_ok(&[
+        "create",
+        "--config",
+        &spec.display().to_string(),
+        "--ip",
+        "127.0.0.1",
+        "--output",
+        "json",
+    ]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rows.len(), 21, "{rows:?}");
+    for row in rows.iter().filter(|r| r["role"] == "binary") {
+        assert_eq!(row["health"], "healthy", "{row}");
+    }
+
+    let instances = live_instances(&fleet);
+    assert_eq!(instances.len(), 21, "one instance per machine");
+    let mut names = BTreeSet::new();
+    for (region, count) in regions {
+        let here: Vec<_> = instances
+            .iter()
+            .filter(|i| {
+                i.region == region
+                    && i.tags.get("flotilla:role").map(String::as_str) == Some("binary")
+            })
+            .collect();
+        assert_eq!(here.len(), count, "{region}");
+        let mut per_zone: BTreeMap<String, usize> = BTreeMap::new();
+        for instance in &here {
+            let zone = instance.availability_zone.clone().unwrap();
+            let expected = if zone.ends_with('c') { "spot" } else { "on-demand" };
+            assert_eq!(instance.lifecycle, expected, "{region}: {} in {zone}", instance.id);
+            assert!(
+                ["m5.large", "m6i.large", "c5.large", "c6i.large"]
+                    .contains(&instance.instance_type.as_str()),
+                "{}",
+                instance.instance_type
+            );
+            *per_zone.entry(zone).or_insert(0) += 1;
+            let name = instance.tags.get("flotilla:machine").cloned().expect("named");
+            assert!(names.insert(name.clone()), "{name} named twice");
+            assert!(
+                instance.tags.get("Name").is_some_and(|n| n.contains(&name)),
+                "{:?}",
+                instance.tags
+            );
+        }
+        assert_eq!(per_zone.len(), 3, "{region}: every zone used: {per_zone:?}");
+        let (min, max) = (per_zone.values().min().unwrap(), per_zone.values().max().unwrap());
+        assert!(max - min <= 1, "{region}: balanced: {per_zone:?}");
+    }
+    assert_eq!(names.len(), 20);
+    let status = fleet.status();
+    assert_eq!(status.len(), 21);
+
+    runtime().block_on(scope.clear_faults()).unwrap();
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+    let regions: Vec<&str> = regions.iter().map(|(r, _)| *r).collect();
+    let left = runtime().block_on(fleet.leftovers(&regions));
+    assert!(left.is_empty(), "destroy left: {left:?}");
+}
+
+/// A `spot` entry whose every spot pool is dry fails at its launch deadline, naming the pools
+/// it tried; destroy then leaves nothing.
+#[test]
+fn spot_with_every_pool_dry_fails_at_the_deadline_naming_the_pools() {
+    let fleet = AwsFleet::new("spot-dry");
+    let emulator = Emulator::require();
+    let scope = emulator.scope(&fleet.scope);
+    fleet.write("app.conf", &app_config("hello"));
+    let spec = fleet.write(
+        "spec.yaml",
+        &capacity_config(
+            &fleet.tag,
+            &[(
+                "w",
+                "us-west-2",
+                2,
+                "market: spot, instance_types: [m5.large, m6i.large], zones: [us-west-2a, us-west-2b]",
+            )],
+        ),
+    );
+    runtime()
+        .block_on(
+            scope.set_faults(&[FaultRule::new(
+                "ec2",
+                "CreateFleet",
+                "InsufficientInstanceCapacity",
+            )
+            .pool(PoolFilter { market: Some("spot".into()), ..PoolFilter::default() })]),
+        )
+        .unwrap();
+    let started = Instant::now();
+    let output = fleet
+        .command(&["create", "--config", &spec.display().to_string(), "--ip", "127.0.0.1"])
+        .env("FLOTILLA_TEST_LAUNCH_DEADLINE", "15s")
+        .output()
+        .unwrap();
+    let elapsed = started.elapsed();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("w: 2 of the spot machines in us-west-2 could not be launched before the launch deadline"), "{stderr}");
+    for pool in [
+        "spot m5.large in us-west-2a (InsufficientInstanceCapacity)",
+        "spot m6i.large in us-west-2a (InsufficientInstanceCapacity)",
+        "spot m5.large in us-west-2b (InsufficientInstanceCapacity)",
+        "spot m6i.large in us-west-2b (InsufficientInstanceCapacity)",
+    ] {
+        assert!(stderr.contains(pool), "names {pool}: {stderr}");
+    }
+    assert!(elapsed < Duration::from_secs(90), "within its deadline: {elapsed:?}");
+    assert!(
+        live_instances(&fleet).iter().all(|i| i.region != "us-west-2"),
+        "no spot machine launched"
+    );
+
+    runtime().block_on(scope.clear_faults()).unwrap();
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+    let left = runtime().block_on(fleet.leftovers(&["us-east-1", "us-west-2"]));
+    assert!(left.is_empty(), "destroy left: {left:?}");
+}
+
+/// A vCPU quota error on one type marks its whole quota family in the region: the type of the
+/// same family that had capacity in the other zone is not tried again, so two CreateFleet calls
+/// (one per zone) are all the group makes before it fails at its deadline.
+#[test]
+fn a_quota_error_is_not_retried_on_other_types_of_its_family() {
+    let fleet = AwsFleet::new("quota");
+    let emulator = Emulator::require();
+    let scope = emulator.scope(&fleet.scope);
+    fleet.write("app.conf", &app_config("hello"));
+    let spec = fleet.write(
+        "spec.yaml",
+        &capacity_config(
+            &fleet.tag,
+            &[(
+                "w",
+                "us-west-2",
+                2,
+                "instance_types: [m5.large, m6i.large], zones: [us-west-2a, us-west-2b]",
+            )],
+        ),
+    );
+    runtime()
+        .block_on(
+            scope.set_faults(&[
+                FaultRule::new("ec2", "CreateFleet", "VcpuLimitExceeded").pool(PoolFilter {
+                    instance_type: Some("m5.large".into()),
+                    market: Some("on-demand".into()),
+                    ..PoolFilter::default()
+                }),
+                FaultRule::new("ec2", "CreateFleet", "InsufficientInstanceCapacity")
+                    .pool(PoolFilter::new("m6i.large", "us-west-2a", "on-demand")),
+            ]),
+        )
+        .unwrap();
+    runtime().block_on(scope.reset_counts()).unwrap();
+    let output = fleet
+        .command(&["create", "--config", &spec.display().to_string(), "--ip", "127.0.0.1"])
+        .env("FLOTILLA_TEST_LAUNCH_DEADLINE", "10s")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("on-demand m5.large in us-west-2a (VcpuLimitExceeded)"), "{stderr}");
+    let counts = runtime().block_on(scope.counts()).unwrap();
+    // One for the monitoring machine (us-east-1), one per zone of `w`.
+    assert_eq!(counts.get("ec2", "CreateFleet"), 3, "{counts:?}");
+    let faults = runtime().block_on(scope.faults()).unwrap();
+    let hits = |code: &str| faults.iter().filter(|f| f.code == code).map(|f| f.hits).sum::<u64>();
+    assert_eq!(hits("VcpuLimitExceeded"), 2, "m5.large once per zone: {faults:?}");
+    assert_eq!(hits("InsufficientInstanceCapacity"), 1, "{faults:?}");
+    let w: Vec<_> =
+        live_instances(&fleet).into_iter().filter(|i| i.region == "us-west-2").collect();
+    assert_eq!(w.len(), 1, "only the first answer's m6i.large in us-west-2b: {w:?}");
+
+    runtime().block_on(scope.clear_faults()).unwrap();
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+    let left = runtime().block_on(fleet.leftovers(&["us-east-1", "us-west-2"]));
+    assert!(left.is_empty(), "destroy left: {left:?}");
+}
+
+/// A spot machine that EC2 reclaims is shown by `status` with EC2's reason.
+#[test]
+fn a_reclaimed_spot_machine_shows_why_in_status() {
+    let fleet = AwsFleet::new("reclaim");
+    let emulator = Emulator::require();
+    let scope = emulator.scope(&fleet.scope);
+    fleet.write("app.conf", &app_config("hello"));
+    let spec = fleet.write(
+        "spec.yaml",
+        &capacity_config(
+            &fleet.tag,
+            &[("w", "us-east-1", 1, "market: spot, instance_types: [m5.large, m6i.large]")],
+        ),
+    );
+    fleet.run_ok(&["create", "--config", &spec.display().to_string(), "--ip", "127.0.0.1"]);
+    let spot: Vec<String> = live_instances(&fleet)
+        .into_iter()
+        .filter(|i| i.lifecycle == "spot")
+        .map(|i| i.id)
+        .collect();
+    assert_eq!(spot.len(), 1, "the machine runs on spot");
+    runtime()
+        .block_on(scope.set_timing(flotilla_emulator::control::StateTiming {
+            pending: Duration::from_millis(0),
+            shutting_down: Duration::from_secs(20),
+        }))
+        .unwrap();
+    runtime().block_on(emulator.reclaim_spot(&spot, Some(Duration::ZERO))).unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let row = loop {
+        let status = fleet.status();
+        let row = row(&status, "w-0").clone();
+        if row["state"] != "running" || Instant::now() > deadline {
+            break row;
+        }
+        std::thread::sleep(Duration::from_millis(500));
+    };
+    assert_eq!(row["state"], "shutting-down", "{row}");
+    assert!(
+        row["state_reason"].as_str().is_some_and(|r| r.contains("Server.SpotInstanceTermination")),
+        "{row}"
+    );
+    runtime().block_on(scope.clear_timing()).unwrap();
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+    let left = runtime().block_on(fleet.leftovers(&["us-east-1"]));
+    assert!(left.is_empty(), "destroy left: {left:?}");
+}
+
+/// The CLI killed (SIGKILL) right after a CreateFleet answered, before the names were
+/// journaled, then run again: the instances of that answer are adopted by their group tag and
+/// nothing is launched twice.
+#[test]
+fn a_create_killed_after_a_fleet_answered_launches_nothing_twice() {
+    let fleet = AwsFleet::new("fleet-crash");
+    fleet.write("app.conf", &app_config("hello"));
+    let spec = fleet.write(
+        "spec.yaml",
+        &capacity_config(&fleet.tag, &[("w", "us-east-1", 3, "instance_type: m5.large")]),
+    );
+    let spec = spec.display().to_string();
+    let output = fleet
+        .command(&["create", "--config", &spec, "--ip", "127.0.0.1"])
+        .env("FLOTILLA_TEST_HALT_AT", "create:fleet-answered")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "halted: {}", String::from_utf8_lossy(&output.stderr));
+    let before = live_instances(&fleet);
+    assert!(!before.is_empty(), "a fleet answered before the halt");
+    assert!(before.iter().all(|i| !i.tags.contains_key("flotilla:machine")), "none named yet");
+
+    let output =
+        fleet.run_ok(&["create", "--config", &spec, "--ip", "127.0.0.1", "--output", "json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rows.len(), 4);
+    for row in rows.iter().filter(|r| r["role"] == "binary") {
+        assert_eq!(row["health"], "healthy", "{row}");
+    }
+    let after = live_instances(&fleet);
+    assert_eq!(after.len(), 4, "one instance per machine: {after:?}");
+    for instance in &before {
+        assert!(after.iter().any(|i| i.id == instance.id), "{} was adopted", instance.id);
+    }
+    let names: BTreeSet<&str> =
+        after.iter().filter_map(|i| i.tags.get("flotilla:machine").map(String::as_str)).collect();
+    assert_eq!(names, BTreeSet::from(["monitoring", "w-0", "w-1", "w-2"]));
     fleet.run_ok(&["destroy", &fleet.tag_arg()]);
     let left = runtime().block_on(fleet.leftovers(&["us-east-1"]));
     assert!(left.is_empty(), "destroy left: {left:?}");

@@ -61,7 +61,10 @@ fn a_machine_that_cannot_boot_fails_create_at_once_with_its_reason() {
     assert!(!output.status.success(), "create must fail");
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("ended while starting"), "{stderr}");
-    assert!(stderr.contains("address 127.0.0.99:7443 is in use (test)"), "the reason is shown: {stderr}");
+    assert!(
+        stderr.contains("address 127.0.0.99:7443 is in use (test)"),
+        "the reason is shown: {stderr}"
+    );
     assert!(took < Duration::from_secs(120), "create gave up after {took:?}");
     runtime.block_on(scope.clear_timing()).unwrap();
 }

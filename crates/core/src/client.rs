@@ -302,6 +302,7 @@ mod tests {
             agent_endpoint: endpoint,
             state: MachineState::Running,
             state_reason: None,
+            placement: None,
         }
     }
 

@@ -5,6 +5,7 @@
 //! through [`provider::Provider`]; the CLI shows progress through [`progress::Progress`].
 
 pub mod artifacts;
+pub mod capacity;
 pub mod client;
 pub mod error;
 pub mod pki;

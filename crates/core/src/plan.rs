@@ -1,9 +1,14 @@
 //! The deployment plan: the machines a spec asks for, in a provider-neutral form.
 
-use flotilla_spec::fleet::PortSpec;
+use std::collections::{BTreeMap, BTreeSet};
+
+use flotilla_capacity::Architecture;
+use flotilla_capacity::select::{Problem, Wants, eligible};
+use flotilla_spec::capacity::{InstanceRequirements, Market};
+use flotilla_spec::fleet::{PortSpec, node_names};
 use flotilla_spec::{FleetSpec, ProviderKind};
 
-use crate::provider::Role;
+use crate::provider::{Role, Survey};
 
 /// The name of the monitoring machine (never a valid instance name).
 pub const MONITORING_NAME: &str = "monitoring";
@@ -13,12 +18,18 @@ pub const AWS_MONITORING_REGION: &str = "us-east-1";
 pub const LOCAL_REGION: &str = "local";
 
 /// One machine to run.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub struct MachinePlan {
     pub name: String,
     pub role: Role,
     pub region: String,
-    pub instance_type: String,
+    /// The listed instance types in preference order (`instance_type`, then `instance_types`);
+    /// empty when only `requirements` choose.
+    pub instance_types: Vec<String>,
+    pub requirements: Option<InstanceRequirements>,
+    pub market: Market,
+    /// Allowed zones; empty means every zone.
+    pub zones: Vec<String>,
     pub storage_size: i32,
     pub storage_class: String,
     pub storage_iops: Option<i32>,
@@ -34,7 +45,56 @@ pub struct DeploymentPlan {
     pub tag: String,
     pub provider: ProviderKind,
     pub machines: Vec<MachinePlan>,
+    /// The machines by capacity group: the monitoring machine, then one group per instance
+    /// entry, in spec order.
+    pub groups: Vec<GroupPlan>,
     pub ports: Vec<PortSpec>,
+}
+
+/// Machines that share their capacity keys: one instance entry, or the monitoring machine.
+#[derive(Clone, Debug, PartialEq)]
+pub struct GroupPlan {
+    /// The entry's name (`monitoring` for the monitoring machine).
+    pub name: String,
+    pub role: Role,
+    pub region: String,
+    /// Index into the spec's `instances` for binary machines.
+    pub instance_index: Option<usize>,
+    /// The group's machine names, in index order.
+    pub machines: Vec<String>,
+    /// Listed types in preference order.
+    pub instance_types: Vec<String>,
+    pub requirements: Option<InstanceRequirements>,
+    pub market: Market,
+    /// Allowed zones; empty means every zone.
+    pub zones: Vec<String>,
+    pub availability_zone_group: Option<String>,
+    /// The binary's architecture, read from its ELF header when it has one.
+    pub architecture: Option<Architecture>,
+    /// Zone → the group's eligible types offered there, in preference order: where a launch
+    /// may put its machines. Filled by [`DeploymentPlan::resolve_capacity`]; empty before.
+    pub offered: BTreeMap<String, Vec<String>>,
+}
+
+impl GroupPlan {
+    /// The request the capacity policy sees for this group.
+    pub fn wants(&self) -> Wants<'_> {
+        Wants {
+            instance_types: &self.instance_types,
+            requirements: self.requirements.as_ref(),
+            architecture: self.architecture,
+            zones: &self.zones,
+            market: self.market,
+        }
+    }
+}
+
+/// Why a group cannot run as its spec asks, found when its capacity was resolved.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CapacityProblem {
+    /// Index into [`DeploymentPlan::groups`].
+    pub group: usize,
+    pub problem: Problem,
 }
 
 impl DeploymentPlan {
@@ -48,7 +108,10 @@ impl DeploymentPlan {
             name: MONITORING_NAME.to_owned(),
             role: Role::Monitoring,
             region: monitoring_region.to_owned(),
-            instance_type: monitoring.instance_type.clone(),
+            instance_types: vec![monitoring.instance_type.clone()],
+            requirements: None,
+            market: Market::OnDemand,
+            zones: Vec::new(),
             storage_size: monitoring.storage_size,
             storage_class: monitoring.storage_class.clone(),
             storage_iops: monitoring.storage_iops,
@@ -62,7 +125,10 @@ impl DeploymentPlan {
                 name,
                 role: Role::Binary,
                 region: instance.region.clone(),
-                instance_type: instance.instance_type.clone(),
+                instance_types: instance.listed_types(),
+                requirements: instance.requirements.clone(),
+                market: instance.market,
+                zones: instance.zones.clone(),
                 storage_size: instance.storage_size,
                 storage_class: instance.storage_class.clone(),
                 storage_iops: instance.storage_iops,
@@ -71,7 +137,110 @@ impl DeploymentPlan {
                 instance_index: Some(index),
             });
         }
-        DeploymentPlan { tag: spec.tag.clone(), provider, machines, ports: spec.ports.clone() }
+        let mut groups = vec![GroupPlan {
+            name: MONITORING_NAME.to_owned(),
+            role: Role::Monitoring,
+            region: monitoring_region.to_owned(),
+            instance_index: None,
+            machines: vec![MONITORING_NAME.to_owned()],
+            instance_types: vec![monitoring.instance_type.clone()],
+            requirements: None,
+            market: Market::OnDemand,
+            zones: Vec::new(),
+            availability_zone_group: None,
+            architecture: None,
+            offered: BTreeMap::new(),
+        }];
+        for (index, instance) in spec.instances.iter().enumerate() {
+            groups.push(GroupPlan {
+                name: instance.name.clone(),
+                role: Role::Binary,
+                region: instance.region.clone(),
+                instance_index: Some(index),
+                machines: node_names(instance),
+                instance_types: instance.listed_types(),
+                requirements: instance.requirements.clone(),
+                market: instance.market,
+                zones: instance.zones.clone(),
+                availability_zone_group: instance.availability_zone_group.clone(),
+                architecture: None,
+                offered: BTreeMap::new(),
+            });
+        }
+        DeploymentPlan {
+            tag: spec.tag.clone(),
+            provider,
+            machines,
+            groups,
+            ports: spec.ports.clone(),
+        }
+    }
+
+    /// Decides, from `survey`, which types may run each group in which zones
+    /// ([`GroupPlan::offered`]); every problem of every group when some cannot run. Groups that
+    /// share an `availability_zone_group` in a region are put in one zone, the first (by name)
+    /// that offers an eligible type to each of them.
+    pub fn resolve_capacity(&mut self, survey: &Survey) -> Result<(), Vec<CapacityProblem>> {
+        let mut problems = Vec::new();
+        for (index, group) in self.groups.iter_mut().enumerate() {
+            match eligible(&survey.catalog, &group.region, &group.wants(), &survey.prices) {
+                Ok(found) => {
+                    group.offered = found
+                        .zones
+                        .iter()
+                        .map(|zone| {
+                            let types: Vec<String> = found
+                                .types
+                                .iter()
+                                .filter(|name| {
+                                    survey
+                                        .catalog
+                                        .zones_offering(&group.region, name)
+                                        .contains(&zone.as_str())
+                                })
+                                .cloned()
+                                .collect();
+                            (zone.clone(), types)
+                        })
+                        .filter(|(_, types)| !types.is_empty())
+                        .collect();
+                }
+                Err(found) => {
+                    problems.extend(
+                        found.into_iter().map(|problem| CapacityProblem { group: index, problem }),
+                    );
+                }
+            }
+        }
+        // One zone per availability zone group and region.
+        let mut shared: BTreeMap<(String, String), Vec<usize>> = BTreeMap::new();
+        for (index, group) in self.groups.iter().enumerate() {
+            if let Some(name) = &group.availability_zone_group {
+                shared.entry((group.region.clone(), name.clone())).or_default().push(index);
+            }
+        }
+        for ((region, name), members) in shared {
+            let common = members
+                .iter()
+                .map(|i| self.groups[*i].offered.keys().cloned().collect::<BTreeSet<String>>())
+                .reduce(|a, b| a.intersection(&b).cloned().collect())
+                .unwrap_or_default();
+            match common.into_iter().next() {
+                Some(zone) => {
+                    for i in &members {
+                        self.groups[*i].offered.retain(|z, _| *z == zone);
+                    }
+                }
+                None if members.iter().all(|i| !self.groups[*i].offered.is_empty()) => {
+                    problems.push(CapacityProblem {
+                        group: members[0],
+                        problem: Problem::NoCommonZone { group: name, region },
+                    });
+                }
+                None => {}
+            }
+        }
+        if problems.is_empty() { Ok(()) } else { Err(problems) }
     }
 
     /// Regions of all machines, sorted, without duplicates.

@@ -9,6 +9,11 @@ pub trait Progress: Sync {
     /// A stage of `total` steps (0 when unknown), finished when the returned value drops.
     fn stage(&self, label: &str, total: u64) -> Box<dyn Stage + '_>;
 
+    /// A line for the person at the terminal (not data): what is about to happen.
+    fn notice(&self, text: &str) {
+        tracing::info!("{text}");
+    }
+
     /// The workflow has just done what `point` names (see [`checkpoints`]). Nothing to show;
     /// the CLI uses it to stop itself at a chosen point in its crash tests.
     fn checkpoint(&self, point: &str) {
@@ -24,6 +29,9 @@ pub mod checkpoints {
     pub const CREATE_RECORDED: &str = "create:recorded";
     /// `create`: every machine was launched and its agent process started (not yet answering).
     pub const CREATE_LAUNCHED: &str = "create:launched";
+    /// `create` (AWS): a fleet request answered with instances, before they are named in the
+    /// provider's records.
+    pub const CREATE_FLEET_ANSWERED: &str = "create:fleet-answered";
     /// `create`: the first machine's agent accepted its version: a rollout is under way.
     pub const CREATE_ROLLOUT_STARTED: &str = "create:rollout-started";
     /// `update`: the first batch's first machine accepted the new version.
@@ -37,6 +45,7 @@ pub mod checkpoints {
     /// Every checkpoint.
     pub const ALL: &[&str] = &[
         CREATE_RECORDED,
+        CREATE_FLEET_ANSWERED,
         CREATE_LAUNCHED,
         CREATE_ROLLOUT_STARTED,
         UPDATE_ROLLOUT_STARTED,

@@ -13,6 +13,10 @@
 //! 4. [`Provider::publish`]: artifacts, content-addressed, where agents can fetch them.
 //! 5. [`Provider::machines`] at any time; [`Provider::destroy`] at the end.
 //!
+//! Every provider is also a [`Surveyor`]: what its regions offer (the instance catalog and
+//! prices), read-only, asked before anything is made so that a spec's capacity keys are checked
+//! against the account's real catalog, and by `plan`.
+//!
 //! Architecture Invariant: every method is safe to call again after a crash at any point: it
 //! finds what exists (by its records or tags) and creates nothing twice.
 
@@ -25,25 +29,79 @@ use flotilla_spec::identity::IdentityBundle;
 use crate::plan::DeploymentPlan;
 use crate::progress::Progress;
 
+/// What an account offers in some regions: the instance catalog and prices, and what the survey
+/// had to fall back from (no credentials, the Pricing API out of reach), which `plan` shows.
+#[derive(Clone, Debug, Default)]
+pub struct Survey {
+    pub catalog: flotilla_capacity::Catalog,
+    pub prices: flotilla_capacity::PriceBook,
+    pub notes: Vec<String>,
+}
+
+/// Reads what regions offer. Read-only; a provider may cache what it reads.
+pub trait Surveyor: Sync {
+    /// The catalog (instance types, and the zones of each region that offer them) and prices
+    /// of `regions`.
+    fn survey(
+        &self,
+        regions: &[String],
+        progress: &dyn Progress,
+    ) -> impl Future<Output = Result<Survey, ProviderError>> + Send;
+}
+
+/// What kind of failure a provider met, for callers that act on it (a capacity failure is
+/// reported with the pools tried, a permission failure is not retried, …) rather than parse
+/// messages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ErrorKind {
+    /// Anything else.
+    #[default]
+    Other,
+    /// No capacity in the pools that may be used (before the launch deadline).
+    Capacity,
+    /// An account quota (vCPUs, spot instances, …) is reached.
+    Quota,
+    /// The cloud's API kept refusing for its request rate.
+    Throttled,
+    /// The credentials may not do what was asked.
+    Permission,
+    /// Something the deployment needs does not exist (an image, a region, a resource).
+    NotFound,
+    /// The request is wrong for the cloud (a bad parameter, an unsupported combination).
+    Invalid,
+}
+
 /// A provider's failure, with the context that helps.
 #[derive(Debug, thiserror::Error)]
 #[error("{message}")]
 pub struct ProviderError {
     pub message: String,
+    pub kind: ErrorKind,
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl ProviderError {
     pub fn new(message: impl Into<String>) -> Self {
-        ProviderError { message: message.into(), source: None }
+        ProviderError { message: message.into(), kind: ErrorKind::Other, source: None }
     }
 
     pub fn with_source(
         message: impl Into<String>,
         source: impl std::error::Error + Send + Sync + 'static,
     ) -> Self {
-        ProviderError { message: message.into(), source: Some(Box::new(source)) }
+        ProviderError {
+            message: message.into(),
+            kind: ErrorKind::Other,
+            source: Some(Box::new(source)),
+        }
+    }
+
+    /// The same error, of `kind`.
+    pub fn of_kind(mut self, kind: ErrorKind) -> Self {
+        self.kind = kind;
+        self
     }
 }
 
@@ -83,7 +141,7 @@ impl MachineState {
 }
 
 /// A machine of the deployment.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Machine {
     pub name: String,
     pub role: Role,
@@ -101,6 +159,20 @@ pub struct Machine {
     /// it instead of being waited for.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub state_reason: Option<String>,
+    /// Where and how it runs, when the provider knows: instance type, zone, market and price.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub placement: Option<Placement>,
+}
+
+/// Where a cloud machine runs and what it costs.
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Placement {
+    pub instance_type: String,
+    pub zone: String,
+    pub market: flotilla_capacity::Lifecycle,
+    /// The price per hour, when known, with its source.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub price: Option<flotilla_capacity::Price>,
 }
 
 /// An artifact on this machine, to be published for agents.
@@ -112,7 +184,7 @@ pub struct LocalArtifact {
 }
 
 /// A place machines run. See the module documentation for the call order.
-pub trait Provider: Sync {
+pub trait Provider: Surveyor {
     /// Creates or adopts the resources the machines share.
     fn prepare(
         &self,

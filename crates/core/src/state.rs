@@ -100,7 +100,7 @@ impl DeploymentStatus {
 }
 
 /// `metadata.json`: enough to find and destroy the deployment without its spec.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Metadata {
     pub tag: String,
     pub provider: ProviderKind,
@@ -113,6 +113,9 @@ pub struct Metadata {
     /// Binary instances (after `count` expansion), not counting monitoring.
     pub instance_count: usize,
     pub status: DeploymentStatus,
+    /// What its machines cost per hour, as of the last create or update (cloud deployments).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub usd_per_hour: Option<f64>,
 }
 
 /// Seconds since the Unix epoch.
@@ -479,9 +482,12 @@ impl Deployment {
     }
 }
 
-/// Creates `dir` (and parents) and makes sure it is 0700.
+/// Creates `dir` (and its missing parents, 0700 too) and makes sure it is 0700.
 pub fn ensure_private_dir(dir: &Path) -> Result<(), StateError> {
-    fs_err::create_dir_all(dir)?;
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new().recursive(true).mode(0o700).create(dir).map_err(|error| {
+        std::io::Error::new(error.kind(), format!("creating {}: {error}", dir.display()))
+    })?;
     let metadata = fs_err::metadata(dir)?;
     if metadata.permissions().mode() & 0o777 != 0o700 {
         fs_err::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
@@ -525,6 +531,7 @@ mod tests {
             regions: vec!["local".into()],
             instance_count: 2,
             status: DeploymentStatus::Creating,
+            usd_per_hour: None,
         }
     }
 

@@ -155,6 +155,7 @@ impl LocalProvider {
             agent_endpoint: SocketAddr::new(address, DEFAULT_API_PORT),
             state,
             state_reason: None,
+            placement: None,
         }
     }
 
@@ -256,6 +257,28 @@ impl LocalProvider {
 
     fn artifacts_dir(&self) -> PathBuf {
         self.root.join("artifacts")
+    }
+}
+
+/// The local provider has no instance catalog: machines are processes on this computer, and
+/// instance types, zones and markets do not apply to them.
+pub async fn survey() -> flotilla_core::provider::Survey {
+    flotilla_core::provider::Survey {
+        notes: vec![
+            "the local provider runs every machine on this computer: instance types, zones and prices do not apply"
+                .to_owned(),
+        ],
+        ..flotilla_core::provider::Survey::default()
+    }
+}
+
+impl flotilla_core::provider::Surveyor for LocalProvider {
+    async fn survey(
+        &self,
+        _regions: &[String],
+        _progress: &dyn Progress,
+    ) -> Result<flotilla_core::provider::Survey, ProviderError> {
+        Ok(survey().await)
     }
 }
 

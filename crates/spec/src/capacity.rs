@@ -63,8 +63,10 @@ impl std::fmt::Display for Market {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Bounds<T> {
+    /// The least value allowed (inclusive); no lower bound when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub min: Option<T>,
+    /// The greatest value allowed (inclusive); no upper bound when left out.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max: Option<T>,
 }

@@ -32,6 +32,11 @@ use crate::suggest::closest_match;
 use crate::validate::is_valid_name;
 use crate::yaml::{ScalarStyle, YamlEntry, YamlNode, YamlValue};
 
+#[path = "decode_capacity.rs"]
+mod capacity;
+#[cfg_attr(not(test), expect(unused_imports, reason = "the schema drift test compares them"))]
+pub(crate) use capacity::{BOUNDS_KEYS, REQUIREMENTS_KEYS};
+
 /// Who defines a key: the commonware deployer's config, or flotilla.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum Origin {
@@ -104,7 +109,9 @@ pub(crate) const INSTANCE_KEYS: &[KeySpec] = &[
     deployer("name", "add `name:`, e.g. `name: node-0`"),
     deployer("region", "add `region:`, e.g. `region: us-east-1`"),
     deployer_optional("availability_zone_group"),
-    deployer("instance_type", "add `instance_type:`, e.g. `instance_type: c7g.large`"),
+    // Required as the deployer requires it, except in a spec with `provider:` whose entry has
+    // `instance_types` or `requirements` (see `decode_instance`).
+    deployer_optional("instance_type"),
     deployer(
         "storage_size",
         "add `storage_size:` with the root volume's size in GiB, e.g. `storage_size: 10`",
@@ -120,6 +127,10 @@ pub(crate) const INSTANCE_KEYS: &[KeySpec] = &[
     flotilla("env"),
     flotilla("health"),
     flotilla("restart"),
+    flotilla("instance_types"),
+    flotilla("requirements"),
+    flotilla("market"),
+    flotilla("zones"),
 ];
 
 pub(crate) const PORT_KEYS: &[KeySpec] = &[
@@ -238,6 +249,8 @@ pub(crate) struct Decoder<'f> {
     diagnostics: Vec<Diagnostic>,
     locations: BTreeMap<String, Location>,
     instance_names: Vec<InstanceName>,
+    /// Whether the spec has a `provider` key: an entry may then leave `instance_type` out.
+    has_provider_key: bool,
 }
 
 impl<'f> Decoder<'f> {
@@ -247,6 +260,7 @@ impl<'f> Decoder<'f> {
             diagnostics: Vec::new(),
             locations: BTreeMap::new(),
             instance_names: Vec::new(),
+            has_provider_key: false,
         }
     }
 
@@ -691,6 +705,7 @@ impl<'f> Decoder<'f> {
     pub(crate) fn decode_fleet(&mut self, root: &YamlNode) -> Option<FleetSpec> {
         self.locations.insert(String::new(), root.location);
         let fields = self.open_mapping(root, "", FLEET_KEYS, UnknownKeys::Warn)?;
+        self.has_provider_key = fields.found.contains_key("provider");
         let tag = self.required(&fields, "tag", |decoder, node, field| {
             let tag = decoder.read_string(node, field)?;
             decoder.check_name(node.location, field, &tag, "tag", "my-fleet").then_some(tag)
@@ -756,9 +771,35 @@ impl<'f> Decoder<'f> {
         });
         let availability_zone_group =
             self.optional_or_null(&fields, "availability_zone_group", Self::read_string);
-        let instance_type = self.required(&fields, "instance_type", |decoder, node, field| {
-            decoder.read_non_empty_string(node, field, "an EC2 instance type, e.g. `c7g.large`")
+        let instance_type =
+            self.optional_or_null(&fields, "instance_type", |decoder, node, field| {
+                decoder.read_non_empty_string(node, field, "an EC2 instance type, e.g. `c7g.large`")
+            });
+        let instance_types = self.optional(&fields, "instance_types", Self::read_instance_types);
+        let requirements = self.optional(&fields, "requirements", Self::read_requirements);
+        let market = self.optional(&fields, "market", Self::read_market);
+        let zones = self.optional(&fields, "zones", |decoder, node, field| {
+            decoder.read_zones(node, field, region.value().map(String::as_str))
         });
+        if matches!(instance_type, Slot::Absent) {
+            let has_alternatives =
+                !matches!(instance_types, Slot::Absent) || !matches!(requirements, Slot::Absent);
+            if !(self.has_provider_key && has_alternatives) {
+                let help = if has_alternatives {
+                    "add `instance_type:` (the deployer requires it), or add `provider: aws` at the top so that `instance_types` or `requirements` may stand for it"
+                } else if self.has_provider_key {
+                    "add `instance_type:`, `instance_types:` or `requirements:`"
+                } else {
+                    "add `instance_type:`, e.g. `instance_type: c7g.large`"
+                };
+                self.error(
+                    fields.location,
+                    &fields.child("instance_type"),
+                    "missing required key `instance_type`".to_owned(),
+                    help,
+                );
+            }
+        }
         let storage = self.decode_storage(&fields);
         let binary = self.required(&fields, "binary", |decoder, node, field| {
             decoder.read_non_empty_string(node, field, "the path of the binary to run")
@@ -789,7 +830,7 @@ impl<'f> Decoder<'f> {
             name: name.into_required()?,
             region: region.into_required()?,
             availability_zone_group: availability_zone_group.into_optional()?,
-            instance_type: instance_type.into_required()?,
+            instance_type: instance_type.into_optional()?,
             storage_size: storage.size,
             storage_class: storage.class,
             storage_iops: storage.iops,
@@ -802,6 +843,10 @@ impl<'f> Decoder<'f> {
             env: env.into_optional()?.unwrap_or_default(),
             health: health.into_optional()?.unwrap_or_default(),
             restart: restart.into_optional()?.unwrap_or_default(),
+            instance_types: instance_types.into_optional()?.unwrap_or_default(),
+            requirements: requirements.into_optional()?,
+            market: market.into_optional()?.unwrap_or_default(),
+            zones: zones.into_optional()?.unwrap_or_default(),
         })
     }
 

@@ -22,6 +22,7 @@ use std::time::Duration;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Serialize;
 
+use crate::capacity::{InstanceRequirements, Market};
 use crate::duration_serde::DurationText;
 
 /// Which provider runs the fleet. A config without `provider` means `aws`, as the deployer does.
@@ -117,9 +118,10 @@ pub struct InstanceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-origin" = "deployer"))]
     pub availability_zone_group: Option<String>,
-    /// EC2 instance type, e.g. `c7g.large`.
+    /// EC2 instance type, e.g. `c7g.large`. Required, as the deployer requires it, except in a spec with `provider:` whose entry has `instance_types` or `requirements`; with `instance_types` it is the first alternative.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-origin" = "deployer"))]
-    pub instance_type: String,
+    pub instance_type: Option<String>,
     /// Root volume size in GiB, at least 1.
     #[schemars(extend("x-origin" = "deployer"))]
     pub storage_size: i32,
@@ -165,6 +167,35 @@ pub struct InstanceSpec {
     #[serde(default)]
     #[schemars(schema_with = "restart_setting_schema", extend("x-origin" = "flotilla"))]
     pub restart: RestartSpec,
+    /// Instance types that may run this entry, in preference order (after `instance_type`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-origin" = "flotilla"))]
+    pub instance_types: Vec<String>,
+    /// Attribute-based selection, with AWS's `InstanceRequirements` in snake_case: the types it matches follow the listed ones, cheapest first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-origin" = "flotilla"))]
+    pub requirements: Option<InstanceRequirements>,
+    /// `on-demand` (default), `spot`, or `prefer-spot` (spot, and on-demand for what spot cannot give).
+    #[serde(default)]
+    #[schemars(extend("x-origin" = "flotilla", "default" = "on-demand"))]
+    pub market: Market,
+    /// Zones machines may run in (default: every zone that offers an eligible type).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-origin" = "flotilla"))]
+    pub zones: Vec<String>,
+}
+
+impl InstanceSpec {
+    /// The listed instance types in preference order: `instance_type`, then `instance_types`.
+    pub fn listed_types(&self) -> Vec<String> {
+        let mut types: Vec<String> = self.instance_type.iter().cloned().collect();
+        for name in &self.instance_types {
+            if !types.contains(name) {
+                types.push(name.clone());
+            }
+        }
+        types
+    }
 }
 
 /// Most replicas one `instances` entry may ask for with `count`.

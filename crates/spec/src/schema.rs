@@ -53,8 +53,8 @@ mod tests {
 
     use super::*;
     use crate::decode::{
-        FLEET_KEYS, HEALTH_HTTP_KEYS, HEALTH_KINDS, HEALTH_TCP_KEYS, INSTANCE_KEYS, KeySpec,
-        MONITORING_KEYS, PORT_KEYS, RESTART_KEYS, UPDATE_KEYS,
+        BOUNDS_KEYS, FLEET_KEYS, HEALTH_HTTP_KEYS, HEALTH_KINDS, HEALTH_TCP_KEYS, INSTANCE_KEYS,
+        KeySpec, MONITORING_KEYS, PORT_KEYS, REQUIREMENTS_KEYS, RESTART_KEYS, UPDATE_KEYS,
     };
 
     /// Follows `$ref` and the `allOf: [one]` wrapper schemars puts around described refs.
@@ -125,6 +125,11 @@ mod tests {
         assert_keys_match("ports[]", port, PORT_KEYS, true);
         let update = resolve(&root, &properties["update"]);
         assert_keys_match("update", update, UPDATE_KEYS, false);
+        let requirements = object_alternatives(&root, &instance["properties"]["requirements"]);
+        assert_eq!(requirements.len(), 1, "{requirements:#?}");
+        assert_keys_match("requirements", requirements[0], REQUIREMENTS_KEYS, false);
+        let bounds = resolve(&root, &requirements[0]["properties"]["vcpu_count"]);
+        assert_keys_match("requirements.vcpu_count", bounds, BOUNDS_KEYS, false);
 
         let restart = object_alternatives(&root, &instance["properties"]["restart"]);
         assert_eq!(restart.len(), 1, "restart has one mapping form: {restart:#?}");

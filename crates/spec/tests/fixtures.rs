@@ -169,3 +169,33 @@ fn serde_yaml_style_and_anchors_decode_as_the_deployer_reads_them() {
     assert_eq!(observer.binary, "target/release/validator");
     assert_eq!(anchored.ports[1].cidr, "::/0");
 }
+
+#[test]
+fn capacity_keys_decode_to_their_values() {
+    use flotilla_spec::capacity::{AcceleratorType, CpuManufacturer, Inclusion, Market};
+
+    let spec = valid("capacity-keys.yaml").spec;
+    let web = &spec.instances[0];
+    assert_eq!(web.listed_types(), ["m7i.large", "m6i.large", "m5.large"]);
+    assert_eq!(web.market, Market::PreferSpot);
+    assert_eq!(web.zones, ["us-east-1a", "us-east-1b", "us-east-1c"]);
+    let worker = &spec.instances[1];
+    assert_eq!(worker.instance_type, None);
+    assert_eq!(worker.market, Market::Spot);
+    let r = worker.requirements.as_ref().expect("requirements");
+    assert_eq!((r.vcpu_count.min, r.vcpu_count.max), (Some(2), Some(8)));
+    assert_eq!((r.memory_mib.min, r.memory_mib.max), (Some(4096), None));
+    assert_eq!(r.memory_gib_per_vcpu.map(|b| (b.min, b.max)), Some((Some(2.0), Some(4.5))));
+    assert_eq!(r.cpu_manufacturers, [CpuManufacturer::Intel, CpuManufacturer::Amd]);
+    assert_eq!(r.burstable_performance, Some(Inclusion::Excluded));
+    assert_eq!(r.accelerator_count.map(|b| b.max), Some(Some(0)));
+    assert_eq!(r.excluded_instance_types, ["t*", "*.metal"]);
+    assert_eq!(r.network_bandwidth_gbps.map(|b| b.min), Some(Some(1.5)));
+    assert_eq!(r.spot_max_price_percentage_over_lowest_price, Some(50));
+    assert_eq!(r.on_demand_max_price_percentage_over_lowest_price, Some(10));
+    let gpu = &spec.instances[2];
+    assert_eq!(gpu.market, Market::OnDemand);
+    let r = gpu.requirements.as_ref().expect("requirements");
+    assert_eq!(r.accelerator_types, [AcceleratorType::Gpu]);
+    assert_eq!(r.allowed_instance_types, ["g5.*", "g6.*"]);
+}

@@ -285,6 +285,32 @@ impl AwsFleet {
                     .filter(|x| self.tagged(x.tags()))
                     .count(),
             );
+            note(
+                "launch templates",
+                region,
+                ec2.describe_launch_templates()
+                    .filters(tag_filter())
+                    .send()
+                    .await
+                    .unwrap()
+                    .launch_templates()
+                    .iter()
+                    .filter(|x| self.tagged(x.tags()))
+                    .count(),
+            );
+            note(
+                "fleets (not deleted)",
+                region,
+                ec2.describe_fleets()
+                    .send()
+                    .await
+                    .unwrap()
+                    .fleets()
+                    .iter()
+                    .filter(|f| self.tagged(f.tags()))
+                    .filter(|f| f.fleet_state().is_some_and(|s| !s.as_str().starts_with("deleted")))
+                    .count(),
+            );
         }
         let iam = aws_sdk_iam::Client::new(&config);
         let role = self.role_name();

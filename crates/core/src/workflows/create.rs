@@ -21,13 +21,12 @@ use flotilla_spec::{ProviderKind, SpecDocument};
 use futures_util::StreamExt;
 
 use super::{
-    Departures, MANIFESTS_FILE, build_manifests, check_files, connect, install_identities,
-    publish_files, save_spec, saved_manifests, wait_for_agent,
+    Departures, MANIFESTS_FILE, build_manifests, connect, install_identities, publish_files,
+    save_spec, saved_manifests, wait_for_agent,
 };
 use crate::error::{CoreError, MachineFailure};
-use crate::plan::DeploymentPlan;
 use crate::progress::{Progress, checkpoints};
-use crate::provider::{Provider, ProviderError};
+use crate::provider::{Provider, ProviderError, Surveyor};
 use crate::rollout::{apply_and_wait, deadline_after};
 use crate::state::{Deployment, DeploymentStatus, Home, Metadata, unix_now};
 use crate::workflows::StatusRow;
@@ -47,21 +46,22 @@ pub struct CreateRequest<'a> {
     pub cwd: PathBuf,
 }
 
-/// Creates (or converges) the deployment; returns every machine's status.
+/// Creates (or converges) the deployment; returns every machine's status. `surveyor` reads
+/// the provider's catalog and prices before anything is made (it needs no deployment).
 pub async fn create<P: Provider>(
     home: &Home,
     request: CreateRequest<'_>,
     progress: &dyn Progress,
+    surveyor: &impl Surveyor,
     make_provider: impl FnOnce(&Deployment) -> Result<P, ProviderError>,
 ) -> Result<Vec<StatusRow>, CoreError> {
     let document = request.document;
     let spec = &document.spec;
-    // The spec's own provider's machine limit was checked when it was read; `--provider` may
-    // name another.
-    flotilla_spec::document::check_machine_total(document, request.provider)
-        .map_err(CoreError::Invalid)?;
-    check_files(document, &request.cwd)?;
-    let plan = DeploymentPlan::from_spec(spec, request.provider);
+    // Every check that needs no change anywhere: the machine limit of `--provider`, the files,
+    // the binaries' architectures, and the capacity keys against the provider's catalog.
+    let (plan, survey) =
+        super::resolve(document, request.provider, &request.cwd, surveyor, progress, false).await?;
+    progress.notice(&super::plan_summary(&super::estimate(&plan, &survey)));
 
     let now = unix_now();
     let (deployment, _lock) = home.create_or_adopt(
@@ -73,6 +73,7 @@ pub async fn create<P: Provider>(
             regions: plan.regions(),
             instance_count: plan.binary_count(),
             status: DeploymentStatus::Creating,
+            usd_per_hour: None,
         },
         request.force,
     )?;
@@ -160,6 +161,9 @@ pub async fn create<P: Provider>(
         });
     }
     save_spec(&deployment, document)?;
-    deployment.set_status(DeploymentStatus::Created)?;
-    super::status::rows(&client, &machines, request.concurrency).await
+    let rows = super::status::rows(&client, &machines, request.concurrency).await?;
+    let mut metadata = deployment.set_status(DeploymentStatus::Created)?;
+    metadata.usd_per_hour = super::status::price_per_hour(&rows);
+    deployment.write_metadata(&metadata)?;
+    Ok(rows)
 }

@@ -53,6 +53,7 @@ pub async fn destroy<P: Provider>(
         regions: Vec::new(),
         instance_count: 0,
         status: DeploymentStatus::Destroying,
+        usd_per_hour: None,
     });
     deployment.write_metadata(&Metadata {
         status: DeploymentStatus::Destroying,

@@ -6,6 +6,7 @@
 mod create;
 mod destroy;
 mod list;
+mod plan;
 mod status;
 mod update;
 
@@ -23,6 +24,10 @@ use flotilla_spec::identity::IdentityBundle;
 use flotilla_spec::{Artifact, FleetSpec, Manifest, SpecDocument};
 use futures_util::StreamExt;
 pub use list::list;
+pub use plan::{
+    GroupEstimate, HOURS_PER_MONTH, PlacementEstimate, PlanReport, PoolEstimate, estimate, plan,
+    resolve, summary as plan_summary,
+};
 pub use status::{StatusRow, logs, status};
 use tokio::time::Instant;
 pub use update::{UpdateRequest, update};
@@ -387,6 +392,7 @@ mod tests {
             agent_endpoint: SocketAddr::new(ip, 7443),
             state,
             state_reason: reason.map(str::to_owned),
+            placement: None,
         }
     }
 

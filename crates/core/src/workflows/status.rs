@@ -14,7 +14,7 @@ use crate::provider::{Machine, Provider, ProviderError, Role};
 use crate::state::{Deployment, Home};
 
 /// One machine's status, as `status` prints it (`--output json` prints these fields).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StatusRow {
     pub name: String,
     pub role: Role,
@@ -43,6 +43,12 @@ pub struct StatusRow {
     /// an agent that is not running).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub state_reason: Option<String>,
+    /// The instance type, zone and market (`spot` or `on-demand`) of a cloud machine.
+    pub instance_type: Option<String>,
+    pub zone: Option<String>,
+    pub market: Option<flotilla_capacity::Lifecycle>,
+    /// Its price per hour, when known.
+    pub usd_per_hour: Option<f64>,
 }
 
 impl StatusRow {
@@ -63,6 +69,14 @@ impl StatusRow {
             rollout: None,
             error: None,
             state_reason: machine.state_reason.clone(),
+            instance_type: machine.placement.as_ref().map(|p| p.instance_type.clone()),
+            zone: machine.placement.as_ref().map(|p| p.zone.clone()),
+            market: machine.placement.as_ref().map(|p| p.market),
+            usd_per_hour: machine
+                .placement
+                .as_ref()
+                .and_then(|p| p.price.as_ref())
+                .map(|price| price.usd_per_hour),
         };
         match answer {
             Ok(status) => {
@@ -84,6 +98,12 @@ impl StatusRow {
         }
         row
     }
+}
+
+/// What the machines of `rows` cost per hour in all, when any price is known.
+pub fn price_per_hour(rows: &[StatusRow]) -> Option<f64> {
+    let prices: Vec<f64> = rows.iter().filter_map(|row| row.usd_per_hour).collect();
+    (!prices.is_empty()).then(|| (prices.iter().sum::<f64>() * 10_000.0).round() / 10_000.0)
 }
 
 /// Asks every machine's agent for its status, `concurrency` at a time, in machine order.

@@ -71,7 +71,15 @@ pub async fn update<P: Provider>(
     }
     let _lock = deployment.lock()?;
     let provider = make_provider(&deployment)?;
-    let plan = DeploymentPlan::from_spec(spec, metadata.provider);
+    let mut plan = DeploymentPlan::from_spec(spec, metadata.provider);
+    if metadata.provider == ProviderKind::Aws {
+        // The shared resources prepare converges (launch templates among them) depend on the
+        // capacity of each group, checked against the catalog as create checks it.
+        let survey = provider.survey(&plan.regions(), progress).await?;
+        if let Err(problems) = plan.resolve_capacity(&survey) {
+            return Err(crate::capacity::capacity_errors(document, &plan, &problems));
+        }
+    }
     // Shared resources converge to the spec too (a changed `ports` reaches the security
     // groups); prepare is idempotent and creates nothing that exists.
     provider.prepare(&plan, progress).await?;
@@ -192,5 +200,9 @@ pub async fn update<P: Provider>(
     }
     drop(stage);
     save_spec(&deployment, document)?;
-    super::status::rows(&client, &machines, super::DEFAULT_CONCURRENCY).await
+    let rows = super::status::rows(&client, &machines, super::DEFAULT_CONCURRENCY).await?;
+    let mut metadata = deployment.metadata()?;
+    metadata.usd_per_hour = super::status::price_per_hour(&rows);
+    deployment.write_metadata(&metadata)?;
+    Ok(rows)
 }

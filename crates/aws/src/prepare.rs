@@ -1,0 +1,320 @@
+//! `prepare`: the reads that check the account, then everything the machines share, created or
+//! adopted: bucket and agent uploads, the role, every region's network and the peerings, and
+//! the launch templates of every capacity group.
+//!
+//! Three independent chains run at once (bucket then uploads; the role; networks then
+//! peerings), since under API latency the longest chain of dependent calls sets the wall time;
+//! the templates need all three (the agent's digest and the role id are in the user data, the
+//! security group and image in the template).
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+
+use flotilla_capacity::placement::balanced_targets;
+use flotilla_capacity::{Catalog, PriceBook};
+use flotilla_core::plan::{AWS_MONITORING_REGION, DeploymentPlan, GroupPlan};
+use flotilla_core::progress::Progress;
+use flotilla_core::provider::{ProviderError, Role};
+use flotilla_spec::names::iam_role_name;
+
+use crate::fanout::{Concurrency, fan_out};
+use crate::network::{self, NetworkSettings, RegionPlan};
+use crate::templates::{RootVolume, TemplateSpec};
+use crate::{AwsProvider, address, agents, iam, s3, survey, templates};
+
+/// Everything a launch needs to know, worked out by `prepare`.
+#[derive(Clone, Debug)]
+pub struct LaunchSettings {
+    /// Region → its network plan.
+    pub regions: HashMap<String, RegionPlan>,
+    /// Group name → what its fleet requests name.
+    pub groups: BTreeMap<String, GroupSettings>,
+    /// Prices as the survey cached them (for each machine's placement).
+    pub prices: PriceBook,
+}
+
+/// What one capacity group's fleet requests name.
+#[derive(Clone, Debug)]
+pub struct GroupSettings {
+    pub region: String,
+    pub role: Role,
+    /// Instance type → the id of the launch template of its architecture.
+    pub templates: BTreeMap<String, String>,
+}
+
+/// The types a group may launch, in any zone.
+fn group_types(group: &GroupPlan) -> BTreeSet<&str> {
+    group.offered.values().flatten().map(String::as_str).collect()
+}
+
+/// The zones that get machines of `group` when every pool is open: they get their subnets now,
+/// the others when the launch planner first asks for them.
+fn zones_in_use(group: &GroupPlan) -> Vec<String> {
+    let zones: Vec<String> = group.offered.keys().cloned().collect();
+    balanced_targets(group.machines.len(), &zones, &BTreeMap::new()).into_keys().collect()
+}
+
+pub async fn prepare(
+    provider: &AwsProvider,
+    plan: &DeploymentPlan,
+    progress: &dyn Progress,
+) -> Result<LaunchSettings, ProviderError> {
+    let clients = &provider.clients;
+    let journal = &provider.journal;
+    let tag = provider.tag.as_str();
+    let home = provider.options.home.as_path();
+
+    // Reads that check the account, all at once, before anything changes.
+    let stage = progress.stage("checking the account", 0);
+    let regions = plan.regions();
+    let (enabled, catalog, deployer_ip, role_owner) = tokio::join!(
+        survey::check_regions(clients, &regions),
+        survey::catalog(clients, home, &regions),
+        address::for_prepare(
+            provider.options.deployer_ip,
+            journal.read().deployer_ip,
+            provider.options.ip_discovery_url.as_deref(),
+        ),
+        iam::check_ownership(clients, tag)
+    );
+    enabled?;
+    role_owner?;
+    let catalog: Catalog = catalog?;
+    let deployer_ip = deployer_ip?;
+    // Core resolves every group's capacity against the survey before `prepare` (create and
+    // update alike); a group without a zone would be a bug there.
+    for group in &plan.groups {
+        if group.offered.is_empty() {
+            return Err(ProviderError::new(format!(
+                "{}: group {} has no zone offering a type it may run; run `flotilla plan` to see why",
+                group.region, group.name
+            )));
+        }
+    }
+    // The architecture of every type a group may launch.
+    let mut architectures: BTreeMap<String, &'static str> = BTreeMap::new();
+    for group in &plan.groups {
+        for instance_type in group_types(group) {
+            let architecture = survey::machine_architecture(&catalog, instance_type)?;
+            architectures.insert(instance_type.to_owned(), architecture);
+        }
+    }
+    let needed: BTreeSet<String> = architectures.values().map(|a| (*a).to_owned()).collect();
+    let agents =
+        agents::agents(&needed, &provider.options.this_executable, &provider.options.agent_builds)?;
+    drop(stage);
+
+    // From here on, calls change the account.
+    let bucket = match journal.read().bucket {
+        Some(bucket) => bucket,
+        None => s3::bucket_name(home)?,
+    };
+    journal.update(|r| {
+        r.bucket = Some(bucket.clone());
+        r.deployer_ip = Some(deployer_ip);
+    })?;
+    let region_plans: HashMap<String, RegionPlan> = regions
+        .iter()
+        .enumerate()
+        .map(|(index, region)| {
+            let groups: Vec<&GroupPlan> =
+                plan.groups.iter().filter(|g| &g.region == region).collect();
+            let zones: Vec<String> = catalog.zones(region).into_iter().map(str::to_owned).collect();
+            let in_use: BTreeSet<String> = groups.iter().flat_map(|g| zones_in_use(g)).collect();
+            let region_architectures: BTreeSet<String> = groups
+                .iter()
+                .flat_map(|g| group_types(g))
+                .map(|t| architectures[t].to_owned())
+                .collect();
+            let plan = RegionPlan {
+                region: region.clone(),
+                index: u8::try_from(index).expect("fewer than 256 regions"),
+                zones,
+                zones_in_use: in_use.into_iter().collect(),
+                architectures: region_architectures.into_iter().collect(),
+                binary_group: groups.iter().any(|g| g.role == Role::Binary),
+                monitoring_group: groups.iter().any(|g| g.role == Role::Monitoring),
+            };
+            (region.clone(), plan)
+        })
+        .collect();
+
+    let stage = progress.stage("creating networks", regions.len() as u64);
+    let storage = async {
+        s3::ensure_bucket(clients, &bucket).await?;
+        for (architecture, agent) in &agents {
+            s3::put_file_once(clients, &bucket, &format!("agents/{}", agent.sha256), &agent.path)
+                .await
+                .map_err(|e| {
+                    ProviderError::with_source(format!("uploading the {architecture} agent"), e)
+                })?;
+        }
+        Ok::<(), ProviderError>(())
+    };
+    let role = async {
+        let role_id = iam::ensure_role(clients, tag, &bucket).await?;
+        journal.update(|r| {
+            r.role_name = Some(iam_role_name(tag));
+            r.role_id = Some(role_id.clone());
+        })?;
+        Ok::<String, ProviderError>(role_id)
+    };
+    let authorized = journal.read().authorized;
+    let settings =
+        NetworkSettings { tag, deployer_ip, authorized: &authorized, ports: &plan.ports };
+    let networks = async {
+        let settings = &settings;
+        let stage = &stage;
+        let fresh: BTreeSet<String> = fan_out(
+            Concurrency::REGIONS,
+            region_plans.values().map(|region_plan| async move {
+                let fresh = network::ensure_region(clients, journal, settings, region_plan).await?;
+                stage.advance(1);
+                Ok::<_, ProviderError>((region_plan.region.clone(), fresh))
+            }),
+        )
+        .await?
+        .into_iter()
+        .filter(|(_, fresh)| *fresh)
+        .map(|(region, _)| region)
+        .collect();
+        let hub = AWS_MONITORING_REGION;
+        let hub_index = region_plans[hub].index;
+        let peerings = region_plans.values().filter(|p| p.region != hub).map(|spoke| {
+            let spoke_fresh = fresh.contains(&spoke.region);
+            network::ensure_peering(
+                clients,
+                journal,
+                tag,
+                (hub, hub_index),
+                (&spoke.region, spoke.index),
+                spoke_fresh,
+            )
+        });
+        futures_util::future::try_join_all(peerings).await?;
+        Ok::<BTreeSet<String>, ProviderError>(fresh)
+    };
+    let (stored, role_id, fresh) = tokio::join!(storage, role, networks);
+    stored?;
+    let role_id = role_id?;
+    let fresh = fresh?;
+    drop(stage);
+
+    // Launch templates: per region, group and architecture.
+    let stage = progress.stage("creating launch templates", regions.len() as u64);
+    let user_data = provider.user_data(&bucket, &role_id, &agents);
+    let records = journal.read();
+    let mut wanted: BTreeMap<String, Vec<(String, TemplateSpec)>> = BTreeMap::new();
+    for group in &plan.groups {
+        let record = &records.regions[&group.region];
+        let security_group = match group.role {
+            Role::Binary => record.binary_group_id.clone(),
+            Role::Monitoring => record.monitoring_group_id.clone(),
+        }
+        .ok_or_else(|| {
+            ProviderError::new(format!(
+                "{}: the security group is missing; run create again",
+                group.region
+            ))
+        })?;
+        let machine =
+            plan.machines.iter().find(|m| group.machines.first() == Some(&m.name)).ok_or_else(
+                || ProviderError::new(format!("group {} has no machine", group.name)),
+            )?;
+        let root_volume = RootVolume {
+            size_gib: machine.storage_size,
+            class: machine.storage_class.clone(),
+            iops: machine.storage_iops,
+            throughput: machine.storage_throughput,
+        };
+        let group_architectures: BTreeSet<&str> =
+            group_types(group).into_iter().map(|t| architectures[t]).collect();
+        for architecture in group_architectures {
+            let image_id = record.images.get(architecture).cloned().ok_or_else(|| {
+                ProviderError::new(format!(
+                    "{}: no Ubuntu image for {architecture}; run create again",
+                    group.region
+                ))
+            })?;
+            let spec = TemplateSpec {
+                group: group.name.clone(),
+                architecture: architecture.to_owned(),
+                image_id,
+                user_data: user_data[architecture].clone(),
+                instance_profile: iam_role_name(tag),
+                security_group: security_group.clone(),
+                root_volume: root_volume.clone(),
+            };
+            wanted.entry(group.region.clone()).or_default().push((group.name.clone(), spec));
+        }
+    }
+    let stage_ref = &stage;
+    let fresh = &fresh;
+    let made = fan_out(
+        Concurrency::REGIONS,
+        wanted.iter().map(|(region, specs)| async move {
+            let only: Vec<TemplateSpec> = specs.iter().map(|(_, s)| s.clone()).collect();
+            let ids =
+                templates::ensure(clients, journal, tag, region, fresh.contains(region), &only)
+                    .await?;
+            stage_ref.advance(1);
+            Ok::<_, ProviderError>((region.clone(), ids))
+        }),
+    )
+    .await?;
+    let ids: BTreeMap<String, BTreeMap<String, String>> = made.into_iter().collect();
+    drop(stage);
+
+    let mut groups = BTreeMap::new();
+    for group in &plan.groups {
+        let region_ids = &ids[&group.region];
+        let specs = &wanted[&group.region];
+        let mut by_type = BTreeMap::new();
+        for instance_type in group_types(group) {
+            let architecture = architectures[instance_type];
+            let (_, spec) = specs
+                .iter()
+                .find(|(name, spec)| *name == group.name && spec.architecture == architecture)
+                .expect("every architecture of the group has its template");
+            let id = region_ids[&spec.name(tag)].clone();
+            by_type.insert(instance_type.to_owned(), id);
+        }
+        groups.insert(
+            group.name.clone(),
+            GroupSettings { region: group.region.clone(), role: group.role, templates: by_type },
+        );
+    }
+    Ok(LaunchSettings {
+        regions: region_plans,
+        groups,
+        prices: crate::prices::cached_book(&survey::cache_dir(home, clients), &regions),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_zones_in_use_are_those_a_balanced_group_fills() {
+        let group = |count: usize| GroupPlan {
+            name: "worker".into(),
+            role: Role::Binary,
+            region: "r".into(),
+            instance_index: Some(0),
+            machines: (0..count).map(|i| format!("worker-{i}")).collect(),
+            instance_types: vec!["m5.large".into()],
+            requirements: None,
+            market: flotilla_spec::capacity::Market::OnDemand,
+            zones: Vec::new(),
+            availability_zone_group: None,
+            architecture: None,
+            offered: ["r-a", "r-b", "r-c"]
+                .iter()
+                .map(|z| ((*z).to_owned(), vec!["m5.large".to_owned()]))
+                .collect(),
+        };
+        assert_eq!(zones_in_use(&group(1)), ["r-a"]);
+        assert_eq!(zones_in_use(&group(2)), ["r-a", "r-b"]);
+        assert_eq!(zones_in_use(&group(7)), ["r-a", "r-b", "r-c"]);
+    }
+}

@@ -1,0 +1,303 @@
+//! The read-only survey of an account: which regions are enabled, the instance catalog of some
+//! regions (what each type is, its architectures, and which zones offer it) and the prices, for
+//! the capacity policy, `prepare`'s checks and `flotilla plan`.
+//!
+//! The catalog comes from `DescribeInstanceTypes` (every type, paginated) and, per region,
+//! `DescribeInstanceTypeOfferings` by availability zone (paginated). Both are cached for 24 h
+//! under `$FLOTILLA_HOME/cache/aws/<endpoint>/`: a catalog changes when AWS launches a type,
+//! not between two commands. Prices are [`crate::prices`]', cached beside it for 12 h.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+use aws_sdk_ec2::types::{Filter, InstanceTypeInfo, LocationType};
+use flotilla_capacity::catalog::{Accelerator, Architecture, Catalog, InstanceType};
+use flotilla_core::progress::Progress;
+use flotilla_core::provider::{ProviderError, Survey};
+use flotilla_core::state::{ensure_private_dir, write_private};
+use flotilla_spec::capacity::{AcceleratorManufacturer, AcceleratorType, CpuManufacturer};
+use sha2::{Digest, Sha256};
+
+use crate::clients::{Clients, HOME_REGION};
+use crate::error::AwsError;
+use crate::fanout::{Concurrency, fan_out};
+
+/// How long a cached catalog is used.
+pub const CATALOG_TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// The cache directory for the endpoint the clients use (AWS itself, or an emulator): two
+/// endpoints never share a catalog.
+pub fn cache_dir(home: &Path, clients: &Clients) -> PathBuf {
+    let endpoint = clients.endpoint().unwrap_or("aws");
+    let digest = hex::encode(Sha256::digest(endpoint.as_bytes()));
+    home.join("cache").join("aws").join(&digest[..16])
+}
+
+/// The catalog and prices of `regions`, from the cache when it is fresh.
+pub async fn survey(
+    clients: &Clients,
+    home: &Path,
+    regions: &[String],
+    progress: &dyn Progress,
+) -> Result<Survey, ProviderError> {
+    let stage = progress.stage("reading the instance catalog and prices", regions.len() as u64 + 1);
+    let catalog = catalog(clients, home, regions).await?;
+    stage.advance(1);
+    let (prices, notes) =
+        crate::prices::price_book(clients, &cache_dir(home, clients), regions, &catalog).await?;
+    stage.advance(regions.len() as u64);
+    Ok(Survey { catalog, prices, notes })
+}
+
+/// The instance catalog of `regions`, from the cache when it is fresh.
+pub async fn catalog(
+    clients: &Clients,
+    home: &Path,
+    regions: &[String],
+) -> Result<Catalog, ProviderError> {
+    let dir = cache_dir(home, clients);
+    let types = match read_cache::<Vec<InstanceType>>(&dir.join("instance-types.json"), CATALOG_TTL)
+    {
+        Some(types) => types,
+        None => {
+            let types = describe_instance_types(clients).await?;
+            write_cache(&dir, "instance-types.json", &types)?;
+            types
+        }
+    };
+    let mut catalog = Catalog::with_types(types);
+    let offerings = fan_out(
+        Concurrency::REGIONS,
+        regions.iter().cloned().map(|region| {
+            let dir = dir.clone();
+            async move {
+                let file = format!("offerings-{region}.json");
+                let offered =
+                    match read_cache::<Vec<(String, String)>>(&dir.join(&file), CATALOG_TTL) {
+                        Some(offered) => offered,
+                        None => {
+                            let offered = describe_offerings(clients, &region).await?;
+                            write_cache(&dir, &file, &offered)?;
+                            offered
+                        }
+                    };
+                Ok::<_, ProviderError>((region, offered))
+            }
+        }),
+    )
+    .await?;
+    for (region, offered) in offerings {
+        for (instance_type, zone) in offered {
+            catalog.offer(&region, &zone, &instance_type);
+        }
+    }
+    Ok(catalog)
+}
+
+/// Fails, naming them, when some of `regions` are not enabled in the account.
+pub async fn check_regions(clients: &Clients, regions: &[String]) -> Result<(), ProviderError> {
+    let answer = clients
+        .ec2(HOME_REGION)
+        .describe_regions()
+        .all_regions(true)
+        .filters(
+            Filter::builder()
+                .name("opt-in-status")
+                .values("opt-in-not-required")
+                .values("opted-in")
+                .build(),
+        )
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(HOME_REGION, "DescribeRegions", "enabled regions", e))?;
+    let enabled: std::collections::BTreeSet<&str> =
+        answer.regions().iter().filter_map(|r| r.region_name()).collect();
+    let missing: Vec<&str> =
+        regions.iter().map(String::as_str).filter(|r| !enabled.contains(r)).collect();
+    if missing.is_empty() {
+        return Ok(());
+    }
+    Err(ProviderError::new(format!(
+        "regions not enabled in this account (or misspelt): {}; enable them in the AWS console or fix the spec",
+        missing.join(", ")
+    ))
+    .of_kind(flotilla_core::provider::ErrorKind::Invalid))
+}
+
+/// The architecture of machines of `instance_type` (`x86_64` or `arm64`, the names of the
+/// agent builds and images), by the catalog, else by its name.
+pub fn machine_architecture(
+    catalog: &Catalog,
+    instance_type: &str,
+) -> Result<&'static str, ProviderError> {
+    let architectures: Vec<Architecture> = match catalog.instance_type(instance_type) {
+        Some(known) if !known.architectures.is_empty() => known.architectures.clone(),
+        _ => flotilla_capacity::guess_architecture(instance_type).into_iter().collect(),
+    };
+    if architectures.contains(&Architecture::Arm64) {
+        Ok("arm64")
+    } else if architectures.iter().any(|a| matches!(a, Architecture::X86_64 | Architecture::I386)) {
+        Ok("x86_64")
+    } else {
+        Err(ProviderError::new(format!(
+            "{instance_type} runs macOS on dedicated hosts, which flotilla does not launch yet; choose a Linux type"
+        ))
+        .of_kind(flotilla_core::provider::ErrorKind::Invalid))
+    }
+}
+
+/// Every instance type of the account, as the capacity policy reads them.
+async fn describe_instance_types(clients: &Clients) -> Result<Vec<InstanceType>, ProviderError> {
+    let mut pages = clients
+        .ec2(HOME_REGION)
+        .describe_instance_types()
+        .max_results(100)
+        .into_paginator()
+        .items()
+        .send();
+    let mut types = Vec::new();
+    while let Some(item) = pages.next().await {
+        let info =
+            item.map_err(|e| AwsError::from_sdk(HOME_REGION, "DescribeInstanceTypes", "", e))?;
+        if let Some(instance_type) = from_sdk(&info) {
+            types.push(instance_type);
+        }
+    }
+    Ok(types)
+}
+
+/// `(type, zone)` for every type offered in a zone of `region`.
+async fn describe_offerings(
+    clients: &Clients,
+    region: &str,
+) -> Result<Vec<(String, String)>, ProviderError> {
+    let mut pages = clients
+        .ec2(region)
+        .describe_instance_type_offerings()
+        .location_type(LocationType::AvailabilityZone)
+        .max_results(1000)
+        .into_paginator()
+        .items()
+        .send();
+    let mut offered = Vec::new();
+    while let Some(item) = pages.next().await {
+        let offering =
+            item.map_err(|e| AwsError::from_sdk(region, "DescribeInstanceTypeOfferings", "", e))?;
+        if let (Some(instance_type), Some(zone)) = (offering.instance_type(), offering.location()) {
+            offered.push((instance_type.as_str().to_owned(), zone.to_owned()));
+        }
+    }
+    Ok(offered)
+}
+
+/// One `DescribeInstanceTypes` item as the capacity policy reads it.
+pub fn from_sdk(info: &InstanceTypeInfo) -> Option<InstanceType> {
+    let name = info.instance_type()?.as_str().to_owned();
+    let processor = info.processor_info();
+    let architectures = processor
+        .map(|p| {
+            p.supported_architectures()
+                .iter()
+                .filter_map(|a| Architecture::parse(a.as_str()))
+                .collect()
+        })
+        .unwrap_or_default();
+    let cpu_manufacturer = processor.and_then(|p| p.manufacturer()).and_then(|m| match m {
+        "Intel" => Some(CpuManufacturer::Intel),
+        "AMD" => Some(CpuManufacturer::Amd),
+        "AWS" => Some(CpuManufacturer::AmazonWebServices),
+        "Apple" => Some(CpuManufacturer::Apple),
+        _ => None,
+    });
+    let manufacturer = |name: Option<&str>| match name? {
+        "NVIDIA" => Some(AcceleratorManufacturer::Nvidia),
+        "AMD" => Some(AcceleratorManufacturer::Amd),
+        "AWS" => Some(AcceleratorManufacturer::AmazonWebServices),
+        "Xilinx" => Some(AcceleratorManufacturer::Xilinx),
+        "Habana" => Some(AcceleratorManufacturer::Habana),
+        _ => None,
+    };
+    let count = |count: Option<i32>| count.and_then(|c| u32::try_from(c).ok()).unwrap_or(1);
+    let mut accelerators = Vec::new();
+    for gpu in info.gpu_info().map(|g| g.gpus()).unwrap_or_default() {
+        accelerators.push(Accelerator {
+            kind: AcceleratorType::Gpu,
+            manufacturer: manufacturer(gpu.manufacturer()),
+            count: count(gpu.count()),
+        });
+    }
+    for fpga in info.fpga_info().map(|f| f.fpgas()).unwrap_or_default() {
+        accelerators.push(Accelerator {
+            kind: AcceleratorType::Fpga,
+            manufacturer: manufacturer(fpga.manufacturer()),
+            count: count(fpga.count()),
+        });
+    }
+    for device in info.inference_accelerator_info().map(|i| i.accelerators()).unwrap_or_default() {
+        accelerators.push(Accelerator {
+            kind: AcceleratorType::Inference,
+            manufacturer: manufacturer(device.manufacturer()),
+            count: count(device.count()),
+        });
+    }
+    for device in info.media_accelerator_info().map(|m| m.accelerators()).unwrap_or_default() {
+        accelerators.push(Accelerator {
+            kind: AcceleratorType::Media,
+            manufacturer: manufacturer(device.manufacturer()),
+            count: count(device.count()),
+        });
+    }
+    let bandwidth: f64 = info
+        .network_info()
+        .map(|n| n.network_cards().iter().filter_map(|c| c.baseline_bandwidth_in_gbps()).sum())
+        .unwrap_or(0.0);
+    let usage: Vec<&str> = info.supported_usage_classes().iter().map(|u| u.as_str()).collect();
+    Some(InstanceType {
+        name,
+        architectures,
+        vcpus: info
+            .v_cpu_info()
+            .and_then(|v| v.default_v_cpus())
+            .and_then(|v| u32::try_from(v).ok())
+            .unwrap_or(0),
+        memory_mib: info
+            .memory_info()
+            .and_then(|m| m.size_in_mib())
+            .and_then(|m| u64::try_from(m).ok())
+            .unwrap_or(0),
+        cpu_manufacturer,
+        current_generation: info.current_generation().unwrap_or(false),
+        burstable: info.burstable_performance_supported().unwrap_or(false),
+        bare_metal: info.bare_metal().unwrap_or(false),
+        local_storage: info.instance_storage_supported().unwrap_or(false),
+        accelerators,
+        network_bandwidth_gbps: (bandwidth > 0.0).then_some(bandwidth),
+        spot: usage.contains(&"spot"),
+        on_demand: usage.is_empty() || usage.contains(&"on-demand"),
+    })
+}
+
+/// A cached value, when its file is younger than `ttl` and reads.
+pub(crate) fn read_cache<T: serde::de::DeserializeOwned>(path: &Path, ttl: Duration) -> Option<T> {
+    let metadata = fs_err::metadata(path).ok()?;
+    let age = SystemTime::now().duration_since(metadata.modified().ok()?).unwrap_or_default();
+    if age > ttl {
+        return None;
+    }
+    let bytes = fs_err::read(path).ok()?;
+    serde_json::from_slice(&bytes).ok()
+}
+
+pub(crate) fn write_cache<T: serde::Serialize>(
+    dir: &Path,
+    name: &str,
+    value: &T,
+) -> Result<(), ProviderError> {
+    let write = || -> Result<(), flotilla_core::state::StateError> {
+        ensure_private_dir(dir)?;
+        let json = serde_json::to_vec(value).map_err(std::io::Error::other)?;
+        write_private(&dir.join(name), &json)
+    };
+    write()
+        .map_err(|e| ProviderError::with_source(format!("caching {name} in {}", dir.display()), e))
+}

@@ -1,0 +1,302 @@
+//! Launch templates: one per region, capacity group and architecture, holding everything a
+//! machine of the group boots with (image, user data, instance profile, security group, root
+//! volume, a network interface with a public address, metadata options), so that a fleet
+//! request names only types and subnets.
+//!
+//! A template's name carries the digest of its content, so a changed group (a new agent build,
+//! another volume) gets a new template and an unchanged one is found again: created, or adopted
+//! when a crash came between its creation and the journal (found by the deployment's tag, or by
+//! name when EC2 says it exists). Templates of the deployment no longer wanted in a region are
+//! deleted; `destroy` deletes them all.
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::{
+    LaunchTemplateBlockDeviceMappingRequest, LaunchTemplateEbsBlockDeviceRequest,
+    LaunchTemplateHttpTokensState, LaunchTemplateIamInstanceProfileSpecificationRequest,
+    LaunchTemplateInstanceMetadataEndpointState, LaunchTemplateInstanceMetadataOptionsRequest,
+    LaunchTemplateInstanceMetadataTagsState,
+    LaunchTemplateInstanceNetworkInterfaceSpecificationRequest, RequestLaunchTemplateData,
+    ResourceType, ShutdownBehavior, VolumeType,
+};
+use flotilla_core::provider::ProviderError;
+use sha2::{Digest, Sha256};
+
+use crate::clients::Clients;
+use crate::error::AwsError;
+use crate::journal::Journal;
+use crate::tags::{TAG_GROUP, tag_filter, tag_spec, tagged};
+
+/// A group's root volume, from its machines' storage settings.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RootVolume {
+    pub size_gib: i32,
+    /// `gp3`, `io1`, `io2`, …
+    pub class: String,
+    pub iops: Option<i32>,
+    pub throughput: Option<i32>,
+}
+
+/// What one template holds.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TemplateSpec {
+    pub group: String,
+    pub architecture: String,
+    pub image_id: String,
+    /// Base64.
+    pub user_data: String,
+    pub instance_profile: String,
+    pub security_group: String,
+    pub root_volume: RootVolume,
+}
+
+impl TemplateSpec {
+    /// The template's name: readable prefixes of the tag and group, the architecture, and the
+    /// digest of the content (which also keeps two groups whose prefixes agree apart).
+    pub fn name(&self, tag: &str) -> String {
+        let digest = hex::encode(Sha256::digest(format!("{tag}\n{self:?}").as_bytes()));
+        format!(
+            "flotilla-{}-{}-{}-{}",
+            readable(tag, 40),
+            readable(&self.group, 30),
+            self.architecture,
+            &digest[..16]
+        )
+    }
+
+    fn data(&self) -> RequestLaunchTemplateData {
+        let volume = &self.root_volume;
+        let mut ebs = LaunchTemplateEbsBlockDeviceRequest::builder()
+            .volume_size(volume.size_gib)
+            .volume_type(VolumeType::from(volume.class.as_str()))
+            .delete_on_termination(true);
+        if let Some(iops) = volume.iops {
+            ebs = ebs.iops(iops);
+        }
+        if let Some(throughput) = volume.throughput {
+            ebs = ebs.throughput(throughput);
+        }
+        RequestLaunchTemplateData::builder()
+            .image_id(&self.image_id)
+            .user_data(&self.user_data)
+            .iam_instance_profile(
+                LaunchTemplateIamInstanceProfileSpecificationRequest::builder()
+                    .name(&self.instance_profile)
+                    .build(),
+            )
+            .network_interfaces(
+                LaunchTemplateInstanceNetworkInterfaceSpecificationRequest::builder()
+                    .device_index(0)
+                    .associate_public_ip_address(true)
+                    .delete_on_termination(true)
+                    .groups(&self.security_group)
+                    .build(),
+            )
+            .block_device_mappings(
+                LaunchTemplateBlockDeviceMappingRequest::builder()
+                    .device_name("/dev/sda1")
+                    .ebs(ebs.build())
+                    .build(),
+            )
+            .metadata_options(
+                LaunchTemplateInstanceMetadataOptionsRequest::builder()
+                    .http_tokens(LaunchTemplateHttpTokensState::Required)
+                    .http_endpoint(LaunchTemplateInstanceMetadataEndpointState::Enabled)
+                    .http_put_response_hop_limit(1)
+                    .instance_metadata_tags(LaunchTemplateInstanceMetadataTagsState::Enabled)
+                    .build(),
+            )
+            .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
+            .build()
+    }
+}
+
+/// Up to `max` characters of `text` that a template name may hold (`[A-Za-z0-9().-/_]`), others
+/// as `_`.
+fn readable(text: &str, max: usize) -> String {
+    text.chars()
+        .take(max)
+        .map(|c| if c.is_ascii_alphanumeric() || "().-_".contains(c) { c } else { '_' })
+        .collect()
+}
+
+/// Makes sure every template of `wanted` exists in `region` (see the module documentation);
+/// returns name → id. `fresh`: the region was made in this run, so nothing of ours is there.
+pub async fn ensure(
+    clients: &Clients,
+    journal: &Journal,
+    tag: &str,
+    region: &str,
+    fresh: bool,
+    wanted: &[TemplateSpec],
+) -> Result<BTreeMap<String, String>, ProviderError> {
+    let ec2 = clients.ec2(region);
+    let names: Vec<String> = wanted.iter().map(|spec| spec.name(tag)).collect();
+    let mut known =
+        journal.read().regions.get(region).map(|r| r.templates.clone()).unwrap_or_default();
+    let mut existing: BTreeMap<String, String> = BTreeMap::new();
+    if !fresh {
+        let found =
+            ec2.describe_launch_templates().filters(tag_filter(tag)).send().await.map_err(|e| {
+                AwsError::from_sdk(
+                    region,
+                    "DescribeLaunchTemplates",
+                    format!("deployment {tag}"),
+                    e,
+                )
+            })?;
+        for template in found.launch_templates().iter().filter(|t| tagged(t.tags(), tag)) {
+            if let (Some(name), Some(id)) =
+                (template.launch_template_name(), template.launch_template_id())
+            {
+                existing.insert(name.to_owned(), id.to_owned());
+            }
+        }
+        // The journal may name a template someone deleted: EC2's answer wins.
+        known.retain(|name, id| existing.get(name) == Some(id));
+    }
+    let mut ids = BTreeMap::new();
+    for (spec, name) in wanted.iter().zip(&names) {
+        let id = match known.get(name).or_else(|| existing.get(name)) {
+            Some(id) => id.clone(),
+            None => create(&ec2, region, tag, spec, name).await?,
+        };
+        ids.insert(name.clone(), id);
+    }
+    journal.update(|r| r.region(region).templates = ids.clone())?;
+    // Templates of the deployment this run does not use: an earlier spec's or agent's.
+    for (name, id) in existing.iter().filter(|(name, _)| !ids.contains_key(*name)) {
+        match ec2.delete_launch_template().launch_template_id(id).send().await {
+            Ok(_) => {
+                tracing::debug!(%region, template = %name, "deleted a launch template no longer used")
+            }
+            Err(e) => {
+                let error = AwsError::from_sdk(region, "DeleteLaunchTemplate", id, e);
+                if !error.code.as_deref().is_some_and(|c| c.contains("NotFound")) {
+                    return Err(error.into());
+                }
+            }
+        }
+    }
+    Ok(ids)
+}
+
+async fn create(
+    ec2: &aws_sdk_ec2::Client,
+    region: &str,
+    tag: &str,
+    spec: &TemplateSpec,
+    name: &str,
+) -> Result<String, ProviderError> {
+    let created = ec2
+        .create_launch_template()
+        .launch_template_name(name)
+        .launch_template_data(spec.data())
+        .tag_specifications(tag_spec(
+            ResourceType::LaunchTemplate,
+            tag,
+            name,
+            &[(TAG_GROUP, &spec.group)],
+        ))
+        .send()
+        .await;
+    match created {
+        Ok(answer) => Ok(answer
+            .launch_template()
+            .and_then(|t| t.launch_template_id())
+            .ok_or_else(|| {
+                AwsError::other(region, "CreateLaunchTemplate", name, "no id in the answer")
+            })?
+            .to_owned()),
+        Err(e) => {
+            let error = AwsError::from_sdk(region, "CreateLaunchTemplate", name, e);
+            if !error.code.as_deref().is_some_and(|c| c.contains("AlreadyExists")) {
+                return Err(error.into());
+            }
+            // Made by a run that crashed before its journal: adopt it, if it is ours.
+            let found = ec2
+                .describe_launch_templates()
+                .launch_template_names(name)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk(region, "DescribeLaunchTemplates", name, e))?;
+            let template = found.launch_templates().first().ok_or_else(|| {
+                AwsError::other(
+                    region,
+                    "DescribeLaunchTemplates",
+                    name,
+                    "not found after it was said to exist",
+                )
+            })?;
+            if !tagged(template.tags(), tag) {
+                return Err(ProviderError::new(format!(
+                    "{region}: launch template {name} exists but is not deployment `{tag}`'s; delete it or choose another tag"
+                )));
+            }
+            Ok(template.launch_template_id().unwrap_or_default().to_owned())
+        }
+    }
+}
+
+/// Deletes every launch template of deployment `tag` in `region`.
+pub async fn delete_all(
+    clients: &Clients,
+    region: &str,
+    tag: &str,
+) -> Result<usize, ProviderError> {
+    let ec2 = clients.ec2(region);
+    let found =
+        ec2.describe_launch_templates().filters(tag_filter(tag)).send().await.map_err(|e| {
+            AwsError::from_sdk(region, "DescribeLaunchTemplates", format!("deployment {tag}"), e)
+        })?;
+    let mut deleted = 0;
+    for template in found.launch_templates().iter().filter(|t| tagged(t.tags(), tag)) {
+        let Some(id) = template.launch_template_id() else { continue };
+        match ec2.delete_launch_template().launch_template_id(id).send().await {
+            Ok(_) => deleted += 1,
+            Err(e) => {
+                let error = AwsError::from_sdk(region, "DeleteLaunchTemplate", id, e);
+                if !error.code.as_deref().is_some_and(|c| c.contains("NotFound")) {
+                    return Err(error.into());
+                }
+            }
+        }
+    }
+    Ok(deleted)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(group: &str) -> TemplateSpec {
+        TemplateSpec {
+            group: group.into(),
+            architecture: "x86_64".into(),
+            image_id: "ami-1".into(),
+            user_data: "IyEvYmluL3No".into(),
+            instance_profile: "flotilla-t".into(),
+            security_group: "sg-1".into(),
+            root_volume: RootVolume {
+                size_gib: 10,
+                class: "gp3".into(),
+                iops: None,
+                throughput: None,
+            },
+        }
+    }
+
+    #[test]
+    fn a_template_name_is_valid_and_changes_with_its_content() {
+        let name = spec("worker").name("my tag/é");
+        assert!(name.len() <= 128, "{name}");
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || "().-/_".contains(c)), "{name}");
+        assert!(name.starts_with("flotilla-my_tag__-worker-x86_64-"), "{name}");
+        let mut other = spec("worker");
+        other.root_volume.iops = Some(4000);
+        assert_ne!(other.name("my tag/é"), name);
+        assert_eq!(spec("worker").name("my tag/é"), name, "the same content, the same name");
+        let long = "t".repeat(255);
+        assert!(spec(&"g".repeat(255)).name(&long).len() <= 128);
+    }
+}

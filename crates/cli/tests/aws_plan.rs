@@ -1,0 +1,95 @@
+//! `flotilla plan` against the emulator: read-only (no mutating call), its on-demand prices
+//! those of the Pricing API (the emulator serves the committed table), its spot prices the
+//! zones' own, below on-demand.
+
+#![allow(clippy::unwrap_used)] // Helpers of these tests fail the test when a step fails.
+
+mod common;
+
+use common::aws::AwsFleet;
+use common::*;
+use flotilla_emulator::control::Emulator;
+use serde_json::Value;
+
+/// The on-demand price of `instance_type` in us-east-1 in the committed table.
+fn table_price(instance_type: &str) -> f64 {
+    let table = include_str!("../../capacity/data/ondemand-us-east-1.csv");
+    table
+        .lines()
+        .find_map(|line| line.strip_prefix(&format!("{instance_type},")))
+        .unwrap_or_else(|| panic!("{instance_type} is in the table"))
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn plan_makes_no_change_and_prices_as_the_pricing_api_says() {
+    let fleet = AwsFleet::new("plan-prices");
+    let emulator = Emulator::require();
+    let scope = emulator.scope(&fleet.scope);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let binary = fleet_app_bin();
+    let native = if std::env::consts::ARCH == "aarch64" { "m7g.large" } else { "m7i.large" };
+    let spec = format!(
+        "tag: plan-prices\nprovider: aws\nmonitoring: {{instance_type: t3.small, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- {{name: web, count: 3, region: us-east-1, instance_types: [{native}], storage_size: 10, storage_class: gp3, binary: {b}, config: app.conf, profiling: false}}\n- {{name: batch, count: 4, region: eu-west-1, instance_types: [{native}], market: spot, storage_size: 10, storage_class: gp3, binary: {b}, config: app.conf, profiling: false}}\nports: []\n",
+        b = binary.display()
+    );
+    fleet.write("app.conf", "port = 9090\n");
+    let spec = fleet.write("fleet.yaml", &spec).display().to_string();
+    runtime.block_on(scope.reset_counts()).unwrap();
+
+    let output = fleet.run_ok(&["plan", "--config", &spec, "--output", "json"]);
+    let report: Value = serde_json::from_slice(&output.stdout).unwrap();
+
+    // Read-only: every call was a Describe, Get or List.
+    let counts = runtime.block_on(scope.counts()).unwrap();
+    let mut calls = 0;
+    for (service, actions) in &counts.0 {
+        for (action, count) in actions {
+            calls += count;
+            assert!(
+                ["Describe", "Get", "List", "Head"].iter().any(|p| action.starts_with(p)),
+                "plan made a mutating call: {service} {action} × {count}"
+            );
+        }
+    }
+    assert!(calls > 0, "plan read the catalog: {counts:?}");
+    assert!(!fleet.home.path().join("deployments").exists(), "plan writes no deployment");
+
+    let group = |name: &str| -> Value {
+        report["groups"].as_array().unwrap().iter().find(|g| g["name"] == name).unwrap().clone()
+    };
+    // On-demand in us-east-1: the table's price, from the Pricing API.
+    let web = group("web");
+    let on_demand = table_price(native);
+    for placement in web["placements"].as_array().unwrap() {
+        assert_eq!(placement["market"], "on-demand", "{placement}");
+        assert_eq!(placement["price_source"]["source"], "pricing-api", "{placement}");
+        let price = placement["usd_per_hour"].as_f64().unwrap();
+        assert!((price - on_demand).abs() < 1e-6, "{price} vs {on_demand}");
+    }
+    let counts: u64 =
+        web["placements"].as_array().unwrap().iter().map(|p| p["count"].as_u64().unwrap()).sum();
+    assert_eq!(counts, 3);
+    assert!(web["zones"].as_array().unwrap().len() >= 3, "{web}");
+    // Spot in eu-west-1: each zone's own price, below the region's on-demand price.
+    let batch = group("batch");
+    let eu_on_demand = on_demand * flotilla_capacity::prices::region_factor("eu-west-1");
+    let mut zone_prices = Vec::new();
+    for placement in batch["placements"].as_array().unwrap() {
+        assert_eq!(placement["market"], "spot", "{placement}");
+        assert_eq!(placement["price_source"]["source"], "spot-price-history", "{placement}");
+        let price = placement["usd_per_hour"].as_f64().unwrap();
+        assert!(price < eu_on_demand, "spot {price} below on-demand {eu_on_demand}");
+        zone_prices.push(price);
+    }
+    assert!(zone_prices.windows(2).any(|w| w[0] != w[1]), "zones differ: {zone_prices:?}");
+    assert!(batch["warnings"].to_string().contains("spot with 1 instance type"), "{batch}");
+    let total: f64 = report["groups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|g| g["usd_per_hour"].as_f64().unwrap())
+        .sum();
+    assert!((report["usd_per_hour"].as_f64().unwrap() - total).abs() < 1e-3, "{report:#}");
+}
