@@ -192,7 +192,7 @@ pub fn terminate(pids: &[u32], grace: Duration) -> Vec<u32> {
 /// member of one of the agents' `sessions`, or a process the deployment's binaries left behind
 /// (this deployment's `FLOTILLA_TAG` in its environment, working under `root`).
 fn started_by_flotilla(info: &ProcessInfo, root: &Path, tag: &str, sessions: &[u32]) -> bool {
-    if sessions.contains(&info.session) {
+    if info.session != 0 && sessions.contains(&info.session) {
         return true;
     }
     if !info.cwd.as_deref().is_some_and(|cwd| cwd.starts_with(root)) {
@@ -257,11 +257,37 @@ mod tests {
     }
 
     #[test]
-    fn this_process_is_read_from_proc_with_its_session() {
-        // The test's own parent is a process of this user; it is alive and has a session.
-        let parent = rustix::process::getppid().map(|p| p.as_raw_nonzero().get() as u32);
-        let info = read_process(parent.expect("tests have a parent")).expect("readable");
-        assert!(info.session > 0);
-        assert!(!info.cmdline.is_empty());
+    fn a_session_leader_is_read_from_proc_with_its_session() {
+        // An agent leads its own session, as `setsid` makes this child do; /proc must show the
+        // session as the leader's own pid. (The test process's own session may read 0: a
+        // session led from outside this PID namespace, as in a container's runner, does.)
+        let mut child = std::process::Command::new("setsid")
+            .args(["sleep", "30"])
+            .spawn()
+            .expect("setsid (util-linux) must be installed");
+        let pid = child.id();
+        let mut info = None;
+        for _ in 0..200 {
+            info = read_process(pid).filter(|info| {
+                info.cmdline.first().map(Vec::as_slice) == Some(b"sleep".as_slice())
+            });
+            if info.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let _ = child.kill();
+        let _ = child.wait();
+        let info = info.expect("the child is readable once it runs sleep");
+        assert_eq!(info.session, pid);
+        assert_eq!(info.pid, pid);
+    }
+
+    #[test]
+    fn session_zero_is_never_an_agents_session() {
+        // A process of a session led from outside this PID namespace reads session 0; a list of
+        // agent sessions that (wrongly) held 0 must not make it ours.
+        let info = ProcessInfo { pid: 1, session: 0, cwd: None, cmdline: vec!["sh".into()] };
+        assert!(!started_by_flotilla(&info, Path::new("/nonexistent"), "t", &[0]));
     }
 }
