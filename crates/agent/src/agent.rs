@@ -579,6 +579,7 @@ mod tests {
             health: HealthCheck::None,
             restart: RestartSpec::default(),
             health_deadline: Duration::from_secs(60),
+            boot: Default::default(),
         }
     }
 

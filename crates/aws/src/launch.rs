@@ -565,6 +565,7 @@ mod tests {
             availability_zone_group: None,
             architecture: None,
             offered: BTreeMap::new(),
+            settings: Default::default(),
         }
     }
 
@@ -599,6 +600,7 @@ mod tests {
             machines: Vec::new(),
             groups: vec![group("w", &["w-0", "w-1", "w-2", "w-3"])],
             ports: Vec::new(),
+            iam: Default::default(),
         };
         let mut records = Records::default();
         records.machines.insert(

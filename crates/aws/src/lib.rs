@@ -31,6 +31,7 @@ pub mod network;
 pub mod prepare;
 pub mod prices;
 pub mod records;
+pub mod references;
 pub mod s3;
 pub mod survey;
 pub mod tags;
@@ -171,6 +172,14 @@ impl flotilla_core::provider::Surveyor for AwsProvider {
         progress: &dyn Progress,
     ) -> Result<flotilla_core::provider::Survey, ProviderError> {
         survey::survey(&self.clients, &self.options.home, regions, progress).await
+    }
+
+    async fn check_references(
+        &self,
+        plan: &DeploymentPlan,
+        progress: &dyn Progress,
+    ) -> Result<Vec<flotilla_core::provider::ReferenceProblem>, ProviderError> {
+        references::check(&self.clients, &self.options.home, plan, progress).await
     }
 }
 

@@ -312,6 +312,7 @@ mod tests {
                 .iter()
                 .map(|z| ((*z).to_owned(), vec!["m5.large".to_owned()]))
                 .collect(),
+            settings: Default::default(),
         };
         assert_eq!(zones_in_use(&group(1)), ["r-a"]);
         assert_eq!(zones_in_use(&group(2)), ["r-a", "r-b"]);

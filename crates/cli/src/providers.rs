@@ -5,7 +5,9 @@ use std::net::Ipv4Addr;
 use flotilla_aws::{AwsOptions, AwsProvider, Clients};
 use flotilla_core::plan::DeploymentPlan;
 use flotilla_core::progress::Progress;
-use flotilla_core::provider::{LocalArtifact, Machine, Provider, ProviderError, Survey, Surveyor};
+use flotilla_core::provider::{
+    LocalArtifact, Machine, Provider, ProviderError, ReferenceProblem, Survey, Surveyor,
+};
 use flotilla_core::state::{Deployment, Home};
 use flotilla_local::LocalProvider;
 use flotilla_spec::ProviderKind;
@@ -94,6 +96,17 @@ impl Surveyor for AnyProvider {
             AnyProvider::Aws(p) => p.survey(regions, progress).await,
         }
     }
+
+    async fn check_references(
+        &self,
+        plan: &DeploymentPlan,
+        progress: &dyn Progress,
+    ) -> Result<Vec<ReferenceProblem>, ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.check_references(plan, progress).await,
+            AnyProvider::Aws(p) => p.check_references(plan, progress).await,
+        }
+    }
 }
 
 /// The survey without a deployment (for `plan`, which creates nothing).
@@ -107,6 +120,20 @@ impl Surveyor for ProviderContext {
             (ProviderKind::Local, _) => Ok(flotilla_local::survey().await),
             (ProviderKind::Aws, Some(clients)) => {
                 flotilla_aws::survey::survey(clients, self.home.root(), regions, progress).await
+            }
+            (ProviderKind::Aws, None) => Err(ProviderError::new("AWS clients were not loaded")),
+        }
+    }
+
+    async fn check_references(
+        &self,
+        plan: &DeploymentPlan,
+        progress: &dyn Progress,
+    ) -> Result<Vec<ReferenceProblem>, ProviderError> {
+        match (&self.kind, &self.aws) {
+            (ProviderKind::Local, _) => Ok(flotilla_local::check_references(plan)),
+            (ProviderKind::Aws, Some(clients)) => {
+                flotilla_aws::references::check(clients, self.home.root(), plan, progress).await
             }
             (ProviderKind::Aws, None) => Err(ProviderError::new("AWS clients were not loaded")),
         }

@@ -190,6 +190,27 @@ pub fn capacity_errors(
     invalid(document, diagnostics)
 }
 
+/// The account's answer to the spec's references as located diagnostics: `Err` with every
+/// diagnostic when one is an error; else the warnings, for the caller to show.
+pub fn reference_diagnostics(
+    document: &SpecDocument,
+    problems: &[crate::provider::ReferenceProblem],
+) -> Result<Vec<Diagnostic>, CoreError> {
+    let diagnostics: Vec<Diagnostic> = problems
+        .iter()
+        .map(|problem| {
+            document
+                .diagnostic(problem.severity, &problem.field, problem.message.clone())
+                .with_help(problem.help.clone())
+        })
+        .collect();
+    if diagnostics.iter().any(|d| d.severity == Severity::Error) {
+        Err(invalid(document, diagnostics))
+    } else {
+        Ok(diagnostics)
+    }
+}
+
 fn invalid(document: &SpecDocument, mut diagnostics: Vec<Diagnostic>) -> CoreError {
     diagnostics.extend(document.warnings.iter().cloned());
     diagnostics.sort_by_key(|d| d.location);

@@ -8,12 +8,13 @@ use flotilla_spec::capacity::{InstanceRequirements, Market};
 use flotilla_spec::fleet::{PortSpec, node_names};
 use flotilla_spec::{FleetSpec, ProviderKind};
 
+use flotilla_spec::account::{IamKeys, MachineSettings};
+
 use crate::provider::{Role, Survey};
 
 /// The name of the monitoring machine (never a valid instance name).
 pub const MONITORING_NAME: &str = "monitoring";
-/// The region of the monitoring machine on AWS, as the deployer places it.
-pub const AWS_MONITORING_REGION: &str = "us-east-1";
+pub use flotilla_spec::fleet::AWS_MONITORING_REGION;
 /// The region the local provider reports for the monitoring machine.
 pub const LOCAL_REGION: &str = "local";
 
@@ -49,6 +50,8 @@ pub struct DeploymentPlan {
     /// entry, in spec order.
     pub groups: Vec<GroupPlan>,
     pub ports: Vec<PortSpec>,
+    /// What the deployment's role may do beyond flotilla's own statements.
+    pub iam: IamKeys,
 }
 
 /// Machines that share their capacity keys: one instance entry, or the monitoring machine.
@@ -74,6 +77,9 @@ pub struct GroupPlan {
     /// Zone → the group's eligible types offered there, in preference order: where a launch
     /// may put its machines. Filled by [`DeploymentPlan::resolve_capacity`]; empty before.
     pub offered: BTreeMap<String, Vec<String>>,
+    /// Image, network, tags, boot additions and root volume, each with the spec field that
+    /// gave it (for reporting a reference the account does not satisfy at its line).
+    pub settings: MachineSettings,
 }
 
 impl GroupPlan {
@@ -150,6 +156,7 @@ impl DeploymentPlan {
             availability_zone_group: None,
             architecture: None,
             offered: BTreeMap::new(),
+            settings: spec.monitoring_settings(monitoring_region),
         }];
         for (index, instance) in spec.instances.iter().enumerate() {
             groups.push(GroupPlan {
@@ -165,6 +172,7 @@ impl DeploymentPlan {
                 availability_zone_group: instance.availability_zone_group.clone(),
                 architecture: None,
                 offered: BTreeMap::new(),
+                settings: spec.settings_of(index),
             });
         }
         DeploymentPlan {
@@ -173,6 +181,7 @@ impl DeploymentPlan {
             machines,
             groups,
             ports: spec.ports.clone(),
+            iam: spec.iam.clone(),
         }
     }
 

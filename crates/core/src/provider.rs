@@ -38,7 +38,22 @@ pub struct Survey {
     pub notes: Vec<String>,
 }
 
-/// Reads what regions offer. Read-only; a provider may cache what it reads.
+/// A reference of the spec to something the account already has (an image, a VPC, a subnet, a
+/// security group, a policy, a key) that the account does not satisfy, or satisfies in a way
+/// the user should hear about: reported at the spec field that wrote it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ReferenceProblem {
+    /// The field path in the spec (`image`, `instances[2].network.us-east-1.subnets[0]`, …).
+    pub field: String,
+    /// Whether it stops the deployment (`Error`) or is only worth knowing (`Warning`).
+    pub severity: flotilla_spec::Severity,
+    pub message: String,
+    /// How to fix it.
+    pub help: String,
+}
+
+/// Reads what regions offer and what the account has. Read-only; a provider may cache what it
+/// reads.
 pub trait Surveyor: Sync {
     /// The catalog (instance types, and the zones of each region that offer them) and prices
     /// of `regions`.
@@ -47,6 +62,18 @@ pub trait Surveyor: Sync {
         regions: &[String],
         progress: &dyn Progress,
     ) -> impl Future<Output = Result<Survey, ProviderError>> + Send;
+
+    /// Every reference `plan` makes to what the account has (each group's
+    /// [`crate::plan::GroupPlan::settings`] and the plan's IAM keys), checked at once and
+    /// read-only, before anything is made: that each exists, is in the right region and
+    /// account, and fits the rest (a subnet in the VPC, an image for the binary's
+    /// architecture). Every problem is returned, not only the first; `Err` is for a check that
+    /// could not be made at all (no credentials, the API out of reach).
+    fn check_references(
+        &self,
+        plan: &DeploymentPlan,
+        progress: &dyn Progress,
+    ) -> impl Future<Output = Result<Vec<ReferenceProblem>, ProviderError>> + Send;
 }
 
 /// What kind of failure a provider met, for callers that act on it (a capacity failure is

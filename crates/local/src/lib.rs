@@ -272,6 +272,14 @@ pub async fn survey() -> flotilla_core::provider::Survey {
     }
 }
 
+/// The local provider references nothing of an account: `image`, `network`, `tags`, the IAM
+/// keys and `root_volume` describe cloud machines and are not used here (a spec written for AWS
+/// runs locally unchanged), so there is nothing to check. `boot` applies; what of it does not
+/// (kernel settings, packages) the agent reports in `status`.
+pub fn check_references(_plan: &DeploymentPlan) -> Vec<flotilla_core::provider::ReferenceProblem> {
+    Vec::new()
+}
+
 impl flotilla_core::provider::Surveyor for LocalProvider {
     async fn survey(
         &self,
@@ -279,6 +287,14 @@ impl flotilla_core::provider::Surveyor for LocalProvider {
         _progress: &dyn Progress,
     ) -> Result<flotilla_core::provider::Survey, ProviderError> {
         Ok(survey().await)
+    }
+
+    async fn check_references(
+        &self,
+        plan: &DeploymentPlan,
+        _progress: &dyn Progress,
+    ) -> Result<Vec<flotilla_core::provider::ReferenceProblem>, ProviderError> {
+        Ok(check_references(plan))
     }
 }
 

@@ -32,6 +32,12 @@ use crate::suggest::closest_match;
 use crate::validate::is_valid_name;
 use crate::yaml::{ScalarStyle, YamlEntry, YamlNode, YamlValue};
 
+#[path = "decode_account.rs"]
+mod account;
+#[cfg_attr(not(test), expect(unused_imports, reason = "the schema drift test compares them"))]
+pub(crate) use account::{
+    BOOT_COMMAND_KEYS, BOOT_FILE_KEYS, BOOT_KEYS, IMAGE_KEYS, NETWORK_KEYS, ROOT_VOLUME_KEYS,
+};
 #[path = "decode_capacity.rs"]
 mod capacity;
 #[cfg_attr(not(test), expect(unused_imports, reason = "the schema drift test compares them"))]
@@ -91,6 +97,14 @@ pub(crate) const FLEET_KEYS: &[KeySpec] = &[
     deployer("ports", "add `ports: []`: the deployer requires the key even when no port is opened"),
     flotilla("provider"),
     flotilla("update"),
+    flotilla("image"),
+    flotilla("image_owners"),
+    flotilla("network"),
+    flotilla("tags"),
+    flotilla("iam_policies"),
+    flotilla("iam_statements"),
+    flotilla("boot"),
+    flotilla("root_volume"),
 ];
 
 pub(crate) const MONITORING_KEYS: &[KeySpec] = &[
@@ -131,6 +145,12 @@ pub(crate) const INSTANCE_KEYS: &[KeySpec] = &[
     flotilla("requirements"),
     flotilla("market"),
     flotilla("zones"),
+    flotilla("image"),
+    flotilla("image_owners"),
+    flotilla("network"),
+    flotilla("tags"),
+    flotilla("boot"),
+    flotilla("root_volume"),
 ];
 
 pub(crate) const PORT_KEYS: &[KeySpec] = &[
@@ -368,6 +388,12 @@ impl<'f> Decoder<'f> {
                 continue;
             }
             let key_list = format_key_list(keys);
+            if path.starts_with("instances[")
+                && account::TOP_LEVEL_ONLY.contains(&key.text.as_str())
+            {
+                // Refused with its own error by `refuse_top_level_only`.
+                continue;
+            }
             if key.text == "<<" && key.style == ScalarStyle::Plain {
                 fields.has_merge_key = true;
                 let message = "merge key `<<` is not applied: the deployer's parser reads it as \
@@ -728,6 +754,11 @@ impl<'f> Decoder<'f> {
             }
         }
         let update = self.optional(&fields, "update", Self::decode_update);
+        let account = self.decode_account(&fields, None);
+        if let (Some(account), Slot::Present(instances, _)) = (&account, &instances) {
+            self.check_account_across_entries(&account.keys, instances, provider.value().copied());
+        }
+        let account = account?;
         Some(FleetSpec {
             tag: tag.into_required()?,
             monitoring: monitoring.into_required()?,
@@ -735,7 +766,54 @@ impl<'f> Decoder<'f> {
             ports: ports.into_required()?,
             provider: provider.into_optional()?,
             update: update.into_optional()?.unwrap_or_default(),
+            account: account.keys,
+            iam: account.iam,
         })
+    }
+
+    /// Rules between the top's account keys and the entries': the tags one machine gets fit
+    /// AWS's limit, and a top-level network names a region some machine runs in.
+    fn check_account_across_entries(
+        &mut self,
+        top: &crate::account::AccountKeys,
+        instances: &[InstanceSpec],
+        provider: Option<ProviderKind>,
+    ) {
+        use crate::account::tag_limits::MAX_USER_TAGS;
+        for (index, instance) in instances.iter().enumerate() {
+            let mut keys: Vec<&String> = top.tags.keys().collect();
+            keys.extend(instance.account.tags.keys().filter(|k| !top.tags.contains_key(*k)));
+            if keys.len() > MAX_USER_TAGS {
+                let field = format!("instances[{index}].tags");
+                let Some(location) = self.locations.get(&field).copied() else { continue };
+                self.error(
+                    location,
+                    &field,
+                    format!("this entry's machines get {} tags with the top's", keys.len()),
+                    format!("give at most {MAX_USER_TAGS} in all: AWS allows 50 tags on a resource and flotilla's own take 8"),
+                );
+            }
+        }
+        if provider == Some(ProviderKind::Local) {
+            return;
+        }
+        for region in top.network.keys() {
+            let used = region == crate::fleet::AWS_MONITORING_REGION
+                || instances.iter().any(|instance| &instance.region == region);
+            if !used {
+                let field = format!("network.{region}");
+                let Some(location) = self.locations.get(&field).copied() else { continue };
+                self.warning(
+                    location,
+                    &field,
+                    format!("no machine runs in {region}, so this network is not used"),
+                    format!(
+                        "remove it, or check the region's name (the monitoring machine runs in {})",
+                        crate::fleet::AWS_MONITORING_REGION
+                    ),
+                );
+            }
+        }
     }
 
     fn decode_monitoring(&mut self, node: &YamlNode, field: &str) -> Option<MonitoringSpec> {
@@ -759,6 +837,7 @@ impl<'f> Decoder<'f> {
     }
 
     fn decode_instance(&mut self, node: &YamlNode, field: &str) -> Option<InstanceSpec> {
+        self.refuse_top_level_only(node, field);
         let fields = self.open_mapping(node, field, INSTANCE_KEYS, UnknownKeys::Warn)?;
         let name = self.required(&fields, "name", |decoder, node, field| {
             let name = decoder.read_string(node, field)?;
@@ -813,6 +892,7 @@ impl<'f> Decoder<'f> {
         let env = self.optional(&fields, "env", Self::read_env);
         let health = self.optional(&fields, "health", Self::read_health);
         let restart = self.optional(&fields, "restart", Self::read_restart);
+        let account = self.decode_account(&fields, region.value().map(String::as_str));
 
         if let (Some(name_value), Some(location)) = (name.value(), name.location())
             && !matches!(count, Slot::Invalid)
@@ -847,6 +927,7 @@ impl<'f> Decoder<'f> {
             requirements: requirements.into_optional()?,
             market: market.into_optional()?.unwrap_or_default(),
             zones: zones.into_optional()?.unwrap_or_default(),
+            account: account?.keys,
         })
     }
 

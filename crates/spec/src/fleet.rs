@@ -22,6 +22,7 @@ use std::time::Duration;
 use schemars::{JsonSchema, Schema, SchemaGenerator, json_schema};
 use serde::Serialize;
 
+use crate::account::{AccountKeys, IamKeys};
 use crate::capacity::{InstanceRequirements, Market};
 use crate::duration_serde::DurationText;
 
@@ -74,6 +75,12 @@ pub struct FleetSpec {
     #[serde(default)]
     #[schemars(extend("x-origin" = "flotilla"))]
     pub update: UpdateSpec,
+    /// Image, network, tags, boot additions and root volume: every machine's defaults.
+    #[serde(flatten)]
+    pub account: AccountKeys,
+    /// Managed policies and inline statements for the deployment's role.
+    #[serde(flatten)]
+    pub iam: IamKeys,
 }
 
 /// The deployer's `MonitoringConfig`: the instance that runs Prometheus, Loki, Grafana,
@@ -183,6 +190,9 @@ pub struct InstanceSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-origin" = "flotilla"))]
     pub zones: Vec<String>,
+    /// This entry's image, network, tags, boot additions and root volume, over the top's.
+    #[serde(flatten)]
+    pub account: AccountKeys,
 }
 
 impl InstanceSpec {
@@ -197,6 +207,9 @@ impl InstanceSpec {
         types
     }
 }
+
+/// The region of the monitoring machine on AWS, as the deployer places it.
+pub const AWS_MONITORING_REGION: &str = "us-east-1";
 
 /// Most replicas one `instances` entry may ask for with `count`.
 pub const MAX_COUNT: u32 = 10_000;

@@ -12,6 +12,7 @@
 //! Architecture Invariant: this crate is pure. It does no network IO and reads no clock; the
 //! only file it reads is the spec passed to [`load_fleet_spec`].
 
+pub mod account;
 pub mod api;
 pub mod bootstrap;
 pub mod capacity;

@@ -7,6 +7,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::account::BootSpec;
 use crate::fleet::{HealthCheck, RestartSpec};
 
 /// An artifact the agent downloads and verifies before it uses it.
@@ -43,6 +44,10 @@ pub struct Manifest {
     #[serde(with = "crate::duration_serde")]
     #[schemars(with = "crate::duration_serde::DurationText")]
     pub health_deadline: Duration,
+    /// What the agent does before the binary starts: files, kernel settings, packages and
+    /// commands (see [`BootSpec`]).
+    #[serde(default, skip_serializing_if = "BootSpec::is_default")]
+    pub boot: BootSpec,
 }
 
 impl Manifest {
@@ -59,6 +64,10 @@ impl Manifest {
             env: &'a BTreeMap<String, String>,
             health: &'a HealthCheck,
             restart: &'a RestartSpec,
+            // Left out when there is nothing to do at boot, so a manifest without boot
+            // additions keeps the version it had before they existed.
+            #[serde(skip_serializing_if = "BootSpec::is_default")]
+            boot: &'a BootSpec,
         }
         let content = Content {
             binary: &self.binary.sha256,
@@ -68,6 +77,7 @@ impl Manifest {
             env: &self.env,
             health: &self.health,
             restart: &self.restart,
+            boot: &self.boot,
         };
         let json = serde_json::to_vec(&content).expect("a struct of strings serializes to JSON");
         hex::encode(Sha256::digest(&json))
@@ -102,6 +112,7 @@ mod tests {
             health: HealthCheck::None,
             restart: RestartSpec::default(),
             health_deadline: Duration::from_secs(60),
+            boot: Default::default(),
         }
     }
 

@@ -53,8 +53,9 @@ mod tests {
 
     use super::*;
     use crate::decode::{
-        BOUNDS_KEYS, FLEET_KEYS, HEALTH_HTTP_KEYS, HEALTH_KINDS, HEALTH_TCP_KEYS, INSTANCE_KEYS,
-        KeySpec, MONITORING_KEYS, PORT_KEYS, REQUIREMENTS_KEYS, RESTART_KEYS, UPDATE_KEYS,
+        BOOT_COMMAND_KEYS, BOOT_FILE_KEYS, BOOT_KEYS, BOUNDS_KEYS, FLEET_KEYS, HEALTH_HTTP_KEYS,
+        HEALTH_KINDS, HEALTH_TCP_KEYS, IMAGE_KEYS, INSTANCE_KEYS, KeySpec, MONITORING_KEYS,
+        NETWORK_KEYS, PORT_KEYS, REQUIREMENTS_KEYS, RESTART_KEYS, ROOT_VOLUME_KEYS, UPDATE_KEYS,
     };
 
     /// Follows `$ref` and the `allOf: [one]` wrapper schemars puts around described refs.
@@ -72,11 +73,19 @@ mod tests {
     /// The object alternative of a `oneOf`/`anyOf` (or the schema itself when it is an object).
     fn object_alternatives<'a>(root: &'a Value, schema: &'a Value) -> Vec<&'a Value> {
         let schema = resolve(root, schema);
+        // Alternatives of alternatives (an `Option` of a `oneOf`) are flattened.
         let alternatives: Vec<&Value> = ["oneOf", "anyOf"]
             .iter()
             .filter_map(|key| schema.get(*key).and_then(Value::as_array))
             .flatten()
-            .map(|alternative| resolve(root, alternative))
+            .flat_map(|alternative| {
+                let alternative = resolve(root, alternative);
+                if alternative.get("oneOf").is_some() || alternative.get("anyOf").is_some() {
+                    object_alternatives(root, alternative)
+                } else {
+                    vec![alternative]
+                }
+            })
             .collect();
         if alternatives.is_empty() {
             vec![schema]
@@ -130,6 +139,24 @@ mod tests {
         assert_keys_match("requirements", requirements[0], REQUIREMENTS_KEYS, false);
         let bounds = resolve(&root, &requirements[0]["properties"]["vcpu_count"]);
         assert_keys_match("requirements.vcpu_count", bounds, BOUNDS_KEYS, false);
+
+        for (path, object) in [("", &root), ("instances[].", instance)] {
+            let network = resolve(&root, &object["properties"]["network"]["additionalProperties"]);
+            assert_keys_match(&format!("{path}network.REGION"), network, NETWORK_KEYS, false);
+            let image = object_alternatives(&root, &object["properties"]["image"]);
+            assert_eq!(image.len(), 1, "image has one mapping form: {image:#?}");
+            assert_keys_match(&format!("{path}image"), image[0], IMAGE_KEYS, false);
+            let boot = object_alternatives(&root, &object["properties"]["boot"]);
+            assert_eq!(boot.len(), 1, "{boot:#?}");
+            assert_keys_match(&format!("{path}boot"), boot[0], BOOT_KEYS, false);
+            let file = resolve(&root, &boot[0]["properties"]["files"]["items"]);
+            assert_keys_match(&format!("{path}boot.files[]"), file, BOOT_FILE_KEYS, false);
+            let command = resolve(&root, &boot[0]["properties"]["commands"]["items"]);
+            assert_keys_match(&format!("{path}boot.commands[]"), command, BOOT_COMMAND_KEYS, false);
+            let volume = object_alternatives(&root, &object["properties"]["root_volume"]);
+            assert_eq!(volume.len(), 1, "{volume:#?}");
+            assert_keys_match(&format!("{path}root_volume"), volume[0], ROOT_VOLUME_KEYS, false);
+        }
 
         let restart = object_alternatives(&root, &instance["properties"]["restart"]);
         assert_eq!(restart.len(), 1, "restart has one mapping form: {restart:#?}");

@@ -260,6 +260,7 @@ impl Deployment {
             health: version.health.clone(),
             restart: version.restart,
             health_deadline: version.health_deadline,
+            boot: version.boot.clone(),
         }
     }
 }
@@ -274,6 +275,8 @@ pub struct Version {
     pub health: HealthCheck,
     pub restart: RestartSpec,
     pub health_deadline: Duration,
+    /// What the agent does before the binary starts.
+    pub boot: flotilla_spec::account::BootSpec,
 }
 
 impl Version {
@@ -292,6 +295,7 @@ impl Version {
                 max_backoff: Duration::from_secs(1),
             },
             health_deadline: Duration::from_secs(15),
+            boot: Default::default(),
         }
     }
 }

@@ -337,6 +337,7 @@ async fn build_manifests<P: Provider>(
                 health: instance.health.clone(),
                 restart: instance.restart,
                 health_deadline: spec.update.health_deadline(),
+                boot: spec.settings_of(*index).boot,
             },
         );
     }

@@ -120,6 +120,7 @@ pub async fn resolve(
     let architectures = binary_architectures(document, cwd)?;
     let mut plan = DeploymentPlan::from_spec(&document.spec, provider);
     if provider == ProviderKind::Local {
+        check_references(document, &plan, surveyor, progress).await?;
         return Ok((plan, surveyor.survey(&[], progress).await?));
     }
     check_listed_architectures(document, &architectures)?;
@@ -142,7 +143,31 @@ pub async fn resolve(
     if let Err(problems) = plan.resolve_capacity(&survey) {
         return Err(capacity_errors(document, &plan, &problems));
     }
+    let mut survey = survey;
+    if by_name_only && fallback {
+        survey.notes.push(
+            "the spec's references to the account (image, network, policies, keys) were not checked"
+                .to_owned(),
+        );
+    } else {
+        check_references(document, &plan, surveyor, progress).await?;
+    }
     Ok((plan, survey))
+}
+
+/// Asks the provider about the spec's references to the account; errors stop here, located,
+/// and warnings are shown.
+async fn check_references(
+    document: &SpecDocument,
+    plan: &DeploymentPlan,
+    surveyor: &impl Surveyor,
+    progress: &dyn Progress,
+) -> Result<(), CoreError> {
+    let problems = surveyor.check_references(plan, progress).await?;
+    for warning in crate::capacity::reference_diagnostics(document, &problems)? {
+        progress.notice(&warning.to_string());
+    }
+    Ok(())
 }
 
 /// A survey from built-in data only (see [`resolve`]).
