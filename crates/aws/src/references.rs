@@ -1,6 +1,7 @@
 //! The spec's references to what the account already has, checked read-only before anything
-//! is made (see `Surveyor::check_references`): images, VPCs, subnets, security groups, IAM
-//! policies and KMS keys.
+//! is made (see `Surveyor::check_references`). Two halves, each with its own module:
+//! `references_account.rs` (images, IAM policies, KMS keys) and `references_network.rs`
+//! (VPCs, subnets, security groups, and whether the monitoring machine reaches every machine).
 
 use std::path::Path;
 
@@ -10,12 +11,23 @@ use flotilla_core::provider::{ProviderError, ReferenceProblem};
 
 use crate::clients::Clients;
 
-/// Every problem of every reference `plan` makes, at once.
+#[path = "references_account.rs"]
+mod account;
+#[path = "references_network.rs"]
+mod network;
+
+/// Every problem of every reference `plan` makes, at once, in the order of the spec's fields.
 pub async fn check(
-    _clients: &Clients,
-    _home: &Path,
-    _plan: &DeploymentPlan,
-    _progress: &dyn Progress,
+    clients: &Clients,
+    home: &Path,
+    plan: &DeploymentPlan,
+    progress: &dyn Progress,
 ) -> Result<Vec<ReferenceProblem>, ProviderError> {
-    Ok(Vec::new())
+    let (mut problems, network) = tokio::try_join!(
+        account::check(clients, home, plan, progress),
+        network::check(clients, plan, progress),
+    )?;
+    problems.extend(network);
+    problems.sort_by(|a, b| a.field.cmp(&b.field));
+    Ok(problems)
 }
