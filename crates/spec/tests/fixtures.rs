@@ -199,3 +199,75 @@ fn capacity_keys_decode_to_their_values() {
     assert_eq!(r.accelerator_types, [AcceleratorType::Gpu]);
     assert_eq!(r.allowed_instance_types, ["g5.*", "g6.*"]);
 }
+
+#[test]
+fn account_keys_decode_to_their_values_and_entries_override_the_top() {
+    use flotilla_spec::account::{ImageRef, ResourceRef};
+
+    let spec = valid("account-keys.yaml").spec;
+    assert_eq!(spec.account.image, Some(ImageRef::Name("golden-ubuntu-*".into())));
+    assert_eq!(spec.iam.iam_policies.len(), 2);
+    let statement = &spec.iam.iam_statements[0];
+    assert_eq!(statement["Action"], serde_json::json!(["s3:GetObject", "s3:List*"]));
+    assert_eq!(
+        statement["Condition"],
+        serde_json::json!({"Bool": {"aws:SecureTransport": "true"}})
+    );
+
+    // The eu entry: its own image, network, tags over the top's, boot merged, no encryption.
+    let eu = spec.settings_of(0);
+    let image = eu.image.clone().expect("image");
+    assert_eq!(
+        (image.value, image.field.as_str()),
+        (ImageRef::Id("ami-0123456789abcdef0".into()), "instances[0].image")
+    );
+    assert_eq!(eu.image_owners.value, ["self", "123456789012"]);
+    assert_eq!(eu.image_owners.field, "image_owners");
+    let network = eu.network.clone().expect("network");
+    assert_eq!(network.field, "instances[0].network.eu-west-1");
+    assert_eq!(network.value.vpc, ResourceRef::Id("vpc-12345678".into()));
+    let tags = eu.tag_pairs();
+    assert_eq!(tags["Team"], "eu-infra");
+    assert_eq!(tags["Tier"], "1");
+    assert_eq!(tags["CostCenter"], "4711");
+    assert_eq!(eu.tags["Team"].field, "instances[0].tags.Team");
+    assert_eq!(eu.tags["CostCenter"].field, "tags.CostCenter");
+    assert_eq!(eu.boot.files.len(), 1);
+    assert_eq!((eu.boot.files[0].content.as_str(), eu.boot.files[0].mode), ("", 0o644));
+    assert_eq!(eu.boot.sysctl["net.core.somaxconn"], "8192");
+    assert_eq!(eu.boot.packages, ["jq", "htop=3.3.0-4"]);
+    assert!(!eu.boot.tune_network);
+    let volume = eu.root_volume.expect("root volume");
+    assert!(!volume.value.encrypted);
+
+    // The us entry: the top's network of its region, image by tag, top's boot and key.
+    let us = spec.settings_of(1);
+    assert_eq!(
+        us.image.expect("image").value,
+        ImageRef::Tag { key: "Golden".into(), value: "2026-11".into() }
+    );
+    let network = us.network.expect("network");
+    assert_eq!(network.field, "network.us-east-1");
+    assert_eq!(
+        network.value.subnets,
+        [
+            ResourceRef::Id("subnet-0123456789abcdef0".into()),
+            ResourceRef::Tag { key: "Tier".into(), value: "private".into() }
+        ]
+    );
+    assert_eq!(us.boot.files[0].mode, 0o600);
+    assert_eq!(us.boot.files[0].owner.as_deref(), Some("root:adm"));
+    assert_eq!(us.boot.commands[0].timeout, std::time::Duration::from_secs(30));
+    assert!(!us.boot.commands[0].critical);
+    assert!(us.boot.effective_sysctl(true).contains_key("net.ipv4.tcp_congestion_control"));
+    let volume = us.root_volume.expect("root volume");
+    assert_eq!(
+        (volume.value.encrypted, volume.value.kms_key.as_deref()),
+        (true, Some("alias/ebs-prod"))
+    );
+
+    // The monitoring machine gets the top's settings for its region.
+    let monitoring = spec.monitoring_settings("us-east-1");
+    assert_eq!(monitoring.network.expect("network").field, "network.us-east-1");
+    assert_eq!(monitoring.root_volume.expect("key").field, "root_volume");
+}
