@@ -169,9 +169,10 @@ impl flotilla_core::provider::Surveyor for AwsProvider {
     async fn survey(
         &self,
         regions: &[String],
+        groups: &[flotilla_core::plan::GroupPlan],
         progress: &dyn Progress,
     ) -> Result<flotilla_core::provider::Survey, ProviderError> {
-        survey::survey(&self.clients, &self.options.home, regions, progress).await
+        survey::survey(&self.clients, &self.options.home, regions, groups, progress).await
     }
 
     async fn check_references(

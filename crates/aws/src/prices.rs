@@ -3,19 +3,23 @@
 //! with flotilla's built-in table behind them.
 //!
 //! - On-demand: `GetProducts` of `AmazonEC2` in us-east-1 (the Pricing API's endpoint; under an
-//!   emulator, `AWS_ENDPOINT_URL`), one query per region with the filters Karpenter uses:
-//!   `regionCode`, Linux, shared tenancy, capacity status Used, no pre-installed software,
-//!   on-demand: the region's instance products only, a few pages of 100, never every product of
-//!   every region. Only types the region offers are kept.
+//!   emulator, `AWS_ENDPOINT_URL`), per region with the filters Karpenter uses: `regionCode`,
+//!   Linux, shared tenancy, capacity status Used, no pre-installed software, on-demand; and
+//!   `instanceType` ANY_OF the types the spec's groups may run on (in chunks of
+//!   [`TYPES_PER_QUERY`], asked at once), so a plan reads a page or two per region, not every
+//!   product of the region. Only types the region offers are kept.
 //! - Spot: `DescribeSpotPriceHistory` per region, `Linux/UNIX`, `StartTime` now (the price in
-//!   effect), paged by 1,000; the newest price per zone and type.
+//!   effect), for the same types, paged by 1,000; the newest price per zone and type.
+//!
+//! A region's cache records the types it was asked for; a later command that needs a type not
+//! asked reads the region again for the union (one `as_of` per file).
 //!
 //! When the Pricing API cannot be reached (no `pricing:GetProducts` permission, no network),
 //! the region's on-demand prices come from the built-in table and the survey's notes say so;
 //! spot prices that cannot be read are left unknown (a spot machine is then estimated at the
 //! on-demand price, its upper bound). Every price carries its source.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 use std::time::{Duration, SystemTime};
 
@@ -34,10 +38,16 @@ use crate::survey::{read_cache, write_cache};
 /// How long read prices are used.
 pub const PRICES_TTL: Duration = Duration::from_secs(12 * 3600);
 
+/// Most instance types named in one price query.
+pub const TYPES_PER_QUERY: usize = 40;
+
 /// One region's on-demand prices as cached.
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct OnDemandCache {
     as_of: String,
+    /// The types asked for; absent: every type of the region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    asked: Option<BTreeSet<String>>,
     /// Type → USD per hour.
     prices: BTreeMap<String, f64>,
 }
@@ -46,8 +56,24 @@ struct OnDemandCache {
 #[derive(Clone, Debug, Default, Serialize, Deserialize)]
 struct SpotCache {
     as_of: String,
+    /// The types asked for; absent: every type of the region.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    asked: Option<BTreeSet<String>>,
     /// (zone, type, USD per hour).
     prices: Vec<(String, String, f64)>,
+}
+
+/// Whether a cache that asked for `asked` answers for `wanted`.
+fn covers(asked: Option<&BTreeSet<String>>, wanted: &BTreeSet<String>) -> bool {
+    asked.is_none_or(|asked| wanted.is_subset(asked))
+}
+
+/// What to ask for when the cache does not cover `wanted`: `wanted` and what a fresh cache
+/// asked before, so the file keeps answering for both.
+fn to_ask(asked: Option<&BTreeSet<String>>, wanted: &BTreeSet<String>) -> BTreeSet<String> {
+    let mut all = wanted.clone();
+    all.extend(asked.into_iter().flatten().cloned());
+    all
 }
 
 fn on_demand_file(region: &str) -> String {
@@ -58,37 +84,47 @@ fn spot_file(region: &str) -> String {
     format!("prices-spot-{region}.json")
 }
 
-/// The prices of `regions`, from the cache in `dir` when fresh, else asked; and notes on where
-/// they came from.
+/// The prices of the `wanted` types of each region (region → types; a region without an entry
+/// is not read), from the cache in `dir` when fresh and covering them, else asked; and notes
+/// on where they came from.
 pub async fn price_book(
     clients: &Clients,
     dir: &Path,
     regions: &[String],
     catalog: &Catalog,
+    wanted: &BTreeMap<String, BTreeSet<String>>,
 ) -> Result<(PriceBook, Vec<String>), ProviderError> {
+    let priced_regions = regions.iter().filter_map(|r| Some((r, wanted.get(r)?)));
     let results = fan_out(
         Concurrency::REGIONS,
-        regions.iter().map(|region| async move {
-            let on_demand =
-                match read_cache::<OnDemandCache>(&dir.join(on_demand_file(region)), PRICES_TTL) {
-                    Some(cached) => Ok(cached),
-                    None => match on_demand_prices(clients, region, catalog).await {
+        priced_regions.map(|(region, wanted)| async move {
+            let cached = read_cache::<OnDemandCache>(&dir.join(on_demand_file(region)), PRICES_TTL);
+            let on_demand = match cached {
+                Some(cached) if covers(cached.asked.as_ref(), wanted) => Ok(cached),
+                cached => {
+                    let ask = to_ask(cached.and_then(|c| c.asked).as_ref(), wanted);
+                    match on_demand_prices(clients, region, catalog, &ask).await {
                         Ok(read) => {
                             write_cache(dir, &on_demand_file(region), &read)?;
                             Ok(read)
                         }
                         Err(error) => Err(error),
-                    },
-                };
-            let spot = match read_cache::<SpotCache>(&dir.join(spot_file(region)), PRICES_TTL) {
-                Some(cached) => Ok(cached),
-                None => match spot_prices(clients, region, catalog).await {
-                    Ok(read) => {
-                        write_cache(dir, &spot_file(region), &read)?;
-                        Ok(read)
                     }
-                    Err(error) => Err(error),
-                },
+                }
+            };
+            let cached = read_cache::<SpotCache>(&dir.join(spot_file(region)), PRICES_TTL);
+            let spot = match cached {
+                Some(cached) if covers(cached.asked.as_ref(), wanted) => Ok(cached),
+                cached => {
+                    let ask = to_ask(cached.and_then(|c| c.asked).as_ref(), wanted);
+                    match spot_prices(clients, region, catalog, &ask).await {
+                        Ok(read) => {
+                            write_cache(dir, &spot_file(region), &read)?;
+                            Ok(read)
+                        }
+                        Err(error) => Err(error),
+                    }
+                }
             };
             Ok::<_, ProviderError>((region.clone(), on_demand, spot))
         }),
@@ -209,13 +245,47 @@ fn price_filters(region: &str) -> Vec<PriceFilter> {
     .collect()
 }
 
+/// The on-demand prices of `types` in `region`: one query per chunk of [`TYPES_PER_QUERY`],
+/// the chunks asked at once.
 async fn on_demand_prices(
     clients: &Clients,
     region: &str,
     catalog: &Catalog,
+    types: &BTreeSet<String>,
 ) -> Result<OnDemandCache, ProviderError> {
-    let offered = |name: &str| !catalog.zones_offering(region, name).is_empty();
+    let names: Vec<&String> = types.iter().collect();
+    let chunks = fan_out(
+        Concurrency::REGIONS,
+        names.chunks(TYPES_PER_QUERY).map(|chunk| on_demand_chunk(clients, region, catalog, chunk)),
+    )
+    .await?;
     let mut prices = BTreeMap::new();
+    for chunk in chunks {
+        for (instance_type, usd) in chunk {
+            prices.entry(instance_type).or_insert(usd);
+        }
+    }
+    Ok(OnDemandCache { as_of: now_rfc3339(), asked: Some(types.clone()), prices })
+}
+
+async fn on_demand_chunk(
+    clients: &Clients,
+    region: &str,
+    catalog: &Catalog,
+    types: &[&String],
+) -> Result<Vec<(String, f64)>, ProviderError> {
+    let offered = |name: &str| !catalog.zones_offering(region, name).is_empty();
+    let list = types.iter().map(|t| t.as_str()).collect::<Vec<_>>().join(",");
+    let mut filters = price_filters(region);
+    filters.push(
+        PriceFilter::builder()
+            .r#type(FilterType::AnyOf)
+            .field("instanceType")
+            .value(list)
+            .build()
+            .expect("a filter with its type, field and value"),
+    );
+    let mut prices = Vec::new();
     let mut token: Option<String> = None;
     loop {
         let page = clients
@@ -223,7 +293,7 @@ async fn on_demand_prices(
             .get_products()
             .service_code("AmazonEC2")
             .format_version("aws_v1")
-            .set_filters(Some(price_filters(region)))
+            .set_filters(Some(filters.clone()))
             .max_results(100)
             .set_next_token(token.clone())
             .send()
@@ -235,12 +305,12 @@ async fn on_demand_prices(
             if let Some((instance_type, usd)) = parse_product(document)
                 && offered(&instance_type)
             {
-                prices.entry(instance_type).or_insert(usd);
+                prices.push((instance_type, usd));
             }
         }
         token = page.next_token().map(str::to_owned).filter(|t| !t.is_empty());
         if token.is_none() {
-            return Ok(OnDemandCache { as_of: now_rfc3339(), prices });
+            return Ok(prices);
         }
     }
 }
@@ -284,13 +354,34 @@ fn parse_product(document: &str) -> Option<(String, f64)> {
     Some((instance_type, usd))
 }
 
+/// The spot prices of `types` in `region`, per zone: one query per chunk of
+/// [`TYPES_PER_QUERY`], the chunks asked at once.
 async fn spot_prices(
     clients: &Clients,
     region: &str,
     catalog: &Catalog,
+    types: &BTreeSet<String>,
 ) -> Result<SpotCache, ProviderError> {
+    let names: Vec<&String> = types.iter().collect();
+    let chunks = fan_out(
+        Concurrency::REGIONS,
+        names.chunks(TYPES_PER_QUERY).map(|chunk| spot_chunk(clients, region, catalog, chunk)),
+    )
+    .await?;
+    let prices = chunks.into_iter().flatten().collect();
+    Ok(SpotCache { as_of: now_rfc3339(), asked: Some(types.clone()), prices })
+}
+
+async fn spot_chunk(
+    clients: &Clients,
+    region: &str,
+    catalog: &Catalog,
+    types: &[&String],
+) -> Result<Vec<(String, String, f64)>, ProviderError> {
     let ec2 = clients.ec2(region);
     let now = DateTime::from(SystemTime::now());
+    let instance_types: Vec<aws_sdk_ec2::types::InstanceType> =
+        types.iter().map(|t| aws_sdk_ec2::types::InstanceType::from(t.as_str())).collect();
     // (zone, type) → (timestamp, price): the newest wins.
     let mut newest: BTreeMap<(String, String), (i64, f64)> = BTreeMap::new();
     let mut token: Option<String> = None;
@@ -298,6 +389,7 @@ async fn spot_prices(
         let page = ec2
             .describe_spot_price_history()
             .product_descriptions("Linux/UNIX")
+            .set_instance_types(Some(instance_types.clone()))
             .start_time(now)
             .max_results(1000)
             .set_next_token(token.clone())
@@ -323,8 +415,7 @@ async fn spot_prices(
         }
         token = page.next_token().map(str::to_owned).filter(|t| !t.is_empty());
         if token.is_none() {
-            let prices = newest.into_iter().map(|((zone, t), (_, usd))| (zone, t, usd)).collect();
-            return Ok(SpotCache { as_of: now_rfc3339(), prices });
+            return Ok(newest.into_iter().map(|((zone, t), (_, usd))| (zone, t, usd)).collect());
         }
     }
 }

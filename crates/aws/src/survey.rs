@@ -12,6 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use aws_sdk_ec2::types::{Filter, InstanceTypeInfo, LocationType};
 use flotilla_capacity::catalog::{Accelerator, Architecture, Catalog, InstanceType};
+use flotilla_core::plan::GroupPlan;
 use flotilla_core::progress::Progress;
 use flotilla_core::provider::{ProviderError, Survey};
 use flotilla_core::state::{ensure_private_dir, write_private};
@@ -33,20 +34,59 @@ pub fn cache_dir(home: &Path, clients: &Clients) -> PathBuf {
     home.join("cache").join("aws").join(&digest[..16])
 }
 
-/// The catalog and prices of `regions`, from the cache when it is fresh.
+/// The catalog of `regions` and the prices of the types `groups` may run on, from the cache
+/// when it is fresh.
 pub async fn survey(
     clients: &Clients,
     home: &Path,
     regions: &[String],
+    groups: &[GroupPlan],
     progress: &dyn Progress,
 ) -> Result<Survey, ProviderError> {
     let stage = progress.stage("reading the instance catalog and prices", regions.len() as u64 + 1);
     let catalog = catalog(clients, home, regions).await?;
     stage.advance(1);
+    let wanted = priced_types(&catalog, regions, groups);
     let (prices, notes) =
-        crate::prices::price_book(clients, &cache_dir(home, clients), regions, &catalog).await?;
+        crate::prices::price_book(clients, &cache_dir(home, clients), regions, &catalog, &wanted)
+            .await?;
     stage.advance(regions.len() as u64);
     Ok(Survey { catalog, prices, notes })
+}
+
+/// Region → the types whose prices the groups' choices need: each group's listed types and
+/// what its requirements match in the catalog. The requirements' price limits
+/// (`*_max_price_percentage_over_lowest_price`) are left out here, as they are judged on the
+/// prices being read. A region without groups gets no entry (its prices are not read).
+pub fn priced_types(
+    catalog: &Catalog,
+    regions: &[String],
+    groups: &[GroupPlan],
+) -> std::collections::BTreeMap<String, std::collections::BTreeSet<String>> {
+    let no_prices = flotilla_capacity::PriceBook::default();
+    let mut wanted: std::collections::BTreeMap<String, std::collections::BTreeSet<String>> =
+        std::collections::BTreeMap::new();
+    for group in groups.iter().filter(|g| regions.contains(&g.region)) {
+        let types = wanted.entry(group.region.clone()).or_default();
+        types.extend(group.instance_types.iter().cloned());
+        let Some(requirements) = &group.requirements else { continue };
+        let mut unpriced = requirements.clone();
+        unpriced.spot_max_price_percentage_over_lowest_price = None;
+        unpriced.on_demand_max_price_percentage_over_lowest_price = None;
+        let wants = flotilla_capacity::select::Wants {
+            instance_types: &[],
+            requirements: Some(&unpriced),
+            architecture: group.architecture,
+            zones: &group.zones,
+            market: group.market,
+        };
+        if let Ok(eligible) =
+            flotilla_capacity::select::eligible(catalog, &group.region, &wants, &no_prices)
+        {
+            types.extend(eligible.types.iter().cloned());
+        }
+    }
+    wanted
 }
 
 /// The instance catalog of `regions`, from the cache when it is fresh.
@@ -56,16 +96,17 @@ pub async fn catalog(
     regions: &[String],
 ) -> Result<Catalog, ProviderError> {
     let dir = cache_dir(home, clients);
-    let types = match read_cache::<Vec<InstanceType>>(&dir.join("instance-types.json"), CATALOG_TTL)
-    {
-        Some(types) => types,
-        None => {
-            let types = describe_instance_types(clients).await?;
-            write_cache(&dir, "instance-types.json", &types)?;
-            types
+    let types = async {
+        match read_cache::<Vec<InstanceType>>(&dir.join("instance-types.json"), CATALOG_TTL) {
+            Some(types) => Ok(types),
+            None => {
+                let types = describe_instance_types(clients).await?;
+                write_cache(&dir, "instance-types.json", &types)?;
+                Ok::<_, ProviderError>(types)
+            }
         }
     };
-    let mut catalog = Catalog::with_types(types);
+    // The types and the offerings of every region are read at once.
     let offerings = fan_out(
         Concurrency::REGIONS,
         regions.iter().cloned().map(|region| {
@@ -84,8 +125,9 @@ pub async fn catalog(
                 Ok::<_, ProviderError>((region, offered))
             }
         }),
-    )
-    .await?;
+    );
+    let (types, offerings) = tokio::try_join!(types, offerings)?;
+    let mut catalog = Catalog::with_types(types);
     for (region, offered) in offerings {
         for (instance_type, zone) in offered {
             catalog.offer(&region, &zone, &instance_type);

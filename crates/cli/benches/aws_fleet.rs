@@ -21,6 +21,10 @@
 //! is none: the client-side buckets keep flotilla inside EC2's), the wall time, and the same
 //! shape's launch under the deployer's structure, computed: one RunInstances per machine, serial
 //! per region, a 15 s rescan after each capacity error.
+//!
+//! `plan:NxR` times `flotilla plan` of the capacity shape's spec at 100 ms per call: cold (an
+//! empty `$FLOTILLA_HOME`, so the catalog and prices are read from the APIs) and then warm
+//! (from the cache), with the calls each made.
 
 #![allow(clippy::print_stdout, clippy::unwrap_used)] // A benchmark prints its figures.
 
@@ -51,23 +55,30 @@ const CAPACITY_TYPES: [&str; 6] =
     ["m5.large", "m5a.large", "m6i.large", "c5.large", "c6i.large", "r5.large"];
 
 fn main() {
-    let capacity: Vec<(usize, usize)> = std::env::args()
-        .skip(1)
-        .filter_map(|a| {
-            let (n, r) = a.strip_prefix("capacity:")?.split_once('x')?;
-            Some((n.parse().unwrap(), r.parse().unwrap()))
-        })
-        .collect();
+    let prefixed = |prefix: &str| -> Vec<(usize, usize)> {
+        std::env::args()
+            .skip(1)
+            .filter_map(|a| {
+                let (n, r) = a.strip_prefix(prefix)?.split_once('x')?;
+                Some((n.parse().unwrap(), r.parse().unwrap()))
+            })
+            .collect()
+    };
+    let capacity = prefixed("capacity:");
+    let plans = prefixed("plan:");
     let shapes: Vec<(usize, usize)> = std::env::args()
         .skip(1)
-        .filter(|a| !a.starts_with('-') && !a.starts_with("capacity:"))
+        .filter(|a| !a.starts_with('-') && !a.contains(':'))
         .map(|a| {
             let (n, r) = a.split_once('x').expect("shapes look like 50x5");
             (n.parse().unwrap(), r.parse().unwrap())
         })
         .collect();
-    let shapes =
-        if shapes.is_empty() && capacity.is_empty() { vec![(50, 5), (500, 10)] } else { shapes };
+    let shapes = if shapes.is_empty() && capacity.is_empty() && plans.is_empty() {
+        vec![(50, 5), (500, 10)]
+    } else {
+        shapes
+    };
     let emulator = Emulator::require();
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
     println!(
@@ -81,6 +92,74 @@ fn main() {
     for (instances, regions) in capacity {
         bench_capacity(&emulator, &runtime, instances, regions);
     }
+    for (instances, regions) in plans {
+        bench_plan(&emulator, &runtime, instances, regions);
+    }
+}
+
+/// Writes the capacity shape's spec (see the module documentation) as `spec.yaml` in `work`.
+fn write_capacity_spec(work: &std::path::Path, tag: &str, instances: usize, regions: &[&str]) {
+    let binary = work.join("sleeper.sh");
+    fs_err::write(&binary, "#!/bin/sh\nexec sleep 100000\n").unwrap();
+    Command::new("chmod").arg("755").arg(&binary).status().unwrap();
+    fs_err::write(work.join("app.conf"), "setting = 1\n").unwrap();
+    fs_err::write(work.join("dashboard.json"), "{}").unwrap();
+    let types = CAPACITY_TYPES.join(", ");
+    let mut spec = format!(
+        "tag: {tag}\nprovider: aws\nmonitoring: {{instance_type: {INSTANCE_TYPE}, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n"
+    );
+    let per_region = instances / regions.len();
+    for region in regions {
+        spec.push_str(&format!(
+            "- {{name: {region}, count: {per_region}, region: {region}, market: prefer-spot, instance_types: [{types}], storage_size: 10, storage_class: gp3, binary: {}, config: app.conf, profiling: false}}\n",
+            binary.display()
+        ));
+    }
+    spec.push_str("ports: []\n");
+    fs_err::write(work.join("spec.yaml"), spec).unwrap();
+}
+
+/// `flotilla plan` of the capacity shape, cold and warm (see the module documentation).
+fn bench_plan(
+    emulator: &Emulator,
+    runtime: &tokio::runtime::Runtime,
+    instances: usize,
+    region_count: usize,
+) {
+    let flotilla = PathBuf::from(env!("CARGO_BIN_EXE_flotilla"));
+    let home = tempfile::tempdir().unwrap();
+    let work = tempfile::tempdir().unwrap();
+    let tag = format!("plan-{instances}x{region_count}");
+    let scope_name = format!("PLAN{instances}X{region_count}{}", std::process::id());
+    let scope = emulator.scope(&scope_name);
+    write_capacity_spec(work.path(), &tag, instances, &REGIONS[..region_count]);
+    runtime.block_on(scope.set_latency(LATENCY)).unwrap();
+    let shape = format!("plan {instances} in {region_count} regions");
+    for run in ["cold", "warm", "warm"] {
+        runtime.block_on(scope.reset_counts()).unwrap();
+        let started = Instant::now();
+        let output = Command::new(&flotilla)
+            .args(["plan", "--config", "spec.yaml", "--output", "json"])
+            .current_dir(work.path())
+            .env("FLOTILLA_HOME", home.path())
+            .env("AWS_ACCESS_KEY_ID", &scope_name)
+            .env("AWS_SECRET_ACCESS_KEY", "bench")
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .unwrap();
+        let elapsed = started.elapsed();
+        assert!(
+            output.status.success(),
+            "flotilla plan: {}",
+            String::from_utf8_lossy(&output.stderr)
+        );
+        let counts = runtime.block_on(scope.counts()).unwrap();
+        report(&shape, &format!("plan, {run} cache"), elapsed, &counts.0);
+        let pricing: u64 = counts.0.get("pricing").map(|a| a.values().sum()).unwrap_or(0);
+        println!("{:>22}    pricing: {pricing} calls", "");
+    }
+    runtime.block_on(scope.clear_latency()).unwrap();
 }
 
 /// The capacity shape (see the module documentation).
@@ -99,24 +178,8 @@ fn bench_capacity(
     let scope_name = format!("CAPACITY{instances}X{region_count}{}", std::process::id());
     let scope = emulator.scope(&scope_name);
     let regions = &REGIONS[..region_count];
-    let binary = work.path().join("sleeper.sh");
-    fs_err::write(&binary, "#!/bin/sh\nexec sleep 100000\n").unwrap();
-    Command::new("chmod").arg("755").arg(&binary).status().unwrap();
-    fs_err::write(work.path().join("app.conf"), "setting = 1\n").unwrap();
-    fs_err::write(work.path().join("dashboard.json"), "{}").unwrap();
-    let types = CAPACITY_TYPES.join(", ");
-    let mut spec = format!(
-        "tag: {tag}\nprovider: aws\nmonitoring: {{instance_type: {INSTANCE_TYPE}, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n"
-    );
+    write_capacity_spec(work.path(), &tag, instances, regions);
     let per_region = instances / region_count;
-    for region in regions {
-        spec.push_str(&format!(
-            "- {{name: {region}, count: {per_region}, region: {region}, market: prefer-spot, instance_types: [{types}], storage_size: 10, storage_class: gp3, binary: {}, config: app.conf, profiling: false}}\n",
-            binary.display()
-        ));
-    }
-    spec.push_str("ports: []\n");
-    fs_err::write(work.path().join("spec.yaml"), spec).unwrap();
 
     // Spot is dry in the first half of each region's zones (by name), for every type.
     let zones = runtime.block_on(zones_of(&scope_name, regions));

@@ -3,7 +3,7 @@
 use std::net::Ipv4Addr;
 
 use flotilla_aws::{AwsOptions, AwsProvider, Clients};
-use flotilla_core::plan::DeploymentPlan;
+use flotilla_core::plan::{DeploymentPlan, GroupPlan};
 use flotilla_core::progress::Progress;
 use flotilla_core::provider::{
     LocalArtifact, Machine, Provider, ProviderError, ReferenceProblem, Survey, Surveyor,
@@ -89,11 +89,12 @@ impl Surveyor for AnyProvider {
     async fn survey(
         &self,
         regions: &[String],
+        groups: &[GroupPlan],
         progress: &dyn Progress,
     ) -> Result<Survey, ProviderError> {
         match self {
-            AnyProvider::Local(p) => p.survey(regions, progress).await,
-            AnyProvider::Aws(p) => p.survey(regions, progress).await,
+            AnyProvider::Local(p) => p.survey(regions, groups, progress).await,
+            AnyProvider::Aws(p) => p.survey(regions, groups, progress).await,
         }
     }
 
@@ -114,12 +115,14 @@ impl Surveyor for ProviderContext {
     async fn survey(
         &self,
         regions: &[String],
+        groups: &[GroupPlan],
         progress: &dyn Progress,
     ) -> Result<Survey, ProviderError> {
         match (&self.kind, &self.aws) {
             (ProviderKind::Local, _) => Ok(flotilla_local::survey().await),
             (ProviderKind::Aws, Some(clients)) => {
-                flotilla_aws::survey::survey(clients, self.home.root(), regions, progress).await
+                flotilla_aws::survey::survey(clients, self.home.root(), regions, groups, progress)
+                    .await
             }
             (ProviderKind::Aws, None) => Err(ProviderError::new("AWS clients were not loaded")),
         }

@@ -422,7 +422,9 @@ fn a_permanent_error_fails_fast_and_destroy_cleans_up() {
             || stderr.contains("eu-west-1"),
         "names the region: {stderr}"
     );
-    assert!(elapsed < Duration::from_secs(30), "fails fast: {elapsed:?}");
+    // Retried, it would last the launch deadline (10 minutes); the margin is for a loaded CI
+    // machine, not a timing target.
+    assert!(elapsed < Duration::from_secs(240), "fails fast: {elapsed:?}");
     runtime().block_on(scope.clear_faults()).unwrap();
 
     fleet.run_ok(&["destroy", "--tag", &fleet.tag]);
@@ -852,7 +854,9 @@ fn retries_wait_out_eventual_consistency_and_stop_at_errors_that_cannot_heal() {
             && stderr.contains("subnet-"),
         "names the code, the call and the subnet: {stderr}"
     );
-    assert!(elapsed < Duration::from_secs(30), "fails fast: {elapsed:?}");
+    // Retried, it would last the launch deadline (10 minutes); the margin is for a loaded CI
+    // machine, not a timing target.
+    assert!(elapsed < Duration::from_secs(240), "fails fast: {elapsed:?}");
     runtime().block_on(scope.clear_faults()).unwrap();
     fleet.run_ok(&["destroy", &fleet.tag_arg()]);
     let left = runtime().block_on(fleet.leftovers(&["us-east-1"]));
@@ -884,7 +888,10 @@ fn retries_wait_out_eventual_consistency_and_stop_at_errors_that_cannot_heal() {
             && stderr.contains("on-demand t3.small in us-east-1a (Unsupported)"),
         "{stderr}"
     );
-    assert!(elapsed < Duration::from_secs(60), "fails at once: {elapsed:?}");
+    assert!(
+        elapsed < Duration::from_secs(240),
+        "fails at once, not at its 10 minutes: {elapsed:?}"
+    );
 
     runtime().block_on(scope.clear_faults()).unwrap();
     fleet.run_ok(&["destroy", &fleet.tag_arg()]);

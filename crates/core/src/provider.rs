@@ -55,11 +55,12 @@ pub struct ReferenceProblem {
 /// Reads what regions offer and what the account has. Read-only; a provider may cache what it
 /// reads.
 pub trait Surveyor: Sync {
-    /// The catalog (instance types, and the zones of each region that offer them) and prices
-    /// of `regions`.
+    /// The catalog (instance types, and the zones of each region that offer them) of
+    /// `regions`, and the prices of the types `groups` may run on (a provider may read more).
     fn survey(
         &self,
         regions: &[String],
+        groups: &[crate::plan::GroupPlan],
         progress: &dyn Progress,
     ) -> impl Future<Output = Result<Survey, ProviderError>> + Send;
 

@@ -284,6 +284,7 @@ impl flotilla_core::provider::Surveyor for LocalProvider {
     async fn survey(
         &self,
         _regions: &[String],
+        _groups: &[flotilla_core::plan::GroupPlan],
         _progress: &dyn Progress,
     ) -> Result<flotilla_core::provider::Survey, ProviderError> {
         Ok(survey().await)

@@ -121,7 +121,7 @@ pub async fn resolve(
     let mut plan = DeploymentPlan::from_spec(&document.spec, provider);
     if provider == ProviderKind::Local {
         check_references(document, &plan, surveyor, progress).await?;
-        return Ok((plan, surveyor.survey(&[], progress).await?));
+        return Ok((plan, surveyor.survey(&[], &[], progress).await?));
     }
     check_listed_architectures(document, &architectures)?;
     for group in &mut plan.groups {
@@ -130,7 +130,7 @@ pub async fn resolve(
         }
     }
     let regions = plan.regions();
-    let survey = match surveyor.survey(&regions, progress).await {
+    let survey = match surveyor.survey(&regions, &plan.groups, progress).await {
         Ok(survey) => survey,
         Err(error) if fallback => builtin_survey(&plan, &regions, &error),
         Err(error) => return Err(error.into()),

@@ -16,7 +16,6 @@ use super::{
     saved_manifests, spec_refusal,
 };
 use crate::error::{CoreError, MachineFailure};
-use crate::plan::DeploymentPlan;
 use crate::progress::{Progress, checkpoints};
 use crate::provider::{Provider, ProviderError, Role};
 use crate::rollout::{Applied, apply_and_wait, plan_batches};
@@ -71,15 +70,12 @@ pub async fn update<P: Provider>(
     }
     let _lock = deployment.lock()?;
     let provider = make_provider(&deployment)?;
-    let mut plan = DeploymentPlan::from_spec(spec, metadata.provider);
-    if metadata.provider == ProviderKind::Aws {
-        // The shared resources prepare converges (launch templates among them) depend on the
-        // capacity of each group, checked against the catalog as create checks it.
-        let survey = provider.survey(&plan.regions(), progress).await?;
-        if let Err(problems) = plan.resolve_capacity(&survey) {
-            return Err(crate::capacity::capacity_errors(document, &plan, &problems));
-        }
-    }
+    // The shared resources prepare converges (launch templates among them) depend on the
+    // capacity of each group and on the account's references (image, network, policies),
+    // checked against the account as create checks them, before anything changes.
+    let (plan, _survey) =
+        super::resolve(document, metadata.provider, &request.cwd, &provider, progress, false)
+            .await?;
     // Shared resources converge to the spec too (a changed `ports` reaches the security
     // groups); prepare is idempotent and creates nothing that exists.
     provider.prepare(&plan, progress).await?;
