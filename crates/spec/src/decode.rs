@@ -30,7 +30,7 @@ use crate::fleet::{
 use crate::names::MAX_TAG_BYTES;
 use crate::suggest::closest_match;
 use crate::validate::is_valid_name;
-use crate::yaml::{ScalarStyle, YamlEntry, YamlNode, YamlValue};
+use crate::yaml::{Entry, Node, NodeValue, ScalarStyle};
 
 #[path = "decode_account.rs"]
 mod account;
@@ -230,7 +230,7 @@ struct Fields<'n> {
     path: String,
     location: Location,
     keys: &'static [KeySpec],
-    found: HashMap<&'static str, &'n YamlEntry>,
+    found: HashMap<&'static str, &'n Entry>,
     /// Unknown keys that look like a misspelling of a known one: (known key, unknown key, line).
     misspellings: Vec<(&'static str, String, usize)>,
     /// Whether the mapping has a merge key (`<<`), which the deployer does not apply.
@@ -331,12 +331,12 @@ impl<'f> Decoder<'f> {
     /// keys, merge keys and unknown keys.
     fn open_mapping<'n>(
         &mut self,
-        node: &'n YamlNode,
+        node: &'n Node,
         path: &str,
         keys: &'static [KeySpec],
         unknown_keys: UnknownKeys,
     ) -> Option<Fields<'n>> {
-        let YamlValue::Mapping(entries) = &node.value else {
+        let NodeValue::Mapping(entries) = &node.value else {
             let help = if path.is_empty() {
                 "a fleet spec is a mapping with the keys `tag`, `monitoring`, `instances` and \
                  `ports`"
@@ -455,7 +455,7 @@ impl<'f> Decoder<'f> {
         &mut self,
         fields: &Fields<'n>,
         name: &str,
-        read: impl FnOnce(&mut Self, &'n YamlNode, &str) -> Option<T>,
+        read: impl FnOnce(&mut Self, &'n Node, &str) -> Option<T>,
     ) -> Slot<T> {
         let field = fields.child(name);
         debug_assert!(Self::key_spec(fields, name).required, "`{name}` is optional");
@@ -485,12 +485,12 @@ impl<'f> Decoder<'f> {
     }
 
     /// Reads an optional key whose Rust type is an `Option`: absent or null is `None`, as
-    /// serde_yaml decides null (see [`crate::yaml::YamlScalar::is_null`]).
+    /// serde_yaml decides null (see [`crate::yaml::Scalar::is_null`]).
     fn optional_or_null<'n, T>(
         &mut self,
         fields: &Fields<'n>,
         name: &str,
-        read: impl FnOnce(&mut Self, &'n YamlNode, &str) -> Option<T>,
+        read: impl FnOnce(&mut Self, &'n Node, &str) -> Option<T>,
     ) -> Slot<T> {
         match fields.found.get(name) {
             Some(entry) if entry.value.as_scalar().is_some_and(|scalar| scalar.is_null()) => {
@@ -512,7 +512,7 @@ impl<'f> Decoder<'f> {
         &mut self,
         fields: &Fields<'n>,
         name: &str,
-        read: impl FnOnce(&mut Self, &'n YamlNode, &str) -> Option<T>,
+        read: impl FnOnce(&mut Self, &'n Node, &str) -> Option<T>,
     ) -> Slot<T> {
         match fields.found.get(name) {
             Some(entry) => {
@@ -531,7 +531,7 @@ impl<'f> Decoder<'f> {
 
     /// A `String` field: any scalar, with its text as written (`12345`, `true` and `null` are
     /// strings here, as in the deployer).
-    fn read_string(&mut self, node: &YamlNode, field: &str) -> Option<String> {
+    fn read_string(&mut self, node: &Node, field: &str) -> Option<String> {
         match node.as_scalar() {
             Some(scalar) => Some(scalar.text.clone()),
             None => {
@@ -547,12 +547,7 @@ impl<'f> Decoder<'f> {
     }
 
     /// A string field that must not be empty, e.g. a path.
-    fn read_non_empty_string(
-        &mut self,
-        node: &YamlNode,
-        field: &str,
-        what: &str,
-    ) -> Option<String> {
+    fn read_non_empty_string(&mut self, node: &Node, field: &str, what: &str) -> Option<String> {
         let text = self.read_string(node, field)?;
         if text.is_empty() {
             self.error(
@@ -567,7 +562,7 @@ impl<'f> Decoder<'f> {
     }
 
     /// An integer field of the given type.
-    fn read_integer(&mut self, node: &YamlNode, field: &str, kind: IntegerKind) -> Option<i64> {
+    fn read_integer(&mut self, node: &Node, field: &str, kind: IntegerKind) -> Option<i64> {
         let Some(scalar) = node.as_scalar() else {
             self.error(
                 node.location,
@@ -608,22 +603,22 @@ impl<'f> Decoder<'f> {
         }
     }
 
-    fn read_i32(&mut self, node: &YamlNode, field: &str) -> Option<i32> {
+    fn read_i32(&mut self, node: &Node, field: &str) -> Option<i32> {
         self.read_integer(node, field, IntegerKind::I32)
             .map(|value| i32::try_from(value).expect("read_integer checked the i32 range"))
     }
 
-    fn read_u32(&mut self, node: &YamlNode, field: &str) -> Option<u32> {
+    fn read_u32(&mut self, node: &Node, field: &str) -> Option<u32> {
         self.read_integer(node, field, IntegerKind::U32)
             .map(|value| u32::try_from(value).expect("read_integer checked the u32 range"))
     }
 
-    fn read_port(&mut self, node: &YamlNode, field: &str) -> Option<u16> {
+    fn read_port(&mut self, node: &Node, field: &str) -> Option<u16> {
         self.read_integer(node, field, IntegerKind::Port)
             .map(|value| u16::try_from(value).expect("read_integer checked the port range"))
     }
 
-    fn read_bool(&mut self, node: &YamlNode, field: &str) -> Option<bool> {
+    fn read_bool(&mut self, node: &Node, field: &str) -> Option<bool> {
         let value = node.as_scalar().and_then(|scalar| scalar.as_bool());
         if value.is_none() {
             let help = match node.as_scalar().map(|scalar| scalar.style) {
@@ -647,7 +642,7 @@ impl<'f> Decoder<'f> {
 
     /// A duration written as `humantime` reads it (`250ms`, `30s`, `1m 30s`), more than 0 and
     /// at most `max`.
-    fn read_duration(&mut self, node: &YamlNode, field: &str, max: Duration) -> Option<Duration> {
+    fn read_duration(&mut self, node: &Node, field: &str, max: Duration) -> Option<Duration> {
         let Some(scalar) = node.as_scalar() else {
             self.error(
                 node.location,
@@ -696,11 +691,11 @@ impl<'f> Decoder<'f> {
 
     fn read_sequence<'n, T>(
         &mut self,
-        node: &'n YamlNode,
+        node: &'n Node,
         field: &str,
-        mut read_item: impl FnMut(&mut Self, &'n YamlNode, &str) -> Option<T>,
+        mut read_item: impl FnMut(&mut Self, &'n Node, &str) -> Option<T>,
     ) -> Option<Vec<T>> {
-        let YamlValue::Sequence(items) = &node.value else {
+        let NodeValue::Sequence(items) = &node.value else {
             self.error(
                 node.location,
                 field,
@@ -728,7 +723,7 @@ impl<'f> Decoder<'f> {
     // ---------------------------------------------------------------------------------------
     // The fleet spec.
 
-    pub(crate) fn decode_fleet(&mut self, root: &YamlNode) -> Option<FleetSpec> {
+    pub(crate) fn decode_fleet(&mut self, root: &Node) -> Option<FleetSpec> {
         self.locations.insert(String::new(), root.location);
         let fields = self.open_mapping(root, "", FLEET_KEYS, UnknownKeys::Warn)?;
         self.has_provider_key = fields.found.contains_key("provider");
@@ -816,7 +811,7 @@ impl<'f> Decoder<'f> {
         }
     }
 
-    fn decode_monitoring(&mut self, node: &YamlNode, field: &str) -> Option<MonitoringSpec> {
+    fn decode_monitoring(&mut self, node: &Node, field: &str) -> Option<MonitoringSpec> {
         let fields = self.open_mapping(node, field, MONITORING_KEYS, UnknownKeys::Warn)?;
         let instance_type = self.required(&fields, "instance_type", |decoder, node, field| {
             decoder.read_non_empty_string(node, field, "an EC2 instance type, e.g. `t4g.small`")
@@ -836,7 +831,7 @@ impl<'f> Decoder<'f> {
         })
     }
 
-    fn decode_instance(&mut self, node: &YamlNode, field: &str) -> Option<InstanceSpec> {
+    fn decode_instance(&mut self, node: &Node, field: &str) -> Option<InstanceSpec> {
         self.refuse_top_level_only(node, field);
         let fields = self.open_mapping(node, field, INSTANCE_KEYS, UnknownKeys::Warn)?;
         let name = self.required(&fields, "name", |decoder, node, field| {
@@ -931,7 +926,7 @@ impl<'f> Decoder<'f> {
         })
     }
 
-    fn decode_port(&mut self, node: &YamlNode, field: &str) -> Option<PortSpec> {
+    fn decode_port(&mut self, node: &Node, field: &str) -> Option<PortSpec> {
         let fields = self.open_mapping(node, field, PORT_KEYS, UnknownKeys::Warn)?;
         let protocol = self.required(&fields, "protocol", |decoder, node, field| {
             decoder.read_non_empty_string(
@@ -958,7 +953,7 @@ impl<'f> Decoder<'f> {
         })
     }
 
-    fn read_provider(&mut self, node: &YamlNode, field: &str) -> Option<ProviderKind> {
+    fn read_provider(&mut self, node: &Node, field: &str) -> Option<ProviderKind> {
         let text = self.read_string(node, field)?;
         match text.as_str() {
             "local" => Some(ProviderKind::Local),
@@ -974,20 +969,20 @@ impl<'f> Decoder<'f> {
         }
     }
 
-    fn read_count(&mut self, node: &YamlNode, field: &str) -> Option<u32> {
+    fn read_count(&mut self, node: &Node, field: &str) -> Option<u32> {
         let count = self.read_integer(node, field, IntegerKind::Count)?;
         Some(u32::try_from(count).expect("read_integer checked the count range"))
     }
 
-    fn read_args(&mut self, node: &YamlNode, field: &str) -> Option<Vec<String>> {
+    fn read_args(&mut self, node: &Node, field: &str) -> Option<Vec<String>> {
         self.read_sequence(node, field, |decoder, item, item_field| {
             let text = decoder.read_string(item, item_field)?;
             decoder.check_no_nul(item.location, item_field, &text, "an argument").then_some(text)
         })
     }
 
-    fn read_env(&mut self, node: &YamlNode, field: &str) -> Option<BTreeMap<String, String>> {
-        let YamlValue::Mapping(entries) = &node.value else {
+    fn read_env(&mut self, node: &Node, field: &str) -> Option<BTreeMap<String, String>> {
+        let NodeValue::Mapping(entries) = &node.value else {
             self.error(
                 node.location,
                 field,
@@ -1063,7 +1058,7 @@ impl<'f> Decoder<'f> {
         true
     }
 
-    fn read_health(&mut self, node: &YamlNode, field: &str) -> Option<HealthCheck> {
+    fn read_health(&mut self, node: &Node, field: &str) -> Option<HealthCheck> {
         const FORMS: &str = "write `health: none`, `health: {http: {port: 8080, path: /health}}` \
                              or `health: {tcp: {port: 8080}}`";
         if let Some(scalar) = node.as_scalar() {
@@ -1108,7 +1103,7 @@ impl<'f> Decoder<'f> {
         match (http, tcp) {
             (Slot::Absent, Slot::Absent) => {
                 // Other keys were reported as unknown; an empty mapping gets its own error.
-                if matches!(&node.value, YamlValue::Mapping(entries) if entries.is_empty()) {
+                if matches!(&node.value, NodeValue::Mapping(entries) if entries.is_empty()) {
                     self.error(
                         node.location,
                         field,
@@ -1134,14 +1129,14 @@ impl<'f> Decoder<'f> {
         }
     }
 
-    fn read_restart(&mut self, node: &YamlNode, field: &str) -> Option<RestartSpec> {
+    fn read_restart(&mut self, node: &Node, field: &str) -> Option<RestartSpec> {
         if node.as_scalar().is_some() {
             let policy = self.read_restart_policy(node, field)?;
             return Some(RestartSpec { policy, ..RestartSpec::default() });
         }
         let fields = self.open_mapping(node, field, RESTART_KEYS, UnknownKeys::Refuse)?;
         let policy = self.optional(&fields, "policy", Self::read_restart_policy);
-        let backoff = |decoder: &mut Self, node: &YamlNode, field: &str| {
+        let backoff = |decoder: &mut Self, node: &Node, field: &str| {
             decoder.read_duration(node, field, MAX_RESTART_BACKOFF)
         };
         let initial = self.optional(&fields, "initial_backoff", backoff);
@@ -1176,7 +1171,7 @@ impl<'f> Decoder<'f> {
         Some(spec)
     }
 
-    fn read_restart_policy(&mut self, node: &YamlNode, field: &str) -> Option<RestartPolicy> {
+    fn read_restart_policy(&mut self, node: &Node, field: &str) -> Option<RestartPolicy> {
         let text = self.read_string(node, field)?;
         match text.as_str() {
             "always" => Some(RestartPolicy::Always),
@@ -1194,7 +1189,7 @@ impl<'f> Decoder<'f> {
         }
     }
 
-    fn decode_update(&mut self, node: &YamlNode, field: &str) -> Option<UpdateSpec> {
+    fn decode_update(&mut self, node: &Node, field: &str) -> Option<UpdateSpec> {
         let fields = self.open_mapping(node, field, UPDATE_KEYS, UnknownKeys::Refuse)?;
         let batch_size = self.optional_or_null(&fields, "batch_size", |decoder, node, field| {
             let size = decoder.read_u32(node, field)?;
@@ -1239,7 +1234,7 @@ impl<'f> Decoder<'f> {
         })
     }
 
-    fn read_percent(&mut self, node: &YamlNode, field: &str) -> Option<Percent> {
+    fn read_percent(&mut self, node: &Node, field: &str) -> Option<Percent> {
         let text = self.read_string(node, field)?;
         let Some(number) = text.strip_suffix('%') else {
             self.error(

@@ -13,7 +13,7 @@ use crate::account::{
     MAX_INLINE_POLICY_CHARS, NetworkSpec, ResourceRef, RootVolumeSpec, default_command_timeout,
     default_file_mode, parse_mode, tag_limits,
 };
-use crate::yaml::{ScalarStyle, YamlNode, YamlValue};
+use crate::yaml::{Node, NodeValue, ScalarStyle};
 
 pub(crate) const IMAGE_KEYS: &[KeySpec] =
     &[flotilla_required("name", "add `name: PATTERN`, e.g. `name: golden-*`")];
@@ -188,11 +188,11 @@ fn is_policy_arn(text: &str) -> bool {
 
 /// A YAML value as JSON for an IAM policy: every scalar a string (IAM reads them so), sequences
 /// arrays, mappings objects.
-fn to_json(node: &YamlNode) -> serde_json::Value {
+fn to_json(node: &Node) -> serde_json::Value {
     match &node.value {
-        YamlValue::Scalar(scalar) => serde_json::Value::String(scalar.text.clone()),
-        YamlValue::Sequence(items) => serde_json::Value::Array(items.iter().map(to_json).collect()),
-        YamlValue::Mapping(entries) => serde_json::Value::Object(
+        NodeValue::Scalar(scalar) => serde_json::Value::String(scalar.text.clone()),
+        NodeValue::Sequence(items) => serde_json::Value::Array(items.iter().map(to_json).collect()),
+        NodeValue::Mapping(entries) => serde_json::Value::Object(
             entries
                 .iter()
                 .map(|entry| {
@@ -251,10 +251,10 @@ impl Decoder<'_> {
     }
 
     /// `ami-…`, `TAG:VALUE`, or `{name: PATTERN}`.
-    fn read_image(&mut self, node: &YamlNode, field: &str) -> Option<ImageRef> {
+    fn read_image(&mut self, node: &Node, field: &str) -> Option<ImageRef> {
         const HELP: &str =
             "write an image id (`ami-0123456789abcdef0`), `{name: golden-*}` or `TAG:VALUE`";
-        if let YamlValue::Mapping(_) = node.value {
+        if let NodeValue::Mapping(_) = node.value {
             let fields = self.open_mapping(node, field, IMAGE_KEYS, UnknownKeys::Refuse)?;
             let name = self.required(&fields, "name", |decoder, node, field| {
                 let pattern =
@@ -294,7 +294,7 @@ impl Decoder<'_> {
     /// `KEY:VALUE` (split at the first `:`), both non-empty.
     fn read_tag_reference(
         &mut self,
-        node: &YamlNode,
+        node: &Node,
         field: &str,
         text: &str,
         help: &str,
@@ -320,7 +320,7 @@ impl Decoder<'_> {
         }
     }
 
-    fn read_image_owners(&mut self, node: &YamlNode, field: &str) -> Option<Vec<String>> {
+    fn read_image_owners(&mut self, node: &Node, field: &str) -> Option<Vec<String>> {
         let owners = self.read_sequence(node, field, |decoder, item, item_field| {
             let owner = decoder.read_non_empty_string(item, item_field, "an account id")?;
             let valid = (owner.len() == 12 && owner.bytes().all(|b| b.is_ascii_digit()))
@@ -351,11 +351,11 @@ impl Decoder<'_> {
 
     fn read_networks(
         &mut self,
-        node: &YamlNode,
+        node: &Node,
         field: &str,
         entry_region: Option<&str>,
     ) -> Option<BTreeMap<String, NetworkSpec>> {
-        let YamlValue::Mapping(entries) = &node.value else {
+        let NodeValue::Mapping(entries) = &node.value else {
             self.error(
                 node.location,
                 field,
@@ -421,7 +421,7 @@ impl Decoder<'_> {
         all_valid.then_some(networks)
     }
 
-    fn read_network(&mut self, node: &YamlNode, field: &str) -> Option<NetworkSpec> {
+    fn read_network(&mut self, node: &Node, field: &str) -> Option<NetworkSpec> {
         let fields = self.open_mapping(node, field, NETWORK_KEYS, UnknownKeys::Refuse)?;
         let vpc = self.required(&fields, "vpc", |decoder, node, field| {
             decoder.read_resource_ref(node, field, "vpc", "a VPC")
@@ -468,7 +468,7 @@ impl Decoder<'_> {
 
     fn check_listed_once<T: PartialEq + std::fmt::Display>(
         &mut self,
-        node: &YamlNode,
+        node: &Node,
         field: &str,
         items: &[T],
         what: &str,
@@ -492,7 +492,7 @@ impl Decoder<'_> {
     /// `PREFIX-…` or `TAG:VALUE`.
     fn read_resource_ref(
         &mut self,
-        node: &YamlNode,
+        node: &Node,
         field: &str,
         prefix: &str,
         what: &str,
@@ -515,8 +515,8 @@ impl Decoder<'_> {
             .map(|(key, value)| ResourceRef::Tag { key, value })
     }
 
-    fn read_tags(&mut self, node: &YamlNode, field: &str) -> Option<BTreeMap<String, String>> {
-        let YamlValue::Mapping(entries) = &node.value else {
+    fn read_tags(&mut self, node: &Node, field: &str) -> Option<BTreeMap<String, String>> {
+        let NodeValue::Mapping(entries) = &node.value else {
             self.error(
                 node.location,
                 field,
@@ -607,7 +607,7 @@ impl Decoder<'_> {
         all_valid.then_some(tags)
     }
 
-    fn read_iam_policies(&mut self, node: &YamlNode, field: &str) -> Option<Vec<String>> {
+    fn read_iam_policies(&mut self, node: &Node, field: &str) -> Option<Vec<String>> {
         let policies = self.read_sequence(node, field, |decoder, item, item_field| {
             let arn = decoder.read_non_empty_string(item, item_field, "a policy ARN")?;
             if !is_policy_arn(&arn) {
@@ -644,7 +644,7 @@ impl Decoder<'_> {
 
     fn read_iam_statements(
         &mut self,
-        node: &YamlNode,
+        node: &Node,
         field: &str,
     ) -> Option<Vec<serde_json::Map<String, serde_json::Value>>> {
         let statements = self.read_sequence(node, field, Self::read_iam_statement)?;
@@ -669,10 +669,10 @@ impl Decoder<'_> {
 
     fn read_iam_statement(
         &mut self,
-        node: &YamlNode,
+        node: &Node,
         field: &str,
     ) -> Option<serde_json::Map<String, serde_json::Value>> {
-        let YamlValue::Mapping(entries) = &node.value else {
+        let NodeValue::Mapping(entries) = &node.value else {
             self.error(
                 node.location,
                 field,
@@ -782,7 +782,7 @@ impl Decoder<'_> {
         Some(statement)
     }
 
-    fn read_boot(&mut self, node: &YamlNode, field: &str) -> Option<BootSpec> {
+    fn read_boot(&mut self, node: &Node, field: &str) -> Option<BootSpec> {
         let fields = self.open_mapping(node, field, BOOT_KEYS, UnknownKeys::Refuse)?;
         let files = self.optional(&fields, "files", |decoder, node, field| {
             let files = decoder.read_sequence(node, field, Self::read_boot_file)?;
@@ -831,7 +831,7 @@ impl Decoder<'_> {
         })
     }
 
-    fn read_boot_file(&mut self, node: &YamlNode, field: &str) -> Option<BootFile> {
+    fn read_boot_file(&mut self, node: &Node, field: &str) -> Option<BootFile> {
         let fields = self.open_mapping(node, field, BOOT_FILE_KEYS, UnknownKeys::Refuse)?;
         let path = self.required(&fields, "path", |decoder, node, field| {
             let path = decoder.read_non_empty_string(node, field, "an absolute path")?;
@@ -893,8 +893,8 @@ impl Decoder<'_> {
         })
     }
 
-    fn read_sysctl(&mut self, node: &YamlNode, field: &str) -> Option<BTreeMap<String, String>> {
-        let YamlValue::Mapping(entries) = &node.value else {
+    fn read_sysctl(&mut self, node: &Node, field: &str) -> Option<BTreeMap<String, String>> {
+        let NodeValue::Mapping(entries) = &node.value else {
             self.error(
                 node.location,
                 field,
@@ -947,7 +947,7 @@ impl Decoder<'_> {
         all_valid.then_some(settings)
     }
 
-    fn read_boot_command(&mut self, node: &YamlNode, field: &str) -> Option<BootCommand> {
+    fn read_boot_command(&mut self, node: &Node, field: &str) -> Option<BootCommand> {
         let fields = self.open_mapping(node, field, BOOT_COMMAND_KEYS, UnknownKeys::Refuse)?;
         let argv = self.required(&fields, "argv", |decoder, node, field| {
             let argv = decoder.read_sequence(node, field, |decoder, item, item_field| {
@@ -976,7 +976,7 @@ impl Decoder<'_> {
         })
     }
 
-    fn read_root_volume(&mut self, node: &YamlNode, field: &str) -> Option<RootVolumeSpec> {
+    fn read_root_volume(&mut self, node: &Node, field: &str) -> Option<RootVolumeSpec> {
         let fields = self.open_mapping(node, field, ROOT_VOLUME_KEYS, UnknownKeys::Refuse)?;
         let encrypted = self.optional(&fields, "encrypted", Self::read_bool);
         let kms_key = self.optional_or_null(&fields, "kms_key", |decoder, node, field| {
@@ -1010,8 +1010,8 @@ impl Decoder<'_> {
     }
 
     /// An instance entry's key that only the top may hold.
-    pub(super) fn refuse_top_level_only(&mut self, node: &YamlNode, field: &str) {
-        let YamlValue::Mapping(entries) = &node.value else { return };
+    pub(super) fn refuse_top_level_only(&mut self, node: &Node, field: &str) {
+        let NodeValue::Mapping(entries) = &node.value else { return };
         for entry in entries {
             let Some(key) = entry.key.as_scalar() else { continue };
             if key.style == ScalarStyle::Plain && TOP_LEVEL_ONLY.contains(&key.text.as_str()) {

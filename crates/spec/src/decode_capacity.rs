@@ -9,7 +9,7 @@ use crate::capacity::{
     InstanceGeneration, InstanceRequirements, Market, looks_like_instance_type,
 };
 use crate::suggest::closest_match;
-use crate::yaml::YamlNode;
+use crate::yaml::Node;
 
 pub(crate) const REQUIREMENTS_KEYS: &[KeySpec] = &[
     flotilla_required("vcpu_count", "add `vcpu_count: {min: 2}`: AWS requires a vCPU range"),
@@ -67,23 +67,23 @@ const MARKETS: Choices<Market> =
 /// A number a bound may hold.
 trait BoundValue: Copy + PartialOrd + std::fmt::Display {
     /// Reads `text`, a plain YAML number.
-    fn parse(decoder: &mut Decoder<'_>, node: &YamlNode, field: &str) -> Option<Self>;
+    fn parse(decoder: &mut Decoder<'_>, node: &Node, field: &str) -> Option<Self>;
 }
 
 impl BoundValue for u32 {
-    fn parse(decoder: &mut Decoder<'_>, node: &YamlNode, field: &str) -> Option<u32> {
+    fn parse(decoder: &mut Decoder<'_>, node: &Node, field: &str) -> Option<u32> {
         decoder.read_u32(node, field)
     }
 }
 
 impl BoundValue for u64 {
-    fn parse(decoder: &mut Decoder<'_>, node: &YamlNode, field: &str) -> Option<u64> {
+    fn parse(decoder: &mut Decoder<'_>, node: &Node, field: &str) -> Option<u64> {
         decoder.read_u32(node, field).map(u64::from)
     }
 }
 
 impl BoundValue for f64 {
-    fn parse(decoder: &mut Decoder<'_>, node: &YamlNode, field: &str) -> Option<f64> {
+    fn parse(decoder: &mut Decoder<'_>, node: &Node, field: &str) -> Option<f64> {
         let value = node
             .as_scalar()
             .filter(|s| s.style == crate::yaml::ScalarStyle::Plain)
@@ -108,11 +108,7 @@ impl BoundValue for f64 {
 
 impl Decoder<'_> {
     /// `instance_types: [m7i.large, m6i.large]`: a non-empty list of type names, each once.
-    pub(super) fn read_instance_types(
-        &mut self,
-        node: &YamlNode,
-        field: &str,
-    ) -> Option<Vec<String>> {
+    pub(super) fn read_instance_types(&mut self, node: &Node, field: &str) -> Option<Vec<String>> {
         let names = self.read_sequence(node, field, |decoder, item, item_field| {
             decoder.read_type_name(item, item_field)
         })?;
@@ -144,7 +140,7 @@ impl Decoder<'_> {
     }
 
     /// One instance type name.
-    fn read_type_name(&mut self, node: &YamlNode, field: &str) -> Option<String> {
+    fn read_type_name(&mut self, node: &Node, field: &str) -> Option<String> {
         let name =
             self.read_non_empty_string(node, field, "an EC2 instance type, e.g. `m7i.large`")?;
         if !looks_like_instance_type(&name) {
@@ -166,14 +162,14 @@ impl Decoder<'_> {
     }
 
     /// `market: on-demand | spot | prefer-spot`.
-    pub(super) fn read_market(&mut self, node: &YamlNode, field: &str) -> Option<Market> {
+    pub(super) fn read_market(&mut self, node: &Node, field: &str) -> Option<Market> {
         self.read_choice(node, field, MARKETS)
     }
 
     /// `zones: [us-east-1a, us-east-1b]`: zones of the entry's `region`, each once.
     pub(super) fn read_zones(
         &mut self,
-        node: &YamlNode,
+        node: &Node,
         field: &str,
         region: Option<&str>,
     ) -> Option<Vec<String>> {
@@ -221,7 +217,7 @@ impl Decoder<'_> {
     /// `requirements:` AWS's `InstanceRequirements` in snake_case.
     pub(super) fn read_requirements(
         &mut self,
-        node: &YamlNode,
+        node: &Node,
         field: &str,
     ) -> Option<InstanceRequirements> {
         let fields = self.open_mapping(node, field, REQUIREMENTS_KEYS, UnknownKeys::Refuse)?;
@@ -298,7 +294,7 @@ impl Decoder<'_> {
     /// `{min, max}`; `min` required when `min_required` (AWS's rule for vCPUs and memory).
     fn read_bounds<T: BoundValue>(
         &mut self,
-        node: &YamlNode,
+        node: &Node,
         field: &str,
         min_required: bool,
     ) -> Option<Bounds<T>> {
@@ -332,12 +328,7 @@ impl Decoder<'_> {
     }
 
     /// One of `choices`, by name.
-    fn read_choice<T: Copy>(
-        &mut self,
-        node: &YamlNode,
-        field: &str,
-        choices: Choices<T>,
-    ) -> Option<T> {
+    fn read_choice<T: Copy>(&mut self, node: &Node, field: &str, choices: Choices<T>) -> Option<T> {
         let text = self.read_string(node, field)?;
         if let Some((_, value)) = choices.iter().find(|(name, _)| *name == text) {
             return Some(*value);
@@ -359,7 +350,7 @@ impl Decoder<'_> {
     /// A list of `choices`, each once.
     fn read_choices<T: Copy + PartialEq>(
         &mut self,
-        node: &YamlNode,
+        node: &Node,
         field: &str,
         choices: Choices<T>,
     ) -> Option<Vec<T>> {
@@ -376,7 +367,7 @@ impl Decoder<'_> {
     }
 
     /// Instance type patterns with `*` wildcards (`m7*`, `c6g.*`).
-    fn read_type_patterns(&mut self, node: &YamlNode, field: &str) -> Option<Vec<String>> {
+    fn read_type_patterns(&mut self, node: &Node, field: &str) -> Option<Vec<String>> {
         self.read_sequence(node, field, |decoder, item, item_field| {
             let pattern = decoder.read_non_empty_string(
                 item,

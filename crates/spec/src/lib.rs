@@ -22,12 +22,14 @@ pub mod document;
 pub mod duration_serde;
 pub mod fleet;
 pub mod identity;
+pub mod json5;
 pub mod manifest;
 pub mod names;
 pub mod reference;
 pub mod schema;
 pub mod secret;
 mod suggest;
+pub mod tree;
 pub mod validate;
 pub mod yaml;
 

@@ -1,11 +1,9 @@
-//! A located YAML tree: every node knows its line and column, and every scalar keeps its raw
-//! text, quoting style and tag.
+//! The YAML loader: one document into the located tree of [`crate::tree`].
 //!
 //! The tree is built from `saphyr-parser`'s events. Scalars are not resolved to numbers or
 //! booleans while loading: the decoder reads each scalar the way serde_yaml 0.9 (the commonware
 //! deployer's YAML library) would for the Rust type of the field, so `tag: 12345` stays the
-//! string `12345` and `storage_size: '10'` is refused. The readers for those types live here too
-//! ([`YamlScalar::as_integer`], [`YamlScalar::as_bool`], [`YamlScalar::is_null`]).
+//! string `12345` and `storage_size: '10'` is refused.
 //!
 //! What the loader refuses, as serde_yaml 0.9 does: a UTF-8 byte order mark, tabs used for
 //! indentation (the scanner's own error), and more than one document. What it accepts although
@@ -17,201 +15,22 @@
 
 use saphyr_parser::{Event, Parser, ScanError, Span};
 
-pub use saphyr_parser::ScalarStyle;
+pub use crate::tree::{Entry, Integer, Node, NodeValue, Scalar, ScalarStyle, SyntaxError};
 
 use crate::diagnostic::Location;
 
 /// The most nodes that alias expansion may copy in one document.
 const ALIAS_EXPANSION_BUDGET: usize = 100_000;
 /// The deepest nesting of sequences and mappings accepted (serde_yaml's limit too).
-const MAX_NESTING_DEPTH: usize = 128;
-
-/// One node of the tree and where it starts in the file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct YamlNode {
-    pub value: YamlValue,
-    /// Where the node starts: its first character (or its tag or anchor, when it has one).
-    pub location: Location,
-}
-
-/// The content of a node.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum YamlValue {
-    Scalar(YamlScalar),
-    Sequence(Vec<YamlNode>),
-    /// Entries in file order. A key may appear more than once: the loader keeps every entry.
-    Mapping(Vec<YamlEntry>),
-}
-
-/// One `key: value` entry of a mapping.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct YamlEntry {
-    pub key: YamlNode,
-    pub value: YamlNode,
-}
-
-/// A scalar as written: its text after YAML unescaping and folding, its style and its tag.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct YamlScalar {
-    pub text: String,
-    pub style: ScalarStyle,
-    /// The tag as written in short form: `!!str` for a core-schema tag, `!name` for a local one.
-    pub tag: Option<String>,
-}
-
-/// Why a file is not one well-formed YAML document.
-#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
-#[error("{message}")]
-pub struct YamlSyntaxError {
-    pub location: Location,
-    pub message: String,
-    pub help: String,
-}
-
-/// An integer read the way serde_yaml 0.9 reads one: its sign and its magnitude.
-///
-/// The magnitude is kept apart from the sign so that `-0` can be told from `0` (serde_yaml
-/// refuses any leading `-` for an unsigned type) and so that huge values are "out of range"
-/// rather than "not an integer".
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub struct YamlInteger {
-    pub negative: bool,
-    /// `None` when the digits do not fit in 128 bits.
-    pub magnitude: Option<u128>,
-}
-
-impl YamlInteger {
-    /// The value as an `i128`, when it fits.
-    pub fn value(self) -> Option<i128> {
-        let magnitude = i128::try_from(self.magnitude?).ok()?;
-        Some(if self.negative { -magnitude } else { magnitude })
-    }
-}
-
-impl YamlNode {
-    /// The scalar, when this node is one.
-    pub fn as_scalar(&self) -> Option<&YamlScalar> {
-        match &self.value {
-            YamlValue::Scalar(scalar) => Some(scalar),
-            _ => None,
-        }
-    }
-
-    /// A short description of the node for messages: "`10.0`", "the quoted string '10'",
-    /// "a sequence", "a mapping".
-    pub fn describe(&self) -> String {
-        match &self.value {
-            YamlValue::Scalar(scalar) => scalar.describe(),
-            YamlValue::Sequence(_) => "a sequence".to_owned(),
-            YamlValue::Mapping(_) => "a mapping".to_owned(),
-        }
-    }
-}
-
-impl YamlScalar {
-    fn has_core_tag(&self, suffix: &str) -> bool {
-        self.tag.as_deref().and_then(|tag| tag.strip_prefix("!!")) == Some(suffix)
-    }
-
-    /// Whether serde_yaml 0.9 would read this scalar as a number or boolean at all: plain, or a
-    /// literal block scalar carrying the matching core tag (`!!int |`).
-    fn is_plain_or_tagged_literal(&self, core_tag_suffix: &str) -> bool {
-        match self.style {
-            ScalarStyle::Plain => true,
-            ScalarStyle::Literal => self.has_core_tag(core_tag_suffix),
-            _ => false,
-        }
-    }
-
-    /// Whether an `Option` field holding this scalar is `None`, as serde_yaml 0.9 decides it:
-    /// a plain, untagged `~`, `null`, `Null`, `NULL` or empty value, or one of those with the
-    /// `!!null` tag. Quoted scalars and scalars with any other tag are values.
-    pub fn is_null(&self) -> bool {
-        if self.style != ScalarStyle::Plain {
-            return false;
-        }
-        match &self.tag {
-            Some(_) if self.has_core_tag("null") => is_null_word(&self.text),
-            Some(_) => false,
-            None => self.text.is_empty() || is_null_word(&self.text),
-        }
-    }
-
-    /// The scalar as serde_yaml 0.9 reads a `bool`: only `true`, `True`, `TRUE`, `false`,
-    /// `False` and `FALSE` (YAML 1.2), and only unquoted.
-    pub fn as_bool(&self) -> Option<bool> {
-        if !self.is_plain_or_tagged_literal("bool") {
-            return None;
-        }
-        match self.text.as_str() {
-            "true" | "True" | "TRUE" => Some(true),
-            "false" | "False" | "FALSE" => Some(false),
-            _ => None,
-        }
-    }
-
-    /// The scalar as serde_yaml 0.9 reads an integer: unquoted, decimal without leading zeros
-    /// or `0x`/`0o`/`0b` with lower-case prefix, an optional `+` or `-` sign, no `_` separators.
-    /// Range checks for the target type are the caller's.
-    pub fn as_integer(&self) -> Option<YamlInteger> {
-        if !self.is_plain_or_tagged_literal("int") {
-            return None;
-        }
-        parse_integer_text(&self.text)
-    }
-
-    /// The scalar for messages: "`text`" when plain, "the quoted string 'text'" otherwise.
-    pub fn describe(&self) -> String {
-        match self.style {
-            ScalarStyle::Plain if self.text.is_empty() => "an empty value".to_owned(),
-            ScalarStyle::Plain if self.text == "null" => "null".to_owned(),
-            ScalarStyle::Plain if self.is_null() => format!("null (`{}`)", self.text),
-            ScalarStyle::Plain => format!("`{}`", self.text),
-            ScalarStyle::SingleQuoted => format!("the quoted string '{}'", self.text),
-            ScalarStyle::DoubleQuoted => format!("the quoted string \"{}\"", self.text),
-            ScalarStyle::Literal | ScalarStyle::Folded => {
-                format!("the block string \"{}\"", self.text.escape_debug())
-            }
-        }
-    }
-}
-
-fn is_null_word(text: &str) -> bool {
-    matches!(text, "~" | "null" | "Null" | "NULL")
-}
-
-/// Reads integer text with serde_yaml 0.9's grammar (see [`YamlScalar::as_integer`]).
-fn parse_integer_text(text: &str) -> Option<YamlInteger> {
-    let (negative, unsigned) = match text.strip_prefix('-') {
-        Some(rest) => (true, rest),
-        None => (false, text.strip_prefix('+').unwrap_or(text)),
-    };
-    let (radix, digits) = if let Some(rest) = unsigned.strip_prefix("0x") {
-        (16, rest)
-    } else if let Some(rest) = unsigned.strip_prefix("0o") {
-        (8, rest)
-    } else if let Some(rest) = unsigned.strip_prefix("0b") {
-        (2, rest)
-    } else {
-        (10, unsigned)
-    };
-    if digits.is_empty() || !digits.chars().all(|c| c.is_digit(radix)) {
-        return None;
-    }
-    // YAML 1.2 reads a decimal with a leading zero (`010`) as a string, and so does serde_yaml.
-    if radix == 10 && digits.len() > 1 && digits.starts_with('0') {
-        return None;
-    }
-    Some(YamlInteger { negative, magnitude: u128::from_str_radix(digits, radix).ok() })
-}
+pub(crate) const MAX_NESTING_DEPTH: usize = 128;
 
 /// Parses `source` as exactly one YAML document.
 ///
 /// An empty file, or one holding only comments, is a document whose root is an empty plain
 /// scalar, so the decoder reports it as "expected a mapping".
-pub fn parse_single_document(source: &str) -> Result<YamlNode, YamlSyntaxError> {
+pub fn parse_single_document(source: &str) -> Result<Node, SyntaxError> {
     if source.starts_with('\u{feff}') {
-        return Err(YamlSyntaxError {
+        return Err(SyntaxError {
             location: Location { line: 1, column: 1 },
             message: "the file starts with a UTF-8 byte order mark (BOM)".to_owned(),
             help: "the deployer's YAML parser refuses a BOM: save the file as UTF-8 without one"
@@ -229,8 +48,8 @@ pub fn parse_single_document(source: &str) -> Result<YamlNode, YamlSyntaxError> 
             },
         }
     };
-    Ok(builder.root.unwrap_or(YamlNode {
-        value: YamlValue::Scalar(YamlScalar {
+    Ok(builder.root.unwrap_or(Node {
+        value: NodeValue::Scalar(Scalar {
             text: String::new(),
             style: ScalarStyle::Plain,
             tag: None,
@@ -242,7 +61,7 @@ pub fn parse_single_document(source: &str) -> Result<YamlNode, YamlSyntaxError> 
 /// Why building the tree stopped: the scanner's error, or one of the loader's own.
 enum BuildError {
     Scan(ScanError),
-    Syntax(YamlSyntaxError),
+    Syntax(SyntaxError),
 }
 
 fn build_tree(source: &str) -> Result<TreeBuilder, BuildError> {
@@ -282,7 +101,7 @@ fn location_of(span: Span) -> Location {
     Location { line: span.start.line(), column: span.start.col() + 1 }
 }
 
-fn scan_error(error: ScanError) -> YamlSyntaxError {
+fn scan_error(error: ScanError) -> SyntaxError {
     let marker = error.marker();
     let info = error.info();
     let help = if info.contains("unprintable") {
@@ -299,7 +118,7 @@ fn scan_error(error: ScanError) -> YamlSyntaxError {
     } else {
         "fix the YAML syntax at this place"
     };
-    YamlSyntaxError {
+    SyntaxError {
         location: Location { line: marker.line(), column: marker.col() + 1 },
         message: format!("invalid YAML: {info}"),
         help: help.to_owned(),
@@ -308,38 +127,29 @@ fn scan_error(error: ScanError) -> YamlSyntaxError {
 
 /// A sequence or mapping being built.
 enum OpenCollection {
-    Sequence {
-        items: Vec<YamlNode>,
-        location: Location,
-        anchor: usize,
-    },
-    Mapping {
-        entries: Vec<YamlEntry>,
-        pending_key: Option<YamlNode>,
-        location: Location,
-        anchor: usize,
-    },
+    Sequence { items: Vec<Node>, location: Location, anchor: usize },
+    Mapping { entries: Vec<Entry>, pending_key: Option<Node>, location: Location, anchor: usize },
 }
 
 /// Builds the tree from parser events.
 #[derive(Default)]
 struct TreeBuilder {
     open: Vec<OpenCollection>,
-    anchors: std::collections::HashMap<usize, YamlNode>,
-    root: Option<YamlNode>,
+    anchors: std::collections::HashMap<usize, Node>,
+    root: Option<Node>,
     documents: usize,
     alias_budget_used: usize,
 }
 
 impl TreeBuilder {
-    fn on_event(&mut self, event: Event<'_>, span: Span) -> Result<(), YamlSyntaxError> {
+    fn on_event(&mut self, event: Event<'_>, span: Span) -> Result<(), SyntaxError> {
         let location = location_of(span);
         match event {
             Event::Nothing | Event::StreamStart | Event::StreamEnd | Event::DocumentEnd => {}
             Event::DocumentStart(_) => {
                 self.documents += 1;
                 if self.documents > 1 {
-                    return Err(YamlSyntaxError {
+                    return Err(SyntaxError {
                         location,
                         message: "a second YAML document starts here".to_owned(),
                         help: "a fleet spec is one document: remove this `---` and what follows, \
@@ -357,8 +167,8 @@ impl TreeBuilder {
                         None => full,
                     }
                 });
-                let node = YamlNode {
-                    value: YamlValue::Scalar(YamlScalar { text: text.into_owned(), style, tag }),
+                let node = Node {
+                    value: NodeValue::Scalar(Scalar { text: text.into_owned(), style, tag }),
                     location,
                 };
                 self.complete(node, anchor)?;
@@ -379,13 +189,13 @@ impl TreeBuilder {
             Event::SequenceEnd | Event::MappingEnd => {
                 let (node, anchor) = match self.open.pop() {
                     Some(OpenCollection::Sequence { items, location, anchor }) => {
-                        (YamlNode { value: YamlValue::Sequence(items), location }, anchor)
+                        (Node { value: NodeValue::Sequence(items), location }, anchor)
                     }
                     Some(OpenCollection::Mapping { entries, location, anchor, .. }) => {
-                        (YamlNode { value: YamlValue::Mapping(entries), location }, anchor)
+                        (Node { value: NodeValue::Mapping(entries), location }, anchor)
                     }
                     None => {
-                        return Err(YamlSyntaxError {
+                        return Err(SyntaxError {
                             location,
                             message: "invalid YAML: a collection ends that never started"
                                 .to_owned(),
@@ -397,7 +207,7 @@ impl TreeBuilder {
             }
             Event::Alias(anchor) => {
                 let Some(target) = self.anchors.get(&anchor) else {
-                    return Err(YamlSyntaxError {
+                    return Err(SyntaxError {
                         location,
                         message: "invalid YAML: this alias names no anchor".to_owned(),
                         help: "define the anchor (`&name`) before the alias (`*name`) that uses it"
@@ -406,7 +216,7 @@ impl TreeBuilder {
                 };
                 self.alias_budget_used += count_nodes(target);
                 if self.alias_budget_used > ALIAS_EXPANSION_BUDGET {
-                    return Err(YamlSyntaxError {
+                    return Err(SyntaxError {
                         location,
                         message: format!(
                             "aliases expand to more than {ALIAS_EXPANSION_BUDGET} nodes"
@@ -424,9 +234,9 @@ impl TreeBuilder {
         Ok(())
     }
 
-    fn check_depth(&self, location: Location) -> Result<(), YamlSyntaxError> {
+    fn check_depth(&self, location: Location) -> Result<(), SyntaxError> {
         if self.open.len() >= MAX_NESTING_DEPTH {
-            return Err(YamlSyntaxError {
+            return Err(SyntaxError {
                 location,
                 message: format!("sequences and mappings nest deeper than {MAX_NESTING_DEPTH}"),
                 help: "a fleet spec nests only a few levels: check the indentation".to_owned(),
@@ -436,7 +246,7 @@ impl TreeBuilder {
     }
 
     /// Places a finished node in the open collection (or as the root) and records its anchor.
-    fn complete(&mut self, node: YamlNode, anchor: usize) -> Result<(), YamlSyntaxError> {
+    fn complete(&mut self, node: Node, anchor: usize) -> Result<(), SyntaxError> {
         if anchor != 0 {
             self.anchors.insert(anchor, node.clone());
         }
@@ -446,7 +256,7 @@ impl TreeBuilder {
             Some(OpenCollection::Mapping { entries, pending_key, .. }) => {
                 match pending_key.take() {
                     None => *pending_key = Some(node),
-                    Some(key) => entries.push(YamlEntry { key, value: node }),
+                    Some(key) => entries.push(Entry { key, value: node }),
                 }
             }
         }
@@ -454,23 +264,23 @@ impl TreeBuilder {
     }
 }
 
-fn relocate(node: &mut YamlNode, location: Location) {
+fn relocate(node: &mut Node, location: Location) {
     node.location = location;
     match &mut node.value {
-        YamlValue::Scalar(_) => {}
-        YamlValue::Sequence(items) => items.iter_mut().for_each(|item| relocate(item, location)),
-        YamlValue::Mapping(entries) => entries.iter_mut().for_each(|entry| {
+        NodeValue::Scalar(_) => {}
+        NodeValue::Sequence(items) => items.iter_mut().for_each(|item| relocate(item, location)),
+        NodeValue::Mapping(entries) => entries.iter_mut().for_each(|entry| {
             relocate(&mut entry.key, location);
             relocate(&mut entry.value, location);
         }),
     }
 }
 
-fn count_nodes(node: &YamlNode) -> usize {
+fn count_nodes(node: &Node) -> usize {
     match &node.value {
-        YamlValue::Scalar(_) => 1,
-        YamlValue::Sequence(items) => 1 + items.iter().map(count_nodes).sum::<usize>(),
-        YamlValue::Mapping(entries) => {
+        NodeValue::Scalar(_) => 1,
+        NodeValue::Sequence(items) => 1 + items.iter().map(count_nodes).sum::<usize>(),
+        NodeValue::Mapping(entries) => {
             1 + entries
                 .iter()
                 .map(|entry| count_nodes(&entry.key) + count_nodes(&entry.value))
@@ -483,17 +293,17 @@ fn count_nodes(node: &YamlNode) -> usize {
 mod tests {
     use super::*;
 
-    fn scalar(text: &str, style: ScalarStyle, tag: Option<&str>) -> YamlScalar {
-        YamlScalar { text: text.to_owned(), style, tag: tag.map(str::to_owned) }
+    fn scalar(text: &str, style: ScalarStyle, tag: Option<&str>) -> Scalar {
+        Scalar { text: text.to_owned(), style, tag: tag.map(str::to_owned) }
     }
 
-    fn plain(text: &str) -> YamlScalar {
+    fn plain(text: &str) -> Scalar {
         scalar(text, ScalarStyle::Plain, None)
     }
 
     #[test]
     fn integers_follow_serde_yaml_grammar() {
-        let value = |text: &str| plain(text).as_integer().and_then(YamlInteger::value);
+        let value = |text: &str| plain(text).as_integer().and_then(Integer::value);
         for (text, expected) in [
             ("10", Some(10)),
             ("0", Some(0)),
@@ -568,7 +378,7 @@ mod tests {
     #[test]
     fn tree_keeps_raw_text_style_tags_and_one_based_locations() {
         let root = parse_single_document("a: 0x10\nb: !!str 123\n'c': \"x\"\n").unwrap();
-        let YamlValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
+        let NodeValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
         assert_eq!(entries.len(), 3);
         assert_eq!(entries[0].value.as_scalar().unwrap(), &plain("0x10"));
         assert_eq!(entries[0].value.location, Location { line: 1, column: 4 });
@@ -584,30 +394,30 @@ mod tests {
     fn core_tags_read_the_same_in_short_and_verbatim_form() {
         for source in ["a: !!null ~\n", "a: !<tag:yaml.org,2002:null> ~\n"] {
             let root = parse_single_document(source).unwrap();
-            let YamlValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
+            let NodeValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
             let value = entries[0].value.as_scalar().unwrap();
             assert_eq!(value.tag.as_deref(), Some("!!null"), "{source}");
             assert!(value.is_null());
         }
         let root = parse_single_document("a: !local x\n").unwrap();
-        let YamlValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
+        let NodeValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
         assert_eq!(entries[0].value.as_scalar().unwrap().tag.as_deref(), Some("!local"));
     }
 
     #[test]
     fn duplicate_keys_are_kept_for_the_decoder() {
         let root = parse_single_document("a: 1\na: 2\n").unwrap();
-        let YamlValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
+        let NodeValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
         assert_eq!(entries.len(), 2);
     }
 
     #[test]
     fn aliases_copy_the_anchored_node_and_merge_keys_stay_keys() {
         let root = parse_single_document("base: &b {x: 1}\nm:\n  <<: *b\n  y: *b\n").unwrap();
-        let YamlValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
-        let YamlValue::Mapping(merged) = &entries[1].value.value else { panic!("{root:?}") };
+        let NodeValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
+        let NodeValue::Mapping(merged) = &entries[1].value.value else { panic!("{root:?}") };
         assert_eq!(merged[0].key.as_scalar().unwrap().text, "<<");
-        let YamlValue::Mapping(copy) = &merged[1].value.value else { panic!("{root:?}") };
+        let NodeValue::Mapping(copy) = &merged[1].value.value else { panic!("{root:?}") };
         assert_eq!(copy[0].value.as_scalar().unwrap().text, "1");
         // The copy is placed at the alias, where this use of the anchor is.
         assert_eq!(merged[1].value.location, Location { line: 4, column: 6 });
@@ -643,7 +453,7 @@ mod tests {
     #[test]
     fn accepts_a_tab_after_a_colon_as_libyaml_does() {
         let root = parse_single_document("é: x\nb:\t\t1\nc: {d:\t2}\ne: \"f:\tg\"\n").unwrap();
-        let YamlValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
+        let NodeValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
         assert_eq!(entries[1].value.as_scalar().unwrap().text, "1");
         assert_eq!(entries[1].value.location, Location { line: 2, column: 5 });
         assert_eq!(entries[3].value.as_scalar().unwrap().text, "f:\tg");
@@ -654,7 +464,7 @@ mod tests {
     #[test]
     fn one_document_may_have_markers_and_crlf_line_ends() {
         let root = parse_single_document("%YAML 1.2\r\n---\r\na: 1\r\nb: two\r\n...\r\n").unwrap();
-        let YamlValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
+        let NodeValue::Mapping(entries) = &root.value else { panic!("{root:?}") };
         assert_eq!(entries[0].value.as_scalar().unwrap().text, "1");
         assert_eq!(entries[1].value.as_scalar().unwrap().text, "two");
         assert_eq!(entries[1].key.location, Location { line: 4, column: 1 });
@@ -672,6 +482,6 @@ mod tests {
         let root = parse_single_document("# only a comment\n").unwrap();
         assert_eq!(root.as_scalar().unwrap(), &plain(""));
         let root = parse_single_document("{\"tag\": \"x\", \"ports\": []}").unwrap();
-        assert!(matches!(root.value, YamlValue::Mapping(ref entries) if entries.len() == 2));
+        assert!(matches!(root.value, NodeValue::Mapping(ref entries) if entries.len() == 2));
     }
 }
