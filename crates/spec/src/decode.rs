@@ -40,6 +40,8 @@ pub(crate) use account::{
 };
 #[path = "decode_capacity.rs"]
 mod capacity;
+#[path = "decode_fleetd.rs"]
+mod fleetd;
 #[cfg_attr(not(test), expect(unused_imports, reason = "the schema drift test compares them"))]
 pub(crate) use capacity::{BOUNDS_KEYS, REQUIREMENTS_KEYS};
 
@@ -271,6 +273,9 @@ pub(crate) struct Decoder<'f> {
     instance_names: Vec<InstanceName>,
     /// Whether the spec has a `provider` key: an entry may then leave `instance_type` out.
     has_provider_key: bool,
+    /// Who ignores unknown keys in the mappings where they are warnings (the deployer, or
+    /// ec2fleetd), for the warning's help.
+    lenient_reader: &'static str,
 }
 
 impl<'f> Decoder<'f> {
@@ -281,6 +286,7 @@ impl<'f> Decoder<'f> {
             locations: BTreeMap::new(),
             instance_names: Vec::new(),
             has_provider_key: false,
+            lenient_reader: "the deployer",
         }
     }
 
@@ -415,7 +421,8 @@ impl<'f> Decoder<'f> {
                     let help = match suggestion {
                         Some(known) => format!("did you mean `{known}`?"),
                         None => format!(
-                            "the deployer ignores unknown keys; remove it if it is a mistake (known keys here: {key_list})"
+                            "{} ignores unknown keys; remove it if it is a mistake (known keys here: {key_list})",
+                            self.lenient_reader
                         ),
                     };
                     self.warning(

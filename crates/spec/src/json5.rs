@@ -41,14 +41,15 @@ pub fn parse_document(source: &str) -> Result<Node, SyntaxError> {
         allow_non_finite_numbers: true,
         allow_extended_string_escapes: true,
     };
-    let parsed = jsonc_parser::parse_to_ast(source, &CollectOptions::default(), &options).map_err(
-        |e| SyntaxError {
+    let parsed =
+        jsonc_parser::parse_to_ast(source, &CollectOptions::default(), &options).map_err(|e| {
+            SyntaxError {
             location: lines.location(e.range().start),
             message: e.kind().to_string(),
             help: "write JSON5: `{key: 'value', list: [1, 2,], // comment` and close every bracket"
                 .to_owned(),
-        },
-    )?;
+        }
+        })?;
     let Some(value) = parsed.value else {
         return Err(SyntaxError {
             location: Location { line: 1, column: 1 },

@@ -21,6 +21,7 @@ pub mod diagnostic;
 pub mod document;
 pub mod duration_serde;
 pub mod fleet;
+pub mod fleetd;
 pub mod identity;
 pub mod json5;
 pub mod manifest;
