@@ -28,13 +28,14 @@ fn fleet_with_boot(tag: &str, commands: &str) -> TestFleet {
             fleet_app_bin().display()
         ),
     )
-    .unwrap();
-    fs_err::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+    .expect("the wrapper is written");
+    fs_err::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755))
+        .expect("the wrapper is made executable");
     let spec = format!(
         "tag: {tag}\nprovider: local\nmonitoring:\n  instance_type: t4g.small\n  storage_size: 10\n  storage_class: gp3\n  dashboard: dashboard.json\ninstances:\n- name: node\n  count: 1\n  region: local\n  instance_type: t4g.small\n  storage_size: 10\n  storage_class: gp3\n  binary: {binary}\n  config: config.conf\n  profiling: false\n  health:\n    http:\n      port: 9090\n      path: /health\n  boot:\n    files:\n    - path: /etc/fleet/extra.conf\n      mode: \"0640\"\n      content: \"greeting = boot\\n\"\n    sysctl:\n      net.core.somaxconn: \"4096\"\n    commands:\n{commands}ports: []\nupdate:\n  batch_size: 1\n  health_deadline: 20s\n",
         binary = wrapper.display(),
     );
-    fs_err::write(&fleet.spec, spec).unwrap();
+    fs_err::write(&fleet.spec, spec).expect("the spec is written");
     fleet
 }
 
