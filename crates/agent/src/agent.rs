@@ -19,7 +19,9 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use flotilla_spec::HealthCheck;
-use flotilla_spec::api::{AgentStatus, ApplyResponse, BinaryState, Rollout, RolloutPhase};
+use flotilla_spec::api::{
+    AgentStatus, ApplyResponse, BinaryState, BootReport, Rollout, RolloutPhase,
+};
 use flotilla_spec::fleet::{MAX_HEALTH_DEADLINE, MAX_RESTART_BACKOFF};
 use flotilla_spec::identity::IdentityBundle;
 use flotilla_spec::manifest::{Manifest, is_sha256_hex, short_version};
@@ -103,6 +105,7 @@ impl Agent {
                 .health_error
                 .filter(|_| supervisor.state != BinaryState::Healthy),
             rollout,
+            boot: supervisor.boot,
         }
     }
 
@@ -360,6 +363,9 @@ impl Agent {
                 if status.became_healthy {
                     return Ok(());
                 }
+                if let Some(boot) = status.boot.as_ref().filter(|boot| boot.blocked) {
+                    return Err(describe_blocked_boot(boot));
+                }
                 if status.exits_before_healthy >= CRASH_LOOP_EXITS {
                     return Err(format!(
                         "the new version exited {} times without becoming healthy; the last time it {last_exit}",
@@ -487,6 +493,26 @@ impl Agent {
             }
         }
     }
+}
+
+/// Why a version whose boot additions failed did not start: the failed step, how, and the last
+/// line of its output.
+fn describe_blocked_boot(boot: &BootReport) -> String {
+    let Some(step) = boot.first_failure() else {
+        return "a critical boot step failed, so the new version was not started".to_owned();
+    };
+    let mut reason = format!(
+        "the boot {} `{}` failed{}, so the new version was not started",
+        step.kind.as_str(),
+        step.target,
+        step.message.as_ref().map(|m| format!(" ({m})")).unwrap_or_default()
+    );
+    if let Some(last) =
+        step.output.as_deref().and_then(|o| o.lines().rev().find(|l| !l.trim().is_empty()))
+    {
+        reason.push_str(&format!("; its output ends: {}", last.trim()));
+    }
+    reason
 }
 
 fn refuse_during_rollout(slot: &RolloutSlot, what: &str) -> Result<(), Refusal> {

@@ -10,6 +10,11 @@
 //! - Waiting for the identity bundle: polls after 100 ms, doubling to at most 500 ms (a GET
 //!   of a small object: cheap, and the binary starts sooner), until the
 //!   bootstrap's `identity_timeout`.
+//! - Waiting for apt's locks (boot packages): while another apt or dpkg holds the dpkg lock
+//!   (cloud-init and unattended-upgrades do on a fresh machine, as the commonware deployer
+//!   learned), `apt-get` is tried again after 1 s, doubling to at most 10 s, times a random
+//!   factor in 0.8..=1.2, until [`APT_LOCK_WAIT`] (5 minutes) has passed since the first try;
+//!   then the step fails with apt's own message.
 
 use std::time::Duration;
 
@@ -26,6 +31,28 @@ pub(crate) const CRASH_LOOP_EXITS: u32 = 3;
 pub(crate) const IDENTITY_POLL_INITIAL: Duration = Duration::from_millis(100);
 /// Longest wait between two polls for the identity bundle.
 pub(crate) const IDENTITY_POLL_MAX: Duration = Duration::from_millis(500);
+
+/// How long boot packages wait in all for another apt or dpkg to let go of its locks.
+pub(crate) const APT_LOCK_WAIT: Duration = Duration::from_secs(300);
+/// First wait before trying apt again while its lock is held.
+const APT_LOCK_RETRY_INITIAL: Duration = Duration::from_secs(1);
+/// Longest wait before trying apt again while its lock is held.
+const APT_LOCK_RETRY_MAX: Duration = Duration::from_secs(10);
+
+/// The wait before the `attempt`-th retry of apt (1 for the first) while its lock is held, with
+/// `jitter` the random factor (0.8..=1.2, see [`restart_jitter`]); `None` once `waited` plus
+/// that wait would pass [`APT_LOCK_WAIT`].
+pub(crate) fn apt_lock_retry_delay(
+    attempt: u32,
+    waited: Duration,
+    jitter: f64,
+) -> Option<Duration> {
+    let doublings = attempt.saturating_sub(1).min(16);
+    let uncapped = APT_LOCK_RETRY_INITIAL.saturating_mul(2u32.saturating_pow(doublings));
+    let jitter = if jitter.is_nan() { 1.0 } else { jitter.clamp(0.8, 1.2) };
+    let delay = scale(uncapped.min(APT_LOCK_RETRY_MAX), jitter);
+    (waited.saturating_add(delay) <= APT_LOCK_WAIT).then_some(delay)
+}
 
 /// The delay before restarting after the `consecutive_failures`-th failure in a row (1 for the
 /// first), with `jitter` the random factor (0.8..=1.2, see [`restart_jitter`]).
@@ -104,6 +131,27 @@ mod tests {
         };
         assert_eq!(restart_delay(&spec, 1, f64::NAN), Duration::from_millis(250));
         assert_eq!(restart_delay(&spec, u32::MAX, 1.0), Duration::from_secs(2));
+    }
+
+    #[test]
+    fn apt_lock_waits_double_to_ten_seconds_and_stop_after_five_minutes() {
+        let zero = Duration::ZERO;
+        let delays: Vec<_> =
+            (1..=6).map(|n| apt_lock_retry_delay(n, zero, 1.0).unwrap().as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
+        assert_eq!(apt_lock_retry_delay(1, zero, 0.8), Some(Duration::from_millis(800)));
+        assert_eq!(apt_lock_retry_delay(5, zero, 1.2), Some(Duration::from_secs(12)));
+        assert_eq!(apt_lock_retry_delay(u32::MAX, zero, f64::NAN), Some(Duration::from_secs(10)));
+        // The whole wait is bounded: the retries stop before five minutes have passed.
+        let mut waited = Duration::ZERO;
+        let mut attempt = 0;
+        while let Some(delay) = apt_lock_retry_delay(attempt + 1, waited, 1.2) {
+            attempt += 1;
+            waited += delay;
+        }
+        assert!(waited <= APT_LOCK_WAIT && waited > APT_LOCK_WAIT - Duration::from_secs(12));
+        assert!(attempt > 20, "{attempt}");
+        assert_eq!(apt_lock_retry_delay(1, APT_LOCK_WAIT, 1.0), None);
     }
 
     #[test]

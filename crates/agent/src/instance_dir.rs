@@ -7,6 +7,8 @@
 //!   agent.pid                    0600  the holder's pid, named when a second agent is refused
 //!   agent-state.json             0600  {installed, previous, stopped}; replaced atomically
 //!   binary.pgid                  0600  the running binary's process group (see process_group)
+//!   boot-commands.json           0600  the boot id and the boot commands that succeeded in it
+//!   root/                              boot files, when the bootstrap puts them here (local)
 //!   versions/                    0700
 //!     <version>/                 0700  one verified version, renamed into place when complete
 //!       binary                   0700

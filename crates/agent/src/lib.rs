@@ -27,6 +27,8 @@
 //!    (and what a killed agent's binary left behind is cleaned up at the next start), logs its
 //!    output with rotation, restarts it with capped exponential backoff; every deadline
 //!    saturates instead of overflowing.
+//!    Before a version starts on an order, its boot additions run (`boot`): files, kernel
+//!    settings, packages, commands once per boot; a failed critical step keeps it stopped.
 //! 8. **Health** (`health`): http, tcp or none, every second.
 //! 9. **Rollouts** (`agent`, `artifacts`): download, verify, start, hold to the health
 //!    deadline, then keep the new version or roll back.
@@ -47,6 +49,7 @@ mod api;
 mod artifacts;
 mod backoff;
 mod binary_log;
+mod boot;
 mod components;
 mod deadline;
 mod error;
@@ -85,6 +88,7 @@ pub use fetch::{FetchError, FetchFuture, Fetcher, Fetchers, LocalFileFetcher};
 
 use crate::agent::{Agent, RolloutSlot};
 use crate::binary_log::BinaryLog;
+use crate::boot::BootTarget;
 use crate::components::{Components, Lifetime};
 use crate::failpoint::Failpoints;
 use crate::instance_dir::{InstanceDir, InstanceLock, create_private_dir};
@@ -272,11 +276,18 @@ async fn start_armed(
     };
     let (shutdown, shutdown_receiver) = watch::channel(false);
     let (components, deaths) = Components::new(shutdown_receiver.clone());
+    let boot_target = BootTarget {
+        root: bootstrap.boot.root.clone().unwrap_or_else(|| dir.root().join("root")),
+        system_settings: bootstrap.boot.system_settings,
+        runs_on: bootstrap.boot.runs_on.clone(),
+        dir: dir.root().to_path_buf(),
+    };
     let (supervisor, supervisor_task) = supervisor(
         spawner,
         log.clone(),
         metrics.clone(),
         environment,
+        boot_target,
         bootstrap.stop_grace,
         failpoints.clone(),
     );

@@ -40,7 +40,7 @@ struct SpawnRequest {
 }
 
 /// The handle to the spawner thread. The thread ends when the last handle is dropped.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct Spawner {
     requests: mpsc::Sender<SpawnRequest>,
     setpriv: Option<PathBuf>,

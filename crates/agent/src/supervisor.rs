@@ -13,6 +13,10 @@
 //! bootstrap's `stop_grace`; members of the group that outlive the binary are killed as well
 //! (as systemd's `KillMode=control-group` does), so nothing holds its ports when it restarts.
 //!
+//! Before it starts a version on an order (`Run`, `Restart`), it runs the manifest's boot
+//! additions ([`crate::boot`]) while it still obeys orders; a failed critical step leaves the
+//! binary stopped, with the report in the status. Restarts after an exit skip them.
+//!
 //! After an exit it restarts per the manifest's `RestartSpec` (schedule in [`crate::backoff`]);
 //! `on-failure` does not restart after exit status 0. Three exits in a row without becoming
 //! healthy make the state `crash-looping` while the backoff runs out.
@@ -27,7 +31,7 @@ use std::process::ExitStatus;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use flotilla_spec::api::{BinaryState, ExitInfo};
+use flotilla_spec::api::{BinaryState, BootReport, ExitInfo};
 use flotilla_spec::manifest::{Manifest, short_version};
 use flotilla_spec::{HealthCheck, RestartPolicy};
 use rustix::process::Signal;
@@ -39,6 +43,7 @@ use tokio::time::Instant;
 use crate::artifacts::{BINARY_FILE, CONFIG_FILE, HOSTS_FILE};
 use crate::backoff::{CRASH_LOOP_EXITS, STABLE_RUN, restart_delay, restart_jitter};
 use crate::binary_log::{BinaryLog, MAX_LINE_BYTES};
+use crate::boot::{self, BootTarget};
 use crate::deadline;
 use crate::failpoint::{Failpoint, Failpoints};
 use crate::health::{self, CHECK_INTERVAL, FIRST_CHECK_AFTER, NONE_HEALTHY_AFTER};
@@ -91,6 +96,9 @@ pub(crate) struct SupervisorStatus {
     /// How the last run ended, in words ("exited with code 1").
     pub(crate) last_exit_description: Option<String>,
     pub(crate) health_error: Option<String>,
+    /// The boot additions of the selected version's last start on an order (unfinished while
+    /// they run); `None` when it had none.
+    pub(crate) boot: Option<BootReport>,
 }
 
 impl SupervisorStatus {
@@ -107,6 +115,7 @@ impl SupervisorStatus {
             last_exit: None,
             last_exit_description: None,
             health_error: None,
+            boot: None,
         }
     }
 
@@ -202,6 +211,7 @@ pub(crate) fn supervisor(
     log: Arc<BinaryLog>,
     metrics: Arc<AgentMetrics>,
     environment: BinaryEnvironment,
+    boot_target: BootTarget,
     stop_grace: Duration,
     failpoints: Failpoints,
 ) -> (SupervisorHandle, impl Future<Output = ()> + Send + 'static) {
@@ -214,6 +224,7 @@ pub(crate) fn supervisor(
         log,
         metrics,
         environment,
+        boot_target,
         stop_grace,
         selected: None,
         consecutive_failures: 0,
@@ -236,6 +247,7 @@ struct Supervisor {
     log: Arc<BinaryLog>,
     metrics: Arc<AgentMetrics>,
     environment: BinaryEnvironment,
+    boot_target: BootTarget,
     stop_grace: Duration,
     selected: Option<Selected>,
     consecutive_failures: u32,
@@ -244,6 +256,7 @@ struct Supervisor {
 }
 
 type HealthCheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
+type BootFuture = Pin<Box<dyn Future<Output = BootReport> + Send>>;
 
 /// The binary while it runs.
 struct RunningBinary {
@@ -267,6 +280,8 @@ enum Activity {
     BackingOff {
         until: Instant,
     },
+    /// The boot additions of the selected version run; the binary starts when they succeed.
+    Booting(BootFuture),
     Running(Box<RunningBinary>),
     Finished,
 }
@@ -296,6 +311,17 @@ impl Supervisor {
                             self.start_selected().await
                         }
                         command = self.orders.recv() => self.obey(command, None).await,
+                    }
+                }
+                Activity::Booting(mut boot) => {
+                    tokio::select! {
+                        report = &mut boot => self.after_boot(report).await,
+                        command = self.orders.recv() => {
+                            // Dropping the boot step kills the command it runs, if any.
+                            drop(boot);
+                            self.log.event("boot additions interrupted by an order");
+                            self.obey(command, None).await
+                        }
                     }
                 }
                 Activity::Running(mut running) => {
@@ -343,7 +369,7 @@ impl Supervisor {
             Order::Run { version, manifest } => {
                 self.selected = Some(Selected { version, manifest });
                 self.begin_run();
-                self.start_selected().await
+                self.boot_then_start().await
             }
             Order::Hold { version, manifest } => {
                 self.selected = Some(Selected { version, manifest });
@@ -357,7 +383,7 @@ impl Supervisor {
             }
             Order::Restart if self.selected.is_some() => {
                 self.begin_run();
-                self.start_selected().await
+                self.boot_then_start().await
             }
             Order::Restart => Activity::Waiting,
             Order::Stop => {
@@ -403,19 +429,58 @@ impl Supervisor {
             status.exits_before_healthy = 0;
             status.became_healthy = false;
             status.health_error = None;
+            status.boot = None;
         });
     }
 
-    fn process_spec(&self, selected: &Selected) -> ProcessSpec {
-        let environment = &self.environment;
-        let version_dir = environment.dir.version(&selected.version);
-        let flag = |name: &str, file: &str| {
-            let mut flag = OsString::from(name);
-            flag.push(version_dir.join(file));
-            flag
+    /// Runs the selected version's boot additions first, when it has any, else starts it.
+    async fn boot_then_start(&mut self) -> Activity {
+        let Some(selected) = self.selected.as_ref() else {
+            return Activity::Waiting;
         };
-        let mut args = vec![flag("--hosts=", HOSTS_FILE), flag("--config=", CONFIG_FILE)];
-        args.extend(selected.manifest.args.iter().map(OsString::from));
+        if !boot::has_work(&selected.manifest.boot, &self.boot_target) {
+            return self.start_selected().await;
+        }
+        let manifest = selected.manifest.clone();
+        let version = selected.version.clone();
+        let env = self.binary_env(selected);
+        let target = self.boot_target.clone();
+        let spawner = self.spawner.clone();
+        let log = self.log.clone();
+        self.status.send_modify(|status| {
+            status.state = BinaryState::Starting;
+            status.boot = Some(BootReport {
+                version: version.clone(),
+                blocked: false,
+                steps: Vec::new(),
+                started_at: unix_now(),
+                finished_at: None,
+            });
+        });
+        Activity::Booting(Box::pin(async move {
+            boot::run(&manifest.boot, &version, &target, env, &spawner, &log).await
+        }))
+    }
+
+    /// Starts the binary after its boot additions, unless a critical step failed.
+    async fn after_boot(&mut self, report: BootReport) -> Activity {
+        let blocked = report.blocked;
+        self.status.send_modify(|status| {
+            status.boot = Some(report);
+            if blocked {
+                status.state = BinaryState::Stopped;
+            }
+        });
+        if blocked {
+            return Activity::Waiting;
+        }
+        self.start_selected().await
+    }
+
+    /// The binary's environment: the agent's plus the machine's `FLOTILLA_*`, then the
+    /// manifest's `env`.
+    fn binary_env(&self, selected: &Selected) -> Vec<(OsString, OsString)> {
+        let environment = &self.environment;
         let mut env: Vec<(OsString, OsString)> = [
             ("FLOTILLA_TAG", environment.tag.clone()),
             ("FLOTILLA_NAME", environment.name.clone()),
@@ -429,6 +494,20 @@ impl Supervisor {
         env.extend(
             selected.manifest.env.iter().map(|(n, v)| (OsString::from(n), OsString::from(v))),
         );
+        env
+    }
+
+    fn process_spec(&self, selected: &Selected) -> ProcessSpec {
+        let environment = &self.environment;
+        let version_dir = environment.dir.version(&selected.version);
+        let flag = |name: &str, file: &str| {
+            let mut flag = OsString::from(name);
+            flag.push(version_dir.join(file));
+            flag
+        };
+        let mut args = vec![flag("--hosts=", HOSTS_FILE), flag("--config=", CONFIG_FILE)];
+        args.extend(selected.manifest.args.iter().map(OsString::from));
+        let env = self.binary_env(selected);
         ProcessSpec {
             program: version_dir.join(BINARY_FILE),
             args,

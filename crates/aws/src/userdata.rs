@@ -116,8 +116,16 @@ if ! matches "$agent"; then
   mv "$agent.new" "$agent"
 fi
 
+# The spec's boot additions: files land under the machine's root; kernel settings, packages and
+# file owners apply on a real machine, not under the emulator (which sets FLOTILLA_ROOT).
+if [ -n "$root" ]; then
+  boot='{{"root": "'"$root"'/", "system_settings": false, "runs_on": "the emulator"}}'
+else
+  boot='{{"root": "/", "system_settings": true, "runs_on": "this machine"}}'
+fi
+
 cat > "$root/etc/flotilla/bootstrap.json" <<EOF
-{{"tag": "$tag", "dir": "$root/var/lib/flotilla/agent", "listen": "$listen", "api_port": {api_port}, "metrics_port": {metrics_port}, "identity": "s3://$bucket/$identity_prefix$instance_id.json", "identity_timeout": "30m"}}
+{{"tag": "$tag", "dir": "$root/var/lib/flotilla/agent", "listen": "$listen", "api_port": {api_port}, "metrics_port": {metrics_port}, "identity": "s3://$bucket/$identity_prefix$instance_id.json", "identity_timeout": "30m", "boot": $boot}}
 EOF
 
 {{

@@ -8,6 +8,7 @@ use std::io::Write;
 
 use flotilla_core::state::{Listed, Metadata};
 use flotilla_core::workflows::StatusRow;
+use flotilla_spec::api::BootOutcome;
 use flotilla_spec::diagnostic::escape_for_terminal;
 use serde::Serialize;
 
@@ -76,6 +77,7 @@ pub fn print_status(rows: &[StatusRow]) {
                 .filter(|_| row.state != "running")
                 .or_else(|| row.error.clone())
                 .or_else(|| row.health_error.clone())
+                .or_else(|| boot_note(row))
                 .or_else(|| {
                     row.rollout.as_ref().and_then(|r| {
                         r.reason.as_ref().map(|reason| {
@@ -120,6 +122,48 @@ pub fn print_status(rows: &[StatusRow]) {
     }
     header.push("NOTE");
     print_table(&header, &table);
+    print_boot_failures(rows);
+}
+
+/// The NOTE of a machine whose boot additions failed: the step and how.
+fn boot_note(row: &StatusRow) -> Option<String> {
+    let boot = row.boot.as_ref()?;
+    let step = boot.first_failure()?;
+    let effect = if boot.blocked { "the binary was not started" } else { "not critical" };
+    Some(format!(
+        "boot {} `{}` failed{} ({effect})",
+        step.kind.as_str(),
+        step.target,
+        step.message.as_ref().map(|m| format!(": {m}")).unwrap_or_default()
+    ))
+}
+
+/// Below the table, each failed boot step with the end of its output, one line at a time.
+fn print_boot_failures(rows: &[StatusRow]) {
+    let mut out = std::io::stdout().lock();
+    for row in rows {
+        let Some(boot) = &row.boot else { continue };
+        for step in boot.steps.iter().filter(|s| s.outcome == BootOutcome::Failed) {
+            let _ = writeln!(
+                out,
+                "\n{}: boot {} `{}` failed{}{}",
+                escape_for_terminal(&row.name),
+                step.kind.as_str(),
+                escape_for_terminal(&step.target),
+                step.message
+                    .as_ref()
+                    .map(|m| format!(": {}", escape_for_terminal(m)))
+                    .unwrap_or_default(),
+                if step.critical { "" } else { " (not critical)" }
+            );
+            if let Some(output) = step.output.as_deref().filter(|o| !o.is_empty()) {
+                let _ = writeln!(out, "  output (last {} bytes at most):", 4096);
+                for line in output.lines() {
+                    let _ = writeln!(out, "  | {}", escape_for_terminal(line));
+                }
+            }
+        }
+    }
 }
 
 /// The `plan` table: one row per placement of each group, then the total, the warnings and

@@ -47,7 +47,7 @@ use flotilla_core::provider::{
 };
 use flotilla_core::state::{Deployment, ensure_private_dir, write_private};
 use flotilla_spec::bootstrap::{
-    AgentBootstrap, DEFAULT_API_PORT, DEFAULT_METRICS_PORT, LogRotation,
+    AgentBootstrap, BootTarget, DEFAULT_API_PORT, DEFAULT_METRICS_PORT, LogRotation,
 };
 use flotilla_spec::identity::IdentityBundle;
 use flotilla_spec::names::machine_file_name;
@@ -244,6 +244,11 @@ impl LocalProvider {
             identity_timeout: Duration::from_secs(600),
             stop_grace: BINARY_STOP_GRACE,
             logs: LogRotation { agent_log: Some(dir.join("agent.log")), ..LogRotation::default() },
+            boot: BootTarget {
+                root: Some(dir.join("root")),
+                system_settings: false,
+                runs_on: "the local provider".to_owned(),
+            },
         };
         let json = serde_json::to_vec_pretty(&bootstrap).expect("a bootstrap config serializes");
         write_private(&self.bootstrap_path(&record.name), &json).map_err(|e| {

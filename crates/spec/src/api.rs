@@ -293,6 +293,106 @@ pub struct AgentStatus {
     /// The last failed health check, while not healthy.
     pub health_error: Option<String>,
     pub rollout: Option<Rollout>,
+    /// What the agent did before the binary last started (the manifest's `boot`), when the
+    /// installed or applied version has boot additions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootReport>,
+}
+
+/// The kinds of boot step, in the order the agent runs them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootStepKind {
+    File,
+    Sysctl,
+    Packages,
+    Command,
+}
+
+impl BootStepKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootStepKind::File => "file",
+            BootStepKind::Sysctl => "sysctl",
+            BootStepKind::Packages => "packages",
+            BootStepKind::Command => "command",
+        }
+    }
+}
+
+/// How one boot step went.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum BootOutcome {
+    /// Done now: a file written, a setting applied, packages installed, a command that
+    /// succeeded.
+    Applied,
+    /// Nothing to do: the file, setting or packages were already as asked, or the command
+    /// already succeeded since the machine booted.
+    Unchanged,
+    /// Does not apply where the agent runs (kernel settings and packages on the local
+    /// provider); `message` says why. Not a failure.
+    NotApplicable,
+    /// Failed; `message` says how, `output` holds what a command printed last.
+    Failed,
+}
+
+impl BootOutcome {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BootOutcome::Applied => "applied",
+            BootOutcome::Unchanged => "unchanged",
+            BootOutcome::NotApplicable => "not-applicable",
+            BootOutcome::Failed => "failed",
+        }
+    }
+}
+
+/// One step of the boot additions: a file, the kernel settings, the packages or a command.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootStep {
+    pub kind: BootStepKind,
+    /// What the step is about: the file's path, a setting's key, the packages, a command's
+    /// argv joined with spaces.
+    pub target: String,
+    pub outcome: BootOutcome,
+    /// Whether a failure of this step keeps the binary from starting.
+    pub critical: bool,
+    /// How it went, in words ("exited with code 3", "not applicable on the local provider",
+    /// "owner not applied: the agent does not run as root").
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub message: Option<String>,
+    /// A command's exit code, when it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i32>,
+    /// The last bytes (at most 4 KiB) of what a command wrote to stdout and stderr.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub output: Option<String>,
+}
+
+/// The boot additions of one version, as the agent last ran them.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BootReport {
+    /// The version whose boot additions these are.
+    pub version: String,
+    /// Whether a critical step failed, so the binary was not started.
+    pub blocked: bool,
+    pub steps: Vec<BootStep>,
+    /// Unix time, seconds.
+    pub started_at: u64,
+    pub finished_at: Option<u64>,
+}
+
+impl BootReport {
+    /// The first failed critical step, or else the first failed step.
+    pub fn first_failure(&self) -> Option<&BootStep> {
+        let failed = |step: &&BootStep| step.outcome == BootOutcome::Failed;
+        self.steps
+            .iter()
+            .filter(failed)
+            .find(|step| step.critical)
+            .or_else(|| self.steps.iter().find(failed))
+    }
 }
 
 #[cfg(test)]

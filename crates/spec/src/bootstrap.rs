@@ -52,6 +52,41 @@ pub struct AgentBootstrap {
     /// The logs the agent writes, and their rotation.
     #[serde(default)]
     pub logs: LogRotation,
+    /// Where the manifest's boot additions land and which of them apply on this machine.
+    #[serde(default)]
+    pub boot: BootTarget,
+}
+
+/// Where the manifest's boot additions (`boot:` in the fleet spec) land, and which apply.
+///
+/// On AWS the agent runs as root on a machine of its own: files land at their paths and kernel
+/// settings, packages and file owners apply. On the local provider the machine is a directory
+/// on the operator's computer: files land under `<dir>/root`, and the rest is reported as not
+/// applicable.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct BootTarget {
+    /// The directory boot files are placed under (the file `/etc/app.conf` lands at
+    /// `<root>/etc/app.conf`): `/` on a cloud machine. Default: `<dir>/root`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub root: Option<PathBuf>,
+    /// Whether kernel settings (`sysctl`, with the network tuning), packages and file owners
+    /// apply here (true on AWS). When false they are reported as not applicable.
+    #[serde(default)]
+    pub system_settings: bool,
+    /// What the agent runs on, as reports name it: "not applicable on <runs_on>", e.g. `the local provider`.
+    #[serde(default = "default_boot_runs_on")]
+    pub runs_on: String,
+}
+
+impl Default for BootTarget {
+    fn default() -> Self {
+        BootTarget { root: None, system_settings: false, runs_on: default_boot_runs_on() }
+    }
+}
+
+fn default_boot_runs_on() -> String {
+    "this machine".to_owned()
 }
 
 /// The logs the agent writes, all rotated by size: the binary's log (`<dir>/logs/binary.log`)
@@ -153,6 +188,9 @@ impl AgentBootstrap {
         if self.logs.agent_log.as_ref().is_some_and(|path| !path.is_absolute()) {
             return Err(invalid("logs", "agent_log must be an absolute path"));
         }
+        if self.boot.root.as_ref().is_some_and(|path| !path.is_absolute()) {
+            return Err(invalid("boot", "root must be an absolute path"));
+        }
         Ok(())
     }
 }
@@ -172,6 +210,10 @@ mod tests {
         assert_eq!(b.identity_timeout, Duration::from_secs(600));
         assert_eq!(b.logs, LogRotation::default());
         assert_eq!(b.logs.agent_log, None);
+        // Without `boot`, files land under the instance directory and nothing of the system's
+        // is touched.
+        assert_eq!(b.boot, BootTarget::default());
+        assert!(!b.boot.system_settings);
         // Without `agent_log`, the config is written as before.
         assert!(!serde_json::to_string(&b).unwrap().contains("agent_log"));
     }

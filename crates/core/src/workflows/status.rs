@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 
-use flotilla_spec::api::{AgentStatus, Rollout};
+use flotilla_spec::api::{AgentStatus, BootReport, Rollout};
 use futures_util::StreamExt;
 use serde::Serialize;
 
@@ -37,6 +37,9 @@ pub struct StatusRow {
     pub health_error: Option<String>,
     /// The last rollout the agent ran.
     pub rollout: Option<Rollout>,
+    /// What the agent did before the binary last started (the spec's `boot:`), step by step.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub boot: Option<BootReport>,
     /// Why the agent could not be asked.
     pub error: Option<String>,
     /// Why the machine is in its state, when the provider says (a spot reclaim, a failed boot,
@@ -67,6 +70,7 @@ impl StatusRow {
             uptime_secs: None,
             health_error: None,
             rollout: None,
+            boot: None,
             error: None,
             state_reason: machine.state_reason.clone(),
             instance_type: machine.placement.as_ref().map(|p| p.instance_type.clone()),
@@ -88,6 +92,7 @@ impl StatusRow {
                 row.uptime_secs = status.uptime_secs;
                 row.health_error = status.health_error;
                 row.rollout = status.rollout;
+                row.boot = status.boot;
             }
             Err(error) => {
                 if machine.state == crate::provider::MachineState::Running {
