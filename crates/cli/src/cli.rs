@@ -45,6 +45,9 @@ pub enum Command {
     Plan(PlanArgs),
     /// Print a JSON Schema.
     Schema(SchemaArgs),
+    /// ec2fleetd's configs: check one, and see what it asks for.
+    #[command(subcommand)]
+    Fleetd(FleetdCommand),
     /// Run the agent (started on each machine by the provider).
     #[command(hide = true)]
     Agent(AgentArgs),
@@ -221,6 +224,22 @@ pub enum SchemaKind {
     AgentBootstrap,
     /// A manifest (one version of what a machine runs).
     Manifest,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum FleetdCommand {
+    /// Check an ec2fleetd config (JSON5): every error at once, located; then what it asks for:
+    /// volumes and how each is found, records, hooks per event, notifications, the AWS calls
+    /// it needs, and where flotilla reads it differently from ec2fleetd. Makes no cloud call.
+    CheckConfig(CheckConfigArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct CheckConfigArgs {
+    /// The config file (as ec2fleetd reads from --userdata).
+    pub file: PathBuf,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]

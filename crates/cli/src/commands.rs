@@ -15,7 +15,7 @@ use flotilla_spec::diagnostic::escape_for_terminal;
 use flotilla_spec::{ProviderKind, SpecDocument, SpecErrors};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, OutputFormat, SchemaKind, Target};
+use crate::cli::{Cli, Command, FleetdCommand, OutputFormat, SchemaKind, Target};
 use crate::env::Environment;
 use crate::output;
 use crate::progress::Bars;
@@ -84,6 +84,7 @@ fn output_format(command: &Command) -> Option<OutputFormat> {
         Command::List(a) => Some(a.output),
         Command::Validate(a) => Some(a.output.output),
         Command::Plan(a) => Some(a.output.output),
+        Command::Fleetd(FleetdCommand::CheckConfig(a)) => Some(a.output.output),
         _ => None,
     }
 }
@@ -347,6 +348,9 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             Ok(exit::OK)
         }
         Command::Validate(args) => validate(&args.config, args.output.output),
+        Command::Fleetd(FleetdCommand::CheckConfig(args)) => {
+            Ok(crate::fleetd::check_config(&args.file, args.output.output))
+        }
         Command::Schema(args) => {
             let schema = match args.kind {
                 SchemaKind::Fleet => flotilla_spec::schema::fleet_schema(),

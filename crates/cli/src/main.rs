@@ -4,6 +4,7 @@
 mod cli;
 mod commands;
 mod env;
+mod fleetd;
 mod output;
 mod progress;
 mod providers;

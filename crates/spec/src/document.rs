@@ -113,10 +113,24 @@ pub const MAX_SPEC_BYTES: u64 = 16 * 1024 * 1024;
 /// [`MAX_SPEC_BYTES`] is read (not a FIFO, which would block, nor `/dev/zero`, which never
 /// ends); a file that cannot be read, or is not UTF-8, is one diagnostic naming the file.
 pub fn load_fleet_spec(file: &Path) -> Result<SpecDocument, SpecErrors> {
-    let refuse = |cause: String, help: &str| SpecErrors {
+    let source = read_source(file, "the fleet spec", "--config", "a YAML file")?;
+    parse_fleet_spec(&source, file)
+}
+
+/// Reads `file` (a regular file of at most [`MAX_SPEC_BYTES`], UTF-8) for a parser; what
+/// cannot be read is one diagnostic naming the file. `what` names the document in messages
+/// ("the fleet spec"), `option` the command-line option that gave the path and `kind` what the
+/// file should be ("a YAML file").
+pub(crate) fn read_source(
+    file: &Path,
+    what: &str,
+    option: &str,
+    kind: &str,
+) -> Result<String, SpecErrors> {
+    let refuse = |cause: String, help: String| SpecErrors {
         diagnostics: vec![
-            Diagnostic::error(file, None, "", format!("cannot read the fleet spec: {cause}"))
-                .with_help(help.to_owned()),
+            Diagnostic::error(file, None, "", format!("cannot read {what}: {cause}"))
+                .with_help(help),
         ],
     };
     let bytes = read_regular_file(file, MAX_SPEC_BYTES).map_err(|problem| match problem {
@@ -127,18 +141,18 @@ pub fn load_fleet_spec(file: &Path) -> Result<SpecDocument, SpecErrors> {
                 std::io::ErrorKind::PermissionDenied => "permission denied".to_owned(),
                 _ => error.to_string(),
             };
-            refuse(cause, "check the path given with --config")
+            refuse(cause, format!("check the path given with {option}"))
         }
-        ReadProblem::NotRegular(kind) => refuse(
-            format!("it is {kind}, not a regular file"),
-            "give the path of a YAML file with --config",
+        ReadProblem::NotRegular(file_kind) => refuse(
+            format!("it is {file_kind}, not a regular file"),
+            format!("give the path of {kind} with {option}"),
         ),
         ReadProblem::TooLarge => refuse(
             format!("it is larger than {} MiB", MAX_SPEC_BYTES / (1024 * 1024)),
-            "a fleet spec is a small YAML file: check the path given with --config",
+            format!("{what} is a small file: check the path given with {option}"),
         ),
     })?;
-    let source = String::from_utf8(bytes).map_err(|error| {
+    String::from_utf8(bytes).map_err(|error| {
         let valid = &error.as_bytes()[..error.utf8_error().valid_up_to()];
         let valid = std::str::from_utf8(valid).expect("the bytes before valid_up_to are UTF-8");
         let line = valid.matches('\n').count() + 1;
@@ -154,8 +168,7 @@ pub fn load_fleet_spec(file: &Path) -> Result<SpecDocument, SpecErrors> {
                 .with_help("save the file as UTF-8"),
             ],
         }
-    })?;
-    parse_fleet_spec(&source, file)
+    })
 }
 
 /// Why [`read_regular_file`] read nothing.

@@ -439,6 +439,59 @@ pub fn parse_fleetd_config(source: &str, file: &Path) -> Result<FleetdDocument, 
     }
 }
 
+impl FleetdConfig {
+    /// The AWS actions the config may call (for its IAM policy and `check-config`), each once,
+    /// in the order they first happen.
+    pub fn aws_actions(&self) -> Vec<&'static str> {
+        let mut actions: Vec<&'static str> = Vec::new();
+        let mut add = |action: &'static str| {
+            if !actions.contains(&action) {
+                actions.push(action);
+            }
+        };
+        for domain in &self.domains {
+            for volume in &domain.attach_volume {
+                add("ec2:DescribeVolumes");
+                if volume.source.contains(&VolumeSource::Create) {
+                    add("ec2:CreateVolume");
+                }
+                add("ec2:AttachVolume");
+                add("ec2:CreateTags");
+                add("ec2:DetachVolume");
+            }
+            if !domain.update_route53.is_empty() {
+                add("route53:ListResourceRecordSets");
+                add("route53:ChangeResourceRecordSets");
+                add("route53:GetChange");
+            }
+            for notify in &domain.notify {
+                add(match notify.backend {
+                    NotifyBackend::Sns => "sns:Publish",
+                    NotifyBackend::Sqs => "sqs:SendMessage",
+                });
+            }
+        }
+        actions
+    }
+
+    /// The hooks of `domain` that run on `event`, in file order: (argv, accepted exit codes).
+    pub fn hooks_on<'c>(domain: &'c Domain, event: Event) -> Vec<&'c ExecLine> {
+        domain.exec.iter().filter(|spec| spec.runs_on(event)).flat_map(|spec| &spec.lines).collect()
+    }
+}
+
+/// Reads `file` (a regular file of at most 16 MiB) and parses it with
+/// [`parse_fleetd_config`].
+pub fn load_fleetd_config(file: &Path) -> Result<FleetdDocument, SpecErrors> {
+    let source = crate::document::read_source(
+        file,
+        "the ec2fleetd config",
+        "the command line",
+        "a JSON5 file",
+    )?;
+    parse_fleetd_config(&source, file)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,8 @@
 //! same types.
 //!
 //! Architecture Invariant: this crate is pure. It does no network IO and reads no clock; the
-//! only file it reads is the spec passed to [`load_fleet_spec`].
+//! only files it reads are the spec passed to [`load_fleet_spec`] and the ec2fleetd config
+//! passed to [`fleetd::load_fleetd_config`].
 
 pub mod account;
 pub mod api;

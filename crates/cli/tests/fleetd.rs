@@ -1,0 +1,70 @@
+//! `flotilla fleetd check-config`: ec2fleetd's README configs accepted with what they ask for;
+//! a config with many mistakes refused with every one located; JSON for scripts.
+
+#![allow(clippy::unwrap_used)] // Helpers of these tests fail the test when a step fails.
+
+mod common;
+
+use std::path::PathBuf;
+use std::process::Command;
+
+use common::*;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../spec/tests/fixtures/fleetd").join(name)
+}
+
+fn check(args: &[&str]) -> std::process::Output {
+    Command::new(flotilla_bin()).args(["fleetd", "check-config"]).args(args).output().unwrap()
+}
+
+#[test]
+fn a_readme_config_is_valid_and_shows_what_it_asks_for() {
+    let output = check(&[fixture("bitcoin-nodes.jsonc").to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    for expected in [
+        "bitcoin-nodes.jsonc: valid (0 warnings)",
+        "domain btcn.example.com",
+        "p: a free volume of pool btc-nodes in the machine's zone",
+        "hook once attached: /bin/mount /mnt/btc   exit codes {0}",
+        "record node-{ami-i}.btcn.example.com. A",
+        "  on interrupted:\n    /bin/systemctl stop bitcoin.service   exit codes {0}\n    /bin/umount -l /mnt/btc   exit codes {0}\n",
+        "AWS calls: ec2:DescribeVolumes, ec2:AttachVolume, ec2:CreateTags, ec2:DetachVolume, route53:ListResourceRecordSets, route53:ChangeResourceRecordSets, route53:GetChange, sns:Publish",
+        "hostname (line 5): ec2fleetd reads only `set-hostname`",
+    ] {
+        assert!(stdout.contains(expected), "missing {expected:?} in:\n{stdout}");
+    }
+}
+
+#[test]
+fn mistakes_are_all_reported_with_an_error_status() {
+    let output = check(&[fixture("mistakes.jsonc").to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(2));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("mistakes.jsonc: 18 errors, 1 warning"), "{stdout}");
+    assert!(
+        stdout.contains(
+            ":6:39: error: domains.web.attach-volume[0].source: `z` is not a volume source"
+        ),
+        "{stdout}"
+    );
+    assert!(!stdout.contains("AWS calls"), "no plan for an invalid config: {stdout}");
+}
+
+#[test]
+fn json_output_carries_the_config_actions_and_differences() {
+    let output = check(&[fixture("game-server.jsonc").to_str().unwrap(), "--output", "json"]);
+    assert_eq!(output.status.code(), Some(0));
+    let json: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(json["valid"], true);
+    assert_eq!(json["config"]["domains"][0]["attach_volume"][0]["source"][0], "fixed");
+    assert!(json["aws_actions"].as_array().unwrap().iter().any(|a| a == "sns:Publish"));
+    assert_eq!(json["differences"].as_array().unwrap().len(), 2);
+    let missing = check(&["/nonexistent/fleetd.jsonc"]);
+    assert_eq!(missing.status.code(), Some(2));
+    assert!(
+        String::from_utf8_lossy(&missing.stdout)
+            .contains("cannot read the ec2fleetd config: the file does not exist")
+    );
+}
