@@ -475,7 +475,7 @@ impl FleetdConfig {
     }
 
     /// The hooks of `domain` that run on `event`, in file order: (argv, accepted exit codes).
-    pub fn hooks_on<'c>(domain: &'c Domain, event: Event) -> Vec<&'c ExecLine> {
+    pub fn hooks_on(domain: &Domain, event: Event) -> Vec<&ExecLine> {
         domain.exec.iter().filter(|spec| spec.runs_on(event)).flat_map(|spec| &spec.lines).collect()
     }
 }
