@@ -169,7 +169,7 @@ fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
             assert_eq!(volume.encrypted(), Some(true), "{volume:?}");
             assert!(volume.kms_key_id().is_some_and(|k| k.contains(&key_id)), "{volume:?}");
             let tags = tags_of(volume.tags());
-            assert!(tags.get("Team").is_some(), "volume: {tags:?}");
+            assert!(tags.contains_key("Team"), "volume: {tags:?}");
             assert_eq!(tags.get("CostCenter").map(String::as_str), Some("4711"), "{tags:?}");
         }
 

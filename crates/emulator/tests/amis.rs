@@ -69,7 +69,7 @@ async fn a_registered_image_keeps_its_architecture_root_device_and_tags() {
         )
         .await
         .ok();
-    assert_eq!(found.values("imageId"), [id.clone()], "{}", found.body);
+    assert_eq!(found.values("imageId"), std::slice::from_ref(&id), "{}", found.body);
     assert_eq!(found.values("architecture"), ["arm64"]);
     assert_eq!(found.values("rootDeviceName"), ["/dev/xvda"]);
     assert_eq!(found.values("rootDeviceType"), ["ebs"]);
