@@ -1,4 +1,4 @@
-//! SDK clients: one EC2 client per region, S3 in the bucket's region, IAM (global).
+//! SDK clients: one EC2 and one KMS client per region, S3 in the bucket's region, IAM (global).
 //!
 //! Configuration comes from the standard chain (environment, profiles, SSO, IMDS). An endpoint
 //! in `AWS_ENDPOINT_URL` (an emulator) is honoured, and S3 then uses path-style addressing.
@@ -35,6 +35,8 @@ pub struct Clients {
     s3: aws_sdk_s3::Client,
     iam: aws_sdk_iam::Client,
     pricing: aws_sdk_pricing::Client,
+    /// KMS clients by region (keys belong to a region).
+    kms: Mutex<HashMap<String, aws_sdk_kms::Client>>,
     /// Set when an emulator (or another endpoint) stands in for AWS.
     endpoint: Option<String>,
     /// An emulator's address map ([`ADDRESS_MAP_VARIABLE`]): the only addresses machines may
@@ -52,6 +54,7 @@ impl Clone for Clients {
             s3: self.s3.clone(),
             iam: self.iam.clone(),
             pricing: self.pricing.clone(),
+            kms: Mutex::new(self.kms.lock().unwrap_or_else(|p| p.into_inner()).clone()),
             endpoint: self.endpoint.clone(),
             address_map: self.address_map.clone(),
         }
@@ -117,6 +120,7 @@ impl Clients {
             s3: aws_sdk_s3::Client::from_conf(s3_config),
             iam: aws_sdk_iam::Client::from_conf(iam_config),
             pricing: aws_sdk_pricing::Client::from_conf(pricing_config),
+            kms: Mutex::new(HashMap::new()),
             ec2: Mutex::new(HashMap::new()),
             throttles: Mutex::new(HashMap::new()),
             http,
@@ -147,6 +151,20 @@ impl Clients {
         let mut throttles =
             self.throttles.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         throttles.entry(region.to_owned()).or_default().clone()
+    }
+
+    /// The KMS client of `region`.
+    pub fn kms(&self, region: &str) -> aws_sdk_kms::Client {
+        let mut clients = self.kms.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        clients
+            .entry(region.to_owned())
+            .or_insert_with(|| {
+                let config = aws_sdk_kms::config::Builder::from(&self.config)
+                    .region(Region::new(region.to_owned()))
+                    .build();
+                aws_sdk_kms::Client::from_conf(config)
+            })
+            .clone()
     }
 
     /// The Pricing API client (us-east-1).

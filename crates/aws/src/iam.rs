@@ -10,17 +10,151 @@
 //! executables, its deployment's artifacts, and *its own* identity bundle: the bundle's key is
 //! `<role id>:<instance id>`, which is `${aws:userid}` for the instance's credentials, so one
 //! machine cannot read another's key.
+//!
+//! The spec's `iam_statements` are a second inline policy of their own ([`USER_POLICY_NAME`]),
+//! replaced when they change and deleted when they are gone; its `iam_policies` are attached to
+//! the role, each recorded in the journal before it is attached, and on every `prepare` the
+//! recorded ones the spec no longer names are detached (a policy someone else attached is left).
+//! `destroy` detaches every managed policy and deletes both inline policies before it deletes
+//! the role. The role carries the spec's top-level `tags` beside the deployment's.
+
+use std::collections::BTreeSet;
 
 use aws_sdk_iam::types::{InstanceProfile, Role, Tag};
 use flotilla_core::provider::ProviderError;
+use flotilla_spec::account::IamKeys;
 use flotilla_spec::names::iam_role_name;
 
 use crate::clients::Clients;
 use crate::error::AwsError;
-use crate::tags::TAG_DEPLOYMENT;
+use crate::journal::Journal;
+use crate::tags::{TAG_DEPLOYMENT, shared_user_tags};
 
 const REGION: &str = "global";
 const POLICY_NAME: &str = "flotilla-agent";
+/// The inline policy holding the spec's `iam_statements`.
+pub const USER_POLICY_NAME: &str = "flotilla-user";
+
+/// The inline policy document of the spec's `iam_statements`, or `None` when there are none.
+pub fn user_policy(keys: &IamKeys) -> Option<String> {
+    if keys.iam_statements.is_empty() {
+        return None;
+    }
+    Some(
+        serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": keys.iam_statements,
+        })
+        .to_string(),
+    )
+}
+
+/// The managed policies attached to role `name`.
+pub async fn attached_policies(
+    clients: &Clients,
+    name: &str,
+) -> Result<BTreeSet<String>, AwsError> {
+    let mut attached = BTreeSet::new();
+    let mut marker: Option<String> = None;
+    loop {
+        let page = clients
+            .iam()
+            .list_attached_role_policies()
+            .role_name(name)
+            .set_marker(marker.clone())
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk(REGION, "ListAttachedRolePolicies", name, e))?;
+        attached.extend(
+            page.attached_policies().iter().filter_map(|p| p.policy_arn()).map(str::to_owned),
+        );
+        match page.marker() {
+            Some(next) if page.is_truncated() => marker = Some(next.to_owned()),
+            _ => return Ok(attached),
+        }
+    }
+}
+
+/// Puts, replaces or deletes the inline policy of the spec's `iam_statements`.
+async fn reconcile_user_policy(
+    clients: &Clients,
+    name: &str,
+    keys: &IamKeys,
+) -> Result<(), ProviderError> {
+    let iam = clients.iam();
+    match user_policy(keys) {
+        Some(document) => {
+            iam.put_role_policy()
+                .role_name(name)
+                .policy_name(USER_POLICY_NAME)
+                .policy_document(document)
+                .send()
+                .await
+                .map_err(|e| {
+                    let error = AwsError::from_sdk(
+                        REGION,
+                        "PutRolePolicy",
+                        format!("{name} {USER_POLICY_NAME} (iam_statements)"),
+                        e,
+                    );
+                    ProviderError::from(error)
+                })?;
+        }
+        None => {
+            if let Err(e) =
+                iam.delete_role_policy().role_name(name).policy_name(USER_POLICY_NAME).send().await
+            {
+                let error = AwsError::from_sdk(
+                    REGION,
+                    "DeleteRolePolicy",
+                    format!("{name} {USER_POLICY_NAME}"),
+                    e,
+                );
+                if !error.code_is("NoSuchEntity") {
+                    return Err(error.into());
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Attaches the spec's `iam_policies` and detaches those flotilla attached that it no longer
+/// names (see the module documentation).
+async fn reconcile_attached(
+    clients: &Clients,
+    journal: &Journal,
+    name: &str,
+    keys: &IamKeys,
+) -> Result<(), ProviderError> {
+    let iam = clients.iam();
+    let wanted: BTreeSet<String> = keys.iam_policies.iter().cloned().collect();
+    let attached = attached_policies(clients, name).await?;
+    for arn in wanted.difference(&attached) {
+        journal.update(|r| {
+            r.attached_policies.insert(arn.clone());
+        })?;
+        iam.attach_role_policy().role_name(name).policy_arn(arn).send().await.map_err(|e| {
+            AwsError::from_sdk(REGION, "AttachRolePolicy", format!("{arn} to {name}"), e)
+        })?;
+    }
+    let recorded = journal.read().attached_policies;
+    for arn in recorded.difference(&wanted) {
+        if attached.contains(arn)
+            && let Err(e) = iam.detach_role_policy().role_name(name).policy_arn(arn).send().await
+        {
+            let error =
+                AwsError::from_sdk(REGION, "DetachRolePolicy", format!("{arn} from {name}"), e);
+            if !error.code_is("NoSuchEntity") {
+                return Err(error.into());
+            }
+        }
+        journal.update(|r| {
+            r.attached_policies.remove(arn);
+        })?;
+    }
+    Ok(())
+}
 
 /// The role's trust policy: EC2 only.
 fn trust_policy() -> String {
@@ -137,8 +271,10 @@ fn not_ours(operation: &'static str, name: &str, tag: &str, why: &str) -> Provid
 /// of another owner is refused ([`check_ownership`]) before anything is changed.
 pub async fn ensure_role(
     clients: &Clients,
+    journal: &Journal,
     tag: &str,
     bucket: &str,
+    keys: &IamKeys,
 ) -> Result<String, ProviderError> {
     let iam = clients.iam();
     let name = iam_role_name(tag);
@@ -150,14 +286,35 @@ pub async fn ensure_role(
             .build()
             .map_err(|e| ProviderError::with_source("an IAM tag", e))
     };
+    let mut user_tags = Vec::new();
+    for (key, value) in shared_user_tags(tag) {
+        user_tags.push(
+            Tag::builder()
+                .key(key)
+                .value(value)
+                .build()
+                .map_err(|e| ProviderError::with_source("an IAM tag", e))?,
+        );
+    }
     let role_id = match find_role(clients, &name).await? {
-        Some(role) => role.role_id().to_owned(),
+        Some(role) => {
+            let missing: Vec<Tag> = user_tags.iter().filter(|t| !role.tags().contains(t)).cloned().collect();
+            if !missing.is_empty() {
+                iam.tag_role()
+                    .role_name(&name)
+                    .set_tags(Some(missing))
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk(REGION, "TagRole", &name, e))?;
+            }
+            role.role_id().to_owned()
+        }
         None => iam
             .create_role()
             .role_name(&name)
             .assume_role_policy_document(trust_policy())
             .description(format!("flotilla deployment {tag}: lets its machines read their agent, artifacts and identity"))
-            .tags(deployment_tag()?)
+            .set_tags(Some([vec![deployment_tag()?], user_tags.clone()].concat()))
             .send()
             .await
             .map_err(|e| AwsError::from_sdk(REGION, "CreateRole", &name, e))?
@@ -172,6 +329,8 @@ pub async fn ensure_role(
         .send()
         .await
         .map_err(|e| AwsError::from_sdk(REGION, "PutRolePolicy", &name, e))?;
+    reconcile_user_policy(clients, &name, keys).await?;
+    reconcile_attached(clients, journal, &name, keys).await?;
     let has_role = match find_profile(clients, &name).await? {
         Some(profile) => profile.roles().iter().any(|r| r.role_name() == name),
         None => {
@@ -254,15 +413,33 @@ pub async fn delete_role(clients: &Clients, tag: &str) -> Result<(), ProviderErr
     if !role_ours {
         return Ok(());
     }
-    ignore_missing(
-        iam.delete_role_policy()
-            .role_name(&name)
-            .policy_name(POLICY_NAME)
-            .send()
-            .await
-            .map(drop)
-            .map_err(|e| AwsError::from_sdk(REGION, "DeleteRolePolicy", &name, e)),
-    )?;
+    // A role with attached policies cannot be deleted: every one goes (the role is ours).
+    for arn in attached_policies(clients, &name).await? {
+        ignore_missing(
+            iam.detach_role_policy()
+                .role_name(&name)
+                .policy_arn(&arn)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| {
+                    AwsError::from_sdk(REGION, "DetachRolePolicy", format!("{arn} from {name}"), e)
+                }),
+        )?;
+    }
+    for policy in [POLICY_NAME, USER_POLICY_NAME] {
+        ignore_missing(
+            iam.delete_role_policy()
+                .role_name(&name)
+                .policy_name(policy)
+                .send()
+                .await
+                .map(drop)
+                .map_err(|e| {
+                    AwsError::from_sdk(REGION, "DeleteRolePolicy", format!("{name} {policy}"), e)
+                }),
+        )?;
+    }
     ignore_missing(
         iam.delete_role()
             .role_name(&name)

@@ -17,9 +17,11 @@ use flotilla_core::provider::{ProviderError, Role};
 use flotilla_spec::names::iam_role_name;
 
 use crate::fanout::{Concurrency, fan_out};
+use crate::images::{self, ImageFacts};
 use crate::network::{self, NetworkSettings, RegionPlan};
+use crate::tags::{self, UserTags};
 use crate::templates::{RootVolume, TemplateSpec};
-use crate::{AwsProvider, address, agents, iam, s3, survey, templates};
+use crate::{AwsProvider, address, agents, iam, kms, s3, survey, templates};
 
 /// Everything a launch needs to know, worked out by `prepare`.
 #[derive(Clone, Debug)]
@@ -63,6 +65,7 @@ pub async fn prepare(
     let tag = provider.tag.as_str();
     let home = provider.options.home.as_path();
 
+    tags::set_user_tags(tag, user_tags(plan));
     // Reads that check the account, all at once, before anything changes.
     let stage = progress.stage("checking the account", 0);
     let regions = plan.regions();
@@ -151,7 +154,7 @@ pub async fn prepare(
         Ok::<(), ProviderError>(())
     };
     let role = async {
-        let role_id = iam::ensure_role(clients, tag, &bucket).await?;
+        let role_id = iam::ensure_role(clients, journal, tag, &bucket, &plan.iam).await?;
         journal.update(|r| {
             r.role_name = Some(iam_role_name(tag));
             r.role_id = Some(role_id.clone());
@@ -204,6 +207,7 @@ pub async fn prepare(
     let user_data = provider.user_data(&bucket, &role_id, &agents);
     let records = journal.read();
     let mut wanted: BTreeMap<String, Vec<(String, TemplateSpec)>> = BTreeMap::new();
+    let mut images_seen = HashMap::new();
     for group in &plan.groups {
         let record = &records.regions[&group.region];
         let security_group = match group.role {
@@ -220,25 +224,35 @@ pub async fn prepare(
             plan.machines.iter().find(|m| group.machines.first() == Some(&m.name)).ok_or_else(
                 || ProviderError::new(format!("group {} has no machine", group.name)),
             )?;
+        let encryption = group.settings.root_volume.as_ref().map(|v| &v.value);
+        let kms_key_id = match encryption.and_then(|v| v.kms_key.as_deref()) {
+            Some(key) if encryption.is_some_and(|v| v.encrypted) => {
+                Some(kms::resolve(clients, &group.region, key).await?.ok_or_else(|| {
+                    ProviderError::new(format!(
+                        "{}: the KMS key {key} does not exist; run `flotilla plan` to check the spec",
+                        group.region
+                    ))
+                })?)
+            }
+            _ => None,
+        };
         let root_volume = RootVolume {
             size_gib: machine.storage_size,
             class: machine.storage_class.clone(),
             iops: machine.storage_iops,
             throughput: machine.storage_throughput,
+            encrypted: encryption.is_some_and(|v| v.encrypted),
+            kms_key_id,
         };
         let group_architectures: BTreeSet<&str> =
             group_types(group).into_iter().map(|t| architectures[t]).collect();
         for architecture in group_architectures {
-            let image_id = record.images.get(architecture).cloned().ok_or_else(|| {
-                ProviderError::new(format!(
-                    "{}: no Ubuntu image for {architecture}; run create again",
-                    group.region
-                ))
-            })?;
+            let image = image_of(clients, group, record, architecture, &mut images_seen).await?;
             let spec = TemplateSpec {
                 group: group.name.clone(),
                 architecture: architecture.to_owned(),
-                image_id,
+                image_id: image.id,
+                root_device_name: image.root_device_name,
                 user_data: user_data[architecture].clone(),
                 instance_profile: iam_role_name(tag),
                 security_group: security_group.clone(),
@@ -288,6 +302,63 @@ pub async fn prepare(
         groups,
         prices: crate::prices::cached_book(&survey::cache_dir(home, clients), &regions),
     })
+}
+
+/// The spec's extra tags: the top-level ones (the monitoring machine's) on what the deployment
+/// shares, each group's merged ones on its own resources.
+fn user_tags(plan: &DeploymentPlan) -> UserTags {
+    let shared = plan
+        .groups
+        .iter()
+        .find(|g| g.role == Role::Monitoring)
+        .map(|g| g.settings.tag_pairs())
+        .unwrap_or_default();
+    let groups = plan.groups.iter().map(|g| (g.name.clone(), g.settings.tag_pairs())).collect();
+    UserTags { shared, groups }
+}
+
+/// The image a machine of `group` boots with on `architecture`: the spec's `image`, or the
+/// Ubuntu image `network::ensure_region` journaled; each looked up once per region.
+async fn image_of(
+    clients: &crate::clients::Clients,
+    group: &GroupPlan,
+    record: &crate::records::RegionRecord,
+    architecture: &str,
+    seen: &mut HashMap<String, ImageFacts>,
+) -> Result<ImageFacts, ProviderError> {
+    let region = &group.region;
+    let ec2 = clients.ec2(region);
+    let key = format!(
+        "{region}\n{:?}\n{:?}\n{architecture}",
+        group.settings.image, group.settings.image_owners.value
+    );
+    if let Some(known) = seen.get(&key) {
+        return Ok(known.clone());
+    }
+    let facts = match &group.settings.image {
+        Some(image) => {
+            let owners = &group.settings.image_owners.value;
+            match images::resolve(&ec2, region, &image.value, owners, architecture).await? {
+                Ok(facts) => facts,
+                Err(problem) => {
+                    let (message, help) =
+                        problem.describe(&image.value, region, architecture, owners);
+                    return Err(ProviderError::new(format!("{}: {message}; {help}", image.field))
+                        .of_kind(flotilla_core::provider::ErrorKind::Invalid));
+                }
+            }
+        }
+        None => {
+            let id = record.images.get(architecture).ok_or_else(|| {
+                ProviderError::new(format!(
+                    "{region}: no Ubuntu image for {architecture}; run create again"
+                ))
+            })?;
+            images::by_id(&ec2, region, id).await?
+        }
+    };
+    seen.insert(key, facts.clone());
+    Ok(facts)
 }
 
 #[cfg(test)]

@@ -68,6 +68,11 @@ pub struct Records {
     /// them.
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     pub authorized: BTreeSet<Ipv4Addr>,
+    /// Managed policies (ARNs) flotilla attached to the role for the spec's `iam_policies`,
+    /// written before each attach: `prepare` detaches those the spec no longer names, and only
+    /// those (a policy someone else attached stays).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub attached_policies: BTreeSet<String>,
     #[serde(default)]
     pub regions: BTreeMap<String, RegionRecord>,
     /// Machine name → its instance.

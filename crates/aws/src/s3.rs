@@ -78,6 +78,39 @@ pub async fn ensure_bucket(clients: &Clients, bucket: &str) -> Result<(), Provid
     }
 }
 
+/// S3's limit on an object's tags.
+const MAX_OBJECT_TAGS: usize = 10;
+
+/// The tags of an object of one deployment (`deployments/<tag>/…`): the deployment's tag and the
+/// spec's top-level `tags`, as PutObject's `x-amz-tagging` query string, when they fit S3's 10
+/// tags per object; the agents (shared by every deployment of the bucket) get none.
+fn object_tagging(key: &str) -> Option<String> {
+    let tag = key.strip_prefix("deployments/")?.split('/').next()?;
+    let mut pairs = vec![(crate::tags::TAG_DEPLOYMENT.to_owned(), tag.to_owned())];
+    pairs.extend(crate::tags::shared_user_tags(tag));
+    if pairs.len() > MAX_OBJECT_TAGS {
+        tracing::debug!(%key, tags = pairs.len(), "more tags than an S3 object may carry; the object is tagged with the deployment only");
+        pairs.truncate(1);
+    }
+    let encode = |text: &str| -> String {
+        text.bytes()
+            .map(|b| match b {
+                b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                    (b as char).to_string()
+                }
+                _ => format!("%{b:02X}"),
+            })
+            .collect()
+    };
+    Some(
+        pairs
+            .iter()
+            .map(|(k, v)| format!("{}={}", encode(k), encode(v)))
+            .collect::<Vec<_>>()
+            .join("&"),
+    )
+}
+
 /// Uploads the file at `path` to `key` unless the key exists (keys are content addresses).
 pub async fn put_file_once(
     clients: &Clients,
@@ -102,6 +135,7 @@ pub async fn put_file_once(
         .bucket(bucket)
         .key(key)
         .content_type("application/octet-stream")
+        .set_tagging(object_tagging(key))
         .body(body)
         .send()
         .await
@@ -122,6 +156,7 @@ pub async fn put_bytes(
         .bucket(bucket)
         .key(key)
         .content_type("application/json")
+        .set_tagging(object_tagging(key))
         .server_side_encryption(ServerSideEncryption::Aes256)
         .body(ByteStream::from(bytes))
         .send()

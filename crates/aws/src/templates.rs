@@ -35,6 +35,10 @@ pub struct RootVolume {
     pub class: String,
     pub iops: Option<i32>,
     pub throughput: Option<i32>,
+    /// `root_volume.encrypted`: with the account's default EBS key unless `kms_key_id`.
+    pub encrypted: bool,
+    /// The resolved key id of `root_volume.kms_key` (an alias is resolved in the region).
+    pub kms_key_id: Option<String>,
 }
 
 /// What one template holds.
@@ -43,6 +47,8 @@ pub struct TemplateSpec {
     pub group: String,
     pub architecture: String,
     pub image_id: String,
+    /// The image's root device (read from the image): where the root volume's mapping goes.
+    pub root_device_name: String,
     /// Base64.
     pub user_data: String,
     pub instance_profile: String,
@@ -76,6 +82,12 @@ impl TemplateSpec {
         if let Some(throughput) = volume.throughput {
             ebs = ebs.throughput(throughput);
         }
+        if volume.encrypted {
+            ebs = ebs.encrypted(true);
+            if let Some(key) = &volume.kms_key_id {
+                ebs = ebs.kms_key_id(key);
+            }
+        }
         RequestLaunchTemplateData::builder()
             .image_id(&self.image_id)
             .user_data(&self.user_data)
@@ -94,7 +106,7 @@ impl TemplateSpec {
             )
             .block_device_mappings(
                 LaunchTemplateBlockDeviceMappingRequest::builder()
-                    .device_name("/dev/sda1")
+                    .device_name(&self.root_device_name)
                     .ebs(ebs.build())
                     .build(),
             )
@@ -274,6 +286,7 @@ mod tests {
             group: group.into(),
             architecture: "x86_64".into(),
             image_id: "ami-1".into(),
+            root_device_name: "/dev/sda1".into(),
             user_data: "IyEvYmluL3No".into(),
             instance_profile: "flotilla-t".into(),
             security_group: "sg-1".into(),
@@ -282,8 +295,28 @@ mod tests {
                 class: "gp3".into(),
                 iops: None,
                 throughput: None,
+                encrypted: false,
+                kms_key_id: None,
             },
         }
+    }
+
+    #[test]
+    fn the_root_volume_maps_to_the_images_root_device_encrypted_with_the_key() {
+        let mut spec = spec("worker");
+        spec.root_device_name = "/dev/xvda".into();
+        spec.root_volume.encrypted = true;
+        spec.root_volume.kms_key_id = Some("1234abcd-12ab-34cd-56ef-1234567890ab".into());
+        let data = spec.data();
+        let mapping = &data.block_device_mappings()[0];
+        assert_eq!(mapping.device_name(), Some("/dev/xvda"));
+        let ebs = mapping.ebs().unwrap();
+        assert_eq!(ebs.encrypted(), Some(true));
+        assert_eq!(ebs.kms_key_id(), Some("1234abcd-12ab-34cd-56ef-1234567890ab"));
+        spec.root_volume.encrypted = false;
+        let data = spec.data();
+        let ebs = data.block_device_mappings()[0].ebs().unwrap();
+        assert_eq!((ebs.encrypted(), ebs.kms_key_id()), (None, None), "unencrypted: no key");
     }
 
     #[test]
@@ -295,6 +328,12 @@ mod tests {
         let mut other = spec("worker");
         other.root_volume.iops = Some(4000);
         assert_ne!(other.name("my tag/é"), name);
+        let mut encrypted = spec("worker");
+        encrypted.root_volume.encrypted = true;
+        assert_ne!(encrypted.name("my tag/é"), name, "encryption is part of the content");
+        let mut device = spec("worker");
+        device.root_device_name = "/dev/xvda".into();
+        assert_ne!(device.name("my tag/é"), name, "the root device is part of the content");
         assert_eq!(spec("worker").name("my tag/é"), name, "the same content, the same name");
         let long = "t".repeat(255);
         assert!(spec(&"g".repeat(255)).name(&long).len() <= 128);

@@ -87,6 +87,7 @@ from moto.ec2.models.instances import Instance, InstanceBackend, StateReason
 from moto.ec2.models.security_groups import SecurityGroupBackend
 from moto.ec2.models.subnets import SubnetBackend
 from moto.ec2.models.vpcs import VPCBackend
+from moto.ec2.responses.amis import AmisResponse
 from moto.ec2.responses.fleets import Fleets
 from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2.responses.spot_instances import SpotInstances
@@ -1188,6 +1189,28 @@ def add_block_device(
     self.ec2_backend.attach_volume(volume.id, self.id, device_path, delete_on_termination)
 
 
+# --- RegisterImage with what AWS keeps ----------------------------------------------------------
+
+
+def register_image(self: Any) -> ActionResult:
+    """moto's keeps only Name and Description: every registered image is an x86_64 image without
+    tags whose root device is /dev/sda1. Keep the architecture, the root device name, the
+    virtualization type and the image's TagSpecifications, as AWS does (AWS's default
+    architecture is x86_64)."""
+    self.error_on_dryrun()
+    image = self.ec2_backend.register_image(
+        self._get_param("Name"), self._get_param("Description", "")
+    )
+    image.architecture = self._get_param("Architecture") or "x86_64"
+    image.root_device_name = self._get_param("RootDeviceName") or image.root_device_name
+    image.root_device_type = "ebs"
+    image.virtualization_type = self._get_param("VirtualizationType") or "hvm"
+    tags = self._parse_tag_specification().get("image", {})
+    if tags:
+        self.ec2_backend.create_tags([image.id], tags)
+    return ActionResult({"ImageId": image.id})
+
+
 # --- Dependency checks moto skips ---------------------------------------------------------------
 
 
@@ -1286,6 +1309,7 @@ def install_patches() -> None:
         (FleetsBackend, "create_fleet", create_fleet),
         (Fleet, "instances", property(fleet_instances)),
         (Fleets, "create_fleet", create_fleet_response),
+        (AmisResponse, "register_image", register_image),
     ]
     for owner, name, replacement in patches:
         setattr(owner, name, replacement)

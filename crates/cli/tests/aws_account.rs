@@ -1,0 +1,342 @@
+//! Fitting a fleet into the account it runs in, against the emulator: the spec's own image (by
+//! name and by tag, among the account's images, with its root device), extra tags on every
+//! resource flotilla creates, a managed policy attached to the role and detached at destroy, an
+//! encrypted root volume with a KMS alias; and every bad reference refused at once, located,
+//! before any mutating call.
+
+#![allow(clippy::unwrap_used)] // Helpers of these tests fail the test when a step fails.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::{ArchitectureValues, ResourceType, Tag, TagSpecification};
+use common::aws::AwsFleet;
+use common::*;
+use flotilla_emulator::control::Emulator;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// The machine type of this host's architecture (the fleet app is built for it).
+fn native_type() -> &'static str {
+    if std::env::consts::ARCH == "aarch64" { "m7g.large" } else { "m7i.large" }
+}
+
+fn native_monitoring_type() -> &'static str {
+    if std::env::consts::ARCH == "aarch64" { "t4g.small" } else { "t3.small" }
+}
+
+fn native_architecture() -> ArchitectureValues {
+    if std::env::consts::ARCH == "aarch64" {
+        ArchitectureValues::Arm64
+    } else {
+        ArchitectureValues::X8664
+    }
+}
+
+fn tags_of(tags: &[Tag]) -> BTreeMap<String, String> {
+    tags.iter()
+        .map(|t| (t.key().unwrap_or_default().to_owned(), t.value().unwrap_or_default().to_owned()))
+        .collect()
+}
+
+/// Asserts that `tags` carry `Team=team` and `CostCenter=4711` beside flotilla's own.
+fn assert_user_tags(kind: &str, tags: &BTreeMap<String, String>, team: &str) {
+    assert_eq!(tags.get("Team").map(String::as_str), Some(team), "{kind}: {tags:?}");
+    assert_eq!(tags.get("CostCenter").map(String::as_str), Some("4711"), "{kind}: {tags:?}");
+    assert!(tags.contains_key("flotilla:deployment"), "{kind}: {tags:?}");
+}
+
+/// A golden image registered in the test's account: the newest of two by name (an older one
+/// with the same prefix must lose), tagged `golden=<tag>`, booting from `/dev/xvda`.
+async fn register_golden_images(ec2: &aws_sdk_ec2::Client, tag: &str) -> String {
+    let mut newest = String::new();
+    for (suffix, golden) in [("1", false), ("2", true)] {
+        let mut call = ec2
+            .register_image()
+            .name(format!("golden-{tag}-{suffix}"))
+            .architecture(native_architecture())
+            .root_device_name("/dev/xvda")
+            .virtualization_type("hvm");
+        if golden {
+            call = call.tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Image)
+                    .tags(Tag::builder().key("golden").value(tag).build())
+                    .build(),
+            );
+        }
+        newest = call.send().await.unwrap().image_id().unwrap().to_owned();
+        // Creation dates have a resolution of a second: keep the two apart.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    }
+    newest
+}
+
+/// A fleet on a registered image found by name (the monitoring machine, from the top) and by
+/// tag (the binary machines, from their entry), every created resource with the spec's tags
+/// (the entry's `Team` over the top's on its own resources), an attached policy that destroy
+/// detaches, and an encrypted root volume with a key named by alias.
+#[test]
+fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
+    let fleet = AwsFleet::new("account-fit");
+    let emulator = Emulator::require();
+    let runtime = runtime();
+    let config = runtime.block_on(fleet.sdk());
+    let ec2 = runtime.block_on(fleet.ec2("us-east-1"));
+    let iam = aws_sdk_iam::Client::new(&config);
+    let kms = aws_sdk_kms::Client::new(&config);
+
+    let image = runtime.block_on(register_golden_images(&ec2, &fleet.tag));
+    let policy_arn = runtime.block_on(async {
+        let document = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::team-data/secret.txt"}]
+        });
+        iam.create_policy()
+            .policy_name(format!("read-secret-{}", fleet.tag))
+            .policy_document(document.to_string())
+            .send()
+            .await
+            .unwrap()
+            .policy()
+            .unwrap()
+            .arn()
+            .unwrap()
+            .to_owned()
+    });
+    let key_id = runtime.block_on(async {
+        let key = kms.create_key().send().await.unwrap();
+        let key_id = key.key_metadata().unwrap().key_id().to_owned();
+        kms.create_alias()
+            .alias_name(format!("alias/{}", fleet.tag))
+            .target_key_id(&key_id)
+            .send()
+            .await
+            .unwrap();
+        key_id
+    });
+
+    fleet.write("app.conf", "port = 9090\ngreeting = \"hello\"\ninterval = 300\n");
+    let spec = format!(
+        "tag: {tag}\nprovider: aws\nimage: {{name: golden-{tag}-*}}\ntags: {{Team: infra, CostCenter: \"4711\"}}\niam_policies: [{policy_arn}]\niam_statements:\n- {{Effect: Allow, Action: \"s3:ListBucket\", Resource: \"arn:aws:s3:::team-data\"}}\nroot_volume: {{kms_key: alias/{tag}}}\nmonitoring: {{instance_type: {monitoring}, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- {{name: web, count: 2, region: us-east-1, instance_type: {native}, storage_size: 10, storage_class: gp3, binary: {binary}, config: app.conf, profiling: false, image: \"golden:{tag}\", tags: {{Team: core}}}}\nports: []\n",
+        tag = fleet.tag,
+        monitoring = native_monitoring_type(),
+        native = native_type(),
+        binary = fleet_app_bin().display(),
+    );
+    let spec = fleet.write("fleet.yaml", &spec).display().to_string();
+    let output =
+        fleet.run_ok(&["create", "--config", &spec, "--ip", "198.51.100.7", "--output", "json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rows.len(), 3, "{rows:?}");
+    for row in &rows {
+        let expected = if row["role"] == "monitoring" { "idle" } else { "healthy" };
+        assert_eq!(row["health"], expected, "the agent runs on the custom image: {row}");
+    }
+
+    runtime.block_on(async {
+        // Instances run the registered image, boot from its root device, carry the tags.
+        let described = ec2.describe_instances().filters(fleet.tag_filter()).send().await.unwrap();
+        let instances: Vec<_> = described
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| i.state().and_then(|s| s.name()).is_some_and(|n| n.as_str() == "running"))
+            .collect();
+        assert_eq!(instances.len(), 3);
+        for instance in &instances {
+            assert_eq!(instance.image_id(), Some(image.as_str()), "the newest golden image");
+            assert_eq!(instance.root_device_name(), Some("/dev/xvda"));
+            let devices: Vec<_> =
+                instance.block_device_mappings().iter().filter_map(|m| m.device_name()).collect();
+            assert_eq!(devices, ["/dev/xvda"], "the root volume maps to the image's device");
+            let tags = tags_of(instance.tags());
+            let team = if tags.get("flotilla:role").map(String::as_str) == Some("monitoring") {
+                "infra"
+            } else {
+                "core"
+            };
+            assert_user_tags("instance", &tags, team);
+        }
+
+        // Root volumes: encrypted with the key the alias names, tagged.
+        let volumes = ec2.describe_volumes().filters(fleet.tag_filter()).send().await.unwrap();
+        assert_eq!(volumes.volumes().len(), 3, "{volumes:?}");
+        for volume in volumes.volumes() {
+            assert_eq!(volume.encrypted(), Some(true), "{volume:?}");
+            assert!(volume.kms_key_id().is_some_and(|k| k.contains(&key_id)), "{volume:?}");
+            let tags = tags_of(volume.tags());
+            assert!(tags.contains_key("Team"), "volume: {tags:?}");
+            assert_eq!(tags.get("CostCenter").map(String::as_str), Some("4711"), "{tags:?}");
+        }
+
+        // What the deployment shares carries the top-level tags.
+        let vpcs = ec2.describe_vpcs().filters(fleet.tag_filter()).send().await.unwrap();
+        assert!(!vpcs.vpcs().is_empty());
+        for vpc in vpcs.vpcs() {
+            assert_user_tags("vpc", &tags_of(vpc.tags()), "infra");
+        }
+        let subnets = ec2.describe_subnets().filters(fleet.tag_filter()).send().await.unwrap();
+        assert!(!subnets.subnets().is_empty());
+        for subnet in subnets.subnets() {
+            assert_user_tags("subnet", &tags_of(subnet.tags()), "infra");
+        }
+        let groups = fleet.security_groups("us-east-1").await;
+        assert!(!groups.is_empty());
+        for group in &groups {
+            assert_user_tags("security group", &tags_of(group.tags()), "infra");
+        }
+        let gateways =
+            ec2.describe_internet_gateways().filters(fleet.tag_filter()).send().await.unwrap();
+        for gateway in gateways.internet_gateways() {
+            assert_user_tags("internet gateway", &tags_of(gateway.tags()), "infra");
+        }
+        // Launch templates belong to a group: the group's merged tags.
+        let templates =
+            ec2.describe_launch_templates().filters(fleet.tag_filter()).send().await.unwrap();
+        assert_eq!(templates.launch_templates().len(), 2, "monitoring and web");
+        for template in templates.launch_templates() {
+            let tags = tags_of(template.tags());
+            let team = if tags.get("flotilla:group").map(String::as_str) == Some("web") {
+                "core"
+            } else {
+                "infra"
+            };
+            assert_user_tags("launch template", &tags, team);
+        }
+
+        // The role: tagged, the policy attached, the statements inline, the profile holds it.
+        let role = iam.get_role().role_name(fleet.role_name()).send().await.unwrap();
+        let role_tags: BTreeMap<String, String> = role
+            .role()
+            .unwrap()
+            .tags()
+            .iter()
+            .map(|t| (t.key().to_owned(), t.value().to_owned()))
+            .collect();
+        assert_user_tags("role", &role_tags, "infra");
+        let attached =
+            iam.list_attached_role_policies().role_name(fleet.role_name()).send().await.unwrap();
+        let arns: Vec<_> =
+            attached.attached_policies().iter().filter_map(|p| p.policy_arn()).collect();
+        assert_eq!(arns, [policy_arn.as_str()]);
+        let inline = iam.list_role_policies().role_name(fleet.role_name()).send().await.unwrap();
+        assert_eq!(inline.policy_names(), ["flotilla-agent", "flotilla-user"]);
+        let profile = iam
+            .get_instance_profile()
+            .instance_profile_name(fleet.role_name())
+            .send()
+            .await
+            .unwrap();
+        let held: Vec<_> =
+            profile.instance_profile().unwrap().roles().iter().map(|r| r.role_name()).collect();
+        assert_eq!(held, [fleet.role_name().as_str()]);
+    });
+
+    // Every instance of the custom image was booted by the emulator, as the default image's are.
+    let booted = runtime.block_on(emulator.booted()).unwrap();
+    let ours: Vec<_> = booted.iter().filter(|b| b.scope == fleet.scope).collect();
+    assert_eq!(ours.len(), 3, "every instance of the custom image booted");
+
+    // destroy detaches the policy before it deletes the role.
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+    runtime.block_on(async {
+        let entities = iam.list_entities_for_policy().policy_arn(&policy_arn).send().await.unwrap();
+        assert!(entities.policy_roles().is_empty(), "detached at destroy: {entities:?}");
+        assert!(iam.get_role().role_name(fleet.role_name()).send().await.is_err(), "role gone");
+        // The policy itself is the user's: it stays.
+        iam.get_policy().policy_arn(&policy_arn).send().await.unwrap();
+    });
+    let left = runtime.block_on(fleet.leftovers(&["us-east-1"]));
+    assert!(left.is_empty(), "{left:?}");
+}
+
+/// Every bad reference of a spec at once, each at its field, before any mutating call: a name
+/// that only another account's images match, an image id that does not exist, an image of the
+/// wrong architecture, a policy that does not exist, a KMS alias that does not exist.
+#[test]
+fn bad_references_are_refused_at_once_before_anything_is_made() {
+    let fleet = AwsFleet::new("account-refs");
+    let emulator = Emulator::require();
+    let scope = emulator.scope(&fleet.scope);
+    let runtime = runtime();
+    let ec2 = runtime.block_on(fleet.ec2("us-east-1"));
+    let foreign_arch = if std::env::consts::ARCH == "aarch64" {
+        ArchitectureValues::X8664
+    } else {
+        ArchitectureValues::Arm64
+    };
+    let wrong = runtime.block_on(async {
+        ec2.register_image()
+            .name(format!("other-arch-{}", fleet.tag))
+            .architecture(foreign_arch.clone())
+            .root_device_name("/dev/xvda")
+            .send()
+            .await
+            .unwrap()
+            .image_id()
+            .unwrap()
+            .to_owned()
+    });
+    fleet.write("app.conf", "port = 9090\ngreeting = \"hello\"\ninterval = 300\n");
+    let entry = |name: &str, image: &str| {
+        format!(
+            "- {{name: {name}, region: us-east-1, instance_type: {native}, storage_size: 10, storage_class: gp3, binary: {binary}, config: app.conf, profiling: false, image: {image}}}\n",
+            native = native_type(),
+            binary = fleet_app_bin().display(),
+        )
+    };
+    let spec = format!(
+        "tag: {tag}\nprovider: aws\nimage: {{name: \"ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-*\"}}\niam_policies: [\"arn:aws:iam::123456789012:policy/no-such-policy-{tag}\"]\nroot_volume: {{kms_key: alias/no-such-key-{tag}}}\nmonitoring: {{instance_type: {monitoring}, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n{missing}{wrong_arch}ports: []\n",
+        tag = fleet.tag,
+        monitoring = native_monitoring_type(),
+        missing = entry("missing", "ami-0123456789abcdef0"),
+        wrong_arch = entry("wrong", &wrong),
+    );
+    let spec = fleet.write("fleet.yaml", &spec).display().to_string();
+    runtime.block_on(scope.reset_counts()).unwrap();
+    let output = fleet.run(&["create", "--config", &spec, "--ip", "198.51.100.7"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    for expected in [
+        "was found only in account 099720109477, which is not in image_owners (self)",
+        "image ami-0123456789abcdef0 not found in us-east-1",
+        &format!("image {wrong} in us-east-1 is {}", foreign_arch.as_str()),
+        &format!(
+            "IAM policy arn:aws:iam::123456789012:policy/no-such-policy-{} does not exist",
+            fleet.tag
+        ),
+        &format!("KMS key alias/no-such-key-{} does not exist in us-east-1", fleet.tag),
+    ] {
+        assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
+    }
+    // Each at the line that wrote it.
+    let text = fs_err::read_to_string(&spec).unwrap();
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    for (needle, message) in [
+        ("ubuntu-noble", "not in image_owners"),
+        ("ami-0123456789abcdef0", "not found in us-east-1"),
+        ("no-such-policy", "does not exist"),
+        ("no-such-key", "does not exist in us-east-1"),
+    ] {
+        let at = format!("fleet.yaml:{}:", line_of(needle));
+        assert!(
+            stderr.lines().any(|l| l.contains(&at)) && stderr.contains(message),
+            "{message} at {at}:\n{stderr}"
+        );
+    }
+    // Nothing was made: every call was a read.
+    let counts = runtime.block_on(scope.counts()).unwrap();
+    for (service, actions) in &counts.0 {
+        for (action, count) in actions {
+            assert!(
+                ["Describe", "Get", "List", "Head"].iter().any(|p| action.starts_with(p)),
+                "a mutating call before the references were checked: {service} {action} × {count}"
+            );
+        }
+    }
+    assert!(!counts.0.is_empty(), "the references were read");
+}
