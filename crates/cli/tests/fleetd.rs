@@ -68,3 +68,50 @@ fn json_output_carries_the_config_actions_and_differences() {
             .contains("cannot read the ec2fleetd config: the file does not exist")
     );
 }
+
+/// A spec's `lifecycle` named by path is checked with the spec's files: its errors are reported
+/// in that file, at its lines, after the spec's.
+#[test]
+fn validate_checks_a_lifecycle_file_named_by_the_spec() {
+    let dir = tempfile::tempdir().unwrap();
+    let app = fleet_app_bin();
+    fs_err::write(dir.path().join("app.conf"), "x\n").unwrap();
+    fs_err::write(dir.path().join("dashboard.json"), "{}").unwrap();
+    fs_err::write(
+        dir.path().join("ops.jsonc"),
+        "{domains: {d: {exec: [{on: ['startd'], lines: [{argv: ['true']}]}]}}}\n",
+    )
+    .unwrap();
+    fs_err::write(
+        dir.path().join("spec.yaml"),
+        format!(
+            "tag: lc\nprovider: local\nmonitoring: {{instance_type: t3.small, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- {{name: n, region: local, instance_type: t3.small, storage_size: 10, storage_class: gp3, binary: {}, config: app.conf, profiling: false, lifecycle: ops.jsonc}}\nports: []\n",
+            app.display()
+        ),
+    )
+    .unwrap();
+    let output = Command::new(flotilla_bin())
+        .args(["validate", "--config", "spec.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("spec.yaml:5:"), "the spec's line: {stdout}");
+    assert!(stdout.contains("instances[0].lifecycle: the ec2fleetd config"), "{stdout}");
+    assert!(
+        stdout.contains("ops.jsonc:1:30: error: domains.d.exec[0].on[0]: unknown event `startd`"),
+        "the file's own line: {stdout}"
+    );
+    fs_err::write(
+        dir.path().join("ops.jsonc"),
+        "{domains: {d: {exec: [{on: ['started'], lines: [{argv: ['true']}]}]}}}\n",
+    )
+    .unwrap();
+    let output = Command::new(flotilla_bin())
+        .args(["validate", "--config", "spec.yaml"])
+        .current_dir(dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stdout));
+}

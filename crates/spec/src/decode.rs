@@ -153,6 +153,7 @@ pub(crate) const INSTANCE_KEYS: &[KeySpec] = &[
     flotilla("tags"),
     flotilla("boot"),
     flotilla("root_volume"),
+    flotilla("lifecycle"),
 ];
 
 pub(crate) const PORT_KEYS: &[KeySpec] = &[
@@ -276,6 +277,8 @@ pub(crate) struct Decoder<'f> {
     /// Who ignores unknown keys in the mappings where they are warnings (the deployer, or
     /// ec2fleetd), for the warning's help.
     lenient_reader: &'static str,
+    /// Where the `lifecycle` configs written in the spec are read differently from ec2fleetd.
+    lifecycle_differences: Vec<crate::fleetd::Difference>,
 }
 
 impl<'f> Decoder<'f> {
@@ -287,6 +290,7 @@ impl<'f> Decoder<'f> {
             instance_names: Vec::new(),
             has_provider_key: false,
             lenient_reader: "the deployer",
+            lifecycle_differences: Vec::new(),
         }
     }
 
@@ -295,6 +299,11 @@ impl<'f> Decoder<'f> {
     pub(crate) fn finish(mut self) -> (Vec<Diagnostic>, BTreeMap<String, Location>) {
         self.diagnostics.sort_by_key(|diagnostic| diagnostic.location);
         (self.diagnostics, self.locations)
+    }
+
+    /// The deliberate differences from ec2fleetd found in `lifecycle` configs so far.
+    pub(crate) fn take_lifecycle_differences(&mut self) -> Vec<crate::fleetd::Difference> {
+        std::mem::take(&mut self.lifecycle_differences)
     }
 
     fn report(
@@ -895,6 +904,7 @@ impl<'f> Decoder<'f> {
         let health = self.optional(&fields, "health", Self::read_health);
         let restart = self.optional(&fields, "restart", Self::read_restart);
         let account = self.decode_account(&fields, region.value().map(String::as_str));
+        let lifecycle = self.optional_or_null(&fields, "lifecycle", Self::read_lifecycle);
 
         if let (Some(name_value), Some(location)) = (name.value(), name.location())
             && !matches!(count, Slot::Invalid)
@@ -930,6 +940,7 @@ impl<'f> Decoder<'f> {
             market: market.into_optional()?.unwrap_or_default(),
             zones: zones.into_optional()?.unwrap_or_default(),
             account: account?.keys,
+            lifecycle: lifecycle.into_optional()?,
         })
     }
 

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::{Decoder, KeySpec, UnknownKeys, flotilla, flotilla_required};
 use crate::fleetd::{
     AttachVolume, DEFAULT_BODY, DEFAULT_SUBJECT, Difference, Domain, EVENTS, ExecLine, ExecSpec,
-    ExitCodes, FleetdConfig, MACROS, NotifyBackend, NotifySpec, Piece, PoolPreference,
+    ExitCodes, FleetdConfig, Lifecycle, MACROS, NotifyBackend, NotifySpec, Piece, PoolPreference,
     Route53Record, VolumeSource, parse_macros,
 };
 use crate::suggest::closest_match;
@@ -122,12 +122,48 @@ fn to_json(node: &Node) -> serde_json::Value {
 }
 
 impl Decoder<'_> {
+    /// An instance entry's `lifecycle`: a path (checked with the spec's files), or a config
+    /// written in the spec, decoded as a config file is.
+    pub(super) fn read_lifecycle(&mut self, node: &Node, field: &str) -> Option<Lifecycle> {
+        if let NodeValue::Mapping(_) = node.value {
+            let (config, differences) = self.decode_fleetd_at(node, field);
+            self.lifecycle_differences.extend(differences);
+            return config.map(Lifecycle::Inline);
+        }
+        self.read_non_empty_string(
+            node,
+            field,
+            "the path of an ec2fleetd config, or the config itself",
+        )
+        .map(Lifecycle::File)
+    }
+
     /// The config and the places where flotilla deliberately differs from ec2fleetd.
     pub(crate) fn decode_fleetd(&mut self, root: &Node) -> (Option<FleetdConfig>, Vec<Difference>) {
-        self.lenient_reader = "ec2fleetd";
         self.locations.insert(String::new(), root.location);
+        self.decode_fleetd_at(root, "")
+    }
+
+    /// The config at `node`, whose field path is `base` (`""` for a config file,
+    /// `instances[2].lifecycle` inside a fleet spec).
+    pub(crate) fn decode_fleetd_at(
+        &mut self,
+        node: &Node,
+        base: &str,
+    ) -> (Option<FleetdConfig>, Vec<Difference>) {
+        let reader = std::mem::replace(&mut self.lenient_reader, "ec2fleetd");
+        let decoded = self.decode_fleetd_fields(node, base);
+        self.lenient_reader = reader;
+        decoded
+    }
+
+    fn decode_fleetd_fields(
+        &mut self,
+        root: &Node,
+        base: &str,
+    ) -> (Option<FleetdConfig>, Vec<Difference>) {
         let mut differences = Vec::new();
-        let Some(fields) = self.open_mapping(root, "", FLEETD_KEYS, UnknownKeys::Warn) else {
+        let Some(fields) = self.open_mapping(root, base, FLEETD_KEYS, UnknownKeys::Warn) else {
             return (None, differences);
         };
         let schema = self.optional_or_null(&fields, "$schema", Self::read_string);
@@ -142,7 +178,7 @@ impl Decoder<'_> {
         });
         if let (Some(location), None) = (hostname.location(), set_hostname.location()) {
             differences.push(Difference {
-                field: "hostname".into(),
+                field: fields.child("hostname"),
                 location: Some(location),
                 note: "ec2fleetd reads only `set-hostname` and ignores `hostname`; flotilla sets the hostname from it".into(),
             });
@@ -150,7 +186,7 @@ impl Decoder<'_> {
         if let (Some(location), Some(_)) = (hostname.location(), set_hostname.location()) {
             self.warning(
                 location,
-                "hostname",
+                &fields.child("hostname"),
                 "both `hostname` and `set-hostname` are given; `set-hostname` is used".to_owned(),
                 "remove one of them",
             );
@@ -173,7 +209,7 @@ impl Decoder<'_> {
         });
         if let Some(location) = timeout.location() {
             differences.push(Difference {
-                field: "timeout".into(),
+                field: fields.child("timeout"),
                 location: Some(location),
                 note: "ec2fleetd ignores `timeout`; flotilla fails the start when the domains take longer".into(),
             });
@@ -181,7 +217,7 @@ impl Decoder<'_> {
         if let Some(entry) = fields.found.get("interrupt-detection") {
             self.warning(
                 entry.key.location,
-                "interrupt-detection",
+                &fields.child("interrupt-detection"),
                 "`interrupt-detection` is not used: flotilla polls IMDS for notices four times a second".to_owned(),
                 "remove it; nothing depends on it",
             );

@@ -18,6 +18,8 @@ pub struct SpecDocument {
     pub path: PathBuf,
     /// Findings that do not stop the spec from being used (unknown keys), in file order.
     pub warnings: Vec<Diagnostic>,
+    /// Where the `lifecycle` configs written in the spec are read differently from ec2fleetd.
+    pub lifecycle_differences: Vec<crate::fleetd::Difference>,
     /// The location of each key's value, by field path (`instances[3].binary`); the root is `""`.
     locations: BTreeMap<String, Location>,
 }
@@ -70,12 +72,17 @@ pub fn parse_fleet_spec(source: &str, file: &Path) -> Result<SpecDocument, SpecE
     })?;
     let mut decoder = Decoder::new(file);
     let spec = decoder.decode_fleet(&root);
+    let lifecycle_differences = decoder.take_lifecycle_differences();
     let (mut diagnostics, locations) = decoder.finish();
     let has_errors = diagnostics.iter().any(|d| d.severity == Severity::Error);
     match spec {
-        Some(spec) if !has_errors => {
-            Ok(SpecDocument { spec, path: file.to_path_buf(), warnings: diagnostics, locations })
-        }
+        Some(spec) if !has_errors => Ok(SpecDocument {
+            spec,
+            path: file.to_path_buf(),
+            warnings: diagnostics,
+            lifecycle_differences,
+            locations,
+        }),
         _ => {
             if !has_errors {
                 // Every decoder step that gives up reports an error first; this is a safety net

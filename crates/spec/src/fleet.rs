@@ -193,6 +193,10 @@ pub struct InstanceSpec {
     /// This entry's image, network, tags, boot additions and root volume, over the top's.
     #[serde(flatten)]
     pub account: AccountKeys,
+    /// What the agent does around the binary through the machine's life (volumes, DNS records, hooks and notifications on events): an ec2fleetd config written here in YAML, or the path of an ec2fleetd file (JSON5), read as ec2fleetd reads it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(with = "crate::fleetd::LifecycleSchema", extend("x-origin" = "flotilla"))]
+    pub lifecycle: Option<crate::fleetd::Lifecycle>,
 }
 
 impl InstanceSpec {

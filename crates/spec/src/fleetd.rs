@@ -388,6 +388,41 @@ pub fn expand_macros(text: &str, values: &BTreeMap<String, String>) -> Result<St
     Ok(out)
 }
 
+/// An instance entry's `lifecycle`: an ec2fleetd config in the spec, or the path of one.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Lifecycle {
+    Inline(FleetdConfig),
+    /// A path relative to the current directory, read and checked with the spec's files.
+    File(String),
+}
+
+/// The JSON Schema of `lifecycle` as written.
+#[derive(Debug)]
+pub struct LifecycleSchema;
+
+impl schemars::JsonSchema for LifecycleSchema {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Lifecycle".into()
+    }
+
+    fn json_schema(_generator: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({
+            "oneOf": [
+                {
+                    "type": "string",
+                    "description": "The path of an ec2fleetd config file (JSON5), relative to the current directory."
+                },
+                {
+                    "type": "object",
+                    "description": "An ec2fleetd config in YAML: `domains` (each with `attach-volume`, `update-route53`, `exec` and `notify`), `set-hostname` or `hostname`, and `timeout`, as ec2fleetd reads them.",
+                    "required": ["domains"]
+                }
+            ]
+        })
+    }
+}
+
 /// A place where flotilla deliberately behaves differently from ec2fleetd, found in a config.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize)]
 pub struct Difference {

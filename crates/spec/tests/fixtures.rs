@@ -271,3 +271,37 @@ fn account_keys_decode_to_their_values_and_entries_override_the_top() {
     assert_eq!(monitoring.network.expect("network").field, "network.us-east-1");
     assert_eq!(monitoring.root_volume.expect("key").field, "root_volume");
 }
+
+#[test]
+fn a_lifecycle_written_in_the_spec_decodes_as_an_ec2fleetd_file_does() {
+    use flotilla_spec::fleetd::{Event, ExitCodes, Lifecycle, NotifyBackend, VolumeSource};
+
+    let document = valid("lifecycle.yaml");
+    let Some(Lifecycle::Inline(config)) = &document.spec.instances[0].lifecycle else {
+        panic!("an inline lifecycle");
+    };
+    assert_eq!(config.hostname.as_deref(), Some("world-{instance_index}.mc"));
+    let domain = &config.domains[0];
+    assert_eq!(domain.attach_volume[0].source, [VolumeSource::Pool, VolumeSource::Create]);
+    assert_eq!(domain.attach_volume[0].create.as_ref().unwrap()["Size"], 100);
+    assert_eq!(domain.update_route53[0].name, "{name}.mc.example.com.");
+    assert_eq!(domain.exec[0].lines[0].timeout, Some(std::time::Duration::from_secs(30)));
+    assert!(domain.exec[1].runs_on(Event::ScheduledEvent));
+    assert_eq!(domain.exec[1].lines[0].ec, ExitCodes::Ranges(vec![(0, 2)]));
+    assert_eq!(domain.notify[0].backend, NotifyBackend::Sqs);
+    assert!(!domain.notify[0].sends_on(Event::Stopping));
+    assert_eq!(
+        document.spec.instances[1].lifecycle,
+        Some(Lifecycle::File("ops/worker.jsonc".into()))
+    );
+    // The YAML form's deliberate differences are kept, at their fields in the spec.
+    let fields: Vec<&str> =
+        document.lifecycle_differences.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        [
+            "instances[0].lifecycle.domains.mc.update-route53[0].name",
+            "instances[0].lifecycle.domains.mc.notify[0].backend"
+        ]
+    );
+}

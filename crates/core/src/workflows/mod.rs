@@ -76,11 +76,33 @@ pub fn check_files(document: &SpecDocument, cwd: &Path) -> Result<(), CoreError>
         check(format!("instances[{index}].binary"), &instance.binary, true);
         check(format!("instances[{index}].config"), &instance.config, false);
     }
+    // A `lifecycle` named by path is an ec2fleetd config of its own: its errors are reported in
+    // that file, with its lines, after the spec's own.
+    let mut other_files = Vec::new();
+    for (index, instance) in spec.instances.iter().enumerate() {
+        let Some(flotilla_spec::fleetd::Lifecycle::File(path)) = &instance.lifecycle else {
+            continue;
+        };
+        let resolved = resolve_path(cwd, path);
+        if let Err(errors) = flotilla_spec::fleetd::load_fleetd_config(&resolved) {
+            diagnostics.push(
+                document
+                    .diagnostic(
+                        Severity::Error,
+                        &format!("instances[{index}].lifecycle"),
+                        format!("the ec2fleetd config {} is not valid (below)", resolved.display()),
+                    )
+                    .with_help("fix the config, or check it with `flotilla fleetd check-config`"),
+            );
+            other_files.extend(errors.diagnostics);
+        }
+    }
     if diagnostics.is_empty() {
         return Ok(());
     }
     diagnostics.extend(document.warnings.iter().cloned());
     diagnostics.sort_by_key(|d| d.location);
+    diagnostics.extend(other_files);
     Err(CoreError::Invalid(SpecErrors { diagnostics }))
 }
 
