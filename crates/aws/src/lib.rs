@@ -20,6 +20,7 @@ pub mod authorize;
 pub mod clean;
 pub mod clients;
 pub mod error;
+pub mod existing;
 pub mod fanout;
 pub mod fleet;
 pub mod guard;
