@@ -445,3 +445,44 @@ fn the_reachability_check_names_each_missing_route() {
     });
     fleet.run_ok(&["plan", "--config", &spec]);
 }
+
+/// The CLI killed right after a fleet request answered, and its journal lost: `destroy` finds
+/// flotilla's instances, templates and security group by their tags and removes them, and the
+/// user's VPC, subnets and group (which never carry flotilla's tags) stay.
+#[test]
+fn a_crashed_create_in_an_existing_vpc_is_destroyed_without_touching_the_users_network() {
+    let fleet = AwsFleet::new("net-crash");
+    let rt = runtime();
+    let ec2 = rt.block_on(fleet.ec2("us-east-1"));
+    let label = "flotilla-test-net-crash";
+    let network =
+        rt.block_on(user_network(&ec2, label, "10.96.0.0/16", &["us-east-1a", "us-east-1b"], true));
+    fleet.write("app.conf", "port = 9090\n");
+    let text = spec(
+        &fleet.tag,
+        &format!(
+            "  us-east-1:\n    vpc: {}\n    security_groups: [{}]\n",
+            network.vpc, network.group
+        ),
+        &entry("web", 2, "us-east-1"),
+    );
+    let spec = fleet.write("fleet.yaml", &text).display().to_string();
+    let output = fleet
+        .command(&["create", "--config", &spec, "--ip", "127.0.0.1"])
+        .env("FLOTILLA_TEST_HALT_AT", "create:fleet-answered")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "halted: {}", String::from_utf8_lossy(&output.stderr));
+    let left = rt.block_on(fleet.leftovers(&["us-east-1"]));
+    let kinds: BTreeSet<&str> = left.iter().map(|(kind, _, _)| kind.as_str()).collect();
+    assert!(
+        kinds.contains("instances (not terminated)") && kinds.contains("security groups"),
+        "{left:?}"
+    );
+    let records = fleet.home.path().join("deployments").join(&fleet.tag).join("aws/records.json");
+    fs_err::remove_file(&records).unwrap();
+
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+    assert_eq!(rt.block_on(fleet.leftovers(&["us-east-1"])), Vec::new());
+    assert_eq!(rt.block_on(still_there(&ec2, &network)), (1, 2, 1));
+}
