@@ -413,22 +413,22 @@ pub fn evaluate(
 
         // The subnets.
         let mut subnets: Vec<Chosen> = Vec::new();
-        if spec.subnets.is_empty() {
-            if let Some(id) = &vpc_id {
-                let mut all: Vec<&Subnet> =
-                    snapshot.subnets.iter().filter(|s| s.vpc_id() == Some(id.as_str())).collect();
-                all.sort_by_key(|s| s.subnet_id().unwrap_or_default().to_owned());
-                if all.is_empty() {
-                    problems.error(
-                        field,
-                        format!("VPC {id} in {region} has no subnet"),
-                        "create subnets in the VPC, or name another VPC".to_owned(),
-                    );
-                }
-                subnets.extend(
-                    all.into_iter().map(|s| Chosen { subnet: s.clone(), field: field.to_owned() }),
+        if spec.subnets.is_empty()
+            && let Some(id) = &vpc_id
+        {
+            let mut all: Vec<&Subnet> =
+                snapshot.subnets.iter().filter(|s| s.vpc_id() == Some(id.as_str())).collect();
+            all.sort_by_key(|s| s.subnet_id().unwrap_or_default().to_owned());
+            if all.is_empty() {
+                problems.error(
+                    field,
+                    format!("VPC {id} in {region} has no subnet"),
+                    "create subnets in the VPC, or name another VPC".to_owned(),
                 );
             }
+            subnets.extend(
+                all.into_iter().map(|s| Chosen { subnet: s.clone(), field: field.to_owned() }),
+            );
         }
         for (index, subnet_ref) in spec.subnets.iter().enumerate() {
             let subnet_field = format!("{field}.subnets[{index}]");
