@@ -248,6 +248,24 @@ fn route_to(
         .find_map(wanted)
 }
 
+/// The target of a black-hole route in `table` covering `destination` (its target is gone: a
+/// deleted peering, a detached gateway), said after a missing route's message.
+fn dead_route(table: Option<&RouteTable>, destination: &str) -> String {
+    table
+        .into_iter()
+        .flat_map(|t| t.routes())
+        .filter(|r| r.state() == Some(&RouteState::Blackhole))
+        .filter(|r| r.destination_cidr_block().is_some_and(|d| contains(d, destination)))
+        .find_map(|r| {
+            r.vpc_peering_connection_id()
+                .or_else(|| r.transit_gateway_id())
+                .or_else(|| r.gateway_id())
+                .or_else(|| r.nat_gateway_id())
+        })
+        .map(|target| format!(" (its route through {target} is a black hole: {target} is gone)"))
+        .unwrap_or_default()
+}
+
 /// An internet gateway target.
 fn internet_gateway(route: &aws_sdk_ec2::types::Route) -> Option<String> {
     route.gateway_id().filter(|g| g.starts_with("igw-")).map(str::to_owned)
@@ -552,10 +570,11 @@ pub fn evaluate(
             let table = route_table_of(snapshot, &chosen.subnet);
             if table.and_then(|t| route_to(t, "0.0.0.0/0", internet_gateway)).is_none() {
                 let table_id = table.and_then(|t| t.route_table_id()).unwrap_or("none");
+                let dead = dead_route(table, "0.0.0.0/0");
                 problems.error(
                     &chosen.field,
                     format!(
-                        "subnet {id} ({zone}) has no route from 0.0.0.0/0 to an internet gateway (route table {table_id}): its machines' public addresses would be unreachable, so the CLI could never reach their agents"
+                        "subnet {id} ({zone}) has no route from 0.0.0.0/0 to an internet gateway (route table {table_id}){dead}: its machines' public addresses would be unreachable, so the CLI could never reach their agents"
                     ),
                     format!("add the route 0.0.0.0/0 → igw-… to {table_id}, or name subnets that have one"),
                 );
@@ -637,10 +656,11 @@ pub fn evaluate(
                     if table.and_then(|t| route_to(t, hub_cidr, between_vpcs)).is_none()
                         && reported.insert((table_id.clone(), hub_cidr.to_owned()))
                     {
+                        let dead = dead_route(table, hub_cidr);
                         problems.error(
                             &chosen.field,
                             format!(
-                                "route table {table_id} (of subnet {subnet_id} in {region}) has no route to {hub_cidr} (subnet {hub_id} of the monitoring machine in {AWS_MONITORING_REGION}) through a peering connection or transit gateway: the monitoring machine cannot reach port {METRICS_PORT} there"
+                                "route table {table_id} (of subnet {subnet_id} in {region}) has no route to {hub_cidr} (subnet {hub_id} of the monitoring machine in {AWS_MONITORING_REGION}) through a peering connection or transit gateway{dead}: the monitoring machine cannot reach port {METRICS_PORT} there"
                             ),
                             format!("peer the VPCs (or attach both to a transit gateway) and add the route {hub_cidr} → pcx-…/tgw-… to {table_id}"),
                         );
@@ -652,10 +672,11 @@ pub fn evaluate(
                     if hub_table.and_then(|t| route_to(t, cidr, between_vpcs)).is_none()
                         && reported.insert((hub_table_id.clone(), cidr.to_owned()))
                     {
+                        let dead = dead_route(hub_table, cidr);
                         problems.error(
                             &hub_subnet.field,
                             format!(
-                                "route table {hub_table_id} (of subnet {hub_id} in {AWS_MONITORING_REGION}, where the monitoring machine runs) has no route to {cidr} (subnet {subnet_id} in {region}) through a peering connection or transit gateway: the monitoring machine cannot reach port {METRICS_PORT} there"
+                                "route table {hub_table_id} (of subnet {hub_id} in {AWS_MONITORING_REGION}, where the monitoring machine runs) has no route to {cidr} (subnet {subnet_id} in {region}) through a peering connection or transit gateway{dead}: the monitoring machine cannot reach port {METRICS_PORT} there"
                             ),
                             format!("add the route {cidr} → pcx-…/tgw-… to {hub_table_id}"),
                         );
@@ -949,6 +970,37 @@ mod tests {
         let (problems, resolved) = evaluate(&plan, &routed);
         assert!(problems.is_empty(), "{problems:#?}");
         assert_eq!(resolved.monitoring_blocks, ["10.50.0.0/16"]);
+
+        // A route left behind by a deleted peering is a black hole: missing, and said so.
+        let mut dead = hub.clone();
+        dead.route_tables[0] = RouteTable::builder()
+            .route_table_id("rtb-1")
+            .vpc_id("vpc-00000001")
+            .associations(RouteTableAssociation::builder().main(true).build())
+            .routes(
+                Route::builder().destination_cidr_block("0.0.0.0/0").gateway_id("igw-1").build(),
+            )
+            .routes(
+                Route::builder()
+                    .destination_cidr_block("10.80.0.0/16")
+                    .vpc_peering_connection_id("pcx-1")
+                    .state(RouteState::Blackhole)
+                    .build(),
+            )
+            .build();
+        let problems = problems_of(
+            &plan,
+            &BTreeMap::from([
+                ("us-east-1".to_owned(), dead),
+                ("eu-west-1".to_owned(), west(&[("10.0.0.0/8", "tgw-1")], "10.80.0.0/16")),
+            ]),
+        );
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(
+            problems[0].1.contains("no route to 10.80.1.0/24")
+                && problems[0].1.contains("its route through pcx-1 is a black hole"),
+            "{problems:#?}"
+        );
 
         // Overlapping blocks: said once, at the VPC.
         let overlapping = BTreeMap::from([

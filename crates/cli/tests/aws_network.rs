@@ -444,6 +444,29 @@ fn the_reachability_check_names_each_missing_route() {
         }
     });
     fleet.run_ok(&["plan", "--config", &spec]);
+
+    // The peering deleted, its routes left behind: black holes (the emulator marks them as AWS
+    // does), named as such.
+    rt.block_on(async {
+        let peerings = east.describe_vpc_peering_connections().send().await.unwrap();
+        let peering = peerings
+            .vpc_peering_connections()
+            .iter()
+            .find(|p| p.requester_vpc_info().and_then(|v| v.vpc_id()) == Some(hub.vpc.as_str()))
+            .and_then(|p| p.vpc_peering_connection_id())
+            .unwrap()
+            .to_owned();
+        east.delete_vpc_peering_connection()
+            .vpc_peering_connection_id(peering)
+            .send()
+            .await
+            .unwrap();
+    });
+    let output = fleet.run(&["plan", "--config", &spec]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains(&there) && stderr.contains(&here), "{stderr}");
+    assert_eq!(stderr.matches("is a black hole").count(), 2, "{stderr}");
 }
 
 /// The CLI killed right after a fleet request answered, and its journal lost: `destroy` finds
