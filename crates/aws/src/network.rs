@@ -6,6 +6,11 @@
 //! region and every other region. A zone the launch planner moves machines to gets its subnet
 //! when it is first asked for ([`create_subnet`]).
 //!
+//! In a region whose spec names an existing VPC (`network`, resolved by `existing.rs`), only
+//! the security groups are made, in that VPC (the binary's also admits the metrics port from
+//! the monitoring VPC's blocks); the VPC, its gateways, routes and subnets are the user's, never
+//! journaled as flotilla's and never tagged, and no peering is made.
+//!
 //! Everything is tagged at creation (TagSpecifications). A region this deployment never
 //! touched is created without looking first (no resource of ours can exist there); a region it
 //! touched before is looked up by tags first, so a re-run after a crash adopts what exists.
