@@ -169,7 +169,8 @@ async fn mutating_calls(scope: &flotilla_emulator::control::Scope) -> Vec<(Strin
 
 /// A fleet in a pre-made VPC with two subnets and a user security group: healthy, spread over
 /// both subnets, the user's group on every instance, no VPC, gateway, subnet, route or peering
-/// made; `destroy` leaves the user's VPC, subnets and group and nothing of flotilla's.
+/// made; an entry with its own network in the same VPC keeps to its one subnet and its own
+/// groups; `destroy` leaves the user's VPC, subnets and group and nothing of flotilla's.
 #[test]
 fn a_fleet_in_an_existing_vpc_uses_its_subnets_and_destroy_leaves_them() {
     let fleet = AwsFleet::new("net-existing");
@@ -187,7 +188,13 @@ fn a_fleet_in_an_existing_vpc_uses_its_subnets_and_destroy_leaves_them() {
             "  us-east-1:\n    vpc: net:{label}\n    subnets: [{}, {}]\n    security_groups: [{}]\n",
             network.subnets[0].0, network.subnets[1].0, network.group
         ),
-        &entry("web", 4, "us-east-1"),
+        // `db` has its own network: the same VPC, one subnet, no user group.
+        &(entry("web", 4, "us-east-1")
+            + &entry("db", 2, "us-east-1")
+            + &format!(
+                "  network:\n    us-east-1:\n      vpc: {}\n      subnets: [{}]\n",
+                network.vpc, network.subnets[1].0
+            )),
     );
     let spec = fleet.write("fleet.yaml", &text).display().to_string();
     rt.block_on(scope.reset_counts()).unwrap();
@@ -195,7 +202,7 @@ fn a_fleet_in_an_existing_vpc_uses_its_subnets_and_destroy_leaves_them() {
     let output =
         fleet.run_ok(&["create", "--config", &spec, "--ip", "198.51.100.7", "--output", "json"]);
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(rows.len(), 5, "{rows:?}");
+    assert_eq!(rows.len(), 7, "{rows:?}");
     for row in &rows {
         let expected = if row["role"] == "monitoring" { "idle" } else { "healthy" };
         assert_eq!(row["health"], expected, "{row}");
@@ -234,7 +241,7 @@ fn a_fleet_in_an_existing_vpc_uses_its_subnets_and_destroy_leaves_them() {
         .filter(|i| i.state().and_then(|s| s.name()).is_some_and(|n| n.as_str() == "running"))
         .cloned()
         .collect();
-    assert_eq!(instances.len(), 5);
+    assert_eq!(instances.len(), 7);
     let user_subnets: BTreeSet<&str> = network.subnets.iter().map(|(id, _)| id.as_str()).collect();
     let used: BTreeSet<&str> = instances.iter().filter_map(|i| i.subnet_id()).collect();
     assert!(used.is_subset(&user_subnets), "{used:?} in {user_subnets:?}");
@@ -255,8 +262,24 @@ fn a_fleet_in_an_existing_vpc_uses_its_subnets_and_destroy_leaves_them() {
             .chain(instance.security_groups())
             .filter_map(|g| g.group_id())
             .collect();
-        assert!(groups.contains(network.group.as_str()), "{groups:?}");
-        assert_eq!(groups.len(), 2, "flotilla's own group and the user's: {groups:?}");
+        let group = instance
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some("flotilla:group"))
+            .and_then(|t| t.value())
+            .unwrap();
+        if group == "db" {
+            assert_eq!(
+                instance.subnet_id(),
+                Some(network.subnets[1].0.as_str()),
+                "db's own subnet"
+            );
+            assert!(!groups.contains(network.group.as_str()), "{groups:?}");
+            assert_eq!(groups.len(), 1, "only flotilla's own group: {groups:?}");
+        } else {
+            assert!(groups.contains(network.group.as_str()), "{groups:?}");
+            assert_eq!(groups.len(), 2, "flotilla's own group and the user's: {groups:?}");
+        }
     }
     // Nothing of flotilla's network kinds in the region but its groups.
     let left = rt.block_on(fleet.leftovers(&["us-east-1"]));
