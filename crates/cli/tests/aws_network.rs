@@ -281,6 +281,17 @@ fn a_fleet_in_an_existing_vpc_uses_its_subnets_and_destroy_leaves_them() {
             assert_eq!(groups.len(), 2, "flotilla's own group and the user's: {groups:?}");
         }
     }
+    // flotilla's binary group admits the metrics port from the monitoring machine's VPC.
+    let groups = rt.block_on(fleet.security_groups("us-east-1"));
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    let metrics_from_vpc = groups.iter().any(|g| {
+        g.vpc_id() == Some(network.vpc.as_str())
+            && g.ip_permissions().iter().any(|p| {
+                p.from_port() == Some(9090)
+                    && p.ip_ranges().iter().any(|r| r.cidr_ip() == Some("10.91.0.0/16"))
+            })
+    });
+    assert!(metrics_from_vpc, "{groups:?}");
     // Nothing of flotilla's network kinds in the region but its groups.
     let left = rt.block_on(fleet.leftovers(&["us-east-1"]));
     let kinds: BTreeSet<&str> = left.iter().map(|(kind, _, _)| kind.as_str()).collect();
