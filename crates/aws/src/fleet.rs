@@ -274,6 +274,17 @@ fn read_answer(
 /// The zone's subnet, created when the planner first asks for a zone that has none.
 async fn subnet_for(context: &FleetContext<'_>, zone: &str) -> Result<String, ProviderError> {
     let plan = context.region;
+    if let Some(subnets) = &context.settings.subnets {
+        // An existing network: the user's subnet of the zone; flotilla makes none there.
+        return subnets.get(zone).cloned().ok_or_else(|| {
+            ProviderError::new(format!(
+                "{}: group {} has no subnet in {zone} (its subnets are in {})",
+                plan.region,
+                context.group,
+                subnets.keys().cloned().collect::<Vec<_>>().join(", ")
+            ))
+        });
+    }
     let records = context.journal.read();
     let record = records.regions.get(&plan.region).cloned().unwrap_or_default();
     if let Some(subnet) = record.subnets.get(zone) {

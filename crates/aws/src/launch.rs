@@ -344,7 +344,7 @@ async fn launch_group(
             group: group.name.clone(),
             region: group.region.clone(),
             market: group.market,
-            offered: group.offered.clone(),
+            offered: context.settings.offered(group),
             count: names.len(),
             existing,
         },

@@ -4,12 +4,14 @@
 //! `prepare` ([`prepare`]) checks everything it can before the first mutating call (regions
 //! enabled, the catalog's architectures of the types the plan resolved, an agent build per
 //! architecture, the deployer's address), then creates or adopts: the bucket, the role, every
-//! region's network (regions at once), the peerings, the launch templates, and uploads the
+//! region's network (regions at once; in an existing VPC only its security groups), the peerings
+//! (between its own VPCs only), the launch templates, and uploads the
 //! agent. `launch` ([`launch`]) adopts and names instances found by tag and launches the missing
 //! ones with EC2 Fleet (`CreateFleet` of type `instant`, [`fleet`]) as flotilla-capacity's
 //! launch planner directs. Modules, one per concern: [`clients`] (with [`throttle`], the
 //! client-side token buckets), [`survey`] and [`prices`] (read-only: regions, catalog, prices),
-//! [`network`], [`templates`], [`fleet`], [`launch`], [`instances`], [`s3`], [`iam`],
+//! [`network`] (with [`existing`]: the spec's existing VPCs, resolved and checked),
+//! [`templates`], [`fleet`], [`launch`], [`instances`], [`s3`], [`iam`],
 //! [`userdata`] and [`agents`], [`teardown`], [`authorize`], [`clean`], [`address`] (the
 //! deployer's address), [`guard`] (the emulator address guard), [`tags`], [`fanout`], with
 //! [`records`] and [`journal`] for what this machine started.
@@ -20,6 +22,7 @@ pub mod authorize;
 pub mod clean;
 pub mod clients;
 pub mod error;
+pub mod existing;
 pub mod fanout;
 pub mod fleet;
 pub mod guard;

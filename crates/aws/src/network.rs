@@ -6,6 +6,11 @@
 //! region and every other region. A zone the launch planner moves machines to gets its subnet
 //! when it is first asked for ([`create_subnet`]).
 //!
+//! In a region whose spec names an existing VPC (`network`, resolved by `existing.rs`), only
+//! the security groups are made, in that VPC (the binary's also admits the metrics port from
+//! the monitoring VPC's blocks); the VPC, its gateways, routes and subnets are the user's, never
+//! journaled as flotilla's and never tagged, and no peering is made.
+//!
 //! Everything is tagged at creation (TagSpecifications). A region this deployment never
 //! touched is created without looking first (no resource of ours can exist there); a region it
 //! touched before is looked up by tags first, so a re-run after a crash adopts what exists.
@@ -41,6 +46,18 @@ pub struct RegionPlan {
     pub architectures: Vec<String>,
     pub binary_group: bool,
     pub monitoring_group: bool,
+    /// The spec's existing VPC in this region (`network`), if it names one: flotilla then makes
+    /// only its security groups there, and no gateway, route, subnet or peering.
+    pub existing: Option<ExistingVpc>,
+}
+
+/// An existing VPC flotilla launches into.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ExistingVpc {
+    pub vpc_id: String,
+    /// The monitoring VPC's IPv4 blocks: flotilla's binary group admits the metrics port from
+    /// them (see `existing.rs`).
+    pub monitoring_blocks: Vec<String>,
 }
 
 /// The deployment-wide settings the network needs.
@@ -82,9 +99,11 @@ pub async fn ensure_region(
 
     // VPC.
     let cidr = vpc_cidr(plan.index);
-    let vpc_id = match record.vpc_id {
-        Some(id) => id,
-        None => {
+    let vpc_id = match (&plan.existing, record.vpc_id) {
+        // The user's: never journaled as flotilla's, never tagged.
+        (Some(existing), _) => existing.vpc_id.clone(),
+        (None, Some(id)) => id,
+        (None, None) => {
             let existing = if fresh {
                 None
             } else {
@@ -132,6 +151,9 @@ pub async fn ensure_region(
     // After the VPC, four independent chains run at once: the gateway and default route, the
     // subnets, the security groups, the images.
     let routing = async {
+        if plan.existing.is_some() {
+            return Ok(()); // The user's VPC routes as the user made it.
+        }
         // Internet gateway, attached.
         let igw_id = match record.internet_gateway_id {
             Some(id) => id,
@@ -231,6 +253,9 @@ pub async fn ensure_region(
         Ok::<(), ProviderError>(())
     };
     let subnets = async {
+        if plan.existing.is_some() {
+            return Ok(()); // Machines launch into the user's subnets.
+        }
         // Subnets in the zones in use.
         let mut known = record.subnets.clone();
         let missing: Vec<&String> =
@@ -271,6 +296,9 @@ pub async fn ensure_region(
         if plan.binary_group {
             let mut rules = agent_rules.clone();
             rules.extend(port_rules(settings.ports));
+            if let Some(existing) = &plan.existing {
+                rules.extend(metrics_rules(&existing.monitoring_blocks));
+            }
             wanted.push((GroupRole::Binary, rules));
         }
         if plan.monitoring_group {
@@ -505,6 +533,16 @@ fn port_rules(ports: &[PortSpec]) -> Rules {
             let port = Some(i32::from(p.port));
             (Rule::new(&p.protocol, port, port, &p.cidr), "spec ports")
         })
+        .collect()
+}
+
+/// The metrics port from the monitoring VPC's blocks, in an existing VPC (flotilla's own VPCs
+/// admit what the spec's `ports` say).
+fn metrics_rules(blocks: &[String]) -> Rules {
+    let port = Some(i32::from(crate::existing::METRICS_PORT));
+    blocks
+        .iter()
+        .map(|block| (Rule::new("tcp", port, port, block), "metrics (monitoring machine)"))
         .collect()
 }
 

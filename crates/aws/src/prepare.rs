@@ -21,7 +21,7 @@ use crate::images::{self, ImageFacts};
 use crate::network::{self, NetworkSettings, RegionPlan};
 use crate::tags::{self, UserTags};
 use crate::templates::{RootVolume, TemplateSpec};
-use crate::{AwsProvider, address, agents, iam, kms, s3, survey, templates};
+use crate::{AwsProvider, address, agents, existing, iam, kms, s3, survey, templates};
 
 /// Everything a launch needs to know, worked out by `prepare`.
 #[derive(Clone, Debug)]
@@ -41,6 +41,25 @@ pub struct GroupSettings {
     pub role: Role,
     /// Instance type → the id of the launch template of its architecture.
     pub templates: BTreeMap<String, String>,
+    /// In an existing network (`network`): zone → the user's subnet machines there launch
+    /// into; only these zones are used. `None`: flotilla's own subnets.
+    pub subnets: Option<BTreeMap<String, String>>,
+}
+
+impl GroupSettings {
+    /// Where `group` may launch: its offered zones, in an existing network only those with one
+    /// of its subnets.
+    pub fn offered(&self, group: &GroupPlan) -> BTreeMap<String, Vec<String>> {
+        match &self.subnets {
+            None => group.offered.clone(),
+            Some(subnets) => group
+                .offered
+                .iter()
+                .filter(|(zone, _)| subnets.contains_key(*zone))
+                .map(|(zone, types)| (zone.clone(), types.clone()))
+                .collect(),
+        }
+    }
 }
 
 /// The types a group may launch, in any zone.
@@ -69,7 +88,30 @@ pub async fn prepare(
     // Reads that check the account, all at once, before anything changes.
     let stage = progress.stage("checking the account", 0);
     let regions = plan.regions();
-    let (enabled, catalog, deployer_ip, role_owner) = tokio::join!(
+    let networks = async {
+        if existing::regions_with_networks(plan).is_empty() {
+            return Ok(existing::Resolved::default());
+        }
+        // Checked again: the account may have changed since the reference check.
+        let snapshots = existing::read(clients, plan).await?;
+        let (problems, resolved) = existing::evaluate(plan, &snapshots);
+        let errors: Vec<String> = problems
+            .iter()
+            .filter(|p| p.severity == flotilla_spec::Severity::Error)
+            .map(|p| format!("{}: {} ({})", p.field, p.message, p.help))
+            .collect();
+        if !errors.is_empty() {
+            return Err(ProviderError::new(format!(
+                "the spec's existing network does not fit the account:\n  {}",
+                errors.join("\n  ")
+            )));
+        }
+        for note in &resolved.notes {
+            tracing::info!("{note}");
+        }
+        Ok::<_, ProviderError>(resolved)
+    };
+    let (enabled, catalog, deployer_ip, role_owner, existing_networks) = tokio::join!(
         survey::check_regions(clients, &regions),
         survey::catalog(clients, home, &regions),
         address::for_prepare(
@@ -77,9 +119,11 @@ pub async fn prepare(
             journal.read().deployer_ip,
             provider.options.ip_discovery_url.as_deref(),
         ),
-        iam::check_ownership(clients, tag)
+        iam::check_ownership(clients, tag),
+        networks
     );
     enabled?;
+    let existing_networks = existing_networks?;
     role_owner?;
     let catalog: Catalog = catalog?;
     let deployer_ip = deployer_ip?;
@@ -136,6 +180,12 @@ pub async fn prepare(
                 architectures: region_architectures.into_iter().collect(),
                 binary_group: groups.iter().any(|g| g.role == Role::Binary),
                 monitoring_group: groups.iter().any(|g| g.role == Role::Monitoring),
+                existing: groups.iter().find_map(|g| existing_networks.groups.get(&g.name)).map(
+                    |n| network::ExistingVpc {
+                        vpc_id: n.vpc_id.clone(),
+                        monitoring_blocks: existing_networks.monitoring_blocks.clone(),
+                    },
+                ),
             };
             (region.clone(), plan)
         })
@@ -182,7 +232,13 @@ pub async fn prepare(
         .collect();
         let hub = AWS_MONITORING_REGION;
         let hub_index = region_plans[hub].index;
-        let peerings = region_plans.values().filter(|p| p.region != hub).map(|spoke| {
+        // Only between VPCs flotilla made: an existing VPC is joined by the user's own routes
+        // (checked by `existing::evaluate`).
+        let hub_existing = region_plans[hub].existing.is_some();
+        let spokes = region_plans
+            .values()
+            .filter(|p| p.region != hub && p.existing.is_none() && !hub_existing);
+        let peerings = spokes.map(|spoke| {
             let spoke_fresh = fresh.contains(&spoke.region);
             network::ensure_peering(
                 clients,
@@ -256,6 +312,11 @@ pub async fn prepare(
                 user_data: user_data[architecture].clone(),
                 instance_profile: iam_role_name(tag),
                 security_group: security_group.clone(),
+                extra_security_groups: existing_networks
+                    .groups
+                    .get(&group.name)
+                    .map(|n| n.security_groups.clone())
+                    .unwrap_or_default(),
                 root_volume: root_volume.clone(),
             };
             wanted.entry(group.region.clone()).or_default().push((group.name.clone(), spec));
@@ -294,7 +355,12 @@ pub async fn prepare(
         }
         groups.insert(
             group.name.clone(),
-            GroupSettings { region: group.region.clone(), role: group.role, templates: by_type },
+            GroupSettings {
+                region: group.region.clone(),
+                role: group.role,
+                templates: by_type,
+                subnets: existing_networks.groups.get(&group.name).map(|n| n.subnets.clone()),
+            },
         );
     }
     Ok(LaunchSettings {

@@ -10,7 +10,9 @@
 //!
 //! Every resource is checked for the deployment's tag before it is deleted, on top of the tag
 //! filter of the Describe call: deleting another deployment's resource because an API (or an
-//! emulator) ignored a filter must not be possible.
+//! emulator) ignored a filter must not be possible. In an existing VPC (`network`) the VPC,
+//! subnets, routes and the user's groups never carry the tag, so only flotilla's security group
+//! there is deleted, whatever a crash left.
 //!
 //! A `DependencyViolation` (an ENI or route that AWS releases a moment after its instance) and
 //! throttling are retried: 1 s, doubling to 10 s, ±20 % jitter, for up to

@@ -53,6 +53,8 @@ pub struct TemplateSpec {
     pub user_data: String,
     pub instance_profile: String,
     pub security_group: String,
+    /// The spec's security groups (`network.<region>.security_groups`), beside flotilla's.
+    pub extra_security_groups: Vec<String>,
     pub root_volume: RootVolume,
 }
 
@@ -101,7 +103,11 @@ impl TemplateSpec {
                     .device_index(0)
                     .associate_public_ip_address(true)
                     .delete_on_termination(true)
-                    .groups(&self.security_group)
+                    .set_groups(Some(
+                        std::iter::once(self.security_group.clone())
+                            .chain(self.extra_security_groups.iter().cloned())
+                            .collect(),
+                    ))
                     .build(),
             )
             .block_device_mappings(
@@ -290,6 +296,7 @@ mod tests {
             user_data: "IyEvYmluL3No".into(),
             instance_profile: "flotilla-t".into(),
             security_group: "sg-1".into(),
+            extra_security_groups: Vec::new(),
             root_volume: RootVolume {
                 size_gib: 10,
                 class: "gp3".into(),

@@ -16,6 +16,9 @@ moto's Python. It serves moto's WSGI app with werkzeug (threaded) on 127.0.0.1 a
 - instance state timing: `pending` and `shutting-down`/`stopping` last a while, and the public
   IP appears when the instance is running;
 - the dependency checks moto skips (DeleteSubnet, DeleteSecurityGroup, DeleteVpc);
+- route states: a route whose target is gone (a peering connection deleted, rejected, failed
+  or expired; an internet gateway detached or deleted) is `blackhole`, as AWS reports it (moto
+  says `active` for every route);
 - RunInstances root volumes with their mapping's IOPS and throughput (moto drops them, and
   then refuses io1 and io2);
 - public IPs from a pool of loopback addresses the Rust side leased, recycled on termination,
@@ -84,6 +87,7 @@ from moto.ec2.models.elastic_network_interfaces import NetworkInterface
 from moto.ec2.models.fleets import Fleet, FleetsBackend
 from moto.ec2.models.instance_types import INSTANCE_TYPE_OFFERINGS, INSTANCE_TYPES
 from moto.ec2.models.instances import Instance, InstanceBackend, StateReason
+from moto.ec2.models.route_tables import Route
 from moto.ec2.models.security_groups import SecurityGroupBackend
 from moto.ec2.models.subnets import SubnetBackend
 from moto.ec2.models.vpcs import VPCBackend
@@ -1291,6 +1295,24 @@ def delete_vpc(self: Any, vpc_id: str) -> Any:
     return original_delete_vpc(self, vpc_id)
 
 
+# States in which a peering connection carries no traffic: routes to it are black holes.
+DEAD_PEERING = ("deleted", "rejected", "failed", "expired")
+
+
+def route_state(self: Any) -> str:
+    """`blackhole` when the route's target is gone, as AWS reports it; else `active`."""
+    peering = self.vpc_pcx
+    if peering is not None and peering._status.code in DEAD_PEERING:
+        return "blackhole"
+    gateway = self.gateway
+    if gateway is not None and gateway.id.startswith("igw-"):
+        backend = self.route_table.ec2_backend
+        attached = getattr(backend.internet_gateways.get(gateway.id), "vpc", None)
+        if attached is None or attached.id != self.route_table.vpc_id:
+            return "blackhole"
+    return "active"
+
+
 def install_patches() -> None:
     patches: list[tuple[Any, str, Any]] = [
         (NetworkInterface, "check_auto_public_ip", nic_check_auto_public_ip),
@@ -1305,6 +1327,7 @@ def install_patches() -> None:
         (SubnetBackend, "delete_subnet", delete_subnet),
         (SecurityGroupBackend, "delete_security_group", delete_security_group),
         (VPCBackend, "delete_vpc", delete_vpc),
+        (Route, "state", property(route_state)),
         (SpotInstances, "describe_spot_price_history", describe_spot_price_history),
         (FleetsBackend, "create_fleet", create_fleet),
         (Fleet, "instances", property(fleet_instances)),

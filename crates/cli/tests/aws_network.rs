@@ -1,0 +1,545 @@
+//! Existing networks (`network:`) against the emulator: a fleet launched into a VPC, subnets and
+//! a security group the test made with plain EC2 calls; `destroy` leaving them; every wrong
+//! reference reported at once before any change; the monitoring machine's reachability check.
+
+#![allow(clippy::unwrap_used)] // Helpers of these tests fail the test when a step fails.
+
+mod common;
+
+use std::collections::BTreeSet;
+
+use aws_sdk_ec2::types::{Filter, ResourceType, Tag, TagSpecification};
+use common::aws::AwsFleet;
+use common::*;
+use flotilla_emulator::control::Emulator;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// What a test made in one region, as a user would have.
+struct UserNetwork {
+    vpc: String,
+    /// (id, zone)
+    subnets: Vec<(String, String)>,
+    route_table: String,
+    group: String,
+}
+
+fn tags(resource: ResourceType, key: &str, value: &str) -> TagSpecification {
+    TagSpecification::builder()
+        .resource_type(resource)
+        .tags(Tag::builder().key(key).value(value).build())
+        .build()
+}
+
+/// A VPC `cidr` tagged `net=<label>`, with an internet gateway and the default route on its
+/// main route table when `public`, a /24 subnet in each of `zones`, and a security group.
+async fn user_network(
+    ec2: &aws_sdk_ec2::Client,
+    label: &str,
+    cidr: &str,
+    zones: &[&str],
+    public: bool,
+) -> UserNetwork {
+    let vpc = ec2
+        .create_vpc()
+        .cidr_block(cidr)
+        .tag_specifications(tags(ResourceType::Vpc, "net", label))
+        .send()
+        .await
+        .unwrap()
+        .vpc()
+        .unwrap()
+        .vpc_id()
+        .unwrap()
+        .to_owned();
+    let route_table = ec2
+        .describe_route_tables()
+        .filters(Filter::builder().name("vpc-id").values(&vpc).build())
+        .send()
+        .await
+        .unwrap()
+        .route_tables()
+        .iter()
+        .find(|t| t.associations().iter().any(|a| a.main() == Some(true)))
+        .and_then(|t| t.route_table_id())
+        .unwrap()
+        .to_owned();
+    if public {
+        let igw = ec2
+            .create_internet_gateway()
+            .send()
+            .await
+            .unwrap()
+            .internet_gateway()
+            .unwrap()
+            .internet_gateway_id()
+            .unwrap()
+            .to_owned();
+        ec2.attach_internet_gateway().internet_gateway_id(&igw).vpc_id(&vpc).send().await.unwrap();
+        ec2.create_route()
+            .route_table_id(&route_table)
+            .destination_cidr_block("0.0.0.0/0")
+            .gateway_id(&igw)
+            .send()
+            .await
+            .unwrap();
+    }
+    let prefix = cidr.trim_end_matches(".0.0/16");
+    let mut subnets = Vec::new();
+    for (index, zone) in zones.iter().enumerate() {
+        let id = ec2
+            .create_subnet()
+            .vpc_id(&vpc)
+            .availability_zone(*zone)
+            .cidr_block(format!("{prefix}.{}.0/24", index + 1))
+            .tag_specifications(tags(ResourceType::Subnet, "net", label))
+            .send()
+            .await
+            .unwrap()
+            .subnet()
+            .unwrap()
+            .subnet_id()
+            .unwrap()
+            .to_owned();
+        subnets.push((id, (*zone).to_owned()));
+    }
+    let group = ec2
+        .create_security_group()
+        .group_name(format!("user-{label}"))
+        .description("the user's own group")
+        .vpc_id(&vpc)
+        .send()
+        .await
+        .unwrap()
+        .group_id()
+        .unwrap()
+        .to_owned();
+    UserNetwork { vpc, subnets, route_table, group }
+}
+
+/// Whether the user's VPC, its subnets and group all still exist.
+async fn still_there(ec2: &aws_sdk_ec2::Client, network: &UserNetwork) -> (usize, usize, usize) {
+    let by = |name: &str, values: Vec<String>| {
+        Filter::builder().name(name).set_values(Some(values)).build()
+    };
+    let vpcs = ec2.describe_vpcs().filters(by("vpc-id", vec![network.vpc.clone()])).send();
+    let subnets = ec2
+        .describe_subnets()
+        .filters(by("subnet-id", network.subnets.iter().map(|(id, _)| id.clone()).collect()))
+        .send();
+    let groups =
+        ec2.describe_security_groups().filters(by("group-id", vec![network.group.clone()])).send();
+    (
+        vpcs.await.unwrap().vpcs().len(),
+        subnets.await.unwrap().subnets().len(),
+        groups.await.unwrap().security_groups().len(),
+    )
+}
+
+fn spec(tag: &str, network: &str, instances: &str) -> String {
+    format!(
+        "tag: {tag}\nprovider: aws\nnetwork:\n{network}monitoring:\n  instance_type: t3.small\n  storage_size: 10\n  storage_class: gp3\n  dashboard: dashboard.json\ninstances:\n{instances}ports:\n- protocol: tcp\n  port: 9090\n  cidr: 0.0.0.0/0\n"
+    )
+}
+
+fn entry(name: &str, count: usize, region: &str) -> String {
+    format!(
+        "- name: {name}\n  count: {count}\n  region: {region}\n  instance_type: m7i.large\n  storage_size: 10\n  storage_class: gp3\n  binary: {}\n  config: app.conf\n  profiling: false\n",
+        fleet_app_bin().display()
+    )
+}
+
+/// The mutating EC2 calls counted in `scope` (every action but Describe/Get/List).
+async fn mutating_calls(scope: &flotilla_emulator::control::Scope) -> Vec<(String, u64)> {
+    let counts = scope.counts().await.unwrap();
+    counts
+        .0
+        .iter()
+        .flat_map(|(service, actions)| {
+            actions.iter().map(move |(action, count)| (format!("{service} {action}"), *count))
+        })
+        .filter(|(action, _)| {
+            let action = action.split_once(' ').map(|(_, a)| a).unwrap_or_default();
+            !["Describe", "Get", "List", "Head"].iter().any(|p| action.starts_with(p))
+        })
+        .collect()
+}
+
+/// A fleet in a pre-made VPC with two subnets and a user security group: healthy, spread over
+/// both subnets, the user's group on every instance, no VPC, gateway, subnet, route or peering
+/// made; an entry with its own network in the same VPC keeps to its one subnet and its own
+/// groups; `destroy` leaves the user's VPC, subnets and group and nothing of flotilla's.
+#[test]
+fn a_fleet_in_an_existing_vpc_uses_its_subnets_and_destroy_leaves_them() {
+    let fleet = AwsFleet::new("net-existing");
+    let emulator = Emulator::require();
+    let scope = emulator.scope(&fleet.scope);
+    let rt = runtime();
+    let ec2 = rt.block_on(fleet.ec2("us-east-1"));
+    let label = "flotilla-test-net-existing";
+    let network =
+        rt.block_on(user_network(&ec2, label, "10.91.0.0/16", &["us-east-1a", "us-east-1b"], true));
+    fleet.write("app.conf", "port = 9090\ngreeting = \"hi\"\ninterval = 300\n");
+    let text = spec(
+        &fleet.tag,
+        &format!(
+            "  us-east-1:\n    vpc: net:{label}\n    subnets: [{}, {}]\n    security_groups: [{}]\n",
+            network.subnets[0].0, network.subnets[1].0, network.group
+        ),
+        // `db` has its own network: the same VPC, one subnet, no user group.
+        &(entry("web", 4, "us-east-1")
+            + &entry("db", 2, "us-east-1")
+            + &format!(
+                "  network:\n    us-east-1:\n      vpc: {}\n      subnets: [{}]\n",
+                network.vpc, network.subnets[1].0
+            )),
+    );
+    let spec = fleet.write("fleet.yaml", &text).display().to_string();
+    rt.block_on(scope.reset_counts()).unwrap();
+
+    let output =
+        fleet.run_ok(&["create", "--config", &spec, "--ip", "198.51.100.7", "--output", "json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rows.len(), 7, "{rows:?}");
+    for row in &rows {
+        let expected = if row["role"] == "monitoring" { "idle" } else { "healthy" };
+        assert_eq!(row["health"], expected, "{row}");
+    }
+
+    // Made nothing of the network but its own security groups.
+    let calls = rt.block_on(mutating_calls(&scope));
+    for made in [
+        "CreateVpc",
+        "CreateInternetGateway",
+        "AttachInternetGateway",
+        "CreateSubnet",
+        "CreateRoute",
+        "CreateRouteTable",
+        "CreateVpcPeeringConnection",
+    ] {
+        assert!(
+            !calls.iter().any(|(action, _)| action == &format!("ec2 {made}")),
+            "{made} in an existing network: {calls:?}"
+        );
+    }
+    assert_eq!(
+        calls.iter().find(|(a, _)| a == "ec2 CreateSecurityGroup").map(|(_, n)| *n),
+        Some(2),
+        "the binary and monitoring groups: {calls:?}"
+    );
+
+    // Every instance in one of the user's subnets, both used, the user's group attached.
+    let instances: Vec<_> = rt
+        .block_on(ec2.describe_instances().filters(fleet.tag_filter()).send())
+        .unwrap()
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .filter(|i| fleet.tagged(i.tags()))
+        .filter(|i| i.state().and_then(|s| s.name()).is_some_and(|n| n.as_str() == "running"))
+        .cloned()
+        .collect();
+    assert_eq!(instances.len(), 7);
+    let user_subnets: BTreeSet<&str> = network.subnets.iter().map(|(id, _)| id.as_str()).collect();
+    let used: BTreeSet<&str> = instances.iter().filter_map(|i| i.subnet_id()).collect();
+    assert!(used.is_subset(&user_subnets), "{used:?} in {user_subnets:?}");
+    let web_subnets: BTreeSet<&str> = instances
+        .iter()
+        .filter(|i| {
+            i.tags().iter().any(|t| t.key() == Some("flotilla:group") && t.value() == Some("web"))
+        })
+        .filter_map(|i| i.subnet_id())
+        .collect();
+    assert_eq!(web_subnets, user_subnets, "web spreads over both subnets");
+    for instance in &instances {
+        assert_eq!(instance.vpc_id(), Some(network.vpc.as_str()));
+        let groups: BTreeSet<&str> = instance
+            .network_interfaces()
+            .iter()
+            .flat_map(|n| n.groups())
+            .chain(instance.security_groups())
+            .filter_map(|g| g.group_id())
+            .collect();
+        let group = instance
+            .tags()
+            .iter()
+            .find(|t| t.key() == Some("flotilla:group"))
+            .and_then(|t| t.value())
+            .unwrap();
+        if group == "db" {
+            assert_eq!(
+                instance.subnet_id(),
+                Some(network.subnets[1].0.as_str()),
+                "db's own subnet"
+            );
+            assert!(!groups.contains(network.group.as_str()), "{groups:?}");
+            assert_eq!(groups.len(), 1, "only flotilla's own group: {groups:?}");
+        } else {
+            assert!(groups.contains(network.group.as_str()), "{groups:?}");
+            assert_eq!(groups.len(), 2, "flotilla's own group and the user's: {groups:?}");
+        }
+    }
+    // flotilla's binary group admits the metrics port from the monitoring machine's VPC.
+    let groups = rt.block_on(fleet.security_groups("us-east-1"));
+    assert_eq!(groups.len(), 2, "{groups:?}");
+    let metrics_from_vpc = groups.iter().any(|g| {
+        g.vpc_id() == Some(network.vpc.as_str())
+            && g.ip_permissions().iter().any(|p| {
+                p.from_port() == Some(9090)
+                    && p.ip_ranges().iter().any(|r| r.cidr_ip() == Some("10.91.0.0/16"))
+            })
+    });
+    assert!(metrics_from_vpc, "{groups:?}");
+    // Nothing of flotilla's network kinds in the region but its groups.
+    let left = rt.block_on(fleet.leftovers(&["us-east-1"]));
+    let kinds: BTreeSet<&str> = left.iter().map(|(kind, _, _)| kind.as_str()).collect();
+    for kind in ["vpcs", "subnets", "internet gateways", "route tables", "peering connections"] {
+        assert!(!kinds.contains(kind), "{kind} made in an existing network: {left:?}");
+    }
+
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+    assert_eq!(rt.block_on(fleet.leftovers(&["us-east-1"])), Vec::new());
+    assert_eq!(
+        rt.block_on(still_there(&ec2, &network)),
+        (1, 2, 1),
+        "the user's VPC, subnets and group stay"
+    );
+    let vpc_tags = rt.block_on(ec2.describe_vpcs().vpc_ids(&network.vpc).send()).unwrap().vpcs()[0]
+        .tags()
+        .to_vec();
+    assert!(
+        vpc_tags.iter().all(|t| !t.key().unwrap_or_default().starts_with("flotilla:")),
+        "the user's VPC is never tagged: {vpc_tags:?}"
+    );
+    let subnets = rt
+        .block_on(
+            ec2.describe_subnets()
+                .set_subnet_ids(Some(network.subnets.iter().map(|(id, _)| id.clone()).collect()))
+                .send(),
+        )
+        .unwrap();
+    for subnet in subnets.subnets() {
+        assert!(
+            subnet.tags().iter().all(|t| !t.key().unwrap_or_default().starts_with("flotilla:")),
+            "the user's subnets are never tagged: {:?}",
+            subnet.tags()
+        );
+    }
+}
+
+/// A subnet of another VPC, a missing subnet and a missing group: every error at once, each at
+/// its field, and not one mutating call.
+#[test]
+fn every_wrong_network_reference_is_reported_at_once_before_any_change() {
+    let fleet = AwsFleet::new("net-wrong");
+    let emulator = Emulator::require();
+    let scope = emulator.scope(&fleet.scope);
+    let rt = runtime();
+    let ec2 = rt.block_on(fleet.ec2("us-east-1"));
+    let ours = rt.block_on(user_network(
+        &ec2,
+        "flotilla-test-net-wrong-a",
+        "10.92.0.0/16",
+        &["us-east-1a"],
+        true,
+    ));
+    let other = rt.block_on(user_network(
+        &ec2,
+        "flotilla-test-net-wrong-b",
+        "10.93.0.0/16",
+        &["us-east-1b"],
+        true,
+    ));
+    fleet.write("app.conf", "port = 9090\n");
+    let text = spec(
+        &fleet.tag,
+        &format!(
+            "  us-east-1:\n    vpc: {}\n    subnets: [{}, {}, subnet-0000dead]\n    security_groups: [sg-0000dead, {}]\n",
+            ours.vpc, ours.subnets[0].0, other.subnets[0].0, other.group
+        ),
+        &entry("web", 2, "us-east-1"),
+    );
+    let spec = fleet.write("fleet.yaml", &text).display().to_string();
+    rt.block_on(scope.reset_counts()).unwrap();
+
+    let output = fleet.run(&["create", "--config", &spec, "--ip", "198.51.100.7"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    for (field, message) in [
+        (
+            "network.us-east-1.subnets[1]",
+            format!("subnet {} is in VPC {}, not in {}", other.subnets[0].0, other.vpc, ours.vpc),
+        ),
+        (
+            "network.us-east-1.subnets[2]",
+            "subnet subnet-0000dead does not exist in us-east-1".to_owned(),
+        ),
+        (
+            "network.us-east-1.security_groups[0]",
+            "security group sg-0000dead does not exist in us-east-1".to_owned(),
+        ),
+        (
+            "network.us-east-1.security_groups[1]",
+            format!("security group {} is in VPC {}, not in {}", other.group, other.vpc, ours.vpc),
+        ),
+    ] {
+        assert!(stderr.contains(field), "{field} missing:\n{stderr}");
+        assert!(stderr.contains(&message), "{message} missing:\n{stderr}");
+    }
+    assert_eq!(
+        rt.block_on(mutating_calls(&scope)),
+        Vec::new(),
+        "no change before the check:\n{stderr}"
+    );
+    assert!(!fleet.home.path().join("deployments").join(&fleet.tag).join("aws").exists());
+}
+
+/// The monitoring machine (us-east-1) and a machine in eu-west-1, each in its own existing VPC:
+/// without routes between them the check names each route table and the block it lacks; with
+/// a peering routed both ways it passes.
+#[test]
+fn the_reachability_check_names_each_missing_route() {
+    let fleet = AwsFleet::new("net-reach");
+    let rt = runtime();
+    let east = rt.block_on(fleet.ec2("us-east-1"));
+    let west = rt.block_on(fleet.ec2("eu-west-1"));
+    let hub = rt.block_on(user_network(
+        &east,
+        "flotilla-test-net-reach",
+        "10.94.0.0/16",
+        &["us-east-1a"],
+        true,
+    ));
+    let spoke = rt.block_on(user_network(
+        &west,
+        "flotilla-test-net-reach",
+        "10.95.0.0/16",
+        &["eu-west-1a"],
+        true,
+    ));
+    fleet.write("app.conf", "port = 9090\n");
+    let text = spec(
+        &fleet.tag,
+        "  us-east-1:\n    vpc: net:flotilla-test-net-reach\n  eu-west-1:\n    vpc: net:flotilla-test-net-reach\n",
+        &entry("dublin", 1, "eu-west-1"),
+    );
+    let spec = fleet.write("fleet.yaml", &text).display().to_string();
+
+    let output = fleet.run(&["plan", "--config", &spec]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let there = format!(
+        "route table {} (of subnet {} in eu-west-1) has no route to 10.94.1.0/24 (subnet {} of the monitoring machine in us-east-1)",
+        spoke.route_table, spoke.subnets[0].0, hub.subnets[0].0
+    );
+    let here = format!(
+        "route table {} (of subnet {} in us-east-1, where the monitoring machine runs) has no route to 10.95.1.0/24",
+        hub.route_table, hub.subnets[0].0
+    );
+    assert!(stderr.contains(&there), "{there}\n{stderr}");
+    assert!(stderr.contains(&here), "{here}\n{stderr}");
+    assert!(
+        stderr.contains("network.eu-west-1") && stderr.contains("network.us-east-1"),
+        "{stderr}"
+    );
+
+    // Peered and routed both ways: the check passes.
+    rt.block_on(async {
+        let peering = east
+            .create_vpc_peering_connection()
+            .vpc_id(&hub.vpc)
+            .peer_vpc_id(&spoke.vpc)
+            .peer_region("eu-west-1")
+            .send()
+            .await
+            .unwrap()
+            .vpc_peering_connection()
+            .unwrap()
+            .vpc_peering_connection_id()
+            .unwrap()
+            .to_owned();
+        west.accept_vpc_peering_connection()
+            .vpc_peering_connection_id(&peering)
+            .send()
+            .await
+            .unwrap();
+        for (ec2, table, destination) in
+            [(&east, &hub.route_table, "10.95.0.0/16"), (&west, &spoke.route_table, "10.94.0.0/16")]
+        {
+            ec2.create_route()
+                .route_table_id(table)
+                .destination_cidr_block(destination)
+                .vpc_peering_connection_id(&peering)
+                .send()
+                .await
+                .unwrap();
+        }
+    });
+    fleet.run_ok(&["plan", "--config", &spec]);
+
+    // The peering deleted, its routes left behind: black holes (the emulator marks them as AWS
+    // does), named as such.
+    rt.block_on(async {
+        let peerings = east.describe_vpc_peering_connections().send().await.unwrap();
+        let peering = peerings
+            .vpc_peering_connections()
+            .iter()
+            .find(|p| p.requester_vpc_info().and_then(|v| v.vpc_id()) == Some(hub.vpc.as_str()))
+            .and_then(|p| p.vpc_peering_connection_id())
+            .unwrap()
+            .to_owned();
+        east.delete_vpc_peering_connection()
+            .vpc_peering_connection_id(peering)
+            .send()
+            .await
+            .unwrap();
+    });
+    let output = fleet.run(&["plan", "--config", &spec]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    assert!(stderr.contains(&there) && stderr.contains(&here), "{stderr}");
+    assert_eq!(stderr.matches("is a black hole").count(), 2, "{stderr}");
+}
+
+/// The CLI killed right after a fleet request answered, and its journal lost: `destroy` finds
+/// flotilla's instances, templates and security group by their tags and removes them, and the
+/// user's VPC, subnets and group (which never carry flotilla's tags) stay.
+#[test]
+fn a_crashed_create_in_an_existing_vpc_is_destroyed_without_touching_the_users_network() {
+    let fleet = AwsFleet::new("net-crash");
+    let rt = runtime();
+    let ec2 = rt.block_on(fleet.ec2("us-east-1"));
+    let label = "flotilla-test-net-crash";
+    let network =
+        rt.block_on(user_network(&ec2, label, "10.96.0.0/16", &["us-east-1a", "us-east-1b"], true));
+    fleet.write("app.conf", "port = 9090\n");
+    let text = spec(
+        &fleet.tag,
+        &format!(
+            "  us-east-1:\n    vpc: {}\n    security_groups: [{}]\n",
+            network.vpc, network.group
+        ),
+        &entry("web", 2, "us-east-1"),
+    );
+    let spec = fleet.write("fleet.yaml", &text).display().to_string();
+    let output = fleet
+        .command(&["create", "--config", &spec, "--ip", "127.0.0.1"])
+        .env("FLOTILLA_TEST_HALT_AT", "create:fleet-answered")
+        .output()
+        .unwrap();
+    assert!(!output.status.success(), "halted: {}", String::from_utf8_lossy(&output.stderr));
+    let left = rt.block_on(fleet.leftovers(&["us-east-1"]));
+    let kinds: BTreeSet<&str> = left.iter().map(|(kind, _, _)| kind.as_str()).collect();
+    assert!(
+        kinds.contains("instances (not terminated)") && kinds.contains("security groups"),
+        "{left:?}"
+    );
+    let records = fleet.home.path().join("deployments").join(&fleet.tag).join("aws/records.json");
+    fs_err::remove_file(&records).unwrap();
+
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+    assert_eq!(rt.block_on(fleet.leftovers(&["us-east-1"])), Vec::new());
+    assert_eq!(rt.block_on(still_there(&ec2, &network)), (1, 2, 1));
+}
