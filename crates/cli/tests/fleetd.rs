@@ -100,7 +100,7 @@ fn validate_checks_a_lifecycle_file_named_by_the_spec() {
     assert!(stdout.contains("spec.yaml:5:"), "the spec's line: {stdout}");
     assert!(stdout.contains("instances[0].lifecycle: the ec2fleetd config"), "{stdout}");
     assert!(
-        stdout.contains("ops.jsonc:1:30: error: domains.d.exec[0].on[0]: unknown event `startd`"),
+        stdout.contains("ops.jsonc:1:29: error: domains.d.exec[0].on[0]: unknown event `startd`"),
         "the file's own line: {stdout}"
     );
     fs_err::write(
