@@ -184,7 +184,7 @@ impl flotilla_core::provider::Surveyor for AwsProvider {
         &self,
         plan: &DeploymentPlan,
         progress: &dyn Progress,
-    ) -> Result<Vec<flotilla_core::provider::ReferenceProblem>, ProviderError> {
+    ) -> Result<flotilla_core::provider::ReferenceCheck, ProviderError> {
         references::check(&self.clients, &self.options.home, plan, progress).await
     }
 }

@@ -7,7 +7,7 @@ use std::path::Path;
 
 use flotilla_core::plan::DeploymentPlan;
 use flotilla_core::progress::Progress;
-use flotilla_core::provider::{ProviderError, ReferenceProblem};
+use flotilla_core::provider::{ProviderError, ReferenceCheck};
 
 use crate::clients::Clients;
 
@@ -16,18 +16,19 @@ mod account;
 #[path = "references_network.rs"]
 mod network;
 
-/// Every problem of every reference `plan` makes, at once, in the order of the spec's fields.
+/// Every problem of every reference `plan` makes, at once, in the order of the spec's fields,
+/// and the zones of the groups in an existing network (those its subnets cover).
 pub async fn check(
     clients: &Clients,
     home: &Path,
     plan: &DeploymentPlan,
     progress: &dyn Progress,
-) -> Result<Vec<ReferenceProblem>, ProviderError> {
-    let (mut problems, network) = tokio::try_join!(
+) -> Result<ReferenceCheck, ProviderError> {
+    let (mut problems, (network, zones)) = tokio::try_join!(
         account::check(clients, home, plan, progress),
         network::check(clients, plan, progress),
     )?;
     problems.extend(network);
     problems.sort_by(|a, b| a.field.cmp(&b.field));
-    Ok(problems)
+    Ok(ReferenceCheck { problems, zones })
 }

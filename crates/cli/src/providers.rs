@@ -6,7 +6,7 @@ use flotilla_aws::{AwsOptions, AwsProvider, Clients};
 use flotilla_core::plan::{DeploymentPlan, GroupPlan};
 use flotilla_core::progress::Progress;
 use flotilla_core::provider::{
-    LocalArtifact, Machine, Provider, ProviderError, ReferenceProblem, Survey, Surveyor,
+    LocalArtifact, Machine, Provider, ProviderError, ReferenceCheck, Survey, Surveyor,
 };
 use flotilla_core::state::{Deployment, Home};
 use flotilla_local::LocalProvider;
@@ -102,7 +102,7 @@ impl Surveyor for AnyProvider {
         &self,
         plan: &DeploymentPlan,
         progress: &dyn Progress,
-    ) -> Result<Vec<ReferenceProblem>, ProviderError> {
+    ) -> Result<ReferenceCheck, ProviderError> {
         match self {
             AnyProvider::Local(p) => p.check_references(plan, progress).await,
             AnyProvider::Aws(p) => p.check_references(plan, progress).await,
@@ -132,7 +132,7 @@ impl Surveyor for ProviderContext {
         &self,
         plan: &DeploymentPlan,
         progress: &dyn Progress,
-    ) -> Result<Vec<ReferenceProblem>, ProviderError> {
+    ) -> Result<ReferenceCheck, ProviderError> {
         match (&self.kind, &self.aws) {
             (ProviderKind::Local, _) => Ok(flotilla_local::check_references(plan)),
             (ProviderKind::Aws, Some(clients)) => {

@@ -197,6 +197,29 @@ fn a_fleet_in_an_existing_vpc_uses_its_subnets_and_destroy_leaves_them() {
             )),
     );
     let spec = fleet.write("fleet.yaml", &text).display().to_string();
+
+    // The plan places machines only in the zones of the subnets each entry may use.
+    let output = fleet.run_ok(&["plan", "--config", &spec, "--output", "json"]);
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).unwrap();
+    let zones_of = |group: &str| -> Vec<String> {
+        let group = report["groups"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|g| g["name"] == group)
+            .unwrap_or_else(|| panic!("{group} in {report}"));
+        let mut zones: Vec<String> = group["placements"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|p| p["zone"].as_str().unwrap().to_owned())
+            .collect();
+        zones.sort();
+        zones.dedup();
+        zones
+    };
+    assert_eq!(zones_of("web"), ["us-east-1a", "us-east-1b"], "{report}");
+    assert_eq!(zones_of("db"), ["us-east-1b"], "{report}");
     rt.block_on(scope.reset_counts()).unwrap();
 
     let output =

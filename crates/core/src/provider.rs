@@ -52,6 +52,15 @@ pub struct ReferenceProblem {
     pub help: String,
 }
 
+/// What the account said about the spec's references: the problems, and where each group may
+/// launch when the account narrows it (an existing network's subnets cover some zones only).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReferenceCheck {
+    pub problems: Vec<ReferenceProblem>,
+    /// Group name → the zones its machines may launch in; a group not named is not narrowed.
+    pub zones: std::collections::BTreeMap<String, Vec<String>>,
+}
+
 /// Reads what regions offer and what the account has. Read-only; a provider may cache what it
 /// reads.
 pub trait Surveyor: Sync {
@@ -68,13 +77,14 @@ pub trait Surveyor: Sync {
     /// [`crate::plan::GroupPlan::settings`] and the plan's IAM keys), checked at once and
     /// read-only, before anything is made: that each exists, is in the right region and
     /// account, and fits the rest (a subnet in the VPC, an image for the binary's
-    /// architecture). Every problem is returned, not only the first; `Err` is for a check that
-    /// could not be made at all (no credentials, the API out of reach).
+    /// architecture). Every problem is returned, not only the first, with the zones each group
+    /// may launch in where the account narrows them; `Err` is for a check that could not be
+    /// made at all (no credentials, the API out of reach).
     fn check_references(
         &self,
         plan: &DeploymentPlan,
         progress: &dyn Progress,
-    ) -> impl Future<Output = Result<Vec<ReferenceProblem>, ProviderError>> + Send;
+    ) -> impl Future<Output = Result<ReferenceCheck, ProviderError>> + Send;
 }
 
 /// What kind of failure a provider met, for callers that act on it (a capacity failure is

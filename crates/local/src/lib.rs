@@ -281,8 +281,8 @@ pub async fn survey() -> flotilla_core::provider::Survey {
 /// keys and `root_volume` describe cloud machines and are not used here (a spec written for AWS
 /// runs locally unchanged), so there is nothing to check. `boot` applies; what of it does not
 /// (kernel settings, packages) the agent reports in `status`.
-pub fn check_references(_plan: &DeploymentPlan) -> Vec<flotilla_core::provider::ReferenceProblem> {
-    Vec::new()
+pub fn check_references(_plan: &DeploymentPlan) -> flotilla_core::provider::ReferenceCheck {
+    flotilla_core::provider::ReferenceCheck::default()
 }
 
 impl flotilla_core::provider::Surveyor for LocalProvider {
@@ -299,7 +299,7 @@ impl flotilla_core::provider::Surveyor for LocalProvider {
         &self,
         plan: &DeploymentPlan,
         _progress: &dyn Progress,
-    ) -> Result<Vec<flotilla_core::provider::ReferenceProblem>, ProviderError> {
+    ) -> Result<flotilla_core::provider::ReferenceCheck, ProviderError> {
         Ok(check_references(plan))
     }
 }

@@ -120,7 +120,7 @@ pub async fn resolve(
     let architectures = binary_architectures(document, cwd)?;
     let mut plan = DeploymentPlan::from_spec(&document.spec, provider);
     if provider == ProviderKind::Local {
-        check_references(document, &plan, surveyor, progress).await?;
+        check_references(document, &mut plan, surveyor, progress).await?;
         return Ok((plan, surveyor.survey(&[], &[], progress).await?));
     }
     check_listed_architectures(document, &architectures)?;
@@ -150,21 +150,49 @@ pub async fn resolve(
                 .to_owned(),
         );
     } else {
-        check_references(document, &plan, surveyor, progress).await?;
+        check_references(document, &mut plan, surveyor, progress).await?;
     }
     Ok((plan, survey))
 }
 
 /// Asks the provider about the spec's references to the account; errors stop here, located,
-/// and warnings are shown.
+/// and warnings are shown. A group the account narrows (an existing network whose subnets
+/// cover some zones) keeps only those zones, so the estimate and the launch agree; one left
+/// with no zone that offers an eligible type is an error at its network.
 async fn check_references(
     document: &SpecDocument,
-    plan: &DeploymentPlan,
+    plan: &mut DeploymentPlan,
     surveyor: &impl Surveyor,
     progress: &dyn Progress,
 ) -> Result<(), CoreError> {
-    let problems = surveyor.check_references(plan, progress).await?;
-    for warning in crate::capacity::reference_diagnostics(document, &problems)? {
+    let mut check = surveyor.check_references(plan, progress).await?;
+    for group in &mut plan.groups {
+        let Some(zones) = check.zones.get(&group.name) else { continue };
+        if group.offered.is_empty() {
+            continue;
+        }
+        let before: Vec<String> = group.offered.keys().cloned().collect();
+        group.offered.retain(|zone, _| zones.contains(zone));
+        if group.offered.is_empty() {
+            let field = group
+                .settings
+                .network
+                .as_ref()
+                .map_or_else(|| "network".to_owned(), |n| n.field.clone());
+            check.problems.push(crate::provider::ReferenceProblem {
+                field,
+                severity: flotilla_spec::Severity::Error,
+                message: format!(
+                    "`{}` may launch only in the zones of its subnets ({}), and none of them offers an eligible type (those are offered in {})",
+                    group.name,
+                    zones.join(", "),
+                    before.join(", ")
+                ),
+                help: "add a subnet in a zone that offers the group's types, or add types offered in the subnets' zones".to_owned(),
+            });
+        }
+    }
+    for warning in crate::capacity::reference_diagnostics(document, &check.problems)? {
         progress.notice(&warning.to_string());
     }
     Ok(())
