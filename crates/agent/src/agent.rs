@@ -74,6 +74,8 @@ pub(crate) struct Agent {
     pub(crate) started_at: Instant,
     /// Spawns rollouts, so that a rollout that panics takes the agent down.
     pub(crate) components: Components,
+    /// The lifecycle component: hooks on events, and its report for the status.
+    pub(crate) lifecycle: crate::lifecycle::LifecycleHandle,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (plain values).
@@ -106,6 +108,7 @@ impl Agent {
                 .filter(|_| supervisor.state != BinaryState::Healthy),
             rollout,
             boot: supervisor.boot,
+            lifecycle: self.lifecycle.report(),
         }
     }
 
@@ -606,6 +609,7 @@ mod tests {
             restart: RestartSpec::default(),
             health_deadline: Duration::from_secs(60),
             boot: Default::default(),
+            lifecycle: None,
         }
     }
 

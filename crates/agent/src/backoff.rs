@@ -15,6 +15,12 @@
 //!   learned), `apt-get` is tried again after 1 s, doubling to at most 10 s, times a random
 //!   factor in 0.8..=1.2, until [`APT_LOCK_WAIT`] (5 minutes) has passed since the first try;
 //!   then the step fails with apt's own message.
+//! - Polling IMDS (`imds.rs`): `spot/instance-action` and `events/recommendations/rebalance`
+//!   every 250 ms (every 250 ms of delay is shutdown time lost), `events/maintenance/scheduled`
+//!   every 5 s (announced days ahead). After `n` failures in a row a route waits 250 ms × 2^n,
+//!   capped at 10 s, times a random factor in 0.8..=1.2, so a broken IMDS is not hammered and
+//!   a mended one is noticed within seconds; a success returns the route to its interval. There
+//!   is no deadline: the agent polls as long as it runs, and each request has its own timeout.
 
 use std::time::Duration;
 
@@ -71,6 +77,29 @@ pub(crate) fn restart_delay(
 /// (`Duration::mul_f64` panics when the product does not fit).
 fn scale(duration: Duration, factor: f64) -> Duration {
     Duration::try_from_secs_f64(duration.as_secs_f64() * factor).unwrap_or(Duration::MAX)
+}
+
+/// How often the fast IMDS routes are polled while they answer.
+pub(crate) const IMDS_FAST_POLL: Duration = Duration::from_millis(250);
+/// How often scheduled events are polled while IMDS answers.
+pub(crate) const IMDS_SCHEDULED_POLL: Duration = Duration::from_secs(5);
+/// The longest wait between polls of a failing IMDS route.
+pub(crate) const IMDS_FAILING_POLL_MAX: Duration = Duration::from_secs(10);
+
+/// The wait before polling an IMDS route again, given its interval while healthy,
+/// `consecutive_failures` (0 after a success) and `jitter` (0.8..=1.2), used only while failing.
+pub(crate) fn imds_poll_delay(
+    interval: Duration,
+    consecutive_failures: u32,
+    jitter: f64,
+) -> Duration {
+    if consecutive_failures == 0 {
+        return interval;
+    }
+    let doublings = consecutive_failures.min(16);
+    let uncapped = IMDS_FAST_POLL.saturating_mul(2u32.saturating_pow(doublings));
+    let jitter = if jitter.is_nan() { 1.0 } else { jitter.clamp(0.8, 1.2) };
+    scale(uncapped.min(IMDS_FAILING_POLL_MAX), jitter)
 }
 
 /// A random jitter factor in 0.8..=1.2.
@@ -163,5 +192,16 @@ mod tests {
             seen.push(delay);
         }
         assert_eq!(seen, [100, 200, 400, 500, 500, 500, 500].map(Duration::from_millis));
+    }
+
+    #[test]
+    fn imds_polls_back_off_while_failing_and_return_to_their_interval() {
+        assert_eq!(imds_poll_delay(IMDS_FAST_POLL, 0, 1.2), IMDS_FAST_POLL);
+        assert_eq!(imds_poll_delay(IMDS_SCHEDULED_POLL, 0, 0.8), IMDS_SCHEDULED_POLL);
+        assert_eq!(imds_poll_delay(IMDS_FAST_POLL, 1, 1.0), Duration::from_millis(500));
+        assert_eq!(imds_poll_delay(IMDS_FAST_POLL, 2, 1.0), Duration::from_secs(1));
+        assert_eq!(imds_poll_delay(IMDS_FAST_POLL, 30, 1.0), IMDS_FAILING_POLL_MAX);
+        assert_eq!(imds_poll_delay(IMDS_FAST_POLL, 30, 1.2), Duration::from_secs(12));
+        assert_eq!(imds_poll_delay(IMDS_FAST_POLL, 1, f64::NAN), Duration::from_millis(500));
     }
 }

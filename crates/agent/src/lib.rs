@@ -60,7 +60,10 @@ mod failpoint;
 mod fetch;
 mod health;
 mod identity;
+mod imds;
+mod imds_rehearsal;
 mod instance_dir;
+mod lifecycle;
 mod log_file;
 mod metrics;
 mod process_group;
@@ -282,6 +285,28 @@ async fn start_armed(
         runs_on: bootstrap.boot.runs_on.clone(),
         dir: dir.root().to_path_buf(),
     };
+    let rehearsal = match &bootstrap.imds {
+        Some(imds) => match &imds.rehearsal_notices {
+            Some(notices) => Some(
+                imds_rehearsal::serve(
+                    &imds.endpoint,
+                    notices.clone(),
+                    &identity,
+                    shutdown_receiver.clone(),
+                )
+                .await?,
+            ),
+            None => None,
+        },
+        None => None,
+    };
+    let (lifecycle_handle, make_lifecycle) = lifecycle::lifecycle(lifecycle::LifecycleContext {
+        dir: dir.root().to_path_buf(),
+        work: dir.work(),
+        log: log.clone(),
+        imds_endpoint: bootstrap.imds.as_ref().map(|imds| imds.endpoint.clone()),
+        runs_on: bootstrap.boot.runs_on.clone(),
+    });
     let (supervisor, supervisor_task) = supervisor(
         spawner,
         log.clone(),
@@ -290,8 +315,14 @@ async fn start_armed(
         boot_target,
         bootstrap.stop_grace,
         failpoints.clone(),
+        lifecycle_handle.clone(),
     );
     let supervisor_task = components.spawn("supervisor", Lifetime::Agent, supervisor_task);
+    let lifecycle_task = make_lifecycle(supervisor.clone()).run(shutdown_receiver.clone());
+    let mut background = vec![components.spawn("lifecycle", Lifetime::Agent, lifecycle_task)];
+    if let Some(rehearsal) = rehearsal {
+        background.push(components.spawn("rehearsal IMDS", Lifetime::Agent, rehearsal));
+    }
     let stop_grace = bootstrap.stop_grace;
     let agent = Arc::new(Agent {
         identity,
@@ -305,6 +336,7 @@ async fn start_armed(
         rollout_finished: tokio::sync::Notify::new(),
         started_at: tokio::time::Instant::now(),
         components: components.clone(),
+        lifecycle: lifecycle_handle,
     });
 
     // The installed version is ordered to start before the API answers: a manifest applied at
@@ -319,10 +351,11 @@ async fn start_armed(
     );
     let metrics =
         metrics::serve_metrics(metrics_listener, agent.clone(), shutdown_receiver, failpoints);
-    let servers = vec![
+    let mut servers = vec![
         components.spawn("API server", Lifetime::Agent, api),
         components.spawn("metrics server", Lifetime::Agent, metrics),
     ];
+    servers.extend(background);
     tracing::info!("agent serving: API on {api_address}, metrics on {metrics_address}");
     Ok(AgentHandle {
         agent,
@@ -417,6 +450,16 @@ impl AgentHandle {
     /// the instance directory. When the supervisor has died, what is left of the binary's
     /// process group is killed instead.
     pub async fn shutdown(mut self) -> Result<(), AgentError> {
+        // `stopping` hooks run while the binary still runs, bounded like a stop.
+        if self.agent.lifecycle.has_hooks(flotilla_spec::fleetd::Event::Stopping) {
+            let stopping = self
+                .agent
+                .lifecycle
+                .run(flotilla_spec::fleetd::Event::Stopping, "the agent is stopping");
+            if tokio::time::timeout(lifecycle::DEFAULT_LINE_TIMEOUT, stopping).await.is_err() {
+                tracing::warn!("the stopping hooks did not end in time");
+            }
+        }
         let _ = self.shutdown.send(true);
         self.agent.abandon_rollout().await;
         let stopped = self.agent.supervisor.order(Order::Shutdown);

@@ -32,6 +32,7 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use flotilla_spec::api::{BinaryState, BootReport, ExitInfo};
+use flotilla_spec::fleetd::Event;
 use flotilla_spec::manifest::{Manifest, short_version};
 use flotilla_spec::{HealthCheck, RestartPolicy};
 use rustix::process::Signal;
@@ -48,6 +49,7 @@ use crate::deadline;
 use crate::failpoint::{Failpoint, Failpoints};
 use crate::health::{self, CHECK_INTERVAL, FIRST_CHECK_AFTER, NONE_HEALTHY_AFTER};
 use crate::instance_dir::InstanceDir;
+use crate::lifecycle::LifecycleHandle;
 use crate::metrics::AgentMetrics;
 use crate::process_group::{self, signal_group};
 use crate::spawner::{ProcessSpec, Spawner};
@@ -92,6 +94,8 @@ pub(crate) struct SupervisorStatus {
     pub(crate) exits_before_healthy: u32,
     /// Whether the binary became healthy since the version was selected or restarted.
     pub(crate) became_healthy: bool,
+    /// Exits the binary made without being told to, since the agent started.
+    pub(crate) exits: u64,
     pub(crate) last_exit: Option<ExitInfo>,
     /// How the last run ended, in words ("exited with code 1").
     pub(crate) last_exit_description: Option<String>,
@@ -112,6 +116,7 @@ impl SupervisorStatus {
             restarts: 0,
             exits_before_healthy: 0,
             became_healthy: false,
+            exits: 0,
             last_exit: None,
             last_exit_description: None,
             health_error: None,
@@ -206,6 +211,10 @@ impl SupervisorHandle {
 
 /// The supervisor: its handle, and the task to spawn (it runs until `Order::Shutdown` or until
 /// every handle is gone).
+#[expect(
+    clippy::too_many_arguments,
+    reason = "the supervisor's collaborators, each named; a struct of them is the next refactor"
+)]
 pub(crate) fn supervisor(
     spawner: Spawner,
     log: Arc<BinaryLog>,
@@ -214,6 +223,7 @@ pub(crate) fn supervisor(
     boot_target: BootTarget,
     stop_grace: Duration,
     failpoints: Failpoints,
+    lifecycle: LifecycleHandle,
 ) -> (SupervisorHandle, impl Future<Output = ()> + Send + 'static) {
     let (orders, receiver) = mpsc::unbounded_channel();
     let (status, status_receiver) = watch::channel(SupervisorStatus::idle());
@@ -230,6 +240,7 @@ pub(crate) fn supervisor(
         consecutive_failures: 0,
         warned_about_parent_death_signal: false,
         failpoints,
+        lifecycle,
     };
     (SupervisorHandle { orders, status: status_receiver }, supervisor.run())
 }
@@ -253,10 +264,11 @@ struct Supervisor {
     consecutive_failures: u32,
     warned_about_parent_death_signal: bool,
     failpoints: Failpoints,
+    lifecycle: LifecycleHandle,
 }
 
 type HealthCheckFuture = Pin<Box<dyn Future<Output = Result<(), String>> + Send>>;
-type BootFuture = Pin<Box<dyn Future<Output = BootReport> + Send>>;
+type BootFuture = Pin<Box<dyn Future<Output = Option<BootReport>> + Send>>;
 
 /// The binary while it runs.
 struct RunningBinary {
@@ -367,11 +379,13 @@ impl Supervisor {
         }
         let next = match order {
             Order::Run { version, manifest } => {
+                self.lifecycle.select(Some(&manifest));
                 self.selected = Some(Selected { version, manifest });
                 self.begin_run();
                 self.boot_then_start().await
             }
             Order::Hold { version, manifest } => {
+                self.lifecycle.select(Some(&manifest));
                 self.selected = Some(Selected { version, manifest });
                 self.begin_run();
                 self.status.send_modify(|status| status.state = BinaryState::Stopped);
@@ -396,6 +410,7 @@ impl Supervisor {
                 Activity::Waiting
             }
             Order::Clear => {
+                self.lifecycle.select(None);
                 self.selected = None;
                 self.status.send_modify(|status| {
                     status.generation += 1;
@@ -433,12 +448,15 @@ impl Supervisor {
         });
     }
 
-    /// Runs the selected version's boot additions first, when it has any, else starts it.
+    /// Runs the selected version's boot additions and `starting` hooks first, when it has any,
+    /// else starts it.
     async fn boot_then_start(&mut self) -> Activity {
         let Some(selected) = self.selected.as_ref() else {
             return Activity::Waiting;
         };
-        if !boot::has_work(&selected.manifest.boot, &self.boot_target) {
+        let boots = boot::has_work(&selected.manifest.boot, &self.boot_target);
+        let starting = self.lifecycle.has_hooks(Event::Starting);
+        if !boots && !starting {
             return self.start_selected().await;
         }
         let manifest = selected.manifest.clone();
@@ -447,23 +465,37 @@ impl Supervisor {
         let target = self.boot_target.clone();
         let spawner = self.spawner.clone();
         let log = self.log.clone();
+        let lifecycle = self.lifecycle.clone();
         self.status.send_modify(|status| {
             status.state = BinaryState::Starting;
-            status.boot = Some(BootReport {
-                version: version.clone(),
-                blocked: false,
-                steps: Vec::new(),
-                started_at: unix_now(),
-                finished_at: None,
-            });
+            if boots {
+                status.boot = Some(BootReport {
+                    version: version.clone(),
+                    blocked: false,
+                    steps: Vec::new(),
+                    started_at: unix_now(),
+                    finished_at: None,
+                });
+            }
         });
         Activity::Booting(Box::pin(async move {
-            boot::run(&manifest.boot, &version, &target, env, &spawner, &log).await
+            let report = if boots {
+                Some(boot::run(&manifest.boot, &version, &target, env, &spawner, &log).await)
+            } else {
+                None
+            };
+            if starting && !report.as_ref().is_some_and(|r| r.blocked) {
+                lifecycle.run(Event::Starting, "the binary is about to start").await;
+            }
+            report
         }))
     }
 
     /// Starts the binary after its boot additions, unless a critical step failed.
-    async fn after_boot(&mut self, report: BootReport) -> Activity {
+    async fn after_boot(&mut self, report: Option<BootReport>) -> Activity {
+        let Some(report) = report else {
+            return self.start_selected().await;
+        };
         let blocked = report.blocked;
         self.status.send_modify(|status| {
             status.boot = Some(report);
@@ -717,6 +749,7 @@ impl Supervisor {
             status.started_at = None;
             status.last_exit = Some(exit);
             status.last_exit_description = Some(description);
+            status.exits = status.exits.saturating_add(1);
             if !status.became_healthy {
                 status.exits_before_healthy = status.exits_before_healthy.saturating_add(1);
             }

@@ -45,6 +45,9 @@ pub enum Command {
     Plan(PlanArgs),
     /// Print a JSON Schema.
     Schema(SchemaArgs),
+    /// Serve an EC2 notice (spot, rebalance, scheduled) to a local machine's IMDS, to rehearse
+    /// its lifecycle hooks.
+    Notice(NoticeArgs),
     /// ec2fleetd's configs: check one, and see what it asks for.
     #[command(subcommand)]
     Fleetd(FleetdCommand),
@@ -176,6 +179,35 @@ pub struct TargetArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub target: Target,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
+pub enum NoticeKind {
+    /// A spot interruption (`spot/instance-action`, action terminate): `interrupted` hooks,
+    /// then the binary stops.
+    Spot,
+    /// A rebalance recommendation: `rebalance` hooks.
+    Rebalance,
+    /// A scheduled event: `scheduled-event` hooks.
+    Scheduled,
+}
+
+#[derive(Debug, Args)]
+pub struct NoticeArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The machine (e.g. `node-3`).
+    pub name: String,
+    pub kind: NoticeKind,
+    /// When the notice's action happens (spot's time, a scheduled event's start), e.g. `2m`;
+    /// default: 2m for spot, now for the others.
+    #[arg(long = "in", value_parser = humantime::parse_duration)]
+    pub in_: Option<std::time::Duration>,
+    /// A scheduled event's code.
+    #[arg(long, default_value = "instance-retirement")]
+    pub code: String,
     #[command(flatten)]
     pub output: OutputArgs,
 }

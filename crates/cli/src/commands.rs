@@ -81,6 +81,7 @@ fn output_format(command: &Command) -> Option<OutputFormat> {
         Command::Update(a) => Some(a.output.output),
         Command::Destroy(a) => Some(a.output.output),
         Command::Status(a) => Some(a.output.output),
+        Command::Notice(a) => Some(a.output.output),
         Command::List(a) => Some(a.output),
         Command::Validate(a) => Some(a.output.output),
         Command::Plan(a) => Some(a.output.output),
@@ -262,6 +263,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             });
             Ok(if healthy { exit::OK } else { exit::FAILED })
         }
+        Command::Notice(args) => notice(&args, &home()?, &environment).await,
         Command::Logs(args) => {
             let tag = target_tag(&args.target)?;
             let home = home()?;
@@ -444,4 +446,84 @@ fn validate(path: &Path, format: OutputFormat) -> Result<u8, CoreError> {
         }
     }
     Ok(if valid { exit::OK } else { exit::ERROR })
+}
+
+/// `flotilla notice`: writes the notice into the machine's rehearsal IMDS (local provider).
+async fn notice(
+    args: &crate::cli::NoticeArgs,
+    home: &flotilla_core::state::Home,
+    environment: &Environment,
+) -> Result<u8, CoreError> {
+    use crate::cli::NoticeKind;
+    use flotilla_spec::imds::{
+        RebalanceRecommendation, RehearsalNotices, ScheduledEvent, SpotInstanceAction,
+    };
+    let tag = target_tag(&args.target)?;
+    let deployment = home.open(&tag)?;
+    let kind = deployment.metadata()?.provider;
+    if kind != ProviderKind::Local {
+        return Err(CoreError::Refused(format!(
+            "deployment `{tag}` runs on the {kind} provider: flotilla serves notices only to local machines' rehearsal IMDS; on AWS, rehearse a spot interruption with AWS Fault Injection Service: an experiment template with the action `aws:ec2:send-spot-instance-interruptions` targeting the instance (tag `flotilla:deployment={tag}`), then `aws fis start-experiment`"
+        )));
+    }
+    let context = ProviderContext::new(kind, home, environment, None).await;
+    let providers::AnyProvider::Local(provider) = context.make(&deployment)? else {
+        unreachable!("the context was built for the local provider")
+    };
+    let now = std::time::SystemTime::now();
+    let at = |default: std::time::Duration| now + args.in_.unwrap_or(default);
+    let rfc3339 = |time| humantime::format_rfc3339_seconds(time).to_string();
+    let mut notices = RehearsalNotices::default();
+    match args.kind {
+        NoticeKind::Spot => {
+            notices.spot = Some(SpotInstanceAction {
+                action: "terminate".to_owned(),
+                time: rfc3339(at(std::time::Duration::from_secs(120))),
+            });
+        }
+        NoticeKind::Rebalance => {
+            notices.rebalance = Some(RebalanceRecommendation {
+                notice_time: rfc3339(at(std::time::Duration::ZERO)),
+            });
+        }
+        NoticeKind::Scheduled => {
+            let start = at(std::time::Duration::ZERO);
+            notices.scheduled = vec![ScheduledEvent {
+                code: args.code.clone(),
+                description: format!("rehearsal of {}", args.code),
+                event_id: format!(
+                    "instance-event-{:x}",
+                    now.duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_nanos()
+                ),
+                not_before: imds_time(start),
+                not_after: imds_time(start + std::time::Duration::from_secs(7 * 24 * 3600)),
+                state: "active".to_owned(),
+            }];
+        }
+    }
+    let path = provider.serve_notices(&args.name, &notices)?;
+    if args.output.output == OutputFormat::Json {
+        let json = serde_json::json!({ "name": args.name, "notices": notices, "file": path });
+        crate::output::print_json(&json);
+    } else {
+        tracing::info!("{}: serving a {:?} notice from {}", args.name, args.kind, path.display());
+    }
+    Ok(exit::OK)
+}
+
+/// IMDS's layout for scheduled events: `21 Jan 2026 09:00:43 GMT`.
+fn imds_time(time: std::time::SystemTime) -> String {
+    let text = humantime::format_rfc3339_seconds(time).to_string();
+    // 2026-01-21T09:00:43Z
+    let (date, clock) = text.trim_end_matches('Z').split_once('T').unwrap_or((&text, ""));
+    let mut parts = date.split('-');
+    let (year, month, day) = (parts.next(), parts.next(), parts.next());
+    const MONTHS: [&str; 12] =
+        ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let month = month
+        .and_then(|m| m.parse::<usize>().ok())
+        .and_then(|m| MONTHS.get(m.wrapping_sub(1)))
+        .copied()
+        .unwrap_or("Jan");
+    format!("{} {month} {} {clock} GMT", day.unwrap_or("01"), year.unwrap_or("1970"))
 }

@@ -78,6 +78,7 @@ pub fn print_status(rows: &[StatusRow]) {
                 .or_else(|| row.error.clone())
                 .or_else(|| row.health_error.clone())
                 .or_else(|| boot_note(row))
+                .or_else(|| lifecycle_note(row))
                 .or_else(|| {
                     row.rollout.as_ref().and_then(|r| {
                         r.reason.as_ref().map(|reason| {
@@ -123,6 +124,19 @@ pub fn print_status(rows: &[StatusRow]) {
     header.push("NOTE");
     print_table(&header, &table);
     print_boot_failures(rows);
+}
+
+/// The NOTE of a machine whose lifecycle saw an event: the last one, and failed hooks.
+fn lifecycle_note(row: &StatusRow) -> Option<String> {
+    let lifecycle = row.lifecycle.as_ref()?;
+    let last = lifecycle.last_event.as_ref()?;
+    let failed = lifecycle
+        .hooks
+        .iter()
+        .filter(|h| h.outcome != flotilla_spec::api::HookOutcome::Succeeded)
+        .count();
+    let failed = if failed == 0 { String::new() } else { format!(", {failed} hook lines failed") };
+    Some(format!("last event {}: {}{failed}", last.event, last.detail))
 }
 
 /// The NOTE of a machine whose boot additions failed: the step and how.

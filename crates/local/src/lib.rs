@@ -46,10 +46,12 @@ use flotilla_core::provider::{
     LocalArtifact, Machine, MachineState, Provider, ProviderError, Role,
 };
 use flotilla_core::state::{Deployment, ensure_private_dir, write_private};
+use flotilla_spec::bootstrap::ImdsTarget;
 use flotilla_spec::bootstrap::{
     AgentBootstrap, BootTarget, DEFAULT_API_PORT, DEFAULT_METRICS_PORT, LogRotation,
 };
 use flotilla_spec::identity::IdentityBundle;
+use flotilla_spec::imds::{REHEARSAL_NOTICES_FILE, RehearsalNotices};
 use flotilla_spec::names::machine_file_name;
 use serde::{Deserialize, Serialize};
 
@@ -58,6 +60,10 @@ use crate::lease::{Block, Leases};
 /// How long an agent has to stop its binary and exit after SIGTERM before it is killed.
 const AGENT_STOP_GRACE: Duration = Duration::from_secs(15);
 /// How long the binary has after SIGTERM (the agent's `stop_grace`).
+/// The port of each machine's rehearsal IMDS, on the machine's own address (the emulator's
+/// and amazon-ec2-metadata-mock's port).
+pub const REHEARSAL_IMDS_PORT: u16 = 1338;
+
 const BINARY_STOP_GRACE: Duration = Duration::from_secs(10);
 
 /// One machine's record in `machines.json`.
@@ -137,6 +143,27 @@ impl LocalProvider {
 
     fn instance_dir(&self, name: &str) -> PathBuf {
         self.instances_dir().join(machine_file_name(name))
+    }
+
+    /// Serves `notices` from machine `name`'s rehearsal IMDS (replacing what it served):
+    /// the notices file its agent reads on every poll, written atomically.
+    pub fn serve_notices(
+        &self,
+        name: &str,
+        notices: &RehearsalNotices,
+    ) -> Result<PathBuf, ProviderError> {
+        let records = self.records()?;
+        if !records.machines.iter().any(|m| m.name == name && m.role == Role::Binary) {
+            return Err(ProviderError::new(format!(
+                "deployment `{}` has no machine `{name}`; `flotilla status` lists them",
+                self.tag
+            )));
+        }
+        let path = self.instance_dir(name).join(REHEARSAL_NOTICES_FILE);
+        let json = serde_json::to_vec_pretty(notices).expect("notices serialize to JSON");
+        write_private(&path, &json)
+            .map_err(|e| ProviderError::with_source(format!("writing {}", path.display()), e))?;
+        Ok(path)
     }
 
     fn bootstrap_path(&self, name: &str) -> PathBuf {
@@ -249,6 +276,10 @@ impl LocalProvider {
                 system_settings: false,
                 runs_on: "the local provider".to_owned(),
             },
+            imds: Some(ImdsTarget {
+                endpoint: format!("http://{}:{REHEARSAL_IMDS_PORT}", record.address),
+                rehearsal_notices: Some(dir.join(REHEARSAL_NOTICES_FILE)),
+            }),
         };
         let json = serde_json::to_vec_pretty(&bootstrap).expect("a bootstrap config serializes");
         write_private(&self.bootstrap_path(&record.name), &json).map_err(|e| {

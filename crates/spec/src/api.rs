@@ -297,6 +297,67 @@ pub struct AgentStatus {
     /// installed or applied version has boot additions.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub boot: Option<BootReport>,
+    /// The machine's lifecycle (hooks run on events), when its manifest has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<LifecycleReport>,
+}
+
+/// What the lifecycle component saw and did.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleReport {
+    /// The last event hooks ran on, when there has been one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event: Option<LifecycleEventReport>,
+    /// Each hook line's result, in the order they ran, for the last few events.
+    #[serde(default)]
+    pub hooks: Vec<HookResult>,
+    /// Parts of the config this agent does not run here (volumes, records, notifications),
+    /// each with the reason.
+    #[serde(default)]
+    pub not_applicable: Vec<String>,
+    /// Whether the last IMDS poll was answered: `ok`, or what went wrong; absent without IMDS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imds: Option<String>,
+}
+
+/// One event the lifecycle reacted to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LifecycleEventReport {
+    pub event: crate::fleetd::Event,
+    /// Unix seconds.
+    pub at: u64,
+    /// What it was, e.g. `spot terminate at 2026-12-03T07:02:00Z`.
+    pub detail: String,
+}
+
+/// How one hook line went.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HookResult {
+    pub event: crate::fleetd::Event,
+    pub domain: String,
+    /// The argv as run, macros expanded.
+    pub argv: Vec<String>,
+    pub outcome: HookOutcome,
+    /// The exit code, when it exited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub exit_code: Option<i64>,
+    /// Why it failed, or the end of its output.
+    #[serde(default)]
+    pub message: String,
+    pub duration_ms: u64,
+}
+
+/// A hook line's outcome.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum HookOutcome {
+    Succeeded,
+    /// It exited with a code its `ec` does not accept, or by a signal.
+    Failed,
+    /// It overran its `timeout` and was killed.
+    TimedOut,
+    /// It could not be started (no such program, …).
+    NotStarted,
 }
 
 /// The kinds of boot step, in the order the agent runs them.

@@ -55,6 +55,23 @@ pub struct AgentBootstrap {
     /// Where the manifest's boot additions land and which of them apply on this machine.
     #[serde(default)]
     pub boot: BootTarget,
+    /// The instance metadata service the agent polls for spot interruptions, rebalance
+    /// recommendations and scheduled events (`http://169.254.169.254` on EC2). Absent: no
+    /// polling (bootstraps written before the agent knew IMDS).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub imds: Option<ImdsTarget>,
+}
+
+/// Where the agent finds IMDS, and whether it serves a rehearsal one itself.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ImdsTarget {
+    /// The endpoint, e.g. `http://169.254.169.254` or `http://127.100.0.2:1338`.
+    pub endpoint: String,
+    /// Local provider: the agent serves an emulated IMDS at `endpoint` itself, whose notices
+    /// come from this file (written by `flotilla notice`), so hooks can be rehearsed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rehearsal_notices: Option<PathBuf>,
 }
 
 /// Where the manifest's boot additions (`boot:` in the fleet spec) land, and which apply.
@@ -190,6 +207,17 @@ impl AgentBootstrap {
         }
         if self.boot.root.as_ref().is_some_and(|path| !path.is_absolute()) {
             return Err(invalid("boot", "root must be an absolute path"));
+        }
+        if let Some(imds) = &self.imds {
+            let Some(authority) = imds.endpoint.strip_prefix("http://") else {
+                return Err(invalid("imds", "endpoint must be an http:// URL"));
+            };
+            if authority.is_empty() || authority.contains('/') {
+                return Err(invalid("imds", "endpoint must be http://HOST[:PORT] with no path"));
+            }
+            if imds.rehearsal_notices.as_ref().is_some_and(|path| !path.is_absolute()) {
+                return Err(invalid("imds", "rehearsal_notices must be an absolute path"));
+            }
         }
         Ok(())
     }

@@ -15,7 +15,7 @@ use serde::Serialize;
 use crate::diagnostic::{Diagnostic, Location, Severity, SpecErrors};
 
 /// One ec2fleetd config.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct FleetdConfig {
     /// `$schema`, kept as written (ec2fleetd never reads it).
     pub schema: Option<String>,
@@ -30,7 +30,7 @@ pub struct FleetdConfig {
 }
 
 /// A named group of volumes, records, hooks and notifications.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Domain {
     pub name: String,
     pub attach_volume: Vec<AttachVolume>,
@@ -40,7 +40,7 @@ pub struct Domain {
 }
 
 /// Where a volume may come from, tried in the order written (`source: "pc"`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum VolumeSource {
     /// `x`: the volume `volume-id`.
@@ -62,7 +62,7 @@ impl VolumeSource {
 }
 
 /// Which free pool volume a machine takes (`pool-pref`).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum PoolPreference {
     #[default]
@@ -72,7 +72,7 @@ pub enum PoolPreference {
 }
 
 /// `attach-volume[]`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct AttachVolume {
     pub device: String,
     pub source: Vec<VolumeSource>,
@@ -88,7 +88,7 @@ pub struct AttachVolume {
 }
 
 /// `update-route53[]`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct Route53Record {
     pub hosted_zone: String,
     /// The record's name with macros, normalised to end with a dot.
@@ -99,7 +99,9 @@ pub struct Route53Record {
 
 /// The events hooks and notifications run on: ec2fleetd's five daemon states, and flotilla's
 /// own, which an ec2fleetd config never names.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize)]
+#[derive(
+    Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, serde::Deserialize,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Event {
     Starting,
@@ -145,7 +147,7 @@ impl std::fmt::Display for Event {
 }
 
 /// `exec[]`: lines run in order on the listed events (every event when `on` is absent).
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct ExecSpec {
     pub on: Option<Vec<Event>>,
     pub lines: Vec<ExecLine>,
@@ -159,7 +161,7 @@ impl ExecSpec {
 }
 
 /// One command of a hook.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct ExecLine {
     /// The program and its arguments, with macros (no shell).
     pub argv: Vec<String>,
@@ -169,7 +171,7 @@ pub struct ExecLine {
 }
 
 /// The exit codes that count as success (`ec`).
-#[derive(Clone, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum ExitCodes {
     /// `null`: any exit code.
@@ -220,7 +222,7 @@ impl ExitCodes {
 }
 
 /// Where a notification goes.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum NotifyBackend {
     Sns,
@@ -228,7 +230,7 @@ pub enum NotifyBackend {
 }
 
 /// `notify[]`.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 pub struct NotifySpec {
     pub backend: NotifyBackend,
     /// The backend's name as written (`aws-sns`, `ans-sqs`, `aws-sqs`).
@@ -389,7 +391,7 @@ pub fn expand_macros(text: &str, values: &BTreeMap<String, String>) -> Result<St
 }
 
 /// An instance entry's `lifecycle`: an ec2fleetd config in the spec, or the path of one.
-#[derive(Clone, Debug, PartialEq, Serialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Lifecycle {
     Inline(FleetdConfig),

@@ -24,6 +24,7 @@ pub mod duration_serde;
 pub mod fleet;
 pub mod fleetd;
 pub mod identity;
+pub mod imds;
 pub mod json5;
 pub mod manifest;
 pub mod names;

@@ -9,6 +9,7 @@ use sha2::{Digest, Sha256};
 
 use crate::account::BootSpec;
 use crate::fleet::{HealthCheck, RestartSpec};
+use crate::fleetd::FleetdConfig;
 
 /// An artifact the agent downloads and verifies before it uses it.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
@@ -48,6 +49,23 @@ pub struct Manifest {
     /// commands (see [`BootSpec`]).
     #[serde(default, skip_serializing_if = "BootSpec::is_default")]
     pub boot: BootSpec,
+    /// The instance entry's `lifecycle:` (an ec2fleetd config), with the macro values only the
+    /// deployer knows. Absent when the entry has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<ManifestLifecycle>,
+}
+
+/// A machine's lifecycle as the agent receives it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestLifecycle {
+    /// The ec2fleetd config, decoded and checked by the deployer.
+    #[schemars(with = "serde_json::Value")]
+    pub config: FleetdConfig,
+    /// The machine's name (`{name}`).
+    pub name: String,
+    /// The machine's index in its entry (`{instance_index}`, `{ami-i}`): `node-3` → 3.
+    pub instance_index: u32,
 }
 
 impl Manifest {
@@ -68,6 +86,9 @@ impl Manifest {
             // additions keeps the version it had before they existed.
             #[serde(skip_serializing_if = "BootSpec::is_default")]
             boot: &'a BootSpec,
+            // Likewise left out without a lifecycle.
+            #[serde(skip_serializing_if = "Option::is_none")]
+            lifecycle: Option<&'a ManifestLifecycle>,
         }
         let content = Content {
             binary: &self.binary.sha256,
@@ -78,6 +99,7 @@ impl Manifest {
             health: &self.health,
             restart: &self.restart,
             boot: &self.boot,
+            lifecycle: self.lifecycle.as_ref(),
         };
         let json = serde_json::to_vec(&content).expect("a struct of strings serializes to JSON");
         hex::encode(Sha256::digest(&json))
@@ -113,6 +135,7 @@ mod tests {
             restart: RestartSpec::default(),
             health_deadline: Duration::from_secs(60),
             boot: Default::default(),
+            lifecycle: None,
         }
     }
 
@@ -128,6 +151,25 @@ mod tests {
         let mut c = manifest();
         c.args.push("--fast".into());
         assert_ne!(a.version(), c.version());
+    }
+
+    #[test]
+    fn a_lifecycle_counts_in_the_version_only_when_present() {
+        let a = manifest();
+        let before = a.version();
+        let mut b = manifest();
+        let config = crate::fleetd::parse_fleetd_config(
+            r#"{domains: {d: {exec: [{on: ["started"], lines: [{argv: ["echo", "{name}"]}]}]}}}"#,
+            std::path::Path::new("c.json5"),
+        )
+        .unwrap()
+        .config;
+        b.lifecycle = Some(ManifestLifecycle { config, name: "node-3".into(), instance_index: 3 });
+        assert_ne!(b.version(), before);
+        assert_eq!(a.version(), before);
+        let json = serde_json::to_string(&b).unwrap();
+        let back: Manifest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, b);
     }
 
     #[test]

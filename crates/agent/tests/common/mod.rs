@@ -261,6 +261,7 @@ impl Deployment {
             restart: version.restart,
             health_deadline: version.health_deadline,
             boot: version.boot.clone(),
+            lifecycle: None,
         }
     }
 }

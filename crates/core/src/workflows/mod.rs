@@ -5,6 +5,7 @@
 
 mod create;
 mod destroy;
+mod lifecycle;
 mod list;
 mod plan;
 mod status;
@@ -23,6 +24,7 @@ use flotilla_spec::fleet::resolve_path;
 use flotilla_spec::identity::IdentityBundle;
 use flotilla_spec::{Artifact, FleetSpec, Manifest, SpecDocument};
 use futures_util::StreamExt;
+pub use lifecycle::unsupported_keys as unsupported_lifecycle_keys;
 pub use list::list;
 pub use plan::{
     GroupEstimate, HOURS_PER_MONTH, PlacementEstimate, PlanReport, PoolEstimate, estimate, plan,
@@ -360,6 +362,7 @@ async fn build_manifests<P: Provider>(
                 restart: instance.restart,
                 health_deadline: spec.update.health_deadline(),
                 boot: spec.settings_of(*index).boot,
+                lifecycle: lifecycle::manifest_lifecycle(instance, &machine.name, cwd)?,
             },
         );
     }

@@ -117,6 +117,7 @@ pub async fn resolve(
 ) -> Result<(DeploymentPlan, Survey), CoreError> {
     flotilla_spec::document::check_machine_total(document, provider).map_err(CoreError::Invalid)?;
     super::check_files(document, cwd)?;
+    super::lifecycle::refuse_unsupported_lifecycle(document, provider, cwd)?;
     let architectures = binary_architectures(document, cwd)?;
     let mut plan = DeploymentPlan::from_spec(&document.spec, provider);
     if provider == ProviderKind::Local {

@@ -40,6 +40,9 @@ pub struct StatusRow {
     /// What the agent did before the binary last started (the spec's `boot:`), step by step.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub boot: Option<BootReport>,
+    /// The lifecycle's last event and each hook's result, when the machine has a lifecycle.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub lifecycle: Option<flotilla_spec::api::LifecycleReport>,
     /// Why the agent could not be asked.
     pub error: Option<String>,
     /// Why the machine is in its state, when the provider says (a spot reclaim, a failed boot,
@@ -71,6 +74,7 @@ impl StatusRow {
             health_error: None,
             rollout: None,
             boot: None,
+            lifecycle: None,
             error: None,
             state_reason: machine.state_reason.clone(),
             instance_type: machine.placement.as_ref().map(|p| p.instance_type.clone()),
@@ -93,6 +97,7 @@ impl StatusRow {
                 row.health_error = status.health_error;
                 row.rollout = status.rollout;
                 row.boot = status.boot;
+                row.lifecycle = status.lifecycle;
             }
             Err(error) => {
                 if machine.state == crate::provider::MachineState::Running {

@@ -1,0 +1,397 @@
+//! The agent's IMDS client: IMDSv2 over plain HTTP (hyper, no SDK), and the poller that turns
+//! spot interruptions, rebalance recommendations and scheduled events into lifecycle events.
+//!
+//! - Token: `PUT /latest/api/token` with a TTL of [`TOKEN_TTL`]; fetched again once less than
+//!   [`TOKEN_REFRESH_MARGIN`] of it is left ([`token_needs_refresh`]), and once more when a
+//!   request answers 401 (IMDS restarted, or the clock jumped), after which the 401 stands.
+//! - Every request (connect, send, whole answer) has [`REQUEST_TIMEOUT`]; an answer over
+//!   [`MAX_BODY`] is an error. Nothing here panics or waits without a bound: a failed poll is
+//!   counted, logged at most once per [`FAILURE_LOG_INTERVAL`] (with how many were not
+//!   logged), and the route is polled again on the schedule of `backoff::imds_poll_delay`.
+//! - A notice is acted on once (the same action and time, the same recommendation, an event id
+//!   already seen are not news); a notice whose time has passed means now
+//!   ([`time_left`]).
+
+use std::collections::BTreeSet;
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use flotilla_spec::imds::{RebalanceRecommendation, ScheduledEvent, SpotInstanceAction};
+use http_body_util::{BodyExt, Empty, Limited};
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+
+/// The TTL the agent asks for its token: 6 hours, the longest IMDS grants.
+pub(crate) const TOKEN_TTL: Duration = Duration::from_secs(21_600);
+/// A token with less than this left is replaced before the next request.
+pub(crate) const TOKEN_REFRESH_MARGIN: Duration = Duration::from_secs(300);
+/// The bound on one request, connect to last byte.
+pub(crate) const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// The largest answer read.
+const MAX_BODY: usize = 64 * 1024;
+/// At most one log line about failing polls in this time.
+pub(crate) const FAILURE_LOG_INTERVAL: Duration = Duration::from_secs(60);
+
+const TOKEN_PATH: &str = "/latest/api/token";
+const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
+const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
+
+/// The routes the poller reads, each on its own schedule.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Route {
+    Spot,
+    Rebalance,
+    Scheduled,
+}
+
+impl Route {
+    pub(crate) const ALL: [Route; 3] = [Route::Spot, Route::Rebalance, Route::Scheduled];
+
+    pub(crate) fn path(self) -> &'static str {
+        match self {
+            Route::Spot => "/latest/meta-data/spot/instance-action",
+            Route::Rebalance => "/latest/meta-data/events/recommendations/rebalance",
+            Route::Scheduled => "/latest/meta-data/events/maintenance/scheduled",
+        }
+    }
+}
+
+/// Why an IMDS request failed.
+#[derive(Debug, thiserror::Error)]
+pub(crate) enum ImdsError {
+    #[error("IMDS at {endpoint}: {what} did not answer within {timeout:?}")]
+    Timeout { endpoint: String, what: String, timeout: Duration },
+    #[error("IMDS at {endpoint}: {what}: {message}")]
+    Http { endpoint: String, what: String, message: String },
+    #[error("IMDS at {endpoint}: {what} answered {status}")]
+    Status { endpoint: String, what: String, status: StatusCode },
+}
+
+/// Whether the token fetched at `fetched_at` with `ttl` must be replaced at `now`.
+pub(crate) fn token_needs_refresh(token: Option<(Instant, Duration)>, now: Instant) -> bool {
+    match token {
+        None => true,
+        Some((fetched_at, ttl)) => {
+            now.saturating_duration_since(fetched_at).saturating_add(TOKEN_REFRESH_MARGIN) >= ttl
+        }
+    }
+}
+
+/// The time left before `deadline` at `now`; a deadline already past is zero: act now.
+pub(crate) fn time_left(deadline: SystemTime, now: SystemTime) -> Duration {
+    deadline.duration_since(now).unwrap_or(Duration::ZERO)
+}
+
+/// A notice read from IMDS.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Notice {
+    Spot { action: String, time: SystemTime, time_text: String },
+    Rebalance { time: SystemTime, time_text: String },
+    Scheduled { code: String, event_id: String, not_before: String, not_after: String },
+}
+
+/// Parses a spot answer; a time that cannot be read means now.
+pub(crate) fn parse_spot(body: &str, now: SystemTime) -> Result<Notice, String> {
+    let answer: SpotInstanceAction =
+        serde_json::from_str(body).map_err(|e| format!("spot/instance-action: {e}"))?;
+    let time = humantime::parse_rfc3339_weak(answer.time.trim_end_matches('Z')).unwrap_or(now);
+    Ok(Notice::Spot { action: answer.action, time, time_text: answer.time })
+}
+
+/// Parses a rebalance answer.
+pub(crate) fn parse_rebalance(body: &str, now: SystemTime) -> Result<Notice, String> {
+    let answer: RebalanceRecommendation =
+        serde_json::from_str(body).map_err(|e| format!("rebalance: {e}"))?;
+    let time =
+        humantime::parse_rfc3339_weak(answer.notice_time.trim_end_matches('Z')).unwrap_or(now);
+    Ok(Notice::Rebalance { time, time_text: answer.notice_time })
+}
+
+/// Parses the scheduled events; only active ones are notices.
+pub(crate) fn parse_scheduled(body: &str) -> Result<Vec<Notice>, String> {
+    let events: Vec<ScheduledEvent> =
+        serde_json::from_str(body).map_err(|e| format!("events/maintenance/scheduled: {e}"))?;
+    Ok(events
+        .into_iter()
+        .filter(|event| event.state == "active")
+        .map(|event| Notice::Scheduled {
+            code: event.code,
+            event_id: event.event_id,
+            not_before: event.not_before,
+            not_after: event.not_after,
+        })
+        .collect())
+}
+
+/// The notices already acted on, so each is acted on once.
+#[derive(Debug, Default)]
+pub(crate) struct SeenNotices {
+    spot: Option<(String, String)>,
+    rebalance: Option<String>,
+    scheduled: BTreeSet<String>,
+}
+
+impl SeenNotices {
+    /// Whether `notice` is news; remembers it.
+    pub(crate) fn is_new(&mut self, notice: &Notice) -> bool {
+        match notice {
+            Notice::Spot { action, time_text, .. } => {
+                let key = Some((action.clone(), time_text.clone()));
+                let new = self.spot != key;
+                self.spot = key;
+                new
+            }
+            Notice::Rebalance { time_text, .. } => {
+                let new = self.rebalance.as_deref() != Some(time_text);
+                self.rebalance = Some(time_text.clone());
+                new
+            }
+            Notice::Scheduled { event_id, .. } => self.scheduled.insert(event_id.clone()),
+        }
+    }
+}
+
+/// Failures logged at a limited rate, with the clock passed in.
+#[derive(Debug)]
+pub(crate) struct FailureLimiter {
+    interval: Duration,
+    last_line_at: Option<Instant>,
+    unreported: u64,
+}
+
+impl FailureLimiter {
+    pub(crate) fn new(interval: Duration) -> FailureLimiter {
+        FailureLimiter { interval, last_line_at: None, unreported: 0 }
+    }
+
+    /// Counts a failure at `now`; the line to log when one is due.
+    pub(crate) fn failed(&mut self, now: Instant, message: &str) -> Option<String> {
+        if self.last_line_at.is_some_and(|at| now.saturating_duration_since(at) < self.interval) {
+            self.unreported += 1;
+            return None;
+        }
+        let line = match self.unreported {
+            0 => message.to_owned(),
+            n => format!("{message} ({n} more failures since the last line)"),
+        };
+        self.last_line_at = Some(now);
+        self.unreported = 0;
+        Some(line)
+    }
+}
+
+/// An IMDSv2 client for one endpoint (`http://HOST[:PORT]`).
+#[derive(Debug)]
+pub(crate) struct ImdsClient {
+    endpoint: String,
+    authority: String,
+    token: Option<(String, Instant, Duration)>,
+    timeout: Duration,
+}
+
+impl ImdsClient {
+    pub(crate) fn new(endpoint: &str) -> ImdsClient {
+        ImdsClient::with_timeout(endpoint, REQUEST_TIMEOUT)
+    }
+
+    pub(crate) fn with_timeout(endpoint: &str, timeout: Duration) -> ImdsClient {
+        let authority = endpoint.trim_start_matches("http://").trim_end_matches('/');
+        let authority =
+            if authority.contains(':') { authority.to_owned() } else { format!("{authority}:80") };
+        ImdsClient { endpoint: endpoint.to_owned(), authority, token: None, timeout }
+    }
+
+    /// GETs `path`: `Ok(None)` on 404.
+    pub(crate) async fn get(&mut self, path: &str) -> Result<Option<String>, ImdsError> {
+        let token = self.token(false).await?;
+        let (status, body) = self.request(Method::GET, path, Some(&token)).await?;
+        let (status, body) = if status == StatusCode::UNAUTHORIZED {
+            let token = self.token(true).await?;
+            self.request(Method::GET, path, Some(&token)).await?
+        } else {
+            (status, body)
+        };
+        match status {
+            StatusCode::OK => Ok(Some(body)),
+            StatusCode::NOT_FOUND => Ok(None),
+            status => Err(self.error_status(path, status)),
+        }
+    }
+
+    async fn token(&mut self, renew: bool) -> Result<String, ImdsError> {
+        let now = Instant::now();
+        let current = self.token.as_ref().map(|(_, at, ttl)| (*at, *ttl));
+        if !renew
+            && !token_needs_refresh(current, now)
+            && let Some((token, _, _)) = &self.token
+        {
+            return Ok(token.clone());
+        }
+        self.token = None;
+        let (status, body) = self.request(Method::PUT, TOKEN_PATH, None).await?;
+        if status != StatusCode::OK {
+            return Err(self.error_status(TOKEN_PATH, status));
+        }
+        let token = body.trim().to_owned();
+        self.token = Some((token.clone(), now, TOKEN_TTL));
+        Ok(token)
+    }
+
+    fn error_status(&self, path: &str, status: StatusCode) -> ImdsError {
+        ImdsError::Status { endpoint: self.endpoint.clone(), what: path.to_owned(), status }
+    }
+
+    async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+    ) -> Result<(StatusCode, String), ImdsError> {
+        let what = format!("{method} {path}");
+        let exchange = async {
+            let stream = TcpStream::connect(&self.authority).await.map_err(|e| e.to_string())?;
+            let (mut sender, connection) =
+                hyper::client::conn::http1::handshake(TokioIo::new(stream))
+                    .await
+                    .map_err(|e| e.to_string())?;
+            let connection = tokio::spawn(connection);
+            let mut request = Request::builder()
+                .method(method.clone())
+                .uri(path)
+                .header(hyper::header::HOST, &self.authority);
+            request = match token {
+                Some(token) => request.header(TOKEN_HEADER, token),
+                None => request.header(TTL_HEADER, TOKEN_TTL.as_secs()),
+            };
+            let request = request.body(Empty::<Bytes>::new()).map_err(|e| e.to_string())?;
+            let answer = sender.send_request(request).await.map_err(|e| e.to_string());
+            let answer = match answer {
+                Ok(answer) => answer,
+                Err(error) => {
+                    connection.abort();
+                    return Err(error);
+                }
+            };
+            let status = answer.status();
+            let body = Limited::new(answer.into_body(), MAX_BODY).collect().await;
+            connection.abort();
+            let body = body.map_err(|e| e.to_string())?.to_bytes();
+            Ok((status, String::from_utf8_lossy(&body).into_owned()))
+        };
+        match tokio::time::timeout(self.timeout, exchange).await {
+            Ok(Ok(answer)) => Ok(answer),
+            Ok(Err(message)) => {
+                Err(ImdsError::Http { endpoint: self.endpoint.clone(), what, message })
+            }
+            Err(_) => Err(ImdsError::Timeout {
+                endpoint: self.endpoint.clone(),
+                what,
+                timeout: self.timeout,
+            }),
+        }
+    }
+}
+
+/// Polls one route; the notices it holds.
+pub(crate) async fn poll_route(
+    client: &mut ImdsClient,
+    route: Route,
+    now: SystemTime,
+) -> Result<Vec<Notice>, String> {
+    let Some(body) = client.get(route.path()).await.map_err(|e| e.to_string())? else {
+        return Ok(Vec::new());
+    };
+    match route {
+        Route::Spot => parse_spot(&body, now).map(|n| vec![n]),
+        Route::Rebalance => parse_rebalance(&body, now).map(|n| vec![n]),
+        Route::Scheduled => parse_scheduled(&body),
+    }
+}
+
+/// The machine's metadata used as macro values, where IMDS has them; missing ones are left out.
+pub(crate) async fn metadata_macros(client: &mut ImdsClient) -> Vec<(&'static str, String)> {
+    let mut values = Vec::new();
+    for (name, path) in [
+        ("instance_id", "/latest/meta-data/instance-id"),
+        ("instance_type", "/latest/meta-data/instance-type"),
+        ("placement_region", "/latest/meta-data/placement/region"),
+        ("placement_zone", "/latest/meta-data/placement/availability-zone"),
+        ("primary_public_ipv4", "/latest/meta-data/public-ipv4"),
+        ("hypervisor", "/latest/meta-data/system"),
+    ] {
+        if let Ok(Some(value)) = client.get(path).await {
+            values.push((name, value.trim().to_owned()));
+        }
+    }
+    values
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_token_is_refreshed_before_it_expires() {
+        let start = Instant::now();
+        let ttl = Duration::from_secs(21_600);
+        assert!(token_needs_refresh(None, start));
+        assert!(!token_needs_refresh(Some((start, ttl)), start));
+        let almost = start + ttl - TOKEN_REFRESH_MARGIN - Duration::from_secs(1);
+        assert!(!token_needs_refresh(Some((start, ttl)), almost));
+        assert!(token_needs_refresh(Some((start, ttl)), start + ttl - TOKEN_REFRESH_MARGIN));
+        assert!(token_needs_refresh(Some((start, ttl)), start + ttl * 2));
+    }
+
+    #[test]
+    fn notices_are_parsed_and_a_past_time_means_now() {
+        let now = humantime::parse_rfc3339("2026-12-03T07:00:00Z").unwrap();
+        let spot = parse_spot(r#"{"action":"stop","time":"2026-12-03T06:59:00Z"}"#, now).unwrap();
+        let Notice::Spot { action, time, .. } = &spot else { panic!("{spot:?}") };
+        assert_eq!(action, "stop");
+        assert_eq!(time_left(*time, now), Duration::ZERO);
+        let later =
+            parse_spot(r#"{"action":"terminate","time":"2026-12-03T07:02:00Z"}"#, now).unwrap();
+        let Notice::Spot { time, .. } = later else { panic!() };
+        assert_eq!(time_left(time, now), Duration::from_secs(120));
+        let rebalance = parse_rebalance(r#"{"noticeTime":"2026-12-03T06:00:00Z"}"#, now).unwrap();
+        assert!(matches!(rebalance, Notice::Rebalance { .. }));
+        let scheduled = parse_scheduled(
+            r#"[{"Code":"instance-retirement","Description":"d","EventId":"instance-event-1",
+                 "NotBefore":"3 Dec 2026 08:00:00 GMT","NotAfter":"","State":"active"},
+                {"Code":"system-reboot","EventId":"instance-event-2",
+                 "NotBefore":"3 Dec 2026 08:00:00 GMT","State":"canceled"}]"#,
+        )
+        .unwrap();
+        assert_eq!(scheduled.len(), 1);
+        assert!(
+            matches!(&scheduled[0], Notice::Scheduled { code, .. } if code == "instance-retirement")
+        );
+        assert!(parse_spot("not json", now).is_err());
+        assert!(parse_scheduled("{}").is_err());
+    }
+
+    #[test]
+    fn each_notice_is_news_once() {
+        let now = SystemTime::now();
+        let mut seen = SeenNotices::default();
+        let spot = parse_spot(r#"{"action":"stop","time":"2026-12-03T06:59:00Z"}"#, now).unwrap();
+        assert!(seen.is_new(&spot));
+        assert!(!seen.is_new(&spot));
+        let moved = parse_spot(r#"{"action":"stop","time":"2026-12-03T07:59:00Z"}"#, now).unwrap();
+        assert!(seen.is_new(&moved));
+    }
+
+    #[test]
+    fn failures_are_logged_at_a_limited_rate() {
+        let start = Instant::now();
+        let mut limiter = FailureLimiter::new(Duration::from_secs(60));
+        assert_eq!(limiter.failed(start, "down").as_deref(), Some("down"));
+        assert_eq!(limiter.failed(start + Duration::from_secs(1), "down"), None);
+        assert_eq!(limiter.failed(start + Duration::from_secs(2), "down"), None);
+        assert_eq!(
+            limiter.failed(start + Duration::from_secs(61), "down").as_deref(),
+            Some("down (2 more failures since the last line)")
+        );
+    }
+}
