@@ -192,20 +192,11 @@ impl Decoder<'_> {
             );
         }
         let timeout = self.optional_or_null(&fields, "timeout", |decoder, node, field| {
-            let seconds = node
-                .as_scalar()
-                .filter(|s| s.style == ScalarStyle::Plain)
-                .and_then(|s| s.text.parse::<f64>().ok())
-                .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0);
-            if seconds.is_none() {
-                decoder.error(
-                    node.location,
-                    field,
-                    format!("expected a number of seconds, found {}", node.describe()),
-                    "write the seconds the domains may take to initialise, e.g. `600`",
-                );
-            }
-            seconds.map(Duration::from_secs_f64)
+            decoder.read_seconds(
+                node,
+                field,
+                "write the seconds the domains may take to initialise, e.g. `600`",
+            )
         });
         if let Some(location) = timeout.location() {
             differences.push(Difference {
@@ -559,20 +550,7 @@ impl Decoder<'_> {
             }
         };
         let timeout = self.optional(&fields, "timeout", |decoder, node, field| {
-            let seconds = node
-                .as_scalar()
-                .filter(|s| s.style == ScalarStyle::Plain)
-                .and_then(|s| s.text.parse::<f64>().ok())
-                .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0);
-            if seconds.is_none() {
-                decoder.error(
-                    node.location,
-                    field,
-                    format!("expected a number of seconds, found {}", node.describe()),
-                    "write the seconds the line may run, e.g. `30`",
-                );
-            }
-            seconds.map(Duration::from_secs_f64)
+            decoder.read_seconds(node, field, "write the seconds the line may run, e.g. `30`")
         });
         Some(ExecLine {
             argv: argv.into_required()?,
@@ -790,6 +768,25 @@ impl Decoder<'_> {
             subject,
             body,
         })
+    }
+
+    /// A number of seconds as ec2fleetd writes timeouts (`30`, `1.5`): more than 0, at most a
+    /// day.
+    fn read_seconds(&mut self, node: &Node, field: &str, help: &str) -> Option<Duration> {
+        let seconds = node
+            .as_scalar()
+            .filter(|s| s.style == ScalarStyle::Plain)
+            .and_then(|s| s.text.parse::<f64>().ok())
+            .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0);
+        if seconds.is_none() {
+            self.error(
+                node.location,
+                field,
+                format!("expected a number of seconds, found {}", node.describe()),
+                help,
+            );
+        }
+        seconds.map(Duration::from_secs_f64)
     }
 
     /// A string whose macros are all known (for `place`).
