@@ -28,7 +28,7 @@ const EVENTS: [&str; 8] = [
 /// interrupt_action event_code` to `events-<name>.log` in the work directory.
 fn fleet_with_lifecycle(tag: &str) -> TestFleet {
     let fleet = TestFleet::new(tag, FleetOptions { count: 2, ..FleetOptions::default() });
-    let spec = fs_err::read_to_string(&fleet.spec).unwrap();
+    let spec = fs_err::read_to_string(&fleet.spec).expect("the spec is read");
     let log = fleet.work.path().join("events-{name}.log");
     let line = |mark: &str| {
         format!(
@@ -44,7 +44,7 @@ fn fleet_with_lifecycle(tag: &str) -> TestFleet {
     );
     let spec = spec.replace("  health:\n", &format!("{lifecycle}  health:\n"));
     assert!(spec.contains("lifecycle:"), "{spec}");
-    fs_err::write(&fleet.spec, spec).unwrap();
+    fs_err::write(&fleet.spec, spec).expect("the spec is written");
     fleet
 }
 
@@ -127,7 +127,7 @@ fn lifecycle_hooks_run_on_every_event_and_a_spot_notice_stops_the_binary() {
         (lifecycle["last_event"]["event"] == "started").then_some(lifecycle)
     });
     assert_eq!(hook_events(&lifecycle), ["starting", "starting", "started", "started"]);
-    for hook in lifecycle["hooks"].as_array().unwrap() {
+    for hook in lifecycle["hooks"].as_array().expect("hook results") {
         assert_eq!(hook["outcome"], "succeeded", "{hook}");
         assert_eq!(hook["exit_code"], 0, "{hook}");
         assert_eq!(hook["domain"], "app", "{hook}");
@@ -171,7 +171,7 @@ fn lifecycle_hooks_run_on_every_event_and_a_spot_notice_stops_the_binary() {
         let lifecycle = lifecycle_of(&fleet, "node-0");
         (lifecycle["last_event"]["event"] == "scheduled-event").then_some(lifecycle)
     });
-    let detail = lifecycle["last_event"]["detail"].as_str().unwrap();
+    let detail = lifecycle["last_event"]["detail"].as_str().expect("a detail");
     assert!(detail.starts_with("instance-retirement (instance-event-"), "{detail}");
 
     // A spot interruption: the interrupted hooks in order, then the binary is stopped.
@@ -191,10 +191,10 @@ fn lifecycle_hooks_run_on_every_event_and_a_spot_notice_stops_the_binary() {
         (node["health"] == "stopped").then_some(node)
     });
     assert_eq!(stopped["pid"], Value::Null, "{stopped}");
-    assert!(!is_alive(u32::try_from(before).unwrap()), "the binary (pid {before}) is gone");
+    assert!(!is_alive(u32::try_from(before).expect("a pid")), "the binary (pid {before}) is gone");
     let lifecycle = &stopped["lifecycle"];
     assert_eq!(lifecycle["last_event"]["event"], "interrupted", "{stopped}");
-    let detail = lifecycle["last_event"]["detail"].as_str().unwrap();
+    let detail = lifecycle["last_event"]["detail"].as_str().expect("a detail");
     assert!(detail.starts_with("spot terminate at "), "{detail}");
     let events = hook_events(lifecycle);
     assert_eq!(
