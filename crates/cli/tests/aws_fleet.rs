@@ -1241,6 +1241,7 @@ fn a_create_killed_after_a_fleet_answered_launches_nothing_twice() {
 /// The agent polls the IMDS the user data gave it (the emulator's, per instance): a spot
 /// interruption the emulator announces runs the `interrupted` hook, with the instance's id from
 /// IMDS among its macros, then the binary stops; `status` shows the event and the hook.
+/// `flotilla notice` refuses the AWS deployment with the Fault Injection Service guidance.
 #[test]
 fn a_spot_interruption_notice_from_imds_runs_the_interrupted_hooks_and_stops_the_binary() {
     let fleet = AwsFleet::new("spot-notice");
@@ -1289,6 +1290,14 @@ fn a_spot_interruption_notice_from_imds_runs_the_interrupted_hooks_and_stops_the
     assert_eq!(hook["outcome"], "succeeded", "{only}");
     assert_eq!(hook["message"], format!("interrupted terminate {id}"), "{only}");
     assert_eq!(only["pid"], serde_json::Value::Null, "{only}");
+
+    // `flotilla notice` serves only local machines; on AWS it names Fault Injection Service.
+    let output = fleet.run(&["notice", &fleet.tag_arg(), "only", "spot", "--output", "json"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("runs on the aws provider"), "{stderr}");
+    assert!(stderr.contains("aws:ec2:send-spot-instance-interruptions"), "{stderr}");
+    assert!(stderr.contains("aws fis start-experiment"), "{stderr}");
 
     runtime().block_on(emulator.clear_spot_interruption(&id)).unwrap();
     fleet.run_ok(&["destroy", &fleet.tag_arg()]);
