@@ -395,3 +395,192 @@ mod tests {
         );
     }
 }
+
+/// The client against a scripted IMDS on 127.0.0.1: errors, silence and a 401 are each one
+/// failed (or retried) request, never a panic or a hang, and the next request recovers.
+#[cfg(test)]
+mod against_a_server {
+    use std::collections::VecDeque;
+    use std::sync::{Arc, Mutex};
+
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    /// What the fake IMDS does with the next GET instead of answering it properly.
+    enum Reply {
+        Status(u16),
+        /// Reads the request and never answers (the connection stays open).
+        Silence,
+    }
+
+    #[derive(Default)]
+    struct Fake {
+        /// Requests as seen: `PUT /latest/api/token`, `GET /path token-1`.
+        seen: Vec<String>,
+        tokens_issued: u32,
+        /// The token GETs must carry; anything else is answered 401, as IMDS does.
+        valid: Option<String>,
+        overrides: VecDeque<Reply>,
+    }
+
+    /// Serves `fake` on an ephemeral loopback port; the endpoint.
+    async fn serve(fake: Arc<Mutex<Fake>>) -> String {
+        let listener = TcpListener::bind("127.0.0.1:0").await.expect("a loopback port");
+        let endpoint = format!("http://{}", listener.local_addr().expect("its address"));
+        tokio::spawn(async move {
+            loop {
+                let Ok((mut stream, _)) = listener.accept().await else { return };
+                let fake = fake.clone();
+                tokio::spawn(async move {
+                    let mut head = Vec::new();
+                    let mut buffer = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buffer).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buffer[..n]),
+                        }
+                    }
+                    let head = String::from_utf8_lossy(&head).to_lowercase();
+                    let mut words = head.split_whitespace();
+                    let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+                    let token = head
+                        .lines()
+                        .find_map(|line| line.strip_prefix(&format!("{TOKEN_HEADER}:")))
+                        .map(|value| value.trim().to_owned());
+                    let reply = {
+                        let mut fake = fake.lock().expect("the fake's lock");
+                        let mut seen = format!("{} {path}", method.to_uppercase());
+                        if let Some(token) = &token {
+                            seen = format!("{seen} {token}");
+                        }
+                        fake.seen.push(seen);
+                        if method == "put" {
+                            fake.tokens_issued += 1;
+                            let token = format!("token-{}", fake.tokens_issued);
+                            fake.valid = Some(token.clone());
+                            Ok((200, token))
+                        } else if let Some(reply) = fake.overrides.pop_front() {
+                            match reply {
+                                Reply::Status(code) => Ok((code, String::new())),
+                                Reply::Silence => Err(()),
+                            }
+                        } else if token.is_none() || token != fake.valid {
+                            Ok((401, String::new()))
+                        } else {
+                            Ok((200, format!("answer to {path}")))
+                        }
+                    };
+                    match reply {
+                        Ok((code, body)) => {
+                            let answer = format!(
+                                "HTTP/1.1 {code} X\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                                body.len()
+                            );
+                            let _ = stream.write_all(answer.as_bytes()).await;
+                        }
+                        Err(()) => {
+                            // Holds the connection open without a word.
+                            tokio::time::sleep(Duration::from_secs(60)).await;
+                            drop(stream);
+                        }
+                    }
+                });
+            }
+        });
+        endpoint
+    }
+
+    fn take_seen(fake: &Arc<Mutex<Fake>>) -> Vec<String> {
+        std::mem::take(&mut fake.lock().expect("the fake's lock").seen)
+    }
+
+    const SPOT: &str = "/latest/meta-data/spot/instance-action";
+
+    #[tokio::test]
+    async fn errors_silence_and_a_401_neither_crash_nor_hang_the_client_and_it_recovers() {
+        let fake = Arc::new(Mutex::new(Fake::default()));
+        let endpoint = serve(fake.clone()).await;
+        let mut client = ImdsClient::with_timeout(&endpoint, Duration::from_millis(300));
+
+        // First request: a token, then the GET with it.
+        assert_eq!(client.get(SPOT).await.unwrap(), Some(format!("answer to {SPOT}")));
+        assert_eq!(take_seen(&fake), ["PUT /latest/api/token", &format!("GET {SPOT} token-1")]);
+
+        // A 500 is an error for this request; the next one succeeds with the same token.
+        fake.lock().unwrap().overrides.push_back(Reply::Status(500));
+        let error = client.get(SPOT).await.unwrap_err();
+        assert!(
+            matches!(error, ImdsError::Status { status: StatusCode::INTERNAL_SERVER_ERROR, .. }),
+            "{error}"
+        );
+        assert!(client.get(SPOT).await.unwrap().is_some());
+        assert_eq!(
+            take_seen(&fake),
+            [format!("GET {SPOT} token-1"), format!("GET {SPOT} token-1")]
+        );
+
+        // An IMDS that never answers: a timeout at the client's bound, then recovery.
+        fake.lock().unwrap().overrides.push_back(Reply::Silence);
+        let started = Instant::now();
+        let error = client.get(SPOT).await.unwrap_err();
+        assert!(matches!(error, ImdsError::Timeout { .. }), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+        assert!(client.get(SPOT).await.unwrap().is_some());
+        assert_eq!(take_seen(&fake).len(), 2);
+
+        // IMDS forgot the token (it restarted): the 401 makes the client fetch a token once
+        // and repeat the request with it.
+        fake.lock().unwrap().valid = None;
+        assert_eq!(client.get(SPOT).await.unwrap(), Some(format!("answer to {SPOT}")));
+        assert_eq!(
+            take_seen(&fake),
+            [
+                format!("GET {SPOT} token-1"),
+                "PUT /latest/api/token".to_owned(),
+                format!("GET {SPOT} token-2")
+            ]
+        );
+        // The new token is kept.
+        assert!(client.get(SPOT).await.unwrap().is_some());
+        assert_eq!(take_seen(&fake), [format!("GET {SPOT} token-2")]);
+
+        // A 401 that stands after the new token is the request's error: one new token, no loop.
+        fake.lock().unwrap().overrides.extend([Reply::Status(401), Reply::Status(401)]);
+        let error = client.get(SPOT).await.unwrap_err();
+        assert!(matches!(error, ImdsError::Status { status: StatusCode::UNAUTHORIZED, .. }));
+        assert_eq!(
+            take_seen(&fake),
+            [
+                format!("GET {SPOT} token-2"),
+                "PUT /latest/api/token".to_owned(),
+                format!("GET {SPOT} token-3")
+            ]
+        );
+        // A 404 is no notice, not an error.
+        fake.lock().unwrap().overrides.push_back(Reply::Status(404));
+        assert_eq!(client.get(SPOT).await.unwrap(), None);
+        assert_eq!(fake.lock().unwrap().tokens_issued, 3);
+    }
+
+    #[tokio::test]
+    async fn a_poll_against_a_failing_imds_is_an_error_not_a_panic() {
+        let fake = Arc::new(Mutex::new(Fake::default()));
+        let endpoint = serve(fake.clone()).await;
+        let mut client = ImdsClient::with_timeout(&endpoint, Duration::from_millis(300));
+        fake.lock().unwrap().overrides.push_back(Reply::Status(500));
+        let error = poll_route(&mut client, Route::Spot, SystemTime::now()).await.unwrap_err();
+        assert!(error.contains("500"), "{error}");
+        // The fake's 200 is not JSON: a parse error, also no panic.
+        let error = poll_route(&mut client, Route::Spot, SystemTime::now()).await.unwrap_err();
+        assert!(error.contains("spot/instance-action"), "{error}");
+        // Nothing listening: a connection error.
+        let closed = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let address = closed.local_addr().unwrap();
+        drop(closed);
+        let mut client =
+            ImdsClient::with_timeout(&format!("http://{address}"), Duration::from_millis(300));
+        assert!(poll_route(&mut client, Route::Rebalance, SystemTime::now()).await.is_err());
+    }
+}

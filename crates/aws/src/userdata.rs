@@ -3,8 +3,9 @@
 //!
 //! It asks IMDS (v2) for the instance id and, with the instance role's temporary credentials,
 //! downloads the agent from S3 and checks its SHA-256, writes the agent's bootstrap config (whose
-//! identity URL names this instance) and starts the agent under systemd. The credentials reach
-//! curl on stdin, never on a command line.
+//! identity URL names this instance, and whose IMDS endpoint is the one the script asked, so the
+//! agent polls it for spot interruptions, rebalance recommendations and scheduled events) and
+//! starts the agent under systemd. The credentials reach curl on stdin, never on a command line.
 //!
 //! Knobs for the emulator, unset on a real machine (cloud-init runs the script as root with a
 //! bare environment): `FLOTILLA_ROOT` (prefix of every path written), `FLOTILLA_IMDS_ENDPOINT`,
@@ -125,7 +126,7 @@ else
 fi
 
 cat > "$root/etc/flotilla/bootstrap.json" <<EOF
-{{"tag": "$tag", "dir": "$root/var/lib/flotilla/agent", "listen": "$listen", "api_port": {api_port}, "metrics_port": {metrics_port}, "identity": "s3://$bucket/$identity_prefix$instance_id.json", "identity_timeout": "30m", "boot": $boot}}
+{{"tag": "$tag", "dir": "$root/var/lib/flotilla/agent", "listen": "$listen", "api_port": {api_port}, "metrics_port": {metrics_port}, "identity": "s3://$bucket/$identity_prefix$instance_id.json", "identity_timeout": "30m", "boot": $boot, "imds": {{"endpoint": "$imds"}}}}
 EOF
 
 {{
@@ -196,8 +197,40 @@ mod tests {
             script.contains("\"identity\": \"s3://$bucket/$identity_prefix$instance_id.json\"")
         );
         assert!(script.len() < 16 * 1024, "user data is limited to 16 KiB");
+        // The agent polls the IMDS the script itself asked: EC2's, or the emulator's.
+        assert!(script.contains("\nimds=\"${FLOTILLA_IMDS_ENDPOINT:-http://169.254.169.254}\"\n"));
+        assert!(script.contains(", \"imds\": {\"endpoint\": \"$imds\"}}\nEOF\n"), "{script}");
         // Whether it carries a secret is checked on the provider's own user data
         // (`the_user_data_carries_no_secret_the_provider_holds` in lib.rs).
+    }
+
+    /// The bootstrap config the script writes, with its shell variables given a real machine's
+    /// values, is one the agent reads, and names EC2's IMDS.
+    #[test]
+    fn the_bootstrap_config_the_script_writes_parses_and_names_imds() {
+        let script = sample();
+        let start = script.find("bootstrap.json\" <<EOF\n").expect("the bootstrap heredoc")
+            + "bootstrap.json\" <<EOF\n".len();
+        let end = start + script[start..].find("\nEOF\n").expect("its end");
+        let mut text = script[start..end].to_owned();
+        for (variable, value) in [
+            ("$tag", "demo_1"),
+            ("$root", ""),
+            ("$listen", "10.0.0.5"),
+            ("$bucket", "flotilla-0123456789abcdef"),
+            ("$identity_prefix", "deployments/demo_1/identities/AROAEXAMPLE:"),
+            ("$instance_id", "i-0123"),
+            ("$boot", r#"{"root": "/", "system_settings": true, "runs_on": "this machine"}"#),
+            ("$imds", "http://169.254.169.254"),
+        ] {
+            text = text.replace(variable, value);
+        }
+        assert!(!text.contains('$'), "a variable is left: {text}");
+        let bootstrap = flotilla_spec::bootstrap::AgentBootstrap::parse(&text, "bootstrap.json")
+            .unwrap_or_else(|e| panic!("{e}: {text}"));
+        let imds = bootstrap.imds.expect("an IMDS target");
+        assert_eq!(imds.endpoint, "http://169.254.169.254");
+        assert_eq!(imds.rehearsal_notices, None);
     }
 
     /// Tags the deployer accepts that a shell would take for options, or split: every value is

@@ -175,7 +175,9 @@ pub fn render_plan(document: &FleetdDocument) -> String {
         let _ =
             writeln!(out, "the domains must be up within {}", humantime::format_duration(timeout));
     }
-    let _ = writeln!(out, "AWS calls: {}", config.aws_actions().join(", "));
+    let actions = config.aws_actions();
+    let actions = if actions.is_empty() { "none".to_owned() } else { actions.join(", ") };
+    let _ = writeln!(out, "AWS calls: {actions}");
     if !document.differences.is_empty() {
         let _ = writeln!(out, "where flotilla differs from ec2fleetd:");
         for difference in &document.differences {

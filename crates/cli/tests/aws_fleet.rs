@@ -1237,3 +1237,70 @@ fn a_create_killed_after_a_fleet_answered_launches_nothing_twice() {
     let left = runtime().block_on(fleet.leftovers(&["us-east-1"]));
     assert!(left.is_empty(), "destroy left: {left:?}");
 }
+
+/// The agent polls the IMDS the user data gave it (the emulator's, per instance): a spot
+/// interruption the emulator announces runs the `interrupted` hook, with the instance's id from
+/// IMDS among its macros, then the binary stops; `status` shows the event and the hook.
+/// `flotilla notice` refuses the AWS deployment with the Fault Injection Service guidance.
+#[test]
+fn a_spot_interruption_notice_from_imds_runs_the_interrupted_hooks_and_stops_the_binary() {
+    let fleet = AwsFleet::new("spot-notice");
+    let emulator = Emulator::require();
+    fleet.write("app.conf", &app_config("hello"));
+    let spec = format!(
+        "tag: '{tag}'\nmonitoring: {{instance_type: t3.small, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- name: only\n  region: us-east-1\n  instance_type: t3.small\n  storage_size: 10\n  storage_class: gp3\n  binary: {binary}\n  config: app.conf\n  profiling: false\n  lifecycle:\n    domains:\n      app:\n        exec:\n        - on: [interrupted]\n          lines:\n          - argv: [sh, -c, 'echo \"$*\"', hook, '{{daemon_state}}', '{{interrupt_action}}', '{{instance_id}}']\nports: []\n",
+        tag = fleet.tag,
+        binary = fleet_app_bin().display(),
+    );
+    let spec = fleet.write("spec.yaml", &spec);
+    let output = fleet.run_ok(&[
+        "create",
+        "--config",
+        &spec.display().to_string(),
+        "--ip",
+        "127.0.0.1",
+        "--output",
+        "json",
+    ]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(row(&rows, "only")["health"], "healthy", "{rows:?}");
+    let instances = live_instances(&fleet);
+    let id = instances
+        .iter()
+        .find(|i| {
+            i.public_ip.map(|ip| ip.to_string()).as_deref() == row(&rows, "only")["ip"].as_str()
+        })
+        .map(|i| i.id.clone())
+        .unwrap_or_else(|| panic!("the machine's instance: {instances:?}"));
+
+    let interruption = flotilla_emulator::control::SpotInterruption {
+        action: flotilla_emulator::control::SpotAction::Terminate,
+        time: None,
+    };
+    runtime().block_on(emulator.trigger_spot_interruption(&id, &interruption)).unwrap();
+    let only = wait_for("the binary stopped by the notice", Duration::from_secs(60), || {
+        let status = fleet.status();
+        let only = row(&status, "only").clone();
+        (only["health"] == "stopped").then_some(only)
+    });
+    let lifecycle = &only["lifecycle"];
+    assert_eq!(lifecycle["last_event"]["event"], "interrupted", "{only}");
+    assert_eq!(lifecycle["imds"], "ok", "{only}");
+    let hook = &lifecycle["hooks"][0];
+    assert_eq!(hook["outcome"], "succeeded", "{only}");
+    assert_eq!(hook["message"], format!("interrupted terminate {id}"), "{only}");
+    assert_eq!(only["pid"], serde_json::Value::Null, "{only}");
+
+    // `flotilla notice` serves only local machines; on AWS it names Fault Injection Service.
+    let output = fleet.run(&["notice", &fleet.tag_arg(), "only", "spot", "--output", "json"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("runs on the aws provider"), "{stderr}");
+    assert!(stderr.contains("aws:ec2:send-spot-instance-interruptions"), "{stderr}");
+    assert!(stderr.contains("aws fis start-experiment"), "{stderr}");
+
+    runtime().block_on(emulator.clear_spot_interruption(&id)).unwrap();
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+    let left = runtime().block_on(fleet.leftovers(&["us-east-1"]));
+    assert!(left.is_empty(), "destroy left: {left:?}");
+}

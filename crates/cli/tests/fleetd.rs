@@ -115,3 +115,20 @@ fn validate_checks_a_lifecycle_file_named_by_the_spec() {
         .unwrap();
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stdout));
 }
+
+/// A config with only exec hooks needs no AWS call, and says so.
+#[test]
+fn an_exec_only_config_needs_no_aws_call() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("hooks.json5");
+    fs_err::write(
+        &path,
+        r#"{domains: {app: {exec: [{on: ["interrupted"], lines: [{argv: ["/usr/local/bin/drain", "{name}"], timeout: 30}]}]}}}"#,
+    )
+    .unwrap();
+    let output = check(&[path.to_str().unwrap()]);
+    assert_eq!(output.status.code(), Some(0));
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(stdout.contains("  on interrupted:\n    /usr/local/bin/drain {name}   exit codes {0}, killed after 30s\n"), "{stdout}");
+    assert!(stdout.contains("\nAWS calls: none\n"), "{stdout}");
+}

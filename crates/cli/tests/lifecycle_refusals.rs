@@ -1,0 +1,89 @@
+//! A lifecycle whose volumes, Route 53 records and notifications the agent cannot run yet, on
+//! AWS, without a cloud: `plan` and `create` refuse it before any call, each key located at its
+//! line in the spec; `validate` checks the spec alone and accepts it (the refusal is about what
+//! the provider can run, which `plan`, `create` and `update` decide).
+
+#![allow(clippy::unwrap_used)] // Helpers of these tests fail the test when a step fails.
+
+mod common;
+
+use std::path::Path;
+use std::process::{Command, Output};
+
+use common::*;
+
+/// `flotilla` in `dir` with no way to reach an account: no credentials, and an endpoint on a
+/// loopback port nothing listens on, so no request leaves this machine.
+fn offline(dir: &Path, args: &[&str]) -> Output {
+    Command::new(flotilla_bin())
+        .args(args)
+        .current_dir(dir)
+        .env("FLOTILLA_HOME", dir.join("home"))
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("no-aws-credentials"))
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("flotilla runs")
+}
+
+/// An AWS spec whose one instance entry's lifecycle (lines 18 to 37) has a volume (line 22), a
+/// record (line 26), an exec hook and a notification (line 34).
+fn workdir() -> tempfile::TempDir {
+    let dir = tempfile::tempdir().unwrap();
+    fs_err::write(dir.path().join("dashboard.json"), "{}").unwrap();
+    fs_err::write(dir.path().join("config.conf"), "port = 9090\n").unwrap();
+    let spec = format!(
+        "tag: lc\n\
+         provider: aws\n\
+         monitoring:\n  instance_type: t3.small\n  storage_size: 10\n  storage_class: gp3\n  dashboard: dashboard.json\n\
+         instances:\n\
+         - name: node\n  count: 2\n  region: us-east-1\n  instance_type: t3.small\n  storage_size: 10\n  storage_class: gp3\n  binary: {binary}\n  config: config.conf\n  profiling: false\n  lifecycle:\n    domains:\n      btcn.example.com:\n        attach-volume:\n        - device: /dev/xvdf\n          source: p\n          pool-name: btc-nodes\n        update-route53:\n        - hostedzone: Z0123456789ABCDEFGHIJ\n          name: node-{{ami-i}}.btcn.example.com\n          ttl: 300\n        exec:\n        - on: [started]\n          lines:\n          - argv: [/bin/systemctl, start, bitcoin.service]\n        notify:\n        - backend: aws-sns\n          options:\n            region: us-east-1\n            topic: arn:aws:sns:us-east-1:123456789012:btc-events\n\
+         ports: []\n",
+        binary = fleet_app_bin().display()
+    );
+    fs_err::write(dir.path().join("fleet.yaml"), spec).unwrap();
+    dir
+}
+
+/// The refusal's lines, one per key, each at the key's value (its first item) in the spec.
+fn expected_refusals() -> [String; 3] {
+    let key = |line: u32, column: u32, key: &str| {
+        format!(
+            "fleet.yaml:{line}:{column}: error: instances[0].lifecycle.domains.btcn.example.com.{key}: `domains.btcn.example.com.{key}`: this flotilla cannot run `{key}` on AWS yet (only `exec` hooks run)"
+        )
+    };
+    [key(22, 11, "attach-volume"), key(26, 11, "update-route53"), key(34, 11, "notify")]
+}
+
+#[test]
+fn plan_and_create_refuse_lifecycle_keys_the_agent_cannot_run_on_aws_before_any_call() {
+    let dir = workdir();
+    // `validate` checks the spec, not what a provider can run: the lifecycle is valid.
+    let output = offline(dir.path(), &["validate", "--config", "fleet.yaml"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(
+        output.status.code(),
+        Some(0),
+        "{stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+
+    for command in ["plan", "create"] {
+        let output = offline(dir.path(), &[command, "--config", "fleet.yaml"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        for expected in expected_refusals() {
+            assert!(stderr.contains(&expected), "{command}: missing {expected:?} in:\n{stderr}");
+        }
+        assert!(!stderr.contains("btcn.example.com.exec"), "exec hooks run: {stderr}");
+        // Refused before any call: no connection error, no deployment recorded.
+        assert!(!stderr.contains("127.0.0.1:9"), "{command} tried the account: {stderr}");
+        assert!(!dir.path().join("home/deployments").exists(), "{command} recorded nothing");
+    }
+}
