@@ -395,6 +395,12 @@ fn validate(path: &Path, format: OutputFormat) -> Result<u8, CoreError> {
             let architectures = flotilla_core::capacity::binary_architectures(&document, &cwd)?;
             if document.spec.provider_kind(None) == ProviderKind::Aws {
                 flotilla_core::capacity::check_listed_architectures(&document, &architectures)?;
+                // What the agent cannot run on AWS yet, as `plan` and `create` refuse it.
+                workflows::lifecycle::refuse_unsupported_lifecycle(
+                    &document,
+                    ProviderKind::Aws,
+                    &cwd,
+                )?;
             }
             Ok(())
         });

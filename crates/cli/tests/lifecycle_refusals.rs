@@ -1,7 +1,6 @@
 //! A lifecycle whose volumes, Route 53 records and notifications the agent cannot run yet, on
-//! AWS, without a cloud: `plan` and `create` refuse it before any call, each key located at its
-//! line in the spec; `validate` checks the spec alone and accepts it (the refusal is about what
-//! the provider can run, which `plan`, `create` and `update` decide).
+//! AWS, without a cloud: `validate`, `plan` and `create` refuse it before any call, each key
+//! located at its line in the spec.
 
 #![allow(clippy::unwrap_used)] // Helpers of these tests fail the test when a step fails.
 
@@ -64,15 +63,14 @@ fn expected_refusals() -> [String; 3] {
 #[test]
 fn plan_and_create_refuse_lifecycle_keys_the_agent_cannot_run_on_aws_before_any_call() {
     let dir = workdir();
-    // `validate` checks the spec, not what a provider can run: the lifecycle is valid.
+    // `validate` refuses what an AWS fleet cannot run, as it refuses a type of the wrong
+    // architecture for an AWS spec.
     let output = offline(dir.path(), &["validate", "--config", "fleet.yaml"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
-    assert_eq!(
-        output.status.code(),
-        Some(0),
-        "{stdout}{}",
-        String::from_utf8_lossy(&output.stderr)
-    );
+    assert_eq!(output.status.code(), Some(2), "{stdout}");
+    for expected in expected_refusals() {
+        assert!(stdout.contains(&expected), "validate: missing {expected:?} in:\n{stdout}");
+    }
 
     for command in ["plan", "create"] {
         let output = offline(dir.path(), &[command, "--config", "fleet.yaml"]);

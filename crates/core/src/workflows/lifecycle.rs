@@ -57,7 +57,7 @@ fn instance_index(entry: &str, machine: &str) -> u32 {
 /// The parts of a lifecycle config that need AWS calls from the machine (volumes, Route 53
 /// records, notifications) and the hostname, which this agent does not run yet: on AWS they
 /// are refused, each at its field, rather than skipped where the user relies on them.
-pub(crate) fn refuse_unsupported_lifecycle(
+pub fn refuse_unsupported_lifecycle(
     document: &SpecDocument,
     provider: ProviderKind,
     cwd: &Path,

@@ -5,7 +5,7 @@
 
 mod create;
 mod destroy;
-mod lifecycle;
+pub mod lifecycle;
 mod list;
 mod plan;
 mod status;
