@@ -255,6 +255,9 @@ pub struct S3Fetcher {
     path_style: bool,
 }
 
+/// How many times the agent's fetcher tries one S3 read before it reports the error.
+pub const FETCH_ATTEMPTS: u32 = 8;
+
 impl S3Fetcher {
     /// `path_style`: an endpoint stands in for S3 (the agent was started with
     /// `AWS_ENDPOINT_URL`), which serves buckets as paths.
@@ -268,8 +271,15 @@ impl S3Fetcher {
                 let config =
                     aws_config::defaults(aws_config::BehaviorVersion::latest()).load().await;
                 let path_style = self.path_style;
-                let config =
-                    aws_sdk_s3::config::Builder::from(&config).force_path_style(path_style).build();
+                // A booting machine must not give up on a transient S3 error (500, 503,
+                // throttling): more attempts than the SDK's default 3, each with its jittered
+                // exponential backoff, all inside the download's own timeout.
+                let retries =
+                    aws_config::retry::RetryConfig::standard().with_max_attempts(FETCH_ATTEMPTS);
+                let config = aws_sdk_s3::config::Builder::from(&config)
+                    .force_path_style(path_style)
+                    .retry_config(retries)
+                    .build();
                 aws_sdk_s3::Client::from_conf(config)
             })
             .await
