@@ -6,8 +6,6 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::*;
 use serde_json::Value;
 
@@ -25,26 +23,6 @@ fn spec(instance_types: &str, market: &str) -> String {
         "tag: cap\nprovider: aws\nmonitoring:\n  instance_type: t3.small\n  storage_size: 10\n  storage_class: gp3\n  dashboard: dashboard.json\ninstances:\n- name: node\n  count: 4\n  region: us-east-1\n  instance_types: [{instance_types}]\n  market: {market}\n  storage_size: 10\n  storage_class: gp3\n  binary: {}\n  config: config.conf\n  profiling: false\nports: []\n",
         fleet_app_bin().display()
     )
-}
-
-/// `flotilla` in `dir` with no way to reach an account: no credentials, and an endpoint on a
-/// loopback port nothing listens on, so no request leaves this machine.
-fn offline(dir: &std::path::Path, args: &[&str]) -> std::process::Output {
-    Command::new(flotilla_bin())
-        .args(args)
-        .current_dir(dir)
-        .env("FLOTILLA_HOME", dir.join("home"))
-        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("no-aws-credentials"))
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_PROFILE")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("flotilla runs")
 }
 
 fn workdir() -> tempfile::TempDir {

@@ -6,30 +6,7 @@
 
 mod common;
 
-use std::path::Path;
-use std::process::{Command, Output};
-
 use common::*;
-
-/// `flotilla` in `dir` with no way to reach an account: no credentials, and an endpoint on a
-/// loopback port nothing listens on, so no request leaves this machine.
-fn offline(dir: &Path, args: &[&str]) -> Output {
-    Command::new(flotilla_bin())
-        .args(args)
-        .current_dir(dir)
-        .env("FLOTILLA_HOME", dir.join("home"))
-        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
-        .env("AWS_EC2_METADATA_DISABLED", "true")
-        .env("AWS_REGION", "us-east-1")
-        .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
-        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("no-aws-credentials"))
-        .env_remove("AWS_ACCESS_KEY_ID")
-        .env_remove("AWS_SECRET_ACCESS_KEY")
-        .env_remove("AWS_PROFILE")
-        .env_remove("RUST_LOG")
-        .output()
-        .expect("flotilla runs")
-}
 
 /// An AWS spec whose one instance entry's lifecycle (lines 18 to 37) has a volume (line 22), a
 /// record (line 26), an exec hook and a notification (line 34).

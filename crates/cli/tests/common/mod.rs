@@ -308,3 +308,23 @@ pub fn row<'a>(rows: &'a [Value], name: &str) -> &'a Value {
 pub fn ip_of(row: &Value) -> IpAddr {
     row["ip"].as_str().expect("ip").parse().expect("an IP")
 }
+
+/// `flotilla` in `dir` with no way to reach an account: no credentials, and an endpoint on a
+/// loopback port nothing listens on, so no request leaves this machine.
+pub fn offline(dir: &Path, args: &[&str]) -> Output {
+    Command::new(flotilla_bin())
+        .args(args)
+        .current_dir(dir)
+        .env("FLOTILLA_HOME", dir.join("home"))
+        .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_REGION", "us-east-1")
+        .env("AWS_CONFIG_FILE", dir.join("no-aws-config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", dir.join("no-aws-credentials"))
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_PROFILE")
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("flotilla runs")
+}
