@@ -65,6 +65,7 @@ mod imds_rehearsal;
 mod instance_dir;
 mod lifecycle;
 mod log_file;
+mod machine_cloud;
 mod metrics;
 mod process_group;
 mod refusal_log;
@@ -88,6 +89,10 @@ pub use agent_log::LogFilter;
 pub use components::ComponentDeath;
 pub use error::AgentError;
 pub use fetch::{FetchError, FetchFuture, Fetcher, Fetchers, LocalFileFetcher};
+pub use machine_cloud::{
+    ClaimedVolume, CloudError, CloudFuture, MachineCloud, MachineFacts, Notification,
+    PreviousRecord, RecordChange, RecordHold, Release, VolumeClaim,
+};
 
 use crate::agent::{Agent, RolloutSlot};
 use crate::binary_log::BinaryLog;

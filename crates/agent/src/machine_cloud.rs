@@ -1,0 +1,212 @@
+//! The machine's cloud: what a lifecycle config asks of the platform the machine runs on (data
+//! volumes, DNS records, notifications), behind one trait so that the agent crate stays free of
+//! any SDK. The binary registers an implementation (flotilla-aws's, on AWS and for standalone
+//! `flotilla fleetd`) as it registers the `s3://` fetcher; under the local provider there is
+//! none, and a config that needs one is refused before anything runs.
+//!
+//! Call order, per machine (the lifecycle engine keeps it):
+//! 1. [`MachineCloud::claim_volume`] for each `attach-volume` entry of a domain, in order. The
+//!    call tries the entry's sources left to right, waits (bounded) while a fixed or pool volume
+//!    is still held by a previous machine, claims pool volumes atomically, attaches, and returns
+//!    once EC2 reports the attachment `attached`. The engine then finds the device itself (by
+//!    the volume's NVMe serial, under its device root) and runs the entry's hooks.
+//! 2. [`MachineCloud::upsert_record`] for each `update-route53` entry, after the domain's
+//!    volumes.
+//! 3. [`MachineCloud::commit_volume`] once the whole domain is up: a created volume loses its
+//!    in-transit marks and joins its pool.
+//! 4. [`MachineCloud::notify`] on events, any time after the facts are known.
+//! 5. At stop, on interruption, or as a rollback of a domain that failed: records first
+//!    ([`MachineCloud::restore_record`]), then volumes in reverse order
+//!    ([`MachineCloud::release_volume`], only after the engine unmounted the device).
+//!
+//! Re-run invariant: every call is safe to repeat after a crash. A claim finds the volume this
+//! instance already holds for the same domain, pool and device (`attach_op: false`), a created
+//! volume is found again by its transaction tag instead of being created twice, an upsert of the
+//! record already pointing here changes nothing but its hold, and releasing a volume that is no
+//! longer attached or restoring a record already restored succeeds.
+//!
+//! Every value here is serializable, so the engine keeps its holds in the instance directory and
+//! a restarted agent releases what a previous run claimed.
+
+use std::fmt;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::time::Duration;
+
+use flotilla_spec::fleetd::{AttachVolume, NotifyBackend, VolumeSource};
+use serde::{Deserialize, Serialize};
+
+/// The future a [`MachineCloud`] call returns.
+pub type CloudFuture<'a, T> = Pin<Box<dyn Future<Output = Result<T, CloudError>> + Send + 'a>>;
+
+/// What the platform does for a machine's lifecycle config.
+pub trait MachineCloud: Send + Sync + fmt::Debug {
+    /// Finds or makes the volume `claim.entry` names and attaches it to this instance (see the
+    /// module's call order). Fails with every source tried and why each gave nothing.
+    fn claim_volume<'a>(&'a self, claim: &'a VolumeClaim) -> CloudFuture<'a, ClaimedVolume>;
+
+    /// Marks a claimed volume as kept: a volume created by this claim joins its pool.
+    fn commit_volume<'a>(
+        &'a self,
+        machine: &'a MachineFacts,
+        volume: &'a ClaimedVolume,
+    ) -> CloudFuture<'a, ()>;
+
+    /// Detaches a volume from this instance (passing the instance id) and waits, bounded, until
+    /// it is `available`. [`Release::Keep`] tags it with the time it was last used, for the
+    /// pool's preference; [`Release::Rollback`] also deletes a volume this claim created and
+    /// never committed.
+    fn release_volume<'a>(
+        &'a self,
+        machine: &'a MachineFacts,
+        volume: &'a ClaimedVolume,
+        release: Release,
+    ) -> CloudFuture<'a, ()>;
+
+    /// Saves what the record's name holds, then UPSERTs it to point at `change.address`; waits
+    /// for `INSYNC` when asked.
+    fn upsert_record<'a>(&'a self, change: &'a RecordChange) -> CloudFuture<'a, RecordHold>;
+
+    /// Puts back what the name held before the upsert, or deletes the record when it held
+    /// nothing.
+    fn restore_record<'a>(&'a self, hold: &'a RecordHold) -> CloudFuture<'a, ()>;
+
+    /// Sends one notification, once; the engine retries with its own schedule.
+    fn notify<'a>(&'a self, notification: &'a Notification) -> CloudFuture<'a, ()>;
+}
+
+/// The facts about this machine every call needs, read from IMDS (or, in a fleet, the
+/// manifest).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MachineFacts {
+    pub instance_id: String,
+    pub region: String,
+    pub zone: String,
+    /// `{instance_index}`: the machine's index in its entry (`node-3` → 3) in a fleet,
+    /// `ami-launch-index` standalone.
+    pub index: Option<u32>,
+    /// `--transc_id` (standalone), or the machine's name and boot in a fleet: the tag that marks
+    /// what this run made before it is committed.
+    pub transaction_id: String,
+}
+
+/// One `attach-volume` entry to satisfy.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VolumeClaim {
+    pub machine: MachineFacts,
+    /// The domain the entry belongs to (a pool is a domain and a pool name).
+    pub domain: String,
+    pub entry: AttachVolume,
+    /// How long to wait for a fixed or pool volume still attached elsewhere, and for EC2 to
+    /// report the attachment.
+    pub wait: Duration,
+}
+
+/// A volume attached to this instance by a claim.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClaimedVolume {
+    pub volume_id: String,
+    /// The source letter that gave it.
+    pub source: VolumeSource,
+    /// The device name passed to AttachVolume (`/dev/sdf`); the kernel's name is found by
+    /// serial.
+    pub device: String,
+    /// The domain and pool it was claimed for.
+    pub domain: String,
+    pub pool_name: Option<String>,
+    /// This claim attached it (`{attach_op}`); false when it was attached already.
+    pub attached_now: bool,
+    /// This claim created it (`c`), and it is not committed yet.
+    pub created_now: bool,
+}
+
+/// How a released volume is left.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Release {
+    /// Detached and kept for the next machine (stop, interruption).
+    Keep,
+    /// Detached because the domain failed; deleted when this claim created it.
+    Rollback,
+}
+
+/// One `update-route53` entry with its values known.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordChange {
+    pub hosted_zone: String,
+    /// Macros expanded, ending with a dot.
+    pub name: String,
+    pub ttl: u32,
+    pub address: IpAddr,
+    /// Wait (bounded) until Route 53 reports the change `INSYNC`.
+    pub wait_in_sync: bool,
+}
+
+/// What an upsert replaced, so it can be put back.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecordHold {
+    pub change: RecordChange,
+    /// The record set of the same name and type before the upsert, if there was one.
+    pub previous: Option<PreviousRecord>,
+}
+
+/// A record set as it was.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PreviousRecord {
+    /// `A` or `AAAA`.
+    pub record_type: String,
+    pub ttl: Option<u32>,
+    pub values: Vec<String>,
+}
+
+/// One notification to send.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Notification {
+    pub backend: NotifyBackend,
+    pub region: String,
+    /// SNS: the topic's ARN.
+    pub topic: Option<String>,
+    /// SQS: the queue's URL.
+    pub queue_url: Option<String>,
+    /// SNS's `Subject`; on SQS a message attribute `subject` (ec2fleetd dropped it).
+    pub subject: String,
+    pub body: String,
+}
+
+/// Why a call to the machine's cloud failed: the operation, the ids, the service's code.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+#[error("{operation} failed{}: {message}", code.as_deref().map(|c| format!(" ({c})")).unwrap_or_default())]
+pub struct CloudError {
+    /// What was being done, with the ids (`AttachVolume vol-… to i-…`).
+    pub operation: String,
+    /// The service's error code (`VolumeInUse`, `NoSuchHostedZone`), when it gave one.
+    pub code: Option<String>,
+    /// What happened and what to check.
+    pub message: String,
+    /// Whether trying again may succeed (throttling, a 5xx, a volume still detaching).
+    pub retryable: bool,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_error_names_its_operation_and_code() {
+        let error = CloudError {
+            operation: "AttachVolume vol-1 to i-2".to_owned(),
+            code: Some("VolumeInUse".to_owned()),
+            message: "the volume is attached to i-3".to_owned(),
+            retryable: true,
+        };
+        assert_eq!(
+            error.to_string(),
+            "AttachVolume vol-1 to i-2 failed (VolumeInUse): the volume is attached to i-3"
+        );
+        let without_code = CloudError { code: None, ..error };
+        assert_eq!(
+            without_code.to_string(),
+            "AttachVolume vol-1 to i-2 failed: the volume is attached to i-3"
+        );
+    }
+}
