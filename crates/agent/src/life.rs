@@ -10,7 +10,7 @@
 //!
 //! | # | component | needs | its state in the instance directory |
 //! |---|---|---|---|
-//! | 1 | rehearsal IMDS (`imds_rehearsal`, local provider only) | | `imds-notices.json`, which `flotilla notice` writes |
+//! | 1 | rehearsal IMDS (`imds_rehearsal`, local provider only) | | none: it serves the bootstrap's `imds.rehearsal_notices` file, which `flotilla notice` writes |
 //! | 2 | lifecycle (`lifecycle`, `imds`) | | `lifecycle-state.json`: `started` hooks ran on this machine |
 //! | 3 | supervisor (`supervisor`, `boot`) | lifecycle | `binary.pgid`; `boot-commands.json`: boot commands that ran in this boot |
 //! | 4 | versions (`versions`): restores the installed version | supervisor, lifecycle | `agent-state.json`, `versions/` |
