@@ -167,8 +167,10 @@ async fn answer(
         }
         Err(error) => return error_response(StatusCode::BAD_REQUEST, error.to_string()),
     };
+    versions.keepalive.touch();
     match request {
         Request::Status => json_response(StatusCode::OK, &versions.status()),
+        Request::Keepalive => json_response(StatusCode::OK, &versions.keepalive.report()),
         Request::Logs { lines, follow } => logs(&versions, lines, follow, shutdown).await,
         Request::WaitRollout { version, timeout_ms } => json_response(
             StatusCode::OK,

@@ -80,6 +80,7 @@ mod identity;
 mod imds;
 mod imds_rehearsal;
 mod instance_dir;
+mod keepalive;
 mod life;
 mod lifecycle;
 mod log_file;
@@ -189,7 +190,16 @@ fn run_armed(
                 tracing::info!("SIGINT: stopping");
                 None
             }
-            death = handle.component_death() => Some(death),
+            ending = handle.death_or_expiry() => match ending {
+                Ok(death) => Some(death),
+                Err(reason) => {
+                tracing::warn!("{reason}");
+                let power_off = handle.life().power_off_command();
+                handle.shutdown().await?;
+                power_off_machine(&power_off);
+                return Ok(());
+                }
+            },
         };
         let Some(death) = death else {
             return handle.shutdown().await;
@@ -200,6 +210,20 @@ fn run_armed(
         handle.shutdown().await?;
         Err(AgentError::ComponentDied(death))
     })
+}
+
+/// Runs the bootstrap's `power_off` command, once everything stopped; without one the agent
+/// only exits. A failure is logged: there is nothing left to fall back to.
+fn power_off_machine(command: &[String]) {
+    let Some((program, args)) = command.split_first() else {
+        tracing::info!("keepalive: no power-off command here; the agent exits");
+        return;
+    };
+    match std::process::Command::new(program).args(args).status() {
+        Ok(status) if status.success() => tracing::info!("keepalive: powering off ({command:?})"),
+        Ok(status) => tracing::error!("keepalive: {command:?} failed: {status}"),
+        Err(error) => tracing::error!("keepalive: could not run {command:?}: {error}"),
+    }
 }
 
 fn read_bootstrap(path: &Path) -> Result<AgentBootstrap, AgentError> {
@@ -302,6 +326,20 @@ impl AgentHandle {
     /// Where the metrics listen.
     pub fn metrics_address(&self) -> SocketAddr {
         self.life().metrics_address
+    }
+
+    /// Resolves when a component died (`Ok`) or the installed version's keepalive ran out
+    /// (`Err` with why; see `keepalive`). [`run`] stops the agent on either, and powers the
+    /// machine off on the second.
+    async fn death_or_expiry(&mut self) -> Result<ComponentDeath, String> {
+        let life = self.life.as_mut().expect("an agent handle has its life until shutdown");
+        tokio::select! {
+            death = self.deaths.recv() => match death {
+                Some(death) => Ok(death),
+                None => std::future::pending().await,
+            },
+            reason = life.keepalive_expired() => Err(reason),
+        }
     }
 
     /// Resolves when a component of the agent has died (see [`ComponentDeath`]); never while

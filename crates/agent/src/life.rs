@@ -14,6 +14,7 @@
 //! | 2 | lifecycle (`lifecycle`, `imds`) | | `lifecycle-state.json`: `started` hooks ran on this machine |
 //! | 3 | supervisor (`supervisor`, `boot`) | lifecycle | `binary.pgid`; `boot-commands.json`: boot commands that ran in this boot |
 //! | 4 | versions (`versions`): restores the installed version | supervisor, lifecycle | `agent-state.json`, `versions/` |
+//! | 4b | keepalive watcher (`keepalive`) | versions | `keepalive.json`: the last word from the deployment |
 //! | 5 | API server (`api`, `tls`) | versions | |
 //! | 6 | metrics server (`metrics`) | versions | |
 //!
@@ -57,7 +58,7 @@ use crate::spawner::Spawner;
 use crate::state::AgentState;
 use crate::supervisor::{BinaryEnvironment, Order, SupervisorHandle, supervisor};
 use crate::versions::Versions;
-use crate::{api, identity, imds_rehearsal, process_group, tls};
+use crate::{api, identity, imds_rehearsal, keepalive, process_group, tls};
 
 /// Time the servers (and the lifecycle, the rehearsal IMDS) get to end after the stop signal.
 const SERVER_STOP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -72,6 +73,8 @@ pub(crate) struct Life {
     /// In start order; stopping pops them.
     running: Vec<Component>,
     lock: Option<InstanceLock>,
+    /// Why the keepalive ran out, once it has.
+    expired: mpsc::UnboundedReceiver<String>,
     pub(crate) api_address: SocketAddr,
     pub(crate) metrics_address: SocketAddr,
 }
@@ -133,6 +136,7 @@ pub(crate) async fn start(
         Spawner::start(tokio::runtime::Handle::current()).map_err(AgentError::SpawnerThread)?;
 
     let (stop, stop_receiver) = watch::channel(false);
+    let (expire, expired) = mpsc::unbounded_channel();
     let (components, deaths) = Components::new(stop_receiver.clone());
     let context = AgentContext {
         bootstrap: Arc::new(bootstrap),
@@ -148,6 +152,7 @@ pub(crate) async fn start(
         stop,
         running: Vec::new(),
         lock: Some(lock),
+        expired,
         api_address,
         metrics_address,
     };
@@ -179,6 +184,18 @@ pub(crate) async fn start(
         Arc::new(Versions::new(&context, state, supervisor, lifecycle, metrics, fetchers));
     versions.restore().await;
     life.running.push(Component::Versions(versions.clone()));
+    // 4b. The keepalive watcher, which ends the agent's life when the deployment goes silent.
+    let watcher = keepalive::watch_keepalive(
+        versions.keepalive.clone(),
+        versions.supervisor_status(),
+        context.log.clone(),
+        expire,
+        context.stop.clone(),
+    );
+    life.running.push(Component::Server {
+        name: "keepalive",
+        task: context.components.spawn("keepalive", Lifetime::UntilDone, watcher),
+    });
     // 5. The API server.
     let api = api::serve_api(
         api_listener,
@@ -272,6 +289,19 @@ fn start_supervisor(
 }
 
 impl Life {
+    /// Resolves once the keepalive ran out, with why; never otherwise.
+    pub(crate) async fn keepalive_expired(&mut self) -> String {
+        match self.expired.recv().await {
+            Some(reason) => reason,
+            None => std::future::pending().await,
+        }
+    }
+
+    /// The command that powers the machine off (the bootstrap's `power_off`).
+    pub(crate) fn power_off_command(&self) -> Vec<String> {
+        self.context.bootstrap.power_off.clone()
+    }
+
     /// The binary's log, where the agent writes its events.
     pub(crate) fn log(&self) -> &BinaryLog {
         &self.context.log

@@ -103,6 +103,8 @@ pub(crate) struct SupervisorStatus {
     /// The boot additions of the selected version's last start on an order (unfinished while
     /// they run); `None` when it had none.
     pub(crate) boot: Option<BootReport>,
+    /// The selected version's keepalive.
+    pub(crate) keepalive: Option<Duration>,
 }
 
 impl SupervisorStatus {
@@ -121,6 +123,7 @@ impl SupervisorStatus {
             last_exit_description: None,
             health_error: None,
             boot: None,
+            keepalive: None,
         }
     }
 
@@ -431,6 +434,7 @@ impl Supervisor {
                 self.status.send_modify(|status| {
                     status.generation += 1;
                     status.version = None;
+                    status.keepalive = None;
                     status.state = BinaryState::Idle;
                     status.health_error = None;
                 });
@@ -453,9 +457,11 @@ impl Supervisor {
         self.log.begin_run();
         self.consecutive_failures = 0;
         let version = self.selected.as_ref().map(|s| s.version.clone());
+        let keepalive = self.selected.as_ref().and_then(|s| s.manifest.keepalive);
         self.status.send_modify(|status| {
             status.generation += 1;
             status.version = version;
+            status.keepalive = keepalive;
             status.restarts = 0;
             status.exits_before_healthy = 0;
             status.became_healthy = false;

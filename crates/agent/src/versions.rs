@@ -41,10 +41,11 @@ use crate::context::AgentContext;
 use crate::deadline;
 use crate::fetch::Fetchers;
 use crate::instance_dir::InstanceDir;
+use crate::keepalive::KeepaliveHandle;
 use crate::lifecycle::LifecycleHandle;
 use crate::metrics::AgentMetrics;
 use crate::state::AgentState;
-use crate::supervisor::{Order, SupervisorHandle};
+use crate::supervisor::{Order, SupervisorHandle, SupervisorStatus};
 use crate::time::{format_duration, unix_now};
 
 /// Why a request was not carried out; the API turns it into a status code and an `ApiError`.
@@ -84,6 +85,8 @@ pub(crate) struct Versions {
     components: Components,
     /// The lifecycle component: hooks on events, and its report for the status.
     lifecycle: LifecycleHandle,
+    /// Word from the deployment: every request the API answers.
+    pub(crate) keepalive: KeepaliveHandle,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (plain values).
@@ -115,7 +118,13 @@ impl Versions {
             started_at: Instant::now(),
             components: context.components.clone(),
             lifecycle,
+            keepalive: KeepaliveHandle::open(context.dir.root()),
         }
+    }
+
+    /// The supervisor's status as it changes (the selected version's keepalive among it).
+    pub(crate) fn supervisor_status(&self) -> tokio::sync::watch::Receiver<SupervisorStatus> {
+        self.supervisor.watch()
     }
 
     /// The answer to `Status`.
@@ -143,6 +152,7 @@ impl Versions {
             rollout,
             boot: supervisor.boot,
             lifecycle: self.lifecycle.report(),
+            keepalive: Some(self.keepalive.report()).filter(|k| k.limit_secs.is_some()),
         }
     }
 
@@ -644,6 +654,7 @@ mod tests {
             health_deadline: Duration::from_secs(60),
             boot: Default::default(),
             lifecycle: None,
+            keepalive: None,
         }
     }
 

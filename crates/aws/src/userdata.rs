@@ -119,14 +119,18 @@ fi
 
 # The spec's boot additions: files land under the machine's root; kernel settings, packages and
 # file owners apply on a real machine, not under the emulator (which sets FLOTILLA_ROOT).
+# A keepalive that runs out powers the machine off (it is launched to terminate on shutdown);
+# under the emulator the agent only exits.
 if [ -n "$root" ]; then
   boot='{{"root": "'"$root"'/", "system_settings": false, "runs_on": "the emulator"}}'
+  power_off='[]'
 else
   boot='{{"root": "/", "system_settings": true, "runs_on": "this machine"}}'
+  power_off='["/usr/bin/systemctl", "poweroff"]'
 fi
 
 cat > "$root/etc/flotilla/bootstrap.json" <<EOF
-{{"tag": "$tag", "dir": "$root/var/lib/flotilla/agent", "listen": "$listen", "api_port": {api_port}, "metrics_port": {metrics_port}, "identity": "s3://$bucket/$identity_prefix$instance_id.json", "identity_timeout": "30m", "boot": $boot, "imds": {{"endpoint": "$imds"}}}}
+{{"tag": "$tag", "dir": "$root/var/lib/flotilla/agent", "listen": "$listen", "api_port": {api_port}, "metrics_port": {metrics_port}, "identity": "s3://$bucket/$identity_prefix$instance_id.json", "identity_timeout": "30m", "boot": $boot, "imds": {{"endpoint": "$imds"}}, "power_off": $power_off}}
 EOF
 
 {{
@@ -199,7 +203,12 @@ mod tests {
         assert!(script.len() < 16 * 1024, "user data is limited to 16 KiB");
         // The agent polls the IMDS the script itself asked: EC2's, or the emulator's.
         assert!(script.contains("\nimds=\"${FLOTILLA_IMDS_ENDPOINT:-http://169.254.169.254}\"\n"));
-        assert!(script.contains(", \"imds\": {\"endpoint\": \"$imds\"}}\nEOF\n"), "{script}");
+        assert!(
+            script.contains(
+                ", \"imds\": {\"endpoint\": \"$imds\"}, \"power_off\": $power_off}\nEOF\n"
+            ),
+            "{script}"
+        );
         // Whether it carries a secret is checked on the provider's own user data
         // (`the_user_data_carries_no_secret_the_provider_holds` in lib.rs).
     }
@@ -222,6 +231,7 @@ mod tests {
             ("$instance_id", "i-0123"),
             ("$boot", r#"{"root": "/", "system_settings": true, "runs_on": "this machine"}"#),
             ("$imds", "http://169.254.169.254"),
+            ("$power_off", r#"["/usr/bin/systemctl", "poweroff"]"#),
         ] {
             text = text.replace(variable, value);
         }
@@ -231,6 +241,7 @@ mod tests {
         let imds = bootstrap.imds.expect("an IMDS target");
         assert_eq!(imds.endpoint, "http://169.254.169.254");
         assert_eq!(imds.rehearsal_notices, None);
+        assert_eq!(bootstrap.power_off, ["/usr/bin/systemctl", "poweroff"]);
     }
 
     /// Tags the deployer accepts that a shell would take for options, or split: every value is

@@ -48,6 +48,9 @@ pub enum Command {
     /// Serve an EC2 notice (spot, rebalance, scheduled) to a local machine's IMDS, to rehearse
     /// its lifecycle hooks.
     Notice(NoticeArgs),
+    /// Say to every machine that the deployment is still there, so that a `keepalive:` does
+    /// not run out (for cron; `status` and `update` do the same).
+    Keepalive(StatusArgs),
     /// ec2fleetd's configs: check one, and see what it asks for.
     #[command(subcommand)]
     Fleetd(FleetdCommand),

@@ -82,6 +82,7 @@ fn output_format(command: &Command) -> Option<OutputFormat> {
         Command::Destroy(a) => Some(a.output.output),
         Command::Status(a) => Some(a.output.output),
         Command::Notice(a) => Some(a.output.output),
+        Command::Keepalive(a) => Some(a.output.output),
         Command::List(a) => Some(a.output),
         Command::Validate(a) => Some(a.output.output),
         Command::Plan(a) => Some(a.output.output),
@@ -264,6 +265,20 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             Ok(if healthy { exit::OK } else { exit::FAILED })
         }
         Command::Notice(args) => notice(&args, &home()?, &environment).await,
+        Command::Keepalive(args) => {
+            let tag = target_tag(&args.target)?;
+            let home = home()?;
+            let context = existing_context(&home, &environment, &tag).await?;
+            let rows = workflows::keepalive(&home, &tag, workflows::DEFAULT_CONCURRENCY, |d| {
+                context.make(d)
+            })
+            .await?;
+            match args.output.output {
+                OutputFormat::Json => output::print_json(&rows),
+                OutputFormat::Table => output::print_keepalive(&rows),
+            }
+            Ok(if rows.iter().all(|r| r.error.is_none()) { exit::OK } else { exit::FAILED })
+        }
         Command::Logs(args) => {
             let tag = target_tag(&args.target)?;
             let home = home()?;

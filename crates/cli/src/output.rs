@@ -126,6 +126,25 @@ pub fn print_status(rows: &[StatusRow]) {
     print_boot_failures(rows);
 }
 
+/// `keepalive`: each machine's keepalive, now reset.
+pub fn print_keepalive(rows: &[flotilla_core::workflows::KeepaliveRow]) {
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|row| {
+            let keepalive = row
+                .keepalive
+                .as_ref()
+                .map(|k| k.limit_secs.map(short_duration).unwrap_or_else(|| "none".to_owned()));
+            vec![
+                row.name.clone(),
+                keepalive.unwrap_or_else(|| "-".to_owned()),
+                row.error.clone().unwrap_or_else(|| "reset".to_owned()),
+            ]
+        })
+        .collect();
+    print_table(&["NAME", "KEEPALIVE", "NOTE"], &table);
+}
+
 /// The NOTE of a machine whose lifecycle saw an event: the last one, and failed hooks.
 fn lifecycle_note(row: &StatusRow) -> Option<String> {
     let lifecycle = row.lifecycle.as_ref()?;

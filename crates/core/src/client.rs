@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use bytes_stream::BytesStream;
 use flotilla_spec::Manifest;
-use flotilla_spec::api::{AgentStatus, ApiError, ApplyResponse, Request};
+use flotilla_spec::api::{AgentStatus, ApiError, ApplyResponse, KeepaliveReport, Request};
 use flotilla_spec::identity::agent_dns_name;
 
 use crate::pki::{self, IssuedCert, PkiError};
@@ -219,6 +219,11 @@ impl AgentClient {
         manifest: &Manifest,
     ) -> Result<ApplyResponse, ClientError> {
         self.json(name, &Request::ApplyManifest(Box::new(manifest.clone()))).await
+    }
+
+    /// Word from the deployment for machine `name`'s keepalive; answers where it stands.
+    pub async fn keepalive(&self, name: &str) -> Result<KeepaliveReport, ClientError> {
+        self.json(name, &Request::Keepalive).await
     }
 
     pub async fn restart(&self, name: &str) -> Result<(), ClientError> {

@@ -280,6 +280,9 @@ impl LocalProvider {
                 endpoint: format!("http://{}:{REHEARSAL_IMDS_PORT}", record.address),
                 rehearsal_notices: Some(dir.join(REHEARSAL_NOTICES_FILE)),
             }),
+            // A local machine is the operator's computer: a keepalive that runs out only ends
+            // the agent, and the machine shows as stopped.
+            power_off: Vec::new(),
         };
         let json = serde_json::to_vec_pretty(&bootstrap).expect("a bootstrap config serializes");
         write_private(&self.bootstrap_path(&record.name), &json).map_err(|e| {

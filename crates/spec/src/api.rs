@@ -11,6 +11,10 @@
 //! | [`Request::ApplyManifest`] | `PUT /v1/manifest` | when no rollout to another version is under way |
 //! | [`Request::Restart`] | `POST /v1/restart` | when a version is installed and no rollout is under way |
 //! | [`Request::Stop`] | `POST /v1/stop` | when no rollout is under way |
+//! | [`Request::Keepalive`] | `POST /v1/keepalive` | always |
+//!
+//! Every request the agent answers counts as word from the deployment for the installed
+//! version's `keepalive`; [`Request::Keepalive`] exists for a cron job that says nothing else.
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +50,18 @@ pub enum Request {
     /// Stop the binary (SIGTERM to its process group, SIGKILL after the grace period) and keep
     /// it stopped until `Restart` or `ApplyManifest`.
     Stop,
+    /// Nothing but word from the deployment: resets the keepalive. Answers [`KeepaliveReport`].
+    Keepalive,
+}
+
+/// Where a machine's keepalive stands (see [`crate::manifest::Manifest::keepalive`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeepaliveReport {
+    /// The installed version's keepalive in seconds; absent when it has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit_secs: Option<u64>,
+    /// Unix seconds of the last word from the deployment (this request included).
+    pub last_contact: u64,
 }
 
 /// What the agent answers to `ApplyManifest`.
@@ -153,6 +169,7 @@ impl Request {
                 .map_err(|e| RequestError::BadManifest(e.to_string())),
             ("POST", "/v1/restart") => Ok(Request::Restart),
             ("POST", "/v1/stop") => Ok(Request::Stop),
+            ("POST", "/v1/keepalive") => Ok(Request::Keepalive),
             _ => Err(RequestError::NotFound { method: method.to_owned(), path: path.to_owned() }),
         }
     }
@@ -174,6 +191,7 @@ impl Request {
             ),
             Request::Restart => ("POST", "/v1/restart".to_owned(), None),
             Request::Stop => ("POST", "/v1/stop".to_owned(), None),
+            Request::Keepalive => ("POST", "/v1/keepalive".to_owned(), None),
         }
     }
 }
@@ -300,6 +318,9 @@ pub struct AgentStatus {
     /// The machine's lifecycle (hooks run on events), when its manifest has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<LifecycleReport>,
+    /// The keepalive, when the installed version has one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub keepalive: Option<KeepaliveReport>,
 }
 
 /// What the lifecycle component saw and did.

@@ -60,6 +60,11 @@ pub struct AgentBootstrap {
     /// polling (bootstraps written before the agent knew IMDS).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imds: Option<ImdsTarget>,
+    /// The command that powers this machine off when its keepalive runs out, run after the
+    /// agent stopped everything (`["/usr/bin/systemctl", "poweroff"]` on AWS, where instances
+    /// are launched to terminate on shutdown). Empty: the agent only exits.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub power_off: Vec<String>,
 }
 
 /// Where the agent finds IMDS, and whether it serves a rehearsal one itself.

@@ -22,8 +22,8 @@ use super::reader::{
 };
 use super::rules::{InstanceName, check_cidr, machine_total_problem};
 use crate::fleet::{
-    FleetSpec, HealthCheck, InstanceSpec, MAX_HEALTH_DEADLINE, MAX_RESTART_BACKOFF, MonitoringSpec,
-    Percent, PortSpec, ProviderKind, RestartPolicy, RestartSpec, UpdateSpec,
+    FleetSpec, HealthCheck, InstanceSpec, MAX_HEALTH_DEADLINE, MAX_KEEPALIVE, MAX_RESTART_BACKOFF,
+    MonitoringSpec, Percent, PortSpec, ProviderKind, RestartPolicy, RestartSpec, UpdateSpec,
 };
 use crate::suggest::closest_match;
 use crate::tree::{Node, NodeValue};
@@ -97,6 +97,7 @@ pub(crate) const INSTANCE_KEYS: &[KeySpec] = &[
     flotilla("boot"),
     flotilla("root_volume"),
     flotilla("lifecycle"),
+    flotilla("keepalive"),
 ];
 
 pub(crate) const PORT_KEYS: &[KeySpec] = &[
@@ -244,6 +245,9 @@ impl Decoder<'_> {
         let restart = self.optional(&fields, "restart", Self::read_restart);
         let account = self.decode_account(&fields, region.value().map(String::as_str));
         let lifecycle = self.optional_or_null(&fields, "lifecycle", Self::read_lifecycle);
+        let keepalive = self.optional_or_null(&fields, "keepalive", |decoder, node, field| {
+            decoder.read_duration(node, field, MAX_KEEPALIVE)
+        });
 
         if let (Some(name_value), Some(location)) = (name.value(), name.location())
             && !matches!(count, Slot::Invalid)
@@ -280,6 +284,7 @@ impl Decoder<'_> {
             zones: zones.into_optional()?.unwrap_or_default(),
             account: account?.keys,
             lifecycle: lifecycle.into_optional()?,
+            keepalive: keepalive.into_optional()?,
         })
     }
 

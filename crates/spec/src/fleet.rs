@@ -197,6 +197,14 @@ pub struct InstanceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(with = "crate::fleetd::LifecycleSchema", extend("x-origin" = "flotilla"))]
     pub lifecycle: Option<crate::fleetd::Lifecycle>,
+    /// A dead-man switch (off by default): a machine whose agent has heard nothing from this deployment's CLI for this long stops its binary and powers off (on AWS it is launched to terminate on shutdown, so billing stops). `flotilla status`, `update` and `flotilla keepalive` (for cron) are word from the deployment. At most 30 days.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::duration_serde::option"
+    )]
+    #[schemars(with = "Option<DurationText>", extend("x-origin" = "flotilla"))]
+    pub keepalive: Option<Duration>,
 }
 
 impl InstanceSpec {
@@ -223,6 +231,8 @@ pub const MAX_COUNT: u32 = 10_000;
 pub const MAX_RESTART_BACKOFF: Duration = Duration::from_secs(3600);
 /// The longest `health_deadline`: a rollout waits at most this long for one machine.
 pub const MAX_HEALTH_DEADLINE: Duration = Duration::from_secs(6 * 3600);
+/// The longest `keepalive`.
+pub const MAX_KEEPALIVE: Duration = Duration::from_secs(30 * 24 * 3600);
 
 /// The deployer's `PortConfig`: one ingress rule on binary instances.
 #[derive(Clone, Debug, PartialEq, Serialize, JsonSchema)]

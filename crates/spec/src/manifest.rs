@@ -53,6 +53,15 @@ pub struct Manifest {
     /// deployer knows. Absent when the entry has none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<ManifestLifecycle>,
+    /// The entry's `keepalive`: once the agent has heard nothing from the deployment's CLI for
+    /// this long, it stops the binary and powers the machine off. Absent: never.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        with = "crate::duration_serde::option"
+    )]
+    #[schemars(with = "Option<crate::duration_serde::DurationText>")]
+    pub keepalive: Option<Duration>,
 }
 
 /// A machine's lifecycle as the agent receives it.
@@ -89,6 +98,9 @@ impl Manifest {
             // Likewise left out without a lifecycle.
             #[serde(skip_serializing_if = "Option::is_none")]
             lifecycle: Option<&'a ManifestLifecycle>,
+            // Likewise left out without a keepalive (seconds).
+            #[serde(skip_serializing_if = "Option::is_none")]
+            keepalive: Option<u64>,
         }
         let content = Content {
             binary: &self.binary.sha256,
@@ -100,6 +112,7 @@ impl Manifest {
             restart: &self.restart,
             boot: &self.boot,
             lifecycle: self.lifecycle.as_ref(),
+            keepalive: self.keepalive.map(|k| k.as_secs()),
         };
         let json = serde_json::to_vec(&content).expect("a struct of strings serializes to JSON");
         hex::encode(Sha256::digest(&json))
@@ -136,6 +149,7 @@ mod tests {
             health_deadline: Duration::from_secs(60),
             boot: Default::default(),
             lifecycle: None,
+            keepalive: None,
         }
     }
 

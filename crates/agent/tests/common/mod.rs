@@ -262,6 +262,7 @@ impl Deployment {
             health_deadline: version.health_deadline,
             boot: version.boot.clone(),
             lifecycle: None,
+            keepalive: None,
         }
     }
 }

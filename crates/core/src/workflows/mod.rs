@@ -30,7 +30,7 @@ pub use plan::{
     GroupEstimate, HOURS_PER_MONTH, PlacementEstimate, PlanReport, PoolEstimate, estimate, plan,
     resolve, summary as plan_summary,
 };
-pub use status::{StatusRow, logs, status};
+pub use status::{KeepaliveRow, StatusRow, keepalive, logs, status};
 use tokio::time::Instant;
 pub use update::{UpdateRequest, update};
 
@@ -363,6 +363,7 @@ async fn build_manifests<P: Provider>(
                 health_deadline: spec.update.health_deadline(),
                 boot: spec.settings_of(*index).boot,
                 lifecycle: lifecycle::manifest_lifecycle(instance, &machine.name, cwd)?,
+                keepalive: instance.keepalive,
             },
         );
     }

@@ -3,7 +3,7 @@
 use std::io::Write;
 use std::net::IpAddr;
 
-use flotilla_spec::api::{AgentStatus, BootReport, Rollout};
+use flotilla_spec::api::{AgentStatus, BootReport, KeepaliveReport, Rollout};
 use futures_util::StreamExt;
 use serde::Serialize;
 
@@ -43,6 +43,9 @@ pub struct StatusRow {
     /// The lifecycle's last event and each hook's result, when the machine has a lifecycle.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub lifecycle: Option<flotilla_spec::api::LifecycleReport>,
+    /// The keepalive (this status request was word from the deployment), when the machine has one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keepalive: Option<KeepaliveReport>,
     /// Why the agent could not be asked.
     pub error: Option<String>,
     /// Why the machine is in its state, when the provider says (a spot reclaim, a failed boot,
@@ -75,6 +78,7 @@ impl StatusRow {
             rollout: None,
             boot: None,
             lifecycle: None,
+            keepalive: None,
             error: None,
             state_reason: machine.state_reason.clone(),
             instance_type: machine.placement.as_ref().map(|p| p.instance_type.clone()),
@@ -98,6 +102,7 @@ impl StatusRow {
                 row.rollout = status.rollout;
                 row.boot = status.boot;
                 row.lifecycle = status.lifecycle;
+                row.keepalive = status.keepalive;
             }
             Err(error) => {
                 if machine.state == crate::provider::MachineState::Running {
@@ -148,6 +153,58 @@ pub async fn status<P: Provider>(
     }
     let client = connect(&deployment, &machines)?;
     rows(&client, &machines, concurrency).await
+}
+
+/// One machine's answer to `keepalive`.
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub struct KeepaliveRow {
+    pub name: String,
+    /// Where the keepalive stands now; absent when the agent could not be asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub keepalive: Option<KeepaliveReport>,
+    /// Why the agent could not be asked.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `keepalive`: word from the deployment to every binary machine's agent, `concurrency` at a
+/// time, in machine order (for a cron job that keeps a fleet with `keepalive:` alive).
+pub async fn keepalive<P: Provider>(
+    home: &Home,
+    tag: &str,
+    concurrency: usize,
+    make_provider: impl FnOnce(&Deployment) -> Result<P, ProviderError>,
+) -> Result<Vec<KeepaliveRow>, CoreError> {
+    let deployment = home.open(tag)?;
+    let provider = make_provider(&deployment)?;
+    let machines = provider.machines().await?;
+    let machines: Vec<Machine> =
+        machines.into_iter().filter(|machine| machine.role == Role::Binary).collect();
+    if machines.is_empty() {
+        return Ok(Vec::new());
+    }
+    let client = connect(&deployment, &machines)?;
+    let rows = futures_util::stream::iter(machines.iter().map(|machine| {
+        let client = &client;
+        async move {
+            match client.keepalive(&machine.name).await {
+                Ok(report) => KeepaliveRow {
+                    name: machine.name.clone(),
+                    keepalive: Some(report),
+                    error: None,
+                },
+                Err(error) => KeepaliveRow {
+                    name: machine.name.clone(),
+                    keepalive: None,
+                    error: Some(error.to_string()),
+                },
+            }
+        }
+    }))
+    .buffered(concurrency.max(1))
+    .collect()
+    .await;
+    Ok(rows)
 }
 
 /// Writes machine `name`'s log to `out`: the last `lines` lines, then with `follow` every new
