@@ -52,6 +52,8 @@ mod binary_log;
 mod boot;
 mod components;
 mod deadline;
+mod devices;
+mod domains;
 mod error;
 #[cfg(feature = "failpoints")]
 pub mod failpoint;
@@ -67,6 +69,7 @@ mod lifecycle;
 mod log_file;
 mod machine_cloud;
 mod metrics;
+mod notify;
 mod process_group;
 mod refusal_log;
 mod spawner;

@@ -351,7 +351,11 @@ fn macro_values(
 }
 
 /// Runs one line; the result without its event and domain.
-async fn run_line(line: &ExecLine, values: &BTreeMap<String, String>, work: &Path) -> HookResult {
+pub(crate) async fn run_line(
+    line: &ExecLine,
+    values: &BTreeMap<String, String>,
+    work: &Path,
+) -> HookResult {
     let started = Instant::now();
     let argv: Vec<String> = line
         .argv
