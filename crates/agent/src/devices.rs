@@ -237,7 +237,8 @@ mod tests {
     #[tokio::test]
     async fn waiting_for_a_device_is_bounded_and_says_what_it_looked_for() {
         let root = tempfile::tempdir().unwrap();
-        let error = wait_for_device(root.path(), "vol-1", "/dev/sdf", Duration::from_millis(50)).await;
+        let error =
+            wait_for_device(root.path(), "vol-1", "/dev/sdf", Duration::from_millis(50)).await;
         let error = error.unwrap_err();
         assert!(error.contains("vol-1 did not appear within 50ms"), "{error}");
         assert!(error.contains("nvme-Amazon_Elastic_Block_Store_vol1"), "{error}");

@@ -155,10 +155,6 @@ impl Engine {
         Engine { context, holds: Mutex::new(holds) }
     }
 
-    pub(crate) fn facts(&self) -> &MachineFacts {
-        &self.context.facts
-    }
-
     /// What the engine holds now.
     pub(crate) fn holds(&self) -> Holds {
         self.lock().clone()
@@ -556,6 +552,30 @@ pub(crate) fn record_change(
         address,
         wait_in_sync: record.wait_insync,
     })
+}
+
+/// The hostname `config` asks for (`set-hostname`, or `hostname`), expanded, if any.
+pub(crate) fn wanted_hostname(
+    config: &FleetdConfig,
+    values: &BTreeMap<String, String>,
+) -> Result<Option<String>, String> {
+    let Some(template) = &config.hostname else { return Ok(None) };
+    let name = expand_macros(template, values)?;
+    let valid = !name.is_empty()
+        && name.len() <= 64
+        && name.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if !valid {
+        return Err(format!(
+            "`{name}` is not a hostname (letters, digits, `-` and `.`, at most 64 bytes)"
+        ));
+    }
+    Ok(Some(name))
+}
+
+/// Sets the transient hostname (the kernel's; what `hostname` prints until the next boot).
+pub(crate) fn set_hostname(name: &str) -> Result<(), String> {
+    rustix::system::sethostname(name.as_bytes())
+        .map_err(|e| format!("could not set the hostname to `{name}`: {e}"))
 }
 
 #[cfg(test)]

@@ -60,6 +60,7 @@ pub mod failpoint;
 #[cfg(not(feature = "failpoints"))]
 mod failpoint;
 mod fetch;
+pub mod fleetd_daemon;
 mod health;
 mod identity;
 mod imds;
@@ -68,6 +69,7 @@ mod instance_dir;
 mod lifecycle;
 mod log_file;
 mod machine_cloud;
+mod machine_facts;
 mod metrics;
 mod notify;
 mod process_group;
@@ -314,6 +316,16 @@ async fn start_armed(
         log: log.clone(),
         imds_endpoint: bootstrap.imds.as_ref().map(|imds| imds.endpoint.clone()),
         runs_on: bootstrap.boot.runs_on.clone(),
+        machine: lifecycle::MachineContext {
+            cloud: fetchers.machine_cloud(),
+            name: identity.name.clone(),
+            region: identity.region.clone(),
+            public_ip: identity.public_ip,
+            private_ip: identity.private_ip,
+            device_root: boot_target.root.clone(),
+            may_set_hostname: bootstrap.boot.system_settings,
+            metrics: metrics.clone(),
+        },
     });
     let (supervisor, supervisor_task) = supervisor(
         spawner,
@@ -494,6 +506,10 @@ impl AgentHandle {
             && tokio::time::timeout(SUPERVISOR_STOP_MARGIN, task).await.is_err()
         {
             tracing::warn!("the supervisor did not end within {SUPERVISOR_STOP_MARGIN:?}");
+        }
+        // The binary is down: the lifecycle's records and volumes are undone.
+        for failure in self.agent.lifecycle.undo().await {
+            self.agent.log.event(&format!("lifecycle: stop: undo: {failure}"));
         }
         for server in self.servers.drain(..) {
             if tokio::time::timeout(SERVER_STOP_TIMEOUT, server).await.is_err() {

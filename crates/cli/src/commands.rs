@@ -15,7 +15,7 @@ use flotilla_spec::diagnostic::escape_for_terminal;
 use flotilla_spec::{ProviderKind, SpecDocument, SpecErrors};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, FleetdCommand, OutputFormat, SchemaKind, Target};
+use crate::cli::{Cli, Command, FleetdArgs, FleetdCommand, OutputFormat, SchemaKind, Target};
 use crate::env::Environment;
 use crate::output;
 use crate::progress::Bars;
@@ -35,6 +35,10 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         // The agent sets up its own log once its bootstrap config says where it goes.
         Command::Agent(args) => run_agent(&args.bootstrap, cli.verbose),
+        Command::Fleetd(args) if args.command.is_none() => {
+            init_tracing(cli.verbose, "info");
+            ExitCode::from(crate::fleetd::run_daemon(args))
+        }
         command => {
             init_tracing(cli.verbose, "warn");
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -85,7 +89,9 @@ fn output_format(command: &Command) -> Option<OutputFormat> {
         Command::List(a) => Some(a.output),
         Command::Validate(a) => Some(a.output.output),
         Command::Plan(a) => Some(a.output.output),
-        Command::Fleetd(FleetdCommand::CheckConfig(a)) => Some(a.output.output),
+        Command::Fleetd(FleetdArgs { command: Some(FleetdCommand::CheckConfig(a)), .. }) => {
+            Some(a.output.output)
+        }
         _ => None,
     }
 }
@@ -350,7 +356,10 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             Ok(exit::OK)
         }
         Command::Validate(args) => validate(&args.config, args.output.output),
-        Command::Fleetd(FleetdCommand::CheckConfig(args)) => {
+        Command::Fleetd(FleetdArgs { command: None, .. }) => {
+            unreachable!("`run` runs fleetd before the runtime starts")
+        }
+        Command::Fleetd(FleetdArgs { command: Some(FleetdCommand::CheckConfig(args)), .. }) => {
             Ok(crate::fleetd::check_config(&args.file, args.output.output))
         }
         Command::Schema(args) => {
@@ -393,15 +402,13 @@ fn validate(path: &Path, format: OutputFormat) -> Result<u8, CoreError> {
         // listed types' (by name), for a spec that names AWS.
         let checked = workflows::check_files(&document, &cwd).and_then(|()| {
             let architectures = flotilla_core::capacity::binary_architectures(&document, &cwd)?;
-            if document.spec.provider_kind(None) == ProviderKind::Aws {
+            let provider = document.spec.provider_kind(None);
+            if provider == ProviderKind::Aws {
                 flotilla_core::capacity::check_listed_architectures(&document, &architectures)?;
-                // What the agent cannot run on AWS yet, as `plan` and `create` refuse it.
-                workflows::lifecycle::refuse_unsupported_lifecycle(
-                    &document,
-                    ProviderKind::Aws,
-                    &cwd,
-                )?;
             }
+            // What the machines cannot run there (volumes, records and notifications need a
+            // cloud), as `plan` and `create` refuse it.
+            workflows::lifecycle::refuse_unsupported_lifecycle(&document, provider, &cwd)?;
             Ok(())
         });
         match checked {

@@ -1,4 +1,5 @@
-//! `flotilla fleetd check-config`: an ec2fleetd config checked, then what it will do.
+//! `flotilla fleetd`: the standalone daemon (`flotilla_agent::fleetd_daemon`) with ec2fleetd's
+//! command line, and `check-config`: an ec2fleetd config checked, then what it will do.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -11,7 +12,51 @@ use flotilla_spec::fleetd::{
     EVENTS, FleetdConfig, FleetdDocument, NotifyBackend, VolumeSource, load_fleetd_config,
 };
 
-use crate::cli::OutputFormat;
+use crate::cli::{FleetdArgs, OutputFormat};
+
+/// The default directory of fleetd's holds, when systemd sets no `$STATE_DIRECTORY`.
+const DEFAULT_STATE_DIR: &str = "/var/lib/flotilla-fleetd";
+
+/// Runs standalone fleetd; the exit status (`flotilla_agent::fleetd_daemon`'s codes).
+pub fn run_daemon(args: FleetdArgs) -> u8 {
+    if args.show_version {
+        println!("flotilla fleetd {}", env!("CARGO_PKG_VERSION"));
+        return exit::OK;
+    }
+    let enabled = |flag: Option<bool>| flag.unwrap_or(!args.disable_all);
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| {
+        std::env::var_os(crate::env::STATE_DIRECTORY)
+            .filter(|dir| !dir.is_empty())
+            .map(|dir| {
+                // systemd lists several directories separated by `:`; the first is ours.
+                let dir = dir.to_string_lossy().into_owned();
+                std::path::PathBuf::from(dir.split(':').next().unwrap_or_default())
+            })
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into())
+    });
+    let options = flotilla_agent::fleetd_daemon::FleetdOptions {
+        userdata: args.userdata.clone(),
+        imds: args.imds.clone(),
+        transaction_id: args.transc_id.clone(),
+        profile: args.profile.clone(),
+        enable_init: enabled(args.enable_init),
+        enable_notify: enabled(args.enable_notify),
+        enable_exec: enabled(args.enable_exec),
+        enable_poll: enabled(args.enable_poll),
+        state_dir,
+        device_root: args.device_root.clone().unwrap_or_else(|| "/".into()),
+        imds_wait: args.imds_wait,
+        make_cloud: machine_cloud(),
+    };
+    flotilla_agent::fleetd_daemon::run_fleetd(options)
+}
+
+/// How fleetd makes its machine cloud. MERGE: until flotilla-aws's `AwsMachineCloud` is wired
+/// here (see the last commit of this branch), fleetd runs exec hooks only and refuses a config
+/// that needs AWS calls with exit 6.
+fn machine_cloud() -> Option<flotilla_agent::fleetd_daemon::MakeCloud> {
+    None
+}
 
 /// Checks `file` and prints the diagnostics, and for a valid config its plan. Returns the exit
 /// status: OK when valid, ERROR when not.
