@@ -390,3 +390,38 @@ fn polling_survives_an_imds_that_fails_and_sees_the_notice_once_it_mends() {
         Some("interrupted terminate 2020-01-01T00:00:00Z")
     );
 }
+
+/// The systemd units in `packaging/systemd/` pass `systemd-analyze verify` (with `ExecStart`
+/// pointing at the binary under test, which the tool requires to exist). The tool is required:
+/// without it the test fails and says how to install it.
+#[test]
+fn the_systemd_units_verify() {
+    let tool = ["/usr/bin/systemd-analyze", "/bin/systemd-analyze"]
+        .into_iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
+        .unwrap_or_else(|| {
+            panic!(
+                "systemd-analyze is missing: install it with `apt-get install -y systemd` \
+                 (scripts/test does) to check the units in packaging/systemd/"
+            )
+        });
+    let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/systemd");
+    let dir = tempfile::tempdir().unwrap();
+    let mut names = Vec::new();
+    for (file, name) in [
+        ("flotilla-fleetd.service", "flotilla-fleetd.service"),
+        ("flotilla-fleetd@.service", "flotilla-fleetd@game.service"),
+    ] {
+        let text = fs_err::read_to_string(units.join(file)).unwrap();
+        assert!(text.contains("ExecStart=/usr/local/bin/flotilla fleetd"), "{file}");
+        assert!(text.contains("Type=notify") && text.contains("Restart=on-failure"), "{file}");
+        let text = text.replace("/usr/local/bin/flotilla", &flotilla_bin().display().to_string());
+        fs_err::write(dir.path().join(name), text).unwrap();
+        names.push(dir.path().join(name));
+    }
+    let output = Command::new(tool).arg("verify").arg("--man=no").args(&names).output().unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(output.status.success(), "systemd-analyze verify failed:\n{stderr}");
+    assert!(stderr.trim().is_empty(), "systemd-analyze verify warned:\n{stderr}");
+}
