@@ -48,6 +48,15 @@ use crate::imds::{FAILURE_LOG_INTERVAL, FailureLimiter, ImdsClient, Notice, Rout
 use crate::machine_cloud::{MachineCloud, MachineFacts};
 use crate::machine_facts::ImdsFacts;
 
+/// Writes a line on stderr, where the config's diagnostics and the reasons to exit go (the log
+/// lines, through `tracing`, go there too).
+macro_rules! say {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stderr().lock(), $($arg)*);
+    }};
+}
+
 /// Stopped after a notice or a signal, or nothing to do.
 pub const EXIT_OK: u8 = 0;
 /// A domain, or a `starting` or `started` hook, failed.
@@ -178,7 +187,7 @@ impl Fleetd {
             Some(path) => match fs_err::read_to_string(path) {
                 Ok(text) => (text, path.clone()),
                 Err(error) => {
-                    eprintln!("fleetd: {error}");
+                    say!("fleetd: {error}");
                     return EXIT_CONFIG;
                 }
             },
@@ -190,24 +199,24 @@ impl Fleetd {
                 Ok((Some(text), _)) => (text, PathBuf::from("IMDS user-data")),
                 Ok((None, _)) => (String::new(), PathBuf::from("IMDS user-data")),
                 Err(error) => {
-                    eprintln!("fleetd: IMDS: {error}");
+                    say!("fleetd: IMDS: {error}");
                     return EXIT_IMDS;
                 }
             },
         };
         if text.trim().is_empty() {
-            eprintln!("fleetd: the config ({}) is empty: nothing to do", name.display());
+            say!("fleetd: the config ({}) is empty: nothing to do", name.display());
             return EXIT_OK;
         }
         let document = match parse_fleetd_config(&text, &name) {
             Ok(document) => document,
             Err(errors) => {
-                eprintln!("{errors}");
+                say!("{errors}");
                 return EXIT_CONFIG;
             }
         };
         for warning in &document.warnings {
-            eprintln!("{warning}");
+            say!("{warning}");
         }
         let config = document.config;
         // 2. The facts.
@@ -219,7 +228,7 @@ impl Fleetd {
             {
                 Ok(found) => found,
                 Err(error) => {
-                    eprintln!("fleetd: IMDS: {error}");
+                    say!("fleetd: IMDS: {error}");
                     return EXIT_IMDS;
                 }
             };
@@ -238,7 +247,7 @@ impl Fleetd {
             match made {
                 Ok(cloud) => Some(cloud),
                 Err(error) => {
-                    eprintln!(
+                    say!(
                         "fleetd: the config needs AWS calls (volumes, records or notifications): {error}"
                     );
                     return EXIT_NO_CLOUD;
@@ -251,7 +260,7 @@ impl Fleetd {
             match (&cloud, options.enable_init && crate::domains::needs_cloud_init(&config)) {
                 (Some(cloud), true) => {
                     if let Err(error) = fs_err::create_dir_all(&options.state_dir) {
-                        eprintln!("fleetd: the state directory: {error}");
+                        say!("fleetd: the state directory: {error}");
                         return EXIT_INIT;
                     }
                     Some(Arc::new(Engine::new(EngineContext {

@@ -20,7 +20,8 @@ const DEFAULT_STATE_DIR: &str = "/var/lib/flotilla-fleetd";
 /// Runs standalone fleetd; the exit status (`flotilla_agent::fleetd_daemon`'s codes).
 pub fn run_daemon(args: FleetdArgs) -> u8 {
     if args.show_version {
-        println!("flotilla fleetd {}", env!("CARGO_PKG_VERSION"));
+        let version = format!("flotilla fleetd {}\n", env!("CARGO_PKG_VERSION"));
+        let _ = std::io::stdout().lock().write_all(version.as_bytes());
         return exit::OK;
     }
     let enabled = |flag: Option<bool>| flag.unwrap_or(!args.disable_all);

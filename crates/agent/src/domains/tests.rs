@@ -379,7 +379,8 @@ fn a_record_change_expands_its_name_and_picks_its_address() {
         address,
         wait_insync: true,
     };
-    let public = Some("203.0.113.7".parse().unwrap());
+    let address: IpAddr = "203.0.113.7".parse().unwrap();
+    let public = Some(address);
     let change = record_change(
         &record("node-{ami-i}.example.com", RecordAddress::Public),
         &base(),
@@ -387,7 +388,7 @@ fn a_record_change_expands_its_name_and_picks_its_address() {
         None,
     )
     .unwrap();
-    assert_eq!((change.name.as_str(), change.address), ("node-2.example.com.", public.unwrap()));
+    assert_eq!((change.name.as_str(), change.address), ("node-2.example.com.", address));
     assert!(change.wait_in_sync);
     let error =
         record_change(&record("x.", RecordAddress::Private), &base(), public, None).unwrap_err();
