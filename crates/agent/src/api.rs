@@ -1,5 +1,5 @@
 //! The mTLS API: HTTPS on `listen:api_port`, every request mapped by
-//! [`flotilla_spec::api::Request::from_http`] and answered by [`crate::agent::Agent`].
+//! [`flotilla_spec::api::Request::from_http`] and answered by [`crate::versions::Versions`].
 //!
 //! | request | answer |
 //! |---|---|
@@ -35,10 +35,10 @@ use tokio::sync::{Semaphore, watch};
 use tokio_rustls::TlsAcceptor;
 
 use crate::admission::{PendingConnections, PendingPolicy};
-use crate::agent::{Agent, Refusal};
 use crate::binary_log::EVENT_PREFIX;
 use crate::failpoint::{Failpoint, Failpoints};
 use crate::refusal_log::{REFUSAL_LOG_INTERVAL, RefusalLog};
+use crate::versions::{Refusal, Versions};
 
 /// The largest manifest `ApplyManifest` accepts.
 pub(crate) const MAX_MANIFEST_BYTES: usize = 1024 * 1024;
@@ -55,7 +55,7 @@ type ApiBody = UnsyncBoxBody<Bytes, Infallible>;
 pub(crate) async fn serve_api(
     listener: TcpListener,
     tls: Arc<rustls::ServerConfig>,
-    agent: Arc<Agent>,
+    versions: Arc<Versions>,
     mut shutdown: watch::Receiver<bool>,
     failpoints: Failpoints,
 ) {
@@ -77,7 +77,7 @@ pub(crate) async fn serve_api(
         let acceptor = acceptor.clone();
         let connections = connections.clone();
         let refusals = refusals.clone();
-        let agent = agent.clone();
+        let versions = versions.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             let handshake = tokio::select! {
@@ -115,9 +115,9 @@ pub(crate) async fn serve_api(
             };
             let service_shutdown = shutdown.clone();
             let service = hyper::service::service_fn(move |request| {
-                let agent = agent.clone();
+                let versions = versions.clone();
                 let shutdown = service_shutdown.clone();
-                async move { Ok::<_, Infallible>(answer(agent, request, shutdown).await) }
+                async move { Ok::<_, Infallible>(answer(versions, request, shutdown).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
@@ -134,7 +134,7 @@ pub(crate) async fn serve_api(
 }
 
 async fn answer(
-    agent: Arc<Agent>,
+    versions: Arc<Versions>,
     request: hyper::Request<Incoming>,
     shutdown: watch::Receiver<bool>,
 ) -> Response<ApiBody> {
@@ -168,24 +168,24 @@ async fn answer(
         Err(error) => return error_response(StatusCode::BAD_REQUEST, error.to_string()),
     };
     match request {
-        Request::Status => json_response(StatusCode::OK, &agent.status()),
-        Request::Logs { lines, follow } => logs(&agent, lines, follow, shutdown).await,
+        Request::Status => json_response(StatusCode::OK, &versions.status()),
+        Request::Logs { lines, follow } => logs(&versions, lines, follow, shutdown).await,
         Request::WaitRollout { version, timeout_ms } => json_response(
             StatusCode::OK,
-            &agent.wait_rollout(&version, std::time::Duration::from_millis(timeout_ms)).await,
+            &versions.wait_rollout(&version, std::time::Duration::from_millis(timeout_ms)).await,
         ),
-        Request::ApplyManifest(manifest) => match agent.apply(*manifest) {
+        Request::ApplyManifest(manifest) => match versions.apply(*manifest) {
             Ok(answer @ ApplyResponse::Accepted { .. }) => {
                 json_response(StatusCode::ACCEPTED, &answer)
             }
             Ok(answer @ ApplyResponse::Unchanged { .. }) => json_response(StatusCode::OK, &answer),
             Err(refusal) => refusal_response(refusal),
         },
-        Request::Restart => match agent.restart().await {
+        Request::Restart => match versions.restart().await {
             Ok(status) => json_response(StatusCode::OK, &status),
             Err(refusal) => refusal_response(refusal),
         },
-        Request::Stop => match agent.stop().await {
+        Request::Stop => match versions.stop().await {
             Ok(status) => json_response(StatusCode::OK, &status),
             Err(refusal) => refusal_response(refusal),
         },
@@ -195,13 +195,13 @@ async fn answer(
 /// The last `lines` lines; with `follow`, then every new line until the client disconnects or
 /// the agent stops.
 async fn logs(
-    agent: &Agent,
+    versions: &Versions,
     lines: usize,
     follow: bool,
     shutdown: watch::Receiver<bool>,
 ) -> Response<ApiBody> {
-    let (snapshot, receiver) = agent.log.snapshot(follow);
-    let path = agent.log.path().display().to_string();
+    let (snapshot, receiver) = versions.log.snapshot(follow);
+    let path = versions.log.path().display().to_string();
     let tail = match tokio::task::spawn_blocking(move || snapshot.last_lines(lines)).await {
         Ok(Ok(tail)) => tail,
         Ok(Err(error)) => {

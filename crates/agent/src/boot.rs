@@ -53,7 +53,7 @@ use crate::binary_log::BinaryLog;
 use crate::instance_dir::{PRIVATE_FILE_MODE, write_file_atomically};
 use crate::process_group::signal_group;
 use crate::spawner::{ProcessSpec, Spawner};
-use crate::supervisor::{format_duration, unix_now};
+use crate::time::{format_duration, unix_now};
 
 /// The most output of one command the report keeps: its last bytes.
 pub(crate) const OUTPUT_TAIL_BYTES: usize = 4096;

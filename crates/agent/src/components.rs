@@ -1,13 +1,14 @@
-//! The tasks the agent cannot do without, and what happens when one of them dies.
+//! The tasks the agent cannot do without, and what happens when one of them dies. The
+//! components themselves, in the order they start, are in `life`.
 //!
-//! The supervisor, the API server and the metrics server run for the agent's whole life; a
-//! rollout runs until it has a verdict. Each is spawned through [`Components::spawn`], which
-//! catches a panic and notices a return. A component that panics, or a whole-life component
-//! that returns before the agent was told to stop, is *dead*, and a dead component takes the
-//! agent down: [`crate::run`] writes why into the binary's log and the agent's own, stops what
-//! still runs, and returns [`crate::AgentError::ComponentDied`], so the process exits non-zero.
-//! Under systemd the agent is then restarted and restores the installed version; under the local
-//! provider the machine shows as stopped.
+//! The supervisor, the lifecycle, the API server and the metrics server run for the agent's
+//! whole life; a rollout runs until it has a verdict. Each is spawned through
+//! [`Components::spawn`], which catches a panic and notices a return. A component that panics,
+//! or a whole-life component that returns before the agent was told to stop, is *dead*, and a
+//! dead component takes the agent down: [`crate::run`] writes why into the binary's log and the
+//! agent's own, stops what still runs, and returns [`crate::AgentError::ComponentDied`], so the
+//! process exits non-zero. Under systemd the agent is then restarted and restores the installed
+//! version; under the local provider the machine shows as stopped.
 //!
 //! An agent that went on would be worse than none: without its supervisor it answers for a
 //! binary nobody supervises (the binary itself dies with the supervisor, whose spawner thread
@@ -35,7 +36,8 @@ pub(crate) enum Lifetime {
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 #[error("the {component} {cause}")]
 pub struct ComponentDeath {
-    /// `supervisor`, `API server`, `metrics server`, `rollout of version …`.
+    /// `supervisor`, `lifecycle`, `rehearsal IMDS`, `API server`, `metrics server`, `rollout of
+    /// version …`.
     pub component: String,
     /// `panicked: <message>`, or `ended while the agent was running`.
     pub cause: String,

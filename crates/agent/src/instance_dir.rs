@@ -8,6 +8,7 @@
 //!   agent-state.json             0600  {installed, previous, stopped}; replaced atomically
 //!   binary.pgid                  0600  the running binary's process group (see process_group)
 //!   boot-commands.json           0600  the boot id and the boot commands that succeeded in it
+//!   lifecycle-state.json         0600  {started}: the `started` hooks ran on this machine
 //!   root/                              boot files, when the bootstrap puts them here (local)
 //!   versions/                    0700
 //!     <version>/                 0700  one verified version, renamed into place when complete

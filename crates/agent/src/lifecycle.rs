@@ -53,7 +53,8 @@ use crate::imds::{
 use crate::instance_dir::write_file_atomically;
 use crate::machine_cloud::{MachineCloud, MachineFacts};
 use crate::metrics::AgentMetrics;
-use crate::supervisor::{Order, SupervisorHandle, SupervisorStatus, unix_now};
+use crate::supervisor::{Order, SupervisorHandle, SupervisorStatus};
+use crate::time::unix_now;
 
 /// A hook line without `timeout` is killed after this long.
 pub(crate) const DEFAULT_LINE_TIMEOUT: Duration = Duration::from_secs(300);

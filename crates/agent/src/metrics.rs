@@ -34,10 +34,8 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::admission::{PendingConnections, PendingPolicy};
-use crate::agent::Agent;
 use crate::failpoint::{Failpoint, Failpoints};
 use crate::refusal_log::{REFUSAL_LOG_INTERVAL, RefusalLog};
-use crate::supervisor::SupervisorStatus;
 
 /// Connections that have not yet sent a complete request head (see `admission`).
 const PENDING_REQUESTS: PendingPolicy = PendingPolicy { capacity: 32, per_peer: 8 };
@@ -58,34 +56,18 @@ const STATES: [BinaryState; 6] = [
 
 type Labels = Vec<(&'static str, String)>;
 
-/// What a scrape reports, read from the agent.
+/// What a scrape reports, read from the agent at scrape time (see
+/// `SupervisorStatus::metrics_snapshot`: the binary's part comes from one reading).
 #[derive(Debug)]
 pub(crate) struct MetricsSnapshot {
-    running: bool,
-    state: BinaryState,
-    version: Option<String>,
-    agent_uptime: Duration,
-    binary_uptime: Option<Duration>,
+    pub(crate) running: bool,
+    pub(crate) state: BinaryState,
+    pub(crate) version: Option<String>,
+    pub(crate) agent_uptime: Duration,
+    pub(crate) binary_uptime: Option<Duration>,
 }
 
-impl MetricsSnapshot {
-    /// The snapshot of one reported supervisor status, the installed version and the agent's
-    /// uptime.
-    pub(crate) fn new(
-        binary: &SupervisorStatus,
-        version: Option<String>,
-        agent_uptime: Duration,
-    ) -> MetricsSnapshot {
-        MetricsSnapshot {
-            running: binary.pid.is_some(),
-            state: binary.state,
-            version,
-            agent_uptime,
-            binary_uptime: binary.started_at.map(|started| started.elapsed()),
-        }
-    }
-}
-
+/// The metrics' values between scrapes, and their rendering.
 #[derive(Debug)]
 pub(crate) struct AgentMetrics {
     registry: Registry,
@@ -176,10 +158,11 @@ impl AgentMetrics {
     }
 }
 
-/// Serves `GET /metrics` on `listener` until `shutdown` turns true.
+/// Serves `GET /metrics` on `listener` until `shutdown` turns true; `page` makes the metrics
+/// page at each scrape (the agent's [`AgentMetrics::render`] of a fresh [`MetricsSnapshot`]).
 pub(crate) async fn serve_metrics(
     listener: TcpListener,
-    agent: Arc<Agent>,
+    page: impl Fn() -> String + Clone + Send + Sync + 'static,
     mut shutdown: watch::Receiver<bool>,
     failpoints: Failpoints,
 ) {
@@ -201,15 +184,15 @@ pub(crate) async fn serve_metrics(
             return;
         }
         let (ticket, mut eviction) = pending.admit(peer.ip());
-        let agent = agent.clone();
+        let page = page.clone();
         let refusals = refusals.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |request| {
                 // The request head is complete: the connection is no longer pending.
                 ticket.release();
-                let agent = agent.clone();
-                async move { Ok::<_, Infallible>(answer(&agent, request)) }
+                let text = page.clone();
+                async move { Ok::<_, Infallible>(answer(text, request)) }
             });
             // One request per connection: answered at once, then closed, so a connection costs
             // something only while it is pending (see `admission`).
@@ -239,10 +222,13 @@ pub(crate) async fn serve_metrics(
     }
 }
 
-fn answer(agent: &Agent, request: hyper::Request<Incoming>) -> hyper::Response<Full<Bytes>> {
+fn answer(
+    page: impl Fn() -> String,
+    request: hyper::Request<Incoming>,
+) -> hyper::Response<Full<Bytes>> {
     let builder = hyper::Response::builder();
     let response = if request.method() == hyper::Method::GET && request.uri().path() == "/metrics" {
-        let text = agent.metrics_text();
+        let text = page();
         builder
             .status(200)
             .header("content-type", "application/openmetrics-text; version=1.0.0; charset=utf-8")
@@ -294,34 +280,5 @@ mod tests {
         });
         assert!(!text.contains("version=\"abc\""), "{text}");
         assert!(text.contains("flotilla_binary_health_state{state=\"idle\"} 1\n"), "{text}");
-    }
-
-    #[test]
-    fn binary_up_and_the_health_state_come_from_one_status() {
-        let metrics = AgentMetrics::new();
-        let status = |state, pid| SupervisorStatus {
-            state,
-            pid,
-            started_at: pid.map(|_| tokio::time::Instant::now()),
-            ..SupervisorStatus::idle()
-        };
-        let render = |status: SupervisorStatus| {
-            metrics.render(&MetricsSnapshot::new(&status, None, Duration::from_secs(1)))
-        };
-        let healthy = render(status(BinaryState::Healthy, Some(7)).into_reported(true));
-        assert!(healthy.contains("flotilla_binary_up 1\n"), "{healthy}");
-        assert!(healthy.contains("{state=\"healthy\"} 1\n"), "{healthy}");
-        // The exit was published, the next state was not (a supervisor that panicked in
-        // between), or the supervisor has ended: down, and not healthy.
-        for reported in [
-            status(BinaryState::Healthy, None).into_reported(true),
-            status(BinaryState::Healthy, Some(7)).into_reported(false),
-        ] {
-            let text = render(reported);
-            assert!(text.contains("flotilla_binary_up 0\n"), "{text}");
-            assert!(text.contains("{state=\"healthy\"} 0\n"), "{text}");
-            assert!(text.contains("{state=\"stopped\"} 1\n"), "{text}");
-            assert!(text.contains("flotilla_binary_uptime_seconds 0.0\n"), "{text}");
-        }
     }
 }

@@ -14,7 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use crate::supervisor::format_duration;
+use crate::time::format_duration;
 
 /// At most one line about refused connections per server in this time.
 pub(crate) const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(10);

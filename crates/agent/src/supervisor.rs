@@ -1,5 +1,6 @@
-//! The supervisor: runs the selected version of the binary, captures its output, checks its
-//! health, restarts it when it exits, and stops it.
+//! The supervisor: runs the selected version of the binary, captures its output
+//! (`output_capture`), checks its health, restarts it when it exits (described by
+//! `exit_description`), and stops it.
 //!
 //! It is one task that owns the child process and obeys [`Order`]s sent through a
 //! [`SupervisorHandle`], one at a time and in the order they were sent; it publishes what it
@@ -25,37 +26,36 @@ use std::ffi::OsString;
 use std::future::Future;
 use std::io;
 use std::net::IpAddr;
-use std::os::unix::process::ExitStatusExt;
 use std::pin::Pin;
 use std::process::ExitStatus;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use flotilla_spec::api::{BinaryState, BootReport, ExitInfo};
 use flotilla_spec::fleetd::Event;
 use flotilla_spec::manifest::{Manifest, short_version};
 use flotilla_spec::{HealthCheck, RestartPolicy};
 use rustix::process::Signal;
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncRead, BufReader};
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use crate::artifacts::{BINARY_FILE, CONFIG_FILE, HOSTS_FILE};
 use crate::backoff::{CRASH_LOOP_EXITS, STABLE_RUN, restart_delay, restart_jitter};
-use crate::binary_log::{BinaryLog, MAX_LINE_BYTES};
+use crate::binary_log::BinaryLog;
 use crate::boot::{self, BootTarget};
 use crate::deadline;
+use crate::exit_description::describe_exit;
 use crate::failpoint::{Failpoint, Failpoints};
 use crate::health::{self, CHECK_INTERVAL, FIRST_CHECK_AFTER, NONE_HEALTHY_AFTER};
 use crate::instance_dir::InstanceDir;
 use crate::lifecycle::LifecycleHandle;
-use crate::metrics::AgentMetrics;
+use crate::metrics::{AgentMetrics, MetricsSnapshot};
+use crate::output_capture::{self, drain_output};
 use crate::process_group::{self, signal_group};
 use crate::spawner::{ProcessSpec, Spawner};
+use crate::time::{format_duration, unix_now};
 
-/// How long the agent waits for the binary's output to drain after it exited.
-const OUTPUT_DRAIN_TIMEOUT: Duration = Duration::from_secs(1);
 /// How long the agent waits for the binary to go after SIGKILL.
 const AFTER_KILL_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long the rest of the group may take to end once the binary was killed.
@@ -121,6 +121,22 @@ impl SupervisorStatus {
             last_exit_description: None,
             health_error: None,
             boot: None,
+        }
+    }
+
+    /// What the metrics report of this status (reported, see [`Self::into_reported`]), with the
+    /// installed version and the agent's uptime.
+    pub(crate) fn metrics_snapshot(
+        &self,
+        version: Option<String>,
+        agent_uptime: Duration,
+    ) -> MetricsSnapshot {
+        MetricsSnapshot {
+            running: self.pid.is_some(),
+            state: self.state,
+            version,
+            agent_uptime,
+            binary_uptime: self.started_at.map(|started| started.elapsed()),
         }
     }
 
@@ -581,10 +597,10 @@ impl Supervisor {
                 let pid = child.id().unwrap_or_default();
                 let mut capture = Vec::with_capacity(2);
                 if let Some(stdout) = child.stdout.take() {
-                    capture.push(tokio::spawn(capture_lines(stdout, self.log.clone())));
+                    capture.push(output_capture::capture(stdout, self.log.clone()));
                 }
                 if let Some(stderr) = child.stderr.take() {
-                    capture.push(tokio::spawn(capture_lines(stderr, self.log.clone())));
+                    capture.push(output_capture::capture(stderr, self.log.clone()));
                 }
                 self.log.event(&format!("started version {short} pid {pid}"));
                 process_group::record(&self.environment.dir.binary_process_group(), pid);
@@ -848,67 +864,6 @@ async fn next_event(
     }
 }
 
-/// Copies lines of one output stream into the log until it closes.
-async fn capture_lines(stream: impl AsyncRead + Unpin, log: Arc<BinaryLog>) {
-    let mut reader = BufReader::new(stream);
-    let mut line = Vec::new();
-    loop {
-        line.clear();
-        match read_line_capped(&mut reader, &mut line, MAX_LINE_BYTES).await {
-            Ok(0) => break,
-            Ok(_) => {
-                if line.last() == Some(&b'\n') {
-                    line.pop();
-                }
-                if line.last() == Some(&b'\r') {
-                    line.pop();
-                }
-                log.binary_line(&String::from_utf8_lossy(&line));
-            }
-            Err(error) => {
-                log.event(&format!("could not read the binary's output: {error}"));
-                break;
-            }
-        }
-    }
-}
-
-/// Reads up to and including the next newline, or `cap` bytes, whichever comes first.
-async fn read_line_capped(
-    reader: &mut (impl AsyncBufRead + Unpin),
-    line: &mut Vec<u8>,
-    cap: usize,
-) -> io::Result<usize> {
-    let mut total = 0;
-    loop {
-        let available = reader.fill_buf().await?;
-        if available.is_empty() {
-            return Ok(total);
-        }
-        let room = cap - line.len();
-        let take = match available.iter().position(|&byte| byte == b'\n') {
-            Some(index) => (index + 1).min(room),
-            None => available.len().min(room),
-        };
-        line.extend_from_slice(&available[..take]);
-        reader.consume(take);
-        total += take;
-        if line.last() == Some(&b'\n') || line.len() >= cap {
-            return Ok(total);
-        }
-    }
-}
-
-/// Waits for the capture tasks to reach the end of the output, then gives up on them.
-async fn drain_output(capture: Vec<JoinHandle<()>>) {
-    let deadline = deadline::from_now(OUTPUT_DRAIN_TIMEOUT);
-    for mut task in capture {
-        if tokio::time::timeout_at(deadline, &mut task).await.is_err() {
-            task.abort();
-        }
-    }
-}
-
 /// Waits until no live process is left in the group led by `pid`, up to `deadline`; says
 /// whether the group is gone.
 async fn wait_for_group_to_end(pid: u32, deadline: Instant) -> bool {
@@ -923,73 +878,9 @@ async fn wait_for_group_to_end(pid: u32, deadline: Instant) -> bool {
     }
 }
 
-fn describe_exit(result: &io::Result<ExitStatus>) -> (ExitInfo, String) {
-    let at = unix_now();
-    match result {
-        Ok(status) => match (status.code(), status.signal()) {
-            (Some(code), _) => (
-                ExitInfo { code: Some(code), signal: None, at },
-                format!("exited with code {code}"),
-            ),
-            (None, Some(signal)) => (
-                ExitInfo { code: None, signal: Some(signal), at },
-                format!("was ended by signal {signal}{}", signal_name(signal)),
-            ),
-            (None, None) => (ExitInfo { code: None, signal: None, at }, format!("ended: {status}")),
-        },
-        Err(error) => {
-            (ExitInfo { code: None, signal: None, at }, format!("could not be waited for: {error}"))
-        }
-    }
-}
-
-fn signal_name(signal: i32) -> &'static str {
-    match signal {
-        1 => " (SIGHUP)",
-        2 => " (SIGINT)",
-        3 => " (SIGQUIT)",
-        4 => " (SIGILL)",
-        6 => " (SIGABRT)",
-        7 => " (SIGBUS)",
-        8 => " (SIGFPE)",
-        9 => " (SIGKILL)",
-        11 => " (SIGSEGV)",
-        13 => " (SIGPIPE)",
-        15 => " (SIGTERM)",
-        _ => "",
-    }
-}
-
-pub(crate) fn unix_now() -> u64 {
-    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or_default()
-}
-
-/// A duration for people, to the millisecond.
-pub(crate) fn format_duration(duration: Duration) -> String {
-    let rounded = Duration::from_millis(duration.as_millis().try_into().unwrap_or(u64::MAX));
-    humantime::format_duration(rounded).to_string()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[tokio::test]
-    async fn lines_are_read_up_to_the_cap() {
-        let input: &[u8] = b"short\nlonger line\r\nno newline at the end";
-        let mut reader = BufReader::with_capacity(4, input);
-        let mut line = Vec::new();
-        let mut lines = Vec::new();
-        loop {
-            line.clear();
-            if read_line_capped(&mut reader, &mut line, 8).await.unwrap() == 0 {
-                break;
-            }
-            lines.push(String::from_utf8(line.clone()).unwrap());
-        }
-        let expected = ["short\n", "longer l", "ine\r\n", "no newli", "ne at th", "e end"];
-        assert_eq!(lines, expected.map(String::from).to_vec());
-    }
 
     #[test]
     fn a_state_that_claims_a_process_comes_with_its_pid() {
@@ -1038,11 +929,31 @@ mod tests {
     }
 
     #[test]
-    fn exits_are_described() {
-        let (info, text) = describe_exit(&Ok(ExitStatus::from_raw(1 << 8)));
-        assert_eq!((info.code, info.signal, text.as_str()), (Some(1), None, "exited with code 1"));
-        let (info, text) = describe_exit(&Ok(ExitStatus::from_raw(9)));
-        assert_eq!(info.signal, Some(9));
-        assert_eq!(text, "was ended by signal 9 (SIGKILL)");
+    fn binary_up_and_the_health_state_come_from_one_status() {
+        let metrics = AgentMetrics::new();
+        let status = |state, pid| SupervisorStatus {
+            state,
+            pid,
+            started_at: pid.map(|_| tokio::time::Instant::now()),
+            ..SupervisorStatus::idle()
+        };
+        let render = |status: SupervisorStatus| {
+            metrics.render(&status.metrics_snapshot(None, Duration::from_secs(1)))
+        };
+        let healthy = render(status(BinaryState::Healthy, Some(7)).into_reported(true));
+        assert!(healthy.contains("flotilla_binary_up 1\n"), "{healthy}");
+        assert!(healthy.contains("{state=\"healthy\"} 1\n"), "{healthy}");
+        // The exit was published, the next state was not (a supervisor that panicked in
+        // between), or the supervisor has ended: down, and not healthy.
+        for reported in [
+            status(BinaryState::Healthy, None).into_reported(true),
+            status(BinaryState::Healthy, Some(7)).into_reported(false),
+        ] {
+            let text = render(reported);
+            assert!(text.contains("flotilla_binary_up 0\n"), "{text}");
+            assert!(text.contains("{state=\"healthy\"} 0\n"), "{text}");
+            assert!(text.contains("{state=\"stopped\"} 1\n"), "{text}");
+            assert!(text.contains("flotilla_binary_uptime_seconds 0.0\n"), "{text}");
+        }
     }
 }

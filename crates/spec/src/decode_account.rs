@@ -7,13 +7,13 @@
 
 use std::collections::BTreeMap;
 
-use super::{Decoder, Fields, KeySpec, UnknownKeys, flotilla, flotilla_required};
+use super::reader::{Decoder, Fields, KeySpec, Slot, UnknownKeys, flotilla, flotilla_required};
 use crate::account::{
     AccountKeys, BootCommand, BootFile, BootSpec, IamKeys, ImageRef, MAX_COMMAND_TIMEOUT,
     MAX_INLINE_POLICY_CHARS, NetworkSpec, ResourceRef, RootVolumeSpec, default_command_timeout,
     default_file_mode, parse_mode, tag_limits,
 };
-use crate::yaml::{Node, NodeValue, ScalarStyle};
+use crate::tree::{Node, NodeValue, ScalarStyle};
 
 pub(crate) const IMAGE_KEYS: &[KeySpec] =
     &[flotilla_required("name", "add `name: PATTERN`, e.g. `name: golden-*`")];
@@ -232,7 +232,7 @@ impl Decoder<'_> {
                 self.optional(fields, "iam_statements", Self::read_iam_statements),
             )
         } else {
-            (super::Slot::Absent, super::Slot::Absent)
+            (Slot::Absent, Slot::Absent)
         };
         Some(DecodedAccount {
             keys: AccountKeys {
@@ -992,9 +992,7 @@ impl Decoder<'_> {
             }
             Some(key)
         });
-        if let (super::Slot::Present(false, location), super::Slot::Present(_, _)) =
-            (&encrypted, &kms_key)
-        {
+        if let (Slot::Present(false, location), Slot::Present(_, _)) = (&encrypted, &kms_key) {
             self.error(
                 *location,
                 &fields.child("encrypted"),

@@ -3,13 +3,15 @@
 //! suit the binary and are offered in the region needs the instance catalog, so it is checked
 //! later (`flotilla-capacity`), at the places recorded here.
 
-use super::{Decoder, KeySpec, Slot, UnknownKeys, flotilla, flotilla_required, last_segment};
+use super::reader::{
+    Decoder, KeySpec, Slot, UnknownKeys, flotilla, flotilla_required, last_segment, plain_decimal,
+};
 use crate::capacity::{
     AcceleratorManufacturer, AcceleratorType, Bounds, CpuManufacturer, Inclusion,
     InstanceGeneration, InstanceRequirements, Market, looks_like_instance_type,
 };
 use crate::suggest::closest_match;
-use crate::yaml::Node;
+use crate::tree::Node;
 
 pub(crate) const REQUIREMENTS_KEYS: &[KeySpec] = &[
     flotilla_required("vcpu_count", "add `vcpu_count: {min: 2}`: AWS requires a vCPU range"),
@@ -86,10 +88,10 @@ impl BoundValue for f64 {
     fn parse(decoder: &mut Decoder<'_>, node: &Node, field: &str) -> Option<f64> {
         let value = node
             .as_scalar()
-            .filter(|s| s.style == crate::yaml::ScalarStyle::Plain)
+            .filter(|s| s.style == crate::tree::ScalarStyle::Plain)
             .and_then(|scalar| match scalar.as_integer().and_then(|i| i.value()) {
                 Some(integer) => Some(integer as f64),
-                None => scalar.text.parse::<f64>().ok().filter(|v| v.is_finite()),
+                None => plain_decimal(scalar),
             });
         match value {
             Some(value) if value >= 0.0 => Some(value),
@@ -388,10 +390,5 @@ impl Decoder<'_> {
             }
             Some(pattern)
         })
-    }
-
-    /// The location recorded for `field`, when there is one.
-    fn location_of(&self, field: &str) -> Option<crate::diagnostic::Location> {
-        self.locations.get(field).copied()
     }
 }

@@ -7,7 +7,9 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use super::{Decoder, KeySpec, UnknownKeys, flotilla, flotilla_required};
+use super::reader::{
+    Decoder, KeySpec, Slot, UnknownKeys, flotilla, flotilla_required, plain_decimal,
+};
 use crate::fleetd::{
     AttachVolume, DEFAULT_BODY, DEFAULT_SUBJECT, Difference, Domain, EVENTS, ExecLine, ExecSpec,
     ExitCodes, FleetdConfig, Lifecycle, MACROS, NotifyBackend, NotifySpec, Piece, PoolPreference,
@@ -102,7 +104,7 @@ fn to_json(node: &Node) -> serde_json::Value {
             {
                 return serde_json::Value::from(i);
             }
-            match scalar.text.parse::<f64>().ok().and_then(serde_json::Number::from_f64) {
+            match plain_decimal(scalar).and_then(serde_json::Number::from_f64) {
                 Some(number) => serde_json::Value::Number(number),
                 None => serde_json::Value::String(scalar.text.clone()),
             }
@@ -138,6 +140,11 @@ impl Decoder<'_> {
             "the path of an ec2fleetd config, or the config itself",
         )
         .map(Lifecycle::File)
+    }
+
+    /// The deliberate differences from ec2fleetd found in `lifecycle` configs so far.
+    pub(crate) fn take_lifecycle_differences(&mut self) -> Vec<Difference> {
+        std::mem::take(&mut self.lifecycle_differences)
     }
 
     /// The config and the places where flotilla deliberately differs from ec2fleetd.
@@ -412,7 +419,7 @@ impl Decoder<'_> {
         if let Some(letters) = source.value() {
             let location = source.location().unwrap_or(fields.location);
             let source_field = fields.child("source");
-            if letters.contains(&VolumeSource::Fixed) && matches!(volume_id, super::Slot::Absent) {
+            if letters.contains(&VolumeSource::Fixed) && matches!(volume_id, Slot::Absent) {
                 self.error(
                     location,
                     &source_field,
@@ -422,7 +429,7 @@ impl Decoder<'_> {
             }
             let needs_pool =
                 letters.iter().any(|l| matches!(l, VolumeSource::Pool | VolumeSource::Create));
-            if needs_pool && matches!(pool_name, super::Slot::Absent) {
+            if needs_pool && matches!(pool_name, Slot::Absent) {
                 self.error(
                     location,
                     &source_field,
@@ -430,7 +437,7 @@ impl Decoder<'_> {
                     "add `pool-name:` (a created volume joins that pool)",
                 );
             }
-            if letters.contains(&VolumeSource::Create) && matches!(create, super::Slot::Absent) {
+            if letters.contains(&VolumeSource::Create) && matches!(create, Slot::Absent) {
                 self.error(
                     location,
                     &source_field,
@@ -576,11 +583,11 @@ impl Decoder<'_> {
             Some(argv)
         });
         let ec = match fields.found.get("ec") {
-            None => super::Slot::Absent,
+            None => Slot::Absent,
             Some(entry) => {
                 match self.read_exit_codes(&entry.value, &fields.child("ec"), differences) {
-                    Some(codes) => super::Slot::Present(codes, entry.value.location),
-                    None => super::Slot::Invalid,
+                    Some(codes) => Slot::Present(codes, entry.value.location),
+                    None => Slot::Invalid,
                 }
             }
         };
@@ -808,11 +815,8 @@ impl Decoder<'_> {
     /// A number of seconds as ec2fleetd writes timeouts (`30`, `1.5`): more than 0, at most a
     /// day.
     fn read_seconds(&mut self, node: &Node, field: &str, help: &str) -> Option<Duration> {
-        let seconds = node
-            .as_scalar()
-            .filter(|s| s.style == ScalarStyle::Plain)
-            .and_then(|s| s.text.parse::<f64>().ok())
-            .filter(|s| s.is_finite() && *s > 0.0 && *s <= 86_400.0);
+        let seconds =
+            node.as_scalar().and_then(plain_decimal).filter(|s| *s > 0.0 && *s <= 86_400.0);
         if seconds.is_none() {
             self.error(
                 node.location,

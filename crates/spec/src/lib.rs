@@ -2,9 +2,10 @@
 //! keys), the agent's bootstrap config, identity bundles, manifests and the agent API's
 //! messages. Parsing, validation and JSON Schema generation live here.
 //!
-//! The fleet spec is read in three layers: [`yaml`] builds a located tree that keeps each
-//! scalar as written; `decode` reads that tree into [`FleetSpec`] the way the deployer's
-//! parser reads its config, and applies every validation rule, collecting all diagnostics;
+//! The fleet spec is read in three layers: [`yaml`] builds a located tree ([`tree`]) that keeps
+//! each scalar as written; `decode` reads that tree into [`FleetSpec`] the way the deployer's
+//! parser reads its config (its reader, fleet mappings and rules each in a file of their own),
+//! and applies every validation rule, collecting all diagnostics;
 //! [`document`] ties them together as [`parse_fleet_spec`] and [`load_fleet_spec`].
 //! [`schema`] and [`mod@reference`] generate the JSON Schemas and the Markdown reference from the
 //! same types.

@@ -1,5 +1,10 @@
-//! The running agent: what the API's requests do, rollouts, and restoring the installed version
-//! at start.
+//! The installed version and every change to it, as the API asks for them: `ApplyManifest` (a
+//! rollout), `Restart`, `Stop`, `WaitRollout`, and restoring the installed version when the
+//! agent starts; and the answers that read it, `Status` and the metrics page.
+//!
+//! Its state is `agent-state.json` in the instance directory ([`AgentState`]: installed,
+//! previous, stopped) and the verified versions under `versions/`; a restarted agent runs what
+//! the state file names and downloads nothing again.
 //!
 //! A rollout (on `ApplyManifest`) runs in the background:
 //! 1. `downloading`: the artifacts go into `versions/<version>.partial/`, are verified and the
@@ -32,12 +37,15 @@ use crate::artifacts;
 use crate::backoff::CRASH_LOOP_EXITS;
 use crate::binary_log::BinaryLog;
 use crate::components::{Components, Lifetime};
+use crate::context::AgentContext;
 use crate::deadline;
 use crate::fetch::Fetchers;
 use crate::instance_dir::InstanceDir;
-use crate::metrics::{AgentMetrics, MetricsSnapshot};
+use crate::lifecycle::LifecycleHandle;
+use crate::metrics::AgentMetrics;
 use crate::state::AgentState;
-use crate::supervisor::{Order, SupervisorHandle, format_duration, unix_now};
+use crate::supervisor::{Order, SupervisorHandle};
+use crate::time::{format_duration, unix_now};
 
 /// Why a request was not carried out; the API turns it into a status code and an `ApiError`.
 #[derive(Debug)]
@@ -52,30 +60,30 @@ pub(crate) enum Refusal {
 
 /// The last rollout, and whether one is under way.
 #[derive(Debug, Default)]
-pub(crate) struct RolloutSlot {
+struct RolloutSlot {
     last: Option<Rollout>,
     under_way: bool,
     task: Option<JoinHandle<()>>,
 }
 
-/// Everything the API, the metrics and rollouts share.
+/// The installed version, the rollout under way, and what the API and the metrics read.
 #[derive(Debug)]
-pub(crate) struct Agent {
-    pub(crate) identity: IdentityBundle,
+pub(crate) struct Versions {
+    pub(crate) identity: Arc<IdentityBundle>,
     pub(crate) dir: InstanceDir,
     pub(crate) log: Arc<BinaryLog>,
-    pub(crate) metrics: Arc<AgentMetrics>,
-    pub(crate) supervisor: SupervisorHandle,
-    pub(crate) fetchers: Fetchers,
-    pub(crate) state: Mutex<AgentState>,
-    pub(crate) rollout: Mutex<RolloutSlot>,
+    metrics: Arc<AgentMetrics>,
+    supervisor: SupervisorHandle,
+    fetchers: Fetchers,
+    state: Mutex<AgentState>,
+    rollout: Mutex<RolloutSlot>,
     /// Woken whenever a rollout finishes, for `WaitRollout`.
-    pub(crate) rollout_finished: tokio::sync::Notify,
-    pub(crate) started_at: Instant,
+    rollout_finished: tokio::sync::Notify,
+    started_at: Instant,
     /// Spawns rollouts, so that a rollout that panics takes the agent down.
-    pub(crate) components: Components,
+    components: Components,
     /// The lifecycle component: hooks on events, and its report for the status.
-    pub(crate) lifecycle: crate::lifecycle::LifecycleHandle,
+    lifecycle: LifecycleHandle,
 }
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (plain values).
@@ -83,7 +91,33 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
     mutex.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-impl Agent {
+impl Versions {
+    /// The versions of the agent started with `context`, whose installed version is `state`
+    /// (read from `agent-state.json`); nothing runs until [`Versions::restore`].
+    pub(crate) fn new(
+        context: &AgentContext,
+        state: AgentState,
+        supervisor: SupervisorHandle,
+        lifecycle: LifecycleHandle,
+        metrics: Arc<AgentMetrics>,
+        fetchers: Fetchers,
+    ) -> Versions {
+        Versions {
+            identity: context.identity.clone(),
+            dir: context.dir.clone(),
+            log: context.log.clone(),
+            metrics,
+            supervisor,
+            fetchers,
+            state: Mutex::new(state),
+            rollout: Mutex::new(RolloutSlot::default()),
+            rollout_finished: tokio::sync::Notify::new(),
+            started_at: Instant::now(),
+            components: context.components.clone(),
+            lifecycle,
+        }
+    }
+
     /// The answer to `Status`.
     pub(crate) fn status(&self) -> AgentStatus {
         let supervisor = self.supervisor.status();
@@ -116,7 +150,7 @@ impl Agent {
     pub(crate) fn metrics_text(&self) -> String {
         let version = lock(&self.state).installed.clone();
         let snapshot =
-            MetricsSnapshot::new(&self.supervisor.status(), version, self.started_at.elapsed());
+            self.supervisor.status().metrics_snapshot(version, self.started_at.elapsed());
         self.metrics.render(&snapshot)
     }
 
@@ -150,11 +184,11 @@ impl Agent {
             started_at: unix_now(),
             finished_at: None,
         });
-        let agent = self.clone();
+        let versions = self.clone();
         let rollout_version = version.clone();
         let component = format!("rollout of version {}", short_version(&version));
         slot.task = Some(self.components.spawn(component, Lifetime::UntilDone, async move {
-            agent.roll_out(rollout_version, Arc::new(manifest)).await;
+            versions.roll_out(rollout_version, Arc::new(manifest)).await;
         }));
         Ok(ApplyResponse::Accepted { version })
     }
