@@ -174,10 +174,15 @@ pub fn render_plan(document: &FleetdDocument) -> String {
         for record in &domain.update_route53 {
             let _ = writeln!(
                 out,
-                "  record {} A → the machine's address, TTL {} in zone {}{}",
+                "  record {} A → the machine's {} address, TTL {} in zone {}{}{}",
                 e(&record.name),
+                match record.address {
+                    flotilla_spec::fleetd::RecordAddress::Public => "public",
+                    flotilla_spec::fleetd::RecordAddress::Private => "private",
+                },
                 record.ttl,
                 e(&record.hosted_zone),
+                if record.wait_insync { ", waiting for INSYNC" } else { "" },
                 if record.critical { "" } else { " (not critical)" }
             );
         }
