@@ -130,8 +130,20 @@ fn run_agent(bootstrap: &Path, verbose: u8) -> ExitCode {
     // signals. Fails harmlessly when already a session leader (e.g. under systemd).
     let _ = rustix::process::setsid();
     let path_style = Environment::from_process().aws_endpoint_url.is_some();
-    let fetchers =
+    let mut fetchers =
         flotilla_agent::Fetchers::default().with("s3", flotilla_aws::S3Fetcher::new(path_style));
+    // On EC2 (an IMDS that is not the local provider's rehearsal one) the lifecycle's volumes,
+    // records and notifications go through flotilla-aws; locally there is no machine cloud.
+    // MERGE: written against `flotilla_aws::AwsMachineCloud::from_env()` returning
+    // `Arc<dyn MachineCloud>`.
+    let on_ec2 = fs_err::read_to_string(bootstrap)
+        .ok()
+        .and_then(|text| flotilla_spec::bootstrap::AgentBootstrap::parse(&text, "").ok())
+        .and_then(|parsed| parsed.imds)
+        .is_some_and(|imds| imds.rehearsal_notices.is_none());
+    if on_ec2 {
+        fetchers = fetchers.with_machine_cloud(flotilla_aws::AwsMachineCloud::from_env());
+    }
     let log_filter = flotilla_agent::LogFilter {
         verbosity: verbose,
         directives: std::env::var(crate::env::RUST_LOG).ok().filter(|value| !value.is_empty()),

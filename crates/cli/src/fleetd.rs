@@ -52,11 +52,15 @@ pub fn run_daemon(args: FleetdArgs) -> u8 {
     flotilla_agent::fleetd_daemon::run_fleetd(options)
 }
 
-/// How fleetd makes its machine cloud. MERGE: until flotilla-aws's `AwsMachineCloud` is wired
-/// here (see the last commit of this branch), fleetd runs exec hooks only and refuses a config
-/// that needs AWS calls with exit 6.
+/// How fleetd makes its machine cloud: flotilla-aws's, made only when the config needs AWS
+/// calls, once IMDS gave the region.
+// MERGE: written against `flotilla_aws::AwsMachineCloud::from_env()` returning
+// `Arc<dyn MachineCloud>`; if the constructor takes the region and the profile, pass
+// `setup.region` and `setup.profile` (`--profile`) here.
 fn machine_cloud() -> Option<flotilla_agent::fleetd_daemon::MakeCloud> {
-    None
+    Some(Box::new(|_setup: &flotilla_agent::fleetd_daemon::CloudSetup| {
+        Ok(flotilla_aws::AwsMachineCloud::from_env())
+    }))
 }
 
 /// Checks `file` and prints the diagnostics, and for a valid config its plan. Returns the exit
