@@ -56,10 +56,12 @@ impl FetchError {
     }
 }
 
-/// The fetchers the agent may use, by URL scheme.
+/// The fetchers the agent may use, by URL scheme, and the machine cloud its lifecycle uses
+/// (registered by the binary like the fetchers; none under the local provider).
 #[derive(Clone, Debug)]
 pub struct Fetchers {
     by_scheme: BTreeMap<String, Arc<dyn Fetcher>>,
+    machine_cloud: Option<Arc<dyn crate::MachineCloud>>,
 }
 
 impl Default for Fetchers {
@@ -74,7 +76,7 @@ impl Default for Fetchers {
 impl Fetchers {
     /// A registry with no fetcher at all.
     pub fn none() -> Self {
-        Fetchers { by_scheme: BTreeMap::new() }
+        Fetchers { by_scheme: BTreeMap::new(), machine_cloud: None }
     }
 
     /// Registers (or replaces) the fetcher for `scheme` (without `://`, e.g. `s3`).
@@ -86,6 +88,18 @@ impl Fetchers {
     pub fn with(mut self, scheme: &str, fetcher: Arc<dyn Fetcher>) -> Self {
         self.register(scheme, fetcher);
         self
+    }
+
+    /// The same registry with `cloud` as the machine cloud: the lifecycle's volumes, records
+    /// and notifications go through it.
+    pub fn with_machine_cloud(mut self, cloud: Arc<dyn crate::MachineCloud>) -> Self {
+        self.machine_cloud = Some(cloud);
+        self
+    }
+
+    /// The machine cloud registered, if any.
+    pub fn machine_cloud(&self) -> Option<Arc<dyn crate::MachineCloud>> {
+        self.machine_cloud.clone()
     }
 
     /// The fetcher for `url`; a bare absolute path counts as `file`.

@@ -68,6 +68,8 @@ mod boot;
 mod components;
 mod context;
 mod deadline;
+mod devices;
+mod domains;
 mod error;
 mod exit_description;
 #[cfg(feature = "failpoints")]
@@ -75,6 +77,7 @@ pub mod failpoint;
 #[cfg(not(feature = "failpoints"))]
 mod failpoint;
 mod fetch;
+pub mod fleetd_daemon;
 mod health;
 mod identity;
 mod imds;
@@ -85,7 +88,9 @@ mod life;
 mod lifecycle;
 mod log_file;
 mod machine_cloud;
+mod machine_facts;
 mod metrics;
+mod notify;
 mod output_capture;
 mod process_group;
 mod refusal_log;

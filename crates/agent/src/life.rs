@@ -11,7 +11,7 @@
 //! | # | component | needs | its state in the instance directory |
 //! |---|---|---|---|
 //! | 1 | rehearsal IMDS (`imds_rehearsal`, local provider only) | | none: it serves the bootstrap's `imds.rehearsal_notices` file, which `flotilla notice` writes |
-//! | 2 | lifecycle (`lifecycle`, `imds`) | | `lifecycle-state.json`: `started` hooks ran on this machine |
+//! | 2 | lifecycle (`lifecycle`, `imds`, `domains`) | | `lifecycle-state.json`: `started` hooks ran on this machine; `lifecycle-holds.json`: volumes and records it holds |
 //! | 3 | supervisor (`supervisor`, `boot`) | lifecycle | `binary.pgid`; `boot-commands.json`: boot commands that ran in this boot |
 //! | 4 | versions (`versions`): restores the installed version | supervisor, lifecycle | `agent-state.json`, `versions/` |
 //! | 4b | keepalive watcher (`keepalive`) | versions | `keepalive.json`: the last word from the deployment |
@@ -27,7 +27,8 @@
 //! servers end, a rollout under way is abandoned (the state file still names the version before
 //! it), the supervisor stops the binary (SIGTERM, SIGKILL after the stop grace; when the
 //! supervisor had died, what is left of the binary's process group is killed instead), the
-//! lifecycle runs what was queued, the rehearsal IMDS ends. Last, the instance directory is let
+//! lifecycle runs what was queued and undoes what its engine holds (records restored, volumes
+//! unmounted and released), the rehearsal IMDS ends. Last, the instance directory is let
 //! go.
 //!
 //! A restarted agent goes through the same list and resumes from the state files: it runs the
@@ -162,15 +163,25 @@ pub(crate) async fn start(
         life.running.push(rehearsal);
     }
     // 2. The lifecycle, whose task starts once the supervisor exists.
+    let metrics = Arc::new(AgentMetrics::new());
     let (lifecycle, make_lifecycle) = lifecycle::lifecycle(LifecycleContext {
         dir: context.dir.root().to_path_buf(),
         work: context.dir.work(),
         log: context.log.clone(),
         imds_endpoint: context.bootstrap.imds.as_ref().map(|imds| imds.endpoint.clone()),
         runs_on: context.bootstrap.boot.runs_on.clone(),
+        machine: lifecycle::MachineContext {
+            cloud: fetchers.machine_cloud(),
+            name: context.identity.name.clone(),
+            region: context.identity.region.clone(),
+            public_ip: context.identity.public_ip,
+            private_ip: context.identity.private_ip,
+            device_root: boot_root(&context),
+            may_set_hostname: context.bootstrap.boot.system_settings,
+            metrics: metrics.clone(),
+        },
     });
     // 3. The supervisor.
-    let metrics = Arc::new(AgentMetrics::new());
     let (supervisor, supervisor_task) =
         start_supervisor(&context, spawner, metrics.clone(), lifecycle.clone());
     let lifecycle_task = make_lifecycle(supervisor.clone()).run(context.stop.clone());
@@ -247,6 +258,11 @@ async fn start_rehearsal_imds(context: &AgentContext) -> Result<Option<Component
     Ok(Some(Component::Server { name: "rehearsal IMDS", task }))
 }
 
+/// Where boot files land and the lifecycle finds devices: `/` on AWS, `<dir>/root` by default.
+fn boot_root(context: &AgentContext) -> std::path::PathBuf {
+    context.bootstrap.boot.root.clone().unwrap_or_else(|| context.dir.root().join("root"))
+}
+
 /// The supervisor of the binary, spawned: its handle and its task.
 fn start_supervisor(
     context: &AgentContext,
@@ -270,7 +286,7 @@ fn start_supervisor(
         },
     };
     let boot_target = BootTarget {
-        root: bootstrap.boot.root.clone().unwrap_or_else(|| context.dir.root().join("root")),
+        root: boot_root(context),
         system_settings: bootstrap.boot.system_settings,
         runs_on: bootstrap.boot.runs_on.clone(),
         dir: context.dir.root().to_path_buf(),
@@ -338,9 +354,14 @@ impl Life {
                     tracing::warn!("the {name} did not stop within {SERVER_STOP_TIMEOUT:?}");
                 }
             }
-            Component::Lifecycle { task, .. } => {
+            Component::Lifecycle { handle, task } => {
                 if tokio::time::timeout(SERVER_STOP_TIMEOUT, task).await.is_err() {
                     tracing::warn!("the lifecycle did not stop within {SERVER_STOP_TIMEOUT:?}");
+                }
+                // The binary is down (the supervisor stopped before): the lifecycle's records
+                // are restored and its volumes unmounted and released.
+                for failure in handle.undo().await {
+                    self.context.log.event(&format!("lifecycle: stop: undo: {failure}"));
                 }
             }
             Component::Versions(versions) => versions.abandon_rollout().await,

@@ -17,8 +17,16 @@
 //! [`DEFAULT_LINE_TIMEOUT`]); a line whose exit code `ec` refuses fails, and the event's
 //! remaining lines still run (each reported). Macros are expanded with the values known
 //! (IMDS's metadata, the manifest's name and index, the event's); a macro without a value is
-//! empty, as ec2fleetd's are. Volumes, records, notifications and the hostname are not run by
-//! this agent: the status lists them as not applicable (on AWS, `create` refuses them).
+//! empty, as ec2fleetd's are.
+//!
+//! With a machine cloud registered (AWS, see `machine_cloud`), the engine (`domains`) runs
+//! the rest of the config: at `starting`, after its hooks, every domain's volumes and records
+//! come up (in parallel) and the hostname is set, before the binary starts; a domain that fails
+//! keeps the binary stopped and runs the `failed` hooks and notifications with `{error}`.
+//! Notifications (`notify`) go out on every event their `matrix` turns on. After `interrupted`
+//! and at stop, once the binary is down, the engine undoes what it holds (records restored,
+//! volumes unmounted and detached). Without a cloud (the local provider, where `validate` and
+//! `create` refuse volumes, records and notifications), the status lists what does not run.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -38,10 +46,13 @@ use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::backoff::{IMDS_FAST_POLL, IMDS_SCHEDULED_POLL, imds_poll_delay, restart_jitter};
 use crate::binary_log::BinaryLog;
+use crate::domains::{Engine, EngineContext};
 use crate::imds::{
     FAILURE_LOG_INTERVAL, FailureLimiter, ImdsClient, Notice, Route, SeenNotices, poll_route,
 };
 use crate::instance_dir::write_file_atomically;
+use crate::machine_cloud::{MachineCloud, MachineFacts};
+use crate::metrics::AgentMetrics;
 use crate::supervisor::{Order, SupervisorHandle, SupervisorStatus};
 use crate::time::unix_now;
 
@@ -66,7 +77,8 @@ struct Trigger {
     event: Event,
     detail: String,
     values: Vec<(&'static str, String)>,
-    done: Option<oneshot::Sender<()>>,
+    /// Told whether the event went well (for `starting`: the domains are up).
+    done: Option<oneshot::Sender<bool>>,
 }
 
 #[derive(Debug, Default)]
@@ -75,6 +87,24 @@ struct Shared {
     report: LifecycleReport,
     metadata: Vec<(&'static str, String)>,
     imds_ok: Option<bool>,
+    /// The engine, once `starting` made it (it holds volumes and records).
+    engine: Option<Arc<Engine>>,
+}
+
+/// What the engine needs of the machine, beyond the component's context.
+#[derive(Clone, Debug)]
+pub(crate) struct MachineContext {
+    /// The machine cloud the binary registered; `None` under the local provider.
+    pub(crate) cloud: Option<Arc<dyn MachineCloud>>,
+    pub(crate) name: String,
+    pub(crate) region: String,
+    pub(crate) public_ip: std::net::IpAddr,
+    pub(crate) private_ip: std::net::IpAddr,
+    /// Where devices and the mount table are (the boot root: `/` on AWS).
+    pub(crate) device_root: PathBuf,
+    /// Whether the agent may set the hostname (on its own machine, not the local provider).
+    pub(crate) may_set_hostname: bool,
+    pub(crate) metrics: Arc<AgentMetrics>,
 }
 
 /// Sends events to the lifecycle component and reads its report.
@@ -83,6 +113,8 @@ pub(crate) struct LifecycleHandle {
     triggers: mpsc::UnboundedSender<Trigger>,
     shared: Arc<Mutex<Shared>>,
     not_applicable_on: String,
+    has_cloud: bool,
+    may_set_hostname: bool,
 }
 
 impl LifecycleHandle {
@@ -96,18 +128,42 @@ impl LifecycleHandle {
         let mut shared = self.shared();
         shared.report.not_applicable = lifecycle
             .as_ref()
-            .map(|l| not_applicable(&l.config, &self.not_applicable_on))
+            .map(|l| {
+                not_applicable(
+                    &l.config,
+                    &self.not_applicable_on,
+                    self.has_cloud,
+                    self.may_set_hostname,
+                )
+            })
             .unwrap_or_default();
         shared.lifecycle = lifecycle;
     }
 
-    /// Whether the selected lifecycle has hooks on `event`.
+    /// Whether the selected lifecycle has work on `event`: hooks, or at `starting` volumes,
+    /// records or a hostname to bring up.
     pub(crate) fn has_hooks(&self, event: Event) -> bool {
-        self.shared().lifecycle.as_ref().is_some_and(|l| has_hooks(&l.config, event))
+        self.shared().lifecycle.as_ref().is_some_and(|l| {
+            has_hooks(&l.config, event)
+                || (event == Event::Starting
+                    && ((self.has_cloud && crate::domains::needs_cloud_init(&l.config))
+                        || (self.may_set_hostname && l.config.hostname.is_some())))
+        })
     }
 
-    /// Runs `event`'s hooks; resolves once they ran (at once when the component has ended).
-    pub(crate) fn run(&self, event: Event, detail: &str) -> impl Future<Output = ()> + use<> {
+    /// Undoes what the engine holds (records, then volumes); the failures. Call once the
+    /// binary is down.
+    pub(crate) async fn undo(&self) -> Vec<String> {
+        let engine = self.shared().engine.clone();
+        match engine {
+            Some(engine) => engine.undo().await,
+            None => Vec::new(),
+        }
+    }
+
+    /// Runs `event`'s hooks (and at `starting` brings the domains up); resolves once they ran,
+    /// with whether the event went well (true at once when the component has ended).
+    pub(crate) fn run(&self, event: Event, detail: &str) -> impl Future<Output = bool> + use<> {
         let (done, finished) = oneshot::channel();
         let _ = self.triggers.send(Trigger {
             event,
@@ -115,8 +171,16 @@ impl LifecycleHandle {
             values: Vec::new(),
             done: Some(done),
         });
-        async move {
-            let _ = finished.await;
+        async move { finished.await.unwrap_or(true) }
+    }
+
+    /// Keeps an error for the status (the last few).
+    fn push_error(&self, error: String) {
+        let mut shared = self.shared();
+        let errors = &mut shared.report.errors;
+        errors.push(error);
+        if errors.len() > KEPT_RESULTS {
+            errors.remove(0);
         }
     }
 
@@ -137,10 +201,18 @@ impl LifecycleHandle {
 }
 
 /// The parts of `config` this agent does not run, for the status.
-fn not_applicable(config: &FleetdConfig, runs_on: &str) -> Vec<String> {
+fn not_applicable(
+    config: &FleetdConfig,
+    runs_on: &str,
+    has_cloud: bool,
+    may_set_hostname: bool,
+) -> Vec<String> {
     let mut parts = Vec::new();
-    if config.hostname.is_some() {
+    if config.hostname.is_some() && !may_set_hostname {
         parts.push(format!("set-hostname: not applicable on {runs_on}"));
+    }
+    if has_cloud {
+        return parts;
     }
     for domain in &config.domains {
         for (key, present) in [
@@ -167,6 +239,7 @@ pub(crate) struct LifecycleContext {
     pub(crate) log: Arc<BinaryLog>,
     pub(crate) imds_endpoint: Option<String>,
     pub(crate) runs_on: String,
+    pub(crate) machine: MachineContext,
 }
 
 /// The handle, and a function that makes the component's task once the supervisor exists.
@@ -179,6 +252,8 @@ pub(crate) fn lifecycle(
         triggers: triggers.clone(),
         shared: shared.clone(),
         not_applicable_on: context.runs_on.clone(),
+        has_cloud: context.machine.cloud.is_some(),
+        may_set_hostname: context.machine.may_set_hostname,
     };
     let poller_handle = handle.clone();
     let make = move |supervisor: SupervisorHandle| LifecycleTask {
@@ -258,6 +333,7 @@ impl LifecycleTask {
             shared.report.last_event =
                 Some(LifecycleEventReport { event, at: unix_now(), detail: detail.clone() });
         }
+        let mut ok = true;
         if let Some(lifecycle) = lifecycle {
             let metadata = self.handle.shared().metadata.clone();
             let mut base = macro_values(&lifecycle, event, &self.context.work);
@@ -265,14 +341,150 @@ impl LifecycleTask {
                 base.insert(name.to_owned(), value);
             }
             self.run_hooks(&lifecycle.config, event, &base).await;
+            if event == Event::Starting
+                && let Err(errors) = self.bring_up(&lifecycle, &base).await
+            {
+                ok = false;
+                for error in &errors {
+                    self.report_error(&format!("lifecycle: starting: {error}"));
+                }
+                let mut failed = base.clone();
+                failed.insert("daemon_state".to_owned(), Event::Failed.as_str().to_owned());
+                failed.insert("error".to_owned(), errors.join("; "));
+                self.run_hooks(&lifecycle.config, Event::Failed, &failed).await;
+                self.notify(&lifecycle.config, Event::Failed, &failed).await;
+            }
+            self.notify(&lifecycle.config, event, &base).await;
         }
         if event == Event::Interrupted {
             self.context.log.event("lifecycle: interrupted: stopping the binary");
-            // Not awaited: the supervisor may itself be waiting for `starting` hooks.
-            drop(self.supervisor.order(Order::Stop));
+            // Not awaited here: the supervisor may itself be waiting for `starting` hooks.
+            // Once the binary is down, what the engine holds is undone.
+            let stopped = self.supervisor.order(Order::Stop);
+            let handle = self.handle.clone();
+            let log = self.context.log.clone();
+            tokio::spawn(async move {
+                stopped.wait().await;
+                for failure in handle.undo().await {
+                    log.event(&format!("lifecycle: interrupted: undo: {failure}"));
+                    handle.push_error(failure);
+                }
+            });
         }
         if let Some(done) = done {
-            let _ = done.send(());
+            let _ = done.send(ok);
+        }
+    }
+
+    /// Brings the domains up (volumes, records) and sets the hostname, at `starting`.
+    async fn bring_up(
+        &self,
+        lifecycle: &ManifestLifecycle,
+        base: &BTreeMap<String, String>,
+    ) -> Result<(), Vec<String>> {
+        let config = &lifecycle.config;
+        let machine = &self.context.machine;
+        if let Some(cloud) = &machine.cloud
+            && crate::domains::needs_cloud_init(config)
+        {
+            let engine = self.engine(cloud, lifecycle).await.map_err(|e| vec![e])?;
+            let outcome = engine.init(config, Event::Starting, base).await;
+            for domain in &outcome.domains {
+                for hook in &domain.hooks {
+                    self.keep_hook(hook.clone());
+                }
+                for skipped in &domain.skipped {
+                    self.report_error(&format!("lifecycle: domains.{}: {skipped}", domain.domain));
+                }
+            }
+            if outcome.failed() {
+                return Err(outcome.errors());
+            }
+            for error in outcome.errors() {
+                self.report_error(&format!("lifecycle: {error}"));
+            }
+            self.context.log.event("lifecycle: the domains are up");
+        }
+        if machine.may_set_hostname
+            && let Some(name) =
+                crate::domains::wanted_hostname(config, base).map_err(|e| vec![e])?
+        {
+            crate::domains::set_hostname(&name).map_err(|e| vec![e])?;
+            self.context.log.event(&format!("lifecycle: hostname set to {name}"));
+        }
+        Ok(())
+    }
+
+    /// The engine, made at the first `starting` from IMDS's facts.
+    async fn engine(
+        &self,
+        cloud: &Arc<dyn MachineCloud>,
+        lifecycle: &ManifestLifecycle,
+    ) -> Result<Arc<Engine>, String> {
+        if let Some(engine) = self.handle.shared().engine.clone() {
+            return Ok(engine);
+        }
+        let endpoint = self.context.imds_endpoint.as_deref().ok_or(
+            "the agent has no IMDS endpoint, so the instance id and zone volumes and records need are unknown",
+        )?;
+        let mut client = ImdsClient::new(endpoint);
+        let facts = crate::machine_facts::read_facts(&mut client)
+            .await
+            .map_err(|e| format!("reading the machine's facts from IMDS: {e}"))?;
+        let machine = &self.context.machine;
+        let engine = Arc::new(Engine::new(EngineContext {
+            cloud: cloud.clone(),
+            facts: MachineFacts {
+                instance_id: facts.instance_id,
+                region: facts.region,
+                zone: facts.zone,
+                index: Some(lifecycle.instance_index),
+                transaction_id: format!("{}-{}", machine.name, crate::machine_facts::boot_id()),
+            },
+            public_ip: Some(machine.public_ip),
+            private_ip: Some(machine.private_ip),
+            device_root: machine.device_root.clone(),
+            holds_file: self.context.dir.join(crate::domains::HOLDS_FILE),
+            work: self.context.work.clone(),
+            volume_wait: crate::domains::VOLUME_WAIT,
+            device_wait: crate::devices::DEVICE_WAIT,
+        }));
+        self.handle.shared().engine = Some(engine.clone());
+        Ok(engine)
+    }
+
+    /// Sends `event`'s notifications; failures are logged, counted and reported.
+    async fn notify(&self, config: &FleetdConfig, event: Event, base: &BTreeMap<String, String>) {
+        let Some(cloud) = &self.context.machine.cloud else { return };
+        if !config.domains.iter().any(|d| d.notify.iter().any(|n| n.sends_on(event))) {
+            return;
+        }
+        let outcome = crate::notify::send_notifications(
+            cloud,
+            config,
+            event,
+            |domain| domain_values(base, domain),
+            &self.context.machine.region,
+            crate::notify::NOTIFY_DEADLINE,
+        )
+        .await;
+        for failure in outcome.failed {
+            self.context.machine.metrics.count_notification_failure();
+            self.report_error(&format!("lifecycle: {event} notification: {failure}"));
+        }
+    }
+
+    fn report_error(&self, line: &str) {
+        self.context.log.event(line);
+        self.handle.push_error(line.to_owned());
+    }
+
+    fn keep_hook(&self, result: HookResult) {
+        let mut shared = self.handle.shared();
+        let hooks = &mut shared.report.hooks;
+        hooks.push(result);
+        if hooks.len() > KEPT_RESULTS {
+            hooks.remove(0);
         }
     }
 
@@ -287,10 +499,7 @@ impl LifecycleTask {
             if lines.is_empty() {
                 continue;
             }
-            let mut values = base.clone();
-            values.insert("domain".to_owned(), domain.name.clone());
-            let all = serde_json::to_string(&values).expect("strings serialize to JSON");
-            values.insert("all_json".to_owned(), all);
+            let values = domain_values(base, &domain.name);
             for line in lines {
                 let result = run_line(line, &values, &self.context.work).await;
                 let result = HookResult { event, domain: domain.name.clone(), ..result };
@@ -313,6 +522,15 @@ impl LifecycleTask {
             }
         }
     }
+}
+
+/// The macro values of one domain: `base`, the domain's name, and `{all_json}` of them all.
+fn domain_values(base: &BTreeMap<String, String>, domain: &str) -> BTreeMap<String, String> {
+    let mut values = base.clone();
+    values.insert("domain".to_owned(), domain.to_owned());
+    let all = serde_json::to_string(&values).expect("strings serialize to JSON");
+    values.insert("all_json".to_owned(), all);
+    values
 }
 
 /// The events a change of the supervisor's status means.
@@ -352,7 +570,11 @@ fn macro_values(
 }
 
 /// Runs one line; the result without its event and domain.
-async fn run_line(line: &ExecLine, values: &BTreeMap<String, String>, work: &Path) -> HookResult {
+pub(crate) async fn run_line(
+    line: &ExecLine,
+    values: &BTreeMap<String, String>,
+    work: &Path,
+) -> HookResult {
     let started = Instant::now();
     let argv: Vec<String> = line
         .argv
@@ -481,7 +703,7 @@ async fn poll_imds(endpoint: String, handle: LifecycleHandle, log: Arc<BinaryLog
 }
 
 /// The event, its detail and its macro values for a notice.
-fn notice_event(notice: &Notice) -> (Event, String, Vec<(&'static str, String)>) {
+pub(crate) fn notice_event(notice: &Notice) -> (Event, String, Vec<(&'static str, String)>) {
     match notice {
         Notice::Spot { action, time, time_text } => {
             let left = crate::imds::time_left(*time, SystemTime::now());
@@ -537,7 +759,7 @@ mod tests {
 
     #[test]
     fn what_the_agent_does_not_run_is_listed() {
-        let parts = not_applicable(&lifecycle().config, "the local provider");
+        let parts = not_applicable(&lifecycle().config, "the local provider", false, false);
         assert_eq!(parts, vec!["domains.d.notify: not applicable on the local provider"]);
     }
 

@@ -8,8 +8,9 @@
 //! | `flotilla_binary_version_info{version}` | gauge | 1 for the installed version |
 //! | `flotilla_agent_uptime_seconds` | gauge | seconds since the agent started |
 //! | `flotilla_binary_uptime_seconds` | gauge | seconds since the binary started (0 when down) |
+//! | `flotilla_lifecycle_notifications_failed_total` | counter | lifecycle notifications given up on after their retries |
 //!
-//! Everything but the restart counter is read from the agent's state at scrape time, and the
+//! Everything but the counters is read from the agent's state at scrape time, and the
 //! binary's gauges from one reading of the supervisor's status: `binary_up` and the health state
 //! cannot disagree (a state that claims a running binary comes with its pid, see
 //! `SupervisorStatus::into_reported`).
@@ -72,6 +73,7 @@ pub(crate) struct AgentMetrics {
     registry: Registry,
     binary_up: Gauge,
     restarts: Counter,
+    notifications_failed: Counter,
     health_state: Family<Labels, Gauge>,
     version_info: Family<Labels, Gauge>,
     agent_uptime: Gauge<f64, AtomicU64>,
@@ -83,6 +85,7 @@ impl AgentMetrics {
         let mut registry = Registry::with_prefix("flotilla");
         let binary_up = Gauge::default();
         let restarts = Counter::default();
+        let notifications_failed = Counter::default();
         let health_state = Family::<Labels, Gauge>::default();
         let version_info = Family::<Labels, Gauge>::default();
         let agent_uptime = Gauge::<f64, AtomicU64>::default();
@@ -92,6 +95,11 @@ impl AgentMetrics {
             "binary_restarts",
             "Restarts of the binary after it exited, since the agent started",
             restarts.clone(),
+        );
+        registry.register(
+            "lifecycle_notifications_failed",
+            "Lifecycle notifications (SNS, SQS) given up on after their retries, since the agent started",
+            notifications_failed.clone(),
         );
         registry.register(
             "binary_health_state",
@@ -113,6 +121,7 @@ impl AgentMetrics {
             registry,
             binary_up,
             restarts,
+            notifications_failed,
             health_state,
             version_info,
             agent_uptime,
@@ -123,6 +132,11 @@ impl AgentMetrics {
     /// Counts one restart after an exit.
     pub(crate) fn count_restart(&self) {
         self.restarts.inc();
+    }
+
+    /// Counts one notification given up on.
+    pub(crate) fn count_notification_failure(&self) {
+        self.notifications_failed.inc();
     }
 
     /// The OpenMetrics text for `snapshot`.
@@ -236,6 +250,8 @@ mod tests {
     fn renders_every_metric() {
         let metrics = AgentMetrics::new();
         metrics.count_restart();
+        metrics.count_notification_failure();
+        metrics.count_notification_failure();
         let text = metrics.render(&MetricsSnapshot {
             running: true,
             state: BinaryState::Healthy,
@@ -246,6 +262,7 @@ mod tests {
         for expected in [
             "flotilla_binary_up 1\n",
             "flotilla_binary_restarts_total 1\n",
+            "flotilla_lifecycle_notifications_failed_total 2\n",
             "flotilla_binary_health_state{state=\"healthy\"} 1\n",
             "flotilla_binary_health_state{state=\"crash-looping\"} 0\n",
             "flotilla_binary_version_info{version=\"abc\"} 1\n",

@@ -506,8 +506,22 @@ impl Supervisor {
             } else {
                 None
             };
-            if starting && !report.as_ref().is_some_and(|r| r.blocked) {
-                lifecycle.run(Event::Starting, "the binary is about to start").await;
+            if starting
+                && !report.as_ref().is_some_and(|r| r.blocked)
+                && !lifecycle.run(Event::Starting, "the binary is about to start").await
+            {
+                // The lifecycle's domains failed (its errors are in the lifecycle report): the
+                // binary stays stopped, as after a failed critical boot step.
+                let mut blocked = report.unwrap_or_else(|| BootReport {
+                    version: version.clone(),
+                    blocked: false,
+                    steps: Vec::new(),
+                    started_at: unix_now(),
+                    finished_at: None,
+                });
+                blocked.blocked = true;
+                blocked.finished_at = Some(unix_now());
+                return Some(blocked);
             }
             report
         }))

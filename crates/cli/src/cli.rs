@@ -51,9 +51,9 @@ pub enum Command {
     /// Say to every machine that the deployment is still there, so that a `keepalive:` does
     /// not run out (for cron; `status` and `update` do the same).
     Keepalive(StatusArgs),
-    /// ec2fleetd's configs: check one, and see what it asks for.
-    #[command(subcommand)]
-    Fleetd(FleetdCommand),
+    /// Run ec2fleetd's lifecycle on this machine (a drop-in for ec2fleetd, same command line
+    /// and config), or check a config with `fleetd check-config`.
+    Fleetd(FleetdArgs),
     /// Run the agent (started on each machine by the provider).
     #[command(hide = true)]
     Agent(AgentArgs),
@@ -259,6 +259,86 @@ pub enum SchemaKind {
     AgentBootstrap,
     /// A manifest (one version of what a machine runs).
     Manifest,
+}
+
+/// `flotilla fleetd`: ec2fleetd's command line, unchanged (see `FLEETD_AFTER_HELP`).
+#[derive(Debug, Args)]
+#[command(args_conflicts_with_subcommands = true, after_help = FLEETD_AFTER_HELP)]
+pub struct FleetdArgs {
+    #[command(subcommand)]
+    pub command: Option<FleetdCommand>,
+    /// Read the config from FILE instead of IMDS user data.
+    #[arg(long, value_name = "FILE")]
+    pub userdata: Option<PathBuf>,
+    /// IMDS endpoints, tried in order: HOST[:PORT][,HOST[:PORT]…] (an IPv6 host in brackets).
+    #[arg(long, value_name = "HOST[:PORT][,…]")]
+    pub imds: Vec<String>,
+    /// The transaction id that tags what this run creates (default: a new random id).
+    #[arg(long = "transc_id", value_name = "ID")]
+    pub transc_id: Option<String>,
+    /// The AWS profile for the volume, Route 53, SNS and SQS calls.
+    #[arg(long)]
+    pub profile: Option<String>,
+    /// Bring the domains up (volumes, records) and set the hostname: true, false or a number
+    /// (non-zero is true).
+    #[arg(long = "enable-init", value_name = "BOOL", value_parser = parse_fleetd_bool)]
+    pub enable_init: Option<bool>,
+    /// Send notifications.
+    #[arg(long = "enable-notify", value_name = "BOOL", value_parser = parse_fleetd_bool)]
+    pub enable_notify: Option<bool>,
+    /// Run exec hooks (volume hooks are part of init).
+    #[arg(long = "enable-exec", value_name = "BOOL", value_parser = parse_fleetd_bool)]
+    pub enable_exec: Option<bool>,
+    /// Poll IMDS for interruptions and events.
+    #[arg(long = "enable-poll", value_name = "BOOL", value_parser = parse_fleetd_bool)]
+    pub enable_poll: Option<bool>,
+    /// Disable init, notify, exec and poll (an explicit --enable-…=true turns one back on).
+    #[arg(long = "disable-all")]
+    pub disable_all: bool,
+    /// Print the version and exit.
+    #[arg(short = 'V')]
+    pub show_version: bool,
+    /// Where the holds (volumes and records this machine claimed) are kept (default
+    /// $STATE_DIRECTORY, set by systemd, else /var/lib/flotilla-fleetd).
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// The root under which devices and the mount table are found (default /).
+    #[arg(long, value_name = "DIR", hide = true)]
+    pub device_root: Option<PathBuf>,
+    /// How long to keep trying IMDS at start.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "10s")]
+    pub imds_wait: std::time::Duration,
+}
+
+const FLEETD_AFTER_HELP: &str = "\
+Without a subcommand, fleetd reads the config (IMDS user data, or --userdata), runs the `starting`
+hooks, brings every domain up (volumes, Route 53 records) and sets the hostname, runs the `started`
+hooks and notifications, tells systemd READY=1, then polls IMDS: rebalance recommendations and
+scheduled events run their hooks; a spot interruption runs the `interrupted` hooks and
+notifications, undoes the records and volumes and exits; so does SIGTERM or SIGINT, with the
+`stopping` hooks.
+
+Exit status:
+  0  stopped after a notice or a signal, or nothing to do (empty user data)
+  1  init failed: a domain, or a `starting` or `started` hook (the `failed` hooks ran)
+  2  a usage error on the command line
+  3  the config is invalid (every error printed, located) or unreadable
+  4  IMDS did not answer (within --imds-wait)
+  5  undoing records or volumes failed at the end (the next run releases them)
+  6  the config needs AWS calls and no AWS client could be made";
+
+/// An ec2fleetd bool: `true`, `false`, or a number (non-zero is true).
+fn parse_fleetd_bool(text: &str) -> Result<bool, String> {
+    match text.trim().to_ascii_lowercase().as_str() {
+        "true" => Ok(true),
+        "false" => Ok(false),
+        other => other
+            .parse::<f64>()
+            .ok()
+            .filter(|n| !n.is_nan())
+            .map(|n| n != 0.0)
+            .ok_or_else(|| format!("`{text}` is not true, false or a number")),
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -15,7 +15,7 @@ use flotilla_spec::diagnostic::escape_for_terminal;
 use flotilla_spec::{ProviderKind, SpecDocument, SpecErrors};
 use tracing_subscriber::EnvFilter;
 
-use crate::cli::{Cli, Command, FleetdCommand, OutputFormat, SchemaKind, Target};
+use crate::cli::{Cli, Command, FleetdArgs, FleetdCommand, OutputFormat, SchemaKind, Target};
 use crate::env::Environment;
 use crate::output;
 use crate::progress::Bars;
@@ -35,6 +35,10 @@ pub fn run(cli: Cli) -> ExitCode {
     match cli.command {
         // The agent sets up its own log once its bootstrap config says where it goes.
         Command::Agent(args) => run_agent(&args.bootstrap, cli.verbose),
+        Command::Fleetd(args) if args.command.is_none() => {
+            init_tracing(cli.verbose, "info");
+            ExitCode::from(crate::fleetd::run_daemon(args))
+        }
         command => {
             init_tracing(cli.verbose, "warn");
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -86,7 +90,9 @@ fn output_format(command: &Command) -> Option<OutputFormat> {
         Command::List(a) => Some(a.output),
         Command::Validate(a) => Some(a.output.output),
         Command::Plan(a) => Some(a.output.output),
-        Command::Fleetd(FleetdCommand::CheckConfig(a)) => Some(a.output.output),
+        Command::Fleetd(FleetdArgs { command: Some(FleetdCommand::CheckConfig(a)), .. }) => {
+            Some(a.output.output)
+        }
         _ => None,
     }
 }
@@ -125,8 +131,20 @@ fn run_agent(bootstrap: &Path, verbose: u8) -> ExitCode {
     // signals. Fails harmlessly when already a session leader (e.g. under systemd).
     let _ = rustix::process::setsid();
     let path_style = Environment::from_process().aws_endpoint_url.is_some();
-    let fetchers =
+    let mut fetchers =
         flotilla_agent::Fetchers::default().with("s3", flotilla_aws::S3Fetcher::new(path_style));
+    // On EC2 (an IMDS that is not the local provider's rehearsal one) the lifecycle's volumes,
+    // records and notifications go through flotilla-aws; locally there is no machine cloud.
+    // MERGE: written against `flotilla_aws::AwsMachineCloud::from_env()` returning
+    // `Arc<dyn MachineCloud>`.
+    let on_ec2 = fs_err::read_to_string(bootstrap)
+        .ok()
+        .and_then(|text| flotilla_spec::bootstrap::AgentBootstrap::parse(&text, "").ok())
+        .and_then(|parsed| parsed.imds)
+        .is_some_and(|imds| imds.rehearsal_notices.is_none());
+    if on_ec2 {
+        fetchers = fetchers.with_machine_cloud(flotilla_aws::AwsMachineCloud::from_env());
+    }
     let log_filter = flotilla_agent::LogFilter {
         verbosity: verbose,
         directives: std::env::var(crate::env::RUST_LOG).ok().filter(|value| !value.is_empty()),
@@ -365,7 +383,10 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             Ok(exit::OK)
         }
         Command::Validate(args) => validate(&args.config, args.output.output),
-        Command::Fleetd(FleetdCommand::CheckConfig(args)) => {
+        Command::Fleetd(FleetdArgs { command: None, .. }) => {
+            unreachable!("`run` runs fleetd before the runtime starts")
+        }
+        Command::Fleetd(FleetdArgs { command: Some(FleetdCommand::CheckConfig(args)), .. }) => {
             Ok(crate::fleetd::check_config(&args.file, args.output.output))
         }
         Command::Schema(args) => {
@@ -408,15 +429,13 @@ fn validate(path: &Path, format: OutputFormat) -> Result<u8, CoreError> {
         // listed types' (by name), for a spec that names AWS.
         let checked = workflows::check_files(&document, &cwd).and_then(|()| {
             let architectures = flotilla_core::capacity::binary_architectures(&document, &cwd)?;
-            if document.spec.provider_kind(None) == ProviderKind::Aws {
+            let provider = document.spec.provider_kind(None);
+            if provider == ProviderKind::Aws {
                 flotilla_core::capacity::check_listed_architectures(&document, &architectures)?;
-                // What the agent cannot run on AWS yet, as `plan` and `create` refuse it.
-                workflows::lifecycle::refuse_unsupported_lifecycle(
-                    &document,
-                    ProviderKind::Aws,
-                    &cwd,
-                )?;
             }
+            // What the machines cannot run there (volumes, records and notifications need a
+            // cloud), as `plan` and `create` refuse it.
+            workflows::lifecycle::refuse_unsupported_lifecycle(&document, provider, &cwd)?;
             Ok(())
         });
         match checked {

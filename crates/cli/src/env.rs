@@ -28,6 +28,9 @@ pub const AGENT_ARM64: &str = "FLOTILLA_AGENT_ARM64";
 pub const AGENT_X86_64: &str = "FLOTILLA_AGENT_X86_64";
 /// The log filter; overrides `-v`.
 pub const RUST_LOG: &str = "RUST_LOG";
+/// `flotilla fleetd`: the state directory systemd made for the unit (`StateDirectory=`), where
+/// fleetd keeps its holds.
+pub const STATE_DIRECTORY: &str = "STATE_DIRECTORY";
 /// For crash tests only: a checkpoint (`flotilla_core::progress::checkpoints`) at which the
 /// command kills itself with SIGKILL, as a crash or a `kill -9` would, so that tests choose the
 /// moment by what the command has done rather than by a delay. Not for users.

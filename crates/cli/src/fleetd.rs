@@ -1,4 +1,5 @@
-//! `flotilla fleetd check-config`: an ec2fleetd config checked, then what it will do.
+//! `flotilla fleetd`: the standalone daemon (`flotilla_agent::fleetd_daemon`) with ec2fleetd's
+//! command line, and `check-config`: an ec2fleetd config checked, then what it will do.
 
 use std::fmt::Write as _;
 use std::io::Write as _;
@@ -11,7 +12,56 @@ use flotilla_spec::fleetd::{
     EVENTS, FleetdConfig, FleetdDocument, NotifyBackend, VolumeSource, load_fleetd_config,
 };
 
-use crate::cli::OutputFormat;
+use crate::cli::{FleetdArgs, OutputFormat};
+
+/// The default directory of fleetd's holds, when systemd sets no `$STATE_DIRECTORY`.
+const DEFAULT_STATE_DIR: &str = "/var/lib/flotilla-fleetd";
+
+/// Runs standalone fleetd; the exit status (`flotilla_agent::fleetd_daemon`'s codes).
+pub fn run_daemon(args: FleetdArgs) -> u8 {
+    if args.show_version {
+        let version = format!("flotilla fleetd {}\n", env!("CARGO_PKG_VERSION"));
+        let _ = std::io::stdout().lock().write_all(version.as_bytes());
+        return exit::OK;
+    }
+    let enabled = |flag: Option<bool>| flag.unwrap_or(!args.disable_all);
+    let state_dir = args.state_dir.clone().unwrap_or_else(|| {
+        std::env::var_os(crate::env::STATE_DIRECTORY)
+            .filter(|dir| !dir.is_empty())
+            .map(|dir| {
+                // systemd lists several directories separated by `:`; the first is ours.
+                let dir = dir.to_string_lossy().into_owned();
+                std::path::PathBuf::from(dir.split(':').next().unwrap_or_default())
+            })
+            .unwrap_or_else(|| DEFAULT_STATE_DIR.into())
+    });
+    let options = flotilla_agent::fleetd_daemon::FleetdOptions {
+        userdata: args.userdata.clone(),
+        imds: args.imds.clone(),
+        transaction_id: args.transc_id.clone(),
+        profile: args.profile.clone(),
+        enable_init: enabled(args.enable_init),
+        enable_notify: enabled(args.enable_notify),
+        enable_exec: enabled(args.enable_exec),
+        enable_poll: enabled(args.enable_poll),
+        state_dir,
+        device_root: args.device_root.clone().unwrap_or_else(|| "/".into()),
+        imds_wait: args.imds_wait,
+        make_cloud: machine_cloud(),
+    };
+    flotilla_agent::fleetd_daemon::run_fleetd(options)
+}
+
+/// How fleetd makes its machine cloud: flotilla-aws's, made only when the config needs AWS
+/// calls, once IMDS gave the region.
+// MERGE: written against `flotilla_aws::AwsMachineCloud::from_env()` returning
+// `Arc<dyn MachineCloud>`; if the constructor takes the region and the profile, pass
+// `setup.region` and `setup.profile` (`--profile`) here.
+fn machine_cloud() -> Option<flotilla_agent::fleetd_daemon::MakeCloud> {
+    Some(Box::new(|_setup: &flotilla_agent::fleetd_daemon::CloudSetup| {
+        Ok(flotilla_aws::AwsMachineCloud::from_env())
+    }))
+}
 
 /// Checks `file` and prints the diagnostics, and for a valid config its plan. Returns the exit
 /// status: OK when valid, ERROR when not.
@@ -128,10 +178,15 @@ pub fn render_plan(document: &FleetdDocument) -> String {
         for record in &domain.update_route53 {
             let _ = writeln!(
                 out,
-                "  record {} A → the machine's address, TTL {} in zone {}{}",
+                "  record {} A → the machine's {} address, TTL {} in zone {}{}{}",
                 e(&record.name),
+                match record.address {
+                    flotilla_spec::fleetd::RecordAddress::Public => "public",
+                    flotilla_spec::fleetd::RecordAddress::Private => "private",
+                },
                 record.ttl,
                 e(&record.hosted_zone),
+                if record.wait_insync { ", waiting for INSYNC" } else { "" },
                 if record.critical { "" } else { " (not critical)" }
             );
         }

@@ -1,6 +1,7 @@
-//! A lifecycle whose volumes, Route 53 records and notifications the agent cannot run yet, on
-//! AWS, without a cloud: `validate`, `plan` and `create` refuse it before any call, each key
-//! located at its line in the spec.
+//! A lifecycle with volumes, Route 53 records and notifications needs a cloud on the machine:
+//! on the local provider `validate`, `plan` and `create` refuse it before anything runs, each
+//! key located at its line in the spec; on AWS (where the agent runs them) `validate` accepts
+//! it.
 
 #![allow(clippy::unwrap_used)] // Helpers of these tests fail the test when a step fails.
 
@@ -8,15 +9,15 @@ mod common;
 
 use common::*;
 
-/// An AWS spec whose one instance entry's lifecycle (lines 18 to 37) has a volume (line 22), a
-/// record (line 26), an exec hook and a notification (line 34).
-fn workdir() -> tempfile::TempDir {
+/// A spec for `provider` whose one instance entry's lifecycle (lines 18 to 37) has a volume
+/// (line 22), a record (line 26), an exec hook and a notification (line 34).
+fn workdir(provider: &str) -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
     fs_err::write(dir.path().join("dashboard.json"), "{}").unwrap();
     fs_err::write(dir.path().join("config.conf"), "port = 9090\n").unwrap();
     let spec = format!(
         "tag: lc\n\
-         provider: aws\n\
+         provider: {provider}\n\
          monitoring:\n  instance_type: t3.small\n  storage_size: 10\n  storage_class: gp3\n  dashboard: dashboard.json\n\
          instances:\n\
          - name: node\n  count: 2\n  region: us-east-1\n  instance_type: t3.small\n  storage_size: 10\n  storage_class: gp3\n  binary: {binary}\n  config: config.conf\n  profiling: false\n  lifecycle:\n    domains:\n      btcn.example.com:\n        attach-volume:\n        - device: /dev/xvdf\n          source: p\n          pool-name: btc-nodes\n        update-route53:\n        - hostedzone: Z0123456789ABCDEFGHIJ\n          name: node-{{ami-i}}.btcn.example.com\n          ttl: 300\n        exec:\n        - on: [started]\n          lines:\n          - argv: [/bin/systemctl, start, bitcoin.service]\n        notify:\n        - backend: aws-sns\n          options:\n            region: us-east-1\n            topic: arn:aws:sns:us-east-1:123456789012:btc-events\n\
@@ -31,17 +32,26 @@ fn workdir() -> tempfile::TempDir {
 fn expected_refusals() -> [String; 3] {
     let key = |line: u32, column: u32, key: &str| {
         format!(
-            "fleet.yaml:{line}:{column}: error: instances[0].lifecycle.domains.btcn.example.com.{key}: `domains.btcn.example.com.{key}`: this flotilla cannot run `{key}` on AWS yet (only `exec` hooks run)"
+            "fleet.yaml:{line}:{column}: error: instances[0].lifecycle.domains.btcn.example.com.{key}: `domains.btcn.example.com.{key}`: the local provider has no cloud to run `{key}` on (locally only `exec` hooks run)"
         )
     };
     [key(22, 11, "attach-volume"), key(26, 11, "update-route53"), key(34, 11, "notify")]
 }
 
 #[test]
-fn plan_and_create_refuse_lifecycle_keys_the_agent_cannot_run_on_aws_before_any_call() {
-    let dir = workdir();
-    // `validate` refuses what an AWS fleet cannot run, as it refuses a type of the wrong
-    // architecture for an AWS spec.
+fn on_aws_validate_accepts_volumes_records_and_notifications() {
+    let dir = workdir("aws");
+    let output = offline(dir.path(), &["validate", "--config", "fleet.yaml"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(0), "{stdout}{stderr}");
+    assert!(!stdout.contains("lifecycle"), "{stdout}");
+}
+
+#[test]
+fn validate_plan_and_create_refuse_what_needs_a_cloud_on_the_local_provider_before_anything_runs() {
+    let dir = workdir("local");
+    // `validate` refuses what a local fleet cannot run, as `plan` and `create` do.
     let output = offline(dir.path(), &["validate", "--config", "fleet.yaml"]);
     let stdout = String::from_utf8_lossy(&output.stdout);
     assert_eq!(output.status.code(), Some(2), "{stdout}");
@@ -57,7 +67,7 @@ fn plan_and_create_refuse_lifecycle_keys_the_agent_cannot_run_on_aws_before_any_
             assert!(stderr.contains(&expected), "{command}: missing {expected:?} in:\n{stderr}");
         }
         assert!(!stderr.contains("btcn.example.com.exec"), "exec hooks run: {stderr}");
-        // Refused before any call: no connection error, no deployment recorded.
+        // Refused before anything runs: no connection error, no deployment recorded.
         assert!(!stderr.contains("127.0.0.1:9"), "{command} tried the account: {stderr}");
         assert!(!dir.path().join("home/deployments").exists(), "{command} recorded nothing");
     }

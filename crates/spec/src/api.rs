@@ -339,6 +339,10 @@ pub struct LifecycleReport {
     /// Whether the last IMDS poll was answered: `ok`, or what went wrong; absent without IMDS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub imds: Option<String>,
+    /// What went wrong with volumes, records, the hostname and notifications (the last few),
+    /// rollback failures included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub errors: Vec<String>,
 }
 
 /// One event the lifecycle reacted to.

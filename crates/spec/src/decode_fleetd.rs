@@ -13,7 +13,7 @@ use super::reader::{
 use crate::fleetd::{
     AttachVolume, DEFAULT_BODY, DEFAULT_SUBJECT, Difference, Domain, EVENTS, ExecLine, ExecSpec,
     ExitCodes, FleetdConfig, Lifecycle, MACROS, NotifyBackend, NotifySpec, Piece, PoolPreference,
-    Route53Record, VolumeSource, parse_macros,
+    RecordAddress, Route53Record, VolumeSource, parse_macros,
 };
 use crate::suggest::closest_match;
 use crate::tree::{Node, NodeValue, ScalarStyle};
@@ -46,6 +46,8 @@ pub(crate) const ROUTE53_KEYS: &[KeySpec] = &[
     flotilla_required("name", "add `name:`, e.g. `node-{instance_index}.example.com.`"),
     flotilla_required("ttl", "add `ttl: 60`"),
     flotilla("critical"),
+    flotilla("address"),
+    flotilla("wait-insync"),
 ];
 
 pub(crate) const EXEC_KEYS: &[KeySpec] =
@@ -479,11 +481,44 @@ impl Decoder<'_> {
         });
         let ttl = self.required(&fields, "ttl", Self::read_u32);
         let critical = self.optional(&fields, "critical", Self::read_bool);
+        let address = self.optional(&fields, "address", |decoder, node, field| {
+            let text = decoder.read_string(node, field)?;
+            match text.as_str() {
+                "public" => Some(RecordAddress::Public),
+                "private" => Some(RecordAddress::Private),
+                other => {
+                    decoder.error(
+                        node.location,
+                        field,
+                        format!("unknown address `{other}`"),
+                        "write `public` (the default) or `private`",
+                    );
+                    None
+                }
+            }
+        });
+        if let Some(location) = address.location() {
+            differences.push(Difference {
+                field: fields.child("address"),
+                location: Some(location),
+                note: "ec2fleetd has no `address` and always points the record at the public address; flotilla points it at the one named".into(),
+            });
+        }
+        let wait_insync = self.optional(&fields, "wait-insync", Self::read_bool);
+        if let Some(location) = wait_insync.location() {
+            differences.push(Difference {
+                field: fields.child("wait-insync"),
+                location: Some(location),
+                note: "ec2fleetd has no `wait-insync` and never waits for Route 53; flotilla waits, bounded, for `INSYNC` when it is true".into(),
+            });
+        }
         Some(Route53Record {
             hosted_zone: zone.into_required()?.trim_start_matches("/hostedzone/").to_owned(),
             name: name.into_required()?,
             ttl: ttl.into_required()?,
             critical: critical.into_optional()?.unwrap_or(true),
+            address: address.into_optional()?.unwrap_or_default(),
+            wait_insync: wait_insync.into_optional()?.unwrap_or(false),
         })
     }
 

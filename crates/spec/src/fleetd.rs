@@ -95,6 +95,23 @@ pub struct Route53Record {
     pub name: String,
     pub ttl: u32,
     pub critical: bool,
+    /// Which of the machine's addresses the A (or AAAA) record points at (`address`, a
+    /// flotilla key: ec2fleetd always used the public one).
+    pub address: RecordAddress,
+    /// Wait (bounded) until Route 53 reports the change `INSYNC` (`wait-insync`, a flotilla
+    /// key: ec2fleetd never waited).
+    pub wait_insync: bool,
+}
+
+/// `update-route53[].address`: the machine's address a record points at.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum RecordAddress {
+    /// The public IPv4 address (ec2fleetd's only choice).
+    #[default]
+    Public,
+    /// The private IPv4 address.
+    Private,
 }
 
 /// The events hooks and notifications run on: ec2fleetd's five daemon states, and flotilla's

@@ -6,8 +6,8 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flotilla_spec::fleetd::{
-    Event, ExitCodes, FleetdDocument, MACROS, NotifyBackend, PoolPreference, VolumeSource,
-    parse_fleetd_config,
+    Event, ExitCodes, FleetdDocument, MACROS, NotifyBackend, PoolPreference, RecordAddress,
+    VolumeSource, parse_fleetd_config,
 };
 
 fn fixture(name: &str) -> PathBuf {
@@ -221,4 +221,33 @@ fn every_mistake_is_reported_at_once_and_located() {
         rendered, expected,
         "if the change is deliberate, run `FLOTILLA_BLESS=1 cargo test -p flotilla-spec --test fleetd` and review the diff"
     );
+}
+
+/// `address` and `wait-insync` are flotilla's own keys on a record: read, defaulted as
+/// ec2fleetd behaved (public, no wait), listed as differences when written, and a wrong
+/// address is a located error.
+#[test]
+fn a_record_names_its_address_and_whether_to_wait() {
+    let plain =
+        parse_text(&minimal("'update-route53': [{hostedzone: 'Z', name: 'a.', ttl: 60}]")).unwrap();
+    let record = &plain.config.domains[0].update_route53[0];
+    assert_eq!((record.address, record.wait_insync), (RecordAddress::Public, false));
+    assert!(plain.differences.is_empty(), "{:?}", plain.differences);
+    let chosen = parse_text(&minimal(
+        "'update-route53': [{hostedzone: 'Z', name: 'a.', ttl: 60, address: 'private', 'wait-insync': true}]",
+    ))
+    .unwrap();
+    let record = &chosen.config.domains[0].update_route53[0];
+    assert_eq!((record.address, record.wait_insync), (RecordAddress::Private, true));
+    let fields: Vec<&str> = chosen.differences.iter().map(|d| d.field.as_str()).collect();
+    assert_eq!(
+        fields,
+        ["domains.d.update-route53[0].address", "domains.d.update-route53[0].wait-insync"]
+    );
+    let wrong = parse_text(&minimal(
+        "'update-route53': [{hostedzone: 'Z', name: 'a.', ttl: 60, address: 'elastic'}]",
+    ))
+    .unwrap_err();
+    assert!(wrong.contains("unknown address `elastic`"), "{wrong}");
+    assert!(wrong.contains("c.jsonc:1:"), "{wrong}");
 }

@@ -1,6 +1,6 @@
 //! An instance entry's `lifecycle:` on its way to the machines: the config read (inline, or
 //! the ec2fleetd file it names), the macro values only the deployer knows, and the refusal of
-//! what this flotilla cannot run on AWS yet.
+//! what needs a cloud on the machine under the local provider.
 
 use std::path::Path;
 
@@ -54,15 +54,17 @@ fn instance_index(entry: &str, machine: &str) -> u32 {
         .unwrap_or(0)
 }
 
-/// The parts of a lifecycle config that need AWS calls from the machine (volumes, Route 53
-/// records, notifications) and the hostname, which this agent does not run yet: on AWS they
-/// are refused, each at its field, rather than skipped where the user relies on them.
+/// The parts of a lifecycle config that need a cloud on the machine (volumes, Route 53
+/// records, notifications): the local provider has none, so they are refused there, each at
+/// its field, rather than skipped where the user relies on them. On AWS the agent runs them
+/// through its machine cloud. (`set-hostname` is not refused: on the local provider the status
+/// lists it as not applicable, as it does kernel settings.)
 pub fn refuse_unsupported_lifecycle(
     document: &SpecDocument,
     provider: ProviderKind,
     cwd: &Path,
 ) -> Result<(), CoreError> {
-    if provider != ProviderKind::Aws {
+    if provider != ProviderKind::Local {
         return Ok(());
     }
     let mut diagnostics = Vec::new();
@@ -85,11 +87,11 @@ pub fn refuse_unsupported_lifecycle(
                         Severity::Error,
                         &field_path,
                         format!(
-                            "`{field}`{in_file}: this flotilla cannot run `{key}` on AWS yet (only `exec` hooks run)"
+                            "`{field}`{in_file}: the local provider has no cloud to run `{key}` on (locally only `exec` hooks run)"
                         ),
                     )
                     .with_help(
-                        "remove it, or keep running ec2fleetd for it until flotilla's agent can",
+                        "remove it for the local fleet, or deploy to AWS, where the agent runs it",
                     ),
             );
         }
@@ -101,12 +103,9 @@ pub fn refuse_unsupported_lifecycle(
     }
 }
 
-/// (field path inside the lifecycle, key) of everything the agent does not run yet.
+/// (field path inside the lifecycle, key) of everything that needs a cloud on the machine.
 pub fn unsupported_keys(config: &FleetdConfig) -> Vec<(String, &'static str)> {
     let mut keys = Vec::new();
-    if config.hostname.is_some() {
-        keys.push(("set-hostname".to_owned(), "set-hostname"));
-    }
     for domain in &config.domains {
         let at = |key: &str| format!("domains.{}.{key}", domain.name);
         if !domain.attach_volume.is_empty() {
