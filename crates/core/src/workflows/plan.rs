@@ -120,6 +120,7 @@ pub async fn resolve(
     super::lifecycle::refuse_unsupported_lifecycle(document, provider, cwd)?;
     let architectures = binary_architectures(document, cwd)?;
     let mut plan = DeploymentPlan::from_spec(&document.spec, provider);
+    plan.lifecycles = super::lifecycle::lifecycle_configs(document, cwd)?;
     if provider == ProviderKind::Local {
         check_references(document, &mut plan, surveyor, progress).await?;
         return Ok((plan, surveyor.survey(&[], &[], progress).await?));
