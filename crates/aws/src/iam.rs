@@ -596,7 +596,10 @@ mod tests {
             serde_json::json!({"StringEquals": {"aws:ResourceTag/flotilla:deployment": "demo"}}),
             "only this deployment's instances"
         );
-        assert_eq!(by_sid("FleetdFixedVolumes").2, ["arn:aws:ec2:*:*:volume/vol-0123456789abcdef0"]);
+        assert_eq!(
+            by_sid("FleetdFixedVolumes").2,
+            ["arn:aws:ec2:*:*:volume/vol-0123456789abcdef0"]
+        );
         let pool = by_sid("FleetdPoolVolumes");
         assert_eq!(pool.2, ["arn:aws:ec2:*:*:volume/*"]);
         assert_eq!(
