@@ -39,6 +39,8 @@ struct Stack {
     scope: Scope,
     sdk: aws_types::SdkConfig,
     cloud: AwsMachineCloud,
+    /// The test's domain: tests (and runs) share the emulator's account, so pools are per test.
+    domain: String,
 }
 
 impl Stack {
@@ -71,7 +73,12 @@ impl Stack {
             .load()
             .await;
         let cloud = AwsMachineCloud::new(sdk.clone()).with_schedule(Schedule::Fast);
-        Stack { emulator, scope, sdk, cloud }
+        let domain = format!("db-{}", scope.access_key_id().to_ascii_lowercase());
+        Stack { emulator, scope, sdk, cloud, domain }
+    }
+
+    fn claim(&self, machine: MachineFacts, entry: AttachVolume, wait: Duration) -> VolumeClaim {
+        VolumeClaim { machine, domain: self.domain.clone(), entry, wait }
     }
 
     fn ec2(&self) -> aws_sdk_ec2::Client {
@@ -196,10 +203,6 @@ fn entry(device: &str, sources: &[VolumeSource]) -> AttachVolume {
     }
 }
 
-fn claim(machine: MachineFacts, entry: AttachVolume, wait: Duration) -> VolumeClaim {
-    VolumeClaim { machine, domain: "db".to_owned(), entry, wait }
-}
-
 /// Whether the device of `volume` shows under `root`, as the engine looks for it.
 fn device_present(root: &std::path::Path, volume: &str) -> bool {
     fs_err::metadata(by_id_link(root, volume)).is_ok_and(|m| m.is_file())
@@ -223,15 +226,17 @@ async fn wait_device(root: &std::path::Path, volume: &str, present: bool) {
 async fn a_pool_of_two_serves_three_racing_machines_one_volume_each() {
     let stack = Stack::new("mcpool").await;
     // One pool volume under flotilla's tags, one under ec2fleetd's: both are the pool.
-    let ours = stack.volume(&[(TAG_DOMAIN, "db"), (TAG_POOL, "data")]).await;
-    let theirs = stack.volume(&[(EC2FLEETD_TAG_DOMAIN, "db"), (EC2FLEETD_TAG_POOL, "data")]).await;
-    let other_pool = stack.volume(&[(TAG_DOMAIN, "db"), (TAG_POOL, "logs")]).await;
+    let ours = stack.volume(&[(TAG_DOMAIN, stack.domain.as_str()), (TAG_POOL, "data")]).await;
+    let theirs = stack
+        .volume(&[(EC2FLEETD_TAG_DOMAIN, stack.domain.as_str()), (EC2FLEETD_TAG_POOL, "data")])
+        .await;
+    let other_pool = stack.volume(&[(TAG_DOMAIN, stack.domain.as_str()), (TAG_POOL, "logs")]).await;
     let machines = stack.launch(4).await;
     let wait = Duration::from_secs(10);
     let claims: Vec<VolumeClaim> = machines[..3]
         .iter()
         .map(|(id, _)| {
-            claim(
+            stack.claim(
                 facts(id, &format!("t-{id}")),
                 entry("/dev/sdf", &[VolumeSource::Pool, VolumeSource::Create]),
                 wait,
@@ -288,7 +293,7 @@ async fn a_pool_of_two_serves_three_racing_machines_one_volume_each() {
 
     // A fourth machine with only `p` finds every volume in use, and says which sources it tried.
     let (fourth, fourth_root) = &machines[3];
-    let only_pool = claim(
+    let only_pool = stack.claim(
         facts(fourth, "t-4"),
         entry("/dev/sdf", &[VolumeSource::Pool]),
         Duration::from_secs(1),
@@ -343,7 +348,7 @@ async fn a_fixed_volume_waits_while_a_terminating_instance_still_holds_it() {
 
     let first = stack
         .cloud
-        .claim_volume(&claim(facts(old, "t-old"), fixed.clone(), Duration::from_secs(10)))
+        .claim_volume(&stack.claim(facts(old, "t-old"), fixed.clone(), Duration::from_secs(10)))
         .await
         .unwrap();
     assert_eq!((first.source, first.attached_now), (VolumeSource::Fixed, true));
@@ -352,7 +357,7 @@ async fn a_fixed_volume_waits_while_a_terminating_instance_still_holds_it() {
     // Held by a running machine: a short wait ends naming the source, the volume and its holder.
     let error = stack
         .cloud
-        .claim_volume(&claim(facts(new, "t-new"), fixed.clone(), Duration::from_millis(300)))
+        .claim_volume(&stack.claim(facts(new, "t-new"), fixed.clone(), Duration::from_millis(300)))
         .await
         .unwrap_err();
     assert!(error.message.contains(&format!("x: volume {volume}")), "{error}");
@@ -363,7 +368,7 @@ async fn a_fixed_volume_waits_while_a_terminating_instance_still_holds_it() {
     let started = Instant::now();
     let taken = stack
         .cloud
-        .claim_volume(&claim(facts(new, "t-new"), fixed.clone(), Duration::from_secs(20)))
+        .claim_volume(&stack.claim(facts(new, "t-new"), fixed.clone(), Duration::from_secs(20)))
         .await
         .unwrap();
     assert!(
@@ -379,7 +384,7 @@ async fn a_fixed_volume_waits_while_a_terminating_instance_still_holds_it() {
     // Re-run: found attached here, not attached again.
     let again = stack
         .cloud
-        .claim_volume(&claim(facts(new, "t-new"), fixed, Duration::from_secs(1)))
+        .claim_volume(&stack.claim(facts(new, "t-new"), fixed, Duration::from_secs(1)))
         .await
         .unwrap();
     assert_eq!((again.volume_id.as_str(), again.attached_now), (volume.as_str(), false));
@@ -395,7 +400,7 @@ async fn a_created_volume_is_found_again_by_its_transaction_and_a_rollback_delet
     let stack = Stack::new("mccreate").await;
     let machines = stack.launch(1).await;
     let (instance, root) = &machines[0];
-    let request = claim(
+    let request = stack.claim(
         facts(instance, "txn-42"),
         entry("/dev/sdh", &[VolumeSource::Create]),
         Duration::from_secs(10),
@@ -694,13 +699,16 @@ async fn errors_name_the_operation_ids_and_aws_code() {
     nothing.pool_name = Some("empty".to_owned());
     let error = stack
         .cloud
-        .claim_volume(&claim(facts(instance, "t"), nothing, Duration::from_millis(200)))
+        .claim_volume(&stack.claim(facts(instance, "t"), nothing, Duration::from_millis(200)))
         .await
         .unwrap_err();
     assert!(error.operation.contains(instance), "{error}");
     assert!(error.message.contains("x: volume vol-0123456789abcdef0 does not exist"), "{error}");
     assert!(
-        error.message.contains("p: pool empty of domain db has no volume in us-east-1a"),
+        error.message.contains(&format!(
+            "p: pool empty of domain {} has no volume in us-east-1a",
+            stack.domain
+        )),
         "{error}"
     );
     stack.terminate(&[instance]).await;

@@ -178,12 +178,14 @@ async fn already_here(
         } else {
             continue;
         };
-        let claimed = claimed(claim, id, source, false, created);
-        wait_attached(cloud, claim, id).await.map_err(|miss| match miss {
-            Miss::Nothing(reason) => own_error(attach_operation(id, machine), reason, true),
-            Miss::Fatal(error) => error,
-        })?;
-        return Ok(Some(claimed));
+        // Still attaching after a crash: wait for it as the claim would have.
+        match wait_attached(cloud, claim, id)
+            .await
+            .map_err(miss_error(&attach_operation(id, machine)))?
+        {
+            Attached::Won => return Ok(Some(claimed(claim, id, source, false, created))),
+            Attached::Lost(_) => continue,
+        }
     }
     Ok(None)
 }
@@ -451,17 +453,16 @@ async fn attach(cloud: &AwsMachineCloud, claim: &VolumeClaim, id: &str) -> Resul
             _ => Err(Miss::from(error)),
         };
     }
-    wait_attached(cloud, claim, id).await.map(|()| Attached::Won).or_else(|miss| match miss {
-        Miss::Nothing(reason) if reason.starts_with(LOST) => Ok(Attached::Lost(reason)),
-        other => Err(other),
-    })
+    wait_attached(cloud, claim, id).await
 }
-
-const LOST: &str = "is attached to ";
 
 /// Waits, up to the claim's `wait`, for the volume's attachment to this instance to be
 /// `attached`; a volume EC2 shows attached to another instance is lost.
-async fn wait_attached(cloud: &AwsMachineCloud, claim: &VolumeClaim, id: &str) -> Result<(), Miss> {
+async fn wait_attached(
+    cloud: &AwsMachineCloud,
+    claim: &VolumeClaim,
+    id: &str,
+) -> Result<Attached, Miss> {
     let machine = &claim.machine;
     let mut poller = Poller::new(cloud.schedule(), Poll::Volume, claim.wait);
     loop {
@@ -472,11 +473,11 @@ async fn wait_attached(cloud: &AwsMachineCloud, claim: &VolumeClaim, id: &str) -
         if let Some(other) = holder(&volume)
             && other != machine.instance_id
         {
-            return Err(Miss::Nothing(format!("{LOST}{other}")));
+            return Ok(Attached::Lost(format!("is attached to {other}")));
         }
         let state = attachment_of(&volume, &machine.instance_id).and_then(|a| a.state().cloned());
         match state {
-            Some(VolumeAttachmentState::Attached) => return Ok(()),
+            Some(VolumeAttachmentState::Attached) => return Ok(Attached::Won),
             Some(VolumeAttachmentState::Attaching | VolumeAttachmentState::Busy) => {}
             other => {
                 return Err(Miss::Nothing(format!(
