@@ -9,7 +9,10 @@
 //! The role can be assumed by EC2 only. Its one inline policy lets a machine read the agent
 //! executables, its deployment's artifacts, and *its own* identity bundle: the bundle's key is
 //! `<role id>:<instance id>`, which is `${aws:userid}` for the instance's credentials, so one
-//! machine cannot read another's key.
+//! machine cannot read another's key. When the spec has `lifecycle:` configs, the same policy
+//! also holds exactly what they need on the machines (volumes of their domains attached to the
+//! deployment's instances, their hosted zones, topics and queues), derived from the configs by
+//! [`lifecycle_statements`]; [`fleetd_policy`] is the same for standalone `flotilla fleetd`.
 //!
 //! The spec's `iam_statements` are a second inline policy of their own ([`USER_POLICY_NAME`]),
 //! replaced when they change and deleted when they are gone; its `iam_policies` are attached to
@@ -23,11 +26,13 @@ use std::collections::BTreeSet;
 use aws_sdk_iam::types::{InstanceProfile, Role, Tag};
 use flotilla_core::provider::ProviderError;
 use flotilla_spec::account::IamKeys;
+use flotilla_spec::fleetd::FleetdConfig;
 use flotilla_spec::names::iam_role_name;
 
 use crate::clients::Clients;
 use crate::error::AwsError;
 use crate::journal::Journal;
+pub use crate::machine::policy::{fleetd_policy, lifecycle_statements};
 use crate::tags::{TAG_DEPLOYMENT, shared_user_tags};
 
 const REGION: &str = "global";
@@ -169,29 +174,29 @@ fn trust_policy() -> String {
     .to_string()
 }
 
-/// The role's permissions: read the agents, the deployment's artifacts, its own identity.
-pub fn agent_policy(bucket: &str, tag: &str) -> String {
-    serde_json::json!({
-        "Version": "2012-10-17",
-        "Statement": [
-            {
-                "Sid": "AgentAndArtifacts",
-                "Effect": "Allow",
-                "Action": "s3:GetObject",
-                "Resource": [
-                    format!("arn:aws:s3:::{bucket}/agents/*"),
-                    format!("arn:aws:s3:::{bucket}/deployments/{tag}/artifacts/*"),
-                ]
-            },
-            {
-                "Sid": "OwnIdentityOnly",
-                "Effect": "Allow",
-                "Action": "s3:GetObject",
-                "Resource": format!("arn:aws:s3:::{bucket}/deployments/{tag}/identities/${{aws:userid}}.json")
-            }
-        ]
-    })
-    .to_string()
+/// The role's permissions: read the agents, the deployment's artifacts, its own identity; and
+/// what the spec's lifecycle configs need on the machines ([`lifecycle_statements`]: volumes
+/// of their domains, their hosted zones, topics and queues), nothing for a spec without them.
+pub fn agent_policy(bucket: &str, tag: &str, lifecycles: &[FleetdConfig]) -> String {
+    let mut statements = vec![
+        serde_json::json!({
+            "Sid": "AgentAndArtifacts",
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": [
+                format!("arn:aws:s3:::{bucket}/agents/*"),
+                format!("arn:aws:s3:::{bucket}/deployments/{tag}/artifacts/*"),
+            ]
+        }),
+        serde_json::json!({
+            "Sid": "OwnIdentityOnly",
+            "Effect": "Allow",
+            "Action": "s3:GetObject",
+            "Resource": format!("arn:aws:s3:::{bucket}/deployments/{tag}/identities/${{aws:userid}}.json")
+        }),
+    ];
+    statements.extend(lifecycle_statements(lifecycles, Some(tag)));
+    serde_json::json!({"Version": "2012-10-17", "Statement": statements}).to_string()
 }
 
 /// Whether IAM `tags` name deployment `tag`.
@@ -275,6 +280,7 @@ pub async fn ensure_role(
     tag: &str,
     bucket: &str,
     keys: &IamKeys,
+    lifecycles: &[FleetdConfig],
 ) -> Result<String, ProviderError> {
     let iam = clients.iam();
     let name = iam_role_name(tag);
@@ -325,7 +331,7 @@ pub async fn ensure_role(
     iam.put_role_policy()
         .role_name(&name)
         .policy_name(POLICY_NAME)
-        .policy_document(agent_policy(bucket, tag))
+        .policy_document(agent_policy(bucket, tag, lifecycles))
         .send()
         .await
         .map_err(|e| AwsError::from_sdk(REGION, "PutRolePolicy", &name, e))?;
@@ -486,7 +492,7 @@ mod tests {
         let long = "t".repeat(flotilla_spec::names::MAX_TAG_BYTES);
         for tag in ["demo", "-rf", "demo-", long.as_str()] {
             let policy: serde_json::Value =
-                serde_json::from_str(&agent_policy(bucket, tag)).unwrap();
+                serde_json::from_str(&agent_policy(bucket, tag, &[])).unwrap();
             assert_eq!(policy["Version"], "2012-10-17");
             let mut resources = BTreeSet::new();
             for statement in policy["Statement"].as_array().unwrap() {
@@ -522,6 +528,208 @@ mod tests {
             assert!(!readable(&format!("deployments/{tag}/other/abc")));
             assert!(!readable("deployments/other/artifacts/abc"));
         }
+    }
+
+    fn config(text: &str) -> FleetdConfig {
+        flotilla_spec::fleetd::parse_fleetd_config(text, std::path::Path::new("test.jsonc"))
+            .map_err(|e| e.to_string())
+            .unwrap()
+            .config
+    }
+
+    /// (Sid, actions, resources, condition) of each statement.
+    fn statements(policy: &str) -> Vec<(String, Vec<String>, Vec<String>, serde_json::Value)> {
+        let policy: serde_json::Value = serde_json::from_str(policy).unwrap();
+        policy["Statement"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|s| {
+                assert_eq!(s["Effect"], "Allow");
+                (
+                    s["Sid"].as_str().unwrap().to_owned(),
+                    values(&s["Action"]),
+                    values(&s["Resource"]),
+                    s["Condition"].clone(),
+                )
+            })
+            .collect()
+    }
+
+    const LIFECYCLE: &str = r#"{
+        domains: {
+            db: {
+                "attach-volume": [
+                    {device: "/dev/sdf", source: "pc", "pool-name": "data",
+                     create: {Size: 10, VolumeType: "gp3", SnapshotId: "snap-1", KmsKeyId: "arn:aws:kms:us-east-1:123456789012:key/k1"}},
+                    {device: "/dev/sdg", source: "x", "volume-id": "vol-0123456789abcdef0"},
+                ],
+                "update-route53": [{hostedzone: "/hostedzone/Z111", name: "db-{instance_index}.example.com", ttl: 60}],
+                notify: [
+                    {backend: "aws-sns", options: {region: "eu-west-1", topic: "arn:aws:sns:eu-west-1:123456789012:ops"}},
+                    {backend: "aws-sqs", options: {region: "eu-west-1", "queue-url": "https://sqs.eu-west-1.amazonaws.com/123456789012/events"}},
+                ],
+            },
+            web: {
+                "attach-volume": [{device: "/dev/sdh", source: "p", "pool-name": "cache"}],
+                "update-route53": [{hostedzone: "Z222", name: "web.example.com", ttl: 60}],
+            },
+        },
+    }"#;
+
+    #[test]
+    fn the_role_gains_exactly_what_the_lifecycle_needs() {
+        let lifecycle = config(LIFECYCLE);
+        let policy = agent_policy("b", "demo", std::slice::from_ref(&lifecycle));
+        let found = statements(&policy);
+        let by_sid = |sid: &str| {
+            found.iter().find(|s| s.0 == sid).unwrap_or_else(|| panic!("no {sid} in {policy}"))
+        };
+        // The agent's own two statements come first and are unchanged.
+        assert_eq!(found[0].0, "AgentAndArtifacts");
+        assert_eq!(found[1].0, "OwnIdentityOnly");
+
+        let instances = by_sid("FleetdAttachToInstances");
+        assert_eq!(instances.1, ["ec2:AttachVolume", "ec2:DetachVolume"]);
+        assert_eq!(
+            instances.3,
+            serde_json::json!({"StringEquals": {"aws:ResourceTag/flotilla:deployment": "demo"}}),
+            "only this deployment's instances"
+        );
+        assert_eq!(
+            by_sid("FleetdFixedVolumes").2,
+            ["arn:aws:ec2:*:*:volume/vol-0123456789abcdef0"]
+        );
+        let pool = by_sid("FleetdPoolVolumes");
+        assert_eq!(pool.2, ["arn:aws:ec2:*:*:volume/*"]);
+        assert_eq!(
+            pool.3,
+            serde_json::json!({"StringEquals": {"aws:ResourceTag/flotilla:fleetd-domain": ["db", "web"]}})
+        );
+        assert_eq!(
+            by_sid("FleetdEc2fleetdPoolVolumes").3,
+            serde_json::json!({"StringEquals": {"aws:ResourceTag/user:ec2fd.domain": ["db", "web"]}})
+        );
+        let create = by_sid("FleetdCreateVolumes");
+        assert_eq!(create.1, ["ec2:CreateVolume"]);
+        assert_eq!(create.2, ["arn:aws:ec2:*:*:volume/*", "arn:aws:ec2:*::snapshot/snap-1"]);
+        assert_eq!(
+            create.3,
+            serde_json::json!({"StringEquals": {"aws:RequestTag/flotilla:fleetd-domain": ["db"]}}),
+            "only `c` domains create"
+        );
+        assert_eq!(
+            by_sid("FleetdTagOnCreate").3,
+            serde_json::json!({"StringEquals": {"ec2:CreateAction": "CreateVolume"}})
+        );
+        let delete = by_sid("FleetdDeleteUncommittedVolumes");
+        assert_eq!(delete.1, ["ec2:DeleteVolume"]);
+        assert_eq!(delete.3["StringEquals"]["aws:ResourceTag/flotilla:fleetd-in-transit"], "true");
+        assert_eq!(
+            by_sid("FleetdEncryptedVolumes").2,
+            ["arn:aws:kms:us-east-1:123456789012:key/k1"]
+        );
+        let records = by_sid("FleetdRecords");
+        assert_eq!(
+            records.1,
+            ["route53:ChangeResourceRecordSets", "route53:ListResourceRecordSets"]
+        );
+        assert_eq!(
+            records.2,
+            ["arn:aws:route53:::hostedzone/Z111", "arn:aws:route53:::hostedzone/Z222"]
+        );
+        assert_eq!(by_sid("FleetdRecordChanges").1, ["route53:GetChange"]);
+        let sns = by_sid("FleetdNotifySns");
+        assert_eq!(
+            (sns.1.clone(), sns.2.clone()),
+            (
+                vec!["sns:Publish".to_owned()],
+                vec!["arn:aws:sns:eu-west-1:123456789012:ops".to_owned()]
+            )
+        );
+        let sqs = by_sid("FleetdNotifySqs");
+        assert_eq!(
+            (sqs.1.clone(), sqs.2.clone()),
+            (
+                vec!["sqs:SendMessage".to_owned()],
+                vec!["arn:aws:sqs:eu-west-1:123456789012:events".to_owned()]
+            )
+        );
+        // No action beyond these, and no `*` resource except the Describe calls.
+        for (sid, actions, resources, _) in &found[2..] {
+            for action in actions {
+                assert!(!action.ends_with(":*"), "{sid}: {action}");
+            }
+            if sid != "FleetdDescribeVolumes" {
+                assert!(!resources.contains(&"*".to_owned()), "{sid}: {resources:?}");
+            }
+        }
+        assert_eq!(
+            by_sid("FleetdDescribeVolumes").1,
+            ["ec2:DescribeVolumes", "ec2:DescribeInstances"]
+        );
+        assert!(
+            agent_policy("b", "demo", &[lifecycle]).len()
+                < flotilla_spec::account::MAX_INLINE_POLICY_CHARS,
+            "within IAM's inline policy size"
+        );
+    }
+
+    #[test]
+    fn a_lifecycle_asks_only_for_the_parts_it_uses() {
+        let hooks_only = config(r#"{domains: {app: {exec: [{lines: [{argv: ["true"]}]}]}}}"#);
+        assert!(lifecycle_statements(&[hooks_only], Some("demo")).is_empty());
+        let records_only = config(
+            r#"{domains: {app: {"update-route53": [{hostedzone: "Z1", name: "a.example.com", ttl: 5}]}}}"#,
+        );
+        let sids: Vec<String> = lifecycle_statements(&[records_only], None)
+            .iter()
+            .map(|s| s["Sid"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(sids, ["FleetdRecords", "FleetdRecordChanges"]);
+        let pool_only = config(
+            r#"{domains: {app: {"attach-volume": [{device: "/dev/sdf", source: "p", "pool-name": "x"}]}}}"#,
+        );
+        let statements = lifecycle_statements(&[pool_only], Some("demo"));
+        let sids: Vec<&str> = statements.iter().map(|s| s["Sid"].as_str().unwrap()).collect();
+        assert!(!sids.contains(&"FleetdCreateVolumes"), "{sids:?}");
+        assert!(!sids.contains(&"FleetdDeleteUncommittedVolumes"), "{sids:?}");
+    }
+
+    #[test]
+    fn the_standalone_policy_is_a_whole_document_without_the_deployment() {
+        let policy = fleetd_policy(&config(LIFECYCLE));
+        let parsed: serde_json::Value = serde_json::from_str(&policy).unwrap();
+        assert_eq!(parsed["Version"], "2012-10-17");
+        let found = statements(&policy);
+        let instances = found.iter().find(|s| s.0 == "FleetdAttachToInstances").unwrap();
+        assert!(instances.3.is_null(), "a standalone machine has no deployment tag");
+        assert!(!found.iter().any(|s| s.0 == "AgentAndArtifacts"));
+    }
+
+    #[test]
+    fn queue_urls_become_arns() {
+        use crate::machine::policy::queue_arn;
+        assert_eq!(
+            queue_arn("https://sqs.eu-west-1.amazonaws.com/123456789012/q", None),
+            "arn:aws:sqs:eu-west-1:123456789012:q"
+        );
+        assert_eq!(
+            queue_arn("https://queue.amazonaws.com/123456789012/q", None),
+            "arn:aws:sqs:us-east-1:123456789012:q"
+        );
+        assert_eq!(
+            queue_arn("https://ap-south-1.queue.amazonaws.com/123456789012/q", None),
+            "arn:aws:sqs:ap-south-1:123456789012:q"
+        );
+        assert_eq!(
+            queue_arn("https://sqs.cn-north-1.amazonaws.com.cn/123456789012/q", None),
+            "arn:aws-cn:sqs:cn-north-1:123456789012:q"
+        );
+        assert_eq!(
+            queue_arn("http://127.0.0.1:5000/123456789012/q-{instance_index}", Some("us-west-2")),
+            "arn:aws:sqs:us-west-2:123456789012:q-*"
+        );
     }
 
     #[test]

@@ -595,6 +595,7 @@ mod tests {
     #[test]
     fn instances_of_a_crashed_launch_are_adopted_and_named_once() {
         let plan = DeploymentPlan {
+            lifecycles: Vec::new(),
             tag: "t".into(),
             provider: flotilla_spec::ProviderKind::Aws,
             machines: Vec::new(),

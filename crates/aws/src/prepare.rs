@@ -204,7 +204,8 @@ pub async fn prepare(
         Ok::<(), ProviderError>(())
     };
     let role = async {
-        let role_id = iam::ensure_role(clients, journal, tag, &bucket, &plan.iam).await?;
+        let role_id =
+            iam::ensure_role(clients, journal, tag, &bucket, &plan.iam, &plan.lifecycles).await?;
         journal.update(|r| {
             r.role_name = Some(iam_role_name(tag));
             r.role_id = Some(role_id.clone());

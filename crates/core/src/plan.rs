@@ -6,6 +6,7 @@ use flotilla_capacity::Architecture;
 use flotilla_capacity::select::{Problem, Wants, eligible};
 use flotilla_spec::capacity::{InstanceRequirements, Market};
 use flotilla_spec::fleet::{PortSpec, node_names};
+use flotilla_spec::fleetd::{FleetdConfig, Lifecycle};
 use flotilla_spec::{FleetSpec, ProviderKind};
 
 use flotilla_spec::account::{IamKeys, MachineSettings};
@@ -52,6 +53,10 @@ pub struct DeploymentPlan {
     pub ports: Vec<PortSpec>,
     /// What the deployment's role may do beyond flotilla's own statements.
     pub iam: IamKeys,
+    /// The lifecycle config of each instance entry that has one, in spec order: the role gains
+    /// what they need (volumes, records, notifications). [`DeploymentPlan::from_spec`] holds
+    /// the inline ones; `workflows::plan::resolve` reads the ones named by path too.
+    pub lifecycles: Vec<FleetdConfig>,
 }
 
 /// Machines that share their capacity keys: one instance entry, or the monitoring machine.
@@ -182,6 +187,14 @@ impl DeploymentPlan {
             groups,
             ports: spec.ports.clone(),
             iam: spec.iam.clone(),
+            lifecycles: spec
+                .instances
+                .iter()
+                .filter_map(|instance| match &instance.lifecycle {
+                    Some(Lifecycle::Inline(config)) => Some(config.clone()),
+                    _ => None,
+                })
+                .collect(),
         }
     }
 

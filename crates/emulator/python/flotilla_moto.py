@@ -15,6 +15,13 @@ moto's Python. It serves moto's WSGI app with werkzeug (threaded) on 127.0.0.1 a
 - request counts by service and Action (S3 by operation);
 - instance state timing: `pending` and `shutting-down`/`stopping` last a while, and the public
   IP appears when the instance is running;
+- EBS attachments as EC2 keeps them: AttachVolume refuses a volume attached anywhere
+  (`VolumeInUse`), another zone's volume, a taken device and a gone instance; an attachment is
+  `attaching`, then `attached` after the scope's `attach_ms`; DetachVolume leaves it `detaching`
+  for `detach_ms` before the volume is `available`; a terminated instance's volumes that are
+  not deleted with it stay attached for `volume_release_ms` (moto does all of it at once, and
+  moves an attached volume to a second instance). The instance listing carries each
+  instance's attachments, for the booter's device files;
 - the dependency checks moto skips (DeleteSubnet, DeleteSecurityGroup, DeleteVpc);
 - route states: a route whose target is gone (a peering connection deleted, rejected, failed
   or expired; an internet gateway detached or deleted) is `blackhole`, as AWS reports it (moto
@@ -47,7 +54,8 @@ not move underneath us.
 Environment (set by the Rust side, listed in `src/env.rs`): FLOTILLA_EMULATOR_PORT (0 picks a
 free port; the chosen one is printed as `{"port": N}` on stdout), FLOTILLA_EMULATOR_PUBLIC_BLOCKS
 (`127.A.B,...`), FLOTILLA_EMULATOR_PROBE_PORTS (`7443,9101,1338`),
-FLOTILLA_EMULATOR_PENDING_MS, FLOTILLA_EMULATOR_SHUTTING_DOWN_MS, FLOTILLA_EMULATOR_LATENCY_MS,
+FLOTILLA_EMULATOR_PENDING_MS, FLOTILLA_EMULATOR_SHUTTING_DOWN_MS, FLOTILLA_EMULATOR_ATTACH_MS,
+FLOTILLA_EMULATOR_DETACH_MS, FLOTILLA_EMULATOR_VOLUME_RELEASE_MS, FLOTILLA_EMULATOR_LATENCY_MS,
 and MOTO_AMIS_PATH (read by moto at import).
 """
 
@@ -79,7 +87,12 @@ from urllib.parse import parse_qs
 
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core.responses import ActionResult
-from moto.ec2.exceptions import DependencyViolationError, EC2ClientError
+from moto.ec2.exceptions import (
+    DependencyViolationError,
+    EC2ClientError,
+    InvalidVolumeDetachmentError,
+    VolumeInUseError,
+)
 from moto.ec2.models import ec2_backends
 from moto.ec2.models import elastic_ip_addresses as moto_eips
 from moto.ec2.models.elastic_ip_addresses import ElasticAddressBackend
@@ -92,6 +105,7 @@ from moto.ec2.models.security_groups import SecurityGroupBackend
 from moto.ec2.models.subnets import SubnetBackend
 from moto.ec2.models.vpcs import VPCBackend
 from moto.ec2.responses.amis import AmisResponse
+from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 from moto.ec2.responses.fleets import Fleets
 from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2.responses.spot_instances import SpotInstances
@@ -299,6 +313,9 @@ LATENCY_DEFAULT = {"ms": env_int("FLOTILLA_EMULATOR_LATENCY_MS", 0)}
 TIMING_DEFAULT = {
     "pending_ms": env_int("FLOTILLA_EMULATOR_PENDING_MS", 0),
     "shutting_down_ms": env_int("FLOTILLA_EMULATOR_SHUTTING_DOWN_MS", 0),
+    "attach_ms": env_int("FLOTILLA_EMULATOR_ATTACH_MS", 0),
+    "detach_ms": env_int("FLOTILLA_EMULATOR_DETACH_MS", 0),
+    "volume_release_ms": env_int("FLOTILLA_EMULATOR_VOLUME_RELEASE_MS", 0),
 }
 LATENCY = Scoped(LATENCY_DEFAULT)
 TIMING = Scoped(TIMING_DEFAULT)
@@ -828,6 +845,9 @@ def set_state(instance: Any, name: str) -> None:
 
 
 def finish(instance: Any, target: str) -> None:
+    if target in (VOLUME_ATTACHED, VOLUME_DETACHED):
+        finish_attachment(instance, target)
+        return
     if target in (NOTICE, RECLAIM):
         reclaim_due(instance, target)
         return
@@ -1193,6 +1213,127 @@ def add_block_device(
     self.ec2_backend.attach_volume(volume.id, self.id, device_path, delete_on_termination)
 
 
+# --- EBS attachments with EC2's checks and timing ------------------------------------------------
+
+VOLUME_ATTACHED, VOLUME_DETACHED = "volume-attached", "volume-detached"
+original_attach_volume_response = ElasticBlockStore.attach_volume
+original_detach_volume_response = ElasticBlockStore.detach_volume
+
+
+def current_timing_ms(key: str) -> int:
+    return TIMING.get(getattr(CURRENT, "scope", ANY))[key]
+
+
+def check_attachable(volume: Any, instance: Any, device: str) -> None:
+    """What EC2 refuses and moto accepts: a volume attached anywhere (moto moves it), a volume
+    of another zone, a device the instance already uses, an instance that is gone."""
+    if volume.attachment is not None:
+        raise VolumeInUseError(volume.id, volume.attachment.instance.id)
+    if instance._state.name not in ("running", "stopped", "pending", "stopping"):
+        raise EC2ClientError(
+            "IncorrectInstanceState",
+            f"The instance '{instance.id}' is not in a state from which it can be attached to a volume "
+            f"({instance._state.name})",
+        )
+    zone = volume.zone.name if volume.zone else None
+    if zone and instance.availability_zone and zone != instance.availability_zone:
+        raise EC2ClientError(
+            "InvalidVolume.ZoneMismatch",
+            f"The volume '{volume.id}' is not in the same availability zone as instance "
+            f"'{instance.id}'",
+        )
+    if device in instance.block_device_mapping:
+        raise EC2ClientError(
+            "InvalidParameterValue",
+            f"Invalid value '{device}' for unixDevice. Attachment point {device} is already in use",
+        )
+
+
+def attach_volume_response(self: Any) -> Any:
+    volume = self.ec2_backend.get_volume(self._get_param("VolumeId"))
+    instance = self.ec2_backend.get_instance(self._get_param("InstanceId"))
+    check_attachable(volume, instance, self._get_param("Device"))
+    answer = original_attach_volume_response(self)
+    delay = current_timing_ms("attach_ms")
+    if delay > 0 and volume.attachment is not None:
+        volume.attachment.status = "attaching"
+        LIFECYCLE.schedule(volume, delay, VOLUME_ATTACHED)
+    return answer
+
+
+def detach_volume_response(self: Any) -> Any:
+    """`detaching` for the scope's `detach_ms`, then moto's detach (the volume `available`)."""
+    volume = self.ec2_backend.get_volume(self._get_param("VolumeId"))
+    attachment = volume.attachment
+    delay = current_timing_ms("detach_ms")
+    if attachment is None or (delay == 0 and attachment.status != "detaching"):
+        return original_detach_volume_response(self)
+    instance_id = self._get_param("InstanceId")
+    device = self._get_param("Device")
+    if (instance_id and instance_id != attachment.instance.id) or (
+        device and device != attachment.device
+    ):
+        raise InvalidVolumeDetachmentError(volume.id, instance_id or "", device or "")
+    if attachment.status != "detaching":
+        attachment.status = "detaching"
+        LIFECYCLE.schedule(volume, delay, VOLUME_DETACHED)
+    return ActionResult(
+        {
+            "VolumeId": volume.id,
+            "InstanceId": attachment.instance.id,
+            "Device": attachment.device,
+            "State": "detaching",
+            "AttachTime": attachment.attach_time,
+        }
+    )
+
+
+def finish_attachment(volume: Any, target: str) -> None:
+    attachment = volume.attachment
+    if attachment is None:
+        return
+    if target == VOLUME_ATTACHED:
+        if attachment.status == "attaching":
+            attachment.status = "attached"
+        return
+    with contextlib.suppress(EC2ClientError):  # detached meanwhile
+        volume.ec2_backend.detach_volume(volume.id, attachment.instance.id, attachment.device)
+
+
+def teardown_defaults(self: Any) -> None:
+    """moto detaches every volume of a terminated instance at once; EC2 keeps the ones not
+    deleted with it attached a while: here the scope's `volume_release_ms`."""
+    delay = timing_ms(self, "volume_release_ms")
+    for device_path, mapping in list(self.block_device_mapping.items()):
+        if delay > 0 and not mapping.delete_on_termination:
+            volume = self.ec2_backend.volumes.get(mapping.volume_id)
+            if volume is not None and volume.attachment is not None:
+                LIFECYCLE.schedule(volume, delay, VOLUME_DETACHED)
+                continue
+        with contextlib.suppress(EC2ClientError):
+            self.ec2_backend.detach_volume(mapping.volume_id, self.id, device_path)
+        if mapping.delete_on_termination:
+            with contextlib.suppress(EC2ClientError):
+                self.ec2_backend.delete_volume(mapping.volume_id)
+
+
+def attachments(backend: Any, instance: Any) -> list[dict[str, Any]]:
+    """The instance's volumes as the booter needs them: id, device and attachment state."""
+    out = []
+    for device, mapping in instance.get_block_device_mapping:
+        volume = backend.volumes.get(mapping.volume_id)
+        attachment = volume.attachment if volume is not None else None
+        attached_here = attachment is not None and attachment.instance is instance
+        out.append(
+            {
+                "volume_id": mapping.volume_id,
+                "device": device,
+                "state": attachment.status if attached_here else "detached",
+            }
+        )
+    return out
+
+
 # --- RegisterImage with what AWS keeps ----------------------------------------------------------
 
 
@@ -1324,6 +1465,9 @@ def install_patches() -> None:
         (InstanceBackend, "run_instances", run_instances),
         (InstanceResponse, "_parse_block_device_mapping", parse_block_device_mapping),
         (Instance, "add_block_device", add_block_device),
+        (Instance, "teardown_defaults", teardown_defaults),
+        (ElasticBlockStore, "attach_volume", attach_volume_response),
+        (ElasticBlockStore, "detach_volume", detach_volume_response),
         (SubnetBackend, "delete_subnet", delete_subnet),
         (SecurityGroupBackend, "delete_security_group", delete_security_group),
         (VPCBackend, "delete_vpc", delete_vpc),
@@ -2422,6 +2566,7 @@ def describe(account_id: str, region: str, backend: Any, instance: Any) -> dict[
         ),
         "spot_interruption": getattr(instance, "_flotilla_spot_notice", None),
         "spot_reclaim_after_ms": getattr(instance, "_flotilla_reclaim_after_ms", None),
+        "volumes": attachments(backend, instance),
     }
 
 
@@ -2554,7 +2699,7 @@ def control(method: str, path: str, query: dict[str, str], body: Any) -> tuple[i
         return 200, setting.to_json() if setting else {"probability_per_minute": 0.0}
     if what == "timing":
         if method == "PUT":
-            TIMING.set(scope, non_negative_ints(body, {"pending_ms", "shutting_down_ms"}, "timing"))
+            TIMING.set(scope, non_negative_ints(body, set(TIMING_DEFAULT), "timing"))
         elif method == "DELETE":
             TIMING.clear(scope, TIMING_DEFAULT)
         return 200, TIMING.get(scope)

@@ -22,6 +22,10 @@
 //! deadline. The booter's own report keeps the cause in `error`. A script that exits 0 leaves
 //! the instance running, as cloud-init does.
 //!
+//! With every listing that changed, the booter also keeps the NVMe device files of each booted
+//! instance's EBS volumes under its root ([`crate::devices`]): made when an attachment is
+//! `attached`, removed when it starts detaching.
+//!
 //! When the instance leaves `running` (shutting-down, stopping, stopped, terminated) or
 //! disappears, it closes that IMDS and stops the process group: SIGTERM, SIGKILL after the
 //! grace period, then SIGKILL to anything still running in, or started for, that root (a
@@ -47,6 +51,7 @@ use tokio::sync::watch;
 
 use crate::addresses::AGENT_PORTS;
 use crate::control::{ControlError, Emulator};
+use crate::devices::Devices;
 use crate::env::user_data as contract;
 use crate::imds::{IMDS_PORT, Imds, serve_imds};
 use crate::instance::{BootState, BootedInstance, InstanceInfo, InstanceListing, StateReason};
@@ -106,6 +111,8 @@ pub(crate) struct Booter {
     seed_digest: Mutex<Option<(std::time::SystemTime, u64, String)>>,
     /// Set when a stop finished: the next poll reads the whole listing again.
     relist: AtomicBool,
+    /// The device files of each booted instance's volumes.
+    devices: Mutex<BTreeMap<String, Devices>>,
 }
 
 #[derive(Debug)]
@@ -139,6 +146,7 @@ impl Booter {
             seed_disabled: Mutex::new(BTreeSet::new()),
             seed_digest: Mutex::new(None),
             relist: AtomicBool::new(false),
+            devices: Mutex::new(BTreeMap::new()),
         }
     }
 
@@ -271,6 +279,20 @@ impl Booter {
         }
         for id in to_stop {
             tokio::spawn(self.clone().stop(id));
+        }
+        self.sync_devices(&instances);
+    }
+
+    /// The device files of each booted instance's volumes, as the listing reports them.
+    fn sync_devices(&self, instances: &[InstanceInfo]) {
+        let booted: BTreeSet<String> = self.machines().keys().cloned().collect();
+        let mut devices = self.devices.lock().unwrap_or_else(PoisonError::into_inner);
+        for instance in instances.iter().filter(|i| booted.contains(&i.id)) {
+            let root = self.config.instances_dir.join(&instance.id).join("root");
+            let files = devices.entry(instance.id.clone()).or_default();
+            if let Err(error) = files.sync(&root, &instance.volumes) {
+                tracing::warn!(instance = %instance.id, "volume device files: {error}");
+            }
         }
     }
 

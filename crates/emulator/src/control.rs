@@ -15,7 +15,7 @@
 //! | `GET\|PUT\|POST\|DELETE /_flotilla/scopes/{scope}/faults` (PUT `{"rules": [Rule]}` replaces, POST `Rule` appends, DELETE clears) | `{"rules": [Rule + "hits"]}` |
 //! | `GET\|DELETE /_flotilla/scopes/{scope}/counts` | `{"counts": {service: {Action: n}}}` |
 //! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/latency` (PUT `{"ms": n}`) | `{"ms": n}` |
-//! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/timing` (PUT `{"pending_ms"?, "shutting_down_ms"?}`) | both values |
+//! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/timing` (PUT `{"pending_ms"?, "shutting_down_ms"?, "attach_ms"?, "detach_ms"?, "volume_release_ms"?}`) | every value |
 //! | `GET /_flotilla/instances[?since=G]` | `{"generation": G, "instances": [InstanceInfo]}` or `{"generation": G, "unchanged": true}` |
 //! | `POST /_flotilla/instances/{id}/terminate` `{"code", "message"}` (the booter, when it cannot boot an instance) | `InstanceInfo`: `shutting-down` then `terminated` with that `StateReason`; 404 for an unknown id |
 //! | `POST /_flotilla/instances/reclaim` `{"instance_ids": [id], "delay_ms"?}` ([`Emulator::reclaim_spot`]) | `{"instances": [InstanceInfo]}` with `spot_interruption` `{"action": "terminate", "time"}`; terminated after the delay with `Server.SpotInstanceTermination`; 400 for an on-demand instance, 404 for an unknown id |
@@ -156,6 +156,17 @@ impl Throttling {
 pub struct StateTiming {
     pub pending: Duration,
     pub shutting_down: Duration,
+}
+
+/// How long a scope's EBS attachments take ([`Scope::set_volume_timing`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct VolumeTiming {
+    /// AttachVolume: `attaching` this long, then `attached`.
+    pub attach: Duration,
+    /// DetachVolume: `detaching` this long, then the volume is `available`.
+    pub detach: Duration,
+    /// A terminated instance's volumes not deleted with it stay attached this long.
+    pub release_after_terminate: Duration,
 }
 
 /// A scope's random spot reclaims ([`Scope::set_spot_reclaim`]).
@@ -609,6 +620,18 @@ impl Scope {
         let body = json!({
             "pending_ms": millis(timing.pending),
             "shutting_down_ms": millis(timing.shutting_down),
+        });
+        let _: serde_json::Value =
+            self.emulator.moto("PUT", &self.path("timing"), Some(body)).await?;
+        Ok(())
+    }
+
+    /// EBS attachment timing of this scope's calls (and of its instances' termination).
+    pub async fn set_volume_timing(&self, timing: VolumeTiming) -> Result<(), ControlError> {
+        let body = json!({
+            "attach_ms": millis(timing.attach),
+            "detach_ms": millis(timing.detach),
+            "volume_release_ms": millis(timing.release_after_terminate),
         });
         let _: serde_json::Value =
             self.emulator.moto("PUT", &self.path("timing"), Some(body)).await?;

@@ -38,6 +38,13 @@ pub mod moto {
     pub const PENDING_MS: &str = "FLOTILLA_EMULATOR_PENDING_MS";
     /// How long instances stay `shutting-down` or `stopping`, in milliseconds.
     pub const SHUTTING_DOWN_MS: &str = "FLOTILLA_EMULATOR_SHUTTING_DOWN_MS";
+    /// How long an EBS attachment stays `attaching`, in milliseconds.
+    pub const ATTACH_MS: &str = "FLOTILLA_EMULATOR_ATTACH_MS";
+    /// How long an EBS attachment stays `detaching`, in milliseconds.
+    pub const DETACH_MS: &str = "FLOTILLA_EMULATOR_DETACH_MS";
+    /// How long a terminated instance's volumes (those not deleted with it) stay attached, in
+    /// milliseconds.
+    pub const VOLUME_RELEASE_MS: &str = "FLOTILLA_EMULATOR_VOLUME_RELEASE_MS";
     /// The AMI catalogue moto loads at import.
     pub const AMIS_PATH: &str = "MOTO_AMIS_PATH";
 }

@@ -51,6 +51,19 @@ pub struct InstanceInfo {
     /// setting changed) its notice was drawn to come, in milliseconds.
     #[serde(default)]
     pub spot_reclaim_after_ms: Option<u64>,
+    /// Its EBS volumes (the root volume too), with their attachment state.
+    #[serde(default)]
+    pub volumes: Vec<VolumeAttachmentInfo>,
+}
+
+/// One EBS volume of an instance, as moto reports it to the booter.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VolumeAttachmentInfo {
+    pub volume_id: String,
+    /// The device name AttachVolume was given (`/dev/sdf`).
+    pub device: String,
+    /// `attaching`, `attached`, `detaching` or `detached`.
+    pub state: String,
 }
 
 /// EC2's `StateReason` of an instance: a code and a message that starts with the code, as AWS

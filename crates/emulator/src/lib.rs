@@ -12,6 +12,7 @@
 //!                                      ▼ GET /_flotilla/instances every 250 ms
 //!  tests ──► booter control API ──► booter (this process)
 //!                                      ├─ per running instance: IMDS on <public ip>:1338
+//!                                      ├─ its attached EBS volumes as NVMe device files (devices.rs)
 //!                                      └─ its user data under /bin/sh, in <state>/instances/<id>/root
 //! ```
 //!
@@ -21,6 +22,7 @@
 //! `setpriv --pdeathsig KILL`, and `--parent-pid` ties the whole stack to a test run.
 
 pub mod control;
+pub mod devices;
 pub mod env;
 pub mod instance;
 pub mod up;

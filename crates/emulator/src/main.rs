@@ -46,6 +46,15 @@ struct UpArgs {
     /// How long instances stay shutting-down or stopping (per scope at run time too).
     #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
     shutting_down: Duration,
+    /// How long an EBS attachment stays attaching (per scope at run time too).
+    #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+    attach: Duration,
+    /// How long an EBS attachment stays detaching (per scope at run time too).
+    #[arg(long, default_value = "300ms", value_parser = humantime::parse_duration)]
+    detach: Duration,
+    /// How long a terminated instance's volumes stay attached (per scope at run time too).
+    #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+    volume_release: Duration,
     /// Where instances' roots, logs and moto's files go; kept at exit, except the instances'
     /// roots (see --keep-instances). Default: a temporary directory removed at exit.
     #[arg(long)]
@@ -94,6 +103,11 @@ fn main() -> ExitCode {
         latency: Duration::from_millis(args.latency_ms),
         pending: args.pending,
         shutting_down: args.shutting_down,
+        volumes: flotilla_emulator::control::VolumeTiming {
+            attach: args.attach,
+            detach: args.detach,
+            release_after_terminate: args.volume_release,
+        },
         state_dir: args.state_dir,
         parent_pid: args.parent_pid,
         env_file: args.env_file,

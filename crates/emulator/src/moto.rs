@@ -41,6 +41,7 @@ pub(crate) struct MotoConfig<'a> {
     pub(crate) latency: Duration,
     pub(crate) pending: Duration,
     pub(crate) shutting_down: Duration,
+    pub(crate) volumes: crate::control::VolumeTiming,
 }
 
 /// A running moto.
@@ -65,6 +66,9 @@ impl Moto {
             .env(env::LATENCY_MS, millis(config.latency))
             .env(env::PENDING_MS, millis(config.pending))
             .env(env::SHUTTING_DOWN_MS, millis(config.shutting_down))
+            .env(env::ATTACH_MS, millis(config.volumes.attach))
+            .env(env::DETACH_MS, millis(config.volumes.detach))
+            .env(env::VOLUME_RELEASE_MS, millis(config.volumes.release_after_terminate))
             .env("PYTHONUNBUFFERED", "1")
             // botocore inside moto must not read a person's AWS profile.
             .env_remove("AWS_PROFILE")

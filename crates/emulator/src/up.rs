@@ -42,6 +42,9 @@ pub struct UpOptions {
     pub pending: Duration,
     /// How long instances stay `shutting-down` (and `stopping`).
     pub shutting_down: Duration,
+    /// How long EBS attachments stay `attaching` and `detaching`, and a terminated instance's
+    /// volumes stay attached.
+    pub volumes: crate::control::VolumeTiming,
     /// Kept after exit when given (without the instances' roots unless `keep_instances`);
     /// otherwise a fresh temporary directory, removed at exit.
     pub state_dir: Option<PathBuf>,
@@ -157,6 +160,7 @@ async fn serve(
         latency: options.latency,
         pending: options.pending,
         shutting_down: options.shutting_down,
+        volumes: options.volumes,
     })
     .await?;
     let moto_url = format!("http://127.0.0.1:{}", moto.port);

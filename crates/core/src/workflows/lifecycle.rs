@@ -28,6 +28,18 @@ pub(crate) fn lifecycle_config(
     }
 }
 
+/// The lifecycle config of every instance entry that has one, in spec order.
+pub(crate) fn lifecycle_configs(
+    document: &SpecDocument,
+    cwd: &Path,
+) -> Result<Vec<FleetdConfig>, CoreError> {
+    let mut configs = Vec::new();
+    for instance in &document.spec.instances {
+        configs.extend(lifecycle_config(instance, cwd)?);
+    }
+    Ok(configs)
+}
+
 /// The manifest's lifecycle for machine `name` of `instance`: `node-3` has index 3, an entry
 /// without `count` index 0.
 pub(crate) fn manifest_lifecycle(

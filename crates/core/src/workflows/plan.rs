@@ -120,6 +120,7 @@ pub async fn resolve(
     super::lifecycle::refuse_unsupported_lifecycle(document, provider, cwd)?;
     let architectures = binary_architectures(document, cwd)?;
     let mut plan = DeploymentPlan::from_spec(&document.spec, provider);
+    plan.lifecycles = super::lifecycle::lifecycle_configs(document, cwd)?;
     if provider == ProviderKind::Local {
         check_references(document, &mut plan, surveyor, progress).await?;
         return Ok((plan, surveyor.survey(&[], &[], progress).await?));
@@ -550,5 +551,30 @@ mod tests {
                 .contains("instances[0].zones[1]: zone `us-east-1z` is not a zone of us-east-1"),
             "{rendered:#?}"
         );
+    }
+
+    #[test]
+    fn the_plan_carries_every_lifecycle_config_inline_or_named_by_path() {
+        let inline = document(
+            "  instance_type: m7i.large\n  lifecycle:\n    domains:\n      db:\n        update-route53:\n        - {hostedzone: Z1, name: a.example.com, ttl: 60}\n",
+        );
+        let plan = DeploymentPlan::from_spec(&inline.spec, ProviderKind::Aws);
+        assert_eq!(plan.lifecycles.len(), 1);
+        assert_eq!(plan.lifecycles[0].domains[0].update_route53[0].hosted_zone, "Z1");
+
+        let cwd = tempfile::tempdir().unwrap();
+        fs_err::write(
+            cwd.path().join("ops.jsonc"),
+            "{domains: {web: {notify: [{backend: 'aws-sqs', options: {'queue-url': 'https://sqs.us-east-1.amazonaws.com/1/q'}}]}}}",
+        )
+        .unwrap();
+        let by_path = document("  instance_type: m7i.large\n  lifecycle: ops.jsonc\n");
+        assert!(
+            DeploymentPlan::from_spec(&by_path.spec, ProviderKind::Aws).lifecycles.is_empty(),
+            "from_spec cannot read files"
+        );
+        let read = crate::workflows::lifecycle::lifecycle_configs(&by_path, cwd.path()).unwrap();
+        assert_eq!(read.len(), 1);
+        assert_eq!(read[0].domains[0].name, "web");
     }
 }
