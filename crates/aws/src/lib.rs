@@ -62,7 +62,7 @@ pub use crate::agents::{AGENT_ENV, host_architecture};
 pub use crate::clean::clean;
 pub use crate::clients::Clients;
 use crate::journal::Journal;
-pub use crate::machine::AwsMachineCloud;
+pub use crate::machine::{AwsMachineCloud, LazyAwsMachineCloud};
 pub use crate::s3::S3Fetcher;
 
 /// Where the deployer's public address is asked, as the commonware deployer asks it.

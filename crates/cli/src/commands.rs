@@ -135,15 +135,13 @@ fn run_agent(bootstrap: &Path, verbose: u8) -> ExitCode {
         flotilla_agent::Fetchers::default().with("s3", flotilla_aws::S3Fetcher::new(path_style));
     // On EC2 (an IMDS that is not the local provider's rehearsal one) the lifecycle's volumes,
     // records and notifications go through flotilla-aws; locally there is no machine cloud.
-    // MERGE: written against `flotilla_aws::AwsMachineCloud::from_env()` returning
-    // `Arc<dyn MachineCloud>`.
     let on_ec2 = fs_err::read_to_string(bootstrap)
         .ok()
         .and_then(|text| flotilla_spec::bootstrap::AgentBootstrap::parse(&text, "").ok())
         .and_then(|parsed| parsed.imds)
         .is_some_and(|imds| imds.rehearsal_notices.is_none());
     if on_ec2 {
-        fetchers = fetchers.with_machine_cloud(flotilla_aws::AwsMachineCloud::from_env());
+        fetchers = fetchers.with_machine_cloud(flotilla_aws::LazyAwsMachineCloud::shared(None));
     }
     let log_filter = flotilla_agent::LogFilter {
         verbosity: verbose,

@@ -54,12 +54,10 @@ pub fn run_daemon(args: FleetdArgs) -> u8 {
 
 /// How fleetd makes its machine cloud: flotilla-aws's, made only when the config needs AWS
 /// calls, once IMDS gave the region.
-// MERGE: written against `flotilla_aws::AwsMachineCloud::from_env()` returning
-// `Arc<dyn MachineCloud>`; if the constructor takes the region and the profile, pass
-// `setup.region` and `setup.profile` (`--profile`) here.
+/// The region is each call's; `--profile` picks the credentials.
 fn machine_cloud() -> Option<flotilla_agent::fleetd_daemon::MakeCloud> {
-    Some(Box::new(|_setup: &flotilla_agent::fleetd_daemon::CloudSetup| {
-        Ok(flotilla_aws::AwsMachineCloud::from_env())
+    Some(Box::new(|setup: &flotilla_agent::fleetd_daemon::CloudSetup| {
+        Ok(flotilla_aws::LazyAwsMachineCloud::shared(setup.profile.clone()))
     }))
 }
 

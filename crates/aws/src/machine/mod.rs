@@ -172,6 +172,69 @@ impl MachineCloud for AwsMachineCloud {
     }
 }
 
+/// [`AwsMachineCloud`] made on its first call, with the SDK's own configuration (and the
+/// profile, when given): for callers that register a cloud before any runtime runs (the agent,
+/// standalone `fleetd`), and machines whose lifecycle never calls AWS load nothing.
+#[derive(Debug)]
+pub struct LazyAwsMachineCloud {
+    profile: Option<String>,
+    cloud: tokio::sync::OnceCell<AwsMachineCloud>,
+}
+
+impl LazyAwsMachineCloud {
+    /// The cloud, registered as the agent's: `profile` names an AWS profile (`--profile`).
+    pub fn shared(profile: Option<String>) -> std::sync::Arc<dyn MachineCloud> {
+        std::sync::Arc::new(LazyAwsMachineCloud { profile, cloud: tokio::sync::OnceCell::new() })
+    }
+
+    async fn cloud(&self) -> &AwsMachineCloud {
+        self.cloud
+            .get_or_init(|| async {
+                let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+                if let Some(profile) = &self.profile {
+                    loader = loader.profile_name(profile);
+                }
+                AwsMachineCloud::new(loader.load().await)
+            })
+            .await
+    }
+}
+
+impl MachineCloud for LazyAwsMachineCloud {
+    fn claim_volume<'a>(&'a self, claim: &'a VolumeClaim) -> CloudFuture<'a, ClaimedVolume> {
+        Box::pin(async move { self.cloud().await.claim_volume(claim).await })
+    }
+
+    fn commit_volume<'a>(
+        &'a self,
+        machine: &'a MachineFacts,
+        volume: &'a ClaimedVolume,
+    ) -> CloudFuture<'a, ()> {
+        Box::pin(async move { self.cloud().await.commit_volume(machine, volume).await })
+    }
+
+    fn release_volume<'a>(
+        &'a self,
+        machine: &'a MachineFacts,
+        volume: &'a ClaimedVolume,
+        release: Release,
+    ) -> CloudFuture<'a, ()> {
+        Box::pin(async move { self.cloud().await.release_volume(machine, volume, release).await })
+    }
+
+    fn upsert_record<'a>(&'a self, change: &'a RecordChange) -> CloudFuture<'a, RecordHold> {
+        Box::pin(async move { self.cloud().await.upsert_record(change).await })
+    }
+
+    fn restore_record<'a>(&'a self, hold: &'a RecordHold) -> CloudFuture<'a, ()> {
+        Box::pin(async move { self.cloud().await.restore_record(hold).await })
+    }
+
+    fn notify<'a>(&'a self, notification: &'a Notification) -> CloudFuture<'a, ()> {
+        Box::pin(async move { self.cloud().await.notify(notification).await })
+    }
+}
+
 /// A failed SDK call as a [`CloudError`]: `operation` names the call and its ids
 /// (`AttachVolume vol-1 to i-2`); the code and message are AWS's (the SDK's error context when
 /// AWS gave no message).
