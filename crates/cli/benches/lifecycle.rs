@@ -214,10 +214,10 @@ fn notice(flotilla: &Path, rounds: usize) {
         Err(why) => println!("ec2fleetd: not run ({why})"),
     }
     let mut results = Vec::new();
-    for daemon in &daemons {
+    for (which, daemon) in daemons.iter().enumerate() {
         let mut latencies = Vec::new();
         for round in 0..rounds {
-            let marker = work.path().join(format!("interrupted-{round}"));
+            let marker = work.path().join(format!("interrupted-{which}-{round}"));
             let config = work.path().join("fleetd.json5");
             fs_err::write(
                 &config,
@@ -245,6 +245,14 @@ fn notice(flotilla: &Path, rounds: usize) {
             let touched = wait(Duration::from_secs(10), || marker.exists());
             assert!(touched, "{}: no interrupted hook within 10 s", daemon.name);
             let modified = fs_err::metadata(&marker).unwrap().modified().unwrap();
+            // The file system's clock is coarser than `SystemTime::now`: a hook within its tick
+            // may look a few milliseconds early, and counts as 0.
+            let early = served.duration_since(modified).unwrap_or_default();
+            assert!(
+                early < Duration::from_millis(20),
+                "{}: the hook ran {early:?} before the notice was served",
+                daemon.name
+            );
             latencies.push(modified.duration_since(served).unwrap_or_default());
             if !wait(Duration::from_secs(10), || matches!(child.try_wait(), Ok(Some(_)))) {
                 kill(&mut child);

@@ -79,6 +79,9 @@ pub fn check_config(file: &Path, format: OutputFormat) -> u8 {
                 "config": document.map(|d| &d.config),
                 "aws_actions": document.map(|d| d.config.aws_actions()),
                 "differences": document.map(|d| &d.differences),
+                "iam_policy": document
+                    .filter(|d| !d.config.aws_actions().is_empty())
+                    .and_then(|d| serde_json::from_str::<serde_json::Value>(&flotilla_aws::machine::policy::fleetd_policy(&d.config)).ok()),
             }));
         }
         OutputFormat::Table => {
@@ -103,6 +106,13 @@ pub fn check_config(file: &Path, format: OutputFormat) -> u8 {
             if let Ok(document) = &result {
                 out.push('\n');
                 out.push_str(&render_plan(document));
+                if !document.config.aws_actions().is_empty() {
+                    let _ = writeln!(
+                        out,
+                        "\nIAM policy for the instance role of a machine running `flotilla fleetd` with this config:\n{}",
+                        flotilla_aws::machine::policy::fleetd_policy(&document.config)
+                    );
+                }
             }
             let _ = std::io::stdout().lock().write_all(out.as_bytes());
         }

@@ -61,6 +61,22 @@ fn json_output_carries_the_config_actions_and_differences() {
     assert_eq!(json["config"]["domains"][0]["attach_volume"][0]["source"][0], "fixed");
     assert!(json["aws_actions"].as_array().unwrap().iter().any(|a| a == "sns:Publish"));
     assert_eq!(json["differences"].as_array().unwrap().len(), 2);
+    // The instance role's policy for standalone fleetd: exactly the config's services.
+    let statements = json["iam_policy"]["Statement"].as_array().expect("a policy");
+    let actions: Vec<String> = statements
+        .iter()
+        .flat_map(|s| match &s["Action"] {
+            serde_json::Value::String(a) => vec![a.clone()],
+            serde_json::Value::Array(list) => {
+                list.iter().map(|a| a.as_str().unwrap().to_owned()).collect()
+            }
+            other => panic!("an action: {other}"),
+        })
+        .collect();
+    for needed in ["ec2:AttachVolume", "sns:Publish"] {
+        assert!(actions.iter().any(|a| a == needed), "{needed} in {actions:?}");
+    }
+    assert!(!actions.iter().any(|a| a.starts_with("iam:") || a == "*"), "{actions:?}");
     let missing = check(&["/nonexistent/fleetd.jsonc"]);
     assert_eq!(missing.status.code(), Some(2));
     assert!(
