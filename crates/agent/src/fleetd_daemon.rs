@@ -36,15 +36,15 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use flotilla_spec::api::HookOutcome;
 use flotilla_spec::fleetd::{Event, FleetdConfig, MACROS, parse_fleetd_config};
 use tokio::signal::unix::{SignalKind, signal};
 
-use crate::backoff::{IMDS_FAST_POLL, IMDS_SCHEDULED_POLL, imds_poll_delay, restart_jitter};
+use crate::backoff::restart_jitter;
 use crate::domains::{Engine, EngineContext};
-use crate::imds::{FAILURE_LOG_INTERVAL, FailureLimiter, ImdsClient, Notice, Route, SeenNotices};
+use crate::imds::{ImdsClient, Notice, NoticePoller};
 use crate::machine_cloud::{MachineCloud, MachineFacts};
 use crate::machine_facts::ImdsFacts;
 
@@ -455,41 +455,19 @@ impl Fleetd {
 
     /// Polls IMDS until a spot notice; rebalance and scheduled events run their hooks.
     async fn poll(&self, endpoint: &str) -> Stop {
-        let mut client = ImdsClient::new(endpoint);
-        let mut seen = SeenNotices::default();
-        let mut limiter = FailureLimiter::new(FAILURE_LOG_INTERVAL);
-        let mut failures = [0u32; 3];
-        let mut due = [tokio::time::Instant::now(); 3];
+        let mut poller = NoticePoller::new(ImdsClient::new(endpoint));
         loop {
-            let next = *due.iter().min().expect("three routes");
-            tokio::time::sleep_until(next).await;
-            for (index, route) in Route::ALL.into_iter().enumerate() {
-                if due[index] > tokio::time::Instant::now() {
-                    continue;
+            let round = poller.next_round().await;
+            for line in round.log_lines {
+                tracing::warn!("fleetd: {line}");
+            }
+            for notice in round.notices {
+                let (event, detail, values) = crate::lifecycle::notice_event(&notice);
+                if matches!(notice, Notice::Spot { .. }) {
+                    return Stop::Notice(values, detail);
                 }
-                let interval =
-                    if route == Route::Scheduled { IMDS_SCHEDULED_POLL } else { IMDS_FAST_POLL };
-                match crate::imds::poll_route(&mut client, route, SystemTime::now()).await {
-                    Ok(notices) => {
-                        failures[index] = 0;
-                        for notice in notices.into_iter().filter(|n| seen.is_new(n)) {
-                            let (event, detail, values) = crate::lifecycle::notice_event(&notice);
-                            if matches!(notice, Notice::Spot { .. }) {
-                                return Stop::Notice(values, detail);
-                            }
-                            tracing::info!("fleetd: {detail}");
-                            self.event(event, &values).await;
-                        }
-                    }
-                    Err(error) => {
-                        failures[index] = failures[index].saturating_add(1);
-                        if let Some(line) = limiter.failed(Instant::now(), &error) {
-                            tracing::warn!("fleetd: {line}");
-                        }
-                    }
-                }
-                let delay = imds_poll_delay(interval, failures[index], restart_jitter());
-                due[index] = tokio::time::Instant::now() + delay;
+                tracing::info!("fleetd: {detail}");
+                self.event(event, &values).await;
             }
         }
     }

@@ -293,6 +293,84 @@ impl ImdsClient {
     }
 }
 
+/// One round of [`NoticePoller::next_round`]: the new notices of the routes that were due,
+/// whether IMDS answered them, and the failure lines to log (rate limited).
+#[derive(Debug, Default)]
+pub(crate) struct PollRound {
+    pub(crate) notices: Vec<Notice>,
+    /// `Some(true)` when the last route polled answered, `Some(false)` when it failed.
+    pub(crate) answered: Option<bool>,
+    pub(crate) log_lines: Vec<String>,
+}
+
+/// The three routes polled on their schedules (`backoff::imds_poll_delay`: the spot and
+/// rebalance routes every [`crate::backoff::IMDS_FAST_POLL`], scheduled events every
+/// [`crate::backoff::IMDS_SCHEDULED_POLL`], each backing off on its own failures), each
+/// notice reported once. The fleet agent's lifecycle and standalone fleetd both poll through it.
+#[derive(Debug)]
+pub(crate) struct NoticePoller {
+    client: ImdsClient,
+    seen: SeenNotices,
+    limiter: FailureLimiter,
+    failures: [u32; 3],
+    due: [tokio::time::Instant; 3],
+}
+
+impl NoticePoller {
+    pub(crate) fn new(client: ImdsClient) -> NoticePoller {
+        NoticePoller {
+            client,
+            seen: SeenNotices::default(),
+            limiter: FailureLimiter::new(FAILURE_LOG_INTERVAL),
+            failures: [0; 3],
+            due: [tokio::time::Instant::now(); 3],
+        }
+    }
+
+    /// The client, for the requests other than notices (metadata).
+    pub(crate) fn client(&mut self) -> &mut ImdsClient {
+        &mut self.client
+    }
+
+    /// Waits until a route is due, polls every route that is, and reports what it found.
+    pub(crate) async fn next_round(&mut self) -> PollRound {
+        let next = *self.due.iter().min().expect("three routes");
+        tokio::time::sleep_until(next).await;
+        let mut round = PollRound::default();
+        for (index, route) in Route::ALL.into_iter().enumerate() {
+            if self.due[index] > tokio::time::Instant::now() {
+                continue;
+            }
+            let interval = if route == Route::Scheduled {
+                crate::backoff::IMDS_SCHEDULED_POLL
+            } else {
+                crate::backoff::IMDS_FAST_POLL
+            };
+            match poll_route(&mut self.client, route, SystemTime::now()).await {
+                Ok(notices) => {
+                    self.failures[index] = 0;
+                    round.answered = Some(true);
+                    round.notices.extend(notices.into_iter().filter(|n| self.seen.is_new(n)));
+                }
+                Err(error) => {
+                    self.failures[index] = self.failures[index].saturating_add(1);
+                    round.answered = Some(false);
+                    if let Some(line) = self.limiter.failed(Instant::now(), &error) {
+                        round.log_lines.push(line);
+                    }
+                }
+            }
+            let delay = crate::backoff::imds_poll_delay(
+                interval,
+                self.failures[index],
+                crate::backoff::restart_jitter(),
+            );
+            self.due[index] = tokio::time::Instant::now() + delay;
+        }
+        round
+    }
+}
+
 /// Polls one route; the notices it holds.
 pub(crate) async fn poll_route(
     client: &mut ImdsClient,

@@ -44,12 +44,9 @@ use serde::{Deserialize, Serialize};
 use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
-use crate::backoff::{IMDS_FAST_POLL, IMDS_SCHEDULED_POLL, imds_poll_delay, restart_jitter};
 use crate::binary_log::BinaryLog;
 use crate::domains::{Engine, EngineContext};
-use crate::imds::{
-    FAILURE_LOG_INTERVAL, FailureLimiter, ImdsClient, Notice, Route, SeenNotices, poll_route,
-};
+use crate::imds::{ImdsClient, Notice, NoticePoller};
 use crate::instance_dir::write_file_atomically;
 use crate::machine_cloud::{MachineCloud, MachineFacts};
 use crate::metrics::AgentMetrics;
@@ -658,46 +655,23 @@ pub(crate) async fn run_line(
     }
 }
 
-/// Polls IMDS as `backoff::imds_poll_delay` says, sending each new notice as an event.
+/// Polls IMDS (see [`NoticePoller`]), sending each new notice as an event.
 async fn poll_imds(endpoint: String, handle: LifecycleHandle, log: Arc<BinaryLog>) {
-    let mut client = ImdsClient::new(&endpoint);
-    let metadata = crate::imds::metadata_macros(&mut client).await;
+    let mut poller = NoticePoller::new(ImdsClient::new(&endpoint));
+    let metadata = crate::imds::metadata_macros(poller.client()).await;
     handle.shared().metadata = metadata;
-    let mut seen = SeenNotices::default();
-    let mut limiter = FailureLimiter::new(FAILURE_LOG_INTERVAL);
-    let mut failures = [0u32; 3];
-    let mut due = [tokio::time::Instant::now(); 3];
     loop {
-        let next = *due.iter().min().expect("three routes");
-        tokio::time::sleep_until(next).await;
-        for (index, route) in Route::ALL.into_iter().enumerate() {
-            if due[index] > tokio::time::Instant::now() {
-                continue;
-            }
-            let interval =
-                if route == Route::Scheduled { IMDS_SCHEDULED_POLL } else { IMDS_FAST_POLL };
-            match poll_route(&mut client, route, SystemTime::now()).await {
-                Ok(notices) => {
-                    failures[index] = 0;
-                    handle.shared().imds_ok = Some(true);
-                    for notice in notices {
-                        if seen.is_new(&notice) {
-                            let (event, detail, values) = notice_event(&notice);
-                            log.event(&format!("lifecycle: IMDS: {detail}"));
-                            handle.send(event, detail, values);
-                        }
-                    }
-                }
-                Err(error) => {
-                    failures[index] = failures[index].saturating_add(1);
-                    handle.shared().imds_ok = Some(false);
-                    if let Some(line) = limiter.failed(Instant::now(), &error) {
-                        tracing::warn!("{line}");
-                    }
-                }
-            }
-            let delay = imds_poll_delay(interval, failures[index], restart_jitter());
-            due[index] = tokio::time::Instant::now() + delay;
+        let round = poller.next_round().await;
+        if round.answered.is_some() {
+            handle.shared().imds_ok = round.answered;
+        }
+        for line in round.log_lines {
+            tracing::warn!("{line}");
+        }
+        for notice in round.notices {
+            let (event, detail, values) = notice_event(&notice);
+            log.event(&format!("lifecycle: IMDS: {detail}"));
+            handle.send(event, detail, values);
         }
     }
 }
