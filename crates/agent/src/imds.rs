@@ -301,6 +301,9 @@ pub(crate) struct PollRound {
     /// `Some(true)` when the last route polled answered, `Some(false)` when it failed.
     pub(crate) answered: Option<bool>,
     pub(crate) log_lines: Vec<String>,
+    /// Routes polled in this round, and how many of them failed.
+    pub(crate) polled: u64,
+    pub(crate) failed: u64,
 }
 
 /// The three routes polled on their schedules (`backoff::imds_poll_delay`: the spot and
@@ -346,6 +349,7 @@ impl NoticePoller {
             } else {
                 crate::backoff::IMDS_FAST_POLL
             };
+            round.polled += 1;
             match poll_route(&mut self.client, route, SystemTime::now()).await {
                 Ok(notices) => {
                     self.failures[index] = 0;
@@ -355,6 +359,7 @@ impl NoticePoller {
                 Err(error) => {
                     self.failures[index] = self.failures[index].saturating_add(1);
                     round.answered = Some(false);
+                    round.failed += 1;
                     if let Some(line) = self.limiter.failed(Instant::now(), &error) {
                         round.log_lines.push(line);
                     }

@@ -280,7 +280,12 @@ impl LifecycleTask {
             .and_then(|bytes| serde_json::from_slice(&bytes).ok())
             .unwrap_or_default();
         let poller = self.context.imds_endpoint.clone().map(|endpoint| {
-            tokio::spawn(poll_imds(endpoint, self.handle.clone(), self.context.log.clone()))
+            tokio::spawn(poll_imds(
+                endpoint,
+                self.handle.clone(),
+                self.context.log.clone(),
+                self.context.machine.metrics.clone(),
+            ))
         });
         let mut status = self.supervisor.watch();
         let mut seen = status.borrow().clone();
@@ -656,12 +661,18 @@ pub(crate) async fn run_line(
 }
 
 /// Polls IMDS (see [`NoticePoller`]), sending each new notice as an event.
-async fn poll_imds(endpoint: String, handle: LifecycleHandle, log: Arc<BinaryLog>) {
+async fn poll_imds(
+    endpoint: String,
+    handle: LifecycleHandle,
+    log: Arc<BinaryLog>,
+    metrics: Arc<AgentMetrics>,
+) {
     let mut poller = NoticePoller::new(ImdsClient::new(&endpoint));
     let metadata = crate::imds::metadata_macros(poller.client()).await;
     handle.shared().metadata = metadata;
     loop {
         let round = poller.next_round().await;
+        metrics.count_imds_polls(round.polled, round.failed);
         if round.answered.is_some() {
             handle.shared().imds_ok = round.answered;
         }

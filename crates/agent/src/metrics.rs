@@ -9,6 +9,8 @@
 //! | `flotilla_agent_uptime_seconds` | gauge | seconds since the agent started |
 //! | `flotilla_binary_uptime_seconds` | gauge | seconds since the binary started (0 when down) |
 //! | `flotilla_lifecycle_notifications_failed_total` | counter | lifecycle notifications given up on after their retries |
+//! | `flotilla_imds_polls_total` | counter | polls of IMDS's notice routes |
+//! | `flotilla_imds_poll_failures_total` | counter | those that failed (no answer, an error status, a bad body) |
 //!
 //! Everything but the counters is read from the agent's state at scrape time, and the
 //! binary's gauges from one reading of the supervisor's status: `binary_up` and the health state
@@ -74,6 +76,8 @@ pub(crate) struct AgentMetrics {
     binary_up: Gauge,
     restarts: Counter,
     notifications_failed: Counter,
+    imds_polls: Counter,
+    imds_poll_failures: Counter,
     health_state: Family<Labels, Gauge>,
     version_info: Family<Labels, Gauge>,
     agent_uptime: Gauge<f64, AtomicU64>,
@@ -86,6 +90,8 @@ impl AgentMetrics {
         let binary_up = Gauge::default();
         let restarts = Counter::default();
         let notifications_failed = Counter::default();
+        let imds_polls = Counter::default();
+        let imds_poll_failures = Counter::default();
         let health_state = Family::<Labels, Gauge>::default();
         let version_info = Family::<Labels, Gauge>::default();
         let agent_uptime = Gauge::<f64, AtomicU64>::default();
@@ -100,6 +106,16 @@ impl AgentMetrics {
             "lifecycle_notifications_failed",
             "Lifecycle notifications (SNS, SQS) given up on after their retries, since the agent started",
             notifications_failed.clone(),
+        );
+        registry.register(
+            "imds_polls",
+            "Polls of IMDS's spot, rebalance and scheduled-event routes, since the agent started",
+            imds_polls.clone(),
+        );
+        registry.register(
+            "imds_poll_failures",
+            "IMDS polls that failed (no answer in time, an error status, a body that does not parse)",
+            imds_poll_failures.clone(),
         );
         registry.register(
             "binary_health_state",
@@ -122,6 +138,8 @@ impl AgentMetrics {
             binary_up,
             restarts,
             notifications_failed,
+            imds_polls,
+            imds_poll_failures,
             health_state,
             version_info,
             agent_uptime,
@@ -137,6 +155,12 @@ impl AgentMetrics {
     /// Counts one notification given up on.
     pub(crate) fn count_notification_failure(&self) {
         self.notifications_failed.inc();
+    }
+
+    /// Counts IMDS polls: `polled` of them, `failed` of those failed.
+    pub(crate) fn count_imds_polls(&self, polled: u64, failed: u64) {
+        self.imds_polls.inc_by(polled);
+        self.imds_poll_failures.inc_by(failed);
     }
 
     /// The OpenMetrics text for `snapshot`.
@@ -252,6 +276,7 @@ mod tests {
         metrics.count_restart();
         metrics.count_notification_failure();
         metrics.count_notification_failure();
+        metrics.count_imds_polls(3, 1);
         let text = metrics.render(&MetricsSnapshot {
             running: true,
             state: BinaryState::Healthy,
@@ -263,6 +288,8 @@ mod tests {
             "flotilla_binary_up 1\n",
             "flotilla_binary_restarts_total 1\n",
             "flotilla_lifecycle_notifications_failed_total 2\n",
+            "flotilla_imds_polls_total 3\n",
+            "flotilla_imds_poll_failures_total 1\n",
             "flotilla_binary_health_state{state=\"healthy\"} 1\n",
             "flotilla_binary_health_state{state=\"crash-looping\"} 0\n",
             "flotilla_binary_version_info{version=\"abc\"} 1\n",
