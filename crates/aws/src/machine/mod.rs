@@ -87,17 +87,13 @@ impl AwsMachineCloud {
     }
 
     pub(crate) fn ec2(&self, region: &str) -> aws_sdk_ec2::Client {
-        let mut clients = self.ec2.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        clients
-            .entry(region.to_owned())
-            .or_insert_with(|| {
-                aws_sdk_ec2::Client::from_conf(
-                    aws_sdk_ec2::config::Builder::from(&self.config)
-                        .region(Region::new(region.to_owned()))
-                        .build(),
-                )
-            })
-            .clone()
+        client_of(&self.ec2, region, || {
+            aws_sdk_ec2::Client::from_conf(
+                aws_sdk_ec2::config::Builder::from(&self.config)
+                    .region(Region::new(region.to_owned()))
+                    .build(),
+            )
+        })
     }
 
     pub(crate) fn route53(&self) -> &aws_sdk_route53::Client {
@@ -106,35 +102,37 @@ impl AwsMachineCloud {
 
     /// An SNS client of `region` that sends each request once.
     pub(crate) fn sns(&self, region: &str) -> aws_sdk_sns::Client {
-        let mut clients = self.sns.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        clients
-            .entry(region.to_owned())
-            .or_insert_with(|| {
-                aws_sdk_sns::Client::from_conf(
-                    aws_sdk_sns::config::Builder::from(&self.config)
-                        .region(Region::new(region.to_owned()))
-                        .retry_config(aws_config::retry::RetryConfig::disabled())
-                        .build(),
-                )
-            })
-            .clone()
+        client_of(&self.sns, region, || {
+            aws_sdk_sns::Client::from_conf(
+                aws_sdk_sns::config::Builder::from(&self.config)
+                    .region(Region::new(region.to_owned()))
+                    .retry_config(aws_config::retry::RetryConfig::disabled())
+                    .build(),
+            )
+        })
     }
 
     /// An SQS client of `region` that sends each request once.
     pub(crate) fn sqs(&self, region: &str) -> aws_sdk_sqs::Client {
-        let mut clients = self.sqs.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        clients
-            .entry(region.to_owned())
-            .or_insert_with(|| {
-                aws_sdk_sqs::Client::from_conf(
-                    aws_sdk_sqs::config::Builder::from(&self.config)
-                        .region(Region::new(region.to_owned()))
-                        .retry_config(aws_config::retry::RetryConfig::disabled())
-                        .build(),
-                )
-            })
-            .clone()
+        client_of(&self.sqs, region, || {
+            aws_sdk_sqs::Client::from_conf(
+                aws_sdk_sqs::config::Builder::from(&self.config)
+                    .region(Region::new(region.to_owned()))
+                    .retry_config(aws_config::retry::RetryConfig::disabled())
+                    .build(),
+            )
+        })
     }
+}
+
+/// The client of `region` in `clients`, made with `make` the first time.
+fn client_of<C: Clone>(
+    clients: &Mutex<BTreeMap<String, C>>,
+    region: &str,
+    make: impl FnOnce() -> C,
+) -> C {
+    let mut clients = clients.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    clients.entry(region.to_owned()).or_insert_with(make).clone()
 }
 
 impl MachineCloud for AwsMachineCloud {
