@@ -53,11 +53,30 @@ pub(crate) fn apt_lock_retry_delay(
     waited: Duration,
     jitter: f64,
 ) -> Option<Duration> {
+    bounded_retry_delay(
+        attempt,
+        waited,
+        (APT_LOCK_RETRY_INITIAL, APT_LOCK_RETRY_MAX),
+        APT_LOCK_WAIT,
+        jitter,
+    )
+}
+
+/// The wait before retry `attempt` (1 for the first) of a try that gives up after `bound`:
+/// `initial`, doubling to at most `max`, times `jitter` (clamped to 0.8..=1.2); `None` once
+/// `waited` plus that wait would pass `bound`.
+pub(crate) fn bounded_retry_delay(
+    attempt: u32,
+    waited: Duration,
+    (initial, max): (Duration, Duration),
+    bound: Duration,
+    jitter: f64,
+) -> Option<Duration> {
     let doublings = attempt.saturating_sub(1).min(16);
-    let uncapped = APT_LOCK_RETRY_INITIAL.saturating_mul(2u32.saturating_pow(doublings));
+    let uncapped = initial.saturating_mul(2u32.saturating_pow(doublings));
     let jitter = if jitter.is_nan() { 1.0 } else { jitter.clamp(0.8, 1.2) };
-    let delay = scale(uncapped.min(APT_LOCK_RETRY_MAX), jitter);
-    (waited.saturating_add(delay) <= APT_LOCK_WAIT).then_some(delay)
+    let delay = scale(uncapped.min(max), jitter);
+    (waited.saturating_add(delay) <= bound).then_some(delay)
 }
 
 /// The delay before restarting after the `consecutive_failures`-th failure in a row (1 for the

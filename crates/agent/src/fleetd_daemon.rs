@@ -85,11 +85,13 @@ pub(crate) fn imds_startup_delay(
     bound: Duration,
     jitter: f64,
 ) -> Option<Duration> {
-    let doublings = attempt.saturating_sub(1).min(16);
-    let uncapped = STARTUP_RETRY_INITIAL.saturating_mul(2u32.saturating_pow(doublings));
-    let jitter = if jitter.is_nan() { 1.0 } else { jitter.clamp(0.8, 1.2) };
-    let delay = uncapped.min(STARTUP_RETRY_MAX).mul_f64(jitter);
-    (waited.saturating_add(delay) <= bound).then_some(delay)
+    crate::backoff::bounded_retry_delay(
+        attempt,
+        waited,
+        (STARTUP_RETRY_INITIAL, STARTUP_RETRY_MAX),
+        bound,
+        jitter,
+    )
 }
 
 /// What the machine cloud is made from, once the facts are known.
