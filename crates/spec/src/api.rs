@@ -12,6 +12,7 @@
 //! | [`Request::Restart`] | `POST /v1/restart` | when a version is installed and no rollout is under way |
 //! | [`Request::Stop`] | `POST /v1/stop` | when no rollout is under way |
 //! | [`Request::Keepalive`] | `POST /v1/keepalive` | always |
+//! | [`Request::Drain`] | `POST /v1/drain` | when no rollout is under way |
 //!
 //! Every request the agent answers counts as word from the deployment for the installed
 //! version's `keepalive`; [`Request::Keepalive`] exists for a cron job that says nothing else.
@@ -52,6 +53,11 @@ pub enum Request {
     Stop,
     /// Nothing but word from the deployment: resets the keepalive. Answers [`KeepaliveReport`].
     Keepalive,
+    /// The machine is leaving the deployment: run the lifecycle's `stopping` hooks, stop the
+    /// binary as `Stop` does, and undo what the lifecycle holds (DNS records restored or
+    /// removed, volumes unmounted and released). Answers [`AgentStatus`] when all of it is done;
+    /// the agent keeps answering until the machine is removed.
+    Drain,
 }
 
 /// Where a machine's keepalive stands (see [`crate::manifest::Manifest::keepalive`]).
@@ -170,6 +176,7 @@ impl Request {
             ("POST", "/v1/restart") => Ok(Request::Restart),
             ("POST", "/v1/stop") => Ok(Request::Stop),
             ("POST", "/v1/keepalive") => Ok(Request::Keepalive),
+            ("POST", "/v1/drain") => Ok(Request::Drain),
             _ => Err(RequestError::NotFound { method: method.to_owned(), path: path.to_owned() }),
         }
     }
@@ -192,6 +199,7 @@ impl Request {
             Request::Restart => ("POST", "/v1/restart".to_owned(), None),
             Request::Stop => ("POST", "/v1/stop".to_owned(), None),
             Request::Keepalive => ("POST", "/v1/keepalive".to_owned(), None),
+            Request::Drain => ("POST", "/v1/drain".to_owned(), None),
         }
     }
 }
@@ -271,8 +279,15 @@ impl RolloutPhase {
 /// The last rollout the agent ran.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Rollout {
-    /// The version being installed.
+    /// The version being installed (for a hosts-only change, the installed one).
     pub version: String,
+    /// The hosts.yaml digest being installed; absent from agents that predate hosts-only
+    /// changes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<String>,
+    /// Whether only hosts.yaml changed (the binary and its config stayed).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub hosts_only: bool,
     /// The version installed before, if any.
     pub previous: Option<String>,
     pub phase: RolloutPhase,
@@ -303,6 +318,10 @@ pub struct AgentStatus {
     pub restarts: u64,
     /// Installed version id.
     pub version: Option<String>,
+    /// The digest (SHA-256) of the hosts.yaml the binary reads, apart from the version: a
+    /// membership change alters it alone.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hosts: Option<String>,
     /// Seconds the binary has been running, while it runs.
     pub uptime_secs: Option<u64>,
     /// Seconds the agent has been running.

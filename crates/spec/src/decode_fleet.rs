@@ -22,8 +22,9 @@ use super::reader::{
 };
 use super::rules::{InstanceName, check_cidr, machine_total_problem};
 use crate::fleet::{
-    FleetSpec, HealthCheck, InstanceSpec, MAX_HEALTH_DEADLINE, MAX_KEEPALIVE, MAX_RESTART_BACKOFF,
-    MonitoringSpec, Percent, PortSpec, ProviderKind, RestartPolicy, RestartSpec, UpdateSpec,
+    FleetSpec, HealthCheck, HostsSignal, InstanceSpec, MAX_HEALTH_DEADLINE, MAX_KEEPALIVE,
+    MAX_RESTART_BACKOFF, MonitoringSpec, OnHostsChange, Percent, PortSpec, ProviderKind,
+    RestartPolicy, RestartSpec, UpdateSpec,
 };
 use crate::suggest::closest_match;
 use crate::tree::{Node, NodeValue};
@@ -98,6 +99,7 @@ pub(crate) const INSTANCE_KEYS: &[KeySpec] = &[
     flotilla("root_volume"),
     flotilla("lifecycle"),
     flotilla("keepalive"),
+    flotilla("on_hosts_change"),
 ];
 
 pub(crate) const PORT_KEYS: &[KeySpec] = &[
@@ -108,6 +110,9 @@ pub(crate) const PORT_KEYS: &[KeySpec] = &[
 
 pub(crate) const UPDATE_KEYS: &[KeySpec] =
     &[flotilla("batch_size"), flotilla("max_unavailable"), flotilla("health_deadline")];
+
+pub(crate) const ON_HOSTS_CHANGE_KEYS: &[KeySpec] =
+    &[flotilla_required("signal", "add `signal:` with a signal name, e.g. `signal: SIGHUP`")];
 
 pub(crate) const RESTART_KEYS: &[KeySpec] =
     &[flotilla("policy"), flotilla("initial_backoff"), flotilla("max_backoff")];
@@ -248,6 +253,7 @@ impl Decoder<'_> {
         let keepalive = self.optional_or_null(&fields, "keepalive", |decoder, node, field| {
             decoder.read_duration(node, field, MAX_KEEPALIVE)
         });
+        let on_hosts_change = self.optional(&fields, "on_hosts_change", Self::read_on_hosts_change);
 
         if let (Some(name_value), Some(location)) = (name.value(), name.location())
             && !matches!(count, Slot::Invalid)
@@ -285,6 +291,7 @@ impl Decoder<'_> {
             account: account?.keys,
             lifecycle: lifecycle.into_optional()?,
             keepalive: keepalive.into_optional()?,
+            on_hosts_change: on_hosts_change.into_optional()?.unwrap_or_default(),
         })
     }
 
@@ -518,6 +525,52 @@ impl Decoder<'_> {
             return None;
         }
         Some(spec)
+    }
+
+    fn read_on_hosts_change(&mut self, node: &Node, field: &str) -> Option<OnHostsChange> {
+        const WRITE: &str = "write `restart`, `none`, or a mapping `{signal: SIGHUP}`";
+        if node.as_scalar().is_some() {
+            let text = self.read_string(node, field)?;
+            return match text.as_str() {
+                "restart" => Some(OnHostsChange::Restart),
+                "none" => Some(OnHostsChange::None),
+                _ => {
+                    let help = match closest_match(&text, ["restart", "none"]) {
+                        Some(known) => format!("did you mean `{known}`?"),
+                        None if HostsSignal::parse(&text).is_some() => {
+                            format!("a signal is written as a mapping: `{{signal: {text}}}`")
+                        }
+                        None => WRITE.to_owned(),
+                    };
+                    self.error(
+                        node.location,
+                        field,
+                        format!("unknown on_hosts_change `{text}`"),
+                        help,
+                    );
+                    None
+                }
+            };
+        }
+        let fields = self.open_mapping(node, field, ON_HOSTS_CHANGE_KEYS, UnknownKeys::Refuse)?;
+        let signal = self.required(&fields, "signal", |decoder, node, field| {
+            let text = decoder.read_string(node, field)?;
+            let signal = HostsSignal::parse(&text);
+            if signal.is_none() {
+                let names: Vec<&str> = HostsSignal::ALL.iter().map(|(_, name)| *name).collect();
+                decoder.error(
+                    node.location,
+                    field,
+                    format!("`{text}` is not a signal a binary may be sent on a hosts change"),
+                    format!(
+                        "use one of {}; SIGTERM, SIGKILL and SIGSTOP would stop the binary",
+                        names.join(", ")
+                    ),
+                );
+            }
+            signal
+        });
+        Some(OnHostsChange::Signal(signal.into_required()?))
     }
 
     fn read_restart_policy(&mut self, node: &Node, field: &str) -> Option<RestartPolicy> {

@@ -205,6 +205,73 @@ pub struct InstanceSpec {
     )]
     #[schemars(with = "Option<DurationText>", extend("x-origin" = "flotilla"))]
     pub keepalive: Option<Duration>,
+    /// What a running binary's machine does when only hosts.yaml changes (machines added, removed or replaced): the file is swapped in place first, then `restart` (the default: restarted in health-gated batches, as an update), `{signal: SIGHUP}` (the binary is sent the signal and rereads the file; no restart), or `none`.
+    #[serde(default, skip_serializing_if = "OnHostsChange::is_default")]
+    #[schemars(extend("x-origin" = "flotilla", "default" = "restart"))]
+    pub on_hosts_change: OnHostsChange,
+}
+
+/// What the agent does after it swapped hosts.yaml in place for a hosts-only change.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, serde::Deserialize, JsonSchema,
+)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum OnHostsChange {
+    /// Restart the binary, health-gated; a restart that fails puts the old file back.
+    #[default]
+    Restart,
+    /// Send the binary this signal (it rereads the file); it is not restarted.
+    Signal(HostsSignal),
+    /// Leave the binary alone; it reads the file when it wants.
+    None,
+}
+
+impl OnHostsChange {
+    pub fn is_default(&self) -> bool {
+        *self == OnHostsChange::Restart
+    }
+}
+
+/// The signals a binary may be sent when its hosts.yaml changes: those whose default action
+/// a program can take over to reread a file. Not `SIGTERM`, `SIGKILL` or `SIGSTOP`, which stop
+/// it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, serde::Deserialize, JsonSchema)]
+pub enum HostsSignal {
+    #[serde(rename = "SIGHUP")]
+    Hup,
+    #[serde(rename = "SIGUSR1")]
+    Usr1,
+    #[serde(rename = "SIGUSR2")]
+    Usr2,
+    #[serde(rename = "SIGWINCH")]
+    Winch,
+    #[serde(rename = "SIGINT")]
+    Int,
+    #[serde(rename = "SIGQUIT")]
+    Quit,
+}
+
+impl HostsSignal {
+    /// Every signal, with its name as written in a spec.
+    pub const ALL: [(HostsSignal, &'static str); 6] = [
+        (HostsSignal::Hup, "SIGHUP"),
+        (HostsSignal::Usr1, "SIGUSR1"),
+        (HostsSignal::Usr2, "SIGUSR2"),
+        (HostsSignal::Winch, "SIGWINCH"),
+        (HostsSignal::Int, "SIGINT"),
+        (HostsSignal::Quit, "SIGQUIT"),
+    ];
+
+    pub fn name(self) -> &'static str {
+        HostsSignal::ALL.iter().find(|(signal, _)| *signal == self).map_or("", |(_, name)| name)
+    }
+
+    /// Reads `SIGHUP`, `HUP` or `hup`.
+    pub fn parse(text: &str) -> Option<HostsSignal> {
+        let upper = text.trim().to_ascii_uppercase();
+        let name = if upper.starts_with("SIG") { upper } else { format!("SIG{upper}") };
+        HostsSignal::ALL.iter().find(|(_, known)| *known == name).map(|(signal, _)| *signal)
+    }
 }
 
 impl InstanceSpec {

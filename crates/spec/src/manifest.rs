@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::account::BootSpec;
-use crate::fleet::{HealthCheck, RestartSpec};
+use crate::fleet::{HealthCheck, OnHostsChange, RestartSpec};
 use crate::fleetd::FleetdConfig;
 
 /// An artifact the agent downloads and verifies before it uses it.
@@ -24,14 +24,21 @@ pub struct Artifact {
 }
 
 /// What one machine runs: the binary, its config and hosts.yaml, and how to run them.
+///
+/// hosts.yaml is not part of the version ([`Manifest::version`]): a manifest that differs from
+/// the installed one only in `hosts` is a hosts-only change, which the agent applies in place as
+/// `on_hosts_change` says.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub binary: Artifact,
     /// Lands as `config.conf`.
     pub config: Artifact,
-    /// Lands as `hosts.yaml`.
+    /// Lands as `hosts.yaml`, one file per machine that every version reads, swapped in place.
     pub hosts: Artifact,
+    /// What the agent does when only `hosts` changes.
+    #[serde(default, skip_serializing_if = "OnHostsChange::is_default")]
+    pub on_hosts_change: OnHostsChange,
     /// Arguments after `--hosts=… --config=…`.
     #[serde(default)]
     pub args: Vec<String>,
@@ -78,15 +85,16 @@ pub struct ManifestLifecycle {
 }
 
 impl Manifest {
-    /// The version id: SHA-256 (hex) over what the binary sees (artifact digests, args, env,
-    /// health and restart policy). URLs and the deadline do not count, so the same content
-    /// served from another place is the same version, and applying it again is a no-op.
+    /// The version id: SHA-256 (hex) over what the binary is and how it runs (the binary's and
+    /// the config's digests, args, env, health and restart policy, boot additions, lifecycle,
+    /// keepalive). URLs and the deadline do not count, so the same content served from another
+    /// place is the same version, and applying it again is a no-op. hosts.yaml does not count
+    /// either: membership changes are [`Manifest::hosts_version`]'s, applied in place.
     pub fn version(&self) -> String {
         #[derive(Serialize)]
         struct Content<'a> {
             binary: &'a str,
             config: &'a str,
-            hosts: &'a str,
             args: &'a [String],
             env: &'a BTreeMap<String, String>,
             health: &'a HealthCheck,
@@ -105,7 +113,6 @@ impl Manifest {
         let content = Content {
             binary: &self.binary.sha256,
             config: &self.config.sha256,
-            hosts: &self.hosts.sha256,
             args: &self.args,
             env: &self.env,
             health: &self.health,
@@ -116,6 +123,13 @@ impl Manifest {
         };
         let json = serde_json::to_vec(&content).expect("a struct of strings serializes to JSON");
         hex::encode(Sha256::digest(&json))
+    }
+}
+
+impl Manifest {
+    /// The hosts file's version: its SHA-256, shown apart from [`Manifest::version`].
+    pub fn hosts_version(&self) -> &str {
+        &self.hosts.sha256
     }
 }
 
@@ -150,7 +164,18 @@ mod tests {
             boot: Default::default(),
             lifecycle: None,
             keepalive: None,
+            on_hosts_change: OnHostsChange::Restart,
         }
+    }
+
+    #[test]
+    fn hosts_are_not_part_of_the_version() {
+        let a = manifest();
+        let mut b = manifest();
+        b.hosts.sha256 = "e".repeat(64);
+        b.on_hosts_change = OnHostsChange::None;
+        assert_eq!(a.version(), b.version(), "a hosts-only change keeps the version");
+        assert_ne!(a.hosts_version(), b.hosts_version());
     }
 
     #[test]
