@@ -191,6 +191,10 @@ async fn answer(
             Ok(status) => json_response(StatusCode::OK, &status),
             Err(refusal) => refusal_response(refusal),
         },
+        Request::Drain => match versions.drain().await {
+            Ok(status) => json_response(StatusCode::OK, &status),
+            Err(refusal) => refusal_response(refusal),
+        },
     }
 }
 

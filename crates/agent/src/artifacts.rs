@@ -17,20 +17,19 @@ use crate::instance_dir::{
 };
 
 /// How long one artifact may take to download.
-const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+pub(crate) const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 
 /// The file names of a version directory.
 pub(crate) const BINARY_FILE: &str = "binary";
 pub(crate) const CONFIG_FILE: &str = "config.conf";
-pub(crate) const HOSTS_FILE: &str = "hosts.yaml";
 pub(crate) const MANIFEST_FILE: &str = "manifest.json";
 
-/// The three artifacts of a manifest, with the file each lands in and its mode.
-fn artifacts(manifest: &Manifest) -> [(&Artifact, &'static str, u32); 3] {
+/// The artifacts of a version directory, with the file each lands in and its mode. hosts.yaml
+/// is not one: it is not part of the version (see `hosts`).
+fn artifacts(manifest: &Manifest) -> [(&Artifact, &'static str, u32); 2] {
     [
         (&manifest.binary, BINARY_FILE, BINARY_MODE),
         (&manifest.config, CONFIG_FILE, PRIVATE_FILE_MODE),
-        (&manifest.hosts, HOSTS_FILE, PRIVATE_FILE_MODE),
     ]
 }
 
@@ -119,7 +118,7 @@ async fn verify_version_dir(version_dir: &Path, manifest: &Manifest) -> Result<(
 }
 
 /// Checks size, then SHA-256, of the file at `path` (hashed on a blocking thread).
-async fn verify_artifact(
+pub(crate) async fn verify_artifact(
     path: PathBuf,
     artifact: Artifact,
     file_name: &'static str,

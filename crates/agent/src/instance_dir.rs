@@ -9,12 +9,14 @@
 //!   binary.pgid                  0600  the running binary's process group (see process_group)
 //!   boot-commands.json           0600  the boot id and the boot commands that succeeded in it
 //!   lifecycle-state.json         0600  {started}: the `started` hooks ran on this machine
+//!   hosts.yaml                   0600  the membership every version reads; swapped in place
+//!   hosts.previous.yaml          0600  the one before, put back when a change fails
+//!   hosts.yaml.partial           0600  a download under way
 //!   root/                              boot files, when the bootstrap puts them here (local)
 //!   versions/                    0700
 //!     <version>/                 0700  one verified version, renamed into place when complete
 //!       binary                   0700
 //!       config.conf              0600
-//!       hosts.yaml               0600
 //!       manifest.json            0600  the manifest, to restart this version after a reboot
 //!     <version>.partial/         0700  a download under way (removed at start)
 //!   work/                        0700  the binary's working directory, kept across versions
@@ -82,6 +84,19 @@ impl InstanceDir {
 
     pub(crate) fn partial_version(&self, version: &str) -> PathBuf {
         self.versions().join(format!("{version}.partial"))
+    }
+
+    /// hosts.yaml, apart from the versions (see `hosts`).
+    pub(crate) fn hosts(&self) -> PathBuf {
+        self.root.join("hosts.yaml")
+    }
+
+    pub(crate) fn previous_hosts(&self) -> PathBuf {
+        self.root.join("hosts.previous.yaml")
+    }
+
+    pub(crate) fn partial_hosts(&self) -> PathBuf {
+        self.root.join("hosts.yaml.partial")
     }
 
     pub(crate) fn work(&self) -> PathBuf {

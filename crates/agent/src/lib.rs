@@ -79,6 +79,7 @@ mod failpoint;
 mod fetch;
 pub mod fleetd_daemon;
 mod health;
+mod hosts;
 mod identity;
 mod imds;
 mod imds_rehearsal;

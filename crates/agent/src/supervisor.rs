@@ -7,7 +7,8 @@
 //! sees as a [`SupervisorStatus`] on a watch channel, which the API, the metrics and rollouts
 //! read.
 //!
-//! The binary runs as `<dir>/versions/<version>/binary --hosts=… --config=… <args…>` in
+//! The binary runs as `<dir>/versions/<version>/binary --hosts=<dir>/hosts.yaml --config=…
+//! <args…>` (hosts.yaml apart from the version: see `hosts`) in
 //! `<dir>/work`, with the agent's environment plus `FLOTILLA_TAG`, `FLOTILLA_NAME`,
 //! `FLOTILLA_REGION`, `FLOTILLA_IP`, `FLOTILLA_PRIVATE_IP`, then the manifest's `env`. It leads
 //! its own process group. Stopping it sends SIGTERM to the group and SIGKILL after the
@@ -32,6 +33,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use flotilla_spec::api::{BinaryState, BootReport, ExitInfo};
+use flotilla_spec::fleet::HostsSignal;
 use flotilla_spec::fleetd::Event;
 use flotilla_spec::manifest::{Manifest, short_version};
 use flotilla_spec::{HealthCheck, RestartPolicy};
@@ -40,7 +42,7 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::artifacts::{BINARY_FILE, CONFIG_FILE, HOSTS_FILE};
+use crate::artifacts::{BINARY_FILE, CONFIG_FILE};
 use crate::backoff::{CRASH_LOOP_EXITS, STABLE_RUN, restart_delay, restart_jitter};
 use crate::binary_log::BinaryLog;
 use crate::boot::{self, BootTarget};
@@ -179,6 +181,9 @@ pub(crate) enum Order {
     Clear,
     /// Stop the binary and end the supervisor.
     Shutdown,
+    /// Send the running binary (its process, not its group) this signal, for a hosts-only
+    /// change; it keeps running. Nothing happens when it does not run.
+    Signal(HostsSignal),
 }
 
 #[derive(Debug)]
@@ -341,18 +346,40 @@ impl Supervisor {
                             self.status.send_modify(|status| status.restarts += 1);
                             self.start_selected().await
                         }
-                        command = self.orders.recv() => self.obey(command, None).await,
+                        command = self.orders.recv() => match command {
+                            Some(Command { order: Order::Signal(signal), done }) => {
+                                // Between runs: the next start reads the new file.
+                                self.log.event(&format!(
+                                    "hosts.yaml changed while the binary waits to restart; it starts with the new file, so it is not sent {}",
+                                    signal.name()
+                                ));
+                                let _ = done.send(self.status.borrow().generation);
+                                Activity::BackingOff { until }
+                            }
+                            command => self.obey(command, None).await,
+                        },
                     }
                 }
                 Activity::Booting(mut boot) => {
                     tokio::select! {
                         report = &mut boot => self.after_boot(report).await,
-                        command = self.orders.recv() => {
-                            // Dropping the boot step kills the command it runs, if any.
-                            drop(boot);
-                            self.log.event("boot additions interrupted by an order");
-                            self.obey(command, None).await
-                        }
+                        command = self.orders.recv() => match command {
+                            Some(Command { order: Order::Signal(signal), done }) => {
+                                // Not started yet: it reads the new file when it starts.
+                                self.log.event(&format!(
+                                    "hosts.yaml changed while booting; the binary starts with it, so it is not sent {}",
+                                    signal.name()
+                                ));
+                                let _ = done.send(self.status.borrow().generation);
+                                Activity::Booting(boot)
+                            }
+                            command => {
+                                // Dropping the boot step kills the command it runs, if any.
+                                drop(boot);
+                                self.log.event("boot additions interrupted by an order");
+                                self.obey(command, None).await
+                            }
+                        },
                     }
                 }
                 Activity::Running(mut running) => {
@@ -393,6 +420,8 @@ impl Supervisor {
                 Order::Stop => "stop requested".to_owned(),
                 Order::Clear => "its version is being removed".to_owned(),
                 Order::Shutdown => "the agent is stopping".to_owned(),
+                // Handled while the binary runs (see `on_event`), so never here with a binary.
+                Order::Signal(_) => "a signal was ordered".to_owned(),
             };
             self.stop_binary(running, &reason).await;
         }
@@ -438,6 +467,13 @@ impl Supervisor {
                     status.state = BinaryState::Idle;
                     status.health_error = None;
                 });
+                Activity::Waiting
+            }
+            Order::Signal(signal) => {
+                self.log.event(&format!(
+                    "hosts.yaml changed; the binary is not running, so it is not sent {}",
+                    signal.name()
+                ));
                 Activity::Waiting
             }
             Order::Shutdown => {
@@ -573,7 +609,9 @@ impl Supervisor {
             flag.push(version_dir.join(file));
             flag
         };
-        let mut args = vec![flag("--hosts=", HOSTS_FILE), flag("--config=", CONFIG_FILE)];
+        let mut hosts = OsString::from("--hosts=");
+        hosts.push(environment.dir.hosts());
+        let mut args = vec![hosts, flag("--config=", CONFIG_FILE)];
         args.extend(selected.manifest.args.iter().map(OsString::from));
         let env = self.binary_env(selected);
         ProcessSpec {
@@ -649,6 +687,12 @@ impl Supervisor {
 
     async fn on_event(&mut self, mut running: Box<RunningBinary>, event: RunningEvent) -> Activity {
         match event {
+            RunningEvent::Order(Some(Command { order: Order::Signal(signal), done })) => {
+                self.signal_binary(&running, signal);
+                // The requester may have stopped waiting.
+                let _ = done.send(self.status.borrow().generation);
+                Activity::Running(running)
+            }
             RunningEvent::Order(command) => self.obey(command, Some(running)).await,
             RunningEvent::Exited(result) => self.on_exit(running, result).await,
             RunningEvent::CheckDue => {
@@ -672,6 +716,35 @@ impl Supervisor {
                 self.on_check_result(&mut running, result);
                 Activity::Running(running)
             }
+        }
+    }
+
+    /// Sends `signal` to the running binary's own process.
+    fn signal_binary(&self, running: &RunningBinary, signal: HostsSignal) {
+        let number = match signal {
+            HostsSignal::Hup => Signal::HUP,
+            HostsSignal::Usr1 => Signal::USR1,
+            HostsSignal::Usr2 => Signal::USR2,
+            HostsSignal::Winch => Signal::WINCH,
+            HostsSignal::Int => Signal::INT,
+            HostsSignal::Quit => Signal::QUIT,
+        };
+        let sent = i32::try_from(running.pid)
+            .ok()
+            .and_then(rustix::process::Pid::from_raw)
+            .map(|pid| rustix::process::kill_process(pid, number));
+        match sent {
+            Some(Ok(())) => self.log.event(&format!(
+                "hosts.yaml changed; sent {} to the binary (pid {})",
+                signal.name(),
+                running.pid
+            )),
+            Some(Err(error)) => self.log.event(&format!(
+                "hosts.yaml changed, but {} could not be sent to the binary (pid {}): {error}",
+                signal.name(),
+                running.pid
+            )),
+            None => {}
         }
     }
 

@@ -18,6 +18,16 @@
 //!    record, and the previous version is restored and restarted (`rolled-back`), or, on a
 //!    first install, nothing runs (`failed`).
 //!
+//! A manifest whose version is the installed one but whose hosts.yaml differs is a hosts-only
+//! change (`hosts`): the file is staged and swapped in place, then per the manifest's
+//! `on_hosts_change` the binary is restarted and held to the health deadline (a failure puts
+//! the old file back and restarts again: `rolled-back`), sent a signal, or left alone. A full
+//! rollout that brings a new hosts.yaml swaps it just before the new version starts and puts the
+//! old one back if it rolls back.
+//!
+//! `Drain` (the machine leaves the deployment) runs the `stopping` hooks, stops the binary as
+//! `Stop` does and undoes what the lifecycle holds.
+//!
 //! Requests are allowed as [`flotilla_spec::api::Request`] documents; others get 409 Conflict.
 
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -27,7 +37,9 @@ use flotilla_spec::HealthCheck;
 use flotilla_spec::api::{
     AgentStatus, ApplyResponse, BinaryState, BootReport, Rollout, RolloutPhase,
 };
+use flotilla_spec::fleet::OnHostsChange;
 use flotilla_spec::fleet::{MAX_HEALTH_DEADLINE, MAX_RESTART_BACKOFF};
+use flotilla_spec::fleetd::Event;
 use flotilla_spec::identity::IdentityBundle;
 use flotilla_spec::manifest::{Manifest, is_sha256_hex, short_version};
 use tokio::task::JoinHandle;
@@ -40,6 +52,7 @@ use crate::components::{Components, Lifetime};
 use crate::context::AgentContext;
 use crate::deadline;
 use crate::fetch::Fetchers;
+use crate::hosts;
 use crate::instance_dir::InstanceDir;
 use crate::keepalive::KeepaliveHandle;
 use crate::lifecycle::LifecycleHandle;
@@ -77,6 +90,8 @@ pub(crate) struct Versions {
     supervisor: SupervisorHandle,
     fetchers: Fetchers,
     state: Mutex<AgentState>,
+    /// The digest of the hosts.yaml in place (see `hosts`).
+    hosts: Mutex<Option<String>>,
     rollout: Mutex<RolloutSlot>,
     /// Woken whenever a rollout finishes, for `WaitRollout`.
     rollout_finished: tokio::sync::Notify,
@@ -88,6 +103,9 @@ pub(crate) struct Versions {
     /// Word from the deployment: every request the API answers.
     pub(crate) keepalive: KeepaliveHandle,
 }
+
+/// How long after a hosts-change signal an exit counts as the binary's answer to it.
+const SIGNAL_SETTLE: Duration = Duration::from_millis(500);
 
 /// Locks a mutex whose data stays consistent even if a holder panicked (plain values).
 fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
@@ -113,6 +131,7 @@ impl Versions {
             supervisor,
             fetchers,
             state: Mutex::new(state),
+            hosts: Mutex::new(hosts::digest(&context.dir)),
             rollout: Mutex::new(RolloutSlot::default()),
             rollout_finished: tokio::sync::Notify::new(),
             started_at: Instant::now(),
@@ -143,6 +162,7 @@ impl Versions {
             pid: supervisor.pid,
             restarts: supervisor.restarts,
             version,
+            hosts: lock(&self.hosts).clone(),
             uptime_secs: supervisor.started_at.map(|started| started.elapsed().as_secs()),
             agent_uptime_secs: self.started_at.elapsed().as_secs(),
             last_exit: supervisor.last_exit,
@@ -164,14 +184,16 @@ impl Versions {
         self.metrics.render(&snapshot)
     }
 
-    /// `ApplyManifest`: answers at once; the rollout runs in the background.
+    /// `ApplyManifest`: answers at once; the rollout (or hosts-only change) runs in the
+    /// background.
     pub(crate) fn apply(self: &Arc<Self>, manifest: Manifest) -> Result<ApplyResponse, Refusal> {
         check_manifest(&manifest, &self.fetchers).map_err(Refusal::BadRequest)?;
         let version = manifest.version();
+        let hosts = manifest.hosts_version().to_owned();
         let mut slot = lock(&self.rollout);
         if slot.under_way {
             let current = slot.last.as_ref().expect("a rollout under way has a record");
-            if current.version == version {
+            if current.version == version && current.hosts.as_deref() == Some(hosts.as_str()) {
                 return Ok(ApplyResponse::Accepted { version });
             }
             return Err(Refusal::Conflict(format!(
@@ -181,12 +203,15 @@ impl Versions {
             )));
         }
         let installed = lock(&self.state).installed.clone();
-        if installed.as_deref() == Some(version.as_str()) {
+        let same_version = installed.as_deref() == Some(version.as_str());
+        if same_version && lock(&self.hosts).as_deref() == Some(hosts.as_str()) {
             return Ok(ApplyResponse::Unchanged { version });
         }
         slot.under_way = true;
         slot.last = Some(Rollout {
             version: version.clone(),
+            hosts: Some(hosts.clone()),
+            hosts_only: same_version,
             previous: installed,
             phase: RolloutPhase::Downloading,
             reason: None,
@@ -196,10 +221,19 @@ impl Versions {
         });
         let versions = self.clone();
         let rollout_version = version.clone();
-        let component = format!("rollout of version {}", short_version(&version));
-        slot.task = Some(self.components.spawn(component, Lifetime::UntilDone, async move {
-            versions.roll_out(rollout_version, Arc::new(manifest)).await;
-        }));
+        let manifest = Arc::new(manifest);
+        let task = if same_version {
+            let component = format!("hosts.yaml change to {}", short_version(&hosts));
+            self.components.spawn(component, Lifetime::UntilDone, async move {
+                versions.change_hosts(manifest).await;
+            })
+        } else {
+            let component = format!("rollout of version {}", short_version(&version));
+            self.components.spawn(component, Lifetime::UntilDone, async move {
+                versions.roll_out(rollout_version, manifest).await;
+            })
+        };
+        slot.task = Some(task);
         Ok(ApplyResponse::Accepted { version })
     }
 
@@ -242,6 +276,27 @@ impl Versions {
             self.supervisor.order(Order::Stop)
         };
         completion.wait().await;
+        Ok(self.status())
+    }
+
+    /// `Drain`: the machine leaves the deployment. The `stopping` hooks run while the binary
+    /// still serves, then it is stopped as by `Stop` (and stays stopped), then the lifecycle
+    /// undoes what it holds; the failures of the undo are logged and kept in the status.
+    pub(crate) async fn drain(&self) -> Result<AgentStatus, Refusal> {
+        refuse_during_rollout(&lock(&self.rollout), "drain")?;
+        self.log.event("draining: this machine is leaving the deployment");
+        if self.lifecycle.has_hooks(Event::Stopping) {
+            let stopping = self.lifecycle.run(Event::Stopping, "the machine is being drained");
+            if tokio::time::timeout(crate::lifecycle::DEFAULT_LINE_TIMEOUT, stopping).await.is_err()
+            {
+                self.log.event("draining: the stopping hooks did not end in time");
+            }
+        }
+        self.stop().await?;
+        for failure in self.lifecycle.undo().await {
+            self.log.event(&format!("draining: undo: {failure}"));
+        }
+        self.log.event("drained: the binary is stopped and the lifecycle undone");
         Ok(self.status())
     }
 
@@ -327,6 +382,8 @@ impl Versions {
         let now = unix_now();
         lock(&self.rollout).last = Some(Rollout {
             version: installed,
+            hosts: lock(&self.hosts).clone(),
+            hosts_only: false,
             previous: lock(&self.state).installed.clone(),
             phase,
             reason: Some(reason),
@@ -360,7 +417,43 @@ impl Versions {
             self.finish_rollout(phase, reason, Vec::new());
             return;
         }
+        // hosts.yaml, when it changes with the version, is staged now and swapped in just
+        // before the new version starts.
+        let new_hosts = manifest.hosts_version().to_owned();
+        let swap_hosts = lock(&self.hosts).as_deref() != Some(new_hosts.as_str());
+        if swap_hosts {
+            let staged = hosts::stage(&self.fetchers, &self.dir, &manifest.hosts).await;
+            if let Err(reason) = staged {
+                artifacts::remove_version(&self.dir, &version).await;
+                let phase = match state.installed {
+                    Some(_) => RolloutPhase::RolledBack,
+                    None => RolloutPhase::Failed,
+                };
+                self.log.event(&format!(
+                    "rollout of version {short} failed while downloading: {reason}; {previous_description} is left as it was"
+                ));
+                self.finish_rollout(phase, reason, Vec::new());
+                return;
+            }
+        }
         self.set_phase(RolloutPhase::Starting);
+        if swap_hosts {
+            if let Err(error) = hosts::swap(&self.dir) {
+                hosts::discard_staged(&self.dir);
+                artifacts::remove_version(&self.dir, &version).await;
+                let reason = format!("could not put the new hosts.yaml in place: {error}");
+                self.log.event(&format!(
+                    "rollout of version {short} failed: {reason}; {previous_description} is left as it was"
+                ));
+                let phase = match state.installed {
+                    Some(_) => RolloutPhase::RolledBack,
+                    None => RolloutPhase::Failed,
+                };
+                self.finish_rollout(phase, reason, Vec::new());
+                return;
+            }
+            *lock(&self.hosts) = Some(new_hosts);
+        }
         let run = Order::Run { version: version.clone(), manifest: manifest.clone() };
         let Some(generation) = self.supervisor.order(run).wait().await else {
             return;
@@ -388,8 +481,129 @@ impl Versions {
                 ));
                 self.finish_rollout(RolloutPhase::Healthy, String::new(), Vec::new());
             }
-            Err(reason) => self.roll_back(&version, &state, reason).await,
+            Err(reason) => {
+                if swap_hosts {
+                    self.put_previous_hosts_back();
+                }
+                self.roll_back(&version, &state, reason).await;
+            }
         }
+    }
+
+    /// Whether the binary exits (more than `exits_before` exits in all) within `window`.
+    async fn exited_within(&self, exits_before: u64, window: Duration) -> bool {
+        let mut watch = self.supervisor.watch();
+        let deadline = deadline::from_now(window);
+        loop {
+            if watch.borrow_and_update().exits > exits_before {
+                return true;
+            }
+            tokio::select! {
+                changed = watch.changed() => if changed.is_err() { return false },
+                () = tokio::time::sleep_until(deadline) => return false,
+            }
+        }
+    }
+
+    /// Puts the hosts.yaml from before a failed change back in place.
+    fn put_previous_hosts_back(&self) {
+        if let Err(error) = hosts::restore_previous(&self.dir) {
+            self.log.event(&format!("could not put the previous hosts.yaml back: {error}"));
+        }
+        *lock(&self.hosts) = hosts::digest(&self.dir);
+    }
+
+    /// A hosts-only change: the installed version stays; hosts.yaml is swapped in place, then
+    /// the binary is restarted (health-gated), signalled or left alone, as `on_hosts_change`
+    /// says.
+    async fn change_hosts(self: Arc<Self>, manifest: Arc<Manifest>) {
+        let new_hosts = manifest.hosts_version().to_owned();
+        let old_hosts = lock(&self.hosts).clone();
+        let describe = |digest: Option<&str>| match digest {
+            Some(digest) => short_version(digest).to_owned(),
+            None => "none".to_owned(),
+        };
+        let change = format!(
+            "hosts.yaml change {} → {}",
+            describe(old_hosts.as_deref()),
+            describe(Some(&new_hosts))
+        );
+        self.log.event(&format!("{change} started: the version stays"));
+        if let Err(reason) = hosts::stage(&self.fetchers, &self.dir, &manifest.hosts).await {
+            self.log.event(&format!(
+                "{change} failed while downloading: {reason}; the file is left as it was"
+            ));
+            self.finish_rollout(RolloutPhase::RolledBack, reason, Vec::new());
+            return;
+        }
+        if let Err(error) = hosts::swap(&self.dir) {
+            hosts::discard_staged(&self.dir);
+            let reason = format!("could not put the new hosts.yaml in place: {error}");
+            self.log.event(&format!("{change} failed: {reason}"));
+            self.finish_rollout(RolloutPhase::RolledBack, reason, Vec::new());
+            return;
+        }
+        *lock(&self.hosts) = Some(new_hosts);
+        let stopped = lock(&self.state).stopped;
+        match manifest.on_hosts_change {
+            OnHostsChange::None => {
+                self.log.event(&format!(
+                    "{change} done: the binary was left alone (on_hosts_change: none)"
+                ));
+            }
+            OnHostsChange::Signal(signal) => {
+                let exits_before = self.supervisor.status().exits;
+                self.supervisor.order(Order::Signal(signal)).wait().await;
+                if self.exited_within(exits_before, SIGNAL_SETTLE).await {
+                    // The binary does not handle the signal (its default action ends it): the
+                    // supervisor restarts it per its policy, with the new file.
+                    self.log.event(&format!(
+                        "{change}: the binary exited on {} (does it handle it?); it restarts per its restart policy",
+                        signal.name()
+                    ));
+                } else {
+                    self.log
+                        .event(&format!("{change} done: the binary was sent {}", signal.name()));
+                }
+            }
+            OnHostsChange::Restart if stopped => {
+                self.log.event(&format!(
+                    "{change} done: the binary is stopped by request, so it is not restarted"
+                ));
+            }
+            OnHostsChange::Restart => {
+                self.set_phase(RolloutPhase::Starting);
+                let Some(generation) = self.supervisor.order(Order::Restart).wait().await else {
+                    return;
+                };
+                if let Err(reason) =
+                    self.hold_to_deadline(generation, manifest.health_deadline).await
+                {
+                    let reason =
+                        reason.replacen("the new version", "the binary with the new hosts.yaml", 1);
+                    let log_tail = self.log.recent_lines();
+                    self.log.event(&format!(
+                        "{change} failed: {reason}; putting the previous file back and restarting"
+                    ));
+                    self.put_previous_hosts_back();
+                    let mut reason = reason;
+                    if let Some(generation) = self.supervisor.order(Order::Restart).wait().await
+                        && let Err(error) =
+                            self.hold_to_deadline(generation, manifest.health_deadline).await
+                    {
+                        let error = error.replacen("the new version", "the binary", 1);
+                        reason.push_str(&format!(
+                            "; after putting the previous hosts.yaml back, {error}"
+                        ));
+                    }
+                    self.finish_rollout(RolloutPhase::RolledBack, reason, log_tail);
+                    return;
+                }
+                self.log
+                    .event(&format!("{change} done: the binary restarted with it and is healthy"));
+            }
+        }
+        self.finish_rollout(RolloutPhase::Healthy, String::new(), Vec::new());
     }
 
     /// Watches the new version until it is healthy, fails, or the deadline passes.
@@ -655,6 +869,7 @@ mod tests {
             boot: Default::default(),
             lifecycle: None,
             keepalive: None,
+            on_hosts_change: OnHostsChange::Restart,
         }
     }
 

@@ -155,7 +155,10 @@ async fn bad_artifacts_are_refused_and_the_running_version_is_untouched() {
     assert_eq!(rollout.phase, RolloutPhase::RolledBack);
     assert!(rollout.reason.unwrap().contains("the config.conf at"), "names the artifact");
 
-    let mut missing = deployment.publish(&Version::script(&format!("echo missing\n{IDLE}")));
+    // hosts.yaml is fetched only when its content is not the one in place already.
+    let mut other_hosts = Version::script(&format!("echo missing\n{IDLE}"));
+    other_hosts.hosts = "hosts: [elsewhere]\n".to_owned();
+    let mut missing = deployment.publish(&other_hosts);
     missing.hosts.url = format!("file://{}/nowhere", deployment.temp.path().display());
     deployment.apply(&missing).await;
     let rollout = deployment.wait_rollout_done(&missing).await;

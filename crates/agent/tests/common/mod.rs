@@ -210,10 +210,11 @@ impl Deployment {
         let version = manifest.version();
         let status = self
             .wait_for("the rollout to finish", |status| {
-                status
-                    .rollout
-                    .as_ref()
-                    .is_some_and(|rollout| rollout.version == version && rollout.phase.is_done())
+                status.rollout.as_ref().is_some_and(|rollout| {
+                    rollout.version == version
+                        && rollout.hosts.as_deref() == Some(manifest.hosts_version())
+                        && rollout.phase.is_done()
+                })
             })
             .await;
         status.rollout.expect("a rollout")
@@ -254,7 +255,7 @@ impl Deployment {
         Manifest {
             binary: artifact("binary", &format!("#!/bin/sh\n{}", version.script)),
             config: artifact("config.conf", &version.config),
-            hosts: artifact("hosts.yaml", "hosts: []\n"),
+            hosts: artifact("hosts.yaml", &version.hosts),
             args: version.args.clone(),
             env: version.env.clone(),
             health: version.health.clone(),
@@ -263,6 +264,7 @@ impl Deployment {
             boot: version.boot.clone(),
             lifecycle: None,
             keepalive: None,
+            on_hosts_change: version.on_hosts_change,
         }
     }
 }
@@ -279,6 +281,9 @@ pub struct Version {
     pub health_deadline: Duration,
     /// What the agent does before the binary starts.
     pub boot: flotilla_spec::account::BootSpec,
+    /// hosts.yaml's content (not part of the version).
+    pub hosts: String,
+    pub on_hosts_change: flotilla_spec::fleet::OnHostsChange,
 }
 
 impl Version {
@@ -298,6 +303,8 @@ impl Version {
             },
             health_deadline: Duration::from_secs(15),
             boot: Default::default(),
+            hosts: "hosts: []\n".to_owned(),
+            on_hosts_change: Default::default(),
         }
     }
 }
