@@ -38,6 +38,7 @@ pub mod prepare;
 pub mod prices;
 pub mod records;
 pub mod references;
+pub mod retire;
 pub mod s3;
 pub mod survey;
 pub mod tags;
@@ -235,6 +236,14 @@ impl Provider for AwsProvider {
 
     async fn machines(&self) -> Result<Vec<Machine>, ProviderError> {
         launch::machines(self).await
+    }
+
+    async fn retire(
+        &self,
+        machines: &[Machine],
+        progress: &dyn Progress,
+    ) -> Result<(), ProviderError> {
+        retire::retire(self, machines, progress).await
     }
 
     async fn destroy(&self, progress: &dyn Progress) -> Result<(), ProviderError> {

@@ -142,6 +142,9 @@ pub struct UpdateArgs {
     /// Machines per batch, instead of the spec's `update` policy (1 = one at a time).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
     pub concurrency: Option<u64>,
+    /// Print which machines would be added, removed and kept, and change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }

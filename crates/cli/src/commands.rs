@@ -10,7 +10,7 @@ use flotilla_core::CoreError;
 use flotilla_core::client::error_chain;
 use flotilla_core::error::exit;
 use flotilla_core::state::Home;
-use flotilla_core::workflows::{self, CreateRequest, DestroyOutcome, UpdateRequest};
+use flotilla_core::workflows::{self, CreateRequest, DestroyOutcome, UpdateOutcome, UpdateRequest};
 use flotilla_spec::diagnostic::escape_for_terminal;
 use flotilla_spec::{ProviderKind, SpecDocument, SpecErrors};
 use tracing_subscriber::EnvFilter;
@@ -226,19 +226,29 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             let bars = Bars::new(environment.halt_at.clone());
             let home = home()?;
             let context = existing_context(&home, &environment, &document.spec.tag).await?;
-            let rows = workflows::update(
+            let kind = document.spec.provider_kind(args.provider.map(Into::into));
+            let outcome = workflows::update(
                 &home,
                 UpdateRequest {
                     document: &document,
                     provider: args.provider.map(Into::into),
                     batch_size: args.concurrency.map(|c| c as usize),
+                    dry_run: args.dry_run,
+                    agent_timeout: agent_timeout(kind),
                     cwd: current_dir()?,
                 },
                 &bars,
                 |deployment| context.make(deployment),
             )
             .await?;
-            print_rows(&rows, args.output.output);
+            drop(bars);
+            match outcome {
+                UpdateOutcome::Planned(change) => match args.output.output {
+                    OutputFormat::Json => output::print_json(&change),
+                    OutputFormat::Table => output::print_membership(&change),
+                },
+                UpdateOutcome::Done { rows, .. } => print_rows(&rows, args.output.output),
+            }
             Ok(exit::OK)
         }
         Command::Destroy(args) => {

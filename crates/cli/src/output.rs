@@ -101,6 +101,7 @@ pub fn print_status(rows: &[StatusRow]) {
                 row.state.clone(),
                 or_dash(row.health.as_ref()),
                 or_dash(row.version.as_ref()),
+                or_dash(row.hosts.as_ref()),
                 or_dash(row.restarts),
                 or_dash(row.uptime_secs.map(short_duration)),
             ];
@@ -117,13 +118,34 @@ pub fn print_status(rows: &[StatusRow]) {
         })
         .collect();
     let mut header =
-        vec!["NAME", "REGION", "IP", "STATE", "HEALTH", "VERSION", "RESTARTS", "UPTIME"];
+        vec!["NAME", "REGION", "IP", "STATE", "HEALTH", "VERSION", "HOSTS", "RESTARTS", "UPTIME"];
     if placed {
         header.extend(["TYPE", "ZONE", "MARKET", "USD/HOUR"]);
     }
     header.push("NOTE");
     print_table(&header, &table);
     print_boot_failures(rows);
+}
+
+/// `update --dry-run`: each machine and what the update would do to its membership.
+pub fn print_membership(change: &flotilla_core::workflows::MembershipChange) {
+    let mut table: Vec<Vec<String>> = Vec::new();
+    let hosts_change = change.changes_membership();
+    for name in &change.added {
+        table.push(vec![name.clone(), "add".to_owned(), "launched and started".to_owned()]);
+    }
+    for name in &change.kept {
+        let note = if hosts_change {
+            "gets the new hosts.yaml (and the new version, if any), as on_hosts_change says"
+        } else {
+            "gets the new version, if any"
+        };
+        table.push(vec![name.clone(), "keep".to_owned(), note.to_owned()]);
+    }
+    for name in &change.removed {
+        table.push(vec![name.clone(), "remove".to_owned(), "drained, then retired".to_owned()]);
+    }
+    print_table(&["NAME", "CHANGE", "WHAT HAPPENS"], &table);
 }
 
 /// `keepalive`: each machine's keepalive, now reset.

@@ -21,6 +21,9 @@ use crate::provider::Machine;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a request other than a followed log may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a drain may take: the `stopping` hooks, the binary's stop grace and the undo of
+/// records and volumes (each bounded by the agent).
+const DRAIN_TIMEOUT: Duration = Duration::from_secs(5 * 60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
@@ -228,6 +231,12 @@ impl AgentClient {
 
     pub async fn restart(&self, name: &str) -> Result<(), ClientError> {
         self.send(name, &Request::Restart, Some(REQUEST_TIMEOUT)).await.map(drop)
+    }
+
+    /// Drains machine `name` (its `stopping` hooks, the binary stopped, the lifecycle undone);
+    /// answers once all of it is done.
+    pub async fn drain(&self, name: &str) -> Result<(), ClientError> {
+        self.send(name, &Request::Drain, Some(DRAIN_TIMEOUT)).await.map(drop)
     }
 
     pub async fn stop(&self, name: &str) -> Result<(), ClientError> {

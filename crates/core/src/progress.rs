@@ -36,6 +36,10 @@ pub mod checkpoints {
     pub const CREATE_ROLLOUT_STARTED: &str = "create:rollout-started";
     /// `update`: the first batch's first machine accepted the new version.
     pub const UPDATE_ROLLOUT_STARTED: &str = "update:rollout-started";
+    /// `update`: the machines the spec adds were launched (their agents wait for identities).
+    pub const UPDATE_LAUNCHED: &str = "update:launched";
+    /// `update`: the machines the spec removes were drained, not retired yet.
+    pub const UPDATE_DRAINED: &str = "update:drained";
     /// `destroy`: the deployment is marked `destroying`; nothing removed yet.
     pub const DESTROY_MARKED: &str = "destroy:marked";
     /// `destroy` (local provider): every agent and binary is stopped; directories and address
@@ -48,7 +52,9 @@ pub mod checkpoints {
         CREATE_FLEET_ANSWERED,
         CREATE_LAUNCHED,
         CREATE_ROLLOUT_STARTED,
+        UPDATE_LAUNCHED,
         UPDATE_ROLLOUT_STARTED,
+        UPDATE_DRAINED,
         DESTROY_MARKED,
         DESTROY_AGENTS_STOPPED,
     ];

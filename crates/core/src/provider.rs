@@ -11,7 +11,9 @@
 //! 3. [`Provider::install_identity`]: the machine's key and certificate (issued by the workflow
 //!    once the machine's addresses are known), stored where only that machine can read it.
 //! 4. [`Provider::publish`]: artifacts, content-addressed, where agents can fetch them.
-//! 5. [`Provider::machines`] at any time; [`Provider::destroy`] at the end.
+//! 5. [`Provider::machines`] at any time; [`Provider::retire`] for machines leaving the
+//!    deployment (a smaller `count`, or a replacement under the same name);
+//!    [`Provider::destroy`] at the end.
 //!
 //! Every provider is also a [`Surveyor`]: what its regions offer (the instance catalog and
 //! prices), read-only, asked before anything is made so that a spec's capacity keys are checked
@@ -253,6 +255,19 @@ pub trait Provider: Surveyor {
 
     /// The deployment's machines that exist now (not terminated).
     fn machines(&self) -> impl Future<Output = Result<Vec<Machine>, ProviderError>> + Send;
+
+    /// Removes `machines` for good (the spec no longer names them, or they are gone and will be
+    /// replaced under their names): each machine is stopped (its agent told to stop, as at
+    /// destroy) and its own resources are freed (local: agent processes, directory, address;
+    /// cloud: the instance, terminated, and its identity object). Shared resources stay. A
+    /// machine already gone is success; safe to call again after a crash. Afterwards
+    /// [`Provider::machines`] does not list them, and [`Provider::launch`] of a plan that
+    /// names one of them starts a new machine under that name.
+    fn retire(
+        &self,
+        machines: &[Machine],
+        progress: &dyn Progress,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
     /// Removes every machine and resource of the deployment. Idempotent.
     fn destroy(

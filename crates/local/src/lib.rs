@@ -446,6 +446,46 @@ impl Provider for LocalProvider {
             .collect())
     }
 
+    async fn retire(
+        &self,
+        machines: &[Machine],
+        progress: &dyn Progress,
+    ) -> Result<(), ProviderError> {
+        let stage = progress.stage("stopping retired agents", machines.len() as u64);
+        for machine in machines {
+            let dir = self.instance_dir(&machine.name);
+            let agent = self.agent_pid(&machine.name);
+            let tag = self.tag.clone();
+            let stopping_dir = dir.clone();
+            let killed = tokio::task::spawn_blocking(move || {
+                let agents: Vec<u32> = agent.into_iter().collect();
+                let stubborn = process::terminate(&agents, AGENT_STOP_GRACE);
+                // Only what runs under this machine's directory or in its agent's session.
+                let leftovers = process::kill_leftovers(&stopping_dir, &tag, &agents);
+                (stubborn, leftovers)
+            })
+            .await
+            .map_err(|e| {
+                ProviderError::new(format!("stopping the agent of {}: {e}", machine.name))
+            })?;
+            if !killed.0.is_empty() || !killed.1.is_empty() {
+                tracing::warn!(machine = %machine.name, agents = ?killed.0, leftovers = ?killed.1, "killed what did not stop in time");
+            }
+            match fs_err::remove_dir_all(&dir) {
+                Ok(()) => {}
+                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+                Err(error) => return Err(io_error(format!("removing {}", dir.display()))(error)),
+            }
+            // The record goes last: until then a re-run finds the machine to retire again. Its
+            // address returns to the deployment's blocks for the next machine.
+            let mut records = self.records()?;
+            records.machines.retain(|record| record.name != machine.name);
+            self.save_records(&records)?;
+            stage.advance(1);
+        }
+        Ok(())
+    }
+
     async fn destroy(&self, progress: &dyn Progress) -> Result<(), ProviderError> {
         // Whatever is readable: corrupt records must not strand the machines.
         let records = match self.records() {

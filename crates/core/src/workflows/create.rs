@@ -10,7 +10,9 @@
 //!    is published and the manifests are built;
 //! 5. as soon as its agent answers, each binary machine installs its version and holds it to
 //!    the health deadline;
-//! 6. status `created`.
+//! 6. machines the deployment has but the spec no longer names (a re-run after `count` shrank)
+//!    are drained and retired, as `update` does;
+//! 7. status `created`.
 
 use std::path::PathBuf;
 use std::time::Duration;
@@ -26,7 +28,7 @@ use super::{
 };
 use crate::error::{CoreError, MachineFailure};
 use crate::progress::{Progress, checkpoints};
-use crate::provider::{Provider, ProviderError, Surveyor};
+use crate::provider::{Machine, Provider, ProviderError, Surveyor};
 use crate::rollout::{apply_and_wait, deadline_after};
 use crate::state::{Deployment, DeploymentStatus, Home, Metadata, unix_now};
 use crate::workflows::StatusRow;
@@ -159,6 +161,24 @@ pub async fn create<P: Provider>(
             ),
             failures,
         });
+    }
+    // A re-run with a spec that names fewer machines converges too: the others have their new
+    // hosts.yaml now, so the machines the spec no longer names are drained and retired.
+    let removed: Vec<Machine> = provider
+        .machines()
+        .await?
+        .into_iter()
+        .filter(|m| !machines.iter().any(|kept| kept.name == m.name))
+        .collect();
+    if !removed.is_empty() {
+        let names: Vec<&str> = removed.iter().map(|m| m.name.as_str()).collect();
+        progress
+            .notice(&format!("removing machines the spec no longer names: {}", names.join(", ")));
+        let client = connect(&deployment, &removed)?;
+        super::update::drain(&client, &removed, progress).await;
+        provider.retire(&removed, progress).await?;
+        recorded.retain(|name, _| !removed.iter().any(|m| &m.name == name));
+        deployment.write_json(MANIFESTS_FILE, &recorded)?;
     }
     save_spec(&deployment, document)?;
     let rows = super::status::rows(&client, &machines, request.concurrency).await?;

@@ -32,7 +32,7 @@ pub use plan::{
 };
 pub use status::{KeepaliveRow, StatusRow, keepalive, logs, status};
 use tokio::time::Instant;
-pub use update::{UpdateRequest, update};
+pub use update::{MembershipChange, UpdateOutcome, UpdateRequest, update};
 
 use crate::artifacts::{HostEntry, hash_file, render_hosts_yaml};
 use crate::client::AgentClient;
@@ -364,6 +364,7 @@ async fn build_manifests<P: Provider>(
                 boot: spec.settings_of(*index).boot,
                 lifecycle: lifecycle::manifest_lifecycle(instance, &machine.name, cwd)?,
                 keepalive: instance.keepalive,
+                on_hosts_change: instance.on_hosts_change,
             },
         );
     }

@@ -28,8 +28,11 @@ pub struct StatusRow {
     /// The binary's state as its agent reports it: `idle`, `starting`, `healthy`,
     /// `unhealthy`, `crash-looping`, `stopped`.
     pub health: Option<String>,
-    /// The installed version id (first 12 hex digits).
+    /// The installed version id (first 12 hex digits): the binary, its config and how it runs.
     pub version: Option<String>,
+    /// The hosts.yaml the binary reads (first 12 hex digits of its SHA-256), apart from the
+    /// version: a membership change alters it alone.
+    pub hosts: Option<String>,
     pub restarts: Option<u64>,
     pub pid: Option<u32>,
     pub uptime_secs: Option<u64>,
@@ -71,6 +74,7 @@ impl StatusRow {
             state: machine.state.as_str().to_owned(),
             health: None,
             version: None,
+            hosts: None,
             restarts: None,
             pid: None,
             uptime_secs: None,
@@ -95,6 +99,8 @@ impl StatusRow {
                 row.health = Some(status.state.as_str().to_owned());
                 row.version =
                     status.version.map(|v| flotilla_spec::manifest::short_version(&v).to_owned());
+                row.hosts =
+                    status.hosts.map(|h| flotilla_spec::manifest::short_version(&h).to_owned());
                 row.restarts = Some(status.restarts);
                 row.pid = status.pid;
                 row.uptime_secs = status.uptime_secs;

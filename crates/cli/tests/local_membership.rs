@@ -1,0 +1,179 @@
+//! Fleets that change size, on this machine: `update` with a spec whose `count` grew or shrank,
+//! hosts-only changes applied in place (signalled or restarted), with real agents and the
+//! example app.
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn spec(tag: &str, count: u32, on_hosts_change: &str) -> String {
+    format!(
+        "tag: {tag}
+provider: local
+monitoring:
+  instance_type: t4g.small
+  storage_size: 10
+  storage_class: gp3
+  dashboard: dashboard.json
+instances:
+- name: node
+  count: {count}
+  region: local
+  instance_type: t4g.small
+  storage_size: 10
+  storage_class: gp3
+  binary: {{fleet_app}}
+  config: config.conf
+  profiling: false
+  health: {{http: {{port: 9090, path: /health}}}}
+  on_hosts_change: {on_hosts_change}
+ports: []
+update: {{batch_size: 2, health_deadline: 20s}}
+"
+    )
+}
+
+fn update(fleet: &TestFleet, spec_text: &str, extra: &[&str]) -> Output {
+    let path = fleet.work.path().join("fleet.yaml");
+    fs_err::write(&path, spec_text.replace("{fleet_app}", &fleet_app_bin().display().to_string()))
+        .unwrap();
+    let path = path.display().to_string();
+    let mut args = vec!["update", "--config", path.as_str(), "--output", "json"];
+    args.extend_from_slice(extra);
+    fleet.run_ok(&args)
+}
+
+type Output = std::process::Output;
+
+/// Each node's pid, by name.
+fn pids(rows: &[Value]) -> BTreeMap<String, u64> {
+    rows.iter()
+        .filter(|r| r["role"] == "binary")
+        .map(|r| (r["name"].as_str().unwrap().to_owned(), r["pid"].as_u64().unwrap()))
+        .collect()
+}
+
+/// The names `/peers` of the node in `row` reports.
+fn peers_of(row: &Value) -> Option<Vec<String>> {
+    let body = http_get(ip_of(row), 9090, "/peers")?;
+    let peers: Value = serde_json::from_str(&body).ok()?;
+    let mut names: Vec<String> = peers["peers"]
+        .as_array()?
+        .iter()
+        .map(|p| p["name"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    names.sort();
+    Some(names)
+}
+
+fn node_names(range: std::ops::Range<u32>) -> Vec<String> {
+    range.map(|i| format!("node-{i}")).collect()
+}
+
+/// Grow 5 → 8 and shrink 8 → 4 with `on_hosts_change: {signal: SIGHUP}`: the right machines
+/// start and stop, every remaining binary gets the new hosts.yaml and rereads it on SIGHUP
+/// without restarting, and the version stays.
+#[test]
+fn growing_and_shrinking_signals_the_remaining_binaries_instead_of_restarting_them() {
+    let tag = "membership-signal";
+    let fleet = TestFleet::with_spec(tag, &spec(tag, 5, "{signal: SIGHUP}"));
+    let rows = fleet.create();
+    let before = pids(&rows);
+    assert_eq!(before.len(), 5);
+    let version = row(&rows, "node-0")["version"].clone();
+    let first_hosts = row(&rows, "node-0")["hosts"].clone();
+    assert!(first_hosts.as_str().is_some_and(|h| h.len() == 12), "{rows:?}");
+
+    // --dry-run says what would change and changes nothing.
+    let output = update(&fleet, &spec(tag, 8, "{signal: SIGHUP}"), &["--dry-run"]);
+    let planned: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(planned["added"], serde_json::json!(["node-5", "node-6", "node-7"]));
+    assert_eq!(planned["removed"], serde_json::json!([]));
+    assert_eq!(fleet.status().len(), 6, "a dry run launches nothing");
+
+    // Grow to 8.
+    let output = update(&fleet, &spec(tag, 8, "{signal: SIGHUP}"), &[]);
+    let rows: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rows.len(), 9, "monitoring and eight nodes: {rows:?}");
+    let grown_hosts = row(&rows, "node-7")["hosts"].clone();
+    assert_ne!(grown_hosts, first_hosts, "membership changed");
+    for name in node_names(0..8) {
+        let row = row(&rows, &name);
+        assert_eq!(row["health"], "healthy", "{row}");
+        assert_eq!(row["version"], version, "a membership change keeps the version: {row}");
+        assert_eq!(row["hosts"], grown_hosts, "{row}");
+    }
+    for (name, pid) in &before {
+        let row = row(&rows, name);
+        assert_eq!(row["pid"].as_u64(), Some(*pid), "{name} was signalled, not restarted");
+        assert_eq!(row["restarts"], 0, "{row}");
+        assert_eq!(row["rollout"]["hosts_only"], true, "{row}");
+        let expected: Vec<String> = node_names(0..8).into_iter().filter(|n| n != name).collect();
+        wait_for(&format!("{name} to reread hosts.yaml"), Duration::from_secs(10), || {
+            (peers_of(row)? == expected).then_some(())
+        });
+    }
+    let hosts = fs_err::read_to_string(fleet.deployment_dir().join("hosts.yaml")).unwrap();
+    assert_eq!(hosts.matches("- name: node-").count(), 8, "{hosts}");
+
+    // Shrink to 4: the highest indexes go.
+    let grown = pids(&rows);
+    let output = update(&fleet, &spec(tag, 4, "{signal: SIGHUP}"), &[]);
+    let rows: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rows.len(), 5, "monitoring and four nodes: {rows:?}");
+    for name in node_names(4..8) {
+        assert!(!is_alive(grown[&name] as u32), "{name}'s binary was stopped");
+        assert!(!fleet.instance_dir(&name).exists(), "{name}'s directory was removed");
+    }
+    let status = fleet.status();
+    assert_eq!(status.len(), 5, "{status:?}");
+    let shrunk_hosts = row(&status, "node-0")["hosts"].clone();
+    for name in node_names(0..4) {
+        let row = row(&status, &name);
+        assert_eq!(row["health"], "healthy", "{row}");
+        assert_eq!(row["pid"].as_u64(), Some(before[&name]), "{name} never restarted");
+        assert_eq!(row["hosts"], shrunk_hosts);
+        let expected: Vec<String> = node_names(0..4).into_iter().filter(|n| n != &name).collect();
+        wait_for(&format!("{name} to see the shrunk fleet"), Duration::from_secs(10), || {
+            (peers_of(row)? == expected).then_some(())
+        });
+    }
+    fleet.run_ok(&["destroy", "--tag", tag]);
+}
+
+/// The default `on_hosts_change: restart`: a grown fleet's other binaries restart (health-gated)
+/// onto the new hosts.yaml, and keep their version.
+#[test]
+fn by_default_a_membership_change_restarts_the_binaries_with_the_new_hosts() {
+    let tag = "membership-restart";
+    let fleet = TestFleet::with_spec(tag, &spec(tag, 2, "restart"));
+    let rows = fleet.create();
+    let before = pids(&rows);
+    let version = row(&rows, "node-0")["version"].clone();
+
+    let output = update(&fleet, &spec(tag, 3, "restart"), &[]);
+    let rows: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    for (name, pid) in &before {
+        let row = row(&rows, name);
+        assert_eq!(row["health"], "healthy", "{row}");
+        assert_ne!(row["pid"].as_u64(), Some(*pid), "{name} restarted onto the new hosts.yaml");
+        assert_eq!(row["version"], version);
+        assert_eq!(row["rollout"]["hosts_only"], true, "{row}");
+        assert_eq!(row["rollout"]["phase"], "healthy", "{row}");
+        let expected: Vec<String> = node_names(0..3).into_iter().filter(|n| n != name).collect();
+        wait_for(&format!("{name} to know node-2"), Duration::from_secs(10), || {
+            (peers_of(row)? == expected).then_some(())
+        });
+    }
+
+    // Applying the same spec again changes nothing.
+    let after = pids(&rows);
+    let output = update(&fleet, &spec(tag, 3, "restart"), &[]);
+    let rows: Vec<Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(pids(&rows), after, "nothing to do, nothing restarted");
+    fleet.run_ok(&["destroy", "--tag", tag]);
+}
