@@ -4,7 +4,7 @@
 //! The membership lives in the [`View`], behind the one lock the server and the gossip loop
 //! already take, so a reload swaps the peers and their state in one step: no request or round
 //! sees half of a change. A round in flight when the file changes finishes with the peers it
-//! chose; replies from a node removed meanwhile are ignored, as gossip from any stranger is.
+//! chose; a reply from a node removed meanwhile is dropped, as gossip from any stranger is.
 
 use std::net::SocketAddr;
 use std::path::PathBuf;

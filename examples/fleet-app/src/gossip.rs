@@ -80,8 +80,11 @@ pub async fn run(app: Arc<App>) {
                 Ok(pairs) => {
                     let mut view = app.view();
                     let now = Instant::now();
-                    view.merge(&pairs, now);
-                    view.heard_from(&peer_name, now);
+                    // A peer a reload removed during the round is a stranger now: its reply is
+                    // dropped, as the server drops a stranger's gossip.
+                    if view.heard_from(&peer_name, now) {
+                        view.merge(&pairs, now);
+                    }
                     failures.remove(&peer_name);
                 }
                 Err(error) => {
