@@ -8,9 +8,12 @@
 //! lasts at most one deadline and a dead peer delays nobody. A failed send (peer not up yet,
 //! timeout, bad reply) is counted in `fleet_app_gossip_errors_total` and shown in the next status
 //! line; it is never fatal. Every [`STATUS_EVERY`] one status line tells who is seen.
+//!
+//! The peers are taken from the view at the start of each round, so a hosts.yaml reread on
+//! SIGHUP applies from the next round: removed peers are no longer contacted, added ones are.
 
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -26,7 +29,7 @@ use tokio::time::MissedTickBehavior;
 use crate::app::App;
 use crate::log::log;
 use crate::server::{FROM_HEADER, MAX_GOSSIP_BYTES};
-use crate::view::decode;
+use crate::view::{PeerStatus, decode};
 
 /// How often the status line is logged.
 pub const STATUS_EVERY: Duration = Duration::from_secs(5);
@@ -48,15 +51,19 @@ pub async fn run(app: Arc<App>) {
     loop {
         ticker.tick().await;
         app.metrics.gossip_rounds.inc();
-        let body = {
+        let (body, targets) = {
             let mut view = app.view();
             view.tick();
-            Bytes::from(view.encode())
+            let peers: Vec<PeerStatus<'_>> = view.peers(Instant::now()).collect();
+            let targets: Vec<(String, IpAddr)> = peers_for_round(&peers, app.fanout, round)
+                .map(|peer| (peer.name.to_owned(), peer.ip))
+                .collect();
+            (Bytes::from(view.encode()), targets)
         };
         let mut sends = JoinSet::new();
-        for peer in peers_for_round(&app.peers, app.fanout, round) {
-            let address = SocketAddr::new(peer.ip, app.port);
-            let (peer_name, from, body) = (peer.name.clone(), app.name.clone(), body.clone());
+        for (peer_name, ip) in targets {
+            let address = SocketAddr::new(ip, app.port);
+            let (from, body) = (app.name.clone(), body.clone());
             sends.spawn(async move {
                 let result = tokio::time::timeout(timeout, exchange(address, &from, body))
                     .await
@@ -73,8 +80,11 @@ pub async fn run(app: Arc<App>) {
                 Ok(pairs) => {
                     let mut view = app.view();
                     let now = Instant::now();
-                    view.merge(&pairs, now);
-                    view.heard_from(&peer_name, now);
+                    // A peer a reload removed during the round is a stranger now: its reply is
+                    // dropped, as the server drops a stranger's gossip.
+                    if view.heard_from(&peer_name, now) {
+                        view.merge(&pairs, now);
+                    }
                     failures.remove(&peer_name);
                 }
                 Err(error) => {
@@ -85,6 +95,10 @@ pub async fn run(app: Arc<App>) {
         }
         round = round.wrapping_add(1);
         if Instant::now() >= next_status {
+            // Forget the failures of peers a reload removed.
+            let view = app.view();
+            failures.retain(|peer, _| view.peers(Instant::now()).any(|known| known.name == peer));
+            drop(view);
             log!("{}", status_line(&app, &failures));
             next_status = Instant::now() + STATUS_EVERY;
         }
@@ -108,7 +122,7 @@ fn status_line(app: &App, failures: &BTreeMap<String, String>) -> String {
         app.name,
         app.greeting,
         seen.len(),
-        app.peers.len()
+        view.peer_count()
     );
     if !seen.is_empty() {
         line.push_str(": ");

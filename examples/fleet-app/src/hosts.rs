@@ -46,6 +46,29 @@ impl Hosts {
     pub fn find(&self, name: &str) -> Option<&Host> {
         self.hosts.iter().find(|host| host.name == name)
     }
+
+    /// The names listed, for messages: `node-0, node-1` or `no hosts`.
+    pub fn names_listed(&self) -> String {
+        if self.hosts.is_empty() {
+            return "no hosts".to_owned();
+        }
+        let names: Vec<&str> = self.hosts.iter().map(|host| host.name.as_str()).collect();
+        names.join(", ")
+    }
+}
+
+/// Hosts named `names`, the `i`-th at 127.0.0.`i + 1`, for other modules' unit tests.
+#[cfg(test)]
+pub fn test_hosts(names: &[&str]) -> Vec<Host> {
+    names
+        .iter()
+        .zip(1u8..)
+        .map(|(name, last)| Host {
+            name: (*name).to_owned(),
+            region: "local".to_owned(),
+            ip: IpAddr::from([127, 0, 0, last]),
+        })
+        .collect()
 }
 
 /// Parses the text of a `hosts.yaml`.

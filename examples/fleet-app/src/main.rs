@@ -5,12 +5,17 @@
 //! `greeting`) and a failure are all visible in its logs, its metrics and its health answer.
 //!
 //! Run as `fleet-app --hosts=<dir>/hosts.yaml --config=<dir>/config.conf` with the `FLOTILLA_*`
-//! environment the agent sets ([`settings`]). Exit status: 0 after SIGTERM or SIGINT, 2 for bad
-//! arguments, config, hosts or environment, 1 when the node cannot run (e.g. cannot listen).
+//! environment the agent sets ([`settings`]). SIGHUP rereads the hosts file ([`reload`]): peers
+//! added are gossiped with, peers removed are dropped, and a file that cannot be used is logged
+//! and changes nothing, so the agent can swap hosts.yaml in place for a membership change
+//! (`on_hosts_change: {signal: SIGHUP}`) instead of restarting the node. Exit status: 0 after
+//! SIGTERM or SIGINT, 2 for bad arguments, config, hosts or environment, 1 when the node cannot
+//! run (e.g. cannot listen).
 //!
 //! Map: [`settings`] (arguments and environment) reads [`config`] and [`hosts`]; [`app`] binds and
-//! starts [`server`] (HTTP endpoints) and [`gossip`] (the loop), which share a [`view::View`] and
-//! the [`metrics`].
+//! starts [`server`] (HTTP endpoints) and [`gossip`] (the loop), which share a [`view::View`] (the
+//! membership and every node's counter) and the [`metrics`]; [`reload`] replaces the view's
+//! membership on SIGHUP.
 
 mod app;
 mod config;
@@ -19,6 +24,7 @@ mod gossip;
 mod hosts;
 mod log;
 mod metrics;
+mod reload;
 mod server;
 mod settings;
 mod view;

@@ -8,9 +8,11 @@
 //! | `fleet_app_info{name,greeting,version}` | gauge, always 1 | what runs here |
 //! | `fleet_app_gossip_rounds_total` | counter | gossip rounds started |
 //! | `fleet_app_gossip_errors_total` | counter | gossip sends that failed (peer down, timeout, bad reply) |
+//! | `fleet_app_hosts_reloads_total{outcome}` | counter | hosts.yaml rereads on SIGHUP, `ok` or `failed` (old peers kept) |
 //!
 //! The gauges that describe the view are set from it when a scrape arrives, so they are never
-//! stale; the two counters are incremented by the gossip loop.
+//! stale and follow a reloaded hosts.yaml at once; the gossip counters are incremented by the
+//! gossip loop, the reload counter by [`crate::reload`].
 
 use std::time::{Duration, Instant};
 
@@ -35,6 +37,27 @@ pub struct Metrics {
     counter: Family<Labels, Gauge>,
     pub gossip_rounds: Counter,
     pub gossip_errors: Counter,
+    hosts_reloads: Family<Labels, Counter>,
+}
+
+/// How a reread of hosts.yaml ended: the `outcome` label of `fleet_app_hosts_reloads_total`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ReloadOutcome {
+    Ok,
+    /// Unreadable, invalid, or no longer listing this node: the old peers are kept.
+    Failed,
+}
+
+impl ReloadOutcome {
+    const ALL: [ReloadOutcome; 2] = [ReloadOutcome::Ok, ReloadOutcome::Failed];
+
+    fn labels(self) -> Labels {
+        let outcome = match self {
+            ReloadOutcome::Ok => "ok",
+            ReloadOutcome::Failed => "failed",
+        };
+        vec![("outcome".to_owned(), outcome.to_owned())]
+    }
 }
 
 impl Metrics {
@@ -79,13 +102,37 @@ impl Metrics {
             "Gossip sends to a peer that failed (not up, timed out, bad reply)",
             gossip_errors.clone(),
         );
-        Metrics { registry, peers, peers_seen, counter, gossip_rounds, gossip_errors }
+        let hosts_reloads = Family::<Labels, Counter>::default();
+        registry.register(
+            "fleet_app_hosts_reloads",
+            "Rereads of hosts.yaml on SIGHUP, by outcome (failed: the old peers are kept)",
+            hosts_reloads.clone(),
+        );
+        // Both outcomes show from the start, at 0, so a rate or an alert needs no `absent()`.
+        for outcome in ReloadOutcome::ALL {
+            drop(hosts_reloads.get_or_create(&outcome.labels()));
+        }
+        Metrics {
+            registry,
+            peers,
+            peers_seen,
+            counter,
+            gossip_rounds,
+            gossip_errors,
+            hosts_reloads,
+        }
+    }
+
+    pub fn count_reload(&self, outcome: ReloadOutcome) {
+        self.hosts_reloads.get_or_create(&outcome.labels()).inc();
     }
 
     /// Sets the view's gauges as of `now` and encodes every metric.
     pub fn render(&self, view: &View, now: Instant, seen_window: Duration) -> String {
         self.peers.set(gauge_value(view.peers(now).count() as u64));
         self.peers_seen.set(gauge_value(view.peers_seen(now, seen_window).len() as u64));
+        // Cleared first, so a node removed from hosts.yaml leaves no stale series behind.
+        self.counter.clear();
         for (node, counter) in view.counters() {
             self.counter
                 .get_or_create(&vec![("node".to_owned(), node.to_owned())])
@@ -105,16 +152,18 @@ fn gauge_value(value: u64) -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hosts::test_hosts;
 
     #[test]
     fn every_metric_is_rendered() {
         let metrics = Metrics::new("a", "say \"hi\"");
         let now = Instant::now();
-        let mut view = View::new("a", ["a", "b", "c"]);
+        let mut view = View::new("a", &test_hosts(&["a", "b", "c"]));
         view.tick();
         view.merge(&[("b".to_owned(), 4)], now);
         view.heard_from("b", now);
         metrics.gossip_rounds.inc();
+        metrics.count_reload(ReloadOutcome::Failed);
         let text = metrics.render(&view, now, Duration::from_secs(5));
         for line in [
             "fleet_app_peers 2",
@@ -128,9 +177,24 @@ mod tests {
             ),
             "fleet_app_gossip_rounds_total 1",
             "fleet_app_gossip_errors_total 0",
+            r#"fleet_app_hosts_reloads_total{outcome="ok"} 0"#,
+            r#"fleet_app_hosts_reloads_total{outcome="failed"} 1"#,
             "# EOF",
         ] {
             assert!(text.lines().any(|got| got == line), "{line:?} missing from:\n{text}");
         }
+    }
+
+    #[test]
+    fn a_node_removed_from_hosts_leaves_no_series() {
+        let metrics = Metrics::new("a", "hi");
+        let now = Instant::now();
+        let mut view = View::new("a", &test_hosts(&["a", "b", "c"]));
+        metrics.render(&view, now, Duration::from_secs(5));
+        view.set_hosts(&test_hosts(&["a", "b"]));
+        let text = metrics.render(&view, now, Duration::from_secs(5));
+        assert!(text.lines().any(|line| line == "fleet_app_peers 1"), "{text}");
+        assert!(text.lines().any(|line| line == r#"fleet_app_counter{node="b"} 0"#), "{text}");
+        assert!(!text.contains(r#"node="c""#), "c is gone:\n{text}");
     }
 }

@@ -4,7 +4,7 @@
 //! |---|---|
 //! | `GET /health` | 200 `ok <name> greeting=<greeting>` |
 //! | `GET /metrics` | 200, the metrics in the OpenMetrics text format ([`crate::metrics`]) |
-//! | `GET /peers` | 200, JSON: `{"name", "greeting", "counter", "peers": [{"name", "ip", "counter", "last_seen_ms_ago"}]}` |
+//! | `GET /peers` | 200, JSON (the peers hosts.yaml lists now, reloaded on SIGHUP): `{"name", "greeting", "counter", "peers": [{"name", "ip", "counter", "last_seen_ms_ago"}]}` |
 //! | `POST /gossip` | a peer's view ([`crate::view`] wire format, sender in `fleet-app-from`); 200 with this node's merged view |
 //!
 //! Anything else is 404, or 405 for a known path with the wrong method.
@@ -123,12 +123,11 @@ fn peers_json(app: &App, view: &View, now: Instant) -> String {
         view.own_counter(),
     );
     for (index, peer) in view.peers(now).enumerate() {
-        let ip = app.peers.iter().find(|host| host.name == peer.name).map(|host| host.ip);
         let last_seen = match peer.last_heard_ago {
             Some(ago) => ago.as_millis().to_string(),
             None => "null".to_owned(),
         };
-        let ip = ip.map_or_else(|| "null".to_owned(), |ip| json_string(&ip.to_string()));
+        let ip = json_string(&peer.ip.to_string());
         let separator = if index == 0 { "" } else { "," };
         write!(
             json,

@@ -27,6 +27,9 @@ usage: fleet-app --hosts=<hosts.yaml> --config=<config.conf>
 An example program for flotilla: the nodes listed in hosts.yaml gossip a counter and serve
 GET /health, GET /metrics, GET /peers and POST /gossip on the config's port.
 
+signals: SIGHUP rereads hosts.yaml and gossips with the nodes it then lists (a file that cannot
+be used is logged and the old peers kept); SIGTERM or SIGINT stop the node.
+
 environment: FLOTILLA_NAME (required: this node's name in hosts.yaml), FLOTILLA_IP,
 FLOTILLA_PRIVATE_IP, FLOTILLA_REGION, FLOTILLA_TAG";
 
@@ -47,10 +50,10 @@ pub struct Settings {
     pub region: Option<String>,
     pub tag: Option<String>,
     pub config: Config,
-    /// Every node in hosts.yaml but this one.
-    pub peers: Vec<Host>,
-    /// Every node's name, this one included, in hosts.yaml order.
-    pub all_names: Vec<String>,
+    /// The `--hosts` file, reread on SIGHUP.
+    pub hosts_path: PathBuf,
+    /// Every node in hosts.yaml, this one included, in the file's order.
+    pub hosts: Vec<Host>,
 }
 
 /// Parses the arguments after the program name.
@@ -103,12 +106,12 @@ impl Settings {
         let config = parse_config(&config_text).map_err(|error| error.in_file(config_path))?;
         let hosts_text = fs_err::read_to_string(hosts_path).map_err(|error| error.to_string())?;
         let hosts = parse_hosts(&hosts_text).map_err(|error| error.in_file(hosts_path))?;
-        Settings::resolve(config, &hosts, hosts_path, env)
+        Settings::resolve(config, hosts, hosts_path, env)
     }
 
     fn resolve(
         config: Config,
-        hosts: &Hosts,
+        hosts: Hosts,
         hosts_path: &Path,
         env: impl Fn(&str) -> Option<String>,
     ) -> Result<Settings, String> {
@@ -117,11 +120,10 @@ impl Settings {
             format!("{ENV_NAME} is not set: it names this node in hosts.yaml (the flotilla agent sets it)")
         })?;
         let Some(own_entry) = hosts.find(&name) else {
-            let names: Vec<&str> = hosts.hosts.iter().map(|host| host.name.as_str()).collect();
             return Err(format!(
                 "{ENV_NAME}={name} is not in {} (it lists: {})",
                 hosts_path.display(),
-                if names.is_empty() { "no hosts".to_owned() } else { names.join(", ") }
+                hosts.names_listed()
             ));
         };
         let ip_from = |key: &str| -> Result<Option<IpAddr>, String> {
@@ -137,8 +139,8 @@ impl Settings {
             region: env(ENV_REGION),
             tag: env(ENV_TAG),
             config,
-            peers: hosts.hosts.iter().filter(|host| host.name != name).cloned().collect(),
-            all_names: hosts.hosts.iter().map(|host| host.name.clone()).collect(),
+            hosts_path: hosts_path.to_owned(),
+            hosts: hosts.hosts,
             name,
         })
     }
@@ -194,7 +196,7 @@ mod tests {
         let lookup = |key: &str| {
             env.iter().find(|(name, _)| *name == key).map(|(_, value)| (*value).to_owned())
         };
-        Settings::resolve(config, &fleet(), Path::new("d/hosts.yaml"), lookup)
+        Settings::resolve(config, fleet(), Path::new("d/hosts.yaml"), lookup)
     }
 
     #[test]
@@ -202,9 +204,8 @@ mod tests {
         let settings = resolve(&[(ENV_NAME, "n1"), (ENV_PRIVATE_IP, "10.0.0.2")]).unwrap();
         assert_eq!(settings.ip, "127.0.0.2".parse::<IpAddr>().unwrap(), "from hosts.yaml");
         assert_eq!(settings.private_ip, Some("10.0.0.2".parse().unwrap()));
-        let peers: Vec<&str> = settings.peers.iter().map(|host| host.name.as_str()).collect();
-        assert_eq!(peers, ["n0", "n2"]);
-        assert_eq!(settings.all_names, ["n0", "n1", "n2"]);
+        assert_eq!(settings.hosts, fleet().hosts);
+        assert_eq!(settings.hosts_path, Path::new("d/hosts.yaml"));
         let settings = resolve(&[(ENV_NAME, "n1"), (ENV_IP, "127.0.5.5")]).unwrap();
         assert_eq!(settings.ip, "127.0.5.5".parse::<IpAddr>().unwrap(), "FLOTILLA_IP wins");
     }

@@ -5,11 +5,19 @@
 //! counter, so merging is idempotent and order does not matter; a node merges its own entry too,
 //! so after a restart it resumes from the highest value its peers remember.
 //!
+//! The view is also the node's membership: which nodes hosts.yaml lists and at what address.
+//! [`View::set_hosts`] takes a reread hosts.yaml; a node that stays keeps its counter and when it
+//! was heard from, a node added starts at 0 and unheard, a node removed is forgotten.
+//!
 //! Wire format (the body of `POST /gossip` and of its reply): one `name counter` pair per line,
 //! e.g. `node-0 17\nnode-1 15\n`. The sender names itself in the `fleet-app-from` header.
 
 use std::collections::HashMap;
+use std::fmt;
+use std::net::IpAddr;
 use std::time::{Duration, Instant};
+
+use crate::hosts::Host;
 
 /// Most pairs accepted in one gossip body: far more than any example fleet, small enough that
 /// a confused sender cannot make a node allocate much.
@@ -27,6 +35,8 @@ pub struct View {
 #[derive(Debug)]
 struct NodeState {
     name: String,
+    /// Where peers reach it, from hosts.yaml.
+    ip: IpAddr,
     counter: u64,
     /// When this node was last heard from (never for this node itself).
     last_heard: Option<Instant>,
@@ -38,24 +48,64 @@ struct NodeState {
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct PeerStatus<'a> {
     pub name: &'a str,
+    pub ip: IpAddr,
     pub counter: u64,
     pub last_heard_ago: Option<Duration>,
 }
 
 impl View {
-    /// A view of `nodes` (all of hosts.yaml) held by the node called `me`, all counters at 0.
-    pub fn new<'a>(me: &str, nodes: impl IntoIterator<Item = &'a str>) -> View {
-        let nodes: Vec<NodeState> = nodes
-            .into_iter()
-            .map(|name| NodeState {
-                name: name.to_owned(),
-                counter: 0,
-                last_heard: None,
-                last_advanced: None,
-            })
-            .collect();
-        let index = nodes.iter().enumerate().map(|(i, node)| (node.name.clone(), i)).collect();
-        View { me: me.to_owned(), nodes, index }
+    /// A view of `hosts` (all of hosts.yaml) held by the node called `me`, all counters at 0.
+    pub fn new(me: &str, hosts: &[Host]) -> View {
+        let mut view = View { me: me.to_owned(), nodes: Vec::new(), index: HashMap::new() };
+        view.set_hosts(hosts);
+        view
+    }
+
+    /// Replaces the membership with `hosts` (all of a reread hosts.yaml, in its order) and says
+    /// how the peers changed. Nodes that stay keep their counter and when they were last heard
+    /// from and advanced, even at a new address (a machine replaced under its name resumes its
+    /// counter from what its peers remember); added nodes start at 0, removed ones are dropped.
+    pub fn set_hosts(&mut self, hosts: &[Host]) -> HostsChange {
+        let mut change = HostsChange::default();
+        let mut old: HashMap<String, NodeState> =
+            self.nodes.drain(..).map(|node| (node.name.clone(), node)).collect();
+        for host in hosts {
+            let node = match old.remove(&host.name) {
+                Some(mut node) => {
+                    if node.ip != host.ip && host.name != self.me {
+                        change.moved.push(host.name.clone());
+                    }
+                    node.ip = host.ip;
+                    node
+                }
+                None => {
+                    if host.name != self.me {
+                        change.added.push(host.name.clone());
+                    }
+                    NodeState {
+                        name: host.name.clone(),
+                        ip: host.ip,
+                        counter: 0,
+                        last_heard: None,
+                        last_advanced: None,
+                    }
+                }
+            };
+            self.nodes.push(node);
+        }
+        // Removed in the order the old file listed them.
+        let mut removed: Vec<NodeState> = old.into_values().collect();
+        removed.retain(|node| node.name != self.me);
+        removed.sort_by_key(|node| self.removed_order(&node.name));
+        change.removed = removed.into_iter().map(|node| node.name).collect();
+        self.index =
+            self.nodes.iter().enumerate().map(|(i, node)| (node.name.clone(), i)).collect();
+        change
+    }
+
+    /// Where `name` was in the view before [`View::set_hosts`] rebuilt it (from the old index).
+    fn removed_order(&self, name: &str) -> usize {
+        self.index.get(name).copied().unwrap_or(usize::MAX)
     }
 
     /// Starts a gossip round: increments this node's own counter and returns its new value.
@@ -111,6 +161,11 @@ impl View {
         self.nodes.iter().map(|node| (node.name.as_str(), node.counter))
     }
 
+    /// How many peers (nodes but this one) the view holds.
+    pub fn peer_count(&self) -> usize {
+        self.nodes.iter().filter(|node| node.name != self.me).count()
+    }
+
     pub fn own_counter(&self) -> u64 {
         self.counters().find(|(name, _)| *name == self.me).map_or(0, |(_, counter)| counter)
     }
@@ -119,6 +174,7 @@ impl View {
     pub fn peers(&self, now: Instant) -> impl Iterator<Item = PeerStatus<'_>> {
         self.nodes.iter().filter(|node| node.name != self.me).map(move |node| PeerStatus {
             name: &node.name,
+            ip: node.ip,
             counter: node.counter,
             last_heard_ago: node.last_heard.map(|at| now.saturating_duration_since(at)),
         })
@@ -136,6 +192,39 @@ impl View {
             .filter(|node| recent(node.last_heard) || recent(node.last_advanced))
             .map(|node| node.name.as_str())
             .collect()
+    }
+}
+
+/// How a reread hosts.yaml changed this node's peers, each list in file order (removed: in the
+/// old file's order). This node itself never appears.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct HostsChange {
+    pub added: Vec<String>,
+    pub removed: Vec<String>,
+    /// Still listed, at a new address.
+    pub moved: Vec<String>,
+}
+
+impl HostsChange {
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.removed.is_empty() && self.moved.is_empty()
+    }
+}
+
+/// `added node-5, node-6; removed node-2; moved node-3`, only the parts that apply, or
+/// `unchanged`.
+impl fmt::Display for HostsChange {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.is_empty() {
+            return f.write_str("unchanged");
+        }
+        let parts = [("added", &self.added), ("removed", &self.removed), ("moved", &self.moved)];
+        let mut separator = "";
+        for (what, names) in parts.into_iter().filter(|(_, names)| !names.is_empty()) {
+            write!(f, "{separator}{what} {}", names.join(", "))?;
+            separator = "; ";
+        }
+        Ok(())
     }
 }
 
@@ -164,6 +253,11 @@ pub fn decode(body: &str) -> Result<Vec<(String, u64)>, String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hosts::test_hosts;
+
+    fn ip(last: u8) -> IpAddr {
+        IpAddr::from([127, 0, 0, last])
+    }
 
     fn pairs(list: &[(&str, u64)]) -> Vec<(String, u64)> {
         list.iter().map(|(name, counter)| ((*name).to_owned(), *counter)).collect()
@@ -171,7 +265,7 @@ mod tests {
 
     #[test]
     fn merge_takes_the_max_and_ignores_strangers() {
-        let mut view = View::new("a", ["a", "b", "c"]);
+        let mut view = View::new("a", &test_hosts(&["a", "b", "c"]));
         assert_eq!(view.tick(), 1);
         let now = Instant::now();
         assert_eq!(view.merge(&pairs(&[("b", 5), ("c", 2), ("zed", 9)]), now), 1);
@@ -184,7 +278,7 @@ mod tests {
     #[test]
     fn a_peer_whose_counter_advances_through_others_counts_as_seen() {
         let start = Instant::now();
-        let mut view = View::new("a", ["a", "b", "c"]);
+        let mut view = View::new("a", &test_hosts(&["a", "b", "c"]));
         let window = Duration::from_secs(5);
         view.merge(&pairs(&[("c", 4)]), start);
         assert_eq!(view.peers_seen(start + Duration::from_secs(1), window), vec!["c"]);
@@ -195,7 +289,7 @@ mod tests {
 
     #[test]
     fn encode_and_decode_round_trip() {
-        let mut view = View::new("a", ["a", "b"]);
+        let mut view = View::new("a", &test_hosts(&["a", "b"]));
         view.tick();
         assert_eq!(view.encode(), "a 1\nb 0\n");
         assert_eq!(decode(&view.encode()).unwrap(), pairs(&[("a", 1), ("b", 0)]));
@@ -214,7 +308,7 @@ mod tests {
     #[test]
     fn seen_means_heard_within_the_window() {
         let start = Instant::now();
-        let mut view = View::new("a", ["a", "b", "c", "d"]);
+        let mut view = View::new("a", &test_hosts(&["a", "b", "c", "d"]));
         assert!(view.heard_from("b", start));
         assert!(view.heard_from("c", start + Duration::from_secs(4)));
         assert!(!view.heard_from("a", start), "a node does not hear itself");
@@ -226,10 +320,101 @@ mod tests {
         assert_eq!(
             statuses,
             vec![
-                PeerStatus { name: "b", counter: 0, last_heard_ago: Some(Duration::from_secs(5)) },
-                PeerStatus { name: "c", counter: 0, last_heard_ago: Some(Duration::from_secs(1)) },
-                PeerStatus { name: "d", counter: 0, last_heard_ago: None },
+                PeerStatus {
+                    name: "b",
+                    ip: ip(2),
+                    counter: 0,
+                    last_heard_ago: Some(Duration::from_secs(5))
+                },
+                PeerStatus {
+                    name: "c",
+                    ip: ip(3),
+                    counter: 0,
+                    last_heard_ago: Some(Duration::from_secs(1))
+                },
+                PeerStatus { name: "d", ip: ip(4), counter: 0, last_heard_ago: None },
             ]
         );
+    }
+
+    #[test]
+    fn set_hosts_keeps_staying_nodes_and_names_the_change() {
+        let start = Instant::now();
+        let old = test_hosts(&["a", "b", "c", "d"]);
+        let mut view = View::new("a", &old);
+        view.tick();
+        view.merge(&pairs(&[("b", 5), ("c", 3), ("d", 9)]), start);
+        view.heard_from("b", start);
+        // c is gone, e and f are new, d moved to another address, b stays where it was.
+        let [a, b, _, d] = old.try_into().expect("four hosts");
+        let [e, f] = test_hosts(&["e", "f"]).try_into().expect("two hosts");
+        let hosts =
+            [Host { ip: ip(60), ..f }, a, b, Host { ip: ip(40), ..d }, Host { ip: ip(50), ..e }];
+        let change = view.set_hosts(&hosts);
+        assert_eq!(
+            change,
+            HostsChange {
+                added: vec!["f".to_owned(), "e".to_owned()],
+                removed: vec!["c".to_owned()],
+                moved: vec!["d".to_owned()],
+            }
+        );
+        assert_eq!(view.peer_count(), 4);
+        assert_eq!(
+            view.counters().collect::<Vec<_>>(),
+            vec![("f", 0), ("a", 1), ("b", 5), ("d", 9), ("e", 0)],
+            "the new file's order; counters kept for who stays"
+        );
+        let now = start + Duration::from_secs(1);
+        let statuses: Vec<_> = view.peers(now).collect();
+        assert_eq!(
+            statuses[1],
+            PeerStatus {
+                name: "b",
+                ip: ip(2),
+                counter: 5,
+                last_heard_ago: Some(Duration::from_secs(1)),
+            }
+        );
+        assert_eq!(statuses[2].ip, ip(40), "d is reached at its new address");
+        assert_eq!(view.peers_seen(now, Duration::from_secs(5)), vec!["b", "d"]);
+        // The removed node is a stranger now; the added ones take gossip.
+        assert!(!view.heard_from("c", now));
+        assert_eq!(view.merge(&pairs(&[("c", 50), ("e", 2)]), now), 1);
+        assert!(view.heard_from("e", now));
+        assert_eq!(view.own_counter(), 1);
+        assert_eq!(view.tick(), 2);
+    }
+
+    #[test]
+    fn the_same_hosts_again_change_nothing() {
+        let hosts = test_hosts(&["a", "b"]);
+        let mut view = View::new("a", &hosts);
+        view.merge(&pairs(&[("b", 4)]), Instant::now());
+        assert!(view.set_hosts(&hosts).is_empty());
+        assert_eq!(view.counters().collect::<Vec<_>>(), vec![("a", 0), ("b", 4)]);
+    }
+
+    #[test]
+    fn the_change_reads_as_one_line() {
+        let names = |list: &[&str]| list.iter().map(|name| (*name).to_owned()).collect();
+        let change = |added, removed, moved| HostsChange {
+            added: names(added),
+            removed: names(removed),
+            moved: names(moved),
+        };
+        let cases = [
+            (change(&[], &[], &[]), "unchanged"),
+            (
+                change(&["node-5", "node-6"], &["node-2"], &[]),
+                "added node-5, node-6; removed node-2",
+            ),
+            (change(&[], &["node-2", "node-3"], &[]), "removed node-2, node-3"),
+            (change(&["node-9"], &[], &["node-1"]), "added node-9; moved node-1"),
+            (change(&[], &[], &["node-1"]), "moved node-1"),
+        ];
+        for (change, expected) in cases {
+            assert_eq!(change.to_string(), expected);
+        }
     }
 }

@@ -1,8 +1,9 @@
 //! Keeps the example fleet specs and the dashboard in step with the program and with each other.
 //!
 //! The full spec validation belongs to flotilla's own parser; this only checks what this package
-//! owns: the paths the specs name exist, the ports agree with the config, the v2 spec differs only
-//! in its config, and the dashboard is JSON that plots the metrics the program exports.
+//! owns: the paths the specs name exist, the ports agree with the config, the local specs ask for
+//! SIGHUP on a hosts change (which the program handles), the v2 spec differs only in its config,
+//! and the dashboard is JSON that plots the metrics the program exports.
 
 #![allow(clippy::unwrap_used, reason = "a failed step should panic with its error")]
 
@@ -52,6 +53,8 @@ fn the_local_fleet_specs_name_existing_files_and_agree_on_the_port() {
         assert!(config_text.lines().any(|line| line == "port = 9090"), "{config} uses 9090");
         assert_eq!(node["health"]["http"]["port"].as_integer(), Some(9090), "{name}");
         assert_eq!(node["health"]["http"]["path"].as_str(), Some("/health"), "{name}");
+        // fleet-app rereads hosts.yaml on SIGHUP, so a membership change need not restart it.
+        assert_eq!(node["on_hosts_change"]["signal"].as_str(), Some("SIGHUP"), "{name}");
         assert_eq!(spec["ports"][0]["port"].as_integer(), Some(9090), "{name}");
         assert_eq!(spec["update"]["max_unavailable"].as_str(), Some("40%"), "{name}");
         assert_eq!(spec["update"]["health_deadline"].as_str(), Some("30s"), "{name}");
@@ -87,7 +90,12 @@ fn the_dashboard_plots_the_exported_metrics() {
         .flat_map(|panel| panel["targets"].as_array().unwrap())
         .map(|target| target["expr"].as_str().unwrap())
         .collect();
-    for metric in ["fleet_app_peers_seen", "fleet_app_counter", "fleet_app_info"] {
+    for metric in [
+        "fleet_app_peers_seen",
+        "fleet_app_counter",
+        "fleet_app_info",
+        "fleet_app_hosts_reloads_total",
+    ] {
         assert!(
             expressions.iter().any(|expression| expression.contains(metric)),
             "{metric} is plotted: {expressions:?}"
