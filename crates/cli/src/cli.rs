@@ -51,6 +51,9 @@ pub enum Command {
     /// Say to every machine that the deployment is still there, so that a `keepalive:` does
     /// not run out (for cron; `status` and `update` do the same).
     Keepalive(StatusArgs),
+    /// Keep a deployment at its spec: replace machines that are gone (a spot reclaim, a dead
+    /// agent) under their names and republish hosts.yaml to the others. Runs until stopped.
+    Watch(WatchArgs),
     /// Run ec2fleetd's lifecycle on this machine (a drop-in for ec2fleetd, same command line
     /// and config), or check a config with `fleetd check-config`.
     Fleetd(FleetdArgs),
@@ -185,6 +188,34 @@ pub struct TargetArgs {
 pub struct StatusArgs {
     #[command(flatten)]
     pub target: Target,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct WatchArgs {
+    /// The fleet spec (replacements need its files), or `--tag` for the spec and files of the
+    /// last create or update.
+    #[command(flatten)]
+    pub target: Target,
+    /// Time between rounds.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "5s")]
+    pub interval: std::time::Duration,
+    /// How long a machine may be stopped, unreachable or unhealthy before it is replaced (one
+    /// the provider reports ended is replaced at once).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "2m")]
+    pub replace_after: std::time::Duration,
+    /// Replacements under way at once.
+    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_replacing: u64,
+    /// Replacements in any hour; beyond it watch holds back and says why.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_per_hour: u64,
+    /// Stop after this many rounds (default: run until stopped).
+    #[arg(long)]
+    pub rounds: Option<u64>,
+    /// `json`: one JSON event a line on stdout (what happened, to which machine, what watch
+    /// did, the outcome); `table`: the same as lines of text.
     #[command(flatten)]
     pub output: OutputArgs,
 }

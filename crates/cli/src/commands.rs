@@ -87,6 +87,7 @@ fn output_format(command: &Command) -> Option<OutputFormat> {
         Command::Status(a) => Some(a.output.output),
         Command::Notice(a) => Some(a.output.output),
         Command::Keepalive(a) => Some(a.output.output),
+        Command::Watch(a) => Some(a.output.output),
         Command::List(a) => Some(a.output),
         Command::Validate(a) => Some(a.output.output),
         Command::Plan(a) => Some(a.output.output),
@@ -291,6 +292,38 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             Ok(if healthy { exit::OK } else { exit::FAILED })
         }
         Command::Notice(args) => notice(&args, &home()?, &environment).await,
+        Command::Watch(args) => {
+            let tag = target_tag(&args.target)?;
+            let home = home()?;
+            let context = existing_context(&home, &environment, &tag).await?;
+            let (document, cwd) = match &args.target.config {
+                Some(config) => (load_spec(config)?, current_dir()?),
+                None => workflows::saved_spec(&home.open(&tag)?)?,
+            };
+            let kind = home.open(&tag)?.metadata()?.provider;
+            let format = args.output.output;
+            let events =
+                move |event: workflows::WatchEvent| output::print_watch_event(&event, format);
+            let bars = Bars::new(environment.halt_at.clone());
+            workflows::watch(
+                &home,
+                workflows::WatchRequest {
+                    document,
+                    cwd,
+                    interval: args.interval,
+                    replace_after: args.replace_after,
+                    max_replacing: args.max_replacing as usize,
+                    max_per_hour: args.max_per_hour as usize,
+                    agent_timeout: agent_timeout(kind),
+                    rounds: args.rounds,
+                },
+                &bars,
+                &events,
+                |deployment| context.make(deployment),
+            )
+            .await?;
+            Ok(exit::OK)
+        }
         Command::Keepalive(args) => {
             let tag = target_tag(&args.target)?;
             let home = home()?;

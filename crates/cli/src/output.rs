@@ -148,6 +148,35 @@ pub fn print_membership(change: &flotilla_core::workflows::MembershipChange) {
     print_table(&["NAME", "CHANGE", "WHAT HAPPENS"], &table);
 }
 
+/// One `watch` event: a JSON line on stdout for scripts, or (without `--output json`) a line of
+/// log on stderr. Written and flushed at once, so a reader sees each event as it happens.
+pub fn print_watch_event(
+    event: &flotilla_core::workflows::WatchEvent,
+    format: crate::cli::OutputFormat,
+) {
+    let line = match format {
+        crate::cli::OutputFormat::Json => {
+            serde_json::to_string(event).expect("watch events serialize to JSON")
+        }
+        crate::cli::OutputFormat::Table => escape_for_terminal(&format!(
+            "{} {}{}: {} ({})",
+            event.at,
+            event.machine.as_ref().map(|m| format!("{m}: ")).unwrap_or_default(),
+            event.what,
+            event.action,
+            event.outcome
+        ))
+        .into_owned(),
+    };
+    if format == crate::cli::OutputFormat::Json {
+        let mut out = std::io::stdout().lock();
+        let _ = writeln!(out, "{line}");
+        let _ = out.flush();
+    } else {
+        let _ = writeln!(std::io::stderr().lock(), "watch: {line}");
+    }
+}
+
 /// `keepalive`: each machine's keepalive, now reset.
 pub fn print_keepalive(rows: &[flotilla_core::workflows::KeepaliveRow]) {
     let table: Vec<Vec<String>> = rows

@@ -177,3 +177,146 @@ fn by_default_a_membership_change_restarts_the_binaries_with_the_new_hosts() {
     assert_eq!(pids(&rows), after, "nothing to do, nothing restarted");
     fleet.run_ok(&["destroy", "--tag", tag]);
 }
+
+/// Reads `watch --output json` lines on a thread, so a test can wait for an event.
+fn event_reader(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<Value> {
+    use std::io::BufRead;
+    let (sender, receiver) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in std::io::BufReader::new(stdout).lines() {
+            let Ok(line) = line else { break };
+            let event: Value = serde_json::from_str(&line).expect("watch prints JSON lines");
+            if sender.send(event).is_err() {
+                break;
+            }
+        }
+    });
+    receiver
+}
+
+/// Waits for the first event `matches` accepts; every event seen on the way is returned too.
+fn wait_for_event(
+    events: &std::sync::mpsc::Receiver<Value>,
+    what: &str,
+    matches: impl Fn(&Value) -> bool,
+) -> Vec<Value> {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        let event = events
+            .recv_timeout(left)
+            .unwrap_or_else(|_| panic!("no {what} within 60 s; events: {seen:#?}"));
+        let done = matches(&event);
+        seen.push(event);
+        if done {
+            return seen;
+        }
+    }
+}
+
+/// Kill -9 of an agent under `watch`: the machine is replaced under its name with a new agent,
+/// the other binaries get the new hosts.yaml by SIGHUP without restarting; a second watch is
+/// refused naming the first; a watch killed mid-replacement finishes it when started again.
+#[test]
+fn watch_replaces_a_machine_whose_agent_was_killed() {
+    let tag = "membership-watch";
+    let fleet = TestFleet::with_spec(tag, &spec(tag, 3, "{signal: SIGHUP}"));
+    let rows = fleet.create();
+    let before = pids(&rows);
+    let spec_path = fleet.spec_arg();
+    let watch_args = [
+        "watch",
+        "--config",
+        spec_path.as_str(),
+        "--interval",
+        "200ms",
+        "--replace-after",
+        "1s",
+        "--output",
+        "json",
+    ];
+    let mut watch = fleet
+        .command(&watch_args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("watch starts");
+    let events = event_reader(watch.stdout.take().expect("piped stdout"));
+    wait_for_event(&events, "the start", |e| e["what"] == "started");
+
+    // One watch per deployment.
+    let second = fleet.run(&watch_args);
+    assert_eq!(second.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&second.stderr);
+    assert!(stderr.contains(&format!("is watched already (pid {})", watch.id())), "{stderr}");
+
+    // The agent of node-1 dies with -9 (its binary dies with it).
+    let agent: u32 = fs_err::read_to_string(fleet.instance_dir("node-1").join("agent.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(agent as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let seen = wait_for_event(&events, "the replacement", |e| {
+        e["machine"] == "node-1"
+            && e["what"] != "replacing"
+            && e["action"] != "held back"
+            && e["what"].as_str().is_some_and(|w| w.starts_with("replace"))
+    });
+    let last = seen.last().unwrap();
+    assert_eq!(last["what"], "replaced", "{seen:#?}");
+    assert!(
+        seen.iter().any(|e| e["machine"] == "node-1" && e["action"] == "replacing"),
+        "{seen:#?}"
+    );
+
+    let status = fleet.status();
+    let node1 = row(&status, "node-1");
+    assert_eq!(node1["health"], "healthy", "{node1}");
+    assert_ne!(node1["pid"].as_u64(), Some(before["node-1"]), "a new binary");
+    for name in ["node-0", "node-2"] {
+        let row = row(&status, name);
+        assert_eq!(row["pid"].as_u64(), Some(before[name]), "{name} was not restarted");
+        assert_eq!(row["hosts"], node1["hosts"], "{name} has the new hosts.yaml");
+        let expected: Vec<String> = node_names(0..3).into_iter().filter(|n| n != name).collect();
+        wait_for(&format!("{name} to see node-1 again"), Duration::from_secs(15), || {
+            let peers = http_get(ip_of(row), 9090, "/peers")?;
+            let peers: Value = serde_json::from_str(&peers).ok()?;
+            let seen: Vec<&str> = peers["peers"]
+                .as_array()?
+                .iter()
+                .filter(|p| p["last_seen_ms_ago"].is_number())
+                .filter_map(|p| p["name"].as_str())
+                .collect();
+            (peers_of(row)? == expected && seen.contains(&"node-1")).then_some(())
+        });
+    }
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+
+    // A watch killed mid-replacement: its journal names node-2; the next watch finishes it.
+    let journal = fleet.deployment_dir().join("watch-journal.json");
+    let node2 = row(&status, "node-2");
+    let id = format!("local:{}", node2["name"].as_str().unwrap());
+    fs_err::write(
+        &journal,
+        format!("{{\"replacing\": {{\"node-2\": \"{id}\"}}, \"started\": []}}"),
+    )
+    .unwrap();
+    let output =
+        fleet.run_ok(&["watch", "--config", &spec_path, "--rounds", "1", "--output", "json"]);
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("\"what\":\"resumed\""), "{text}");
+    assert!(text.contains("\"machine\":\"node-2\",\"what\":\"replaced\""), "{text}");
+    let journal: Value = serde_json::from_str(&fs_err::read_to_string(&journal).unwrap()).unwrap();
+    assert_eq!(journal["replacing"], serde_json::json!({}), "the journal is cleared");
+    let status = fleet.status();
+    assert_eq!(row(&status, "node-2")["health"], "healthy");
+    assert_eq!(status.len(), 4, "one replacement, not two: {status:?}");
+    fleet.run_ok(&["destroy", "--tag", tag]);
+}

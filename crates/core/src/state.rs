@@ -7,6 +7,9 @@
 //!     lock                              flock held by the command working on the deployment
 //!     ca.crt ca.key cli.crt cli.key     the deployment CA and the CLI's client certificate (keys 0600)
 //!     spec.yaml                         the spec of the last successful create or update
+//!     spec-dir                          the directory its relative paths start from
+//!     watch.lock                        held by the deployment's one `flotilla watch`
+//!     watch-journal.json                what watch decided before it acted (see `watch`)
 //!     hosts.yaml                        the hosts.yaml the machines received
 //!     manifests.json                    the manifest each machine runs, for rollbacks
 //!     <provider>/                       the provider's own records (e.g. local/ for the local provider)
@@ -63,6 +66,10 @@ pub enum StateError {
         "another flotilla command is working on deployment `{tag}`{holder}; wait for it to finish"
     )]
     Locked { tag: String, holder: String },
+    #[error(
+        "deployment `{tag}` is watched already{holder}; stop that `flotilla watch` first, one is enough"
+    )]
+    WatchedAlready { tag: String, holder: String },
     #[error("invalid tag `{0}`: a tag is 1 to 255 of the characters [A-Za-z0-9_-]")]
     InvalidTag(String),
     #[error(transparent)]
@@ -329,7 +336,20 @@ impl Deployment {
 
     /// Takes the deployment's lock, or says who holds it.
     pub fn lock(&self) -> Result<DeploymentLock, StateError> {
-        let path = self.dir.join("lock");
+        self.lock_file("lock")
+    }
+
+    /// Takes the lock only one `flotilla watch` of the deployment holds (for its whole life;
+    /// it takes [`Deployment::lock`] only while it acts), or says who holds it.
+    pub fn watch_lock(&self) -> Result<DeploymentLock, StateError> {
+        self.lock_file("watch.lock").map_err(|error| match error {
+            StateError::Locked { tag, holder } => StateError::WatchedAlready { tag, holder },
+            other => other,
+        })
+    }
+
+    fn lock_file(&self, name: &str) -> Result<DeploymentLock, StateError> {
+        let path = self.dir.join(name);
         let file = fs_err::OpenOptions::new()
             .create(true)
             .truncate(false)

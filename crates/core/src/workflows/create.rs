@@ -180,7 +180,7 @@ pub async fn create<P: Provider>(
         recorded.retain(|name, _| !removed.iter().any(|m| &m.name == name));
         deployment.write_json(MANIFESTS_FILE, &recorded)?;
     }
-    save_spec(&deployment, document)?;
+    save_spec(&deployment, document, &request.cwd)?;
     let rows = super::status::rows(&client, &machines, request.concurrency).await?;
     let mut metadata = deployment.set_status(DeploymentStatus::Created)?;
     metadata.usd_per_hour = super::status::price_per_hour(&rows);

@@ -10,6 +10,7 @@ mod list;
 mod plan;
 mod status;
 mod update;
+mod watch;
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::IpAddr;
@@ -33,6 +34,7 @@ pub use plan::{
 pub use status::{KeepaliveRow, StatusRow, keepalive, logs, status};
 use tokio::time::Instant;
 pub use update::{MembershipChange, UpdateOutcome, UpdateRequest, update};
+pub use watch::{WatchEvent, WatchRequest, saved_spec, watch};
 
 use crate::artifacts::{HostEntry, hash_file, render_hosts_yaml};
 use crate::client::AgentClient;
@@ -384,11 +386,21 @@ fn saved_manifests(deployment: &Deployment) -> Result<BTreeMap<String, Manifest>
     Ok(deployment.read_json(MANIFESTS_FILE)?.unwrap_or_default())
 }
 
-fn save_spec(deployment: &Deployment, document: &SpecDocument) -> Result<(), CoreError> {
+/// Keeps the spec of the last successful create or update, and the directory its relative
+/// paths start from, for commands that name the deployment by its tag (`watch --tag`).
+fn save_spec(
+    deployment: &Deployment,
+    document: &SpecDocument,
+    cwd: &Path,
+) -> Result<(), CoreError> {
     let source = fs_err::read(&document.path)?;
     deployment.write_file("spec.yaml", &source)?;
+    deployment.write_file(SPEC_DIR_FILE, cwd.as_os_str().as_encoded_bytes())?;
     Ok(())
 }
+
+/// The directory the saved spec's relative paths start from.
+const SPEC_DIR_FILE: &str = "spec-dir";
 
 /// Diagnostics of a spec that was refused for a reason outside the file's syntax.
 pub fn spec_refusal(

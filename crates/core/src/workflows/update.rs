@@ -157,12 +157,26 @@ pub async fn update<P: Provider>(
     }
     let _lock = deployment.lock()?;
     let provider = make_provider(&deployment)?;
+    converge(&deployment, metadata.provider, &request, progress, &provider).await
+}
+
+/// Steps 2 to 7 of the module documentation, for a caller that holds the deployment's lock
+/// (`update`, and `watch` when it replaces machines).
+pub(crate) async fn converge<P: Provider>(
+    deployment: &Deployment,
+    provider_kind: ProviderKind,
+    request: &UpdateRequest<'_>,
+    progress: &dyn Progress,
+    provider: &P,
+) -> Result<UpdateOutcome, CoreError> {
+    let document = request.document;
+    let spec = &document.spec;
+    let deployment = deployment.clone();
     // The shared resources prepare converges (launch templates among them) depend on the
     // capacity of each group and on the account's references (image, network, policies),
     // checked against the account as create checks them, before anything changes.
     let (plan, _survey) =
-        super::resolve(document, metadata.provider, &request.cwd, &provider, progress, false)
-            .await?;
+        super::resolve(document, provider_kind, &request.cwd, provider, progress, false).await?;
     let existing = provider.machines().await?;
     let planned: Vec<String> = plan.machines.iter().map(|m| m.name.clone()).collect();
     let change = MembershipChange::between(&planned, &existing);
@@ -192,7 +206,7 @@ pub async fn update<P: Provider>(
                 provider.launch(&plan, progress).await.map_err(CoreError::from)
             }
         },
-        publish_files(&provider, spec, &request.cwd, progress),
+        publish_files(provider, spec, &request.cwd, progress),
     )?;
     progress.checkpoint(checkpoints::UPDATE_LAUNCHED);
     let removed: Vec<Machine> =
@@ -209,7 +223,7 @@ pub async fn update<P: Provider>(
     if !new_machines.is_empty() {
         let ca = deployment.certificate_authority()?;
         install_identities(
-            &provider,
+            provider,
             &ca,
             &spec.tag,
             &new_machines,
@@ -219,13 +233,13 @@ pub async fn update<P: Provider>(
         .await?;
     }
     let manifests =
-        build_manifests(&provider, &deployment, spec, &request.cwd, &machines, &files, progress)
+        build_manifests(provider, &deployment, spec, &request.cwd, &machines, &files, progress)
             .await?;
 
     // New machines first: they serve nothing yet, so they start all at once.
     if !new_machines.is_empty() {
         start_new_machines(
-            &provider,
+            provider,
             &client,
             &new_machines,
             &manifests,
@@ -243,7 +257,7 @@ pub async fn update<P: Provider>(
         .filter(|m| m.role == Role::Binary && !new_machines.iter().any(|n| n.name == m.name))
         .map(|m| m.name.clone())
         .collect();
-    roll_out_batches(&deployment, &client, &names, &manifests, &mut recorded, &request, progress)
+    roll_out_batches(&deployment, &client, &names, &manifests, &mut recorded, request, progress)
         .await?;
 
     // Last, the machines the spec no longer names.
@@ -258,7 +272,7 @@ pub async fn update<P: Provider>(
         deployment.write_json(MANIFESTS_FILE, &recorded)?;
     }
 
-    save_spec(&deployment, document)?;
+    save_spec(&deployment, document, &request.cwd)?;
     let rows = super::status::rows(&client, &machines, super::DEFAULT_CONCURRENCY).await?;
     let mut metadata = deployment.metadata()?;
     metadata.usd_per_hour = super::status::price_per_hour(&rows);
