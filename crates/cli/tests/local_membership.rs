@@ -40,7 +40,7 @@ update: {{batch_size: 2, health_deadline: 20s}}
 fn update(fleet: &TestFleet, spec_text: &str, extra: &[&str]) -> Output {
     let path = fleet.work.path().join("fleet.yaml");
     fs_err::write(&path, spec_text.replace("{fleet_app}", &fleet_app_bin().display().to_string()))
-        .unwrap();
+        .expect("the spec is written");
     let path = path.display().to_string();
     let mut args = vec!["update", "--config", path.as_str(), "--output", "json"];
     args.extend_from_slice(extra);
@@ -53,7 +53,10 @@ type Output = std::process::Output;
 fn pids(rows: &[Value]) -> BTreeMap<String, u64> {
     rows.iter()
         .filter(|r| r["role"] == "binary")
-        .map(|r| (r["name"].as_str().unwrap().to_owned(), r["pid"].as_u64().unwrap()))
+        .map(|r| {
+            let name = r["name"].as_str().expect("a name");
+            (name.to_owned(), r["pid"].as_u64().expect("a running binary has a pid"))
+        })
         .collect()
 }
 

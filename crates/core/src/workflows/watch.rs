@@ -42,6 +42,9 @@ use crate::progress::Progress;
 use crate::provider::{Machine, MachineState, Provider, ProviderError, Role};
 use crate::state::{Deployment, DeploymentStatus, Home, unix_now};
 
+/// Reports one event: the machine it is about, what happened, what watch did, the outcome.
+type Emit<'a> = dyn Fn(Option<&str>, &str, &str, String) + Sync + 'a;
+
 /// The journal of decisions, in the deployment's directory.
 const JOURNAL_FILE: &str = "watch-journal.json";
 /// Replacements counted against `max_per_hour` are those of the last hour.
@@ -213,7 +216,7 @@ async fn one_round<P: Provider>(
     progress: &dyn Progress,
     provider: &P,
     sightings: &mut Sightings,
-    emit: &(dyn Fn(Option<&str>, &str, &str, String) + Sync),
+    emit: &Emit<'_>,
 ) -> Result<(), CoreError> {
     let plan = crate::plan::DeploymentPlan::from_spec(&request.document.spec, provider_kind);
     let machines = provider.machines().await?;
@@ -360,7 +363,7 @@ async fn replace<P: Provider>(
     provider: &P,
     names: &[String],
     old: &[Machine],
-    emit: &(dyn Fn(Option<&str>, &str, &str, String) + Sync),
+    emit: &Emit<'_>,
 ) {
     let outcome: Result<(), CoreError> = async {
         let _lock = deployment.lock()?;
