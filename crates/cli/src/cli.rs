@@ -202,15 +202,17 @@ pub struct WatchArgs {
     #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "5s")]
     pub interval: std::time::Duration,
     /// How long a machine may be stopped, unreachable or unhealthy before it is replaced (one
-    /// the provider reports ended is replaced at once).
-    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "2m")]
-    pub replace_after: std::time::Duration,
-    /// Replacements under way at once.
-    #[arg(long, default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_replacing: u64,
-    /// Replacements in any hour; beyond it watch holds back and says why.
-    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..))]
-    pub max_per_hour: u64,
+    /// the provider reports ended is replaced at once); default: the spec's
+    /// `heal.replace_after` (2m).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub replace_after: Option<std::time::Duration>,
+    /// Replacements under way at once; default: the spec's `heal.max_replacing` (2).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_replacing: Option<u64>,
+    /// Replacements in any hour, beyond which watch holds back and says why; default: the
+    /// spec's `heal.max_per_hour` (10).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_per_hour: Option<u64>,
     /// Stop after this many rounds (default: run until stopped).
     #[arg(long)]
     pub rounds: Option<u64>,

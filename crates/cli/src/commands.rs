@@ -301,6 +301,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
                 None => workflows::saved_spec(&home.open(&tag)?)?,
             };
             let kind = home.open(&tag)?.metadata()?.provider;
+            let heal = document.spec.heal;
             let format = args.output.output;
             let events =
                 move |event: workflows::WatchEvent| output::print_watch_event(&event, format);
@@ -311,9 +312,13 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
                     document,
                     cwd,
                     interval: args.interval,
-                    replace_after: args.replace_after,
-                    max_replacing: args.max_replacing as usize,
-                    max_per_hour: args.max_per_hour as usize,
+                    replace_after: args.replace_after.unwrap_or(heal.replace_after),
+                    max_replacing: args
+                        .max_replacing
+                        .map_or(heal.max_replacing as usize, |n| n as usize),
+                    max_per_hour: args
+                        .max_per_hour
+                        .map_or(heal.max_per_hour as usize, |n| n as usize),
                     agent_timeout: agent_timeout(kind),
                     rounds: args.rounds,
                 },

@@ -21,10 +21,11 @@ use super::reader::{
     flotilla_required, index_of, last_segment,
 };
 use super::rules::{InstanceName, check_cidr, machine_total_problem};
+use crate::fleet::MAX_REPLACE_AFTER;
 use crate::fleet::{
-    FleetSpec, HealthCheck, HostsSignal, InstanceSpec, MAX_HEALTH_DEADLINE, MAX_KEEPALIVE,
-    MAX_RESTART_BACKOFF, MonitoringSpec, OnHostsChange, Percent, PortSpec, ProviderKind,
-    RestartPolicy, RestartSpec, UpdateSpec,
+    FleetSpec, HealSpec, HealthCheck, HostsSignal, InstanceSpec, MAX_HEALTH_DEADLINE,
+    MAX_KEEPALIVE, MAX_RESTART_BACKOFF, MonitoringSpec, OnHostsChange, OnScheduledEvent, Percent,
+    PortSpec, ProviderKind, RestartPolicy, RestartSpec, UpdateSpec,
 };
 use crate::suggest::closest_match;
 use crate::tree::{Node, NodeValue};
@@ -43,6 +44,7 @@ pub(crate) const FLEET_KEYS: &[KeySpec] = &[
     deployer("ports", "add `ports: []`: the deployer requires the key even when no port is opened"),
     flotilla("provider"),
     flotilla("update"),
+    flotilla("heal"),
     flotilla("image"),
     flotilla("image_owners"),
     flotilla("network"),
@@ -114,6 +116,13 @@ pub(crate) const UPDATE_KEYS: &[KeySpec] =
 pub(crate) const ON_HOSTS_CHANGE_KEYS: &[KeySpec] =
     &[flotilla_required("signal", "add `signal:` with a signal name, e.g. `signal: SIGHUP`")];
 
+pub(crate) const HEAL_KEYS: &[KeySpec] = &[
+    flotilla("replace_after"),
+    flotilla("max_replacing"),
+    flotilla("max_per_hour"),
+    flotilla("on_scheduled_event"),
+];
+
 pub(crate) const RESTART_KEYS: &[KeySpec] =
     &[flotilla("policy"), flotilla("initial_backoff"), flotilla("max_backoff")];
 
@@ -155,6 +164,7 @@ impl Decoder<'_> {
             }
         }
         let update = self.optional(&fields, "update", Self::decode_update);
+        let heal = self.optional(&fields, "heal", Self::decode_heal);
         let account = self.decode_account(&fields, None);
         if let (Some(account), Slot::Present(instances, _)) = (&account, &instances) {
             self.check_account_across_entries(&account.keys, instances, provider.value().copied());
@@ -167,6 +177,7 @@ impl Decoder<'_> {
             ports: ports.into_required()?,
             provider: provider.into_optional()?,
             update: update.into_optional()?.unwrap_or_default(),
+            heal: heal.into_optional()?.unwrap_or_default(),
             account: account.keys,
             iam: account.iam,
         })
@@ -633,6 +644,63 @@ impl Decoder<'_> {
             batch_size: batch_size.into_optional()?,
             max_unavailable: max_unavailable.into_optional()?,
             health_deadline: health_deadline.into_optional()?,
+        })
+    }
+
+    fn decode_heal(&mut self, node: &Node, field: &str) -> Option<HealSpec> {
+        let fields = self.open_mapping(node, field, HEAL_KEYS, UnknownKeys::Refuse)?;
+        let defaults = HealSpec::default();
+        // A duration of 0 is refused by the reader.
+        let replace_after = self.optional(&fields, "replace_after", |decoder, node, field| {
+            decoder.read_duration(node, field, MAX_REPLACE_AFTER)
+        });
+        let at_least_one = |what: &'static str, example: &'static str| {
+            move |decoder: &mut Self, node: &Node, field: &str| {
+                let value = decoder.read_u32(node, field)?;
+                if value == 0 {
+                    decoder.error(
+                        node.location,
+                        field,
+                        format!("{what} must be at least 1"),
+                        format!("e.g. `{what}: {example}`"),
+                    );
+                    return None;
+                }
+                Some(value)
+            }
+        };
+        let max_replacing =
+            self.optional(&fields, "max_replacing", at_least_one("max_replacing", "2"));
+        let max_per_hour =
+            self.optional(&fields, "max_per_hour", at_least_one("max_per_hour", "10"));
+        let on_scheduled_event =
+            self.optional(&fields, "on_scheduled_event", |decoder, node, field| {
+                let text = decoder.read_string(node, field)?;
+                match text.as_str() {
+                    "replace" => Some(OnScheduledEvent::Replace),
+                    "ignore" => Some(OnScheduledEvent::Ignore),
+                    _ => {
+                        let help = match closest_match(&text, ["replace", "ignore"]) {
+                            Some(known) => format!("did you mean `{known}`?"),
+                            None => "write `replace` or `ignore`".to_owned(),
+                        };
+                        decoder.error(
+                            node.location,
+                            field,
+                            format!("unknown on_scheduled_event `{text}`"),
+                            help,
+                        );
+                        None
+                    }
+                }
+            });
+        Some(HealSpec {
+            replace_after: replace_after.into_optional()?.unwrap_or(defaults.replace_after),
+            max_replacing: max_replacing.into_optional()?.unwrap_or(defaults.max_replacing),
+            max_per_hour: max_per_hour.into_optional()?.unwrap_or(defaults.max_per_hour),
+            on_scheduled_event: on_scheduled_event
+                .into_optional()?
+                .unwrap_or(defaults.on_scheduled_event),
         })
     }
 

@@ -75,6 +75,10 @@ pub struct FleetSpec {
     #[serde(default)]
     #[schemars(extend("x-origin" = "flotilla"))]
     pub update: UpdateSpec,
+    /// How `flotilla watch` keeps the fleet at its spec: when a machine counts as gone, and how many replacements it may make.
+    #[serde(default, skip_serializing_if = "HealSpec::is_default")]
+    #[schemars(extend("x-origin" = "flotilla"))]
+    pub heal: HealSpec,
     /// Image, network, tags, boot additions and root volume: every machine's defaults.
     #[serde(flatten)]
     pub account: AccountKeys,
@@ -450,6 +454,58 @@ pub struct UpdateSpec {
     #[schemars(with = "Option<DurationText>", extend("default" = "1m"))]
     pub health_deadline: Option<Duration>,
 }
+
+/// `heal`: how `flotilla watch` replaces machines that are gone.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+#[schemars(
+    description = "How `flotilla watch` keeps the fleet at its spec: a machine gone (reclaimed, retired, or down past `replace_after`) is replaced under its name, within churn limits."
+)]
+pub struct HealSpec {
+    /// How long a machine may be stopped, unreachable or unhealthy before it is replaced; one the cloud reports ended is replaced at once. More than 0, at most 1d.
+    #[serde(with = "crate::duration_serde")]
+    #[schemars(with = "DurationText", extend("default" = "2m"))]
+    pub replace_after: Duration,
+    /// Replacements under way at once (at least 1).
+    #[schemars(range(min = 1), extend("default" = 2))]
+    pub max_replacing: u32,
+    /// Replacements started in any hour (at least 1); beyond it watch holds back and says why in its log and in `status`.
+    #[schemars(range(min = 1), extend("default" = 10))]
+    pub max_per_hour: u32,
+    /// What a scheduled event (`instance-retirement`, `system-reboot`, `instance-stop`, …) does: `replace` the machine before its NotBefore (default), or `ignore` it.
+    pub on_scheduled_event: OnScheduledEvent,
+}
+
+impl Default for HealSpec {
+    fn default() -> Self {
+        HealSpec {
+            replace_after: Duration::from_secs(120),
+            max_replacing: 2,
+            max_per_hour: 10,
+            on_scheduled_event: OnScheduledEvent::Replace,
+        }
+    }
+}
+
+impl HealSpec {
+    pub fn is_default(&self) -> bool {
+        *self == HealSpec::default()
+    }
+}
+
+/// What `flotilla watch` does about a machine's scheduled event.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum OnScheduledEvent {
+    /// Replace it before the event's NotBefore: the replacement first, then the old one drained.
+    #[default]
+    Replace,
+    /// Let the event happen.
+    Ignore,
+}
+
+/// The longest `heal.replace_after`.
+pub const MAX_REPLACE_AFTER: Duration = Duration::from_secs(24 * 3600);
 
 /// A percentage written `N%`, 1..=100.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

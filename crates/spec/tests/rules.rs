@@ -629,7 +629,7 @@ fleet.yaml:2:1: error: invalid YAML: while parsing a flow sequence, expected ','
             edited(&[("monitoring:", "base: &b {instance_type: t4g.small}\nmonitoring:"), ("  instance_type: t4g.small", "  <<: *b")]),
             r#"
 fleet.yaml:2:1: warning: base: unknown key `base` is ignored
-  help: the deployer ignores unknown keys; remove it if it is a mistake (known keys here: `tag`, `monitoring`, `instances`, `ports`, `provider`, `update`, `image`, `image_owners`, `network`, `tags`, `iam_policies`, `iam_statements`, `boot`, `root_volume`)
+  help: the deployer ignores unknown keys; remove it if it is a mistake (known keys here: `tag`, `monitoring`, `instances`, `ports`, `provider`, `update`, `heal`, `image`, `image_owners`, `network`, `tags`, `iam_policies`, `iam_statements`, `boot`, `root_volume`)
 fleet.yaml:4:3: warning: monitoring.<<: merge key `<<` is not applied: the deployer's parser reads it as an unknown key, so the keys it would merge are missing
   help: write the keys out here, or alias a whole mapping (`key: *anchor`)
 fleet.yaml:4:3: error: monitoring.instance_type: missing required key `instance_type`
