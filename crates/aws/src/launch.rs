@@ -75,7 +75,9 @@ pub fn sort_found(plan: &DeploymentPlan, records: &Records, mut found: Vec<Found
     found.sort_by(|a, b| (a.launch_time, &a.id).cmp(&(b.launch_time, &b.id)));
     let mut sorted = Sorted::default();
     let mut unnamed: BTreeMap<(String, String), Vec<Found>> = BTreeMap::new();
-    for instance in found.into_iter().filter(Found::alive) {
+    for instance in
+        found.into_iter().filter(Found::alive).filter(|f| !records.retiring.contains(&f.id))
+    {
         match instance.name_in(records).map(str::to_owned) {
             Some(name)
                 if planned.get(name.as_str()).is_some_and(|g| g.region == instance.region)
@@ -517,6 +519,9 @@ pub async fn machines(provider: &AwsProvider) -> Result<Vec<Machine>, ProviderEr
     );
     let mut by_name: BTreeMap<String, Found> = BTreeMap::new();
     for instance in found {
+        if records.retiring.contains(&instance.id) {
+            continue;
+        }
         let Some(name) = instance.name_in(&records).map(str::to_owned) else { continue };
         let journaled = records.machines.get(&name).map(|m| m.instance_id.as_str());
         let better = match by_name.get(&name) {

@@ -238,6 +238,28 @@ impl Provider for AwsProvider {
         launch::machines(self).await
     }
 
+    async fn launch_beside(
+        &self,
+        plan: &DeploymentPlan,
+        at_risk: &[Machine],
+        progress: &dyn Progress,
+    ) -> Result<Option<Vec<Machine>>, ProviderError> {
+        // The old instances leave their names first (journaled), so `launch` finds the names
+        // missing and launches new instances for them through the capacity policy.
+        self.journal.update(|r| {
+            for machine in at_risk {
+                if r.machines.get(&machine.name).is_some_and(|m| m.instance_id == machine.id) {
+                    r.machines.remove(&machine.name);
+                }
+                r.retiring.insert(machine.id.clone());
+            }
+        })?;
+        let launched = self.launch(plan, progress).await?;
+        Ok(Some(
+            launched.into_iter().filter(|m| at_risk.iter().any(|old| old.name == m.name)).collect(),
+        ))
+    }
+
     async fn retire(
         &self,
         machines: &[Machine],

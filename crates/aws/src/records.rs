@@ -78,6 +78,11 @@ pub struct Records {
     /// Machine name → its instance.
     #[serde(default)]
     pub machines: BTreeMap<String, MachineRecord>,
+    /// Instances a new instance was launched beside, under the same name (a rebalance
+    /// recommendation, a scheduled retirement): no machine's any more, adopted by no name and
+    /// listed by no `machines()`, until they are drained and retired.
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    pub retiring: BTreeSet<String>,
 }
 
 impl Records {

@@ -84,6 +84,7 @@ pub async fn retire(
             if r.machines.get(&machine.name).is_some_and(|m| m.instance_id == machine.id) {
                 r.machines.remove(&machine.name);
             }
+            r.retiring.remove(&machine.id);
         }
     })?;
     Ok(())

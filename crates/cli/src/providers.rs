@@ -191,6 +191,18 @@ impl Provider for AnyProvider {
         }
     }
 
+    async fn launch_beside(
+        &self,
+        plan: &DeploymentPlan,
+        at_risk: &[Machine],
+        progress: &dyn Progress,
+    ) -> Result<Option<Vec<Machine>>, ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.launch_beside(plan, at_risk, progress).await,
+            AnyProvider::Aws(p) => p.launch_beside(plan, at_risk, progress).await,
+        }
+    }
+
     async fn retire(
         &self,
         machines: &[Machine],

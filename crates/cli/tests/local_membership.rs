@@ -299,6 +299,24 @@ fn watch_replaces_a_machine_whose_agent_was_killed() {
             (peers_of(row)? == expected && seen.contains(&"node-1")).then_some(())
         });
     }
+
+    // A rebalance recommendation rehearsed on node-0: watch replaces it (locally the old one
+    // goes first: two machines cannot share a name here).
+    let node0_pid = row(&status, "node-0")["pid"].as_u64();
+    fleet.run_ok(&["notice", "--config", &spec_path, "node-0", "rebalance"]);
+    let seen = wait_for_event(&events, "the rebalance replacement", |e| {
+        e["machine"] == "node-0" && e["what"] == "replaced"
+    });
+    assert!(
+        seen.iter().any(|e| e["machine"] == "node-0"
+            && e["what"].as_str().is_some_and(|w| w.starts_with("rebalance recommendation"))
+            && e["action"] == "replacing, the new machine first"),
+        "{seen:#?}"
+    );
+    let after = fleet.status();
+    assert_eq!(row(&after, "node-0")["health"], "healthy");
+    assert_ne!(row(&after, "node-0")["pid"].as_u64(), node0_pid, "a new machine");
+    assert_ne!(row(&after, "node-0")["lifecycle"]["last_event"]["event"], "rebalance", "{after:?}");
     watch.kill().unwrap();
     watch.wait().unwrap();
 

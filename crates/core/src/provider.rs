@@ -12,7 +12,8 @@
 //!    once the machine's addresses are known), stored where only that machine can read it.
 //! 4. [`Provider::publish`]: artifacts, content-addressed, where agents can fetch them.
 //! 5. [`Provider::machines`] at any time; [`Provider::retire`] for machines leaving the
-//!    deployment (a smaller `count`, or a replacement under the same name);
+//!    deployment (a smaller `count`, or a replacement under the same name), after
+//!    [`Provider::launch_beside`] when the replacement comes first;
 //!    [`Provider::destroy`] at the end.
 //!
 //! Every provider is also a [`Surveyor`]: what its regions offer (the instance catalog and
@@ -255,6 +256,20 @@ pub trait Provider: Surveyor {
 
     /// The deployment's machines that exist now (not terminated).
     fn machines(&self) -> impl Future<Output = Result<Vec<Machine>, ProviderError>> + Send;
+
+    /// Launches a new machine under the name of each of `at_risk` (machines that still run but
+    /// will not for long: a rebalance recommendation, a scheduled retirement) while they keep
+    /// running, and returns the new machines: from then on [`Provider::machines`] lists the new
+    /// ones under the names, and the old ones are the caller's to drain and [`Provider::retire`].
+    /// `Ok(None)` from a provider that cannot run two machines under one name (the local one):
+    /// the caller retires the old machine first and launches after. Safe to call again: an
+    /// at-risk machine already replaced is not replaced twice.
+    fn launch_beside(
+        &self,
+        plan: &DeploymentPlan,
+        at_risk: &[Machine],
+        progress: &dyn Progress,
+    ) -> impl Future<Output = Result<Option<Vec<Machine>>, ProviderError>> + Send;
 
     /// Removes `machines` for good (the spec no longer names them, or they are gone and will be
     /// replaced under their names): each machine is stopped (its agent told to stop, as at

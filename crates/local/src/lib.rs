@@ -446,6 +446,17 @@ impl Provider for LocalProvider {
             .collect())
     }
 
+    /// A machine's directory, address and agent are its name's: two machines cannot run under
+    /// one name here, so the caller replaces after retiring.
+    async fn launch_beside(
+        &self,
+        _plan: &DeploymentPlan,
+        _at_risk: &[Machine],
+        _progress: &dyn Progress,
+    ) -> Result<Option<Vec<Machine>>, ProviderError> {
+        Ok(None)
+    }
+
     async fn retire(
         &self,
         machines: &[Machine],

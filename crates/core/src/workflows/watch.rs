@@ -5,9 +5,14 @@
 //! Each round (every `interval`):
 //! 1. the provider's machines, and each running binary machine's agent status, are read;
 //! 2. a machine the spec names is **gone** when the provider no longer lists it, or lists it
-//!    ended (terminated, shutting down: a spot reclaim, a retirement), or when it has been
-//!    stopped, unreachable or not healthy for longer than `replace_after` (an agent killed
-//!    with -9, a binary that never comes back);
+//!    ended (terminated, shutting down: a spot reclaim, a retirement), when its agent reports a
+//!    spot interruption notice, or when it has been stopped, unreachable or not healthy for
+//!    longer than `heal.replace_after` (an agent killed with -9, a binary that never comes
+//!    back). A machine whose agent reports a rebalance recommendation, or a scheduled event
+//!    (unless `heal.on_scheduled_event: ignore`), is **at risk**: it still serves, so its
+//!    replacement comes first and it is drained once the replacement is healthy, the way AWS
+//!    advises (where the provider can run two machines under one name; locally it is retired
+//!    first);
 //! 3. gone machines are replaced, at most `max_replacing` at a time and `max_per_hour` in any
 //!    hour, so that a broken image or a region outage does not churn the account; a machine
 //!    held back by a limit is reported, once per reason;
@@ -29,7 +34,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::PathBuf;
 use std::time::Duration;
 
-use flotilla_spec::api::BinaryState;
+use flotilla_spec::api::{AgentStatus, BinaryState};
+use flotilla_spec::fleet::OnScheduledEvent;
+use flotilla_spec::fleetd::Event;
 use flotilla_spec::{ProviderKind, SpecDocument};
 use futures_util::StreamExt;
 use serde::{Deserialize, Serialize};
@@ -91,6 +98,10 @@ pub struct WatchEvent {
 struct Journal {
     /// Name → the instance being replaced (the provider's id), for replacements under way.
     replacing: BTreeMap<String, String>,
+    /// Those of `replacing` whose replacement is launched beside the old machine (which is
+    /// drained after the new one is healthy).
+    #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
+    beside: BTreeSet<String>,
     /// Unix seconds of each replacement started in the last hour.
     started: Vec<u64>,
 }
@@ -124,6 +135,17 @@ struct Sightings {
     down_since: BTreeMap<String, (Instant, String)>,
     /// Machine → the reason it was last held back for, so each reason is reported once.
     held: BTreeMap<String, String>,
+    /// Events watch let be (`on_scheduled_event: ignore`), by machine and time, reported once.
+    ignored: BTreeSet<(String, u64)>,
+}
+
+/// One machine to replace: its name, the machine it replaces (when the provider still lists
+/// it), and whether the replacement comes first (the old one still serves).
+#[derive(Clone, Debug)]
+struct Job {
+    name: String,
+    old: Option<Machine>,
+    beside: bool,
 }
 
 /// Runs the reconciler until `request.rounds` rounds have passed (or forever).
@@ -163,25 +185,18 @@ pub async fn watch<P: Provider>(
     if !journal.replacing.is_empty() {
         let names: Vec<String> = journal.replacing.keys().cloned().collect();
         emit(None, "resumed", "finishing replacements", names.join(", "));
+        // An old machine a replacement was launched beside is no longer listed by its name:
+        // it is found by the id the journal kept.
         let machines = provider.machines().await?;
-        let gone: Vec<Machine> = names
+        let jobs: Vec<Job> = names
             .iter()
-            .filter_map(|name| {
+            .map(|name| {
                 let id = &journal.replacing[name];
-                machines.iter().find(|m| &m.name == name && &m.id == id).cloned()
+                let old = machines.iter().find(|m| &m.name == name && &m.id == id).cloned();
+                Job { name: name.clone(), old, beside: journal.beside.contains(name) }
             })
             .collect();
-        replace(
-            &deployment,
-            metadata.provider,
-            &request,
-            progress,
-            &provider,
-            &names,
-            &gone,
-            &emit,
-        )
-        .await;
+        replace(&deployment, metadata.provider, &request, progress, &provider, &jobs, &emit).await;
     }
 
     let mut sightings = Sightings::default();
@@ -206,6 +221,14 @@ pub async fn watch<P: Provider>(
         }
         tokio::time::sleep(request.interval).await;
     }
+}
+
+/// The notice the machine's agent last reacted to, when it is one watch acts on: a spot
+/// interruption, a rebalance recommendation, a scheduled event (event, unix seconds, detail).
+fn notice_of(status: &AgentStatus) -> Option<(Event, u64, String)> {
+    let event = status.lifecycle.as_ref()?.last_event.as_ref()?;
+    matches!(event.event, Event::Interrupted | Event::Rebalance | Event::ScheduledEvent)
+        .then(|| (event.event, event.at, event.detail.clone()))
 }
 
 /// One round (steps 1 to 4 of the module documentation).
@@ -244,6 +267,8 @@ async fn one_round<P: Provider>(
         .await;
 
     let mut gone: Vec<(String, Option<Machine>, String)> = Vec::new();
+    // Machines at risk that still serve: their replacement comes first.
+    let mut beside: BTreeSet<String> = BTreeSet::new();
     for planned in &plan.machines {
         let listed = machines.iter().find(|m| m.name == planned.name);
         let down = match listed {
@@ -266,6 +291,35 @@ async fn one_round<P: Provider>(
                 false,
             )),
             Some(machine) if machine.role == Role::Binary => match answers.get(&machine.name) {
+                Some(Ok(status)) if notice_of(status).is_some() => {
+                    let (event, at, detail) = notice_of(status).expect("checked");
+                    match event {
+                        Event::Interrupted => {
+                            Some((format!("spot interruption notice: {detail}"), true))
+                        }
+                        Event::Rebalance => {
+                            beside.insert(machine.name.clone());
+                            Some((format!("rebalance recommendation: {detail}"), true))
+                        }
+                        _ if request.document.spec.heal.on_scheduled_event
+                            == OnScheduledEvent::Ignore =>
+                        {
+                            if sightings.ignored.insert((machine.name.clone(), at)) {
+                                emit(
+                                    Some(&machine.name),
+                                    &format!("scheduled event: {detail}"),
+                                    "let be",
+                                    "on_scheduled_event: ignore".to_owned(),
+                                );
+                            }
+                            None
+                        }
+                        _ => {
+                            beside.insert(machine.name.clone());
+                            Some((format!("scheduled event: {detail}"), true))
+                        }
+                    }
+                }
                 Some(Ok(status)) if status.state == BinaryState::Healthy => None,
                 // A binary stopped by request (`flotilla stop`, a drain) is not a failure.
                 Some(Ok(status)) if status.state == BinaryState::Stopped => None,
@@ -302,7 +356,7 @@ async fn one_round<P: Provider>(
     let mut journal: Journal = deployment.read_json(JOURNAL_FILE)?.unwrap_or_default();
     let wall = unix_now();
     journal.started.retain(|at| wall.saturating_sub(*at) < HOUR);
-    let mut accepted: Vec<(String, Option<Machine>)> = Vec::new();
+    let mut accepted: Vec<Job> = Vec::new();
     for (name, machine, reason) in gone {
         let in_flight = journal.replacing.len() + accepted.len();
         let this_hour = journal.started.len() + accepted.len();
@@ -327,8 +381,10 @@ async fn one_round<P: Provider>(
                 }
             }
             None => {
-                emit(Some(&name), &reason, "replacing", "journaled".to_owned());
-                accepted.push((name, machine));
+                let first = beside.contains(&name);
+                let how = if first { "replacing, the new machine first" } else { "replacing" };
+                emit(Some(&name), &reason, how, "journaled".to_owned());
+                accepted.push(Job { beside: first, name, old: machine });
             }
         }
     }
@@ -336,15 +392,17 @@ async fn one_round<P: Provider>(
         return Ok(());
     }
     // Journaled before anything is done.
-    for (name, machine) in &accepted {
-        let id = machine.as_ref().map(|m| m.id.clone()).unwrap_or_default();
-        journal.replacing.insert(name.clone(), id);
+    for job in &accepted {
+        let id = job.old.as_ref().map(|m| m.id.clone()).unwrap_or_default();
+        journal.replacing.insert(job.name.clone(), id);
+        if job.beside {
+            journal.beside.insert(job.name.clone());
+        }
         journal.started.push(wall);
     }
     deployment.write_json(JOURNAL_FILE, &journal)?;
-    let names: Vec<String> = accepted.iter().map(|(name, _)| name.clone()).collect();
-    let old: Vec<Machine> = accepted.into_iter().filter_map(|(_, machine)| machine).collect();
-    replace(deployment, provider_kind, request, progress, provider, &names, &old, emit).await;
+    replace(deployment, provider_kind, request, progress, provider, &accepted, emit).await;
+    let names: Vec<String> = accepted.iter().map(|job| job.name.clone()).collect();
     for name in &names {
         sightings.down_since.remove(name);
         sightings.held.remove(name);
@@ -352,25 +410,48 @@ async fn one_round<P: Provider>(
     Ok(())
 }
 
-/// Step 4: retires `old` (the instances of `names` that are still listed), converges, and clears
-/// the journal entries of `names`. Its outcome is reported as events.
-#[allow(clippy::too_many_arguments)]
+/// Step 4 for `jobs`, then clears their journal entries; the outcome is reported as events.
+///
+/// Replacements that come first (`beside`) are launched beside the old machines
+/// ([`Provider::launch_beside`]); the others' old machines are drained and retired. Then the
+/// deployment converges as `update` does (the missing names launched, the new machines started,
+/// hosts.yaml to everyone), and last the old machines that were left serving are drained and
+/// retired.
 async fn replace<P: Provider>(
     deployment: &Deployment,
     provider_kind: ProviderKind,
     request: &WatchRequest,
     progress: &dyn Progress,
     provider: &P,
-    names: &[String],
-    old: &[Machine],
+    jobs: &[Job],
     emit: &Emit<'_>,
 ) {
+    let names: Vec<String> = jobs.iter().map(|job| job.name.clone()).collect();
     let outcome: Result<(), CoreError> = async {
         let _lock = deployment.lock()?;
-        if !old.is_empty() {
-            let client = connect(deployment, old)?;
-            drain(&client, old, progress).await;
-            provider.retire(old, progress).await?;
+        let plan = crate::plan::DeploymentPlan::from_spec(&request.document.spec, provider_kind);
+        let at_risk: Vec<Machine> =
+            jobs.iter().filter(|job| job.beside).filter_map(|job| job.old.clone()).collect();
+        let mut serving_old: Vec<Machine> = Vec::new();
+        let mut retire_first: Vec<Machine> =
+            jobs.iter().filter(|job| !job.beside).filter_map(|job| job.old.clone()).collect();
+        if !at_risk.is_empty() {
+            provider.prepare(&plan, progress).await?;
+            match provider.launch_beside(&plan, &at_risk, progress).await? {
+                Some(_) => {
+                    // The new machines have no version yet: `converge` starts them as new.
+                    let mut recorded = super::saved_manifests(deployment)?;
+                    recorded.retain(|name, _| !at_risk.iter().any(|m| &m.name == name));
+                    deployment.write_json(super::MANIFESTS_FILE, &recorded)?;
+                    serving_old = at_risk;
+                }
+                None => retire_first.extend(at_risk),
+            }
+        }
+        if !retire_first.is_empty() {
+            let client = connect(deployment, &retire_first)?;
+            drain(&client, &retire_first, progress).await;
+            provider.retire(&retire_first, progress).await?;
         }
         let update = UpdateRequest {
             document: &request.document,
@@ -380,13 +461,21 @@ async fn replace<P: Provider>(
             agent_timeout: request.agent_timeout,
             cwd: request.cwd.clone(),
         };
-        converge(deployment, provider_kind, &update, progress, provider).await.map(drop)
+        converge(deployment, provider_kind, &update, progress, provider).await?;
+        if !serving_old.is_empty() {
+            // The replacements are healthy: the machines they replace go now.
+            let client = connect(deployment, &serving_old)?;
+            drain(&client, &serving_old, progress).await;
+            provider.retire(&serving_old, progress).await?;
+        }
+        Ok(())
     }
     .await;
     let named: BTreeSet<&str> = names.iter().map(String::as_str).collect();
     let cleared = deployment.read_json::<Journal>(JOURNAL_FILE).map(|journal| {
         let mut journal = journal.unwrap_or_default();
         journal.replacing.retain(|name, _| !named.contains(name.as_str()));
+        journal.beside.retain(|name| !named.contains(name.as_str()));
         journal
     });
     match cleared {
@@ -397,7 +486,7 @@ async fn replace<P: Provider>(
         }
         Err(error) => emit(None, "journal", "clearing finished replacements", error.to_string()),
     }
-    for name in names {
+    for name in &names {
         match &outcome {
             Ok(()) => emit(Some(name), "replaced", "launched under its name", "healthy".to_owned()),
             Err(error) => {
