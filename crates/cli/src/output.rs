@@ -75,6 +75,7 @@ pub fn print_status(rows: &[StatusRow]) {
                 .state_reason
                 .clone()
                 .filter(|_| row.state != "running")
+                .or_else(|| row.watch.clone())
                 .or_else(|| row.error.clone())
                 .or_else(|| row.health_error.clone())
                 .or_else(|| boot_note(row))

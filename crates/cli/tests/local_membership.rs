@@ -236,6 +236,8 @@ fn watch_replaces_a_machine_whose_agent_was_killed() {
         "200ms",
         "--replace-after",
         "1s",
+        "--max-per-hour",
+        "2",
         "--output",
         "json",
     ];
@@ -317,6 +319,33 @@ fn watch_replaces_a_machine_whose_agent_was_killed() {
     assert_eq!(row(&after, "node-0")["health"], "healthy");
     assert_ne!(row(&after, "node-0")["pid"].as_u64(), node0_pid, "a new machine");
     assert_ne!(row(&after, "node-0")["lifecycle"]["last_event"]["event"], "rebalance", "{after:?}");
+
+    // A third loss within the hour: the churn limit holds it back, and status says why.
+    let agent: u32 = fs_err::read_to_string(fleet.instance_dir("node-2").join("agent.pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(agent as i32).unwrap(),
+        rustix::process::Signal::KILL,
+    )
+    .unwrap();
+    let seen = wait_for_event(&events, "the churn limit", |e| {
+        e["machine"] == "node-2" && e["action"] == "held back"
+    });
+    let held = seen.last().unwrap();
+    assert!(held["outcome"].as_str().unwrap().contains("(max_per_hour 2)"), "{held}");
+    let status =
+        wait_for("status to show the held-back replacement", Duration::from_secs(10), || {
+            let status = fleet.status();
+            row(&status, "node-2")["watch"].as_str().is_some().then_some(status)
+        });
+    let note = row(&status, "node-2")["watch"].as_str().unwrap().to_owned();
+    assert!(
+        note.starts_with("watch holds its replacement back: 2 replacements in the last hour"),
+        "{note}"
+    );
     watch.kill().unwrap();
     watch.wait().unwrap();
 

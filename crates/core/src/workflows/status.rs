@@ -61,6 +61,10 @@ pub struct StatusRow {
     pub market: Option<flotilla_capacity::Lifecycle>,
     /// Its price per hour, when known.
     pub usd_per_hour: Option<f64>,
+    /// What `flotilla watch` does about the machine, when it does something: being replaced,
+    /// or held back by a churn limit (and why).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub watch: Option<String>,
 }
 
 impl StatusRow {
@@ -93,6 +97,7 @@ impl StatusRow {
                 .as_ref()
                 .and_then(|p| p.price.as_ref())
                 .map(|price| price.usd_per_hour),
+            watch: None,
         };
         match answer {
             Ok(status) => {
@@ -158,7 +163,72 @@ pub async fn status<P: Provider>(
         return Ok(Vec::new());
     }
     let client = connect(&deployment, &machines)?;
-    rows(&client, &machines, concurrency).await
+    let mut rows = rows(&client, &machines, concurrency).await?;
+    add_watch_notes(&deployment, &mut rows)?;
+    Ok(rows)
+}
+
+/// What the deployment's `flotilla watch` last said it does (`watch-state.json`): each row's
+/// `watch`, and a row for a machine that is gone (the provider no longer lists it) while watch
+/// replaces it or holds its replacement back.
+fn add_watch_notes(deployment: &Deployment, rows: &mut Vec<StatusRow>) -> Result<(), CoreError> {
+    let Some(state) = deployment.read_json::<super::watch::WatchState>(super::watch::STATE_FILE)?
+    else {
+        return Ok(());
+    };
+    // A watch that stopped says nothing any more.
+    if crate::state::unix_now().saturating_sub(state.at) > super::watch::STATE_FRESH_SECS {
+        return Ok(());
+    }
+    let notes: Vec<(String, String)> =
+        state
+            .replacing
+            .iter()
+            .map(|name| (name.clone(), "being replaced by watch".to_owned()))
+            .chain(state.held.iter().map(|(name, why)| {
+                (name.clone(), format!("watch holds its replacement back: {why}"))
+            }))
+            .collect();
+    for (name, note) in notes {
+        match rows.iter_mut().find(|row| row.name == name) {
+            Some(row) => row.watch = Some(note),
+            None => rows.push(StatusRow::gone(&name, note)),
+        }
+    }
+    Ok(())
+}
+
+impl StatusRow {
+    /// A machine the provider no longer lists.
+    fn gone(name: &str, watch: String) -> StatusRow {
+        let nowhere = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
+        StatusRow {
+            name: name.to_owned(),
+            role: Role::Binary,
+            region: String::new(),
+            ip: nowhere,
+            private_ip: nowhere,
+            state: "gone".to_owned(),
+            health: None,
+            version: None,
+            hosts: None,
+            restarts: None,
+            pid: None,
+            uptime_secs: None,
+            health_error: None,
+            rollout: None,
+            boot: None,
+            lifecycle: None,
+            keepalive: None,
+            error: None,
+            state_reason: None,
+            instance_type: None,
+            zone: None,
+            market: None,
+            usd_per_hour: None,
+            watch: Some(watch),
+        }
+    }
 }
 
 /// One machine's answer to `keepalive`.

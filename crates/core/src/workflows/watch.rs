@@ -52,6 +52,24 @@ use crate::state::{Deployment, DeploymentStatus, Home, unix_now};
 /// Reports one event: the machine it is about, what happened, what watch did, the outcome.
 type Emit<'a> = dyn Fn(Option<&str>, &str, &str, String) + Sync + 'a;
 
+/// What watch does now, for `status`: written at the end of every round.
+pub(crate) const STATE_FILE: &str = "watch-state.json";
+
+/// How long [`STATE_FILE`] speaks for a watch after its last round (a watch that stopped says
+/// nothing any more).
+pub(crate) const STATE_FRESH_SECS: u64 = 600;
+
+/// The content of [`STATE_FILE`].
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub(crate) struct WatchState {
+    /// Unix seconds of the round.
+    pub(crate) at: u64,
+    /// Machines being replaced.
+    pub(crate) replacing: Vec<String>,
+    /// Machine → why its replacement is held back.
+    pub(crate) held: BTreeMap<String, String>,
+}
+
 /// The journal of decisions, in the deployment's directory.
 const JOURNAL_FILE: &str = "watch-journal.json";
 /// Replacements counted against `max_per_hour` are those of the last hour.
@@ -215,6 +233,13 @@ pub async fn watch<P: Provider>(
         {
             emit(None, "round-failed", "trying again next round", error.to_string());
         }
+        let journal: Journal = deployment.read_json(JOURNAL_FILE)?.unwrap_or_default();
+        let state = WatchState {
+            at: unix_now(),
+            replacing: journal.replacing.keys().cloned().collect(),
+            held: sightings.held.clone(),
+        };
+        deployment.write_json(STATE_FILE, &state)?;
         round += 1;
         if request.rounds.is_some_and(|rounds| round >= rounds) {
             return Ok(());
