@@ -55,8 +55,9 @@ pub trait MachineCloud: Send + Sync + fmt::Debug {
 
     /// Detaches a volume from this instance (passing the instance id) and waits, bounded, until
     /// it is `available`. [`Release::Keep`] tags it with the time it was last used, for the
-    /// pool's preference; [`Release::Rollback`] also deletes a volume this claim created and
-    /// never committed.
+    /// pool's preference, and commits a volume this claim created and never committed (it
+    /// joins its pool rather than staying in transit); [`Release::Rollback`] also deletes a
+    /// volume this claim created and never committed.
     fn release_volume<'a>(
         &'a self,
         machine: &'a MachineFacts,

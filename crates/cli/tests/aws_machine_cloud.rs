@@ -449,6 +449,49 @@ async fn a_created_volume_is_found_again_by_its_transaction_and_a_rollback_delet
     stack.terminate(&[instance]).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_volume_kept_before_its_commit_joins_its_pool() {
+    let stack = Stack::new("mckeep").await;
+    let machines = stack.launch(1).await;
+    let (instance, root) = (&machines[0].0, &machines[0].1);
+    let request = stack.claim(
+        facts(instance, "txn-keep"),
+        entry("/dev/sdh", &[VolumeSource::Create]),
+        Duration::from_secs(10),
+    );
+    let created = stack.cloud.claim_volume(&request).await.unwrap();
+    assert!(created.created_now);
+    let keys = |tags: Vec<(String, String)>| -> BTreeSet<String> {
+        tags.into_iter().map(|(key, _)| key).collect()
+    };
+    let marked = keys(stack.tags(&created.volume_id).await);
+    assert!(marked.contains(TAG_IN_TRANSIT) && marked.contains(TAG_TRANSACTION), "{marked:?}");
+    wait_device(root, &created.volume_id, true).await;
+
+    // Released with Keep before any commit (fleetd interrupted during init).
+    stack.cloud.release_volume(&request.machine, &created, Release::Keep).await.unwrap();
+    assert_eq!(stack.attached_to(&created.volume_id).await, None);
+    let kept = keys(stack.tags(&created.volume_id).await);
+    for key in [TAG_DOMAIN, TAG_POOL, TAG_LAST_USED] {
+        assert!(kept.contains(key), "{key} in {kept:?}");
+    }
+    for key in [TAG_IN_TRANSIT, TAG_TRANSACTION] {
+        assert!(!kept.contains(key), "{key} in {kept:?}");
+    }
+    // It is a pool volume now: another machine's `p` claim of the pool gets it.
+    let pool_claim = stack.claim(
+        facts(instance, "txn-keep-2"),
+        entry("/dev/sdi", &[VolumeSource::Pool]),
+        Duration::from_secs(10),
+    );
+    let claimed = stack.cloud.claim_volume(&pool_claim).await.unwrap();
+    assert_eq!(claimed.volume_id, created.volume_id);
+    assert_eq!(claimed.source, VolumeSource::Pool);
+    stack.cloud.release_volume(&pool_claim.machine, &claimed, Release::Keep).await.unwrap();
+    stack.terminate(&[instance]).await;
+    stack.ec2().delete_volume().volume_id(&created.volume_id).send().await.unwrap();
+}
+
 /// A hosted zone of its own for a test.
 async fn hosted_zone(stack: &Stack, name: &str) -> String {
     let route53 = aws_sdk_route53::Client::new(&stack.sdk);

@@ -642,6 +642,15 @@ pub(crate) async fn release(
     }
     match release {
         Release::Keep => {
+            let marked = current.tags().iter().any(|t| {
+                t.key().is_some_and(|k| [TAG_TRANSACTION, TAG_DEVICE, TAG_IN_TRANSIT].contains(&k))
+            });
+            if volume.created_now && marked {
+                // Kept before its domain committed it (an interruption during init, or an
+                // earlier run's hold): its data is kept, so it joins its pool now instead of
+                // staying marked in transit, where no claim would ever take it.
+                commit(cloud, machine, volume).await?;
+            }
             if volume.pool_name.is_some() {
                 let used = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
                 cloud
