@@ -2,8 +2,11 @@
 //! back when they fail, and undone at stop and on interruption, through the [`MachineCloud`]
 //! the binary registered. One engine serves the fleet agent and standalone `flotilla fleetd`.
 //!
-//! Init ([`Engine::init`]): every domain in a task of its own, in parallel (ec2fleetd's own
-//! TODO). Within a domain, in order:
+//! Init ([`Engine::init`]): first, when the config creates volumes (`c`), what a crashed run of
+//! this machine created and never committed ([`MachineCloud::volumes_left_in_transit`]) is
+//! unmounted and rolled back (deleted), before any claim could meet it at its device
+//! (ec2fleetd's `clean_up_transc` was a stub). Then every domain in a task of its own, in
+//! parallel. Within a domain, in order:
 //! 1. each `attach-volume` entry: claim it ([`MachineCloud::claim_volume`]), find its kernel
 //!    device by serial (`devices`), then run its `exec` hooks that run on the event (`on`
 //!    honoured; ec2fleetd never ran a volume hook that had one), with the volume's macros;
@@ -35,7 +38,8 @@ use std::time::Duration;
 
 use flotilla_spec::api::{HookOutcome, HookResult};
 use flotilla_spec::fleetd::{
-    AttachVolume, Domain, Event, FleetdConfig, RecordAddress, Route53Record, expand_macros,
+    AttachVolume, Domain, Event, FleetdConfig, RecordAddress, Route53Record, VolumeSource,
+    expand_macros,
 };
 use serde::{Deserialize, Serialize};
 
@@ -108,8 +112,11 @@ pub(crate) struct DomainOutcome {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct InitOutcome {
     pub(crate) domains: Vec<DomainOutcome>,
-    /// Holds of an earlier run the config no longer claims, and releasing them failed.
+    /// Holds of an earlier run the config no longer claims, and releasing them failed; and
+    /// volumes a crashed run left in transit that could not be rolled back.
     pub(crate) stale_failures: Vec<String>,
+    /// Volumes a crashed run left in transit, rolled back (deleted) at this init.
+    pub(crate) swept: Vec<String>,
 }
 
 impl InitOutcome {
@@ -184,6 +191,8 @@ impl Engine {
         base: &BTreeMap<String, String>,
     ) -> InitOutcome {
         let earlier = self.holds();
+        let mut outcome = InitOutcome::default();
+        self.sweep(config, &mut outcome).await;
         let mut tasks = Vec::new();
         for domain in &config.domains {
             let engine = self.clone();
@@ -192,7 +201,6 @@ impl Engine {
             tasks
                 .push(tokio::spawn(async move { engine.init_domain(&domain, event, &base).await }));
         }
-        let mut outcome = InitOutcome::default();
         for (task, domain) in tasks.into_iter().zip(&config.domains) {
             outcome.domains.push(task.await.unwrap_or_else(|error| DomainOutcome {
                 domain: domain.name.clone(),
@@ -226,9 +234,46 @@ impl Engine {
                         self.change(|h| h.domains.entry(domain.clone()).or_default().push(kept));
                 }
             }
-            outcome.stale_failures = failures;
+            outcome.stale_failures.extend(failures);
         }
         outcome
+    }
+
+    /// Rolls back the volumes a crashed run of this machine left in transit, for the domains of
+    /// `config` that create volumes (see the module).
+    async fn sweep(&self, config: &FleetdConfig, outcome: &mut InitOutcome) {
+        let domains: Vec<String> = config
+            .domains
+            .iter()
+            .filter(|d| d.attach_volume.iter().any(|v| v.source.contains(&VolumeSource::Create)))
+            .map(|d| d.name.clone())
+            .collect();
+        if domains.is_empty() {
+            return;
+        }
+        let leftovers =
+            match self.context.cloud.volumes_left_in_transit(&self.context.facts, &domains).await {
+                Ok(leftovers) => leftovers,
+                Err(error) => {
+                    outcome
+                        .stale_failures
+                        .push(format!("looking for volumes left in transit: {error}"));
+                    return;
+                }
+            };
+        for volume in leftovers {
+            let id = volume.volume_id.clone();
+            let hold = Hold::Volume { volume, device: None };
+            match self.release(&hold, Release::Rollback).await {
+                Ok(()) => {
+                    tracing::info!("rolled back volume {id}, left in transit by an earlier run");
+                    outcome.swept.push(id);
+                }
+                Err(error) => outcome
+                    .stale_failures
+                    .push(format!("volume {id}, left in transit by an earlier run: {error}")),
+            }
+        }
     }
 
     async fn init_domain(

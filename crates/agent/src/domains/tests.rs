@@ -17,6 +17,8 @@ struct TestCloud {
     failing: Mutex<Vec<String>>,
     /// When set, every claim waits here: a claim passes only once this many are waiting.
     rendezvous: Option<Arc<tokio::sync::Barrier>>,
+    /// What [`MachineCloud::volumes_left_in_transit`] answers.
+    left_in_transit: Vec<ClaimedVolume>,
 }
 
 impl TestCloud {
@@ -114,6 +116,17 @@ impl MachineCloud for TestCloud {
 
     fn notify<'a>(&'a self, notification: &'a Notification) -> CloudFuture<'a, ()> {
         Box::pin(async move { self.record(format!("notify {}", notification.subject)) })
+    }
+
+    fn volumes_left_in_transit<'a>(
+        &'a self,
+        machine: &'a MachineFacts,
+        domains: &'a [String],
+    ) -> CloudFuture<'a, Vec<ClaimedVolume>> {
+        Box::pin(async move {
+            self.record(format!("left in transit by {} {domains:?}", machine.instance_id))?;
+            Ok(self.left_in_transit.clone())
+        })
     }
 }
 
@@ -341,6 +354,47 @@ async fn a_new_init_releases_what_the_config_no_longer_claims() {
     assert!(!outcome.failed() && outcome.stale_failures.is_empty(), "{outcome:?}");
     assert_eq!(again.calls(), ["claim vol-asdf", "commit vol-asdf", "release vol-bsdf Keep"]);
     assert_eq!(persisted(dir.path()).domains.keys().collect::<Vec<_>>(), ["a"]);
+}
+
+#[tokio::test]
+async fn volumes_a_crashed_run_left_in_transit_are_unmounted_and_rolled_back_before_any_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let leftover = ClaimedVolume {
+        volume_id: "vol-0ld".to_owned(),
+        source: VolumeSource::Create,
+        device: "/dev/sdf".to_owned(),
+        domain: "d".to_owned(),
+        pool_name: Some("p".to_owned()),
+        attached_now: false,
+        created_now: true,
+    };
+    let cloud = Arc::new(TestCloud { left_in_transit: vec![leftover], ..TestCloud::new(&root) });
+    let first = engine(cloud.clone(), dir.path());
+    let creating = config(
+        "{domains: {
+            d: {'attach-volume': [{device: '/dev/sdf', source: 'pc', 'pool-name': 'p', create: {Size: 1}}]},
+            e: {'attach-volume': [{device: '/dev/sdg', source: 'x', 'volume-id': 'vol-00000009'}]},
+        }}",
+    );
+    let outcome = first.init(&creating, Event::Starting, &base()).await;
+    assert!(!outcome.failed(), "{outcome:?}");
+    assert_eq!(outcome.swept, ["vol-0ld"]);
+    let calls = cloud.calls();
+    // Asked only for the domains that create volumes, and rolled back before any claim.
+    assert_eq!(calls[..2], ["left in transit by i-1 [\"d\"]", "release vol-0ld Rollback"]);
+    assert!(calls[2..].iter().any(|c| c == "claim vol-dsdf"), "{calls:?}");
+
+    // A config that creates nothing does not ask.
+    let cloud = Arc::new(TestCloud::new(&root));
+    let other = tempfile::tempdir().unwrap();
+    let second = engine(cloud.clone(), other.path());
+    let fixed = config(
+        "{domains: {e: {'attach-volume': [{device: '/dev/sdg', source: 'x', 'volume-id': 'vol-00000009'}]}}}",
+    );
+    let outcome = second.init(&fixed, Event::Starting, &base()).await;
+    assert!(outcome.swept.is_empty());
+    assert!(!cloud.calls().iter().any(|c| c.starts_with("left in transit")), "{:?}", cloud.calls());
 }
 
 #[tokio::test]

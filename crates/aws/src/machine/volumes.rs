@@ -11,6 +11,7 @@
 //! | [`TAG_TRANSACTION`] (`user:ec2fd.transc-id`) | a created volume until commit | the transaction that made it |
 //! | [`TAG_DEVICE`] | a created volume until commit | the entry's device, so two `c` entries of one transaction find their own |
 //! | [`TAG_IN_TRANSIT`] (`user:ec2fd.in-transit`) | a created volume until commit | not in the pool yet: never claimed by `p` |
+//! | [`TAG_CREATOR`] | a created volume until commit | the instance that created it (found by [`leftovers`]) |
 //! | [`TAG_LAST_USED`] | pool volumes | when a machine last released it (RFC 3339, UTC), for `pool-pref` |
 //!
 //! A pool is the volumes of this zone tagged with the domain and pool name under either
@@ -68,6 +69,9 @@ pub const TAG_TRANSACTION: &str = "flotilla:fleetd-transaction";
 pub const TAG_DEVICE: &str = "flotilla:fleetd-device";
 /// `true` on a created volume until it is committed.
 pub const TAG_IN_TRANSIT: &str = "flotilla:fleetd-in-transit";
+/// The instance that created a volume not committed yet, so that its next run finds what a
+/// crashed run left in transit.
+pub const TAG_CREATOR: &str = "flotilla:fleetd-creator";
 /// When the volume was last released, RFC 3339 in UTC.
 pub const TAG_LAST_USED: &str = "flotilla:fleetd-last-used";
 
@@ -425,6 +429,7 @@ async fn create_volume(
         (TAG_TRANSACTION, machine.transaction_id.as_str()),
         (TAG_DEVICE, claim.entry.device.as_str()),
         (TAG_IN_TRANSIT, "true"),
+        (TAG_CREATOR, machine.instance_id.as_str()),
     ];
     if let Some(pool) = claim.entry.pool_name.as_deref() {
         own.push((TAG_POOL, pool));
@@ -555,6 +560,54 @@ async fn wait_created(
     }
 }
 
+/// The marks of a created volume that its commit removes.
+const TRANSIT_KEYS: [&str; 4] = [TAG_TRANSACTION, TAG_DEVICE, TAG_IN_TRANSIT, TAG_CREATOR];
+
+/// The volumes this instance created for one of `domains` in another transaction than
+/// `machine`'s and never committed: what a crashed run left in transit (attached here or
+/// not). Each is returned as the claim that created it would have returned it, so that the
+/// engine unmounts and rolls it back (deleted, as an uncommitted creation is).
+pub(crate) async fn leftovers(
+    cloud: &AwsMachineCloud,
+    machine: &MachineFacts,
+    domains: &[String],
+) -> Result<Vec<ClaimedVolume>, CloudError> {
+    if domains.is_empty() {
+        return Ok(Vec::new());
+    }
+    let volumes = describe(
+        cloud,
+        &machine.region,
+        vec![
+            filter(&format!("tag:{TAG_CREATOR}"), &machine.instance_id),
+            filter(&format!("tag:{TAG_IN_TRANSIT}"), "true"),
+            Filter::builder()
+                .name(format!("tag:{TAG_DOMAIN}"))
+                .set_values(Some(domains.to_vec()))
+                .build(),
+        ],
+        &[],
+    )
+    .await?;
+    Ok(volumes
+        .iter()
+        .filter(|v| tag(v, TAG_TRANSACTION) != Some(machine.transaction_id.as_str()))
+        .filter(|v| !matches!(v.state(), Some(VolumeState::Deleting | VolumeState::Deleted)))
+        .map(|volume| ClaimedVolume {
+            volume_id: volume.volume_id().unwrap_or_default().to_owned(),
+            source: VolumeSource::Create,
+            device: attachment_of(volume, &machine.instance_id)
+                .and_then(|a| a.device().map(str::to_owned))
+                .or_else(|| tag(volume, TAG_DEVICE).map(str::to_owned))
+                .unwrap_or_default(),
+            domain: tag(volume, TAG_DOMAIN).unwrap_or_default().to_owned(),
+            pool_name: tag(volume, TAG_POOL).map(str::to_owned),
+            attached_now: false,
+            created_now: true,
+        })
+        .collect())
+}
+
 /// A volume created by this claim loses its transaction and in-transit marks and so joins its
 /// pool. Nothing to do for a volume that was not created here.
 pub(crate) async fn commit(
@@ -565,7 +618,7 @@ pub(crate) async fn commit(
     if !volume.created_now {
         return Ok(());
     }
-    let keys = [TAG_TRANSACTION, TAG_DEVICE, TAG_IN_TRANSIT];
+    let keys = TRANSIT_KEYS;
     cloud
         .ec2(&machine.region)
         .delete_tags()
@@ -642,9 +695,8 @@ pub(crate) async fn release(
     }
     match release {
         Release::Keep => {
-            let marked = current.tags().iter().any(|t| {
-                t.key().is_some_and(|k| [TAG_TRANSACTION, TAG_DEVICE, TAG_IN_TRANSIT].contains(&k))
-            });
+            let marked =
+                current.tags().iter().any(|t| t.key().is_some_and(|k| TRANSIT_KEYS.contains(&k)));
             if volume.created_now && marked {
                 // Kept before its domain committed it (an interruption during init, or an
                 // earlier run's hold): its data is kept, so it joins its pool now instead of
