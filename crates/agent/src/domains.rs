@@ -25,6 +25,11 @@
 //! longer claims. The cloud's re-run invariant makes a repeated claim or upsert find what it
 //! already holds.
 //!
+//! Events ([`Engine::volume_hooks`]): a volume's hooks whose `on` names a later event
+//! (`started`, `interrupted`, `stopping`, …) run on it while the volume is held, with the
+//! volume's macros: `interrupted` and `stopping` run before the undo, so a hook can still
+//! unmount or flush the volume.
+//!
 //! Undo ([`Engine::undo`]): records first (every domain's, restored or removed), then volumes
 //! in reverse order of claim, each unmounted (its mount points in `<root>/proc/self/mountinfo`)
 //! before it is released with [`Release::Keep`]. A volume that cannot be unmounted is never
@@ -537,6 +542,67 @@ impl Engine {
                     .map_err(|e| e.to_string())
             }
         }
+    }
+}
+
+impl Engine {
+    /// Runs the hooks of `domain`'s held volumes whose `on` names `event`, each line with its
+    /// volume's macros, entries in file order; a failed line skips the rest of its volume's
+    /// hooks. Hooks without `on` run once the volume is attached (at init), and so do those
+    /// naming `starting`: init runs them, so this runs nothing on `starting`. Volumes that are
+    /// not held (not claimed, or released already) run nothing.
+    pub(crate) async fn volume_hooks(
+        &self,
+        domain: &Domain,
+        event: Event,
+        base: &BTreeMap<String, String>,
+    ) -> Vec<HookResult> {
+        let mut results = Vec::new();
+        if event == Event::Starting {
+            return results;
+        }
+        let held = self.lock().domains.get(&domain.name).cloned().unwrap_or_default();
+        for entry in &domain.attach_volume {
+            let named = |spec: &&flotilla_spec::fleetd::ExecSpec| {
+                spec.on.as_ref().is_some_and(|events| events.contains(&event))
+            };
+            if !entry.exec.iter().any(|spec| named(&spec)) {
+                continue;
+            }
+            let Some((volume, device)) = held.iter().find_map(|hold| match hold {
+                Hold::Volume { volume, device } if volume.device == entry.device => {
+                    Some((volume, device))
+                }
+                _ => None,
+            }) else {
+                continue;
+            };
+            let device = device
+                .clone()
+                .or_else(|| {
+                    devices::find_device(
+                        &self.context.device_root,
+                        &volume.volume_id,
+                        &entry.device,
+                    )
+                })
+                .unwrap_or_else(|| PathBuf::from(&entry.device));
+            let mut values = base.clone();
+            values.insert("domain".to_owned(), domain.name.clone());
+            values.extend(volume_macros(volume, &device));
+            let all = serde_json::to_string(&values).expect("strings serialize to JSON");
+            values.insert("all_json".to_owned(), all);
+            for line in entry.exec.iter().filter(named).flat_map(|spec| &spec.lines) {
+                let result = crate::lifecycle::run_line(line, &values, &self.context.work).await;
+                let result = HookResult { event, domain: domain.name.clone(), ..result };
+                let failed = result.outcome != HookOutcome::Succeeded;
+                results.push(result);
+                if failed {
+                    break;
+                }
+            }
+        }
+        results
     }
 }
 

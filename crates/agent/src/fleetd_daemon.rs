@@ -427,12 +427,9 @@ impl Fleetd {
         if self.options.enable_exec {
             for domain in &self.config.domains {
                 let lines = FleetdConfig::hooks_on(domain, event);
-                if lines.is_empty() {
-                    continue;
-                }
-                let values = domain_values(&values, &domain.name);
+                let domain_values = domain_values(&values, &domain.name);
                 for line in lines {
-                    let result = crate::lifecycle::run_line(line, &values, &self.work).await;
+                    let result = crate::lifecycle::run_line(line, &domain_values, &self.work).await;
                     let result = flotilla_spec::api::HookResult {
                         event,
                         domain: domain.name.clone(),
@@ -440,6 +437,12 @@ impl Fleetd {
                     };
                     ok &= result.outcome == HookOutcome::Succeeded;
                     log_hook(&result);
+                }
+                if let Some(engine) = &self.engine {
+                    for result in engine.volume_hooks(domain, event, &values).await {
+                        ok &= result.outcome == HookOutcome::Succeeded;
+                        log_hook(&result);
+                    }
                 }
             }
         }

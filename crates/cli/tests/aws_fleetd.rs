@@ -4,8 +4,8 @@
 //! from there (no `--userdata`), creates and attaches a `c` volume (its device found under the
 //! instance's root by NVMe serial) and points a Route 53 record at the instance, running its
 //! hooks with the macros IMDS gave; a spot interruption through the emulator's control API
-//! then runs the `interrupted` hooks, removes the record, detaches the volume (kept, in its
-//! pool) and ends fleetd with 0 before the notice's deadline.
+//! then runs the `interrupted` hooks (the domain's, then the volume's), removes the record,
+//! detaches the volume (kept, in its pool) and ends fleetd with 0 before the notice's deadline.
 
 #![allow(clippy::unwrap_used)] // Helpers of these tests fail the test when a step fails.
 
@@ -150,7 +150,7 @@ fn user_data(domain: &str, zone: &str, record: &str, out: &Path) -> String {
         source: 'c',
         'pool-name': 'saves',
         create: {{Size: 1, VolumeType: 'gp3'}},
-        exec: [{{lines: [{volume}]}}],
+        exec: [{{lines: [{volume}]}}, {{on: ['interrupted'], lines: [{volume_interrupted}]}}],
       }}],
       'update-route53': [{{hostedzone: '{zone}', name: '{record}', ttl: 60}}],
       exec: [
@@ -164,6 +164,7 @@ fn user_data(domain: &str, zone: &str, record: &str, out: &Path) -> String {
 }}
 "#,
         volume = hook("volume {volume_id} {attach_source} {attach_op} {attached_device}"),
+        volume_interrupted = hook("volume-interrupted {volume_id} {daemon_state}"),
         starting = hook(
             "starting {instance_id} {placement_region} {placement_zone} {instance_type} {primary_public_ipv4} {ami-i} {domain}"
         ),
@@ -328,6 +329,14 @@ async fn fleetd_reads_its_config_from_the_instances_imds_lives_through_a_spot_no
     let interrupted = line_starting(&out, "interrupted").await;
     assert_eq!(interrupted, format!("interrupted terminate {notice_time} {instance}"));
     assert!(!lines(&out).iter().any(|l| l.starts_with("stopping ")), "{:?}", lines(&out));
+    // The volume's own `interrupted` hook ran after the domain's, while it was still held.
+    let last: Vec<String> = lines(&out).into_iter().rev().take(2).collect();
+    assert_eq!(
+        last,
+        [format!("volume-interrupted {volume} interrupted"), interrupted.clone()],
+        "{:?}",
+        lines(&out)
+    );
 
     // Undone: the record gone, the volume detached and kept in its pool.
     assert_eq!(stack.a_record(&zone, &record).await, None);

@@ -288,18 +288,43 @@ async fn volume_hooks_honour_on_and_see_the_volume_macros() {
               {{lines: [{{argv: ['sh', '-c', 'echo any {{volume_id}} {{attach_source}} {{attach_op}} {{volume_pool}} {{attached_device}} {{domain}} {{ami-i}} >> {out}']}}]}},
               {{on: ['started'], lines: [{{argv: ['sh', '-c', 'echo started >> {out}']}}]}},
               {{on: ['starting'], lines: [{{argv: ['sh', '-c', 'echo starting >> {out}']}}]}},
+              {{on: ['interrupted', 'stopping'], lines: [
+                {{argv: ['sh', '-c', 'echo {{daemon_state}} {{volume_id}} {{attached_device}} >> {out}']}},
+                {{argv: ['false']}},
+                {{argv: ['sh', '-c', 'echo not after a failure >> {out}']}},
+              ]}},
             ]}}]}}}}}}",
         out = out.display()
     );
-    let outcome = engine.init(&config(&text), Event::Starting, &base()).await;
+    let config = config(&text);
+    let outcome = engine.init(&config, Event::Starting, &base()).await;
     assert!(!outcome.failed(), "{outcome:?}");
     let written = fs_err::read_to_string(&out).unwrap();
     // The device is the one the by-id link names (the claim was the first call: nvme1n1).
-    assert_eq!(
-        written,
-        format!("any vol-dsdf p true pl {} d 2\nstarting\n", root.join("dev/nvme1n1").display())
-    );
+    let device = root.join("dev/nvme1n1");
+    assert_eq!(written, format!("any vol-dsdf p true pl {} d 2\nstarting\n", device.display()));
     assert_eq!(outcome.domains[0].hooks.len(), 2);
+
+    // Later events run the hooks that name them, while the volume is held.
+    let domain = &config.domains[0];
+    assert!(engine.volume_hooks(domain, Event::Starting, &base()).await.is_empty());
+    let started = engine.volume_hooks(domain, Event::Started, &base()).await;
+    assert_eq!(started.len(), 1, "{started:?}");
+    let mut values = base();
+    values.insert("daemon_state".to_owned(), "interrupted".to_owned());
+    let interrupted = engine.volume_hooks(domain, Event::Interrupted, &values).await;
+    let outcomes: Vec<HookOutcome> = interrupted.iter().map(|h| h.outcome).collect();
+    assert_eq!(outcomes[0], HookOutcome::Succeeded, "{interrupted:?}");
+    assert_eq!(outcomes.len(), 2, "the line after a failed one does not run: {interrupted:?}");
+    assert!(interrupted.iter().all(|h| h.event == Event::Interrupted && h.domain == "d"));
+    let written = fs_err::read_to_string(&out).unwrap();
+    assert!(
+        written.ends_with(&format!("started\ninterrupted vol-dsdf {}\n", device.display())),
+        "{written}"
+    );
+    // Released, the volume runs nothing more.
+    assert!(engine.undo().await.is_empty());
+    assert!(engine.volume_hooks(domain, Event::Stopping, &values).await.is_empty());
 }
 
 #[tokio::test]
