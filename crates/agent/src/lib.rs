@@ -82,6 +82,7 @@ mod health;
 mod identity;
 mod imds;
 mod imds_rehearsal;
+pub mod imds_server;
 mod instance_dir;
 mod keepalive;
 mod life;

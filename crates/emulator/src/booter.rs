@@ -57,7 +57,7 @@ use crate::addresses::AGENT_PORTS;
 use crate::control::{ControlError, Emulator};
 use crate::devices::Devices;
 use crate::env::user_data as contract;
-use crate::imds::{IMDS_PORT, Imds, serve_imds};
+use crate::imds::{IMDS_PORT, Imds, InstanceImds};
 use crate::instance::{BootState, BootedInstance, InstanceInfo, InstanceListing, StateReason};
 
 /// How often moto is asked for its instances.
@@ -122,14 +122,14 @@ pub(crate) struct Booter {
 #[derive(Debug)]
 struct Machine {
     report: BootedInstance,
-    imds: Arc<Imds>,
+    imds: Arc<InstanceImds>,
     imds_shutdown: Option<watch::Sender<bool>>,
 }
 
 /// What booting started: the IMDS, its off switch, and the user-data script's pid, if any.
 #[derive(Debug)]
 struct Started {
-    imds: Arc<Imds>,
+    imds: Arc<InstanceImds>,
     imds_shutdown: watch::Sender<bool>,
     pid: Option<u32>,
 }
@@ -191,7 +191,7 @@ impl Booter {
     }
 
     /// The IMDS of a booted instance (kept after it stopped, so triggers can still be cleared).
-    pub(crate) fn imds(&self, id: &str) -> Option<Arc<Imds>> {
+    pub(crate) fn imds(&self, id: &str) -> Option<Arc<InstanceImds>> {
         self.machines().get(id).map(|m| m.imds.clone())
     }
 
@@ -255,7 +255,7 @@ impl Booter {
             for instance in &instances {
                 let machine = machines.get(&instance.id);
                 if let Some(machine) = machine {
-                    machine.imds.update(instance.clone());
+                    machine.imds.source().update(instance.clone());
                 }
                 let up = machine.is_some_and(Machine::is_up);
                 if instance.state == "running" && !up {
@@ -303,7 +303,7 @@ impl Booter {
     fn boot(self: &Arc<Self>, instance: InstanceInfo) {
         let Some(ip) = instance.public_ip else { return };
         let root = self.config.instances_dir.join(&instance.id).join("root");
-        let imds = Arc::new(Imds::new(instance.clone(), None));
+        let imds = Arc::new(Imds::serve(instance.clone(), None));
         let mut report = BootedInstance {
             id: instance.id.clone(),
             scope: instance.scope.clone(),
@@ -397,9 +397,9 @@ impl Booter {
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .and_then(tokio::net::TcpListener::from_std)
             .map_err(bind_error(address))?;
-        let imds = Arc::new(Imds::new(instance.clone(), user_data.clone()));
+        let imds = Arc::new(Imds::serve(instance.clone(), user_data.clone()));
         let (shutdown, shutdown_rx) = watch::channel(false);
-        tokio::spawn(serve_imds(listener, imds.clone(), shutdown_rx));
+        tokio::spawn(flotilla_agent::imds_server::serve(listener, imds.clone(), shutdown_rx));
         let Some(script) = user_data.filter(|data| is_script(data)) else {
             return Ok(Started { imds, imds_shutdown: shutdown, pid: None });
         };
