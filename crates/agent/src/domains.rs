@@ -2,8 +2,9 @@
 //! back when they fail, and undone at stop and on interruption, through the [`MachineCloud`]
 //! the binary registered. One engine serves the fleet agent and standalone `flotilla fleetd`.
 //!
-//! Init ([`Engine::init`]): first, when the config creates volumes (`c`), what a crashed run of
-//! this machine created and never committed ([`MachineCloud::volumes_left_in_transit`]) is
+//! Init ([`Engine::init`]): first, when the config creates volumes (`c`) and an earlier run
+//! began an init here (the holds file exists), what a crashed run of this machine created and
+//! never committed ([`MachineCloud::volumes_left_in_transit`]) is
 //! unmounted and rolled back (deleted), before any claim could meet it at its device
 //! (ec2fleetd's `clean_up_transc` was a stub). Then every domain in a task of its own, in
 //! parallel. Within a domain, in order:
@@ -150,6 +151,9 @@ impl InitOutcome {
 pub(crate) struct Engine {
     context: EngineContext,
     holds: Mutex<Holds>,
+    /// The holds file was there at start: an earlier run began an init (every init writes it
+    /// before its first claim), so it may have left volumes in transit.
+    earlier_run: bool,
 }
 
 /// Whether `config` needs the machine's cloud at init or undo.
@@ -160,11 +164,11 @@ pub(crate) fn needs_cloud_init(config: &FleetdConfig) -> bool {
 impl Engine {
     /// An engine that starts with what the holds file says an earlier run holds.
     pub(crate) fn new(context: EngineContext) -> Engine {
-        let holds = fs_err::read(&context.holds_file)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
-        Engine { context, holds: Mutex::new(holds) }
+        let earlier = fs_err::read(&context.holds_file).ok();
+        let earlier_run = earlier.is_some();
+        let holds =
+            earlier.and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
+        Engine { context, holds: Mutex::new(holds), earlier_run }
     }
 
     /// What the engine holds now.
@@ -245,8 +249,12 @@ impl Engine {
     }
 
     /// Rolls back the volumes a crashed run of this machine left in transit, for the domains of
-    /// `config` that create volumes (see the module).
+    /// `config` that create volumes (see the module). Without an earlier run (no holds file at
+    /// start) there is nothing to look for, and no round trip is spent on it.
     async fn sweep(&self, config: &FleetdConfig, outcome: &mut InitOutcome) {
+        if !self.earlier_run {
+            return;
+        }
         let domains: Vec<String> = config
             .domains
             .iter()

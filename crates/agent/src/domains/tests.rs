@@ -395,6 +395,20 @@ async fn volumes_a_crashed_run_left_in_transit_are_unmounted_and_rolled_back_bef
         created_now: true,
     };
     let cloud = Arc::new(TestCloud { left_in_transit: vec![leftover], ..TestCloud::new(&root) });
+    // A first run on this machine (no holds file) has nothing to look for.
+    let fresh = tempfile::tempdir().unwrap();
+    let outcome = engine(cloud.clone(), fresh.path())
+        .init(
+            &config("{domains: {d: {'attach-volume': [{device: '/dev/sdf', source: 'c', 'pool-name': 'p', create: {Size: 1}}]}}}"),
+            Event::Starting,
+            &base(),
+        )
+        .await;
+    assert!(outcome.swept.is_empty(), "{outcome:?}");
+    assert!(!cloud.calls().iter().any(|c| c.starts_with("left in transit")), "{:?}", cloud.calls());
+    cloud.calls.lock().unwrap().clear();
+    // An earlier run began an init here: its holds file is there.
+    fs_err::write(dir.path().join(HOLDS_FILE), "{\"domains\": {}}").unwrap();
     let first = engine(cloud.clone(), dir.path());
     let creating = config(
         "{domains: {
@@ -413,6 +427,7 @@ async fn volumes_a_crashed_run_left_in_transit_are_unmounted_and_rolled_back_bef
     // A config that creates nothing does not ask.
     let cloud = Arc::new(TestCloud::new(&root));
     let other = tempfile::tempdir().unwrap();
+    fs_err::write(other.path().join(HOLDS_FILE), "{\"domains\": {}}").unwrap();
     let second = engine(cloud.clone(), other.path());
     let fixed = config(
         "{domains: {e: {'attach-volume': [{device: '/dev/sdg', source: 'x', 'volume-id': 'vol-00000009'}]}}}",
