@@ -2,8 +2,12 @@
 //! back when they fail, and undone at stop and on interruption, through the [`MachineCloud`]
 //! the binary registered. One engine serves the fleet agent and standalone `flotilla fleetd`.
 //!
-//! Init ([`Engine::init`]): every domain in a task of its own, in parallel (ec2fleetd's own
-//! TODO). Within a domain, in order:
+//! Init ([`Engine::init`]): first, when the config creates volumes (`c`) and an earlier run
+//! began an init here (the holds file exists), what a crashed run of this machine created and
+//! never committed ([`MachineCloud::volumes_left_in_transit`]) is
+//! unmounted and rolled back (deleted), before any claim could meet it at its device
+//! (ec2fleetd's `clean_up_transc` was a stub). Then every domain in a task of its own, in
+//! parallel. Within a domain, in order:
 //! 1. each `attach-volume` entry: claim it ([`MachineCloud::claim_volume`]), find its kernel
 //!    device by serial (`devices`), then run its `exec` hooks that run on the event (`on`
 //!    honoured; ec2fleetd never ran a volume hook that had one), with the volume's macros;
@@ -22,6 +26,11 @@
 //! longer claims. The cloud's re-run invariant makes a repeated claim or upsert find what it
 //! already holds.
 //!
+//! Events ([`Engine::volume_hooks`]): a volume's hooks whose `on` names a later event
+//! (`started`, `interrupted`, `stopping`, …) run on it while the volume is held, with the
+//! volume's macros: `interrupted` and `stopping` run before the undo, so a hook can still
+//! unmount or flush the volume.
+//!
 //! Undo ([`Engine::undo`]): records first (every domain's, restored or removed), then volumes
 //! in reverse order of claim, each unmounted (its mount points in `<root>/proc/self/mountinfo`)
 //! before it is released with [`Release::Keep`]. A volume that cannot be unmounted is never
@@ -35,7 +44,8 @@ use std::time::Duration;
 
 use flotilla_spec::api::{HookOutcome, HookResult};
 use flotilla_spec::fleetd::{
-    AttachVolume, Domain, Event, FleetdConfig, RecordAddress, Route53Record, expand_macros,
+    AttachVolume, Domain, Event, FleetdConfig, RecordAddress, Route53Record, VolumeSource,
+    expand_macros,
 };
 use serde::{Deserialize, Serialize};
 
@@ -108,8 +118,11 @@ pub(crate) struct DomainOutcome {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub(crate) struct InitOutcome {
     pub(crate) domains: Vec<DomainOutcome>,
-    /// Holds of an earlier run the config no longer claims, and releasing them failed.
+    /// Holds of an earlier run the config no longer claims, and releasing them failed; and
+    /// volumes a crashed run left in transit that could not be rolled back.
     pub(crate) stale_failures: Vec<String>,
+    /// Volumes a crashed run left in transit, rolled back (deleted) at this init.
+    pub(crate) swept: Vec<String>,
 }
 
 impl InitOutcome {
@@ -138,6 +151,9 @@ impl InitOutcome {
 pub(crate) struct Engine {
     context: EngineContext,
     holds: Mutex<Holds>,
+    /// The holds file was there at start: an earlier run began an init (every init writes it
+    /// before its first claim), so it may have left volumes in transit.
+    earlier_run: bool,
 }
 
 /// Whether `config` needs the machine's cloud at init or undo.
@@ -148,11 +164,11 @@ pub(crate) fn needs_cloud_init(config: &FleetdConfig) -> bool {
 impl Engine {
     /// An engine that starts with what the holds file says an earlier run holds.
     pub(crate) fn new(context: EngineContext) -> Engine {
-        let holds = fs_err::read(&context.holds_file)
-            .ok()
-            .and_then(|bytes| serde_json::from_slice(&bytes).ok())
-            .unwrap_or_default();
-        Engine { context, holds: Mutex::new(holds) }
+        let earlier = fs_err::read(&context.holds_file).ok();
+        let earlier_run = earlier.is_some();
+        let holds =
+            earlier.and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
+        Engine { context, holds: Mutex::new(holds), earlier_run }
     }
 
     /// What the engine holds now.
@@ -184,6 +200,8 @@ impl Engine {
         base: &BTreeMap<String, String>,
     ) -> InitOutcome {
         let earlier = self.holds();
+        let mut outcome = InitOutcome::default();
+        self.sweep(config, &mut outcome).await;
         let mut tasks = Vec::new();
         for domain in &config.domains {
             let engine = self.clone();
@@ -192,7 +210,6 @@ impl Engine {
             tasks
                 .push(tokio::spawn(async move { engine.init_domain(&domain, event, &base).await }));
         }
-        let mut outcome = InitOutcome::default();
         for (task, domain) in tasks.into_iter().zip(&config.domains) {
             outcome.domains.push(task.await.unwrap_or_else(|error| DomainOutcome {
                 domain: domain.name.clone(),
@@ -226,9 +243,50 @@ impl Engine {
                         self.change(|h| h.domains.entry(domain.clone()).or_default().push(kept));
                 }
             }
-            outcome.stale_failures = failures;
+            outcome.stale_failures.extend(failures);
         }
         outcome
+    }
+
+    /// Rolls back the volumes a crashed run of this machine left in transit, for the domains of
+    /// `config` that create volumes (see the module). Without an earlier run (no holds file at
+    /// start) there is nothing to look for, and no round trip is spent on it.
+    async fn sweep(&self, config: &FleetdConfig, outcome: &mut InitOutcome) {
+        if !self.earlier_run {
+            return;
+        }
+        let domains: Vec<String> = config
+            .domains
+            .iter()
+            .filter(|d| d.attach_volume.iter().any(|v| v.source.contains(&VolumeSource::Create)))
+            .map(|d| d.name.clone())
+            .collect();
+        if domains.is_empty() {
+            return;
+        }
+        let leftovers =
+            match self.context.cloud.volumes_left_in_transit(&self.context.facts, &domains).await {
+                Ok(leftovers) => leftovers,
+                Err(error) => {
+                    outcome
+                        .stale_failures
+                        .push(format!("looking for volumes left in transit: {error}"));
+                    return;
+                }
+            };
+        for volume in leftovers {
+            let id = volume.volume_id.clone();
+            let hold = Hold::Volume { volume, device: None };
+            match self.release(&hold, Release::Rollback).await {
+                Ok(()) => {
+                    tracing::info!("rolled back volume {id}, left in transit by an earlier run");
+                    outcome.swept.push(id);
+                }
+                Err(error) => outcome
+                    .stale_failures
+                    .push(format!("volume {id}, left in transit by an earlier run: {error}")),
+            }
+        }
     }
 
     async fn init_domain(
@@ -492,6 +550,67 @@ impl Engine {
                     .map_err(|e| e.to_string())
             }
         }
+    }
+}
+
+impl Engine {
+    /// Runs the hooks of `domain`'s held volumes whose `on` names `event`, each line with its
+    /// volume's macros, entries in file order; a failed line skips the rest of its volume's
+    /// hooks. Hooks without `on` run once the volume is attached (at init), and so do those
+    /// naming `starting`: init runs them, so this runs nothing on `starting`. Volumes that are
+    /// not held (not claimed, or released already) run nothing.
+    pub(crate) async fn volume_hooks(
+        &self,
+        domain: &Domain,
+        event: Event,
+        base: &BTreeMap<String, String>,
+    ) -> Vec<HookResult> {
+        let mut results = Vec::new();
+        if event == Event::Starting {
+            return results;
+        }
+        let held = self.lock().domains.get(&domain.name).cloned().unwrap_or_default();
+        for entry in &domain.attach_volume {
+            let named = |spec: &&flotilla_spec::fleetd::ExecSpec| {
+                spec.on.as_ref().is_some_and(|events| events.contains(&event))
+            };
+            if !entry.exec.iter().any(|spec| named(&spec)) {
+                continue;
+            }
+            let Some((volume, device)) = held.iter().find_map(|hold| match hold {
+                Hold::Volume { volume, device } if volume.device == entry.device => {
+                    Some((volume, device))
+                }
+                _ => None,
+            }) else {
+                continue;
+            };
+            let device = device
+                .clone()
+                .or_else(|| {
+                    devices::find_device(
+                        &self.context.device_root,
+                        &volume.volume_id,
+                        &entry.device,
+                    )
+                })
+                .unwrap_or_else(|| PathBuf::from(&entry.device));
+            let mut values = base.clone();
+            values.insert("domain".to_owned(), domain.name.clone());
+            values.extend(volume_macros(volume, &device));
+            let all = serde_json::to_string(&values).expect("strings serialize to JSON");
+            values.insert("all_json".to_owned(), all);
+            for line in entry.exec.iter().filter(named).flat_map(|spec| &spec.lines) {
+                let result = crate::lifecycle::run_line(line, &values, &self.context.work).await;
+                let result = HookResult { event, domain: domain.name.clone(), ..result };
+                let failed = result.outcome != HookOutcome::Succeeded;
+                results.push(result);
+                if failed {
+                    break;
+                }
+            }
+        }
+        results
     }
 }
 

@@ -72,6 +72,10 @@ pub const EXIT_UNDO: u8 = 5;
 /// The config needs AWS calls and no machine cloud could be made.
 pub const EXIT_NO_CLOUD: u8 = 6;
 
+/// IMDS's address when `--imds` names none (EC2's IPv4 one; the IPv6 one, `[fd00:ec2::254]`,
+/// answers only where it was turned on, so it is tried only when named).
+const DEFAULT_IMDS: &str = "169.254.169.254";
+
 /// How long fleetd tries to read the machine's facts from IMDS at start.
 pub const IMDS_STARTUP_WAIT: Duration = Duration::from_secs(10);
 const STARTUP_RETRY_INITIAL: Duration = Duration::from_millis(100);
@@ -151,16 +155,13 @@ pub fn run_fleetd(options: FleetdOptions) -> u8 {
 }
 
 /// The HTTP endpoints of `--imds` values.
-fn endpoints(values: &[String]) -> Vec<String> {
+fn endpoints(values: &[String]) -> Result<Vec<String>, String> {
     let values: Vec<&str> =
         values.iter().flat_map(|v| v.split(',')).map(str::trim).filter(|v| !v.is_empty()).collect();
     if values.is_empty() {
-        return vec!["http://169.254.169.254".to_owned()];
+        return Ok(vec![format!("http://{DEFAULT_IMDS}:80")]);
     }
-    values
-        .into_iter()
-        .map(|v| if v.starts_with("http://") { v.to_owned() } else { format!("http://{v}") })
-        .collect()
+    values.into_iter().map(crate::imds::parse_endpoint).collect()
 }
 
 struct Fleetd {
@@ -182,7 +183,13 @@ enum Stop {
 
 impl Fleetd {
     async fn run(mut options: FleetdOptions) -> u8 {
-        let endpoints = endpoints(&options.imds);
+        let endpoints = match endpoints(&options.imds) {
+            Ok(endpoints) => endpoints,
+            Err(error) => {
+                say!("fleetd: --imds: {error}");
+                return EXIT_USAGE;
+            }
+        };
         let mut signals = listen_for_signals();
         // 1. The config.
         let (text, name) = match &options.userdata {
@@ -420,12 +427,9 @@ impl Fleetd {
         if self.options.enable_exec {
             for domain in &self.config.domains {
                 let lines = FleetdConfig::hooks_on(domain, event);
-                if lines.is_empty() {
-                    continue;
-                }
-                let values = domain_values(&values, &domain.name);
+                let domain_values = domain_values(&values, &domain.name);
                 for line in lines {
-                    let result = crate::lifecycle::run_line(line, &values, &self.work).await;
+                    let result = crate::lifecycle::run_line(line, &domain_values, &self.work).await;
                     let result = flotilla_spec::api::HookResult {
                         event,
                         domain: domain.name.clone(),
@@ -433,6 +437,12 @@ impl Fleetd {
                     };
                     ok &= result.outcome == HookOutcome::Succeeded;
                     log_hook(&result);
+                }
+                if let Some(engine) = &self.engine {
+                    for result in engine.volume_hooks(domain, event, &values).await {
+                        ok &= result.outcome == HookOutcome::Succeeded;
+                        log_hook(&result);
+                    }
                 }
             }
         }
@@ -632,10 +642,17 @@ mod tests {
 
     #[test]
     fn imds_values_become_endpoints() {
-        assert_eq!(endpoints(&[]), ["http://169.254.169.254"]);
+        assert_eq!(endpoints(&[]).unwrap(), ["http://169.254.169.254:80"]);
         assert_eq!(
-            endpoints(&["127.0.0.1:8080,10.0.0.1".to_owned()]),
-            ["http://127.0.0.1:8080", "http://10.0.0.1"]
+            endpoints(&["127.0.0.1:8080,10.0.0.1".to_owned()]).unwrap(),
+            ["http://127.0.0.1:8080", "http://10.0.0.1:80"]
         );
+        assert_eq!(
+            endpoints(&["[::1]:8080, [fd00:ec2::254]".to_owned(), "imds.internal".to_owned()])
+                .unwrap(),
+            ["http://[::1]:8080", "http://[fd00:ec2::254]:80", "http://imds.internal:80"]
+        );
+        let refused = endpoints(&["127.0.0.1,fd00:ec2::254".to_owned()]).unwrap_err();
+        assert!(refused.contains("fd00:ec2::254") && refused.contains("brackets"), "{refused}");
     }
 }

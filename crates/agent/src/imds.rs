@@ -181,6 +181,74 @@ impl FailureLimiter {
     }
 }
 
+/// IMDS's port when an endpoint names none.
+const DEFAULT_PORT: u16 = 80;
+
+/// One `--imds` endpoint, in the three forms ec2fleetd's IMDS library (ec2imds) accepts: an
+/// IPv4 address, an IPv6 address in brackets (with an optional `%zone`), or a host name, each
+/// with an optional `:PORT` (default 80); `http://` before it is also taken. Returns the URL
+/// (`http://[::1]:8080`), or why the value is not an endpoint (an IPv6 address without
+/// brackets is refused, as ec2imds refuses it: its last group would read as a port).
+pub(crate) fn parse_endpoint(value: &str) -> Result<String, String> {
+    let text = value.trim();
+    let text = text.strip_prefix("http://").unwrap_or(text).trim_end_matches('/');
+    let invalid = |why: &str| Err(format!("`{value}` is not an IMDS endpoint: {why}"));
+    let (host, port) = if let Some(rest) = text.strip_prefix('[') {
+        let Some((address, after)) = rest.split_once(']') else {
+            return invalid("the `[` of an IPv6 address has no `]`");
+        };
+        let (bare, zone) = address.split_once('%').unwrap_or((address, ""));
+        if bare.parse::<std::net::Ipv6Addr>().is_err() {
+            return invalid("not an IPv6 address between the brackets");
+        }
+        if address.contains('%')
+            && (zone.is_empty()
+                || !zone.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'))
+        {
+            return invalid("the zone after `%` is letters, digits, `-` and `_`");
+        }
+        let port = match after {
+            "" => None,
+            _ => match after.strip_prefix(':') {
+                Some(port) => Some(port),
+                None => return invalid("only `:PORT` may follow the `]`"),
+            },
+        };
+        (format!("[{address}]"), port)
+    } else {
+        let (host, port) = match text.split_once(':') {
+            Some((_, rest)) if rest.contains(':') => {
+                return invalid("an IPv6 address goes in brackets, e.g. `[fd00:ec2::254]`");
+            }
+            Some((host, port)) => (host, Some(port)),
+            None => (text, None),
+        };
+        let is_ipv4 = !host.is_empty() && host.bytes().all(|b| b.is_ascii_digit() || b == b'.');
+        if is_ipv4 && host.parse::<std::net::Ipv4Addr>().is_err() {
+            return invalid("not an IPv4 address");
+        }
+        let is_name = !host.is_empty()
+            && host.split('.').enumerate().all(|(index, label)| {
+                // One trailing dot is allowed (`host.`), as ec2imds allows it.
+                (label.is_empty() && index > 0 && host.ends_with('.') && host.len() > 1)
+                    || (!label.is_empty()
+                        && label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'))
+            });
+        if !is_ipv4 && !is_name {
+            return invalid("not an IPv4 address, an [IPv6] address or a host name");
+        }
+        (host.to_owned(), port)
+    };
+    let port = match port {
+        None => DEFAULT_PORT,
+        Some(port) => match port.parse::<u16>() {
+            Ok(port) if port > 0 => port,
+            _ => return invalid("the port is a number from 1 to 65535"),
+        },
+    };
+    Ok(format!("http://{host}:{port}"))
+}
+
 /// An IMDSv2 client for one endpoint (`http://HOST[:PORT]`).
 #[derive(Debug)]
 pub(crate) struct ImdsClient {
@@ -197,8 +265,13 @@ impl ImdsClient {
 
     pub(crate) fn with_timeout(endpoint: &str, timeout: Duration) -> ImdsClient {
         let authority = endpoint.trim_start_matches("http://").trim_end_matches('/');
+        // A port is given after the host: after the `]` of a bracketed IPv6 address.
+        let has_port = match authority.rsplit_once(']') {
+            Some((_, rest)) => rest.starts_with(':'),
+            None => authority.contains(':'),
+        };
         let authority =
-            if authority.contains(':') { authority.to_owned() } else { format!("{authority}:80") };
+            if has_port { authority.to_owned() } else { format!("{authority}:{DEFAULT_PORT}") };
         ImdsClient { endpoint: endpoint.to_owned(), authority, token: None, timeout }
     }
 
@@ -413,6 +486,44 @@ pub(crate) async fn metadata_macros(client: &mut ImdsClient) -> Vec<(&'static st
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn endpoints_parse_as_ec2imds_reads_them() {
+        let ok = |value: &str| parse_endpoint(value).unwrap();
+        assert_eq!(ok("169.254.169.254"), "http://169.254.169.254:80");
+        assert_eq!(ok(" 127.0.0.1:1338 "), "http://127.0.0.1:1338");
+        assert_eq!(ok("[::1]:8080"), "http://[::1]:8080");
+        assert_eq!(ok("[fd00:ec2::254]"), "http://[fd00:ec2::254]:80");
+        assert_eq!(ok("[fe80::1%eth0]:80"), "http://[fe80::1%eth0]:80");
+        assert_eq!(ok("http://[::1]:8080/"), "http://[::1]:8080");
+        assert_eq!(ok("imds.internal:8080"), "http://imds.internal:8080");
+        assert_eq!(ok("localhost."), "http://localhost.:80");
+        for (value, why) in [
+            ("fd00:ec2::254", "brackets"),
+            ("::1", "brackets"),
+            ("[::1", "no `]`"),
+            ("[not-v6]:80", "IPv6"),
+            ("[::1]x", ":PORT"),
+            ("[fe80::1%]", "zone"),
+            ("300.1.1.1", "IPv4"),
+            ("127.0.0.1:0", "port"),
+            ("127.0.0.1:99999", "port"),
+            ("127.0.0.1:", "port"),
+            ("bad_host", "host name"),
+            ("", "host name"),
+        ] {
+            let error = parse_endpoint(value).unwrap_err();
+            assert!(error.contains(why), "{value}: {error}");
+        }
+    }
+
+    #[test]
+    fn a_client_adds_the_default_port_after_a_bracketed_address() {
+        assert_eq!(ImdsClient::new("http://[::1]").authority, "[::1]:80");
+        assert_eq!(ImdsClient::new("http://[::1]:8080").authority, "[::1]:8080");
+        assert_eq!(ImdsClient::new("http://127.0.0.1").authority, "127.0.0.1:80");
+        assert_eq!(ImdsClient::new("http://127.0.0.1:1338/").authority, "127.0.0.1:1338");
+    }
 
     #[test]
     fn a_token_is_refreshed_before_it_expires() {

@@ -83,6 +83,7 @@ mod hosts;
 mod identity;
 mod imds;
 mod imds_rehearsal;
+pub mod imds_server;
 mod instance_dir;
 mod keepalive;
 mod life;

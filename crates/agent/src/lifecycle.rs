@@ -226,7 +226,13 @@ fn not_applicable(
 }
 
 fn has_hooks(config: &FleetdConfig, event: Event) -> bool {
-    config.domains.iter().any(|d| !FleetdConfig::hooks_on(d, event).is_empty())
+    config.domains.iter().any(|d| {
+        !FleetdConfig::hooks_on(d, event).is_empty()
+            || d.attach_volume
+                .iter()
+                .flat_map(|v| &v.exec)
+                .any(|spec| spec.on.as_ref().is_some_and(|events| events.contains(&event)))
+    })
 }
 
 /// What the component needs.
@@ -496,33 +502,31 @@ impl LifecycleTask {
         event: Event,
         base: &BTreeMap<String, String>,
     ) {
+        let engine = self.handle.shared().engine.clone();
         for domain in &config.domains {
-            let lines = FleetdConfig::hooks_on(domain, event);
-            if lines.is_empty() {
-                continue;
-            }
             let values = domain_values(base, &domain.name);
-            for line in lines {
+            for line in FleetdConfig::hooks_on(domain, event) {
                 let result = run_line(line, &values, &self.context.work).await;
-                let result = HookResult { event, domain: domain.name.clone(), ..result };
-                self.context.log.event(&format!(
-                    "lifecycle: {event} hook {:?}: {:?}{}",
-                    result.argv,
-                    result.outcome,
-                    if result.message.is_empty() {
-                        String::new()
-                    } else {
-                        format!(": {}", result.message)
-                    }
-                ));
-                let mut shared = self.handle.shared();
-                let hooks = &mut shared.report.hooks;
-                hooks.push(result);
-                if hooks.len() > KEPT_RESULTS {
-                    hooks.remove(0);
+                self.report_hook(HookResult { event, domain: domain.name.clone(), ..result });
+            }
+            if let Some(engine) = &engine {
+                for result in engine.volume_hooks(domain, event, base).await {
+                    self.report_hook(result);
                 }
             }
         }
+    }
+
+    /// Logs a hook's result and keeps it in the report.
+    fn report_hook(&self, result: HookResult) {
+        self.context.log.event(&format!(
+            "lifecycle: {} hook {:?}: {:?}{}",
+            result.event,
+            result.argv,
+            result.outcome,
+            if result.message.is_empty() { String::new() } else { format!(": {}", result.message) }
+        ));
+        self.keep_hook(result);
     }
 }
 

@@ -5,6 +5,9 @@
 //! none, and a config that needs one is refused before anything runs.
 //!
 //! Call order, per machine (the lifecycle engine keeps it):
+//! 0. [`MachineCloud::volumes_left_in_transit`] once at init, beside the claims, when the
+//!    config creates volumes (`c`): what a crashed run of this machine created and never
+//!    committed, which the engine unmounts and releases with [`Release::Rollback`] (deleted).
 //! 1. [`MachineCloud::claim_volume`] for each `attach-volume` entry of a domain, in order. The
 //!    call tries the entry's sources left to right, waits (bounded) while a fixed or pool volume
 //!    is still held by a previous machine, claims pool volumes atomically, attaches, and returns
@@ -23,7 +26,10 @@
 //! instance already holds for the same domain, pool and device (`attach_op: false`), a created
 //! volume is found again by its transaction tag instead of being created twice, an upsert of the
 //! record already pointing here changes nothing but its hold, and releasing a volume that is no
-//! longer attached or restoring a record already restored succeeds.
+//! longer attached or restoring a record already restored succeeds. A crash between creating a
+//! volume and recording its hold leaves it only in the cloud: marked in transit with this
+//! instance and that run's transaction, which [`MachineCloud::volumes_left_in_transit`] finds
+//! on the next run (never the current transaction's, which its claims take up again).
 //!
 //! Every value here is serializable, so the engine keeps its holds in the instance directory and
 //! a restarted agent releases what a previous run claimed.
@@ -55,8 +61,9 @@ pub trait MachineCloud: Send + Sync + fmt::Debug {
 
     /// Detaches a volume from this instance (passing the instance id) and waits, bounded, until
     /// it is `available`. [`Release::Keep`] tags it with the time it was last used, for the
-    /// pool's preference; [`Release::Rollback`] also deletes a volume this claim created and
-    /// never committed.
+    /// pool's preference, and commits a volume this claim created and never committed (it
+    /// joins its pool rather than staying in transit); [`Release::Rollback`] also deletes a
+    /// volume this claim created and never committed.
     fn release_volume<'a>(
         &'a self,
         machine: &'a MachineFacts,
@@ -74,6 +81,15 @@ pub trait MachineCloud: Send + Sync + fmt::Debug {
 
     /// Sends one notification, once; the engine retries with its own schedule.
     fn notify<'a>(&'a self, notification: &'a Notification) -> CloudFuture<'a, ()>;
+
+    /// The volumes this instance created for one of `domains` in another transaction than
+    /// `machine`'s and never committed (a crashed run's), as their claims returned them
+    /// (`created_now`), for the engine to unmount and roll back.
+    fn volumes_left_in_transit<'a>(
+        &'a self,
+        machine: &'a MachineFacts,
+        domains: &'a [String],
+    ) -> CloudFuture<'a, Vec<ClaimedVolume>>;
 }
 
 /// The facts about this machine every call needs, read from IMDS (or, in a fleet, the

@@ -114,6 +114,17 @@ impl MachineCloud for RecordingCloud {
             Ok(())
         })
     }
+
+    fn volumes_left_in_transit<'a>(
+        &'a self,
+        machine: &'a MachineFacts,
+        _domains: &'a [String],
+    ) -> CloudFuture<'a, Vec<ClaimedVolume>> {
+        Box::pin(async move {
+            self.record(format!("left in transit by {}", machine.instance_id));
+            Ok(Vec::new())
+        })
+    }
 }
 
 /// A lifecycle with a volume (whose hook writes a file), a record, a notification on `started`

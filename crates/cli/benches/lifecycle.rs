@@ -10,6 +10,17 @@
 //!   their ratio.
 //! - `rss`: a local fleet of one machine whose `lifecycle:` has hooks on every event, idle and
 //!   healthy; the agent's resident memory (VmRSS) after 5 s.
+//! - `init:N` (needs the AWS emulator's environment, as the CLI's `aws_*` tests do): N rounds
+//!   per daemon of a 3-domain init at 100 ms per API call. Each round launches an emulated
+//!   instance (without latency), points this benchmark's IMDS at its facts, sets the scope's
+//!   latency to 100 ms, and starts the daemon with one config: three domains, each creating a
+//!   `c` volume (with a volume hook) and UPSERTing an A record, and hooks on `starting` and
+//!   `started`. The figure is the time from the `starting` hook to the `started` hook (the
+//!   domains' init, as both daemons order it), and from the daemon's start to `started`. Then
+//!   latency goes back to none, the daemon is stopped and the instance and volumes removed. The
+//!   devices are `/dev/null`, `/dev/zero` and `/dev/full`, which exist here, so neither daemon
+//!   waits for a kernel device (ec2fleetd looks only at this machine's `/sys/block` and the
+//!   configured path).
 //!
 //! The IMDS is this benchmark's own (IMDSv2 on 127.0.0.1, one request per connection),
 //! answering the metadata both daemons ask for. ec2fleetd needs Python 3.12 for
@@ -19,6 +30,7 @@
 //!
 //! ```text
 //! cargo build --release -p flotilla-cli -p fleet-app && cargo bench -p flotilla-cli --bench lifecycle -- notice:100 rss
+//! (eval "$(crates/emulator/start-for-tests.sh --parent-pid $$)"; cargo bench -p flotilla-cli --bench lifecycle -- init:5)
 //! ```
 
 #![allow(clippy::print_stdout, clippy::unwrap_used, clippy::expect_used)] // A benchmark prints its figures.
@@ -40,8 +52,27 @@ fn main() {
     for mode in modes {
         match mode.split_once(':') {
             Some(("notice", rounds)) => notice(&flotilla, rounds.parse().expect("notice:N")),
+            Some(("init", rounds)) => init::run(&flotilla, rounds.parse().expect("init:N")),
             None if mode == "rss" => rss(&flotilla),
-            _ => panic!("unknown mode {mode}: use notice:N or rss"),
+            _ => panic!("unknown mode {mode}: use notice:N, init:N or rss"),
+        }
+    }
+}
+
+/// The machine the IMDS describes.
+#[derive(Clone, Debug)]
+struct Facts {
+    instance_id: String,
+    zone: String,
+    ip: String,
+}
+
+impl Default for Facts {
+    fn default() -> Facts {
+        Facts {
+            instance_id: "i-0bench0000000000".to_owned(),
+            zone: "us-east-1a".to_owned(),
+            ip: "127.0.0.1".to_owned(),
         }
     }
 }
@@ -49,6 +80,7 @@ fn main() {
 /// The IMDS both daemons poll: metadata, a token, and the spot notice once armed.
 struct Imds {
     address: SocketAddr,
+    facts: Arc<std::sync::Mutex<Facts>>,
     /// Unix nanoseconds of the notice's serving; 0 while there is none.
     armed_at: Arc<AtomicU64>,
     spot_polls: Arc<AtomicU64>,
@@ -62,7 +94,9 @@ impl Imds {
         let armed_at = Arc::new(AtomicU64::new(0));
         let spot_polls = Arc::new(AtomicU64::new(0));
         let stop = Arc::new(AtomicBool::new(false));
+        let facts = Arc::new(std::sync::Mutex::new(Facts::default()));
         let (armed, polls, stopping) = (armed_at.clone(), spot_polls.clone(), stop.clone());
+        let shared_facts = facts.clone();
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 if stopping.load(Ordering::SeqCst) {
@@ -70,10 +104,16 @@ impl Imds {
                 }
                 let Ok(stream) = stream else { continue };
                 let (armed, polls) = (armed.clone(), polls.clone());
-                std::thread::spawn(move || answer(stream, &armed, &polls));
+                let facts = shared_facts.lock().unwrap().clone();
+                std::thread::spawn(move || answer(stream, &armed, &polls, &facts));
             }
         });
-        Imds { address, armed_at, spot_polls, stop }
+        Imds { address, facts, armed_at, spot_polls, stop }
+    }
+
+    /// Describes `facts` from now on.
+    fn describe(&self, facts: Facts) {
+        *self.facts.lock().unwrap() = facts;
     }
 
     fn reset(&self) {
@@ -100,7 +140,7 @@ fn unix_nanos(time: SystemTime) -> u64 {
     time.duration_since(UNIX_EPOCH).unwrap().as_nanos() as u64
 }
 
-fn answer(mut stream: TcpStream, armed: &AtomicU64, polls: &AtomicU64) {
+fn answer(mut stream: TcpStream, armed: &AtomicU64, polls: &AtomicU64, facts: &Facts) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(5)));
     let mut head = Vec::new();
     let mut byte = [0u8; 1024];
@@ -134,13 +174,13 @@ fn answer(mut stream: TcpStream, armed: &AtomicU64, polls: &AtomicU64) {
                 }
             }
             "events/maintenance/scheduled" => (200, "[]".to_owned()),
-            "instance-id" => (200, "i-0bench0000000000".to_owned()),
+            "instance-id" => (200, facts.instance_id.clone()),
             "instance-type" => (200, "m7i.large".to_owned()),
             "ami-launch-index" => (200, "0".to_owned()),
             "placement/region" => (200, "us-east-1".to_owned()),
-            "placement/availability-zone" => (200, "us-east-1a".to_owned()),
+            "placement/availability-zone" => (200, facts.zone.clone()),
             "system" => (200, "nitro".to_owned()),
-            "local-ipv4" | "public-ipv4" => (200, "127.0.0.1".to_owned()),
+            "local-ipv4" | "public-ipv4" => (200, facts.ip.clone()),
             "hostname" | "local-hostname" => (200, "ip-127-0-0-1.ec2.internal".to_owned()),
             // ec2fleetd walks the interfaces for `{public_ipv4_list}` and fails without them.
             "network/interfaces/macs" => (200, "02:00:00:00:00:01/".to_owned()),
@@ -148,9 +188,7 @@ fn answer(mut stream: TcpStream, armed: &AtomicU64, polls: &AtomicU64) {
                 (200, "local-ipv4s\npublic-ipv4s".to_owned())
             }
             "network/interfaces/macs/02:00:00:00:00:01/local-ipv4s"
-            | "network/interfaces/macs/02:00:00:00:00:01/public-ipv4s" => {
-                (200, "127.0.0.1".to_owned())
-            }
+            | "network/interfaces/macs/02:00:00:00:00:01/public-ipv4s" => (200, facts.ip.clone()),
             _ => (404, String::new()),
         }
     };
@@ -193,22 +231,7 @@ fn notice(flotilla: &Path, rounds: usize) {
         Ok(python) => daemons.push(Daemon {
             name: "ec2fleetd 0.0.0",
             command: Box::new(move |config, dir, imds| {
-                let mut command = Command::new(&python);
-                command
-                    .arg("-c")
-                    .arg(
-                        "import sys, typing\n\
-                         if not hasattr(typing, 'override'):\n\
-                         \x20   import typing_extensions; typing.override = typing_extensions.override\n\
-                         import runpy; sys.argv[0] = 'ec2fleetd'\n\
-                         runpy.run_module('ec2fleetd', run_name='__main__', alter_sys=True)",
-                    )
-                    .arg(format!("--imds={imds}"))
-                    .arg(format!("--userdata={}", config.display()))
-                    .env("AWS_EC2_METADATA_DISABLED", "true")
-                    .env("AWS_CONFIG_FILE", "/dev/null")
-                    .current_dir(dir);
-                command
+                ec2fleetd_command(&python, config, dir, imds)
             }),
         }),
         Err(why) => println!("ec2fleetd: not run ({why})"),
@@ -273,6 +296,26 @@ fn notice(flotilla: &Path, rounds: usize) {
             ours.p99 as f64 / theirs.p99.max(1) as f64
         );
     }
+}
+
+/// ec2fleetd 0.0.0 under `python`, with `typing.override` given on a Python before 3.12.
+fn ec2fleetd_command(python: &Path, config: &Path, dir: &Path, imds: SocketAddr) -> Command {
+    let mut command = Command::new(python);
+    command
+        .arg("-c")
+        .arg(
+            "import sys, typing\n\
+             if not hasattr(typing, 'override'):\n\
+             \x20   import typing_extensions; typing.override = typing_extensions.override\n\
+             import runpy; sys.argv[0] = 'ec2fleetd'\n\
+             runpy.run_module('ec2fleetd', run_name='__main__', alter_sys=True)",
+        )
+        .arg(format!("--imds={imds}"))
+        .arg(format!("--userdata={}", config.display()))
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .env("AWS_CONFIG_FILE", "/dev/null")
+        .current_dir(dir);
+    command
 }
 
 /// A jitter of 0 to 999 ms, spread evenly over the rounds (a golden-ratio sequence).
@@ -400,4 +443,281 @@ fn cpu_model() -> String {
                 .map(|(_, model)| model.trim().to_owned())
         })
         .unwrap_or_else(|| "unknown CPU".to_owned())
+}
+
+/// `init:N`: a 3-domain init at 100 ms per API call, against the emulator.
+mod init {
+    use super::*;
+
+    use aws_config::{BehaviorVersion, Region};
+    use aws_sdk_ec2::types::{Filter, InstanceType, Placement};
+    use flotilla_emulator::control::{BootState, Emulator, Scope, StateTiming, VolumeTiming};
+
+    const REGION: &str = "us-east-1";
+    const ZONE: &str = "us-east-1a";
+    const LATENCY: Duration = Duration::from_millis(100);
+    /// Devices that exist on this machine: neither daemon waits for a kernel device.
+    const DEVICES: [&str; 3] = ["/dev/null", "/dev/zero", "/dev/full"];
+
+    struct Stack {
+        scope: Scope,
+        emulator: Emulator,
+        sdk: aws_types::SdkConfig,
+        runtime: tokio::runtime::Runtime,
+    }
+
+    impl Stack {
+        fn ec2(&self) -> aws_sdk_ec2::Client {
+            aws_sdk_ec2::Client::new(&self.sdk)
+        }
+
+        /// An instance in the zone, booted: its facts.
+        fn launch(&self) -> Facts {
+            self.runtime.block_on(async {
+                let answer = self
+                    .ec2()
+                    .run_instances()
+                    .image_id("ami-0flotillatest")
+                    .instance_type(InstanceType::T3Micro)
+                    .min_count(1)
+                    .max_count(1)
+                    .placement(Placement::builder().availability_zone(ZONE).build())
+                    .send()
+                    .await
+                    .expect("RunInstances");
+                let id = answer.instances()[0].instance_id().unwrap().to_owned();
+                let booted = self
+                    .emulator
+                    .wait_booted(&id, Duration::from_secs(30), |b| b.state != BootState::Failed)
+                    .await
+                    .expect("the instance boots");
+                Facts { instance_id: id, zone: ZONE.to_owned(), ip: booted.public_ip.to_string() }
+            })
+        }
+
+        /// Terminates the instance and deletes the volumes of the round's domains.
+        fn clean(&self, instance: &str, domains: &[String]) {
+            self.runtime.block_on(async {
+                self.ec2().terminate_instances().instance_ids(instance).send().await.unwrap();
+                let deadline = Instant::now() + Duration::from_secs(30);
+                loop {
+                    let answer = self
+                        .ec2()
+                        .describe_volumes()
+                        .filters(
+                            Filter::builder()
+                                .name("tag:flotilla:fleetd-domain")
+                                .set_values(Some(domains.to_vec()))
+                                .build(),
+                        )
+                        .send()
+                        .await
+                        .unwrap();
+                    let answer2 = self
+                        .ec2()
+                        .describe_volumes()
+                        .filters(
+                            Filter::builder()
+                                .name("tag:user:ec2fd.domain")
+                                .set_values(Some(domains.to_vec()))
+                                .build(),
+                        )
+                        .send()
+                        .await
+                        .unwrap();
+                    let volumes: Vec<_> =
+                        answer.volumes().iter().chain(answer2.volumes()).cloned().collect();
+                    if volumes.is_empty() || Instant::now() > deadline {
+                        break;
+                    }
+                    for volume in &volumes {
+                        let _ = self
+                            .ec2()
+                            .delete_volume()
+                            .volume_id(volume.volume_id().unwrap())
+                            .send()
+                            .await;
+                    }
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+            });
+        }
+    }
+
+    fn config(zone: &str, zone_name: &str, domains: &[String], markers: &Path) -> String {
+        let touch = |name: &str| format!("{{argv: ['touch', '{}']}}", markers.join(name).display());
+        let mut text = String::from("{domains: {\n");
+        for (index, domain) in domains.iter().enumerate() {
+            let hooks = if index == 0 {
+                format!(
+                    "exec: [{{on: ['starting'], lines: [{}]}}, {{on: ['started'], lines: [{}]}}],",
+                    touch("starting"),
+                    touch("started")
+                )
+            } else {
+                String::new()
+            };
+            text.push_str(&format!(
+                "  {domain}: {{\n    'attach-volume': [{{device: '{device}', source: 'c', 'pool-name': 'bench', create: {{Size: 1, VolumeType: 'gp3'}}, exec: [{{lines: [{{argv: ['true']}}]}}]}}],\n    'update-route53': [{{hostedzone: '{zone}', name: '{domain}.{zone_name}.', ttl: 60}}],\n    {hooks}\n  }},\n",
+                device = DEVICES[index],
+            ));
+        }
+        text.push_str("}}\n");
+        text
+    }
+
+    pub(super) fn run(flotilla: &Path, rounds: usize) {
+        for name in ["AWS_ENDPOINT_URL", "FLOTILLA_EMULATOR_CONTROL"] {
+            assert!(
+                std::env::var_os(name).is_some(),
+                "init needs the emulator: (eval \"$(crates/emulator/start-for-tests.sh --parent-pid $$)\"; cargo bench ...)"
+            );
+        }
+        let runtime = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let emulator = Emulator::require();
+        let scope = emulator.fresh_scope("benchinit");
+        let sdk = runtime.block_on(async {
+            scope
+                .set_timing(StateTiming { pending: Duration::ZERO, shutting_down: Duration::ZERO })
+                .await
+                .unwrap();
+            scope
+                .set_volume_timing(VolumeTiming {
+                    attach: Duration::ZERO,
+                    detach: Duration::ZERO,
+                    release_after_terminate: Duration::ZERO,
+                })
+                .await
+                .unwrap();
+            aws_config::defaults(BehaviorVersion::latest())
+                .endpoint_url(emulator.endpoint())
+                .region(Region::new(REGION))
+                .credentials_provider(aws_sdk_ec2::config::Credentials::new(
+                    scope.access_key_id(),
+                    "emulated",
+                    None,
+                    None,
+                    "bench",
+                ))
+                .load()
+                .await
+        });
+        let stack = Stack { scope, emulator, sdk, runtime };
+        let tag = stack.scope.access_key_id().to_ascii_lowercase();
+        let zone_name = format!("{tag}.example.com");
+        let route53 = aws_sdk_route53::Client::new(&stack.sdk);
+        let zone = stack.runtime.block_on(async {
+            let zone = route53
+                .create_hosted_zone()
+                .name(&zone_name)
+                .caller_reference(&tag)
+                .send()
+                .await
+                .unwrap();
+            zone.hosted_zone().unwrap().id().trim_start_matches("/hostedzone/").to_owned()
+        });
+        let imds = Imds::start();
+        let work = tempfile::tempdir().unwrap();
+        let endpoint = stack.emulator.endpoint().to_owned();
+        let key = stack.scope.access_key_id().to_owned();
+        let mut daemons: Vec<Daemon> = vec![Daemon {
+            name: "flotilla fleetd",
+            command: Box::new({
+                let flotilla = flotilla.to_path_buf();
+                move |config, dir, imds| {
+                    let mut command = Command::new(&flotilla);
+                    command
+                        .arg("fleetd")
+                        .arg(format!("--imds={imds}"))
+                        .arg(format!("--userdata={}", config.display()))
+                        .arg(format!("--state-dir={}", dir.join("state").display()))
+                        .arg("--device-root=/")
+                        .current_dir(dir);
+                    command
+                }
+            }),
+        }];
+        match ec2fleetd_python() {
+            Ok(python) => daemons.push(Daemon {
+                name: "ec2fleetd 0.0.0",
+                // Polling on, as in production: without it ec2fleetd runs `started`'s hooks a
+                // second time as it exits (refs part A), which would move the marker.
+                command: Box::new(move |config, dir, imds| {
+                    ec2fleetd_command(&python, config, dir, imds)
+                }),
+            }),
+            Err(why) => println!("ec2fleetd: not run ({why})"),
+        }
+        let mut results = Vec::new();
+        for (which, daemon) in daemons.iter().enumerate() {
+            let mut inits = Vec::new();
+            let mut totals = Vec::new();
+            for round in 0..rounds {
+                let facts = stack.launch();
+                imds.describe(facts.clone());
+                let dir = work.path().join(format!("{which}-{round}"));
+                fs_err::create_dir_all(&dir).unwrap();
+                let domains: Vec<String> = (0..3)
+                    .map(|d| format!("b{which}r{round}d{d}{}", &tag[tag.len() - 6..]))
+                    .collect();
+                let config_path = dir.join("fleetd.json5");
+                fs_err::write(&config_path, config(&zone, &zone_name, &domains, &dir)).unwrap();
+                stack.runtime.block_on(stack.scope.set_latency(LATENCY)).unwrap();
+                let spawned = SystemTime::now();
+                let mut child = (daemon.command)(&config_path, &dir, imds.address)
+                    .env("AWS_ENDPOINT_URL", &endpoint)
+                    .env("AWS_ACCESS_KEY_ID", &key)
+                    .env("AWS_SECRET_ACCESS_KEY", "emulated")
+                    .env_remove("AWS_PROFILE")
+                    .env_remove("AWS_REGION")
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::from(
+                        fs_err::File::create(dir.join("stderr")).unwrap().into_parts().0,
+                    ))
+                    .spawn()
+                    .unwrap_or_else(|e| panic!("{} does not start: {e}", daemon.name));
+                let started = dir.join("started");
+                let done = wait(Duration::from_secs(120), || {
+                    started.exists() || matches!(child.try_wait(), Ok(Some(_)))
+                });
+                stack.runtime.block_on(stack.scope.clear_latency()).unwrap();
+                assert!(
+                    done && started.exists(),
+                    "{}: no started hook; stderr:\n{}",
+                    daemon.name,
+                    fs_err::read_to_string(dir.join("stderr")).unwrap_or_default()
+                );
+                let modified =
+                    |name: &str| fs_err::metadata(dir.join(name)).unwrap().modified().unwrap();
+                inits.push(
+                    modified("started").duration_since(modified("starting")).unwrap_or_default(),
+                );
+                totals.push(modified("started").duration_since(spawned).unwrap_or_default());
+                let _ = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status();
+                if !wait(Duration::from_secs(60), || matches!(child.try_wait(), Ok(Some(_)))) {
+                    kill(&mut child);
+                }
+                stack.clean(&facts.instance_id, &domains);
+            }
+            inits.sort();
+            totals.sort();
+            let (init, total) = (Figures::of(&inits), Figures::of(&totals));
+            println!(
+                "3-domain init at 100 ms per call, {} ({rounds} rounds): starting -> started p50 {} ms, max {} ms; process start -> started p50 {} ms, max {} ms",
+                daemon.name, init.p50, init.max, total.p50, total.max
+            );
+            results.push((init, total));
+        }
+        if let [(ours, ours_total), (theirs, theirs_total)] = results.as_slice() {
+            println!(
+                "ratio flotilla/ec2fleetd (p50): init {:.3}, from process start {:.3}",
+                ours.p50 as f64 / theirs.p50.max(1) as f64,
+                ours_total.p50 as f64 / theirs_total.p50.max(1) as f64
+            );
+        }
+    }
 }

@@ -449,6 +449,106 @@ async fn a_created_volume_is_found_again_by_its_transaction_and_a_rollback_delet
     stack.terminate(&[instance]).await;
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_created_volume_kept_before_its_commit_joins_its_pool() {
+    let stack = Stack::new("mckeep").await;
+    let machines = stack.launch(1).await;
+    let (instance, root) = (&machines[0].0, &machines[0].1);
+    let request = stack.claim(
+        facts(instance, "txn-keep"),
+        entry("/dev/sdh", &[VolumeSource::Create]),
+        Duration::from_secs(10),
+    );
+    let created = stack.cloud.claim_volume(&request).await.unwrap();
+    assert!(created.created_now);
+    let keys = |tags: Vec<(String, String)>| -> BTreeSet<String> {
+        tags.into_iter().map(|(key, _)| key).collect()
+    };
+    let marked = keys(stack.tags(&created.volume_id).await);
+    assert!(marked.contains(TAG_IN_TRANSIT) && marked.contains(TAG_TRANSACTION), "{marked:?}");
+    wait_device(root, &created.volume_id, true).await;
+
+    // Released with Keep before any commit (fleetd interrupted during init).
+    stack.cloud.release_volume(&request.machine, &created, Release::Keep).await.unwrap();
+    assert_eq!(stack.attached_to(&created.volume_id).await, None);
+    let kept = keys(stack.tags(&created.volume_id).await);
+    for key in [TAG_DOMAIN, TAG_POOL, TAG_LAST_USED] {
+        assert!(kept.contains(key), "{key} in {kept:?}");
+    }
+    for key in [TAG_IN_TRANSIT, TAG_TRANSACTION] {
+        assert!(!kept.contains(key), "{key} in {kept:?}");
+    }
+    // It is a pool volume now: another machine's `p` claim of the pool gets it.
+    let pool_claim = stack.claim(
+        facts(instance, "txn-keep-2"),
+        entry("/dev/sdi", &[VolumeSource::Pool]),
+        Duration::from_secs(10),
+    );
+    let claimed = stack.cloud.claim_volume(&pool_claim).await.unwrap();
+    assert_eq!(claimed.volume_id, created.volume_id);
+    assert_eq!(claimed.source, VolumeSource::Pool);
+    stack.cloud.release_volume(&pool_claim.machine, &claimed, Release::Keep).await.unwrap();
+    stack.terminate(&[instance]).await;
+    stack.ec2().delete_volume().volume_id(&created.volume_id).send().await.unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn volumes_a_crashed_run_left_in_transit_are_found_by_the_next_run_only() {
+    let stack = Stack::new("mcsweep").await;
+    let machines = stack.launch(2).await;
+    let (instance, other) = (&machines[0].0, &machines[1].0);
+    let domains = vec![stack.domain.clone()];
+    // A run that crashed after its claim: created and attached, never committed.
+    let crashed = stack.claim(
+        facts(instance, "txn-crashed"),
+        entry("/dev/sdj", &[VolumeSource::Create]),
+        Duration::from_secs(10),
+    );
+    let left = stack.cloud.claim_volume(&crashed).await.unwrap();
+    let creator = stack.tags(&left.volume_id).await;
+    assert!(
+        creator
+            .iter()
+            .any(|(k, v)| k == flotilla_aws::machine::volumes::TAG_CREATOR && v == instance),
+        "{creator:?}"
+    );
+    // And one it committed, which is in its pool, not in transit.
+    let committed_claim = stack.claim(
+        facts(instance, "txn-crashed"),
+        entry("/dev/sdk", &[VolumeSource::Create]),
+        Duration::from_secs(10),
+    );
+    let committed = stack.cloud.claim_volume(&committed_claim).await.unwrap();
+    stack.cloud.commit_volume(&committed_claim.machine, &committed).await.unwrap();
+
+    // The same transaction (a restarted agent of the same boot) takes its claims up again:
+    // nothing is left over for it.
+    let same = facts(instance, "txn-crashed");
+    assert!(stack.cloud.volumes_left_in_transit(&same, &domains).await.unwrap().is_empty());
+    // Another machine did not create it.
+    let elsewhere = facts(other, "txn-next");
+    assert!(stack.cloud.volumes_left_in_transit(&elsewhere, &domains).await.unwrap().is_empty());
+    // The next run of this machine finds it, as its claim returned it.
+    let next = facts(instance, "txn-next");
+    let found = stack.cloud.volumes_left_in_transit(&next, &domains).await.unwrap();
+    assert_eq!(found.len(), 1, "{found:?}");
+    assert_eq!(found[0].volume_id, left.volume_id);
+    assert_eq!(found[0].device, "/dev/sdj");
+    assert!(found[0].created_now);
+    assert_eq!(found[0].pool_name.as_deref(), Some("data"));
+    // Rolled back, it is gone; the committed one stays attached.
+    stack.cloud.release_volume(&next, &found[0], Release::Rollback).await.unwrap();
+    assert!(stack.describe(&left.volume_id).await.is_none(), "deleted");
+    assert!(stack.cloud.volumes_left_in_transit(&next, &domains).await.unwrap().is_empty());
+    assert_eq!(
+        stack.attached_to(&committed.volume_id).await.map(|a| a.0).as_deref(),
+        Some(instance.as_str())
+    );
+    stack.cloud.release_volume(&next, &committed, Release::Keep).await.unwrap();
+    stack.terminate(&[instance, other]).await;
+    stack.ec2().delete_volume().volume_id(&committed.volume_id).send().await.unwrap();
+}
+
 /// A hosted zone of its own for a test.
 async fn hosted_zone(stack: &Stack, name: &str) -> String {
     let route53 = aws_sdk_route53::Client::new(&stack.sdk);

@@ -10,7 +10,11 @@
 //!    `setpriv --pdeathsig KILL` when util-linux has it (so it dies with this process, even
 //!    killed with -9), output appended to `<root>/var/log/cloud-init-output.log`, with a clean
 //!    environment holding only the contract of [`crate::env::user_data`], `PATH`
-//!    (`<root>/usr/local/bin` first) and `RUST_LOG` when set.
+//!    (`<root>/usr/local/bin` first) and `RUST_LOG` when set. Only user data that starts with
+//!    `#!` is a script, as cloud-init decides ([`is_script`]): anything else (an ec2fleetd
+//!    config for `flotilla fleetd`, a `#cloud-config`) is only served by the instance's IMDS,
+//!    and the instance runs with nothing started (`Exited`, no pid), as cloud-init leaves a
+//!    machine whose user data it has no handler for.
 //!
 //! An instance that cannot be booted (its agent's or IMDS port is taken on its address, its
 //! user data is not base64, its root cannot be prepared, `/bin/sh` cannot start), or whose
@@ -53,7 +57,7 @@ use crate::addresses::AGENT_PORTS;
 use crate::control::{ControlError, Emulator};
 use crate::devices::Devices;
 use crate::env::user_data as contract;
-use crate::imds::{IMDS_PORT, Imds, serve_imds};
+use crate::imds::{IMDS_PORT, Imds, InstanceImds};
 use crate::instance::{BootState, BootedInstance, InstanceInfo, InstanceListing, StateReason};
 
 /// How often moto is asked for its instances.
@@ -118,14 +122,14 @@ pub(crate) struct Booter {
 #[derive(Debug)]
 struct Machine {
     report: BootedInstance,
-    imds: Arc<Imds>,
+    imds: Arc<InstanceImds>,
     imds_shutdown: Option<watch::Sender<bool>>,
 }
 
 /// What booting started: the IMDS, its off switch, and the user-data script's pid, if any.
 #[derive(Debug)]
 struct Started {
-    imds: Arc<Imds>,
+    imds: Arc<InstanceImds>,
     imds_shutdown: watch::Sender<bool>,
     pid: Option<u32>,
 }
@@ -187,7 +191,7 @@ impl Booter {
     }
 
     /// The IMDS of a booted instance (kept after it stopped, so triggers can still be cleared).
-    pub(crate) fn imds(&self, id: &str) -> Option<Arc<Imds>> {
+    pub(crate) fn imds(&self, id: &str) -> Option<Arc<InstanceImds>> {
         self.machines().get(id).map(|m| m.imds.clone())
     }
 
@@ -251,7 +255,7 @@ impl Booter {
             for instance in &instances {
                 let machine = machines.get(&instance.id);
                 if let Some(machine) = machine {
-                    machine.imds.update(instance.clone());
+                    machine.imds.source().update(instance.clone());
                 }
                 let up = machine.is_some_and(Machine::is_up);
                 if instance.state == "running" && !up {
@@ -299,7 +303,7 @@ impl Booter {
     fn boot(self: &Arc<Self>, instance: InstanceInfo) {
         let Some(ip) = instance.public_ip else { return };
         let root = self.config.instances_dir.join(&instance.id).join("root");
-        let imds = Arc::new(Imds::new(instance.clone(), None));
+        let imds = Arc::new(Imds::serve(instance.clone(), None));
         let mut report = BootedInstance {
             id: instance.id.clone(),
             scope: instance.scope.clone(),
@@ -393,10 +397,10 @@ impl Booter {
             .and_then(|l| l.set_nonblocking(true).map(|()| l))
             .and_then(tokio::net::TcpListener::from_std)
             .map_err(bind_error(address))?;
-        let imds = Arc::new(Imds::new(instance.clone(), user_data.clone()));
+        let imds = Arc::new(Imds::serve(instance.clone(), user_data.clone()));
         let (shutdown, shutdown_rx) = watch::channel(false);
-        tokio::spawn(serve_imds(listener, imds.clone(), shutdown_rx));
-        let Some(script) = user_data else {
+        tokio::spawn(flotilla_agent::imds_server::serve(listener, imds.clone(), shutdown_rx));
+        let Some(script) = user_data.filter(|data| is_script(data)) else {
             return Ok(Started { imds, imds_shutdown: shutdown, pid: None });
         };
         let script_path = dir.join("user-data");
@@ -626,6 +630,13 @@ fn kill_stragglers(root: &Path) {
     }
 }
 
+/// Whether user data is a script to run: it starts with `#!`, as cloud-init's shell-script
+/// handler requires. Other user data (a config read from IMDS by a daemon, `#cloud-config`)
+/// is data, never run.
+fn is_script(user_data: &[u8]) -> bool {
+    user_data.starts_with(b"#!")
+}
+
 /// Standard base64 (with or without padding, whitespace ignored), as EC2 carries user data.
 fn decode_base64(text: &str) -> Option<Vec<u8>> {
     fn value(c: u8) -> Option<u32> {
@@ -657,7 +668,18 @@ fn decode_base64(text: &str) -> Option<Vec<u8>> {
 
 #[cfg(test)]
 mod tests {
-    use super::{decode_base64, last_line, plain_text};
+    use super::{decode_base64, is_script, last_line, plain_text};
+
+    #[test]
+    fn only_user_data_starting_with_a_shebang_is_a_script() {
+        assert!(is_script(b"#!/bin/sh\nexit 0\n"));
+        assert!(is_script(b"#!/usr/bin/env bash\n"));
+        assert!(!is_script(b"// an ec2fleetd config\n{domains: {}}\n"));
+        assert!(!is_script(b"{\"domains\": {}}"));
+        assert!(!is_script(b"#cloud-config\npackages: [jq]\n"));
+        assert!(!is_script(b" #!/bin/sh\n"));
+        assert!(!is_script(b""));
+    }
 
     #[test]
     fn the_last_output_line_is_plain_text() {

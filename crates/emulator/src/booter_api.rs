@@ -62,7 +62,7 @@ fn route(booter: &Booter, request: &Received) -> Response<Body> {
             let Some(imds) = booter.imds(id) else {
                 return json_error(StatusCode::NOT_FOUND, &format!("no booted instance {id}"));
             };
-            trigger(&imds, method, event, &request.body)
+            trigger(imds.source(), method, event, &request.body)
         }
         ["scopes", scope, "agent-seed"] => {
             if method == Method::PUT {

@@ -1,5 +1,5 @@
-//! A small HTTP/1 server loop on hyper, shared by the IMDS emulators and the control API, and
-//! the response helpers they use.
+//! A small HTTP/1 server loop on hyper for the control APIs, and the response helpers they use.
+//! (The instances' IMDS is served by `flotilla_agent::imds_server`.)
 
 use std::convert::Infallible;
 use std::future::Future;
@@ -27,7 +27,6 @@ const MAX_BODY: usize = 1024 * 1024;
 pub(crate) struct Received {
     pub(crate) method: hyper::Method,
     pub(crate) path: String,
-    pub(crate) headers: hyper::HeaderMap,
     pub(crate) body: Bytes,
 }
 
@@ -86,7 +85,7 @@ where
         }
     };
     let path = head.uri.path().to_owned();
-    handler(Received { method: head.method, path, headers: head.headers, body }).await
+    handler(Received { method: head.method, path, body }).await
 }
 
 /// A response with `body` and a content type.

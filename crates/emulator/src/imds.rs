@@ -1,10 +1,8 @@
-//! The instance metadata service of one booted instance, on `<its public ip>:1338`, answering
-//! the way amazon-ec2-metadata-mock does with `--imdsv2`:
+//! The instance metadata service of one booted instance, on `<its public ip>:1338`: the
+//! agent's IMDS server (`flotilla_agent::imds_server`, which the local provider's rehearsal
+//! IMDS also runs: IMDSv2's token rules, error pages, listings and the event routes) over this
+//! instance as moto describes it ([`Imds`], a `MetadataSource`):
 //!
-//! - `PUT /latest/api/token` with `X-aws-ec2-metadata-token-ttl-seconds` in 1..=21600 answers a
-//!   token (and echoes the TTL header); a missing or bad TTL is 400.
-//! - Every other request needs `X-aws-ec2-metadata-token` with a known, unexpired token, else 401
-//!   (an expired token is forgotten). Only GET is allowed (405 otherwise).
 //! - `/latest/meta-data/…` (directories list their children, one per line, subdirectories with a
 //!   trailing `/`), `/latest/user-data` (404 when there is none) and
 //!   `/latest/dynamic/instance-identity/document`. Unknown paths are 404.
@@ -19,28 +17,23 @@
 //! The instance's role credentials carry the instance's scope as `AccessKeyId`, so what the
 //! agent does with them is counted, and faulted, in the scope of the test that launched it.
 
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, SystemTime};
 
-use hyper::header::HeaderMap;
-use hyper::{Method, Response, StatusCode};
+use flotilla_agent::imds_server::{ImdsServer, MetadataSource, Notices, listing};
+use flotilla_spec::imds as shapes;
 use serde_json::json;
-use tokio::net::TcpListener;
-use tokio::sync::watch;
 
 use crate::env::SECRET_ACCESS_KEY;
-use crate::http::{Body, Received, response, serve};
 use crate::instance::{
     InstanceInfo, RebalanceRecommendation, ScheduledEvent, SpotAction, SpotInterruption,
 };
 
+/// One instance's IMDS: the shared server over this instance.
+pub(crate) type InstanceImds = ImdsServer<Imds>;
+
 /// The port IMDS answers on (amazon-ec2-metadata-mock's default; the real one listens on 80).
 pub(crate) const IMDS_PORT: u16 = 1338;
-const TOKEN_PATH: &str = "/latest/api/token";
-const TTL_HEADER: &str = "x-aws-ec2-metadata-token-ttl-seconds";
-const TOKEN_HEADER: &str = "x-aws-ec2-metadata-token";
-const MAX_TTL_SECONDS: u64 = 21_600;
 /// How long role credentials are said to last.
 const CREDENTIALS_LIFETIME: Duration = Duration::from_secs(6 * 3600);
 /// AWS gives two minutes' warning of a spot interruption.
@@ -54,14 +47,12 @@ const SCHEDULED_CODES: [&str; 5] = [
 ];
 const SCHEDULED_STATES: [&str; 3] = ["active", "completed", "canceled"];
 
-/// One instance's metadata, tokens and pending notices.
+/// One instance's metadata and pending notices.
 #[derive(Debug)]
 pub(crate) struct Imds {
     instance: Mutex<InstanceInfo>,
     user_data: Option<Vec<u8>>,
     booted_at: SystemTime,
-    /// Token → when it expires.
-    tokens: Mutex<HashMap<String, Instant>>,
     events: Mutex<Events>,
 }
 
@@ -93,9 +84,17 @@ impl Imds {
             instance: Mutex::new(instance),
             user_data,
             booted_at: SystemTime::now(),
-            tokens: Mutex::new(HashMap::new()),
             events: Mutex::new(Events::default()),
         }
+    }
+
+    /// This instance's IMDS server.
+    pub(crate) fn serve(instance: InstanceInfo, user_data: Option<Vec<u8>>) -> InstanceImds {
+        ImdsServer::new(Imds::new(instance, user_data))
+    }
+
+    fn instance(&self) -> InstanceInfo {
+        self.instance.lock().unwrap_or_else(PoisonError::into_inner).clone()
     }
 
     /// Takes the latest view of the instance (tags can change after boot).
@@ -179,86 +178,6 @@ impl Imds {
         self.events.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Answers one request; `now` decides token expiry, `wall` the times in answers.
-    pub(crate) fn answer(
-        &self,
-        method: &Method,
-        path: &str,
-        headers: &HeaderMap,
-        now: Instant,
-        wall: SystemTime,
-    ) -> Response<Body> {
-        if path == TOKEN_PATH {
-            return if method == Method::PUT {
-                self.issue_token(headers, now)
-            } else {
-                page(StatusCode::METHOD_NOT_ALLOWED)
-            };
-        }
-        if !self.token_is_valid(headers, now) {
-            return page(StatusCode::UNAUTHORIZED);
-        }
-        if method != Method::GET {
-            return page(StatusCode::METHOD_NOT_ALLOWED);
-        }
-        let path = path.trim_end_matches('/');
-        if path == "/latest/user-data" {
-            return match &self.user_data {
-                Some(data) => response(StatusCode::OK, "application/octet-stream", data.clone()),
-                None => page(StatusCode::NOT_FOUND),
-            };
-        }
-        let instance = self.instance.lock().unwrap_or_else(PoisonError::into_inner).clone();
-        let text = match path {
-            "" => Some("latest".to_owned()),
-            "/latest" => Some(listing(&["dynamic/", "meta-data/", "user-data"])),
-            "/latest/dynamic" => Some(listing(&["instance-identity/"])),
-            "/latest/dynamic/instance-identity" => Some(listing(&["document"])),
-            "/latest/dynamic/instance-identity/document" => Some(identity_document(&instance)),
-            "/latest/meta-data" => Some(self.metadata_listing(&instance)),
-            _ => path
-                .strip_prefix("/latest/meta-data/")
-                .and_then(|key| self.metadata(&instance, key, wall)),
-        };
-        match text {
-            Some(text) => response(StatusCode::OK, "text/plain", text),
-            None => page(StatusCode::NOT_FOUND),
-        }
-    }
-
-    fn issue_token(&self, headers: &HeaderMap, now: Instant) -> Response<Body> {
-        let ttl = headers
-            .get(TTL_HEADER)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.trim().parse::<u64>().ok())
-            .filter(|ttl| (1..=MAX_TTL_SECONDS).contains(ttl));
-        let Some(ttl) = ttl else {
-            return page(StatusCode::BAD_REQUEST);
-        };
-        let token = hex::encode(rand::random::<[u8; 32]>());
-        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-        tokens.retain(|_, expiry| *expiry > now);
-        tokens.insert(token.clone(), now + Duration::from_secs(ttl));
-        let mut answer = response(StatusCode::OK, "text/plain", token);
-        answer.headers_mut().insert(TTL_HEADER, ttl.into());
-        answer
-    }
-
-    fn token_is_valid(&self, headers: &HeaderMap, now: Instant) -> bool {
-        let Some(token) = headers.get(TOKEN_HEADER).and_then(|v| v.to_str().ok()) else {
-            return false;
-        };
-        let mut tokens = self.tokens.lock().unwrap_or_else(PoisonError::into_inner);
-        match tokens.get(token) {
-            Some(expiry) if *expiry > now => true,
-            Some(_) => {
-                tokens.remove(token);
-                false
-            }
-            None => false,
-        }
-    }
-
     fn metadata_listing(&self, instance: &InstanceInfo) -> String {
         let mut entries = vec![
             "ami-id",
@@ -287,7 +206,12 @@ impl Imds {
         listing(&entries)
     }
 
-    fn metadata(&self, instance: &InstanceInfo, key: &str, wall: SystemTime) -> Option<String> {
+    fn metadata_value(
+        &self,
+        instance: &InstanceInfo,
+        key: &str,
+        wall: SystemTime,
+    ) -> Option<String> {
         let role = instance.iam_role.as_deref();
         match key {
             "ami-id" => instance.image_id.clone(),
@@ -309,38 +233,6 @@ impl Imds {
             "tags/instance" => {
                 Some(instance.tags.keys().map(String::as_str).collect::<Vec<_>>().join("\n"))
             }
-            "spot" => Some(listing(&["instance-action", "termination-time"])),
-            "spot/instance-action" => self.spot_notice(instance).map(|(action, time)| {
-                let action = match action {
-                    SpotAction::Terminate => "terminate",
-                    SpotAction::Stop => "stop",
-                    SpotAction::Hibernate => "hibernate",
-                };
-                pretty(&json!({ "action": action, "time": rfc3339(time) }))
-            }),
-            "spot/termination-time" => self.spot_notice(instance).map(|(_, time)| rfc3339(time)),
-            "events" => Some(listing(&["maintenance/", "recommendations/"])),
-            "events/maintenance" => Some(listing(&["scheduled"])),
-            "events/maintenance/scheduled" => self.events().scheduled.as_ref().map(|events| {
-                let events: Vec<_> = events
-                    .iter()
-                    .map(|e| {
-                        json!({
-                            "Code": e.code,
-                            "Description": e.description,
-                            "EventId": e.event_id,
-                            "NotBefore": imds_time(e.not_before),
-                            "NotAfter": imds_time(e.not_after),
-                            "State": e.state,
-                        })
-                    })
-                    .collect();
-                pretty(&events)
-            }),
-            "events/recommendations" => Some(listing(&["rebalance"])),
-            "events/recommendations/rebalance" => {
-                self.events().rebalance.map(|time| pretty(&json!({ "noticeTime": rfc3339(time) })))
-            }
             _ => {
                 if let Some(name) = key.strip_prefix("iam/security-credentials/") {
                     return (Some(name) == role).then(|| self.credentials(instance, wall));
@@ -358,6 +250,37 @@ impl Imds {
             let time = humantime::parse_rfc3339_weak(notice.time.as_deref()?).ok()?;
             Some((notice.action, time))
         })
+    }
+
+    /// The notices as the event routes serve them.
+    fn current_notices(&self, instance: &InstanceInfo) -> Notices {
+        let spot = self.spot_notice(instance).map(|(action, time)| shapes::SpotInstanceAction {
+            action: match action {
+                SpotAction::Terminate => "terminate",
+                SpotAction::Stop => "stop",
+                SpotAction::Hibernate => "hibernate",
+            }
+            .to_owned(),
+            time: rfc3339(time),
+        });
+        let events = self.events();
+        let rebalance = events
+            .rebalance
+            .map(|time| shapes::RebalanceRecommendation { notice_time: rfc3339(time) });
+        let scheduled = events.scheduled.as_ref().map(|scheduled| {
+            scheduled
+                .iter()
+                .map(|e| shapes::ScheduledEvent {
+                    code: e.code.clone(),
+                    description: e.description.clone(),
+                    event_id: e.event_id.clone(),
+                    not_before: imds_time(e.not_before),
+                    not_after: imds_time(e.not_after),
+                    state: e.state.clone(),
+                })
+                .collect()
+        });
+        Notices { spot, rebalance, scheduled }
     }
 
     fn iam_info(&self, arn: &str) -> String {
@@ -382,25 +305,26 @@ impl Imds {
     }
 }
 
-/// Serves `imds` on `listener` until `shutdown` turns true.
-pub(crate) async fn serve_imds(
-    listener: TcpListener,
-    imds: Arc<Imds>,
-    shutdown: watch::Receiver<bool>,
-) {
-    let handler = Arc::new(move |request: Received| {
-        let imds = imds.clone();
-        async move {
-            imds.answer(
-                &request.method,
-                &request.path,
-                &request.headers,
-                Instant::now(),
-                SystemTime::now(),
-            )
+impl MetadataSource for Imds {
+    fn metadata(&self, key: &str, wall: SystemTime) -> Option<String> {
+        let instance = self.instance();
+        if key.is_empty() {
+            return Some(self.metadata_listing(&instance));
         }
-    });
-    serve(listener, handler, shutdown).await;
+        self.metadata_value(&instance, key, wall)
+    }
+
+    fn user_data(&self) -> Option<Vec<u8>> {
+        self.user_data.clone()
+    }
+
+    fn identity_document(&self) -> Option<String> {
+        Some(identity_document(&self.instance()))
+    }
+
+    fn notices(&self) -> Result<Notices, String> {
+        Ok(self.current_notices(&self.instance()))
+    }
 }
 
 fn identity_document(instance: &InstanceInfo) -> String {
@@ -423,21 +347,8 @@ fn identity_document(instance: &InstanceInfo) -> String {
     }))
 }
 
-fn listing(entries: &[&str]) -> String {
-    entries.join("\n")
-}
-
 fn pretty(value: &impl serde::Serialize) -> String {
     serde_json::to_string_pretty(value).unwrap_or_default()
-}
-
-/// An error page in the shape IMDS sends (a small XHTML document naming the status).
-fn page(status: StatusCode) -> Response<Body> {
-    let title = format!("{} - {}", status.as_u16(), status.canonical_reason().unwrap_or("Error"));
-    let body = format!(
-        "<?xml version=\"1.0\" encoding=\"iso-8859-1\"?>\n<html xmlns=\"http://www.w3.org/1999/xhtml\">\n<head><title>{title}</title></head>\n<body><h1>{title}</h1></body>\n</html>\n"
-    );
-    response(status, "text/html", body)
 }
 
 fn rfc3339(time: SystemTime) -> String {
@@ -494,69 +405,42 @@ mod tests {
         .unwrap()
     }
 
-    fn get(imds: &Imds, path: &str, token: Option<&str>, now: Instant) -> (StatusCode, String) {
-        let mut headers = HeaderMap::new();
-        if let Some(token) = token {
-            headers.insert(TOKEN_HEADER, token.parse().unwrap());
-        }
-        let answer = imds.answer(&Method::GET, path, &headers, now, SystemTime::now());
-        let status = answer.status();
-        let body = futures_body(answer);
-        (status, body)
-    }
-
-    fn futures_body(answer: Response<Body>) -> String {
-        use http_body_util::BodyExt;
-        let collected = tokio::runtime::Builder::new_current_thread()
-            .build()
-            .unwrap()
-            .block_on(answer.into_body().collect())
-            .unwrap();
-        String::from_utf8(collected.to_bytes().to_vec()).unwrap()
-    }
-
-    fn token(imds: &Imds, ttl: &str, now: Instant) -> (StatusCode, String) {
-        let mut headers = HeaderMap::new();
-        headers.insert(TTL_HEADER, ttl.parse().unwrap());
-        let answer = imds.answer(&Method::PUT, TOKEN_PATH, &headers, now, SystemTime::now());
-        let status = answer.status();
-        (status, futures_body(answer))
-    }
-
     #[test]
-    fn tokens_follow_the_imdsv2_rules() {
-        let imds = Imds::new(instance(), None);
-        let now = Instant::now();
-        for bad in ["0", "21601", "x", ""] {
-            assert_eq!(token(&imds, bad, now).0, StatusCode::BAD_REQUEST, "ttl {bad:?}");
-        }
-        let missing =
-            imds.answer(&Method::PUT, TOKEN_PATH, &HeaderMap::new(), now, SystemTime::now());
-        assert_eq!(missing.status(), StatusCode::BAD_REQUEST);
+    fn the_metadata_and_the_notices_describe_the_instance() {
+        let imds = Imds::new(instance(), Some(b"{domains: {}}".to_vec()));
+        let wall = SystemTime::now();
+        assert_eq!(imds.metadata("instance-id", wall).as_deref(), Some("i-0123456789abcdef0"));
+        assert_eq!(imds.metadata("tags/instance/Name", wall).as_deref(), Some("web-1"));
+        let listing = imds.metadata("", wall).unwrap();
+        assert!(listing.lines().any(|l| l == "spot/"), "a spot instance lists spot/: {listing}");
+        assert_eq!(imds.user_data().as_deref(), Some(&b"{domains: {}}"[..]));
+        assert_eq!(imds.notices().unwrap(), Notices::default());
+        let at = humantime::parse_rfc3339("2026-01-21T09:00:43Z").unwrap();
+        let spot = SpotInterruption { action: SpotAction::Stop, time: None };
+        imds.trigger_spot(&spot, at).unwrap();
+        let event = ScheduledEvent {
+            code: "system-reboot".into(),
+            description: None,
+            event_id: Some("instance-event-1".into()),
+            not_before: None,
+            not_after: None,
+            state: None,
+        };
+        imds.schedule(&[event], at).unwrap();
+        let notices = imds.notices().unwrap();
         assert_eq!(
-            get(&imds, "/latest/meta-data/instance-id", None, now).0,
-            StatusCode::UNAUTHORIZED
+            notices.spot,
+            Some(shapes::SpotInstanceAction {
+                action: "stop".into(),
+                time: "2026-01-21T09:02:43Z".into()
+            })
         );
-        assert_eq!(
-            get(&imds, "/latest/meta-data/instance-id", Some("bogus"), now).0,
-            StatusCode::UNAUTHORIZED
-        );
-        let (status, short) = token(&imds, "1", now);
-        assert_eq!(status, StatusCode::OK);
-        assert_eq!(
-            get(&imds, "/latest/meta-data/instance-id", Some(&short), now).1,
-            "i-0123456789abcdef0"
-        );
-        let later = now + Duration::from_secs(1);
-        assert_eq!(
-            get(&imds, "/latest/meta-data/instance-id", Some(&short), later).0,
-            StatusCode::UNAUTHORIZED
-        );
-        let (_, long) = token(&imds, "21600", now);
-        assert_eq!(
-            get(&imds, "/latest/meta-data/instance-id", Some(&long), later).0,
-            StatusCode::OK
-        );
+        let scheduled = notices.scheduled.unwrap();
+        assert_eq!(scheduled[0].not_before, "21 Jan 2026 09:00:43 GMT");
+        assert_eq!(scheduled[0].state, "active");
+        imds.clear_spot();
+        imds.clear_scheduled();
+        assert_eq!(imds.notices().unwrap(), Notices::default());
     }
 
     #[test]

@@ -17,6 +17,8 @@ struct TestCloud {
     failing: Mutex<Vec<String>>,
     /// When set, every claim waits here: a claim passes only once this many are waiting.
     rendezvous: Option<Arc<tokio::sync::Barrier>>,
+    /// What [`MachineCloud::volumes_left_in_transit`] answers.
+    left_in_transit: Vec<ClaimedVolume>,
 }
 
 impl TestCloud {
@@ -114,6 +116,17 @@ impl MachineCloud for TestCloud {
 
     fn notify<'a>(&'a self, notification: &'a Notification) -> CloudFuture<'a, ()> {
         Box::pin(async move { self.record(format!("notify {}", notification.subject)) })
+    }
+
+    fn volumes_left_in_transit<'a>(
+        &'a self,
+        machine: &'a MachineFacts,
+        domains: &'a [String],
+    ) -> CloudFuture<'a, Vec<ClaimedVolume>> {
+        Box::pin(async move {
+            self.record(format!("left in transit by {} {domains:?}", machine.instance_id))?;
+            Ok(self.left_in_transit.clone())
+        })
     }
 }
 
@@ -275,18 +288,43 @@ async fn volume_hooks_honour_on_and_see_the_volume_macros() {
               {{lines: [{{argv: ['sh', '-c', 'echo any {{volume_id}} {{attach_source}} {{attach_op}} {{volume_pool}} {{attached_device}} {{domain}} {{ami-i}} >> {out}']}}]}},
               {{on: ['started'], lines: [{{argv: ['sh', '-c', 'echo started >> {out}']}}]}},
               {{on: ['starting'], lines: [{{argv: ['sh', '-c', 'echo starting >> {out}']}}]}},
+              {{on: ['interrupted', 'stopping'], lines: [
+                {{argv: ['sh', '-c', 'echo {{daemon_state}} {{volume_id}} {{attached_device}} >> {out}']}},
+                {{argv: ['false']}},
+                {{argv: ['sh', '-c', 'echo not after a failure >> {out}']}},
+              ]}},
             ]}}]}}}}}}",
         out = out.display()
     );
-    let outcome = engine.init(&config(&text), Event::Starting, &base()).await;
+    let config = config(&text);
+    let outcome = engine.init(&config, Event::Starting, &base()).await;
     assert!(!outcome.failed(), "{outcome:?}");
     let written = fs_err::read_to_string(&out).unwrap();
     // The device is the one the by-id link names (the claim was the first call: nvme1n1).
-    assert_eq!(
-        written,
-        format!("any vol-dsdf p true pl {} d 2\nstarting\n", root.join("dev/nvme1n1").display())
-    );
+    let device = root.join("dev/nvme1n1");
+    assert_eq!(written, format!("any vol-dsdf p true pl {} d 2\nstarting\n", device.display()));
     assert_eq!(outcome.domains[0].hooks.len(), 2);
+
+    // Later events run the hooks that name them, while the volume is held.
+    let domain = &config.domains[0];
+    assert!(engine.volume_hooks(domain, Event::Starting, &base()).await.is_empty());
+    let started = engine.volume_hooks(domain, Event::Started, &base()).await;
+    assert_eq!(started.len(), 1, "{started:?}");
+    let mut values = base();
+    values.insert("daemon_state".to_owned(), "interrupted".to_owned());
+    let interrupted = engine.volume_hooks(domain, Event::Interrupted, &values).await;
+    let outcomes: Vec<HookOutcome> = interrupted.iter().map(|h| h.outcome).collect();
+    assert_eq!(outcomes[0], HookOutcome::Succeeded, "{interrupted:?}");
+    assert_eq!(outcomes.len(), 2, "the line after a failed one does not run: {interrupted:?}");
+    assert!(interrupted.iter().all(|h| h.event == Event::Interrupted && h.domain == "d"));
+    let written = fs_err::read_to_string(&out).unwrap();
+    assert!(
+        written.ends_with(&format!("started\ninterrupted vol-dsdf {}\n", device.display())),
+        "{written}"
+    );
+    // Released, the volume runs nothing more.
+    assert!(engine.undo().await.is_empty());
+    assert!(engine.volume_hooks(domain, Event::Stopping, &values).await.is_empty());
 }
 
 #[tokio::test]
@@ -341,6 +379,62 @@ async fn a_new_init_releases_what_the_config_no_longer_claims() {
     assert!(!outcome.failed() && outcome.stale_failures.is_empty(), "{outcome:?}");
     assert_eq!(again.calls(), ["claim vol-asdf", "commit vol-asdf", "release vol-bsdf Keep"]);
     assert_eq!(persisted(dir.path()).domains.keys().collect::<Vec<_>>(), ["a"]);
+}
+
+#[tokio::test]
+async fn volumes_a_crashed_run_left_in_transit_are_unmounted_and_rolled_back_before_any_claim() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let leftover = ClaimedVolume {
+        volume_id: "vol-0ld".to_owned(),
+        source: VolumeSource::Create,
+        device: "/dev/sdf".to_owned(),
+        domain: "d".to_owned(),
+        pool_name: Some("p".to_owned()),
+        attached_now: false,
+        created_now: true,
+    };
+    let cloud = Arc::new(TestCloud { left_in_transit: vec![leftover], ..TestCloud::new(&root) });
+    // A first run on this machine (no holds file) has nothing to look for.
+    let fresh = tempfile::tempdir().unwrap();
+    let outcome = engine(cloud.clone(), fresh.path())
+        .init(
+            &config("{domains: {d: {'attach-volume': [{device: '/dev/sdf', source: 'c', 'pool-name': 'p', create: {Size: 1}}]}}}"),
+            Event::Starting,
+            &base(),
+        )
+        .await;
+    assert!(outcome.swept.is_empty(), "{outcome:?}");
+    assert!(!cloud.calls().iter().any(|c| c.starts_with("left in transit")), "{:?}", cloud.calls());
+    cloud.calls.lock().unwrap().clear();
+    // An earlier run began an init here: its holds file is there.
+    fs_err::write(dir.path().join(HOLDS_FILE), "{\"domains\": {}}").unwrap();
+    let first = engine(cloud.clone(), dir.path());
+    let creating = config(
+        "{domains: {
+            d: {'attach-volume': [{device: '/dev/sdf', source: 'pc', 'pool-name': 'p', create: {Size: 1}}]},
+            e: {'attach-volume': [{device: '/dev/sdg', source: 'x', 'volume-id': 'vol-00000009'}]},
+        }}",
+    );
+    let outcome = first.init(&creating, Event::Starting, &base()).await;
+    assert!(!outcome.failed(), "{outcome:?}");
+    assert_eq!(outcome.swept, ["vol-0ld"]);
+    let calls = cloud.calls();
+    // Asked only for the domains that create volumes, and rolled back before any claim.
+    assert_eq!(calls[..2], ["left in transit by i-1 [\"d\"]", "release vol-0ld Rollback"]);
+    assert!(calls[2..].iter().any(|c| c == "claim vol-dsdf"), "{calls:?}");
+
+    // A config that creates nothing does not ask.
+    let cloud = Arc::new(TestCloud::new(&root));
+    let other = tempfile::tempdir().unwrap();
+    fs_err::write(other.path().join(HOLDS_FILE), "{\"domains\": {}}").unwrap();
+    let second = engine(cloud.clone(), other.path());
+    let fixed = config(
+        "{domains: {e: {'attach-volume': [{device: '/dev/sdg', source: 'x', 'volume-id': 'vol-00000009'}]}}}",
+    );
+    let outcome = second.init(&fixed, Event::Starting, &base()).await;
+    assert!(outcome.swept.is_empty());
+    assert!(!cloud.calls().iter().any(|c| c.starts_with("left in transit")), "{:?}", cloud.calls());
 }
 
 #[tokio::test]

@@ -168,6 +168,14 @@ impl MachineCloud for AwsMachineCloud {
     fn notify<'a>(&'a self, notification: &'a Notification) -> CloudFuture<'a, ()> {
         Box::pin(notify::send(self, notification))
     }
+
+    fn volumes_left_in_transit<'a>(
+        &'a self,
+        machine: &'a MachineFacts,
+        domains: &'a [String],
+    ) -> CloudFuture<'a, Vec<ClaimedVolume>> {
+        Box::pin(volumes::leftovers(self, machine, domains))
+    }
 }
 
 /// [`AwsMachineCloud`] made on its first call, with the SDK's own configuration (and the
@@ -230,6 +238,14 @@ impl MachineCloud for LazyAwsMachineCloud {
 
     fn notify<'a>(&'a self, notification: &'a Notification) -> CloudFuture<'a, ()> {
         Box::pin(async move { self.cloud().await.notify(notification).await })
+    }
+
+    fn volumes_left_in_transit<'a>(
+        &'a self,
+        machine: &'a MachineFacts,
+        domains: &'a [String],
+    ) -> CloudFuture<'a, Vec<ClaimedVolume>> {
+        Box::pin(async move { self.cloud().await.volumes_left_in_transit(machine, domains).await })
     }
 }
 

@@ -11,6 +11,7 @@
 //! | [`TAG_TRANSACTION`] (`user:ec2fd.transc-id`) | a created volume until commit | the transaction that made it |
 //! | [`TAG_DEVICE`] | a created volume until commit | the entry's device, so two `c` entries of one transaction find their own |
 //! | [`TAG_IN_TRANSIT`] (`user:ec2fd.in-transit`) | a created volume until commit | not in the pool yet: never claimed by `p` |
+//! | [`TAG_CREATOR`] | a created volume until commit | the instance that created it (found by [`leftovers`]) |
 //! | [`TAG_LAST_USED`] | pool volumes | when a machine last released it (RFC 3339, UTC), for `pool-pref` |
 //!
 //! A pool is the volumes of this zone tagged with the domain and pool name under either
@@ -38,7 +39,8 @@
 //! **Re-runs.** Before trying any source, a claim looks for a volume already attached to this
 //! instance at the entry's device that the entry could have given (the fixed id, or the pool's
 //! tags): found, it is returned with `attached_now: false`. A `c` source first looks for the
-//! volume its transaction already created for this domain and device, in any state, and
+//! volume its transaction already created for this domain and device, in any state (asked at
+//! the same time as the first lookup: two reads, one round trip under API latency), and
 //! carries on from there (waits for it, attaches it) instead of creating another; CreateVolume
 //! also carries a client token derived from the same, so a call whose answer was lost is not
 //! repeated by EC2 either.
@@ -67,6 +69,9 @@ pub const TAG_TRANSACTION: &str = "flotilla:fleetd-transaction";
 pub const TAG_DEVICE: &str = "flotilla:fleetd-device";
 /// `true` on a created volume until it is committed.
 pub const TAG_IN_TRANSIT: &str = "flotilla:fleetd-in-transit";
+/// The instance that created a volume not committed yet, so that its next run finds what a
+/// crashed run left in transit.
+pub const TAG_CREATOR: &str = "flotilla:fleetd-creator";
 /// When the volume was last released, RFC 3339 in UTC.
 pub const TAG_LAST_USED: &str = "flotilla:fleetd-last-used";
 
@@ -113,7 +118,17 @@ pub(crate) async fn claim(
     claim: &VolumeClaim,
 ) -> Result<ClaimedVolume, CloudError> {
     let machine = &claim.machine;
-    if let Some(found) = already_here(cloud, claim).await? {
+    // The two lookups of a re-run are independent reads: under API latency, asking both at
+    // once takes one round trip instead of two.
+    let (here, mut created_earlier) =
+        if claim.entry.source.contains(&VolumeSource::Create) && claim.entry.create.is_some() {
+            let (here, created) =
+                tokio::join!(already_here(cloud, claim), created_by_transaction(cloud, claim));
+            (here, Some(created))
+        } else {
+            (already_here(cloud, claim).await, None)
+        };
+    if let Some(found) = here? {
         return Ok(found);
     }
     let mut misses = Vec::new();
@@ -121,7 +136,7 @@ pub(crate) async fn claim(
         let attempt = match source {
             VolumeSource::Fixed => fixed(cloud, claim).await,
             VolumeSource::Pool => pool(cloud, claim).await,
-            VolumeSource::Create => create(cloud, claim).await,
+            VolumeSource::Create => create(cloud, claim, created_earlier.take()).await,
         };
         match attempt {
             Ok(volume) => return Ok(volume),
@@ -294,13 +309,13 @@ async fn pool(cloud: &AwsMachineCloud, claim: &VolumeClaim) -> Result<ClaimedVol
     }
 }
 
-/// `c`: the volume this transaction created for this entry, or a new one.
-async fn create(cloud: &AwsMachineCloud, claim: &VolumeClaim) -> Result<ClaimedVolume, Miss> {
+/// The volumes this transaction created for the claim's domain and device, in any state.
+async fn created_by_transaction(
+    cloud: &AwsMachineCloud,
+    claim: &VolumeClaim,
+) -> Result<Vec<Volume>, CloudError> {
     let machine = &claim.machine;
-    let Some(parameters) = claim.entry.create.as_ref() else {
-        return Err(Miss::Nothing("the entry has no create parameters".to_owned()));
-    };
-    let created = describe(
+    describe(
         cloud,
         &machine.region,
         vec![
@@ -311,7 +326,24 @@ async fn create(cloud: &AwsMachineCloud, claim: &VolumeClaim) -> Result<ClaimedV
         ],
         &[],
     )
-    .await?;
+    .await
+}
+
+/// `c`: the volume this transaction created for this entry, or a new one. `looked_up` is
+/// [`created_by_transaction`]'s answer when the claim asked it already.
+async fn create(
+    cloud: &AwsMachineCloud,
+    claim: &VolumeClaim,
+    looked_up: Option<Result<Vec<Volume>, CloudError>>,
+) -> Result<ClaimedVolume, Miss> {
+    let machine = &claim.machine;
+    let Some(parameters) = claim.entry.create.as_ref() else {
+        return Err(Miss::Nothing("the entry has no create parameters".to_owned()));
+    };
+    let created = match looked_up {
+        Some(answer) => answer?,
+        None => created_by_transaction(cloud, claim).await?,
+    };
     let id = match created.iter().find(|v| {
         !matches!(
             v.state(),
@@ -321,10 +353,8 @@ async fn create(cloud: &AwsMachineCloud, claim: &VolumeClaim) -> Result<ClaimedV
         Some(volume) => volume.volume_id().unwrap_or_default().to_owned(),
         None => create_volume(cloud, claim, parameters).await?,
     };
-    wait_created(cloud, claim, &id).await?;
-    let volume = describe_one(cloud, &machine.region, &id).await?;
-    if let Some(volume) = &volume
-        && let Some(other) = holder(volume)
+    let volume = wait_created(cloud, claim, &id).await?;
+    if let Some(other) = holder(&volume)
         && other != machine.instance_id
     {
         return Err(Miss::Nothing(format!(
@@ -399,6 +429,7 @@ async fn create_volume(
         (TAG_TRANSACTION, machine.transaction_id.as_str()),
         (TAG_DEVICE, claim.entry.device.as_str()),
         (TAG_IN_TRANSIT, "true"),
+        (TAG_CREATOR, machine.instance_id.as_str()),
     ];
     if let Some(pool) = claim.entry.pool_name.as_deref() {
         own.push((TAG_POOL, pool));
@@ -500,22 +531,25 @@ async fn wait_attached(
     }
 }
 
-/// Waits, up to the claim's `wait`, for a created volume to leave `creating`.
-async fn wait_created(cloud: &AwsMachineCloud, claim: &VolumeClaim, id: &str) -> Result<(), Miss> {
+/// Waits, up to the claim's `wait`, for a created volume to leave `creating`; the volume as
+/// EC2 then describes it.
+async fn wait_created(
+    cloud: &AwsMachineCloud,
+    claim: &VolumeClaim,
+    id: &str,
+) -> Result<Volume, Miss> {
     let machine = &claim.machine;
     let mut poller = Poller::new(cloud.schedule(), Poll::Volume, claim.wait);
     loop {
-        let state =
-            describe_one(cloud, &machine.region, id).await?.and_then(|v| v.state().cloned());
-        match state {
+        let Some(volume) = describe_one(cloud, &machine.region, id).await? else {
+            return Err(Miss::Nothing(format!("volume {id} disappeared after CreateVolume")));
+        };
+        match volume.state() {
             Some(VolumeState::Creating) => {}
             Some(VolumeState::Error) => {
                 return Err(Miss::Nothing(format!("volume {id} failed to create (state error)")));
             }
-            None => {
-                return Err(Miss::Nothing(format!("volume {id} disappeared after CreateVolume")));
-            }
-            Some(_) => return Ok(()),
+            _ => return Ok(volume),
         }
         if !poller.next().await {
             return Err(Miss::Nothing(format!(
@@ -524,6 +558,54 @@ async fn wait_created(cloud: &AwsMachineCloud, claim: &VolumeClaim, id: &str) ->
             )));
         }
     }
+}
+
+/// The marks of a created volume that its commit removes.
+const TRANSIT_KEYS: [&str; 4] = [TAG_TRANSACTION, TAG_DEVICE, TAG_IN_TRANSIT, TAG_CREATOR];
+
+/// The volumes this instance created for one of `domains` in another transaction than
+/// `machine`'s and never committed: what a crashed run left in transit (attached here or
+/// not). Each is returned as the claim that created it would have returned it, so that the
+/// engine unmounts and rolls it back (deleted, as an uncommitted creation is).
+pub(crate) async fn leftovers(
+    cloud: &AwsMachineCloud,
+    machine: &MachineFacts,
+    domains: &[String],
+) -> Result<Vec<ClaimedVolume>, CloudError> {
+    if domains.is_empty() {
+        return Ok(Vec::new());
+    }
+    let volumes = describe(
+        cloud,
+        &machine.region,
+        vec![
+            filter(&format!("tag:{TAG_CREATOR}"), &machine.instance_id),
+            filter(&format!("tag:{TAG_IN_TRANSIT}"), "true"),
+            Filter::builder()
+                .name(format!("tag:{TAG_DOMAIN}"))
+                .set_values(Some(domains.to_vec()))
+                .build(),
+        ],
+        &[],
+    )
+    .await?;
+    Ok(volumes
+        .iter()
+        .filter(|v| tag(v, TAG_TRANSACTION) != Some(machine.transaction_id.as_str()))
+        .filter(|v| !matches!(v.state(), Some(VolumeState::Deleting | VolumeState::Deleted)))
+        .map(|volume| ClaimedVolume {
+            volume_id: volume.volume_id().unwrap_or_default().to_owned(),
+            source: VolumeSource::Create,
+            device: attachment_of(volume, &machine.instance_id)
+                .and_then(|a| a.device().map(str::to_owned))
+                .or_else(|| tag(volume, TAG_DEVICE).map(str::to_owned))
+                .unwrap_or_default(),
+            domain: tag(volume, TAG_DOMAIN).unwrap_or_default().to_owned(),
+            pool_name: tag(volume, TAG_POOL).map(str::to_owned),
+            attached_now: false,
+            created_now: true,
+        })
+        .collect())
 }
 
 /// A volume created by this claim loses its transaction and in-transit marks and so joins its
@@ -536,7 +618,7 @@ pub(crate) async fn commit(
     if !volume.created_now {
         return Ok(());
     }
-    let keys = [TAG_TRANSACTION, TAG_DEVICE, TAG_IN_TRANSIT];
+    let keys = TRANSIT_KEYS;
     cloud
         .ec2(&machine.region)
         .delete_tags()
@@ -613,6 +695,14 @@ pub(crate) async fn release(
     }
     match release {
         Release::Keep => {
+            let marked =
+                current.tags().iter().any(|t| t.key().is_some_and(|k| TRANSIT_KEYS.contains(&k)));
+            if volume.created_now && marked {
+                // Kept before its domain committed it (an interruption during init, or an
+                // earlier run's hold): its data is kept, so it joins its pool now instead of
+                // staying marked in transit, where no claim would ever take it.
+                commit(cloud, machine, volume).await?;
+            }
             if volume.pool_name.is_some() {
                 let used = humantime::format_rfc3339_seconds(SystemTime::now()).to_string();
                 cloud
