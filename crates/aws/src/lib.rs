@@ -12,7 +12,8 @@
 //! client-side token buckets), [`survey`] and [`prices`] (read-only: regions, catalog, prices),
 //! [`network`] (with [`existing`]: the spec's existing VPCs, resolved and checked),
 //! [`templates`], [`fleet`], [`launch`], [`instances`], [`s3`], [`iam`],
-//! [`userdata`] and [`agents`], [`teardown`], [`authorize`], [`clean`], [`address`] (the
+//! [`userdata`] and [`agents`], [`retire`] (machines removed one by one), [`teardown`],
+//! [`authorize`], [`clean`], [`address`] (the
 //! deployer's address), [`guard`] (the emulator address guard), [`tags`], [`fanout`], with
 //! [`records`] and [`journal`] for what this machine started.
 
@@ -38,6 +39,7 @@ pub mod prepare;
 pub mod prices;
 pub mod records;
 pub mod references;
+pub mod retire;
 pub mod s3;
 pub mod survey;
 pub mod tags;
@@ -135,7 +137,7 @@ impl AwsProvider {
         regions.into_iter().collect()
     }
 
-    fn bucket(&self) -> Option<String> {
+    pub(crate) fn bucket(&self) -> Option<String> {
         self.journal.read().bucket.or_else(|| s3::existing_bucket_name(&self.options.home))
     }
 
@@ -235,6 +237,14 @@ impl Provider for AwsProvider {
 
     async fn machines(&self) -> Result<Vec<Machine>, ProviderError> {
         launch::machines(self).await
+    }
+
+    async fn retire(
+        &self,
+        machines: &[Machine],
+        progress: &dyn Progress,
+    ) -> Result<(), ProviderError> {
+        retire::retire(self, machines, progress).await
     }
 
     async fn destroy(&self, progress: &dyn Progress) -> Result<(), ProviderError> {

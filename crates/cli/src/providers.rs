@@ -191,6 +191,17 @@ impl Provider for AnyProvider {
         }
     }
 
+    async fn retire(
+        &self,
+        machines: &[Machine],
+        progress: &dyn Progress,
+    ) -> Result<(), ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.retire(machines, progress).await,
+            AnyProvider::Aws(p) => p.retire(machines, progress).await,
+        }
+    }
+
     async fn destroy(&self, progress: &dyn Progress) -> Result<(), ProviderError> {
         match self {
             AnyProvider::Local(p) => p.destroy(progress).await,
