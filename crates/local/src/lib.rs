@@ -28,10 +28,11 @@
 //! of the shell that ran `create` (a secret, `FLOTILLA_HOME`, a low file-size limit) reaches
 //! them or their binaries. Addresses come from machine-wide leases ([`lease`]).
 //!
-//! A machine whose agent is not running is gone (killed, or stopped by its keepalive, as a
-//! cloud machine that powered off): `launch` starts a new machine under its name, afresh: what
-//! the dead one left running is killed, its directory is removed, and the record gets a new
-//! serial, so the new machine has a new [`Machine::id`] (`local:<name>:<serial>`). `retire`
+//! Each agent `launch` starts is a new machine: its record takes a new serial first, so it has a
+//! new [`Machine::id`] (`local:<name>:<serial>`). A machine whose agent is not running is gone
+//! (killed, or stopped by its keepalive, as a cloud machine that powered off): the one `launch`
+//! starts under its name starts afresh (what the dead one left running is killed, its
+//! directory removed). `retire`
 //! removes machines one by one as `destroy` removes them all (SIGTERM to the agent, which
 //! drains; SIGKILL after a grace period and to what is left of its session), then their
 //! directories and records, and releases a leased block no machine uses any more.
@@ -82,9 +83,9 @@ struct MachineRecord {
     role: Role,
     region: String,
     address: Ipv4Addr,
-    /// The machine's number in the deployment ([`Records::last_serial`]), new for each machine
-    /// started under a name: a machine that replaces a retired or dead one has another
-    /// [`Machine::id`].
+    /// The machine's number in the deployment ([`Records::last_serial`]), taken anew each time
+    /// `launch` starts an agent for the name: a machine that replaces a retired or dead one has
+    /// another [`Machine::id`].
     #[serde(default)]
     serial: u64,
 }
@@ -423,13 +424,14 @@ impl Provider for LocalProvider {
             let runs = self.agent_pid(&planned.name).is_some()
                 || running.contains(&self.bootstrap_path(&planned.name));
             if !runs {
+                // Every machine started is a new machine with a new id, saved before its agent
+                // starts, so no id is ever handed out twice (not even after a crash part-way
+                // through a `retire` or this launch).
+                records.machines[index].serial = records.next_serial();
+                self.save_records(&records)?;
                 if self.instance_dir(&planned.name).exists() {
                     // A machine lived here and is gone (its agent killed, or stopped by its
-                    // keepalive): the one that replaces it starts afresh, with a new id. The
-                    // new id is saved first, so a crash before the agent starts never hands
-                    // the old id out again.
-                    records.machines[index].serial = records.next_serial();
-                    self.save_records(&records)?;
+                    // keepalive): the one that replaces it starts afresh.
                     self.clear_machine(&planned.name, &[])?;
                     tracing::info!(machine = %planned.name, id = %records.machines[index].id(), "the machine's agent is gone; starting a new machine under its name");
                 }
