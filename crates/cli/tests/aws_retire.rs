@@ -137,6 +137,11 @@ fn a_retired_or_reclaimed_machine_comes_back_under_its_name_on_a_new_instance() 
     })
     .expect("retire again");
     assert_eq!(rt.block_on(machines(&fleet)).len(), 3);
+    // An id that is not one of the deployment's instances is never terminated: nothing changes.
+    let stranger = Machine { id: "i-0000000000000dead".to_owned(), ..after["w-0"].clone() };
+    rt.block_on(async { provider(&fleet).await.retire(&[stranger], &NoProgress).await })
+        .expect("retiring an unknown id is success");
+    assert_eq!(rt.block_on(machines(&fleet)), after);
 
     // w-1's spot instance is reclaimed; once it is ending it is no machine to adopt.
     let w1 = after["w-1"].clone();
