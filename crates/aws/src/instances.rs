@@ -1,5 +1,5 @@
 //! Instances: finding the deployment's instances again, waiting for new ones to run with an
-//! address, terminating them all.
+//! address, terminating some (`retire`) or all (`destroy`) and waiting until they are gone.
 //!
 //! Launching is [`crate::fleet`]'s (CreateFleet, driven by the launch planner); naming and
 //! adoption are [`crate::launch`]'s. Waits follow a written schedule and retry throttling and
@@ -278,6 +278,19 @@ fn can_wait_out(error: &AwsError) -> bool {
     matches!(error.healing(), Healing::Transient | Healing::Propagating)
 }
 
+/// How long terminated instances may take to leave `shutting-down`.
+pub const TERMINATED_DEADLINE: Duration = Duration::from_secs(600);
+
+/// The wait before look number `attempt` (from 0) at terminating instances: 1 s after
+/// `TerminateInstances`, then each wait 1.5× the one before, capped at 5 s, each stretched by
+/// `jitter` (drawn in 0.8..1.2 by the caller), until [`TERMINATED_DEADLINE`]. EC2 takes from a
+/// few seconds to a minute or two to end an instance, so the cap keeps the answer prompt
+/// without a DescribeInstances a second per region.
+pub fn termination_poll(attempt: u32, jitter: f64) -> Duration {
+    let grown = Duration::from_secs(1).mul_f64(1.5f64.powi(attempt.min(16) as i32));
+    grown.min(Duration::from_secs(5)).mul_f64(jitter)
+}
+
 /// Terminates every instance of the deployment in `region` and waits until they are gone.
 pub async fn terminate_all(
     clients: &Clients,
@@ -288,58 +301,129 @@ pub async fn terminate_all(
     if found.is_empty() {
         return Ok(0);
     }
-    // Those already ending (a deleted fleet's, a reclaimed spot machine) are only waited for.
+    terminate_found(clients, region, &found).await?;
+    wait_terminated(clients, region, tag, None).await?;
+    Ok(found.len())
+}
+
+/// Terminates the instances `ids` of the deployment in `region` and waits until each is
+/// terminated (no longer one of [`describe`]'s, so no longer a machine). An id that is not the
+/// deployment's, or already terminated, is left alone: it is never terminated (another
+/// deployment's instance), and counts as done. Returns how many were still there.
+pub async fn terminate(
+    clients: &Clients,
+    region: &str,
+    tag: &str,
+    ids: &[String],
+) -> Result<usize, ProviderError> {
+    // By tag, not by id: an id EC2 no longer knows would fail a look by ids, and an id of
+    // another deployment must not be touched.
+    let found: Vec<Found> = describe(clients, region, tag, None, None)
+        .await?
+        .into_iter()
+        .filter(|f| ids.contains(&f.id))
+        .collect();
+    if found.is_empty() {
+        return Ok(0);
+    }
+    terminate_found(clients, region, &found).await?;
+    wait_terminated(clients, region, tag, Some(ids)).await?;
+    Ok(found.len())
+}
+
+/// `TerminateInstances` for those of `found` not already ending (a deleted fleet's, a
+/// reclaimed spot machine's, are only waited for). An id EC2 does not know is gone already.
+async fn terminate_found(
+    clients: &Clients,
+    region: &str,
+    found: &[Found],
+) -> Result<(), ProviderError> {
     let ids: Vec<String> = found
         .iter()
         .filter(|f| !matches!(f.state, MachineState::Terminated | MachineState::ShuttingDown))
         .map(|f| f.id.clone())
         .collect();
     for chunk in ids.chunks(1000) {
-        clients
+        let result = clients
             .ec2(region)
             .terminate_instances()
             .set_instance_ids(Some(chunk.to_vec()))
             .send()
-            .await
-            .map_err(|e| {
-                AwsError::from_sdk(
-                    region,
-                    "TerminateInstances",
-                    format!("{} instances", chunk.len()),
-                    e,
-                )
-            })?;
+            .await;
+        if let Err(e) = result {
+            let error = AwsError::from_sdk(region, "TerminateInstances", ids_resource(chunk), e);
+            if error.code_is("InvalidInstanceID.NotFound") {
+                tracing::debug!(%error, "instances already gone");
+                continue;
+            }
+            return Err(error.into());
+        }
     }
-    let deadline = Instant::now() + RUNNING_DEADLINE;
-    let mut delay = Duration::from_secs(1);
+    Ok(())
+}
+
+/// Instance ids as an error's resource: each, up to five, else how many and the first.
+fn ids_resource(ids: &[String]) -> String {
+    match ids {
+        [] => "no instances".to_owned(),
+        [_, _, _, _, _, _, ..] => format!("{} instances ({}, …)", ids.len(), ids[0]),
+        _ => ids.join(", "),
+    }
+}
+
+/// Waits on [`termination_poll`]'s schedule until no instance of the deployment in `region`
+/// (of `ids` only, when given) is left but terminated ones.
+async fn wait_terminated(
+    clients: &Clients,
+    region: &str,
+    tag: &str,
+    ids: Option<&[String]>,
+) -> Result<(), ProviderError> {
+    let deadline = Instant::now() + TERMINATED_DEADLINE;
+    let mut attempt = 0;
     loop {
-        sleep_with_jitter(delay).await;
+        let jitter = rand::rng().random_range(0.8..1.2);
+        tokio::time::sleep(termination_poll(attempt, jitter)).await;
+        attempt += 1;
         let left = match describe(clients, region, tag, None, None).await {
             Ok(left) => left,
             Err(error) if can_wait_out(&error) && Instant::now() < deadline => {
                 tracing::debug!(%error, "describing terminating instances; trying again");
-                delay = (delay * 3 / 2).min(Duration::from_secs(5));
                 continue;
             }
             Err(error) => return Err(error.into()),
         };
+        let left: Vec<String> = left
+            .into_iter()
+            .filter(|f| ids.is_none_or(|ids| ids.contains(&f.id)))
+            .map(|f| f.id)
+            .collect();
         if left.is_empty() {
-            return Ok(found.len());
+            return Ok(());
         }
         if Instant::now() >= deadline {
             return Err(ProviderError::new(format!(
-                "{region}: {} instances did not terminate within {}",
-                left.len(),
-                humantime::format_duration(RUNNING_DEADLINE)
+                "{region}: instances {} did not terminate within {}",
+                ids_resource(&left),
+                humantime::format_duration(TERMINATED_DEADLINE)
             )));
         }
-        delay = (delay * 3 / 2).min(Duration::from_secs(5));
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_termination_wait_grows_to_five_seconds_with_its_jitter() {
+        let waits: Vec<u64> = (0..6).map(|a| termination_poll(a, 1.0).as_millis() as u64).collect();
+        assert_eq!(waits, [1000, 1500, 2250, 3375, 5000, 5000]);
+        assert_eq!(termination_poll(0, 0.8), Duration::from_millis(800));
+        assert_eq!(termination_poll(40, 1.2), Duration::from_secs(6));
+        let total: Duration = (0..200).map(|a| termination_poll(a, 1.0)).sum();
+        assert!(total > TERMINATED_DEADLINE, "the deadline, not the schedule, ends the wait");
+    }
 
     #[test]
     fn an_instance_carries_ec2s_state_reason() {

@@ -15,10 +15,14 @@
 //!    each [`Step::Wait`] is slept (with up to 10 % jitter). Launched instances take the group's
 //!    missing names in order: the names are journaled first, then each instance is tagged with
 //!    its name. Every planner event goes to the log (`-v`); each group's summary is a notice.
+//!    A machine whose journaled instance is gone or ending (terminated, shutting down,
+//!    stopped: a spot reclaim, a retirement) is missing like one never launched: a new
+//!    instance, with a new id, is launched under its name, and the old instance's identity
+//!    object is deleted.
 //! 3. **Wait** until every machine runs with a public address, and hand them over in plan
 //!    order, each with its placement (type, zone, market, price).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::sync::Mutex;
 use std::time::Duration;
@@ -45,6 +49,7 @@ use crate::instances::{Found, describe, sleep_with_jitter, wait_running};
 use crate::prepare::LaunchSettings;
 use crate::records::{MachineRecord, Records};
 use crate::tags::{TAG_MACHINE, tag_of};
+use crate::userdata;
 
 /// How long tagging an instance with its name may wait for EC2 to see the instance.
 const TAGGING_DEADLINE: Duration = Duration::from_secs(60);
@@ -214,7 +219,22 @@ pub async fn launch(
     .into_iter()
     .flatten()
     .collect();
+    let alive: BTreeSet<String> =
+        found.iter().filter(|f| f.alive()).map(|f| f.id.clone()).collect();
     let Sorted { mut named, to_name } = sort_found(plan, &records, found);
+    // Machines the journal names whose instance is gone or ending (a reclaimed spot instance,
+    // a retired one, one that stopped): a new instance is launched under each name below, and
+    // the old instance's identity object is deleted once it has.
+    let replaced: Vec<(String, String)> = plan
+        .machines
+        .iter()
+        .filter(|m| !named.contains_key(&m.name))
+        .filter_map(|m| Some((m.name.clone(), records.machines.get(&m.name)?.instance_id.clone())))
+        .filter(|(_, id)| !alive.contains(id))
+        .collect();
+    for (name, id) in &replaced {
+        tracing::info!(machine = %name, instance = %id, "the machine's instance is gone; launching a new one under its name");
+    }
     name_instances(provider, &to_name).await?;
     stage.advance(named.len() as u64);
 
@@ -276,6 +296,7 @@ pub async fn launch(
     .flatten()
     .collect();
     drop(stage);
+    forget_identities(provider, &replaced).await;
 
     // 3. Wait for new and still-pending instances to run with an address.
     let stage = progress.stage("waiting for instances", plan.machines.len() as u64);
@@ -322,6 +343,20 @@ pub async fn launch(
             Ok(machine)
         })
         .collect()
+}
+
+/// Deletes the identity objects of `replaced` instances (machine name, instance id), whose
+/// names were launched again. Best effort: an object left behind is harmless (no instance of
+/// that id will run again) and `destroy` removes it.
+async fn forget_identities(provider: &AwsProvider, replaced: &[(String, String)]) {
+    let records = provider.journal.read();
+    let (Some(bucket), Some(role_id)) = (provider.bucket(), records.role_id) else { return };
+    for (name, id) in replaced {
+        let key = userdata::identity_key(&provider.tag, &role_id, id);
+        if let Err(error) = crate::s3::delete_object(&provider.clients, &bucket, &key).await {
+            tracing::warn!(machine = %name, instance = %id, %error, "the replaced instance's identity object was left behind");
+        }
+    }
 }
 
 fn plan_group_region(plan: &DeploymentPlan, name: &str) -> String {

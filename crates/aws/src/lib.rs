@@ -12,7 +12,8 @@
 //! client-side token buckets), [`survey`] and [`prices`] (read-only: regions, catalog, prices),
 //! [`network`] (with [`existing`]: the spec's existing VPCs, resolved and checked),
 //! [`templates`], [`fleet`], [`launch`], [`instances`], [`s3`], [`iam`],
-//! [`userdata`] and [`agents`], [`teardown`], [`authorize`], [`clean`], [`address`] (the
+//! [`userdata`] and [`agents`], [`retire`] (machines removed one by one), [`teardown`],
+//! [`authorize`], [`clean`], [`address`] (the
 //! deployer's address), [`guard`] (the emulator address guard), [`tags`], [`fanout`], with
 //! [`records`] and [`journal`] for what this machine started.
 
@@ -136,7 +137,7 @@ impl AwsProvider {
         regions.into_iter().collect()
     }
 
-    fn bucket(&self) -> Option<String> {
+    pub(crate) fn bucket(&self) -> Option<String> {
         self.journal.read().bucket.or_else(|| s3::existing_bucket_name(&self.options.home))
     }
 

@@ -165,6 +165,25 @@ pub async fn put_bytes(
     Ok(())
 }
 
+/// Deletes the object `key`; one that is not there, or a missing bucket, is fine.
+pub async fn delete_object(
+    clients: &Clients,
+    bucket: &str,
+    key: &str,
+) -> Result<(), ProviderError> {
+    match clients.s3().delete_object().bucket(bucket).key(key).send().await {
+        Ok(_) => Ok(()),
+        Err(e) => {
+            let error =
+                AwsError::from_sdk(HOME_REGION, "DeleteObject", format!("{bucket}/{key}"), e);
+            if error.code_is("NoSuchBucket") || error.code_is("NoSuchKey") {
+                return Ok(());
+            }
+            Err(error.into())
+        }
+    }
+}
+
 /// Deletes every object under `prefix`; returns how many. A missing bucket counts as empty.
 pub async fn delete_prefix(
     clients: &Clients,

@@ -343,14 +343,31 @@ fn create_fails_when_a_restored_machine_does_not_become_healthy() {
     let spec = spec.display().to_string();
     fleet.run_ok(&["create", "--config", &spec]);
 
-    // node-0's agent dies (its binary with it); the binary will crash when started again.
+    // node-0's agent dies (its binary with it) and is started again in its directory, as
+    // systemd restarts the agent of a rebooted instance: it restores its version, whose
+    // binary now crashes. (An agent that stays dead is a machine gone, which create replaces
+    // with a new one instead: see local_retire.rs.)
     fs_err::write(&marker, "").unwrap();
-    let bootstrap = fleet.instance_dir("node-0").join("bootstrap.json").display().to_string();
+    let node0 = fleet.instance_dir("node-0");
+    let bootstrap = node0.join("bootstrap.json").display().to_string();
     let agent = pids_with_arg(&bootstrap)[0];
     let _ = Command::new("kill").args(["-9", &agent.to_string()]).status();
     wait_for("node-0's agent to die", Duration::from_secs(10), || (!is_alive(agent)).then_some(()));
+    let mut restored = Command::new(flotilla_bin())
+        .args(["agent", "--bootstrap", &bootstrap])
+        .current_dir(&node0)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the restored agent to write its pid", Duration::from_secs(20), || {
+        let pid = fs_err::read_to_string(node0.join("agent.pid")).ok()?;
+        (pid.trim() == restored.id().to_string()).then_some(())
+    });
 
     let output = fleet.run(&["create", "--config", &spec]);
+    let _ = restored.kill();
+    let _ = restored.wait();
     assert_eq!(output.status.code(), Some(1), "{}", String::from_utf8_lossy(&output.stderr));
     let stderr = String::from_utf8_lossy(&output.stderr);
     assert!(stderr.contains("node-0"), "{stderr}");

@@ -352,7 +352,7 @@ fn watch_replaces_a_machine_whose_agent_was_killed() {
     // A watch killed mid-replacement: its journal names node-2; the next watch finishes it.
     let journal = fleet.deployment_dir().join("watch-journal.json");
     let node2 = row(&status, "node-2");
-    let id = format!("local:{}", node2["name"].as_str().unwrap());
+    let id = node2["id"].as_str().unwrap().to_owned();
     fs_err::write(
         &journal,
         format!("{{\"replacing\": {{\"node-2\": \"{id}\"}}, \"started\": []}}"),
@@ -367,6 +367,7 @@ fn watch_replaces_a_machine_whose_agent_was_killed() {
     assert_eq!(journal["replacing"], serde_json::json!({}), "the journal is cleared");
     let status = fleet.status();
     assert_eq!(row(&status, "node-2")["health"], "healthy");
+    assert_ne!(row(&status, "node-2")["id"].as_str(), Some(id.as_str()), "a new machine");
     assert_eq!(status.len(), 4, "one replacement, not two: {status:?}");
     fleet.run_ok(&["destroy", "--tag", tag]);
 }

@@ -11,10 +11,11 @@
 //! 3. [`Provider::install_identity`]: the machine's key and certificate (issued by the workflow
 //!    once the machine's addresses are known), stored where only that machine can read it.
 //! 4. [`Provider::publish`]: artifacts, content-addressed, where agents can fetch them.
-//! 5. [`Provider::machines`] at any time; [`Provider::retire`] for machines leaving the
-//!    deployment (a smaller `count`, or a replacement under the same name), after
-//!    [`Provider::launch_beside`] when the replacement comes first;
-//!    [`Provider::destroy`] at the end.
+//! 5. [`Provider::machines`] at any time; [`Provider::retire`] when machines leave the
+//!    deployment for good (the spec no longer names them, or they are gone and will be replaced
+//!    under their names: a later [`Provider::launch`] starts a new machine, with a new id, for
+//!    each name the plan still has), after [`Provider::launch_beside`] when the replacement
+//!    comes first; [`Provider::destroy`] at the end.
 //!
 //! Every provider is also a [`Surveyor`]: what its regions offer (the instance catalog and
 //! prices), read-only, asked before anything is made so that a spec's capacity keys are checked
@@ -187,7 +188,9 @@ pub struct Machine {
     pub name: String,
     pub role: Role,
     pub region: String,
-    /// The provider's id (an EC2 instance id; the agent's directory name locally).
+    /// The provider's id of this machine, new for each machine started under a name (an EC2
+    /// instance id; `local:<name>:<serial>` locally): a machine replaced under its name
+    /// has another id.
     pub id: String,
     /// The address hosts.yaml gives for the machine.
     pub public_ip: IpAddr,
@@ -254,7 +257,7 @@ pub trait Provider: Surveyor {
         artifact: &LocalArtifact,
     ) -> impl Future<Output = Result<String, ProviderError>> + Send;
 
-    /// The deployment's machines that exist now (not terminated).
+    /// The deployment's machines that exist now (not terminated, not retired).
     fn machines(&self) -> impl Future<Output = Result<Vec<Machine>, ProviderError>> + Send;
 
     /// Launches a new machine under the name of each of `at_risk` (machines that still run but
@@ -272,12 +275,14 @@ pub trait Provider: Surveyor {
     ) -> impl Future<Output = Result<Option<Vec<Machine>>, ProviderError>> + Send;
 
     /// Removes `machines` for good (the spec no longer names them, or they are gone and will be
-    /// replaced under their names): each machine is stopped (its agent told to stop, as at
-    /// destroy) and its own resources are freed (local: agent processes, directory, address;
-    /// cloud: the instance, terminated, and its identity object). Shared resources stay. A
-    /// machine already gone is success; safe to call again after a crash. Afterwards
-    /// [`Provider::machines`] does not list them, and [`Provider::launch`] of a plan that
-    /// names one of them starts a new machine under that name.
+    /// replaced under their names): each machine is stopped (its agent drains, as at destroy)
+    /// and its own resources are freed (local: agent processes, address lease, directory;
+    /// cloud: the instance, terminated and waited for until it no longer counts, and its
+    /// identity object). Shared resources stay. A machine already gone is success; safe to
+    /// call again after a crash.
+    ///
+    /// A machine is known by its [`Machine::id`]: a machine whose name now belongs to another
+    /// id (it was replaced since) is already gone, and its replacement is left alone.
     fn retire(
         &self,
         machines: &[Machine],

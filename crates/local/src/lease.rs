@@ -67,6 +67,12 @@ impl Block {
         Ipv4Addr::new(127, self.a, self.b, host)
     }
 
+    /// Whether `address` is one of the block's.
+    pub fn contains(self, address: Ipv4Addr) -> bool {
+        let [first, a, b, _] = address.octets();
+        (first, a, b) == (127, self.a, self.b)
+    }
+
     fn all() -> impl Iterator<Item = Block> {
         FIRST_OCTET_RANGE.flat_map(|a| (0..=255u8).map(move |b| Block { a, b }))
     }

@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! <deployment>/local/                 0700
-//!   machines.json                     name → address, region, role; written before any agent starts
+//!   machines.json                     name → address, region, role, serial; written before any
+//!                                     agent starts
 //!   artifacts/<sha256>                the content-addressed store agents fetch from (file:// URLs)
 //!   instances/                        0700
 //!     <machine>/                      0700, the agent's directory (see the agent's layout),
@@ -26,6 +27,15 @@
 //! the most generous resource limits this user may have ([`raise_resource_limits`]), so nothing
 //! of the shell that ran `create` (a secret, `FLOTILLA_HOME`, a low file-size limit) reaches
 //! them or their binaries. Addresses come from machine-wide leases ([`lease`]).
+//!
+//! Each agent `launch` starts is a new machine: its record takes a new serial first, so it has a
+//! new [`Machine::id`] (`local:<name>:<serial>`). A machine whose agent is not running is gone
+//! (killed, or stopped by its keepalive, as a cloud machine that powered off): the one `launch`
+//! starts under its name starts afresh (what the dead one left running is killed, its
+//! directory removed). `retire`
+//! removes machines one by one as `destroy` removes them all (SIGTERM to the agent, which
+//! drains; SIGKILL after a grace period and to what is left of its session), then their
+//! directories and records, and releases a leased block no machine uses any more.
 //!
 //! `destroy` works from whatever is left: corrupt or missing records do not stop it, since the
 //! agents are found from /proc by their command lines and the leases by their owner.
@@ -73,6 +83,18 @@ struct MachineRecord {
     role: Role,
     region: String,
     address: Ipv4Addr,
+    /// The machine's number in the deployment ([`Records::last_serial`]), taken anew each time
+    /// `launch` starts an agent for the name: a machine that replaces a retired or dead one has
+    /// another [`Machine::id`].
+    #[serde(default)]
+    serial: u64,
+}
+
+impl MachineRecord {
+    /// The id of the machine this record describes now: `local:<name>:<serial>`.
+    fn id(&self) -> String {
+        format!("local:{}:{}", self.name, self.serial)
+    }
 }
 
 /// `machines.json`.
@@ -80,6 +102,17 @@ struct MachineRecord {
 struct Records {
     blocks: Vec<Block>,
     machines: Vec<MachineRecord>,
+    /// The last machine serial handed out: every machine gets the next one, so no two machines
+    /// of the deployment ever share an id, even under one name.
+    #[serde(default)]
+    last_serial: u64,
+}
+
+impl Records {
+    fn next_serial(&mut self) -> u64 {
+        self.last_serial += 1;
+        self.last_serial
+    }
 }
 
 /// The local provider for one deployment.
@@ -176,7 +209,7 @@ impl LocalProvider {
             name: record.name.clone(),
             role: record.role,
             region: record.region.clone(),
-            id: format!("local:{}", record.name),
+            id: record.id(),
             public_ip: address,
             private_ip: address,
             agent_endpoint: SocketAddr::new(address, DEFAULT_API_PORT),
@@ -243,11 +276,13 @@ impl LocalProvider {
                 }
             };
             used.push(address);
+            let serial = records.next_serial();
             records.machines.push(MachineRecord {
                 name: machine.name.clone(),
                 role: machine.role,
                 region: machine.region.clone(),
                 address,
+                serial,
             });
         }
         self.save_records(&records)?;
@@ -296,6 +331,21 @@ impl LocalProvider {
 
     fn artifacts_dir(&self) -> PathBuf {
         self.root.join("artifacts")
+    }
+
+    /// Removes what is left of machine `name` once its agents (`sessions`) were stopped: what
+    /// they and their binaries left running (killed), then its directory.
+    fn clear_machine(&self, name: &str, sessions: &[u32]) -> Result<(), ProviderError> {
+        let dir = self.instance_dir(name);
+        let killed = process::kill_leftovers(&dir, &self.tag, sessions);
+        if !killed.is_empty() {
+            tracing::warn!(machine = %name, pids = ?killed, "processes the machine's agent and binary left were killed");
+        }
+        match fs_err::remove_dir_all(&dir) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(io_error(format!("removing {}", dir.display()))(error)),
+        }
     }
 }
 
@@ -357,19 +407,35 @@ impl Provider for LocalProvider {
         progress: &dyn Progress,
     ) -> Result<Vec<Machine>, ProviderError> {
         // `prepare` assigned every planned machine its address.
-        let records = self.records()?;
+        let mut records = self.records()?;
         let stage = progress.stage("starting agents", plan.machines.len() as u64);
         raise_resource_limits();
+        // One look at /proc: an agent that has not written its pid file yet still runs.
+        let running = process::agent_bootstraps_under(&self.root);
         let mut machines = Vec::with_capacity(plan.machines.len());
         for planned in &plan.machines {
-            let record =
-                records.machines.iter().find(|m| m.name == planned.name).ok_or_else(|| {
+            let index =
+                records.machines.iter().position(|m| m.name == planned.name).ok_or_else(|| {
                     ProviderError::new(format!(
                         "{} has no address: prepare must run before launch",
                         planned.name
                     ))
                 })?;
-            if self.agent_pid(&record.name).is_none() {
+            let runs = self.agent_pid(&planned.name).is_some()
+                || running.contains(&self.bootstrap_path(&planned.name));
+            if !runs {
+                // Every machine started is a new machine with a new id, saved before its agent
+                // starts, so no id is ever handed out twice (not even after a crash part-way
+                // through a `retire` or this launch).
+                records.machines[index].serial = records.next_serial();
+                self.save_records(&records)?;
+                if self.instance_dir(&planned.name).exists() {
+                    // A machine lived here and is gone (its agent killed, or stopped by its
+                    // keepalive): the one that replaces it starts afresh.
+                    self.clear_machine(&planned.name, &[])?;
+                    tracing::info!(machine = %planned.name, id = %records.machines[index].id(), "the machine's agent is gone; starting a new machine under its name");
+                }
+                let record = &records.machines[index];
                 self.write_bootstrap(record)?;
                 let dir = self.instance_dir(&record.name);
                 let output = open_agent_output(&dir.join("agent.out"))
@@ -383,9 +449,9 @@ impl Provider for LocalProvider {
                 .map_err(io_error(format!("starting the agent of {}", record.name)))?;
                 tracing::debug!(machine = %record.name, pid, address = %record.address, "agent started");
             } else {
-                tracing::debug!(machine = %record.name, "agent already runs; adopted");
+                tracing::debug!(machine = %planned.name, "agent already runs; adopted");
             }
-            machines.push(self.machine(record, MachineState::Running));
+            machines.push(self.machine(&records.machines[index], MachineState::Running));
             stage.advance(1);
         }
         Ok(machines)
@@ -462,38 +528,50 @@ impl Provider for LocalProvider {
         machines: &[Machine],
         progress: &dyn Progress,
     ) -> Result<(), ProviderError> {
-        let stage = progress.stage("stopping retired agents", machines.len() as u64);
-        for machine in machines {
-            let dir = self.instance_dir(&machine.name);
-            let agent = self.agent_pid(&machine.name);
-            let tag = self.tag.clone();
-            let stopping_dir = dir.clone();
-            let killed = tokio::task::spawn_blocking(move || {
-                let agents: Vec<u32> = agent.into_iter().collect();
-                let stubborn = process::terminate(&agents, AGENT_STOP_GRACE);
-                // Only what runs under this machine's directory or in its agent's session.
-                let leftovers = process::kill_leftovers(&stopping_dir, &tag, &agents);
-                (stubborn, leftovers)
-            })
-            .await
-            .map_err(|e| {
-                ProviderError::new(format!("stopping the agent of {}: {e}", machine.name))
-            })?;
-            if !killed.0.is_empty() || !killed.1.is_empty() {
-                tracing::warn!(machine = %machine.name, agents = ?killed.0, leftovers = ?killed.1, "killed what did not stop in time");
+        let records = self.records()?;
+        // A machine whose record is gone, or names another id now, is already gone.
+        let retiring: Vec<String> = records
+            .machines
+            .iter()
+            .filter(|r| machines.iter().any(|m| m.name == r.name && m.id == r.id()))
+            .map(|r| r.name.clone())
+            .collect();
+        if retiring.is_empty() {
+            return Ok(());
+        }
+        let stage = progress.stage("retiring machines", retiring.len() as u64);
+        let dirs: Vec<PathBuf> = retiring.iter().map(|name| self.instance_dir(name)).collect();
+        let agents = tokio::task::spawn_blocking(move || {
+            let agents: Vec<u32> = dirs.iter().flat_map(|dir| process::agents_under(dir)).collect();
+            // SIGTERM: each agent runs its `stopping` hooks and stops its binary, as at destroy.
+            let stubborn = process::terminate(&agents, AGENT_STOP_GRACE);
+            if !stubborn.is_empty() {
+                tracing::warn!(pids = ?stubborn, "agents did not stop within the grace period and were killed");
             }
-            match fs_err::remove_dir_all(&dir) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => return Err(io_error(format!("removing {}", dir.display()))(error)),
-            }
-            // The record goes last: until then a re-run finds the machine to retire again. Its
-            // address returns to the deployment's blocks for the next machine.
-            let mut records = self.records()?;
-            records.machines.retain(|record| record.name != machine.name);
-            self.save_records(&records)?;
+            agents
+        })
+        .await
+        .map_err(|e| ProviderError::new(format!("stopping agents: {e}")))?;
+        for name in &retiring {
+            self.clear_machine(name, &agents)?;
             stage.advance(1);
         }
+        // The records last: until they change, the machine is listed (stopped), and retiring it
+        // again finishes the work.
+        let leases = Leases::lock(&self.lease_dir).map_err(io_error(format!(
+            "locking the lease directory {}",
+            self.lease_dir.display()
+        )))?;
+        let mut records = self.records()?;
+        records.machines.retain(|m| !retiring.contains(&m.name));
+        let (kept, unused): (Vec<Block>, Vec<Block>) = records
+            .blocks
+            .iter()
+            .partition(|block| records.machines.iter().any(|m| block.contains(m.address)));
+        records.blocks = kept;
+        self.save_records(&records)?;
+        leases.release(&self.root, &unused).map_err(io_error("releasing address leases".into()))?;
+        tracing::info!(machines = ?retiring, released = unused.len(), "machines retired");
         Ok(())
     }
 

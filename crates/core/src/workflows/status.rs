@@ -17,6 +17,9 @@ use crate::state::{Deployment, Home};
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct StatusRow {
     pub name: String,
+    /// The provider's id of the machine (an EC2 instance id; `local:<name>:<serial>` locally):
+    /// a replacement under the same name has a new one.
+    pub id: String,
     pub role: Role,
     pub region: String,
     /// The address hosts.yaml gives for the machine.
@@ -71,6 +74,7 @@ impl StatusRow {
     fn new(machine: &Machine, answer: Result<AgentStatus, ClientError>) -> StatusRow {
         let mut row = StatusRow {
             name: machine.name.clone(),
+            id: machine.id.clone(),
             role: machine.role,
             region: machine.region.clone(),
             ip: machine.public_ip,
@@ -204,6 +208,7 @@ impl StatusRow {
         let nowhere = IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED);
         StatusRow {
             name: name.to_owned(),
+            id: String::new(),
             role: Role::Binary,
             region: String::new(),
             ip: nowhere,
