@@ -409,13 +409,14 @@ fn the_systemd_units_verify() {
     let units = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../packaging/systemd");
     let dir = tempfile::tempdir().unwrap();
     let mut names = Vec::new();
-    for (file, name) in [
-        ("flotilla-fleetd.service", "flotilla-fleetd.service"),
-        ("flotilla-fleetd@.service", "flotilla-fleetd@game.service"),
+    for (file, name, command, kind) in [
+        ("flotilla-fleetd.service", "flotilla-fleetd.service", "fleetd", "Type=notify"),
+        ("flotilla-fleetd@.service", "flotilla-fleetd@game.service", "fleetd", "Type=notify"),
+        ("flotilla-watch@.service", "flotilla-watch@my-fleet.service", "watch --tag %i", "Type=exec"),
     ] {
         let text = fs_err::read_to_string(units.join(file)).unwrap();
-        assert!(text.contains("ExecStart=/usr/local/bin/flotilla fleetd"), "{file}");
-        assert!(text.contains("Type=notify") && text.contains("Restart=on-failure"), "{file}");
+        assert!(text.contains(&format!("ExecStart=/usr/local/bin/flotilla {command}")), "{file}");
+        assert!(text.contains(kind) && text.contains("Restart="), "{file}");
         let text = text.replace("/usr/local/bin/flotilla", &flotilla_bin().display().to_string());
         fs_err::write(dir.path().join(name), text).unwrap();
         names.push(dir.path().join(name));
