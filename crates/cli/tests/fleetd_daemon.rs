@@ -412,7 +412,12 @@ fn the_systemd_units_verify() {
     for (file, name, command, kind) in [
         ("flotilla-fleetd.service", "flotilla-fleetd.service", "fleetd", "Type=notify"),
         ("flotilla-fleetd@.service", "flotilla-fleetd@game.service", "fleetd", "Type=notify"),
-        ("flotilla-watch@.service", "flotilla-watch@my-fleet.service", "watch --tag %i", "Type=exec"),
+        (
+            "flotilla-watch@.service",
+            "flotilla-watch@my-fleet.service",
+            "watch --tag %i",
+            "Type=exec",
+        ),
     ] {
         let text = fs_err::read_to_string(units.join(file)).unwrap();
         assert!(text.contains(&format!("ExecStart=/usr/local/bin/flotilla {command}")), "{file}");
