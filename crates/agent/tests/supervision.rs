@@ -36,8 +36,10 @@ echo "from the binary" > written-by-binary
     let version_dir = deployment.dir.join("versions").join(&v);
     let work = deployment.work();
     let log = deployment.logs(100).await;
+    // hosts.yaml is the machine's, apart from the version (swapped in place on a change).
     let expected_args = format!(
-        "args: --hosts={0}/hosts.yaml --config={0}/config.conf --flag two words",
+        "args: --hosts={}/hosts.yaml --config={}/config.conf --flag two words",
+        deployment.dir.display(),
         version_dir.display()
     );
     for expected in [
@@ -66,10 +68,10 @@ echo "from the binary" > written-by-binary
         assert_eq!(mode(directory), 0o700, "{}", directory.display());
     }
     assert_eq!(mode(&version_dir.join("binary")), 0o700);
-    for file in ["config.conf", "hosts.yaml", "manifest.json"] {
+    for file in ["config.conf", "manifest.json"] {
         assert_eq!(mode(&version_dir.join(file)), 0o600, "{file}");
     }
-    for file in ["agent.pid", "agent.lock", "agent-state.json", "logs/binary.log"] {
+    for file in ["agent.pid", "agent.lock", "agent-state.json", "hosts.yaml", "logs/binary.log"] {
         assert_eq!(mode(&deployment.dir.join(file)), 0o600, "{file}");
     }
     let pid_file = fs_err::read_to_string(deployment.dir.join("agent.pid")).unwrap();

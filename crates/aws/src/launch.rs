@@ -140,6 +140,31 @@ fn naming(name: &str, group: &GroupPlan, instance_id: &str) -> Naming {
     }
 }
 
+/// Marks the spot pool of every instance that EC2 reclaimed (state reason
+/// `Server.SpotInstanceTermination`) in the provider's unavailable-offerings cache, so the
+/// replacement asks other pools first (flotilla-capacity's `record_reclaim`).
+pub(crate) fn note_reclaims(provider: &AwsProvider, found: &[Found]) {
+    let now = std::time::Instant::now();
+    let mut cache = provider.unavailable.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+    for instance in found
+        .iter()
+        .filter(|f| f.lifecycle == Lifecycle::Spot && is_reclaim(f.state_reason.as_deref()))
+    {
+        let pool = flotilla_capacity::Pool {
+            lifecycle: Lifecycle::Spot,
+            instance_type: instance.instance_type.clone(),
+            zone: instance.zone.clone(),
+        };
+        tracing::info!(instance = %instance.id, %pool, "a reclaimed spot pool is not asked again for a while");
+        cache.record_reclaim(&pool, now);
+    }
+}
+
+/// Whether EC2's state reason says a spot interruption ended the instance.
+pub(crate) fn is_reclaim(reason: Option<&str>) -> bool {
+    reason.is_some_and(|r| r.contains("SpotInstanceTermination"))
+}
+
 /// Journals `namings`, then tags each instance with its name.
 async fn name_instances(provider: &AwsProvider, namings: &[Naming]) -> Result<(), ProviderError> {
     if namings.is_empty() {
@@ -221,6 +246,7 @@ pub async fn launch(
     .collect();
     let alive: BTreeSet<String> =
         found.iter().filter(|f| f.alive()).map(|f| f.id.clone()).collect();
+    note_reclaims(provider, &found);
     let Sorted { mut named, to_name } = sort_found(plan, &records, found);
     // Machines the journal names whose instance is gone or ending (a reclaimed spot instance,
     // a retired one, one that stopped): a new instance is launched under each name below, and
@@ -257,10 +283,9 @@ pub async fn launch(
             }
         })?;
     }
-    let cache = Mutex::new(UnavailableOfferings::default());
     let deadline = std::time::Instant::now() + provider.launch_deadline();
     let stage_ref: &dyn Stage = stage.as_ref();
-    let cache_ref = &cache;
+    let cache_ref = &provider.unavailable;
     let named_ref = &named;
     let launched: Vec<(String, Launched)> = fan_out(
         Concurrency::GROUPS,

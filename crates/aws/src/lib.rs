@@ -99,6 +99,10 @@ pub struct AwsProvider {
     pub(crate) journal: Journal,
     pub(crate) options: AwsOptions,
     prepared: Mutex<Option<prepare::LaunchSettings>>,
+    /// The unavailable-offerings cache, kept for the provider's life: every launch of one
+    /// command (a `watch` makes many) skips the pools an earlier one found dry, or saw
+    /// reclaimed, until their marks expire.
+    pub(crate) unavailable: Mutex<flotilla_capacity::UnavailableOfferings>,
 }
 
 impl AwsProvider {
@@ -113,6 +117,7 @@ impl AwsProvider {
             clients,
             options,
             prepared: Mutex::new(None),
+            unavailable: Mutex::new(flotilla_capacity::UnavailableOfferings::default()),
         })
     }
 

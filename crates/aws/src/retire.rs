@@ -34,6 +34,26 @@ pub async fn retire(
     machines: &[Machine],
     progress: &dyn Progress,
 ) -> Result<(), ProviderError> {
+    // A machine a spot reclaim took: its pool is not asked again for a while by the launch
+    // of its replacement.
+    {
+        let now = std::time::Instant::now();
+        let mut cache =
+            provider.unavailable.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        for machine in machines {
+            let Some(placement) = &machine.placement else { continue };
+            if placement.market == flotilla_capacity::Lifecycle::Spot
+                && crate::launch::is_reclaim(machine.state_reason.as_deref())
+            {
+                let pool = flotilla_capacity::Pool {
+                    lifecycle: placement.market,
+                    instance_type: placement.instance_type.clone(),
+                    zone: placement.zone.clone(),
+                };
+                cache.record_reclaim(&pool, now);
+            }
+        }
+    }
     let mut by_region: BTreeMap<&str, Vec<String>> = BTreeMap::new();
     for machine in machines.iter().filter(|m| !m.id.is_empty()) {
         by_region.entry(machine.region.as_str()).or_default().push(machine.id.clone());

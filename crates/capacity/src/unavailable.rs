@@ -26,6 +26,9 @@ use serde::Serialize;
 /// How long a mark lasts.
 pub const UNAVAILABLE_TTL: Duration = Duration::from_secs(180);
 
+/// The code a reclaimed spot pool is marked with ([`UnavailableOfferings::record_reclaim`]).
+pub const RECLAIMED: &str = "SpotInstanceReclaimed";
+
 /// A capacity market as EC2 fleets name it.
 #[derive(
     Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, serde::Deserialize,
@@ -183,6 +186,16 @@ impl UnavailableOfferings {
         class
     }
 
+    /// A spot pool that was just reclaimed (one of its instances got a spot interruption):
+    /// marked as a capacity error is, so a replacement asks other pools first until the mark
+    /// expires. An on-demand pool is not marked by a reclaim.
+    pub fn record_reclaim(&mut self, pool: &Pool, now: Instant) {
+        if pool.lifecycle == Lifecycle::Spot {
+            let mark = Mark { until: now + UNAVAILABLE_TTL, code: RECLAIMED.to_owned() };
+            self.pools.insert(pool.clone(), mark);
+        }
+    }
+
     /// The error code that makes `pool` of `region` unavailable at `now`, if one does.
     pub fn unavailable(&self, region: &str, pool: &Pool, now: Instant) -> Option<&str> {
         fn live(mark: &Mark, now: Instant) -> Option<&str> {
@@ -222,6 +235,20 @@ mod tests {
 
     fn pool(lifecycle: Lifecycle, instance_type: &str, zone: &str) -> Pool {
         Pool { lifecycle, instance_type: instance_type.to_owned(), zone: zone.to_owned() }
+    }
+
+    #[test]
+    fn a_reclaimed_spot_pool_is_skipped_until_its_mark_expires() {
+        let now = Instant::now();
+        let mut cache = UnavailableOfferings::default();
+        let spot = pool(Lifecycle::Spot, "m7i.large", "us-east-1a");
+        let on_demand = pool(Lifecycle::OnDemand, "m7i.large", "us-east-1a");
+        cache.record_reclaim(&spot, now);
+        cache.record_reclaim(&on_demand, now);
+        assert_eq!(cache.unavailable("us-east-1", &spot, now), Some(RECLAIMED));
+        assert_eq!(cache.unavailable("us-east-1", &on_demand, now), None, "on-demand stays open");
+        assert_eq!(cache.next_expiry(now), Some(now + UNAVAILABLE_TTL));
+        assert_eq!(cache.unavailable("us-east-1", &spot, now + UNAVAILABLE_TTL), None);
     }
 
     #[test]

@@ -110,14 +110,9 @@ fn a_deployer_config_in_five_regions_lives_and_leaves_nothing() {
         let ip = ip_of(row);
         let machine =
             booted.iter().find(|b| std::net::IpAddr::V4(b.public_ip) == ip).expect("booted");
-        let versions = machine.root.join("var/lib/flotilla/agent/versions");
-        let hosts = fs_err::read_dir(&versions)
-            .unwrap()
-            .flatten()
-            .map(|v| v.path().join("hosts.yaml"))
-            .find(|p| p.exists())
-            .expect("a version with hosts.yaml");
-        let hosts = fs_err::read_to_string(hosts).unwrap();
+        // One hosts.yaml per machine, apart from the versions.
+        let hosts = machine.root.join("var/lib/flotilla/agent/hosts.yaml");
+        let hosts = fs_err::read_to_string(&hosts).expect("the machine's hosts.yaml");
         for other in rows.iter().filter(|r| r["role"] == "binary") {
             let entry = format!(
                 "- name: {}\n  region: {}\n  ip: {}\n",

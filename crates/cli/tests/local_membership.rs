@@ -181,6 +181,16 @@ fn by_default_a_membership_change_restarts_the_binaries_with_the_new_hosts() {
     fleet.run_ok(&["destroy", "--tag", tag]);
 }
 
+/// A child process killed when the test ends, also when it fails.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 /// Reads `watch --output json` lines on a thread, so a test can wait for an event.
 fn event_reader(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<Value> {
     use std::io::BufRead;
@@ -241,12 +251,15 @@ fn watch_replaces_a_machine_whose_agent_was_killed() {
         "--output",
         "json",
     ];
-    let mut watch = fleet
-        .command(&watch_args)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .expect("watch starts");
+    let mut watch = KillOnDrop(
+        fleet
+            .command(&watch_args)
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("watch starts"),
+    );
+    let watch = &mut watch.0;
     let events = event_reader(watch.stdout.take().expect("piped stdout"));
     wait_for_event(&events, "the start", |e| e["what"] == "started");
 

@@ -220,6 +220,17 @@ pub async fn watch<P: Provider>(
     let mut sightings = Sightings::default();
     let mut round = 0u64;
     loop {
+        // A deployment destroyed under a watch ends it.
+        let status = deployment.metadata()?.status;
+        if matches!(status, DeploymentStatus::Destroying | DeploymentStatus::Destroyed) {
+            emit(
+                None,
+                "destroyed",
+                "stopping",
+                format!("deployment `{}` is {}", spec.tag, status.as_str()),
+            );
+            return Ok(());
+        }
         if let Err(error) = one_round(
             &deployment,
             metadata.provider,
