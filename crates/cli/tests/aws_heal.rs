@@ -420,7 +420,9 @@ fn a_watch_killed_in_the_middle_of_a_replacement_finishes_it_once() {
 
     let mut watch = spawn_watch(&fleet, &spec, &[]);
     runtime()
-        .block_on(emulator.reclaim_spot(&[node1.clone()], Some(Duration::from_millis(300))))
+        .block_on(
+            emulator.reclaim_spot(std::slice::from_ref(&node1), Some(Duration::from_millis(300))),
+        )
         .unwrap();
     watch.wait_for("node-1's replacement", Duration::from_secs(120), |e| {
         e["machine"] == "node-1" && e["action"] == "replacing"
