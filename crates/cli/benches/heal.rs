@@ -132,7 +132,9 @@ fn reclaim(flotilla: &Path, size: usize) {
     let scope_name = format!("BENCHRECLAIM{size}X{}", std::process::id());
     let scope = emulator.scope(&scope_name);
     let binary = work.path().join("sleeper.sh");
-    fs_err::write(&binary, "#!/bin/sh\nexec sleep 100000\n").unwrap();
+    // It stays up through the SIGHUP of a hosts change, as a binary that rereads its hosts
+    // would (sleep itself would die of it).
+    fs_err::write(&binary, "#!/bin/sh\ntrap '' HUP\nexec sleep 100000\n").unwrap();
     Command::new("chmod").arg("755").arg(&binary).status().unwrap();
     fs_err::write(work.path().join("app.conf"), "setting = 1\n").unwrap();
     fs_err::write(work.path().join("dashboard.json"), "{}").unwrap();
@@ -253,25 +255,35 @@ fn reclaim(flotilla: &Path, size: usize) {
             _ => {}
         }
     }
+    let replaced_after = reclaimed_at.elapsed();
+    // Then until status says every binary is healthy (the replacements' own rollouts end
+    // before `replaced`; this catches any other machine a hosts change disturbed).
+    let healthy = |rows: &[Value]| {
+        rows.iter().filter(|r| r["role"] == "binary" && r["health"] == "healthy").count()
+    };
+    let mut rows: Vec<Value> = Vec::new();
+    while healthy(&rows) < size && reclaimed_at.elapsed() < Duration::from_secs(600) {
+        let status = command(&["status", "--tag", &tag, "--output", "json"]).output().unwrap();
+        rows = serde_json::from_slice(&status.stdout).unwrap_or_default();
+    }
     let healed = reclaimed_at.elapsed();
     let counts = runtime.block_on(scope.counts()).unwrap();
     watch.kill().unwrap();
     watch.wait().unwrap();
-    let status = command(&["status", "--tag", &tag, "--output", "json"]).output().unwrap();
-    let rows: Vec<Value> = serde_json::from_slice(&status.stdout).unwrap();
-    let healthy = rows.iter().filter(|r| r["role"] == "binary" && r["health"] == "healthy").count();
     println!(
-        "{size:>4} on the emulator  {count} reclaimed → all healthy {:>7.2} s   (first `replacing` after {:.2} s; {} failed attempts; {healthy} of {size} healthy after)",
+        "{size:>4} on the emulator  {count} reclaimed → all healthy {:>7.2} s   (first `replacing` after {:.2} s, all `replaced` after {:.2} s; {} failed attempts; {} of {size} healthy)",
         secs(healed),
         first_replacing.map(secs).unwrap_or_default(),
-        failed.len()
+        secs(replaced_after),
+        failed.len(),
+        healthy(&rows),
     );
-    let ec2 = counts.0.get("ec2").cloned().unwrap_or_default();
-    let total: u64 = ec2.values().sum();
-    let actions: Vec<String> = ec2.iter().map(|(action, n)| format!("{action} {n}")).collect();
-    println!("{:>22}    EC2 {total} calls: {}", "", actions.join(", "));
-    let s3: u64 = counts.0.get("s3").map(|a| a.values().sum()).unwrap_or(0);
-    println!("{:>22}    S3 {s3} calls", "");
+    for (service, actions) in &counts.0 {
+        let total: u64 = actions.values().sum();
+        let actions: Vec<String> =
+            actions.iter().map(|(action, n)| format!("{action} {n}")).collect();
+        println!("{:>22}    {service} {total} calls: {}", "", actions.join(", "));
+    }
 
     let destroy = run(&["destroy", "--tag", &tag]);
     println!("{size:>4} on the emulator  destroy                 {:>7.2} s", secs(destroy));
