@@ -5,6 +5,7 @@
 #![allow(clippy::unwrap_used)] // Test support: a failure here is a test failure.
 
 pub mod aws;
+pub mod events;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

@@ -37,7 +37,7 @@ use crate::client::AgentClient;
 use crate::error::{CoreError, MachineFailure};
 use crate::plan::DeploymentPlan;
 use crate::progress::{Progress, checkpoints};
-use crate::provider::{Machine, Provider, ProviderError, Role};
+use crate::provider::{Machine, MachineState, Provider, ProviderError, Role};
 use crate::rollout::{Applied, apply_and_wait, deadline_after, plan_batches};
 use crate::state::{Deployment, DeploymentStatus, Home};
 use crate::workflows::StatusRow;
@@ -200,7 +200,9 @@ pub(crate) async fn converge<P: Provider>(
         .collect();
     let (machines, files) = tokio::try_join!(
         async {
-            if change.added.is_empty() {
+            // A machine still pending (launched by a command that crashed before it ran) has
+            // no address yet: launch adopts it and waits until it runs, as for an added one.
+            if change.added.is_empty() && all_running(&plan, &existing) {
                 Ok(plan_machines(&plan, &existing))
             } else {
                 provider.launch(&plan, progress).await.map_err(CoreError::from)
@@ -287,6 +289,13 @@ fn plan_machines(plan: &DeploymentPlan, existing: &[Machine]) -> Vec<Machine> {
         .iter()
         .filter_map(|planned| existing.iter().find(|m| m.name == planned.name).cloned())
         .collect()
+}
+
+/// Whether every machine of `plan` exists and runs.
+fn all_running(plan: &DeploymentPlan, existing: &[Machine]) -> bool {
+    plan.machines.iter().all(|planned| {
+        existing.iter().any(|m| m.name == planned.name && m.state == MachineState::Running)
+    })
 }
 
 /// Waits for each new machine's agent and installs its version, all at once; every failure is

@@ -427,6 +427,16 @@ async fn one_round<P: Provider>(
     if accepted.is_empty() {
         return Ok(());
     }
+    // The names being replaced forget their old machines' manifests first, so that however a
+    // replacement is interrupted, a new instance that never ran a version under the name is
+    // converged as a new machine (its identity written, then started) and not rolled out to
+    // as one that has its identity already. Done before the journal: a crash in between
+    // leaves only a gone machine without a manifest, which the next round replaces.
+    let mut recorded = super::saved_manifests(deployment)?;
+    for job in &accepted {
+        recorded.remove(&job.name);
+    }
+    deployment.write_json(super::MANIFESTS_FILE, &recorded)?;
     // Journaled before anything is done.
     for job in &accepted {
         let id = job.old.as_ref().map(|m| m.id.clone()).unwrap_or_default();
