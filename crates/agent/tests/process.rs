@@ -44,10 +44,11 @@ wait $!
 
     // Idle: the binary runs and is healthy, nobody asks anything.
     tokio::time::sleep(Duration::from_secs(2)).await;
+    // A figure, not a behaviour: printed here, measured in a release build by the lifecycle
+    // bench (BENCHMARKS.md, "Idle agent RSS"); a test does not assert it.
     let rss = resident_kilobytes(agent.id());
     let build = if cfg!(debug_assertions) { "debug" } else { "release" };
     eprintln!("idle agent process ({build} build, inside the test harness): VmRSS {rss} kB");
-    assert!(rss < 15 * 1024, "the idle agent uses {rss} kB");
 
     // SIGKILL leaves the agent no chance to stop the binary: the parent-death signal does.
     kill(agent.id(), Signal::KILL);
