@@ -202,7 +202,7 @@ pub(crate) async fn converge<P: Provider>(
         async {
             // A machine still pending (launched by a command that crashed before it ran) has
             // no address yet: launch adopts it and waits until it runs, as for an added one.
-            if change.added.is_empty() && !any_pending(&existing) {
+            if change.added.is_empty() && all_running(&plan, &existing) {
                 Ok(plan_machines(&plan, &existing))
             } else {
                 provider.launch(&plan, progress).await.map_err(CoreError::from)
@@ -291,10 +291,11 @@ fn plan_machines(plan: &DeploymentPlan, existing: &[Machine]) -> Vec<Machine> {
         .collect()
 }
 
-/// Whether a machine was launched and does not run yet. (A stopped one is left as it is: it
-/// was stopped on purpose or is for `watch` to replace.)
-fn any_pending(existing: &[Machine]) -> bool {
-    existing.iter().any(|m| m.state == MachineState::Pending)
+/// Whether every machine of `plan` exists and runs.
+fn all_running(plan: &DeploymentPlan, existing: &[Machine]) -> bool {
+    plan.machines.iter().all(|planned| {
+        existing.iter().any(|m| m.name == planned.name && m.state == MachineState::Running)
+    })
 }
 
 /// Waits for each new machine's agent and installs its version, all at once; every failure is
