@@ -288,12 +288,8 @@ async fn one_round<P: Provider>(
             machines.iter().filter(|m| m.state == MachineState::Running).map(|machine| {
                 let client = &client;
                 async move {
+                    // The agent counts the status request as word for its keepalive.
                     let answer = client.status(&machine.name).await.map_err(|e| e.to_string());
-                    if answer.is_ok() {
-                        // Status is word from the deployment already; this says so explicitly
-                        // for agents that count only keepalives.
-                        let _ = client.keepalive(&machine.name).await;
-                    }
                     (machine.name.clone(), answer)
                 }
             }),
@@ -484,13 +480,9 @@ async fn replace<P: Provider>(
         if !at_risk.is_empty() {
             provider.prepare(&plan, progress).await?;
             match provider.launch_beside(&plan, &at_risk, progress).await? {
-                Some(_) => {
-                    // The new machines have no version yet: `converge` starts them as new.
-                    let mut recorded = super::saved_manifests(deployment)?;
-                    recorded.retain(|name, _| !at_risk.iter().any(|m| &m.name == name));
-                    deployment.write_json(super::MANIFESTS_FILE, &recorded)?;
-                    serving_old = at_risk;
-                }
+                // Their names forgot their manifests before they were journaled, so
+                // `converge` starts the new machines as new ones.
+                Some(_) => serving_old = at_risk,
                 None => retire_first.extend(at_risk),
             }
         }
