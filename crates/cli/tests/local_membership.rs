@@ -7,6 +7,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
+use common::events::Watch;
 use common::*;
 use serde_json::Value;
 
@@ -181,52 +182,22 @@ fn by_default_a_membership_change_restarts_the_binaries_with_the_new_hosts() {
     fleet.run_ok(&["destroy", "--tag", tag]);
 }
 
-/// A child process killed when the test ends, also when it fails.
-struct KillOnDrop(std::process::Child);
-
-impl Drop for KillOnDrop {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
+/// Kills `name`'s agent with SIGKILL (its binary dies with it: the parent-death signal).
+fn kill_agent(fleet: &TestFleet, name: &str) {
+    let agent: i32 = fs_err::read_to_string(fleet.instance_dir(name).join("agent.pid"))
+        .expect("the agent's pid file")
+        .trim()
+        .parse()
+        .expect("a pid");
+    rustix::process::kill_process(
+        rustix::process::Pid::from_raw(agent).expect("a positive pid"),
+        rustix::process::Signal::KILL,
+    )
+    .expect("the agent is killed");
 }
 
-/// Reads `watch --output json` lines on a thread, so a test can wait for an event.
-fn event_reader(stdout: std::process::ChildStdout) -> std::sync::mpsc::Receiver<Value> {
-    use std::io::BufRead;
-    let (sender, receiver) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            let event: Value = serde_json::from_str(&line).expect("watch prints JSON lines");
-            if sender.send(event).is_err() {
-                break;
-            }
-        }
-    });
-    receiver
-}
-
-/// Waits for the first event `matches` accepts; every event seen on the way is returned too.
-fn wait_for_event(
-    events: &std::sync::mpsc::Receiver<Value>,
-    what: &str,
-    matches: impl Fn(&Value) -> bool,
-) -> Vec<Value> {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut seen = Vec::new();
-    loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        let event = events
-            .recv_timeout(left)
-            .unwrap_or_else(|_| panic!("no {what} within 60 s; events: {seen:#?}"));
-        let done = matches(&event);
-        seen.push(event);
-        if done {
-            return seen;
-        }
-    }
-}
+/// How long a test waits for one of watch's events.
+const EVENT_WAIT: Duration = Duration::from_secs(60);
 
 /// Kill -9 of an agent under `watch`: the machine is replaced under its name with a new agent,
 /// the other binaries get the new hosts.yaml by SIGHUP without restarting; a second watch is
@@ -251,46 +222,34 @@ fn watch_replaces_a_machine_whose_agent_was_killed() {
         "--output",
         "json",
     ];
-    let mut watch = KillOnDrop(
-        fleet
-            .command(&watch_args)
-            .stdout(std::process::Stdio::piped())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("watch starts"),
-    );
-    let watch = &mut watch.0;
-    let events = event_reader(watch.stdout.take().expect("piped stdout"));
-    wait_for_event(&events, "the start", |e| e["what"] == "started");
+    let child = fleet
+        .command(&watch_args)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("watch starts");
+    let mut watch = Watch::new(child, None);
+    watch.wait_for("the start", EVENT_WAIT, |e| e["what"] == "started");
 
     // One watch per deployment.
     let second = fleet.run(&watch_args);
     assert_eq!(second.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&second.stderr);
-    assert!(stderr.contains(&format!("is watched already (pid {})", watch.id())), "{stderr}");
+    assert!(stderr.contains(&format!("is watched already (pid {})", watch.child.id())), "{stderr}");
 
     // The agent of node-1 dies with -9 (its binary dies with it).
-    let agent: u32 = fs_err::read_to_string(fleet.instance_dir("node-1").join("agent.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(agent as i32).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
-    let seen = wait_for_event(&events, "the replacement", |e| {
+    kill_agent(&fleet, "node-1");
+    let last = watch.wait_for("the replacement", EVENT_WAIT, |e| {
         e["machine"] == "node-1"
             && e["what"] != "replacing"
             && e["action"] != "held back"
             && e["what"].as_str().is_some_and(|w| w.starts_with("replace"))
     });
-    let last = seen.last().unwrap();
-    assert_eq!(last["what"], "replaced", "{seen:#?}");
+    assert_eq!(last["what"], "replaced", "{:#?}", watch.seen);
     assert!(
-        seen.iter().any(|e| e["machine"] == "node-1" && e["action"] == "replacing"),
-        "{seen:#?}"
+        watch.seen.iter().any(|e| e["machine"] == "node-1" && e["action"] == "replacing"),
+        "{:#?}",
+        watch.seen
     );
 
     let status = fleet.status();
@@ -319,14 +278,15 @@ fn watch_replaces_a_machine_whose_agent_was_killed() {
     // goes first: two machines cannot share a name here).
     let node0_pid = row(&status, "node-0")["pid"].as_u64();
     fleet.run_ok(&["notice", "--config", &spec_path, "node-0", "rebalance"]);
-    let seen = wait_for_event(&events, "the rebalance replacement", |e| {
+    watch.wait_for("the rebalance replacement", EVENT_WAIT, |e| {
         e["machine"] == "node-0" && e["what"] == "replaced"
     });
     assert!(
-        seen.iter().any(|e| e["machine"] == "node-0"
+        watch.seen.iter().any(|e| e["machine"] == "node-0"
             && e["what"].as_str().is_some_and(|w| w.starts_with("rebalance recommendation"))
             && e["action"] == "replacing, the new machine first"),
-        "{seen:#?}"
+        "{:#?}",
+        watch.seen
     );
     let after = fleet.status();
     assert_eq!(row(&after, "node-0")["health"], "healthy");
@@ -334,20 +294,10 @@ fn watch_replaces_a_machine_whose_agent_was_killed() {
     assert_ne!(row(&after, "node-0")["lifecycle"]["last_event"]["event"], "rebalance", "{after:?}");
 
     // A third loss within the hour: the churn limit holds it back, and status says why.
-    let agent: u32 = fs_err::read_to_string(fleet.instance_dir("node-2").join("agent.pid"))
-        .unwrap()
-        .trim()
-        .parse()
-        .unwrap();
-    rustix::process::kill_process(
-        rustix::process::Pid::from_raw(agent as i32).unwrap(),
-        rustix::process::Signal::KILL,
-    )
-    .unwrap();
-    let seen = wait_for_event(&events, "the churn limit", |e| {
+    kill_agent(&fleet, "node-2");
+    let held = watch.wait_for("the churn limit", EVENT_WAIT, |e| {
         e["machine"] == "node-2" && e["action"] == "held back"
     });
-    let held = seen.last().unwrap();
     assert!(held["outcome"].as_str().unwrap().contains("(max_per_hour 2)"), "{held}");
     let status =
         wait_for("status to show the held-back replacement", Duration::from_secs(10), || {
@@ -359,8 +309,7 @@ fn watch_replaces_a_machine_whose_agent_was_killed() {
         note.starts_with("watch holds its replacement back: 2 replacements in the last hour"),
         "{note}"
     );
-    watch.kill().unwrap();
-    watch.wait().unwrap();
+    watch.kill();
 
     // A watch killed mid-replacement: its journal names node-2; the next watch finishes it.
     let journal = fleet.deployment_dir().join("watch-journal.json");
