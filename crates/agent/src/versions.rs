@@ -403,57 +403,21 @@ impl Versions {
         self.log.event(&format!(
             "rollout of version {short} started: downloading (installed: {previous_description})"
         ));
-        if let Err(reason) =
-            artifacts::install_version(&self.fetchers, &self.dir, &version, &manifest).await
-        {
-            artifacts::remove_version(&self.dir, &version).await;
-            let phase = match state.installed {
-                Some(_) => RolloutPhase::RolledBack,
-                None => RolloutPhase::Failed,
-            };
-            self.log.event(&format!(
-                "rollout of version {short} failed while downloading: {reason}; {previous_description} is left as it was"
-            ));
-            self.finish_rollout(phase, reason, Vec::new());
-            return;
-        }
-        // hosts.yaml, when it changes with the version, is staged now and swapped in just
-        // before the new version starts.
-        let new_hosts = manifest.hosts_version().to_owned();
-        let swap_hosts = lock(&self.hosts).as_deref() != Some(new_hosts.as_str());
-        if swap_hosts {
-            let staged = hosts::stage(&self.fetchers, &self.dir, &manifest.hosts).await;
-            if let Err(reason) = staged {
+        let swap_hosts = match self.prepare_rollout(&version, &manifest).await {
+            Ok(swapped) => swapped,
+            Err((step, reason)) => {
                 artifacts::remove_version(&self.dir, &version).await;
                 let phase = match state.installed {
                     Some(_) => RolloutPhase::RolledBack,
                     None => RolloutPhase::Failed,
                 };
                 self.log.event(&format!(
-                    "rollout of version {short} failed while downloading: {reason}; {previous_description} is left as it was"
+                    "rollout of version {short} failed {step}: {reason}; {previous_description} is left as it was"
                 ));
                 self.finish_rollout(phase, reason, Vec::new());
                 return;
             }
-        }
-        self.set_phase(RolloutPhase::Starting);
-        if swap_hosts {
-            if let Err(error) = hosts::swap(&self.dir) {
-                hosts::discard_staged(&self.dir);
-                artifacts::remove_version(&self.dir, &version).await;
-                let reason = format!("could not put the new hosts.yaml in place: {error}");
-                self.log.event(&format!(
-                    "rollout of version {short} failed: {reason}; {previous_description} is left as it was"
-                ));
-                let phase = match state.installed {
-                    Some(_) => RolloutPhase::RolledBack,
-                    None => RolloutPhase::Failed,
-                };
-                self.finish_rollout(phase, reason, Vec::new());
-                return;
-            }
-            *lock(&self.hosts) = Some(new_hosts);
-        }
+        };
         let run = Order::Run { version: version.clone(), manifest: manifest.clone() };
         let Some(generation) = self.supervisor.order(run).wait().await else {
             return;
@@ -503,6 +467,37 @@ impl Versions {
                 () = tokio::time::sleep_until(deadline) => return false,
             }
         }
+    }
+
+    /// What a rollout does before the new version starts, none of which touches what runs: the
+    /// version's artifacts downloaded and verified, and, when hosts.yaml changes with it, the new
+    /// file staged and then swapped in (phase `starting`). Whether hosts.yaml was swapped, or
+    /// the step that failed and why.
+    async fn prepare_rollout(
+        &self,
+        version: &str,
+        manifest: &Manifest,
+    ) -> Result<bool, (&'static str, String)> {
+        artifacts::install_version(&self.fetchers, &self.dir, version, manifest)
+            .await
+            .map_err(|reason| ("while downloading", reason))?;
+        let new_hosts = manifest.hosts_version().to_owned();
+        let swap_hosts = lock(&self.hosts).as_deref() != Some(new_hosts.as_str());
+        if swap_hosts {
+            hosts::stage(&self.fetchers, &self.dir, &manifest.hosts)
+                .await
+                .map_err(|reason| ("while downloading", reason))?;
+        }
+        self.set_phase(RolloutPhase::Starting);
+        if swap_hosts {
+            if let Err(error) = hosts::swap(&self.dir) {
+                hosts::discard_staged(&self.dir);
+                let reason = format!("could not put the new hosts.yaml in place: {error}");
+                return Err(("before it started", reason));
+            }
+            *lock(&self.hosts) = Some(new_hosts);
+        }
+        Ok(swap_hosts)
     }
 
     /// Puts the hosts.yaml from before a failed change back in place.
