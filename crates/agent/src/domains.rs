@@ -52,7 +52,8 @@ use serde::{Deserialize, Serialize};
 use crate::devices;
 use crate::instance_dir::write_file_atomically;
 use crate::machine_cloud::{
-    ClaimedVolume, MachineCloud, MachineFacts, RecordChange, RecordHold, Release, VolumeClaim,
+    CallLog, ClaimedVolume, MachineCloud, MachineFacts, RecordChange, RecordHold, Release,
+    VolumeClaim,
 };
 
 /// The holds file's name in the instance directory.
@@ -63,7 +64,10 @@ pub(crate) const VOLUME_WAIT: Duration = Duration::from_secs(300);
 /// Where the engine works and what it knows of the machine.
 #[derive(Debug)]
 pub(crate) struct EngineContext {
+    /// The cloud, logging its calls in `calls` ([`crate::machine_cloud::logged`]).
     pub(crate) cloud: Arc<dyn MachineCloud>,
+    /// Every call made to the cloud this run, for `{transaction_log}`.
+    pub(crate) calls: CallLog,
     pub(crate) facts: MachineFacts,
     pub(crate) public_ip: Option<IpAddr>,
     pub(crate) private_ip: Option<IpAddr>,
@@ -159,6 +163,26 @@ pub(crate) struct Engine {
 /// Whether `config` needs the machine's cloud at init or undo.
 pub(crate) fn needs_cloud_init(config: &FleetdConfig) -> bool {
     config.domains.iter().any(|d| !d.attach_volume.is_empty() || !d.update_route53.is_empty())
+}
+
+/// The macro values of one domain's hooks and notifications: `base`, the domain's name,
+/// `{transaction_log}` as it stands, and `{all_json}` of them all.
+pub(crate) fn domain_values(
+    base: &BTreeMap<String, String>,
+    domain: &str,
+    calls: &CallLog,
+) -> BTreeMap<String, String> {
+    let mut values = base.clone();
+    values.insert("domain".to_owned(), domain.to_owned());
+    finish_values(&mut values, calls);
+    values
+}
+
+/// Sets `{transaction_log}` to the calls so far, then `{all_json}` to every value.
+fn finish_values(values: &mut BTreeMap<String, String>, calls: &CallLog) {
+    values.insert("transaction_log".to_owned(), calls.render());
+    let all = serde_json::to_string(&*values).expect("strings serialize to JSON");
+    values.insert("all_json".to_owned(), all);
 }
 
 impl Engine {
@@ -383,8 +407,7 @@ impl Engine {
         })?;
         let mut values = values.clone();
         values.extend(volume_macros(&volume, &device));
-        let all = serde_json::to_string(&values).expect("strings serialize to JSON");
-        values.insert("all_json".to_owned(), all);
+        finish_values(&mut values, &self.context.calls);
         let mut failures = Vec::new();
         for line in entry.exec.iter().filter(|spec| spec.runs_on(event)).flat_map(|s| &s.lines) {
             let result = crate::lifecycle::run_line(line, &values, &self.context.work).await;
@@ -598,8 +621,7 @@ impl Engine {
             let mut values = base.clone();
             values.insert("domain".to_owned(), domain.name.clone());
             values.extend(volume_macros(volume, &device));
-            let all = serde_json::to_string(&values).expect("strings serialize to JSON");
-            values.insert("all_json".to_owned(), all);
+            finish_values(&mut values, &self.context.calls);
             for line in entry.exec.iter().filter(named).flat_map(|spec| &spec.lines) {
                 let result = crate::lifecycle::run_line(line, &values, &self.context.work).await;
                 let result = HookResult { event, domain: domain.name.clone(), ..result };

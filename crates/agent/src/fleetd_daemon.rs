@@ -43,9 +43,10 @@ use flotilla_spec::fleetd::{Event, FleetdConfig, MACROS, parse_fleetd_config};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::backoff::restart_jitter;
+use crate::domains::domain_values;
 use crate::domains::{Engine, EngineContext};
 use crate::imds::{ImdsClient, Notice, NoticePoller};
-use crate::machine_cloud::{MachineCloud, MachineFacts};
+use crate::machine_cloud::{CallLog, MachineCloud, MachineFacts};
 use crate::machine_facts::ImdsFacts;
 
 /// Writes a line on stderr, where the config's diagnostics and the reasons to exit go (the log
@@ -168,6 +169,8 @@ struct Fleetd {
     config: FleetdConfig,
     base: BTreeMap<String, String>,
     cloud: Option<Arc<dyn MachineCloud>>,
+    /// Every call made to the cloud, for `{transaction_log}`.
+    calls: CallLog,
     engine: Option<Arc<Engine>>,
     options: FleetdOptions,
     work: PathBuf,
@@ -246,6 +249,7 @@ impl Fleetd {
         let base = base_values(&facts, &transaction_id, &work);
         let needs_cloud = (options.enable_init && crate::domains::needs_cloud_init(&config))
             || (options.enable_notify && config.domains.iter().any(|d| !d.notify.is_empty()));
+        let calls = CallLog::default();
         let cloud = if needs_cloud {
             let setup =
                 CloudSetup { region: facts.region.clone(), profile: options.profile.clone() };
@@ -254,7 +258,7 @@ impl Fleetd {
                 None => Err("this build of flotilla has no machine cloud".to_owned()),
             };
             match made {
-                Ok(cloud) => Some(cloud),
+                Ok(cloud) => Some(crate::machine_cloud::logged(cloud, &calls)),
                 Err(error) => {
                     say!(
                         "fleetd: the config needs AWS calls (volumes, records or notifications): {error}"
@@ -274,6 +278,7 @@ impl Fleetd {
                     }
                     Some(Arc::new(Engine::new(EngineContext {
                         cloud: cloud.clone(),
+                        calls: calls.clone(),
                         facts: MachineFacts {
                             instance_id: facts.instance_id.clone(),
                             region: facts.region.clone(),
@@ -292,8 +297,16 @@ impl Fleetd {
                 }
                 _ => None,
             };
-        let fleetd =
-            Fleetd { config, base, cloud, engine, region: facts.region.clone(), options, work };
+        let fleetd = Fleetd {
+            config,
+            base,
+            cloud,
+            calls,
+            engine,
+            region: facts.region.clone(),
+            options,
+            work,
+        };
         // 4. Starting, init, hostname. A signal meanwhile is handled once the step ends: every
         // step is bounded (hook timeouts, the cloud's waits).
         let mut early_signal = None;
@@ -427,7 +440,7 @@ impl Fleetd {
         if self.options.enable_exec {
             for domain in &self.config.domains {
                 let lines = FleetdConfig::hooks_on(domain, event);
-                let domain_values = domain_values(&values, &domain.name);
+                let domain_values = domain_values(&values, &domain.name, &self.calls);
                 for line in lines {
                     let result = crate::lifecycle::run_line(line, &domain_values, &self.work).await;
                     let result = flotilla_spec::api::HookResult {
@@ -453,7 +466,7 @@ impl Fleetd {
                 cloud,
                 &self.config,
                 event,
-                |domain| domain_values(&values, domain),
+                |domain| domain_values(&values, domain, &self.calls),
                 &self.region,
                 crate::notify::NOTIFY_DEADLINE,
             )
@@ -568,14 +581,6 @@ fn base_values(facts: &ImdsFacts, transaction_id: &str, work: &Path) -> BTreeMap
     values.insert("transaction_id".to_owned(), transaction_id.to_owned());
     values.insert("pid".to_owned(), std::process::id().to_string());
     values.insert("cwd".to_owned(), work.display().to_string());
-    values
-}
-
-fn domain_values(base: &BTreeMap<String, String>, domain: &str) -> BTreeMap<String, String> {
-    let mut values = base.clone();
-    values.insert("domain".to_owned(), domain.to_owned());
-    let all = serde_json::to_string(&values).expect("strings serialize to JSON");
-    values.insert("all_json".to_owned(), all);
     values
 }
 

@@ -164,6 +164,7 @@ pub(crate) async fn start(
     }
     // 2. The lifecycle, whose task starts once the supervisor exists.
     let metrics = Arc::new(AgentMetrics::new());
+    let calls = crate::machine_cloud::CallLog::default();
     let (lifecycle, make_lifecycle) = lifecycle::lifecycle(LifecycleContext {
         dir: context.dir.root().to_path_buf(),
         work: context.dir.work(),
@@ -171,7 +172,10 @@ pub(crate) async fn start(
         imds_endpoint: context.bootstrap.imds.as_ref().map(|imds| imds.endpoint.clone()),
         runs_on: context.bootstrap.boot.runs_on.clone(),
         machine: lifecycle::MachineContext {
-            cloud: fetchers.machine_cloud(),
+            cloud: fetchers
+                .machine_cloud()
+                .map(|cloud| crate::machine_cloud::logged(cloud, &calls)),
+            calls: calls.clone(),
             name: context.identity.name.clone(),
             region: context.identity.region.clone(),
             public_ip: context.identity.public_ip,

@@ -45,10 +45,11 @@ use tokio::io::AsyncReadExt;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use crate::binary_log::BinaryLog;
+use crate::domains::domain_values;
 use crate::domains::{Engine, EngineContext};
 use crate::imds::{ImdsClient, Notice, NoticePoller};
 use crate::instance_dir::write_file_atomically;
-use crate::machine_cloud::{MachineCloud, MachineFacts};
+use crate::machine_cloud::{CallLog, MachineCloud, MachineFacts};
 use crate::metrics::AgentMetrics;
 use crate::supervisor::{Order, SupervisorHandle, SupervisorStatus};
 use crate::time::unix_now;
@@ -91,8 +92,11 @@ struct Shared {
 /// What the engine needs of the machine, beyond the component's context.
 #[derive(Clone, Debug)]
 pub(crate) struct MachineContext {
-    /// The machine cloud the binary registered; `None` under the local provider.
+    /// The machine cloud the binary registered, logging its calls in `calls`; `None` under
+    /// the local provider.
     pub(crate) cloud: Option<Arc<dyn MachineCloud>>,
+    /// Every call made to the cloud, for `{transaction_log}`.
+    pub(crate) calls: CallLog,
     pub(crate) name: String,
     pub(crate) region: String,
     pub(crate) public_ip: std::net::IpAddr,
@@ -442,6 +446,7 @@ impl LifecycleTask {
         let machine = &self.context.machine;
         let engine = Arc::new(Engine::new(EngineContext {
             cloud: cloud.clone(),
+            calls: machine.calls.clone(),
             facts: MachineFacts {
                 instance_id: facts.instance_id,
                 region: facts.region,
@@ -471,7 +476,7 @@ impl LifecycleTask {
             cloud,
             config,
             event,
-            |domain| domain_values(base, domain),
+            |domain| domain_values(base, domain, &self.context.machine.calls),
             &self.context.machine.region,
             crate::notify::NOTIFY_DEADLINE,
         )
@@ -504,7 +509,7 @@ impl LifecycleTask {
     ) {
         let engine = self.handle.shared().engine.clone();
         for domain in &config.domains {
-            let values = domain_values(base, &domain.name);
+            let values = domain_values(base, &domain.name, &self.context.machine.calls);
             for line in FleetdConfig::hooks_on(domain, event) {
                 let result = run_line(line, &values, &self.context.work).await;
                 self.report_hook(HookResult { event, domain: domain.name.clone(), ..result });
@@ -528,15 +533,6 @@ impl LifecycleTask {
         ));
         self.keep_hook(result);
     }
-}
-
-/// The macro values of one domain: `base`, the domain's name, and `{all_json}` of them all.
-fn domain_values(base: &BTreeMap<String, String>, domain: &str) -> BTreeMap<String, String> {
-    let mut values = base.clone();
-    values.insert("domain".to_owned(), domain.to_owned());
-    let all = serde_json::to_string(&values).expect("strings serialize to JSON");
-    values.insert("all_json".to_owned(), all);
-    values
 }
 
 /// The events a change of the supervisor's status means.

@@ -38,6 +38,7 @@ use std::fmt;
 use std::future::Future;
 use std::net::IpAddr;
 use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
 use flotilla_spec::fleetd::{AttachVolume, NotifyBackend, VolumeSource};
@@ -201,6 +202,115 @@ pub struct CloudError {
     pub message: String,
     /// Whether trying again may succeed (throttling, a 5xx, a volume still detaching).
     pub retryable: bool,
+}
+
+/// Every call this run made to the machine's cloud, in order: what the `{transaction_log}`
+/// macro expands to. Each entry keeps ec2fleetd's shape (`platform`, `domain`, `method`,
+/// `param`, `dry`), where `method` is one of this module's operations (each stands for the
+/// AWS calls it makes) and `param` its argument as JSON; `dry` is always false, as flotilla
+/// has no dry run of a lifecycle. A notification or a record has no domain of its own: `""`.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct CallLog(Arc<Mutex<Vec<LoggedCall>>>);
+
+/// One entry of a [`CallLog`].
+#[derive(Clone, Debug, PartialEq, Serialize)]
+pub(crate) struct LoggedCall {
+    pub(crate) platform: &'static str,
+    pub(crate) domain: String,
+    pub(crate) method: &'static str,
+    pub(crate) param: serde_json::Value,
+    pub(crate) dry: bool,
+}
+
+impl CallLog {
+    fn push(&self, domain: &str, method: &'static str, param: &impl Serialize) {
+        let call = LoggedCall {
+            platform: "aws",
+            domain: domain.to_owned(),
+            method,
+            param: serde_json::to_value(param).unwrap_or(serde_json::Value::Null),
+            dry: false,
+        };
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).push(call);
+    }
+
+    /// The calls so far.
+    pub(crate) fn calls(&self) -> Vec<LoggedCall> {
+        self.0.lock().unwrap_or_else(PoisonError::into_inner).clone()
+    }
+
+    /// The calls so far as JSON, indented with tabs as ec2fleetd's is.
+    pub(crate) fn render(&self) -> String {
+        let calls = self.calls();
+        let mut out = Vec::new();
+        let formatter = serde_json::ser::PrettyFormatter::with_indent(b"\t");
+        let mut serializer = serde_json::Serializer::with_formatter(&mut out, formatter);
+        calls.serialize(&mut serializer).expect("logged calls serialize to JSON");
+        String::from_utf8(out).expect("serde_json writes UTF-8")
+    }
+}
+
+/// `inner`, with every call logged in `log` before it is made.
+pub(crate) fn logged(inner: Arc<dyn MachineCloud>, log: &CallLog) -> Arc<dyn MachineCloud> {
+    Arc::new(LoggedCloud { inner, log: log.clone() })
+}
+
+/// See [`logged`].
+#[derive(Debug)]
+struct LoggedCloud {
+    inner: Arc<dyn MachineCloud>,
+    log: CallLog,
+}
+
+impl MachineCloud for LoggedCloud {
+    fn claim_volume<'a>(&'a self, claim: &'a VolumeClaim) -> CloudFuture<'a, ClaimedVolume> {
+        self.log.push(&claim.domain, "claim_volume", claim);
+        self.inner.claim_volume(claim)
+    }
+
+    fn commit_volume<'a>(
+        &'a self,
+        machine: &'a MachineFacts,
+        volume: &'a ClaimedVolume,
+    ) -> CloudFuture<'a, ()> {
+        self.log.push(&volume.domain, "commit_volume", volume);
+        self.inner.commit_volume(machine, volume)
+    }
+
+    fn release_volume<'a>(
+        &'a self,
+        machine: &'a MachineFacts,
+        volume: &'a ClaimedVolume,
+        release: Release,
+    ) -> CloudFuture<'a, ()> {
+        let param = serde_json::json!({ "volume": volume, "release": release });
+        self.log.push(&volume.domain, "release_volume", &param);
+        self.inner.release_volume(machine, volume, release)
+    }
+
+    fn upsert_record<'a>(&'a self, change: &'a RecordChange) -> CloudFuture<'a, RecordHold> {
+        self.log.push("", "upsert_record", change);
+        self.inner.upsert_record(change)
+    }
+
+    fn restore_record<'a>(&'a self, hold: &'a RecordHold) -> CloudFuture<'a, ()> {
+        self.log.push("", "restore_record", hold);
+        self.inner.restore_record(hold)
+    }
+
+    fn notify<'a>(&'a self, notification: &'a Notification) -> CloudFuture<'a, ()> {
+        self.log.push("", "notify", notification);
+        self.inner.notify(notification)
+    }
+
+    fn volumes_left_in_transit<'a>(
+        &'a self,
+        machine: &'a MachineFacts,
+        domains: &'a [String],
+    ) -> CloudFuture<'a, Vec<ClaimedVolume>> {
+        self.log.push(&domains.join(","), "volumes_left_in_transit", &domains);
+        self.inner.volumes_left_in_transit(machine, domains)
+    }
 }
 
 #[cfg(test)]

@@ -307,7 +307,10 @@ pub const MACROS: &[(&str, &str)] = &[
     ("event_not_before", "scheduled-event: the start of its window"),
     ("event_not_after", "scheduled-event: the end of its window"),
     ("transaction_id", "--transc_id, or a new uuid"),
-    ("transaction_log", "JSON of every AWS call made"),
+    (
+        "transaction_log",
+        "JSON (tab-indented) of every cloud operation so far: platform, domain, method (claim_volume, upsert_record, notify, …), param, dry",
+    ),
     ("cwd", "the working directory"),
     ("ts", "the time of expansion"),
     ("pid", "the agent's pid"),

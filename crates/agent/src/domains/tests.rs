@@ -135,8 +135,10 @@ fn config(text: &str) -> FleetdConfig {
 }
 
 fn engine(cloud: Arc<TestCloud>, dir: &Path) -> Arc<Engine> {
+    let calls = CallLog::default();
     Arc::new(Engine::new(EngineContext {
-        cloud,
+        cloud: crate::machine_cloud::logged(cloud, &calls),
+        calls,
         facts: MachineFacts {
             instance_id: "i-1".to_owned(),
             region: "us-east-1".to_owned(),
@@ -490,4 +492,38 @@ fn a_record_change_expands_its_name_and_picks_its_address() {
     let error =
         record_change(&record("x.", RecordAddress::Public), &base(), None, None).unwrap_err();
     assert!(error.contains("no public address"), "{error}");
+}
+
+#[tokio::test]
+async fn the_transaction_log_names_every_cloud_call_made_so_far() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let engine = engine(Arc::new(TestCloud::new(&root)), dir.path());
+    let out = dir.path().join("log.json");
+    let text = format!(
+        "{{domains: {{d: {{'attach-volume': [{{device: '/dev/sdf', source: 'p', 'pool-name': 'pl',
+            exec: [{{lines: [{{argv: ['sh', '-c', 'printf %s \"$0\" > {out}', '{{transaction_log}}']}}]}}]}}]}}}}}}",
+        out = out.display()
+    );
+    let outcome = engine.init(&config(&text), Event::Starting, &base()).await;
+    assert!(!outcome.failed(), "{outcome:?}");
+    let written = fs_err::read_to_string(&out).unwrap();
+    assert!(written.contains("\n\t{"), "tab-indented, as ec2fleetd's: {written}");
+    let log: serde_json::Value = serde_json::from_str(&written).unwrap();
+    let calls = log.as_array().unwrap();
+    assert_eq!(calls.len(), 1, "the hook runs after the claim, before anything else: {log:#}");
+    assert_eq!(calls[0]["platform"], "aws");
+    assert_eq!(calls[0]["domain"], "d");
+    assert_eq!(calls[0]["method"], "claim_volume");
+    assert_eq!(calls[0]["dry"], false);
+    assert_eq!(calls[0]["param"]["entry"]["pool_name"], "pl", "{log:#}");
+
+    // `{all_json}` carries it too, and the release at undo joins the log.
+    let values = domain_values(&base(), "d", &engine.context.calls);
+    let all: serde_json::Value = serde_json::from_str(&values["all_json"]).unwrap();
+    assert_eq!(all["transaction_log"], values["transaction_log"]);
+    assert!(engine.undo().await.is_empty());
+    let methods: Vec<String> =
+        engine.context.calls.calls().iter().map(|c| c.method.to_owned()).collect();
+    assert_eq!(methods, ["claim_volume", "commit_volume", "release_volume"], "{methods:?}");
 }
