@@ -10,11 +10,16 @@
 //!   them are reclaimed at once (terminated without notice delay). Reports the time from the
 //!   reclaim until watch has replaced them all and every machine is healthy, and the EC2 calls
 //!   made meanwhile by Action (watch's own polling included).
+//! - `notice:N` (emulator): the same fleet and timings; one spot machine gets a spot
+//!   interruption notice (two minutes, as AWS gives). Reports the time from the notice until
+//!   watch says its replacement is healthy (target: boot time + 5 s), split into notice →
+//!   journaled, → the replacement's instance exists, and launch → healthy (the boot time),
+//!   and the EC2 calls made meanwhile.
 //!
 //! ```text
 //! cargo build -p fleet-app -p flotilla-cli -p flotilla-emulator
 //! eval "$(crates/emulator/start-for-tests.sh --parent-pid $$ --agent-seed target/debug/flotilla)"
-//! cargo bench --profile dev -p flotilla-cli --bench heal -- grow:100 reclaim:100
+//! cargo bench --profile dev -p flotilla-cli --bench heal -- grow:100 reclaim:100 notice:5
 //! ```
 //! The agent seed must be the build the benchmark runs (here the dev profile's).
 
@@ -26,7 +31,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use flotilla_emulator::control::{Emulator, StateTiming};
+use flotilla_emulator::control::{Emulator, SpotAction, SpotInterruption, StateTiming};
 use serde_json::Value;
 
 const LATENCY: Duration = Duration::from_millis(100);
@@ -38,7 +43,8 @@ fn main() {
         match arg.split_once(':') {
             Some(("grow", n)) => grow(&flotilla, n.parse().expect("grow:N")),
             Some(("reclaim", n)) => reclaim(&flotilla, n.parse().expect("reclaim:N")),
-            _ => panic!("unknown shape {arg}: grow:N or reclaim:N"),
+            Some(("notice", n)) => notice(&flotilla, n.parse().expect("notice:N")),
+            _ => panic!("unknown shape {arg}: grow:N, reclaim:N or notice:N"),
         }
     }
 }
@@ -122,120 +128,204 @@ fn binaries(rows: &[Value]) -> BTreeMap<String, (u64, u64)> {
         .collect()
 }
 
-/// `reclaim:N` (see the module documentation).
-fn reclaim(flotilla: &Path, size: usize) {
-    let emulator = Emulator::require();
-    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
-    let home = tempfile::tempdir().unwrap();
-    let work = tempfile::tempdir().unwrap();
-    let tag = format!("bench-reclaim-{size}");
-    let scope_name = format!("BENCHRECLAIM{size}X{}", std::process::id());
-    let scope = emulator.scope(&scope_name);
-    let binary = work.path().join("sleeper.sh");
-    // It stays up through the SIGHUP of a hosts change, as a binary that rereads its hosts
-    // would (sleep itself would die of it).
-    fs_err::write(&binary, "#!/bin/sh\ntrap '' HUP\nexec sleep 100000\n").unwrap();
-    Command::new("chmod").arg("755").arg(&binary).status().unwrap();
-    fs_err::write(work.path().join("app.conf"), "setting = 1\n").unwrap();
-    fs_err::write(work.path().join("dashboard.json"), "{}").unwrap();
-    fs_err::write(
-        work.path().join("spec.yaml"),
-        format!(
-            "tag: {tag}\nprovider: aws\nmonitoring: {{instance_type: m5.large, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- {{name: node, count: {size}, region: us-east-1, market: prefer-spot, instance_types: [m5.large, m6i.large, c5.large], storage_size: 10, storage_class: gp3, binary: {}, config: app.conf, profiling: false, on_hosts_change: {{signal: SIGHUP}}}}\nports: []\n",
-            binary.display()
-        ),
-    )
-    .unwrap();
-    runtime.block_on(scope.set_latency(LATENCY)).unwrap();
-    runtime
-        .block_on(scope.set_timing(StateTiming {
-            pending: Duration::from_secs(3),
-            shutting_down: Duration::from_secs(2),
-        }))
+/// A `prefer-spot` fleet of sleepers on the emulator at 100 ms per call, instances `pending`
+/// 3 s and `shutting-down` 2 s, created and then watched, for `reclaim:N` and `notice:N`.
+struct EmulatedFleet {
+    flotilla: PathBuf,
+    emulator: Emulator,
+    runtime: tokio::runtime::Runtime,
+    home: tempfile::TempDir,
+    work: tempfile::TempDir,
+    tag: String,
+    scope_name: String,
+    size: usize,
+}
+
+impl EmulatedFleet {
+    /// Writes the spec, sets the emulator's timings and runs `create`; prints its time.
+    fn create(flotilla: &Path, shape: &str, size: usize) -> EmulatedFleet {
+        let fleet = EmulatedFleet {
+            flotilla: flotilla.to_owned(),
+            emulator: Emulator::require(),
+            runtime: tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap(),
+            home: tempfile::tempdir().unwrap(),
+            work: tempfile::tempdir().unwrap(),
+            tag: format!("bench-{shape}-{size}"),
+            scope_name: format!("BENCH{}{size}X{}", shape.to_uppercase(), std::process::id()),
+            size,
+        };
+        let work = fleet.work.path();
+        let binary = work.join("sleeper.sh");
+        // It stays up through the SIGHUP of a hosts change, as a binary that rereads its hosts
+        // would (sleep itself would die of it).
+        fs_err::write(&binary, "#!/bin/sh\ntrap '' HUP\nexec sleep 100000\n").unwrap();
+        Command::new("chmod").arg("755").arg(&binary).status().unwrap();
+        fs_err::write(work.join("app.conf"), "setting = 1\n").unwrap();
+        fs_err::write(work.join("dashboard.json"), "{}").unwrap();
+        fs_err::write(
+            work.join("spec.yaml"),
+            format!(
+                "tag: {}\nprovider: aws\nmonitoring: {{instance_type: m5.large, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- {{name: node, count: {size}, region: us-east-1, market: prefer-spot, instance_types: [m5.large, m6i.large, c5.large], storage_size: 10, storage_class: gp3, binary: {}, config: app.conf, profiling: false, on_hosts_change: {{signal: SIGHUP}}}}\nports: []\n",
+                fleet.tag,
+                binary.display()
+            ),
+        )
         .unwrap();
-    let command = |args: &[&str]| {
-        let mut command = Command::new(flotilla);
+        let scope = fleet.emulator.scope(&fleet.scope_name);
+        fleet.runtime.block_on(scope.set_latency(LATENCY)).unwrap();
+        fleet
+            .runtime
+            .block_on(scope.set_timing(StateTiming {
+                pending: Duration::from_secs(3),
+                shutting_down: Duration::from_secs(2),
+            }))
+            .unwrap();
+        let create = fleet.run(&["create", "--config", "spec.yaml", "--ip", "127.0.0.1"]);
+        println!("{size:>4} on the emulator  create → all healthy    {:>7.2} s", secs(create));
+        fleet
+    }
+
+    fn command(&self, args: &[&str]) -> Command {
+        let mut command = Command::new(&self.flotilla);
         command
             .args(args)
-            .current_dir(work.path())
-            .env("FLOTILLA_HOME", home.path())
-            .env("AWS_ACCESS_KEY_ID", &scope_name)
+            .current_dir(self.work.path())
+            .env("FLOTILLA_HOME", self.home.path())
+            .env("AWS_ACCESS_KEY_ID", &self.scope_name)
             .env("AWS_SECRET_ACCESS_KEY", "bench")
             .env("AWS_REGION", "us-east-1")
             .env("AWS_EC2_METADATA_DISABLED", "true");
         command
-    };
-    let run = |args: &[&str]| {
+    }
+
+    fn run(&self, args: &[&str]) -> Duration {
         let started = Instant::now();
-        let output = command(args).output().unwrap();
+        let output = self.command(args).output().unwrap();
         assert!(
             output.status.success(),
             "flotilla {args:?}: {}",
             String::from_utf8_lossy(&output.stderr)
         );
         started.elapsed()
-    };
-    let create = run(&["create", "--config", "spec.yaml", "--ip", "127.0.0.1"]);
-    println!("{size:>4} on the emulator  create → all healthy    {:>7.2} s", secs(create));
+    }
 
-    let max = size.to_string();
-    let logs = std::env::var_os("FLOTILLA_BENCH_LOGS").map(PathBuf::from);
-    let mut watch = command(&[
-        "watch",
-        "-v",
-        "--config",
-        "spec.yaml",
-        "--interval",
-        "1s",
-        "--max-replacing",
-        &max,
-        "--max-per-hour",
-        &max,
-        "--output",
-        "json",
-    ])
-    .stdout(Stdio::piped())
-    .stderr(match &logs {
-        Some(dir) => Stdio::from(
-            fs_err::File::create(dir.join(format!("reclaim-{size}-watch.log")))
-                .unwrap()
-                .into_parts()
-                .0,
-        ),
-        None => Stdio::null(),
-    })
-    .spawn()
-    .unwrap();
-    let (sender, events) = std::sync::mpsc::channel::<Value>();
-    let stdout = watch.stdout.take().unwrap();
-    std::thread::spawn(move || {
-        for line in std::io::BufReader::new(stdout).lines() {
-            let Ok(line) = line else { break };
-            if sender.send(serde_json::from_str(&line).unwrap()).is_err() {
-                break;
+    /// `flotilla watch --interval 1s` with room for every machine at once, and its events;
+    /// returns once it has started. `FLOTILLA_BENCH_LOGS=DIR` keeps its log.
+    fn watch(&self, shape: &str) -> (std::process::Child, std::sync::mpsc::Receiver<Value>) {
+        let max = self.size.to_string();
+        let logs = std::env::var_os("FLOTILLA_BENCH_LOGS").map(PathBuf::from);
+        let mut watch = self
+            .command(&[
+                "watch",
+                "-v",
+                "--config",
+                "spec.yaml",
+                "--interval",
+                "1s",
+                "--max-replacing",
+                &max,
+                "--max-per-hour",
+                &max,
+                "--output",
+                "json",
+            ])
+            .stdout(Stdio::piped())
+            .stderr(match &logs {
+                Some(dir) => Stdio::from(
+                    fs_err::File::create(dir.join(format!("{shape}-{}-watch.log", self.size)))
+                        .unwrap()
+                        .into_parts()
+                        .0,
+                ),
+                None => Stdio::null(),
+            })
+            .spawn()
+            .unwrap();
+        let (sender, events) = std::sync::mpsc::channel::<Value>();
+        let stdout = watch.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if sender.send(serde_json::from_str(&line).unwrap()).is_err() {
+                    break;
+                }
             }
+        });
+        let started = events.recv_timeout(Duration::from_secs(60)).unwrap();
+        assert_eq!(started["what"], "started", "{started}");
+        (watch, events)
+    }
+
+    /// Every live instance of the fleet: (machine name, instance id, spot).
+    fn instances(&self) -> Vec<(String, String, bool)> {
+        let instances = self.runtime.block_on(self.emulator.instances()).unwrap();
+        instances
+            .iter()
+            .filter(|i| i.scope == self.scope_name)
+            .filter(|i| !matches!(i.state.as_str(), "terminated" | "shutting-down"))
+            .filter_map(|i| {
+                let name = i.tags.get("flotilla:machine")?.clone();
+                Some((name, i.id.clone(), i.lifecycle == "spot"))
+            })
+            .collect()
+    }
+
+    /// The binary machines `status` reports healthy.
+    fn healthy(&self) -> usize {
+        let status = self.command(&["status", "--tag", &self.tag, "--output", "json"]).output();
+        let rows: Vec<Value> = serde_json::from_slice(&status.unwrap().stdout).unwrap_or_default();
+        rows.iter().filter(|r| r["role"] == "binary" && r["health"] == "healthy").count()
+    }
+
+    /// The EC2 calls counted since the last reset, by service and action, printed.
+    fn print_calls(&self) {
+        let counts = self.runtime.block_on(self.emulator.scope(&self.scope_name).counts());
+        for (service, actions) in &counts.unwrap().0 {
+            let total: u64 = actions.values().sum();
+            let actions: Vec<String> =
+                actions.iter().map(|(action, n)| format!("{action} {n}")).collect();
+            println!("{:>22}    {service} {total} calls: {}", "", actions.join(", "));
         }
-    });
-    let started = events.recv_timeout(Duration::from_secs(60)).unwrap();
-    assert_eq!(started["what"], "started", "{started}");
+    }
+
+    fn reset_calls(&self) {
+        self.runtime.block_on(self.emulator.scope(&self.scope_name).reset_counts()).unwrap();
+    }
+
+    /// `destroy`, timed, and the emulator's timings back to normal.
+    fn destroy(self) {
+        let destroy = self.run(&["destroy", "--tag", &self.tag]);
+        println!(
+            "{:>4} on the emulator  destroy                 {:>7.2} s",
+            self.size,
+            secs(destroy)
+        );
+        let scope = self.emulator.scope(&self.scope_name);
+        self.runtime.block_on(scope.clear_latency()).unwrap();
+        self.runtime.block_on(scope.clear_timing()).unwrap();
+    }
+}
+
+/// `reclaim:N` (see the module documentation).
+fn reclaim(flotilla: &Path, size: usize) {
+    let fleet = EmulatedFleet::create(flotilla, "reclaim", size);
+    let (mut watch, events) = fleet.watch("reclaim");
 
     // 10 % of the spot machines, spread over the fleet, reclaimed at once.
-    let instances = runtime.block_on(emulator.instances()).unwrap();
-    let spot: Vec<(String, String)> = instances
-        .iter()
-        .filter(|i| i.scope == scope_name && i.state == "running" && i.lifecycle == "spot")
-        .filter_map(|i| Some((i.tags.get("flotilla:machine")?.clone(), i.id.clone())))
-        .filter(|(name, _)| name.starts_with("node-"))
+    let spot: Vec<(String, String, bool)> = fleet
+        .instances()
+        .into_iter()
+        .filter(|(name, _, spot)| *spot && name.starts_with("node-"))
         .collect();
     let count = (size / 10).max(1);
     let step = spot.len() / count;
-    let chosen: Vec<(String, String)> =
+    let chosen: Vec<(String, String, bool)> =
         spot.iter().step_by(step.max(1)).take(count).cloned().collect();
     assert_eq!(chosen.len(), count, "{} spot machines", spot.len());
-    let ids: Vec<String> = chosen.iter().map(|(_, id)| id.clone()).collect();
-    runtime.block_on(scope.reset_counts()).unwrap();
+    let ids: Vec<String> = chosen.iter().map(|(_, id, _)| id.clone()).collect();
+    fleet.reset_calls();
     let reclaimed_at = Instant::now();
-    runtime.block_on(emulator.reclaim_spot(&ids, Some(Duration::ZERO))).unwrap();
+    fleet.runtime.block_on(fleet.emulator.reclaim_spot(&ids, Some(Duration::ZERO))).unwrap();
     let mut replaced = BTreeSet::new();
     let mut first_replacing = None;
     let mut failed = Vec::new();
@@ -249,7 +339,7 @@ fn reclaim(flotilla: &Path, size: usize) {
                 replaced.insert(machine);
             }
             "replacement-failed" => failed.push(event.clone()),
-            _ if event["action"] == "replacing" => {
+            _ if event["outcome"] == "journaled" => {
                 first_replacing.get_or_insert_with(|| reclaimed_at.elapsed());
             }
             _ => {}
@@ -258,37 +348,73 @@ fn reclaim(flotilla: &Path, size: usize) {
     let replaced_after = reclaimed_at.elapsed();
     // Then until status says every binary is healthy (the replacements' own rollouts end
     // before `replaced`; this catches any other machine a hosts change disturbed).
-    let healthy = |rows: &[Value]| {
-        rows.iter().filter(|r| r["role"] == "binary" && r["health"] == "healthy").count()
-    };
-    let mut rows: Vec<Value> = Vec::new();
-    while healthy(&rows) < size && reclaimed_at.elapsed() < Duration::from_secs(600) {
-        let status = command(&["status", "--tag", &tag, "--output", "json"]).output().unwrap();
-        rows = serde_json::from_slice(&status.stdout).unwrap_or_default();
+    let mut healthy = 0;
+    while healthy < size && reclaimed_at.elapsed() < Duration::from_secs(600) {
+        healthy = fleet.healthy();
     }
     let healed = reclaimed_at.elapsed();
-    let counts = runtime.block_on(scope.counts()).unwrap();
     watch.kill().unwrap();
     watch.wait().unwrap();
     println!(
-        "{size:>4} on the emulator  {count} reclaimed → all healthy {:>7.2} s   (first `replacing` after {:.2} s, all `replaced` after {:.2} s; {} failed attempts; {} of {size} healthy)",
+        "{size:>4} on the emulator  {count} reclaimed → all healthy {:>7.2} s   (first `replacing` after {:.2} s, all `replaced` after {:.2} s; {} failed attempts; {healthy} of {size} healthy)",
         secs(healed),
         first_replacing.map(secs).unwrap_or_default(),
         secs(replaced_after),
         failed.len(),
-        healthy(&rows),
     );
-    for (service, actions) in &counts.0 {
-        let total: u64 = actions.values().sum();
-        let actions: Vec<String> =
-            actions.iter().map(|(action, n)| format!("{action} {n}")).collect();
-        println!("{:>22}    {service} {total} calls: {}", "", actions.join(", "));
-    }
+    fleet.print_calls();
+    fleet.destroy();
+}
 
-    let destroy = run(&["destroy", "--tag", &tag]);
-    println!("{size:>4} on the emulator  destroy                 {:>7.2} s", secs(destroy));
-    runtime.block_on(scope.clear_latency()).unwrap();
-    runtime.block_on(scope.clear_timing()).unwrap();
+/// `notice:N` (see the module documentation).
+fn notice(flotilla: &Path, size: usize) {
+    let fleet = EmulatedFleet::create(flotilla, "notice", size);
+    let (mut watch, events) = fleet.watch("notice");
+    let (name, old_id, _) = fleet
+        .instances()
+        .into_iter()
+        .find(|(name, _, spot)| *spot && name.starts_with("node-"))
+        .expect("a spot machine");
+    fleet.reset_calls();
+    let noticed_at = Instant::now();
+    let interruption = SpotInterruption { action: SpotAction::Terminate, time: None };
+    fleet
+        .runtime
+        .block_on(fleet.emulator.trigger_spot_interruption(&old_id, &interruption))
+        .unwrap();
+    // Until watch says the replacement is healthy; meanwhile, when its instance first exists.
+    let (mut journaled, mut launched, mut replaced) = (None, None, None);
+    while replaced.is_none() {
+        assert!(noticed_at.elapsed() < Duration::from_secs(600), "not replaced within 10 min");
+        if launched.is_none()
+            && fleet.instances().iter().any(|(n, id, _)| n == &name && id != &old_id)
+        {
+            launched = Some(noticed_at.elapsed());
+        }
+        let Ok(event) = events.recv_timeout(Duration::from_millis(100)) else { continue };
+        if event["machine"] != name.as_str() {
+            continue;
+        }
+        match event["what"].as_str().unwrap_or_default() {
+            "replaced" => replaced = Some(noticed_at.elapsed()),
+            "replacement-failed" => panic!("the replacement failed: {event}"),
+            _ if event["outcome"] == "journaled" => journaled = Some(noticed_at.elapsed()),
+            _ => {}
+        }
+    }
+    let replaced = replaced.expect("the loop ends on it");
+    let launched = launched.unwrap_or(replaced);
+    watch.kill().unwrap();
+    watch.wait().unwrap();
+    println!(
+        "{size:>4} on the emulator  notice → replacement healthy {:>7.2} s   (journaled after {:.2} s, its instance launched after {:.2} s, launch → healthy {:.2} s)",
+        secs(replaced),
+        journaled.map(secs).unwrap_or_default(),
+        secs(launched),
+        secs(replaced - launched),
+    );
+    fleet.print_calls();
+    fleet.destroy();
 }
 
 fn secs(duration: Duration) -> f64 {

@@ -237,6 +237,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
                     dry_run: args.dry_run,
                     agent_timeout: agent_timeout(kind),
                     cwd: current_dir()?,
+                    prepared: None,
                 },
                 &bars,
                 |deployment| context.make(deployment),

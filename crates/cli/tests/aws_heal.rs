@@ -1,7 +1,9 @@
 //! Fleets that change size and heal, on the AWS path against the shared emulator stack: a
 //! `prefer-spot` fleet grown and shrunk by `update` without restarting a binary (hosts.yaml by
 //! SIGHUP), two spot instances reclaimed at once and replaced by `watch` under their names, the
-//! churn limit holding when every launch fails, and a watch killed with -9 in the middle of a
+//! churn limit holding when every launch fails, a rebalance recommendation (the replacement
+//! serves before the machine at risk is drained) and a scheduled retirement (replaced before its
+//! `NotBefore`), and a watch killed with -9 in the middle of a
 //! replacement that, started again, finishes it with one new instance, not two.
 
 #![allow(clippy::unwrap_used)] // Helpers of these tests fail the test when a step fails.
@@ -266,7 +268,7 @@ fn a_spot_fleet_grows_shrinks_and_heals_two_reclaims_without_restarting_the_othe
     runtime().block_on(emulator.reclaim_spot(&old, Some(Duration::from_millis(500)))).unwrap();
     wait_replaced(&mut watch, &reclaimed);
     for name in reclaimed {
-        assert_eq!(watch.count(name, "action", "replacing"), 1, "{:#?}", watch.seen);
+        assert_eq!(watch.count(name, "outcome", "journaled"), 1, "{:#?}", watch.seen);
     }
     let seen = watch.kill();
 
@@ -341,7 +343,7 @@ fn with_every_launch_failing_the_hourly_limit_holds_replacements_back() {
         held["outcome"], "2 replacements in the last hour already (max_per_hour 2)",
         "{held}"
     );
-    assert_eq!(watch.count("node-1", "action", "replacing"), 2, "{:#?}", watch.seen);
+    assert_eq!(watch.count("node-1", "outcome", "journaled"), 2, "{:#?}", watch.seen);
     assert_eq!(watch.count("node-1", "what", "replacement-failed"), 2, "{:#?}", watch.seen);
     assert_eq!(watch.count("node-1", "what", "replaced"), 0, "{:#?}", watch.seen);
     // The first attempt names EC2's answer; the provider keeps the pools it found dry marked
@@ -388,7 +390,7 @@ fn with_every_launch_failing_the_hourly_limit_holds_replacements_back() {
             && e["outcome"] == "2 replacements in the last hour already (max_per_hour 2)"),
         "{events:#?}"
     );
-    assert!(!events.iter().any(|e| e["action"] == "replacing"), "{events:#?}");
+    assert!(!events.iter().any(|e| e["outcome"] == "journaled"), "{events:#?}");
     let after = runtime().block_on(scope.counts()).unwrap();
     assert_eq!(after.get("ec2", "CreateFleet"), counts.get("ec2", "CreateFleet"), "{after:?}");
     assert_eq!(after.get("ec2", "RunInstances"), counts.get("ec2", "RunInstances"), "{after:?}");
@@ -436,7 +438,7 @@ fn a_watch_killed_in_the_middle_of_a_replacement_finishes_it_once() {
         )
         .unwrap();
     watch.wait_for("node-1's replacement", Duration::from_secs(120), |e| {
-        e["machine"] == "node-1" && e["action"] == "replacing"
+        e["machine"] == "node-1" && e["outcome"] == "journaled"
     });
     let launched = wait_for("the replacement's instance", Duration::from_secs(120), || {
         instances(&fleet).into_iter().find(|i| !original.contains(&i.id))
@@ -480,5 +482,115 @@ fn a_watch_killed_in_the_middle_of_a_replacement_finishes_it_once() {
         assert_eq!(row["pid"].as_u64(), Some(before[name]), "{name} was not restarted");
         assert_eq!(row["hosts"], replaced["hosts"], "{name} has the new hosts.yaml: {row}");
     }
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+}
+
+/// When each moment was first seen by [`sample_replacement`].
+#[derive(Debug, Default)]
+struct Moments {
+    /// The replacement's binary answered its health check.
+    new_healthy: Option<std::time::Instant>,
+    /// The machine at risk's binary stopped answering (drained).
+    old_down: Option<std::time::Instant>,
+}
+
+/// Samples every 50 ms, from outside flotilla, the binaries of `name`: the old instance's
+/// (`old_id`) and any new instance's, until both moments are seen or `stop` is set.
+fn sample_replacement(
+    scope: String,
+    name: &'static str,
+    old_id: String,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+) -> std::thread::JoinHandle<Moments> {
+    std::thread::spawn(move || {
+        let runtime = runtime();
+        let emulator = Emulator::require();
+        let mut moments = Moments::default();
+        let mut old_ip = None;
+        while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+            let all = runtime.block_on(emulator.instances()).unwrap_or_default();
+            let named = all.iter().filter(|i| i.scope == scope && machine_name(i) == Some(name));
+            for instance in named {
+                let Some(ip) = instance.public_ip else { continue };
+                let healthy = http_get(ip.into(), 9090, "/health").is_some();
+                if instance.id == old_id {
+                    old_ip = Some(ip);
+                } else if healthy && is_live(instance) && moments.new_healthy.is_none() {
+                    moments.new_healthy = Some(std::time::Instant::now());
+                }
+            }
+            if let Some(ip) = old_ip
+                && moments.old_down.is_none()
+                && http_get(ip.into(), 9090, "/health").is_none()
+            {
+                moments.old_down = Some(std::time::Instant::now());
+            }
+            if moments.new_healthy.is_some() && moments.old_down.is_some() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        moments
+    })
+}
+
+/// Under `watch`, a rebalance recommendation on node-1: its replacement is launched beside it
+/// and serves (seen from outside, by its health check) before node-1's binary is drained; a
+/// scheduled `instance-retirement` on node-2 ten minutes ahead: node-2 is replaced long before
+/// its `NotBefore`; node-0 is never restarted.
+#[test]
+fn a_rebalance_replaces_first_and_a_scheduled_retirement_is_replaced_before_not_before() {
+    use flotilla_emulator::control::{RebalanceRecommendation, ScheduledEvent};
+    let fleet = AwsFleet::new("heal-notice");
+    let emulator = Emulator::require();
+    let rows = create(&fleet, 3);
+    let before = pids(&rows);
+    let spec = write_spec(&fleet, 3);
+    let live = live_by_name(&fleet);
+    let (node1, node2) = (live["node-1"].id.clone(), live["node-2"].id.clone());
+    let mut watch = spawn_watch(&fleet, &spec, &[]);
+
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let sampler = sample_replacement(fleet.scope.clone(), "node-1", node1.clone(), stop.clone());
+    let notice = RebalanceRecommendation { notice_time: None };
+    runtime().block_on(emulator.trigger_rebalance(&node1, &notice)).unwrap();
+    wait_replaced(&mut watch, &["node-1"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let moments = sampler.join().unwrap();
+    let new_healthy = moments.new_healthy.expect("the replacement was seen healthy");
+    let old_down = moments.old_down.expect("node-1's old binary was seen drained");
+    assert!(new_healthy < old_down, "the replacement served before the old one was drained");
+    let event = watch.seen.iter().find(|e| e["machine"] == "node-1" && e["action"] != "").unwrap();
+    assert_eq!(event["action"], "replacing, the new machine first", "{:#?}", watch.seen);
+    let old = instances(&fleet).into_iter().find(|i| i.id == node1).unwrap();
+    assert_eq!(old.state, "terminated", "the machine at risk is gone once drained");
+
+    let not_before = std::time::SystemTime::now() + Duration::from_secs(600);
+    let retirement = ScheduledEvent {
+        code: "instance-retirement".to_owned(),
+        description: Some("The instance is running on degraded hardware".to_owned()),
+        event_id: None,
+        not_before: Some(humantime::format_rfc3339_seconds(not_before).to_string()),
+        not_after: None,
+        state: None,
+    };
+    runtime().block_on(emulator.set_scheduled_events(&node2, &[retirement])).unwrap();
+    wait_replaced(&mut watch, &["node-2"]);
+    assert!(std::time::SystemTime::now() < not_before, "replaced before NotBefore");
+    let event = watch.seen.iter().find(|e| e["machine"] == "node-2" && e["action"] != "").unwrap();
+    assert!(event["what"].as_str().unwrap().contains("instance-retirement"), "{event}");
+    let seen = watch.kill();
+
+    let healed = live_by_name(&fleet);
+    assert_ne!(healed["node-1"].id, node1, "{seen:#?}");
+    assert_ne!(healed["node-2"].id, node2, "{seen:#?}");
+    let status = fleet.status();
+    let hosts = row(&status, "node-0")["hosts"].clone();
+    for name in node_names(0..3) {
+        let row = row(&status, &name);
+        assert_eq!(row["health"], "healthy", "{row}");
+        assert_eq!(row["hosts"], hosts, "{name} has the newest hosts.yaml");
+    }
+    assert_eq!(row(&status, "node-0")["pid"].as_u64(), Some(before["node-0"]), "never restarted");
     fleet.run_ok(&["destroy", &fleet.tag_arg()]);
 }

@@ -150,6 +150,7 @@ pub async fn create<P: Provider>(
     drop(agents);
     recorded.retain(|name, _| manifests.contains_key(name));
     deployment.write_json(MANIFESTS_FILE, &recorded)?;
+    super::save_machine_ids(&deployment, &machines, &recorded)?;
 
     if !failures.is_empty() {
         failures.sort_by(|a, b| a.name.cmp(&b.name));

@@ -386,6 +386,31 @@ fn saved_manifests(deployment: &Deployment) -> Result<BTreeMap<String, Manifest>
     Ok(deployment.read_json(MANIFESTS_FILE)?.unwrap_or_default())
 }
 
+/// The machine (the provider's id) each recorded manifest runs on, beside [`MANIFESTS_FILE`]:
+/// a name whose machine changed since was launched anew by something other than the command
+/// that recorded it (a launch that relaunched every missing name while replacing another), so
+/// it is a new machine, however its manifest is recorded.
+const MACHINE_IDS_FILE: &str = "machine-ids.json";
+
+fn saved_machine_ids(deployment: &Deployment) -> Result<BTreeMap<String, String>, CoreError> {
+    Ok(deployment.read_json(MACHINE_IDS_FILE)?.unwrap_or_default())
+}
+
+/// Records the machines of `machines` whose manifests are recorded.
+fn save_machine_ids(
+    deployment: &Deployment,
+    machines: &[Machine],
+    recorded: &BTreeMap<String, Manifest>,
+) -> Result<(), CoreError> {
+    let ids: BTreeMap<&str, &str> = machines
+        .iter()
+        .filter(|m| recorded.contains_key(&m.name))
+        .map(|m| (m.name.as_str(), m.id.as_str()))
+        .collect();
+    deployment.write_json(MACHINE_IDS_FILE, &ids)?;
+    Ok(())
+}
+
 /// Keeps the spec of the last successful create or update, and the directory its relative
 /// paths start from, for commands that name the deployment by its tag (`watch --tag`).
 fn save_spec(

@@ -54,6 +54,10 @@ pub struct UpdateRequest<'a> {
     /// How long the agents of machines the spec adds have to answer after launch.
     pub agent_timeout: Duration,
     pub cwd: PathBuf,
+    /// The document's plan, resolved against the account by this process already (`watch`
+    /// does it once in its life, not once per replacement) and prepared by the caller just
+    /// before: converge neither checks the account again nor prepares. `None`: it does both.
+    pub prepared: Option<&'a DeploymentPlan>,
 }
 
 /// What an update did, or with `--dry-run` would do.
@@ -175,8 +179,14 @@ pub(crate) async fn converge<P: Provider>(
     // The shared resources prepare converges (launch templates among them) depend on the
     // capacity of each group and on the account's references (image, network, policies),
     // checked against the account as create checks them, before anything changes.
-    let (plan, _survey) =
-        super::resolve(document, provider_kind, &request.cwd, provider, progress, false).await?;
+    let plan = match request.prepared {
+        Some(plan) => plan.clone(),
+        None => {
+            super::resolve(document, provider_kind, &request.cwd, provider, progress, false)
+                .await?
+                .0
+        }
+    };
     let existing = provider.machines().await?;
     let planned: Vec<String> = plan.machines.iter().map(|m| m.name.clone()).collect();
     let change = MembershipChange::between(&planned, &existing);
@@ -186,18 +196,11 @@ pub(crate) async fn converge<P: Provider>(
     progress.notice(&change.summary());
     // Shared resources converge to the spec too (a changed `ports` reaches the security
     // groups); prepare is idempotent and creates nothing that exists.
-    provider.prepare(&plan, progress).await?;
+    if request.prepared.is_none() {
+        provider.prepare(&plan, progress).await?;
+    }
 
     let mut recorded = saved_manifests(&deployment)?;
-    // A machine that never ran a version may never have had its identity either (a crash
-    // between its launch and its identity): it is handled as a new one.
-    let fresh: Vec<String> = plan
-        .machines
-        .iter()
-        .filter(|m| m.role == Role::Binary)
-        .map(|m| m.name.clone())
-        .filter(|name| change.added.contains(name) || !recorded.contains_key(name))
-        .collect();
     let (machines, files) = tokio::try_join!(
         async {
             // A machine still pending (launched by a command that crashed before it ran) has
@@ -211,6 +214,20 @@ pub(crate) async fn converge<P: Provider>(
         publish_files(provider, spec, &request.cwd, progress),
     )?;
     progress.checkpoint(checkpoints::UPDATE_LAUNCHED);
+    // A machine that never ran a version may never have had its identity either (a crash
+    // between its launch and its identity): it is handled as a new one, as is a name whose
+    // machine is not the one its manifest was recorded on.
+    let ids = super::saved_machine_ids(&deployment)?;
+    let fresh: Vec<String> = machines
+        .iter()
+        .filter(|m| m.role == Role::Binary)
+        .filter(|m| {
+            change.added.contains(&m.name)
+                || !recorded.contains_key(&m.name)
+                || ids.get(&m.name).is_some_and(|id| id != &m.id)
+        })
+        .map(|m| m.name.clone())
+        .collect();
     let removed: Vec<Machine> =
         existing.iter().filter(|m| change.removed.contains(&m.name)).cloned().collect();
     let everyone: Vec<Machine> = machines.iter().chain(removed.iter()).cloned().collect();
@@ -274,6 +291,7 @@ pub(crate) async fn converge<P: Provider>(
         deployment.write_json(MANIFESTS_FILE, &recorded)?;
     }
 
+    super::save_machine_ids(&deployment, &machines, &recorded)?;
     save_spec(&deployment, document, &request.cwd)?;
     let rows = super::status::rows(&client, &machines, super::DEFAULT_CONCURRENCY).await?;
     let mut metadata = deployment.metadata()?;

@@ -5,23 +5,28 @@
 //! Each round (every `interval`):
 //! 1. the provider's machines, and each running binary machine's agent status, are read;
 //! 2. a machine the spec names is **gone** when the provider no longer lists it, or lists it
-//!    ended (terminated, shutting down: a spot reclaim, a retirement), when its agent reports a
-//!    spot interruption notice, or when it has been stopped, unreachable or not healthy for
-//!    longer than `heal.replace_after` (an agent killed with -9, a binary that never comes
-//!    back). A machine whose agent reports a rebalance recommendation, or a scheduled event
-//!    (unless `heal.on_scheduled_event: ignore`), is **at risk**: it still serves, so its
-//!    replacement comes first and it is drained once the replacement is healthy, the way AWS
-//!    advises (where the provider can run two machines under one name; locally it is retired
-//!    first);
+//!    ended (terminated, shutting down: a spot reclaim, a retirement), or when it has been
+//!    stopped, unreachable or not healthy for longer than `heal.replace_after` (an agent killed
+//!    with -9, a binary that never comes back). A machine whose agent reports a spot
+//!    interruption notice, a rebalance recommendation, or a scheduled event (unless
+//!    `heal.on_scheduled_event: ignore`) is **at risk**: it still serves, so its replacement
+//!    comes first and it is drained once the replacement is healthy, the way AWS advises
+//!    (where the provider can run two machines under one name; locally it is retired first);
+//!    after an interruption notice it is drained at the latest
+//!    [`INTERRUPTION_DRAIN_AFTER_SECS`] after its agent saw the notice, healthy replacement or
+//!    not, so that its `stopping` hooks fit in AWS's two minutes;
 //! 3. gone machines are replaced, at most `max_replacing` at a time and `max_per_hour` in any
 //!    hour, so that a broken image or a region outage does not churn the account; a machine
 //!    held back by a limit is reported, once per reason;
 //! 4. a replacement is journaled (`watch-journal.json`: the name and the instance it replaces)
-//!    before anything is done, then, under the deployment's lock: the old machine is retired
-//!    (drained when its agent still answers), and the deployment converges to the spec as
-//!    `update` does: the name is launched anew through the capacity policy with a new
-//!    identity, and the other machines get the new hosts.yaml as their `on_hosts_change`
-//!    says. Then the journal entry is cleared and the replacement counted.
+//!    before anything is done, then, under the deployment's lock: gone machines are retired
+//!    (drained when their agents still answer), the shared resources prepared once, machines
+//!    at risk get their replacements launched beside them, and the deployment converges to
+//!    the spec as `update` does: names without a machine are launched anew through the
+//!    capacity policy with new identities, new machines started, and the other machines get
+//!    the new hosts.yaml as their `on_hosts_change` says; last the machines at risk are
+//!    drained and retired. Then the journal entry is cleared and the replacement counted. The
+//!    spec is checked against the account once, at watch's start, not per replacement.
 //!
 //! Crash-safe: a watch killed at any point and started again first finishes the replacements
 //! its journal names; the retire and the convergence find what was done and do nothing twice,
@@ -45,6 +50,7 @@ use tokio::time::Instant;
 use super::update::{UpdateRequest, converge, drain};
 use super::{SPEC_DIR_FILE, connect};
 use crate::error::CoreError;
+use crate::plan::DeploymentPlan;
 use crate::progress::Progress;
 use crate::provider::{Machine, MachineState, Provider, ProviderError, Role};
 use crate::state::{Deployment, DeploymentStatus, Home, unix_now};
@@ -120,6 +126,10 @@ struct Journal {
     /// drained after the new one is healthy).
     #[serde(default, skip_serializing_if = "BTreeSet::is_empty")]
     beside: BTreeSet<String>,
+    /// Those of `beside` with a spot interruption notice: unix seconds by which the old
+    /// machine is drained even when its replacement is not healthy yet.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    drain_by: BTreeMap<String, u64>,
     /// Unix seconds of each replacement started in the last hour.
     started: Vec<u64>,
 }
@@ -155,6 +165,19 @@ struct Sightings {
     held: BTreeMap<String, String>,
     /// Events watch let be (`on_scheduled_event: ignore`), by machine and time, reported once.
     ignored: BTreeSet<(String, u64)>,
+    /// The spec resolved against the account at watch's start ([`resolve_once`]; forgotten
+    /// when a replacement fails).
+    resolved: Option<DeploymentPlan>,
+}
+
+/// What every step of a watch works with.
+struct Watcher<'a, P> {
+    deployment: &'a Deployment,
+    provider_kind: ProviderKind,
+    request: &'a WatchRequest,
+    progress: &'a dyn Progress,
+    provider: &'a P,
+    emit: &'a Emit<'a>,
 }
 
 /// One machine to replace: its name, the machine it replaces (when the provider still lists
@@ -164,7 +187,15 @@ struct Job {
     name: String,
     old: Option<Machine>,
     beside: bool,
+    /// Unix seconds by which the old machine is drained whatever the replacement's state (a
+    /// spot interruption notice: the old one has two minutes).
+    drain_by: Option<u64>,
 }
+
+/// A machine with a spot interruption notice is drained this long after its agent saw the
+/// notice (AWS gives two minutes), unless its replacement is healthy before: the rest of the
+/// two minutes is for its `stopping` hooks and the binary's graceful stop.
+const INTERRUPTION_DRAIN_AFTER_SECS: u64 = 90;
 
 /// Runs the reconciler until `request.rounds` rounds have passed (or forever).
 pub async fn watch<P: Provider>(
@@ -198,6 +229,20 @@ pub async fn watch<P: Provider>(
     };
     emit(None, "started", "watching", format!("deployment `{}`", spec.tag));
 
+    let watcher = Watcher {
+        deployment: &deployment,
+        provider_kind: metadata.provider,
+        request: &request,
+        progress,
+        provider: &provider,
+        emit: &emit,
+    };
+    let mut sightings = Sightings::default();
+    // Resolved now, so that the first replacement does not wait for the account's check; a
+    // failure here is tried again by the first replacement.
+    if let Err(error) = resolve_once(&watcher, &mut sightings.resolved).await {
+        emit(None, "resolve-failed", "trying again at the first replacement", error.to_string());
+    }
     // Replacements a killed watch left under way come first.
     let journal: Journal = deployment.read_json(JOURNAL_FILE)?.unwrap_or_default();
     if !journal.replacing.is_empty() {
@@ -211,13 +256,17 @@ pub async fn watch<P: Provider>(
             .map(|name| {
                 let id = &journal.replacing[name];
                 let old = machines.iter().find(|m| &m.name == name && &m.id == id).cloned();
-                Job { name: name.clone(), old, beside: journal.beside.contains(name) }
+                Job {
+                    name: name.clone(),
+                    old,
+                    beside: journal.beside.contains(name),
+                    drain_by: journal.drain_by.get(name).copied(),
+                }
             })
             .collect();
-        replace(&deployment, metadata.provider, &request, progress, &provider, &jobs, &emit).await;
+        replace(&watcher, &jobs, &mut sightings.resolved).await;
     }
 
-    let mut sightings = Sightings::default();
     let mut round = 0u64;
     loop {
         // A deployment destroyed under a watch ends it.
@@ -231,17 +280,7 @@ pub async fn watch<P: Provider>(
             );
             return Ok(());
         }
-        if let Err(error) = one_round(
-            &deployment,
-            metadata.provider,
-            &request,
-            progress,
-            &provider,
-            &mut sightings,
-            &emit,
-        )
-        .await
-        {
+        if let Err(error) = one_round(&watcher, &mut sightings).await {
             emit(None, "round-failed", "trying again next round", error.to_string());
         }
         let journal: Journal = deployment.read_json(JOURNAL_FILE)?.unwrap_or_default();
@@ -269,14 +308,10 @@ fn notice_of(status: &AgentStatus) -> Option<(Event, u64, String)> {
 
 /// One round (steps 1 to 4 of the module documentation).
 async fn one_round<P: Provider>(
-    deployment: &Deployment,
-    provider_kind: ProviderKind,
-    request: &WatchRequest,
-    progress: &dyn Progress,
-    provider: &P,
+    watcher: &Watcher<'_, P>,
     sightings: &mut Sightings,
-    emit: &Emit<'_>,
 ) -> Result<(), CoreError> {
+    let Watcher { deployment, provider_kind, request, progress: _, provider, emit } = *watcher;
     let plan = crate::plan::DeploymentPlan::from_spec(&request.document.spec, provider_kind);
     let machines = provider.machines().await?;
     let client = connect(deployment, &machines)?;
@@ -301,6 +336,8 @@ async fn one_round<P: Provider>(
     let mut gone: Vec<(String, Option<Machine>, String)> = Vec::new();
     // Machines at risk that still serve: their replacement comes first.
     let mut beside: BTreeSet<String> = BTreeSet::new();
+    // Of those, the ones with a spot interruption notice: when their old machine is drained.
+    let mut drain_by: BTreeMap<String, u64> = BTreeMap::new();
     for planned in &plan.machines {
         let listed = machines.iter().find(|m| m.name == planned.name);
         let down = match listed {
@@ -327,6 +364,11 @@ async fn one_round<P: Provider>(
                     let (event, at, detail) = notice_of(status).expect("checked");
                     match event {
                         Event::Interrupted => {
+                            // The replacement is launched at once; the old machine serves
+                            // until it is healthy or the notice's time is nearly up.
+                            beside.insert(machine.name.clone());
+                            drain_by
+                                .insert(machine.name.clone(), at + INTERRUPTION_DRAIN_AFTER_SECS);
                             Some((format!("spot interruption notice: {detail}"), true))
                         }
                         Event::Rebalance => {
@@ -416,7 +458,8 @@ async fn one_round<P: Provider>(
                 let first = beside.contains(&name);
                 let how = if first { "replacing, the new machine first" } else { "replacing" };
                 emit(Some(&name), &reason, how, "journaled".to_owned());
-                accepted.push(Job { beside: first, name, old: machine });
+                let drain_by = drain_by.get(&name).copied();
+                accepted.push(Job { beside: first, name, old: machine, drain_by });
             }
         }
     }
@@ -440,15 +483,51 @@ async fn one_round<P: Provider>(
         if job.beside {
             journal.beside.insert(job.name.clone());
         }
+        if let Some(by) = job.drain_by {
+            journal.drain_by.insert(job.name.clone(), by);
+        }
         journal.started.push(wall);
     }
     deployment.write_json(JOURNAL_FILE, &journal)?;
-    replace(deployment, provider_kind, request, progress, provider, &accepted, emit).await;
+    replace(watcher, &accepted, &mut sightings.resolved).await;
     let names: Vec<String> = accepted.iter().map(|job| job.name.clone()).collect();
     for name in &names {
         sightings.down_since.remove(name);
         sightings.held.remove(name);
     }
+    Ok(())
+}
+
+/// The spec resolved against the account: once in watch's life (at its start, or at the first
+/// replacement after a failure), as `update` does it; later replacements reuse it.
+async fn resolve_once<P: Provider>(
+    watcher: &Watcher<'_, P>,
+    resolved: &mut Option<DeploymentPlan>,
+) -> Result<DeploymentPlan, CoreError> {
+    if let Some(plan) = resolved {
+        return Ok(plan.clone());
+    }
+    let Watcher { provider_kind, request, progress, provider, .. } = *watcher;
+    let (plan, _survey) =
+        super::resolve(&request.document, provider_kind, &request.cwd, provider, progress, false)
+            .await?;
+    *resolved = Some(plan.clone());
+    Ok(plan)
+}
+
+/// Drains `machines` (those whose agents still answer) and retires them.
+async fn retire<P: Provider>(
+    deployment: &Deployment,
+    provider: &P,
+    machines: &[Machine],
+    progress: &dyn Progress,
+) -> Result<(), CoreError> {
+    if machines.is_empty() {
+        return Ok(());
+    }
+    let client = connect(deployment, machines)?;
+    drain(&client, machines, progress).await;
+    provider.retire(machines, progress).await?;
     Ok(())
 }
 
@@ -460,36 +539,46 @@ async fn one_round<P: Provider>(
 /// hosts.yaml to everyone), and last the old machines that were left serving are drained and
 /// retired.
 async fn replace<P: Provider>(
-    deployment: &Deployment,
-    provider_kind: ProviderKind,
-    request: &WatchRequest,
-    progress: &dyn Progress,
-    provider: &P,
+    watcher: &Watcher<'_, P>,
     jobs: &[Job],
-    emit: &Emit<'_>,
+    resolved: &mut Option<DeploymentPlan>,
 ) {
+    let Watcher { deployment, provider_kind, request, progress, provider, emit } = *watcher;
     let names: Vec<String> = jobs.iter().map(|job| job.name.clone()).collect();
     let outcome: Result<(), CoreError> = async {
         let _lock = deployment.lock()?;
-        let plan = crate::plan::DeploymentPlan::from_spec(&request.document.spec, provider_kind);
+        let plan = resolve_once(watcher, resolved).await?;
         let at_risk: Vec<Machine> =
             jobs.iter().filter(|job| job.beside).filter_map(|job| job.old.clone()).collect();
         let mut serving_old: Vec<Machine> = Vec::new();
-        let mut retire_first: Vec<Machine> =
+        let retire_first: Vec<Machine> =
             jobs.iter().filter(|job| !job.beside).filter_map(|job| job.old.clone()).collect();
+        // Machines that are gone go first (they serve nothing; their names become free),
+        // then one `prepare` for the launches that follow.
+        retire(deployment, provider, &retire_first, progress).await?;
+        provider.prepare(&plan, progress).await?;
         if !at_risk.is_empty() {
-            provider.prepare(&plan, progress).await?;
             match provider.launch_beside(&plan, &at_risk, progress).await? {
                 // Their names forgot their manifests before they were journaled, so
                 // `converge` starts the new machines as new ones.
-                Some(_) => serving_old = at_risk,
-                None => retire_first.extend(at_risk),
+                Some(launched) => {
+                    for machine in &launched {
+                        emit(
+                            Some(&machine.name),
+                            "launched-beside",
+                            "launched the replacement beside the machine at risk",
+                            machine.id.clone(),
+                        );
+                    }
+                    serving_old = at_risk;
+                }
+                // One machine per name (local): the old one goes first, and its name is
+                // prepared again.
+                None => {
+                    retire(deployment, provider, &at_risk, progress).await?;
+                    provider.prepare(&plan, progress).await?;
+                }
             }
-        }
-        if !retire_first.is_empty() {
-            let client = connect(deployment, &retire_first)?;
-            drain(&client, &retire_first, progress).await;
-            provider.retire(&retire_first, progress).await?;
         }
         let update = UpdateRequest {
             document: &request.document,
@@ -498,22 +587,75 @@ async fn replace<P: Provider>(
             dry_run: false,
             agent_timeout: request.agent_timeout,
             cwd: request.cwd.clone(),
+            prepared: Some(&plan),
         };
-        converge(deployment, provider_kind, &update, progress, provider).await?;
+        // Old machines with an interruption notice are drained by their deadline even when
+        // the replacements are not healthy by then; converging goes on meanwhile.
+        let deadline = jobs
+            .iter()
+            .filter(|job| serving_old.iter().any(|m| m.name == job.name))
+            .filter_map(|job| job.drain_by)
+            .min()
+            .map(|by| Instant::now() + Duration::from_secs(by.saturating_sub(unix_now())));
+        let converging = converge(deployment, provider_kind, &update, progress, provider);
+        tokio::pin!(converging);
+        let mut drained_early: Vec<Machine> = Vec::new();
+        let converged = tokio::select! {
+            converged = &mut converging => converged,
+            () = tokio::time::sleep_until(deadline.unwrap_or_else(Instant::now)),
+                if deadline.is_some() =>
+            {
+                drained_early = serving_old
+                    .iter()
+                    .filter(|m| jobs.iter().any(|j| j.name == m.name && j.drain_by.is_some()))
+                    .cloned()
+                    .collect();
+                let client = connect(deployment, &drained_early)?;
+                drain(&client, &drained_early, progress).await;
+                for machine in &drained_early {
+                    emit(
+                        Some(&machine.name),
+                        "drained",
+                        "drained the interrupted machine before its time was up",
+                        machine.id.clone(),
+                    );
+                }
+                converging.await
+            }
+        };
+        converged?;
         if !serving_old.is_empty() {
             // The replacements are healthy: the machines they replace go now.
-            let client = connect(deployment, &serving_old)?;
-            drain(&client, &serving_old, progress).await;
+            let to_drain: Vec<Machine> = serving_old
+                .iter()
+                .filter(|m| !drained_early.iter().any(|d| d.id == m.id))
+                .cloned()
+                .collect();
+            let client = connect(deployment, &to_drain)?;
+            drain(&client, &to_drain, progress).await;
+            for machine in &to_drain {
+                emit(
+                    Some(&machine.name),
+                    "drained",
+                    "drained the machine at risk, its replacement healthy",
+                    machine.id.clone(),
+                );
+            }
             provider.retire(&serving_old, progress).await?;
         }
         Ok(())
     }
     .await;
+    if outcome.is_err() {
+        // What failed may be what was resolved (a network or image changed under the watch).
+        *resolved = None;
+    }
     let named: BTreeSet<&str> = names.iter().map(String::as_str).collect();
     let cleared = deployment.read_json::<Journal>(JOURNAL_FILE).map(|journal| {
         let mut journal = journal.unwrap_or_default();
         journal.replacing.retain(|name, _| !named.contains(name.as_str()));
         journal.beside.retain(|name| !named.contains(name.as_str()));
+        journal.drain_by.retain(|name, _| !named.contains(name.as_str()));
         journal
     });
     match cleared {
