@@ -187,6 +187,11 @@ impl AgentMetrics {
             loki.queued_bytes.clone(),
         );
         let notices = Family::<Labels, Counter>::default();
+        // Every kind from the start, at 0: `increase()` sees a first notice only on a series
+        // that existed before it.
+        for kind in ["spot", "rebalance", "scheduled"] {
+            notices.get_or_create(&vec![("kind", kind.to_owned())]).inc_by(0);
+        }
         registry.register(
             "interruption_notices",
             "New IMDS notices by kind: spot (an interruption), rebalance, scheduled",
@@ -416,6 +421,16 @@ mod tests {
         metrics.count_notification_failure();
         metrics.count_notification_failure();
         metrics.count_imds_polls(3, 1);
+        metrics.count_notice("spot");
+        metrics.set_rollout_failed(true);
+        metrics.set_gpus(&[GpuSample {
+            index: 0,
+            uuid: "GPU-a".to_owned(),
+            utilization: None,
+            memory_used_bytes: Some(1.0),
+            memory_total_bytes: Some(2.0),
+            temperature_celsius: Some(61.0),
+        }]);
         let text = metrics.render(&MetricsSnapshot {
             running: true,
             state: BinaryState::Healthy,
@@ -434,6 +449,12 @@ mod tests {
             "flotilla_binary_version_info{version=\"abc\"} 1\n",
             "flotilla_agent_uptime_seconds 5.0\n",
             "flotilla_binary_uptime_seconds 3.0\n",
+            "flotilla_interruption_notices_total{kind=\"spot\"} 1\n",
+            "flotilla_interruption_notices_total{kind=\"rebalance\"} 0\n",
+            "flotilla_rollout_failed 1\n",
+            "flotilla_gpu_temperature_celsius{gpu=\"0\",uuid=\"GPU-a\"} 61.0\n",
+            "flotilla_gpu_reads_failed_total 0\n",
+            "flotilla_loki_lines_dropped_total 0\n",
         ] {
             assert!(text.contains(expected), "{expected:?} missing from\n{text}");
         }
@@ -446,5 +467,17 @@ mod tests {
         });
         assert!(!text.contains("version=\"abc\""), "{text}");
         assert!(text.contains("flotilla_binary_health_state{state=\"idle\"} 1\n"), "{text}");
+        metrics.gpu_read_failed();
+        metrics.set_rollout_failed(false);
+        let text = metrics.render(&MetricsSnapshot {
+            running: false,
+            state: BinaryState::Idle,
+            version: None,
+            agent_uptime: Duration::from_secs(7),
+            binary_uptime: None,
+        });
+        assert!(!text.contains("flotilla_gpu_temperature_celsius{"), "{text}");
+        assert!(text.contains("flotilla_gpu_reads_failed_total 1\n"), "{text}");
+        assert!(text.contains("flotilla_rollout_failed 0\n"), "{text}");
     }
 }
