@@ -4,6 +4,8 @@
 //! scrapes generated targets (`up == 1` through its HTTP API) and picks up a machine added by
 //! rewriting the target files, without a restart.
 //!
+//! The dashboard's PromQL is parsed by promtool too (as recording rules).
+//!
 //! promtool and prometheus come from Debian's `prometheus` package (`scripts/test` installs it).
 
 use std::io::{Read, Write};
@@ -13,6 +15,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use flotilla_core::monitoring::MonitoredMachine;
+use flotilla_core::monitoring::grafana::{PROMETHEUS_UID, fleet_dashboard};
 use flotilla_core::monitoring::prometheus::{
     DEFAULT_SCRAPE_INTERVAL, Ports, PrometheusSettings, prometheus_config,
     render_prometheus_config, targets_files,
@@ -375,4 +378,25 @@ fn a_real_prometheus_scrapes_the_targets_and_follows_membership_without_a_restar
     assert_eq!(prometheus.0.id(), pid);
     let config_reloads = log().matches("Completed loading of configuration file").count();
     assert_eq!(config_reloads, 1, "the configuration was loaded once:\n{}", log());
+}
+
+#[test]
+fn promtool_parses_every_promql_query_of_the_dashboard() {
+    let temp = tempfile::tempdir().unwrap();
+    let dashboard = fleet_dashboard();
+    let mut rules = Vec::new();
+    for panel in dashboard.panels.iter().filter(|p| p.datasource.uid == PROMETHEUS_UID) {
+        for query in &panel.targets {
+            rules.push(serde_json::json!({
+                "record": format!("dashboard:panel_{}_{}", panel.id, query.ref_id),
+                // Grafana fills the variable in; any value does for parsing.
+                "expr": query.expr.replace("$deployment", "t1"),
+            }));
+        }
+    }
+    assert!(rules.len() >= 8, "{rules:?}");
+    let file = serde_json::json!({"groups": [{"name": "dashboard", "rules": rules}]});
+    fs_err::write(temp.path().join("dashboard-queries.yml"), file.to_string()).unwrap();
+    let output = promtool(&["check", "rules", "dashboard-queries.yml"], temp.path());
+    assert!(output.contains(&format!("SUCCESS: {} rules found", rules.len())), "{output}");
 }

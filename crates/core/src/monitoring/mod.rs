@@ -1,12 +1,14 @@
 //! The monitoring machine's configs as typed values, rendered by pure functions (as
 //! hosts.yaml is, in `artifacts`): Prometheus's configuration and the file-based service
-//! discovery files its targets live in (`prometheus`), and flotilla's alert rules (`rules`).
+//! discovery files its targets live in (`prometheus`), flotilla's alert rules (`rules`), and
+//! Grafana's datasources, dashboard provider and flotilla's dashboard (`grafana`).
 //!
 //! Nothing here reads a clock or a file: a caller builds the values from the plan and the
 //! machines, renders them, and publishes the text. Membership changes rewrite only the target
 //! files, which Prometheus rereads by itself; the configuration stays the same, so Prometheus
 //! is never restarted for a machine that came or went.
 
+pub mod grafana;
 pub mod prometheus;
 pub mod rules;
 mod yaml;
