@@ -49,9 +49,12 @@ use crate::imds::ImdsClient;
 
 /// The path of Loki's push API.
 pub const PUSH_PATH: &str = "/loki/api/v1/push";
-/// What a queued line costs beyond its text: the entry, its allocation and its share of the
-/// queue. An estimate that errs high, so that the budget bounds the memory really used.
+/// What a queued line costs beyond its text: its entry (48 bytes: stamp, version, text
+/// pointer) and its allocation's bookkeeping. The queue's spare capacity is not counted; it is
+/// given back once the queue empties.
 pub const ENTRY_OVERHEAD: usize = 64;
+/// The capacity the queue keeps when it empties (an outage may have grown it far beyond).
+const IDLE_CAPACITY: usize = 1024;
 /// The longest one push may take, connection included.
 pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
 /// The time the last push gets when the agent stops.
@@ -254,6 +257,9 @@ impl Queue {
         self.shipped += lines;
         self.in_flight = 0;
         self.in_flight_lines = 0;
+        if self.entries.is_empty() {
+            self.entries.shrink_to(IDLE_CAPACITY);
+        }
         lines
     }
 
@@ -591,6 +597,18 @@ mod tests {
         let stats = queue.stats();
         assert_eq!((stats.queued_lines, stats.shipped, stats.dropped), (6, 2, 18));
         assert_eq!(queue.dropped_unreported, 18);
+    }
+
+    #[test]
+    fn an_emptied_queue_gives_back_what_an_outage_grew() {
+        let mut queue = Queue::new(1 << 30);
+        for n in 0..20_000 {
+            queue.push("x", n);
+        }
+        assert!(queue.entries.capacity() >= 20_000);
+        queue.take_batch(usize::MAX);
+        assert_eq!(queue.delivered(), 20_000);
+        assert!(queue.entries.capacity() < 4 * IDLE_CAPACITY, "{}", queue.entries.capacity());
     }
 
     #[test]
