@@ -8,9 +8,14 @@
 //! many lines arrived and were dropped, and the time from a line's write to its arrival at the
 //! receiver (p50, p99, max).
 //!
+//! With `--outage S` the receiver answers 503 for the first S seconds of the binary's output,
+//! so the agent's queue fills to its budget and drops the oldest lines; the report then shows
+//! the RSS with a full queue and the drop count.
+//!
 //! ```text
-//! cargo bench -p flotilla-agent --bench loki            # 1,000 lines/s for 20 s
-//! cargo bench -p flotilla-agent --bench loki -- 2000 30 # another rate and duration
+//! cargo bench -p flotilla-agent --bench loki                          # 1,000 lines/s for 20 s
+//! cargo bench -p flotilla-agent --bench loki -- 2000 30               # another rate and duration
+//! cargo bench -p flotilla-agent --bench loki -- 2000 30 --outage 20   # Loki down for 20 s
 //! ```
 
 #![allow(clippy::print_stdout, clippy::print_stderr, clippy::unwrap_used)] // A benchmark prints its figures.
@@ -44,14 +49,23 @@ fn main() {
         }
         Some("--emit") => emit(args[1].parse().unwrap(), args[2].parse().unwrap()),
         _ => {
-            let numbers: Vec<u64> = args.iter().filter_map(|a| a.parse().ok()).collect();
+            let outage = args
+                .iter()
+                .position(|a| a == "--outage")
+                .map(|i| Duration::from_secs(args[i + 1].parse().unwrap()));
+            let numbers: Vec<u64> = args
+                .iter()
+                .enumerate()
+                .filter(|(i, _)| outage.is_none() || args[i.saturating_sub(1)] != "--outage")
+                .filter_map(|(_, a)| a.parse().ok())
+                .collect();
             let rate = numbers.first().copied().unwrap_or(1000);
             let seconds = numbers.get(1).copied().unwrap_or(20);
             tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap()
-                .block_on(bench(rate, seconds));
+                .block_on(bench(rate, seconds, outage));
         }
     }
 }
@@ -76,8 +90,11 @@ fn emit(rate: u64, seconds: u64) {
     }
 }
 
-async fn bench(rate: u64, seconds: u64) {
-    println!("machine: {} cores; {rate} lines/s for {seconds} s", cores());
+async fn bench(rate: u64, seconds: u64, outage: Option<Duration>) {
+    println!(
+        "machine: {} cores; {rate} lines/s for {seconds} s; receiver down {outage:?}",
+        cores()
+    );
     let receiver = Receiver::start("127.0.0.1:0".parse().unwrap(), Mode::Accept).await;
     let deployment = Deployment::new("127.200.12.1");
     let bootstrap = deployment.bootstrap_with(serde_json::json!({
@@ -99,6 +116,9 @@ async fn bench(rate: u64, seconds: u64) {
     let idle_rss = rss_kib(agent.id(), "VmRSS");
     let script = format!("exec {} --emit {rate} {seconds}\n", me.display());
     let manifest = deployment.publish(&Version::script(&script));
+    if outage.is_some() {
+        receiver.set_mode(Mode::Unavailable);
+    }
     deployment.install(&manifest).await;
 
     let total = (rate * seconds) as usize;
@@ -107,8 +127,14 @@ async fn bench(rate: u64, seconds: u64) {
     let deadline = started + Duration::from_secs(seconds + 30);
     loop {
         peak_rss = peak_rss.max(rss_kib(agent.id(), "VmRSS"));
+        if outage.is_some_and(|outage| started.elapsed() >= outage) {
+            receiver.set_mode(Mode::Accept);
+        }
         let arrived = receiver.lines().iter().filter(|l| l.starts_with("seq=")).count();
-        if arrived >= total || Instant::now() > deadline {
+        let settled = outage.is_some()
+            && started.elapsed() > Duration::from_secs(seconds + 5)
+            && deployment.metrics().await.contains("flotilla_loki_queued_bytes 0\n");
+        if arrived >= total || settled || Instant::now() > deadline {
             break;
         }
         tokio::time::sleep(Duration::from_millis(100)).await;
