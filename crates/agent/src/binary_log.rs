@@ -7,16 +7,18 @@
 //! Besides the file, the log keeps the last [`RECENT_LINES`] lines of the current run in memory
 //! (for a failed rollout's report) and hands every new line to followers of the `Logs` request
 //! through a broadcast channel, so a follower never has to find its place again after a rotation.
+//! When the bootstrap names a Loki server, every line is also handed to the `loki` shipper.
 
 use std::collections::VecDeque;
 use std::io::{self, Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use flotilla_spec::bootstrap::LogRotation;
 use tokio::sync::broadcast;
 
 use crate::log_file::RotatingFile;
+use crate::loki::LokiShipper;
 
 /// Lines of the current run kept in memory.
 pub(crate) const RECENT_LINES: usize = 50;
@@ -35,6 +37,8 @@ pub(crate) struct BinaryLog {
     path: PathBuf,
     inner: Mutex<LogFile>,
     followers: broadcast::Sender<Arc<str>>,
+    /// Where lines are shipped besides the file, once set.
+    loki: OnceLock<Arc<LokiShipper>>,
 }
 
 #[derive(Debug)]
@@ -63,7 +67,13 @@ impl BinaryLog {
             path,
             inner: Mutex::new(LogFile { file, recent: VecDeque::new(), failing: false }),
             followers,
+            loki: OnceLock::new(),
         })
+    }
+
+    /// Hands every line from now on to `shipper` as well (once; a second shipper is ignored).
+    pub(crate) fn ship_to(&self, shipper: Arc<LokiShipper>) {
+        let _ = self.loki.set(shipper);
     }
 
     pub(crate) fn path(&self) -> &Path {
@@ -147,6 +157,10 @@ impl BinaryLog {
             inner.recent.pop_front();
         }
         inner.recent.push_back(line.to_owned());
+        // Under the log's lock, so that Loki gets the lines in the file's order.
+        if let Some(shipper) = self.loki.get() {
+            shipper.push_line(line);
+        }
         drop(inner);
         // No follower is not an error.
         let _ = self.followers.send(Arc::from(line));

@@ -41,7 +41,11 @@
 //!       On both ports a connection that has not proven itself yet (TLS handshake, request
 //!       head) is *pending*, with a budget of its own where the newest pushes out the oldest
 //!       (`admission`, `refusal_log`), so a flood of trickling connections cannot keep clients
-//!       out.
+//!       out;
+//!    7. *GPU metrics* (`gpu`): each GPU's utilization, memory and temperature from
+//!       `nvidia-smi`, when it is on `PATH`;
+//!    8. *Loki shipper* ([`loki`]), when the bootstrap names a Loki server: the binary's log
+//!       lines pushed to Loki's API, batched, retried and bounded in memory; it stops last.
 //! 7. **Stop** (`life`): the lifecycle's `stopping` hooks while everything still runs, then the
 //!    components in reverse order, then the instance directory is let go.
 //! 8. **Death of a component** (`components`): whole-life tasks and each rollout are spawned so
@@ -78,6 +82,7 @@ pub mod failpoint;
 mod failpoint;
 mod fetch;
 pub mod fleetd_daemon;
+mod gpu;
 mod health;
 mod hosts;
 mod identity;
@@ -89,6 +94,7 @@ mod keepalive;
 mod life;
 mod lifecycle;
 mod log_file;
+pub mod loki;
 mod machine_cloud;
 mod machine_facts;
 mod metrics;

@@ -17,6 +17,12 @@
 //! | 4b | keepalive watcher (`keepalive`) | versions | `keepalive.json`: the last word from the deployment |
 //! | 5 | API server (`api`, `tls`) | versions | |
 //! | 6 | metrics server (`metrics`) | versions | |
+//! | 6b | GPU metrics (`gpu`), when `nvidia-smi` is on `PATH` | | |
+//! | 7 | Loki shipper (`loki`), when the bootstrap names a server | versions | none: lines not shipped yet are lost with the agent |
+//!
+//! The Loki shipper takes the binary's log lines from the moment the log opens (they wait in
+//! its bounded queue), labelled with the version the supervisor runs; it starts sending last
+//! and stops last, after the binary stopped, so that the binary's last lines get out.
 //!
 //! The lifecycle starts before the supervisor, which awaits its `starting` hooks, and gets the
 //! supervisor's handle once it exists; the installed version is ordered to start before the
@@ -54,6 +60,7 @@ use crate::failpoint::Failpoints;
 use crate::fetch::Fetchers;
 use crate::instance_dir::{InstanceDir, InstanceLock, create_private_dir};
 use crate::lifecycle::{self, LifecycleContext, LifecycleHandle};
+use crate::loki::{LokiSettings, LokiShipper};
 use crate::metrics::{self, AgentMetrics};
 use crate::spawner::Spawner;
 use crate::state::AgentState;
@@ -93,6 +100,8 @@ enum Component {
     Supervisor { handle: SupervisorHandle, task: JoinHandle<()> },
     /// The versions: a rollout under way is abandoned.
     Versions(Arc<Versions>),
+    /// The Loki shipper: told to stop (after everything else stopped) and given its last push.
+    Shipper { stop: watch::Sender<bool>, task: JoinHandle<()> },
 }
 
 /// Starts the agent: everything before the components, then the components in order (see the
@@ -112,6 +121,12 @@ pub(crate) async fn start(
     let log = BinaryLog::open(&dir.logs(), &bootstrap.logs)
         .map_err(|source| AgentError::InstanceDir { path: dir.logs(), source })?;
     let log = Arc::new(log);
+    let metrics = Arc::new(AgentMetrics::new());
+    let shipper = bootstrap.loki.as_ref().map(|loki| {
+        let shipper = LokiShipper::new(LokiSettings::new(&loki.url), metrics.loki_counters());
+        log.ship_to(shipper.clone());
+        shipper
+    });
     log.event(&format!(
         "agent {} started (pid {}); identity from {}",
         env!("CARGO_PKG_VERSION"),
@@ -163,7 +178,6 @@ pub(crate) async fn start(
         life.running.push(rehearsal);
     }
     // 2. The lifecycle, whose task starts once the supervisor exists.
-    let metrics = Arc::new(AgentMetrics::new());
     let calls = crate::machine_cloud::CallLog::default();
     let (lifecycle, make_lifecycle) = lifecycle::lifecycle(LifecycleContext {
         dir: context.dir.root().to_path_buf(),
@@ -186,6 +200,7 @@ pub(crate) async fn start(
         },
     });
     // 3. The supervisor.
+    let gpu_metrics = metrics.clone();
     let (supervisor, supervisor_task) =
         start_supervisor(&context, spawner, metrics.clone(), lifecycle.clone());
     let lifecycle_task = make_lifecycle(supervisor.clone()).run(context.stop.clone());
@@ -224,7 +239,10 @@ pub(crate) async fn start(
         task: context.components.spawn("API server", Lifetime::Agent, api),
     });
     // 6. The metrics server.
-    let page = move || versions.metrics_text();
+    let page = {
+        let versions = versions.clone();
+        move || versions.metrics_text()
+    };
     let metrics = metrics::serve_metrics(
         metrics_listener,
         page,
@@ -235,6 +253,17 @@ pub(crate) async fn start(
         name: "metrics server",
         task: context.components.spawn("metrics server", Lifetime::Agent, metrics),
     });
+    // 6b. The GPU metrics, when `nvidia-smi` is on PATH (the poller ends at once otherwise).
+    let gpus =
+        crate::gpu::poll_gpus(crate::gpu::NVIDIA_SMI.into(), gpu_metrics, context.stop.clone());
+    life.running.push(Component::Server {
+        name: "GPU metrics",
+        task: context.components.spawn("GPU metrics", Lifetime::UntilDone, gpus),
+    });
+    // 7. The Loki shipper, stopped last (see the module's documentation).
+    if let Some(shipper) = shipper {
+        life.running.insert(0, start_shipper(&context, shipper, &versions));
+    }
     tracing::info!("agent serving: API on {api_address}, metrics on {metrics_address}");
     Ok((life, deaths))
 }
@@ -260,6 +289,40 @@ async fn start_rehearsal_imds(context: &AgentContext) -> Result<Option<Component
     .await?;
     let task = context.components.spawn("rehearsal IMDS", Lifetime::Agent, serve);
     Ok(Some(Component::Server { name: "rehearsal IMDS", task }))
+}
+
+/// The Loki shipper's task: it learns the labels (IMDS may be asked), follows the version the
+/// supervisor runs, and sends until its own stop signal.
+fn start_shipper(
+    context: &AgentContext,
+    shipper: Arc<LokiShipper>,
+    versions: &Versions,
+) -> Component {
+    let (stop, stop_receiver) = watch::channel(false);
+    let target = context.bootstrap.loki.clone().expect("a shipper exists only with a Loki target");
+    let imds = context.bootstrap.imds.as_ref().map(|imds| imds.endpoint.clone());
+    let identity = context.identity.clone();
+    let mut status = versions.supervisor_status();
+    let task = async move {
+        let labels = crate::loki::labels(&identity, &target, imds.as_deref()).await;
+        let follow = {
+            let shipper = shipper.clone();
+            async move {
+                loop {
+                    shipper.set_version(status.borrow_and_update().version.as_deref());
+                    if status.changed().await.is_err() {
+                        return std::future::pending::<()>().await;
+                    }
+                }
+            }
+        };
+        tokio::select! {
+            () = shipper.run(labels, stop_receiver) => {}
+            () = follow => {}
+        }
+    };
+    let task = context.components.spawn("Loki shipper", Lifetime::Agent, task);
+    Component::Shipper { stop, task }
 }
 
 /// Where boot files land and the lifecycle finds devices: `/` on AWS, `<dir>/root` by default.
@@ -369,6 +432,13 @@ impl Life {
                 }
             }
             Component::Versions(versions) => versions.abandon_rollout().await,
+            Component::Shipper { stop, task } => {
+                let _ = stop.send(true);
+                let limit = crate::loki::FINAL_PUSH_TIMEOUT.saturating_add(SERVER_STOP_TIMEOUT);
+                if tokio::time::timeout(limit, task).await.is_err() {
+                    tracing::warn!("the Loki shipper did not stop within {limit:?}");
+                }
+            }
             Component::Supervisor { handle, task } => self.stop_supervisor(&handle, task).await,
         }
     }

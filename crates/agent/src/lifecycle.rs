@@ -680,6 +680,11 @@ async fn poll_imds(
             tracing::warn!("{line}");
         }
         for notice in round.notices {
+            metrics.count_notice(match notice {
+                Notice::Spot { .. } => "spot",
+                Notice::Rebalance { .. } => "rebalance",
+                Notice::Scheduled { .. } => "scheduled",
+            });
             let (event, detail, values) = notice_event(&notice);
             log.event(&format!("lifecycle: IMDS: {detail}"));
             handle.send(event, detail, values);

@@ -11,6 +11,16 @@
 //! | `flotilla_lifecycle_notifications_failed_total` | counter | lifecycle notifications given up on after their retries |
 //! | `flotilla_imds_polls_total` | counter | polls of IMDS's notice routes |
 //! | `flotilla_imds_poll_failures_total` | counter | those that failed (no answer, an error status, a bad body) |
+//! | `flotilla_interruption_notices_total{kind}` | counter | new IMDS notices: `spot` (interruption), `rebalance`, `scheduled` |
+//! | `flotilla_rollout_failed` | gauge | 1 while the last finished rollout failed (rolled back, or nothing to roll back to) |
+//! | `flotilla_gpu_utilization_ratio{gpu,uuid}` | gauge | a GPU's utilization, 0 to 1 (`gpu`: read from `nvidia-smi` when it is on `PATH`) |
+//! | `flotilla_gpu_memory_used_bytes{gpu,uuid}` | gauge | its memory in use |
+//! | `flotilla_gpu_memory_total_bytes{gpu,uuid}` | gauge | its memory |
+//! | `flotilla_gpu_temperature_celsius{gpu,uuid}` | gauge | its temperature |
+//! | `flotilla_gpu_reads_failed_total` | counter | `nvidia-smi` runs that failed or printed what does not parse (the GPU gauges are then cleared) |
+//! | `flotilla_loki_lines_shipped_total` | counter | log lines Loki accepted (`loki`) |
+//! | `flotilla_loki_lines_dropped_total` | counter | log lines dropped: pushed out of the bounded queue while Loki did not take them, or refused by it |
+//! | `flotilla_loki_queued_bytes` | gauge | what the queue of lines for Loki holds, against its budget |
 //!
 //! Everything but the counters is read from the agent's state at scrape time, and the
 //! binary's gauges from one reading of the supervisor's status: `binary_up` and the health state
@@ -37,6 +47,7 @@ use tokio::sync::watch;
 
 use crate::admission::{PendingConnections, PendingPolicy};
 use crate::failpoint::{Failpoint, Failpoints};
+use crate::loki::LokiCounters;
 use crate::refusal_log::{REFUSAL_LOG_INTERVAL, RefusalLog};
 
 /// Connections that have not yet sent a complete request head (see `admission`).
@@ -82,6 +93,32 @@ pub(crate) struct AgentMetrics {
     version_info: Family<Labels, Gauge>,
     agent_uptime: Gauge<f64, AtomicU64>,
     binary_uptime: Gauge<f64, AtomicU64>,
+    loki: LokiCounters,
+    notices: Family<Labels, Counter>,
+    rollout_failed: Gauge,
+    gpu: GpuGauges,
+}
+
+/// The GPU gauges, one series per GPU.
+#[derive(Debug, Default)]
+struct GpuGauges {
+    utilization: Family<Labels, Gauge<f64, AtomicU64>>,
+    memory_used: Family<Labels, Gauge<f64, AtomicU64>>,
+    memory_total: Family<Labels, Gauge<f64, AtomicU64>>,
+    temperature: Family<Labels, Gauge<f64, AtomicU64>>,
+    failures: Counter,
+}
+
+/// One GPU as `nvidia-smi` reports it (see `gpu`).
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct GpuSample {
+    pub(crate) index: u32,
+    pub(crate) uuid: String,
+    /// 0 to 1. `None` (here and below): the GPU does not report it.
+    pub(crate) utilization: Option<f64>,
+    pub(crate) memory_used_bytes: Option<f64>,
+    pub(crate) memory_total_bytes: Option<f64>,
+    pub(crate) temperature_celsius: Option<f64>,
 }
 
 impl AgentMetrics {
@@ -133,6 +170,65 @@ impl AgentMetrics {
             "Seconds since the binary started, 0 while it is not running",
             binary_uptime.clone(),
         );
+        let loki = LokiCounters::default();
+        registry.register(
+            "loki_lines_shipped",
+            "Log lines Loki accepted, since the agent started",
+            loki.shipped.clone(),
+        );
+        registry.register(
+            "loki_lines_dropped",
+            "Log lines dropped: pushed out of the bounded queue while Loki did not take them, or refused by Loki",
+            loki.dropped.clone(),
+        );
+        registry.register(
+            "loki_queued_bytes",
+            "What the queue of log lines for Loki holds, counted against its budget",
+            loki.queued_bytes.clone(),
+        );
+        let notices = Family::<Labels, Counter>::default();
+        // Every kind from the start, at 0: `increase()` sees a first notice only on a series
+        // that existed before it.
+        for kind in ["spot", "rebalance", "scheduled"] {
+            notices.get_or_create(&vec![("kind", kind.to_owned())]).inc_by(0);
+        }
+        registry.register(
+            "interruption_notices",
+            "New IMDS notices by kind: spot (an interruption), rebalance, scheduled",
+            notices.clone(),
+        );
+        let rollout_failed = Gauge::default();
+        registry.register(
+            "rollout_failed",
+            "1 while the last finished rollout failed (rolled back, or nothing to roll back to)",
+            rollout_failed.clone(),
+        );
+        let gpu = GpuGauges::default();
+        registry.register(
+            "gpu_utilization_ratio",
+            "A GPU's utilization, 0 to 1, read from nvidia-smi",
+            gpu.utilization.clone(),
+        );
+        registry.register(
+            "gpu_memory_used_bytes",
+            "A GPU's memory in use, read from nvidia-smi",
+            gpu.memory_used.clone(),
+        );
+        registry.register(
+            "gpu_memory_total_bytes",
+            "A GPU's memory, read from nvidia-smi",
+            gpu.memory_total.clone(),
+        );
+        registry.register(
+            "gpu_temperature_celsius",
+            "A GPU's temperature, read from nvidia-smi",
+            gpu.temperature.clone(),
+        );
+        registry.register(
+            "gpu_reads_failed",
+            "nvidia-smi runs that failed or printed what does not parse",
+            gpu.failures.clone(),
+        );
         AgentMetrics {
             registry,
             binary_up,
@@ -144,7 +240,55 @@ impl AgentMetrics {
             version_info,
             agent_uptime,
             binary_uptime,
+            loki,
+            notices,
+            rollout_failed,
+            gpu,
         }
+    }
+
+    /// Counts a new IMDS notice of `kind` (`spot`, `rebalance`, `scheduled`).
+    pub(crate) fn count_notice(&self, kind: &'static str) {
+        self.notices.get_or_create(&vec![("kind", kind.to_owned())]).inc();
+    }
+
+    /// Whether the last finished rollout failed.
+    pub(crate) fn set_rollout_failed(&self, failed: bool) {
+        self.rollout_failed.set(i64::from(failed));
+    }
+
+    /// The GPUs as last read: one series each, and none of a GPU no longer listed.
+    pub(crate) fn set_gpus(&self, samples: &[GpuSample]) {
+        let gauges = &self.gpu;
+        for family in
+            [&gauges.utilization, &gauges.memory_used, &gauges.memory_total, &gauges.temperature]
+        {
+            family.clear();
+        }
+        for sample in samples {
+            let labels = vec![("gpu", sample.index.to_string()), ("uuid", sample.uuid.clone())];
+            for (family, value) in [
+                (&gauges.utilization, sample.utilization),
+                (&gauges.memory_used, sample.memory_used_bytes),
+                (&gauges.memory_total, sample.memory_total_bytes),
+                (&gauges.temperature, sample.temperature_celsius),
+            ] {
+                if let Some(value) = value {
+                    family.get_or_create(&labels).set(value);
+                }
+            }
+        }
+    }
+
+    /// A read of the GPUs failed: the gauges are cleared (a stale reading would mislead).
+    pub(crate) fn gpu_read_failed(&self) {
+        self.set_gpus(&[]);
+        self.gpu.failures.inc();
+    }
+
+    /// The Loki shipper's counters, which this page reports.
+    pub(crate) fn loki_counters(&self) -> LokiCounters {
+        self.loki.clone()
     }
 
     /// Counts one restart after an exit.
@@ -277,6 +421,16 @@ mod tests {
         metrics.count_notification_failure();
         metrics.count_notification_failure();
         metrics.count_imds_polls(3, 1);
+        metrics.count_notice("spot");
+        metrics.set_rollout_failed(true);
+        metrics.set_gpus(&[GpuSample {
+            index: 0,
+            uuid: "GPU-a".to_owned(),
+            utilization: None,
+            memory_used_bytes: Some(1.0),
+            memory_total_bytes: Some(2.0),
+            temperature_celsius: Some(61.0),
+        }]);
         let text = metrics.render(&MetricsSnapshot {
             running: true,
             state: BinaryState::Healthy,
@@ -295,6 +449,12 @@ mod tests {
             "flotilla_binary_version_info{version=\"abc\"} 1\n",
             "flotilla_agent_uptime_seconds 5.0\n",
             "flotilla_binary_uptime_seconds 3.0\n",
+            "flotilla_interruption_notices_total{kind=\"spot\"} 1\n",
+            "flotilla_interruption_notices_total{kind=\"rebalance\"} 0\n",
+            "flotilla_rollout_failed 1\n",
+            "flotilla_gpu_temperature_celsius{gpu=\"0\",uuid=\"GPU-a\"} 61.0\n",
+            "flotilla_gpu_reads_failed_total 0\n",
+            "flotilla_loki_lines_dropped_total 0\n",
         ] {
             assert!(text.contains(expected), "{expected:?} missing from\n{text}");
         }
@@ -307,5 +467,17 @@ mod tests {
         });
         assert!(!text.contains("version=\"abc\""), "{text}");
         assert!(text.contains("flotilla_binary_health_state{state=\"idle\"} 1\n"), "{text}");
+        metrics.gpu_read_failed();
+        metrics.set_rollout_failed(false);
+        let text = metrics.render(&MetricsSnapshot {
+            running: false,
+            state: BinaryState::Idle,
+            version: None,
+            agent_uptime: Duration::from_secs(7),
+            binary_uptime: None,
+        });
+        assert!(!text.contains("flotilla_gpu_temperature_celsius{"), "{text}");
+        assert!(text.contains("flotilla_gpu_reads_failed_total 1\n"), "{text}");
+        assert!(text.contains("flotilla_rollout_failed 0\n"), "{text}");
     }
 }

@@ -179,6 +179,11 @@ impl Versions {
     /// The metrics page.
     pub(crate) fn metrics_text(&self) -> String {
         let version = lock(&self.state).installed.clone();
+        let last_phase = lock(&self.rollout).last.as_ref().map(|rollout| rollout.phase);
+        self.metrics.set_rollout_failed(matches!(
+            last_phase,
+            Some(RolloutPhase::RolledBack | RolloutPhase::Failed)
+        ));
         let snapshot =
             self.supervisor.status().metrics_snapshot(version, self.started_at.elapsed());
         self.metrics.render(&snapshot)

@@ -318,6 +318,7 @@ impl LocalProvider {
             // A local machine is the operator's computer: a keepalive that runs out only ends
             // the agent, and the machine shows as stopped.
             power_off: Vec::new(),
+            loki: None,
         };
         let json = serde_json::to_vec_pretty(&bootstrap).expect("a bootstrap config serializes");
         write_private(&self.bootstrap_path(&record.name), &json).map_err(|e| {

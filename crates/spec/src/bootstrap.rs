@@ -65,6 +65,31 @@ pub struct AgentBootstrap {
     /// are launched to terminate on shutdown). Empty: the agent only exits.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub power_off: Vec<String>,
+    /// Where the agent ships the binary's log (and its own lifecycle events): a Loki server's
+    /// push API. Absent: the log stays on the machine.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loki: Option<LokiTarget>,
+}
+
+/// The Loki server the agent pushes the binary's log to, and the labels only the deployer knows.
+///
+/// Every line is sent with the labels `deployment` (the tag), `name`, `region` (from the
+/// identity), `instance_type`, `market` (from here, else from IMDS, else `unknown`) and
+/// `version` (the version running when the line was written, `none` before the first).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct LokiTarget {
+    /// The server, `http://HOST:PORT` (Loki listens on 3100); the agent posts to
+    /// `/loki/api/v1/push` there.
+    pub url: String,
+    /// The machine's instance type. Absent: IMDS's `instance-type`, when the bootstrap names an
+    /// IMDS, else `unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_type: Option<String>,
+    /// The machine's market (`spot`, `on-demand`, `local`). Absent: IMDS's
+    /// `instance-life-cycle`, when the bootstrap names an IMDS, else `unknown`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub market: Option<String>,
 }
 
 /// Where the agent finds IMDS, and whether it serves a rehearsal one itself.
@@ -224,6 +249,16 @@ impl AgentBootstrap {
                 return Err(invalid("imds", "rehearsal_notices must be an absolute path"));
             }
         }
+        if let Some(loki) = &self.loki {
+            let Some(authority) = loki.url.strip_prefix("http://") else {
+                return Err(invalid("loki", "url must be an http:// URL"));
+            };
+            if authority.trim_end_matches('/').is_empty()
+                || authority.trim_end_matches('/').contains('/')
+            {
+                return Err(invalid("loki", "url must be http://HOST[:PORT] with no path"));
+            }
+        }
         Ok(())
     }
 }
@@ -314,5 +349,33 @@ mod tests {
         ] {
             assert_eq!(parse(extra).unwrap_err().to_string(), expected, "{extra}");
         }
+    }
+
+    #[test]
+    fn a_loki_target_is_an_http_server_without_a_path() {
+        let parse = |extra: &str| {
+            AgentBootstrap::parse(
+                &format!(
+                    r#"{{"tag":"t1","dir":"/x","listen":"127.1.0.1","identity":"i",{extra}}}"#
+                ),
+                "b.json",
+            )
+        };
+        let bootstrap = parse(r#""loki":{"url":"http://10.0.0.5:3100","market":"spot"}"#).unwrap();
+        let loki = bootstrap.loki.expect("a Loki target");
+        assert_eq!(loki.url, "http://10.0.0.5:3100");
+        assert_eq!((loki.instance_type, loki.market.as_deref()), (None, Some("spot")));
+        for (extra, expected) in [
+            (r#""loki":{"url":"https://10.0.0.5:3100"}"#, "url must be an http:// URL"),
+            (r#""loki":{"url":"http://"}"#, "url must be http://HOST[:PORT] with no path"),
+            (
+                r#""loki":{"url":"http://10.0.0.5:3100/loki/api/v1/push"}"#,
+                "url must be http://HOST[:PORT] with no path",
+            ),
+        ] {
+            let error = parse(extra).unwrap_err().to_string();
+            assert_eq!(error, format!("b.json: `loki`: {expected}"), "{extra}");
+        }
+        assert!(parse(r#""loki":{"url":"http://h:1","labels":{}}"#).is_err(), "unknown keys");
     }
 }
