@@ -24,6 +24,7 @@ pub mod document;
 pub mod duration_serde;
 pub mod fleet;
 pub mod fleetd;
+pub mod host_pool;
 pub mod identity;
 pub mod imds;
 pub mod json5;
