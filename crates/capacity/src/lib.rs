@@ -3,7 +3,8 @@
 //! and which pools are unavailable for now ([`unavailable`]), how a group spreads over zones
 //! ([`placement`]), which fleet requests to make and what to do with their answers
 //! ([`launch`]), what machines cost ([`prices`]), how fast EC2 may be asked ([`throttle`]) and
-//! what a binary runs on ([`elf`]).
+//! what a binary runs on ([`elf`]); how a dedicated host pool allocates, scrubs and releases
+//! hosts ([`host_pool`]).
 //!
 //! Architecture Invariant: this crate knows no SDK, reads no clock and draws no random number:
 //! time and answers are passed in, so its tests need no mocks and a simulator can run the very
@@ -11,6 +12,7 @@
 
 pub mod catalog;
 pub mod elf;
+pub mod host_pool;
 pub mod launch;
 pub mod placement;
 pub mod prices;
