@@ -40,7 +40,8 @@
 //! round).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 
 /// Seconds on the caller's clock.
 pub type Time = u64;
@@ -59,6 +60,31 @@ pub const AUTO_REVIEW_INTERVAL: Time = 5 * 60;
 pub const AUTO_FIRST_REVIEW: Time = 60;
 /// The time constant of the demand estimate `Auto` uses (an exponentially weighted rate).
 pub const DEMAND_TIME_CONSTANT: Time = 3600;
+
+/// A hasher for the policy's integer ids: one multiply (Fibonacci hashing). Deterministic (no
+/// random seed, unlike std's default), and a fraction of SipHash's cost on the simulator's
+/// millions of lookups. Ids are the caller's, not an attacker's, so flooding is not a concern.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct IdHasher(u64);
+
+impl Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for byte in bytes {
+            self.write_u64(u64::from(*byte));
+        }
+    }
+
+    fn write_u64(&mut self, value: u64) {
+        self.0 = (self.0.rotate_left(5) ^ value).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    }
+}
+
+/// A map keyed by the policy's ids.
+pub type IdMap<K, V> = HashMap<K, V, BuildHasherDefault<IdHasher>>;
 
 /// A host, as the caller names it (the AWS provider maps `h-…` ids to these).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -261,7 +287,7 @@ struct Waiting {
 #[derive(Debug)]
 pub struct HostPool {
     config: PoolConfig,
-    hosts: BTreeMap<HostId, Host>,
+    hosts: IdMap<HostId, Host>,
     /// Idle hosts per zone, by (allocation time, id): the earliest allocated first.
     idle: Vec<BTreeSet<(Time, HostId)>>,
     /// Hosts per zone, whatever their state (allocations in flight apart).
@@ -272,7 +298,7 @@ pub struct HostPool {
     cooldown_until: Vec<Time>,
     waiting: VecDeque<Waiting>,
     /// Launched machines: their host and the zones they accept.
-    running: BTreeMap<MachineId, (HostId, ZoneSet)>,
+    running: IdMap<MachineId, (HostId, ZoneSet)>,
     timers: BinaryHeap<Reverse<(Time, Timer)>>,
     next_request: u64,
     /// The demand estimate for `Auto`: machines wanted per second, and when it was updated.
@@ -286,14 +312,14 @@ impl HostPool {
         assert!(zones <= 64, "a pool has at most 64 zones (ZoneSet is a 64-bit mask)");
         HostPool {
             config,
-            hosts: BTreeMap::new(),
+            hosts: IdMap::default(),
             idle: vec![BTreeSet::new(); zones],
             hosts_in_zone: vec![0; zones],
             allocating: BTreeMap::new(),
             allocating_in_zone: vec![0; zones],
             cooldown_until: vec![0; zones],
             waiting: VecDeque::new(),
-            running: BTreeMap::new(),
+            running: IdMap::default(),
             timers: BinaryHeap::new(),
             next_request: 0,
             demand_rate: 0.0,
@@ -305,9 +331,17 @@ impl HostPool {
         &self.config
     }
 
-    /// The pool's hosts.
+    /// The pool's hosts, by id.
     pub fn hosts(&self) -> impl Iterator<Item = (HostId, &Host)> {
-        self.hosts.iter().map(|(id, host)| (*id, host))
+        let mut hosts: Vec<(HostId, &Host)> =
+            self.hosts.iter().map(|(id, host)| (*id, host)).collect();
+        hosts.sort_by_key(|(id, _)| *id);
+        hosts.into_iter()
+    }
+
+    /// How many hosts the pool holds (allocations in flight apart).
+    pub fn host_count(&self) -> usize {
+        self.hosts.len()
     }
 
     /// How many machines wait for a host.

@@ -20,11 +20,12 @@ pub mod input;
 pub mod report;
 
 use std::cmp::Reverse;
-use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::collections::{BinaryHeap, VecDeque};
 use std::io::Read;
 
 use crate::host_pool::{
-    Action, Event, HostId, HostPool, MachineId, PoolConfig, ScrubPolicy, Time, ZoneLimit, ZoneSet,
+    Action, Event, HostId, HostPool, IdMap, MachineId, PoolConfig, ScrubPolicy, Time, ZoneLimit,
+    ZoneSet,
 };
 use crate::random::SeededRng;
 pub use input::{InputError, Job, WorkloadReader};
@@ -158,8 +159,6 @@ enum Scheduled {
     JobEnds(MachineId),
     /// A host's scrub ends.
     ScrubEnds(HostId),
-    /// The policy's next deadline.
-    Tick,
 }
 
 /// A job the pool has not finished: when it arrived and how long it runs.
@@ -186,7 +185,7 @@ pub fn simulate<R: Read>(
             }
             None => None,
         };
-        let next_event = run.queue.peek().map(|Reverse((time, _, _))| *time);
+        let next_event = run.next_event_time();
         match (next_row, next_event) {
             (None, None) => break,
             // Events at or before a row's start come first: a host freed at that second serves it.
@@ -201,6 +200,36 @@ pub fn simulate<R: Read>(
     Ok(run.finish())
 }
 
+/// Runs the same workload under each of `settings` side by side (a thread each), opening it
+/// once per run with `open`. The reports come in the order of `settings`.
+pub fn simulate_each<R: Read, E: Send>(
+    open: impl Fn() -> Result<R, E> + Sync,
+    settings: &[Settings],
+) -> Vec<Result<SimulationReport, CompareError<E>>> {
+    std::thread::scope(|scope| {
+        let runs: Vec<_> = settings
+            .iter()
+            .map(|settings| {
+                let open = &open;
+                scope.spawn(move || {
+                    let source = open().map_err(CompareError::Open)?;
+                    simulate(WorkloadReader::new(source), settings).map_err(CompareError::Input)
+                })
+            })
+            .collect();
+        runs.into_iter().map(|run| run.join().expect("a simulation does not panic")).collect()
+    })
+}
+
+/// Why one of [`simulate_each`]'s runs failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CompareError<E> {
+    #[error("cannot open the workload")]
+    Open(E),
+    #[error(transparent)]
+    Input(#[from] InputError),
+}
+
 struct Run<'s> {
     settings: &'s Settings,
     pool: HostPool,
@@ -211,13 +240,11 @@ struct Run<'s> {
     next_host: u64,
     next_machine: u64,
     /// Jobs wanted and not finished, by machine.
-    pending: HashMap<MachineId, Pending>,
+    pending: IdMap<MachineId, Pending>,
     /// The host each running machine is on.
-    host_of: HashMap<MachineId, HostId>,
+    host_of: IdMap<MachineId, HostId>,
     /// When each host's billed stretch began (absent while it scrubs).
-    billed_since: HashMap<HostId, Time>,
-    /// Ticks scheduled, so one deadline is scheduled once.
-    ticks: std::collections::BTreeSet<Time>,
+    billed_since: IdMap<HostId, Time>,
     events: VecDeque<Event>,
     actions: Vec<Action>,
     ledger: Ledger,
@@ -234,10 +261,9 @@ impl<'s> Run<'s> {
             rng: SeededRng::stream(settings.seed, "simulate"),
             next_host: 0,
             next_machine: 0,
-            pending: HashMap::new(),
-            host_of: HashMap::new(),
-            billed_since: HashMap::new(),
-            ticks: std::collections::BTreeSet::new(),
+            pending: IdMap::default(),
+            host_of: IdMap::default(),
+            billed_since: IdMap::default(),
             events: VecDeque::new(),
             actions: Vec::new(),
             ledger: Ledger::new(settings.host_usd_per_hour),
@@ -285,7 +311,26 @@ impl<'s> Run<'s> {
         ZoneSet(set)
     }
 
+    /// The time of the next scheduled event or of the policy's next deadline.
+    fn next_event_time(&self) -> Option<Time> {
+        let scheduled = self.queue.peek().map(|Reverse((time, _, _))| *time);
+        match (scheduled, self.pool.next_deadline()) {
+            (Some(scheduled), Some(deadline)) => Some(scheduled.min(deadline)),
+            (scheduled, deadline) => scheduled.or(deadline),
+        }
+    }
+
+    /// Runs the next scheduled event, or ticks the policy at its deadline. A scheduled event at
+    /// the deadline goes first; the policy runs its due timers on any event.
     fn next_event(&mut self) {
+        let scheduled = self.queue.peek().map(|Reverse((time, _, _))| *time);
+        if let Some(deadline) = self.pool.next_deadline()
+            && scheduled.is_none_or(|scheduled| deadline < scheduled)
+        {
+            self.now = self.now.max(deadline);
+            self.feed(Event::Tick);
+            return;
+        }
         let Some(Reverse((time, _, what))) = self.queue.pop() else { return };
         self.now = self.now.max(time);
         match what {
@@ -308,10 +353,6 @@ impl<'s> Run<'s> {
                 self.billed_since.insert(host, self.now);
                 self.feed(Event::ScrubFinished { host });
             }
-            Scheduled::Tick => {
-                self.ticks.remove(&time);
-                self.feed(Event::Tick);
-            }
         }
     }
 
@@ -333,12 +374,7 @@ impl<'s> Run<'s> {
             self.actions = actions;
             self.actions.clear();
         }
-        self.ledger.note_pool(self.pool.hosts().count(), self.pool.waiting());
-        if let Some(deadline) = self.pool.next_deadline()
-            && self.ticks.insert(deadline)
-        {
-            self.schedule(deadline.max(self.now), Scheduled::Tick);
-        }
+        self.ledger.note_pool(self.pool.host_count(), self.pool.waiting());
     }
 
     fn play(&mut self, action: &Action) {

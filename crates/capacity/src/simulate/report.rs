@@ -89,6 +89,8 @@ pub struct Ledger {
     rejected_s: u64,
     peak_hosts: usize,
     peak_queue: usize,
+    /// The month booked last and its bounds [start, end): most bookings fall in it.
+    last_month: (Month, Time, Time),
 }
 
 impl Ledger {
@@ -105,6 +107,7 @@ impl Ledger {
             rejected_s: 0,
             peak_hosts: 0,
             peak_queue: 0,
+            last_month: (Month { year: 1970, month: 1 }, 0, Month { year: 1970, month: 2 }.start()),
         }
     }
 
@@ -152,8 +155,16 @@ impl Ledger {
     fn book(&mut self, from: Time, to: Time, mut add: impl FnMut(&mut MonthSeconds, u64)) {
         let mut at = from;
         while at < to {
-            let month = Month::of(at);
-            let end = month.next().start().min(to);
+            let (month, start, end) = self.last_month;
+            let (month, month_end) = if (start..end).contains(&at) {
+                (month, end)
+            } else {
+                let month = Month::of(at);
+                let bounds = (month, month.start(), month.next().start());
+                self.last_month = bounds;
+                (month, bounds.2)
+            };
+            let end = month_end.min(to);
             add(self.months.entry(month).or_default(), end - at);
             at = end;
         }
