@@ -33,6 +33,24 @@ pub(crate) const HOST_POOL_ZONE_KEYS: &[KeySpec] =
     &[flotilla_required("max", "add `max:` with the most hosts in this zone, e.g. `max: 10`")];
 
 impl Decoder<'_> {
+    /// A document of host pools alone, for `flotilla simulate --pool`: `host_pools: {NAME: …}`,
+    /// or one pool's mapping (named `pool`).
+    pub(crate) fn decode_host_pools_document(
+        &mut self,
+        root: &Node,
+    ) -> Option<BTreeMap<String, HostPoolSpec>> {
+        self.locations.insert(String::new(), root.location);
+        if let NodeValue::Mapping(entries) = &root.value
+            && let [entry] = entries.as_slice()
+            && entry.key.as_scalar().is_some_and(|key| key.text == "host_pools")
+        {
+            self.locations.insert("host_pools".to_owned(), entry.value.location);
+            return self.read_host_pools(&entry.value, "host_pools");
+        }
+        let pool = self.read_host_pool(root, "")?;
+        Some(BTreeMap::from([("pool".to_owned(), pool)]))
+    }
+
     /// `host_pools: {NAME: {instance_type, zones, max, scrubbing, release_idle_after}}`.
     pub(super) fn read_host_pools(
         &mut self,
