@@ -497,8 +497,15 @@ impl HostPool {
         }
         match state {
             ObservedState::Available(Some(machine)) => {
+                // The zones it accepts, as it asked (a machine adopted unasked accepts any).
+                let zones = self
+                    .running
+                    .get(&machine)
+                    .map(|(_, zones)| *zones)
+                    .or_else(|| self.waiting.iter().find(|w| w.machine == machine).map(|w| w.zones))
+                    .unwrap_or(ZoneSet::ALL);
                 self.set_state(host, HostState::Busy(machine));
-                self.running.insert(machine, (host, ZoneSet::ALL));
+                self.running.insert(machine, (host, zones));
                 self.waiting.retain(|waiting| waiting.machine != machine);
             }
             ObservedState::Available(None) => match known.state {

@@ -44,6 +44,7 @@ enum Answer {
 enum Step {
     Want(u64),
     EndMachine(usize),
+    FailLaunch(usize),
     FinishScrub(usize),
     AnswerAllocation(usize, Answer),
     AnswerRelease(usize, bool),
@@ -205,6 +206,17 @@ impl World {
                 entry.state = if self.mac { WorldState::Scrubbing } else { WorldState::Idle };
                 self.send(Event::MachineReleased { machine })
             }
+            Step::FailLaunch(pick) => {
+                let Some(machine) =
+                    self.running.keys().nth(pick % self.running.len().max(1)).copied()
+                else {
+                    return Ok(());
+                };
+                let host = self.running.remove(&machine).expect("listed");
+                self.hosts.get_mut(&host).expect("known").state = WorldState::Idle;
+                self.waiting.insert(machine, self.zones_of[&machine]);
+                self.send(Event::LaunchFailed { machine })
+            }
             Step::FinishScrub(pick) => {
                 let scrubbing: Vec<HostId> = self
                     .hosts
@@ -309,6 +321,7 @@ fn step_strategy() -> impl Strategy<Value = Step> {
     prop_oneof![
         5 => any::<u64>().prop_map(Step::Want),
         4 => any::<usize>().prop_map(Step::EndMachine),
+        1 => any::<usize>().prop_map(Step::FailLaunch),
         3 => any::<usize>().prop_map(Step::FinishScrub),
         4 => (any::<usize>(), answer).prop_map(|(pick, answer)| Step::AnswerAllocation(pick, answer)),
         2 => (any::<usize>(), any::<bool>()).prop_map(|(pick, ok)| Step::AnswerRelease(pick, ok)),

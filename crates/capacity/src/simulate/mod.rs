@@ -364,15 +364,18 @@ impl<'s> Run<'s> {
 
     /// Hands an event to the policy and plays its actions, and what they cause, at `now`.
     fn feed(&mut self, event: Event) {
-        self.events.push_back(event);
-        while let Some(event) = self.events.pop_front() {
+        let mut next = Some(event);
+        while let Some(event) = next {
             self.pool.handle(self.now, event, &mut self.actions);
-            let actions = std::mem::take(&mut self.actions);
-            for action in &actions {
-                self.play(action);
+            if !self.actions.is_empty() {
+                let actions = std::mem::take(&mut self.actions);
+                for action in &actions {
+                    self.play(action);
+                }
+                self.actions = actions;
+                self.actions.clear();
             }
-            self.actions = actions;
-            self.actions.clear();
+            next = self.events.pop_front();
         }
         self.ledger.note_pool(self.pool.host_count(), self.pool.waiting());
     }
