@@ -88,9 +88,14 @@ fn main() {
     );
     for ((name, _), report) in policies.iter().zip(reports) {
         let report = report.unwrap();
+        let host_hours: f64 = report.months.iter().map(|month| month.host_hours).sum();
         println!(
-            "  {name:>4}: ${:>10.0}  p95 wait {:>6} s  peak hosts {:>3}  holds {}",
-            report.usd, report.wait.p95_s, report.peak_hosts, report.conservation.holds
+            "  {name:>4}: ${:>10.0}  host-h {host_hours:>8.0}  p95 wait {:>6} s  max {:>6} s  peak queue {:>5}  holds {}",
+            report.usd,
+            report.wait.p95_s,
+            report.wait.max_s,
+            report.peak_queue,
+            report.conservation.holds
         );
     }
 }
