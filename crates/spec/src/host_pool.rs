@@ -34,6 +34,7 @@ pub struct HostPoolSpec {
     pub zones: BTreeMap<String, HostPoolZone>,
     /// The most hosts in the whole pool (default: the sum of the zones' maxima). At least the largest zone maximum and at most their sum.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1))]
     pub max: Option<u32>,
     /// What an idle Mac host does before its 24 hours are up: `off` (stays available, billed), `auto` (scrubbed when the expected demand during a scrub costs less than the idle hours saved), or a duration (scrubbed after being idle that long, at least 1m). A scrubbing host is `pending` and not billed.
     #[serde(default, skip_serializing_if = "Scrubbing::is_off")]
@@ -72,6 +73,7 @@ impl HostPoolSpec {
 #[serde(deny_unknown_fields)]
 pub struct HostPoolZone {
     /// The most hosts the pool holds in this zone, at least 1.
+    #[schemars(range(min = 1))]
     pub max: u32,
 }
 
