@@ -24,8 +24,9 @@
 //! - **Mac hosts scrub after every instance** (AWS stops billing while the host is `pending`).
 //!   An idle Mac host inside its minimum allocation period is scrubbed again according to
 //!   [`ScrubPolicy`]: never, after a fixed idle delay (Fish's `scrubbing_delay`), or by price
-//!   (`Auto`: when the expected demand during a scrub window is covered by the other idle hosts,
-//!   so that scrubbing this one saves its idle billed hours without making a machine wait).
+//!   (`Auto`: when the demand expected during a scrub window, an exponentially weighted rate of
+//!   wanted machines, is covered by the other idle hosts with [`AUTO_SLACK`] to spare, so that
+//!   scrubbing this one saves its idle billed hours without making a machine wait).
 //! - **Release.** A host is released once it is idle, has been idle for
 //!   [`PoolConfig::release_idle_after`], and is past its allocation time plus
 //!   [`PoolConfig::minimum_allocation`] (24 h for Mac hosts), the allocation time being the
@@ -58,6 +59,9 @@ pub const DEFAULT_EXPECTED_SCRUB: Time = 50 * 60;
 pub const AUTO_REVIEW_INTERVAL: Time = 5 * 60;
 /// The idle time before `Auto` first considers a host: Fish's floor for `scrubbing_delay`.
 pub const AUTO_FIRST_REVIEW: Time = 60;
+/// `Auto` scrubs while fewer than this many machines beyond what the other idle hosts serve are
+/// expected during the scrub window: with no other idle host, when under half a machine is.
+pub const AUTO_SLACK: f64 = 0.5;
 /// The time constant of the demand estimate `Auto` uses (an exponentially weighted rate).
 pub const DEMAND_TIME_CONSTANT: Time = 3600;
 
@@ -644,7 +648,7 @@ impl HostPool {
                 let expected = self.demand_at(now) * window as f64;
                 let others_idle: usize =
                     self.idle.iter().map(BTreeSet::len).sum::<usize>().saturating_sub(1);
-                expected < others_idle as f64
+                expected < others_idle as f64 + AUTO_SLACK
             }
         }
     }
@@ -862,6 +866,47 @@ mod tests {
         );
         let launched = step(&mut pool, 500, Event::ScrubFinished { host });
         assert_eq!(launched, [Action::Launch { machine: MachineId(4), host }]);
+    }
+
+    #[test]
+    fn auto_scrubs_an_idle_host_when_demand_is_low_and_keeps_it_when_machines_keep_coming() {
+        let idle_host = |pool: &mut HostPool, host: u64, now: Time| {
+            let seen = Event::HostSeen {
+                host: HostId(host),
+                zone: 0,
+                state: ObservedState::Available(None),
+                allocated_at: 0,
+            };
+            step(pool, now, seen)
+        };
+        // No demand: after its first review, the idle host is scrubbed.
+        let mut quiet = two_zone_mac_pool(ScrubPolicy::Auto);
+        idle_host(&mut quiet, 1, 0);
+        assert_eq!(quiet.next_deadline(), Some(AUTO_FIRST_REVIEW));
+        assert_eq!(
+            step(&mut quiet, AUTO_FIRST_REVIEW, Event::Tick),
+            [Action::Scrub { host: HostId(1) }]
+        );
+        // Twenty machines an hour (each served and gone at once): about 17 expected in a 50-minute
+        // scrub window, more than the other idle hosts (none): the host stays available.
+        let mut busy = two_zone_mac_pool(ScrubPolicy::Auto);
+        let mut now = 0;
+        for index in 0..40 {
+            now += 180;
+            let machine = MachineId(index);
+            let host = HostId(100 + index);
+            let wanted = Event::MachineWanted { machine, zones: ZoneSet::ALL };
+            let asked = step(&mut busy, now, wanted);
+            assert_eq!(asked, [Action::Allocate { request: AllocationId(index), zone: 0 }]);
+            let allocated =
+                Event::HostAllocated { request: AllocationId(index), host, allocated_at: now };
+            assert_eq!(step(&mut busy, now, allocated), [Action::Launch { machine, host }]);
+            step(&mut busy, now, Event::MachineReleased { machine });
+            step(&mut busy, now, Event::HostReleased { host });
+        }
+        idle_host(&mut busy, 1, now);
+        let review = step(&mut busy, now + AUTO_FIRST_REVIEW, Event::Tick);
+        assert!(review.is_empty(), "kept available under demand: {review:?}");
     }
 
     #[test]

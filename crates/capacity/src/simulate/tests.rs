@@ -155,3 +155,19 @@ fn a_capped_pool_queues_bursts_and_an_uncapped_one_does_not() {
     // The same jobs run either way.
     assert_eq!(capped.conservation.executed_hours, uncapped.conservation.executed_hours);
 }
+
+#[test]
+fn realistic_mode_is_the_same_for_a_seed_and_differs_across_seeds() {
+    let text = generated_week(4);
+    let realistic = |seed| {
+        let zones = vec![ZoneLimit { name: "us-east-1a".to_owned(), max: 80 }];
+        let mut pool = PoolConfig::new(zones, 80, true);
+        pool.scrubbing = ScrubPolicy::After(300);
+        Settings::realistic(pool, None, "mac2.metal".to_owned(), 1.0, seed)
+    };
+    let first = run(&text, &realistic(1));
+    assert_eq!(first, run(&text, &realistic(1)));
+    let other = run(&text, &realistic(2));
+    assert_ne!(first.usd, other.usd, "scrub times are drawn from the seed");
+    assert_eq!(first.conservation.executed_hours, other.conservation.executed_hours);
+}
