@@ -462,6 +462,22 @@ impl HostPool {
         self.serve_waiting(actions);
         self.run_timers(now, actions);
         self.allocate_for_waiting(now, actions);
+        self.drop_stale_timers();
+    }
+
+    /// Drops the timers at the top of the heap that were set for a host state since left, so
+    /// that [`HostPool::next_deadline`] names a time with work to do (the simulator would
+    /// otherwise tick for nothing each time a freed host was taken at once).
+    fn drop_stale_timers(&mut self) {
+        while let Some(Reverse((_, Timer::Host { host, epoch }))) = self.timers.peek() {
+            let live = self.hosts.get(host).is_some_and(|entry| {
+                entry.epoch == *epoch && matches!(entry.state, HostState::Idle { .. })
+            });
+            if live {
+                return;
+            }
+            self.timers.pop();
+        }
     }
 
     fn host_seen(
