@@ -422,7 +422,9 @@ pub struct SimulateArgs {
     #[arg(long, value_name = "FILE.csv")]
     pub workload: PathBuf,
     /// The pool: a fleet spec with one `host_pools` entry (or name it with --pool-name), a file
-    /// with only `host_pools:`, or one pool's mapping. Optional in fish mode.
+    /// with only `host_pools:`, or one pool's mapping. Optional in fish mode. In realistic mode,
+    /// rows whose `pool` column names another pool are rejected (a pool written alone takes
+    /// every row), and in both modes rows of another `instanceType`.
     #[arg(long, value_name = "SPEC.yaml")]
     pub pool: Option<PathBuf>,
     /// Which pool of --pool, when it has several.

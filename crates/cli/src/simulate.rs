@@ -23,6 +23,9 @@ use serde::Serialize;
 
 use crate::cli::{OutputFormat, SimulateArgs, SimulateMode};
 
+/// The name `flotilla_spec::parse_host_pools` gives a pool written alone.
+const BARE_POOL_NAME: &str = "pool";
+
 /// The largest pool file read.
 const MAX_POOL_BYTES: u64 = 1024 * 1024;
 
@@ -134,7 +137,8 @@ fn settings(args: &SimulateArgs) -> anyhow::Result<Settings> {
         }
         (SimulateMode::Realistic, Some((name, spec))) => Settings::realistic(
             pool_config(spec),
-            Some(name.clone()),
+            // Rows naming another pool are not this pool's; a bare pool has no name to match.
+            (name != BARE_POOL_NAME).then(|| name.clone()),
             instance_type,
             price,
             args.seed,

@@ -166,3 +166,31 @@ fn a_fleet_spec_with_several_pools_needs_a_pool_name() {
     let ratio = january["usd"].as_f64().unwrap() / january["host_hours"].as_f64().unwrap();
     assert!((ratio - 1.083).abs() < 1e-9, "{ratio}");
 }
+
+#[test]
+fn realistic_mode_takes_the_named_pool_rows_and_rejects_the_others() {
+    let directory = tempfile::tempdir().unwrap();
+    let csv = format!(
+        "startTime,endTime,executionTime,jobName,stageName,pool,instanceType,zones\n\
+         {T0},{},600,a,build,arm,mac2.metal,\n\
+         {T0},{},300,b,build,intel,mac2.metal,\n\
+         {T0},{},120,c,build,,mac2.metal,us-east-1a\n",
+        T0 + 600,
+        T0 + 300,
+        T0 + 120
+    );
+    let workload = path(directory.path(), "pools.csv", &csv);
+    let spec = "host_pools:\n  arm: {instance_type: mac2.metal, zones: {us-east-1a: {max: 2}}}\n";
+    let named = path(directory.path(), "named.yaml", spec);
+    let bare = one_host_pool(directory.path());
+    let run = |pool: &Path| {
+        let args = ["simulate", "--workload", workload.to_str().unwrap(), "--mode", "realistic"];
+        let pool_args = ["--pool", pool.to_str().unwrap(), "--output", "json"];
+        json(&flotilla(&[&args[..], &pool_args[..]].concat()))
+    };
+    let report = run(&named);
+    assert_eq!(report["rejected"], 1, "the `intel` row is another pool's");
+    let rejected = report["conservation"]["rejected_hours"].as_f64().unwrap();
+    assert!((rejected - 300.0 / 3600.0).abs() < 1e-9);
+    assert_eq!(run(&bare)["rejected"], 0, "a pool written alone takes every row");
+}
