@@ -57,6 +57,9 @@ pub enum Command {
     /// Run ec2fleetd's lifecycle on this machine (a drop-in for ec2fleetd, same command line
     /// and config), or check a config with `fleetd check-config`.
     Fleetd(FleetdArgs),
+    /// Replay a workload (Aquarium Fish's CSV) through a dedicated host pool's policy and report
+    /// hosts, cost and waits per month; exit 1 if the job-hours do not add up.
+    Simulate(SimulateArgs),
     /// Run the agent (started on each machine by the provider).
     #[command(hide = true)]
     Agent(AgentArgs),
@@ -399,6 +402,57 @@ pub struct SchemaArgs {
     #[arg(value_enum, default_value_t)]
     pub kind: SchemaKind,
 }
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, ValueEnum)]
+pub enum SimulateMode {
+    /// Aquarium Fish's simulator's constants (90-minute scrubs, 7-minute boot, idle hosts
+    /// scrubbed after 5 minutes, 500 hosts in one zone), so the two tools compare on one file.
+    #[default]
+    Fish,
+    /// AWS's figures: scrub times drawn (mostly up to 50 minutes, up to 3 hours on a bridgeOS
+    /// update), the pool's zones and caps, InsufficientHostCapacity now and then. Needs --pool.
+    Realistic,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = SIMULATE_AFTER_HELP)]
+pub struct SimulateArgs {
+    /// The workload: `startTime,endTime,executionTime,jobName,stageName` (integer Unix seconds,
+    /// UTC, sorted by startTime), optionally `pool,instanceType,zones` (zones `;`-separated).
+    #[arg(long, value_name = "FILE.csv")]
+    pub workload: PathBuf,
+    /// The pool: a fleet spec with one `host_pools` entry (or name it with --pool-name), a file
+    /// with only `host_pools:`, or one pool's mapping. Optional in fish mode. In realistic mode,
+    /// rows whose `pool` column names another pool are rejected (a pool written alone takes
+    /// every row), and in both modes rows of another `instanceType`.
+    #[arg(long, value_name = "SPEC.yaml")]
+    pub pool: Option<PathBuf>,
+    /// Which pool of --pool, when it has several.
+    #[arg(long, value_name = "NAME")]
+    pub pool_name: Option<String>,
+    #[arg(long, value_enum, default_value_t)]
+    pub mode: SimulateMode,
+    /// Seed of the realistic mode's draws (scrub times, capacity errors): the same seed, the
+    /// same result.
+    #[arg(long, default_value_t = 1)]
+    pub seed: u64,
+    /// A host's price in USD per hour (default: the built-in on-demand price of the pool's type).
+    #[arg(long, value_name = "USD")]
+    pub host_price: Option<f64>,
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+    /// Also draw hosts and cost per month as an SVG.
+    #[arg(long, value_name = "FILE.svg")]
+    pub plot: Option<PathBuf>,
+    /// Run several policies side by side: `scrubbing=off,auto,5m,30m` or `max=100,200,500`.
+    #[arg(long, value_name = "KEY=V1,V2,...")]
+    pub compare: Option<String>,
+}
+
+const SIMULATE_AFTER_HELP: &str = "\
+Exit status: 0 the simulation ran and its job-hours add up (input = executed + queued +
+rejected); 1 they do not (a bug: please report it with the file); 2 it could not run (a bad
+row, named by its line; a bad pool; an unreadable file).";
 
 #[derive(Debug, Args)]
 pub struct AgentArgs {

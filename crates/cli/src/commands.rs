@@ -39,6 +39,8 @@ pub fn run(cli: Cli) -> ExitCode {
             init_tracing(cli.verbose, "info");
             ExitCode::from(crate::fleetd::run_daemon(args))
         }
+        // Pure computation over a file: no runtime.
+        Command::Simulate(args) => ExitCode::from(crate::simulate::run(&args)),
         command => {
             init_tracing(cli.verbose, "warn");
             let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
@@ -433,6 +435,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
         Command::Fleetd(FleetdArgs { command: None, .. }) => {
             unreachable!("`run` runs fleetd before the runtime starts")
         }
+        Command::Simulate(_) => unreachable!("`run` runs simulate without the runtime"),
         Command::Fleetd(FleetdArgs { command: Some(FleetdCommand::CheckConfig(args)), .. }) => {
             Ok(crate::fleetd::check_config(&args.file, args.output.output))
         }

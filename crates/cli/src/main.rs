@@ -8,6 +8,8 @@ mod fleetd;
 mod output;
 mod progress;
 mod providers;
+mod simulate;
+mod simulate_plot;
 
 use std::process::ExitCode;
 

@@ -12,8 +12,8 @@
 //!   type, sequences and field paths. Shared by every decoder below.
 //! - The mappings: `decode_fleet.rs` (the deployer's config and flotilla's keys of the root and
 //!   of an instance entry), `decode_account.rs` (images, networks, tags, IAM, boot, root
-//!   volume), `decode_capacity.rs` (instance types, requirements, market, zones) and
-//!   `decode_fleetd.rs` (an ec2fleetd config, standalone or as an entry's `lifecycle`).
+//!   volume), `decode_capacity.rs` (instance types, requirements, market, zones),
+//!   `decode_host_pool.rs` (`host_pools` and each entry's `host_pool`) and `decode_fleetd.rs` (an ec2fleetd config, standalone or as an entry's `lifecycle`).
 //! - `decode_rules.rs`, the rules that span keys or entries and the limits they check (names,
 //!   storage, `cidr`, machine totals, account keys across entries).
 
@@ -25,6 +25,8 @@ mod capacity;
 mod fleet;
 #[path = "decode_fleetd.rs"]
 mod fleetd;
+#[path = "decode_host_pool.rs"]
+mod host_pool;
 #[path = "decode_reader.rs"]
 mod reader;
 #[path = "decode_rules.rs"]
@@ -41,6 +43,8 @@ pub(crate) use fleet::{
     FLEET_KEYS, HEALTH_HTTP_KEYS, HEALTH_KINDS, HEALTH_TCP_KEYS, INSTANCE_KEYS, MONITORING_KEYS,
     PORT_KEYS, RESTART_KEYS, UPDATE_KEYS,
 };
+#[cfg_attr(not(test), expect(unused_imports, reason = "the schema drift test compares them"))]
+pub(crate) use host_pool::{HOST_POOL_KEYS, HOST_POOL_ZONE_KEYS};
 pub(crate) use reader::Decoder;
 #[cfg_attr(not(test), expect(unused_imports, reason = "the schema drift test compares them"))]
 pub(crate) use reader::KeySpec;

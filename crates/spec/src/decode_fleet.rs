@@ -1,7 +1,8 @@
 //! The fleet mappings: the commonware deployer's config (the root, `monitoring`, `instances[]`,
 //! `ports[]`) and flotilla's keys of an instance entry and of the root (`provider`, `update`,
 //! `count`, `args`, `env`, `health`, `restart`, and through `decode_account`,
-//! `decode_capacity` and `decode_fleetd` the account, capacity and lifecycle keys), read with the
+//! `decode_capacity`, `decode_host_pool` and `decode_fleetd` the account, capacity, host pool
+//! and lifecycle keys), read with the
 //! reader (`decode_reader`) into [`FleetSpec`]. The rules that span keys or entries are in
 //! `decode_rules`.
 //!
@@ -53,6 +54,7 @@ pub(crate) const FLEET_KEYS: &[KeySpec] = &[
     flotilla("iam_statements"),
     flotilla("boot"),
     flotilla("root_volume"),
+    flotilla("host_pools"),
 ];
 
 pub(crate) const MONITORING_KEYS: &[KeySpec] = &[
@@ -93,6 +95,7 @@ pub(crate) const INSTANCE_KEYS: &[KeySpec] = &[
     flotilla("requirements"),
     flotilla("market"),
     flotilla("zones"),
+    flotilla("host_pool"),
     flotilla("image"),
     flotilla("image_owners"),
     flotilla("network"),
@@ -169,6 +172,13 @@ impl Decoder<'_> {
         if let (Some(account), Slot::Present(instances, _)) = (&account, &instances) {
             self.check_account_across_entries(&account.keys, instances, provider.value().copied());
         }
+        let host_pools = self.optional(&fields, "host_pools", Self::read_host_pools);
+        if let Slot::Present(instances, _) = &instances
+            && !matches!(host_pools, Slot::Invalid)
+        {
+            let no_pools = BTreeMap::new();
+            self.check_host_pool_references(instances, host_pools.value().unwrap_or(&no_pools));
+        }
         let account = account?;
         Some(FleetSpec {
             tag: tag.into_required()?,
@@ -180,6 +190,7 @@ impl Decoder<'_> {
             heal: heal.into_optional()?.unwrap_or_default(),
             account: account.keys,
             iam: account.iam,
+            host_pools: host_pools.into_optional()?.unwrap_or_default(),
         })
     }
 
@@ -227,6 +238,7 @@ impl Decoder<'_> {
         let zones = self.optional(&fields, "zones", |decoder, node, field| {
             decoder.read_zones(node, field, region.value().map(String::as_str))
         });
+        let host_pool = self.optional(&fields, "host_pool", Self::read_host_pool_name);
         if matches!(instance_type, Slot::Absent) {
             let has_alternatives =
                 !matches!(instance_types, Slot::Absent) || !matches!(requirements, Slot::Absent);
@@ -299,6 +311,7 @@ impl Decoder<'_> {
             requirements: requirements.into_optional()?,
             market: market.into_optional()?.unwrap_or_default(),
             zones: zones.into_optional()?.unwrap_or_default(),
+            host_pool: host_pool.into_optional()?,
             account: account?.keys,
             lifecycle: lifecycle.into_optional()?,
             keepalive: keepalive.into_optional()?,

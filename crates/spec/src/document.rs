@@ -97,6 +97,37 @@ pub fn parse_fleet_spec(source: &str, file: &Path) -> Result<SpecDocument, SpecE
     }
 }
 
+/// Reads the host pools of `source`: a fleet spec's `host_pools` (the whole spec is checked), a
+/// document holding only `host_pools:`, or one pool's mapping alone (named `pool`), for
+/// `flotilla simulate --pool`. `file` names the file in diagnostics; nothing is read.
+pub fn parse_host_pools(
+    source: &str,
+    file: &Path,
+) -> Result<BTreeMap<String, crate::host_pool::HostPoolSpec>, SpecErrors> {
+    let root = parse_single_document(source).map_err(|syntax| SpecErrors {
+        diagnostics: vec![
+            Diagnostic::error(file, Some(syntax.location), "", syntax.message)
+                .with_help(syntax.help),
+        ],
+    })?;
+    let is_fleet_spec = match &root.value {
+        crate::tree::NodeValue::Mapping(entries) => entries.iter().any(|entry| {
+            entry.key.as_scalar().is_some_and(|key| key.text == "instances" || key.text == "tag")
+        }),
+        _ => false,
+    };
+    if is_fleet_spec {
+        return parse_fleet_spec(source, file).map(|document| document.spec.host_pools);
+    }
+    let mut decoder = Decoder::new(file);
+    let pools = decoder.decode_host_pools_document(&root);
+    let (diagnostics, _) = decoder.finish();
+    match pools {
+        Some(pools) if !diagnostics.iter().any(|d| d.severity == Severity::Error) => Ok(pools),
+        _ => Err(SpecErrors { diagnostics }),
+    }
+}
+
 /// Checks the spec's machine total against `provider`'s limit (`--provider` may name another
 /// provider than the spec, whose own limit [`parse_fleet_spec`] already checked).
 pub fn check_machine_total(

@@ -85,6 +85,10 @@ pub struct FleetSpec {
     /// Managed policies and inline statements for the deployment's role.
     #[serde(flatten)]
     pub iam: IamKeys,
+    /// Dedicated host pools, by name: the hosts entries with `host_pool: NAME` launch onto (Mac instances need them).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("x-origin" = "flotilla"))]
+    pub host_pools: BTreeMap<String, crate::host_pool::HostPoolSpec>,
 }
 
 /// The deployer's `MonitoringConfig`: the instance that runs Prometheus, Loki, Grafana,
@@ -194,6 +198,10 @@ pub struct InstanceSpec {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-origin" = "flotilla"))]
     pub zones: Vec<String>,
+    /// The dedicated host pool (a name under `host_pools`) this entry's machines launch onto, one machine per host.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(extend("x-origin" = "flotilla"))]
+    pub host_pool: Option<String>,
     /// This entry's image, network, tags, boot additions and root volume, over the top's.
     #[serde(flatten)]
     pub account: AccountKeys,

@@ -24,6 +24,7 @@ pub mod document;
 pub mod duration_serde;
 pub mod fleet;
 pub mod fleetd;
+pub mod host_pool;
 pub mod identity;
 pub mod imds;
 pub mod json5;
@@ -38,7 +39,7 @@ pub mod validate;
 pub mod yaml;
 
 pub use diagnostic::{Diagnostic, Location, Severity, SpecErrors};
-pub use document::{SpecDocument, load_fleet_spec, parse_fleet_spec};
+pub use document::{SpecDocument, load_fleet_spec, parse_fleet_spec, parse_host_pools};
 pub use fleet::{FleetSpec, HealthCheck, InstanceSpec, ProviderKind, RestartPolicy, RestartSpec};
 pub use manifest::{Artifact, Manifest};
 pub use reference::spec_reference_markdown;

@@ -54,8 +54,9 @@ mod tests {
     use super::*;
     use crate::decode::{
         BOOT_COMMAND_KEYS, BOOT_FILE_KEYS, BOOT_KEYS, BOUNDS_KEYS, FLEET_KEYS, HEALTH_HTTP_KEYS,
-        HEALTH_KINDS, HEALTH_TCP_KEYS, IMAGE_KEYS, INSTANCE_KEYS, KeySpec, MONITORING_KEYS,
-        NETWORK_KEYS, PORT_KEYS, REQUIREMENTS_KEYS, RESTART_KEYS, ROOT_VOLUME_KEYS, UPDATE_KEYS,
+        HEALTH_KINDS, HEALTH_TCP_KEYS, HOST_POOL_KEYS, HOST_POOL_ZONE_KEYS, IMAGE_KEYS,
+        INSTANCE_KEYS, KeySpec, MONITORING_KEYS, NETWORK_KEYS, PORT_KEYS, REQUIREMENTS_KEYS,
+        RESTART_KEYS, ROOT_VOLUME_KEYS, UPDATE_KEYS,
     };
 
     /// Follows `$ref` and the `allOf: [one]` wrapper schemars puts around described refs.
@@ -157,6 +158,11 @@ mod tests {
             assert_eq!(volume.len(), 1, "{volume:#?}");
             assert_keys_match(&format!("{path}root_volume"), volume[0], ROOT_VOLUME_KEYS, false);
         }
+
+        let pool = resolve(&root, &properties["host_pools"]["additionalProperties"]);
+        assert_keys_match("host_pools.NAME", pool, HOST_POOL_KEYS, false);
+        let zone = resolve(&root, &pool["properties"]["zones"]["additionalProperties"]);
+        assert_keys_match("host_pools.NAME.zones.ZONE", zone, HOST_POOL_ZONE_KEYS, false);
 
         let restart = object_alternatives(&root, &instance["properties"]["restart"]);
         assert_eq!(restart.len(), 1, "restart has one mapping form: {restart:#?}");

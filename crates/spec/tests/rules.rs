@@ -629,7 +629,7 @@ fleet.yaml:2:1: error: invalid YAML: while parsing a flow sequence, expected ','
             edited(&[("monitoring:", "base: &b {instance_type: t4g.small}\nmonitoring:"), ("  instance_type: t4g.small", "  <<: *b")]),
             r#"
 fleet.yaml:2:1: warning: base: unknown key `base` is ignored
-  help: the deployer ignores unknown keys; remove it if it is a mistake (known keys here: `tag`, `monitoring`, `instances`, `ports`, `provider`, `update`, `heal`, `image`, `image_owners`, `network`, `tags`, `iam_policies`, `iam_statements`, `boot`, `root_volume`)
+  help: the deployer ignores unknown keys; remove it if it is a mistake (known keys here: `tag`, `monitoring`, `instances`, `ports`, `provider`, `update`, `heal`, `image`, `image_owners`, `network`, `tags`, `iam_policies`, `iam_statements`, `boot`, `root_volume`, `host_pools`)
 fleet.yaml:4:3: warning: monitoring.<<: merge key `<<` is not applied: the deployer's parser reads it as an unknown key, so the keys it would merge are missing
   help: write the keys out here, or alias a whole mapping (`key: *anchor`)
 fleet.yaml:4:3: error: monitoring.instance_type: missing required key `instance_type`
@@ -666,7 +666,7 @@ fn unknown_keys_warn_naming_the_key_and_a_close_known_key() {
         [
             "fleet.yaml:2:1: warning: updat: unknown key `updat` is ignored\n  help: did you mean `update`?",
             "fleet.yaml:17:5: warning: instances[0].helth: unknown key `helth` is ignored\n  help: did you mean `health`?",
-            "fleet.yaml:18:5: warning: instances[0].spot: unknown key `spot` is ignored\n  help: the deployer ignores unknown keys; remove it if it is a mistake (known keys here: `name`, `region`, `availability_zone_group`, `instance_type`, `storage_size`, `storage_class`, `storage_iops`, `storage_throughput`, `binary`, `config`, `profiling`, `count`, `args`, `env`, `health`, `restart`, `instance_types`, `requirements`, `market`, `zones`, `image`, `image_owners`, `network`, `tags`, `boot`, `root_volume`, `lifecycle`, `keepalive`, `on_hosts_change`)",
+            "fleet.yaml:18:5: warning: instances[0].spot: unknown key `spot` is ignored\n  help: the deployer ignores unknown keys; remove it if it is a mistake (known keys here: `name`, `region`, `availability_zone_group`, `instance_type`, `storage_size`, `storage_class`, `storage_iops`, `storage_throughput`, `binary`, `config`, `profiling`, `count`, `args`, `env`, `health`, `restart`, `instance_types`, `requirements`, `market`, `zones`, `host_pool`, `image`, `image_owners`, `network`, `tags`, `boot`, `root_volume`, `lifecycle`, `keepalive`, `on_hosts_change`)",
         ]
     );
 }

@@ -1,0 +1,226 @@
+//! Reading a workload: Aquarium Fish's CSV (`startTime,endTime,executionTime,jobName,stageName`,
+//! integer Unix seconds, UTC), plus the optional columns `pool,instanceType,zones`, streamed a
+//! row at a time so memory does not grow with the file.
+//!
+//! Checked as it is read, each problem an error naming its line: a missing column, a missing or
+//! non-integer or negative field, `endTime` ≠ `startTime + executionTime` (Fish never reads
+//! `endTime`; a file where it disagrees was made wrongly), rows out of `startTime` order (Fish
+//! requires the order; running them anyway would bend time), and a file with no rows.
+
+use std::io::Read;
+
+/// One job of the workload.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Job {
+    /// Its line in the file (the header is line 1).
+    pub line: u64,
+    pub start: u64,
+    pub execution: u64,
+    /// The `pool` column; empty means the default pool.
+    pub pool: String,
+    /// The `instanceType` column; empty means the pool's.
+    pub instance_type: String,
+    /// The `zones` column, `;`-separated; empty means any zone of the pool.
+    pub zones: String,
+}
+
+/// What is wrong with a workload file.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum InputError {
+    #[error(
+        "the workload is empty: expected a header `startTime,endTime,executionTime,jobName,stageName` and at least one row"
+    )]
+    Empty,
+    #[error("the workload has a header but no rows")]
+    NoRows,
+    #[error("line 1: the header has no `{column}` column (found: {found})")]
+    MissingColumn { column: &'static str, found: String },
+    #[error("line {line}: `{column}` is empty")]
+    MissingField { line: u64, column: &'static str },
+    #[error("line {line}: `{column}` is `{value}`, not a whole number of seconds")]
+    NotAnInteger { line: u64, column: &'static str, value: String },
+    #[error("line {line}: `{column}` is {value}, which is negative")]
+    Negative { line: u64, column: &'static str, value: String },
+    #[error(
+        "line {line}: endTime {end} is not startTime {start} + executionTime {execution} (= {expected})"
+    )]
+    EndMismatch { line: u64, start: u64, end: u64, execution: u64, expected: u64 },
+    #[error(
+        "line {line}: startTime {start} is before the previous row's {previous} (line {previous_line}); rows must be sorted by startTime"
+    )]
+    Unsorted { line: u64, start: u64, previous: u64, previous_line: u64 },
+    #[error("line {line}: {message}")]
+    Malformed { line: u64, message: String },
+}
+
+/// The columns a workload must have, in Fish's order.
+const REQUIRED: [&str; 5] = ["startTime", "endTime", "executionTime", "jobName", "stageName"];
+
+/// Where each column is in the file.
+#[derive(Debug, Clone, Copy)]
+struct Columns {
+    start: usize,
+    end: usize,
+    execution: usize,
+    pool: Option<usize>,
+    instance_type: Option<usize>,
+    zones: Option<usize>,
+}
+
+/// A workload file, read a row at a time.
+#[derive(Debug)]
+pub struct WorkloadReader<R: Read> {
+    reader: csv::Reader<R>,
+    columns: Option<Columns>,
+    record: csv::StringRecord,
+    previous: Option<(u64, u64)>,
+    rows: u64,
+    failed: bool,
+}
+
+impl<R: Read> WorkloadReader<R> {
+    pub fn new(source: R) -> WorkloadReader<R> {
+        let reader =
+            csv::ReaderBuilder::new().has_headers(false).flexible(true).from_reader(source);
+        WorkloadReader {
+            reader,
+            columns: None,
+            record: csv::StringRecord::new(),
+            previous: None,
+            rows: 0,
+            failed: false,
+        }
+    }
+
+    fn read_header(&mut self) -> Result<Columns, InputError> {
+        let found = match self.reader.read_record(&mut self.record) {
+            Ok(true) => true,
+            Ok(false) => false,
+            Err(error) => {
+                return Err(InputError::Malformed { line: 1, message: error.to_string() });
+            }
+        };
+        if !found || self.record.iter().all(|field| field.trim().is_empty()) {
+            return Err(InputError::Empty);
+        }
+        let names: Vec<String> = self.record.iter().map(|name| name.trim().to_owned()).collect();
+        let position = |name: &str| names.iter().position(|found| found == name);
+        for column in REQUIRED {
+            if position(column).is_none() {
+                return Err(InputError::MissingColumn { column, found: names.join(",") });
+            }
+        }
+        let required = |name: &str| position(name).expect("checked above");
+        Ok(Columns {
+            start: required("startTime"),
+            end: required("endTime"),
+            execution: required("executionTime"),
+            pool: position("pool"),
+            instance_type: position("instanceType"),
+            zones: position("zones"),
+        })
+    }
+
+    fn read_row(&mut self, columns: Columns) -> Result<Option<Job>, InputError> {
+        let line_guess = self.rows + 2;
+        match self.reader.read_record(&mut self.record) {
+            Ok(true) => {}
+            Ok(false) if self.rows == 0 => return Err(InputError::NoRows),
+            Ok(false) => return Ok(None),
+            Err(error) => {
+                let line = error.position().map_or(line_guess, csv::Position::line);
+                return Err(InputError::Malformed { line, message: error.to_string() });
+            }
+        }
+        let line = self.record.position().map_or(line_guess, csv::Position::line);
+        if self.record.len() == 1 && self.record.get(0).is_some_and(|field| field.trim().is_empty())
+        {
+            // A blank line, as a trailing one; it holds no job.
+            return self.read_row(columns);
+        }
+        let start = self.integer(line, columns.start, "startTime")?;
+        let end = self.integer(line, columns.end, "endTime")?;
+        let execution = self.integer(line, columns.execution, "executionTime")?;
+        let expected = start.checked_add(execution).ok_or(InputError::EndMismatch {
+            line,
+            start,
+            end,
+            execution,
+            expected: u64::MAX,
+        })?;
+        if end != expected {
+            return Err(InputError::EndMismatch { line, start, end, execution, expected });
+        }
+        if let Some((previous, previous_line)) = self.previous
+            && start < previous
+        {
+            return Err(InputError::Unsorted { line, start, previous, previous_line });
+        }
+        self.previous = Some((start, line));
+        self.rows += 1;
+        let text = |index: Option<usize>| {
+            index.and_then(|index| self.record.get(index)).unwrap_or("").trim().to_owned()
+        };
+        Ok(Some(Job {
+            line,
+            start,
+            execution,
+            pool: text(columns.pool),
+            instance_type: text(columns.instance_type),
+            zones: text(columns.zones),
+        }))
+    }
+
+    fn integer(&self, line: u64, index: usize, column: &'static str) -> Result<u64, InputError> {
+        let value = self.record.get(index).unwrap_or("").trim();
+        if value.is_empty() {
+            return Err(InputError::MissingField { line, column });
+        }
+        if let Some(magnitude) = value.strip_prefix('-')
+            && !magnitude.is_empty()
+            && magnitude.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        {
+            return Err(InputError::Negative { line, column, value: value.to_owned() });
+        }
+        if !value.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(InputError::NotAnInteger { line, column, value: value.to_owned() });
+        }
+        value.parse().map_err(|_| InputError::NotAnInteger {
+            line,
+            column,
+            value: value.to_owned(),
+        })
+    }
+}
+
+impl<R: Read> Iterator for WorkloadReader<R> {
+    type Item = Result<Job, InputError>;
+
+    /// The next job; after an error, nothing more.
+    fn next(&mut self) -> Option<Result<Job, InputError>> {
+        if self.failed {
+            return None;
+        }
+        let columns = match self.columns {
+            Some(columns) => columns,
+            None => match self.read_header() {
+                Ok(columns) => {
+                    self.columns = Some(columns);
+                    columns
+                }
+                Err(error) => {
+                    self.failed = true;
+                    return Some(Err(error));
+                }
+            },
+        };
+        match self.read_row(columns) {
+            Ok(Some(job)) => Some(Ok(job)),
+            Ok(None) => None,
+            Err(error) => {
+                self.failed = true;
+                Some(Err(error))
+            }
+        }
+    }
+}
