@@ -11,10 +11,11 @@
 //!   reclaim until watch has replaced them all and every machine is healthy, and the EC2 calls
 //!   made meanwhile by Action (watch's own polling included).
 //! - `notice:N` (emulator): the same fleet and timings; one spot machine gets a spot
-//!   interruption notice (two minutes, as AWS gives). Reports the time from the notice until
-//!   watch says its replacement is healthy (target: boot time + 5 s), split into notice →
-//!   journaled, → the replacement's instance exists, and launch → healthy (the boot time),
-//!   and the EC2 calls made meanwhile.
+//!   interruption notice (two minutes, as AWS gives) once watch has started (its account check
+//!   done). Reports the time from the notice until `status` reports the name healthy on its
+//!   new instance (target: boot time + 5 s), split into notice → journaled, → the
+//!   replacement's instance exists, and launch → healthy (the boot time); then when watch
+//!   says `replaced` (the old machine drained and terminated too), and the calls made.
 //!
 //! ```text
 //! cargo build -p fleet-app -p flotilla-cli -p flotilla-emulator
@@ -270,10 +271,15 @@ impl EmulatedFleet {
             .collect()
     }
 
+    /// `status`'s rows (none when it fails).
+    fn status(&self) -> Vec<Value> {
+        let status = self.command(&["status", "--tag", &self.tag, "--output", "json"]).output();
+        serde_json::from_slice(&status.unwrap().stdout).unwrap_or_default()
+    }
+
     /// The binary machines `status` reports healthy.
     fn healthy(&self) -> usize {
-        let status = self.command(&["status", "--tag", &self.tag, "--output", "json"]).output();
-        let rows: Vec<Value> = serde_json::from_slice(&status.unwrap().stdout).unwrap_or_default();
+        let rows = self.status();
         rows.iter().filter(|r| r["role"] == "binary" && r["health"] == "healthy").count()
     }
 
@@ -382,16 +388,25 @@ fn notice(flotilla: &Path, size: usize) {
         .runtime
         .block_on(fleet.emulator.trigger_spot_interruption(&old_id, &interruption))
         .unwrap();
-    // Until watch says the replacement is healthy; meanwhile, when its instance first exists.
-    let (mut journaled, mut launched, mut replaced) = (None, None, None);
-    while replaced.is_none() {
+    // Until watch says the replacement is done; meanwhile, when its instance first exists and
+    // when `status` first reports the name healthy on another instance.
+    let (mut journaled, mut launched, mut healthy, mut replaced) = (None, None, None, None);
+    while replaced.is_none() || healthy.is_none() {
         assert!(noticed_at.elapsed() < Duration::from_secs(600), "not replaced within 10 min");
         if launched.is_none()
             && fleet.instances().iter().any(|(n, id, _)| n == &name && id != &old_id)
         {
             launched = Some(noticed_at.elapsed());
         }
-        let Ok(event) = events.recv_timeout(Duration::from_millis(100)) else { continue };
+        if launched.is_some()
+            && healthy.is_none()
+            && fleet.status().iter().any(|r| {
+                r["name"] == name.as_str() && r["id"] != old_id.as_str() && r["health"] == "healthy"
+            })
+        {
+            healthy = Some(noticed_at.elapsed());
+        }
+        let Ok(event) = events.recv_timeout(Duration::from_millis(50)) else { continue };
         if event["machine"] != name.as_str() {
             continue;
         }
@@ -402,16 +417,17 @@ fn notice(flotilla: &Path, size: usize) {
             _ => {}
         }
     }
-    let replaced = replaced.expect("the loop ends on it");
-    let launched = launched.unwrap_or(replaced);
+    let (replaced, healthy) = (replaced.expect("the loop ends on it"), healthy.expect("too"));
+    let launched = launched.unwrap_or(healthy);
     watch.kill().unwrap();
     watch.wait().unwrap();
     println!(
-        "{size:>4} on the emulator  notice → replacement healthy {:>7.2} s   (journaled after {:.2} s, its instance launched after {:.2} s, launch → healthy {:.2} s)",
-        secs(replaced),
+        "{size:>4} on the emulator  notice → replacement healthy {:>7.2} s   (journaled after {:.2} s, its instance launched after {:.2} s, launch → healthy {:.2} s; watch's `replaced`, the old machine drained and terminated, after {:.2} s)",
+        secs(healthy),
         journaled.map(secs).unwrap_or_default(),
         secs(launched),
-        secs(replaced - launched),
+        secs(healthy - launched),
+        secs(replaced),
     );
     fleet.print_calls();
     fleet.destroy();

@@ -227,8 +227,6 @@ pub async fn watch<P: Provider>(
         };
         events(event);
     };
-    emit(None, "started", "watching", format!("deployment `{}`", spec.tag));
-
     let watcher = Watcher {
         deployment: &deployment,
         provider_kind: metadata.provider,
@@ -243,6 +241,7 @@ pub async fn watch<P: Provider>(
     if let Err(error) = resolve_once(&watcher, &mut sightings.resolved).await {
         emit(None, "resolve-failed", "trying again at the first replacement", error.to_string());
     }
+    emit(None, "started", "watching", format!("deployment `{}`", spec.tag));
     // Replacements a killed watch left under way come first.
     let journal: Journal = deployment.read_json(JOURNAL_FILE)?.unwrap_or_default();
     if !journal.replacing.is_empty() {
