@@ -194,3 +194,37 @@ fn realistic_mode_takes_the_named_pool_rows_and_rejects_the_others() {
     assert!((rejected - 300.0 / 3600.0).abs() < 1e-9);
     assert_eq!(run(&bare)["rejected"], 0, "a pool written alone takes every row");
 }
+
+#[test]
+fn create_and_plan_refuse_entries_on_a_host_pool_before_any_cloud_call() {
+    let directory = tempfile::tempdir().expect("a temporary directory");
+    let fixture =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/tests/fixtures/valid/host-pools.yaml");
+    let spec = directory.path().join("fleet.yaml");
+    fs_err::copy(&fixture, &spec).expect("the fixture is copied");
+    let spec = spec.to_str().expect("a UTF-8 path");
+    for command in ["plan", "create"] {
+        let output = Command::new(env!("CARGO_BIN_EXE_flotilla"))
+            .args([command, "--config", spec])
+            .current_dir(directory.path())
+            .env("FLOTILLA_HOME", directory.path().join("home"))
+            // Nothing listens there: a call that left this machine would fail differently.
+            .env("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+            .env("AWS_ACCESS_KEY_ID", "none")
+            .env("AWS_SECRET_ACCESS_KEY", "none")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .output()
+            .expect("flotilla runs");
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        for (entry, pool, index) in [("builder", "mac-arm", 0), ("legacy", "mac-intel", 1)] {
+            let message = format!(
+                "`{entry}` launches onto host pool `{pool}`, and no provider launches onto dedicated host pools yet"
+            );
+            assert!(stderr.contains(&message), "{command}: {stderr}");
+            assert!(stderr.contains(&format!("instances[{index}].host_pool")), "{stderr}");
+        }
+        assert!(stderr.contains("flotilla simulate --pool"), "{command} says what to do: {stderr}");
+        assert!(!directory.path().join("home/deployments/mac-ci").exists(), "{command}");
+    }
+}

@@ -116,6 +116,7 @@ pub async fn resolve(
     fallback: bool,
 ) -> Result<(DeploymentPlan, Survey), CoreError> {
     flotilla_spec::document::check_machine_total(document, provider).map_err(CoreError::Invalid)?;
+    refuse_host_pools(document)?;
     super::check_files(document, cwd)?;
     super::lifecycle::refuse_unsupported_lifecycle(document, provider, cwd)?;
     let architectures = binary_architectures(document, cwd)?;
@@ -155,6 +156,39 @@ pub async fn resolve(
         check_references(document, &mut plan, surveyor, progress).await?;
     }
     Ok((plan, survey))
+}
+
+/// Entries on a dedicated host pool are refused, located, before anything is asked or made: no
+/// provider launches onto pools yet (the policy runs in `flotilla simulate`), and launching
+/// them without their hosts would fail for Mac types or land elsewhere than the spec says.
+fn refuse_host_pools(document: &SpecDocument) -> Result<(), CoreError> {
+    let diagnostics: Vec<flotilla_spec::Diagnostic> = document
+        .spec
+        .instances
+        .iter()
+        .enumerate()
+        .filter_map(|(index, instance)| {
+            let pool = instance.host_pool.as_ref()?;
+            let diagnostic = document
+                .diagnostic(
+                    flotilla_spec::Severity::Error,
+                    &format!("instances[{index}].host_pool"),
+                    format!(
+                        "`{}` launches onto host pool `{pool}`, and no provider launches onto dedicated host pools yet",
+                        instance.name
+                    ),
+                )
+                .with_help(
+                    "remove `host_pool` to launch without dedicated hosts; `flotilla simulate --pool` runs the pool's policy on a workload",
+                );
+            Some(diagnostic)
+        })
+        .collect();
+    if diagnostics.is_empty() {
+        Ok(())
+    } else {
+        Err(CoreError::Invalid(flotilla_spec::SpecErrors { diagnostics }))
+    }
 }
 
 /// Asks the provider about the spec's references to the account; errors stop here, located,
