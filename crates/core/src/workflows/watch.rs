@@ -333,10 +333,9 @@ async fn one_round<P: Provider>(
         .await;
 
     let mut gone: Vec<(String, Option<Machine>, String)> = Vec::new();
-    // Machines at risk that still serve: their replacement comes first.
-    let mut beside: BTreeSet<String> = BTreeSet::new();
-    // Of those, the ones with a spot interruption notice: when their old machine is drained.
-    let mut drain_by: BTreeMap<String, u64> = BTreeMap::new();
+    // Machines at risk that still serve, whose replacement comes first → when the old machine
+    // is drained at the latest (a spot interruption notice), if ever.
+    let mut beside: BTreeMap<String, Option<u64>> = BTreeMap::new();
     for planned in &plan.machines {
         let listed = machines.iter().find(|m| m.name == planned.name);
         let down = match listed {
@@ -365,13 +364,12 @@ async fn one_round<P: Provider>(
                         Event::Interrupted => {
                             // The replacement is launched at once; the old machine serves
                             // until it is healthy or the notice's time is nearly up.
-                            beside.insert(machine.name.clone());
-                            drain_by
-                                .insert(machine.name.clone(), at + INTERRUPTION_DRAIN_AFTER_SECS);
+                            let by = at + INTERRUPTION_DRAIN_AFTER_SECS;
+                            beside.insert(machine.name.clone(), Some(by));
                             Some((format!("spot interruption notice: {detail}"), true))
                         }
                         Event::Rebalance => {
-                            beside.insert(machine.name.clone());
+                            beside.insert(machine.name.clone(), None);
                             Some((format!("rebalance recommendation: {detail}"), true))
                         }
                         _ if request.document.spec.heal.on_scheduled_event
@@ -388,7 +386,7 @@ async fn one_round<P: Provider>(
                             None
                         }
                         _ => {
-                            beside.insert(machine.name.clone());
+                            beside.insert(machine.name.clone(), None);
                             Some((format!("scheduled event: {detail}"), true))
                         }
                     }
@@ -454,10 +452,10 @@ async fn one_round<P: Provider>(
                 }
             }
             None => {
-                let first = beside.contains(&name);
+                let first = beside.contains_key(&name);
                 let how = if first { "replacing, the new machine first" } else { "replacing" };
                 emit(Some(&name), &reason, how, "journaled".to_owned());
-                let drain_by = drain_by.get(&name).copied();
+                let drain_by = beside.get(&name).copied().flatten();
                 accepted.push(Job { beside: first, name, old: machine, drain_by });
             }
         }
@@ -512,6 +510,20 @@ async fn resolve_once<P: Provider>(
             .await?;
     *resolved = Some(plan.clone());
     Ok(plan)
+}
+
+/// Drains `machines` (those whose agents still answer), each reported as `drained` with `why`.
+async fn drain_reported<P: Provider>(
+    watcher: &Watcher<'_, P>,
+    machines: &[Machine],
+    why: &str,
+) -> Result<(), CoreError> {
+    let client = connect(watcher.deployment, machines)?;
+    drain(&client, machines, watcher.progress).await;
+    for machine in machines {
+        (watcher.emit)(Some(&machine.name), "drained", why, machine.id.clone());
+    }
+    Ok(())
 }
 
 /// Drains `machines` (those whose agents still answer) and retires them.
@@ -609,16 +621,8 @@ async fn replace<P: Provider>(
                     .filter(|m| jobs.iter().any(|j| j.name == m.name && j.drain_by.is_some()))
                     .cloned()
                     .collect();
-                let client = connect(deployment, &drained_early)?;
-                drain(&client, &drained_early, progress).await;
-                for machine in &drained_early {
-                    emit(
-                        Some(&machine.name),
-                        "drained",
-                        "drained the interrupted machine before its time was up",
-                        machine.id.clone(),
-                    );
-                }
+                let why = "drained the interrupted machine before its time was up";
+                drain_reported(watcher, &drained_early, why).await?;
                 converging.await
             }
         };
@@ -630,16 +634,8 @@ async fn replace<P: Provider>(
                 .filter(|m| !drained_early.iter().any(|d| d.id == m.id))
                 .cloned()
                 .collect();
-            let client = connect(deployment, &to_drain)?;
-            drain(&client, &to_drain, progress).await;
-            for machine in &to_drain {
-                emit(
-                    Some(&machine.name),
-                    "drained",
-                    "drained the machine at risk, its replacement healthy",
-                    machine.id.clone(),
-                );
-            }
+            let why = "drained the machine at risk, its replacement healthy";
+            drain_reported(watcher, &to_drain, why).await?;
             provider.retire(&serving_old, progress).await?;
         }
         Ok(())
