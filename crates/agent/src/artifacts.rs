@@ -1,5 +1,6 @@
 //! Version directories: downloading a manifest's artifacts into `versions/<version>.partial/`,
-//! verifying size and SHA-256, setting modes (binary 0700, the rest 0600), and renaming the
+//! verifying size and SHA-256, setting modes (binary and service programs 0700, the rest 0600),
+//! services' under `services/<name>/`, and renaming the
 //! directory into place only when all of it is right. A version directory that exists is
 //! therefore complete; it is verified again before the agent runs it after a restart.
 
@@ -8,7 +9,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use flotilla_spec::manifest::{Artifact, Manifest, short_version};
+use flotilla_spec::manifest::{Artifact, Manifest, ServiceProgram, short_version};
 use sha2::{Digest, Sha256};
 
 use crate::fetch::Fetchers;
@@ -23,14 +24,29 @@ pub(crate) const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 pub(crate) const BINARY_FILE: &str = "binary";
 pub(crate) const CONFIG_FILE: &str = "config.conf";
 pub(crate) const MANIFEST_FILE: &str = "manifest.json";
+/// A service's downloaded program, in `services/<name>/`.
+pub(crate) const SERVICE_PROGRAM_FILE: &str = "program";
 
-/// The artifacts of a version directory, with the file each lands in and its mode. hosts.yaml
-/// is not one: it is not part of the version (see `hosts`).
-fn artifacts(manifest: &Manifest) -> [(&Artifact, &'static str, u32); 2] {
-    [
-        (&manifest.binary, BINARY_FILE, BINARY_MODE),
-        (&manifest.config, CONFIG_FILE, PRIVATE_FILE_MODE),
-    ]
+/// The artifacts of a version directory, with the path each lands in (relative to the version
+/// directory) and its mode. hosts.yaml is not one: it is not part of the version (see `hosts`).
+fn artifacts(manifest: &Manifest) -> Vec<(&Artifact, PathBuf, u32)> {
+    let mut artifacts = Vec::new();
+    if let Some(binary) = &manifest.binary {
+        artifacts.push((binary, PathBuf::from(BINARY_FILE), BINARY_MODE));
+    }
+    if let Some(config) = &manifest.config {
+        artifacts.push((config, PathBuf::from(CONFIG_FILE), PRIVATE_FILE_MODE));
+    }
+    for service in &manifest.services {
+        let dir = crate::supervisor::service_files_dir(&service.name);
+        if let ServiceProgram::Artifact(program) = &service.program {
+            artifacts.push((program, dir.join(SERVICE_PROGRAM_FILE), BINARY_MODE));
+        }
+        for (file_name, file) in &service.files {
+            artifacts.push((file, dir.join(file_name), PRIVATE_FILE_MODE));
+        }
+    }
+    artifacts
 }
 
 /// Makes `versions/<version>/` hold `manifest`'s verified artifacts. Keeps a complete directory
@@ -53,8 +69,13 @@ pub(crate) async fn install_version(
     remove_dir_if_present(&partial).await.map_err(|e| e.to_string())?;
     create_private_dir(&partial).map_err(|e| e.to_string())?;
     // The artifacts are independent: fetch and verify them at once.
-    let downloads = artifacts(manifest).into_iter().map(|(artifact, file_name, mode)| {
-        let path = partial.join(file_name);
+    for service in &manifest.services {
+        create_private_dir(&partial.join(crate::supervisor::service_files_dir(&service.name)))
+            .map_err(|e| e.to_string())?;
+    }
+    let downloads = artifacts(manifest).into_iter().map(|(artifact, relative, mode)| {
+        let path = partial.join(&relative);
+        let file_name = relative.display().to_string();
         async move {
             let fetch = fetchers.fetch_to_file(&artifact.url, &path);
             match tokio::time::timeout(DOWNLOAD_TIMEOUT, fetch).await {
@@ -73,7 +94,7 @@ pub(crate) async fn install_version(
             fs_err::tokio::set_permissions(&path, std::fs::Permissions::from_mode(mode))
                 .await
                 .map_err(|e| e.to_string())?;
-            verify_artifact(path, artifact.clone(), file_name).await
+            verify_artifact(path, artifact.clone(), &file_name).await
         }
     });
     // Every download ends before an error is returned: one still under way would write into
@@ -111,8 +132,9 @@ pub(crate) async fn load_version(dir: &InstanceDir, version: &str) -> Result<Man
 }
 
 async fn verify_version_dir(version_dir: &Path, manifest: &Manifest) -> Result<(), String> {
-    for (artifact, file_name, _) in artifacts(manifest) {
-        verify_artifact(version_dir.join(file_name), artifact.clone(), file_name).await?;
+    for (artifact, relative, _) in artifacts(manifest) {
+        let file_name = relative.display().to_string();
+        verify_artifact(version_dir.join(&relative), artifact.clone(), &file_name).await?;
     }
     Ok(())
 }
@@ -121,9 +143,11 @@ async fn verify_version_dir(version_dir: &Path, manifest: &Manifest) -> Result<(
 pub(crate) async fn verify_artifact(
     path: PathBuf,
     artifact: Artifact,
-    file_name: &'static str,
+    file_name: &str,
 ) -> Result<(), String> {
+    let what = file_name.to_owned();
     let digest = tokio::task::spawn_blocking(move || -> Result<String, String> {
+        let file_name = what;
         let mut file = fs_err::File::open(&path).map_err(|e| e.to_string())?;
         let size = file.metadata().map_err(|e| e.to_string())?.len();
         if size != artifact.size {

@@ -7,6 +7,7 @@
 //!   agent.pid                    0600  the holder's pid, named when a second agent is refused
 //!   agent-state.json             0600  {installed, previous, stopped}; replaced atomically
 //!   binary.pgid                  0600  the running binary's process group (see process_group)
+//!   service-<name>.pgid          0600  a running service's process group, likewise
 //!   boot-commands.json           0600  the boot id and the boot commands that succeeded in it
 //!   lifecycle-state.json         0600  {started}: the `started` hooks ran on this machine
 //!   hosts.yaml                   0600  the membership every version reads; swapped in place
@@ -18,11 +19,14 @@
 //!       binary                   0700
 //!       config.conf              0600
 //!       manifest.json            0600  the manifest, to restart this version after a reboot
+//!       services/<name>/         0700  a service's program (`program`, 0700) and files (0600)
 //!     <version>.partial/         0700  a download under way (removed at start)
 //!   work/                        0700  the binary's working directory, kept across versions
+//!   services/<name>/             0700  a service's data and working directory (`{data}`), kept
 //!   logs/                        0700
 //!     binary.log                 0600  the binary's stdout and stderr, and the agent's events
 //!     binary.log.1 … .<keep>     0600  rotated
+//!     services/<name>/binary.log 0600  a service's output and its supervisor's events, rotated
 //! ```
 
 use std::io::Write;
@@ -105,6 +109,21 @@ impl InstanceDir {
 
     pub(crate) fn logs(&self) -> PathBuf {
         self.root.join("logs")
+    }
+
+    /// Where service `name`'s log is (`binary.log` inside, rotated like the binary's).
+    pub(crate) fn service_logs(&self, name: &str) -> PathBuf {
+        self.logs().join("services").join(name)
+    }
+
+    /// Service `name`'s data and working directory, kept across versions.
+    pub(crate) fn service_data(&self, name: &str) -> PathBuf {
+        self.root.join("services").join(name)
+    }
+
+    /// The file that records service `name`'s process group while it runs.
+    pub(crate) fn service_process_group(&self, name: &str) -> PathBuf {
+        self.root.join(format!("service-{name}.pgid"))
     }
 }
 

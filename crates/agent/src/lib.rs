@@ -102,6 +102,7 @@ mod notify;
 mod output_capture;
 mod process_group;
 mod refusal_log;
+mod services;
 mod spawner;
 mod state;
 mod supervisor;

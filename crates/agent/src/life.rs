@@ -62,9 +62,10 @@ use crate::instance_dir::{InstanceDir, InstanceLock, create_private_dir};
 use crate::lifecycle::{self, LifecycleContext, LifecycleHandle};
 use crate::loki::{LokiSettings, LokiShipper};
 use crate::metrics::{self, AgentMetrics};
+use crate::services::{MakeServiceSupervisor, Supervisors};
 use crate::spawner::Spawner;
 use crate::state::AgentState;
-use crate::supervisor::{BinaryEnvironment, Order, SupervisorHandle, supervisor};
+use crate::supervisor::{BinaryEnvironment, Order, Role, SupervisorHandle, supervisor};
 use crate::versions::Versions;
 use crate::{api, identity, imds_rehearsal, keepalive, process_group, tls};
 
@@ -98,6 +99,8 @@ enum Component {
     Lifecycle { handle: LifecycleHandle, task: JoinHandle<()> },
     /// The supervisor: told to stop the binary and end.
     Supervisor { handle: SupervisorHandle, task: JoinHandle<()> },
+    /// The services' supervisors: each told to stop its service and end.
+    Services(Arc<Supervisors>),
     /// The versions: a rollout under way is abandoned.
     Versions(Arc<Versions>),
     /// The Loki shipper: told to stop (after everything else stopped) and given its last push.
@@ -147,6 +150,14 @@ pub(crate) async fn start(
         log.event(&format!(
             "killed processes the previous agent's binary left behind: pids {leftovers:?}"
         ));
+    }
+    for (service, file) in service_process_group_files(&dir) {
+        let leftovers = process_group::kill_leftovers(&file, &identity.tag, &identity.name);
+        if !leftovers.is_empty() {
+            log.event(&format!(
+                "killed processes the previous agent's service {service} left behind: pids {leftovers:?}"
+            ));
+        }
     }
     let spawner =
         Spawner::start(tokio::runtime::Handle::current()).map_err(AgentError::SpawnerThread)?;
@@ -202,16 +213,22 @@ pub(crate) async fn start(
     // 3. The supervisor.
     let gpu_metrics = metrics.clone();
     let (supervisor, supervisor_task) =
-        start_supervisor(&context, spawner, metrics.clone(), lifecycle.clone());
+        start_supervisor(&context, spawner.clone(), metrics.clone(), lifecycle.clone());
     let lifecycle_task = make_lifecycle(supervisor.clone()).run(context.stop.clone());
     life.running.push(Component::Lifecycle {
         handle: lifecycle.clone(),
         task: context.components.spawn("lifecycle", Lifetime::Agent, lifecycle_task),
     });
     life.running.push(Component::Supervisor { handle: supervisor.clone(), task: supervisor_task });
+    // 3b. The services' supervisors, made as versions name them.
+    let supervisors = Supervisors::new(
+        supervisor,
+        service_supervisor_factory(&context, spawner, metrics.clone(), lifecycle.clone()),
+    );
+    life.running.push(Component::Services(supervisors.clone()));
     // 4. The versions: the installed version is ordered to start before the API answers.
     let versions =
-        Arc::new(Versions::new(&context, state, supervisor, lifecycle, metrics, fetchers));
+        Arc::new(Versions::new(&context, state, supervisors, lifecycle, metrics, fetchers));
     versions.restore().await;
     life.running.push(Component::Versions(versions.clone()));
     // 4b. The keepalive watcher, which ends the agent's life when the deployment goes silent.
@@ -331,15 +348,26 @@ fn boot_root(context: &AgentContext) -> std::path::PathBuf {
 }
 
 /// The supervisor of the binary, spawned: its handle and its task.
-fn start_supervisor(
-    context: &AgentContext,
-    spawner: Spawner,
-    metrics: Arc<AgentMetrics>,
-    lifecycle: LifecycleHandle,
-) -> (SupervisorHandle, JoinHandle<()>) {
+/// The services' process-group files left in the instance directory, with the service names.
+fn service_process_group_files(dir: &InstanceDir) -> Vec<(String, std::path::PathBuf)> {
+    let Ok(entries) = fs_err::read_dir(dir.root()) else {
+        return Vec::new();
+    };
+    entries
+        .flatten()
+        .filter_map(|entry| {
+            let file_name = entry.file_name();
+            let name = file_name.to_str()?.strip_prefix("service-")?.strip_suffix(".pgid")?;
+            Some((name.to_owned(), entry.path()))
+        })
+        .collect()
+}
+
+/// Who the binary and the services run as.
+fn binary_environment(context: &AgentContext) -> BinaryEnvironment {
     let bootstrap = &context.bootstrap;
     let identity = &context.identity;
-    let environment = BinaryEnvironment {
+    BinaryEnvironment {
         dir: context.dir.clone(),
         tag: identity.tag.clone(),
         name: identity.name.clone(),
@@ -351,14 +379,75 @@ fn start_supervisor(
         } else {
             bootstrap.listen
         },
-    };
-    let boot_target = BootTarget {
+    }
+}
+
+/// Makes a service's supervisor: the binary's collaborators, its own log
+/// (`logs/services/<name>/binary.log`), spawned as a whole-life component.
+fn service_supervisor_factory(
+    context: &AgentContext,
+    spawner: Spawner,
+    metrics: Arc<AgentMetrics>,
+    lifecycle: LifecycleHandle,
+) -> MakeServiceSupervisor {
+    let context = context.clone();
+    Box::new(move |name: &str| {
+        let logs = context.dir.service_logs(name);
+        let log = create_private_dir(&logs)
+            .map_err(|error| error.to_string())
+            .and_then(|()| {
+                BinaryLog::open(&logs, &context.bootstrap.logs).map_err(|error| error.to_string())
+            })
+            .map(Arc::new)
+            .unwrap_or_else(|error| {
+                // The agent's own log stands in: the service's lines are still kept somewhere.
+                context.log.event(&format!(
+                    "could not open service {name}'s log under {}: {error}; its output goes here",
+                    logs.display()
+                ));
+                context.log.clone()
+            });
+        let (handle, task) = supervisor(
+            Role::Service(name.to_owned()),
+            spawner.clone(),
+            log,
+            metrics.clone(),
+            binary_environment(&context),
+            boot_target(&context),
+            context.bootstrap.stop_grace,
+            context.failpoints.clone(),
+            lifecycle.clone(),
+        );
+        let task = context.components.spawn(
+            format!("supervisor of service {name}"),
+            Lifetime::Agent,
+            task,
+        );
+        (handle, task)
+    })
+}
+
+fn boot_target(context: &AgentContext) -> BootTarget {
+    let bootstrap = &context.bootstrap;
+    BootTarget {
         root: boot_root(context),
         system_settings: bootstrap.boot.system_settings,
         runs_on: bootstrap.boot.runs_on.clone(),
         dir: context.dir.root().to_path_buf(),
-    };
+    }
+}
+
+fn start_supervisor(
+    context: &AgentContext,
+    spawner: Spawner,
+    metrics: Arc<AgentMetrics>,
+    lifecycle: LifecycleHandle,
+) -> (SupervisorHandle, JoinHandle<()>) {
+    let bootstrap = &context.bootstrap;
+    let environment = binary_environment(context);
+    let boot_target = boot_target(context);
     let (handle, task) = supervisor(
+        Role::Binary,
         spawner,
         context.log.clone(),
         metrics,
@@ -432,6 +521,13 @@ impl Life {
                 }
             }
             Component::Versions(versions) => versions.abandon_rollout().await,
+            Component::Services(supervisors) => {
+                let limit =
+                    self.context.bootstrap.stop_grace.saturating_add(SUPERVISOR_STOP_MARGIN);
+                if tokio::time::timeout(limit, supervisors.shut_down_services()).await.is_err() {
+                    tracing::warn!("the services did not stop within {limit:?}");
+                }
+            }
             Component::Shipper { stop, task } => {
                 let _ = stop.send(true);
                 let limit = crate::loki::FINAL_PUSH_TIMEOUT.saturating_add(SERVER_STOP_TIMEOUT);

@@ -22,6 +22,12 @@
 //! After an exit it restarts per the manifest's `RestartSpec` (schedule in [`crate::backoff`]);
 //! `on-failure` does not restart after exit status 0. Three exits in a row without becoming
 //! healthy make the state `crash-looping` while the backoff runs out.
+//!
+//! The same supervisor runs each of the manifest's services ([`Role::Service`]): its program
+//! from the manifest's `services` entry, with its own arguments (`{files}`, `{data}`,
+//! `{address}` expanded), environment, health check and restart policy, its own log and its own
+//! process-group file. A service has no boot additions, lifecycle hooks or keepalive: those
+//! belong to the machine, and run with the binary.
 
 use std::ffi::OsString;
 use std::future::Future;
@@ -35,14 +41,14 @@ use std::time::Duration;
 use flotilla_spec::api::{BinaryState, BootReport, ExitInfo};
 use flotilla_spec::fleet::HostsSignal;
 use flotilla_spec::fleetd::Event;
-use flotilla_spec::manifest::{Manifest, short_version};
+use flotilla_spec::manifest::{Manifest, ServiceManifest, ServiceProgram, short_version};
 use flotilla_spec::{HealthCheck, RestartPolicy};
 use rustix::process::Signal;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use crate::artifacts::{BINARY_FILE, CONFIG_FILE};
+use crate::artifacts::{BINARY_FILE, CONFIG_FILE, SERVICE_PROGRAM_FILE};
 use crate::backoff::{CRASH_LOOP_EXITS, STABLE_RUN, restart_delay, restart_jitter};
 use crate::binary_log::BinaryLog;
 use crate::boot::{self, BootTarget};
@@ -78,6 +84,25 @@ pub(crate) struct BinaryEnvironment {
     /// (a machine whose public address is its own, as on loopback), else the private address
     /// (on EC2 the public address is NATed and belongs to no interface).
     pub(crate) health_address: IpAddr,
+}
+
+/// What a supervisor runs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Role {
+    /// The user's binary: with boot additions, lifecycle hooks, keepalive and the agent's
+    /// restart counter.
+    Binary,
+    /// The manifest's service of this name.
+    Service(String),
+}
+
+impl Role {
+    fn service<'a>(&self, manifest: &'a Manifest) -> Option<&'a ServiceManifest> {
+        match self {
+            Role::Binary => None,
+            Role::Service(name) => manifest.services.iter().find(|s| &s.name == name),
+        }
+    }
 }
 
 /// What the supervisor sees, published after every change.
@@ -167,7 +192,7 @@ impl SupervisorStatus {
 }
 
 /// What the supervisor is told to do. Each order first stops the binary if it runs.
-#[derive(Debug)]
+#[derive(Clone, Debug)]
 pub(crate) enum Order {
     /// Select this version and start it (restart count and backoff reset).
     Run { version: String, manifest: Arc<Manifest> },
@@ -240,6 +265,7 @@ impl SupervisorHandle {
     reason = "the supervisor's collaborators, each named; a struct of them is the next refactor"
 )]
 pub(crate) fn supervisor(
+    role: Role,
     spawner: Spawner,
     log: Arc<BinaryLog>,
     metrics: Arc<AgentMetrics>,
@@ -252,6 +278,7 @@ pub(crate) fn supervisor(
     let (orders, receiver) = mpsc::unbounded_channel();
     let (status, status_receiver) = watch::channel(SupervisorStatus::idle());
     let supervisor = Supervisor {
+        role,
         orders: receiver,
         status,
         spawner,
@@ -276,6 +303,7 @@ struct Selected {
 }
 
 struct Supervisor {
+    role: Role,
     orders: mpsc::UnboundedReceiver<Command>,
     status: watch::Sender<SupervisorStatus>,
     spawner: Spawner,
@@ -342,7 +370,9 @@ impl Supervisor {
                 Activity::BackingOff { until } => {
                     tokio::select! {
                         () = tokio::time::sleep_until(until) => {
-                            self.metrics.count_restart();
+                            if self.role == Role::Binary {
+                                self.metrics.count_restart();
+                            }
                             self.status.send_modify(|status| status.restarts += 1);
                             self.start_selected().await
                         }
@@ -427,13 +457,13 @@ impl Supervisor {
         }
         let next = match order {
             Order::Run { version, manifest } => {
-                self.lifecycle.select(Some(&manifest));
+                self.select_lifecycle(Some(&manifest));
                 self.selected = Some(Selected { version, manifest });
                 self.begin_run();
                 self.boot_then_start().await
             }
             Order::Hold { version, manifest } => {
-                self.lifecycle.select(Some(&manifest));
+                self.select_lifecycle(Some(&manifest));
                 self.selected = Some(Selected { version, manifest });
                 self.begin_run();
                 self.status.send_modify(|status| status.state = BinaryState::Stopped);
@@ -458,7 +488,7 @@ impl Supervisor {
                 Activity::Waiting
             }
             Order::Clear => {
-                self.lifecycle.select(None);
+                self.select_lifecycle(None);
                 self.selected = None;
                 self.status.send_modify(|status| {
                     status.generation += 1;
@@ -488,12 +518,39 @@ impl Supervisor {
         next
     }
 
+    /// Tells the lifecycle which manifest the binary runs (services leave it alone).
+    fn select_lifecycle(&self, manifest: Option<&Manifest>) {
+        if self.role == Role::Binary {
+            self.lifecycle.select(manifest);
+        }
+    }
+
+    /// The selected version's health check and restart policy for this role.
+    fn policy(&self, selected: &Selected) -> (HealthCheck, flotilla_spec::RestartSpec) {
+        match self.role.service(&selected.manifest) {
+            Some(service) => (service.health.clone(), service.restart),
+            None => (selected.manifest.health.clone(), selected.manifest.restart),
+        }
+    }
+
+    /// The file that records the running process's group.
+    fn process_group_file(&self) -> std::path::PathBuf {
+        match &self.role {
+            Role::Binary => self.environment.dir.binary_process_group(),
+            Role::Service(name) => self.environment.dir.service_process_group(name),
+        }
+    }
+
     /// Resets the counters for a new run of the selected version.
     fn begin_run(&mut self) {
         self.log.begin_run();
         self.consecutive_failures = 0;
         let version = self.selected.as_ref().map(|s| s.version.clone());
-        let keepalive = self.selected.as_ref().and_then(|s| s.manifest.keepalive);
+        let keepalive = self
+            .selected
+            .as_ref()
+            .filter(|_| self.role == Role::Binary)
+            .and_then(|s| s.manifest.keepalive);
         self.status.send_modify(|status| {
             status.generation += 1;
             status.version = version;
@@ -512,6 +569,9 @@ impl Supervisor {
         let Some(selected) = self.selected.as_ref() else {
             return Activity::Waiting;
         };
+        if self.role != Role::Binary {
+            return self.start_selected().await;
+        }
         let boots = boot::has_work(&selected.manifest.boot, &self.boot_target);
         let starting = self.lifecycle.has_hooks(Event::Starting);
         if !boots && !starting {
@@ -595,13 +655,48 @@ impl Supervisor {
         .into_iter()
         .map(|(name, value)| (OsString::from(name), OsString::from(value)))
         .collect();
-        env.extend(
-            selected.manifest.env.iter().map(|(n, v)| (OsString::from(n), OsString::from(v))),
-        );
+        let own_env = match self.role.service(&selected.manifest) {
+            Some(service) => &service.env,
+            None => &selected.manifest.env,
+        };
+        env.extend(own_env.iter().map(|(n, v)| (OsString::from(n), OsString::from(v))));
         env
     }
 
+    /// How a service is started: its program, its arguments with the agent's places expanded,
+    /// in its data directory (made on first use).
+    fn service_process_spec(&self, selected: &Selected, service: &ServiceManifest) -> ProcessSpec {
+        let environment = &self.environment;
+        let files =
+            environment.dir.version(&selected.version).join(service_files_dir(&service.name));
+        let data = environment.dir.service_data(&service.name);
+        if let Err(error) = crate::instance_dir::create_private_dir(&data) {
+            self.log
+                .event(&format!("could not make the data directory {}: {error}", data.display()));
+        }
+        let program = match &service.program {
+            ServiceProgram::System(path) => std::path::PathBuf::from(path),
+            ServiceProgram::Artifact(_) => files.join(SERVICE_PROGRAM_FILE),
+        };
+        let address = environment.health_address.to_string();
+        let args = service
+            .args
+            .iter()
+            .map(|arg| {
+                OsString::from(
+                    arg.replace("{files}", &files.to_string_lossy())
+                        .replace("{data}", &data.to_string_lossy())
+                        .replace("{address}", &address),
+                )
+            })
+            .collect();
+        ProcessSpec { program, args, cwd: data, env: self.binary_env(selected) }
+    }
+
     fn process_spec(&self, selected: &Selected) -> ProcessSpec {
+        if let Some(service) = self.role.service(&selected.manifest) {
+            return self.service_process_spec(selected, service);
+        }
         let environment = &self.environment;
         let version_dir = environment.dir.version(&selected.version);
         let flag = |name: &str, file: &str| {
@@ -627,8 +722,17 @@ impl Supervisor {
         let Some(selected) = self.selected.as_ref() else {
             return Activity::Waiting;
         };
+        let runs_nothing = match &self.role {
+            Role::Binary => selected.manifest.binary.is_none(),
+            Role::Service(_) => self.role.service(&selected.manifest).is_none(),
+        };
+        if runs_nothing {
+            // A version without a binary (a machine of services only), or without this service.
+            self.status.send_modify(|status| status.state = BinaryState::Idle);
+            return Activity::Waiting;
+        }
         let spec = self.process_spec(selected);
-        let check = selected.manifest.health.clone();
+        let (check, _) = self.policy(selected);
         let short = short_version(&selected.version).to_owned();
         if !self.spawner.has_parent_death_signal() && !self.warned_about_parent_death_signal {
             self.warned_about_parent_death_signal = true;
@@ -647,7 +751,7 @@ impl Supervisor {
                     capture.push(output_capture::capture(stderr, self.log.clone()));
                 }
                 self.log.event(&format!("started version {short} pid {pid}"));
-                process_group::record(&self.environment.dir.binary_process_group(), pid);
+                process_group::record(&self.process_group_file(), pid);
                 let now = Instant::now();
                 self.status.send_modify(|status| {
                     status.state = BinaryState::Starting;
@@ -696,7 +800,7 @@ impl Supervisor {
             RunningEvent::Order(command) => self.obey(command, Some(running)).await,
             RunningEvent::Exited(result) => self.on_exit(running, result).await,
             RunningEvent::CheckDue => {
-                let check = self.selected.as_ref().map(|s| s.manifest.health.clone());
+                let check = self.selected.as_ref().map(|s| self.policy(s).0);
                 match check {
                     Some(HealthCheck::None) | None => {
                         running.checking = false;
@@ -800,7 +904,7 @@ impl Supervisor {
         let (next, decision) =
             self.after_exit(exit, description.clone(), ran_for, became_healthy, code);
         drain_output(capture).await;
-        process_group::forget(&self.environment.dir.binary_process_group());
+        process_group::forget(&self.process_group_file());
         self.log.event(&format!(
             "version {} pid {pid} {description} after {}",
             self.short_selected(),
@@ -831,14 +935,14 @@ impl Supervisor {
         let (state, next, decision) = match self.selected.as_ref() {
             None => (BinaryState::Idle, Activity::Waiting, None),
             Some(selected)
-                if selected.manifest.restart.policy == RestartPolicy::OnFailure
+                if self.policy(selected).1.policy == RestartPolicy::OnFailure
                     && code == Some(0) =>
             {
                 let decision = "not restarting: the binary exited with status 0 and the restart policy is on-failure";
                 (BinaryState::Stopped, Activity::Waiting, Some(decision.to_owned()))
             }
             Some(selected) => {
-                let restart = selected.manifest.restart;
+                let restart = self.policy(selected).1;
                 let delay = restart_delay(&restart, self.consecutive_failures, restart_jitter());
                 let crash_looping = self.consecutive_failures >= CRASH_LOOP_EXITS;
                 let state =
@@ -913,12 +1017,17 @@ impl Supervisor {
             signal_group(pid, Signal::KILL);
         }
         drain_output(capture).await;
-        process_group::forget(&self.environment.dir.binary_process_group());
+        process_group::forget(&self.process_group_file());
         self.log.event(&format!(
             "version {short} pid {pid} {description} after {}",
             format_duration(started_at.elapsed())
         ));
     }
+}
+
+/// Where a service's files are in its version's directory.
+pub(crate) fn service_files_dir(name: &str) -> std::path::PathBuf {
+    std::path::Path::new("services").join(name)
 }
 
 /// Waits for whatever happens first while the binary runs.

@@ -41,7 +41,9 @@ use flotilla_spec::fleet::OnHostsChange;
 use flotilla_spec::fleet::{MAX_HEALTH_DEADLINE, MAX_RESTART_BACKOFF};
 use flotilla_spec::fleetd::Event;
 use flotilla_spec::identity::IdentityBundle;
-use flotilla_spec::manifest::{Manifest, is_sha256_hex, short_version};
+use flotilla_spec::manifest::{
+    Artifact, Manifest, ServiceManifest, ServiceProgram, is_sha256_hex, short_version,
+};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
@@ -57,8 +59,9 @@ use crate::instance_dir::InstanceDir;
 use crate::keepalive::KeepaliveHandle;
 use crate::lifecycle::LifecycleHandle;
 use crate::metrics::AgentMetrics;
+use crate::services::{Generations, Supervisors};
 use crate::state::AgentState;
-use crate::supervisor::{Order, SupervisorHandle, SupervisorStatus};
+use crate::supervisor::{Order, SupervisorStatus};
 use crate::time::{format_duration, unix_now};
 
 /// Why a request was not carried out; the API turns it into a status code and an `ApiError`.
@@ -87,7 +90,8 @@ pub(crate) struct Versions {
     pub(crate) dir: InstanceDir,
     pub(crate) log: Arc<BinaryLog>,
     metrics: Arc<AgentMetrics>,
-    supervisor: SupervisorHandle,
+    /// The binary's supervisor and the services'.
+    supervisors: Arc<Supervisors>,
     fetchers: Fetchers,
     state: Mutex<AgentState>,
     /// The digest of the hosts.yaml in place (see `hosts`).
@@ -118,7 +122,7 @@ impl Versions {
     pub(crate) fn new(
         context: &AgentContext,
         state: AgentState,
-        supervisor: SupervisorHandle,
+        supervisors: Arc<Supervisors>,
         lifecycle: LifecycleHandle,
         metrics: Arc<AgentMetrics>,
         fetchers: Fetchers,
@@ -128,7 +132,7 @@ impl Versions {
             dir: context.dir.clone(),
             log: context.log.clone(),
             metrics,
-            supervisor,
+            supervisors,
             fetchers,
             state: Mutex::new(state),
             hosts: Mutex::new(hosts::digest(&context.dir)),
@@ -143,12 +147,12 @@ impl Versions {
 
     /// The supervisor's status as it changes (the selected version's keepalive among it).
     pub(crate) fn supervisor_status(&self) -> tokio::sync::watch::Receiver<SupervisorStatus> {
-        self.supervisor.watch()
+        self.supervisors.binary().watch()
     }
 
     /// The answer to `Status`.
     pub(crate) fn status(&self) -> AgentStatus {
-        let supervisor = self.supervisor.status();
+        let supervisor = self.supervisors.binary().status();
         let version = lock(&self.state).installed.clone();
         let rollout = lock(&self.rollout).last.clone();
         AgentStatus {
@@ -173,6 +177,7 @@ impl Versions {
             boot: supervisor.boot,
             lifecycle: self.lifecycle.report(),
             keepalive: Some(self.keepalive.report()).filter(|k| k.limit_secs.is_some()),
+            services: self.supervisors.service_statuses(),
         }
     }
 
@@ -185,7 +190,7 @@ impl Versions {
             Some(RolloutPhase::RolledBack | RolloutPhase::Failed)
         ));
         let snapshot =
-            self.supervisor.status().metrics_snapshot(version, self.started_at.elapsed());
+            self.supervisors.binary().status().metrics_snapshot(version, self.started_at.elapsed());
         self.metrics.render(&snapshot)
     }
 
@@ -260,7 +265,7 @@ impl Versions {
                 *state = started;
             }
             self.log.event("restart requested");
-            self.supervisor.order(Order::Restart)
+            self.supervisors.order(Order::Restart)
         };
         completion.wait().await;
         Ok(self.status())
@@ -278,7 +283,7 @@ impl Versions {
                 self.save_state(&stopped).map_err(Refusal::Internal)?;
                 *state = stopped;
             }
-            self.supervisor.order(Order::Stop)
+            self.supervisors.order(Order::Stop)
         };
         completion.wait().await;
         Ok(self.status())
@@ -343,7 +348,7 @@ impl Versions {
         };
         let error = match artifacts::load_version(&self.dir, &installed).await {
             Ok(manifest) => {
-                self.supervisor.order(order(installed, manifest)).wait().await;
+                self.supervisors.order(order(installed, manifest)).wait().await;
                 return;
             }
             Err(error) => error,
@@ -376,7 +381,7 @@ impl Versions {
                     "{reason}; running version {} instead",
                     short_version(&previous)
                 ));
-                self.supervisor.order(order(previous, manifest)).wait().await;
+                self.supervisors.order(order(previous, manifest)).wait().await;
                 RolloutPhase::RolledBack
             }
             None => {
@@ -424,7 +429,7 @@ impl Versions {
             }
         };
         let run = Order::Run { version: version.clone(), manifest: manifest.clone() };
-        let Some(generation) = self.supervisor.order(run).wait().await else {
+        let Some(generation) = self.supervisors.order(run).wait().await else {
             return;
         };
         let outcome = self.hold_to_deadline(generation, manifest.health_deadline).await;
@@ -461,7 +466,7 @@ impl Versions {
 
     /// Whether the binary exits (more than `exits_before` exits in all) within `window`.
     async fn exited_within(&self, exits_before: u64, window: Duration) -> bool {
-        let mut watch = self.supervisor.watch();
+        let mut watch = self.supervisors.binary().watch();
         let deadline = deadline::from_now(window);
         loop {
             if watch.borrow_and_update().exits > exits_before {
@@ -546,14 +551,17 @@ impl Versions {
         *lock(&self.hosts) = Some(new_hosts);
         let stopped = lock(&self.state).stopped;
         match manifest.on_hosts_change {
+            _ if manifest.binary.is_none() => {
+                self.log.event(&format!("{change} done: this machine runs no binary to tell"));
+            }
             OnHostsChange::None => {
                 self.log.event(&format!(
                     "{change} done: the binary was left alone (on_hosts_change: none)"
                 ));
             }
             OnHostsChange::Signal(signal) => {
-                let exits_before = self.supervisor.status().exits;
-                self.supervisor.order(Order::Signal(signal)).wait().await;
+                let exits_before = self.supervisors.binary().status().exits;
+                self.supervisors.binary().order(Order::Signal(signal)).wait().await;
                 if self.exited_within(exits_before, SIGNAL_SETTLE).await {
                     // The binary does not handle the signal (its default action ends it): the
                     // supervisor restarts it per its policy, with the new file.
@@ -573,9 +581,11 @@ impl Versions {
             }
             OnHostsChange::Restart => {
                 self.set_phase(RolloutPhase::Starting);
-                let Some(generation) = self.supervisor.order(Order::Restart).wait().await else {
+                let Some(generation) = self.supervisors.binary().order(Order::Restart).wait().await
+                else {
                     return;
                 };
+                let generation = Generations::binary_only(generation);
                 if let Err(reason) =
                     self.hold_to_deadline(generation, manifest.health_deadline).await
                 {
@@ -587,9 +597,14 @@ impl Versions {
                     ));
                     self.put_previous_hosts_back();
                     let mut reason = reason;
-                    if let Some(generation) = self.supervisor.order(Order::Restart).wait().await
-                        && let Err(error) =
-                            self.hold_to_deadline(generation, manifest.health_deadline).await
+                    if let Some(generation) =
+                        self.supervisors.binary().order(Order::Restart).wait().await
+                        && let Err(error) = self
+                            .hold_to_deadline(
+                                Generations::binary_only(generation),
+                                manifest.health_deadline,
+                            )
+                            .await
                     {
                         let error = error.replacen("the new version", "the binary", 1);
                         reason.push_str(&format!(
@@ -606,58 +621,26 @@ impl Versions {
         self.finish_rollout(RolloutPhase::Healthy, String::new(), Vec::new());
     }
 
-    /// Watches the new version until it is healthy, fails, or the deadline passes.
+    /// Watches the new version until it is healthy, fails, or the deadline passes: its binary
+    /// (when it runs one), then each service, all to the same deadline.
     async fn hold_to_deadline(
         &self,
-        generation: u64,
+        generations: Generations,
         health_deadline: Duration,
     ) -> Result<(), String> {
         let deadline = deadline::from_now(health_deadline);
-        let mut watch = self.supervisor.watch();
-        loop {
-            {
-                let status = watch.borrow_and_update();
-                let last_exit = status.last_exit_description.clone().unwrap_or_default();
-                if status.generation != generation {
-                    return Err("the rollout was interrupted by another order".to_owned());
-                }
-                if status.became_healthy {
-                    return Ok(());
-                }
-                if let Some(boot) = status.boot.as_ref().filter(|boot| boot.blocked) {
-                    return Err(describe_blocked_boot(boot));
-                }
-                if status.exits_before_healthy >= CRASH_LOOP_EXITS {
-                    return Err(format!(
-                        "the new version exited {} times without becoming healthy; the last time it {last_exit}",
-                        status.exits_before_healthy
-                    ));
-                }
-                if status.state == BinaryState::Stopped {
-                    return Err(format!(
-                        "the new version {last_exit} before it became healthy, and its restart policy on-failure does not restart it"
-                    ));
-                }
-            }
-            tokio::select! {
-                changed = watch.changed() => if changed.is_err() {
-                    return Err("the agent is stopping".to_owned());
-                },
-                () = tokio::time::sleep_until(deadline) => {
-                    let status = watch.borrow();
-                    let mut reason = format!(
-                        "the new version did not become healthy within its health deadline of {}",
-                        format_duration(health_deadline)
-                    );
-                    if let Some(error) = &status.health_error {
-                        reason.push_str(&format!("; last health check: {error}"));
-                    } else if let Some(exit) = &status.last_exit_description {
-                        reason.push_str(&format!("; the last time it {exit}"));
-                    }
-                    return Err(reason);
-                }
-            }
+        if let Some(generation) = generations.binary {
+            let watch = self.supervisors.binary().watch();
+            hold_one(watch, generation, deadline, health_deadline, "the new version").await?;
         }
+        for (name, generation) in generations.services {
+            let Some(watch) = self.supervisors.service_watch(&name) else {
+                continue;
+            };
+            let subject = format!("the new version's service {name}");
+            hold_one(watch, generation, deadline, health_deadline, &subject).await?;
+        }
+        Ok(())
     }
 
     async fn roll_back(&self, version: &str, state: &AgentState, reason: String) {
@@ -679,7 +662,7 @@ impl Versions {
                         "rollout of version {short} failed: {reason}; rolling back to version {}",
                         short_version(previous)
                     ));
-                    let generation = self.supervisor.order(order).wait().await;
+                    let generation = self.supervisors.order(order).wait().await;
                     // The rollout ends when the previous version serves again (or its own
                     // health deadline passed), so whoever waits for the verdict finds it serving.
                     if let Some(generation) = generation.filter(|_| !state.stopped)
@@ -696,7 +679,7 @@ impl Versions {
                         short_version(previous)
                     ));
                     self.log.event(&format!("rollout of version {short} failed: {reason}"));
-                    self.supervisor.order(Order::Clear).wait().await;
+                    self.supervisors.order(Order::Clear).wait().await;
                     RolloutPhase::Failed
                 }
             },
@@ -704,7 +687,7 @@ impl Versions {
                 self.log.event(&format!(
                     "rollout of version {short} failed: {reason}; there is no previous version to go back to"
                 ));
-                self.supervisor.order(Order::Clear).wait().await;
+                self.supervisors.order(Order::Clear).wait().await;
                 RolloutPhase::Failed
             }
         };
@@ -756,6 +739,61 @@ impl Versions {
     }
 }
 
+/// Watches one supervisor (`subject` in messages) until what it runs is healthy, fails, or
+/// `deadline` passes.
+async fn hold_one(
+    mut watch: tokio::sync::watch::Receiver<SupervisorStatus>,
+    generation: u64,
+    deadline: Instant,
+    health_deadline: Duration,
+    subject: &str,
+) -> Result<(), String> {
+    loop {
+        {
+            let status = watch.borrow_and_update();
+            let last_exit = status.last_exit_description.clone().unwrap_or_default();
+            if status.generation != generation {
+                return Err("the rollout was interrupted by another order".to_owned());
+            }
+            if status.became_healthy {
+                return Ok(());
+            }
+            if let Some(boot) = status.boot.as_ref().filter(|boot| boot.blocked) {
+                return Err(describe_blocked_boot(boot));
+            }
+            if status.exits_before_healthy >= CRASH_LOOP_EXITS {
+                return Err(format!(
+                    "{subject} exited {} times without becoming healthy; the last time it {last_exit}",
+                    status.exits_before_healthy
+                ));
+            }
+            if status.state == BinaryState::Stopped {
+                return Err(format!(
+                    "{subject} {last_exit} before it became healthy, and its restart policy on-failure does not restart it"
+                ));
+            }
+        }
+        tokio::select! {
+            changed = watch.changed() => if changed.is_err() {
+                return Err("the agent is stopping".to_owned());
+            },
+            () = tokio::time::sleep_until(deadline) => {
+                let status = watch.borrow();
+                let mut reason = format!(
+                    "{subject} did not become healthy within its health deadline of {}",
+                    format_duration(health_deadline)
+                );
+                if let Some(error) = &status.health_error {
+                    reason.push_str(&format!("; last health check: {error}"));
+                } else if let Some(exit) = &status.last_exit_description {
+                    reason.push_str(&format!("; the last time it {exit}"));
+                }
+                return Err(reason);
+            }
+        }
+    }
+}
+
 /// Why a version whose boot additions failed did not start: the failed step, how, and the last
 /// line of its output.
 fn describe_blocked_boot(boot: &BootReport) -> String {
@@ -800,9 +838,68 @@ fn phase_name(phase: RolloutPhase) -> &'static str {
 
 /// Refuses a manifest the agent could not run as asked, before anything changes.
 fn check_manifest(manifest: &Manifest, fetchers: &Fetchers) -> Result<(), String> {
-    for (name, artifact) in
-        [("binary", &manifest.binary), ("config", &manifest.config), ("hosts", &manifest.hosts)]
-    {
+    if manifest.binary.is_some() != manifest.config.is_some() {
+        return Err("`binary` and `config` come together: both, or neither on a machine that runs only services".to_owned());
+    }
+    let mut artifacts: Vec<(String, &Artifact)> = [
+        ("binary", manifest.binary.as_ref()),
+        ("config", manifest.config.as_ref()),
+        ("hosts", Some(&manifest.hosts)),
+    ]
+    .into_iter()
+    .filter_map(|(name, artifact)| Some((name.to_owned(), artifact?)))
+    .collect();
+    let mut names = std::collections::BTreeSet::new();
+    for (index, service) in manifest.services.iter().enumerate() {
+        let at = format!("services[{index}]");
+        if !ServiceManifest::name_is_valid(&service.name) {
+            return Err(format!(
+                "`{at}.name` {:?} must be lower-case letters, digits and `-`, starting with a letter, at most 40",
+                service.name
+            ));
+        }
+        if !names.insert(service.name.as_str()) {
+            return Err(format!("`{at}.name` {:?} names a service twice", service.name));
+        }
+        match &service.program {
+            ServiceProgram::System(path) if !path.starts_with('/') || path.contains('\0') => {
+                return Err(format!("`{at}.program.system` {path:?} must be an absolute path"));
+            }
+            ServiceProgram::System(_) => {}
+            ServiceProgram::Artifact(program) => {
+                artifacts.push((format!("{at}.program.artifact"), program));
+            }
+        }
+        for (file_name, file) in &service.files {
+            let plain = !file_name.is_empty()
+                && file_name != "."
+                && file_name != ".."
+                && file_name != crate::artifacts::SERVICE_PROGRAM_FILE
+                && !file_name.contains(['/', '\0']);
+            if !plain {
+                return Err(format!(
+                    "`{at}.files` {file_name:?} must be a plain file name (no `/`), not `program`"
+                ));
+            }
+            artifacts.push((format!("{at}.files.{file_name}"), file));
+        }
+        if service.args.iter().chain(service.env.values()).any(|arg| arg.contains('\0'))
+            || service.env.keys().any(|key| key.is_empty() || key.contains(['=', '\0']))
+        {
+            return Err(format!("`{at}`: args and env must not contain NUL, env names no `=`"));
+        }
+        let restart = &service.restart;
+        if restart.initial_backoff.is_zero()
+            || restart.max_backoff < restart.initial_backoff
+            || restart.max_backoff > MAX_RESTART_BACKOFF
+        {
+            return Err(format!(
+                "`{at}.restart`: initial_backoff must be longer than 0s, max_backoff at least initial_backoff and at most {}",
+                format_duration(MAX_RESTART_BACKOFF)
+            ));
+        }
+    }
+    for (name, artifact) in artifacts {
         if !is_sha256_hex(&artifact.sha256) {
             return Err(format!("`{name}.sha256` must be 64 lower-case hex digits"));
         }
@@ -858,8 +955,8 @@ mod tests {
             size: 1,
         };
         Manifest {
-            binary: artifact("binary"),
-            config: artifact("config"),
+            binary: Some(artifact("binary")),
+            config: Some(artifact("config")),
             hosts: artifact("hosts"),
             args: Vec::new(),
             env: Default::default(),
@@ -870,6 +967,7 @@ mod tests {
             lifecycle: None,
             keepalive: None,
             on_hosts_change: OnHostsChange::Restart,
+            services: Vec::new(),
         }
     }
 

@@ -116,7 +116,7 @@ async fn the_same_manifest_again_changes_nothing() {
     assert_eq!(answer, serde_json::json!({"result": "unchanged", "version": manifest.version()}));
     // The same content from another place is the same version.
     let elsewhere = deployment.publish(&version);
-    assert_ne!(elsewhere.binary.url, manifest.binary.url);
+    assert_ne!(elsewhere.binary.as_ref().unwrap().url, manifest.binary.as_ref().unwrap().url);
     let (code, answer) = deployment.apply(&elsewhere).await;
     assert_eq!(code, StatusCode::OK);
     assert_eq!(answer["result"], "unchanged");
@@ -137,7 +137,7 @@ async fn bad_artifacts_are_refused_and_the_running_version_is_untouched() {
     let running = deployment.install(&good).await;
 
     let mut wrong_digest = deployment.publish(&Version::script(&format!("echo other\n{IDLE}")));
-    wrong_digest.binary.sha256 = "0".repeat(64);
+    wrong_digest.binary.as_mut().unwrap().sha256 = "0".repeat(64);
     let (code, _) = deployment.apply(&wrong_digest).await;
     assert_eq!(code, StatusCode::ACCEPTED);
     let rollout = deployment.wait_rollout_done(&wrong_digest).await;
@@ -149,7 +149,7 @@ async fn bad_artifacts_are_refused_and_the_running_version_is_untouched() {
     );
 
     let mut wrong_size = deployment.publish(&Version::script(&format!("echo size\n{IDLE}")));
-    wrong_size.config.size += 1;
+    wrong_size.config.as_mut().unwrap().size += 1;
     deployment.apply(&wrong_size).await;
     let rollout = deployment.wait_rollout_done(&wrong_size).await;
     assert_eq!(rollout.phase, RolloutPhase::RolledBack);
@@ -173,13 +173,13 @@ async fn bad_artifacts_are_refused_and_the_running_version_is_untouched() {
 
     // Malformed manifests are refused before anything starts.
     let mut malformed = good.clone();
-    malformed.binary.sha256 = "XYZ".to_owned();
+    malformed.binary.as_mut().unwrap().sha256 = "XYZ".to_owned();
     let (code, answer) = deployment.apply(&malformed).await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
     assert!(answer["error"].as_str().unwrap().contains("`binary.sha256`"), "{answer}");
     let mut unknown_scheme = good.clone();
     unknown_scheme.args.push("x".to_owned());
-    unknown_scheme.config.url = "s3://bucket/config.conf".to_owned();
+    unknown_scheme.config.as_mut().unwrap().url = "s3://bucket/config.conf".to_owned();
     let (code, answer) = deployment.apply(&unknown_scheme).await;
     assert_eq!(code, StatusCode::BAD_REQUEST);
     let error = answer["error"].as_str().unwrap();

@@ -340,6 +340,27 @@ pub struct AgentStatus {
     /// The keepalive, when the installed version has one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub keepalive: Option<KeepaliveReport>,
+    /// The services beside the binary (node exporter, Prometheus, ...), in the manifest's
+    /// order, when the version has any.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceStatus>,
+}
+
+/// One service as its supervisor sees it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceStatus {
+    pub name: String,
+    pub state: BinaryState,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid: Option<u32>,
+    /// Restarts since the version was installed or last restarted by request.
+    pub restarts: u64,
+    /// The last failed health check, while not healthy.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub health_error: Option<String>,
+    /// How the last run ended, in words, when it has ended.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
 }
 
 /// What the lifecycle component saw and did.

@@ -31,9 +31,13 @@ pub struct Artifact {
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Manifest {
-    pub binary: Artifact,
+    /// The user's binary. Absent on a machine that runs only services (the monitoring
+    /// machine); then `config` is absent too.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub binary: Option<Artifact>,
     /// Lands as `config.conf`.
-    pub config: Artifact,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config: Option<Artifact>,
     /// Lands as `hosts.yaml`, one file per machine that every version reads, swapped in place.
     pub hosts: Artifact,
     /// What the agent does when only `hosts` changes.
@@ -69,6 +73,53 @@ pub struct Manifest {
     )]
     #[schemars(with = "Option<crate::duration_serde::DurationText>")]
     pub keepalive: Option<Duration>,
+    /// The services that run beside the binary (node exporter, or on the monitoring machine
+    /// Prometheus and the rest), each supervised like the binary, in this order. They are part
+    /// of the version: a rollout starts them with the binary and rolls them back with it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<ServiceManifest>,
+}
+
+/// A service beside the binary: a program, its arguments and files, and how it is checked and
+/// restarted, as for the binary. Its arguments may name the places the agent gives it:
+/// `{files}` (its files in this version, read-only), `{data}` (its data directory, kept across
+/// versions) and `{address}` (the address its health is checked on: the machine's own).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceManifest {
+    /// `node-exporter`, `prometheus`: lower-case letters, digits and `-`.
+    pub name: String,
+    pub program: ServiceProgram,
+    #[serde(default)]
+    pub args: Vec<String>,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Files the program reads, by file name, landing in `{files}`.
+    #[serde(default)]
+    pub files: BTreeMap<String, Artifact>,
+    #[serde(default)]
+    pub health: HealthCheck,
+    #[serde(default)]
+    pub restart: RestartSpec,
+}
+
+/// Where a service's program comes from.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub enum ServiceProgram {
+    /// An executable the machine has (`/usr/bin/prometheus`), used as it is.
+    System(String),
+    /// An executable downloaded and verified like the binary.
+    Artifact(Artifact),
+}
+
+impl ServiceManifest {
+    /// Checks the name: lower-case letters, digits and `-`, starting with a letter, at most 40.
+    pub fn name_is_valid(name: &str) -> bool {
+        name.len() <= 40
+            && name.starts_with(|c: char| c.is_ascii_lowercase())
+            && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+    }
 }
 
 /// A machine's lifecycle as the agent receives it.
@@ -93,8 +144,10 @@ impl Manifest {
     pub fn version(&self) -> String {
         #[derive(Serialize)]
         struct Content<'a> {
-            binary: &'a str,
-            config: &'a str,
+            // A machine without a binary has neither; `Some(d)` serializes as `d`, so a
+            // manifest with a binary keeps the version it had before binaries were optional.
+            binary: Option<&'a str>,
+            config: Option<&'a str>,
             args: &'a [String],
             env: &'a BTreeMap<String, String>,
             health: &'a HealthCheck,
@@ -109,10 +162,43 @@ impl Manifest {
             // Likewise left out without a keepalive (seconds).
             #[serde(skip_serializing_if = "Option::is_none")]
             keepalive: Option<u64>,
+            // Likewise left out without services; their files count by digest only.
+            #[serde(skip_serializing_if = "Vec::is_empty")]
+            services: Vec<ServiceContent<'a>>,
         }
+        #[derive(Serialize)]
+        struct ServiceContent<'a> {
+            name: &'a str,
+            program: &'a str,
+            args: &'a [String],
+            env: &'a BTreeMap<String, String>,
+            files: BTreeMap<&'a str, &'a str>,
+            health: &'a HealthCheck,
+            restart: &'a RestartSpec,
+        }
+        let services = self
+            .services
+            .iter()
+            .map(|service| ServiceContent {
+                name: &service.name,
+                program: match &service.program {
+                    ServiceProgram::System(path) => path,
+                    ServiceProgram::Artifact(artifact) => &artifact.sha256,
+                },
+                args: &service.args,
+                env: &service.env,
+                files: service
+                    .files
+                    .iter()
+                    .map(|(name, file)| (name.as_str(), file.sha256.as_str()))
+                    .collect(),
+                health: &service.health,
+                restart: &service.restart,
+            })
+            .collect();
         let content = Content {
-            binary: &self.binary.sha256,
-            config: &self.config.sha256,
+            binary: self.binary.as_ref().map(|binary| binary.sha256.as_str()),
+            config: self.config.as_ref().map(|config| config.sha256.as_str()),
             args: &self.args,
             env: &self.env,
             health: &self.health,
@@ -120,6 +206,7 @@ impl Manifest {
             boot: &self.boot,
             lifecycle: self.lifecycle.as_ref(),
             keepalive: self.keepalive.map(|k| k.as_secs()),
+            services,
         };
         let json = serde_json::to_vec(&content).expect("a struct of strings serializes to JSON");
         hex::encode(Sha256::digest(&json))
@@ -153,8 +240,8 @@ mod tests {
 
     fn manifest() -> Manifest {
         Manifest {
-            binary: artifact("file:///a", 'a'),
-            config: artifact("file:///b", 'b'),
+            binary: Some(artifact("file:///a", 'a')),
+            config: Some(artifact("file:///b", 'b')),
             hosts: artifact("file:///c", 'c'),
             args: vec![],
             env: BTreeMap::new(),
@@ -165,6 +252,7 @@ mod tests {
             lifecycle: None,
             keepalive: None,
             on_hosts_change: OnHostsChange::Restart,
+            services: Vec::new(),
         }
     }
 
@@ -182,10 +270,10 @@ mod tests {
     fn version_ignores_urls_and_deadline_but_not_content() {
         let a = manifest();
         let mut b = manifest();
-        b.binary.url = "s3://bucket/x".into();
+        b.binary.as_mut().unwrap().url = "s3://bucket/x".into();
         b.health_deadline = Duration::from_secs(5);
         assert_eq!(a.version(), b.version());
-        b.config.sha256 = "d".repeat(64);
+        b.config.as_mut().unwrap().sha256 = "d".repeat(64);
         assert_ne!(a.version(), b.version());
         let mut c = manifest();
         c.args.push("--fast".into());
@@ -209,6 +297,49 @@ mod tests {
         let json = serde_json::to_string(&b).unwrap();
         let back: Manifest = serde_json::from_str(&json).unwrap();
         assert_eq!(back, b);
+    }
+
+    #[test]
+    fn a_version_from_before_services_and_optional_binaries_is_unchanged() {
+        // The content a version was the digest of before `binary` became optional and
+        // `services` existed: machines that run a binary keep their installed version.
+        let m = manifest();
+        let health = serde_json::to_string(&m.health).unwrap();
+        let restart = serde_json::to_string(&m.restart).unwrap();
+        let before = format!(
+            r#"{{"binary":"{}","config":"{}","args":[],"env":{{}},"health":{health},"restart":{restart}}}"#,
+            "a".repeat(64),
+            "b".repeat(64)
+        );
+        assert_eq!(m.version(), hex::encode(Sha256::digest(before.as_bytes())));
+    }
+
+    #[test]
+    fn services_count_in_the_version() {
+        let a = manifest();
+        let mut b = manifest();
+        b.services.push(ServiceManifest {
+            name: "node-exporter".into(),
+            program: ServiceProgram::System("/usr/bin/prometheus-node-exporter".into()),
+            args: vec!["--web.listen-address={address}:9100".into()],
+            env: BTreeMap::new(),
+            files: BTreeMap::new(),
+            health: HealthCheck::Tcp { port: 9100 },
+            restart: RestartSpec::default(),
+        });
+        assert_ne!(a.version(), b.version());
+        let mut c = b.clone();
+        c.services[0].files.insert("f".into(), artifact("file:///f", 'f'));
+        assert_ne!(b.version(), c.version());
+        let mut d = c.clone();
+        d.services[0].files.get_mut("f").unwrap().url = "s3://elsewhere".into();
+        assert_eq!(c.version(), d.version(), "a file's place does not count, its content does");
+        let json = serde_json::to_string(&c).unwrap();
+        assert_eq!(serde_json::from_str::<Manifest>(&json).unwrap(), c);
+        let mut e = manifest();
+        e.binary = None;
+        e.config = None;
+        assert_ne!(a.version(), e.version());
     }
 
     #[test]

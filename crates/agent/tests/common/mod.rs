@@ -237,6 +237,21 @@ impl Deployment {
         fs_err::read_to_string(self.dir.join("logs/binary.log")).unwrap_or_default()
     }
 
+    /// Writes one artifact (`content` as file `name`) to a new directory and names it with a
+    /// `file://` URL.
+    pub fn publish_file(&self, name: &str, content: &str) -> Artifact {
+        let n = self.published.fetch_add(1, Ordering::SeqCst);
+        let directory = self.temp.path().join(format!("artifacts/{n}"));
+        fs_err::create_dir_all(&directory).expect("an artifact directory");
+        let path = directory.join(name);
+        fs_err::write(&path, content).expect("an artifact is written");
+        Artifact {
+            url: format!("file://{}", path.display()),
+            sha256: hex::encode(Sha256::digest(content.as_bytes())),
+            size: content.len() as u64,
+        }
+    }
+
     /// Writes `version`'s artifacts to a new directory and returns a manifest that names them
     /// with `file://` URLs.
     pub fn publish(&self, version: &Version) -> Manifest {
@@ -253,8 +268,8 @@ impl Deployment {
             }
         };
         Manifest {
-            binary: artifact("binary", &format!("#!/bin/sh\n{}", version.script)),
-            config: artifact("config.conf", &version.config),
+            binary: Some(artifact("binary", &format!("#!/bin/sh\n{}", version.script))),
+            config: Some(artifact("config.conf", &version.config)),
             hosts: artifact("hosts.yaml", &version.hosts),
             args: version.args.clone(),
             env: version.env.clone(),
@@ -265,6 +280,7 @@ impl Deployment {
             lifecycle: None,
             keepalive: None,
             on_hosts_change: version.on_hosts_change,
+            services: Vec::new(),
         }
     }
 }

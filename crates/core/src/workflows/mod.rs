@@ -355,8 +355,8 @@ async fn build_manifests<P: Provider>(
         manifests.insert(
             machine.name.clone(),
             Manifest {
-                binary: files.artifact(binary),
-                config: files.artifact(config),
+                binary: Some(files.artifact(binary)),
+                config: Some(files.artifact(config)),
                 hosts: hosts.clone(),
                 args: instance.args.clone(),
                 env: instance.env.clone(),
@@ -367,6 +367,7 @@ async fn build_manifests<P: Provider>(
                 lifecycle: lifecycle::manifest_lifecycle(instance, &machine.name, cwd)?,
                 keepalive: instance.keepalive,
                 on_hosts_change: instance.on_hosts_change,
+                services: Vec::new(),
             },
         );
     }
