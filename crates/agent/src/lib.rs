@@ -93,6 +93,7 @@ mod instance_dir;
 mod keepalive;
 mod life;
 mod lifecycle;
+mod live_files;
 mod log_file;
 pub mod loki;
 mod machine_cloud;

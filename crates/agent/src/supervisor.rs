@@ -679,12 +679,14 @@ impl Supervisor {
             ServiceProgram::Artifact(_) => files.join(SERVICE_PROGRAM_FILE),
         };
         let address = environment.health_address.to_string();
+        let live = crate::live_files::live_dir(&environment.dir, &service.name);
         let args = service
             .args
             .iter()
             .map(|arg| {
                 OsString::from(
                     arg.replace("{files}", &files.to_string_lossy())
+                        .replace("{live}", &live.to_string_lossy())
                         .replace("{data}", &data.to_string_lossy())
                         .replace("{address}", &address),
                 )

@@ -58,6 +58,7 @@ use crate::hosts;
 use crate::instance_dir::InstanceDir;
 use crate::keepalive::KeepaliveHandle;
 use crate::lifecycle::LifecycleHandle;
+use crate::live_files;
 use crate::metrics::AgentMetrics;
 use crate::services::{Generations, Supervisors};
 use crate::state::AgentState;
@@ -135,7 +136,7 @@ impl Versions {
             supervisors,
             fetchers,
             state: Mutex::new(state),
-            hosts: Mutex::new(hosts::digest(&context.dir)),
+            hosts: Mutex::new(live_files::membership(&context.dir)),
             rollout: Mutex::new(RolloutSlot::default()),
             rollout_finished: tokio::sync::Notify::new(),
             started_at: Instant::now(),
@@ -199,7 +200,7 @@ impl Versions {
     pub(crate) fn apply(self: &Arc<Self>, manifest: Manifest) -> Result<ApplyResponse, Refusal> {
         check_manifest(&manifest, &self.fetchers).map_err(Refusal::BadRequest)?;
         let version = manifest.version();
-        let hosts = manifest.hosts_version().to_owned();
+        let hosts = manifest.hosts_version();
         let mut slot = lock(&self.rollout);
         if slot.under_way {
             let current = slot.last.as_ref().expect("a rollout under way has a record");
@@ -491,12 +492,16 @@ impl Versions {
         artifacts::install_version(&self.fetchers, &self.dir, version, manifest)
             .await
             .map_err(|reason| ("while downloading", reason))?;
-        let new_hosts = manifest.hosts_version().to_owned();
+        let new_hosts = manifest.hosts_version();
         let swap_hosts = lock(&self.hosts).as_deref() != Some(new_hosts.as_str());
         if swap_hosts {
             hosts::stage(&self.fetchers, &self.dir, &manifest.hosts)
                 .await
                 .map_err(|reason| ("while downloading", reason))?;
+            if let Err(reason) = live_files::install(&self.fetchers, &self.dir, manifest).await {
+                hosts::discard_staged(&self.dir);
+                return Err(("while downloading", reason));
+            }
         }
         self.set_phase(RolloutPhase::Starting);
         if swap_hosts {
@@ -504,6 +509,9 @@ impl Versions {
                 hosts::discard_staged(&self.dir);
                 let reason = format!("could not put the new hosts.yaml in place: {error}");
                 return Err(("before it started", reason));
+            }
+            if let Err(error) = live_files::record_membership(&self.dir, manifest) {
+                self.log.event(&error);
             }
             *lock(&self.hosts) = Some(new_hosts);
         }
@@ -515,6 +523,7 @@ impl Versions {
         if let Err(error) = hosts::restore_previous(&self.dir) {
             self.log.event(&format!("could not put the previous hosts.yaml back: {error}"));
         }
+        live_files::forget_membership(&self.dir);
         *lock(&self.hosts) = hosts::digest(&self.dir);
     }
 
@@ -522,7 +531,7 @@ impl Versions {
     /// the binary is restarted (health-gated), signalled or left alone, as `on_hosts_change`
     /// says.
     async fn change_hosts(self: Arc<Self>, manifest: Arc<Manifest>) {
-        let new_hosts = manifest.hosts_version().to_owned();
+        let new_hosts = manifest.hosts_version();
         let old_hosts = lock(&self.hosts).clone();
         let describe = |digest: Option<&str>| match digest {
             Some(digest) => short_version(digest).to_owned(),
@@ -534,7 +543,13 @@ impl Versions {
             describe(Some(&new_hosts))
         );
         self.log.event(&format!("{change} started: the version stays"));
-        if let Err(reason) = hosts::stage(&self.fetchers, &self.dir, &manifest.hosts).await {
+        let staged = match hosts::stage(&self.fetchers, &self.dir, &manifest.hosts).await {
+            Ok(()) => live_files::install(&self.fetchers, &self.dir, &manifest)
+                .await
+                .inspect_err(|_| hosts::discard_staged(&self.dir)),
+            Err(reason) => Err(reason),
+        };
+        if let Err(reason) = staged {
             self.log.event(&format!(
                 "{change} failed while downloading: {reason}; the file is left as it was"
             ));
@@ -547,6 +562,9 @@ impl Versions {
             self.log.event(&format!("{change} failed: {reason}"));
             self.finish_rollout(RolloutPhase::RolledBack, reason, Vec::new());
             return;
+        }
+        if let Err(error) = live_files::record_membership(&self.dir, &manifest) {
+            self.log.event(&error);
         }
         *lock(&self.hosts) = Some(new_hosts);
         let stopped = lock(&self.state).stopped;
@@ -882,6 +900,18 @@ fn check_manifest(manifest: &Manifest, fetchers: &Fetchers) -> Result<(), String
                 ));
             }
             artifacts.push((format!("{at}.files.{file_name}"), file));
+        }
+        for (file_name, file) in &service.live_files {
+            if file_name.is_empty()
+                || file_name.starts_with('.')
+                || file_name.ends_with(".partial")
+                || file_name.contains(['/', '\0'])
+            {
+                return Err(format!(
+                    "`{at}.live_files` {file_name:?} must be a plain file name (no `/`, not hidden, not `.partial`)"
+                ));
+            }
+            artifacts.push((format!("{at}.live_files.{file_name}"), file));
         }
         if service.args.iter().chain(service.env.values()).any(|arg| arg.contains('\0'))
             || service.env.keys().any(|key| key.is_empty() || key.contains(['=', '\0']))

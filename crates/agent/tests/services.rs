@@ -36,6 +36,7 @@ fn script_service(deployment: &Deployment, name: &str, script: &str) -> ServiceM
             "greeting.txt".to_owned(),
             deployment.publish_file("greeting.txt", &format!("hello from {name}\n")),
         )]),
+        live_files: BTreeMap::new(),
         health: HealthCheck::None,
         restart: quick_restarts(),
     }
@@ -78,6 +79,7 @@ async fn services_run_beside_the_binary_with_their_places_and_restart_on_their_o
             args: vec!["-c".to_owned(), format!("echo system at {{address}}; {IDLE}")],
             env: BTreeMap::new(),
             files: BTreeMap::new(),
+            live_files: BTreeMap::new(),
             health: HealthCheck::None,
             restart: quick_restarts(),
         },
@@ -242,5 +244,61 @@ async fn a_manifest_with_a_bad_service_is_refused_before_anything_changes() {
         assert!(body.to_string().contains(expected), "{expected:?} missing from {body}");
     }
     assert_eq!(deployment.status().await.version, None, "nothing was installed");
+    agent.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn live_files_follow_membership_in_place_without_a_restart_and_survive_an_agent_restart() {
+    let deployment = Deployment::new("127.200.20.5");
+    let agent = deployment.start().await;
+    let mut first: Manifest = deployment.publish(&Version::script(IDLE));
+    first.binary = None;
+    first.config = None;
+    let mut watcher =
+        script_service(&deployment, "watcher", &format!("echo \"live=$1\"; {IDLE}"));
+    watcher.args = vec!["{live}".to_owned()];
+    watcher
+        .live_files
+        .insert("targets.json".to_owned(), deployment.publish_file("targets.json", "[1]\n"));
+    first.services = vec![watcher];
+    deployment.apply(&first).await;
+    assert_eq!(deployment.wait_rollout_done(&first).await.phase, RolloutPhase::Healthy);
+    let live = deployment.dir.join("live/watcher/targets.json");
+    assert_eq!(fs_err::read_to_string(&live).unwrap(), "[1]\n");
+    let status =
+        deployment.wait_for("the watcher healthy", |s| services_healthy(s, &["watcher"])).await;
+    assert_eq!(status.hosts.as_deref(), Some(first.hosts_version().as_str()));
+    assert_ne!(first.hosts_version(), first.hosts.sha256, "live files count in the membership");
+    let pid = service(&status, "watcher").pid.expect("the watcher runs");
+    let log =
+        fs_err::read_to_string(deployment.dir.join("logs/services/watcher/binary.log")).unwrap();
+    let expected = format!("live={}", live.parent().unwrap().display());
+    assert!(log.contains(&expected), "{expected:?} missing from {log}");
+
+    // Only the live file changes: the version stays, the file is swapped, nothing restarts.
+    let mut second = first.clone();
+    second.services[0]
+        .live_files
+        .insert("targets.json".to_owned(), deployment.publish_file("targets.json", "[1, 2]\n"));
+    assert_eq!(second.version(), first.version());
+    deployment.apply(&second).await;
+    let rollout = deployment.wait_rollout_done(&second).await;
+    assert_eq!(rollout.phase, RolloutPhase::Healthy, "{rollout:#?}");
+    assert!(rollout.hosts_only, "a live file change is a hosts-only change: {rollout:#?}");
+    assert_eq!(fs_err::read_to_string(&live).unwrap(), "[1, 2]\n");
+    let status = deployment.status().await;
+    assert_eq!(service(&status, "watcher").pid, Some(pid), "the service was not restarted");
+    assert_eq!(status.hosts.as_deref(), Some(second.hosts_version().as_str()));
+
+    // A restarted agent reports the same membership, so applying it again changes nothing.
+    agent.shutdown().await.unwrap();
+    let agent = deployment.start().await;
+    let status = deployment
+        .wait_for("the watcher healthy again", |s| services_healthy(s, &["watcher"]))
+        .await;
+    assert_eq!(status.hosts.as_deref(), Some(second.hosts_version().as_str()));
+    let (code, body) = deployment.apply(&second).await;
+    assert!(code.is_success(), "{body}");
+    assert_eq!(body["result"], "unchanged", "{body}");
     agent.shutdown().await.unwrap();
 }

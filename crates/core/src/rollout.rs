@@ -141,7 +141,7 @@ pub async fn apply_and_wait(
             Ok(status) => match status.rollout.filter(|r| {
                 // An agent that reports the hosts a rollout installs must be on this one's.
                 r.version == version
-                    && r.hosts.as_deref().is_none_or(|h| h == manifest.hosts_version())
+                    && r.hosts.as_deref().is_none_or(|h| *h == manifest.hosts_version())
             }) {
                 Some(rollout) if rollout.phase == RolloutPhase::Healthy => {
                     return Ok(Applied::Updated);

@@ -82,8 +82,9 @@ pub struct Manifest {
 
 /// A service beside the binary: a program, its arguments and files, and how it is checked and
 /// restarted, as for the binary. Its arguments may name the places the agent gives it:
-/// `{files}` (its files in this version, read-only), `{data}` (its data directory, kept across
-/// versions) and `{address}` (the address its health is checked on: the machine's own).
+/// `{files}` (its files in this version, read-only), `{live}` (its live files), `{data}` (its
+/// data directory, kept across versions) and `{address}` (the address its health is checked
+/// on: the machine's own).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServiceManifest {
@@ -97,6 +98,11 @@ pub struct ServiceManifest {
     /// Files the program reads, by file name, landing in `{files}`.
     #[serde(default)]
     pub files: BTreeMap<String, Artifact>,
+    /// Files that follow membership, by file name, landing in `{live}`: not part of the version
+    /// but of [`Manifest::hosts_version`], swapped in place like hosts.yaml and never a reason
+    /// to restart (Prometheus's target files, which it rereads by itself).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub live_files: BTreeMap<String, Artifact>,
     #[serde(default)]
     pub health: HealthCheck,
     #[serde(default)]
@@ -214,9 +220,25 @@ impl Manifest {
 }
 
 impl Manifest {
-    /// The hosts file's version: its SHA-256, shown apart from [`Manifest::version`].
-    pub fn hosts_version(&self) -> &str {
-        &self.hosts.sha256
+    /// The membership's version, shown apart from [`Manifest::version`]: hosts.yaml's SHA-256,
+    /// or, when services have live files, the SHA-256 over it and every live file's name and
+    /// digest.
+    pub fn hosts_version(&self) -> String {
+        let live: Vec<(&str, &str, &str)> = self
+            .services
+            .iter()
+            .flat_map(|service| {
+                service.live_files.iter().map(|(name, file)| {
+                    (service.name.as_str(), name.as_str(), file.sha256.as_str())
+                })
+            })
+            .collect();
+        if live.is_empty() {
+            return self.hosts.sha256.clone();
+        }
+        let json =
+            serde_json::to_vec(&(&self.hosts.sha256, live)).expect("strings serialize to JSON");
+        hex::encode(Sha256::digest(&json))
     }
 }
 
@@ -324,6 +346,7 @@ mod tests {
             args: vec!["--web.listen-address={address}:9100".into()],
             env: BTreeMap::new(),
             files: BTreeMap::new(),
+            live_files: BTreeMap::new(),
             health: HealthCheck::Tcp { port: 9100 },
             restart: RestartSpec::default(),
         });

@@ -212,7 +212,7 @@ impl Deployment {
             .wait_for("the rollout to finish", |status| {
                 status.rollout.as_ref().is_some_and(|rollout| {
                     rollout.version == version
-                        && rollout.hosts.as_deref() == Some(manifest.hosts_version())
+                        && rollout.hosts.as_deref() == Some(manifest.hosts_version().as_str())
                         && rollout.phase.is_done()
                 })
             })
