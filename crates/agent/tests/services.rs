@@ -254,8 +254,7 @@ async fn live_files_follow_membership_in_place_without_a_restart_and_survive_an_
     let mut first: Manifest = deployment.publish(&Version::script(IDLE));
     first.binary = None;
     first.config = None;
-    let mut watcher =
-        script_service(&deployment, "watcher", &format!("echo \"live=$1\"; {IDLE}"));
+    let mut watcher = script_service(&deployment, "watcher", &format!("echo \"live=$1\"; {IDLE}"));
     watcher.args = vec!["{live}".to_owned()];
     watcher
         .live_files

@@ -133,6 +133,9 @@ fn run_agent(bootstrap: &Path, verbose: u8) -> ExitCode {
     // Detach from the starting process's session, so the agent outlives it and a terminal's
     // signals. Fails harmlessly when already a session leader (e.g. under systemd).
     let _ = rustix::process::setsid();
+    // Everything the agent and what it runs (the binary, the services) create is the machine
+    // owner's alone, as the AWS user data's `umask 077` makes it there.
+    rustix::process::umask(rustix::fs::Mode::from_raw_mode(0o077));
     let path_style = Environment::from_process().aws_endpoint_url.is_some();
     let mut fetchers =
         flotilla_agent::Fetchers::default().with("s3", flotilla_aws::S3Fetcher::new(path_style));

@@ -40,6 +40,10 @@ pub const TEST_HALT_AT: &str = "FLOTILLA_TEST_HALT_AT";
 /// soon. Not for users.
 pub const TEST_LAUNCH_DEADLINE: &str = "FLOTILLA_TEST_LAUNCH_DEADLINE";
 
+/// Where the local provider looks for the monitoring programs (Prometheus, node exporter): the
+/// local machines are this host, so they have what it has.
+pub const PATH: &str = "PATH";
+
 /// The values of the variables above, as this process started with them. An empty value counts
 /// as unset.
 #[derive(Clone, Debug, Default)]
@@ -55,6 +59,7 @@ pub struct Environment {
     pub halt_at: Option<String>,
     /// [`TEST_LAUNCH_DEADLINE`], when it parses as a duration.
     pub launch_deadline: Option<std::time::Duration>,
+    pub path: Option<OsString>,
 }
 
 fn value(name: &str) -> Option<OsString> {
@@ -80,6 +85,7 @@ impl Environment {
             halt_at: text(TEST_HALT_AT),
             launch_deadline: text(TEST_LAUNCH_DEADLINE)
                 .and_then(|value| humantime::parse_duration(&value).ok()),
+            path: value(PATH),
         }
     }
 
@@ -94,6 +100,37 @@ impl Environment {
             .into_iter()
             .filter_map(|(architecture, path)| Some((architecture.to_owned(), path.clone()?)))
             .collect()
+    }
+
+    /// The first of `names` found as an executable file in a directory of [`PATH`].
+    pub fn find_program(&self, names: &[&str]) -> Option<PathBuf> {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.path.as_ref()?;
+        std::env::split_paths(path).find_map(|dir| {
+            names.iter().map(|name| dir.join(name)).find(|candidate| {
+                fs_err::metadata(candidate)
+                    .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+            })
+        })
+    }
+
+    /// The monitoring programs of local machines: what this host has installed.
+    pub fn local_monitoring_tools(&self) -> flotilla_core::monitoring::services::MonitoringTools {
+        use flotilla_core::monitoring::services::{MonitoringTools, Tool};
+        let tool = |names: &[&str], package: &str| match self.find_program(names) {
+            Some(path) => Tool::System(path.display().to_string()),
+            None => Tool::Missing(format!(
+                "{} is not on PATH; install it (Debian and Ubuntu: apt-get install {package})",
+                names[0]
+            )),
+        };
+        MonitoringTools {
+            prometheus: tool(&["prometheus"], "prometheus"),
+            node_exporter: tool(
+                &["prometheus-node-exporter", "node_exporter"],
+                "prometheus-node-exporter",
+            ),
+        }
     }
 
     /// The local provider's lease directory.

@@ -79,6 +79,7 @@ pub fn print_status(rows: &[StatusRow]) {
                 .or_else(|| row.error.clone())
                 .or_else(|| row.health_error.clone())
                 .or_else(|| boot_note(row))
+                .or_else(|| services_note(row))
                 .or_else(|| lifecycle_note(row))
                 .or_else(|| {
                     row.rollout.as_ref().and_then(|r| {
@@ -195,6 +196,23 @@ pub fn print_keepalive(rows: &[flotilla_core::workflows::KeepaliveRow]) {
         })
         .collect();
     print_table(&["NAME", "KEEPALIVE", "NOTE"], &table);
+}
+
+/// The NOTE of a machine whose services are not all healthy: each such service and its state.
+fn services_note(row: &StatusRow) -> Option<String> {
+    let unwell: Vec<String> = row
+        .services
+        .iter()
+        .filter(|service| service.state != flotilla_spec::api::BinaryState::Healthy)
+        .map(|service| {
+            let why = service.health_error.as_ref().or(service.last_exit.as_ref());
+            match why {
+                Some(why) => format!("service {} {}: {why}", service.name, service.state.as_str()),
+                None => format!("service {} {}", service.name, service.state.as_str()),
+            }
+        })
+        .collect();
+    (!unwell.is_empty()).then(|| unwell.join("; "))
 }
 
 /// The NOTE of a machine whose lifecycle saw an event: the last one, and failed hooks.

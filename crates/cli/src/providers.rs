@@ -67,7 +67,9 @@ impl ProviderContext {
         match (self.kind, self.aws.clone()) {
             (ProviderKind::Local, _) => {
                 let lease_dir = self.environment.lease_dir();
-                Ok(AnyProvider::Local(LocalProvider::new(deployment, program, lease_dir)?))
+                let provider = LocalProvider::new(deployment, program, lease_dir)?
+                    .with_monitoring_tools(self.environment.local_monitoring_tools());
+                Ok(AnyProvider::Local(provider))
             }
             (ProviderKind::Aws, Some(clients)) => {
                 let options = AwsOptions {
@@ -144,6 +146,13 @@ impl Surveyor for ProviderContext {
 }
 
 impl Provider for AnyProvider {
+    fn monitoring_tools(&self) -> flotilla_core::monitoring::services::MonitoringTools {
+        match self {
+            AnyProvider::Local(p) => p.monitoring_tools(),
+            AnyProvider::Aws(p) => p.monitoring_tools(),
+        }
+    }
+
     async fn prepare(
         &self,
         plan: &DeploymentPlan,

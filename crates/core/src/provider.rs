@@ -289,6 +289,15 @@ pub trait Provider: Surveyor {
         progress: &dyn Progress,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
+    /// Where the monitoring programs (Prometheus, node exporter) come from on this provider's
+    /// machines; a program a provider cannot give is missing, with why and how to get it, and
+    /// its service is left out. Asked once per command, before manifests are built.
+    fn monitoring_tools(&self) -> crate::monitoring::services::MonitoringTools {
+        crate::monitoring::services::MonitoringTools::none(
+            "this provider's machines get no monitoring programs yet",
+        )
+    }
+
     /// Removes every machine and resource of the deployment. Idempotent.
     fn destroy(
         &self,

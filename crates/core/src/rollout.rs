@@ -92,7 +92,7 @@ pub async fn apply_and_wait(
     loop {
         match client.apply(name, manifest).await {
             Ok(ApplyResponse::Unchanged { .. }) => {
-                return hold_unchanged(client, name, manifest.health_deadline).await;
+                return hold_unchanged(client, name, manifest).await;
             }
             Ok(ApplyResponse::Accepted { .. }) => {
                 accepted();
@@ -172,18 +172,29 @@ pub async fn apply_and_wait(
     }
 }
 
+/// Whether a machine whose agent reports `status` serves `manifest`: its binary healthy (when
+/// the manifest has one) and each of its services.
+pub fn serves(status: &flotilla_spec::api::AgentStatus, manifest: &Manifest) -> bool {
+    let binary = manifest.binary.is_none() || status.state == BinaryState::Healthy;
+    binary
+        && manifest.services.iter().all(|wanted| {
+            status.services.iter().any(|s| s.name == wanted.name && s.state == BinaryState::Healthy)
+        })
+}
+
 /// Waits until `name`, which already runs the version asked for, is healthy, for at most
 /// `health_deadline`: `unchanged` is a success only for a machine that serves.
 async fn hold_unchanged(
     client: &AgentClient,
     name: &str,
-    health_deadline: Duration,
+    manifest: &Manifest,
 ) -> Result<Applied, MachineFailure> {
+    let health_deadline = manifest.health_deadline;
     let deadline = deadline_after(Instant::now(), health_deadline);
     let mut schedule = PollSchedule::default();
     loop {
         let last = match client.status(name).await {
-            Ok(status) if status.state == BinaryState::Healthy => return Ok(Applied::Unchanged),
+            Ok(status) if serves(&status, manifest) => return Ok(Applied::Unchanged),
             Ok(status) => describe_unhealthy(&status),
             Err(error) => format!("its agent does not answer: {error}"),
         };
@@ -216,6 +227,9 @@ fn describe_unhealthy(status: &AgentStatus) -> String {
     }
     if status.restarts > 0 {
         text.push_str(&format!(" after {} restarts", status.restarts));
+    }
+    for service in status.services.iter().filter(|s| s.state != BinaryState::Healthy) {
+        text.push_str(&format!("; its service {} is {}", service.name, service.state.as_str()));
     }
     text
 }

@@ -50,6 +50,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use flotilla_core::client::error_chain;
+use flotilla_core::monitoring::services::MonitoringTools;
 use flotilla_core::plan::DeploymentPlan;
 use flotilla_core::progress::{Progress, checkpoints};
 use flotilla_core::provider::{
@@ -122,6 +123,8 @@ pub struct LocalProvider {
     root: PathBuf,
     agent_program: PathBuf,
     lease_dir: PathBuf,
+    /// The monitoring programs this host has (its machines have what it has).
+    monitoring_tools: MonitoringTools,
 }
 
 fn io_error(context: String) -> impl FnOnce(std::io::Error) -> ProviderError {
@@ -139,7 +142,21 @@ impl LocalProvider {
         let root = deployment.provider_dir("local").map_err(|e| {
             ProviderError::with_source(format!("local state of {}", deployment.tag()), e)
         })?;
-        Ok(LocalProvider { tag: deployment.tag().to_owned(), root, agent_program, lease_dir })
+        Ok(LocalProvider {
+            tag: deployment.tag().to_owned(),
+            root,
+            agent_program,
+            lease_dir,
+            monitoring_tools: MonitoringTools::none(
+                "the local provider was not told which monitoring programs this host has",
+            ),
+        })
+    }
+
+    /// The provider whose machines run the monitoring programs `tools` (found on this host).
+    pub fn with_monitoring_tools(mut self, tools: MonitoringTools) -> LocalProvider {
+        self.monitoring_tools = tools;
+        self
     }
 
     fn records_path(&self) -> PathBuf {
@@ -390,6 +407,10 @@ impl flotilla_core::provider::Surveyor for LocalProvider {
 }
 
 impl Provider for LocalProvider {
+    fn monitoring_tools(&self) -> MonitoringTools {
+        self.monitoring_tools.clone()
+    }
+
     async fn prepare(
         &self,
         plan: &DeploymentPlan,

@@ -1,7 +1,8 @@
 //! The monitoring machine's configs as typed values, rendered by pure functions (as
 //! hosts.yaml is, in `artifacts`): Prometheus's configuration and the file-based service
 //! discovery files its targets live in (`prometheus`), flotilla's alert rules (`rules`), and
-//! Grafana's datasources, dashboard provider and flotilla's dashboard (`grafana`).
+//! Grafana's datasources, dashboard provider and flotilla's dashboard (`grafana`), and the
+//! services that run them as manifest entries (`services`).
 //!
 //! Nothing here reads a clock or a file: a caller builds the values from the plan and the
 //! machines, renders them, and publishes the text. Membership changes rewrite only the target
@@ -11,6 +12,7 @@
 pub mod grafana;
 pub mod prometheus;
 pub mod rules;
+pub mod services;
 mod yaml;
 
 use std::net::IpAddr;

@@ -311,8 +311,11 @@ async fn publish_files<P: Provider>(
     Ok(PublishedFiles { by_path, urls })
 }
 
-/// The manifests of the binary machines: writes and publishes hosts.yaml (it names every
-/// machine's address), then pairs it with the published files of each machine's instance.
+/// The manifests of the machines: writes and publishes hosts.yaml (it names every machine's
+/// address), then pairs it with the published files of each machine's instance; node exporter
+/// runs beside each binary, and the monitoring machine runs Prometheus (with targets labelled
+/// by each machine's new version) and node exporter, where the provider's machines have them
+/// (see [`crate::monitoring::services`]; what is missing is said once, and left out).
 async fn build_manifests<P: Provider>(
     provider: &P,
     deployment: &Deployment,
@@ -343,6 +346,11 @@ async fn build_manifests<P: Provider>(
     stage.advance(1);
     drop(stage);
 
+    let tools = provider.monitoring_tools();
+    for missing in tools.missing() {
+        progress.notice(&format!("monitoring: {missing}"));
+    }
+    let node_exporter = crate::monitoring::services::node_exporter(&tools);
     let mut manifests = BTreeMap::new();
     let nodes = spec.nodes();
     for machine in machines.iter().filter(|m| m.role == Role::Binary) {
@@ -367,11 +375,120 @@ async fn build_manifests<P: Provider>(
                 lifecycle: lifecycle::manifest_lifecycle(instance, &machine.name, cwd)?,
                 keepalive: instance.keepalive,
                 on_hosts_change: instance.on_hosts_change,
-                services: Vec::new(),
+                services: node_exporter.iter().cloned().collect(),
             },
         );
     }
+    if let Some(manifest) = monitoring_manifest(
+        provider,
+        deployment,
+        spec,
+        machines,
+        &manifests,
+        &tools,
+        hosts,
+        node_exporter,
+    )
+    .await?
+    {
+        manifests.insert(monitoring.name.clone(), manifest);
+    }
     Ok(manifests)
+}
+
+/// The monitoring machine's manifest: no binary; Prometheus with flotilla's configuration,
+/// rules and every machine's targets, and node exporter, as far as the provider's machines
+/// have them. `None` when they have neither.
+#[expect(
+    clippy::too_many_arguments,
+    reason = "what the monitoring machine's manifest is made of, each named"
+)]
+async fn monitoring_manifest<P: Provider>(
+    provider: &P,
+    deployment: &Deployment,
+    spec: &FleetSpec,
+    machines: &[Machine],
+    manifests: &BTreeMap<String, Manifest>,
+    tools: &crate::monitoring::services::MonitoringTools,
+    hosts: Artifact,
+    node_exporter: Option<flotilla_spec::manifest::ServiceManifest>,
+) -> Result<Option<Manifest>, CoreError> {
+    use crate::monitoring::services::{self, PROMETHEUS_CONFIG_FILE, RULES_FILE};
+    use crate::monitoring::{MonitoredMachine, prometheus, rules};
+    let mut services = Vec::new();
+    if matches!(tools.prometheus, services::Tool::System(_)) {
+        let monitored: Vec<MonitoredMachine> = machines
+            .iter()
+            .map(|machine| MonitoredMachine {
+                name: machine.name.clone(),
+                region: machine.region.clone(),
+                instance_type: machine
+                    .placement
+                    .as_ref()
+                    .map_or_else(|| "local".to_owned(), |p| p.instance_type.clone()),
+                market: machine
+                    .placement
+                    .as_ref()
+                    .map_or_else(|| "local".to_owned(), |p| p.market.as_str().to_owned()),
+                version: manifests
+                    .get(&machine.name)
+                    .map(|m| flotilla_spec::manifest::short_version(&m.version()).to_owned()),
+                address: machine.private_ip,
+                runs_binary: machine.role == Role::Binary,
+            })
+            .collect();
+        let settings = prometheus::PrometheusSettings {
+            deployment: spec.tag.clone(),
+            targets_dir: services::TARGETS_FROM_CONFIG.to_owned(),
+            rule_files: vec![RULES_FILE.to_owned()],
+            scrape_interval: services::SCRAPE_INTERVAL,
+        };
+        let config =
+            prometheus::render_prometheus_config(&prometheus::prometheus_config(&settings));
+        let rules = rules::render_rules(&rules::flotilla_rules());
+        let mut files = BTreeMap::new();
+        for (name, text) in [(PROMETHEUS_CONFIG_FILE, config), (RULES_FILE, rules)] {
+            files.insert(name.to_owned(), publish_text(provider, deployment, name, &text).await?);
+        }
+        let mut targets = BTreeMap::new();
+        let ports = prometheus::Ports::default();
+        for (name, text) in prometheus::targets_files(&spec.tag, &monitored, ports) {
+            targets.insert(name.to_owned(), publish_text(provider, deployment, name, &text).await?);
+        }
+        services.extend(services::prometheus(tools, files, targets));
+    }
+    services.extend(node_exporter);
+    if services.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(Manifest {
+        binary: None,
+        config: None,
+        hosts,
+        on_hosts_change: flotilla_spec::fleet::OnHostsChange::None,
+        args: Vec::new(),
+        env: BTreeMap::new(),
+        health: flotilla_spec::HealthCheck::None,
+        restart: flotilla_spec::RestartSpec::default(),
+        health_deadline: spec.update.health_deadline(),
+        boot: Default::default(),
+        lifecycle: None,
+        keepalive: None,
+        services,
+    }))
+}
+
+/// Writes `text` into the deployment's directory as `monitoring-<name>` and publishes it.
+async fn publish_text<P: Provider>(
+    provider: &P,
+    deployment: &Deployment,
+    name: &str,
+    text: &str,
+) -> Result<Artifact, CoreError> {
+    let file_name = format!("monitoring-{name}");
+    deployment.write_file(&file_name, text.as_bytes())?;
+    let local = hash_file(&deployment.dir().join(&file_name))?;
+    Ok(Artifact { url: provider.publish(&local).await?, sha256: local.sha256, size: local.size })
 }
 
 /// Builds a client for the deployment's agents.

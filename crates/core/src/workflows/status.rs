@@ -52,6 +52,10 @@ pub struct StatusRow {
     /// The keepalive (this status request was word from the deployment), when the machine has one.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub keepalive: Option<KeepaliveReport>,
+    /// The services beside the binary (node exporter; Prometheus on the monitoring machine),
+    /// each with its state, pid and restarts.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub services: Vec<flotilla_spec::api::ServiceStatus>,
     /// Why the agent could not be asked.
     pub error: Option<String>,
     /// Why the machine is in its state, when the provider says (a spot reclaim, a failed boot,
@@ -91,6 +95,7 @@ impl StatusRow {
             boot: None,
             lifecycle: None,
             keepalive: None,
+            services: Vec::new(),
             error: None,
             state_reason: machine.state_reason.clone(),
             instance_type: machine.placement.as_ref().map(|p| p.instance_type.clone()),
@@ -118,6 +123,7 @@ impl StatusRow {
                 row.boot = status.boot;
                 row.lifecycle = status.lifecycle;
                 row.keepalive = status.keepalive;
+                row.services = status.services;
             }
             Err(error) => {
                 if machine.state == crate::provider::MachineState::Running {
@@ -225,6 +231,7 @@ impl StatusRow {
             boot: None,
             lifecycle: None,
             keepalive: None,
+            services: Vec::new(),
             error: None,
             state_reason: None,
             instance_type: None,

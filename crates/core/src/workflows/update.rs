@@ -279,6 +279,29 @@ pub(crate) async fn converge<P: Provider>(
     roll_out_batches(&deployment, &client, &names, &manifests, &mut recorded, request, progress)
         .await?;
 
+    // The monitoring machine after them: its targets carry every machine's new version. New,
+    // it started with the new machines; its Prometheus rereads targets without a restart.
+    let monitoring = machines
+        .iter()
+        .filter(|m| m.role == Role::Monitoring && !new_machines.iter().any(|n| n.name == m.name));
+    for machine in monitoring {
+        let Some(manifest) = manifests.get(&machine.name) else {
+            continue;
+        };
+        match apply_and_wait(&client, &machine.name, manifest, &|| {}).await {
+            Ok(_) => {
+                recorded.insert(machine.name.clone(), manifest.clone());
+                deployment.write_json(MANIFESTS_FILE, &recorded)?;
+            }
+            Err(failure) => {
+                return Err(CoreError::Failed {
+                    summary: "the monitoring machine did not take its new services; the fleet's machines are updated: run update again".to_owned(),
+                    failures: vec![failure],
+                });
+            }
+        }
+    }
+
     // Last, the machines the spec no longer names.
     if !removed.is_empty() {
         drain(&client, &removed, progress).await;

@@ -1,0 +1,141 @@
+//! The monitoring machine of a local fleet, with the real Prometheus and node exporter this
+//! host has (`scripts/test` installs Debian's `prometheus` and `prometheus-node-exporter`):
+//! every binary, agent and node exporter target is up, with flotilla's labels, and a grown fleet's
+//! targets appear without a Prometheus restart.
+
+mod common;
+
+use std::collections::BTreeSet;
+use std::net::IpAddr;
+use std::time::Duration;
+
+use common::*;
+use serde_json::Value;
+
+fn spec(tag: &str, count: u32) -> String {
+    format!(
+        "tag: {tag}
+provider: local
+monitoring:
+  instance_type: t4g.small
+  storage_size: 10
+  storage_class: gp3
+  dashboard: dashboard.json
+instances:
+- name: node
+  count: {count}
+  region: local
+  instance_type: t4g.small
+  storage_size: 10
+  storage_class: gp3
+  binary: {{fleet_app}}
+  config: config.conf
+  profiling: false
+  health: {{http: {{port: 9090, path: /health}}}}
+  on_hosts_change: {{signal: SIGHUP}}
+ports: []
+update: {{batch_size: 2, health_deadline: 20s}}
+"
+    )
+}
+
+/// Fails loudly when the host lacks the programs the test needs.
+fn require_monitoring_programs() {
+    for program in ["prometheus", "prometheus-node-exporter"] {
+        let found = std::env::var_os("PATH").is_some_and(|path| {
+            std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
+        });
+        assert!(
+            found,
+            "{program} is not installed: run scripts/test, or apt-get install prometheus prometheus-node-exporter"
+        );
+    }
+}
+
+/// Prometheus's JSON answer to `path`, once it answers.
+fn prometheus(ip: IpAddr, path: &str) -> Option<Value> {
+    let body = http_get(ip, 9090, path)?;
+    let value: Value = serde_json::from_str(&body).ok()?;
+    (value["status"] == "success").then(|| value["data"].clone())
+}
+
+/// Every (job, name) target Prometheus scrapes, once all of `expected` are up; `None` before.
+fn all_up(ip: IpAddr, expected: &BTreeSet<(String, String)>) -> Option<Vec<Value>> {
+    let up = prometheus(ip, "/api/v1/query?query=up")?;
+    let series = up["result"].as_array()?.clone();
+    let seen: BTreeSet<(String, String)> = series
+        .iter()
+        .filter(|s| s["value"][1] == "1")
+        .map(|s| {
+            let label = |name: &str| s["metric"][name].as_str().unwrap_or_default().to_owned();
+            (label("job"), label("name"))
+        })
+        .collect();
+    (&seen == expected && series.len() == expected.len()).then_some(series)
+}
+
+fn expected_targets(nodes: u32) -> BTreeSet<(String, String)> {
+    let mut expected = BTreeSet::new();
+    for name in
+        std::iter::once("monitoring".to_owned()).chain((0..nodes).map(|i| format!("node-{i}")))
+    {
+        expected.insert(("flotilla_agent".to_owned(), name.clone()));
+        expected.insert(("node".to_owned(), name.clone()));
+        if name != "monitoring" {
+            expected.insert(("binary".to_owned(), name));
+        }
+    }
+    expected
+}
+
+#[test]
+fn prometheus_on_the_monitoring_machine_sees_every_target_up_and_follows_membership() {
+    require_monitoring_programs();
+    let tag = "monitoring-local";
+    let fleet = TestFleet::with_spec(tag, &spec(tag, 2));
+    let rows = fleet.create();
+    let monitoring = row(&rows, "monitoring");
+    let services: Vec<&str> = monitoring["services"]
+        .as_array()
+        .unwrap_or_else(|| panic!("the monitoring row lists its services: {monitoring}"))
+        .iter()
+        .map(|s| s["name"].as_str().unwrap_or_default())
+        .collect();
+    assert_eq!(services, ["prometheus", "node-exporter"], "{monitoring}");
+    let ip = ip_of(monitoring);
+
+    let series = wait_for("every target up in Prometheus", Duration::from_secs(60), || {
+        all_up(ip, &expected_targets(2))
+    });
+    let node_0 = series
+        .iter()
+        .find(|s| s["metric"]["job"] == "binary" && s["metric"]["name"] == "node-0")
+        .expect("node-0's binary target");
+    let version = row(&rows, "node-0")["version"].as_str().expect("a version").to_owned();
+    for (label, value) in [
+        ("deployment", tag),
+        ("region", "local"),
+        ("instance_type", "local"),
+        ("market", "local"),
+        ("version", version.as_str()),
+    ] {
+        assert_eq!(node_0["metric"][label], value, "label {label} of {node_0}");
+    }
+    let started =
+        prometheus(ip, "/api/v1/status/runtimeinfo").expect("runtime info")["startTime"].clone();
+
+    // One more node: its targets appear, Prometheus is the same process.
+    let path = fleet.work.path().join("fleet.yaml");
+    fs_err::write(
+        &path,
+        spec(tag, 3).replace("{fleet_app}", &fleet_app_bin().display().to_string()),
+    )
+    .expect("the spec is written");
+    fleet.run_ok(&["update", "--config", &path.display().to_string(), "--output", "json"]);
+    wait_for("the new node's targets up", Duration::from_secs(60), || {
+        all_up(ip, &expected_targets(3))
+    });
+    let restarted =
+        prometheus(ip, "/api/v1/status/runtimeinfo").expect("runtime info")["startTime"].clone();
+    assert_eq!(restarted, started, "Prometheus was not restarted for a membership change");
+}
