@@ -195,6 +195,17 @@ async fn answer(
             Ok(status) => json_response(StatusCode::OK, &status),
             Err(refusal) => refusal_response(refusal),
         },
+        Request::Profile { duration_ms, frequency } => {
+            let duration = std::time::Duration::from_millis(duration_ms);
+            match versions.profile(duration, frequency).await {
+                Ok(text) => Response::builder()
+                    .status(StatusCode::OK)
+                    .header("content-type", "text/plain; charset=utf-8")
+                    .body(Full::new(Bytes::from(text)).boxed_unsync())
+                    .expect("a response with static headers builds"),
+                Err(refusal) => refusal_response(refusal),
+            }
+        }
     }
 }
 

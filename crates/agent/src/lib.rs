@@ -102,6 +102,7 @@ mod metrics;
 mod notify;
 mod output_capture;
 mod process_group;
+mod profile;
 mod refusal_log;
 mod services;
 mod spawner;

@@ -107,6 +107,8 @@ pub(crate) struct Versions {
     lifecycle: LifecycleHandle,
     /// Word from the deployment: every request the API answers.
     pub(crate) keepalive: KeepaliveHandle,
+    /// Records CPU profiles of the binary, one at a time.
+    profiler: crate::profile::Profiler,
 }
 
 /// How long after a hosts-change signal an exit counts as the binary's answer to it.
@@ -143,6 +145,7 @@ impl Versions {
             components: context.components.clone(),
             lifecycle,
             keepalive: KeepaliveHandle::open(context.dir.root()),
+            profiler: crate::profile::Profiler::default(),
         }
     }
 
@@ -309,6 +312,31 @@ impl Versions {
         }
         self.log.event("drained: the binary is stopped and the lifecycle undone");
         Ok(self.status())
+    }
+
+    /// `Profile`: a CPU profile of the running binary (see `profile`), as `perf script` text.
+    pub(crate) async fn profile(
+        &self,
+        duration: Duration,
+        frequency: u32,
+    ) -> Result<Vec<u8>, Refusal> {
+        let Some(pid) = self.supervisors.binary().status().pid else {
+            return Err(Refusal::Conflict(
+                "the binary is not running, so there is nothing to profile".to_owned(),
+            ));
+        };
+        self.log.event(&format!(
+            "recording a CPU profile of pid {pid} for {} at {frequency} Hz",
+            format_duration(duration)
+        ));
+        let profile = self.profiler.record(&self.dir, pid, duration, frequency).await;
+        match &profile {
+            Ok(text) => self.log.event(&format!("profile recorded: {} bytes", text.len())),
+            Err(Refusal::Conflict(why) | Refusal::BadRequest(why) | Refusal::Internal(why)) => {
+                self.log.event(&format!("profile not recorded: {why}"));
+            }
+        }
+        profile
     }
 
     fn save_state(&self, state: &AgentState) -> Result<(), String> {

@@ -37,6 +37,9 @@ pub enum Command {
     Status(StatusArgs),
     /// Show a machine's binary log.
     Logs(LogsArgs),
+    /// Record a CPU profile of a machine's binary through its agent (Linux perf on the
+    /// machine) and write it where the Firefox Profiler opens it.
+    Profile(ProfileArgs),
     /// List deployments in the state directory.
     List(OutputArgs),
     /// Check a spec and the files it names, without changing anything.
@@ -266,6 +269,23 @@ pub struct LogsArgs {
     /// Lines of history to print first.
     #[arg(long, default_value_t = 100)]
     pub lines: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct ProfileArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The machine (e.g. `node-3`).
+    pub name: String,
+    /// How long to record (at most 5m).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration, default_value = "30s")]
+    pub duration: std::time::Duration,
+    /// Samples per second.
+    #[arg(long, default_value_t = 99)]
+    pub frequency: u32,
+    /// Where to write the profile (default: `<name>-<unix seconds>.perf.txt` here).
+    #[arg(long)]
+    pub output: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -360,6 +360,31 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             .await?;
             Ok(exit::OK)
         }
+        Command::Profile(args) => {
+            let tag = target_tag(&args.target)?;
+            let home = home()?;
+            let context = existing_context(&home, &environment, &tag).await?;
+            output::print_profile_start(&args.name, args.duration, args.frequency);
+            let profile =
+                workflows::profile(&home, &tag, &args.name, args.duration, args.frequency, |d| {
+                    context.make(d)
+                })
+                .await?;
+            let path = args.output.clone().unwrap_or_else(|| {
+                let now = std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map(|d| d.as_secs())
+                    .unwrap_or_default();
+                std::path::PathBuf::from(format!("{}-{now}.perf.txt", args.name))
+            });
+            fs_err::write(&path, &profile)?;
+            let samples = profile
+                .split(|b| *b == b'\n')
+                .filter(|l| l.first().is_some_and(|c| !c.is_ascii_whitespace()))
+                .count();
+            output::print_profile_written(&path, samples);
+            Ok(exit::OK)
+        }
         Command::Authorize(args) => {
             let tag = target_tag(&args.target)?;
             let home = home()?;

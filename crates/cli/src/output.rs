@@ -386,6 +386,26 @@ pub fn print_list(deployments: &[ListRow]) {
     );
 }
 
+/// `profile`: what is being recorded (stderr, for people).
+pub fn print_profile_start(name: &str, duration: std::time::Duration, frequency: u32) {
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "recording {} of {}'s binary at {frequency} Hz",
+        humantime::format_duration(duration),
+        escape_for_terminal(name)
+    );
+}
+
+/// `profile`: the file written (stdout, for scripts) and how to open it (stderr).
+pub fn print_profile_written(path: &std::path::Path, samples: usize) {
+    let _ = writeln!(std::io::stdout().lock(), "{}", path.display());
+    let _ = writeln!(
+        std::io::stderr().lock(),
+        "{samples} samples written to {}; open https://profiler.firefox.com, choose \"Load a profile from file\" and pick it (the Linux perf format)",
+        path.display()
+    );
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -21,6 +21,8 @@ use crate::provider::Machine;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
 /// How long a request other than a followed log may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// How long a `Profile` answer may take beyond its recording.
+const PROFILE_MARGIN: Duration = Duration::from_secs(180);
 /// How long a drain may take: the `stopping` hooks, the binary's stop grace and the undo of
 /// records and volumes (each bounded by the agent).
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(5 * 60);
@@ -241,6 +243,26 @@ impl AgentClient {
 
     pub async fn stop(&self, name: &str) -> Result<(), ClientError> {
         self.send(name, &Request::Stop, Some(REQUEST_TIMEOUT)).await.map(drop)
+    }
+
+    /// A CPU profile of machine `name`'s binary, recorded for `duration` at `frequency` Hz, as
+    /// `perf script` text.
+    pub async fn profile(
+        &self,
+        name: &str,
+        duration: Duration,
+        frequency: u32,
+    ) -> Result<Vec<u8>, ClientError> {
+        let duration_ms = duration.as_millis().min(u128::from(u64::MAX)) as u64;
+        let request = Request::Profile { duration_ms, frequency };
+        // Recording takes the duration; perf attaching and symbolizing, a margin beyond it.
+        let timeout = duration + PROFILE_MARGIN;
+        let response = self.send(name, &request, Some(timeout)).await?;
+        let bytes = response.bytes().await.map_err(|e| ClientError::BadAnswer {
+            name: name.to_owned(),
+            detail: error_chain(&e),
+        })?;
+        Ok(bytes.to_vec())
     }
 
     /// The last `lines` lines of the binary's log and, with `follow`, every new line until the

@@ -13,6 +13,7 @@
 //! | [`Request::Stop`] | `POST /v1/stop` | when no rollout is under way |
 //! | [`Request::Keepalive`] | `POST /v1/keepalive` | always |
 //! | [`Request::Drain`] | `POST /v1/drain` | when no rollout is under way |
+//! | [`Request::Profile`] | `POST /v1/profile?duration_ms=N&frequency=F` | when the binary runs and no other profile is being recorded |
 //!
 //! Every request the agent answers counts as word from the deployment for the installed
 //! version's `keepalive`; [`Request::Keepalive`] exists for a cron job that says nothing else.
@@ -27,6 +28,10 @@ pub const DEFAULT_LOG_LINES: usize = 100;
 pub const MAX_LOG_LINES: usize = 100_000;
 /// The longest one `WaitRollout` request may wait.
 pub const MAX_WAIT_MS: u64 = 60_000;
+/// The longest CPU profile one `Profile` request may record.
+pub const MAX_PROFILE_MS: u64 = 300_000;
+/// The sampling frequencies (Hz) a `Profile` request may ask for.
+pub const PROFILE_FREQUENCIES: std::ops::RangeInclusive<u32> = 1..=10_000;
 
 /// A request to the agent.
 #[derive(Clone, Debug, PartialEq)]
@@ -58,6 +63,10 @@ pub enum Request {
     /// removed, volumes unmounted and released). Answers [`AgentStatus`] when all of it is done;
     /// the agent keeps answering until the machine is removed.
     Drain,
+    /// Record a CPU profile of the running binary (every thread, with call stacks) for
+    /// `duration_ms` (at most [`MAX_PROFILE_MS`]) sampling at `frequency` Hz, and answer it as
+    /// `perf script` text (`text/plain`), which the Firefox Profiler opens as it is.
+    Profile { duration_ms: u64, frequency: u32 },
 }
 
 /// Where a machine's keepalive stands (see [`crate::manifest::Manifest::keepalive`]).
@@ -177,6 +186,53 @@ impl Request {
             ("POST", "/v1/stop") => Ok(Request::Stop),
             ("POST", "/v1/keepalive") => Ok(Request::Keepalive),
             ("POST", "/v1/drain") => Ok(Request::Drain),
+            ("POST", "/v1/profile") => {
+                let (mut duration_ms, mut frequency) = (None, None);
+                for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
+                    let (name, value) = pair.split_once('=').unwrap_or((pair, ""));
+                    let bad =
+                        |message: String| RequestError::BadQuery { name: name.to_owned(), message };
+                    match name {
+                        "duration_ms" => {
+                            duration_ms = Some(
+                                value
+                                    .parse::<u64>()
+                                    .ok()
+                                    .filter(|d| (1..=MAX_PROFILE_MS).contains(d))
+                                    .ok_or_else(|| {
+                                        bad(format!(
+                                            "expected milliseconds from 1 to {MAX_PROFILE_MS}"
+                                        ))
+                                    })?,
+                            );
+                        }
+                        "frequency" => {
+                            frequency = Some(
+                                value
+                                    .parse::<u32>()
+                                    .ok()
+                                    .filter(|f| PROFILE_FREQUENCIES.contains(f))
+                                    .ok_or_else(|| {
+                                        bad(format!(
+                                            "expected Hz from {} to {}",
+                                            PROFILE_FREQUENCIES.start(),
+                                            PROFILE_FREQUENCIES.end()
+                                        ))
+                                    })?,
+                            );
+                        }
+                        _ => return Err(bad("unknown parameter".to_owned())),
+                    }
+                }
+                let missing = |name: &str| RequestError::BadQuery {
+                    name: name.to_owned(),
+                    message: "required".to_owned(),
+                };
+                Ok(Request::Profile {
+                    duration_ms: duration_ms.ok_or_else(|| missing("duration_ms"))?,
+                    frequency: frequency.ok_or_else(|| missing("frequency"))?,
+                })
+            }
             _ => Err(RequestError::NotFound { method: method.to_owned(), path: path.to_owned() }),
         }
     }
@@ -200,6 +256,11 @@ impl Request {
             Request::Stop => ("POST", "/v1/stop".to_owned(), None),
             Request::Keepalive => ("POST", "/v1/keepalive".to_owned(), None),
             Request::Drain => ("POST", "/v1/drain".to_owned(), None),
+            Request::Profile { duration_ms, frequency } => (
+                "POST",
+                format!("/v1/profile?duration_ms={duration_ms}&frequency={frequency}"),
+                None,
+            ),
         }
     }
 }
@@ -541,6 +602,7 @@ mod tests {
             Request::ApplyManifest(Box::new(manifest)),
             Request::Restart,
             Request::Stop,
+            Request::Profile { duration_ms: 30_000, frequency: 99 },
         ] {
             let (method, path_and_query, body) = request.to_http();
             let (path, query) = match path_and_query.split_once('?') {
@@ -575,6 +637,18 @@ mod tests {
             Request::from_http("PUT", "/v1/manifest", None, b"{}"),
             Err(RequestError::BadManifest(_))
         ));
+        assert_eq!(
+            Request::from_http("POST", "/v1/profile", Some("duration_ms=300001&frequency=99"), b"")
+                .unwrap_err()
+                .to_string(),
+            "bad query parameter `duration_ms`: expected milliseconds from 1 to 300000"
+        );
+        assert_eq!(
+            Request::from_http("POST", "/v1/profile", Some("duration_ms=1000"), b"")
+                .unwrap_err()
+                .to_string(),
+            "bad query parameter `frequency`: required"
+        );
         assert_eq!(
             Request::from_http("GET", "/v1/logs", None, b"").unwrap(),
             Request::Logs { lines: DEFAULT_LOG_LINES, follow: false }

@@ -31,7 +31,7 @@ pub use plan::{
     GroupEstimate, HOURS_PER_MONTH, PlacementEstimate, PlanReport, PoolEstimate, estimate, plan,
     resolve, summary as plan_summary,
 };
-pub use status::{KeepaliveRow, StatusRow, keepalive, logs, status};
+pub use status::{KeepaliveRow, StatusRow, keepalive, logs, profile, status};
 use tokio::time::Instant;
 pub use update::{MembershipChange, UpdateOutcome, UpdateRequest, update};
 pub use watch::{WatchEvent, WatchRequest, saved_spec, watch};

@@ -324,3 +324,40 @@ pub async fn logs<P: Provider>(
     }
     Ok(())
 }
+
+/// A CPU profile of machine `name`'s binary (see the agent's `profile`), as `perf script` text.
+pub async fn profile<P: Provider>(
+    home: &Home,
+    tag: &str,
+    name: &str,
+    duration: std::time::Duration,
+    frequency: u32,
+    make_provider: impl FnOnce(&Deployment) -> Result<P, ProviderError>,
+) -> Result<Vec<u8>, CoreError> {
+    let max = std::time::Duration::from_millis(flotilla_spec::api::MAX_PROFILE_MS);
+    if duration.is_zero() || duration > max {
+        return Err(CoreError::Refused(format!(
+            "--duration must be longer than 0s and at most {}",
+            humantime::format_duration(max)
+        )));
+    }
+    if !flotilla_spec::api::PROFILE_FREQUENCIES.contains(&frequency) {
+        return Err(CoreError::Refused(format!(
+            "--frequency must be from {} to {} samples per second",
+            flotilla_spec::api::PROFILE_FREQUENCIES.start(),
+            flotilla_spec::api::PROFILE_FREQUENCIES.end()
+        )));
+    }
+    let deployment = home.open(tag)?;
+    let provider = make_provider(&deployment)?;
+    let machines = provider.machines().await?;
+    let Some(machine) = machines.iter().find(|m| m.name == name) else {
+        let known: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+        return Err(CoreError::Refused(format!(
+            "no machine named `{name}` in deployment `{tag}`; its machines are: {}",
+            known.join(", ")
+        )));
+    };
+    let client = connect(&deployment, std::slice::from_ref(machine))?;
+    Ok(client.profile(name, duration, frequency).await?)
+}
