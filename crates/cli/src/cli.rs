@@ -151,6 +151,13 @@ pub struct UpdateArgs {
     /// Print which machines would be added, removed and kept, and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Roll out even while AWS Health reports an open EC2 issue in a batch's regions. Without
+    /// it, each batch is checked first and an open issue stops the update before that batch
+    /// (exit status 1, the issue named; batches already rolled keep their version, so running
+    /// update again later rolls only the rest). The local provider has no health service:
+    /// nothing is checked there.
+    #[arg(long)]
+    pub ignore_health: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }

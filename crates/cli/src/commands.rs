@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use flotilla_core::CoreError;
 use flotilla_core::client::error_chain;
 use flotilla_core::error::exit;
+use flotilla_core::health::HealthGate;
 use flotilla_core::state::Home;
 use flotilla_core::workflows::{self, CreateRequest, DestroyOutcome, UpdateOutcome, UpdateRequest};
 use flotilla_spec::diagnostic::escape_for_terminal;
@@ -240,6 +241,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
                     agent_timeout: agent_timeout(kind),
                     cwd: current_dir()?,
                     prepared: None,
+                    health: if args.ignore_health { HealthGate::Ignore } else { HealthGate::Check },
                 },
                 &bars,
                 |deployment| context.make(deployment),
