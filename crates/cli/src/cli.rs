@@ -51,6 +51,10 @@ pub enum Command {
     /// Say to every machine that the deployment is still there, so that a `keepalive:` does
     /// not run out (for cron; `status` and `update` do the same).
     Keepalive(StatusArgs),
+    /// Open Grafana (and with --prometheus, Prometheus) of a deployment's monitoring machine on
+    /// local ports, tunnelled through its agent's mTLS API; prints each URL. Runs until
+    /// stopped (Ctrl-C).
+    Monitoring(MonitoringArgs),
     /// Keep a deployment at its spec: replace machines that are gone (a spot reclaim, a dead
     /// agent) under their names and republish hosts.yaml to the others. Runs until stopped.
     Watch(WatchArgs),
@@ -200,6 +204,22 @@ pub struct StatusArgs {
     pub target: Target,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MonitoringArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The local port for Grafana, on 127.0.0.1 (0: any free port).
+    #[arg(long, visible_alias = "port", default_value_t = 3000)]
+    pub grafana_port: u16,
+    /// Also forward Prometheus (the local provider's monitoring machine runs Prometheus when
+    /// it is installed, and no Grafana).
+    #[arg(long)]
+    pub prometheus: bool,
+    /// The local port for Prometheus with --prometheus, on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 9090, requires = "prometheus")]
+    pub prometheus_port: u16,
 }
 
 #[derive(Debug, Args)]

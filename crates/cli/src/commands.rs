@@ -334,6 +334,43 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             .await?;
             Ok(exit::OK)
         }
+        Command::Monitoring(args) => {
+            let tag = target_tag(&args.target)?;
+            let home = home()?;
+            let context = existing_context(&home, &environment, &tag).await?;
+            let service = |port: u16| {
+                flotilla_spec::api::tunnel_service(port).expect("a telemetry port of TUNNEL_PORTS")
+            };
+            let mut forwards = vec![workflows::Forward {
+                service: service(3000),
+                remote_port: 3000,
+                local_port: args.grafana_port,
+            }];
+            if args.prometheus {
+                forwards.push(workflows::Forward {
+                    service: service(9090),
+                    remote_port: 9090,
+                    local_port: args.prometheus_port,
+                });
+            }
+            let ready = |bound: &[workflows::BoundForward]| {
+                output::print_forwards(bound);
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "forwarding through the monitoring machine's agent (mTLS); press Ctrl-C to stop"
+                );
+            };
+            workflows::monitoring(
+                &home,
+                &tag,
+                &forwards,
+                |d| context.make(d),
+                ready,
+                stop_signal(),
+            )
+            .await?;
+            Ok(exit::OK)
+        }
         Command::Keepalive(args) => {
             let tag = target_tag(&args.target)?;
             let home = home()?;
@@ -618,4 +655,19 @@ fn imds_time(time: std::time::SystemTime) -> String {
         .copied()
         .unwrap_or("Jan");
     format!("{} {month} {} {clock} GMT", day.unwrap_or("01"), year.unwrap_or("1970"))
+}
+
+/// Resolves at the first SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) =
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        // Without signal handlers the default action (exit) stops the command all the same.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
 }
