@@ -2,8 +2,8 @@
 //! here by an HTTP server the test starts on that machine's own address, unless a real
 //! Prometheus already listens there) answers through the local port the command prints,
 //! tunnelled through the agent's mTLS API; a service that does not run there gets a closed
-//! connection and a line saying why; and a client without the deployment's certificate gets
-//! nothing from the agent.
+//! connection and a line saying why; a client without the deployment's certificate gets
+//! nothing from the agent, and one with it cannot open a tunnel to any other port.
 
 mod common;
 
@@ -148,8 +148,59 @@ fn prometheus_answers_through_the_tunnel_and_a_client_without_a_certificate_gets
     );
     let error = answer.expect_err("the agent refuses the connection");
     assert!(error.contains("CertificateRequired"), "refused for want of a certificate: {error}");
+
+    // With the deployment's certificate, the API still opens no port but the telemetry ones:
+    // the agent's own API port, node exporter's and the agent's metrics are refused.
+    for port in [7443, 9100, 9101, 22] {
+        let request = format!(
+            "POST /v1/tunnel/{port} HTTP/1.1\r\nHost: x\r\nConnection: upgrade\r\nUpgrade: flotilla-tunnel\r\n\r\n"
+        );
+        let answer = with_client_certificate(&fleet, agent, &request);
+        let head = String::from_utf8_lossy(&answer);
+        assert!(head.starts_with("HTTP/1.1 403"), "port {port}: {head}");
+        assert!(head.contains("only the telemetry ports"), "port {port}: {head}");
+    }
     drop(tunnel);
     fleet.run_ok(&["destroy", "--tag", &fleet.tag]);
+}
+
+/// The TLS client configuration trusting the deployment's CA; `client_auth` completes it.
+fn trusting_the_ca(
+    fleet: &TestFleet,
+) -> rustls::ConfigBuilder<rustls::ClientConfig, rustls::client::WantsClientCert> {
+    let ca = fs_err::read(fleet.deployment_dir().join("ca.crt")).expect("the CA certificate");
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
+        roots.add(cert.expect("a PEM certificate")).expect("a CA certificate");
+    }
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("TLS versions")
+        .with_root_certificates(roots)
+}
+
+/// Sends `request` to the monitoring machine's agent at `agent` with the CLI's certificate;
+/// the first bytes of the answer (the agent closes a refused tunnel's connection or keeps it).
+fn with_client_certificate(fleet: &TestFleet, agent: SocketAddr, request: &str) -> Vec<u8> {
+    let dir = fleet.deployment_dir();
+    let certs: Vec<_> = rustls_pki_types::CertificateDer::pem_file_iter(dir.join("cli.crt"))
+        .expect("the CLI certificate")
+        .map(|c| c.expect("a PEM certificate"))
+        .collect();
+    let key = rustls_pki_types::PrivateKeyDer::from_pem_file(dir.join("cli.key")).expect("a key");
+    let config = trusting_the_ca(fleet).with_client_auth_cert(certs, key).expect("a client");
+    let name = flotilla_spec::names::agent_dns_name("monitoring", &fleet.tag);
+    let server_name = rustls_pki_types::ServerName::try_from(name).expect("a DNS name");
+    let mut tls = rustls::ClientConnection::new(Arc::new(config), server_name).expect("a client");
+    let mut socket = TcpStream::connect(agent).expect("the agent listens");
+    socket.set_read_timeout(Some(Duration::from_secs(10))).expect("a read timeout");
+    let mut stream = rustls::Stream::new(&mut tls, &mut socket);
+    stream.write_all(request.as_bytes()).expect("the request is sent");
+    let mut answer = vec![0u8; 4096];
+    let read = stream.read(&mut answer).expect("an answer");
+    answer.truncate(read);
+    answer
 }
 
 /// Sends `request` to the agent at `agent` over TLS trusting the deployment's CA, without a
@@ -159,17 +210,7 @@ fn without_client_certificate(
     agent: SocketAddr,
     request: &str,
 ) -> Result<Vec<u8>, String> {
-    let ca = fs_err::read(fleet.deployment_dir().join("ca.crt")).expect("the CA certificate");
-    let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_pki_types::CertificateDer::pem_slice_iter(&ca) {
-        roots.add(cert.expect("a PEM certificate")).expect("a CA certificate");
-    }
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let config = rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .expect("TLS versions")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let config = trusting_the_ca(fleet).with_no_client_auth();
     let name = flotilla_spec::names::agent_dns_name("monitoring", &fleet.tag);
     let server_name = rustls_pki_types::ServerName::try_from(name).expect("a DNS name");
     let mut tls = rustls::ClientConnection::new(Arc::new(config), server_name).expect("a client");
