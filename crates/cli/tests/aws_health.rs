@@ -3,7 +3,8 @@
 //! other regions roll; once the issue is closed, `update` finishes what is left;
 //! `--ignore-health` rolls through an open issue; events that are not open EC2 issues, or in
 //! regions the fleet does not use, hold nothing; an account without the support plan Health
-//! needs gets a warning, not a held update.
+//! needs gets a warning, not a held update; and the provider reads every open issue across
+//! filters of at most 10 regions and pages of 100 events.
 
 mod common;
 
@@ -179,4 +180,64 @@ fn an_open_ec2_issue_holds_the_update_in_its_region_only_until_it_is_closed() {
     rt.block_on(scope.clear_faults()).expect("clear faults");
 
     fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+}
+
+/// The provider's Health reading over many regions and pages: every open EC2 issue of the
+/// regions asked about, across 12 regions (two filters: a filter names at most 10) and more
+/// events than one page holds, and nothing of other regions, categories or closed events.
+#[test]
+fn every_open_issue_is_read_across_region_chunks_and_pages() {
+    let fleet = AwsFleet::new("health-pages");
+    let scope = Emulator::require().scope(&fleet.scope);
+    let rt = runtime();
+    let regions: Vec<String> = [
+        "us-east-1",
+        "us-east-2",
+        "us-west-1",
+        "us-west-2",
+        "eu-west-1",
+        "eu-west-2",
+        "eu-west-3",
+        "eu-central-1",
+        "eu-north-1",
+        "ap-south-1",
+        "ap-northeast-1",
+        "ap-southeast-2",
+    ]
+    .map(str::to_owned)
+    .to_vec();
+    let mut expected = std::collections::BTreeSet::new();
+    // 110 issues in us-east-1 (more than a page of 100) and one in each other region.
+    for index in 0..110 + regions.len() - 1 {
+        let region = if index < 110 { "us-east-1" } else { &regions[index - 109] };
+        let event = rt.block_on(scope.open_health_event(&HealthEventSpec::ec2_issue(region)));
+        expected.insert(event.expect("open an issue").arn);
+    }
+    // Not issues to read: another category, a closed one, a region not asked about.
+    let other = HealthEventSpec::ec2_issue("us-east-1").category("accountNotification");
+    rt.block_on(scope.open_health_event(&other)).expect("open");
+    let closed = rt.block_on(scope.open_health_event(&HealthEventSpec::ec2_issue("eu-west-1")));
+    rt.block_on(scope.close_health_event(&closed.expect("open").arn)).expect("close");
+    rt.block_on(scope.open_health_event(&HealthEventSpec::ec2_issue("sa-east-1"))).expect("open");
+
+    let clients = rt.block_on(async {
+        flotilla_aws::Clients::from_config(
+            fleet.sdk().await,
+            std::env::var("AWS_ENDPOINT_URL").ok(),
+            std::env::var(flotilla_aws::clients::ADDRESS_MAP_VARIABLE).ok(),
+        )
+    });
+    let reading = rt
+        .block_on(flotilla_aws::health::open_ec2_issues(&clients, &regions))
+        .expect("Health answers");
+    let flotilla_core::provider::HealthReading::Issues(issues) = reading else {
+        panic!("issues expected, got {reading:?}");
+    };
+    let read: std::collections::BTreeSet<String> = issues.iter().map(|i| i.arn.clone()).collect();
+    assert_eq!(read, expected);
+    assert!(issues.iter().all(|i| i.event_type == "AWS_EC2_OPERATIONAL_ISSUE"));
+    assert!(issues.iter().all(|i| i.start_time.as_deref().is_some_and(|t| t.ends_with('Z'))));
+    // Two filters of regions; the first holds 110 issues of us-east-1: two pages.
+    let counts = rt.block_on(scope.counts()).expect("counts");
+    assert_eq!(counts.get("health", "DescribeEvents"), 3);
 }
