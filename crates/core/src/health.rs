@@ -130,8 +130,13 @@ pub fn held_message(
     });
     let mut held: Vec<&str> = open.iter().map(|issue| issue.region.as_str()).collect();
     held.dedup();
+    let before = match number {
+        0 | 1 => "no batch was rolled out".to_owned(),
+        2 => "batch 1 was rolled out and keeps its version".to_owned(),
+        n => format!("batches 1 to {} were rolled out and keep their version", n - 1),
+    };
     let mut message = format!(
-        "update held before batch {number} of {total}: {} open health {} in {} (region{} held: {}); the batches before it were rolled out and keep their version",
+        "update held before batch {number} of {total}: {} open health {} in {} (region{} held: {}); {before}",
         open.len(),
         if open.len() == 1 { "issue" } else { "issues" },
         held.join(", "),
@@ -184,6 +189,14 @@ mod tests {
             "{message}"
         );
         assert!(message.contains("--ignore-health"), "{message}");
+        assert!(message.contains("); batch 1 was rolled out and keeps its version\n"), "{message}");
+        let first = held_message(&issues, &regions(&["us-west-2"]), (1, 3)).expect("held");
+        assert!(first.contains("); no batch was rolled out\n"), "{first}");
+        let third = held_message(&issues, &regions(&["us-west-2"]), (3, 3)).expect("held");
+        assert!(
+            third.contains("); batches 1 to 2 were rolled out and keep their version\n"),
+            "{third}"
+        );
     }
 
     #[test]
