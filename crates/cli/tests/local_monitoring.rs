@@ -71,7 +71,12 @@ fn start_tunnel(fleet: &TestFleet) -> Tunnel {
             "0",
         ])
         .stdout(Stdio::piped())
-        .stderr(Stdio::null())
+        .stderr(
+            fs_err::File::create(fleet.work.path().join("monitoring.stderr"))
+                .expect("a log")
+                .into_parts()
+                .0,
+        )
         .spawn()
         .expect("flotilla monitoring starts");
     let mut stdout = BufReader::new(child.stdout.take().expect("stdout"));
@@ -130,6 +135,15 @@ fn prometheus_answers_through_the_tunnel_and_a_client_without_a_certificate_gets
     let mut bytes = Vec::new();
     let _ = connection.read_to_end(&mut bytes);
     assert!(bytes.is_empty(), "no answer without Grafana: {}", String::from_utf8_lossy(&bytes));
+    let stderr_path = fleet.work.path().join("monitoring.stderr");
+    let said = wait_for("the reason on stderr", Duration::from_secs(10), || {
+        let text = fs_err::read_to_string(&stderr_path).unwrap_or_default();
+        text.contains("grafana").then_some(text)
+    });
+    assert!(
+        said.contains(&format!("could not connect to grafana at {monitoring_ip}:3000")),
+        "the agent's reason reaches the user: {said}"
+    );
 
     // A client without the deployment's certificate: it trusts the CA (so its own side of the
     // handshake succeeds), but the agent requires a client certificate and answers nothing.
