@@ -7,6 +7,7 @@
 //! | `Logs` | 200, `text/plain`; with `follow`, streamed until the client disconnects |
 //! | `ApplyManifest` | 202 `accepted` or 200 `unchanged`, [`flotilla_spec::api::ApplyResponse`] |
 //! | `Restart`, `Stop` | 200, the `AgentStatus` after the binary restarted or stopped |
+//! | `OpenTunnel` | 101, then raw bytes to the telemetry port (`tunnel`); 403 for another port |
 //!
 //! Errors answer an [`ApiError`] JSON body: 400 for a bad request, 404 for an unknown endpoint,
 //! 409 when the request is not allowed now (a rollout under way, nothing installed), 413 for a
@@ -38,6 +39,7 @@ use crate::admission::{PendingConnections, PendingPolicy};
 use crate::binary_log::EVENT_PREFIX;
 use crate::failpoint::{Failpoint, Failpoints};
 use crate::refusal_log::{REFUSAL_LOG_INTERVAL, RefusalLog};
+use crate::tunnel::Tunnels;
 use crate::versions::{Refusal, Versions};
 
 /// The largest manifest `ApplyManifest` accepts.
@@ -63,6 +65,8 @@ pub(crate) async fn serve_api(
     let connections = Arc::new(Semaphore::new(MAX_CONNECTIONS));
     let pending = PendingConnections::new(PENDING_HANDSHAKES);
     let refusals = Arc::new(RefusalLog::new("API"));
+    let listen = listener.local_addr().expect("a bound listener has a local address").ip();
+    let tunnels = Arc::new(Tunnels::new(listen));
     let mut refusals_due = tokio::time::interval(REFUSAL_LOG_INTERVAL);
     loop {
         let next =
@@ -78,6 +82,7 @@ pub(crate) async fn serve_api(
         let connections = connections.clone();
         let refusals = refusals.clone();
         let versions = versions.clone();
+        let tunnels = tunnels.clone();
         let mut shutdown = shutdown.clone();
         tokio::spawn(async move {
             let handshake = tokio::select! {
@@ -116,13 +121,15 @@ pub(crate) async fn serve_api(
             let service_shutdown = shutdown.clone();
             let service = hyper::service::service_fn(move |request| {
                 let versions = versions.clone();
+                let tunnels = tunnels.clone();
                 let shutdown = service_shutdown.clone();
-                async move { Ok::<_, Infallible>(answer(versions, request, shutdown).await) }
+                async move { Ok::<_, Infallible>(answer((versions, tunnels), request, shutdown).await) }
             });
             let connection = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(HANDSHAKE_TIMEOUT)
-                .serve_connection(TokioIo::new(stream), service);
+                .serve_connection(TokioIo::new(stream), service)
+                .with_upgrades();
             tokio::select! {
                 result = connection => if let Err(error) = result {
                     tracing::debug!("API connection from {peer}: {error}");
@@ -134,15 +141,18 @@ pub(crate) async fn serve_api(
 }
 
 async fn answer(
-    versions: Arc<Versions>,
+    (versions, tunnels): (Arc<Versions>, Arc<Tunnels>),
     request: hyper::Request<Incoming>,
     shutdown: watch::Receiver<bool>,
 ) -> Response<ApiBody> {
     let method = request.method().as_str().to_owned();
     let path = request.uri().path().to_owned();
     let query = request.uri().query().map(str::to_owned);
+    let (parts, incoming) = request.into_parts();
+    let mut incoming = Some(incoming);
     let body = if method == "PUT" {
-        match Limited::new(request.into_body(), MAX_MANIFEST_BYTES).collect().await {
+        let incoming = incoming.take().expect("the body is taken once");
+        match Limited::new(incoming, MAX_MANIFEST_BYTES).collect().await {
             Ok(collected) => collected.to_bytes(),
             Err(error) if error.is::<http_body_util::LengthLimitError>() => {
                 return error_response(
@@ -164,6 +174,9 @@ async fn answer(
         Ok(request) => request,
         Err(error @ RequestError::NotFound { .. }) => {
             return error_response(StatusCode::NOT_FOUND, error.to_string());
+        }
+        Err(error @ RequestError::PortNotAllowed { .. }) => {
+            return error_response(StatusCode::FORBIDDEN, error.to_string());
         }
         Err(error) => return error_response(StatusCode::BAD_REQUEST, error.to_string()),
     };
@@ -205,6 +218,10 @@ async fn answer(
                     .expect("a response with static headers builds"),
                 Err(refusal) => refusal_response(refusal),
             }
+        }
+        Request::OpenTunnel { port } => {
+            let incoming = incoming.take().expect("a POST keeps its body");
+            tunnels.open(hyper::Request::from_parts(parts, incoming), port, shutdown).await
         }
     }
 }

@@ -110,6 +110,7 @@ mod state;
 mod supervisor;
 mod time;
 mod tls;
+mod tunnel;
 mod versions;
 
 use std::net::SocketAddr;

@@ -1,4 +1,5 @@
-//! SDK clients: one EC2 and one KMS client per region, S3 in the bucket's region, IAM (global).
+//! SDK clients: one EC2 and one KMS client per region, S3 in the bucket's region, IAM and
+//! Health (global).
 //!
 //! Configuration comes from the standard chain (environment, profiles, SSO, IMDS). An endpoint
 //! in `AWS_ENDPOINT_URL` (an emulator) is honoured, and S3 then uses path-style addressing.
@@ -6,7 +7,7 @@
 //! 200 ms, capped at 5 s) for throttling, 5xx and timeouts; `CreateFleet` has SDK retries off
 //! because a retried launch may launch twice (see `fleet`). Every EC2 request of a region first
 //! takes its tokens from the region's client-side buckets ([`crate::throttle`]). The Pricing API
-//! is asked in us-east-1 (at `AWS_ENDPOINT_URL` under an emulator).
+//! is asked in us-east-1 (at `AWS_ENDPOINT_URL` under an emulator), and so is AWS Health.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -35,6 +36,7 @@ pub struct Clients {
     s3: aws_sdk_s3::Client,
     iam: aws_sdk_iam::Client,
     pricing: aws_sdk_pricing::Client,
+    health: aws_sdk_health::Client,
     /// KMS clients by region (keys belong to a region).
     kms: Mutex<HashMap<String, aws_sdk_kms::Client>>,
     /// Set when an emulator (or another endpoint) stands in for AWS.
@@ -54,6 +56,7 @@ impl Clone for Clients {
             s3: self.s3.clone(),
             iam: self.iam.clone(),
             pricing: self.pricing.clone(),
+            health: self.health.clone(),
             kms: Mutex::new(self.kms.lock().unwrap_or_else(|p| p.into_inner()).clone()),
             endpoint: self.endpoint.clone(),
             address_map: self.address_map.clone(),
@@ -110,6 +113,8 @@ impl Clients {
         let pricing_config = aws_sdk_pricing::config::Builder::from(&config)
             .region(Region::new(HOME_REGION))
             .build();
+        let health_config =
+            aws_sdk_health::config::Builder::from(&config).region(Region::new(HOME_REGION)).build();
         let http = config.http_client().unwrap_or_else(|| {
             use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
             aws_smithy_http_client::Builder::new()
@@ -120,6 +125,7 @@ impl Clients {
             s3: aws_sdk_s3::Client::from_conf(s3_config),
             iam: aws_sdk_iam::Client::from_conf(iam_config),
             pricing: aws_sdk_pricing::Client::from_conf(pricing_config),
+            health: aws_sdk_health::Client::from_conf(health_config),
             kms: Mutex::new(HashMap::new()),
             ec2: Mutex::new(HashMap::new()),
             throttles: Mutex::new(HashMap::new()),
@@ -165,6 +171,11 @@ impl Clients {
                 aws_sdk_kms::Client::from_conf(config)
             })
             .clone()
+    }
+
+    /// The AWS Health client (us-east-1, its global endpoint).
+    pub fn health(&self) -> &aws_sdk_health::Client {
+        &self.health
     }
 
     /// The Pricing API client (us-east-1).

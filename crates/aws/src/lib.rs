@@ -13,7 +13,7 @@
 //! [`network`] (with [`existing`]: the spec's existing VPCs, resolved and checked),
 //! [`templates`], [`fleet`], [`launch`], [`instances`], [`s3`], [`iam`],
 //! [`userdata`] and [`agents`], [`retire`] (machines removed one by one), [`teardown`],
-//! [`authorize`], [`clean`], [`address`] (the
+//! [`authorize`], [`clean`], [`health`] (open EC2 issues before each batch of an update), [`address`] (the
 //! deployer's address), [`guard`] (the emulator address guard), [`tags`], [`fanout`], with
 //! [`records`] and [`journal`] for what this machine started.
 
@@ -27,6 +27,7 @@ pub mod existing;
 pub mod fanout;
 pub mod fleet;
 pub mod guard;
+pub mod health;
 pub mod iam;
 pub mod images;
 pub mod instances;
@@ -272,6 +273,13 @@ impl Provider for AwsProvider {
         progress: &dyn Progress,
     ) -> Result<(), ProviderError> {
         retire::retire(self, machines, progress).await
+    }
+
+    async fn open_health_issues(
+        &self,
+        regions: &[String],
+    ) -> Result<flotilla_core::provider::HealthReading, ProviderError> {
+        health::open_ec2_issues(&self.clients, regions).await
     }
 
     async fn destroy(&self, progress: &dyn Progress) -> Result<(), ProviderError> {

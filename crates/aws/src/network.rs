@@ -68,7 +68,23 @@ pub struct NetworkSettings<'a> {
     /// Addresses `authorize` let in: they stay in the agent port's rules.
     pub authorized: &'a BTreeSet<Ipv4Addr>,
     pub ports: &'a [PortSpec],
+    /// The block of the monitoring region's VPC when it is flotilla's: the binary groups of
+    /// flotilla's VPCs admit the scrape ports ([`SCRAPE_PORTS`]) from it.
+    pub monitoring_block: Option<String>,
+    /// The blocks of every VPC of the deployment that is flotilla's: the monitoring group
+    /// admits the telemetry ingest ports ([`INGEST_PORTS`]) from them.
+    pub vpc_blocks: Vec<String>,
 }
+
+/// The ports Prometheus on the monitoring machine scrapes on every machine: the binary's
+/// metrics (9090), node exporter (9100) and the agent's metrics (9101).
+pub const SCRAPE_PORTS: [u16; 3] = [9090, 9100, 9101];
+
+/// The ports machines push telemetry to on the monitoring machine (the commonware deployer's):
+/// Loki (3100), Pyroscope (4040) and Tempo's OTLP receiver (4318). Grafana (3000), Prometheus
+/// (9090) and the other services' own ports are opened to no one: `flotilla monitoring`
+/// reaches them through the agent.
+pub const INGEST_PORTS: [u16; 3] = [3100, 4040, 4318];
 
 /// The VPC CIDR of a region index.
 pub fn vpc_cidr(index: u8) -> String {
@@ -296,13 +312,16 @@ pub async fn ensure_region(
         if plan.binary_group {
             let mut rules = agent_rules.clone();
             rules.extend(port_rules(settings.ports));
-            if let Some(existing) = &plan.existing {
-                rules.extend(metrics_rules(&existing.monitoring_blocks));
+            match &plan.existing {
+                Some(existing) => rules.extend(metrics_rules(&existing.monitoring_blocks)),
+                None => rules.extend(metrics_rules(settings.monitoring_block.as_slice())),
             }
             wanted.push((GroupRole::Binary, rules));
         }
         if plan.monitoring_group {
-            wanted.push((GroupRole::Monitoring, agent_rules));
+            let mut rules = agent_rules;
+            rules.extend(ingest_rules(&settings.vpc_blocks));
+            wanted.push((GroupRole::Monitoring, rules));
         }
         let names: Vec<String> = wanted.iter().map(|(role, _)| role.name(tag)).collect();
         let found = if fresh {
@@ -536,13 +555,31 @@ fn port_rules(ports: &[PortSpec]) -> Rules {
         .collect()
 }
 
-/// The metrics port from the monitoring VPC's blocks, in an existing VPC (flotilla's own VPCs
-/// admit what the spec's `ports` say).
+/// The scrape ports ([`SCRAPE_PORTS`]) from the monitoring VPC's blocks: only the deployment's
+/// own monitoring machine scrapes, over the peering, never the internet.
 fn metrics_rules(blocks: &[String]) -> Rules {
-    let port = Some(i32::from(crate::existing::METRICS_PORT));
     blocks
         .iter()
-        .map(|block| (Rule::new("tcp", port, port, block), "metrics (monitoring machine)"))
+        .flat_map(|block| {
+            SCRAPE_PORTS.iter().map(move |port| {
+                let port = Some(i32::from(*port));
+                (Rule::new("tcp", port, port, block), "metrics (monitoring machine)")
+            })
+        })
+        .collect()
+}
+
+/// The telemetry ingest ports ([`INGEST_PORTS`]) of the monitoring group from the deployment's
+/// VPC blocks: machines push logs, profiles and traces over the peering, never the internet.
+fn ingest_rules(blocks: &[String]) -> Rules {
+    blocks
+        .iter()
+        .flat_map(|block| {
+            INGEST_PORTS.iter().map(move |port| {
+                let port = Some(i32::from(*port));
+                (Rule::new("tcp", port, port, block), "telemetry (deployment's machines)")
+            })
+        })
         .collect()
 }
 
@@ -1010,6 +1047,8 @@ mod tests {
             deployer_ip: Ipv4Addr::new(198, 51, 100, 7),
             authorized: &authorized,
             ports: &ports,
+            monitoring_block: None,
+            vpc_blocks: Vec::new(),
         };
         let mut desired = agent_rules(&settings);
         desired.extend(port_rules(settings.ports));

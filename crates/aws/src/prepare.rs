@@ -213,8 +213,20 @@ pub async fn prepare(
         Ok::<String, ProviderError>(role_id)
     };
     let authorized = journal.read().authorized;
-    let settings =
-        NetworkSettings { tag, deployer_ip, authorized: &authorized, ports: &plan.ports };
+    let own_vpc = |region: &str| {
+        region_plans
+            .get(region)
+            .filter(|p| p.existing.is_none())
+            .map(|p| network::vpc_cidr(p.index))
+    };
+    let settings = NetworkSettings {
+        tag,
+        deployer_ip,
+        authorized: &authorized,
+        ports: &plan.ports,
+        monitoring_block: own_vpc(AWS_MONITORING_REGION),
+        vpc_blocks: regions.iter().filter_map(|r| own_vpc(r)).collect(),
+    };
     let networks = async {
         let settings = &settings;
         let stage = &stage;

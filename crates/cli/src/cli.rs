@@ -54,6 +54,10 @@ pub enum Command {
     /// Say to every machine that the deployment is still there, so that a `keepalive:` does
     /// not run out (for cron; `status` and `update` do the same).
     Keepalive(StatusArgs),
+    /// Open Grafana (and with --prometheus, Prometheus) of a deployment's monitoring machine on
+    /// local ports, tunnelled through its agent's mTLS API; prints each URL. Runs until
+    /// stopped (Ctrl-C).
+    Monitoring(MonitoringArgs),
     /// Keep a deployment at its spec: replace machines that are gone (a spot reclaim, a dead
     /// agent) under their names and republish hosts.yaml to the others. Runs until stopped.
     Watch(WatchArgs),
@@ -154,6 +158,13 @@ pub struct UpdateArgs {
     /// Print which machines would be added, removed and kept, and change nothing.
     #[arg(long)]
     pub dry_run: bool,
+    /// Roll out even while AWS Health reports an open EC2 issue in a batch's regions. Without
+    /// it, each batch is checked first and an open issue stops the update before that batch
+    /// (exit status 1, the issue named; batches already rolled keep their version, so running
+    /// update again later rolls only the rest). The local provider has no health service:
+    /// nothing is checked there.
+    #[arg(long)]
+    pub ignore_health: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -196,6 +207,22 @@ pub struct StatusArgs {
     pub target: Target,
     #[command(flatten)]
     pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct MonitoringArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The local port for Grafana, on 127.0.0.1 (0: any free port).
+    #[arg(long, visible_alias = "port", default_value_t = 3000)]
+    pub grafana_port: u16,
+    /// Also forward Prometheus (the local provider's monitoring machine runs Prometheus when
+    /// it is installed, and no Grafana).
+    #[arg(long)]
+    pub prometheus: bool,
+    /// The local port for Prometheus with --prometheus, on 127.0.0.1 (0: any free port).
+    #[arg(long, default_value_t = 9090, requires = "prometheus")]
+    pub prometheus_port: u16,
 }
 
 #[derive(Debug, Args)]

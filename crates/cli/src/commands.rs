@@ -9,6 +9,7 @@ use std::process::ExitCode;
 use flotilla_core::CoreError;
 use flotilla_core::client::error_chain;
 use flotilla_core::error::exit;
+use flotilla_core::health::HealthGate;
 use flotilla_core::state::Home;
 use flotilla_core::workflows::{self, CreateRequest, DestroyOutcome, UpdateOutcome, UpdateRequest};
 use flotilla_spec::diagnostic::escape_for_terminal;
@@ -243,6 +244,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
                     agent_timeout: agent_timeout(kind),
                     cwd: current_dir()?,
                     prepared: None,
+                    health: if args.ignore_health { HealthGate::Ignore } else { HealthGate::Check },
                 },
                 &bars,
                 |deployment| context.make(deployment),
@@ -331,6 +333,43 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
                 &bars,
                 &events,
                 |deployment| context.make(deployment),
+            )
+            .await?;
+            Ok(exit::OK)
+        }
+        Command::Monitoring(args) => {
+            let tag = target_tag(&args.target)?;
+            let home = home()?;
+            let context = existing_context(&home, &environment, &tag).await?;
+            let service = |port: u16| {
+                flotilla_spec::api::tunnel_service(port).expect("a telemetry port of TUNNEL_PORTS")
+            };
+            let mut forwards = vec![workflows::Forward {
+                service: service(3000),
+                remote_port: 3000,
+                local_port: args.grafana_port,
+            }];
+            if args.prometheus {
+                forwards.push(workflows::Forward {
+                    service: service(9090),
+                    remote_port: 9090,
+                    local_port: args.prometheus_port,
+                });
+            }
+            let ready = |bound: &[workflows::BoundForward]| {
+                output::print_forwards(bound);
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "forwarding through the monitoring machine's agent (mTLS); press Ctrl-C to stop"
+                );
+            };
+            workflows::monitoring(
+                &home,
+                &tag,
+                &forwards,
+                |d| context.make(d),
+                ready,
+                stop_signal(),
             )
             .await?;
             Ok(exit::OK)
@@ -644,4 +683,19 @@ fn imds_time(time: std::time::SystemTime) -> String {
         .copied()
         .unwrap_or("Jan");
     format!("{} {month} {} {clock} GMT", day.unwrap_or("01"), year.unwrap_or("1970"))
+}
+
+/// Resolves at the first SIGINT or SIGTERM.
+async fn stop_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut interrupt), Ok(mut terminate)) =
+        (signal(SignalKind::interrupt()), signal(SignalKind::terminate()))
+    else {
+        // Without signal handlers the default action (exit) stops the command all the same.
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = interrupt.recv() => {}
+        _ = terminate.recv() => {}
+    }
 }

@@ -406,6 +406,15 @@ pub fn print_profile_written(path: &std::path::Path, samples: usize) {
     );
 }
 
+/// `flotilla monitoring`'s URLs, one line per service: `grafana http://127.0.0.1:3000/`.
+pub fn print_forwards(bound: &[flotilla_core::workflows::BoundForward]) {
+    let mut stdout = std::io::stdout().lock();
+    for forward in bound {
+        let _ = writeln!(stdout, "{} http://{}/", forward.forward.service, forward.local);
+    }
+    let _ = stdout.flush();
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

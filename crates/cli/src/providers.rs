@@ -6,7 +6,8 @@ use flotilla_aws::{AwsOptions, AwsProvider, Clients};
 use flotilla_core::plan::{DeploymentPlan, GroupPlan};
 use flotilla_core::progress::Progress;
 use flotilla_core::provider::{
-    LocalArtifact, Machine, Provider, ProviderError, ReferenceCheck, Survey, Surveyor,
+    HealthReading, LocalArtifact, Machine, Provider, ProviderError, ReferenceCheck, Survey,
+    Surveyor,
 };
 use flotilla_core::state::{Deployment, Home};
 use flotilla_local::LocalProvider;
@@ -220,6 +221,13 @@ impl Provider for AnyProvider {
         match self {
             AnyProvider::Local(p) => p.retire(machines, progress).await,
             AnyProvider::Aws(p) => p.retire(machines, progress).await,
+        }
+    }
+
+    async fn open_health_issues(&self, regions: &[String]) -> Result<HealthReading, ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.open_health_issues(regions).await,
+            AnyProvider::Aws(p) => p.open_health_issues(regions).await,
         }
     }
 

@@ -131,15 +131,19 @@ fn a_deployer_config_in_five_regions_lives_and_leaves_nothing() {
         );
     }
 
-    // The agent port admits only the given /32; the spec's port is open as written.
+    // The agent port admits only the given /32; the spec's port is open as written; the scrape
+    // ports admit the monitoring VPC (us-east-1 sorts fourth: 10.3.0.0/16) and the telemetry
+    // ingest ports of the monitoring group every VPC of the deployment, nothing else.
     runtime().block_on(async {
+        let every_vpc: Vec<String> = (0..5).map(|i| format!("10.{i}.0.0/16")).collect();
         for region in FIVE_REGIONS {
             let groups = fleet.security_groups(region).await;
             assert!(!groups.is_empty(), "{region}");
             for group in &groups {
                 for permission in group.ip_permissions() {
-                    let cidrs: Vec<&str> =
+                    let mut cidrs: Vec<&str> =
                         permission.ip_ranges().iter().filter_map(|r| r.cidr_ip()).collect();
+                    cidrs.sort_unstable();
                     match permission.from_port() {
                         Some(7443) => assert_eq!(
                             cidrs,
@@ -147,7 +151,9 @@ fn a_deployer_config_in_five_regions_lives_and_leaves_nothing() {
                             "{region} {:?}",
                             group.group_name()
                         ),
-                        Some(9090) => assert_eq!(cidrs, ["0.0.0.0/0"]),
+                        Some(9090) => assert_eq!(cidrs, ["0.0.0.0/0", "10.3.0.0/16"]),
+                        Some(9100 | 9101) => assert_eq!(cidrs, ["10.3.0.0/16"]),
+                        Some(3100 | 4040 | 4318) => assert_eq!(cidrs, every_vpc, "{region}"),
                         other => panic!("{region}: unexpected rule on port {other:?}"),
                     }
                 }
@@ -759,11 +765,19 @@ fn security_groups_converge_on_the_spec_and_keep_authorized_addresses() {
     let agent = [("tcp", 7443, "127.0.0.1/32"), ("tcp", 7443, "203.0.113.9/32")];
     let binary_group = "sg-reconcile-binary".to_owned();
     let monitoring_group = "sg-reconcile-monitoring".to_owned();
+    // Besides the agent port and the spec's ports: the scrape ports from the monitoring VPC
+    // (10.0.0.0/16, the only region) and the telemetry ingest ports of the monitoring group
+    // from the deployment's VPCs.
+    let scrape =
+        [("tcp", 9090, "10.0.0.0/16"), ("tcp", 9100, "10.0.0.0/16"), ("tcp", 9101, "10.0.0.0/16")];
+    let ingest =
+        [("tcp", 3100, "10.0.0.0/16"), ("tcp", 4040, "10.0.0.0/16"), ("tcp", 4318, "10.0.0.0/16")];
     let expected = |ports: &[(&str, i32, &str)]| {
-        let binary: Vec<_> = agent.iter().chain(ports).copied().collect();
+        let binary: Vec<_> = agent.iter().chain(&scrape).chain(ports).copied().collect();
+        let monitoring: Vec<_> = agent.iter().chain(&ingest).copied().collect();
         BTreeMap::from([
             (binary_group.clone(), rules(&binary)),
-            (monitoring_group.clone(), rules(&agent)),
+            (monitoring_group.clone(), rules(&monitoring)),
         ])
     };
     let first_rules =
@@ -797,8 +811,11 @@ fn security_groups_converge_on_the_spec_and_keep_authorized_addresses() {
     fleet.run_ok(&["authorize", &fleet.tag_arg(), "--revoke", "203.0.113.9"]);
     fleet.run_ok(&["create", "--config", &spec, "--ip", "127.0.0.1"]);
     let groups = ingress_rules(&fleet, "us-east-1");
-    assert_eq!(groups[&binary_group], rules(&[agent[0], ("tcp", 9191, "::/0")]));
-    assert_eq!(groups[&monitoring_group], rules(&[agent[0]]));
+    let binary: Vec<_> =
+        [agent[0]].iter().chain(&scrape).chain(&[("tcp", 9191, "::/0")]).copied().collect();
+    let monitoring: Vec<_> = [agent[0]].iter().chain(&ingest).copied().collect();
+    assert_eq!(groups[&binary_group], rules(&binary));
+    assert_eq!(groups[&monitoring_group], rules(&monitoring));
 
     fleet.run_ok(&["destroy", &fleet.tag_arg()]);
     let left = runtime().block_on(fleet.leftovers(&["us-east-1"]));

@@ -192,6 +192,40 @@ impl AgentClient {
         Err(ClientError::Refused { name: name.to_owned(), status: status.as_u16(), message })
     }
 
+    /// A byte stream to telemetry port `port` of machine `name`, through its agent
+    /// ([`Request::OpenTunnel`]): the agent connected to the port before it answered. No
+    /// request timeout (the stream lives as long as its user wants); the connect timeout holds.
+    pub async fn open_tunnel(
+        &self,
+        name: &str,
+        port: u16,
+    ) -> Result<reqwest::Upgraded, ClientError> {
+        let endpoint = self.endpoint(name)?;
+        let (_, path, _) = Request::OpenTunnel { port }.to_http();
+        let url = format!("https://{}:{}{path}", agent_dns_name(name, &self.tag), endpoint.port());
+        let unreachable = |e: reqwest::Error| ClientError::Unreachable {
+            name: name.to_owned(),
+            endpoint,
+            detail: error_chain(&e),
+            permanent: is_permanent_failure(&e),
+        };
+        let response = self
+            .http
+            .post(url)
+            .header(reqwest::header::CONNECTION, "upgrade")
+            .header(reqwest::header::UPGRADE, flotilla_spec::api::TUNNEL_UPGRADE)
+            .send()
+            .await
+            .map_err(unreachable)?;
+        let status = response.status();
+        if status == reqwest::StatusCode::SWITCHING_PROTOCOLS {
+            return response.upgrade().await.map_err(unreachable);
+        }
+        let text = response.text().await.unwrap_or_default();
+        let message = serde_json::from_str::<ApiError>(&text).map(|e| e.error).unwrap_or(text);
+        Err(ClientError::Refused { name: name.to_owned(), status: status.as_u16(), message })
+    }
+
     async fn json<T: serde::de::DeserializeOwned>(
         &self,
         name: &str,

@@ -53,6 +53,10 @@ pub enum CoreError {
     /// The request cannot be carried out as asked (e.g. update changes membership).
     #[error("{0}")]
     Refused(String),
+    /// An update stopped before a batch because the cloud's health service reports an open
+    /// issue in the batch's regions (or could not be asked); see `crate::health`.
+    #[error("{0}")]
+    Held(String),
 }
 
 impl From<std::io::Error> for CoreError {
@@ -75,7 +79,7 @@ pub mod exit {
 impl CoreError {
     pub fn exit_code(&self) -> u8 {
         match self {
-            CoreError::Failed { .. } => exit::FAILED,
+            CoreError::Failed { .. } | CoreError::Held(_) => exit::FAILED,
             _ => exit::ERROR,
         }
     }

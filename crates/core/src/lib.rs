@@ -8,6 +8,7 @@ pub mod artifacts;
 pub mod capacity;
 pub mod client;
 pub mod error;
+pub mod health;
 pub mod monitoring;
 pub mod pki;
 pub mod plan;

@@ -17,6 +17,9 @@
 //!    each name the plan still has), after [`Provider::launch_beside`] when the replacement
 //!    comes first; [`Provider::destroy`] at the end.
 //!
+//! Before each batch of an `update`, [`Provider::open_health_issues`] (read-only; see
+//! `crate::health`).
+//!
 //! Every provider is also a [`Surveyor`]: what its regions offer (the instance catalog and
 //! prices), read-only, asked before anything is made so that a spec's capacity keys are checked
 //! against the account's real catalog, and by `plan`.
@@ -227,6 +230,31 @@ pub struct LocalArtifact {
     pub size: u64,
 }
 
+/// An open issue the cloud's health service reports in a region (AWS Health: an event of
+/// category `issue` for EC2, status `open`).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct HealthIssue {
+    /// The service's code for it (`AWS_EC2_OPERATIONAL_ISSUE`, …).
+    pub event_type: String,
+    pub region: String,
+    /// When it began, RFC 3339, when the service says.
+    pub start_time: Option<String>,
+    /// The service's id of the event (an ARN on AWS).
+    pub arn: String,
+}
+
+/// What a provider's health service said about some regions.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HealthReading {
+    /// The provider has no health service (the local one): nothing to check.
+    NotApplicable,
+    /// The service cannot be asked for a reason that is the account's, not the moment's (AWS
+    /// Health without a Business or Enterprise support plan): said once, rollouts go on.
+    Unavailable { reason: String },
+    /// The open issues in the regions asked about (none: all clear).
+    Issues(Vec<HealthIssue>),
+}
+
 /// A place machines run. See the module documentation for the call order.
 pub trait Provider: Surveyor {
     /// Creates or adopts the resources the machines share.
@@ -296,6 +324,16 @@ pub trait Provider: Surveyor {
         crate::monitoring::services::MonitoringTools::none(
             "this provider's machines get no monitoring programs yet",
         )
+    }
+
+    /// The open issues the cloud's health service reports in `regions`, asked before each
+    /// batch of an update. Read-only. A provider without a health service keeps this default.
+    fn open_health_issues(
+        &self,
+        regions: &[String],
+    ) -> impl Future<Output = Result<HealthReading, ProviderError>> + Send {
+        let _ = regions;
+        std::future::ready(Ok(HealthReading::NotApplicable))
     }
 
     /// Removes every machine and resource of the deployment. Idempotent.

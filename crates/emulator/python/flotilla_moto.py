@@ -40,6 +40,9 @@ moto's Python. It serves moto's WSGI app with werkzeug (threaded) on 127.0.0.1 a
 - EC2's request throttling when a scope switches it on: flotilla-capacity's token buckets per
   scope and region (request buckets by action class, instance buckets), a request beyond its
   bucket answered `RequestLimitExceeded` and counted;
+- AWS Health's `DescribeEvents` (Smithy RPC v2 CBOR, as the current SDKs send it, or JSON 1.1,
+  on the same endpoint), which moto lacks, over
+  events per scope that a test opens and closes through the control API;
 - a JSON control API under `/_flotilla/`, which also lets the booter end an instance it cannot
   boot, with an EC2 StateReason saying why.
 
@@ -75,6 +78,7 @@ import os
 import random
 import re
 import socket
+import struct
 import sys
 import threading
 import time
@@ -140,6 +144,7 @@ class Call:
     params: dict[str, str]
     method: str
     json_protocol: bool
+    cbor_protocol: bool = False
 
 
 def read_form_body(environ: Environ) -> str:
@@ -189,6 +194,8 @@ def identify(environ: Environ) -> Call:
     target = environ.get("HTTP_X_AMZ_TARGET", "")
     if target:
         action = target.rsplit(".", 1)[-1]
+    elif is_rpc_v2_cbor(environ) and rpc_v2_operation(path):
+        action = rpc_v2_operation(path) or ""
     elif "Action" in params:
         action = params["Action"]
     elif service == "s3":
@@ -197,7 +204,7 @@ def identify(environ: Environ) -> Call:
         action = route53_operation(method, path)
     else:
         action = f"{method} {path}"
-    return Call(scope, service, region, action, params, method, bool(target))
+    return Call(scope, service, region, action, params, method, bool(target), is_rpc_v2_cbor(environ))
 
 
 S3_BUCKET_SUBRESOURCES = {
@@ -599,6 +606,9 @@ def fault_response(
     )
     request_id = str(uuid.uuid4())
     code, text = xml_escape(rule.code), xml_escape(message)
+    if call.cbor_protocol:
+        body = cbor_encode({"__type": rule.code, "message": message})
+        return status, [*RPC_V2_CBOR_HEADERS, ("x-amzn-RequestId", request_id)], body
     if call.json_protocol:
         body = json.dumps({"__type": rule.code, "message": message}).encode()
         return (
@@ -2606,6 +2616,309 @@ def terminate_with_reason(instance_id: str, body: Any) -> tuple[int, Any]:
         return 200, describe(account_id, region, backend, instance)
 
 
+# --- AWS Health (AWSHealth_20160804), which moto lacks ------------------------------------------
+
+HEALTH_PAGE_MAX = 100
+HEALTH_STATUSES = ("open", "closed", "upcoming")
+HEALTH_CATEGORIES = ("issue", "accountNotification", "scheduledChange", "investigation")
+
+
+class HealthError(Exception):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code, self.message = code, message
+
+
+class HealthEvents:
+    """Events per scope that a test opens and closes (`/_flotilla/scopes/{scope}/health-events`);
+    `DescribeEvents` in a scope answers that scope's events and those of `*`."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_scope: dict[str, list[dict[str, Any]]] = {}
+
+    def open(self, scope: str, body: Any) -> dict[str, Any]:
+        fields = {"region", "service", "event_type_code", "category"}
+        spec = expect_object(body, fields, "a health event")
+        region = spec.get("region")
+        if not isinstance(region, str) or not region:
+            raise BadRequest("a health event needs `region`, e.g. us-west-2")
+        service = spec.get("service", "EC2")
+        category = spec.get("category", "issue")
+        if category not in HEALTH_CATEGORIES:
+            raise BadRequest(f"`category` is one of {', '.join(HEALTH_CATEGORIES)}")
+        code = spec.get("event_type_code", f"AWS_{service}_OPERATIONAL_ISSUE")
+        now = time.time()
+        event = {
+            "arn": f"arn:aws:health:{region}::event/{service}/{code}/{code}_{uuid.uuid4().hex[:20]}",
+            "service": service,
+            "eventTypeCode": code,
+            "eventTypeCategory": category,
+            "region": region,
+            "startTime": now,
+            "lastUpdatedTime": now,
+            "statusCode": "open",
+            "eventScopeCode": "PUBLIC",
+        }
+        with self.lock:
+            self.by_scope.setdefault(scope, []).append(event)
+        return dict(event)
+
+    def close(self, scope: str, body: Any) -> tuple[int, dict[str, Any]]:
+        arn = expect_object(body, {"arn"}, "closing a health event").get("arn")
+        with self.lock:
+            for event in self.by_scope.get(scope, []):
+                if event["arn"] == arn:
+                    now = time.time()
+                    event.update(statusCode="closed", endTime=now, lastUpdatedTime=now)
+                    return 200, dict(event)
+        return 404, {"error": f"no health event {arn} in scope {scope}"}
+
+    def list(self, scope: str) -> list[dict[str, Any]]:
+        with self.lock:
+            return [dict(e) for e in self.by_scope.get(scope, [])]
+
+    def visible(self, scope: str) -> list[dict[str, Any]]:
+        with self.lock:
+            mine = self.by_scope.get(scope, []) if scope != ANY else []
+            return [dict(e) for e in [*self.by_scope.get(ANY, []), *mine]]
+
+
+HEALTH_EVENTS = HealthEvents()
+
+
+def health_filter_matches(event: dict[str, Any], event_filter: dict[str, Any]) -> bool:
+    """The filter keys flotilla sends (each a list: any value matches), checked as AWS does;
+    other keys are refused rather than ignored, so a test never passes on a filter unread."""
+    keys = {
+        "services": "service",
+        "regions": "region",
+        "eventStatusCodes": "statusCode",
+        "eventTypeCategories": "eventTypeCategory",
+        "eventTypeCodes": "eventTypeCode",
+        "eventArns": "arn",
+    }
+    for key, values in event_filter.items():
+        if key not in keys:
+            raise HealthError(
+                "UnsupportedFilterException", f"flotilla-emulator does not read the filter `{key}`"
+            )
+        if not isinstance(values, list):
+            raise HealthError("ValidationException", f"filter `{key}` must be a list")
+        if key == "regions" and not 1 <= len(values) <= 10:
+            raise HealthError("ValidationException", "filter `regions` names 1 to 10 regions")
+        if key == "eventStatusCodes" and any(v not in HEALTH_STATUSES for v in values):
+            raise HealthError("ValidationException", f"eventStatusCodes: {values}")
+        if values and event[keys[key]] not in values:
+            return False
+    return True
+
+
+def describe_health_events(scope: str, request: dict[str, Any]) -> dict[str, Any]:
+    event_filter = request.get("filter") or {}
+    if not isinstance(event_filter, dict):
+        raise HealthError("ValidationException", "filter must be an object")
+    size = request.get("maxResults", HEALTH_PAGE_MAX)
+    if not isinstance(size, int) or not 10 <= size <= HEALTH_PAGE_MAX:
+        raise HealthError("ValidationException", "maxResults is 10 to 100")
+    token = request.get("nextToken")
+    try:
+        start = decode_token(token) if token else 0
+    except EC2ClientError:
+        raise HealthError("InvalidPaginationToken", f"The token '{token}' is invalid.") from None
+    events = [e for e in HEALTH_EVENTS.visible(scope) if health_filter_matches(e, event_filter)]
+    events.sort(key=lambda e: e["lastUpdatedTime"], reverse=True)
+    answer: dict[str, Any] = {"events": events[start : start + size]}
+    if start + size < len(events):
+        answer["nextToken"] = encode_token(start + size)
+    return answer
+
+
+class CborError(ValueError):
+    pass
+
+
+def cbor_decode(data: bytes) -> Any:
+    """One CBOR data item (RFC 8949) of the kinds Smithy's RPC v2 CBOR protocol sends: integers,
+    byte and text strings, arrays and maps (definite or indefinite length), tags (timestamps are
+    tag 1), booleans, null and floats."""
+    value, end = cbor_item(data, 0)
+    if end != len(data):
+        raise CborError(f"{len(data) - end} bytes after the CBOR item")
+    return value
+
+
+BREAK = object()
+
+
+def cbor_item(data: bytes, at: int) -> tuple[Any, int]:
+    if at >= len(data):
+        raise CborError("the CBOR item ends early")
+    head = data[at]
+    major, info = head >> 5, head & 0x1F
+    at += 1
+    if head == 0xFF:
+        return BREAK, at
+    if major == 7:
+        if info == 20:
+            return False, at
+        if info == 21:
+            return True, at
+        if info in (22, 23):
+            return None, at
+        sizes = {25: ("!e", 2), 26: ("!f", 4), 27: ("!d", 8)}
+        if info in sizes:
+            fmt, size = sizes[info]
+            return struct.unpack(fmt, data[at : at + size])[0], at + size
+        raise CborError(f"CBOR simple value {info} is not read here")
+    if info < 24:
+        argument = info
+    elif info in (24, 25, 26, 27):
+        size = 1 << (info - 24)
+        argument = int.from_bytes(data[at : at + size], "big")
+        at += size
+    elif info == 31 and major in (2, 3, 4, 5):
+        return cbor_indefinite(data, at, major)
+    else:
+        raise CborError(f"CBOR additional information {info} is not valid here")
+    if major == 0:
+        return argument, at
+    if major == 1:
+        return -1 - argument, at
+    if major in (2, 3):
+        raw = data[at : at + argument]
+        return (raw if major == 2 else raw.decode("utf-8")), at + argument
+    if major == 4:
+        items = []
+        for _ in range(argument):
+            item, at = cbor_item(data, at)
+            items.append(item)
+        return items, at
+    if major == 5:
+        mapping = {}
+        for _ in range(argument):
+            key, at = cbor_item(data, at)
+            mapping[key], at = cbor_item(data, at)
+        return mapping, at
+    value, at = cbor_item(data, at)  # a tag: the value stands for itself (epoch seconds)
+    return value, at
+
+
+def cbor_indefinite(data: bytes, at: int, major: int) -> tuple[Any, int]:
+    if major in (2, 3):
+        chunks = []
+        while True:
+            chunk, at = cbor_item(data, at)
+            if chunk is BREAK:
+                return (b"".join(chunks) if major == 2 else "".join(chunks)), at
+            chunks.append(chunk)
+    if major == 4:
+        items = []
+        while True:
+            item, at = cbor_item(data, at)
+            if item is BREAK:
+                return items, at
+            items.append(item)
+    mapping = {}
+    while True:
+        key, at = cbor_item(data, at)
+        if key is BREAK:
+            return mapping, at
+        mapping[key], at = cbor_item(data, at)
+
+
+def cbor_head(major: int, argument: int) -> bytes:
+    if argument < 24:
+        return bytes([major << 5 | argument])
+    for info, size in ((24, 1), (25, 2), (26, 4), (27, 8)):
+        if argument < 1 << (8 * size):
+            return bytes([major << 5 | info]) + argument.to_bytes(size, "big")
+    raise CborError("integer too large for CBOR")
+
+
+def cbor_encode(value: Any, timestamps: frozenset[str] = frozenset()) -> bytes:
+    """`value` in CBOR; map values under the keys in `timestamps` as epoch-seconds timestamps
+    (tag 1), as Smithy's RPC v2 CBOR protocol sends them."""
+    if value is None:
+        return b"\xf6"
+    if value is True or value is False:
+        return b"\xf5" if value else b"\xf4"
+    if isinstance(value, int):
+        return cbor_head(0, value) if value >= 0 else cbor_head(1, -1 - value)
+    if isinstance(value, float):
+        return b"\xfb" + struct.pack("!d", value)
+    if isinstance(value, str):
+        raw = value.encode("utf-8")
+        return cbor_head(3, len(raw)) + raw
+    if isinstance(value, bytes):
+        return cbor_head(2, len(value)) + value
+    if isinstance(value, list):
+        return cbor_head(4, len(value)) + b"".join(cbor_encode(v, timestamps) for v in value)
+    if isinstance(value, dict):
+        out = cbor_head(5, len(value))
+        for key, item in value.items():
+            out += cbor_encode(key)
+            if key in timestamps and isinstance(item, (int, float)):
+                out += b"\xc1" + cbor_encode(float(item))
+            else:
+                out += cbor_encode(item, timestamps)
+        return out
+    raise CborError(f"cannot encode {type(value).__name__} in CBOR")
+
+
+HEALTH_TIMESTAMPS = frozenset({"startTime", "endTime", "lastUpdatedTime"})
+RPC_V2_CBOR_HEADERS = [("Content-Type", "application/cbor"), ("smithy-protocol", "rpc-v2-cbor")]
+
+
+def is_rpc_v2_cbor(environ: Environ) -> bool:
+    return environ.get("HTTP_SMITHY_PROTOCOL", "") == "rpc-v2-cbor"
+
+
+def rpc_v2_operation(path: str) -> str | None:
+    """`DescribeEvents` of `/service/AWSHealth_20160804/operation/DescribeEvents`."""
+    parts = path.strip("/").split("/")
+    if len(parts) == 4 and parts[0] == "service" and parts[2] == "operation":
+        return parts[3]
+    return None
+
+
+def serve_health(call: Call, environ: Environ, start_response: StartResponse) -> list[bytes]:
+    """AWS Health's `DescribeEvents` over the events tests open and close, in Smithy's RPC v2
+    CBOR protocol (what the current SDKs speak to Health) or JSON 1.1 (older SDKs)."""
+    cbor = is_rpc_v2_cbor(environ)
+    try:
+        length = int(environ.get("CONTENT_LENGTH") or 0)
+        raw = environ["wsgi.input"].read(length) if length else b""
+        try:
+            if cbor:
+                request = cbor_decode(raw) if raw else {}
+            else:
+                request = json.loads(raw) if raw.strip() else {}
+        except (ValueError, struct.error):
+            raise HealthError("SerializationException", "The request body does not decode") from None
+        if not isinstance(request, dict):
+            raise HealthError("SerializationException", "The request body is not a map")
+        if call.action != "DescribeEvents":
+            raise HealthError(
+                "UnknownOperationException",
+                f"flotilla-emulator answers Health's DescribeEvents, not {call.action}",
+            )
+        status, answer = 200, describe_health_events(call.scope, request)
+    except HealthError as error:
+        status = 400
+        answer = {"__type": f"com.amazonaws.health#{error.code}", "message": error.message}
+    headers: list[tuple[str, str]]
+    if cbor:
+        data = cbor_encode(answer, HEALTH_TIMESTAMPS)
+        headers = list(RPC_V2_CBOR_HEADERS)
+    else:
+        data = json.dumps(answer).encode()
+        headers = [("Content-Type", "application/x-amz-json-1.1")]
+    headers += [("x-amzn-RequestId", str(uuid.uuid4())), ("Content-Length", str(len(data)))]
+    start_response(f"{status} {'OK' if status == 200 else 'Error'}", headers)
+    return [data]
+
+
 # --- Control API: /_flotilla/... ----------------------------------------------------------------
 
 
@@ -2655,6 +2968,10 @@ def control(method: str, path: str, query: dict[str, str], body: Any) -> tuple[i
         if method != "POST":
             return 404, {"error": f"no control route {method} {path}; use POST"}
         return terminate_with_reason(parts[1], body)
+    if len(parts) == 4 and parts[0] == "scopes" and parts[2:] == ["health-events", "close"]:
+        if method != "POST":
+            return 404, {"error": f"no control route {method} {path}; use POST"}
+        return HEALTH_EVENTS.close(parts[1], body)
     if len(parts) != 3 or parts[0] != "scopes":
         return 404, {"error": f"no control route {method} {path}"}
     scope, what = parts[1], parts[2]
@@ -2697,6 +3014,12 @@ def control(method: str, path: str, query: dict[str, str], body: Any) -> tuple[i
             RECLAIMS.set(scope, None)
         setting = RECLAIMS.setting(scope)
         return 200, setting.to_json() if setting else {"probability_per_minute": 0.0}
+    if what == "health-events":
+        if method == "POST":
+            return 200, HEALTH_EVENTS.open(scope, body)
+        if method != "GET":
+            return 404, {"error": f"no control route {method} {path}; use GET or POST"}
+        return 200, {"events": HEALTH_EVENTS.list(scope)}
     if what == "timing":
         if method == "PUT":
             TIMING.set(scope, non_negative_ints(body, set(TIMING_DEFAULT), "timing"))
@@ -2776,6 +3099,10 @@ class Middleware:
             "AWSPriceListService."
         ):
             return serve_pricing(call, environ, start_response)
+        if call.service == "health" or "AWSHealth_20160804" in (
+            environ.get("HTTP_X_AMZ_TARGET", "") + environ.get("PATH_INFO", "")
+        ):
+            return serve_health(call, environ, start_response)
         CURRENT.scope = call.scope
         try:
             return self.moto_app(environ, start_response)

@@ -1,6 +1,7 @@
 //! The typed client tests use to drive a running emulator stack: faults (dry pools included),
-//! counts, latency, state timing, throttling and random spot reclaims per scope (moto's
-//! `/_flotilla/` API), instances and spot reclaims, and IMDS events (the booter's control API).
+//! counts, latency, state timing, throttling, random spot reclaims and AWS Health events per
+//! scope (moto's `/_flotilla/` API), instances and spot reclaims, and IMDS events (the
+//! booter's control API).
 //!
 //! A *scope* is an access key id. Each test uses its own ([`Emulator::fresh_scope`]) and signs
 //! its requests with it, so tests running in parallel against the one shared stack see only
@@ -21,6 +22,8 @@
 //! | `POST /_flotilla/instances/reclaim` `{"instance_ids": [id], "delay_ms"?}` ([`Emulator::reclaim_spot`]) | `{"instances": [InstanceInfo]}` with `spot_interruption` `{"action": "terminate", "time"}`; terminated after the delay with `Server.SpotInstanceTermination`; 400 for an on-demand instance, 404 for an unknown id |
 //! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/throttling` (PUT `{"enabled": bool}`; DELETE: back to `*`'s, counts cleared) | `{"enabled", "throttled": {Action: n}, "by_region": {region: {Action: n}}}` |
 //! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/spot-reclaim` (PUT `{"probability_per_minute", "seed"?, "delay_ms"?}`, [`Scope::set_spot_reclaim`]) | the setting in force |
+//! | `GET\|POST /_flotilla/scopes/{scope}/health-events` (POST `{"region", "service"?, "event_type_code"?, "category"?}` opens an AWS Health event, [`Scope::open_health_event`]) | the event (`{"arn", "service", "eventTypeCode", "eventTypeCategory", "region", "startTime", "statusCode": "open", …}`), or `{"events": [event]}` |
+//! | `POST /_flotilla/scopes/{scope}/health-events/close` `{"arn"}` | the event, `closed` with its `endTime`; 404 for an unknown ARN |
 //! | `GET /_flotilla/public-ips` | `{"size": n, "free": n, "in_use": {ip: instance id}, "next": [ip]}` |
 //! | `GET /_flotilla/catalogue` (`up`, once moto answers) | `{"ec2_actions": [Action], "regions": [region]}` |
 //! | `PUT /_flotilla/tables` (`up`: flotilla-capacity's prices and throttling buckets, `crate::tables`) / `GET` | `{"loaded", "price_date", "instance_types", "regions", "actions"}` |
@@ -688,6 +691,38 @@ impl Scope {
         Ok(())
     }
 
+    /// Opens an AWS Health event in `region` (an EC2 `issue` unless `event` says otherwise),
+    /// which `DescribeEvents` in this scope answers until it is closed (for `*`: in every
+    /// scope).
+    pub async fn open_health_event(
+        &self,
+        event: &HealthEventSpec,
+    ) -> Result<HealthEvent, ControlError> {
+        let body = json!({
+            "region": event.region,
+            "service": event.service,
+            "event_type_code": event.event_type_code,
+            "category": event.category,
+        });
+        self.emulator.moto("POST", &self.path("health-events"), Some(body)).await
+    }
+
+    /// Closes the scope's Health event `arn`: `DescribeEvents` shows it `closed`, with an end.
+    pub async fn close_health_event(&self, arn: &str) -> Result<HealthEvent, ControlError> {
+        let body = json!({ "arn": arn });
+        self.emulator.moto("POST", &self.path("health-events/close"), Some(body)).await
+    }
+
+    /// Every Health event the scope opened, open or closed.
+    pub async fn health_events(&self) -> Result<Vec<HealthEvent>, ControlError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            events: Vec<HealthEvent>,
+        }
+        let answer: Answer = self.emulator.moto("GET", &self.path("health-events"), None).await?;
+        Ok(answer.events)
+    }
+
     /// Whether this scope's instances get `FLOTILLA_AGENT_SEED` (when `up` has `--agent-seed`).
     pub async fn set_agent_seed(&self, enabled: bool) -> Result<(), ControlError> {
         let body = json!({ "enabled": enabled });
@@ -695,6 +730,52 @@ impl Scope {
             self.emulator.booter("PUT", &self.path("agent-seed"), Some(body)).await?;
         Ok(())
     }
+}
+
+/// A Health event to open ([`Scope::open_health_event`]).
+#[derive(Clone, Debug, Serialize)]
+pub struct HealthEventSpec {
+    pub region: String,
+    /// `EC2` by default.
+    pub service: String,
+    /// `AWS_<service>_OPERATIONAL_ISSUE` by default.
+    pub event_type_code: String,
+    /// `issue` (the default), `accountNotification`, `scheduledChange` or `investigation`.
+    pub category: String,
+}
+
+impl HealthEventSpec {
+    /// An open EC2 operational issue in `region`.
+    pub fn ec2_issue(region: &str) -> HealthEventSpec {
+        HealthEventSpec {
+            region: region.to_owned(),
+            service: "EC2".to_owned(),
+            event_type_code: "AWS_EC2_OPERATIONAL_ISSUE".to_owned(),
+            category: "issue".to_owned(),
+        }
+    }
+
+    /// The same event, of another category (a `scheduledChange` holds no rollout).
+    pub fn category(mut self, category: &str) -> HealthEventSpec {
+        self.category = category.to_owned();
+        self
+    }
+}
+
+/// A Health event as `DescribeEvents` shows it (times in Unix seconds).
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HealthEvent {
+    pub arn: String,
+    pub service: String,
+    pub event_type_code: String,
+    pub event_type_category: String,
+    pub region: String,
+    pub start_time: f64,
+    #[serde(default)]
+    pub end_time: Option<f64>,
+    /// `open` or `closed`.
+    pub status_code: String,
 }
 
 fn rule_json(rule: &FaultRule) -> serde_json::Value {

@@ -14,6 +14,7 @@
 //! | [`Request::Keepalive`] | `POST /v1/keepalive` | always |
 //! | [`Request::Drain`] | `POST /v1/drain` | when no rollout is under way |
 //! | [`Request::Profile`] | `POST /v1/profile?duration_ms=N&frequency=F` | when the binary runs and no other profile is being recorded |
+//! | [`Request::OpenTunnel`] | `POST /v1/tunnel/<port>` with `Upgrade: flotilla-tunnel` | for the telemetry ports of [`TUNNEL_PORTS`] only |
 //!
 //! Every request the agent answers counts as word from the deployment for the installed
 //! version's `keepalive`; [`Request::Keepalive`] exists for a cron job that says nothing else.
@@ -32,6 +33,25 @@ pub const MAX_WAIT_MS: u64 = 60_000;
 pub const MAX_PROFILE_MS: u64 = 300_000;
 /// The sampling frequencies (Hz) a `Profile` request may ask for.
 pub const PROFILE_FREQUENCIES: std::ops::RangeInclusive<u32> = 1..=10_000;
+
+/// The protocol name of [`Request::OpenTunnel`]'s HTTP upgrade.
+pub const TUNNEL_UPGRADE: &str = "flotilla-tunnel";
+
+/// The ports [`Request::OpenTunnel`] may reach: the monitoring services' (the commonware
+/// deployer's ports), and no other. Tempo's OTLP receiver (4318) is not among them: it takes
+/// traces from binaries, it serves nothing to look at.
+pub const TUNNEL_PORTS: &[(u16, &str)] = &[
+    (3000, "grafana"),
+    (9090, "prometheus"),
+    (3100, "loki"),
+    (4040, "pyroscope"),
+    (3200, "tempo"),
+];
+
+/// The service [`TUNNEL_PORTS`] names for `port`, if a tunnel may reach it.
+pub fn tunnel_service(port: u16) -> Option<&'static str> {
+    TUNNEL_PORTS.iter().find(|(p, _)| *p == port).map(|(_, name)| *name)
+}
 
 /// A request to the agent.
 #[derive(Clone, Debug, PartialEq)]
@@ -67,6 +87,14 @@ pub enum Request {
     /// `duration_ms` (at most [`MAX_PROFILE_MS`]) sampling at `frequency` Hz, and answer it as
     /// `perf script` text (`text/plain`), which the Firefox Profiler opens as it is.
     Profile { duration_ms: u64, frequency: u32 },
+    /// A TCP stream to `port` of the machine's own address (the address the API listens on,
+    /// or loopback when it listens on every address): the agent answers `101 Switching
+    /// Protocols` ([`TUNNEL_UPGRADE`]) once it has connected, then carries raw bytes both ways
+    /// until either side closes. Only the telemetry ports of [`TUNNEL_PORTS`] (Grafana,
+    /// Prometheus, Loki, Pyroscope, Tempo) may be reached, so the mTLS API opens no other
+    /// service of the machine. `flotilla monitoring` uses it, so Grafana is never open to the
+    /// internet.
+    OpenTunnel { port: u16 },
 }
 
 /// Where a machine's keepalive stands (see [`crate::manifest::Manifest::keepalive`]).
@@ -104,6 +132,8 @@ pub enum RequestError {
     BadQuery { name: String, message: String },
     #[error("bad manifest: {0}")]
     BadManifest(String),
+    #[error("a tunnel may reach only the telemetry ports ({}), not {port}", TUNNEL_PORTS.iter().map(|(p, n)| format!("{n} {p}")).collect::<Vec<_>>().join(", "))]
+    PortNotAllowed { port: u16 },
 }
 
 impl Request {
@@ -233,6 +263,19 @@ impl Request {
                     frequency: frequency.ok_or_else(|| missing("frequency"))?,
                 })
             }
+            ("POST", path) if path.starts_with("/v1/tunnel/") => {
+                let port = &path["/v1/tunnel/".len()..];
+                let not_found =
+                    || RequestError::NotFound { method: method.to_owned(), path: path.to_owned() };
+                if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(not_found());
+                }
+                let port = port.parse::<u16>().map_err(|_| not_found())?;
+                match tunnel_service(port) {
+                    Some(_) => Ok(Request::OpenTunnel { port }),
+                    None => Err(RequestError::PortNotAllowed { port }),
+                }
+            }
             _ => Err(RequestError::NotFound { method: method.to_owned(), path: path.to_owned() }),
         }
     }
@@ -261,6 +304,7 @@ impl Request {
                 format!("/v1/profile?duration_ms={duration_ms}&frequency={frequency}"),
                 None,
             ),
+            Request::OpenTunnel { port } => ("POST", format!("/v1/tunnel/{port}"), None),
         }
     }
 }
@@ -603,6 +647,10 @@ mod tests {
             Request::Restart,
             Request::Stop,
             Request::Profile { duration_ms: 30_000, frequency: 99 },
+            Request::Keepalive,
+            Request::Drain,
+            Request::OpenTunnel { port: 3000 },
+            Request::OpenTunnel { port: 9090 },
         ] {
             let (method, path_and_query, body) = request.to_http();
             let (path, query) = match path_and_query.split_once('?') {
@@ -637,6 +685,28 @@ mod tests {
             Request::from_http("PUT", "/v1/manifest", None, b"{}"),
             Err(RequestError::BadManifest(_))
         ));
+        // A tunnel reaches the telemetry ports only.
+        for port in ["22", "7443", "9100", "9101", "4318", "65535", "0"] {
+            let error = Request::from_http("POST", &format!("/v1/tunnel/{port}"), None, b"");
+            assert_eq!(
+                error,
+                Err(RequestError::PortNotAllowed { port: port.parse().unwrap() }),
+                "{port}"
+            );
+        }
+        for path in ["/v1/tunnel/", "/v1/tunnel/+3000", "/v1/tunnel/65536", "/v1/tunnel/30a"] {
+            assert!(
+                matches!(
+                    Request::from_http("POST", path, None, b""),
+                    Err(RequestError::NotFound { .. })
+                ),
+                "{path}"
+            );
+        }
+        assert_eq!(
+            Request::from_http("POST", "/v1/tunnel/22", None, b"").unwrap_err().to_string(),
+            "a tunnel may reach only the telemetry ports (grafana 3000, prometheus 9090, loki 3100, pyroscope 4040, tempo 3200), not 22"
+        );
         assert_eq!(
             Request::from_http("POST", "/v1/profile", Some("duration_ms=300001&frequency=99"), b"")
                 .unwrap_err()

@@ -7,6 +7,7 @@ mod create;
 mod destroy;
 pub mod lifecycle;
 mod list;
+mod monitoring;
 mod plan;
 mod status;
 mod update;
@@ -27,6 +28,7 @@ use flotilla_spec::{Artifact, FleetSpec, Manifest, SpecDocument};
 use futures_util::StreamExt;
 pub use lifecycle::unsupported_keys as unsupported_lifecycle_keys;
 pub use list::list;
+pub use monitoring::{BoundForward, Forward, monitoring};
 pub use plan::{
     GroupEstimate, HOURS_PER_MONTH, PlacementEstimate, PlanReport, PoolEstimate, estimate, plan,
     resolve, summary as plan_summary,

@@ -18,6 +18,9 @@
 //! 7. machines the spec no longer names are drained (their `stopping` hooks, the binary stopped,
 //!    DNS records and volumes released) and retired by the provider.
 //!
+//! Before each batch of step 6 the provider's health service is asked about the batch's
+//! regions, and an open issue there holds the update ([`crate::health`]).
+//!
 //! Machines already on their manifest are left alone (the agent answers `unchanged`).
 
 use std::collections::BTreeMap;
@@ -35,6 +38,7 @@ use super::{
 };
 use crate::client::AgentClient;
 use crate::error::{CoreError, MachineFailure};
+use crate::health::{BatchHealthCheck, HealthGate};
 use crate::plan::DeploymentPlan;
 use crate::progress::{Progress, checkpoints};
 use crate::provider::{Machine, MachineState, Provider, ProviderError, Role};
@@ -58,6 +62,9 @@ pub struct UpdateRequest<'a> {
     /// does it once in its life, not once per replacement) and prepared by the caller just
     /// before: converge neither checks the account again nor prepares. `None`: it does both.
     pub prepared: Option<&'a DeploymentPlan>,
+    /// Whether the cloud's health service is asked before each batch (`--ignore-health`
+    /// says no); see [`crate::health`].
+    pub health: HealthGate,
 }
 
 /// What an update did, or with `--dry-run` would do.
@@ -276,8 +283,17 @@ pub(crate) async fn converge<P: Provider>(
         .filter(|m| m.role == Role::Binary && !new_machines.iter().any(|n| n.name == m.name))
         .map(|m| m.name.clone())
         .collect();
-    roll_out_batches(&deployment, &client, &names, &manifests, &mut recorded, request, progress)
-        .await?;
+    let mut health = BatchHealthCheck::new(provider, request.health, &machines);
+    roll_out_batches(
+        &deployment,
+        &client,
+        &names,
+        &manifests,
+        &mut recorded,
+        (request, progress),
+        &mut health,
+    )
+    .await?;
 
     // The monitoring machine after them: its targets carry every machine's new version. New,
     // it started with the new machines; its Prometheus rereads targets without a restart.
@@ -398,15 +414,16 @@ async fn start_new_machines<P: Provider>(
     })
 }
 
-/// Applies `manifests` to `names` in batches (see the module's documentation).
-async fn roll_out_batches(
+/// Applies `manifests` to `names` in batches (see the module's documentation), each after
+/// `health` let it through.
+async fn roll_out_batches<P: Provider>(
     deployment: &Deployment,
     client: &AgentClient,
     names: &[String],
     manifests: &BTreeMap<String, Manifest>,
     recorded: &mut BTreeMap<String, Manifest>,
-    request: &UpdateRequest<'_>,
-    progress: &dyn Progress,
+    (request, progress): (&UpdateRequest<'_>, &dyn Progress),
+    health: &mut BatchHealthCheck<'_, P>,
 ) -> Result<(), CoreError> {
     let spec = &request.document.spec;
     let batch = request.batch_size.unwrap_or_else(|| spec.update.batch().for_total(names.len()));
@@ -416,6 +433,7 @@ async fn roll_out_batches(
     let no_checkpoint = || {};
 
     for (number, batch) in batches.iter().enumerate() {
+        health.before_batch(batch, (number + 1, batches.len()), progress).await?;
         stage.note(&format!("batch {} of {}", number + 1, batches.len()));
         let results: Vec<(String, Result<Applied, MachineFailure>)> =
             futures_util::stream::iter(batch.iter().map(|name| {

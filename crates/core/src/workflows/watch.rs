@@ -599,6 +599,8 @@ async fn replace<P: Provider>(
             agent_timeout: request.agent_timeout,
             cwd: request.cwd.clone(),
             prepared: Some(&plan),
+            // A replacement heals the fleet: it does not wait for the cloud's own recovery.
+            health: crate::health::HealthGate::Ignore,
         };
         // Old machines with an interruption notice are drained by their deadline even when
         // the replacements are not healthy by then; converging goes on meanwhile.
