@@ -979,9 +979,16 @@ def run_instances(
         )
     finally:
         CURRENT.block_devices = {}
-    # moto associates the instance profile with the first instance of a reservation only.
+    # moto associates the instance profile with the first instance of a reservation only, and
+    # never the launch template's (AWS launches with it when the call names none).
     name, arn = kwargs.get("iam_instance_profile_name"), kwargs.get("iam_instance_profile_arn")
-    for instance in reservation.instances[1:] if (name or arn) else []:
+    first = 1
+    if not (name or arn) and kwargs.get("launch_template"):
+        with contextlib.suppress(Exception):  # an unknown template: moto answered that already
+            template = self._get_template_from_args(kwargs["launch_template"]).data
+            profile = template.get("IamInstanceProfile") or {}
+            name, arn, first = profile.get("Name"), profile.get("Arn"), 0
+    for instance in reservation.instances[first:] if (name or arn) else []:
         self.associate_iam_instance_profile(
             instance.id, iam_instance_profile_name=name, iam_instance_profile_arn=arn
         )

@@ -93,7 +93,12 @@ async fn a_mac_instance_lands_on_its_host_and_the_host_scrubs_after_it() {
     let second = aws.ec2("RunInstances", &placed).await;
     assert_eq!(second.ec2_error(), "InsufficientCapacityOnHost", "one Mac instance per host");
     let described = aws.ec2("DescribeHosts", &[("HostId.1", host.as_str())]).await.ok();
-    assert_eq!(described.values("instanceId"), std::slice::from_ref(&instance), "{}", described.body);
+    assert_eq!(
+        described.values("instanceId"),
+        std::slice::from_ref(&instance),
+        "{}",
+        described.body
+    );
     let occupied = release(&aws, &host).await;
     assert_eq!(occupied.expect_value("code"), "Client.InvalidHost.Occupied");
 
