@@ -3,7 +3,7 @@
 //! Through the CLI, with a pool of a Linux type (`m5.metal`; machines of Mac types do not boot
 //! flotilla's Linux agent, and `create` refuses them): a machine launches onto a host the pool
 //! allocated (`Placement{Tenancy: host, HostId}`), a re-run adopts that host instead of
-//! allocating another, `InsufficientHostCapacity` in one zone moves the pool to the next, and
+//! allocating another, a round of `watch` releases an idle host of the pool, `InsufficientHostCapacity` in one zone moves the pool to the next, and
 //! `destroy` reports a Mac host AWS does not release before 24 hours, which a later `destroy`
 //! releases once the scope's clock has moved a day on.
 //!
@@ -135,6 +135,40 @@ fn a_machine_runs_on_its_pools_host_and_destroy_waits_out_a_mac_hosts_day() {
     let (again, on, _) = rt.block_on(placement(&fleet, "db-0"));
     assert_ne!(again, instance);
     assert_eq!(on.as_deref(), Some(host.id.as_str()));
+
+    // A second host of the pool, idle (a machine that left it): one round of watch releases
+    // it (a Linux host may go at once), and keeps the machine's.
+    let spare = rt.block_on(async {
+        let clients = clients(&fleet).await;
+        allocate_host(
+            &clients,
+            "us-east-1",
+            &fleet.tag,
+            "metal",
+            "us-east-1b",
+            "m5.metal",
+            "t-spare",
+        )
+        .await
+        .expect("a spare host")
+    });
+    let watch = fleet.run_ok(&[
+        "watch",
+        "--config",
+        &spec,
+        "--interval",
+        "200ms",
+        "--rounds",
+        "1",
+        "--output",
+        "json",
+    ]);
+    let events = String::from_utf8_lossy(&watch.stdout);
+    assert!(events.contains("host-pool") && events.contains(&spare), "{events}");
+    let states: Vec<(String, String)> =
+        rt.block_on(hosts(&fleet)).into_iter().map(|h| (h.id, h.state)).collect();
+    assert!(states.contains(&(spare.clone(), "released".to_owned())), "{states:?}");
+    assert!(states.contains(&(host.id.clone(), "available".to_owned())), "{states:?}");
 
     // A Mac host of the deployment (a pool's, from an earlier spec), allocated now.
     let mac = rt.block_on(async {
