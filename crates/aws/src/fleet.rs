@@ -272,7 +272,10 @@ fn read_answer(
 }
 
 /// The zone's subnet, created when the planner first asks for a zone that has none.
-async fn subnet_for(context: &FleetContext<'_>, zone: &str) -> Result<String, ProviderError> {
+pub(crate) async fn subnet_for(
+    context: &FleetContext<'_>,
+    zone: &str,
+) -> Result<String, ProviderError> {
     let plan = context.region;
     if let Some(subnets) = &context.settings.subnets {
         // An existing network: the user's subnet of the zone; flotilla makes none there.

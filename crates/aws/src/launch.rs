@@ -19,6 +19,8 @@
 //!    stopped: a spot reclaim, a retirement) is missing like one never launched: a new
 //!    instance, with a new id, is launched under its name, and the old instance's identity
 //!    object is deleted.
+//!    A group on a dedicated host pool (`host_pool:`) launches through [`crate::hosts`]
+//!    instead: the pool's policy allocates hosts and puts one machine on each.
 //! 3. **Wait** until every machine runs with a public address, and hand them over in plan
 //!    order, each with its placement (type, zone, market, price).
 
@@ -309,6 +311,16 @@ pub async fn launch(
                     *counts.entry(found.zone.clone()).or_insert(0) += 1;
                     counts
                 });
+            if let Some(pool) = &group.host_pool {
+                // One machine per dedicated host, on the hosts the pool's policy chooses.
+                let launched =
+                    crate::hosts::launch_on_pool(&context, group, pool, names, deadline).await?;
+                let namings: Vec<Naming> =
+                    launched.iter().map(|(name, l)| naming(name, group, &l.instance_id)).collect();
+                name_instances(provider, &namings).await?;
+                stage_ref.advance(launched.len() as u64);
+                return Ok(launched);
+            }
             launch_group(
                 provider, &context, group, names, existing, cache_ref, deadline, progress,
                 stage_ref,
@@ -631,6 +643,7 @@ mod tests {
             architecture: None,
             offered: BTreeMap::new(),
             settings: Default::default(),
+            host_pool: None,
         }
     }
 

@@ -28,6 +28,7 @@ pub mod fanout;
 pub mod fleet;
 pub mod guard;
 pub mod health;
+pub mod hosts;
 pub mod iam;
 pub mod images;
 pub mod instances;
@@ -104,6 +105,8 @@ pub struct AwsProvider {
     /// command (a `watch` makes many) skips the pools an earlier one found dry, or saw
     /// reclaimed, until their marks expire.
     pub(crate) unavailable: Mutex<flotilla_capacity::UnavailableOfferings>,
+    /// The host pools' policies, kept between `watch` rounds.
+    pools: Mutex<hosts::PoolMemory>,
 }
 
 impl AwsProvider {
@@ -118,6 +121,7 @@ impl AwsProvider {
             clients,
             options,
             prepared: Mutex::new(None),
+            pools: Mutex::new(hosts::PoolMemory::default()),
             unavailable: Mutex::new(flotilla_capacity::UnavailableOfferings::default()),
         })
     }
@@ -282,8 +286,15 @@ impl Provider for AwsProvider {
         health::open_ec2_issues(&self.clients, regions).await
     }
 
-    async fn destroy(&self, progress: &dyn Progress) -> Result<(), ProviderError> {
-        teardown::destroy(self, progress).await?;
+    async fn tend_host_pools(&self, plan: &DeploymentPlan) -> Result<Vec<String>, ProviderError> {
+        hosts::tend(&self.clients, &self.journal, &self.tag, plan, &self.pools).await
+    }
+
+    async fn destroy(
+        &self,
+        progress: &dyn Progress,
+    ) -> Result<flotilla_core::provider::Teardown, ProviderError> {
+        let teardown = teardown::destroy(self, progress).await?;
         if let Some(bucket) = self.bucket() {
             s3::delete_prefix(&self.clients, &bucket, &format!("deployments/{}/", self.tag))
                 .await?;
@@ -296,7 +307,7 @@ impl Provider for AwsProvider {
             r.authorized.clear();
             r.deployer_ip = None;
         })?;
-        Ok(())
+        Ok(teardown)
     }
 }
 

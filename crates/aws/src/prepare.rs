@@ -44,6 +44,10 @@ pub struct GroupSettings {
     /// In an existing network (`network`): zone → the user's subnet machines there launch
     /// into; only these zones are used. `None`: flotilla's own subnets.
     pub subnets: Option<BTreeMap<String, String>>,
+    /// The security groups its templates give the primary interface (flotilla's, then the
+    /// user's): a launch that names its own interface (`RunInstances` onto a dedicated host)
+    /// gives them again.
+    pub security_groups: Vec<String>,
 }
 
 impl GroupSettings {
@@ -366,9 +370,19 @@ pub async fn prepare(
             let id = region_ids[&spec.name(tag)].clone();
             by_type.insert(instance_type.to_owned(), id);
         }
+        let security_groups = specs
+            .iter()
+            .find(|(name, _)| *name == group.name)
+            .map(|(_, spec)| {
+                std::iter::once(spec.security_group.clone())
+                    .chain(spec.extra_security_groups.iter().cloned())
+                    .collect()
+            })
+            .unwrap_or_default();
         groups.insert(
             group.name.clone(),
             GroupSettings {
+                security_groups,
                 region: group.region.clone(),
                 role: group.role,
                 templates: by_type,
@@ -463,6 +477,7 @@ mod tests {
                 .map(|z| ((*z).to_owned(), vec!["m5.large".to_owned()]))
                 .collect(),
             settings: Default::default(),
+            host_pool: None,
         };
         assert_eq!(zones_in_use(&group(1)), ["r-a"]);
         assert_eq!(zones_in_use(&group(2)), ["r-a", "r-b"]);

@@ -182,7 +182,7 @@ pub fn machine_architecture(
         Ok("x86_64")
     } else {
         Err(ProviderError::new(format!(
-            "{instance_type} runs macOS on dedicated hosts, which flotilla does not launch yet; choose a Linux type"
+            "{instance_type} runs macOS, and flotilla's agent and boot script are built for Linux only (systemd), so a machine of this type would never boot; choose a Linux type (a `host_pool` of a Linux type launches onto dedicated hosts)"
         ))
         .of_kind(flotilla_core::provider::ErrorKind::Invalid))
     }

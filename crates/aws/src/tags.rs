@@ -29,6 +29,8 @@ pub const TAG_GROUP: &str = "flotilla:group";
 pub const TAG_REQUEST: &str = "flotilla:request";
 /// Tag key naming the machine an instance is, set once the name is journaled.
 pub const TAG_MACHINE: &str = "flotilla:machine";
+/// Tag key naming the dedicated host pool (`host_pools:`) a host was allocated for.
+pub const TAG_HOST_POOL: &str = "flotilla:host-pool";
 
 /// The spec's extra tags of one deployment.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]

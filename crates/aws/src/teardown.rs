@@ -1,7 +1,10 @@
 //! `destroy`: everything of a deployment, found by its tag, deleted in dependency order.
 //!
 //! 1. every region at once: delete the instant fleets (which terminates their instances),
-//!    terminate the other instances and wait until they are gone;
+//!    terminate the other instances and wait until they are gone, then release the
+//!    deployment's dedicated hosts that AWS lets go ([`crate::hosts::release_all`]); a Mac host
+//!    inside its 24 hours is returned with the time it may go, and a later `destroy` releases
+//!    it;
 //! 2. the monitoring region: delete the peering connections;
 //! 3. every region at once: the launch templates, security
 //!    groups, subnets, the internet gateway (detached first), volumes left behind, then the VPC
@@ -51,25 +54,32 @@ const GONE: &[&str] = &[
     "Gateway.NotAttached",
 ];
 
-/// Steps 1 to 3 of the module documentation, in every region the deployment may have used.
-pub async fn destroy(provider: &AwsProvider, progress: &dyn Progress) -> Result<(), ProviderError> {
+/// Steps 1 to 3 of the module documentation, in every region the deployment may have used;
+/// returns the hosts that may not be released yet.
+pub async fn destroy(
+    provider: &AwsProvider,
+    progress: &dyn Progress,
+) -> Result<flotilla_core::provider::Teardown, ProviderError> {
     let clients = &provider.clients;
     let tag = provider.tag.as_str();
     let regions = provider.known_regions();
     let stage = progress.stage("terminating instances", regions.len() as u64);
     let stage_ref = &stage;
-    fan_out(
+    let held = fan_out(
         Concurrency::REGIONS,
         regions.iter().map(|region| async move {
             // Deleting an instant fleet terminates its instances; the rest go next.
             delete_fleets(clients, region, tag).await?;
             terminate_all(clients, region, tag).await?;
+            // Hosts go once their instances have.
+            let held = crate::hosts::release_all(clients, region, tag).await?;
             stage_ref.advance(1);
-            Ok::<(), ProviderError>(())
+            Ok::<_, ProviderError>(held)
         }),
     )
     .await?;
     drop(stage);
+    let held_hosts: Vec<flotilla_core::provider::HeldHost> = held.into_iter().flatten().collect();
 
     let stage = progress.stage("deleting networks", regions.len() as u64);
     delete_peerings(clients, flotilla_core::plan::AWS_MONITORING_REGION, tag).await?;
@@ -84,7 +94,7 @@ pub async fn destroy(provider: &AwsProvider, progress: &dyn Progress) -> Result<
         }),
     )
     .await?;
-    Ok(())
+    Ok(flotilla_core::provider::Teardown { held_hosts })
 }
 
 /// Deletes the deployment's instant fleets in `region`, terminating their instances (EC2 wants

@@ -270,18 +270,25 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             let bars = Bars::new(environment.halt_at.clone());
             let outcome =
                 workflows::destroy(&home, &tag, asked, &bars, |d| context.make(d)).await?;
-            let state = match outcome {
-                DestroyOutcome::Destroyed => "destroyed",
-                DestroyOutcome::AlreadyDestroyed => "already-destroyed",
+            let (state, held) = match outcome {
+                DestroyOutcome::Destroyed => ("destroyed", Vec::new()),
+                DestroyOutcome::AlreadyDestroyed => ("already-destroyed", Vec::new()),
+                DestroyOutcome::HostsHeld(held) => ("hosts-held", held),
             };
             match args.output.output {
-                OutputFormat::Json => {
-                    output::print_json(&serde_json::json!({ "tag": tag, "result": state }))
-                }
+                OutputFormat::Json => output::print_json(&serde_json::json!({
+                    "tag": tag,
+                    "result": state,
+                    "held_hosts": output::held_hosts_json(&held),
+                })),
                 OutputFormat::Table => {
                     tracing::info!(tag, state, "destroy finished");
                     let mut stderr = std::io::stderr().lock();
-                    let _ = writeln!(stderr, "deployment {tag}: {}", state.replace('-', " "));
+                    if held.is_empty() {
+                        let _ = writeln!(stderr, "deployment {tag}: {}", state.replace('-', " "));
+                    } else {
+                        let _ = output::print_held_hosts(&mut stderr, &tag, &held);
+                    }
                 }
             }
             Ok(exit::OK)

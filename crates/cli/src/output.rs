@@ -415,6 +415,60 @@ pub fn print_forwards(bound: &[flotilla_core::workflows::BoundForward]) {
     let _ = stdout.flush();
 }
 
+/// A Unix time as `2026-12-04T20:04:13Z`.
+fn unix_rfc3339(seconds: u64) -> String {
+    let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(seconds);
+    humantime::format_rfc3339_seconds(time).to_string()
+}
+
+/// The hosts `destroy` could not release yet, for `--output json`: each with its id, region,
+/// zone, type, when it may go (Unix seconds and RFC 3339) and AWS's answer.
+pub fn held_hosts_json(held: &[flotilla_core::provider::HeldHost]) -> serde_json::Value {
+    held.iter()
+        .map(|host| {
+            serde_json::json!({
+                "id": host.id,
+                "region": host.region,
+                "zone": host.zone,
+                "instance_type": host.instance_type,
+                "releasable_at": host.releasable_at,
+                "releasable_at_rfc3339": unix_rfc3339(host.releasable_at),
+                "reason": host.reason,
+            })
+        })
+        .collect()
+}
+
+/// Tells a person which dedicated hosts are still held and when each can go.
+pub fn print_held_hosts(
+    out: &mut impl Write,
+    tag: &str,
+    held: &[flotilla_core::provider::HeldHost],
+) -> std::io::Result<()> {
+    writeln!(
+        out,
+        "deployment {tag}: everything is gone but {} dedicated host(s) that AWS does not release before 24 hours after their allocation:",
+        held.len()
+    )?;
+    for host in held {
+        writeln!(
+            out,
+            "  {} ({}, {} {}): can go at {}",
+            escape_for_terminal(&host.id),
+            escape_for_terminal(&host.instance_type),
+            escape_for_terminal(&host.region),
+            escape_for_terminal(&host.zone),
+            unix_rfc3339(host.releasable_at)
+        )?;
+    }
+    let last = held.iter().map(|h| h.releasable_at).max().unwrap_or(0);
+    writeln!(
+        out,
+        "run `flotilla destroy --tag {tag}` again after {} to release them; they are billed until then",
+        unix_rfc3339(last)
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

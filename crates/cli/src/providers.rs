@@ -231,7 +231,17 @@ impl Provider for AnyProvider {
         }
     }
 
-    async fn destroy(&self, progress: &dyn Progress) -> Result<(), ProviderError> {
+    async fn tend_host_pools(&self, plan: &DeploymentPlan) -> Result<Vec<String>, ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.tend_host_pools(plan).await,
+            AnyProvider::Aws(p) => p.tend_host_pools(plan).await,
+        }
+    }
+
+    async fn destroy(
+        &self,
+        progress: &dyn Progress,
+    ) -> Result<flotilla_core::provider::Teardown, ProviderError> {
         match self {
             AnyProvider::Local(p) => p.destroy(progress).await,
             AnyProvider::Aws(p) => p.destroy(progress).await,

@@ -72,3 +72,28 @@ fn validate_plan_and_create_refuse_what_needs_a_cloud_on_the_local_provider_befo
         assert!(!dir.path().join("home/deployments").exists(), "{command} recorded nothing");
     }
 }
+
+/// An entry on a dedicated host pool: the local provider has no hosts, so `plan` and `create`
+/// refuse it at its `host_pool`, before anything runs, and say where it can run.
+#[test]
+fn plan_and_create_refuse_a_host_pool_on_the_local_provider_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    fs_err::write(dir.path().join("dashboard.json"), "{}").unwrap();
+    fs_err::write(dir.path().join("config.conf"), "port = 9090\n").unwrap();
+    let spec = format!(
+        "tag: hp\nprovider: local\nhost_pools:\n  metal: {{instance_type: m5.metal, zones: {{us-east-1a: {{max: 1}}}}}}\nmonitoring: {{instance_type: t3.small, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- {{name: db, count: 1, region: us-east-1, host_pool: metal, instance_type: m5.metal, storage_size: 10, storage_class: gp3, binary: {}, config: config.conf, profiling: false}}\nports: []\n",
+        fleet_app_bin().display()
+    );
+    fs_err::write(dir.path().join("fleet.yaml"), spec).unwrap();
+    for command in ["plan", "create"] {
+        let output = offline(dir.path(), &[command, "--config", "fleet.yaml"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        assert!(
+            stderr.contains("instances[0].host_pool: `db` launches onto host pool `metal`, and the local provider has no dedicated hosts"),
+            "{command}: {stderr}"
+        );
+        assert!(stderr.contains("--provider aws"), "{command}: {stderr}");
+        assert!(!dir.path().join("home/deployments").exists(), "{command} recorded nothing");
+    }
+}

@@ -196,7 +196,7 @@ fn realistic_mode_takes_the_named_pool_rows_and_rejects_the_others() {
 }
 
 #[test]
-fn create_and_plan_refuse_entries_on_a_host_pool_before_any_cloud_call() {
+fn create_and_plan_refuse_mac_entries_before_any_cloud_call() {
     let directory = tempfile::tempdir().expect("a temporary directory");
     let fixture =
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../spec/tests/fixtures/valid/host-pools.yaml");
@@ -217,12 +217,12 @@ fn create_and_plan_refuse_entries_on_a_host_pool_before_any_cloud_call() {
             .expect("flotilla runs");
         let stderr = String::from_utf8_lossy(&output.stderr);
         assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
-        for (entry, pool, index) in [("builder", "mac-arm", 0), ("legacy", "mac-intel", 1)] {
+        // The pools are accepted; their Mac machines are not: flotilla's agent boots Linux.
+        for (instance_type, index) in [("mac2.metal", 0), ("mac1.metal", 1)] {
             let message = format!(
-                "`{entry}` launches onto host pool `{pool}`, and no provider launches onto dedicated host pools yet"
+                "instances[{index}].instance_type: `{instance_type}` runs macOS, and flotilla's agent and boot script are built for Linux only"
             );
             assert!(stderr.contains(&message), "{command}: {stderr}");
-            assert!(stderr.contains(&format!("instances[{index}].host_pool")), "{stderr}");
         }
         assert!(stderr.contains("flotilla simulate --pool"), "{command} says what to do: {stderr}");
         assert!(!directory.path().join("home/deployments/mac-ci").exists(), "{command}");

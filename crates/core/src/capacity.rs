@@ -62,6 +62,37 @@ fn read_header(path: &Path) -> std::io::Result<Vec<u8>> {
 /// The listed instance types whose architecture, as their names tell it, cannot run the
 /// entry's binary: a check that needs no catalog (`validate`, and `create` before it asks
 /// AWS anything).
+/// Entries of Mac types are refused, located at the type: the Mac runs macOS, and flotilla's
+/// agent and boot script are built for Linux (systemd), so such a machine would launch (onto
+/// its dedicated host) and never boot. Checked before anything is asked or made.
+pub fn refuse_mac_types(document: &SpecDocument) -> Result<(), CoreError> {
+    let mut diagnostics = Vec::new();
+    for index in 0..document.spec.instances.len() {
+        for (field, name) in listed_type_fields(&document.spec, index) {
+            let mac = matches!(
+                guess_architecture(&name),
+                Some(Architecture::X86_64Mac | Architecture::Arm64Mac)
+            );
+            if mac {
+                diagnostics.push(
+                    document
+                        .diagnostic(
+                            Severity::Error,
+                            &field,
+                            format!(
+                                "`{name}` runs macOS, and flotilla's agent and boot script are built for Linux only: a machine of this type would never boot"
+                            ),
+                        )
+                        .with_help(
+                            "choose a Linux type; a `host_pool` of a Linux type (e.g. m5.metal) launches onto dedicated hosts, and `flotilla simulate --pool` budgets a Mac pool",
+                        ),
+                );
+            }
+        }
+    }
+    if diagnostics.is_empty() { Ok(()) } else { Err(invalid(document, diagnostics)) }
+}
+
 pub fn check_listed_architectures(
     document: &SpecDocument,
     architectures: &[Option<Architecture>],

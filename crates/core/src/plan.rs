@@ -85,6 +85,15 @@ pub struct GroupPlan {
     /// Image, network, tags, boot additions and root volume, each with the spec field that
     /// gave it (for reporting a reference the account does not satisfy at its line).
     pub settings: MachineSettings,
+    /// The dedicated host pool the group's machines launch onto (`host_pool:`), with its spec.
+    pub host_pool: Option<HostPoolPlan>,
+}
+
+/// A group's dedicated host pool: its name under `host_pools` and its keys.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HostPoolPlan {
+    pub name: String,
+    pub spec: flotilla_spec::host_pool::HostPoolSpec,
 }
 
 impl GroupPlan {
@@ -162,15 +171,25 @@ impl DeploymentPlan {
             architecture: None,
             offered: BTreeMap::new(),
             settings: spec.monitoring_settings(monitoring_region),
+            host_pool: None,
         }];
         for (index, instance) in spec.instances.iter().enumerate() {
+            let host_pool = instance.host_pool.as_ref().and_then(|name| {
+                let pool = spec.host_pools.get(name)?;
+                Some(HostPoolPlan { name: name.clone(), spec: pool.clone() })
+            });
+            // An entry on a pool runs the pool's type (the spec refuses another).
+            let instance_types = match &host_pool {
+                Some(pool) => vec![pool.spec.instance_type.clone()],
+                None => instance.listed_types(),
+            };
             groups.push(GroupPlan {
                 name: instance.name.clone(),
                 role: Role::Binary,
                 region: instance.region.clone(),
                 instance_index: Some(index),
                 machines: node_names(instance),
-                instance_types: instance.listed_types(),
+                instance_types,
                 requirements: instance.requirements.clone(),
                 market: instance.market,
                 zones: instance.zones.clone(),
@@ -178,6 +197,7 @@ impl DeploymentPlan {
                 architecture: None,
                 offered: BTreeMap::new(),
                 settings: spec.settings_of(index),
+                host_pool,
             });
         }
         DeploymentPlan {

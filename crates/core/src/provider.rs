@@ -211,6 +211,27 @@ pub struct Machine {
     pub placement: Option<Placement>,
 }
 
+/// A dedicated host `destroy` could not release yet: a Mac host inside its 24-hour minimum
+/// allocation period. A later `destroy` of the same tag releases it.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+pub struct HeldHost {
+    pub id: String,
+    pub region: String,
+    pub zone: String,
+    pub instance_type: String,
+    /// The earliest release, Unix seconds (its allocation time + 24 hours, as AWS reports it).
+    pub releasable_at: u64,
+    /// The provider's answer, e.g. `Client.InvalidHost…: … cannot be released before …`.
+    pub reason: String,
+}
+
+/// What `destroy` could not remove yet.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Teardown {
+    /// Dedicated hosts still held, each with when it may go.
+    pub held_hosts: Vec<HeldHost>,
+}
+
 /// Where a cloud machine runs and what it costs.
 #[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Placement {
@@ -336,9 +357,22 @@ pub trait Provider: Surveyor {
         std::future::ready(Ok(HealthReading::NotApplicable))
     }
 
-    /// Removes every machine and resource of the deployment. Idempotent.
+    /// One round of upkeep for the dedicated host pools of `plan` (`watch` calls it every
+    /// round): hosts that may go are released, idle hosts scrubbed as the pool's policy says.
+    /// Returns a line per thing done. A provider without dedicated hosts does nothing.
+    fn tend_host_pools(
+        &self,
+        plan: &DeploymentPlan,
+    ) -> impl Future<Output = Result<Vec<String>, ProviderError>> + Send {
+        let _ = plan;
+        async { Ok(Vec::new()) }
+    }
+
+    /// Removes every machine and resource of the deployment, and returns what cannot go yet
+    /// (dedicated hosts inside their minimum allocation period). Idempotent: called again, it
+    /// removes what it may then.
     fn destroy(
         &self,
         progress: &dyn Progress,
-    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+    ) -> impl Future<Output = Result<Teardown, ProviderError>> + Send;
 }

@@ -43,6 +43,14 @@ moto's Python. It serves moto's WSGI app with werkzeug (threaded) on 127.0.0.1 a
 - AWS Health's `DescribeEvents` (Smithy RPC v2 CBOR, as the current SDKs send it, or JSON 1.1,
   on the same endpoint), which moto lacks, over
   events per scope that a test opens and closes through the control API;
+- dedicated hosts as EC2 keeps them (moto tracks no capacity, no instance on a host and no
+  Mac rule): a scope's capacity per zone (`InsufficientHostCapacity` beyond it, or injected per
+  zone), AllocateHosts' ClientToken, the `tag:` filter of DescribeHosts and its `Instances`, a
+  launch with `Placement.HostId` landing on that host (refused on a scrubbing, full or unknown
+  host), a Mac host `pending` for the scope's `host_scrub_ms` after its instance stops or
+  terminates, and ReleaseHosts answering per host (Unsuccessful items for an occupied host and
+  for a Mac host inside its 24 hours), all on the scope's clock: real time plus an offset a
+  test sets, so "24 hours later" needs no real wait;
 - a JSON control API under `/_flotilla/`, which also lets the booter end an instance it cannot
   boot, with an EC2 StateReason saying why.
 
@@ -101,7 +109,9 @@ from moto.ec2.models import ec2_backends
 from moto.ec2.models import elastic_ip_addresses as moto_eips
 from moto.ec2.models.elastic_ip_addresses import ElasticAddressBackend
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface
+from moto.ec2.models.core import TaggedEC2Resource
 from moto.ec2.models.fleets import Fleet, FleetsBackend
+from moto.ec2.models.hosts import Host
 from moto.ec2.models.instance_types import INSTANCE_TYPE_OFFERINGS, INSTANCE_TYPES
 from moto.ec2.models.instances import Instance, InstanceBackend, StateReason
 from moto.ec2.models.route_tables import Route
@@ -111,6 +121,7 @@ from moto.ec2.models.vpcs import VPCBackend
 from moto.ec2.responses.amis import AmisResponse
 from moto.ec2.responses.elastic_block_store import ElasticBlockStore
 from moto.ec2.responses.fleets import Fleets
+from moto.ec2.responses.hosts import HostsResponse
 from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2.responses.spot_instances import SpotInstances
 from moto.ec2.utils import convert_tag_spec, filter_iam_instance_profiles
@@ -323,6 +334,7 @@ TIMING_DEFAULT = {
     "attach_ms": env_int("FLOTILLA_EMULATOR_ATTACH_MS", 0),
     "detach_ms": env_int("FLOTILLA_EMULATOR_DETACH_MS", 0),
     "volume_release_ms": env_int("FLOTILLA_EMULATOR_VOLUME_RELEASE_MS", 0),
+    "host_scrub_ms": 0,  # set per scope through the control API
 }
 LATENCY = Scoped(LATENCY_DEFAULT)
 TIMING = Scoped(TIMING_DEFAULT)
@@ -563,7 +575,12 @@ FAULTS = Faults()
 
 
 def launch_pool(call: Call) -> Pool | None:
-    """The capacity pool a RunInstances call asks for: type, AZ and market."""
+    """The capacity pool a RunInstances call asks for: type, AZ and market (an AllocateHosts
+    call's: the host type and zone, on-demand)."""
+    if call.service == "ec2" and call.action == "AllocateHosts":
+        p = call.params
+        zone = p.get("AvailabilityZone") or f"{call.region}a"
+        return Pool(p.get("InstanceType") or p.get("InstanceFamily") or "", zone, "on-demand")
     if call.service != "ec2" or call.action != "RunInstances":
         return None
     p = call.params
@@ -868,6 +885,7 @@ def finish(instance: Any, target: str) -> None:
     else:  # stopped or terminated: the instance gives its auto-assigned addresses back
         for nic in instance.nics.values():
             release_nic_address(nic)
+        instance_left_host(instance)
 
 
 def timing_ms(instance: Any, key: str) -> int:
@@ -963,6 +981,7 @@ def run_instances(
     subnet = launch_subnet(self, kwargs)
     if subnet is not None and count > free_addresses(subnet):
         raise InsufficientFreeAddresses(subnet.id)
+    host = check_host_launch(self, kwargs, count)
     CURRENT.block_devices = launch_block_devices(self, kwargs)
     try:
         reservation = original_run_instances(
@@ -970,17 +989,278 @@ def run_instances(
         )
     finally:
         CURRENT.block_devices = {}
-    # moto associates the instance profile with the first instance of a reservation only.
+    # moto associates the instance profile with the first instance of a reservation only, and
+    # never the launch template's (AWS launches with it when the call names none).
     name, arn = kwargs.get("iam_instance_profile_name"), kwargs.get("iam_instance_profile_arn")
-    for instance in reservation.instances[1:] if (name or arn) else []:
+    first = 1
+    if not (name or arn) and kwargs.get("launch_template"):
+        with contextlib.suppress(Exception):  # an unknown template: moto answered that already
+            template = self._get_template_from_args(kwargs["launch_template"]).data
+            profile = template.get("IamInstanceProfile") or {}
+            name, arn, first = profile.get("Name"), profile.get("Arn"), 0
+    for instance in reservation.instances[first:] if (name or arn) else []:
         self.associate_iam_instance_profile(
             instance.id, iam_instance_profile_name=name, iam_instance_profile_arn=arn
         )
     launched: list[Any] = reservation.instances
     for instance in launched:
         instance._flotilla_scope = getattr(CURRENT, "scope", "-")
+        if host is not None:
+            place_on_host(host, instance)
         begin_pending(instance)
     return reservation
+
+
+# --- Dedicated hosts: capacity per zone, instances on hosts, the Mac 24 h rule, scrubbing --------
+
+# A Mac host cannot be released before it has been allocated this long (AWS's minimum allocation
+# period for Mac instances).
+MAC_MINIMUM_ALLOCATION_S = 24 * 3600
+# The Unsuccessful item's code for a Mac host released inside its minimum allocation period.
+# ReleaseHosts' refusals are `Client.InvalidHost…` codes (`Client.InvalidHost.Occupied` is
+# AWS's for a host with instances); AWS's documentation does not spell out the one for this
+# refusal, so the emulator names it in the same family. flotilla reads any Unsuccessful item
+# as "not released" and does not depend on the code.
+MAC_TOO_YOUNG_CODE = "Client.InvalidHost.MinimumAllocationPeriod"
+HOST_OCCUPIED_CODE = "Client.InvalidHost.Occupied"
+HOST_NOT_FOUND_CODE = "Client.InvalidHostID.NotFound"
+CLOCK_DEFAULT = {"offset_ms": 0}
+CLOCK = Scoped(CLOCK_DEFAULT)
+
+
+class HostCapacity:
+    """The most hosts (not released) a scope may hold per zone; zones not named are unlimited."""
+
+    def __init__(self) -> None:
+        self.lock = threading.Lock()
+        self.by_scope: dict[str, dict[str, int]] = {}
+
+    def limit(self, scope: str, zone: str) -> int | None:
+        with self.lock:
+            for key in (scope, ANY):
+                if zone in self.by_scope.get(key, {}):
+                    return self.by_scope[key][zone]
+        return None
+
+    def get(self, scope: str) -> dict[str, int]:
+        with self.lock:
+            return dict(self.by_scope.get(scope, {}))
+
+    def set(self, scope: str, zones: dict[str, int] | None) -> None:
+        with self.lock:
+            if zones is None:
+                self.by_scope.pop(scope, None)
+            else:
+                self.by_scope[scope] = dict(zones)
+
+
+HOST_CAPACITY = HostCapacity()
+
+
+def emulated_now(scope: str) -> float:
+    """The scope's clock, in Unix seconds: real time plus the offset a test advanced it by."""
+    return time.time() + CLOCK.get(scope)["offset_ms"] / 1000.0
+
+
+def is_mac(instance_type: str | None) -> bool:
+    return bool(instance_type) and str(instance_type).startswith("mac")
+
+
+def host_scope(host: Any) -> str:
+    return getattr(host, "_flotilla_scope", ANY)
+
+
+def host_instances(host: Any) -> list[Any]:
+    """The instances on a host that are not stopped or terminated (they hold the host)."""
+    live = ("pending", "running", "stopping", "shutting-down")
+    return [i for i in getattr(host, "_flotilla_instances", []) if i._state.name in live]
+
+
+def host_instance_list(self: Any) -> list[dict[str, str]]:
+    """DescribeHosts' `Instances` (moto has none)."""
+    return [
+        {"InstanceId": i.id, "InstanceType": i.instance_type, "OwnerId": self.owner_id}
+        for i in host_instances(self)
+    ]
+
+
+def host_filter_value(self: Any, filter_name: str, method_name: str | None = None) -> Any:
+    """moto's Host answers no `tag:` filter; the tags are matched as on every tagged resource."""
+    if filter_name.startswith("tag:") or filter_name in ("tag-key", "tag-value"):
+        return TaggedEC2Resource.get_filter_value(self, filter_name, method_name)
+    if filter_name == "host-reservation-id":
+        return None
+    return ORIGINAL_HOST_FILTER_VALUE(self, filter_name, method_name)
+
+
+ORIGINAL_HOST_FILTER_VALUE = Host.get_filter_value
+ORIGINAL_ALLOCATE_HOSTS = HostsResponse.allocate_hosts
+
+
+class HostError(EC2ClientError):
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(code, message)
+
+
+def allocate_hosts_response(self: Any) -> ActionResult:
+    """AllocateHosts with its ClientToken (the same token answers the same hosts), the scope's
+    capacity per zone (`InsufficientHostCapacity` beyond it) and the scope's clock as the
+    allocation time."""
+    token = self._get_param("ClientToken")
+    backend = self.ec2_backend
+    tokens: dict[str, list[str]] = backend.__dict__.setdefault("_flotilla_host_tokens", {})
+    if token and token in tokens:
+        return ActionResult({"HostIds": tokens[token]})
+    scope = getattr(CURRENT, "scope", ANY)
+    zone = self._get_param("AvailabilityZone")
+    quantity = self._get_int_param("Quantity") or 1
+    limit = HOST_CAPACITY.limit(scope, zone)
+    if limit is not None:
+        held = sum(
+            1
+            for host in backend.hosts.values()
+            if host.zone == zone and host.state != "released" and host_scope(host) == scope
+        )
+        if held + quantity > limit:
+            code = "InsufficientHostCapacity"
+            raise HostError(code, KNOWN_ERRORS[code][1])
+    answer = ORIGINAL_ALLOCATE_HOSTS(self)
+    host_ids = list(answer.result["HostIds"])  # type: ignore[index]
+    now = emulated_now(scope)
+    for host_id in host_ids:
+        host = backend.hosts[host_id]
+        host._flotilla_scope = scope
+        host._flotilla_instances = []
+        host._flotilla_scrub_due = None
+        host.allocation_time = now
+    if token:
+        tokens[token] = host_ids
+    return answer
+
+
+def release_hosts_response(self: Any) -> ActionResult:
+    """ReleaseHosts as AWS answers it, host by host: an unknown id, a host with instances and a
+    Mac host inside its minimum allocation period are Unsuccessful items, the others released."""
+    successful: list[str] = []
+    unsuccessful: list[dict[str, Any]] = []
+
+    def refuse(host_id: str, code: str, message: str) -> None:
+        item = {"ResourceId": host_id, "Error": {"Code": code, "Message": message}}
+        unsuccessful.append(item)
+
+    for host_id in self._get_param("HostIds", []):
+        host = self.ec2_backend.hosts.get(host_id)
+        if host is None:
+            refuse(host_id, HOST_NOT_FOUND_CODE, f"The dedicated host ID '{host_id}' is invalid.")
+            continue
+        if host.state == "released":
+            successful.append(host_id)
+            continue
+        if host_instances(host):
+            message = f"Dedicated host '{host_id}' cannot be released as it is occupied."
+            refuse(host_id, HOST_OCCUPIED_CODE, message)
+            continue
+        releasable_at = host.allocation_time + MAC_MINIMUM_ALLOCATION_S
+        if is_mac(host.instance_type) and emulated_now(host_scope(host)) < releasable_at:
+            when = datetime.datetime.fromtimestamp(releasable_at, datetime.timezone.utc)
+            message = (
+                f"Dedicated host '{host_id}' cannot be released before its minimum allocation"
+                f" period of 24 hours ends ({when.strftime('%Y-%m-%dT%H:%M:%SZ')})."
+            )
+            refuse(host_id, MAC_TOO_YOUNG_CODE, message)
+            continue
+        host.release()
+        host._flotilla_scrub_due = None
+        successful.append(host_id)
+    return ActionResult({"Successful": successful, "Unsuccessful": unsuccessful})
+
+
+def check_host_launch(backend: Any, kwargs: dict[str, Any], count: int) -> Any:
+    """The host a RunInstances with `Placement.HostId` lands on, refused as AWS refuses it: an
+    unknown or released host, a host not `available` (scrubbing), a host of another type, a
+    `.metal` host that already runs its one instance. moto stores any HostId and checks none."""
+    host_id = kwargs.get("placement_hostid")
+    if not host_id:
+        return None
+    host = backend.hosts.get(host_id)
+    if host is None or host.state == "released":
+        raise HostError("InvalidHostID.NotFound", f"The host ID '{host_id}' does not exist")
+    instance_type = kwargs.get("instance_type") or "m1.small"
+    if host.instance_type and host.instance_type != instance_type:
+        raise HostError(
+            "InvalidParameterValue",
+            f"The instance type {instance_type} does not match the host's {host.instance_type}.",
+        )
+    one_per_host = host.instance_type and str(host.instance_type).endswith(".metal")
+    if host.state != "available" or (one_per_host and len(host_instances(host)) + count > 1):
+        raise HostError(
+            "InsufficientCapacityOnHost",
+            "There is not enough capacity on the Dedicated Host to launch or start the instance.",
+        )
+    return host
+
+
+def place_on_host(host: Any, instance: Any) -> None:
+    instance.placement.tenancy = "host"
+    instance.tenancy = "host"
+    instance._flotilla_host = host
+    host.__dict__.setdefault("_flotilla_instances", []).append(instance)
+
+
+def instance_left_host(instance: Any) -> None:
+    """A Mac host scrubs after its instance stops or terminates: `pending` for the scope's
+    `host_scrub_ms` of its clock, then `available`. Other hosts are free again at once."""
+    host = getattr(instance, "_flotilla_host", None)
+    if host is None or host.state == "released" or host_instances(host):
+        return
+    if not is_mac(host.instance_type):
+        return
+    scrub_ms = TIMING.get(host_scope(host))["host_scrub_ms"]
+    if scrub_ms <= 0:
+        return
+    host.state = "pending"
+    host._flotilla_scrub_due = emulated_now(host_scope(host)) + scrub_ms / 1000.0
+
+
+def all_hosts() -> list[tuple[str, str, Any]]:
+    out: list[tuple[str, str, Any]] = []
+    for account_id, regions in list(ec2_backends.items()):
+        for region, backend in list(regions.items()):
+            out.extend((account_id, region, host) for host in list(backend.hosts.values()))
+    return out
+
+
+def advance_hosts() -> None:
+    """Scrubs whose time has come on their scope's clock end: the host is `available`."""
+    for _, _, host in all_hosts():
+        due = getattr(host, "_flotilla_scrub_due", None)
+        if due is not None and host.state == "pending" and emulated_now(host_scope(host)) >= due:
+            host.state = "available"
+            host._flotilla_scrub_due = None
+
+
+def describe_host(account_id: str, region: str, host: Any) -> dict[str, Any]:
+    return {
+        "id": host.id,
+        "account_id": account_id,
+        "region": region,
+        "scope": host_scope(host),
+        "state": host.state,
+        "availability_zone": host.zone,
+        "instance_type": host.instance_type,
+        "allocation_time": host.allocation_time,
+        "instances": [i.id for i in host_instances(host)],
+        "scrub_due": getattr(host, "_flotilla_scrub_due", None),
+        "tags": {t["key"]: t["value"] for t in host.get_tags()},
+    }
+
+
+def list_hosts(scope: str | None) -> list[dict[str, Any]]:
+    return [
+        describe_host(account_id, region, host)
+        for account_id, region, host in all_hosts()
+        if scope is None or host_scope(host) == scope
+    ]
 
 
 # --- Spot reclaim: a notice in the instance's IMDS, then termination ----------------------------
@@ -1487,6 +1767,10 @@ def install_patches() -> None:
         (Fleet, "instances", property(fleet_instances)),
         (Fleets, "create_fleet", create_fleet_response),
         (AmisResponse, "register_image", register_image),
+        (HostsResponse, "allocate_hosts", allocate_hosts_response),
+        (HostsResponse, "release_hosts", release_hosts_response),
+        (Host, "get_filter_value", host_filter_value),
+        (Host, "instances", property(host_instance_list)),
     ]
     for owner, name, replacement in patches:
         setattr(owner, name, replacement)
@@ -2952,6 +3236,11 @@ def control(method: str, path: str, query: dict[str, str], body: Any) -> tuple[i
             if query.get("since") == str(generation):
                 return 200, {"generation": generation, "unchanged": True}
             return 200, {"generation": generation, "instances": list_instances()}
+    if parts == ["hosts"] and method == "GET":
+        with LIFECYCLE.lock:
+            LIFECYCLE.advance()
+            advance_hosts()
+            return 200, {"hosts": list_hosts(query.get("scope"))}
     if parts == ["public-ips"] and method == "GET":
         return 200, POOL.to_json()
     if parts == ["catalogue"] and method == "GET":
@@ -3020,6 +3309,23 @@ def control(method: str, path: str, query: dict[str, str], body: Any) -> tuple[i
         if method != "GET":
             return 404, {"error": f"no control route {method} {path}; use GET or POST"}
         return 200, {"events": HEALTH_EVENTS.list(scope)}
+    if what == "clock":
+        if method == "PUT":
+            CLOCK.set(scope, non_negative_ints(body, set(CLOCK_DEFAULT), "clock"))
+        elif method == "DELETE":
+            CLOCK.clear(scope, CLOCK_DEFAULT)
+        return 200, {**CLOCK.get(scope), "now": emulated_now(scope)}
+    if what == "host-capacity":
+        if method == "PUT":
+            zones = body
+            if not isinstance(zones, dict) or not all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in zones.values()
+            ):
+                raise BadRequest('host capacity is `{"zone": most hosts}`, e.g. {"us-east-1a": 1}')
+            HOST_CAPACITY.set(scope, zones)
+        elif method == "DELETE":
+            HOST_CAPACITY.set(scope, None)
+        return 200, {"zones": HOST_CAPACITY.get(scope)}
     if what == "timing":
         if method == "PUT":
             TIMING.set(scope, non_negative_ints(body, set(TIMING_DEFAULT), "timing"))
@@ -3084,6 +3390,7 @@ class Middleware:
         if call.service == "ec2":
             with EC2_LOCK:
                 LIFECYCLE.advance()
+                advance_hosts()
                 return self.dispatch(call, environ, start_response)
         return self.dispatch(call, environ, start_response)
 

@@ -24,6 +24,9 @@
 //! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/spot-reclaim` (PUT `{"probability_per_minute", "seed"?, "delay_ms"?}`, [`Scope::set_spot_reclaim`]) | the setting in force |
 //! | `GET\|POST /_flotilla/scopes/{scope}/health-events` (POST `{"region", "service"?, "event_type_code"?, "category"?}` opens an AWS Health event, [`Scope::open_health_event`]) | the event (`{"arn", "service", "eventTypeCode", "eventTypeCategory", "region", "startTime", "statusCode": "open", …}`), or `{"events": [event]}` |
 //! | `POST /_flotilla/scopes/{scope}/health-events/close` `{"arn"}` | the event, `closed` with its `endTime`; 404 for an unknown ARN |
+//! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/clock` (PUT `{"offset_ms"}`, [`Scope::set_clock_offset`]) | `{"offset_ms", "now"}`: the scope's clock, real time plus the offset, in Unix seconds |
+//! | `GET\|PUT\|DELETE /_flotilla/scopes/{scope}/host-capacity` (PUT `{zone: most hosts}`, [`Scope::set_host_capacity`]) | `{"zones": {zone: n}}` |
+//! | `GET /_flotilla/hosts[?scope=S]` ([`Emulator::hosts`]) | `{"hosts": [HostInfo]}` |
 //! | `GET /_flotilla/public-ips` | `{"size": n, "free": n, "in_use": {ip: instance id}, "next": [ip]}` |
 //! | `GET /_flotilla/catalogue` (`up`, once moto answers) | `{"ec2_actions": [Action], "regions": [region]}` |
 //! | `PUT /_flotilla/tables` (`up`: flotilla-capacity's prices and throttling buckets, `crate::tables`) / `GET` | `{"loaded", "price_date", "instance_types", "regions", "actions"}` |
@@ -34,7 +37,16 @@
 //! it (action `RunInstances` or `*`) fails with the error; in a `CreateFleet` of type `instant`
 //! (action `CreateFleet` or `*`) each override in it (type, its subnet's zone, the market asked
 //! for) becomes an `Errors` entry with the rule's code, one hit per override, and the target
-//! capacity goes to the open overrides. The booter's API is described in `booter_api.rs`.
+//! capacity goes to the open overrides. A rule with action `AllocateHosts` and a pool refuses
+//! allocations of that host type or zone (`InsufficientHostCapacity` in one zone).
+//!
+//! Dedicated hosts, per scope: the scope's clock (real time plus an offset a test advances, so
+//! "24 hours later" needs no real wait) gives each host its allocation time; ReleaseHosts
+//! refuses a Mac host before that time + 24 h with an Unsuccessful item, and a host with
+//! instances (`Client.InvalidHost.Occupied`); a Mac host is `pending` for the scope's
+//! `host_scrub_ms` of its clock after its instance stops or terminates, then `available`; a
+//! launch with `Placement.HostId` lands on that host (one instance on a `.metal` host, the
+//! host's type, `available` only). The booter's API is described in `booter_api.rs`.
 
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
@@ -125,6 +137,25 @@ pub struct FaultRuleStatus {
     pub status: Option<u16>,
     pub message: Option<String>,
     pub hits: u64,
+}
+
+/// A dedicated host as the emulator keeps it.
+#[derive(Clone, Debug, PartialEq, Deserialize)]
+pub struct HostInfo {
+    pub id: String,
+    pub region: String,
+    pub scope: String,
+    /// `available`, `pending` (scrubbing) or `released`.
+    pub state: String,
+    pub availability_zone: String,
+    pub instance_type: Option<String>,
+    /// Unix seconds on the scope's clock.
+    pub allocation_time: f64,
+    /// The instances on the host that are not stopped or terminated.
+    pub instances: Vec<String>,
+    /// When its scrub ends, on the scope's clock.
+    pub scrub_due: Option<f64>,
+    pub tags: BTreeMap<String, String>,
 }
 
 /// Requests by service, then Action.
@@ -408,6 +439,20 @@ impl Emulator {
         Ok(reclaimed.instances)
     }
 
+    /// Dedicated hosts of every account and region (of one scope when given).
+    pub async fn hosts(&self, scope: Option<&Scope>) -> Result<Vec<HostInfo>, ControlError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            hosts: Vec<HostInfo>,
+        }
+        let path = match scope {
+            Some(scope) => format!("hosts?scope={}", scope.access_key_id()),
+            None => "hosts".to_owned(),
+        };
+        let answer: Answer = self.moto("GET", &path, None).await?;
+        Ok(answer.hosts)
+    }
+
     pub async fn public_ips(&self) -> Result<PublicIps, ControlError> {
         self.moto("GET", "public-ips", None).await
     }
@@ -638,6 +683,47 @@ impl Scope {
         });
         let _: serde_json::Value =
             self.emulator.moto("PUT", &self.path("timing"), Some(body)).await?;
+        Ok(())
+    }
+
+    /// How long a Mac host of this scope scrubs (`pending`, on the scope's clock) after its
+    /// instance stops or terminates; zero (the default): `available` at once.
+    pub async fn set_host_scrub(&self, scrub: Duration) -> Result<(), ControlError> {
+        let body = json!({ "host_scrub_ms": millis(scrub) });
+        let _: serde_json::Value =
+            self.emulator.moto("PUT", &self.path("timing"), Some(body)).await?;
+        Ok(())
+    }
+
+    /// Sets the scope's clock ahead of real time by `offset` (not cumulative: the offset
+    /// replaces the previous one). Host allocation times, the Mac 24-hour rule and scrubs read
+    /// this clock.
+    pub async fn set_clock_offset(&self, offset: Duration) -> Result<(), ControlError> {
+        let body = json!({ "offset_ms": millis(offset) });
+        let _: serde_json::Value =
+            self.emulator.moto("PUT", &self.path("clock"), Some(body)).await?;
+        Ok(())
+    }
+
+    /// The scope's clock, in Unix seconds.
+    pub async fn clock(&self) -> Result<f64, ControlError> {
+        #[derive(Deserialize)]
+        struct Answer {
+            now: f64,
+        }
+        let answer: Answer = self.emulator.moto("GET", &self.path("clock"), None).await?;
+        Ok(answer.now)
+    }
+
+    /// The most hosts (not released) this scope may hold per zone; AllocateHosts beyond it
+    /// answers `InsufficientHostCapacity`. Zones not named are unlimited.
+    pub async fn set_host_capacity(&self, zones: &[(&str, u32)]) -> Result<(), ControlError> {
+        let body: serde_json::Map<String, serde_json::Value> =
+            zones.iter().map(|(zone, most)| ((*zone).to_owned(), json!(most))).collect();
+        let _: serde_json::Value = self
+            .emulator
+            .moto("PUT", &self.path("host-capacity"), Some(serde_json::Value::Object(body)))
+            .await?;
         Ok(())
     }
 

@@ -597,7 +597,10 @@ impl Provider for LocalProvider {
         Ok(())
     }
 
-    async fn destroy(&self, progress: &dyn Progress) -> Result<(), ProviderError> {
+    async fn destroy(
+        &self,
+        progress: &dyn Progress,
+    ) -> Result<flotilla_core::provider::Teardown, ProviderError> {
         // Whatever is readable: corrupt records must not strand the machines.
         let records = match self.records() {
             Ok(records) => Some(records),
@@ -653,10 +656,12 @@ impl Provider for LocalProvider {
         blocks.dedup();
         leases.release(&self.root, &blocks).map_err(io_error("releasing address leases".into()))?;
         match fs_err::remove_file(self.records_path()) {
-            Ok(()) => Ok(()),
-            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(error) => Err(io_error("removing machines.json".into())(error)),
+            Ok(()) => {}
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
+            Err(error) => return Err(io_error("removing machines.json".into())(error)),
         }
+        // Local machines hold no dedicated hosts.
+        Ok(flotilla_core::provider::Teardown::default())
     }
 }
 

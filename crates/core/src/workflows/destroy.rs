@@ -9,15 +9,19 @@ use flotilla_spec::ProviderKind;
 
 use crate::error::CoreError;
 use crate::progress::{Progress, checkpoints};
-use crate::provider::{Provider, ProviderError};
+use crate::provider::{HeldHost, Provider, ProviderError};
 use crate::state::{Deployment, DeploymentStatus, Home, Metadata, unix_now};
 
 /// What `destroy` found.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DestroyOutcome {
     Destroyed,
     /// It had been destroyed before; nothing was done.
     AlreadyDestroyed,
+    /// Everything went but these dedicated hosts, which may not be released yet: the
+    /// deployment stays `destroying` (its credentials kept), and `destroy` again after each
+    /// host's time releases it.
+    HostsHeld(Vec<HeldHost>),
 }
 
 /// Destroys deployment `tag`. `provider` (`--provider`) names the provider when the state
@@ -62,7 +66,10 @@ pub async fn destroy<P: Provider>(
     })?;
     progress.checkpoint(checkpoints::DESTROY_MARKED);
     let provider = make_provider(&deployment)?;
-    provider.destroy(progress).await?;
+    let teardown = provider.destroy(progress).await?;
+    if !teardown.held_hosts.is_empty() {
+        return Ok(DestroyOutcome::HostsHeld(teardown.held_hosts));
+    }
     deployment.forget_credentials()?;
     deployment.set_status(DeploymentStatus::Destroyed)?;
     Ok(DestroyOutcome::Destroyed)

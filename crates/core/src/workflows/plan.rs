@@ -116,7 +116,11 @@ pub async fn resolve(
     fallback: bool,
 ) -> Result<(DeploymentPlan, Survey), CoreError> {
     flotilla_spec::document::check_machine_total(document, provider).map_err(CoreError::Invalid)?;
-    refuse_host_pools(document)?;
+    if provider == ProviderKind::Local {
+        refuse_host_pools_locally(document)?;
+    } else {
+        crate::capacity::refuse_mac_types(document)?;
+    }
     super::check_files(document, cwd)?;
     super::lifecycle::refuse_unsupported_lifecycle(document, provider, cwd)?;
     let architectures = binary_architectures(document, cwd)?;
@@ -158,10 +162,11 @@ pub async fn resolve(
     Ok((plan, survey))
 }
 
-/// Entries on a dedicated host pool are refused, located, before anything is asked or made: no
-/// provider launches onto pools yet (the policy runs in `flotilla simulate`), and launching
-/// them without their hosts would fail for Mac types or land elsewhere than the spec says.
-fn refuse_host_pools(document: &SpecDocument) -> Result<(), CoreError> {
+/// On the local provider, entries on a dedicated host pool are refused, located, before
+/// anything is made: local machines are processes on this computer, which has no dedicated
+/// hosts, and running them as if it had would hide what the spec says. The AWS provider
+/// launches them onto the pool's hosts.
+fn refuse_host_pools_locally(document: &SpecDocument) -> Result<(), CoreError> {
     let diagnostics: Vec<flotilla_spec::Diagnostic> = document
         .spec
         .instances
@@ -174,12 +179,12 @@ fn refuse_host_pools(document: &SpecDocument) -> Result<(), CoreError> {
                     flotilla_spec::Severity::Error,
                     &format!("instances[{index}].host_pool"),
                     format!(
-                        "`{}` launches onto host pool `{pool}`, and no provider launches onto dedicated host pools yet",
+                        "`{}` launches onto host pool `{pool}`, and the local provider has no dedicated hosts",
                         instance.name
                     ),
                 )
                 .with_help(
-                    "remove `host_pool` to launch without dedicated hosts; `flotilla simulate --pool` runs the pool's policy on a workload",
+                    "deploy with `--provider aws`, or remove `host_pool` to run the entry locally; `flotilla simulate --pool` runs the pool's policy on a workload",
                 );
             Some(diagnostic)
         })

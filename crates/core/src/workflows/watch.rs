@@ -28,6 +28,11 @@
 //!    drained and retired. Then the journal entry is cleared and the replacement counted. The
 //!    spec is checked against the account once, at watch's start, not per replacement.
 //!
+//! 5. the deployment's dedicated host pools are tended ([`Provider::tend_host_pools`]): each
+//!    pool's policy, kept across rounds, hears what the hosts are and releases those that may
+//!    go (a Mac host past its 24 hours, idle for `release_idle_after`) and scrubs idle ones
+//!    as its `scrubbing` says.
+//!
 //! Crash-safe: a watch killed at any point and started again first finishes the replacements
 //! its journal names; the retire and the convergence find what was done and do nothing twice,
 //! and names are stable, so a machine is never replaced twice for one loss. Two watches of one
@@ -281,6 +286,18 @@ pub async fn watch<P: Provider>(
         }
         if let Err(error) = one_round(&watcher, &mut sightings).await {
             emit(None, "round-failed", "trying again next round", error.to_string());
+        }
+        // The dedicated host pools: hosts that may go are released, idle ones scrubbed.
+        let plan = DeploymentPlan::from_spec(spec, metadata.provider);
+        match provider.tend_host_pools(&plan).await {
+            Ok(notes) => {
+                for note in notes {
+                    emit(None, "host-pool", "tended", note);
+                }
+            }
+            Err(error) => {
+                emit(None, "host-pool-failed", "trying again next round", error.to_string())
+            }
         }
         let journal: Journal = deployment.read_json(JOURNAL_FILE)?.unwrap_or_default();
         let state = WatchState {
