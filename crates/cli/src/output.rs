@@ -78,6 +78,7 @@ pub fn print_status(rows: &[StatusRow]) {
                 .or_else(|| row.watch.clone())
                 .or_else(|| row.error.clone())
                 .or_else(|| row.health_error.clone())
+                .or_else(|| alerts_note(row))
                 .or_else(|| boot_note(row))
                 .or_else(|| services_note(row))
                 .or_else(|| lifecycle_note(row))
@@ -196,6 +197,19 @@ pub fn print_keepalive(rows: &[flotilla_core::workflows::KeepaliveRow]) {
         })
         .collect();
     print_table(&["NAME", "KEEPALIVE", "NOTE"], &table);
+}
+
+/// The NOTE of a machine with alerts firing: each alert's name and summary.
+fn alerts_note(row: &StatusRow) -> Option<String> {
+    let firing: Vec<String> = row
+        .alerts
+        .iter()
+        .map(|alert| match &alert.summary {
+            Some(summary) => format!("alert {}: {summary}", alert.alert),
+            None => format!("alert {}", alert.alert),
+        })
+        .collect();
+    (!firing.is_empty()).then(|| firing.join("; "))
 }
 
 /// The NOTE of a machine whose services are not all healthy: each such service and its state.

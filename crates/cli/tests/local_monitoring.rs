@@ -138,4 +138,28 @@ fn prometheus_on_the_monitoring_machine_sees_every_target_up_and_follows_members
     let restarted =
         prometheus(ip, "/api/v1/status/runtimeinfo").expect("runtime info")["startTime"].clone();
     assert_eq!(restarted, started, "Prometheus was not restarted for a membership change");
+
+    // A version that cannot start is rolled back; the failed rollout fires an alert, which
+    // `status` shows on the machines it names.
+    let broken = fleet.work.path().join("broken.sh");
+    fs_err::write(&broken, "#!/bin/sh\necho broken build >&2\nexit 1\n").unwrap();
+    fs_err::set_permissions(&broken, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    fs_err::write(&path, spec(tag, 3).replace("{fleet_app}", &broken.display().to_string()))
+        .expect("the spec is written");
+    let output = fleet.run(&["update", "--config", &path.display().to_string()]);
+    assert!(!output.status.success(), "a broken version fails the update");
+    let alerts = wait_for("the failed rollout's alert in status", Duration::from_secs(60), || {
+        let status = fleet.status();
+        let alerts = row(&status, "node-0")["alerts"].as_array()?.clone();
+        alerts.iter().any(|a| a["alert"] == "FlotillaRolloutFailed").then_some(alerts)
+    });
+    let alert = alerts.iter().find(|a| a["alert"] == "FlotillaRolloutFailed").unwrap();
+    assert_eq!(alert["severity"], "critical", "{alert}");
+    assert!(
+        alert["summary"].as_str().is_some_and(|s| s.contains("node-0")),
+        "the summary names the machine: {alert}"
+    );
+    let table = fleet.run_ok(&["status", "--tag", tag]);
+    let table = String::from_utf8_lossy(&table.stdout);
+    assert!(table.contains("alert FlotillaRolloutFailed"), "{table}");
 }

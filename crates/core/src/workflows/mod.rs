@@ -3,6 +3,7 @@
 //! They share the steps in this file: checking the files a spec names, issuing identities,
 //! publishing artifacts and building each machine's manifest, and waiting for agents.
 
+mod alerts;
 mod create;
 mod destroy;
 pub mod lifecycle;
@@ -19,6 +20,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+pub use alerts::FiringAlert;
 pub use create::{CreateRequest, create};
 pub use destroy::{DestroyOutcome, destroy};
 use flotilla_spec::diagnostic::{Diagnostic, Severity, SpecErrors};

@@ -56,6 +56,10 @@ pub struct StatusRow {
     /// each with its state, pid and restarts.
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<flotilla_spec::api::ServiceStatus>,
+    /// The alerts firing on the monitoring machine's Prometheus about this machine (those that
+    /// name no machine are on the monitoring machine's row).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub alerts: Vec<super::alerts::FiringAlert>,
     /// Why the agent could not be asked.
     pub error: Option<String>,
     /// Why the machine is in its state, when the provider says (a spot reclaim, a failed boot,
@@ -96,6 +100,7 @@ impl StatusRow {
             lifecycle: None,
             keepalive: None,
             services: Vec::new(),
+            alerts: Vec::new(),
             error: None,
             state_reason: machine.state_reason.clone(),
             instance_type: machine.placement.as_ref().map(|p| p.instance_type.clone()),
@@ -175,7 +180,37 @@ pub async fn status<P: Provider>(
     let client = connect(&deployment, &machines)?;
     let mut rows = rows(&client, &machines, concurrency).await?;
     add_watch_notes(&deployment, &mut rows)?;
+    add_alerts(&client, &mut rows).await;
     Ok(rows)
+}
+
+/// The alerts firing on the monitoring machine's Prometheus, on the rows they name, when its
+/// Prometheus runs; nothing (and a line in the debug log) when it cannot be asked.
+async fn add_alerts(client: &AgentClient, rows: &mut [StatusRow]) {
+    use crate::monitoring::services::PROMETHEUS;
+    let Some(monitoring) = rows.iter().find(|row| {
+        row.role == Role::Monitoring
+            && row.services.iter().any(|s| {
+                s.name == PROMETHEUS && s.state == flotilla_spec::api::BinaryState::Healthy
+            })
+    }) else {
+        return;
+    };
+    let monitoring = monitoring.name.clone();
+    let alerts = match super::alerts::firing_alerts(client, &monitoring).await {
+        Ok(alerts) => alerts,
+        Err(error) => {
+            tracing::debug!("could not ask Prometheus on {monitoring} for its alerts: {error}");
+            return;
+        }
+    };
+    for (name, alert) in alerts {
+        let name = name.filter(|name| rows.iter().any(|row| &row.name == name));
+        let name = name.unwrap_or_else(|| monitoring.clone());
+        if let Some(row) = rows.iter_mut().find(|row| row.name == name) {
+            row.alerts.push(alert);
+        }
+    }
 }
 
 /// What the deployment's `flotilla watch` last said it does (`watch-state.json`): each row's
@@ -232,6 +267,7 @@ impl StatusRow {
             lifecycle: None,
             keepalive: None,
             services: Vec::new(),
+            alerts: Vec::new(),
             error: None,
             state_reason: None,
             instance_type: None,
