@@ -1,7 +1,10 @@
 //! Benchmark: local fleets of the example app through the real `flotilla` binary.
 //!
-//! For each fleet size: `create` until every node is healthy, the agents' and binaries' memory
-//! once idle, a rolling `update` (new config, the spec's default batch of 25 %), and `destroy`.
+//! For each fleet size: `create` until every node is healthy, then (when this host has
+//! Prometheus and node exporter, which the monitoring machine runs) how long after `create`
+//! returned the monitoring machine's Prometheus sees every binary, agent and node exporter
+//! target up, the agents', binaries' and services' memory once idle, a rolling `update` (new
+//! config, the spec's default batch of 25 %), and `destroy`.
 //! Prints one line per figure. Run it with:
 //!
 //! ```text
@@ -70,9 +73,45 @@ fn bench(flotilla: &Path, fleet_app: &Path, size: u32) {
 
     let create = run(&["create", "--config", "v1.yaml"]);
     println!("{size:>4} instances  create → all healthy     {:>7.2} s", create.as_secs_f64());
+    // The monitoring machine is the first address of the fleet's block; its Prometheus scrapes
+    // every binary, every agent (monitoring's too) and every node exporter.
+    let hosts =
+        fs_err::read_to_string(home.path().join("deployments").join(&tag).join("hosts.yaml"))
+            .unwrap();
+    let monitoring = hosts
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("private: "))
+        .expect("hosts.yaml names the monitoring machine")
+        .to_owned();
+    let targets = 3 * size + 2;
+    let since_create = Instant::now();
+    let up = loop {
+        if let Some(up) = count_up(&monitoring) {
+            if up >= targets {
+                break Some(since_create.elapsed());
+            }
+        } else if since_create.elapsed() > Duration::from_secs(5) && count_up(&monitoring).is_none()
+        {
+            println!(
+                "{size:>4} instances  no Prometheus on the monitoring machine: scrape not measured"
+            );
+            break None;
+        }
+        if since_create.elapsed() > Duration::from_secs(300) {
+            println!("{size:>4} instances  not every target up after 300 s");
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+    };
+    if let Some(up) = up {
+        println!(
+            "{size:>4} instances  create returned → {targets} targets up {:>7.2} s (scrape interval 5 s)",
+            up.as_secs_f64()
+        );
+    }
     std::thread::sleep(Duration::from_secs(5));
     let root = home.path().join("deployments").join(&tag).join("local").join("instances");
-    let (agents, binaries) = rss_under(&root);
+    let (agents, binaries, services) = rss_under(&root);
     println!(
         "{size:>4} instances  idle agent RSS          {:>7.1} MiB mean, {:.1} max ({} agents)",
         mean(&agents),
@@ -84,15 +123,36 @@ fn bench(flotilla: &Path, fleet_app: &Path, size: u32) {
         mean(&binaries),
         binaries.len()
     );
+    println!(
+        "{size:>4} instances  idle services RSS       {:>7.1} MiB mean, {:.1} max ({} services)",
+        mean(&services),
+        max(&services),
+        services.len()
+    );
     let update = run(&["update", "--config", "v2.yaml"]);
     println!("{size:>4} instances  rolling update (25 %)   {:>7.2} s", update.as_secs_f64());
     let destroy = run(&["destroy", "--tag", &tag]);
     println!("{size:>4} instances  destroy                 {:>7.2} s", destroy.as_secs_f64());
 }
 
-/// RSS in MiB of agents (cwd = an instance directory) and binaries (cwd = its `work/`).
-fn rss_under(root: &Path) -> (Vec<f64>, Vec<f64>) {
-    let (mut agents, mut binaries) = (Vec::new(), Vec::new());
+/// How many targets the Prometheus at `address`:9090 reports up; `None` when it does not answer.
+fn count_up(address: &str) -> Option<u32> {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect((address, 9090)).ok()?;
+    stream.set_read_timeout(Some(Duration::from_secs(2))).ok()?;
+    write!(stream, "GET /api/v1/query?query=count(up%3D%3D1) HTTP/1.0\r\n\r\n").ok()?;
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).ok()?;
+    let body = answer.split_once("\r\n\r\n")?.1;
+    let value: serde_json::Value = serde_json::from_str(body).ok()?;
+    let Some(result) = value["data"]["result"].as_array() else { return Some(0) };
+    Some(result.first().and_then(|r| r["value"][1].as_str()?.parse().ok()).unwrap_or(0))
+}
+
+/// RSS in MiB of agents (cwd = an instance directory), binaries (cwd = its `work/`) and
+/// services (cwd = its `services/<name>/`).
+fn rss_under(root: &Path) -> (Vec<f64>, Vec<f64>, Vec<f64>) {
+    let (mut agents, mut binaries, mut services) = (Vec::new(), Vec::new(), Vec::new());
     for entry in fs_err::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else {
             continue;
@@ -103,9 +163,15 @@ fn rss_under(root: &Path) -> (Vec<f64>, Vec<f64>) {
         }
         let Some(rss) = rss_kib(pid) else { continue };
         let mib = rss as f64 / 1024.0;
-        if cwd.ends_with("work") { binaries.push(mib) } else { agents.push(mib) }
+        if cwd.ends_with("work") {
+            binaries.push(mib);
+        } else if cwd.parent().is_some_and(|parent| parent.ends_with("services")) {
+            services.push(mib);
+        } else {
+            agents.push(mib);
+        }
     }
-    (agents, binaries)
+    (agents, binaries, services)
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
