@@ -240,33 +240,22 @@ impl Deployment {
     /// Writes one artifact (`content` as file `name`) to a new directory and names it with a
     /// `file://` URL.
     pub fn publish_file(&self, name: &str, content: &str) -> Artifact {
+        publish_into(&self.artifact_dir(), name, content)
+    }
+
+    /// A new directory for artifacts.
+    fn artifact_dir(&self) -> PathBuf {
         let n = self.published.fetch_add(1, Ordering::SeqCst);
         let directory = self.temp.path().join(format!("artifacts/{n}"));
         fs_err::create_dir_all(&directory).expect("an artifact directory");
-        let path = directory.join(name);
-        fs_err::write(&path, content).expect("an artifact is written");
-        Artifact {
-            url: format!("file://{}", path.display()),
-            sha256: hex::encode(Sha256::digest(content.as_bytes())),
-            size: content.len() as u64,
-        }
+        directory
     }
 
     /// Writes `version`'s artifacts to a new directory and returns a manifest that names them
     /// with `file://` URLs.
     pub fn publish(&self, version: &Version) -> Manifest {
-        let n = self.published.fetch_add(1, Ordering::SeqCst);
-        let directory = self.temp.path().join(format!("artifacts/{n}"));
-        fs_err::create_dir_all(&directory).expect("an artifact directory");
-        let artifact = |name: &str, content: &str| {
-            let path = directory.join(name);
-            fs_err::write(&path, content).expect("an artifact is written");
-            Artifact {
-                url: format!("file://{}", path.display()),
-                sha256: hex::encode(Sha256::digest(content.as_bytes())),
-                size: content.len() as u64,
-            }
-        };
+        let directory = self.artifact_dir();
+        let artifact = |name: &str, content: &str| publish_into(&directory, name, content);
         Manifest {
             binary: Some(artifact("binary", &format!("#!/bin/sh\n{}", version.script))),
             config: Some(artifact("config.conf", &version.config)),
@@ -282,6 +271,17 @@ impl Deployment {
             on_hosts_change: version.on_hosts_change,
             services: Vec::new(),
         }
+    }
+}
+
+/// Writes `content` as `directory/name` and names it with a `file://` URL.
+fn publish_into(directory: &Path, name: &str, content: &str) -> Artifact {
+    let path = directory.join(name);
+    fs_err::write(&path, content).expect("an artifact is written");
+    Artifact {
+        url: format!("file://{}", path.display()),
+        sha256: hex::encode(Sha256::digest(content.as_bytes())),
+        size: content.len() as u64,
     }
 }
 

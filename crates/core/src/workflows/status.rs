@@ -331,6 +331,21 @@ pub async fn keepalive<P: Provider>(
     Ok(rows)
 }
 
+/// Machine `name` of `machines` (deployment `tag`), or an error listing the names there are.
+fn machine_named<'a>(
+    machines: &'a [Machine],
+    name: &str,
+    tag: &str,
+) -> Result<&'a Machine, CoreError> {
+    machines.iter().find(|m| m.name == name).ok_or_else(|| {
+        let known: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+        CoreError::Refused(format!(
+            "no machine named `{name}` in deployment `{tag}`; its machines are: {}",
+            known.join(", ")
+        ))
+    })
+}
+
 /// Writes machine `name`'s log to `out`: the last `lines` lines, then with `follow` every new
 /// line until the agent closes the stream.
 pub async fn logs<P: Provider>(
@@ -345,13 +360,7 @@ pub async fn logs<P: Provider>(
     let deployment = home.open(tag)?;
     let provider = make_provider(&deployment)?;
     let machines = provider.machines().await?;
-    let Some(machine) = machines.iter().find(|m| m.name == name) else {
-        let known: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
-        return Err(CoreError::Refused(format!(
-            "no machine named `{name}` in deployment `{tag}`; its machines are: {}",
-            known.join(", ")
-        )));
-    };
+    let machine = machine_named(&machines, name, tag)?;
     let client = connect(&deployment, std::slice::from_ref(machine))?;
     let mut stream = client.logs(name, lines, follow).await?;
     while let Some(chunk) = stream.next_chunk().await? {
@@ -387,13 +396,7 @@ pub async fn profile<P: Provider>(
     let deployment = home.open(tag)?;
     let provider = make_provider(&deployment)?;
     let machines = provider.machines().await?;
-    let Some(machine) = machines.iter().find(|m| m.name == name) else {
-        let known: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
-        return Err(CoreError::Refused(format!(
-            "no machine named `{name}` in deployment `{tag}`; its machines are: {}",
-            known.join(", ")
-        )));
-    };
+    let machine = machine_named(&machines, name, tag)?;
     let client = connect(&deployment, std::slice::from_ref(machine))?;
     Ok(client.profile(name, duration, frequency).await?)
 }
