@@ -365,18 +365,18 @@ impl Decoder<'_> {
 /// The deployer's provisioned-IOPS rule for one storage class.
 #[derive(Clone, Copy)]
 pub(super) struct IopsRule {
-    required: bool,
+    pub(super) required: bool,
     minimum: i64,
-    per_gib: i64,
+    pub(super) per_gib: i64,
     /// The largest value whatever the size.
-    cap: i64,
+    pub(super) cap: i64,
     /// gp3 always allows its baseline, even on volumes too small to reach it per GiB.
     floor_at_minimum: bool,
 }
 
 impl IopsRule {
     /// The allowed range for a volume of `size` GiB (empty when `minimum > maximum`).
-    fn range(self, size: i64) -> (i64, i64) {
+    pub(super) fn range(self, size: i64) -> (i64, i64) {
         let mut maximum = size.saturating_mul(self.per_gib);
         if self.floor_at_minimum {
             maximum = maximum.max(self.minimum);
@@ -385,7 +385,7 @@ impl IopsRule {
     }
 }
 
-fn iops_rule(class: &str) -> Option<IopsRule> {
+pub(super) fn iops_rule(class: &str) -> Option<IopsRule> {
     match class {
         "gp3" => Some(IopsRule {
             required: false,
