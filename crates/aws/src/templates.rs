@@ -65,7 +65,10 @@ impl TemplateSpec {
     /// The template's name: readable prefixes of the tag and group, the architecture, and the
     /// digest of the content (which also keeps two groups whose prefixes agree apart).
     pub fn name(&self, tag: &str) -> String {
-        let digest = hex::encode(Sha256::digest(format!("{tag}\n{self:?}").as_bytes()));
+        // A template without data disks keeps the name it had before disks existed, so that a
+        // newer flotilla does not replace every deployment's templates.
+        let content = format!("{self:?}").replace(", data_disks: [] }", " }");
+        let digest = hex::encode(Sha256::digest(format!("{tag}\n{content}").as_bytes()));
         format!(
             "flotilla-{}-{}-{}-{}",
             readable(tag, 40),
@@ -416,6 +419,10 @@ mod tests {
         device.root_device_name = "/dev/xvda".into();
         assert_ne!(device.name("my tag/é"), name, "the root device is part of the content");
         assert_eq!(spec("worker").name("my tag/é"), name, "the same content, the same name");
+        assert!(
+            format!("{:?}", spec("worker")).ends_with(", data_disks: [] }"),
+            "an empty disk list is left out of the name's content"
+        );
         let long = "t".repeat(255);
         assert!(spec(&"g".repeat(255)).name(&long).len() <= 128);
     }

@@ -56,6 +56,27 @@ impl Decoder<'_> {
                     format!("give at most {MAX_USER_TAGS} in all: AWS allows 50 tags on a resource and flotilla's own take 8"),
                 );
             }
+            // A data disk's volume carries the machine's tags and its label.
+            for (device, disk) in &instance.disks {
+                let mut volume_keys = keys.clone();
+                volume_keys.extend(disk.label.keys().filter(|k| !keys.contains(k)));
+                if volume_keys.len() <= MAX_USER_TAGS || keys.len() > MAX_USER_TAGS {
+                    continue;
+                }
+                let field = format!("instances[{index}].disks.{device}.label");
+                let disk_field = format!("instances[{index}].disks.{device}");
+                let Some(location) =
+                    self.locations.get(&field).or(self.locations.get(&disk_field)).copied()
+                else {
+                    continue;
+                };
+                self.error(
+                    location,
+                    &field,
+                    format!("the disk's volume gets {} tags with the machine's", volume_keys.len()),
+                    format!("give at most {MAX_USER_TAGS} in all with `tags`: AWS allows 50 tags on a volume and flotilla's own take 8"),
+                );
+            }
         }
         if provider == Some(ProviderKind::Local) {
             return;
