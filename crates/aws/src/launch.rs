@@ -61,6 +61,8 @@ const TAGGING_DEADLINE: Duration = Duration::from_secs(60);
 pub struct Naming {
     pub name: String,
     pub record: MachineRecord,
+    /// The tags of the machine's data disk volumes beside the deployment's, by device.
+    pub volume_tags: Vec<(String, Vec<(String, String)>)>,
 }
 
 /// What step 1 found: machines and their instances, and names to journal and tag.
@@ -139,6 +141,11 @@ fn naming(name: &str, group: &GroupPlan, instance_id: &str) -> Naming {
             group: group.name.clone(),
             instance_id: instance_id.to_owned(),
         },
+        volume_tags: group
+            .disks
+            .keys()
+            .map(|device| (device.clone(), crate::disks::volume_tags(group, device)))
+            .collect(),
     }
 }
 
@@ -189,6 +196,83 @@ async fn tag_instance(provider: &AwsProvider, naming: &Naming) -> Result<(), Pro
         tag_of(TAG_MACHINE, &naming.name),
         tag_of("Name", &ec2_name_tag(&format!("flotilla-{}-{}", provider.tag, naming.name))),
     ];
+    create_tags(provider, region, id, &tags).await?;
+    if !naming.volume_tags.is_empty() {
+        tag_data_disks(provider, naming).await?;
+    }
+    Ok(())
+}
+
+/// Tags each data disk volume of a new machine with its machine, device, mount point and
+/// label: a launch template tags every volume alike, so a disk's own tags come after. A volume
+/// EC2 does not show yet is asked for again, up to [`TAGGING_DEADLINE`].
+async fn tag_data_disks(provider: &AwsProvider, naming: &Naming) -> Result<(), ProviderError> {
+    let region = &naming.record.region;
+    let id = &naming.record.instance_id;
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(500);
+    let volumes = loop {
+        let answer = provider
+            .clients
+            .ec2(region)
+            .describe_volumes()
+            .filters(crate::tags::filter("attachment.instance-id", id))
+            .send()
+            .await
+            .map_err(|e| AwsError::from_sdk(region, "DescribeVolumes", id, e))?;
+        let by_device: BTreeMap<String, String> = answer
+            .volumes()
+            .iter()
+            .filter_map(|volume| {
+                let device = volume
+                    .attachments()
+                    .iter()
+                    .find(|a| a.instance_id() == Some(id.as_str()))?
+                    .device()?;
+                Some((device.to_owned(), volume.volume_id()?.to_owned()))
+            })
+            .collect();
+        let missing: Vec<&str> = naming
+            .volume_tags
+            .iter()
+            .map(|(device, _)| device.as_str())
+            .filter(|device| !by_device.contains_key(*device))
+            .collect();
+        if missing.is_empty() {
+            break by_device;
+        }
+        if started.elapsed() >= TAGGING_DEADLINE {
+            return Err(AwsError::other(
+                region,
+                "DescribeVolumes",
+                id,
+                format!(
+                    "the data disks at {} of {} are not attached",
+                    missing.join(", "),
+                    naming.name
+                ),
+            )
+            .into());
+        }
+        sleep_with_jitter(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(5));
+    };
+    for (device, extra) in &naming.volume_tags {
+        let mut tags = vec![tag_of(TAG_MACHINE, &naming.name)];
+        tags.extend(extra.iter().map(|(key, value)| tag_of(key, value)));
+        create_tags(provider, region, &volumes[device], &tags).await?;
+    }
+    Ok(())
+}
+
+/// CreateTags on one resource, asked again while EC2 does not know the new resource yet.
+async fn create_tags(
+    provider: &AwsProvider,
+    region: &str,
+    id: &str,
+    tags: &[Tag],
+) -> Result<(), ProviderError> {
+    let tags = tags.to_vec();
     let started = tokio::time::Instant::now();
     let mut delay = Duration::from_millis(500);
     loop {
@@ -644,6 +728,7 @@ mod tests {
             offered: BTreeMap::new(),
             settings: Default::default(),
             host_pool: None,
+            disks: BTreeMap::new(),
         }
     }
 

@@ -11,7 +11,7 @@
 //! launch planner directs. Modules, one per concern: [`clients`] (with [`throttle`], the
 //! client-side token buckets), [`survey`] and [`prices`] (read-only: regions, catalog, prices),
 //! [`network`] (with [`existing`]: the spec's existing VPCs, resolved and checked),
-//! [`templates`], [`fleet`], [`launch`], [`instances`], [`s3`], [`iam`],
+//! [`templates`] (with [`disks`], an entry's data disks), [`fleet`], [`launch`], [`instances`], [`s3`], [`iam`],
 //! [`userdata`] and [`agents`], [`retire`] (machines removed one by one), [`teardown`],
 //! [`authorize`], [`clean`], [`health`] (open EC2 issues before each batch of an update), [`address`] (the
 //! deployer's address), [`guard`] (the emulator address guard), [`tags`], [`fanout`], with
@@ -22,6 +22,7 @@ pub mod agents;
 pub mod authorize;
 pub mod clean;
 pub mod clients;
+pub mod disks;
 pub mod error;
 pub mod existing;
 pub mod fanout;

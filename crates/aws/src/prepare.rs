@@ -21,7 +21,7 @@ use crate::images::{self, ImageFacts};
 use crate::network::{self, NetworkSettings, RegionPlan};
 use crate::tags::{self, UserTags};
 use crate::templates::{RootVolume, TemplateSpec};
-use crate::{AwsProvider, address, agents, existing, iam, kms, s3, survey, templates};
+use crate::{AwsProvider, address, agents, disks, existing, iam, kms, s3, survey, templates};
 
 /// Everything a launch needs to know, worked out by `prepare`.
 #[derive(Clone, Debug)]
@@ -317,6 +317,19 @@ pub async fn prepare(
             encrypted: encryption.is_some_and(|v| v.encrypted),
             kms_key_id,
         };
+        let data_disks = if group.disks.is_empty() {
+            Vec::new()
+        } else {
+            disks::resolve(clients, group).await?.map_err(|problems| {
+                let said: Vec<String> =
+                    problems.iter().map(|p| format!("{}: {}", p.field, p.message)).collect();
+                ProviderError::new(format!(
+                    "{}: {}; run `flotilla plan` to check the spec",
+                    group.region,
+                    said.join("; ")
+                ))
+            })?
+        };
         let group_architectures: BTreeSet<&str> =
             group_types(group).into_iter().map(|t| architectures[t]).collect();
         for architecture in group_architectures {
@@ -335,6 +348,7 @@ pub async fn prepare(
                     .map(|n| n.security_groups.clone())
                     .unwrap_or_default(),
                 root_volume: root_volume.clone(),
+                data_disks: data_disks.clone(),
             };
             wanted.entry(group.region.clone()).or_default().push((group.name.clone(), spec));
         }
@@ -478,6 +492,7 @@ mod tests {
                 .collect(),
             settings: Default::default(),
             host_pool: None,
+            disks: BTreeMap::new(),
         };
         assert_eq!(zones_in_use(&group(1)), ["r-a"]);
         assert_eq!(zones_in_use(&group(2)), ["r-a", "r-b"]);

@@ -1,6 +1,7 @@
 //! Images, IAM policies and KMS keys named by the spec (see `references.rs`): every group's
 //! `image` in its region for each architecture its machines need (the binary's, or for the
-//! monitoring machine its types'), its `root_volume.kms_key` in its region, and each of
+//! monitoring machine its types'), its `root_volume.kms_key` in its region, its data disks'
+//! snapshots and keys (`disks.rs`), and each of
 //! `iam_policies` (GetPolicy). Each problem is reported once, at the field that wrote it.
 
 use std::collections::BTreeSet;
@@ -13,7 +14,7 @@ use flotilla_spec::Severity;
 
 use crate::clients::Clients;
 use crate::error::AwsError;
-use crate::{images, kms, survey};
+use crate::{disks, images, kms, survey};
 
 pub(super) async fn check(
     clients: &Clients,
@@ -35,6 +36,9 @@ pub(super) async fn check(
     let keys = futures_util::future::try_join_all(
         plan.groups.iter().map(|group| check_key(clients, group)),
     );
+    let disks = futures_util::future::try_join_all(
+        plan.groups.iter().map(|group| check_disks(clients, group)),
+    );
     let policies = futures_util::future::try_join_all(
         plan.iam
             .iam_policies
@@ -42,8 +46,8 @@ pub(super) async fn check(
             .enumerate()
             .map(|(index, arn)| check_policy(clients, index, arn)),
     );
-    let (images, keys, policies) = tokio::try_join!(images, keys, policies)?;
-    for problem in images.into_iter().chain(keys).chain(policies).flatten() {
+    let (images, keys, disks, policies) = tokio::try_join!(images, keys, disks, policies)?;
+    for problem in images.into_iter().chain(keys).chain(disks).chain(policies).flatten() {
         if !problems.contains(&problem) {
             problems.push(problem);
         }
@@ -116,6 +120,18 @@ async fn check_key(
             ),
         )],
     })
+}
+
+/// The entry's data disks: snapshots to clone (by id or the newest with a tag), their sizes
+/// against the disks', and the KMS keys.
+async fn check_disks(
+    clients: &Clients,
+    group: &GroupPlan,
+) -> Result<Vec<ReferenceProblem>, ProviderError> {
+    if group.disks.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(disks::resolve(clients, group).await?.err().unwrap_or_default())
 }
 
 async fn check_policy(

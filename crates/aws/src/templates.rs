@@ -23,6 +23,7 @@ use flotilla_core::provider::ProviderError;
 use sha2::{Digest, Sha256};
 
 use crate::clients::Clients;
+use crate::disks::DataDisk;
 use crate::error::AwsError;
 use crate::journal::Journal;
 use crate::tags::{TAG_GROUP, tag_filter, tag_spec, tagged};
@@ -56,13 +57,18 @@ pub struct TemplateSpec {
     /// The spec's security groups (`network.<region>.security_groups`), beside flotilla's.
     pub extra_security_groups: Vec<String>,
     pub root_volume: RootVolume,
+    /// The entry's data disks, mapped beside the root volume and deleted with the machine.
+    pub data_disks: Vec<DataDisk>,
 }
 
 impl TemplateSpec {
     /// The template's name: readable prefixes of the tag and group, the architecture, and the
     /// digest of the content (which also keeps two groups whose prefixes agree apart).
     pub fn name(&self, tag: &str) -> String {
-        let digest = hex::encode(Sha256::digest(format!("{tag}\n{self:?}").as_bytes()));
+        // A template without data disks keeps the name it had before disks existed, so that a
+        // newer flotilla does not replace every deployment's templates.
+        let content = format!("{self:?}").replace(", data_disks: [] }", " }");
+        let digest = hex::encode(Sha256::digest(format!("{tag}\n{content}").as_bytes()));
         format!(
             "flotilla-{}-{}-{}-{}",
             readable(tag, 40),
@@ -90,6 +96,12 @@ impl TemplateSpec {
                 ebs = ebs.kms_key_id(key);
             }
         }
+        let root = LaunchTemplateBlockDeviceMappingRequest::builder()
+            .device_name(&self.root_device_name)
+            .ebs(ebs.build())
+            .build();
+        let mappings =
+            std::iter::once(root).chain(self.data_disks.iter().map(disk_mapping)).collect();
         RequestLaunchTemplateData::builder()
             .image_id(&self.image_id)
             .user_data(&self.user_data)
@@ -110,12 +122,7 @@ impl TemplateSpec {
                     ))
                     .build(),
             )
-            .block_device_mappings(
-                LaunchTemplateBlockDeviceMappingRequest::builder()
-                    .device_name(&self.root_device_name)
-                    .ebs(ebs.build())
-                    .build(),
-            )
+            .set_block_device_mappings(Some(mappings))
             .metadata_options(
                 LaunchTemplateInstanceMetadataOptionsRequest::builder()
                     .http_tokens(LaunchTemplateHttpTokensState::Required)
@@ -127,6 +134,25 @@ impl TemplateSpec {
             .instance_initiated_shutdown_behavior(ShutdownBehavior::Terminate)
             .build()
     }
+}
+
+/// A data disk's mapping: created with the machine (from its snapshot, when it has one) and
+/// deleted with it.
+fn disk_mapping(disk: &DataDisk) -> LaunchTemplateBlockDeviceMappingRequest {
+    let mut ebs = LaunchTemplateEbsBlockDeviceRequest::builder()
+        .volume_size(disk.size_gib)
+        .volume_type(VolumeType::from(disk.class.as_str()))
+        .delete_on_termination(true)
+        .set_iops(disk.iops)
+        .set_throughput(disk.throughput)
+        .set_snapshot_id(disk.snapshot_id.clone());
+    if let Some(key) = &disk.kms_key_id {
+        ebs = ebs.encrypted(true).kms_key_id(key);
+    }
+    LaunchTemplateBlockDeviceMappingRequest::builder()
+        .device_name(&disk.device)
+        .ebs(ebs.build())
+        .build()
 }
 
 /// Up to `max` characters of `text` that a template name may hold (`[A-Za-z0-9().-/_]`), others
@@ -305,7 +331,58 @@ mod tests {
                 encrypted: false,
                 kms_key_id: None,
             },
+            data_disks: Vec::new(),
         }
+    }
+
+    #[test]
+    fn data_disks_map_after_the_root_with_their_type_snapshot_and_key() {
+        let mut spec = spec("db");
+        spec.data_disks = vec![
+            DataDisk {
+                device: "/dev/sdf".into(),
+                class: "gp3".into(),
+                size_gib: 100,
+                iops: Some(4000),
+                throughput: Some(250),
+                snapshot_id: None,
+                kms_key_id: None,
+            },
+            DataDisk {
+                device: "/dev/sdg".into(),
+                class: "io2".into(),
+                size_gib: 50,
+                iops: Some(8000),
+                throughput: None,
+                snapshot_id: Some("snap-0123456789abcdef0".into()),
+                kms_key_id: Some("1234abcd-12ab-34cd-56ef-1234567890ab".into()),
+            },
+        ];
+        let data = spec.data();
+        let devices: Vec<_> =
+            data.block_device_mappings().iter().map(|m| m.device_name()).collect();
+        assert_eq!(devices, [Some("/dev/sda1"), Some("/dev/sdf"), Some("/dev/sdg")]);
+        let data_disk = data.block_device_mappings()[1].ebs().unwrap();
+        assert_eq!(
+            (
+                data_disk.volume_size(),
+                data_disk.iops(),
+                data_disk.throughput(),
+                data_disk.encrypted()
+            ),
+            (Some(100), Some(4000), Some(250), None)
+        );
+        assert_eq!(data_disk.delete_on_termination(), Some(true));
+        let clone = data.block_device_mappings()[2].ebs().unwrap();
+        assert_eq!(clone.volume_type(), Some(&VolumeType::Io2));
+        assert_eq!(clone.snapshot_id(), Some("snap-0123456789abcdef0"));
+        assert_eq!(
+            (clone.encrypted(), clone.kms_key_id()),
+            (Some(true), Some("1234abcd-12ab-34cd-56ef-1234567890ab"))
+        );
+        let mut other = spec.clone();
+        other.data_disks[1].snapshot_id = Some("snap-0fedcba9876543210".into());
+        assert_ne!(other.name("t"), spec.name("t"), "a newer snapshot makes a new template");
     }
 
     #[test]
@@ -342,6 +419,10 @@ mod tests {
         device.root_device_name = "/dev/xvda".into();
         assert_ne!(device.name("my tag/é"), name, "the root device is part of the content");
         assert_eq!(spec("worker").name("my tag/é"), name, "the same content, the same name");
+        assert!(
+            format!("{:?}", spec("worker")).ends_with(", data_disks: [] }"),
+            "an empty disk list is left out of the name's content"
+        );
         let long = "t".repeat(255);
         assert!(spec(&"g".repeat(255)).name(&long).len() <= 128);
     }

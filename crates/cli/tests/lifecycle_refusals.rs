@@ -97,3 +97,30 @@ fn plan_and_create_refuse_a_host_pool_on_the_local_provider_before_anything_runs
         assert!(!dir.path().join("home/deployments").exists(), "{command} recorded nothing");
     }
 }
+
+/// An entry with data disks: the local provider has no volumes, so `plan` and `create` refuse
+/// each disk at its device, before anything runs.
+#[test]
+fn plan_and_create_refuse_data_disks_on_the_local_provider_before_anything_runs() {
+    let dir = tempfile::tempdir().unwrap();
+    fs_err::write(dir.path().join("dashboard.json"), "{}").unwrap();
+    fs_err::write(dir.path().join("config.conf"), "port = 9090\n").unwrap();
+    let spec = format!(
+        "tag: dd\nprovider: local\nmonitoring: {{instance_type: t3.small, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- name: db\n  count: 1\n  region: us-east-1\n  instance_type: t3.small\n  storage_size: 10\n  storage_class: gp3\n  binary: {}\n  config: config.conf\n  profiling: false\n  disks:\n    /dev/sdf: {{type: gp3, size: 10, mount: /data}}\n    /dev/sdg: {{type: st1, size: 500}}\nports: []\n",
+        fleet_app_bin().display()
+    );
+    fs_err::write(dir.path().join("fleet.yaml"), spec).unwrap();
+    for command in ["plan", "create"] {
+        let output = offline(dir.path(), &[command, "--config", "fleet.yaml"]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{command}: {stderr}");
+        for (line, device) in [(15, "/dev/sdf"), (16, "/dev/sdg")] {
+            let expected = format!(
+                "fleet.yaml:{line}:5: error: instances[0].disks.{device}: `db` asks for a data disk at `{device}`, and the local provider has no volumes to create"
+            );
+            assert!(stderr.contains(&expected), "{command}: missing {expected:?} in:\n{stderr}");
+        }
+        assert!(stderr.contains("--provider aws"), "{command}: {stderr}");
+        assert!(!dir.path().join("home/deployments").exists(), "{command} recorded nothing");
+    }
+}

@@ -87,6 +87,9 @@ pub struct GroupPlan {
     pub settings: MachineSettings,
     /// The dedicated host pool the group's machines launch onto (`host_pool:`), with its spec.
     pub host_pool: Option<HostPoolPlan>,
+    /// The entry's data disks by device (`disks:`), created with each machine; the index of
+    /// the entry is `instance_index`, so a disk's field is `instances[i].disks.DEVICE`.
+    pub disks: BTreeMap<String, flotilla_spec::disk::DiskSpec>,
 }
 
 /// A group's dedicated host pool: its name under `host_pools` and its keys.
@@ -172,6 +175,7 @@ impl DeploymentPlan {
             offered: BTreeMap::new(),
             settings: spec.monitoring_settings(monitoring_region),
             host_pool: None,
+            disks: BTreeMap::new(),
         }];
         for (index, instance) in spec.instances.iter().enumerate() {
             let host_pool = instance.host_pool.as_ref().and_then(|name| {
@@ -198,6 +202,7 @@ impl DeploymentPlan {
                 offered: BTreeMap::new(),
                 settings: spec.settings_of(index),
                 host_pool,
+                disks: instance.disks.clone(),
             });
         }
         DeploymentPlan {

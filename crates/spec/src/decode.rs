@@ -13,7 +13,7 @@
 //! - The mappings: `decode_fleet.rs` (the deployer's config and flotilla's keys of the root and
 //!   of an instance entry), `decode_account.rs` (images, networks, tags, IAM, boot, root
 //!   volume), `decode_capacity.rs` (instance types, requirements, market, zones),
-//!   `decode_host_pool.rs` (`host_pools` and each entry's `host_pool`) and `decode_fleetd.rs` (an ec2fleetd config, standalone or as an entry's `lifecycle`).
+//!   `decode_host_pool.rs` (`host_pools` and each entry's `host_pool`), `decode_disk.rs` (an entry's `disks`) and `decode_fleetd.rs` (an ec2fleetd config, standalone or as an entry's `lifecycle`).
 //! - `decode_rules.rs`, the rules that span keys or entries and the limits they check (names,
 //!   storage, `cidr`, machine totals, account keys across entries).
 
@@ -21,6 +21,8 @@
 mod account;
 #[path = "decode_capacity.rs"]
 mod capacity;
+#[path = "decode_disk.rs"]
+mod disk;
 #[path = "decode_fleet.rs"]
 mod fleet;
 #[path = "decode_fleetd.rs"]
@@ -38,6 +40,8 @@ pub(crate) use account::{
 };
 #[cfg_attr(not(test), expect(unused_imports, reason = "the schema drift test compares them"))]
 pub(crate) use capacity::{BOUNDS_KEYS, REQUIREMENTS_KEYS};
+#[cfg_attr(not(test), expect(unused_imports, reason = "the schema drift test compares them"))]
+pub(crate) use disk::DISK_KEYS;
 #[cfg_attr(not(test), expect(unused_imports, reason = "the schema drift test compares them"))]
 pub(crate) use fleet::{
     FLEET_KEYS, HEALTH_HTTP_KEYS, HEALTH_KINDS, HEALTH_TCP_KEYS, INSTANCE_KEYS, MONITORING_KEYS,

@@ -84,7 +84,7 @@ pub(crate) fn looks_like_region(text: &str) -> bool {
 
 /// The characters AWS allows in tags of every service flotilla tags (S3 and IAM are the
 /// strictest): letters, digits, white space and `_ . : / = + - @`.
-fn is_tag_text(text: &str) -> bool {
+pub(super) fn is_tag_text(text: &str) -> bool {
     text.chars().all(|c| c.is_alphanumeric() || c == ' ' || "_.:/=+-@".contains(c))
 }
 
@@ -137,7 +137,7 @@ fn is_owner(text: &str) -> bool {
 
 /// Whether `text` names a KMS key as EBS takes it: `alias/NAME`, a key id, a multi-region key id
 /// or a key or alias ARN.
-fn is_kms_key(text: &str) -> bool {
+pub(super) fn is_kms_key(text: &str) -> bool {
     let alias = |name: &str| {
         !name.is_empty()
             && name.len() <= 250

@@ -96,6 +96,7 @@ pub(crate) const INSTANCE_KEYS: &[KeySpec] = &[
     flotilla("market"),
     flotilla("zones"),
     flotilla("host_pool"),
+    flotilla("disks"),
     flotilla("image"),
     flotilla("image_owners"),
     flotilla("network"),
@@ -239,6 +240,7 @@ impl Decoder<'_> {
             decoder.read_zones(node, field, region.value().map(String::as_str))
         });
         let host_pool = self.optional(&fields, "host_pool", Self::read_host_pool_name);
+        let disks = self.optional(&fields, "disks", Self::read_disks);
         if matches!(instance_type, Slot::Absent) {
             let has_alternatives =
                 !matches!(instance_types, Slot::Absent) || !matches!(requirements, Slot::Absent);
@@ -312,6 +314,7 @@ impl Decoder<'_> {
             market: market.into_optional()?.unwrap_or_default(),
             zones: zones.into_optional()?.unwrap_or_default(),
             host_pool: host_pool.into_optional()?,
+            disks: disks.into_optional()?.unwrap_or_default(),
             account: account?.keys,
             lifecycle: lifecycle.into_optional()?,
             keepalive: keepalive.into_optional()?,

@@ -56,6 +56,27 @@ impl Decoder<'_> {
                     format!("give at most {MAX_USER_TAGS} in all: AWS allows 50 tags on a resource and flotilla's own take 8"),
                 );
             }
+            // A data disk's volume carries the machine's tags and its label.
+            for (device, disk) in &instance.disks {
+                let mut volume_keys = keys.clone();
+                volume_keys.extend(disk.label.keys().filter(|k| !keys.contains(k)));
+                if volume_keys.len() <= MAX_USER_TAGS || keys.len() > MAX_USER_TAGS {
+                    continue;
+                }
+                let field = format!("instances[{index}].disks.{device}.label");
+                let disk_field = format!("instances[{index}].disks.{device}");
+                let Some(location) =
+                    self.locations.get(&field).or(self.locations.get(&disk_field)).copied()
+                else {
+                    continue;
+                };
+                self.error(
+                    location,
+                    &field,
+                    format!("the disk's volume gets {} tags with the machine's", volume_keys.len()),
+                    format!("give at most {MAX_USER_TAGS} in all with `tags`: AWS allows 50 tags on a volume and flotilla's own take 8"),
+                );
+            }
         }
         if provider == Some(ProviderKind::Local) {
             return;
@@ -365,18 +386,18 @@ impl Decoder<'_> {
 /// The deployer's provisioned-IOPS rule for one storage class.
 #[derive(Clone, Copy)]
 pub(super) struct IopsRule {
-    required: bool,
+    pub(super) required: bool,
     minimum: i64,
-    per_gib: i64,
+    pub(super) per_gib: i64,
     /// The largest value whatever the size.
-    cap: i64,
+    pub(super) cap: i64,
     /// gp3 always allows its baseline, even on volumes too small to reach it per GiB.
     floor_at_minimum: bool,
 }
 
 impl IopsRule {
     /// The allowed range for a volume of `size` GiB (empty when `minimum > maximum`).
-    fn range(self, size: i64) -> (i64, i64) {
+    pub(super) fn range(self, size: i64) -> (i64, i64) {
         let mut maximum = size.saturating_mul(self.per_gib);
         if self.floor_at_minimum {
             maximum = maximum.max(self.minimum);
@@ -385,7 +406,7 @@ impl IopsRule {
     }
 }
 
-fn iops_rule(class: &str) -> Option<IopsRule> {
+pub(super) fn iops_rule(class: &str) -> Option<IopsRule> {
     match class {
         "gp3" => Some(IopsRule {
             required: false,

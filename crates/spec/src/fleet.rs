@@ -202,6 +202,10 @@ pub struct InstanceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-origin" = "flotilla"))]
     pub host_pool: Option<String>,
+    /// Data disks by device (`/dev/sdf` to `/dev/sdp`, or `/dev/xvdb` to `/dev/xvdz`): EBS volumes created with each machine, tagged with the deployment's tags and the disk's `label`, and deleted with it. AWS only.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("x-origin" = "flotilla"))]
+    pub disks: BTreeMap<String, crate::disk::DiskSpec>,
     /// This entry's image, network, tags, boot additions and root volume, over the top's.
     #[serde(flatten)]
     pub account: AccountKeys,

@@ -20,6 +20,7 @@ pub mod bootstrap;
 pub mod capacity;
 mod decode;
 pub mod diagnostic;
+pub mod disk;
 pub mod document;
 pub mod duration_serde;
 pub mod fleet;

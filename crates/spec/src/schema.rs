@@ -53,10 +53,10 @@ mod tests {
 
     use super::*;
     use crate::decode::{
-        BOOT_COMMAND_KEYS, BOOT_FILE_KEYS, BOOT_KEYS, BOUNDS_KEYS, FLEET_KEYS, HEALTH_HTTP_KEYS,
-        HEALTH_KINDS, HEALTH_TCP_KEYS, HOST_POOL_KEYS, HOST_POOL_ZONE_KEYS, IMAGE_KEYS,
-        INSTANCE_KEYS, KeySpec, MONITORING_KEYS, NETWORK_KEYS, PORT_KEYS, REQUIREMENTS_KEYS,
-        RESTART_KEYS, ROOT_VOLUME_KEYS, UPDATE_KEYS,
+        BOOT_COMMAND_KEYS, BOOT_FILE_KEYS, BOOT_KEYS, BOUNDS_KEYS, DISK_KEYS, FLEET_KEYS,
+        HEALTH_HTTP_KEYS, HEALTH_KINDS, HEALTH_TCP_KEYS, HOST_POOL_KEYS, HOST_POOL_ZONE_KEYS,
+        IMAGE_KEYS, INSTANCE_KEYS, KeySpec, MONITORING_KEYS, NETWORK_KEYS, PORT_KEYS,
+        REQUIREMENTS_KEYS, RESTART_KEYS, ROOT_VOLUME_KEYS, UPDATE_KEYS,
     };
 
     /// Follows `$ref` and the `allOf: [one]` wrapper schemars puts around described refs.
@@ -163,6 +163,8 @@ mod tests {
         assert_keys_match("host_pools.NAME", pool, HOST_POOL_KEYS, false);
         let zone = resolve(&root, &pool["properties"]["zones"]["additionalProperties"]);
         assert_keys_match("host_pools.NAME.zones.ZONE", zone, HOST_POOL_ZONE_KEYS, false);
+        let disk = resolve(&root, &instance["properties"]["disks"]["additionalProperties"]);
+        assert_keys_match("instances[].disks.DEVICE", disk, DISK_KEYS, false);
 
         let restart = object_alternatives(&root, &instance["properties"]["restart"]);
         assert_eq!(restart.len(), 1, "restart has one mapping form: {restart:#?}");

@@ -305,3 +305,33 @@ fn a_lifecycle_written_in_the_spec_decodes_as_an_ec2fleetd_file_does() {
         ]
     );
 }
+
+#[test]
+fn disks_decode_to_their_values() {
+    use flotilla_spec::disk::DiskClone;
+
+    let spec = valid("disks.yaml").spec;
+    let disks = &spec.instances[0].disks;
+    assert_eq!(disks.keys().collect::<Vec<_>>(), ["/dev/sdf", "/dev/sdg", "/dev/sdh", "/dev/xvdi"]);
+    let data = &disks["/dev/sdf"];
+    assert_eq!(
+        (data.volume.class.as_str(), data.volume.iops, data.volume.throughput),
+        ("gp3", Some(4000), Some(250))
+    );
+    assert_eq!(data.size, Some(100));
+    assert_eq!(
+        data.label.iter().collect::<Vec<_>>(),
+        [(&"role".to_owned(), &"data".to_owned()), (&"tier".to_owned(), &"hot".to_owned())]
+    );
+    assert_eq!(data.mount.as_deref(), Some("/data"));
+    let restore = &disks["/dev/sdg"];
+    assert_eq!(
+        restore.clone,
+        Some(DiskClone::Tagged { key: "backup".to_owned(), value: "db-nightly".to_owned() })
+    );
+    assert_eq!((restore.size, restore.encrypt_key.as_deref()), (None, Some("alias/ebs-db")));
+    let io2 = &disks["/dev/sdh"];
+    assert_eq!(io2.clone, Some(DiskClone::Snapshot("snap-0123456789abcdef0".to_owned())));
+    assert_eq!((io2.volume.iops, io2.volume.throughput), (Some(8000), None));
+    assert_eq!(disks["/dev/xvdi"].volume.to_string(), "st1");
+}

@@ -666,7 +666,7 @@ fn unknown_keys_warn_naming_the_key_and_a_close_known_key() {
         [
             "fleet.yaml:2:1: warning: updat: unknown key `updat` is ignored\n  help: did you mean `update`?",
             "fleet.yaml:17:5: warning: instances[0].helth: unknown key `helth` is ignored\n  help: did you mean `health`?",
-            "fleet.yaml:18:5: warning: instances[0].spot: unknown key `spot` is ignored\n  help: the deployer ignores unknown keys; remove it if it is a mistake (known keys here: `name`, `region`, `availability_zone_group`, `instance_type`, `storage_size`, `storage_class`, `storage_iops`, `storage_throughput`, `binary`, `config`, `profiling`, `count`, `args`, `env`, `health`, `restart`, `instance_types`, `requirements`, `market`, `zones`, `host_pool`, `image`, `image_owners`, `network`, `tags`, `boot`, `root_volume`, `lifecycle`, `keepalive`, `on_hosts_change`)",
+            "fleet.yaml:18:5: warning: instances[0].spot: unknown key `spot` is ignored\n  help: the deployer ignores unknown keys; remove it if it is a mistake (known keys here: `name`, `region`, `availability_zone_group`, `instance_type`, `storage_size`, `storage_class`, `storage_iops`, `storage_throughput`, `binary`, `config`, `profiling`, `count`, `args`, `env`, `health`, `restart`, `instance_types`, `requirements`, `market`, `zones`, `host_pool`, `disks`, `image`, `image_owners`, `network`, `tags`, `boot`, `root_volume`, `lifecycle`, `keepalive`, `on_hosts_change`)",
         ]
     );
 }

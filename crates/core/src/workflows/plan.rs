@@ -118,6 +118,7 @@ pub async fn resolve(
     flotilla_spec::document::check_machine_total(document, provider).map_err(CoreError::Invalid)?;
     if provider == ProviderKind::Local {
         refuse_host_pools_locally(document)?;
+        refuse_disks_locally(document)?;
     } else {
         crate::capacity::refuse_mac_types(document)?;
     }
@@ -189,6 +190,35 @@ fn refuse_host_pools_locally(document: &SpecDocument) -> Result<(), CoreError> {
             Some(diagnostic)
         })
         .collect();
+    if diagnostics.is_empty() {
+        Ok(())
+    } else {
+        Err(CoreError::Invalid(flotilla_spec::SpecErrors { diagnostics }))
+    }
+}
+
+/// On the local provider, data disks are refused, located at each device, before anything is
+/// made: local machines are processes sharing this computer's disks, so there is no volume to
+/// create, attach or tag, and a binary that expects its own disk would run on the wrong one.
+fn refuse_disks_locally(document: &SpecDocument) -> Result<(), CoreError> {
+    let mut diagnostics = Vec::new();
+    for (index, instance) in document.spec.instances.iter().enumerate() {
+        for device in instance.disks.keys() {
+            let diagnostic = document
+                .diagnostic(
+                    flotilla_spec::Severity::Error,
+                    &format!("instances[{index}].disks.{device}"),
+                    format!(
+                        "`{}` asks for a data disk at `{device}`, and the local provider has no volumes to create",
+                        instance.name
+                    ),
+                )
+                .with_help(
+                    "deploy with `--provider aws`, or remove `disks` to run the entry locally on this computer's file system",
+                );
+            diagnostics.push(diagnostic);
+        }
+    }
     if diagnostics.is_empty() {
         Ok(())
     } else {

@@ -1,0 +1,230 @@
+//! Data disks against the emulator: an entry's `disks` become volumes created with each
+//! machine, attached at their devices with the type, size, IOPS, throughput, snapshot and key
+//! the spec asks for, tagged with the deployment's tags, their device, mount point and label;
+//! a clone by tag takes the newest of the snapshots carrying it; a tag no snapshot carries is
+//! refused, located, before anything is made.
+
+#![allow(clippy::unwrap_used)] // Helpers of these tests fail the test when a step fails.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::{ResourceType, Tag, TagSpecification, VolumeType};
+use common::aws::AwsFleet;
+use common::*;
+use flotilla_emulator::control::Emulator;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+/// The machine type of this host's architecture (the fleet app is built for it).
+fn native_type() -> &'static str {
+    if std::env::consts::ARCH == "aarch64" { "m7g.large" } else { "m7i.large" }
+}
+
+fn native_monitoring_type() -> &'static str {
+    if std::env::consts::ARCH == "aarch64" { "t4g.small" } else { "t3.small" }
+}
+
+fn tags_of(tags: &[Tag]) -> BTreeMap<String, String> {
+    tags.iter()
+        .map(|t| (t.key().unwrap_or_default().to_owned(), t.value().unwrap_or_default().to_owned()))
+        .collect()
+}
+
+/// A snapshot of a new `size` GiB volume in us-east-1a, tagged `backup=<value>`.
+async fn tagged_snapshot(ec2: &aws_sdk_ec2::Client, size: i32, value: &str) -> String {
+    let volume = ec2
+        .create_volume()
+        .availability_zone("us-east-1a")
+        .size(size)
+        .volume_type(VolumeType::Gp3)
+        .send()
+        .await
+        .unwrap();
+    let snapshot = ec2
+        .create_snapshot()
+        .volume_id(volume.volume_id().unwrap())
+        .tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Snapshot)
+                .tags(Tag::builder().key("backup").value(value).build())
+                .build(),
+        )
+        .send()
+        .await
+        .unwrap();
+    ec2.delete_volume().volume_id(volume.volume_id().unwrap()).send().await.unwrap();
+    snapshot.snapshot_id().unwrap().to_owned()
+}
+
+/// One machine with two data disks: a provisioned gp3 disk with a label and a mount point, and
+/// an io2 disk cloned from the newest snapshot tagged `backup=<tag>` (two carry it; the newer
+/// is 8 GiB, so the disk, given no size, is 8 GiB), encrypted with a key named by alias.
+#[test]
+fn an_entrys_disks_are_created_typed_cloned_from_the_newest_tagged_snapshot_and_tagged() {
+    let fleet = AwsFleet::new("disks");
+    let _emulator = Emulator::require();
+    let runtime = runtime();
+    let config = runtime.block_on(fleet.sdk());
+    let ec2 = runtime.block_on(fleet.ec2("us-east-1"));
+    let kms = aws_sdk_kms::Client::new(&config);
+
+    let (older, newer) = runtime.block_on(async {
+        let older = tagged_snapshot(&ec2, 5, &fleet.tag).await;
+        // EC2 answers start times to the second: keep the two apart.
+        tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+        let newer = tagged_snapshot(&ec2, 8, &fleet.tag).await;
+        (older, newer)
+    });
+    assert_ne!(older, newer);
+    let key_id = runtime.block_on(async {
+        let key = kms.create_key().send().await.unwrap();
+        let key_id = key.key_metadata().unwrap().key_id().to_owned();
+        kms.create_alias()
+            .alias_name(format!("alias/disks-{}", fleet.tag))
+            .target_key_id(&key_id)
+            .send()
+            .await
+            .unwrap();
+        key_id
+    });
+
+    fleet.write("app.conf", "port = 9090\ngreeting = \"hello\"\ninterval = 300\n");
+    let spec = format!(
+        "tag: {tag}\nprovider: aws\ntags: {{Team: data}}\nmonitoring: {{instance_type: {monitoring}, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- name: db\n  region: us-east-1\n  instance_type: {native}\n  storage_size: 10\n  storage_class: gp3\n  binary: {binary}\n  config: app.conf\n  profiling: false\n  disks:\n    /dev/sdf: {{type: \"gp3:4000:250\", size: 20, label: \"role:data,tier:hot\", mount: /data}}\n    /dev/sdg: {{type: \"io2:1000\", clone: \"backup:{tag}\", encrypt_key: alias/disks-{tag}}}\nports: []\n",
+        tag = fleet.tag,
+        monitoring = native_monitoring_type(),
+        native = native_type(),
+        binary = fleet_app_bin().display(),
+    );
+    let spec = fleet.write("fleet.yaml", &spec).display().to_string();
+    let output =
+        fleet.run_ok(&["create", "--config", &spec, "--ip", "198.51.100.7", "--output", "json"]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(rows.len(), 2, "{rows:?}");
+
+    runtime.block_on(async {
+        let described = ec2.describe_instances().filters(fleet.tag_filter()).send().await.unwrap();
+        let db = described
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .find(|i| tags_of(i.tags()).get("flotilla:machine").map(String::as_str) == Some("db"))
+            .expect("the db machine runs");
+        let db_id = db.instance_id().unwrap();
+        let volumes = ec2
+            .describe_volumes()
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("attachment.instance-id")
+                    .values(db_id)
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let by_device: BTreeMap<String, &aws_sdk_ec2::types::Volume> = volumes
+            .volumes()
+            .iter()
+            .map(|v| (v.attachments()[0].device().unwrap().to_owned(), v))
+            .collect();
+        let devices: Vec<&str> = by_device.keys().map(String::as_str).collect();
+        assert!(devices.contains(&"/dev/sdf") && devices.contains(&"/dev/sdg"), "{devices:?}");
+        assert_eq!(devices.len(), 3, "the root volume and two data disks: {devices:?}");
+
+        let data = by_device["/dev/sdf"];
+        assert_eq!(data.volume_type(), Some(&VolumeType::Gp3));
+        assert_eq!(
+            (data.size(), data.iops(), data.throughput()),
+            (Some(20), Some(4000), Some(250))
+        );
+        assert_eq!(data.encrypted(), Some(false), "{data:?}");
+        assert!(data.snapshot_id().unwrap_or_default().is_empty(), "{data:?}");
+        // Deleted with the machine, as the instance's mappings say (and destroy shows below).
+        for mapping in db.block_device_mappings() {
+            let ebs = mapping.ebs().unwrap();
+            assert_eq!(ebs.delete_on_termination(), Some(true), "{mapping:?}");
+        }
+        let tags = tags_of(data.tags());
+        for (key, value) in [
+            ("role", "data"),
+            ("tier", "hot"),
+            ("flotilla:device", "/dev/sdf"),
+            ("flotilla:mount", "/data"),
+            ("flotilla:machine", "db"),
+            ("flotilla:deployment", fleet.tag.as_str()),
+            ("Team", "data"),
+        ] {
+            assert_eq!(tags.get(key).map(String::as_str), Some(value), "{key}: {tags:?}");
+        }
+
+        let clone = by_device["/dev/sdg"];
+        assert_eq!(clone.snapshot_id(), Some(newer.as_str()), "the newer of the tagged snapshots");
+        assert_eq!(clone.volume_type(), Some(&VolumeType::Io2));
+        assert_eq!((clone.size(), clone.iops()), (Some(8), Some(1000)), "the snapshot's size");
+        assert_eq!(clone.encrypted(), Some(true));
+        assert!(clone.kms_key_id().is_some_and(|k| k.contains(&key_id)), "{clone:?}");
+        let tags = tags_of(clone.tags());
+        assert_eq!(tags.get("flotilla:device").map(String::as_str), Some("/dev/sdg"), "{tags:?}");
+        assert!(!tags.contains_key("role") && !tags.contains_key("flotilla:mount"), "{tags:?}");
+        assert_eq!(tags.get("Team").map(String::as_str), Some("data"), "{tags:?}");
+    });
+
+    // Deleted with the machine.
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+    let left = runtime.block_on(fleet.leftovers(&["us-east-1"]));
+    assert!(left.is_empty(), "{left:?}");
+    runtime.block_on(async {
+        let volumes = ec2.describe_volumes().filters(fleet.tag_filter()).send().await.unwrap();
+        let attached: Vec<_> = volumes
+            .volumes()
+            .iter()
+            .filter(|v| v.state().is_some_and(|s| s.as_str() != "deleted"))
+            .collect();
+        assert!(attached.is_empty(), "volumes outlive their machine: {attached:?}");
+    });
+}
+
+/// A clone from a tag no snapshot of the region carries, and a size below its snapshot's, are
+/// refused at their lines, naming the region and the tag, before anything is made.
+#[test]
+fn a_clone_no_snapshot_matches_is_refused_at_its_line_before_anything_is_made() {
+    let fleet = AwsFleet::new("disks-refs");
+    let _emulator = Emulator::require();
+    let runtime = runtime();
+    let ec2 = runtime.block_on(fleet.ec2("us-east-1"));
+    let snapshot = runtime.block_on(tagged_snapshot(&ec2, 30, &fleet.tag));
+    fleet.write("app.conf", "port = 9090\ngreeting = \"hello\"\ninterval = 300\n");
+    let spec = format!(
+        "tag: {tag}\nprovider: aws\nmonitoring: {{instance_type: {monitoring}, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- name: db\n  region: us-east-1\n  instance_type: {native}\n  storage_size: 10\n  storage_class: gp3\n  binary: {binary}\n  config: app.conf\n  profiling: false\n  disks:\n    /dev/sdf: {{type: gp3, clone: \"backup:nothing-{tag}\"}}\n    /dev/sdg: {{type: gp3, size: 10, clone: {snapshot}}}\nports: []\n",
+        tag = fleet.tag,
+        monitoring = native_monitoring_type(),
+        native = native_type(),
+        binary = fleet_app_bin().display(),
+    );
+    let spec = fleet.write("fleet.yaml", &spec).display().to_string();
+    let output = fleet.run(&["create", "--config", &spec, "--ip", "198.51.100.7"]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    // Each at the line that wrote it.
+    let text = fs_err::read_to_string(&spec).unwrap();
+    let line_of = |needle: &str| text.lines().position(|l| l.contains(needle)).unwrap() + 1;
+    for expected in [
+        format!(
+            "fleet.yaml:{}:34: error: instances[0].disks./dev/sdf.clone: no completed snapshot of the account in us-east-1 carries the tag backup=nothing-{}",
+            line_of("nothing-"),
+            fleet.tag
+        ),
+        format!(
+            "fleet.yaml:{}:33: error: instances[0].disks./dev/sdg.size: the disk's 10 GiB are less than its snapshot {snapshot} holds (30 GiB)",
+            line_of("/dev/sdg")
+        ),
+    ] {
+        assert!(stderr.contains(&expected), "missing {expected:?} in:\n{stderr}");
+    }
+    let left = runtime.block_on(fleet.leftovers(&["us-east-1"]));
+    assert!(left.is_empty(), "nothing was made: {left:?}");
+}
