@@ -115,9 +115,10 @@ pub async fn prepare(
         }
         Ok::<_, ProviderError>(resolved)
     };
+    let scope = survey::CatalogScope::of_groups(&plan.groups);
     let (enabled, catalog, deployer_ip, role_owner, existing_networks) = tokio::join!(
         survey::check_regions(clients, &regions),
-        survey::catalog(clients, home, &regions),
+        survey::catalog(clients, home, &regions, &scope),
         address::for_prepare(
             provider.options.deployer_ip,
             journal.read().deployer_ip,

@@ -26,7 +26,8 @@ pub(super) async fn check(
     let needs_catalog =
         plan.groups.iter().any(|g| g.settings.image.is_some() && g.architecture.is_none());
     let catalog = if needs_catalog {
-        Some(survey::catalog(clients, home, &plan.regions()).await?)
+        let scope = survey::CatalogScope::of_groups(&plan.groups);
+        Some(survey::catalog(clients, home, &plan.regions(), &scope).await?)
     } else {
         None
     };

@@ -6,7 +6,17 @@
 //! `DescribeInstanceTypeOfferings` by availability zone (paginated). Both are cached for 24 h
 //! under `$FLOTILLA_HOME/cache/aws/<endpoint>/`: a catalog changes when AWS launches a type,
 //! not between two commands. Prices are [`crate::prices`]', cached beside it for 12 h.
+//!
+//! A spec whose every entry lists its types (no `requirements:`) needs only those types
+//! ([`CatalogScope::Only`]): when the full catalog is not cached, the narrow one is read instead,
+//! `DescribeInstanceTypes` by name (100 names a call, AWS's limit), the offerings filtered to
+//! those names and `DescribeAvailabilityZones` for every zone of each region (so "every zone"
+//! and a misspelt zone mean what they mean with the full catalog), cached under names keyed by
+//! the set of types. A name AWS does not know (`InvalidInstanceType`) reads the full catalog,
+//! which "did you mean" needs. A cold `plan` of a listed-types spec reads a few kilobytes
+//! instead of the account's whole catalog.
 
+use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -44,7 +54,7 @@ pub async fn survey(
     progress: &dyn Progress,
 ) -> Result<Survey, ProviderError> {
     let stage = progress.stage("reading the instance catalog and prices", regions.len() as u64 + 1);
-    let catalog = catalog(clients, home, regions).await?;
+    let catalog = catalog(clients, home, regions, &CatalogScope::of_groups(groups)).await?;
     stage.advance(1);
     let wanted = priced_types(&catalog, regions, groups);
     let (prices, notes) =
@@ -89,13 +99,129 @@ pub fn priced_types(
     wanted
 }
 
-/// The instance catalog of `regions`, from the cache when it is fresh.
+/// The instance types a command needs from the catalog.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CatalogScope {
+    /// Every type of the account: some group selects by `requirements`.
+    Everything,
+    /// Only these types (every group lists its types).
+    Only(BTreeSet<String>),
+}
+
+impl CatalogScope {
+    /// The types `groups` may run on: their listed types when no group has `requirements` (or
+    /// lists none), else every type.
+    pub fn of_groups(groups: &[GroupPlan]) -> CatalogScope {
+        if groups.is_empty()
+            || groups.iter().any(|g| g.requirements.is_some() || g.instance_types.is_empty())
+        {
+            return CatalogScope::Everything;
+        }
+        CatalogScope::Only(groups.iter().flat_map(|g| g.instance_types.iter().cloned()).collect())
+    }
+}
+
+/// The instance catalog of `regions` for `scope`: the full catalog when it is cached and fresh
+/// or the scope is everything, else the narrow one (see the module's documentation).
 pub async fn catalog(
     clients: &Clients,
     home: &Path,
     regions: &[String],
+    scope: &CatalogScope,
 ) -> Result<Catalog, ProviderError> {
     let dir = cache_dir(home, clients);
+    if let CatalogScope::Only(names) = scope
+        && !full_catalog_cached(&dir, regions)
+        && let Some(catalog) = narrow_catalog(clients, &dir, regions, names).await?
+    {
+        return Ok(catalog);
+    }
+    full_catalog(clients, &dir, regions).await
+}
+
+/// Whether the full catalog of `regions` is cached and fresh.
+fn full_catalog_cached(dir: &Path, regions: &[String]) -> bool {
+    let fresh = |name: &str| {
+        fs_err::metadata(dir.join(name))
+            .ok()
+            .and_then(|m| m.modified().ok())
+            .and_then(|modified| SystemTime::now().duration_since(modified).ok())
+            .is_some_and(|age| age <= CATALOG_TTL)
+    };
+    fresh("instance-types.json") && regions.iter().all(|r| fresh(&format!("offerings-{r}.json")))
+}
+
+/// The zones of a region and the `(type, zone)` offerings of some types there.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct NarrowOfferings {
+    zones: Vec<String>,
+    offered: Vec<(String, String)>,
+}
+
+/// The catalog of `names` only, from its own cache when fresh; `None` when AWS does not know
+/// one of the names (the caller reads the full catalog, whose names "did you mean" needs).
+async fn narrow_catalog(
+    clients: &Clients,
+    dir: &Path,
+    regions: &[String],
+    names: &BTreeSet<String>,
+) -> Result<Option<Catalog>, ProviderError> {
+    let joined: Vec<&str> = names.iter().map(String::as_str).collect();
+    let key = &hex::encode(Sha256::digest(joined.join(",").as_bytes()))[..16];
+    let types_file = format!("instance-types-only-{key}.json");
+    let types = match read_cache::<Vec<InstanceType>>(&dir.join(&types_file), CATALOG_TTL) {
+        Some(types) => types,
+        None => match describe_named_instance_types(clients, &joined).await {
+            Ok(types) => {
+                write_cache(dir, &types_file, &types)?;
+                types
+            }
+            Err(error) if error.code_is("InvalidInstanceType") => return Ok(None),
+            Err(error) => return Err(error.into()),
+        },
+    };
+    let offerings = fan_out(
+        Concurrency::REGIONS,
+        regions.iter().cloned().map(|region| {
+            let file = format!("offerings-{region}-only-{key}.json");
+            let joined = &joined;
+            async move {
+                let narrow = match read_cache::<NarrowOfferings>(&dir.join(&file), CATALOG_TTL) {
+                    Some(narrow) => narrow,
+                    None => {
+                        let (zones, offered) = tokio::try_join!(
+                            describe_zones(clients, &region),
+                            describe_named_offerings(clients, &region, joined)
+                        )?;
+                        let narrow = NarrowOfferings { zones, offered };
+                        write_cache(dir, &file, &narrow)?;
+                        narrow
+                    }
+                };
+                Ok::<_, ProviderError>((region, narrow))
+            }
+        }),
+    )
+    .await?;
+    let mut catalog = Catalog::with_types(types);
+    for (region, narrow) in offerings {
+        for zone in &narrow.zones {
+            catalog.add_zone(&region, zone);
+        }
+        for (instance_type, zone) in narrow.offered {
+            catalog.offer(&region, &zone, &instance_type);
+        }
+    }
+    Ok(Some(catalog))
+}
+
+/// The full instance catalog of `regions`, from the cache when it is fresh.
+async fn full_catalog(
+    clients: &Clients,
+    dir: &Path,
+    regions: &[String],
+) -> Result<Catalog, ProviderError> {
+    let dir = dir.to_path_buf();
     let types = async {
         match read_cache::<Vec<InstanceType>>(&dir.join("instance-types.json"), CATALOG_TTL) {
             Some(types) => Ok(types),
@@ -206,6 +332,78 @@ async fn describe_instance_types(clients: &Clients) -> Result<Vec<InstanceType>,
         }
     }
     Ok(types)
+}
+
+/// The types named, 100 names a call (AWS's limit).
+async fn describe_named_instance_types(
+    clients: &Clients,
+    names: &[&str],
+) -> Result<Vec<InstanceType>, AwsError> {
+    let mut types = Vec::new();
+    for chunk in names.chunks(100) {
+        let mut request = clients.ec2(HOME_REGION).describe_instance_types();
+        for name in chunk {
+            request = request.instance_types((*name).into());
+        }
+        let answer = request.send().await.map_err(|e| {
+            AwsError::from_sdk(HOME_REGION, "DescribeInstanceTypes", chunk.join(","), e)
+        })?;
+        types.extend(answer.instance_types().iter().filter_map(from_sdk));
+    }
+    Ok(types)
+}
+
+/// Every availability zone of `region` the account may use (standard zones and opted-in
+/// local zones), as the offerings of the full catalog name them.
+async fn describe_zones(clients: &Clients, region: &str) -> Result<Vec<String>, ProviderError> {
+    let answer = clients
+        .ec2(region)
+        .describe_availability_zones()
+        .send()
+        .await
+        .map_err(|e| AwsError::from_sdk(region, "DescribeAvailabilityZones", "", e))?;
+    Ok(answer
+        .availability_zones()
+        .iter()
+        .filter_map(|z| z.zone_name())
+        .map(str::to_owned)
+        .collect())
+}
+
+/// `(type, zone)` for the types named offered in a zone of `region`, 100 names a filter.
+async fn describe_named_offerings(
+    clients: &Clients,
+    region: &str,
+    names: &[&str],
+) -> Result<Vec<(String, String)>, ProviderError> {
+    let mut offered = Vec::new();
+    for chunk in names.chunks(100) {
+        let mut pages = clients
+            .ec2(region)
+            .describe_instance_type_offerings()
+            .location_type(LocationType::AvailabilityZone)
+            .filters(
+                Filter::builder()
+                    .name("instance-type")
+                    .set_values(Some(chunk.iter().map(|n| (*n).to_owned()).collect()))
+                    .build(),
+            )
+            .max_results(1000)
+            .into_paginator()
+            .items()
+            .send();
+        while let Some(item) = pages.next().await {
+            let offering = item.map_err(|e| {
+                AwsError::from_sdk(region, "DescribeInstanceTypeOfferings", chunk.join(","), e)
+            })?;
+            if let (Some(instance_type), Some(zone)) =
+                (offering.instance_type(), offering.location())
+            {
+                offered.push((instance_type.as_str().to_owned(), zone.to_owned()));
+            }
+        }
+    }
+    Ok(offered)
 }
 
 /// `(type, zone)` for every type offered in a zone of `region`.

@@ -355,6 +355,12 @@ impl Catalog {
             .insert(instance_type.to_owned());
     }
 
+    /// Records that `region` has `zone`, whether or not the catalog's types are offered there
+    /// (a narrow catalog, of some types only, still knows every zone).
+    pub fn add_zone(&mut self, region: &str, zone: &str) {
+        self.offerings.entry(region.to_owned()).or_default().entry(zone.to_owned()).or_default();
+    }
+
     /// Reads `DescribeInstanceTypeOfferings` output for `region` (a JSON array of
     /// `{InstanceType, Location}`, the zone as location).
     pub fn offer_from_aws_json(

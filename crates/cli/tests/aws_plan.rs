@@ -93,3 +93,98 @@ fn plan_makes_no_change_and_prices_as_the_pricing_api_says() {
         .sum();
     assert!((report["usd_per_hour"].as_f64().unwrap() - total).abs() < 1e-3, "{report:#}");
 }
+
+async fn clients(fleet: &AwsFleet) -> flotilla_aws::Clients {
+    flotilla_aws::Clients::from_config(
+        fleet.sdk().await,
+        std::env::var("AWS_ENDPOINT_URL").ok(),
+        std::env::var(flotilla_aws::clients::ADDRESS_MAP_VARIABLE).ok(),
+    )
+}
+
+#[test]
+fn a_catalog_of_listed_types_reads_only_them_and_keeps_every_zone() {
+    use flotilla_aws::survey::{CatalogScope, catalog};
+    let fleet = AwsFleet::new("narrow-catalog");
+    let scope = Emulator::require().scope(&fleet.scope);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap();
+    let clients = runtime.block_on(clients(&fleet));
+    let regions: Vec<String> =
+        ["us-east-1", "eu-west-1", "ap-south-1"].iter().map(|r| r.to_string()).collect();
+    let listed: std::collections::BTreeSet<String> =
+        ["m7i.large", "m6i.large", "t3.small"].iter().map(|t| t.to_string()).collect();
+    let narrow_home = tempfile::tempdir().unwrap();
+    runtime.block_on(scope.reset_counts()).unwrap();
+
+    let narrow = runtime
+        .block_on(catalog(
+            &clients,
+            narrow_home.path(),
+            &regions,
+            &CatalogScope::Only(listed.clone()),
+        ))
+        .unwrap();
+    let counts = runtime.block_on(scope.counts()).unwrap();
+    assert_eq!(
+        counts.get("ec2", "DescribeInstanceTypes"),
+        1,
+        "one call for three names: {counts:?}"
+    );
+    assert_eq!(narrow.types.keys().cloned().collect::<std::collections::BTreeSet<_>>(), listed);
+
+    // The same zones and offerings of the listed types as the full catalog.
+    let full_home = tempfile::tempdir().unwrap();
+    let full = runtime
+        .block_on(catalog(&clients, full_home.path(), &regions, &CatalogScope::Everything))
+        .unwrap();
+    assert!(full.types.len() > 100, "the full catalog has every type: {}", full.types.len());
+    for region in &regions {
+        assert!(!narrow.zones(region).is_empty(), "{region} has zones");
+        assert_eq!(narrow.zones(region), full.zones(region), "every zone of {region}");
+        for name in &listed {
+            assert_eq!(
+                narrow.zones_offering(region, name),
+                full.zones_offering(region, name),
+                "{name} in {region}"
+            );
+            assert_eq!(narrow.instance_type(name), full.instance_type(name), "{name}");
+        }
+    }
+
+    // Cached: a second read makes no call.
+    runtime.block_on(scope.reset_counts()).unwrap();
+    runtime
+        .block_on(catalog(&clients, narrow_home.path(), &regions, &CatalogScope::Only(listed)))
+        .unwrap();
+    let counts = runtime.block_on(scope.counts()).unwrap();
+    assert!(counts.0.values().all(|actions| actions.is_empty()), "{counts:?}");
+
+    // A name AWS does not know reads the full catalog, which "did you mean" needs.
+    let typo: std::collections::BTreeSet<String> = ["m7i.lrage".to_string()].into_iter().collect();
+    let fallback = runtime
+        .block_on(catalog(
+            &clients,
+            tempfile::tempdir().unwrap().path(),
+            &regions,
+            &CatalogScope::Only(typo),
+        ))
+        .unwrap();
+    assert_eq!(fallback.types.len(), full.types.len());
+    assert_eq!(fallback.closest_name("m7i.lrage"), Some("m7i.large"));
+}
+
+#[test]
+fn plan_of_a_misspelt_type_says_did_you_mean() {
+    let fleet = AwsFleet::new("plan-typo");
+    let binary = fleet_app_bin();
+    let spec = format!(
+        "tag: plan-typo\nprovider: aws\nmonitoring: {{instance_type: t3.small, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- {{name: web, count: 1, region: us-east-1, instance_types: [m7i.lrage], storage_size: 10, storage_class: gp3, binary: {b}, config: app.conf, profiling: false}}\nports: []\n",
+        b = binary.display()
+    );
+    fleet.write("app.conf", "port = 9090\n");
+    let spec = fleet.write("fleet.yaml", &spec).display().to_string();
+    let output = fleet.run(&["plan", "--config", &spec]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "a plan of an unknown type fails: {stderr}");
+    assert!(stderr.contains("m7i.large"), "did you mean: {stderr}");
+}
