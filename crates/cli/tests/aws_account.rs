@@ -93,7 +93,7 @@ fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
     let policy_arn = runtime.block_on(async {
         let document = serde_json::json!({
             "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": "arn:aws:s3:::team-data/secret.txt"}]
+            "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": format!("arn:aws:s3:::team-data-{}/secret.txt", fleet.tag)}]
         });
         iam.create_policy()
             .policy_name(format!("read-secret-{}", fleet.tag))
@@ -121,7 +121,7 @@ fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
 
     fleet.write("app.conf", "port = 9090\ngreeting = \"hello\"\ninterval = 300\n");
     let spec = format!(
-        "tag: {tag}\nprovider: aws\nimage: {{name: golden-{tag}-*}}\ntags: {{Team: infra, CostCenter: \"4711\"}}\niam_policies: [{policy_arn}]\niam_statements:\n- {{Effect: Allow, Action: \"s3:ListBucket\", Resource: \"arn:aws:s3:::team-data\"}}\nroot_volume: {{kms_key: alias/{tag}}}\nmonitoring: {{instance_type: {monitoring}, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- {{name: web, count: 2, region: us-east-1, instance_type: {native}, storage_size: 10, storage_class: gp3, binary: {binary}, config: app.conf, profiling: false, image: \"golden:{tag}\", tags: {{Team: core}}}}\nports: []\n",
+        "tag: {tag}\nprovider: aws\nimage: {{name: golden-{tag}-*}}\ntags: {{Team: infra, CostCenter: \"4711\"}}\niam_policies: [{policy_arn}]\niam_statements:\n- {{Effect: Allow, Action: \"s3:ListBucket\", Resource: \"arn:aws:s3:::team-data-{tag}\"}}\nroot_volume: {{kms_key: alias/{tag}}}\nmonitoring: {{instance_type: {monitoring}, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- {{name: web, count: 2, region: us-east-1, instance_type: {native}, storage_size: 10, storage_class: gp3, binary: {binary}, config: app.conf, profiling: false, image: \"golden:{tag}\", tags: {{Team: core}}}}\nports: []\n",
         tag = fleet.tag,
         monitoring = native_monitoring_type(),
         native = native_type(),
@@ -240,6 +240,66 @@ fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
     let booted = runtime.block_on(emulator.booted()).unwrap();
     let ours: Vec<_> = booted.iter().filter(|b| b.scope == fleet.scope).collect();
     assert_eq!(ours.len(), 3, "every instance of the custom image booted");
+
+    // A program on a machine reads with the role's credentials, found through the machine's
+    // IMDS as any SDK's default chain finds them: the attached policy allows `secret.txt`, and
+    // nothing allows `other.txt` (the emulator holds role credentials to the role's policies).
+    runtime.block_on(async {
+        use aws_sdk_s3::error::ProvideErrorMetadata;
+        let bucket = format!("team-data-{}", fleet.tag);
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build(),
+        );
+        s3.create_bucket().bucket(&bucket).send().await.unwrap();
+        for (key, text) in [("secret.txt", "the team's secret"), ("other.txt", "not for machines")]
+        {
+            s3.put_object()
+                .bucket(&bucket)
+                .key(key)
+                .body(text.as_bytes().to_vec().into())
+                .send()
+                .await
+                .unwrap();
+        }
+        let imds = aws_config::imds::Client::builder()
+            .endpoint(ours[0].imds_endpoint.as_str())
+            .unwrap()
+            .build();
+        // The test's environment disables the SDK's IMDS lookups: read the role's credentials
+        // from the machine's IMDS the way the default chain does (the role's name, then its
+        // credentials).
+        let role = imds.get("/latest/meta-data/iam/security-credentials/").await.unwrap();
+        let role = role.as_ref().lines().next().unwrap().to_owned();
+        let document =
+            imds.get(format!("/latest/meta-data/iam/security-credentials/{role}")).await.unwrap();
+        let document: serde_json::Value = serde_json::from_str(document.as_ref()).unwrap();
+        let credentials = aws_sdk_s3::config::Credentials::new(
+            document["AccessKeyId"].as_str().unwrap(),
+            document["SecretAccessKey"].as_str().unwrap(),
+            document["Token"].as_str().map(str::to_owned),
+            None,
+            "the machine's IMDS",
+        );
+        let machine_config = config
+            .to_builder()
+            .credentials_provider(aws_types::sdk_config::SharedCredentialsProvider::new(
+                credentials,
+            ))
+            .build();
+        let machine_s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&machine_config).force_path_style(true).build(),
+        );
+        let secret = machine_s3.get_object().bucket(&bucket).key("secret.txt").send().await;
+        let secret = secret.expect("the attached policy lets the machine read secret.txt");
+        let text = secret.body.collect().await.unwrap().into_bytes();
+        assert_eq!(&text[..], b"the team's secret");
+        let refused = machine_s3.get_object().bucket(&bucket).key("other.txt").send().await;
+        let error = refused.expect_err("no policy of the role allows other.txt");
+        assert_eq!(error.code(), Some("AccessDenied"), "{error:?}");
+        s3.delete_object().bucket(&bucket).key("secret.txt").send().await.unwrap();
+        s3.delete_object().bucket(&bucket).key("other.txt").send().await.unwrap();
+        s3.delete_bucket().bucket(&bucket).send().await.unwrap();
+    });
 
     // destroy detaches the policy before it deletes the role.
     fleet.run_ok(&["destroy", &fleet.tag_arg()]);

@@ -51,6 +51,11 @@ moto's Python. It serves moto's WSGI app with werkzeug (threaded) on 127.0.0.1 a
   terminates, and ReleaseHosts answering per host (Unsuccessful items for an occupied host and
   for a Mac host inside its 24 hours), all on the scope's clock: real time plus an offset a
   test sets, so "24 hours later" needs no real wait;
+- an instance role's S3 object reads held to the role's policies: a request signed with the
+  credentials an instance's IMDS hands out (their session token names the instance) may
+  GetObject or HeadObject only what the role's inline and attached policies allow, an explicit
+  Deny winning, as IAM decides (moto checks no policy unless every caller is a known IAM user);
+  other calls with those credentials are not checked;
 - a JSON control API under `/_flotilla/`, which also lets the booter end an instance it cannot
   boot, with an EC2 StateReason saying why.
 
@@ -95,10 +100,11 @@ from collections import deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, unquote
 
 from moto.core import DEFAULT_ACCOUNT_ID
 from moto.core.responses import ActionResult
+from moto.iam.access_control import IAMPolicy, PermissionResult
 from moto.ec2.exceptions import (
     DependencyViolationError,
     EC2ClientError,
@@ -3355,6 +3361,54 @@ def serve_control(environ: Environ, start_response: StartResponse) -> list[bytes
     return [data]
 
 
+# --- An instance role's S3 object reads ---------------------------------------------------------
+
+# The session token of the credentials an instance's IMDS serves (crates/emulator/src/imds.rs).
+SESSION_PREFIX = "flotilla-emulator-session-"
+# The S3 operations checked against the role, with the IAM action each needs.
+ROLE_CHECKED_S3 = {"GetObject": "s3:GetObject", "HeadObject": "s3:GetObject"}
+
+
+def role_refusal(call: Call, environ: Environ) -> str | None:
+    """Why IAM would refuse this S3 object read made with an instance's role credentials, or
+    None when it is allowed or not such a read. Path-style requests (flotilla's and the SDKs'
+    against an IP endpoint)."""
+    if call.service != "s3" or call.action not in ROLE_CHECKED_S3:
+        return None
+    query = parse_qs(environ.get("QUERY_STRING", ""))
+    token = environ.get("HTTP_X_AMZ_SECURITY_TOKEN") or query.get("X-Amz-Security-Token", [""])[0]
+    if not token.startswith(SESSION_PREFIX):
+        return None
+    instance_id = token[len(SESSION_PREFIX) :]
+    action = ROLE_CHECKED_S3[call.action]
+    bucket, _, key = environ.get("PATH_INFO", "/").lstrip("/").partition("/")
+    resource = f"arn:aws:s3:::{bucket}/{unquote(key)}"
+    found = find_instance(instance_id)
+    if found is None:
+        return f"the credentials of instance {instance_id}, which does not exist, are not valid"
+    _, _, backend, instance = found
+    association = backend.iam_instance_profile_associations.get(instance.id)
+    profile = association.iam_instance_profile if association else None
+    roles = list(getattr(profile, "roles", []) or [])
+    results = []
+    for role in roles:
+        documents: list[str] = list(role.policies.values())
+        for managed in role.managed_policies.values():
+            documents += [v.document for v in managed.versions if v.is_default]
+        # `${aws:userid}` of an instance's role session is `<role id>:<instance id>`.
+        userid = f"{role.id}:{instance.id}"
+        results += [
+            IAMPolicy(d.replace("${aws:userid}", userid)).is_action_permitted(action, resource)
+            for d in documents
+        ]
+    who = roles[0].arn if roles else f"instance {instance_id} (no instance profile)"
+    if PermissionResult.DENIED in results:
+        return f"{who} is not authorized to perform: {action} on resource: {resource} with an explicit deny"
+    if PermissionResult.PERMITTED in results:
+        return None
+    return f"{who} is not authorized to perform: {action} on resource: {resource} because no identity-based policy allows the {action} action"
+
+
 # --- The middleware around moto's app -----------------------------------------------------------
 
 # EC2 requests run one at a time: the patches above read and change instances, addresses and
@@ -3401,6 +3455,13 @@ class Middleware:
         if injected is not None:
             status, headers, body = fault_response(call, *injected)
             start_response(f"{status} Injected", [*headers, ("Content-Length", str(len(body)))])
+            return [body]
+        refusal = role_refusal(call, environ)
+        if refusal is not None:
+            status, headers, body = fault_response(
+                call, Rule(code="AccessDenied", message=refusal), None
+            )
+            start_response(f"{status} Denied", [*headers, ("Content-Length", str(len(body)))])
             return [body]
         if call.service == "pricing" or environ.get("HTTP_X_AMZ_TARGET", "").startswith(
             "AWSPriceListService."
