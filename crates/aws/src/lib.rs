@@ -293,6 +293,10 @@ impl Provider for AwsProvider {
         hosts::tend(&self.clients, &self.journal, &self.tag, plan, &self.pools).await
     }
 
+    fn check_capture(&self, _machine: &Machine) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
     async fn stop_machine(
         &self,
         machine: &Machine,

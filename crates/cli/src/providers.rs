@@ -238,6 +238,13 @@ impl Provider for AnyProvider {
         }
     }
 
+    fn check_capture(&self, machine: &Machine) -> Result<(), ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.check_capture(machine),
+            AnyProvider::Aws(p) => p.check_capture(machine),
+        }
+    }
+
     async fn stop_machine(
         &self,
         machine: &Machine,

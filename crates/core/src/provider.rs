@@ -20,7 +20,8 @@
 //! Before each batch of an `update`, [`Provider::open_health_issues`] (read-only; see
 //! `crate::health`).
 //!
-//! `snapshot` and `image` (`crate::workflows::capture`) capture a running machine: with
+//! `snapshot` and `image` (`crate::workflows::capture`) capture a running machine:
+//! [`Provider::check_capture`] first; then with
 //! `--stop`, the agent stops the binary, then [`Provider::stop_machine`]; then
 //! [`Provider::snapshot_disks`] or [`Provider::create_image`]; then, whatever they answered,
 //! [`Provider::start_machine`], after which the workflow has the agent start the binary again.
@@ -419,6 +420,11 @@ pub trait Provider: Surveyor {
         let _ = plan;
         async { Ok(Vec::new()) }
     }
+
+    /// Whether this provider can capture `machine` (`snapshot`, `image`): asked before
+    /// anything is stopped or made, so that a provider without volumes or images refuses
+    /// while the binary still runs. Read-only.
+    fn check_capture(&self, machine: &Machine) -> Result<(), ProviderError>;
 
     /// Stops `machine` (its instance, not only its binary) and waits until it is stopped, so
     /// that its disks hold still. A machine already stopped is success.

@@ -597,6 +597,10 @@ impl Provider for LocalProvider {
         Ok(())
     }
 
+    fn check_capture(&self, machine: &Machine) -> Result<(), ProviderError> {
+        Err(no_volumes(machine, "snapshotted or made into an image"))
+    }
+
     async fn stop_machine(
         &self,
         machine: &Machine,

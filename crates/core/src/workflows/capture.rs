@@ -157,6 +157,7 @@ pub async fn capture<P: Provider>(
             known.join(", ")
         ))
     })?;
+    provider.check_capture(&machine)?;
     deployment.write_json(CAPTURE_FILE, &pending)?;
     let capture = Capture { id: pending.id.clone() };
 
