@@ -271,6 +271,6 @@ fn the_local_provider_refuses_snapshots_and_images() {
         );
     }
     let rows = fleet.status();
-    assert_eq!(rows[0]["health"], "healthy", "the refusal changed nothing: {rows:?}");
+    assert_eq!(row(&rows, "node-0")["health"], "healthy", "the refusal changed nothing: {rows:?}");
     fleet.run_ok(&["destroy", "--tag", &fleet.tag]);
 }
