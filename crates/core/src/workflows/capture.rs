@@ -166,15 +166,15 @@ pub async fn capture<P: Provider>(
         let client = super::connect(&deployment, std::slice::from_ref(&machine))?;
         client.stop(&machine.name).await?;
     }
-    if request.stop {
-        if let Err(error) = provider.stop_machine(&machine, progress).await {
-            let started = restart(&provider, &deployment, &machine, request, progress).await;
-            return Err(CoreError::Refused(format!(
-                "{}: the machine did not stop ({error}); nothing was captured; {}",
-                machine.name,
-                describe_restart(&started)
-            )));
-        }
+    if request.stop
+        && let Err(error) = provider.stop_machine(&machine, progress).await
+    {
+        let started = restart(&provider, &deployment, &machine, request, progress).await;
+        return Err(CoreError::Refused(format!(
+            "{}: the machine did not stop ({error}); nothing was captured; {}",
+            machine.name,
+            describe_restart(&started)
+        )));
     }
     let made = make(&provider, &machine, &capture, &request.kind, image_name, progress).await;
     let mut now_machine = machine.clone();
