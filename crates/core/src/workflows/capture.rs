@@ -322,7 +322,7 @@ mod tests {
 
     #[test]
     fn utc_times_are_compact() {
-        let time = std::time::UNIX_EPOCH + Duration::from_secs(1_796_398_256);
+        let time = std::time::UNIX_EPOCH + Duration::from_secs(1_796_394_656);
         assert_eq!(compact_utc(time), "20261204T143056Z");
     }
 }
