@@ -13,6 +13,7 @@
 //! [`network`] (with [`existing`]: the spec's existing VPCs, resolved and checked),
 //! [`templates`] (with [`disks`], an entry's data disks), [`fleet`], [`launch`], [`instances`], [`s3`], [`iam`],
 //! [`userdata`] and [`agents`], [`retire`] (machines removed one by one), [`teardown`],
+//! [`snapshots`] (`snapshot` and `image`: a machine's disks or an AMI, stop and start around them),
 //! [`authorize`], [`clean`], [`health`] (open EC2 issues before each batch of an update), [`address`] (the
 //! deployer's address), [`guard`] (the emulator address guard), [`tags`], [`fanout`], with
 //! [`records`] and [`journal`] for what this machine started.
@@ -44,6 +45,7 @@ pub mod records;
 pub mod references;
 pub mod retire;
 pub mod s3;
+pub mod snapshots;
 pub mod survey;
 pub mod tags;
 pub mod teardown;
@@ -289,6 +291,46 @@ impl Provider for AwsProvider {
 
     async fn tend_host_pools(&self, plan: &DeploymentPlan) -> Result<Vec<String>, ProviderError> {
         hosts::tend(&self.clients, &self.journal, &self.tag, plan, &self.pools).await
+    }
+
+    fn check_capture(&self, _machine: &Machine) -> Result<(), ProviderError> {
+        Ok(())
+    }
+
+    async fn stop_machine(
+        &self,
+        machine: &Machine,
+        progress: &dyn Progress,
+    ) -> Result<(), ProviderError> {
+        snapshots::stop(&self.clients, machine, progress).await
+    }
+
+    async fn start_machine(
+        &self,
+        machine: &Machine,
+        progress: &dyn Progress,
+    ) -> Result<Machine, ProviderError> {
+        snapshots::start(&self.clients, &self.tag, machine, progress).await
+    }
+
+    async fn snapshot_disks(
+        &self,
+        machine: &Machine,
+        capture: &flotilla_core::provider::Capture,
+        full: bool,
+        progress: &dyn Progress,
+    ) -> Result<Vec<flotilla_core::provider::DiskSnapshot>, ProviderError> {
+        snapshots::snapshot_disks(&self.clients, &self.tag, machine, &capture.id, full, progress)
+            .await
+    }
+
+    async fn create_image(
+        &self,
+        machine: &Machine,
+        request: &flotilla_core::provider::ImageRequest,
+        progress: &dyn Progress,
+    ) -> Result<flotilla_core::provider::MachineImage, ProviderError> {
+        snapshots::create_image(&self.clients, &self.tag, machine, request, progress).await
     }
 
     async fn destroy(

@@ -40,6 +40,12 @@ pub enum Command {
     /// Record a CPU profile of a machine's binary through its agent (Linux perf on the
     /// machine) and write it where the Firefox Profiler opens it.
     Profile(ProfileArgs),
+    /// Snapshot a machine's data disks (the root disk too with --full), tagged as its disks are
+    /// so that a spec's `clone: TAG:VALUE` starts new disks from them (AWS); prints the ids.
+    Snapshot(SnapshotArgs),
+    /// Make an image (AMI) of a machine, tagged as it is; with --encrypt-key, an encrypted copy
+    /// (AWS); prints the id.
+    Image(ImageArgs),
     /// List deployments in the state directory.
     List(OutputArgs),
     /// Check a spec and the files it names, without changing anything.
@@ -296,6 +302,42 @@ pub struct LogsArgs {
     /// Lines of history to print first.
     #[arg(long, default_value_t = 100)]
     pub lines: usize,
+}
+
+#[derive(Debug, Args)]
+pub struct SnapshotArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The machine (e.g. `node-3`).
+    pub name: String,
+    /// Snapshot the root disk too.
+    #[arg(long)]
+    pub full: bool,
+    /// Stop the binary and the machine first, so the disks hold still; start both again after.
+    #[arg(long)]
+    pub stop: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct ImageArgs {
+    #[command(flatten)]
+    pub target: Target,
+    /// The machine (e.g. `node-3`).
+    pub name: String,
+    /// The image's name before `-<UTC time>` (default: `<tag>-<machine>`).
+    #[arg(long = "name", value_name = "PREFIX")]
+    pub prefix: Option<String>,
+    /// Copy the image encrypted with this KMS key (id, ARN or `alias/NAME`) and remove the
+    /// unencrypted one.
+    #[arg(long, value_name = "KEY")]
+    pub encrypt_key: Option<String>,
+    /// Stop the binary and the machine first, so the disks hold still; start both again after.
+    #[arg(long)]
+    pub stop: bool,
+    #[command(flatten)]
+    pub output: OutputArgs,
 }
 
 #[derive(Debug, Args)]

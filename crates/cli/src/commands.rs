@@ -91,6 +91,8 @@ fn output_format(command: &Command) -> Option<OutputFormat> {
         Command::Notice(a) => Some(a.output.output),
         Command::Keepalive(a) => Some(a.output.output),
         Command::Watch(a) => Some(a.output.output),
+        Command::Snapshot(a) => Some(a.output.output),
+        Command::Image(a) => Some(a.output.output),
         Command::List(a) => Some(a.output),
         Command::Validate(a) => Some(a.output.output),
         Command::Plan(a) => Some(a.output.output),
@@ -307,6 +309,19 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             Ok(if healthy { exit::OK } else { exit::FAILED })
         }
         Command::Notice(args) => notice(&args, &home()?, &environment).await,
+        Command::Snapshot(args) => {
+            let kind = workflows::CaptureKind::Snapshot { full: args.full };
+            capture(&args.target, &args.name, kind, args.stop, args.output.output, &environment)
+                .await
+        }
+        Command::Image(args) => {
+            let kind = workflows::CaptureKind::Image {
+                prefix: args.prefix.clone(),
+                encrypt_key: args.encrypt_key.clone(),
+            };
+            capture(&args.target, &args.name, kind, args.stop, args.output.output, &environment)
+                .await
+        }
         Command::Watch(args) => {
             let tag = target_tag(&args.target)?;
             let home = home()?;
@@ -610,6 +625,35 @@ fn validate(path: &Path, format: OutputFormat) -> Result<u8, CoreError> {
         }
     }
     Ok(if valid { exit::OK } else { exit::ERROR })
+}
+
+/// `flotilla snapshot` and `flotilla image`: a capture of one machine; prints the ids made.
+async fn capture(
+    target: &Target,
+    name: &str,
+    kind: workflows::CaptureKind,
+    stop: bool,
+    format: OutputFormat,
+    environment: &Environment,
+) -> Result<u8, CoreError> {
+    let tag = target_tag(target)?;
+    let home = environment.home()?;
+    let context = existing_context(&home, environment, &tag).await?;
+    let kind_of = home.open(&tag)?.metadata()?.provider;
+    let bars = Bars::new(environment.halt_at.clone());
+    let request = workflows::CaptureRequest {
+        name: name.to_owned(),
+        kind,
+        stop,
+        agent_timeout: agent_timeout(kind_of),
+    };
+    let report = workflows::capture(&home, &tag, &request, &bars, |d| context.make(d)).await?;
+    drop(bars);
+    match format {
+        OutputFormat::Json => output::print_json(&report),
+        OutputFormat::Table => output::print_capture(&report),
+    }
+    Ok(exit::OK)
 }
 
 /// `flotilla notice`: writes the notice into the machine's rehearsal IMDS (local provider).

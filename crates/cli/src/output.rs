@@ -199,6 +199,39 @@ pub fn print_keepalive(rows: &[flotilla_core::workflows::KeepaliveRow]) {
     print_table(&["NAME", "KEEPALIVE", "NOTE"], &table);
 }
 
+/// `snapshot` and `image`: one row per snapshot or image made.
+pub fn print_capture(report: &flotilla_core::workflows::CaptureReport) {
+    let mut table: Vec<Vec<String>> = report
+        .snapshots
+        .iter()
+        .map(|s| {
+            let disk = if s.root { format!("{} (root)", s.device) } else { s.device.clone() };
+            vec![s.snapshot_id.clone(), disk, format!("{} GiB from {}", s.size_gib, s.volume_id)]
+        })
+        .collect();
+    if let Some(image) = &report.image {
+        let mut note = format!("{} in {}", image.name, image.region);
+        if image.encrypted {
+            note.push_str(", encrypted");
+        }
+        if let Some(removed) = &image.removed_intermediate {
+            note.push_str(&format!(", unencrypted {removed} removed"));
+        }
+        table.push(vec![image.image_id.clone(), "image".to_owned(), note]);
+    }
+    print_table(&["ID", "OF", "NOTE"], &table);
+    if report.stopped {
+        let mut stderr = std::io::stderr().lock();
+        let _ = writeln!(
+            stderr,
+            "{}: stopped for {} and running again at {}",
+            escape_for_terminal(&report.machine),
+            report.capture,
+            report.public_ip
+        );
+    }
+}
+
 /// The NOTE of a machine with alerts firing: each alert's name and summary.
 fn alerts_note(row: &StatusRow) -> Option<String> {
     let firing: Vec<String> = row

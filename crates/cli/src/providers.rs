@@ -238,6 +238,60 @@ impl Provider for AnyProvider {
         }
     }
 
+    fn check_capture(&self, machine: &Machine) -> Result<(), ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.check_capture(machine),
+            AnyProvider::Aws(p) => p.check_capture(machine),
+        }
+    }
+
+    async fn stop_machine(
+        &self,
+        machine: &Machine,
+        progress: &dyn Progress,
+    ) -> Result<(), ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.stop_machine(machine, progress).await,
+            AnyProvider::Aws(p) => p.stop_machine(machine, progress).await,
+        }
+    }
+
+    async fn start_machine(
+        &self,
+        machine: &Machine,
+        progress: &dyn Progress,
+    ) -> Result<Machine, ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.start_machine(machine, progress).await,
+            AnyProvider::Aws(p) => p.start_machine(machine, progress).await,
+        }
+    }
+
+    async fn snapshot_disks(
+        &self,
+        machine: &Machine,
+        capture: &flotilla_core::provider::Capture,
+        full: bool,
+        progress: &dyn Progress,
+    ) -> Result<Vec<flotilla_core::provider::DiskSnapshot>, ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.snapshot_disks(machine, capture, full, progress).await,
+            AnyProvider::Aws(p) => p.snapshot_disks(machine, capture, full, progress).await,
+        }
+    }
+
+    async fn create_image(
+        &self,
+        machine: &Machine,
+        request: &flotilla_core::provider::ImageRequest,
+        progress: &dyn Progress,
+    ) -> Result<flotilla_core::provider::MachineImage, ProviderError> {
+        match self {
+            AnyProvider::Local(p) => p.create_image(machine, request, progress).await,
+            AnyProvider::Aws(p) => p.create_image(machine, request, progress).await,
+        }
+    }
+
     async fn destroy(
         &self,
         progress: &dyn Progress,

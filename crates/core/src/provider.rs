@@ -20,6 +20,14 @@
 //! Before each batch of an `update`, [`Provider::open_health_issues`] (read-only; see
 //! `crate::health`).
 //!
+//! `snapshot` and `image` (`crate::workflows::capture`) capture a running machine:
+//! [`Provider::check_capture`] first; then with
+//! `--stop`, the agent stops the binary, then [`Provider::stop_machine`]; then
+//! [`Provider::snapshot_disks`] or [`Provider::create_image`]; then, whatever they answered,
+//! [`Provider::start_machine`], after which the workflow has the agent start the binary again.
+//! Each capture has an id ([`Capture::id`]) that a re-run after a crash reuses: what the
+//! provider made for it is found by that id and not made twice.
+//!
 //! Every provider is also a [`Surveyor`]: what its regions offer (the instance catalog and
 //! prices), read-only, asked before anything is made so that a spec's capacity keys are checked
 //! against the account's real catalog, and by `plan`.
@@ -276,6 +284,51 @@ pub enum HealthReading {
     Issues(Vec<HealthIssue>),
 }
 
+/// One capture of a machine (`snapshot` or `image`): its id, the same when the command is run
+/// again after a crash, so that the provider finds what it already made for it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Capture {
+    /// `snapshot-<UTC time>` or `image-<UTC time>` (e.g. `image-20261204T143056Z`).
+    pub id: String,
+}
+
+/// What `image` asks for.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRequest {
+    pub capture: Capture,
+    /// The image's name (checked by the workflow: `PREFIX-<UTC time>`).
+    pub name: String,
+    /// A key (id, ARN or `alias/NAME`): the image is copied encrypted with it and the
+    /// unencrypted one it was copied from is removed with its snapshots.
+    pub encrypt_key: Option<String>,
+}
+
+/// A snapshot made of one of a machine's disks.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct DiskSnapshot {
+    pub snapshot_id: String,
+    pub volume_id: String,
+    /// The device the disk is attached at (`/dev/sdf`; the root's for the root disk).
+    pub device: String,
+    pub root: bool,
+    pub size_gib: i32,
+}
+
+/// An image made of a machine.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct MachineImage {
+    pub image_id: String,
+    pub name: String,
+    pub region: String,
+    /// The snapshots that back it.
+    pub snapshot_ids: Vec<String>,
+    pub encrypted: bool,
+    /// With a key: the unencrypted image it was copied from, removed (deregistered, its
+    /// snapshots deleted).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub removed_intermediate: Option<String>,
+}
+
 /// A place machines run. See the module documentation for the call order.
 pub trait Provider: Surveyor {
     /// Creates or adopts the resources the machines share.
@@ -367,6 +420,50 @@ pub trait Provider: Surveyor {
         let _ = plan;
         async { Ok(Vec::new()) }
     }
+
+    /// Whether this provider can capture `machine` (`snapshot`, `image`): asked before
+    /// anything is stopped or made, so that a provider without volumes or images refuses
+    /// while the binary still runs. Read-only.
+    fn check_capture(&self, machine: &Machine) -> Result<(), ProviderError>;
+
+    /// Stops `machine` (its instance, not only its binary) and waits until it is stopped, so
+    /// that its disks hold still. A machine already stopped is success.
+    fn stop_machine(
+        &self,
+        machine: &Machine,
+        progress: &dyn Progress,
+    ) -> impl Future<Output = Result<(), ProviderError>> + Send;
+
+    /// Starts `machine` again after [`Provider::stop_machine`] and waits until it runs;
+    /// returns it with its addresses now (a cloud machine may come back with another public
+    /// address). A machine already running is success.
+    fn start_machine(
+        &self,
+        machine: &Machine,
+        progress: &dyn Progress,
+    ) -> impl Future<Output = Result<Machine, ProviderError>> + Send;
+
+    /// Snapshots of `machine`'s data disks (and with `full`, its root disk), each tagged so
+    /// that a later spec's `clone: TAG:VALUE` can start a disk from it (the disk's own tags: the
+    /// deployment's, its label, flotilla's), waited for until complete. Safe to call again
+    /// with the same `capture`: a disk already snapshotted for it is not snapshotted twice.
+    fn snapshot_disks(
+        &self,
+        machine: &Machine,
+        capture: &Capture,
+        full: bool,
+        progress: &dyn Progress,
+    ) -> impl Future<Output = Result<Vec<DiskSnapshot>, ProviderError>> + Send;
+
+    /// An image of `machine` (every disk), tagged as the machine is, waited for until
+    /// available; with a key, an encrypted copy, and the unencrypted one removed. Safe to call
+    /// again with the same request: the image of that name is found, not made twice.
+    fn create_image(
+        &self,
+        machine: &Machine,
+        request: &ImageRequest,
+        progress: &dyn Progress,
+    ) -> impl Future<Output = Result<MachineImage, ProviderError>> + Send;
 
     /// Removes every machine and resource of the deployment, and returns what cannot go yet
     /// (dedicated hosts inside their minimum allocation period). Idempotent: called again, it

@@ -489,6 +489,15 @@ impl Deployment {
         }
     }
 
+    /// Removes `name`; one already gone is success.
+    pub fn remove_file(&self, name: &str) -> Result<(), StateError> {
+        match fs_err::remove_file(self.dir.join(name)) {
+            Ok(()) => Ok(()),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+
     /// Writes `name` as pretty JSON, atomically, 0600.
     pub fn write_json<T: Serialize>(&self, name: &str, value: &T) -> Result<(), StateError> {
         let mut bytes = serde_json::to_vec_pretty(value).map_err(std::io::Error::other)?;

@@ -26,6 +26,9 @@ moto's Python. It serves moto's WSGI app with werkzeug (threaded) on 127.0.0.1 a
 - route states: a route whose target is gone (a peering connection deleted, rejected, failed
   or expired; an internet gateway detached or deleted) is `blackhole`, as AWS reports it (moto
   says `active` for every route);
+- CreateImage tagging its snapshot too, and CopyImage keeping Encrypted, KmsKeyId,
+  TagSpecifications and ClientToken (moto drops them), with images' mappings saying whether
+  their snapshot is encrypted;
 - RunInstances root volumes with their mapping's IOPS and throughput (moto drops them, and
   then refuses io1 and io2);
 - public IPs from a pool of loopback addresses the Rust side leased, recycled on termination,
@@ -112,6 +115,7 @@ from moto.ec2.exceptions import (
     VolumeInUseError,
 )
 from moto.ec2.models import ec2_backends
+from moto.ec2.models.amis import Ami
 from moto.ec2.models import elastic_ip_addresses as moto_eips
 from moto.ec2.models.elastic_ip_addresses import ElasticAddressBackend
 from moto.ec2.models.elastic_network_interfaces import NetworkInterface
@@ -1652,6 +1656,73 @@ def register_image(self: Any) -> ActionResult:
     return ActionResult({"ImageId": image.id})
 
 
+# --- CreateImage and CopyImage with what AWS keeps ---------------------------------------------
+
+# ClientToken of a CopyImage → the image it made, per (account, region): a repeated request
+# answers the first copy, as AWS does.
+COPY_IMAGE_TOKENS: dict[tuple[str, str, str], str] = {}
+
+
+def create_image(self: Any) -> ActionResult:
+    """moto's refuses a TagSpecification for snapshots (NotImplementedError): tag the image and
+    its snapshot, as AWS does."""
+    self.error_on_dryrun()
+    tags = self._parse_tag_specification()
+    image = self.ec2_backend.create_image(
+        self._get_param("InstanceId"),
+        self._get_param("Name"),
+        self._get_param("Description", ""),
+        tag_specifications=[],
+    )
+    if tags.get("image"):
+        self.ec2_backend.create_tags([image.id], tags["image"])
+    if tags.get("snapshot"):
+        self.ec2_backend.create_tags([image.ebs_snapshot.id], tags["snapshot"])
+    return ActionResult({"ImageId": image.id})
+
+
+def copy_image(self: Any) -> ActionResult:
+    """moto's drops Encrypted, KmsKeyId, TagSpecifications and ClientToken. Keep them: the copy's
+    snapshot is encrypted with the key asked (EBS's default key without one), the image and its
+    snapshot are tagged, and a repeated ClientToken answers the first copy's id."""
+    self.error_on_dryrun()
+    token = self._get_param("ClientToken")
+    key = (self.ec2_backend.account_id, self.region, token or "")
+    if token and key in COPY_IMAGE_TOKENS:
+        return ActionResult({"ImageId": COPY_IMAGE_TOKENS[key]})
+    image = self.ec2_backend.copy_image(
+        self._get_param("SourceImageId"),
+        self._get_param("SourceRegion"),
+        self._get_param("Name"),
+        self._get_param("Description"),
+    )
+    if self._get_bool_param("Encrypted", False):
+        image.ebs_snapshot.encrypted = True
+        image.ebs_snapshot.kms_key_id = self._get_param("KmsKeyId") or "alias/aws/ebs"
+    tags = self._parse_tag_specification()
+    if tags.get("image"):
+        self.ec2_backend.create_tags([image.id], tags["image"])
+    if tags.get("snapshot"):
+        self.ec2_backend.create_tags([image.ebs_snapshot.id], tags["snapshot"])
+    if token:
+        COPY_IMAGE_TOKENS[key] = image.id
+    return ActionResult({"ImageId": image.id})
+
+
+def ami_block_device_mappings(self: Any) -> list[dict[str, Any]]:
+    """moto's leaves out whether the image's snapshot is encrypted, and with which key."""
+    ebs: dict[str, Any] = {
+        "SnapshotId": self.ebs_snapshot.id,
+        "VolumeSize": 15,
+        "DeleteOnTermination": False,
+        "VolumeType": "standard",
+        "Encrypted": bool(self.ebs_snapshot.encrypted),
+    }
+    if self.ebs_snapshot.kms_key_id:
+        ebs["KmsKeyId"] = self.ebs_snapshot.kms_key_id
+    return [{"DeviceName": self.root_device_name, "Ebs": ebs}]
+
+
 # --- Dependency checks moto skips ---------------------------------------------------------------
 
 
@@ -1773,6 +1844,9 @@ def install_patches() -> None:
         (Fleet, "instances", property(fleet_instances)),
         (Fleets, "create_fleet", create_fleet_response),
         (AmisResponse, "register_image", register_image),
+        (AmisResponse, "create_image", create_image),
+        (AmisResponse, "copy_image", copy_image),
+        (Ami, "block_device_mappings", property(ami_block_device_mappings)),
         (HostsResponse, "allocate_hosts", allocate_hosts_response),
         (HostsResponse, "release_hosts", release_hosts_response),
         (Host, "get_filter_value", host_filter_value),

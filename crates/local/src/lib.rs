@@ -597,6 +597,45 @@ impl Provider for LocalProvider {
         Ok(())
     }
 
+    fn check_capture(&self, machine: &Machine) -> Result<(), ProviderError> {
+        Err(no_volumes(machine, "snapshotted or made into an image"))
+    }
+
+    async fn stop_machine(
+        &self,
+        machine: &Machine,
+        _progress: &dyn Progress,
+    ) -> Result<(), ProviderError> {
+        Err(no_volumes(machine, "stopped for a consistent capture"))
+    }
+
+    async fn start_machine(
+        &self,
+        machine: &Machine,
+        _progress: &dyn Progress,
+    ) -> Result<Machine, ProviderError> {
+        Err(no_volumes(machine, "started after a capture"))
+    }
+
+    async fn snapshot_disks(
+        &self,
+        machine: &Machine,
+        _capture: &flotilla_core::provider::Capture,
+        _full: bool,
+        _progress: &dyn Progress,
+    ) -> Result<Vec<flotilla_core::provider::DiskSnapshot>, ProviderError> {
+        Err(no_volumes(machine, "snapshotted"))
+    }
+
+    async fn create_image(
+        &self,
+        machine: &Machine,
+        _request: &flotilla_core::provider::ImageRequest,
+        _progress: &dyn Progress,
+    ) -> Result<flotilla_core::provider::MachineImage, ProviderError> {
+        Err(no_volumes(machine, "made into an image"))
+    }
+
     async fn destroy(
         &self,
         progress: &dyn Progress,
@@ -744,4 +783,14 @@ fn copy_verified(source: &Path, target: &Path, expected: &str) -> Result<(), Pro
     }
     fs_err::rename(&temp, target).map_err(io_error(format!("publishing {}", source.display())))?;
     Ok(())
+}
+
+/// The local provider's answer to `snapshot` and `image`: its machines are processes in
+/// directories of this host, with no volumes or images to capture.
+fn no_volumes(machine: &Machine, what: &str) -> ProviderError {
+    ProviderError::new(format!(
+        "machine `{}` runs on the local provider, which has no volumes or images: it cannot be {what}; snapshots and images are for aws deployments",
+        machine.name
+    ))
+    .of_kind(flotilla_core::provider::ErrorKind::Invalid)
 }

@@ -4,6 +4,7 @@
 //! publishing artifacts and building each machine's manifest, and waiting for agents.
 
 mod alerts;
+mod capture;
 mod create;
 mod destroy;
 pub mod lifecycle;
@@ -21,6 +22,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub use alerts::FiringAlert;
+pub use capture::{CaptureKind, CaptureReport, CaptureRequest, capture};
 pub use create::{CreateRequest, create};
 pub use destroy::{DestroyOutcome, destroy};
 use flotilla_spec::diagnostic::{Diagnostic, Severity, SpecErrors};

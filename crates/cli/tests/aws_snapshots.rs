@@ -1,0 +1,276 @@
+//! `flotilla snapshot` and `flotilla image` against the emulator: snapshots of a machine's data
+//! disks carry the disk's tags (the deployment's, its label, flotilla's) so that a later
+//! fleet's `clone: TAG:VALUE` starts from the newest of them; `--full` adds the root disk; a
+//! re-run of a finished capture makes a new one, and a re-run of an unfinished one makes
+//! nothing twice; `image` makes a tagged AMI, with a key an encrypted copy whose unencrypted
+//! source is gone; `--stop` leaves the instance running and the binary healthy; the local
+//! provider refuses, naming itself.
+
+#![allow(clippy::unwrap_used)] // Helpers of these tests fail the test when a step fails.
+
+mod common;
+
+use std::collections::BTreeMap;
+
+use aws_sdk_ec2::types::{Filter, Tag};
+use common::aws::AwsFleet;
+use common::*;
+use flotilla_emulator::control::Emulator;
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
+}
+
+fn native_type() -> &'static str {
+    if std::env::consts::ARCH == "aarch64" { "m7g.large" } else { "m7i.large" }
+}
+
+fn native_monitoring_type() -> &'static str {
+    if std::env::consts::ARCH == "aarch64" { "t4g.small" } else { "t3.small" }
+}
+
+fn tags_of(tags: &[Tag]) -> BTreeMap<String, String> {
+    tags.iter()
+        .map(|t| (t.key().unwrap_or_default().to_owned(), t.value().unwrap_or_default().to_owned()))
+        .collect()
+}
+
+/// A spec of one `db` machine whose `/dev/sdf` is `disk` (YAML flow mapping).
+fn spec(fleet: &AwsFleet, tag: &str, disk: &str) -> String {
+    format!(
+        "tag: {tag}\nprovider: aws\ntags: {{Team: data}}\nmonitoring: {{instance_type: {monitoring}, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- name: db\n  region: us-east-1\n  instance_type: {native}\n  storage_size: 10\n  storage_class: gp3\n  binary: {binary}\n  config: {config}\n  profiling: false\n  disks:\n    /dev/sdf: {disk}\nports: []\n",
+        monitoring = native_monitoring_type(),
+        native = native_type(),
+        binary = fleet_app_bin().display(),
+        config = fleet.path("app.conf").display(),
+    )
+}
+
+fn json(output: &std::process::Output) -> serde_json::Value {
+    serde_json::from_slice(&output.stdout).unwrap_or_else(|e| {
+        panic!("JSON: {e}\nstderr: {}", String::from_utf8_lossy(&output.stderr))
+    })
+}
+
+/// One machine with a labelled data disk: `snapshot` makes one tagged snapshot of it, `--full`
+/// two (root too); a fleet created later with `clone: backup:<tag>` starts from the newest.
+/// `image --stop` makes a tagged AMI and the machine serves again; `image --encrypt-key`
+/// leaves only the encrypted copy.
+#[test]
+fn snapshots_and_images_of_a_machine_are_tagged_clonable_and_leave_it_serving() {
+    let fleet = AwsFleet::new("snaps");
+    let _emulator = Emulator::require();
+    let runtime = runtime();
+    let ec2 = runtime.block_on(fleet.ec2("us-east-1"));
+    let config = runtime.block_on(fleet.sdk());
+    let kms = aws_sdk_kms::Client::new(&config);
+    fleet.write("app.conf", "port = 9090\ngreeting = \"hello\"\ninterval = 300\n");
+    let label = format!("\"backup:{},role:data\"", fleet.tag);
+    let text =
+        spec(&fleet, &fleet.tag, &format!("{{type: gp3, size: 12, label: {label}, mount: /data}}"));
+    let path = fleet.write("fleet.yaml", &text).display().to_string();
+    fleet.run_ok(&["create", "--config", &path, "--ip", "198.51.100.7", "--output", "json"]);
+
+    // Data disks only.
+    let first = json(&fleet.run_ok(&["snapshot", &fleet.tag_arg(), "db", "--output", "json"]));
+    let snapshots = first["snapshots"].as_array().unwrap();
+    assert_eq!(snapshots.len(), 1, "{first}");
+    assert_eq!(snapshots[0]["device"], "/dev/sdf");
+    assert_eq!(snapshots[0]["size_gib"], 12);
+    let first_id = snapshots[0]["snapshot_id"].as_str().unwrap().to_owned();
+    runtime.block_on(async {
+        let found = ec2.describe_snapshots().snapshot_ids(&first_id).send().await.unwrap();
+        let tags = tags_of(found.snapshots()[0].tags());
+        for (key, value) in [
+            ("backup", fleet.tag.as_str()),
+            ("role", "data"),
+            ("Team", "data"),
+            ("flotilla:deployment", fleet.tag.as_str()),
+            ("flotilla:machine", "db"),
+            ("flotilla:device", "/dev/sdf"),
+            ("flotilla:mount", "/data"),
+            ("flotilla:capture", first["capture"].as_str().unwrap()),
+        ] {
+            assert_eq!(tags.get(key).map(String::as_str), Some(value), "{key}: {tags:?}");
+        }
+    });
+
+    // EC2 answers start times to the second: the next capture is a newer one.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let full =
+        json(&fleet.run_ok(&["snapshot", &fleet.tag_arg(), "db", "--full", "--output", "json"]));
+    let devices: Vec<(&str, bool)> = full["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| (s["device"].as_str().unwrap(), s["root"].as_bool().unwrap()))
+        .collect();
+    assert_eq!(devices.len(), 2, "{full}");
+    assert!(devices.contains(&("/dev/sdf", false)) && devices.iter().any(|d| d.1), "{devices:?}");
+    let newest = full["snapshots"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["device"] == "/dev/sdf")
+        .unwrap()["snapshot_id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    assert_ne!(newest, first_id, "a finished capture run again is a new one");
+
+    // An image with --stop: tagged, and the machine serves again.
+    let image = json(&fleet.run_ok(&[
+        "image",
+        &fleet.tag_arg(),
+        "db",
+        "--name",
+        "snaps-db",
+        "--stop",
+        "--output",
+        "json",
+    ]));
+    let image_id = image["image"]["image_id"].as_str().unwrap().to_owned();
+    assert!(image["image"]["name"].as_str().unwrap().starts_with("snaps-db-"), "{image}");
+    assert_eq!(image["stopped"], true);
+    let rows = fleet.status();
+    let db = rows.iter().find(|r| r["name"] == "db").unwrap();
+    assert_eq!(db["health"], "healthy", "{db}");
+    runtime.block_on(async {
+        let found = ec2.describe_images().image_ids(&image_id).send().await.unwrap();
+        let image = &found.images()[0];
+        let tags = tags_of(image.tags());
+        assert_eq!(tags.get("flotilla:machine").map(String::as_str), Some("db"), "{tags:?}");
+        assert_eq!(tags.get("Team").map(String::as_str), Some("data"), "{tags:?}");
+        let snapshot = image.block_device_mappings()[0].ebs().unwrap().snapshot_id().unwrap();
+        let found = ec2.describe_snapshots().snapshot_ids(snapshot).send().await.unwrap();
+        let tags = tags_of(found.snapshots()[0].tags());
+        assert_eq!(tags.get("flotilla:deployment"), Some(&fleet.tag), "{tags:?}");
+    });
+
+    // With a key: only the encrypted copy is left.
+    let key_id = runtime.block_on(async {
+        let key = kms.create_key().send().await.unwrap();
+        key.key_metadata().unwrap().key_id().to_owned()
+    });
+    let encrypted = json(&fleet.run_ok(&[
+        "image",
+        &fleet.tag_arg(),
+        "db",
+        "--encrypt-key",
+        &key_id,
+        "--output",
+        "json",
+    ]));
+    let copy = &encrypted["image"];
+    assert_eq!(copy["encrypted"], true, "{encrypted}");
+    let intermediate = copy["removed_intermediate"].as_str().unwrap().to_owned();
+    runtime.block_on(async {
+        let found = ec2
+            .describe_images()
+            .image_ids(copy["image_id"].as_str().unwrap())
+            .send()
+            .await
+            .unwrap();
+        let ebs = found.images()[0].block_device_mappings()[0].ebs().unwrap().clone();
+        assert_eq!(ebs.encrypted(), Some(true));
+        assert!(ebs.kms_key_id().is_some_and(|k| k.contains(&key_id)), "{ebs:?}");
+        let mine = ec2
+            .describe_images()
+            .owners("self")
+            .filters(
+                Filter::builder()
+                    .name("name")
+                    .values(format!("{}-source", copy["name"].as_str().unwrap()))
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        assert!(mine.images().is_empty(), "the unencrypted {intermediate} is gone");
+    });
+
+    // A later fleet's clone picks the newest snapshot carrying the label.
+    let clone_tag = format!("{}-clone", fleet.tag);
+    let text = spec(&fleet, &clone_tag, &format!("{{type: gp3, clone: \"backup:{}\"}}", fleet.tag));
+    let clone_path = fleet.write("clone.yaml", &text).display().to_string();
+    fleet.run_ok(&["create", "--config", &clone_path, "--ip", "198.51.100.7", "--output", "json"]);
+    runtime.block_on(async {
+        let volumes = ec2
+            .describe_volumes()
+            .filters(Filter::builder().name("tag:flotilla:deployment").values(&clone_tag).build())
+            .filters(Filter::builder().name("tag:flotilla:device").values("/dev/sdf").build())
+            .send()
+            .await
+            .unwrap();
+        let cloned: Vec<_> = volumes.volumes().iter().filter_map(|v| v.snapshot_id()).collect();
+        assert_eq!(cloned, [newest.as_str()], "the newest snapshot of the disk");
+    });
+    fleet.run_ok(&["destroy", &format!("--tag={clone_tag}")]);
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+}
+
+/// A capture interrupted before it finished is run again under the same id: the snapshot it
+/// made is found, not made twice.
+#[test]
+fn an_unfinished_capture_run_again_makes_nothing_twice() {
+    let fleet = AwsFleet::new("snaps-rerun");
+    let _emulator = Emulator::require();
+    let runtime = runtime();
+    let ec2 = runtime.block_on(fleet.ec2("us-east-1"));
+    fleet.write("app.conf", "port = 9090\ngreeting = \"hello\"\ninterval = 300\n");
+    let text = spec(&fleet, &fleet.tag, "{type: gp3, size: 5}");
+    let path = fleet.write("fleet.yaml", &text).display().to_string();
+    fleet.run_ok(&["create", "--config", &path, "--ip", "198.51.100.7", "--output", "json"]);
+    let first = json(&fleet.run_ok(&["snapshot", &fleet.tag_arg(), "db", "--output", "json"]));
+    let capture = first["capture"].as_str().unwrap();
+    // As a crash after the snapshot was made leaves it: the capture still recorded.
+    let deployment = fleet.home.path().join("deployments").join(&fleet.tag);
+    assert!(deployment.is_dir(), "{}", deployment.display());
+    let time = capture.strip_prefix("snapshot-").unwrap();
+    fs_err::write(
+        deployment.join("capture.json"),
+        format!(
+            "{{\"machine\":\"db\",\"kind\":\"snapshot\",\"id\":\"{capture}\",\"time\":\"{time}\"}}"
+        ),
+    )
+    .unwrap();
+    let again = json(&fleet.run_ok(&["snapshot", &fleet.tag_arg(), "db", "--output", "json"]));
+    assert_eq!(again["capture"], capture);
+    assert_eq!(again["snapshots"], first["snapshots"], "the same snapshot, found again");
+    runtime.block_on(async {
+        let found = ec2
+            .describe_snapshots()
+            .filters(Filter::builder().name("tag:flotilla:capture").values(capture).build())
+            .filters(fleet.tag_filter())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(found.snapshots().len(), 1);
+    });
+    assert!(!deployment.join("capture.json").exists(), "a finished capture is forgotten");
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+}
+
+/// The local provider has no volumes or images: both commands refuse, naming it and the machine.
+#[test]
+fn the_local_provider_refuses_snapshots_and_images() {
+    let fleet = TestFleet::new("local-snaps", FleetOptions { count: 1, ..FleetOptions::default() });
+    fleet.create();
+    for args in [
+        vec!["snapshot", "--tag", &fleet.tag, "node-0", "--output", "json"],
+        vec!["image", "--tag", &fleet.tag, "node-0", "--stop"],
+    ] {
+        let output = fleet.run(&args);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(2), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains(
+                "machine `node-0` runs on the local provider, which has no volumes or images"
+            ),
+            "{stderr}"
+        );
+    }
+    let rows = fleet.status();
+    assert_eq!(row(&rows, "node-0")["health"], "healthy", "the refusal changed nothing: {rows:?}");
+    fleet.run_ok(&["destroy", "--tag", &fleet.tag]);
+}

@@ -1,0 +1,328 @@
+//! `snapshot` and `image`: captures of one machine of a deployment, through the provider's
+//! [`Provider::snapshot_disks`] and [`Provider::create_image`].
+//!
+//! With `stop`, as Aquarium Fish's DEALLOCATE tasks do, the data holds still first: the agent
+//! stops the binary (`Stop`, which the agent keeps across its own restart), the provider stops
+//! the machine; after the capture, whatever it answered, the provider starts the machine, the
+//! workflow waits for its agent and has it start the binary again (`Restart`) and waits until
+//! it is healthy. A failure in the middle still starts the machine again, and the error says
+//! what was made and what happened.
+//!
+//! Re-run: the capture in progress is recorded in the deployment's state (`capture.json`:
+//! machine, kind, id) before anything is made and removed when it is done; a command run again
+//! for the same machine and kind reuses its id, so the provider finds what it made.
+
+use std::time::Duration;
+
+use serde::{Deserialize, Serialize};
+use tokio::time::Instant;
+
+use crate::CoreError;
+use crate::client::AgentClient;
+use crate::progress::Progress;
+use crate::provider::{
+    Capture, DiskSnapshot, ImageRequest, Machine, MachineImage, MachineState, Provider,
+    ProviderError,
+};
+use crate::rollout::PollSchedule;
+use crate::state::{Deployment, Home};
+
+/// The capture in progress, kept until it is done.
+const CAPTURE_FILE: &str = "capture.json";
+/// The longest image name EC2 accepts.
+const IMAGE_NAME_MAX: usize = 128;
+/// What an encrypted image's unencrypted source adds to its name (the provider's).
+const SOURCE_SUFFIX_ROOM: usize = 7;
+
+/// What to capture.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum CaptureKind {
+    /// Snapshots of the data disks; with `full`, of the root disk too.
+    Snapshot { full: bool },
+    /// An image named `<prefix>-<UTC time>` (the prefix defaults to `<tag>-<machine>`),
+    /// encrypted with `encrypt_key` when given.
+    Image { prefix: Option<String>, encrypt_key: Option<String> },
+}
+
+impl CaptureKind {
+    fn label(&self) -> &'static str {
+        match self {
+            CaptureKind::Snapshot { .. } => "snapshot",
+            CaptureKind::Image { .. } => "image",
+        }
+    }
+}
+
+/// A `snapshot` or `image` command.
+#[derive(Clone, Debug)]
+pub struct CaptureRequest {
+    /// The machine's name.
+    pub name: String,
+    pub kind: CaptureKind,
+    /// Stop the binary and the machine first; start them again after.
+    pub stop: bool,
+    /// How long the agent has to answer once the machine runs again.
+    pub agent_timeout: Duration,
+}
+
+/// What a capture made.
+#[derive(Clone, Debug, Serialize)]
+pub struct CaptureReport {
+    pub machine: String,
+    /// The capture's id (tagged on what was made).
+    pub capture: String,
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub snapshots: Vec<DiskSnapshot>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub image: Option<MachineImage>,
+    /// Whether the machine was stopped and started again.
+    pub stopped: bool,
+    /// The machine's public address now (a stopped and started cloud machine may have another).
+    pub public_ip: std::net::IpAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+struct Pending {
+    machine: String,
+    kind: String,
+    id: String,
+    /// The UTC time in the id, for the image's name.
+    time: String,
+}
+
+/// `YYYYMMDDTHHMMSSZ` of `now`.
+fn compact_utc(now: std::time::SystemTime) -> String {
+    humantime::format_rfc3339_seconds(now).to_string().replace(['-', ':'], "")
+}
+
+/// Whether `name` is a valid EC2 image name: 3–128 of letters, digits, `( ) [ ] . / - ' @ _`
+/// and spaces.
+fn check_image_name(name: &str, limit: usize) -> Result<(), CoreError> {
+    let allowed = |c: char| c.is_ascii_alphanumeric() || " ()[]./-'@_".contains(c);
+    if name.len() < 3 || name.len() > limit || !name.chars().all(allowed) {
+        return Err(CoreError::Refused(format!(
+            "the image name `{name}` is not one EC2 accepts: 3 to {limit} characters of letters, digits, spaces and ( ) [ ] . / - ' @ _; choose another --name"
+        )));
+    }
+    Ok(())
+}
+
+/// The default image name prefix: `<tag>-<machine>`, with what EC2 refuses in a name made `-`.
+fn default_prefix(tag: &str, machine: &str) -> String {
+    format!("{tag}-{machine}")
+        .chars()
+        .map(|c| if c.is_ascii_alphanumeric() || "()[]./-'@_".contains(c) { c } else { '-' })
+        .take(IMAGE_NAME_MAX - 17 - SOURCE_SUFFIX_ROOM)
+        .collect()
+}
+
+/// Runs a capture of machine `request.name` of deployment `tag`. See the module documentation.
+pub async fn capture<P: Provider>(
+    home: &Home,
+    tag: &str,
+    request: &CaptureRequest,
+    progress: &dyn Progress,
+    make_provider: impl FnOnce(&Deployment) -> Result<P, ProviderError>,
+) -> Result<CaptureReport, CoreError> {
+    let deployment = home.open(tag)?;
+    let _lock = deployment.lock()?;
+    // What needs no cloud first: the image's name.
+    let now = compact_utc(std::time::SystemTime::now());
+    let earlier: Option<Pending> = deployment.read_json(CAPTURE_FILE)?;
+    let pending = match earlier {
+        Some(p) if p.machine == request.name && p.kind == request.kind.label() => p,
+        _ => Pending {
+            machine: request.name.clone(),
+            kind: request.kind.label().to_owned(),
+            id: format!("{}-{now}", request.kind.label()),
+            time: now,
+        },
+    };
+    let image_name = match &request.kind {
+        CaptureKind::Snapshot { .. } => None,
+        CaptureKind::Image { prefix, .. } => {
+            let prefix = prefix.clone().unwrap_or_else(|| default_prefix(tag, &request.name));
+            let name = format!("{prefix}-{}", pending.time);
+            check_image_name(&name, IMAGE_NAME_MAX - SOURCE_SUFFIX_ROOM)?;
+            Some(name)
+        }
+    };
+    let provider = make_provider(&deployment)?;
+    let machines = provider.machines().await?;
+    let machine = machines.iter().find(|m| m.name == request.name).cloned().ok_or_else(|| {
+        let known: Vec<&str> = machines.iter().map(|m| m.name.as_str()).collect();
+        CoreError::Refused(format!(
+            "no machine named `{}` in deployment `{tag}`; its machines are: {}",
+            request.name,
+            known.join(", ")
+        ))
+    })?;
+    provider.check_capture(&machine)?;
+    deployment.write_json(CAPTURE_FILE, &pending)?;
+    let capture = Capture { id: pending.id.clone() };
+
+    if request.stop && machine.state == MachineState::Running {
+        // Before anything stops: an agent that cannot be reached stops the command here.
+        let client = super::connect(&deployment, std::slice::from_ref(&machine))?;
+        client.stop(&machine.name).await?;
+    }
+    if request.stop
+        && let Err(error) = provider.stop_machine(&machine, progress).await
+    {
+        let started = restart(&provider, &deployment, &machine, request, progress).await;
+        return Err(CoreError::Refused(format!(
+            "{}: the machine did not stop ({error}); nothing was captured; {}",
+            machine.name,
+            describe_restart(&started)
+        )));
+    }
+    let made = make(&provider, &machine, &capture, &request.kind, image_name, progress).await;
+    let mut now_machine = machine.clone();
+    if request.stop {
+        match restart(&provider, &deployment, &machine, request, progress).await {
+            Ok(started) => now_machine = started,
+            Err(error) => {
+                let what = match &made {
+                    Ok((snapshots, image)) => format!("made {}", made_ids(snapshots, image)),
+                    Err(made) => format!("the capture failed too: {made}"),
+                };
+                return Err(CoreError::Refused(format!(
+                    "{}: {what}; but the machine did not come back: {error}; run the command again, or `flotilla status` to see it",
+                    machine.name
+                )));
+            }
+        }
+    }
+    let (snapshots, image) = match made {
+        Ok(made) => made,
+        Err(error) => {
+            let after = if request.stop { "; the machine runs again" } else { "" };
+            return Err(CoreError::Refused(format!(
+                "{}: the {} failed: {error}{after}; run the command again to finish it",
+                machine.name,
+                request.kind.label()
+            )));
+        }
+    };
+    deployment.remove_file(CAPTURE_FILE)?;
+    Ok(CaptureReport {
+        machine: machine.name.clone(),
+        capture: capture.id,
+        snapshots,
+        image,
+        stopped: request.stop,
+        public_ip: now_machine.public_ip,
+    })
+}
+
+fn made_ids(snapshots: &[DiskSnapshot], image: &Option<MachineImage>) -> String {
+    let mut ids: Vec<&str> = snapshots.iter().map(|s| s.snapshot_id.as_str()).collect();
+    ids.extend(image.iter().map(|i| i.image_id.as_str()));
+    ids.join(", ")
+}
+
+async fn make<P: Provider>(
+    provider: &P,
+    machine: &Machine,
+    capture: &Capture,
+    kind: &CaptureKind,
+    image_name: Option<String>,
+    progress: &dyn Progress,
+) -> Result<(Vec<DiskSnapshot>, Option<MachineImage>), ProviderError> {
+    match kind {
+        CaptureKind::Snapshot { full } => {
+            Ok((provider.snapshot_disks(machine, capture, *full, progress).await?, None))
+        }
+        CaptureKind::Image { encrypt_key, .. } => {
+            let request = ImageRequest {
+                capture: capture.clone(),
+                name: image_name.expect("an image capture has a name"),
+                encrypt_key: encrypt_key.clone(),
+            };
+            Ok((Vec::new(), Some(provider.create_image(machine, &request, progress).await?)))
+        }
+    }
+}
+
+fn describe_restart(started: &Result<Machine, CoreError>) -> String {
+    match started {
+        Ok(_) => "the machine and its binary run again".to_owned(),
+        Err(error) => format!("starting it again failed too: {error}"),
+    }
+}
+
+/// Starts `machine` again, waits for its agent, has it start the binary and waits until the
+/// binary is healthy (until the agent timeout).
+async fn restart<P: Provider>(
+    provider: &P,
+    deployment: &Deployment,
+    machine: &Machine,
+    request: &CaptureRequest,
+    progress: &dyn Progress,
+) -> Result<Machine, CoreError> {
+    let started = provider.start_machine(machine, progress).await?;
+    let client = super::connect(deployment, std::slice::from_ref(&started))?;
+    let deadline = Instant::now() + request.agent_timeout;
+    let _stage = progress.stage(&format!("waiting for {} to serve again", started.name), 0);
+    let mut schedule = PollSchedule::default();
+    let mut restarted = false;
+    loop {
+        let answer = match client.status(&started.name).await {
+            Ok(status) => {
+                use flotilla_spec::api::BinaryState;
+                match status.state {
+                    BinaryState::Healthy | BinaryState::Idle => return Ok(started),
+                    BinaryState::Stopped if !restarted => {
+                        restart_binary(&client, &started.name).await.map(|()| {
+                            restarted = true;
+                        })
+                    }
+                    other => Err(format!(
+                        "its binary is {}{}",
+                        other.as_str(),
+                        status.health_error.map(|e| format!(" ({e})")).unwrap_or_default()
+                    )),
+                }
+            }
+            Err(error) if error.is_permanent() => return Err(error.into()),
+            Err(error) => Err(error.to_string()),
+        };
+        if let Err(why) = answer
+            && Instant::now() >= deadline
+        {
+            return Err(CoreError::Refused(format!(
+                "{} was started, but did not serve within {}: {why}",
+                started.name,
+                humantime::format_duration(request.agent_timeout)
+            )));
+        }
+        tokio::time::sleep(schedule.next_delay()).await;
+    }
+}
+
+async fn restart_binary(client: &AgentClient, name: &str) -> Result<(), String> {
+    client.restart(name).await.map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn image_names_are_checked_and_default_prefixes_made_valid() {
+        assert!(check_image_name("demo-node-1-20261204T143056Z", 121).is_ok());
+        for bad in ["ab", "a*b", &"x".repeat(122)] {
+            let error = check_image_name(bad, 121).unwrap_err().to_string();
+            assert!(error.contains("choose another --name"), "{error}");
+        }
+        assert_eq!(default_prefix("t:1", "node 1"), "t-1-node-1");
+        let long = default_prefix(&"t".repeat(200), "n");
+        assert!(check_image_name(&format!("{long}-20261204T143056Z"), 121).is_ok());
+    }
+
+    #[test]
+    fn utc_times_are_compact() {
+        let time = std::time::UNIX_EPOCH + Duration::from_secs(1_796_394_656);
+        assert_eq!(compact_utc(time), "20261204T143056Z");
+    }
+}
