@@ -231,14 +231,14 @@ fn disks_with_a_mount_are_formatted_and_mounted_before_the_binary_starts() {
     let runtime = runtime();
     let ec2 = runtime.block_on(fleet.ec2("us-east-1"));
 
-    // The binary runs in <root>/var/lib/flotilla/agent/work: the machine's /data is four up.
+    // The binary runs in <root>/var/lib/flotilla/agent/work: the machine's /data is five up.
     let wrapper = fleet.path("db.sh");
     fs_err::write(
         &wrapper,
         format!(
             "#!/bin/sh\n\
-             mountpoint -q ../../../../data || {{ echo '/data is not mounted' >&2; exit 9; }}\n\
-             echo \"$FLOTILLA_NAME\" > ../../../../data/written-by-the-binary\n\
+             mountpoint -q ../../../../../data || {{ echo '/data is not mounted' >&2; exit 9; }}\n\
+             echo \"$FLOTILLA_NAME\" > ../../../../../data/written-by-the-binary\n\
              exec '{}' \"$@\"\n",
             fleet_app_bin().display()
         ),
