@@ -318,17 +318,16 @@ fn is_mounted_at(device: &Path, point: &Path) -> Result<bool, String> {
 /// The device numbers and source of the last mount at `point` in a mountinfo text.
 pub(crate) fn mounted_at(mountinfo: &str, point: &Path) -> Option<((u64, u64), String)> {
     let point = point.to_string_lossy();
-    mountinfo
-        .lines()
-        .filter_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let fields: Vec<&str> = before.split(' ').collect();
-            let (major, minor) = fields.get(2)?.split_once(':')?;
-            let target = devices::unescape_mountinfo(fields.get(4)?);
-            let source = after.split(' ').nth(1).unwrap_or_default().to_owned();
-            (target == point).then(|| Some(((major.parse().ok()?, minor.parse().ok()?), source)))?
-        })
-        .last()
+    mountinfo.lines().rev().find_map(|line| {
+        let (before, after) = line.split_once(" - ")?;
+        let fields: Vec<&str> = before.split(' ').collect();
+        if devices::unescape_mountinfo(fields.get(4)?) != point {
+            return None;
+        }
+        let (major, minor) = fields.get(2)?.split_once(':')?;
+        let source = after.split(' ').nth(1).unwrap_or_default().to_owned();
+        Some(((major.parse().ok()?, minor.parse().ok()?), source))
+    })
 }
 
 /// The device numbers a filesystem on `device` is mounted with: a block device's own, or for

@@ -1009,6 +1009,39 @@ fn client_token(transaction: &str, domain: &str, device: &str) -> String {
     format!("flotilla-{}", &hex::encode(digest)[..40])
 }
 
+/// The EBS volumes of instance `instance_id` by the device names of its block device mappings
+/// (one `DescribeInstances`): how the agent finds the volume of a data disk it mounts.
+pub(crate) async fn attached(
+    cloud: &AwsMachineCloud,
+    region: &str,
+    instance_id: &str,
+) -> Result<Vec<AttachedVolume>, CloudError> {
+    let operation = format!("DescribeInstances {instance_id}");
+    let answer = cloud
+        .ec2(region)
+        .describe_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+        .map_err(|error| sdk_error(region, operation.clone(), error))?;
+    let instance = answer
+        .reservations()
+        .iter()
+        .flat_map(|reservation| reservation.instances())
+        .find(|instance| instance.instance_id() == Some(instance_id))
+        .ok_or_else(|| own_error(&operation, "EC2 does not list the instance", true))?;
+    Ok(instance
+        .block_device_mappings()
+        .iter()
+        .filter_map(|mapping| {
+            Some(AttachedVolume {
+                device: mapping.device_name()?.to_owned(),
+                volume_id: mapping.ebs()?.volume_id()?.to_owned(),
+            })
+        })
+        .collect())
+}
+
 #[cfg(test)]
 mod tests {
     use aws_sdk_ec2::types::VolumeAttachment;
@@ -1104,37 +1137,4 @@ mod tests {
         assert_ne!(token, client_token("t-1", "db", "/dev/sdg"));
         assert!(token.len() <= 64 && token.is_ascii());
     }
-}
-
-/// The EBS volumes of instance `instance_id` by the device names of its block device mappings
-/// (one `DescribeInstances`): how the agent finds the volume of a data disk it mounts.
-pub(crate) async fn attached(
-    cloud: &AwsMachineCloud,
-    region: &str,
-    instance_id: &str,
-) -> Result<Vec<AttachedVolume>, CloudError> {
-    let operation = format!("DescribeInstances {instance_id}");
-    let answer = cloud
-        .ec2(region)
-        .describe_instances()
-        .instance_ids(instance_id)
-        .send()
-        .await
-        .map_err(|error| sdk_error(region, operation.clone(), error))?;
-    let instance = answer
-        .reservations()
-        .iter()
-        .flat_map(|reservation| reservation.instances())
-        .find(|instance| instance.instance_id() == Some(instance_id))
-        .ok_or_else(|| own_error(&operation, "EC2 does not list the instance", true))?;
-    Ok(instance
-        .block_device_mappings()
-        .iter()
-        .filter_map(|mapping| {
-            Some(AttachedVolume {
-                device: mapping.device_name()?.to_owned(),
-                volume_id: mapping.ebs()?.volume_id()?.to_owned(),
-            })
-        })
-        .collect())
 }
