@@ -5,6 +5,9 @@
 //! restore at agent start, a `Restart` request), not when it restarts a binary that exited. In
 //! order, stopping at the first failed critical step:
 //!
+//! 0. **Disks**: the manifest's data disks with a mount point, each found by its volume,
+//!    formatted only when empty and mounted (`disks.rs`), so that files and commands may use
+//!    them. Critical.
 //! 1. **Files**, each placed under the bootstrap's boot root (`/` on AWS, `<dir>/root` on the
 //!    local provider; a path that would leave the root is refused). A file is written, atomically
 //!    (temporary file, owner, mode, fsync, rename), only when its content, mode or owner differ.
@@ -41,6 +44,7 @@ use std::time::Duration;
 
 use flotilla_spec::account::{BootCommand, BootFile, BootSpec, NETWORK_TUNING};
 use flotilla_spec::api::{BootOutcome, BootReport, BootStep, BootStepKind};
+use flotilla_spec::manifest::ManifestDisk;
 use fs_err::os::unix::fs::OpenOptionsExt;
 use rustix::process::Signal;
 use serde::{Deserialize, Serialize};
@@ -79,6 +83,9 @@ pub(crate) struct BootTarget {
     pub(crate) runs_on: String,
     /// The instance directory: commands run there, and the record of commands is kept there.
     pub(crate) dir: PathBuf,
+    /// How data disks are found and what was mounted; `None` for a service's supervisor,
+    /// which runs no boot.
+    pub(crate) disks: Option<crate::disks::DiskAccess>,
 }
 
 impl BootTarget {
@@ -91,15 +98,18 @@ impl BootTarget {
     }
 }
 
-/// Whether `boot` gives the agent anything to do (or to report) on this target.
-pub(crate) fn has_work(boot: &BootSpec, target: &BootTarget) -> bool {
-    !boot.is_empty() || !boot.effective_sysctl(target.system_settings).is_empty()
+/// Whether `boot` and `disks` give the agent anything to do (or to report) on this target.
+pub(crate) fn has_work(boot: &BootSpec, disks: &[ManifestDisk], target: &BootTarget) -> bool {
+    !disks.is_empty()
+        || !boot.is_empty()
+        || !boot.effective_sysctl(target.system_settings).is_empty()
 }
 
 /// Runs the boot additions of `version` and reports each step. `env` is the binary's
 /// environment, given to commands.
 pub(crate) async fn run(
     boot: &BootSpec,
+    disks: &[ManifestDisk],
     version: &str,
     target: &BootTarget,
     env: Vec<(OsString, OsString)>,
@@ -116,7 +126,7 @@ pub(crate) async fn run(
     let short = flotilla_spec::manifest::short_version(version);
     log.event(&format!("boot additions of version {short}: starting"));
     let mut runner = Runner { target, spawner, log, report: &mut report };
-    runner.run_all(boot, env).await;
+    runner.run_all(boot, disks, env).await;
     report.finished_at = Some(unix_now());
     report.blocked = report.steps.iter().any(|s| s.critical && s.outcome == BootOutcome::Failed);
     let verdict = match report.first_failure() {
@@ -162,7 +172,26 @@ impl Runner<'_> {
         go_on
     }
 
-    async fn run_all(&mut self, boot: &BootSpec, env: Vec<(OsString, OsString)>) {
+    async fn run_all(
+        &mut self,
+        boot: &BootSpec,
+        disks: &[ManifestDisk],
+        env: Vec<(OsString, OsString)>,
+    ) {
+        if !disks.is_empty() {
+            let steps = match &self.target.disks {
+                Some(access) => crate::disks::prepare(disks, &self.target.root, access).await,
+                None => vec![BootStep {
+                    message: Some("this supervisor mounts no disks".to_owned()),
+                    ..step(BootStepKind::Disk, disks[0].mount.clone(), BootOutcome::Failed, true)
+                }],
+            };
+            for step in steps {
+                if !self.push(step) {
+                    return;
+                }
+            }
+        }
         for file in &boot.files {
             let step = write_boot_file(file, self.target);
             if !self.push(step) {

@@ -140,7 +140,7 @@ pub(crate) fn mount_points(mountinfo: &str, device: &Path) -> Vec<PathBuf> {
 }
 
 /// mountinfo writes space, tab, newline and backslash as octal escapes (`\040`).
-fn unescape_mountinfo(text: &str) -> String {
+pub(crate) fn unescape_mountinfo(text: &str) -> String {
     let bytes = text.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut index = 0;

@@ -73,6 +73,7 @@ mod components;
 mod context;
 mod deadline;
 mod devices;
+mod disks;
 mod domains;
 mod error;
 mod exit_description;
@@ -127,8 +128,8 @@ pub use components::ComponentDeath;
 pub use error::AgentError;
 pub use fetch::{FetchError, FetchFuture, Fetcher, Fetchers, LocalFileFetcher};
 pub use machine_cloud::{
-    ClaimedVolume, CloudError, CloudFuture, MachineCloud, MachineFacts, Notification,
-    PreviousRecord, RecordChange, RecordHold, Release, VolumeClaim,
+    AttachedVolume, ClaimedVolume, CloudError, CloudFuture, MachineCloud, MachineFacts,
+    Notification, PreviousRecord, RecordChange, RecordHold, Release, VolumeClaim,
 };
 
 use crate::failpoint::Failpoints;

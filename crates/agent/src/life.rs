@@ -86,6 +86,8 @@ pub(crate) struct Life {
     expired: mpsc::UnboundedReceiver<String>,
     pub(crate) api_address: SocketAddr,
     pub(crate) metrics_address: SocketAddr,
+    /// The data disks the supervisor's boots mounted, unmounted once the binary stopped.
+    mounted_disks: crate::disks::MountedDisks,
 }
 
 /// One started component, as the agent stops it.
@@ -182,6 +184,7 @@ pub(crate) async fn start(
         expired,
         api_address,
         metrics_address,
+        mounted_disks: crate::disks::MountedDisks::default(),
     };
 
     // 1. The rehearsal IMDS, which the lifecycle's poller may ask from its first poll.
@@ -210,10 +213,17 @@ pub(crate) async fn start(
             metrics: metrics.clone(),
         },
     });
-    // 3. The supervisor.
+    // 3. The supervisor, which makes the data disks ready first in every boot.
+    let disks = crate::disks::DiskAccess {
+        cloud: fetchers.machine_cloud(),
+        imds_endpoint: context.bootstrap.imds.as_ref().map(|imds| imds.endpoint.clone()),
+        region: context.identity.region.clone(),
+        device_wait: crate::devices::DEVICE_WAIT,
+        mounted: life.mounted_disks.clone(),
+    };
     let gpu_metrics = metrics.clone();
     let (supervisor, supervisor_task) =
-        start_supervisor(&context, spawner.clone(), metrics.clone(), lifecycle.clone());
+        start_supervisor(&context, spawner.clone(), metrics.clone(), lifecycle.clone(), disks);
     let lifecycle_task = make_lifecycle(supervisor.clone()).run(context.stop.clone());
     life.running.push(Component::Lifecycle {
         handle: lifecycle.clone(),
@@ -413,7 +423,7 @@ fn service_supervisor_factory(
             log,
             metrics.clone(),
             binary_environment(&context),
-            boot_target(&context),
+            boot_target(&context, None),
             context.bootstrap.stop_grace,
             context.failpoints.clone(),
             lifecycle.clone(),
@@ -427,9 +437,10 @@ fn service_supervisor_factory(
     })
 }
 
-fn boot_target(context: &AgentContext) -> BootTarget {
+fn boot_target(context: &AgentContext, disks: Option<crate::disks::DiskAccess>) -> BootTarget {
     let bootstrap = &context.bootstrap;
     BootTarget {
+        disks,
         root: boot_root(context),
         system_settings: bootstrap.boot.system_settings,
         runs_on: bootstrap.boot.runs_on.clone(),
@@ -442,10 +453,11 @@ fn start_supervisor(
     spawner: Spawner,
     metrics: Arc<AgentMetrics>,
     lifecycle: LifecycleHandle,
+    disks: crate::disks::DiskAccess,
 ) -> (SupervisorHandle, JoinHandle<()>) {
     let bootstrap = &context.bootstrap;
     let environment = binary_environment(context);
-    let boot_target = boot_target(context);
+    let boot_target = boot_target(context, Some(disks));
     let (handle, task) = supervisor(
         Role::Binary,
         spawner,
@@ -535,7 +547,13 @@ impl Life {
                     tracing::warn!("the Loki shipper did not stop within {limit:?}");
                 }
             }
-            Component::Supervisor { handle, task } => self.stop_supervisor(&handle, task).await,
+            Component::Supervisor { handle, task } => {
+                self.stop_supervisor(&handle, task).await;
+                // The binary is down: the data disks it mounted are unmounted.
+                for failure in self.mounted_disks.unmount_all().await {
+                    self.context.log.event(&format!("disks: stop: {failure}"));
+                }
+            }
         }
     }
 

@@ -91,6 +91,23 @@ pub trait MachineCloud: Send + Sync + fmt::Debug {
         machine: &'a MachineFacts,
         domains: &'a [String],
     ) -> CloudFuture<'a, Vec<ClaimedVolume>>;
+
+    /// The EBS volumes attached to instance `instance_id` of `region`, with the device names
+    /// they were attached at (the instance's block device mappings): how the agent finds the
+    /// volume of each data disk it mounts (`disks.rs`).
+    fn attached_volumes<'a>(
+        &'a self,
+        region: &'a str,
+        instance_id: &'a str,
+    ) -> CloudFuture<'a, Vec<AttachedVolume>>;
+}
+
+/// A volume attached to an instance, as its block device mapping names it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachedVolume {
+    /// The device name it was attached at (`/dev/sdf`).
+    pub device: String,
+    pub volume_id: String,
 }
 
 /// The facts about this machine every call needs, read from IMDS (or, in a fleet, the
@@ -310,6 +327,14 @@ impl MachineCloud for LoggedCloud {
     ) -> CloudFuture<'a, Vec<ClaimedVolume>> {
         self.log.push(&domains.join(","), "volumes_left_in_transit", &domains);
         self.inner.volumes_left_in_transit(machine, domains)
+    }
+
+    fn attached_volumes<'a>(
+        &'a self,
+        region: &'a str,
+        instance_id: &'a str,
+    ) -> CloudFuture<'a, Vec<AttachedVolume>> {
+        self.inner.attached_volumes(region, instance_id)
     }
 }
 

@@ -572,7 +572,8 @@ impl Supervisor {
         if self.role != Role::Binary {
             return self.start_selected().await;
         }
-        let boots = boot::has_work(&selected.manifest.boot, &self.boot_target);
+        let boots =
+            boot::has_work(&selected.manifest.boot, &selected.manifest.disks, &self.boot_target);
         let starting = self.lifecycle.has_hooks(Event::Starting);
         if !boots && !starting {
             return self.start_selected().await;
@@ -598,7 +599,18 @@ impl Supervisor {
         });
         Activity::Booting(Box::pin(async move {
             let report = if boots {
-                Some(boot::run(&manifest.boot, &version, &target, env, &spawner, &log).await)
+                Some(
+                    boot::run(
+                        &manifest.boot,
+                        &manifest.disks,
+                        &version,
+                        &target,
+                        env,
+                        &spawner,
+                        &log,
+                    )
+                    .await,
+                )
             } else {
                 None
             };

@@ -1026,6 +1026,7 @@ mod tests {
             keepalive: None,
             on_hosts_change: OnHostsChange::Restart,
             services: Vec::new(),
+            disks: Vec::new(),
         }
     }
 

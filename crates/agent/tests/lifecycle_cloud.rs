@@ -125,6 +125,17 @@ impl MachineCloud for RecordingCloud {
             Ok(Vec::new())
         })
     }
+
+    fn attached_volumes<'a>(
+        &'a self,
+        region: &'a str,
+        instance_id: &'a str,
+    ) -> CloudFuture<'a, Vec<flotilla_agent::AttachedVolume>> {
+        Box::pin(async move {
+            self.record(format!("attached volumes of {instance_id} in {region}"));
+            Ok(Vec::new())
+        })
+    }
 }
 
 /// A lifecycle with a volume (whose hook writes a file), a record, a notification on `started`

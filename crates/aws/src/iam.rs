@@ -176,8 +176,15 @@ fn trust_policy() -> String {
 
 /// The role's permissions: read the agents, the deployment's artifacts, its own identity; and
 /// what the spec's lifecycle configs need on the machines ([`lifecycle_statements`]: volumes
-/// of their domains, their hosted zones, topics and queues), nothing for a spec without them.
-pub fn agent_policy(bucket: &str, tag: &str, lifecycles: &[FleetdConfig]) -> String {
+/// of their domains, their hosted zones, topics and queues), nothing for a spec without them;
+/// with `mounts_disks` (an entry's data disk has a `mount`), `ec2:DescribeInstances`, by which
+/// the agent finds the volumes of its instance's block device mappings.
+pub fn agent_policy(
+    bucket: &str,
+    tag: &str,
+    lifecycles: &[FleetdConfig],
+    mounts_disks: bool,
+) -> String {
     let mut statements = vec![
         serde_json::json!({
             "Sid": "AgentAndArtifacts",
@@ -195,6 +202,15 @@ pub fn agent_policy(bucket: &str, tag: &str, lifecycles: &[FleetdConfig]) -> Str
             "Resource": format!("arn:aws:s3:::{bucket}/deployments/{tag}/identities/${{aws:userid}}.json")
         }),
     ];
+    if mounts_disks {
+        // Describe calls take no resource-level permissions.
+        statements.push(serde_json::json!({
+            "Sid": "DataDisksOfThisInstance",
+            "Effect": "Allow",
+            "Action": "ec2:DescribeInstances",
+            "Resource": "*"
+        }));
+    }
     statements.extend(lifecycle_statements(lifecycles, Some(tag)));
     serde_json::json!({"Version": "2012-10-17", "Statement": statements}).to_string()
 }
@@ -281,6 +297,7 @@ pub async fn ensure_role(
     bucket: &str,
     keys: &IamKeys,
     lifecycles: &[FleetdConfig],
+    mounts_disks: bool,
 ) -> Result<String, ProviderError> {
     let iam = clients.iam();
     let name = iam_role_name(tag);
@@ -331,7 +348,7 @@ pub async fn ensure_role(
     iam.put_role_policy()
         .role_name(&name)
         .policy_name(POLICY_NAME)
-        .policy_document(agent_policy(bucket, tag, lifecycles))
+        .policy_document(agent_policy(bucket, tag, lifecycles, mounts_disks))
         .send()
         .await
         .map_err(|e| AwsError::from_sdk(REGION, "PutRolePolicy", &name, e))?;
@@ -486,13 +503,25 @@ mod tests {
         }
     }
 
+    /// A spec whose disks have mount points lets the agent describe instances (to find its
+    /// volumes), and nothing else is added.
+    #[test]
+    fn mounted_disks_add_only_describe_instances() {
+        let without = statements(&agent_policy("b", "demo", &[], false));
+        let with = statements(&agent_policy("b", "demo", &[], true));
+        assert_eq!(with.len(), without.len() + 1);
+        let added = with.iter().find(|s| s.0 == "DataDisksOfThisInstance").unwrap();
+        assert_eq!(added.1, ["ec2:DescribeInstances"]);
+        assert_eq!(added.2, ["*"]);
+    }
+
     #[test]
     fn the_policy_reads_only_what_a_machine_needs() {
         let bucket = "flotilla-0123456789abcdef";
         let long = "t".repeat(flotilla_spec::names::MAX_TAG_BYTES);
         for tag in ["demo", "-rf", "demo-", long.as_str()] {
             let policy: serde_json::Value =
-                serde_json::from_str(&agent_policy(bucket, tag, &[])).unwrap();
+                serde_json::from_str(&agent_policy(bucket, tag, &[], false)).unwrap();
             assert_eq!(policy["Version"], "2012-10-17");
             let mut resources = BTreeSet::new();
             for statement in policy["Statement"].as_array().unwrap() {
@@ -580,7 +609,7 @@ mod tests {
     #[test]
     fn the_role_gains_exactly_what_the_lifecycle_needs() {
         let lifecycle = config(LIFECYCLE);
-        let policy = agent_policy("b", "demo", std::slice::from_ref(&lifecycle));
+        let policy = agent_policy("b", "demo", std::slice::from_ref(&lifecycle), false);
         let found = statements(&policy);
         let by_sid = |sid: &str| {
             found.iter().find(|s| s.0 == sid).unwrap_or_else(|| panic!("no {sid} in {policy}"))
@@ -669,7 +698,7 @@ mod tests {
             ["ec2:DescribeVolumes", "ec2:DescribeInstances"]
         );
         assert!(
-            agent_policy("b", "demo", &[lifecycle]).len()
+            agent_policy("b", "demo", &[lifecycle], false).len()
                 < flotilla_spec::account::MAX_INLINE_POLICY_CHARS,
             "within IAM's inline policy size"
         );

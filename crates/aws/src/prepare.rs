@@ -208,9 +208,19 @@ pub async fn prepare(
         }
         Ok::<(), ProviderError>(())
     };
+    let mounts_disks =
+        plan.groups.iter().any(|group| group.disks.values().any(|disk| disk.mount.is_some()));
     let role = async {
-        let role_id =
-            iam::ensure_role(clients, journal, tag, &bucket, &plan.iam, &plan.lifecycles).await?;
+        let role_id = iam::ensure_role(
+            clients,
+            journal,
+            tag,
+            &bucket,
+            &plan.iam,
+            &plan.lifecycles,
+            mounts_disks,
+        )
+        .await?;
         journal.update(|r| {
             r.role_name = Some(iam_role_name(tag));
             r.role_id = Some(role_id.clone());

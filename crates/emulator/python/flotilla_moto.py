@@ -1618,7 +1618,7 @@ def teardown_defaults(self: Any) -> None:
 
 
 def attachments(backend: Any, instance: Any) -> list[dict[str, Any]]:
-    """The instance's volumes as the booter needs them: id, device and attachment state."""
+    """The instance's volumes as the booter needs them: id, device, attachment state, size."""
     out = []
     for device, mapping in instance.get_block_device_mapping:
         volume = backend.volumes.get(mapping.volume_id)
@@ -1629,6 +1629,7 @@ def attachments(backend: Any, instance: Any) -> list[dict[str, Any]]:
                 "volume_id": mapping.volume_id,
                 "device": device,
                 "state": attachment.status if attached_here else "detached",
+                "size_gib": int(volume.size) if volume is not None else 0,
             }
         )
     return out

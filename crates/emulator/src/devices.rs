@@ -1,6 +1,8 @@
 //! The NVMe devices of an instance's EBS volumes, as files under the instance's root, so that
 //! an agent given that root as its device root finds a volume as it would on a Nitro machine:
-//! `<root>/dev/nvme<N>n1` (an empty regular file) and the udev link
+//! `<root>/dev/nvme<N>n1` (a sparse regular file of the volume's size, so that `mkfs` and a
+//! loop `mount` work on it as on the disk; it holds no data across a detach, as snapshots in
+//! moto hold none) and the udev link
 //! `<root>/dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol<hex>` → `../../nvme<N>n1`, where
 //! `vol<hex>` is the volume id without its dash (the NVMe serial EC2 gives the device).
 //!
@@ -41,16 +43,16 @@ impl Devices {
         root: &Path,
         volumes: &[VolumeAttachmentInfo],
     ) -> std::io::Result<()> {
-        let attached: Vec<&str> = volumes
+        let attached: Vec<(&str, u64)> = volumes
             .iter()
             .filter(|v| v.state == "attached")
-            .map(|v| v.volume_id.as_str())
+            .map(|v| (v.volume_id.as_str(), v.size_gib))
             .collect();
         let mut first_error = None;
         let gone: Vec<(String, u32)> = self
             .indexes
             .iter()
-            .filter(|(id, _)| !attached.contains(&id.as_str()))
+            .filter(|(id, _)| !attached.iter().any(|(volume_id, _)| volume_id == id))
             .map(|(id, index)| (id.clone(), *index))
             .collect();
         for (volume_id, index) in gone {
@@ -63,12 +65,12 @@ impl Devices {
                 }
             }
         }
-        for volume_id in attached {
+        for (volume_id, size_gib) in attached {
             if self.indexes.contains_key(volume_id) {
                 continue;
             }
             let index = (0..).find(|i| !self.indexes.values().any(|used| used == i)).unwrap_or(0);
-            match create(root, volume_id, index) {
+            match create(root, volume_id, index, size_gib) {
                 Ok(()) => {
                     self.indexes.insert(volume_id.to_owned(), index);
                 }
@@ -81,11 +83,13 @@ impl Devices {
     }
 }
 
-fn create(root: &Path, volume_id: &str, index: u32) -> std::io::Result<()> {
+fn create(root: &Path, volume_id: &str, index: u32, size_gib: u64) -> std::io::Result<()> {
     let link = by_id_link(root, volume_id);
     let link_dir = link.parent().expect("a by-id link has a directory");
     fs_err::create_dir_all(link_dir)?;
-    fs_err::write(device_file(root, index), b"")?;
+    // A new, empty, sparse file: only what is written takes space.
+    let file = fs_err::File::create(device_file(root, index))?;
+    file.set_len(size_gib.saturating_mul(1 << 30))?;
     match fs_err::remove_file(&link) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => return Err(error),
         _ => {}
@@ -102,6 +106,7 @@ mod tests {
             volume_id: id.to_owned(),
             device: "/dev/sdf".to_owned(),
             state: state.to_owned(),
+            size_gib: 2,
         }
     }
 
@@ -116,7 +121,11 @@ mod tests {
             .unwrap();
         let link = root.join("dev/disk/by-id/nvme-Amazon_Elastic_Block_Store_vol0aa");
         assert_eq!(fs_err::read_link(&link).unwrap(), Path::new("../../nvme0n1"));
-        assert!(fs_err::metadata(&link).unwrap().is_file(), "the link resolves to a regular file");
+        let metadata = fs_err::metadata(&link).unwrap();
+        assert!(metadata.is_file(), "the link resolves to a regular file");
+        assert_eq!(metadata.len(), 2 << 30, "of the volume's size");
+        use std::os::unix::fs::MetadataExt;
+        assert_eq!(metadata.blocks(), 0, "sparse: it takes no space");
         assert!(!by_id_link(root, "vol-0bb").exists(), "attaching: no device yet");
 
         devices

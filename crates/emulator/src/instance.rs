@@ -64,6 +64,9 @@ pub struct VolumeAttachmentInfo {
     pub device: String,
     /// `attaching`, `attached`, `detaching` or `detached`.
     pub state: String,
+    /// The volume's size in GiB: its device file is a sparse file of that size.
+    #[serde(default)]
+    pub size_gib: u64,
 }
 
 /// EC2's `StateReason` of an instance: a code and a message that starts with the code, as AWS

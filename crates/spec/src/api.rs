@@ -534,6 +534,8 @@ pub enum HookOutcome {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum BootStepKind {
+    /// A data disk formatted (when empty) and mounted; the target is its mount point.
+    Disk,
     File,
     Sysctl,
     Packages,
@@ -543,6 +545,7 @@ pub enum BootStepKind {
 impl BootStepKind {
     pub fn as_str(self) -> &'static str {
         match self {
+            BootStepKind::Disk => "disk",
             BootStepKind::File => "file",
             BootStepKind::Sysctl => "sysctl",
             BootStepKind::Packages => "packages",

@@ -11,7 +11,8 @@ use super::reader::{Decoder, KeySpec, Slot, UnknownKeys, flotilla, flotilla_requ
 use super::rules::iops_rule;
 use crate::account::tag_limits;
 use crate::disk::{
-    DiskClone, DiskSpec, DiskType, MAX_DISK_SIZE, MIN_DISK_SIZE, device_letter, is_snapshot_id,
+    DiskClone, DiskSpec, DiskType, Filesystem, MAX_DISK_SIZE, MIN_DISK_SIZE, device_letter,
+    is_snapshot_id,
 };
 use crate::fleet::STORAGE_CLASSES;
 use crate::suggest::closest_match;
@@ -24,6 +25,7 @@ pub(crate) const DISK_KEYS: &[KeySpec] = &[
     flotilla("encrypt_key"),
     flotilla("label"),
     flotilla("mount"),
+    flotilla("filesystem"),
 ];
 
 /// The help for a device name flotilla does not attach data disks at.
@@ -127,6 +129,16 @@ impl Decoder<'_> {
         });
         let label = self.optional(&fields, "label", Self::read_disk_label);
         let mount = self.optional(&fields, "mount", Self::read_disk_mount);
+        let filesystem = self.optional(&fields, "filesystem", Self::read_disk_filesystem);
+        if let (Some(location), Slot::Absent) = (filesystem.location(), &mount) {
+            self.error(
+                location,
+                &fields.child("filesystem"),
+                "`filesystem` without `mount`: only a disk the agent mounts is formatted".to_owned(),
+                "add `mount:` with where the disk goes, e.g. `mount: /data`, or remove `filesystem`",
+            );
+            return None;
+        }
 
         if matches!(size, Slot::Absent) && matches!(clone, Slot::Absent) {
             self.error(
@@ -252,6 +264,7 @@ impl Decoder<'_> {
             encrypt_key: encrypt_key.into_optional()?,
             label: label.into_optional()?.unwrap_or_default(),
             mount: mount.into_optional()?,
+            filesystem: filesystem.into_optional()?,
         };
         valid.then_some(disk)
     }
@@ -413,6 +426,21 @@ impl Decoder<'_> {
             return None;
         }
         Some(label)
+    }
+
+    /// `filesystem: ext4|xfs`.
+    fn read_disk_filesystem(&mut self, node: &Node, field: &str) -> Option<Filesystem> {
+        let text = self.read_non_empty_string(node, field, "a filesystem, `ext4` or `xfs`")?;
+        let names: Vec<&str> = Filesystem::ALL.iter().map(|f| f.as_str()).collect();
+        if let Some(filesystem) = Filesystem::ALL.iter().find(|f| f.as_str() == text) {
+            return Some(*filesystem);
+        }
+        let help = match closest_match(&text, names.iter().copied()) {
+            Some(close) => format!("did you mean `{close}`?"),
+            None => format!("use one of {}", names.join(", ")),
+        };
+        self.error(node.location, field, format!("unknown filesystem `{text}`"), help);
+        None
     }
 
     /// `mount: /path`: absolute, not `/`, no `.` or `..` parts.

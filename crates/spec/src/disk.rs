@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 
 use schemars::JsonSchema;
-use serde::{Serialize, Serializer};
+use serde::{Deserialize, Serialize, Serializer};
 
 /// The smallest data disk, in GiB.
 pub const MIN_DISK_SIZE: u32 = 1;
@@ -44,9 +44,34 @@ pub struct DiskSpec {
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty", serialize_with = "label_text")]
     #[schemars(with = "Option<String>")]
     pub label: BTreeMap<String, String>,
-    /// Where the disk is meant to be mounted on the machine, an absolute path (optional). It is recorded on the volume as the tag `flotilla:mount`; flotilla does not format or mount the disk itself yet, so a `boot.commands` entry does that.
+    /// Where the agent mounts the disk on the machine, an absolute path (optional), before the binary starts and before `boot` (so boot files and commands may use it). A disk without a filesystem (a new one) is formatted first with `filesystem`, labelled with its device's name (`sdf`); a disk that has one (a clone) is never formatted. It is also recorded on the volume as the tag `flotilla:mount`. Without `mount` the disk is attached and left alone.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub mount: Option<String>,
+    /// The filesystem a new disk is formatted with before it is mounted: `ext4` (the default) or `xfs`. Only with `mount`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filesystem: Option<Filesystem>,
+}
+
+/// A filesystem the agent formats an empty data disk with.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Filesystem {
+    #[default]
+    Ext4,
+    Xfs,
+}
+
+impl Filesystem {
+    /// Every filesystem, as written in the spec.
+    pub const ALL: &[Filesystem] = &[Filesystem::Ext4, Filesystem::Xfs];
+
+    /// `ext4`, `xfs`: the name in the spec and the suffix of its `mkfs.` program.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Filesystem::Ext4 => "ext4",
+            Filesystem::Xfs => "xfs",
+        }
+    }
 }
 
 /// A disk's EBS volume type with its provisioned performance.

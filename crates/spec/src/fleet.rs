@@ -202,7 +202,7 @@ pub struct InstanceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(extend("x-origin" = "flotilla"))]
     pub host_pool: Option<String>,
-    /// Data disks by device (`/dev/sdf` to `/dev/sdp`, or `/dev/xvdb` to `/dev/xvdz`): EBS volumes created with each machine, tagged with the deployment's tags and the disk's `label`, and deleted with it. AWS only.
+    /// Data disks by device (`/dev/sdf` to `/dev/sdp`, or `/dev/xvdb` to `/dev/xvdz`): EBS volumes created with each machine, tagged with the deployment's tags and the disk's `label`, and deleted with it; the agent formats (only an empty disk) and mounts each disk that has a `mount`. AWS only.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     #[schemars(extend("x-origin" = "flotilla"))]
     pub disks: BTreeMap<String, crate::disk::DiskSpec>,

@@ -8,6 +8,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::account::BootSpec;
+use crate::disk::Filesystem;
 use crate::fleet::{HealthCheck, OnHostsChange, RestartSpec};
 use crate::fleetd::FleetdConfig;
 
@@ -78,6 +79,25 @@ pub struct Manifest {
     /// of the version: a rollout starts them with the binary and rolls them back with it.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub services: Vec<ServiceManifest>,
+    /// The entry's data disks that have a mount point, in device order: before the boot
+    /// additions, the agent finds each one's volume and device, formats it when it has no
+    /// filesystem and mounts it.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub disks: Vec<ManifestDisk>,
+}
+
+/// A data disk the agent formats (only an empty one) and mounts.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct ManifestDisk {
+    /// The device the volume is attached at, as the launch asked (`/dev/sdf`); the agent finds
+    /// the volume attached there, then the kernel's device by the volume's NVMe serial.
+    pub device: String,
+    /// Where it is mounted, an absolute path on the machine.
+    pub mount: String,
+    /// What an empty disk is formatted with.
+    #[serde(default)]
+    pub filesystem: Filesystem,
 }
 
 /// A service beside the binary: a program, its arguments and files, and how it is checked and
@@ -171,6 +191,9 @@ impl Manifest {
             // Likewise left out without services; their files count by digest only.
             #[serde(skip_serializing_if = "Vec::is_empty")]
             services: Vec<ServiceContent<'a>>,
+            // Likewise left out without disks to mount.
+            #[serde(skip_serializing_if = "<[ManifestDisk]>::is_empty")]
+            disks: &'a [ManifestDisk],
         }
         #[derive(Serialize)]
         struct ServiceContent<'a> {
@@ -213,6 +236,7 @@ impl Manifest {
             lifecycle: self.lifecycle.as_ref(),
             keepalive: self.keepalive.map(|k| k.as_secs()),
             services,
+            disks: &self.disks,
         };
         let json = serde_json::to_vec(&content).expect("a struct of strings serializes to JSON");
         hex::encode(Sha256::digest(&json))
@@ -275,6 +299,7 @@ mod tests {
             keepalive: None,
             on_hosts_change: OnHostsChange::Restart,
             services: Vec::new(),
+            disks: Vec::new(),
         }
     }
 

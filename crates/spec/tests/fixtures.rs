@@ -308,11 +308,14 @@ fn a_lifecycle_written_in_the_spec_decodes_as_an_ec2fleetd_file_does() {
 
 #[test]
 fn disks_decode_to_their_values() {
-    use flotilla_spec::disk::DiskClone;
+    use flotilla_spec::disk::{DiskClone, Filesystem};
 
     let spec = valid("disks.yaml").spec;
     let disks = &spec.instances[0].disks;
-    assert_eq!(disks.keys().collect::<Vec<_>>(), ["/dev/sdf", "/dev/sdg", "/dev/sdh", "/dev/xvdi"]);
+    assert_eq!(
+        disks.keys().collect::<Vec<_>>(),
+        ["/dev/sdf", "/dev/sdg", "/dev/sdh", "/dev/xvdi", "/dev/xvdj"]
+    );
     let data = &disks["/dev/sdf"];
     assert_eq!(
         (data.volume.class.as_str(), data.volume.iops, data.volume.throughput),
@@ -334,4 +337,6 @@ fn disks_decode_to_their_values() {
     assert_eq!(io2.clone, Some(DiskClone::Snapshot("snap-0123456789abcdef0".to_owned())));
     assert_eq!((io2.volume.iops, io2.volume.throughput), (Some(8000), None));
     assert_eq!(disks["/dev/xvdi"].volume.to_string(), "st1");
+    // The filesystem is the agent's `ext4` unless written.
+    assert_eq!((data.filesystem, disks["/dev/xvdj"].filesystem), (None, Some(Filesystem::Xfs)));
 }

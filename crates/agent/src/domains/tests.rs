@@ -128,6 +128,17 @@ impl MachineCloud for TestCloud {
             Ok(self.left_in_transit.clone())
         })
     }
+
+    fn attached_volumes<'a>(
+        &'a self,
+        region: &'a str,
+        instance_id: &'a str,
+    ) -> CloudFuture<'a, Vec<crate::AttachedVolume>> {
+        Box::pin(async move {
+            self.record(format!("attached volumes of {instance_id} in {region}"))?;
+            Ok(Vec::new())
+        })
+    }
 }
 
 fn config(text: &str) -> FleetdConfig {

@@ -270,6 +270,7 @@ impl Deployment {
             keepalive: None,
             on_hosts_change: version.on_hosts_change,
             services: Vec::new(),
+            disks: Vec::new(),
         }
     }
 }

@@ -28,8 +28,8 @@ use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_types::SdkConfig;
 use aws_types::region::Region;
 use flotilla_agent::{
-    ClaimedVolume, CloudError, CloudFuture, MachineCloud, MachineFacts, Notification, RecordChange,
-    RecordHold, Release, VolumeClaim,
+    AttachedVolume, ClaimedVolume, CloudError, CloudFuture, MachineCloud, MachineFacts,
+    Notification, RecordChange, RecordHold, Release, VolumeClaim,
 };
 
 use crate::error::{AwsError, Healing};
@@ -176,6 +176,14 @@ impl MachineCloud for AwsMachineCloud {
     ) -> CloudFuture<'a, Vec<ClaimedVolume>> {
         Box::pin(volumes::leftovers(self, machine, domains))
     }
+
+    fn attached_volumes<'a>(
+        &'a self,
+        region: &'a str,
+        instance_id: &'a str,
+    ) -> CloudFuture<'a, Vec<AttachedVolume>> {
+        Box::pin(volumes::attached(self, region, instance_id))
+    }
 }
 
 /// [`AwsMachineCloud`] made on its first call, with the SDK's own configuration (and the
@@ -246,6 +254,14 @@ impl MachineCloud for LazyAwsMachineCloud {
         domains: &'a [String],
     ) -> CloudFuture<'a, Vec<ClaimedVolume>> {
         Box::pin(async move { self.cloud().await.volumes_left_in_transit(machine, domains).await })
+    }
+
+    fn attached_volumes<'a>(
+        &'a self,
+        region: &'a str,
+        instance_id: &'a str,
+    ) -> CloudFuture<'a, Vec<AttachedVolume>> {
+        Box::pin(async move { self.cloud().await.attached_volumes(region, instance_id).await })
     }
 }
 

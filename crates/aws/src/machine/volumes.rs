@@ -52,7 +52,9 @@ use aws_sdk_ec2::types::{
     Filter, ResourceType, Tag, TagSpecification, Volume, VolumeAttachmentState, VolumeState,
     VolumeType,
 };
-use flotilla_agent::{ClaimedVolume, CloudError, MachineFacts, Release, VolumeClaim};
+use flotilla_agent::{
+    AttachedVolume, ClaimedVolume, CloudError, MachineFacts, Release, VolumeClaim,
+};
 use flotilla_spec::fleetd::{PoolPreference, VolumeSource};
 use sha2::Digest;
 
@@ -1005,6 +1007,39 @@ fn tag_specifications(value: &serde_json::Value) -> Option<(Vec<Tag>, Vec<TagSpe
 fn client_token(transaction: &str, domain: &str, device: &str) -> String {
     let digest = sha2::Sha256::digest(format!("{transaction}\n{domain}\n{device}").as_bytes());
     format!("flotilla-{}", &hex::encode(digest)[..40])
+}
+
+/// The EBS volumes of instance `instance_id` by the device names of its block device mappings
+/// (one `DescribeInstances`): how the agent finds the volume of a data disk it mounts.
+pub(crate) async fn attached(
+    cloud: &AwsMachineCloud,
+    region: &str,
+    instance_id: &str,
+) -> Result<Vec<AttachedVolume>, CloudError> {
+    let operation = format!("DescribeInstances {instance_id}");
+    let answer = cloud
+        .ec2(region)
+        .describe_instances()
+        .instance_ids(instance_id)
+        .send()
+        .await
+        .map_err(|error| sdk_error(region, operation.clone(), error))?;
+    let instance = answer
+        .reservations()
+        .iter()
+        .flat_map(|reservation| reservation.instances())
+        .find(|instance| instance.instance_id() == Some(instance_id))
+        .ok_or_else(|| own_error(&operation, "EC2 does not list the instance", true))?;
+    Ok(instance
+        .block_device_mappings()
+        .iter()
+        .filter_map(|mapping| {
+            Some(AttachedVolume {
+                device: mapping.device_name()?.to_owned(),
+                volume_id: mapping.ebs()?.volume_id()?.to_owned(),
+            })
+        })
+        .collect())
 }
 
 #[cfg(test)]

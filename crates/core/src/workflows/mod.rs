@@ -382,6 +382,7 @@ async fn build_manifests<P: Provider>(
                 keepalive: instance.keepalive,
                 on_hosts_change: instance.on_hosts_change,
                 services: node_exporter.iter().cloned().collect(),
+                disks: manifest_disks(instance),
             },
         );
     }
@@ -400,6 +401,23 @@ async fn build_manifests<P: Provider>(
         manifests.insert(monitoring.name.clone(), manifest);
     }
     Ok(manifests)
+}
+
+/// The disks of `instance` the agent mounts: those with a mount point, in device order.
+fn manifest_disks(
+    instance: &flotilla_spec::InstanceSpec,
+) -> Vec<flotilla_spec::manifest::ManifestDisk> {
+    instance
+        .disks
+        .iter()
+        .filter_map(|(device, disk)| {
+            Some(flotilla_spec::manifest::ManifestDisk {
+                device: device.clone(),
+                mount: disk.mount.clone()?,
+                filesystem: disk.filesystem.unwrap_or_default(),
+            })
+        })
+        .collect()
 }
 
 /// The monitoring machine's manifest: no binary; Prometheus with flotilla's configuration,
@@ -481,6 +499,7 @@ async fn monitoring_manifest<P: Provider>(
         lifecycle: None,
         keepalive: None,
         services,
+        disks: Vec::new(),
     }))
 }
 
