@@ -355,6 +355,10 @@ pub struct ProfileArgs {
     /// Where to write the profile (default: `<name>-<unix seconds>.perf.txt` here).
     #[arg(long)]
     pub output: Option<PathBuf>,
+    /// A local build of the machine's binary that keeps its symbols: the frames in the binary
+    /// are named from it (a deployed binary is often stripped, and the machine names none).
+    #[arg(long, value_name = "PATH")]
+    pub binary: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]

@@ -425,6 +425,14 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             let tag = target_tag(&args.target)?;
             let home = home()?;
             let context = existing_context(&home, &environment, &tag).await?;
+            // The build is read before anything is recorded: a wrong path fails at once.
+            let symbols = match &args.binary {
+                Some(path) => Some(
+                    crate::symbolicate::Symbols::read(path)
+                        .map_err(|e| CoreError::Refused(format!("--binary: {e:#}")))?,
+                ),
+                None => None,
+            };
             output::print_profile_start(&args.name, args.duration, args.frequency);
             let profile =
                 workflows::profile(&home, &tag, &args.name, args.duration, args.frequency, |d| {
@@ -438,6 +446,15 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
                     .unwrap_or_default();
                 std::path::PathBuf::from(format!("{}-{now}.perf.txt", args.name))
             });
+            let profile = match (&symbols, &args.binary) {
+                (Some(symbols), Some(binary)) => {
+                    let text = String::from_utf8_lossy(&profile);
+                    let (text, named) = crate::symbolicate::symbolicate(&text, symbols);
+                    output::print_profile_symbols(binary, &args.name, named);
+                    text.into_bytes()
+                }
+                _ => profile,
+            };
             fs_err::write(&path, &profile)?;
             let samples = profile
                 .split(|b| *b == b'\n')

@@ -10,6 +10,7 @@ mod progress;
 mod providers;
 mod simulate;
 mod simulate_plot;
+mod symbolicate;
 
 use std::process::ExitCode;
 

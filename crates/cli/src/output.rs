@@ -453,6 +453,37 @@ pub fn print_profile_written(path: &std::path::Path, samples: usize) {
     );
 }
 
+/// What `--binary` named in a profile: frames named, or why none were.
+pub fn print_profile_symbols(
+    binary: &std::path::Path,
+    name: &str,
+    named: crate::symbolicate::Named,
+) {
+    let mut stderr = std::io::stderr().lock();
+    let _ = if named.frames == 0 {
+        writeln!(
+            stderr,
+            "no frame of the profile is in {name}'s binary (a script runs in its interpreter), so {} named nothing",
+            binary.display()
+        )
+    } else if named.named == 0 {
+        writeln!(
+            stderr,
+            "none of the {} frames in {name}'s binary fall in a function of {}: is it the build that runs on {name}?",
+            named.frames,
+            binary.display()
+        )
+    } else {
+        writeln!(
+            stderr,
+            "{} of {} frames in {name}'s binary named from {}",
+            named.named,
+            named.frames,
+            binary.display()
+        )
+    };
+}
+
 /// `flotilla monitoring`'s URLs, one line per service: `grafana http://127.0.0.1:3000/`.
 pub fn print_forwards(bound: &[flotilla_core::workflows::BoundForward]) {
     let mut stdout = std::io::stdout().lock();

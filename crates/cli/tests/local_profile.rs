@@ -112,3 +112,119 @@ fn a_profile_of_the_running_binary_comes_back_in_perfs_text_format() {
     assert!(!output.status.success());
     assert!(String::from_utf8_lossy(&output.stderr).contains("at most 5m"));
 }
+
+/// Builds `source` with rustc (optimised, with symbols) as `name` in `dir`, and a stripped copy
+/// `name.stripped`.
+fn build_busy_program(dir: &std::path::Path, source: &str, name: &str) -> std::path::PathBuf {
+    let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
+    let file = dir.join(format!("{name}.rs"));
+    fs_err::write(&file, source).unwrap();
+    let built = dir.join(name);
+    let status = std::process::Command::new(&rustc)
+        .args(["-O", "-g", "--edition", "2021", "-o"])
+        .arg(&built)
+        .arg(&file)
+        .status()
+        .unwrap_or_else(|e| panic!("{rustc} runs: {e}"));
+    assert!(status.success(), "{rustc} builds the busy program");
+    let stripped = dir.join(format!("{name}.stripped"));
+    let status = std::process::Command::new("strip")
+        .arg("-o")
+        .arg(&stripped)
+        .arg(&built)
+        .status()
+        .unwrap_or_else(|e| panic!("strip is not installed ({e}): apt-get install binutils"));
+    assert!(status.success(), "strip copies the program without its symbols");
+    built
+}
+
+#[test]
+fn a_stripped_binarys_frames_are_named_from_the_local_build() {
+    require_perf();
+    let fleet = TestFleet::with_spec(
+        "symbols",
+        &SPEC.replace("profiled", "symbols").replace("busy.sh", "busy.stripped"),
+    );
+    let built = build_busy_program(
+        fleet.work.path(),
+        "#[inline(never)]\nfn spin_in_a_named_function(n: u64) -> f64 {\n    let mut s = 0.0;\n    for i in 0..n { s += (i as f64).sqrt(); }\n    s\n}\nfn main() {\n    let mut t = 0.0;\n    loop { t += spin_in_a_named_function(std::hint::black_box(20_000_000)); if t < 0.0 { println!(\"{t}\"); } }\n}\n",
+        "busy",
+    );
+    fleet.create();
+    let unnamed = fleet.work.path().join("unnamed.perf.txt");
+    fleet.run_ok(&[
+        "profile",
+        "--tag",
+        "symbols",
+        "node-0",
+        "--duration",
+        "1s",
+        "--frequency",
+        "199",
+        "--output",
+        &unnamed.display().to_string(),
+    ]);
+    let text = fs_err::read_to_string(&unnamed).unwrap();
+    let binary_frames: Vec<&str> =
+        text.lines().filter(|l| is_frame(l) && l.ends_with("/binary)")).collect();
+    assert!(
+        !binary_frames.is_empty(),
+        "frames in the machine's binary: {}",
+        &text[..text.len().min(500)]
+    );
+    assert!(
+        !text.contains("spin_in_a_named_function"),
+        "the machine's binary is stripped: nothing names the function without --binary"
+    );
+
+    let named = fleet.work.path().join("named.perf.txt");
+    let output = fleet.run_ok(&[
+        "profile",
+        "--tag",
+        "symbols",
+        "node-0",
+        "--duration",
+        "1s",
+        "--frequency",
+        "199",
+        "--binary",
+        &built.display().to_string(),
+        "--output",
+        &named.display().to_string(),
+    ]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("frames in node-0's binary named from"), "{stderr}");
+    let text = fs_err::read_to_string(&named).unwrap();
+    let spinning = text
+        .lines()
+        .filter(|l| {
+            is_frame(l)
+                && l.contains(" busy::spin_in_a_named_function+0x")
+                && l.ends_with("/binary)")
+        })
+        .count();
+    let samples = text.lines().filter(|l| is_sample_header(l)).count();
+    assert!(
+        spinning * 2 >= samples,
+        "most samples are in the named function: {spinning} of {samples}\n{}",
+        &text[..text.len().min(800)]
+    );
+    assert!(
+        text.lines().all(|l| l.is_empty() || is_sample_header(l) || is_frame(l)),
+        "still perf script text"
+    );
+
+    // A file without symbols is refused before anything is recorded.
+    let stripped = fleet.work.path().join("busy.stripped");
+    let output = fleet.run(&[
+        "profile",
+        "--tag",
+        "symbols",
+        "node-0",
+        "--binary",
+        &stripped.display().to_string(),
+    ]);
+    assert!(!output.status.success());
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(stderr.contains("no function symbols"), "{stderr}");
+}
