@@ -118,7 +118,7 @@ fn a_profile_of_the_running_binary_comes_back_in_perfs_text_format() {
 fn build_busy_program(dir: &std::path::Path, source: &str, name: &str) -> std::path::PathBuf {
     let rustc = std::env::var("RUSTC").unwrap_or_else(|_| "rustc".to_owned());
     let file = dir.join(format!("{name}.rs"));
-    fs_err::write(&file, source).unwrap();
+    fs_err::write(&file, source).expect("the program source is written");
     let built = dir.join(name);
     let status = std::process::Command::new(&rustc)
         .args(["-O", "-g", "--edition", "2021", "-o"])
