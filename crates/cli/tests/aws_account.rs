@@ -15,31 +15,12 @@ use common::aws::AwsFleet;
 use common::*;
 use flotilla_emulator::control::Emulator;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
-/// The machine type of this host's architecture (the fleet app is built for it).
-fn native_type() -> &'static str {
-    if std::env::consts::ARCH == "aarch64" { "m7g.large" } else { "m7i.large" }
-}
-
-fn native_monitoring_type() -> &'static str {
-    if std::env::consts::ARCH == "aarch64" { "t4g.small" } else { "t3.small" }
-}
-
 fn native_architecture() -> ArchitectureValues {
     if std::env::consts::ARCH == "aarch64" {
         ArchitectureValues::Arm64
     } else {
         ArchitectureValues::X8664
     }
-}
-
-fn tags_of(tags: &[Tag]) -> BTreeMap<String, String> {
-    tags.iter()
-        .map(|t| (t.key().unwrap_or_default().to_owned(), t.value().unwrap_or_default().to_owned()))
-        .collect()
 }
 
 /// Asserts that `tags` carry `Team=team` and `CostCenter=4711` beside flotilla's own.

@@ -17,25 +17,6 @@ use common::aws::AwsFleet;
 use common::*;
 use flotilla_emulator::control::Emulator;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
-/// The machine type of this host's architecture (the fleet app is built for it).
-fn native_type() -> &'static str {
-    if std::env::consts::ARCH == "aarch64" { "m7g.large" } else { "m7i.large" }
-}
-
-fn native_monitoring_type() -> &'static str {
-    if std::env::consts::ARCH == "aarch64" { "t4g.small" } else { "t3.small" }
-}
-
-fn tags_of(tags: &[Tag]) -> BTreeMap<String, String> {
-    tags.iter()
-        .map(|t| (t.key().unwrap_or_default().to_owned(), t.value().unwrap_or_default().to_owned()))
-        .collect()
-}
-
 /// A snapshot of a new `size` GiB volume in us-east-1a, tagged `backup=<value>`.
 async fn tagged_snapshot(ec2: &aws_sdk_ec2::Client, size: i32, value: &str) -> String {
     let volume = ec2

@@ -49,10 +49,6 @@ fn app_config(greeting: &str) -> String {
     format!("port = 9090\ngreeting = \"{greeting}\"\ninterval = 300\n")
 }
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
 /// create → every agent healthy over mTLS → every machine's hosts.yaml lists every host →
 /// update → destroy → nothing left of any kind.
 #[test]

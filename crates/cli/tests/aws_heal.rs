@@ -22,10 +22,6 @@ use serde_json::Value;
 
 const REGION: &str = "us-east-1";
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
 /// `count` fleet-app nodes on spot where a pool has room (two types, two zones), which reread
 /// hosts.yaml on SIGHUP, and a small monitoring machine.
 fn spec(tag: &str, count: usize) -> String {

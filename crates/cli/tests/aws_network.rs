@@ -13,10 +13,6 @@ use common::aws::AwsFleet;
 use common::*;
 use flotilla_emulator::control::Emulator;
 
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
 /// What a test made in one region, as a user would have.
 struct UserNetwork {
     vpc: String,

@@ -10,30 +10,10 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-
-use aws_sdk_ec2::types::{Filter, Tag};
+use aws_sdk_ec2::types::Filter;
 use common::aws::AwsFleet;
 use common::*;
 use flotilla_emulator::control::Emulator;
-
-fn runtime() -> tokio::runtime::Runtime {
-    tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap()
-}
-
-fn native_type() -> &'static str {
-    if std::env::consts::ARCH == "aarch64" { "m7g.large" } else { "m7i.large" }
-}
-
-fn native_monitoring_type() -> &'static str {
-    if std::env::consts::ARCH == "aarch64" { "t4g.small" } else { "t3.small" }
-}
-
-fn tags_of(tags: &[Tag]) -> BTreeMap<String, String> {
-    tags.iter()
-        .map(|t| (t.key().unwrap_or_default().to_owned(), t.value().unwrap_or_default().to_owned()))
-        .collect()
-}
 
 /// A spec of one `db` machine whose `/dev/sdf` is `disk` (YAML flow mapping).
 fn spec(fleet: &AwsFleet, tag: &str, disk: &str) -> String {

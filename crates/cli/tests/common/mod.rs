@@ -329,3 +329,28 @@ pub fn offline(dir: &Path, args: &[&str]) -> Output {
         .output()
         .expect("flotilla runs")
 }
+
+/// A current-thread runtime for a test's async steps.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("a current-thread runtime builds")
+}
+
+/// The machine type of this host's architecture (the fleet app is built for it).
+pub fn native_type() -> &'static str {
+    if std::env::consts::ARCH == "aarch64" { "m7g.large" } else { "m7i.large" }
+}
+
+/// The monitoring machine's type of this host's architecture.
+pub fn native_monitoring_type() -> &'static str {
+    if std::env::consts::ARCH == "aarch64" { "t4g.small" } else { "t3.small" }
+}
+
+/// EC2 tags as a map.
+pub fn tags_of(tags: &[aws_sdk_ec2::types::Tag]) -> std::collections::BTreeMap<String, String> {
+    tags.iter()
+        .map(|t| (t.key().unwrap_or_default().to_owned(), t.value().unwrap_or_default().to_owned()))
+        .collect()
+}
