@@ -463,7 +463,7 @@ pub fn print_profile_symbols(
     let _ = if named.frames == 0 {
         writeln!(
             stderr,
-            "no frame of the profile is in {name}'s binary (a script runs in its interpreter), so {} named nothing",
+            "no frame of the profile is in {name}'s binary (it was idle, or it is a script and its interpreter ran), so {} named nothing",
             binary.display()
         )
     } else if named.named == 0 {
