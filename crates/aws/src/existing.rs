@@ -27,10 +27,17 @@
 //!   anything is made, so fixing the route first costs nothing. The security-group half is
 //!   flotilla's own: its group in an existing VPC admits the metrics port from the monitoring
 //!   VPC's blocks.
+//! - Network ACLs sit between subnets, in one VPC as across two, and are stateless: the
+//!   scrape ports ([`SCRAPE_PORTS`]) must pass out of the monitoring machine's subnet and into
+//!   each machine's, and the answers, to the scraper's ephemeral ports (Linux's 32768-60999),
+//!   the other way. Rules are read as AWS applies them, lowest number first, the first that
+//!   covers the traffic deciding; a deny that covers part of it (some ports, part of a block)
+//!   before any allow of all of it counts as a deny. Each ACL that drops a scrape or its answer
+//!   is an error naming the ACL, the direction, the ports, the block and the rule.
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use aws_sdk_ec2::types::{RouteState, RouteTable, SecurityGroup, Subnet, Vpc};
+use aws_sdk_ec2::types::{NetworkAcl, RouteState, RouteTable, SecurityGroup, Subnet, Vpc};
 use flotilla_core::plan::{AWS_MONITORING_REGION, DeploymentPlan, GroupPlan};
 use flotilla_core::provider::{ProviderError, ReferenceProblem, Role};
 use flotilla_spec::Severity;
@@ -39,6 +46,7 @@ use flotilla_spec::account::{NetworkSpec, ResourceRef};
 use crate::clients::Clients;
 use crate::error::AwsError;
 use crate::fanout::{Concurrency, fan_out};
+use crate::network::SCRAPE_PORTS;
 
 /// The port the deployer's monitoring machine scrapes on every machine.
 pub const METRICS_PORT: u16 = 9090;
@@ -51,6 +59,7 @@ pub struct Snapshot {
     pub route_tables: Vec<RouteTable>,
     /// The security groups the spec lists in this region (those that exist).
     pub security_groups: Vec<SecurityGroup>,
+    pub network_acls: Vec<NetworkAcl>,
 }
 
 /// One group's network, resolved.
@@ -170,9 +179,19 @@ async fn read_region(
         }
         Ok::<_, ProviderError>(found)
     };
-    let (vpcs, subnets, route_tables, security_groups) =
-        tokio::try_join!(vpcs, subnets, route_tables, groups)?;
-    Ok(Snapshot { vpcs, subnets, route_tables, security_groups })
+    let network_acls = async {
+        let mut pages = ec2.describe_network_acls().into_paginator().send();
+        let mut found = Vec::new();
+        while let Some(page) = pages.next().await {
+            let page =
+                page.map_err(|e| AwsError::from_sdk(region, "DescribeNetworkAcls", what, e))?;
+            found.extend(page.network_acls().iter().cloned());
+        }
+        Ok::<_, ProviderError>(found)
+    };
+    let (vpcs, subnets, route_tables, security_groups, network_acls) =
+        tokio::try_join!(vpcs, subnets, route_tables, groups, network_acls)?;
+    Ok(Snapshot { vpcs, subnets, route_tables, security_groups, network_acls })
 }
 
 /// The IPv4 blocks of `vpc` (its primary and every associated one).
@@ -264,6 +283,90 @@ fn dead_route(table: Option<&RouteTable>, destination: &str) -> String {
         })
         .map(|target| format!(" (its route through {target} is a black hole: {target} is gone)"))
         .unwrap_or_default()
+}
+
+/// The network ACL of `subnet`: its association, else its VPC's default ACL. `None` when the
+/// snapshot holds no ACL for it (then nothing is checked).
+fn acl_of<'s>(snapshot: &'s Snapshot, subnet: &Subnet) -> Option<&'s NetworkAcl> {
+    let id = subnet.subnet_id()?;
+    snapshot
+        .network_acls
+        .iter()
+        .find(|acl| acl.associations().iter().any(|a| a.subnet_id() == Some(id)))
+        .or_else(|| {
+            snapshot
+                .network_acls
+                .iter()
+                .find(|acl| acl.vpc_id() == subnet.vpc_id() && acl.is_default() == Some(true))
+        })
+}
+
+/// The ports of TCP traffic an ACL rule is asked about: `from..=to`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct TcpPorts {
+    from: i32,
+    to: i32,
+}
+
+impl TcpPorts {
+    fn one(port: u16) -> TcpPorts {
+        TcpPorts { from: i32::from(port), to: i32::from(port) }
+    }
+
+    /// The ports Linux connects from (`net.ipv4.ip_local_port_range`), where answers go.
+    const EPHEMERAL: TcpPorts = TcpPorts { from: 32768, to: 60999 };
+}
+
+impl std::fmt::Display for TcpPorts {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.from == self.to {
+            write!(formatter, "TCP {}", self.from)
+        } else {
+            write!(formatter, "TCP {}-{}", self.from, self.to)
+        }
+    }
+}
+
+/// The number of the rule of `acl` that drops TCP traffic on `ports` between its subnet and
+/// `peer` (outbound when `egress`), or `None` when the rules let all of it pass: see the
+/// module documentation for how the rules are read.
+fn acl_denies(acl: &NetworkAcl, egress: bool, peer: &str, ports: TcpPorts) -> Option<i32> {
+    let mut entries: Vec<_> = acl.entries().iter().filter(|e| e.egress() == Some(egress)).collect();
+    entries.sort_by_key(|e| e.rule_number().unwrap_or(i32::MAX));
+    for entry in entries {
+        let Some(block) = entry.cidr_block() else { continue }; // IPv6 rules
+        let protocol = entry.protocol().unwrap_or("-1");
+        if protocol != "-1" && protocol != "6" {
+            continue;
+        }
+        let (port_whole, port_some) = match (protocol, entry.port_range()) {
+            ("6", Some(range)) => {
+                let (from, to) = (range.from().unwrap_or(0), range.to().unwrap_or(65535));
+                (from <= ports.from && ports.to <= to, from <= ports.to && ports.from <= to)
+            }
+            _ => (true, true),
+        };
+        let block_whole = contains(block, peer);
+        let block_some = overlap(block, peer);
+        if !port_some || !block_some {
+            continue;
+        }
+        let deny = entry.rule_action().is_some_and(|a| a.as_str() == "deny");
+        let rule = entry.rule_number().unwrap_or(i32::MAX);
+        if deny {
+            return Some(rule);
+        }
+        if port_whole && block_whole {
+            return None;
+        }
+    }
+    // No rule covers it: AWS's last rule (`*`) denies.
+    Some(32767)
+}
+
+/// A rule number as the console shows it (`*` for the last).
+fn rule_name(rule: i32) -> String {
+    if rule == 32767 { "*".to_owned() } else { rule.to_string() }
 }
 
 /// An internet gateway target.
@@ -685,7 +788,155 @@ pub fn evaluate(
             }
         }
     }
+    acl_problems(&networked, &resolved, &chosen_of, snapshots, &mut problems);
     (problems.0, resolved)
+}
+
+/// The network ACLs between the monitoring machine's subnets and every other group's (see
+/// the module documentation), each problem once per ACL, direction and block.
+fn acl_problems(
+    networked: &[(&GroupPlan, &flotilla_spec::account::Located<NetworkSpec>)],
+    resolved: &Resolved,
+    chosen_of: &BTreeMap<String, Vec<Chosen>>,
+    snapshots: &BTreeMap<String, Snapshot>,
+    problems: &mut Problems,
+) {
+    let empty = Snapshot::default();
+    let Some((monitoring, _)) = networked.iter().find(|(g, _)| g.role == Role::Monitoring) else {
+        return;
+    };
+    if monitoring.region != AWS_MONITORING_REGION || !resolved.groups.contains_key(&monitoring.name)
+    {
+        return;
+    }
+    let hub = snapshots.get(AWS_MONITORING_REGION).unwrap_or(&empty);
+    let hub_subnets = chosen_of.get(&monitoring.name).cloned().unwrap_or_default();
+    let mut reported: BTreeSet<(String, bool, String, String)> = BTreeSet::new();
+    let scrape = |acl: &NetworkAcl, egress: bool, peer: &str| -> Vec<(TcpPorts, i32)> {
+        SCRAPE_PORTS
+            .iter()
+            .filter_map(|p| {
+                acl_denies(acl, egress, peer, TcpPorts::one(*p)).map(|r| (TcpPorts::one(*p), r))
+            })
+            .collect()
+    };
+    let answers = |acl: &NetworkAcl, egress: bool, peer: &str| -> Vec<(TcpPorts, i32)> {
+        acl_denies(acl, egress, peer, TcpPorts::EPHEMERAL)
+            .map(|r| (TcpPorts::EPHEMERAL, r))
+            .into_iter()
+            .collect()
+    };
+    for (group, _) in networked.iter().filter(|(g, _)| g.role != Role::Monitoring) {
+        if !resolved.groups.contains_key(&group.name) {
+            continue;
+        }
+        let region = group.region.as_str();
+        let snapshot = snapshots.get(region).unwrap_or(&empty);
+        for chosen in chosen_of.get(&group.name).into_iter().flatten() {
+            let (Some(cidr), Some(subnet_id)) =
+                (chosen.subnet.cidr_block(), chosen.subnet.subnet_id())
+            else {
+                continue;
+            };
+            for hub_subnet in &hub_subnets {
+                let (Some(hub_cidr), Some(hub_id)) =
+                    (hub_subnet.subnet.cidr_block(), hub_subnet.subnet.subnet_id())
+                else {
+                    continue;
+                };
+                if hub_id == subnet_id {
+                    continue; // One subnet: no ACL between.
+                }
+                let here = acl_of(snapshot, &chosen.subnet);
+                let there = acl_of(hub, &hub_subnet.subnet);
+                // (ACL, its subnet's field, its place, egress, the peer, what it is, the drops)
+                let checks = [
+                    (
+                        here,
+                        &chosen.field,
+                        format!("of subnet {subnet_id} in {region}"),
+                        false,
+                        hub_cidr,
+                        format!(
+                            "from {hub_cidr} (subnet {hub_id} of the monitoring machine in {AWS_MONITORING_REGION}): the monitoring machine cannot scrape there"
+                        ),
+                        here.map(|a| scrape(a, false, hub_cidr)),
+                    ),
+                    (
+                        here,
+                        &chosen.field,
+                        format!("of subnet {subnet_id} in {region}"),
+                        true,
+                        hub_cidr,
+                        format!(
+                            "to {hub_cidr} (subnet {hub_id} of the monitoring machine in {AWS_MONITORING_REGION}): the answers to its scrapes are dropped (network ACLs are stateless)"
+                        ),
+                        here.map(|a| answers(a, true, hub_cidr)),
+                    ),
+                    (
+                        there,
+                        &hub_subnet.field,
+                        format!(
+                            "of subnet {hub_id} in {AWS_MONITORING_REGION}, where the monitoring machine runs"
+                        ),
+                        true,
+                        cidr,
+                        format!(
+                            "to {cidr} (subnet {subnet_id} in {region}): the monitoring machine cannot scrape there"
+                        ),
+                        there.map(|a| scrape(a, true, cidr)),
+                    ),
+                    (
+                        there,
+                        &hub_subnet.field,
+                        format!(
+                            "of subnet {hub_id} in {AWS_MONITORING_REGION}, where the monitoring machine runs"
+                        ),
+                        false,
+                        cidr,
+                        format!(
+                            "from {cidr} (subnet {subnet_id} in {region}): the answers to the monitoring machine's scrapes are dropped (network ACLs are stateless)"
+                        ),
+                        there.map(|a| answers(a, false, cidr)),
+                    ),
+                ];
+                for (acl, field, place, egress, peer, what, drops) in checks {
+                    let (Some(acl), Some(drops)) = (acl, drops) else { continue };
+                    if drops.is_empty() {
+                        continue;
+                    }
+                    let acl_id = acl.network_acl_id().unwrap_or("an unnamed ACL");
+                    let kind = drops[0].0.to_string();
+                    if !reported.insert((acl_id.to_owned(), egress, peer.to_owned(), kind)) {
+                        continue;
+                    }
+                    let direction = if egress { "outbound" } else { "inbound" };
+                    let ports: Vec<String> = drops
+                        .iter()
+                        .map(|(ports, rule)| format!("{ports} (rule {})", rule_name(*rule)))
+                        .collect();
+                    let first_rule = drops.iter().map(|(_, rule)| *rule).min().unwrap_or(32767);
+                    let wanted = if drops[0].0 == TcpPorts::EPHEMERAL {
+                        "TCP 1024-65535".to_owned()
+                    } else {
+                        drops.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>().join(", ")
+                    };
+                    let toward = if egress { "to" } else { "from" };
+                    problems.error(
+                        field,
+                        format!(
+                            "network ACL {acl_id} ({place}) drops {direction} {} {what}",
+                            ports.join(", ")
+                        ),
+                        format!(
+                            "add an {direction} rule allowing {wanted} {toward} {peer} to {acl_id}, numbered below {}",
+                            rule_name(first_rule)
+                        ),
+                    );
+                }
+            }
+        }
+    }
 }
 
 #[cfg(test)]
@@ -793,6 +1044,7 @@ mod tests {
                 group("sg-00000001", "vpc-00000001"),
                 group("sg-00000002", "vpc-00000002"),
             ],
+            network_acls: Vec::new(),
         }
     }
 
@@ -934,6 +1186,7 @@ mod tests {
             )],
             route_tables: vec![main_table("rtb-w", "vpc-0000000e", &all)],
             security_groups: Vec::new(),
+            network_acls: Vec::new(),
         }
     }
 
@@ -1056,6 +1309,129 @@ mod tests {
                 .iter()
                 .any(|(f, m)| f == "instances[0].network.us-east-1.vpc"
                     && m.contains("share one VPC")),
+            "{problems:#?}"
+        );
+    }
+
+    fn acl(
+        id: &str,
+        vpc: &str,
+        default: bool,
+        subnets: &[&str],
+        rules: &[(i32, bool, &str, &str, Option<(i32, i32)>, &str)],
+    ) -> NetworkAcl {
+        use aws_sdk_ec2::types::{NetworkAclAssociation, NetworkAclEntry, PortRange, RuleAction};
+        let mut acl = NetworkAcl::builder().network_acl_id(id).vpc_id(vpc).is_default(default);
+        for subnet in subnets {
+            acl = acl.associations(NetworkAclAssociation::builder().subnet_id(*subnet).build());
+        }
+        for (number, egress, protocol, action, ports, block) in rules {
+            let mut entry = NetworkAclEntry::builder()
+                .rule_number(*number)
+                .egress(*egress)
+                .protocol(*protocol)
+                .rule_action(if *action == "deny" { RuleAction::Deny } else { RuleAction::Allow })
+                .cidr_block(*block);
+            if let Some((from, to)) = ports {
+                entry = entry.port_range(PortRange::builder().from(*from).to(*to).build());
+            }
+            acl = acl.entries(entry.build());
+        }
+        acl.build()
+    }
+
+    /// AWS's default ACL: everything in and out (rule 100), then `*`.
+    fn open_acl(id: &str, vpc: &str) -> NetworkAcl {
+        acl(
+            id,
+            vpc,
+            true,
+            &[],
+            &[
+                (100, false, "-1", "allow", None, "0.0.0.0/0"),
+                (32767, false, "-1", "deny", None, "0.0.0.0/0"),
+                (100, true, "-1", "allow", None, "0.0.0.0/0"),
+                (32767, true, "-1", "deny", None, "0.0.0.0/0"),
+            ],
+        )
+    }
+
+    #[test]
+    fn network_acls_between_the_monitoring_machine_and_the_machines_are_read_rule_by_rule() {
+        let plan = plan(
+            "network:\n  us-east-1:\n    vpc: vpc-00000001\n    subnets: [subnet-000000a1, subnet-000000b1]\n",
+            &entry("web", "us-east-1", ""),
+        );
+        let mut snapshot = east();
+        snapshot.network_acls = vec![open_acl("acl-default", "vpc-00000001")];
+        let open = BTreeMap::from([("us-east-1".to_owned(), snapshot.clone())]);
+        let (problems, _) = evaluate(&plan, &open);
+        assert!(problems.is_empty(), "the default ACL lets everything pass: {problems:#?}");
+
+        // Subnet b1 admits only 9090 from the VPC, and nothing else comes in: the other scrape
+        // ports are dropped into b1, and so are the answers to the scraper in b1.
+        snapshot.network_acls.push(acl(
+            "acl-locked",
+            "vpc-00000001",
+            false,
+            &["subnet-000000b1"],
+            &[
+                (100, false, "6", "allow", Some((9090, 9090)), "10.50.0.0/16"),
+                (200, false, "-1", "deny", None, "0.0.0.0/0"),
+                (100, true, "-1", "allow", None, "0.0.0.0/0"),
+            ],
+        ));
+        let locked = BTreeMap::from([("us-east-1".to_owned(), snapshot.clone())]);
+        let problems = problems_of(&plan, &locked);
+        let text = format!("{problems:#?}");
+        assert_eq!(problems.len(), 2, "{text}");
+        assert!(problems.iter().all(|(f, _)| f == "network.us-east-1.subnets[1]"), "{text}");
+        assert!(text.contains("network ACL acl-locked (of subnet subnet-000000b1 in us-east-1) drops inbound TCP 9100 (rule 200), TCP 9101 (rule 200) from 10.50.1.0/24 (subnet subnet-000000a1 of the monitoring machine in us-east-1)"), "{text}");
+        assert!(text.contains("network ACL acl-locked (of subnet subnet-000000b1 in us-east-1, where the monitoring machine runs) drops inbound TCP 32768-60999 (rule 200) from 10.50.1.0/24"), "{text}");
+
+        // A deny of part of the ports before the allow of all of them still drops them; an
+        // allow of the whole VPC's block covers each subnet.
+        snapshot.network_acls[1] = acl(
+            "acl-locked",
+            "vpc-00000001",
+            false,
+            &["subnet-000000b1"],
+            &[
+                (50, false, "6", "deny", Some((9100, 9200)), "10.50.1.0/24"),
+                (100, false, "-1", "allow", None, "10.50.0.0/16"),
+                (100, true, "-1", "allow", None, "0.0.0.0/0"),
+            ],
+        );
+        let partial = BTreeMap::from([("us-east-1".to_owned(), snapshot.clone())]);
+        let problems = problems_of(&plan, &partial);
+        assert_eq!(problems.len(), 1, "{problems:#?}");
+        assert!(
+            problems[0].1.contains("drops inbound TCP 9100 (rule 50), TCP 9101 (rule 50)"),
+            "{problems:#?}"
+        );
+
+        // Outbound only to the internet on 443: the answers to the scraper are dropped, and the
+        // scraper in b1 cannot send; no rule covers them but `*`.
+        snapshot.network_acls[1] = acl(
+            "acl-locked",
+            "vpc-00000001",
+            false,
+            &["subnet-000000b1"],
+            &[
+                (100, false, "-1", "allow", None, "0.0.0.0/0"),
+                (100, true, "6", "allow", Some((443, 443)), "0.0.0.0/0"),
+            ],
+        );
+        let outbound = BTreeMap::from([("us-east-1".to_owned(), snapshot)]);
+        let problems = problems_of(&plan, &outbound);
+        let text = format!("{problems:#?}");
+        assert_eq!(problems.len(), 2, "{text}");
+        assert!(text.contains("drops outbound TCP 32768-60999 (rule *) to 10.50.1.0/24"), "{text}");
+        assert!(text.contains("drops outbound TCP 9090 (rule *), TCP 9100 (rule *), TCP 9101 (rule *) to 10.50.1.0/24"), "{text}");
+        let (problems, _) = evaluate(&plan, &outbound);
+        assert!(
+            problems.iter().any(|p| p.help
+                == "add an outbound rule allowing TCP 1024-65535 to 10.50.1.0/24 to acl-locked, numbered below *"),
             "{problems:#?}"
         );
     }

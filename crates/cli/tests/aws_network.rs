@@ -498,6 +498,44 @@ fn the_reachability_check_names_each_missing_route() {
     });
     fleet.run_ok(&["plan", "--config", &spec]);
 
+    // A network ACL rule that drops node exporter's port from the monitoring VPC into the
+    // spoke's subnet, before the default ACL's allow: named with its ACL, port and rule.
+    let acl = rt.block_on(async {
+        use aws_sdk_ec2::types::{Filter, PortRange, RuleAction};
+        let acls = west
+            .describe_network_acls()
+            .filters(Filter::builder().name("vpc-id").values(&spoke.vpc).build())
+            .send()
+            .await
+            .unwrap();
+        let acl = acls.network_acls()[0].network_acl_id().unwrap().to_owned();
+        west.create_network_acl_entry()
+            .network_acl_id(&acl)
+            .rule_number(50)
+            .protocol("6")
+            .rule_action(RuleAction::Deny)
+            .egress(false)
+            .cidr_block("10.94.0.0/16")
+            .port_range(PortRange::builder().from(9100).to(9100).build())
+            .send()
+            .await
+            .unwrap();
+        acl
+    });
+    let output = fleet.run(&["plan", "--config", &spec]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let dropped = format!(
+        "network ACL {acl} (of subnet {} in eu-west-1) drops inbound TCP 9100 (rule 50) from 10.94.1.0/24",
+        spoke.subnets[0].0
+    );
+    assert!(stderr.contains(&dropped), "{dropped}\n{stderr}");
+    rt.block_on(
+        west.delete_network_acl_entry().network_acl_id(&acl).rule_number(50).egress(false).send(),
+    )
+    .unwrap();
+    fleet.run_ok(&["plan", "--config", &spec]);
+
     // The peering deleted, its routes left behind: black holes (the emulator marks them as AWS
     // does), named as such.
     rt.block_on(async {
