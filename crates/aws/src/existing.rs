@@ -1313,13 +1313,10 @@ mod tests {
         );
     }
 
-    fn acl(
-        id: &str,
-        vpc: &str,
-        default: bool,
-        subnets: &[&str],
-        rules: &[(i32, bool, &str, &str, Option<(i32, i32)>, &str)],
-    ) -> NetworkAcl {
+    /// (number, egress, protocol, action, ports, block)
+    type Rule<'r> = (i32, bool, &'r str, &'r str, Option<(i32, i32)>, &'r str);
+
+    fn acl(id: &str, vpc: &str, default: bool, subnets: &[&str], rules: &[Rule<'_>]) -> NetworkAcl {
         use aws_sdk_ec2::types::{NetworkAclAssociation, NetworkAclEntry, PortRange, RuleAction};
         let mut acl = NetworkAcl::builder().network_acl_id(id).vpc_id(vpc).is_default(default);
         for subnet in subnets {
