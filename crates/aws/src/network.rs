@@ -116,8 +116,12 @@ pub async fn ensure_region(
     // VPC.
     let cidr = vpc_cidr(plan.index);
     let vpc_id = match (&plan.existing, record.vpc_id) {
-        // The user's: never journaled as flotilla's, never tagged.
-        (Some(existing), _) => existing.vpc_id.clone(),
+        // The user's: never journaled as flotilla's, never tagged; recorded as the user's.
+        (Some(existing), _) => {
+            let id = existing.vpc_id.clone();
+            journal.update(|r| r.region(region).existing_vpc_id = Some(id.clone()))?;
+            id
+        }
         (None, Some(id)) => id,
         (None, None) => {
             let existing = if fresh {

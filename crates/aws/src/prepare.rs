@@ -129,6 +129,7 @@ pub async fn prepare(
     );
     enabled?;
     let existing_networks = existing_networks?;
+    refuse_network_moves(tag, &journal.read(), plan, &existing_networks)?;
     role_owner?;
     let catalog: Catalog = catalog?;
     let deployer_ip = deployer_ip?;
@@ -509,4 +510,69 @@ mod tests {
         assert_eq!(zones_in_use(&group(2)), ["r-a", "r-b"]);
         assert_eq!(zones_in_use(&group(7)), ["r-a", "r-b", "r-c"]);
     }
+}
+
+/// Where a region's machines run: flotilla's VPC, or the user's.
+#[derive(Clone, Debug, PartialEq, Eq)]
+enum RegionVpc {
+    Own(Option<String>),
+    User(String),
+}
+
+impl std::fmt::Display for RegionVpc {
+    fn fmt(&self, formatter: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            RegionVpc::Own(Some(id)) => write!(formatter, "flotilla's VPC {id}"),
+            RegionVpc::Own(None) => write!(formatter, "a VPC flotilla makes"),
+            RegionVpc::User(id) => write!(formatter, "your VPC {id}"),
+        }
+    }
+}
+
+/// Refuses, before anything changes, a spec that would put a region's machines in another
+/// VPC than the one its running machines are in (flotilla's and the user's, or two of the
+/// user's): a machine cannot move between VPCs, and new machines beside old ones in another
+/// VPC could not reach them. A region without machines may switch.
+fn refuse_network_moves(
+    tag: &str,
+    records: &crate::records::Records,
+    plan: &DeploymentPlan,
+    existing: &existing::Resolved,
+) -> Result<(), ProviderError> {
+    let mut moves = Vec::new();
+    for region in plan.regions() {
+        if !records.machines.values().any(|m| m.region == region) {
+            continue;
+        }
+        let Some(record) = records.regions.get(&region) else { continue };
+        let before = match (&record.existing_vpc_id, &record.vpc_id) {
+            (Some(user), _) => RegionVpc::User(user.clone()),
+            (None, Some(own)) => RegionVpc::Own(Some(own.clone())),
+            (None, None) => continue, // Not known (a journal from before this record).
+        };
+        let after = plan
+            .groups
+            .iter()
+            .filter(|g| g.region == region)
+            .find_map(|g| existing.groups.get(&g.name))
+            .map_or(RegionVpc::Own(None), |n| RegionVpc::User(n.vpc_id.clone()));
+        let same = match (&before, &after) {
+            (RegionVpc::Own(_), RegionVpc::Own(_)) => true,
+            (RegionVpc::User(a), RegionVpc::User(b)) => a == b,
+            _ => false,
+        };
+        if !same {
+            moves.push(format!(
+                "{region}: the machines run in {before}, and the spec now puts them in {after}"
+            ));
+        }
+    }
+    if moves.is_empty() {
+        return Ok(());
+    }
+    Err(ProviderError::new(format!(
+        "deployment `{tag}` cannot move between VPCs while its machines run (a machine cannot change VPC, and new machines in another VPC could not reach the old ones):\n  {}\nkeep each region's network as it was, or move the deployment: `flotilla destroy --tag {tag}`, then `flotilla create` with the new spec",
+        moves.join("\n  ")
+    ))
+    .of_kind(flotilla_core::provider::ErrorKind::Invalid))
 }

@@ -19,7 +19,13 @@ use flotilla_core::provider::Role;
 pub struct RegionRecord {
     /// Set before the first mutating call in the region.
     pub started: bool,
+    /// The VPC flotilla made in the region.
     pub vpc_id: Option<String>,
+    /// The user's VPC (the spec's `network`) the region's machines launch into, when it is not
+    /// flotilla's: recorded so that a spec naming another VPC later is refused while machines
+    /// run here (a machine cannot move between VPCs); never deleted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub existing_vpc_id: Option<String>,
     pub internet_gateway_id: Option<String>,
     pub route_table_id: Option<String>,
     /// Availability zone → subnet id.

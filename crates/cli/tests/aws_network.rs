@@ -318,6 +318,30 @@ fn a_fleet_in_an_existing_vpc_uses_its_subnets_and_destroy_leaves_them() {
         assert!(!kinds.contains(kind), "{kind} made in an existing network: {left:?}");
     }
 
+    // The same fleet without `network`, one machine more: the new machine would go into a VPC
+    // flotilla makes, apart from the running ones. Refused before any change, naming both.
+    let own = text
+        .replacen("count: 4", "count: 5", 1)
+        .replace(&format!("network:\n  us-east-1:\n    vpc: net:{label}\n    subnets: [{}, {}]\n    security_groups: [{}]\n", network.subnets[0].0, network.subnets[1].0, network.group), "")
+        .replace(&format!("  network:\n    us-east-1:\n      vpc: {}\n      subnets: [{}]\n", network.vpc, network.subnets[1].0), "");
+    assert!(!own.contains("network:"), "{own}");
+    let own = fleet.write("own-vpc.yaml", &own).display().to_string();
+    rt.block_on(scope.reset_counts()).unwrap();
+    let output = fleet.run(&["update", "--config", &own]);
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "{stderr}");
+    let moved = format!(
+        "us-east-1: the machines run in your VPC {}, and the spec now puts them in a VPC flotilla makes",
+        network.vpc
+    );
+    assert!(stderr.contains("cannot move between VPCs") && stderr.contains(&moved), "{stderr}");
+    let mutated = rt.block_on(mutating_calls(&scope));
+    assert!(
+        mutated.iter().all(|(action, _)| action.starts_with("s3 ") || action.starts_with("iam "))
+            && !mutated.iter().any(|(a, _)| a.starts_with("ec2 ")),
+        "no EC2 change before the refusal: {mutated:?}"
+    );
+
     fleet.run_ok(&["destroy", &fleet.tag_arg()]);
     assert_eq!(rt.block_on(fleet.leftovers(&["us-east-1"])), Vec::new());
     assert_eq!(
