@@ -28,7 +28,7 @@ use crate::host_pool::{
     ZoneSet,
 };
 use crate::random::SeededRng;
-pub use input::{InputError, Job, WorkloadReader};
+pub use input::{InputError, Job, JobRow, WorkloadReader};
 pub use report::{Conservation, Ledger, MonthRow, SimulationReport, WaitStats};
 
 /// Aquarium Fish's simulator's constants (refs/capacity.md §1.6).
@@ -171,31 +171,20 @@ struct Pending {
 /// Runs the workload through the pool and reports. Rows are read as the simulation reaches
 /// them; the first bad row stops it with that row's error.
 pub fn simulate<R: Read>(
-    workload: WorkloadReader<R>,
+    mut workload: WorkloadReader<R>,
     settings: &Settings,
 ) -> Result<SimulationReport, InputError> {
     let mut run = Run::new(settings);
-    let mut workload = workload.peekable();
-    loop {
-        let next_row = match workload.peek() {
-            Some(Ok(job)) => Some(job.start),
-            Some(Err(_)) => {
-                let error = workload.next().and_then(Result::err).expect("peeked an error");
-                return Err(error);
-            }
-            None => None,
-        };
-        let next_event = run.next_event_time();
-        match (next_row, next_event) {
-            (None, None) => break,
-            // Events at or before a row's start come first: a host freed at that second serves it.
-            (Some(row), Some(event)) if event <= row => run.next_event(),
-            (None, Some(_)) => run.next_event(),
-            (Some(_), _) => {
-                let job = workload.next().and_then(Result::ok).expect("peeked a job");
-                run.arrive(job);
-            }
+    while let Some(row) = workload.next_row() {
+        let job = row?;
+        // Events at or before a row's start come first: a host freed at that second serves it.
+        while run.next_event_time().is_some_and(|event| event <= job.start) {
+            run.next_event();
         }
+        run.arrive(job);
+    }
+    while run.next_event_time().is_some() {
+        run.next_event();
     }
     Ok(run.finish())
 }
@@ -275,21 +264,21 @@ impl<'s> Run<'s> {
         self.queue.push(Reverse((at, self.sequence, what)));
     }
 
-    fn arrive(&mut self, job: Job) {
+    fn arrive(&mut self, job: JobRow) {
         self.now = self.now.max(job.start);
         self.ledger.job_arrived(job.execution);
         let foreign_pool = self
             .settings
             .pool_name
             .as_ref()
-            .is_some_and(|name| !job.pool.is_empty() && job.pool != *name);
+            .is_some_and(|name| !job.pool.is_empty() && job.pool != name);
         let foreign_type =
             !job.instance_type.is_empty() && job.instance_type != self.settings.instance_type;
         if foreign_pool || foreign_type {
             self.ledger.job_rejected(job.execution);
             return;
         }
-        let zones = self.zones_of(&job.zones);
+        let zones = self.zones_of(job.zones);
         let machine = MachineId(self.next_machine);
         self.next_machine += 1;
         self.pending.insert(machine, Pending { arrival: job.start, execution: job.execution });
