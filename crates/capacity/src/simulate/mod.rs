@@ -161,11 +161,13 @@ enum Scheduled {
     ScrubEnds(HostId),
 }
 
-/// A job the pool has not finished: when it arrived and how long it runs.
+/// A job the pool has not finished: when it arrived, how long it runs, and the host it runs on
+/// once launched.
 #[derive(Clone, Copy, Debug)]
 struct Pending {
     arrival: Time,
     execution: Time,
+    host: Option<HostId>,
 }
 
 /// Runs the workload through the pool and reports. Rows are read as the simulation reaches
@@ -230,10 +232,9 @@ struct Run<'s> {
     next_machine: u64,
     /// Jobs wanted and not finished, by machine.
     pending: IdMap<MachineId, Pending>,
-    /// The host each running machine is on.
-    host_of: IdMap<MachineId, HostId>,
-    /// When each host's billed stretch began (absent while it scrubs).
-    billed_since: IdMap<HostId, Time>,
+    /// When each host's billed stretch began (`None` while it scrubs or once released), indexed
+    /// by host id: the simulator numbers hosts from 0.
+    billed_since: Vec<Option<Time>>,
     events: VecDeque<Event>,
     actions: Vec<Action>,
     ledger: Ledger,
@@ -251,8 +252,7 @@ impl<'s> Run<'s> {
             next_host: 0,
             next_machine: 0,
             pending: IdMap::default(),
-            host_of: IdMap::default(),
-            billed_since: IdMap::default(),
+            billed_since: Vec::new(),
             events: VecDeque::new(),
             actions: Vec::new(),
             ledger: Ledger::new(settings.host_usd_per_hour),
@@ -281,7 +281,8 @@ impl<'s> Run<'s> {
         let zones = self.zones_of(job.zones);
         let machine = MachineId(self.next_machine);
         self.next_machine += 1;
-        self.pending.insert(machine, Pending { arrival: job.start, execution: job.execution });
+        let pending = Pending { arrival: job.start, execution: job.execution, host: None };
+        self.pending.insert(machine, pending);
         self.feed(Event::MachineWanted { machine, zones });
     }
 
@@ -324,11 +325,11 @@ impl<'s> Run<'s> {
         self.now = self.now.max(time);
         match what {
             Scheduled::JobEnds(machine) => {
-                let host = self.host_of.remove(&machine);
-                if let Some(job) = self.pending.remove(&machine) {
+                let job = self.pending.remove(&machine);
+                if let Some(job) = job {
                     self.ledger.job_executed(job.execution);
                 }
-                if let Some(host) = host
+                if let Some(host) = job.and_then(|job| job.host)
                     && self.settings.pool.mac
                 {
                     // The instance ends: AWS scrubs the Mac host, unbilled.
@@ -339,16 +340,21 @@ impl<'s> Run<'s> {
                 self.feed(Event::MachineReleased { machine });
             }
             Scheduled::ScrubEnds(host) => {
-                self.billed_since.insert(host, self.now);
+                self.billed_since[Self::host_index(host)] = Some(self.now);
                 self.feed(Event::ScrubFinished { host });
             }
         }
     }
 
     fn end_billing(&mut self, host: HostId) {
-        if let Some(since) = self.billed_since.remove(&host) {
+        if let Some(since) = self.billed_since[Self::host_index(host)].take() {
             self.ledger.host_billed(since, self.now);
         }
+    }
+
+    /// Where `host`, numbered by [`Run::play`], is in `billed_since`.
+    fn host_index(host: HostId) -> usize {
+        usize::try_from(host.0).expect("host ids count the hosts allocated")
     }
 
     /// Hands an event to the policy and plays its actions, and what they cause, at `now`.
@@ -379,7 +385,7 @@ impl<'s> Run<'s> {
                 } else {
                     let host = HostId(self.next_host);
                     self.next_host += 1;
-                    self.billed_since.insert(host, self.now);
+                    self.billed_since.push(Some(self.now));
                     self.events.push_back(Event::HostAllocated {
                         request: *request,
                         host,
@@ -388,8 +394,9 @@ impl<'s> Run<'s> {
                 }
             }
             Action::Launch { machine, host } => {
-                self.host_of.insert(*machine, *host);
-                if let Some(job) = self.pending.get(machine).copied() {
+                if let Some(job) = self.pending.get_mut(machine) {
+                    job.host = Some(*host);
+                    let job = *job;
                     let wait = self.now - job.arrival;
                     self.ledger.job_started(job.arrival, self.now, wait);
                     let running_from = self.now + self.settings.boot;
@@ -422,9 +429,8 @@ impl<'s> Run<'s> {
         for (_, job) in self.pending.drain() {
             self.ledger.job_still_queued(job.execution);
         }
-        let hosts: Vec<HostId> = self.billed_since.keys().copied().collect();
-        for host in hosts {
-            self.end_billing(host);
+        for index in 0..self.billed_since.len() {
+            self.end_billing(HostId(index as u64));
         }
         self.ledger.report(self.settings.mode)
     }
