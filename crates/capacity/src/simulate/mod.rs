@@ -22,13 +22,14 @@ pub mod report;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io::Read;
+use std::sync::Arc;
 
 use crate::host_pool::{
     Action, Event, HostId, HostPool, IdMap, MachineId, PoolConfig, ScrubPolicy, Time, ZoneLimit,
     ZoneSet,
 };
 use crate::random::SeededRng;
-pub use input::{InputError, Job, JobRow, WorkloadReader};
+pub use input::{InputError, Job, JobRow, ParsedWorkload, WorkloadReader};
 pub use report::{Conservation, Ledger, MonthRow, SimulationReport, WaitStats};
 
 /// Aquarium Fish's simulator's constants (refs/capacity.md §1.6).
@@ -178,37 +179,45 @@ pub fn simulate<R: Read>(
 ) -> Result<SimulationReport, InputError> {
     let mut run = Run::new(settings);
     while let Some(row) = workload.next_row() {
-        let job = row?;
-        // Events at or before a row's start come first: a host freed at that second serves it.
-        while run.next_event_time().is_some_and(|event| event <= job.start) {
-            run.next_event();
-        }
-        run.arrive(job);
-    }
-    while run.next_event_time().is_some() {
-        run.next_event();
+        run.take(row?);
     }
     Ok(run.finish())
 }
 
-/// Runs the same workload under each of `settings` side by side (a thread each), opening it
-/// once per run with `open`. The reports come in the order of `settings`.
-pub fn simulate_each<R: Read, E: Send>(
-    open: impl Fn() -> Result<R, E> + Sync,
+/// Runs the same workload under each of `settings` side by side (a thread each). The workload
+/// is opened with `open` and read once, whole ([`ParsedWorkload`]); every run reads that. The
+/// reports come in the order of `settings`; a workload that cannot be opened or read fails
+/// every run with the same error.
+pub fn simulate_each<R: Read, E: Send + Sync>(
+    open: impl FnOnce() -> Result<R, E>,
     settings: &[Settings],
 ) -> Vec<Result<SimulationReport, CompareError<E>>> {
+    let workload = match open() {
+        Ok(source) => ParsedWorkload::read(WorkloadReader::new(source)),
+        Err(error) => {
+            let error = Arc::new(error);
+            return settings.iter().map(|_| Err(CompareError::Open(Arc::clone(&error)))).collect();
+        }
+    };
+    let workload = match workload {
+        Ok(workload) => workload,
+        Err(error) => return settings.iter().map(|_| Err(error.clone().into())).collect(),
+    };
     std::thread::scope(|scope| {
         let runs: Vec<_> = settings
             .iter()
             .map(|settings| {
-                let open = &open;
+                let workload = &workload;
                 scope.spawn(move || {
-                    let source = open().map_err(CompareError::Open)?;
-                    simulate(WorkloadReader::new(source), settings).map_err(CompareError::Input)
+                    let mut run = Run::new(settings);
+                    for row in workload.rows() {
+                        run.take(row);
+                    }
+                    run.finish()
                 })
             })
             .collect();
-        runs.into_iter().map(|run| run.join().expect("a simulation does not panic")).collect()
+        runs.into_iter().map(|run| Ok(run.join().expect("a simulation does not panic"))).collect()
     })
 }
 
@@ -216,7 +225,7 @@ pub fn simulate_each<R: Read, E: Send>(
 #[derive(Debug, thiserror::Error)]
 pub enum CompareError<E> {
     #[error("cannot open the workload")]
-    Open(E),
+    Open(Arc<E>),
     #[error(transparent)]
     Input(#[from] InputError),
 }
@@ -262,6 +271,15 @@ impl<'s> Run<'s> {
     fn schedule(&mut self, at: Time, what: Scheduled) {
         self.sequence += 1;
         self.queue.push(Reverse((at, self.sequence, what)));
+    }
+
+    /// Takes the next row: first every event at or before its start (a host freed at that
+    /// second serves it), then its arrival.
+    fn take(&mut self, job: JobRow) {
+        while self.next_event_time().is_some_and(|event| event <= job.start) {
+            self.next_event();
+        }
+        self.arrive(job);
     }
 
     fn arrive(&mut self, job: JobRow) {
@@ -424,7 +442,11 @@ impl<'s> Run<'s> {
         }
     }
 
+    /// Runs what is left to happen, and reports.
     fn finish(mut self) -> SimulationReport {
+        while self.next_event_time().is_some() {
+            self.next_event();
+        }
         // What is still waiting (a pool that can never serve it) counts as queued.
         for (_, job) in self.pending.drain() {
             self.ledger.job_still_queued(job.execution);
