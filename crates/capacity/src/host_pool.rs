@@ -304,6 +304,10 @@ pub struct HostPool {
     /// Launched machines: their host and the zones they accept.
     running: IdMap<MachineId, (HostId, ZoneSet)>,
     timers: BinaryHeap<Reverse<(Time, Timer)>>,
+    /// Hosts that became idle during the event being handled: their timers are set once
+    /// waiting machines have taken what they take (a timer for a host taken at once would only
+    /// be dropped later).
+    newly_idle: Vec<HostId>,
     next_request: u64,
     /// The demand estimate for `Auto`: machines wanted per second, and when it was updated.
     demand_rate: f64,
@@ -325,6 +329,7 @@ impl HostPool {
             waiting: VecDeque::new(),
             running: IdMap::default(),
             timers: BinaryHeap::new(),
+            newly_idle: Vec::new(),
             next_request: 0,
             demand_rate: 0.0,
             demand_updated: 0,
@@ -460,6 +465,12 @@ impl HostPool {
         }
         // Waiting machines take idle hosts before any timer may release or scrub them.
         self.serve_waiting(actions);
+        // The hosts still idle get their timers (one taken is no longer idle: none is set).
+        // Timers due now run below, ordered by (time, timer) whenever they were set.
+        for index in 0..self.newly_idle.len() {
+            self.look_at_idle(now, self.newly_idle[index]);
+        }
+        self.newly_idle.clear();
         self.run_timers(now, actions);
         self.allocate_for_waiting(now, actions);
         self.drop_stale_timers();
@@ -532,7 +543,7 @@ impl HostPool {
                 HostState::Idle { since } => {
                     // Its allocation time may have changed: its timer is set again.
                     self.set_state(host, HostState::Idle { since });
-                    self.look_at_idle(now, host);
+                    self.newly_idle.push(host);
                 }
                 HostState::Releasing { .. } => {}
                 _ => self.become_idle(now, host),
@@ -572,7 +583,7 @@ impl HostPool {
 
     fn become_idle(&mut self, now: Time, host: HostId) {
         self.set_state(host, HostState::Idle { since: now });
-        self.look_at_idle(now, host);
+        self.newly_idle.push(host);
     }
 
     /// Decides what an idle host does now, or sets the timer for when it next may.

@@ -7,6 +7,7 @@
 //! `endTime`; a file where it disagrees was made wrongly), rows out of `startTime` order (Fish
 //! requires the order; running them anyway would bend time), and a file with no rows.
 
+use std::collections::HashMap;
 use std::io::Read;
 
 /// One job of the workload.
@@ -24,8 +25,101 @@ pub struct Job {
     pub zones: String,
 }
 
+/// One job as read, its text fields borrowed from the reader's buffer: what the simulator
+/// reads, with no allocation per row.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct JobRow<'r> {
+    pub line: u64,
+    pub start: u64,
+    pub execution: u64,
+    pub pool: &'r str,
+    pub instance_type: &'r str,
+    pub zones: &'r str,
+}
+
+impl JobRow<'_> {
+    pub fn to_job(&self) -> Job {
+        Job {
+            line: self.line,
+            start: self.start,
+            execution: self.execution,
+            pool: self.pool.to_owned(),
+            instance_type: self.instance_type.to_owned(),
+            zones: self.zones.to_owned(),
+        }
+    }
+}
+
+/// A workload read whole, for several runs over the same file (`--compare`): parsed once
+/// instead of once per run. Each job keeps its numbers and, for its text fields, an index into
+/// the distinct values (a generated year has a handful): 40 bytes a job, 28 MB for a year.
+#[derive(Debug)]
+pub struct ParsedWorkload {
+    jobs: Vec<ParsedJob>,
+    texts: Vec<String>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ParsedJob {
+    line: u64,
+    start: u64,
+    execution: u64,
+    pool: u32,
+    instance_type: u32,
+    zones: u32,
+}
+
+impl ParsedWorkload {
+    /// Reads every row; the first bad row is the error, as a streamed run would report it.
+    pub fn read<R: Read>(mut workload: WorkloadReader<R>) -> Result<ParsedWorkload, InputError> {
+        let mut texts: Vec<String> = Vec::new();
+        let mut index: HashMap<String, u32> = HashMap::new();
+        // Each column's value is most often the previous row's: looked up once per change.
+        let mut last: [Option<(String, u32)>; 3] = [None, None, None];
+        let mut jobs = Vec::new();
+        while let Some(row) = workload.next_row() {
+            let row = row?;
+            let mut intern = |column: usize, text: &str| -> u32 {
+                if let Some((value, id)) = &last[column]
+                    && value == text
+                {
+                    return *id;
+                }
+                let id = *index.entry(text.to_owned()).or_insert_with(|| {
+                    texts.push(text.to_owned());
+                    u32::try_from(texts.len() - 1).expect("fewer than 4 billion distinct values")
+                });
+                last[column] = Some((text.to_owned(), id));
+                id
+            };
+            jobs.push(ParsedJob {
+                line: row.line,
+                start: row.start,
+                execution: row.execution,
+                pool: intern(0, row.pool),
+                instance_type: intern(1, row.instance_type),
+                zones: intern(2, row.zones),
+            });
+        }
+        Ok(ParsedWorkload { jobs, texts })
+    }
+
+    /// The jobs, in the file's order.
+    pub fn rows(&self) -> impl Iterator<Item = JobRow<'_>> {
+        let text = |id: u32| self.texts[id as usize].as_str();
+        self.jobs.iter().map(move |job| JobRow {
+            line: job.line,
+            start: job.start,
+            execution: job.execution,
+            pool: text(job.pool),
+            instance_type: text(job.instance_type),
+            zones: text(job.zones),
+        })
+    }
+}
+
 /// What is wrong with a workload file.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[derive(Clone, Debug, thiserror::Error, PartialEq, Eq)]
 pub enum InputError {
     #[error(
         "the workload is empty: expected a header `startTime,endTime,executionTime,jobName,stageName` and at least one row"
@@ -121,23 +215,27 @@ impl<R: Read> WorkloadReader<R> {
         })
     }
 
-    fn read_row(&mut self, columns: Columns) -> Result<Option<Job>, InputError> {
-        let line_guess = self.rows + 2;
-        match self.reader.read_record(&mut self.record) {
-            Ok(true) => {}
-            Ok(false) if self.rows == 0 => return Err(InputError::NoRows),
-            Ok(false) => return Ok(None),
-            Err(error) => {
-                let line = error.position().map_or(line_guess, csv::Position::line);
-                return Err(InputError::Malformed { line, message: error.to_string() });
+    /// Reads and checks the next row: its line, start and execution.
+    fn read_row(&mut self, columns: Columns) -> Result<Option<(u64, u64, u64)>, InputError> {
+        let line = loop {
+            let line_guess = self.rows + 2;
+            match self.reader.read_record(&mut self.record) {
+                Ok(true) => {}
+                Ok(false) if self.rows == 0 => return Err(InputError::NoRows),
+                Ok(false) => return Ok(None),
+                Err(error) => {
+                    let line = error.position().map_or(line_guess, csv::Position::line);
+                    return Err(InputError::Malformed { line, message: error.to_string() });
+                }
             }
-        }
-        let line = self.record.position().map_or(line_guess, csv::Position::line);
-        if self.record.len() == 1 && self.record.get(0).is_some_and(|field| field.trim().is_empty())
-        {
-            // A blank line, as a trailing one; it holds no job.
-            return self.read_row(columns);
-        }
+            let line = self.record.position().map_or(line_guess, csv::Position::line);
+            // A blank line, as a trailing one, holds no job.
+            let blank = self.record.len() == 1
+                && self.record.get(0).is_some_and(|field| field.trim().is_empty());
+            if !blank {
+                break line;
+            }
+        };
         let start = self.integer(line, columns.start, "startTime")?;
         let end = self.integer(line, columns.end, "endTime")?;
         let execution = self.integer(line, columns.execution, "executionTime")?;
@@ -158,21 +256,31 @@ impl<R: Read> WorkloadReader<R> {
         }
         self.previous = Some((start, line));
         self.rows += 1;
+        Ok(Some((line, start, execution)))
+    }
+
+    /// The row read last, its text fields borrowed.
+    fn row(&self, columns: Columns, (line, start, execution): (u64, u64, u64)) -> JobRow<'_> {
         let text = |index: Option<usize>| {
-            index.and_then(|index| self.record.get(index)).unwrap_or("").trim().to_owned()
+            index.and_then(|index| self.record.get(index)).unwrap_or("").trim()
         };
-        Ok(Some(Job {
+        JobRow {
             line,
             start,
             execution,
             pool: text(columns.pool),
             instance_type: text(columns.instance_type),
             zones: text(columns.zones),
-        }))
+        }
     }
 
     fn integer(&self, line: u64, index: usize, column: &'static str) -> Result<u64, InputError> {
-        let value = self.record.get(index).unwrap_or("").trim();
+        let value = self.record.get(index).unwrap_or("");
+        // The common case in one pass: up to 19 plain digits cannot overflow a u64.
+        if (1..=19).contains(&value.len()) && value.bytes().all(|b| b.is_ascii_digit()) {
+            return Ok(value.bytes().fold(0, |total, b| total * 10 + u64::from(b - b'0')));
+        }
+        let value = value.trim();
         if value.is_empty() {
             return Err(InputError::MissingField { line, column });
         }
@@ -193,11 +301,10 @@ impl<R: Read> WorkloadReader<R> {
     }
 }
 
-impl<R: Read> Iterator for WorkloadReader<R> {
-    type Item = Result<Job, InputError>;
-
-    /// The next job; after an error, nothing more.
-    fn next(&mut self) -> Option<Result<Job, InputError>> {
+impl<R: Read> WorkloadReader<R> {
+    /// The next job, borrowed from the reader (what the simulator reads: no allocation per
+    /// row); after an error, nothing more.
+    pub fn next_row(&mut self) -> Option<Result<JobRow<'_>, InputError>> {
         if self.failed {
             return None;
         }
@@ -215,12 +322,21 @@ impl<R: Read> Iterator for WorkloadReader<R> {
             },
         };
         match self.read_row(columns) {
-            Ok(Some(job)) => Some(Ok(job)),
+            Ok(Some(read)) => Some(Ok(self.row(columns, read))),
             Ok(None) => None,
             Err(error) => {
                 self.failed = true;
                 Some(Err(error))
             }
         }
+    }
+}
+
+impl<R: Read> Iterator for WorkloadReader<R> {
+    type Item = Result<Job, InputError>;
+
+    /// The next job; after an error, nothing more.
+    fn next(&mut self) -> Option<Result<Job, InputError>> {
+        self.next_row().map(|row| row.map(|row| row.to_job()))
     }
 }

@@ -22,13 +22,14 @@ pub mod report;
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, VecDeque};
 use std::io::Read;
+use std::sync::Arc;
 
 use crate::host_pool::{
     Action, Event, HostId, HostPool, IdMap, MachineId, PoolConfig, ScrubPolicy, Time, ZoneLimit,
     ZoneSet,
 };
 use crate::random::SeededRng;
-pub use input::{InputError, Job, WorkloadReader};
+pub use input::{InputError, Job, JobRow, ParsedWorkload, WorkloadReader};
 pub use report::{Conservation, Ledger, MonthRow, SimulationReport, WaitStats};
 
 /// Aquarium Fish's simulator's constants (refs/capacity.md §1.6).
@@ -161,63 +162,62 @@ enum Scheduled {
     ScrubEnds(HostId),
 }
 
-/// A job the pool has not finished: when it arrived and how long it runs.
+/// A job the pool has not finished: when it arrived, how long it runs, and the host it runs on
+/// once launched.
 #[derive(Clone, Copy, Debug)]
 struct Pending {
     arrival: Time,
     execution: Time,
+    host: Option<HostId>,
 }
 
 /// Runs the workload through the pool and reports. Rows are read as the simulation reaches
 /// them; the first bad row stops it with that row's error.
 pub fn simulate<R: Read>(
-    workload: WorkloadReader<R>,
+    mut workload: WorkloadReader<R>,
     settings: &Settings,
 ) -> Result<SimulationReport, InputError> {
     let mut run = Run::new(settings);
-    let mut workload = workload.peekable();
-    loop {
-        let next_row = match workload.peek() {
-            Some(Ok(job)) => Some(job.start),
-            Some(Err(_)) => {
-                let error = workload.next().and_then(Result::err).expect("peeked an error");
-                return Err(error);
-            }
-            None => None,
-        };
-        let next_event = run.next_event_time();
-        match (next_row, next_event) {
-            (None, None) => break,
-            // Events at or before a row's start come first: a host freed at that second serves it.
-            (Some(row), Some(event)) if event <= row => run.next_event(),
-            (None, Some(_)) => run.next_event(),
-            (Some(_), _) => {
-                let job = workload.next().and_then(Result::ok).expect("peeked a job");
-                run.arrive(job);
-            }
-        }
+    while let Some(row) = workload.next_row() {
+        run.take(row?);
     }
     Ok(run.finish())
 }
 
-/// Runs the same workload under each of `settings` side by side (a thread each), opening it
-/// once per run with `open`. The reports come in the order of `settings`.
-pub fn simulate_each<R: Read, E: Send>(
-    open: impl Fn() -> Result<R, E> + Sync,
+/// Runs the same workload under each of `settings` side by side (a thread each). The workload
+/// is opened with `open` and read once, whole ([`ParsedWorkload`]); every run reads that. The
+/// reports come in the order of `settings`; a workload that cannot be opened or read fails
+/// every run with the same error.
+pub fn simulate_each<R: Read, E: Send + Sync>(
+    open: impl FnOnce() -> Result<R, E>,
     settings: &[Settings],
 ) -> Vec<Result<SimulationReport, CompareError<E>>> {
+    let workload = match open() {
+        Ok(source) => ParsedWorkload::read(WorkloadReader::new(source)),
+        Err(error) => {
+            let error = Arc::new(error);
+            return settings.iter().map(|_| Err(CompareError::Open(Arc::clone(&error)))).collect();
+        }
+    };
+    let workload = match workload {
+        Ok(workload) => workload,
+        Err(error) => return settings.iter().map(|_| Err(error.clone().into())).collect(),
+    };
     std::thread::scope(|scope| {
         let runs: Vec<_> = settings
             .iter()
             .map(|settings| {
-                let open = &open;
+                let workload = &workload;
                 scope.spawn(move || {
-                    let source = open().map_err(CompareError::Open)?;
-                    simulate(WorkloadReader::new(source), settings).map_err(CompareError::Input)
+                    let mut run = Run::new(settings);
+                    for row in workload.rows() {
+                        run.take(row);
+                    }
+                    run.finish()
                 })
             })
             .collect();
-        runs.into_iter().map(|run| run.join().expect("a simulation does not panic")).collect()
+        runs.into_iter().map(|run| Ok(run.join().expect("a simulation does not panic"))).collect()
     })
 }
 
@@ -225,7 +225,7 @@ pub fn simulate_each<R: Read, E: Send>(
 #[derive(Debug, thiserror::Error)]
 pub enum CompareError<E> {
     #[error("cannot open the workload")]
-    Open(E),
+    Open(Arc<E>),
     #[error(transparent)]
     Input(#[from] InputError),
 }
@@ -241,10 +241,9 @@ struct Run<'s> {
     next_machine: u64,
     /// Jobs wanted and not finished, by machine.
     pending: IdMap<MachineId, Pending>,
-    /// The host each running machine is on.
-    host_of: IdMap<MachineId, HostId>,
-    /// When each host's billed stretch began (absent while it scrubs).
-    billed_since: IdMap<HostId, Time>,
+    /// When each host's billed stretch began (`None` while it scrubs or once released), indexed
+    /// by host id: the simulator numbers hosts from 0.
+    billed_since: Vec<Option<Time>>,
     events: VecDeque<Event>,
     actions: Vec<Action>,
     ledger: Ledger,
@@ -262,8 +261,7 @@ impl<'s> Run<'s> {
             next_host: 0,
             next_machine: 0,
             pending: IdMap::default(),
-            host_of: IdMap::default(),
-            billed_since: IdMap::default(),
+            billed_since: Vec::new(),
             events: VecDeque::new(),
             actions: Vec::new(),
             ledger: Ledger::new(settings.host_usd_per_hour),
@@ -275,24 +273,34 @@ impl<'s> Run<'s> {
         self.queue.push(Reverse((at, self.sequence, what)));
     }
 
-    fn arrive(&mut self, job: Job) {
+    /// Takes the next row: first every event at or before its start (a host freed at that
+    /// second serves it), then its arrival.
+    fn take(&mut self, job: JobRow) {
+        while self.next_event_time().is_some_and(|event| event <= job.start) {
+            self.next_event();
+        }
+        self.arrive(job);
+    }
+
+    fn arrive(&mut self, job: JobRow) {
         self.now = self.now.max(job.start);
         self.ledger.job_arrived(job.execution);
         let foreign_pool = self
             .settings
             .pool_name
             .as_ref()
-            .is_some_and(|name| !job.pool.is_empty() && job.pool != *name);
+            .is_some_and(|name| !job.pool.is_empty() && job.pool != name);
         let foreign_type =
             !job.instance_type.is_empty() && job.instance_type != self.settings.instance_type;
         if foreign_pool || foreign_type {
             self.ledger.job_rejected(job.execution);
             return;
         }
-        let zones = self.zones_of(&job.zones);
+        let zones = self.zones_of(job.zones);
         let machine = MachineId(self.next_machine);
         self.next_machine += 1;
-        self.pending.insert(machine, Pending { arrival: job.start, execution: job.execution });
+        let pending = Pending { arrival: job.start, execution: job.execution, host: None };
+        self.pending.insert(machine, pending);
         self.feed(Event::MachineWanted { machine, zones });
     }
 
@@ -335,11 +343,11 @@ impl<'s> Run<'s> {
         self.now = self.now.max(time);
         match what {
             Scheduled::JobEnds(machine) => {
-                let host = self.host_of.remove(&machine);
-                if let Some(job) = self.pending.remove(&machine) {
+                let job = self.pending.remove(&machine);
+                if let Some(job) = job {
                     self.ledger.job_executed(job.execution);
                 }
-                if let Some(host) = host
+                if let Some(host) = job.and_then(|job| job.host)
                     && self.settings.pool.mac
                 {
                     // The instance ends: AWS scrubs the Mac host, unbilled.
@@ -350,16 +358,21 @@ impl<'s> Run<'s> {
                 self.feed(Event::MachineReleased { machine });
             }
             Scheduled::ScrubEnds(host) => {
-                self.billed_since.insert(host, self.now);
+                self.billed_since[Self::host_index(host)] = Some(self.now);
                 self.feed(Event::ScrubFinished { host });
             }
         }
     }
 
     fn end_billing(&mut self, host: HostId) {
-        if let Some(since) = self.billed_since.remove(&host) {
+        if let Some(since) = self.billed_since[Self::host_index(host)].take() {
             self.ledger.host_billed(since, self.now);
         }
+    }
+
+    /// Where `host`, numbered by [`Run::play`], is in `billed_since`.
+    fn host_index(host: HostId) -> usize {
+        usize::try_from(host.0).expect("host ids count the hosts allocated")
     }
 
     /// Hands an event to the policy and plays its actions, and what they cause, at `now`.
@@ -390,7 +403,7 @@ impl<'s> Run<'s> {
                 } else {
                     let host = HostId(self.next_host);
                     self.next_host += 1;
-                    self.billed_since.insert(host, self.now);
+                    self.billed_since.push(Some(self.now));
                     self.events.push_back(Event::HostAllocated {
                         request: *request,
                         host,
@@ -399,8 +412,9 @@ impl<'s> Run<'s> {
                 }
             }
             Action::Launch { machine, host } => {
-                self.host_of.insert(*machine, *host);
-                if let Some(job) = self.pending.get(machine).copied() {
+                if let Some(job) = self.pending.get_mut(machine) {
+                    job.host = Some(*host);
+                    let job = *job;
                     let wait = self.now - job.arrival;
                     self.ledger.job_started(job.arrival, self.now, wait);
                     let running_from = self.now + self.settings.boot;
@@ -428,14 +442,17 @@ impl<'s> Run<'s> {
         }
     }
 
+    /// Runs what is left to happen, and reports.
     fn finish(mut self) -> SimulationReport {
+        while self.next_event_time().is_some() {
+            self.next_event();
+        }
         // What is still waiting (a pool that can never serve it) counts as queued.
         for (_, job) in self.pending.drain() {
             self.ledger.job_still_queued(job.execution);
         }
-        let hosts: Vec<HostId> = self.billed_since.keys().copied().collect();
-        for host in hosts {
-            self.end_billing(host);
+        for index in 0..self.billed_since.len() {
+            self.end_billing(HostId(index as u64));
         }
         self.ledger.report(self.settings.mode)
     }

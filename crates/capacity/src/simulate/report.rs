@@ -18,6 +18,9 @@ use crate::host_pool::Time;
 /// Seconds per hour.
 const HOUR: f64 = 3600.0;
 
+/// Waits shorter than this (about 18 hours) are counted in an array: 512 KiB.
+const DENSE_WAITS: u64 = 1 << 16;
+
 /// One month of the report.
 #[derive(Clone, Debug, PartialEq, Serialize)]
 pub struct MonthRow {
@@ -80,7 +83,10 @@ pub struct Ledger {
     usd_per_host_hour: f64,
     months: BTreeMap<Month, MonthSeconds>,
     /// Waits by value (seconds → jobs): exact percentiles in memory bounded by distinct waits.
+    /// Those under [`DENSE_WAITS`] seconds, nearly all, are counted in `short_waits` at their
+    /// index (a counter bumped, not a tree searched, per job); the rest here.
     waits: BTreeMap<u64, u64>,
+    short_waits: Vec<u64>,
     jobs: u64,
     rejected: u64,
     input_s: u64,
@@ -99,6 +105,7 @@ impl Ledger {
             usd_per_host_hour,
             months: BTreeMap::new(),
             waits: BTreeMap::new(),
+            short_waits: Vec::new(),
             jobs: 0,
             rejected: 0,
             input_s: 0,
@@ -131,11 +138,32 @@ impl Ledger {
 
     /// A job that arrived at `arrival` got its host at `launched`.
     pub fn job_started(&mut self, arrival: Time, launched: Time, wait: Time) {
-        let month = self.months.entry(Month::of(arrival)).or_default();
+        let month = self.month_of(arrival).0;
+        let month = self.months.entry(month).or_default();
         month.arrivals += 1;
         month.wait_sum += wait;
-        *self.waits.entry(wait).or_default() += 1;
+        match usize::try_from(wait) {
+            Ok(index) if wait < DENSE_WAITS => {
+                if index >= self.short_waits.len() {
+                    self.short_waits.resize(index + 1, 0);
+                }
+                self.short_waits[index] += 1;
+            }
+            _ => *self.waits.entry(wait).or_default() += 1,
+        }
         self.book(arrival, launched, |month, seconds| month.queue += seconds);
+    }
+
+    /// Every distinct wait with its count, shortest first.
+    fn wait_counts(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        let short = self.short_waits.iter().enumerate().filter(|(_, count)| **count > 0);
+        let short = short.map(|(wait, count)| (wait as u64, *count));
+        short.chain(self.waits.iter().map(|(wait, count)| (*wait, *count)))
+    }
+
+    fn longest_wait(&self) -> u64 {
+        let short = self.short_waits.iter().rposition(|count| *count > 0);
+        self.waits.keys().next_back().copied().or(short.map(|wait| wait as u64)).unwrap_or(0)
     }
 
     pub fn instance_ran(&mut self, from: Time, to: Time) {
@@ -151,19 +179,24 @@ impl Ledger {
         self.peak_queue = self.peak_queue.max(queue);
     }
 
+    /// The month `at` falls in and when that month ends.
+    fn month_of(&mut self, at: Time) -> (Month, Time) {
+        let (month, start, end) = self.last_month;
+        if (start..end).contains(&at) {
+            (month, end)
+        } else {
+            let month = Month::of(at);
+            let bounds = (month, month.start(), month.next().start());
+            self.last_month = bounds;
+            (month, bounds.2)
+        }
+    }
+
     /// Adds [from, to) to the months it spans.
     fn book(&mut self, from: Time, to: Time, mut add: impl FnMut(&mut MonthSeconds, u64)) {
         let mut at = from;
         while at < to {
-            let (month, start, end) = self.last_month;
-            let (month, month_end) = if (start..end).contains(&at) {
-                (month, end)
-            } else {
-                let month = Month::of(at);
-                let bounds = (month, month.start(), month.next().start());
-                self.last_month = bounds;
-                (month, bounds.2)
-            };
+            let (month, month_end) = self.month_of(at);
             let end = month_end.min(to);
             add(self.months.entry(month).or_default(), end - at);
             at = end;
@@ -172,19 +205,19 @@ impl Ledger {
 
     /// The wait below which `share` of the jobs waited.
     fn percentile(&self, share: f64) -> u64 {
-        let total: u64 = self.waits.values().sum();
+        let total: u64 = self.wait_counts().map(|(_, count)| count).sum();
         if total == 0 {
             return 0;
         }
         let rank = ((share * total as f64).ceil() as u64).clamp(1, total);
         let mut seen = 0;
-        for (wait, count) in &self.waits {
+        for (wait, count) in self.wait_counts() {
             seen += count;
             if seen >= rank {
-                return *wait;
+                return wait;
             }
         }
-        self.waits.keys().next_back().copied().unwrap_or(0)
+        self.longest_wait()
     }
 
     pub fn report(&self, mode: &str) -> SimulationReport {
@@ -215,7 +248,7 @@ impl Ledger {
             wait: WaitStats {
                 p50_s: self.percentile(0.50),
                 p95_s: self.percentile(0.95),
-                max_s: self.waits.keys().next_back().copied().unwrap_or(0),
+                max_s: self.longest_wait(),
             },
             rejected: self.rejected,
             peak_hosts: self.peak_hosts,

@@ -171,3 +171,26 @@ fn realistic_mode_is_the_same_for_a_seed_and_differs_across_seeds() {
     assert_ne!(first.usd, other.usd, "scrub times are drawn from the seed");
     assert_eq!(first.conservation.executed_hours, other.conservation.executed_hours);
 }
+
+#[test]
+fn runs_side_by_side_over_one_parsed_workload_report_what_streamed_runs_do() {
+    let text = generated_week(5);
+    let settings = [Settings::fish(1.0), fish_with_cap(30), fish_with_cap(60)];
+    let open = || Ok::<_, std::convert::Infallible>(text.as_bytes());
+    for (side_by_side, settings) in simulate_each(open, &settings).into_iter().zip(&settings) {
+        assert_eq!(side_by_side.expect("the workload is valid"), run(&text, settings));
+    }
+}
+
+#[test]
+fn a_bad_row_fails_every_run_side_by_side_with_its_error() {
+    let text = format!("{}{T0},{},5,late,build\n", csv(&[(T0 + 10, 5)]), T0 + 5);
+    let open = || Ok::<_, std::convert::Infallible>(text.as_bytes());
+    let expected = InputError::Unsorted { line: 3, start: T0, previous: T0 + 10, previous_line: 2 };
+    for result in simulate_each(open, &[Settings::fish(1.0), fish_with_cap(2)]) {
+        match result {
+            Err(CompareError::Input(error)) => assert_eq!(error, expected),
+            other => panic!("expected the unsorted row's error, got {other:?}"),
+        }
+    }
+}
