@@ -549,4 +549,35 @@ mod tests {
         unmount.add(&point);
         assert_eq!(unmount.unmount_all().await, Vec::<String>::new());
     }
+
+    /// `filesystem: xfs`: an empty disk is made xfs (labelled with its device) and mounts.
+    /// Needs xfsprogs (`scripts/test` installs it).
+    #[tokio::test]
+    async fn an_empty_disk_asked_for_xfs_is_made_xfs_and_mounted() {
+        require_root();
+        assert!(
+            std::process::Command::new("mkfs.xfs").arg("-V").output().is_ok(),
+            "mkfs.xfs is not installed: run scripts/test, or apt-get install xfsprogs"
+        );
+        let temp = tempfile::tempdir().unwrap();
+        let disk = temp.path().join("disk");
+        // xfsprogs refuses filesystems under 300 MiB; the file is sparse.
+        fs_err::File::create(&disk).unwrap().set_len(320 << 20).unwrap();
+        assert_eq!(format_if_empty(&disk, Filesystem::Xfs, "sdh").await, Ok(Probe::Empty));
+        assert_eq!(probe(&disk).await, Ok(Probe::Holds("xfs".to_owned())));
+        let label = std::process::Command::new("blkid")
+            .args(["-p", "-o", "value", "-s", "LABEL"])
+            .arg(&disk)
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&label.stdout).trim(), "sdh");
+        let point = temp.path().join("mnt/xfs");
+        let done = mount_disk(&disk, &point, Filesystem::Xfs, "sdh").await.unwrap();
+        assert!(matches!(done, DiskDone::Mounted { formatted: None, .. }), "{done:?}");
+        let unmount = MountedDisks::default();
+        unmount.add(&point);
+        fs_err::write(point.join("on-xfs"), "yes").unwrap();
+        assert_eq!(unmount.unmount_all().await, Vec::<String>::new());
+        assert!(!point.join("on-xfs").exists(), "unmounted");
+    }
 }
