@@ -225,9 +225,9 @@ fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
     // A program on a machine reads with the role's credentials, found through the machine's
     // IMDS as any SDK's default chain finds them: the attached policy allows `secret.txt`, and
     // nothing allows `other.txt` (the emulator holds role credentials to the role's policies).
-    runtime.block_on(async {
+    let bucket = format!("team-data-{}", fleet.tag);
+    let (s3, machine_s3) = runtime.block_on(async {
         use aws_sdk_s3::error::ProvideErrorMetadata;
-        let bucket = format!("team-data-{}", fleet.tag);
         let s3 = aws_sdk_s3::Client::from_conf(
             aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build(),
         );
@@ -277,14 +277,21 @@ fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
         let refused = machine_s3.get_object().bucket(&bucket).key("other.txt").send().await;
         let error = refused.expect_err("no policy of the role allows other.txt");
         assert_eq!(error.code(), Some("AccessDenied"), "{error:?}");
-        s3.delete_object().bucket(&bucket).key("secret.txt").send().await.unwrap();
-        s3.delete_object().bucket(&bucket).key("other.txt").send().await.unwrap();
-        s3.delete_bucket().bucket(&bucket).send().await.unwrap();
+        (s3, machine_s3)
     });
 
-    // destroy detaches the policy before it deletes the role.
+    // destroy detaches the policy before it deletes the role: the machine's credentials read
+    // nothing any more.
     fleet.run_ok(&["destroy", &fleet.tag_arg()]);
     runtime.block_on(async {
+        use aws_sdk_s3::error::ProvideErrorMetadata;
+        let after = machine_s3.get_object().bucket(&bucket).key("secret.txt").send().await;
+        let error = after.expect_err("after destroy the role allows nothing");
+        assert_eq!(error.code(), Some("AccessDenied"), "{error:?}");
+        for key in ["secret.txt", "other.txt"] {
+            s3.delete_object().bucket(&bucket).key(key).send().await.unwrap();
+        }
+        s3.delete_bucket().bucket(&bucket).send().await.unwrap();
         let entities = iam.list_entities_for_policy().policy_arn(&policy_arn).send().await.unwrap();
         assert!(entities.policy_roles().is_empty(), "detached at destroy: {entities:?}");
         assert!(iam.get_role().role_name(fleet.role_name()).send().await.is_err(), "role gone");
