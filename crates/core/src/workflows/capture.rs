@@ -320,8 +320,10 @@ struct Back {
     told: usize,
 }
 
-/// Starts `machine` again (see [`restart`]), then publishes its address, which may be new,
-/// to every machine ([`publish_addresses`]).
+/// Starts `machine` again and waits for its agent; publishes its address, which may be new,
+/// to every machine ([`publish_addresses`]) while its binary is still stopped (a binary that
+/// binds its hosts.yaml address would otherwise start on the old one); then has the binary
+/// start again and waits until it is healthy ([`serve_again`]).
 async fn come_back<P: Provider>(
     provider: &P,
     deployment: &Deployment,
@@ -329,13 +331,22 @@ async fn come_back<P: Provider>(
     request: &CaptureRequest,
     progress: &dyn Progress,
 ) -> Result<Back, CoreError> {
-    let started = restart(provider, deployment, machine, request, progress).await?;
+    let started = provider.start_machine(machine, progress).await?;
+    let client = super::connect(deployment, std::slice::from_ref(&started))?;
+    let deadline = Instant::now() + request.agent_timeout;
+    let departures = super::Departures::default();
+    super::wait_for_agent(&client, &started.name, deadline, request.agent_timeout, &departures)
+        .await
+        .map_err(|failure| {
+            CoreError::Refused(format!("{} was started, but {}", started.name, failure.reason))
+        })?;
     let told = publish_addresses(provider, deployment, progress).await.map_err(|error| {
         CoreError::Refused(format!(
-            "{} runs again at {}, its binary healthy, but its address did not reach every machine: {error}; run `flotilla update` with the deployment's spec to publish it",
+            "{} runs again at {}, but its address did not reach every machine: {error}; its binary is left stopped: run `flotilla update` with the deployment's spec to publish the address and start it",
             started.name, started.public_ip
         ))
     })?;
+    serve_again(&client, &started, request, progress).await?;
     Ok(Back { machine: started, told })
 }
 
@@ -403,17 +414,14 @@ async fn publish_addresses<P: Provider>(
     )))
 }
 
-/// Starts `machine` again, waits for its agent, has it start the binary and waits until the
-/// binary is healthy (until the agent timeout).
-async fn restart<P: Provider>(
-    provider: &P,
-    deployment: &Deployment,
-    machine: &Machine,
+/// Has the agent of `started` start the binary again (it keeps a `Stop` across its own
+/// restart) and waits until the binary is healthy (until the agent timeout).
+async fn serve_again(
+    client: &AgentClient,
+    started: &Machine,
     request: &CaptureRequest,
     progress: &dyn Progress,
-) -> Result<Machine, CoreError> {
-    let started = provider.start_machine(machine, progress).await?;
-    let client = super::connect(deployment, std::slice::from_ref(&started))?;
+) -> Result<(), CoreError> {
     let deadline = Instant::now() + request.agent_timeout;
     let _stage = progress.stage(&format!("waiting for {} to serve again", started.name), 0);
     let mut schedule = PollSchedule::default();
@@ -423,9 +431,9 @@ async fn restart<P: Provider>(
             Ok(status) => {
                 use flotilla_spec::api::BinaryState;
                 match status.state {
-                    BinaryState::Healthy | BinaryState::Idle => return Ok(started),
+                    BinaryState::Healthy | BinaryState::Idle => return Ok(()),
                     BinaryState::Stopped if !restarted => {
-                        restart_binary(&client, &started.name).await.map(|()| {
+                        restart_binary(client, &started.name).await.map(|()| {
                             restarted = true;
                         })
                     }
