@@ -9,10 +9,11 @@
 //! what was made and what happened.
 //!
 //! After the start the machine may have another public address (a cloud machine without an
-//! Elastic IP gets a new one): it is published as a membership change is, a hosts-only change
-//! to every machine's recorded manifest (its agent applies it as `on_hosts_change` says,
-//! without restarting the binary otherwise), and `status`, `logs` and later commands reach the
-//! machine where the provider lists it now.
+//! Elastic IP gets a new one): once its agent answers, and before its binary starts again (a
+//! binary may bind its hosts.yaml address), the address is published as a membership change
+//! is, a hosts-only change to every machine's recorded manifest (its agent applies it as
+//! `on_hosts_change` says, without restarting the binary otherwise), and `status`, `logs` and
+//! later commands reach the machine where the provider lists it now.
 //!
 //! Re-run: the capture in progress is recorded in the deployment's state (`capture.json`:
 //! machine, kind, id, and the pid of the command at work) before anything is made and removed
