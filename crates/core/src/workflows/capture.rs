@@ -333,6 +333,13 @@ async fn come_back<P: Provider>(
     progress: &dyn Progress,
 ) -> Result<Back, CoreError> {
     let started = provider.start_machine(machine, progress).await?;
+    if started.public_ip != machine.public_ip {
+        // The identity names the machine's addresses: a fresh one for its agent's next start
+        // (a running agent keeps the one it loaded, as at `create`'s re-run).
+        let ca = deployment.certificate_authority()?;
+        let one = std::slice::from_ref(&started);
+        super::install_identities(provider, &ca, deployment.tag(), one, 1, progress).await?;
+    }
     let client = super::connect(deployment, std::slice::from_ref(&started))?;
     let deadline = Instant::now() + request.agent_timeout;
     let departures = super::Departures::default();
