@@ -25,13 +25,13 @@
 //!    holds the replacements back until the next round), and the machines are listed again
 //!    under it: one that was not running and runs now (a capture's stop that just ended) is
 //!    not gone after all. A replacement is journaled (`watch-journal.json`: the name and the
-//!    instance it replaces) before anything is done, then, still under the lock: gone machines are retired
-//!    (drained when their agents still answer), the shared resources prepared once, machines
-//!    at risk get their replacements launched beside them, and the deployment converges to
-//!    the spec as `update` does: names without a machine are launched anew through the
-//!    capacity policy with new identities, new machines started, and the other machines get
-//!    the new hosts.yaml as their `on_hosts_change` says; last the machines at risk are
-//!    drained and retired. Then the journal entry is cleared and the replacement counted. The
+//!    instance it replaces) before anything is done, then, still under the lock: gone
+//!    machines are retired (drained when their agents still answer), the shared resources
+//!    prepared once, machines at risk get their replacements launched beside them, and the
+//!    deployment converges to the spec as `update` does: names without a machine are
+//!    launched anew through the capacity policy with new identities, new machines started,
+//!    and the other machines get the new hosts.yaml as their `on_hosts_change` says; last the
+//!    machines at risk are drained and retired. Then the journal entry is cleared and the replacement counted. The
 //!    spec is checked against the account once, at watch's start, not per replacement.
 //!
 //! 5. the deployment's dedicated host pools are tended ([`Provider::tend_host_pools`]): each
