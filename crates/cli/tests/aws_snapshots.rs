@@ -3,17 +3,25 @@
 //! fleet's `clone: TAG:VALUE` starts from the newest of them; `--full` adds the root disk; a
 //! re-run of a finished capture makes a new one, and a re-run of an unfinished one makes
 //! nothing twice; `image` makes a tagged AMI, with a key an encrypted copy whose unencrypted
-//! source is gone; `--stop` leaves the instance running and the binary healthy; the local
-//! provider refuses, naming itself.
+//! source is gone; `--stop` leaves the instance running and the binary healthy; a machine
+//! stopped for a capture is left alone by `watch`, and its new address reaches the other
+//! machines' hosts.yaml; a capture that fails while the machine is stopped starts it and its
+//! binary again and says what failed and what was done; the local provider refuses, naming
+//! itself.
 
 #![allow(clippy::unwrap_used)] // Helpers of these tests fail the test when a step fails.
 
 mod common;
 
+use std::process::Stdio;
+use std::time::Duration;
+
 use aws_sdk_ec2::types::Filter;
 use common::aws::AwsFleet;
+use common::events::Watch;
 use common::*;
-use flotilla_emulator::control::Emulator;
+use flotilla_emulator::control::{Emulator, FaultRule, StateTiming};
+use serde_json::Value;
 
 /// A spec of one `db` machine whose `/dev/sdf` is `disk` (YAML flow mapping).
 fn spec(fleet: &AwsFleet, tag: &str, disk: &str) -> String {
@@ -228,6 +236,201 @@ fn an_unfinished_capture_run_again_makes_nothing_twice() {
         assert_eq!(found.snapshots().len(), 1);
     });
     assert!(!deployment.join("capture.json").exists(), "a finished capture is forgotten");
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+}
+
+/// `count` fleet-app nodes (hosts.yaml reread on SIGHUP) without data disks, and the
+/// monitoring machine. No HTTP health check: the agent gives a binary the public address of
+/// the identity it loaded at its start (`FLOTILLA_IP`), which after a stop and start is the
+/// old one until the agent's next start, and the emulator's loopback addresses let the app
+/// bind it, where the agent's check would not find it.
+fn nodes_spec(fleet: &AwsFleet, count: usize) -> String {
+    fleet.write("app.conf", "port = 9090\ngreeting = \"hello\"\ninterval = 300\n");
+    let text = format!(
+        "tag: {tag}\nprovider: aws\nmonitoring: {{instance_type: {monitoring}, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- name: node\n  count: {count}\n  region: us-east-1\n  instance_type: {native}\n  storage_size: 10\n  storage_class: gp3\n  binary: {binary}\n  config: app.conf\n  profiling: false\n  on_hosts_change: {{signal: SIGHUP}}\nports: []\n",
+        tag = fleet.tag,
+        monitoring = native_monitoring_type(),
+        native = native_type(),
+        binary = fleet_app_bin().display(),
+    );
+    fleet.write("fleet.yaml", &text).display().to_string()
+}
+
+/// The address the fleet app of `row` has for `peer` in the hosts.yaml it read last.
+fn peer_address(row: &Value, peer: &str) -> Option<String> {
+    let body = http_get(ip_of(row), 9090, "/peers")?;
+    let peers: Value = serde_json::from_str(&body).ok()?;
+    peers["peers"]
+        .as_array()?
+        .iter()
+        .find(|p| p["name"] == peer)
+        .and_then(|p| p["ip"].as_str().map(str::to_owned))
+}
+
+/// `watch` (rounds every 200 ms, a machine down 200 ms replaced) with its events read by the
+/// test.
+fn spawn_watch(fleet: &AwsFleet, spec: &str) -> Watch {
+    let args = [
+        "watch",
+        "-v",
+        "--config",
+        spec,
+        "--interval",
+        "200ms",
+        "--replace-after",
+        "200ms",
+        "--output",
+        "json",
+    ];
+    let log = fleet.path("watch.log");
+    let child = fleet
+        .command(&args)
+        .stdout(Stdio::piped())
+        .stderr(fs_err::File::create(&log).unwrap().into_parts().0)
+        .spawn()
+        .expect("watch starts");
+    let mut watch = Watch::new(child, Some(log));
+    watch.wait_for("watch's start", Duration::from_secs(60), |e| e["what"] == "started");
+    watch
+}
+
+/// Unix seconds of watch's last round (`watch-state.json`).
+fn last_round(fleet: &AwsFleet) -> Option<u64> {
+    let path = fleet.home.path().join("deployments").join(&fleet.tag).join("watch-state.json");
+    let state: Value = serde_json::from_slice(&fs_err::read(path).ok()?).ok()?;
+    state["at"].as_u64()
+}
+
+/// Two nodes under `watch`, which replaces a machine down for 200 ms; `image --stop node-0`
+/// keeps node-0 stopped for longer (each stop takes 1.5 s here). Watch leaves it alone and
+/// says so, also in the rounds after the capture; node-0 comes back on its own instance at a
+/// new address, which node-1's binary reads from its new hosts.yaml (a SIGHUP, no restart),
+/// and `status` reaches node-0 there, healthy.
+#[test]
+fn a_machine_stopped_for_a_capture_is_left_alone_by_watch_and_its_new_address_published() {
+    let fleet = AwsFleet::new("snaps-watch");
+    let emulator = Emulator::require();
+    let scope = emulator.scope(&fleet.scope);
+    let runtime = runtime();
+    let spec = nodes_spec(&fleet, 2);
+    fleet.run_ok(&["create", "--config", &spec, "--ip", "127.0.0.1", "--output", "json"]);
+    let before = fleet.status();
+    let (node0, node1) = (row(&before, "node-0").clone(), row(&before, "node-1").clone());
+    let stop = Duration::from_millis(1500);
+    runtime
+        .block_on(
+            scope.set_timing(StateTiming {
+                pending: Duration::from_millis(300),
+                shutting_down: stop,
+            }),
+        )
+        .unwrap();
+
+    let mut watch = spawn_watch(&fleet, &spec);
+    let image =
+        json(&fleet.run_ok(&["image", &fleet.tag_arg(), "node-0", "--stop", "--output", "json"]));
+    let new_ip = image["public_ip"].as_str().unwrap().to_owned();
+    assert_ne!(
+        new_ip,
+        node0["ip"].as_str().unwrap(),
+        "a stopped and started instance has a new address"
+    );
+    let left = watch.wait_for("node-0 left alone", Duration::from_secs(30), |e| {
+        e["machine"] == "node-0" && e["what"] == "stopped for a capture"
+    });
+    assert_eq!(left["action"], "left alone", "{left}");
+    // Rounds after the capture: node-0 runs, nothing to replace.
+    let done =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs();
+    wait_for("two rounds after the capture", Duration::from_secs(30), || {
+        (last_round(&fleet)? >= done + 2).then_some(())
+    });
+    let seen = watch.kill();
+    let about_node0: Vec<&Value> = seen.iter().filter(|e| e["machine"] == "node-0").collect();
+    assert!(
+        about_node0.iter().all(|e| e["what"] == "stopped for a capture"),
+        "watch did nothing else about node-0: {about_node0:#?}"
+    );
+
+    let after = fleet.status();
+    let (now0, now1) = (row(&after, "node-0"), row(&after, "node-1"));
+    assert_eq!(now0["id"], node0["id"], "node-0 kept its instance");
+    assert_eq!(now0["ip"], new_ip.as_str(), "{now0}");
+    assert_eq!(now0["health"], "healthy", "{now0}");
+    assert_eq!(now1["health"], "healthy", "{now1}");
+    assert_ne!(now1["hosts"], node1["hosts"], "node-1 got a new hosts.yaml: {now1}");
+    assert_eq!(now1["hosts"], now0["hosts"], "{after:#?}");
+    assert_eq!(now1["pid"], node1["pid"], "node-1's binary was signalled, not restarted");
+    assert_eq!(now1["version"], node1["version"]);
+    let hosts_yaml = fs_err::read_to_string(
+        fleet.home.path().join("deployments").join(&fleet.tag).join("hosts.yaml"),
+    )
+    .unwrap();
+    assert!(hosts_yaml.contains(&new_ip), "{hosts_yaml}");
+    wait_for("node-1's binary to read node-0's new address", Duration::from_secs(20), || {
+        (peer_address(now1, "node-0")? == new_ip).then_some(())
+    });
+    runtime.block_on(scope.clear_timing()).unwrap();
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+}
+
+/// `image --stop` whose CreateImage fails, and `snapshot --full --stop` whose CreateSnapshot
+/// fails: each time the instance and its binary are started again, the command fails saying
+/// what failed and what was done, and, the fault gone, running it again finishes the same
+/// capture.
+#[test]
+fn a_capture_failing_while_stopped_starts_the_machine_and_its_binary_again() {
+    let fleet = AwsFleet::new("snaps-fault");
+    let emulator = Emulator::require();
+    let scope = emulator.scope(&fleet.scope);
+    let runtime = runtime();
+    let spec = nodes_spec(&fleet, 1);
+    fleet.run_ok(&["create", "--config", &spec, "--ip", "127.0.0.1", "--output", "json"]);
+
+    for (action, args) in [
+        ("CreateImage", vec!["image", "node-0", "--stop"]),
+        ("CreateSnapshot", vec!["snapshot", "node-0", "--full", "--stop"]),
+    ] {
+        let before = fleet.status();
+        let pid = row(&before, "node-0")["pid"].clone();
+        let fault =
+            FaultRule::new("ec2", action, "UnauthorizedOperation").message("injected: not allowed");
+        runtime.block_on(scope.set_faults(&[fault])).unwrap();
+        let tag = fleet.tag_arg();
+        let mut full: Vec<&str> = vec![args[0], &tag];
+        full.extend_from_slice(&args[1..]);
+        let output = fleet.run(&full);
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(2), "{action}: {stderr}");
+        let kind = args[0];
+        for expected in [
+            format!("node-0: the {kind} failed"),
+            action.to_owned(),
+            "UnauthorizedOperation".to_owned(),
+            "its binary was stopped and its instance stopped for it".to_owned(),
+            "the instance was started again".to_owned(),
+            "binary restarted, healthy".to_owned(),
+            "run the command again to finish capture".to_owned(),
+        ] {
+            assert!(stderr.contains(&expected), "{action}: `{expected}` in: {stderr}");
+        }
+        let capture = stderr
+            .split("finish capture ")
+            .nth(1)
+            .and_then(|rest| rest.split_whitespace().next())
+            .unwrap()
+            .to_owned();
+        let rows = fleet.status();
+        let node = row(&rows, "node-0");
+        assert_eq!(node["state"], "running", "{node}");
+        assert_eq!(node["health"], "healthy", "{node}");
+        assert_ne!(node["pid"], pid, "the binary was stopped and started again: {node}");
+
+        runtime.block_on(scope.clear_faults()).unwrap();
+        full.extend_from_slice(&["--output", "json"]);
+        let again = json(&fleet.run_ok(&full));
+        assert_eq!(again["capture"], capture.as_str(), "the same capture, finished");
+    }
     fleet.run_ok(&["destroy", &fleet.tag_arg()]);
 }
 

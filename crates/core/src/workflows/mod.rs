@@ -331,26 +331,8 @@ async fn build_manifests<P: Provider>(
     files: &PublishedFiles,
     progress: &dyn Progress,
 ) -> Result<BTreeMap<String, Manifest>, CoreError> {
-    let monitoring = machines
-        .iter()
-        .find(|m| m.role == Role::Monitoring)
-        .ok_or_else(|| CoreError::Refused("the provider reported no monitoring machine".into()))?;
-    let hosts: Vec<HostEntry> = machines
-        .iter()
-        .filter(|m| m.role == Role::Binary)
-        .map(|m| HostEntry { name: m.name.clone(), region: m.region.clone(), ip: m.public_ip })
-        .collect();
-    let hosts_yaml = render_hosts_yaml(monitoring.public_ip, monitoring.private_ip, &hosts);
-    deployment.write_file("hosts.yaml", hosts_yaml.as_bytes())?;
-    let hosts_artifact = hash_file(&deployment.dir().join("hosts.yaml"))?;
-    let stage = progress.stage("publishing hosts.yaml", 1);
-    let hosts = Artifact {
-        url: provider.publish(&hosts_artifact).await?,
-        sha256: hosts_artifact.sha256,
-        size: hosts_artifact.size,
-    };
-    stage.advance(1);
-    drop(stage);
+    let monitoring = monitoring_machine(machines)?;
+    let hosts = publish_hosts(provider, deployment, machines, progress).await?;
 
     let tools = provider.monitoring_tools();
     for missing in tools.missing() {
@@ -401,6 +383,41 @@ async fn build_manifests<P: Provider>(
         manifests.insert(monitoring.name.clone(), manifest);
     }
     Ok(manifests)
+}
+
+/// The monitoring machine among `machines`.
+fn monitoring_machine(machines: &[Machine]) -> Result<&Machine, CoreError> {
+    machines
+        .iter()
+        .find(|m| m.role == Role::Monitoring)
+        .ok_or_else(|| CoreError::Refused("the provider reported no monitoring machine".into()))
+}
+
+/// Writes hosts.yaml of `machines` (every binary machine's public address, and the monitoring
+/// machine's) into the deployment's directory and publishes it.
+async fn publish_hosts<P: Provider>(
+    provider: &P,
+    deployment: &Deployment,
+    machines: &[Machine],
+    progress: &dyn Progress,
+) -> Result<Artifact, CoreError> {
+    let monitoring = monitoring_machine(machines)?;
+    let hosts: Vec<HostEntry> = machines
+        .iter()
+        .filter(|m| m.role == Role::Binary)
+        .map(|m| HostEntry { name: m.name.clone(), region: m.region.clone(), ip: m.public_ip })
+        .collect();
+    let hosts_yaml = render_hosts_yaml(monitoring.public_ip, monitoring.private_ip, &hosts);
+    deployment.write_file("hosts.yaml", hosts_yaml.as_bytes())?;
+    let hosts_artifact = hash_file(&deployment.dir().join("hosts.yaml"))?;
+    let stage = progress.stage("publishing hosts.yaml", 1);
+    let hosts = Artifact {
+        url: provider.publish(&hosts_artifact).await?,
+        sha256: hosts_artifact.sha256,
+        size: hosts_artifact.size,
+    };
+    stage.advance(1);
+    Ok(hosts)
 }
 
 /// The disks of `instance` the agent mounts: those with a mount point, in device order.

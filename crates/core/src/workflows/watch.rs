@@ -18,14 +18,20 @@
 //! 3. gone machines are replaced, at most `max_replacing` at a time and `max_per_hour` in any
 //!    hour, so that a broken image or a region outage does not churn the account; a machine
 //!    held back by a limit is reported, once per reason;
-//! 4. a replacement is journaled (`watch-journal.json`: the name and the instance it replaces)
-//!    before anything is done, then, under the deployment's lock: gone machines are retired
-//!    (drained when their agents still answer), the shared resources prepared once, machines
-//!    at risk get their replacements launched beside them, and the deployment converges to
-//!    the spec as `update` does: names without a machine are launched anew through the
-//!    capacity policy with new identities, new machines started, and the other machines get
-//!    the new hosts.yaml as their `on_hosts_change` says; last the machines at risk are
-//!    drained and retired. Then the journal entry is cleared and the replacement counted. The
+//!    A machine a capture is working on (`flotilla snapshot`/`image --stop` stops it on
+//!    purpose) is never gone: it is left alone and said so once ("stopped for a capture, left
+//!    alone"), and its time down counts from when the capture is over;
+//! 4. the deployment's lock is taken before anything is decided for good (a command holding it
+//!    holds the replacements back until the next round), and the machines are listed again
+//!    under it: one that was not running and runs now (a capture's stop that just ended) is
+//!    not gone after all. A replacement is journaled (`watch-journal.json`: the name and the
+//!    instance it replaces) before anything is done, then, still under the lock: gone
+//!    machines are retired (drained when their agents still answer), the shared resources
+//!    prepared once, machines at risk get their replacements launched beside them, and the
+//!    deployment converges to the spec as `update` does: names without a machine are
+//!    launched anew through the capacity policy with new identities, new machines started,
+//!    and the other machines get the new hosts.yaml as their `on_hosts_change` says; last the
+//!    machines at risk are drained and retired. Then the journal entry is cleared and the replacement counted. The
 //!    spec is checked against the account once, at watch's start, not per replacement.
 //!
 //! 5. the deployment's dedicated host pools are tended ([`Provider::tend_host_pools`]): each
@@ -58,7 +64,7 @@ use crate::error::CoreError;
 use crate::plan::DeploymentPlan;
 use crate::progress::Progress;
 use crate::provider::{Machine, MachineState, Provider, ProviderError, Role};
-use crate::state::{Deployment, DeploymentStatus, Home, unix_now};
+use crate::state::{Deployment, DeploymentLock, DeploymentStatus, Home, StateError, unix_now};
 
 /// Reports one event: the machine it is about, what happened, what watch did, the outcome.
 type Emit<'a> = dyn Fn(Option<&str>, &str, &str, String) + Sync + 'a;
@@ -202,6 +208,9 @@ struct Job {
 /// two minutes is for its `stopping` hooks and the binary's graceful stop.
 const INTERRUPTION_DRAIN_AFTER_SECS: u64 = 90;
 
+/// Why a machine a capture is working on is not replaced (a `held` reason, shown by `status`).
+const CAPTURE_LEFT_ALONE: &str = "stopped for a capture, left alone";
+
 /// Runs the reconciler until `request.rounds` rounds have passed (or forever).
 pub async fn watch<P: Provider>(
     home: &Home,
@@ -268,7 +277,15 @@ pub async fn watch<P: Provider>(
                 }
             })
             .collect();
-        replace(&watcher, &jobs, &mut sightings.resolved).await;
+        match deployment.lock() {
+            Ok(lock) => replace(&watcher, &jobs, &mut sightings.resolved, &lock).await,
+            Err(error) => {
+                clear_journal(&deployment, &emit, &names);
+                for name in &names {
+                    emit(Some(name), "replacement-failed", "will try again", error.to_string());
+                }
+            }
+        }
     }
 
     let mut round = 0u64;
@@ -332,6 +349,8 @@ async fn one_round<P: Provider>(
     let machines = provider.machines().await?;
     let client = connect(deployment, &machines)?;
     let now = Instant::now();
+    // The machine a capture is working on: stopped on purpose, never replaced meanwhile.
+    let capturing = super::capture::capture_in_progress(deployment)?;
 
     // What each running binary machine's agent says; every answer is word from the deployment.
     let answers: BTreeMap<String, Result<flotilla_spec::api::AgentStatus, String>> =
@@ -424,6 +443,15 @@ async fn one_round<P: Provider>(
                 sightings.down_since.remove(&planned.name);
                 sightings.held.remove(&planned.name);
             }
+            Some((reason, _)) if capturing.as_deref() == Some(planned.name.as_str()) => {
+                // Its time down starts when the capture is over.
+                sightings.down_since.remove(&planned.name);
+                let why = CAPTURE_LEFT_ALONE.to_owned();
+                if sightings.held.get(&planned.name) != Some(&why) {
+                    emit(Some(&planned.name), "stopped for a capture", "left alone", reason);
+                    sightings.held.insert(planned.name.clone(), why);
+                }
+            }
             Some((reason, at_once)) => {
                 let since = sightings
                     .down_since
@@ -436,6 +464,40 @@ async fn one_round<P: Provider>(
             }
         }
     }
+    if gone.is_empty() {
+        return Ok(());
+    }
+    // Nothing is decided for good without the deployment's lock: a command at work (a
+    // capture that just began, an update) holds the replacements back until it is done.
+    let lock = match deployment.lock() {
+        Ok(lock) => lock,
+        Err(error @ StateError::Locked { .. }) => {
+            let why = format!("{error}; trying again next round");
+            for (name, _, reason) in gone {
+                if sightings.held.get(&name) != Some(&why) {
+                    emit(Some(&name), &reason, "held back", why.clone());
+                    sightings.held.insert(name, why.clone());
+                }
+            }
+            return Ok(());
+        }
+        Err(error) => return Err(error.into()),
+    };
+    // Listed again under the lock: a machine that was not running and runs now (a capture's
+    // stop that ended between the listing and the lock) is not gone after all.
+    let relisted = provider.machines().await?;
+    gone.retain(|(name, listed, _)| {
+        let Some(listed) = listed.as_ref().filter(|m| m.state != MachineState::Running) else {
+            return true;
+        };
+        let back = relisted
+            .iter()
+            .any(|m| m.id == listed.id && m.name == *name && m.state == MachineState::Running);
+        if back {
+            sightings.down_since.remove(name);
+        }
+        !back
+    });
     if gone.is_empty() {
         return Ok(());
     }
@@ -503,7 +565,7 @@ async fn one_round<P: Provider>(
         journal.started.push(wall);
     }
     deployment.write_json(JOURNAL_FILE, &journal)?;
-    replace(watcher, &accepted, &mut sightings.resolved).await;
+    replace(watcher, &accepted, &mut sightings.resolved, &lock).await;
     let names: Vec<String> = accepted.iter().map(|job| job.name.clone()).collect();
     for name in &names {
         sightings.down_since.remove(name);
@@ -570,11 +632,11 @@ async fn replace<P: Provider>(
     watcher: &Watcher<'_, P>,
     jobs: &[Job],
     resolved: &mut Option<DeploymentPlan>,
+    _lock: &DeploymentLock,
 ) {
     let Watcher { deployment, provider_kind, request, progress, provider, emit } = *watcher;
     let names: Vec<String> = jobs.iter().map(|job| job.name.clone()).collect();
     let outcome: Result<(), CoreError> = async {
-        let _lock = deployment.lock()?;
         let plan = resolve_once(watcher, resolved).await?;
         let at_risk: Vec<Machine> =
             jobs.iter().filter(|job| job.beside).filter_map(|job| job.old.clone()).collect();
@@ -664,6 +726,20 @@ async fn replace<P: Provider>(
         // What failed may be what was resolved (a network or image changed under the watch).
         *resolved = None;
     }
+    clear_journal(deployment, emit, &names);
+    for name in &names {
+        match &outcome {
+            Ok(()) => emit(Some(name), "replaced", "launched under its name", "healthy".to_owned()),
+            Err(error) => {
+                emit(Some(name), "replacement-failed", "will try again", error.to_string())
+            }
+        }
+    }
+}
+
+/// Clears the journal entries of `names` (replacements done, or failed and left to a later
+/// round).
+fn clear_journal(deployment: &Deployment, emit: &Emit<'_>, names: &[String]) {
     let named: BTreeSet<&str> = names.iter().map(String::as_str).collect();
     let cleared = deployment.read_json::<Journal>(JOURNAL_FILE).map(|journal| {
         let mut journal = journal.unwrap_or_default();
@@ -679,13 +755,5 @@ async fn replace<P: Provider>(
             }
         }
         Err(error) => emit(None, "journal", "clearing finished replacements", error.to_string()),
-    }
-    for name in &names {
-        match &outcome {
-            Ok(()) => emit(Some(name), "replaced", "launched under its name", "healthy".to_owned()),
-            Err(error) => {
-                emit(Some(name), "replacement-failed", "will try again", error.to_string())
-            }
-        }
     }
 }
