@@ -31,7 +31,9 @@
 //!    deployment converges to the spec as `update` does: names without a machine are
 //!    launched anew through the capacity policy with new identities, new machines started,
 //!    and the other machines get the new hosts.yaml as their `on_hosts_change` says; last the
-//!    machines at risk are drained and retired. Then the journal entry is cleared and the replacement counted. The
+//!    machines at risk are drained and retired. Then the journal entry is cleared and the
+//!    replacement counted. A name the converge launched anew beyond the jobs (found gone
+//!    after the round looked) is reported replaced and counted too. The
 //!    spec is checked against the account once, at watch's start, not per replacement.
 //!
 //! 5. the deployment's dedicated host pools are tended ([`Provider::tend_host_pools`]): each
@@ -689,6 +691,11 @@ async fn replace<P: Provider>(
             .filter_map(|job| job.drain_by)
             .min()
             .map(|by| Instant::now() + Duration::from_secs(by.saturating_sub(unix_now())));
+        // Converging launches every name without a running machine, also one found gone after
+        // this round looked (two machines reclaimed at once, the second noticed a moment later):
+        // what it launches beyond the jobs is reported as replaced too, and counted.
+        let before: BTreeMap<String, String> =
+            provider.machines().await?.into_iter().map(|m| (m.name, m.id)).collect();
         let converging = converge(deployment, provider_kind, &update, progress, provider);
         tokio::pin!(converging);
         let mut drained_early: Vec<Machine> = Vec::new();
@@ -708,6 +715,29 @@ async fn replace<P: Provider>(
             }
         };
         converged?;
+        let relaunched: Vec<(String, String)> = provider
+            .machines()
+            .await?
+            .into_iter()
+            .filter(|m| m.role == Role::Binary && m.state == MachineState::Running)
+            .filter(|m| !names.contains(&m.name) && before.get(&m.name) != Some(&m.id))
+            .map(|m| (m.name, m.id))
+            .collect();
+        if !relaunched.is_empty() {
+            let mut journal: Journal = deployment.read_json(JOURNAL_FILE)?.unwrap_or_default();
+            for (name, id) in &relaunched {
+                emit(
+                    Some(name),
+                    "replaced",
+                    &format!(
+                        "launched under its name ({id}), found gone while another replacement converged"
+                    ),
+                    "healthy".to_owned(),
+                );
+                journal.started.push(unix_now());
+            }
+            deployment.write_json(JOURNAL_FILE, &journal)?;
+        }
         if !serving_old.is_empty() {
             // The replacements are healthy: the machines they replace go now.
             let to_drain: Vec<Machine> = serving_old
