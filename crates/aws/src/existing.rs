@@ -811,21 +811,7 @@ fn acl_problems(
     }
     let hub = snapshots.get(AWS_MONITORING_REGION).unwrap_or(&empty);
     let hub_subnets = chosen_of.get(&monitoring.name).cloned().unwrap_or_default();
-    let mut reported: BTreeSet<(String, bool, String, String)> = BTreeSet::new();
-    let scrape = |acl: &NetworkAcl, egress: bool, peer: &str| -> Vec<(TcpPorts, i32)> {
-        SCRAPE_PORTS
-            .iter()
-            .filter_map(|p| {
-                acl_denies(acl, egress, peer, TcpPorts::one(*p)).map(|r| (TcpPorts::one(*p), r))
-            })
-            .collect()
-    };
-    let answers = |acl: &NetworkAcl, egress: bool, peer: &str| -> Vec<(TcpPorts, i32)> {
-        acl_denies(acl, egress, peer, TcpPorts::EPHEMERAL)
-            .map(|r| (TcpPorts::EPHEMERAL, r))
-            .into_iter()
-            .collect()
-    };
+    let mut reported: BTreeSet<(String, bool, String, bool)> = BTreeSet::new();
     for (group, _) in networked.iter().filter(|(g, _)| g.role != Role::Monitoring) {
         if !resolved.groups.contains_key(&group.name) {
             continue;
@@ -847,95 +833,129 @@ fn acl_problems(
                 if hub_id == subnet_id {
                     continue; // One subnet: no ACL between.
                 }
-                let here = acl_of(snapshot, &chosen.subnet);
-                let there = acl_of(hub, &hub_subnet.subnet);
-                // (ACL, its subnet's field, its place, egress, the peer, what it is, the drops)
-                let checks = [
-                    (
-                        here,
-                        &chosen.field,
-                        format!("of subnet {subnet_id} in {region}"),
-                        false,
-                        hub_cidr,
-                        format!(
-                            "from {hub_cidr} (subnet {hub_id} of the monitoring machine in {AWS_MONITORING_REGION}): the monitoring machine cannot scrape there"
+                let hub_named = format!(
+                    "{hub_cidr} (subnet {hub_id} of the monitoring machine in {AWS_MONITORING_REGION})"
+                );
+                let named = format!("{cidr} (subnet {subnet_id} in {region})");
+                let mut flows = Vec::new();
+                if let Some(acl) = acl_of(snapshot, &chosen.subnet) {
+                    let place = format!("of subnet {subnet_id} in {region}");
+                    flows.push(AclFlow {
+                        acl,
+                        field: &chosen.field,
+                        place: place.clone(),
+                        egress: false,
+                        peer: hub_cidr,
+                        what: format!(
+                            "from {hub_named}: the monitoring machine cannot scrape there"
                         ),
-                        here.map(|a| scrape(a, false, hub_cidr)),
-                    ),
-                    (
-                        here,
-                        &chosen.field,
-                        format!("of subnet {subnet_id} in {region}"),
-                        true,
-                        hub_cidr,
-                        format!(
-                            "to {hub_cidr} (subnet {hub_id} of the monitoring machine in {AWS_MONITORING_REGION}): the answers to its scrapes are dropped (network ACLs are stateless)"
-                        ),
-                        here.map(|a| answers(a, true, hub_cidr)),
-                    ),
-                    (
-                        there,
-                        &hub_subnet.field,
-                        format!(
-                            "of subnet {hub_id} in {AWS_MONITORING_REGION}, where the monitoring machine runs"
-                        ),
-                        true,
-                        cidr,
-                        format!(
-                            "to {cidr} (subnet {subnet_id} in {region}): the monitoring machine cannot scrape there"
-                        ),
-                        there.map(|a| scrape(a, true, cidr)),
-                    ),
-                    (
-                        there,
-                        &hub_subnet.field,
-                        format!(
-                            "of subnet {hub_id} in {AWS_MONITORING_REGION}, where the monitoring machine runs"
-                        ),
-                        false,
-                        cidr,
-                        format!(
-                            "from {cidr} (subnet {subnet_id} in {region}): the answers to the monitoring machine's scrapes are dropped (network ACLs are stateless)"
-                        ),
-                        there.map(|a| answers(a, false, cidr)),
-                    ),
-                ];
-                for (acl, field, place, egress, peer, what, drops) in checks {
-                    let (Some(acl), Some(drops)) = (acl, drops) else { continue };
-                    if drops.is_empty() {
-                        continue;
-                    }
-                    let acl_id = acl.network_acl_id().unwrap_or("an unnamed ACL");
-                    let kind = drops[0].0.to_string();
-                    if !reported.insert((acl_id.to_owned(), egress, peer.to_owned(), kind)) {
-                        continue;
-                    }
-                    let direction = if egress { "outbound" } else { "inbound" };
-                    let ports: Vec<String> = drops
-                        .iter()
-                        .map(|(ports, rule)| format!("{ports} (rule {})", rule_name(*rule)))
-                        .collect();
-                    let first_rule = drops.iter().map(|(_, rule)| *rule).min().unwrap_or(32767);
-                    let wanted = if drops[0].0 == TcpPorts::EPHEMERAL {
-                        "TCP 1024-65535".to_owned()
-                    } else {
-                        drops.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>().join(", ")
-                    };
-                    let toward = if egress { "to" } else { "from" };
-                    problems.error(
-                        field,
-                        format!(
-                            "network ACL {acl_id} ({place}) drops {direction} {} {what}",
-                            ports.join(", ")
-                        ),
-                        format!(
-                            "add an {direction} rule allowing {wanted} {toward} {peer} to {acl_id}, numbered below {}",
-                            rule_name(first_rule)
-                        ),
+                        answers: false,
+                    });
+                    flows.push(AclFlow {
+                        acl,
+                        field: &chosen.field,
+                        place,
+                        egress: true,
+                        peer: hub_cidr,
+                        what: format!("to {hub_named}: the answers to its scrapes are dropped (network ACLs are stateless)"),
+                        answers: true,
+                    });
+                }
+                if let Some(acl) = acl_of(hub, &hub_subnet.subnet) {
+                    let place = format!(
+                        "of subnet {hub_id} in {AWS_MONITORING_REGION}, where the monitoring machine runs"
                     );
+                    flows.push(AclFlow {
+                        acl,
+                        field: &hub_subnet.field,
+                        place: place.clone(),
+                        egress: true,
+                        peer: cidr,
+                        what: format!("to {named}: the monitoring machine cannot scrape there"),
+                        answers: false,
+                    });
+                    flows.push(AclFlow {
+                        acl,
+                        field: &hub_subnet.field,
+                        place,
+                        egress: false,
+                        peer: cidr,
+                        what: format!("from {named}: the answers to the monitoring machine's scrapes are dropped (network ACLs are stateless)"),
+                        answers: true,
+                    });
+                }
+                for flow in flows {
+                    let key = (
+                        flow.acl.network_acl_id().unwrap_or_default().to_owned(),
+                        flow.egress,
+                        flow.peer.to_owned(),
+                        flow.answers,
+                    );
+                    if !reported.contains(&key) && flow.report(problems) {
+                        reported.insert(key);
+                    }
                 }
             }
         }
+    }
+}
+
+/// TCP traffic in one direction through one network ACL, for [`acl_problems`].
+struct AclFlow<'a> {
+    acl: &'a NetworkAcl,
+    /// The spec field of the subnet the ACL guards.
+    field: &'a str,
+    /// Which subnet, in words.
+    place: String,
+    egress: bool,
+    /// The block at the other end.
+    peer: &'a str,
+    /// What the traffic is and what dropping it breaks.
+    what: String,
+    /// The answers to Linux's ephemeral ports, else the scrape ports.
+    answers: bool,
+}
+
+impl AclFlow<'_> {
+    /// Reports the ACL's rules that drop this traffic; whether there were any.
+    fn report(&self, problems: &mut Problems) -> bool {
+        let asked: Vec<TcpPorts> = if self.answers {
+            vec![TcpPorts::EPHEMERAL]
+        } else {
+            SCRAPE_PORTS.iter().map(|p| TcpPorts::one(*p)).collect()
+        };
+        let drops: Vec<(TcpPorts, i32)> = asked
+            .into_iter()
+            .filter_map(|ports| {
+                acl_denies(self.acl, self.egress, self.peer, ports).map(|r| (ports, r))
+            })
+            .collect();
+        if drops.is_empty() {
+            return false;
+        }
+        let acl_id = self.acl.network_acl_id().unwrap_or("an unnamed ACL");
+        let direction = if self.egress { "outbound" } else { "inbound" };
+        let ports: Vec<String> = drops
+            .iter()
+            .map(|(ports, rule)| format!("{ports} (rule {})", rule_name(*rule)))
+            .collect();
+        let first_rule = drops.iter().map(|(_, rule)| *rule).min().unwrap_or(32767);
+        let wanted = if self.answers {
+            "TCP 1024-65535".to_owned()
+        } else {
+            drops.iter().map(|(p, _)| p.to_string()).collect::<Vec<_>>().join(", ")
+        };
+        let toward = if self.egress { "to" } else { "from" };
+        problems.error(
+            self.field,
+            format!("network ACL {acl_id} ({}) drops {direction} {} {}", self.place, ports.join(", "), self.what),
+            format!(
+                "add an {direction} rule allowing {wanted} {toward} {} to {acl_id}, numbered below {}",
+                self.peer,
+                rule_name(first_rule)
+            ),
+        );
+        true
     }
 }
 

@@ -141,13 +141,7 @@ pub async fn catalog(
 
 /// Whether the full catalog of `regions` is cached and fresh.
 fn full_catalog_cached(dir: &Path, regions: &[String]) -> bool {
-    let fresh = |name: &str| {
-        fs_err::metadata(dir.join(name))
-            .ok()
-            .and_then(|m| m.modified().ok())
-            .and_then(|modified| SystemTime::now().duration_since(modified).ok())
-            .is_some_and(|age| age <= CATALOG_TTL)
-    };
+    let fresh = |name: &str| is_fresh(&dir.join(name), CATALOG_TTL);
     fresh("instance-types.json") && regions.iter().all(|r| fresh(&format!("offerings-{r}.json")))
 }
 
@@ -191,7 +185,7 @@ async fn narrow_catalog(
                     None => {
                         let (zones, offered) = tokio::try_join!(
                             describe_zones(clients, &region),
-                            describe_named_offerings(clients, &region, joined)
+                            describe_offerings(clients, &region, Some(joined))
                         )?;
                         let narrow = NarrowOfferings { zones, offered };
                         write_cache(dir, &file, &narrow)?;
@@ -243,7 +237,7 @@ async fn full_catalog(
                     match read_cache::<Vec<(String, String)>>(&dir.join(&file), CATALOG_TTL) {
                         Some(offered) => offered,
                         None => {
-                            let offered = describe_offerings(clients, &region).await?;
+                            let offered = describe_offerings(clients, &region, None).await?;
                             write_cache(&dir, &file, &offered)?;
                             offered
                         }
@@ -370,61 +364,44 @@ async fn describe_zones(clients: &Clients, region: &str) -> Result<Vec<String>, 
         .collect())
 }
 
-/// `(type, zone)` for the types named offered in a zone of `region`, 100 names a filter.
-async fn describe_named_offerings(
+/// `(type, zone)` for the types offered in a zone of `region`: every type, or only those of
+/// `names` (100 names a filter).
+async fn describe_offerings(
     clients: &Clients,
     region: &str,
-    names: &[&str],
+    names: Option<&[&str]>,
 ) -> Result<Vec<(String, String)>, ProviderError> {
+    let chunks: Vec<Option<&[&str]>> = match names {
+        Some(names) => names.chunks(100).map(Some).collect(),
+        None => vec![None],
+    };
     let mut offered = Vec::new();
-    for chunk in names.chunks(100) {
+    for chunk in chunks {
+        let filter = chunk.map(|chunk| {
+            Filter::builder()
+                .name("instance-type")
+                .set_values(Some(chunk.iter().map(|n| (*n).to_owned()).collect()))
+                .build()
+        });
         let mut pages = clients
             .ec2(region)
             .describe_instance_type_offerings()
             .location_type(LocationType::AvailabilityZone)
-            .filters(
-                Filter::builder()
-                    .name("instance-type")
-                    .set_values(Some(chunk.iter().map(|n| (*n).to_owned()).collect()))
-                    .build(),
-            )
+            .set_filters(filter.map(|f| vec![f]))
             .max_results(1000)
             .into_paginator()
             .items()
             .send();
+        let what = chunk.map(|c| c.join(",")).unwrap_or_default();
         while let Some(item) = pages.next().await {
             let offering = item.map_err(|e| {
-                AwsError::from_sdk(region, "DescribeInstanceTypeOfferings", chunk.join(","), e)
+                AwsError::from_sdk(region, "DescribeInstanceTypeOfferings", what.clone(), e)
             })?;
             if let (Some(instance_type), Some(zone)) =
                 (offering.instance_type(), offering.location())
             {
                 offered.push((instance_type.as_str().to_owned(), zone.to_owned()));
             }
-        }
-    }
-    Ok(offered)
-}
-
-/// `(type, zone)` for every type offered in a zone of `region`.
-async fn describe_offerings(
-    clients: &Clients,
-    region: &str,
-) -> Result<Vec<(String, String)>, ProviderError> {
-    let mut pages = clients
-        .ec2(region)
-        .describe_instance_type_offerings()
-        .location_type(LocationType::AvailabilityZone)
-        .max_results(1000)
-        .into_paginator()
-        .items()
-        .send();
-    let mut offered = Vec::new();
-    while let Some(item) = pages.next().await {
-        let offering =
-            item.map_err(|e| AwsError::from_sdk(region, "DescribeInstanceTypeOfferings", "", e))?;
-        if let (Some(instance_type), Some(zone)) = (offering.instance_type(), offering.location()) {
-            offered.push((instance_type.as_str().to_owned(), zone.to_owned()));
         }
     }
     Ok(offered)
@@ -519,13 +496,19 @@ pub fn from_sdk(info: &InstanceTypeInfo) -> Option<InstanceType> {
 
 /// A cached value, when its file is younger than `ttl` and reads.
 pub(crate) fn read_cache<T: serde::de::DeserializeOwned>(path: &Path, ttl: Duration) -> Option<T> {
-    let metadata = fs_err::metadata(path).ok()?;
-    let age = SystemTime::now().duration_since(metadata.modified().ok()?).unwrap_or_default();
-    if age > ttl {
+    if !is_fresh(path, ttl) {
         return None;
     }
     let bytes = fs_err::read(path).ok()?;
     serde_json::from_slice(&bytes).ok()
+}
+
+/// Whether the file at `path` exists and is younger than `ttl` (a time in the future counts as
+/// now).
+fn is_fresh(path: &Path, ttl: Duration) -> bool {
+    fs_err::metadata(path).ok().and_then(|m| m.modified().ok()).is_some_and(|modified| {
+        SystemTime::now().duration_since(modified).unwrap_or_default() <= ttl
+    })
 }
 
 pub(crate) fn write_cache<T: serde::Serialize>(
