@@ -15,9 +15,11 @@
 //! restarts knows it without a state file of its own.
 
 use std::io::Read;
+use std::net::IpAddr;
 use std::os::unix::fs::PermissionsExt;
 
 use flotilla_spec::manifest::Artifact;
+use flotilla_spec::tree::{Node, NodeValue};
 use sha2::{Digest, Sha256};
 
 use crate::artifacts::{DOWNLOAD_TIMEOUT, verify_artifact};
@@ -101,6 +103,33 @@ pub(crate) fn digest(dir: &InstanceDir) -> Option<String> {
     Some(hex::encode(hasher.finalize()))
 }
 
+/// This machine's own address in the hosts.yaml in place: the `ip` of the entry of `name`
+/// under `hosts:`, or `None` when the file, the entry or its address is missing (the monitoring
+/// machine has no entry; a machine before its first hosts.yaml has no file).
+///
+/// `FLOTILLA_IP` is defined as this address, and it is read each time the binary starts rather
+/// than taken from the identity the agent loaded: a machine stopped and started (a capture's
+/// `--stop`) comes back at a new public address, which reaches the agent as a hosts-only change
+/// before its binary starts again, while the agent's identity, loaded at its own start, keeps
+/// the old one.
+pub(crate) fn own_address(dir: &InstanceDir, name: &str) -> Option<IpAddr> {
+    let text = fs_err::read_to_string(dir.hosts()).ok()?;
+    let document = flotilla_spec::yaml::parse_single_document(&text).ok()?;
+    let NodeValue::Sequence(hosts) = &field(&document, "hosts")?.value else { return None };
+    let own = hosts.iter().find(|host| field(host, "name").and_then(scalar_text) == Some(name))?;
+    scalar_text(field(own, "ip")?)?.parse().ok()
+}
+
+/// The value of `key` in a mapping node.
+fn field<'a>(node: &'a Node, key: &str) -> Option<&'a Node> {
+    let NodeValue::Mapping(entries) = &node.value else { return None };
+    entries.iter().find(|entry| scalar_text(&entry.key) == Some(key)).map(|entry| &entry.value)
+}
+
+fn scalar_text(node: &Node) -> Option<&str> {
+    node.as_scalar().map(|scalar| scalar.text.as_str())
+}
+
 fn remove_if_present(path: &std::path::Path) -> std::io::Result<()> {
     match fs_err::remove_file(path) {
         Err(error) if error.kind() != std::io::ErrorKind::NotFound => Err(error),
@@ -121,6 +150,25 @@ mod tests {
 
     fn write(path: &std::path::Path, text: &str) {
         fs_err::write(path, text).expect("writing a test file");
+    }
+
+    #[test]
+    fn own_address_is_the_entry_of_this_name_in_the_file_in_place() {
+        let temp = tempfile::tempdir().unwrap();
+        let dir = InstanceDir::new(temp.path().to_path_buf());
+        assert_eq!(own_address(&dir, "node-0"), None, "no file yet");
+        write(
+            &dir.hosts(),
+            "monitoring:\n  public: 10.0.0.9\n  private: 10.1.0.9\nhosts:\n- name: node-1\n  region: us-east-1\n  ip: 10.0.0.2\n- name: 'yes'\n  region: us-east-1\n  ip: 10.0.0.3\n- name: node-0\n  region: eu-west-1\n  ip: 10.0.0.1\n",
+        );
+        assert_eq!(own_address(&dir, "node-0"), Some("10.0.0.1".parse().unwrap()));
+        assert_eq!(own_address(&dir, "yes"), Some("10.0.0.3".parse().unwrap()), "quoted name");
+        assert_eq!(own_address(&dir, "monitoring"), None, "the monitoring machine has no entry");
+        assert_eq!(own_address(&dir, "node-2"), None);
+        write(&dir.hosts(), "monitoring:\n  public: 10.0.0.9\n  private: 10.1.0.9\nhosts: []\n");
+        assert_eq!(own_address(&dir, "node-0"), None);
+        write(&dir.hosts(), "hosts:\n- name: node-0\n  ip: [\n");
+        assert_eq!(own_address(&dir, "node-0"), None, "a broken file gives nothing");
     }
 
     #[test]

@@ -78,6 +78,8 @@ pub(crate) struct BinaryEnvironment {
     pub(crate) tag: String,
     pub(crate) name: String,
     pub(crate) region: String,
+    /// The identity's public address: `FLOTILLA_IP` when hosts.yaml has no entry for this
+    /// machine (see [`crate::hosts::own_address`]).
     pub(crate) public_ip: IpAddr,
     pub(crate) private_ip: IpAddr,
     /// Where health checks connect: the agent's own listen address when it is a specific one
@@ -657,11 +659,14 @@ impl Supervisor {
     /// manifest's `env`.
     fn binary_env(&self, selected: &Selected) -> Vec<(OsString, OsString)> {
         let environment = &self.environment;
+        // The address hosts.yaml gives this machine now, which a stop and start changes.
+        let public_ip = crate::hosts::own_address(&environment.dir, &environment.name)
+            .unwrap_or(environment.public_ip);
         let mut env: Vec<(OsString, OsString)> = [
             ("FLOTILLA_TAG", environment.tag.clone()),
             ("FLOTILLA_NAME", environment.name.clone()),
             ("FLOTILLA_REGION", environment.region.clone()),
-            ("FLOTILLA_IP", environment.public_ip.to_string()),
+            ("FLOTILLA_IP", public_ip.to_string()),
             ("FLOTILLA_PRIVATE_IP", environment.private_ip.to_string()),
         ]
         .into_iter()

@@ -163,7 +163,8 @@ impl Versions {
             name: self.identity.name.clone(),
             tag: self.identity.tag.clone(),
             region: self.identity.region.clone(),
-            public_ip: self.identity.public_ip,
+            public_ip: hosts::own_address(&self.dir, &self.identity.name)
+                .unwrap_or(self.identity.public_ip),
             private_ip: self.identity.private_ip,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             state: supervisor.state,

@@ -240,10 +240,9 @@ fn an_unfinished_capture_run_again_makes_nothing_twice() {
 }
 
 /// `count` fleet-app nodes (hosts.yaml reread on SIGHUP) without data disks, and the
-/// monitoring machine. No HTTP health check: the agent gives a binary the public address of
-/// the identity it loaded at its start (`FLOTILLA_IP`), which after a stop and start is the
-/// old one until the agent's next start, and the emulator's loopback addresses let the app
-/// bind it, where the agent's check would not find it.
+/// monitoring machine. No HTTP health check: after a stop and start the app listens at its new
+/// address (`FLOTILLA_IP`), while in the emulator the agent, whose process outlives the
+/// instance's stop, still checks health at the loopback address it listens on.
 fn nodes_spec(fleet: &AwsFleet, count: usize) -> String {
     fleet.write("app.conf", "port = 9090\ngreeting = \"hello\"\ninterval = 300\n");
     let text = format!(
@@ -369,6 +368,12 @@ fn a_machine_stopped_for_a_capture_is_left_alone_by_watch_and_its_new_address_pu
     assert!(hosts_yaml.contains(&new_ip), "{hosts_yaml}");
     wait_for("node-1's binary to read node-0's new address", Duration::from_secs(20), || {
         (peer_address(now1, "node-0")? == new_ip).then_some(())
+    });
+    // node-0's binary was started again with its new address as `FLOTILLA_IP` (the agent
+    // reads it from the hosts.yaml in place, not from the identity it loaded before the stop),
+    // so it listens there.
+    wait_for("node-0's binary at its new address", Duration::from_secs(20), || {
+        http_get(ip_of(now0), 9090, "/peers").map(|_| ())
     });
     runtime.block_on(scope.clear_timing()).unwrap();
     fleet.run_ok(&["destroy", &fleet.tag_arg()]);
