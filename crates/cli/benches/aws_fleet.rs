@@ -204,6 +204,9 @@ fn bench_capacity(
     runtime.block_on(scope.reset_counts()).unwrap();
 
     let logs = std::env::var_os("FLOTILLA_BENCH_LOGS").map(PathBuf::from);
+    if let Some(dir) = &logs {
+        fs_err::create_dir_all(dir).unwrap();
+    }
     let run = |args: &[&str]| {
         let started = Instant::now();
         let output = Command::new(&flotilla)
@@ -352,6 +355,9 @@ fn bench(
 
     // FLOTILLA_BENCH_LOGS=DIR keeps each command's log (with -v: every stage, timed) in DIR.
     let logs = std::env::var_os("FLOTILLA_BENCH_LOGS").map(PathBuf::from);
+    if let Some(dir) = &logs {
+        fs_err::create_dir_all(dir).unwrap();
+    }
     let run = |args: &[&str]| {
         let started = Instant::now();
         let output = Command::new(&flotilla)

@@ -69,6 +69,9 @@ fn grow(flotilla: &Path, size: usize) {
     fs_err::write(work.path().join("large.yaml"), spec(size * 2)).unwrap();
     // FLOTILLA_BENCH_LOGS=DIR keeps each command's log (with -v: every stage, timed) in DIR.
     let logs = std::env::var_os("FLOTILLA_BENCH_LOGS").map(PathBuf::from);
+    if let Some(dir) = &logs {
+        fs_err::create_dir_all(dir).unwrap();
+    }
     let run = |args: &[&str]| -> (Duration, Vec<u8>) {
         let started = Instant::now();
         let output = Command::new(flotilla)
@@ -215,6 +218,9 @@ impl EmulatedFleet {
     fn watch(&self, shape: &str) -> (std::process::Child, std::sync::mpsc::Receiver<Value>) {
         let max = self.size.to_string();
         let logs = std::env::var_os("FLOTILLA_BENCH_LOGS").map(PathBuf::from);
+        if let Some(dir) = &logs {
+            fs_err::create_dir_all(dir).unwrap();
+        }
         let mut watch = self
             .command(&[
                 "watch",
