@@ -787,13 +787,13 @@ impl OutputTail {
 
 /// How a process ended.
 #[derive(Debug)]
-enum End {
+pub(crate) enum End {
     Exited(ExitStatus),
     TimedOut(Duration),
 }
 
 impl End {
-    fn succeeded(&self) -> bool {
+    pub(crate) fn succeeded(&self) -> bool {
         matches!(self, End::Exited(status) if status.success())
     }
 
@@ -804,7 +804,7 @@ impl End {
         }
     }
 
-    fn describe(&self) -> String {
+    pub(crate) fn describe(&self) -> String {
         use std::os::unix::process::ExitStatusExt;
         match self {
             End::Exited(status) => match (status.code(), status.signal()) {
@@ -822,9 +822,9 @@ impl End {
     }
 }
 
-struct ProcessResult {
-    end: End,
-    output: String,
+pub(crate) struct ProcessResult {
+    pub(crate) end: End,
+    pub(crate) output: String,
 }
 
 /// Kills the process group of a command when the boot step is abandoned (an order came while
@@ -844,7 +844,7 @@ impl Drop for GroupGuard {
 
 /// Runs `argv` in its own process group in `cwd` with `env` added, stdout and stderr captured
 /// together (the last [`OUTPUT_TAIL_BYTES`]), killed with its group after `timeout`.
-async fn run_process(
+pub(crate) async fn run_process(
     spawner: &Spawner,
     argv: &[String],
     cwd: &Path,

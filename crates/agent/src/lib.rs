@@ -102,6 +102,7 @@ mod machine_facts;
 mod metrics;
 mod notify;
 mod output_capture;
+mod packages;
 mod process_group;
 mod profile;
 mod refusal_log;

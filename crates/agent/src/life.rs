@@ -233,12 +233,21 @@ pub(crate) async fn start(
     // 3b. The services' supervisors, made as versions name them.
     let supervisors = Supervisors::new(
         supervisor,
-        service_supervisor_factory(&context, spawner, metrics.clone(), lifecycle.clone()),
+        service_supervisor_factory(&context, spawner.clone(), metrics.clone(), lifecycle.clone()),
     );
     life.running.push(Component::Services(supervisors.clone()));
     // 4. The versions: the installed version is ordered to start before the API answers.
-    let versions =
-        Arc::new(Versions::new(&context, state, supervisors, lifecycle, metrics, fetchers));
+    let packages =
+        crate::packages::ServicePackages { target: boot_target(&context, None), spawner };
+    let versions = Arc::new(Versions::new(
+        &context,
+        state,
+        supervisors,
+        lifecycle,
+        metrics,
+        fetchers,
+        packages,
+    ));
     versions.restore().await;
     life.running.push(Component::Versions(versions.clone()));
     // 4b. The keepalive watcher, which ends the agent's life when the deployment goes silent.

@@ -693,6 +693,7 @@ impl Supervisor {
         }
         let program = match &service.program {
             ServiceProgram::System(path) => std::path::PathBuf::from(path),
+            ServiceProgram::Package(program) => std::path::PathBuf::from(&program.path),
             ServiceProgram::Artifact(_) => files.join(SERVICE_PROGRAM_FILE),
         };
         let address = environment.health_address.to_string();

@@ -109,6 +109,8 @@ pub(crate) struct Versions {
     pub(crate) keepalive: KeepaliveHandle,
     /// Records CPU profiles of the binary, one at a time.
     profiler: crate::profile::Profiler,
+    /// Makes the services' package programs ready while a version is prepared.
+    packages: crate::packages::ServicePackages,
 }
 
 /// How long after a hosts-change signal an exit counts as the binary's answer to it.
@@ -129,6 +131,7 @@ impl Versions {
         lifecycle: LifecycleHandle,
         metrics: Arc<AgentMetrics>,
         fetchers: Fetchers,
+        packages: crate::packages::ServicePackages,
     ) -> Versions {
         Versions {
             identity: context.identity.clone(),
@@ -146,6 +149,7 @@ impl Versions {
             lifecycle,
             keepalive: KeepaliveHandle::open(context.dir.root()),
             profiler: crate::profile::Profiler::default(),
+            packages,
         }
     }
 
@@ -521,6 +525,10 @@ impl Versions {
         artifacts::install_version(&self.fetchers, &self.dir, version, manifest)
             .await
             .map_err(|reason| ("while downloading", reason))?;
+        self.packages
+            .prepare(version, manifest, &self.log)
+            .await
+            .map_err(|reason| ("while installing packages", reason))?;
         let new_hosts = manifest.hosts_version();
         let swap_hosts = lock(&self.hosts).as_deref() != Some(new_hosts.as_str());
         if swap_hosts {
@@ -913,6 +921,23 @@ fn check_manifest(manifest: &Manifest, fetchers: &Fetchers) -> Result<(), String
                 return Err(format!("`{at}.program.system` {path:?} must be an absolute path"));
             }
             ServiceProgram::System(_) => {}
+            ServiceProgram::Package(program)
+                if !flotilla_spec::manifest::PackageProgram::name_is_valid(&program.package) =>
+            {
+                return Err(format!(
+                    "`{at}.program.package.package` {:?} is not a Debian package name",
+                    program.package
+                ));
+            }
+            ServiceProgram::Package(program)
+                if !program.path.starts_with('/') || program.path.contains('\0') =>
+            {
+                return Err(format!(
+                    "`{at}.program.package.path` {:?} must be an absolute path",
+                    program.path
+                ));
+            }
+            ServiceProgram::Package(_) => {}
             ServiceProgram::Artifact(program) => {
                 artifacts.push((format!("{at}.program.artifact"), program));
             }

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use common::{Deployment, IDLE, Version, kill, process_alive, wait_until};
 use flotilla_spec::api::{AgentStatus, BinaryState, RolloutPhase};
-use flotilla_spec::manifest::{Manifest, ServiceManifest, ServiceProgram};
+use flotilla_spec::manifest::{Manifest, PackageProgram, ServiceManifest, ServiceProgram};
 use flotilla_spec::{HealthCheck, RestartPolicy, RestartSpec};
 use rustix::process::Signal;
 
@@ -299,5 +299,67 @@ async fn live_files_follow_membership_in_place_without_a_restart_and_survive_an_
     let (code, body) = deployment.apply(&second).await;
     assert!(code.is_success(), "{body}");
     assert_eq!(body["result"], "unchanged", "{body}");
+    agent.shutdown().await.unwrap();
+}
+
+/// A service whose program is a distribution package's, with `path` and no health check.
+fn package_service(name: &str, package: &str, path: &str) -> ServiceManifest {
+    ServiceManifest {
+        name: name.to_owned(),
+        program: ServiceProgram::Package(PackageProgram {
+            package: package.to_owned(),
+            path: path.to_owned(),
+        }),
+        args: vec!["-c".to_owned(), IDLE.to_owned()],
+        env: BTreeMap::new(),
+        files: BTreeMap::new(),
+        live_files: BTreeMap::new(),
+        health: HealthCheck::None,
+        restart: quick_restarts(),
+    }
+}
+
+/// Where the machine's packages are not the agent's (the test's bootstrap, as the local
+/// provider's and the emulator's): a package's program that is there runs; one that is not
+/// fails the next rollout before anything of it starts, naming the package to install, and
+/// the running version stays.
+#[tokio::test]
+async fn a_package_program_runs_where_it_is_and_a_missing_one_fails_the_rollout_first() {
+    let deployment = Deployment::new("127.200.20.6");
+    let agent = deployment.start().await;
+    let mut first = deployment.publish(&Version::script(IDLE));
+    first.services = vec![package_service("shell", "dash", "/bin/sh")];
+    deployment.install(&first).await;
+    let status = deployment
+        .wait_for("the package service healthy", |s| services_healthy(s, &["shell"]))
+        .await;
+    let shell_pid = service(&status, "shell").pid.expect("it runs");
+
+    let mut second = deployment.publish(&Version::script(&format!("# v2\n{IDLE}")));
+    second.services = vec![package_service("shell", "no-such-tool", "/nonexistent/no-such-tool")];
+    let (code, body) = deployment.apply(&second).await;
+    assert!(code.is_success(), "{body}");
+    let rollout = deployment.wait_rollout_done(&second).await;
+    assert_ne!(rollout.phase, RolloutPhase::Healthy, "{rollout:#?}");
+    let reason = rollout.reason.unwrap_or_default();
+    assert!(
+        reason.contains("/nonexistent/no-such-tool is not on this machine")
+            && reason.contains("install the package no-such-tool"),
+        "the reason names the program and the package: {reason}"
+    );
+    let status = deployment.status().await;
+    assert_eq!(status.version.as_deref(), Some(first.version().as_str()));
+    assert_eq!(
+        service(&status, "shell").pid,
+        Some(shell_pid),
+        "the first version's service kept running"
+    );
+
+    // A package name Debian would not take is refused with the manifest.
+    let mut bad = first.clone();
+    bad.services[0] = package_service("shell", "Bad_Name", "/bin/sh");
+    let (code, body) = deployment.apply(&bad).await;
+    assert_eq!(code, reqwest::StatusCode::BAD_REQUEST, "{body}");
+    assert!(body.to_string().contains("is not a Debian package name"), "{body}");
     agent.shutdown().await.unwrap();
 }

@@ -59,6 +59,7 @@ use std::path::PathBuf;
 use std::sync::Mutex;
 use std::time::Duration;
 
+use flotilla_core::monitoring::services::{MonitoringTools, Tool};
 use flotilla_core::plan::{AWS_MONITORING_REGION, DeploymentPlan};
 use flotilla_core::progress::Progress;
 use flotilla_core::provider::{LocalArtifact, Machine, Provider, ProviderError};
@@ -207,6 +208,27 @@ impl flotilla_core::provider::Surveyor for AwsProvider {
 }
 
 impl Provider for AwsProvider {
+    /// Ubuntu's `prometheus` and `prometheus-node-exporter` on flotilla's default image,
+    /// installed by each machine's agent with apt (signed by Ubuntu; see the agent's
+    /// `packages`); nothing on an image of the user's own, which may have no apt.
+    fn monitoring_tools(&self, spec: &flotilla_spec::FleetSpec) -> MonitoringTools {
+        let own_image = spec.account.image.is_some()
+            || spec.instances.iter().any(|entry| entry.account.image.is_some());
+        if own_image {
+            return MonitoringTools::none(
+                "machines on an image of your own (`image:`) get no monitoring programs from flotilla, which installs Ubuntu's packages only on its default image",
+            );
+        }
+        let package = |package: &str, path: &str| Tool::Package {
+            package: package.to_owned(),
+            path: path.to_owned(),
+        };
+        MonitoringTools {
+            prometheus: package("prometheus", "/usr/bin/prometheus"),
+            node_exporter: package("prometheus-node-exporter", "/usr/bin/prometheus-node-exporter"),
+        }
+    }
+
     async fn prepare(
         &self,
         plan: &DeploymentPlan,

@@ -147,10 +147,13 @@ impl Surveyor for ProviderContext {
 }
 
 impl Provider for AnyProvider {
-    fn monitoring_tools(&self) -> flotilla_core::monitoring::services::MonitoringTools {
+    fn monitoring_tools(
+        &self,
+        spec: &flotilla_spec::FleetSpec,
+    ) -> flotilla_core::monitoring::services::MonitoringTools {
         match self {
-            AnyProvider::Local(p) => p.monitoring_tools(),
-            AnyProvider::Aws(p) => p.monitoring_tools(),
+            AnyProvider::Local(p) => p.monitoring_tools(spec),
+            AnyProvider::Aws(p) => p.monitoring_tools(spec),
         }
     }
 

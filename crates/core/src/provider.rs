@@ -391,12 +391,18 @@ pub trait Provider: Surveyor {
         progress: &dyn Progress,
     ) -> impl Future<Output = Result<(), ProviderError>> + Send;
 
-    /// Where the monitoring programs (Prometheus, node exporter) come from on this provider's
-    /// machines; a program a provider cannot give is missing, with why and how to get it, and
-    /// its service is left out. Asked once per command, before manifests are built.
-    fn monitoring_tools(&self) -> crate::monitoring::services::MonitoringTools {
+    /// Where the monitoring programs (Prometheus, node exporter) come from on the machines of
+    /// `spec` (whose image, for example, decides what they have); a program a provider cannot
+    /// give is missing, with why and how to get it, and its service is left out. Asked once per
+    /// command, before manifests are built; the same spec gets the same answer, so that a
+    /// command run again builds the same manifests.
+    fn monitoring_tools(
+        &self,
+        spec: &flotilla_spec::FleetSpec,
+    ) -> crate::monitoring::services::MonitoringTools {
+        let _ = spec;
         crate::monitoring::services::MonitoringTools::none(
-            "this provider's machines get no monitoring programs yet",
+            "this provider gives its machines no monitoring programs",
         )
     }
 

@@ -407,7 +407,7 @@ impl flotilla_core::provider::Surveyor for LocalProvider {
 }
 
 impl Provider for LocalProvider {
-    fn monitoring_tools(&self) -> MonitoringTools {
+    fn monitoring_tools(&self, _spec: &flotilla_spec::FleetSpec) -> MonitoringTools {
         self.monitoring_tools.clone()
     }
 

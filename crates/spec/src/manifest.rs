@@ -137,6 +137,33 @@ pub enum ServiceProgram {
     System(String),
     /// An executable downloaded and verified like the binary.
     Artifact(Artifact),
+    /// An executable of a distribution package, installed with apt before the version starts
+    /// where the machine's packages are the agent's to manage (the distribution's signatures
+    /// verify it; its own service unit of the package's name is masked first, so that the
+    /// distribution does not start a second copy), and expected at `path` elsewhere.
+    Package(PackageProgram),
+}
+
+/// A service's program from a distribution package (see [`ServiceProgram::Package`]).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct PackageProgram {
+    /// The Debian package: `prometheus`, `prometheus-node-exporter`.
+    pub package: String,
+    /// The executable it installs: `/usr/bin/prometheus`.
+    pub path: String,
+}
+
+impl PackageProgram {
+    /// Checks the package name as Debian policy has it: lower-case letters, digits, `+`, `-`
+    /// and `.`, at least two, starting with a letter or digit.
+    pub fn name_is_valid(name: &str) -> bool {
+        name.len() >= 2
+            && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+            && name.chars().all(|c| {
+                c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '+' | '-' | '.')
+            })
+    }
 }
 
 impl ServiceManifest {
@@ -198,7 +225,7 @@ impl Manifest {
         #[derive(Serialize)]
         struct ServiceContent<'a> {
             name: &'a str,
-            program: &'a str,
+            program: std::borrow::Cow<'a, str>,
             args: &'a [String],
             env: &'a BTreeMap<String, String>,
             files: BTreeMap<&'a str, &'a str>,
@@ -211,8 +238,11 @@ impl Manifest {
             .map(|service| ServiceContent {
                 name: &service.name,
                 program: match &service.program {
-                    ServiceProgram::System(path) => path,
-                    ServiceProgram::Artifact(artifact) => &artifact.sha256,
+                    ServiceProgram::System(path) => path.into(),
+                    ServiceProgram::Artifact(artifact) => artifact.sha256.as_str().into(),
+                    ServiceProgram::Package(program) => {
+                        format!("package {} {}", program.package, program.path).into()
+                    }
                 },
                 args: &service.args,
                 env: &service.env,

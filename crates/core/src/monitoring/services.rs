@@ -2,8 +2,10 @@
 //! and on the monitoring machine Prometheus with flotilla's configuration, rules and targets.
 //!
 //! Where each program comes from is the provider's answer ([`MonitoringTools`]): a path every
-//! machine has (locally, the programs this host has installed), or missing, with the reason and
-//! how to get it, in which case the service is left out and the user is told once.
+//! machine has (locally, the programs this host has installed), a distribution package each
+//! machine's agent installs (on AWS, Ubuntu's `prometheus` and `prometheus-node-exporter`,
+//! verified by apt's signatures), or missing, with the reason and how to get it, in which case
+//! the service is left out and the user is told once.
 //!
 //! Prometheus's files travel as the service's files (its configuration and rules: part of the
 //! monitoring machine's version, a change restarts it) and its target files as live files
@@ -14,7 +16,7 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use flotilla_spec::manifest::{Artifact, ServiceManifest, ServiceProgram};
+use flotilla_spec::manifest::{Artifact, PackageProgram, ServiceManifest, ServiceProgram};
 use flotilla_spec::{HealthCheck, RestartPolicy, RestartSpec};
 
 use super::prometheus::NODE_EXPORTER_PORT;
@@ -39,8 +41,25 @@ pub const SCRAPE_INTERVAL: Duration = Duration::from_secs(5);
 pub enum Tool {
     /// The machines have it at this path.
     System(String),
+    /// The machines' agents install this distribution package, which gives the program at
+    /// `path` (see [`ServiceProgram::Package`]).
+    Package { package: String, path: String },
     /// The machines do not have it: why, and how to get it.
     Missing(String),
+}
+
+impl Tool {
+    /// The service program this tool gives, if any.
+    fn program(&self) -> Option<ServiceProgram> {
+        match self {
+            Tool::System(path) => Some(ServiceProgram::System(path.clone())),
+            Tool::Package { package, path } => Some(ServiceProgram::Package(PackageProgram {
+                package: package.clone(),
+                path: path.clone(),
+            })),
+            Tool::Missing(_) => None,
+        }
+    }
 }
 
 /// The monitoring programs of a provider's machines.
@@ -65,7 +84,7 @@ impl MonitoringTools {
             .into_iter()
             .filter_map(|(name, tool)| match tool {
                 Tool::Missing(why) => Some(format!("{name} is skipped: {why}")),
-                Tool::System(_) => None,
+                Tool::System(_) | Tool::Package { .. } => None,
             })
             .collect()
     }
@@ -81,12 +100,10 @@ fn restart() -> RestartSpec {
 
 /// Node exporter on the machine's own address, when the machines have it.
 pub fn node_exporter(tools: &MonitoringTools) -> Option<ServiceManifest> {
-    let Tool::System(path) = &tools.node_exporter else {
-        return None;
-    };
+    let program = tools.node_exporter.program()?;
     Some(ServiceManifest {
         name: NODE_EXPORTER.to_owned(),
-        program: ServiceProgram::System(path.clone()),
+        program,
         args: vec![format!("--web.listen-address={{address}}:{NODE_EXPORTER_PORT}")],
         env: BTreeMap::new(),
         files: BTreeMap::new(),
@@ -104,12 +121,10 @@ pub fn prometheus(
     files: BTreeMap<String, Artifact>,
     targets: BTreeMap<String, Artifact>,
 ) -> Option<ServiceManifest> {
-    let Tool::System(path) = &tools.prometheus else {
-        return None;
-    };
+    let program = tools.prometheus.program()?;
     Some(ServiceManifest {
         name: PROMETHEUS.to_owned(),
-        program: ServiceProgram::System(path.clone()),
+        program,
         args: vec![
             format!("--config.file={{files}}/{PROMETHEUS_CONFIG_FILE}"),
             "--storage.tsdb.path={data}/tsdb".to_owned(),
@@ -141,5 +156,26 @@ mod tests {
             ["prometheus is skipped: install it with apt-get install prometheus"]
         );
         assert!(MonitoringTools::none("no tools here").missing().len() == 2);
+    }
+
+    #[test]
+    fn a_package_tool_makes_a_package_program() {
+        let tools = MonitoringTools {
+            prometheus: Tool::Package {
+                package: "prometheus".into(),
+                path: "/usr/bin/prometheus".into(),
+            },
+            node_exporter: Tool::Missing("none here".into()),
+        };
+        let prometheus = prometheus(&tools, BTreeMap::new(), BTreeMap::new()).expect("prometheus");
+        assert_eq!(
+            prometheus.program,
+            ServiceProgram::Package(PackageProgram {
+                package: "prometheus".into(),
+                path: "/usr/bin/prometheus".into()
+            })
+        );
+        assert!(node_exporter(&tools).is_none());
+        assert_eq!(tools.missing(), ["node-exporter is skipped: none here"]);
     }
 }

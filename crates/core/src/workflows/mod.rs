@@ -334,7 +334,7 @@ async fn build_manifests<P: Provider>(
     let monitoring = monitoring_machine(machines)?;
     let hosts = publish_hosts(provider, deployment, machines, progress).await?;
 
-    let tools = provider.monitoring_tools();
+    let tools = provider.monitoring_tools(spec);
     for missing in tools.missing() {
         progress.notice(&format!("monitoring: {missing}"));
     }
