@@ -229,6 +229,16 @@ impl Provider for AwsProvider {
         }
     }
 
+    /// The private address; under an emulator (an endpoint or address map of its own), whose
+    /// private addresses are invented, the public one, which is on this host's loopback.
+    fn scrape_address(&self, machine: &Machine) -> std::net::IpAddr {
+        if self.clients.endpoint().is_some() || self.clients.address_map().is_some() {
+            machine.public_ip
+        } else {
+            machine.private_ip
+        }
+    }
+
     async fn prepare(
         &self,
         plan: &DeploymentPlan,

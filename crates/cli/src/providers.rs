@@ -157,6 +157,13 @@ impl Provider for AnyProvider {
         }
     }
 
+    fn scrape_address(&self, machine: &Machine) -> std::net::IpAddr {
+        match self {
+            AnyProvider::Local(p) => p.scrape_address(machine),
+            AnyProvider::Aws(p) => p.scrape_address(machine),
+        }
+    }
+
     async fn prepare(
         &self,
         plan: &DeploymentPlan,

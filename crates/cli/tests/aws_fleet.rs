@@ -11,6 +11,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
 
 use common::aws::AwsFleet;
+use common::monitoring::{all_up, expected_targets, require_monitoring_programs};
 use common::*;
 use flotilla_emulator::control::{Emulator, FaultRule, PoolFilter};
 
@@ -53,6 +54,7 @@ fn app_config(greeting: &str) -> String {
 /// update → destroy → nothing left of any kind.
 #[test]
 fn a_deployer_config_in_five_regions_lives_and_leaves_nothing() {
+    require_monitoring_programs();
     let fleet = AwsFleet::new("five-regions");
     let emulator = Emulator::require();
     fleet.write("app.conf", &app_config("hello"));
@@ -125,6 +127,38 @@ fn a_deployer_config_in_five_regions_lives_and_leaves_nothing() {
             )),
             "{hosts}"
         );
+    }
+
+    // On flotilla's default image every machine runs Ubuntu's node exporter and the monitoring
+    // machine Prometheus (the emulator's machines install nothing and run this host's): it
+    // scrapes every machine of the five regions, labelled as AWS has them.
+    let monitoring = row_named(&rows, "monitoring");
+    let services: Vec<&str> = monitoring["services"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|s| s["name"].as_str())
+        .collect();
+    assert_eq!(services, ["prometheus", "node-exporter"], "{monitoring}");
+    let binaries: Vec<String> = rows
+        .iter()
+        .filter(|r| r["role"] == "binary")
+        .map(|r| r["name"].as_str().unwrap().to_owned())
+        .collect();
+    let series = wait_for("every target up in Prometheus", Duration::from_secs(60), || {
+        all_up(ip_of(monitoring), &expected_targets(&binaries))
+    });
+    let tokyo = series
+        .iter()
+        .find(|s| s["metric"]["job"] == "binary" && s["metric"]["name"] == "tokyo")
+        .expect("tokyo's binary target");
+    for (label, value) in [
+        ("deployment", fleet.tag.as_str()),
+        ("region", "ap-northeast-1"),
+        ("instance_type", "m7i.large"),
+        ("market", "on-demand"),
+    ] {
+        assert_eq!(tokyo["metric"][label], value, "label {label} of {tokyo}");
     }
 
     // The agent port admits only the given /32; the spec's port is open as written; the scrape

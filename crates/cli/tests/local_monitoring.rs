@@ -9,6 +9,7 @@ use std::collections::BTreeSet;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use common::monitoring::*;
 use common::*;
 use serde_json::Value;
 
@@ -39,55 +40,6 @@ update: {{batch_size: 2, health_deadline: 20s}}
     )
 }
 
-/// Fails loudly when the host lacks the programs the test needs.
-fn require_monitoring_programs() {
-    for program in ["prometheus", "prometheus-node-exporter"] {
-        let found = std::env::var_os("PATH").is_some_and(|path| {
-            std::env::split_paths(&path).any(|dir| dir.join(program).is_file())
-        });
-        assert!(
-            found,
-            "{program} is not installed: run scripts/test, or apt-get install prometheus prometheus-node-exporter"
-        );
-    }
-}
-
-/// Prometheus's JSON answer to `path`, once it answers.
-fn prometheus(ip: IpAddr, path: &str) -> Option<Value> {
-    let body = http_get(ip, 9090, path)?;
-    let value: Value = serde_json::from_str(&body).ok()?;
-    (value["status"] == "success").then(|| value["data"].clone())
-}
-
-/// Every (job, name) target Prometheus scrapes, once all of `expected` are up; `None` before.
-fn all_up(ip: IpAddr, expected: &BTreeSet<(String, String)>) -> Option<Vec<Value>> {
-    let up = prometheus(ip, "/api/v1/query?query=up")?;
-    let series = up["result"].as_array()?.clone();
-    let seen: BTreeSet<(String, String)> = series
-        .iter()
-        .filter(|s| s["value"][1] == "1")
-        .map(|s| {
-            let label = |name: &str| s["metric"][name].as_str().unwrap_or_default().to_owned();
-            (label("job"), label("name"))
-        })
-        .collect();
-    (&seen == expected && series.len() == expected.len()).then_some(series)
-}
-
-fn expected_targets(nodes: u32) -> BTreeSet<(String, String)> {
-    let mut expected = BTreeSet::new();
-    for name in
-        std::iter::once("monitoring".to_owned()).chain((0..nodes).map(|i| format!("node-{i}")))
-    {
-        expected.insert(("flotilla_agent".to_owned(), name.clone()));
-        expected.insert(("node".to_owned(), name.clone()));
-        if name != "monitoring" {
-            expected.insert(("binary".to_owned(), name));
-        }
-    }
-    expected
-}
-
 #[test]
 fn prometheus_on_the_monitoring_machine_sees_every_target_up_and_follows_membership() {
     require_monitoring_programs();
@@ -105,7 +57,7 @@ fn prometheus_on_the_monitoring_machine_sees_every_target_up_and_follows_members
     let ip = ip_of(monitoring);
 
     let series = wait_for("every target up in Prometheus", Duration::from_secs(60), || {
-        all_up(ip, &expected_targets(2))
+        all_up(ip, &expected_targets(&node_names(2)))
     });
     let node_0 = series
         .iter()
@@ -133,7 +85,7 @@ fn prometheus_on_the_monitoring_machine_sees_every_target_up_and_follows_members
     .expect("the spec is written");
     fleet.run_ok(&["update", "--config", &path.display().to_string(), "--output", "json"]);
     wait_for("the new node's targets up", Duration::from_secs(60), || {
-        all_up(ip, &expected_targets(3))
+        all_up(ip, &expected_targets(&node_names(3)))
     });
     let restarted =
         prometheus(ip, "/api/v1/status/runtimeinfo").expect("runtime info")["startTime"].clone();

@@ -406,6 +406,13 @@ pub trait Provider: Surveyor {
         )
     }
 
+    /// The address the monitoring machine scrapes `machine` at: its private address, which the
+    /// deployment's networks route between its regions. A provider whose private addresses
+    /// lead nowhere (an emulator's) gives one that does.
+    fn scrape_address(&self, machine: &Machine) -> IpAddr {
+        machine.private_ip
+    }
+
     /// The open issues the cloud's health service reports in `regions`, asked before each
     /// batch of an update. Read-only. A provider without a health service keeps this default.
     fn open_health_issues(

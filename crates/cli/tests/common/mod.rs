@@ -6,6 +6,7 @@
 
 pub mod aws;
 pub mod events;
+pub mod monitoring;
 
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};

@@ -457,7 +457,7 @@ async fn monitoring_manifest<P: Provider>(
     use crate::monitoring::services::{self, PROMETHEUS_CONFIG_FILE, RULES_FILE};
     use crate::monitoring::{MonitoredMachine, prometheus, rules};
     let mut services = Vec::new();
-    if matches!(tools.prometheus, services::Tool::System(_)) {
+    if !matches!(tools.prometheus, services::Tool::Missing(_)) {
         let monitored: Vec<MonitoredMachine> = machines
             .iter()
             .map(|machine| MonitoredMachine {
@@ -474,7 +474,7 @@ async fn monitoring_manifest<P: Provider>(
                 version: manifests
                     .get(&machine.name)
                     .map(|m| flotilla_spec::manifest::short_version(&m.version()).to_owned()),
-                address: machine.private_ip,
+                address: provider.scrape_address(machine),
                 runs_binary: machine.role == Role::Binary,
             })
             .collect();
