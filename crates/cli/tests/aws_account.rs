@@ -431,9 +431,16 @@ fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// A KMS key id no account has.
+const MISSING_KEY_ID: &str = "0b0b0b0b-0000-4000-8000-00000000dead";
+/// A KMS key ARN no account has.
+const MISSING_KEY_ARN: &str =
+    "arn:aws:kms:us-east-1:123456789012:key/0b0b0b0b-0000-4000-8000-00000000beef";
+
 /// Every bad reference of a spec at once, each at its field, before any mutating call: a name
 /// that only another account's images match, an image id that does not exist, an image of the
-/// wrong architecture, a policy that does not exist, a KMS alias that does not exist.
+/// wrong architecture, a tag no image carries, a tag only another account's image carries, a
+/// policy that does not exist, a KMS alias, key id and key ARN that do not exist.
 #[test]
 fn bad_references_are_refused_at_once_before_anything_is_made() {
     let fleet = AwsFleet::new("account-refs");
@@ -458,20 +465,52 @@ fn bad_references_are_refused_at_once_before_anything_is_made() {
             .unwrap()
             .to_owned()
     });
+    // A tag only an image of another account (Canonical's, which every account sees) carries.
+    runtime.block_on(async {
+        let ubuntu = ec2
+            .describe_images()
+            .owners("099720109477")
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("name")
+                    .values("ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-*")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let id = ubuntu.images()[0].image_id().unwrap().to_owned();
+        ec2.create_tags()
+            .resources(id)
+            .tags(Tag::builder().key("distro").value(&fleet.tag).build())
+            .send()
+            .await
+            .unwrap();
+    });
     fleet.write("app.conf", "port = 9090\ngreeting = \"hello\"\ninterval = 300\n");
-    let entry = |name: &str, image: &str| {
+    let entry = |name: &str, image: &str, extra: &str| {
         format!(
-            "- {{name: {name}, region: us-east-1, instance_type: {native}, storage_size: 10, storage_class: gp3, binary: {binary}, config: app.conf, profiling: false, image: {image}}}\n",
+            "- {{name: {name}, region: us-east-1, instance_type: {native}, storage_size: 10, storage_class: gp3, binary: {binary}, config: app.conf, profiling: false, image: {image}{extra}}}\n",
             native = native_type(),
             binary = fleet_app_bin().display(),
         )
     };
     let spec = format!(
-        "tag: {tag}\nprovider: aws\nimage: {{name: \"ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-*\"}}\niam_policies: [\"arn:aws:iam::123456789012:policy/no-such-policy-{tag}\"]\nroot_volume: {{kms_key: alias/no-such-key-{tag}}}\nmonitoring: {{instance_type: {monitoring}, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n{missing}{wrong_arch}ports: []\n",
+        "tag: {tag}\nprovider: aws\nimage: {{name: \"ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-*\"}}\niam_policies: [\"arn:aws:iam::123456789012:policy/no-such-policy-{tag}\"]\nroot_volume: {{kms_key: alias/no-such-key-{tag}}}\nmonitoring: {{instance_type: {monitoring}, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n{missing}{wrong_arch}{untagged}{foreign}ports: []\n",
         tag = fleet.tag,
         monitoring = native_monitoring_type(),
-        missing = entry("missing", "ami-0123456789abcdef0"),
-        wrong_arch = entry("wrong", &wrong),
+        missing = entry("missing", "ami-0123456789abcdef0", ""),
+        wrong_arch = entry("wrong", &wrong, ""),
+        untagged = entry(
+            "untagged",
+            &format!("\"golden:nothing-{}\"", fleet.tag),
+            &format!(", root_volume: {{kms_key: {MISSING_KEY_ID}}}"),
+        ),
+        foreign = entry(
+            "foreign",
+            &format!("\"distro:{}\"", fleet.tag),
+            &format!(", root_volume: {{kms_key: \"{MISSING_KEY_ARN}\"}}"),
+        ),
     );
     let spec = fleet.write("fleet.yaml", &spec).display().to_string();
     runtime.block_on(scope.reset_counts()).unwrap();
@@ -487,6 +526,13 @@ fn bad_references_are_refused_at_once_before_anything_is_made() {
             fleet.tag
         ),
         &format!("KMS key alias/no-such-key-{} does not exist in us-east-1", fleet.tag),
+        &format!("image tag golden:nothing-{} not found in us-east-1", fleet.tag),
+        &format!(
+            "image tag distro:{} in us-east-1 was found only in account 099720109477, which is not in image_owners (self)",
+            fleet.tag
+        ),
+        &format!("KMS key {MISSING_KEY_ID} does not exist in us-east-1"),
+        &format!("KMS key {MISSING_KEY_ARN} does not exist in us-east-1"),
     ] {
         assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
     }
@@ -498,12 +544,25 @@ fn bad_references_are_refused_at_once_before_anything_is_made() {
         ("ami-0123456789abcdef0", "not found in us-east-1"),
         ("no-such-policy", "does not exist"),
         ("no-such-key", "does not exist in us-east-1"),
+        ("golden:nothing-", "not found in us-east-1"),
+        ("distro:", "not in image_owners"),
+        (MISSING_KEY_ID, "does not exist in us-east-1"),
+        (MISSING_KEY_ARN, "does not exist in us-east-1"),
     ] {
         let at = format!("fleet.yaml:{}:", line_of(needle));
         assert!(
             stderr.lines().any(|l| l.contains(&at)) && stderr.contains(message),
             "{message} at {at}:\n{stderr}"
         );
+    }
+    // The fields, too.
+    for field in [
+        "instances[2].image",
+        "instances[2].root_volume.kms_key",
+        "instances[3].image",
+        "instances[3].root_volume.kms_key",
+    ] {
+        assert!(stderr.contains(field), "{field} missing:\n{stderr}");
     }
     // Nothing was made: every call was a read.
     let counts = runtime.block_on(scope.counts()).unwrap();

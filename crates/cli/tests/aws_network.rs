@@ -372,8 +372,9 @@ fn a_fleet_in_an_existing_vpc_uses_its_subnets_and_destroy_leaves_them() {
     }
 }
 
-/// A subnet of another VPC, a missing subnet and a missing group: every error at once, each at
-/// its field, and not one mutating call.
+/// A subnet of another VPC, a missing subnet, a subnet tag matching nothing, a missing group, a
+/// VPC id that does not exist and a VPC tag matching nothing (entries with networks of their
+/// own): every error at once, each at its field and line, and not one mutating call.
 #[test]
 fn every_wrong_network_reference_is_reported_at_once_before_any_change() {
     let fleet = AwsFleet::new("net-wrong");
@@ -396,13 +397,24 @@ fn every_wrong_network_reference_is_reported_at_once_before_any_change() {
         true,
     ));
     fleet.write("app.conf", "port = 9090\n");
+    // Two entries with networks of their own: a VPC id that does not exist, a VPC tag that
+    // matches nothing.
+    let ghost = format!(
+        "{}  network:\n    us-east-1:\n      vpc: vpc-0000dead\n",
+        entry("ghost", 1, "us-east-1")
+    );
+    let untagged = format!(
+        "{}  network:\n    us-east-1:\n      vpc: \"net:nothing-{}\"\n",
+        entry("untagged", 1, "us-east-1"),
+        fleet.tag
+    );
     let text = spec(
         &fleet.tag,
         &format!(
-            "  us-east-1:\n    vpc: {}\n    subnets: [{}, {}, subnet-0000dead]\n    security_groups: [sg-0000dead, {}]\n",
-            ours.vpc, ours.subnets[0].0, other.subnets[0].0, other.group
+            "  us-east-1:\n    vpc: {}\n    subnets: [{}, {}, subnet-0000dead, \"tier:nothing-{}\"]\n    security_groups: [sg-0000dead, {}]\n",
+            ours.vpc, ours.subnets[0].0, other.subnets[0].0, fleet.tag, other.group
         ),
-        &entry("web", 2, "us-east-1"),
+        &format!("{}{ghost}{untagged}", entry("web", 2, "us-east-1")),
     );
     let spec = fleet.write("fleet.yaml", &text).display().to_string();
     rt.block_on(scope.reset_counts()).unwrap();
@@ -427,9 +439,38 @@ fn every_wrong_network_reference_is_reported_at_once_before_any_change() {
             "network.us-east-1.security_groups[1]",
             format!("security group {} is in VPC {}, not in {}", other.group, other.vpc, ours.vpc),
         ),
+        (
+            "network.us-east-1.subnets[3]",
+            format!(
+                "no subnet of {} in us-east-1 carries the tag tier=nothing-{}",
+                ours.vpc, fleet.tag
+            ),
+        ),
+        (
+            "instances[1].network.us-east-1.vpc",
+            "VPC vpc-0000dead does not exist in us-east-1".to_owned(),
+        ),
+        (
+            "instances[2].network.us-east-1.vpc",
+            format!("no VPC in us-east-1 carries the tag net=nothing-{}", fleet.tag),
+        ),
     ] {
         assert!(stderr.contains(field), "{field} missing:\n{stderr}");
         assert!(stderr.contains(&message), "{message} missing:\n{stderr}");
+    }
+    // Each at its line.
+    let lines: Vec<&str> = text.lines().collect();
+    for (needle, message) in [
+        ("vpc-0000dead", "VPC vpc-0000dead does not exist"),
+        ("net:nothing-", "no VPC in us-east-1 carries"),
+        ("tier:nothing-", "no subnet of"),
+    ] {
+        let line = lines.iter().position(|l| l.contains(needle)).unwrap() + 1;
+        let at = format!("fleet.yaml:{line}:");
+        assert!(
+            stderr.lines().any(|l| l.contains(&at)) && stderr.contains(message),
+            "{message} at {at}:\n{stderr}"
+        );
     }
     assert_eq!(
         rt.block_on(mutating_calls(&scope)),
