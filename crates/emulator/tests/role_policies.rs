@@ -4,6 +4,8 @@
 //! `Deny` over an allow, refused when nothing allows; GetObject and HeadObject alike. Requests
 //! with the account's own credentials are not checked.
 
+#![allow(clippy::unwrap_used)] // Helpers of these tests fail the test when a step fails.
+
 mod common;
 
 use std::time::Duration;
