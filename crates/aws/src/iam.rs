@@ -354,12 +354,26 @@ pub async fn ensure_role(
         .map_err(|e| AwsError::from_sdk(REGION, "PutRolePolicy", &name, e))?;
     reconcile_user_policy(clients, &name, keys).await?;
     reconcile_attached(clients, journal, &name, keys).await?;
+    // The profile carries the role's tags: the deployment's and the spec's top-level ones.
+    let profile_tags = [vec![deployment_tag()?], user_tags].concat();
     let has_role = match find_profile(clients, &name).await? {
-        Some(profile) => profile.roles().iter().any(|r| r.role_name() == name),
+        Some(profile) => {
+            let missing: Vec<Tag> =
+                profile_tags.iter().filter(|t| !profile.tags().contains(t)).cloned().collect();
+            if !missing.is_empty() {
+                iam.tag_instance_profile()
+                    .instance_profile_name(&name)
+                    .set_tags(Some(missing))
+                    .send()
+                    .await
+                    .map_err(|e| AwsError::from_sdk(REGION, "TagInstanceProfile", &name, e))?;
+            }
+            profile.roles().iter().any(|r| r.role_name() == name)
+        }
         None => {
             iam.create_instance_profile()
                 .instance_profile_name(&name)
-                .tags(deployment_tag()?)
+                .set_tags(Some(profile_tags))
                 .send()
                 .await
                 .map_err(|e| AwsError::from_sdk(REGION, "CreateInstanceProfile", &name, e))?;

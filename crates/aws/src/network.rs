@@ -267,6 +267,15 @@ pub async fn ensure_region(
                     )
                 })?
                 .to_owned();
+            // The main table comes with the VPC, untagged: tag it as the rest of the network
+            // (it goes with the VPC, so destroy never deletes it by this tag).
+            let tags = tag_spec(ResourceType::RouteTable, tag, &format!("flotilla-{tag}"), &[]);
+            ec2.create_tags()
+                .resources(&table)
+                .set_tags(Some(tags.tags().to_vec()))
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk(region, "CreateTags", &table, e))?;
             create_route(&ec2, region, &table, "0.0.0.0/0", Route::Gateway(&igw_id)).await?;
             journal.update(|r| r.region(region).route_table_id = Some(table.clone()))?;
         }

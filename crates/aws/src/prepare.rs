@@ -89,6 +89,7 @@ pub async fn prepare(
     let home = provider.options.home.as_path();
 
     tags::set_user_tags(tag, user_tags(plan));
+    crate::s3::warn_of_object_tags_left_off(tag);
     // Reads that check the account, all at once, before anything changes.
     let stage = progress.stage("checking the account", 0);
     let regions = plan.regions();

@@ -81,17 +81,36 @@ pub async fn ensure_bucket(clients: &Clients, bucket: &str) -> Result<(), Provid
 /// S3's limit on an object's tags.
 const MAX_OBJECT_TAGS: usize = 10;
 
-/// The tags of an object of one deployment (`deployments/<tag>/…`): the deployment's tag and the
-/// spec's top-level `tags`, as PutObject's `x-amz-tagging` query string, when they fit S3's 10
-/// tags per object; the agents (shared by every deployment of the bucket) get none.
+/// The spec's top-level tags (`shared`, in key order, the order the spec keeps them) split into
+/// those a deployment's S3 objects carry beside the deployment tag and the keys left off: S3
+/// takes at most 10 tags per object, so the first 9 are kept.
+pub fn object_user_tags(shared: Vec<(String, String)>) -> (Vec<(String, String)>, Vec<String>) {
+    let mut kept = shared;
+    let left_off = kept.split_off(kept.len().min(MAX_OBJECT_TAGS - 1));
+    (kept, left_off.into_iter().map(|(key, _)| key).collect())
+}
+
+/// Warns, once per command, when the spec has more top-level tags than S3 objects take
+/// (see [`object_user_tags`]), naming the keys left off the deployment's objects.
+pub fn warn_of_object_tags_left_off(tag: &str) {
+    let (_, left_off) = object_user_tags(crate::tags::shared_user_tags(tag));
+    if !left_off.is_empty() {
+        tracing::warn!(
+            "S3 objects take at most {MAX_OBJECT_TAGS} tags: deployment `{tag}`'s artifacts and identities carry `{TAG_DEPLOYMENT}` and the first {} of `tags` (in key order) but not {}",
+            MAX_OBJECT_TAGS - 1,
+            left_off.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(", "),
+            TAG_DEPLOYMENT = crate::tags::TAG_DEPLOYMENT,
+        );
+    }
+}
+
+/// The tags of an object of one deployment (`deployments/<tag>/…`): the deployment's tag and as
+/// many of the spec's top-level `tags` as S3 allows ([`object_user_tags`]), as PutObject's
+/// `x-amz-tagging` query string; the agents (shared by every deployment of the bucket) get none.
 fn object_tagging(key: &str) -> Option<String> {
     let tag = key.strip_prefix("deployments/")?.split('/').next()?;
     let mut pairs = vec![(crate::tags::TAG_DEPLOYMENT.to_owned(), tag.to_owned())];
-    pairs.extend(crate::tags::shared_user_tags(tag));
-    if pairs.len() > MAX_OBJECT_TAGS {
-        tracing::debug!(%key, tags = pairs.len(), "more tags than an S3 object may carry; the object is tagged with the deployment only");
-        pairs.truncate(1);
-    }
+    pairs.extend(object_user_tags(crate::tags::shared_user_tags(tag)).0);
     let encode = |text: &str| -> String {
         text.bytes()
             .map(|b| match b {
@@ -389,5 +408,17 @@ mod tests {
         assert!(first.starts_with("flotilla-") && first.len() == "flotilla-".len() + 16, "{first}");
         assert_eq!(bucket_name(temp.path()).unwrap(), first);
         assert_eq!(existing_bucket_name(temp.path()), Some(first));
+    }
+
+    #[test]
+    fn objects_keep_as_many_user_tags_as_fit_and_name_the_rest() {
+        let tags = |n: usize| -> Vec<(String, String)> {
+            (0..n).map(|i| (format!("k{i:02}"), format!("v{i}"))).collect()
+        };
+        assert_eq!(object_user_tags(tags(9)), (tags(9), vec![]));
+        let (kept, left_off) = object_user_tags(tags(12));
+        assert_eq!(kept, tags(9), "the deployment tag and nine of the spec's make S3's ten");
+        assert_eq!(left_off, ["k09", "k10", "k11"]);
+        assert_eq!(object_user_tags(vec![]), (vec![], vec![]));
     }
 }

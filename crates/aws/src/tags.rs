@@ -6,8 +6,10 @@
 //! per command by `prepare` with [`set_user_tags`]): a resource of one capacity group (its
 //! instances, volumes, fleets and launch templates, recognised by the [`TAG_GROUP`] tag their
 //! tag specification carries) gets that group's merged tags; everything the deployment shares
-//! (VPCs, subnets, gateways, route tables, security groups, peerings, the bucket, the role) gets
-//! the spec's top-level `tags`, which are also the monitoring machine's. flotilla's own tags win
+//! (VPCs, subnets, gateways, the main route table of a VPC it made, security groups, peerings,
+//! the role and its instance profile, the deployment's S3 objects) gets the spec's top-level
+//! `tags`, which are also the monitoring machine's. The bucket is shared by every deployment of a
+//! `$FLOTILLA_HOME`, so it carries no deployment's tags. flotilla's own tags win
 //! a clash (the spec already refuses `Name`, `flotilla:` and `aws:` keys). Kept per deployment
 //! tag in the process, so every helper below applies them without each caller passing them.
 

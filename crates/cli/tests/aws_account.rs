@@ -56,10 +56,16 @@ async fn register_golden_images(ec2: &aws_sdk_ec2::Client, tag: &str) -> String 
     newest
 }
 
-/// A fleet on a registered image found by name (the monitoring machine, from the top) and by
-/// tag (the binary machines, from their entry), every created resource with the spec's tags
-/// (the entry's `Team` over the top's on its own resources), an attached policy that destroy
-/// detaches, and an encrypted root volume with a key named by alias.
+/// The spec's top-level tags beyond `Team` and `CostCenter`: ten in all, one more than an S3
+/// object takes beside `flotilla:deployment`, so `Z8` (the last in key order) is left off them.
+const MORE_TAGS: &str = "Z1: a, Z2: b, Z3: c, Z4: d, Z5: e, Z6: f, Z7: g, Z8: h";
+
+/// A fleet on a registered image found by name (the monitoring machine, from the top), by tag
+/// (the binary machines, from their entry) and by id (a machine in a second region, whose
+/// VPC is peered), every created resource with the spec's tags (the entry's `Team` over the
+/// top's on its own resources; S3 objects as many as fit, with one warning naming the rest),
+/// an attached policy that destroy detaches, an encrypted root volume with a key named by alias
+/// and one with the account's default key.
 #[test]
 fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
     let fleet = AwsFleet::new("account-fit");
@@ -67,10 +73,26 @@ fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
     let runtime = runtime();
     let config = runtime.block_on(fleet.sdk());
     let ec2 = runtime.block_on(fleet.ec2("us-east-1"));
+    let ec2_eu = runtime.block_on(fleet.ec2("eu-west-1"));
     let iam = aws_sdk_iam::Client::new(&config);
     let kms = aws_sdk_kms::Client::new(&config);
 
     let image = runtime.block_on(register_golden_images(&ec2, &fleet.tag));
+    // In the second region an image named by id: any name, no tags.
+    let image_eu = runtime.block_on(async {
+        ec2_eu
+            .register_image()
+            .name(format!("by-id-{}", fleet.tag))
+            .architecture(native_architecture())
+            .root_device_name("/dev/xvda")
+            .virtualization_type("hvm")
+            .send()
+            .await
+            .unwrap()
+            .image_id()
+            .unwrap()
+            .to_owned()
+    });
     let policy_arn = runtime.block_on(async {
         let document = serde_json::json!({
             "Version": "2012-10-17",
@@ -102,8 +124,9 @@ fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
 
     fleet.write("app.conf", "port = 9090\ngreeting = \"hello\"\ninterval = 300\n");
     let spec = format!(
-        "tag: {tag}\nprovider: aws\nimage: {{name: golden-{tag}-*}}\ntags: {{Team: infra, CostCenter: \"4711\"}}\niam_policies: [{policy_arn}]\niam_statements:\n- {{Effect: Allow, Action: \"s3:ListBucket\", Resource: \"arn:aws:s3:::team-data-{tag}\"}}\nroot_volume: {{kms_key: alias/{tag}}}\nmonitoring: {{instance_type: {monitoring}, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- {{name: web, count: 2, region: us-east-1, instance_type: {native}, storage_size: 10, storage_class: gp3, binary: {binary}, config: app.conf, profiling: false, image: \"golden:{tag}\", tags: {{Team: core}}}}\nports: []\n",
+        "tag: {tag}\nprovider: aws\nimage: {{name: golden-{tag}-*}}\ntags: {{Team: infra, CostCenter: \"4711\", {more}}}\niam_policies: [{policy_arn}]\niam_statements:\n- {{Effect: Allow, Action: \"s3:ListBucket\", Resource: \"arn:aws:s3:::team-data-{tag}\"}}\nroot_volume: {{kms_key: alias/{tag}}}\nmonitoring: {{instance_type: {monitoring}, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- {{name: web, count: 2, region: us-east-1, instance_type: {native}, storage_size: 10, storage_class: gp3, binary: {binary}, config: app.conf, profiling: false, image: \"golden:{tag}\", tags: {{Team: core}}}}\n- {{name: far, region: eu-west-1, instance_type: {native}, storage_size: 10, storage_class: gp3, binary: {binary}, config: app.conf, profiling: false, image: {image_eu}, root_volume: {{encrypted: true}}}}\nports: []\n",
         tag = fleet.tag,
+        more = MORE_TAGS,
         monitoring = native_monitoring_type(),
         native = native_type(),
         binary = fleet_app_bin().display(),
@@ -112,7 +135,12 @@ fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
     let output =
         fleet.run_ok(&["create", "--config", &spec, "--ip", "198.51.100.7", "--output", "json"]);
     let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
-    assert_eq!(rows.len(), 3, "{rows:?}");
+    assert_eq!(rows.len(), 4, "{rows:?}");
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    let warnings: Vec<_> =
+        stderr.lines().filter(|l| l.contains("S3 objects take at most")).collect();
+    assert_eq!(warnings.len(), 1, "one warning of the tags left off S3 objects:\n{stderr}");
+    assert!(warnings[0].contains("but not `Z8`"), "{stderr}");
     for row in &rows {
         let expected = if row["role"] == "monitoring" { "idle" } else { "healthy" };
         assert_eq!(row["health"], expected, "the agent runs on the custom image: {row}");
@@ -175,6 +203,46 @@ fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
         for gateway in gateways.internet_gateways() {
             assert_user_tags("internet gateway", &tags_of(gateway.tags()), "infra");
         }
+        // The main route table of each VPC flotilla made.
+        for (region, client) in [("us-east-1", &ec2), ("eu-west-1", &ec2_eu)] {
+            let tables =
+                client.describe_route_tables().filters(fleet.tag_filter()).send().await.unwrap();
+            let main: Vec<_> = tables
+                .route_tables()
+                .iter()
+                .filter(|t| t.associations().iter().any(|a| a.main() == Some(true)))
+                .collect();
+            assert_eq!(main.len(), 1, "{region}: {tables:?}");
+            assert_user_tags("route table", &tags_of(main[0].tags()), "infra");
+        }
+        // The peering from the monitoring region to the second one.
+        let peerings = ec2
+            .describe_vpc_peering_connections()
+            .filters(fleet.tag_filter())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(peerings.vpc_peering_connections().len(), 1, "{peerings:?}");
+        for peering in peerings.vpc_peering_connections() {
+            assert_user_tags("peering", &tags_of(peering.tags()), "infra");
+        }
+        // Fleets belong to a group: the group's merged tags.
+        for (region, client, groups) in
+            [("us-east-1", &ec2, vec!["monitoring", "web"]), ("eu-west-1", &ec2_eu, vec!["far"])]
+        {
+            let fleets = client.describe_fleets().send().await.unwrap();
+            let mut seen: Vec<String> = Vec::new();
+            for described in fleets.fleets().iter().filter(|f| fleet.tagged(f.tags())) {
+                let tags = tags_of(described.tags());
+                let group = tags.get("flotilla:group").cloned().unwrap_or_default();
+                let team = if group == "web" { "core" } else { "infra" };
+                assert_user_tags(&format!("{region} fleet of {group}"), &tags, team);
+                seen.push(group);
+            }
+            seen.sort();
+            seen.dedup();
+            assert_eq!(seen, groups, "{region}: {fleets:?}");
+        }
         // Launch templates belong to a group: the group's merged tags.
         let templates =
             ec2.describe_launch_templates().filters(fleet.tag_filter()).send().await.unwrap();
@@ -215,12 +283,73 @@ fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
         let held: Vec<_> =
             profile.instance_profile().unwrap().roles().iter().map(|r| r.role_name()).collect();
         assert_eq!(held, [fleet.role_name().as_str()]);
+        let profile_tags = iam
+            .list_instance_profile_tags()
+            .instance_profile_name(fleet.role_name())
+            .send()
+            .await
+            .unwrap();
+        let profile_tags: BTreeMap<String, String> = profile_tags
+            .tags()
+            .iter()
+            .map(|t| (t.key().to_owned(), t.value().to_owned()))
+            .collect();
+        assert_user_tags("instance profile", &profile_tags, "infra");
+        assert_eq!(profile_tags.get("Z8").map(String::as_str), Some("h"), "{profile_tags:?}");
+
+        // The deployment's S3 objects: the deployment tag and the first nine of the spec's.
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build(),
+        );
+        let bucket = fs_err::read_to_string(fleet.home.path().join("aws-bucket")).unwrap();
+        let listed = s3
+            .list_objects_v2()
+            .bucket(bucket.trim())
+            .prefix(format!("deployments/{}/", fleet.tag))
+            .send()
+            .await
+            .unwrap();
+        assert!(listed.contents().len() >= 4, "artifacts and identities: {listed:?}");
+        for object in listed.contents() {
+            let key = object.key().unwrap();
+            let tagging =
+                s3.get_object_tagging().bucket(bucket.trim()).key(key).send().await.unwrap();
+            let tags: BTreeMap<String, String> = tagging
+                .tag_set()
+                .iter()
+                .map(|t| (t.key().to_owned(), t.value().to_owned()))
+                .collect();
+            assert_user_tags(key, &tags, "infra");
+            assert_eq!(tags.len(), 10, "{key}: {tags:?}");
+            assert!(tags.contains_key("Z7") && !tags.contains_key("Z8"), "{key}: {tags:?}");
+        }
+
+        // The machine in the second region: the image named by id, the default key.
+        let described =
+            ec2_eu.describe_instances().filters(fleet.tag_filter()).send().await.unwrap();
+        let far: Vec<_> = described
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| i.state().and_then(|s| s.name()).is_some_and(|n| n.as_str() == "running"))
+            .collect();
+        assert_eq!(far.len(), 1, "{described:?}");
+        assert_eq!(far[0].image_id(), Some(image_eu.as_str()), "the image named by id");
+        assert_user_tags("eu-west-1 instance", &tags_of(far[0].tags()), "infra");
+        let volumes = ec2_eu.describe_volumes().filters(fleet.tag_filter()).send().await.unwrap();
+        assert_eq!(volumes.volumes().len(), 1, "{volumes:?}");
+        let volume = &volumes.volumes()[0];
+        assert_eq!(volume.encrypted(), Some(true), "encrypted with no kms_key: {volume:?}");
+        assert!(
+            !volume.kms_key_id().is_some_and(|k| k.contains(&key_id)),
+            "the account's default key, not the top's alias: {volume:?}"
+        );
     });
 
     // Every instance of the custom image was booted by the emulator, as the default image's are.
     let booted = runtime.block_on(emulator.booted()).unwrap();
     let ours: Vec<_> = booted.iter().filter(|b| b.scope == fleet.scope).collect();
-    assert_eq!(ours.len(), 3, "every instance of the custom image booted");
+    assert_eq!(ours.len(), 4, "every instance of the custom images booted");
 
     // A program on a machine reads with the role's credentials, found through the machine's
     // IMDS as any SDK's default chain finds them: the attached policy allows `secret.txt`, and
@@ -298,13 +427,20 @@ fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
         // The policy itself is the user's: it stays.
         iam.get_policy().policy_arn(&policy_arn).send().await.unwrap();
     });
-    let left = runtime.block_on(fleet.leftovers(&["us-east-1"]));
+    let left = runtime.block_on(fleet.leftovers(&["us-east-1", "eu-west-1"]));
     assert!(left.is_empty(), "{left:?}");
 }
 
+/// A KMS key id no account has.
+const MISSING_KEY_ID: &str = "0b0b0b0b-0000-4000-8000-00000000dead";
+/// A KMS key ARN no account has.
+const MISSING_KEY_ARN: &str =
+    "arn:aws:kms:us-east-1:123456789012:key/0b0b0b0b-0000-4000-8000-00000000beef";
+
 /// Every bad reference of a spec at once, each at its field, before any mutating call: a name
 /// that only another account's images match, an image id that does not exist, an image of the
-/// wrong architecture, a policy that does not exist, a KMS alias that does not exist.
+/// wrong architecture, a tag no image carries, a tag only another account's image carries, a
+/// policy that does not exist, a KMS alias, key id and key ARN that do not exist.
 #[test]
 fn bad_references_are_refused_at_once_before_anything_is_made() {
     let fleet = AwsFleet::new("account-refs");
@@ -329,20 +465,52 @@ fn bad_references_are_refused_at_once_before_anything_is_made() {
             .unwrap()
             .to_owned()
     });
+    // A tag only an image of another account (Canonical's, which every account sees) carries.
+    runtime.block_on(async {
+        let ubuntu = ec2
+            .describe_images()
+            .owners("099720109477")
+            .filters(
+                aws_sdk_ec2::types::Filter::builder()
+                    .name("name")
+                    .values("ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-*")
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap();
+        let id = ubuntu.images()[0].image_id().unwrap().to_owned();
+        ec2.create_tags()
+            .resources(id)
+            .tags(Tag::builder().key("distro").value(&fleet.tag).build())
+            .send()
+            .await
+            .unwrap();
+    });
     fleet.write("app.conf", "port = 9090\ngreeting = \"hello\"\ninterval = 300\n");
-    let entry = |name: &str, image: &str| {
+    let entry = |name: &str, image: &str, extra: &str| {
         format!(
-            "- {{name: {name}, region: us-east-1, instance_type: {native}, storage_size: 10, storage_class: gp3, binary: {binary}, config: app.conf, profiling: false, image: {image}}}\n",
+            "- {{name: {name}, region: us-east-1, instance_type: {native}, storage_size: 10, storage_class: gp3, binary: {binary}, config: app.conf, profiling: false, image: {image}{extra}}}\n",
             native = native_type(),
             binary = fleet_app_bin().display(),
         )
     };
     let spec = format!(
-        "tag: {tag}\nprovider: aws\nimage: {{name: \"ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-*\"}}\niam_policies: [\"arn:aws:iam::123456789012:policy/no-such-policy-{tag}\"]\nroot_volume: {{kms_key: alias/no-such-key-{tag}}}\nmonitoring: {{instance_type: {monitoring}, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n{missing}{wrong_arch}ports: []\n",
+        "tag: {tag}\nprovider: aws\nimage: {{name: \"ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-*\"}}\niam_policies: [\"arn:aws:iam::123456789012:policy/no-such-policy-{tag}\"]\nroot_volume: {{kms_key: alias/no-such-key-{tag}}}\nmonitoring: {{instance_type: {monitoring}, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n{missing}{wrong_arch}{untagged}{foreign}ports: []\n",
         tag = fleet.tag,
         monitoring = native_monitoring_type(),
-        missing = entry("missing", "ami-0123456789abcdef0"),
-        wrong_arch = entry("wrong", &wrong),
+        missing = entry("missing", "ami-0123456789abcdef0", ""),
+        wrong_arch = entry("wrong", &wrong, ""),
+        untagged = entry(
+            "untagged",
+            &format!("\"golden:nothing-{}\"", fleet.tag),
+            &format!(", root_volume: {{kms_key: {MISSING_KEY_ID}}}"),
+        ),
+        foreign = entry(
+            "foreign",
+            &format!("\"distro:{}\"", fleet.tag),
+            &format!(", root_volume: {{kms_key: \"{MISSING_KEY_ARN}\"}}"),
+        ),
     );
     let spec = fleet.write("fleet.yaml", &spec).display().to_string();
     runtime.block_on(scope.reset_counts()).unwrap();
@@ -358,6 +526,13 @@ fn bad_references_are_refused_at_once_before_anything_is_made() {
             fleet.tag
         ),
         &format!("KMS key alias/no-such-key-{} does not exist in us-east-1", fleet.tag),
+        &format!("image tag golden:nothing-{} not found in us-east-1", fleet.tag),
+        &format!(
+            "image tag distro:{} in us-east-1 was found only in account 099720109477, which is not in image_owners (self)",
+            fleet.tag
+        ),
+        &format!("KMS key {MISSING_KEY_ID} does not exist in us-east-1"),
+        &format!("KMS key {MISSING_KEY_ARN} does not exist in us-east-1"),
     ] {
         assert!(stderr.contains(expected), "missing {expected:?} in:\n{stderr}");
     }
@@ -369,12 +544,25 @@ fn bad_references_are_refused_at_once_before_anything_is_made() {
         ("ami-0123456789abcdef0", "not found in us-east-1"),
         ("no-such-policy", "does not exist"),
         ("no-such-key", "does not exist in us-east-1"),
+        ("golden:nothing-", "not found in us-east-1"),
+        ("distro:", "not in image_owners"),
+        (MISSING_KEY_ID, "does not exist in us-east-1"),
+        (MISSING_KEY_ARN, "does not exist in us-east-1"),
     ] {
         let at = format!("fleet.yaml:{}:", line_of(needle));
         assert!(
             stderr.lines().any(|l| l.contains(&at)) && stderr.contains(message),
             "{message} at {at}:\n{stderr}"
         );
+    }
+    // The fields, too.
+    for field in [
+        "instances[2].image",
+        "instances[2].root_volume.kms_key",
+        "instances[3].image",
+        "instances[3].root_volume.kms_key",
+    ] {
+        assert!(stderr.contains(field), "{field} missing:\n{stderr}");
     }
     // Nothing was made: every call was a read.
     let counts = runtime.block_on(scope.counts()).unwrap();

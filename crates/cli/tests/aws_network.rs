@@ -13,6 +13,11 @@ use common::aws::AwsFleet;
 use common::*;
 use flotilla_emulator::control::Emulator;
 
+/// The name of Canonical's Ubuntu 24.04 images, which every account sees.
+const UBUNTU: &str = "ubuntu/images/hvm-ssd-gp3/ubuntu-noble-24.04-*";
+/// Canonical's account.
+const CANONICAL: &str = "099720109477";
+
 /// What a test made in one region, as a user would have.
 struct UserNetwork {
     vpc: String,
@@ -163,10 +168,12 @@ async fn mutating_calls(scope: &flotilla_emulator::control::Scope) -> Vec<(Strin
         .collect()
 }
 
-/// A fleet in a pre-made VPC with two subnets and a user security group: healthy, spread over
-/// both subnets, the user's group on every instance, no VPC, gateway, subnet, route or peering
-/// made; an entry with its own network in the same VPC keeps to its one subnet and its own
-/// groups; `destroy` leaves the user's VPC, subnets and group and nothing of flotilla's.
+/// A fleet in a pre-made VPC with two subnets (named by the tag they carry) and a user security
+/// group: healthy, spread over both subnets, the user's group on every instance, no VPC,
+/// gateway, subnet, route or peering made; an entry with its own network in the same VPC keeps
+/// to its one subnet and its own groups; `destroy` leaves the user's VPC, subnets and group and
+/// nothing of flotilla's. On the way: an entry on another account's image found by name,
+/// admitted by `image_owners`, and root volumes encrypted with keys named by id and by ARN.
 #[test]
 fn a_fleet_in_an_existing_vpc_uses_its_subnets_and_destroy_leaves_them() {
     let fleet = AwsFleet::new("net-existing");
@@ -177,16 +184,29 @@ fn a_fleet_in_an_existing_vpc_uses_its_subnets_and_destroy_leaves_them() {
     let label = "flotilla-test-net-existing";
     let network =
         rt.block_on(user_network(&ec2, label, "10.91.0.0/16", &["us-east-1a", "us-east-1b"], true));
+    // Two keys of the account: `web`'s root volumes name one by id, `db`'s the other by ARN.
+    let kms = rt.block_on(async { aws_sdk_kms::Client::new(&fleet.sdk().await) });
+    let (web_key, db_key) = rt.block_on(async {
+        let web = kms.create_key().send().await.unwrap().key_metadata().unwrap().clone();
+        let db = kms.create_key().send().await.unwrap().key_metadata().unwrap().clone();
+        (web.key_id().to_owned(), db.arn().unwrap().to_owned())
+    });
     fleet.write("app.conf", "port = 9090\ngreeting = \"hi\"\ninterval = 300\n");
     let text = spec(
         &fleet.tag,
+        // The subnets by the tag both carry.
         &format!(
-            "  us-east-1:\n    vpc: net:{label}\n    subnets: [{}, {}]\n    security_groups: [{}]\n",
-            network.subnets[0].0, network.subnets[1].0, network.group
+            "  us-east-1:\n    vpc: net:{label}\n    subnets: [\"net:{label}\"]\n    security_groups: [{}]\n",
+            network.group
         ),
-        // `db` has its own network: the same VPC, one subnet, no user group.
+        // `web` runs Canonical's image found by name, admitted by `image_owners`. `db` has its
+        // own network: the same VPC, one subnet by id, no user group.
         &(entry("web", 4, "us-east-1")
+            + &format!(
+                "  image: {{name: \"{UBUNTU}\"}}\n  image_owners: [\"{CANONICAL}\"]\n  root_volume: {{kms_key: {web_key}}}\n"
+            )
             + &entry("db", 2, "us-east-1")
+            + &format!("  root_volume: {{kms_key: \"{db_key}\"}}\n")
             + &format!(
                 "  network:\n    us-east-1:\n      vpc: {}\n      subnets: [{}]\n",
                 network.vpc, network.subnets[1].0
@@ -300,6 +320,43 @@ fn a_fleet_in_an_existing_vpc_uses_its_subnets_and_destroy_leaves_them() {
             assert_eq!(groups.len(), 2, "flotilla's own group and the user's: {groups:?}");
         }
     }
+    // web's machines run Canonical's image; each entry's root volumes are encrypted with the
+    // key it names (by id, by ARN), the monitoring machine's not at all.
+    rt.block_on(async {
+        let web_images: BTreeSet<String> = instances
+            .iter()
+            .filter(|i| tags_of(i.tags()).get("flotilla:group").map(String::as_str) == Some("web"))
+            .filter_map(|i| i.image_id().map(str::to_owned))
+            .collect();
+        let described = ec2
+            .describe_images()
+            .set_image_ids(Some(web_images.iter().cloned().collect()))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(described.images().len(), 1, "{described:?}");
+        assert_eq!(described.images()[0].owner_id(), Some(CANONICAL), "{described:?}");
+        let volumes = ec2.describe_volumes().filters(fleet.tag_filter()).send().await.unwrap();
+        assert_eq!(volumes.volumes().len(), 7, "{volumes:?}");
+        for volume in volumes.volumes() {
+            let tags = tags_of(volume.tags());
+            let key = volume.kms_key_id().unwrap_or_default();
+            if tags.get("flotilla:group").map(String::as_str) != Some("monitoring") {
+                assert_eq!(volume.encrypted(), Some(true), "{volume:?}");
+                assert!(!key.is_empty(), "{volume:?}");
+            }
+            match tags.get("flotilla:group").map(String::as_str) {
+                Some("web") => assert!(key.contains(&web_key), "{volume:?}"),
+                Some("db") => {
+                    assert!(db_key.ends_with(key.rsplit('/').next().unwrap()), "{volume:?}")
+                }
+                group => {
+                    assert_eq!(group, Some("monitoring"), "{volume:?}");
+                    assert_ne!(volume.encrypted(), Some(true), "{volume:?}");
+                }
+            }
+        }
+    });
     // flotilla's binary group admits the metrics port from the monitoring machine's VPC.
     let groups = rt.block_on(fleet.security_groups("us-east-1"));
     assert_eq!(groups.len(), 2, "{groups:?}");
@@ -322,7 +379,7 @@ fn a_fleet_in_an_existing_vpc_uses_its_subnets_and_destroy_leaves_them() {
     // flotilla makes, apart from the running ones. Refused before any change, naming both.
     let own = text
         .replacen("count: 4", "count: 5", 1)
-        .replace(&format!("network:\n  us-east-1:\n    vpc: net:{label}\n    subnets: [{}, {}]\n    security_groups: [{}]\n", network.subnets[0].0, network.subnets[1].0, network.group), "")
+        .replace(&format!("network:\n  us-east-1:\n    vpc: net:{label}\n    subnets: [\"net:{label}\"]\n    security_groups: [{}]\n", network.group), "")
         .replace(&format!("  network:\n    us-east-1:\n      vpc: {}\n      subnets: [{}]\n", network.vpc, network.subnets[1].0), "");
     assert!(!own.contains("network:"), "{own}");
     let own = fleet.write("own-vpc.yaml", &own).display().to_string();
@@ -372,8 +429,9 @@ fn a_fleet_in_an_existing_vpc_uses_its_subnets_and_destroy_leaves_them() {
     }
 }
 
-/// A subnet of another VPC, a missing subnet and a missing group: every error at once, each at
-/// its field, and not one mutating call.
+/// A subnet of another VPC, a missing subnet, a subnet tag matching nothing, a missing group, a
+/// VPC id that does not exist and a VPC tag matching nothing (entries with networks of their
+/// own): every error at once, each at its field and line, and not one mutating call.
 #[test]
 fn every_wrong_network_reference_is_reported_at_once_before_any_change() {
     let fleet = AwsFleet::new("net-wrong");
@@ -396,13 +454,24 @@ fn every_wrong_network_reference_is_reported_at_once_before_any_change() {
         true,
     ));
     fleet.write("app.conf", "port = 9090\n");
+    // Two entries with networks of their own: a VPC id that does not exist, a VPC tag that
+    // matches nothing.
+    let ghost = format!(
+        "{}  network:\n    us-east-1:\n      vpc: vpc-0000dead\n",
+        entry("ghost", 1, "us-east-1")
+    );
+    let untagged = format!(
+        "{}  network:\n    us-east-1:\n      vpc: \"net:nothing-{}\"\n",
+        entry("untagged", 1, "us-east-1"),
+        fleet.tag
+    );
     let text = spec(
         &fleet.tag,
         &format!(
-            "  us-east-1:\n    vpc: {}\n    subnets: [{}, {}, subnet-0000dead]\n    security_groups: [sg-0000dead, {}]\n",
-            ours.vpc, ours.subnets[0].0, other.subnets[0].0, other.group
+            "  us-east-1:\n    vpc: {}\n    subnets: [{}, {}, subnet-0000dead, \"tier:nothing-{}\"]\n    security_groups: [sg-0000dead, {}]\n",
+            ours.vpc, ours.subnets[0].0, other.subnets[0].0, fleet.tag, other.group
         ),
-        &entry("web", 2, "us-east-1"),
+        &format!("{}{ghost}{untagged}", entry("web", 2, "us-east-1")),
     );
     let spec = fleet.write("fleet.yaml", &text).display().to_string();
     rt.block_on(scope.reset_counts()).unwrap();
@@ -427,9 +496,38 @@ fn every_wrong_network_reference_is_reported_at_once_before_any_change() {
             "network.us-east-1.security_groups[1]",
             format!("security group {} is in VPC {}, not in {}", other.group, other.vpc, ours.vpc),
         ),
+        (
+            "network.us-east-1.subnets[3]",
+            format!(
+                "no subnet of {} in us-east-1 carries the tag tier=nothing-{}",
+                ours.vpc, fleet.tag
+            ),
+        ),
+        (
+            "instances[1].network.us-east-1.vpc",
+            "VPC vpc-0000dead does not exist in us-east-1".to_owned(),
+        ),
+        (
+            "instances[2].network.us-east-1.vpc",
+            format!("no VPC in us-east-1 carries the tag net=nothing-{}", fleet.tag),
+        ),
     ] {
         assert!(stderr.contains(field), "{field} missing:\n{stderr}");
         assert!(stderr.contains(&message), "{message} missing:\n{stderr}");
+    }
+    // Each at its line.
+    let lines: Vec<&str> = text.lines().collect();
+    for (needle, message) in [
+        ("vpc-0000dead", "VPC vpc-0000dead does not exist"),
+        ("net:nothing-", "no VPC in us-east-1 carries"),
+        ("tier:nothing-", "no subnet of"),
+    ] {
+        let line = lines.iter().position(|l| l.contains(needle)).unwrap() + 1;
+        let at = format!("fleet.yaml:{line}:");
+        assert!(
+            stderr.lines().any(|l| l.contains(&at)) && stderr.contains(message),
+            "{message} at {at}:\n{stderr}"
+        );
     }
     assert_eq!(
         rt.block_on(mutating_calls(&scope)),

@@ -136,6 +136,7 @@ from moto.ec2.responses.instances import InstanceResponse
 from moto.ec2.responses.spot_instances import SpotInstances
 from moto.ec2.utils import convert_tag_spec, filter_iam_instance_profiles
 from moto.iam.models import get_account_id_from
+from moto.iam.responses import IamResponse
 from moto.moto_server.werkzeug_app import (
     DomainDispatcherApplication,
     MotoRequestHandler,
@@ -1657,6 +1658,14 @@ def register_image(self: Any) -> ActionResult:
     return ActionResult({"ImageId": image.id})
 
 
+def list_instance_profile_tags(self: Any) -> ActionResult:
+    """moto stores an instance profile's tags (CreateInstanceProfile, TagInstanceProfile) but
+    does not serve ListInstanceProfileTags: answer it, all in one page."""
+    profile = self.backend.get_instance_profile(self._get_param("InstanceProfileName"))
+    tags = [{"Key": t["Key"], "Value": t["Value"]} for t in profile.tags or []]
+    return ActionResult({"Tags": tags, "IsTruncated": False})
+
+
 # --- CreateImage and CopyImage with what AWS keeps ---------------------------------------------
 
 # ClientToken of a CopyImage → the image it made, per (account, region): a repeated request
@@ -1845,6 +1854,7 @@ def install_patches() -> None:
         (Fleet, "instances", property(fleet_instances)),
         (Fleets, "create_fleet", create_fleet_response),
         (AmisResponse, "register_image", register_image),
+        (IamResponse, "list_instance_profile_tags", list_instance_profile_tags),
         (AmisResponse, "create_image", create_image),
         (AmisResponse, "copy_image", copy_image),
         (Ami, "block_device_mappings", property(ami_block_device_mappings)),

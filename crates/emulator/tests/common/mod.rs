@@ -183,6 +183,19 @@ impl Aws {
         send(request).await
     }
 
+    /// A path-style S3 call made with an instance role's credentials: the scope's key and the
+    /// session `token` the instance's IMDS served.
+    pub async fn s3_as_role(&self, method: reqwest::Method, path: &str, token: &str) -> Reply {
+        let url = format!("{}{path}", self.emulator.endpoint());
+        let request = self
+            .http
+            .request(method, url)
+            .header("Authorization", self.authorization("s3"))
+            .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
+            .header("X-Amz-Security-Token", token);
+        send(request).await
+    }
+
     /// Instances of this scope are running as soon as launched and gone as soon as terminated.
     pub async fn instant_states(&self) {
         let instant = StateTiming { pending: Duration::ZERO, shutting_down: Duration::ZERO };
