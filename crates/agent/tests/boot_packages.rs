@@ -4,6 +4,8 @@
 //! the bootstrap's `boot.apt_lock_wait` (300 ms here) and the failure, with apt's output, is in
 //! the boot report and keeps the binary from starting.
 
+#![allow(clippy::unwrap_used)] // A step of these tests that fails fails the test.
+
 mod common;
 
 use std::os::unix::fs::PermissionsExt;
