@@ -13,8 +13,10 @@
 //! - Waiting for apt's locks (boot packages): while another apt or dpkg holds the dpkg lock
 //!   (cloud-init and unattended-upgrades do on a fresh machine, as the commonware deployer
 //!   learned), `apt-get` is tried again after 1 s, doubling to at most 10 s, times a random
-//!   factor in 0.8..=1.2, until [`APT_LOCK_WAIT`] (5 minutes) has passed since the first try;
-//!   then the step fails with apt's own message.
+//!   factor in 0.8..=1.2, until the bootstrap's `boot.apt_lock_wait` (5 minutes by default)
+//!   has passed since the first try; then the step fails with apt's own message. Another bound
+//!   scales the waits with it (1/300 of it doubling to 1/30: a test's 300 ms waits 1 ms
+//!   doubling to 10 ms).
 //! - Polling IMDS (`imds.rs`): `spot/instance-action` and `events/recommendations/rebalance`
 //!   every 250 ms (every 250 ms of delay is shutdown time lost), `events/maintenance/scheduled`
 //!   every 5 s (announced days ahead). After `n` failures in a row a route waits 250 ms × 2^n,
@@ -38,26 +40,26 @@ pub(crate) const IDENTITY_POLL_INITIAL: Duration = Duration::from_millis(100);
 /// Longest wait between two polls for the identity bundle.
 pub(crate) const IDENTITY_POLL_MAX: Duration = Duration::from_millis(500);
 
-/// How long boot packages wait in all for another apt or dpkg to let go of its locks.
-pub(crate) const APT_LOCK_WAIT: Duration = Duration::from_secs(300);
-/// First wait before trying apt again while its lock is held.
-const APT_LOCK_RETRY_INITIAL: Duration = Duration::from_secs(1);
-/// Longest wait before trying apt again while its lock is held.
-const APT_LOCK_RETRY_MAX: Duration = Duration::from_secs(10);
+/// The first wait before trying apt again while its lock is held, as a fraction of the whole
+/// wait: 1 s of 5 minutes.
+const APT_LOCK_RETRY_INITIAL_DIVISOR: u32 = 300;
+/// The longest wait between two tries, as a fraction of the whole wait: 10 s of 5 minutes.
+const APT_LOCK_RETRY_MAX_DIVISOR: u32 = 30;
 
 /// The wait before the `attempt`-th retry of apt (1 for the first) while its lock is held, with
 /// `jitter` the random factor (0.8..=1.2, see [`restart_jitter`]); `None` once `waited` plus
-/// that wait would pass [`APT_LOCK_WAIT`].
+/// that wait would pass `bound` (the bootstrap's `boot.apt_lock_wait`).
 pub(crate) fn apt_lock_retry_delay(
     attempt: u32,
     waited: Duration,
+    bound: Duration,
     jitter: f64,
 ) -> Option<Duration> {
     bounded_retry_delay(
         attempt,
         waited,
-        (APT_LOCK_RETRY_INITIAL, APT_LOCK_RETRY_MAX),
-        APT_LOCK_WAIT,
+        (bound / APT_LOCK_RETRY_INITIAL_DIVISOR, bound / APT_LOCK_RETRY_MAX_DIVISOR),
+        bound,
         jitter,
     )
 }
@@ -183,23 +185,32 @@ mod tests {
 
     #[test]
     fn apt_lock_waits_double_to_ten_seconds_and_stop_after_five_minutes() {
-        let zero = Duration::ZERO;
+        let (zero, bound) = (Duration::ZERO, flotilla_spec::bootstrap::DEFAULT_APT_LOCK_WAIT);
         let delays: Vec<_> =
-            (1..=6).map(|n| apt_lock_retry_delay(n, zero, 1.0).unwrap().as_secs()).collect();
+            (1..=6).map(|n| apt_lock_retry_delay(n, zero, bound, 1.0).unwrap().as_secs()).collect();
         assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
-        assert_eq!(apt_lock_retry_delay(1, zero, 0.8), Some(Duration::from_millis(800)));
-        assert_eq!(apt_lock_retry_delay(5, zero, 1.2), Some(Duration::from_secs(12)));
-        assert_eq!(apt_lock_retry_delay(u32::MAX, zero, f64::NAN), Some(Duration::from_secs(10)));
+        assert_eq!(apt_lock_retry_delay(1, zero, bound, 0.8), Some(Duration::from_millis(800)));
+        assert_eq!(apt_lock_retry_delay(5, zero, bound, 1.2), Some(Duration::from_secs(12)));
+        assert_eq!(
+            apt_lock_retry_delay(u32::MAX, zero, bound, f64::NAN),
+            Some(Duration::from_secs(10))
+        );
         // The whole wait is bounded: the retries stop before five minutes have passed.
         let mut waited = Duration::ZERO;
         let mut attempt = 0;
-        while let Some(delay) = apt_lock_retry_delay(attempt + 1, waited, 1.2) {
+        while let Some(delay) = apt_lock_retry_delay(attempt + 1, waited, bound, 1.2) {
             attempt += 1;
             waited += delay;
         }
-        assert!(waited <= APT_LOCK_WAIT && waited > APT_LOCK_WAIT - Duration::from_secs(12));
+        assert!(waited <= bound && waited > bound - Duration::from_secs(12));
         assert!(attempt > 20, "{attempt}");
-        assert_eq!(apt_lock_retry_delay(1, APT_LOCK_WAIT, 1.0), None);
+        assert_eq!(apt_lock_retry_delay(1, bound, bound, 1.0), None);
+        // Another bound scales the schedule with it.
+        let short = Duration::from_millis(300);
+        let delays: Vec<_> = (1..=6)
+            .map(|n| apt_lock_retry_delay(n, zero, short, 1.0).unwrap().as_millis())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 10, 10]);
     }
 
     #[test]

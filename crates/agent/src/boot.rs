@@ -20,8 +20,9 @@
 //!    still runs the binary).
 //! 3. **Packages**, with apt: those `dpkg-query` reports installed (at the asked version, for
 //!    `name=version`) are skipped; otherwise `apt-get update` then `apt-get install -y`, each
-//!    tried again while another apt or dpkg holds the lock, up to five minutes
-//!    ([`crate::backoff::apt_lock_retry_delay`]). Critical.
+//!    tried again while another apt or dpkg holds the lock, up to the bootstrap's
+//!    `boot.apt_lock_wait` (5 minutes by default; [`crate::backoff::apt_lock_retry_delay`]).
+//!    A failure is reported with apt's exit status and the last of its output. Critical.
 //! 4. **Commands**, each with its argv (no shell), the binary's `FLOTILLA_*` environment plus
 //!    `FLOTILLA_BOOT_ROOT`, in the instance directory, killed (its whole process group) at its
 //!    timeout, its last 4 KiB of output kept. A command runs once per boot: one that succeeded
@@ -79,6 +80,8 @@ pub(crate) struct BootTarget {
     pub(crate) root: PathBuf,
     /// Whether kernel settings, packages and file owners apply.
     pub(crate) system_settings: bool,
+    /// How long packages wait in all for apt's locks.
+    pub(crate) apt_lock_wait: Duration,
     /// What the agent runs on, for "not applicable on …".
     pub(crate) runs_on: String,
     /// The instance directory: commands run there, and the record of commands is kept there.
@@ -349,12 +352,18 @@ impl Runner<'_> {
             }
             attempt += 1;
             let delay = holds_apt_lock(&result.output)
-                .then(|| apt_lock_retry_delay(attempt, started.elapsed(), restart_jitter()))
+                .then(|| {
+                    let bound = self.target.apt_lock_wait;
+                    apt_lock_retry_delay(attempt, started.elapsed(), bound, restart_jitter())
+                })
                 .flatten();
             let Some(delay) = delay else {
                 let mut message = format!("`{}` {}", argv.join(" "), result.end.describe());
                 if holds_apt_lock(&result.output) {
-                    message.push_str(" (another apt or dpkg held its lock for 5 minutes)");
+                    message.push_str(&format!(
+                        " (another apt or dpkg held its lock for {})",
+                        format_duration(self.target.apt_lock_wait)
+                    ));
                 }
                 return Err(failed(message, Some(result.output), result.end.code()));
             };

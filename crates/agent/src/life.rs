@@ -452,6 +452,7 @@ fn boot_target(context: &AgentContext, disks: Option<crate::disks::DiskAccess>) 
         disks,
         root: boot_root(context),
         system_settings: bootstrap.boot.system_settings,
+        apt_lock_wait: bootstrap.boot.apt_lock_wait,
         runs_on: bootstrap.boot.runs_on.clone(),
         dir: context.dir.root().to_path_buf(),
     }

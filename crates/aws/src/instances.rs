@@ -45,6 +45,8 @@ pub struct Found {
     /// EC2's reason for the last state change (`StateReason`), e.g.
     /// `Server.SpotInstanceTermination: Spot instance termination`, when it gives one.
     pub state_reason: Option<String>,
+    /// The image it booted (`ami-…`).
+    pub image_id: Option<String>,
 }
 
 impl Found {
@@ -98,6 +100,7 @@ fn found_from(region: &str, instance: &aws_sdk_ec2::types::Instance) -> Option<F
         },
         launch_time: instance.launch_time().map(|t| t.secs()).unwrap_or(0),
         state_reason: instance.state_reason().and_then(state_reason),
+        image_id: instance.image_id().map(str::to_owned),
     })
 }
 

@@ -748,6 +748,7 @@ mod tests {
             lifecycle: Lifecycle::OnDemand,
             launch_time: time,
             state_reason: None,
+            image_id: None,
         }
     }
 

@@ -14,7 +14,8 @@
 //! [`templates`] (with [`disks`], an entry's data disks), [`fleet`], [`launch`], [`instances`], [`s3`], [`iam`],
 //! [`userdata`] and [`agents`], [`retire`] (machines removed one by one), [`teardown`],
 //! [`snapshots`] (`snapshot` and `image`: a machine's disks or an AMI, stop and start around them),
-//! [`authorize`], [`clean`], [`health`] (open EC2 issues before each batch of an update), [`address`] (the
+//! [`authorize`], [`clean`], [`health`] (open EC2 issues before each batch of an update),
+//! [`silent_agent`] (what a machine whose agent never answered booted), [`address`] (the
 //! deployer's address), [`guard`] (the emulator address guard), [`tags`], [`fanout`], with
 //! [`records`] and [`journal`] for what this machine started.
 
@@ -45,6 +46,7 @@ pub mod records;
 pub mod references;
 pub mod retire;
 pub mod s3;
+pub mod silent_agent;
 pub mod snapshots;
 pub mod survey;
 pub mod tags;
@@ -319,6 +321,10 @@ impl Provider for AwsProvider {
         regions: &[String],
     ) -> Result<flotilla_core::provider::HealthReading, ProviderError> {
         health::open_ec2_issues(&self.clients, regions).await
+    }
+
+    async fn explain_silent_agent(&self, machine: &Machine) -> Option<String> {
+        Some(silent_agent::explain(self, machine).await)
     }
 
     async fn tend_host_pools(&self, plan: &DeploymentPlan) -> Result<Vec<String>, ProviderError> {

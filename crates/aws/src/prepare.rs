@@ -32,6 +32,9 @@ pub struct LaunchSettings {
     pub groups: BTreeMap<String, GroupSettings>,
     /// Prices as the survey cached them (for each machine's placement).
     pub prices: PriceBook,
+    /// Image id → its name, for every image the templates boot: named when a machine's agent
+    /// never answers ([`crate::silent_agent`]).
+    pub image_names: BTreeMap<String, String>,
 }
 
 /// What one capacity group's fleet requests name.
@@ -421,6 +424,7 @@ pub async fn prepare(
         regions: region_plans,
         groups,
         prices: crate::prices::cached_book(&survey::cache_dir(home, clients), &regions),
+        image_names: images_seen.into_values().map(|image| (image.id, image.name)).collect(),
     })
 }
 

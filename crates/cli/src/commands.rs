@@ -23,12 +23,13 @@ use crate::progress::Bars;
 use crate::providers::{self, ProviderContext};
 
 /// How long agents have to answer after their machines run: a local agent starts at once; a
-/// cloud machine boots, runs its user data and downloads its agent first.
-fn agent_timeout(kind: ProviderKind) -> std::time::Duration {
-    match kind {
+/// cloud machine boots, runs its user data and downloads its agent first. Tests shorten it
+/// ([`crate::env::TEST_AGENT_TIMEOUT`]).
+fn agent_timeout(kind: ProviderKind, environment: &Environment) -> std::time::Duration {
+    environment.agent_timeout.unwrap_or(match kind {
         ProviderKind::Local => std::time::Duration::from_secs(60),
         ProviderKind::Aws => std::time::Duration::from_secs(900),
-    }
+    })
 }
 
 /// Runs the command line; returns the exit status.
@@ -205,7 +206,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
                     provider: kind,
                     force: args.force,
                     concurrency: args.concurrency as usize,
-                    agent_timeout: agent_timeout(kind),
+                    agent_timeout: agent_timeout(kind, &environment),
                     cwd: current_dir()?,
                 },
                 &bars,
@@ -243,7 +244,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
                     provider: args.provider.map(Into::into),
                     batch_size: args.concurrency.map(|c| c as usize),
                     dry_run: args.dry_run,
-                    agent_timeout: agent_timeout(kind),
+                    agent_timeout: agent_timeout(kind, &environment),
                     cwd: current_dir()?,
                     prepared: None,
                     health: if args.ignore_health { HealthGate::Ignore } else { HealthGate::Check },
@@ -349,7 +350,7 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
                     max_per_hour: args
                         .max_per_hour
                         .map_or(heal.max_per_hour as usize, |n| n as usize),
-                    agent_timeout: agent_timeout(kind),
+                    agent_timeout: agent_timeout(kind, &environment),
                     rounds: args.rounds,
                 },
                 &bars,
@@ -662,7 +663,7 @@ async fn capture(
         name: name.to_owned(),
         kind,
         stop,
-        agent_timeout: agent_timeout(kind_of),
+        agent_timeout: agent_timeout(kind_of, environment),
     };
     let report = workflows::capture(&home, &tag, &request, &bars, |d| context.make(d)).await?;
     drop(bars);

@@ -39,6 +39,10 @@ pub const TEST_HALT_AT: &str = "FLOTILLA_TEST_HALT_AT";
 /// such as `20s`), instead of 10 minutes, so that a test of capacity that never comes ends
 /// soon. Not for users.
 pub const TEST_LAUNCH_DEADLINE: &str = "FLOTILLA_TEST_LAUNCH_DEADLINE";
+/// For tests only: how long agents have to answer once their machines run (a duration such as
+/// `8s`), instead of 1 minute locally and 15 minutes on AWS, so that a test of an agent that
+/// never answers ends soon. Not for users.
+pub const TEST_AGENT_TIMEOUT: &str = "FLOTILLA_TEST_AGENT_TIMEOUT";
 
 /// Where the local provider looks for the monitoring programs (Prometheus, node exporter): the
 /// local machines are this host, so they have what it has.
@@ -59,6 +63,8 @@ pub struct Environment {
     pub halt_at: Option<String>,
     /// [`TEST_LAUNCH_DEADLINE`], when it parses as a duration.
     pub launch_deadline: Option<std::time::Duration>,
+    /// [`TEST_AGENT_TIMEOUT`], when it parses as a duration.
+    pub agent_timeout: Option<std::time::Duration>,
     pub path: Option<OsString>,
 }
 
@@ -84,6 +90,8 @@ impl Environment {
             agent_x86_64: value(AGENT_X86_64).map(PathBuf::from),
             halt_at: text(TEST_HALT_AT),
             launch_deadline: text(TEST_LAUNCH_DEADLINE)
+                .and_then(|value| humantime::parse_duration(&value).ok()),
+            agent_timeout: text(TEST_AGENT_TIMEOUT)
                 .and_then(|value| humantime::parse_duration(&value).ok()),
             path: value(PATH),
         }

@@ -241,6 +241,13 @@ impl Provider for AnyProvider {
         }
     }
 
+    async fn explain_silent_agent(&self, machine: &Machine) -> Option<String> {
+        match self {
+            AnyProvider::Local(p) => p.explain_silent_agent(machine).await,
+            AnyProvider::Aws(p) => p.explain_silent_agent(machine).await,
+        }
+    }
+
     async fn tend_host_pools(&self, plan: &DeploymentPlan) -> Result<Vec<String>, ProviderError> {
         match self {
             AnyProvider::Local(p) => p.tend_host_pools(plan).await,

@@ -576,3 +576,89 @@ fn bad_references_are_refused_at_once_before_anything_is_made() {
     }
     assert!(!counts.0.is_empty(), "the references were read");
 }
+
+/// How long the test gives agents to answer: long enough for the monitoring machine's agent on
+/// the default image, far shorter than the 15 minutes of a real create.
+const SHORT_AGENT_TIMEOUT: &str = "15s";
+
+/// An image without cloud-init boots and never starts the agent: `create` fails once the
+/// (shortened) wait for agents runs out, naming the machine, its instance, the image by id and
+/// name, what the image needs and how to read the boot output; `destroy` then leaves nothing.
+#[test]
+fn an_image_without_cloud_init_fails_create_naming_the_image() {
+    use flotilla_emulator::control::IMAGE_BOOT_TAG;
+    let fleet = AwsFleet::new("account-no-cloud-init");
+    let runtime = runtime();
+    let ec2 = runtime.block_on(fleet.ec2("us-east-1"));
+    let image_name = format!("bare-{}", fleet.tag);
+    let image = runtime.block_on(async {
+        ec2.register_image()
+            .name(&image_name)
+            .architecture(native_architecture())
+            .root_device_name("/dev/xvda")
+            .virtualization_type("hvm")
+            .tag_specifications(
+                TagSpecification::builder()
+                    .resource_type(ResourceType::Image)
+                    .tags(Tag::builder().key(IMAGE_BOOT_TAG).value("none").build())
+                    .build(),
+            )
+            .send()
+            .await
+            .unwrap()
+            .image_id()
+            .unwrap()
+            .to_owned()
+    });
+
+    fleet.write("app.conf", "port = 9090\n");
+    let spec = format!(
+        "tag: {tag}\nprovider: aws\nmonitoring: {{instance_type: {monitoring}, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- {{name: web, count: 1, region: us-east-1, instance_type: {native}, storage_size: 10, storage_class: gp3, binary: {binary}, config: app.conf, profiling: false, image: {image}}}\nports: []\n",
+        tag = fleet.tag,
+        monitoring = native_monitoring_type(),
+        native = native_type(),
+        binary = fleet_app_bin().display(),
+    );
+    let spec = fleet.write("fleet.yaml", &spec).display().to_string();
+    let started = std::time::Instant::now();
+    let output = fleet
+        .command(&["create", "--config", &spec, "--ip", "198.51.100.7"])
+        .env("FLOTILLA_TEST_AGENT_TIMEOUT", SHORT_AGENT_TIMEOUT)
+        .output()
+        .unwrap();
+    let took = started.elapsed();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(!output.status.success(), "create fails: {stderr}");
+    assert!(took < std::time::Duration::from_secs(180), "within the short wait: {took:?}");
+
+    let instance = runtime.block_on(async {
+        let described = ec2.describe_instances().filters(fleet.tag_filter()).send().await.unwrap();
+        let on_image: Vec<String> = described
+            .reservations()
+            .iter()
+            .flat_map(|r| r.instances())
+            .filter(|i| i.image_id() == Some(image.as_str()))
+            .filter_map(|i| i.instance_id().map(str::to_owned))
+            .collect();
+        assert_eq!(on_image.len(), 1, "{on_image:?}");
+        on_image.into_iter().next().unwrap()
+    });
+    let line = stderr
+        .lines()
+        .find(|l| l.contains("web-0"))
+        .unwrap_or_else(|| panic!("the failure names the machine: {stderr}"));
+    for expected in [
+        format!("the agent of machine {instance} did not answer within {SHORT_AGENT_TIMEOUT}"),
+        format!("booted image {image} ({image_name})"),
+        "needs cloud-init".to_owned(),
+        "systemd".to_owned(),
+        format!("aws ec2 get-console-output --instance-id {instance} --region us-east-1"),
+    ] {
+        assert!(line.contains(&expected), "{expected:?} in {line}");
+    }
+    assert!(!stderr.contains("monitoring: the agent"), "the monitoring machine answered: {stderr}");
+
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+    let left = runtime.block_on(fleet.leftovers(&["us-east-1"]));
+    assert!(left.is_empty(), "{left:?}");
+}

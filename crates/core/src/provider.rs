@@ -423,6 +423,19 @@ pub trait Provider: Surveyor {
         std::future::ready(Ok(HealthReading::NotApplicable))
     }
 
+    /// What the provider can tell about `machine`, whose agent never answered while the
+    /// machine ran: what it booted (the image, by id and name) and what that must hold for
+    /// flotilla's boot to start an agent, and how to look at the boot. Read-only; asked once
+    /// per such machine, after the wait ran out. `None` when the provider has nothing to add
+    /// (the local provider starts the agent itself).
+    fn explain_silent_agent(
+        &self,
+        machine: &Machine,
+    ) -> impl Future<Output = Option<String>> + Send {
+        let _ = machine;
+        std::future::ready(None)
+    }
+
     /// One round of upkeep for the dedicated host pools of `plan` (`watch` calls it every
     /// round): hosts that may go are released, idle hosts scrubbed as the pool's policy says.
     /// Returns a line per thing done. A provider without dedicated hosts does nothing.

@@ -2933,6 +2933,7 @@ def describe(account_id: str, region: str, backend: Any, instance: Any) -> dict[
         "instance_type": instance.instance_type,
         "availability_zone": instance.availability_zone,
         "image_id": instance.image_id,
+        "image_boot": image_boot(backend, instance.image_id),
         "architecture": instance.architecture,
         "ami_launch_index": instance.ami_launch_index,
         "user_data": user_data,
@@ -2953,6 +2954,17 @@ def describe(account_id: str, region: str, backend: Any, instance: Any) -> dict[
         "spot_reclaim_after_ms": getattr(instance, "_flotilla_reclaim_after_ms", None),
         "volumes": attachments(backend, instance),
     }
+
+
+# The tag of a registered image that says what it starts at boot: `none` models an image without
+# cloud-init (or systemd), whose instances run and never run their user data.
+IMAGE_BOOT_TAG = "flotilla-emulator:boot"
+
+
+def image_boot(backend: Any, image_id: str | None) -> str:
+    """`none` for an image tagged `flotilla-emulator:boot=none`, else `cloud-init`."""
+    tags = backend.tags.get(image_id, {}) if image_id else {}
+    return "none" if tags.get(IMAGE_BOOT_TAG) == "none" else "cloud-init"
 
 
 def find_instance(instance_id: str) -> tuple[str, str, Any, Any] | None:

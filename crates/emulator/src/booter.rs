@@ -14,7 +14,9 @@
 //!    `#!` is a script, as cloud-init decides ([`is_script`]): anything else (an ec2fleetd
 //!    config for `flotilla fleetd`, a `#cloud-config`) is only served by the instance's IMDS,
 //!    and the instance runs with nothing started (`Exited`, no pid), as cloud-init leaves a
-//!    machine whose user data it has no handler for.
+//!    machine whose user data it has no handler for. An instance of an image tagged
+//!    `flotilla-emulator:boot=none` ([`ImageBoot::None`]) runs nothing either, whatever its
+//!    user data: it models an image without cloud-init, which boots and never starts an agent.
 //!
 //! An instance that cannot be booted (its agent's or IMDS port is taken on its address, its
 //! user data is not base64, its root cannot be prepared, `/bin/sh` cannot start), or whose
@@ -58,7 +60,9 @@ use crate::control::{ControlError, Emulator};
 use crate::devices::Devices;
 use crate::env::user_data as contract;
 use crate::imds::{IMDS_PORT, Imds, InstanceImds};
-use crate::instance::{BootState, BootedInstance, InstanceInfo, InstanceListing, StateReason};
+use crate::instance::{
+    BootState, BootedInstance, ImageBoot, InstanceInfo, InstanceListing, StateReason,
+};
 
 /// How often moto is asked for its instances.
 pub(crate) const POLL_INTERVAL: Duration = Duration::from_millis(250);
@@ -400,7 +404,8 @@ impl Booter {
         let imds = Arc::new(Imds::serve(instance.clone(), user_data.clone()));
         let (shutdown, shutdown_rx) = watch::channel(false);
         tokio::spawn(flotilla_agent::imds_server::serve(listener, imds.clone(), shutdown_rx));
-        let Some(script) = user_data.filter(|data| is_script(data)) else {
+        let runs_user_data = instance.image_boot == ImageBoot::CloudInit;
+        let Some(script) = user_data.filter(|data| runs_user_data && is_script(data)) else {
             return Ok(Started { imds, imds_shutdown: shutdown, pid: None });
         };
         let script_path = dir.join("user-data");

@@ -59,9 +59,9 @@ use serde_json::json;
 
 use crate::env;
 pub use crate::instance::{
-    AgentSeedSwitch, BOOT_FAILURE_CODE, BootState, BootedInstance, InstanceInfo,
-    RebalanceRecommendation, SPOT_RECLAIM_CODE, ScheduledEvent, ScheduledEvents, SpotAction,
-    SpotInterruption, StateReason,
+    AgentSeedSwitch, BOOT_FAILURE_CODE, BootState, BootedInstance, IMAGE_BOOT_TAG, ImageBoot,
+    InstanceInfo, RebalanceRecommendation, SPOT_RECLAIM_CODE, ScheduledEvent, ScheduledEvents,
+    SpotAction, SpotInterruption, StateReason,
 };
 
 /// What a test gets when the stack is not running.

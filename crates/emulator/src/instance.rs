@@ -23,6 +23,9 @@ pub struct InstanceInfo {
     pub instance_type: String,
     pub availability_zone: Option<String>,
     pub image_id: Option<String>,
+    /// What the instance's image starts at boot.
+    #[serde(default)]
+    pub image_boot: ImageBoot,
     pub architecture: Option<String>,
     pub ami_launch_index: u32,
     /// Base64, as RunInstances received it.
@@ -54,6 +57,22 @@ pub struct InstanceInfo {
     /// Its EBS volumes (the root volume too), with their attachment state.
     #[serde(default)]
     pub volumes: Vec<VolumeAttachmentInfo>,
+}
+
+/// The tag of a registered image that says what it starts at boot ([`ImageBoot`]): a test
+/// registers an image with `flotilla-emulator:boot=none` to have one without cloud-init.
+pub const IMAGE_BOOT_TAG: &str = "flotilla-emulator:boot";
+
+/// What an instance's image starts at boot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ImageBoot {
+    /// cloud-init runs the user data, as on the images flotilla boots by default.
+    #[default]
+    CloudInit,
+    /// Nothing runs the user data (an image without cloud-init or systemd, tagged
+    /// [`IMAGE_BOOT_TAG`]`=none`): the instance runs, its IMDS answers, and no agent starts.
+    None,
 }
 
 /// One EBS volume of an instance, as moto reports it to the booter.

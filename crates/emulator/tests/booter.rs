@@ -119,3 +119,47 @@ async fn the_agent_seed_can_be_switched_off_per_scope() {
     assert!(!env.contains_key("FLOTILLA_AGENT_SEED"), "{env:?}");
     aws.terminate(&[id]).await;
 }
+
+/// An image tagged `flotilla-emulator:boot=none` models one without cloud-init: its instance
+/// runs, but nothing runs its user data.
+#[tokio::test]
+async fn an_image_without_cloud_init_runs_no_user_data() {
+    use flotilla_emulator::control::IMAGE_BOOT_TAG;
+    let aws = Aws::new("booter-no-cloud-init");
+    aws.instant_states().await;
+    let name = format!("no-cloud-init-{}", aws.key());
+    let image = aws
+        .ec2(
+            "RegisterImage",
+            &[
+                ("Name", name.as_str()),
+                ("TagSpecification.1.ResourceType", "image"),
+                ("TagSpecification.1.Tag.1.Key", IMAGE_BOOT_TAG),
+                ("TagSpecification.1.Tag.1.Value", "none"),
+            ],
+        )
+        .await
+        .ok()
+        .expect_value("imageId");
+    let user_data = base64(USER_DATA);
+    let params = [
+        ("ImageId", image.as_str()),
+        ("MinCount", "1"),
+        ("MaxCount", "1"),
+        ("UserData", user_data.as_str()),
+    ];
+    let id = aws.ec2("RunInstances", &params).await.ok().expect_value("instanceId");
+    let booted = aws
+        .emulator
+        .wait_booted(&id, BOOT_TIMEOUT, |b| b.state != BootState::Failed)
+        .await
+        .expect("booted");
+    assert_eq!(
+        (booted.state, booted.pid),
+        (BootState::Exited, None),
+        "nothing started: {booted:?}"
+    );
+    assert!(!booted.root.join("env.txt").exists(), "the script never ran");
+    assert_eq!(aws.state(&id).await.0, "running", "the instance runs all the same");
+    aws.terminate(&[id]).await;
+}

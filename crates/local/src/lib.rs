@@ -327,6 +327,7 @@ impl LocalProvider {
                 root: Some(dir.join("root")),
                 system_settings: false,
                 runs_on: "the local provider".to_owned(),
+                ..BootTarget::default()
             },
             imds: Some(ImdsTarget {
                 endpoint: format!("http://{}:{REHEARSAL_IMDS_PORT}", record.address),

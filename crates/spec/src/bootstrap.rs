@@ -21,6 +21,11 @@ pub const DEFAULT_METRICS_PORT: u16 = 9101;
 pub const MAX_IDENTITY_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
 /// The longest `stop_grace`: a binary that needs more than an hour to stop is killed.
 pub const MAX_STOP_GRACE: Duration = Duration::from_secs(3600);
+/// How long boot packages wait for another apt or dpkg to let go of its locks, by default:
+/// cloud-init and unattended-upgrades hold them for minutes on a fresh machine.
+pub const DEFAULT_APT_LOCK_WAIT: Duration = Duration::from_secs(300);
+/// The longest `boot.apt_lock_wait`.
+pub const MAX_APT_LOCK_WAIT: Duration = Duration::from_secs(3600);
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
@@ -124,12 +129,27 @@ pub struct BootTarget {
     /// What the agent runs on, as reports name it: "not applicable on <runs_on>", e.g. `the local provider`.
     #[serde(default = "default_boot_runs_on")]
     pub runs_on: String,
+    /// How long boot packages wait in all for another apt or dpkg to let go of its locks,
+    /// e.g. `5m` (the default); at most `1h`. The tries in between are spaced in proportion
+    /// (1 s doubling to 10 s for 5 minutes; see the agent's `backoff.rs`).
+    #[serde(default = "default_apt_lock_wait", with = "crate::duration_serde")]
+    #[schemars(with = "crate::duration_serde::DurationText")]
+    pub apt_lock_wait: Duration,
 }
 
 impl Default for BootTarget {
     fn default() -> Self {
-        BootTarget { root: None, system_settings: false, runs_on: default_boot_runs_on() }
+        BootTarget {
+            root: None,
+            system_settings: false,
+            runs_on: default_boot_runs_on(),
+            apt_lock_wait: DEFAULT_APT_LOCK_WAIT,
+        }
     }
+}
+
+fn default_apt_lock_wait() -> Duration {
+    DEFAULT_APT_LOCK_WAIT
 }
 
 fn default_boot_runs_on() -> String {
@@ -237,6 +257,9 @@ impl AgentBootstrap {
         }
         if self.boot.root.as_ref().is_some_and(|path| !path.is_absolute()) {
             return Err(invalid("boot", "root must be an absolute path"));
+        }
+        if self.boot.apt_lock_wait > MAX_APT_LOCK_WAIT {
+            return Err(invalid("boot", "apt_lock_wait must be at most 1h"));
         }
         if let Some(imds) = &self.imds {
             let Some(authority) = imds.endpoint.strip_prefix("http://") else {

@@ -343,11 +343,18 @@ async fn come_back<P: Provider>(
     let client = super::connect(deployment, std::slice::from_ref(&started))?;
     let deadline = Instant::now() + request.agent_timeout;
     let departures = super::Departures::default();
-    super::wait_for_agent(&client, &started.name, deadline, request.agent_timeout, &departures)
-        .await
-        .map_err(|failure| {
-            CoreError::Refused(format!("{} was started, but {}", started.name, failure.reason))
-        })?;
+    super::wait_for_agent(
+        provider,
+        &client,
+        &started,
+        deadline,
+        request.agent_timeout,
+        &departures,
+    )
+    .await
+    .map_err(|failure| {
+        CoreError::Refused(format!("{} was started, but {}", started.name, failure.reason))
+    })?;
     let told = publish_addresses(provider, deployment, progress).await.map_err(|error| {
         CoreError::Refused(format!(
             "{} runs again at {}, but its address did not reach every machine: {error}; its binary is left stopped: run `flotilla update` with the deployment's spec to publish the address and start it",

@@ -114,11 +114,18 @@ pub async fn create<P: Provider>(
         let departures = &departures;
         let rollout_started = &rollout_started;
         let mut runs = futures_util::stream::iter(machines.iter().map(|machine| {
-            let (client, agents, binaries) = (&client, &agents, &binaries);
+            let (provider, client, agents, binaries) = (&provider, &client, &agents, &binaries);
             let manifest = manifests.get(&machine.name);
             async move {
-                wait_for_agent(client, &machine.name, deadline, request.agent_timeout, departures)
-                    .await?;
+                wait_for_agent(
+                    provider,
+                    client,
+                    machine,
+                    deadline,
+                    request.agent_timeout,
+                    departures,
+                )
+                .await?;
                 agents.advance(1);
                 let Some(manifest) = manifest else {
                     return Ok(None);

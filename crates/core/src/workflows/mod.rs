@@ -209,18 +209,23 @@ impl Departures {
     }
 }
 
-/// Waits until `name`'s agent answers `Status`, polling on a [`PollSchedule`] until
+/// Waits until `machine`'s agent answers `Status`, polling on a [`PollSchedule`] until
 /// `deadline` (`timeout` after the wait began, named in the failure). Gives up at once on a
 /// failure no wait mends ([`crate::client::ClientError::is_permanent`]) and on a machine the
-/// provider reports gone.
-async fn wait_for_agent(
+/// provider reports gone. An agent that never answered a machine that still runs is reported
+/// with the machine's id and what the provider can tell about it
+/// ([`Provider::explain_silent_agent`]: on AWS its image, and that flotilla's boot needs
+/// cloud-init and systemd there).
+async fn wait_for_agent<P: Provider>(
+    provider: &P,
     client: &AgentClient,
-    name: &str,
+    machine: &Machine,
     deadline: Instant,
     timeout: Duration,
     departures: &Departures,
 ) -> Result<(), MachineFailure> {
     use std::sync::atomic::Ordering;
+    let name = machine.name.as_str();
     let mut schedule = PollSchedule::default();
     departures.waiting.fetch_add(1, Ordering::Relaxed);
     let error = loop {
@@ -231,10 +236,15 @@ async fn wait_for_agent(
             }
             Err(error) if error.is_permanent() => break error.to_string(),
             Err(error) if Instant::now() >= deadline => {
-                break format!(
-                    "the agent did not answer within {}: {error}",
+                let mut reason = format!(
+                    "the agent of machine {} did not answer within {}: {error}",
+                    machine.id,
                     humantime::format_duration(timeout)
                 );
+                if let Some(explanation) = provider.explain_silent_agent(machine).await {
+                    reason.push_str(&format!("; {explanation}"));
+                }
+                break reason;
             }
             Err(error) => {
                 if let Some(gone) = departures.gone(name) {

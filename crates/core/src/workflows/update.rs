@@ -374,7 +374,7 @@ async fn start_new_machines<P: Provider>(
     {
         let (departures, no_checkpoint, stage) = (&departures, &no_checkpoint, &stage);
         let mut runs = futures_util::stream::iter(machines.iter().map(|machine| async move {
-            wait_for_agent(client, &machine.name, deadline, agent_timeout, departures).await?;
+            wait_for_agent(provider, client, machine, deadline, agent_timeout, departures).await?;
             let Some(manifest) = manifests.get(&machine.name) else {
                 stage.advance(1);
                 return Ok(None);
