@@ -9,7 +9,9 @@ use flotilla_spec::ProviderKind;
 ///
 /// Exit status: 0 success; 1 the command ran but the fleet did not reach the desired state
 /// (an update was rolled back, machines are unhealthy); 2 the command could not run (bad
-/// arguments or spec, state or provider errors).
+/// arguments or spec, state or provider errors); and for a provider failure a script can act
+/// on: 3 no capacity in the pools allowed, 4 an account quota, 5 throttled, 6 permission denied
+/// (each with a `hint:` line).
 #[derive(Debug, Parser)]
 #[command(name = "flotilla", version, max_term_width = 100)]
 pub struct Cli {

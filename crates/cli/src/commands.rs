@@ -116,6 +116,10 @@ fn report(error: &CoreError, output: Option<OutputFormat>) {
             writeln!(stderr, "error: {}", lines.join("\n"))
         }
     };
+    let hint = error.hint();
+    if let Some(hint) = &hint {
+        let _ = writeln!(stderr, "hint: {}", escape_for_terminal(hint));
+    }
     if output == Some(OutputFormat::Json) {
         let failures = match error {
             CoreError::Failed { failures, .. } => serde_json::to_value(failures).ok(),
@@ -126,7 +130,12 @@ fn report(error: &CoreError, output: Option<OutputFormat>) {
             CoreError::Failed { summary, .. } => summary.clone(),
             other => error_chain(other),
         };
-        output::print_json(&serde_json::json!({ "error": summary, "details": failures }));
+        output::print_json(&serde_json::json!({
+            "error": summary,
+            "kind": error.provider_kind(),
+            "hint": hint,
+            "details": failures,
+        }));
     }
 }
 

@@ -409,9 +409,13 @@ fn a_permanent_error_fails_fast_and_destroy_cleans_up() {
     let started = Instant::now();
     let output = fleet.run(&["create", "--config", &spec, "--ip", "127.0.0.1"]);
     let elapsed = started.elapsed();
-    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(6), "a permission failure: {stderr}");
     assert!(stderr.contains("UnauthorizedOperation"), "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.starts_with("hint: allow CreateFleet in ")),
+        "the hint names the action denied: {stderr}"
+    );
     assert!(stderr.contains("CreateFleet"), "names the call: {stderr}");
     assert!(
         stderr.contains("us-east-1")
@@ -889,8 +893,8 @@ fn retries_wait_out_eventual_consistency_and_stop_at_errors_that_cannot_heal() {
     let output =
         fleet.command(&["create", "--config", &spec, "--ip", "127.0.0.1"]).output().unwrap();
     let elapsed = started.elapsed();
-    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "a capacity failure: {stderr}");
     // Which zone the first launch picks varies (balanced placement breaks ties either way);
     // every zone that was tried is named with its reason.
     assert!(
@@ -1076,8 +1080,12 @@ fn spot_with_every_pool_dry_fails_at_the_deadline_naming_the_pools() {
         .output()
         .unwrap();
     let elapsed = started.elapsed();
-    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "a capacity failure: {stderr}");
+    assert!(
+        stderr.contains("\nhint: try more instance_types or zones, or market: prefer-spot"),
+        "{stderr}"
+    );
     assert!(stderr.contains("w: 2 of the spot machines in us-west-2 could not be launched before the launch deadline"), "{stderr}");
     for pool in [
         "spot m5.large in us-west-2a (InsufficientInstanceCapacity)",
@@ -1139,9 +1147,15 @@ fn a_quota_error_is_not_retried_on_other_types_of_its_family() {
         .env("FLOTILLA_TEST_LAUNCH_DEADLINE", "10s")
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "a quota failure: {stderr}");
     assert!(stderr.contains("on-demand m5.large in us-west-2a (VcpuLimitExceeded)"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "\nhint: request a quota increase: the standard on-demand vCPU quota in us-west-2\n"
+        ),
+        "{stderr}"
+    );
     let counts = runtime().block_on(scope.counts()).unwrap();
     // One for the monitoring machine (us-east-1), one per zone of `w`.
     assert_eq!(counts.get("ec2", "CreateFleet"), 3, "{counts:?}");

@@ -131,13 +131,22 @@ pub enum ErrorKind {
 pub struct ProviderError {
     pub message: String,
     pub kind: ErrorKind,
+    /// What the kind is about, for the hint the CLI prints: the quota for
+    /// [`ErrorKind::Quota`] (its family, market and region), the action denied for
+    /// [`ErrorKind::Permission`].
+    pub subject: Option<String>,
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl ProviderError {
     pub fn new(message: impl Into<String>) -> Self {
-        ProviderError { message: message.into(), kind: ErrorKind::Other, source: None }
+        ProviderError {
+            message: message.into(),
+            kind: ErrorKind::Other,
+            subject: None,
+            source: None,
+        }
     }
 
     pub fn with_source(
@@ -147,8 +156,15 @@ impl ProviderError {
         ProviderError {
             message: message.into(),
             kind: ErrorKind::Other,
+            subject: None,
             source: Some(Box::new(source)),
         }
+    }
+
+    /// The same error, about `subject` (see [`ProviderError::subject`]).
+    pub fn about(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
     }
 
     /// The same error, of `kind`.

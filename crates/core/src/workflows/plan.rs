@@ -23,7 +23,7 @@ use crate::capacity::{binary_architectures, capacity_errors, check_listed_archit
 use crate::error::CoreError;
 use crate::plan::{DeploymentPlan, GroupPlan};
 use crate::progress::Progress;
-use crate::provider::{Survey, Surveyor};
+use crate::provider::{ErrorKind, Survey, Surveyor};
 
 /// Hours in a month, for monthly figures: 365 × 24 / 12.
 pub const HOURS_PER_MONTH: f64 = 730.0;
@@ -140,7 +140,9 @@ pub async fn resolve(
     let regions = plan.regions();
     let survey = match surveyor.survey(&regions, &plan.groups, progress).await {
         Ok(survey) => survey,
-        Err(error) if fallback => builtin_survey(&plan, &regions, &error),
+        Err(error) if fallback && survey_falls_back(error.kind) => {
+            builtin_survey(&plan, &regions, &error)
+        }
         Err(error) => return Err(error.into()),
     };
     let by_name_only = survey.catalog.types.values().all(|t| t.vcpus == 0);
@@ -270,6 +272,13 @@ async fn check_references(
 }
 
 /// A survey from built-in data only (see [`resolve`]).
+/// Whether a survey that failed with `kind` is replaced by the built-in data: the account could
+/// not be read (no or refused credentials, no network, throttled). What the account says about
+/// the spec (a region not enabled, a quota) is an error, as it would be for `create`.
+fn survey_falls_back(kind: ErrorKind) -> bool {
+    matches!(kind, ErrorKind::Permission | ErrorKind::Throttled | ErrorKind::Other)
+}
+
 fn builtin_survey(
     plan: &DeploymentPlan,
     regions: &[String],
@@ -591,6 +600,17 @@ mod tests {
             line.starts_with("8 machines in 1 region (worker: 7 spot in 3 zones), about $"),
             "{line}"
         );
+    }
+
+    #[test]
+    fn plan_falls_back_to_the_builtin_table_only_when_the_account_cannot_be_read() {
+        for kind in [ErrorKind::Permission, ErrorKind::Throttled, ErrorKind::Other] {
+            assert!(survey_falls_back(kind), "{kind:?}");
+        }
+        for kind in [ErrorKind::Invalid, ErrorKind::NotFound, ErrorKind::Quota, ErrorKind::Capacity]
+        {
+            assert!(!survey_falls_back(kind), "{kind:?}");
+        }
     }
 
     #[test]
