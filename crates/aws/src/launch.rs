@@ -33,7 +33,7 @@ use aws_sdk_ec2::types::Tag;
 use flotilla_capacity::launch::{Event, LaunchFailure};
 use flotilla_capacity::unavailable::quota_family;
 use flotilla_capacity::{
-    ErrorClass, GroupLaunch, LaunchPlanner, Launched, Lifecycle, PriceBook, Step,
+    ErrorClass, GroupLaunch, LaunchPlanner, Launched, Lifecycle, PriceBook, Step, TypeOrder,
     UnavailableOfferings, classify,
 };
 use flotilla_core::plan::{DeploymentPlan, GroupPlan};
@@ -506,6 +506,11 @@ async fn launch_group(
             offered: context.settings.offered(group),
             count: names.len(),
             existing,
+            order: if group.instance_types.is_empty() {
+                TypeOrder::Matched
+            } else {
+                TypeOrder::Listed
+            },
         },
         deadline,
     );

@@ -858,8 +858,12 @@ fn retries_wait_out_eventual_consistency_and_stop_at_errors_that_cannot_heal() {
     let started = Instant::now();
     let output = fleet.run(&["destroy", &fleet.tag_arg()]);
     let elapsed = started.elapsed();
-    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(6), "a permission failure: {stderr}");
+    assert!(
+        stderr.contains("\nhint: allow DeleteSubnet in us-east-1 to these credentials"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("UnauthorizedOperation")
             && stderr.contains("DeleteSubnet")
@@ -1033,8 +1037,34 @@ fn prefer_spot_falls_back_to_on_demand_zone_by_zone_and_stays_balanced() {
         assert!(max - min <= 1, "{region}: balanced: {per_zone:?}");
     }
     assert_eq!(names.len(), 20);
+    // `status` shows each machine where it landed and what it costs, as the emulator has it.
     let status = fleet.status();
     assert_eq!(status.len(), 21);
+    let mut total = 0.0;
+    for row in &status {
+        let instance = instances
+            .iter()
+            .find(|i| row["id"] == i.id.as_str())
+            .unwrap_or_else(|| panic!("an instance of {row}"));
+        assert_eq!(row["instance_type"], instance.instance_type.as_str(), "{row}");
+        assert_eq!(row["zone"], instance.availability_zone.clone().unwrap().as_str(), "{row}");
+        assert_eq!(row["market"], instance.lifecycle.as_str(), "{row}");
+        let price = row["usd_per_hour"].as_f64().unwrap_or_else(|| panic!("priced: {row}"));
+        assert!(price > 0.0, "{row}");
+        total += price;
+        let source = row["price_source"]["source"].as_str().unwrap_or_default();
+        let dated = |key: &str| row["price_source"][key].as_str().is_some_and(|d| d.len() >= 10);
+        match instance.lifecycle.as_str() {
+            "spot" => assert!(source == "spot-price-history" && dated("as_of"), "{row}"),
+            _ => assert!(source == "pricing-api" && dated("as_of"), "{row}"),
+        }
+    }
+    // `list` shows the deployment's price per hour: the sum of its machines'.
+    let listed = fleet.run_ok(&["list", "--output", "json"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    let ours = listed.iter().find(|d| d["tag"] == fleet.tag.as_str()).expect("listed");
+    let listed_price = ours["usd_per_hour"].as_f64().expect("list has the price");
+    assert!((listed_price - total).abs() < 0.001, "{listed_price} vs {total}");
 
     runtime().block_on(scope.clear_faults()).unwrap();
     fleet.run_ok(&["destroy", &fleet.tag_arg()]);
