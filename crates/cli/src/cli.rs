@@ -129,6 +129,10 @@ pub struct CreateArgs {
     /// https://ipv4.icanhazip.com when absent, as the deployer does.
     #[arg(long)]
     pub ip: Option<std::net::Ipv4Addr>,
+    /// Read the instance catalog and prices from AWS again instead of the cache under
+    /// $FLOTILLA_HOME/cache (24 h for the catalog, 12 h for prices), and rewrite it.
+    #[arg(long)]
+    pub refresh: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -173,6 +177,10 @@ pub struct UpdateArgs {
     /// nothing is checked there.
     #[arg(long)]
     pub ignore_health: bool,
+    /// Read the instance catalog and prices from AWS again instead of the cache under
+    /// $FLOTILLA_HOME/cache (24 h for the catalog, 12 h for prices), and rewrite it.
+    #[arg(long)]
+    pub refresh: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -371,6 +379,10 @@ pub struct PlanArgs {
     /// Where the fleet would run; overrides the spec's `provider` (default: aws).
     #[arg(long, value_enum)]
     pub provider: Option<ProviderArg>,
+    /// Read the instance catalog and prices from AWS again instead of the cache under
+    /// $FLOTILLA_HOME/cache (24 h for the catalog, 12 h for prices), and rewrite it.
+    #[arg(long)]
+    pub refresh: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -207,6 +207,9 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             let bars = Bars::new(environment.halt_at.clone());
             let home = home()?;
             let context = ProviderContext::new(kind, &home, &environment, args.ip).await;
+            if args.refresh {
+                context.expire_cache()?;
+            }
             let rows = workflows::create(
                 &home,
                 CreateRequest {
@@ -230,6 +233,9 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             let kind = document.spec.provider_kind(args.provider.map(Into::into));
             let home = home()?;
             let context = ProviderContext::new(kind, &home, &environment, None).await;
+            if args.refresh {
+                context.expire_cache()?;
+            }
             let bars = Bars::new(None);
             let report = workflows::plan(&document, kind, &current_dir()?, &context, &bars).await?;
             drop(bars);
@@ -244,6 +250,9 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             let bars = Bars::new(environment.halt_at.clone());
             let home = home()?;
             let context = existing_context(&home, &environment, &document.spec.tag).await?;
+            if args.refresh {
+                context.expire_cache()?;
+            }
             let kind = document.spec.provider_kind(args.provider.map(Into::into));
             let outcome = workflows::update(
                 &home,

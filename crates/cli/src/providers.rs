@@ -60,6 +60,15 @@ impl ProviderContext {
         }
     }
 
+    /// Makes the cached catalog and prices stale (`--refresh`), so this command reads them
+    /// again; the local provider has none.
+    pub fn expire_cache(&self) -> Result<(), ProviderError> {
+        match &self.aws {
+            Some(clients) => flotilla_aws::survey::expire_cache(self.home.root(), clients),
+            None => Ok(()),
+        }
+    }
+
     /// Builds the provider for `deployment`.
     pub fn make(&self, deployment: &Deployment) -> Result<AnyProvider, ProviderError> {
         let program = std::env::current_exe().map_err(|e| {
