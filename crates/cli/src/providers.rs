@@ -98,6 +98,13 @@ impl ProviderContext {
 }
 
 impl Surveyor for AnyProvider {
+    fn monitoring_region(&self) -> &'static str {
+        match self {
+            AnyProvider::Local(p) => p.monitoring_region(),
+            AnyProvider::Aws(p) => p.monitoring_region(),
+        }
+    }
+
     async fn survey(
         &self,
         regions: &[String],
@@ -124,6 +131,13 @@ impl Surveyor for AnyProvider {
 
 /// The survey without a deployment (for `plan`, which creates nothing).
 impl Surveyor for ProviderContext {
+    fn monitoring_region(&self) -> &'static str {
+        match self.kind {
+            ProviderKind::Local => flotilla_local::REGION,
+            ProviderKind::Aws => flotilla_aws::MONITORING_REGION,
+        }
+    }
+
     async fn survey(
         &self,
         regions: &[String],
