@@ -273,10 +273,26 @@ impl AwsError {
     }
 }
 
+impl AwsError {
+    /// The action this error is about, for a permission hint: the operation, and its region
+    /// unless the service is global (IAM).
+    pub fn action(&self) -> String {
+        match self.region.as_str() {
+            "global" | "" => self.operation.to_owned(),
+            region => format!("{} in {region}", self.operation),
+        }
+    }
+}
+
 impl From<AwsError> for ProviderError {
     fn from(error: AwsError) -> Self {
         let kind = error.kind();
-        ProviderError::with_source(error.to_string(), error).of_kind(kind)
+        let action = error.action();
+        let provider = ProviderError::with_source(error.to_string(), error).of_kind(kind);
+        match kind {
+            ErrorKind::Permission => provider.about(action),
+            _ => provider,
+        }
     }
 }
 
@@ -328,6 +344,18 @@ mod tests {
         }
         let error = AwsError::other("us-east-1", "CreateFleet", "x", "refused");
         assert_eq!(ProviderError::from(error).kind, ErrorKind::Other);
+        let denied = AwsError {
+            code: Some("UnauthorizedOperation".into()),
+            ..AwsError::other("us-east-1", "CreateFleet", "x", "denied")
+        };
+        let denied = ProviderError::from(denied);
+        assert_eq!(denied.kind, ErrorKind::Permission);
+        assert_eq!(denied.subject.as_deref(), Some("CreateFleet in us-east-1"));
+        let iam = AwsError {
+            code: Some("AccessDenied".into()),
+            ..AwsError::other("global", "CreateRole", "r", "denied")
+        };
+        assert_eq!(ProviderError::from(iam).subject.as_deref(), Some("CreateRole"));
     }
 
     #[test]

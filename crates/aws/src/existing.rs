@@ -38,7 +38,9 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use aws_sdk_ec2::types::{NetworkAcl, RouteState, RouteTable, SecurityGroup, Subnet, Vpc};
-use flotilla_core::plan::{AWS_MONITORING_REGION, DeploymentPlan, GroupPlan};
+use flotilla_core::plan::{DeploymentPlan, GroupPlan};
+
+use crate::MONITORING_REGION;
 use flotilla_core::provider::{ProviderError, ReferenceProblem, Role};
 use flotilla_spec::Severity;
 use flotilla_spec::account::{NetworkSpec, ResourceRef};
@@ -701,9 +703,9 @@ pub fn evaluate(
     // The monitoring machine reaches every machine's metrics port.
     if let Some(monitoring) = networked.iter().find(|(g, _)| g.role == Role::Monitoring)
         && let Some(monitoring_net) = resolved.groups.get(&monitoring.0.name)
-        && monitoring.0.region == AWS_MONITORING_REGION
+        && monitoring.0.region == MONITORING_REGION
     {
-        let hub = snapshots.get(AWS_MONITORING_REGION).unwrap_or(&empty);
+        let hub = snapshots.get(MONITORING_REGION).unwrap_or(&empty);
         let hub_vpc = hub.vpcs.iter().find(|v| v.vpc_id() == Some(monitoring_net.vpc_id.as_str()));
         let hub_blocks = hub_vpc.map(vpc_blocks).unwrap_or_default();
         resolved.monitoring_blocks = hub_blocks.clone();
@@ -737,7 +739,7 @@ pub fn evaluate(
                     problems.error(
                         &format!("{}.vpc", network.field),
                         format!(
-                            "VPC {} in {region} overlaps VPC {} in {AWS_MONITORING_REGION}, where the monitoring machine runs ({}): no route can join them, so the monitoring machine cannot reach port {METRICS_PORT} there",
+                            "VPC {} in {region} overlaps VPC {} in {MONITORING_REGION}, where the monitoring machine runs ({}): no route can join them, so the monitoring machine cannot reach port {METRICS_PORT} there",
                             resolved_group.vpc_id,
                             monitoring_net.vpc_id,
                             clashes.join("; ")
@@ -763,7 +765,7 @@ pub fn evaluate(
                         problems.error(
                             &chosen.field,
                             format!(
-                                "route table {table_id} (of subnet {subnet_id} in {region}) has no route to {hub_cidr} (subnet {hub_id} of the monitoring machine in {AWS_MONITORING_REGION}) through a peering connection or transit gateway{dead}: the monitoring machine cannot reach port {METRICS_PORT} there"
+                                "route table {table_id} (of subnet {subnet_id} in {region}) has no route to {hub_cidr} (subnet {hub_id} of the monitoring machine in {MONITORING_REGION}) through a peering connection or transit gateway{dead}: the monitoring machine cannot reach port {METRICS_PORT} there"
                             ),
                             format!("peer the VPCs (or attach both to a transit gateway) and add the route {hub_cidr} → pcx-…/tgw-… to {table_id}"),
                         );
@@ -779,7 +781,7 @@ pub fn evaluate(
                         problems.error(
                             &hub_subnet.field,
                             format!(
-                                "route table {hub_table_id} (of subnet {hub_id} in {AWS_MONITORING_REGION}, where the monitoring machine runs) has no route to {cidr} (subnet {subnet_id} in {region}) through a peering connection or transit gateway{dead}: the monitoring machine cannot reach port {METRICS_PORT} there"
+                                "route table {hub_table_id} (of subnet {hub_id} in {MONITORING_REGION}, where the monitoring machine runs) has no route to {cidr} (subnet {subnet_id} in {region}) through a peering connection or transit gateway{dead}: the monitoring machine cannot reach port {METRICS_PORT} there"
                             ),
                             format!("add the route {cidr} → pcx-…/tgw-… to {hub_table_id}"),
                         );
@@ -805,11 +807,10 @@ fn acl_problems(
     let Some((monitoring, _)) = networked.iter().find(|(g, _)| g.role == Role::Monitoring) else {
         return;
     };
-    if monitoring.region != AWS_MONITORING_REGION || !resolved.groups.contains_key(&monitoring.name)
-    {
+    if monitoring.region != MONITORING_REGION || !resolved.groups.contains_key(&monitoring.name) {
         return;
     }
-    let hub = snapshots.get(AWS_MONITORING_REGION).unwrap_or(&empty);
+    let hub = snapshots.get(MONITORING_REGION).unwrap_or(&empty);
     let hub_subnets = chosen_of.get(&monitoring.name).cloned().unwrap_or_default();
     let mut reported: BTreeSet<(String, bool, String, bool)> = BTreeSet::new();
     for (group, _) in networked.iter().filter(|(g, _)| g.role != Role::Monitoring) {
@@ -834,7 +835,7 @@ fn acl_problems(
                     continue; // One subnet: no ACL between.
                 }
                 let hub_named = format!(
-                    "{hub_cidr} (subnet {hub_id} of the monitoring machine in {AWS_MONITORING_REGION})"
+                    "{hub_cidr} (subnet {hub_id} of the monitoring machine in {MONITORING_REGION})"
                 );
                 let named = format!("{cidr} (subnet {subnet_id} in {region})");
                 let mut flows = Vec::new();
@@ -863,7 +864,7 @@ fn acl_problems(
                 }
                 if let Some(acl) = acl_of(hub, &hub_subnet.subnet) {
                     let place = format!(
-                        "of subnet {hub_id} in {AWS_MONITORING_REGION}, where the monitoring machine runs"
+                        "of subnet {hub_id} in {MONITORING_REGION}, where the monitoring machine runs"
                     );
                     flows.push(AclFlow {
                         acl,
@@ -976,7 +977,8 @@ mod tests {
         );
         let document = flotilla_spec::parse_fleet_spec(&source, Path::new("fleet.yaml"))
             .expect("the test spec parses");
-        let mut plan = DeploymentPlan::from_spec(&document.spec, ProviderKind::Aws);
+        let mut plan =
+            DeploymentPlan::from_spec(&document.spec, ProviderKind::Aws, crate::MONITORING_REGION);
         for group in &mut plan.groups {
             group.offered = ["a", "b"]
                 .iter()

@@ -150,6 +150,11 @@ pub async fn create_fleet(
                     .allocation_strategy(FleetOnDemandAllocationStrategy::Prioritized)
                     .build(),
             ),
+            Allocation::LowestPrice => call.on_demand_options(
+                OnDemandOptionsRequest::builder()
+                    .allocation_strategy(FleetOnDemandAllocationStrategy::LowestPrice)
+                    .build(),
+            ),
         };
         let result = call.customize().config_override(crate::clients::no_retries()).send().await;
         let error = match result {

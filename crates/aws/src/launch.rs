@@ -31,8 +31,9 @@ use std::time::Duration;
 
 use aws_sdk_ec2::types::Tag;
 use flotilla_capacity::launch::{Event, LaunchFailure};
+use flotilla_capacity::unavailable::quota_family;
 use flotilla_capacity::{
-    ErrorClass, GroupLaunch, LaunchPlanner, Launched, Lifecycle, PriceBook, Step,
+    ErrorClass, GroupLaunch, LaunchPlanner, Launched, Lifecycle, PriceBook, Step, TypeOrder,
     UnavailableOfferings, classify,
 };
 use flotilla_core::plan::{DeploymentPlan, GroupPlan};
@@ -505,6 +506,11 @@ async fn launch_group(
             offered: context.settings.offered(group),
             count: names.len(),
             existing,
+            order: if group.instance_types.is_empty() {
+                TypeOrder::Matched
+            } else {
+                TypeOrder::Listed
+            },
         },
         deadline,
     );
@@ -575,22 +581,57 @@ async fn launch_group(
     Ok(launched)
 }
 
-/// A launch failure as a provider error: capacity, or a quota when every pool tried answered
-/// with one, or the fatal error's kind.
+/// A launch failure as a provider error: capacity, or a quota when a pool tried answered with
+/// one, or the fatal error's kind; about the quotas met, or the call denied.
 pub fn failure_error(failure: &LaunchFailure) -> ProviderError {
     let kind = match &failure.fatal {
         Some(fatal) => match kind_of_code(&fatal.code) {
             ErrorKind::Other => ErrorKind::Invalid,
             kind => kind,
         },
-        None if !failure.tried.is_empty()
-            && failure.tried.iter().all(|(_, code)| classify(code) == ErrorClass::Quota) =>
-        {
+        // A quota closes a whole family and does not come back by waiting, as capacity does:
+        // it is what the user must act on.
+        None if failure.tried.iter().any(|(_, code)| classify(code) == ErrorClass::Quota) => {
             ErrorKind::Quota
         }
         None => ErrorKind::Capacity,
     };
-    ProviderError::new(failure.to_string()).of_kind(kind)
+    let error = ProviderError::new(failure.to_string()).of_kind(kind);
+    match kind {
+        ErrorKind::Quota => match quota_subject(failure) {
+            Some(quota) => error.about(quota),
+            None => error,
+        },
+        ErrorKind::Permission => error.about(format!("CreateFleet in {}", failure.region)),
+        _ => error,
+    }
+}
+
+/// The quotas a failure met, for the hint: "the standard on-demand vCPU quota in us-west-2"
+/// (each family and market once, in the order tried).
+fn quota_subject(failure: &LaunchFailure) -> Option<String> {
+    let mut quotas: Vec<String> = Vec::new();
+    let mut add = |lifecycle: Option<Lifecycle>, instance_type: Option<&str>| {
+        let family = instance_type.map(quota_family).unwrap_or("standard");
+        let quota = match lifecycle {
+            Some(lifecycle) => format!("the {family} {lifecycle} vCPU quota"),
+            None => format!("the {family} vCPU quota"),
+        };
+        if !quotas.contains(&quota) {
+            quotas.push(quota);
+        }
+    };
+    for (pool, code) in &failure.tried {
+        if classify(code) == ErrorClass::Quota {
+            add(Some(pool.lifecycle), Some(&pool.instance_type));
+        }
+    }
+    if let Some(fatal) = &failure.fatal
+        && kind_of_code(&fatal.code) == ErrorKind::Quota
+    {
+        add(None, fatal.instance_type.as_deref());
+    }
+    (!quotas.is_empty()).then(|| format!("{} in {}", quotas.join(", "), failure.region))
 }
 
 /// Every planner event as a structured log line (`-v`).
@@ -818,8 +859,29 @@ mod tests {
         let error = failure_error(&failure);
         assert_eq!(error.kind, ErrorKind::Capacity);
         assert!(error.message.contains("spot m5.large in r-a (InsufficientInstanceCapacity)"));
-        failure.tried = vec![(pool("m5.large"), "MaxSpotInstanceCountExceeded".into())];
-        assert_eq!(failure_error(&failure).kind, ErrorKind::Quota);
+        assert_eq!(error.subject, None);
+        failure.tried = vec![
+            (pool("m5.large"), "MaxSpotInstanceCountExceeded".into()),
+            (pool("c5.large"), "VcpuLimitExceeded".into()),
+            (pool("p3.2xlarge"), "VcpuLimitExceeded".into()),
+        ];
+        let quota = failure_error(&failure);
+        assert_eq!(quota.kind, ErrorKind::Quota);
+        assert_eq!(
+            quota.subject.as_deref(),
+            Some("the standard spot vCPU quota, the p spot vCPU quota in r")
+        );
+        failure.tried.insert(0, (pool("m6i.large"), "InsufficientInstanceCapacity".into()));
+        assert_eq!(failure_error(&failure).kind, ErrorKind::Quota, "a quota among capacity");
+        let mut denied = failure.clone();
+        denied.fatal = Some(FleetError {
+            instance_type: None,
+            code: "UnauthorizedOperation".into(),
+            message: "no".into(),
+        });
+        let denied = failure_error(&denied);
+        assert_eq!(denied.kind, ErrorKind::Permission);
+        assert_eq!(denied.subject.as_deref(), Some("CreateFleet in r"));
         failure.fatal = Some(FleetError {
             instance_type: None,
             code: "InvalidParameterValue".into(),

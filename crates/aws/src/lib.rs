@@ -62,7 +62,7 @@ use std::sync::Mutex;
 use std::time::Duration;
 
 use flotilla_core::monitoring::services::{MonitoringTools, Tool};
-use flotilla_core::plan::{AWS_MONITORING_REGION, DeploymentPlan};
+use flotilla_core::plan::DeploymentPlan;
 use flotilla_core::progress::Progress;
 use flotilla_core::provider::{LocalArtifact, Machine, Provider, ProviderError};
 use flotilla_core::state::Deployment;
@@ -81,6 +81,11 @@ pub use crate::address::IP_DISCOVERY_URL;
 /// How long a group's launch may keep looking for capacity, unless
 /// [`AwsOptions::launch_deadline`] says otherwise.
 pub const LAUNCH_DEADLINE: Duration = Duration::from_secs(600);
+
+/// The region of the monitoring machine, the hub of the deployment's network (peering,
+/// `prepare`'s checks, `destroy`'s order): the spec's rules know it too
+/// ([`flotilla_spec::fleet::AWS_MONITORING_REGION`]), core asks it of the provider.
+pub const MONITORING_REGION: &str = flotilla_spec::fleet::AWS_MONITORING_REGION;
 
 /// What the CLI decides for the provider.
 #[derive(Clone, Debug)]
@@ -149,7 +154,7 @@ impl AwsProvider {
         if let Ok(metadata) = self.journal.deployment().metadata() {
             regions.extend(metadata.regions);
         }
-        regions.insert(AWS_MONITORING_REGION.to_owned());
+        regions.insert(MONITORING_REGION.to_owned());
         regions.into_iter().collect()
     }
 
@@ -191,6 +196,10 @@ impl AwsProvider {
 }
 
 impl flotilla_core::provider::Surveyor for AwsProvider {
+    fn monitoring_region(&self) -> &'static str {
+        MONITORING_REGION
+    }
+
     async fn survey(
         &self,
         regions: &[String],

@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use flotilla_capacity::placement::balanced_targets;
 use flotilla_capacity::{Catalog, PriceBook};
-use flotilla_core::plan::{AWS_MONITORING_REGION, DeploymentPlan, GroupPlan};
+use flotilla_core::plan::{DeploymentPlan, GroupPlan};
 use flotilla_core::progress::Progress;
 use flotilla_core::provider::{ProviderError, Role};
 use flotilla_spec::names::iam_role_name;
@@ -244,7 +244,7 @@ pub async fn prepare(
         deployer_ip,
         authorized: &authorized,
         ports: &plan.ports,
-        monitoring_block: own_vpc(AWS_MONITORING_REGION),
+        monitoring_block: own_vpc(crate::MONITORING_REGION),
         vpc_blocks: regions.iter().filter_map(|r| own_vpc(r)).collect(),
     };
     let networks = async {
@@ -263,7 +263,7 @@ pub async fn prepare(
         .filter(|(_, fresh)| *fresh)
         .map(|(region, _)| region)
         .collect();
-        let hub = AWS_MONITORING_REGION;
+        let hub = crate::MONITORING_REGION;
         let hub_index = region_plans[hub].index;
         // Only between VPCs flotilla made: an existing VPC is joined by the user's own routes
         // (checked by `existing::evaluate`).

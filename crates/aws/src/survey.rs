@@ -6,6 +6,7 @@
 //! `DescribeInstanceTypeOfferings` by availability zone (paginated). Both are cached for 24 h
 //! under `$FLOTILLA_HOME/cache/aws/<endpoint>/`: a catalog changes when AWS launches a type,
 //! not between two commands. Prices are [`crate::prices`]', cached beside it for 12 h.
+//! `--refresh` ([`expire_cache`]) makes both stale for one command, which rewrites them.
 //!
 //! A spec whose every entry lists its types (no `requirements:`) needs only those types
 //! ([`CatalogScope::Only`]): when the full catalog is not cached, the narrow one is read instead,
@@ -42,6 +43,36 @@ pub fn cache_dir(home: &Path, clients: &Clients) -> PathBuf {
     let endpoint = clients.endpoint().unwrap_or("aws");
     let digest = hex::encode(Sha256::digest(endpoint.as_bytes()));
     home.join("cache").join("aws").join(&digest[..16])
+}
+
+/// Makes every cached catalog and price of the endpoint `clients` use stale, for `--refresh`:
+/// the next reads ask AWS and rewrite them. The files stay (dated at the epoch), so a price
+/// read that cannot reach AWS still falls back to the last one known, as it does after the TTL.
+pub fn expire_cache(home: &Path, clients: &Clients) -> Result<(), ProviderError> {
+    let dir = cache_dir(home, clients);
+    let entries = match fs_err::read_dir(&dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(error) => {
+            return Err(ProviderError::with_source(format!("reading {}", dir.display()), error));
+        }
+    };
+    for entry in entries {
+        let path = entry
+            .map_err(|e| ProviderError::with_source(format!("reading {}", dir.display()), e))?
+            .path();
+        if path.is_dir() {
+            continue;
+        }
+        let expire = || -> std::io::Result<()> {
+            let file = fs_err::OpenOptions::new().write(true).open(&path)?;
+            file.file().set_modified(SystemTime::UNIX_EPOCH)
+        };
+        expire().map_err(|e| {
+            ProviderError::with_source(format!("expiring the cached {}", path.display()), e)
+        })?;
+    }
+    Ok(())
 }
 
 /// The catalog of `regions` and the prices of the types `groups` may run on, from the cache

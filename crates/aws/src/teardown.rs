@@ -82,7 +82,7 @@ pub async fn destroy(
     let held_hosts: Vec<flotilla_core::provider::HeldHost> = held.into_iter().flatten().collect();
 
     let stage = progress.stage("deleting networks", regions.len() as u64);
-    delete_peerings(clients, flotilla_core::plan::AWS_MONITORING_REGION, tag).await?;
+    delete_peerings(clients, crate::MONITORING_REGION, tag).await?;
     let stage_ref = &stage;
     fan_out(
         Concurrency::REGIONS,

@@ -7,8 +7,10 @@
 //! 2. A zone that still needs machines gets one request: the first market of the group's order
 //!    (`spot`: spot; `prefer-spot`: spot, then on-demand; `on-demand`: on-demand) that has a
 //!    pool open in the zone, with every open type of that market as an override, in
-//!    preference order. Spot asks for `price-capacity-optimized`, on-demand for `prioritized`
-//!    (the spec's order; requirement matches are already cheapest first).
+//!    preference order. Spot asks for `price-capacity-optimized`; on-demand for `prioritized`
+//!    (the spec's order) when the spec lists `instance_types`, and for `lowest-price` when
+//!    `requirements` alone chose the types (no order of the user's to keep: EC2 takes the
+//!    cheapest that has capacity).
 //! 3. An answer ([`LaunchPlanner::record`]) keeps what launched; each error marks its pool,
 //!    quota family or zone in the unavailable-offerings cache ([`crate::unavailable`]), and the
 //!    shortfall goes back to the zone's need. So the next step asks the pools left, then (with
@@ -49,6 +51,30 @@ pub struct GroupLaunch {
     pub count: usize,
     /// Machines of the group already running, per zone.
     pub existing: BTreeMap<String, usize>,
+    /// Whose order `offered` is in, for on-demand's allocation.
+    pub order: TypeOrder,
+}
+
+/// Where a group's order of types comes from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TypeOrder {
+    /// The spec lists `instance_types`: the user's preference, kept (`prioritized`).
+    Listed,
+    /// `requirements` alone chose the types: any is as good, the cheapest first
+    /// (`lowest-price`).
+    Matched,
+}
+
+impl TypeOrder {
+    /// The allocation strategy of a request for `lifecycle` in this order.
+    pub fn allocation(self, lifecycle: Lifecycle) -> Allocation {
+        match (lifecycle, self) {
+            (Lifecycle::Spot, _) => Allocation::PriceCapacityOptimized,
+            (Lifecycle::OnDemand, TypeOrder::Listed) => Allocation::Prioritized,
+            (Lifecycle::OnDemand, TypeOrder::Matched) => Allocation::LowestPrice,
+        }
+    }
 }
 
 /// EC2 Fleet allocation strategies flotilla asks for.
@@ -57,6 +83,7 @@ pub struct GroupLaunch {
 pub enum Allocation {
     PriceCapacityOptimized,
     Prioritized,
+    LowestPrice,
 }
 
 impl Allocation {
@@ -65,6 +92,7 @@ impl Allocation {
         match self {
             Allocation::PriceCapacityOptimized => "price-capacity-optimized",
             Allocation::Prioritized => "prioritized",
+            Allocation::LowestPrice => "lowest-price",
         }
     }
 }
@@ -361,10 +389,7 @@ impl LaunchPlanner {
                     to: lifecycle,
                 });
             }
-            let allocation = match lifecycle {
-                Lifecycle::Spot => Allocation::PriceCapacityOptimized,
-                Lifecycle::OnDemand => Allocation::Prioritized,
-            };
+            let allocation = self.group.order.allocation(lifecycle);
             let request = FleetRequest {
                 id: self.next_id,
                 zone: zone.clone(),
@@ -581,6 +606,7 @@ mod tests {
                 .collect(),
             count,
             existing: BTreeMap::new(),
+            order: TypeOrder::Listed,
         }
     }
 
@@ -672,6 +698,44 @@ mod tests {
                 .all(|m| m.lifecycle == Lifecycle::OnDemand && m.instance_type == "m7i.large")
         );
         assert_eq!(planner.summary(), "worker: 20 on-demand in 3 zones");
+    }
+
+    #[test]
+    fn on_demand_keeps_a_listed_order_and_takes_the_cheapest_of_requirement_matches() {
+        let allocations = |order: TypeOrder| {
+            let mut group = group(Market::PreferSpot, 6);
+            group.order = order;
+            let start = Instant::now();
+            let mut planner = LaunchPlanner::new(group, start + Duration::from_secs(300));
+            let mut ec2 = Ec2 { dry: dry_everywhere(Lifecycle::Spot, &["us-east-1a"]), next: 0 };
+            let mut cache = UnavailableOfferings::default();
+            let mut asked = Vec::new();
+            while let Step::Launch(requests) = planner.next(&cache, start) {
+                for request in requests {
+                    asked.push((request.lifecycle, request.allocation));
+                    let answer = ec2.answer(&request);
+                    planner.record(&request, &answer, &mut cache, start);
+                }
+            }
+            asked.sort_by_key(|(lifecycle, _)| *lifecycle);
+            asked.dedup();
+            asked
+        };
+        assert_eq!(
+            allocations(TypeOrder::Listed),
+            [
+                (Lifecycle::Spot, Allocation::PriceCapacityOptimized),
+                (Lifecycle::OnDemand, Allocation::Prioritized)
+            ]
+        );
+        assert_eq!(
+            allocations(TypeOrder::Matched),
+            [
+                (Lifecycle::Spot, Allocation::PriceCapacityOptimized),
+                (Lifecycle::OnDemand, Allocation::LowestPrice)
+            ]
+        );
+        assert_eq!(Allocation::LowestPrice.as_str(), "lowest-price");
     }
 
     #[test]

@@ -29,7 +29,7 @@ pub mod workload;
 
 pub use catalog::{Architecture, Catalog, InstanceType, guess_architecture};
 pub use launch::{
-    FleetAnswer, FleetError, FleetRequest, GroupLaunch, LaunchPlanner, Launched, Step,
+    FleetAnswer, FleetError, FleetRequest, GroupLaunch, LaunchPlanner, Launched, Step, TypeOrder,
 };
 pub use prices::{Price, PriceBook, PriceSource};
 pub use select::{Eligible, Problem, Wants, eligible};

@@ -354,7 +354,9 @@ fn matching_types(
 
 #[cfg(test)]
 mod tests {
-    use flotilla_spec::capacity::{Bounds, CpuManufacturer, Inclusion};
+    use flotilla_spec::capacity::{
+        AcceleratorManufacturer, AcceleratorType, Bounds, CpuManufacturer, Inclusion,
+    };
 
     use super::*;
     use crate::testdata;
@@ -468,6 +470,173 @@ mod tests {
         let text: Vec<String> = problems.iter().map(ToString::to_string).collect();
         assert!(text[0].starts_with("zone `us-east-1z` is not a zone of us-east-1"), "{text:?}");
         assert_eq!(text[1], "unknown instance type `m7i.larg`; did you mean `m7i.large`?");
+    }
+
+    /// What `r` matches in us-east-1 for `market`, with no price protection in the way unless
+    /// `r` sets it (every type of the region may match).
+    fn matched(r: &InstanceRequirements, market: Market, prices: &PriceBook) -> Vec<String> {
+        let mut w = wants(&[], Some(r));
+        w.market = market;
+        eligible(&testdata::catalog(), "us-east-1", &w, prices).unwrap().types
+    }
+
+    /// Wide bounds: 1 to 192 vCPUs, any memory, prices not protected.
+    fn wide() -> InstanceRequirements {
+        let mut r = requirements((1, 192), (0, u64::MAX));
+        r.on_demand_max_price_percentage_over_lowest_price = Some(100_000);
+        r.spot_max_price_percentage_over_lowest_price = Some(100_000);
+        r
+    }
+
+    fn price(usd_per_hour: f64) -> crate::prices::Price {
+        crate::prices::Price {
+            usd_per_hour,
+            source: crate::prices::PriceSource::BuiltIn { date: "test".into() },
+        }
+    }
+
+    #[test]
+    fn memory_per_vcpu_local_storage_and_bandwidth_filter_real_types() {
+        let catalog = testdata::catalog();
+        let prices = PriceBook::builtin_only();
+        let of = |name: &String| catalog.instance_type(name).unwrap().clone();
+
+        let mut r = wide();
+        r.memory_gib_per_vcpu = Some(Bounds { min: Some(8.0), max: Some(8.0) });
+        let found = matched(&r, Market::OnDemand, &prices);
+        assert!(!found.is_empty());
+        for t in found.iter().map(of) {
+            assert_eq!(t.memory_mib, 8 * 1024 * u64::from(t.vcpus), "{}: 8 GiB per vCPU", t.name);
+        }
+        assert!(found.iter().any(|t| t.starts_with('r')), "memory-optimized types: {found:?}");
+
+        let mut r = wide();
+        r.local_storage = Some(Inclusion::Required);
+        let with_disks = matched(&r, Market::OnDemand, &prices);
+        assert!(!with_disks.is_empty());
+        assert!(with_disks.iter().map(of).all(|t| t.local_storage), "{with_disks:?}");
+        r.local_storage = Some(Inclusion::Excluded);
+        let without = matched(&r, Market::OnDemand, &prices);
+        assert!(!without.is_empty());
+        assert!(without.iter().map(of).all(|t| !t.local_storage), "{without:?}");
+        assert!(catalog.instance_type("m5d.large").unwrap().local_storage, "AWS's data");
+
+        let mut r = wide();
+        r.network_bandwidth_gbps = Some(Bounds { min: Some(50.0), max: None });
+        let fast = matched(&r, Market::OnDemand, &prices);
+        assert!(!fast.is_empty());
+        for t in fast.iter().map(of) {
+            assert!(t.network_bandwidth_gbps.is_some_and(|g| g >= 50.0), "{}", t.name);
+        }
+        // A bound nothing reaches names the key.
+        r.network_bandwidth_gbps = Some(Bounds { min: Some(100_000.0), max: None });
+        let mut w = wants(&[], Some(&r));
+        w.market = Market::OnDemand;
+        let problems = eligible(&catalog, "us-east-1", &w, &prices).unwrap_err();
+        assert!(
+            matches!(
+                &problems[0],
+                Problem::NothingMatches { attribute: "network_bandwidth_gbps", .. }
+            ),
+            "{problems:?}"
+        );
+    }
+
+    #[test]
+    fn accelerators_are_kept_out_unless_a_key_asks_for_them() {
+        let catalog = testdata::catalog();
+        let prices = PriceBook::builtin_only();
+        let of = |name: &String| catalog.instance_type(name).unwrap().clone();
+        let plain = matched(&wide(), Market::OnDemand, &prices);
+        assert!(plain.iter().map(of).all(|t| t.accelerator_count() == 0), "{plain:?}");
+
+        let mut r = wide();
+        r.accelerator_types = vec![AcceleratorType::Gpu];
+        r.accelerator_manufacturers = vec![AcceleratorManufacturer::Nvidia];
+        r.accelerator_count = Some(Bounds { min: Some(1), max: Some(1) });
+        let gpus = matched(&r, Market::OnDemand, &prices);
+        assert!(!gpus.is_empty());
+        for t in gpus.iter().map(of) {
+            assert_eq!(t.accelerator_count(), 1, "{}", t.name);
+            assert!(
+                t.accelerators.iter().any(|a| a.kind == AcceleratorType::Gpu
+                    && a.manufacturer == Some(AcceleratorManufacturer::Nvidia)),
+                "{}: {:?}",
+                t.name,
+                t.accelerators
+            );
+        }
+        assert!(gpus.iter().any(|t| t.starts_with('g')), "{gpus:?}");
+
+        let mut r = wide();
+        r.accelerator_manufacturers = vec![AcceleratorManufacturer::AmazonWebServices];
+        let inferentia = matched(&r, Market::OnDemand, &prices);
+        assert!(!inferentia.is_empty());
+        assert!(
+            inferentia.iter().map(of).all(|t| t
+                .accelerators
+                .iter()
+                .any(|a| a.manufacturer == Some(AcceleratorManufacturer::AmazonWebServices))),
+            "{inferentia:?}"
+        );
+    }
+
+    #[test]
+    fn excluded_instance_types_take_wildcards() {
+        let prices = PriceBook::builtin_only();
+        let mut r = requirements((2, 2), (8192, 8192));
+        r.on_demand_max_price_percentage_over_lowest_price = Some(100_000);
+        let before = matched(&r, Market::OnDemand, &prices);
+        assert!(before.iter().any(|t| t.starts_with("m7i")), "{before:?}");
+        assert!(before.iter().any(|t| t.ends_with("g.large")), "{before:?}");
+        r.excluded_instance_types = vec!["m7i*".to_owned(), "*g.large".to_owned()];
+        let after = matched(&r, Market::OnDemand, &prices);
+        assert!(!after.is_empty(), "other 2 vCPU / 8 GiB types remain");
+        assert!(
+            after.iter().all(|t| !t.starts_with("m7i") && !t.ends_with("g.large")),
+            "{after:?}"
+        );
+    }
+
+    #[test]
+    fn price_protection_drops_types_above_the_cheapest_by_more_than_the_percentage() {
+        let mut r = requirements((2, 2), (4096, 8192));
+        let candidates = ["m7i.large", "m6i.large", "m5.large", "c7i.large"];
+        r.allowed_instance_types = candidates.map(String::from).to_vec();
+        let mut prices = PriceBook::builtin_only();
+        for (name, on_demand, spot) in [
+            ("m7i.large", 0.10, 0.030),
+            ("m6i.large", 0.11, 0.040),
+            ("m5.large", 0.13, 0.050),
+            ("c7i.large", 0.09, 0.080),
+        ] {
+            prices.set_on_demand("us-east-1", name, price(on_demand));
+            prices.set_spot("us-east-1", "us-east-1a", name, price(spot));
+        }
+        // On-demand, default 20 %: up to 0.108 above the cheapest, c7i.large at 0.09.
+        assert_eq!(matched(&r, Market::OnDemand, &prices), ["c7i.large", "m7i.large"]);
+        r.on_demand_max_price_percentage_over_lowest_price = Some(30);
+        assert_eq!(matched(&r, Market::OnDemand, &prices), ["c7i.large", "m7i.large", "m6i.large"]);
+        // Spot, by each type's cheapest spot price: 50 % above 0.03 is 0.045.
+        r.spot_max_price_percentage_over_lowest_price = Some(50);
+        assert_eq!(matched(&r, Market::Spot, &prices), ["m7i.large", "m6i.large"]);
+        // The default 100 %: up to 0.06.
+        r.spot_max_price_percentage_over_lowest_price = None;
+        assert_eq!(matched(&r, Market::Spot, &prices), ["m7i.large", "m6i.large", "m5.large"]);
+    }
+
+    #[test]
+    fn listed_types_come_first_then_what_the_requirements_match() {
+        let catalog = testdata::catalog();
+        let prices = PriceBook::builtin_only();
+        let r = requirements((2, 2), (8192, 8192));
+        let matches = matched(&r, Market::OnDemand, &prices);
+        // A listed type the requirements do not match, then one they do (not repeated).
+        let listed = ["c5.xlarge".to_owned(), matches[1].clone()];
+        let found = eligible(&catalog, "us-east-1", &wants(&listed, Some(&r)), &prices).unwrap();
+        assert_eq!(found.types[..2], listed);
+        let rest: Vec<&String> = matches.iter().filter(|t| **t != listed[1]).collect();
+        assert_eq!(found.types[2..].iter().collect::<Vec<_>>(), rest);
     }
 
     #[test]

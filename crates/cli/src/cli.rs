@@ -9,7 +9,9 @@ use flotilla_spec::ProviderKind;
 ///
 /// Exit status: 0 success; 1 the command ran but the fleet did not reach the desired state
 /// (an update was rolled back, machines are unhealthy); 2 the command could not run (bad
-/// arguments or spec, state or provider errors).
+/// arguments or spec, state or provider errors); and for a provider failure a script can act
+/// on: 3 no capacity in the pools allowed, 4 an account quota, 5 throttled, 6 permission denied
+/// (each with a `hint:` line).
 #[derive(Debug, Parser)]
 #[command(name = "flotilla", version, max_term_width = 100)]
 pub struct Cli {
@@ -127,6 +129,10 @@ pub struct CreateArgs {
     /// https://ipv4.icanhazip.com when absent, as the deployer does.
     #[arg(long)]
     pub ip: Option<std::net::Ipv4Addr>,
+    /// Read the instance catalog and prices from AWS again instead of the cache under
+    /// $FLOTILLA_HOME/cache (24 h for the catalog, 12 h for prices), and rewrite it.
+    #[arg(long)]
+    pub refresh: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -171,6 +177,10 @@ pub struct UpdateArgs {
     /// nothing is checked there.
     #[arg(long)]
     pub ignore_health: bool,
+    /// Read the instance catalog and prices from AWS again instead of the cache under
+    /// $FLOTILLA_HOME/cache (24 h for the catalog, 12 h for prices), and rewrite it.
+    #[arg(long)]
+    pub refresh: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }
@@ -369,6 +379,10 @@ pub struct PlanArgs {
     /// Where the fleet would run; overrides the spec's `provider` (default: aws).
     #[arg(long, value_enum)]
     pub provider: Option<ProviderArg>,
+    /// Read the instance catalog and prices from AWS again instead of the cache under
+    /// $FLOTILLA_HOME/cache (24 h for the catalog, 12 h for prices), and rewrite it.
+    #[arg(long)]
+    pub refresh: bool,
     #[command(flatten)]
     pub output: OutputArgs,
 }

@@ -117,6 +117,10 @@ fn report(error: &CoreError, output: Option<OutputFormat>) {
             writeln!(stderr, "error: {}", lines.join("\n"))
         }
     };
+    let hint = error.hint();
+    if let Some(hint) = &hint {
+        let _ = writeln!(stderr, "hint: {}", escape_for_terminal(hint));
+    }
     if output == Some(OutputFormat::Json) {
         let failures = match error {
             CoreError::Failed { failures, .. } => serde_json::to_value(failures).ok(),
@@ -127,7 +131,12 @@ fn report(error: &CoreError, output: Option<OutputFormat>) {
             CoreError::Failed { summary, .. } => summary.clone(),
             other => error_chain(other),
         };
-        output::print_json(&serde_json::json!({ "error": summary, "details": failures }));
+        output::print_json(&serde_json::json!({
+            "error": summary,
+            "kind": error.provider_kind(),
+            "hint": hint,
+            "details": failures,
+        }));
     }
 }
 
@@ -199,6 +208,9 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             let bars = Bars::new(environment.halt_at.clone());
             let home = home()?;
             let context = ProviderContext::new(kind, &home, &environment, args.ip).await;
+            if args.refresh {
+                context.expire_cache()?;
+            }
             let rows = workflows::create(
                 &home,
                 CreateRequest {
@@ -222,6 +234,9 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             let kind = document.spec.provider_kind(args.provider.map(Into::into));
             let home = home()?;
             let context = ProviderContext::new(kind, &home, &environment, None).await;
+            if args.refresh {
+                context.expire_cache()?;
+            }
             let bars = Bars::new(None);
             let report = workflows::plan(&document, kind, &current_dir()?, &context, &bars).await?;
             drop(bars);
@@ -236,6 +251,9 @@ async fn dispatch(command: Command) -> Result<u8, CoreError> {
             let bars = Bars::new(environment.halt_at.clone());
             let home = home()?;
             let context = existing_context(&home, &environment, &document.spec.tag).await?;
+            if args.refresh {
+                context.expire_cache()?;
+            }
             let kind = document.spec.provider_kind(args.provider.map(Into::into));
             let outcome = workflows::update(
                 &home,

@@ -60,6 +60,15 @@ impl ProviderContext {
         }
     }
 
+    /// Makes the cached catalog and prices stale (`--refresh`), so this command reads them
+    /// again; the local provider has none.
+    pub fn expire_cache(&self) -> Result<(), ProviderError> {
+        match &self.aws {
+            Some(clients) => flotilla_aws::survey::expire_cache(self.home.root(), clients),
+            None => Ok(()),
+        }
+    }
+
     /// Builds the provider for `deployment`.
     pub fn make(&self, deployment: &Deployment) -> Result<AnyProvider, ProviderError> {
         let program = std::env::current_exe().map_err(|e| {
@@ -89,6 +98,13 @@ impl ProviderContext {
 }
 
 impl Surveyor for AnyProvider {
+    fn monitoring_region(&self) -> &'static str {
+        match self {
+            AnyProvider::Local(p) => p.monitoring_region(),
+            AnyProvider::Aws(p) => p.monitoring_region(),
+        }
+    }
+
     async fn survey(
         &self,
         regions: &[String],
@@ -115,6 +131,13 @@ impl Surveyor for AnyProvider {
 
 /// The survey without a deployment (for `plan`, which creates nothing).
 impl Surveyor for ProviderContext {
+    fn monitoring_region(&self) -> &'static str {
+        match self.kind {
+            ProviderKind::Local => flotilla_local::REGION,
+            ProviderKind::Aws => flotilla_aws::MONITORING_REGION,
+        }
+    }
+
     async fn survey(
         &self,
         regions: &[String],

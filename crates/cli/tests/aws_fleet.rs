@@ -443,9 +443,13 @@ fn a_permanent_error_fails_fast_and_destroy_cleans_up() {
     let started = Instant::now();
     let output = fleet.run(&["create", "--config", &spec, "--ip", "127.0.0.1"]);
     let elapsed = started.elapsed();
-    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(6), "a permission failure: {stderr}");
     assert!(stderr.contains("UnauthorizedOperation"), "{stderr}");
+    assert!(
+        stderr.lines().any(|l| l.starts_with("hint: allow CreateFleet in ")),
+        "the hint names the action denied: {stderr}"
+    );
     assert!(stderr.contains("CreateFleet"), "names the call: {stderr}");
     assert!(
         stderr.contains("us-east-1")
@@ -888,8 +892,12 @@ fn retries_wait_out_eventual_consistency_and_stop_at_errors_that_cannot_heal() {
     let started = Instant::now();
     let output = fleet.run(&["destroy", &fleet.tag_arg()]);
     let elapsed = started.elapsed();
-    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(6), "a permission failure: {stderr}");
+    assert!(
+        stderr.contains("\nhint: allow DeleteSubnet in us-east-1 to these credentials"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("UnauthorizedOperation")
             && stderr.contains("DeleteSubnet")
@@ -923,8 +931,8 @@ fn retries_wait_out_eventual_consistency_and_stop_at_errors_that_cannot_heal() {
     let output =
         fleet.command(&["create", "--config", &spec, "--ip", "127.0.0.1"]).output().unwrap();
     let elapsed = started.elapsed();
-    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "a capacity failure: {stderr}");
     // Which zone the first launch picks varies (balanced placement breaks ties either way);
     // every zone that was tried is named with its reason.
     assert!(
@@ -1063,8 +1071,34 @@ fn prefer_spot_falls_back_to_on_demand_zone_by_zone_and_stays_balanced() {
         assert!(max - min <= 1, "{region}: balanced: {per_zone:?}");
     }
     assert_eq!(names.len(), 20);
+    // `status` shows each machine where it landed and what it costs, as the emulator has it.
     let status = fleet.status();
     assert_eq!(status.len(), 21);
+    let mut total = 0.0;
+    for row in &status {
+        let instance = instances
+            .iter()
+            .find(|i| row["id"] == i.id.as_str())
+            .unwrap_or_else(|| panic!("an instance of {row}"));
+        assert_eq!(row["instance_type"], instance.instance_type.as_str(), "{row}");
+        assert_eq!(row["zone"], instance.availability_zone.clone().unwrap().as_str(), "{row}");
+        assert_eq!(row["market"], instance.lifecycle.as_str(), "{row}");
+        let price = row["usd_per_hour"].as_f64().unwrap_or_else(|| panic!("priced: {row}"));
+        assert!(price > 0.0, "{row}");
+        total += price;
+        let source = row["price_source"]["source"].as_str().unwrap_or_default();
+        let dated = |key: &str| row["price_source"][key].as_str().is_some_and(|d| d.len() >= 10);
+        match instance.lifecycle.as_str() {
+            "spot" => assert!(source == "spot-price-history" && dated("as_of"), "{row}"),
+            _ => assert!(source == "pricing-api" && dated("as_of"), "{row}"),
+        }
+    }
+    // `list` shows the deployment's price per hour: the sum of its machines'.
+    let listed = fleet.run_ok(&["list", "--output", "json"]);
+    let listed: Vec<serde_json::Value> = serde_json::from_slice(&listed.stdout).unwrap();
+    let ours = listed.iter().find(|d| d["tag"] == fleet.tag.as_str()).expect("listed");
+    let listed_price = ours["usd_per_hour"].as_f64().expect("list has the price");
+    assert!((listed_price - total).abs() < 0.001, "{listed_price} vs {total}");
 
     runtime().block_on(scope.clear_faults()).unwrap();
     fleet.run_ok(&["destroy", &fleet.tag_arg()]);
@@ -1110,8 +1144,12 @@ fn spot_with_every_pool_dry_fails_at_the_deadline_naming_the_pools() {
         .output()
         .unwrap();
     let elapsed = started.elapsed();
-    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(3), "a capacity failure: {stderr}");
+    assert!(
+        stderr.contains("\nhint: try more instance_types or zones, or market: prefer-spot"),
+        "{stderr}"
+    );
     assert!(stderr.contains("w: 2 of the spot machines in us-west-2 could not be launched before the launch deadline"), "{stderr}");
     for pool in [
         "spot m5.large in us-west-2a (InsufficientInstanceCapacity)",
@@ -1173,9 +1211,15 @@ fn a_quota_error_is_not_retried_on_other_types_of_its_family() {
         .env("FLOTILLA_TEST_LAUNCH_DEADLINE", "10s")
         .output()
         .unwrap();
-    assert_eq!(output.status.code(), Some(2));
     let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(4), "a quota failure: {stderr}");
     assert!(stderr.contains("on-demand m5.large in us-west-2a (VcpuLimitExceeded)"), "{stderr}");
+    assert!(
+        stderr.contains(
+            "\nhint: request a quota increase: the standard on-demand vCPU quota in us-west-2\n"
+        ),
+        "{stderr}"
+    );
     let counts = runtime().block_on(scope.counts()).unwrap();
     // One for the monitoring machine (us-east-1), one per zone of `w`.
     assert_eq!(counts.get("ec2", "CreateFleet"), 3, "{counts:?}");

@@ -92,6 +92,52 @@ fn plan_makes_no_change_and_prices_as_the_pricing_api_says() {
         .map(|g| g["usd_per_hour"].as_f64().unwrap())
         .sum();
     assert!((report["usd_per_hour"].as_f64().unwrap() - total).abs() < 1e-3, "{report:#}");
+
+    // Again: the catalog and prices come from the cache. With --refresh, from AWS again, and
+    // the cache is rewritten.
+    let reads = |counts: &flotilla_emulator::control::Counts| {
+        [
+            ("ec2", "DescribeInstanceTypes"),
+            ("ec2", "DescribeInstanceTypeOfferings"),
+            ("ec2", "DescribeSpotPriceHistory"),
+            ("pricing", "GetProducts"),
+        ]
+        .map(|(service, action)| counts.get(service, action))
+    };
+    let cache = fleet.home.path().join("cache");
+    let newest_write = || {
+        walk_files(&cache).iter().map(|f| fs_err::metadata(f).unwrap().modified().unwrap()).max()
+    };
+    runtime.block_on(scope.reset_counts()).unwrap();
+    fleet.run_ok(&["plan", "--config", &spec, "--output", "json"]);
+    let warm = runtime.block_on(scope.counts()).unwrap();
+    assert_eq!(reads(&warm), [0; 4], "a warm plan reads the cache: {warm:?}");
+    let before = newest_write().expect("plan cached the catalog");
+    runtime.block_on(scope.reset_counts()).unwrap();
+    let refreshed = fleet.run_ok(&["plan", "--config", &spec, "--output", "json", "--refresh"]);
+    let counts = runtime.block_on(scope.counts()).unwrap();
+    assert!(reads(&counts).iter().all(|n| *n > 0), "--refresh reads everything: {counts:?}");
+    assert!(newest_write().unwrap() > before, "--refresh rewrites the cache");
+    let refreshed: Value = serde_json::from_slice(&refreshed.stdout).unwrap();
+    assert_eq!(refreshed["usd_per_hour"], report["usd_per_hour"]);
+    runtime.block_on(scope.reset_counts()).unwrap();
+    fleet.run_ok(&["plan", "--config", &spec, "--output", "json"]);
+    let warm = runtime.block_on(scope.counts()).unwrap();
+    assert_eq!(reads(&warm), [0; 4], "the rewritten cache is used: {warm:?}");
+}
+
+/// Every file under `dir`.
+fn walk_files(dir: &std::path::Path) -> Vec<std::path::PathBuf> {
+    let mut files = Vec::new();
+    for entry in fs_err::read_dir(dir).into_iter().flatten().flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            files.extend(walk_files(&path));
+        } else {
+            files.push(path);
+        }
+    }
+    files
 }
 
 async fn clients(fleet: &AwsFleet) -> flotilla_aws::Clients {

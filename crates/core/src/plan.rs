@@ -11,13 +11,20 @@ use flotilla_spec::{FleetSpec, ProviderKind};
 
 use flotilla_spec::account::{IamKeys, MachineSettings};
 
-use crate::provider::{Role, Survey};
+use flotilla_capacity::{Catalog, PriceBook};
 
 /// The name of the monitoring machine (never a valid instance name).
 pub const MONITORING_NAME: &str = "monitoring";
-pub use flotilla_spec::fleet::AWS_MONITORING_REGION;
-/// The region the local provider reports for the monitoring machine.
-pub const LOCAL_REGION: &str = "local";
+
+/// What a machine is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Role {
+    /// Runs the user's binary.
+    Binary,
+    /// The monitoring instance.
+    Monitoring,
+}
 
 /// One machine to run.
 #[derive(Clone, Debug, PartialEq)]
@@ -121,11 +128,13 @@ pub struct CapacityProblem {
 }
 
 impl DeploymentPlan {
-    pub fn from_spec(spec: &FleetSpec, provider: ProviderKind) -> DeploymentPlan {
-        let monitoring_region = match provider {
-            ProviderKind::Local => LOCAL_REGION,
-            ProviderKind::Aws => AWS_MONITORING_REGION,
-        };
+    /// The plan of `spec` on `provider`, whose monitoring machine runs in `monitoring_region`
+    /// (the provider's [`crate::provider::Surveyor::monitoring_region`]).
+    pub fn from_spec(
+        spec: &FleetSpec,
+        provider: ProviderKind,
+        monitoring_region: &str,
+    ) -> DeploymentPlan {
         let monitoring = &spec.monitoring;
         let mut machines = vec![MachinePlan {
             name: MONITORING_NAME.to_owned(),
@@ -223,14 +232,18 @@ impl DeploymentPlan {
         }
     }
 
-    /// Decides, from `survey`, which types may run each group in which zones
+    /// Decides, from the catalog and prices, which types may run each group in which zones
     /// ([`GroupPlan::offered`]); every problem of every group when some cannot run. Groups that
     /// share an `availability_zone_group` in a region are put in one zone, the first (by name)
     /// that offers an eligible type to each of them.
-    pub fn resolve_capacity(&mut self, survey: &Survey) -> Result<(), Vec<CapacityProblem>> {
+    pub fn resolve_capacity(
+        &mut self,
+        catalog: &Catalog,
+        prices: &PriceBook,
+    ) -> Result<(), Vec<CapacityProblem>> {
         let mut problems = Vec::new();
         for (index, group) in self.groups.iter_mut().enumerate() {
-            match eligible(&survey.catalog, &group.region, &group.wants(), &survey.prices) {
+            match eligible(catalog, &group.region, &group.wants(), prices) {
                 Ok(found) => {
                     group.offered = found
                         .zones
@@ -240,8 +253,7 @@ impl DeploymentPlan {
                                 .types
                                 .iter()
                                 .filter(|name| {
-                                    survey
-                                        .catalog
+                                    catalog
                                         .zones_offering(&group.region, name)
                                         .contains(&zone.as_str())
                                 })

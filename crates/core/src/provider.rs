@@ -28,9 +28,11 @@
 //! Each capture has an id ([`Capture::id`]) that a re-run after a crash reuses: what the
 //! provider made for it is found by that id and not made twice.
 //!
-//! Every provider is also a [`Surveyor`]: what its regions offer (the instance catalog and
-//! prices), read-only, asked before anything is made so that a spec's capacity keys are checked
-//! against the account's real catalog, and by `plan`.
+//! Every provider is also a [`Surveyor`]: where its monitoring machine runs
+//! ([`Surveyor::monitoring_region`], asked first, when the deployment's plan is made), then
+//! what its regions offer (the instance catalog and prices), read-only, asked before anything
+//! is made so that a spec's capacity keys are checked against the account's real catalog, and
+//! by `plan`.
 //!
 //! Architecture Invariant: every method is safe to call again after a crash at any point: it
 //! finds what exists (by its records or tags) and creates nothing twice.
@@ -79,6 +81,11 @@ pub struct ReferenceCheck {
 /// Reads what regions offer and what the account has. Read-only; a provider may cache what it
 /// reads.
 pub trait Surveyor: Sync {
+    /// The region the monitoring machine runs in (the hub every other region's network joins
+    /// on AWS; the provider's one region locally). Asked when the plan is made
+    /// ([`DeploymentPlan::from_spec`]).
+    fn monitoring_region(&self) -> &'static str;
+
     /// The catalog (instance types, and the zones of each region that offer them) of
     /// `regions`, and the prices of the types `groups` may run on (a provider may read more).
     fn survey(
@@ -131,13 +138,22 @@ pub enum ErrorKind {
 pub struct ProviderError {
     pub message: String,
     pub kind: ErrorKind,
+    /// What the kind is about, for the hint the CLI prints: the quota for
+    /// [`ErrorKind::Quota`] (its family, market and region), the action denied for
+    /// [`ErrorKind::Permission`].
+    pub subject: Option<String>,
     #[source]
     pub source: Option<Box<dyn std::error::Error + Send + Sync>>,
 }
 
 impl ProviderError {
     pub fn new(message: impl Into<String>) -> Self {
-        ProviderError { message: message.into(), kind: ErrorKind::Other, source: None }
+        ProviderError {
+            message: message.into(),
+            kind: ErrorKind::Other,
+            subject: None,
+            source: None,
+        }
     }
 
     pub fn with_source(
@@ -147,8 +163,15 @@ impl ProviderError {
         ProviderError {
             message: message.into(),
             kind: ErrorKind::Other,
+            subject: None,
             source: Some(Box::new(source)),
         }
+    }
+
+    /// The same error, about `subject` (see [`ProviderError::subject`]).
+    pub fn about(mut self, subject: impl Into<String>) -> Self {
+        self.subject = Some(subject.into());
+        self
     }
 
     /// The same error, of `kind`.
@@ -158,15 +181,8 @@ impl ProviderError {
     }
 }
 
-/// What a machine is for.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    /// Runs the user's binary.
-    Binary,
-    /// The monitoring instance.
-    Monitoring,
-}
+/// What a machine is for (defined with the plan, which decides it).
+pub use crate::plan::Role;
 
 /// A machine's lifecycle as the provider sees it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]

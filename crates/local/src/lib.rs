@@ -388,7 +388,15 @@ pub fn check_references(_plan: &DeploymentPlan) -> flotilla_core::provider::Refe
     flotilla_core::provider::ReferenceCheck::default()
 }
 
+/// The one region of the local provider, where every machine runs (the monitoring machine
+/// too).
+pub const REGION: &str = "local";
+
 impl flotilla_core::provider::Surveyor for LocalProvider {
+    fn monitoring_region(&self) -> &'static str {
+        REGION
+    }
+
     async fn survey(
         &self,
         _regions: &[String],

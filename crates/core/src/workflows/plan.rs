@@ -23,7 +23,7 @@ use crate::capacity::{binary_architectures, capacity_errors, check_listed_archit
 use crate::error::CoreError;
 use crate::plan::{DeploymentPlan, GroupPlan};
 use crate::progress::Progress;
-use crate::provider::{Survey, Surveyor};
+use crate::provider::{ErrorKind, Survey, Surveyor};
 
 /// Hours in a month, for monthly figures: 365 × 24 / 12.
 pub const HOURS_PER_MONTH: f64 = 730.0;
@@ -125,7 +125,8 @@ pub async fn resolve(
     super::check_files(document, cwd)?;
     super::lifecycle::refuse_unsupported_lifecycle(document, provider, cwd)?;
     let architectures = binary_architectures(document, cwd)?;
-    let mut plan = DeploymentPlan::from_spec(&document.spec, provider);
+    let mut plan =
+        DeploymentPlan::from_spec(&document.spec, provider, surveyor.monitoring_region());
     plan.lifecycles = super::lifecycle::lifecycle_configs(document, cwd)?;
     if provider == ProviderKind::Local {
         check_references(document, &mut plan, surveyor, progress).await?;
@@ -140,7 +141,9 @@ pub async fn resolve(
     let regions = plan.regions();
     let survey = match surveyor.survey(&regions, &plan.groups, progress).await {
         Ok(survey) => survey,
-        Err(error) if fallback => builtin_survey(&plan, &regions, &error),
+        Err(error) if fallback && survey_falls_back(error.kind) => {
+            builtin_survey(&plan, &regions, &error)
+        }
         Err(error) => return Err(error.into()),
     };
     let by_name_only = survey.catalog.types.values().all(|t| t.vcpus == 0);
@@ -148,7 +151,7 @@ pub async fn resolve(
         // Requirements cannot be judged without the catalog: those groups are not estimated.
         plan.groups.retain(|group| !group.instance_types.is_empty());
     }
-    if let Err(problems) = plan.resolve_capacity(&survey) {
+    if let Err(problems) = plan.resolve_capacity(&survey.catalog, &survey.prices) {
         return Err(capacity_errors(document, &plan, &problems));
     }
     let mut survey = survey;
@@ -270,6 +273,13 @@ async fn check_references(
 }
 
 /// A survey from built-in data only (see [`resolve`]).
+/// Whether a survey that failed with `kind` is replaced by the built-in data: the account could
+/// not be read (no or refused credentials, no network, throttled). What the account says about
+/// the spec (a region not enabled, a quota) is an error, as it would be for `create`.
+fn survey_falls_back(kind: ErrorKind) -> bool {
+    matches!(kind, ErrorKind::Permission | ErrorKind::Throttled | ErrorKind::Other)
+}
+
 fn builtin_survey(
     plan: &DeploymentPlan,
     regions: &[String],
@@ -556,9 +566,9 @@ mod tests {
     #[test]
     fn spot_lands_balanced_on_each_zones_cheapest_pool_and_warns_about_flexibility() {
         let document = document("  instance_types: [m7i.large, m6i.large]\n  market: spot\n");
-        let mut plan = DeploymentPlan::from_spec(&document.spec, ProviderKind::Aws);
+        let mut plan = DeploymentPlan::from_spec(&document.spec, ProviderKind::Aws, "us-east-1");
         let survey = survey();
-        plan.resolve_capacity(&survey).unwrap();
+        plan.resolve_capacity(&survey.catalog, &survey.prices).unwrap();
         let report = estimate(&plan, &survey);
         let worker = report.groups.iter().find(|g| g.name == "worker").unwrap();
         let placed: Vec<(&str, &str, usize)> = worker
@@ -594,13 +604,25 @@ mod tests {
     }
 
     #[test]
+    fn plan_falls_back_to_the_builtin_table_only_when_the_account_cannot_be_read() {
+        for kind in [ErrorKind::Permission, ErrorKind::Throttled, ErrorKind::Other] {
+            assert!(survey_falls_back(kind), "{kind:?}");
+        }
+        for kind in [ErrorKind::Invalid, ErrorKind::NotFound, ErrorKind::Quota, ErrorKind::Capacity]
+        {
+            assert!(!survey_falls_back(kind), "{kind:?}");
+        }
+    }
+
+    #[test]
     fn capacity_problems_point_at_the_keys_that_cause_them() {
         let document = document(
             "  instance_types: [m7i.larg, c7g.large]\n  zones: [us-east-1a, us-east-1z]\n",
         );
-        let mut plan = DeploymentPlan::from_spec(&document.spec, ProviderKind::Aws);
+        let mut plan = DeploymentPlan::from_spec(&document.spec, ProviderKind::Aws, "us-east-1");
         plan.groups[1].architecture = Some(Architecture::X86_64);
-        let problems = plan.resolve_capacity(&survey()).unwrap_err();
+        let survey = survey();
+        let problems = plan.resolve_capacity(&survey.catalog, &survey.prices).unwrap_err();
         let CoreError::Invalid(errors) =
             crate::capacity::capacity_errors(&document, &plan, &problems)
         else {
@@ -627,7 +649,7 @@ mod tests {
         let inline = document(
             "  instance_type: m7i.large\n  lifecycle:\n    domains:\n      db:\n        update-route53:\n        - {hostedzone: Z1, name: a.example.com, ttl: 60}\n",
         );
-        let plan = DeploymentPlan::from_spec(&inline.spec, ProviderKind::Aws);
+        let plan = DeploymentPlan::from_spec(&inline.spec, ProviderKind::Aws, "us-east-1");
         assert_eq!(plan.lifecycles.len(), 1);
         assert_eq!(plan.lifecycles[0].domains[0].update_route53[0].hosted_zone, "Z1");
 
@@ -639,7 +661,9 @@ mod tests {
         .unwrap();
         let by_path = document("  instance_type: m7i.large\n  lifecycle: ops.jsonc\n");
         assert!(
-            DeploymentPlan::from_spec(&by_path.spec, ProviderKind::Aws).lifecycles.is_empty(),
+            DeploymentPlan::from_spec(&by_path.spec, ProviderKind::Aws, "us-east-1")
+                .lifecycles
+                .is_empty(),
             "from_spec cannot read files"
         );
         let read = crate::workflows::lifecycle::lifecycle_configs(&by_path, cwd.path()).unwrap();

@@ -72,6 +72,9 @@ pub struct StatusRow {
     pub market: Option<flotilla_capacity::Lifecycle>,
     /// Its price per hour, when known.
     pub usd_per_hour: Option<f64>,
+    /// Where that price came from and when (`{source, as_of}` or `{source: built-in, date}`),
+    /// as `plan` says it.
+    pub price_source: Option<flotilla_capacity::PriceSource>,
     /// What `flotilla watch` does about the machine, when it does something: being replaced,
     /// or held back by a churn limit (and why).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -111,6 +114,11 @@ impl StatusRow {
                 .as_ref()
                 .and_then(|p| p.price.as_ref())
                 .map(|price| price.usd_per_hour),
+            price_source: machine
+                .placement
+                .as_ref()
+                .and_then(|p| p.price.as_ref())
+                .map(|price| price.source.clone()),
             watch: None,
         };
         match answer {
@@ -274,6 +282,7 @@ impl StatusRow {
             zone: None,
             market: None,
             usd_per_hour: None,
+            price_source: None,
             watch: Some(watch),
         }
     }

@@ -307,7 +307,7 @@ pub async fn watch<P: Provider>(
             emit(None, "round-failed", "trying again next round", error.to_string());
         }
         // The dedicated host pools: hosts that may go are released, idle ones scrubbed.
-        let plan = DeploymentPlan::from_spec(spec, metadata.provider);
+        let plan = DeploymentPlan::from_spec(spec, metadata.provider, provider.monitoring_region());
         match provider.tend_host_pools(&plan).await {
             Ok(notes) => {
                 for note in notes {
@@ -347,7 +347,11 @@ async fn one_round<P: Provider>(
     sightings: &mut Sightings,
 ) -> Result<(), CoreError> {
     let Watcher { deployment, provider_kind, request, progress: _, provider, emit } = *watcher;
-    let plan = crate::plan::DeploymentPlan::from_spec(&request.document.spec, provider_kind);
+    let plan = crate::plan::DeploymentPlan::from_spec(
+        &request.document.spec,
+        provider_kind,
+        provider.monitoring_region(),
+    );
     let machines = provider.machines().await?;
     let client = connect(deployment, &machines)?;
     let now = Instant::now();
