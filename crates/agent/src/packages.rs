@@ -163,6 +163,7 @@ mod tests {
             runs_on: "the test".to_owned(),
             dir: std::env::temp_dir(),
             disks: None,
+            apt_lock_wait: Duration::from_secs(300),
         }
     }
 

@@ -5,13 +5,10 @@
 
 mod common;
 
-use std::collections::BTreeSet;
-use std::net::IpAddr;
 use std::time::Duration;
 
 use common::monitoring::*;
 use common::*;
-use serde_json::Value;
 
 fn spec(tag: &str, count: u32) -> String {
     format!(
