@@ -356,6 +356,24 @@ pub fn print_plan(report: &flotilla_core::workflows::PlanReport) {
     print_table(&["GROUP", "REGION", "MARKET", "TYPES", "ZONE", "MACHINES", "USD/HOUR"], &rows);
     let mut out = std::io::stdout().lock();
     for group in &report.groups {
+        if group.kernel_settings.is_empty() {
+            continue;
+        }
+        let settings: Vec<String> =
+            group.kernel_settings.iter().map(|(key, value)| format!("{key}={value}")).collect();
+        let default = if group.network_tuning {
+            " (the network tuning, BBR and fq, is on by default on AWS; `boot: {tune_network: false}` leaves it out)"
+        } else {
+            ""
+        };
+        let _ = writeln!(
+            out,
+            "boot: {}: sysctl {}{default}",
+            group.name,
+            escape_for_terminal(&settings.join(", "))
+        );
+    }
+    for group in &report.groups {
         for warning in &group.warnings {
             let _ = writeln!(out, "warning: {}: {}", group.name, escape_for_terminal(warning));
         }

@@ -64,6 +64,13 @@ pub struct GroupEstimate {
     pub placements: Vec<PlacementEstimate>,
     pub usd_per_hour: f64,
     pub usd_per_month: f64,
+    /// The kernel settings each machine of the group gets at boot: the network tuning (BBR and
+    /// fq, on by default on AWS unless `boot: {tune_network: false}`), then `boot.sysctl` over
+    /// it. Empty locally, where kernel settings do not apply (the agent reports them
+    /// not applicable).
+    pub kernel_settings: BTreeMap<String, String>,
+    /// Whether the network tuning is among them.
+    pub network_tuning: bool,
     pub warnings: Vec<String>,
 }
 
@@ -354,6 +361,8 @@ fn estimate_group(group: &GroupPlan, prices: &PriceBook, provider: ProviderKind)
         placements: Vec::new(),
         usd_per_hour: 0.0,
         usd_per_month: 0.0,
+        kernel_settings: BTreeMap::new(),
+        network_tuning: false,
         warnings: Vec::new(),
     };
     if provider == ProviderKind::Local {
@@ -368,6 +377,9 @@ fn estimate_group(group: &GroupPlan, prices: &PriceBook, provider: ProviderKind)
         });
         return estimate;
     }
+    let boot = &group.settings.boot;
+    estimate.kernel_settings = boot.effective_sysctl(true);
+    estimate.network_tuning = boot.tune_network;
     for types in group.offered.values() {
         for name in types {
             if !estimate.eligible_types.contains(name) {
