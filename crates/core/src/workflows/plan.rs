@@ -615,6 +615,50 @@ mod tests {
         );
     }
 
+    /// The warnings of the worker group of `document(worker)`.
+    fn worker_warnings(worker: &str) -> Vec<String> {
+        let document = document(worker);
+        let mut plan = DeploymentPlan::from_spec(&document.spec, ProviderKind::Aws, "us-east-1");
+        let survey = survey();
+        plan.resolve_capacity(&survey.catalog, &survey.prices).unwrap();
+        let report = estimate(&plan, &survey);
+        report.groups.into_iter().find(|g| g.name == "worker").unwrap().warnings
+    }
+
+    #[test]
+    fn a_group_in_one_zone_is_warned_about_that_zone_s_outage() {
+        // t3.small is offered in us-east-1a only.
+        let warnings = worker_warnings("  instance_types: [t3.small]\n");
+        assert_eq!(
+            warnings,
+            [
+                "every machine in one zone (us-east-1a): an outage of that zone stops the whole group"
+            ]
+        );
+        let warnings = worker_warnings("  instance_types: [m7i.large]\n  zones: [us-east-1b]\n");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert!(warnings[0].starts_with("every machine in one zone (us-east-1b)"), "{warnings:?}");
+        assert!(worker_warnings("  instance_types: [m7i.large]\n").is_empty(), "three zones");
+    }
+
+    #[test]
+    fn requirements_that_match_few_types_are_warned_about() {
+        let few = "  requirements:\n    vcpu_count: {min: 2, max: 2}\n    memory_mib: {min: 8192}\n    allowed_instance_types: [\"m7i.*\"]\n";
+        assert_eq!(
+            worker_warnings(few),
+            [
+                "`requirements` match only 1 type in us-east-1: widen them to find capacity more easily"
+            ]
+        );
+        // Listed types beside them: the user chose, no warning.
+        let listed = format!("  instance_types: [m6i.large]\n{few}");
+        assert!(worker_warnings(&listed).is_empty(), "{:?}", worker_warnings(&listed));
+        // Requirements that match every type of the catalog (4, none dropped by price
+        // protection): no warning.
+        let wide = "  requirements:\n    vcpu_count: {min: 2, max: 2}\n    memory_mib: {min: 8192}\n    on_demand_max_price_percentage_over_lowest_price: 1000\n";
+        assert!(worker_warnings(wide).is_empty(), "{:?}", worker_warnings(wide));
+    }
+
     #[test]
     fn plan_falls_back_to_the_builtin_table_only_when_the_account_cannot_be_read() {
         for kind in [ErrorKind::Permission, ErrorKind::Throttled, ErrorKind::Other] {
