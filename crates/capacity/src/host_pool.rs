@@ -65,6 +65,60 @@ pub const AUTO_SLACK: f64 = 0.5;
 /// The time constant of the demand estimate `Auto` uses (an exponentially weighted rate).
 pub const DEMAND_TIME_CONSTANT: Time = 3600;
 
+/// When a host kept on `Auto`'s grid from `anchor` leaves it: the first grid second
+/// (`anchor + k·`[`AUTO_REVIEW_INTERVAL`]) whose scrub window `expected_scrub` would run past
+/// `minimum_end` (the end of its minimum allocation), or `releasable` if that is earlier. `None`
+/// when the grid's first second already does: the host is not kept.
+fn kept_until(
+    anchor: Time,
+    minimum_end: Time,
+    expected_scrub: Time,
+    releasable: Time,
+) -> Option<Time> {
+    // The last second whose review weighs the whole window: before the minimum's end, and a
+    // window from it ends by then.
+    let last = minimum_end.saturating_sub(expected_scrub).min(minimum_end.checked_sub(1)?);
+    if anchor > last || anchor >= releasable {
+        return None;
+    }
+    let until = anchor + AUTO_REVIEW_INTERVAL * ((last - anchor) / AUTO_REVIEW_INTERVAL + 1);
+    Some(until.min(releasable))
+}
+
+/// The first second from `from` at which `holds` does, given that once it holds it holds at
+/// every later second (`Auto`'s rule for a pool that does not change: the demand estimate
+/// decays). It is looked for near where the decaying estimate crosses, then second by second;
+/// `None` if it does not hold within a year.
+fn first_second_holding(from: Time, holds: impl Fn(Time) -> bool) -> Option<Time> {
+    if holds(from) {
+        return Some(from);
+    }
+    // Double the step until it holds, then halve back: O(log) evaluations.
+    let horizon = from.saturating_add(366 * 24 * 3600);
+    let mut low = from; // does not hold
+    let mut step: Time = 1;
+    let mut high = loop {
+        let at = low.saturating_add(step).min(horizon);
+        if holds(at) {
+            break at;
+        }
+        if at >= horizon {
+            return None;
+        }
+        low = at;
+        step = step.saturating_mul(2);
+    };
+    while high - low > 1 {
+        let middle = low + (high - low) / 2;
+        if holds(middle) {
+            high = middle;
+        } else {
+            low = middle;
+        }
+    }
+    Some(high)
+}
+
 /// A hasher for the policy's integer ids: one multiply (Fibonacci hashing). Deterministic (no
 /// random seed, unlike std's default), and a fraction of SipHash's cost on the simulator's
 /// millions of lookups. Ids are the caller's, not an attacker's, so flooding is not a concern.
@@ -269,10 +323,28 @@ pub struct Host {
     pub state: HostState,
     /// Bumped at every state change, so a timer set for an earlier state is ignored.
     epoch: u64,
+    /// Set while `Auto` keeps the idle host available on its review grid (see [`Kept`]).
+    kept: Option<Kept>,
+}
+
+/// An idle host `Auto` keeps available: it is reviewed every [`AUTO_REVIEW_INTERVAL`] from
+/// `anchor` (at `anchor + k·interval`), and before `until` every such review weighs the whole
+/// scrub window, so the decision is the same for every kept host at a given second. Those
+/// reviews get no timer each: the pool keeps one, [`Timer::Review`], at the first grid second
+/// of a kept host at which the decision can be to scrub ([`HostPool::schedule_review`]).
+/// `until` (the first grid second whose window is cut short by the host's release time, or
+/// the release time) has the host's own timer: from there it is reviewed one by one again.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Kept {
+    anchor: Time,
+    until: Time,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
+    /// Review the kept hosts due at this second (first at its second: it sets the timers of
+    /// the hosts it reviews, which then run in host order with the others of that second).
+    Review,
     /// Look at an idle host (scrub or release).
     Host { host: HostId, epoch: u64 },
     /// A zone's cooldown ends.
@@ -312,6 +384,15 @@ pub struct HostPool {
     /// The demand estimate for `Auto`: machines wanted per second, and when it was updated.
     demand_rate: f64,
     demand_updated: Time,
+    /// The hosts `Auto` keeps available, by (their review grid's phase, id).
+    kept: BTreeSet<(Time, HostId)>,
+    /// When the live [`Timer::Review`] is set for (other `Review` timers are stale).
+    review_at: Option<Time>,
+    /// Whether something happened since [`HostPool::schedule_review`] ran that may bring the
+    /// next review earlier (a host became idle or kept, or the review ran).
+    review_dirty: bool,
+    /// The last second whose timers ran: the kept hosts' reviews of that second are done.
+    reviewed_through: Option<Time>,
 }
 
 impl HostPool {
@@ -333,6 +414,10 @@ impl HostPool {
             next_request: 0,
             demand_rate: 0.0,
             demand_updated: 0,
+            kept: BTreeSet::new(),
+            review_at: None,
+            review_dirty: false,
+            reviewed_through: None,
         }
     }
 
@@ -390,7 +475,7 @@ impl HostPool {
                     if !self.hosts.contains_key(&host) {
                         self.hosts_in_zone[zone] += 1;
                         let state = HostState::Idle { since: now };
-                        let fresh = Host { zone, allocated_at, state, epoch: 0 };
+                        let fresh = Host { zone, allocated_at, state, epoch: 0, kept: None };
                         self.hosts.insert(host, fresh);
                         self.become_idle(now, host);
                     }
@@ -471,7 +556,19 @@ impl HostPool {
             self.look_at_idle(now, self.newly_idle[index]);
         }
         self.newly_idle.clear();
+        if self.review_dirty {
+            // The reviews of `now` run below unless an earlier call at `now` ran them.
+            let from = match self.reviewed_through {
+                Some(done) if done >= now => done + 1,
+                _ => now,
+            };
+            self.schedule_review(from);
+        }
         self.run_timers(now, actions);
+        self.reviewed_through = Some(self.reviewed_through.map_or(now, |done| done.max(now)));
+        if self.review_dirty {
+            self.schedule_review(now.saturating_add(1));
+        }
         self.allocate_for_waiting(now, actions);
         self.drop_stale_timers();
     }
@@ -480,10 +577,14 @@ impl HostPool {
     /// that [`HostPool::next_deadline`] names a time with work to do (the simulator would
     /// otherwise tick for nothing each time a freed host was taken at once).
     fn drop_stale_timers(&mut self) {
-        while let Some(Reverse((_, Timer::Host { host, epoch }))) = self.timers.peek() {
-            let live = self.hosts.get(host).is_some_and(|entry| {
-                entry.epoch == *epoch && matches!(entry.state, HostState::Idle { .. })
-            });
+        while let Some(Reverse((at, timer))) = self.timers.peek() {
+            let live = match timer {
+                Timer::Host { host, epoch } => self.hosts.get(host).is_some_and(|entry| {
+                    entry.epoch == *epoch && matches!(entry.state, HostState::Idle { .. })
+                }),
+                Timer::Review => self.review_at == Some(*at),
+                Timer::Zone | Timer::Wait { .. } => true,
+            };
             if live {
                 return;
             }
@@ -508,7 +609,8 @@ impl HostPool {
         }
         if !self.hosts.contains_key(&host) {
             self.hosts_in_zone[zone] += 1;
-            let fresh = Host { zone, allocated_at, state: HostState::Unusable, epoch: 0 };
+            let fresh =
+                Host { zone, allocated_at, state: HostState::Unusable, epoch: 0, kept: None };
             self.hosts.insert(host, fresh);
         }
         let known = *self.hosts.get(&host).expect("inserted above");
@@ -560,6 +662,9 @@ impl HostPool {
 
     fn forget(&mut self, host: HostId) {
         if let Some(known) = self.hosts.remove(&host) {
+            if let Some(kept) = known.kept {
+                self.kept.remove(&(kept.anchor % AUTO_REVIEW_INTERVAL, host));
+            }
             self.hosts_in_zone[known.zone] -= 1;
             self.idle[known.zone].remove(&(known.allocated_at, host));
             if let HostState::Busy(machine) = known.state {
@@ -574,10 +679,15 @@ impl HostPool {
         if matches!(entry.state, HostState::Idle { .. }) {
             self.idle[entry.zone].remove(&(entry.allocated_at, host));
         }
+        if let Some(kept) = entry.kept.take() {
+            self.kept.remove(&(kept.anchor % AUTO_REVIEW_INTERVAL, host));
+        }
         entry.state = state;
         entry.epoch += 1;
         if matches!(state, HostState::Idle { .. }) {
             self.idle[entry.zone].insert((entry.allocated_at, host));
+            // One more idle host: `Auto` may scrub a kept one sooner.
+            self.review_dirty = true;
         }
     }
 
@@ -602,7 +712,13 @@ impl HostPool {
             ScrubPolicy::Off => None,
             _ if !young_mac => None,
             ScrubPolicy::After(delay) => Some(since.saturating_add(delay)),
-            ScrubPolicy::Auto => Some(now.max(since.saturating_add(AUTO_FIRST_REVIEW))),
+            ScrubPolicy::Auto => {
+                let first = now.max(since.saturating_add(AUTO_FIRST_REVIEW));
+                if first > now && self.keep(host, first, releasable) {
+                    return;
+                }
+                Some(first)
+            }
         };
         let at = match scrub_at {
             Some(scrub_at) => scrub_at.min(releasable),
@@ -621,6 +737,24 @@ impl HostPool {
             }
             self.timers.pop();
             match timer {
+                Timer::Review => {
+                    if self.review_at != Some(at) {
+                        continue;
+                    }
+                    self.review_at = None;
+                    self.review_dirty = true;
+                    let phase = at % AUTO_REVIEW_INTERVAL;
+                    for &(_, host) in
+                        self.kept.range((phase, HostId(0))..=(phase, HostId(u64::MAX)))
+                    {
+                        let Some(entry) = self.hosts.get(&host) else { continue };
+                        let Some(kept) = entry.kept else { continue };
+                        if kept.anchor <= at && at < kept.until {
+                            let epoch = entry.epoch;
+                            self.timers.push(Reverse((at, Timer::Host { host, epoch })));
+                        }
+                    }
+                }
                 Timer::Zone => {}
                 Timer::Wait { machine } => {
                     if let Some(index) = self.waiting.iter().position(|w| w.machine == machine) {
@@ -634,6 +768,21 @@ impl HostPool {
                         continue;
                     }
                     let HostState::Idle { since } = entry.state else { continue };
+                    if let Some(kept) = entry.kept {
+                        if now < kept.until {
+                            // A review of the grid, set by `Timer::Review`: scrub or stay kept.
+                            if self.should_scrub(now, &entry, since) {
+                                self.set_state(host, HostState::Scrubbing);
+                                actions.push(Action::Scrub { host });
+                            }
+                            continue;
+                        }
+                        // Its window shrinks from here (or it may be released): reviewed alone.
+                        self.kept.remove(&(kept.anchor % AUTO_REVIEW_INTERVAL, host));
+                        if let Some(entry) = self.hosts.get_mut(&host) {
+                            entry.kept = None;
+                        }
+                    }
                     let releasable = self
                         .releasable_at(&entry)
                         .max(since.saturating_add(self.config.release_idle_after));
@@ -646,7 +795,11 @@ impl HostPool {
                     } else {
                         let next = match self.config.scrubbing {
                             ScrubPolicy::Auto if self.config.mac => {
-                                now.saturating_add(AUTO_REVIEW_INTERVAL).min(releasable)
+                                let next = now.saturating_add(AUTO_REVIEW_INTERVAL);
+                                if self.keep(host, next, releasable) {
+                                    continue;
+                                }
+                                next.min(releasable)
                             }
                             _ => releasable,
                         };
@@ -672,12 +825,78 @@ impl HostPool {
                 // A scrub saves the window's billed hours if no machine needs this host during
                 // it: the machines expected in the window are served by the other idle hosts.
                 let window = self.config.expected_scrub.min(self.releasable_at(host) - now);
-                let expected = self.demand_at(now) * window as f64;
-                let others_idle: usize =
-                    self.idle.iter().map(BTreeSet::len).sum::<usize>().saturating_sub(1);
-                expected < others_idle as f64 + AUTO_SLACK
+                self.auto_scrubs(now, window)
             }
         }
+    }
+
+    /// `Auto`'s rule for an idle host at `now` whose scrub would take `window`: the machines
+    /// expected during it are served by the other idle hosts with [`AUTO_SLACK`] to spare.
+    fn auto_scrubs(&self, now: Time, window: Time) -> bool {
+        let expected = self.demand_at(now) * window as f64;
+        let others_idle: usize =
+            self.idle.iter().map(BTreeSet::len).sum::<usize>().saturating_sub(1);
+        expected < others_idle as f64 + AUTO_SLACK
+    }
+
+    /// Puts an idle host `Auto` looks at next at `anchor` (after now) on the kept hosts' grid,
+    /// when that review weighs the whole scrub window; false (nothing done) when it does not.
+    /// Its own timer is set for when it leaves the grid ([`Kept::until`]).
+    fn keep(&mut self, host: HostId, anchor: Time, releasable: Time) -> bool {
+        let Some(entry) = self.hosts.get(&host).copied() else { return false };
+        let Some(until) =
+            kept_until(anchor, self.releasable_at(&entry), self.config.expected_scrub, releasable)
+        else {
+            return false;
+        };
+        if let Some(entry) = self.hosts.get_mut(&host) {
+            entry.kept = Some(Kept { anchor, until });
+        }
+        self.kept.insert((anchor % AUTO_REVIEW_INTERVAL, host));
+        self.timers.push(Reverse((until, Timer::Host { host, epoch: entry.epoch })));
+        self.review_dirty = true;
+        true
+    }
+
+    /// Sets [`Timer::Review`] for the first second from `from` at which a kept host is due a
+    /// review and `Auto`'s rule holds, the pool as it is now. Until something makes a scrub
+    /// likelier (another idle host, another kept host), no earlier review could scrub: demand
+    /// only decays between machines wanted, and a review weighs the same window on the grid.
+    /// Anything that makes a scrub less likely leaves the timer early, which is harmless: the
+    /// review then scrubs nothing, and the timer is set again.
+    fn schedule_review(&mut self, from: Time) {
+        self.review_dirty = false;
+        let next = if self.kept.is_empty() { None } else { self.next_review(from) };
+        if next != self.review_at {
+            self.review_at = next;
+            if let Some(at) = next {
+                self.timers.push(Reverse((at, Timer::Review)));
+            }
+        }
+    }
+
+    /// The first second from `from` at which a kept host is due a review that may scrub it.
+    fn next_review(&self, from: Time) -> Option<Time> {
+        let holds =
+            first_second_holding(from, |at| self.auto_scrubs(at, self.config.expected_scrub))?;
+        // The kept hosts, by their grid's phase, from the phase of `holds` on (then around).
+        let phase = holds % AUTO_REVIEW_INTERVAL;
+        let after = self.kept.range((phase, HostId(0))..);
+        let before = self.kept.range(..(phase, HostId(0)));
+        let mut best: Option<Time> = None;
+        for &(host_phase, host) in after.chain(before) {
+            let offset = (host_phase + AUTO_REVIEW_INTERVAL - phase) % AUTO_REVIEW_INTERVAL;
+            if best.is_some_and(|best| holds + offset >= best) {
+                break;
+            }
+            let Some(kept) = self.hosts.get(&host).and_then(|entry| entry.kept) else { continue };
+            // Its first grid second at or after `holds` (its anchor, if that is later).
+            let at = (holds + offset).max(kept.anchor);
+            if at < kept.until && best.is_none_or(|best| at < best) {
+                best = Some(at);
+            }
+        }
+        best
     }
 
     fn note_demand(&mut self, now: Time) {
