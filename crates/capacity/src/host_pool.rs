@@ -89,9 +89,28 @@ fn kept_until(
 /// every later second (`Auto`'s rule for a pool that does not change: the demand estimate
 /// decays). It is looked for near where the decaying estimate crosses, then second by second;
 /// `None` if it does not hold within a year.
-fn first_second_holding(from: Time, holds: impl Fn(Time) -> bool) -> Option<Time> {
+fn first_second_holding(from: Time, hint: f64, holds: impl Fn(Time) -> bool) -> Option<Time> {
     if holds(from) {
         return Some(from);
+    }
+    // Near the hint first: a few seconds either way.
+    if hint.is_finite() && hint > from as f64 && hint < from as f64 + 366.0 * 24.0 * 3600.0 {
+        let mut at = (hint.ceil() as Time).max(from + 1);
+        if holds(at) {
+            for _ in 0..4 {
+                if at - 1 == from || !holds(at - 1) {
+                    return Some(at);
+                }
+                at -= 1;
+            }
+        } else {
+            for _ in 0..4 {
+                at += 1;
+                if holds(at) {
+                    return Some(at);
+                }
+            }
+        }
     }
     // Double the step until it holds, then halve back: O(log) evaluations.
     let horizon = from.saturating_add(366 * 24 * 3600);
@@ -331,9 +350,10 @@ pub struct Host {
 /// `anchor` (at `anchor + k·interval`), and before `until` every such review weighs the whole
 /// scrub window, so the decision is the same for every kept host at a given second. Those
 /// reviews get no timer each: the pool keeps one, [`Timer::Review`], at the first grid second
-/// of a kept host at which the decision can be to scrub ([`HostPool::schedule_review`]).
-/// `until` (the first grid second whose window is cut short by the host's release time, or
-/// the release time) has the host's own timer: from there it is reviewed one by one again.
+/// of a kept host at which the decision can be to scrub ([`HostPool::schedule_review`]), or
+/// at the first `until` if that is sooner: the first grid second whose window is cut short by
+/// the host's release time, or the release time, from which the host has timers of its own
+/// again (reviewed one by one, as [`ScrubPolicy::After`]'s hosts are).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Kept {
     anchor: Time,
@@ -384,8 +404,10 @@ pub struct HostPool {
     /// The demand estimate for `Auto`: machines wanted per second, and when it was updated.
     demand_rate: f64,
     demand_updated: Time,
-    /// The hosts `Auto` keeps available, by (their review grid's phase, id).
+    /// The hosts `Auto` keeps available, by (their review grid's phase, id), and by
+    /// ([`Kept::until`], id).
     kept: BTreeSet<(Time, HostId)>,
+    kept_until: BTreeSet<(Time, HostId)>,
     /// When the live [`Timer::Review`] is set for (other `Review` timers are stale).
     review_at: Option<Time>,
     /// Whether something happened since [`HostPool::schedule_review`] ran that may bring the
@@ -415,6 +437,7 @@ impl HostPool {
             demand_rate: 0.0,
             demand_updated: 0,
             kept: BTreeSet::new(),
+            kept_until: BTreeSet::new(),
             review_at: None,
             review_dirty: false,
             reviewed_through: None,
@@ -664,6 +687,7 @@ impl HostPool {
         if let Some(known) = self.hosts.remove(&host) {
             if let Some(kept) = known.kept {
                 self.kept.remove(&(kept.anchor % AUTO_REVIEW_INTERVAL, host));
+                self.kept_until.remove(&(kept.until, host));
             }
             self.hosts_in_zone[known.zone] -= 1;
             self.idle[known.zone].remove(&(known.allocated_at, host));
@@ -681,6 +705,7 @@ impl HostPool {
         }
         if let Some(kept) = entry.kept.take() {
             self.kept.remove(&(kept.anchor % AUTO_REVIEW_INTERVAL, host));
+            self.kept_until.remove(&(kept.until, host));
         }
         entry.state = state;
         entry.epoch += 1;
@@ -754,6 +779,13 @@ impl HostPool {
                             self.timers.push(Reverse((at, Timer::Host { host, epoch })));
                         }
                     }
+                    // The hosts whose grid ends here, reviewed alone from now on.
+                    for &(_, host) in self.kept_until.range(..=(at, HostId(u64::MAX))) {
+                        if let Some(entry) = self.hosts.get(&host) {
+                            let epoch = entry.epoch;
+                            self.timers.push(Reverse((at, Timer::Host { host, epoch })));
+                        }
+                    }
                 }
                 Timer::Zone => {}
                 Timer::Wait { machine } => {
@@ -779,6 +811,7 @@ impl HostPool {
                         }
                         // Its window shrinks from here (or it may be released): reviewed alone.
                         self.kept.remove(&(kept.anchor % AUTO_REVIEW_INTERVAL, host));
+                        self.kept_until.remove(&(kept.until, host));
                         if let Some(entry) = self.hosts.get_mut(&host) {
                             entry.kept = None;
                         }
@@ -841,7 +874,7 @@ impl HostPool {
 
     /// Puts an idle host `Auto` looks at next at `anchor` (after now) on the kept hosts' grid,
     /// when that review weighs the whole scrub window; false (nothing done) when it does not.
-    /// Its own timer is set for when it leaves the grid ([`Kept::until`]).
+    /// It leaves the grid at [`Kept::until`], at a [`Timer::Review`] set for then at the latest.
     fn keep(&mut self, host: HostId, anchor: Time, releasable: Time) -> bool {
         let Some(entry) = self.hosts.get(&host).copied() else { return false };
         let Some(until) =
@@ -853,13 +886,13 @@ impl HostPool {
             entry.kept = Some(Kept { anchor, until });
         }
         self.kept.insert((anchor % AUTO_REVIEW_INTERVAL, host));
-        self.timers.push(Reverse((until, Timer::Host { host, epoch: entry.epoch })));
+        self.kept_until.insert((until, host));
         self.review_dirty = true;
         true
     }
 
     /// Sets [`Timer::Review`] for the first second from `from` at which a kept host is due a
-    /// review and `Auto`'s rule holds, the pool as it is now. Until something makes a scrub
+    /// review and `Auto`'s rule holds, the pool as it is now, or a kept host leaves the grid. Until something makes a scrub
     /// likelier (another idle host, another kept host), no earlier review could scrub: demand
     /// only decays between machines wanted, and a review weighs the same window on the grid.
     /// Anything that makes a scrub less likely leaves the timer early, which is harmless: the
@@ -875,10 +908,22 @@ impl HostPool {
         }
     }
 
-    /// The first second from `from` at which a kept host is due a review that may scrub it.
+    /// The first second from `from` at which a kept host is due a review that may scrub it,
+    /// or one leaves the grid.
     fn next_review(&self, from: Time) -> Option<Time> {
-        let holds =
-            first_second_holding(from, |at| self.auto_scrubs(at, self.config.expected_scrub))?;
+        // Where the decaying estimate crosses the threshold (close to the answer, in float).
+        let others_idle = self.idle.iter().map(BTreeSet::len).sum::<usize>().saturating_sub(1);
+        let threshold = others_idle as f64 + AUTO_SLACK;
+        let crossing = self.demand_updated as f64
+            + DEMAND_TIME_CONSTANT as f64
+                * (self.demand_rate * self.config.expected_scrub as f64 / threshold).ln();
+        let leaves = self.kept_until.first().map(|(until, _)| (*until).max(from));
+        let holds = first_second_holding(from, crossing, |at| {
+            self.auto_scrubs(at, self.config.expected_scrub)
+        });
+        let Some(holds) = holds.filter(|holds| leaves.is_none_or(|leaves| *holds < leaves)) else {
+            return leaves;
+        };
         // The kept hosts, by their grid's phase, from the phase of `holds` on (then around).
         let phase = holds % AUTO_REVIEW_INTERVAL;
         let after = self.kept.range((phase, HostId(0))..);
@@ -896,7 +941,10 @@ impl HostPool {
                 best = Some(at);
             }
         }
-        best
+        match (best, leaves) {
+            (Some(best), Some(leaves)) => Some(best.min(leaves)),
+            (best, leaves) => best.or(leaves),
+        }
     }
 
     fn note_demand(&mut self, now: Time) {
