@@ -65,6 +65,95 @@ pub const AUTO_SLACK: f64 = 0.5;
 /// The time constant of the demand estimate `Auto` uses (an exponentially weighted rate).
 pub const DEMAND_TIME_CONSTANT: Time = 3600;
 
+/// The phases of [`AUTO_REVIEW_INTERVAL`]'s grid (a second of the interval).
+const PHASES: usize = AUTO_REVIEW_INTERVAL as usize;
+
+/// The hosts kept on `Auto`'s grid, by phase (`anchor % interval`): a bucket per phase and a
+/// bit per phase that has hosts, so the next or previous phase with hosts is a few word scans.
+#[derive(Debug)]
+struct PhaseSet {
+    occupied: [u64; PHASES.div_ceil(64)],
+    buckets: Vec<Vec<HostId>>,
+    len: usize,
+}
+
+impl Default for PhaseSet {
+    fn default() -> PhaseSet {
+        PhaseSet { occupied: [0; PHASES.div_ceil(64)], buckets: vec![Vec::new(); PHASES], len: 0 }
+    }
+}
+
+impl PhaseSet {
+    fn phase(at: Time) -> usize {
+        (at % AUTO_REVIEW_INTERVAL) as usize
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    fn insert(&mut self, anchor: Time, host: HostId) {
+        let phase = PhaseSet::phase(anchor);
+        self.buckets[phase].push(host);
+        self.occupied[phase / 64] |= 1 << (phase % 64);
+        self.len += 1;
+    }
+
+    fn remove(&mut self, anchor: Time, host: HostId) {
+        let phase = PhaseSet::phase(anchor);
+        let bucket = &mut self.buckets[phase];
+        if let Some(index) = bucket.iter().position(|kept| *kept == host) {
+            bucket.swap_remove(index);
+            self.len -= 1;
+            if bucket.is_empty() {
+                self.occupied[phase / 64] &= !(1 << (phase % 64));
+            }
+        }
+    }
+
+    /// The hosts of `phase`, in no order.
+    fn at_phase(&self, phase: usize) -> &[HostId] {
+        &self.buckets[phase]
+    }
+
+    /// The first phase with hosts from `phase` on, then around from 0.
+    fn next(&self, phase: usize) -> Option<usize> {
+        let words = self.occupied.len();
+        for step in 0..=words {
+            let word = (phase / 64 + step) % words;
+            let mut bits = self.occupied[word];
+            if step == 0 {
+                bits &= u64::MAX << (phase % 64);
+            } else if step == words {
+                bits &= !(u64::MAX << (phase % 64));
+            }
+            if bits != 0 {
+                return Some(word * 64 + bits.trailing_zeros() as usize);
+            }
+        }
+        None
+    }
+
+    /// The last phase with hosts before `phase`, then around from the end (`phase` itself
+    /// last).
+    fn previous(&self, phase: usize) -> Option<usize> {
+        let words = self.occupied.len();
+        for step in 0..=words {
+            let word = (phase / 64 + words - step % words) % words;
+            let mut bits = self.occupied[word];
+            if step == 0 {
+                bits &= (1u64 << (phase % 64)) - 1;
+            } else if step == words {
+                bits &= !((1u64 << (phase % 64)) - 1);
+            }
+            if bits != 0 {
+                return Some(word * 64 + 63 - bits.leading_zeros() as usize);
+            }
+        }
+        None
+    }
+}
+
 /// When a host kept on `Auto`'s grid from `anchor` leaves it: the first grid second
 /// (`anchor + k·`[`AUTO_REVIEW_INTERVAL`]) whose scrub window `expected_scrub` would run past
 /// `minimum_end` (the end of its minimum allocation), or `releasable` if that is earlier. `None`
@@ -406,13 +495,16 @@ pub struct HostPool {
     demand_updated: Time,
     /// The hosts `Auto` keeps available, by (their review grid's phase, id), and by
     /// ([`Kept::until`], id).
-    kept: BTreeSet<(Time, HostId)>,
+    kept: PhaseSet,
     kept_until: BTreeSet<(Time, HostId)>,
     /// When the live [`Timer::Review`] is set for (other `Review` timers are stale).
     review_at: Option<Time>,
-    /// Whether something happened since [`HostPool::schedule_review`] ran that may bring the
-    /// next review earlier (a host became idle or kept, or the review ran).
-    review_dirty: bool,
+    /// Whether the review timer is to be set again: it ran, or a host was kept that may be due
+    /// before it.
+    review_stale: bool,
+    /// Whether a host became idle since the review timer was set: with one more idle host,
+    /// `Auto`'s rule may hold sooner.
+    idle_grew: bool,
     /// The last second whose timers ran: the kept hosts' reviews of that second are done.
     reviewed_through: Option<Time>,
 }
@@ -436,10 +528,11 @@ impl HostPool {
             next_request: 0,
             demand_rate: 0.0,
             demand_updated: 0,
-            kept: BTreeSet::new(),
+            kept: PhaseSet::default(),
             kept_until: BTreeSet::new(),
             review_at: None,
-            review_dirty: false,
+            review_stale: false,
+            idle_grew: false,
             reviewed_through: None,
         }
     }
@@ -579,19 +672,15 @@ impl HostPool {
             self.look_at_idle(now, self.newly_idle[index]);
         }
         self.newly_idle.clear();
-        if self.review_dirty {
-            // The reviews of `now` run below unless an earlier call at `now` ran them.
-            let from = match self.reviewed_through {
-                Some(done) if done >= now => done + 1,
-                _ => now,
-            };
-            self.schedule_review(from);
-        }
+        // The reviews of `now` run below unless an earlier call at `now` ran them.
+        let from = match self.reviewed_through {
+            Some(done) if done >= now => done + 1,
+            _ => now,
+        };
+        self.refresh_review(from);
         self.run_timers(now, actions);
         self.reviewed_through = Some(self.reviewed_through.map_or(now, |done| done.max(now)));
-        if self.review_dirty {
-            self.schedule_review(now.saturating_add(1));
-        }
+        self.refresh_review(now.saturating_add(1));
         self.allocate_for_waiting(now, actions);
         self.drop_stale_timers();
     }
@@ -686,7 +775,7 @@ impl HostPool {
     fn forget(&mut self, host: HostId) {
         if let Some(known) = self.hosts.remove(&host) {
             if let Some(kept) = known.kept {
-                self.kept.remove(&(kept.anchor % AUTO_REVIEW_INTERVAL, host));
+                self.kept.remove(kept.anchor, host);
                 self.kept_until.remove(&(kept.until, host));
             }
             self.hosts_in_zone[known.zone] -= 1;
@@ -704,7 +793,7 @@ impl HostPool {
             self.idle[entry.zone].remove(&(entry.allocated_at, host));
         }
         if let Some(kept) = entry.kept.take() {
-            self.kept.remove(&(kept.anchor % AUTO_REVIEW_INTERVAL, host));
+            self.kept.remove(kept.anchor, host);
             self.kept_until.remove(&(kept.until, host));
         }
         entry.state = state;
@@ -712,7 +801,7 @@ impl HostPool {
         if matches!(state, HostState::Idle { .. }) {
             self.idle[entry.zone].insert((entry.allocated_at, host));
             // One more idle host: `Auto` may scrub a kept one sooner.
-            self.review_dirty = true;
+            self.idle_grew = true;
         }
     }
 
@@ -737,13 +826,9 @@ impl HostPool {
             ScrubPolicy::Off => None,
             _ if !young_mac => None,
             ScrubPolicy::After(delay) => Some(since.saturating_add(delay)),
-            ScrubPolicy::Auto => {
-                let first = now.max(since.saturating_add(AUTO_FIRST_REVIEW));
-                if first > now && self.keep(host, first, releasable) {
-                    return;
-                }
-                Some(first)
-            }
+            // Its first review has a timer of its own: most hosts are taken or scrubbed there,
+            // and a host put on the grid and off again costs more than the timer.
+            ScrubPolicy::Auto => Some(now.max(since.saturating_add(AUTO_FIRST_REVIEW))),
         };
         let at = match scrub_at {
             Some(scrub_at) => scrub_at.min(releasable),
@@ -767,11 +852,8 @@ impl HostPool {
                         continue;
                     }
                     self.review_at = None;
-                    self.review_dirty = true;
-                    let phase = at % AUTO_REVIEW_INTERVAL;
-                    for &(_, host) in
-                        self.kept.range((phase, HostId(0))..=(phase, HostId(u64::MAX)))
-                    {
+                    self.review_stale = true;
+                    for &host in self.kept.at_phase(PhaseSet::phase(at)) {
                         let Some(entry) = self.hosts.get(&host) else { continue };
                         let Some(kept) = entry.kept else { continue };
                         if kept.anchor <= at && at < kept.until {
@@ -810,7 +892,7 @@ impl HostPool {
                             continue;
                         }
                         // Its window shrinks from here (or it may be released): reviewed alone.
-                        self.kept.remove(&(kept.anchor % AUTO_REVIEW_INTERVAL, host));
+                        self.kept.remove(kept.anchor, host);
                         self.kept_until.remove(&(kept.until, host));
                         if let Some(entry) = self.hosts.get_mut(&host) {
                             entry.kept = None;
@@ -885,20 +967,48 @@ impl HostPool {
         if let Some(entry) = self.hosts.get_mut(&host) {
             entry.kept = Some(Kept { anchor, until });
         }
-        self.kept.insert((anchor % AUTO_REVIEW_INTERVAL, host));
+        self.kept.insert(anchor, host);
         self.kept_until.insert((until, host));
-        self.review_dirty = true;
+        // Its reviews and its leaving are no sooner than the review timer: nothing to change.
+        if self.review_at.is_none_or(|at| anchor < at || until < at) {
+            self.review_stale = true;
+        }
         true
     }
 
+    /// Sets the review timer again if what happened since may bring it earlier. One more idle
+    /// host does only if `Auto`'s rule holds the second before the timer: the rule holds from
+    /// some second on (demand decays), so if it does not hold at the last grid second before
+    /// the timer, it holds at no earlier one either.
+    fn refresh_review(&mut self, from: Time) {
+        if self.review_stale {
+            self.schedule_review(from);
+        } else if self.idle_grew {
+            self.idle_grew = false;
+            let Some(at) = self.review_at else { return self.schedule_review(from) };
+            // The last second before the timer at which a kept host may be due a review.
+            let before = self.kept.previous(PhaseSet::phase(at)).map(|phase| {
+                let back = (PhaseSet::phase(at) + PHASES - phase - 1) % PHASES + 1;
+                at.saturating_sub(back as Time)
+            });
+            if before.is_some_and(|before| {
+                before >= from && self.auto_scrubs(before, self.config.expected_scrub)
+            }) {
+                self.schedule_review(from);
+            }
+        }
+    }
+
     /// Sets [`Timer::Review`] for the first second from `from` at which a kept host is due a
-    /// review and `Auto`'s rule holds, the pool as it is now, or a kept host leaves the grid. Until something makes a scrub
-    /// likelier (another idle host, another kept host), no earlier review could scrub: demand
-    /// only decays between machines wanted, and a review weighs the same window on the grid.
-    /// Anything that makes a scrub less likely leaves the timer early, which is harmless: the
-    /// review then scrubs nothing, and the timer is set again.
+    /// review and `Auto`'s rule holds, the pool as it is now, or a kept host leaves the grid.
+    /// Until something makes a scrub likelier (another idle host, another kept host), no
+    /// earlier review could scrub: demand only decays between machines wanted, and a review
+    /// weighs the same window on the grid. Anything that makes a scrub less likely (a machine
+    /// wanted, a host taken) leaves the timer early, which is harmless: the review then scrubs
+    /// nothing, and the timer is set again.
     fn schedule_review(&mut self, from: Time) {
-        self.review_dirty = false;
+        self.review_stale = false;
+        self.idle_grew = false;
         let next = if self.kept.is_empty() { None } else { self.next_review(from) };
         if next != self.review_at {
             self.review_at = next;
@@ -925,21 +1035,29 @@ impl HostPool {
             return leaves;
         };
         // The kept hosts, by their grid's phase, from the phase of `holds` on (then around).
-        let phase = holds % AUTO_REVIEW_INTERVAL;
-        let after = self.kept.range((phase, HostId(0))..);
-        let before = self.kept.range(..(phase, HostId(0)));
+        let phase = PhaseSet::phase(holds);
         let mut best: Option<Time> = None;
-        for &(host_phase, host) in after.chain(before) {
-            let offset = (host_phase + AUTO_REVIEW_INTERVAL - phase) % AUTO_REVIEW_INTERVAL;
-            if best.is_some_and(|best| holds + offset >= best) {
+        let mut last_offset = None;
+        let mut search = phase;
+        while let Some(host_phase) = self.kept.next(search) {
+            let offset = ((host_phase + PHASES - phase) % PHASES) as Time;
+            if last_offset.is_some_and(|last| offset <= last)
+                || best.is_some_and(|best| holds + offset >= best)
+            {
                 break;
             }
-            let Some(kept) = self.hosts.get(&host).and_then(|entry| entry.kept) else { continue };
-            // Its first grid second at or after `holds` (its anchor, if that is later).
-            let at = (holds + offset).max(kept.anchor);
-            if at < kept.until && best.is_none_or(|best| at < best) {
-                best = Some(at);
+            last_offset = Some(offset);
+            for host in self.kept.at_phase(host_phase) {
+                let Some(kept) = self.hosts.get(host).and_then(|entry| entry.kept) else {
+                    continue;
+                };
+                // Its first grid second at or after `holds` (its anchor, if that is later).
+                let at = (holds + offset).max(kept.anchor);
+                if at < kept.until && best.is_none_or(|best| at < best) {
+                    best = Some(at);
+                }
             }
+            search = (host_phase + 1) % PHASES;
         }
         match (best, leaves) {
             (Some(best), Some(leaves)) => Some(best.min(leaves)),
