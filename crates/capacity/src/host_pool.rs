@@ -475,6 +475,8 @@ pub struct HostPool {
     hosts: IdMap<HostId, Host>,
     /// Idle hosts per zone, by (allocation time, id): the earliest allocated first.
     idle: Vec<BTreeSet<(Time, HostId)>>,
+    /// How many hosts `idle` holds.
+    idle_total: usize,
     /// Hosts per zone, whatever their state (allocations in flight apart).
     hosts_in_zone: Vec<u32>,
     /// Allocations in flight: request → zone.
@@ -502,9 +504,9 @@ pub struct HostPool {
     /// Whether the review timer is to be set again: it ran, or a host was kept that may be due
     /// before it.
     review_stale: bool,
-    /// Whether a host became idle since the review timer was set: with one more idle host,
-    /// `Auto`'s rule may hold sooner.
-    idle_grew: bool,
+    /// How many hosts were idle when the review timer was set (or last found right): with
+    /// more idle now, `Auto`'s rule may hold sooner.
+    review_idle: usize,
     /// The last second whose timers ran: the kept hosts' reviews of that second are done.
     reviewed_through: Option<Time>,
 }
@@ -517,6 +519,7 @@ impl HostPool {
             config,
             hosts: IdMap::default(),
             idle: vec![BTreeSet::new(); zones],
+            idle_total: 0,
             hosts_in_zone: vec![0; zones],
             allocating: BTreeMap::new(),
             allocating_in_zone: vec![0; zones],
@@ -532,7 +535,7 @@ impl HostPool {
             kept_until: BTreeSet::new(),
             review_at: None,
             review_stale: false,
-            idle_grew: false,
+            review_idle: 0,
             reviewed_through: None,
         }
     }
@@ -729,13 +732,17 @@ impl HostPool {
         if known.zone != zone {
             self.hosts_in_zone[known.zone] -= 1;
             self.hosts_in_zone[zone] += 1;
-            self.idle[known.zone].remove(&(known.allocated_at, host));
+            if self.idle[known.zone].remove(&(known.allocated_at, host)) {
+                self.idle_total -= 1;
+            }
             if let Some(entry) = self.hosts.get_mut(&host) {
                 entry.zone = zone;
             }
         }
         if known.allocated_at != allocated_at {
-            self.idle[zone].remove(&(known.allocated_at, host));
+            if self.idle[zone].remove(&(known.allocated_at, host)) {
+                self.idle_total -= 1;
+            }
             if let Some(entry) = self.hosts.get_mut(&host) {
                 entry.allocated_at = allocated_at;
             }
@@ -779,7 +786,9 @@ impl HostPool {
                 self.kept_until.remove(&(kept.until, host));
             }
             self.hosts_in_zone[known.zone] -= 1;
-            self.idle[known.zone].remove(&(known.allocated_at, host));
+            if self.idle[known.zone].remove(&(known.allocated_at, host)) {
+                self.idle_total -= 1;
+            }
             if let HostState::Busy(machine) = known.state {
                 self.running.remove(&machine);
             }
@@ -790,7 +799,9 @@ impl HostPool {
     fn set_state(&mut self, host: HostId, state: HostState) {
         let Some(entry) = self.hosts.get_mut(&host) else { return };
         if matches!(entry.state, HostState::Idle { .. }) {
-            self.idle[entry.zone].remove(&(entry.allocated_at, host));
+            if self.idle[entry.zone].remove(&(entry.allocated_at, host)) {
+                self.idle_total -= 1;
+            }
         }
         if let Some(kept) = entry.kept.take() {
             self.kept.remove(kept.anchor, host);
@@ -799,9 +810,9 @@ impl HostPool {
         entry.state = state;
         entry.epoch += 1;
         if matches!(state, HostState::Idle { .. }) {
-            self.idle[entry.zone].insert((entry.allocated_at, host));
-            // One more idle host: `Auto` may scrub a kept one sooner.
-            self.idle_grew = true;
+            if self.idle[entry.zone].insert((entry.allocated_at, host)) {
+                self.idle_total += 1;
+            }
         }
     }
 
@@ -945,12 +956,16 @@ impl HostPool {
         }
     }
 
+    /// How many hosts are idle.
+    fn idle_count(&self) -> usize {
+        self.idle_total
+    }
+
     /// `Auto`'s rule for an idle host at `now` whose scrub would take `window`: the machines
     /// expected during it are served by the other idle hosts with [`AUTO_SLACK`] to spare.
     fn auto_scrubs(&self, now: Time, window: Time) -> bool {
         let expected = self.demand_at(now) * window as f64;
-        let others_idle: usize =
-            self.idle.iter().map(BTreeSet::len).sum::<usize>().saturating_sub(1);
+        let others_idle = self.idle_count().saturating_sub(1);
         expected < others_idle as f64 + AUTO_SLACK
     }
 
@@ -976,15 +991,16 @@ impl HostPool {
         true
     }
 
-    /// Sets the review timer again if what happened since may bring it earlier. One more idle
-    /// host does only if `Auto`'s rule holds the second before the timer: the rule holds from
-    /// some second on (demand decays), so if it does not hold at the last grid second before
-    /// the timer, it holds at no earlier one either.
+    /// Sets the review timer again if what happened since may bring it earlier: it ran, a host
+    /// was kept that is due before it, or more hosts are idle than when it was set and
+    /// `Auto`'s rule now holds at the last grid second before it (the rule holds from some
+    /// second on, demand decaying, so if it does not hold there it holds at no earlier one).
+    /// Fewer idle hosts or more demand make the rule hold later, never sooner.
     fn refresh_review(&mut self, from: Time) {
         if self.review_stale {
             self.schedule_review(from);
-        } else if self.idle_grew {
-            self.idle_grew = false;
+        } else if !self.kept.is_empty() && self.idle_count() > self.review_idle {
+            self.review_idle = self.idle_count();
             let Some(at) = self.review_at else { return self.schedule_review(from) };
             // The last second before the timer at which a kept host may be due a review.
             let before = self.kept.previous(PhaseSet::phase(at)).map(|phase| {
@@ -1008,7 +1024,7 @@ impl HostPool {
     /// nothing, and the timer is set again.
     fn schedule_review(&mut self, from: Time) {
         self.review_stale = false;
-        self.idle_grew = false;
+        self.review_idle = self.idle_count();
         let next = if self.kept.is_empty() { None } else { self.next_review(from) };
         if next != self.review_at {
             self.review_at = next;
@@ -1022,7 +1038,7 @@ impl HostPool {
     /// or one leaves the grid.
     fn next_review(&self, from: Time) -> Option<Time> {
         // Where the decaying estimate crosses the threshold (close to the answer, in float).
-        let others_idle = self.idle.iter().map(BTreeSet::len).sum::<usize>().saturating_sub(1);
+        let others_idle = self.idle_count().saturating_sub(1);
         let threshold = others_idle as f64 + AUTO_SLACK;
         let crossing = self.demand_updated as f64
             + DEMAND_TIME_CONSTANT as f64
