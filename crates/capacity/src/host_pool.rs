@@ -73,7 +73,7 @@ const PHASES: usize = AUTO_REVIEW_INTERVAL as usize;
 #[derive(Debug)]
 struct PhaseSet {
     occupied: [u64; PHASES.div_ceil(64)],
-    buckets: Vec<Vec<HostId>>,
+    buckets: Vec<Vec<(HostId, Kept)>>,
     len: usize,
 }
 
@@ -92,9 +92,9 @@ impl PhaseSet {
         self.len == 0
     }
 
-    fn insert(&mut self, anchor: Time, host: HostId) {
-        let phase = PhaseSet::phase(anchor);
-        self.buckets[phase].push(host);
+    fn insert(&mut self, host: HostId, kept: Kept) {
+        let phase = PhaseSet::phase(kept.anchor);
+        self.buckets[phase].push((host, kept));
         self.occupied[phase / 64] |= 1 << (phase % 64);
         self.len += 1;
     }
@@ -102,7 +102,7 @@ impl PhaseSet {
     fn remove(&mut self, anchor: Time, host: HostId) {
         let phase = PhaseSet::phase(anchor);
         let bucket = &mut self.buckets[phase];
-        if let Some(index) = bucket.iter().position(|kept| *kept == host) {
+        if let Some(index) = bucket.iter().position(|(kept, _)| *kept == host) {
             bucket.swap_remove(index);
             self.len -= 1;
             if bucket.is_empty() {
@@ -112,7 +112,7 @@ impl PhaseSet {
     }
 
     /// The hosts of `phase`, in no order.
-    fn at_phase(&self, phase: usize) -> &[HostId] {
+    fn at_phase(&self, phase: usize) -> &[(HostId, Kept)] {
         &self.buckets[phase]
     }
 
@@ -495,10 +495,11 @@ pub struct HostPool {
     /// The demand estimate for `Auto`: machines wanted per second, and when it was updated.
     demand_rate: f64,
     demand_updated: Time,
-    /// The hosts `Auto` keeps available, by (their review grid's phase, id), and by
-    /// ([`Kept::until`], id).
+    /// The hosts `Auto` keeps available, by their review grid's phase.
     kept: PhaseSet,
-    kept_until: BTreeSet<(Time, HostId)>,
+    /// The kept hosts by when they leave the grid: (until, id, epoch), the earliest on top;
+    /// entries for hosts no longer kept stay until they reach the top.
+    leaving: BinaryHeap<Reverse<(Time, HostId, u64)>>,
     /// When the live [`Timer::Review`] is set for (other `Review` timers are stale).
     review_at: Option<Time>,
     /// Whether the review timer is to be set again: it ran, or a host was kept that may be due
@@ -532,7 +533,7 @@ impl HostPool {
             demand_rate: 0.0,
             demand_updated: 0,
             kept: PhaseSet::default(),
-            kept_until: BTreeSet::new(),
+            leaving: BinaryHeap::new(),
             review_at: None,
             review_stale: false,
             review_idle: 0,
@@ -783,7 +784,6 @@ impl HostPool {
         if let Some(known) = self.hosts.remove(&host) {
             if let Some(kept) = known.kept {
                 self.kept.remove(kept.anchor, host);
-                self.kept_until.remove(&(kept.until, host));
             }
             self.hosts_in_zone[known.zone] -= 1;
             if self.idle[known.zone].remove(&(known.allocated_at, host)) {
@@ -805,7 +805,6 @@ impl HostPool {
         }
         if let Some(kept) = entry.kept.take() {
             self.kept.remove(kept.anchor, host);
-            self.kept_until.remove(&(kept.until, host));
         }
         entry.state = state;
         entry.epoch += 1;
@@ -864,18 +863,22 @@ impl HostPool {
                     }
                     self.review_at = None;
                     self.review_stale = true;
-                    for &host in self.kept.at_phase(PhaseSet::phase(at)) {
-                        let Some(entry) = self.hosts.get(&host) else { continue };
-                        let Some(kept) = entry.kept else { continue };
-                        if kept.anchor <= at && at < kept.until {
+                    for &(host, kept) in self.kept.at_phase(PhaseSet::phase(at)) {
+                        if kept.anchor <= at
+                            && at < kept.until
+                            && let Some(entry) = self.hosts.get(&host)
+                        {
                             let epoch = entry.epoch;
                             self.timers.push(Reverse((at, Timer::Host { host, epoch })));
                         }
                     }
                     // The hosts whose grid ends here, reviewed alone from now on.
-                    for &(_, host) in self.kept_until.range(..=(at, HostId(u64::MAX))) {
-                        if let Some(entry) = self.hosts.get(&host) {
-                            let epoch = entry.epoch;
+                    while let Some(Reverse((until, host, epoch))) = self.leaving.peek().copied() {
+                        if until > at {
+                            break;
+                        }
+                        self.leaving.pop();
+                        if self.still_leaving(until, host, epoch) {
                             self.timers.push(Reverse((at, Timer::Host { host, epoch })));
                         }
                     }
@@ -904,7 +907,6 @@ impl HostPool {
                         }
                         // Its window shrinks from here (or it may be released): reviewed alone.
                         self.kept.remove(kept.anchor, host);
-                        self.kept_until.remove(&(kept.until, host));
                         if let Some(entry) = self.hosts.get_mut(&host) {
                             entry.kept = None;
                         }
@@ -979,11 +981,12 @@ impl HostPool {
         else {
             return false;
         };
+        let kept = Kept { anchor, until };
         if let Some(entry) = self.hosts.get_mut(&host) {
-            entry.kept = Some(Kept { anchor, until });
+            entry.kept = Some(kept);
         }
-        self.kept.insert(anchor, host);
-        self.kept_until.insert((until, host));
+        self.kept.insert(host, kept);
+        self.leaving.push(Reverse((until, host, entry.epoch)));
         // Its reviews and its leaving are no sooner than the review timer: nothing to change.
         if self.review_at.is_none_or(|at| anchor < at || until < at) {
             self.review_stale = true;
@@ -996,10 +999,17 @@ impl HostPool {
     /// `Auto`'s rule now holds at the last grid second before it (the rule holds from some
     /// second on, demand decaying, so if it does not hold there it holds at no earlier one).
     /// Fewer idle hosts or more demand make the rule hold later, never sooner.
+    #[inline]
     fn refresh_review(&mut self, from: Time) {
+        if self.review_stale || (self.idle_count() > self.review_idle && !self.kept.is_empty()) {
+            self.refresh_review_now(from);
+        }
+    }
+
+    fn refresh_review_now(&mut self, from: Time) {
         if self.review_stale {
             self.schedule_review(from);
-        } else if !self.kept.is_empty() && self.idle_count() > self.review_idle {
+        } else {
             self.review_idle = self.idle_count();
             let Some(at) = self.review_at else { return self.schedule_review(from) };
             // The last second before the timer at which a kept host may be due a review.
@@ -1025,6 +1035,12 @@ impl HostPool {
     fn schedule_review(&mut self, from: Time) {
         self.review_stale = false;
         self.review_idle = self.idle_count();
+        while let Some(Reverse((until, host, epoch))) = self.leaving.peek().copied() {
+            if self.still_leaving(until, host, epoch) {
+                break;
+            }
+            self.leaving.pop();
+        }
         let next = if self.kept.is_empty() { None } else { self.next_review(from) };
         if next != self.review_at {
             self.review_at = next;
@@ -1032,6 +1048,13 @@ impl HostPool {
                 self.timers.push(Reverse((at, Timer::Review)));
             }
         }
+    }
+
+    /// Whether an entry of `leaving` is for a host still kept as it was then.
+    fn still_leaving(&self, until: Time, host: HostId, epoch: u64) -> bool {
+        self.hosts.get(&host).is_some_and(|entry| {
+            entry.epoch == epoch && entry.kept.is_some_and(|kept| kept.until == until)
+        })
     }
 
     /// The first second from `from` at which a kept host is due a review that may scrub it,
@@ -1043,7 +1066,7 @@ impl HostPool {
         let crossing = self.demand_updated as f64
             + DEMAND_TIME_CONSTANT as f64
                 * (self.demand_rate * self.config.expected_scrub as f64 / threshold).ln();
-        let leaves = self.kept_until.first().map(|(until, _)| (*until).max(from));
+        let leaves = self.leaving.peek().map(|Reverse((until, _, _))| (*until).max(from));
         let holds = first_second_holding(from, crossing, |at| {
             self.auto_scrubs(at, self.config.expected_scrub)
         });
@@ -1063,10 +1086,7 @@ impl HostPool {
                 break;
             }
             last_offset = Some(offset);
-            for host in self.kept.at_phase(host_phase) {
-                let Some(kept) = self.hosts.get(host).and_then(|entry| entry.kept) else {
-                    continue;
-                };
+            for (_, kept) in self.kept.at_phase(host_phase) {
                 // Its first grid second at or after `holds` (its anchor, if that is later).
                 let at = (holds + offset).max(kept.anchor);
                 if at < kept.until && best.is_none_or(|best| at < best) {
