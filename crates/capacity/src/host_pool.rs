@@ -510,6 +510,12 @@ pub struct HostPool {
     review_idle: usize,
     /// The last second whose timers ran: the kept hosts' reviews of that second are done.
     reviewed_through: Option<Time>,
+    /// Bumped whenever the demand estimate changes (a machine wanted).
+    demand_generation: u64,
+    /// The first second from which `Auto`'s rule holds on the grid, for a few recent (demand
+    /// generation, idle hosts) pairs: the pool often goes back and forth between two counts.
+    rule_cache: [(u64, usize, Option<Time>); 4],
+    rule_cache_next: usize,
 }
 
 impl HostPool {
@@ -538,6 +544,9 @@ impl HostPool {
             review_stale: false,
             review_idle: 0,
             reviewed_through: None,
+            demand_generation: 0,
+            rule_cache: [(u64::MAX, 0, None); 4],
+            rule_cache_next: 0,
         }
     }
 
@@ -1018,7 +1027,7 @@ impl HostPool {
                 at.saturating_sub(back as Time)
             });
             if before.is_some_and(|before| {
-                before >= from && self.auto_scrubs(before, self.config.expected_scrub)
+                before >= from && self.rule_holds_from().is_some_and(|holds| before >= holds)
             }) {
                 self.schedule_review(from);
             }
@@ -1041,13 +1050,41 @@ impl HostPool {
             }
             self.leaving.pop();
         }
-        let next = if self.kept.is_empty() { None } else { self.next_review(from) };
+        let next = if self.kept.is_empty() {
+            None
+        } else {
+            let holds = self.rule_holds_from().map(|holds| holds.max(from));
+            self.next_review(from, holds)
+        };
         if next != self.review_at {
             self.review_at = next;
             if let Some(at) = next {
                 self.timers.push(Reverse((at, Timer::Review)));
             }
         }
+    }
+
+    /// The first second (from the demand estimate's last update) from which `Auto`'s rule
+    /// holds for a review that weighs the whole scrub window, the pool as it is now; `None`
+    /// if not within a year. The rule holds at every later second too, demand decaying.
+    fn rule_holds_from(&mut self) -> Option<Time> {
+        let (generation, idle) = (self.demand_generation, self.idle_count());
+        if let Some(&(_, _, holds)) =
+            self.rule_cache.iter().find(|(g, count, _)| *g == generation && *count == idle)
+        {
+            return holds;
+        }
+        // Where the decaying estimate crosses the threshold (close to the answer, in float).
+        let threshold = idle.saturating_sub(1) as f64 + AUTO_SLACK;
+        let crossing = self.demand_updated as f64
+            + DEMAND_TIME_CONSTANT as f64
+                * (self.demand_rate * self.config.expected_scrub as f64 / threshold).ln();
+        let holds = first_second_holding(self.demand_updated, crossing, |at| {
+            self.auto_scrubs(at, self.config.expected_scrub)
+        });
+        self.rule_cache[self.rule_cache_next] = (generation, idle, holds);
+        self.rule_cache_next = (self.rule_cache_next + 1) % self.rule_cache.len();
+        holds
     }
 
     /// Whether an entry of `leaving` is for a host still kept as it was then.
@@ -1059,17 +1096,9 @@ impl HostPool {
 
     /// The first second from `from` at which a kept host is due a review that may scrub it,
     /// or one leaves the grid.
-    fn next_review(&self, from: Time) -> Option<Time> {
-        // Where the decaying estimate crosses the threshold (close to the answer, in float).
-        let others_idle = self.idle_count().saturating_sub(1);
-        let threshold = others_idle as f64 + AUTO_SLACK;
-        let crossing = self.demand_updated as f64
-            + DEMAND_TIME_CONSTANT as f64
-                * (self.demand_rate * self.config.expected_scrub as f64 / threshold).ln();
+    /// `holds` is the first second from `from` at which `Auto`'s rule holds on the grid.
+    fn next_review(&self, from: Time, holds: Option<Time>) -> Option<Time> {
         let leaves = self.leaving.peek().map(|Reverse((until, _, _))| (*until).max(from));
-        let holds = first_second_holding(from, crossing, |at| {
-            self.auto_scrubs(at, self.config.expected_scrub)
-        });
         let Some(holds) = holds.filter(|holds| leaves.is_none_or(|leaves| *holds < leaves)) else {
             return leaves;
         };
@@ -1105,6 +1134,7 @@ impl HostPool {
         let decayed = self.demand_at(now);
         self.demand_rate = decayed + 1.0 / DEMAND_TIME_CONSTANT as f64;
         self.demand_updated = now;
+        self.demand_generation += 1;
     }
 
     /// The estimated rate of wanted machines, per second, at `now`.
