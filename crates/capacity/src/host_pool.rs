@@ -65,168 +65,6 @@ pub const AUTO_SLACK: f64 = 0.5;
 /// The time constant of the demand estimate `Auto` uses (an exponentially weighted rate).
 pub const DEMAND_TIME_CONSTANT: Time = 3600;
 
-/// The phases of [`AUTO_REVIEW_INTERVAL`]'s grid (a second of the interval).
-const PHASES: usize = AUTO_REVIEW_INTERVAL as usize;
-
-/// The hosts kept on `Auto`'s grid, by phase (`anchor % interval`): a bucket per phase and a
-/// bit per phase that has hosts, so the next or previous phase with hosts is a few word scans.
-#[derive(Debug)]
-struct PhaseSet {
-    occupied: [u64; PHASES.div_ceil(64)],
-    buckets: Vec<Vec<(HostId, Kept)>>,
-    len: usize,
-}
-
-impl Default for PhaseSet {
-    fn default() -> PhaseSet {
-        PhaseSet { occupied: [0; PHASES.div_ceil(64)], buckets: vec![Vec::new(); PHASES], len: 0 }
-    }
-}
-
-impl PhaseSet {
-    fn phase(at: Time) -> usize {
-        (at % AUTO_REVIEW_INTERVAL) as usize
-    }
-
-    fn is_empty(&self) -> bool {
-        self.len == 0
-    }
-
-    fn insert(&mut self, host: HostId, kept: Kept) {
-        let phase = PhaseSet::phase(kept.anchor);
-        self.buckets[phase].push((host, kept));
-        self.occupied[phase / 64] |= 1 << (phase % 64);
-        self.len += 1;
-    }
-
-    fn remove(&mut self, anchor: Time, host: HostId) {
-        let phase = PhaseSet::phase(anchor);
-        let bucket = &mut self.buckets[phase];
-        if let Some(index) = bucket.iter().position(|(kept, _)| *kept == host) {
-            bucket.swap_remove(index);
-            self.len -= 1;
-            if bucket.is_empty() {
-                self.occupied[phase / 64] &= !(1 << (phase % 64));
-            }
-        }
-    }
-
-    /// The hosts of `phase`, in no order.
-    fn at_phase(&self, phase: usize) -> &[(HostId, Kept)] {
-        &self.buckets[phase]
-    }
-
-    /// The first phase with hosts from `phase` on, then around from 0.
-    fn next(&self, phase: usize) -> Option<usize> {
-        let words = self.occupied.len();
-        for step in 0..=words {
-            let word = (phase / 64 + step) % words;
-            let mut bits = self.occupied[word];
-            if step == 0 {
-                bits &= u64::MAX << (phase % 64);
-            } else if step == words {
-                bits &= !(u64::MAX << (phase % 64));
-            }
-            if bits != 0 {
-                return Some(word * 64 + bits.trailing_zeros() as usize);
-            }
-        }
-        None
-    }
-
-    /// The last phase with hosts before `phase`, then around from the end (`phase` itself
-    /// last).
-    fn previous(&self, phase: usize) -> Option<usize> {
-        let words = self.occupied.len();
-        for step in 0..=words {
-            let word = (phase / 64 + words - step % words) % words;
-            let mut bits = self.occupied[word];
-            if step == 0 {
-                bits &= (1u64 << (phase % 64)) - 1;
-            } else if step == words {
-                bits &= !((1u64 << (phase % 64)) - 1);
-            }
-            if bits != 0 {
-                return Some(word * 64 + 63 - bits.leading_zeros() as usize);
-            }
-        }
-        None
-    }
-}
-
-/// When a host kept on `Auto`'s grid from `anchor` leaves it: the first grid second
-/// (`anchor + k·`[`AUTO_REVIEW_INTERVAL`]) whose scrub window `expected_scrub` would run past
-/// `minimum_end` (the end of its minimum allocation), or `releasable` if that is earlier. `None`
-/// when the grid's first second already does: the host is not kept.
-fn kept_until(
-    anchor: Time,
-    minimum_end: Time,
-    expected_scrub: Time,
-    releasable: Time,
-) -> Option<Time> {
-    // The last second whose review weighs the whole window: before the minimum's end, and a
-    // window from it ends by then.
-    let last = minimum_end.saturating_sub(expected_scrub).min(minimum_end.checked_sub(1)?);
-    if anchor > last || anchor >= releasable {
-        return None;
-    }
-    let until = anchor + AUTO_REVIEW_INTERVAL * ((last - anchor) / AUTO_REVIEW_INTERVAL + 1);
-    Some(until.min(releasable))
-}
-
-/// The first second from `from` at which `holds` does, given that once it holds it holds at
-/// every later second (`Auto`'s rule for a pool that does not change: the demand estimate
-/// decays). It is looked for near where the decaying estimate crosses, then second by second;
-/// `None` if it does not hold within a year.
-fn first_second_holding(from: Time, hint: f64, holds: impl Fn(Time) -> bool) -> Option<Time> {
-    if holds(from) {
-        return Some(from);
-    }
-    // Near the hint first: a few seconds either way.
-    if hint.is_finite() && hint > from as f64 && hint < from as f64 + 366.0 * 24.0 * 3600.0 {
-        let mut at = (hint.ceil() as Time).max(from + 1);
-        if holds(at) {
-            for _ in 0..4 {
-                if at - 1 == from || !holds(at - 1) {
-                    return Some(at);
-                }
-                at -= 1;
-            }
-        } else {
-            for _ in 0..4 {
-                at += 1;
-                if holds(at) {
-                    return Some(at);
-                }
-            }
-        }
-    }
-    // Double the step until it holds, then halve back: O(log) evaluations.
-    let horizon = from.saturating_add(366 * 24 * 3600);
-    let mut low = from; // does not hold
-    let mut step: Time = 1;
-    let mut high = loop {
-        let at = low.saturating_add(step).min(horizon);
-        if holds(at) {
-            break at;
-        }
-        if at >= horizon {
-            return None;
-        }
-        low = at;
-        step = step.saturating_mul(2);
-    };
-    while high - low > 1 {
-        let middle = low + (high - low) / 2;
-        if holds(middle) {
-            high = middle;
-        } else {
-            low = middle;
-        }
-    }
-    Some(high)
-}
-
 /// A hasher for the policy's integer ids: one multiply (Fibonacci hashing). Deterministic (no
 /// random seed, unlike std's default), and a fraction of SipHash's cost on the simulator's
 /// millions of lookups. Ids are the caller's, not an attacker's, so flooding is not a concern.
@@ -431,29 +269,10 @@ pub struct Host {
     pub state: HostState,
     /// Bumped at every state change, so a timer set for an earlier state is ignored.
     epoch: u64,
-    /// Set while `Auto` keeps the idle host available on its review grid (see [`Kept`]).
-    kept: Option<Kept>,
-}
-
-/// An idle host `Auto` keeps available: it is reviewed every [`AUTO_REVIEW_INTERVAL`] from
-/// `anchor` (at `anchor + k·interval`), and before `until` every such review weighs the whole
-/// scrub window, so the decision is the same for every kept host at a given second. Those
-/// reviews get no timer each: the pool keeps one, [`Timer::Review`], at the first grid second
-/// of a kept host at which the decision can be to scrub ([`HostPool::schedule_review`]), or
-/// at the first `until` if that is sooner: the first grid second whose window is cut short by
-/// the host's release time, or the release time, from which the host has timers of its own
-/// again (reviewed one by one, as [`ScrubPolicy::After`]'s hosts are).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-struct Kept {
-    anchor: Time,
-    until: Time,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 enum Timer {
-    /// Review the kept hosts due at this second (first at its second: it sets the timers of
-    /// the hosts it reviews, which then run in host order with the others of that second).
-    Review,
     /// Look at an idle host (scrub or release).
     Host { host: HostId, epoch: u64 },
     /// A zone's cooldown ends.
@@ -475,8 +294,6 @@ pub struct HostPool {
     hosts: IdMap<HostId, Host>,
     /// Idle hosts per zone, by (allocation time, id): the earliest allocated first.
     idle: Vec<BTreeSet<(Time, HostId)>>,
-    /// How many hosts `idle` holds.
-    idle_total: usize,
     /// Hosts per zone, whatever their state (allocations in flight apart).
     hosts_in_zone: Vec<u32>,
     /// Allocations in flight: request → zone.
@@ -495,27 +312,6 @@ pub struct HostPool {
     /// The demand estimate for `Auto`: machines wanted per second, and when it was updated.
     demand_rate: f64,
     demand_updated: Time,
-    /// The hosts `Auto` keeps available, by their review grid's phase.
-    kept: PhaseSet,
-    /// The kept hosts by when they leave the grid: (until, id, epoch), the earliest on top;
-    /// entries for hosts no longer kept stay until they reach the top.
-    leaving: BinaryHeap<Reverse<(Time, HostId, u64)>>,
-    /// When the live [`Timer::Review`] is set for (other `Review` timers are stale).
-    review_at: Option<Time>,
-    /// Whether the review timer is to be set again: it ran, or a host was kept that may be due
-    /// before it.
-    review_stale: bool,
-    /// How many hosts were idle when the review timer was set (or last found right): with
-    /// more idle now, `Auto`'s rule may hold sooner.
-    review_idle: usize,
-    /// The last second whose timers ran: the kept hosts' reviews of that second are done.
-    reviewed_through: Option<Time>,
-    /// Bumped whenever the demand estimate changes (a machine wanted).
-    demand_generation: u64,
-    /// The first second from which `Auto`'s rule holds on the grid, for a few recent (demand
-    /// generation, idle hosts) pairs: the pool often goes back and forth between two counts.
-    rule_cache: [(u64, usize, Option<Time>); 4],
-    rule_cache_next: usize,
 }
 
 impl HostPool {
@@ -526,7 +322,6 @@ impl HostPool {
             config,
             hosts: IdMap::default(),
             idle: vec![BTreeSet::new(); zones],
-            idle_total: 0,
             hosts_in_zone: vec![0; zones],
             allocating: BTreeMap::new(),
             allocating_in_zone: vec![0; zones],
@@ -538,15 +333,6 @@ impl HostPool {
             next_request: 0,
             demand_rate: 0.0,
             demand_updated: 0,
-            kept: PhaseSet::default(),
-            leaving: BinaryHeap::new(),
-            review_at: None,
-            review_stale: false,
-            review_idle: 0,
-            reviewed_through: None,
-            demand_generation: 0,
-            rule_cache: [(u64::MAX, 0, None); 4],
-            rule_cache_next: 0,
         }
     }
 
@@ -604,7 +390,7 @@ impl HostPool {
                     if !self.hosts.contains_key(&host) {
                         self.hosts_in_zone[zone] += 1;
                         let state = HostState::Idle { since: now };
-                        let fresh = Host { zone, allocated_at, state, epoch: 0, kept: None };
+                        let fresh = Host { zone, allocated_at, state, epoch: 0 };
                         self.hosts.insert(host, fresh);
                         self.become_idle(now, host);
                     }
@@ -685,15 +471,7 @@ impl HostPool {
             self.look_at_idle(now, self.newly_idle[index]);
         }
         self.newly_idle.clear();
-        // The reviews of `now` run below unless an earlier call at `now` ran them.
-        let from = match self.reviewed_through {
-            Some(done) if done >= now => done + 1,
-            _ => now,
-        };
-        self.refresh_review(from);
         self.run_timers(now, actions);
-        self.reviewed_through = Some(self.reviewed_through.map_or(now, |done| done.max(now)));
-        self.refresh_review(now.saturating_add(1));
         self.allocate_for_waiting(now, actions);
         self.drop_stale_timers();
     }
@@ -702,14 +480,10 @@ impl HostPool {
     /// that [`HostPool::next_deadline`] names a time with work to do (the simulator would
     /// otherwise tick for nothing each time a freed host was taken at once).
     fn drop_stale_timers(&mut self) {
-        while let Some(Reverse((at, timer))) = self.timers.peek() {
-            let live = match timer {
-                Timer::Host { host, epoch } => self.hosts.get(host).is_some_and(|entry| {
-                    entry.epoch == *epoch && matches!(entry.state, HostState::Idle { .. })
-                }),
-                Timer::Review => self.review_at == Some(*at),
-                Timer::Zone | Timer::Wait { .. } => true,
-            };
+        while let Some(Reverse((_, Timer::Host { host, epoch }))) = self.timers.peek() {
+            let live = self.hosts.get(host).is_some_and(|entry| {
+                entry.epoch == *epoch && matches!(entry.state, HostState::Idle { .. })
+            });
             if live {
                 return;
             }
@@ -734,25 +508,20 @@ impl HostPool {
         }
         if !self.hosts.contains_key(&host) {
             self.hosts_in_zone[zone] += 1;
-            let fresh =
-                Host { zone, allocated_at, state: HostState::Unusable, epoch: 0, kept: None };
+            let fresh = Host { zone, allocated_at, state: HostState::Unusable, epoch: 0 };
             self.hosts.insert(host, fresh);
         }
         let known = *self.hosts.get(&host).expect("inserted above");
         if known.zone != zone {
             self.hosts_in_zone[known.zone] -= 1;
             self.hosts_in_zone[zone] += 1;
-            if self.idle[known.zone].remove(&(known.allocated_at, host)) {
-                self.idle_total -= 1;
-            }
+            self.idle[known.zone].remove(&(known.allocated_at, host));
             if let Some(entry) = self.hosts.get_mut(&host) {
                 entry.zone = zone;
             }
         }
         if known.allocated_at != allocated_at {
-            if self.idle[zone].remove(&(known.allocated_at, host)) {
-                self.idle_total -= 1;
-            }
+            self.idle[zone].remove(&(known.allocated_at, host));
             if let Some(entry) = self.hosts.get_mut(&host) {
                 entry.allocated_at = allocated_at;
             }
@@ -791,13 +560,8 @@ impl HostPool {
 
     fn forget(&mut self, host: HostId) {
         if let Some(known) = self.hosts.remove(&host) {
-            if let Some(kept) = known.kept {
-                self.kept.remove(kept.anchor, host);
-            }
             self.hosts_in_zone[known.zone] -= 1;
-            if self.idle[known.zone].remove(&(known.allocated_at, host)) {
-                self.idle_total -= 1;
-            }
+            self.idle[known.zone].remove(&(known.allocated_at, host));
             if let HostState::Busy(machine) = known.state {
                 self.running.remove(&machine);
             }
@@ -808,19 +572,12 @@ impl HostPool {
     fn set_state(&mut self, host: HostId, state: HostState) {
         let Some(entry) = self.hosts.get_mut(&host) else { return };
         if matches!(entry.state, HostState::Idle { .. }) {
-            if self.idle[entry.zone].remove(&(entry.allocated_at, host)) {
-                self.idle_total -= 1;
-            }
-        }
-        if let Some(kept) = entry.kept.take() {
-            self.kept.remove(kept.anchor, host);
+            self.idle[entry.zone].remove(&(entry.allocated_at, host));
         }
         entry.state = state;
         entry.epoch += 1;
         if matches!(state, HostState::Idle { .. }) {
-            if self.idle[entry.zone].insert((entry.allocated_at, host)) {
-                self.idle_total += 1;
-            }
+            self.idle[entry.zone].insert((entry.allocated_at, host));
         }
     }
 
@@ -845,8 +602,6 @@ impl HostPool {
             ScrubPolicy::Off => None,
             _ if !young_mac => None,
             ScrubPolicy::After(delay) => Some(since.saturating_add(delay)),
-            // Its first review has a timer of its own: most hosts are taken or scrubbed there,
-            // and a host put on the grid and off again costs more than the timer.
             ScrubPolicy::Auto => Some(now.max(since.saturating_add(AUTO_FIRST_REVIEW))),
         };
         let at = match scrub_at {
@@ -866,32 +621,6 @@ impl HostPool {
             }
             self.timers.pop();
             match timer {
-                Timer::Review => {
-                    if self.review_at != Some(at) {
-                        continue;
-                    }
-                    self.review_at = None;
-                    self.review_stale = true;
-                    for &(host, kept) in self.kept.at_phase(PhaseSet::phase(at)) {
-                        if kept.anchor <= at
-                            && at < kept.until
-                            && let Some(entry) = self.hosts.get(&host)
-                        {
-                            let epoch = entry.epoch;
-                            self.timers.push(Reverse((at, Timer::Host { host, epoch })));
-                        }
-                    }
-                    // The hosts whose grid ends here, reviewed alone from now on.
-                    while let Some(Reverse((until, host, epoch))) = self.leaving.peek().copied() {
-                        if until > at {
-                            break;
-                        }
-                        self.leaving.pop();
-                        if self.still_leaving(until, host, epoch) {
-                            self.timers.push(Reverse((at, Timer::Host { host, epoch })));
-                        }
-                    }
-                }
                 Timer::Zone => {}
                 Timer::Wait { machine } => {
                     if let Some(index) = self.waiting.iter().position(|w| w.machine == machine) {
@@ -905,21 +634,6 @@ impl HostPool {
                         continue;
                     }
                     let HostState::Idle { since } = entry.state else { continue };
-                    if let Some(kept) = entry.kept {
-                        if now < kept.until {
-                            // A review of the grid, set by `Timer::Review`: scrub or stay kept.
-                            if self.should_scrub(now, &entry, since) {
-                                self.set_state(host, HostState::Scrubbing);
-                                actions.push(Action::Scrub { host });
-                            }
-                            continue;
-                        }
-                        // Its window shrinks from here (or it may be released): reviewed alone.
-                        self.kept.remove(kept.anchor, host);
-                        if let Some(entry) = self.hosts.get_mut(&host) {
-                            entry.kept = None;
-                        }
-                    }
                     let releasable = self
                         .releasable_at(&entry)
                         .max(since.saturating_add(self.config.release_idle_after));
@@ -932,11 +646,7 @@ impl HostPool {
                     } else {
                         let next = match self.config.scrubbing {
                             ScrubPolicy::Auto if self.config.mac => {
-                                let next = now.saturating_add(AUTO_REVIEW_INTERVAL);
-                                if self.keep(host, next, releasable) {
-                                    continue;
-                                }
-                                next.min(releasable)
+                                now.saturating_add(AUTO_REVIEW_INTERVAL).min(releasable)
                             }
                             _ => releasable,
                         };
@@ -948,6 +658,51 @@ impl HostPool {
         if !releases.is_empty() {
             actions.push(Action::Release { hosts: releases });
         }
+    }
+
+    /// Runs, each at its own second, the timers due before `before` that only look at an idle
+    /// host and keep it (the review of [`ScrubPolicy::Auto`] that does not scrub, and sets
+    /// the next one), as ticks at those seconds would, and stops at the first timer that would
+    /// do anything else. Only while no machine waits: a tick then does nothing but run its
+    /// timers (no host to hand out, no allocation to ask for). The caller promises that no
+    /// event comes before `before`; the simulator calls this so that it does not tick for
+    /// reviews that change nothing. Whether any timer ran.
+    pub fn run_quiet_reviews(&mut self, before: Time) -> bool {
+        if !self.waiting.is_empty() {
+            return false;
+        }
+        let mut ran = false;
+        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
+            if at >= before {
+                break;
+            }
+            let Timer::Host { host, epoch } = timer else { break };
+            let live = self.hosts.get(&host).copied().filter(|entry| entry.epoch == epoch);
+            let Some((entry, since)) = live.and_then(|entry| match entry.state {
+                HostState::Idle { since } => Some((entry, since)),
+                _ => None,
+            }) else {
+                // A timer for a state since left: dropped, as a tick would.
+                self.timers.pop();
+                continue;
+            };
+            let releasable = self
+                .releasable_at(&entry)
+                .max(since.saturating_add(self.config.release_idle_after));
+            let keeps = matches!(self.config.scrubbing, ScrubPolicy::Auto)
+                && self.config.mac
+                && at < releasable
+                && !self.should_scrub(at, &entry, since);
+            if !keeps {
+                break;
+            }
+            self.timers.pop();
+            let next = at.saturating_add(AUTO_REVIEW_INTERVAL).min(releasable);
+            self.timers.push(Reverse((next, Timer::Host { host, epoch })));
+            ran = true;
+        }
+        self.drop_stale_timers();
+        ran
     }
 
     /// Whether an idle host inside its minimum allocation is scrubbed now.
@@ -962,171 +717,11 @@ impl HostPool {
                 // A scrub saves the window's billed hours if no machine needs this host during
                 // it: the machines expected in the window are served by the other idle hosts.
                 let window = self.config.expected_scrub.min(self.releasable_at(host) - now);
-                self.auto_scrubs(now, window)
+                let expected = self.demand_at(now) * window as f64;
+                let others_idle: usize =
+                    self.idle.iter().map(BTreeSet::len).sum::<usize>().saturating_sub(1);
+                expected < others_idle as f64 + AUTO_SLACK
             }
-        }
-    }
-
-    /// How many hosts are idle.
-    fn idle_count(&self) -> usize {
-        self.idle_total
-    }
-
-    /// `Auto`'s rule for an idle host at `now` whose scrub would take `window`: the machines
-    /// expected during it are served by the other idle hosts with [`AUTO_SLACK`] to spare.
-    fn auto_scrubs(&self, now: Time, window: Time) -> bool {
-        let expected = self.demand_at(now) * window as f64;
-        let others_idle = self.idle_count().saturating_sub(1);
-        expected < others_idle as f64 + AUTO_SLACK
-    }
-
-    /// Puts an idle host `Auto` looks at next at `anchor` (after now) on the kept hosts' grid,
-    /// when that review weighs the whole scrub window; false (nothing done) when it does not.
-    /// It leaves the grid at [`Kept::until`], at a [`Timer::Review`] set for then at the latest.
-    fn keep(&mut self, host: HostId, anchor: Time, releasable: Time) -> bool {
-        let Some(entry) = self.hosts.get(&host).copied() else { return false };
-        let Some(until) =
-            kept_until(anchor, self.releasable_at(&entry), self.config.expected_scrub, releasable)
-        else {
-            return false;
-        };
-        let kept = Kept { anchor, until };
-        if let Some(entry) = self.hosts.get_mut(&host) {
-            entry.kept = Some(kept);
-        }
-        self.kept.insert(host, kept);
-        self.leaving.push(Reverse((until, host, entry.epoch)));
-        // Its reviews and its leaving are no sooner than the review timer: nothing to change.
-        if self.review_at.is_none_or(|at| anchor < at || until < at) {
-            self.review_stale = true;
-        }
-        true
-    }
-
-    /// Sets the review timer again if what happened since may bring it earlier: it ran, a host
-    /// was kept that is due before it, or more hosts are idle than when it was set and
-    /// `Auto`'s rule now holds at the last grid second before it (the rule holds from some
-    /// second on, demand decaying, so if it does not hold there it holds at no earlier one).
-    /// Fewer idle hosts or more demand make the rule hold later, never sooner.
-    #[inline]
-    fn refresh_review(&mut self, from: Time) {
-        if self.review_stale || (self.idle_count() > self.review_idle && !self.kept.is_empty()) {
-            self.refresh_review_now(from);
-        }
-    }
-
-    fn refresh_review_now(&mut self, from: Time) {
-        if self.review_stale {
-            self.schedule_review(from);
-        } else {
-            self.review_idle = self.idle_count();
-            let Some(at) = self.review_at else { return self.schedule_review(from) };
-            // The last second before the timer at which a kept host may be due a review.
-            let before = self.kept.previous(PhaseSet::phase(at)).map(|phase| {
-                let back = (PhaseSet::phase(at) + PHASES - phase - 1) % PHASES + 1;
-                at.saturating_sub(back as Time)
-            });
-            if before.is_some_and(|before| {
-                before >= from && self.rule_holds_from().is_some_and(|holds| before >= holds)
-            }) {
-                self.schedule_review(from);
-            }
-        }
-    }
-
-    /// Sets [`Timer::Review`] for the first second from `from` at which a kept host is due a
-    /// review and `Auto`'s rule holds, the pool as it is now, or a kept host leaves the grid.
-    /// Until something makes a scrub likelier (another idle host, another kept host), no
-    /// earlier review could scrub: demand only decays between machines wanted, and a review
-    /// weighs the same window on the grid. Anything that makes a scrub less likely (a machine
-    /// wanted, a host taken) leaves the timer early, which is harmless: the review then scrubs
-    /// nothing, and the timer is set again.
-    fn schedule_review(&mut self, from: Time) {
-        self.review_stale = false;
-        self.review_idle = self.idle_count();
-        while let Some(Reverse((until, host, epoch))) = self.leaving.peek().copied() {
-            if self.still_leaving(until, host, epoch) {
-                break;
-            }
-            self.leaving.pop();
-        }
-        let next = if self.kept.is_empty() {
-            None
-        } else {
-            let holds = self.rule_holds_from().map(|holds| holds.max(from));
-            self.next_review(from, holds)
-        };
-        if next != self.review_at {
-            self.review_at = next;
-            if let Some(at) = next {
-                self.timers.push(Reverse((at, Timer::Review)));
-            }
-        }
-    }
-
-    /// The first second (from the demand estimate's last update) from which `Auto`'s rule
-    /// holds for a review that weighs the whole scrub window, the pool as it is now; `None`
-    /// if not within a year. The rule holds at every later second too, demand decaying.
-    fn rule_holds_from(&mut self) -> Option<Time> {
-        let (generation, idle) = (self.demand_generation, self.idle_count());
-        if let Some(&(_, _, holds)) =
-            self.rule_cache.iter().find(|(g, count, _)| *g == generation && *count == idle)
-        {
-            return holds;
-        }
-        // Where the decaying estimate crosses the threshold (close to the answer, in float).
-        let threshold = idle.saturating_sub(1) as f64 + AUTO_SLACK;
-        let crossing = self.demand_updated as f64
-            + DEMAND_TIME_CONSTANT as f64
-                * (self.demand_rate * self.config.expected_scrub as f64 / threshold).ln();
-        let holds = first_second_holding(self.demand_updated, crossing, |at| {
-            self.auto_scrubs(at, self.config.expected_scrub)
-        });
-        self.rule_cache[self.rule_cache_next] = (generation, idle, holds);
-        self.rule_cache_next = (self.rule_cache_next + 1) % self.rule_cache.len();
-        holds
-    }
-
-    /// Whether an entry of `leaving` is for a host still kept as it was then.
-    fn still_leaving(&self, until: Time, host: HostId, epoch: u64) -> bool {
-        self.hosts.get(&host).is_some_and(|entry| {
-            entry.epoch == epoch && entry.kept.is_some_and(|kept| kept.until == until)
-        })
-    }
-
-    /// The first second from `from` at which a kept host is due a review that may scrub it,
-    /// or one leaves the grid.
-    /// `holds` is the first second from `from` at which `Auto`'s rule holds on the grid.
-    fn next_review(&self, from: Time, holds: Option<Time>) -> Option<Time> {
-        let leaves = self.leaving.peek().map(|Reverse((until, _, _))| (*until).max(from));
-        let Some(holds) = holds.filter(|holds| leaves.is_none_or(|leaves| *holds < leaves)) else {
-            return leaves;
-        };
-        // The kept hosts, by their grid's phase, from the phase of `holds` on (then around).
-        let phase = PhaseSet::phase(holds);
-        let mut best: Option<Time> = None;
-        let mut last_offset = None;
-        let mut search = phase;
-        while let Some(host_phase) = self.kept.next(search) {
-            let offset = ((host_phase + PHASES - phase) % PHASES) as Time;
-            if last_offset.is_some_and(|last| offset <= last)
-                || best.is_some_and(|best| holds + offset >= best)
-            {
-                break;
-            }
-            last_offset = Some(offset);
-            for (_, kept) in self.kept.at_phase(host_phase) {
-                // Its first grid second at or after `holds` (its anchor, if that is later).
-                let at = (holds + offset).max(kept.anchor);
-                if at < kept.until && best.is_none_or(|best| at < best) {
-                    best = Some(at);
-                }
-            }
-            search = (host_phase + 1) % PHASES;
-        }
-        match (best, leaves) {
-            (Some(best), Some(leaves)) => Some(best.min(leaves)),
-            (best, leaves) => best.or(leaves),
         }
     }
 
@@ -1134,7 +729,6 @@ impl HostPool {
         let decayed = self.demand_at(now);
         self.demand_rate = decayed + 1.0 / DEMAND_TIME_CONSTANT as f64;
         self.demand_updated = now;
-        self.demand_generation += 1;
     }
 
     /// The estimated rate of wanted machines, per second, at `now`.
