@@ -660,51 +660,6 @@ impl HostPool {
         }
     }
 
-    /// Runs, each at its own second, the timers due before `before` that only look at an idle
-    /// host and keep it (the review of [`ScrubPolicy::Auto`] that does not scrub, and sets
-    /// the next one), as ticks at those seconds would, and stops at the first timer that would
-    /// do anything else. Only while no machine waits: a tick then does nothing but run its
-    /// timers (no host to hand out, no allocation to ask for). The caller promises that no
-    /// event comes before `before`; the simulator calls this so that it does not tick for
-    /// reviews that change nothing. Whether any timer ran.
-    pub fn run_quiet_reviews(&mut self, before: Time) -> bool {
-        if !self.waiting.is_empty() {
-            return false;
-        }
-        let mut ran = false;
-        while let Some(Reverse((at, timer))) = self.timers.peek().copied() {
-            if at >= before {
-                break;
-            }
-            let Timer::Host { host, epoch } = timer else { break };
-            let live = self.hosts.get(&host).copied().filter(|entry| entry.epoch == epoch);
-            let Some((entry, since)) = live.and_then(|entry| match entry.state {
-                HostState::Idle { since } => Some((entry, since)),
-                _ => None,
-            }) else {
-                // A timer for a state since left: dropped, as a tick would.
-                self.timers.pop();
-                continue;
-            };
-            let releasable = self
-                .releasable_at(&entry)
-                .max(since.saturating_add(self.config.release_idle_after));
-            let keeps = matches!(self.config.scrubbing, ScrubPolicy::Auto)
-                && self.config.mac
-                && at < releasable
-                && !self.should_scrub(at, &entry, since);
-            if !keeps {
-                break;
-            }
-            self.timers.pop();
-            let next = at.saturating_add(AUTO_REVIEW_INTERVAL).min(releasable);
-            self.timers.push(Reverse((next, Timer::Host { host, epoch })));
-            ran = true;
-        }
-        self.drop_stale_timers();
-        ran
-    }
-
     /// Whether an idle host inside its minimum allocation is scrubbed now.
     fn should_scrub(&self, now: Time, host: &Host, idle_since: Time) -> bool {
         if !self.config.mac || now >= self.releasable_at(host) {

@@ -277,7 +277,7 @@ impl<'s> Run<'s> {
     /// second serves it), then its arrival.
     fn take(&mut self, job: JobRow) {
         while self.next_event_time().is_some_and(|event| event <= job.start) {
-            self.next_event(job.start + 1);
+            self.next_event();
         }
         self.arrive(job);
     }
@@ -329,18 +329,12 @@ impl<'s> Run<'s> {
     }
 
     /// Runs the next scheduled event, or ticks the policy at its deadline. A scheduled event at
-    /// the deadline goes first; the policy runs its due timers on any event. Before a tick, the
-    /// policy runs the reviews that change nothing due before the next event (or `arrival`, the
-    /// next row's start + 1) without one ([`HostPool::run_quiet_reviews`]).
-    fn next_event(&mut self, arrival: Time) {
+    /// the deadline goes first; the policy runs its due timers on any event.
+    fn next_event(&mut self) {
         let scheduled = self.queue.peek().map(|Reverse((time, _, _))| *time);
         if let Some(deadline) = self.pool.next_deadline()
             && scheduled.is_none_or(|scheduled| deadline < scheduled)
         {
-            let quiet_until = scheduled.unwrap_or(Time::MAX).min(arrival);
-            if self.pool.run_quiet_reviews(quiet_until) {
-                return;
-            }
             self.now = self.now.max(deadline);
             self.feed(Event::Tick);
             return;
@@ -451,7 +445,7 @@ impl<'s> Run<'s> {
     /// Runs what is left to happen, and reports.
     fn finish(mut self) -> SimulationReport {
         while self.next_event_time().is_some() {
-            self.next_event(Time::MAX);
+            self.next_event();
         }
         // What is still waiting (a pool that can never serve it) counts as queued.
         for (_, job) in self.pending.drain() {
