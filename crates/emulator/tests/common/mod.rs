@@ -173,27 +173,21 @@ impl Aws {
 
     /// A path-style S3 call.
     pub async fn s3(&self, method: reqwest::Method, path: &str, body: &[u8]) -> Reply {
-        let url = format!("{}{path}", self.emulator.endpoint());
-        let request = self
-            .http
-            .request(method, url)
-            .header("Authorization", self.authorization("s3"))
-            .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
-            .body(body.to_vec());
-        send(request).await
+        send(self.s3_request(method, path).body(body.to_vec())).await
     }
 
     /// A path-style S3 call made with an instance role's credentials: the scope's key and the
     /// session `token` the instance's IMDS served.
     pub async fn s3_as_role(&self, method: reqwest::Method, path: &str, token: &str) -> Reply {
+        send(self.s3_request(method, path).header("X-Amz-Security-Token", token)).await
+    }
+
+    fn s3_request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
         let url = format!("{}{path}", self.emulator.endpoint());
-        let request = self
-            .http
+        self.http
             .request(method, url)
             .header("Authorization", self.authorization("s3"))
             .header("x-amz-content-sha256", "UNSIGNED-PAYLOAD")
-            .header("X-Amz-Security-Token", token);
-        send(request).await
     }
 
     /// Instances of this scope are running as soon as launched and gone as soon as terminated.
