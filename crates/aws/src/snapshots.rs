@@ -8,7 +8,8 @@
 //! the binary keeps running and the image is crash-consistent) carries the instance's tags on
 //! the image and its snapshots. With a key, the image is copied with `Encrypted` and `KmsKeyId`
 //! (`CopyImage`, whose `ClientToken` is the capture's), and the unencrypted image is
-//! deregistered and its snapshots deleted.
+//! deregistered and its snapshots deleted (found by [`TAG_CAPTURE`], every one the copy does
+//! not use, so that a run again after a crash between the two deletes what is left).
 //!
 //! Re-run: everything made is found by [`TAG_CAPTURE`] (snapshots) or by name (images), so a
 //! command run again after a crash waits for what it made instead of making it twice.
@@ -499,23 +500,31 @@ pub async fn create_image(
             }
         }
     };
-    if key_id.is_some()
-        && let Some(source) = image_named(clients, region, &source_name).await?
-    {
-        let source_id = source.image_id().unwrap_or_default().to_owned();
-        ec2.deregister_image()
-            .image_id(&source_id)
-            .send()
-            .await
-            .map_err(|e| AwsError::from_sdk(region, "DeregisterImage", &source_id, e))?;
-        for snapshot in snapshot_ids(&source) {
-            ec2.delete_snapshot()
-                .snapshot_id(&snapshot)
+    if key_id.is_some() {
+        if let Some(source) = image_named(clients, region, &source_name).await? {
+            let source_id = source.image_id().unwrap_or_default().to_owned();
+            ec2.deregister_image()
+                .image_id(&source_id)
                 .send()
                 .await
-                .map_err(|e| AwsError::from_sdk(region, "DeleteSnapshot", &snapshot, e))?;
+                .map_err(|e| AwsError::from_sdk(region, "DeregisterImage", &source_id, e))?;
+            removed_intermediate = Some(source_id);
         }
-        removed_intermediate = Some(source_id);
+        // The intermediate's snapshots: the capture's, apart from the encrypted copy's. Found
+        // by the capture's tag rather than from the image, so that a run again after a failure
+        // or crash between the deregistration and the deletions still finds them.
+        let keep = snapshot_ids(&image);
+        for snapshot in snapshots_of_capture(clients, region, tag, capture).await? {
+            let id = snapshot.snapshot_id().unwrap_or_default();
+            if id.is_empty() || keep.iter().any(|k| k == id) {
+                continue;
+            }
+            ec2.delete_snapshot()
+                .snapshot_id(id)
+                .send()
+                .await
+                .map_err(|e| AwsError::from_sdk(region, "DeleteSnapshot", id, e))?;
+        }
     }
     stage.advance(1);
     let encrypted = image

@@ -47,7 +47,8 @@ fn json(output: &std::process::Output) -> serde_json::Value {
 #[test]
 fn snapshots_and_images_of_a_machine_are_tagged_clonable_and_leave_it_serving() {
     let fleet = AwsFleet::new("snaps");
-    let _emulator = Emulator::require();
+    let emulator = Emulator::require();
+    let scope = emulator.scope(&fleet.scope);
     let runtime = runtime();
     let ec2 = runtime.block_on(fleet.ec2("us-east-1"));
     let config = runtime.block_on(fleet.sdk());
@@ -140,18 +141,41 @@ fn snapshots_and_images_of_a_machine_are_tagged_clonable_and_leave_it_serving() 
         let key = kms.create_key().send().await.unwrap();
         key.key_metadata().unwrap().key_id().to_owned()
     });
-    let encrypted = json(&fleet.run_ok(&[
-        "image",
-        &fleet.tag_arg(),
-        "db",
-        "--encrypt-key",
-        &key_id,
-        "--output",
-        "json",
-    ]));
+    // The first try fails deleting the unencrypted image's snapshot, after deregistering the
+    // image: run again, the capture finishes and deletes what was left.
+    let fault = FaultRule::new("ec2", "DeleteSnapshot", "UnauthorizedOperation")
+        .message("injected: not allowed")
+        .count(1);
+    runtime.block_on(scope.set_faults(&[fault])).unwrap();
+    let args = ["image", &fleet.tag_arg(), "db", "--encrypt-key", &key_id, "--output", "json"]
+        .map(String::from);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let failed = fleet.run(&args);
+    let stderr = String::from_utf8_lossy(&failed.stderr).into_owned();
+    assert!(!failed.status.success() && stderr.contains("DeleteSnapshot"), "{stderr}");
+    runtime.block_on(scope.set_faults(&[])).unwrap();
+    let encrypted = json(&fleet.run_ok(&args));
     let copy = &encrypted["image"];
     assert_eq!(copy["encrypted"], true, "{encrypted}");
-    let intermediate = copy["removed_intermediate"].as_str().unwrap().to_owned();
+    let capture = encrypted["capture"].as_str().unwrap().to_owned();
+    let copy_snapshots: Vec<String> = copy["snapshot_ids"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s.as_str().unwrap().to_owned())
+        .collect();
+    runtime.block_on(async {
+        let left = ec2
+            .describe_snapshots()
+            .owner_ids("self")
+            .filters(Filter::builder().name("tag:flotilla:capture").values(&capture).build())
+            .send()
+            .await
+            .unwrap();
+        let left: Vec<String> =
+            left.snapshots().iter().filter_map(|s| s.snapshot_id().map(str::to_owned)).collect();
+        assert_eq!(left, copy_snapshots, "only the encrypted copy's snapshots are left");
+    });
     runtime.block_on(async {
         let found = ec2
             .describe_images()
@@ -174,7 +198,7 @@ fn snapshots_and_images_of_a_machine_are_tagged_clonable_and_leave_it_serving() 
             .send()
             .await
             .unwrap();
-        assert!(mine.images().is_empty(), "the unencrypted {intermediate} is gone");
+        assert!(mine.images().is_empty(), "the unencrypted image is gone");
     });
 
     // A later fleet's clone picks the newest snapshot carrying the label.
