@@ -14,10 +14,22 @@
 //!   order, and a host that becomes available (allocated, scrubbed, a failed release) goes to
 //!   the first waiting machine that accepts its zone, at that moment: no machine waits while a
 //!   usable host is idle.
-//! - **Allocation.** Each waiting machine not already covered by an allocation in flight asks
-//!   for one host, in the first zone (in the pool's order) that it accepts, that is below its
-//!   zone maximum and that is not cooling down, as long as the pool is below its maximum. Hosts
-//!   that are scrubbing do not count as cover: a scrub lasts up to 3 hours.
+//! - **Allocation.** The allocations in flight are shared out among the waiting machines, in
+//!   arrival order, each machine counting on one in a zone it accepts; a machine may take one
+//!   another machine counts on when that machine can count on one elsewhere (a matching: a
+//!   machine that accepts either zone never holds the only allocation another can use). A
+//!   machine still without one asks for one host, in the first zone (in the pool's order) that
+//!   it accepts, that is below its zone maximum and that is not cooling down (or in another
+//!   zone with room, moving there a machine that counted on a zone it accepts), as long as the
+//!   pool is below its maximum. Hosts that are scrubbing do not count as cover: a scrub lasts
+//!   up to 3 hours.
+//! - **Ticking changes no decision.** The share-out depends only on the waiting machines, the
+//!   allocations in flight and which zones have room, and the hosts it asks for join the
+//!   allocations in flight, so the next share-out covers every machine the last one did
+//!   without a new host. An [`Event::Tick`] with no event since the last call and no deadline
+//!   passed ([`HostPool::next_deadline`]: a cooldown's end is one) returns no action and
+//!   leaves the state as it was, whatever its time: `flotilla watch` may tick every round, or
+//!   every other one, and allocates the same hosts (a Mac host is billed 24 hours).
 //! - **`InsufficientHostCapacity`** in a zone cools that zone down for
 //!   [`PoolConfig::capacity_cooldown`] (3 minutes, as the unavailable-offerings cache does for
 //!   instances); the machine moves to the next zone at once.
