@@ -1104,6 +1104,35 @@ mod tests {
     }
 
     #[test]
+    fn a_machine_accepting_either_zone_makes_way_for_one_only_the_full_zone_serves() {
+        let zones = vec![
+            ZoneLimit { name: "us-east-1a".to_owned(), max: 1 },
+            ZoneLimit { name: "us-east-1b".to_owned(), max: 2 },
+        ];
+        let mut pool = HostPool::new(PoolConfig::new(zones, 3, true));
+        let either = Event::MachineWanted { machine: MachineId(1), zones: ZoneSet::ALL };
+        assert_eq!(
+            step(&mut pool, 0, either),
+            [Action::Allocate { request: AllocationId(0), zone: 0 }]
+        );
+        // The first zone is full with the allocation in flight: the second machine counts on it
+        // and the first, which accepts either zone, gets a host in the second.
+        let first_only = Event::MachineWanted { machine: MachineId(2), zones: ZoneSet::only(0) };
+        assert_eq!(
+            step(&mut pool, 1, first_only),
+            [Action::Allocate { request: AllocationId(1), zone: 1 }]
+        );
+        assert!(step(&mut pool, 2, Event::Tick).is_empty());
+        // Each host goes to the first waiting machine that accepts its zone.
+        let host = HostId(10);
+        let allocated = Event::HostAllocated { request: AllocationId(1), host, allocated_at: 3 };
+        assert_eq!(step(&mut pool, 3, allocated), [Action::Launch { machine: MachineId(1), host }]);
+        let host = HostId(11);
+        let allocated = Event::HostAllocated { request: AllocationId(0), host, allocated_at: 4 };
+        assert_eq!(step(&mut pool, 4, allocated), [Action::Launch { machine: MachineId(2), host }]);
+    }
+
+    #[test]
     fn a_failed_release_stays_in_the_pool_and_is_retried() {
         let mut config = PoolConfig::new(vec![ZoneLimit { name: "a".to_owned(), max: 1 }], 1, true);
         config.release_retry = 300;
