@@ -14,10 +14,22 @@
 //!   order, and a host that becomes available (allocated, scrubbed, a failed release) goes to
 //!   the first waiting machine that accepts its zone, at that moment: no machine waits while a
 //!   usable host is idle.
-//! - **Allocation.** Each waiting machine not already covered by an allocation in flight asks
-//!   for one host, in the first zone (in the pool's order) that it accepts, that is below its
-//!   zone maximum and that is not cooling down, as long as the pool is below its maximum. Hosts
-//!   that are scrubbing do not count as cover: a scrub lasts up to 3 hours.
+//! - **Allocation.** The allocations in flight are shared out among the waiting machines, in
+//!   arrival order, each machine counting on one in a zone it accepts; a machine may take one
+//!   another machine counts on when that machine can count on one elsewhere (a matching: a
+//!   machine that accepts either zone never holds the only allocation another can use). A
+//!   machine still without one asks for one host, in the first zone (in the pool's order) that
+//!   it accepts, that is below its zone maximum and that is not cooling down (or in another
+//!   zone with room, moving there a machine that counted on a zone it accepts), as long as the
+//!   pool is below its maximum. Hosts that are scrubbing do not count as cover: a scrub lasts
+//!   up to 3 hours.
+//! - **Ticking changes no decision.** The share-out depends only on the waiting machines, the
+//!   allocations in flight and which zones have room, and the hosts it asks for join the
+//!   allocations in flight, so the next share-out covers every machine the last one did
+//!   without a new host. An [`Event::Tick`] with no event since the last call and no deadline
+//!   passed ([`HostPool::next_deadline`]: a cooldown's end is one) returns no action and
+//!   leaves the state as it was, whatever its time: `flotilla watch` may tick every round, or
+//!   every other one, and allocates the same hosts (a Mac host is billed 24 hours).
 //! - **`InsufficientHostCapacity`** in a zone cools that zone down for
 //!   [`PoolConfig::capacity_cooldown`] (3 minutes, as the unavailable-offerings cache does for
 //!   instances); the machine moves to the next zone at once.
@@ -308,6 +320,9 @@ pub struct HostPool {
     /// waiting machines have taken what they take (a timer for a host taken at once would only
     /// be dropped later).
     newly_idle: Vec<HostId>,
+    /// The share-out of [`HostPool::allocate_for_waiting`], kept to reuse its buffers (it is
+    /// emptied at the end of every walk).
+    cover: Cover,
     next_request: u64,
     /// The demand estimate for `Auto`: machines wanted per second, and when it was updated.
     demand_rate: f64,
@@ -330,6 +345,7 @@ impl HostPool {
             running: IdMap::default(),
             timers: BinaryHeap::new(),
             newly_idle: Vec::new(),
+            cover: Cover::default(),
             next_request: 0,
             demand_rate: 0.0,
             demand_updated: 0,
@@ -726,53 +742,286 @@ impl HostPool {
             .map(|(_, host)| *host)
     }
 
-    /// Asks for a host for each waiting machine no allocation in flight covers.
+    /// Shares the allocations in flight out among the waiting machines and asks for a host for
+    /// each machine left without one (see "Allocation" in the module documentation).
     fn allocate_for_waiting(&mut self, now: Time, actions: &mut Vec<Action>) {
         if self.waiting.is_empty() {
             return;
         }
-        let zones = self.config.zones.len();
-        let has_room = |pool: &Self, zone: ZoneIndex| {
-            pool.cooldown_until[zone] <= now
-                && pool.hosts_in_zone[zone] + pool.allocating_in_zone[zone]
-                    < pool.config.zones[zone].max
-        };
-        if self.allocating.is_empty() && !(0..zones).any(|zone| has_room(self, zone)) {
-            return;
+        let mut cover = std::mem::take(&mut self.cover);
+        cover.start(self, now);
+        for waiting in &self.waiting {
+            if !cover.can_grow() {
+                // No allocation left to count on and no room for a new one: neither for the
+                // machines behind.
+                break;
+            }
+            cover.add(waiting.zones.0);
         }
-        // Allocations in flight, per zone, not yet claimed by a machine in this walk.
-        let mut unclaimed = self.allocating_in_zone.clone();
-        let mut claims_left = self.allocating.len();
-        let mut total = self.hosts.len() as u64 + self.allocating.len() as u64;
-        for index in 0..self.waiting.len() {
-            let accepted = self.waiting[index].zones;
-            if claims_left > 0
-                && let Some(zone) =
-                    (0..zones).find(|&zone| accepted.contains(zone) && unclaimed[zone] > 0)
-            {
-                unclaimed[zone] -= 1;
-                claims_left -= 1;
-                continue;
+        for zone in 0..self.config.zones.len() {
+            for _ in 0..cover.new[zone] {
+                let request = AllocationId(self.next_request);
+                self.next_request += 1;
+                self.allocating.insert(request, zone);
+                self.allocating_in_zone[zone] += 1;
+                actions.push(Action::Allocate { request, zone });
             }
-            if total >= u64::from(self.config.max_hosts) {
-                return;
+        }
+        cover.finish();
+        self.cover = cover;
+    }
+}
+
+/// A node of [`Cover`]'s search not reached yet.
+const UNSEEN: usize = usize::MAX;
+/// The parent of the zones the machine being added accepts.
+const START: usize = usize::MAX - 1;
+
+/// Which zone each waiting machine counts on, built in arrival order: a bipartite matching of
+/// machines to slots, a slot being an allocation in flight in a zone or a new host a zone has
+/// room for. A machine is added along an augmenting path (machines already counted may move to
+/// another zone they accept to make way), one ending at an allocation in flight preferred to
+/// one ending at a new host, so that a machine is covered whenever any rearrangement covers it
+/// with the machines before it, and a new host is asked for only when none covers it without.
+///
+/// The search is over zones, not machines: the machines counting on a zone are kept as counts
+/// per set of zones accepted, and a node `N` (index `zones`) stands for "new hosts", entered
+/// from a zone with room and left to a zone that already counts on a new host (which gives it
+/// up: its machine moved on) or to the pool's remaining room.
+#[derive(Debug, Default)]
+struct Cover {
+    /// Allocations in flight no machine counts on yet, per zone.
+    free: Vec<u32>,
+    /// New hosts each zone may still take (none while it cools down).
+    room: Vec<u32>,
+    /// New hosts counted on, per zone: what the walk asks for.
+    new: Vec<u32>,
+    /// New hosts the pool may still take (its maximum less its hosts and allocations).
+    new_left: u64,
+    /// Zones with `free`, `room` or `new` above zero, as bits.
+    free_mask: u64,
+    room_mask: u64,
+    new_mask: u64,
+    /// The machines counting on each zone, as (zones they accept, how many).
+    counted: Vec<Vec<(u64, u32)>>,
+    /// Per zone, the zones its machines accept (where one of them could move).
+    reach: Vec<u64>,
+    /// The search's parent of each node (zones, then `N`), and its queue.
+    parent: Vec<usize>,
+    queue: Vec<usize>,
+}
+
+impl Cover {
+    fn start(&mut self, pool: &HostPool, now: Time) {
+        let zones = pool.config.zones.len();
+        self.free.clear();
+        self.free.extend_from_slice(&pool.allocating_in_zone);
+        self.room.clear();
+        self.room.extend((0..zones).map(|zone| {
+            if pool.cooldown_until[zone] > now {
+                0
+            } else {
+                let used = pool.hosts_in_zone[zone] + pool.allocating_in_zone[zone];
+                pool.config.zones[zone].max.saturating_sub(used)
             }
-            let room = (0..zones).find(|&zone| accepted.contains(zone) && has_room(self, zone));
-            let Some(zone) = room else {
-                if claims_left == 0 && accepted == ZoneSet::ALL {
-                    // No zone has room: neither has it for the machines behind.
-                    return;
-                }
-                continue;
-            };
-            let request = AllocationId(self.next_request);
-            self.next_request += 1;
-            self.allocating.insert(request, zone);
-            self.allocating_in_zone[zone] += 1;
-            total += 1;
-            actions.push(Action::Allocate { request, zone });
+        }));
+        self.new.clear();
+        self.new.resize(zones, 0);
+        let used = pool.hosts.len() as u64 + pool.allocating.len() as u64;
+        self.new_left = u64::from(pool.config.max_hosts).saturating_sub(used);
+        self.counted.resize_with(zones, Vec::new);
+        self.reach.clear();
+        self.reach.resize(zones, 0);
+        self.free_mask = 0;
+        self.room_mask = 0;
+        self.new_mask = 0;
+        for zone in 0..zones {
+            self.update(zone);
         }
     }
+
+    /// Empties what the walk left, so that the pool's state is the same after any walk.
+    fn finish(&mut self) {
+        self.free.clear();
+        self.room.clear();
+        self.new.clear();
+        self.new_left = 0;
+        self.free_mask = 0;
+        self.room_mask = 0;
+        self.new_mask = 0;
+        self.counted.iter_mut().for_each(Vec::clear);
+        self.reach.clear();
+        self.parent.clear();
+        self.queue.clear();
+    }
+
+    /// Whether another machine could still be covered.
+    fn can_grow(&self) -> bool {
+        self.free_mask != 0 || (self.new_left > 0 && self.room_mask != 0)
+    }
+
+    /// Covers a machine accepting `accepted` if any rearrangement can.
+    fn add(&mut self, accepted: u64) {
+        let direct_free = accepted & self.free_mask;
+        if direct_free != 0 {
+            let zone = direct_free.trailing_zeros() as usize;
+            self.free[zone] -= 1;
+            self.update(zone);
+            self.enter(zone, accepted);
+            return;
+        }
+        let direct_room = accepted & self.room_mask;
+        if self.free_mask == 0 && self.new_left > 0 && direct_room != 0 {
+            // No allocation in flight is free anywhere: no path can end at one.
+            let zone = direct_room.trailing_zeros() as usize;
+            self.take_new(zone);
+            self.new_left -= 1;
+            self.enter(zone, accepted);
+            return;
+        }
+        self.augment(accepted);
+    }
+
+    /// The search (breadth first, zones in the pool's order) for a path ending at a free
+    /// allocation in flight, else at the pool's room for a new host.
+    fn augment(&mut self, accepted: u64) {
+        let zones = self.free.len();
+        let new_hosts = zones;
+        self.parent.clear();
+        self.parent.resize(zones + 1, UNSEEN);
+        self.queue.clear();
+        for zone in bits(accepted & self.pool_mask()) {
+            self.parent[zone] = START;
+            self.queue.push(zone);
+        }
+        let mut target = None;
+        let mut head = 0;
+        while head < self.queue.len() {
+            let node = self.queue[head];
+            head += 1;
+            if node == new_hosts {
+                for zone in bits(self.new_mask) {
+                    self.visit(zone, new_hosts);
+                }
+                continue;
+            }
+            if self.free[node] > 0 {
+                target = Some(node);
+                break;
+            }
+            for zone in bits(self.reach[node]) {
+                self.visit(zone, node);
+            }
+            if self.room[node] > 0 {
+                self.visit(new_hosts, node);
+            }
+        }
+        let mut node = match target {
+            Some(zone) => {
+                self.free[zone] -= 1;
+                self.update(zone);
+                zone
+            }
+            None if self.parent[new_hosts] != UNSEEN && self.new_left > 0 => {
+                self.new_left -= 1;
+                new_hosts
+            }
+            None => return,
+        };
+        // Back along the path, so that each machine moved is taken from a zone as the search
+        // saw it.
+        loop {
+            let parent = self.parent[node];
+            if parent == START {
+                self.enter(node, accepted);
+                return;
+            }
+            if node == new_hosts {
+                self.take_new(parent);
+            } else if parent == new_hosts {
+                // The zone gives up a new host: its machine moved on.
+                self.new[node] -= 1;
+                self.room[node] += 1;
+                self.update(node);
+            } else {
+                self.move_one(parent, node);
+            }
+            node = parent;
+        }
+    }
+
+    fn visit(&mut self, node: usize, parent: usize) {
+        if self.parent[node] == UNSEEN {
+            self.parent[node] = parent;
+            self.queue.push(node);
+        }
+    }
+
+    fn pool_mask(&self) -> u64 {
+        match self.free.len() {
+            64 => u64::MAX,
+            zones => (1 << zones) - 1,
+        }
+    }
+
+    fn take_new(&mut self, zone: ZoneIndex) {
+        self.new[zone] += 1;
+        self.room[zone] -= 1;
+        self.update(zone);
+    }
+
+    fn update(&mut self, zone: ZoneIndex) {
+        let bit = 1 << zone;
+        let set = |mask: &mut u64, on: bool| {
+            if on {
+                *mask |= bit;
+            } else {
+                *mask &= !bit;
+            }
+        };
+        set(&mut self.free_mask, self.free[zone] > 0);
+        set(&mut self.room_mask, self.room[zone] > 0);
+        set(&mut self.new_mask, self.new[zone] > 0);
+    }
+
+    /// A machine accepting `accepted` counts on `zone`.
+    fn enter(&mut self, zone: ZoneIndex, accepted: u64) {
+        let counted = &mut self.counted[zone];
+        match counted.iter_mut().find(|(zones, _)| *zones == accepted) {
+            Some((_, count)) => *count += 1,
+            None => counted.push((accepted, 1)),
+        }
+        self.reach[zone] |= accepted & self.pool_mask();
+    }
+
+    /// A machine counting on `from` that accepts `to` counts on `to` instead.
+    fn move_one(&mut self, from: ZoneIndex, to: ZoneIndex) {
+        let counted = &mut self.counted[from];
+        let index = counted
+            .iter()
+            .position(|(zones, _)| ZoneSet(*zones).contains(to))
+            .expect("the search moves a machine only from a zone where one accepts the next");
+        let accepted = counted[index].0;
+        counted[index].1 -= 1;
+        if counted[index].1 == 0 {
+            counted.remove(index);
+            self.reach[from] = counted.iter().fold(0, |reach, (zones, _)| reach | zones);
+            self.reach[from] &= self.pool_mask();
+        }
+        self.enter(to, accepted);
+    }
+}
+
+/// The indices of the bits set in `mask`, lowest first.
+fn bits(mut mask: u64) -> impl Iterator<Item = usize> {
+    std::iter::from_fn(move || {
+        if mask == 0 {
+            return None;
+        }
+        let index = mask.trailing_zeros() as usize;
+        mask &= mask - 1;
+        Some(index)
+    })
 }
 
 #[cfg(test)]
@@ -828,6 +1077,59 @@ mod tests {
         assert_eq!(pool.next_deadline(), Some(1 + DEFAULT_CAPACITY_COOLDOWN));
         let retried = step(&mut pool, 1 + DEFAULT_CAPACITY_COOLDOWN, Event::Tick);
         assert_eq!(retried, [Action::Allocate { request: AllocationId(2), zone: 0 }]);
+    }
+
+    #[test]
+    fn a_tick_with_nothing_due_allocates_nothing_when_machines_accept_different_zones() {
+        let mut pool = two_zone_mac_pool(ScrubPolicy::Off);
+        let a = Event::MachineWanted { machine: MachineId(1), zones: ZoneSet::ALL };
+        assert_eq!(step(&mut pool, 0, a), [Action::Allocate { request: AllocationId(0), zone: 0 }]);
+        // The first zone refuses: it cools down and the machine asks in the second.
+        let refused = step(&mut pool, 1, Event::InsufficientCapacity { request: AllocationId(0) });
+        assert_eq!(refused, [Action::Allocate { request: AllocationId(1), zone: 1 }]);
+        // A machine only the cooling zone serves waits for it.
+        let b = Event::MachineWanted { machine: MachineId(2), zones: ZoneSet::only(0) };
+        assert!(step(&mut pool, 2, b).is_empty());
+        // The cooldown ends: one host for the second machine, in the first zone.
+        let cooled = 1 + DEFAULT_CAPACITY_COOLDOWN;
+        assert_eq!(pool.next_deadline(), Some(cooled));
+        let retried = step(&mut pool, cooled, Event::Tick);
+        assert_eq!(retried, [Action::Allocate { request: AllocationId(2), zone: 0 }]);
+        // Two machines, two allocations in flight, each in a zone its machine accepts: a tick
+        // with nothing due, now or later, asks for nothing more.
+        assert_eq!(pool.next_deadline(), None);
+        assert!(step(&mut pool, cooled, Event::Tick).is_empty());
+        assert!(step(&mut pool, 201, Event::Tick).is_empty());
+        assert_eq!(pool.allocations_in_flight(), 2);
+    }
+
+    #[test]
+    fn a_machine_accepting_either_zone_makes_way_for_one_only_the_full_zone_serves() {
+        let zones = vec![
+            ZoneLimit { name: "us-east-1a".to_owned(), max: 1 },
+            ZoneLimit { name: "us-east-1b".to_owned(), max: 2 },
+        ];
+        let mut pool = HostPool::new(PoolConfig::new(zones, 3, true));
+        let either = Event::MachineWanted { machine: MachineId(1), zones: ZoneSet::ALL };
+        assert_eq!(
+            step(&mut pool, 0, either),
+            [Action::Allocate { request: AllocationId(0), zone: 0 }]
+        );
+        // The first zone is full with the allocation in flight: the second machine counts on it
+        // and the first, which accepts either zone, gets a host in the second.
+        let first_only = Event::MachineWanted { machine: MachineId(2), zones: ZoneSet::only(0) };
+        assert_eq!(
+            step(&mut pool, 1, first_only),
+            [Action::Allocate { request: AllocationId(1), zone: 1 }]
+        );
+        assert!(step(&mut pool, 2, Event::Tick).is_empty());
+        // Each host goes to the first waiting machine that accepts its zone.
+        let host = HostId(10);
+        let allocated = Event::HostAllocated { request: AllocationId(1), host, allocated_at: 3 };
+        assert_eq!(step(&mut pool, 3, allocated), [Action::Launch { machine: MachineId(1), host }]);
+        let host = HostId(11);
+        let allocated = Event::HostAllocated { request: AllocationId(0), host, allocated_at: 4 };
+        assert_eq!(step(&mut pool, 4, allocated), [Action::Launch { machine: MachineId(2), host }]);
     }
 
     #[test]

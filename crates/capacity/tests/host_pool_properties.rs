@@ -9,6 +9,10 @@
 //! - no machine waits while a host it could use is idle;
 //! - only idle hosts are launched on, scrubbed or released;
 //! - and, once the world answers everything, every wanted machine has been served or reported.
+//!
+//! And, between any two events: an extra `Tick`, at any time before the next deadline the policy
+//! names, returns no action and leaves the policy's state as it was (issue 13: how often the
+//! caller ticks must not change what it allocates).
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -289,6 +293,28 @@ impl World {
         }
     }
 
+    /// Ticks at `now + offset`, kept before the next deadline: nothing is to change.
+    fn quiet_tick(&mut self, offset: Time) -> Result<(), TestCaseError> {
+        let later = match self.pool.next_deadline() {
+            Some(deadline) => {
+                prop_assert!(deadline > self.now, "a deadline {deadline} passed at {}", self.now);
+                self.now + offset % (deadline - self.now)
+            }
+            None => self.now + offset,
+        };
+        let before = format!("{:?}", self.pool);
+        let mut actions = Vec::new();
+        self.pool.handle(later, Event::Tick, &mut actions);
+        prop_assert!(
+            actions.is_empty(),
+            "a tick at {later} with nothing due (last event at {}) asked {actions:?}",
+            self.now
+        );
+        prop_assert_eq!(before, format!("{:?}", self.pool), "a tick with nothing due changed it");
+        self.now = later;
+        Ok(())
+    }
+
     /// Answers everything, kindly, until nothing is left to do.
     fn settle(&mut self) -> Result<(), TestCaseError> {
         for _ in 0..10_000 {
@@ -381,5 +407,21 @@ proptest! {
             );
         }
         prop_assert_eq!(world.pool.waiting(), 0);
+    }
+
+    #[test]
+    fn an_extra_tick_with_nothing_due_changes_nothing(
+        config in config_strategy(),
+        steps in prop::collection::vec(
+            (step_strategy(), prop_oneof![Just(0u64), 0..600u64, 0..(30 * 3600u64)]),
+            1..400,
+        ),
+    ) {
+        let mut world = World::new(config);
+        for (step, offset) in &steps {
+            world.apply(step)?;
+            world.quiet_tick(*offset)?;
+        }
+        world.settle()?;
     }
 }
