@@ -353,6 +353,10 @@ fn with_every_launch_failing_the_hourly_limit_holds_replacements_back() {
         watch.seen.iter().filter(|e| e["what"] == "replacement-failed").collect();
     let first = failures[0]["outcome"].as_str().unwrap();
     assert!(first.contains("InsufficientInstanceCapacity"), "names the cause: {first}");
+    assert!(
+        first.contains("(hint: try more instance_types or zones"),
+        "says what to do about a capacity failure: {first}"
+    );
     for failed in &failures[1..] {
         let outcome = failed["outcome"].as_str().unwrap();
         assert!(

@@ -255,7 +255,7 @@ pub async fn watch<P: Provider>(
     // Resolved now, so that the first replacement does not wait for the account's check; a
     // failure here is tried again by the first replacement.
     if let Err(error) = resolve_once(&watcher, &mut sightings.resolved).await {
-        emit(None, "resolve-failed", "trying again at the first replacement", error.to_string());
+        emit(None, "resolve-failed", "trying again at the first replacement", with_hint(&error));
     }
     emit(None, "started", "watching", format!("deployment `{}`", spec.tag));
     // Replacements a killed watch left under way come first.
@@ -304,7 +304,7 @@ pub async fn watch<P: Provider>(
             return Ok(());
         }
         if let Err(error) = one_round(&watcher, &mut sightings).await {
-            emit(None, "round-failed", "trying again next round", error.to_string());
+            emit(None, "round-failed", "trying again next round", with_hint(&error));
         }
         // The dedicated host pools: hosts that may go are released, idle ones scrubbed.
         let plan = DeploymentPlan::from_spec(spec, metadata.provider, provider.monitoring_region());
@@ -314,9 +314,12 @@ pub async fn watch<P: Provider>(
                     emit(None, "host-pool", "tended", note);
                 }
             }
-            Err(error) => {
-                emit(None, "host-pool-failed", "trying again next round", error.to_string())
-            }
+            Err(error) => emit(
+                None,
+                "host-pool-failed",
+                "trying again next round",
+                with_hint(&CoreError::from(error)),
+            ),
         }
         let journal: Journal = deployment.read_json(JOURNAL_FILE)?.unwrap_or_default();
         let state = WatchState {
@@ -765,9 +768,18 @@ async fn replace<P: Provider>(
         match &outcome {
             Ok(()) => emit(Some(name), "replaced", "launched under its name", "healthy".to_owned()),
             Err(error) => {
-                emit(Some(name), "replacement-failed", "will try again", error.to_string())
+                emit(Some(name), "replacement-failed", "will try again", with_hint(error))
             }
         }
+    }
+}
+
+/// The error, and what to do about it when its kind says
+/// ([`CoreError::hint`]: a quota to raise, an action to allow), as `create` prints it.
+fn with_hint(error: &CoreError) -> String {
+    match error.hint() {
+        Some(hint) => format!("{error} (hint: {hint})"),
+        None => error.to_string(),
     }
 }
 
