@@ -133,8 +133,10 @@ const MORE_TAGS: &str = "Z1: a, Z2: b, Z3: c, Z4: d, Z5: e, Z6: f, Z7: g, Z8: h"
 /// (the binary machines, from their entry) and by id (a machine in a second region, whose
 /// VPC is peered), every created resource with the spec's tags (the entry's `Team` over the
 /// top's on its own resources; S3 objects as many as fit, with one warning naming the rest),
-/// an attached policy that destroy detaches, an encrypted root volume with a key named by alias
-/// and one with the account's default key.
+/// an attached policy and inline statements that the web machines' binary (a script, so no
+/// architecture is asked of the types) reads S3 with through its machine's IMDS, and that
+/// destroy removes, an encrypted root volume with a key named by alias and one with the
+/// account's default key.
 #[test]
 fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
     let fleet = AwsFleet::new("account-fit");
