@@ -1,8 +1,8 @@
 //! Fitting a fleet into the account it runs in, against the emulator: the spec's own image (by
 //! name and by tag, among the account's images, with its root device), extra tags on every
-//! resource flotilla creates, a managed policy attached to the role and detached at destroy, an
-//! encrypted root volume with a KMS alias; and every bad reference refused at once, located,
-//! before any mutating call.
+//! resource flotilla creates, a managed policy and inline statements on the role that a deployed
+//! binary reads S3 with (and that destroy removes), an encrypted root volume with a KMS alias; and
+//! every bad reference refused at once, located, before any mutating call.
 
 #![allow(clippy::unwrap_used)] // Helpers of these tests fail the test when a step fails.
 
@@ -56,6 +56,75 @@ async fn register_golden_images(ec2: &aws_sdk_ec2::Client, tag: &str) -> String 
     newest
 }
 
+/// The object of the team's bucket that only the attached managed policy lets the role read.
+const BY_POLICY: &str = "by-policy.txt";
+/// The object that only the spec's inline `iam_statements` let the role read.
+const BY_STATEMENT: &str = "by-statement.txt";
+/// The object nothing lets the role read.
+const UNLISTED: &str = "unlisted.txt";
+/// Each object of the team's bucket with its text.
+const TEAM_OBJECTS: [(&str, &str); 3] = [
+    (BY_POLICY, "read by the attached policy"),
+    (BY_STATEMENT, "read by the inline statement"),
+    (UNLISTED, "read by nobody"),
+];
+
+/// Fails the test loudly when this host has no curl with `--aws-sigv4` (7.75 or later), which
+/// the reader binary (run by the emulator on this host) signs its S3 requests with.
+fn require_curl() {
+    let help = "the reader binary signs S3 requests with curl 7.75 or later (--aws-sigv4): \
+                install it with `apt-get install curl` (Debian, Ubuntu) or `dnf install curl`";
+    let output = std::process::Command::new("curl")
+        .arg("--help")
+        .arg("all")
+        .output()
+        .unwrap_or_else(|e| panic!("curl: {e}: {help}"));
+    let text = String::from_utf8_lossy(&output.stdout);
+    assert!(text.contains("--aws-sigv4"), "this curl has no --aws-sigv4: {help}");
+}
+
+/// The binary of the reader machines: a shell script that does what any program on an EC2
+/// machine does to use its role. With the environment the agent gives it (`AWS_ENDPOINT_URL` and
+/// `AWS_EC2_METADATA_SERVICE_ENDPOINT` under the emulator, unset on a real machine) it takes an
+/// IMDSv2 token, the role's name and temporary credentials, GETs each object of the team's
+/// bucket signed with them (SigV4 by curl, path style), prints one line per object (`s3 KEY
+/// STATUS BODY`, the body on one line) and then idles, so that the agent sees it running. The
+/// credentials reach curl on stdin, never on its command line.
+fn write_reader(fleet: &AwsFleet, bucket: &str) -> std::path::PathBuf {
+    let keys: Vec<&str> = TEAM_OBJECTS.iter().map(|(key, _)| *key).collect();
+    let script = format!(
+        r#"#!/bin/sh
+set -u
+imds="${{AWS_EC2_METADATA_SERVICE_ENDPOINT:-http://169.254.169.254}}"
+imds="${{imds%/}}"
+s3="${{AWS_ENDPOINT_URL:-https://s3.us-east-1.amazonaws.com}}"
+s3="${{s3%/}}"
+token=$(curl -sf -X PUT "$imds/latest/api/token" -H 'X-aws-ec2-metadata-token-ttl-seconds: 300') || {{ echo "no IMDS token from $imds" >&2; exit 1; }}
+metadata() {{
+  curl -sf -H "X-aws-ec2-metadata-token: $token" "$imds/latest/meta-data/$1"
+}}
+role=$(metadata iam/security-credentials/ | head -n 1)
+credentials=$(metadata "iam/security-credentials/$role") || {{ echo "no credentials for role $role" >&2; exit 1; }}
+field() {{
+  printf '%s\n' "$credentials" | sed -n "s/.*\"$1\" *: *\"\([^\"]*\)\".*/\1/p" | head -n 1
+}}
+for key in {keys}; do
+  status=$(printf 'user = "%s:%s"\nheader = "x-amz-security-token: %s"\n' \
+      "$(field AccessKeyId)" "$(field SecretAccessKey)" "$(field Token)" |
+    curl -s --config - --aws-sigv4 "aws:amz:us-east-1:s3" -o body -w '%{{http_code}}' \
+      "$s3/{bucket}/$key")
+  echo "s3 $key $status $(tr '\n' ' ' < body)"
+done
+exec sleep 100000
+"#,
+        keys = keys.join(" "),
+    );
+    let path = fleet.write("reader.sh", &script);
+    use std::os::unix::fs::PermissionsExt;
+    fs_err::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    path
+}
+
 /// The spec's top-level tags beyond `Team` and `CostCenter`: ten in all, one more than an S3
 /// object takes beside `flotilla:deployment`, so `Z8` (the last in key order) is left off them.
 const MORE_TAGS: &str = "Z1: a, Z2: b, Z3: c, Z4: d, Z5: e, Z6: f, Z7: g, Z8: h";
@@ -64,8 +133,10 @@ const MORE_TAGS: &str = "Z1: a, Z2: b, Z3: c, Z4: d, Z5: e, Z6: f, Z7: g, Z8: h"
 /// (the binary machines, from their entry) and by id (a machine in a second region, whose
 /// VPC is peered), every created resource with the spec's tags (the entry's `Team` over the
 /// top's on its own resources; S3 objects as many as fit, with one warning naming the rest),
-/// an attached policy that destroy detaches, an encrypted root volume with a key named by alias
-/// and one with the account's default key.
+/// an attached policy and inline statements that the web machines' binary (a script, so no
+/// architecture is asked of the types) reads S3 with through its machine's IMDS, and that
+/// destroy removes, an encrypted root volume with a key named by alias and one with the
+/// account's default key.
 #[test]
 fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
     let fleet = AwsFleet::new("account-fit");
@@ -96,7 +167,7 @@ fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
     let policy_arn = runtime.block_on(async {
         let document = serde_json::json!({
             "Version": "2012-10-17",
-            "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": format!("arn:aws:s3:::team-data-{}/secret.txt", fleet.tag)}]
+            "Statement": [{"Effect": "Allow", "Action": "s3:GetObject", "Resource": format!("arn:aws:s3:::team-data-{}/{BY_POLICY}", fleet.tag)}]
         });
         iam.create_policy()
             .policy_name(format!("read-secret-{}", fleet.tag))
@@ -121,15 +192,36 @@ fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
             .unwrap();
         key_id
     });
+    // The team's bucket, which the reader binary of the web machines reads when it starts.
+    require_curl();
+    let bucket = format!("team-data-{}", fleet.tag);
+    let s3 = runtime.block_on(async {
+        let s3 = aws_sdk_s3::Client::from_conf(
+            aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build(),
+        );
+        s3.create_bucket().bucket(&bucket).send().await.unwrap();
+        for (key, text) in TEAM_OBJECTS {
+            s3.put_object()
+                .bucket(&bucket)
+                .key(key)
+                .body(text.as_bytes().to_vec().into())
+                .send()
+                .await
+                .unwrap();
+        }
+        s3
+    });
+    let reader = write_reader(&fleet, &bucket);
 
     fleet.write("app.conf", "port = 9090\ngreeting = \"hello\"\ninterval = 300\n");
     let spec = format!(
-        "tag: {tag}\nprovider: aws\nimage: {{name: golden-{tag}-*}}\ntags: {{Team: infra, CostCenter: \"4711\", {more}}}\niam_policies: [{policy_arn}]\niam_statements:\n- {{Effect: Allow, Action: \"s3:ListBucket\", Resource: \"arn:aws:s3:::team-data-{tag}\"}}\nroot_volume: {{kms_key: alias/{tag}}}\nmonitoring: {{instance_type: {monitoring}, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- {{name: web, count: 2, region: us-east-1, instance_type: {native}, storage_size: 10, storage_class: gp3, binary: {binary}, config: app.conf, profiling: false, image: \"golden:{tag}\", tags: {{Team: core}}}}\n- {{name: far, region: eu-west-1, instance_type: {native}, storage_size: 10, storage_class: gp3, binary: {binary}, config: app.conf, profiling: false, image: {image_eu}, root_volume: {{encrypted: true}}}}\nports: []\n",
+        "tag: {tag}\nprovider: aws\nimage: {{name: golden-{tag}-*}}\ntags: {{Team: infra, CostCenter: \"4711\", {more}}}\niam_policies: [{policy_arn}]\niam_statements:\n- {{Effect: Allow, Action: \"s3:ListBucket\", Resource: \"arn:aws:s3:::team-data-{tag}\"}}\n- {{Effect: Allow, Action: \"s3:GetObject\", Resource: \"arn:aws:s3:::team-data-{tag}/{BY_STATEMENT}\"}}\nroot_volume: {{kms_key: alias/{tag}}}\nmonitoring: {{instance_type: {monitoring}, storage_size: 10, storage_class: gp3, dashboard: dashboard.json}}\ninstances:\n- {{name: web, count: 2, region: us-east-1, instance_type: {native}, storage_size: 10, storage_class: gp3, binary: {reader}, config: app.conf, profiling: false, image: \"golden:{tag}\", tags: {{Team: core}}}}\n- {{name: far, region: eu-west-1, instance_type: {native}, storage_size: 10, storage_class: gp3, binary: {binary}, config: app.conf, profiling: false, image: {image_eu}, root_volume: {{encrypted: true}}}}\nports: []\n",
         tag = fleet.tag,
         more = MORE_TAGS,
         monitoring = native_monitoring_type(),
         native = native_type(),
         binary = fleet_app_bin().display(),
+        reader = reader.display(),
     );
     let spec = fleet.write("fleet.yaml", &spec).display().to_string();
     let output =
@@ -351,26 +443,56 @@ fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
     let ours: Vec<_> = booted.iter().filter(|b| b.scope == fleet.scope).collect();
     assert_eq!(ours.len(), 4, "every instance of the custom images booted");
 
-    // A program on a machine reads with the role's credentials, found through the machine's
-    // IMDS as any SDK's default chain finds them: the attached policy allows `secret.txt`, and
-    // nothing allows `other.txt` (the emulator holds role credentials to the role's policies).
-    let bucket = format!("team-data-{}", fleet.tag);
-    let (s3, machine_s3) = runtime.block_on(async {
-        use aws_sdk_s3::error::ProvideErrorMetadata;
-        let s3 = aws_sdk_s3::Client::from_conf(
-            aws_sdk_s3::config::Builder::from(&config).force_path_style(true).build(),
+    // The reader binary on each web machine read the team's bucket with the role's
+    // credentials from its machine's IMDS, through the endpoints the agent's environment names
+    // (the emulator holds role credentials to the role's policies): the attached policy allows
+    // one object, the inline statement another, and nothing the third.
+    let web: Vec<_> =
+        rows.iter().filter(|r| r["role"] == "binary" && r["region"] == "us-east-1").collect();
+    assert_eq!(web.len(), 2, "{rows:?}");
+    for row in &web {
+        let name = row["name"].as_str().unwrap();
+        let machine = ours
+            .iter()
+            .find(|b| std::net::IpAddr::V4(b.public_ip) == ip_of(row))
+            .unwrap_or_else(|| panic!("{name} was booted"));
+        // The binary prints its lines within moments of starting: wait on its log file (cheap
+        // to read), then read them as a user does.
+        let log = machine.root.join("var/lib/flotilla/agent/logs/binary.log");
+        wait_for(
+            &format!("{name}'s reads in {}", log.display()),
+            std::time::Duration::from_secs(30),
+            || {
+                let text = fs_err::read_to_string(&log).ok()?;
+                (text.lines().filter(|l| l.contains("s3 ")).count() >= TEAM_OBJECTS.len())
+                    .then_some(())
+            },
         );
-        s3.create_bucket().bucket(&bucket).send().await.unwrap();
-        for (key, text) in [("secret.txt", "the team's secret"), ("other.txt", "not for machines")]
-        {
-            s3.put_object()
-                .bucket(&bucket)
-                .key(key)
-                .body(text.as_bytes().to_vec().into())
-                .send()
-                .await
-                .unwrap();
-        }
+        let output = fleet.run_ok(&["logs", &fleet.tag_arg(), name, "--lines", "100"]);
+        let logs = String::from_utf8_lossy(&output.stdout);
+        let read = |key: &str| {
+            logs.lines()
+                .find(|l| l.contains(&format!("s3 {key} ")))
+                .unwrap_or_else(|| panic!("{name} read {key}:\n{logs}"))
+                .to_owned()
+        };
+        let by_policy = read(BY_POLICY);
+        assert!(
+            by_policy.ends_with(&format!("s3 {BY_POLICY} 200 {}", TEAM_OBJECTS[0].1)),
+            "{name}: {by_policy}"
+        );
+        let by_statement = read(BY_STATEMENT);
+        assert!(
+            by_statement.ends_with(&format!("s3 {BY_STATEMENT} 200 {}", TEAM_OBJECTS[1].1)),
+            "{name}: {by_statement}"
+        );
+        let unlisted = read(UNLISTED);
+        assert!(unlisted.contains(&format!("s3 {UNLISTED} 403 ")), "{name}: {unlisted}");
+        assert!(unlisted.contains("<Code>AccessDenied</Code>"), "{name}: {unlisted}");
+    }
+
+    // The role's credentials as the machines hold them, for after destroy.
+    let machine_s3 = runtime.block_on(async {
         let imds = aws_config::imds::Client::builder()
             .endpoint(ours[0].imds_endpoint.as_str())
             .unwrap()
@@ -396,17 +518,9 @@ fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
                 credentials,
             ))
             .build();
-        let machine_s3 = aws_sdk_s3::Client::from_conf(
+        aws_sdk_s3::Client::from_conf(
             aws_sdk_s3::config::Builder::from(&machine_config).force_path_style(true).build(),
-        );
-        let secret = machine_s3.get_object().bucket(&bucket).key("secret.txt").send().await;
-        let secret = secret.expect("the attached policy lets the machine read secret.txt");
-        let text = secret.body.collect().await.unwrap().into_bytes();
-        assert_eq!(&text[..], b"the team's secret");
-        let refused = machine_s3.get_object().bucket(&bucket).key("other.txt").send().await;
-        let error = refused.expect_err("no policy of the role allows other.txt");
-        assert_eq!(error.code(), Some("AccessDenied"), "{error:?}");
-        (s3, machine_s3)
+        )
     });
 
     // destroy detaches the policy before it deletes the role: the machine's credentials read
@@ -414,10 +528,12 @@ fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
     fleet.run_ok(&["destroy", &fleet.tag_arg()]);
     runtime.block_on(async {
         use aws_sdk_s3::error::ProvideErrorMetadata;
-        let after = machine_s3.get_object().bucket(&bucket).key("secret.txt").send().await;
-        let error = after.expect_err("after destroy the role allows nothing");
-        assert_eq!(error.code(), Some("AccessDenied"), "{error:?}");
-        for key in ["secret.txt", "other.txt"] {
+        for key in [BY_POLICY, BY_STATEMENT] {
+            let after = machine_s3.get_object().bucket(&bucket).key(key).send().await;
+            let error = after.expect_err("after destroy the role allows nothing");
+            assert_eq!(error.code(), Some("AccessDenied"), "{key}: {error:?}");
+        }
+        for (key, _) in TEAM_OBJECTS {
             s3.delete_object().bucket(&bucket).key(key).send().await.unwrap();
         }
         s3.delete_bucket().bucket(&bucket).send().await.unwrap();

@@ -1,5 +1,5 @@
 //! The capacity keys from the command line, without a cloud: `validate` refuses a type of the
-//! wrong architecture for the binary, and `plan` answers from built-in data when it cannot
+//! wrong architecture for the binary (and none for a script's), and `plan` answers from built-in data when it cannot
 //! reach the account, saying so.
 
 #![allow(clippy::unwrap_used)] // Helpers of these tests fail the test when a step fails.
@@ -50,6 +50,24 @@ fn validate_refuses_a_type_that_cannot_run_the_binary() {
     fs_err::write(dir.path().join("fleet.yaml"), spec(native, "spot")).unwrap();
     let output = offline(dir.path(), &["validate", "--config", "fleet.yaml"]);
     assert_eq!(output.status.code(), Some(0), "{}", String::from_utf8_lossy(&output.stdout));
+}
+
+/// A script (`#!`) runs wherever its interpreter does: no type is refused for its architecture.
+#[test]
+fn validate_lets_a_script_binary_run_on_either_architecture() {
+    let (foreign, _, _, native) = foreign_and_native_types();
+    let dir = workdir();
+    let script = dir.path().join("node.sh");
+    fs_err::write(&script, "#!/bin/sh\nexec sleep 100000\n").unwrap();
+    use std::os::unix::fs::PermissionsExt;
+    fs_err::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let text = spec(&format!("{native}, {foreign}"), "spot")
+        .replace(&fleet_app_bin().display().to_string(), "node.sh");
+    fs_err::write(dir.path().join("fleet.yaml"), text).unwrap();
+    let output = offline(dir.path(), &["validate", "--config", "fleet.yaml"]);
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert_eq!(output.status.code(), Some(0), "{stdout}");
+    assert!(!stdout.contains("cannot run there"), "{stdout}");
 }
 
 #[test]
