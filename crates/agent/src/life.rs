@@ -393,6 +393,8 @@ fn binary_environment(context: &AgentContext) -> BinaryEnvironment {
         region: identity.region.clone(),
         public_ip: identity.public_ip,
         private_ip: identity.private_ip,
+        // A machine with an IMDS is a cloud machine: SDKs there find their region from it.
+        aws_region: bootstrap.imds.as_ref().map(|_| identity.region.clone()),
         health_address: if bootstrap.listen.is_unspecified() {
             identity.private_ip
         } else {

@@ -82,6 +82,10 @@ pub(crate) struct BinaryEnvironment {
     /// machine (see [`crate::hosts::own_address`]).
     pub(crate) public_ip: IpAddr,
     pub(crate) private_ip: IpAddr,
+    /// The region AWS SDKs in the binary default to (`AWS_REGION`, `AWS_DEFAULT_REGION`): the
+    /// machine's own on a cloud machine, where the agent's environment names the deployment
+    /// bucket's region instead; `None` elsewhere (the local provider), where nothing is set.
+    pub(crate) aws_region: Option<String>,
     /// Where health checks connect: the agent's own listen address when it is a specific one
     /// (a machine whose public address is its own, as on loopback), else the private address
     /// (on EC2 the public address is NATed and belongs to no interface).
@@ -672,6 +676,11 @@ impl Supervisor {
         .into_iter()
         .map(|(name, value)| (OsString::from(name), OsString::from(value)))
         .collect();
+        if let Some(region) = &environment.aws_region {
+            for name in ["AWS_REGION", "AWS_DEFAULT_REGION"] {
+                env.push((OsString::from(name), OsString::from(region)));
+            }
+        }
         let own_env = match self.role.service(&selected.manifest) {
             Some(service) => &service.env,
             None => &selected.manifest.env,

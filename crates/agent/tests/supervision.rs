@@ -379,3 +379,21 @@ while :; do sleep 0.05; done
     assert_eq!(body["state"], "stopped");
     agent.shutdown().await.unwrap();
 }
+
+/// On a cloud machine (its bootstrap names an IMDS) the binary's `AWS_REGION` and
+/// `AWS_DEFAULT_REGION` are its machine's region, as an SDK on EC2 would find it from IMDS, not
+/// the agent's own (the deployment bucket's region); the manifest's `env` may still set them.
+#[tokio::test]
+async fn on_a_cloud_machine_the_binary_gets_its_machines_region_for_aws_sdks() {
+    let deployment = Deployment::new("127.200.1.9");
+    let bootstrap =
+        deployment.bootstrap_with(serde_json::json!({"imds": {"endpoint": "http://127.0.0.1:1"}}));
+    let agent = deployment.start_with(bootstrap).await;
+    let version =
+        Version::script(&format!("echo \"aws: $AWS_REGION $AWS_DEFAULT_REGION\"\n{IDLE}"));
+    let manifest = deployment.publish(&version);
+    deployment.install(&manifest).await;
+    let log = deployment.logs(100).await;
+    assert!(log.contains("aws: local local"), "the identity's region: {log}");
+    agent.shutdown().await.unwrap();
+}
