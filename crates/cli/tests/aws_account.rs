@@ -35,25 +35,38 @@ fn assert_user_tags(kind: &str, tags: &BTreeMap<String, String>, team: &str) {
 async fn register_golden_images(ec2: &aws_sdk_ec2::Client, tag: &str) -> String {
     let mut newest = String::new();
     for (suffix, golden) in [("1", false), ("2", true)] {
-        let mut call = ec2
-            .register_image()
-            .name(format!("golden-{tag}-{suffix}"))
-            .architecture(native_architecture())
-            .root_device_name("/dev/xvda")
-            .virtualization_type("hvm");
-        if golden {
-            call = call.tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::Image)
-                    .tags(Tag::builder().key("golden").value(tag).build())
-                    .build(),
-            );
-        }
-        newest = call.send().await.unwrap().image_id().unwrap().to_owned();
+        let image_tag = golden.then_some(("golden", tag));
+        let name = format!("golden-{tag}-{suffix}");
+        newest = register_image(ec2, &name, native_architecture(), image_tag).await;
         // Creation dates have a resolution of a second: keep the two apart.
         tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
     }
     newest
+}
+
+/// Registers an image of the account named `name` (root device `/dev/xvda`), with one tag if
+/// given; its id.
+async fn register_image(
+    ec2: &aws_sdk_ec2::Client,
+    name: &str,
+    architecture: ArchitectureValues,
+    tag: Option<(&str, &str)>,
+) -> String {
+    let mut call = ec2
+        .register_image()
+        .name(name)
+        .architecture(architecture)
+        .root_device_name("/dev/xvda")
+        .virtualization_type("hvm");
+    if let Some((key, value)) = tag {
+        call = call.tag_specifications(
+            TagSpecification::builder()
+                .resource_type(ResourceType::Image)
+                .tags(Tag::builder().key(key).value(value).build())
+                .build(),
+        );
+    }
+    call.send().await.unwrap().image_id().unwrap().to_owned()
 }
 
 /// The object of the team's bucket that only the attached managed policy lets the role read.
@@ -150,20 +163,8 @@ fn a_fleet_runs_the_accounts_own_image_with_its_tags_policy_and_key() {
 
     let image = runtime.block_on(register_golden_images(&ec2, &fleet.tag));
     // In the second region an image named by id: any name, no tags.
-    let image_eu = runtime.block_on(async {
-        ec2_eu
-            .register_image()
-            .name(format!("by-id-{}", fleet.tag))
-            .architecture(native_architecture())
-            .root_device_name("/dev/xvda")
-            .virtualization_type("hvm")
-            .send()
-            .await
-            .unwrap()
-            .image_id()
-            .unwrap()
-            .to_owned()
-    });
+    let by_id = format!("by-id-{}", fleet.tag);
+    let image_eu = runtime.block_on(register_image(&ec2_eu, &by_id, native_architecture(), None));
     let policy_arn = runtime.block_on(async {
         let document = serde_json::json!({
             "Version": "2012-10-17",
@@ -569,18 +570,8 @@ fn bad_references_are_refused_at_once_before_anything_is_made() {
     } else {
         ArchitectureValues::Arm64
     };
-    let wrong = runtime.block_on(async {
-        ec2.register_image()
-            .name(format!("other-arch-{}", fleet.tag))
-            .architecture(foreign_arch.clone())
-            .root_device_name("/dev/xvda")
-            .send()
-            .await
-            .unwrap()
-            .image_id()
-            .unwrap()
-            .to_owned()
-    });
+    let other_arch = format!("other-arch-{}", fleet.tag);
+    let wrong = runtime.block_on(register_image(&ec2, &other_arch, foreign_arch.clone(), None));
     // A tag only an image of another account (Canonical's, which every account sees) carries.
     runtime.block_on(async {
         let ubuntu = ec2
@@ -707,25 +698,12 @@ fn an_image_without_cloud_init_fails_create_naming_the_image() {
     let runtime = runtime();
     let ec2 = runtime.block_on(fleet.ec2("us-east-1"));
     let image_name = format!("bare-{}", fleet.tag);
-    let image = runtime.block_on(async {
-        ec2.register_image()
-            .name(&image_name)
-            .architecture(native_architecture())
-            .root_device_name("/dev/xvda")
-            .virtualization_type("hvm")
-            .tag_specifications(
-                TagSpecification::builder()
-                    .resource_type(ResourceType::Image)
-                    .tags(Tag::builder().key(IMAGE_BOOT_TAG).value("none").build())
-                    .build(),
-            )
-            .send()
-            .await
-            .unwrap()
-            .image_id()
-            .unwrap()
-            .to_owned()
-    });
+    let image = runtime.block_on(register_image(
+        &ec2,
+        &image_name,
+        native_architecture(),
+        Some((IMAGE_BOOT_TAG, "none")),
+    ));
 
     fleet.write("app.conf", "port = 9090\n");
     let spec = format!(
