@@ -1107,6 +1107,69 @@ fn prefer_spot_falls_back_to_on_demand_zone_by_zone_and_stays_balanced() {
     assert!(left.is_empty(), "destroy left: {left:?}");
 }
 
+/// Attribute-based selection end to end: an on-demand entry with `requirements:` only (2 vCPU,
+/// 8 GiB, Intel, not burstable, no m5) lands every machine on a type the emulator's catalog says
+/// matches, through an EC2 Fleet that asks for `lowest-price` (there is no listed order to keep).
+#[test]
+fn requirements_alone_launch_matching_types_at_the_lowest_price() {
+    let fleet = AwsFleet::new("requirements");
+    let _emulator = Emulator::require();
+    fleet.write("app.conf", &app_config("hello"));
+    let requirements = "requirements: {vcpu_count: {min: 2, max: 2}, memory_mib: {min: 8192, max: 8192}, cpu_manufacturers: [intel], burstable_performance: excluded, excluded_instance_types: [\"m5.*\"]}";
+    let spec = fleet
+        .write("spec.yaml", &capacity_config(&fleet.tag, &[("web", "us-east-1", 3, requirements)]));
+    let output = fleet.run_ok(&[
+        "create",
+        "--config",
+        &spec.display().to_string(),
+        "--ip",
+        "127.0.0.1",
+        "--output",
+        "json",
+    ]);
+    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    for row in rows.iter().filter(|r| r["role"] == "binary") {
+        assert_eq!(row["health"], "healthy", "{row}");
+    }
+    let types: BTreeSet<String> = live_instances(&fleet)
+        .into_iter()
+        .filter(|i| i.tags.get("flotilla:role").map(String::as_str) == Some("binary"))
+        .map(|i| i.instance_type)
+        .collect();
+    assert!(!types.is_empty());
+    let ec2 = runtime().block_on(fleet.ec2("us-east-1"));
+    runtime().block_on(async {
+        let described = ec2
+            .describe_instance_types()
+            .set_instance_types(Some(
+                types.iter().map(|t| aws_sdk_ec2::types::InstanceType::from(t.as_str())).collect(),
+            ))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(described.instance_types().len(), types.len(), "{types:?}");
+        for info in described.instance_types() {
+            let name = info.instance_type().unwrap().as_str();
+            assert!(!name.starts_with("m5."), "{name} is excluded");
+            assert_eq!(info.v_cpu_info().and_then(|v| v.default_v_cpus()), Some(2), "{name}");
+            assert_eq!(info.memory_info().and_then(|m| m.size_in_mib()), Some(8192), "{name}");
+            assert_eq!(info.burstable_performance_supported(), Some(false), "{name}");
+            let manufacturer = info.processor_info().and_then(|p| p.manufacturer()).unwrap_or("");
+            assert!(manufacturer.to_lowercase().contains("intel"), "{name}: {manufacturer}");
+        }
+        let fleets = ec2.describe_fleets().filters(fleet.tag_filter()).send().await.unwrap();
+        let strategies: BTreeSet<String> = fleets
+            .fleets()
+            .iter()
+            .filter(|f| f.tags().iter().any(|t| t.value() == Some("binary")))
+            .filter_map(|f| f.on_demand_options()?.allocation_strategy())
+            .map(|s| s.as_str().to_owned())
+            .collect();
+        assert_eq!(strategies, BTreeSet::from(["lowest-price".to_owned()]), "{fleets:?}");
+    });
+    fleet.run_ok(&["destroy", &fleet.tag_arg()]);
+}
+
 /// A `spot` entry whose every spot pool is dry fails at its launch deadline, naming the pools
 /// it tried; destroy then leaves nothing.
 #[test]
