@@ -1157,15 +1157,21 @@ fn requirements_alone_launch_matching_types_at_the_lowest_price() {
             let manufacturer = info.processor_info().and_then(|p| p.manufacturer()).unwrap_or("");
             assert!(manufacturer.to_lowercase().contains("intel"), "{name}: {manufacturer}");
         }
-        let fleets = ec2.describe_fleets().filters(fleet.tag_filter()).send().await.unwrap();
+        // The emulator answers every scope's fleets, unfiltered: this deployment's binary
+        // fleets are picked by their tags.
+        let fleets = ec2.describe_fleets().send().await.unwrap();
         let strategies: BTreeSet<String> = fleets
             .fleets()
             .iter()
-            .filter(|f| f.tags().iter().any(|t| t.value() == Some("binary")))
+            .filter(|f| {
+                let tags = tags_of(f.tags());
+                tags.get("flotilla:deployment") == Some(&fleet.tag)
+                    && tags.get("flotilla:role").map(String::as_str) == Some("binary")
+            })
             .filter_map(|f| f.on_demand_options()?.allocation_strategy())
             .map(|s| s.as_str().to_owned())
             .collect();
-        assert_eq!(strategies, BTreeSet::from(["lowest-price".to_owned()]), "{fleets:?}");
+        assert_eq!(strategies, BTreeSet::from(["lowest-price".to_owned()]));
     });
     fleet.run_ok(&["destroy", &fleet.tag_arg()]);
 }
