@@ -485,16 +485,7 @@ fn machines_download_their_agent_with_the_instance_role() {
             binary.display()
         ),
     );
-    let output = fleet.run_ok(&[
-        "create",
-        "--config",
-        &spec.display().to_string(),
-        "--ip",
-        "127.0.0.1",
-        "--output",
-        "json",
-    ]);
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = fleet.create_rows(&spec);
     assert_eq!(row(&rows, "only")["health"], "healthy");
     let counts = runtime().block_on(scope.counts()).unwrap();
     assert!(counts.get("s3", "GetObject") >= 2, "agents and identities came from S3: {counts:?}");
@@ -1019,16 +1010,7 @@ fn prefer_spot_falls_back_to_on_demand_zone_by_zone_and_stays_balanced() {
     }
     runtime().block_on(scope.set_faults(&rules)).unwrap();
 
-    let output = fleet.run_ok(&[
-        "create",
-        "--config",
-        &spec.display().to_string(),
-        "--ip",
-        "127.0.0.1",
-        "--output",
-        "json",
-    ]);
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = fleet.create_rows(&spec);
     assert_eq!(rows.len(), 21, "{rows:?}");
     for row in rows.iter().filter(|r| r["role"] == "binary") {
         assert_eq!(row["health"], "healthy", "{row}");
@@ -1118,16 +1100,7 @@ fn requirements_alone_launch_matching_types_at_the_lowest_price() {
     let requirements = "requirements: {vcpu_count: {min: 2, max: 2}, memory_mib: {min: 8192, max: 8192}, cpu_manufacturers: [intel], burstable_performance: excluded, excluded_instance_types: [\"m5.*\"]}";
     let spec = fleet
         .write("spec.yaml", &capacity_config(&fleet.tag, &[("web", "us-east-1", 3, requirements)]));
-    let output = fleet.run_ok(&[
-        "create",
-        "--config",
-        &spec.display().to_string(),
-        "--ip",
-        "127.0.0.1",
-        "--output",
-        "json",
-    ]);
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = fleet.create_rows(&spec);
     for row in rows.iter().filter(|r| r["role"] == "binary") {
         assert_eq!(row["health"], "healthy", "{row}");
     }
@@ -1411,16 +1384,7 @@ fn a_spot_interruption_notice_from_imds_runs_the_interrupted_hooks_and_stops_the
         binary = fleet_app_bin().display(),
     );
     let spec = fleet.write("spec.yaml", &spec);
-    let output = fleet.run_ok(&[
-        "create",
-        "--config",
-        &spec.display().to_string(),
-        "--ip",
-        "127.0.0.1",
-        "--output",
-        "json",
-    ]);
-    let rows: Vec<serde_json::Value> = serde_json::from_slice(&output.stdout).unwrap();
+    let rows = fleet.create_rows(&spec);
     assert_eq!(row(&rows, "only")["health"], "healthy", "{rows:?}");
     let instances = live_instances(&fleet);
     let id = instances

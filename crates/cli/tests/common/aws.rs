@@ -88,6 +88,13 @@ impl AwsFleet {
         super::succeeded(args, self.run(args))
     }
 
+    /// `create --config spec --ip 127.0.0.1 --output json`, which must succeed: its rows.
+    pub fn create_rows(&self, spec: &std::path::Path) -> Vec<serde_json::Value> {
+        let spec = spec.display().to_string();
+        let args = ["create", "--config", &spec, "--ip", "127.0.0.1", "--output", "json"];
+        serde_json::from_slice(&self.run_ok(&args).stdout).expect("create's JSON rows")
+    }
+
     /// `--tag=<tag>`: one argument, so that a tag starting with `-` is not read as an option.
     pub fn tag_arg(&self) -> String {
         format!("--tag={}", self.tag)
