@@ -97,6 +97,8 @@ pub(crate) struct Versions {
     state: Mutex<AgentState>,
     /// The digest of the hosts.yaml in place (see `hosts`).
     hosts: Mutex<Option<String>>,
+    /// This machine's address in the hosts.yaml of that digest (see [`Versions::own_address`]).
+    own_address: Mutex<Option<(Option<String>, Option<std::net::IpAddr>)>>,
     rollout: Mutex<RolloutSlot>,
     /// Woken whenever a rollout finishes, for `WaitRollout`.
     rollout_finished: tokio::sync::Notify,
@@ -142,6 +144,7 @@ impl Versions {
             fetchers,
             state: Mutex::new(state),
             hosts: Mutex::new(live_files::membership(&context.dir)),
+            own_address: Mutex::new(None),
             rollout: Mutex::new(RolloutSlot::default()),
             rollout_finished: tokio::sync::Notify::new(),
             started_at: Instant::now(),
@@ -158,6 +161,19 @@ impl Versions {
         self.supervisors.binary().watch()
     }
 
+    /// This machine's address as the hosts.yaml in place gives it (else the identity's), read
+    /// again only when the file changed: `Status` is asked often, and the file names every
+    /// machine of the deployment.
+    fn own_address(&self) -> std::net::IpAddr {
+        let digest = lock(&self.hosts).clone();
+        let mut known = lock(&self.own_address);
+        if known.as_ref().is_none_or(|(seen, _)| *seen != digest) {
+            let address = hosts::own_address(&self.dir, &self.identity.name);
+            *known = Some((digest, address));
+        }
+        known.as_ref().and_then(|(_, address)| *address).unwrap_or(self.identity.public_ip)
+    }
+
     /// The answer to `Status`.
     pub(crate) fn status(&self) -> AgentStatus {
         let supervisor = self.supervisors.binary().status();
@@ -167,8 +183,7 @@ impl Versions {
             name: self.identity.name.clone(),
             tag: self.identity.tag.clone(),
             region: self.identity.region.clone(),
-            public_ip: hosts::own_address(&self.dir, &self.identity.name)
-                .unwrap_or(self.identity.public_ip),
+            public_ip: self.own_address(),
             private_ip: self.identity.private_ip,
             agent_version: env!("CARGO_PKG_VERSION").to_owned(),
             state: supervisor.state,
