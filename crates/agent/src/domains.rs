@@ -7,17 +7,24 @@
 //! never committed ([`MachineCloud::volumes_left_in_transit`]) is
 //! unmounted and rolled back (deleted), before any claim could meet it at its device
 //! (ec2fleetd's `clean_up_transc` was a stub). Then every domain in a task of its own, in
-//! parallel. Within a domain, in order:
-//! 1. each `attach-volume` entry: claim it ([`MachineCloud::claim_volume`]), find its kernel
-//!    device by serial (`devices`), then run its `exec` hooks that run on the event (`on`
-//!    honoured; ec2fleetd never ran a volume hook that had one), with the volume's macros;
-//! 2. each `update-route53` entry: UPSERT the machine's public or private address (the entry's
-//!    `address`) at its name, macros expanded, ending with a dot;
-//! 3. commit the domain's volumes ([`MachineCloud::commit_volume`]).
+//! parallel. Within a domain, two chains run at once, each in file order:
+//! 1. the volumes: each `attach-volume` entry claimed ([`MachineCloud::claim_volume`]), its
+//!    kernel device found by serial (`devices`), then its `exec` hooks that run on the event
+//!    (`on` honoured; ec2fleetd never ran a volume hook that had one), with the volume's macros;
+//! 2. the records: each `update-route53` entry UPSERTs the machine's public or private address
+//!    (the entry's `address`) at its name, macros expanded, ending with a dot. A record needs
+//!    nothing from the volumes, and what serves behind the name starts only after `started`,
+//!    so it does not wait for them (ec2fleetd's domain ran them after its volumes: at 100 ms
+//!    a call, this saves two round trips of a domain's init);
 //!
-//! A failed entry with `critical: false` is rolled back alone and the domain goes on; a
-//! critical one rolls back everything the domain holds, in reverse (records restored, volumes
-//! unmounted then released with [`Release::Rollback`]), and the domain fails. Other domains are
+//! then, when both succeeded, the domain's volumes are committed
+//! ([`MachineCloud::commit_volume`]).
+//!
+//! A failed entry with `critical: false` is rolled back alone (the holds of its kind its chain
+//! took for it) and the domain goes on; a critical one stops the other chain at its next entry
+//! (never inside a call, so nothing taken goes unrecorded), and once both chains have stopped,
+//! everything the domain holds is rolled back in reverse order of taking (records restored,
+//! volumes unmounted then released with [`Release::Rollback`]), and the domain fails. Other domains are
 //! not rolled back. Every rollback failure is reported in the domain's outcome.
 //!
 //! Holds: what the engine holds (claimed volumes, record holds) is written to its holds file
@@ -39,6 +46,7 @@
 use std::collections::BTreeMap;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
 
@@ -90,6 +98,22 @@ pub(crate) enum Hold {
         device: Option<PathBuf>,
     },
     Record(RecordHold),
+}
+
+/// The kind of a hold: which of a domain's two chains takes it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum HoldKind {
+    Volume,
+    Record,
+}
+
+impl HoldKind {
+    fn of(self, hold: &Hold) -> bool {
+        matches!(
+            (self, hold),
+            (HoldKind::Volume, Hold::Volume { .. }) | (HoldKind::Record, Hold::Record(_))
+        )
+    }
 }
 
 /// What the engine holds per domain, in the order it was taken; the holds file's content.
@@ -158,6 +182,10 @@ pub(crate) struct Engine {
     /// The holds file was there at start: an earlier run began an init (every init writes it
     /// before its first claim), so it may have left volumes in transit.
     earlier_run: bool,
+    /// An init has begun in this engine.
+    began: AtomicBool,
+    /// The init under way is the machine's first (see [`VolumeClaim::first_run`]).
+    first_run: AtomicBool,
 }
 
 /// Whether `config` needs the machine's cloud at init or undo.
@@ -192,7 +220,13 @@ impl Engine {
         let earlier_run = earlier.is_some();
         let holds =
             earlier.and_then(|bytes| serde_json::from_slice(&bytes).ok()).unwrap_or_default();
-        Engine { context, holds: Mutex::new(holds), earlier_run }
+        Engine {
+            context,
+            holds: Mutex::new(holds),
+            earlier_run,
+            began: AtomicBool::new(false),
+            first_run: AtomicBool::new(false),
+        }
     }
 
     /// What the engine holds now.
@@ -225,6 +259,11 @@ impl Engine {
     ) -> InitOutcome {
         let earlier = self.holds();
         let mut outcome = InitOutcome::default();
+        // The machine's first init only when no earlier run (nor an earlier init of this
+        // engine) began one, and the holds file that tells the next run so is written.
+        let first = !self.earlier_run && !self.began.swap(true, Ordering::AcqRel);
+        let first = first && self.change(|_| {}).is_ok();
+        self.first_run.store(first, Ordering::Release);
         self.sweep(config, &mut outcome).await;
         let mut tasks = Vec::new();
         for domain in &config.domains {
@@ -319,35 +358,63 @@ impl Engine {
         event: Event,
         base: &BTreeMap<String, String>,
     ) -> DomainOutcome {
-        let mut outcome = DomainOutcome { domain: domain.name.clone(), ..DomainOutcome::default() };
         // This run's holds replace the earlier run's for the domain as they are taken.
         let _ = self.change(|h| {
             h.domains.insert(domain.name.clone(), Vec::new());
         });
         let mut values = base.clone();
         values.insert("domain".to_owned(), domain.name.clone());
-        let result = async {
+        // The two chains run at once (see the module); a critical failure in one stops the
+        // other at its next entry, never in the middle of a call.
+        let failed = AtomicBool::new(false);
+        let mut volumes = DomainOutcome::default();
+        let mut records = DomainOutcome::default();
+        let volume_chain = async {
             for (index, entry) in domain.attach_volume.iter().enumerate() {
+                if failed.load(Ordering::Acquire) {
+                    break;
+                }
                 let field = format!("attach-volume[{index}]");
-                let before = self.held_count(&domain.name);
+                let before = self.held_count(&domain.name, HoldKind::Volume);
                 if let Err(error) =
-                    self.init_volume(domain, entry, event, &values, &mut outcome).await
+                    self.init_volume(domain, entry, event, &values, &mut volumes).await
                 {
-                    let how = (entry.critical, before);
-                    self.entry_failed(domain, how, &field, error, &mut outcome).await?;
+                    let how = (entry.critical, HoldKind::Volume, before);
+                    let result = self.entry_failed(domain, how, &field, error, &mut volumes).await;
+                    if result.is_err() {
+                        failed.store(true, Ordering::Release);
+                    }
+                    result?;
                 }
             }
+            Ok::<(), String>(())
+        };
+        let record_chain = async {
             for (index, record) in domain.update_route53.iter().enumerate() {
+                if failed.load(Ordering::Acquire) {
+                    break;
+                }
                 let field = format!("update-route53[{index}]");
-                let before = self.held_count(&domain.name);
+                let before = self.held_count(&domain.name, HoldKind::Record);
                 if let Err(error) = self.init_record(domain, record, &values).await {
-                    let how = (record.critical, before);
-                    self.entry_failed(domain, how, &field, error, &mut outcome).await?;
+                    let how = (record.critical, HoldKind::Record, before);
+                    let result = self.entry_failed(domain, how, &field, error, &mut records).await;
+                    if result.is_err() {
+                        failed.store(true, Ordering::Release);
+                    }
+                    result?;
                 }
             }
-            self.commit(domain).await
-        }
-        .await;
+            Ok::<(), String>(())
+        };
+        let (volume_result, record_result) = tokio::join!(volume_chain, record_chain);
+        let mut outcome = DomainOutcome { domain: domain.name.clone(), ..volumes };
+        outcome.skipped.extend(records.skipped);
+        outcome.rollback_failures.extend(records.rollback_failures);
+        let result = match (volume_result, record_result) {
+            (Ok(()), Ok(())) => self.commit(domain).await,
+            (Err(failure), _) | (Ok(()), Err(failure)) => Err(failure),
+        };
         if let Err(failure) = result {
             outcome.rollback_failures.extend(self.roll_back_domain(&domain.name).await);
             outcome.failure = Some(failure);
@@ -355,12 +422,12 @@ impl Engine {
         outcome
     }
 
-    /// A failed entry, which took the holds after the first `before`: rolled back alone when
-    /// not critical (`Ok`), else the domain fails.
+    /// A failed entry, which took the holds of its kind after the first `before`: rolled back
+    /// alone when not critical (`Ok`), else the domain fails.
     async fn entry_failed(
         &self,
         domain: &Domain,
-        (critical, before): (bool, usize),
+        (critical, kind, before): (bool, HoldKind, usize),
         field: &str,
         error: String,
         outcome: &mut DomainOutcome,
@@ -369,7 +436,7 @@ impl Engine {
             return Err(format!("{field}: {error}"));
         }
         outcome.skipped.push(format!("{field} (not critical): {error}"));
-        outcome.rollback_failures.extend(self.roll_back_after(&domain.name, before).await);
+        outcome.rollback_failures.extend(self.roll_back_after(&domain.name, kind, before).await);
         Ok(())
     }
 
@@ -386,6 +453,7 @@ impl Engine {
             domain: domain.name.clone(),
             entry: entry.clone(),
             wait: self.context.volume_wait,
+            first_run: self.first_run.load(Ordering::Acquire),
         };
         let volume = self.context.cloud.claim_volume(&claim).await.map_err(|e| e.to_string())?;
         let hold = Hold::Volume { volume: volume.clone(), device: None };
@@ -399,10 +467,13 @@ impl Engine {
         .await?;
         let found = device.clone();
         self.change(|h| {
-            if let Some(Hold::Volume { device, .. }) =
-                h.domains.entry(domain.name.clone()).or_default().last_mut()
-            {
-                *device = Some(found);
+            // This volume's hold, wherever the record chain's holds put it in the list.
+            for hold in h.domains.entry(domain.name.clone()).or_default() {
+                if let Hold::Volume { volume: held, device } = hold
+                    && held.volume_id == volume.volume_id
+                {
+                    *device = Some(found.clone());
+                }
             }
         })?;
         let mut values = values.clone();
@@ -465,19 +536,20 @@ impl Engine {
         Ok(())
     }
 
-    /// How many holds `domain` has now.
-    fn held_count(&self, domain: &str) -> usize {
-        self.lock().domains.get(domain).map_or(0, Vec::len)
+    /// How many holds of `kind` `domain` has now.
+    fn held_count(&self, domain: &str, kind: HoldKind) -> usize {
+        self.lock().domains.get(domain).map_or(0, |h| h.iter().filter(|h| kind.of(h)).count())
     }
 
-    /// Rolls back, in reverse, the holds of `domain` taken after the first `keep`: what one
-    /// failed entry took. The failures (those holds stay).
-    async fn roll_back_after(&self, domain: &str, keep: usize) -> Vec<String> {
+    /// Rolls back, in reverse, the holds of `kind` of `domain` taken after the first `keep` of
+    /// that kind: what one failed entry took (its chain takes them one entry at a time, and the
+    /// other chain takes only the other kind). The failures (those holds stay).
+    async fn roll_back_after(&self, domain: &str, kind: HoldKind, keep: usize) -> Vec<String> {
         let taken: Vec<Hold> = self
             .lock()
             .domains
             .get(domain)
-            .map(|h| h[keep.min(h.len())..].to_vec())
+            .map(|h| h.iter().filter(|h| kind.of(h)).skip(keep).cloned().collect())
             .unwrap_or_default();
         let mut failures = Vec::new();
         for hold in taken.into_iter().rev() {

@@ -13,8 +13,9 @@
 //!    is still held by a previous machine, claims pool volumes atomically, attaches, and returns
 //!    once EC2 reports the attachment `attached`. The engine then finds the device itself (by
 //!    the volume's NVMe serial, under its device root) and runs the entry's hooks.
-//! 2. [`MachineCloud::upsert_record`] for each `update-route53` entry, after the domain's
-//!    volumes.
+//! 2. [`MachineCloud::upsert_record`] for each `update-route53` entry, in order, at the same
+//!    time as the domain's claims (a record needs the machine's address, not its volumes; the
+//!    service behind the name starts only after the whole domain is up).
 //! 3. [`MachineCloud::commit_volume`] once the whole domain is up: a created volume loses its
 //!    in-transit marks and joins its pool.
 //! 4. [`MachineCloud::notify`] on events, any time after the facts are known.
@@ -24,7 +25,9 @@
 //!
 //! Re-run invariant: every call is safe to repeat after a crash. A claim finds the volume this
 //! instance already holds for the same domain, pool and device (`attach_op: false`), a created
-//! volume is found again by its transaction tag instead of being created twice, an upsert of the
+//! volume is found again by its transaction tag instead of being created twice (both lookups
+//! are skipped only on the machine's first run, [`VolumeClaim::first_run`], when the holds file
+//! proves no earlier run began), an upsert of the
 //! record already pointing here changes nothing but its hold, and releasing a volume that is no
 //! longer attached or restoring a record already restored succeeds. A crash between creating a
 //! volume and recording its hold leaves it only in the cloud: marked in transit with this
@@ -135,6 +138,11 @@ pub struct VolumeClaim {
     /// How long to wait for a fixed or pool volume still attached elsewhere, and for EC2 to
     /// report the attachment.
     pub wait: Duration,
+    /// No earlier run on this machine began an init (the engine found no holds file and has
+    /// written it before this claim): no claim of this machine can have attached a volume here
+    /// or created one in this transaction, so the claim skips the two lookups a re-run needs
+    /// and goes straight to its sources (one round trip fewer on a machine's first boot).
+    pub first_run: bool,
 }
 
 /// A volume attached to this instance by a claim.

@@ -78,7 +78,7 @@ impl Stack {
     }
 
     fn claim(&self, machine: MachineFacts, entry: AttachVolume, wait: Duration) -> VolumeClaim {
-        VolumeClaim { machine, domain: self.domain.clone(), entry, wait }
+        VolumeClaim { machine, domain: self.domain.clone(), entry, wait, first_run: false }
     }
 
     fn ec2(&self) -> aws_sdk_ec2::Client {
@@ -446,6 +446,60 @@ async fn a_created_volume_is_found_again_by_its_transaction_and_a_rollback_delet
     wait_device(root, &created.volume_id, false).await;
     // And rolling back again succeeds.
     stack.cloud.release_volume(&request.machine, &again, Release::Rollback).await.unwrap();
+    stack.terminate(&[instance]).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_first_run_claim_asks_no_lookup_and_takes_a_fixed_volume_found_at_its_device() {
+    let stack = Stack::new("mcfirst").await;
+    // Instant attachments: each wait then takes exactly one DescribeVolumes.
+    stack
+        .scope
+        .set_volume_timing(VolumeTiming {
+            attach: Duration::ZERO,
+            detach: Duration::ZERO,
+            release_after_terminate: RELEASE_AFTER_TERMINATE,
+        })
+        .await
+        .unwrap();
+    let machines = stack.launch(1).await;
+    let (instance, _) = &machines[0];
+    let describes = || async { stack.scope.counts().await.unwrap().get("ec2", "DescribeVolumes") };
+
+    // A re-run's claim asks both lookups (one DescribeVolumes each) before it creates, then
+    // waits for `available` and `attached` (one each): four.
+    let mut rerun = stack.claim(
+        facts(instance, "t-first"),
+        entry("/dev/sdh", &[VolumeSource::Create]),
+        Duration::from_secs(10),
+    );
+    stack.scope.reset_counts().await.unwrap();
+    let created = stack.cloud.claim_volume(&rerun).await.unwrap();
+    assert!(created.created_now && created.attached_now, "{created:?}");
+    assert_eq!(describes().await, 4);
+
+    // A first run's claim goes straight to CreateVolume: the two waits only.
+    let mut first = rerun.clone();
+    first.entry.device = "/dev/sdi".to_owned();
+    first.first_run = true;
+    stack.scope.reset_counts().await.unwrap();
+    let second = stack.cloud.claim_volume(&first).await.unwrap();
+    assert!(second.created_now && second.attached_now && second.volume_id != created.volume_id);
+    assert_eq!(describes().await, 2);
+    assert_eq!(stack.scope.counts().await.unwrap().get("ec2", "CreateVolume"), 1);
+
+    // A fixed volume something else attached at the entry's device: a first run, which never
+    // looked for it, takes it as it is instead of failing to attach it again.
+    rerun.entry = entry("/dev/sdh", &[VolumeSource::Fixed]);
+    rerun.entry.volume_id = Some(created.volume_id.clone());
+    rerun.first_run = true;
+    let found = stack.cloud.claim_volume(&rerun).await.unwrap();
+    assert_eq!((found.volume_id.as_str(), found.attached_now), (created.volume_id.as_str(), false));
+    assert_eq!(found.source, VolumeSource::Fixed);
+
+    for volume in [&created, &second] {
+        stack.cloud.release_volume(&rerun.machine, volume, Release::Rollback).await.unwrap();
+    }
     stack.terminate(&[instance]).await;
 }
 

@@ -17,8 +17,13 @@ struct TestCloud {
     failing: Mutex<Vec<String>>,
     /// When set, every claim waits here: a claim passes only once this many are waiting.
     rendezvous: Option<Arc<tokio::sync::Barrier>>,
+    /// When set, every claim waits (5 s at most) until a record was upserted.
+    claims_wait_for_upsert: bool,
+    upserted: tokio::sync::Notify,
     /// What [`MachineCloud::volumes_left_in_transit`] answers.
     left_in_transit: Vec<ClaimedVolume>,
+    /// Each claim's [`VolumeClaim::first_run`], in order.
+    first_runs: Mutex<Vec<bool>>,
 }
 
 impl TestCloud {
@@ -61,7 +66,18 @@ impl MachineCloud for TestCloud {
                     },
                 )?;
             }
+            if self.claims_wait_for_upsert {
+                tokio::time::timeout(Duration::from_secs(5), self.upserted.notified())
+                    .await
+                    .map_err(|_| CloudError {
+                        operation: "claim".to_owned(),
+                        code: None,
+                        message: "no record was upserted while the volume was claimed".to_owned(),
+                        retryable: false,
+                    })?;
+            }
             let id = format!("vol-{}{}", claim.domain, &claim.entry.device[5..]);
+            self.first_runs.lock().unwrap().push(claim.first_run);
             self.record(format!("claim {id}"))?;
             // The emulator's device: `<root>/dev/nvme<N>n1` and its by-id link.
             let number = self.calls.lock().unwrap().len();
@@ -106,6 +122,7 @@ impl MachineCloud for TestCloud {
     fn upsert_record<'a>(&'a self, change: &'a RecordChange) -> CloudFuture<'a, RecordHold> {
         Box::pin(async move {
             self.record(format!("upsert {} {}", change.name, change.address))?;
+            self.upserted.notify_one();
             Ok(RecordHold { change: change.clone(), previous: None })
         })
     }
@@ -204,8 +221,13 @@ async fn domains_initialise_in_parallel() {
     assert_eq!(calls, ["claim vol-asdf", "claim vol-bsdg", "commit vol-asdf", "commit vol-bsdg"]);
 }
 
+/// The calls of `calls` that start with one of `prefixes`, in order.
+fn only(calls: &[String], prefixes: &[&str]) -> Vec<String> {
+    calls.iter().filter(|c| prefixes.iter().any(|p| c.starts_with(p))).cloned().collect()
+}
+
 #[tokio::test]
-async fn a_non_critical_entry_rolls_back_alone_and_a_critical_one_the_whole_domain_in_reverse() {
+async fn a_non_critical_entry_rolls_back_alone_and_the_domain_goes_on() {
     let dir = tempfile::tempdir().unwrap();
     let cloud = Arc::new(TestCloud::new(&dir.path().join("root")));
     cloud.fail("upsert b.example.com. 203.0.113.7");
@@ -222,6 +244,65 @@ async fn a_non_critical_entry_rolls_back_alone_and_a_critical_one_the_whole_doma
                     ],
                     'update-route53': [
                         {hostedzone: 'Z', name: 'a.example.com', ttl: 60},
+                        {hostedzone: 'Z', name: 'b.example.com', ttl: 60, critical: false},
+                        {hostedzone: 'Z', name: 'c.example.com', ttl: 60},
+                    ]}}}",
+            ),
+            Event::Starting,
+            &base(),
+        )
+        .await;
+    let calls = cloud.calls();
+    // Each chain in file order; the failed volume, its hook failed and not critical, is
+    // released alone and its chain goes on; the failed record held nothing to restore.
+    assert_eq!(
+        only(&calls, &["claim", "release"]),
+        ["claim vol-dsdf", "claim vol-dsdg", "release vol-dsdg Rollback", "claim vol-dsdh"],
+        "{calls:?}"
+    );
+    assert_eq!(
+        only(&calls, &["upsert", "restore"]),
+        [
+            "upsert a.example.com. 203.0.113.7",
+            "upsert b.example.com. 203.0.113.7",
+            "upsert c.example.com. 203.0.113.7"
+        ],
+        "{calls:?}"
+    );
+    // The commit comes after both chains.
+    assert_eq!(calls[calls.len() - 2..], ["commit vol-dsdf", "commit vol-dsdh"], "{calls:?}");
+    let domain = &outcome.domains[0];
+    assert!(domain.failure.is_none(), "{domain:?}");
+    assert_eq!(domain.skipped.len(), 2, "{domain:?}");
+    assert!(domain.skipped[0].contains("attach-volume[1] (not critical)"), "{domain:?}");
+    assert!(domain.skipped[1].contains("update-route53[1] (not critical)"), "{domain:?}");
+    assert!(domain.rollback_failures.is_empty());
+    let holds = persisted(dir.path());
+    let held: Vec<String> = holds.domains["d"].iter().map(describe).collect();
+    assert_eq!(held.len(), 4, "{held:?}");
+    for kept in ["volume vol-dsdf", "volume vol-dsdh", "record a.example.com.", "record c.example."]
+    {
+        assert!(held.iter().any(|h| h.starts_with(kept)), "{kept} not in {held:?}");
+    }
+}
+
+#[tokio::test]
+async fn a_critical_failure_stops_the_other_chain_and_rolls_the_domain_back_in_reverse() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = Arc::new(TestCloud::new(&dir.path().join("root")));
+    cloud.fail("upsert b.example.com. 203.0.113.7");
+    let engine = engine(cloud.clone(), dir.path());
+    let outcome = engine
+        .init(
+            &config(
+                "{domains: {d: {
+                    'attach-volume': [
+                        {device: '/dev/sdf', source: 'x', 'volume-id': 'vol-00000001',
+                         exec: [{lines: [{argv: ['true']}]}]},
+                        {device: '/dev/sdg', source: 'x', 'volume-id': 'vol-00000002'},
+                    ],
+                    'update-route53': [
+                        {hostedzone: 'Z', name: 'a.example.com', ttl: 60},
                         {hostedzone: 'Z', name: 'b.example.com', ttl: 60},
                     ]}}}",
             ),
@@ -229,19 +310,16 @@ async fn a_non_critical_entry_rolls_back_alone_and_a_critical_one_the_whole_doma
             &base(),
         )
         .await;
+    // The first volume's hook runs while the records are upserted; the critical record fails
+    // meanwhile, so the volume chain stops after that hook, before its next claim. Then
+    // everything the domain holds, in reverse order of taking.
     assert_eq!(
         cloud.calls(),
         [
             "claim vol-dsdf",
-            "claim vol-dsdg",
-            // Its hook failed and it is not critical: released alone, the domain goes on.
-            "release vol-dsdg Rollback",
-            "claim vol-dsdh",
             "upsert a.example.com. 203.0.113.7",
             "upsert b.example.com. 203.0.113.7",
-            // The critical record failed: everything the domain holds, in reverse.
             "restore a.example.com.",
-            "release vol-dsdh Rollback",
             "release vol-dsdf Rollback",
         ]
     );
@@ -250,10 +328,36 @@ async fn a_non_critical_entry_rolls_back_alone_and_a_critical_one_the_whole_doma
         domain.failure.as_deref().is_some_and(|f| f.starts_with("update-route53[1]: upsert b.")),
         "{domain:?}"
     );
-    assert_eq!(domain.skipped.len(), 1, "{domain:?}");
-    assert!(domain.skipped[0].contains("attach-volume[1] (not critical)"), "{domain:?}");
+    assert_eq!(domain.hooks.len(), 1, "the hook that was running finished: {domain:?}");
     assert!(domain.rollback_failures.is_empty());
     assert!(persisted(dir.path()).is_empty());
+}
+
+#[tokio::test]
+async fn a_domain_upserts_its_records_without_waiting_for_its_volumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = TestCloud::new(&dir.path().join("root"));
+    cloud.claims_wait_for_upsert = true;
+    let cloud = Arc::new(cloud);
+    let engine = engine(cloud.clone(), dir.path());
+    let outcome = engine
+        .init(
+            &config(
+                "{domains: {d: {
+                    'attach-volume': [{device: '/dev/sdf', source: 'x', 'volume-id': 'vol-00000001'}],
+                    'update-route53': [{hostedzone: 'Z', name: 'a.example.com', ttl: 60}]}}}",
+            ),
+            Event::Starting,
+            &base(),
+        )
+        .await;
+    // The claim passes only once a record was upserted: the domain would fail here if its
+    // records waited for its volumes.
+    assert!(!outcome.failed(), "{outcome:?}");
+    assert_eq!(
+        cloud.calls(),
+        ["upsert a.example.com. 203.0.113.7", "claim vol-dsdf", "commit vol-dsdf"]
+    );
 }
 
 #[tokio::test]
@@ -370,6 +474,33 @@ async fn a_restarted_engine_releases_what_an_earlier_run_claimed() {
         ["restore n-2.example.com.", "release vol-dsdg Keep", "release vol-dsdf Keep"]
     );
     assert!(persisted(dir.path()).domains.is_empty());
+}
+
+#[tokio::test]
+async fn only_the_machines_first_init_skips_the_lookups_of_a_re_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("root");
+    let config = config(
+        "{domains: {d: {'attach-volume': [{device: '/dev/sdf', source: 'pc', 'pool-name': 'p', create: {Size: 1}}]}}}",
+    );
+    let cloud = Arc::new(TestCloud::new(&root));
+    let first = engine(cloud.clone(), dir.path());
+    assert!(!first.init(&config, Event::Starting, &base()).await.failed());
+    // The same engine again (its claims are held now), then a restarted one (the holds file
+    // is there): both re-runs.
+    assert!(!first.init(&config, Event::Starting, &base()).await.failed());
+    assert!(
+        !engine(cloud.clone(), dir.path()).init(&config, Event::Starting, &base()).await.failed()
+    );
+    assert_eq!(*cloud.first_runs.lock().unwrap(), [true, false, false]);
+
+    // A holds file that cannot be written: the next run could not know, so no first run.
+    let unwritable = tempfile::tempdir().unwrap();
+    let cloud = Arc::new(TestCloud::new(&root));
+    let engine = engine(cloud.clone(), unwritable.path());
+    fs_err::create_dir(unwritable.path().join(HOLDS_FILE)).unwrap();
+    let _ = engine.init(&config, Event::Starting, &base()).await;
+    assert_eq!(*cloud.first_runs.lock().unwrap(), [false]);
 }
 
 #[tokio::test]

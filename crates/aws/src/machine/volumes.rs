@@ -121,15 +121,17 @@ pub(crate) async fn claim(
 ) -> Result<ClaimedVolume, CloudError> {
     let machine = &claim.machine;
     // The two lookups of a re-run are independent reads: under API latency, asking both at
-    // once takes one round trip instead of two.
-    let (here, mut created_earlier) =
-        if claim.entry.source.contains(&VolumeSource::Create) && claim.entry.create.is_some() {
-            let (here, created) =
-                tokio::join!(already_here(cloud, claim), created_by_transaction(cloud, claim));
-            (here, Some(created))
-        } else {
-            (already_here(cloud, claim).await, None)
-        };
+    // once takes one round trip instead of two. On the machine's first run neither can find
+    // anything (see `VolumeClaim::first_run`), and none is asked.
+    let (here, mut created_earlier) = if claim.first_run {
+        (Ok(None), Some(Ok(Vec::new())))
+    } else if claim.entry.source.contains(&VolumeSource::Create) && claim.entry.create.is_some() {
+        let (here, created) =
+            tokio::join!(already_here(cloud, claim), created_by_transaction(cloud, claim));
+        (here, Some(created))
+    } else {
+        (already_here(cloud, claim).await, None)
+    };
     if let Some(found) = here? {
         return Ok(found);
     }
@@ -237,9 +239,21 @@ async fn fixed(cloud: &AwsMachineCloud, claim: &VolumeClaim) -> Result<ClaimedVo
                 }
             }
             Some(other) if other == machine.instance_id => {
-                return Err(Miss::Nothing(format!(
-                    "volume {id} is attached to this instance at another device"
-                )));
+                // At the entry's device, attached by something other than this machine's
+                // engine (a first run skips the lookup that would have found it first): it is
+                // this claim's once attached.
+                let here = attachment_of(&volume, &machine.instance_id);
+                if here.and_then(|a| a.device()) != Some(claim.entry.device.as_str()) {
+                    return Err(Miss::Nothing(format!(
+                        "volume {id} is attached to this instance at another device"
+                    )));
+                }
+                match wait_attached(cloud, claim, id).await? {
+                    Attached::Won => {
+                        return Ok(claimed(claim, id, VolumeSource::Fixed, false, false));
+                    }
+                    Attached::Lost(_) => {}
+                }
             }
             _ => {}
         }
