@@ -248,6 +248,11 @@ impl Engine {
         })
     }
 
+    /// The machine's region.
+    pub(crate) fn region(&self) -> &str {
+        &self.context.facts.region
+    }
+
     /// Brings every domain of `config` up (see the module), running volume hooks on `event`
     /// with `base` macro values. Holds of an earlier run that this init did not claim again are
     /// released afterwards.

@@ -373,9 +373,18 @@ impl Fleetd {
         fleetd.undo().await
     }
 
-    /// `starting` hooks, then the domains and the hostname.
+    /// `starting` hooks (the cloud made ready meanwhile), then the domains and the hostname.
     async fn start(&self) -> Result<(), Vec<String>> {
-        if !self.event(Event::Starting, &[]).await {
+        let prepare = async {
+            if let Some(cloud) = &self.cloud
+                && self.options.enable_init
+                && crate::domains::needs_cloud_init(&self.config)
+            {
+                cloud.prepare(&self.region).await;
+            }
+        };
+        let (hooks_ok, ()) = tokio::join!(self.event(Event::Starting, &[]), prepare);
+        if !hooks_ok {
             return Err(vec!["a `starting` hook failed".to_owned()]);
         }
         if !self.options.enable_init {

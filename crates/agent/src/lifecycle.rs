@@ -352,7 +352,18 @@ impl LifecycleTask {
             for (name, value) in metadata.into_iter().chain(values) {
                 base.insert(name.to_owned(), value);
             }
-            self.run_hooks(&lifecycle.config, event, &base).await;
+            // At `starting`, the engine (the machine's facts from IMDS) and the cloud's
+            // clients are made while the hooks run: neither sends a change anywhere.
+            let ready = async {
+                if event == Event::Starting
+                    && let Some(cloud) = &self.context.machine.cloud
+                    && crate::domains::needs_cloud_init(&lifecycle.config)
+                    && let Ok(engine) = self.engine(cloud, &lifecycle).await
+                {
+                    cloud.prepare(engine.region()).await;
+                }
+            };
+            tokio::join!(self.run_hooks(&lifecycle.config, event, &base), ready);
             if event == Event::Starting
                 && let Err(errors) = self.bring_up(&lifecycle, &base).await
             {

@@ -5,6 +5,8 @@
 //! none, and a config that needs one is refused before anything runs.
 //!
 //! Call order, per machine (the lifecycle engine keeps it):
+//! - [`MachineCloud::prepare`] while the `starting` hooks run, before anything else: no
+//!   request, only what the first request would otherwise make on its way.
 //! 0. [`MachineCloud::volumes_left_in_transit`] once at init, beside the claims, when the
 //!    config creates volumes (`c`): what a crashed run of this machine created and never
 //!    committed, which the engine unmounts and releases with [`Release::Rollback`] (deleted).
@@ -103,6 +105,15 @@ pub trait MachineCloud: Send + Sync + fmt::Debug {
         region: &'a str,
         instance_id: &'a str,
     ) -> CloudFuture<'a, Vec<AttachedVolume>>;
+
+    /// Makes ready, in `region`, what the first volume or record call would otherwise make
+    /// on its way (the SDK's configuration, the region's clients, the TLS roots), so that the
+    /// chain of round trips after the `starting` hooks does not wait for it: the engine's
+    /// callers run it while those hooks run. Sends no request; nothing by default.
+    fn prepare<'a>(&'a self, region: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        let _ = region;
+        Box::pin(std::future::ready(()))
+    }
 }
 
 /// A volume attached to an instance, as its block device mapping names it.
@@ -343,6 +354,10 @@ impl MachineCloud for LoggedCloud {
         instance_id: &'a str,
     ) -> CloudFuture<'a, Vec<AttachedVolume>> {
         self.inner.attached_volumes(region, instance_id)
+    }
+
+    fn prepare<'a>(&'a self, region: &'a str) -> Pin<Box<dyn Future<Output = ()> + Send + 'a>> {
+        self.inner.prepare(region)
     }
 }
 

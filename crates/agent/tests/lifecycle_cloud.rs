@@ -136,21 +136,42 @@ impl MachineCloud for RecordingCloud {
             Ok(Vec::new())
         })
     }
+
+    fn prepare<'a>(
+        &'a self,
+        region: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        Box::pin(async move {
+            self.record(format!("prepare {region}"));
+            // The `starting` hook waits for this file: it shows the cloud was made ready
+            // while the hooks ran, not after them.
+            fs_err::create_dir_all(&self.root).expect("the machine's root");
+            fs_err::write(self.root.join("prepared"), "").expect("the prepared marker");
+        })
+    }
 }
 
-/// A lifecycle with a volume (whose hook writes a file), a record, a notification on `started`
-/// and a `failed` hook that writes the error.
-fn lifecycle(out: &Path) -> ManifestLifecycle {
+/// A lifecycle with a volume (whose hook writes a file), a record, a notification on `started`,
+/// a `failed` hook that writes the error and a `starting` hook that waits (up to 10 s) for the
+/// cloud's `prepare` to have run.
+fn lifecycle(out: &Path, root: &Path) -> ManifestLifecycle {
     let text = format!(
         "{{domains: {{data: {{
             'attach-volume': [{{device: '/dev/sdf', source: 'x', 'volume-id': 'vol-0123abcd',
                 exec: [{{lines: [{{argv: ['sh', '-c', 'echo volume {{volume_id}} {{attached_device}} > {out}/volume']}}]}}]}}],
             'update-route53': [{{hostedzone: 'Z1', name: '{{name}}.example.com', ttl: 60}}],
-            exec: [{{on: ['failed'], lines: [{{argv: ['sh', '-c', 'echo \"{{error}}\" > {out}/failed']}}]}}],
+            exec: [{{on: ['failed'], lines: [{{argv: ['sh', '-c', 'echo \"{{error}}\" > {out}/failed']}}]}},
+                {{on: ['starting'], lines: [{{argv: ['sh', '-c', '{wait_prepared}']}}]}}],
             notify: [{{backend: 'aws-sqs', options: {{'queue-url': 'https://sqs.local/q'}},
                 envelope: {{subject: '{{name}} {{daemon_state}}', body: '{{all_json}}'}}}}],
         }}}}}}",
-        out = out.display()
+        out = out.display(),
+        wait_prepared = format!(
+            "i=0; while [ ! -e {root}/prepared ] && [ $i -lt 500 ]; do sleep 0.02; i=$((i+1)); done; \
+             test -e {root}/prepared && touch {out}/saw-prepared",
+            root = root.display(),
+            out = out.display()
+        ),
     );
     let config = parse_fleetd_config(&text, Path::new("c.json5")).expect("a valid config").config;
     ManifestLifecycle { config, name: "node-0".to_owned(), instance_index: 0 }
@@ -197,7 +218,7 @@ impl Machine {
             marker.display()
         );
         let mut manifest = self.deployment.publish(&Version::script(&script));
-        manifest.lifecycle = Some(lifecycle(&self.out));
+        manifest.lifecycle = Some(lifecycle(&self.out, &self.root));
         manifest
     }
 }
@@ -220,10 +241,13 @@ async fn volumes_and_records_come_up_before_the_binary_and_are_undone_after_it_s
         machine.cloud.calls().contains(&"notify node-0 started".to_owned())
     })
     .await;
+    // The `starting` hook saw the cloud made ready while it ran.
+    assert!(machine.out.join("saw-prepared").exists());
     let calls = machine.cloud.calls();
     assert_eq!(
-        calls[..3],
+        calls[..4],
         [
+            "prepare local".to_owned(),
             "claim vol-0123abcd for local-node-0 in locala".to_owned(),
             "upsert node-0.example.com. 127.200.10.1".to_owned(),
             "commit vol-0123abcd".to_owned(),

@@ -184,6 +184,17 @@ impl MachineCloud for AwsMachineCloud {
     ) -> CloudFuture<'a, Vec<AttachedVolume>> {
         Box::pin(volumes::attached(self, region, instance_id))
     }
+
+    fn prepare<'a>(
+        &'a self,
+        region: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        // The region's EC2 client (Route 53's is made with the cloud); each loads its TLS
+        // roots as it is built.
+        Box::pin(async move {
+            let _ = self.ec2(region);
+        })
+    }
 }
 
 /// [`AwsMachineCloud`] made on its first call, with the SDK's own configuration (and the
@@ -262,6 +273,15 @@ impl MachineCloud for LazyAwsMachineCloud {
         instance_id: &'a str,
     ) -> CloudFuture<'a, Vec<AttachedVolume>> {
         Box::pin(async move { self.cloud().await.attached_volumes(region, instance_id).await })
+    }
+
+    fn prepare<'a>(
+        &'a self,
+        region: &'a str,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send + 'a>> {
+        // The SDK's configuration (its credential chain is still asked lazily, by the first
+        // request) and the clients.
+        Box::pin(async move { self.cloud().await.prepare(region).await })
     }
 }
 
