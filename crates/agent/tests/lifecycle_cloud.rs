@@ -155,6 +155,12 @@ impl MachineCloud for RecordingCloud {
 /// a `failed` hook that writes the error and a `starting` hook that waits (up to 10 s) for the
 /// cloud's `prepare` to have run.
 fn lifecycle(out: &Path, root: &Path) -> ManifestLifecycle {
+    let wait_prepared = format!(
+        "i=0; while [ ! -e {root}/prepared ] && [ $i -lt 500 ]; do sleep 0.02; i=$((i+1)); done; \
+         test -e {root}/prepared && touch {out}/saw-prepared",
+        root = root.display(),
+        out = out.display()
+    );
     let text = format!(
         "{{domains: {{data: {{
             'attach-volume': [{{device: '/dev/sdf', source: 'x', 'volume-id': 'vol-0123abcd',
@@ -166,12 +172,6 @@ fn lifecycle(out: &Path, root: &Path) -> ManifestLifecycle {
                 envelope: {{subject: '{{name}} {{daemon_state}}', body: '{{all_json}}'}}}}],
         }}}}}}",
         out = out.display(),
-        wait_prepared = format!(
-            "i=0; while [ ! -e {root}/prepared ] && [ $i -lt 500 ]; do sleep 0.02; i=$((i+1)); done; \
-             test -e {root}/prepared && touch {out}/saw-prepared",
-            root = root.display(),
-            out = out.display()
-        ),
     );
     let config = parse_fleetd_config(&text, Path::new("c.json5")).expect("a valid config").config;
     ManifestLifecycle { config, name: "node-0".to_owned(), instance_index: 0 }
