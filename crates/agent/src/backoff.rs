@@ -7,9 +7,15 @@
 //!   arithmetic saturates: a backoff too long to compute is the longest `Duration` (the agent
 //!   refuses manifests with backoffs over `flotilla_spec::fleet::MAX_RESTART_BACKOFF`, but a
 //!   version installed before that rule must not make the supervisor panic).
-//! - Waiting for the identity bundle: polls after 100 ms, doubling to at most 500 ms (a GET
-//!   of a small object: cheap, and the binary starts sooner), until the
-//!   bootstrap's `identity_timeout`.
+//! - Waiting for the identity bundle: the n-th poll comes 100 ms × 2^(n-1) after the one
+//!   before, capped at 500 ms (a GET of a small object: cheap, and the binary starts sooner)
+//!   while the agent has waited less than [`IDENTITY_PATIENT_AFTER`] (30 s), and at 2 s after
+//!   that, times a random factor in 0.8..=1.2, until the bootstrap's `identity_timeout`. A
+//!   large fleet's first machines wait for the last one's launch, and every bundle of a
+//!   deployment lives under one S3 prefix, which takes 5,500 GETs a second: 1,000 machines
+//!   polling twice a second would use over a third of it, at 2 s they use a tenth, for at
+//!   most 2 s more of a wait already over 30 s. The jitter keeps machines booted in the same
+//!   second from polling in step.
 //! - Waiting for apt's locks (boot packages): while another apt or dpkg holds the dpkg lock
 //!   (cloud-init and unattended-upgrades do on a fresh machine, as the commonware deployer
 //!   learned), `apt-get` is tried again after 1 s, doubling to at most 10 s, times a random
@@ -37,8 +43,14 @@ pub(crate) const CRASH_LOOP_EXITS: u32 = 3;
 
 /// First wait between two polls for the identity bundle.
 pub(crate) const IDENTITY_POLL_INITIAL: Duration = Duration::from_millis(100);
-/// Longest wait between two polls for the identity bundle.
+/// Longest wait between two polls for the identity bundle, during the first
+/// [`IDENTITY_PATIENT_AFTER`] of the wait.
 pub(crate) const IDENTITY_POLL_MAX: Duration = Duration::from_millis(500);
+/// How long the agent polls for its identity bundle at the short cap.
+pub(crate) const IDENTITY_PATIENT_AFTER: Duration = Duration::from_secs(30);
+/// Longest wait between two polls for the identity bundle once the agent has waited
+/// [`IDENTITY_PATIENT_AFTER`].
+pub(crate) const IDENTITY_POLL_PATIENT_MAX: Duration = Duration::from_secs(2);
 
 /// The first wait before trying apt again while its lock is held, as a fraction of the whole
 /// wait: 1 s of 5 minutes.
@@ -128,9 +140,16 @@ pub(crate) fn restart_jitter() -> f64 {
     rand::rng().random_range(0.8..=1.2)
 }
 
-/// The wait after `previous` between two polls for the identity bundle.
-pub(crate) fn next_identity_poll(previous: Duration) -> Duration {
-    previous.saturating_mul(2).min(IDENTITY_POLL_MAX)
+/// The wait before the `attempt`-th poll for the identity bundle after the first (1 for the
+/// second poll), the agent having `waited` since it began, with `jitter` the random factor
+/// (clamped to 0.8..=1.2; NaN counts as 1).
+pub(crate) fn identity_poll_delay(attempt: u32, waited: Duration, jitter: f64) -> Duration {
+    let max =
+        if waited < IDENTITY_PATIENT_AFTER { IDENTITY_POLL_MAX } else { IDENTITY_POLL_PATIENT_MAX };
+    let doublings = attempt.saturating_sub(1).min(16);
+    let uncapped = IDENTITY_POLL_INITIAL.saturating_mul(2u32.saturating_pow(doublings));
+    let jitter = if jitter.is_nan() { 1.0 } else { jitter.clamp(0.8, 1.2) };
+    scale(uncapped.min(max), jitter)
 }
 
 #[cfg(test)]
@@ -214,14 +233,22 @@ mod tests {
     }
 
     #[test]
-    fn identity_polls_back_off_to_half_a_second() {
-        let mut delay = IDENTITY_POLL_INITIAL;
-        let mut seen = vec![delay];
-        for _ in 0..6 {
-            delay = next_identity_poll(delay);
-            seen.push(delay);
-        }
-        assert_eq!(seen, [100, 200, 400, 500, 500, 500, 500].map(Duration::from_millis));
+    fn identity_polls_back_off_to_half_a_second_then_to_two_after_half_a_minute() {
+        let early = Duration::from_secs(3);
+        let seen: Vec<_> =
+            (1..=7).map(|n| identity_poll_delay(n, early, 1.0).as_millis()).collect();
+        assert_eq!(seen, [100, 200, 400, 500, 500, 500, 500]);
+        let just_before = IDENTITY_PATIENT_AFTER - Duration::from_millis(1);
+        assert_eq!(identity_poll_delay(9, just_before, 1.0), Duration::from_millis(500));
+        let late: Vec<_> = (1..=7)
+            .map(|n| identity_poll_delay(n, IDENTITY_PATIENT_AFTER, 1.0).as_millis())
+            .collect();
+        assert_eq!(late, [100, 200, 400, 800, 1600, 2000, 2000]);
+        // The jitter, clamped; NaN counts as 1; a huge attempt saturates at the cap.
+        assert_eq!(identity_poll_delay(1, early, 1.2), Duration::from_millis(120));
+        assert_eq!(identity_poll_delay(9, early, 0.5), Duration::from_millis(400));
+        assert_eq!(identity_poll_delay(9, early, f64::NAN), Duration::from_millis(500));
+        assert_eq!(identity_poll_delay(u32::MAX, Duration::MAX, 1.2), Duration::from_millis(2400));
     }
 
     #[test]

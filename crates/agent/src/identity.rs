@@ -6,7 +6,7 @@ use flotilla_spec::bootstrap::AgentBootstrap;
 use flotilla_spec::identity::IdentityBundle;
 use tokio::time::Instant;
 
-use crate::backoff::{IDENTITY_POLL_INITIAL, next_identity_poll};
+use crate::backoff::{identity_poll_delay, restart_jitter};
 use crate::deadline;
 use crate::error::AgentError;
 use crate::fetch::Fetchers;
@@ -20,8 +20,9 @@ pub(crate) async fn wait_for_identity(
     fetchers: &Fetchers,
 ) -> Result<IdentityBundle, AgentError> {
     let location = bootstrap.identity.as_str();
+    let began = Instant::now();
     let deadline = deadline::from_now(bootstrap.identity_timeout);
-    let mut delay = IDENTITY_POLL_INITIAL;
+    let mut attempt = 0;
     let mut logged_wait = false;
     loop {
         let last_error = match fetchers.fetch_bytes(location, MAX_IDENTITY_BYTES).await {
@@ -56,8 +57,9 @@ pub(crate) async fn wait_for_identity(
             tracing::info!("waiting for the identity bundle at {location}: {last_error}");
             logged_wait = true;
         }
+        attempt += 1;
+        let delay = identity_poll_delay(attempt, now - began, restart_jitter());
         tokio::time::sleep(delay.min(deadline.saturating_duration_since(now))).await;
-        delay = next_identity_poll(delay);
     }
 }
 
