@@ -264,8 +264,8 @@ fn a_spot_fleet_grows_shrinks_and_heals_two_reclaims_without_restarting_the_othe
     runtime().block_on(emulator.reclaim_spot(&old, Some(Duration::from_millis(500)))).unwrap();
     wait_replaced(&mut watch, &reclaimed);
     // Each replaced once. Both are usually seen in one round and journaled; when the second
-    // is noticed a moment after the round looked, the first one's converge launches it and it
-    // is reported replaced without a journal entry of its own.
+    // is noticed a moment after the round looked, the first one's launch beside (or its
+    // converge) launches it and it is reported replaced without a journal entry of its own.
     for name in reclaimed {
         assert_eq!(watch.count(name, "what", "replaced"), 1, "{:#?}", watch.seen);
         assert!(watch.count(name, "outcome", "journaled") <= 1, "{:#?}", watch.seen);

@@ -32,8 +32,8 @@
 //!    launched anew through the capacity policy with new identities, new machines started,
 //!    and the other machines get the new hosts.yaml as their `on_hosts_change` says; last the
 //!    machines at risk are drained and retired. Then the journal entry is cleared and the
-//!    replacement counted. A name the converge launched anew beyond the jobs (found gone
-//!    after the round looked) is reported replaced and counted too. The
+//!    replacement counted. A name launched anew beyond the jobs (found gone after the round
+//!    looked, by the launch beside or by the converge) is reported replaced and counted too. The
 //!    spec is checked against the account once, at watch's start, not per replacement.
 //!
 //! 5. the deployment's dedicated host pools are tended ([`Provider::tend_host_pools`]): each
@@ -647,6 +647,12 @@ async fn replace<P: Provider>(
     let names: Vec<String> = jobs.iter().map(|job| job.name.clone()).collect();
     let outcome: Result<(), CoreError> = async {
         let plan = resolve_once(watcher, resolved).await?;
+        // Every launch of this replacement comes after this listing: `launch_beside` and
+        // `converge` both launch, under its name, a machine found gone after this round looked
+        // (two machines reclaimed at once, the second noticed a moment later), and what they
+        // launch beyond the jobs is reported as replaced too, and counted.
+        let before: BTreeMap<String, String> =
+            provider.machines().await?.into_iter().map(|m| (m.name, m.id)).collect();
         let at_risk: Vec<Machine> =
             jobs.iter().filter(|job| job.beside).filter_map(|job| job.old.clone()).collect();
         let mut serving_old: Vec<Machine> = Vec::new();
@@ -698,11 +704,6 @@ async fn replace<P: Provider>(
             .filter_map(|job| job.drain_by)
             .min()
             .map(|by| Instant::now() + Duration::from_secs(by.saturating_sub(unix_now())));
-        // Converging launches every name without a running machine, also one found gone after
-        // this round looked (two machines reclaimed at once, the second noticed a moment later):
-        // what it launches beyond the jobs is reported as replaced too, and counted.
-        let before: BTreeMap<String, String> =
-            provider.machines().await?.into_iter().map(|m| (m.name, m.id)).collect();
         let converging = converge(deployment, provider_kind, &update, progress, provider);
         tokio::pin!(converging);
         let mut drained_early: Vec<Machine> = Vec::new();
