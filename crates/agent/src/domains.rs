@@ -418,7 +418,9 @@ impl Engine {
         outcome.rollback_failures.extend(records.rollback_failures);
         let result = match (volume_result, record_result) {
             (Ok(()), Ok(())) => self.commit(domain).await,
-            (Err(failure), _) | (Ok(()), Err(failure)) => Err(failure),
+            // Both in flight when they failed: neither failure is dropped.
+            (Err(volume), Err(record)) => Err(format!("{volume}; {record}")),
+            (Err(failure), Ok(())) | (Ok(()), Err(failure)) => Err(failure),
         };
         if let Err(failure) = result {
             outcome.rollback_failures.extend(self.roll_back_domain(&domain.name).await);

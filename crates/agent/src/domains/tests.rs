@@ -334,6 +334,40 @@ async fn a_critical_failure_stops_the_other_chain_and_rolls_the_domain_back_in_r
 }
 
 #[tokio::test]
+async fn two_chains_failing_at_once_report_both_failures() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cloud = TestCloud::new(&dir.path().join("root"));
+    // The claim waits for the first upsert; the second upsert fails while the claim is in
+    // flight, then the claim fails too.
+    cloud.claims_wait_for_upsert = true;
+    let cloud = Arc::new(cloud);
+    cloud.fail("claim vol-dsdf");
+    cloud.fail("upsert b.example.com. 203.0.113.7");
+    let engine = engine(cloud.clone(), dir.path());
+    let outcome = engine
+        .init(
+            &config(
+                "{domains: {d: {
+                    'attach-volume': [{device: '/dev/sdf', source: 'x', 'volume-id': 'vol-00000001'}],
+                    'update-route53': [
+                        {hostedzone: 'Z', name: 'a.example.com', ttl: 60},
+                        {hostedzone: 'Z', name: 'b.example.com', ttl: 60},
+                    ]}}}",
+            ),
+            Event::Starting,
+            &base(),
+        )
+        .await;
+    let domain = &outcome.domains[0];
+    let failure = domain.failure.as_deref().unwrap_or_default();
+    assert!(failure.starts_with("attach-volume[0]: claim vol-dsdf"), "{domain:?}");
+    assert!(failure.contains("; update-route53[1]: upsert b.example.com."), "{domain:?}");
+    // What was taken is rolled back: the first record.
+    assert_eq!(cloud.calls().last().map(String::as_str), Some("restore a.example.com."));
+    assert!(persisted(dir.path()).is_empty());
+}
+
+#[tokio::test]
 async fn a_domain_upserts_its_records_without_waiting_for_its_volumes() {
     let dir = tempfile::tempdir().unwrap();
     let mut cloud = TestCloud::new(&dir.path().join("root"));
