@@ -17,8 +17,8 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use flotilla_capacity::host_pool::{
-    Action, AllocationId, Event, HostId, HostPool, MAC_MINIMUM_ALLOCATION, MachineId,
-    ObservedState, PoolConfig, ScrubPolicy, Time, ZoneIndex, ZoneLimit, ZoneSet,
+    AUTO_FIRST_REVIEW, Action, AllocationId, Event, HostId, HostPool, MAC_MINIMUM_ALLOCATION,
+    MachineId, ObservedState, PoolConfig, ScrubPolicy, Time, ZoneIndex, ZoneLimit, ZoneSet,
 };
 use proptest::prelude::*;
 
@@ -317,7 +317,13 @@ impl World {
 
     /// Answers everything, kindly, until nothing is left to do.
     fn settle(&mut self) -> Result<(), TestCaseError> {
-        for _ in 0..10_000 {
+        // Scrubs finish at once here, so under `Auto` an idle young Mac host may go round
+        // (idle for the first review, scrubbed, finished) every AUTO_FIRST_REVIEW seconds, three
+        // steps a round, until its minimum allocation ends: that many steps per host, and more.
+        let config = self.pool.config();
+        let rounds = config.minimum_allocation / AUTO_FIRST_REVIEW + 1;
+        let steps = 10_000 + 3 * rounds * u64::from(config.max_hosts);
+        for _ in 0..steps {
             if let Some(&(_, _)) = self.allocations.first() {
                 self.apply(&Step::AnswerAllocation(0, Answer::Allocated))?;
             } else if !self.releases.is_empty() {
