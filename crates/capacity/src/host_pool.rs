@@ -293,6 +293,19 @@ enum Timer {
     Wait { machine: MachineId },
 }
 
+/// What a host's timer decides ([`HostPool::review`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Review {
+    /// The timer was set for a state the host has left (or the host is gone): nothing.
+    Stale,
+    Release {
+        idle_since: Time,
+    },
+    Scrub,
+    /// It stays available, looked at again then.
+    Again(Time),
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Waiting {
     machine: MachineId,
@@ -635,44 +648,62 @@ impl HostPool {
             if at > now {
                 break;
             }
+            let review = match timer {
+                Timer::Host { host, epoch } => self.review(now, host, epoch),
+                _ => Review::Stale,
+            };
+            if let Review::Again(next) = review {
+                // The host stays available: its timer, still at the top, moves to the next
+                // review in place (one sift, where a pop and a push take two).
+                if let Some(mut top) = self.timers.peek_mut() {
+                    *top = Reverse((next, timer));
+                }
+                continue;
+            }
             self.timers.pop();
-            match timer {
-                Timer::Zone => {}
-                Timer::Wait { machine } => {
+            match (timer, review) {
+                (Timer::Wait { machine }, _) => {
                     if let Some(index) = self.waiting.iter().position(|w| w.machine == machine) {
                         self.waiting.remove(index);
                         actions.push(Action::Report { machine, reason: Unservable::WaitedTooLong });
                     }
                 }
-                Timer::Host { host, epoch } => {
-                    let Some(entry) = self.hosts.get(&host).copied() else { continue };
-                    if entry.epoch != epoch {
-                        continue;
-                    }
-                    let HostState::Idle { since } = entry.state else { continue };
-                    let releasable = self
-                        .releasable_at(&entry)
-                        .max(since.saturating_add(self.config.release_idle_after));
-                    if now >= releasable {
-                        self.set_state(host, HostState::Releasing { idle_since: since });
-                        releases.push(host);
-                    } else if self.should_scrub(now, &entry, since) {
-                        self.set_state(host, HostState::Scrubbing);
-                        actions.push(Action::Scrub { host });
-                    } else {
-                        let next = match self.config.scrubbing {
-                            ScrubPolicy::Auto if self.config.mac => {
-                                now.saturating_add(AUTO_REVIEW_INTERVAL).min(releasable)
-                            }
-                            _ => releasable,
-                        };
-                        self.timers.push(Reverse((next, Timer::Host { host, epoch })));
-                    }
+                (Timer::Host { host, .. }, Review::Release { idle_since }) => {
+                    self.set_state(host, HostState::Releasing { idle_since });
+                    releases.push(host);
                 }
+                (Timer::Host { host, .. }, Review::Scrub) => {
+                    self.set_state(host, HostState::Scrubbing);
+                    actions.push(Action::Scrub { host });
+                }
+                _ => {}
             }
         }
         if !releases.is_empty() {
             actions.push(Action::Release { hosts: releases });
+        }
+    }
+
+    /// What the timer (`epoch`) of the idle `host`, due at `now`, decides.
+    fn review(&self, now: Time, host: HostId, epoch: u64) -> Review {
+        let Some(entry) = self.hosts.get(&host) else { return Review::Stale };
+        let HostState::Idle { since } = entry.state else { return Review::Stale };
+        if entry.epoch != epoch {
+            return Review::Stale;
+        }
+        let releasable =
+            self.releasable_at(entry).max(since.saturating_add(self.config.release_idle_after));
+        if now >= releasable {
+            Review::Release { idle_since: since }
+        } else if self.should_scrub(now, entry, since) {
+            Review::Scrub
+        } else {
+            Review::Again(match self.config.scrubbing {
+                ScrubPolicy::Auto if self.config.mac => {
+                    now.saturating_add(AUTO_REVIEW_INTERVAL).min(releasable)
+                }
+                _ => releasable,
+            })
         }
     }
 
@@ -704,8 +735,12 @@ impl HostPool {
 
     /// The estimated rate of wanted machines, per second, at `now`.
     fn demand_at(&self, now: Time) -> f64 {
-        let elapsed = now.saturating_sub(self.demand_updated) as f64;
-        self.demand_rate * (-elapsed / DEMAND_TIME_CONSTANT as f64).exp()
+        let elapsed = now.saturating_sub(self.demand_updated);
+        if elapsed == 0 {
+            // exp(-0) is 1: the same-second machines of a burst skip the exponential.
+            return self.demand_rate;
+        }
+        self.demand_rate * (-(elapsed as f64) / DEMAND_TIME_CONSTANT as f64).exp()
     }
 
     /// Gives idle hosts to waiting machines, in arrival order.
