@@ -60,7 +60,7 @@ pub struct ParsedWorkload {
 }
 
 #[derive(Clone, Copy, Debug)]
-struct ParsedJob {
+pub(crate) struct ParsedJob {
     line: u64,
     start: u64,
     execution: u64,
@@ -69,16 +69,104 @@ struct ParsedJob {
     zones: u32,
 }
 
+impl ParsedJob {
+    /// The job as a row, its text fields looked up in `texts` (the distinct values so far).
+    pub(crate) fn row<'t>(&self, texts: &'t [String]) -> JobRow<'t> {
+        let text = |id: u32| texts[id as usize].as_str();
+        JobRow {
+            line: self.line,
+            start: self.start,
+            execution: self.execution,
+            pool: text(self.pool),
+            instance_type: text(self.instance_type),
+            zones: text(self.zones),
+        }
+    }
+}
+
 impl ParsedWorkload {
     /// Reads every row; the first bad row is the error, as a streamed run would report it.
-    pub fn read<R: Read>(mut workload: WorkloadReader<R>) -> Result<ParsedWorkload, InputError> {
-        let mut texts: Vec<String> = Vec::new();
-        let mut index: HashMap<String, u32> = HashMap::new();
-        // Each column's value is most often the previous row's: looked up once per change.
-        let mut last: [Option<(String, u32)>; 3] = [None, None, None];
-        let mut jobs = Vec::new();
-        while let Some(row) = workload.next_row() {
-            let row = row?;
+    pub fn read<R: Read>(workload: WorkloadReader<R>) -> Result<ParsedWorkload, InputError> {
+        let mut batches = Batches::new(workload, usize::MAX);
+        let mut whole = ParsedWorkload { jobs: Vec::new(), texts: Vec::new() };
+        while let Some(batch) = batches.next_batch() {
+            if let Some(error) = batch.error {
+                return Err(error);
+            }
+            whole.jobs.extend(batch.jobs);
+            whole.texts.extend(batch.texts);
+        }
+        Ok(whole)
+    }
+
+    /// The jobs, in the file's order.
+    pub fn rows(&self) -> impl Iterator<Item = JobRow<'_>> {
+        self.jobs.iter().map(|job| job.row(&self.texts))
+    }
+}
+
+/// Some rows of a workload, in the file's order, parsed ([`Batches`]).
+#[derive(Debug)]
+pub(crate) struct Batch {
+    pub(crate) jobs: Vec<ParsedJob>,
+    /// The distinct text values first met in this batch, numbered on from the earlier
+    /// batches' (the jobs' indices count every batch's texts so far).
+    pub(crate) texts: Vec<String>,
+    /// The bad row that ended the workload after `jobs`: nothing more follows.
+    pub(crate) error: Option<InputError>,
+}
+
+/// A workload read as batches of parsed rows: what a reading thread hands a simulation
+/// (`simulate` parses on one core while it simulates on another) and what
+/// [`ParsedWorkload::read`] gathers.
+pub(crate) struct Batches<R: Read> {
+    reader: WorkloadReader<R>,
+    size: usize,
+    index: HashMap<String, u32>,
+    /// How many distinct values the earlier batches named.
+    named: usize,
+    /// Each column's value is most often the previous row's: looked up once per change.
+    last: [Option<(String, u32)>; 3],
+    done: bool,
+}
+
+impl<R: Read> Batches<R> {
+    /// Batches of at most `size` rows.
+    pub(crate) fn new(reader: WorkloadReader<R>, size: usize) -> Batches<R> {
+        Batches {
+            reader,
+            size: size.max(1),
+            index: HashMap::new(),
+            named: 0,
+            last: [None, None, None],
+            done: false,
+        }
+    }
+
+    /// The next batch; `None` once the rows ran out or a batch carried an error.
+    pub(crate) fn next_batch(&mut self) -> Option<Batch> {
+        if self.done {
+            return None;
+        }
+        let mut batch = Batch {
+            jobs: Vec::with_capacity(self.size.min(1 << 16)),
+            texts: Vec::new(),
+            error: None,
+        };
+        while batch.jobs.len() < self.size {
+            let row = match self.reader.next_row() {
+                None => {
+                    self.done = true;
+                    break;
+                }
+                Some(Err(error)) => {
+                    self.done = true;
+                    batch.error = Some(error);
+                    break;
+                }
+                Some(Ok(row)) => row,
+            };
+            let (index, named, last) = (&mut self.index, &mut self.named, &mut self.last);
             let mut intern = |column: usize, text: &str| -> u32 {
                 if let Some((value, id)) = &last[column]
                     && value == text
@@ -86,35 +174,27 @@ impl ParsedWorkload {
                     return *id;
                 }
                 let id = *index.entry(text.to_owned()).or_insert_with(|| {
-                    texts.push(text.to_owned());
-                    u32::try_from(texts.len() - 1).expect("fewer than 4 billion distinct values")
+                    batch.texts.push(text.to_owned());
+                    *named += 1;
+                    u32::try_from(*named - 1).expect("fewer than 4 billion distinct values")
                 });
                 last[column] = Some((text.to_owned(), id));
                 id
             };
-            jobs.push(ParsedJob {
+            let job = ParsedJob {
                 line: row.line,
                 start: row.start,
                 execution: row.execution,
                 pool: intern(0, row.pool),
                 instance_type: intern(1, row.instance_type),
                 zones: intern(2, row.zones),
-            });
+            };
+            batch.jobs.push(job);
         }
-        Ok(ParsedWorkload { jobs, texts })
-    }
-
-    /// The jobs, in the file's order.
-    pub fn rows(&self) -> impl Iterator<Item = JobRow<'_>> {
-        let text = |id: u32| self.texts[id as usize].as_str();
-        self.jobs.iter().map(move |job| JobRow {
-            line: job.line,
-            start: job.start,
-            execution: job.execution,
-            pool: text(job.pool),
-            instance_type: text(job.instance_type),
-            zones: text(job.zones),
-        })
+        if batch.jobs.is_empty() && batch.error.is_none() {
+            return None;
+        }
+        Some(batch)
     }
 }
 
