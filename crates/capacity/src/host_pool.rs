@@ -53,7 +53,7 @@
 //! round).
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BinaryHeap, HashMap, VecDeque};
 use std::hash::{BuildHasherDefault, Hasher};
 
 /// Seconds on the caller's clock.
@@ -318,7 +318,7 @@ pub struct HostPool {
     config: PoolConfig,
     hosts: IdMap<HostId, Host>,
     /// Idle hosts per zone, by (allocation time, id): the earliest allocated first.
-    idle: Vec<BTreeSet<(Time, HostId)>>,
+    idle: Vec<IdleHosts>,
     /// Hosts per zone, whatever their state (allocations in flight apart).
     hosts_in_zone: Vec<u32>,
     /// Allocations in flight: request → zone.
@@ -349,7 +349,7 @@ impl HostPool {
         HostPool {
             config,
             hosts: IdMap::default(),
-            idle: vec![BTreeSet::new(); zones],
+            idle: (0..zones).map(|_| IdleHosts::default()).collect(),
             hosts_in_zone: vec![0; zones],
             allocating: BTreeMap::new(),
             allocating_in_zone: vec![0; zones],
@@ -544,13 +544,13 @@ impl HostPool {
         if known.zone != zone {
             self.hosts_in_zone[known.zone] -= 1;
             self.hosts_in_zone[zone] += 1;
-            self.idle[known.zone].remove(&(known.allocated_at, host));
+            self.idle[known.zone].forget(host);
             if let Some(entry) = self.hosts.get_mut(&host) {
                 entry.zone = zone;
             }
         }
         if known.allocated_at != allocated_at {
-            self.idle[zone].remove(&(known.allocated_at, host));
+            self.idle[zone].forget(host);
             if let Some(entry) = self.hosts.get_mut(&host) {
                 entry.allocated_at = allocated_at;
             }
@@ -590,7 +590,7 @@ impl HostPool {
     fn forget(&mut self, host: HostId) {
         if let Some(known) = self.hosts.remove(&host) {
             self.hosts_in_zone[known.zone] -= 1;
-            self.idle[known.zone].remove(&(known.allocated_at, host));
+            self.idle[known.zone].forget(host);
             if let HostState::Busy(machine) = known.state {
                 self.running.remove(&machine);
             }
@@ -601,12 +601,12 @@ impl HostPool {
     fn set_state(&mut self, host: HostId, state: HostState) {
         let Some(entry) = self.hosts.get_mut(&host) else { return };
         if matches!(entry.state, HostState::Idle { .. }) {
-            self.idle[entry.zone].remove(&(entry.allocated_at, host));
+            self.idle[entry.zone].remove(host);
         }
         entry.state = state;
         entry.epoch += 1;
         if matches!(state, HostState::Idle { .. }) {
-            self.idle[entry.zone].insert((entry.allocated_at, host));
+            self.idle[entry.zone].insert(entry.allocated_at, host);
         }
     }
 
@@ -721,7 +721,7 @@ impl HostPool {
                 let window = self.config.expected_scrub.min(self.releasable_at(host) - now);
                 let expected = self.demand_at(now) * window as f64;
                 let others_idle: usize =
-                    self.idle.iter().map(BTreeSet::len).sum::<usize>().saturating_sub(1);
+                    self.idle.iter().map(IdleHosts::len).sum::<usize>().saturating_sub(1);
                 expected < others_idle as f64 + AUTO_SLACK
             }
         }
@@ -750,7 +750,7 @@ impl HostPool {
         }
         let mut index = 0;
         while index < self.waiting.len() {
-            if self.idle.iter().all(BTreeSet::is_empty) {
+            if self.idle.iter().all(IdleHosts::is_empty) {
                 return;
             }
             let waiting = self.waiting[index];
@@ -774,7 +774,7 @@ impl HostPool {
             .filter(|(zone, _)| zones.contains(*zone))
             .filter_map(|(_, idle)| idle.first())
             .min()
-            .map(|(_, host)| *host)
+            .map(|(_, host)| host)
     }
 
     /// Shares the allocations in flight out among the waiting machines and asks for a host for
@@ -804,6 +804,138 @@ impl HostPool {
         }
         cover.finish();
         self.cover = cover;
+    }
+}
+
+/// The idle hosts of one zone, the earliest allocated first: the zone's hosts in a roster
+/// sorted by (allocation time, id), each keeping its place, and a bit per place for those
+/// idle. Marking a host idle or busy flips a bit (a host goes back and forth every job); the
+/// first idle host is the first bit set. A host joins the roster the first time it is idle,
+/// at the end (it was allocated last) or, when adopted with an earlier allocation time, at
+/// its place in order (the roster is sorted again, which is rare); a host that leaves the
+/// zone leaves a hole, and the holes are squeezed out once they outnumber the hosts.
+#[derive(Debug, Default)]
+struct IdleHosts {
+    /// By (allocation time, id); `None` where a host left.
+    roster: Vec<Option<(Time, HostId)>>,
+    /// Each host's place in the roster.
+    places: IdMap<HostId, u32>,
+    /// A bit per roster place: the host there is idle.
+    idle: Vec<u64>,
+    count: usize,
+    holes: usize,
+}
+
+impl IdleHosts {
+    fn len(&self) -> usize {
+        self.count
+    }
+
+    fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+
+    /// The idle host allocated earliest, with its allocation time.
+    fn first(&self) -> Option<(Time, HostId)> {
+        if self.count == 0 {
+            return None;
+        }
+        let (word, bits) = self.idle.iter().enumerate().find(|(_, bits)| **bits != 0)?;
+        self.roster[word * 64 + bits.trailing_zeros() as usize]
+    }
+
+    /// `host`, allocated at `allocated_at`, is idle.
+    fn insert(&mut self, allocated_at: Time, host: HostId) {
+        let key = (allocated_at, host);
+        let place = match self.places.get(&host) {
+            Some(&place) if self.roster[place as usize] == Some(key) => place as usize,
+            Some(_) => {
+                // Allocated at another time than it joined with: it takes its new place.
+                self.forget(host);
+                self.join(key)
+            }
+            None => self.join(key),
+        };
+        let (word, bit) = (place / 64, 1u64 << (place % 64));
+        if self.idle[word] & bit == 0 {
+            self.idle[word] |= bit;
+            self.count += 1;
+        }
+    }
+
+    /// `host` is not idle (it stays in the roster).
+    fn remove(&mut self, host: HostId) {
+        if let Some(&place) = self.places.get(&host) {
+            let (word, bit) = (place as usize / 64, 1u64 << (place % 64));
+            if self.idle[word] & bit != 0 {
+                self.idle[word] &= !bit;
+                self.count -= 1;
+            }
+        }
+    }
+
+    /// `host` left the zone (released, or seen elsewhere or allocated at another time).
+    fn forget(&mut self, host: HostId) {
+        let Some(place) = self.places.remove(&host) else { return };
+        let place = place as usize;
+        if self.idle[place / 64] & (1 << (place % 64)) != 0 {
+            self.idle[place / 64] &= !(1 << (place % 64));
+            self.count -= 1;
+        }
+        self.roster[place] = None;
+        self.holes += 1;
+        if self.holes >= 64 && self.holes > self.roster.len() - self.holes {
+            self.rebuild(None);
+        }
+    }
+
+    /// Gives `key`'s host a place: the roster's end when it sorts last, else its place in order.
+    fn join(&mut self, key: (Time, HostId)) -> usize {
+        let last = self.roster.iter().rev().flatten().next();
+        if last.is_some_and(|last| *last > key) {
+            return self.rebuild(Some(key));
+        }
+        let place = self.roster.len();
+        self.roster.push(Some(key));
+        if self.idle.len() * 64 < self.roster.len() {
+            self.idle.push(0);
+        }
+        self.places.insert(key.1, u32::try_from(place).expect("fewer than 4 billion hosts"));
+        place
+    }
+
+    /// Squeezes the holes out, adding `key` in order if given (returning its place), and keeps
+    /// every host's idle bit.
+    fn rebuild(&mut self, key: Option<(Time, HostId)>) -> usize {
+        let mut hosts: Vec<((Time, HostId), bool)> = self
+            .roster
+            .iter()
+            .enumerate()
+            .filter_map(|(place, entry)| {
+                entry.map(|entry| (entry, self.idle[place / 64] & (1 << (place % 64)) != 0))
+            })
+            .collect();
+        if let Some(key) = key {
+            hosts.push((key, false));
+        }
+        hosts.sort_unstable();
+        self.roster.clear();
+        self.places.clear();
+        self.idle.clear();
+        self.idle.resize(hosts.len().div_ceil(64), 0);
+        self.holes = 0;
+        let mut added = usize::MAX;
+        for (place, (entry, idle)) in hosts.into_iter().enumerate() {
+            self.roster.push(Some(entry));
+            self.places.insert(entry.1, u32::try_from(place).expect("fewer than 4 billion hosts"));
+            if idle {
+                self.idle[place / 64] |= 1 << (place % 64);
+            }
+            if Some(entry) == key {
+                added = place;
+            }
+        }
+        added
     }
 }
 
@@ -1279,5 +1411,89 @@ mod tests {
         let wanted = Event::MachineWanted { machine: MachineId(2), zones: ZoneSet(0b100) };
         let reason = Unservable::NoZone;
         assert_eq!(step(&mut pool, 0, wanted), [Action::Report { machine: MachineId(2), reason }]);
+    }
+}
+
+#[cfg(test)]
+mod idle_hosts_tests {
+    use std::collections::BTreeSet;
+
+    use proptest::prelude::*;
+
+    use super::*;
+
+    #[derive(Clone, Debug)]
+    enum Op {
+        /// Host `n % 40` is idle, allocated at `t`.
+        Idle(u64, Time),
+        Busy(u64),
+        Forget(u64),
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..40u64, 0..50u64).prop_map(|(host, at)| Op::Idle(host, at)),
+            4 => (0..40u64).prop_map(Op::Busy),
+            1 => (0..40u64).prop_map(Op::Forget),
+        ]
+    }
+
+    proptest! {
+        /// The roster answers as the ordered set it replaced: the same first idle host and count
+        /// after any sequence of hosts marked idle (at any allocation time, so out of order and
+        /// moved), marked busy and forgotten, through holes and rebuilds.
+        #[test]
+        fn idle_hosts_answer_as_an_ordered_set(ops in prop::collection::vec(op(), 1..400)) {
+            let mut roster = IdleHosts::default();
+            let mut model: BTreeSet<(Time, HostId)> = BTreeSet::new();
+            // A host's allocation time as the pool knows it (changed by a later `Idle`).
+            let mut allocated: BTreeMap<HostId, Time> = BTreeMap::new();
+            for op in ops {
+                match op {
+                    Op::Idle(host, at) => {
+                        let host = HostId(host);
+                        if let Some(old) = allocated.insert(host, at)
+                            && old != at
+                        {
+                            // The pool forgets a host whose allocation time changed.
+                            roster.forget(host);
+                            model.remove(&(old, host));
+                        }
+                        roster.insert(at, host);
+                        model.insert((at, host));
+                    }
+                    Op::Busy(host) => {
+                        let host = HostId(host);
+                        roster.remove(host);
+                        if let Some(at) = allocated.get(&host) {
+                            model.remove(&(*at, host));
+                        }
+                    }
+                    Op::Forget(host) => {
+                        let host = HostId(host);
+                        roster.forget(host);
+                        if let Some(at) = allocated.remove(&host) {
+                            model.remove(&(at, host));
+                        }
+                    }
+                }
+                prop_assert_eq!(roster.first(), model.first().copied());
+                prop_assert_eq!(roster.len(), model.len());
+            }
+        }
+    }
+
+    #[test]
+    fn holes_are_squeezed_out_once_they_outnumber_the_hosts() {
+        let mut roster = IdleHosts::default();
+        for host in 0..200 {
+            roster.insert(host, HostId(host));
+        }
+        for host in 0..150 {
+            roster.forget(HostId(host));
+        }
+        assert!(roster.roster.len() <= 100, "{} places for 50 hosts", roster.roster.len());
+        assert_eq!(roster.first(), Some((150, HostId(150))));
+        assert_eq!(roster.len(), 50);
     }
 }
