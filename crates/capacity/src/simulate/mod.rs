@@ -195,19 +195,30 @@ pub fn simulate<R: Read + Send>(
                 }
             }
         });
-        let mut run = Run::new(settings);
-        let mut texts = Vec::new();
-        for batch in received {
-            texts.extend(batch.texts);
-            for job in &batch.jobs {
-                run.take(job.row(&texts));
-            }
-            if let Some(error) = batch.error {
-                return Err(error);
-            }
-        }
-        Ok(run.finish())
+        run_batches(received, settings)
     })
+}
+
+/// The simulation side of [`simulate`]. Not generic, and never inlined into its caller, so that
+/// it is compiled here, with this crate's optimisation (the release profile builds this crate
+/// for speed and the CLI that calls it for size).
+#[inline(never)]
+fn run_batches(
+    received: std::sync::mpsc::Receiver<input::Batch>,
+    settings: &Settings,
+) -> Result<SimulationReport, InputError> {
+    let mut run = Run::new(settings);
+    let mut texts = Vec::new();
+    for batch in received {
+        texts.extend(batch.texts);
+        for job in &batch.jobs {
+            run.take(job.row(&texts));
+        }
+        if let Some(error) = batch.error {
+            return Err(error);
+        }
+    }
+    Ok(run.finish())
 }
 
 /// Runs the same workload under each of `settings` side by side (a thread each). The workload
@@ -234,17 +245,21 @@ pub fn simulate_each<R: Read, E: Send + Sync>(
             .iter()
             .map(|settings| {
                 let workload = &workload;
-                scope.spawn(move || {
-                    let mut run = Run::new(settings);
-                    for row in workload.rows() {
-                        run.take(row);
-                    }
-                    run.finish()
-                })
+                scope.spawn(move || run_parsed(workload, settings))
             })
             .collect();
         runs.into_iter().map(|run| Ok(run.join().expect("a simulation does not panic"))).collect()
     })
+}
+
+/// One of [`simulate_each`]'s runs; not generic, for the reason [`run_batches`] gives.
+#[inline(never)]
+fn run_parsed(workload: &ParsedWorkload, settings: &Settings) -> SimulationReport {
+    let mut run = Run::new(settings);
+    for row in workload.rows() {
+        run.take(row);
+    }
+    run.finish()
 }
 
 /// Why one of [`simulate_each`]'s runs failed.
