@@ -380,7 +380,7 @@ impl<'s> Run<'s> {
             self.feed(Event::Tick);
             return;
         }
-        let Some(Reverse((time, _, what))) = self.queue.pop() else { return };
+        let Some(Reverse((time, _, what))) = self.queue.peek().copied() else { return };
         self.now = self.now.max(time);
         match what {
             Scheduled::JobEnds(machine) => {
@@ -391,14 +391,23 @@ impl<'s> Run<'s> {
                 if let Some(host) = job.and_then(|job| job.host)
                     && self.settings.pool.mac
                 {
-                    // The instance ends: AWS scrubs the Mac host, unbilled.
+                    // The instance ends: AWS scrubs the Mac host, unbilled. The scrub's end
+                    // takes the job's end's place in the queue (one sift for a pop and a push).
                     self.end_billing(host);
                     let scrub = self.settings.scrub.draw(&mut self.rng);
-                    self.schedule(self.now + scrub, Scheduled::ScrubEnds(host));
+                    self.sequence += 1;
+                    let scrub_ends =
+                        Reverse((self.now + scrub, self.sequence, Scheduled::ScrubEnds(host)));
+                    if let Some(mut top) = self.queue.peek_mut() {
+                        *top = scrub_ends;
+                    }
+                } else {
+                    self.queue.pop();
                 }
                 self.feed(Event::MachineReleased { machine });
             }
             Scheduled::ScrubEnds(host) => {
+                self.queue.pop();
                 self.billed_since[Self::host_index(host)] = Some(self.now);
                 self.feed(Event::ScrubFinished { host });
             }
