@@ -856,21 +856,13 @@ impl IdleHosts {
             }
             None => self.join(key),
         };
-        let (word, bit) = (place / 64, 1u64 << (place % 64));
-        if self.idle[word] & bit == 0 {
-            self.idle[word] |= bit;
-            self.count += 1;
-        }
+        self.mark(place, true);
     }
 
     /// `host` is not idle (it stays in the roster).
     fn remove(&mut self, host: HostId) {
         if let Some(&place) = self.places.get(&host) {
-            let (word, bit) = (place as usize / 64, 1u64 << (place % 64));
-            if self.idle[word] & bit != 0 {
-                self.idle[word] &= !bit;
-                self.count -= 1;
-            }
+            self.mark(place as usize, false);
         }
     }
 
@@ -878,14 +870,27 @@ impl IdleHosts {
     fn forget(&mut self, host: HostId) {
         let Some(place) = self.places.remove(&host) else { return };
         let place = place as usize;
-        if self.idle[place / 64] & (1 << (place % 64)) != 0 {
-            self.idle[place / 64] &= !(1 << (place % 64));
-            self.count -= 1;
-        }
+        self.mark(place, false);
         self.roster[place] = None;
         self.holes += 1;
         if self.holes >= 64 && self.holes > self.roster.len() - self.holes {
             self.rebuild(None);
+        }
+    }
+
+    fn is_idle(&self, place: usize) -> bool {
+        self.idle[place / 64] & (1 << (place % 64)) != 0
+    }
+
+    /// Sets the idle bit of the host at `place`, keeping the count.
+    fn mark(&mut self, place: usize, idle: bool) {
+        if self.is_idle(place) != idle {
+            self.idle[place / 64] ^= 1 << (place % 64);
+            if idle {
+                self.count += 1;
+            } else {
+                self.count -= 1;
+            }
         }
     }
 
@@ -911,9 +916,7 @@ impl IdleHosts {
             .roster
             .iter()
             .enumerate()
-            .filter_map(|(place, entry)| {
-                entry.map(|entry| (entry, self.idle[place / 64] & (1 << (place % 64)) != 0))
-            })
+            .filter_map(|(place, entry)| entry.map(|entry| (entry, self.is_idle(place))))
             .collect();
         if let Some(key) = key {
             hosts.push((key, false));
@@ -924,13 +927,12 @@ impl IdleHosts {
         self.idle.clear();
         self.idle.resize(hosts.len().div_ceil(64), 0);
         self.holes = 0;
+        self.count = 0;
         let mut added = usize::MAX;
         for (place, (entry, idle)) in hosts.into_iter().enumerate() {
             self.roster.push(Some(entry));
             self.places.insert(entry.1, u32::try_from(place).expect("fewer than 4 billion hosts"));
-            if idle {
-                self.idle[place / 64] |= 1 << (place % 64);
-            }
+            self.mark(place, idle);
             if Some(entry) == key {
                 added = place;
             }

@@ -314,6 +314,15 @@ impl<'s> Run<'s> {
         self.queue.push(Reverse((at, self.sequence, what)));
     }
 
+    /// Schedules `what` in place of the queue's first entry, which is done with: the same
+    /// order as a pop and [`Run::schedule`], for one sift instead of two.
+    fn schedule_instead_of_top(&mut self, at: Time, what: Scheduled) {
+        self.sequence += 1;
+        if let Some(mut top) = self.queue.peek_mut() {
+            *top = Reverse((at, self.sequence, what));
+        }
+    }
+
     /// Takes the next row: first every event at or before its start (a host freed at that
     /// second serves it), then its arrival.
     fn take(&mut self, job: JobRow) {
@@ -391,16 +400,11 @@ impl<'s> Run<'s> {
                 if let Some(host) = job.and_then(|job| job.host)
                     && self.settings.pool.mac
                 {
-                    // The instance ends: AWS scrubs the Mac host, unbilled. The scrub's end
-                    // takes the job's end's place in the queue (one sift for a pop and a push).
+                    // The instance ends: AWS scrubs the Mac host, unbilled; the scrub's end takes
+                    // the job's end's place in the queue.
                     self.end_billing(host);
                     let scrub = self.settings.scrub.draw(&mut self.rng);
-                    self.sequence += 1;
-                    let scrub_ends =
-                        Reverse((self.now + scrub, self.sequence, Scheduled::ScrubEnds(host)));
-                    if let Some(mut top) = self.queue.peek_mut() {
-                        *top = scrub_ends;
-                    }
+                    self.schedule_instead_of_top(self.now + scrub, Scheduled::ScrubEnds(host));
                 } else {
                     self.queue.pop();
                 }
